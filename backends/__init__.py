@@ -1,0 +1,1 @@
+"""Language-model backends. `bot/` sees only the protocol in `backends.base`."""

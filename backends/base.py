@@ -1,0 +1,72 @@
+"""The Backend protocol: what the core needs from a language model, and nothing more.
+
+A backend streams a reply as `Chunk`s: text deltas, then one final chunk with usage and the
+finish reason. Cancelling the consumer (closing the async iterator, or cancelling the task that
+iterates it) aborts the request on the model server. The protocol raises only
+`bot.errors.BackendError` subclasses.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from bot.types import ChatMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    text: str = ""
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    messages: Sequence[ChatMessage]
+    max_tokens: int = 512
+    temperature: float = 0.7
+    # Stable per conversation, so routers keep a conversation on the replica holding its prefix.
+    session_id: str | None = None
+    request_id: str = field(default_factory=lambda: f"parley-{uuid.uuid4().hex}")
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    name: str
+    model: str
+    max_model_len: int
+    exact_token_counts: bool
+    # True when the backend can count tokens for a chat message list exactly, with template.
+
+
+@runtime_checkable
+class Backend(Protocol):
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def start(self) -> None:
+        """Connect / load, and probe capabilities. Idempotent."""
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]: ...
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text with the model's own tokenizer (no chat template)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def estimate_tokens(text: str) -> int:
+    """The documented fallback where a backend offers no tokenizer: ~4 characters a token."""
+    return max(1, (len(text) + 3) // 4)

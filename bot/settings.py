@@ -1,0 +1,171 @@
+"""Settings: one object, built once at start and passed down.
+
+Sources, strongest first: environment variables `PARLEY_*` (nested with `__`, e.g.
+`PARLEY_BACKEND__KIND=vllm`), a `.env` file, `config/parley.toml` (or the file named by
+`PARLEY_CONFIG`), then the defaults written here. `config/parley.toml` lists every setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from bot.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("config/parley.toml")
+
+
+class DatabaseSettings(BaseModel):
+    # A SecretStr because a PostgreSQL URL usually carries a password.
+    url: SecretStr = SecretStr("sqlite+aiosqlite:///var/parley.db")
+    echo: bool = False
+    pool_size: int = Field(10, ge=1, le=200)
+    # None: migrate SQLite on start, refuse to start on an out-of-date server database.
+    auto_migrate: bool | None = None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.get_secret_value().startswith("sqlite")
+
+
+class RedisSettings(BaseModel):
+    url: SecretStr | None = None
+    key_prefix: str = "parley"
+    socket_timeout_s: float = Field(1.0, gt=0)
+    # After a failed call the cache is bypassed (SQL only) for this long before Redis is tried.
+    retry_after_failure_s: float = Field(5.0, ge=0)
+
+
+class TimeoutSettings(BaseModel):
+    connect_s: float = Field(5.0, gt=0)
+    first_token_s: float = Field(60.0, gt=0)
+    gap_s: float = Field(30.0, gt=0)
+    total_s: float = Field(300.0, gt=0)
+
+
+class BackendSettings(BaseModel):
+    kind: Literal["none", "vllm", "openai"] = "none"
+    # vllm: a local model directory; openai: the model name the server knows.
+    model: str = ""
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    max_model_len: int | None = Field(None, ge=64)
+    max_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.7, ge=0, le=2)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = False
+    dtype: str = "auto"
+    timeouts: TimeoutSettings = TimeoutSettings()
+
+    @model_validator(mode="after")
+    def _needs_what_kind_needs(self) -> Self:
+        if self.kind == "vllm" and not self.model:
+            raise ValueError("backend.model must name a local model directory when kind is vllm")
+        if self.kind == "openai" and not (self.base_url and self.model):
+            raise ValueError("backend.base_url and backend.model are required when kind is openai")
+        return self
+
+
+class ConversationSettings(BaseModel):
+    system_prompt: str = (
+        "You are Parley, a concise and helpful assistant. Answer in the user's language."
+    )
+    # Tokens of history (summary + turns) kept in the prompt; capped by the model's context.
+    context_tokens: int = Field(3072, ge=64)
+    # Tokens the folded summary of older turns may take.
+    summary_tokens: int = Field(256, ge=16)
+    burst: Literal["merge", "queue"] = "merge"
+    lock_ttl_s: float = Field(30.0, gt=0)
+    lock_wait_s: float = Field(300.0, gt=0)
+    max_message_chars: int = Field(8000, ge=1)
+    history_limit: int = Field(20, ge=1, le=500)
+
+
+class ConsoleSettings(BaseModel):
+    user: str = "local"
+    chat: str = "console"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    adapters: list[Literal["console"]] = ["console"]
+    database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    backend: BackendSettings = BackendSettings()
+    conversation: ConversationSettings = ConversationSettings()
+    console: ConsoleSettings = ConsoleSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init values (see load_settings); the environment beats it.
+        return env_settings, dotenv_settings, init_settings, file_secret_settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line naming each bad setting and what is wrong, never the value itself."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        name = "PARLEY_" + "__".join(loc).upper() if loc else "settings"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}: {msg}")
+    return "invalid setting " + "; ".join(parts)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the Settings from every source, or raise ConfigError with a one-line reason."""
+    if config_file is None:
+        env_path = os.environ.get("PARLEY_CONFIG")
+        config_file = Path(env_path) if env_path else DEFAULT_CONFIG_FILE
+        if not env_path and not config_file.exists():
+            config_file = None
+    values = _read_toml(config_file) if config_file is not None else {}
+    values.pop("config", None)
+    _merge(values, overrides)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

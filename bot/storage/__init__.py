@@ -1,0 +1,1 @@
+"""History in SQL (source of truth) and the rebuildable cache."""

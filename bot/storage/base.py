@@ -1,0 +1,136 @@
+"""The storage and cache seams the conversation manager is written against.
+
+`Store` is implemented once over SQLAlchemy (SQLite and PostgreSQL); `Cache` twice (memory and
+Redis). The contract suites in tests/ run every implementation through the same checks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from bot.types import ConversationKey, Incoming, Role
+
+
+class MessageKind(enum.StrEnum):
+    CHAT = "chat"  # part of the model's context
+    COMMAND = "command"  # /help and friends, and their answers: kept in history, not in context
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    conversation_id: int
+    role: Role
+    kind: MessageKind
+    content: str
+    token_count: int
+    created_at: datetime
+    # For a user message: the id of the assistant message that answered it (None: pending).
+    answered_by: int | None = None
+    user_display_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    message_id: int
+    conversation_id: int
+    is_new: bool  # False: the idempotency key was seen before, nothing was written
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationState:
+    id: int
+    key: ConversationKey
+    summary: str
+    # Messages with id <= this are folded into `summary` (0: none).
+    summary_through_id: int
+    # Messages with id <= this were before the last /reset and are out of context (0: none).
+    context_start_id: int
+
+
+class Store(Protocol):
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def record_incoming(
+        self, incoming: Incoming, *, kind: MessageKind, token_count: int
+    ) -> Recorded:
+        """Insert the user (if new), the conversation (if new) and the message, atomically.
+
+        A repeated idempotency key writes nothing and returns the first message's id with
+        is_new=False, also when two callers race on the same key.
+        """
+        ...
+
+    async def pending(self, conversation_id: int, limit: int) -> Sequence[StoredMessage]:
+        """Unanswered user messages of a conversation, oldest first."""
+        ...
+
+    async def record_reply(
+        self,
+        conversation_id: int,
+        answers: Sequence[int],
+        text: str,
+        *,
+        kind: MessageKind,
+        token_count: int,
+    ) -> StoredMessage | None:
+        """Insert the assistant message and mark `answers` answered by it, atomically.
+
+        Returns None and writes nothing if any of `answers` was already answered (a second
+        worker finished first): the fence against answering twice.
+        """
+        ...
+
+    async def state(self, conversation_id: int) -> ConversationState: ...
+
+    async def context_messages(
+        self, conversation_id: int, after_id: int, limit: int
+    ) -> Sequence[StoredMessage]:
+        """The newest `limit` answered CHAT messages (both roles) with id > after_id, oldest
+        first. Served by an index on (conversation_id, id): cost does not grow with history."""
+        ...
+
+    async def fold_summary(self, conversation_id: int, summary: str, through_id: int) -> None: ...
+
+    async def reset_context(self, conversation_id: int) -> None:
+        """Start a fresh context: context_start_id = newest message id, summary cleared."""
+        ...
+
+    async def history(self, conversation_id: int, limit: int) -> Sequence[StoredMessage]:
+        """The newest `limit` messages of every kind, oldest first."""
+        ...
+
+    async def conversations_with_pending(self) -> Sequence[tuple[int, ConversationKey]]:
+        """Conversations that have unanswered user messages (work left by a crash)."""
+        ...
+
+    async def ping(self) -> None: ...
+
+
+class Cache(Protocol):
+    """Holds only what can be rebuilt from SQL. Failures never raise: a get misses."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[None]:
+        """Mutual exclusion on `name` (per process in memory, across processes in Redis).
+
+        Held past ttl_s only while the holder is alive (it is extended in the background).
+        Raises TimeoutError if not acquired within wait_s.
+        """
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,82 @@
+"""Platform-neutral value types that travel through the core.
+
+Adapters translate platform events into `Incoming` and reply streams back into platform calls;
+nothing in `bot/` ever sees a platform SDK object. Platform leftovers ride in `extras`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+_EMPTY: Mapping[str, object] = MappingProxyType({})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """Identifies one conversation: a chat on a platform, optionally a thread inside it."""
+
+    platform: str
+    chat_id: str
+    thread_id: str = ""
+
+    def __str__(self) -> str:
+        tail = f"/{self.thread_id}" if self.thread_id else ""
+        return f"{self.platform}:{self.chat_id}{tail}"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    platform: str
+    user_id: str
+    display_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One inbound message, as the core sees it.
+
+    `idempotency_key` is unique per platform delivery (Telegram's update_id, Discord's message
+    id, ...): a second delivery with the same key is recorded once and answered once.
+    """
+
+    key: ConversationKey
+    user: User
+    text: str
+    idempotency_key: str
+    sent_at: datetime = field(default_factory=utcnow)
+    reply_to_text: str | None = None
+    extras: Mapping[str, object] = _EMPTY
+
+
+class Role(enum.StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+    def as_openai(self) -> dict[str, str]:
+        return {"role": self.role.value, "content": self.content}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A finished answer to one turn."""
+
+    key: ConversationKey
+    text: str
+    in_reply_to: tuple[str, ...]
+    truncated: bool = False
+    extras: Mapping[str, object] = _EMPTY

@@ -1,0 +1,69 @@
+"""Real PostgreSQL and Redis for the tests.
+
+Where a server does not answer, its tests skip with the reason; under CI (CI=true) they fail
+instead, because `.ci/run` makes sure both servers are up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "PARLEY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("PARLEY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def unavailable(what: str, why: object) -> None:
+    reason = f"{what} is not reachable ({why}); set PARLEY_TEST_{what.upper()}_URL"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI requires {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def create_postgres_database() -> str:
+    """Create an empty database and return its SQLAlchemy async URL."""
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError as exc:
+        unavailable("postgres", exc)
+    name = f"parley_test_{uuid.uuid4().hex[:12]}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, Exception) as exc:  # asyncpg raises its own tree and OSError
+        unavailable("postgres", exc)
+    base, _, _ = POSTGRES_ADMIN_URL.rpartition("/")
+    return base.replace("postgresql://", "postgresql+asyncpg://", 1) + "/" + name
+
+
+def drop_postgres_database(url: str) -> None:
+    name = url.rpartition("/")[2]
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def check_redis() -> str:
+    try:
+        import redis
+    except ImportError as exc:
+        unavailable("redis", exc)
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        unavailable("redis", exc)
+    return REDIS_URL
