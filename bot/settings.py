@@ -43,6 +43,8 @@ class RedisSettings(BaseModel):
     socket_timeout_s: float = Field(1.0, gt=0)
     # After a failed call the cache is bypassed (SQL only) for this long before Redis is tried.
     retry_after_failure_s: float = Field(5.0, ge=0)
+    # Connections per worker; more concurrent calls wait for one (up to 10 s).
+    max_connections: int = Field(50, ge=2)
 
 
 class TimeoutSettings(BaseModel):

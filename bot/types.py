@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 
-_EMPTY: Mapping[str, object] = MappingProxyType({})
+
+
+def _no_extras() -> Mapping[str, object]:
+    return MappingProxyType({})
 
 
 def utcnow() -> datetime:
@@ -53,7 +56,7 @@ class Incoming:
     idempotency_key: str
     sent_at: datetime = field(default_factory=utcnow)
     reply_to_text: str | None = None
-    extras: Mapping[str, object] = _EMPTY
+    extras: Mapping[str, object] = field(default_factory=_no_extras)
 
 
 class Role(enum.StrEnum):
@@ -79,4 +82,4 @@ class Reply:
     text: str
     in_reply_to: tuple[str, ...]
     truncated: bool = False
-    extras: Mapping[str, object] = _EMPTY
+    extras: Mapping[str, object] = field(default_factory=_no_extras)

@@ -51,6 +51,8 @@ class ConversationState:
     summary_through_id: int
     # Messages with id <= this were before the last /reset and are out of context (0: none).
     context_start_id: int
+    # Id of the newest assistant CHAT message (0: none): lets a cached window prove it is current.
+    last_reply_id: int = 0
 
 
 class Store(Protocol):

@@ -1,0 +1,391 @@
+"""A backend over an OpenAI-compatible HTTP server: vLLM's, `transformers serve`, or others.
+
+`base_url` is the server root (`http://host:8000`); a trailing `/v1` is accepted and dropped,
+because vLLM serves `/tokenize` and `/health` beside `/v1`, not under it.
+
+Capabilities come from the server where it says: `max_model_len` from the model's `/v1/models`
+entry (vLLM reports it), else `settings.max_model_len`, else DEFAULT_MAX_MODEL_LEN. Token
+counts come from vLLM's `/tokenize`; a server without it gets `backends.base.estimate_tokens`
+and `exact_token_counts=False`.
+
+Errors (all `bot.errors.BackendError`):
+    ServerUnavailable (BackendUnavailable)  unreachable, 429 or 5xx; `.status`, `.retry_after`
+    BackendTimeout      connect, first token, gap between chunks, or the whole reply too slow
+    ContextTooLong      HTTP 400 whose message is about the context length
+    BackendError        any other refusal, or a stream that cannot be parsed
+
+Close the stream early with `contextlib.aclosing` (or cancel the task): the HTTP response is
+closed, and vLLM aborts a request whose client went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import SecretStr
+
+from backends.base import Capabilities, Chunk, GenerationRequest, Usage, estimate_tokens
+from bot.errors import BackendError, BackendTimeout, BackendUnavailable, ContextTooLong
+from bot.settings import BackendSettings, TimeoutSettings
+from bot.types import ChatMessage
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Used when neither the server nor the settings say; small enough to be safe for most models.
+DEFAULT_MAX_MODEL_LEN = 4096
+
+_CONTEXT_MESSAGE = re.compile(
+    r"context length|maximum context|max_model_len|maximum model length", re.IGNORECASE
+)
+
+
+class ServerUnavailable(BackendUnavailable):
+    """BackendUnavailable with what a retry layer needs: the HTTP status and Retry-After."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class OpenAICompatBackend:
+    """The `Backend` protocol over `/v1/chat/completions` with server-sent events."""
+
+    def __init__(
+        self, settings: BackendSettings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        if not settings.base_url:
+            raise BackendError("backend.base_url is required for an OpenAI-compatible server")
+        self._settings = settings
+        self._timeouts = settings.timeouts
+        self._base_url = settings.base_url.rstrip("/").removesuffix("/v1")
+        self._client = httpx.AsyncClient(
+            base_url=self._base_url,
+            headers=_auth_headers(settings.api_key),
+            timeout=_call_timeout(settings.timeouts),
+            transport=transport,
+        )
+        self._capabilities = Capabilities(
+            name="openai",
+            model=settings.model,
+            max_model_len=settings.max_model_len or DEFAULT_MAX_MODEL_LEN,
+            exact_token_counts=False,
+        )
+        self._started = False
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        entry = await self._model_entry()
+        served_len = entry.get("max_model_len")
+        max_len = (
+            int(served_len)
+            if isinstance(served_len, int)
+            else (self._settings.max_model_len or DEFAULT_MAX_MODEL_LEN)
+        )
+        exact = await self._tokenize({"prompt": "ping"}) is not None
+        self._capabilities = Capabilities("openai", self._settings.model, max_len, exact)
+        self._started = True
+        log.info("OpenAI-compatible server ready: max_model_len=%d exact=%s", max_len, exact)
+
+    async def _model_entry(self) -> Mapping[str, Any]:
+        response = await self._send(self._client.build_request("GET", "/v1/models"))
+        _raise_for_status(response)
+        models = _json_body(response).get("data")
+        entries = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+        for entry in entries:
+            if entry.get("id") == self._settings.model:
+                return entry
+        served = ", ".join(sorted(str(m.get("id")) for m in entries)) or "none"
+        raise BackendError(
+            f"model {self._settings.model!r} not served by {self._base_url}; available: {served}"
+        )
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return list(await asyncio.gather(*(self._count_text(t) for t in texts)))
+
+    async def _count_text(self, text: str) -> int:
+        count = await self._tokenize({"prompt": text, "add_special_tokens": False})
+        return estimate_tokens(text) if count is None else count
+
+    async def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Prompt tokens of `messages` with the server's chat template and generation prompt."""
+        body = {"messages": [m.as_openai() for m in messages], "add_generation_prompt": True}
+        count = await self._tokenize(body)
+        if count is None:
+            return sum(estimate_tokens(f"{m.role.value}: {m.content}\n") for m in messages)
+        return count
+
+    async def _tokenize(self, body: dict[str, Any]) -> int | None:
+        """Token count from vLLM's /tokenize, or None where the server has no such endpoint."""
+        request = self._client.build_request(
+            "POST", "/tokenize", json={"model": self._settings.model, **body}
+        )
+        response = await self._send(request)
+        if response.status_code in (404, 405):
+            self._mark_estimated()
+            return None
+        _raise_for_status(response)
+        tokens = _json_body(response).get("tokens")
+        if not isinstance(tokens, list):
+            raise BackendError("the server's /tokenize answer has no token list")
+        return len(tokens)
+
+    def _mark_estimated(self) -> None:
+        if self._capabilities.exact_token_counts:
+            caps = self._capabilities
+            self._capabilities = Capabilities(caps.name, caps.model, caps.max_model_len, False)
+
+    async def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        try:
+            return await self._client.send(request, stream=stream)
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(f"{request.url.path}: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"cannot reach {self._base_url}: {exc!r}") from exc
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        clock = _Deadlines(self._timeouts)
+        http_request = self._client.build_request(
+            "POST",
+            "/v1/chat/completions",
+            json=self._chat_body(request),
+            headers=_session_headers(request.session_id),
+            # Reads are bounded by _Deadlines (first token, gap, total), not by httpx.
+            timeout=httpx.Timeout(self._timeouts.connect_s, read=None),
+        )
+        response = await clock.wait(self._send(http_request, stream=True))
+        try:
+            if response.is_error:
+                await response.aread()
+                _raise_for_status(response)
+            async with contextlib.aclosing(_read_reply(response, clock)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            await response.aclose()
+
+    def _chat_body(self, request: GenerationRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self._settings.model,
+            "messages": [m.as_openai() for m in request.messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.session_id:
+            body["user"] = request.session_id
+        return body
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class _Deadlines:
+    """The three reply time limits: to the first content, between chunks, and in total."""
+
+    def __init__(self, timeouts: TimeoutSettings) -> None:
+        self._limits = timeouts
+        self._started = time.monotonic()
+        self._last_chunk: float | None = None
+
+    def chunk_arrived(self, has_content: bool) -> None:
+        # The gap limit starts counting at the first content; before that, first_token_s rules.
+        if has_content or self._last_chunk is not None:
+            self._last_chunk = time.monotonic()
+
+    def _next(self) -> tuple[float, str]:
+        limits = self._limits
+        if self._last_chunk is None:
+            deadline, what = self._started + limits.first_token_s, "first token"
+        else:
+            deadline, what = self._last_chunk + limits.gap_s, "next chunk"
+        total = self._started + limits.total_s
+        return (total, "whole reply") if total < deadline else (deadline, what)
+
+    async def wait(self, awaitable: Awaitable[T]) -> T:
+        deadline, what = self._next()
+        loop_deadline = asyncio.get_running_loop().time() + (deadline - time.monotonic())
+        try:
+            async with asyncio.timeout_at(loop_deadline):
+                return await awaitable
+        except TimeoutError:
+            raise BackendTimeout(f"the server sent no {what} in time") from None
+
+
+@dataclass
+class _Reply:
+    """What the stream has said so far, besides the text deltas."""
+
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    done: bool = False
+
+    def absorb(self, event: Mapping[str, Any]) -> str:
+        """Take one chunk object; return its text delta."""
+        if isinstance(event.get("usage"), dict):
+            self.usage = _usage(event["usage"])
+        choices = event.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return ""
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            self.finish_reason = str(choice["finish_reason"])
+        delta = choice.get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+        return content if isinstance(content, str) else ""
+
+
+async def _read_reply(
+    response: httpx.Response, clock: _Deadlines
+) -> AsyncGenerator[Chunk, None]:
+    """Text chunks from the event stream, then one chunk with usage and finish reason."""
+    reply = _Reply()
+    async with contextlib.aclosing(_sse_data(response.aiter_lines())) as events:
+        while (data := await _next_event(events, clock)) is not None:
+            if data.strip() == "[DONE]":
+                reply.done = True
+                break
+            text = reply.absorb(_decode(data))
+            clock.chunk_arrived(bool(text))
+            if text:
+                yield Chunk(text=text)
+    # Some servers omit [DONE]; a finish reason still proves the reply is complete.
+    if not reply.done and reply.finish_reason is None:
+        raise ServerUnavailable("the server closed the stream before the reply was complete")
+    yield Chunk(usage=reply.usage, finish_reason=reply.finish_reason)
+
+
+async def _next_event(events: AsyncIterator[str], clock: _Deadlines) -> str | None:
+    try:
+        return await clock.wait(anext(events, None))
+    except httpx.TransportError as exc:
+        raise ServerUnavailable(f"the reply stream broke: {exc!r}") from exc
+
+
+async def _sse_data(lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+    """The data of each server-sent event; comments (keep-alives) and other fields dropped."""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:  # a last event without its blank line: take it rather than lose it
+        yield "\n".join(data)
+
+
+def _decode(data: str) -> Mapping[str, Any]:
+    try:
+        event = json.loads(data)
+    except json.JSONDecodeError:
+        raise BackendError(f"malformed event from the server: {data[:120]!r}") from None
+    if not isinstance(event, dict):
+        raise BackendError(f"unexpected event from the server: {data[:120]!r}")
+    if "error" in event:
+        # vLLM reports errors that happen after the 200 header as an event.
+        raise _error_for(400, _error_message(event), {})
+    return event
+
+
+def _usage(raw: Mapping[str, Any]) -> Usage:
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+        cached_tokens=int(cached) if isinstance(cached, int) else None,
+    )
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.is_error:
+        message = _error_message(_json_or_text(response))
+        raise _error_for(response.status_code, message, response.headers)
+
+
+def _error_for(status: int, message: str, headers: Mapping[str, str]) -> BackendError:
+    if status == 429 or status >= 500:
+        retry_after = _retry_after(headers.get("retry-after"))
+        return ServerUnavailable(
+            f"the server answered {status}: {message}", status=status, retry_after=retry_after
+        )
+    if status == 400 and _CONTEXT_MESSAGE.search(message):
+        return ContextTooLong(message)
+    return BackendError(f"the server answered {status}: {message}")
+
+
+def _error_message(body: object) -> str:
+    """The human part of an error body: OpenAI's {"error": {"message"}} or whatever is there."""
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])
+        return str(error)[:500]
+    return str(body)[:500]
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: either a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _json_or_text(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def _json_body(response: httpx.Response) -> Mapping[str, Any]:
+    body = _json_or_text(response)
+    if not isinstance(body, dict):
+        raise BackendError(f"{response.request.url.path}: the server did not answer with JSON")
+    return body
+
+
+def _auth_headers(api_key: SecretStr | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key else {}
+
+
+def _session_headers(session_id: str | None) -> dict[str, str]:
+    # Routers in front of vLLM keep a session on the replica holding its prefix cache.
+    return {"X-Session-ID": session_id} if session_id else {}
+
+
+def _call_timeout(timeouts: TimeoutSettings) -> httpx.Timeout:
+    """For the short calls (models, tokenize); streams get their own limits."""
+    return httpx.Timeout(timeouts.gap_s, connect=timeouts.connect_s)

@@ -1,0 +1,196 @@
+"""In-process vLLM: an `AsyncLLM` engine driven from this event loop.
+
+vLLM is imported inside `start()`, so this module imports (and the rest of Parley runs) where
+vLLM is not installed. The engine runs its model in worker processes; a script that builds
+this backend needs an `if __name__ == "__main__":` guard.
+
+Prompts are rendered with the model's own chat template and sent as token ids, so the length
+checked here, the length counted by `count_chat_tokens` and the length the engine sees are the
+same number.
+
+Errors (all `bot.errors.BackendError`):
+    ContextTooLong      the rendered prompt leaves no room in max_model_len
+    BackendUnavailable  the engine could not start, or its core process died
+    BackendError        the engine rejected or failed the request
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from typing import Any
+
+from backends.base import Capabilities, Chunk, GenerationRequest, Usage
+from bot.errors import BackendError, BackendUnavailable, ContextTooLong
+from bot.settings import BackendSettings
+from bot.types import ChatMessage
+
+log = logging.getLogger(__name__)
+
+_CONTEXT_MESSAGE = re.compile(r"maximum (model|context) length", re.IGNORECASE)
+
+
+class VllmEngineBackend:
+    """The `Backend` protocol over an in-process `vllm.v1.engine.async_llm.AsyncLLM`."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        self._settings = settings
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._start_lock = asyncio.Lock()
+        self._capabilities = Capabilities(
+            name="vllm",
+            model=settings.model,
+            max_model_len=settings.max_model_len or 0,
+            exact_token_counts=True,
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def engine(self) -> Any:
+        """The running `AsyncLLM` (for metrics and tests); None before start()."""
+        return self._engine
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._engine is not None:
+                return
+            # Building the engine blocks for seconds (model load, worker hand-shake).
+            engine = await asyncio.to_thread(self._build_engine)
+            self._engine = engine
+            self._tokenizer = engine.get_tokenizer()
+            self._capabilities = Capabilities(
+                name="vllm",
+                model=self._settings.model,
+                max_model_len=int(engine.model_config.max_model_len),
+                exact_token_counts=True,
+            )
+            log.info("vLLM engine ready: max_model_len=%d", self._capabilities.max_model_len)
+
+    def _build_engine(self) -> Any:
+        try:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise BackendUnavailable(
+                f"backend kind 'vllm' needs the vllm package ({exc}); install parley[vllm]"
+            ) from exc
+        args = AsyncEngineArgs(model=self._settings.model, **self._engine_options())
+        try:
+            return AsyncLLM.from_engine_args(args)
+        except Exception as exc:  # vLLM raises many kinds while loading; all mean "not up"
+            raise BackendUnavailable(f"vLLM engine failed to start: {exc}") from exc
+
+    def _engine_options(self) -> dict[str, Any]:
+        settings = self._settings
+        options: dict[str, Any] = {
+            "gpu_memory_utilization": settings.gpu_memory_utilization,
+            "enforce_eager": settings.enforce_eager,
+            "dtype": settings.dtype,
+            "tensor_parallel_size": settings.tensor_parallel_size,
+            "disable_log_stats": True,
+        }
+        if settings.max_model_len is not None:
+            options["max_model_len"] = settings.max_model_len
+        return options
+
+    def _require_started(self) -> Any:
+        if self._engine is None:
+            raise BackendError("the vLLM backend is not started; call start() first")
+        return self._engine
+
+    def _render(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of the chat, rendered the way vLLM's server renders it (text, then ids)."""
+        self._require_started()
+        text = self._tokenizer.apply_chat_template(
+            [m.as_openai() for m in messages], add_generation_prompt=True, tokenize=False
+        )
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        self._require_started()
+        return [len(self._tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+
+    async def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Prompt tokens of `messages` with the chat template and generation prompt."""
+        return len(self._render(messages))
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        engine = self._require_started()
+        prompt_ids = self._render(request.messages)
+        self._check_fits(len(prompt_ids))
+        outputs = engine.generate(
+            {"prompt_token_ids": prompt_ids}, self._sampling(request), request.request_id
+        )
+        completion_tokens, cached, finish_reason = 0, None, None
+        finished = False
+        try:
+            with _vllm_errors_mapped():
+                async for out in outputs:
+                    completion = out.outputs[0]
+                    completion_tokens += len(completion.token_ids)
+                    if out.num_cached_tokens is not None:
+                        cached = out.num_cached_tokens
+                    finish_reason = completion.finish_reason or finish_reason
+                    finished = out.finished
+                    if completion.text:
+                        yield Chunk(text=completion.text)
+        finally:
+            if not finished:
+                await self._abort(outputs, request.request_id)
+        usage = Usage(len(prompt_ids), completion_tokens, cached)
+        yield Chunk(usage=usage, finish_reason=finish_reason)
+
+    async def _abort(self, outputs: Any, request_id: str) -> None:
+        """Stop the request in the engine: the consumer left before it finished."""
+        # Closing vLLM's generator aborts too, but only when it was started; abort() by id
+        # covers every state and is idempotent.
+        await outputs.aclose()
+        await self._engine.abort(request_id)
+        log.debug("aborted %s", request_id)
+
+    def _check_fits(self, prompt_tokens: int) -> None:
+        limit = self._capabilities.max_model_len
+        # The engine needs room for at least one output token.
+        if prompt_tokens >= limit:
+            raise ContextTooLong(f"prompt of {prompt_tokens} tokens; max_model_len is {limit}")
+
+    def _sampling(self, request: GenerationRequest) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        return SamplingParams(
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            stop=list(request.stop) or None,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def aclose(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            # shutdown() joins the worker processes; keep the loop free meanwhile.
+            await asyncio.to_thread(engine.shutdown)
+
+
+@contextlib.contextmanager
+def _vllm_errors_mapped() -> Iterator[None]:
+    """Re-raise vLLM's request errors as Parley's."""
+    from vllm.exceptions import VLLMClientError, VLLMServerError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    try:
+        yield
+    except EngineDeadError as exc:
+        raise BackendUnavailable(f"vLLM engine died: {exc}") from exc
+    except VLLMClientError as exc:
+        if _CONTEXT_MESSAGE.search(str(exc)):
+            raise ContextTooLong(str(exc)) from exc
+        raise BackendError(f"vLLM rejected the request: {exc}") from exc
+    except (VLLMServerError, ValueError, RuntimeError) as exc:
+        raise BackendError(f"vLLM failed the request: {exc}") from exc

@@ -1,0 +1,1 @@
+"""The turn pipeline: inbox, per-conversation lock, burst policy, context, dispatch."""

@@ -1,0 +1,104 @@
+"""Loads, extends and rolls over a conversation's context window.
+
+The cache holds a copy of each window; SQL holds the truth. A cached copy is used only if it is
+provably current (its last reply and boundary match SQL's), so a stale entry left by a Redis
+outage is rebuilt instead of trusted. A rebuild reads a bounded number of the newest rows, so
+loading costs the same for 10 or 100,000 earlier messages.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bot.storage.base import Cache, ConversationState, Store
+
+from .summary import Summarizer
+from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, turns_from_rows
+
+log = logging.getLogger(__name__)
+
+CACHE_TTL_S = 24 * 3600
+
+
+class ContextLoader:
+    def __init__(
+        self,
+        store: Store,
+        cache: Cache,
+        summarizer: Summarizer,
+        *,
+        budget_tokens: int,
+        max_rows: int = 400,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._summarizer = summarizer
+        self.budget_tokens = budget_tokens
+        self._max_rows = max_rows
+
+    @staticmethod
+    def _key(conversation_id: int) -> str:
+        return f"ctx:{conversation_id}"
+
+    async def load(self, conversation_id: int) -> Window:
+        state = await self._store.state(conversation_id)
+        raw = await self._cache.get(self._key(conversation_id))
+        if raw is not None:
+            window = Window.loads(raw)
+            if _is_current(window, state):
+                return window
+            log.debug("stale cached window for conversation %s, rebuilding", conversation_id)
+        window = await self._rebuild(state)
+        await self._save(conversation_id, window)
+        return window
+
+    async def _rebuild(self, state: ConversationState) -> Window:
+        boundary = max(state.summary_through_id, state.context_start_id)
+        summary = state.summary if state.summary_through_id >= state.context_start_id else ""
+        rows = await self._store.context_messages(state.id, boundary, self._max_rows)
+        turns = turns_from_rows(rows, complete=len(rows) < self._max_rows)
+        summary_tokens = await self._count(summary) if summary else 0
+        return Window(summary, summary_tokens, boundary, turns)
+
+    async def fit(self, conversation_id: int, window: Window, new_tokens: int) -> Window:
+        """Make room for a new message of `new_tokens`: roll over only when it must."""
+        if window.tokens + new_tokens > self.budget_tokens and window.turns:
+            await self._roll_over(conversation_id, window, self.budget_tokens // 2 - new_tokens)
+            await self._save(conversation_id, window)
+        return window
+
+    async def append(self, conversation_id: int, window: Window, turn: Turn) -> None:
+        """Add a finished turn. Appending never changes what came before (prefix stability)."""
+        window.turns.append(turn)
+        await self._save(conversation_id, window)
+
+    async def _roll_over(self, conversation_id: int, window: Window, target: int) -> None:
+        # Fold down to half the budget so roll-overs (which break the prefix) stay rare.
+        fold: list[Turn] = []
+        while window.turns and window.tokens > target:
+            fold.append(window.turns.pop(0))
+            window.summary_tokens = 0  # the old summary is folded into the new one
+        if not fold:
+            return
+        summary, tokens = await self._summarizer.fold(window.summary, fold)
+        through = fold[-1].reply_id
+        await self._store.fold_summary(conversation_id, summary, through)
+        window.summary, window.summary_tokens = summary, tokens + MESSAGE_OVERHEAD_TOKENS
+        window.boundary_id = max(window.boundary_id, through)
+        log.info("conversation %s rolled over: %d turns folded", conversation_id, len(fold))
+
+    async def invalidate(self, conversation_id: int) -> None:
+        await self._cache.delete(self._key(conversation_id))
+
+    async def _save(self, conversation_id: int, window: Window) -> None:
+        await self._cache.set(self._key(conversation_id), window.dumps(), CACHE_TTL_S)
+
+    async def _count(self, text: str) -> int:
+        return await self._summarizer.count(text)
+
+
+def _is_current(window: Window, state: ConversationState) -> bool:
+    boundary = max(state.summary_through_id, state.context_start_id)
+    return window.boundary_id == boundary and window.last_reply_id == max(
+        state.last_reply_id, boundary
+    )

@@ -1,0 +1,260 @@
+"""The conversation manager: the turn pipeline of DESIGN.md.
+
+submit():  record the message in SQL (a repeated idempotency key is dropped), then schedule
+           the conversation. Returning from submit() is the acknowledgement point: from here
+           the message survives a crash (recover() picks it up on the next start).
+worker:    take the conversation's lock (asyncio in one process, Redis across processes), then
+           run turns until nothing is pending: each turn takes the pending messages (merged, or
+           one at a time, per the burst policy), answers them through the router or the model,
+           streams the answer to the platform's sink, and records it. record_reply is fenced in
+           SQL, so even a lost lock cannot record a second answer.
+
+Errors are mapped to user-facing sentences here and only here (`_user_message`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from backends.base import Backend, Chunk, GenerationRequest, Usage, estimate_tokens
+from bot.errors import BackendError, BotError, NoBackendConfigured
+from bot.settings import BackendSettings, ConversationSettings
+from bot.skills.router import CommandRouter, TurnContext, parse_command
+from bot.storage.base import Cache, MessageKind, Recorded, Store, StoredMessage
+from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
+
+from .context import ContextLoader
+from .sink import ReplySink, once
+from .window import MESSAGE_OVERHEAD_TOKENS, Turn, merge_user_texts
+
+log = logging.getLogger(__name__)
+
+CUT_OFF_NOTE = "\n\n[The reply was cut off.]"
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    conversation_id: int
+    key: ConversationKey
+
+
+class ConversationManager:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        cache: Cache,
+        context: ContextLoader,
+        router: CommandRouter,
+        backend: Backend | None,
+        settings: ConversationSettings,
+        generation: BackendSettings,
+        count_tokens: Callable[[str], Awaitable[int]],
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._context = context
+        self._router = router
+        self._backend = backend
+        self._settings = settings
+        self._generation = generation
+        self._count = count_tokens
+        self._sinks: dict[str, ReplySink] = {}
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self._again: set[int] = set()
+
+    def attach(self, platform: str, sink: ReplySink) -> None:
+        self._sinks[platform] = sink
+
+    async def submit(self, incoming: Incoming) -> Recorded:
+        """Record the message and schedule its conversation. Safe to call twice."""
+        kind = MessageKind.CHAT
+        too_long = len(incoming.text) > self._settings.max_message_chars
+        if too_long or parse_command(incoming.text) is not None:
+            kind = MessageKind.COMMAND
+        tokens = estimate_tokens(incoming.text) if too_long else await self._count(incoming.text)
+        recorded = await self._store.record_incoming(incoming, kind=kind, token_count=tokens)
+        if recorded.is_new:
+            self._schedule(_Work(recorded.conversation_id, incoming.key))
+        return recorded
+
+    async def handle(self, incoming: Incoming) -> Recorded:
+        """submit() and wait until the conversation has nothing pending in this process."""
+        recorded = await self.submit(incoming)
+        await self.wait_idle(recorded.conversation_id)
+        return recorded
+
+    async def wait_idle(self, conversation_id: int | None = None) -> None:
+        while True:
+            if conversation_id is None:
+                tasks = list(self._workers.values())
+            else:
+                tasks = [t for t in [self._workers.get(conversation_id)] if t is not None]
+            if not tasks:
+                return
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def recover(self) -> int:
+        """Schedule every conversation that has messages left unanswered (e.g. by a crash)."""
+        pending = await self._store.conversations_with_pending()
+        for conversation_id, key in pending:
+            self._schedule(_Work(conversation_id, key))
+        return len(pending)
+
+    async def aclose(self) -> None:
+        """Let running turns finish (a turn is never cut in half by a clean shutdown)."""
+        await self.wait_idle()
+
+    def _schedule(self, work: _Work) -> None:
+        if work.conversation_id in self._workers:
+            self._again.add(work.conversation_id)
+            return
+        task = asyncio.create_task(self._worker(work), name=f"parley-conv-{work.key}")
+        self._workers[work.conversation_id] = task
+
+    async def _worker(self, work: _Work) -> None:
+        try:
+            while True:
+                self._again.discard(work.conversation_id)
+                await self._drain(work)
+                if work.conversation_id not in self._again:
+                    return
+        except Exception:
+            # Messages stay pending in SQL; the next submit or recover() retries them.
+            log.exception("conversation %s: turn failed, left pending", work.key)
+        finally:
+            del self._workers[work.conversation_id]
+
+    async def _drain(self, work: _Work) -> None:
+        s = self._settings
+        lock = self._cache.lock(f"conv:{work.conversation_id}", ttl_s=s.lock_ttl_s, wait_s=s.lock_wait_s)
+        async with lock:
+            while batch := self._next_batch(await self._store.pending(work.conversation_id, 64)):
+                await self._turn(work, batch)
+
+    def _next_batch(self, pending: Sequence[StoredMessage]) -> list[StoredMessage]:
+        if not pending or pending[0].kind is MessageKind.COMMAND:
+            return list(pending[:1])
+        if self._settings.burst == "queue":
+            return [pending[0]]
+        batch: list[StoredMessage] = []
+        for message in pending:
+            if message.kind is not MessageKind.CHAT:
+                break
+            batch.append(message)
+        return batch
+
+    async def _turn(self, work: _Work, batch: list[StoredMessage]) -> None:
+        if batch[0].kind is MessageKind.COMMAND:
+            text = await self._command(work, batch[0])
+            await self._reply_once(work, batch, text)
+        elif self._backend is None:
+            await self._reply_once(work, batch, NoBackendConfigured.user_message)
+        else:
+            await self._chat(work, batch, self._backend)
+
+    async def _command(self, work: _Work, message: StoredMessage) -> str:
+        if len(message.content) > self._settings.max_message_chars:
+            return (
+                f"That message is too long ({len(message.content)} characters; the limit is "
+                f"{self._settings.max_message_chars}). Please send a shorter one."
+            )
+        parsed = parse_command(message.content)
+        if parsed is None:  # recorded as a command, so this cannot happen; answer anyway
+            return self._router.help_text()
+        name, args = parsed
+        user = User(work.key.platform, "", message.user_display_name)
+        ctx = TurnContext(
+            work.key, work.conversation_id, user, args, self._store, self._context, self._settings
+        )
+        try:
+            return await self._router.dispatch(ctx, name)
+        except BotError as exc:
+            log.warning("command /%s failed: %s", name, exc)
+            return exc.user_message
+
+    async def _reply_once(self, work: _Work, batch: list[StoredMessage], text: str) -> None:
+        """Deliver and record a reply that is complete up front; it stays out of the context."""
+        await self._deliver(work.key, once(text))
+        ids = [m.id for m in batch]
+        await self._store.record_reply(
+            work.conversation_id, ids, text, kind=MessageKind.COMMAND, token_count=0
+        )
+
+    async def _chat(self, work: _Work, batch: list[StoredMessage], backend: Backend) -> None:
+        window = await self._context.load(work.conversation_id)
+        user_text = merge_user_texts([m.content for m in batch])
+        user_tokens = sum(m.token_count + MESSAGE_OVERHEAD_TOKENS for m in batch)
+        window = await self._context.fit(work.conversation_id, window, user_tokens)
+        messages = [
+            *window.messages(self._settings.system_prompt),
+            ChatMessage(Role.USER, user_text),
+        ]
+        request = GenerationRequest(
+            messages=messages,
+            max_tokens=self._generation.max_tokens,
+            temperature=self._generation.temperature,
+            session_id=str(work.key),
+        )
+        reply = _Collected()
+        try:
+            await self._deliver(work.key, reply.relay(backend.stream(request)))
+        except BackendError as exc:  # only before the first delta; later ones end the relay
+            log.warning("conversation %s: backend failed: %s", work.key, exc)
+            await self._reply_once(work, batch, exc.user_message)
+            return
+        text = "".join(reply.parts)
+        tokens = reply.usage.completion_tokens if reply.usage else await self._count(text)
+        stored = await self._store.record_reply(
+            work.conversation_id, [m.id for m in batch], text, kind=MessageKind.CHAT,
+            token_count=tokens,
+        )
+        if stored is None:
+            log.warning("conversation %s: already answered elsewhere", work.key)
+            await self._context.invalidate(work.conversation_id)
+            return
+        turn_tokens = user_tokens + tokens + MESSAGE_OVERHEAD_TOKENS
+        await self._context.append(
+            work.conversation_id, window, Turn(user_text, text, turn_tokens, stored.id)
+        )
+
+    async def _deliver(self, key: ConversationKey, chunks: AsyncIterator[str]) -> None:
+        sink = self._sinks.get(key.platform)
+        if sink is None:
+            log.error("no sink attached for platform %r; reply dropped", key.platform)
+            async for _ in chunks:
+                pass
+            return
+        await sink.deliver(key, chunks)
+
+
+class _Collected:
+    """Relays a backend stream to a sink while keeping the text and usage for the record."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.usage: Usage | None = None
+
+    async def relay(self, stream: AsyncIterator[Chunk]) -> AsyncIterator[str]:
+        """Text deltas for the sink. A failure after text was shown ends the reply with a
+        short note instead of an error, so the user never sees the same text twice."""
+        try:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    self.usage = chunk.usage
+                if chunk.text:
+                    self.parts.append(chunk.text)
+                    yield chunk.text
+        except BackendError as exc:
+            if not self.parts:
+                raise
+            log.warning("reply cut off after %d chunks: %s", len(self.parts), exc)
+            self.parts.append(CUT_OFF_NOTE)
+            yield CUT_OFF_NOTE
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()

@@ -1,0 +1,23 @@
+"""The seam between the core and a platform's output."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from bot.types import ConversationKey
+
+
+class ReplySink(Protocol):
+    """Delivers one reply to a conversation, rendering it as the deltas arrive.
+
+    The sink consumes `chunks` to the end (or raises). Stopping early closes the iterator,
+    which aborts the model request behind it.
+    """
+
+    async def deliver(self, key: ConversationKey, chunks: AsyncIterator[str]) -> None: ...
+
+
+async def once(text: str) -> AsyncIterator[str]:
+    """A reply that is complete from the start (commands, errors, no-model answers)."""
+    yield text

@@ -1,0 +1,97 @@
+"""The context window: a summary of older turns plus the recent turns, token-budgeted.
+
+The prompt is always: system prompt (with the summary block appended), then the turns in
+order, then the new user message. A turn is only ever appended, and the summary changes only
+when the window rolls over, so each turn's prompt begins with the previous turn's prompt byte
+for byte and vLLM's prefix cache can skip most of the prefill.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from bot.storage.base import StoredMessage
+from bot.types import ChatMessage, Role
+
+# Tokens a chat template adds around each message (role markers, separators). Used only for
+# budgeting; the backend's tokenizer gives the exact figure where it matters.
+MESSAGE_OVERHEAD_TOKENS = 4
+SUMMARY_HEADING = "Summary of the earlier conversation:"
+
+
+@dataclass(slots=True)
+class Turn:
+    user: str
+    assistant: str
+    tokens: int
+    # Id of the assistant message: what `summary_through_id` points at when the turn is folded.
+    reply_id: int
+
+
+@dataclass(slots=True)
+class Window:
+    summary: str = ""
+    summary_tokens: int = 0
+    # The id after which messages may belong to the window (max of fold point and /reset point).
+    boundary_id: int = 0
+    turns: list[Turn] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return self.summary_tokens + sum(t.tokens for t in self.turns)
+
+    @property
+    def last_reply_id(self) -> int:
+        return self.turns[-1].reply_id if self.turns else self.boundary_id
+
+    def messages(self, system_prompt: str) -> list[ChatMessage]:
+        system = system_prompt
+        if self.summary:
+            system = f"{system_prompt}\n\n{SUMMARY_HEADING}\n{self.summary}"
+        out = [ChatMessage(Role.SYSTEM, system)]
+        for turn in self.turns:
+            out.append(ChatMessage(Role.USER, turn.user))
+            out.append(ChatMessage(Role.ASSISTANT, turn.assistant))
+        return out
+
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Window:
+        data = json.loads(raw)
+        turns = [Turn(**t) for t in data.pop("turns")]
+        return cls(turns=turns, **data)
+
+
+def merge_user_texts(texts: Sequence[str]) -> str:
+    """Messages merged into one turn by the burst policy, in the order they were sent."""
+    return "\n\n".join(texts)
+
+
+def turns_from_rows(rows: Sequence[StoredMessage], *, complete: bool) -> list[Turn]:
+    """Group stored messages into turns: each assistant message with the users it answered.
+
+    `complete` is False when the rows were cut by a limit; the oldest turn may then be missing
+    some of its user messages and is dropped rather than shown half.
+    """
+    users: dict[int, list[StoredMessage]] = {}
+    replies: list[StoredMessage] = []
+    for row in rows:
+        if row.role is Role.ASSISTANT:
+            replies.append(row)
+        elif row.answered_by is not None:
+            users.setdefault(row.answered_by, []).append(row)
+    turns = []
+    for reply in replies:
+        asked = users.get(reply.id, [])
+        if not asked:
+            continue
+        tokens = sum(m.token_count + MESSAGE_OVERHEAD_TOKENS for m in (*asked, reply))
+        text = merge_user_texts([m.content for m in asked])
+        turns.append(Turn(user=text, assistant=reply.content, tokens=tokens, reply_id=reply.id))
+    if not complete and turns:
+        turns.pop(0)
+    return turns

@@ -1,0 +1,87 @@
+"""`parley doctor`: one line per check, and a clear line for each problem found."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TextIO
+
+from backends.factory import build_backend
+from bot.errors import BotError
+from bot.settings import Settings
+from bot.storage import migrate
+from bot.storage.cache import build_cache
+from bot.storage.database import create_engine
+from bot.storage.sql_store import SqlStore
+
+_Report = Callable[[bool, str], None]
+
+
+async def run_checks(settings: Settings, *, out: TextIO) -> list[str]:
+    problems: list[str] = []
+
+    def report(ok: bool, line: str) -> None:
+        out.write(f"[{'ok' if ok else 'PROBLEM'}] {line}\n")
+        if not ok:
+            problems.append(line)
+
+    await _check_database(settings, report)
+    await _check_cache(settings, report)
+    await _check_backend(settings, report)
+    out.write("no problems found\n" if not problems else f"{len(problems)} problem(s) found\n")
+    return problems
+
+
+async def _check_database(settings: Settings, report: _Report) -> None:
+    url = settings.database.url.get_secret_value()
+    kind = "SQLite" if settings.database.is_sqlite else "PostgreSQL"
+    engine = create_engine(url)
+    try:
+        await SqlStore(engine).ping()
+        report(True, f"database: {kind} reachable")
+        try:
+            await migrate.check_schema(url)
+            report(True, f"database schema: at revision {migrate.head()}")
+        except BotError as exc:
+            auto = settings.database.is_sqlite and settings.database.auto_migrate is not False
+            report(auto, f"database schema: {exc}" + (" (migrated on start)" if auto else ""))
+    except BotError as exc:
+        report(False, f"database: {kind} not usable: {exc}")
+    finally:
+        await engine.dispose()
+
+
+async def _check_cache(settings: Settings, report: _Report) -> None:
+    if settings.redis.url is None:
+        report(True, "cache: in-process (set PARLEY_REDIS__URL to share it across workers)")
+        return
+    cache = build_cache(settings.redis)
+    try:
+        alive = await cache.ping()
+        report(alive, "cache: Redis " + ("reachable" if alive else "not reachable"))
+    finally:
+        await cache.aclose()
+
+
+async def _check_backend(settings: Settings, report: _Report) -> None:
+    backend = build_backend(settings.backend)
+    if backend is None:
+        report(True, "backend: none configured (commands only; see docs/backends.md)")
+        return
+    try:
+        await backend.start()
+        caps = backend.capabilities
+        exact = "model tokenizer" if caps.exact_token_counts else "estimated (~4 chars/token)"
+        report(True, f"backend: {caps.name} model {caps.model!r}, context {caps.max_model_len} tokens, counts: {exact}")
+        wanted = settings.conversation.context_tokens + settings.backend.max_tokens
+        if caps.max_model_len < wanted:
+            report(
+                False,
+                f"backend: context length {caps.max_model_len} is smaller than "
+                f"conversation.context_tokens + backend.max_tokens = {wanted}; "
+                "the history budget will be capped",
+            )
+    except BotError as exc:
+        report(False, f"backend: {exc}")
+    finally:
+        await backend.aclose()
+

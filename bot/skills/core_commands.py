@@ -1,0 +1,45 @@
+"""The core's own commands: /help, /start, /reset, /history."""
+
+from __future__ import annotations
+
+from bot.types import Role
+
+from .router import Command, CommandRouter, TurnContext
+
+EXCERPT_CHARS = 300
+
+
+def register_core_commands(router: CommandRouter) -> None:
+    async def help_(ctx: TurnContext) -> str:
+        return router.help_text()
+
+    router.add(Command("help", "what I can do", help_))
+    router.add(Command("start", "what I can do", help_, hidden=True))
+    router.add(Command("reset", "start a fresh conversation (history is kept)", _reset))
+    router.add(Command("history", "show the latest messages: /history [count]", _history))
+
+
+async def _reset(ctx: TurnContext) -> str:
+    await ctx.store.reset_context(ctx.conversation_id)
+    await ctx.context.invalidate(ctx.conversation_id)
+    return "Fresh start: I have set the earlier conversation aside (it stays in the history)."
+
+
+async def _history(ctx: TurnContext) -> str:
+    limit = ctx.settings.history_limit
+    if ctx.args:
+        if not ctx.args.isdigit() or int(ctx.args) < 1:
+            return "Usage: /history [count], for example /history 10"
+        limit = min(int(ctx.args), ctx.settings.history_limit)
+    # +1: the /history command itself is the newest message and is left out.
+    rows = [m for m in await ctx.store.history(ctx.conversation_id, limit + 1)][:-1][-limit:]
+    if not rows:
+        return "There is no history yet."
+    lines = []
+    for row in rows:
+        who = "Parley" if row.role is Role.ASSISTANT else (row.user_display_name or "You")
+        text = " ".join(row.content.split())
+        if len(text) > EXCERPT_CHARS:
+            text = text[: EXCERPT_CHARS - 1] + "…"
+        lines.append(f"{row.created_at:%Y-%m-%d %H:%M} {who}: {text}")
+    return "\n".join(lines)

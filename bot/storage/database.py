@@ -1,0 +1,102 @@
+"""Engines for the history database: an SQLite file by default, PostgreSQL in production."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import URL, event, make_url
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
+
+# WAL lets readers work while one writer commits; NORMAL is durable across application crashes
+# in WAL mode (only an OS crash may lose the last commits); busy_timeout makes a second writer
+# wait for the lock instead of failing at once with "database is locked".
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+)
+
+# What a database failure looks like: driver errors (wrapped by SQLAlchemy), an exhausted pool,
+# and refused or timed-out connections, which some drivers raise unwrapped.
+_COMMON_ERRORS: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError)
+
+
+def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
+    """An async engine for `url` (sqlite+aiosqlite:// or postgresql+asyncpg://)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, echo=echo)
+    return _create_async_engine(parsed, echo=echo, pool_size=pool_size, pool_pre_ping=True)
+
+
+def database_errors(url: str | URL) -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the database failed" for the driver of `url`."""
+    if make_url(url).get_driver_name() != "asyncpg":
+        return _COMMON_ERRORS
+    import asyncpg  # present whenever an asyncpg URL works at all
+
+    # asyncpg raises its own errors unwrapped while connecting (a wrong user or database name).
+    return (*_COMMON_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    # expire_on_commit=False: objects stay readable after commit without another round trip,
+    # which async code cannot do implicitly anyway.
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file an SQLite URL points at; None for in-memory databases."""
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def ensure_sqlite_folder(url: str | URL) -> None:
+    """Create the folder of an SQLite file (SQLite creates the file, not its folder)."""
+    parsed = make_url(url)
+    path = sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
+    ensure_sqlite_folder(url)
+    engine = _create_async_engine(url, echo=echo)
+    event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Per connection, because busy_timeout, synchronous and foreign_keys are not stored in the
+    # file (journal_mode is, but setting it again is harmless).
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def describe_error(exc: BaseException, url: str | URL) -> str:
+    """A one-line account of a database failure, safe to log and show.
+
+    Only the driver's own error class and first line: SQLAlchemy's text adds the statement and
+    its parameters (user content), and the URL is left out (it may hold a password, which is
+    masked too, in case a driver echoes it).
+    """
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    text = f"database error: {type(cause).__name__}" + (f": {lines[0]}" if lines else "")
+    try:
+        password = make_url(url).password
+    except sa_exc.ArgumentError:  # not a URL at all: nothing to mask
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return text[:300]

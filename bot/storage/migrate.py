@@ -1,0 +1,112 @@
+"""Schema migrations, run from code: `parley db upgrade`, and the check at start-up.
+
+Alembic is configured here rather than from alembic.ini (which is only for developers running
+`alembic` by hand), and the database URL travels in `Config.attributes`, never in an option
+that Alembic could print. Alembic's commands are synchronous and migrations/env.py calls
+`asyncio.run`, so they run in a worker thread, off the caller's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from bot.errors import SchemaOutOfDate, StorageError
+from bot.storage.database import database_errors, describe_error, ensure_sqlite_folder
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    # Options are %-interpolated: a literal % in the path must be doubled.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.attributes["url"] = url
+    return config
+
+
+async def upgrade(url: str, revision: str = "head") -> None:
+    await _run_command(command.upgrade, url, revision)
+
+
+async def downgrade(url: str, revision: str = "-1") -> None:
+    await _run_command(command.downgrade, url, revision)
+
+
+def head() -> str:
+    """The newest revision in migrations/versions."""
+    found = ScriptDirectory.from_config(alembic_config("")).get_current_head()
+    if found is None:
+        raise StorageError(f"no migrations found in {MIGRATIONS_DIR}")
+    return found
+
+
+async def current(url: str) -> str | None:
+    """The database's revision; None for a database that was never migrated."""
+    ensure_sqlite_folder(url)
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(_current_revision)
+    except database_errors(url) as exc:
+        raise StorageError(describe_error(exc, url)) from exc
+    finally:
+        await engine.dispose()
+
+
+async def check_schema(url: str) -> None:
+    """Raise SchemaOutOfDate unless the database is at the code's head revision."""
+    wanted = head()
+    found = await current(url)
+    if found == wanted:
+        return
+    if found is not None and not _is_known(found):
+        raise StorageError(
+            f"database schema is at revision {found}, which this code does not know: "
+            "it was migrated by a newer version of Parley"
+        )
+    raise SchemaOutOfDate(
+        f"database schema is at revision {found or 'none (empty database)'}, "
+        f"the code needs {wanted}: run `parley db upgrade`"
+    )
+
+
+async def ensure_schema(url: str, auto_migrate: bool | None) -> None:
+    """Migrate, or only check, as `auto_migrate` says.
+
+    None migrates an SQLite file (it belongs to this bot alone) but only checks a server
+    database, whose migrations an operator should run deliberately, once, for all workers.
+    """
+    migrate = auto_migrate
+    if migrate is None:
+        migrate = make_url(url).get_backend_name() == "sqlite"
+    if migrate:
+        await upgrade(url)
+    else:
+        await check_schema(url)
+
+
+async def _run_command(func: Callable[[Config, str], None], url: str, revision: str) -> None:
+    ensure_sqlite_folder(url)
+    try:
+        await asyncio.to_thread(func, alembic_config(url), revision)
+    except database_errors(url) as exc:
+        raise StorageError(describe_error(exc, url)) from exc
+
+
+def _current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def _is_known(revision: str) -> bool:
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return any(rev.revision == revision for rev in script.walk_revisions())

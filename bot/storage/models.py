@@ -1,0 +1,108 @@
+"""SQLAlchemy models of the history: users, conversations and their messages.
+
+migrations/versions/ must describe exactly this schema; tests/test_migrations.py compares them.
+Values that the core treats as enums (role, kind) are plain strings here, so that adding a
+member never needs a schema change.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names, so that migrations can drop and alter them by name on every
+# dialect (SQLite would otherwise leave them unnamed).
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# On SQLite only INTEGER PRIMARY KEY is a rowid alias that autoincrements; BIGINT is not.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+# The predicate of the partial index behind `pending` and `conversations_with_pending`. Queries
+# must repeat it with literals (not bound parameters) for the planners to match the index.
+PENDING_PREDICATE = "role = 'user' AND answered_by IS NULL"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("platform", "external_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    external_id: Mapped[str] = mapped_column(String(255))
+    display_name: Mapped[str] = mapped_column(String(255), server_default=text("''"))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ConversationRow(Base):
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("platform", "chat_id", "thread_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(255))
+    thread_id: Mapped[str] = mapped_column(String(255), server_default=text("''"))
+    created_at: Mapped[datetime] = _created_at()
+    summary: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    summary_through_id: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    context_start_id: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        # Serves context_messages and history: newest-first scans within one conversation.
+        Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        # Only unanswered user messages are in it, so it stays tiny however long history grows.
+        Index(
+            "ix_messages_pending",
+            "conversation_id",
+            "id",
+            postgresql_where=text(PENDING_PREDICATE),
+            sqlite_where=text(PENDING_PREDICATE),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    user_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("users.id", ondelete="SET NULL")
+    )
+    role: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    token_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # The assistant message that answered this user message; NULL while pending. No foreign
+    # key: the fence in SqlStore.record_reply writes it together with that message.
+    answered_by: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = _created_at()

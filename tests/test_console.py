@@ -1,0 +1,91 @@
+"""The console adapter and `parley chat`: streaming, piped stdin, and restarts."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from adapters.console import ConsoleAdapter
+from bot.app import Parley
+from bot.settings import ConsoleSettings, Settings
+from bot.types import Role
+from tests.doubles import ScriptedBackend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(database={"url": f"sqlite+aiosqlite:///{tmp_path}/chat.db"})  # type: ignore[arg-type]
+
+
+async def _chat(settings: Settings, backend: ScriptedBackend, lines: str) -> str:
+    out = io.StringIO()
+    async with Parley(settings, backend=backend) as app:
+        console = ConsoleAdapter(
+            app.manager, ConsoleSettings(), stdin=io.StringIO(lines), stdout=out, interactive=False
+        )
+        app.manager.attach(console.platform, console)
+        await console.run()
+    return out.getvalue()
+
+
+async def test_conversation_continues_after_restart(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    first = ScriptedBackend()
+    assert await _chat(settings, first, "my name is Ada\nnice day\n") == (
+        "echo: my name is Ada\necho: nice day\n"
+    )
+    second = ScriptedBackend()
+    await _chat(settings, second, "what is my name?\n")
+    (request,) = second.requests
+    assert [(m.role, m.content) for m in request.messages[1:]] == [
+        (Role.USER, "my name is Ada"),
+        (Role.ASSISTANT, "echo: my name is Ada"),
+        (Role.USER, "nice day"),
+        (Role.ASSISTANT, "echo: nice day"),
+        (Role.USER, "what is my name?"),
+    ]
+    # The prompt after the restart extends the last prompt before it, byte for byte.
+    assert list(request.messages[: len(first.requests[-1].messages)]) == list(
+        first.requests[-1].messages
+    )
+
+
+def _parley(tmp_path: Path, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PARLEY_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db",
+        "PARLEY_CONFIG": str(ROOT / "config" / "parley.toml"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args, "chat"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_parley_chat_with_piped_stdin_keeps_history_across_runs(tmp_path: Path) -> None:
+    first = _parley(tmp_path, "hello from run one\n/help\n")
+    assert first.returncode == 0, first.stderr
+    assert "No language model is configured" in first.stdout
+    assert "/history" in first.stdout
+    second = _parley(tmp_path, "/history\n")
+    assert second.returncode == 0, second.stderr
+    assert "hello from run one" in second.stdout
+    assert "Traceback" not in first.stderr + second.stderr
+
+
+def test_parley_chat_bad_setting_is_one_line(tmp_path: Path) -> None:
+    env_args = ("--config", str(tmp_path / "missing.toml"))
+    result = _parley(tmp_path, "", *env_args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("parley: error: config file")
+    assert result.stderr.count("\n") == 1

@@ -1,0 +1,221 @@
+"""The turn pipeline on the embedded defaults (SQLite file, in-process cache), with a scripted
+backend at the seam."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from backends.base import Chunk, GenerationRequest
+from bot.app import Parley
+from bot.conversation.manager import CUT_OFF_NOTE
+from bot.errors import BackendUnavailable, NoBackendConfigured
+from bot.settings import Settings
+from bot.storage.base import MessageKind
+from bot.types import ConversationKey, Incoming, Role, User
+from tests.doubles import CollectingSink, ScriptedBackend
+
+KEY = ConversationKey("test", "chat-1")
+USER = User("test", "u1", "Ada")
+_ids = itertools.count()
+
+
+def incoming(text: str, key: ConversationKey = KEY, idem: str | None = None) -> Incoming:
+    return Incoming(key, USER, text, idempotency_key=idem or f"m{next(_ids)}")
+
+
+def settings_for(tmp_path: Path, **conversation: object) -> Settings:
+    return Settings(
+        database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},  # type: ignore[arg-type]
+        conversation=conversation,  # type: ignore[arg-type]
+    )
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings, backend: object | None = None
+) -> AsyncIterator[tuple[Parley, CollectingSink]]:
+    async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        yield app, sink
+
+
+async def test_a_turn_is_answered_streamed_and_recorded(tmp_path: Path) -> None:
+    backend = ScriptedBackend()
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.manager.handle(incoming("hello there"))
+        assert sink.replies[KEY] == ["echo: hello there"]
+        assert sink.chunks == [3]  # streamed as deltas, not in one piece
+        rows = await app.store.history(1, 10)
+        assert [(r.role, r.content) for r in rows] == [
+            (Role.USER, "hello there"),
+            (Role.ASSISTANT, "echo: hello there"),
+        ]
+
+
+async def test_a_repeated_delivery_is_answered_once(tmp_path: Path) -> None:
+    async with running(settings_for(tmp_path), ScriptedBackend()) as (app, sink):
+        first = await app.manager.handle(incoming("hi", idem="update-7"))
+        again = await app.manager.handle(incoming("hi", idem="update-7"))
+        assert first.is_new and not again.is_new
+        assert first.message_id == again.message_id
+        assert sink.replies[KEY] == ["echo: hi"]
+
+
+class GatedBackend(ScriptedBackend):
+    """Its first reply waits for `gate`, so later messages arrive while a turn runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if not self.entered.is_set():
+            self.entered.set()
+            await self.gate.wait()
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+@pytest.mark.parametrize(
+    ("burst", "expected"),
+    [
+        ("merge", ["echo: one", "echo: two\n\nthree"]),
+        ("queue", ["echo: one", "echo: two", "echo: three"]),
+    ],
+)
+async def test_burst_policy(tmp_path: Path, burst: str, expected: list[str]) -> None:
+    backend = GatedBackend()
+    async with running(settings_for(tmp_path, burst=burst), backend) as (app, sink):
+        first = await app.manager.submit(incoming("one"))
+        await backend.entered.wait()
+        await app.manager.submit(incoming("two"))
+        await app.manager.submit(incoming("three"))
+        backend.gate.set()
+        await app.manager.wait_idle(first.conversation_id)
+        assert sink.replies[KEY] == expected
+
+
+async def test_each_prompt_extends_the_previous_one(tmp_path: Path) -> None:
+    backend = ScriptedBackend()
+    async with running(settings_for(tmp_path), backend) as (app, _):
+        for text in ["first", "second", "third", "fourth"]:
+            await app.manager.handle(incoming(text))
+    prompts = [list(r.messages) for r in backend.requests]
+    for before, after in itertools.pairwise(prompts):
+        assert after[: len(before)] == before
+        assert after[len(before)].role is Role.ASSISTANT
+    assert prompts[-1][0].role is Role.SYSTEM
+
+
+async def test_window_rolls_over_into_a_summary(tmp_path: Path) -> None:
+    backend = ScriptedBackend(lambda r: "word " * 40)
+    settings = settings_for(tmp_path, context_tokens=300, summary_tokens=40)
+    async with running(settings, backend) as (app, _):
+        for i in range(12):
+            await app.manager.handle(incoming(f"message number {i} " + "x" * 80))
+        state = await app.store.state(1)
+    assert state.summary_through_id > 0
+    chat = [r for r in backend.requests if r.max_tokens != 40]
+    last = chat[-1].messages
+    assert "Summary of the earlier conversation" in last[0].content
+    assert "message number 11" in last[-1].content
+    # Between roll-overs the prompts still extend each other.
+    extended = sum(
+        1 for a, b in itertools.pairwise(chat) if list(b.messages[: len(a.messages)]) == list(a.messages)
+    )
+    assert extended >= len(chat) // 2
+
+
+async def test_reset_starts_fresh_context_and_history_keeps_everything(tmp_path: Path) -> None:
+    backend = ScriptedBackend()
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.manager.handle(incoming("remember the blue door"))
+        await app.manager.handle(incoming("/reset"))
+        await app.manager.handle(incoming("what colour?"))
+        assert [m.role for m in backend.requests[-1].messages] == [Role.SYSTEM, Role.USER]
+        await app.manager.handle(incoming("/history"))
+        history = sink.replies[KEY][-1]
+        assert "remember the blue door" in history and "/reset" in history
+        assert "what colour?" in history
+
+
+async def test_no_backend_answers_commands_and_explains(tmp_path: Path) -> None:
+    async with running(settings_for(tmp_path)) as (app, sink):
+        await app.manager.handle(incoming("/help"))
+        await app.manager.handle(incoming("hello?"))
+        await app.manager.handle(incoming("/nonsense"))
+    help_text, no_model, unknown = sink.replies[KEY]
+    assert "/reset" in help_text and "/history" in help_text
+    assert no_model == NoBackendConfigured.user_message
+    assert unknown.startswith("Unknown command /nonsense")
+
+
+async def test_oversized_message_gets_a_short_reason_and_is_kept(tmp_path: Path) -> None:
+    backend = ScriptedBackend()
+    async with running(settings_for(tmp_path, max_message_chars=100), backend) as (app, sink):
+        await app.manager.handle(incoming("y" * 5000))
+        (reply,) = sink.replies[KEY]
+        assert "too long (5000 characters; the limit is 100)" in reply
+        assert backend.requests == []
+        assert (await app.store.history(1, 5))[0].content == "y" * 5000
+
+
+class FailingBackend(ScriptedBackend):
+    def __init__(self, after_chunks: int) -> None:
+        super().__init__(lambda r: "alpha beta gamma delta")
+        self.after = after_chunks
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        n = 0
+        async for chunk in super().stream(request):
+            if n == self.after:
+                raise BackendUnavailable("server went away")
+            n += 1
+            yield chunk
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        (0, [BackendUnavailable.user_message]),
+        (2, ["alpha beta" + CUT_OFF_NOTE]),
+    ],
+)
+async def test_backend_failure_reaches_the_user_as_one_sentence(
+    tmp_path: Path, after: int, expected: list[str]
+) -> None:
+    async with running(settings_for(tmp_path), FailingBackend(after)) as (app, sink):
+        await app.manager.handle(incoming("tell me"))
+        assert sink.replies[KEY] == expected
+        rows = await app.store.pending(1, 10)
+        assert rows == []  # answered (with the error), never retried into a second reply
+
+
+async def test_cached_and_rebuilt_windows_are_identical(tmp_path: Path) -> None:
+    backend = ScriptedBackend()
+    async with running(settings_for(tmp_path, burst="merge"), backend) as (app, _):
+        for text in ["a", "b", "c"]:
+            await app.manager.handle(incoming(text))
+        cached = await app.manager._context.load(1)
+        await app.manager._context.invalidate(1)
+        rebuilt = await app.manager._context.load(1)
+    assert cached.messages("S") == rebuilt.messages("S")
+
+
+async def test_messages_left_by_a_crash_are_answered_after_restart(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    async with Parley(settings, backend=ScriptedBackend()) as app:
+        # No sink, no worker: record only, as a process that died after acknowledging would.
+        await app.store.record_incoming(incoming("are you there?"), kind=MessageKind.CHAT, token_count=4)
+    async with running(settings, ScriptedBackend()) as (app, sink):
+        assert await app.manager.recover() == 1
+        await app.manager.wait_idle()
+        assert sink.replies[KEY] == ["echo: are you there?"]

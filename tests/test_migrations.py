@@ -1,0 +1,133 @@
+"""The Alembic revisions against real SQLite and PostgreSQL: they run both ways, and they build
+exactly the schema that bot/storage/models.py describes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, inspect, text
+
+from bot.errors import SchemaOutOfDate, StorageError
+from bot.storage import migrate
+from bot.storage.database import create_engine
+from bot.storage.models import Base
+
+TABLES = {"users", "conversations", "messages"}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/db/parley.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def _schema_diff(conn: Connection) -> list[Any]:
+    context = MigrationContext.configure(
+        conn, opts={"compare_type": True, "compare_server_default": True}
+    )
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def _inspect(url: str) -> tuple[set[str], list[Any]]:
+    """The tables present, and how they differ from the models."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+            diff = await conn.run_sync(_schema_diff) if tables >= TABLES else []
+    finally:
+        await engine.dispose()
+    return tables, diff
+
+
+async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
+    await migrate.upgrade(db_url)
+    assert await migrate.current(db_url) == migrate.head()
+    await migrate.downgrade(db_url, "base")
+    assert await migrate.current(db_url) is None
+    tables, _ = await _inspect(db_url)
+    assert not tables & TABLES
+    await migrate.upgrade(db_url)
+    assert await migrate.current(db_url) == migrate.head()
+
+
+async def test_migrated_schema_matches_models(db_url: str) -> None:
+    await migrate.upgrade(db_url)
+    tables, diff = await _inspect(db_url)
+    assert tables >= TABLES
+    assert diff == []
+
+
+async def test_check_schema_passes_at_head(db_url: str) -> None:
+    await migrate.upgrade(db_url)
+    await migrate.check_schema(db_url)
+    await migrate.ensure_schema(db_url, auto_migrate=False)
+
+
+@pytest.mark.postgres
+async def test_check_schema_on_empty_postgres_says_how_to_fix(postgres_url: str) -> None:
+    with pytest.raises(SchemaOutOfDate) as caught:
+        await migrate.check_schema(postgres_url)
+    assert "parley db upgrade" in str(caught.value)
+    assert migrate.head() in str(caught.value)
+    # None only checks a server database: it must not migrate behind the operator's back.
+    with pytest.raises(SchemaOutOfDate):
+        await migrate.ensure_schema(postgres_url, auto_migrate=None)
+    assert await migrate.current(postgres_url) is None
+
+
+@pytest.mark.postgres
+async def test_ensure_schema_true_migrates_postgres(postgres_url: str) -> None:
+    await migrate.ensure_schema(postgres_url, auto_migrate=True)
+    assert await migrate.current(postgres_url) == migrate.head()
+
+
+async def test_ensure_schema_none_migrates_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/new/folder/parley.db"
+    await migrate.ensure_schema(url, auto_migrate=None)
+    assert await migrate.current(url) == migrate.head()
+    tables, diff = await _inspect(url)
+    assert tables >= TABLES and diff == []
+
+
+async def test_ensure_schema_false_only_checks_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    with pytest.raises(SchemaOutOfDate):
+        await migrate.ensure_schema(url, auto_migrate=False)
+
+
+async def test_unreachable_server_raises_storage_error_without_password() -> None:
+    url = "postgresql+asyncpg://parley:s3cret-pw@127.0.0.1:1/parley"
+    for attempt in (migrate.check_schema(url), migrate.upgrade(url)):
+        with pytest.raises(StorageError) as caught:
+            await attempt
+        assert "s3cret-pw" not in str(caught.value)
+
+
+@pytest.mark.postgres
+async def test_rejected_login_raises_storage_error(postgres_url: str) -> None:
+    url = postgres_url.replace("://postgres@", "://no_such_role:s3cret-pw@", 1)
+    for attempt in (migrate.check_schema(url), migrate.upgrade(url)):
+        with pytest.raises(StorageError) as caught:
+            await attempt
+        assert "s3cret-pw" not in str(caught.value)
+
+
+async def test_database_from_newer_code_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    await migrate.upgrade(url)
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+    finally:
+        await engine.dispose()
+    with pytest.raises(StorageError, match="newer version") as caught:
+        await migrate.check_schema(url)
+    assert not isinstance(caught.value, SchemaOutOfDate)

@@ -1,0 +1,289 @@
+"""One contract suite for the Store protocol, run over SQLite (a file) and real PostgreSQL.
+
+Each test gets a `store` and a `peer`: a second SqlStore with its own engine and connection
+pool on the same database, standing in for another worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bot.errors import StorageError
+from bot.storage.base import MessageKind, Recorded, Store
+from bot.storage.database import create_engine
+from bot.storage.migrate import upgrade
+from bot.storage.sql_store import SqlStore
+from bot.types import ConversationKey, Incoming, Role, User
+
+KEY = ConversationKey("console", "chat-1")
+OTHER_KEY = ConversationKey("console", "chat-1", thread_id="t-9")
+ALICE = User("console", "u-1", "Alice")
+CHAT = MessageKind.CHAT
+COMMAND = MessageKind.COMMAND
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/history/parley.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def pair(db_url: str) -> AsyncIterator[tuple[SqlStore, SqlStore]]:
+    await upgrade(db_url)
+    stores = SqlStore(create_engine(db_url)), SqlStore(create_engine(db_url))
+    for store in stores:
+        await store.start()
+    yield stores
+    for store in stores:
+        await store.aclose()
+
+
+@pytest.fixture
+def store(pair: tuple[SqlStore, SqlStore]) -> Store:
+    return pair[0]
+
+
+def incoming(
+    ikey: str, text: str = "hello", *, key: ConversationKey = KEY, user: User = ALICE
+) -> Incoming:
+    return Incoming(key=key, user=user, text=text, idempotency_key=ikey)
+
+
+async def say(
+    store: Store, ikey: str, text: str = "hello", kind: MessageKind = CHAT
+) -> tuple[int, int]:
+    """Record a user message in KEY's conversation; returns (conversation id, message id)."""
+    recorded = await store.record_incoming(incoming(ikey, text), kind=kind, token_count=3)
+    return recorded.conversation_id, recorded.message_id
+
+
+async def turn(store: Store, ikey: str, question: str, answer: str) -> tuple[int, int, int]:
+    """A user message and its reply: (conversation id, question id, reply id)."""
+    cid, asked = await say(store, ikey, question)
+    reply = await store.record_reply(cid, [asked], answer, kind=CHAT, token_count=2)
+    assert reply is not None
+    return cid, asked, reply.id
+
+
+# record_incoming
+
+
+async def test_record_incoming_creates_conversation_and_message(store: Store) -> None:
+    sent = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    msg = Incoming(key=KEY, user=ALICE, text="hi", idempotency_key="k1", sent_at=sent)
+    recorded = await store.record_incoming(msg, kind=CHAT, token_count=7)
+    assert recorded.is_new
+    state = await store.state(recorded.conversation_id)
+    assert state.key == KEY
+    assert (state.summary, state.summary_through_id, state.context_start_id) == ("", 0, 0)
+    assert state.last_reply_id == 0
+    [stored] = await store.pending(recorded.conversation_id, 10)
+    assert (stored.id, stored.role, stored.kind, stored.content) == (
+        recorded.message_id, Role.USER, CHAT, "hi",
+    )  # fmt: skip
+    assert (stored.token_count, stored.answered_by, stored.user_display_name) == (7, None, "Alice")
+    assert stored.created_at == sent and stored.created_at.tzinfo is not None
+
+
+async def test_repeated_key_writes_nothing_and_returns_first_id(store: Store) -> None:
+    first = await store.record_incoming(incoming("k1", "one"), kind=CHAT, token_count=1)
+    again = await store.record_incoming(incoming("k1", "changed"), kind=CHAT, token_count=1)
+    assert again == Recorded(first.message_id, first.conversation_id, is_new=False)
+    history = await store.history(first.conversation_id, 10)
+    assert [m.content for m in history] == ["one"]
+
+
+async def test_fifty_concurrent_duplicates_make_one_row(pair: tuple[SqlStore, SqlStore]) -> None:
+    store, peer = pair
+    msg = incoming("dup", "race")
+    results = await asyncio.gather(
+        *(s.record_incoming(msg, kind=CHAT, token_count=1) for s in [store, peer] * 25)
+    )
+    assert sum(r.is_new for r in results) == 1
+    assert len({(r.message_id, r.conversation_id) for r in results}) == 1
+    assert len(await store.history(results[0].conversation_id, 100)) == 1
+
+
+async def test_concurrent_first_messages_share_user_and_conversation(
+    pair: tuple[SqlStore, SqlStore],
+) -> None:
+    store, peer = pair
+    results = await asyncio.gather(
+        *(s.record_incoming(incoming(f"k{i}"), kind=CHAT, token_count=1)
+          for i, s in enumerate([store, peer] * 10))
+    )  # fmt: skip
+    assert all(r.is_new for r in results)
+    assert len({r.conversation_id for r in results}) == 1
+    history = await store.history(results[0].conversation_id, 100)
+    assert len(history) == 20 and {m.user_display_name for m in history} == {"Alice"}
+
+
+async def test_threads_are_separate_conversations(store: Store) -> None:
+    a = await store.record_incoming(incoming("a"), kind=CHAT, token_count=1)
+    b = await store.record_incoming(incoming("b", key=OTHER_KEY), kind=CHAT, token_count=1)
+    assert a.conversation_id != b.conversation_id
+    assert (await store.state(b.conversation_id)).key == OTHER_KEY
+
+
+# pending and record_reply
+
+
+async def test_pending_is_oldest_first_and_limited(store: Store) -> None:
+    said = [await say(store, f"k{i}", f"m{i}") for i in range(5)]
+    cid, ids = said[0][0], [message_id for _, message_id in said]
+    assert [m.id for m in await store.pending(cid, 10)] == ids
+    assert [m.id for m in await store.pending(cid, 2)] == ids[:2]
+
+
+async def test_record_reply_answers_and_clears_pending(store: Store) -> None:
+    cid, first = await say(store, "k1")
+    _, second = await say(store, "k2")
+    reply = await store.record_reply(cid, [first, second], "answer", kind=CHAT, token_count=4)
+    assert reply is not None
+    assert (reply.role, reply.kind, reply.content, reply.token_count) == (
+        Role.ASSISTANT, CHAT, "answer", 4,
+    )  # fmt: skip
+    assert reply.id > second and reply.conversation_id == cid
+    assert await store.pending(cid, 10) == []
+    assert {m.answered_by for m in (await store.history(cid, 10))[:2]} == {reply.id}
+    assert (await store.state(cid)).last_reply_id == reply.id
+
+
+async def test_second_reply_to_same_messages_is_fenced(pair: tuple[SqlStore, SqlStore]) -> None:
+    store, peer = pair
+    cid, asked = await say(store, "k1")
+    assert await store.record_reply(cid, [asked], "first", kind=CHAT, token_count=1)
+    assert await peer.record_reply(cid, [asked], "second", kind=CHAT, token_count=1) is None
+    assert [m.content for m in await store.history(cid, 10)] == ["hello", "first"]
+
+
+async def test_partly_answered_batch_is_fenced_whole(store: Store) -> None:
+    cid, a = await say(store, "k1")
+    _, b = await say(store, "k2")
+    assert await store.record_reply(cid, [a], "for a", kind=CHAT, token_count=1)
+    assert await store.record_reply(cid, [a, b], "for both", kind=CHAT, token_count=1) is None
+    assert [m.id for m in await store.pending(cid, 10)] == [b]
+    assert len(await store.history(cid, 10)) == 3
+
+
+async def test_racing_replies_write_exactly_one(pair: tuple[SqlStore, SqlStore]) -> None:
+    store, peer = pair
+    cid, asked = await say(store, "k1")
+    replies = await asyncio.gather(
+        *(s.record_reply(cid, [asked], f"r{i}", kind=CHAT, token_count=1)
+          for i, s in enumerate([store, peer] * 5))
+    )  # fmt: skip
+    winners = [r for r in replies if r is not None]
+    assert len(winners) == 1
+    history = await store.history(cid, 20)
+    assert [m.content for m in history] == ["hello", winners[0].content]
+
+
+# context_messages
+
+
+async def test_context_messages_newest_answered_chat_oldest_first(store: Store) -> None:
+    turns = [await turn(store, f"k{i}", f"q{i}", f"a{i}") for i in range(4)]
+    cid = turns[0][0]
+    await say(store, "cmd", "/help", kind=COMMAND)  # a command: history only
+    await say(store, "open", "still pending")  # unanswered: not context yet
+    window = await store.context_messages(cid, after_id=0, limit=4)
+    assert [m.content for m in window] == ["q2", "a2", "q3", "a3"]
+    assert [m.id for m in window] == [*turns[2][1:], *turns[3][1:]]
+    everything = await store.context_messages(cid, after_id=0, limit=100)
+    assert len(everything) == 8
+    after = await store.context_messages(cid, after_id=turns[1][2], limit=100)
+    assert [m.content for m in after] == ["q2", "a2", "q3", "a3"]
+
+
+async def test_command_replies_stay_out_of_context(store: Store) -> None:
+    cid, asked = await say(store, "cmd", "/help", kind=COMMAND)
+    assert await store.record_reply(cid, [asked], "usage", kind=COMMAND, token_count=1)
+    assert await store.context_messages(cid, 0, 10) == []
+    assert [m.kind for m in await store.history(cid, 10)] == [COMMAND, COMMAND]
+    assert (await store.state(cid)).last_reply_id == 0
+
+
+# state, summary, reset, history
+
+
+async def test_fold_summary_is_kept_in_state(store: Store) -> None:
+    cid, _, reply_id = await turn(store, "k1", "q", "a")
+    await store.fold_summary(cid, "they greeted", reply_id)
+    state = await store.state(cid)
+    assert (state.summary, state.summary_through_id) == ("they greeted", reply_id)
+
+
+async def test_reset_context_starts_after_newest_message(store: Store) -> None:
+    cid, asked, _ = await turn(store, "k1", "q", "a")
+    await store.fold_summary(cid, "old", asked)
+    _, newest = await say(store, "reset", "/reset", kind=COMMAND)
+    await store.reset_context(cid)
+    state = await store.state(cid)
+    assert (state.context_start_id, state.summary, state.summary_through_id) == (newest, "", 0)
+    assert await store.context_messages(cid, state.context_start_id, 10) == []
+
+
+async def test_state_of_unknown_conversation_raises(store: Store) -> None:
+    with pytest.raises(StorageError):
+        await store.state(999_999)
+
+
+async def test_history_is_newest_of_every_kind_oldest_first(store: Store) -> None:
+    cid, _, _ = await turn(store, "k1", "q1", "a1")
+    await say(store, "cmd", "/help", kind=COMMAND)
+    await say(store, "k2", "q2")
+    assert [m.content for m in await store.history(cid, 3)] == ["a1", "/help", "q2"]
+    assert [m.role for m in await store.history(cid, 2)] == [Role.USER, Role.USER]
+
+
+async def test_conversations_with_pending(store: Store) -> None:
+    assert await store.conversations_with_pending() == []
+    done = await store.record_incoming(incoming("a"), kind=CHAT, token_count=1)
+    await store.record_reply(done.conversation_id, [done.message_id], "ok", kind=CHAT,
+                             token_count=1)  # fmt: skip
+    waiting = await store.record_incoming(incoming("b", key=OTHER_KEY), kind=CHAT, token_count=1)
+    await store.record_incoming(incoming("c", key=OTHER_KEY), kind=CHAT, token_count=1)
+    assert await store.conversations_with_pending() == [(waiting.conversation_id, OTHER_KEY)]
+
+
+# failures
+
+
+async def test_ping(store: Store) -> None:
+    await store.ping()
+
+
+async def test_unreachable_database_raises_storage_error_without_password() -> None:
+    store = SqlStore(create_engine("postgresql+asyncpg://parley:s3cret-pw@127.0.0.1:1/parley"))
+    try:
+        with pytest.raises(StorageError) as caught:
+            await store.ping()
+        with pytest.raises(StorageError):
+            await store.record_incoming(incoming("k1"), kind=CHAT, token_count=1)
+    finally:
+        await store.aclose()
+    message = str(caught.value)
+    assert "s3cret-pw" not in message and "127.0.0.1:1/parley" not in message
+    assert len(message) < 300
+
+
+@pytest.mark.postgres
+async def test_rejected_login_raises_storage_error(postgres_url: str) -> None:
+    # asyncpg raises its own error types while connecting; they must surface as StorageError.
+    url = postgres_url.replace("://postgres@", "://no_such_role:s3cret-pw@", 1)
+    store = SqlStore(create_engine(url))
+    try:
+        with pytest.raises(StorageError) as caught:
+            await store.ping()
+    finally:
+        await store.aclose()
+    assert "s3cret-pw" not in str(caught.value)
