@@ -9,7 +9,7 @@ iterates it) aborts the request on the model server. The protocol raises only
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -28,6 +28,9 @@ class Chunk:
     text: str = ""
     usage: Usage | None = None
     finish_reason: str | None = None
+    # A note for the user that is not model text (e.g. "answered by the fallback model"):
+    # shown after the reply, never stored in the conversation's context.
+    notice: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +61,16 @@ class Backend(Protocol):
     async def start(self) -> None:
         """Connect / load, and probe capabilities. Idempotent."""
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]: ...
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        """Deltas, then one chunk with usage. Close it (aclosing) to abort the request."""
+        ...
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text with the model's own tokenizer (no chat template)."""
+        ...
+
+    async def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of a whole prompt as the chat template renders it."""
         ...
 
     async def aclose(self) -> None: ...

@@ -257,9 +257,7 @@ class _Reply:
         return content if isinstance(content, str) else ""
 
 
-async def _read_reply(
-    response: httpx.Response, clock: _Deadlines
-) -> AsyncGenerator[Chunk, None]:
+async def _read_reply(response: httpx.Response, clock: _Deadlines) -> AsyncGenerator[Chunk, None]:
     """Text chunks from the event stream, then one chunk with usage and finish reason."""
     reply = _Reply()
     async with contextlib.aclosing(_sse_data(response.aiter_lines())) as events:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage
@@ -61,8 +62,11 @@ class VllmEngineBackend:
         async with self._start_lock:
             if self._engine is not None:
                 return
-            # Building the engine blocks for seconds (model load, worker hand-shake).
-            engine = await asyncio.to_thread(self._build_engine)
+            # Both steps block for seconds. They run apart because vLLM's import keeps its
+            # caller's frame alive: a frame that also held the engine would pin it after aclose.
+            engine_class, args_class = await asyncio.to_thread(_import_vllm)
+            args = args_class(model=self._settings.model, **self._engine_options())
+            engine = await asyncio.to_thread(_build_engine, engine_class, args)
             self._engine = engine
             self._tokenizer = engine.get_tokenizer()
             self._capabilities = Capabilities(
@@ -72,20 +76,6 @@ class VllmEngineBackend:
                 exact_token_counts=True,
             )
             log.info("vLLM engine ready: max_model_len=%d", self._capabilities.max_model_len)
-
-    def _build_engine(self) -> Any:
-        try:
-            from vllm.engine.arg_utils import AsyncEngineArgs
-            from vllm.v1.engine.async_llm import AsyncLLM
-        except ImportError as exc:
-            raise BackendUnavailable(
-                f"backend kind 'vllm' needs the vllm package ({exc}); install parley[vllm]"
-            ) from exc
-        args = AsyncEngineArgs(model=self._settings.model, **self._engine_options())
-        try:
-            return AsyncLLM.from_engine_args(args)
-        except Exception as exc:  # vLLM raises many kinds while loading; all mean "not up"
-            raise BackendUnavailable(f"vLLM engine failed to start: {exc}") from exc
 
     def _engine_options(self) -> dict[str, Any]:
         settings = self._settings
@@ -128,32 +118,16 @@ class VllmEngineBackend:
         outputs = engine.generate(
             {"prompt_token_ids": prompt_ids}, self._sampling(request), request.request_id
         )
-        completion_tokens, cached, finish_reason = 0, None, None
-        finished = False
+        progress = _Progress(prompt_tokens=len(prompt_ids))
         try:
             with _vllm_errors_mapped():
                 async for out in outputs:
-                    completion = out.outputs[0]
-                    completion_tokens += len(completion.token_ids)
-                    if out.num_cached_tokens is not None:
-                        cached = out.num_cached_tokens
-                    finish_reason = completion.finish_reason or finish_reason
-                    finished = out.finished
-                    if completion.text:
-                        yield Chunk(text=completion.text)
+                    if text := progress.absorb(out):
+                        yield Chunk(text=text)
         finally:
-            if not finished:
-                await self._abort(outputs, request.request_id)
-        usage = Usage(len(prompt_ids), completion_tokens, cached)
-        yield Chunk(usage=usage, finish_reason=finish_reason)
-
-    async def _abort(self, outputs: Any, request_id: str) -> None:
-        """Stop the request in the engine: the consumer left before it finished."""
-        # Closing vLLM's generator aborts too, but only when it was started; abort() by id
-        # covers every state and is idempotent.
-        await outputs.aclose()
-        await self._engine.abort(request_id)
-        log.debug("aborted %s", request_id)
+            if not progress.finished:
+                await _abort(engine, outputs, request.request_id)
+        yield Chunk(usage=progress.usage(), finish_reason=progress.finish_reason)
 
     def _check_fits(self, prompt_tokens: int) -> None:
         limit = self._capabilities.max_model_len
@@ -176,6 +150,61 @@ class VllmEngineBackend:
         if engine is not None:
             # shutdown() joins the worker processes; keep the loop free meanwhile.
             await asyncio.to_thread(engine.shutdown)
+
+
+@dataclass
+class _Progress:
+    """What the delta outputs of one request add up to."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    cached_tokens: int | None = None
+    finish_reason: str | None = None
+    finished: bool = False
+
+    def absorb(self, out: Any) -> str:
+        """Take one `RequestOutput` (DELTA kind); return its new text."""
+        completion = out.outputs[0]
+        self.completion_tokens += len(completion.token_ids)
+        if out.num_cached_tokens is not None:
+            self.cached_tokens = out.num_cached_tokens
+        self.finish_reason = completion.finish_reason or self.finish_reason
+        self.finished = bool(out.finished)
+        return str(completion.text)
+
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+
+
+async def _abort(engine: Any, outputs: Any, request_id: str) -> None:
+    """Stop a request whose consumer left (closed, cancelled or failed) before it finished."""
+    # Closing vLLM's generator aborts only if it had started; abort() by id covers every
+    # state and is idempotent.
+    try:
+        await outputs.aclose()
+        await engine.abort(request_id)
+    except Exception:  # a dead engine has nothing left to abort; keep the original error
+        log.warning("could not abort vLLM request %s", request_id, exc_info=True)
+    else:
+        log.debug("aborted vLLM request %s", request_id)
+
+
+def _import_vllm() -> tuple[Any, Any]:
+    try:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"backend kind 'vllm' needs the vllm package ({exc}); install parley[vllm]"
+        ) from exc
+    return AsyncLLM, AsyncEngineArgs
+
+
+def _build_engine(engine_class: Any, args: Any) -> Any:
+    try:
+        return engine_class.from_engine_args(args)
+    except Exception as exc:  # vLLM raises many kinds while loading; all mean "not up"
+        raise BackendUnavailable(f"vLLM engine failed to start: {exc}") from exc
 
 
 @contextlib.contextmanager

@@ -124,8 +124,10 @@ class SetupResult:
     throughput: float = 0.0
     throughput_turns: int = 0
     throughput_replies: int = 0
-    cold: dict[int, list[int]] = field(default_factory=dict)
-    warm: dict[int, list[int]] = field(default_factory=dict)
+    cold: dict[str, list[int]] = field(default_factory=dict)
+    warm: dict[str, list[int]] = field(default_factory=dict)
+    turns_in_window: dict[str, int] = field(default_factory=dict)
+    context_pair: tuple[str, str] = ("", "")  # (largest, smallest) settled case labels
     seconds: float = 0.0
 
     @property
@@ -136,10 +138,10 @@ class SetupResult:
 
     @property
     def context_ratio(self) -> float | None:
-        sizes = sorted(self.cold)
-        if len(sizes) < 2:
+        big, small = self.context_pair
+        if big not in self.cold or small not in self.cold:
             return None
-        return pct(self.cold[sizes[-1]], 0.5) / pct(self.cold[sizes[0]], 0.5)
+        return pct(self.cold[big], 0.5) / pct(self.cold[small], 0.5)
 
 
 # --- traffic ---------------------------------------------------------------------------------
@@ -160,13 +162,19 @@ class Traffic:
         )
 
 
-async def sequential(app: Parley, traffic: Traffic, group: str, convs: int, turns: int,
-                     on_turn: Callable[[], None] | None = None,
-                     after_turn: Callable[[int, Any], None] | None = None) -> list[int]:  # fmt: skip
+async def sequential(
+    app: Parley,
+    traffic: Traffic,
+    group: str,
+    convs: int,
+    turns: int | range,
+    on_turn: Callable[[], None] | None = None,
+    after_turn: Callable[[int, Any], None] | None = None,
+) -> list[int]:
     """Turns one after the other, round robin over the conversations; the time of each."""
     times = []
     handle = app.manager.handle
-    for turn in range(turns):
+    for turn in turns if isinstance(turns, range) else range(turns):
         for conv in range(convs):
             incoming = traffic.incoming(group, conv, turn)
             if on_turn is not None:
@@ -219,8 +227,15 @@ class Capture:
         if self.current is not None:
             self.current.append(ev)
 
-    def _sql(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
-             executemany: bool) -> None:  # fmt: skip
+    def _sql(
+        self,
+        conn: Any,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
         params = tuple(parameters) if isinstance(parameters, list | tuple) else parameters
         self._add(("sql", statement, params))
 
@@ -310,7 +325,7 @@ class SqliteRaw:
     label = "sqlite3 (sync)"
 
     def __init__(self, path: str) -> None:
-        self.conn = sqlite3.connect(path)
+        self.conn: Any = sqlite3.connect(path)
         for pragma in SQLITE_PRAGMAS:
             self.conn.execute(pragma)
 
@@ -318,7 +333,7 @@ class SqliteRaw:
         pass
 
     async def sql(self, statement: str, params: Sequence[Any]) -> list[Any]:
-        return self.conn.execute(statement, params).fetchall()
+        return list(self.conn.execute(statement, params).fetchall())
 
     async def end(self, how: str) -> None:
         if how == "commit":
@@ -358,8 +373,9 @@ class AioSqliteRaw(SqliteRaw):
         await (self.conn.commit() if how == "commit" else self.conn.rollback())
 
     async def delete_messages(self, ids: list[int]) -> None:
-        await self.conn.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(ids))})",
-                                ids)  # fmt: skip
+        await self.conn.execute(
+            f"DELETE FROM messages WHERE id IN ({','.join('?' * len(ids))})", ids
+        )
         await self.conn.commit()
 
     async def aclose(self) -> None:
@@ -384,8 +400,9 @@ def _suffixed(params: Any, suffix: str) -> Any:
 
 
 def _rekeyed(args: tuple[Any, ...], old: str, new: str) -> tuple[Any, ...]:
-    return tuple(a.replace(old, new, 1) if isinstance(a, str) and a.startswith(old) else a
-                 for a in args)  # fmt: skip
+    return tuple(
+        a.replace(old, new, 1) if isinstance(a, str) and a.startswith(old) else a for a in args
+    )
 
 
 def prepare_replay(turn: ReplayTurn, n: int, redis_old: str, redis_new: str) -> list[Event]:
@@ -404,7 +421,9 @@ def prepare_replay(turn: ReplayTurn, n: int, redis_old: str, redis_new: str) -> 
     return out
 
 
-async def replay(turn: ReplayTurn, events: list[Event], db: Any, redis: Any) -> tuple[int, list[int]]:
+async def replay(
+    turn: ReplayTurn, events: list[Event], db: Any, redis: Any
+) -> tuple[int, list[int]]:
     """Send one turn's calls with the bare drivers; (ns, ids of the rows it inserted)."""
     written: list[int] = []
     mapping: dict[int, int] = {}
@@ -431,8 +450,9 @@ async def replay(turn: ReplayTurn, events: list[Event], db: Any, redis: Any) -> 
     return time.perf_counter_ns() - t0, written
 
 
-async def run_replays(turns: list[ReplayTurn], reps: int, db: Any, redis: Any,
-                      redis_old: str, redis_new: str) -> list[int]:  # fmt: skip
+async def run_replays(
+    turns: list[ReplayTurn], reps: int, db: Any, redis: Any, redis_old: str, redis_new: str
+) -> list[int]:
     times = []
     n = 0
     for _ in range(reps):
@@ -449,10 +469,11 @@ async def run_replays(turns: list[ReplayTurn], reps: int, db: Any, redis: Any,
 # --- context load ----------------------------------------------------------------------------
 
 
-def _bulk_rows(conversation_id: int, user_id: int, first_id: int, pairs: int, run: str,
-               as_text: bool) -> list[tuple[Any, ...]]:  # fmt: skip
+def _bulk_rows(
+    conversation_id: int, user_id: int, first_id: int, pairs: int, run: str, as_text: bool
+) -> list[tuple[Any, ...]]:
     """User messages each answered by an assistant message, kind 'chat', ids from first_id."""
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     start = datetime.now(UTC) - timedelta(days=30)
     for i in range(pairs):
         uid, rid = first_id + 2 * i, first_id + 2 * i + 1
@@ -460,36 +481,74 @@ def _bulk_rows(conversation_id: int, user_id: int, first_id: int, pairs: int, ru
         when: Any = at.strftime("%Y-%m-%d %H:%M:%S.%f") if as_text else at
         question = f"Earlier question {i}: could you remind me what the plan for step {i} was?"
         answer = f"Step {i} of the plan: check the figures, then write them down for the team."
-        rows.append((uid, conversation_id, user_id, "user", "chat", question,
-                     estimate_tokens(question), f"{IDEM_MARK}{run}-bulk-{conversation_id}-{i}",
-                     rid, when))  # fmt: skip
-        rows.append((rid, conversation_id, None, "assistant", "chat", answer,
-                     estimate_tokens(answer), None, None, when))  # fmt: skip
+        rows.append(
+            (
+                uid,
+                conversation_id,
+                user_id,
+                "user",
+                "chat",
+                question,
+                estimate_tokens(question),
+                f"{IDEM_MARK}{run}-bulk-{conversation_id}-{i}",
+                rid,
+                when,
+            )
+        )
+        rows.append(
+            (
+                rid,
+                conversation_id,
+                None,
+                "assistant",
+                "chat",
+                answer,
+                estimate_tokens(answer),
+                None,
+                None,
+                when,
+            )
+        )
     return rows
 
 
-COLUMNS = ("id", "conversation_id", "user_id", "role", "kind", "content", "token_count",
-           "idempotency_key", "answered_by", "created_at")  # fmt: skip
+COLUMNS = (
+    "id",
+    "conversation_id",
+    "user_id",
+    "role",
+    "kind",
+    "content",
+    "token_count",
+    "idempotency_key",
+    "answered_by",
+    "created_at",
+)
 
 
-async def bulk_insert_pg(conn: Any, conversation_id: int, user_msg: int, pairs: int,
-                         run: str) -> None:  # fmt: skip
+async def bulk_insert_pg(
+    conn: Any, conversation_id: int, user_msg: int, pairs: int, run: str
+) -> None:
     user_id = await conn.fetchval("SELECT user_id FROM messages WHERE id = $1", user_msg)
     first = (await conn.fetchval("SELECT coalesce(max(id), 0) FROM messages")) + 1
     rows = _bulk_rows(conversation_id, user_id, first, pairs, run, as_text=False)
     await conn.copy_records_to_table("messages", records=rows, columns=list(COLUMNS))
+    # Explicit ids do not move the sequence: move it, or the app's next insert collides.
     await conn.execute(
         "SELECT setval(pg_get_serial_sequence('messages', 'id'), (SELECT max(id) FROM messages))"
     )
 
 
-def bulk_insert_sqlite(path: str, conversation_id: int, user_msg: int, pairs: int,
-                       run: str) -> None:  # fmt: skip
+def bulk_insert_sqlite(
+    path: str, conversation_id: int, user_msg: int, pairs: int, run: str
+) -> None:
     conn = sqlite3.connect(path)
     try:
         for pragma in SQLITE_PRAGMAS:
             conn.execute(pragma)
-        user_id = conn.execute("SELECT user_id FROM messages WHERE id = ?", (user_msg,)).fetchone()[0]
+        user_id = conn.execute("SELECT user_id FROM messages WHERE id = ?", (user_msg,)).fetchone()[
+            0
+        ]
         first = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0] + 1
         rows = _bulk_rows(conversation_id, user_id, first, pairs, run, as_text=True)
         marks = ",".join("?" * len(COLUMNS))
@@ -499,30 +558,55 @@ def bulk_insert_sqlite(path: str, conversation_id: int, user_msg: int, pairs: in
         conn.close()
 
 
-async def context_bench(app: Parley, traffic: Traffic, res: SetupResult, sizes: Sequence[int],
-                        loads: int, insert: Callable[[int, int, int], Any]) -> None:  # fmt: skip
-    ids: dict[int, int] = {}
-    for size in sizes:
-        recorded = await app.manager.handle(traffic.incoming(f"ctx{size}", 0, 0))
-        pairs = (size - 2) // 2  # the app's own turn wrote the first two messages
-        await insert(recorded.conversation_id, recorded.message_id, pairs)
-        ids[size] = recorded.conversation_id
+@dataclass
+class LoadCase:
+    label: str
+    size: int
+    # True: one more turn through the app after the bulk load, so the conversation's summary
+    # and boundary are what the store holds for a conversation of that length (the window
+    # rolled over); False: history imported and never answered through the app since.
+    settled: bool
+
+
+async def context_bench(
+    app: Parley,
+    traffic: Traffic,
+    res: SetupResult,
+    sizes: Sequence[int],
+    loads: int,
+    insert: Callable[[int, int, int], Any],
+) -> None:
+    cases = [LoadCase(f"{s:,}", s, True) for s in sizes]
+    cases.append(LoadCase(f"{sizes[-1]:,} (never rolled over)", sizes[-1], False))
+    ids: dict[str, int] = {}
+    for n, case in enumerate(cases):
+        group = f"ctx{n}"
+        recorded = await app.manager.handle(traffic.incoming(group, 0, 0))
+        # The app's first turn wrote two messages, the settling turn writes two more.
+        bulk = case.size - 2 - (2 if case.settled else 0)
+        await insert(recorded.conversation_id, recorded.message_id, bulk // 2)
+        if case.settled:
+            await app.manager.handle(traffic.incoming(group, 0, 1))
+        ids[case.label] = recorded.conversation_id
     ctx, cache = app.manager._context, app.manager._cache
-    for size in sizes:  # one untimed load each: statement caches, planner
-        await cache.delete(ctx._key(ids[size]))
-        await ctx.load(ids[size])
-    res.cold = {s: [] for s in sizes}
-    res.warm = {s: [] for s in sizes}
+    for case in cases:  # one untimed load each: statement caches, planner
+        await cache.delete(ctx._key(ids[case.label]))
+        await ctx.load(ids[case.label])
+    res.cold = {c.label: [] for c in cases}
+    res.warm = {c.label: [] for c in cases}
+    res.turns_in_window = {}
     for _ in range(loads):
-        for size in sizes:  # interleaved, so drift on a noisy machine hits every size alike
-            cid = ids[size]
+        for case in cases:  # interleaved, so drift on a noisy machine hits every case alike
+            cid = ids[case.label]
             await cache.delete(ctx._key(cid))
             t0 = time.perf_counter_ns()
-            await ctx.load(cid)
+            window = await ctx.load(cid)
             t1 = time.perf_counter_ns()
             await ctx.load(cid)
-            res.cold[size].append(t1 - t0)
-            res.warm[size].append(time.perf_counter_ns() - t1)
+            res.cold[case.label].append(t1 - t0)
+            res.warm[case.label].append(time.perf_counter_ns() - t1)
+            res.turns_in_window[case.label] = len(window.turns)
+    res.context_pair = (cases[len(sizes) - 1].label, cases[0].label)
 
 
 # --- one setup -------------------------------------------------------------------------------
@@ -534,25 +618,41 @@ class Plan:
     warm_turns: int = 4
     seq_convs: int = 50
     seq_turns: int = 8
+    blocks: int = 4  # timed turns and raw replays alternate in this many blocks
     conc_convs: int = 100
     conc_turns: int = 5
-    cap_convs: int = 10
+    cap_convs: int = 12
     cap_turns: int = 8
-    replay_reps: int = 5
     sizes: tuple[int, ...] = (10, 1_000, 100_000)
     loads: int = 50
 
 
 def quick_plan() -> Plan:
-    return Plan(warm_convs=4, warm_turns=2, seq_convs=10, seq_turns=4, conc_convs=20,
-                conc_turns=3, cap_convs=4, cap_turns=4, replay_reps=2,
-                sizes=(10, 1_000, 10_000), loads=10)  # fmt: skip
+    return Plan(
+        warm_convs=4,
+        warm_turns=2,
+        seq_convs=10,
+        seq_turns=4,
+        blocks=2,
+        conc_convs=20,
+        conc_turns=3,
+        cap_convs=4,
+        cap_turns=4,
+        sizes=(10, 1_000, 10_000),
+        loads=10,
+    )
 
 
-async def run_setup(res: SetupResult, settings: Settings, plan: Plan, *,
-                    open_db: Callable[[], Any], open_floor: Callable[[], Any] | None,
-                    open_redis: Callable[[], Any] | None,
-                    insert: Callable[[int, int, int, str], Any]) -> None:  # fmt: skip
+async def run_setup(
+    res: SetupResult,
+    settings: Settings,
+    plan: Plan,
+    *,
+    open_db: Callable[[], Any],
+    open_floor: Callable[[], Any] | None,
+    open_redis: Callable[[], Any] | None,
+    insert: Callable[[int, int, int, str], Any],
+) -> None:
     t_start = time.perf_counter()
     traffic = Traffic()
     async with Parley(settings, backend=InstantBackend()) as app:
@@ -562,62 +662,80 @@ async def run_setup(res: SetupResult, settings: Settings, plan: Plan, *,
         # 0. warm-up: connections, prepared statements, code paths
         await sequential(app, traffic, "warm", plan.warm_convs, plan.warm_turns)
 
-        # 1. sequential turns
-        res.turn_ns = await sequential(app, traffic, "seq", plan.seq_convs, plan.seq_turns)
+        # 1. capture what real turns send (listeners off again before anything is timed)
+        capture = Capture(app)
+        recorded: list[Any] = []
+        capture.install()
+        try:
+            await sequential(
+                app,
+                traffic,
+                "cap",
+                plan.cap_convs,
+                plan.cap_turns,
+                on_turn=capture.new_turn,
+                after_turn=lambda _t, r: recorded.append(r),
+            )
+        finally:
+            capture.remove()
+        res.per_turn = capture.counts()
+        replay_turns = await _replay_turns(capture, recorded, open_db)
 
-        # 2. concurrent conversations
+        # 2. timed turns and raw replays of the captured turns, alternating in blocks
+        redis_new = f"{capture.redis_prefix}-replay" if capture.redis_prefix else ""
+        redis_client = await open_redis() if open_redis is not None else None
+        db = await open_db()
+        floor = open_floor() if open_floor is not None else None
+        try:
+            res.raw_label = db.label + (" + redis.asyncio" if redis_client is not None else "")
+            await run_replays(replay_turns, 1, db, redis_client, capture.redis_prefix, redis_new)
+            if floor is not None:
+                await run_replays(replay_turns, 1, floor, None, "", "")
+            per_block = math.ceil(plan.seq_turns / plan.blocks)
+            for block in range(plan.blocks):
+                turns = range(block * per_block, min(plan.seq_turns, (block + 1) * per_block))
+                res.turn_ns += await sequential(app, traffic, "seq", plan.seq_convs, turns)
+                res.raw_ns += await run_replays(
+                    replay_turns, 1, db, redis_client, capture.redis_prefix, redis_new
+                )
+                if floor is not None:
+                    res.raw_floor_ns += await run_replays(replay_turns, 1, floor, None, "", "")
+        finally:
+            await _close(db)
+            if floor is not None:
+                await floor.aclose()
+            if redis_client is not None:
+                await redis_client.aclose()
+
+        # 3. concurrent conversations
         before = sink.replies
         seconds = await concurrent(app, traffic, "conc", plan.conc_convs, plan.conc_turns)
         res.throughput_turns = plan.conc_convs * plan.conc_turns
         res.throughput_replies = sink.replies - before
         res.throughput = res.throughput_replies / seconds
 
-        # 3. capture what turns send, then replay it raw
-        capture = Capture(app)
-        recorded: list[Any] = []
-        capture.install()
-        try:
-            await sequential(app, traffic, "cap", plan.cap_convs, plan.cap_turns,
-                             on_turn=capture.new_turn,
-                             after_turn=lambda _t, r: recorded.append(r))  # fmt: skip
-        finally:
-            capture.remove()
-        res.per_turn = capture.counts()
-        replay_turns = await _replay_turns(capture, recorded, open_db)
-        redis_new = f"{capture.redis_prefix}-replay" if capture.redis_prefix else ""
-        redis_client = await open_redis() if open_redis is not None else None
-        db = await open_db()
-        try:
-            res.raw_label = db.label + (" + redis.asyncio" if redis_client is not None else "")
-            await run_replays(replay_turns, 1, db, redis_client, capture.redis_prefix, redis_new)
-            res.raw_ns = await run_replays(replay_turns, plan.replay_reps, db, redis_client,
-                                           capture.redis_prefix, redis_new)  # fmt: skip
-            if open_floor is not None:
-                floor = open_floor()
-                try:
-                    await run_replays(replay_turns, 1, floor, None, "", "")
-                    res.raw_floor_ns = await run_replays(replay_turns, plan.replay_reps, floor,
-                                                         None, "", "")  # fmt: skip
-                finally:
-                    await floor.aclose()
-        finally:
-            await _close(db)
-            if redis_client is not None:
-                await redis_client.aclose()
-
         # 4. context load, 10 vs 100,000 earlier messages
-        await context_bench(app, traffic, res, plan.sizes, plan.loads,
-                            lambda cid, msg, pairs: insert(cid, msg, pairs, traffic.run))  # fmt: skip
+        await context_bench(
+            app,
+            traffic,
+            res,
+            plan.sizes,
+            plan.loads,
+            lambda cid, msg, pairs: insert(cid, msg, pairs, traffic.run),
+        )
     res.seconds = time.perf_counter() - t_start
 
 
-async def _replay_turns(capture: Capture, recorded: list[Any], open_db: Callable[[], Any]
-                        ) -> list[ReplayTurn]:  # fmt: skip
+async def _replay_turns(
+    capture: Capture, recorded: list[Any], open_db: Callable[[], Any]
+) -> list[ReplayTurn]:
     db = await open_db()
     try:
         out = []
         for events, rec in zip(capture.turns, recorded, strict=True):
-            rows = await db.sql("SELECT answered_by FROM messages WHERE id = " + str(rec.message_id), ())
+            rows = await db.sql(
+                "SELECT answered_by FROM messages WHERE id = " + str(rec.message_id), ()
+            )
             await db.end("rollback")
             out.append(ReplayTurn(events, rec.message_id, rows[0][0] if rows else None))
         return out
@@ -645,8 +763,15 @@ async def embedded(plan: Plan) -> SetupResult:
         async def insert(cid: int, msg: int, pairs: int, run: str) -> None:
             await asyncio.to_thread(bulk_insert_sqlite, path, cid, msg, pairs, run)
 
-        await run_setup(res, settings, plan, open_db=lambda: AioSqliteRaw.open(path),
-                        open_floor=lambda: SqliteRaw(path), open_redis=None, insert=insert)  # fmt: skip
+        await run_setup(
+            res,
+            settings,
+            plan,
+            open_db=lambda: AioSqliteRaw.open(path),
+            open_floor=lambda: SqliteRaw(path),
+            open_redis=None,
+            insert=insert,
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return res
@@ -669,7 +794,7 @@ async def services(plan: Plan) -> SetupResult:
         probe = aioredis.Redis.from_url(redis_url, socket_timeout=2)
         await probe.ping()
         await probe.aclose()
-    except Exception as exc:  # noqa: BLE001 - any failure means: not reachable
+    except Exception as exc:
         res.skipped = f"PostgreSQL or Redis not reachable: {type(exc).__name__}: {exc}"
         return res
     base = admin.rpartition("/")[0]
@@ -678,8 +803,10 @@ async def services(plan: Plan) -> SetupResult:
         await conn.execute(f'CREATE DATABASE "{name}"')
         settings = Settings(  # type: ignore[call-arg]
             _env_file=None,
-            database={"url": dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
-                      "auto_migrate": True},  # fmt: skip
+            database={
+                "url": dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
+                "auto_migrate": True,
+            },
             redis={"url": redis_url, "key_prefix": prefix},
         )
 
@@ -697,8 +824,15 @@ async def services(plan: Plan) -> SetupResult:
             finally:
                 await c.close()
 
-        await run_setup(res, settings, plan, open_db=open_db, open_floor=None,
-                        open_redis=open_redis, insert=insert)  # fmt: skip
+        await run_setup(
+            res,
+            settings,
+            plan,
+            open_db=open_db,
+            open_floor=None,
+            open_redis=open_redis,
+            insert=insert,
+        )
     finally:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()
@@ -729,34 +863,62 @@ def report(res: SetupResult, plan: Plan) -> None:
     n_seq = len(res.turn_ns)
     row = "  {:<44} {:>9} {:>9}"
     print(row.format("", "p50 ms", "p99 ms"))
-    print(row.format(f"turn: manager.handle ({n_seq} sequential)",
-                     f"{pct(res.turn_ns, .5):.3f}", f"{pct(res.turn_ns, .99):.3f}"))  # fmt: skip
-    print(row.format(f"raw: same calls, {res.raw_label}",
-                     f"{pct(res.raw_ns, .5):.3f}", f"{pct(res.raw_ns, .99):.3f}"))  # fmt: skip
+    print(
+        row.format(
+            f"turn: manager.handle ({n_seq} sequential)",
+            f"{pct(res.turn_ns, 0.5):.3f}",
+            f"{pct(res.turn_ns, 0.99):.3f}",
+        )
+    )
+    print(
+        row.format(
+            f"raw: same calls, {res.raw_label}",
+            f"{pct(res.raw_ns, 0.5):.3f}",
+            f"{pct(res.raw_ns, 0.99):.3f}",
+        )
+    )
     if res.raw_floor_ns:
-        print(row.format("raw floor: same SQL, sqlite3 (sync)",
-                         f"{pct(res.raw_floor_ns, .5):.3f}", f"{pct(res.raw_floor_ns, .99):.3f}"))  # fmt: skip
+        print(
+            row.format(
+                "raw floor: same SQL, sqlite3 (sync)",
+                f"{pct(res.raw_floor_ns, 0.5):.3f}",
+                f"{pct(res.raw_floor_ns, 0.99):.3f}",
+            )
+        )
     ratio = res.overhead_ratio
-    print(f"  overhead ratio turn p50 / raw p50: {_verdict(ratio, OVERHEAD_TARGET)}"
-          f" (target <= {OVERHEAD_TARGET:.1f}x)")  # fmt: skip
+    print(
+        f"  overhead ratio turn p50 / raw p50: {_verdict(ratio, OVERHEAD_TARGET)}"
+        f" (target <= {OVERHEAD_TARGET:.1f}x)"
+    )
     if res.raw_floor_ns:
-        floor = pct(res.turn_ns, .5) / pct(res.raw_floor_ns, .5)
+        floor = pct(res.turn_ns, 0.5) / pct(res.raw_floor_ns, 0.5)
         print(f"  (against the sync sqlite3 floor: {floor:.2f}x)")
     c = res.per_turn
-    print(f"  calls per turn (captured): {c['sql']:.1f} SQL, {c['begin']:.1f} begin, "
-          f"{c['commit']:.1f} commit, {c['rollback']:.1f} rollback, {c['redis']:.1f} Redis, "
-          f"{c['ping']:.1f} pool pre-ping (not replayed)")
-    print(f"  throughput: {plan.conc_convs} conversations x {plan.conc_turns} turns concurrently: "
-          f"{res.throughput:.0f} turns/s ({res.throughput_replies}/{res.throughput_turns} replies)")
-    print(row.format("context load (p50 / p99 ms)", "cold", "warm"))
-    for size in sorted(res.cold):
-        cold, warm = res.cold[size], res.warm[size]
-        print(row.format(f"  {size:,} earlier messages",
-                         f"{pct(cold, .5):.3f}/{pct(cold, .99):.2f}",
-                         f"{pct(warm, .5):.3f}/{pct(warm, .99):.2f}"))  # fmt: skip
-    sizes = sorted(res.cold)
-    print(f"  cold load {sizes[-1]:,} / {sizes[0]:,}: {_verdict(res.context_ratio, CONTEXT_TARGET)}"
-          f" (target <= {CONTEXT_TARGET:.1f}x)")  # fmt: skip
+    print(
+        f"  calls per turn (captured): {c['sql']:.1f} SQL, {c['begin']:.1f} begin, "
+        f"{c['commit']:.1f} commit, {c['rollback']:.1f} rollback, {c['redis']:.1f} Redis, "
+        f"{c['ping']:.1f} pool pre-ping (not replayed)"
+    )
+    print(
+        f"  throughput: {plan.conc_convs} conversations x {plan.conc_turns} turns concurrently: "
+        f"{res.throughput:.0f} turns/s ({res.throughput_replies}/{res.throughput_turns} replies)"
+    )
+    print(
+        f"  context load p50/p99 ms, by earlier messages {'cold (from SQL)':>15}"
+        f" {'warm (cached)':>16}"
+        f" {'turns':>6}"
+    )
+    for label, cold in res.cold.items():
+        warm = res.warm[label]
+        print(
+            f"    {label:<40} {pct(cold, 0.5):>7.3f}/{pct(cold, 0.99):<7.2f}"
+            f" {pct(warm, 0.5):>7.3f}/{pct(warm, 0.99):<7.2f} {res.turns_in_window[label]:>5}"
+        )
+    big, small = res.context_pair
+    print(
+        f"  cold load {big} / {small}: {_verdict(res.context_ratio, CONTEXT_TARGET)}"
+        f" (target <= {CONTEXT_TARGET:.1f}x)"
+    )
     print(f"  setup ran {res.seconds:.1f}s")
 
 
@@ -764,21 +926,37 @@ def summary(results: list[SetupResult]) -> None:
     print("\n== summary ==")
     head = "  {:<42}" + " {:>16}" * len(results)
     print(head.format("target", *(r.name for r in results)))
-    print(head.format(f"turn p50 / raw p50 <= {OVERHEAD_TARGET:.1f}x",
-                      *(_verdict(r.overhead_ratio, OVERHEAD_TARGET) for r in results)))  # fmt: skip
-    print(head.format(f"cold context load largest/10 <= {CONTEXT_TARGET:.1f}x",
-                      *(_verdict(r.context_ratio, CONTEXT_TARGET) for r in results)))  # fmt: skip
-    print(head.format("turn p50 ms", *(f"{pct(r.turn_ns, .5):.3f}" if r.turn_ns else "n/a"
-                                       for r in results)))  # fmt: skip
-    print(head.format("throughput turns/s", *(f"{r.throughput:.0f}" if r.turn_ns else "n/a"
-                                              for r in results)))  # fmt: skip
+    print(
+        head.format(
+            f"turn p50 / raw p50 <= {OVERHEAD_TARGET:.1f}x",
+            *(_verdict(r.overhead_ratio, OVERHEAD_TARGET) for r in results),
+        )
+    )
+    print(
+        head.format(
+            f"cold context load largest/10 <= {CONTEXT_TARGET:.1f}x",
+            *(_verdict(r.context_ratio, CONTEXT_TARGET) for r in results),
+        )
+    )
+    print(
+        head.format(
+            "turn p50 ms", *(f"{pct(r.turn_ns, 0.5):.3f}" if r.turn_ns else "n/a" for r in results)
+        )
+    )
+    print(
+        head.format(
+            "throughput turns/s", *(f"{r.throughput:.0f}" if r.turn_ns else "n/a" for r in results)
+        )
+    )
 
 
 async def main_async(args: argparse.Namespace) -> None:
     plan = quick_plan() if args.quick else Plan()
-    print(f"Parley core overhead bench: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-          f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores"
-          f"{' (quick)' if args.quick else ''}")  # fmt: skip
+    print(
+        f"Parley core overhead bench: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores"
+        f"{' (quick)' if args.quick else ''}"
+    )
     results = []
     if args.only in (None, "embedded"):
         results.append(await embedded(plan))
@@ -795,12 +973,14 @@ def main() -> int:
     parser.add_argument("--only", choices=("embedded", "services"))
     args = parser.parse_args()
     # The bench picks its own setups: Parley settings from the environment must not leak in.
-    for name in [k for k in os.environ if k.startswith("PARLEY_") and not k.startswith("PARLEY_BENCH_")]:
+    for name in [
+        k for k in os.environ if k.startswith("PARLEY_") and not k.startswith("PARLEY_BENCH_")
+    ]:
         del os.environ[name]
     logging.disable(logging.WARNING)  # turns and migrations log at INFO/WARNING; errors show
     try:
         asyncio.run(main_async(args))
-    except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not fail
+    except Exception as exc:
         print(f"\nbench aborted: {type(exc).__name__}: {exc}", file=sys.stderr)
         import traceback
 

@@ -79,7 +79,13 @@ class Parley:
         summarizer = Summarizer(
             self.backend, max_tokens=s.conversation.summary_tokens, count_tokens=self.count_tokens
         )
-        context = ContextLoader(self.store, cache, summarizer, budget_tokens=await self._budget())
+        context = ContextLoader(
+            self.store,
+            cache,
+            summarizer,
+            budget_tokens=await self._budget(),
+            verify_cached=s.redis.url is not None,
+        )
         register_core_commands(self.router)
         self.manager = ConversationManager(
             store=self.store,

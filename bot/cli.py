@@ -3,6 +3,7 @@
     parley run                      start every configured adapter
     parley chat                     chat in the terminal (also with piped stdin)
     parley db upgrade|downgrade|current [REVISION]
+    parley kb add PATH... | list | remove PATH    the knowledge base
     parley doctor                   check the configuration, database, cache and backend
     parley config                   print the effective settings (secrets masked)
 
@@ -44,9 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from bot.cli_commands import cmd_chat, cmd_config, cmd_db, cmd_doctor, cmd_run
+    from bot.knowledge.cli import add_kb_parser
 
     parser = argparse.ArgumentParser(prog="parley", description="Parley chat bot framework")
-    parser.add_argument("--config", type=Path, help="TOML settings file (default config/parley.toml)")
+    parser.add_argument(
+        "--config", type=Path, help="TOML settings file (default config/parley.toml)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="start every configured adapter").set_defaults(func=cmd_run)
@@ -58,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=["upgrade", "downgrade", "current"])
     db.add_argument("revision", nargs="?", help="target revision (upgrade: head, downgrade: -1)")
     db.set_defaults(func=cmd_db)
+    add_kb_parser(sub)
     sub.add_parser("doctor", help="check configuration and services").set_defaults(func=cmd_doctor)
     sub.add_parser("config", help="print the effective settings").set_defaults(func=cmd_config)
     return parser

@@ -76,4 +76,3 @@ async def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     # model_dump(mode="json") renders SecretStr as "**********".
     print(json.dumps(settings.model_dump(mode="json"), indent=2))
     return 0
-

@@ -71,7 +71,11 @@ async def _check_backend(settings: Settings, report: _Report) -> None:
         await backend.start()
         caps = backend.capabilities
         exact = "model tokenizer" if caps.exact_token_counts else "estimated (~4 chars/token)"
-        report(True, f"backend: {caps.name} model {caps.model!r}, context {caps.max_model_len} tokens, counts: {exact}")
+        report(
+            True,
+            f"backend: {caps.name} model {caps.model!r}, "
+            f"context {caps.max_model_len} tokens, token counts: {exact}",
+        )
         wanted = settings.conversation.context_tokens + settings.backend.max_tokens
         if caps.max_model_len < wanted:
             report(
@@ -84,4 +88,3 @@ async def _check_backend(settings: Settings, report: _Report) -> None:
         report(False, f"backend: {exc}")
     finally:
         await backend.aclose()
-

@@ -93,9 +93,53 @@ class ConversationSettings(BaseModel):
     history_limit: int = Field(20, ge=1, le=500)
 
 
+class KnowledgeSettings(BaseModel):
+    # Loaded into an empty knowledge base at start; relative paths are tried from the working
+    # directory, then from Parley's own folder.
+    sample_dir: str = "docs"
+    load_sample: bool = True
+    # Bigger files are reported and skipped by `parley kb add`.
+    max_file_mb: int = Field(50, ge=1)
+
+
 class ConsoleSettings(BaseModel):
     user: str = "local"
     chat: str = "console"
+
+
+class TelegramSettings(BaseModel):
+    # From BotFather. Never logged; `parley config` shows it masked.
+    token: SecretStr | None = None
+    mode: Literal["polling", "webhook"] = "polling"
+    # Webhook mode: the HTTPS URL Telegram posts to (behind your load balancer) and where
+    # Parley's own HTTP server listens for it.
+    webhook_public_url: str | None = None
+    webhook_listen_host: str = "127.0.0.1"
+    webhook_listen_port: int = Field(8443, ge=1, le=65535)
+    # Telegram sends it back in X-Telegram-Bot-Api-Secret-Token; required in webhook mode.
+    webhook_secret_token: SecretStr | None = None
+    # Empty: everyone may talk to the bot. Admins are always allowed.
+    allowed_user_ids: list[int] = []
+    allowed_chat_ids: list[int] = []
+    admin_ids: list[int] = []
+    # Seconds between two visible updates of a streamed answer; Telegram allows about one
+    # message per second per chat.
+    stream_interval_s: float = Field(1.0, ge=0.05)
+    # Private chats stream as a draft (sendMessageDraft) instead of editing a message.
+    use_drafts: bool = True
+    # Documents larger than this are refused with a short sentence.
+    max_document_bytes: int = Field(2_000_000, ge=1, le=20_000_000)
+    # Another Bot API server (self-hosted or a test stand-in), e.g. http://127.0.0.1:8081/bot
+    base_url: str = "https://api.telegram.org/bot"
+
+    @model_validator(mode="after")
+    def _webhook_needs_url_and_secret(self) -> Self:
+        if self.mode == "webhook" and not (self.webhook_public_url and self.webhook_secret_token):
+            raise ValueError(
+                "telegram.webhook_public_url and telegram.webhook_secret_token are required "
+                "when mode is webhook"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -108,12 +152,14 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    adapters: list[Literal["console"]] = ["console"]
+    adapters: list[Literal["console", "telegram"]] = ["console"]
     database: DatabaseSettings = DatabaseSettings()
     redis: RedisSettings = RedisSettings()
     backend: BackendSettings = BackendSettings()
     conversation: ConversationSettings = ConversationSettings()
+    knowledge: KnowledgeSettings = KnowledgeSettings()
     console: ConsoleSettings = ConsoleSettings()
+    telegram: TelegramSettings = TelegramSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 
 
-
 def _no_extras() -> Mapping[str, object]:
     return MappingProxyType({})
 

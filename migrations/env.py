@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from bot.storage.database import ensure_sqlite_folder
-from bot.storage.models import Base
+from bot.storage.models import Base, include_in_schema_compare
 
 config = context.config
 target_metadata = Base.metadata
@@ -42,6 +42,8 @@ def configure(*, is_sqlite: bool, **kwargs: Any) -> None:
         # SQLite cannot ALTER most things: batch mode copies the table instead.
         render_as_batch=is_sqlite,
         compare_type=True,
+        # Autogenerate must not try to drop the raw-SQL full-text objects of revision 0002.
+        include_object=include_in_schema_compare,
         **kwargs,
     )
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage, estimate_tokens
-from bot.types import ConversationKey, Role
+from bot.types import ChatMessage, ConversationKey, Role
 
 
 class ScriptedBackend:
@@ -41,7 +41,10 @@ class ScriptedBackend:
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [estimate_tokens(t) for t in texts]
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+    async def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return sum(estimate_tokens(m.content) + 4 for m in messages)
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         self.requests.append(request)
         text = self._answer(request)
         words = text.split(" ")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -25,7 +26,7 @@ def unavailable(what: str, why: object) -> None:
     pytest.skip(reason)
 
 
-async def _pg_admin(sql: str) -> None:
+async def _pg_admin_async(sql: str) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
@@ -35,16 +36,22 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
+def _pg_admin(sql: str) -> None:
+    # In a thread of its own, so it also works from fixtures that run inside an event loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _pg_admin_async(sql)).result()
+
+
 def create_postgres_database() -> str:
     """Create an empty database and return its SQLAlchemy async URL."""
     try:
-        import asyncpg  # noqa: F401
+        import asyncpg
     except ImportError as exc:
         unavailable("postgres", exc)
     name = f"parley_test_{uuid.uuid4().hex[:12]}"
     try:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, Exception) as exc:  # asyncpg raises its own tree and OSError
+        _pg_admin(f'CREATE DATABASE "{name}"')
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         unavailable("postgres", exc)
     base, _, _ = POSTGRES_ADMIN_URL.rpartition("/")
     return base.replace("postgresql://", "postgresql+asyncpg://", 1) + "/" + name
@@ -52,7 +59,7 @@ def create_postgres_database() -> str:
 
 def drop_postgres_database(url: str) -> None:
     name = url.rpartition("/")[2]
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def check_redis() -> str:

@@ -143,7 +143,7 @@ async def test_a_backend_not_started_says_so(tiny_model_dir: Path) -> None:
         await collect(backend, ask("hi"))
 
 
-def test_factory_builds_the_configured_kind() -> None:
+async def test_factory_builds_the_configured_kind() -> None:
     assert build_backend(BackendSettings()) is None
     engine = build_backend(BackendSettings(kind="vllm", model="/models/x"))
     remote = build_backend(BackendSettings(kind="openai", base_url="http://x:8000", model="m"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,24 @@ def test_parley_chat_bad_setting_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("parley: error: config file")
     assert result.stderr.count("\n") == 1
+
+
+def test_parley_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    env = {**os.environ, "PARLEY_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path}/run.db"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "run"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("/help\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().startswith("Commands:")  # it is up and answering
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,8 +13,8 @@ import pytest
 
 from backends.base import Chunk, GenerationRequest
 from bot.app import Parley
-from bot.conversation.manager import CUT_OFF_NOTE
-from bot.errors import BackendUnavailable, NoBackendConfigured
+from bot.conversation.manager import CUT_OFF_NOTE, STOPPED_NOTE
+from bot.errors import BackendUnavailable, ContextTooLong, NoBackendConfigured
 from bot.settings import Settings
 from bot.storage.base import MessageKind
 from bot.types import ConversationKey, Incoming, Role, User
@@ -76,7 +76,7 @@ class GatedBackend(ScriptedBackend):
         self.entered = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         if not self.entered.is_set():
             self.entered.set()
             await self.gate.wait()
@@ -129,7 +129,9 @@ async def test_window_rolls_over_into_a_summary(tmp_path: Path) -> None:
     assert "message number 11" in last[-1].content
     # Between roll-overs the prompts still extend each other.
     extended = sum(
-        1 for a, b in itertools.pairwise(chat) if list(b.messages[: len(a.messages)]) == list(a.messages)
+        1
+        for a, b in itertools.pairwise(chat)
+        if list(b.messages[: len(a.messages)]) == list(a.messages)
     )
     assert extended >= len(chat) // 2
 
@@ -173,7 +175,7 @@ class FailingBackend(ScriptedBackend):
         super().__init__(lambda r: "alpha beta gamma delta")
         self.after = after_chunks
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         n = 0
         async for chunk in super().stream(request):
             if n == self.after:
@@ -214,8 +216,113 @@ async def test_messages_left_by_a_crash_are_answered_after_restart(tmp_path: Pat
     settings = settings_for(tmp_path)
     async with Parley(settings, backend=ScriptedBackend()) as app:
         # No sink, no worker: record only, as a process that died after acknowledging would.
-        await app.store.record_incoming(incoming("are you there?"), kind=MessageKind.CHAT, token_count=4)
+        await app.store.record_incoming(
+            incoming("are you there?"), kind=MessageKind.CHAT, token_count=4
+        )
     async with running(settings, ScriptedBackend()) as (app, sink):
         assert await app.manager.recover() == 1
         await app.manager.wait_idle()
         assert sink.replies[KEY] == ["echo: are you there?"]
+
+
+class FirstChunkSink(CollectingSink):
+    """Signals when the first chunk of a reply reached the platform."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_chunk = asyncio.Event()
+
+    async def deliver(self, key: ConversationKey, chunks: AsyncIterator[str]) -> None:
+        async def watched() -> AsyncIterator[str]:
+            async for chunk in chunks:
+                self.first_chunk.set()
+                yield chunk
+
+        await super().deliver(key, watched())
+
+
+async def test_reset_stops_a_streaming_reply_and_aborts_the_request(tmp_path: Path) -> None:
+    backend = ScriptedBackend(lambda r: "word " * 200, delay=lambda: 0.01)
+    async with Parley(settings_for(tmp_path), backend=backend) as app:
+        sink = FirstChunkSink()
+        app.manager.attach("test", sink)
+        first = await app.manager.submit(incoming("write a long story"))
+        await sink.first_chunk.wait()
+        await app.manager.submit(incoming("/reset"))
+        await app.manager.wait_idle(first.conversation_id)
+        history = await app.store.history(first.conversation_id, 10)
+    assert backend.closed_early == 1  # the stream was closed: the model aborts the request
+    assert sink.replies[KEY][0] == STOPPED_NOTE.strip()
+    assert sink.replies[KEY][1].startswith("Fresh start")
+    partial = next(m.content for m in history if m.role is Role.ASSISTANT)
+    assert partial.startswith("word") and partial.endswith(STOPPED_NOTE)
+    assert len(partial) < len("word " * 200)
+
+
+class ContextLimitedBackend(ScriptedBackend):
+    """Refuses prompts of more than `limit` messages, as a server with a smaller context would."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        if len(request.messages) > self.limit:
+            self.requests.append(request)
+            raise ContextTooLong("prompt too long")
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+async def test_context_length_error_shrinks_the_context_once(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, summary_tokens=40)
+    async with running(settings, ScriptedBackend()) as (app, _):
+        for text in ["one", "two", "three", "four"]:
+            await app.manager.handle(incoming(text))
+    backend = ContextLimitedBackend(limit=4)
+    async with running(settings, backend) as (app, sink):
+        await app.manager.handle(incoming("five"))
+    too_long, retried = [r for r in backend.requests if r.max_tokens != 40]
+    assert len(too_long.messages) == 10
+    assert len(retried.messages) == 2  # every turn folded into the summary
+    assert "Summary of the earlier conversation" in retried.messages[0].content
+    assert sink.replies[KEY] == ["echo: five"]
+
+
+async def test_a_message_too_long_for_any_context_gets_one_sentence(tmp_path: Path) -> None:
+    async with running(settings_for(tmp_path), ContextLimitedBackend(limit=1)) as (app, sink):
+        await app.manager.handle(incoming("hello"))
+    assert sink.replies[KEY] == [ContextTooLong.user_message]
+
+
+class FallbackBackend(ScriptedBackend):
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        yield Chunk(notice="answered by the fallback model")
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+async def test_fallback_notice_is_shown_but_not_kept_in_context(tmp_path: Path) -> None:
+    backend = FallbackBackend()
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.manager.handle(incoming("hi"))
+        await app.manager.handle(incoming("again"))
+    assert sink.replies[KEY][0] == "echo: hi\n\n(answered by the fallback model)"
+    assert backend.requests[1].messages[2].content == "echo: hi"
+
+
+class BrokenSink(CollectingSink):
+    async def deliver(self, key: ConversationKey, chunks: AsyncIterator[str]) -> None:
+        async for _ in chunks:
+            raise ConnectionResetError("platform went away")
+
+
+async def test_a_failing_platform_loses_no_message_and_answers_once(tmp_path: Path) -> None:
+    backend = ScriptedBackend()
+    async with Parley(settings_for(tmp_path), backend=backend) as app:
+        app.manager.attach("test", BrokenSink())
+        await app.manager.handle(incoming("are you there?"))
+        history = await app.store.history(1, 10)
+        assert await app.store.pending(1, 10) == []
+    assert [m.content for m in history] == ["are you there?", "echo:" + CUT_OFF_NOTE]
+    assert backend.closed_early == 1

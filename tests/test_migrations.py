@@ -14,9 +14,9 @@ from sqlalchemy import Connection, inspect, text
 from bot.errors import SchemaOutOfDate, StorageError
 from bot.storage import migrate
 from bot.storage.database import create_engine
-from bot.storage.models import Base
+from bot.storage.models import Base, include_in_schema_compare
 
-TABLES = {"users", "conversations", "messages"}
+TABLES = {"users", "conversations", "messages", "kb_documents", "kb_chunks"}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -29,7 +29,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def _schema_diff(conn: Connection) -> list[Any]:
     context = MigrationContext.configure(
-        conn, opts={"compare_type": True, "compare_server_default": True}
+        conn,
+        opts={
+            "compare_type": True,
+            "compare_server_default": True,
+            "include_object": include_in_schema_compare,
+        },
     )
     return list(compare_metadata(context, Base.metadata))
 

@@ -35,9 +35,7 @@ def _settings(postgres_url: str, redis_url: str, prefix: str) -> Settings:
     )
 
 
-async def _converse(
-    apps: list[Parley], n: int, rng: random.Random, *, twice: bool
-) -> None:
+async def _converse(apps: list[Parley], n: int, rng: random.Random, *, twice: bool) -> None:
     key = ConversationKey("load", f"c{n}")
     user = User("load", f"u{n}", f"user {n}")
     for i in range(MESSAGES):
@@ -66,7 +64,10 @@ async def test_order_kept_nothing_lost_nothing_answered_twice(
             apps.append(app)
         rng = random.Random(42)
         await asyncio.gather(
-            *(_converse(apps, n, random.Random(rng.random()), twice=twice) for n in range(CONVERSATIONS))
+            *(
+                _converse(apps, n, random.Random(rng.random()), twice=twice)
+                for n in range(CONVERSATIONS)
+            )
         )
         for app in apps:
             await app.manager.wait_idle()
@@ -78,11 +79,16 @@ async def test_order_kept_nothing_lost_nothing_answered_twice(
     assert len(by_conversation) == CONVERSATIONS
 
     delivered = Counter(
-        (key.chat_id, reply) for sink in sinks for key, replies in sink.replies.items() for reply in replies
+        (key.chat_id, reply)
+        for sink in sinks
+        for key, replies in sink.replies.items()
+        for reply in replies
     )
     for chat_id, messages in by_conversation.items():
         n = chat_id.removeprefix("c")
-        users = [(mid, content, answered) for mid, role, content, answered in messages if role == "user"]
+        users = [
+            (mid, content, answered) for mid, role, content, answered in messages if role == "user"
+        ]
         replies = {mid: content for mid, role, content, _ in messages if role == "assistant"}
         # Recorded in send order, none lost, none recorded twice.
         assert [c for _, c, _ in users] == [f"c{n}-m{i}" for i in range(MESSAGES)]

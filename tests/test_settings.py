@@ -82,7 +82,7 @@ def test_wrong_type_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_broken_toml_file(tmp_path: Path) -> None:
     config = tmp_path / "broken.toml"
     config.write_text("[database\nurl=")
-    with pytest.raises(ConfigError, match="broken.toml"):
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
         load_settings(config)
 
 

@@ -1,9 +1,12 @@
 """Loads, extends and rolls over a conversation's context window.
 
-The cache holds a copy of each window; SQL holds the truth. A cached copy is used only if it is
-provably current (its last reply and boundary match SQL's), so a stale entry left by a Redis
-outage is rebuilt instead of trusted. A rebuild reads a bounded number of the newest rows, so
-loading costs the same for 10 or 100,000 earlier messages.
+The cache holds a copy of each window; SQL holds the truth. A shared cache (Redis) can hold a
+stale copy after an outage or a failed write, so its copies are used only if they are provably
+current (last reply and boundary match SQL's: one primary-key read). An in-process cache has
+one writer, this process, which updates it on every change, so its copies are trusted.
+
+A rebuild reads a bounded number of the newest rows, so loading costs the same for 10 or
+100,000 earlier messages.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class ContextLoader:
         summarizer: Summarizer,
         *,
         budget_tokens: int,
+        verify_cached: bool,
         max_rows: int = 400,
     ) -> None:
         self._store = store
@@ -35,19 +39,22 @@ class ContextLoader:
         self._summarizer = summarizer
         self.budget_tokens = budget_tokens
         self._max_rows = max_rows
+        self._verify_cached = verify_cached
 
     @staticmethod
     def _key(conversation_id: int) -> str:
         return f"ctx:{conversation_id}"
 
     async def load(self, conversation_id: int) -> Window:
-        state = await self._store.state(conversation_id)
         raw = await self._cache.get(self._key(conversation_id))
+        if raw is not None and not self._verify_cached:
+            return Window.loads(raw)
+        state = await self._store.state(conversation_id)
         if raw is not None:
             window = Window.loads(raw)
             if _is_current(window, state):
                 return window
-            log.debug("stale cached window for conversation %s, rebuilding", conversation_id)
+            log.info("stale cached window for conversation %s, rebuilding", conversation_id)
         window = await self._rebuild(state)
         await self._save(conversation_id, window)
         return window
@@ -65,6 +72,16 @@ class ContextLoader:
         if window.tokens + new_tokens > self.budget_tokens and window.turns:
             await self._roll_over(conversation_id, window, self.budget_tokens // 2 - new_tokens)
             await self._save(conversation_id, window)
+        return window
+
+    async def shrink(self, conversation_id: int, window: Window, new_tokens: int) -> Window:
+        """The model said the prompt is too long although our count says it fits (a tokenizer
+        or limit mismatch): fold every turn into the summary, so the retry is as small as a
+        prompt with history can be. Called at most once per turn."""
+        if not window.turns:
+            return window  # nothing to fold: the message alone is too long, the retry says so
+        await self._roll_over(conversation_id, window, 0)
+        await self._save(conversation_id, window)
         return window
 
     async def append(self, conversation_id: int, window: Window, turn: Turn) -> None:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from backends.base import Backend, Chunk, GenerationRequest, Usage, estimate_tokens
-from bot.errors import BackendError, BotError, NoBackendConfigured
+from bot.errors import BackendError, BotError, ContextTooLong, NoBackendConfigured
 from bot.settings import BackendSettings, ConversationSettings
 from bot.skills.router import CommandRouter, TurnContext, parse_command
 from bot.storage.base import Cache, MessageKind, Recorded, Store, StoredMessage
@@ -28,11 +28,14 @@ from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 
 from .context import ContextLoader
 from .sink import ReplySink, once
-from .window import MESSAGE_OVERHEAD_TOKENS, Turn, merge_user_texts
+from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, merge_user_texts
 
 log = logging.getLogger(__name__)
 
 CUT_OFF_NOTE = "\n\n[The reply was cut off.]"
+STOPPED_NOTE = "\n\n[Stopped.]"
+# Commands that stop a reply that is still streaming.
+STOP_COMMANDS = frozenset({"reset", "stop"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,7 @@ class ConversationManager:
         self._count = count_tokens
         self._sinks: dict[str, ReplySink] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
+        self._streaming: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
 
     def attach(self, platform: str, sink: ReplySink) -> None:
@@ -78,8 +82,16 @@ class ConversationManager:
         tokens = estimate_tokens(incoming.text) if too_long else await self._count(incoming.text)
         recorded = await self._store.record_incoming(incoming, kind=kind, token_count=tokens)
         if recorded.is_new:
+            if kind is MessageKind.COMMAND and _is_stop(incoming.text):
+                self._stop_streaming(recorded.conversation_id)
             self._schedule(_Work(recorded.conversation_id, incoming.key))
         return recorded
+
+    def _stop_streaming(self, conversation_id: int) -> None:
+        """/reset while a reply streams in this process: stop it (the model aborts it)."""
+        task = self._streaming.get(conversation_id)
+        if task is not None:
+            task.cancel()
 
     async def handle(self, incoming: Incoming) -> Recorded:
         """submit() and wait until the conversation has nothing pending in this process."""
@@ -123,14 +135,18 @@ class ConversationManager:
                 if work.conversation_id not in self._again:
                     return
         except Exception:
-            # Messages stay pending in SQL; the next submit or recover() retries them.
+            # Messages stay pending in SQL; the next submit or recover() retries them. The
+            # cached window may be ahead of or behind SQL now: drop it.
             log.exception("conversation %s: turn failed, left pending", work.key)
+            await self._context.invalidate(work.conversation_id)
         finally:
             del self._workers[work.conversation_id]
 
     async def _drain(self, work: _Work) -> None:
         s = self._settings
-        lock = self._cache.lock(f"conv:{work.conversation_id}", ttl_s=s.lock_ttl_s, wait_s=s.lock_wait_s)
+        lock = self._cache.lock(
+            f"conv:{work.conversation_id}", ttl_s=s.lock_ttl_s, wait_s=s.lock_wait_s
+        )
         async with lock:
             while batch := self._next_batch(await self._store.pending(work.conversation_id, 64)):
                 await self._turn(work, batch)
@@ -185,31 +201,81 @@ class ConversationManager:
         )
 
     async def _chat(self, work: _Work, batch: list[StoredMessage], backend: Backend) -> None:
-        window = await self._context.load(work.conversation_id)
+        cid = work.conversation_id
         user_text = merge_user_texts([m.content for m in batch])
         user_tokens = sum(m.token_count + MESSAGE_OVERHEAD_TOKENS for m in batch)
-        window = await self._context.fit(work.conversation_id, window, user_tokens)
+        window = await self._context.load(cid)
+        window = await self._context.fit(cid, window, user_tokens)
+        reply = _Collected()
+        try:
+            try:
+                await self._stream(work, backend, self._request(work, window, user_text), reply)
+            except ContextTooLong:
+                # Our count and the server's disagree: shrink once (roll over), try once more.
+                log.info("conversation %s: context too long, shrinking once", work.key)
+                window = await self._context.shrink(cid, window, user_tokens)
+                await self._stream(work, backend, self._request(work, window, user_text), reply)
+        except BackendError as exc:  # only before the first delta; later ones end the relay
+            log.warning("conversation %s: backend failed: %s", work.key, exc)
+            await self._reply_once(work, batch, exc.user_message)
+            return
+        await self._record_chat(work, batch, window, user_text, user_tokens, reply)
+
+    def _request(self, work: _Work, window: Window, user_text: str) -> GenerationRequest:
         messages = [
             *window.messages(self._settings.system_prompt),
             ChatMessage(Role.USER, user_text),
         ]
-        request = GenerationRequest(
+        return GenerationRequest(
             messages=messages,
             max_tokens=self._generation.max_tokens,
             temperature=self._generation.temperature,
             session_id=str(work.key),
         )
-        reply = _Collected()
+
+    async def _stream(
+        self, work: _Work, backend: Backend, request: GenerationRequest, reply: _Collected
+    ) -> None:
+        """Stream one reply to the sink. /reset stops it (see submit); so does a sink that
+        fails. Either way what was shown is kept, marked as cut off, and never re-sent."""
+        relay = reply.relay(backend.stream(request))
+        task = asyncio.create_task(self._deliver(work.key, relay))
+        self._streaming[work.conversation_id] = task
         try:
-            await self._deliver(work.key, reply.relay(backend.stream(request)))
-        except BackendError as exc:  # only before the first delta; later ones end the relay
-            log.warning("conversation %s: backend failed: %s", work.key, exc)
-            await self._reply_once(work, batch, exc.user_message)
-            return
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                task.cancel()  # we are being shut down: stop the stream too
+                raise
+            log.info("conversation %s: reply stopped by the user", work.key)
+            reply.cut_off(STOPPED_NOTE)
+            await self._deliver(work.key, once(STOPPED_NOTE.strip()))
+        except BackendError:
+            raise
+        except Exception:
+            log.exception("conversation %s: the platform failed while delivering", work.key)
+            reply.cut_off(CUT_OFF_NOTE)
+        finally:
+            self._streaming.pop(work.conversation_id, None)
+            await relay.aclose()  # a sink that stopped early leaves it open: abort the request
+
+    async def _record_chat(
+        self,
+        work: _Work,
+        batch: list[StoredMessage],
+        window: Window,
+        user_text: str,
+        user_tokens: int,
+        reply: _Collected,
+    ) -> None:
         text = "".join(reply.parts)
         tokens = reply.usage.completion_tokens if reply.usage else await self._count(text)
         stored = await self._store.record_reply(
-            work.conversation_id, [m.id for m in batch], text, kind=MessageKind.CHAT,
+            work.conversation_id,
+            [m.id for m in batch],
+            text,
+            kind=MessageKind.CHAT,
             token_count=tokens,
         )
         if stored is None:
@@ -231,20 +297,31 @@ class ConversationManager:
         await sink.deliver(key, chunks)
 
 
+def _is_stop(text: str) -> bool:
+    parsed = parse_command(text)
+    return parsed is not None and parsed[0] in STOP_COMMANDS
+
+
 class _Collected:
     """Relays a backend stream to a sink while keeping the text and usage for the record."""
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.usage: Usage | None = None
+        self.notice: str | None = None
 
-    async def relay(self, stream: AsyncIterator[Chunk]) -> AsyncIterator[str]:
+    def cut_off(self, note: str) -> None:
+        self.parts.append(note)
+
+    async def relay(self, stream: AsyncGenerator[Chunk, None]) -> AsyncIterator[str]:
         """Text deltas for the sink. A failure after text was shown ends the reply with a
         short note instead of an error, so the user never sees the same text twice."""
         try:
             async for chunk in stream:
                 if chunk.usage is not None:
                     self.usage = chunk.usage
+                if chunk.notice:
+                    self.notice = chunk.notice
                 if chunk.text:
                     self.parts.append(chunk.text)
                     yield chunk.text
@@ -254,7 +331,8 @@ class _Collected:
             log.warning("reply cut off after %d chunks: %s", len(self.parts), exc)
             self.parts.append(CUT_OFF_NOTE)
             yield CUT_OFF_NOTE
+        else:
+            if self.notice:  # shown, not stored: it is about the answer, not part of it
+                yield f"\n\n({self.notice})"
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await stream.aclose()  # aborts the request if the sink stopped early

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import aiosqlite
 
 from sqlalchemy import URL, event, make_url
 from sqlalchemy import exc as sa_exc
@@ -24,13 +28,17 @@ SQLITE_PRAGMAS = (
 # and refused or timed-out connections, which some drivers raise unwrapped.
 _COMMON_ERRORS: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError)
 
+# Server connections older than this are replaced at checkout. There is no pre-ping (a round
+# trip per checkout): a connection found dead is invalidated and the store retries once.
+POOL_RECYCLE_S = 1800
+
 
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
     """An async engine for `url` (sqlite+aiosqlite:// or postgresql+asyncpg://)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, echo=echo)
-    return _create_async_engine(parsed, echo=echo, pool_size=pool_size, pool_pre_ping=True)
+    return _create_async_engine(parsed, echo=echo, pool_size=pool_size, pool_recycle=POOL_RECYCLE_S)
 
 
 def database_errors(url: str | URL) -> tuple[type[BaseException], ...]:
@@ -68,8 +76,93 @@ def ensure_sqlite_folder(url: str | URL) -> None:
 def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
     ensure_sqlite_folder(url)
     engine = _create_async_engine(url, echo=echo)
+    event.listen(engine.sync_engine, "do_connect", _connect_one_hop)
     event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
     return engine
+
+
+def _connect_one_hop(dialect: Any, _record: Any, cargs: Sequence[Any], cparams: Any) -> Any:
+    """The dialect's own connection, over `OneHopConnection` instead of aiosqlite's."""
+    return dialect.dbapi.connect(*cargs, async_creator_fn=OneHopConnection.open, **cparams)
+
+
+class OneHopConnection(aiosqlite.Connection):
+    """aiosqlite with one trip to its thread per statement instead of four.
+
+    SQLAlchemy's aiosqlite adapter awaits cursor(), execute(), fetchall() and close() one by
+    one, and every await is a hand-off to the connection's thread and back: on a busy event
+    loop those hand-offs cost more than SQLite's work. The cursor here runs all four in the
+    thread at once and keeps the rows. Commit and rollback outside a transaction (a read
+    never opens one) return without the trip.
+    """
+
+    @classmethod
+    def open(cls, database: str, **kwargs: Any) -> OneHopConnection:
+        # What aiosqlite.connect() does, with this class.
+        def connector() -> sqlite3.Connection:
+            return sqlite3.connect(database, **kwargs)
+
+        connection = cls(connector, iter_chunk_size=64)
+        connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite's own connections
+        return connection
+
+    async def cursor(self) -> OneHopCursor:  # type: ignore[override]
+        return OneHopCursor(self)
+
+    async def commit(self) -> None:
+        if self.in_transaction:
+            await super().commit()
+
+    async def rollback(self) -> None:
+        if self.in_transaction:
+            await super().rollback()
+
+    async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """`fn(sqlite3 connection)` in the connection's thread."""
+        return await self._execute(lambda: fn(self._conn))
+
+
+class OneHopCursor:
+    """The part of aiosqlite's Cursor that SQLAlchemy's adapter uses; rows fetched at once."""
+
+    def __init__(self, connection: OneHopConnection) -> None:
+        self._connection = connection
+        self.description: Any = None
+        self.lastrowid: int | None = None
+        self.rowcount = -1
+        self._rows: list[Any] = []
+
+    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> OneHopCursor:
+        def run(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(sql, parameters)
+            try:
+                self._rows = cursor.fetchall() if cursor.description else []
+                self.description = cursor.description
+                self.lastrowid, self.rowcount = cursor.lastrowid, cursor.rowcount
+            finally:
+                cursor.close()
+
+        await self._connection.run(run)
+        return self
+
+    async def executemany(self, sql: str, parameters: Sequence[Any]) -> OneHopCursor:
+        def run(conn: sqlite3.Connection) -> None:
+            cursor = conn.executemany(sql, parameters)
+            try:
+                self.description = None
+                self.lastrowid, self.rowcount = cursor.lastrowid, cursor.rowcount
+            finally:
+                cursor.close()
+
+        await self._connection.run(run)
+        return self
+
+    async def fetchall(self) -> list[Any]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    async def close(self) -> None:
+        self._rows = []
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -1,4 +1,5 @@
-"""SQLAlchemy models of the history: users, conversations and their messages.
+"""SQLAlchemy models of the history (users, conversations, messages) and the knowledge base
+(kb_documents, kb_chunks).
 
 migrations/versions/ must describe exactly this schema; tests/test_migrations.py compares them.
 Values that the core treats as enums (role, kind) are plain strings here, so that adding a
@@ -23,6 +24,13 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Full-text search objects that migration 0002 creates with raw SQL, per dialect (an FTS5 table
+# and its shadow tables on SQLite, a generated tsvector column and its GIN index on PostgreSQL).
+# SQLAlchemy cannot describe them portably, so schema comparisons leave them out.
+FTS_TABLE_PREFIX = "kb_chunks_fts"
+FTS_COLUMN = "search_vector"
+FTS_INDEX = "ix_kb_chunks_search_vector"
 
 # Deterministic constraint names, so that migrations can drop and alter them by name on every
 # dialect (SQLite would otherwise leave them unnamed).
@@ -106,3 +114,47 @@ class MessageRow(Base):
     # key: the fence in SqlStore.record_reply writes it together with that message.
     answered_by: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = _created_at()
+
+
+class KbDocumentRow(Base):
+    """One ingested file; `source` is its resolved absolute path."""
+
+    __tablename__ = "kb_documents"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(1024), unique=True)
+    title: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class KbChunkRow(Base):
+    """A passage of a document, the unit of search. Its full-text index lives outside the
+    models (see FTS_TABLE_PREFIX)."""
+
+    __tablename__ = "kb_chunks"
+    # Also the index behind the foreign key: deleting a document's chunks finds them by it.
+    __table_args__ = (UniqueConstraint("document_id", "ordinal"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    document_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("kb_documents.id", ondelete="CASCADE")
+    )
+    ordinal: Mapped[int] = mapped_column(Integer)
+    location: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    token_count: Mapped[int] = mapped_column(Integer)
+
+
+def include_in_schema_compare(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Alembic's include_object hook: skip the raw-SQL full-text objects of migration 0002."""
+    if type_ == "table" and name is not None and name.startswith(FTS_TABLE_PREFIX):
+        return False
+    return not (type_ == "column" and name == FTS_COLUMN) and not (
+        type_ == "index" and name == FTS_INDEX
+    )

@@ -5,17 +5,22 @@ Concurrency comes from the database, not from locks in this process: inserts tha
 (user, conversation, message by idempotency key) are INSERT ... ON CONFLICT DO NOTHING followed
 by a SELECT, and `record_reply` fences a second answer with a conditional UPDATE in the same
 transaction as the answer itself. Every database failure surfaces as `StorageError`.
+
+Statements are built once, at import, with bound parameters: building and cache-keying a
+statement costs more CPU than most of these round trips. User and conversation ids never change
+once written, so each store remembers them and a known sender's message is one INSERT.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -23,11 +28,39 @@ from bot.errors import StorageError
 from bot.storage.base import ConversationState, MessageKind, Recorded, StoredMessage
 from bot.storage.database import database_errors, describe_error
 from bot.storage.models import ConversationRow, MessageRow, UserRow
-from bot.types import ConversationKey, Incoming, Role, User, utcnow
+from bot.types import ConversationKey, Incoming, Role, utcnow
+
+T = TypeVar("T")
+
+# Ids remembered per store; far more than the conversations active at once.
+ID_CACHE_SIZE = 10_000
 
 
 class _AlreadyAnswered(Exception):
     """Rolls back a reply whose messages another worker answered first."""
+
+
+class _IdCache:
+    """A bounded LRU map of natural keys to row ids (ids are never reassigned)."""
+
+    def __init__(self, size: int = ID_CACHE_SIZE) -> None:
+        self._size = size
+        self._ids: OrderedDict[Hashable, int] = OrderedDict()
+
+    def get(self, key: Hashable) -> int | None:
+        found = self._ids.get(key)
+        if found is not None:
+            self._ids.move_to_end(key)
+        return found
+
+    def put(self, key: Hashable, value: int) -> None:
+        self._ids[key] = value
+        self._ids.move_to_end(key)
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+    def discard(self, key: Hashable) -> None:
+        self._ids.pop(key, None)
 
 
 class SqlStore:
@@ -36,6 +69,15 @@ class SqlStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._errors = database_errors(engine.url)
+        statements = _POSTGRESQL if engine.dialect.name == "postgresql" else _SQLITE
+        self._insert_user, self._insert_conversation, self._insert_message = statements
+        # Reads are single statements: on PostgreSQL they run without BEGIN/ROLLBACK around
+        # them (two round trips saved). SQLite reads never open a transaction anyway.
+        self._reader = engine
+        if engine.dialect.name == "postgresql":
+            self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._user_ids = _IdCache()
+        self._conversation_ids = _IdCache()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -48,37 +90,70 @@ class SqlStore:
         await self._engine.dispose()
 
     async def ping(self) -> None:
-        async with self._connection() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+        async def run(conn: AsyncConnection) -> None:
+            await conn.execute(_PING)
+
+        await self._run(run)
 
     async def record_incoming(
         self, incoming: Incoming, *, kind: MessageKind, token_count: int
     ) -> Recorded:
-        async with self._connection(write=True) as conn:
-            user_id = await self._user_id(conn, incoming.user)
-            conversation_id = await self._conversation_id(conn, incoming.key)
-            message = StoredMessage(0, conversation_id, Role.USER, kind, incoming.text,
-                                    token_count, _as_utc(incoming.sent_at))  # fmt: skip
-            values = _row_values(message)
-            values.update(user_id=user_id, idempotency_key=incoming.idempotency_key)
-            new_id = await self._insert_once(conn, MessageRow, values, ["idempotency_key"])
+        user_key = (incoming.user.platform, incoming.user.user_id)
+        created: dict[str, int] = {}  # ids looked up or inserted in this transaction
+
+        async def run(conn: AsyncConnection) -> Recorded:
+            created.clear()
+            user_id = self._user_ids.get(user_key)
+            if user_id is None:
+                user_id = created["user"] = await self._get_or_create(
+                    conn, self._insert_user, _SELECT_USER_ID, {
+                        "platform": incoming.user.platform,
+                        "external_id": incoming.user.user_id,
+                        "display_name": incoming.user.display_name,  # kept from the first only
+                    },
+                )  # fmt: skip
+            conversation_id = self._conversation_ids.get(incoming.key)
+            if conversation_id is None:
+                key = incoming.key
+                conversation_id = created["conversation"] = await self._get_or_create(
+                    conn, self._insert_conversation, _SELECT_CONVERSATION_ID,
+                    {"platform": key.platform, "chat_id": key.chat_id, "thread_id": key.thread_id},
+                )  # fmt: skip
+            values = {
+                "conversation_id": conversation_id,
+                "user_id": user_id,
+                "role": Role.USER.value,
+                "kind": kind.value,
+                "content": incoming.text,
+                "token_count": token_count,
+                "created_at": _as_utc(incoming.sent_at),
+                "idempotency_key": incoming.idempotency_key,
+            }
+            new_id = (await conn.execute(self._insert_message, values)).scalar_one_or_none()
             if new_id is not None:
                 return Recorded(new_id, conversation_id, is_new=True)
-            m = MessageRow
-            first = sa.select(m.id, m.conversation_id).where(
-                m.idempotency_key == incoming.idempotency_key
-            )
-            row = (await conn.execute(first)).one()
+            params = {"idempotency_key": incoming.idempotency_key}
+            row = (await conn.execute(_SELECT_BY_IDEMPOTENCY_KEY, params)).one()
             return Recorded(row.id, row.conversation_id, is_new=False)
 
+        try:
+            recorded = await self._run(run, write=True)
+        except StorageError as exc:
+            if len(created) == 2 or not isinstance(exc.__cause__, sa_exc.IntegrityError):
+                raise
+            # A remembered id whose row is gone (a foreign key failed): forget, look up again.
+            self._user_ids.discard(user_key)
+            self._conversation_ids.discard(incoming.key)
+            recorded = await self._run(run, write=True)
+        # Remembered only once committed: a rolled-back insert leaves no id behind.
+        if "user" in created:
+            self._user_ids.put(user_key, created["user"])
+        if "conversation" in created:
+            self._conversation_ids.put(incoming.key, created["conversation"])
+        return recorded
+
     async def pending(self, conversation_id: int, limit: int) -> Sequence[StoredMessage]:
-        stmt = (
-            _select_messages()
-            .where(MessageRow.conversation_id == conversation_id, _is_pending())
-            .order_by(MessageRow.id)
-            .limit(limit)
-        )
-        return await self._messages(stmt)
+        return await self._messages(_PENDING, {"conversation_id": conversation_id, "limit": limit})
 
     async def record_reply(
         self,
@@ -91,24 +166,36 @@ class SqlStore:
     ) -> StoredMessage | None:
         reply = StoredMessage(0, conversation_id, Role.ASSISTANT, kind, text, token_count,
                               utcnow())  # fmt: skip
+        values = {
+            "conversation_id": conversation_id,
+            "role": Role.ASSISTANT.value,
+            "kind": kind.value,
+            "content": text,
+            "token_count": token_count,
+            "created_at": reply.created_at,
+        }
+        fenced = set(answers)
+
+        async def run(conn: AsyncConnection) -> int:
+            reply_id: int = (await conn.execute(_INSERT_REPLY, values)).scalar_one()
+            if fenced:  # the fence: every one of `answers` must still be pending
+                marks = {"reply_id": reply_id, "ids": list(fenced), "cid": conversation_id}
+                result = await conn.execute(_MARK_ANSWERED, marks)
+                if result.rowcount != len(fenced):
+                    raise _AlreadyAnswered
+            return reply_id
+
         try:
-            async with self._connection(write=True) as conn:
-                insert = sa.insert(MessageRow).values(_row_values(reply))
-                reply_id = await conn.scalar(insert.returning(MessageRow.id))
-                assert reply_id is not None  # INSERT ... RETURNING always returns the new id
-                await _mark_answered(conn, conversation_id, set(answers), reply_id)
+            reply_id = await self._run(run, write=True)
         except _AlreadyAnswered:
             return None
         return dataclasses.replace(reply, id=reply_id)
 
     async def state(self, conversation_id: int) -> ConversationState:
-        c = ConversationRow
-        stmt = sa.select(
-            c.id, c.platform, c.chat_id, c.thread_id, c.summary,
-            c.summary_through_id, c.context_start_id, _last_reply_id(conversation_id),
-        ).where(c.id == conversation_id)  # fmt: skip
-        async with self._connection() as conn:
-            row = (await conn.execute(stmt)).one_or_none()
+        async def run(conn: AsyncConnection) -> sa.Row[Any] | None:
+            return (await conn.execute(_STATE, {"conversation_id": conversation_id})).one_or_none()
+
+        row = await self._run(run)
         if row is None:
             raise StorageError(f"conversation {conversation_id} does not exist")
         return ConversationState(
@@ -123,179 +210,222 @@ class SqlStore:
     async def context_messages(
         self, conversation_id: int, after_id: int, limit: int
     ) -> Sequence[StoredMessage]:
-        m = MessageRow
-        answered = sa.or_(m.role == Role.ASSISTANT.value, m.answered_by.is_not(None))
-        stmt = (
-            _select_messages()
-            .where(m.conversation_id == conversation_id, m.id > after_id)
-            .where(m.kind == MessageKind.CHAT.value, answered)
-            .order_by(m.id.desc())
-            .limit(limit)
-        )
-        return list(reversed(await self._messages(stmt)))
+        params = {"conversation_id": conversation_id, "after_id": after_id, "limit": limit}
+        return list(reversed(await self._messages(_CONTEXT, params)))
 
     async def fold_summary(self, conversation_id: int, summary: str, through_id: int) -> None:
-        values = {"summary": summary, "summary_through_id": through_id}
-        await self._update_conversation(conversation_id, values)
+        params = {"conversation_id": conversation_id, "new_summary": summary,
+                  "through_id": through_id}  # fmt: skip
+        await self._write(_FOLD_SUMMARY, params)
 
     async def reset_context(self, conversation_id: int) -> None:
-        newest = (
-            sa.select(sa.func.coalesce(sa.func.max(MessageRow.id), 0))
-            .where(MessageRow.conversation_id == conversation_id)
-            .scalar_subquery()
-        )
-        values = {"context_start_id": newest, "summary": "", "summary_through_id": 0}
-        await self._update_conversation(conversation_id, values)
+        await self._write(_RESET_CONTEXT, {"conversation_id": conversation_id})
 
     async def history(self, conversation_id: int, limit: int) -> Sequence[StoredMessage]:
-        stmt = (
-            _select_messages()
-            .where(MessageRow.conversation_id == conversation_id)
-            .order_by(MessageRow.id.desc())
-            .limit(limit)
-        )
-        return list(reversed(await self._messages(stmt)))
+        params = {"conversation_id": conversation_id, "limit": limit}
+        return list(reversed(await self._messages(_HISTORY, params)))
 
     async def conversations_with_pending(self) -> Sequence[tuple[int, ConversationKey]]:
-        c = ConversationRow
-        # The subquery reads only the partial pending index, however large history is.
-        with_pending = sa.select(MessageRow.conversation_id).where(_is_pending())
-        stmt = (
-            sa.select(c.id, c.platform, c.chat_id, c.thread_id)
-            .where(c.id.in_(with_pending))
-            .order_by(c.id)
-        )
-        async with self._connection() as conn:
-            rows = (await conn.execute(stmt)).all()
+        async def run(conn: AsyncConnection) -> Sequence[sa.Row[Any]]:
+            return (await conn.execute(_WITH_PENDING)).all()
+
+        rows = await self._run(run)
         return [(r.id, ConversationKey(r.platform, r.chat_id, r.thread_id)) for r in rows]
 
-    @asynccontextmanager
-    async def _connection(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
-        """A connection, in a transaction committed on success when `write`."""
-        try:
-            async with self._engine.begin() if write else self._engine.connect() as conn:
-                yield conn
-        except self._errors as exc:
-            raise StorageError(describe_error(exc, self._engine.url)) from exc
+    async def _run(
+        self, work: Callable[[AsyncConnection], Awaitable[T]], *, write: bool = False
+    ) -> T:
+        """`work` on a connection: in a transaction committed on success when `write`, else
+        a read (no transaction where the driver allows). A pooled connection found dead (the
+        server restarted; there is no pre-ping) is dropped and `work` runs once more on a new
+        one: nothing was committed on the dead one."""
+        for attempt in (1, 2):
+            try:
+                if write:
+                    async with self._engine.begin() as conn:
+                        return await work(conn)
+                async with self._reader.connect() as conn:
+                    return await work(conn)
+            except sa_exc.DBAPIError as exc:
+                if attempt == 1 and exc.connection_invalidated:
+                    continue
+                raise StorageError(describe_error(exc, self._engine.url)) from exc
+            except self._errors as exc:
+                raise StorageError(describe_error(exc, self._engine.url)) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _messages(self, stmt: sa.Select[Any]) -> list[StoredMessage]:
-        async with self._connection() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [_to_message(row) for row in rows]
+    async def _messages(
+        self, stmt: sa.Select[Any], params: Mapping[str, Any]
+    ) -> list[StoredMessage]:
+        async def run(conn: AsyncConnection) -> Sequence[sa.Row[Any]]:
+            return (await conn.execute(stmt, params)).all()
 
-    async def _update_conversation(self, conversation_id: int, values: Mapping[str, Any]) -> None:
-        stmt = sa.update(ConversationRow).where(ConversationRow.id == conversation_id)
-        async with self._connection(write=True) as conn:
-            await conn.execute(stmt.values(values))
+        return [_to_message(row) for row in await self._run(run)]
 
-    async def _user_id(self, conn: AsyncConnection, user: User) -> int:
-        values = {"platform": user.platform, "external_id": user.user_id}
-        values["display_name"] = user.display_name  # kept from the first message only
-        return await self._get_or_create(conn, UserRow, values, ["platform", "external_id"])
+    async def _write(self, stmt: sa.Executable, params: Mapping[str, Any]) -> None:
+        async def run(conn: AsyncConnection) -> None:
+            await conn.execute(stmt, params)
 
-    async def _conversation_id(self, conn: AsyncConnection, key: ConversationKey) -> int:
-        values = {"platform": key.platform, "chat_id": key.chat_id, "thread_id": key.thread_id}
-        return await self._get_or_create(conn, ConversationRow, values, list(values))
+        await self._run(run, write=True)
 
+    @staticmethod
     async def _get_or_create(
-        self,
         conn: AsyncConnection,
-        entity: type[UserRow] | type[ConversationRow],
+        insert: sa.Executable,
+        lookup: sa.Select[tuple[int]],
         values: Mapping[str, Any],
-        unique: list[str],
     ) -> int:
         # Look first: the row nearly always exists, and a conflicting insert would still burn
         # a PostgreSQL sequence value on every message.
-        lookup = sa.select(entity.id).where(*(getattr(entity, k) == values[k] for k in unique))
-        found = await conn.scalar(lookup)
+        found: int | None = (await conn.execute(lookup, values)).scalar_one_or_none()
         if found is None:
-            found = await self._insert_once(conn, entity, values, unique)
-        if found is None:  # another transaction created it between the two statements
-            found = (await conn.execute(lookup)).scalar_one()
+            # The new id, or None if another transaction inserted the same key first: a
+            # concurrent insert of that key waits for the other transaction, then does nothing.
+            found = (await conn.execute(insert, values)).scalar_one_or_none()
+        if found is None:
+            found = (await conn.execute(lookup, values)).scalar_one()
         return found
 
-    async def _insert_once(
-        self,
-        conn: AsyncConnection,
-        entity: type[UserRow] | type[ConversationRow] | type[MessageRow],
-        values: Mapping[str, Any],
-        unique: list[str],
-    ) -> int | None:
-        # The new id, or None if a row with the same `unique` columns exists. A concurrent
-        # insert of the same key waits for the other transaction to end, then does nothing.
-        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
-        stmt = (
-            dialect.insert(entity)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=unique)
-            .returning(entity.id)
-        )
-        result: int | None = (await conn.execute(stmt)).scalar_one_or_none()
-        return result
+
+# --- statements, built once ------------------------------------------------------------------
+
+_m = MessageRow
+_c = ConversationRow
+_PING = sa.text("SELECT 1")
 
 
-def _is_pending() -> sa.ColumnElement[bool]:
-    # Literals, not bound parameters: only then can the planners prove that the query's
-    # predicate implies the partial index's (models.PENDING_PREDICATE).
-    return sa.and_(MessageRow.role == sa.literal_column("'user'"), MessageRow.answered_by.is_(None))
+def _param(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=type_)
 
 
-def _last_reply_id(conversation_id: int) -> sa.Label[int]:
-    # ORDER BY id DESC LIMIT 1 walks the (conversation_id, id) index from the newest end and
-    # stops at the first reply; MAX() with these filters may not be optimised on SQLite.
-    m = MessageRow
+def _literal(value: str) -> sa.ColumnElement[Any]:
+    # Literals, not bound parameters: only then can the planners prove that a query's predicate
+    # implies a partial index's (models.PENDING_PREDICATE), and estimate it in generic plans.
+    return sa.literal_column(f"'{value}'")
+
+
+def _in_conversation() -> tuple[sa.ColumnElement[bool], ...]:
+    # `conversation_id BETWEEN :id AND :id`, not `=`, with ORDER BY conversation_id DESC, id DESC:
+    # with `=` PostgreSQL treats conversation_id as constant, so `ORDER BY id DESC` can also be
+    # served by a backward scan of the primary key, filtering out every newer message of other
+    # conversations; it picks that plan from statistics (tens of ms on a large database). With
+    # a range only the (conversation_id, id) index yields the order, and a LIMIT stops it after
+    # the rows it returns, whatever the statistics say. SQLite plans it the same way.
+    cid = _param("conversation_id", sa.BigInteger())
+    return (_m.conversation_id >= cid, _m.conversation_id <= cid)
+
+
+_NEWEST_FIRST = (_m.conversation_id.desc(), _m.id.desc())
+_LIMIT = _param("limit", sa.Integer())
+_PENDING_WHERE = sa.and_(_m.role == _literal(Role.USER.value), _m.answered_by.is_(None))
+
+_SELECT_MESSAGES = sa.select(
+    _m.id, _m.conversation_id, _m.role, _m.kind, _m.content, _m.token_count, _m.created_at,
+    _m.answered_by, UserRow.display_name,
+).outerjoin(UserRow, UserRow.id == _m.user_id)  # fmt: skip
+
+_PENDING = (
+    _SELECT_MESSAGES.where(_m.conversation_id == _param("conversation_id"), _PENDING_WHERE)
+    .order_by(_m.id)
+    .limit(_LIMIT)
+)
+_CONTEXT = (
+    _SELECT_MESSAGES.where(*_in_conversation(), _m.id > _param("after_id", sa.BigInteger()))
+    .where(_m.kind == _literal(MessageKind.CHAT.value))
+    .where(sa.or_(_m.role == _literal(Role.ASSISTANT.value), _m.answered_by.is_not(None)))
+    .order_by(*_NEWEST_FIRST)
+    .limit(_LIMIT)
+)
+_HISTORY = _SELECT_MESSAGES.where(*_in_conversation()).order_by(*_NEWEST_FIRST).limit(_LIMIT)
+
+_LAST_REPLY_ID = (
+    sa.select(_m.id)
+    .where(*_in_conversation())
+    .where(_m.role == _literal(Role.ASSISTANT.value), _m.kind == _literal(MessageKind.CHAT.value))
+    .order_by(*_NEWEST_FIRST)
+    .limit(1)
+    .scalar_subquery()
+)
+_STATE = sa.select(
+    _c.id, _c.platform, _c.chat_id, _c.thread_id, _c.summary, _c.summary_through_id,
+    _c.context_start_id, _LAST_REPLY_ID.label("last_reply_id"),
+).where(_c.id == _param("conversation_id"))  # fmt: skip
+
+_NEWEST_ID = sa.select(_m.id).where(*_in_conversation()).order_by(*_NEWEST_FIRST).limit(1)
+_RESET_CONTEXT = (
+    sa.update(_c)
+    .where(_c.id == _param("conversation_id"))
+    .values(context_start_id=sa.func.coalesce(_NEWEST_ID.scalar_subquery(), 0), summary="",
+            summary_through_id=0)
+)  # fmt: skip
+_FOLD_SUMMARY = (
+    sa.update(_c)
+    .where(_c.id == _param("conversation_id"))
+    .values(summary=_param("new_summary"), summary_through_id=_param("through_id"))
+)
+# The subquery reads only the partial pending index, however large history is.
+_WITH_PENDING = (
+    sa.select(_c.id, _c.platform, _c.chat_id, _c.thread_id)
+    .where(_c.id.in_(sa.select(_m.conversation_id).where(_PENDING_WHERE)))
+    .order_by(_c.id)
+)
+
+_SELECT_USER_ID = sa.select(UserRow.id).where(
+    UserRow.platform == _param("platform"), UserRow.external_id == _param("external_id")
+)
+_SELECT_CONVERSATION_ID = sa.select(_c.id).where(
+    _c.platform == _param("platform"),
+    _c.chat_id == _param("chat_id"),
+    _c.thread_id == _param("thread_id"),
+)
+_SELECT_BY_IDEMPOTENCY_KEY = sa.select(_m.id, _m.conversation_id).where(
+    _m.idempotency_key == _param("idempotency_key")
+)
+
+_INSERT_REPLY = sa.insert(_m).returning(_m.id)  # columns: the keys of the parameters
+_MARK_ANSWERED = (
+    sa.update(_m)
+    .where(
+        _m.id.in_(sa.bindparam("ids", expanding=True)),
+        _m.conversation_id == _param("cid"),  # a column's name is reserved in UPDATE
+        _PENDING_WHERE,
+    )
+    .values(answered_by=_param("reply_id"))
+)
+
+
+def _inserts_once(dialect: Any) -> tuple[sa.Executable, sa.Executable, sa.Executable]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id for users, conversations, messages: the
+    new id, or no row if one with the same unique key exists."""
+
+    def once(entity: Any, unique: list[str]) -> sa.Executable:
+        stmt = dialect.insert(entity).on_conflict_do_nothing(index_elements=unique)
+        return stmt.returning(entity.id)  # type: ignore[no-any-return]
+
     return (
-        sa.select(m.id)
-        .where(m.conversation_id == conversation_id)
-        .where(m.role == Role.ASSISTANT.value, m.kind == MessageKind.CHAT.value)
-        .order_by(m.id.desc())
-        .limit(1)
-        .scalar_subquery()
-        .label("last_reply_id")
+        once(UserRow, ["platform", "external_id"]),
+        once(ConversationRow, ["platform", "chat_id", "thread_id"]),
+        once(MessageRow, ["idempotency_key"]),
     )
 
 
-def _select_messages() -> sa.Select[Any]:
-    m = MessageRow
-    return sa.select(
-        m.id, m.conversation_id, m.role, m.kind, m.content, m.token_count, m.created_at,
-        m.answered_by, UserRow.display_name,
-    ).outerjoin(UserRow, UserRow.id == m.user_id)  # fmt: skip
-
-
-def _row_values(message: StoredMessage) -> dict[str, Any]:
-    fields = ("conversation_id", "role", "kind", "content", "token_count", "created_at")
-    return {name: getattr(message, name) for name in fields}
-
-
-async def _mark_answered(
-    conn: AsyncConnection, conversation_id: int, answers: set[int], reply_id: int
-) -> None:
-    """The fence: every one of `answers` must still be pending, or nothing is written."""
-    if not answers:
-        return
-    m = MessageRow
-    stmt = (
-        sa.update(m)
-        .where(m.id.in_(answers), m.conversation_id == conversation_id, _is_pending())
-        .values(answered_by=reply_id)
-    )
-    result = await conn.execute(stmt)
-    if result.rowcount != len(answers):
-        raise _AlreadyAnswered
+_POSTGRESQL = _inserts_once(postgresql)
+_SQLITE = _inserts_once(sqlite)
 
 
 def _to_message(row: sa.Row[Any]) -> StoredMessage:
+    (id_, conversation_id, role, kind, content, token_count, created_at, answered_by,
+     display_name) = row  # fmt: skip
     return StoredMessage(
-        id=row.id,
-        conversation_id=row.conversation_id,
-        role=Role(row.role),
-        kind=MessageKind(row.kind),
-        content=row.content,
-        token_count=row.token_count,
-        created_at=_as_utc(row.created_at),
-        answered_by=row.answered_by,
-        user_display_name=row.display_name or "",
+        id=id_,
+        conversation_id=conversation_id,
+        role=Role(role),
+        kind=MessageKind(kind),
+        content=content,
+        token_count=token_count,
+        created_at=_as_utc(created_at),
+        answered_by=answered_by,
+        user_display_name=display_name or "",
     )
 
 

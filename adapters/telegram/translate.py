@@ -1,0 +1,172 @@
+"""Telegram updates -> what the adapter does with them (pure: no I/O, no SDK calls).
+
+private chat, text            -> Submit (every message is for the bot)
+group, /cmd or /cmd@ourbot    -> Submit (our name stripped); /cmd@otherbot -> Ignore
+group, @ourbot mention        -> Submit (the mention stripped)
+group, reply to our message   -> Submit
+group, anything else          -> Ignore (nothing is stored: groups have not opted in)
+document for the bot          -> Fetch (the adapter downloads and reads it)
+photo, voice, sticker, ...    -> Notice (one sentence on what the bot can read)
+user or chat not allowed      -> Notice (one polite sentence)
+edited message                -> Ignore: the original was answered; answering the edit
+                                 would put a second answer under one question
+channel post                  -> Ignore: Parley converses, it does not post in channels
+callback query                -> AnswerCallback (stops the button's spinner; Parley sends
+                                 no buttons, so an old or foreign one is acknowledged only)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from telegram import Chat, Message, MessageEntity, Update
+
+from bot.settings import TelegramSettings
+from bot.types import ConversationKey, Incoming, User
+
+PLATFORM = "telegram"
+NOT_ALLOWED = "Sorry, this bot is private and I can't talk with you here."
+MEDIA = (
+    "I can read text messages and documents (plain text, Markdown, HTML or PDF up to {mb} MB), "
+    "but not photos, voice messages, videos or stickers."
+)
+_COMMAND = re.compile(r"^/([A-Za-z][A-Za-z0-9_]{0,31})(?:@([A-Za-z0-9_]+))?(?=\s|$)(.*)$", re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class BotIdentity:
+    id: int
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    incoming: Incoming
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """A document to download and read; `incoming.text` is the request (caption or default)."""
+
+    incoming: Incoming
+    file_id: str
+    file_name: str
+    mime_type: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    chat_id: int
+    thread_id: int | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerCallback:
+    query_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    reason: str
+
+
+Action = Submit | Fetch | Notice | AnswerCallback | Ignore
+
+
+def translate(update: Update, me: BotIdentity, settings: TelegramSettings) -> Action:
+    if update.callback_query is not None:
+        return AnswerCallback(update.callback_query.id)
+    if update.edited_message is not None:
+        return Ignore("edited message")
+    if update.channel_post is not None or update.edited_channel_post is not None:
+        return Ignore("channel post")
+    message = update.message
+    if message is None:
+        return Ignore("update type not handled")
+    if message.from_user is None or message.from_user.is_bot:
+        return Ignore("not from a person")
+    text = addressed_text(message, me)
+    if text is None:
+        return Ignore("group message not for the bot")
+    if not is_allowed(message, settings):
+        return Notice(message.chat.id, _thread(message), NOT_ALLOWED)
+    return _for_content(update, message, text, settings)
+
+
+def _for_content(update: Update, message: Message, text: str, s: TelegramSettings) -> Action:
+    incoming = to_incoming(update, message, text)
+    doc = message.document
+    if doc is not None:
+        name = doc.file_name or "document"
+        mime = doc.mime_type or ""
+        return Fetch(incoming, doc.file_id, name, mime, doc.file_size or 0)
+    if message.effective_attachment is None and text.strip():
+        return Submit(incoming)
+    return Notice(message.chat.id, _thread(message), MEDIA.format(mb=s.max_document_bytes // 10**6))
+
+
+def addressed_text(message: Message, me: BotIdentity) -> str | None:
+    """The message's text with our name removed, or None when a group message is not ours."""
+    text = message.text or message.caption or ""
+    command = _COMMAND.match(text)
+    if command is not None:
+        name, target, rest = command.groups()
+        if target is not None and target.lower() != me.username.lower():
+            return None  # /cmd@otherbot
+        return f"/{name}{rest}"
+    if message.chat.type == Chat.PRIVATE:
+        return text
+    if _mentions(message, me):
+        return re.sub(rf"@{re.escape(me.username)}\b", "", text, flags=re.I).strip()
+    replied = message.reply_to_message
+    if replied is not None and replied.from_user is not None and replied.from_user.id == me.id:
+        return text
+    return None
+
+
+def _mentions(message: Message, me: BotIdentity) -> bool:
+    kinds: list[str | None] = [MessageEntity.MENTION, MessageEntity.TEXT_MENTION]
+    found = {**message.parse_entities(kinds), **message.parse_caption_entities(kinds)}
+    for entity, shown in found.items():
+        if entity.type == MessageEntity.MENTION and shown.lower() == f"@{me.username.lower()}":
+            return True
+        if entity.user is not None and entity.user.id == me.id:
+            return True
+    return False
+
+
+def is_allowed(message: Message, s: TelegramSettings) -> bool:
+    user_id = message.from_user.id if message.from_user else 0
+    if user_id in s.admin_ids:
+        return True
+    user_ok = not s.allowed_user_ids or user_id in s.allowed_user_ids
+    chat_ok = not s.allowed_chat_ids or message.chat.id in s.allowed_chat_ids
+    return user_ok and chat_ok
+
+
+def to_incoming(update: Update, message: Message, text: str) -> Incoming:
+    person = message.from_user
+    replied = message.reply_to_message
+    thread = _thread(message)
+    return Incoming(
+        key=ConversationKey(PLATFORM, str(message.chat.id), str(thread or "")),
+        user=User(PLATFORM, str(person.id), person.full_name) if person else User(PLATFORM, ""),
+        text=text,
+        idempotency_key=f"{PLATFORM}:{update.update_id}",
+        sent_at=message.date,
+        reply_to_text=(replied.text or replied.caption) if replied is not None else None,
+        extras={
+            "message_id": message.message_id,
+            "chat_type": message.chat.type,
+            "language_code": person.language_code if person else None,
+        },
+    )
+
+
+def _thread(message: Message) -> int | None:
+    # Only forum topics are separate conversations; in other groups a thread id just marks
+    # a reply chain, which stays part of the group's one conversation.
+    return message.message_thread_id if message.is_topic_message else None

@@ -1,0 +1,87 @@
+"""Splits sections into chunks of up to MAX_TOKENS on paragraph, then sentence, then word
+boundaries; paragraphs are packed greedily, so a long section gives chunks of roughly 200-350
+tokens.
+
+Chunks never cross a section: each keeps one location, so a citation points at one heading or
+page. A short section therefore stays a small chunk of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+from bot.knowledge.types import Chunk, CountTokens, Section
+
+MAX_TOKENS = 350
+
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# After ., ! or ? (optionally closed by a quote or bracket) and before whitespace; also after
+# the CJK full stops, which are not followed by a space.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+|(?<=[。！？])")
+
+
+def estimate_tokens(text: str) -> int:
+    """~4 characters a token: the fallback where no tokenizer is given."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def chunk_sections(
+    sections: Iterable[Section],
+    count: CountTokens = estimate_tokens,
+    *,
+    max_tokens: int = MAX_TOKENS,
+) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    for section in sections:
+        pieces = _pieces(section.text, count, max_tokens)
+        for text in _pack(pieces, count, max_tokens):
+            chunks.append(Chunk(section.location, text, count(text)))
+    return chunks
+
+
+def _pieces(text: str, count: CountTokens, max_tokens: int) -> Iterator[tuple[str, str]]:
+    """(piece, separator to join it with the previous one); none longer than max_tokens."""
+    for paragraph in _PARAGRAPH_BREAK.split(text.strip()):
+        paragraph = paragraph.strip()
+        if not paragraph:
+            continue
+        if count(paragraph) <= max_tokens:
+            yield paragraph, "\n\n"
+            continue
+        separator = "\n\n"
+        for sentence in _SENTENCE_END.split(paragraph):
+            for piece in _split_words(sentence.strip(), count, max_tokens):
+                yield piece, separator
+                separator = " "
+
+
+def _split_words(sentence: str, count: CountTokens, max_tokens: int) -> Iterator[str]:
+    """A sentence too long on its own (a table, a log line) is cut between words."""
+    if not sentence:
+        return
+    if count(sentence) <= max_tokens:
+        yield sentence
+        return
+    current: list[str] = []
+    for word in sentence.split():
+        if current and count(" ".join([*current, word])) > max_tokens:
+            yield " ".join(current)
+            current = []
+        current.append(word)
+    if current:
+        yield " ".join(current)
+
+
+def _pack(pieces: Iterable[tuple[str, str]], count: CountTokens, max_tokens: int) -> Iterator[str]:
+    """Greedy: pieces join until the next would pass max_tokens."""
+    current = ""
+    for piece, separator in pieces:
+        joined = f"{current}{separator}{piece}" if current else piece
+        if current and count(joined) > max_tokens:
+            yield current
+            current = piece
+        else:
+            current = joined
+    if current:
+        yield current

@@ -1,0 +1,128 @@
+"""`parley kb add|list|remove`: the knowledge base from the command line.
+
+Progress goes to stderr (a bar on a terminal, one line per file otherwise, so logs of
+scripted runs stay readable); results go to stdout. Exit status 1 when a file failed or
+nothing matched a removal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TextIO
+
+from bot.knowledge.store import KnowledgeBase
+from bot.knowledge.types import DocumentInfo, FileResult, Outcome
+from bot.settings import Settings
+from bot.storage.database import create_engine
+from bot.storage.migrate import ensure_schema
+
+BAR_WIDTH = 30
+
+
+def add_kb_parser(sub: Any) -> None:
+    """Register `kb` on the `parley` command's subparsers."""
+    kb = sub.add_parser("kb", help="knowledge base: add, list and remove documents")
+    actions = kb.add_subparsers(dest="kb_action", required=True)
+    add = actions.add_parser("add", help="add or update files and folders")
+    add.add_argument("paths", nargs="+", metavar="PATH")
+    actions.add_parser("list", help="list the documents")
+    remove = actions.add_parser("remove", help="remove a document, or every one under a folder")
+    remove.add_argument("path", metavar="PATH")
+    kb.set_defaults(func=cmd_kb)
+
+
+async def cmd_kb(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_knowledge_base(settings) as kb:
+        if args.kb_action == "add":
+            return await _add(kb, args.paths)
+        if args.kb_action == "list":
+            return await _list(kb)
+        return await _remove(kb, args.path)
+
+
+@asynccontextmanager
+async def open_knowledge_base(settings: Settings) -> AsyncIterator[KnowledgeBase]:
+    db = settings.database
+    url = db.url.get_secret_value()
+    await ensure_schema(url, db.auto_migrate)
+    engine = create_engine(url, echo=db.echo, pool_size=db.pool_size)
+    try:
+        yield KnowledgeBase(engine, max_file_bytes=settings.knowledge.max_file_mb * 1_000_000)
+    finally:
+        await engine.dispose()
+
+
+async def _add(kb: KnowledgeBase, paths: list[str]) -> int:
+    report = await kb.add(paths, progress=ProgressPrinter(sys.stderr))
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
+async def _list(kb: KnowledgeBase) -> int:
+    documents = await kb.list()
+    if not documents:
+        print("the knowledge base is empty: add files with `parley kb add PATH`")
+        return 0
+    print(f"{'CHUNKS':>6}  {'SIZE':>7}  {'UPDATED':16}  TITLE  (SOURCE)")
+    for doc in documents:
+        print(_document_line(doc))
+    print(f"{len(documents)} documents, {sum(d.chunks for d in documents)} chunks")
+    return 0
+
+
+async def _remove(kb: KnowledgeBase, path: str) -> int:
+    removed = await kb.remove(path)
+    if not removed:
+        print(f"parley: nothing in the knowledge base at or under {path}", file=sys.stderr)
+        return 1
+    print(f"removed {removed} document{'s' if removed != 1 else ''}")
+    return 0
+
+
+def _document_line(doc: DocumentInfo) -> str:
+    updated = doc.updated_at.strftime("%Y-%m-%d %H:%M")
+    return f"{doc.chunks:>6}  {_size(doc.size):>7}  {updated:16}  {doc.title}  ({doc.source})"
+
+
+def _size(size: int) -> str:
+    if size < 1000:
+        return f"{size} B"
+    if size < 1_000_000:
+        return f"{size / 1000:.1f} kB"
+    return f"{size / 1_000_000:.1f} MB"
+
+
+class ProgressPrinter:
+    """The `progress` callback of KnowledgeBase.add for a terminal or a log."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+
+    def __call__(self, done: int, total: int, result: FileResult) -> None:
+        if self._tty:
+            self._bar(done, total, result)
+        else:
+            print(f"[{done}/{total}] {_describe(result)}", file=self._stream, flush=True)
+
+    def _bar(self, done: int, total: int, result: FileResult) -> None:
+        clear = "\r\x1b[K"
+        if result.outcome is Outcome.FAILED:  # failures stay on screen above the bar
+            print(f"{clear}{_describe(result)}", file=self._stream)
+        filled = BAR_WIDTH * done // max(total, 1)
+        bar = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} "
+        room = max(10, shutil.get_terminal_size().columns - len(bar) - 1)
+        end = "\n" if done == total else ""
+        self._stream.write(f"{clear}{bar}{result.source[-room:]}{end}")
+        self._stream.flush()
+
+
+def _describe(result: FileResult) -> str:
+    if result.outcome is Outcome.FAILED:
+        return f"failed {result.source}: {result.reason}"
+    chunks = f" ({result.chunks} chunks)" if result.chunks else ""
+    return f"{result.outcome.value} {result.source}{chunks}"

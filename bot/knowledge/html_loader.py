@@ -1,0 +1,95 @@
+"""HTML to sections with the standard library's parser: headings become locations, script,
+style and other non-text elements are dropped, block elements break paragraphs."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+from bot.knowledge.types import LoadedDocument, Section
+
+_HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
+_SKIPPED = {"script", "style", "noscript", "template", "svg", "head", "nav", "iframe"}
+_BLOCKS = {
+    "p", "div", "section", "article", "main", "header", "footer", "aside", "li", "ul", "ol",
+    "dl", "dt", "dd", "tr", "table", "blockquote", "pre", "br", "hr", "figure", "figcaption",
+}  # fmt: skip
+
+
+class _SectionParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.sections: list[Section] = []
+        self.page_title = ""
+        self._trail: list[tuple[int, str]] = []
+        self._body: list[str] = []
+        self._heading: list[str] | None = None  # text of the heading being read
+        self._level = 0
+        self._skip_depth = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIPPED:
+            self._skip_depth += 1
+        elif tag == "title":
+            self._in_title = True
+        elif tag in _HEADINGS and not self._skip_depth:
+            self._close_section()
+            self._heading, self._level = [], _HEADINGS[tag]
+        elif tag in _BLOCKS:
+            self._body.append("\n\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIPPED:
+            self._skip_depth = max(0, self._skip_depth - 1)
+        elif tag == "title":
+            self._in_title = False
+        elif tag in _HEADINGS and self._heading is not None:
+            self._open_heading(_squash(" ".join(self._heading)))
+        elif tag in _BLOCKS:
+            self._body.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.page_title += data
+        elif self._skip_depth:
+            return
+        elif self._heading is not None:
+            self._heading.append(data)
+        else:
+            self._body.append(data)
+
+    def close(self) -> None:
+        super().close()
+        if self._heading is not None:  # a heading left open at the end of the file
+            self._open_heading(_squash(" ".join(self._heading)))
+        self._close_section()
+
+    def _open_heading(self, text: str) -> None:
+        self._heading = None
+        while self._trail and self._trail[-1][0] >= self._level:
+            self._trail.pop()
+        if text:
+            self._trail.append((self._level, text))
+
+    def _close_section(self) -> None:
+        paragraphs = (_squash(p) for p in "".join(self._body).split("\n\n"))
+        text = "\n\n".join(p for p in paragraphs if p)
+        if text:
+            location = " > ".join(t for _, t in self._trail)
+            self.sections.append(Section(location, text))
+        self._body.clear()
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def parse_html(text: str, fallback_title: str) -> LoadedDocument:
+    """Title: the <title>, else the first heading, else `fallback_title`."""
+    parser = _SectionParser()
+    parser.feed(text)
+    parser.close()
+    first_location = parser.sections[0].location if parser.sections else ""
+    title = _squash(parser.page_title) or first_location.split(" > ")[0] or fallback_title
+    return LoadedDocument(title, parser.sections)

@@ -1,0 +1,150 @@
+"""Turn a file's bytes into a titled list of sections: Markdown (by heading), plain text,
+HTML (see bot.knowledge.html_loader) and PDF (by page).
+
+Loaders are synchronous and CPU-bound; KnowledgeBase runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from bot.knowledge.html_loader import parse_html
+from bot.knowledge.types import LoadedDocument, Section
+
+LOCATION_SEPARATOR = " > "
+
+_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_INLINE_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+
+
+class LoaderError(Exception):
+    """The file cannot be read as its type says; the message is the reason shown to the user."""
+
+
+def decode_text(data: bytes) -> str:
+    # UTF-8 first (with or without BOM); anything else is read as cp1252, which never fails,
+    # so a stray byte costs one odd character rather than the whole file.
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def load_text(data: bytes, path: Path) -> LoadedDocument:
+    return LoadedDocument(path.stem, [Section("", decode_text(data))])
+
+
+def load_html(data: bytes, path: Path) -> LoadedDocument:
+    return parse_html(decode_text(data), path.stem)
+
+
+def load_markdown(data: bytes, path: Path) -> LoadedDocument:
+    sections: list[Section] = []
+    trail: list[tuple[int, str]] = []  # the open headings: (level, text)
+    body: list[str] = []
+    title = ""
+    fence = ""
+
+    def close_section() -> None:
+        text = "\n".join(body).strip()
+        if text:
+            sections.append(Section(LOCATION_SEPARATOR.join(t for _, t in trail), text))
+        body.clear()
+
+    def open_heading(level: int, text: str) -> None:
+        nonlocal title
+        close_section()
+        while trail and trail[-1][0] >= level:
+            trail.pop()
+        trail.append((level, text))
+        title = title or text
+
+    for line in decode_text(data).splitlines():
+        fence = _track_fence(line, fence)
+        heading = None if fence or line.lstrip().startswith(("```", "~~~")) else _heading(line)
+        underline = _SETEXT_UNDERLINE.match(line) if not fence else None
+        if heading is not None:
+            open_heading(*heading)
+        elif underline and body and body[-1].strip() and not _is_list_item(body[-1]):
+            text = _clean_heading(body.pop())
+            open_heading(1 if underline.group(1)[0] == "=" else 2, text)
+        else:
+            body.append(line)
+    close_section()
+    return LoadedDocument(title or path.stem, sections)
+
+
+def _track_fence(line: str, fence: str) -> str:
+    """The open code fence after this line ("" outside one): headings inside are code."""
+    match = _FENCE.match(line)
+    if match is None:
+        return fence
+    marker = match.group(1)
+    if not fence:
+        return marker
+    closes = marker[0] == fence[0] and len(marker) >= len(fence) and not line.strip()[len(marker) :]
+    return "" if closes else fence
+
+
+def _heading(line: str) -> tuple[int, str] | None:
+    match = _ATX_HEADING.match(line)
+    if match is None:
+        return None
+    return len(match.group(1)), _clean_heading(match.group(2) or "")
+
+
+def _clean_heading(text: str) -> str:
+    text = _INLINE_LINK.sub(r"\1", text)
+    return re.sub(r"[`*_]", "", text).strip()
+
+
+def _is_list_item(line: str) -> bool:
+    return bool(re.match(r"^\s*([-*+]|\d+[.)])\s", line))
+
+
+def load_pdf(data: bytes, path: Path) -> LoadedDocument:
+    try:
+        from pypdf import PdfReader
+        from pypdf.errors import PyPdfError
+    except ImportError:
+        raise LoaderError("PDF support needs the pypdf package") from None
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise LoaderError("the PDF is encrypted")
+        pages = [page.extract_text() or "" for page in reader.pages]
+        meta_title = (reader.metadata.title if reader.metadata else None) or ""
+    except (PyPdfError, ValueError, KeyError, TypeError) as exc:
+        raise LoaderError(f"not a readable PDF ({type(exc).__name__})") from None
+    sections = [Section(f"page {n}", text) for n, text in enumerate(pages, 1) if text.strip()]
+    return LoadedDocument(meta_title.strip() or path.stem, sections)
+
+
+Loader = Callable[[bytes, Path], LoadedDocument]
+
+LOADERS: dict[str, Loader] = {
+    ".md": load_markdown,
+    ".markdown": load_markdown,
+    ".txt": load_text,
+    ".text": load_text,
+    ".rst": load_text,
+    ".html": load_html,
+    ".htm": load_html,
+    ".pdf": load_pdf,
+}
+
+
+def loader_for(path: Path) -> Loader | None:
+    return LOADERS.get(path.suffix.lower())
+
+
+def load(data: bytes, path: Path) -> LoadedDocument:
+    loader = loader_for(path)
+    if loader is None:
+        raise LoaderError(f"unsupported file type {path.suffix or '(no extension)'}")
+    return loader(data, path)

@@ -1,0 +1,40 @@
+"""The sample knowledge base: Parley's own user guide (docs/), loaded on the first start so
+that a fresh install can answer questions about itself before the operator adds anything."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from bot.knowledge.store import KnowledgeBase
+from bot.knowledge.types import AddReport
+from bot.settings import KnowledgeSettings
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def sample_folder(sample_dir: str) -> Path | None:
+    """`sample_dir` as given, else (if relative) under Parley's own folder; None if neither
+    is a folder (an installed package may ship without docs/)."""
+    path = Path(sample_dir).expanduser()
+    candidates = [path] if path.is_absolute() else [path, PROJECT_ROOT / path]
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+async def load_sample_if_empty(kb: KnowledgeBase, settings: KnowledgeSettings) -> AddReport | None:
+    """Load the sample folder when the knowledge base has no document; None when nothing was
+    loaded. Emptiness is the test, so an operator who removes everything gets the sample back
+    on the next start unless `knowledge.load_sample` is false."""
+    if not settings.load_sample or not await kb.is_empty():
+        return None
+    folder = sample_folder(settings.sample_dir)
+    if folder is None:
+        log.info("knowledge base: sample folder %s not found; starting empty", settings.sample_dir)
+        return None
+    report = await kb.add([folder])
+    log.info("knowledge base: loaded the sample from %s (%s)", folder, report.summary())
+    for failed in report.failed:
+        log.warning("knowledge base: %s: %s", failed.source, failed.reason)
+    return report

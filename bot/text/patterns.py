@@ -1,0 +1,75 @@
+"""Regular expressions for the parts of a chat message that are not prose.
+
+Shared by `protect` (which keeps these spans out of a translation) and `language` (which keeps
+them out of language detection, where a URL or a code block would only add noise).
+"""
+
+from __future__ import annotations
+
+import re
+
+# A fence of three or more backticks or tildes, closed by the same fence on its own line; an
+# unclosed fence runs to the end of the text, as Markdown renders it.
+FENCED_CODE = re.compile(
+    # A backtick fence's info string has no backticks (CommonMark), so "```x```" on one line
+    # stays inline code instead of opening a block that swallows the rest of the message.
+    r"^[ \t]*(?P<fence>`{3,}(?=[^`\n]*$)|~{3,})[^\n]*"
+    r"(?:\n(?:.*?\n)??[ \t]*(?P=fence)[ \t]*$|(?:\n.*)?\Z)",
+    re.M | re.S,
+)
+# Inline code: a run of backticks closed by a run of the same length, on one paragraph.
+INLINE_CODE = re.compile(r"(?<!`)(?P<ticks>`+)(?!`)(?:(?!\n\s*\n).)+?(?<!`)(?P=ticks)(?!`)", re.S)
+HTML_TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.S)
+HTML_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
+# Only the target of `[text](target "title")`: the link text is prose and gets translated.
+MARKDOWN_LINK_TARGET = re.compile(r"(?<=\]\()(?:<[^<>\n]*>|[^()\s]+)(?:\s+\"[^\"\n]*\")?(?=\))")
+# A reference definition line, `[label]: https://example.com "Title"`, is all target.
+MARKDOWN_LINK_DEFINITION = re.compile(r"^[ \t]{0,3}\[[^\]\n]+\]:[ \t]*\S+.*$", re.M)
+# Trailing sentence punctuation is not part of a URL ("see https://x.org/a." ends at "a").
+URL = re.compile(
+    # The first branch keeps a balanced final "(...)", as in Wikipedia addresses.
+    r"\b(?:[a-z][a-z0-9+.-]*://|www\.)[^\s<>\"'`]*\([^\s()]*\)"
+    r"|\b(?:[a-z][a-z0-9+.-]*://|www\.)[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}]",
+    re.I,
+)
+EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+# @name as most platforms write it, plus Discord's <@123>, <@!123>, <@&123>, <#123> and
+# custom emoji <:name:123> / <a:name:123>, which adapters may leave in the text.
+MENTION = re.compile(
+    r"(?<![\w@.])@[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
+    r"|<(?:@[!&]?|#)[0-9]+>|<a?:[A-Za-z0-9_]+:[0-9]+>"
+)
+HASHTAG = re.compile(r"(?<![\w#&/])#\w+")
+
+
+def glossary_pattern(terms: list[str] | tuple[str, ...]) -> re.Pattern[str] | None:
+    """One alternation of the terms as case-sensitive whole words, longest first.
+
+    Longest first so that "Parley Cloud" wins over "Parley" where both are listed.
+    """
+    cleaned = sorted({t.strip() for t in terms if t.strip()}, key=len, reverse=True)
+    if not cleaned:
+        return None
+    alternation = "|".join(re.escape(t) for t in cleaned)
+    return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)")
+
+
+NOT_PROSE: tuple[re.Pattern[str], ...] = (
+    FENCED_CODE,
+    INLINE_CODE,
+    HTML_TAG,
+    HTML_ENTITY,
+    MARKDOWN_LINK_DEFINITION,
+    MARKDOWN_LINK_TARGET,
+    URL,
+    EMAIL,
+    MENTION,
+    HASHTAG,
+)
+
+
+def strip_non_prose(text: str) -> str:
+    """The text with code, markup, URLs, mentions and hashtags blanked out."""
+    for pattern in NOT_PROSE:
+        text = pattern.sub(" ", text)
+    return text

@@ -1,0 +1,73 @@
+"""Splitting text into sentences, in any script, without a model.
+
+Rules, in order: blank lines and list items always start a new sentence; `。！？` end one
+wherever they stand (Chinese and Japanese put no space after them); `! ? ؟ । ۔` end one before
+a space; `.` and `…` end one before a space unless the word before is an abbreviation ("e.g.",
+"Dr.", "z.B.", an initial) or the next word starts in lower case, which is how "e.g. the" and
+"approx. twenty" stay whole. A decimal ("3.14") has no space after its point and never splits.
+"""
+
+from __future__ import annotations
+
+import re
+
+_PARAGRAPH = re.compile(r"\n[ \t]*\n\s*")
+# A line that opens a list item or a heading starts a sentence even without a blank line.
+_ITEM_START = re.compile(r"\n(?=[ \t]*(?:[-*•+]|\d{1,3}[.)]|#{1,6})[ \t]+\S)")
+_CLOSERS = re.escape("\"'”’»)]」』）】")
+_WIDE_END = re.compile(rf"[。！？．]+[{_CLOSERS}]*\s*")
+_SPACED_END = re.compile(rf"(?:[!?؟।॥۔]+|[.…]+)[{_CLOSERS}]*(?=\s)\s+")
+_WORD_BEFORE = re.compile(r"(\S+)$")
+_DOTTED = re.compile(r"^(?:\w\.)+\w?$|^[^\W\d_]$")  # "U.S", "z.B", "т.е", or one letter: "J"
+# Lower-cased, without the final period: titles, Latin and the commonest German, French,
+# Spanish, Portuguese and Russian short forms. "etc." and "usw." are left out: they usually
+# end a sentence.
+_ABBREVIATION_LIST = (
+    "mr mrs ms dr prof sr sra jr st mt no nr nos vs fig figs approx ca cf al ed eds vol pp p"
+    " inc ltd co corp dept est min max jan feb mar apr jun jul aug sep sept oct nov dec"
+    " e.g i.e eg ie viz resp bzw ggf inkl bspw evtl vgl sog d.h z.b u.a mme mlle m"
+    " av avda dra núm pág sres tel ст г гг т.е т.д т.п др стр рис см"
+)
+_ABBREVIATIONS = frozenset(_ABBREVIATION_LIST.split())
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of the text, each stripped, in order; empty pieces are dropped."""
+    sentences: list[str] = []
+    for paragraph in _PARAGRAPH.split(text):
+        for block in _ITEM_START.split(paragraph):
+            sentences += _split_block(block)
+    return sentences
+
+
+def _split_block(block: str) -> list[str]:
+    pieces: list[str] = []
+    start = 0
+    for end in _boundaries(block):
+        pieces.append(block[start:end])
+        start = end
+    pieces.append(block[start:])
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def _boundaries(block: str) -> list[int]:
+    """Offsets where a new sentence starts."""
+    ends = {m.end() for m in _WIDE_END.finditer(block)}
+    ends |= {m.end() for m in _SPACED_END.finditer(block) if _ends_sentence(block, m)}
+    return sorted(e for e in ends if 0 < e < len(block))
+
+
+def _ends_sentence(block: str, match: re.Match[str]) -> bool:
+    mark = match.group(0).rstrip()
+    if not mark.startswith((".", "…")):
+        return True
+    following = block[match.end() : match.end() + 1]
+    if following.islower():
+        return False
+    before = _WORD_BEFORE.search(block, 0, match.start())
+    return before is None or not _is_abbreviation(before.group(1))
+
+
+def _is_abbreviation(word: str) -> bool:
+    bare = word.lstrip("(\"'«“").casefold()
+    return bare in _ABBREVIATIONS or bool(_DOTTED.match(bare))

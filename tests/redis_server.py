@@ -1,0 +1,81 @@
+"""A private redis-server that a test can kill and restart (the shared one must stay up)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+import pytest
+from redis.asyncio import Redis
+
+START_LIMIT_S = 10.0
+POLL_STEP_S = 0.05
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A throwaway redis-server (no persistence) that a test can kill and start again."""
+
+    def __init__(self, binary: str, port: int) -> None:
+        self.binary = binary
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            self.binary,
+            *("--port", str(self.port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await self._wait_for_ping()
+
+    async def _wait_for_ping(self) -> None:
+        client = Redis.from_url(self.url, socket_timeout=1)
+        try:
+            for _ in range(int(START_LIMIT_S / POLL_STEP_S)):
+                try:
+                    if await client.ping():
+                        return
+                except Exception:  # refused until the server listens
+                    await asyncio.sleep(POLL_STEP_S)
+        finally:
+            await client.aclose()
+        pytest.fail(f"private redis-server did not answer PING within {START_LIMIT_S}s")
+
+    async def kill(self) -> None:
+        """SIGKILL, as in a crash: no clean shutdown, connections just drop."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+        self._process = None
+
+
+def _missing_binary() -> NoReturn:
+    reason = "redis-server is not on PATH; the outage tests start a private one"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI requires {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[PrivateRedis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _missing_binary()
+    private = PrivateRedis(binary, free_port())
+    await private.start()
+    yield private
+    await private.kill()

@@ -1,0 +1,299 @@
+"""A local stand-in for the Telegram Bot API, served on 127.0.0.1 for PTB (`base_url`).
+
+It records every call, keeps the chats' messages (as a reader would see them), checks HTML
+the way Telegram does (known tags, proper nesting, 4096 characters after parsing), and
+enforces the documented flood limits: one call per second per chat, 20 per minute per group,
+30 per second overall. Over a limit it answers 429 with `parameters.retry_after`, as Telegram
+does, and notes which limit and which call it refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import socket
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from adapters.telegram.webhook import server_for
+
+TOKEN = "123456:TEST-token-never-logged"
+BOT = {"id": 999, "is_bot": True, "first_name": "Parley", "username": "parley_bot"}
+_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "code", "pre", "a"}
+_TAGS |= {"blockquote", "tg-spoiler", "span"}
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    at: float
+    status: int = 200
+    limit: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        return json.dumps([self.method, self.params], sort_keys=True, default=str)
+
+
+@dataclass
+class Limits:
+    per_chat: tuple[int, float] = (1, 1.0)
+    per_group: tuple[int, float] = (20, 60.0)
+    overall: tuple[int, float] = (30, 1.0)
+
+
+@dataclass
+class FakeBotApi:
+    limits: Limits = field(default_factory=Limits)
+    # Answer every HTML message with "can't parse entities", as Telegram does for bad HTML.
+    reject_html: bool = False
+    calls: list[Call] = field(default_factory=list)
+    messages: dict[int, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
+    drafts: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    files: dict[str, bytes] = field(default_factory=dict)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    _seen: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    _next_id: int = 1
+    _new_update: asyncio.Event = field(default_factory=asyncio.Event)
+    _new_message: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/bot{token}/{method}", self._endpoint, methods=["POST", "GET"]),
+                Route("/file/bot{token}/{path:path}", self._file, methods=["GET"]),
+            ]
+        )
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[str]:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = server_for(self.app(), "127.0.0.1", 0)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        try:
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}/bot"
+        finally:
+            server.should_exit = True
+            await task
+
+    async def wait_for_messages(self, chat_id: int, count: int) -> list[str]:
+        while len(self.messages[chat_id]) < count:
+            self._new_message.clear()
+            await self._new_message.wait()
+        return self.texts(chat_id)
+
+    def push_update(self, update: dict[str, Any]) -> None:
+        self.updates.append(update)
+        self._new_update.set()
+
+    # What a test looks at ---------------------------------------------------------------
+
+    def texts(self, chat_id: int) -> list[str]:
+        """The chat's messages in order, as a reader sees them."""
+        return [self.messages[chat_id][k] for k in sorted(self.messages[chat_id])]
+
+    def sent(self, method: str, chat_id: int | None = None) -> list[Call]:
+        return [
+            c
+            for c in self.calls
+            if c.method == method
+            and c.status == 200
+            and (chat_id is None or c.params.get("chat_id") == chat_id)
+        ]
+
+    @property
+    def rejected(self) -> list[Call]:
+        return [c for c in self.calls if c.status == 429]
+
+    # The API ----------------------------------------------------------------------------
+
+    async def _endpoint(self, request: Request) -> Response:
+        method = request.path_params["method"]
+        params = await _params(request)
+        call = Call(method, params, time.monotonic())
+        self.calls.append(call)
+        if request.path_params["token"] != TOKEN:
+            return _error(call, 401, "Unauthorized")
+        if (limited := self._flood_check(call)) is not None:
+            return limited
+        if self.reject_html and params.get("parse_mode") == "HTML":
+            return _error(call, 400, "Bad Request: can't parse entities: unsupported tag")
+        handler = getattr(self, f"_{method}", None)
+        if handler is None:
+            return _error(call, 404, "Not Found")
+        result = await handler(params) if asyncio.iscoroutinefunction(handler) else handler(params)
+        if isinstance(result, Response):
+            call.status = result.status_code
+            return result
+        return JSONResponse({"ok": True, "result": result})
+
+    def _flood_check(self, call: Call) -> Response | None:
+        chat = call.params.get("chat_id")
+        if chat is None:
+            return None
+        windows = [("overall", "*", self.limits.overall), ("chat", str(chat), self.limits.per_chat)]
+        if int(chat) < 0:
+            windows.append(("group", str(chat), self.limits.per_group))
+        for name, key, (limit, period) in windows:
+            seen = self._seen[f"{name}:{key}"]
+            while seen and seen[0] <= call.at - period:
+                seen.popleft()
+            if len(seen) >= limit:
+                wait = max(1, math.ceil(seen[0] + period - call.at))
+                call.limit = name
+                return _error(call, 429, f"Too Many Requests: retry after {wait}", wait)
+        for name, key, _ in windows:
+            self._seen[f"{name}:{key}"].append(call.at)
+        return None
+
+    def _getMe(self, params: dict[str, Any]) -> object:
+        return BOT
+
+    def _setMyCommands(self, params: dict[str, Any]) -> object:
+        return True
+
+    _deleteWebhook = _setWebhook = _sendChatAction = _answerCallbackQuery = _setMyCommands
+
+    async def _getUpdates(self, params: dict[str, Any]) -> object:
+        offset = int(params.get("offset", 0) or 0)
+        self.updates = [u for u in self.updates if u["update_id"] >= offset]
+        if not self.updates and float(params.get("timeout", 0) or 0) > 0:
+            self._new_update.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_update.wait(), float(params["timeout"]))
+        return self.updates
+
+    def _sendMessage(self, params: dict[str, Any]) -> object:
+        chat = params["chat_id"]
+        shown = _visible(params)
+        if isinstance(shown, Response):
+            return shown
+        message_id = self._next_id
+        self._next_id += 1
+        self.messages[chat][message_id] = shown
+        self._new_message.set()
+        return _message(chat, message_id, shown)
+
+    def _editMessageText(self, params: dict[str, Any]) -> object:
+        chat, message_id = params["chat_id"], params["message_id"]
+        shown = _visible(params)
+        if isinstance(shown, Response):
+            return shown
+        if message_id not in self.messages[chat]:
+            return _bad("Bad Request: message to edit not found")
+        if self.messages[chat][message_id] == shown:
+            return _bad("Bad Request: message is not modified")
+        self.messages[chat][message_id] = shown
+        return _message(chat, message_id, shown)
+
+    def _sendMessageDraft(self, params: dict[str, Any]) -> object:
+        shown = _visible(params)
+        if isinstance(shown, Response):
+            return shown
+        if params["chat_id"] < 0:
+            return _bad("Bad Request: drafts are only for private chats")
+        self.drafts[params["chat_id"]].append(shown)
+        return True
+
+    def _getFile(self, params: dict[str, Any]) -> object:
+        file_id = params["file_id"]
+        size = len(self.files[file_id])
+        return {
+            "file_id": file_id,
+            "file_unique_id": file_id,
+            "file_size": size,
+            "file_path": file_id,
+        }
+
+    async def _file(self, request: Request) -> Response:
+        return Response(self.files[request.path_params["path"]])
+
+
+_INTS = {"chat_id", "message_id", "draft_id", "message_thread_id", "offset"}
+
+
+async def _params(request: Request) -> dict[str, Any]:
+    form = await request.form()
+    return {k: int(v) if k in _INTS else v for k, v in form.items() if isinstance(v, str)}
+
+
+def _message(chat: int, message_id: int, text: str) -> dict[str, Any]:
+    kind = "private" if chat > 0 else "supergroup"
+    return {
+        "message_id": message_id,
+        "date": int(time.time()),
+        "chat": {"id": chat, "type": kind},
+        "text": text,
+        "from": BOT,
+    }
+
+
+def _error(call: Call, status: int, description: str, retry_after: int = 0) -> Response:
+    call.status = status
+    body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+    if retry_after:
+        body["parameters"] = {"retry_after": retry_after}
+    return JSONResponse(body, status_code=status)
+
+
+def _bad(description: str) -> Response:
+    return JSONResponse(
+        {"ok": False, "error_code": 400, "description": description}, status_code=400
+    )
+
+
+def _visible(params: dict[str, Any]) -> str | Response:
+    text = params.get("text", "")
+    if params.get("parse_mode") == "HTML":
+        try:
+            text = _HtmlChecker.text_of(text)
+        except ValueError as exc:
+            return _bad(f"Bad Request: can't parse entities: {exc}")
+    if len(text.encode("utf-16-le")) // 2 > 4096:
+        return _bad("Bad Request: message is too long")
+    return str(text)
+
+
+class _HtmlChecker(HTMLParser):
+    """Telegram's HTML rules: known tags only, every tag closed in order."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.out: list[str] = []
+
+    @classmethod
+    def text_of(cls, html: str) -> str:
+        checker = cls()
+        checker.feed(html)
+        checker.close()
+        if checker.open:
+            raise ValueError(f"can't find end tag corresponding to start tag {checker.open[-1]}")
+        return "".join(checker.out)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in _TAGS:
+            raise ValueError(f"unsupported start tag {tag!r}")
+        self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.open or self.open.pop() != tag:
+            raise ValueError(f"unexpected end tag {tag!r}")
+
+    def handle_data(self, data: str) -> None:
+        self.out.append(data)

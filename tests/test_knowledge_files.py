@@ -1,0 +1,246 @@
+"""The knowledge base's file side, without a database: loaders for every format, the chunker,
+the query sanitiser and the command line's progress output."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from bot.knowledge.chunker import chunk_sections, estimate_tokens
+from bot.knowledge.cli import ProgressPrinter
+from bot.knowledge.ingest import collect_files
+from bot.knowledge.loaders import LoaderError, load
+from bot.knowledge.search import MAX_TERMS, fts5_query, query_terms, websearch_query
+from bot.knowledge.types import FileResult, Outcome, Passage, Section
+
+MARKDOWN = b"""Preamble before any heading.
+
+# Guide
+
+Intro paragraph.
+
+## Install
+
+Run the installer.
+
+```sh
+# not a heading: a shell comment in a fence
+make run
+```
+
+### On Linux
+
+Use apt.
+
+Setext title
+------------
+
+Under a setext heading.
+
+# Appendix `extra`
+
+The end.
+"""
+
+HTML = b"""<html><head><title>Web Page</title><style>.x { color: red }</style></head>
+<body><nav>menu menu</nav><h1>Top</h1><p>First <b>para</b>graph.</p>
+<script>var secret = "scripted";</script><h2>Child</h2><ul><li>one</li><li>two</li></ul>
+<h2>Sibling</h2><p>Last&nbsp;words &amp; more.</p></body></html>"""
+
+
+def minimal_pdf(pages: list[str], title: str = "") -> bytes:
+    """A valid PDF with one line of Helvetica text per page, built by hand."""
+    n = len(pages)
+    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(n))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {n} >>".encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+    ]
+    for i, text in enumerate(pages):
+        escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+        stream = f"BT /F1 12 Tf 72 720 Td ({escaped}) Tj ET".encode("latin-1")
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode()
+        )
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
+    info = len(objects) + 1
+    objects.append(f"<< /Title ({title}) >>".encode())
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        info,
+        xref,
+    )
+    return bytes(out)
+
+
+def test_markdown_sections_follow_the_heading_path() -> None:
+    doc = load(MARKDOWN, Path("guide.md"))
+    assert doc.title == "Guide"
+    locations = {s.location: s.text for s in doc.sections}
+    assert list(locations) == [
+        "",
+        "Guide",
+        "Guide > Install",
+        "Guide > Install > On Linux",
+        "Guide > Setext title",
+        "Appendix extra",
+    ]
+    assert "# not a heading" in locations["Guide > Install"]
+    assert locations["Guide > Setext title"] == "Under a setext heading."
+
+
+def test_markdown_without_headings_is_titled_by_file_name() -> None:
+    doc = load(b"just text", Path("notes.markdown"))
+    assert doc.title == "notes"
+    assert doc.sections == [Section("", "just text")]
+
+
+def test_plain_text_is_one_section_and_survives_bad_bytes() -> None:
+    doc = load(b"caf\xe9 au lait\n\nsecond", Path("menu.txt"))
+    assert doc.title == "menu"
+    assert doc.sections[0].text.startswith("café au lait")
+
+
+def test_html_drops_scripts_and_styles_and_keeps_headings() -> None:
+    doc = load(HTML, Path("page.html"))
+    assert doc.title == "Web Page"
+    by_location = {s.location: s.text for s in doc.sections}
+    assert by_location == {
+        "Top": "First paragraph.",
+        "Top > Child": "one\n\ntwo",
+        "Top > Sibling": "Last words & more.",
+    }
+
+
+def test_pdf_sections_are_pages() -> None:
+    data = minimal_pdf(["Zebras graze on page one.", "Giraffes (tall) on page two."], "Animals")
+    doc = load(data, Path("animals.pdf"))
+    assert doc.title == "Animals"
+    assert [(s.location, s.text) for s in doc.sections] == [
+        ("page 1", "Zebras graze on page one."),
+        ("page 2", "Giraffes (tall) on page two."),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("broken.pdf", b"%PDF-1.4 not really", "not a readable PDF"),
+        ("slides.pptx", b"PK", "unsupported file type .pptx"),
+        ("Makefile", b"all:", "unsupported file type (no extension)"),
+    ],
+)
+def test_unreadable_files_raise_loader_error(name: str, data: bytes, reason: str) -> None:
+    with pytest.raises(LoaderError, match=re.escape(reason)):
+        load(data, Path(name))
+
+
+def test_chunks_stay_within_the_limit_and_inside_their_section() -> None:
+    sentence = "This sentence is about chunking text for search. "
+    long_paragraph = sentence * 80  # ~1000 tokens, no blank line in it
+    sections = [Section("A", "\n\n".join([sentence * 10] * 6)), Section("B", long_paragraph)]
+    chunks = chunk_sections(sections, estimate_tokens, max_tokens=350)
+    assert {c.location for c in chunks} == {"A", "B"}
+    assert all(c.token_count <= 350 for c in chunks)
+    assert all(c.token_count == estimate_tokens(c.text) for c in chunks)
+    # Paragraphs are packed: six 125-token paragraphs make three chunks, not six.
+    assert len([c for c in chunks if c.location == "A"]) == 3
+    assert all(c.text.endswith(".") for c in chunks)  # cut at sentence ends
+
+
+def test_chunker_uses_the_injected_counter_and_cuts_runaway_sentences() -> None:
+    words = " ".join(f"w{i}" for i in range(1000))  # one "sentence", no punctuation
+
+    def count_words(text: str) -> int:
+        return len(text.split())
+
+    chunks = chunk_sections([Section("", words)], count_words, max_tokens=300)
+    assert [c.token_count for c in chunks] == [300, 300, 300, 100]
+    assert " ".join(c.text for c in chunks) == words
+
+
+def test_empty_sections_make_no_chunks() -> None:
+    assert chunk_sections([Section("x", "  \n\n  ")]) == []
+
+
+@pytest.mark.parametrize(
+    ("question", "terms"),
+    [
+        ("How do I configure Redis?", ["configure", "redis"]),
+        ('"unbalanced AND (OR NOT* col:x', ["unbalanced", "col", "x"]),
+        ("AND OR NOT", ["and", "or", "not"]),  # only stop words: keep them rather than nothing
+        ("Grüße 日本語 Привет", ["grüße", "日本語", "привет"]),
+        ('" * : ^ - ( )', []),
+        ("", []),
+    ],
+)
+def test_query_terms_are_plain_words(question: str, terms: list[str]) -> None:
+    assert query_terms(question) == terms
+
+
+def test_engine_queries_quote_every_word_and_cap_their_number() -> None:
+    terms = query_terms(" ".join(f"word{i}" for i in range(100)))
+    assert len(terms) == MAX_TERMS
+    assert fts5_query(["a", "b"]) == '"a" OR "b"'
+    assert websearch_query(["a", "or", "b"]) == "a or b"
+
+
+def test_folders_are_walked_for_supported_visible_files(tmp_path: Path) -> None:
+    for name in ["a.md", "sub/b.html", "sub/c.png", ".git/d.md", "sub/.hidden.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    named = tmp_path / "sub" / "c.png"
+    found = collect_files([tmp_path, named, tmp_path / "a.md"])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "a.md",
+        "sub/b.html",
+        "sub/c.png",
+    ]
+
+
+def test_citation_does_not_repeat_the_title() -> None:
+    def cite(title: str, location: str) -> str:
+        return Passage("t", title, location, "s", 1.0).citation
+
+    assert cite("Guide", "Guide > Install") == "Guide > Install"
+    assert cite("Guide", "Guide") == "Guide"
+    assert cite("Report", "page 3") == "Report, page 3"
+    assert cite("notes", "") == "notes"
+
+
+def test_progress_is_plain_lines_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    printer = ProgressPrinter(out)
+    printer(1, 2, FileResult("/d/a.md", Outcome.ADDED, chunks=3))
+    printer(2, 2, FileResult("/d/b.doc", Outcome.FAILED, reason="unsupported file type .doc"))
+    assert out.getvalue().splitlines() == [
+        "[1/2] added /d/a.md (3 chunks)",
+        "[2/2] failed /d/b.doc: unsupported file type .doc",
+    ]
+
+
+def test_progress_draws_a_bar_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    printer = ProgressPrinter(out)
+    printer(1, 2, FileResult("/d/a.md", Outcome.ADDED, chunks=3))
+    printer(2, 2, FileResult("/d/b.md", Outcome.UNCHANGED))
+    text = out.getvalue()
+    assert "\r" in text and "[###############...............] 1/2" in text
+    assert text.endswith("2/2 /d/b.md\n")

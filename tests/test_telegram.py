@@ -1,0 +1,153 @@
+"""Real Telegram update payloads, parsed by PTB, driven through the adapter and the real
+Parley app (SQLite, scripted backend) to the replies the stand-in Bot API recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adapters.telegram.translate import NOT_ALLOWED
+from tests.doubles import ScriptedBackend
+from tests.telegram_api import TOKEN, FakeBotApi
+from tests.telegram_updates import (
+    bot_message,
+    feed,
+    mention_update,
+    message,
+    telegram_stack,
+    text_update,
+    update,
+)
+
+FAST = {"stream_interval_s": 0.05}
+GROUP = -100123
+
+
+async def test_private_text_is_answered(tmp_path: Path) -> None:
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
+        await feed(adapter, text_update(1, 42, "hello there"))
+        await adapter.idle()
+        assert api.texts(42) == ["echo: hello there"]
+        rows = await app.store.history(1, 10)
+        assert [r.content for r in rows] == ["hello there", "echo: hello there"]
+        assert [c.method for c in api.calls[:2]] == ["getMe", "setMyCommands"]
+
+
+async def test_command_with_our_name_is_stripped_and_another_bots_is_ignored(
+    tmp_path: Path,
+) -> None:
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
+        await feed(adapter, text_update(1, GROUP, "/help@parley_bot", user_id=7))
+        await feed(adapter, text_update(2, GROUP, "/help@other_bot", user_id=7))
+        await adapter.idle()
+        (answer,) = api.texts(GROUP)
+        assert "/reset" in answer
+        rows = await app.store.history(1, 10)
+        assert rows[0].content == "/help"
+
+
+async def test_group_answers_mentions_and_replies_and_ignores_chatter(tmp_path: Path) -> None:
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
+        await feed(adapter, text_update(1, GROUP, "lunch anyone?", user_id=7))
+        await feed(adapter, mention_update(2, GROUP, "@parley_bot what is Parley?", user_id=7))
+        await adapter.idle()
+        reply = text_update(
+            3, GROUP, "and why?", user_id=8, reply_to_message=bot_message(GROUP, "earlier")
+        )
+        await feed(adapter, reply)
+        await adapter.idle()
+        assert api.texts(GROUP) == ["echo: what is Parley?", "echo: and why?"]
+        stored = [r.content for r in await app.store.history(1, 10)]
+        assert "lunch anyone?" not in stored  # a group's chatter is never stored
+
+
+async def test_edits_channel_posts_and_callbacks_get_no_turn(tmp_path: Path) -> None:
+    edited = message(42, "hello (edited)", edit_date=1_760_000_100)
+    channel = {"message_id": 5, "date": 1, "chat": {"id": -1009, "type": "channel", "title": "N"}}
+    callback = {
+        "id": "cb-1",
+        "from": {"id": 42, "is_bot": False, "first_name": "Ada"},
+        "chat_instance": "c",
+        "data": "x",
+    }
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
+        await feed(adapter, update(1, "edited_message", **edited))
+        await feed(adapter, update(2, "channel_post", **channel, text="news"))
+        await feed(adapter, update(3, "callback_query", **callback))
+        await adapter.idle()
+        assert api.sent("sendMessage") == []
+        assert [c.params["callback_query_id"] for c in api.sent("answerCallbackQuery")] == ["cb-1"]
+        assert await app.store.conversations_with_pending() == []
+
+
+async def test_photo_gets_one_sentence_on_what_the_bot_reads(tmp_path: Path) -> None:
+    photo = [{"file_id": "p1", "file_unique_id": "pu1", "width": 90, "height": 90}]
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, api):
+        await feed(adapter, update(1, **message(42, photo=photo)))
+        await adapter.idle()
+        (notice,) = api.texts(42)
+        assert "documents" in notice and "photos" in notice
+
+
+async def test_document_is_read_and_answered(tmp_path: Path) -> None:
+    doc = {
+        "file_id": "doc-1",
+        "file_unique_id": "u1",
+        "file_name": "notes.md",
+        "mime_type": "text/markdown",
+        "file_size": 30,
+    }
+    big = {**doc, "file_id": "doc-2", "file_size": 10**9}
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, api):
+        api.files["doc-1"] = b"# Notes\nThe meeting is on Monday."
+        await feed(adapter, update(1, **message(42, document=doc, caption="What day?")))
+        await adapter.idle()
+        await feed(adapter, update(2, **message(42, document=big)))
+        await adapter.idle()
+        answer, refusal = api.texts(42)
+        assert answer == "echo: What day?\n\nNotes\nThe meeting is on Monday."  # heading: bold
+        assert "too large" in refusal
+
+
+async def test_user_not_allowed_gets_one_polite_sentence(tmp_path: Path) -> None:
+    async with telegram_stack(
+        tmp_path, ScriptedBackend(), allowed_user_ids=[1], admin_ids=[5], **FAST
+    ) as (app, adapter, api):
+        await feed(adapter, text_update(1, 42, "let me in"))
+        await feed(adapter, text_update(2, 5, "admin here"))
+        await adapter.idle()
+        assert api.texts(42) == [NOT_ALLOWED]
+        assert api.texts(5) == ["echo: admin here"]
+
+
+async def test_markdown_becomes_html(tmp_path: Path) -> None:
+    backend = ScriptedBackend(lambda r: "**bold** and `a<b`")
+    async with telegram_stack(tmp_path, backend, **FAST) as (_, adapter, api):
+        await feed(adapter, text_update(1, 42, "one"))
+        await adapter.idle()
+        assert (
+            api.sent("sendMessage", 42)[-1].params["text"] == "<b>bold</b> and <code>a&lt;b</code>"
+        )
+        assert api.texts(42) == ["bold and a<b"]
+
+
+async def test_rejected_html_is_resent_as_plain_text(tmp_path: Path) -> None:
+    backend = ScriptedBackend(lambda r: "**bold** claim")
+    async with telegram_stack(tmp_path, backend, api=FakeBotApi(reject_html=True), **FAST) as (
+        _,
+        adapter,
+        api,
+    ):
+        await feed(adapter, text_update(1, 42, "one"))
+        await adapter.idle()
+        assert api.texts(42) == ["**bold** claim"]
+
+
+async def test_token_never_reaches_the_log(tmp_path: Path, caplog: object) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)  # type: ignore[attr-defined]
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, _api):
+        await feed(adapter, text_update(1, 42, "hi"))
+        await adapter.idle()
+    assert "httpx" in caplog.text  # type: ignore[attr-defined]
+    assert TOKEN not in caplog.text  # type: ignore[attr-defined]

@@ -1,0 +1,81 @@
+"""Webhook mode: the secret header, the 200 only after the update is in SQL, 503 when the
+database cannot take it, and a repeated update answered once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from adapters.telegram.webhook import SECRET_HEADER, webhook_app
+from tests.doubles import ScriptedBackend
+from tests.telegram_updates import telegram_stack, text_update
+
+SECRET = "s3cret-webhook-token"
+FAST = {"stream_interval_s": 0.05}
+
+
+def client_for(adapter: object) -> httpx.AsyncClient:
+    app = webhook_app(adapter.handle_update, adapter.bot, SECRET, "/tg")  # type: ignore[attr-defined]
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bot")
+
+
+@pytest.mark.parametrize("headers", [{}, {SECRET_HEADER: "wrong"}, {SECRET_HEADER: SECRET + "x"}])
+async def test_missing_or_wrong_secret_is_refused_and_nothing_stored(
+    tmp_path: Path, headers: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
+        async with client_for(adapter) as client:
+            answer = await client.post("/tg", json=text_update(1, 42, "hi"), headers=headers)
+        assert answer.status_code == 403
+        assert await app.store.conversations_with_pending() == []
+        assert await app.store.history(1, 5) == []
+        assert api.sent("sendMessage") == []
+    assert SECRET not in caplog.text
+
+
+async def test_valid_update_is_stored_before_the_200_and_answered(tmp_path: Path) -> None:
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
+        async with client_for(adapter) as client:
+            answer = await client.post("/tg", json=text_update(1, 42, "hi"), headers={SECRET_HEADER: SECRET})
+            assert answer.status_code == 200
+            # Checked at once, before any turn could have run to its end:
+            assert [m.content for m in await app.store.history(1, 5)][0] == "hi"
+        assert await api.wait_for_messages(42, 1) == ["echo: hi"]
+
+
+async def test_malformed_body_is_a_400(tmp_path: Path) -> None:
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, _api):
+        async with client_for(adapter) as client:
+            for body in [b"{not json", b"[1, 2]", json.dumps({"no": "update_id"}).encode()]:
+                answer = await client.post("/tg", content=body, headers={SECRET_HEADER: SECRET})
+                assert answer.status_code == 400
+
+
+async def test_the_same_update_posted_twice_gets_one_reply(tmp_path: Path) -> None:
+    payload = text_update(77, 42, "only once please")
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
+        async with client_for(adapter) as client:
+            for _ in range(2):
+                answer = await client.post("/tg", json=payload, headers={SECRET_HEADER: SECRET})
+                assert answer.status_code == 200
+        await adapter.idle()
+        assert api.texts(42) == ["echo: only once please"]
+        assert [m.content for m in await app.store.history(1, 10)] == [
+            "only once please",
+            "echo: only once please",
+        ]
+
+
+async def test_database_unreachable_is_a_503_so_telegram_retries(tmp_path: Path) -> None:
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
+        await app.store._engine.dispose()  # type: ignore[attr-defined]
+        for name in ["parley.db", "parley.db-wal", "parley.db-shm"]:
+            (tmp_path / name).unlink(missing_ok=True)
+        (tmp_path / "parley.db").write_bytes(b"this is not a database" * 100)
+        async with client_for(adapter) as client:
+            answer = await client.post("/tg", json=text_update(1, 42, "hi"), headers={SECRET_HEADER: SECRET})
+        assert answer.status_code == 503
+        assert api.sent("sendMessage") == []

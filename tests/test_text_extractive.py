@@ -1,0 +1,111 @@
+"""Extractive summaries and the sentence splitter they stand on."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.text.extractive import features, rank_sentences, summarize_extractive, top_sentences
+from bot.text.sentences import split_sentences
+
+BUDGET_NEWS = (
+    "The city council approved the new budget for public transport on Monday. "
+    "My neighbour painted his fence green last week. "
+    "The transport budget gives more money to buses and trams across the city. "
+    "Our cat prefers to sleep on the warm windowsill. "
+    "The council expects the larger transport budget to cut waiting times for buses and trams. "
+    "Pizza with pineapple remains a controversial topic. "
+    "Critics say the budget for buses and trams is still too small for a growing city."
+)
+CENTRAL = [
+    "The city council approved the new budget for public transport on Monday.",
+    "The transport budget gives more money to buses and trams across the city.",
+    "The council expects the larger transport budget to cut waiting times for buses and trams.",
+    "Critics say the budget for buses and trams is still too small for a growing city.",
+]
+
+
+def test_picks_the_central_sentences_in_original_order() -> None:
+    assert top_sentences(BUDGET_NEWS, 4) == CENTRAL
+
+
+def test_bullets_and_paragraph_forms() -> None:
+    bullets = summarize_extractive(BUDGET_NEWS, max_sentences=2, form="bullets")
+    lines = bullets.splitlines()
+    assert len(lines) == 2 and all(line.startswith("- ") for line in lines)
+    paragraph = summarize_extractive(BUDGET_NEWS, max_sentences=2, form="paragraph")
+    assert "\n" not in paragraph and paragraph.count(". ") == 1
+
+
+def test_off_topic_sentences_rank_lowest() -> None:
+    sentences = split_sentences(BUDGET_NEWS)
+    scores = rank_sentences(sentences)
+    assert abs(sum(scores) - 1.0) < 1e-6
+    worst = sorted(range(len(sentences)), key=lambda i: scores[i])[:3]
+    assert {sentences[i].split()[0] for i in worst} == {"My", "Our", "Pizza"}
+
+
+def test_chinese_text() -> None:
+    text = (
+        "市政府今天批准了新的公共交通预算。我的猫喜欢在窗台上睡觉。"
+        "新的交通预算将增加公交车和地铁的投入。披萨上放菠萝一直有争议。"
+        "市政府希望交通预算能减少公交车和地铁的等车时间。"
+    )
+    summary = summarize_extractive(text, max_sentences=2, form="paragraph")
+    assert summary == (
+        "新的交通预算将增加公交车和地铁的投入。市政府希望交通预算能减少公交车和地铁的等车时间。"
+    )
+
+
+def test_arabic_text() -> None:
+    text = (
+        "وافق مجلس المدينة على ميزانية النقل العام الجديدة. "
+        "قطتي تحب النوم طوال اليوم. "
+        "تمنح ميزانية النقل الجديدة المزيد من المال للحافلات في المدينة. "
+        "هل تحب البيتزا بالأناناس؟ "
+        "يتوقع مجلس المدينة أن تقلل ميزانية النقل وقت انتظار الحافلات."
+    )
+    chosen = top_sentences(text, 2)
+    assert len(chosen) == 2
+    assert all("ميزانية النقل" in s for s in chosen)
+    assert text.index(chosen[0]) < text.index(chosen[1])
+
+
+def test_short_text_is_returned_whole_and_code_is_never_chosen() -> None:
+    text = "We fixed the login bug.\n\n```python\nlogin(user)\n```\n\nThe release is on Friday."
+    assert top_sentences(text, 5) == ["We fixed the login bug.", "The release is on Friday."]
+
+
+def test_repeated_chat_lines_are_counted_once() -> None:
+    assert top_sentences("Thanks!\nthanks!\n\nThanks!", 5) == ["Thanks!"]
+
+
+def test_max_sentences_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        summarize_extractive(BUDGET_NEWS, max_sentences=0)
+
+
+def test_cjk_features_are_character_pairs() -> None:
+    assert set(features("交通预算")) == {"交通", "通预", "预算"}
+    assert set(features("Budget 预算 ok")) == {"budget", "预算", "ok"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "It costs 3.14 dollars, e.g. the small one. Dr. Smith agreed! Did he? Yes.",
+            ["It costs 3.14 dollars, e.g. the small one.", "Dr. Smith agreed!", "Did he?", "Yes."],
+        ),
+        ("Wait... what? I see… Fine.", ["Wait... what?", "I see…", "Fine."]),
+        ("We met J. Smith in the U.S. today.", ["We met J. Smith in the U.S. today."]),
+        ("Das ist z.B. gut. Ende.", ["Das ist z.B. gut.", "Ende."]),
+        ("今天很好。我们去吧！真的？好", ["今天很好。", "我们去吧！", "真的？", "好"]),
+        ("كيف حالك؟ أنا بخير.", ["كيف حالك؟", "أنا بخير."]),
+        ("यह पहला है। यह दूसरा है।", ["यह पहला है।", "यह दूसरा है।"]),
+        ("Plan:\n- first step\n- second step", ["Plan:", "- first step", "- second step"]),
+        ('He said "Stop." Then he left.', ['He said "Stop."', "Then he left."]),
+        ("", []),
+    ],
+)
+def test_split_sentences(text: str, expected: list[str]) -> None:
+    assert split_sentences(text) == expected
