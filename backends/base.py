@@ -9,9 +9,9 @@ iterates it) aborts the request on the model server. The protocol raises only
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from bot.types import ChatMessage
 
@@ -42,6 +42,8 @@ class GenerationRequest:
     session_id: str | None = None
     request_id: str = field(default_factory=lambda: f"parley-{uuid.uuid4().hex}")
     stop: tuple[str, ...] = ()
+    # A JSON schema the reply must match (structured outputs); None for free text.
+    json_schema: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,21 +27,20 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage, estimate_tokens
+from backends.deadlines import Deadlines
 from bot.errors import BackendError, BackendTimeout, BackendUnavailable, ContextTooLong
 from bot.settings import BackendSettings, TimeoutSettings
 from bot.types import ChatMessage
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # Used when neither the server nor the settings say; small enough to be safe for most models.
 DEFAULT_MAX_MODEL_LEN = 4096
@@ -52,14 +51,7 @@ _CONTEXT_MESSAGE = re.compile(
 
 
 class ServerUnavailable(BackendUnavailable):
-    """BackendUnavailable with what a retry layer needs: the HTTP status and Retry-After."""
-
-    def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
+    """The HTTP server is unreachable or answered 429 / 5xx (`.status`, `.retry_after`)."""
 
 
 class OpenAICompatBackend:
@@ -114,6 +106,10 @@ class OpenAICompatBackend:
         for entry in entries:
             if entry.get("id") == self._settings.model:
                 return entry
+        if not entries:
+            # Servers that load models on demand (transformers serve) list none until asked.
+            log.info("%s lists no models; trusting the configured name", self._base_url)
+            return {}
         served = ", ".join(sorted(str(m.get("id")) for m in entries)) or "none"
         raise BackendError(
             f"model {self._settings.model!r} not served by {self._base_url}; available: {served}"
@@ -163,13 +159,13 @@ class OpenAICompatBackend:
             raise ServerUnavailable(f"cannot reach {self._base_url}: {exc!r}") from exc
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        clock = _Deadlines(self._timeouts)
+        clock = Deadlines(self._timeouts)
         http_request = self._client.build_request(
             "POST",
             "/v1/chat/completions",
             json=self._chat_body(request),
             headers=_session_headers(request.session_id),
-            # Reads are bounded by _Deadlines (first token, gap, total), not by httpx.
+            # Reads are bounded by Deadlines (first token, gap, total), not by httpx.
             timeout=httpx.Timeout(self._timeouts.connect_s, read=None),
         )
         response = await clock.wait(self._send(http_request, stream=True))
@@ -196,42 +192,14 @@ class OpenAICompatBackend:
             body["stop"] = list(request.stop)
         if request.session_id:
             body["user"] = request.session_id
+        if request.json_schema is not None:
+            # vLLM: run the server with --structured-outputs-config '{"backend": "xgrammar",
+            # "disable_any_whitespace": true}' so a weak model cannot pad JSON with blanks.
+            body["response_format"] = _response_format(request.json_schema)
         return body
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-class _Deadlines:
-    """The three reply time limits: to the first content, between chunks, and in total."""
-
-    def __init__(self, timeouts: TimeoutSettings) -> None:
-        self._limits = timeouts
-        self._started = time.monotonic()
-        self._last_chunk: float | None = None
-
-    def chunk_arrived(self, has_content: bool) -> None:
-        # The gap limit starts counting at the first content; before that, first_token_s rules.
-        if has_content or self._last_chunk is not None:
-            self._last_chunk = time.monotonic()
-
-    def _next(self) -> tuple[float, str]:
-        limits = self._limits
-        if self._last_chunk is None:
-            deadline, what = self._started + limits.first_token_s, "first token"
-        else:
-            deadline, what = self._last_chunk + limits.gap_s, "next chunk"
-        total = self._started + limits.total_s
-        return (total, "whole reply") if total < deadline else (deadline, what)
-
-    async def wait(self, awaitable: Awaitable[T]) -> T:
-        deadline, what = self._next()
-        loop_deadline = asyncio.get_running_loop().time() + (deadline - time.monotonic())
-        try:
-            async with asyncio.timeout_at(loop_deadline):
-                return await awaitable
-        except TimeoutError:
-            raise BackendTimeout(f"the server sent no {what} in time") from None
 
 
 @dataclass
@@ -257,7 +225,7 @@ class _Reply:
         return content if isinstance(content, str) else ""
 
 
-async def _read_reply(response: httpx.Response, clock: _Deadlines) -> AsyncGenerator[Chunk, None]:
+async def _read_reply(response: httpx.Response, clock: Deadlines) -> AsyncGenerator[Chunk, None]:
     """Text chunks from the event stream, then one chunk with usage and finish reason."""
     reply = _Reply()
     async with contextlib.aclosing(_sse_data(response.aiter_lines())) as events:
@@ -275,7 +243,7 @@ async def _read_reply(response: httpx.Response, clock: _Deadlines) -> AsyncGener
     yield Chunk(usage=reply.usage, finish_reason=reply.finish_reason)
 
 
-async def _next_event(events: AsyncIterator[str], clock: _Deadlines) -> str | None:
+async def _next_event(events: AsyncIterator[str], clock: Deadlines) -> str | None:
     try:
         return await clock.wait(anext(events, None))
     except httpx.TransportError as exc:
@@ -307,6 +275,15 @@ def _decode(data: str) -> Mapping[str, Any]:
         # vLLM reports errors that happen after the 200 header as an event.
         raise _error_for(400, _error_message(event), {})
     return event
+
+
+def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI's structured-output request; vLLM turns it into its guided decoding."""
+    name = str(schema.get("title") or "reply")
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": name, "schema": dict(schema), "strict": True},
+    }
 
 
 def _usage(raw: Mapping[str, Any]) -> Usage:

@@ -8,7 +8,11 @@ Prompts are rendered with the model's own chat template and sent as token ids, s
 checked here, the length counted by `count_chat_tokens` and the length the engine sees are the
 same number.
 
+Replies get the same time limits as over HTTP (`backend.timeouts`: first token, gap, total),
+and `GenerationRequest.json_schema` turns on vLLM's structured outputs (guided decoding).
+
 Errors (all `bot.errors.BackendError`):
+    BackendTimeout      a time limit passed (the request is aborted in the engine)
     ContextTooLong      the rendered prompt leaves no room in max_model_len
     BackendUnavailable  the engine could not start, or its core process died
     BackendError        the engine rejected or failed the request
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage
+from backends.deadlines import bounded
 from bot.errors import BackendError, BackendUnavailable, ContextTooLong
 from bot.settings import BackendSettings
 from bot.types import ChatMessage
@@ -77,6 +82,14 @@ class VllmEngineBackend:
             )
             log.info("vLLM engine ready: max_model_len=%d", self._capabilities.max_model_len)
 
+    def with_settings(self, settings: BackendSettings) -> VllmEngineBackend:
+        """Another backend over this running engine, with other limits and sampling defaults
+        (one engine per process; the model settings of `settings` are ignored)."""
+        twin = VllmEngineBackend(settings)
+        twin._engine, twin._tokenizer = self._engine, self._tokenizer
+        twin._capabilities = self._capabilities
+        return twin
+
     def _engine_options(self) -> dict[str, Any]:
         settings = self._settings
         options: dict[str, Any] = {
@@ -85,6 +98,9 @@ class VllmEngineBackend:
             "dtype": settings.dtype,
             "tensor_parallel_size": settings.tensor_parallel_size,
             "disable_log_stats": True,
+            # Compact JSON under structured outputs: vLLM 0.32 reads this per engine, not per
+            # request, and a weak model otherwise spends a whole reply on blanks.
+            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         }
         if settings.max_model_len is not None:
             options["max_model_len"] = settings.max_model_len
@@ -111,7 +127,11 @@ class VllmEngineBackend:
         """Prompt tokens of `messages` with the chat template and generation prompt."""
         return len(self._render(messages))
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        # The engine has no time limits of its own; a stuck step must not hold a conversation.
+        return bounded(self._generate(request), self._settings.timeouts)
+
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         engine = self._require_started()
         prompt_ids = self._render(request.messages)
         self._check_fits(len(prompt_ids))
@@ -143,6 +163,7 @@ class VllmEngineBackend:
             temperature=request.temperature,
             stop=list(request.stop) or None,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=_structured(request),
         )
 
     async def aclose(self) -> None:
@@ -174,6 +195,15 @@ class _Progress:
 
     def usage(self) -> Usage:
         return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+
+
+def _structured(request: GenerationRequest) -> Any:
+    """vLLM's guided decoding for a JSON schema; None for free text."""
+    if request.json_schema is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return StructuredOutputsParams(json=dict(request.json_schema))
 
 
 async def _abort(engine: Any, outputs: Any, request_id: str) -> None:

@@ -585,6 +585,9 @@ async def context_bench(
         # The app's first turn wrote two messages, the settling turn writes two more.
         bulk = case.size - 2 - (2 if case.settled else 0)
         await insert(recorded.conversation_id, recorded.message_id, bulk // 2)
+        # The rows were written behind the app's back: drop its cached window, as an import
+        # tool would (the in-process cache is trusted, it has no other writer).
+        await app.manager._context.invalidate(recorded.conversation_id)
         if case.settled:
             await app.manager.handle(traffic.incoming(group, 0, 1))
         ids[case.label] = recorded.conversation_id

@@ -16,17 +16,23 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 
 from backends.base import Backend, estimate_tokens
-from backends.factory import build_backend
+from backends.factory import build_resilient_backend
 from bot.conversation.context import ContextLoader
 from bot.conversation.manager import ConversationManager
 from bot.conversation.summary import Summarizer
 from bot.errors import ConfigError
+from bot.knowledge import KnowledgeBase
 from bot.settings import Settings
 from bot.skills.core_commands import register_core_commands
+from bot.skills.intents import SkillRouting
+from bot.skills.prompts import Prompts
+from bot.skills.registry import register_skills
 from bot.skills.router import CommandRouter
+from bot.skills.services import SkillServices
 from bot.storage.cache import build_cache
 from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
+from bot.storage.prefs import PrefsRepository
 from bot.storage.sql_store import SqlStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,8 @@ class Parley:
         self._stack = AsyncExitStack()
         self.backend: Backend | None = None
         self.store: SqlStore
+        self.kb: KnowledgeBase
+        self.prefs: PrefsRepository
         self.manager: ConversationManager
         self.router = CommandRouter()
 
@@ -72,7 +80,7 @@ class Parley:
         self._stack.push_async_callback(self.store.aclose)
         cache = build_cache(s.redis)
         self._stack.push_async_callback(cache.aclose)
-        self.backend = self._given_backend or build_backend(s.backend)
+        self.backend = self._given_backend or build_resilient_backend(s.backend)
         if self.backend is not None:
             await self.backend.start()
             self._stack.push_async_callback(self.backend.aclose)
@@ -87,6 +95,8 @@ class Parley:
             verify_cached=s.redis.url is not None,
         )
         register_core_commands(self.router)
+        services = self._skill_services()
+        register_skills(self.router, services)
         self.manager = ConversationManager(
             store=self.store,
             cache=cache,
@@ -96,8 +106,25 @@ class Parley:
             settings=s.conversation,
             generation=s.backend,
             count_tokens=self.count_tokens,
+            skills=SkillRouting(self.router, services),
         )
         self._stack.push_async_callback(self.manager.aclose)
+
+    def _skill_services(self) -> SkillServices:
+        s = self.settings
+        self.prefs = PrefsRepository(self.store.engine)
+        self.kb = KnowledgeBase(
+            self.store.engine, max_file_bytes=s.knowledge.max_file_mb * 1_000_000
+        )
+        return SkillServices(
+            backend=self.backend,
+            kb=self.kb,
+            prefs=self.prefs,
+            prompts=Prompts(s.skills.prompts_dir),
+            settings=s.skills,
+            generation=s.backend,
+            count_tokens=self.count_tokens,
+        )
 
     async def count_tokens(self, text: str) -> int:
         if self.backend is None:

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        _setup_logging(settings, verbose=args.verbose, quiet=args.command == "chat")
+        _setup_logging(settings, verbose=args.verbose, quiet=args.command in ("chat", "kb"))
         return int(asyncio.run(args.func(settings, args)) or 0)
     except BotError as exc:
         print(f"parley: error: {exc}", file=sys.stderr)

@@ -13,12 +13,18 @@ from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
 from bot.app import Parley
 from bot.cli import install_stop_signals
+from bot.errors import ConfigError
 from bot.settings import ConsoleSettings, Settings
 from bot.storage import migrate
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    return await _serve(settings, settings.console, console="console" in settings.adapters)
+    return await _serve(
+        settings,
+        settings.console,
+        console="console" in settings.adapters,
+        telegram="telegram" in settings.adapters,
+    )
 
 
 async def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
@@ -27,18 +33,34 @@ async def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     return await _serve(settings, console, console=True)
 
 
-async def _serve(settings: Settings, console_settings: ConsoleSettings, *, console: bool) -> int:
+async def _serve(
+    settings: Settings, console_settings: ConsoleSettings, *, console: bool, telegram: bool = False
+) -> int:
     async with Parley(settings) as app:
         adapters: list[Adapter] = []
         if console:
             adapters.append(
                 ConsoleAdapter(app.manager, console_settings, stdin=sys.stdin, stdout=sys.stdout)
             )
+        if telegram:
+            adapters.append(_telegram(app, settings))
         for adapter in adapters:
             app.manager.attach(adapter.platform, adapter)
         await app.manager.recover()
         await _run_until_stopped([adapter.run() for adapter in adapters])
     return 0
+
+
+def _telegram(app: Parley, settings: Settings) -> Adapter:
+    # Imported here: python-telegram-bot is an optional extra.
+    try:
+        from adapters.telegram import TelegramAdapter
+    except ImportError as exc:
+        raise ConfigError(
+            f"the telegram adapter needs python-telegram-bot ({exc.name} is missing): "
+            "pip install 'parley[telegram]'"
+        ) from None
+    return TelegramAdapter(app.manager, settings.telegram)
 
 
 async def _run_until_stopped(runs: list[Coroutine[Any, Any, None]]) -> None:

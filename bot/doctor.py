@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TextIO
 
-from backends.factory import build_backend
+from backends.base import Backend
+from backends.factory import build_backend, build_plain_backend, fallback_settings
 from bot.errors import BotError
 from bot.settings import Settings
 from bot.storage import migrate
@@ -63,28 +64,35 @@ async def _check_cache(settings: Settings, report: _Report) -> None:
 
 
 async def _check_backend(settings: Settings, report: _Report) -> None:
-    backend = build_backend(settings.backend)
-    if backend is None:
+    primary = build_backend(settings.backend)
+    if primary is None:
         report(True, "backend: none configured (commands only; see docs/backends.md)")
         return
+    await _check_one("backend", primary, settings, report)
+    for n, fallback in enumerate(settings.backend.fallbacks, start=1):
+        backend = build_plain_backend(fallback_settings(settings.backend, fallback))
+        await _check_one(f"fallback {n}", backend, settings, report)
+
+
+async def _check_one(label: str, backend: Backend, settings: Settings, report: _Report) -> None:
     try:
         await backend.start()
         caps = backend.capabilities
         exact = "model tokenizer" if caps.exact_token_counts else "estimated (~4 chars/token)"
         report(
             True,
-            f"backend: {caps.name} model {caps.model!r}, "
+            f"{label}: {caps.name} model {caps.model!r}, "
             f"context {caps.max_model_len} tokens, token counts: {exact}",
         )
         wanted = settings.conversation.context_tokens + settings.backend.max_tokens
         if caps.max_model_len < wanted:
             report(
                 False,
-                f"backend: context length {caps.max_model_len} is smaller than "
+                f"{label}: context length {caps.max_model_len} is smaller than "
                 f"conversation.context_tokens + backend.max_tokens = {wanted}; "
                 "the history budget will be capped",
             )
     except BotError as exc:
-        report(False, f"backend: {exc}")
+        report(False, f"{label}: {exc}")
     finally:
         await backend.aclose()

@@ -55,7 +55,20 @@ class NoBackendConfigured(BackendError):
 
 
 class BackendUnavailable(BackendError):
-    pass
+    """`status`: the HTTP status where a server answered (None: unreachable, or in-process);
+    `retry_after`: seconds the server asked to wait. Retry layers read both."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        user_message: str | None = None,
+    ) -> None:
+        super().__init__(message, user_message=user_message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 class BackendTimeout(BackendError):

@@ -54,6 +54,48 @@ class TimeoutSettings(BaseModel):
     total_s: float = Field(300.0, gt=0)
 
 
+class RetrySettings(BaseModel):
+    # Tries per backend, the first included; retries happen only before any text was shown.
+    attempts: int = Field(3, ge=1, le=10)
+    base_delay_s: float = Field(0.2, ge=0)
+    max_delay_s: float = Field(5.0, ge=0)
+    # A server's Retry-After is honoured up to this many seconds.
+    max_retry_after_s: float = Field(10.0, ge=0)
+    # Retries may add at most this share of recent requests (a retry budget).
+    budget_ratio: float = Field(0.2, ge=0, le=1)
+    # Retries allowed before any request has earned budget (and the most saved up).
+    budget_min_retries: int = Field(3, ge=0)
+
+
+class BreakerSettings(BaseModel):
+    # Opens after this many failures in a row ...
+    failure_threshold: int = Field(5, ge=1)
+    # ... or when this share of the last `window` requests failed (once `min_requests` were seen).
+    failure_ratio: float = Field(0.5, gt=0, le=1)
+    window: int = Field(20, ge=1)
+    min_requests: int = Field(10, ge=1)
+    # Seconds an open breaker waits before one probe request is let through.
+    open_s: float = Field(30.0, gt=0)
+
+
+class FallbackSettings(BaseModel):
+    """Another backend tried when the ones before it fail; the rest comes from [backend]."""
+
+    kind: Literal["vllm", "openai"] = "openai"
+    model: str
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    max_model_len: int | None = Field(None, ge=64)
+    # Shown to users in the fallback notice; default: the model name.
+    label: str = ""
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> Self:
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("backend.fallbacks: base_url is required when kind is openai")
+        return self
+
+
 class BackendSettings(BaseModel):
     kind: Literal["none", "vllm", "openai"] = "none"
     # vllm: a local model directory; openai: the model name the server knows.
@@ -68,6 +110,9 @@ class BackendSettings(BaseModel):
     enforce_eager: bool = False
     dtype: str = "auto"
     timeouts: TimeoutSettings = TimeoutSettings()
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+    fallbacks: list[FallbackSettings] = []
 
     @model_validator(mode="after")
     def _needs_what_kind_needs(self) -> Self:
@@ -100,6 +145,32 @@ class KnowledgeSettings(BaseModel):
     load_sample: bool = True
     # Bigger files are reported and skipped by `parley kb add`.
     max_file_mb: int = Field(50, ge=1)
+
+
+class SkillsSettings(BaseModel):
+    # A folder of Jinja2 templates (qa.j2, summarize.j2, ...) that replace the shipped ones in
+    # config/prompts/ by name; the shipped ones stay in use for any file it lacks.
+    prompts_dir: str | None = None
+    # Terms never translated (product names, jargon), matched as whole words.
+    glossary: list[str] = []
+    # The language of summaries and translations for a user who has not set one with /lang
+    # and whose text's language cannot be detected (ISO 639-1).
+    default_language: str = "en"
+    # /ask: passages retrieved, and the lowest search score that counts as relevant.
+    qa_passages: int = Field(3, ge=1, le=20)
+    qa_min_score: float = Field(0.0, ge=0)
+    # Token budgets of one summary ("short" and "long") and sentences of one without a model.
+    summary_short_tokens: int = Field(160, ge=16)
+    summary_long_tokens: int = Field(400, ge=16)
+    extractive_sentences: int = Field(5, ge=1, le=50)
+    # "What did I miss": at most this many hours back, and at most this many messages.
+    missed_hours: float = Field(24.0, gt=0)
+    missed_max_messages: int = Field(500, ge=1)
+    # Longest text /summarize and /translate take after the command (or in a document).
+    max_paste_chars: int = Field(400_000, ge=1)
+    # Plain messages no pattern matched are classified by the model (structured output) when
+    # the backend supports it; false: such messages always go to chat.
+    model_intents: bool = True
 
 
 class ConsoleSettings(BaseModel):
@@ -158,6 +229,7 @@ class Settings(BaseSettings):
     backend: BackendSettings = BackendSettings()
     conversation: ConversationSettings = ConversationSettings()
     knowledge: KnowledgeSettings = KnowledgeSettings()
+    skills: SkillsSettings = SkillsSettings()
     console: ConsoleSettings = ConsoleSettings()
     telegram: TelegramSettings = TelegramSettings()
 

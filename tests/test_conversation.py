@@ -326,3 +326,13 @@ async def test_a_failing_platform_loses_no_message_and_answers_once(tmp_path: Pa
         assert await app.store.pending(1, 10) == []
     assert [m.content for m in history] == ["are you there?", "echo:" + CUT_OFF_NOTE]
     assert backend.closed_early == 1
+
+
+async def test_an_unreadable_cached_window_is_rebuilt(tmp_path: Path) -> None:
+    backend = ScriptedBackend()
+    async with running(settings_for(tmp_path), backend) as (app, _):
+        await app.manager.handle(incoming("first"))
+        await app.manager._cache.set("ctx:1", b'{"written": "by another version"}')
+        await app.manager.handle(incoming("second"))
+    contents = [m.content for m in backend.requests[-1].messages[1:]]
+    assert contents == ["first", "echo: first", "second"]

@@ -255,6 +255,68 @@ async def test_conversations_with_pending(store: Store) -> None:
     assert await store.conversations_with_pending() == [(waiting.conversation_id, OTHER_KEY)]
 
 
+async def test_last_reply_id_is_the_newest_chat_reply_whoever_wrote_it(
+    pair: tuple[SqlStore, SqlStore],
+) -> None:
+    store, peer = pair
+    cid, _, first = await turn(store, "k1", "q1", "a1")
+    assert (await store.state(cid)).last_reply_id == first
+    _, _, second = await turn(peer, "k2", "q2", "a2")  # another worker's reply
+    assert (await store.state(cid)).last_reply_id == second
+    _, asked = await say(store, "cmd", "/help", kind=COMMAND)
+    assert await store.record_reply(cid, [asked], "usage", kind=COMMAND, token_count=1)
+    assert (await peer.state(cid)).last_reply_id == second  # command replies do not count
+    other = await store.record_incoming(incoming("o", key=OTHER_KEY), kind=CHAT, token_count=1)
+    await store.record_reply(other.conversation_id, [other.message_id], "elsewhere", kind=CHAT,
+                             token_count=1)  # fmt: skip
+    assert (await store.state(cid)).last_reply_id == second  # newer replies elsewhere neither
+    assert (await store.state(other.conversation_id)).last_reply_id > second
+
+
+async def test_remembered_ids_agree_across_stores(pair: tuple[SqlStore, SqlStore]) -> None:
+    # Each store remembers user and conversation ids; two stores must still agree on them,
+    # whichever created the rows, and a new key is still created once.
+    store, peer = pair
+    bob = User("console", "u-2", "Bob")
+    seen = []
+    for i, (s, key, user) in enumerate(
+        [(store, KEY, ALICE), (peer, KEY, bob), (peer, OTHER_KEY, ALICE), (store, OTHER_KEY, bob),
+         (store, KEY, bob), (peer, KEY, ALICE), (store, OTHER_KEY, ALICE)]
+    ):  # fmt: skip
+        recorded = await s.record_incoming(
+            incoming(f"k{i}", f"m{i}", key=key, user=user), kind=CHAT, token_count=1
+        )
+        seen.append((key, recorded.conversation_id))
+    assert len({cid for _, cid in seen}) == 2
+    assert all(cid == dict(seen)[key] for key, cid in seen)
+    history = await peer.history(dict(seen)[KEY], 10)
+    assert [(m.content, m.user_display_name) for m in history] == [
+        ("m0", "Alice"), ("m1", "Bob"), ("m4", "Bob"), ("m5", "Alice"),
+    ]  # fmt: skip
+
+
+@pytest.mark.postgres
+async def test_connections_killed_by_the_server_are_replaced(postgres_url: str) -> None:
+    # No pre-ping: a pooled connection the server dropped fails its first statement, and the
+    # store retries once on a fresh connection.
+    await upgrade(postgres_url)
+    store, admin = SqlStore(create_engine(postgres_url)), create_engine(postgres_url)
+    try:
+        cid, _, _ = await turn(store, "k1", "q", "a")
+        await asyncio.gather(*(store.history(cid, 10) for _ in range(3)))  # several pooled
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        assert len(await store.history(cid, 10)) == 2
+        await turn(store, "k2", "q2", "a2")
+        assert len(await store.history(cid, 10)) == 4
+    finally:
+        await store.aclose()
+        await admin.dispose()
+
+
 # failures
 
 

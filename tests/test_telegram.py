@@ -3,9 +3,16 @@ Parley app (SQLite, scripted backend) to the replies the stand-in Bot API record
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from adapters.telegram.translate import NOT_ALLOWED
+from backends.base import Chunk, GenerationRequest
 from tests.doubles import ScriptedBackend
 from tests.telegram_api import TOKEN, FakeBotApi
 from tests.telegram_updates import (
@@ -18,7 +25,7 @@ from tests.telegram_updates import (
     update,
 )
 
-FAST = {"stream_interval_s": 0.05}
+FAST: dict[str, Any] = {"stream_interval_s": 0.05}
 GROUP = -100123
 
 
@@ -111,7 +118,7 @@ async def test_document_is_read_and_answered(tmp_path: Path) -> None:
 async def test_user_not_allowed_gets_one_polite_sentence(tmp_path: Path) -> None:
     async with telegram_stack(
         tmp_path, ScriptedBackend(), allowed_user_ids=[1], admin_ids=[5], **FAST
-    ) as (app, adapter, api):
+    ) as (_app, adapter, api):
         await feed(adapter, text_update(1, 42, "let me in"))
         await feed(adapter, text_update(2, 5, "admin here"))
         await adapter.idle()
@@ -151,3 +158,82 @@ async def test_token_never_reaches_the_log(tmp_path: Path, caplog: object) -> No
         await adapter.idle()
     assert "httpx" in caplog.text  # type: ignore[attr-defined]
     assert TOKEN not in caplog.text  # type: ignore[attr-defined]
+
+
+class GatedBackend(ScriptedBackend):
+    """Its first answer waits for `gate`, so the next messages arrive while a turn runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if not self.entered.is_set():
+            self.entered.set()
+            await self.gate.wait()
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+async def test_quick_messages_from_one_chat_are_one_merged_turn(tmp_path: Path) -> None:
+    backend = GatedBackend()
+    async with telegram_stack(tmp_path, backend, **FAST) as (_, adapter, api):
+        await feed(adapter, text_update(1, 42, "one"))
+        await backend.entered.wait()
+        await feed(adapter, text_update(2, 42, "two"))
+        await feed(adapter, text_update(3, 42, "three"))
+        backend.gate.set()
+        await adapter.idle()
+        assert api.texts(42) == ["echo: one", "echo: two\n\nthree"]
+        assert len(backend.requests) == 2
+
+
+async def test_polling_mode_receives_and_answers(tmp_path: Path) -> None:
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, api):
+        api.push_update(text_update(501, 42, "polled"))
+        running = asyncio.create_task(adapter._poll())
+        try:
+            assert await api.wait_for_messages(42, 1) == ["echo: polled"]
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+        assert api.sent("deleteWebhook")  # polling and a webhook exclude each other
+
+
+async def test_webhook_mode_serves_on_its_own_port(tmp_path: Path) -> None:
+    port = _free_port()
+    hook = {
+        "mode": "webhook",
+        "webhook_public_url": "https://bot.example.com/telegram",
+        "webhook_secret_token": "hook-secret",
+        "webhook_listen_port": port,
+    }
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST, **hook) as (_, adapter, api):
+        running = asyncio.create_task(adapter._serve_webhook())
+        try:
+            async with httpx.AsyncClient() as client:
+                answer = await _post_when_up(client, f"http://127.0.0.1:{port}/telegram")
+            assert answer.status_code == 200
+            assert await api.wait_for_messages(42, 1) == ["echo: hooked"]
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+        (registered,) = api.sent("setWebhook")
+        assert registered.params["url"] == "https://bot.example.com/telegram"
+
+
+async def _post_when_up(client: httpx.AsyncClient, url: str) -> httpx.Response:
+    headers = {"X-Telegram-Bot-Api-Secret-Token": "hook-secret"}
+    for _ in range(200):
+        try:
+            return await client.post(url, json=text_update(9, 42, "hooked"), headers=headers)
+        except httpx.ConnectError:
+            await asyncio.sleep(0.02)  # the server is still binding its port
+    raise AssertionError("webhook server never came up")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

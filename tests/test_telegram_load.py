@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from adapters.telegram.formatting import to_html, to_text
 from adapters.telegram.limits import Limits
 from adapters.telegram.split import MAX_MESSAGE, split_message, utf16_len
@@ -17,6 +19,9 @@ from backends.base import GenerationRequest
 from tests.doubles import ScriptedBackend, random_delay
 from tests.telegram_api import FakeBotApi
 from tests.telegram_updates import feed, mention_update, telegram_stack, text_update
+
+# PTB itself warns about RetryAfter's type each time it builds one.
+pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
 
 PRIVATE = list(range(1, 41))
 GROUPS = list(range(-1001, -1011, -1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ from tests.doubles import ScriptedBackend
 from tests.telegram_updates import telegram_stack, text_update
 
 SECRET = "s3cret-webhook-token"
-FAST = {"stream_interval_s": 0.05}
+FAST: dict[str, Any] = {"stream_interval_s": 0.05}
 
 
 def client_for(adapter: object) -> httpx.AsyncClient:
@@ -39,19 +40,23 @@ async def test_missing_or_wrong_secret_is_refused_and_nothing_stored(
 async def test_valid_update_is_stored_before_the_200_and_answered(tmp_path: Path) -> None:
     async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
         async with client_for(adapter) as client:
-            answer = await client.post("/tg", json=text_update(1, 42, "hi"), headers={SECRET_HEADER: SECRET})
+            answer = await client.post(
+                "/tg", json=text_update(1, 42, "hi"), headers={SECRET_HEADER: SECRET}
+            )
             assert answer.status_code == 200
             # Checked at once, before any turn could have run to its end:
-            assert [m.content for m in await app.store.history(1, 5)][0] == "hi"
+            assert (await app.store.history(1, 5))[0].content == "hi"
         assert await api.wait_for_messages(42, 1) == ["echo: hi"]
 
 
 async def test_malformed_body_is_a_400(tmp_path: Path) -> None:
+    bodies = [b"{not json", b"[1, 2]", json.dumps({"no": "update_id"}).encode()]
     async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, _api):
-        async with client_for(adapter) as client:
-            for body in [b"{not json", b"[1, 2]", json.dumps({"no": "update_id"}).encode()]:
-                answer = await client.post("/tg", content=body, headers={SECRET_HEADER: SECRET})
-                assert answer.status_code == 400
+        client = client_for(adapter)
+        for body in bodies:
+            answer = await client.post("/tg", content=body, headers={SECRET_HEADER: SECRET})
+            assert answer.status_code == 400
+        await client.aclose()
 
 
 async def test_the_same_update_posted_twice_gets_one_reply(tmp_path: Path) -> None:
@@ -76,6 +81,8 @@ async def test_database_unreachable_is_a_503_so_telegram_retries(tmp_path: Path)
             (tmp_path / name).unlink(missing_ok=True)
         (tmp_path / "parley.db").write_bytes(b"this is not a database" * 100)
         async with client_for(adapter) as client:
-            answer = await client.post("/tg", json=text_update(1, 42, "hi"), headers={SECRET_HEADER: SECRET})
+            answer = await client.post(
+                "/tg", json=text_update(1, 42, "hi"), headers={SECRET_HEADER: SECRET}
+            )
         assert answer.status_code == 503
         assert api.sent("sendMessage") == []

@@ -46,18 +46,27 @@ class ContextLoader:
         return f"ctx:{conversation_id}"
 
     async def load(self, conversation_id: int) -> Window:
-        raw = await self._cache.get(self._key(conversation_id))
-        if raw is not None and not self._verify_cached:
-            return Window.loads(raw)
+        cached = await self._cached(conversation_id)
+        if cached is not None and not self._verify_cached:
+            return cached
         state = await self._store.state(conversation_id)
-        if raw is not None:
-            window = Window.loads(raw)
-            if _is_current(window, state):
-                return window
+        if cached is not None:
+            if _is_current(cached, state):
+                return cached
             log.info("stale cached window for conversation %s, rebuilding", conversation_id)
         window = await self._rebuild(state)
         await self._save(conversation_id, window)
         return window
+
+    async def _cached(self, conversation_id: int) -> Window | None:
+        raw = await self._cache.get(self._key(conversation_id))
+        if raw is None:
+            return None
+        try:
+            return Window.loads(raw)
+        except (ValueError, TypeError):  # written by another version: rebuild from SQL
+            log.warning("unreadable cached window for conversation %s", conversation_id)
+            return None
 
     async def _rebuild(self, state: ConversationState) -> Window:
         boundary = max(state.summary_through_id, state.context_start_id)

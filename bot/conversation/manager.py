@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from backends.base import Backend, Chunk, GenerationRequest, Usage, estimate_tokens
 from bot.errors import BackendError, BotError, ContextTooLong, NoBackendConfigured
 from bot.settings import BackendSettings, ConversationSettings
-from bot.skills.router import CommandRouter, TurnContext, parse_command
+from bot.skills.router import Answer, CommandRouter, PlainRouting, TurnContext, parse_command
 from bot.storage.base import Cache, MessageKind, Recorded, Store, StoredMessage
 from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 
@@ -56,6 +56,7 @@ class ConversationManager:
         settings: ConversationSettings,
         generation: BackendSettings,
         count_tokens: Callable[[str], Awaitable[int]],
+        skills: PlainRouting | None = None,
     ) -> None:
         self._store = store
         self._cache = cache
@@ -65,6 +66,7 @@ class ConversationManager:
         self._settings = settings
         self._generation = generation
         self._count = count_tokens
+        self._skills = skills
         self._sinks: dict[str, ReplySink] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._streaming: dict[int, asyncio.Task[None]] = {}
@@ -81,6 +83,8 @@ class ConversationManager:
             kind = MessageKind.COMMAND
         tokens = estimate_tokens(incoming.text) if too_long else await self._count(incoming.text)
         recorded = await self._store.record_incoming(incoming, kind=kind, token_count=tokens)
+        if recorded.is_new and self._skills is not None:
+            await self._skills.remember(recorded.message_id, incoming)
         if recorded.is_new:
             if kind is MessageKind.COMMAND and _is_stop(incoming.text):
                 self._stop_streaming(recorded.conversation_id)
@@ -165,32 +169,92 @@ class ConversationManager:
 
     async def _turn(self, work: _Work, batch: list[StoredMessage]) -> None:
         if batch[0].kind is MessageKind.COMMAND:
-            text = await self._command(work, batch[0])
-            await self._reply_once(work, batch, text)
+            await self._answer(work, batch, await self._command(work, batch[0]))
+            return
+        routed = await self._route(work, batch)
+        if routed is not None:  # a skill took the plain message (intent, auto-translate)
+            await self._answer(work, batch, routed)
         elif self._backend is None:
             await self._reply_once(work, batch, NoBackendConfigured.user_message)
         else:
             await self._chat(work, batch, self._backend)
 
-    async def _command(self, work: _Work, message: StoredMessage) -> str:
-        if len(message.content) > self._settings.max_message_chars:
+    async def _command(self, work: _Work, message: StoredMessage) -> Answer:
+        parsed = parse_command(message.content)
+        command = self._router.get(parsed[0]) if parsed is not None else None
+        limit = self._settings.max_message_chars
+        if command is not None and command.max_chars is not None:
+            limit = command.max_chars  # commands that take pasted text allow more
+        if len(message.content) > limit:
             return (
                 f"That message is too long ({len(message.content)} characters; the limit is "
-                f"{self._settings.max_message_chars}). Please send a shorter one."
+                f"{limit}). Please send a shorter one."
             )
-        parsed = parse_command(message.content)
         if parsed is None:  # recorded as a command, so this cannot happen; answer anyway
             return self._router.help_text()
         name, args = parsed
-        user = User(work.key.platform, "", message.user_display_name)
-        ctx = TurnContext(
-            work.key, work.conversation_id, user, args, self._store, self._context, self._settings
-        )
+        ctx = self._turn_context(work, message, args)
         try:
             return await self._router.dispatch(ctx, name)
         except BotError as exc:
             log.warning("command /%s failed: %s", name, exc)
             return exc.user_message
+
+    def _turn_context(self, work: _Work, message: StoredMessage, args: str) -> TurnContext:
+        user = User(work.key.platform, "", message.user_display_name)
+        return TurnContext(
+            work.key, work.conversation_id, user, args, self._store, self._context,
+            self._settings, message_id=message.id,
+        )  # fmt: skip
+
+    async def _route(self, work: _Work, batch: list[StoredMessage]) -> Answer | None:
+        if self._skills is None:
+            return None
+        text = merge_user_texts([m.content for m in batch])
+        try:
+            return await self._skills.route(self._turn_context(work, batch[-1], text), text)
+        except BotError as exc:
+            log.warning("conversation %s: skill failed: %s", work.key, exc)
+            return exc.user_message
+
+    async def _answer(self, work: _Work, batch: list[StoredMessage], answer: Answer) -> None:
+        if isinstance(answer, str):
+            await self._reply_once(work, batch, answer)
+        else:
+            await self._reply_stream(work, batch, answer)
+
+    async def _reply_stream(
+        self, work: _Work, batch: list[StoredMessage], answer: AsyncIterator[str]
+    ) -> None:
+        """Stream a skill's answer, then record it out of the context (kind COMMAND). A
+        failure before any text becomes its one-sentence message; after, a cut-off note."""
+        parts: list[str] = []
+
+        async def relay() -> AsyncIterator[str]:
+            try:
+                async for delta in answer:
+                    parts.append(delta)
+                    yield delta
+            except BotError as exc:
+                log.warning("conversation %s: skill failed while streaming: %s", work.key, exc)
+                note = CUT_OFF_NOTE if parts else exc.user_message
+                parts.append(note)
+                yield note
+
+        try:
+            await self._deliver(work.key, relay())
+        except Exception:
+            log.exception("conversation %s: the platform failed while delivering", work.key)
+            parts.append(CUT_OFF_NOTE)
+        finally:
+            aclose = getattr(answer, "aclose", None)
+            if aclose is not None:
+                await aclose()  # a sink that stopped early leaves it open: abort the request
+        text = "".join(parts)
+        ids = [m.id for m in batch]
+        await self._store.record_reply(
+            work.conversation_id, ids, text, kind=MessageKind.COMMAND, token_count=0
+        )
 
     async def _reply_once(self, work: _Work, batch: list[StoredMessage], text: str) -> None:
         """Deliver and record a reply that is complete up front; it stays out of the context."""
@@ -313,7 +377,7 @@ class _Collected:
     def cut_off(self, note: str) -> None:
         self.parts.append(note)
 
-    async def relay(self, stream: AsyncGenerator[Chunk, None]) -> AsyncIterator[str]:
+    async def relay(self, stream: AsyncGenerator[Chunk, None]) -> AsyncGenerator[str, None]:
         """Text deltas for the sink. A failure after text was shown ends the reply with a
         short note instead of an error, so the user never sees the same text twice."""
         try:

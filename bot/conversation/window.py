@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from bot.storage.base import StoredMessage
 from bot.types import ChatMessage, Role
@@ -57,13 +57,16 @@ class Window:
         return out
 
     def dumps(self) -> bytes:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()
+        # Turns as plain lists: this runs on every turn, and asdict() costs more than the
+        # JSON encoding itself.
+        turns = [[t.user, t.assistant, t.tokens, t.reply_id] for t in self.turns]
+        data = [self.summary, self.summary_tokens, self.boundary_id, turns]
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
     @classmethod
     def loads(cls, raw: bytes) -> Window:
-        data = json.loads(raw)
-        turns = [Turn(**t) for t in data.pop("turns")]
-        return cls(turns=turns, **data)
+        summary, summary_tokens, boundary_id, turns = json.loads(raw)
+        return cls(summary, summary_tokens, boundary_id, [Turn(*t) for t in turns])
 
 
 def merge_user_texts(texts: Sequence[str]) -> str:

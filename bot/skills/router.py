@@ -1,13 +1,20 @@
-"""Commands: `/name args`, also `/name@botname args` as group chats send them."""
+"""Commands (`/name args`, also `/name@botname args` as group chats send them) and intents.
+
+A handler returns its whole answer (`str`) or a stream of text deltas (`AsyncIterator[str]`);
+the manager streams either to the platform. Skills register commands and intents here, so
+adding a skill is one module with a `register(router, services)` function (see
+bot/skills/registry.py); /help lists whatever is registered.
+"""
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from bot.types import ConversationKey, User
+from bot.types import ConversationKey, Incoming, User
 
 if TYPE_CHECKING:
     from bot.conversation.context import ContextLoader
@@ -26,9 +33,12 @@ class TurnContext:
     store: Store
     context: ContextLoader
     settings: ConversationSettings
+    # The message being answered (0 where a caller has none, e.g. a unit test).
+    message_id: int = 0
 
 
-Handler = Callable[[TurnContext], Awaitable[str]]
+Answer = str | AsyncIterator[str]
+Handler = Callable[[TurnContext], Awaitable[Answer] | AsyncIterator[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +47,32 @@ class Command:
     summary: str
     handler: Handler
     hidden: bool = False
+    # Longest message the command takes; None: conversation.max_message_chars. Commands that
+    # work on pasted text (/summarize, /translate) take more.
+    max_chars: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A skill a plain message can be routed to. `match` is the cheap pattern check: the
+    text for the handler's `args` when the message asks for this skill, else None."""
+
+    name: str
+    description: str  # for the model's classification prompt
+    handler: Handler
+    match: Callable[[str], str | None]
+
+
+class PlainRouting(Protocol):
+    """How the manager hands plain messages to the skills (bot.skills.intents.SkillRouting)."""
+
+    async def remember(self, message_id: int, incoming: Incoming) -> None:
+        """Keep what a later turn needs of a newly recorded message (its replied-to text)."""
+        ...
+
+    async def route(self, ctx: TurnContext, text: str) -> Answer | None:
+        """A skill's answer to a plain message, or None to answer it as chat."""
+        ...
 
 
 def parse_command(text: str) -> tuple[str, str] | None:
@@ -47,14 +83,27 @@ def parse_command(text: str) -> tuple[str, str] | None:
     return match.group(1).lower(), (match.group(2) or "").strip()
 
 
+async def resolve(result: Awaitable[Answer] | AsyncIterator[str]) -> Answer:
+    """A handler's result as an answer: an `async def` returns one, an async generator is one."""
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
 class CommandRouter:
     def __init__(self) -> None:
         self._commands: dict[str, Command] = {}
+        self._intents: dict[str, Intent] = {}
 
     def add(self, command: Command) -> None:
         if command.name in self._commands:
             raise ValueError(f"command /{command.name} is registered twice")
         self._commands[command.name] = command
+
+    def add_intent(self, intent: Intent) -> None:
+        if intent.name in self._intents:
+            raise ValueError(f"intent {intent.name!r} is registered twice")
+        self._intents[intent.name] = intent
 
     def get(self, name: str) -> Command | None:
         return self._commands.get(name)
@@ -63,14 +112,29 @@ class CommandRouter:
     def commands(self) -> list[Command]:
         return [c for c in self._commands.values() if not c.hidden]
 
+    @property
+    def intents(self) -> list[Intent]:
+        return list(self._intents.values())
+
+    def intent(self, name: str) -> Intent | None:
+        return self._intents.get(name)
+
+    def match_intent(self, text: str) -> tuple[Intent, str] | None:
+        """The first registered intent whose pattern matches, with its handler's args."""
+        for intent in self._intents.values():
+            args = intent.match(text)
+            if args is not None:
+                return intent, args
+        return None
+
     def help_text(self) -> str:
         lines = ["Commands:"]
         lines += [f"/{c.name} - {c.summary}" for c in self.commands]
         lines.append("Anything else is a message for me.")
         return "\n".join(lines)
 
-    async def dispatch(self, ctx: TurnContext, name: str) -> str:
+    async def dispatch(self, ctx: TurnContext, name: str) -> Answer:
         command = self._commands.get(name)
         if command is None:
             return f"Unknown command /{name}. Send /help to see what I can do."
-        return await command.handler(ctx)
+        return await resolve(command.handler(ctx))

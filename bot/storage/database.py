@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-
 from sqlalchemy import URL, event, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -19,7 +18,8 @@ from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 # wait for the lock instead of failing at once with "database is locked".
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    "PRAGMA busy_timeout=5000",
+    # Writers queue for the lock; generous, because a loaded host stretches every commit.
+    "PRAGMA busy_timeout=15000",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
@@ -100,7 +100,8 @@ class OneHopConnection(aiosqlite.Connection):
     def open(cls, database: str, **kwargs: Any) -> OneHopConnection:
         # What aiosqlite.connect() does, with this class.
         def connector() -> sqlite3.Connection:
-            return sqlite3.connect(database, **kwargs)
+            connection: sqlite3.Connection = sqlite3.connect(database, **kwargs)
+            return connection
 
         connection = cls(connector, iter_chunk_size=64)
         connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite's own connections
@@ -119,7 +120,7 @@ class OneHopConnection(aiosqlite.Connection):
 
     async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """`fn(sqlite3 connection)` in the connection's thread."""
-        return await self._execute(lambda: fn(self._conn))
+        return await self._execute(lambda: fn(self._conn))  # type: ignore[no-untyped-call]
 
 
 class OneHopCursor:

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from bot.errors import StorageError
 from bot.storage.base import ConversationState, MessageKind, Recorded, StoredMessage
@@ -59,6 +61,9 @@ class _IdCache:
         if len(self._ids) > self._size:
             self._ids.popitem(last=False)
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._ids
+
     def discard(self, key: Hashable) -> None:
         self._ids.pop(key, None)
 
@@ -69,13 +74,15 @@ class SqlStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._errors = database_errors(engine.url)
-        statements = _POSTGRESQL if engine.dialect.name == "postgresql" else _SQLITE
-        self._insert_user, self._insert_conversation, self._insert_message = statements
-        # Reads are single statements: on PostgreSQL they run without BEGIN/ROLLBACK around
-        # them (two round trips saved). SQLite reads never open a transaction anyway.
-        self._reader = engine
-        if engine.dialect.name == "postgresql":
-            self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # On PostgreSQL, work that is one statement (every read, and a write that is atomic
+        # by itself) runs in autocommit mode: no BEGIN and COMMIT/ROLLBACK round trips around
+        # it. On SQLite a read never opens a transaction, but a write must be committed.
+        postgresql = engine.dialect.name == "postgresql"
+        self._autocommit = postgresql
+        self._reader = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if self._autocommit else engine
+        )
+        self._reads = _READS[postgresql]
         self._user_ids = _IdCache()
         self._conversation_ids = _IdCache()
 
@@ -90,8 +97,8 @@ class SqlStore:
         await self._engine.dispose()
 
     async def ping(self) -> None:
-        async def run(conn: AsyncConnection) -> None:
-            await conn.execute(_PING)
+        def run(conn: Connection) -> None:
+            conn.execute(_PING)
 
         await self._run(run)
 
@@ -101,12 +108,12 @@ class SqlStore:
         user_key = (incoming.user.platform, incoming.user.user_id)
         created: dict[str, int] = {}  # ids looked up or inserted in this transaction
 
-        async def run(conn: AsyncConnection) -> Recorded:
+        def run(conn: Connection) -> Recorded:
             created.clear()
             user_id = self._user_ids.get(user_key)
             if user_id is None:
-                user_id = created["user"] = await self._get_or_create(
-                    conn, self._insert_user, _SELECT_USER_ID, {
+                user_id = created["user"] = self._get_or_create(
+                    conn, _INSERT_USER, _SELECT_USER_ID, {
                         "platform": incoming.user.platform,
                         "external_id": incoming.user.user_id,
                         "display_name": incoming.user.display_name,  # kept from the first only
@@ -115,8 +122,8 @@ class SqlStore:
             conversation_id = self._conversation_ids.get(incoming.key)
             if conversation_id is None:
                 key = incoming.key
-                conversation_id = created["conversation"] = await self._get_or_create(
-                    conn, self._insert_conversation, _SELECT_CONVERSATION_ID,
+                conversation_id = created["conversation"] = self._get_or_create(
+                    conn, _INSERT_CONVERSATION, _SELECT_CONVERSATION_ID,
                     {"platform": key.platform, "chat_id": key.chat_id, "thread_id": key.thread_id},
                 )  # fmt: skip
             values = {
@@ -129,17 +136,19 @@ class SqlStore:
                 "created_at": _as_utc(incoming.sent_at),
                 "idempotency_key": incoming.idempotency_key,
             }
-            new_id = (await conn.execute(self._insert_message, values)).scalar_one_or_none()
+            new_id = conn.execute(_INSERT_MESSAGE, values).scalar_one_or_none()
             if new_id is not None:
                 return Recorded(new_id, conversation_id, is_new=True)
             params = {"idempotency_key": incoming.idempotency_key}
-            row = (await conn.execute(_SELECT_BY_IDEMPOTENCY_KEY, params)).one()
+            row = conn.execute(_SELECT_BY_IDEMPOTENCY_KEY, params).one()
             return Recorded(row.id, row.conversation_id, is_new=False)
 
+        # Both ids known (nearly always): one INSERT, atomic by itself.
+        known = user_key in self._user_ids and incoming.key in self._conversation_ids
         try:
-            recorded = await self._run(run, write=True)
+            recorded = await self._run(run, write=True, one_statement=known)
         except StorageError as exc:
-            if len(created) == 2 or not isinstance(exc.__cause__, sa_exc.IntegrityError):
+            if not known or not isinstance(exc.__cause__, sa_exc.IntegrityError):
                 raise
             # A remembered id whose row is gone (a foreign key failed): forget, look up again.
             self._user_ids.discard(user_key)
@@ -176,11 +185,11 @@ class SqlStore:
         }
         fenced = set(answers)
 
-        async def run(conn: AsyncConnection) -> int:
-            reply_id: int = (await conn.execute(_INSERT_REPLY, values)).scalar_one()
+        def run(conn: Connection) -> int:
+            reply_id: int = conn.execute(_INSERT_REPLY, values).scalar_one()
             if fenced:  # the fence: every one of `answers` must still be pending
                 marks = {"reply_id": reply_id, "ids": list(fenced), "cid": conversation_id}
-                result = await conn.execute(_MARK_ANSWERED, marks)
+                result = conn.execute(_MARK_ANSWERED, marks)
                 if result.rowcount != len(fenced):
                     raise _AlreadyAnswered
             return reply_id
@@ -192,8 +201,10 @@ class SqlStore:
         return dataclasses.replace(reply, id=reply_id)
 
     async def state(self, conversation_id: int) -> ConversationState:
-        async def run(conn: AsyncConnection) -> sa.Row[Any] | None:
-            return (await conn.execute(_STATE, {"conversation_id": conversation_id})).one_or_none()
+        def run(conn: Connection) -> sa.Row[Any] | None:
+            return conn.execute(
+                self._reads.state, {"conversation_id": conversation_id}
+            ).one_or_none()
 
         row = await self._run(run)
         if row is None:
@@ -211,7 +222,7 @@ class SqlStore:
         self, conversation_id: int, after_id: int, limit: int
     ) -> Sequence[StoredMessage]:
         params = {"conversation_id": conversation_id, "after_id": after_id, "limit": limit}
-        return list(reversed(await self._messages(_CONTEXT, params)))
+        return list(reversed(await self._messages(self._reads.context, params)))
 
     async def fold_summary(self, conversation_id: int, summary: str, through_id: int) -> None:
         params = {"conversation_id": conversation_id, "new_summary": summary,
@@ -219,33 +230,39 @@ class SqlStore:
         await self._write(_FOLD_SUMMARY, params)
 
     async def reset_context(self, conversation_id: int) -> None:
-        await self._write(_RESET_CONTEXT, {"conversation_id": conversation_id})
+        await self._write(self._reads.reset_context, {"conversation_id": conversation_id})
 
     async def history(self, conversation_id: int, limit: int) -> Sequence[StoredMessage]:
         params = {"conversation_id": conversation_id, "limit": limit}
-        return list(reversed(await self._messages(_HISTORY, params)))
+        return list(reversed(await self._messages(self._reads.history, params)))
 
     async def conversations_with_pending(self) -> Sequence[tuple[int, ConversationKey]]:
-        async def run(conn: AsyncConnection) -> Sequence[sa.Row[Any]]:
-            return (await conn.execute(_WITH_PENDING)).all()
+        def run(conn: Connection) -> Sequence[sa.Row[Any]]:
+            return conn.execute(_WITH_PENDING).all()
 
         rows = await self._run(run)
         return [(r.id, ConversationKey(r.platform, r.chat_id, r.thread_id)) for r in rows]
 
     async def _run(
-        self, work: Callable[[AsyncConnection], Awaitable[T]], *, write: bool = False
+        self,
+        work: Callable[[Connection], T],
+        *,
+        write: bool = False,
+        one_statement: bool = False,
     ) -> T:
         """`work` on a connection: in a transaction committed on success when `write`, else
-        a read (no transaction where the driver allows). A pooled connection found dead (the
-        server restarted; there is no pre-ping) is dropped and `work` runs once more on a new
-        one: nothing was committed on the dead one."""
+        a read (no transaction where the driver allows); `one_statement` says that the write
+        is atomic without one. A pooled connection found dead (the server restarted; there is
+        no pre-ping) is dropped and `work` runs once more on a new one.
+
+        `work` is synchronous SQLAlchemy, run in one greenlet as `AsyncConnection.run_sync`
+        does: one switch into SQLAlchemy per call instead of one per checkout, statement,
+        commit and close, which cost more CPU than the statements themselves.
+        """
         for attempt in (1, 2):
             try:
-                if write:
-                    async with self._engine.begin() as conn:
-                        return await work(conn)
-                async with self._reader.connect() as conn:
-                    return await work(conn)
+                in_transaction = write and not (one_statement and self._autocommit)
+                return await greenlet_spawn(self._in_connection, work, in_transaction)
             except sa_exc.DBAPIError as exc:
                 if attempt == 1 and exc.connection_invalidated:
                     continue
@@ -254,36 +271,43 @@ class SqlStore:
                 raise StorageError(describe_error(exc, self._engine.url)) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _in_connection(self, work: Callable[[Connection], T], in_transaction: bool) -> T:
+        if in_transaction:
+            with self._engine.sync_engine.begin() as conn:
+                return work(conn)
+        with self._reader.sync_engine.connect() as conn:
+            return work(conn)
+
     async def _messages(
         self, stmt: sa.Select[Any], params: Mapping[str, Any]
     ) -> list[StoredMessage]:
-        async def run(conn: AsyncConnection) -> Sequence[sa.Row[Any]]:
-            return (await conn.execute(stmt, params)).all()
+        def run(conn: Connection) -> Sequence[sa.Row[Any]]:
+            return conn.execute(stmt, params).all()
 
         return [_to_message(row) for row in await self._run(run)]
 
     async def _write(self, stmt: sa.Executable, params: Mapping[str, Any]) -> None:
-        async def run(conn: AsyncConnection) -> None:
-            await conn.execute(stmt, params)
+        def run(conn: Connection) -> None:
+            conn.execute(stmt, params)
 
-        await self._run(run, write=True)
+        await self._run(run, write=True, one_statement=True)
 
     @staticmethod
-    async def _get_or_create(
-        conn: AsyncConnection,
+    def _get_or_create(
+        conn: Connection,
         insert: sa.Executable,
         lookup: sa.Select[tuple[int]],
         values: Mapping[str, Any],
     ) -> int:
         # Look first: the row nearly always exists, and a conflicting insert would still burn
         # a PostgreSQL sequence value on every message.
-        found: int | None = (await conn.execute(lookup, values)).scalar_one_or_none()
+        found: int | None = conn.execute(lookup, values).scalar_one_or_none()
         if found is None:
             # The new id, or None if another transaction inserted the same key first: a
             # concurrent insert of that key waits for the other transaction, then does nothing.
-            found = (await conn.execute(insert, values)).scalar_one_or_none()
+            found = conn.execute(insert, values).scalar_one_or_none()
         if found is None:
-            found = (await conn.execute(lookup, values)).scalar_one()
+            found = conn.execute(lookup, values).scalar_one()
         return found
 
 
@@ -304,15 +328,23 @@ def _literal(value: str) -> sa.ColumnElement[Any]:
     return sa.literal_column(f"'{value}'")
 
 
-def _in_conversation() -> tuple[sa.ColumnElement[bool], ...]:
-    # `conversation_id BETWEEN :id AND :id`, not `=`, with ORDER BY conversation_id DESC, id DESC:
-    # with `=` PostgreSQL treats conversation_id as constant, so `ORDER BY id DESC` can also be
-    # served by a backward scan of the primary key, filtering out every newer message of other
-    # conversations; it picks that plan from statistics (tens of ms on a large database). With
-    # a range only the (conversation_id, id) index yields the order, and a LIMIT stops it after
-    # the rows it returns, whatever the statistics say. SQLite plans it the same way.
+def _in_conversation(
+    postgresql: bool, after_id: sa.BindParameter[Any] | None = None
+) -> sa.ColumnElement[bool]:
+    """The rows of one conversation (after `after_id`), for ORDER BY conversation_id DESC,
+    id DESC: a backward scan of the (conversation_id, id) index that reads only the rows it
+    returns, up to LIMIT or down to `after_id`, whatever the statistics say.
+
+    On PostgreSQL `conversation_id = :id` would make conversation_id a constant, so that a
+    backward scan of the primary key could serve `ORDER BY id DESC` too, filtering out every
+    newer message of other conversations; the planner picks it from statistics (16-49 ms on a
+    large database). `= ANY(ARRAY[:id])` is the same test but no constant: only the composite
+    index yields the order, and the btree still ends the scan at `id > :after_id`. SQLite
+    always plans `=` on the composite index.
+    """
     cid = _param("conversation_id", sa.BigInteger())
-    return (_m.conversation_id >= cid, _m.conversation_id <= cid)
+    test = _m.conversation_id == (sa.any_(pg.array([cid])) if postgresql else cid)
+    return test if after_id is None else sa.and_(test, _m.id > after_id)
 
 
 _NEWEST_FIRST = (_m.conversation_id.desc(), _m.id.desc())
@@ -329,35 +361,54 @@ _PENDING = (
     .order_by(_m.id)
     .limit(_LIMIT)
 )
-_CONTEXT = (
-    _SELECT_MESSAGES.where(*_in_conversation(), _m.id > _param("after_id", sa.BigInteger()))
-    .where(_m.kind == _literal(MessageKind.CHAT.value))
-    .where(sa.or_(_m.role == _literal(Role.ASSISTANT.value), _m.answered_by.is_not(None)))
-    .order_by(*_NEWEST_FIRST)
-    .limit(_LIMIT)
-)
-_HISTORY = _SELECT_MESSAGES.where(*_in_conversation()).order_by(*_NEWEST_FIRST).limit(_LIMIT)
 
-_LAST_REPLY_ID = (
-    sa.select(_m.id)
-    .where(*_in_conversation())
-    .where(_m.role == _literal(Role.ASSISTANT.value), _m.kind == _literal(MessageKind.CHAT.value))
-    .order_by(*_NEWEST_FIRST)
-    .limit(1)
-    .scalar_subquery()
-)
-_STATE = sa.select(
-    _c.id, _c.platform, _c.chat_id, _c.thread_id, _c.summary, _c.summary_through_id,
-    _c.context_start_id, _LAST_REPLY_ID.label("last_reply_id"),
-).where(_c.id == _param("conversation_id"))  # fmt: skip
 
-_NEWEST_ID = sa.select(_m.id).where(*_in_conversation()).order_by(*_NEWEST_FIRST).limit(1)
-_RESET_CONTEXT = (
-    sa.update(_c)
-    .where(_c.id == _param("conversation_id"))
-    .values(context_start_id=sa.func.coalesce(_NEWEST_ID.scalar_subquery(), 0), summary="",
-            summary_through_id=0)
-)  # fmt: skip
+@dataclasses.dataclass(frozen=True)
+class _ConversationReads:
+    """The statements that read a conversation newest first, built per dialect."""
+
+    context: sa.Select[Any]
+    history: sa.Select[Any]
+    state: sa.Select[Any]
+    reset_context: sa.Update
+
+    @classmethod
+    def build(cls, postgresql: bool) -> _ConversationReads:
+        def newest(stmt: sa.Select[Any], after_id: sa.BindParameter[Any] | None = None) -> Any:
+            return stmt.where(_in_conversation(postgresql, after_id)).order_by(*_NEWEST_FIRST)
+
+        context = (
+            newest(_SELECT_MESSAGES, _param("after_id", sa.BigInteger()))
+            .where(_m.kind == _literal(MessageKind.CHAT.value))
+            .where(sa.or_(_m.role == _literal(Role.ASSISTANT.value), _m.answered_by.is_not(None)))
+            .limit(_LIMIT)
+        )
+        last_reply_id = (
+            newest(sa.select(_m.id))
+            .where(
+                _m.role == _literal(Role.ASSISTANT.value),
+                _m.kind == _literal(MessageKind.CHAT.value),
+            )
+            .limit(1)
+            .scalar_subquery()
+        )
+        state = sa.select(
+            _c.id, _c.platform, _c.chat_id, _c.thread_id, _c.summary, _c.summary_through_id,
+            _c.context_start_id, last_reply_id.label("last_reply_id"),
+        ).where(_c.id == _param("conversation_id"))  # fmt: skip
+        newest_id = newest(sa.select(_m.id)).limit(1).scalar_subquery()
+        reset_context = (
+            sa.update(_c)
+            .where(_c.id == _param("conversation_id"))
+            .values(context_start_id=sa.func.coalesce(newest_id, 0), summary="",
+                    summary_through_id=0)
+        )  # fmt: skip
+        history = newest(_SELECT_MESSAGES).limit(_LIMIT)
+        return cls(context, history, state, reset_context)
+
+
+_READS = {True: _ConversationReads.build(True), False: _ConversationReads.build(False)}
+
 _FOLD_SUMMARY = (
     sa.update(_c)
     .where(_c.id == _param("conversation_id"))
@@ -394,38 +445,53 @@ _MARK_ANSWERED = (
 )
 
 
-def _inserts_once(dialect: Any) -> tuple[sa.Executable, sa.Executable, sa.Executable]:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id for users, conversations, messages: the
-    new id, or no row if one with the same unique key exists."""
+def _insert_once(entity: Any, columns: Sequence[str], unique: Sequence[str]) -> sa.Executable:
+    """INSERT ... ON CONFLICT (unique) DO NOTHING RETURNING id: the new id, or no row if one
+    with the same unique key exists. The same SQL on SQLite and PostgreSQL.
 
-    def once(entity: Any, unique: list[str]) -> sa.Executable:
-        stmt = dialect.insert(entity).on_conflict_do_nothing(index_elements=unique)
-        return stmt.returning(entity.id)  # type: ignore[no-any-return]
-
-    return (
-        once(UserRow, ["platform", "external_id"]),
-        once(ConversationRow, ["platform", "chat_id", "thread_id"]),
-        once(MessageRow, ["idempotency_key"]),
+    Text, with the columns' types: the dialects' insert().on_conflict_do_nothing() cannot be
+    cache-keyed, so SQLAlchemy would compile it again on every execution.
+    """
+    table = entity.__table__
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(':' + c for c in columns)}) "
+        f"ON CONFLICT ({', '.join(unique)}) DO NOTHING RETURNING id"
     )
+    binds = [sa.bindparam(c, type_=table.c[c].type) for c in columns]
+    return sa.text(sql).bindparams(*binds).columns(table.c.id)
 
 
-_POSTGRESQL = _inserts_once(postgresql)
-_SQLITE = _inserts_once(sqlite)
+_INSERT_USER = _insert_once(UserRow, ["platform", "external_id", "display_name"],
+                            ["platform", "external_id"])  # fmt: skip
+_INSERT_CONVERSATION = _insert_once(ConversationRow, ["platform", "chat_id", "thread_id"],
+                                    ["platform", "chat_id", "thread_id"])  # fmt: skip
+_INSERT_MESSAGE = _insert_once(
+    MessageRow,
+    ["conversation_id", "user_id", "role", "kind", "content", "token_count", "created_at",
+     "idempotency_key"],
+    ["idempotency_key"],
+)  # fmt: skip
+
+
+_ROLES = {role.value: role for role in Role}  # a dict lookup is cheaper than Role(value)
+_KINDS = {kind.value: kind for kind in MessageKind}
 
 
 def _to_message(row: sa.Row[Any]) -> StoredMessage:
+    # Once per row of every window rebuilt from SQL (up to the loader's 400): kept lean.
     (id_, conversation_id, role, kind, content, token_count, created_at, answered_by,
      display_name) = row  # fmt: skip
     return StoredMessage(
-        id=id_,
-        conversation_id=conversation_id,
-        role=Role(role),
-        kind=MessageKind(kind),
-        content=content,
-        token_count=token_count,
-        created_at=_as_utc(created_at),
-        answered_by=answered_by,
-        user_display_name=display_name or "",
+        id_,
+        conversation_id,
+        _ROLES[role],
+        _KINDS[kind],
+        content,
+        token_count,
+        _as_utc(created_at),
+        answered_by,
+        display_name or "",
     )
 
 

@@ -1,0 +1,112 @@
+"""Routing of plain (non-command) messages: auto-translate, then intents, then chat.
+
+1. A chat with auto-translate on answers a message in another language with its translation.
+2. The cheap pattern check of each registered intent ("translate to German: ...",
+   "summarize: ...", "what did I miss?").
+3. Where the backend supports structured output (and `skills.model_intents` is on), the model
+   classifies the message against the registered intents, constrained to a JSON schema.
+4. Anything else goes to chat (None: the manager runs the chat turn).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any, Literal
+
+import pydantic
+
+from bot.errors import BackendError
+from bot.types import ChatMessage, Incoming, Role
+
+from .router import Answer, CommandRouter, Intent, TurnContext, resolve
+from .services import SkillServices
+from .translate import TranslateSkill, auto_translate
+
+log = logging.getLogger(__name__)
+
+# Backends known to turn GenerationRequest.json_schema into constrained decoding.
+STRUCTURED_BACKENDS = frozenset({"vllm", "openai"})
+CHAT = "chat"
+
+
+class SkillRouting:
+    """The manager's seam for plain messages (see ConversationManager._turn)."""
+
+    def __init__(self, router: CommandRouter, services: SkillServices) -> None:
+        self._router = router
+        self._s = services
+        self._translator = TranslateSkill(services)
+        # Turned off for this process after a server refused a schema once.
+        self._structured = self._supports_structured()
+
+    async def remember(self, message_id: int, incoming: Incoming) -> None:
+        """Keep what a later turn needs and the history lacks: the replied-to text."""
+        if incoming.reply_to_text:
+            await self._s.prefs.remember_reply_to(message_id, incoming.reply_to_text)
+
+    async def route(self, ctx: TurnContext, text: str) -> Answer | None:
+        target, _ = await self._s.prefs.chat(ctx.conversation_id)
+        if target is not None:
+            translated = await auto_translate(self._translator, text, target, str(ctx.key))
+            if translated is not None:
+                return translated
+        found = self._router.match_intent(text)
+        if found is None and self._structured:
+            found = await self._classify(text, str(ctx.key))
+        if found is None:
+            return None
+        intent, args = found
+        log.info("conversation %s: routed to %s", ctx.key, intent.name)
+        return await resolve(intent.handler(replace(ctx, args=args)))
+
+    async def _classify(self, text: str, session: str) -> tuple[Intent, str] | None:
+        from backends.structured import StructuredOutputUnsupported, generate_json
+
+        assert self._s.backend is not None
+        intents = self._router.intents
+        system = self._s.prompts.render("intent", intents=intents)
+        messages = [ChatMessage(Role.SYSTEM, system), ChatMessage(Role.USER, text)]
+        try:
+            choice = await generate_json(self._s.backend, messages, choice_model(intents),
+                                         max_tokens=128, session_id=session)  # fmt: skip
+        except StructuredOutputUnsupported as exc:
+            log.warning("intent detection by the model turned off: %s", exc)
+            self._structured = False
+            return None
+        except BackendError as exc:  # the chat turn will meet the same error and report it
+            log.info("intent detection failed, answering as chat: %s", exc)
+            return None
+        return self._pick(choice, text)
+
+    def _pick(self, choice: Any, text: str) -> tuple[Intent, str] | None:
+        intent = self._router.intent(choice.intent)
+        if intent is None:
+            return None
+        args = (choice.text or "").strip() or text
+        if intent.name == "translate" and choice.language:
+            args = f"to {choice.language} {args}"
+        if intent.name == "summarize" and args == text:
+            args = ""  # "summarise our chat": the conversation, not the request itself
+        return intent, args
+
+    def _supports_structured(self) -> bool:
+        backend = self._s.backend
+        if backend is None or not self._s.settings.model_intents:
+            return False
+        try:
+            import backends.structured  # noqa: F401  (optional: another module's feature)
+        except ImportError:
+            return False
+        return backend.capabilities.name in STRUCTURED_BACKENDS
+
+
+def choice_model(intents: list[Intent]) -> type[pydantic.BaseModel]:
+    """The schema the model's answer must match: one of the registered intents, or chat."""
+    names = (*(i.name for i in intents), CHAT)
+    return pydantic.create_model(
+        "IntentChoice",
+        intent=(Literal[names], ...),  # type: ignore[valid-type,arg-type]
+        text=(str, ""),
+        language=(str, ""),
+    )

@@ -1,0 +1,104 @@
+"""Summaries of texts longer than the model's context: map each part, then combine.
+
+The text is cut with `split_for_budget` so that each part, the prompt and the partial summary
+fit the model's context (token counts from the backend's own tokenizer); `plan_map_reduce`
+says how many partial summaries one combine call takes. Progress lines ("Summarising part 3
+of 12…") are streamed before the final summary, so a user waiting on a long job sees it move;
+the final summary is streamed as the model writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from bot.text import balanced_groups, part_budget, plan_map_reduce, split_for_budget
+
+from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, complete, stream_text
+
+SEPARATOR = "\n\n---\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryStyle:
+    length: str  # "short" | "long"
+    form: str  # "bullets" | "paragraph"
+    tokens: int
+    language: str  # an English language name, for the prompt
+
+    def prompt_values(self) -> dict[str, object]:
+        return {"length": self.length, "form": self.form, "language": self.language,
+                "words": max(10, self.tokens * 3 // 4)}  # fmt: skip
+
+
+class MapReduce:
+    def __init__(self, services: SkillServices, style: SummaryStyle, session: str) -> None:
+        assert services.backend is not None
+        self._s = services
+        self._backend = services.backend
+        self._style = style
+        self._session = session
+
+    async def parts(self, text: str) -> list[str]:
+        """`text` in parts that each fit one map call."""
+        probe = self._system("part", part=999, parts=999)
+        budget = part_budget(
+            context_tokens=self._s.max_model_len(),
+            prompt_tokens=await self._s.count_tokens(probe) + TEMPLATE_MARGIN_TOKENS,
+            summary_tokens=self._style.tokens,
+        )
+        return await split_for_budget(
+            text, budget, self._s.count_tokens, count_many=self._s.count_many
+        )
+
+    async def run(self, text: str) -> AsyncIterator[str]:
+        parts = await self.parts(text)
+        if len(parts) <= 1:
+            async for delta in self._call("whole", text, stream=True):
+                yield delta
+            return
+        partials: list[str] = []
+        for n, part in enumerate(parts, 1):
+            yield f"Summarising part {n} of {len(parts)}…\n"
+            partials.append(await self._one("part", part, part=n, parts=len(parts)))
+        async for delta in self._combine(partials):
+            yield delta
+
+    async def _combine(self, partials: list[str]) -> AsyncIterator[str]:
+        combine_prompt = await self._s.count_tokens(self._system("combine"))
+        plan = plan_map_reduce(
+            len(partials),
+            context_tokens=self._s.max_model_len(),
+            prompt_tokens=combine_prompt + TEMPLATE_MARGIN_TOKENS,
+            summary_tokens=self._style.tokens,
+        )
+        for number, sizes in enumerate(plan.rounds, 1):
+            if len(sizes) == 1:
+                break
+            yield f"Combining {len(partials)} partial summaries (round {number})…\n"
+            groups = balanced_groups(partials, plan.fan_in)
+            partials = [await self._one("combine", SEPARATOR.join(g)) for g in groups]
+        yield "\n"
+        async for delta in self._call("combine", SEPARATOR.join(partials), stream=True):
+            yield delta
+
+    async def _one(self, stage: str, text: str, **where: int) -> str:
+        return "".join([d async for d in self._call(stage, text, stream=False, **where)])
+
+    async def _call(
+        self, stage: str, text: str, *, stream: bool, **where: int
+    ) -> AsyncIterator[str]:
+        request = self._s.request(
+            self._system(stage, **where), text, max_tokens=self._style.tokens,
+            session_id=self._session,
+        )  # fmt: skip
+        if stream:
+            async for delta in stream_text(self._backend, request):
+                yield delta
+        else:
+            yield await complete(self._backend, request)
+
+    def _system(self, stage: str, **where: int) -> str:
+        values = {"part": 0, "parts": 0, **where}
+        return self._s.prompts.render("summarize", stage=stage, **self._style.prompt_values(),
+                                      **values)  # fmt: skip

@@ -1,0 +1,132 @@
+"""/ask: answers grounded in the knowledge base, with citations.
+
+The top passages go into the prompt, numbered; the model cites them as [1], [2], and the reply
+always ends with the list of sources (title and location), so a reader can check the answer
+even when the model forgot to cite. When search finds nothing relevant the answer is a plain
+"I don't know", without asking the model, which would otherwise invent one. Without a model,
+the best passages themselves are the answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+from bot.knowledge import Passage
+
+from .router import Command, CommandRouter, Intent, TurnContext
+from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, stream_text
+
+I_DONT_KNOW = (
+    "I don't know: I found nothing about that in the knowledge base. "
+    "Try other words, or ask the operator to add a document that covers it."
+)
+USAGE = "Usage: /ask QUESTION, for example /ask how do I reset a conversation?"
+NO_KB = "The knowledge base is not available, so I cannot look that up."
+# Characters of each passage shown when there is no model to write an answer.
+EXCERPT_CHARS = 700
+_ASK = re.compile(
+    r"^(?:please\s+)?(?:ask|search|check)\s+(?:the\s+)?(?:docs|documentation|knowledge\s*base)"
+    r"\s*[:,]?\s*(?:about\s+|for\s+|whether\s+)?(.+)$",
+    re.I | re.S,
+)
+
+
+def register(router: CommandRouter, services: SkillServices) -> None:
+    skill = QaSkill(services)
+    router.add(Command("ask", "answer from the knowledge base, with sources: /ask QUESTION",
+                       skill.ask))  # fmt: skip
+    router.add_intent(
+        Intent("ask", "a question to answer from the documentation / knowledge base",
+               skill.ask, match_ask)
+    )  # fmt: skip
+
+
+def match_ask(text: str) -> str | None:
+    found = _ASK.match(text.strip())
+    return found.group(1).strip() if found else None
+
+
+class QaSkill:
+    def __init__(self, services: SkillServices) -> None:
+        self._s = services
+
+    async def ask(self, ctx: TurnContext) -> str | AsyncIterator[str]:
+        prefs = await self._s.turn(ctx)
+        question = ctx.args or (prefs.reply_to_text or "")
+        if not question.strip():
+            return USAGE
+        if self._s.kb is None:
+            return NO_KB
+        passages = await self.relevant(question)
+        if not passages:
+            return I_DONT_KNOW
+        if self._s.backend is None:
+            return quoted(passages)
+        language = self._s.language(prefs, question)
+        return self._answer(question, passages, language, str(ctx.key))
+
+    async def relevant(self, question: str) -> list[Passage]:
+        assert self._s.kb is not None
+        found = await self._s.kb.search(question, self._s.settings.qa_passages)
+        return [p for p in found if p.score > self._s.settings.qa_min_score]
+
+    async def _answer(
+        self, question: str, passages: list[Passage], language: str, session: str
+    ) -> AsyncIterator[str]:
+        assert self._s.backend is not None
+        kept = await self._fit(question, passages)
+        system = self._s.prompts.render("qa", passages=numbered(kept), language=language)
+        max_tokens = self._s.generation.max_tokens
+        request = self._s.request(system, question, max_tokens=max_tokens, session_id=session)
+        async for delta in stream_text(self._s.backend, request):
+            yield delta
+        yield "\n\n" + sources(kept)
+
+    async def _fit(self, question: str, passages: list[Passage]) -> list[Passage]:
+        """The best passages that fit the model's context beside the question and the answer;
+        the best one is cut to fit if it alone is too long."""
+        room = (
+            self._s.max_model_len()
+            - self._s.generation.max_tokens
+            - await self._s.count_tokens(question)
+            - TEMPLATE_MARGIN_TOKENS * 3
+        )
+        counts = await self._s.count_many([p.text for p in passages])
+        kept: list[Passage] = []
+        for passage, tokens in zip(passages, counts, strict=True):
+            if tokens > room:
+                if not kept and room > 0:
+                    share = room / tokens
+                    cut = passage.text[: int(len(passage.text) * share)]
+                    kept.append(_with_text(passage, cut))
+                break
+            kept.append(passage)
+            room -= tokens + 8
+        return kept
+
+
+def numbered(passages: list[Passage]) -> list[dict[str, object]]:
+    return [
+        {"number": n, "citation": p.citation, "text": p.text} for n, p in enumerate(passages, 1)
+    ]
+
+
+def sources(passages: list[Passage]) -> str:
+    lines = ["Sources:"] + [f"[{n}] {p.citation}" for n, p in enumerate(passages, 1)]
+    return "\n".join(lines)
+
+
+def quoted(passages: list[Passage]) -> str:
+    """The no-model answer: the best passages as they are, each under its citation."""
+    blocks = ["No language model is configured; this is what the knowledge base says:"]
+    for n, passage in enumerate(passages[:2], 1):
+        text = " ".join(passage.text.split())
+        if len(text) > EXCERPT_CHARS:
+            text = text[: EXCERPT_CHARS - 1] + "…"
+        blocks.append(f"[{n}] {passage.citation}\n{text}")
+    return "\n\n".join(blocks)
+
+
+def _with_text(passage: Passage, text: str) -> Passage:
+    return Passage(text, passage.title, passage.location, passage.source, passage.score)

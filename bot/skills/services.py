@@ -1,0 +1,80 @@
+"""What skills are built with (backend, knowledge base, preferences, prompts, settings), and
+the model calls they share: stream a reply's text, or collect it whole.
+
+Built once by the app and handed to each skill's `register`; a skill keeps no state of its own
+between turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from backends.base import Backend, GenerationRequest
+from bot.settings import BackendSettings, SkillsSettings
+from bot.storage.prefs import PrefsRepository, TurnPrefs
+from bot.text import detect_language
+from bot.types import ChatMessage, Role
+
+from .prompts import Prompts
+from .router import TurnContext
+
+if TYPE_CHECKING:
+    from bot.knowledge import KnowledgeBase
+
+# Tokens a chat template adds around a system and a user message; budgets keep this free.
+TEMPLATE_MARGIN_TOKENS = 48
+
+
+@dataclass(frozen=True, slots=True)
+class SkillServices:
+    backend: Backend | None
+    kb: KnowledgeBase | None
+    prefs: PrefsRepository
+    prompts: Prompts
+    settings: SkillsSettings
+    generation: BackendSettings
+    count_tokens: Callable[[str], Awaitable[int]]
+
+    async def turn(self, ctx: TurnContext) -> TurnPrefs:
+        return await self.prefs.for_message(ctx.message_id)
+
+    def language(self, prefs: TurnPrefs, text: str = "") -> str:
+        """The language to answer in: the user's /lang, else the text's, else the default."""
+        if prefs.language:
+            return prefs.language
+        detected = detect_language(text) if text else None
+        return detected.code if detected is not None else self.settings.default_language
+
+    def max_model_len(self) -> int:
+        return self.backend.capabilities.max_model_len if self.backend is not None else 0
+
+    async def count_many(self, texts: Sequence[str]) -> list[int]:
+        if self.backend is None:
+            return [await self.count_tokens(t) for t in texts]
+        return await self.backend.count_tokens(texts)
+
+    def request(
+        self, system: str, user: str, *, max_tokens: int, session_id: str | None = None
+    ) -> GenerationRequest:
+        return GenerationRequest(
+            messages=[ChatMessage(Role.SYSTEM, system), ChatMessage(Role.USER, user)],
+            max_tokens=max_tokens,
+            temperature=self.generation.temperature,
+            session_id=session_id,
+        )
+
+
+async def stream_text(backend: Backend, request: GenerationRequest) -> AsyncIterator[str]:
+    """The text deltas of one reply. Closing this closes the backend stream (aborting it)."""
+    async with aclosing(backend.stream(request)) as chunks:
+        async for chunk in chunks:
+            if chunk.text:
+                yield chunk.text
+
+
+async def complete(backend: Backend, request: GenerationRequest) -> str:
+    """One reply, whole (partial summaries, classification)."""
+    return "".join([delta async for delta in stream_text(backend, request)]).strip()

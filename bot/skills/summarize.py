@@ -1,0 +1,158 @@
+"""/summarize [short|long] [bullets|paragraph] [text]: a summary of pasted text, of the message
+replied to, of "what I missed" in a chat that keeps its messages (`/summarize missed [N]h`),
+or else of the current conversation (since the last /reset).
+
+Written in the user's language (/lang, else the text's). Long texts go through MapReduce;
+without a model the answer is an extractive summary (the most central sentences).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from bot.storage.prefs import LoggedMessage
+from bot.text import language_name, summarize_extractive
+from bot.types import utcnow
+
+from .mapreduce import MapReduce, SummaryStyle
+from .router import Command, CommandRouter, Intent, TurnContext
+from .services import SkillServices
+
+NOTHING = "There is nothing to summarise yet."
+NOT_KEPT = (
+    "This chat does not keep its messages for summaries. Send /keep on to start "
+    "(then I can tell you what you missed)."
+)
+NOTHING_MISSED = "You missed nothing: there are no messages since then."
+_HOURS = re.compile(r"^(\d{1,3})\s*h(?:ours?)?$", re.I)
+_MISSED = re.compile(r"^\s*(?:so\s+)?what\s+(?:did|have)\s+i\s+miss(?:ed)?\b", re.I)
+_SUMMARIZE = re.compile(
+    r"^\s*(?:please\s+)?(?:summari[sz]e|sum\s+up|tl;?dr)\b(?:\s+(?:this|that|it))?\s*[:\-]?\s*"
+    r"(.*)$",
+    re.I | re.S,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    length: str = "short"
+    form: str = "bullets"
+    missed: bool = False
+    hours: float | None = None
+    text: str = ""
+
+
+def register(router: CommandRouter, services: SkillServices) -> None:
+    skill = SummarizeSkill(services)
+    router.add(Command(
+        "summarize",
+        "summarise this chat, a replied-to message or pasted text: "
+        "/summarize [short|long] [bullets|paragraph] [text]; /summarize missed [N]h",
+        skill.summarize, max_chars=services.settings.max_paste_chars,
+    ))  # fmt: skip
+    router.add(Command("summarise", "", skill.summarize, hidden=True,
+                       max_chars=services.settings.max_paste_chars))  # fmt: skip
+    router.add_intent(Intent("summarize", "summarise a text, the conversation, or what the "
+                             "user missed", skill.summarize, match_summarize))  # fmt: skip
+
+
+def match_summarize(text: str) -> str | None:
+    if _MISSED.match(text):
+        return "missed"
+    found = _SUMMARIZE.match(text)
+    return found.group(1).strip() if found else None
+
+
+def parse_options(args: str) -> Options:
+    """Leading option words in any order; everything after them is the text."""
+    words = args.split(maxsplit=4)
+    values: dict[str, object] = {}
+    used = 0
+    for word in words[:4]:
+        low = word.lower()
+        if low in ("short", "long"):
+            values["length"] = low
+        elif low in ("bullets", "bullet", "paragraph"):
+            values["form"] = "paragraph" if low == "paragraph" else "bullets"
+        elif low == "missed":
+            values["missed"] = True
+        elif (hours := _HOURS.match(low)) and values.get("missed"):
+            values["hours"] = float(hours.group(1))
+        else:
+            break
+        used += 1
+    rest = args.split(maxsplit=used)[used:] if used else [args]
+    return Options(**values, text=(rest[0] if rest else "").strip())  # type: ignore[arg-type]
+
+
+class SummarizeSkill:
+    def __init__(self, services: SkillServices) -> None:
+        self._s = services
+
+    async def summarize(self, ctx: TurnContext) -> str | AsyncIterator[str]:
+        options = parse_options(ctx.args)
+        prefs = await self._s.turn(ctx)
+        if options.missed:
+            if not prefs.keep_messages:
+                return NOT_KEPT
+            text = await self._missed(ctx, prefs.user_ref, options.hours)
+            if not text:
+                return NOTHING_MISSED
+        else:
+            text = options.text or prefs.reply_to_text or await self._conversation(ctx)
+        if not text.strip():
+            return NOTHING
+        style = self._style(options, self._s.language(prefs, text))
+        if self._s.backend is None:
+            return await self._extractive(text, style)
+        return MapReduce(self._s, style, str(ctx.key)).run(text)
+
+    def _style(self, options: Options, language: str) -> SummaryStyle:
+        s = self._s.settings
+        tokens = s.summary_long_tokens if options.length == "long" else s.summary_short_tokens
+        if self._s.backend is not None:  # a long summary must still fit a small model
+            tokens = min(tokens, self._s.max_model_len() // 4)
+        return SummaryStyle(options.length, options.form, tokens, language_name(language))
+
+    async def _extractive(self, text: str, style: SummaryStyle) -> str:
+        sentences = self._s.settings.extractive_sentences
+        if style.length == "long":
+            sentences *= 2
+        form: Literal["bullets", "paragraph"] = (
+            "paragraph" if style.form == "paragraph" else "bullets"
+        )
+        # Ranking is quadratic in the sentences: keep a long text off the event loop.
+        return await asyncio.to_thread(
+            summarize_extractive, text, max_sentences=sentences, form=form
+        )
+
+    async def _conversation(self, ctx: TurnContext) -> str:
+        state = await ctx.store.state(ctx.conversation_id)
+        rows = await self._s.prefs.messages_between(
+            ctx.conversation_id, after_id=state.context_start_id,
+            before_id=ctx.message_id or 2**62, limit=self._s.settings.missed_max_messages,
+        )  # fmt: skip
+        return transcript(rows)
+
+    async def _missed(self, ctx: TurnContext, user_ref: int | None, hours: float | None) -> str:
+        """The chat since the user's last message (and its answer), at most `missed_hours`
+        back; with `hours`, simply the last `hours` hours."""
+        s = self._s.settings
+        since = utcnow() - timedelta(hours=hours or s.missed_hours)
+        seen = 0
+        if hours is None and user_ref is not None:
+            seen = await self._s.prefs.last_seen_id(ctx.conversation_id, user_ref, ctx.message_id)
+        rows = await self._s.prefs.messages_between(
+            ctx.conversation_id, after_id=seen, before_id=ctx.message_id, since=since,
+            limit=s.missed_max_messages,
+        )  # fmt: skip
+        return transcript(rows)
+
+
+def transcript(rows: list[LoggedMessage]) -> str:
+    return "\n".join(f"{'Parley' if r.is_bot else r.author}: {r.content}" for r in rows)

@@ -1,0 +1,128 @@
+"""/translate [to LANG] text, or in reply to a message; and the per-chat auto-translate.
+
+The source language is detected offline; the target is the one named, else the user's /lang,
+else skills.default_language. Code, URLs, @mentions, emoji, markup and glossary terms are
+swapped for placeholders before the model sees the text and put back after (bot.text.protect),
+so they survive unchanged; a placeholder the model dropped is appended rather than lost.
+Without a model there is no translation, and the reply says so in one sentence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+from bot.text import Protected, detect_language, language_name, normalize_language, protect, restore
+
+from .router import Command, CommandRouter, Intent, TurnContext
+from .services import SkillServices, stream_text
+
+NEEDS_MODEL = "Translation needs a language model, and none is configured here."
+USAGE = (
+    "Usage: /translate [to LANG] text, or reply to a message with /translate [to LANG]; "
+    "for example /translate to German Good morning!"
+)
+_TARGET = re.compile(r"^(?:to|into|in)\s+([^\s:,]+(?:-[A-Za-z]+)?)\s*[:,]?\s*(.*)$", re.I | re.S)
+_PLAIN = re.compile(r"^\s*(?:please\s+)?translate\b(?:\s+(?:this|that|it))?\s*(.*)$", re.I | re.S)
+# A placeholder may arrive split over deltas: text after an opening bracket waits for the rest.
+_OPEN = ("⟦", "〚")
+
+
+def register(router: CommandRouter, services: SkillServices) -> None:
+    skill = TranslateSkill(services)
+    router.add(Command("translate", "translate text or a replied-to message: "
+                       "/translate [to LANG] text", skill.translate,
+                       max_chars=services.settings.max_paste_chars))  # fmt: skip
+    router.add_intent(Intent("translate", "translate a text into another language",
+                             skill.translate, match_translate))  # fmt: skip
+
+
+def match_translate(text: str) -> str | None:
+    found = _PLAIN.match(text)
+    return found.group(1).strip() if found else None
+
+
+def parse_target(args: str) -> tuple[str | None, str]:
+    """(language code or None, text). Raises ValueError for an unknown language name."""
+    found = _TARGET.match(args.strip())
+    if found is None:
+        return None, args.strip()
+    return normalize_language(found.group(1)), found.group(2).strip()
+
+
+class TranslateSkill:
+    def __init__(self, services: SkillServices) -> None:
+        self._s = services
+
+    async def translate(self, ctx: TurnContext) -> str | AsyncIterator[str]:
+        try:
+            target, text = parse_target(ctx.args)
+        except ValueError as exc:
+            return str(exc)
+        prefs = await self._s.turn(ctx)
+        text = text or (prefs.reply_to_text or "")
+        if not text:
+            return USAGE
+        target = target or prefs.language or self._s.settings.default_language
+        return self.into(text, target, str(ctx.key))
+
+    def into(self, text: str, target: str, session: str) -> str | AsyncIterator[str]:
+        source = detect_language(text)
+        if source is not None and source.code == target:
+            return f"That text is already in {language_name(target)}."
+        if self._s.backend is None:
+            return NEEDS_MODEL
+        return self._stream(text, source.name if source else "its language", target, session)
+
+    async def _stream(
+        self, text: str, source: str, target: str, session: str
+    ) -> AsyncIterator[str]:
+        assert self._s.backend is not None
+        protected = protect(text, self._s.settings.glossary)
+        system = self._s.prompts.render(
+            "translate",
+            source=source,
+            target=language_name(target),
+            glossary=self._s.settings.glossary,
+        )
+        tokens = max(self._s.generation.max_tokens, await self._s.count_tokens(text) * 2)
+        tokens = min(tokens, max(16, self._s.max_model_len() // 2))
+        request = self._s.request(system, protected.text, max_tokens=tokens, session_id=session)
+        async for piece in restored_stream(stream_text(self._s.backend, request), protected):
+            yield piece
+
+
+async def restored_stream(deltas: AsyncIterator[str], protected: Protected) -> AsyncIterator[str]:
+    """The model's deltas with the placeholders swapped back, streamed; dropped spans last."""
+    raw, sent = "", 0
+    async for delta in deltas:
+        raw += delta
+        safe = _safe_end(raw)
+        if safe > sent:
+            yield restore(raw[sent:safe], protected).text
+            sent = safe
+    if len(raw) > sent:
+        yield restore(raw[sent:], protected).text
+    missing = restore(raw, protected).missing
+    if missing:
+        yield "\n" + "\n".join(span.text for span in missing)
+
+
+def _safe_end(raw: str) -> int:
+    """Where the text can be cut without splitting a placeholder (or the space after it)."""
+    opened = max(raw.rfind(o) for o in _OPEN)
+    if opened != -1 and raw.find("⟧", opened) == -1 and raw.find("〛", opened) == -1:
+        return opened
+    # Hold back trailing whitespace: restore() may remove it when a placeholder follows.
+    return len(raw.rstrip())
+
+
+async def auto_translate(
+    skill: TranslateSkill, text: str, target: str, session: str
+) -> str | AsyncIterator[str] | None:
+    """A chat's auto-translate: the translation of a message in another language, or None
+    for one already in the target language (or too short to tell), which is answered as usual."""
+    source = detect_language(text)
+    if source is None or source.code == target:
+        return None
+    return skill.into(text, target, session)

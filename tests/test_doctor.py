@@ -1,0 +1,77 @@
+"""`parley doctor`: one line per check, a PROBLEM line for each thing that is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from tests.fixtures_vllm import SERVED_MODEL
+from tests.redis_server import free_port
+
+
+def _doctor(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], **env: str
+) -> tuple[int, str]:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = main(["doctor"])
+    return code, capsys.readouterr().out
+
+
+def test_embedded_defaults_have_no_problems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = _doctor(
+        monkeypatch, capsys, PARLEY_DATABASE__URL=f"sqlite+aiosqlite:///{tmp_path}/d.db"
+    )
+    assert code == 0, out
+    assert "[ok] database: SQLite reachable" in out
+    assert "backend: none configured" in out
+    assert out.rstrip().endswith("no problems found")
+
+
+def test_unreachable_server_and_outdated_schema_are_problems(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = _doctor(
+        monkeypatch,
+        capsys,
+        PARLEY_DATABASE__URL=postgres_url,
+        PARLEY_BACKEND__KIND="openai",
+        PARLEY_BACKEND__BASE_URL=f"http://127.0.0.1:{free_port()}",
+        PARLEY_BACKEND__MODEL="m",
+        PARLEY_BACKEND__TIMEOUTS__CONNECT_S="1",
+    )
+    assert code == 1
+    assert "[PROBLEM] database schema:" in out and "parley db upgrade" in out
+    assert "[PROBLEM] backend:" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.vllm
+def test_unknown_model_and_small_context_are_named(
+    vllm_server: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path}/d.db"
+    common = {
+        "PARLEY_DATABASE__URL": db,
+        "PARLEY_BACKEND__KIND": "openai",
+        "PARLEY_BACKEND__BASE_URL": vllm_server,
+    }
+    code, out = _doctor(monkeypatch, capsys, **common, PARLEY_BACKEND__MODEL="no-such-model")
+    assert code == 1 and "no-such-model" in out and SERVED_MODEL in out
+    code, out = _doctor(
+        monkeypatch,
+        capsys,
+        **common,
+        PARLEY_BACKEND__MODEL=SERVED_MODEL,
+        PARLEY_CONVERSATION__CONTEXT_TOKENS="4000",
+    )
+    assert code == 1
+    assert "context 1024 tokens" in out
+    assert "[PROBLEM] backend: context length 1024 is smaller than" in out

@@ -1,0 +1,260 @@
+"""Retries, retry budget, time limits, circuit breaker and fallback against tests/fault_server.py,
+a real HTTP server with seeded faults. The load test (500 turns) is in test_resilience_load.py."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from contextlib import aclosing
+
+import pytest
+
+from backends.base import Chunk, GenerationRequest
+from backends.breaker import BreakerState, CircuitBreaker
+from backends.fallback import FallbackChain
+from backends.openai_compat import OpenAICompatBackend
+from backends.resilience import ResilientBackend, RetryBudget, backoff_s
+from bot.errors import BackendError, BackendTimeout, BackendUnavailable, ContextTooLong
+from bot.settings import BackendSettings, BreakerSettings, RetrySettings
+from bot.types import ChatMessage, Role
+from tests.fault_server import MODEL, Faults, FaultServer, fault_server
+
+FAST_RETRY = {"base_delay_s": 0.01, "max_delay_s": 0.05, "max_retry_after_s": 0.2}
+LOW_TIMEOUTS = {"first_token_s": 0.5, "gap_s": 0.5, "total_s": 3.0, "connect_s": 1.0}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def state(breaker: CircuitBreaker) -> BreakerState:
+    return breaker.state  # a call, so mypy does not keep an old narrowing across actions
+
+
+def settings_for(server: FaultServer, **extra: object) -> BackendSettings:
+    values: dict[str, object] = {
+        "kind": "openai",
+        "base_url": server.base_url,
+        "model": MODEL,
+        "timeouts": LOW_TIMEOUTS,
+        "retry": FAST_RETRY,
+    }
+    return BackendSettings.model_validate({**values, **extra})
+
+
+def resilient(
+    server: FaultServer, clock: FakeClock | None = None, **extra: object
+) -> ResilientBackend:
+    settings = settings_for(server, **extra)
+    kwargs = {"clock": clock} if clock else {}
+    return ResilientBackend(
+        OpenAICompatBackend(settings), settings, name=server.name, rng=random.Random(1), **kwargs
+    )
+
+
+def ask(text: str = "hello") -> GenerationRequest:
+    return GenerationRequest([ChatMessage(Role.USER, text)], max_tokens=6)
+
+
+async def collect(backend: ResilientBackend | FallbackChain) -> list[Chunk]:
+    async with aclosing(backend.stream(ask())) as chunks:
+        return [chunk async for chunk in chunks]
+
+
+def text_of(chunks: list[Chunk]) -> str:
+    return "".join(c.text for c in chunks)
+
+
+@pytest.fixture
+def primary() -> Iterator[FaultServer]:
+    with fault_server("primary") as server:
+        yield server
+
+
+@pytest.fixture
+def backup() -> Iterator[FaultServer]:
+    with fault_server("backup") as server:
+        yield server
+
+
+# --- pure parts ---------------------------------------------------------------------------------
+
+
+def test_backoff_is_jittered_capped_and_honours_retry_after() -> None:
+    settings = RetrySettings(base_delay_s=0.1, max_delay_s=0.4, max_retry_after_s=2.0)
+    rng = random.Random(3)
+    delays = [backoff_s(n, None, settings, rng) for n in range(1, 8) for _ in range(20)]
+    assert all(0 <= d <= 0.4 for d in delays) and len(set(delays)) > 100
+    assert backoff_s(1, 1.5, settings, rng) == 1.5
+    assert backoff_s(1, 60, settings, rng) == 2.0  # a huge Retry-After is capped
+
+
+def test_retry_budget_allows_a_share_of_requests() -> None:
+    budget = RetryBudget(ratio=0.2, min_retries=3)
+    spent = 0
+    for _ in range(100):
+        budget.on_request()
+        spent += budget.try_spend()
+    assert spent <= 0.2 * 100 + 3
+
+
+def test_breaker_opens_half_opens_and_closes() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerSettings(failure_threshold=3, open_s=10), clock=clock)
+    for _ in range(3):
+        assert breaker.try_acquire()
+        breaker.record_failure()
+    assert state(breaker) is BreakerState.OPEN and not breaker.try_acquire()
+    clock.now += 10
+    assert breaker.try_acquire()  # the probe
+    assert not breaker.try_acquire()  # only one at a time
+    breaker.record_failure()
+    assert state(breaker) is BreakerState.OPEN
+    clock.now += 10
+    assert breaker.try_acquire()
+    breaker.record_success()
+    assert state(breaker) is BreakerState.CLOSED
+
+
+def test_breaker_opens_on_failure_ratio() -> None:
+    settings = BreakerSettings(failure_threshold=100, failure_ratio=0.5, window=10, min_requests=10)
+    breaker = CircuitBreaker(settings)
+    for i in range(10):
+        breaker.try_acquire()
+        breaker.record_failure() if i % 2 else breaker.record_success()
+    assert state(breaker) is BreakerState.OPEN
+
+
+# --- against the fault server -------------------------------------------------------------------
+
+
+async def test_503_and_429_are_retried(primary: FaultServer) -> None:
+    primary.configure(Faults(unavailable=0.5, throttled=0.5, seed=1))
+    backend = resilient(primary, retry={**FAST_RETRY, "attempts": 2})
+    with pytest.raises(BackendUnavailable) as caught:
+        await collect(backend)
+    assert caught.value.status in (429, 503)
+    assert primary.chat_requests == 2  # one try, one retry
+    primary.configure(Faults())
+    assert text_of(await collect(backend)).startswith("primary-3:")
+    await backend.aclose()
+
+
+async def test_retry_after_is_honoured(primary: FaultServer) -> None:
+    primary.configure(Faults(throttled=1.0, retry_after_s=0.15))
+    backend = resilient(primary, retry={**FAST_RETRY, "attempts": 2})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(BackendUnavailable):
+        await collect(backend)
+    assert loop.time() - started >= 0.15  # waited at least what the server asked
+    await backend.aclose()
+
+
+async def test_retry_budget_protects_a_failing_server(primary: FaultServer) -> None:
+    primary.configure(Faults(unavailable=1.0))
+    backend = resilient(primary, breaker={"failure_threshold": 1000, "min_requests": 1000})
+    for _ in range(50):
+        with pytest.raises(BackendUnavailable):
+            await collect(backend)
+    assert primary.chat_requests <= 50 * 1.2 + 3
+    await backend.aclose()
+
+
+@pytest.mark.parametrize(
+    ("faults", "error"),
+    [
+        (Faults(cut=1.0, cut_at=2), BackendUnavailable),
+        (Faults(hang_during=1.0), BackendTimeout),
+    ],
+)
+async def test_a_reply_broken_after_text_is_not_retried(
+    primary: FaultServer, faults: Faults, error: type[BackendError]
+) -> None:
+    primary.configure(faults)
+    backend = resilient(primary)
+    received: list[str] = []
+    with pytest.raises(error):
+        async with aclosing(backend.stream(ask())) as chunks:
+            async for chunk in chunks:
+                received.append(chunk.text)
+    assert received and primary.sent[0].startswith("".join(received))
+    assert primary.chat_requests == 1  # text was shown: never sent again
+    await backend.aclose()
+
+
+async def test_a_hang_never_holds_the_caller_past_total_s(primary: FaultServer) -> None:
+    primary.configure(Faults(hang_before=1.0))
+    timeouts = {"first_token_s": 60, "gap_s": 60, "total_s": 0.3}
+    backend = resilient(primary, timeouts=timeouts)
+    async with asyncio.timeout(5):  # a guard: the limit under test is total_s
+        with pytest.raises(BackendTimeout, match="whole reply"):
+            await collect(backend)
+    await backend.aclose()
+
+
+async def test_context_length_error_is_neither_retried_nor_failed_over(
+    primary: FaultServer, backup: FaultServer
+) -> None:
+    primary.configure(Faults(context=1.0))
+    chain = FallbackChain([resilient(primary), resilient(backup)])
+    await chain.start()
+    with pytest.raises(ContextTooLong):
+        await collect(chain)
+    assert primary.chat_requests == 1 and backup.chat_requests == 0
+    await chain.aclose()
+
+
+async def test_malformed_stream_falls_back_with_one_notice(
+    primary: FaultServer, backup: FaultServer
+) -> None:
+    primary.configure(Faults(malformed=1.0))
+    chain = FallbackChain([resilient(primary), resilient(backup)])
+    await chain.start()
+    chunks = await collect(chain)
+    notices = [c.notice for c in chunks if c.notice]
+    assert len(notices) == 1 and "fallback backup" in notices[0]
+    assert chunks[0].notice  # before any text
+    assert text_of(chunks) == backup.sent[0]
+    await chain.aclose()
+
+
+async def test_breaker_opens_fallback_answers_then_closes_after_good_probe(
+    primary: FaultServer, backup: FaultServer
+) -> None:
+    clock = FakeClock()
+    breaker = {"failure_threshold": 3, "open_s": 30}
+    first = resilient(primary, clock, breaker=breaker, retry={**FAST_RETRY, "attempts": 1})
+    chain = FallbackChain([first, resilient(backup)])
+    await chain.start()
+    primary.configure(Faults(unavailable=1.0))
+    for _ in range(3):
+        await collect(chain)
+    assert state(first.breaker) is BreakerState.OPEN and primary.chat_requests == 3
+    chunks = await collect(chain)  # open: the primary is not even asked
+    assert primary.chat_requests == 3 and backup.chat_requests == 4
+    assert any(c.notice for c in chunks)
+    primary.configure(Faults())  # the server recovers; the breaker notices only after open_s
+    clock.now += 30
+    chunks = await collect(chain)  # the probe
+    assert text_of(chunks).startswith("primary-4:") and not any(c.notice for c in chunks)
+    assert state(first.breaker) is BreakerState.CLOSED
+    await chain.aclose()
+
+
+async def test_all_backends_down_raises_unavailable(
+    primary: FaultServer, backup: FaultServer
+) -> None:
+    primary.configure(Faults(unavailable=1.0))
+    backup.configure(Faults(unavailable=1.0))
+    chain = FallbackChain([resilient(primary), resilient(backup)])
+    await chain.start()
+    with pytest.raises(BackendUnavailable):
+        await collect(chain)
+    assert await chain.count_tokens(["one two three"]) == [3]  # /tokenize still answers
+    await chain.aclose()

@@ -1,0 +1,111 @@
+"""Preferences in SQL, per user and per chat, on SQLite and PostgreSQL (the `database_url`
+pair): the repository itself, and /lang, /autotranslate and /keep through the app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+
+from bot.app import Parley
+from bot.settings import Settings
+from bot.storage import migrate
+from bot.storage.base import MessageKind
+from bot.storage.database import create_engine
+from bot.storage.prefs import PrefsRepository
+from bot.storage.sql_store import SqlStore
+from bot.types import ConversationKey
+from tests.doubles import CollectingSink
+from tests.skills_helpers import ADA, BOB, KEY, incoming
+
+OTHER = ConversationKey("test", "chat-2")
+
+
+@pytest.fixture
+async def stores(database_url: str) -> AsyncIterator[tuple[SqlStore, PrefsRepository]]:
+    await migrate.upgrade(database_url)  # the SQLite file of the pair starts empty
+    store = SqlStore(create_engine(database_url))
+    await store.start()
+    yield store, PrefsRepository(store.engine)
+    await store.aclose()
+
+
+async def _record(store: SqlStore, text: str, **kw: object) -> tuple[int, int]:
+    recorded = await store.record_incoming(
+        incoming(text, **kw),  # type: ignore[arg-type]
+        kind=MessageKind.CHAT,
+        token_count=3,
+    )
+    return recorded.message_id, recorded.conversation_id
+
+
+async def test_language_is_stored_per_user(stores: tuple[SqlStore, PrefsRepository]) -> None:
+    store, prefs = stores
+    ada_msg, _ = await _record(store, "hi")
+    bob_msg, _ = await _record(store, "hello", user=BOB)
+    ada = (await prefs.for_message(ada_msg)).user_ref
+    bob = (await prefs.for_message(bob_msg)).user_ref
+    assert ada is not None and bob is not None and ada != bob
+    await prefs.set_language(ada, "de")
+    await prefs.set_language(ada, "fr")  # an upsert, not a second row
+    assert (await prefs.for_message(ada_msg)).language == "fr"
+    assert (await prefs.for_message(bob_msg)).language is None
+    await prefs.set_language(ada, None)
+    assert await prefs.user_language(ada) is None
+
+
+async def test_chat_settings_are_stored_per_chat(stores: tuple[SqlStore, PrefsRepository]) -> None:
+    store, prefs = stores
+    first_msg, first = await _record(store, "hi")
+    _, second = await _record(store, "hi", key=OTHER)
+    await prefs.set_auto_translate(first, "de")
+    await prefs.set_keep_messages(first, True)
+    await prefs.set_keep_messages(second, False)
+    assert await prefs.chat(first) == ("de", True)
+    assert await prefs.chat(second) == (None, False)
+    turn = await prefs.for_message(first_msg)
+    assert (turn.auto_translate, turn.keep_messages) == ("de", True)
+    await prefs.set_auto_translate(first, None)
+    assert await prefs.chat(first) == (None, True)
+
+
+async def test_reply_text_and_missed_messages(stores: tuple[SqlStore, PrefsRepository]) -> None:
+    store, prefs = stores
+    ada_msg, cid = await _record(store, "lunch?", user=ADA)
+    await prefs.remember_reply_to(ada_msg, "the original")
+    await prefs.remember_reply_to(ada_msg, "the original")  # a redelivery writes nothing
+    reply = await store.record_reply(cid, [ada_msg], "sure", kind=MessageKind.CHAT, token_count=1)
+    assert reply is not None
+    bob_msg, _ = await _record(store, "deploy at five", user=BOB)
+    now_msg, _ = await _record(store, "what did I miss", user=ADA)
+    assert (await prefs.for_message(ada_msg)).reply_to_text == "the original"
+    assert (await prefs.for_message(bob_msg)).reply_to_text is None
+    ada = (await prefs.for_message(ada_msg)).user_ref
+    assert ada is not None
+    seen = await prefs.last_seen_id(cid, ada, now_msg)
+    assert seen == reply.id
+    missed = await prefs.messages_between(cid, after_id=seen, before_id=now_msg, limit=10)
+    assert [(m.author, m.content) for m in missed] == [("Bob", "deploy at five")]
+    everything = await prefs.messages_between(cid, before_id=now_msg, limit=10)
+    assert [m.is_bot for m in everything] == [False, True, False]
+
+
+async def test_commands_store_preferences_in_sql(database_url: str) -> None:
+    settings = Settings(database={"url": database_url})  # type: ignore[arg-type]
+    async with Parley(settings) as app:
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        for text in ("/lang español", "/autotranslate ja", "/keep on", "/lang"):
+            await app.manager.handle(incoming(text))
+        await app.manager.handle(incoming("/lang", user=BOB))
+        async with app.store.engine.connect() as conn:
+            users = (await conn.execute(sa.text("SELECT language FROM user_prefs"))).all()
+            chats = (
+                await conn.execute(sa.text("SELECT auto_translate, keep_messages FROM chat_prefs"))
+            ).all()
+    assert [tuple(r) for r in users] == [("es",)]
+    assert [(r[0], bool(r[1])) for r in chats] == [("ja", True)]
+    replies = sink.replies[KEY]
+    assert replies[3] == "Your language is Spanish (es)."
+    assert replies[4].startswith("You have no language set")
