@@ -29,6 +29,7 @@ from bot.skills.prompts import Prompts
 from bot.skills.registry import register_skills
 from bot.skills.router import CommandRouter
 from bot.skills.services import SkillServices
+from bot.storage.base import Cache
 from bot.storage.cache import build_cache
 from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
@@ -95,7 +96,7 @@ class Parley:
             verify_cached=s.redis.url is not None,
         )
         register_core_commands(self.router)
-        services = self._skill_services()
+        services = self._skill_services(cache)
         register_skills(self.router, services)
         self.manager = ConversationManager(
             store=self.store,
@@ -110,9 +111,9 @@ class Parley:
         )
         self._stack.push_async_callback(self.manager.aclose)
 
-    def _skill_services(self) -> SkillServices:
+    def _skill_services(self, cache: Cache) -> SkillServices:
         s = self.settings
-        self.prefs = PrefsRepository(self.store.engine)
+        self.prefs = PrefsRepository(self.store.engine, cache)
         self.kb = KnowledgeBase(
             self.store.engine, max_file_bytes=s.knowledge.max_file_mb * 1_000_000
         )

@@ -12,6 +12,7 @@ from typing import Any
 from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
 from bot.app import Parley
+from bot.knowledge import load_sample_if_empty
 from bot.cli import install_stop_signals
 from bot.errors import ConfigError
 from bot.settings import ConsoleSettings, Settings
@@ -37,6 +38,8 @@ async def _serve(
     settings: Settings, console_settings: ConsoleSettings, *, console: bool, telegram: bool = False
 ) -> int:
     async with Parley(settings) as app:
+        if settings.database.is_sqlite:  # the embedded default answers questions about itself
+            await load_sample_if_empty(app.kb, settings.knowledge)
         adapters: list[Adapter] = []
         if console:
             adapters.append(

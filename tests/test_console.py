@@ -78,9 +78,12 @@ def test_parley_chat_with_piped_stdin_keeps_history_across_runs(tmp_path: Path) 
     assert first.returncode == 0, first.stderr
     assert "No language model is configured" in first.stdout
     assert "/history" in first.stdout
-    second = _parley(tmp_path, "/history\n")
+    second = _parley(tmp_path, "/history\n/ask how do I migrate the database schema?\n")
     assert second.returncode == 0, second.stderr
     assert "hello from run one" in second.stdout
+    # The sample knowledge base (docs/) was loaded on the first run: /ask quotes and cites it.
+    assert "[1] History, schema migrations and the cache > Migrations" in second.stdout
+    assert "parley db upgrade" in second.stdout
     assert "Traceback" not in first.stderr + second.stderr
 
 

@@ -227,7 +227,9 @@ async def test_the_model_classifies_what_no_pattern_matched(tmp_path: Path) -> N
     choice = '{"intent": "translate", "text": "the train leaves at noon", "language": "es"}'
     backend = StructuredBackend(choice, shout)
     async with running(settings_for(tmp_path), backend) as (app, sink):
-        await app.manager.handle(incoming("how would a Spaniard say the train leaves at noon"))
+        await app.manager.handle(
+            incoming("how would a Spaniard say the train leaves at noon? a translation please")
+        )
     assert sink.replies[KEY] == ["THE TRAIN LEAVES AT NOON"]
     classify, translation = backend.requests
     assert classify.json_schema is not None
@@ -235,11 +237,19 @@ async def test_the_model_classifies_what_no_pattern_matched(tmp_path: Path) -> N
     assert "into Spanish" in system_of(translation)
 
 
+async def test_ordinary_chat_costs_no_classification_call(tmp_path: Path) -> None:
+    backend = StructuredBackend('{"intent": "translate"}', shout)
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.manager.handle(incoming("how are you today"))
+    assert sink.replies[KEY] == ["HOW ARE YOU TODAY"]
+    assert len(backend.requests) == 1 and backend.requests[0].json_schema is None
+
+
 async def test_model_intents_can_be_turned_off(tmp_path: Path) -> None:
     backend = StructuredBackend('{"intent": "translate"}', shout)
     async with running(settings_for(tmp_path, model_intents=False), backend) as (app, sink):
-        await app.manager.handle(incoming("how are you"))
-    assert sink.replies[KEY] == ["HOW ARE YOU"]
+        await app.manager.handle(incoming("a translation of how are you"))
+    assert sink.replies[KEY] == ["A TRANSLATION OF HOW ARE YOU"]
     assert all(r.json_schema is None for r in backend.requests)
 
 

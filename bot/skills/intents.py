@@ -3,14 +3,17 @@
 1. A chat with auto-translate on answers a message in another language with its translation.
 2. The cheap pattern check of each registered intent ("translate to German: ...",
    "summarize: ...", "what did I miss?").
-3. Where the backend supports structured output (and `skills.model_intents` is on), the model
-   classifies the message against the registered intents, constrained to a JSON schema.
+3. Where the backend supports structured output (and `skills.model_intents` is on), and the
+   message hints at a task (TASK_HINT) without matching a pattern, the model classifies it
+   against the registered intents, constrained to a JSON schema. Only then: a model call
+   before every chat answer would double the time to the first token of ordinary chat.
 4. Anything else goes to chat (None: the manager runs the chat turn).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -28,6 +31,16 @@ log = logging.getLogger(__name__)
 # Backends known to turn GenerationRequest.json_schema into constrained decoding.
 STRUCTURED_BACKENDS = frozenset({"vllm", "openai"})
 CHAT = "chat"
+# Words that suggest a message asks for a skill rather than conversation, in the languages
+# the language detector knows best. Recall matters more than precision: a false hint costs
+# one short classification call, a missed one leaves the message to chat.
+TASK_HINT = re.compile(
+    r"translat|übersetz|tradu[cisz]|tłumacz|перев[оеё]д|翻译|翻訳|ترجم"
+    r"|summar|summari[sz]|zusammenfass|résum|resum|kurzfass|подыт|кратк|总结|摘要|要約|لخص|ملخص"
+    r"|missed|verpasst|manqué|perdí|пропустил"
+    r"|docs?\b|documentation|manual|handbook|knowledge base|according to|dokumentation",
+    re.IGNORECASE,
+)
 
 
 class SkillRouting:
@@ -52,7 +65,7 @@ class SkillRouting:
             if translated is not None:
                 return translated
         found = self._router.match_intent(text)
-        if found is None and self._structured:
+        if found is None and self._structured and TASK_HINT.search(text):
             found = await self._classify(text, str(ctx.key))
         if found is None:
             return None

@@ -9,6 +9,7 @@ preference never fail. Every database failure raises StorageError.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.errors import StorageError
+from bot.storage.base import Cache
 from bot.storage.database import database_errors, describe_error
 from bot.storage.models import MessageRow, UserRow
 from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
@@ -50,11 +52,20 @@ class LoggedMessage:
     created_at: datetime
 
 
+# Every plain message reads its chat's preferences (auto-translate): kept in the shared cache
+# (memory or Redis), dropped on every write, so a change on one worker reaches all of them.
+_CHAT_PREFS = sa.select(_cp.auto_translate, _cp.keep_messages).where(
+    _cp.conversation_id == sa.bindparam("cid")
+)
+CHAT_PREFS_TTL_S = 3600.0
+
+
 class PrefsRepository:
     """Shares the history's engine; it does not own it."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, cache: Cache | None = None) -> None:
         self._engine = engine
+        self._cache = cache
         self._errors = database_errors(engine.url)
         self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
 
@@ -77,12 +88,20 @@ class PrefsRepository:
 
     async def chat(self, conversation_id: int) -> tuple[str | None, bool]:
         """(auto-translate target, keep-messages opt-in) of a chat."""
-        stmt = sa.select(_cp.auto_translate, _cp.keep_messages).where(
-            _cp.conversation_id == conversation_id
-        )
+        key = f"prefs:chat:{conversation_id}"
+        if self._cache is not None and (raw := await self._cache.get(key)) is not None:
+            target, keep = json.loads(raw)
+            return target, bool(keep)
         async with self._connection() as conn:
-            row = (await conn.execute(stmt)).first()
-        return (row[0], bool(row[1])) if row is not None else (None, False)
+            row = (await conn.execute(_CHAT_PREFS, {"cid": conversation_id})).first()
+        found = (row[0], bool(row[1])) if row is not None else (None, False)
+        if self._cache is not None:
+            await self._cache.set(key, json.dumps(found).encode(), CHAT_PREFS_TTL_S)
+        return found
+
+    async def _forget_chat(self, conversation_id: int) -> None:
+        if self._cache is not None:
+            await self._cache.delete(f"prefs:chat:{conversation_id}")
 
     async def user_language(self, user_ref: int) -> str | None:
         stmt = sa.select(_up.language).where(_up.user_id == user_ref)
@@ -94,9 +113,11 @@ class PrefsRepository:
 
     async def set_auto_translate(self, conversation_id: int, language: str | None) -> None:
         await self._upsert(_cp, {"conversation_id": conversation_id}, {"auto_translate": language})
+        await self._forget_chat(conversation_id)
 
     async def set_keep_messages(self, conversation_id: int, keep: bool) -> None:
         await self._upsert(_cp, {"conversation_id": conversation_id}, {"keep_messages": keep})
+        await self._forget_chat(conversation_id)
 
     async def remember_reply_to(self, message_id: int, text: str) -> None:
         stmt = self._dialect.insert(_mr).values(message_id=message_id, reply_to_text=text)
