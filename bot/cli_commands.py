@@ -12,9 +12,9 @@ from typing import Any
 from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
 from bot.app import Parley
-from bot.knowledge import load_sample_if_empty
 from bot.cli import install_stop_signals
 from bot.errors import ConfigError
+from bot.knowledge import load_sample_if_empty
 from bot.settings import ConsoleSettings, Settings
 from bot.storage import migrate
 

@@ -241,19 +241,22 @@ class FirstChunkSink(CollectingSink):
         await super().deliver(key, watched())
 
 
-async def test_reset_stops_a_streaming_reply_and_aborts_the_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("command", "notice"), [("/reset", "Fresh start"), ("/stop", "Stopped")])
+async def test_stop_and_reset_stop_a_streaming_reply_and_abort_the_request(
+    tmp_path: Path, command: str, notice: str
+) -> None:
     backend = ScriptedBackend(lambda r: "word " * 200, delay=lambda: 0.01)
     async with Parley(settings_for(tmp_path), backend=backend) as app:
         sink = FirstChunkSink()
         app.manager.attach("test", sink)
         first = await app.manager.submit(incoming("write a long story"))
         await sink.first_chunk.wait()
-        await app.manager.submit(incoming("/reset"))
+        await app.manager.submit(incoming(command))
         await app.manager.wait_idle(first.conversation_id)
         history = await app.store.history(first.conversation_id, 10)
     assert backend.closed_early == 1  # the stream was closed: the model aborts the request
-    assert sink.replies[KEY][0] == STOPPED_NOTE.strip()
-    assert sink.replies[KEY][1].startswith("Fresh start")
+    (answer,) = sink.replies[KEY]  # the stopped delivery never completed
+    assert answer.startswith(notice)
     partial = next(m.content for m in history if m.role is Role.ASSISTANT)
     assert partial.startswith("word") and partial.endswith(STOPPED_NOTE)
     assert len(partial) < len("word " * 200)

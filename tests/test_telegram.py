@@ -153,6 +153,9 @@ async def test_token_never_reaches_the_log(tmp_path: Path, caplog: object) -> No
     import logging
 
     caplog.set_level(logging.DEBUG)  # type: ignore[attr-defined]
+    # Libraries imported earlier in a run (vLLM's stack) raise these loggers' levels.
+    for name in ("httpx", "telegram"):
+        caplog.set_level(logging.DEBUG, logger=name)  # type: ignore[attr-defined]
     async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, _api):
         await feed(adapter, text_update(1, 42, "hi"))
         await adapter.idle()

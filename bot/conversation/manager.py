@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 CUT_OFF_NOTE = "\n\n[The reply was cut off.]"
 STOPPED_NOTE = "\n\n[Stopped.]"
+# Pending messages read at once; more are read after these are answered.
+PENDING_PAGE = 64
 # Commands that stop a reply that is still streaming.
 STOP_COMMANDS = frozenset({"reset", "stop"})
 
@@ -151,21 +153,32 @@ class ConversationManager:
         lock = self._cache.lock(
             f"conv:{work.conversation_id}", ttl_s=s.lock_ttl_s, wait_s=s.lock_wait_s
         )
+        # One read of the pending messages per lock. Nothing needs a second look afterwards:
+        # what this process records meanwhile sets _again (see _worker), and what another
+        # worker records is answered by that worker once it gets the lock.
         async with lock:
-            while batch := self._next_batch(await self._store.pending(work.conversation_id, 64)):
-                await self._turn(work, batch)
+            while True:
+                pending = await self._store.pending(work.conversation_id, PENDING_PAGE)
+                for batch in self._batches(pending):
+                    await self._turn(work, batch)
+                if len(pending) < PENDING_PAGE:
+                    return
 
-    def _next_batch(self, pending: Sequence[StoredMessage]) -> list[StoredMessage]:
-        if not pending or pending[0].kind is MessageKind.COMMAND:
-            return list(pending[:1])
-        if self._settings.burst == "queue":
-            return [pending[0]]
-        batch: list[StoredMessage] = []
+    def _batches(self, pending: Sequence[StoredMessage]) -> list[list[StoredMessage]]:
+        """Turns, in order: a command alone; chat messages merged (or one each, "queue")."""
+        batches: list[list[StoredMessage]] = []
         for message in pending:
-            if message.kind is not MessageKind.CHAT:
-                break
-            batch.append(message)
-        return batch
+            merge = (
+                self._settings.burst == "merge"
+                and message.kind is MessageKind.CHAT
+                and batches
+                and batches[-1][-1].kind is MessageKind.CHAT
+            )
+            if merge:
+                batches[-1].append(message)
+            else:
+                batches.append([message])
+        return batches
 
     async def _turn(self, work: _Work, batch: list[StoredMessage]) -> None:
         if batch[0].kind is MessageKind.COMMAND:
@@ -312,9 +325,9 @@ class ConversationManager:
             if current is not None and current.cancelling():
                 task.cancel()  # we are being shut down: stop the stream too
                 raise
+            # The /stop or /reset that did this answers next: that is the user's notice.
             log.info("conversation %s: reply stopped by the user", work.key)
             reply.cut_off(STOPPED_NOTE)
-            await self._deliver(work.key, once(STOPPED_NOTE.strip()))
         except BackendError:
             raise
         except Exception:

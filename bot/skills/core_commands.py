@@ -16,6 +16,7 @@ def register_core_commands(router: CommandRouter) -> None:
     router.add(Command("help", "what I can do", help_))
     router.add(Command("start", "what I can do", help_, hidden=True))
     router.add(Command("reset", "start a fresh conversation (history is kept)", _reset))
+    router.add(Command("stop", "stop the reply I am writing", _stop))
     router.add(Command("history", "show the latest messages: /history [count]", _history))
 
 
@@ -23,6 +24,11 @@ async def _reset(ctx: TurnContext) -> str:
     await ctx.store.reset_context(ctx.conversation_id)
     await ctx.context.invalidate(ctx.conversation_id)
     return "Fresh start: I have set the earlier conversation aside (it stays in the history)."
+
+
+async def _stop(ctx: TurnContext) -> str:
+    # The manager already stopped the streaming reply when /stop arrived (see submit()).
+    return "Stopped. Send a new message whenever you like."
 
 
 async def _history(ctx: TurnContext) -> str:
