@@ -339,3 +339,16 @@ async def test_an_unreadable_cached_window_is_rebuilt(tmp_path: Path) -> None:
         await app.manager.handle(incoming("second"))
     contents = [m.content for m in backend.requests[-1].messages[1:]]
     assert contents == ["first", "echo: first", "second"]
+
+
+async def test_a_repeat_delivery_gets_a_lost_turn_answered_once(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    message = incoming("anyone?", idem="update-42")
+    async with Parley(settings, backend=ScriptedBackend()) as app:
+        # Recorded and acknowledged, then the process died before the turn ran.
+        await app.store.record_incoming(message, kind=MessageKind.CHAT, token_count=3)
+    async with running(settings, ScriptedBackend()) as (app, sink):
+        again = await app.manager.handle(message)  # the platform re-sends it
+        await app.manager.handle(message)  # and once more
+        assert not again.is_new
+        assert sink.replies[KEY] == ["echo: anyone?"]

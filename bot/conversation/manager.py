@@ -85,11 +85,16 @@ class ConversationManager:
             kind = MessageKind.COMMAND
         tokens = estimate_tokens(incoming.text) if too_long else await self._count(incoming.text)
         recorded = await self._store.record_incoming(incoming, kind=kind, token_count=tokens)
-        if recorded.is_new and self._skills is not None:
-            await self._skills.remember(recorded.message_id, incoming)
-        if recorded.is_new:
-            if kind is MessageKind.COMMAND and _is_stop(incoming.text):
-                self._stop_streaming(recorded.conversation_id)
+        try:
+            if recorded.is_new:
+                if kind is MessageKind.COMMAND and _is_stop(incoming.text):
+                    self._stop_streaming(recorded.conversation_id)
+                if self._skills is not None:
+                    await self._skills.remember(recorded.message_id, incoming)
+        finally:
+            # A repeat is scheduled too: if the first delivery was recorded but its turn never
+            # ran (the process died after acknowledging it), the repeat gets it answered. If it
+            # was answered, the turn finds nothing pending; SQL never records a second answer.
             self._schedule(_Work(recorded.conversation_id, incoming.key))
         return recorded
 
