@@ -38,7 +38,9 @@ class ConsoleAdapter:
         self.key = ConversationKey(PLATFORM, settings.chat)
         self.user = User(PLATFORM, settings.user, settings.user)
 
-    async def deliver(self, key: ConversationKey, chunks: AsyncIterator[str]) -> None:
+    async def deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
+    ) -> None:
         if self._interactive:
             self._write("parley> ")
         async for chunk in chunks:

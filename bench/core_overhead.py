@@ -95,7 +95,9 @@ class CountingSink:
     def __init__(self) -> None:
         self.replies = 0
 
-    async def deliver(self, key: ConversationKey, chunks: AsyncIterator[str]) -> None:
+    async def deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
+    ) -> None:
         async for _ in chunks:
             pass
         self.replies += 1

@@ -14,15 +14,17 @@
     │   └── UnknownCommand
     └── AdapterError            a platform API failed
 
-Handlers map these to replies in one place (`bot.conversation.manager`); a traceback never
-reaches a user.
+Handlers map these to replies in one place (`bot.conversation.manager`), in the user's
+language (`bot.phrases` translates the sentences below); a traceback never reaches a user.
 """
 
 from __future__ import annotations
 
+from bot import phrases
+
 
 class BotError(Exception):
-    user_message = "Something went wrong on my side. Please try again in a moment."
+    user_message = phrases.GENERIC
 
     def __init__(self, message: str = "", *, user_message: str | None = None) -> None:
         super().__init__(message or self.user_message)
@@ -43,15 +45,11 @@ class SchemaOutOfDate(StorageError):
 
 
 class BackendError(BotError):
-    user_message = "The language model is not answering right now. Please try again shortly."
+    user_message = phrases.UNAVAILABLE
 
 
 class NoBackendConfigured(BackendError):
-    user_message = (
-        "No language model is configured, so I can only run commands (try /help). "
-        "The operator can set one with PARLEY_BACKEND__KIND=vllm or openai "
-        "(see docs/backends.md)."
-    )
+    user_message = phrases.NO_MODEL
 
 
 class BackendUnavailable(BackendError):
@@ -72,15 +70,15 @@ class BackendUnavailable(BackendError):
 
 
 class BackendTimeout(BackendError):
-    user_message = "The language model took too long to answer. Please try again."
+    user_message = phrases.TIMEOUT
 
 
 class ContextTooLong(BackendError):
-    user_message = "This conversation is too long for the model. Send /reset to start afresh."
+    user_message = phrases.CONTEXT_TOO_LONG
 
 
 class InputError(BotError):
-    user_message = "I could not handle that message."
+    user_message = phrases.UNHANDLED_INPUT
 
 
 class MessageTooLong(InputError):

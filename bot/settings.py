@@ -136,6 +136,11 @@ class ConversationSettings(BaseModel):
     lock_wait_s: float = Field(300.0, gt=0)
     max_message_chars: int = Field(8000, ge=1)
     history_limit: int = Field(20, ge=1, le=500)
+    # Per user, across workers (Redis) or in this process: at most rate_limit_messages
+    # messages per rate_limit_window_s; more are recorded, answered with one sentence asking
+    # the user to slow down, and not sent to the model. 0 turns the limit off.
+    rate_limit_messages: int = Field(20, ge=0)
+    rate_limit_window_s: float = Field(60.0, gt=0)
 
 
 class KnowledgeSettings(BaseModel):

@@ -39,6 +39,9 @@ class User:
     platform: str
     user_id: str
     display_name: str = ""
+    # The language the platform reports for the user (IETF tag such as "de" or "pt-br"; "" if
+    # unknown). Error sentences and notices use it when the user has set no /lang.
+    language: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,8 @@ class Incoming:
     idempotency_key: str
     sent_at: datetime = field(default_factory=utcnow)
     reply_to_text: str | None = None
+    # The platform's id of this message: the reply is threaded to it where that helps (groups).
+    platform_message_id: str = ""
     extras: Mapping[str, object] = field(default_factory=_no_extras)
 
 

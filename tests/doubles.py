@@ -79,9 +79,13 @@ class CollectingSink:
 
     def __init__(self) -> None:
         self.replies: dict[ConversationKey, list[str]] = defaultdict(list)
+        self.reply_to: dict[ConversationKey, list[str]] = defaultdict(list)
         self.chunks: list[int] = []
 
-    async def deliver(self, key: ConversationKey, chunks: AsyncIterator[str]) -> None:
+    async def deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
+    ) -> None:
         parts = [chunk async for chunk in chunks]
+        self.reply_to[key].append(reply_to)
         self.chunks.append(len(parts))
         self.replies[key].append("".join(parts))

@@ -64,6 +64,8 @@ class FakeBotApi:
     drafts: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     files: dict[str, bytes] = field(default_factory=dict)
     updates: list[dict[str, Any]] = field(default_factory=list)
+    # (chat_id, user_id) pairs getChatMember reports as administrators.
+    admins: set[tuple[int, int]] = field(default_factory=set)
     _seen: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _next_id: int = 1
     _new_update: asyncio.Event = field(default_factory=asyncio.Event)
@@ -179,6 +181,19 @@ class FakeBotApi:
                 await asyncio.wait_for(self._new_update.wait(), min(float(params["timeout"]), 0.5))
         return self.updates
 
+    def _getChatMember(self, params: dict[str, Any]) -> object:
+        chat, user = params["chat_id"], params["user_id"]
+        status = "administrator" if (chat, user) in self.admins else "member"
+        person = {"id": user, "is_bot": False, "first_name": "Someone"}
+        if status == "administrator":
+            return {"status": status, "user": person, "can_be_edited": False,
+                    "is_anonymous": False, "can_manage_chat": True, "can_delete_messages": True,
+                    "can_manage_video_chats": True, "can_restrict_members": True,
+                    "can_promote_members": False, "can_change_info": True,
+                    "can_invite_users": True, "can_post_stories": False,
+                    "can_edit_stories": False, "can_delete_stories": False}  # fmt: skip
+        return {"status": status, "user": person}
+
     def _sendMessage(self, params: dict[str, Any]) -> object:
         chat = params["chat_id"]
         shown = _visible(params)
@@ -225,7 +240,7 @@ class FakeBotApi:
         return Response(self.files[request.path_params["path"]])
 
 
-_INTS = {"chat_id", "message_id", "draft_id", "message_thread_id", "offset"}
+_INTS = {"chat_id", "message_id", "draft_id", "message_thread_id", "offset", "user_id"}
 
 
 async def _params(request: Request) -> dict[str, Any]:

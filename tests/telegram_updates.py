@@ -21,8 +21,8 @@ DATE = 1_760_000_000
 _message_ids = itertools.count(1000)
 
 
-def person(user_id: int, name: str = "Ada") -> dict[str, Any]:
-    return {"id": user_id, "is_bot": False, "first_name": name, "language_code": "en"}
+def person(user_id: int, name: str = "Ada", language: str = "en") -> dict[str, Any]:
+    return {"id": user_id, "is_bot": False, "first_name": name, "language_code": language}
 
 
 def chat(chat_id: int) -> dict[str, Any]:
@@ -32,13 +32,13 @@ def chat(chat_id: int) -> dict[str, Any]:
 
 
 def message(
-    chat_id: int, text: str | None = None, *, user_id: int = 0, **more: Any
+    chat_id: int, text: str | None = None, *, user_id: int = 0, language: str = "en", **more: Any
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "message_id": next(_message_ids),
         "date": DATE,
         "chat": chat(chat_id),
-        "from": person(user_id or abs(chat_id)),
+        "from": person(user_id or abs(chat_id), language=language),
         **more,
     }
     if text is not None:

@@ -196,3 +196,11 @@ async def test_memory_cache_evicts_least_recently_used() -> None:
     assert await cache.get("b") is None
     assert await cache.get("a") == b"1"
     assert await cache.get("c") == b"3"
+
+
+async def test_count_is_shared_and_lapses_with_its_window(cache: Cache, peer: Cache) -> None:
+    assert [await cache.count("rate:u1", 0.3) for _ in range(3)] == [1, 2, 3]
+    assert await peer.count("rate:u1", 0.3) == 4  # every worker counts in the same window
+    assert await cache.count("rate:u2", 0.3) == 1
+    await asyncio.sleep(0.35)
+    assert await cache.count("rate:u1", 0.3) == 1  # a new window

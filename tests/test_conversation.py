@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from backends.base import Chunk, GenerationRequest
+from bot import phrases
 from bot.app import Parley
 from bot.conversation.manager import CUT_OFF_NOTE, STOPPED_NOTE
 from bot.errors import BackendUnavailable, ContextTooLong, NoBackendConfigured
@@ -232,7 +233,9 @@ class FirstChunkSink(CollectingSink):
         super().__init__()
         self.first_chunk = asyncio.Event()
 
-    async def deliver(self, key: ConversationKey, chunks: AsyncIterator[str]) -> None:
+    async def deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
+    ) -> None:
         async def watched() -> AsyncIterator[str]:
             async for chunk in chunks:
                 self.first_chunk.set()
@@ -315,7 +318,9 @@ async def test_fallback_notice_is_shown_but_not_kept_in_context(tmp_path: Path) 
 
 
 class BrokenSink(CollectingSink):
-    async def deliver(self, key: ConversationKey, chunks: AsyncIterator[str]) -> None:
+    async def deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
+    ) -> None:
         async for _ in chunks:
             raise ConnectionResetError("platform went away")
 
@@ -352,3 +357,29 @@ async def test_a_repeat_delivery_gets_a_lost_turn_answered_once(tmp_path: Path) 
         await app.manager.handle(message)  # and once more
         assert not again.is_new
         assert sink.replies[KEY] == ["echo: anyone?"]
+
+
+async def test_a_user_over_the_rate_limit_gets_one_sentence_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    backend = ScriptedBackend()
+    settings = settings_for(tmp_path, rate_limit_messages=2, rate_limit_window_s=60)
+    async with running(settings, backend) as (app, sink):
+        for i in range(2):
+            await app.manager.handle(incoming(f"question {i}"))
+        flood = [await app.manager.submit(incoming(f"flood {i}")) for i in range(4)]
+        await app.manager.wait_idle()
+        assert sink.replies[KEY][:2] == ["echo: question 0", "echo: question 1"]
+        assert sink.replies[KEY][2:] == [phrases.RATE_LIMITED]  # one answer to the flood
+        assert len(backend.requests) == 2  # the model never saw the flood
+        rows = await app.store.history(1, 20)
+        assert [r.content for r in rows if r.role is Role.USER][2:] == [
+            f"flood {i}" for i in range(4)
+        ]
+        assert {r.kind for r in rows if r.id in {f.message_id for f in flood}} == {
+            MessageKind.LIMITED
+        }
+        assert await app.store.pending(1, 10) == []
+        other = Incoming(KEY, User("test", "u2", "Bob"), "hello", idempotency_key="other")
+        await app.manager.handle(other)  # the limit is per user
+        assert sink.replies[KEY][-1] == "echo: hello"

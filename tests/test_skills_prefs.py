@@ -3,6 +3,7 @@ pair): the repository itself, and /lang, /autotranslate and /keep through the ap
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -109,3 +110,26 @@ async def test_commands_store_preferences_in_sql(database_url: str) -> None:
     replies = sink.replies[KEY]
     assert replies[3] == "Your language is Spanish (es)."
     assert replies[4].startswith("You have no language set")
+
+
+async def test_the_platforms_language_for_a_user_is_kept_current(
+    stores: tuple[SqlStore, PrefsRepository],
+) -> None:
+    store, prefs = stores
+    german = dataclasses.replace(ADA, language="de")
+    first, _ = await _record(store, "hallo", user=german)
+    assert (await prefs.for_message(first)).platform_language == "de"
+    later, _ = await _record(store, "bonjour", user=dataclasses.replace(ADA, language="fr"))
+    assert (await prefs.for_message(later)).platform_language == "fr"
+    assert (await prefs.for_message(first)).platform_language == "fr"  # it is the user's
+    other = SqlStore(create_engine(store.engine.url.render_as_string(hide_password=False)))
+    await other.start()  # another worker that never wrote it: no needless write either way
+    try:
+        third = await other.record_incoming(
+            incoming("salut", user=dataclasses.replace(ADA, language="fr")),
+            kind=MessageKind.CHAT,
+            token_count=1,
+        )
+    finally:
+        await other.aclose()
+    assert (await prefs.for_message(third.message_id)).platform_language == "fr"

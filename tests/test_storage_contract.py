@@ -349,3 +349,41 @@ async def test_rejected_login_raises_storage_error(postgres_url: str) -> None:
     finally:
         await store.aclose()
     assert "s3cret-pw" not in str(caught.value)
+
+
+# observed messages (a group's chatter, kept for summaries) and platform fields
+
+
+async def test_an_observed_message_is_never_pending_nor_in_context_or_history(
+    store: Store,
+) -> None:
+    cid, _, _ = await turn(store, "k-1", "question", "answer")
+    kept = await store.record_incoming(
+        incoming("k-2", "chatter"), kind=MessageKind.OBSERVED, token_count=1
+    )
+    assert kept.is_new and kept.conversation_id == cid
+    again = await store.record_incoming(
+        incoming("k-2", "chatter"), kind=MessageKind.OBSERVED, token_count=1
+    )
+    assert not again.is_new and again.message_id == kept.message_id
+    assert await store.pending(cid, 10) == []
+    assert await store.conversations_with_pending() == []
+    assert [m.content for m in await store.context_messages(cid, 0, 10)] == ["question", "answer"]
+    assert [m.content for m in await store.history(cid, 10)] == ["question", "answer"]
+
+
+async def test_conversation_id_finds_existing_conversations_only(
+    pair: tuple[SqlStore, SqlStore],
+) -> None:
+    store, peer = pair
+    assert await peer.conversation_id(KEY) is None
+    cid, _ = await say(store, "k-1")
+    assert await peer.conversation_id(KEY) == cid  # written by another worker
+    assert await peer.conversation_id(OTHER_KEY) is None
+
+
+async def test_platform_message_id_is_kept(store: Store) -> None:
+    message = Incoming(KEY, ALICE, "hi", idempotency_key="k-1", platform_message_id="4711")
+    recorded = await store.record_incoming(message, kind=CHAT, token_count=1)
+    (pending,) = await store.pending(recorded.conversation_id, 10)
+    assert pending.platform_message_id == "4711"

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from adapters.telegram.translate import NOT_ALLOWED
 from backends.base import Chunk, GenerationRequest
+from bot.phrases import NOT_ALLOWED
 from tests.doubles import ScriptedBackend
 from tests.telegram_api import TOKEN, FakeBotApi
 from tests.telegram_updates import (

@@ -1,9 +1,15 @@
 """The Telegram adapter: holds a PTB `Application`, translates updates into `Incoming`
 messages for the manager and streams replies back (`deliver`).
 
-Polling (default): PTB's updater fetches updates and hands them over one by one. Webhook:
-Parley's HTTP server receives them (see `webhook`). Both end in `handle_update`, whose
-return means "recorded in SQL". Every Bot API call goes through the `FloodGate`.
+Polling (default): `getUpdates` in a loop of our own (not PTB's Updater, which confirms a
+batch to Telegram by fetching the next one, before its updates are handled): the offset moves
+past an update only once it is recorded, so a crash re-fetches it, and the idempotency key
+makes that a no-op if it was recorded after all. Webhook: Parley's HTTP server receives them
+(see `webhook`). Both end in `handle_update`, whose return means "recorded in SQL". Every Bot
+API call goes through the `FloodGate`.
+
+In groups, changing what the whole chat gets (/keep, /autotranslate with an argument) is for
+the group's Telegram admins and the configured admin_ids only.
 """
 
 from __future__ import annotations
@@ -16,14 +22,16 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from telegram import BotCommand, Update
-from telegram.error import TelegramError
-from telegram.ext import ContextTypes, TypeHandler
+from telegram import BotCommand, ChatMember, Message, ReplyParameters, Update
+from telegram.constants import ChatType
+from telegram.error import Forbidden, InvalidToken, TelegramError
 
+from bot import phrases
 from bot.conversation.manager import ConversationManager
 from bot.errors import ConfigError, StorageError
 from bot.settings import TelegramSettings
-from bot.types import ConversationKey
+from bot.skills.router import parse_command
+from bot.types import ConversationKey, Incoming
 
 from .build import TelegramApp, build_application, redacting
 from .documents import Unreadable, read_document, request_text
@@ -36,7 +44,9 @@ from .translate import (
     Fetch,
     Ignore,
     Notice,
+    Observe,
     Submit,
+    say,
     translate,
 )
 from .webhook import server_for, webhook_app
@@ -53,6 +63,13 @@ COMMANDS = [
 ]
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 STORAGE_RETRY_MAX_S = 30.0
+# getUpdates long-polls this long; failures back off up to POLL_RETRY_MAX_S.
+POLL_TIMEOUT_S = 30
+POLL_RETRY_MAX_S = 60.0
+# Commands that change what a whole group gets: admins only when given an argument.
+ADMIN_COMMANDS = frozenset({"keep", "autotranslate"})
+ADMIN_STATUSES = frozenset({ChatMember.OWNER, ChatMember.ADMINISTRATOR})
+ADMIN_CACHE_S = 300.0
 
 
 class TelegramAdapter:
@@ -76,6 +93,8 @@ class TelegramAdapter:
         self.application: TelegramApp = build_application(settings, self.gate)
         self._me: BotIdentity | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # (chat, user) -> (is admin, checked at): getChatMember is asked once per ADMIN_CACHE_S.
+        self._admins: dict[tuple[int, int], tuple[bool, float]] = {}
 
     @property
     def bot(self) -> Any:
@@ -119,8 +138,16 @@ class TelegramAdapter:
             else:
                 await self._poll()
 
-    async def deliver(self, key: ConversationKey, chunks: AsyncIterator[str]) -> None:
-        target = Target(int(key.chat_id), int(key.thread_id) if key.thread_id else None)
+    async def deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
+    ) -> None:
+        chat_id = int(key.chat_id)
+        # In a group the answer quotes the message it answers (who asked what); a private chat
+        # has one asker, so it stays unthreaded. The quote is dropped if that message is gone.
+        quote = None
+        if reply_to and chat_id < 0:
+            quote = ReplyParameters(int(reply_to), allow_sending_without_reply=True)
+        target = Target(chat_id, int(key.thread_id) if key.thread_id else None, quote)
         s = self._settings
         stream = ReplyStream(self.bot, target, interval_s=s.stream_interval_s, drafts=s.use_drafts)
         await stream.play(chunks)
@@ -130,7 +157,11 @@ class TelegramAdapter:
         Raises StorageError when it could not be recorded (the caller lets Telegram retry)."""
         action = translate(update, self.me, self._settings)
         if isinstance(action, Submit):
+            if await self._refused(action.incoming, update.message):
+                return
             await self._manager.submit(action.incoming)
+        elif isinstance(action, Observe):
+            await self._manager.observe(action.incoming)
         elif isinstance(action, Fetch):
             await self._submit_document(action)
         elif isinstance(action, Notice):
@@ -139,6 +170,39 @@ class TelegramAdapter:
             self._spawn(self.bot.answer_callback_query(action.query_id))
         elif isinstance(action, Ignore):
             log.debug("update %d ignored: %s", update.update_id, action.reason)
+
+    async def _refused(self, incoming: Incoming, message: Message | None) -> bool:
+        """A group-wide setting changed by someone who is not an admin: refused with a notice."""
+        parsed = parse_command(incoming.text)
+        if message is None or message.chat.type == ChatType.PRIVATE or parsed is None:
+            return False
+        name, args = parsed
+        if name not in ADMIN_COMMANDS or not args:  # asking for the state is for everyone
+            return False
+        if await self._is_admin(message.chat.id, int(incoming.user.user_id or 0)):
+            return False
+        thread = int(incoming.key.thread_id) if incoming.key.thread_id else None
+        notice = Notice(message.chat.id, thread, say(message, phrases.ADMINS_ONLY))
+        self._spawn(self._notify(notice))
+        return True
+
+    async def _is_admin(self, chat_id: int, user_id: int) -> bool:
+        if user_id in self._settings.admin_ids:
+            return True
+        now = asyncio.get_running_loop().time()
+        known = self._admins.get((chat_id, user_id))
+        if known is not None and now - known[1] < ADMIN_CACHE_S:
+            return known[0]
+        try:
+            member = await self.bot.get_chat_member(chat_id, user_id)
+        except TelegramError as exc:
+            log.warning("chat %s: admin rights of a user not checked: %s", chat_id, exc)
+            return False
+        is_admin = member.status in ADMIN_STATUSES
+        if len(self._admins) > 10_000:
+            self._admins.clear()
+        self._admins[(chat_id, user_id)] = (is_admin, now)
+        return is_admin
 
     async def _submit_document(self, fetch: Fetch) -> None:
         try:
@@ -149,7 +213,8 @@ class TelegramAdapter:
             return
         except TelegramError as exc:
             log.warning("document %s could not be downloaded: %s", fetch.file_name, exc)
-            self._spawn(self._notify(Notice(int(fetch.incoming.key.chat_id), None, _NO_DOWNLOAD)))
+            text = phrases.say(phrases.NO_DOWNLOAD, fetch.incoming.user.language)
+            self._spawn(self._notify(Notice(int(fetch.incoming.key.chat_id), None, text)))
             return
         text = request_text(fetch, content)
         await self._manager.submit(dataclasses.replace(fetch.incoming, text=text))
@@ -168,22 +233,34 @@ class TelegramAdapter:
         task.add_done_callback(self._tasks.discard)
 
     async def _poll(self) -> None:
-        app = self.application
-        app.add_handler(TypeHandler(Update, self._on_polled))
-        app.add_error_handler(self._on_error)
-        await app.start()
-        updater = app.updater
-        assert updater is not None  # built with one in polling mode
-        await updater.start_polling(allowed_updates=ALLOWED_UPDATES)
-        try:
-            await asyncio.Event().wait()  # until cancelled
-        finally:
-            await updater.stop()
-            await app.stop()
+        """Fetch, record, and only then confirm (the next getUpdates' offset), until cancelled."""
+        await self.bot.delete_webhook()  # polling and a webhook exclude each other
+        offset: int | None = None
+        delay = 1.0
+        while True:
+            try:
+                updates = await self.bot.get_updates(
+                    offset=offset,
+                    timeout=POLL_TIMEOUT_S,
+                    allowed_updates=ALLOWED_UPDATES,
+                    read_timeout=POLL_TIMEOUT_S + 10,
+                )
+            except (InvalidToken, Forbidden):
+                raise  # the token is wrong or revoked: no retry helps
+            except TelegramError as exc:  # network, Conflict (another poller), 5xx, ...
+                log.warning("getUpdates failed, retrying in %.0f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, POLL_RETRY_MAX_S)
+                continue
+            delay = 1.0
+            for update in updates:
+                await self._record(update)
+                offset = update.update_id + 1
 
-    async def _on_polled(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        # Polling has already confirmed the update to Telegram: keep it in memory and retry
-        # until the database takes it (the updates after it wait, so order is kept).
+    async def _record(self, update: Update) -> None:
+        """handle_update until the database takes the update (later ones wait: order kept).
+        Anything else that goes wrong with one update is logged and the update skipped, so one
+        bad update cannot stop a chat's bot."""
         delay = 1.0
         while True:
             try:
@@ -195,9 +272,9 @@ class TelegramAdapter:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STORAGE_RETRY_MAX_S)
-
-    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        log.error("telegram update failed", exc_info=context.error)
+            except Exception:
+                log.exception("update %d could not be handled; skipped", update.update_id)
+                return
 
     async def _serve_webhook(self) -> None:
         s = self._settings
@@ -215,6 +292,3 @@ class TelegramAdapter:
         finally:
             server.should_exit = True
             await asyncio.gather(serving, return_exceptions=True)
-
-
-_NO_DOWNLOAD = "I could not download that document from Telegram. Please try again."

@@ -32,9 +32,8 @@ def build_application(settings: TelegramSettings, gate: FloodGate) -> TelegramAp
         .connect_timeout(10.0)
         .read_timeout(30.0)
         .pool_timeout(30.0)  # calls wait in the FloodGate, not for a connection
+        .updater(None)  # polling is the adapter's own loop (see adapter._poll)
     )
-    if settings.mode == "webhook":
-        builder = builder.updater(None)
     return builder.build()
 
 

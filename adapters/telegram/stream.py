@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from telegram import Bot
+from telegram import Bot, ReplyParameters
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, TelegramError
 
@@ -38,6 +38,7 @@ GROUP_INTERVAL_S = 3.0
 class Target:
     chat_id: int
     thread_id: int | None
+    quote: ReplyParameters | None = None  # the first message of the answer replies to it
 
     @property
     def private(self) -> bool:
@@ -132,18 +133,22 @@ class ReplyStream:
 
     async def _send(self, markdown: str) -> int:
         t = self._target
+        quote = t.quote if not self._shown else None  # only the answer's first message
         try:
             sent = await self._bot.send_message(
                 t.chat_id,
                 to_html(markdown),
                 parse_mode=ParseMode.HTML,
                 message_thread_id=t.thread_id,
+                reply_parameters=quote,
             )
         except BadRequest as exc:
             if not _is_parse_error(exc):
                 raise
             log.info("chat %s: HTML rejected (%s); sending plain text", t.chat_id, exc)
-            sent = await self._bot.send_message(t.chat_id, markdown, message_thread_id=t.thread_id)
+            sent = await self._bot.send_message(
+                t.chat_id, markdown, message_thread_id=t.thread_id, reply_parameters=quote
+            )
         return sent.message_id
 
     async def _edit(self, message_id: int, markdown: str) -> None:

@@ -4,7 +4,8 @@ private chat, text            -> Submit (every message is for the bot)
 group, /cmd or /cmd@ourbot    -> Submit (our name stripped); /cmd@otherbot -> Ignore
 group, @ourbot mention        -> Submit (the mention stripped)
 group, reply to our message   -> Submit
-group, anything else          -> Ignore (nothing is stored: groups have not opted in)
+group, anything else (text)   -> Observe: the manager keeps it only if the group opted in
+                                 (/keep on), for "what did I miss"; nothing else happens
 document for the bot          -> Fetch (the adapter downloads and reads it)
 photo, voice, sticker, ...    -> Notice (one sentence on what the bot can read)
 user or chat not allowed      -> Notice (one polite sentence)
@@ -22,15 +23,11 @@ from dataclasses import dataclass
 
 from telegram import Chat, Message, MessageEntity, Update
 
+from bot import phrases
 from bot.settings import TelegramSettings
 from bot.types import ConversationKey, Incoming, User
 
 PLATFORM = "telegram"
-NOT_ALLOWED = "Sorry, this bot is private and I can't talk with you here."
-MEDIA = (
-    "I can read text messages and documents (plain text, Markdown, HTML or PDF up to {mb} MB), "
-    "but not photos, voice messages, videos or stickers."
-)
 _COMMAND = re.compile(r"^/([A-Za-z][A-Za-z0-9_]{0,31})(?:@([A-Za-z0-9_]+))?(?=\s|$)(.*)$", re.S)
 
 
@@ -42,6 +39,13 @@ class BotIdentity:
 
 @dataclass(frozen=True, slots=True)
 class Submit:
+    incoming: Incoming
+
+
+@dataclass(frozen=True, slots=True)
+class Observe:
+    """A group message not for the bot: kept where the group opted in, never answered."""
+
     incoming: Incoming
 
 
@@ -60,7 +64,7 @@ class Fetch:
 class Notice:
     chat_id: int
     thread_id: int | None
-    text: str
+    text: str  # already in the user's language
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,7 @@ class Ignore:
     reason: str
 
 
-Action = Submit | Fetch | Notice | AnswerCallback | Ignore
+Action = Submit | Observe | Fetch | Notice | AnswerCallback | Ignore
 
 
 def translate(update: Update, me: BotIdentity, settings: TelegramSettings) -> Action:
@@ -90,10 +94,25 @@ def translate(update: Update, me: BotIdentity, settings: TelegramSettings) -> Ac
         return Ignore("not from a person")
     text = addressed_text(message, me)
     if text is None:
+        return _observed(update, message, settings)
+    if not is_allowed(message, settings):
+        return Notice(message.chat.id, _thread(message), say(message, phrases.NOT_ALLOWED))
+    return _for_content(update, message, text, settings)
+
+
+def _observed(update: Update, message: Message, settings: TelegramSettings) -> Action:
+    text = message.text or message.caption or ""
+    if not text.strip() or _COMMAND.match(text):  # media, or a command for another bot
         return Ignore("group message not for the bot")
     if not is_allowed(message, settings):
-        return Notice(message.chat.id, _thread(message), NOT_ALLOWED)
-    return _for_content(update, message, text, settings)
+        return Ignore("group message from a chat or user not allowed")
+    return Observe(to_incoming(update, message, text))
+
+
+def say(message: Message, sentence: str, **fields: object) -> str:
+    """A notice in the language Telegram reports for the sender (English if none)."""
+    person = message.from_user
+    return phrases.say(sentence, person.language_code if person else None, **fields)
 
 
 def _for_content(update: Update, message: Message, text: str, s: TelegramSettings) -> Action:
@@ -105,7 +124,8 @@ def _for_content(update: Update, message: Message, text: str, s: TelegramSetting
         return Fetch(incoming, doc.file_id, name, mime, doc.file_size or 0)
     if message.effective_attachment is None and text.strip():
         return Submit(incoming)
-    return Notice(message.chat.id, _thread(message), MEDIA.format(mb=s.max_document_bytes // 10**6))
+    mb = s.max_document_bytes // 10**6
+    return Notice(message.chat.id, _thread(message), say(message, phrases.MEDIA, mb=mb))
 
 
 def addressed_text(message: Message, me: BotIdentity) -> str | None:
@@ -153,11 +173,16 @@ def to_incoming(update: Update, message: Message, text: str) -> Incoming:
     thread = _thread(message)
     return Incoming(
         key=ConversationKey(PLATFORM, str(message.chat.id), str(thread or "")),
-        user=User(PLATFORM, str(person.id), person.full_name) if person else User(PLATFORM, ""),
+        user=(
+            User(PLATFORM, str(person.id), person.full_name, person.language_code or "")
+            if person
+            else User(PLATFORM, "")
+        ),
         text=text,
         idempotency_key=f"{PLATFORM}:{update.update_id}",
         sent_at=message.date,
         reply_to_text=(replied.text or replied.caption) if replied is not None else None,
+        platform_message_id=str(message.message_id),
         extras={
             "message_id": message.message_id,
             "chat_type": message.chat.type,

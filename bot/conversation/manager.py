@@ -9,7 +9,11 @@ worker:    take the conversation's lock (asyncio in one process, Redis across pr
            streams the answer to the platform's sink, and records it. record_reply is fenced in
            SQL, so even a lost lock cannot record a second answer.
 
-Errors are mapped to user-facing sentences here and only here (`_user_message`).
+observe(): a group message not addressed to the bot, kept only where the chat opted in;
+           recorded as answered-by-nothing, so no turn ever runs for it.
+
+Errors are mapped to user-facing sentences here and only here, in the user's language
+(`bot.phrases`; the language is looked up only when a sentence is needed).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 
 from backends.base import Backend, Chunk, GenerationRequest, Usage, estimate_tokens
+from bot import phrases
 from bot.errors import BackendError, BotError, ContextTooLong, NoBackendConfigured
 from bot.settings import BackendSettings, ConversationSettings
 from bot.skills.router import Answer, CommandRouter, PlainRouting, TurnContext, parse_command
@@ -32,8 +37,10 @@ from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, merge_user_texts
 
 log = logging.getLogger(__name__)
 
-CUT_OFF_NOTE = "\n\n[The reply was cut off.]"
-STOPPED_NOTE = "\n\n[Stopped.]"
+Say = Callable[..., Awaitable[str]]  # say(sentence, **fields) in the user's language
+
+CUT_OFF_NOTE = f"\n\n{phrases.CUT_OFF}"
+STOPPED_NOTE = f"\n\n{phrases.STOPPED}"
 # Pending messages read at once; more are read after these are answered.
 PENDING_PAGE = 64
 # Commands that stop a reply that is still streaming.
@@ -83,6 +90,8 @@ class ConversationManager:
         too_long = len(incoming.text) > self._settings.max_message_chars
         if too_long or parse_command(incoming.text) is not None:
             kind = MessageKind.COMMAND
+        if await self._over_rate_limit(incoming.user):
+            kind = MessageKind.LIMITED
         tokens = estimate_tokens(incoming.text) if too_long else await self._count(incoming.text)
         recorded = await self._store.record_incoming(incoming, kind=kind, token_count=tokens)
         try:
@@ -97,6 +106,27 @@ class ConversationManager:
             # was answered, the turn finds nothing pending; SQL never records a second answer.
             self._schedule(_Work(recorded.conversation_id, incoming.key))
         return recorded
+
+    async def observe(self, incoming: Incoming) -> Recorded | None:
+        """Keep a group message that is not for the bot, where the chat opted in (/keep on):
+        recorded for "what did I miss" summaries, never answered, never in the context.
+        None, and nothing written, where the chat does not keep its messages."""
+        if self._skills is None:
+            return None
+        conversation_id = await self._store.conversation_id(incoming.key)
+        if conversation_id is None or not await self._skills.keeps_messages(conversation_id):
+            return None
+        tokens = estimate_tokens(incoming.text)  # never in a prompt as itself: no tokenizer call
+        return await self._store.record_incoming(
+            incoming, kind=MessageKind.OBSERVED, token_count=tokens
+        )
+
+    async def _over_rate_limit(self, user: User) -> bool:
+        s = self._settings
+        if s.rate_limit_messages == 0 or not user.user_id:
+            return False
+        key = f"rate:{user.platform}:{user.user_id}"
+        return await self._cache.count(key, s.rate_limit_window_s) > s.rate_limit_messages
 
     def _stop_streaming(self, conversation_id: int) -> None:
         """/reset while a reply streams in this process: stop it (the model aborts it)."""
@@ -170,14 +200,20 @@ class ConversationManager:
                     return
 
     def _batches(self, pending: Sequence[StoredMessage]) -> list[list[StoredMessage]]:
-        """Turns, in order: a command alone; chat messages merged (or one each, "queue")."""
+        """Turns, in order: a command alone; chat messages merged (or one each, "queue");
+        messages over the rate limit merged, so a flood gets one answer."""
         batches: list[list[StoredMessage]] = []
         for message in pending:
-            merge = (
-                self._settings.burst == "merge"
-                and message.kind is MessageKind.CHAT
-                and batches
-                and batches[-1][-1].kind is MessageKind.CHAT
+            merge = bool(batches) and (
+                (
+                    self._settings.burst == "merge"
+                    and message.kind is MessageKind.CHAT
+                    and batches[-1][-1].kind is MessageKind.CHAT
+                )
+                or (
+                    message.kind is MessageKind.LIMITED
+                    and batches[-1][-1].kind is MessageKind.LIMITED
+                )
             )
             if merge:
                 batches[-1].append(message)
@@ -186,6 +222,10 @@ class ConversationManager:
         return batches
 
     async def _turn(self, work: _Work, batch: list[StoredMessage]) -> None:
+        if batch[0].kind is MessageKind.LIMITED:
+            say = self._localizer(batch[-1])
+            await self._reply_once(work, batch, await say(phrases.RATE_LIMITED))
+            return
         if batch[0].kind is MessageKind.COMMAND:
             await self._answer(work, batch, await self._command(work, batch[0]))
             return
@@ -193,7 +233,8 @@ class ConversationManager:
         if routed is not None:  # a skill took the plain message (intent, auto-translate)
             await self._answer(work, batch, routed)
         elif self._backend is None:
-            await self._reply_once(work, batch, NoBackendConfigured.user_message)
+            say = self._localizer(batch[-1])
+            await self._reply_once(work, batch, await say(NoBackendConfigured.user_message))
         else:
             await self._chat(work, batch, self._backend)
 
@@ -203,11 +244,9 @@ class ConversationManager:
         limit = self._settings.max_message_chars
         if command is not None and command.max_chars is not None:
             limit = command.max_chars  # commands that take pasted text allow more
+        say = self._localizer(message)
         if len(message.content) > limit:
-            return (
-                f"That message is too long ({len(message.content)} characters; the limit is "
-                f"{limit}). Please send a shorter one."
-            )
+            return await say(phrases.TOO_LONG, length=len(message.content), limit=limit)
         if parsed is None:  # recorded as a command, so this cannot happen; answer anyway
             return self._router.help_text()
         name, args = parsed
@@ -216,7 +255,7 @@ class ConversationManager:
             return await self._router.dispatch(ctx, name)
         except BotError as exc:
             log.warning("command /%s failed: %s", name, exc)
-            return exc.user_message
+            return await say(exc.user_message)
 
     def _turn_context(self, work: _Work, message: StoredMessage, args: str) -> TurnContext:
         user = User(work.key.platform, "", message.user_display_name)
@@ -233,7 +272,7 @@ class ConversationManager:
             return await self._skills.route(self._turn_context(work, batch[-1], text), text)
         except BotError as exc:
             log.warning("conversation %s: skill failed: %s", work.key, exc)
-            return exc.user_message
+            return await self._localizer(batch[-1])(exc.user_message)
 
     async def _answer(self, work: _Work, batch: list[StoredMessage], answer: Answer) -> None:
         if isinstance(answer, str):
@@ -247,6 +286,7 @@ class ConversationManager:
         """Stream a skill's answer, then record it out of the context (kind COMMAND). A
         failure before any text becomes its one-sentence message; after, a cut-off note."""
         parts: list[str] = []
+        say = self._localizer(batch[-1])
 
         async def relay() -> AsyncIterator[str]:
             try:
@@ -255,15 +295,15 @@ class ConversationManager:
                     yield delta
             except BotError as exc:
                 log.warning("conversation %s: skill failed while streaming: %s", work.key, exc)
-                note = CUT_OFF_NOTE if parts else exc.user_message
+                note = await _note(say, phrases.CUT_OFF) if parts else await say(exc.user_message)
                 parts.append(note)
                 yield note
 
         try:
-            await self._deliver(work.key, relay())
+            await self._deliver(work.key, relay(), batch)
         except Exception:
             log.exception("conversation %s: the platform failed while delivering", work.key)
-            parts.append(CUT_OFF_NOTE)
+            parts.append(await _note(say, phrases.CUT_OFF))
         finally:
             aclose = getattr(answer, "aclose", None)
             if aclose is not None:
@@ -276,7 +316,7 @@ class ConversationManager:
 
     async def _reply_once(self, work: _Work, batch: list[StoredMessage], text: str) -> None:
         """Deliver and record a reply that is complete up front; it stays out of the context."""
-        await self._deliver(work.key, once(text))
+        await self._deliver(work.key, once(text), batch)
         ids = [m.id for m in batch]
         await self._store.record_reply(
             work.conversation_id, ids, text, kind=MessageKind.COMMAND, token_count=0
@@ -288,18 +328,21 @@ class ConversationManager:
         user_tokens = sum(m.token_count + MESSAGE_OVERHEAD_TOKENS for m in batch)
         window = await self._context.load(cid)
         window = await self._context.fit(cid, window, user_tokens)
-        reply = _Collected()
+        say = self._localizer(batch[-1])
+        reply = _Collected(say)
         try:
             try:
-                await self._stream(work, backend, self._request(work, window, user_text), reply)
+                request = self._request(work, window, user_text)
+                await self._stream(work, batch, backend, request, reply)
             except ContextTooLong:
                 # Our count and the server's disagree: shrink once (roll over), try once more.
                 log.info("conversation %s: context too long, shrinking once", work.key)
                 window = await self._context.shrink(cid, window, user_tokens)
-                await self._stream(work, backend, self._request(work, window, user_text), reply)
+                request = self._request(work, window, user_text)
+                await self._stream(work, batch, backend, request, reply)
         except BackendError as exc:  # only before the first delta; later ones end the relay
             log.warning("conversation %s: backend failed: %s", work.key, exc)
-            await self._reply_once(work, batch, exc.user_message)
+            await self._reply_once(work, batch, await say(exc.user_message))
             return
         await self._record_chat(work, batch, window, user_text, user_tokens, reply)
 
@@ -316,12 +359,17 @@ class ConversationManager:
         )
 
     async def _stream(
-        self, work: _Work, backend: Backend, request: GenerationRequest, reply: _Collected
+        self,
+        work: _Work,
+        batch: list[StoredMessage],
+        backend: Backend,
+        request: GenerationRequest,
+        reply: _Collected,
     ) -> None:
         """Stream one reply to the sink. /reset stops it (see submit); so does a sink that
         fails. Either way what was shown is kept, marked as cut off, and never re-sent."""
         relay = reply.relay(backend.stream(request))
-        task = asyncio.create_task(self._deliver(work.key, relay))
+        task = asyncio.create_task(self._deliver(work.key, relay, batch))
         self._streaming[work.conversation_id] = task
         try:
             await task
@@ -332,12 +380,12 @@ class ConversationManager:
                 raise
             # The /stop or /reset that did this answers next: that is the user's notice.
             log.info("conversation %s: reply stopped by the user", work.key)
-            reply.cut_off(STOPPED_NOTE)
+            reply.cut_off(await _note(reply.say, phrases.STOPPED))
         except BackendError:
             raise
         except Exception:
             log.exception("conversation %s: the platform failed while delivering", work.key)
-            reply.cut_off(CUT_OFF_NOTE)
+            reply.cut_off(await _note(reply.say, phrases.CUT_OFF))
         finally:
             self._streaming.pop(work.conversation_id, None)
             await relay.aclose()  # a sink that stopped early leaves it open: abort the request
@@ -369,14 +417,42 @@ class ConversationManager:
             work.conversation_id, window, Turn(user_text, text, turn_tokens, stored.id)
         )
 
-    async def _deliver(self, key: ConversationKey, chunks: AsyncIterator[str]) -> None:
+    async def _deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], batch: Sequence[StoredMessage]
+    ) -> None:
         sink = self._sinks.get(key.platform)
         if sink is None:
             log.error("no sink attached for platform %r; reply dropped", key.platform)
             async for _ in chunks:
                 pass
             return
-        await sink.deliver(key, chunks)
+        # Threaded to the newest message it answers (a merged turn answers several).
+        await sink.deliver(key, chunks, reply_to=batch[-1].platform_message_id)
+
+    def _localizer(self, message: StoredMessage) -> Say:
+        """say(sentence, **fields) in the language of `message`'s sender, looked up once and
+        only when a sentence is said (most turns say none)."""
+        found: list[str] = []
+
+        async def say(sentence: str, **fields: object) -> str:
+            if not found:
+                found.append(await self._language(message))
+            return phrases.say(sentence, found[0], **fields)
+
+        return say
+
+    async def _language(self, message: StoredMessage) -> str:
+        if self._skills is None:
+            return ""
+        try:
+            return await self._skills.language_of(message.id, message.content)
+        except BotError as exc:  # the sentence still goes out, in English
+            log.warning("language of message %d not found: %s", message.id, exc)
+            return ""
+
+
+async def _note(say: Say, sentence: str) -> str:
+    return f"\n\n{await say(sentence)}"
 
 
 def _is_stop(text: str) -> bool:
@@ -387,7 +463,8 @@ def _is_stop(text: str) -> bool:
 class _Collected:
     """Relays a backend stream to a sink while keeping the text and usage for the record."""
 
-    def __init__(self) -> None:
+    def __init__(self, say: Say) -> None:
+        self.say = say
         self.parts: list[str] = []
         self.usage: Usage | None = None
         self.notice: str | None = None
@@ -411,8 +488,9 @@ class _Collected:
             if not self.parts:
                 raise
             log.warning("reply cut off after %d chunks: %s", len(self.parts), exc)
-            self.parts.append(CUT_OFF_NOTE)
-            yield CUT_OFF_NOTE
+            note = await _note(self.say, phrases.CUT_OFF)
+            self.parts.append(note)
+            yield note
         else:
             if self.notice:  # shown, not stored: it is about the answer, not part of it
                 yield f"\n\n({self.notice})"

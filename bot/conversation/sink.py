@@ -12,10 +12,13 @@ class ReplySink(Protocol):
     """Delivers one reply to a conversation, rendering it as the deltas arrive.
 
     The sink consumes `chunks` to the end (or raises). Stopping early closes the iterator,
-    which aborts the model request behind it.
+    which aborts the model request behind it. `reply_to` is the platform's id of the message
+    answered ("" if none): a sink may thread the reply to it.
     """
 
-    async def deliver(self, key: ConversationKey, chunks: AsyncIterator[str]) -> None: ...
+    async def deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
+    ) -> None: ...
 
 
 async def once(text: str) -> AsyncIterator[str]:

@@ -58,6 +58,19 @@ class SkillRouting:
         if incoming.reply_to_text:
             await self._s.prefs.remember_reply_to(message_id, incoming.reply_to_text)
 
+    async def keeps_messages(self, conversation_id: int) -> bool:
+        _, keep = await self._s.prefs.chat(conversation_id)  # cached: read for every message
+        return keep
+
+    async def language_of(self, message_id: int, text: str) -> str:
+        """The sender's /lang, else the platform's language for them, else the text's."""
+        prefs = await self._s.prefs.for_message(message_id)
+        if prefs.language:
+            return prefs.language
+        if prefs.platform_language:
+            return prefs.platform_language
+        return self._s.language(prefs, text)
+
     async def route(self, ctx: TurnContext, text: str) -> Answer | None:
         target, _ = await self._s.prefs.chat(ctx.conversation_id)
         if target is not None:

@@ -11,6 +11,7 @@ from .services import SkillServices
 UNKNOWN_USER = "I cannot tell who sent that message, so I cannot store a preference for you."
 _OFF = {"off", "none", "stop", "no", "false", "0"}
 _ON = {"on", "yes", "true", "1"}
+_DELETE = {"delete", "forget", "purge"}
 
 
 def register(router: CommandRouter, services: SkillServices) -> None:
@@ -19,8 +20,8 @@ def register(router: CommandRouter, services: SkillServices) -> None:
                        skill.lang))  # fmt: skip
     router.add(Command("autotranslate", "translate every message in this chat: "
                        "/autotranslate LANG|off", skill.autotranslate))  # fmt: skip
-    router.add(Command("keep", "keep this chat's messages for /summarize missed: /keep on|off",
-                       skill.keep))  # fmt: skip
+    router.add(Command("keep", "keep this group's messages for /summarize missed: "
+                       "/keep on|off|delete", skill.keep))  # fmt: skip
 
 
 class PreferencesSkill:
@@ -67,12 +68,22 @@ class PreferencesSkill:
 
     async def keep(self, ctx: TurnContext) -> str:
         word = ctx.args.lower()
+        if word in _DELETE:
+            await self._s.prefs.set_keep_messages(ctx.conversation_id, False)
+            deleted = await self._s.prefs.delete_kept(ctx.conversation_id)
+            return (
+                f"Deleted {deleted} kept message{'s' if deleted != 1 else ''}, and this chat's "
+                "messages are no longer kept. (Messages sent to me stay in my history.)"
+            )
         if word not in _ON | _OFF:
             _, kept = await self._s.prefs.chat(ctx.conversation_id)
             state = "on" if kept else "off"
-            return f"Keeping messages for summaries is {state} in this chat. Usage: /keep on|off"
+            return (
+                f"Keeping messages for summaries is {state} in this chat. "
+                "Usage: /keep on|off|delete"
+            )
         keep = word in _ON
         await self._s.prefs.set_keep_messages(ctx.conversation_id, keep)
         if keep:
             return "This chat's messages are now kept for summaries: try /summarize missed."
-        return "This chat's messages are no longer used for summaries."
+        return "This chat's messages are no longer kept. Those kept so far stay until /keep delete."

@@ -74,6 +74,14 @@ class PlainRouting(Protocol):
         """A skill's answer to a plain message, or None to answer it as chat."""
         ...
 
+    async def keeps_messages(self, conversation_id: int) -> bool:
+        """Whether the chat opted in to keeping its group messages (/keep on)."""
+        ...
+
+    async def language_of(self, message_id: int, text: str) -> str:
+        """The language to speak to the sender of a recorded message in (an IETF tag)."""
+        ...
+
 
 def parse_command(text: str) -> tuple[str, str] | None:
     """("name", "args") for a command message, None for anything else."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from backends.base import Backend, GenerationRequest
+from bot.phrases import base_language
 from bot.settings import BackendSettings, SkillsSettings
 from bot.storage.prefs import PrefsRepository, TurnPrefs
 from bot.text import detect_language
@@ -42,11 +43,14 @@ class SkillServices:
         return await self.prefs.for_message(ctx.message_id)
 
     def language(self, prefs: TurnPrefs, text: str = "") -> str:
-        """The language to answer in: the user's /lang, else the text's, else the default."""
+        """The language to answer in: the user's /lang, else the text's, else the one the
+        platform reports for the user, else the default."""
         if prefs.language:
             return prefs.language
         detected = detect_language(text) if text else None
-        return detected.code if detected is not None else self.settings.default_language
+        if detected is not None:
+            return detected.code
+        return base_language(prefs.platform_language) or self.settings.default_language
 
     def max_model_len(self) -> int:
         return self.backend.capabilities.max_model_len if self.backend is not None else 0

@@ -19,6 +19,11 @@ from bot.types import ConversationKey, Incoming, Role
 class MessageKind(enum.StrEnum):
     CHAT = "chat"  # part of the model's context
     COMMAND = "command"  # /help and friends, and their answers: kept in history, not in context
+    # A group message not addressed to the bot, kept (never answered) because the chat opted
+    # in: read by "what did I miss" summaries only, not part of the context or of /history.
+    OBSERVED = "observed"
+    # A message over its sender's rate limit: answered with one sentence, never by the model.
+    LIMITED = "limited"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +35,12 @@ class StoredMessage:
     content: str
     token_count: int
     created_at: datetime
-    # For a user message: the id of the assistant message that answered it (None: pending).
+    # For a user message: the id of the assistant message that answered it (None: pending;
+    # 0: needs no answer, an OBSERVED message).
     answered_by: int | None = None
     user_display_name: str = ""
+    # The platform's id of the inbound message ("" when the platform has none).
+    platform_message_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,10 @@ class Store(Protocol):
         A repeated idempotency key writes nothing and returns the first message's id with
         is_new=False, also when two callers race on the same key.
         """
+        ...
+
+    async def conversation_id(self, key: ConversationKey) -> int | None:
+        """The id of an existing conversation; None if nothing was ever recorded in it."""
         ...
 
     async def pending(self, conversation_id: int, limit: int) -> Sequence[StoredMessage]:
@@ -106,7 +118,7 @@ class Store(Protocol):
         ...
 
     async def history(self, conversation_id: int, limit: int) -> Sequence[StoredMessage]:
-        """The newest `limit` messages of every kind, oldest first."""
+        """The newest `limit` messages of every kind but OBSERVED, oldest first."""
         ...
 
     async def conversations_with_pending(self) -> Sequence[tuple[int, ConversationKey]]:
@@ -124,6 +136,12 @@ class Cache(Protocol):
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
 
     async def delete(self, key: str) -> None: ...
+
+    async def count(self, key: str, window_s: float) -> int:
+        """Add one to the counter `key` and return it; the counter starts at the first hit
+        and lapses `window_s` later (a fixed window, shared by every worker on Redis).
+        0 when the cache is unreachable: limits built on it fail open."""
+        ...
 
     def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[None]:
         """Mutual exclusion on `name` (per process in memory, across processes in Redis).

@@ -100,6 +100,17 @@ class MemoryCache:
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
 
+    async def count(self, key: str, window_s: float) -> int:
+        # A counter is an entry too: same expiry, same eviction.
+        raw = await self.get(key)
+        if raw is None:
+            await self.set(key, b"1", window_s)
+            return 1
+        value, expires_at = self._entries[key]
+        hits = int(value) + 1
+        self._entries[key] = (str(hits).encode(), expires_at)
+        return hits
+
     def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[None]:
         # ttl_s bounds a lock whose holder died; in one process the holder cannot die alone.
         return self._locks.hold(name, wait_s)
@@ -225,6 +236,19 @@ class RedisCache:
 
     async def delete(self, key: str) -> None:
         await self._attempt(lambda: self._client.delete(self._key(key)))
+
+    async def count(self, key: str, window_s: float) -> int:
+        px = max(1, math.ceil(window_s * 1000))
+
+        async def hit() -> int:
+            # One round trip: INCR, and start the window on the first hit (NX keeps it fixed).
+            pipe = self._client.pipeline(transaction=False)
+            pipe.incr(self._key(key))
+            pipe.pexpire(self._key(key), px, nx=True)
+            hits, _ = await pipe.execute()
+            return int(hits)
+
+        return await self._attempt(hit) or 0
 
     def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[None]:
         return self._hold(name, ttl_s, wait_s)

@@ -66,6 +66,8 @@ class UserRow(Base):
     platform: Mapped[str] = mapped_column(String(32))
     external_id: Mapped[str] = mapped_column(String(255))
     display_name: Mapped[str] = mapped_column(String(255), server_default=text("''"))
+    # The language the platform reports for the user (Telegram's language_code), kept current.
+    language_code: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = _created_at()
 
 
@@ -111,8 +113,11 @@ class MessageRow(Base):
     token_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     # The assistant message that answered this user message; NULL while pending. No foreign
-    # key: the fence in SqlStore.record_reply writes it together with that message.
+    # key: the fence in SqlStore.record_reply writes it together with that message. 0: the
+    # message needs no answer (a group message kept for summaries, kind "observed").
     answered_by: Mapped[int | None] = mapped_column(BigInteger)
+    # The platform's id of an inbound message (Telegram's message_id): replies thread to it.
+    platform_message_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = _created_at()
 
 

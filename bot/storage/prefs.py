@@ -39,6 +39,7 @@ class TurnPrefs:
     auto_translate: str | None
     keep_messages: bool
     reply_to_text: str | None
+    platform_language: str | None = None  # what the platform reports for the sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +74,9 @@ class PrefsRepository:
         """One round trip: the sender's and the chat's preferences and the replied-to text."""
         stmt = (
             sa.select(_m.user_id, _up.language, _cp.auto_translate, _cp.keep_messages)
-            .add_columns(_mr.reply_to_text)
+            .add_columns(_mr.reply_to_text, _u.language_code)
             .select_from(_m)
+            .outerjoin(_u, _u.id == _m.user_id)
             .outerjoin(_up, _up.user_id == _m.user_id)
             .outerjoin(_cp, _cp.conversation_id == _m.conversation_id)
             .outerjoin(_mr, _mr.message_id == _m.id)
@@ -84,7 +86,7 @@ class PrefsRepository:
             row = (await conn.execute(stmt)).first()
         if row is None:
             return TurnPrefs(None, None, None, False, None)
-        return TurnPrefs(row[0], row[1], row[2], bool(row[3]), row[4])
+        return TurnPrefs(row[0], row[1], row[2], bool(row[3]), row[4], row[5])
 
     async def chat(self, conversation_id: int) -> tuple[str | None, bool]:
         """(auto-translate target, keep-messages opt-in) of a chat."""
@@ -119,6 +121,13 @@ class PrefsRepository:
         await self._upsert(_cp, {"conversation_id": conversation_id}, {"keep_messages": keep})
         await self._forget_chat(conversation_id)
 
+    async def delete_kept(self, conversation_id: int) -> int:
+        """Delete the group messages kept for summaries (not the conversation with the bot);
+        returns how many."""
+        stmt = sa.delete(_m).where(_m.conversation_id == conversation_id, _m.kind == "observed")
+        async with self._connection(write=True) as conn:
+            return (await conn.execute(stmt)).rowcount or 0
+
     async def remember_reply_to(self, message_id: int, text: str) -> None:
         stmt = self._dialect.insert(_mr).values(message_id=message_id, reply_to_text=text)
         async with self._connection(write=True) as conn:
@@ -132,7 +141,9 @@ class PrefsRepository:
             .where(_m.conversation_id == conversation_id, _m.user_id == user_ref, _m.id < before_id)
             .scalar_subquery()
         )
-        stmt = sa.select(sa.func.coalesce(_m.answered_by, _m.id)).where(_m.id == last)
+        # The answer if there was one (answered_by 0: a kept message, nothing answered it).
+        answer = sa.func.nullif(_m.answered_by, 0)
+        stmt = sa.select(sa.func.coalesce(answer, _m.id)).where(_m.id == last)
         async with self._connection() as conn:
             found = (await conn.execute(stmt)).scalar_one_or_none()
         return int(found or 0)
@@ -146,13 +157,14 @@ class PrefsRepository:
         since: datetime | None = None,
         limit: int,
     ) -> list[LoggedMessage]:
-        """The newest `limit` chat messages (commands and their answers left out) with
-        after_id < id < before_id and, if given, sent after `since`; oldest first."""
+        """The newest `limit` chat messages (the conversation's and, where the chat keeps them,
+        the group's; commands and their answers left out) with after_id < id < before_id and,
+        if given, sent after `since`; oldest first."""
         where = [
             _m.conversation_id == conversation_id,
             _m.id > after_id,
             _m.id < before_id,
-            _m.kind == "chat",
+            _m.kind.in_(("chat", "observed")),
         ]
         if since is not None:
             where.append(_m.created_at > since)

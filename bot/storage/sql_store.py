@@ -17,7 +17,7 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -33,6 +33,7 @@ from bot.storage.models import ConversationRow, MessageRow, UserRow
 from bot.types import ConversationKey, Incoming, Role, utcnow
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 # Ids remembered per store; far more than the conversations active at once.
 ID_CACHE_SIZE = 10_000
@@ -42,20 +43,21 @@ class _AlreadyAnswered(Exception):
     """Rolls back a reply whose messages another worker answered first."""
 
 
-class _IdCache:
-    """A bounded LRU map of natural keys to row ids (ids are never reassigned)."""
+class _Lru(Generic[V]):
+    """A bounded LRU map of natural keys to what a row holds: its id (ids are never
+    reassigned), or a value this process wrote."""
 
     def __init__(self, size: int = ID_CACHE_SIZE) -> None:
         self._size = size
-        self._ids: OrderedDict[Hashable, int] = OrderedDict()
+        self._ids: OrderedDict[Hashable, V] = OrderedDict()
 
-    def get(self, key: Hashable) -> int | None:
+    def get(self, key: Hashable) -> V | None:
         found = self._ids.get(key)
         if found is not None:
             self._ids.move_to_end(key)
         return found
 
-    def put(self, key: Hashable, value: int) -> None:
+    def put(self, key: Hashable, value: V) -> None:
         self._ids[key] = value
         self._ids.move_to_end(key)
         if len(self._ids) > self._size:
@@ -83,8 +85,9 @@ class SqlStore:
             engine.execution_options(isolation_level="AUTOCOMMIT") if self._autocommit else engine
         )
         self._reads = _READS[postgresql]
-        self._user_ids = _IdCache()
-        self._conversation_ids = _IdCache()
+        self._user_ids: _Lru[int] = _Lru()
+        self._conversation_ids: _Lru[int] = _Lru()
+        self._user_languages: _Lru[str] = _Lru()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -107,6 +110,10 @@ class SqlStore:
     ) -> Recorded:
         user_key = (incoming.user.platform, incoming.user.user_id)
         created: dict[str, int] = {}  # ids looked up or inserted in this transaction
+        # The platform's language for the user, written when it differs from the last one
+        # this process wrote (once per user per process, and when the user changes it).
+        language = incoming.user.language or None
+        language_changed = language is not None and self._user_languages.get(user_key) != language
 
         def run(conn: Connection) -> Recorded:
             created.clear()
@@ -117,8 +124,11 @@ class SqlStore:
                         "platform": incoming.user.platform,
                         "external_id": incoming.user.user_id,
                         "display_name": incoming.user.display_name,  # kept from the first only
+                        "language_code": language,
                     },
                 )  # fmt: skip
+            if language_changed:
+                conn.execute(_SET_USER_LANGUAGE, {"uid": user_id, "lang": language})
             conversation_id = self._conversation_ids.get(incoming.key)
             if conversation_id is None:
                 key = incoming.key
@@ -135,6 +145,9 @@ class SqlStore:
                 "token_count": token_count,
                 "created_at": _as_utc(incoming.sent_at),
                 "idempotency_key": incoming.idempotency_key,
+                "platform_message_id": incoming.platform_message_id or None,
+                # An observed message needs no answer: never pending (see models.MessageRow).
+                "answered_by": 0 if kind is MessageKind.OBSERVED else None,
             }
             new_id = conn.execute(_INSERT_MESSAGE, values).scalar_one_or_none()
             if new_id is not None:
@@ -144,7 +157,11 @@ class SqlStore:
             return Recorded(row.id, row.conversation_id, is_new=False)
 
         # Both ids known (nearly always): one INSERT, atomic by itself.
-        known = user_key in self._user_ids and incoming.key in self._conversation_ids
+        known = (
+            user_key in self._user_ids
+            and incoming.key in self._conversation_ids
+            and not language_changed
+        )
         try:
             recorded = await self._run(run, write=True, one_statement=known)
         except StorageError as exc:
@@ -157,9 +174,25 @@ class SqlStore:
         # Remembered only once committed: a rolled-back insert leaves no id behind.
         if "user" in created:
             self._user_ids.put(user_key, created["user"])
+        if language_changed and language is not None:
+            self._user_languages.put(user_key, language)
         if "conversation" in created:
             self._conversation_ids.put(incoming.key, created["conversation"])
         return recorded
+
+    async def conversation_id(self, key: ConversationKey) -> int | None:
+        found = self._conversation_ids.get(key)
+        if found is not None:
+            return found
+
+        def run(conn: Connection) -> int | None:
+            params = {"platform": key.platform, "chat_id": key.chat_id, "thread_id": key.thread_id}
+            return conn.execute(_SELECT_CONVERSATION_ID, params).scalar_one_or_none()
+
+        found = await self._run(run)
+        if found is not None:
+            self._conversation_ids.put(key, found)
+        return found
 
     async def pending(self, conversation_id: int, limit: int) -> Sequence[StoredMessage]:
         return await self._messages(_PENDING, {"conversation_id": conversation_id, "limit": limit})
@@ -353,7 +386,7 @@ _PENDING_WHERE = sa.and_(_m.role == _literal(Role.USER.value), _m.answered_by.is
 
 _SELECT_MESSAGES = sa.select(
     _m.id, _m.conversation_id, _m.role, _m.kind, _m.content, _m.token_count, _m.created_at,
-    _m.answered_by, UserRow.display_name,
+    _m.answered_by, UserRow.display_name, _m.platform_message_id,
 ).outerjoin(UserRow, UserRow.id == _m.user_id)  # fmt: skip
 
 _PENDING = (
@@ -403,7 +436,12 @@ class _ConversationReads:
             .values(context_start_id=sa.func.coalesce(newest_id, 0), summary="",
                     summary_through_id=0)
         )  # fmt: skip
-        history = newest(_SELECT_MESSAGES).limit(_LIMIT)
+        # A chat's kept group messages are not its conversation with the bot.
+        history = (
+            newest(_SELECT_MESSAGES)
+            .where(_m.kind != _literal(MessageKind.OBSERVED.value))
+            .limit(_LIMIT)
+        )
         return cls(context, history, state, reset_context)
 
 
@@ -462,14 +500,17 @@ def _insert_once(entity: Any, columns: Sequence[str], unique: Sequence[str]) -> 
     return sa.text(sql).bindparams(*binds).columns(table.c.id)
 
 
-_INSERT_USER = _insert_once(UserRow, ["platform", "external_id", "display_name"],
+_INSERT_USER = _insert_once(UserRow, ["platform", "external_id", "display_name", "language_code"],
                             ["platform", "external_id"])  # fmt: skip
+_SET_USER_LANGUAGE = (
+    sa.update(UserRow).where(UserRow.id == _param("uid")).values(language_code=_param("lang"))
+)
 _INSERT_CONVERSATION = _insert_once(ConversationRow, ["platform", "chat_id", "thread_id"],
                                     ["platform", "chat_id", "thread_id"])  # fmt: skip
 _INSERT_MESSAGE = _insert_once(
     MessageRow,
     ["conversation_id", "user_id", "role", "kind", "content", "token_count", "created_at",
-     "idempotency_key"],
+     "idempotency_key", "platform_message_id", "answered_by"],
     ["idempotency_key"],
 )  # fmt: skip
 
@@ -481,7 +522,7 @@ _KINDS = {kind.value: kind for kind in MessageKind}
 def _to_message(row: sa.Row[Any]) -> StoredMessage:
     # Once per row of every window rebuilt from SQL (up to the loader's 400): kept lean.
     (id_, conversation_id, role, kind, content, token_count, created_at, answered_by,
-     display_name) = row  # fmt: skip
+     display_name, platform_message_id) = row  # fmt: skip
     return StoredMessage(
         id_,
         conversation_id,
@@ -492,6 +533,7 @@ def _to_message(row: sa.Row[Any]) -> StoredMessage:
         _as_utc(created_at),
         answered_by,
         display_name or "",
+        platform_message_id or "",
     )
 
 

@@ -1,0 +1,177 @@
+"""Groups that keep their messages for "what did I miss", admin-only group settings, answers
+threaded to the question, notices and errors in the user's language, and polling that
+confirms an update to Telegram only once it is recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from backends.base import GenerationRequest
+from bot import phrases
+from bot.errors import BackendTimeout
+from bot.storage.base import MessageKind
+from tests.doubles import ScriptedBackend
+from tests.telegram_updates import (
+    feed,
+    mention_update,
+    message,
+    telegram_stack,
+    text_update,
+    update,
+)
+
+FAST: dict[str, Any] = {"stream_interval_s": 0.05}
+GROUP = -100777
+ADA, BOB, ADMIN = 7, 8, 9
+
+
+async def _kinds(app: Any) -> list[tuple[str, str]]:
+    engine = app.store.engine
+    async with engine.connect() as conn:
+        rows = (await conn.exec_driver_sql("SELECT kind, content FROM messages ORDER BY id")).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+async def test_group_keeps_chatter_only_after_an_admin_opts_in(tmp_path: Path) -> None:
+    async with telegram_stack(tmp_path, None, **FAST) as (app, adapter, api):
+        api.admins.add((GROUP, ADMIN))
+        await feed(adapter, text_update(1, GROUP, "/help", user_id=ADA))
+        await adapter.idle()
+        await feed(adapter, text_update(2, GROUP, "before opting in", user_id=ADA))
+        await feed(adapter, text_update(3, GROUP, "/keep on", user_id=BOB))  # not an admin
+        await adapter.idle()
+        assert api.texts(GROUP)[-1] == phrases.ADMINS_ONLY
+        await feed(adapter, text_update(4, GROUP, "/keep on", user_id=ADMIN))
+        await adapter.idle()
+        assert "now kept" in api.texts(GROUP)[-1]
+        answered = len(api.texts(GROUP))
+        friday = "Friday works; I will tell the team."
+        now = int(time.time())  # "what did I miss" looks at the last hours
+        release = "The release moves to Friday."
+        await feed(adapter, text_update(5, GROUP, release, user_id=BOB, date=now))
+        await feed(adapter, text_update(6, GROUP, friday, user_id=ADA, date=now))
+        await feed(adapter, text_update(6, GROUP, friday, user_id=ADA, date=now))  # twice
+        await adapter.idle()
+        assert len(api.texts(GROUP)) == answered  # kept, never answered
+
+        kinds = await _kinds(app)
+        observed = [c for k, c in kinds if k == MessageKind.OBSERVED]
+        assert observed == ["The release moves to Friday.", friday]
+        assert "before opting in" not in [c for _, c in kinds]
+        assert not await app.store.pending(1, 10)
+        history = [m.content for m in await app.store.history(1, 50)]
+        assert "The release moves to Friday." not in history  # /history is the bot's talk
+
+        await feed(adapter, text_update(7, GROUP, "/summarize missed 5h", user_id=ADMIN, date=now))
+        await adapter.idle()
+        summary = api.texts(GROUP)[-1]
+        assert "Friday" in summary  # the extractive summary (no model) of the kept chatter
+
+        await feed(adapter, text_update(8, GROUP, "/keep delete", user_id=ADA))  # not an admin
+        await adapter.idle()
+        assert api.texts(GROUP)[-1] == phrases.ADMINS_ONLY
+        await feed(adapter, text_update(9, GROUP, "/keep delete", user_id=ADMIN))
+        await adapter.idle()
+        assert "Deleted 2" in api.texts(GROUP)[-1]
+        assert not [k for k, _ in await _kinds(app) if k == MessageKind.OBSERVED]
+        await feed(adapter, text_update(10, GROUP, "after deleting", user_id=BOB))
+        await adapter.idle()
+        assert "after deleting" not in [c for _, c in await _kinds(app)]
+
+
+async def test_configured_admins_need_no_telegram_rights(tmp_path: Path) -> None:
+    async with telegram_stack(tmp_path, None, admin_ids=[ADA], **FAST) as (_, adapter, api):
+        await feed(adapter, text_update(1, GROUP, "/keep on", user_id=ADA))
+        await feed(adapter, text_update(2, GROUP, "/keep", user_id=BOB))  # asking is for all
+        await adapter.idle()
+        assert "now kept" in api.texts(GROUP)[0]
+        assert "is on" in api.texts(GROUP)[1]
+        assert not api.sent("getChatMember")
+
+
+async def test_group_answers_quote_the_question_private_ones_do_not(tmp_path: Path) -> None:
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
+        asked = mention_update(1, GROUP, "@parley_bot what is new?", user_id=ADA)
+        await feed(adapter, asked)
+        await feed(adapter, text_update(2, 42, "hello"))
+        await adapter.idle()
+        (group_answer,) = api.sent("sendMessage", GROUP)
+        quoted = json.loads(group_answer.params["reply_parameters"])
+        assert quoted["message_id"] == asked["message"]["message_id"]
+        assert quoted["allow_sending_without_reply"] is True
+        private = api.sent("sendMessage", 42)
+        assert private and all("reply_parameters" not in c.params for c in private)
+        stored = await app.store.history(1, 10)
+        assert stored[0].platform_message_id == str(asked["message"]["message_id"])
+
+
+def _timeout(request: GenerationRequest) -> str:
+    raise BackendTimeout("first token did not come within 1 s")
+
+
+async def test_backend_errors_reach_the_user_in_their_language(tmp_path: Path) -> None:
+    backend = ScriptedBackend(_timeout)
+    async with telegram_stack(tmp_path, backend, **FAST) as (_, adapter, api):
+        await feed(adapter, text_update(1, 42, "hallo", language="de"))
+        await feed(adapter, text_update(2, 43, "привет", language="ru"))
+        await feed(adapter, text_update(3, 44, "hello", language="xx"))  # unknown: English
+        await adapter.idle()
+        assert api.texts(42) == [phrases.say(phrases.TIMEOUT, "de")]
+        assert api.texts(42)[0].startswith("Das Sprachmodell")
+        assert api.texts(43) == [phrases.say(phrases.TIMEOUT, "ru")]
+        assert api.texts(44) == [phrases.TIMEOUT]
+
+        await feed(adapter, text_update(4, 44, "/lang fr"))  # the user's choice comes first
+        await feed(adapter, text_update(5, 44, "hello again"))
+        await adapter.idle()
+        assert api.texts(44)[-1] == phrases.say(phrases.TIMEOUT, "fr")
+
+
+async def test_notices_are_in_the_senders_language(tmp_path: Path) -> None:
+    photo = {"file_id": "p1", "file_unique_id": "p1", "width": 1, "height": 1}
+    async with telegram_stack(tmp_path, None, **FAST) as (_, adapter, api):
+        await feed(adapter, update(1, **message(42, None, language="es", photo=[photo])))
+        await adapter.idle()
+        assert api.texts(42) == [phrases.say(phrases.MEDIA, "es", mb=2)]
+        assert api.texts(42)[0].startswith("Puedo leer")
+
+
+async def test_polling_confirms_an_update_only_once_it_is_recorded(tmp_path: Path) -> None:
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
+        recorded = asyncio.Event()
+        crash = asyncio.Event()
+        submit = app.manager.submit
+
+        async def dies_while_recording(incoming: Any) -> Any:
+            crash.set()
+            await asyncio.Event().wait()  # the process dies here: nothing recorded
+
+        app.manager.submit = dies_while_recording  # type: ignore[method-assign]
+        api.push_update(text_update(700, 42, "survive a crash"))
+        first = asyncio.create_task(adapter._poll())
+        await crash.wait()
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        before_restart = [c.params.get("offset") for c in api.sent("getUpdates")]
+        assert 701 not in before_restart  # Telegram was never told it was delivered
+
+        async def records(incoming: Any) -> Any:
+            found = await submit(incoming)
+            recorded.set()
+            return found
+
+        app.manager.submit = records  # type: ignore[method-assign]
+        second = asyncio.create_task(adapter._poll())  # the restarted process
+        try:
+            assert await api.wait_for_messages(42, 1) == ["echo: survive a crash"]
+            await recorded.wait()
+        finally:
+            second.cancel()
+            await asyncio.gather(second, return_exceptions=True)
+        await adapter.idle()
+        rows = await app.store.history(1, 10)
+        assert [r.content for r in rows] == ["survive a crash", "echo: survive a crash"]
