@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 # Used when neither the server nor the settings say; small enough to be safe for most models.
 DEFAULT_MAX_MODEL_LEN = 4096
+# Idle connections kept for the next request, and for how long; the end of a reply's body
+# after [DONE] is read for at most DRAIN_S so that its connection can be kept.
+KEEPALIVE_CONNECTIONS = 256
+KEEPALIVE_EXPIRY_S = 30.0
+DRAIN_S = 1.0
 
 _CONTEXT_MESSAGE = re.compile(
     r"context length|maximum context|max_model_len|maximum model length", re.IGNORECASE
@@ -69,6 +74,13 @@ class OpenAICompatBackend:
             base_url=self._base_url,
             headers=_auth_headers(settings.api_key),
             timeout=_call_timeout(settings.timeouts),
+            # No cap on connections: every conversation streams at once and the server batches
+            # them (a cap would queue replies in Parley). Idle ones are kept for reuse.
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=KEEPALIVE_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            ),
             transport=transport,
         )
         self._capabilities = Capabilities(
@@ -232,6 +244,7 @@ async def _read_reply(response: httpx.Response, clock: Deadlines) -> AsyncGenera
         while (data := await _next_event(events, clock)) is not None:
             if data.strip() == "[DONE]":
                 reply.done = True
+                await _drain(events)
                 break
             text = reply.absorb(_decode(data))
             clock.chunk_arrived(bool(text))
@@ -241,6 +254,16 @@ async def _read_reply(response: httpx.Response, clock: Deadlines) -> AsyncGenera
     if not reply.done and reply.finish_reason is None:
         raise ServerUnavailable("the server closed the stream before the reply was complete")
     yield Chunk(usage=reply.usage, finish_reason=reply.finish_reason)
+
+
+async def _drain(events: AsyncIterator[str]) -> None:
+    """Read the end of the body after [DONE], so the connection goes back to the pool instead
+    of being closed with unread data (one new TCP connection per reply otherwise). A server
+    that holds the stream open past DRAIN_S just loses its connection."""
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout(DRAIN_S):
+            async for _ in events:
+                pass
 
 
 async def _next_event(events: AsyncIterator[str], clock: Deadlines) -> str | None:

@@ -1,19 +1,70 @@
 """vLLM's prefix-cache hit rate for 20-turn conversations driven through Parley.
 
-    .venv/bin/python -m bench.prefix_cache                 # 3 conversations of 20 turns
+    .venv/bin/python -m bench.prefix_cache                   # 3 conversations x 20 turns
     .venv/bin/python -m bench.prefix_cache --conversations 1 --turns 10
+    .venv/bin/python -m bench.prefix_cache --block-size 0    # the server's default (128 on CPU)
+    .venv/bin/python -m bench.prefix_cache --output words    # replies that re-tokenise exactly
+    .venv/bin/python -m bench.prefix_cache --server http://127.0.0.1:8000   # a running server
 
 Starts vLLM's OpenAI-compatible server on the tiny model (tests/tinymodel.py, built into a
-temporary folder), runs the conversations one turn at a time through `bot.app.Parley`
-(backend kind openai, the resilient backend the factory builds, a collecting sink), and prints
-per turn: prompt tokens, cached tokens (the server's `prompt_tokens_details.cached_tokens`),
-the ideal, and whether the window rolled over. Over the whole run it also reads
-`vllm:prefix_cache_hits_total` / `vllm:prefix_cache_queries_total` from /metrics.
+temporary folder) with `--block-size` (default 32: the production GPU default is 16, which the
+CPU build refuses with "No common block size for 16 (CPU_ATTN: [MultipleOf(32)])"; 32 is the
+smallest it takes). The block size used is read back from the server's
+`vllm:cache_config_info` and printed. The conversations run one turn at a time through
+`bot.app.Parley` with default settings apart from the backend (kind openai, the resilient
+backend the factory builds, 48 reply tokens, temperature 0.8), a small context budget
+(600 tokens, summaries of 64) so that windows roll over every few turns, and the per-user
+rate limit off (each conversation is one user sending 20 messages within seconds).
 
-The ideal for a turn is every full cache block before the new user message: the tokens the
-prompt shares with the previous turn's prompt plus reply, rounded down to the block size (128
-tokens on the CPU build; read from the server log when it says). At a roll-over the summary
-block changes, so the shared part is what precedes it. A benchmark reports; it never fails.
+`--output words` (not the default) lets the random model sample only whole-word tokens and
+the end token (`allowed_token_ids`). Its free output is mostly bytes that are not valid UTF-8
+and stray special tokens, which the server streams as U+FFFD or drops, so the reply's text
+does not tokenise back to the ids generated (cause (b) below); a trained model's replies do,
+nearly always. The ideal is the same in both modes.
+
+Instrumentation, none of which changes the work the engine does:
+- The backend's HTTP client gets a tapping transport (`Tap`) that counts requests per path and
+  adds `"return_token_ids": true` to each chat request, so the server returns the prompt ids it
+  built and the ids it generated.
+- `Recording` keeps each chat turn's messages, usage and streamed text.
+
+Per turn it prints:
+    prompt      prompt tokens (the server's `prompt_token_ids`)
+    ideal       THE IDEAL (issue 3): every full cache block before the new user message, i.e.
+                the tokens of the messages before the new user message (the server's chat
+                template, no generation prompt) rounded down to the block size. The same at
+                a roll-over, although the new summary in the system message makes most of
+                it unreachable there: that is what the lower whole-conversation target
+                allows for. (Before this version the bench used the part shared with the
+                previous prompt as the ideal of a roll-over turn, which made those turns
+                score ~100% by construction.)
+    achievable  (an extra figure, not the ideal) the full blocks of that ideal whose KV the
+                server ever computed: the new prompt's common prefix with (previous prompt +
+                ids generated for it), less the last generated token (never fed back, so its
+                KV does not exist), rounded down. What any client sending text through a chat
+                template can get from this model's output.
+    cached      the server's `prompt_tokens_details.cached_tokens` for the turn
+    %ideal      cached / ideal
+    diverge     where the new prompt first differs from previous prompt + generated ids,
+                as an offset into the previous reply's generated ids
+    cause       why the blocks between achievable and ideal are lost:
+                  (a) reply end    the reply re-tokenised matches every generated id; the
+                                   prompt goes on with the template's closing tokens, which
+                                   the model never generated (finish "length") or whose
+                                   KV was never computed (finish "stop": the end token
+                                   was the last one sampled)
+                  (b) re-tokenised the reply's text is what the server streamed, but
+                                   tokenising it again gives other ids than were generated
+                  (c) PARLEY ...   Parley changed the prompt: an earlier message, or the reply
+                                   text differs from what was streamed (a bug)
+                  roll-over        the summary in the system message changed
+
+Totals: cached / ideal for turns without a roll-over (target >= 95%) and for whole
+conversations (target >= 85%), the same against `achievable`, the tokens lost per cause, and
+from /metrics over the run `vllm:prefix_cache_hits_total` / `vllm:prefix_cache_queries_total`
+next to the ideal hit rate (sum of ideals / sum of prompt tokens), with the chat turns' usage
+summed as a check that the per-turn figures add up to the server's counters. A benchmark
+reports; it never fails.
 """
 
 from __future__ import annotations
@@ -21,27 +72,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import re
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from backends.base import Backend, Capabilities, Chunk, GenerationRequest, Usage
-from backends.factory import build_resilient_backend
+from backends.openai_compat import OpenAICompatBackend
+from backends.resilience import ResilientBackend
 from bot.app import Parley
-from bot.settings import Settings
+from bot.settings import BackendSettings, Settings
 from bot.types import ChatMessage, ConversationKey, Incoming, User
 from tests.doubles import CollectingSink
 from tests.fixtures_vllm import SERVED_MODEL, VLLM_ENV, _free_port, _server_command, _stop
 from tests.tinymodel import build_tiny_model
 
-DEFAULT_BLOCK = 128
+DEFAULT_BLOCK = 32
+CHAT_PATH = "/v1/chat/completions"
 QUESTIONS = [
     "hello there, how is the weather today",
     "tell me about python servers and clients",
@@ -53,12 +109,13 @@ QUESTIONS = [
 
 @dataclass
 class Seen:
-    """One chat request as the server saw it."""
+    """One chat request as the backend was asked for it."""
 
     messages: list[ChatMessage]
     usage: Usage | None = None
     max_tokens: int = 0
     temperature: float = 0.0
+    text: str = ""  # the reply as streamed to Parley
 
 
 class Recording:
@@ -88,17 +145,124 @@ class Recording:
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         entry = Seen(list(request.messages), None, request.max_tokens, request.temperature)
         first = request.messages[0].content if request.messages else ""
-        wanted = self._system_prompt is None or first == self._system_prompt
+        # startswith: after a roll-over the summary follows the system prompt.
+        wanted = self._system_prompt is None or first.startswith(self._system_prompt)
         if request.session_id and wanted:  # summaries have no session id
             self.seen.append(entry)
             self.sessions.append(request.session_id)
+        parts: list[str] = []
         async with contextlib.aclosing(self.inner.stream(request)) as chunks:
             async for chunk in chunks:
                 entry.usage = chunk.usage or entry.usage
+                parts.append(chunk.text)
+                entry.text = "".join(parts)
                 yield chunk
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+@dataclass
+class Exchange:
+    """One chat request on the wire and what the server answered (token ids when asked)."""
+
+    body: dict[str, Any]
+    prompt_ids: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+class _TeeStream(httpx.AsyncByteStream):
+    """Passes a streamed response through unchanged while parsing its server-sent events."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, exchange: Exchange) -> None:
+        self._inner = inner
+        self._exchange = exchange
+        self._buffer = b""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self._inner:
+            self._buffer += part
+            *lines, self._buffer = self._buffer.split(b"\n")
+            for line in lines:
+                self._absorb(line)
+            yield part
+
+    def _absorb(self, line: bytes) -> None:
+        if not line.startswith(b"data: {"):
+            return
+        event = json.loads(line[6:])
+        ex = self._exchange
+        ex.prompt_ids = event.get("prompt_token_ids") or ex.prompt_ids
+        if isinstance(event.get("usage"), dict):
+            ex.usage = event["usage"]
+        for choice in event.get("choices") or []:
+            ex.output_ids += choice.get("token_ids") or []
+            ex.finish_reason = choice.get("finish_reason") or ex.finish_reason
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class Tap(httpx.AsyncBaseTransport):
+    """httpx's own transport (default pool limits, as an `httpx.AsyncClient` without a
+    transport gets), counting requests per "METHOD /path". With `token_ids`, chat requests ask
+    the server for token ids (plus `extra_body`) and each is kept as an `Exchange`."""
+
+    def __init__(
+        self,
+        *,
+        token_ids: bool = False,
+        extra_body: dict[str, Any] | None = None,
+        limits: httpx.Limits | None = None,
+    ) -> None:
+        # No limits: httpx's defaults (100 connections, 20 kept alive), as Parley's client has.
+        self._inner = (
+            httpx.AsyncHTTPTransport()
+            if limits is None
+            else httpx.AsyncHTTPTransport(limits=limits)
+        )
+        self._token_ids = token_ids
+        self._extra_body = extra_body or {}
+        self.counts: Counter[str] = Counter()
+        self.exchanges: list[Exchange] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.counts[f"{request.method} {request.url.path}"] += 1
+        if not (self._token_ids and request.url.path == CHAT_PATH):
+            return await self._inner.handle_async_request(request)
+        body = json.loads(await request.aread())
+        body.update(self._extra_body, return_token_ids=True)
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+        sent = httpx.Request(
+            request.method,
+            request.url,
+            headers=headers,
+            content=json.dumps(body).encode(),
+            extensions=request.extensions,
+        )
+        response = await self._inner.handle_async_request(sent)
+        exchange = Exchange(body)
+        self.exchanges.append(exchange)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_TeeStream(response.stream, exchange),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def tapped_backend(settings: BackendSettings, tap: Tap) -> Backend:
+    """What `backends.factory.build_resilient_backend` builds for an openai backend without
+    fallbacks, with the bench's transport under the HTTP client."""
+    assert settings.kind == "openai" and not settings.fallbacks
+    plain = OpenAICompatBackend(settings, transport=tap)
+    return ResilientBackend(plain, settings, name=settings.model)
 
 
 @contextlib.contextmanager
@@ -114,7 +278,10 @@ def vllm_server(model_dir: Path, log_path: Path, extra_args: Sequence[str] = ())
         )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
+        for _ in range(400):
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError("vLLM server exited:\n" + "\n".join(tail))
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
                     break
@@ -124,15 +291,19 @@ def vllm_server(model_dir: Path, log_path: Path, extra_args: Sequence[str] = ())
         _stop(process)
 
 
-def block_size(log_path: Path) -> int:
-    found = re.search(r"block_size[=:\s'\"]+(\d+)", log_path.read_text(errors="replace"))
-    return int(found[1]) if found else DEFAULT_BLOCK
-
-
 async def metric(http: httpx.AsyncClient, name: str) -> float:
     text = (await http.get("/metrics")).text
     pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
     return sum(float(m[2]) for m in pattern.finditer(text))
+
+
+async def server_block_size(http: httpx.AsyncClient) -> int:
+    """The KV-cache block size the engine runs with, from `vllm:cache_config_info`."""
+    text = (await http.get("/metrics")).text
+    found = re.search(r'^vllm:cache_config_info\{[^}]*\bblock_size="(\d+)"', text, re.MULTILINE)
+    if found is None:
+        raise RuntimeError("the server's /metrics has no vllm:cache_config_info block_size")
+    return int(found[1])
 
 
 async def token_ids(
@@ -147,14 +318,6 @@ async def token_ids(
     return [int(t) for t in tokens]
 
 
-@dataclass
-class TurnFigures:
-    prompt: int
-    cached: int
-    ideal: int
-    rollover: bool
-
-
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -164,21 +327,53 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-async def figures(http: httpx.AsyncClient, seen: list[Seen], block: int) -> list[TurnFigures]:
+@dataclass
+class TurnFigures:
+    prompt: int
+    cached: int
+    ideal: int
+    achievable: int
+    rollover: bool
+    diverge: int | None  # offset into the previous reply's generated ids; None: first turn
+    cause: str
+
+
+def _cause(seen: Seen, before: Seen, before_ex: Exchange, shared: int, rollover: bool) -> str:
+    prompt_len = len(before_ex.prompt_ids)
+    if shared < prompt_len:
+        return "roll-over (summary)" if rollover else "(c) PARLEY changed an earlier message"
+    reply = seen.messages[-2].content if len(seen.messages) >= 2 else None
+    if reply != before.text:
+        return "(c) PARLEY changed the reply text"
+    if shared == prompt_len + len(before_ex.output_ids):
+        return f"(a) reply end ({before_ex.finish_reason})"
+    return "(b) re-tokenised"
+
+
+async def figures(
+    http: httpx.AsyncClient, seen: list[Seen], exchanges: list[Exchange], block: int
+) -> list[TurnFigures]:
     """Per chat turn: what the server cached against the ideal (see the module docstring)."""
     out: list[TurnFigures] = []
-    previous: list[int] = []
-    for i, entry in enumerate(seen):
-        ids = await token_ids(http, entry.messages, gen=True)
+    for i, (entry, ex) in enumerate(zip(seen, exchanges, strict=True)):
+        ids = ex.prompt_ids
         before_user = len(await token_ids(http, entry.messages[:-1], gen=False))
-        prior = seen[i - 1].messages if i else []
-        rollover = bool(prior) and entry.messages[: len(prior)] != prior
-        shared = min(common_prefix(previous, ids), before_user) if rollover else before_user
-        usage = entry.usage or Usage()
-        out.append(
-            TurnFigures(len(ids), usage.cached_tokens or 0, shared // block * block, rollover)
-        )
-        previous = ids
+        assert before_user < len(ids), "the prompt should go on after the earlier messages"
+        cached = int((ex.usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        if not i:  # first turn: blocks shared with other conversations (the system prompt)
+            ideal = before_user // block * block
+            out.append(TurnFigures(len(ids), cached, ideal, ideal, False, None, ""))
+            continue
+        before, before_ex = seen[i - 1], exchanges[i - 1]
+        rollover = entry.messages[: len(before.messages)] != before.messages
+        computed = before_ex.prompt_ids + before_ex.output_ids
+        shared = common_prefix(computed, ids)
+        ideal = before_user // block * block  # the issue's ideal, roll-over or not
+        reachable = min(shared, len(computed) - 1, before_user)
+        achievable = min(ideal, reachable // block * block)
+        diverge = shared - len(before_ex.prompt_ids)
+        cause = _cause(entry, before, before_ex, shared, rollover)
+        out.append(TurnFigures(len(ids), cached, ideal, achievable, rollover, diverge, cause))
     return out
 
 
@@ -192,13 +387,19 @@ def settings_for(base_url: str, folder: Path) -> Settings:
             "max_tokens": 48,
             "temperature": 0.8,
         },
-        conversation={"context_tokens": 600, "summary_tokens": 64},  # type: ignore[arg-type]
+        # rate_limit_messages 0: one user sends all turns of a conversation within seconds,
+        # which the default per-user limit (20 a minute) would answer with "too quickly".
+        conversation={  # type: ignore[arg-type]
+            "context_tokens": 600,
+            "summary_tokens": 64,
+            "rate_limit_messages": 0,
+        },
     )
 
 
 async def converse(app: Parley, name: str, turns: int) -> None:
     key = ConversationKey("bench", name)
-    user = User("bench", "u", "Ada")
+    user = User("bench", f"user-{name}", "Ada")
     for turn in range(turns):
         text = f"{QUESTIONS[turn % len(QUESTIONS)]} (turn {turn + 1})"
         await app.manager.handle(Incoming(key, user, text, f"{name}-{turn}"))
@@ -206,61 +407,193 @@ async def converse(app: Parley, name: str, turns: int) -> None:
 
 def report(name: str, rows: list[TurnFigures]) -> None:
     print(f"\nconversation {name}")
-    print(" turn  prompt  ideal  cached  %ideal  rollover")
+    print(" turn  prompt  ideal  achiev  cached  %ideal  roll  diverge  cause")
     for n, row in enumerate(rows, 1):
         share = f"{100 * row.cached / row.ideal:6.1f}" if row.ideal else "     -"
         flag = "yes" if row.rollover else ""
-        print(f" {n:4d}  {row.prompt:6d}  {row.ideal:5d}  {row.cached:6d}  {share}  {flag}")
+        diverge = "" if row.diverge is None else str(row.diverge)
+        print(
+            f" {n:4d}  {row.prompt:6d}  {row.ideal:5d}  {row.achievable:6d}  {row.cached:6d}"
+            f"  {share}  {flag:4}  {diverge:>7}  {row.cause}"
+        )
 
 
-def ratio(rows: list[TurnFigures]) -> str:
-    ideal = sum(r.ideal for r in rows)
-    return f"{100 * sum(min(r.cached, r.ideal) for r in rows) / ideal:.1f}%" if ideal else "n/a"
+def ratio(rows: Sequence[TurnFigures], of: str = "ideal") -> str:
+    total = sum(getattr(r, of) for r in rows)
+    hit = sum(min(r.cached, getattr(r, of)) for r in rows)
+    return f"{100 * hit / total:5.1f}%" if total else "  n/a"
 
 
-async def run(conversations: int, turns: int) -> None:
+def lost_by_cause(rows: Sequence[TurnFigures]) -> dict[str, int]:
+    lost: Counter[str] = Counter()
+    for row in rows:
+        if row.ideal > row.achievable:
+            lost[row.cause] += row.ideal - row.achievable
+        if row.achievable > row.cached:
+            lost["achievable but not cached"] += row.achievable - row.cached
+    return dict(lost)
+
+
+@contextlib.contextmanager
+def serving(server: str | None, model_dir: Path, extra_args: Sequence[str]) -> Iterator[str]:
+    """`server` when given (a running vLLM server on the tiny model), else a new one."""
+    if server:
+        yield server.rstrip("/")
+        return
+    with vllm_server(model_dir, model_dir.parent / "server.log", extra_args) as base_url:
+        yield base_url
+
+
+def word_token_ids(model_dir: Path) -> list[int]:
+    """Ids of the tokens that are one lowercase word after a space, and the end token.
+
+    Text made of them tokenises back to exactly these ids, as a trained model's output nearly
+    always does; the random model's free output does not (see `--output`)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vocab: dict[str, int] = tokenizer.get_vocab()
+    words = [i for t, i in vocab.items() if re.fullmatch("\u0120[a-z]+", t)]
+    return sorted([*words, vocab["<|end|>"]])
+
+
+async def run(
+    conversations: int, turns: int, block_arg: int, server: str | None, output: str
+) -> None:
     folder = Path(tempfile.mkdtemp(prefix="parley-prefix-"))
     model_dir = build_tiny_model(folder / "model")
-    log_path = folder / "server.log"
-    with vllm_server(model_dir, log_path) as base_url:
-        block = block_size(log_path)
+    extra = ["--block-size", str(block_arg)] if block_arg else []
+    extra_body = {"allowed_token_ids": word_token_ids(model_dir)} if output == "words" else {}
+    chosen = f"--block-size {block_arg}" if block_arg else "the server's default"
+    if server:
+        chosen = f"the running server {server}, --block-size ignored"
+    with serving(server, model_dir, extra) as base_url:
         settings = settings_for(base_url, folder)
-        backend = build_resilient_backend(settings.backend)
-        assert backend is not None
-        recording = Recording(backend, settings.conversation.system_prompt)
+        tap = Tap(token_ids=True, extra_body=extra_body)
+        system_prompt = settings.conversation.system_prompt
+        recording = Recording(tapped_backend(settings.backend, tap), system_prompt)
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+            block = await server_block_size(http)
             hits0 = await metric(http, "vllm:prefix_cache_hits_total")
             queries0 = await metric(http, "vllm:prefix_cache_queries_total")
             all_rows: list[TurnFigures] = []
+            started = time.perf_counter()
             async with Parley(settings, backend=recording) as app:  # type: ignore[arg-type]
                 app.manager.attach("bench", CollectingSink())
                 for c in range(conversations):
                     recording.seen.clear()
-                    recording.sessions.clear()
+                    first = len(tap.exchanges)
                     await converse(app, f"conv-{c}", turns)
-                    rows = await figures(http, list(recording.seen), block)
+                    chat = [
+                        ex
+                        for ex in tap.exchanges[first:]
+                        if ex.body.get("user")
+                        and ex.body["messages"][0]["content"].startswith(system_prompt)
+                    ]
+                    if len(chat) != turns:
+                        print(f"WARNING: conv-{c}: {len(chat)} chat requests for {turns} turns")
+                    rows = await figures(http, list(recording.seen), chat, block)
                     report(f"conv-{c}", rows)
                     all_rows += rows
-            await asyncio.sleep(1)  # the server's counters trail the last reply by a step
+            elapsed = time.perf_counter() - started
+            await asyncio.sleep(2)  # the server's counters trail the last reply by a step
             hits = await metric(http, "vllm:prefix_cache_hits_total") - hits0
             queries = await metric(http, "vllm:prefix_cache_queries_total") - queries0
-    plain = [r for r in all_rows if not r.rollover]
-    ideal_rate = sum(r.ideal for r in all_rows) / max(1, sum(r.prompt for r in all_rows))
-    print(f"\nblock size {block} tokens; {conversations} conversations x {turns} turns")
-    print(f"turns without roll-over: cached / ideal = {ratio(plain)}  (target >= 95%)")
-    print(f"whole conversations:     cached / ideal = {ratio(all_rows)}  (target >= 85%)")
     print(
-        f"/metrics over the run (summaries included): hit rate {100 * hits / max(1, queries):.1f}% "
-        f"({hits:.0f} of {queries:.0f} tokens); ideal chat hit rate {100 * ideal_rate:.1f}%"
+        f"\nmodel output: {output}"
+        + (" (--output words: whole-word tokens only)" if extra_body else "")
     )
+    print_totals(all_rows, tap, block, chosen, conversations, turns, elapsed, hits, queries)
+
+
+def _cached(ex: Exchange) -> int:
+    return int((ex.usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+
+
+def print_totals(
+    rows: list[TurnFigures],
+    tap: Tap,
+    block: int,
+    chosen: str,
+    conversations: int,
+    turns: int,
+    elapsed: float,
+    hits: float,
+    queries: float,
+) -> None:
+    plain = [r for r in rows if not r.rollover]
+    rolled = [r for r in rows if r.rollover]
+    print(
+        f"\nblock size {block} tokens ({chosen}); {conversations} conversations x {turns} turns"
+        f" ({len(rolled)} roll-overs) in {elapsed:.0f} s"
+    )
+    print("ideal = every full cache block before the new user message (issue 3)")
+    print("                                    cached/ideal  target  cached/achievable")
+    for label, part, target in (
+        ("turns without roll-over", plain, ">= 95%"),
+        ("whole conversations", rows, ">= 85%"),
+        ("roll-over turns only", rolled, ""),
+    ):
+        print(
+            f"{label:23} ({len(part):3d} turns)  {ratio(part):>10}  {target:>6}"
+            f"  {ratio(part, 'achievable'):>12}"
+        )
+    prompt = max(1, sum(r.prompt for r in rows))
+    ideal, achievable, cached = (sum(getattr(r, a) for r in rows) for a in
+                                 ("ideal", "achievable", "cached"))  # fmt: skip
+    print(
+        f"chat turns: {prompt} prompt tokens; ideal {ideal} ({100 * ideal / prompt:.1f}%), "
+        f"achievable {achievable} ({100 * achievable / prompt:.1f}%), "
+        f"cached {cached} ({100 * cached / prompt:.1f}%)"
+    )
+    print("tokens of the ideal not cached, by cause:", lost_by_cause(rows) or "none")
+    # The server's counters cover every request; the summaries' share comes from their usage.
+    others = [ex for ex in tap.exchanges if not ex.body.get("user")]
+    other_hits = sum(_cached(ex) for ex in others)
+    other_queries = sum(int(ex.usage.get("prompt_tokens") or 0) for ex in others)
+    chat_hits, chat_queries = hits - other_hits, queries - other_queries
+    print(
+        f"/metrics: vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total over the run"
+        f" = {hits:.0f} / {queries:.0f} = {100 * hits / max(1, queries):.1f}%"
+    )
+    print(
+        f"  chat turns (less the {len(others)} summary requests): {chat_hits:.0f} / "
+        f"{chat_queries:.0f} = {100 * chat_hits / max(1, chat_queries):.1f}%   "
+        f"ideal: {100 * ideal / prompt:.1f}%   achievable: {100 * achievable / prompt:.1f}%"
+    )
+    usage_hits = sum(_cached(ex) for ex in tap.exchanges)
+    usage_queries = sum(int(ex.usage.get("prompt_tokens") or 0) for ex in tap.exchanges)
+    print(
+        f"  check, the {len(tap.exchanges)} replies' usage summed: cached {usage_hits} of "
+        f"{usage_queries} prompt tokens"
+    )
+    print("requests the server got from Parley:", dict(sorted(tap.counts.items())))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conversations", type=int, default=3)
     parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=DEFAULT_BLOCK,
+        help=f"vLLM --block-size (default {DEFAULT_BLOCK}; 0: the server's default, 128 on "
+        "CPU; the CPU build takes multiples of 32 only)",
+    )
+    parser.add_argument(
+        "--server", help="base URL of a running vLLM server on the tiny model (SERVED_MODEL)"
+    )
+    parser.add_argument(
+        "--output",
+        choices=["free", "words"],
+        default="free",
+        help="free: the random model samples any token (default); words: only whole-word "
+        "tokens and the end token (allowed_token_ids), so its replies re-tokenise to the ids "
+        "it generated, as a trained model's do",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.conversations, args.turns))
+    asyncio.run(run(args.conversations, args.turns, args.block_size, args.server, args.output))
 
 
 if __name__ == "__main__":

@@ -116,6 +116,21 @@ async def test_session_id_travels_as_header_and_user(vllm_server: str) -> None:
     assert json.loads(chat.content)["user"] == "telegram:42"
 
 
+async def test_replies_reuse_one_connection(vllm_server: str) -> None:
+    transport = httpx.AsyncHTTPTransport()
+    backend = OpenAICompatBackend(settings_for(vllm_server), transport=transport)
+    await backend.start()
+    try:
+        for n in range(3):
+            chunks = await collect(backend, ask(f"turn {n}", max_tokens=4))
+            assert chunks[-1].finish_reason is not None
+        # A reply read to the end of its body hands its connection back for the next one;
+        # one closed after [DONE] with its body unread would leave the pool empty.
+        assert len(transport._pool.connections) == 1
+    finally:
+        await backend.aclose()
+
+
 async def test_three_turn_conversation(backend: OpenAICompatBackend) -> None:
     messages = [SYSTEM]
     prompt_sizes = []

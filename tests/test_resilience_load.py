@@ -56,6 +56,8 @@ def settings_for(tmp_path: Path, primary: FaultServer, backup: FaultServer) -> S
     return Settings(
         database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},  # type: ignore[arg-type]
         backend=backend,  # type: ignore[arg-type]
+        # Each conversation's turns come within seconds: no per-user limit in a backend test.
+        conversation={"rate_limit_messages": 0},  # type: ignore[arg-type]
     )
 
 

@@ -223,8 +223,7 @@ class ConversationManager:
 
     async def _turn(self, work: _Work, batch: list[StoredMessage]) -> None:
         if batch[0].kind is MessageKind.LIMITED:
-            say = self._localizer(batch[-1])
-            await self._reply_once(work, batch, await say(phrases.RATE_LIMITED))
+            await self._rate_limited(work, batch)
             return
         if batch[0].kind is MessageKind.COMMAND:
             await self._answer(work, batch, await self._command(work, batch[0]))
@@ -237,6 +236,20 @@ class ConversationManager:
             await self._reply_once(work, batch, await say(NoBackendConfigured.user_message))
         else:
             await self._chat(work, batch, self._backend)
+
+    async def _rate_limited(self, work: _Work, batch: list[StoredMessage]) -> None:
+        """One sentence per conversation and rate window; the messages over the limit after
+        it are marked answered without a word (a flood must not become a flood of replies)."""
+        key = f"rate-told:{work.conversation_id}"
+        told = await self._cache.count(key, self._settings.rate_limit_window_s)
+        if told <= 1:  # 0: the cache is unreachable; telling twice beats not telling
+            say = self._localizer(batch[-1])
+            await self._reply_once(work, batch, await say(phrases.RATE_LIMITED))
+            return
+        ids = [m.id for m in batch]
+        await self._store.record_reply(
+            work.conversation_id, ids, "", kind=MessageKind.COMMAND, token_count=0
+        )
 
     async def _command(self, work: _Work, message: StoredMessage) -> Answer:
         parsed = parse_command(message.content)

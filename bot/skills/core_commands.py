@@ -43,6 +43,8 @@ async def _history(ctx: TurnContext) -> str:
         return "There is no history yet."
     lines = []
     for row in rows:
+        if row.role is Role.ASSISTANT and not row.content:
+            continue  # messages over the rate limit, answered without a word
         who = "Parley" if row.role is Role.ASSISTANT else (row.user_display_name or "You")
         text = " ".join(row.content.split())
         if len(text) > EXCERPT_CHARS:
