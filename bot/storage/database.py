@@ -1,4 +1,7 @@
-"""Engines for the history database: an SQLite file by default, PostgreSQL in production."""
+"""Engines for the history database: an SQLite file by default, PostgreSQL in production.
+
+How `SqlStore` runs its statements on them is `bot.storage.runners`.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
     ensure_sqlite_folder(url)
     engine = _create_async_engine(url, echo=echo)
     event.listen(engine.sync_engine, "do_connect", _connect_one_hop)
-    event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+    event.listen(engine.sync_engine, "connect", set_sqlite_pragmas)
     return engine
 
 
@@ -166,7 +169,7 @@ class OneHopCursor:
         self._rows = []
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Per connection, because busy_timeout, synchronous and foreign_keys are not stored in the
     # file (journal_mode is, but setting it again is harmless).
     cursor = dbapi_connection.cursor()

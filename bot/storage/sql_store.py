@@ -9,6 +9,10 @@ transaction as the answer itself. Every database failure surfaces as `StorageErr
 Statements are built once, at import, with bound parameters: building and cache-keying a
 statement costs more CPU than most of these round trips. User and conversation ids never change
 once written, so each store remembers them and a known sender's message is one INSERT.
+
+Each call's work is one synchronous function over `Queries`, run whole in one hand-off by the
+database's `Runner` (database.py): one trip to a thread on an SQLite file, one greenlet over
+asyncpg on PostgreSQL. Rows are read by position.
 """
 
 from __future__ import annotations
@@ -20,16 +24,15 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import greenlet_spawn
 
 from bot.errors import StorageError
 from bot.storage.base import ConversationState, MessageKind, Recorded, StoredMessage
 from bot.storage.database import database_errors, describe_error
 from bot.storage.models import ConversationRow, MessageRow, UserRow
+from bot.storage.runners import Queries, runner_for
 from bot.types import ConversationKey, Incoming, Role, utcnow
 
 T = TypeVar("T")
@@ -37,6 +40,7 @@ V = TypeVar("V")
 
 # Ids remembered per store; far more than the conversations active at once.
 ID_CACHE_SIZE = 10_000
+_USER, _ASSISTANT = Role.USER.value, Role.ASSISTANT.value
 
 
 class _AlreadyAnswered(Exception):
@@ -81,10 +85,8 @@ class SqlStore:
         # it. On SQLite a read never opens a transaction, but a write must be committed.
         postgresql = engine.dialect.name == "postgresql"
         self._autocommit = postgresql
-        self._reader = (
-            engine.execution_options(isolation_level="AUTOCOMMIT") if self._autocommit else engine
-        )
         self._reads = _READS[postgresql]
+        self._runner = runner_for(engine)
         self._user_ids: _Lru[int] = _Lru()
         self._conversation_ids: _Lru[int] = _Lru()
         self._user_languages: _Lru[str] = _Lru()
@@ -98,10 +100,11 @@ class SqlStore:
 
     async def aclose(self) -> None:
         await self._engine.dispose()
+        await self._runner.aclose()
 
     async def ping(self) -> None:
-        def run(conn: Connection) -> None:
-            conn.execute(_PING)
+        def run(q: Queries) -> None:
+            q.rows(_PING)
 
         await self._run(run)
 
@@ -115,12 +118,12 @@ class SqlStore:
         language = incoming.user.language or None
         language_changed = language is not None and self._user_languages.get(user_key) != language
 
-        def run(conn: Connection) -> Recorded:
+        def run(q: Queries) -> Recorded:
             created.clear()
             user_id = self._user_ids.get(user_key)
             if user_id is None:
                 user_id = created["user"] = self._get_or_create(
-                    conn, _INSERT_USER, _SELECT_USER_ID, {
+                    q, _INSERT_USER, _SELECT_USER_ID, {
                         "platform": incoming.user.platform,
                         "external_id": incoming.user.user_id,
                         "display_name": incoming.user.display_name,  # kept from the first only
@@ -128,18 +131,18 @@ class SqlStore:
                     },
                 )  # fmt: skip
             if language_changed:
-                conn.execute(_SET_USER_LANGUAGE, {"uid": user_id, "lang": language})
+                q.rowcount(_SET_USER_LANGUAGE, {"uid": user_id, "lang": language})
             conversation_id = self._conversation_ids.get(incoming.key)
             if conversation_id is None:
                 key = incoming.key
                 conversation_id = created["conversation"] = self._get_or_create(
-                    conn, _INSERT_CONVERSATION, _SELECT_CONVERSATION_ID,
+                    q, _INSERT_CONVERSATION, _SELECT_CONVERSATION_ID,
                     {"platform": key.platform, "chat_id": key.chat_id, "thread_id": key.thread_id},
                 )  # fmt: skip
             values = {
                 "conversation_id": conversation_id,
                 "user_id": user_id,
-                "role": Role.USER.value,
+                "role": _USER,
                 "kind": kind.value,
                 "content": incoming.text,
                 "token_count": token_count,
@@ -149,12 +152,12 @@ class SqlStore:
                 # An observed message needs no answer: never pending (see models.MessageRow).
                 "answered_by": 0 if kind is MessageKind.OBSERVED else None,
             }
-            new_id = conn.execute(_INSERT_MESSAGE, values).scalar_one_or_none()
+            new_id = _scalar(q.rows(_INSERT_MESSAGE, values))
             if new_id is not None:
                 return Recorded(new_id, conversation_id, is_new=True)
             params = {"idempotency_key": incoming.idempotency_key}
-            row = conn.execute(_SELECT_BY_IDEMPOTENCY_KEY, params).one()
-            return Recorded(row.id, row.conversation_id, is_new=False)
+            first_id, first_conversation_id = _one(q.rows(_SELECT_BY_IDEMPOTENCY_KEY, params))
+            return Recorded(first_id, first_conversation_id, is_new=False)
 
         # Both ids known (nearly always): one INSERT, atomic by itself.
         known = (
@@ -185,9 +188,10 @@ class SqlStore:
         if found is not None:
             return found
 
-        def run(conn: Connection) -> int | None:
+        def run(q: Queries) -> int | None:
             params = {"platform": key.platform, "chat_id": key.chat_id, "thread_id": key.thread_id}
-            return conn.execute(_SELECT_CONVERSATION_ID, params).scalar_one_or_none()
+            found: int | None = _scalar(q.rows(_SELECT_CONVERSATION_ID, params))
+            return found
 
         found = await self._run(run)
         if found is not None:
@@ -206,24 +210,22 @@ class SqlStore:
         kind: MessageKind,
         token_count: int,
     ) -> StoredMessage | None:
-        reply = StoredMessage(0, conversation_id, Role.ASSISTANT, kind, text, token_count,
-                              utcnow())  # fmt: skip
+        created_at = utcnow()
         values = {
             "conversation_id": conversation_id,
-            "role": Role.ASSISTANT.value,
+            "role": _ASSISTANT,
             "kind": kind.value,
             "content": text,
             "token_count": token_count,
-            "created_at": reply.created_at,
+            "created_at": created_at,
         }
         fenced = set(answers)
 
-        def run(conn: Connection) -> int:
-            reply_id: int = conn.execute(_INSERT_REPLY, values).scalar_one()
+        def run(q: Queries) -> int:
+            reply_id: int = _one(q.rows(_INSERT_REPLY, values))[0]
             if fenced:  # the fence: every one of `answers` must still be pending
                 marks = {"reply_id": reply_id, "ids": list(fenced), "cid": conversation_id}
-                result = conn.execute(_MARK_ANSWERED, marks)
-                if result.rowcount != len(fenced):
+                if q.rowcount(self._reads.mark_answered, marks) != len(fenced):
                     raise _AlreadyAnswered
             return reply_id
 
@@ -231,24 +233,25 @@ class SqlStore:
             reply_id = await self._run(run, write=True)
         except _AlreadyAnswered:
             return None
-        return dataclasses.replace(reply, id=reply_id)
+        return StoredMessage(reply_id, conversation_id, Role.ASSISTANT, kind, text, token_count,
+                             created_at)  # fmt: skip
 
     async def state(self, conversation_id: int) -> ConversationState:
-        def run(conn: Connection) -> sa.Row[Any] | None:
-            return conn.execute(
-                self._reads.state, {"conversation_id": conversation_id}
-            ).one_or_none()
+        def run(q: Queries) -> Sequence[Sequence[Any]]:
+            return q.rows(self._reads.state, {"conversation_id": conversation_id})
 
-        row = await self._run(run)
-        if row is None:
+        rows = await self._run(run)
+        if not rows:
             raise StorageError(f"conversation {conversation_id} does not exist")
+        (id_, platform, chat_id, thread_id, summary, summary_through_id, context_start_id,
+         last_reply_id) = _one(rows)  # fmt: skip
         return ConversationState(
-            id=row.id,
-            key=ConversationKey(row.platform, row.chat_id, row.thread_id),
-            summary=row.summary,
-            summary_through_id=row.summary_through_id,
-            context_start_id=row.context_start_id,
-            last_reply_id=row.last_reply_id or 0,
+            id=id_,
+            key=ConversationKey(platform, chat_id, thread_id),
+            summary=summary,
+            summary_through_id=summary_through_id,
+            context_start_id=context_start_id,
+            last_reply_id=last_reply_id or 0,
         )
 
     async def context_messages(
@@ -270,15 +273,15 @@ class SqlStore:
         return list(reversed(await self._messages(self._reads.history, params)))
 
     async def conversations_with_pending(self) -> Sequence[tuple[int, ConversationKey]]:
-        def run(conn: Connection) -> Sequence[sa.Row[Any]]:
-            return conn.execute(_WITH_PENDING).all()
+        def run(q: Queries) -> Sequence[Sequence[Any]]:
+            return q.rows(_WITH_PENDING)
 
         rows = await self._run(run)
-        return [(r.id, ConversationKey(r.platform, r.chat_id, r.thread_id)) for r in rows]
+        return [(id_, ConversationKey(p, chat, thread)) for id_, p, chat, thread in rows]
 
     async def _run(
         self,
-        work: Callable[[Connection], T],
+        work: Callable[[Queries], T],
         *,
         write: bool = False,
         one_statement: bool = False,
@@ -286,16 +289,13 @@ class SqlStore:
         """`work` on a connection: in a transaction committed on success when `write`, else
         a read (no transaction where the driver allows); `one_statement` says that the write
         is atomic without one. A pooled connection found dead (the server restarted; there is
-        no pre-ping) is dropped and `work` runs once more on a new one.
-
-        `work` is synchronous SQLAlchemy, run in one greenlet as `AsyncConnection.run_sync`
-        does: one switch into SQLAlchemy per call instead of one per checkout, statement,
-        commit and close, which cost more CPU than the statements themselves.
+        no pre-ping) is dropped and `work` runs once more on a new one. The runner runs `work`
+        whole in one hand-off, not one per checkout, statement, commit and close.
         """
+        transaction = write and not (one_statement and self._autocommit)
         for attempt in (1, 2):
             try:
-                in_transaction = write and not (one_statement and self._autocommit)
-                return await greenlet_spawn(self._in_connection, work, in_transaction)
+                return await self._runner.run(work, transaction=transaction)
             except sa_exc.DBAPIError as exc:
                 if attempt == 1 and exc.connection_invalidated:
                     continue
@@ -304,43 +304,36 @@ class SqlStore:
                 raise StorageError(describe_error(exc, self._engine.url)) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _in_connection(self, work: Callable[[Connection], T], in_transaction: bool) -> T:
-        if in_transaction:
-            with self._engine.sync_engine.begin() as conn:
-                return work(conn)
-        with self._reader.sync_engine.connect() as conn:
-            return work(conn)
-
     async def _messages(
         self, stmt: sa.Select[Any], params: Mapping[str, Any]
     ) -> list[StoredMessage]:
-        def run(conn: Connection) -> Sequence[sa.Row[Any]]:
-            return conn.execute(stmt, params).all()
+        def run(q: Queries) -> Sequence[Sequence[Any]]:
+            return q.rows(stmt, params)
 
         return [_to_message(row) for row in await self._run(run)]
 
     async def _write(self, stmt: sa.Executable, params: Mapping[str, Any]) -> None:
-        def run(conn: Connection) -> None:
-            conn.execute(stmt, params)
+        def run(q: Queries) -> None:
+            q.rowcount(stmt, params)
 
         await self._run(run, write=True, one_statement=True)
 
     @staticmethod
     def _get_or_create(
-        conn: Connection,
+        q: Queries,
         insert: sa.Executable,
         lookup: sa.Select[tuple[int]],
         values: Mapping[str, Any],
     ) -> int:
         # Look first: the row nearly always exists, and a conflicting insert would still burn
         # a PostgreSQL sequence value on every message.
-        found: int | None = conn.execute(lookup, values).scalar_one_or_none()
+        found: int | None = _scalar(q.rows(lookup, values))
         if found is None:
             # The new id, or None if another transaction inserted the same key first: a
             # concurrent insert of that key waits for the other transaction, then does nothing.
-            found = conn.execute(insert, values).scalar_one_or_none()
+            found = _scalar(q.rows(insert, values))
         if found is None:
-            found = conn.execute(lookup, values).scalar_one()
+            found = _one(q.rows(lookup, values))[0]
         return found
 
 
@@ -398,12 +391,14 @@ _PENDING = (
 
 @dataclasses.dataclass(frozen=True)
 class _ConversationReads:
-    """The statements that read a conversation newest first, built per dialect."""
+    """The statements that differ by dialect: those that read a conversation newest first,
+    and the fence."""
 
     context: sa.Select[Any]
     history: sa.Select[Any]
     state: sa.Select[Any]
     reset_context: sa.Update
+    mark_answered: sa.Update
 
     @classmethod
     def build(cls, postgresql: bool) -> _ConversationReads:
@@ -442,7 +437,20 @@ class _ConversationReads:
             .where(_m.kind != _literal(MessageKind.OBSERVED.value))
             .limit(_LIMIT)
         )
-        return cls(context, history, state, reset_context)
+        # The fence of record_reply. A list parameter: an IN list on SQLite, = ANY(array) on
+        # PostgreSQL (asyncpg's $n parameters cannot grow into an IN list).
+        ids = sa.bindparam("ids", type_=pg.ARRAY(sa.BigInteger())) if postgresql else None
+        mark_answered = (
+            sa.update(_m)
+            .where(
+                _m.id == sa.any_(ids) if ids is not None
+                else _m.id.in_(sa.bindparam("ids", expanding=True)),
+                _m.conversation_id == _param("cid"),  # a column's name is reserved in UPDATE
+                _PENDING_WHERE,
+            )
+            .values(answered_by=_param("reply_id"))
+        )  # fmt: skip
+        return cls(context, history, state, reset_context, mark_answered)
 
 
 _READS = {True: _ConversationReads.build(True), False: _ConversationReads.build(False)}
@@ -471,16 +479,12 @@ _SELECT_BY_IDEMPOTENCY_KEY = sa.select(_m.id, _m.conversation_id).where(
     _m.idempotency_key == _param("idempotency_key")
 )
 
-_INSERT_REPLY = sa.insert(_m).returning(_m.id)  # columns: the keys of the parameters
-_MARK_ANSWERED = (
-    sa.update(_m)
-    .where(
-        _m.id.in_(sa.bindparam("ids", expanding=True)),
-        _m.conversation_id == _param("cid"),  # a column's name is reserved in UPDATE
-        _PENDING_WHERE,
-    )
-    .values(answered_by=_param("reply_id"))
-)
+_INSERT_REPLY = (
+    sa.insert(_m)
+    .values({c: _param(c, _m.__table__.c[c].type) for c in
+             ("conversation_id", "role", "kind", "content", "token_count", "created_at")})
+    .returning(_m.id)
+)  # fmt: skip
 
 
 def _insert_once(entity: Any, columns: Sequence[str], unique: Sequence[str]) -> sa.Executable:
@@ -519,7 +523,18 @@ _ROLES = {role.value: role for role in Role}  # a dict lookup is cheaper than Ro
 _KINDS = {kind.value: kind for kind in MessageKind}
 
 
-def _to_message(row: sa.Row[Any]) -> StoredMessage:
+def _scalar(rows: Sequence[Sequence[Any]]) -> Any:
+    """The first column of the only row; None without rows."""
+    return _one(rows)[0] if rows else None
+
+
+def _one(rows: Sequence[Sequence[Any]]) -> Sequence[Any]:
+    if len(rows) != 1:  # as SQLAlchemy's Result.one() fails
+        raise sa_exc.NoResultFound() if not rows else sa_exc.MultipleResultsFound()
+    return rows[0]
+
+
+def _to_message(row: Sequence[Any]) -> StoredMessage:
     # Once per row of every window rebuilt from SQL (up to the loader's 400): kept lean.
     (id_, conversation_id, role, kind, content, token_count, created_at, answered_by,
      display_name, platform_message_id) = row  # fmt: skip
