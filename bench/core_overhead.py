@@ -59,7 +59,8 @@ from sqlalchemy import event
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage, estimate_tokens
 from bot.app import Parley
 from bot.settings import Settings
-from bot.storage.database import SQLITE_PRAGMAS, AsyncpgRunner, SqliteThread
+from bot.storage.database import SQLITE_PRAGMAS
+from bot.storage.runners import AsyncpgRunner, SqliteThread
 from bot.types import ConversationKey, Incoming, User
 
 PLATFORM = "bench"

@@ -113,7 +113,8 @@ class Parley:
 
     def _skill_services(self, cache: Cache) -> SkillServices:
         s = self.settings
-        self.prefs = PrefsRepository(self.store.engine, cache)
+        shared = self.settings.redis.url is not None
+        self.prefs = PrefsRepository(self.store.engine, cache, shared_cache=shared)
         self.kb = KnowledgeBase(
             self.store.engine, max_file_bytes=s.knowledge.max_file_mb * 1_000_000
         )

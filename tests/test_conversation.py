@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from backends.base import Chunk, GenerationRequest
 from bot import phrases
@@ -336,9 +337,16 @@ async def test_a_failing_platform_loses_no_message_and_answers_once(tmp_path: Pa
     assert backend.closed_early == 1
 
 
-async def test_an_unreadable_cached_window_is_rebuilt(tmp_path: Path) -> None:
+@pytest.mark.redis
+async def test_an_unreadable_cached_window_is_rebuilt(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    # Only a shared cache holds windows as bytes (in process they are objects).
     backend = ScriptedBackend()
-    async with running(settings_for(tmp_path), backend) as (app, _):
+    settings = settings_for(tmp_path)
+    settings.redis.url = SecretStr(redis_url)
+    settings.redis.key_prefix = key_prefix
+    async with running(settings, backend) as (app, _):
         await app.manager.handle(incoming("first"))
         await app.manager._cache.set("ctx:1", b'{"written": "by another version"}')
         await app.manager.handle(incoming("second"))

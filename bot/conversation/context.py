@@ -2,8 +2,10 @@
 
 The cache holds a copy of each window; SQL holds the truth. A shared cache (Redis) can hold a
 stale copy after an outage or a failed write, so its copies are used only if they are provably
-current (last reply and boundary match SQL's: one primary-key read). An in-process cache has
-one writer, this process, which updates it on every change, so its copies are trusted.
+current (last reply and boundary match SQL's: one primary-key read). Without a shared cache
+this process is the only writer, updating its copies on every change, so they are trusted and
+kept as objects (`_Windows`): no encoding per turn, and each turn's prompt messages are built
+once (see `Turn.messages`).
 
 A rebuild reads a bounded number of the newest rows, so loading costs the same for 10 or
 100,000 earlier messages.
@@ -12,6 +14,7 @@ A rebuild reads a bounded number of the newest rows, so loading costs the same f
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 from bot.storage.base import Cache, ConversationState, Store
 
@@ -21,6 +24,31 @@ from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, turns_from_rows
 log = logging.getLogger(__name__)
 
 CACHE_TTL_S = 24 * 3600
+# Windows kept in process when there is no shared cache; the least recently used go first.
+LOCAL_WINDOWS = 10_000
+
+
+class _Windows:
+    """Window objects by conversation id, bounded, least recently used evicted."""
+
+    def __init__(self, size: int = LOCAL_WINDOWS) -> None:
+        self._size = size
+        self._windows: OrderedDict[int, Window] = OrderedDict()
+
+    def get(self, conversation_id: int) -> Window | None:
+        window = self._windows.get(conversation_id)
+        if window is not None:
+            self._windows.move_to_end(conversation_id)
+        return window
+
+    def put(self, conversation_id: int, window: Window) -> None:
+        self._windows[conversation_id] = window
+        self._windows.move_to_end(conversation_id)
+        if len(self._windows) > self._size:
+            self._windows.popitem(last=False)
+
+    def drop(self, conversation_id: int) -> None:
+        self._windows.pop(conversation_id, None)
 
 
 class ContextLoader:
@@ -40,6 +68,8 @@ class ContextLoader:
         self.budget_tokens = budget_tokens
         self._max_rows = max_rows
         self._verify_cached = verify_cached
+        # No shared cache (verify_cached False): the windows live here, as objects.
+        self._local = None if verify_cached else _Windows()
 
     @staticmethod
     def _key(conversation_id: int) -> str:
@@ -59,6 +89,8 @@ class ContextLoader:
         return window
 
     async def _cached(self, conversation_id: int) -> Window | None:
+        if self._local is not None:
+            return self._local.get(conversation_id)
         raw = await self._cache.get(self._key(conversation_id))
         if raw is None:
             return None
@@ -95,14 +127,14 @@ class ContextLoader:
 
     async def append(self, conversation_id: int, window: Window, turn: Turn) -> None:
         """Add a finished turn. Appending never changes what came before (prefix stability)."""
-        window.turns.append(turn)
+        window.add(turn)
         await self._save(conversation_id, window)
 
     async def _roll_over(self, conversation_id: int, window: Window, target: int) -> None:
         # Fold down to half the budget so roll-overs (which break the prefix) stay rare.
         fold: list[Turn] = []
         while window.turns and window.tokens > target:
-            fold.append(window.turns.pop(0))
+            fold.append(window.pop_oldest())
             window.summary_tokens = 0  # the old summary is folded into the new one
         if not fold:
             return
@@ -114,9 +146,15 @@ class ContextLoader:
         log.info("conversation %s rolled over: %d turns folded", conversation_id, len(fold))
 
     async def invalidate(self, conversation_id: int) -> None:
+        if self._local is not None:
+            self._local.drop(conversation_id)
+            return
         await self._cache.delete(self._key(conversation_id))
 
     async def _save(self, conversation_id: int, window: Window) -> None:
+        if self._local is not None:
+            self._local.put(conversation_id, window)
+            return
         await self._cache.set(self._key(conversation_id), window.dumps(), CACHE_TTL_S)
 
     async def _count(self, text: str) -> int:

@@ -28,6 +28,16 @@ class Turn:
     tokens: int
     # Id of the assistant message: what `summary_through_id` points at when the turn is folded.
     reply_id: int
+    _messages: tuple[ChatMessage, ChatMessage] | None = field(default=None, repr=False)
+
+    def messages(self) -> tuple[ChatMessage, ChatMessage]:
+        """The turn's two prompt messages, built once per Turn object."""
+        if self._messages is None:
+            self._messages = (
+                ChatMessage(Role.USER, self.user),
+                ChatMessage(Role.ASSISTANT, self.assistant),
+            )
+        return self._messages
 
 
 @dataclass(slots=True)
@@ -36,11 +46,30 @@ class Window:
     summary_tokens: int = 0
     # The id after which messages may belong to the window (max of fold point and /reset point).
     boundary_id: int = 0
+    # Change only through add() and pop_oldest(), which keep the running total below.
     turns: list[Turn] = field(default_factory=list)
+    _turn_tokens: int = field(default=0, init=False, repr=False)
+    # The turns' prompt messages in order, kept with them: a prompt is built on every turn.
+    _tail: list[ChatMessage] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._turn_tokens = sum(t.tokens for t in self.turns)
+        self._tail = [m for t in self.turns for m in t.messages()]
 
     @property
     def tokens(self) -> int:
-        return self.summary_tokens + sum(t.tokens for t in self.turns)
+        return self.summary_tokens + self._turn_tokens
+
+    def add(self, turn: Turn) -> None:
+        self.turns.append(turn)
+        self._turn_tokens += turn.tokens
+        self._tail.extend(turn.messages())
+
+    def pop_oldest(self) -> Turn:
+        turn = self.turns.pop(0)
+        self._turn_tokens -= turn.tokens
+        del self._tail[:2]
+        return turn
 
     @property
     def last_reply_id(self) -> int:
@@ -50,11 +79,7 @@ class Window:
         system = system_prompt
         if self.summary:
             system = f"{system_prompt}\n\n{SUMMARY_HEADING}\n{self.summary}"
-        out = [ChatMessage(Role.SYSTEM, system)]
-        for turn in self.turns:
-            out.append(ChatMessage(Role.USER, turn.user))
-            out.append(ChatMessage(Role.ASSISTANT, turn.assistant))
-        return out
+        return [ChatMessage(Role.SYSTEM, system), *self._tail]
 
     def dumps(self) -> bytes:
         # Turns as plain lists: this runs on every turn, and asdict() costs more than the

@@ -62,6 +62,9 @@ class _NamedLocks:
 
 
 async def _acquire_within(lock: asyncio.Lock, name: str, wait_s: float) -> None:
+    if not lock.locked() and not getattr(lock, "_waiters", None):
+        await lock.acquire()  # free, nobody queued: taken at once, no timer to arm and cancel
+        return
     try:
         async with asyncio.timeout(wait_s):
             await lock.acquire()

@@ -59,14 +59,20 @@ _CHAT_PREFS = sa.select(_cp.auto_translate, _cp.keep_messages).where(
     _cp.conversation_id == sa.bindparam("cid")
 )
 CHAT_PREFS_TTL_S = 3600.0
+LOCAL_CHATS = 10_000
 
 
 class PrefsRepository:
     """Shares the history's engine; it does not own it."""
 
-    def __init__(self, engine: AsyncEngine, cache: Cache | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, cache: Cache | None = None, *, shared_cache: bool = True
+    ) -> None:
         self._engine = engine
         self._cache = cache
+        # Without a shared cache this process is the only writer: chat preferences are kept
+        # here as values (no encoding per message), dropped on every write like the cache's.
+        self._local: dict[int, tuple[str | None, bool]] | None = None if shared_cache else {}
         self._errors = database_errors(engine.url)
         self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
 
@@ -90,6 +96,8 @@ class PrefsRepository:
 
     async def chat(self, conversation_id: int) -> tuple[str | None, bool]:
         """(auto-translate target, keep-messages opt-in) of a chat."""
+        if self._local is not None and (known := self._local.get(conversation_id)) is not None:
+            return known
         key = f"prefs:chat:{conversation_id}"
         if self._cache is not None and (raw := await self._cache.get(key)) is not None:
             target, keep = json.loads(raw)
@@ -97,11 +105,18 @@ class PrefsRepository:
         async with self._connection() as conn:
             row = (await conn.execute(_CHAT_PREFS, {"cid": conversation_id})).first()
         found = (row[0], bool(row[1])) if row is not None else (None, False)
+        if self._local is not None:
+            if len(self._local) >= LOCAL_CHATS:
+                self._local.clear()
+            self._local[conversation_id] = found
+            return found
         if self._cache is not None:
             await self._cache.set(key, json.dumps(found).encode(), CHAT_PREFS_TTL_S)
         return found
 
     async def _forget_chat(self, conversation_id: int) -> None:
+        if self._local is not None:
+            self._local.pop(conversation_id, None)
         if self._cache is not None:
             await self._cache.delete(f"prefs:chat:{conversation_id}")
 
