@@ -843,9 +843,9 @@ async def context_bench(
         if case.settled:
             await app.manager.handle(traffic.incoming(group, 0, 1))
         ids[case.label] = recorded.conversation_id
-    ctx, cache = app.manager._context, app.manager._cache
+    ctx = app.manager._context
     for case in cases:  # one untimed load each: statement caches, planner
-        await cache.delete(ctx._key(ids[case.label]))
+        await ctx.invalidate(ids[case.label])  # the cached window, wherever it is kept
         await ctx.load(ids[case.label])
     res.cold = {c.label: [] for c in cases}
     res.warm = {c.label: [] for c in cases}
@@ -853,7 +853,7 @@ async def context_bench(
     for _ in range(loads):
         for case in cases:  # interleaved, so drift on a noisy machine hits every case alike
             cid = ids[case.label]
-            await cache.delete(ctx._key(cid))
+            await ctx.invalidate(cid)
             t0 = time.perf_counter_ns()
             window = await ctx.load(cid)
             t1 = time.perf_counter_ns()
