@@ -3,7 +3,8 @@
 submit():  record the message in SQL (a repeated idempotency key is dropped), then schedule
            the conversation. Returning from submit() is the acknowledgement point: from here
            the message survives a crash (recover() picks it up on the next start).
-worker:    take the conversation's lock (asyncio in one process, Redis across processes), then
+worker:    take the conversation's lock (asyncio in one process, Redis across processes, and a
+           lease in SQL across processes while Redis is unreachable), then
            run turns until nothing is pending: each turn takes the pending messages (merged, or
            one at a time, per the burst policy), answers them through the router or the model,
            streams the answer to the platform's sink, and records it. record_reply is fenced in
@@ -20,6 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -80,6 +84,8 @@ class ConversationManager:
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._streaming: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
+        # This process's name in SQL leases (Store.lease): unique per manager.
+        self._owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
     def attach(self, platform: str, sink: ReplySink) -> None:
         self._sinks[platform] = sink
@@ -191,13 +197,25 @@ class ConversationManager:
         # One read of the pending messages per lock. Nothing needs a second look afterwards:
         # what this process records meanwhile sets _again (see _worker), and what another
         # worker records is answered by that worker once it gets the lock.
-        async with lock:
-            while True:
-                pending = await self._store.pending(work.conversation_id, PENDING_PAGE)
-                for batch in self._batches(pending):
-                    await self._turn(work, batch)
-                if len(pending) < PENDING_PAGE:
-                    return
+        async with lock as exclusive:
+            if exclusive:
+                await self._run_pending(work)
+                return
+            # The shared cache (Redis) is down: its lock held in this process only. A lease in
+            # SQL keeps two workers from streaming two answers to the same messages.
+            lease = self._store.lease(
+                work.conversation_id, self._owner, ttl_s=s.lock_ttl_s, wait_s=s.lock_wait_s
+            )
+            async with lease:
+                await self._run_pending(work)
+
+    async def _run_pending(self, work: _Work) -> None:
+        while True:
+            pending = await self._store.pending(work.conversation_id, PENDING_PAGE)
+            for batch in self._batches(pending):
+                await self._turn(work, batch)
+            if len(pending) < PENDING_PAGE:
+                return
 
     def _batches(self, pending: Sequence[StoredMessage]) -> list[list[StoredMessage]]:
         """Turns, in order: a command alone; chat messages merged (or one each, "queue");

@@ -121,6 +121,14 @@ class Store(Protocol):
         """The newest `limit` messages of every kind but OBSERVED, oldest first."""
         ...
 
+    def lease(
+        self, conversation_id: int, owner: str, *, ttl_s: float, wait_s: float
+    ) -> AbstractAsyncContextManager[None]:
+        """A lock on one conversation held in SQL by `owner` (unique per process): the turn
+        lock's stand-in across workers while the shared cache is down. Renewed every ttl_s/3
+        while held, lapses ttl_s after a holder died. Raises TimeoutError after wait_s."""
+        ...
+
     async def conversations_with_pending(self) -> Sequence[tuple[int, ConversationKey]]:
         """Conversations that have unanswered user messages (work left by a crash)."""
         ...
@@ -143,11 +151,13 @@ class Cache(Protocol):
         0 when the cache is unreachable: limits built on it fail open."""
         ...
 
-    def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[None]:
+    def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[bool]:
         """Mutual exclusion on `name` (per process in memory, across processes in Redis).
 
         Held past ttl_s only while the holder is alive (it is extended in the background).
-        Raises TimeoutError if not acquired within wait_s.
+        Raises TimeoutError if not acquired within wait_s. Yields whether the exclusion holds
+        for every process that shares the cache: False while Redis is unreachable (in-process
+        exclusion only; the caller may fall back to Store.lease).
         """
         ...
 

@@ -2,8 +2,9 @@
 
 `MemoryCache` is the embedded default. `RedisCache` shares entries and locks between workers;
 it never raises from get/set/delete, because everything it holds can be rebuilt from SQL. While
-Redis is down it answers misses at once and its locks exclude within the process only: the
-store's SQL fence (`Store.record_reply`) still stops two workers from answering one message.
+Redis is down it answers misses at once and its locks exclude within the process only (they
+say so: the manager then adds a lease in SQL, `Store.lease`), and the store's SQL fence
+(`Store.record_reply`) stops two workers from recording two answers to one message.
 """
 
 from __future__ import annotations
@@ -114,9 +115,14 @@ class MemoryCache:
         self._entries[key] = (str(hits).encode(), expires_at)
         return hits
 
-    def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[None]:
+    def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[bool]:
         # ttl_s bounds a lock whose holder died; in one process the holder cannot die alone.
-        return self._locks.hold(name, wait_s)
+        return self._exclusive(name, wait_s)
+
+    @asynccontextmanager
+    async def _exclusive(self, name: str, wait_s: float) -> AsyncIterator[bool]:
+        async with self._locks.hold(name, wait_s):
+            yield True  # an in-process cache serves one process: this is all the exclusion
 
     async def ping(self) -> bool:
         return True
@@ -163,7 +169,7 @@ class _Outage:
             self._lock_warned = True
             logger.warning(
                 "Redis is unreachable: locks exclude within this process only until it is "
-                "back; the store's SQL fence still prevents a second answer"
+                "back; conversations are leased in SQL meanwhile"
             )
 
 
@@ -253,11 +259,11 @@ class RedisCache:
 
         return await self._attempt(hit) or 0
 
-    def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[None]:
+    def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[bool]:
         return self._hold(name, ttl_s, wait_s)
 
     @asynccontextmanager
-    async def _hold(self, name: str, ttl_s: float, wait_s: float) -> AsyncIterator[None]:
+    async def _hold(self, name: str, ttl_s: float, wait_s: float) -> AsyncIterator[bool]:
         deadline = asyncio.get_running_loop().time() + wait_s
         # The in-process lock comes first: this process's tasks queue on it instead of polling
         # Redis, and exclusion within the process holds even while Redis is down.
@@ -265,10 +271,10 @@ class RedisCache:
             left_s = max(0.0, deadline - asyncio.get_running_loop().time())
             shared = await self._acquire_shared(name, ttl_s, left_s)
             if shared is None:
-                yield
+                yield False  # Redis is down: exclusive within this process only
                 return
             async with self._extended(shared, name, ttl_s):
-                yield
+                yield True
 
     async def _acquire_shared(self, name: str, ttl_s: float, wait_s: float) -> RedisLock | None:
         """The Redis lock, or None when Redis is down (the caller goes on in-process only)."""

@@ -83,6 +83,10 @@ class ConversationRow(Base):
     summary: Mapped[str] = mapped_column(Text, server_default=text("''"))
     summary_through_id: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     context_start_id: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Who runs the conversation's turns, and until when, while Redis (the usual turn lock) is
+    # unreachable: SqlStore.lease. NULL: nobody.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class MessageRow(Base):

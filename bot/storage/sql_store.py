@@ -11,16 +11,20 @@ statement costs more CPU than most of these round trips. User and conversation i
 once written, so each store remembers them and a known sender's message is one INSERT.
 
 Each call's work is one synchronous function over `Queries`, run whole in one hand-off by the
-database's `Runner` (database.py): one trip to a thread on an SQLite file, one greenlet over
+database's `Runner` (runners.py): one trip to a thread on an SQLite file, one greenlet over
 asyncpg on PostgreSQL. Rows are read by position.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
@@ -35,11 +39,15 @@ from bot.storage.models import ConversationRow, MessageRow, UserRow
 from bot.storage.runners import Queries, runner_for
 from bot.types import ConversationKey, Incoming, Role, utcnow
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 V = TypeVar("V")
 
 # Ids remembered per store; far more than the conversations active at once.
 ID_CACHE_SIZE = 10_000
+# How often a worker asks again for a conversation's lease that another one holds.
+LEASE_POLL_S = 0.05
 _USER, _ASSISTANT = Role.USER.value, Role.ASSISTANT.value
 
 
@@ -272,6 +280,46 @@ class SqlStore:
         params = {"conversation_id": conversation_id, "limit": limit}
         return list(reversed(await self._messages(self._reads.history, params)))
 
+    @asynccontextmanager
+    async def lease(
+        self, conversation_id: int, owner: str, *, ttl_s: float, wait_s: float
+    ) -> AsyncIterator[None]:
+        deadline = time.monotonic() + wait_s
+        while not await self._take_lease(conversation_id, owner, ttl_s):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"conversation {conversation_id}: lease not taken in {wait_s:g}s"
+                )
+            await asyncio.sleep(LEASE_POLL_S)
+        renewer = asyncio.create_task(self._renew_lease(conversation_id, owner, ttl_s))
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            await asyncio.wait([renewer])
+            with suppress(StorageError):  # not released: it lapses after ttl_s
+                await self._write(_LEASE_RELEASE, {"cid": conversation_id, "who": owner})
+
+    async def _take_lease(self, conversation_id: int, owner: str, ttl_s: float) -> bool:
+        now = utcnow()
+        params = {"cid": conversation_id, "who": owner, "now_": now,
+                  "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
+
+        def run(q: Queries) -> int:
+            return q.rowcount(_LEASE_TAKE, params)
+
+        return await self._run(run, write=True, one_statement=True) == 1
+
+    async def _renew_lease(self, conversation_id: int, owner: str, ttl_s: float) -> None:
+        while True:
+            await asyncio.sleep(ttl_s / 3)
+            try:
+                if not await self._take_lease(conversation_id, owner, ttl_s):
+                    log.warning("conversation %s: lease lost while held", conversation_id)
+                    return
+            except StorageError as exc:
+                log.warning("conversation %s: lease not renewed: %s", conversation_id, exc)
+
     async def conversations_with_pending(self) -> Sequence[tuple[int, ConversationKey]]:
         def run(q: Queries) -> Sequence[Sequence[Any]]:
             return q.rows(_WITH_PENDING)
@@ -465,6 +513,26 @@ _WITH_PENDING = (
     sa.select(_c.id, _c.platform, _c.chat_id, _c.thread_id)
     .where(_c.id.in_(sa.select(_m.conversation_id).where(_PENDING_WHERE)))
     .order_by(_c.id)
+)
+
+# Take (or renew) a conversation's lease: free, lapsed, or already ours. Parameter names
+# differ from the columns': those are reserved in an UPDATE.
+_LEASE_TAKE = (
+    sa.update(_c)
+    .where(
+        _c.id == _param("cid"),
+        sa.or_(
+            _c.lease_until.is_(None),
+            _c.lease_until < _param("now_", sa.DateTime(timezone=True)),
+            _c.lease_owner == _param("who"),
+        ),
+    )
+    .values(lease_owner=_param("who"), lease_until=_param("until_", sa.DateTime(timezone=True)))
+)
+_LEASE_RELEASE = (
+    sa.update(_c)
+    .where(_c.id == _param("cid"), _c.lease_owner == _param("who"))
+    .values(lease_owner=None, lease_until=None)
 )
 
 _SELECT_USER_ID = sa.select(UserRow.id).where(
