@@ -4,7 +4,7 @@ The cache holds a copy of each window; SQL holds the truth. A shared cache (Redi
 stale copy after an outage or a failed write, so its copies are used only if they are provably
 current (last reply and boundary match SQL's: one primary-key read). Without a shared cache
 this process is the only writer, updating its copies on every change, so they are trusted and
-kept as objects (`_Windows`): no encoding per turn, and each turn's prompt messages are built
+kept as objects (an LRU): no encoding per turn, and each turn's prompt messages are built
 once (see `Turn.messages`).
 
 A rebuild reads a bounded number of the newest rows, so loading costs the same for 10 or
@@ -14,8 +14,8 @@ A rebuild reads a bounded number of the newest rows, so loading costs the same f
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
+from bot.lru import Lru
 from bot.storage.base import Cache, ConversationState, Store
 
 from .summary import Summarizer
@@ -26,29 +26,6 @@ log = logging.getLogger(__name__)
 CACHE_TTL_S = 24 * 3600
 # Windows kept in process when there is no shared cache; the least recently used go first.
 LOCAL_WINDOWS = 10_000
-
-
-class _Windows:
-    """Window objects by conversation id, bounded, least recently used evicted."""
-
-    def __init__(self, size: int = LOCAL_WINDOWS) -> None:
-        self._size = size
-        self._windows: OrderedDict[int, Window] = OrderedDict()
-
-    def get(self, conversation_id: int) -> Window | None:
-        window = self._windows.get(conversation_id)
-        if window is not None:
-            self._windows.move_to_end(conversation_id)
-        return window
-
-    def put(self, conversation_id: int, window: Window) -> None:
-        self._windows[conversation_id] = window
-        self._windows.move_to_end(conversation_id)
-        if len(self._windows) > self._size:
-            self._windows.popitem(last=False)
-
-    def drop(self, conversation_id: int) -> None:
-        self._windows.pop(conversation_id, None)
 
 
 class ContextLoader:
@@ -69,7 +46,7 @@ class ContextLoader:
         self._max_rows = max_rows
         self._verify_cached = verify_cached
         # No shared cache (verify_cached False): the windows live here, as objects.
-        self._local = None if verify_cached else _Windows()
+        self._local: Lru[Window] | None = None if verify_cached else Lru(LOCAL_WINDOWS)
 
     @staticmethod
     def _key(conversation_id: int) -> str:
@@ -147,7 +124,7 @@ class ContextLoader:
 
     async def invalidate(self, conversation_id: int) -> None:
         if self._local is not None:
-            self._local.drop(conversation_id)
+            self._local.discard(conversation_id)
             return
         await self._cache.delete(self._key(conversation_id))
 

@@ -21,11 +21,10 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -33,6 +32,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.errors import StorageError
+from bot.lru import Lru
 from bot.storage.base import ConversationState, MessageKind, Recorded, StoredMessage
 from bot.storage.database import database_errors, describe_error
 from bot.storage.models import ConversationRow, MessageRow, UserRow
@@ -42,7 +42,6 @@ from bot.types import ConversationKey, Incoming, Role, utcnow
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-V = TypeVar("V")
 
 # Ids remembered per store; far more than the conversations active at once.
 ID_CACHE_SIZE = 10_000
@@ -53,33 +52,6 @@ _USER, _ASSISTANT = Role.USER.value, Role.ASSISTANT.value
 
 class _AlreadyAnswered(Exception):
     """Rolls back a reply whose messages another worker answered first."""
-
-
-class _Lru(Generic[V]):
-    """A bounded LRU map of natural keys to what a row holds: its id (ids are never
-    reassigned), or a value this process wrote."""
-
-    def __init__(self, size: int = ID_CACHE_SIZE) -> None:
-        self._size = size
-        self._ids: OrderedDict[Hashable, V] = OrderedDict()
-
-    def get(self, key: Hashable) -> V | None:
-        found = self._ids.get(key)
-        if found is not None:
-            self._ids.move_to_end(key)
-        return found
-
-    def put(self, key: Hashable, value: V) -> None:
-        self._ids[key] = value
-        self._ids.move_to_end(key)
-        if len(self._ids) > self._size:
-            self._ids.popitem(last=False)
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._ids
-
-    def discard(self, key: Hashable) -> None:
-        self._ids.pop(key, None)
 
 
 class SqlStore:
@@ -95,9 +67,9 @@ class SqlStore:
         self._autocommit = postgresql
         self._reads = _READS[postgresql]
         self._runner = runner_for(engine)
-        self._user_ids: _Lru[int] = _Lru()
-        self._conversation_ids: _Lru[int] = _Lru()
-        self._user_languages: _Lru[str] = _Lru()
+        self._user_ids: Lru[int] = Lru(ID_CACHE_SIZE)
+        self._conversation_ids: Lru[int] = Lru(ID_CACHE_SIZE)
+        self._user_languages: Lru[str] = Lru(ID_CACHE_SIZE)
 
     @property
     def engine(self) -> AsyncEngine:
