@@ -29,6 +29,7 @@ from telegram.error import Forbidden, InvalidToken, TelegramError
 from bot import phrases
 from bot.conversation.manager import ConversationManager
 from bot.errors import ConfigError, StorageError
+from bot.lru import Lru
 from bot.settings import TelegramSettings
 from bot.skills.router import parse_command
 from bot.types import ConversationKey, Incoming
@@ -70,6 +71,7 @@ POLL_RETRY_MAX_S = 60.0
 ADMIN_COMMANDS = frozenset({"keep", "autotranslate"})
 ADMIN_STATUSES = frozenset({ChatMember.OWNER, ChatMember.ADMINISTRATOR})
 ADMIN_CACHE_S = 300.0
+ADMIN_CACHE_SIZE = 10_000
 
 
 class TelegramAdapter:
@@ -94,7 +96,7 @@ class TelegramAdapter:
         self._me: BotIdentity | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # (chat, user) -> (is admin, checked at): getChatMember is asked once per ADMIN_CACHE_S.
-        self._admins: dict[tuple[int, int], tuple[bool, float]] = {}
+        self._admins: Lru[tuple[bool, float]] = Lru(ADMIN_CACHE_SIZE)
 
     @property
     def bot(self) -> Any:
@@ -199,9 +201,7 @@ class TelegramAdapter:
             log.warning("chat %s: admin rights of a user not checked: %s", chat_id, exc)
             return False
         is_admin = member.status in ADMIN_STATUSES
-        if len(self._admins) > 10_000:
-            self._admins.clear()
-        self._admins[(chat_id, user_id)] = (is_admin, now)
+        self._admins.put((chat_id, user_id), (is_admin, now))
         return is_admin
 
     async def _submit_document(self, fetch: Fetch) -> None:

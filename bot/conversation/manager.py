@@ -264,10 +264,7 @@ class ConversationManager:
             say = self._localizer(batch[-1])
             await self._reply_once(work, batch, await say(phrases.RATE_LIMITED))
             return
-        ids = [m.id for m in batch]
-        await self._store.record_reply(
-            work.conversation_id, ids, "", kind=MessageKind.COMMAND, token_count=0
-        )
+        await self._record_aside(work, batch, "")
 
     async def _command(self, work: _Work, message: StoredMessage) -> Answer:
         parsed = parse_command(message.content)
@@ -339,15 +336,15 @@ class ConversationManager:
             aclose = getattr(answer, "aclose", None)
             if aclose is not None:
                 await aclose()  # a sink that stopped early leaves it open: abort the request
-        text = "".join(parts)
-        ids = [m.id for m in batch]
-        await self._store.record_reply(
-            work.conversation_id, ids, text, kind=MessageKind.COMMAND, token_count=0
-        )
+        await self._record_aside(work, batch, "".join(parts))
 
     async def _reply_once(self, work: _Work, batch: list[StoredMessage], text: str) -> None:
         """Deliver and record a reply that is complete up front; it stays out of the context."""
         await self._deliver(work.key, once(text), batch)
+        await self._record_aside(work, batch, text)
+
+    async def _record_aside(self, work: _Work, batch: list[StoredMessage], text: str) -> None:
+        """Record the answer to `batch` out of the context (commands, skills, notices)."""
         ids = [m.id for m in batch]
         await self._store.record_reply(
             work.conversation_id, ids, text, kind=MessageKind.COMMAND, token_count=0

@@ -28,16 +28,10 @@ class Turn:
     tokens: int
     # Id of the assistant message: what `summary_through_id` points at when the turn is folded.
     reply_id: int
-    _messages: tuple[ChatMessage, ChatMessage] | None = field(default=None, repr=False)
 
     def messages(self) -> tuple[ChatMessage, ChatMessage]:
-        """The turn's two prompt messages, built once per Turn object."""
-        if self._messages is None:
-            self._messages = (
-                ChatMessage(Role.USER, self.user),
-                ChatMessage(Role.ASSISTANT, self.assistant),
-            )
-        return self._messages
+        """The turn's two prompt messages (the window keeps them: see Window._tail)."""
+        return ChatMessage(Role.USER, self.user), ChatMessage(Role.ASSISTANT, self.assistant)
 
 
 @dataclass(slots=True)

@@ -65,9 +65,7 @@ class SkillRouting:
     async def language_of(self, message_id: int, text: str) -> str:
         """The sender's /lang, else the platform's language for them, else the text's."""
         prefs = await self._s.prefs.for_message(message_id)
-        if prefs.language:
-            return prefs.language
-        if prefs.platform_language:
+        if not prefs.language and prefs.platform_language:
             return prefs.platform_language
         return self._s.language(prefs, text)
 

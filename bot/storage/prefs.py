@@ -21,7 +21,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.errors import StorageError
-from bot.storage.base import Cache
+from bot.lru import Lru
+from bot.storage.base import Cache, MessageKind
 from bot.storage.database import database_errors, describe_error
 from bot.storage.models import MessageRow, UserRow
 from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
@@ -72,7 +73,9 @@ class PrefsRepository:
         self._cache = cache
         # Without a shared cache this process is the only writer: chat preferences are kept
         # here as values (no encoding per message), dropped on every write like the cache's.
-        self._local: dict[int, tuple[str | None, bool]] | None = None if shared_cache else {}
+        self._local: Lru[tuple[str | None, bool]] | None = (
+            None if shared_cache else Lru(LOCAL_CHATS)
+        )
         self._errors = database_errors(engine.url)
         self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
 
@@ -106,9 +109,7 @@ class PrefsRepository:
             row = (await conn.execute(_CHAT_PREFS, {"cid": conversation_id})).first()
         found = (row[0], bool(row[1])) if row is not None else (None, False)
         if self._local is not None:
-            if len(self._local) >= LOCAL_CHATS:
-                self._local.clear()
-            self._local[conversation_id] = found
+            self._local.put(conversation_id, found)
             return found
         if self._cache is not None:
             await self._cache.set(key, json.dumps(found).encode(), CHAT_PREFS_TTL_S)
@@ -116,7 +117,7 @@ class PrefsRepository:
 
     async def _forget_chat(self, conversation_id: int) -> None:
         if self._local is not None:
-            self._local.pop(conversation_id, None)
+            self._local.discard(conversation_id)
         if self._cache is not None:
             await self._cache.delete(f"prefs:chat:{conversation_id}")
 
@@ -139,7 +140,8 @@ class PrefsRepository:
     async def delete_kept(self, conversation_id: int) -> int:
         """Delete the group messages kept for summaries (not the conversation with the bot);
         returns how many."""
-        stmt = sa.delete(_m).where(_m.conversation_id == conversation_id, _m.kind == "observed")
+        observed = MessageKind.OBSERVED.value
+        stmt = sa.delete(_m).where(_m.conversation_id == conversation_id, _m.kind == observed)
         async with self._connection(write=True) as conn:
             return (await conn.execute(stmt)).rowcount or 0
 
@@ -179,7 +181,7 @@ class PrefsRepository:
             _m.conversation_id == conversation_id,
             _m.id > after_id,
             _m.id < before_id,
-            _m.kind.in_(("chat", "observed")),
+            _m.kind.in_((MessageKind.CHAT.value, MessageKind.OBSERVED.value)),
         ]
         if since is not None:
             where.append(_m.created_at > since)
