@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.concurrency                        # N = 1, 8, 64; 3 turns; 8 rounds
     .venv/bin/python -m bench.concurrency --sizes 1 8 --turns 2 --rounds 4
+    .venv/bin/python -m bench.concurrency --pin                  # server and clients apart
 
 Starts vLLM's OpenAI-compatible server on the tiny model with prefix caching off, so neither
 side profits from the other's cached prompts. Parley runs with default settings apart from the
@@ -248,10 +249,18 @@ def print_row(n: int, turns: int, rounds: int, parley: Side, direct: Side) -> No
         )
 
 
-async def run(sizes: list[int], turns: int, rounds: int, server: str | None) -> None:
+async def run(sizes: list[int], turns: int, rounds: int, server: str | None, pin: bool) -> None:
     folder = Path(tempfile.mkdtemp(prefix="parley-concurrency-"))
     model_dir = build_tiny_model(folder / "model")
-    with serving(server, model_dir, ["--no-enable-prefix-caching"]) as url:
+    server_cpus = None
+    if pin:
+        # The server (API process and engine) on the first core, both clients on the others:
+        # neither side's client work then takes CPU from the model, nor the model from it.
+        cores = sorted(os.sched_getaffinity(0))
+        server_cpus = str(cores[0])
+        os.sched_setaffinity(0, cores[1:])
+        print(f"pinned: vLLM server on CPU {server_cpus}, this process on {cores[1:]}")
+    with serving(server, model_dir, ["--no-enable-prefix-caching"], server_cpus) as url:
         log = AccessLog(None if server else folder / "server.log")
         settings = settings_for(url, folder)
         parley_tap = Tap()
@@ -288,8 +297,15 @@ def main() -> None:
     parser.add_argument(
         "--server", help="base URL of a running vLLM server on the tiny model (no access log)"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="vLLM server on the first core, this process on the others (needs 2+ cores)",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.sizes, args.turns, args.rounds, args.server))
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        parser.error("--pin needs at least 2 cores")
+    asyncio.run(run(args.sizes, args.turns, args.rounds, args.server, args.pin))
 
 
 if __name__ == "__main__":

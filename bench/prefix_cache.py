@@ -266,12 +266,19 @@ def tapped_backend(settings: BackendSettings, tap: Tap) -> Backend:
 
 
 @contextlib.contextmanager
-def vllm_server(model_dir: Path, log_path: Path, extra_args: Sequence[str] = ()) -> Iterator[str]:
+def vllm_server(
+    model_dir: Path, log_path: Path, extra_args: Sequence[str] = (), cpus: str | None = None
+) -> Iterator[str]:
+    """The server on `model_dir`; on the CPUs listed in `cpus` ("0", "0-3") if given, its
+    engine's OpenMP threads bound to them too."""
     os.environ.update({k: os.environ.get(k, v) for k, v in VLLM_ENV.items()})
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": cpus} if cpus else None
+    pinned = ["taskset", "-c", cpus] if cpus else []
     port = _free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*_server_command(model_dir, port), *extra_args],
+            [*pinned, *_server_command(model_dir, port), *extra_args],
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -435,12 +442,15 @@ def lost_by_cause(rows: Sequence[TurnFigures]) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def serving(server: str | None, model_dir: Path, extra_args: Sequence[str]) -> Iterator[str]:
+def serving(
+    server: str | None, model_dir: Path, extra_args: Sequence[str], cpus: str | None = None
+) -> Iterator[str]:
     """`server` when given (a running vLLM server on the tiny model), else a new one."""
     if server:
         yield server.rstrip("/")
         return
-    with vllm_server(model_dir, model_dir.parent / "server.log", extra_args) as base_url:
+    log_path = model_dir.parent / "server.log"
+    with vllm_server(model_dir, log_path, extra_args, cpus) as base_url:
         yield base_url
 
 

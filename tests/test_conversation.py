@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -212,6 +212,35 @@ async def test_cached_and_rebuilt_windows_are_identical(tmp_path: Path) -> None:
         await app.manager._context.invalidate(1)
         rebuilt = await app.manager._context.load(1)
     assert cached.messages("S") == rebuilt.messages("S")
+
+
+class CountingBackend(ScriptedBackend):
+    """Counts the texts it was asked to count (on a vLLM server, one /tokenize call each)."""
+
+    counted = 0
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        self.counted += len(texts)
+        return await super().count_tokens(texts)
+
+
+async def test_a_rolled_over_window_is_rebuilt_without_counting_its_summary(
+    tmp_path: Path,
+) -> None:
+    backend = CountingBackend(lambda r: "word " * 40)
+    settings = settings_for(tmp_path, context_tokens=300, summary_tokens=40)
+    async with running(settings, backend) as (app, _):
+        for i in range(12):
+            await app.manager.handle(incoming(f"message number {i} " + "x" * 80))
+        context = app.manager._context
+        cached = await context.load(1)
+        await context.invalidate(1)
+        counted = backend.counted
+        rebuilt = await context.load(1)
+        assert backend.counted == counted  # the summary's size came from SQL
+    assert cached.summary and rebuilt.summary == cached.summary
+    assert rebuilt.summary_tokens == cached.summary_tokens
+    assert rebuilt.messages("S") == cached.messages("S")
 
 
 async def test_messages_left_by_a_crash_are_answered_after_restart(tmp_path: Path) -> None:

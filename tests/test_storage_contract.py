@@ -217,18 +217,21 @@ async def test_command_replies_stay_out_of_context(store: Store) -> None:
 
 async def test_fold_summary_is_kept_in_state(store: Store) -> None:
     cid, _, reply_id = await turn(store, "k1", "q", "a")
-    await store.fold_summary(cid, "they greeted", reply_id)
+    assert (await store.state(cid)).summary_tokens == 0
+    await store.fold_summary(cid, "they greeted", reply_id, 7)
     state = await store.state(cid)
     assert (state.summary, state.summary_through_id) == ("they greeted", reply_id)
+    assert state.summary_tokens == 7
 
 
 async def test_reset_context_starts_after_newest_message(store: Store) -> None:
     cid, asked, _ = await turn(store, "k1", "q", "a")
-    await store.fold_summary(cid, "old", asked)
+    await store.fold_summary(cid, "old", asked, 3)
     _, newest = await say(store, "reset", "/reset", kind=COMMAND)
     await store.reset_context(cid)
     state = await store.state(cid)
     assert (state.context_start_id, state.summary, state.summary_through_id) == (newest, "", 0)
+    assert state.summary_tokens == 0
     assert await store.context_messages(cid, state.context_start_id, 10) == []
 
 

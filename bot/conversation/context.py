@@ -82,7 +82,12 @@ class ContextLoader:
         summary = state.summary if state.summary_through_id >= state.context_start_id else ""
         rows = await self._store.context_messages(state.id, boundary, self._max_rows)
         turns = turns_from_rows(rows, complete=len(rows) < self._max_rows)
-        summary_tokens = await self._count(summary) if summary else 0
+        summary_tokens = 0
+        if summary:
+            # Stored with the summary since migration 0005: no model round trip per rebuild.
+            summary_tokens = state.summary_tokens or (
+                await self._count(summary) + MESSAGE_OVERHEAD_TOKENS
+            )
         return Window(summary, summary_tokens, boundary, turns)
 
     async def fit(self, conversation_id: int, window: Window, new_tokens: int) -> Window:
@@ -116,9 +121,10 @@ class ContextLoader:
         if not fold:
             return
         summary, tokens = await self._summarizer.fold(window.summary, fold)
+        tokens += MESSAGE_OVERHEAD_TOKENS
         through = fold[-1].reply_id
-        await self._store.fold_summary(conversation_id, summary, through)
-        window.summary, window.summary_tokens = summary, tokens + MESSAGE_OVERHEAD_TOKENS
+        await self._store.fold_summary(conversation_id, summary, through, tokens)
+        window.summary, window.summary_tokens = summary, tokens
         window.boundary_id = max(window.boundary_id, through)
         log.info("conversation %s rolled over: %d turns folded", conversation_id, len(fold))
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bot.storage.base import StoredMessage
+from bot.storage.base import ContextRow
 from bot.types import ChatMessage, Role
 
 # Tokens a chat template adds around each message (role markers, separators). Used only for
@@ -93,27 +93,33 @@ def merge_user_texts(texts: Sequence[str]) -> str:
     return "\n\n".join(texts)
 
 
-def turns_from_rows(rows: Sequence[StoredMessage], *, complete: bool) -> list[Turn]:
+def turns_from_rows(rows: Sequence[ContextRow], *, complete: bool) -> list[Turn]:
     """Group stored messages into turns: each assistant message with the users it answered.
 
     `complete` is False when the rows were cut by a limit; the oldest turn may then be missing
     some of its user messages and is dropped rather than shown half.
     """
-    users: dict[int, list[StoredMessage]] = {}
-    replies: list[StoredMessage] = []
-    for row in rows:
-        if row.role is Role.ASSISTANT:
-            replies.append(row)
-        elif row.answered_by is not None:
-            users.setdefault(row.answered_by, []).append(row)
+    # Once per row of every window rebuilt from SQL: kept lean. A reply comes after the
+    # messages it answers (ids are in order), so one pass collects each turn's questions.
+    asked: dict[int, list[ContextRow]] = {}
     turns = []
-    for reply in replies:
-        asked = users.get(reply.id, [])
-        if not asked:
+    assistant = Role.ASSISTANT
+    for row in rows:
+        if row.role is not assistant:
+            if row.answered_by is not None:
+                asked.setdefault(row.answered_by, []).append(row)
             continue
-        tokens = sum(m.token_count + MESSAGE_OVERHEAD_TOKENS for m in (*asked, reply))
-        text = merge_user_texts([m.content for m in asked])
-        turns.append(Turn(user=text, assistant=reply.content, tokens=tokens, reply_id=reply.id))
+        questions = asked.pop(row.id, None)
+        if not questions:
+            continue
+        tokens = row.token_count + MESSAGE_OVERHEAD_TOKENS * (len(questions) + 1)
+        if len(questions) == 1:
+            text = questions[0].content
+            tokens += questions[0].token_count
+        else:
+            text = merge_user_texts([m.content for m in questions])
+            tokens += sum(m.token_count for m in questions)
+        turns.append(Turn(text, row.content, tokens, row.id))
     if not complete and turns:
         turns.pop(0)
     return turns

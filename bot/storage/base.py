@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from bot.types import ConversationKey, Incoming, Role
 
@@ -43,6 +43,17 @@ class StoredMessage:
     platform_message_id: str = ""
 
 
+class ContextRow(NamedTuple):
+    """A message of a context window, with only what the window is built from: rebuilding a
+    window reads up to a few hundred of these, so they are kept light (no time, no sender)."""
+
+    id: int
+    role: Role
+    content: str
+    token_count: int
+    answered_by: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class Recorded:
     message_id: int
@@ -61,6 +72,8 @@ class ConversationState:
     context_start_id: int
     # Id of the newest assistant CHAT message (0: none): lets a cached window prove it is current.
     last_reply_id: int = 0
+    # The summary's tokens as given to fold_summary (0: unknown; count the summary).
+    summary_tokens: int = 0
 
 
 class Store(Protocol):
@@ -106,12 +119,17 @@ class Store(Protocol):
 
     async def context_messages(
         self, conversation_id: int, after_id: int, limit: int
-    ) -> Sequence[StoredMessage]:
+    ) -> Sequence[ContextRow]:
         """The newest `limit` answered CHAT messages (both roles) with id > after_id, oldest
         first. Served by an index on (conversation_id, id): cost does not grow with history."""
         ...
 
-    async def fold_summary(self, conversation_id: int, summary: str, through_id: int) -> None: ...
+    async def fold_summary(
+        self, conversation_id: int, summary: str, through_id: int, tokens: int
+    ) -> None:
+        """Replace the summary with `summary` (of `tokens` tokens, as the window counts
+        them), covering the messages with id <= through_id."""
+        ...
 
     async def reset_context(self, conversation_id: int) -> None:
         """Start a fresh context: context_start_id = newest message id, summary cleared."""

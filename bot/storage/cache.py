@@ -19,6 +19,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppres
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from bot.keepalive import renewing
 from bot.settings import RedisSettings
 from bot.storage.base import Cache
 
@@ -297,20 +298,7 @@ class RedisCache:
 
     @asynccontextmanager
     async def _extended(self, lock: RedisLock, name: str, ttl_s: float) -> AsyncIterator[None]:
-        extender = asyncio.create_task(
-            self._keep_extending(lock, name, ttl_s), name=f"extend lock {name}"
-        )
-        try:
-            yield
-        finally:
-            extender.cancel()
-            # wait() rather than awaiting the task: a cancellation of *this* task must propagate.
-            await asyncio.wait([extender])
-            await self._release(lock)
-
-    async def _keep_extending(self, lock: RedisLock, name: str, ttl_s: float) -> None:
-        while True:
-            await asyncio.sleep(ttl_s / 3)
+        async def extend() -> bool:
             try:
                 await lock.extend(ttl_s, replace_ttl=True)
             except self._lock_lost:
@@ -319,10 +307,17 @@ class RedisCache:
                     "the store's SQL fence still prevents a second answer",
                     name,
                 )
-                return
+                return False
             except self._failures as exc:
                 # Redis is down: the key may outlive the outage, so keep trying to extend it.
                 self._outage.failed(exc)
+            return True
+
+        try:
+            async with renewing(extend, ttl_s / 3, name=f"extend lock {name}"):
+                yield
+        finally:
+            await self._release(lock)
 
     async def _release(self, lock: RedisLock) -> None:
         # Already expired, or Redis is down: either way the key lapses within ttl_s.

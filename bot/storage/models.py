@@ -82,6 +82,9 @@ class ConversationRow(Base):
     created_at: Mapped[datetime] = _created_at()
     summary: Mapped[str] = mapped_column(Text, server_default=text("''"))
     summary_through_id: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # The summary's size in the model's tokens, as the window counts it (0: not known, e.g.
+    # written before migration 0005): a window is rebuilt without asking the model again.
+    summary_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     context_start_id: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     # Who runs the conversation's turns, and until when, while Redis (the usual turn lock) is
     # unreachable: SqlStore.lease. NULL: nobody.

@@ -32,8 +32,15 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.errors import StorageError
+from bot.keepalive import renewing
 from bot.lru import Lru
-from bot.storage.base import ConversationState, MessageKind, Recorded, StoredMessage
+from bot.storage.base import (
+    ContextRow,
+    ConversationState,
+    MessageKind,
+    Recorded,
+    StoredMessage,
+)
 from bot.storage.database import database_errors, describe_error
 from bot.storage.models import ConversationRow, MessageRow, UserRow
 from bot.storage.runners import Queries, runner_for
@@ -223,8 +230,8 @@ class SqlStore:
         rows = await self._run(run)
         if not rows:
             raise StorageError(f"conversation {conversation_id} does not exist")
-        (id_, platform, chat_id, thread_id, summary, summary_through_id, context_start_id,
-         last_reply_id) = _one(rows)  # fmt: skip
+        (id_, platform, chat_id, thread_id, summary, summary_through_id, summary_tokens,
+         context_start_id, last_reply_id) = _one(rows)  # fmt: skip
         return ConversationState(
             id=id_,
             key=ConversationKey(platform, chat_id, thread_id),
@@ -232,17 +239,27 @@ class SqlStore:
             summary_through_id=summary_through_id,
             context_start_id=context_start_id,
             last_reply_id=last_reply_id or 0,
+            summary_tokens=summary_tokens,
         )
 
     async def context_messages(
         self, conversation_id: int, after_id: int, limit: int
-    ) -> Sequence[StoredMessage]:
+    ) -> Sequence[ContextRow]:
         params = {"conversation_id": conversation_id, "after_id": after_id, "limit": limit}
-        return list(reversed(await self._messages(self._reads.context, params)))
 
-    async def fold_summary(self, conversation_id: int, summary: str, through_id: int) -> None:
+        def run(q: Queries) -> Sequence[Sequence[Any]]:
+            return q.rows(self._reads.context, params)
+
+        rows = await self._run(run)
+        roles = _ROLES
+        return [ContextRow(id_, roles[role], content, tokens, answered_by)
+                for id_, role, content, tokens, answered_by in reversed(rows)]  # fmt: skip
+
+    async def fold_summary(
+        self, conversation_id: int, summary: str, through_id: int, tokens: int
+    ) -> None:
         params = {"conversation_id": conversation_id, "new_summary": summary,
-                  "through_id": through_id}  # fmt: skip
+                  "through_id": through_id, "tokens": tokens}  # fmt: skip
         await self._write(_FOLD_SUMMARY, params)
 
     async def reset_context(self, conversation_id: int) -> None:
@@ -263,12 +280,20 @@ class SqlStore:
                     f"conversation {conversation_id}: lease not taken in {wait_s:g}s"
                 )
             await asyncio.sleep(LEASE_POLL_S)
-        renewer = asyncio.create_task(self._renew_lease(conversation_id, owner, ttl_s))
+
+        async def renew() -> bool:
+            try:
+                if not await self._take_lease(conversation_id, owner, ttl_s):
+                    log.warning("conversation %s: lease lost while held", conversation_id)
+                    return False
+            except StorageError as exc:
+                log.warning("conversation %s: lease not renewed: %s", conversation_id, exc)
+            return True
+
         try:
-            yield
+            async with renewing(renew, ttl_s / 3, name=f"renew lease {conversation_id}"):
+                yield
         finally:
-            renewer.cancel()
-            await asyncio.wait([renewer])
             with suppress(StorageError):  # not released: it lapses after ttl_s
                 await self._write(_LEASE_RELEASE, {"cid": conversation_id, "who": owner})
 
@@ -281,16 +306,6 @@ class SqlStore:
             return q.rowcount(_LEASE_TAKE, params)
 
         return await self._run(run, write=True, one_statement=True) == 1
-
-    async def _renew_lease(self, conversation_id: int, owner: str, ttl_s: float) -> None:
-        while True:
-            await asyncio.sleep(ttl_s / 3)
-            try:
-                if not await self._take_lease(conversation_id, owner, ttl_s):
-                    log.warning("conversation %s: lease lost while held", conversation_id)
-                    return
-            except StorageError as exc:
-                log.warning("conversation %s: lease not renewed: %s", conversation_id, exc)
 
     async def conversations_with_pending(self) -> Sequence[tuple[int, ConversationKey]]:
         def run(q: Queries) -> Sequence[Sequence[Any]]:
@@ -425,8 +440,10 @@ class _ConversationReads:
         def newest(stmt: sa.Select[Any], after_id: sa.BindParameter[Any] | None = None) -> Any:
             return stmt.where(_in_conversation(postgresql, after_id)).order_by(*_NEWEST_FIRST)
 
+        # Only what a window is built from: no join, no time (see ContextRow).
+        context_columns = sa.select(_m.id, _m.role, _m.content, _m.token_count, _m.answered_by)
         context = (
-            newest(_SELECT_MESSAGES, _param("after_id", sa.BigInteger()))
+            newest(context_columns, _param("after_id", sa.BigInteger()))
             .where(_m.kind == _literal(MessageKind.CHAT.value))
             .where(sa.or_(_m.role == _literal(Role.ASSISTANT.value), _m.answered_by.is_not(None)))
             .limit(_LIMIT)
@@ -442,14 +459,14 @@ class _ConversationReads:
         )
         state = sa.select(
             _c.id, _c.platform, _c.chat_id, _c.thread_id, _c.summary, _c.summary_through_id,
-            _c.context_start_id, last_reply_id.label("last_reply_id"),
+            _c.summary_tokens, _c.context_start_id, last_reply_id.label("last_reply_id"),
         ).where(_c.id == _param("conversation_id"))  # fmt: skip
         newest_id = newest(sa.select(_m.id)).limit(1).scalar_subquery()
         reset_context = (
             sa.update(_c)
             .where(_c.id == _param("conversation_id"))
             .values(context_start_id=sa.func.coalesce(newest_id, 0), summary="",
-                    summary_through_id=0)
+                    summary_through_id=0, summary_tokens=0)
         )  # fmt: skip
         # A chat's kept group messages are not its conversation with the bot.
         history = (
@@ -478,7 +495,11 @@ _READS = {True: _ConversationReads.build(True), False: _ConversationReads.build(
 _FOLD_SUMMARY = (
     sa.update(_c)
     .where(_c.id == _param("conversation_id"))
-    .values(summary=_param("new_summary"), summary_through_id=_param("through_id"))
+    .values(
+        summary=_param("new_summary"),
+        summary_through_id=_param("through_id"),
+        summary_tokens=_param("tokens"),
+    )
 )
 # The subquery reads only the partial pending index, however large history is.
 _WITH_PENDING = (
