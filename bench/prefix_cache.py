@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.prefix_cache                   # 3 conversations x 20 turns
     .venv/bin/python -m bench.prefix_cache --conversations 1 --turns 10
     .venv/bin/python -m bench.prefix_cache --block-size 0    # the server's default (128 on CPU)
-    .venv/bin/python -m bench.prefix_cache --output words    # replies that re-tokenise exactly
+    .venv/bin/python -m bench.prefix_cache --output free     # the random model unconstrained
     .venv/bin/python -m bench.prefix_cache --server http://127.0.0.1:8000   # a running server
 
 Starts vLLM's OpenAI-compatible server on the tiny model (tests/tinymodel.py, built into a
@@ -16,11 +16,13 @@ backend the factory builds, 48 reply tokens, temperature 0.8), a small context b
 (600 tokens, summaries of 64) so that windows roll over every few turns, and the per-user
 rate limit off (each conversation is one user sending 20 messages within seconds).
 
-`--output words` (not the default) lets the random model sample only whole-word tokens and
-the end token (`allowed_token_ids`). Its free output is mostly bytes that are not valid UTF-8
-and stray special tokens, which the server streams as U+FFFD or drops, so the reply's text
-does not tokenise back to the ids generated (cause (b) below); a trained model's replies do,
-nearly always. The ideal is the same in both modes.
+By default (`--output words`) the random model samples only whole-word tokens and the end
+token (`allowed_token_ids`), so that its replies tokenise back to the ids it generated, as a
+trained model's replies nearly always do. `--output free` lets it sample any token: its output
+is then mostly bytes that are not valid UTF-8 and stray special tokens, which the server
+streams as U+FFFD or drops, so the reply's text does not tokenise back to the ids generated
+(cause (b) below) and no client, however it builds its prompts, can reach the ideal (the
+"achievable" column shows the ceiling). The ideal is the same in both modes.
 
 Instrumentation, none of which changes the work the engine does:
 - The backend's HTTP client gets a tapping transport (`Tap`) that counts requests per path and
@@ -597,10 +599,10 @@ def main() -> None:
     parser.add_argument(
         "--output",
         choices=["free", "words"],
-        default="free",
-        help="free: the random model samples any token (default); words: only whole-word "
-        "tokens and the end token (allowed_token_ids), so its replies re-tokenise to the ids "
-        "it generated, as a trained model's do",
+        default="words",
+        help="words (default): only whole-word tokens and the end token (allowed_token_ids), "
+        "so the replies re-tokenise to the ids generated, as a trained model's do; free: the "
+        "random model samples any token",
     )
     args = parser.parse_args()
     asyncio.run(run(args.conversations, args.turns, args.block_size, args.server, args.output))
