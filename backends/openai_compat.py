@@ -5,8 +5,9 @@ because vLLM serves `/tokenize` and `/health` beside `/v1`, not under it.
 
 Capabilities come from the server where it says: `max_model_len` from the model's `/v1/models`
 entry (vLLM reports it), else `settings.max_model_len`, else DEFAULT_MAX_MODEL_LEN. Token
-counts come from vLLM's `/tokenize`; a server without it gets `backends.base.estimate_tokens`
-and `exact_token_counts=False`.
+counts come from the served model's tokenizer loaded here when `settings.tokenizer` names its
+folder (no request per count), else from vLLM's `/tokenize`; a server without it gets
+`backends.base.estimate_tokens` and `exact_token_counts=False`.
 
 Errors (all `bot.errors.BackendError`):
     ServerUnavailable (BackendUnavailable)  unreachable, 429 or 5xx; `.status`, `.retry_after`
@@ -47,8 +48,20 @@ DEFAULT_MAX_MODEL_LEN = 4096
 # Idle connections kept for the next request, and for how long; the end of a reply's body
 # after [DONE] is read for at most DRAIN_S so that its connection can be kept.
 KEEPALIVE_CONNECTIONS = 256
-KEEPALIVE_EXPIRY_S = 30.0
+# Below the server's own idle timeout (vLLM's uvicorn closes idle connections after 5 s,
+# VLLM_HTTP_TIMEOUT_KEEP_ALIVE): a connection reused as the server closes it fails the request
+# with a read error, which costs a retry.
+KEEPALIVE_EXPIRY_S = 4.0
+# No cap on connections: every conversation streams at once and the server batches them (a
+# cap would queue replies in Parley). Idle ones are kept for reuse.
+CONNECTION_LIMITS = httpx.Limits(
+    max_connections=None,
+    max_keepalive_connections=KEEPALIVE_CONNECTIONS,
+    keepalive_expiry=KEEPALIVE_EXPIRY_S,
+)
 DRAIN_S = 1.0
+# Texts longer than this are tokenised by a local tokenizer in a thread, not on the loop.
+INLINE_TOKENIZE_CHARS = 4000
 
 _CONTEXT_MESSAGE = re.compile(
     r"context length|maximum context|max_model_len|maximum model length", re.IGNORECASE
@@ -74,13 +87,7 @@ class OpenAICompatBackend:
             base_url=self._base_url,
             headers=_auth_headers(settings.api_key),
             timeout=_call_timeout(settings.timeouts),
-            # No cap on connections: every conversation streams at once and the server batches
-            # them (a cap would queue replies in Parley). Idle ones are kept for reuse.
-            limits=httpx.Limits(
-                max_connections=None,
-                max_keepalive_connections=KEEPALIVE_CONNECTIONS,
-                keepalive_expiry=KEEPALIVE_EXPIRY_S,
-            ),
+            limits=CONNECTION_LIMITS,  # for httpx's own transport; one given brings its own
             transport=transport,
         )
         self._capabilities = Capabilities(
@@ -90,6 +97,7 @@ class OpenAICompatBackend:
             exact_token_counts=False,
         )
         self._started = False
+        self._tokenizer: Any = None  # the local tokenizer (settings.tokenizer), once started
 
     @property
     def capabilities(self) -> Capabilities:
@@ -105,7 +113,11 @@ class OpenAICompatBackend:
             if isinstance(served_len, int)
             else (self._settings.max_model_len or DEFAULT_MAX_MODEL_LEN)
         )
-        exact = await self._tokenize({"prompt": "ping"}) is not None
+        if self._settings.tokenizer:
+            self._tokenizer = await asyncio.to_thread(_load_tokenizer, self._settings.tokenizer)
+            exact = True
+        else:
+            exact = await self._tokenize({"prompt": "ping"}) is not None
         self._capabilities = Capabilities("openai", self._settings.model, max_len, exact)
         self._started = True
         log.info("OpenAI-compatible server ready: max_model_len=%d exact=%s", max_len, exact)
@@ -131,12 +143,18 @@ class OpenAICompatBackend:
         return list(await asyncio.gather(*(self._count_text(t) for t in texts)))
 
     async def _count_text(self, text: str) -> int:
+        if self._tokenizer is not None:
+            return await self._locally(len(text), self._encoded_length, text)
         count = await self._tokenize({"prompt": text, "add_special_tokens": False})
         return estimate_tokens(text) if count is None else count
 
     async def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Prompt tokens of `messages` with the server's chat template and generation prompt."""
-        body = {"messages": [m.as_openai() for m in messages], "add_generation_prompt": True}
+        chat = [m.as_openai() for m in messages]
+        if self._tokenizer is not None:
+            size = sum(len(m.content) for m in messages)
+            return await self._locally(size, self._templated_length, chat)
+        body = {"messages": chat, "add_generation_prompt": True}
         count = await self._tokenize(body)
         if count is None:
             return sum(estimate_tokens(f"{m.role.value}: {m.content}\n") for m in messages)
@@ -156,6 +174,23 @@ class OpenAICompatBackend:
         if not isinstance(tokens, list):
             raise BackendError("the server's /tokenize answer has no token list")
         return len(tokens)
+
+    @staticmethod
+    async def _locally(size: int, count: Any, arg: Any) -> int:
+        """`count(arg)` on the loop for short texts (tens of microseconds), in a thread for
+        long ones (a pasted document takes milliseconds)."""
+        if size <= INLINE_TOKENIZE_CHARS:
+            return int(count(arg))
+        return int(await asyncio.to_thread(count, arg))
+
+    def _encoded_length(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def _templated_length(self, chat: list[dict[str, str]]) -> int:
+        # The template the server applies to a chat request, then its tokens without special
+        # tokens added on top (the template writes them): what vLLM's /tokenize counts too.
+        text = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     def _mark_estimated(self) -> None:
         if self._capabilities.exact_token_counts:
@@ -387,3 +422,19 @@ def _session_headers(session_id: str | None) -> dict[str, str]:
 def _call_timeout(timeouts: TimeoutSettings) -> httpx.Timeout:
     """For the short calls (models, tokenize); streams get their own limits."""
     return httpx.Timeout(timeouts.gap_s, connect=timeouts.connect_s)
+
+
+def _load_tokenizer(folder: str) -> Any:
+    """The tokenizer in `folder` (files only: nothing is downloaded); BackendError if it
+    cannot be loaded, naming the setting."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise BackendError(
+            "backend.tokenizer needs the transformers package (pip install transformers)"
+        ) from exc
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"backend.tokenizer: no tokenizer could be loaded from {folder!r}: "
+                           f"{str(exc).splitlines()[0][:200]}") from exc  # fmt: skip

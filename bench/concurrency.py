@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.concurrency                        # N = 1, 8, 64; 3 turns; 8 rounds
     .venv/bin/python -m bench.concurrency --sizes 1 8 --turns 2 --rounds 4
     .venv/bin/python -m bench.concurrency --pin                  # server and clients apart
+    .venv/bin/python -m bench.concurrency --pin --counts local   # Parley counts tokens itself
 
 Starts vLLM's OpenAI-compatible server on the tiny model with prefix caching off, so neither
 side profits from the other's cached prompts. Parley runs with default settings apart from the
@@ -66,7 +67,7 @@ QUESTIONS = ["hello there", "what is the weather like", "and tomorrow?", "thanks
 ACCESS_LINE = re.compile(r'(\d+\.\d+\.\d+\.\d+:\d+) - "(\w+) (\S+) HTTP')
 
 
-def settings_for(base_url: str, folder: Path) -> Settings:
+def settings_for(base_url: str, folder: Path, tokenizer: str = "") -> Settings:
     return Settings(
         database={"url": f"sqlite+aiosqlite:///{folder}/parley.db"},  # type: ignore[arg-type]
         backend={  # type: ignore[arg-type]
@@ -75,6 +76,7 @@ def settings_for(base_url: str, folder: Path) -> Settings:
             "model": SERVED_MODEL,
             "max_tokens": MAX_TOKENS,
             "temperature": 0.0,
+            "tokenizer": tokenizer,
         },
     )
 
@@ -123,9 +125,10 @@ class Bench:
         self.recording = recording
         self.parley_tap = parley_tap
         self.log = log
-        self.direct_tap = Tap(
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256)
-        )
+        # The same connection limits as Parley's client (Tap), idle connections included:
+        # dropped before vLLM's 5 s keep-alive closes them (the direct side has no retry, so
+        # a connection reused as the server closes it would fail the round).
+        self.direct_tap = Tap()
         self.http = httpx.AsyncClient(timeout=300, transport=self.direct_tap)
         self.mismatched = 0
 
@@ -249,7 +252,9 @@ def print_row(n: int, turns: int, rounds: int, parley: Side, direct: Side) -> No
         )
 
 
-async def run(sizes: list[int], turns: int, rounds: int, server: str | None, pin: bool) -> None:
+async def run(
+    sizes: list[int], turns: int, rounds: int, server: str | None, pin: bool, counts: str
+) -> None:
     folder = Path(tempfile.mkdtemp(prefix="parley-concurrency-"))
     model_dir = build_tiny_model(folder / "model")
     server_cpus = None
@@ -262,7 +267,15 @@ async def run(sizes: list[int], turns: int, rounds: int, server: str | None, pin
         print(f"pinned: vLLM server on CPU {server_cpus}, this process on {cores[1:]}")
     with serving(server, model_dir, ["--no-enable-prefix-caching"], server_cpus) as url:
         log = AccessLog(None if server else folder / "server.log")
-        settings = settings_for(url, folder)
+        settings = settings_for(url, folder, str(model_dir) if counts == "local" else "")
+        print(
+            "token counts: "
+            + (
+                "local (backend.tokenizer = the model folder): 1 request per turn"
+                if counts == "local"
+                else "server (/tokenize): 2 requests per turn"
+            )
+        )
         parley_tap = Tap()
         recording = Recording(tapped_backend(settings.backend, parley_tap))
         async with Parley(settings, backend=recording) as app:  # type: ignore[arg-type]
@@ -302,10 +315,17 @@ def main() -> None:
         action="store_true",
         help="vLLM server on the first core, this process on the others (needs 2+ cores)",
     )
+    parser.add_argument(
+        "--counts",
+        choices=["server", "local"],
+        default="server",
+        help="server (default): Parley counts each message's tokens with /tokenize; local: "
+        "with the model's tokenizer loaded in process (backend.tokenizer)",
+    )
     args = parser.parse_args()
     if args.pin and len(os.sched_getaffinity(0)) < 2:
         parser.error("--pin needs at least 2 cores")
-    asyncio.run(run(args.sizes, args.turns, args.rounds, args.server, args.pin))
+    asyncio.run(run(args.sizes, args.turns, args.rounds, args.server, args.pin, args.counts))
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ from typing import Any
 import httpx
 
 from backends.base import Backend, Capabilities, Chunk, GenerationRequest, Usage
-from backends.openai_compat import OpenAICompatBackend
+from backends.openai_compat import CONNECTION_LIMITS, OpenAICompatBackend
 from backends.resilience import ResilientBackend
 from bot.app import Parley
 from bot.settings import BackendSettings, Settings
@@ -208,23 +208,18 @@ class _TeeStream(httpx.AsyncByteStream):
 
 
 class Tap(httpx.AsyncBaseTransport):
-    """httpx's own transport (default pool limits, as an `httpx.AsyncClient` without a
-    transport gets), counting requests per "METHOD /path". With `token_ids`, chat requests ask
-    the server for token ids (plus `extra_body`) and each is kept as an `Exchange`."""
+    """httpx's own transport with the connection limits Parley's backend gives its client
+    (a client given a transport does not apply its own limits to it), counting requests per
+    "METHOD /path". With `token_ids`, chat requests ask the server for token ids (plus
+    `extra_body`) and each is kept as an `Exchange`."""
 
     def __init__(
         self,
         *,
         token_ids: bool = False,
         extra_body: dict[str, Any] | None = None,
-        limits: httpx.Limits | None = None,
     ) -> None:
-        # No limits: httpx's defaults (100 connections, 20 kept alive), as Parley's client has.
-        self._inner = (
-            httpx.AsyncHTTPTransport()
-            if limits is None
-            else httpx.AsyncHTTPTransport(limits=limits)
-        )
+        self._inner = httpx.AsyncHTTPTransport(limits=CONNECTION_LIMITS)
         self._token_ids = token_ids
         self._extra_body = extra_body or {}
         self.counts: Counter[str] = Counter()

@@ -103,6 +103,10 @@ class BackendSettings(BaseModel):
     base_url: str | None = None
     api_key: SecretStr | None = None
     max_model_len: int | None = Field(None, ge=64)
+    # openai: a local folder with the served model's tokenizer files (e.g. the model folder
+    # the server loads). Token counts are then computed here instead of with one /tokenize
+    # request per message; needs the `transformers` package. Empty: ask the server.
+    tokenizer: str = ""
     max_tokens: int = Field(512, ge=1)
     temperature: float = Field(0.7, ge=0, le=2)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)

@@ -106,6 +106,34 @@ async def test_count_tokens_matches_the_model_tokenizer(
     assert await backend.count_tokens(texts) == expected
 
 
+async def test_a_local_tokenizer_counts_as_the_server_does_without_asking_it(
+    backend: OpenAICompatBackend, vllm_server: str, tiny_model_dir: Path
+) -> None:
+    transport = RecordingTransport()
+    local = OpenAICompatBackend(
+        settings_for(vllm_server, tokenizer=str(tiny_model_dir)), transport=transport
+    )
+    await local.start()
+    try:
+        texts = ["hello world", "Ünïcode and emoji 🎉", "one two three " * 20, "x" * 5000]
+        chat = [SYSTEM, ChatMessage(Role.USER, "hi there"), ChatMessage(Role.ASSISTANT, "hey")]
+        assert local.capabilities.exact_token_counts
+        assert await local.count_tokens(texts) == await backend.count_tokens(texts)
+        assert await local.count_chat_tokens(chat) == await backend.count_chat_tokens(chat)
+        assert [r.url.path for r in transport.requests] == ["/v1/models"]  # no /tokenize
+    finally:
+        await local.aclose()
+
+
+async def test_a_tokenizer_folder_without_one_is_a_clear_error(
+    vllm_server: str, tmp_path: Path
+) -> None:
+    local = OpenAICompatBackend(settings_for(vllm_server, tokenizer=str(tmp_path)))
+    with pytest.raises(BackendError, match=r"backend\.tokenizer: no tokenizer could be loaded"):
+        await local.start()
+    await local.aclose()
+
+
 async def test_session_id_travels_as_header_and_user(vllm_server: str) -> None:
     transport = RecordingTransport()
     backend = OpenAICompatBackend(settings_for(vllm_server), transport=transport)
