@@ -243,6 +243,17 @@ async def test_a_rolled_over_window_is_rebuilt_without_counting_its_summary(
     assert rebuilt.messages("S") == cached.messages("S")
 
 
+async def test_only_chat_messages_are_counted_with_the_model_tokenizer(tmp_path: Path) -> None:
+    backend = CountingBackend()
+    async with running(settings_for(tmp_path), backend) as (app, _):
+        at_start = backend.counted  # the system prompt, counted once for the budget
+        await app.manager.handle(incoming("/help"))
+        await app.manager.handle(incoming("/nonsense"))
+        assert backend.counted == at_start  # commands never go into a prompt as themselves
+        await app.manager.handle(incoming("hello there"))
+        assert backend.counted == at_start + 1
+
+
 async def test_messages_left_by_a_crash_are_answered_after_restart(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     async with Parley(settings, backend=ScriptedBackend()) as app:

@@ -98,7 +98,12 @@ class ConversationManager:
             kind = MessageKind.COMMAND
         if await self._over_rate_limit(incoming.user):
             kind = MessageKind.LIMITED
-        tokens = estimate_tokens(incoming.text) if too_long else await self._count(incoming.text)
+        # Only a chat message goes into a prompt as itself: the others get the estimate, not a
+        # tokenizer call (a /tokenize request on a vLLM server without backend.tokenizer).
+        if kind is MessageKind.CHAT:
+            tokens = await self._count(incoming.text)
+        else:
+            tokens = estimate_tokens(incoming.text)
         recorded = await self._store.record_incoming(incoming, kind=kind, token_count=tokens)
         try:
             if recorded.is_new:
