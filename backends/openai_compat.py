@@ -431,7 +431,7 @@ def _load_tokenizer(folder: str) -> Any:
         from transformers import AutoTokenizer
     except ImportError as exc:
         raise BackendError(
-            "backend.tokenizer needs the transformers package (pip install transformers)"
+            "backend.tokenizer needs the transformers package (pip install 'parley[tokenizer]')"
         ) from exc
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
