@@ -45,8 +45,7 @@ log = logging.getLogger(__name__)
 
 # Used when neither the server nor the settings say; small enough to be safe for most models.
 DEFAULT_MAX_MODEL_LEN = 4096
-# Idle connections kept for the next request, and for how long; the end of a reply's body
-# after [DONE] is read for at most DRAIN_S so that its connection can be kept.
+# Idle connections kept for the next request.
 KEEPALIVE_CONNECTIONS = 256
 # Below the server's own idle timeout (vLLM's uvicorn closes idle connections after 5 s,
 # VLLM_HTTP_TIMEOUT_KEEP_ALIVE): a connection reused as the server closes it fails the request
@@ -59,6 +58,8 @@ CONNECTION_LIMITS = httpx.Limits(
     max_keepalive_connections=KEEPALIVE_CONNECTIONS,
     keepalive_expiry=KEEPALIVE_EXPIRY_S,
 )
+# The end of a reply's body after [DONE] is read for at most this long, so that its
+# connection can be kept.
 DRAIN_S = 1.0
 # Texts longer than this are tokenised by a local tokenizer in a thread, not on the loop.
 INLINE_TOKENIZE_CHARS = 4000

@@ -267,15 +267,12 @@ async def run(
         print(f"pinned: vLLM server on CPU {server_cpus}, this process on {cores[1:]}")
     with serving(server, model_dir, ["--no-enable-prefix-caching"], server_cpus) as url:
         log = AccessLog(None if server else folder / "server.log")
-        settings = settings_for(url, folder, str(model_dir) if counts == "local" else "")
-        print(
-            "token counts: "
-            + (
-                "local (backend.tokenizer = the model folder): 1 request per turn"
-                if counts == "local"
-                else "server (/tokenize): 2 requests per turn"
-            )
-        )
+        local = counts == "local"
+        settings = settings_for(url, folder, str(model_dir) if local else "")
+        if local:
+            print("token counts: local (backend.tokenizer = the model folder): 1 request per turn")
+        else:
+            print("token counts: server (/tokenize): 2 requests per turn")
         parley_tap = Tap()
         recording = Recording(tapped_backend(settings.backend, parley_tap))
         async with Parley(settings, backend=recording) as app:  # type: ignore[arg-type]

@@ -93,7 +93,6 @@ class Parley:
             cache,
             summarizer,
             budget_tokens=await self._budget(),
-            verify_cached=s.redis.url is not None,
         )
         register_core_commands(self.router)
         services = self._skill_services(cache)
@@ -113,8 +112,7 @@ class Parley:
 
     def _skill_services(self, cache: Cache) -> SkillServices:
         s = self.settings
-        shared = self.settings.redis.url is not None
-        self.prefs = PrefsRepository(self.store.engine, cache, shared_cache=shared)
+        self.prefs = PrefsRepository(self.store.engine, cache)
         self.kb = KnowledgeBase(
             self.store.engine, max_file_bytes=s.knowledge.max_file_mb * 1_000_000
         )

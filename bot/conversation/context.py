@@ -36,7 +36,6 @@ class ContextLoader:
         summarizer: Summarizer,
         *,
         budget_tokens: int,
-        verify_cached: bool,
         max_rows: int = 400,
     ) -> None:
         self._store = store
@@ -44,9 +43,8 @@ class ContextLoader:
         self._summarizer = summarizer
         self.budget_tokens = budget_tokens
         self._max_rows = max_rows
-        self._verify_cached = verify_cached
-        # No shared cache (verify_cached False): the windows live here, as objects.
-        self._local: Lru[Window] | None = None if verify_cached else Lru(LOCAL_WINDOWS)
+        # No shared cache: the windows live here, as objects.
+        self._local: Lru[Window] | None = None if cache.shared else Lru(LOCAL_WINDOWS)
 
     @staticmethod
     def _key(conversation_id: int) -> str:
@@ -54,7 +52,7 @@ class ContextLoader:
 
     async def load(self, conversation_id: int) -> Window:
         cached = await self._cached(conversation_id)
-        if cached is not None and not self._verify_cached:
+        if cached is not None and self._local is not None:  # this process wrote it
             return cached
         state = await self._store.state(conversation_id)
         if cached is not None:

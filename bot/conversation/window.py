@@ -112,13 +112,9 @@ def turns_from_rows(rows: Sequence[ContextRow], *, complete: bool) -> list[Turn]
         questions = asked.pop(row.id, None)
         if not questions:
             continue
-        tokens = row.token_count + MESSAGE_OVERHEAD_TOKENS * (len(questions) + 1)
-        if len(questions) == 1:
-            text = questions[0].content
-            tokens += questions[0].token_count
-        else:
-            text = merge_user_texts([m.content for m in questions])
-            tokens += sum(m.token_count for m in questions)
+        tokens = sum(m.token_count for m in questions) + row.token_count
+        tokens += MESSAGE_OVERHEAD_TOKENS * (len(questions) + 1)
+        text = merge_user_texts([m.content for m in questions])
         turns.append(Turn(text, row.content, tokens, row.id))
     if not complete and turns:
         turns.pop(0)

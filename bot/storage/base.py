@@ -169,6 +169,10 @@ class Cache(Protocol):
         0 when the cache is unreachable: limits built on it fail open."""
         ...
 
+    # True where other processes see the same entries (Redis); False for an in-process cache,
+    # whose one writer is this process, so what it holds is current by construction.
+    shared: bool
+
     def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[bool]:
         """Mutual exclusion on `name` (per process in memory, across processes in Redis).
 

@@ -79,6 +79,8 @@ class MemoryCache:
     first once `max_entries` is reached. Expired entries are dropped when next read or evicted.
     """
 
+    shared = False
+
     def __init__(self, max_entries: int = 10000) -> None:
         self._max_entries = max_entries
         self._entries: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
@@ -176,6 +178,8 @@ class _Outage:
 
 class RedisCache:
     """Entries under `{key_prefix}:{key}`, locks under `{key_prefix}:lock:{name}`."""
+
+    shared = True
 
     def __init__(
         self, client: Redis, *, key_prefix: str, retry_after_failure_s: float = 5.0

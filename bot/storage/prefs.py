@@ -66,15 +66,13 @@ LOCAL_CHATS = 10_000
 class PrefsRepository:
     """Shares the history's engine; it does not own it."""
 
-    def __init__(
-        self, engine: AsyncEngine, cache: Cache | None = None, *, shared_cache: bool = True
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, cache: Cache | None = None) -> None:
         self._engine = engine
         self._cache = cache
         # Without a shared cache this process is the only writer: chat preferences are kept
         # here as values (no encoding per message), dropped on every write like the cache's.
         self._local: Lru[tuple[str | None, bool]] | None = (
-            None if shared_cache else Lru(LOCAL_CHATS)
+            Lru(LOCAL_CHATS) if cache is not None and not cache.shared else None
         )
         self._errors = database_errors(engine.url)
         self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite

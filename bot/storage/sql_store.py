@@ -90,10 +90,7 @@ class SqlStore:
         await self._runner.aclose()
 
     async def ping(self) -> None:
-        def run(q: Queries) -> None:
-            q.rows(_PING)
-
-        await self._run(run)
+        await self._rows(_PING)
 
     async def record_incoming(
         self, incoming: Incoming, *, kind: MessageKind, token_count: int
@@ -224,10 +221,7 @@ class SqlStore:
                              created_at)  # fmt: skip
 
     async def state(self, conversation_id: int) -> ConversationState:
-        def run(q: Queries) -> Sequence[Sequence[Any]]:
-            return q.rows(self._reads.state, {"conversation_id": conversation_id})
-
-        rows = await self._run(run)
+        rows = await self._rows(self._reads.state, {"conversation_id": conversation_id})
         if not rows:
             raise StorageError(f"conversation {conversation_id} does not exist")
         (id_, platform, chat_id, thread_id, summary, summary_through_id, summary_tokens,
@@ -246,11 +240,7 @@ class SqlStore:
         self, conversation_id: int, after_id: int, limit: int
     ) -> Sequence[ContextRow]:
         params = {"conversation_id": conversation_id, "after_id": after_id, "limit": limit}
-
-        def run(q: Queries) -> Sequence[Sequence[Any]]:
-            return q.rows(self._reads.context, params)
-
-        rows = await self._run(run)
+        rows = await self._rows(self._reads.context, params)
         roles = _ROLES
         return [ContextRow(id_, roles[role], content, tokens, answered_by)
                 for id_, role, content, tokens, answered_by in reversed(rows)]  # fmt: skip
@@ -301,17 +291,10 @@ class SqlStore:
         now = utcnow()
         params = {"cid": conversation_id, "who": owner, "now_": now,
                   "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
-
-        def run(q: Queries) -> int:
-            return q.rowcount(_LEASE_TAKE, params)
-
-        return await self._run(run, write=True, one_statement=True) == 1
+        return await self._write(_LEASE_TAKE, params) == 1
 
     async def conversations_with_pending(self) -> Sequence[tuple[int, ConversationKey]]:
-        def run(q: Queries) -> Sequence[Sequence[Any]]:
-            return q.rows(_WITH_PENDING)
-
-        rows = await self._run(run)
+        rows = await self._rows(_WITH_PENDING)
         return [(id_, ConversationKey(p, chat, thread)) for id_, p, chat, thread in rows]
 
     async def _run(
@@ -339,19 +322,20 @@ class SqlStore:
                 raise StorageError(describe_error(exc, self._engine.url)) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _rows(
+        self, stmt: sa.Executable, params: Mapping[str, Any] | None = None
+    ) -> Sequence[Sequence[Any]]:
+        """The rows of one read."""
+        return await self._run(lambda q: q.rows(stmt, params))
+
     async def _messages(
         self, stmt: sa.Select[Any], params: Mapping[str, Any]
     ) -> list[StoredMessage]:
-        def run(q: Queries) -> Sequence[Sequence[Any]]:
-            return q.rows(stmt, params)
+        return [_to_message(row) for row in await self._rows(stmt, params)]
 
-        return [_to_message(row) for row in await self._run(run)]
-
-    async def _write(self, stmt: sa.Executable, params: Mapping[str, Any]) -> None:
-        def run(q: Queries) -> None:
-            q.rowcount(stmt, params)
-
-        await self._run(run, write=True, one_statement=True)
+    async def _write(self, stmt: sa.Executable, params: Mapping[str, Any]) -> int:
+        """One statement that is atomic by itself; the number of rows it changed."""
+        return await self._run(lambda q: q.rowcount(stmt, params), write=True, one_statement=True)
 
     @staticmethod
     def _get_or_create(
