@@ -147,12 +147,11 @@ class SetupResult:
     cold: dict[str, list[int]] = field(default_factory=dict)
     warm: dict[str, list[int]] = field(default_factory=dict)
     turns_in_window: dict[str, int] = field(default_factory=dict)
-    # Case labels (largest, smallest): the target pair (answers: windows of the same size),
-    # the one-line pair (windows of different sizes), and largest against the middle size.
-    context_pair: tuple[str, str] = ("", "")
-    lines_pair: tuple[str, str] = ("", "")
-    history_pair: tuple[str, str] = ("", "")
-    sizes: tuple[int, ...] = ()
+    # (larger, smaller) cases: the target pair (answers: windows of the same size), the
+    # one-line pair (windows of different sizes), and the largest against the middle size.
+    context_pair: Pair | None = None
+    lines_pair: Pair | None = None
+    history_pair: Pair | None = None
     seconds: float = 0.0
 
     @property
@@ -165,11 +164,11 @@ class SetupResult:
     def context_ratio(self) -> float | None:
         return self.cold_ratio(self.context_pair)
 
-    def cold_ratio(self, pair: tuple[str, str]) -> float | None:
-        big, small = pair
-        if big not in self.cold or small not in self.cold:
+    def cold_ratio(self, pair: Pair | None) -> float | None:
+        if pair is None:
             return None
-        return pct(self.cold[big], 0.5) / pct(self.cold[small], 0.5)
+        big, small = (self.cold[case.label] for case in pair)
+        return pct(big, 0.5) / pct(small, 0.5)
 
 
 # --- traffic ---------------------------------------------------------------------------------
@@ -785,9 +784,9 @@ async def replay(
 
     `paced`: before each call, the loop's thread is kept busy as long as the turn worked
     before it (untimed), so each call starts from the state it starts from in a turn. On a
-    virtual machine a thread or server process that has slept longer takes longer to wake:
-    a hand-off to a thread costs ~40 us back to back here and 65-90 us after 0.2-1 ms of
-    work. Back to back (not paced), the calls get that discount, which a turn cannot have.
+    virtual machine a thread or server process that has slept longer takes longer to wake
+    (`hop_costs` prints by how much); back to back (not paced), the calls get a discount
+    that a turn, which always works between its calls, cannot have.
     """
     ids = IdMap(turn)
     total = 0
@@ -959,6 +958,9 @@ class LoadCase:
     style: str = LINES
 
 
+Pair = tuple[LoadCase, LoadCase]
+
+
 def load_cases(sizes: Sequence[int]) -> list[LoadCase]:
     """One-line messages at every size (a window of 32 turns holds 64 of them, so a
     10-message conversation has the smaller window); the largest never rolled over; and the
@@ -1018,12 +1020,11 @@ async def context_bench(
             res.cold[case.label].append(t1 - t0)
             res.warm[case.label].append(time.perf_counter_ns() - t1)
             res.turns_in_window[case.label] = len(window.turns)
-    labels = {(c.size, c.style, c.settled): c.label for c in cases}
+    by = {(c.size, c.style, c.settled): c for c in cases}
     small, middle, large = sizes[0], sizes[len(sizes) // 2], sizes[-1]
-    res.context_pair = (labels[large, ANSWERS, True], labels[small, ANSWERS, True])
-    res.lines_pair = (labels[large, LINES, True], labels[small, LINES, True])
-    res.history_pair = (labels[large, LINES, True], labels[middle, LINES, True])
-    res.sizes = tuple(sizes)
+    res.context_pair = (by[large, ANSWERS, True], by[small, ANSWERS, True])
+    res.lines_pair = (by[large, LINES, True], by[small, LINES, True])
+    res.history_pair = (by[large, LINES, True], by[middle, LINES, True])
 
 
 # --- one setup -------------------------------------------------------------------------------
@@ -1270,14 +1271,23 @@ async def services(plan: Plan) -> SetupResult:
 # --- report ----------------------------------------------------------------------------------
 
 
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
 def _verdict(value: float | None, target: float) -> str:
     if value is None:
         return "n/a"
-    return f"{value:.2f}x {'PASS' if value <= target else 'MISS'}"
+    return f"{_ratio(value)} {'PASS' if value <= target else 'MISS'}"
 
 
-def _ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
+def _cases(pair: Pair) -> str:
+    return f"{pair[0].size:,} / {pair[1].size:,}"
+
+
+def _turns(res: SetupResult, pair: Pair) -> str:
+    big, small = (res.turns_in_window[case.label] for case in pair)
+    return f"{big} and {small} turns in the window"
 
 
 def report(res: SetupResult, plan: Plan) -> None:
@@ -1327,22 +1337,22 @@ def report(res: SetupResult, plan: Plan) -> None:
             f"    {label:<40} {pct(cold, 0.5):>7.3f}/{pct(cold, 0.99):<7.2f}"
             f" {pct(warm, 0.5):>7.3f}/{pct(warm, 0.99):<7.2f} {res.turns_in_window[label]:>5}"
         )
-    turns = {pair: [res.turns_in_window[label] for label in pair] for pair in
-             (res.context_pair, res.history_pair, res.lines_pair)}  # fmt: skip
-    small, middle, large = (f"{n:,}" for n in (res.sizes[0], res.sizes[1], res.sizes[-1]))
-    big_turns, small_turns = turns[res.context_pair]
-    print(
-        f"  cold load {large} / {small}, answers of ~300 tokens:"
-        f" {_verdict(res.context_ratio, CONTEXT_TARGET)} (target <= {CONTEXT_TARGET:.1f}x;"
-        f" {big_turns} and {small_turns} turns in the window: only the history differs)"
-    )
-    for pair, size in [(res.history_pair, middle), (res.lines_pair, small)]:
-        a, b = turns[pair]
-        what = "100x the history" if size == middle else "more context, not more history"
+    if res.context_pair is not None:
         print(
-            f"    one-line messages, cold load {large} / {size}: {_ratio(res.cold_ratio(pair))}"
-            f" ({a} and {b} turns in the window: {what})"
+            f"  cold load {_cases(res.context_pair)}, answers of ~300 tokens:"
+            f" {_verdict(res.context_ratio, CONTEXT_TARGET)} (target <= {CONTEXT_TARGET:.1f}x;"
+            f" {_turns(res, res.context_pair)}: only the history differs)"
         )
+    for pair in (res.history_pair, res.lines_pair):
+        if pair is not None:
+            big, small = pair
+            what = "more context, not more history"
+            if res.turns_in_window[big.label] <= res.turns_in_window[small.label] + 1:
+                what = f"{big.size // small.size}x the history"
+            print(
+                f"    one-line messages, cold load {_cases(pair)}:"
+                f" {_ratio(res.cold_ratio(pair))} ({_turns(res, pair)}: {what})"
+            )
     print(f"  setup ran {res.seconds:.1f}s")
 
 
