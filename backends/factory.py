@@ -4,7 +4,9 @@ without a model never imports httpx's streaming code or vLLM.
     build_backend            the one backend `backend.kind` names, bare (doctor, tests)
     build_resilient_backend  what the bot talks to: the primary, then `backend.fallbacks` in
                              order, each wrapped in a `ResilientBackend` (retries, retry
-                             budget, circuit breaker); with fallbacks, in a `FallbackChain`
+                             budget, adaptive first-token limit, circuit breaker: each member
+                             its own, so one server's outage opens only its breaker); with
+                             fallbacks, in a `FallbackChain`
 """
 
 from __future__ import annotations

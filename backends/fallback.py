@@ -24,6 +24,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from backends.base import Capabilities, Chunk, GenerationRequest, estimate_tokens
+from backends.breaker import BreakerState
 from backends.resilience import ResilientBackend
 from bot.errors import BackendError, BackendUnavailable, ContextTooLong
 from bot.types import ChatMessage
@@ -45,6 +46,7 @@ class FallbackChain:
             raise ValueError("a fallback chain needs at least one backend")
         self.backends = list(backends)
         self._started: list[ResilientBackend] = []
+        self.fallbacks = 0  # answers that came from a backend other than the first
 
     @property
     def capabilities(self) -> Capabilities:
@@ -83,6 +85,7 @@ class FallbackChain:
                 async with contextlib.aclosing(backend.stream(request)) as chunks:
                     async for chunk in chunks:
                         if chunk.text and not shown and index > 0:
+                            self.fallbacks += 1
                             yield Chunk(notice=fallback_notice(backend.name))
                         shown = shown or bool(chunk.text)
                         yield chunk
@@ -113,9 +116,10 @@ class FallbackChain:
         estimate: Callable[[], T],
     ) -> T:
         for backend in self._live():
-            if not backend.breaker.try_acquire():
+            # Asked, not acquired: counting is not a generation, and must not take a half-open
+            # breaker's probe slots; it proves nothing about the server either way.
+            if backend.breaker.state is BreakerState.OPEN:
                 continue
-            backend.breaker.release()  # counting is not a generation; it proves nothing
             try:
                 return await ask(backend)
             except BackendError as exc:

@@ -7,7 +7,16 @@ Capabilities come from the server where it says: `max_model_len` from the model'
 entry (vLLM reports it), else `settings.max_model_len`, else DEFAULT_MAX_MODEL_LEN. Token
 counts come from the served model's tokenizer loaded here when `settings.tokenizer` names its
 folder (no request per count), else from vLLM's `/tokenize`; a server without it gets
-`backends.base.estimate_tokens` and `exact_token_counts=False`.
+`backends.base.estimate_tokens` and `exact_token_counts=False`. At most
+`settings.max_count_requests` `/tokenize` requests are in flight per backend, however many
+texts are counted at once (vLLM's `/tokenize` takes one prompt per request, so many texts are
+many requests); a local tokenizer counts a whole list in one batch, off the event loop.
+
+A server renders the chat template to text and tokenizes it, honouring special-token strings
+wherever they are, so every message's content is sent neutralised
+(`backends.control_tokens.neutralise`: a zero-width joiner inside each marker such as
+`<|im_start|>` or `[INST]`; the tokenizer's own special tokens too when `settings.tokenizer`
+is set). Token counts are of the neutralised text, which is what the server sees.
 
 Errors (all `bot.errors.BackendError`):
     ServerUnavailable (BackendUnavailable)  unreachable, 429 or 5xx; `.status`, `.retry_after`
@@ -28,20 +37,23 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import SecretStr
 
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage, estimate_tokens
+from backends.control_tokens import DEFAULT_MARKERS, marker_pattern, neutralise, special_tokens
 from backends.deadlines import Deadlines
 from bot.errors import BackendError, BackendTimeout, BackendUnavailable, ContextTooLong
 from bot.settings import BackendSettings, TimeoutSettings
 from bot.types import ChatMessage
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Used when neither the server nor the settings say; small enough to be safe for most models.
 DEFAULT_MAX_MODEL_LEN = 4096
@@ -99,6 +111,10 @@ class OpenAICompatBackend:
         )
         self._started = False
         self._tokenizer: Any = None  # the local tokenizer (settings.tokenizer), once started
+        self._markers = DEFAULT_MARKERS  # with the tokenizer's special tokens once loaded
+        # One per backend: a long document's thousands of pieces must not become thousands of
+        # concurrent requests (they starved the event loop and the server's tokenizer).
+        self._count_slots = asyncio.Semaphore(settings.max_count_requests)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -116,6 +132,7 @@ class OpenAICompatBackend:
         )
         if self._settings.tokenizer:
             self._tokenizer = await asyncio.to_thread(_load_tokenizer, self._settings.tokenizer)
+            self._markers = marker_pattern(special_tokens(self._tokenizer))
             exact = True
         else:
             exact = await self._tokenize({"prompt": "ping"}) is not None
@@ -141,17 +158,36 @@ class OpenAICompatBackend:
         )
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return list(await asyncio.gather(*(self._count_text(t) for t in texts)))
-
-    async def _count_text(self, text: str) -> int:
+        plain = [neutralise(t, self._markers) for t in texts]
+        if not plain:
+            return []
         if self._tokenizer is not None:
-            return await self._locally(len(text), self._encoded_length, text)
+            return await self._locally(sum(map(len, plain)), self._encoded_lengths, plain)
+        counts = [0] * len(plain)
+        queue = iter(enumerate(plain))
+
+        async def worker() -> None:
+            for index, text in queue:  # the workers share one iterator
+                counts[index] = await self._count_remotely(text)
+
+        workers = min(len(plain), self._settings.max_count_requests)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(worker())
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # callers expect a BackendError, not a group
+        return counts
+
+    async def _count_remotely(self, text: str) -> int:
+        if self._started and not self._capabilities.exact_token_counts:
+            return estimate_tokens(text)  # the server has no /tokenize: do not ask it again
         count = await self._tokenize({"prompt": text, "add_special_tokens": False})
         return estimate_tokens(text) if count is None else count
 
     async def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Prompt tokens of `messages` with the server's chat template and generation prompt."""
-        chat = [m.as_openai() for m in messages]
+        chat = self._neutralised(messages)
         if self._tokenizer is not None:
             size = sum(len(m.content) for m in messages)
             return await self._locally(size, self._templated_length, chat)
@@ -161,12 +197,20 @@ class OpenAICompatBackend:
             return sum(estimate_tokens(f"{m.role.value}: {m.content}\n") for m in messages)
         return count
 
+    def _neutralised(self, messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+        """The chat as sent: roles as they are, contents without live control markers."""
+        return [
+            {"role": m.role.value, "content": neutralise(m.content, self._markers)}
+            for m in messages
+        ]
+
     async def _tokenize(self, body: dict[str, Any]) -> int | None:
         """Token count from vLLM's /tokenize, or None where the server has no such endpoint."""
         request = self._client.build_request(
             "POST", "/tokenize", json={"model": self._settings.model, **body}
         )
-        response = await self._send(request)
+        async with self._count_slots:
+            response = await self._send(request)
         if response.status_code in (404, 405):
             self._mark_estimated()
             return None
@@ -177,15 +221,16 @@ class OpenAICompatBackend:
         return len(tokens)
 
     @staticmethod
-    async def _locally(size: int, count: Any, arg: Any) -> int:
+    async def _locally(size: int, count: Callable[[Any], T], arg: Any) -> T:
         """`count(arg)` on the loop for short texts (tens of microseconds), in a thread for
         long ones (a pasted document takes milliseconds)."""
         if size <= INLINE_TOKENIZE_CHARS:
-            return int(count(arg))
-        return int(await asyncio.to_thread(count, arg))
+            return count(arg)
+        return await asyncio.to_thread(count, arg)
 
-    def _encoded_length(self, text: str) -> int:
-        return len(self._tokenizer.encode(text, add_special_tokens=False))
+    def _encoded_lengths(self, texts: list[str]) -> list[int]:
+        # One batch call: the fast tokenizer encodes the list in Rust, not text by text.
+        return [len(ids) for ids in self._tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def _templated_length(self, chat: list[dict[str, str]]) -> int:
         # The template the server applies to a chat request, then its tokens without special
@@ -230,7 +275,7 @@ class OpenAICompatBackend:
     def _chat_body(self, request: GenerationRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self._settings.model,
-            "messages": [m.as_openai() for m in request.messages],
+            "messages": self._neutralised(request.messages),
             "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": request.max_tokens,

@@ -1,18 +1,24 @@
-"""Retries that never duplicate text, a retry budget, and a circuit breaker around a backend.
+"""Retries that never duplicate text, a retry budget, an adaptive first-token limit and a
+circuit breaker around a backend.
 
 `ResilientBackend` wraps any `Backend` and keeps its protocol:
 
 - A request is retried only while nothing with text has been yielded, so a consumer never
-  receives the same words twice; and only for connection errors, 429 and 503
-  (`BackendUnavailable` with `status` None, 429 or 503). Time-outs, context-length errors and
-  other refusals are not retried here: a fallback (`backends.fallback`) or the core handles them.
+  receives the same words twice; and only for connection errors, 429, 503 and time-outs
+  before the first token. Context-length errors and other refusals are not retried here: a
+  fallback (`backends.fallback`) or the core handles them.
+- Each try waits for its first token at most the adaptive limit of
+  `backends.deadlines.FirstTokenLimit` (seconds for a healthy server, longer as it slows down);
+  the try after one that timed out waits the full `first_token_s`, so a server slower than its
+  recent past still answers, late, instead of never.
 - Backoff is exponential with full jitter, at least the server's Retry-After (capped at
   `max_retry_after_s`), and never past the reply's `total_s` counted from the first try.
-- A retry budget (Envoy's / gRPC's idea) caps retries at `budget_ratio` of recent requests: each
-  new request earns `budget_ratio` of a token, each retry spends one. A server failing half its
-  requests thus sees at most ~1.2x its normal load from this client, not 3x.
-- A `CircuitBreaker` refuses requests at once while the backend is known to be failing; the
-  refusal is a `BackendUnavailable`, so a fallback chain moves on without waiting.
+- A retry budget (Finagle's and Envoy's idea) caps the retries of the last `budget_window_s` at
+  `budget_ratio` of the requests in that window, plus `budget_min_retries`: whatever fails,
+  the server sees at most (1 + `budget_ratio`) x the requests from this client.
+- A `CircuitBreaker` refuses requests at once during an outage; the refusal is a
+  `BackendUnavailable`, so a fallback chain moves on without waiting. 429 is back-pressure,
+  not a failure: it is retried after Retry-After and tells the breaker nothing.
 """
 
 from __future__ import annotations
@@ -23,17 +29,20 @@ import dataclasses
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 
 from backends.base import Backend, Capabilities, Chunk, GenerationRequest
 from backends.breaker import CircuitBreaker
-from bot.errors import BackendError, BackendUnavailable, ContextTooLong
+from backends.deadlines import FirstTokenLimit, FirstTokenTimeout, first_token_within
+from bot.errors import BackendError, BackendTimeout, BackendUnavailable, ContextTooLong
 from bot.settings import BackendSettings, RetrySettings
 from bot.types import ChatMessage
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 503})
+THROTTLED = 429
 
 
 class CircuitOpen(BackendUnavailable):
@@ -41,34 +50,62 @@ class CircuitOpen(BackendUnavailable):
 
 
 def is_retryable(exc: BackendError) -> bool:
-    """Connection errors (no status), 429 and 503; never a refusal of the request itself."""
+    """Connection errors (no status), 429, 503 and time-outs; never a refusal of the request.
+    (The caller retries only before any text was shown, so a time-out here is a first-token
+    or connect time-out: nothing reached the user.)"""
+    if isinstance(exc, BackendTimeout):
+        return True
     if not isinstance(exc, BackendUnavailable) or isinstance(exc, CircuitOpen):
         return False
     return exc.status is None or exc.status in RETRY_STATUSES
 
 
 def counts_against_backend(exc: BaseException) -> bool:
-    """Failures that say the backend is unwell; a too-long prompt is the caller's doing."""
+    """Failures that say the backend is unwell. A too-long prompt is the caller's doing, and a
+    429 says the server is up and asks for a pause (back-pressure), so neither counts."""
+    if isinstance(exc, BackendUnavailable) and exc.status == THROTTLED:
+        return False
     return isinstance(exc, BackendError) and not isinstance(exc, (ContextTooLong, CircuitOpen))
 
 
 class RetryBudget:
-    """A token bucket of retries: requests deposit `ratio` tokens, a retry withdraws one."""
+    """Retries of the last `window_s` may be at most `ratio` of the requests in that window,
+    plus `min_retries` (Finagle's RetryBudget). A window rather than a bucket of saved-up
+    tokens: under concurrency many requests start before any retry is due, and a small bucket
+    would drop the tokens they earned; a window cannot be saved up past `window_s` either."""
 
-    def __init__(self, ratio: float, min_retries: int) -> None:
+    def __init__(
+        self,
+        ratio: float,
+        min_retries: int,
+        *,
+        window_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._ratio = ratio
-        # Saved-up retries are capped so a long quiet spell cannot fund a retry storm.
-        self._cap = max(1.0, float(min_retries))
-        self._tokens = float(min_retries)
+        self._min = min_retries
+        self._window_s = window_s
+        self._clock = clock
+        self._requests: deque[float] = deque()
+        self._retries: deque[float] = deque()
 
     def on_request(self) -> None:
-        self._tokens = min(self._cap, self._tokens + self._ratio)
+        now = self._clock()
+        self._forget_before(now - self._window_s)  # here too: a healthy server never retries
+        self._requests.append(now)
 
     def try_spend(self) -> bool:
-        if self._tokens < 1.0:
+        now = self._clock()
+        self._forget_before(now - self._window_s)
+        if len(self._retries) >= self._ratio * len(self._requests) + self._min:
             return False
-        self._tokens -= 1.0
+        self._retries.append(now)
         return True
+
+    def _forget_before(self, oldest: float) -> None:
+        for times in (self._requests, self._retries):
+            while times and times[0] <= oldest:
+                times.popleft()
 
 
 def backoff_s(
@@ -90,6 +127,8 @@ class RequestCounts:
     sent: int = 0  # tries passed to the backend (first tries and retries)
     retries: int = 0
     refused: int = 0  # refused at once by the open circuit breaker
+    timed_out: int = 0  # tries that ran out of time (mostly hangs before the first token)
+    failed: int = 0  # tries that ended in an error, time-outs included
 
 
 class ResilientBackend:
@@ -109,7 +148,14 @@ class ResilientBackend:
         self.settings = settings
         self._retry = settings.retry
         self.breaker = CircuitBreaker(settings.breaker, name=self.name, clock=clock)
-        self._budget = RetryBudget(settings.retry.budget_ratio, settings.retry.budget_min_retries)
+        retry = settings.retry
+        self._budget = RetryBudget(
+            retry.budget_ratio,
+            retry.budget_min_retries,
+            window_s=retry.budget_window_s,
+            clock=clock,
+        )
+        self.first_token = FirstTokenLimit(settings.timeouts)
         self._rng = rng or random.Random()
         self.counts = RequestCounts()
 
@@ -132,13 +178,16 @@ class ResilientBackend:
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         self.counts.requests += 1
         self._budget.on_request()
-        deadline = time.monotonic() + self.settings.timeouts.total_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.timeouts.total_s
         attempt = 0
+        full_wait = False
         while True:
             attempt += 1
             shown = False
             try:
-                async with contextlib.aclosing(self._attempt(request, attempt)) as chunks:
+                tried = self._attempt(request, attempt, deadline, full_wait=full_wait)
+                async with contextlib.aclosing(tried) as chunks:
                     async for chunk in chunks:
                         shown = shown or bool(chunk.text)
                         yield chunk
@@ -146,40 +195,48 @@ class ResilientBackend:
             except BackendError as exc:
                 if shown or not await self._wait_to_retry(exc, attempt, deadline):
                     raise
+                # Timed out at the adaptive limit: maybe the server is just slower than it was.
+                full_wait = isinstance(exc, FirstTokenTimeout)
 
     async def _attempt(
-        self, request: GenerationRequest, attempt: int
+        self, request: GenerationRequest, attempt: int, deadline: float, *, full_wait: bool
     ) -> AsyncGenerator[Chunk, None]:
-        """One try, with the breaker told how it went."""
+        """One try, bounded by the first-token limit, with the breaker told what it proved."""
         if not self.breaker.try_acquire():
             self.counts.refused += 1
             raise CircuitOpen(f"{self.name}: circuit breaker open")
         self.counts.sent += 1
         if attempt > 1:  # a fresh id: the engine may still hold the aborted first try
             request = dataclasses.replace(request, request_id=f"{request.request_id}-{attempt}")
-        verdict = False
+        inner = first_token_within(
+            self.inner.stream(request), self.first_token, full=full_wait, deadline=deadline
+        )
         try:
-            async with contextlib.aclosing(self.inner.stream(request)) as chunks:
+            async with contextlib.aclosing(inner) as chunks:
                 async for chunk in chunks:
                     yield chunk
-            self.breaker.record_success()
-            verdict = True
-        except BaseException as exc:
+        except BackendTimeout:
+            self.counts.timed_out += 1
+            self.counts.failed += 1
+            self.breaker.record_failure()  # a hang is a failure of the server, unlike a 429
+            raise
+        except BackendError as exc:
+            self.counts.failed += 1
             if counts_against_backend(exc):
                 self.breaker.record_failure()
-                verdict = True
             raise
-        finally:
-            if not verdict:  # cancelled, closed early, or the prompt was too long
-                self.breaker.release()
+        # Only a reply read to its end gets here. A try cancelled or closed early (the consumer
+        # left) ends at the yield without a verdict: the server did nothing wrong, or right.
+        self.breaker.record_success()
 
     async def _wait_to_retry(self, exc: BackendError, attempt: int, deadline: float) -> bool:
-        """Sleep before the next try and return True, or return False: give up."""
+        """Sleep before the next try and return True, or return False: give up. `deadline` is
+        in the loop's time, like the reply's other limits."""
         if not is_retryable(exc) or attempt >= self._retry.attempts:
             return False
         retry_after = exc.retry_after if isinstance(exc, BackendUnavailable) else None
         delay = backoff_s(attempt, retry_after, self._retry, self._rng)
-        if time.monotonic() + delay >= deadline:
+        if asyncio.get_running_loop().time() + delay >= deadline:
             return False
         if not self._budget.try_spend():
             log.info("%s: retry budget spent; not retrying %s", self.name, exc)

@@ -6,7 +6,9 @@ this backend needs an `if __name__ == "__main__":` guard.
 
 Prompts are rendered with the model's own chat template and sent as token ids, so the length
 checked here, the length counted by `count_chat_tokens` and the length the engine sees are the
-same number.
+same number. Only the template's own text can yield control tokens: message contents are
+encoded as plain text (`backends.control_tokens.ChatEncoder`), so a user who types
+`<|im_end|>` sends those characters, not the token that ends a turn.
 
 Replies get the same time limits as over HTTP (`backend.timeouts`: first token, gap, total),
 and `GenerationRequest.json_schema` turns on vLLM's structured outputs (guided decoding).
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage
+from backends.control_tokens import ChatEncoder
 from backends.deadlines import bounded
 from bot.errors import BackendError, BackendUnavailable, ContextTooLong
 from bot.settings import BackendSettings
@@ -37,6 +40,9 @@ from bot.types import ChatMessage
 log = logging.getLogger(__name__)
 
 _CONTEXT_MESSAGE = re.compile(r"maximum (model|context) length", re.IGNORECASE)
+# Prompts and texts longer than this are tokenised in a thread, not on the event loop (a pasted
+# document takes milliseconds, enough to delay every other conversation).
+INLINE_TOKENIZE_CHARS = 4000
 
 
 class VllmEngineBackend:
@@ -45,7 +51,7 @@ class VllmEngineBackend:
     def __init__(self, settings: BackendSettings) -> None:
         self._settings = settings
         self._engine: Any = None
-        self._tokenizer: Any = None
+        self._encoder: ChatEncoder | None = None
         self._start_lock = asyncio.Lock()
         self._capabilities = Capabilities(
             name="vllm",
@@ -73,7 +79,7 @@ class VllmEngineBackend:
             args = args_class(model=self._settings.model, **self._engine_options())
             engine = await asyncio.to_thread(_build_engine, engine_class, args)
             self._engine = engine
-            self._tokenizer = engine.get_tokenizer()
+            self._encoder = ChatEncoder(engine.get_tokenizer())
             self._capabilities = Capabilities(
                 name="vllm",
                 model=self._settings.model,
@@ -86,7 +92,7 @@ class VllmEngineBackend:
         """Another backend over this running engine, with other limits and sampling defaults
         (one engine per process; the model settings of `settings` are ignored)."""
         twin = VllmEngineBackend(settings)
-        twin._engine, twin._tokenizer = self._engine, self._tokenizer
+        twin._engine, twin._encoder = self._engine, self._encoder
         twin._capabilities = self._capabilities
         return twin
 
@@ -111,21 +117,31 @@ class VllmEngineBackend:
             raise BackendError("the vLLM backend is not started; call start() first")
         return self._engine
 
-    def _render(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """Token ids of the chat, rendered the way vLLM's server renders it (text, then ids)."""
+    def _require_encoder(self) -> ChatEncoder:
         self._require_started()
-        text = self._tokenizer.apply_chat_template(
-            [m.as_openai() for m in messages], add_generation_prompt=True, tokenize=False
-        )
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
+        assert self._encoder is not None  # set with the engine
+        return self._encoder
+
+    async def prompt_token_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The token ids `stream` sends for `messages`: the chat template and generation
+        prompt, where only the template can write control tokens (contents are plain text)."""
+        encoder = self._require_encoder()
+        chat = [m.as_openai() for m in messages]
+        if sum(len(m.content) for m in messages) <= INLINE_TOKENIZE_CHARS:
+            return encoder.chat_ids(chat)
+        return await asyncio.to_thread(encoder.chat_ids, chat)
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        self._require_started()
-        return [len(self._tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+        """Tokens of each text as plain text (special-token strings count as the characters
+        they are, as in a prompt), in one batch."""
+        encoder = self._require_encoder()
+        if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
+            return encoder.plain_lengths(texts)
+        return await asyncio.to_thread(encoder.plain_lengths, texts)
 
     async def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Prompt tokens of `messages` with the chat template and generation prompt."""
-        return len(self._render(messages))
+        return len(await self.prompt_token_ids(messages))
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         # The engine has no time limits of its own; a stuck step must not hold a conversation.
@@ -133,7 +149,7 @@ class VllmEngineBackend:
 
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         engine = self._require_started()
-        prompt_ids = self._render(request.messages)
+        prompt_ids = await self.prompt_token_ids(request.messages)
         self._check_fits(len(prompt_ids))
         outputs = engine.generate(
             {"prompt_token_ids": prompt_ids}, self._sampling(request), request.request_id

@@ -1,16 +1,17 @@
 """Builds the stores, backend, manager and adapters from Settings; one lifecycle.
 
     async with Parley(settings) as app:
-        app.manager.attach("console", sink)
+        app.intake.register("console", adapter, access_rules)
         ...
 
 Start-up order: schema check (SQLite migrates itself), database, cache, backend (probes its
 context length and tokenizer), then the manager. Shutdown runs in reverse and lets turns in
-flight finish.
+flight finish (a stop bounds that wait with `manager.drain`, see adapters.kit.runner).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -18,10 +19,13 @@ from types import TracebackType
 from backends.base import Backend, estimate_tokens
 from backends.factory import build_resilient_backend
 from bot.conversation.context import ContextLoader
+from bot.conversation.intake import Intake
 from bot.conversation.manager import ConversationManager
 from bot.conversation.summary import Summarizer
-from bot.errors import ConfigError
+from bot.documents import DocumentReader
+from bot.errors import BackendUnavailable, ConfigError
 from bot.knowledge import KnowledgeBase
+from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.skills.core_commands import register_core_commands
 from bot.skills.intents import SkillRouting
@@ -41,18 +45,25 @@ log = logging.getLogger(__name__)
 # Tokens kept free beside the history: the system prompt and the new message get their own
 # count, this covers the chat template's framing of them.
 PROMPT_MARGIN_TOKENS = 32
+# Longest pause between two tries to reach a model server that is still starting.
+STARTUP_RETRY_MAX_S = 10.0
 
 
 class Parley:
-    def __init__(self, settings: Settings, *, backend: Backend | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, backend: Backend | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self._given_backend = backend
         self._stack = AsyncExitStack()
         self.backend: Backend | None = None
         self.store: SqlStore
+        self.cache: Cache
         self.kb: KnowledgeBase
         self.prefs: PrefsRepository
         self.manager: ConversationManager
+        self.intake: Intake
         self.router = CommandRouter()
 
     async def __aenter__(self) -> Parley:
@@ -79,12 +90,14 @@ class Parley:
         self.store = SqlStore(engine)
         await self.store.start()
         self._stack.push_async_callback(self.store.aclose)
-        cache = build_cache(s.redis)
+        self.metrics.watch_store(self.store.engine)
+        self.cache = cache = build_cache(s.redis)
         self._stack.push_async_callback(cache.aclose)
         self.backend = self._given_backend or build_resilient_backend(s.backend)
         if self.backend is not None:
-            await self.backend.start()
             self._stack.push_async_callback(self.backend.aclose)
+            self.metrics.watch_backend(self.backend)
+            await self._start_backend(self.backend)
         summarizer = Summarizer(
             self.backend, max_tokens=s.conversation.summary_tokens, count_tokens=self.count_tokens
         )
@@ -107,20 +120,40 @@ class Parley:
             generation=s.backend,
             count_tokens=self.count_tokens,
             skills=SkillRouting(self.router, services),
+            observer=self.metrics,
         )
         self._stack.push_async_callback(self.manager.aclose)
+        self.intake = Intake(
+            self.manager, cache, self.router, s.conversation, DocumentReader(s.documents)
+        )
+        self._stack.push_async_callback(self.intake.aclose)
+
+    async def _start_backend(self, backend: Backend) -> None:
+        """Start the backend; a model server that is not answering yet (still loading its
+        model) is waited for up to backend.startup_wait_s, with a line at each try."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.backend.startup_wait_s
+        delay = 1.0
+        while True:
+            try:
+                await backend.start()
+                return
+            except BackendUnavailable as exc:
+                if loop.time() + delay > deadline:
+                    raise
+                log.warning("waiting for the model server (%s); next try in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STARTUP_RETRY_MAX_S)
 
     def _skill_services(self, cache: Cache) -> SkillServices:
         s = self.settings
         self.prefs = PrefsRepository(self.store.engine, cache)
-        self.kb = KnowledgeBase(
-            self.store.engine, max_file_bytes=s.knowledge.max_file_mb * 1_000_000
-        )
+        self.kb = KnowledgeBase.from_settings(self.store.engine, s.knowledge)
         return SkillServices(
             backend=self.backend,
             kb=self.kb,
             prefs=self.prefs,
-            prompts=Prompts(s.skills.prompts_dir),
+            prompts=Prompts(s.skills.prompts_dir, system_prompt=s.conversation.system_prompt),
             settings=s.skills,
             generation=s.backend,
             count_tokens=self.count_tokens,

@@ -7,38 +7,56 @@
     parley doctor                   check the configuration, database, cache and backend
     parley config                   print the effective settings (secrets masked)
 
-Operator mistakes end in one line on stderr and exit status 2, never a traceback.
+Every failure is one line on stderr, never a traceback, and a documented exit status:
+
+    0    done, or stopped on request (SIGTERM, Ctrl-C, the end of every input)
+    1    `parley doctor` found problems
+    2    a configuration problem: a setting, the config file, a missing extra, an
+         out-of-date database schema (the operator must change something)
+    3    a failure at run time: an adapter could not start or failed while running (a
+         revoked token, no network), a database or model server that cannot be used
+    130  interrupted (Ctrl-C) before start-up finished
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot.errors import BotError
+from bot import logformat, logsafety
+from bot.errors import BotError, ConfigError, SchemaOutOfDate
 from bot.settings import Settings, load_settings
 
 log = logging.getLogger("parley")
 
-EXIT_ERROR = 2
+EXIT_PROBLEMS = 1
+EXIT_CONFIG = 2
+EXIT_FAILED = 3
 EXIT_INTERRUPTED = 130
+# Libraries whose INFO lines are about their own machinery (migrations, HTTP requests): shown
+# only with --verbose, so they never land in the middle of a terminal chat.
+QUIET_LIBRARIES = ("alembic", "httpx", "httpcore", "telegram", "uvicorn", "vllm", "asyncio")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        _setup_logging(settings, verbose=args.verbose, quiet=args.command in ("chat", "kb"))
+        # A terminal chat stays readable: warnings only, unless --verbose.
+        chatting = args.command == "run" and "console" in settings.adapters
+        quiet = chatting or args.command in ("chat", "kb")
+        _setup_logging(settings, verbose=args.verbose, quiet=quiet)
         return int(asyncio.run(args.func(settings, args)) or 0)
+    except (ConfigError, SchemaOutOfDate) as exc:
+        print(f"parley: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except BotError as exc:
         print(f"parley: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
@@ -53,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="start every configured adapter").set_defaults(func=cmd_run)
+    sub.add_parser(
+        "run", help="start every configured adapter", description=_adapters_help()
+    ).set_defaults(func=cmd_run)
     chat = sub.add_parser("chat", help="chat in the terminal")
     chat.add_argument("--user", help="your name in the history (default: console.user)")
     chat.add_argument("--chat", help="conversation id (default: console.chat)")
@@ -68,20 +88,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _adapters_help() -> str:
+    from bot.adapter_registry import installed_adapters
+
+    lines = [f"  {name}: {spec.summary}" for name, spec in installed_adapters().items()]
+    return "Installed adapters (the `adapters` setting):\n" + "\n".join(lines)
+
+
 def _setup_logging(settings: Settings, *, verbose: bool, quiet: bool) -> None:
+    """One handler on stderr, as logging.basicConfig would add it (and like it, nothing when
+    the host program configured logging already): libraries' lines below WARNING only with
+    --verbose, and the log-safety filter on everything."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
     level = logging.DEBUG if verbose else getattr(logging, settings.log_level)
     if quiet and not verbose:
         level = max(level, logging.WARNING)  # keep the chat readable
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if settings.log_format == "json":
+        logformat.use_json([handler])
+    if not verbose:
+        handler.addFilter(_quiet_libraries)
+    secrets = logsafety.secrets_in(settings)
+    logsafety.install(secrets, log_message_text=settings.log_message_text, handlers=[handler])
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+        return True
+    return not any(record.name == n or record.name.startswith(f"{n}.") for n in QUIET_LIBRARIES)
 
 
 if __name__ == "__main__":

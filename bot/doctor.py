@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TextIO
 
+from sqlalchemy.engine import make_url
+
 from backends.base import Backend
 from backends.factory import build_backend, build_plain_backend, fallback_settings
+from bot.adapter_registry import adapter_spec
 from bot.errors import BotError
 from bot.settings import Settings
 from bot.storage import migrate
@@ -28,13 +31,16 @@ async def run_checks(settings: Settings, *, out: TextIO) -> list[str]:
     await _check_database(settings, report)
     await _check_cache(settings, report)
     await _check_backend(settings, report)
+    await _check_adapters(settings, report)
     out.write("no problems found\n" if not problems else f"{len(problems)} problem(s) found\n")
     return problems
 
 
 async def _check_database(settings: Settings, report: _Report) -> None:
     url = settings.database.url.get_secret_value()
-    kind = "SQLite" if settings.database.is_sqlite else "PostgreSQL"
+    kind = "PostgreSQL"
+    if settings.database.is_sqlite:  # the path is no secret, and says where the history is
+        kind = f"SQLite {make_url(url).database}"
     engine = create_engine(url)
     try:
         await SqlStore(engine).ping()
@@ -96,3 +102,16 @@ async def _check_one(label: str, backend: Backend, settings: Settings, report: _
         report(False, f"{label}: {exc}")
     finally:
         await backend.aclose()
+
+
+async def _check_adapters(settings: Settings, report: _Report) -> None:
+    for name in settings.adapters:
+        spec = adapter_spec(name)
+        try:
+            check = spec.load_doctor()
+            if check is None:
+                report(True, f"adapter {name}: nothing to check")
+                continue
+            report(True, f"adapter {name}: {await check(spec.section(settings))}")
+        except BotError as exc:
+            report(False, f"adapter {name}: {exc}")

@@ -2,42 +2,109 @@
 
 Sources, strongest first: environment variables `PARLEY_*` (nested with `__`, e.g.
 `PARLEY_BACKEND__KIND=vllm`), a `.env` file, `config/parley.toml` (or the file named by
-`PARLEY_CONFIG`), then the defaults written here. `config/parley.toml` lists every setting.
+`--config` / `PARLEY_CONFIG`, read by pydantic-settings' own TOML source), then the defaults
+written here. `config/parley.toml` lists every setting.
+
+Each adapter owns its section (`[telegram]`, `[console]`, ...): its model lives with the
+adapter and joins the settings through the adapter registry (bot.adapter_registry). Unknown
+keys are errors in every section, lists take JSON or comma-separated values, and every
+problem is one line that names the file and key or the variable, never a value.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
+from collections.abc import Mapping
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+import platformdirs
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from bot.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config/parley.toml")
 
 
-class DatabaseSettings(BaseModel):
-    # A SecretStr because a PostgreSQL URL usually carries a password.
-    url: SecretStr = SecretStr("sqlite+aiosqlite:///var/parley.db")
+def data_dir() -> Path:
+    """Where the embedded defaults keep their files, whatever the working directory:
+    $XDG_DATA_HOME/parley (~/.local/share/parley) on Linux, the platform's equivalent elsewhere;
+    PARLEY_HOME overrides it."""
+    home = os.environ.get("PARLEY_HOME")
+    return Path(home) if home else Path(platformdirs.user_data_dir("parley", appauthor=False))
+
+
+def default_database_url() -> str:
+    return f"sqlite+aiosqlite:///{data_dir() / 'parley.db'}"
+
+
+# Which installed package each database driver and URL scheme needs, and the extra bringing it.
+_DRIVERS = {"asyncpg": ("asyncpg", "postgres"), "aiosqlite": ("aiosqlite", "")}
+
+
+class _Section(BaseModel):
+    # A typo in a section is an error, never a silently ignored key.
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(_Section):
+    # A SecretStr because a PostgreSQL URL usually carries a password. Default: a SQLite file
+    # in data_dir(), the same wherever `parley` is started from (`parley doctor` prints it).
+    url: SecretStr = Field(default_factory=lambda: SecretStr(default_database_url()))
     echo: bool = False
     pool_size: int = Field(10, ge=1, le=200)
     # None: migrate SQLite on start, refuse to start on an out-of-date server database.
     auto_migrate: bool | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, url: SecretStr) -> SecretStr:
+        try:
+            parsed = make_url(url.get_secret_value())
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL; use sqlite+aiosqlite:///PATH or "
+                "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB"
+            ) from None
+        backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+        if (backend, driver) not in (("sqlite", "aiosqlite"), ("postgresql", "asyncpg")):
+            raise ValueError(
+                f"{backend}+{driver} is not supported; use sqlite+aiosqlite:///PATH or "
+                "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB"
+            )
+        module, extra = _DRIVERS[driver]
+        if find_spec(module) is None:
+            raise ValueError(f"the {module} driver is not installed: pip install 'parley[{extra}]'")
+        return url
 
     @property
     def is_sqlite(self) -> bool:
         return self.url.get_secret_value().startswith("sqlite")
 
 
-class RedisSettings(BaseModel):
+class RedisSettings(_Section):
     url: SecretStr | None = None
     key_prefix: str = "parley"
     socket_timeout_s: float = Field(1.0, gt=0)
@@ -46,39 +113,71 @@ class RedisSettings(BaseModel):
     # Connections per worker; more concurrent calls wait for one (up to 10 s).
     max_connections: int = Field(50, ge=2)
 
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is None:
+            return None
+        scheme = url.get_secret_value().partition("://")[0]
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("not a Redis URL; use redis://[:PASSWORD@]HOST:PORT/DB")
+        if find_spec("redis") is None:
+            raise ValueError("the redis client is not installed: pip install 'parley[redis]'")
+        return url
 
-class TimeoutSettings(BaseModel):
+
+class TimeoutSettings(_Section):
     connect_s: float = Field(5.0, gt=0)
+    # The longest wait for a first token: for a server not yet measured, and for the retry of a
+    # try that timed out at the adaptive limit below (so a slow but alive server still answers).
     first_token_s: float = Field(60.0, gt=0)
     gap_s: float = Field(30.0, gt=0)
     total_s: float = Field(300.0, gt=0)
+    # Adaptive first-token limit of a try: first_token_factor x the p90 of the backend's recent
+    # first-token times (tries that timed out count as their limit, so a slower server raises
+    # it), within [first_token_min_s, first_token_s]. A hang then costs seconds, not a minute.
+    adaptive_first_token: bool = True
+    first_token_min_s: float = Field(5.0, gt=0)
+    first_token_factor: float = Field(4.0, ge=1)
 
 
-class RetrySettings(BaseModel):
+class RetrySettings(_Section):
     # Tries per backend, the first included; retries happen only before any text was shown.
-    attempts: int = Field(3, ge=1, le=10)
+    # Four: a server failing 45% of tries independently still answers 96% of questions.
+    attempts: int = Field(4, ge=1, le=10)
     base_delay_s: float = Field(0.2, ge=0)
     max_delay_s: float = Field(5.0, ge=0)
     # A server's Retry-After is honoured up to this many seconds.
     max_retry_after_s: float = Field(10.0, ge=0)
-    # Retries may add at most this share of recent requests (a retry budget).
-    budget_ratio: float = Field(0.2, ge=0, le=1)
-    # Retries allowed before any request has earned budget (and the most saved up).
+    # Retry budget: retries in the last budget_window_s may be at most budget_ratio of the
+    # requests in it, plus budget_min_retries; the server never sees more than
+    # (1 + budget_ratio) x the requests, whatever fails. 1.0 lets a server failing 45% of
+    # tries get the ~0.75 retries per request it needs to answer >= 90%.
+    budget_ratio: float = Field(1.0, ge=0, le=2)
     budget_min_retries: int = Field(3, ge=0)
+    budget_window_s: float = Field(10.0, gt=0)
 
 
-class BreakerSettings(BaseModel):
+class BreakerSettings(_Section):
     # Opens after this many failures in a row ...
-    failure_threshold: int = Field(5, ge=1)
-    # ... or when this share of the last `window` requests failed (once `min_requests` were seen).
-    failure_ratio: float = Field(0.5, gt=0, le=1)
-    window: int = Field(20, ge=1)
-    min_requests: int = Field(10, ge=1)
-    # Seconds an open breaker waits before one probe request is let through.
-    open_s: float = Field(30.0, gt=0)
+    failure_threshold: int = Field(20, ge=1)
+    # ... or when this share of the last `window` tries failed (once `min_requests` were seen).
+    # 429 is back-pressure and counts neither way; a hang (first-token timeout) is a failure.
+    # A server failing 40% of tries at random is then not cut off (P(>= 80% of 50) ~ 1e-8).
+    failure_ratio: float = Field(0.8, gt=0, le=1)
+    window: int = Field(50, ge=1)
+    min_requests: int = Field(20, ge=1)
+    # Seconds an open breaker refuses every request before it half-opens.
+    open_s: float = Field(5.0, gt=0)
+    # Half-open: the share of requests let through grows from ramp_start_share to all over
+    # ramp_s; it closes at the end of the ramp, or reopens once at least probes_judged probes
+    # answered and failure_ratio of them failed.
+    ramp_s: float = Field(10.0, gt=0)
+    ramp_start_share: float = Field(0.1, gt=0, le=1)
+    probes_judged: int = Field(3, ge=1)
 
 
-class FallbackSettings(BaseModel):
+class FallbackSettings(_Section):
     """Another backend tried when the ones before it fail; the rest comes from [backend]."""
 
     kind: Literal["vllm", "openai"] = "openai"
@@ -96,7 +195,7 @@ class FallbackSettings(BaseModel):
         return self
 
 
-class BackendSettings(BaseModel):
+class BackendSettings(_Section):
     kind: Literal["none", "vllm", "openai"] = "none"
     # vllm: a local model directory; openai: the model name the server knows.
     model: str = ""
@@ -107,12 +206,17 @@ class BackendSettings(BaseModel):
     # the server loads). Token counts are then computed here instead of with one /tokenize
     # request per message; needs the `transformers` package. Empty: ask the server.
     tokenizer: str = ""
+    # openai without a tokenizer: most /tokenize requests in flight at once per process.
+    max_count_requests: int = Field(4, ge=1, le=64)
     max_tokens: int = Field(512, ge=1)
     temperature: float = Field(0.7, ge=0, le=2)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = False
     dtype: str = "auto"
+    # A model server that is not answering yet at start (still loading its model) is waited
+    # for this many seconds, with a progress line, before start-up gives up.
+    startup_wait_s: float = Field(120.0, ge=0)
     timeouts: TimeoutSettings = TimeoutSettings()
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
@@ -127,7 +231,7 @@ class BackendSettings(BaseModel):
         return self
 
 
-class ConversationSettings(BaseModel):
+class ConversationSettings(_Section):
     system_prompt: str = (
         "You are Parley, a concise and helpful assistant. Answer in the user's language."
     )
@@ -147,16 +251,27 @@ class ConversationSettings(BaseModel):
     rate_limit_window_s: float = Field(60.0, gt=0)
 
 
-class KnowledgeSettings(BaseModel):
+class KnowledgeSettings(_Section):
     # Loaded into an empty knowledge base at start; relative paths are tried from the working
     # directory, then from Parley's own folder.
     sample_dir: str = "docs"
     load_sample: bool = True
     # Bigger files are reported and skipped by `parley kb add`.
     max_file_mb: int = Field(50, ge=1)
+    # Semantic search (embeddings from the wordllama package, offline) fused with full text;
+    # false: full text only. Its weight in the fusion (full text: 1), and the lowest cosine
+    # similarity at which a passage sharing no word with the question still counts.
+    semantic: bool = True
+    semantic_weight: float = Field(0.25, ge=0)
+    min_similarity: float = Field(0.25, ge=-1, le=1)
+    # Search runs in memory (word statistics and vectors, about 2 KB a chunk) up to this many
+    # chunks; above it, on the database's full-text engine alone.
+    max_memory_chunks: int = Field(100_000, ge=0)
+    # Where the embedding model's files are unpacked; default: "models" in the data folder.
+    embeddings_cache: str | None = None
 
 
-class SkillsSettings(BaseModel):
+class SkillsSettings(_Section):
     # A folder of Jinja2 templates (qa.j2, summarize.j2, ...) that replace the shipped ones in
     # config/prompts/ by name; the shipped ones stay in use for any file it lacks.
     prompts_dir: str | None = None
@@ -182,47 +297,43 @@ class SkillsSettings(BaseModel):
     model_intents: bool = True
 
 
-class ConsoleSettings(BaseModel):
-    user: str = "local"
-    chat: str = "console"
+class DocumentSettings(_Section):
+    """Documents users send (every adapter): caps checked by bot.documents."""
+
+    # Larger documents are refused before they are downloaded.
+    max_bytes: int = Field(2_000_000, ge=1, le=50_000_000)
+    # PDF pages read; a longer PDF is refused with one sentence.
+    max_pages: int = Field(50, ge=1)
+    # Characters of text a document may yield (more is refused, not cut).
+    max_chars: int = Field(200_000, ge=1)
+    # Seconds extraction may take (in a child process, killed when its time is up).
+    timeout_s: float = Field(10.0, gt=0)
+    # Documents read at once in this process; more wait.
+    max_parallel: int = Field(2, ge=1)
 
 
-class TelegramSettings(BaseModel):
-    # From BotFather. Never logged; `parley config` shows it masked.
-    token: SecretStr | None = None
-    mode: Literal["polling", "webhook"] = "polling"
-    # Webhook mode: the HTTPS URL Telegram posts to (behind your load balancer) and where
-    # Parley's own HTTP server listens for it.
-    webhook_public_url: str | None = None
-    webhook_listen_host: str = "127.0.0.1"
-    webhook_listen_port: int = Field(8443, ge=1, le=65535)
-    # Telegram sends it back in X-Telegram-Bot-Api-Secret-Token; required in webhook mode.
-    webhook_secret_token: SecretStr | None = None
-    # Empty: everyone may talk to the bot. Admins are always allowed.
-    allowed_user_ids: list[int] = []
-    allowed_chat_ids: list[int] = []
-    admin_ids: list[int] = []
-    # Seconds between two visible updates of a streamed answer; Telegram allows about one
-    # message per second per chat.
-    stream_interval_s: float = Field(1.0, ge=0.05)
-    # Private chats stream as a draft (sendMessageDraft) instead of editing a message.
-    use_drafts: bool = True
-    # Documents larger than this are refused with a short sentence.
-    max_document_bytes: int = Field(2_000_000, ge=1, le=20_000_000)
-    # Another Bot API server (self-hosted or a test stand-in), e.g. http://127.0.0.1:8081/bot
-    base_url: str = "https://api.telegram.org/bot"
+class HttpSettings(_Section):
+    """Parley's one HTTP server: webhooks, the support API, /healthz, /readyz and /metrics
+    mount on it. It starts only when an adapter mounts something on it."""
 
-    @model_validator(mode="after")
-    def _webhook_needs_url_and_secret(self) -> Self:
-        if self.mode == "webhook" and not (self.webhook_public_url and self.webhook_secret_token):
-            raise ValueError(
-                "telegram.webhook_public_url and telegram.webhook_secret_token are required "
-                "when mode is webhook"
-            )
-        return self
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics: `/metrics` on the HTTP server whenever it runs, and on a port of
+    its own for a deployment without other HTTP (docs/operations.md)."""
+
+    # 0: no port of its own. Listening on `host` (keep it private: metrics name platforms,
+    # skills and backends).
+    port: int = Field(0, ge=0, le=65535)
+    host: str = "127.0.0.1"
 
 
 class Settings(BaseSettings):
+    """The core's settings. The sections of the installed adapters are added by
+    `settings_class()`; build settings with `load_settings()`."""
+
     model_config = SettingsConfigDict(
         env_prefix="PARLEY_",
         env_nested_delimiter="__",
@@ -232,15 +343,43 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    adapters: list[Literal["console", "telegram"]] = ["console"]
-    database: DatabaseSettings = DatabaseSettings()
+    # Message, reply and document text in library log lines (bot.logsafety); off, libraries'
+    # lines that may carry it are dropped below WARNING. Secrets are redacted either way.
+    log_message_text: bool = False
+    # "json": one JSON object per line, with the conversation, platform and turn on every
+    # line of a turn (bot.logformat); "text": lines for people.
+    log_format: Literal["text", "json"] = "text"
+    # Adapters `parley run` starts, by name (see `parley run --help` for the installed ones).
+    adapters: list[str] = ["console"]
+    # Seconds a stop (SIGTERM, Ctrl-C) gives the turns in flight to finish; kept below the
+    # 10 s grace of Docker and Kubernetes so that the process exits before it is killed.
+    shutdown_grace_s: float = Field(8.0, ge=0, le=600)
+    http: HttpSettings = HttpSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = RedisSettings()
     backend: BackendSettings = BackendSettings()
     conversation: ConversationSettings = ConversationSettings()
     knowledge: KnowledgeSettings = KnowledgeSettings()
     skills: SkillsSettings = SkillsSettings()
-    console: ConsoleSettings = ConsoleSettings()
-    telegram: TelegramSettings = TelegramSettings()
+    documents: DocumentSettings = DocumentSettings()
+
+    @field_validator("adapters")
+    @classmethod
+    def _known_adapters(cls, names: list[str]) -> list[str]:
+        from bot.adapter_registry import installed_adapters
+
+        known = installed_adapters()
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown adapter {name!r}; installed: {', '.join(known)}")
+        return list(dict.fromkeys(names))
+
+    def section(self, name: str) -> BaseModel:
+        """An adapter's settings section."""
+        section = getattr(self, name)
+        assert isinstance(section, BaseModel)
+        return section
 
     @classmethod
     def settings_customise_sources(
@@ -251,11 +390,61 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The TOML file arrives as init values (see load_settings); the environment beats it.
-        return env_settings, dotenv_settings, init_settings, file_secret_settings
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _ListFriendlyEnv(settings_cls)]
+        sources.append(dotenv_settings)
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+
+class _ListFriendlyEnv(EnvSettingsSource):
+    """Lists from variables: JSON when the value starts with `[` (or `{` for a table), else
+    comma-separated: PARLEY_ADAPTERS=console,telegram, ...__ALLOWED_USERS=7 or 7,8."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        if isinstance(value, str) and value.lstrip()[:1] not in ("[", "{"):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
+
+
+@functools.cache
+def settings_class(toml_file: Path | None = None) -> type[Settings]:
+    """Settings with a section for each installed adapter, reading `toml_file` if given."""
+    from bot.adapter_registry import installed_adapters
+
+    sections = {name: spec.settings for name, spec in installed_adapters().items()}
+    namespace: dict[str, Any] = {
+        "__annotations__": dict(sections),
+        "__module__": __name__,
+        "model_config": SettingsConfigDict(**{**Settings.model_config, "toml_file": toml_file}),
+    }
+    for name, model in sections.items():
+        namespace[name] = Field(default_factory=model)
+    return type("Settings", (Settings,), namespace)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the Settings from every source, or raise ConfigError with a one-line reason.
+    `overrides` (tests, `parley chat --user`) beat every other source."""
+    if config_file is None:
+        env_path = os.environ.get("PARLEY_CONFIG")
+        config_file = Path(env_path) if env_path else DEFAULT_CONFIG_FILE
+        if not env_path and not config_file.exists():
+            config_file = None
+    in_file: Mapping[str, Any] = {}
+    if config_file is not None:
+        in_file = _read_toml(config_file)
+        config_file = config_file.resolve()
+    try:
+        return settings_class(config_file)(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_file, in_file)) from None
+    except SettingsError as exc:  # a variable whose value cannot be read at all
+        raise ConfigError(_first_line(exc)) from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    # Read here too (the TOML source reads it again) for one-line errors that name the file.
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
@@ -265,36 +454,40 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
 
 
-def _describe(exc: ValidationError) -> str:
-    """One line naming each bad setting and what is wrong, never the value itself."""
+def _describe(exc: ValidationError, path: Path | None, in_file: Mapping[str, Any]) -> str:
+    """One line naming each bad setting and what is wrong, never the value itself: the file,
+    section and key when the setting came from the file, else the environment variable."""
     parts = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
-        name = "PARLEY_" + "__".join(loc).upper() if loc else "settings"
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{name}: {msg}")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        if not loc:
+            parts.append(f"settings: {msg}")
+        elif path is not None and _found(in_file, loc) and not _in_environment(loc):
+            section = f"[{'.'.join(loc[:-1])}] " if len(loc) > 1 else ""
+            parts.append(f"{path.name} {section}{loc[-1]}: {msg}")
+        else:
+            parts.append("PARLEY_" + "__".join(loc).upper() + f": {msg}")
     return "invalid setting " + "; ".join(parts)
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the Settings from every source, or raise ConfigError with a one-line reason."""
-    if config_file is None:
-        env_path = os.environ.get("PARLEY_CONFIG")
-        config_file = Path(env_path) if env_path else DEFAULT_CONFIG_FILE
-        if not env_path and not config_file.exists():
-            config_file = None
-    values = _read_toml(config_file) if config_file is not None else {}
-    values.pop("config", None)
-    _merge(values, overrides)
-    try:
-        return Settings(**values)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+def _found(data: Mapping[str, Any], loc: list[str]) -> bool:
+    node: Any = data
+    for key in loc:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
+def _in_environment(loc: list[str]) -> bool:
+    name = ("PARLEY_" + "__".join(loc)).upper()
+    return any(key.upper().startswith(name) for key in os.environ)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    # pydantic-settings says 'error parsing value for field "adapters" from source ...'
+    return f"invalid setting: {text}"

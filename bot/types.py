@@ -42,6 +42,8 @@ class User:
     # The language the platform reports for the user (IETF tag such as "de" or "pt-br"; "" if
     # unknown). Error sentences and notices use it when the user has set no /lang.
     language: str = ""
+    # The sender's roles where the platform has them (Discord role ids); access rules use them.
+    roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,12 @@ class Incoming:
     reply_to_text: str | None = None
     # The platform's id of this message: the reply is threaded to it where that helps (groups).
     platform_message_id: str = ""
+    # A conversation several people share (a group, a server channel): changing what the
+    # whole chat gets is for its admins there.
+    group: bool = False
+    # The places around the chat, innermost first (a thread's channel, category, server):
+    # access rules on any of them apply to the chat.
+    scopes: tuple[str, ...] = ()
     extras: Mapping[str, object] = field(default_factory=_no_extras)
 
 

@@ -10,7 +10,7 @@ from bot.storage import migrate
 from tests import services
 from tests.redis_server import private_redis  # noqa: F401  (fixture)
 
-pytest_plugins = ["tests.fixtures_vllm"]
+pytest_plugins = ["tests.fixtures_vllm", "tests.fixtures_smollm"]
 
 
 @pytest.fixture

@@ -120,8 +120,8 @@ class FaultServer:
             return _error(429, "too many requests", headers)
         if fault == "context":
             return _error(400, CONTEXT_ERROR)
-        if fault == "hang_before":
-            await asyncio.sleep(self.faults.hang_s)
+        if fault == "hang_before" and not await _hang_until_gone(request, self.faults.hang_s):
+            return Response(status_code=499)  # nobody left to answer (nginx's "client closed")
         words = _words(f"{self.name}-{number}", int(body.get("max_tokens", 16)))
         self.sent.append("".join(words))
         events = self._events(words, fault, _prompt_tokens(body))
@@ -150,6 +150,18 @@ class FaultServer:
         self.requests[request.url.path] += 1
         count = _prompt_tokens(await request.json())
         return JSONResponse({"tokens": list(range(count)), "count": count})
+
+
+async def _hang_until_gone(request: Request, seconds: float) -> bool:
+    """Hang up to `seconds`; False as soon as the client went away, as a real server notices
+    (and so no hung handler is left for the shutdown to cancel)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while loop.time() < until:
+        if await request.is_disconnected():
+            return False
+        await asyncio.sleep(min(0.05, max(0.0, until - loop.time())))
+    return True
 
 
 def _words(tag: str, count: int) -> list[str]:

@@ -1,7 +1,8 @@
 """A local stand-in for the Telegram Bot API, served on 127.0.0.1 for PTB (`base_url`).
 
-It records every call, keeps the chats' messages (as a reader would see them), checks HTML
-the way Telegram does (known tags, proper nesting, 4096 characters after parsing), and
+It records every call, keeps the chats' messages (as a reader would see them), checks text
+the way Telegram does (known tags, proper nesting, Telegram's nesting rules, non-empty after
+trimming and at most 4096 UTF-16 units after parsing, else 400 "Bad Request: ..."), and
 enforces the documented flood limits: one call per second per chat, 20 per minute per group,
 30 per second overall. Over a limit it answers 429 with `parameters.retry_after`, as Telegram
 does, and notes which limit and which call it refused.
@@ -16,17 +17,17 @@ import math
 import socket
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-
-from adapters.telegram.webhook import server_for
+from telegram import Bot
 
 TOKEN = "123456:TEST-token-never-logged"
 BOT = {"id": 999, "is_bot": True, "first_name": "Parley", "username": "parley_bot"}
@@ -41,6 +42,7 @@ class Call:
     at: float
     status: int = 200
     limit: str = ""
+    error: str = ""  # the description of a refusal
 
     @property
     def fingerprint(self) -> str:
@@ -52,6 +54,9 @@ class Limits:
     per_chat: tuple[int, float] = (1, 1.0)
     per_group: tuple[int, float] = (20, 60.0)
     overall: tuple[int, float] = (30, 1.0)
+
+
+UNLIMITED = 10**9
 
 
 @dataclass
@@ -66,6 +71,8 @@ class FakeBotApi:
     updates: list[dict[str, Any]] = field(default_factory=list)
     # (chat_id, user_id) pairs getChatMember reports as administrators.
     admins: set[tuple[int, int]] = field(default_factory=set)
+    # Chats whose user blocked the bot: 403 to every message.
+    blocked: set[int] = field(default_factory=set)
     _seen: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _next_id: int = 1
     _new_update: asyncio.Event = field(default_factory=asyncio.Event)
@@ -83,7 +90,7 @@ class FakeBotApi:
     async def serving(self) -> AsyncIterator[str]:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        server = server_for(self.app(), "127.0.0.1", 0)
+        server = _Server(uvicorn.Config(self.app(), access_log=False, log_level="warning"))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
             await asyncio.sleep(0.01)
@@ -133,6 +140,8 @@ class FakeBotApi:
             return _error(call, 401, "Unauthorized")
         if (limited := self._flood_check(call)) is not None:
             return limited
+        if params.get("chat_id") in self.blocked:
+            return _error(call, 403, "Forbidden: bot was blocked by the user")
         if self.reject_html and params.get("parse_mode") == "HTML":
             return _error(call, 400, "Bad Request: can't parse entities: unsupported tag")
         handler = getattr(self, f"_{method}", None)
@@ -141,6 +150,7 @@ class FakeBotApi:
         result = await handler(params) if asyncio.iscoroutinefunction(handler) else handler(params)
         if isinstance(result, Response):
             call.status = result.status_code
+            call.error = json.loads(bytes(result.body)).get("description", "")
             return result
         return JSONResponse({"ok": True, "result": result})
 
@@ -240,6 +250,14 @@ class FakeBotApi:
         return Response(self.files[request.path_params["path"]])
 
 
+class _Server(uvicorn.Server):
+    """uvicorn inside the test's loop, leaving the signals to pytest."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 _INTS = {"chat_id", "message_id", "draft_id", "message_thread_id", "offset", "user_id"}
 
 
@@ -261,6 +279,7 @@ def _message(chat: int, message_id: int, text: str) -> dict[str, Any]:
 
 def _error(call: Call, status: int, description: str, retry_after: int = 0) -> Response:
     call.status = status
+    call.error = description
     body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
     if retry_after:
         body["parameters"] = {"retry_after": retry_after}
@@ -280,6 +299,8 @@ def _visible(params: dict[str, Any]) -> str | Response:
             text = _HtmlChecker.text_of(text)
         except ValueError as exc:
             return _bad(f"Bad Request: can't parse entities: {exc}")
+    if not text.strip():  # Telegram trims the text first
+        return _bad("Bad Request: message text is empty")
     if len(text.encode("utf-16-le")) // 2 > 4096:
         return _bad("Bad Request: message is too long")
     return str(text)
@@ -305,6 +326,8 @@ class _HtmlChecker(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag not in _TAGS:
             raise ValueError(f"unsupported start tag {tag!r}")
+        if (reason := _misplaced(tag, self.open)) is not None:
+            raise ValueError(reason)
         self.open.append(tag)
 
     def handle_endtag(self, tag: str) -> None:
@@ -313,3 +336,25 @@ class _HtmlChecker(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         self.out.append(data)
+
+
+def _misplaced(tag: str, open_tags: list[str]) -> str | None:
+    """Telegram's nesting rules: nothing inside code (but pre's own code), no quote in a
+    quote, no link in a link."""
+    inside = open_tags[-1] if open_tags else ""
+    if inside == "pre" and tag == "code":
+        return None
+    if {"code", "pre"} & set(open_tags):
+        return f"{tag!r} inside code"
+    if tag in open_tags and tag in ("blockquote", "a"):
+        return f"{tag!r} inside {tag!r}"
+    return None
+
+
+@contextlib.asynccontextmanager
+async def unlimited_bot() -> AsyncIterator[tuple[FakeBotApi, Bot]]:
+    """A stand-in without flood limits and a PTB `Bot` talking to it (no FloodGate), for
+    tests of what is sent rather than when."""
+    api = FakeBotApi(Limits((UNLIMITED, 1.0), (UNLIMITED, 1.0), (UNLIMITED, 1.0)))
+    async with api.serving() as base_url, Bot(TOKEN, base_url=base_url) as bot:
+        yield api, bot

@@ -11,10 +11,12 @@ from typing import Any
 
 from telegram import Update
 
-from adapters.telegram import TelegramAdapter
+from adapters.kit.runner import host_for
+from adapters.telegram.adapter import TelegramAdapter
 from adapters.telegram.limits import Limits
+from adapters.telegram.settings import TelegramSettings
 from bot.app import Parley
-from bot.settings import Settings
+from bot.settings import Settings, load_settings
 from tests.telegram_api import BOT, TOKEN, FakeBotApi
 
 DATE = 1_760_000_000
@@ -77,10 +79,15 @@ def bot_message(chat_id: int, text: str) -> dict[str, Any]:
     }
 
 
-def settings_for(tmp_path: Path, base_url: str, **telegram: Any) -> Settings:
-    return Settings(
-        database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},  # type: ignore[arg-type]
-        telegram={"token": TOKEN, "base_url": base_url, **telegram},  # type: ignore[arg-type]
+def settings_for(
+    tmp_path: Path, base_url: str, core: dict[str, Any] | None = None, **telegram: Any
+) -> Settings:
+    """Settings for a test bot; `core` adds core sections (redis, conversation, ...)."""
+    return load_settings(
+        None,
+        database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},
+        telegram={"token": TOKEN, "base_url": base_url, **telegram},
+        **(core or {}),
     )
 
 
@@ -91,14 +98,17 @@ async def telegram_stack(
     *,
     api: FakeBotApi | None = None,
     limits: Limits | None = None,
+    core: dict[str, Any] | None = None,
     **telegram: Any,
 ) -> AsyncIterator[tuple[Parley, TelegramAdapter, FakeBotApi]]:
     api = api or FakeBotApi()
     async with api.serving() as base_url:
-        settings = settings_for(tmp_path, base_url, **telegram)
+        settings = settings_for(tmp_path, base_url, core, **telegram)
         async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
-            adapter = TelegramAdapter(app.manager, settings.telegram, limits=limits)
-            app.manager.attach("telegram", adapter)
+            section = settings.section("telegram")
+            assert isinstance(section, TelegramSettings)
+            adapter = TelegramAdapter(host_for(app), section, limits=limits)
+            app.intake.register("telegram", adapter, section.access)
             async with adapter:
                 yield app, adapter, api
                 await adapter.idle()

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from adapters.console import ConsoleAdapter
+from adapters.console import ConsoleAdapter, ConsoleSettings
 from bot.app import Parley
-from bot.settings import ConsoleSettings, Settings
+from bot.settings import Settings
 from bot.types import Role
 from tests.doubles import ScriptedBackend
 
@@ -26,9 +26,9 @@ async def _chat(settings: Settings, backend: ScriptedBackend, lines: str) -> str
     out = io.StringIO()
     async with Parley(settings, backend=backend) as app:
         console = ConsoleAdapter(
-            app.manager, ConsoleSettings(), stdin=io.StringIO(lines), stdout=out, interactive=False
+            app.intake, ConsoleSettings(), stdin=io.StringIO(lines), stdout=out, interactive=False
         )
-        app.manager.attach(console.platform, console)
+        app.intake.register(console.platform, console, ConsoleSettings().access)
         await console.run()
     return out.getvalue()
 

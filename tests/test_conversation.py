@@ -299,11 +299,12 @@ async def test_stop_and_reset_stop_a_streaming_reply_and_abort_the_request(
         await app.manager.wait_idle(first.conversation_id)
         history = await app.store.history(first.conversation_id, 10)
     assert backend.closed_early == 1  # the stream was closed: the model aborts the request
-    (answer,) = sink.replies[KEY]  # the stopped delivery never completed
+    stopped, answer = sink.replies[KEY]  # the stopped answer ends with its note, then /stop's
     assert answer.startswith(notice)
     partial = next(m.content for m in history if m.role is Role.ASSISTANT)
     assert partial.startswith("word") and partial.endswith(STOPPED_NOTE)
     assert len(partial) < len("word " * 200)
+    assert stopped == partial  # what the user saw is what was recorded
 
 
 class ContextLimitedBackend(ScriptedBackend):
@@ -432,3 +433,15 @@ async def test_a_user_over_the_rate_limit_gets_one_sentence_and_nothing_is_lost(
         other = Incoming(KEY, User("test", "u2", "Bob"), "hello", idempotency_key="other")
         await app.manager.handle(other)  # the limit is per user
         assert sink.replies[KEY][-1] == "echo: hello"
+
+
+async def test_senders_without_an_id_are_rate_limited_by_their_chat(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, rate_limit_messages=2, rate_limit_window_s=60)
+    nobody = User("test", "")  # an anonymous group admin, a web visitor without an id
+    other_chat = ConversationKey("test", "chat-2")
+    async with running(settings, ScriptedBackend()) as (app, sink):
+        for i in range(3):
+            await app.manager.handle(Incoming(KEY, nobody, f"m{i}", idempotency_key=f"a{i}"))
+        await app.manager.handle(Incoming(other_chat, nobody, "hi", idempotency_key="b0"))
+        assert sink.replies[KEY] == ["echo: m0", "echo: m1", phrases.RATE_LIMITED]
+        assert sink.replies[other_chat] == ["echo: hi"]  # another chat's anonymous sender

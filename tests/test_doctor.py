@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 
 from bot.cli import main
+from bot.doctor import run_checks
+from bot.settings import load_settings
 from tests.fixtures_vllm import SERVED_MODEL
 from tests.redis_server import free_port
+from tests.telegram_api import TOKEN, FakeBotApi
 
 
 def _doctor(
@@ -27,7 +31,8 @@ def test_embedded_defaults_have_no_problems(
         monkeypatch, capsys, PARLEY_DATABASE__URL=f"sqlite+aiosqlite:///{tmp_path}/d.db"
     )
     assert code == 0, out
-    assert "[ok] database: SQLite reachable" in out
+    assert f"[ok] database: SQLite {tmp_path}/d.db reachable" in out
+    assert "[ok] adapter console: nothing to check" in out
     assert "backend: none configured" in out
     assert out.rstrip().endswith("no problems found")
 
@@ -75,3 +80,33 @@ def test_unknown_model_and_small_context_are_named(
     assert code == 1
     assert "context 1024 tokens" in out
     assert "[PROBLEM] backend: context length 1024 is smaller than" in out
+
+
+@pytest.mark.parametrize(("token", "ok"), [(TOKEN, True), ("123:garbage", False)])
+async def test_doctor_checks_the_telegram_token_with_get_me(
+    tmp_path: Path, token: str, ok: bool
+) -> None:
+    api = FakeBotApi()
+    async with api.serving() as base_url:
+        settings = load_settings(
+            None,
+            adapters=["telegram"],
+            database={"url": f"sqlite+aiosqlite:///{tmp_path}/d.db"},
+            telegram={"token": token, "base_url": base_url},
+        )
+        out = io.StringIO()
+        problems = await run_checks(settings, out=out)
+    expected = "[ok] adapter telegram: bot @parley_bot" if ok else "[PROBLEM] adapter telegram:"
+    assert expected in out.getvalue()
+    assert bool(problems) is not ok
+    assert token not in out.getvalue()
+    assert [c.method for c in api.calls] == ["getMe"]
+
+
+def test_doctor_prints_where_the_embedded_database_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("PARLEY_DATABASE__URL", raising=False)
+    code, out = _doctor(monkeypatch, capsys, PARLEY_HOME=str(tmp_path / "data"))
+    assert code == 0, out
+    assert f"[ok] database: SQLite {tmp_path / 'data' / 'parley.db'} reachable" in out

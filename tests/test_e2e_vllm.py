@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from adapters.console import ConsoleAdapter
+from adapters.console import ConsoleAdapter, ConsoleSettings
 from bot.app import Parley
-from bot.settings import ConsoleSettings, Settings
+from bot.settings import Settings
 from tests.fixtures_vllm import SERVED_MODEL, require
 
 pytestmark = pytest.mark.vllm
@@ -37,10 +37,10 @@ async def _chat(settings: Settings, lines: str) -> Screen:
     screen = Screen()
     async with Parley(settings) as app:
         console = ConsoleAdapter(
-            app.manager, ConsoleSettings(), stdin=io.StringIO(lines), stdout=screen,
+            app.intake, ConsoleSettings(), stdin=io.StringIO(lines), stdout=screen,
             interactive=False,
         )  # fmt: skip
-        app.manager.attach(console.platform, console)
+        app.intake.register(console.platform, console, ConsoleSettings().access)
         await console.run()
     return screen
 

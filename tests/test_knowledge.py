@@ -196,6 +196,7 @@ def test_kb_command_adds_lists_and_removes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))  # the model's files go there
     lib = write_library(tmp_path / "lib")
     assert main(["kb", "add", str(lib), str(tmp_path / "nope.docx")]) == 1
     out, err = capsys.readouterr()
@@ -204,6 +205,7 @@ def test_kb_command_adds_lists_and_removes(
     assert main(["kb", "list"]) == 0
     out, _ = capsys.readouterr()
     assert "Animals" in out and out.strip().endswith("4 documents, 13 chunks")
+    assert (tmp_path / "home" / "models" / "tokenizers").is_dir()
     assert main(["kb", "remove", str(lib)]) == 0
     assert capsys.readouterr().out.strip() == "removed 4 documents"
     assert main(["kb", "remove", str(lib)]) == 1

@@ -13,7 +13,7 @@ from bot.knowledge.chunker import chunk_sections, estimate_tokens
 from bot.knowledge.cli import ProgressPrinter
 from bot.knowledge.ingest import collect_files
 from bot.knowledge.loaders import LoaderError, load
-from bot.knowledge.search import MAX_TERMS, fts5_query, query_terms, websearch_query
+from bot.knowledge.search import MAX_TERMS, fts5_query, query_terms
 from bot.knowledge.types import FileResult, Outcome, Passage, Section
 
 MARKDOWN = b"""Preamble before any heading.
@@ -102,6 +102,28 @@ def test_markdown_sections_follow_the_heading_path() -> None:
     assert locations["Guide > Setext title"] == "Under a setext heading."
 
 
+def test_markdown_headings_are_kept_as_a_reader_sees_them() -> None:
+    text = b"""# The `load_only()` option
+
+a
+
+## `__init__` and **bold** _words_ with [a link](https://x.test) and snake_case
+
+b
+
+Setext `__slots__`
+------------------
+
+c
+"""
+    doc = load(text, Path("api.md"))
+    assert [s.location for s in doc.sections] == [
+        "The load_only() option",
+        "The load_only() option > __init__ and bold words with a link and snake_case",
+        "The load_only() option > Setext __slots__",
+    ]
+
+
 def test_markdown_without_headings_is_titled_by_file_name() -> None:
     doc = load(b"just text", Path("notes.markdown"))
     assert doc.title == "notes"
@@ -180,8 +202,14 @@ def test_empty_sections_make_no_chunks() -> None:
     ("question", "terms"),
     [
         ("How do I configure Redis?", ["configure", "redis"]),
-        ('"unbalanced AND (OR NOT* col:x', ["unbalanced", "col", "x"]),
-        ("AND OR NOT", ["and", "or", "not"]),  # only stop words: keep them rather than nothing
+        ('"unbalanced AND (OR NOT* col:x', ["unbalanced", "or", "not", "col", "x"]),
+        ("AND OR NOT", ["or", "not"]),  # words that name things in technical text stay
+        ("WITH clause queries", ["with", "clause", "queries"]),
+        (
+            "insert into a table by id, not from a file",
+            ["insert", "into", "table", "by", "id", "not", "from", "file"],
+        ),
+        ("how do I", ["how", "do", "i"]),  # only stop words: keep them rather than nothing
         ("Grüße 日本語 Привет", ["grüße", "日本語", "привет"]),
         ('" * : ^ - ( )', []),
         ("", []),
@@ -195,7 +223,6 @@ def test_engine_queries_quote_every_word_and_cap_their_number() -> None:
     terms = query_terms(" ".join(f"word{i}" for i in range(100)))
     assert len(terms) == MAX_TERMS
     assert fts5_query(["a", "b"]) == '"a" OR "b"'
-    assert websearch_query(["a", "or", "b"]) == "a or b"
 
 
 def test_folders_are_walked_for_supported_visible_files(tmp_path: Path) -> None:
@@ -209,6 +236,24 @@ def test_folders_are_walked_for_supported_visible_files(tmp_path: Path) -> None:
         "sub/b.html",
         "sub/c.png",
     ]
+
+
+def test_symlinks_out_of_a_folder_are_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.md").write_text("# Secret")
+    (outside / "deep").mkdir()
+    (outside / "deep" / "more.md").write_text("# More")
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "own.md").write_text("# Own")
+    (folder / "link-out.md").symlink_to(outside / "secret.md")
+    (folder / "dir-out").symlink_to(outside / "deep", target_is_directory=True)
+    (folder / "link-in.md").symlink_to(folder / "own.md")  # the same file, stored once
+    found = collect_files([folder])
+    assert [p.name for p in found] == ["link-in.md"]
+    # Named directly, a link is the operator's choice.
+    assert [p.name for p in collect_files([folder / "link-out.md"])] == ["link-out.md"]
 
 
 def test_citation_does_not_repeat_the_title() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from backends.base import Chunk, GenerationRequest
 from backends.breaker import BreakerState, CircuitBreaker
+from backends.deadlines import FirstTokenLimit, FirstTokenTimeout
 from backends.fallback import FallbackChain
 from backends.openai_compat import OpenAICompatBackend
 from backends.resilience import ResilientBackend, RetryBudget, backoff_s
@@ -105,20 +106,61 @@ def test_retry_budget_allows_a_share_of_requests() -> None:
 
 def test_breaker_opens_half_opens_and_closes() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(BreakerSettings(failure_threshold=3, open_s=10), clock=clock)
+    settings = BreakerSettings(failure_threshold=3, open_s=10, ramp_s=10, probes_judged=3)
+    breaker = CircuitBreaker(settings, clock=clock)
     for _ in range(3):
         assert breaker.try_acquire()
         breaker.record_failure()
     assert state(breaker) is BreakerState.OPEN and not breaker.try_acquire()
     clock.now += 10
-    assert breaker.try_acquire()  # the probe
-    assert not breaker.try_acquire()  # only one at a time
+    assert breaker.try_acquire()  # the first probe
+    assert not breaker.try_acquire()  # the ramp starts at a tenth of the requests
     breaker.record_failure()
-    assert state(breaker) is BreakerState.OPEN
+    assert state(breaker) is BreakerState.HALF_OPEN  # one bad probe says little ...
+    clock.now += 5  # half-way through the ramp: about every other request probes
+    assert sum(breaker.try_acquire() for _ in range(4)) == 2
+    for _ in range(2):
+        breaker.record_failure()
+    assert state(breaker) is BreakerState.OPEN  # ... three of three do
     clock.now += 10
     assert breaker.try_acquire()
     breaker.record_success()
+    assert state(breaker) is BreakerState.HALF_OPEN  # closed only at the end of the ramp
+    clock.now += 10
     assert state(breaker) is BreakerState.CLOSED
+    assert breaker.openings == 1  # one outage, however often the probes reopened it
+
+
+def test_half_open_lets_traffic_back_gradually() -> None:
+    clock = FakeClock()
+    settings = BreakerSettings(failure_threshold=1, open_s=5, ramp_s=10, ramp_start_share=0.1)
+    breaker = CircuitBreaker(settings, clock=clock)
+    breaker.record_failure()
+    clock.now += 5
+    shares = []
+    for _ in range(4):  # 100 requests at 0, 2.5, 5 and 7.5 s into the ramp
+        passed = 0
+        for _ in range(100):
+            if breaker.try_acquire():
+                passed += 1
+                breaker.record_success()
+        shares.append(passed)
+        clock.now += 2.5
+    assert shares == sorted(shares) and shares[0] <= 15 and 40 <= shares[-1] < 100
+    assert state(breaker) is BreakerState.CLOSED  # at 10 s, after good probes
+
+
+def test_random_failures_never_open_the_default_breaker_an_outage_does_fast() -> None:
+    breaker = CircuitBreaker(BreakerSettings())
+    rng = random.Random(5)
+    for _ in range(5000):  # a flaky server: 40% of the tries that count fail, at random
+        breaker.record_failure() if rng.random() < 0.4 else breaker.record_success()
+    assert breaker.openings == 0 and state(breaker) is BreakerState.CLOSED
+    tries = 0
+    while state(breaker) is BreakerState.CLOSED:
+        breaker.record_failure()
+        tries += 1
+    assert tries <= BreakerSettings().min_requests and breaker.openings == 1
 
 
 def test_breaker_opens_on_failure_ratio() -> None:
@@ -162,7 +204,39 @@ async def test_retry_budget_protects_a_failing_server(primary: FaultServer) -> N
     for _ in range(50):
         with pytest.raises(BackendUnavailable):
             await collect(backend)
-    assert primary.chat_requests <= 50 * 1.2 + 3
+    # Whatever fails, at most (1 + budget_ratio) x the requests (2x by default).
+    retry = RetrySettings()
+    assert primary.chat_requests <= 50 * (1 + retry.budget_ratio) + retry.budget_min_retries
+    await backend.aclose()
+
+
+async def test_429_is_back_pressure_not_a_failure(primary: FaultServer) -> None:
+    primary.configure(Faults(throttled=1.0, retry_after_s=0.01))
+    backend = resilient(primary, retry={**FAST_RETRY, "attempts": 1})
+    for _ in range(3 * BreakerSettings().min_requests):
+        with pytest.raises(BackendUnavailable):
+            await collect(backend)
+    assert state(backend.breaker) is BreakerState.CLOSED
+    await backend.aclose()
+
+
+async def test_a_hang_is_given_up_at_the_adaptive_limit_and_retried_with_the_full_one(
+    primary: FaultServer,
+) -> None:
+    timeouts = {**LOW_TIMEOUTS, "first_token_s": 1.0, "first_token_min_s": 0.1}
+    backend = resilient(primary, timeouts=timeouts, retry={**FAST_RETRY, "attempts": 2})
+    for _ in range(FirstTokenLimit.MIN_SAMPLES):  # first-token times of a healthy server
+        await collect(backend)
+    assert backend.first_token.current() == pytest.approx(0.1)
+    primary.configure(Faults(hang_before=1.0))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(5):  # a guard: the limits under test are far shorter
+        with pytest.raises(BackendTimeout) as caught:
+            await collect(backend)
+    # 0.1 s at the adaptive limit, then the retry waited the full second; both hangs failed.
+    assert 1.1 <= loop.time() - started < 3 and not isinstance(caught.value, FirstTokenTimeout)
+    assert backend.counts.timed_out == 2 and primary.chat_requests == 12
     await backend.aclose()
 
 
@@ -243,6 +317,7 @@ async def test_breaker_opens_fallback_answers_then_closes_after_good_probe(
     clock.now += 30
     chunks = await collect(chain)  # the probe
     assert text_of(chunks).startswith("primary-4:") and not any(c.notice for c in chunks)
+    clock.now += BreakerSettings().ramp_s  # closed once the ramp is through
     assert state(first.breaker) is BreakerState.CLOSED
     await chain.aclose()
 

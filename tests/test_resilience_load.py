@@ -4,10 +4,12 @@ Setup: the primary is a fault_server with 30% 503, 10% 429 (Retry-After 0.05 s) 
 before the stream (first_token_s is 0.5 s here); a second, fault-free fault_server is the
 configured fallback. 25 conversations of 20 turns run concurrently through `Parley` with the
 backend `build_resilient_backend` makes from the settings, and a collecting sink is the
-consumer. Checks: at least 99% of turns answered; the faulty server saw at most 1.3x the base
+consumer. The retry and breaker settings are the defaults. Checks: at least 99% of turns
+answered, at least 90% by the faulty primary itself (the fallback is for outages, not for a
+server that still answers more than half its requests); the primary saw at most 2x the base
 number of requests (those Parley made of it: at least one per turn, more where skills such
-as intent detection ask too); every text a consumer received is exactly one reply a server
-sent, each at most once: nothing was sent twice.
+as intent detection ask too), the retry budget's bound; every text a consumer received is
+exactly one reply a server sent, each at most once: nothing was sent twice.
 """
 
 from __future__ import annotations
@@ -46,9 +48,6 @@ def settings_for(tmp_path: Path, primary: FaultServer, backup: FaultServer) -> S
         "max_tokens": 8,
         "timeouts": {"connect_s": 1, "first_token_s": 0.5, "gap_s": 0.5, "total_s": 5},
         "retry": {"base_delay_s": 0.02, "max_delay_s": 0.2, "max_retry_after_s": 0.5},
-        # Tolerant enough that the primary keeps most traffic and the retry budget is what
-        # protects it; test_resilience.py covers the breaker opening.
-        "breaker": {"failure_threshold": 8, "failure_ratio": 0.9, "open_s": 0.5},
         "fallbacks": [
             {"kind": "openai", "base_url": backup.base_url, "model": MODEL, "label": "backup"}
         ],
@@ -98,7 +97,10 @@ async def test_500_turns_under_faults(
     )
     assert len(replies) == turns
     assert len(answered) >= 0.99 * turns
-    assert base >= turns and primary.chat_requests <= 1.3 * base
+    from_primary = [r for r in answered if r.startswith("primary-")]
+    assert len(from_primary) >= 0.9 * turns
+    assert base >= turns and primary.chat_requests <= 2 * base
+    assert first.breaker.openings == 0  # random failures are not an outage
     assert len(set(answered)) == len(answered)  # no server reply reached a user twice
     # Every other reply is the core's one sentence, never a mix of texts.
     assert all(model_text(r) in sent or "not answering" in r for r in replies)

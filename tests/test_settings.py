@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -9,7 +12,7 @@ from pydantic import BaseModel
 
 from bot.cli import main
 from bot.errors import ConfigError
-from bot.settings import Settings, load_settings
+from bot.settings import load_settings, settings_class
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "parley.toml"
@@ -42,14 +45,14 @@ def _flatten(data: dict[str, object], prefix: str = "") -> set[str]:
 
 
 def test_config_file_lists_every_setting_and_sets_none() -> None:
-    assert _flatten(_uncommented_config()) == _leaf_paths(Settings)
+    assert _flatten(_uncommented_config()) == _leaf_paths(settings_class())
     assert _flatten(tomllib.loads(CONFIG.read_text())) == set()
 
 
 def test_every_listed_value_is_valid() -> None:
     values = _uncommented_config()
     values["backend"] = {**values["backend"], "kind": "none"}  # type: ignore[dict-item]
-    Settings(**values)
+    settings_class()(**values)
 
 
 def test_environment_beats_toml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,3 +108,80 @@ def test_secrets_are_masked_in_config_output(
     assert main(["config"]) == 0
     out = capsys.readouterr().out
     assert "hunter2" not in out and "**********" in out
+
+
+def _run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`parley ARGS` in a process of its own, as an operator runs it: (exit status, stderr).
+    A sitecustomize.py in tmp_path runs first in that process."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    clean |= {"PARLEY_HOME": str(tmp_path / "home"), **(env or {})}
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=tmp_path,
+        env={**clean, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, done.stderr
+
+
+def test_a_typo_inside_a_section_names_the_file_section_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text("[telegram.access]\nallowed_user = [7]\n")
+    status, err = _run_cli(tmp_path, "--config", str(config), "config")
+    assert status == 2
+    expected = "invalid setting parley.toml [telegram.access] allowed_user: unknown setting"
+    assert err == f"parley: error: {expected}\n"
+
+
+def test_lists_take_comma_separated_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_ADAPTERS", "console, telegram")
+    monkeypatch.setenv("PARLEY_TELEGRAM__ACCESS__ALLOWED_USERS", "7,8")
+    settings = load_settings()
+    assert settings.adapters == ["console", "telegram"]
+    assert settings.section("telegram").access.allowed_users == ["7", "8"]  # type: ignore[attr-defined]
+    monkeypatch.setenv("PARLEY_TELEGRAM__ACCESS__ALLOWED_USERS", "[9]")
+    assert load_settings().section("telegram").access.allowed_users == ["9"]  # type: ignore[attr-defined]
+    monkeypatch.setenv("PARLEY_TELEGRAM__ACCESS__ALLOWED_USERS", "9")  # one id, not JSON's 9
+    assert load_settings().section("telegram").access.allowed_users == ["9"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("PARLEY_ADAPTERS", "telgram", "unknown adapter 'telgram'; installed: console, telegram"),
+        ("PARLEY_DATABASE__URL", "postgres//nohost", "not a database URL"),
+        ("PARLEY_DATABASE__URL", "mysql://u@h/db", "is not supported"),
+        ("PARLEY_REDIS__URL", "http://cache:6379", "not a Redis URL"),
+        ("PARLEY_ADAPTERS", "[console", "invalid setting"),
+    ],
+)
+def test_bad_values_are_one_line_and_exit_2(
+    tmp_path: Path, variable: str, value: str, says: str
+) -> None:
+    status, err = _run_cli(tmp_path, "config", env={variable: value})
+    assert status == 2
+    assert err.startswith("parley: error: ") and says in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_postgresql_url_without_its_driver_names_the_extra(tmp_path: Path) -> None:
+    # A process in which asyncpg cannot be imported, as after `pip install parley` alone.
+    # sys.modules[name] = None is how Python marks a module that cannot be imported.
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['asyncpg'] = None\n")
+    status, err = _run_cli(
+        tmp_path, "config", env={"PARLEY_DATABASE__URL": "postgresql+asyncpg://u:pw@db/parley"}
+    )
+    assert status == 2
+    assert "pip install 'parley[postgres]'" in err
+    assert err.count("\n") == 1 and "pw" not in err
+
+
+def test_the_default_database_does_not_depend_on_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    url = load_settings().database.url.get_secret_value()
+    assert url == f"sqlite+aiosqlite:///{tmp_path / 'data' / 'parley.db'}"

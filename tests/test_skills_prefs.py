@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -18,7 +19,7 @@ from bot.storage.prefs import PrefsRepository
 from bot.storage.sql_store import SqlStore
 from bot.types import ConversationKey
 from tests.doubles import CollectingSink
-from tests.skills_helpers import ADA, BOB, KEY, incoming
+from tests.skills_helpers import ADA, BOB, KEY, incoming, running, settings_for
 
 OTHER = ConversationKey("test", "chat-2")
 
@@ -108,8 +109,9 @@ async def test_commands_store_preferences_in_sql(database_url: str) -> None:
     assert [tuple(r) for r in users] == [("es",)]
     assert [(r[0], bool(r[1])) for r in chats] == [("ja", True)]
     replies = sink.replies[KEY]
-    assert replies[3] == "Your language is Spanish (es)."
-    assert replies[4].startswith("You have no language set")
+    assert replies[0] == "Tu idioma ahora es Spanish (es)."  # said after the change: in Spanish
+    assert replies[3] == "Tu idioma es Spanish (es)."
+    assert replies[4].startswith("You have no language set")  # Bob has none: the default
 
 
 async def test_the_platforms_language_for_a_user_is_kept_current(
@@ -133,3 +135,26 @@ async def test_the_platforms_language_for_a_user_is_kept_current(
     finally:
         await other.aclose()
     assert (await prefs.for_message(third.message_id)).platform_language == "fr"
+
+
+async def test_a_user_whose_language_is_german_is_answered_in_german(tmp_path: Path) -> None:
+    async with running(settings_for(tmp_path)) as (app, sink):
+        for text in ("/lang de", "/lang Klingonisch", "/keep", "/nope", "/help"):
+            await app.manager.handle(incoming(text))
+        await app.manager.handle(incoming("/help", user=BOB))  # no /lang: the default, English
+    now_german, klingon, keep, unknown, german_help, english_help = sink.replies[KEY]
+    assert now_german == "Deine Sprache ist jetzt German (de)."
+    assert klingon.startswith("Unbekannte Sprache „Klingonisch“. Gib einen Sprachcode")
+    assert keep == (
+        "Das Aufbewahren von Nachrichten für Zusammenfassungen ist in diesem Chat aus. "
+        "Verwendung: /keep on|off|delete"
+    )
+    assert unknown == "Unbekannter Befehl /nope. Sende /help, um zu sehen, was ich kann."
+    lines = german_help.splitlines()
+    assert lines[0] == "Befehle:" and lines[-1] == "Alles andere ist eine Nachricht an mich."
+    assert "/reset - eine neue Unterhaltung beginnen (der Verlauf bleibt erhalten)" in lines
+    assert "/lang - deine Sprache für Zusammenfassungen und Übersetzungen: /lang de" in lines
+    # Every command a skill registers, in German: no line of /help is left as in English.
+    english = english_help.splitlines()
+    assert len(lines) == len(english)
+    assert [line for line in lines if line in english] == []

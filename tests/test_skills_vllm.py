@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from backends.base import Capabilities, Chunk, GenerationRequest
 from bot.app import Parley
 from bot.settings import BackendSettings, Settings
+from bot.text.storable import storable
 from bot.types import ChatMessage, ConversationKey
 from tests.doubles import CollectingSink
 from tests.fixtures_vllm import require
@@ -117,9 +118,10 @@ async def _turn(
 async def test_ask(app: tuple[Parley, CollectingSink], engine: Recording) -> None:
     reply, requests, rows = await _turn(app, engine, "ask", "/ask how long does a lock live?")
     (request,) = requests
-    assert "[1] Redis > Locks" in system_of(request) and "thirty seconds" in system_of(request)
+    assert "[1] Redis > Locks" in user_of(request) and "thirty seconds" in user_of(request)
+    assert "thirty seconds" not in system_of(request)  # passages are quoted data, not orders
     assert "\n\nSources:\n[1] Redis > Locks" in reply and len(reply) > 40
-    assert rows[-1] == ("assistant", "command", reply)
+    assert rows[-1] == ("assistant", "command", storable(reply))
     assert app[1].chunks[-1] > 2  # streamed: model deltas, then the sources
 
 
@@ -136,7 +138,7 @@ async def test_summarize_in_parts(app: tuple[Parley, CollectingSink], engine: Re
     for request in requests:
         tokens = await engine.count_chat_tokens(request.messages)
         assert tokens + request.max_tokens <= 1024
-    assert rows[-1] == ("assistant", "command", reply)
+    assert rows[-1] == ("assistant", "command", storable(reply))
 
 
 async def test_translate(app: tuple[Parley, CollectingSink], engine: Recording) -> None:
@@ -147,7 +149,7 @@ async def test_translate(app: tuple[Parley, CollectingSink], engine: Recording) 
     assert "example.org" not in user_of(request) and "⟦0⟧" in user_of(request)
     # The tiny model drops placeholders at random; restore() puts back what it dropped.
     assert "https://example.org/a" in reply and "@marta" in reply
-    assert rows[-1] == ("assistant", "command", reply)
+    assert rows[-1] == ("assistant", "command", storable(reply))
 
 
 async def test_plain_message_classified_then_answered(
@@ -157,7 +159,11 @@ async def test_plain_message_classified_then_answered(
     text = "could I get a translation of good morning, friends?"
     reply, requests, rows = await _turn(app, engine, "chat", text)
     assert requests[0].json_schema is not None  # the model classified it first
-    assert len(requests) >= 2 and reply
-    kind = "chat" if "You are Parley" in system_of(requests[-1]) else "command"
-    assert rows[-1] == ("assistant", kind, reply)
+    assert reply
+    # The random model picks any intent; an /ask that finds nothing answers without a call.
+    kind = rows[-1][1]
+    assert rows[-1] == ("assistant", kind, storable(reply)) and kind in ("chat", "command")
+    if kind == "chat":
+        operator = app[0].settings.conversation.system_prompt
+        assert len(requests) >= 2 and system_of(requests[-1]) == operator
     assert rows[0] == ("user", "chat", text)

@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from adapters.kit.runner import run_adapters
 from backends.base import Chunk, GenerationRequest
+from bot.app import Parley
 from bot.phrases import NOT_ALLOWED
+from bot.settings import load_settings
 from tests.doubles import ScriptedBackend
 from tests.telegram_api import TOKEN, FakeBotApi
 from tests.telegram_updates import (
@@ -117,7 +121,7 @@ async def test_document_is_read_and_answered(tmp_path: Path) -> None:
 
 async def test_user_not_allowed_gets_one_polite_sentence(tmp_path: Path) -> None:
     async with telegram_stack(
-        tmp_path, ScriptedBackend(), allowed_user_ids=[1], admin_ids=[5], **FAST
+        tmp_path, ScriptedBackend(), access={"allowed_users": [1], "admins": [5]}, **FAST
     ) as (_app, adapter, api):
         await feed(adapter, text_update(1, 42, "let me in"))
         await feed(adapter, text_update(2, 5, "admin here"))
@@ -204,24 +208,51 @@ async def test_polling_mode_receives_and_answers(tmp_path: Path) -> None:
         assert api.sent("deleteWebhook")  # polling and a webhook exclude each other
 
 
-async def test_webhook_mode_serves_on_its_own_port(tmp_path: Path) -> None:
+async def test_polling_skips_an_update_it_cannot_parse_and_goes_on(tmp_path: Path) -> None:
+    # An older self-hosted Bot API server sends polls without the fields PTB now requires.
+    old_poll = {"id": "p1", "question": "q", "options": [{"text": "a", "voter_count": 0}]}
+    unreadable = update(500, **message(42, poll=old_poll))
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, api):
+        api.push_update(unreadable)
+        api.push_update(text_update(501, 42, "still here"))
+        running = asyncio.create_task(adapter.run())
+        try:
+            assert await api.wait_for_messages(42, 1) == ["echo: still here"]
+            assert not running.done()
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_webhook_mode_serves_on_the_http_host(tmp_path: Path) -> None:
     port = _free_port()
     hook = {
         "mode": "webhook",
         "webhook_public_url": "https://bot.example.com/telegram",
         "webhook_secret_token": "hook-secret",
-        "webhook_listen_port": port,
     }
-    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST, **hook) as (_, adapter, api):
-        running = asyncio.create_task(adapter._serve_webhook())
-        try:
-            async with httpx.AsyncClient() as client:
-                answer = await _post_when_up(client, f"http://127.0.0.1:{port}/telegram")
-            assert answer.status_code == 200
-            assert await api.wait_for_messages(42, 1) == ["echo: hooked"]
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
+    api = FakeBotApi()
+    async with api.serving() as base_url:
+        settings = load_settings(
+            None,
+            database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},
+            http={"port": port},
+            adapters=["telegram"],
+            telegram={"token": TOKEN, "base_url": base_url, **FAST, **hook},
+        )
+        stop = asyncio.Event()
+        async with Parley(settings, backend=ScriptedBackend()) as app:
+            running = asyncio.create_task(run_adapters(app, ["telegram"], stop=stop))
+            try:
+                async with httpx.AsyncClient() as client:
+                    answer = await _post_when_up(client, f"http://127.0.0.1:{port}/telegram")
+                    assert answer.status_code == 200
+                    assert await api.wait_for_messages(42, 1) == ["echo: hooked"]
+                    health = await client.get(f"http://127.0.0.1:{port}/healthz")
+                    assert health.status_code == 200
+            finally:
+                stop.set()
+                await running
         (registered,) = api.sent("setWebhook")
         assert registered.params["url"] == "https://bot.example.com/telegram"
 
@@ -240,3 +271,21 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.mark.redis
+async def test_workers_of_one_bot_keep_telegrams_limits_together_through_redis(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    api = FakeBotApi()  # one Bot API for both workers, with Telegram's per-chat limit
+    core = {"redis": {"url": redis_url, "key_prefix": key_prefix}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with (
+        telegram_stack(tmp_path / "a", None, api=api, core=core) as (_, first, _),
+        telegram_stack(tmp_path / "b", None, api=api, core=core) as (_, second, _),
+    ):
+        sends = [w.bot.send_message(42, f"{n}") for n in range(3) for w in (first, second)]
+        await asyncio.gather(*sends)
+    assert len(api.texts(42)) == 6
+    assert api.rejected == []  # each worker alone would have met 429s

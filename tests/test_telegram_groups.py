@@ -84,7 +84,11 @@ async def test_group_keeps_chatter_only_after_an_admin_opts_in(tmp_path: Path) -
 
 
 async def test_configured_admins_need_no_telegram_rights(tmp_path: Path) -> None:
-    async with telegram_stack(tmp_path, None, admin_ids=[ADA], **FAST) as (_, adapter, api):
+    async with telegram_stack(tmp_path, None, access={"admins": [ADA]}, **FAST) as (
+        _,
+        adapter,
+        api,
+    ):
         await feed(adapter, text_update(1, GROUP, "/keep on", user_id=ADA))
         await feed(adapter, text_update(2, GROUP, "/keep", user_id=BOB))  # asking is for all
         await adapter.idle()

@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
-from adapters.telegram.webhook import SECRET_HEADER, webhook_app
+from adapters.telegram.webhook import SECRET_HEADER, webhook_route
 from tests.doubles import ScriptedBackend
 from tests.telegram_updates import telegram_stack, text_update
 
@@ -18,8 +19,9 @@ SECRET = "s3cret-webhook-token"
 FAST: dict[str, Any] = {"stream_interval_s": 0.05}
 
 
-def client_for(adapter: object) -> httpx.AsyncClient:
-    app = webhook_app(adapter.handle_update, adapter.bot, SECRET, "/tg")  # type: ignore[attr-defined]
+def client_for(adapter: Any) -> httpx.AsyncClient:
+    route = webhook_route(adapter.read_webhook_body, adapter.act, SECRET, "/tg")
+    app = Starlette(routes=[route])
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bot")
 
 
@@ -49,8 +51,25 @@ async def test_valid_update_is_stored_before_the_200_and_answered(tmp_path: Path
         assert await api.wait_for_messages(42, 1) == ["echo: hi"]
 
 
+def _with_message(message: object) -> bytes:
+    return json.dumps({"update_id": 5, "message": message}).encode()
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"update_id": 6, "message": ' + b"[" * depth + b"]" * depth + b"}"
+
+
 async def test_malformed_body_is_a_400(tmp_path: Path) -> None:
-    bodies = [b"{not json", b"[1, 2]", json.dumps({"no": "update_id"}).encode()]
+    good = text_update(3, 42, "fine")["message"]
+    bodies = [
+        b"{not json",
+        b"[1, 2]",
+        json.dumps({"no": "update_id"}).encode(),
+        _with_message("a message that is a string"),
+        _with_message({**good, "text": 12345}),
+        _with_message({**good, "date": 10**20}),
+        _nested(100_000),
+    ]
     async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, _api):
         client = client_for(adapter)
         for body in bodies:

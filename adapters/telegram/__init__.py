@@ -1,5 +1,4 @@
-"""Telegram adapter (python-telegram-bot 22.x, the `telegram` extra). See docs/telegram.md."""
+"""Telegram adapter (python-telegram-bot 22.x, the `telegram` extra). See docs/telegram.md.
 
-from .adapter import TelegramAdapter
-
-__all__ = ["TelegramAdapter"]
+The SDK is imported by `adapters.telegram.adapter` only; `spec` and `settings` import
+without it."""

@@ -1,45 +1,49 @@
 """The Telegram adapter: holds a PTB `Application`, translates updates into `Incoming`
-messages for the manager and streams replies back (`deliver`).
+messages for the core's intake and streams replies back (`deliver`).
 
 Polling (default): `getUpdates` in a loop of our own (not PTB's Updater, which confirms a
 batch to Telegram by fetching the next one, before its updates are handled): the offset moves
 past an update only once it is recorded, so a crash re-fetches it, and the idempotency key
-makes that a no-op if it was recorded after all. Webhook: Parley's HTTP server receives them
-(see `webhook`). Both end in `handle_update`, whose return means "recorded in SQL". Every Bot
-API call goes through the `FloodGate`.
+makes that a no-op if it was recorded after all. Updates are fetched as JSON and parsed one by
+one, so one that PTB cannot parse (an older Bot API server's shapes) is logged and skipped
+instead of ending the loop. Webhook: the route mounts on Parley's HTTP server (`webhook`).
+Both end in `act`, whose return means "recorded in SQL". Every Bot API call goes through the
+`FloodGate`.
 
-In groups, changing what the whole chat gets (/keep, /autotranslate with an argument) is for
-the group's Telegram admins and the configured admin_ids only.
+Policy (who may talk, admin-only commands, documents, notices) is the core's
+(bot.conversation.intake); this adapter answers the one question only the platform can: is
+this user an admin of this chat (`getChatMember`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-from collections.abc import AsyncIterator, Coroutine
+import warnings
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
-from telegram import BotCommand, ChatMember, Message, ReplyParameters, Update
-from telegram.constants import ChatType
-from telegram.error import Forbidden, InvalidToken, TelegramError
+from telegram import Bot, BotCommand, ChatMember, ReplyParameters, Update
+from telegram.error import Forbidden, InvalidToken, NetworkError, TelegramError
+from telegram.warnings import PTBUserWarning
 
 from bot import phrases
-from bot.conversation.manager import ConversationManager
-from bot.errors import ConfigError, StorageError
+from bot.documents import DocumentSource
+from bot.errors import AdapterError, ConfigError, StorageError
 from bot.lru import Lru
-from bot.settings import TelegramSettings
-from bot.skills.router import parse_command
+from bot.settings import RedisSettings
+from bot.skills.router import Command
 from bot.types import ConversationKey, Incoming
 
 from .build import TelegramApp, build_application, redacting
-from .documents import Unreadable, read_document, request_text
 from .limits import FloodGate, Limits
+from .settings import TelegramSettings
 from .stream import ReplyStream, Target
 from .translate import (
     PLATFORM,
+    Action,
     AnswerCallback,
     BotIdentity,
     Fetch,
@@ -47,54 +51,81 @@ from .translate import (
     Notice,
     Observe,
     Submit,
-    say,
     translate,
 )
-from .webhook import server_for, webhook_app
+from .webhook import MalformedUpdate, parse_update, webhook_route
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from adapters.kit.runner import AdapterHost
 
 log = logging.getLogger(__name__)
 
-COMMANDS = [
-    BotCommand("ask", "ask a question"),
-    BotCommand("summarize", "summarize a message (reply to it) or the chat"),
-    BotCommand("translate", "translate a message (reply to it): /translate de"),
-    BotCommand("lang", "set my reply language: /lang fr"),
-    BotCommand("reset", "start a fresh conversation"),
-    BotCommand("help", "what I can do"),
-]
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 STORAGE_RETRY_MAX_S = 30.0
 # getUpdates long-polls this long; failures back off up to POLL_RETRY_MAX_S.
 POLL_TIMEOUT_S = 30
 POLL_RETRY_MAX_S = 60.0
-# Commands that change what a whole group gets: admins only when given an argument.
-ADMIN_COMMANDS = frozenset({"keep", "autotranslate"})
 ADMIN_STATUSES = frozenset({ChatMember.OWNER, ChatMember.ADMINISTRATOR})
 ADMIN_CACHE_S = 300.0
 ADMIN_CACHE_SIZE = 10_000
+# Telegram's limits on the command menu (setMyCommands).
+MENU_DESCRIPTION_MAX = 256
+
+
+def create(host: AdapterHost, settings: TelegramSettings) -> TelegramAdapter:
+    return TelegramAdapter(host, settings)
+
+
+def _redis_client(settings: RedisSettings) -> Redis | None:
+    if settings.url is None:
+        return None
+    from redis.asyncio import Redis
+
+    timeout = settings.socket_timeout_s
+    return Redis.from_url(
+        settings.url.get_secret_value(), socket_connect_timeout=timeout, socket_timeout=timeout
+    )
+
+
+async def doctor(settings: TelegramSettings) -> str:
+    """`parley doctor`: the token works (getMe) and the mode's settings are complete."""
+    if settings.token is None:
+        raise ConfigError("PARLEY_TELEGRAM__TOKEN is not set")
+    with redacting(settings.token.get_secret_value()):
+        bot = Bot(settings.token.get_secret_value(), base_url=settings.base_url)
+        try:
+            async with bot:  # initialize() calls getMe
+                me = bot.bot
+        except InvalidToken:
+            raise AdapterError("the Bot API refused the token (401 Unauthorized)") from None
+        except NetworkError as exc:
+            raise AdapterError(f"the Bot API cannot be reached: {exc.message}") from None
+    return f"bot @{me.username} (id {me.id}), {settings.mode}"
 
 
 class TelegramAdapter:
     platform = PLATFORM
 
     def __init__(
-        self,
-        manager: ConversationManager,
-        settings: TelegramSettings,
-        *,
-        limits: Limits | None = None,
+        self, host: AdapterHost, settings: TelegramSettings, *, limits: Limits | None = None
     ) -> None:
         if settings.token is None:
             raise ConfigError("PARLEY_TELEGRAM__TOKEN: required when the telegram adapter runs")
-        self._manager = manager
+        self._host = host
+        self._intake = host.intake
         self._settings = settings
         self._token = settings.token.get_secret_value()
         self._redaction = redacting(self._token)
         self._redaction.__enter__()  # building the bot already logs its URL at DEBUG
-        self.gate = FloodGate(limits)
+        # Telegram's limits are per bot: workers of one bot share the windows through Redis.
+        self._redis = _redis_client(host.settings.redis)
+        bot_id = self._token.partition(":")[0]
+        prefix = f"{host.settings.redis.key_prefix}:telegram:{bot_id}"
+        self.gate = FloodGate(limits, redis=self._redis, key_prefix=prefix)
         self.application: TelegramApp = build_application(settings, self.gate)
         self._me: BotIdentity | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         # (chat, user) -> (is admin, checked at): getChatMember is asked once per ADMIN_CACHE_S.
         self._admins: Lru[tuple[bool, float]] = Lru(ADMIN_CACHE_SIZE)
 
@@ -108,11 +139,22 @@ class TelegramAdapter:
             raise RuntimeError("TelegramAdapter used before start()")
         return self._me
 
-    async def __aenter__(self) -> TelegramAdapter:
-        await self.application.initialize()  # getMe: checks the token
+    async def __aenter__(self) -> Self:
+        try:
+            await self.application.initialize()  # getMe: checks the token
+        except InvalidToken:
+            self._redaction.__exit__(None, None, None)
+            raise AdapterError(
+                "the Bot API refused the token (401 Unauthorized): check PARLEY_TELEGRAM__TOKEN"
+            ) from None
+        except NetworkError as exc:
+            self._redaction.__exit__(None, None, None)
+            raise AdapterError(f"the Bot API cannot be reached: {exc.message}") from None
         user = self.application.bot.bot
         self._me = BotIdentity(user.id, user.username or "")
-        await self.application.bot.set_my_commands(COMMANDS)
+        await self._set_menu(self._host.router.commands)
+        if self._settings.mode == "webhook":
+            self._host.http.mount(self._webhook_route())
         return self
 
     async def __aexit__(
@@ -122,23 +164,21 @@ class TelegramAdapter:
         tb: TracebackType | None,
     ) -> None:
         try:
-            await self.idle()  # a clean stop lets the answers being written reach their chats
             await self.application.shutdown()
+            if self._redis is not None:
+                await self._redis.aclose()
         finally:
             self._redaction.__exit__(exc_type, exc, tb)
 
     async def idle(self) -> None:
         """Wait until every turn in this process is answered and every notice sent."""
-        await self._manager.wait_idle()
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._intake.idle()
 
     async def run(self) -> None:
-        async with self:
-            if self._settings.mode == "webhook":
-                await self._serve_webhook()
-            else:
-                await self._poll()
+        if self._settings.mode == "webhook":
+            await self._await_webhook()
+        else:
+            await self._poll()
 
     async def deliver(
         self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
@@ -154,108 +194,134 @@ class TelegramAdapter:
         stream = ReplyStream(self.bot, target, interval_s=s.stream_interval_s, drafts=s.use_drafts)
         await stream.play(chunks)
 
-    async def handle_update(self, update: Update) -> None:
-        """Act on one update; returns once a message for the bot is recorded in SQL.
-        Raises StorageError when it could not be recorded (the caller lets Telegram retry)."""
-        action = translate(update, self.me, self._settings)
-        if isinstance(action, Submit):
-            if await self._refused(action.incoming, update.message):
-                return
-            await self._manager.submit(action.incoming)
-        elif isinstance(action, Observe):
-            await self._manager.observe(action.incoming)
-        elif isinstance(action, Fetch):
-            await self._submit_document(action)
-        elif isinstance(action, Notice):
-            self._spawn(self._notify(action))
-        elif isinstance(action, AnswerCallback):
-            self._spawn(self.bot.answer_callback_query(action.query_id))
-        elif isinstance(action, Ignore):
-            log.debug("update %d ignored: %s", update.update_id, action.reason)
-
-    async def _refused(self, incoming: Incoming, message: Message | None) -> bool:
-        """A group-wide setting changed by someone who is not an admin: refused with a notice."""
-        parsed = parse_command(incoming.text)
-        if message is None or message.chat.type == ChatType.PRIVATE or parsed is None:
-            return False
-        name, args = parsed
-        if name not in ADMIN_COMMANDS or not args:  # asking for the state is for everyone
-            return False
-        if await self._is_admin(message.chat.id, int(incoming.user.user_id or 0)):
-            return False
-        thread = int(incoming.key.thread_id) if incoming.key.thread_id else None
-        notice = Notice(message.chat.id, thread, say(message, phrases.ADMINS_ONLY))
-        self._spawn(self._notify(notice))
-        return True
-
-    async def _is_admin(self, chat_id: int, user_id: int) -> bool:
-        if user_id in self._settings.admin_ids:
-            return True
+    async def is_admin(self, incoming: Incoming) -> bool:
+        chat_id, user_id = int(incoming.key.chat_id), int(incoming.user.user_id or 0)
         now = asyncio.get_running_loop().time()
         known = self._admins.get((chat_id, user_id))
         if known is not None and now - known[1] < ADMIN_CACHE_S:
             return known[0]
-        try:
-            member = await self.bot.get_chat_member(chat_id, user_id)
-        except TelegramError as exc:
-            log.warning("chat %s: admin rights of a user not checked: %s", chat_id, exc)
-            return False
+        member = await self.bot.get_chat_member(chat_id, user_id)
         is_admin = member.status in ADMIN_STATUSES
         self._admins.put((chat_id, user_id), (is_admin, now))
         return is_admin
 
-    async def _submit_document(self, fetch: Fetch) -> None:
-        try:
-            content = await read_document(self.bot, fetch, self._settings.max_document_bytes)
-        except Unreadable as exc:
-            chat, thread = fetch.incoming.key.chat_id, fetch.incoming.key.thread_id
-            self._spawn(self._notify(Notice(int(chat), int(thread) if thread else None, str(exc))))
-            return
-        except TelegramError as exc:
-            log.warning("document %s could not be downloaded: %s", fetch.file_name, exc)
-            text = phrases.say(phrases.NO_DOWNLOAD, fetch.incoming.user.language)
-            self._spawn(self._notify(Notice(int(fetch.incoming.key.chat_id), None, text)))
-            return
-        text = request_text(fetch, content)
-        await self._manager.submit(dataclasses.replace(fetch.incoming, text=text))
+    async def handle_update(self, update: Update) -> None:
+        """Act on one update; returns once a message for the bot is recorded in SQL.
+        Raises StorageError when it could not be recorded (the caller lets Telegram retry)."""
+        await self.act(translate(update, self.me))
 
-    async def _notify(self, notice: Notice) -> None:
-        try:
-            await self.bot.send_message(
-                notice.chat_id, notice.text, message_thread_id=notice.thread_id
-            )
-        except TelegramError as exc:
-            log.warning("chat %s: notice not sent: %s", notice.chat_id, exc)
+    async def act(self, action: Action) -> None:
+        if isinstance(action, Submit):
+            await self._intake.submit(action.incoming)
+        elif isinstance(action, Observe):
+            await self._intake.observe(action.incoming)
+        elif isinstance(action, Fetch):
+            await self._intake.submit_document(action.incoming, self._document(action))
+        elif isinstance(action, Notice):
+            mb = self._host.settings.documents.max_bytes // 10**6
+            self._intake.notify(action.incoming, action.sentence, mb=mb)
+        elif isinstance(action, AnswerCallback):
+            await self._answer_callback(action.query_id)
+        elif isinstance(action, Ignore):
+            log.debug("update ignored: %s", action.reason)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def read_webhook_body(self, body: bytes) -> Action:
+        """A webhook body as an action; MalformedUpdate when it is not a readable update."""
+        update = parse_update(body, self.bot)
+        try:
+            return translate(update, self.me)
+        except Exception as exc:  # fields of the wrong type (a number for text, ...)
+            raise MalformedUpdate(type(exc).__name__) from None
+
+    def _document(self, fetch: Fetch) -> DocumentSource:
+        async def download() -> bytes:
+            file = await self.bot.get_file(fetch.file_id)
+            return bytes(await file.download_as_bytearray())
+
+        return DocumentSource(fetch.file_name, fetch.mime_type, fetch.size, download)
+
+    async def _answer_callback(self, query_id: str) -> None:
+        try:
+            await self.bot.answer_callback_query(query_id)
+        except TelegramError as exc:  # an old button: nothing to stop spinning
+            log.info("callback query not answered: %s", exc)
+
+    async def _set_menu(self, commands: Sequence[Command]) -> None:
+        """The command menu from the registered commands, in each language Parley speaks
+        (Telegram shows the one matching the user's app language, else the default)."""
+        for language in ("", *phrases.LANGUAGES):
+            menu = [
+                BotCommand(c.name, phrases.say(c.summary, language)[:MENU_DESCRIPTION_MAX])
+                for c in commands
+            ]
+            await self.bot.set_my_commands(menu, language_code=language or None)
+
+    def _webhook_route(self) -> Any:
+        s = self._settings
+        assert s.webhook_public_url is not None and s.webhook_secret_token is not None
+        path = urlsplit(s.webhook_public_url).path or "/"
+        secret = s.webhook_secret_token.get_secret_value()
+        return webhook_route(self.read_webhook_body, self.act, secret, path)
+
+    async def _await_webhook(self) -> None:
+        s = self._settings
+        assert s.webhook_public_url is not None and s.webhook_secret_token is not None
+        await self.bot.set_webhook(
+            s.webhook_public_url,
+            secret_token=s.webhook_secret_token.get_secret_value(),
+            allowed_updates=ALLOWED_UPDATES,
+        )
+        await asyncio.Event().wait()  # updates arrive on the HTTP server until we are stopped
 
     async def _poll(self) -> None:
         """Fetch, record, and only then confirm (the next getUpdates' offset), until cancelled."""
         await self.bot.delete_webhook()  # polling and a webhook exclude each other
+        # PTB suggests its own get_updates, which parses a batch as a whole: one update it
+        # cannot read would fail them all. Its warning about the raw call is silenced.
+        warnings.filterwarnings(
+            "ignore", message=r".*Bot\.getUpdates", category=PTBUserWarning, module=__name__
+        )
         offset: int | None = None
         delay = 1.0
         while True:
             try:
-                updates = await self.bot.get_updates(
-                    offset=offset,
-                    timeout=POLL_TIMEOUT_S,
-                    allowed_updates=ALLOWED_UPDATES,
-                    read_timeout=POLL_TIMEOUT_S + 10,
-                )
-            except (InvalidToken, Forbidden):
-                raise  # the token is wrong or revoked: no retry helps
+                batch = await self._fetch(offset)
+            except (InvalidToken, Forbidden) as exc:
+                raise AdapterError(f"the Bot API refused the token: {exc.message}") from None
             except TelegramError as exc:  # network, Conflict (another poller), 5xx, ...
                 log.warning("getUpdates failed, retrying in %.0f s: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, POLL_RETRY_MAX_S)
                 continue
             delay = 1.0
-            for update in updates:
-                await self._record(update)
-                offset = update.update_id + 1
+            for update_id, update in batch:
+                if update is not None:
+                    await self._record(update)
+                offset = update_id + 1
+
+    async def _fetch(self, offset: int | None) -> list[tuple[int, Update | None]]:
+        """One getUpdates, each update parsed alone: (update_id, Update or None if unreadable)."""
+        raw = await self.bot.do_api_request(
+            "getUpdates",
+            api_kwargs={
+                "offset": offset,
+                "timeout": POLL_TIMEOUT_S,
+                "allowed_updates": ALLOWED_UPDATES,
+            },
+            read_timeout=POLL_TIMEOUT_S + 10,
+        )
+        batch: list[tuple[int, Update | None]] = []
+        for data in raw if isinstance(raw, list) else []:
+            update_id = data.get("update_id") if isinstance(data, dict) else None
+            if not isinstance(update_id, int):
+                log.warning("getUpdates returned an entry without an update_id; skipped")
+                continue
+            try:
+                batch.append((update_id, Update.de_json(data, self.bot)))
+            except Exception as exc:  # an update shape this PTB does not know
+                log.warning("update %d could not be parsed (%s); skipped", update_id, exc)
+                batch.append((update_id, None))
+        return batch
 
     async def _record(self, update: Update) -> None:
         """handle_update until the database takes the update (later ones wait: order kept).
@@ -275,20 +341,3 @@ class TelegramAdapter:
             except Exception:
                 log.exception("update %d could not be handled; skipped", update.update_id)
                 return
-
-    async def _serve_webhook(self) -> None:
-        s = self._settings
-        assert s.webhook_public_url is not None and s.webhook_secret_token is not None
-        secret = s.webhook_secret_token.get_secret_value()
-        await self.bot.set_webhook(
-            s.webhook_public_url, secret_token=secret, allowed_updates=ALLOWED_UPDATES
-        )
-        path = urlsplit(s.webhook_public_url).path or "/"
-        app = webhook_app(self.handle_update, self.bot, secret, path)
-        server = server_for(app, s.webhook_listen_host, s.webhook_listen_port)
-        serving = asyncio.create_task(server.serve())
-        try:
-            await asyncio.shield(serving)
-        finally:
-            server.should_exit = True
-            await asyncio.gather(serving, return_exceptions=True)

@@ -9,9 +9,8 @@ from typing import Any
 
 from telegram.ext import Application, ApplicationBuilder
 
-from bot.settings import TelegramSettings
-
 from .limits import FloodGate
+from .settings import TelegramSettings
 
 TelegramApp = Application[Any, Any, Any, Any, Any, Any]
 

@@ -1,47 +1,48 @@
-"""The model's Markdown as Telegram HTML, in messages of at most 4096 characters.
+"""The model's Markdown as Telegram HTML.
 
-Telegram's HTML mode knows a few tags (b, i, s, u, code, pre, a, blockquote) and rejects a
-message whose tags do not nest. Each piece of Markdown is converted on its own, and every
-rule turns one match into one opening and one closing tag, so the output always nests; what
-looks like Markdown but is not (a lone `*`) stays as escaped text. Conversion only removes
-characters (markup) or replaces one with one ("- " -> "• "), so a piece of Markdown of N
-characters never shows more than N: splitting the Markdown is enough to respect the limit.
+The Markdown is parsed by markdown-it-py (CommonMark, plus tables and ~~strikethrough~~) and
+its tokens are written as the HTML Telegram knows: b, i, s, code, pre (with its language
+class), a (http and https links only) and blockquote. Headings are bold, list items start
+with "• " or "1. ", tables become a <pre> block of aligned rows, and everything else,
+raw HTML included, is escaped text. Tags are written in pairs from the parser's paired
+tokens, so the output always nests; Telegram's own nesting rules are kept too (nothing
+inside code, no link inside a link, no quote inside a quote). One rule differs from
+CommonMark: `__name__` (a Python name, `__init__.py`) stays as typed instead of a bold "name".
+
+Length: what a reader sees of `to_html(md)` is never longer than `md` (in characters and in
+UTF-16 units), so a splitter that cuts the Markdown within Telegram's limit is enough. The
+rendering only drops markup, writes one character for one ("- " -> "• ") and keeps at most
+the blank lines of the source between blocks; where a rare input would break the rule (tab
+stops expanded inside a list's code block, a padded table), the table falls back to plain
+rows and the whole piece to escaped Markdown. `to_html` checks it on every call.
 """
 
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
 
-_FENCE = re.compile(r"^\s{0,3}```\s*([\w+#.-]*)\s*$")
-_HEADING = re.compile(r"^#{1,6}\s+(.*)$")
-_BULLET = re.compile(r"^(\s*)[-*+]\s+(.*)$")
-_QUOTE = re.compile(r"^>\s?(.*)$")
-_CODE_SPAN = re.compile(r"(`+)(.+?)\1")
-_LINK = re.compile(r"\[([^\]<]+)\]\((https?://[^\s)]+)\)")
-_BOLD = re.compile(r"\*\*(?!\s)([^<]+?)(?<!\s)\*\*|__(?!\s)([^<]+?)(?<!\s)__")
-_ITALIC = re.compile(
-    r"(?<![\w*])\*(?![\s*])([^<*]+?)(?<!\s)\*(?![\w*])|(?<!\w)_(?!\s)([^<_]+?)(?<!\s)_(?!\w)"
-)
-_STRIKE = re.compile(r"~~(?!\s)([^<]+?)(?<!\s)~~")
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+# html=False: raw HTML from the model is text, never markup.
+_PARSER = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
 _TAG = re.compile(r"<[^>]+>")
+_LANGUAGE = re.compile(r"[\w+#.-]+")
+_DUNDER = re.compile(r"\w+")
+_STYLE = {"strong": "b", "em": "i", "s": "s"}
+_LEAVES = {"paragraph_open", "heading_open", "fence", "code_block", "hr", "table_open"}
+RULE = "———"  # a thematic break is at least three characters of Markdown
 
 
 def to_html(markdown: str) -> str:
-    """Telegram-safe HTML for one message's worth of Markdown."""
-    out: list[str] = []
-    lines = markdown.split("\n")
-    i = 0
-    while i < len(lines):
-        fence = _FENCE.match(lines[i])
-        if fence is not None:
-            end = _closing_fence(lines, i + 1)
-            out.append(_pre("\n".join(lines[i + 1 : end]), fence.group(1)))
-            i = end + 1
-            continue
-        out.append(_block_line(lines[i]))
-        i += 1
-    return "\n".join(out)
+    """Telegram-safe HTML for one message's worth of Markdown (see the module's length rule)."""
+    rendered = _Renderer(markdown).render()
+    if _longer(to_text(rendered), markdown):
+        return html.escape(markdown, quote=False)
+    return rendered
 
 
 def to_text(telegram_html: str) -> str:
@@ -49,45 +50,224 @@ def to_text(telegram_html: str) -> str:
     return html.unescape(_TAG.sub("", telegram_html))
 
 
-def _closing_fence(lines: list[str], start: int) -> int:
-    """Index of the closing fence; an unclosed block (still streaming) runs to the end."""
-    for j in range(start, len(lines)):
-        fence = _FENCE.match(lines[j])
-        if fence is not None and not fence.group(1):
-            return j
-    return len(lines)
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
 
 
-def _pre(code: str, lang: str) -> str:
-    attr = f' class="language-{html.escape(lang)}"' if lang else ""
-    return f"<pre><code{attr}>{html.escape(code, quote=False)}</code></pre>"
+def _longer(visible: str, markdown: str) -> bool:
+    return len(visible) > len(markdown) or utf16_len(visible) > utf16_len(markdown)
 
 
-def _block_line(line: str) -> str:
-    if (m := _HEADING.match(line)) is not None:
-        return f"<b>{inline(m.group(1))}</b>"
-    if (m := _BULLET.match(line)) is not None:
-        return f"{m.group(1)}• {inline(m.group(2))}"
-    if (m := _QUOTE.match(line)) is not None:
-        return f"<blockquote>{inline(m.group(1))}</blockquote>"
-    return inline(line)
+class _Renderer:
+    """Walks the block tokens once; `_newlines` keeps no more line breaks than the source."""
+
+    def __init__(self, markdown: str) -> None:
+        self._markdown = markdown
+        self._lines = markdown.split("\n")
+        self._out: list[str] = []
+        self._lists: list[list[int]] = []  # per open list: [next number, or -1 for bullets]
+        self._quoted = 0
+        self._last_line: int | None = None  # where the previous leaf block ended
+        self._fresh = False  # a bullet was just written: its first block follows on its line
+        self._handlers: dict[str, Callable[[Token], None]] = {
+            "bullet_list_open": self._open_list,
+            "ordered_list_open": self._open_list,
+            "bullet_list_close": self._close_list,
+            "ordered_list_close": self._close_list,
+            "list_item_open": self._bullet,
+            "blockquote_open": self._open_quote,
+            "blockquote_close": self._close_quote,
+            "fence": self._code,
+            "code_block": self._code,
+            "hr": self._rule,
+        }
+
+    def render(self) -> str:
+        tokens = _PARSER.parse(self._markdown)
+        i = 0
+        while i < len(tokens):
+            i = self._block(tokens, i)
+        return "".join(self._out).rstrip()
+
+    def _block(self, tokens: Sequence[Token], i: int) -> int:
+        """Writes the block at tokens[i]; returns the index of the next one."""
+        token = tokens[i]
+        if token.type in _LEAVES:
+            self._separate(token)
+        if token.type in ("heading_open", "paragraph_open"):
+            text = _inline(tokens[i + 1])
+            heading = token.type == "heading_open" and text
+            self._out.append(f"<b>{text}</b>" if heading else text)
+            return i + 3  # open, inline, close
+        if token.type == "table_open":
+            return self._table(tokens, i)
+        handler = self._handlers.get(token.type)
+        if handler is not None:
+            handler(token)
+        return i + 1
+
+    def _separate(self, token: Token) -> None:
+        start, end = token.map or (0, 0)
+        if self._fresh:
+            self._fresh = False
+        else:
+            self._newlines(start)
+        self._last_line = end
+
+    def _newlines(self, start: int) -> None:
+        """One line break, or two where the source had a blank line; nested items indented
+        two spaces a level (the source needs at least that much to nest)."""
+        if self._last_line is None:
+            return
+        self._out.append("\n" * min(2, max(1, start - self._last_line + 1)))
+        if len(self._lists) > 1:
+            self._out.append("  " * (len(self._lists) - 1))
+
+    def _open_list(self, token: Token) -> None:
+        ordered = token.type == "ordered_list_open"
+        self._lists.append([int(token.attrs.get("start", 1)) if ordered else -1])
+
+    def _close_list(self, token: Token) -> None:
+        self._lists.pop()
+
+    def _bullet(self, token: Token) -> None:
+        start = (token.map or (0, 0))[0]
+        if not self._fresh:
+            self._newlines(start)
+        counter = self._lists[-1]
+        if counter[0] < 0:
+            self._out.append("• ")
+        else:
+            number = str(counter[0])
+            # A number longer than the one written ("9. a / 1. b" -> 10.) would outgrow
+            # the Markdown, so the written one is shown then.
+            self._out.append(f"{number if len(number) <= len(token.info) else token.info}. ")
+            counter[0] += 1
+        self._fresh = True
+        self._last_line = start
+
+    def _open_quote(self, token: Token) -> None:
+        # Telegram's quotes do not nest: an inner quote continues the outer one.
+        if self._quoted == 0:
+            self._separate(token)
+            self._fresh = True
+            self._out.append("<blockquote>")
+        self._quoted += 1
+
+    def _close_quote(self, token: Token) -> None:
+        self._quoted -= 1
+        if self._quoted == 0:
+            self._fresh = False
+            self._close_trimmed("</blockquote>")
+
+    def _rule(self, token: Token) -> None:
+        self._out.append(RULE)
+
+    def _close_trimmed(self, tag: str) -> None:
+        """Closes a tag after its text; an empty quote is dropped rather than sent empty."""
+        opening = "<" + tag[2:]
+        if self._out and self._out[-1] == opening:
+            self._out.pop()
+        else:
+            self._out.append(tag)
+
+    def _code(self, token: Token) -> None:
+        code = token.content.rstrip("\n")
+        if not code:
+            return
+        if self._quoted:  # a quote cannot hold a code block in Telegram: its text stays
+            self._out.append(html.escape(code, quote=False))
+            return
+        match = _LANGUAGE.match(token.info.strip())
+        attr = f' class="language-{match.group(0)}"' if match else ""
+        self._out.append(f"<pre><code{attr}>{html.escape(code, quote=False)}</code></pre>")
+
+    def _table(self, tokens: Sequence[Token], i: int) -> int:
+        start, end = tokens[i].map or (0, 0)
+        rows: list[list[str]] = []
+        while tokens[i].type != "table_close":
+            token = tokens[i]
+            if token.type == "tr_open":
+                rows.append([])
+            elif token.type == "inline":
+                rows[-1].append(to_text(_inline(token)))
+            i += 1
+        source = "\n".join(self._lines[start:end])
+        self._out.append(_table_text(rows, source, quoted=self._quoted > 0))
+        return i + 1
 
 
-def inline(text: str) -> str:
-    """Inline Markdown of one line; code spans are kept literally."""
-    parts: list[str] = []
-    pos = 0
-    for m in _CODE_SPAN.finditer(text):
-        parts.append(_emphasis(text[pos : m.start()]))
-        parts.append(f"<code>{html.escape(m.group(2), quote=False)}</code>")
-        pos = m.end()
-    parts.append(_emphasis(text[pos:]))
-    return "".join(parts)
+def _table_text(rows: list[list[str]], source: str, *, quoted: bool) -> str:
+    """Aligned rows in <pre> when they fit in the table's own Markdown, else plain rows."""
+    widths = [max(len(row[c]) for row in rows if c < len(row)) for c in range(len(rows[0]))]
+    padded = "\n".join(
+        " | ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip() for row in rows
+    )
+    if not quoted and not _longer(padded, source):
+        return f"<pre>{html.escape(padded, quote=False)}</pre>"
+    plain = "\n".join(" | ".join(row) for row in rows)
+    return html.escape(plain if not _longer(plain, source) else source, quote=False)
 
 
-def _emphasis(text: str) -> str:
-    out = html.escape(text, quote=True)
-    out = _LINK.sub(lambda m: f'<a href="{m.group(2)}">{m.group(1)}</a>', out)
-    out = _BOLD.sub(lambda m: f"<b>{m.group(1) or m.group(2)}</b>", out)
-    out = _ITALIC.sub(lambda m: f"<i>{m.group(1) or m.group(2)}</i>", out)
-    return _STRIKE.sub(lambda m: f"<s>{m.group(1)}</s>", out)
+def _inline(token: Token) -> str:
+    """One block's inline Markdown as Telegram HTML."""
+    out: list[str] = []
+    closers: list[str] = []  # what each open token's close writes: a tag, literal markup or ""
+    in_link = 0
+    children = token.children or []
+    for i, child in enumerate(children):
+        kind = child.type
+        if kind == "text":
+            out.append(html.escape(child.content, quote=False))
+        elif kind in ("softbreak", "hardbreak"):
+            out.append("\n")
+        elif kind == "code_inline":
+            code = html.escape(child.content, quote=False)
+            out.append(code if in_link else f"<code>{code}</code>")
+        elif kind.endswith("_open") and kind[:-5] in _STYLE:
+            closers.append(_style_open(children, i, out))
+        elif kind == "link_open":
+            closers.append(_link_open(child, out, nested=in_link > 0))
+            in_link += 1
+        elif kind == "link_close":
+            in_link -= 1
+            out.append(closers.pop())
+        elif kind.endswith("_close"):
+            out.append(closers.pop())
+        elif kind == "image":  # its description, as text
+            out.append(html.escape(to_text(_inline(child)), quote=False))
+        else:
+            out.append(html.escape(child.content, quote=False))
+    out.extend(reversed(closers))
+    return "".join(out)
+
+
+def _style_open(children: Sequence[Token], i: int, out: list[str]) -> str:
+    token = children[i]
+    if token.markup == "__" and _is_dunder(children, i):
+        # `__init__`, `__name__`: a Python name, not bold (CommonMark would make it bold).
+        out.append("__")
+        return "__"
+    tag = _STYLE[token.type[:-5]]
+    out.append(f"<{tag}>")
+    return f"</{tag}>"
+
+
+def _is_dunder(children: Sequence[Token], i: int) -> bool:
+    inner = children[i + 1] if i + 1 < len(children) else None
+    after = children[i + 2] if i + 2 < len(children) else None
+    return (
+        inner is not None
+        and inner.type == "text"
+        and _DUNDER.fullmatch(inner.content) is not None
+        and after is not None
+        and after.type == "strong_close"
+    )
+
+
+def _link_open(token: Token, out: list[str], *, nested: bool) -> str:
+    href = str(token.attrs.get("href", ""))
+    if nested or urlsplit(href).scheme.lower() not in ("http", "https"):
+        return ""
+    out.append(f'<a href="{html.escape(href, quote=True)}">')
+    return "</a>"

@@ -2,10 +2,10 @@
 
 PTB hands each request to a rate limiter (`ApplicationBuilder.rate_limiter`), so this is the
 one place that knows Telegram's flood limits: about one message per second per chat, 20 per
-minute per group, about 30 per second overall. Each limit is a sliding window; a call holds a
-slot from before it is sent until its answer arrives, and the slot's time is the answer's
-time. The server saw the call before it answered, so the server never counts more calls in a
-window than we did, whatever the network delay.
+minute per group, about 30 per second overall. The windows are the kit's gate
+(`adapters.kit.gate`): in the process, or in Redis when several workers share the bot (each
+worker alone would keep the limits, and together they would exceed them). A call holds its
+slots from before it is sent until its answer arrives.
 
 A call to one chat waits for the previous call to that chat (the per-chat window holds one
 slot), so the chat's calls go out in order, one by one: that is the per-chat queue.
@@ -16,17 +16,22 @@ the chat's slot stays taken so nothing else overtakes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
+import warnings
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from telegram.error import BadRequest, NetworkError, RetryAfter
 from telegram.ext import BaseRateLimiter
+from telegram.warnings import PTBDeprecationWarning
+
+from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -46,54 +51,36 @@ class Limits:
     overall: int = 30
     overall_s: float = 1.0
 
-
-class SlidingWindow:
-    """At most `limit` calls in any `period` seconds, counting calls still in flight."""
-
-    def __init__(self, limit: int, period: float, clock: Callable[[], float]) -> None:
-        self._limit = limit
-        self._period = period
-        self._clock = clock
-        self._done: deque[float] = deque()
-        self._busy = 0
-        self._changed = asyncio.Event()
-
-    async def acquire(self) -> None:
-        while True:
-            now = self._clock()
-            while self._done and self._done[0] <= now - self._period:
-                self._done.popleft()
-            if len(self._done) + self._busy < self._limit:
-                self._busy += 1
-                return
-            wait = self._done[0] + self._period - now if self._done else None
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), wait)
-
-    def release(self) -> None:
-        self._busy -= 1
-        self._done.append(self._clock())
-        # Waiters hold the old event; a fresh one is for the next round.
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    @property
-    def idle(self) -> bool:
-        now = self._clock()
-        return self._busy == 0 and all(t <= now - self._period for t in self._done)
+    def rates(self) -> Rates:
+        return Rates(
+            Rate(self.per_chat, self.per_chat_s),
+            Rate(self.per_group, self.per_group_s),
+            Rate(self.overall, self.overall_s),
+        )
 
 
 class FloodGate(BaseRateLimiter[int]):
     """PTB rate limiter honouring Telegram's per-chat, per-group and overall limits."""
 
-    def __init__(self, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        redis: Redis | None = None,
+        key_prefix: str = "parley:telegram",
+    ) -> None:
+        """`redis`: share the windows with every worker using the same `key_prefix` (one
+        prefix per bot: its token's numeric id, say)."""
         self.limits = limits or Limits()
-        self._clock = clock
-        self._overall = SlidingWindow(self.limits.overall, self.limits.overall_s, clock)
-        self._chats: dict[int | str, SlidingWindow] = {}
-        self._groups: dict[int | str, SlidingWindow] = {}
+        rates = self.limits.rates()
+        self._gate: Gate = (
+            RedisGate(redis, rates, prefix=key_prefix)
+            if redis is not None
+            else LocalGate(rates, clock=clock)
+        )
         self.retries_after_429 = 0
+        self.api_calls = 0  # calls sent to the Bot API, re-sends included
 
     async def initialize(self) -> None:
         return None
@@ -112,45 +99,10 @@ class FloodGate(BaseRateLimiter[int]):
     ) -> _Result:
         chat_id = data.get("chat_id")
         if endpoint == "getUpdates" or chat_id is None:
-            return await self._send(callback, args, kwargs, endpoint, [])
-        windows = self._windows_for(_chat_key(chat_id))
-        return await self._send(callback, args, kwargs, endpoint, [*windows, self._overall])
-
-    def _windows_for(self, chat: int | str) -> list[SlidingWindow]:
-        self._forget_idle()
-        lim = self.limits
-        windows = [
-            self._chats.setdefault(chat, SlidingWindow(lim.per_chat, lim.per_chat_s, self._clock))
-        ]
-        if _is_group(chat):
-            windows.append(
-                self._groups.setdefault(
-                    chat, SlidingWindow(lim.per_group, lim.per_group_s, self._clock)
-                )
-            )
-        return windows
-
-    def _forget_idle(self) -> None:
-        """Keeps the maps from growing with every chat ever seen."""
-        if len(self._chats) > 1000:
-            self._chats = {k: w for k, w in self._chats.items() if not w.idle}
-            self._groups = {k: w for k, w in self._groups.items() if not w.idle}
-
-    async def _send(
-        self,
-        callback: Callable[..., Coroutine[Any, Any, _Result]],
-        args: Any,
-        kwargs: dict[str, Any],
-        endpoint: str,
-        windows: list[SlidingWindow],
-    ) -> _Result:
-        for window in windows:  # chat first: waiting for it holds no shared slot
-            await window.acquire()
-        try:
             return await self._until_accepted(callback, args, kwargs, endpoint)
-        finally:
-            for window in reversed(windows):
-                window.release()
+        chat = _chat_key(chat_id)
+        async with self._gate.slot(str(chat), group=_is_group(chat)):
+            return await self._until_accepted(callback, args, kwargs, endpoint)
 
     async def _until_accepted(
         self,
@@ -163,6 +115,7 @@ class FloodGate(BaseRateLimiter[int]):
         failures (a timed-out send may have arrived: a rare duplicate beats a lost answer)."""
         network_failures = 0
         while True:
+            self.api_calls += 1
             try:
                 return await callback(*args, **kwargs)
             except RetryAfter as exc:
@@ -179,7 +132,10 @@ class FloodGate(BaseRateLimiter[int]):
 
 
 def retry_after_s(exc: RetryAfter) -> float:
-    value: int | timedelta = exc._retry_after  # the public property warns about its type
+    with warnings.catch_warnings():
+        # PTB 22 warns that the public property will become a timedelta; both are read here.
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value: int | timedelta = exc.retry_after
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 

@@ -1,37 +1,52 @@
-"""Shows one streamed answer in one chat.
+"""Shows one streamed answer in one Telegram chat: the Telegram side of the kit's `Streamer`.
 
-The model's deltas are read by their own task into a buffer, so the model never waits for
-Telegram; the buffer is shown at most once per interval (the latest text wins, nothing
-queues up). In a private chat the growing answer is a draft (`sendMessageDraft`) and the
-final text is sent with `sendMessage`; elsewhere one message is sent and then edited. Pieces
-of a long answer that are complete (see `split`) are sent as soon as they are, and never
-touched again.
+Pacing, splitting and "latest text wins" are the kit's (`adapters.kit.streamer`); this module
+renders each piece as Telegram HTML (`formatting`) and makes the Bot API calls. In a private
+chat the growing answer is a draft (`sendMessageDraft`) and each finished piece is sent with
+`sendMessage`; elsewhere a message is sent and then edited. Only the answer's first message
+quotes the message it answers.
 
-Telegram failures end the showing, never the reading: the answer is still read to the end
-and recorded, and the log says why the chat did not get it.
+When Telegram refuses the HTML of a piece (a parse error, "message text is empty", too long
+after parsing) the same piece is sent again as plain text, so a rendering mistake costs
+formatting, never the answer. Any other Bot API failure is an `AdapterError` for the
+streamer, which stops showing (and keeps reading) the answer.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
 
 from telegram import Bot, ReplyParameters
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, TelegramError
 
-from .formatting import to_html
-from .split import split_message
+from adapters.kit.streamer import Pacing, Streamer
+from bot.errors import AdapterError
+
+from .formatting import to_html, to_text
+from .split import MAX_MESSAGE, utf16_len
 
 log = logging.getLogger(__name__)
 
 # Telegram allows about 20 messages a minute in a group; pacing edits to match keeps a long
 # answer's updates even instead of bursting and then stalling.
 GROUP_INTERVAL_S = 3.0
+# Bot API descriptions that blame the text itself: the plain text will do.
+_TEXT_REFUSED = (
+    "can't parse entities",
+    "can't find end",
+    "message text is empty",
+    "text must be non-empty",
+    "message is too long",
+)
+
+T = TypeVar("T")
+Call = Callable[[str, str | None], Awaitable[T]]  # (text, parse mode) -> Bot API result
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,149 +60,115 @@ class Target:
         return self.chat_id > 0  # users' ids are positive, groups' and channels' negative
 
 
-@dataclass
-class _Buffer:
-    parts: list[str] = field(default_factory=list)
-    done: bool = False
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+class TelegramSurface:
+    """One chat, for the kit's streamer: pieces of Markdown in, Bot API calls out."""
 
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-
-class ReplyStream:
-    def __init__(self, bot: Bot, target: Target, *, interval_s: float, drafts: bool) -> None:
+    def __init__(self, bot: Bot, target: Target) -> None:
         self._bot = bot
         self._target = target
-        self._interval = interval_s if target.private else max(interval_s, GROUP_INTERVAL_S)
-        self._drafts = drafts and target.private
         self._draft_id = secrets.randbelow(2**31 - 2) + 1
-        self._shown: dict[int, tuple[int, str]] = {}  # piece index -> (message id, markdown)
-        self._broken = False
-        self.updates = 0
+        self._sent_any = False
+        self._last_render = ("", "")  # the streamer asks `shows` and then sends the same piece
+        self._texts: dict[int, str] = {}  # message id -> the text last asked for
 
-    async def play(self, chunks: AsyncIterator[str]) -> None:
-        buffer = _Buffer()
-        reader = asyncio.create_task(_read(chunks, buffer))
-        try:
-            await self._follow(buffer)
-            await reader  # the model's errors belong to the core
-        finally:
-            if not reader.done():
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-        await self._guarded(self._show_final, buffer.text)
+    def shows(self, piece: str) -> bool:
+        return bool(to_text(self._html(piece)).strip())
 
-    async def _follow(self, buffer: _Buffer) -> None:
-        last = float("-inf")
-        while True:
-            await buffer.changed.wait()
-            buffer.changed.clear()
-            if buffer.done:
-                return
-            pause = last + self._interval - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            if buffer.done:
-                return
-            last = time.monotonic()
-            await self._guarded(self._show_partial, buffer.text)
+    def _html(self, piece: str) -> str:
+        if self._last_render[0] != piece:
+            self._last_render = (piece, to_html(piece))
+        return self._last_render[1]
 
-    async def _guarded(self, show: Callable[[str], Awaitable[None]], text: str) -> None:
-        if self._broken:
-            return
-        try:
-            await show(text)
-        except TelegramError as exc:
-            self._broken = True
-            log.warning("chat %s: reply not shown: %s", self._target.chat_id, exc)
-
-    async def _show_partial(self, text: str) -> None:
-        *complete, growing = split_message(text)
-        for i, piece in enumerate(complete):
-            await self._put(i, piece)
-        if not growing.strip():
-            return
-        if self._drafts:
-            await self._draft(growing)
-        else:
-            await self._put(len(complete), growing)
-
-    async def _show_final(self, text: str) -> None:
-        for i, piece in enumerate(split_message(text)):
-            if piece.strip():
-                await self._put(i, piece)
-
-    async def _put(self, index: int, markdown: str) -> None:
-        shown = self._shown.get(index)
-        if shown is None:
-            message_id = await self._send(markdown)
-            self._shown[index] = (message_id, markdown)
-        elif shown[1] != markdown:
-            await self._edit(shown[0], markdown)
-            self._shown[index] = (shown[0], markdown)
-        else:
-            return
-        self.updates += 1
-
-    async def _send(self, markdown: str) -> int:
+    async def send(self, piece: str, *, plain: bool) -> int:
         t = self._target
-        quote = t.quote if not self._shown else None  # only the answer's first message
-        try:
+        quote = None if self._sent_any else t.quote
+
+        async def call(text: str, mode: str | None) -> int:
             sent = await self._bot.send_message(
                 t.chat_id,
-                to_html(markdown),
-                parse_mode=ParseMode.HTML,
+                text,
+                parse_mode=mode,
                 message_thread_id=t.thread_id,
                 reply_parameters=quote,
             )
-        except BadRequest as exc:
-            if not _is_parse_error(exc):
-                raise
-            log.info("chat %s: HTML rejected (%s); sending plain text", t.chat_id, exc)
-            sent = await self._bot.send_message(
-                t.chat_id, markdown, message_thread_id=t.thread_id, reply_parameters=quote
-            )
-        return sent.message_id
+            return sent.message_id
 
-    async def _edit(self, message_id: int, markdown: str) -> None:
+        with _platform(t.chat_id):
+            message_id = await self._rendered(call, piece, plain)
+        self._sent_any = True
+        self._texts[message_id] = self._text(piece, plain)
+        return message_id
+
+    async def edit(self, ref: int, piece: str, *, plain: bool) -> None:
         chat_id = self._target.chat_id
-        try:
+        if self._texts.get(ref) == self._text(piece, plain):
+            return  # another piece with the same rendering: Telegram would say "not modified"
+
+        async def call(text: str, mode: str | None) -> None:
             try:
-                await self._bot.edit_message_text(
-                    to_html(markdown), chat_id, message_id, parse_mode=ParseMode.HTML
-                )
+                await self._bot.edit_message_text(text, chat_id, ref, parse_mode=mode)
             except BadRequest as exc:
-                if not _is_parse_error(exc):
+                if "not modified" not in str(exc).lower():  # the same text: nothing to do
                     raise
-                await self._bot.edit_message_text(markdown, chat_id, message_id)
-        except BadRequest as exc:
-            if "not modified" not in str(exc).lower():
-                raise
 
-    async def _draft(self, markdown: str) -> None:
+        with _platform(chat_id):
+            await self._rendered(call, piece, plain)
+        self._texts[ref] = self._text(piece, plain)
+
+    async def draft(self, piece: str) -> None:
         t = self._target
-        try:
-            await self._bot.send_message_draft(
-                t.chat_id, self._draft_id, to_html(markdown), t.thread_id, ParseMode.HTML
-            )
-        except BadRequest as exc:
-            if not _is_parse_error(exc):
-                raise
-            await self._bot.send_message_draft(t.chat_id, self._draft_id, markdown, t.thread_id)
-        self.updates += 1
+
+        async def call(text: str, mode: str | None) -> None:
+            await self._bot.send_message_draft(t.chat_id, self._draft_id, text, t.thread_id, mode)
+
+        with _platform(t.chat_id):
+            await self._rendered(call, piece, plain=False)
+
+    def _text(self, piece: str, plain: bool) -> str:
+        return piece if plain else self._html(piece)
+
+    async def _rendered(self, call: Call[T], piece: str, plain: bool) -> T:
+        if not plain:
+            try:
+                return await call(self._html(piece), ParseMode.HTML)
+            except BadRequest as exc:
+                if not any(reason in str(exc).lower() for reason in _TEXT_REFUSED):
+                    raise
+                log.info("chat %s: HTML refused (%s); plain text", self._target.chat_id, exc)
+        return await call(piece, None)
 
 
-async def _read(chunks: AsyncIterator[str], buffer: _Buffer) -> None:
+class ReplyStream:
+    """The answer's stream for one chat: Telegram's pacing and limit for the kit's streamer."""
+
+    def __init__(
+        self,
+        bot: Bot,
+        target: Target,
+        *,
+        interval_s: float,
+        drafts: bool,
+        limit: int = MAX_MESSAGE,
+    ) -> None:
+        interval = interval_s if target.private else max(interval_s, GROUP_INTERVAL_S)
+        surface = TelegramSurface(bot, target)
+        self._streamer = Streamer(
+            surface,
+            Pacing(interval, limit, utf16_len),
+            drafts=surface if drafts and target.private else None,
+        )
+
+    @property
+    def updates(self) -> int:
+        return self._streamer.updates
+
+    async def play(self, chunks: AsyncIterator[str]) -> None:
+        await self._streamer.play(chunks)
+
+
+@contextlib.contextmanager
+def _platform(chat_id: int) -> Iterator[None]:
     try:
-        async for chunk in chunks:
-            buffer.parts.append(chunk)
-            buffer.changed.set()
-    finally:
-        buffer.done = True
-        buffer.changed.set()
-
-
-def _is_parse_error(exc: BadRequest) -> bool:
-    return "can't parse entities" in str(exc).lower() or "can't find end" in str(exc).lower()
+        yield
+    except TelegramError as exc:
+        raise AdapterError(f"chat {chat_id}: {exc}") from exc

@@ -6,14 +6,16 @@ group, @ourbot mention        -> Submit (the mention stripped)
 group, reply to our message   -> Submit
 group, anything else (text)   -> Observe: the manager keeps it only if the group opted in
                                  (/keep on), for "what did I miss"; nothing else happens
-document for the bot          -> Fetch (the adapter downloads and reads it)
+document for the bot          -> Fetch (the core checks it, then the adapter downloads it)
 photo, voice, sticker, ...    -> Notice (one sentence on what the bot can read)
-user or chat not allowed      -> Notice (one polite sentence)
 edited message                -> Ignore: the original was answered; answering the edit
                                  would put a second answer under one question
 channel post                  -> Ignore: Parley converses, it does not post in channels
 callback query                -> AnswerCallback (stops the button's spinner; Parley sends
                                  no buttons, so an old or foreign one is acknowledged only)
+
+Who may talk to the bot is the core's decision (bot.policy, `[telegram.access]`): this module
+only says who sent what, where.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from dataclasses import dataclass
 from telegram import Chat, Message, MessageEntity, Update
 
 from bot import phrases
-from bot.settings import TelegramSettings
 from bot.types import ConversationKey, Incoming, User
 
 PLATFORM = "telegram"
@@ -62,9 +63,10 @@ class Fetch:
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    chat_id: int
-    thread_id: int | None
-    text: str  # already in the user's language
+    """A sentence for the sender (phrases key), said through the core's rate-limited notices."""
+
+    incoming: Incoming
+    sentence: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,7 @@ class Ignore:
 Action = Submit | Observe | Fetch | Notice | AnswerCallback | Ignore
 
 
-def translate(update: Update, me: BotIdentity, settings: TelegramSettings) -> Action:
+def translate(update: Update, me: BotIdentity) -> Action:
     if update.callback_query is not None:
         return AnswerCallback(update.callback_query.id)
     if update.edited_message is not None:
@@ -94,28 +96,18 @@ def translate(update: Update, me: BotIdentity, settings: TelegramSettings) -> Ac
         return Ignore("not from a person")
     text = addressed_text(message, me)
     if text is None:
-        return _observed(update, message, settings)
-    if not is_allowed(message, settings):
-        return Notice(message.chat.id, _thread(message), say(message, phrases.NOT_ALLOWED))
-    return _for_content(update, message, text, settings)
+        return _observed(update, message)
+    return _for_content(update, message, text)
 
 
-def _observed(update: Update, message: Message, settings: TelegramSettings) -> Action:
+def _observed(update: Update, message: Message) -> Action:
     text = message.text or message.caption or ""
     if not text.strip() or _COMMAND.match(text):  # media, or a command for another bot
         return Ignore("group message not for the bot")
-    if not is_allowed(message, settings):
-        return Ignore("group message from a chat or user not allowed")
     return Observe(to_incoming(update, message, text))
 
 
-def say(message: Message, sentence: str, **fields: object) -> str:
-    """A notice in the language Telegram reports for the sender (English if none)."""
-    person = message.from_user
-    return phrases.say(sentence, person.language_code if person else None, **fields)
-
-
-def _for_content(update: Update, message: Message, text: str, s: TelegramSettings) -> Action:
+def _for_content(update: Update, message: Message, text: str) -> Action:
     incoming = to_incoming(update, message, text)
     doc = message.document
     if doc is not None:
@@ -124,8 +116,7 @@ def _for_content(update: Update, message: Message, text: str, s: TelegramSetting
         return Fetch(incoming, doc.file_id, name, mime, doc.file_size or 0)
     if message.effective_attachment is None and text.strip():
         return Submit(incoming)
-    mb = s.max_document_bytes // 10**6
-    return Notice(message.chat.id, _thread(message), say(message, phrases.MEDIA, mb=mb))
+    return Notice(incoming, phrases.MEDIA)
 
 
 def addressed_text(message: Message, me: BotIdentity) -> str | None:
@@ -158,15 +149,6 @@ def _mentions(message: Message, me: BotIdentity) -> bool:
     return False
 
 
-def is_allowed(message: Message, s: TelegramSettings) -> bool:
-    user_id = message.from_user.id if message.from_user else 0
-    if user_id in s.admin_ids:
-        return True
-    user_ok = not s.allowed_user_ids or user_id in s.allowed_user_ids
-    chat_ok = not s.allowed_chat_ids or message.chat.id in s.allowed_chat_ids
-    return user_ok and chat_ok
-
-
 def to_incoming(update: Update, message: Message, text: str) -> Incoming:
     person = message.from_user
     replied = message.reply_to_message
@@ -183,6 +165,7 @@ def to_incoming(update: Update, message: Message, text: str) -> Incoming:
         sent_at=message.date,
         reply_to_text=(replied.text or replied.caption) if replied is not None else None,
         platform_message_id=str(message.message_id),
+        group=message.chat.type != Chat.PRIVATE,
         extras={
             "message_id": message.message_id,
             "chat_type": message.chat.type,

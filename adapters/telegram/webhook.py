@@ -1,22 +1,21 @@
-"""Webhook mode: Telegram posts each update to Parley's own HTTP server.
+"""Webhook mode: Telegram posts each update to Parley's HTTP server (adapters.kit.http).
 
-Telegram re-sends an update until it gets a 2xx, so the 200 goes out only after
-`handle_update` returned, which means the message is recorded in SQL. The secret header is
-compared in constant time; a request without it is refused before anything is read or
-stored, and the secret is never logged (uvicorn's access log is off: it would log nothing
-secret, but a bot's traffic is its users' business).
+Telegram re-sends an update until it gets a 2xx, so the 200 goes out only after the update
+was acted on, which for a message means it is recorded in SQL; a database that cannot take it
+gets 503 and Telegram tries again. A body that is not an update Parley can read (not JSON, a
+message that is a string, text that is a number, a date out of range, JSON nested past
+Python's limits) gets 400: re-sending it would never help. The secret header is compared in
+constant time; a request without it is refused before anything is read or stored, and the
+secret is never logged (uvicorn's access log is off: a bot's traffic is its users' business).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -24,14 +23,25 @@ from telegram import Bot, Update
 
 from bot.errors import StorageError
 
+from .translate import Action
+
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
-def webhook_app(
-    handle: Callable[[Update], Awaitable[object]], bot: Bot, secret: str, path: str = "/"
-) -> Starlette:
+class MalformedUpdate(ValueError):
+    """The body is not an update this bot can read."""
+
+
+def webhook_route(
+    read: Callable[[bytes], Action],
+    act: Callable[[Action], Awaitable[object]],
+    secret: str,
+    path: str,
+) -> Route:
+    """POST `path`: `read` turns the body into an action (MalformedUpdate: 400), `act` does it
+    (StorageError: 503, so that Telegram re-sends)."""
     expected = secret.encode()
 
     async def receive(request: Request) -> Response:
@@ -39,45 +49,33 @@ def webhook_app(
         if not hmac.compare_digest(given, expected):
             log.warning("webhook: request without the right secret from %s", _peer(request))
             return Response(status_code=403)
-        update = _parse(await request.body(), bot)
-        if update is None:
+        try:
+            action = read(await request.body())
+        except MalformedUpdate as exc:
+            log.warning("webhook: malformed update: %s", exc)
             return Response(status_code=400)
         try:
-            await handle(update)
+            await act(action)
         except StorageError as exc:
-            log.error(
-                "webhook: update %d not recorded, Telegram will retry: %s", update.update_id, exc
-            )
+            log.error("webhook: update not recorded, Telegram will retry: %s", exc)
             return Response(status_code=503)
         return Response(status_code=200)
 
-    return Starlette(routes=[Route(path, receive, methods=["POST"])])
+    return Route(path, receive, methods=["POST"])
 
 
-def _parse(body: bytes, bot: Bot) -> Update | None:
+def parse_update(body: bytes, bot: Bot) -> Update:
+    """An Update from a webhook body, or MalformedUpdate (never another exception)."""
     try:
         data = json.loads(body)
         if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
-            raise ValueError("not an update")
+            raise MalformedUpdate("not an update")
         return Update.de_json(data, bot)
-    except (ValueError, TypeError, KeyError) as exc:
-        log.warning("webhook: malformed update: %s", exc)
-        return None
+    except MalformedUpdate:
+        raise
+    except Exception as exc:  # what PTB raises on odd shapes varies: TypeError, KeyError, ...
+        raise MalformedUpdate(type(exc).__name__) from None
 
 
 def _peer(request: Request) -> str:
     return request.client.host if request.client else "?"
-
-
-class EmbeddedServer(uvicorn.Server):
-    """uvicorn inside Parley's loop: Parley owns SIGINT/SIGTERM, so uvicorn must not take
-    them over; stopping is `should_exit = True`."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def server_for(app: Starlette, host: str, port: int) -> EmbeddedServer:
-    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning")
-    return EmbeddedServer(config)

@@ -30,8 +30,17 @@ from dataclasses import dataclass
 from backends.base import Backend, Chunk, GenerationRequest, Usage, estimate_tokens
 from bot import phrases
 from bot.errors import BackendError, BotError, ContextTooLong, NoBackendConfigured
+from bot.logcontext import current_turn, note
+from bot.metrics import NullObserver, TurnObserver, observed_turn
 from bot.settings import BackendSettings, ConversationSettings
-from bot.skills.router import Answer, CommandRouter, PlainRouting, TurnContext, parse_command
+from bot.skills.router import (
+    Answer,
+    CommandRouter,
+    PlainRouting,
+    Say,
+    TurnContext,
+    parse_command,
+)
 from bot.storage.base import Cache, MessageKind, Recorded, Store, StoredMessage
 from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 
@@ -41,7 +50,6 @@ from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, merge_user_texts
 
 log = logging.getLogger(__name__)
 
-Say = Callable[..., Awaitable[str]]  # say(sentence, **fields) in the user's language
 
 CUT_OFF_NOTE = f"\n\n{phrases.CUT_OFF}"
 STOPPED_NOTE = f"\n\n{phrases.STOPPED}"
@@ -70,7 +78,9 @@ class ConversationManager:
         generation: BackendSettings,
         count_tokens: Callable[[str], Awaitable[int]],
         skills: PlainRouting | None = None,
+        observer: TurnObserver | None = None,
     ) -> None:
+        self.observer: TurnObserver = observer or NullObserver()
         self._store = store
         self._cache = cache
         self._context = context
@@ -82,7 +92,8 @@ class ConversationManager:
         self._skills = skills
         self._sinks: dict[str, ReplySink] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
-        self._streaming: dict[int, asyncio.Task[None]] = {}
+        # conversation -> set to stop the answer streaming there (/stop, /reset)
+        self._streaming: dict[int, asyncio.Event] = {}
         self._again: set[int] = set()
         # This process's name in SQL leases (Store.lease): unique per manager.
         self._owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -90,13 +101,16 @@ class ConversationManager:
     def attach(self, platform: str, sink: ReplySink) -> None:
         self._sinks[platform] = sink
 
-    async def submit(self, incoming: Incoming) -> Recorded:
-        """Record the message and schedule its conversation. Safe to call twice."""
+    async def submit(self, incoming: Incoming, *, limited: bool | None = None) -> Recorded:
+        """Record the message and schedule its conversation. Safe to call twice. `limited`:
+        whether the sender is over the rate limit, where the caller already counted it."""
         kind = MessageKind.CHAT
         too_long = len(incoming.text) > self._settings.max_message_chars
         if too_long or parse_command(incoming.text) is not None:
             kind = MessageKind.COMMAND
-        if await self._over_rate_limit(incoming.user):
+        if limited is None:
+            limited = await self.over_rate_limit(incoming)
+        if limited:
             kind = MessageKind.LIMITED
         # Only a chat message goes into a prompt as itself: the others get the estimate, not a
         # tokenizer call (a /tokenize request on a vLLM server without backend.tokenizer).
@@ -107,7 +121,7 @@ class ConversationManager:
         recorded = await self._store.record_incoming(incoming, kind=kind, token_count=tokens)
         try:
             if recorded.is_new:
-                if kind is MessageKind.COMMAND and _is_stop(incoming.text):
+                if kind is MessageKind.COMMAND and stops_a_reply(incoming.text):
                     self._stop_streaming(recorded.conversation_id)
                 if self._skills is not None:
                     await self._skills.remember(recorded.message_id, incoming)
@@ -132,18 +146,19 @@ class ConversationManager:
             incoming, kind=MessageKind.OBSERVED, token_count=tokens
         )
 
-    async def _over_rate_limit(self, user: User) -> bool:
+    async def over_rate_limit(self, incoming: Incoming) -> bool:
+        """Count this message against its sender's limit; True when it is over."""
         s = self._settings
-        if s.rate_limit_messages == 0 or not user.user_id:
+        if s.rate_limit_messages == 0:
             return False
-        key = f"rate:{user.platform}:{user.user_id}"
+        key = f"rate:{sender_key(incoming)}"
         return await self._cache.count(key, s.rate_limit_window_s) > s.rate_limit_messages
 
     def _stop_streaming(self, conversation_id: int) -> None:
         """/reset while a reply streams in this process: stop it (the model aborts it)."""
-        task = self._streaming.get(conversation_id)
-        if task is not None:
-            task.cancel()
+        stop = self._streaming.get(conversation_id)
+        if stop is not None:
+            stop.set()
 
     async def handle(self, incoming: Incoming) -> Recorded:
         """submit() and wait until the conversation has nothing pending in this process."""
@@ -171,6 +186,22 @@ class ConversationManager:
     async def aclose(self) -> None:
         """Let running turns finish (a turn is never cut in half by a clean shutdown)."""
         await self.wait_idle()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Give the turns in flight `timeout_s` to finish, then stop the rest: their messages
+        stay pending in SQL and are answered by another worker or the next start. True when
+        every turn finished in time."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.wait_idle()
+            return True
+        except TimeoutError:
+            tasks = list(self._workers.values())
+            log.warning("stopping %d turn(s) still running after the shutdown grace", len(tasks))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return False
 
     def _schedule(self, work: _Work) -> None:
         if work.conversation_id in self._workers:
@@ -218,7 +249,8 @@ class ConversationManager:
         while True:
             pending = await self._store.pending(work.conversation_id, PENDING_PAGE)
             for batch in self._batches(pending):
-                await self._turn(work, batch)
+                with observed_turn(self.observer, work.key, batch, self._router):
+                    await self._turn(work, batch)
             if len(pending) < PENDING_PAGE:
                 return
 
@@ -253,6 +285,7 @@ class ConversationManager:
             return
         routed = await self._route(work, batch)
         if routed is not None:  # a skill took the plain message (intent, auto-translate)
+            note(skill="intent")
             await self._answer(work, batch, routed)
         elif self._backend is None:
             say = self._localizer(batch[-1])
@@ -281,7 +314,7 @@ class ConversationManager:
         if len(message.content) > limit:
             return await say(phrases.TOO_LONG, length=len(message.content), limit=limit)
         if parsed is None:  # recorded as a command, so this cannot happen; answer anyway
-            return self._router.help_text()
+            return await self._router.help_text(say)
         name, args = parsed
         ctx = self._turn_context(work, message, args)
         try:
@@ -291,10 +324,10 @@ class ConversationManager:
             return await say(exc.user_message)
 
     def _turn_context(self, work: _Work, message: StoredMessage, args: str) -> TurnContext:
-        user = User(work.key.platform, "", message.user_display_name)
+        user = User(work.key.platform, message.user_id, message.user_display_name)
         return TurnContext(
             work.key, work.conversation_id, user, args, self._store, self._context,
-            self._settings, message_id=message.id,
+            self._settings, message_id=message.id, say=self._localizer(message),
         )  # fmt: skip
 
     async def _route(self, work: _Work, batch: list[StoredMessage]) -> Answer | None:
@@ -321,7 +354,7 @@ class ConversationManager:
         parts: list[str] = []
         say = self._localizer(batch[-1])
 
-        async def relay() -> AsyncIterator[str]:
+        async def relay() -> AsyncGenerator[str, None]:
             try:
                 async for delta in answer:
                     parts.append(delta)
@@ -332,8 +365,12 @@ class ConversationManager:
                 parts.append(note)
                 yield note
 
+        async def stopped() -> str:
+            parts.append(await _note(say, phrases.STOPPED))
+            return parts[-1]
+
         try:
-            await self._deliver(work.key, relay(), batch)
+            await self._relayed(work, relay(), batch, stopped)
         except Exception:
             log.exception("conversation %s: the platform failed while delivering", work.key)
             parts.append(await _note(say, phrases.CUT_OFF))
@@ -375,6 +412,7 @@ class ConversationManager:
                 await self._stream(work, batch, backend, request, reply)
         except BackendError as exc:  # only before the first delta; later ones end the relay
             log.warning("conversation %s: backend failed: %s", work.key, exc)
+            note(outcome="failed")
             await self._reply_once(work, batch, await say(exc.user_message))
             return
         await self._record_chat(work, batch, window, user_text, user_tokens, reply)
@@ -402,26 +440,37 @@ class ConversationManager:
         """Stream one reply to the sink. /reset stops it (see submit); so does a sink that
         fails. Either way what was shown is kept, marked as cut off, and never re-sent."""
         relay = reply.relay(backend.stream(request))
-        task = asyncio.create_task(self._deliver(work.key, relay, batch))
-        self._streaming[work.conversation_id] = task
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                task.cancel()  # we are being shut down: stop the stream too
-                raise
-            # The /stop or /reset that did this answers next: that is the user's notice.
-            log.info("conversation %s: reply stopped by the user", work.key)
+
+        async def stopped() -> str:
             reply.cut_off(await _note(reply.say, phrases.STOPPED))
+            return reply.parts[-1]
+
+        try:
+            await self._relayed(work, relay, batch, stopped)
         except BackendError:
             raise
         except Exception:
             log.exception("conversation %s: the platform failed while delivering", work.key)
             reply.cut_off(await _note(reply.say, phrases.CUT_OFF))
         finally:
-            self._streaming.pop(work.conversation_id, None)
             await relay.aclose()  # a sink that stopped early leaves it open: abort the request
+
+    async def _relayed(
+        self,
+        work: _Work,
+        chunks: AsyncGenerator[str, None],
+        batch: Sequence[StoredMessage],
+        stopped: Callable[[], Awaitable[str]],
+    ) -> None:
+        """Deliver a streamed answer (chat or skill) that /stop and /reset can end (see
+        submit): the answer then ends with the note `stopped()` returns, so the platform shows
+        what is recorded, and the request behind it is aborted."""
+        stop = asyncio.Event()
+        self._streaming[work.conversation_id] = stop
+        try:
+            await self._deliver(work.key, _until(stop, chunks, stopped), batch)
+        finally:
+            self._streaming.pop(work.conversation_id, None)
 
     async def _record_chat(
         self,
@@ -433,6 +482,8 @@ class ConversationManager:
         reply: _Collected,
     ) -> None:
         text = "".join(reply.parts)
+        if reply.usage is not None:
+            self.observer.tokens(work.key.platform, reply.usage)
         tokens = reply.usage.completion_tokens if reply.usage else await self._count(text)
         stored = await self._store.record_reply(
             work.conversation_id,
@@ -460,7 +511,15 @@ class ConversationManager:
                 pass
             return
         # Threaded to the newest message it answers (a merged turn answers several).
-        await sink.deliver(key, chunks, reply_to=batch[-1].platform_message_id)
+        await sink.deliver(key, self._first_seen(chunks), reply_to=batch[-1].platform_message_id)
+
+    async def _first_seen(self, chunks: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+        """`chunks`, telling the observer when the first text goes to the platform."""
+        async for chunk in chunks:
+            scope = current_turn()
+            if chunk and scope is not None and scope.first_token_at is None:
+                self.observer.first_token(scope)
+            yield chunk
 
     def _localizer(self, message: StoredMessage) -> Say:
         """say(sentence, **fields) in the language of `message`'s sender, looked up once and
@@ -484,11 +543,53 @@ class ConversationManager:
             return ""
 
 
+async def _until(
+    stop: asyncio.Event,
+    chunks: AsyncGenerator[str, None],
+    stopped: Callable[[], Awaitable[str]],
+) -> AsyncGenerator[str, None]:
+    """`chunks` until `stop` is set; then the note from `stopped()`, and `chunks` is closed
+    (which aborts the model request behind it)."""
+    stopping = asyncio.create_task(stop.wait())
+    step: asyncio.Future[str] | None = None
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(chunks))
+            await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                log.info("reply stopped by the user")
+                step.cancel()  # before the note: no chunk may be taken but not shown
+                await asyncio.gather(step, return_exceptions=True)
+                if not step.cancelled() and step.exception() is None:
+                    yield step.result()  # it arrived while the cancellation did
+                yield await stopped()
+                return
+            try:
+                chunk = step.result()
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        stopping.cancel()
+        if step is not None and not step.done():  # the generator must be idle to be closed
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
+        await chunks.aclose()
+
+
+def sender_key(incoming: Incoming) -> str:
+    """Who sent a message, for per-user limits: the user id, or for a sender the platform
+    does not identify (an anonymous group admin, a web visitor without an id) the chat."""
+    who = incoming.user.user_id or f"chat:{incoming.key.chat_id}"
+    return f"{incoming.key.platform}:{who}"
+
+
 async def _note(say: Say, sentence: str) -> str:
     return f"\n\n{await say(sentence)}"
 
 
-def _is_stop(text: str) -> bool:
+def stops_a_reply(text: str) -> bool:
+    """Whether `text` is a command that stops the reply being streamed (/stop, /reset)."""
     parsed = parse_command(text)
     return parsed is not None and parsed[0] in STOP_COMMANDS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from bot.types import ConversationKey
+from bot.types import ConversationKey, Incoming
 
 
 class ReplySink(Protocol):
@@ -19,6 +19,14 @@ class ReplySink(Protocol):
     async def deliver(
         self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
     ) -> None: ...
+
+
+class Platform(ReplySink, Protocol):
+    """A sink that can also say whether the platform counts a sender as an admin where the
+    message was sent (a Telegram group's administrators, a Discord member with Manage
+    Server). The core asks only for admin-only commands in group conversations."""
+
+    async def is_admin(self, incoming: Incoming) -> bool: ...
 
 
 async def once(text: str) -> AsyncIterator[str]:

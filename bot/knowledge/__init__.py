@@ -1,7 +1,8 @@
-"""The knowledge base: documents chunked into the history database and searched with its own
-full-text engine. See docs/knowledge-base.md."""
+"""The knowledge base: documents chunked into the history database, with an embedding of each
+chunk, and searched by words (BM25) and meaning, the two rankings fused. See
+docs/knowledge-base.md."""
 
-from bot.knowledge.sample import load_sample_if_empty
+from bot.knowledge.sample import load_sample_if_empty, remove_sample_if_superseded
 from bot.knowledge.store import KnowledgeBase
 from bot.knowledge.types import (
     AddReport,
@@ -9,6 +10,7 @@ from bot.knowledge.types import (
     FileResult,
     Outcome,
     Passage,
+    SearchOptions,
 )
 
 __all__ = [
@@ -18,5 +20,7 @@ __all__ = [
     "KnowledgeBase",
     "Outcome",
     "Passage",
+    "SearchOptions",
     "load_sample_if_empty",
+    "remove_sample_if_superseded",
 ]

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
+from bot.knowledge.sample import remove_sample_if_superseded
 from bot.knowledge.store import KnowledgeBase
 from bot.knowledge.types import DocumentInfo, FileResult, Outcome
 from bot.settings import Settings
@@ -38,7 +39,7 @@ def add_kb_parser(sub: Any) -> None:
 async def cmd_kb(settings: Settings, args: argparse.Namespace) -> int:
     async with open_knowledge_base(settings) as kb:
         if args.kb_action == "add":
-            return await _add(kb, args.paths)
+            return await _add(kb, args.paths, settings)
         if args.kb_action == "list":
             return await _list(kb)
         return await _remove(kb, args.path)
@@ -51,14 +52,16 @@ async def open_knowledge_base(settings: Settings) -> AsyncIterator[KnowledgeBase
     await ensure_schema(url, db.auto_migrate)
     engine = create_engine(url, echo=db.echo, pool_size=db.pool_size)
     try:
-        yield KnowledgeBase(engine, max_file_bytes=settings.knowledge.max_file_mb * 1_000_000)
+        yield KnowledgeBase.from_settings(engine, settings.knowledge)
     finally:
         await engine.dispose()
 
 
-async def _add(kb: KnowledgeBase, paths: list[str]) -> int:
+async def _add(kb: KnowledgeBase, paths: list[str], settings: Settings) -> int:
     report = await kb.add(paths, progress=ProgressPrinter(sys.stderr))
     print(report.summary())
+    if await remove_sample_if_superseded(kb, settings.knowledge):
+        print("removed the sample documents (Parley's own guide): yours replace them")
     return 1 if report.failed else 0
 
 

@@ -4,6 +4,7 @@ chunking one of them. Synchronous; KnowledgeBase runs these in a worker thread."
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,13 @@ def normalize_source(path: str | Path) -> str:
 
 def collect_files(paths: Iterable[str | Path]) -> list[Path]:
     """Files named directly (whatever their type, so an unsupported one is reported), and the
-    supported files under named folders (others there are passed over silently), in order."""
+    supported files under named folders (others there are passed over silently), in order.
+
+    Inside a folder, a symbolic link is taken only when it leads to a file inside that same
+    folder (then it is that file, stored once): a link out of it would put in the knowledge
+    base a file the operator never named, which removing the folder would leave behind. Links
+    to folders are not walked. A link named directly is the operator's choice and is followed.
+    """
     found: dict[str, Path] = {}
     for raw in paths:
         path = Path(raw).expanduser()
@@ -44,9 +51,16 @@ def collect_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _walk(folder: Path) -> Iterator[Path]:
-    for path in sorted(folder.rglob("*")):
-        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-        if not hidden and path.is_file() and loader_for(path) is not None:
+    root = folder.resolve()
+    files: list[Path] = []
+    for current, dirs, names in os.walk(folder):  # followlinks=False: linked folders stay shut
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            path = Path(current, name)
+            if not name.startswith(".") and loader_for(path) is not None:
+                files.append(path)
+    for path in sorted(files):
+        if path.is_file() and path.resolve().is_relative_to(root):
             yield path
 
 

@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from markdown_it import MarkdownIt
+
 from bot.knowledge.html_loader import parse_html
 from bot.knowledge.types import LoadedDocument, Section
 
@@ -19,7 +21,8 @@ LOCATION_SEPARATOR = " > "
 _ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_INLINE_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+# Inline tokens whose content is the text a reader sees in a heading.
+_VISIBLE_INLINE = {"text", "code_inline", "image"}
 
 
 class LoaderError(Exception):
@@ -44,6 +47,7 @@ def load_html(data: bytes, path: Path) -> LoadedDocument:
 
 
 def load_markdown(data: bytes, path: Path) -> LoadedDocument:
+    inline = MarkdownIt("commonmark")
     sections: list[Section] = []
     trail: list[tuple[int, str]] = []  # the open headings: (level, text)
     body: list[str] = []
@@ -67,11 +71,13 @@ def load_markdown(data: bytes, path: Path) -> LoadedDocument:
     for line in decode_text(data).splitlines():
         fence = _track_fence(line, fence)
         heading = None if fence or line.lstrip().startswith(("```", "~~~")) else _heading(line)
+        if heading is not None:
+            heading = (heading[0], _heading_text(heading[1], inline))
         underline = _SETEXT_UNDERLINE.match(line) if not fence else None
         if heading is not None:
             open_heading(*heading)
         elif underline and body and body[-1].strip() and not _is_list_item(body[-1]):
-            text = _clean_heading(body.pop())
+            text = _heading_text(body.pop(), inline)
             open_heading(1 if underline.group(1)[0] == "=" else 2, text)
         else:
             body.append(line)
@@ -95,12 +101,15 @@ def _heading(line: str) -> tuple[int, str] | None:
     match = _ATX_HEADING.match(line)
     if match is None:
         return None
-    return len(match.group(1)), _clean_heading(match.group(2) or "")
+    return len(match.group(1)), match.group(2) or ""
 
 
-def _clean_heading(text: str) -> str:
-    text = _INLINE_LINK.sub(r"\1", text)
-    return re.sub(r"[`*_]", "", text).strip()
+def _heading_text(source: str, inline: MarkdownIt) -> str:
+    """A heading as a reader sees it, by CommonMark's rules: code spans verbatim
+    (`load_only()`, `__init__`), emphasis markers and link targets dropped."""
+    tokens = inline.parseInline(source)[0].children or []
+    text = "".join(t.content for t in tokens if t.type in _VISIBLE_INLINE)
+    return " ".join(text.split())
 
 
 def _is_list_item(line: str) -> bool:

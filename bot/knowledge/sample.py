@@ -1,11 +1,17 @@
-"""The sample knowledge base: Parley's own user guide (docs/), loaded on the first start so
-that a fresh install can answer questions about itself before the operator adds anything."""
+"""The sample knowledge base: Parley's own user guide (docs/), a demo loaded on the first start
+so that a fresh install can answer questions about itself before the operator adds anything.
+
+It is a demo, not content: once the knowledge base holds a document of the operator's own,
+the sample's documents are removed (by `parley kb add`, and at the next start), so answers
+never mix Parley's manual into the operator's product.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from bot.knowledge.ingest import normalize_source
 from bot.knowledge.store import KnowledgeBase
 from bot.knowledge.types import AddReport
 from bot.settings import KnowledgeSettings
@@ -24,9 +30,12 @@ def sample_folder(sample_dir: str) -> Path | None:
 
 
 async def load_sample_if_empty(kb: KnowledgeBase, settings: KnowledgeSettings) -> AddReport | None:
-    """Load the sample folder when the knowledge base has no document; None when nothing was
-    loaded. Emptiness is the test, so an operator who removes everything gets the sample back
-    on the next start unless `knowledge.load_sample` is false."""
+    """Load the sample folder when the knowledge base has no document, or remove the sample
+    when the operator's own documents are there; None when nothing was loaded. Emptiness is
+    the test, so an operator who removes everything gets the sample back on the next start
+    unless `knowledge.load_sample` is false."""
+    if await remove_sample_if_superseded(kb, settings):
+        return None
     if not settings.load_sample or not await kb.is_empty():
         return None
     folder = sample_folder(settings.sample_dir)
@@ -38,3 +47,20 @@ async def load_sample_if_empty(kb: KnowledgeBase, settings: KnowledgeSettings) -
     for failed in report.failed:
         log.warning("knowledge base: %s: %s", failed.source, failed.reason)
     return report
+
+
+async def remove_sample_if_superseded(kb: KnowledgeBase, settings: KnowledgeSettings) -> int:
+    """Remove the sample's documents when any other document is in the knowledge base;
+    returns how many were removed."""
+    folder = sample_folder(settings.sample_dir)
+    if folder is None:
+        return 0
+    prefix = normalize_source(folder).rstrip("/") + "/"
+    sources = [doc.source for doc in await kb.list()]
+    in_sample = [s for s in sources if s.startswith(prefix)]
+    if not in_sample or len(in_sample) == len(sources):
+        return 0
+    removed = await kb.remove(folder)
+    log.info("knowledge base: removed the sample (%d documents): your own documents replace it",
+             removed)  # fmt: skip
+    return removed

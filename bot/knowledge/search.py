@@ -1,11 +1,22 @@
-"""Full-text search statements, one per database engine, and the query sanitiser.
+"""The question's words, and the full-text statements of each database engine: the search
+used over `knowledge.max_memory_chunks`, where the in-memory index (bot.knowledge.lexical)
+is not built.
 
 A user's question is never passed to the engine's query language as typed: it is cut into
 words (letters and digits, any script), so quotes, operators, `*`, `:` or brackets can neither
-break the query nor change its meaning. The words are joined with OR and the engine's ranking
-(bm25 on SQLite, ts_rank on PostgreSQL) puts the passages that match the most, and the
-rarest, words first: a question in natural language rarely has all its words in one passage,
-so AND would miss most answers.
+break the query nor change its meaning. The words are joined with OR, and a passage scores the
+sum, over the words it contains, of the word's rarity (inverse document frequency) times how
+often it holds the word, the heading path counting twice as much as the text:
+
+- SQLite: FTS5's `bm25` does exactly that.
+- PostgreSQL: `ts_rank` scores each passage alone (a word in every passage weighs as much as a
+  word in one), so the statement counts each word's passages first (one GIN lookup per word)
+  and sums `idf(word) * ts_rank(passage, word)` with BM25's idf. Weights `{0, 0, 0.5, 1}` make
+  the heading path (weight A) count twice the text (weight B), as on SQLite.
+
+A question in natural language rarely has all its words in one passage, so AND would miss most
+answers. Each statement returns candidate chunk ids, best first; KnowledgeBase groups them by
+section.
 """
 
 from __future__ import annotations
@@ -19,36 +30,52 @@ _WORD = re.compile(r"\w+")
 # engines' cost grows with each OR branch.
 MAX_TERMS = 32
 
-# Words that carry no topic. PostgreSQL's 'english' configuration drops these itself; FTS5 has
-# no stop list, so they are dropped here (unless nothing else is left).
-_STOP_LIST = """a an and are as at be been but by can could did do does for from had has have how
-    i if in into is it its me my no not of on or our should so than that the their them then there
-    these they this to was we were what when where which who why will with would you your"""
+# Words that carry no topic in a question about technical text: articles, pronouns, auxiliary
+# verbs, question words and greetings. Prepositions and negations stay ("WITH clause",
+# "insert into", "not null", "sort by", "import from", "or"), since in documentation they are
+# often part of the name of the thing asked about; rarity weighting keeps them from dominating.
+_STOP_LIST = """a an the and but if then than so
+    i me my mine we us our you your he him his she her it its they them their
+    this that these those there here
+    is are was were be been being am do does did doing done have has having had
+    can could would should shall will may might must
+    how what when where which who whom whose why
+    of to at
+    please thanks thank hi hello hey
+    just also very really some any"""
 STOP_WORDS = frozenset(_STOP_LIST.split())
 
-# Location (the heading path) counts twice as much as the text, like weight A against B in
-# PostgreSQL's generated column.
+# The location (heading path) counts twice as much as the text, like PG_RANK_WEIGHTS below.
 SQLITE_SEARCH = sa.text(
-    """SELECT c.text, d.title, c.location, d.source,
-              -bm25(kb_chunks_fts, 2.0, 1.0) AS score
+    """SELECT rowid AS id, -bm25(kb_chunks_fts, 2.0, 1.0) AS score
        FROM kb_chunks_fts
-       JOIN kb_chunks AS c ON c.id = kb_chunks_fts.rowid
-       JOIN kb_documents AS d ON d.id = c.document_id
        WHERE kb_chunks_fts MATCH :query
-       ORDER BY bm25(kb_chunks_fts, 2.0, 1.0), c.id
+       ORDER BY bm25(kb_chunks_fts, 2.0, 1.0), rowid
        LIMIT :k"""
 )
 
-# ts_rank, not ts_rank_cd: cover density rewards query words found close together, which an
-# OR of a question's words rarely gives; on bench/data/docs_questions.json ts_rank finds 95%
-# of the answers in the top 3, ts_rank_cd 80% (any of its normalisations: 76-80%).
+# {D, C, B, A}: the location is weight A, the text weight B (migration 0006); 1 / 0.5 = 2.
+PG_RANK_WEIGHTS = "{0, 0, 0.5, 1}"
+# Normalisation 1 divides by 1 + log(length): a long passage does not win by length alone.
+# 'parley_english' stems like 'english' but drops no stop word (migration 0006).
 POSTGRES_SEARCH = sa.text(
-    """SELECT c.text, d.title, c.location, d.source,
-              ts_rank(c.search_vector, q.query) AS score
-       FROM kb_chunks AS c
-       JOIN kb_documents AS d ON d.id = c.document_id,
-            websearch_to_tsquery('english', :query) AS q(query)
-       WHERE c.search_vector @@ q.query
+    f"""WITH terms AS (
+           SELECT DISTINCT plainto_tsquery('parley_english', t) AS query
+           FROM unnest(CAST(:terms AS text[])) AS t
+       ),
+       total AS (SELECT count(*) AS n FROM kb_chunks),
+       weighted AS (
+           SELECT terms.query, ln(1 + (total.n - df.n + 0.5) / (df.n + 0.5)) AS idf
+           FROM terms CROSS JOIN total,
+                LATERAL (SELECT count(*) AS n FROM kb_chunks AS c
+                         WHERE c.search_vector @@ terms.query) AS df
+           WHERE df.n > 0
+       )
+       SELECT c.id,
+              sum(w.idf * ts_rank('{PG_RANK_WEIGHTS}', c.search_vector, w.query, 1)) AS score
+       FROM weighted AS w
+       JOIN kb_chunks AS c ON c.search_vector @@ w.query
+       GROUP BY c.id
        ORDER BY score DESC, c.id
        LIMIT :k"""
 )
@@ -67,15 +94,11 @@ def fts5_query(terms: list[str]) -> str:
     return " OR ".join(f'"{term}"' for term in terms)
 
 
-def websearch_query(terms: list[str]) -> str:
-    # websearch_to_tsquery never raises on any input; "or" as a word would read as the
-    # operator, so it is left out (it is a stop word in 'english' anyway).
-    return " or ".join(term for term in terms if term != "or")
-
-
 def search_statement(
     dialect: str, terms: list[str], k: int
 ) -> tuple[sa.TextClause, dict[str, object]]:
+    """(statement, parameters) giving up to k rows (id, score), best first."""
     if dialect == "sqlite":
         return SQLITE_SEARCH, {"query": fts5_query(terms), "k": k}
-    return POSTGRES_SEARCH, {"query": websearch_query(terms), "k": k}
+    # plainto_tsquery reads each word as plain text, never as an operator ("or", "!", ":").
+    return POSTGRES_SEARCH, {"terms": terms, "k": k}

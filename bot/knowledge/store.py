@@ -1,30 +1,43 @@
-"""KnowledgeBase: documents and their chunks in the history database, searched with the
-database's own full-text engine (FTS5 on SQLite, tsvector on PostgreSQL; see migration 0002).
+"""KnowledgeBase: documents and their chunks in the history database (bot.knowledge.rows),
+searched two ways and the rankings fused: by words (BM25 in memory, bot.knowledge.lexical, or
+the database's own full-text engine over `knowledge.max_memory_chunks`) and by meaning (the
+chunks' embeddings, exact, in memory; bot.knowledge.index). See docs/knowledge-base.md.
 
-    kb = KnowledgeBase(engine)
+    kb = KnowledgeBase.from_settings(engine, settings.knowledge)
     report = await kb.add(["docs/", "faq.pdf"], progress=on_file)
-    passages = await kb.search("how do I reset a conversation?")
+    passages = await kb.search("how do I reset a conversation?", k=3)
 
-A changed file's document row and chunks are replaced in one transaction, so a search never
-sees half a document; an unchanged file (same SHA-256) is skipped. Files that cannot be read
-are reported, never raised. Database failures raise StorageError.
+A changed file's document row and chunks (with their embeddings) are replaced in one
+transaction, so a search never sees half a document; an unchanged file (same SHA-256) is
+skipped. Files that cannot be read are reported, never raised. Database failures raise
+StorageError. Parsing and embedding run in worker threads, off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.errors import StorageError
 from bot.knowledge.chunker import estimate_tokens
+from bot.knowledge.embeddings import (
+    Embedder,
+    Vectors,
+    WordLlamaEmbedder,
+    from_blobs,
+    to_blob,
+    wordllama_available,
+)
+from bot.knowledge.index import ChunkIndex, ChunkPlace, Vocabulary
 from bot.knowledge.ingest import (
     FileData,
     Parsed,
@@ -33,29 +46,55 @@ from bot.knowledge.ingest import (
     parse_file,
     read_file,
 )
+from bot.knowledge.lexical import LexicalIndex
 from bot.knowledge.loaders import LoaderError
-from bot.knowledge.search import query_terms, search_statement
+from bot.knowledge.ranking import SectionHit, best_sections, fuse
+from bot.knowledge.rows import KnowledgeRows
+from bot.knowledge.search import query_terms
 from bot.knowledge.types import (
     AddReport,
+    Chunk,
     CountTokens,
     DocumentInfo,
     FileResult,
     Outcome,
     Passage,
     Progress,
+    SearchOptions,
 )
-from bot.storage.database import database_errors, describe_error
-from bot.storage.models import KbChunkRow, KbDocumentRow
+from bot.settings import KnowledgeSettings, data_dir
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FILE_BYTES = 50_000_000
-SUPPORTED_DIALECTS = ("sqlite", "postgresql")
+# Chunks embedded per batch when back-filling vectors, and written per statement.
+BACKFILL_BATCH = 1000
 
-_Doc = KbDocumentRow
-_Chunk = KbChunkRow
+
+def _word_indexes(texts: Sequence[tuple[str, str]]) -> tuple[Vocabulary, LexicalIndex]:
+    lexical = LexicalIndex(texts)
+    return Vocabulary.of(lexical.word_frequency), lexical
+
+
+def embedding_text(chunk: Chunk) -> str:
+    """What a chunk's vector is computed from: its heading path names its topic."""
+    return f"{chunk.location}\n\n{chunk.text}" if chunk.location else chunk.text
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A file ready to be written: its bytes, chunks, their vectors, and the id of the
+    document it replaces (None for a new one)."""
+
+    file: FileData
+    parsed: Parsed
+    vectors: Vectors | None
+    document_id: int | None
 
 
 class KnowledgeBase:
-    """Shares the history's engine; it does not own it (the caller disposes of it)."""
+    """Shares the history's engine; it does not own it (the caller disposes of it). Without an
+    embedder, search is full-text only."""
 
     def __init__(
         self,
@@ -63,127 +102,219 @@ class KnowledgeBase:
         *,
         count_tokens: CountTokens = estimate_tokens,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        embedder: Embedder | None = None,
+        options: SearchOptions | None = None,
     ) -> None:
-        if engine.dialect.name not in SUPPORTED_DIALECTS:
-            raise StorageError(
-                f"the knowledge base needs SQLite or PostgreSQL, not {engine.dialect.name}"
-            )
-        self._engine = engine
+        self._rows = KnowledgeRows(engine)
         self._count = count_tokens
         self._max_bytes = max_file_bytes
-        self._errors = database_errors(engine.url)
+        self._embedder = embedder
+        self._options = options or SearchOptions()
+        self._index: ChunkIndex | None = None
+        self._index_lock = asyncio.Lock()  # one rebuild at a time; the others wait for it
+
+    @classmethod
+    def from_settings(
+        cls,
+        engine: AsyncEngine,
+        settings: KnowledgeSettings,
+        *,
+        count_tokens: CountTokens = estimate_tokens,
+    ) -> KnowledgeBase:
+        """The knowledge base as `[knowledge]` describes it; semantic search is off (with one
+        log line) when `semantic` is false or the wordllama package is missing."""
+        embedder: Embedder | None = None
+        if settings.semantic and wordllama_available():
+            cache = settings.embeddings_cache
+            embedder = WordLlamaEmbedder(Path(cache) if cache else data_dir() / "models")
+        elif settings.semantic:
+            log.warning("knowledge base: wordllama is not installed; full-text search only")
+        options = SearchOptions(
+            semantic_weight=settings.semantic_weight,
+            min_similarity=settings.min_similarity,
+            max_memory_chunks=settings.max_memory_chunks,
+        )
+        return cls(
+            engine,
+            count_tokens=count_tokens,
+            max_file_bytes=settings.max_file_mb * 1_000_000,
+            embedder=embedder,
+            options=options,
+        )
 
     async def add(
         self, paths: Iterable[str | Path], *, progress: Progress | None = None
     ) -> AddReport:
-        """Ingest files and folders (walked for supported files), one file at a time."""
+        """Ingest files and folders (walked for supported files), one file at a time, the
+        next file read, parsed and embedded while the current one is written: the two halves
+        use different resources (CPU in a worker thread, the database), so overlapping them
+        cuts the time of a big folder by about a third."""
         files = await asyncio.to_thread(collect_files, paths)
         report = AddReport()
-        for done, path in enumerate(files, 1):
-            result = await self._add_file(path)
-            report.files.append(result)
-            if progress is not None:
-                progress(done, len(files), result)
+        upcoming: asyncio.Task[_Prepared | FileResult] | None = None
+        try:
+            for done, path in enumerate(files, 1):
+                current = upcoming or asyncio.create_task(self._prepare(path))
+                upcoming = None
+                if done < len(files):
+                    upcoming = asyncio.create_task(self._prepare(files[done]))
+                result = await self._finish(await current)
+                report.files.append(result)
+                if progress is not None:
+                    progress(done, len(files), result)
+        finally:
+            if upcoming is not None:  # an error or a cancellation: the look-ahead goes too
+                upcoming.cancel()
+                await asyncio.gather(upcoming, return_exceptions=True)
         return report
 
     async def list(self) -> builtins.list[DocumentInfo]:
-        d, c = _Doc, _Chunk
-        stmt = (
-            sa.select(d.source, d.title, d.size, sa.func.count(c.id), d.updated_at)
-            .select_from(sa.outerjoin(_Doc, _Chunk, c.document_id == d.id))
-            .group_by(d.id, d.source, d.title, d.size, d.updated_at)
-            .order_by(d.source)
-        )
-        async with self._connection() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [DocumentInfo(*row) for row in rows]
+        return await self._rows.documents()
 
     async def remove(self, source_or_prefix: str | Path) -> int:
         """Remove the document stored for this path, or every one under it if it names a
         folder; returns how many were removed."""
-        source = normalize_source(source_or_prefix)
-        folder = source.rstrip("/") + "/"
-        matches = sa.or_(_Doc.source == source, _Doc.source.startswith(folder, autoescape=True))
-        ids = sa.select(_Doc.id).where(matches).scalar_subquery()
-        async with self._connection(write=True) as conn:
-            # Chunks first and explicitly: ON DELETE CASCADE needs SQLite's foreign_keys pragma,
-            # which an engine not made by bot.storage.database may lack.
-            await conn.execute(sa.delete(_Chunk).where(_Chunk.document_id.in_(ids)))
-            result = await conn.execute(sa.delete(_Doc).where(matches))
-        return int(result.rowcount)
+        return await self._rows.remove(source_or_prefix)
 
     async def search(self, query: str, k: int = 3) -> builtins.list[Passage]:
-        """The k passages that best match `query`, best first; [] when nothing matches. Any
-        text is a valid query."""
+        """The k best passages for `query`, at most one per section, best first; [] when
+        nothing matches. Any text is a valid query."""
         terms = query_terms(query)
         if not terms or k < 1:
             return []
-        stmt, params = search_statement(self._engine.dialect.name, terms, k)
-        async with self._connection() as conn:
-            rows = (await conn.execute(stmt, params)).all()
-        return [Passage(r.text, r.title, r.location, r.source, float(r.score)) for r in rows]
+        index = await self._current_index()
+        corrected = [c for c in map(index.vocabulary.correct, terms) if c is not None]
+        candidates = self._options.candidates
+        words = [*terms, *corrected]
+        if index.lexical is not None:
+            fulltext = index.best_words(words, candidates)
+        else:
+            fulltext = await self._rows.fulltext(words, candidates)
+        semantic = await self._semantic(query, index, candidates)
+        fused = fuse([fulltext, [c for c, _ in semantic]], [1.0, self._options.semantic_weight])
+        # Every semantic neighbour may lift a full-text match, but one that matched no word
+        # joins only when it is close enough: otherwise any question, however unrelated to
+        # the documents, would get answers.
+        admitted = {*fulltext, *(c for c, s in semantic if s >= self._options.min_similarity)}
+        fused = [(c, score) for c, score in fused if c in admitted]
+        return await self._passages(best_sections(fused, index, k))
 
     async def is_empty(self) -> bool:
-        async with self._connection() as conn:
-            first = await conn.execute(sa.select(_Doc.id).limit(1))
-            return first.first() is None
+        return await self._rows.is_empty()
 
-    async def _add_file(self, path: Path) -> FileResult:
+    async def _semantic(
+        self, query: str, index: ChunkIndex, k: int
+    ) -> builtins.list[tuple[int, float]]:
+        """The k chunks nearest to `query` with their cosine similarity, best first."""
+        if index.vectors is None or self._embedder is None or self._options.semantic_weight <= 0:
+            return []
+        vectors = await self._embed([query])
+        return [] if vectors is None else index.nearest(vectors[0], k)
+
+    async def _passages(self, hits: Sequence[SectionHit]) -> builtins.list[Passage]:
+        wanted = [chunk_id for hit in hits for chunk_id in hit.chunk_ids]
+        if not wanted:
+            return []
+        rows = await self._rows.passage_rows(wanted)
+        passages = []
+        for hit in hits:
+            found = [rows[i] for i in hit.chunk_ids if i in rows]  # a chunk may be gone since
+            if found:
+                text = "\n\n".join(row.text for row in found)
+                first = found[0]
+                passages.append(Passage(text, first.title, first.location, first.source, hit.score))
+        return passages
+
+    async def _current_index(self) -> ChunkIndex:
+        """The in-memory index, rebuilt when the chunks changed (in this process or another)."""
+        stamp = await self._rows.stamp()
+        if self._index is not None and self._index.stamp == stamp:
+            return self._index
+        async with self._index_lock:
+            if self._index is None or self._index.stamp != stamp:
+                self._index = await self._build_index(stamp)
+            return self._index
+
+    async def _build_index(self, stamp: tuple[object, ...]) -> ChunkIndex:
+        in_memory = await self._rows.chunk_count() <= self._options.max_memory_chunks
+        rows = await self._rows.chunks(with_text=in_memory)
+        places = [ChunkPlace(r.id, r.document_id, r.ordinal, r.location) for r in rows]
+        if not in_memory:
+            log.info(
+                "knowledge base: over knowledge.max_memory_chunks (%d chunks); searching with "
+                "the database's full-text engine only",
+                self._options.max_memory_chunks,
+            )
+            return ChunkIndex(stamp, places)
+        texts = [(r.location, r.text) for r in rows]
+        vocabulary, lexical = await asyncio.to_thread(_word_indexes, texts)
+        vectors = None
+        if self._embedder is not None and self._options.semantic_weight > 0:
+            vectors = await self._vectors(rows, self._embedder.dim)
+        return ChunkIndex(stamp, places, vocabulary, lexical, vectors)
+
+    async def _vectors(self, rows: Sequence[sa.Row[Any]], dim: int) -> Vectors | None:
+        """Every row's vector; those missing (stored before 0006, or by a model of another
+        size, or while the model was unavailable) are computed now and written back."""
+        size = dim * 4
+        missing = [r for r in rows if r.embedding is None or len(r.embedding) != size]
+        computed: dict[int, bytes] = {}
+        for start in range(0, len(missing), BACKFILL_BATCH):
+            batch = missing[start : start + BACKFILL_BATCH]
+            texts = [embedding_text(Chunk(r.location, r.text, 0)) for r in batch]
+            vectors = await self._embed(texts)
+            if vectors is None:
+                return None
+            written = {r.id: to_blob(v) for r, v in zip(batch, vectors, strict=True)}
+            await self._write_back(written)
+            computed.update(written)
+        stored = [computed.get(r.id) or r.embedding for r in rows]
+        return await asyncio.to_thread(from_blobs, stored, dim)
+
+    async def _write_back(self, blobs: dict[int, bytes]) -> None:
+        try:
+            await self._rows.write_vectors(blobs)
+        except StorageError as exc:  # the vectors still serve from memory; next start retries
+            log.warning("knowledge base: could not store back-filled embeddings: %s", exc)
+
+    async def _embed(self, texts: builtins.list[str]) -> Vectors | None:
+        """The texts' vectors; None (and semantic search off from then on, with one log line)
+        when the model cannot run."""
+        embedder = self._embedder
+        if embedder is None:
+            return None
+        try:
+            return await asyncio.to_thread(embedder.embed, texts)
+        except Exception as exc:  # an optional model failing must not take full-text search down
+            log.warning("knowledge base: embeddings unavailable (%s); full-text search only", exc)
+            self._embedder = None
+            return None
+
+    async def _prepare(self, path: Path) -> _Prepared | FileResult:
+        """A file read, parsed and embedded, or its result when there is nothing to write."""
         source = normalize_source(path)
         try:
             file = await asyncio.to_thread(read_file, path, self._max_bytes)
-            existing = await self._existing(file.source)
+            existing = await self._rows.existing(file.source)
             if existing is not None and existing[1] == file.sha256:
                 return FileResult(source, Outcome.UNCHANGED)
             parsed = await asyncio.to_thread(parse_file, path, file.data, self._count)
-            await self._store(file, parsed, existing[0] if existing else None)
         except LoaderError as exc:
             return FileResult(source, Outcome.FAILED, reason=str(exc))
+        vectors = await self._embed([embedding_text(c) for c in parsed.chunks])
+        return _Prepared(file, parsed, vectors, existing[0] if existing else None)
+
+    async def _finish(self, prepared: _Prepared | FileResult) -> FileResult:
+        if isinstance(prepared, FileResult):
+            return prepared
+        file, parsed = prepared.file, prepared.parsed
+        blobs: builtins.list[bytes | None] = [None] * len(parsed.chunks)
+        if prepared.vectors is not None:
+            blobs = [to_blob(v) for v in prepared.vectors]
+        try:
+            await self._rows.store(file, parsed, blobs, prepared.document_id)
         except sa_exc.IntegrityError:
             reason = "added by another process at the same time; run again"
-            return FileResult(source, Outcome.FAILED, reason=reason)
-        outcome = Outcome.ADDED if existing is None else Outcome.UPDATED
-        return FileResult(source, outcome, chunks=len(parsed.chunks))
-
-    async def _existing(self, source: str) -> tuple[int, str] | None:
-        stmt = sa.select(_Doc.id, _Doc.sha256).where(_Doc.source == source)
-        async with self._connection() as conn:
-            row = (await conn.execute(stmt)).first()
-        return (row.id, row.sha256) if row else None
-
-    async def _store(self, file: FileData, parsed: Parsed, document_id: int | None) -> None:
-        values = {
-            "title": parsed.title,
-            "sha256": file.sha256,
-            "size": len(file.data),
-            "updated_at": datetime.now(UTC),
-        }
-        async with self._connection(write=True, integrity_errors=True) as conn:
-            if document_id is None:
-                insert = sa.insert(_Doc).values(source=file.source, **values)
-                document_id = (await conn.execute(insert.returning(_Doc.id))).scalar_one()
-            else:
-                await conn.execute(sa.update(_Doc).where(_Doc.id == document_id).values(values))
-                await conn.execute(sa.delete(_Chunk).where(_Chunk.document_id == document_id))
-            rows = [
-                {"document_id": document_id, "ordinal": n, "location": c.location,
-                 "text": c.text, "token_count": c.token_count}
-                for n, c in enumerate(parsed.chunks)
-            ]  # fmt: skip
-            await conn.execute(sa.insert(_Chunk), rows)
-
-    @asynccontextmanager
-    async def _connection(
-        self, *, write: bool = False, integrity_errors: bool = False
-    ) -> AsyncIterator[AsyncConnection]:
-        """A connection (in a transaction if `write`) whose failures raise StorageError;
-        with `integrity_errors`, a unique-key race passes through for the caller to report."""
-        try:
-            async with self._engine.begin() if write else self._engine.connect() as conn:
-                yield conn
-        except sa_exc.IntegrityError:
-            if integrity_errors:
-                raise
-            raise StorageError("knowledge base: a concurrent change conflicted") from None
-        except self._errors as exc:
-            raise StorageError(describe_error(exc, self._engine.url)) from exc
+            return FileResult(file.source, Outcome.FAILED, reason=reason)
+        outcome = Outcome.ADDED if prepared.document_id is None else Outcome.UPDATED
+        return FileResult(file.source, outcome, chunks=len(parsed.chunks))

@@ -35,9 +35,27 @@ class Chunk:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchOptions:
+    """How KnowledgeBase.search ranks (see bot.knowledge.ranking and docs/knowledge-base.md)."""
+
+    # Chunks taken from each ranking (full text, semantic) before fusion.
+    candidates: int = 50
+    # The semantic ranking's weight in the fusion, the full-text one's being 1; 0 turns it off.
+    # `python -m bench.kb_bench --tune` shows how it was chosen.
+    semantic_weight: float = 0.25
+    # A chunk that matched none of the question's words counts only at or above this cosine
+    # similarity, so a question about nothing in the documents still finds nothing. Chosen
+    # between unrelated questions (up to ~0.2 on Parley's docs) and paraphrases (0.25-0.5).
+    min_similarity: float = 0.25
+    # Above this many chunks, word statistics and vectors are not kept in memory: search is the
+    # database's full-text engine alone.
+    max_memory_chunks: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
 class Passage:
-    """A search hit. `score` is higher for better matches; it is comparable only within one
-    result list (bm25 on SQLite, ts_rank on PostgreSQL)."""
+    """A search hit: one section's best chunk with its matching neighbours. `score` is the
+    fused rank score in (0, 1], 1.0 meaning first in every ranking."""
 
     text: str
     title: str

@@ -1,7 +1,8 @@
-"""The core's own commands: /help, /start, /reset, /history."""
+"""The core's own commands: /help, /start, /reset, /stop, /history."""
 
 from __future__ import annotations
 
+from bot.phrases import N_
 from bot.types import Role
 
 from .router import Command, CommandRouter, TurnContext
@@ -11,41 +12,44 @@ EXCERPT_CHARS = 300
 
 def register_core_commands(router: CommandRouter) -> None:
     async def help_(ctx: TurnContext) -> str:
-        return router.help_text()
+        return await router.help_text(ctx.say)
 
-    router.add(Command("help", "what I can do", help_))
-    router.add(Command("start", "what I can do", help_, hidden=True))
-    router.add(Command("reset", "start a fresh conversation (history is kept)", _reset))
-    router.add(Command("stop", "stop the reply I am writing", _stop))
-    router.add(Command("history", "show the latest messages: /history [count]", _history))
+    router.add(Command("help", N_("what I can do"), help_))
+    router.add(Command("start", N_("what I can do"), help_, hidden=True))
+    router.add(Command("reset", N_("start a fresh conversation (history is kept)"), _reset))
+    router.add(Command("stop", N_("stop the reply I am writing"), _stop))
+    router.add(Command("history", N_("show the latest messages: /history [count]"), _history))
 
 
 async def _reset(ctx: TurnContext) -> str:
     await ctx.store.reset_context(ctx.conversation_id)
     await ctx.context.invalidate(ctx.conversation_id)
-    return "Fresh start: I have set the earlier conversation aside (it stays in the history)."
+    return await ctx.say(
+        N_("Fresh start: I have set the earlier conversation aside (it stays in the history).")
+    )
 
 
 async def _stop(ctx: TurnContext) -> str:
     # The manager already stopped the streaming reply when /stop arrived (see submit()).
-    return "Stopped. Send a new message whenever you like."
+    return await ctx.say(N_("Stopped. Send a new message whenever you like."))
 
 
 async def _history(ctx: TurnContext) -> str:
     limit = ctx.settings.history_limit
     if ctx.args:
         if not ctx.args.isdigit() or int(ctx.args) < 1:
-            return "Usage: /history [count], for example /history 10"
+            return await ctx.say(N_("Usage: /history [count], for example /history 10"))
         limit = min(int(ctx.args), ctx.settings.history_limit)
     # +1: the /history command itself is the newest message and is left out.
     rows = [m for m in await ctx.store.history(ctx.conversation_id, limit + 1)][:-1][-limit:]
     if not rows:
-        return "There is no history yet."
+        return await ctx.say(N_("There is no history yet."))
+    you = await ctx.say(N_("You"))
     lines = []
     for row in rows:
         if row.role is Role.ASSISTANT and not row.content:
             continue  # messages over the rate limit, answered without a word
-        who = "Parley" if row.role is Role.ASSISTANT else (row.user_display_name or "You")
+        who = "Parley" if row.role is Role.ASSISTANT else (row.user_display_name or you)
         text = " ".join(row.content.split())
         if len(text) > EXCERPT_CHARS:
             text = text[: EXCERPT_CHARS - 1] + "…"

@@ -72,7 +72,9 @@ class SkillRouting:
     async def route(self, ctx: TurnContext, text: str) -> Answer | None:
         target, _ = await self._s.prefs.chat(ctx.conversation_id)
         if target is not None:
-            translated = await auto_translate(self._translator, text, target, str(ctx.key))
+            translated = await auto_translate(
+                self._translator, text, target, str(ctx.key), say=ctx.say
+            )
             if translated is not None:
                 return translated
         found = self._router.match_intent(text)

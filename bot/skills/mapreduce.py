@@ -3,8 +3,8 @@
 The text is cut with `split_for_budget` so that each part, the prompt and the partial summary
 fit the model's context (token counts from the backend's own tokenizer); `plan_map_reduce`
 says how many partial summaries one combine call takes. Progress lines ("Summarising part 3
-of 12…") are streamed before the final summary, so a user waiting on a long job sees it move;
-the final summary is streamed as the model writes it.
+of 12…", in the user's language through `say`) are streamed before the final summary, so a
+user waiting on a long job sees it move; the final summary is streamed as the model writes it.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from bot.phrases import N_
 from bot.text import balanced_groups, part_budget, plan_map_reduce, split_for_budget
 
+from .router import Say, say_in_english
 from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, complete, stream_text
 
 SEPARATOR = "\n\n---\n\n"
@@ -32,9 +34,16 @@ class SummaryStyle:
 
 
 class MapReduce:
-    def __init__(self, services: SkillServices, style: SummaryStyle, session: str) -> None:
+    def __init__(
+        self,
+        services: SkillServices,
+        style: SummaryStyle,
+        session: str,
+        say: Say = say_in_english,  # the turn's ctx.say, for the progress lines
+    ) -> None:
         assert services.backend is not None
         self._s = services
+        self._say = say
         self._backend = services.backend
         self._style = style
         self._session = session
@@ -59,7 +68,10 @@ class MapReduce:
             return
         partials: list[str] = []
         for n, part in enumerate(parts, 1):
-            yield f"Summarising part {n} of {len(parts)}…\n"
+            said = await self._say(
+                N_("Summarising part {part} of {parts}…"), part=n, parts=len(parts)
+            )
+            yield said + "\n"
             partials.append(await self._one("part", part, part=n, parts=len(parts)))
         async for delta in self._combine(partials):
             yield delta
@@ -75,7 +87,12 @@ class MapReduce:
         for number, sizes in enumerate(plan.rounds, 1):
             if len(sizes) == 1:
                 break
-            yield f"Combining {len(partials)} partial summaries (round {number})…\n"
+            said = await self._say(
+                N_("Combining {count} partial summaries (round {round})…"),
+                count=len(partials),
+                round=number,
+            )
+            yield said + "\n"
             groups = balanced_groups(partials, plan.fan_in)
             partials = [await self._one("combine", SEPARATOR.join(g)) for g in groups]
         yield "\n"

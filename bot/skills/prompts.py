@@ -4,10 +4,17 @@ the same name in the operator's folder (`skills.prompts_dir`), without touching 
 Templates render the system message; the user's material (question, text) travels as the user
 message, so a template can never be broken by what a user types. StrictUndefined: a template
 that names a value the skill does not pass fails loudly at its first use, not silently.
+
+Every system message starts with the operator's system prompt (`conversation.system_prompt`),
+then the skill's instructions: the operator's rules hold in every skill, and every prompt of
+every skill and of chat shares that prefix, which vLLM's prefix cache then computes once.
+Documents and retrieved passages never go into the system message: `fenced` quotes them in
+the user message, and each template says that what is quoted is data, not instructions.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import jinja2
@@ -17,8 +24,12 @@ from bot.errors import ConfigError
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "config" / "prompts"
 
 
+_BACKTICKS = re.compile(r"`+")
+
+
 class Prompts:
-    def __init__(self, override_dir: str | Path | None = None) -> None:
+    def __init__(self, override_dir: str | Path | None = None, system_prompt: str = "") -> None:
+        self._system_prompt = system_prompt.strip()
         folders = [SHIPPED_DIR]
         if override_dir is not None:
             folder = Path(override_dir).expanduser()
@@ -34,8 +45,21 @@ class Prompts:
         )
 
     def render(self, name: str, **values: object) -> str:
+        """The system message of skill `name`: the operator's system prompt, then the
+        template's instructions."""
         try:
             template = self._env.get_template(f"{name}.j2")
-            return template.render(**values).strip()
+            instructions = template.render(**values).strip()
         except jinja2.TemplateError as exc:
             raise ConfigError(f"prompt template {name}.j2: {exc}") from exc
+        if not self._system_prompt:
+            return instructions
+        return f"{self._system_prompt}\n\n{instructions}"
+
+
+def fenced(text: str) -> str:
+    """`text` between two fence lines it cannot close: more backticks than any run in it (a
+    document's own code blocks stay inside), as Markdown quotes code."""
+    longest = max((len(run) for run in _BACKTICKS.findall(text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"

@@ -1,6 +1,8 @@
 """/ask: answers grounded in the knowledge base, with citations.
 
-The top passages go into the prompt, numbered; the model cites them as [1], [2], and the reply
+The top passages go into the user message, numbered and fenced as quoted material (a document
+that says "ignore all previous instructions" is data, never an instruction: it is not in the
+system message, and the template says so); the model cites them as [1], [2], and the reply
 always ends with the list of sources (title and location), so a reader can check the answer
 even when the model forgot to cite. When search finds nothing relevant the answer is a plain
 "I don't know", without asking the model, which would otherwise invent one. Without a model,
@@ -13,16 +15,19 @@ import re
 from collections.abc import AsyncIterator
 
 from bot.knowledge import Passage
+from bot.phrases import N_
 
-from .router import Command, CommandRouter, Intent, TurnContext
+from .router import Command, CommandRouter, Intent, Say, TurnContext
 from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, stream_text
 
-I_DONT_KNOW = (
+I_DONT_KNOW = N_(
     "I don't know: I found nothing about that in the knowledge base. "
     "Try other words, or ask the operator to add a document that covers it."
 )
-USAGE = "Usage: /ask QUESTION, for example /ask how do I reset a conversation?"
-NO_KB = "The knowledge base is not available, so I cannot look that up."
+USAGE = N_("Usage: /ask QUESTION, for example /ask how do I reset a conversation?")
+NO_KB = N_("The knowledge base is not available, so I cannot look that up.")
+SOURCES = N_("Sources:")
+NO_MODEL_QUOTE = N_("No language model is configured; this is what the knowledge base says:")
 # Characters of each passage shown when there is no model to write an answer.
 EXCERPT_CHARS = 700
 _ASK = re.compile(
@@ -34,7 +39,7 @@ _ASK = re.compile(
 
 def register(router: CommandRouter, services: SkillServices) -> None:
     skill = QaSkill(services)
-    router.add(Command("ask", "answer from the knowledge base, with sources: /ask QUESTION",
+    router.add(Command("ask", N_("answer from the knowledge base, with sources: /ask QUESTION"),
                        skill.ask))  # fmt: skip
     router.add_intent(
         Intent("ask", "a question to answer from the documentation / knowledge base",
@@ -55,16 +60,16 @@ class QaSkill:
         prefs = await self._s.turn(ctx)
         question = ctx.args or (prefs.reply_to_text or "")
         if not question.strip():
-            return USAGE
+            return await ctx.say(USAGE)
         if self._s.kb is None:
-            return NO_KB
+            return await ctx.say(NO_KB)
         passages = await self.relevant(question)
         if not passages:
-            return I_DONT_KNOW
+            return await ctx.say(I_DONT_KNOW)
         if self._s.backend is None:
-            return quoted(passages)
+            return quoted(passages, await ctx.say(NO_MODEL_QUOTE))
         language = self._s.language(prefs, question)
-        return self._answer(question, passages, language, str(ctx.key))
+        return self._answer(question, passages, language, str(ctx.key), ctx.say)
 
     async def relevant(self, question: str) -> list[Passage]:
         assert self._s.kb is not None
@@ -72,24 +77,28 @@ class QaSkill:
         return [p for p in found if p.score > self._s.settings.qa_min_score]
 
     async def _answer(
-        self, question: str, passages: list[Passage], language: str, session: str
+        self, question: str, passages: list[Passage], language: str, session: str, say: Say
     ) -> AsyncIterator[str]:
         assert self._s.backend is not None
-        kept = await self._fit(question, passages)
-        system = self._s.prompts.render("qa", passages=numbered(kept), language=language)
-        max_tokens = self._s.generation.max_tokens
-        request = self._s.request(system, question, max_tokens=max_tokens, session_id=session)
+        system = self._s.prompts.render("qa", language=language)
+        kept = await self._fit(system, question, passages)
+        request = self._s.request(
+            system, passages_block(kept), question=question,
+            max_tokens=self._s.generation.max_tokens, session_id=session,
+        )  # fmt: skip
         async for delta in stream_text(self._s.backend, request):
             yield delta
-        yield "\n\n" + sources(kept)
+        yield "\n\n" + sources(kept, await say(SOURCES))
 
-    async def _fit(self, question: str, passages: list[Passage]) -> list[Passage]:
-        """The best passages that fit the model's context beside the question and the answer;
-        the best one is cut to fit if it alone is too long."""
+    async def _fit(self, system: str, question: str, passages: list[Passage]) -> list[Passage]:
+        """The best passages that fit the model's context beside the system message, the
+        question and the answer; the best one is cut to fit if it alone is too long."""
+        system_tokens, question_tokens = await self._s.count_many([system, question])
         room = (
             self._s.max_model_len()
             - self._s.generation.max_tokens
-            - await self._s.count_tokens(question)
+            - system_tokens
+            - question_tokens
             - TEMPLATE_MARGIN_TOKENS * 3
         )
         counts = await self._s.count_many([p.text for p in passages])
@@ -106,21 +115,22 @@ class QaSkill:
         return kept
 
 
-def numbered(passages: list[Passage]) -> list[dict[str, object]]:
-    return [
-        {"number": n, "citation": p.citation, "text": p.text} for n, p in enumerate(passages, 1)
-    ]
+def passages_block(passages: list[Passage]) -> str:
+    """The passages as the model sees them (inside the fence): number, citation, text."""
+    return "\n\n".join(f"[{n}] {p.citation}\n{p.text}" for n, p in enumerate(passages, 1))
 
 
-def sources(passages: list[Passage]) -> str:
-    lines = ["Sources:"] + [f"[{n}] {p.citation}" for n, p in enumerate(passages, 1)]
+def sources(passages: list[Passage], heading: str) -> str:
+    """The list of sources under `heading` (SOURCES, said in the user's language)."""
+    lines = [heading] + [f"[{n}] {p.citation}" for n, p in enumerate(passages, 1)]
     return "\n".join(lines)
 
 
-def quoted(passages: list[Passage]) -> str:
-    """The no-model answer: the best passages as they are, each under its citation."""
-    blocks = ["No language model is configured; this is what the knowledge base says:"]
-    for n, passage in enumerate(passages[:2], 1):
+def quoted(passages: list[Passage], heading: str) -> str:
+    """The no-model answer: `heading` (NO_MODEL_QUOTE, said in the user's language), then the
+    best passages as they are, each under its citation."""
+    blocks = [heading]
+    for n, passage in enumerate(passages, 1):
         text = " ".join(passage.text.split())
         if len(text) > EXCERPT_CHARS:
             text = text[: EXCERPT_CHARS - 1] + "…"

@@ -14,12 +14,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from bot import phrases
+from bot.phrases import N_
 from bot.types import ConversationKey, Incoming, User
 
 if TYPE_CHECKING:
     from bot.conversation.context import ContextLoader
     from bot.settings import ConversationSettings
     from bot.storage.base import Store
+
+# say(sentence, **fields): the sentence in the language of the user being answered.
+Say = Callable[..., Awaitable[str]]
+
+
+async def say_in_english(sentence: str, **fields: object) -> str:
+    return phrases.say(sentence, None, **fields)
+
 
 _COMMAND = re.compile(r"^/([A-Za-z][A-Za-z0-9_]{0,31})(?:@[A-Za-z0-9_]+)?(?:\s+(.*))?$", re.S)
 
@@ -35,6 +45,8 @@ class TurnContext:
     settings: ConversationSettings
     # The message being answered (0 where a caller has none, e.g. a unit test).
     message_id: int = 0
+    # Every sentence a handler says goes through this (mark it with N_ for the catalogues).
+    say: Say = say_in_english
 
 
 Answer = str | AsyncIterator[str]
@@ -50,6 +62,9 @@ class Command:
     # Longest message the command takes; None: conversation.max_message_chars. Commands that
     # work on pasted text (/summarize, /translate) take more.
     max_chars: int | None = None
+    # In a group conversation, running it with arguments (changing what the whole chat gets)
+    # is for the chat's admins; asking for the current state is for everyone.
+    admin_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +150,15 @@ class CommandRouter:
                 return intent, args
         return None
 
-    def help_text(self) -> str:
-        lines = ["Commands:"]
-        lines += [f"/{c.name} - {c.summary}" for c in self.commands]
-        lines.append("Anything else is a message for me.")
+    async def help_text(self, say: Say = say_in_english) -> str:
+        lines = [await say(N_("Commands:"))]
+        lines += [f"/{c.name} - {await say(c.summary)}" for c in self.commands]
+        lines.append(await say(N_("Anything else is a message for me.")))
         return "\n".join(lines)
 
     async def dispatch(self, ctx: TurnContext, name: str) -> Answer:
         command = self._commands.get(name)
         if command is None:
-            return f"Unknown command /{name}. Send /help to see what I can do."
+            return await ctx.say(N_("Unknown command /{name}. Send /help to see what I can do."),
+                                 name=name)  # fmt: skip
         return await resolve(command.handler(ctx))

@@ -19,7 +19,7 @@ from bot.storage.prefs import PrefsRepository, TurnPrefs
 from bot.text import detect_language
 from bot.types import ChatMessage, Role
 
-from .prompts import Prompts
+from .prompts import Prompts, fenced
 from .router import TurnContext
 
 if TYPE_CHECKING:
@@ -61,8 +61,22 @@ class SkillServices:
         return await self.backend.count_tokens(texts)
 
     def request(
-        self, system: str, user: str, *, max_tokens: int, session_id: str | None = None
+        self,
+        system: str,
+        material: str,
+        *,
+        max_tokens: int,
+        session_id: str | None = None,
+        question: str = "",
+        fence: bool = True,
     ) -> GenerationRequest:
+        """A system message (from `prompts`) and one user message: `material` (a document,
+        passages, partial summaries) fenced as quoted data, then the user's own `question`.
+        Only a skill whose whole user message is the material (translation) turns `fence` off;
+        its template says that the message is data."""
+        user = fenced(material) if fence else material
+        if question:
+            user = f"{user}\n\n{question}"
         return GenerationRequest(
             messages=[ChatMessage(Role.SYSTEM, system), ChatMessage(Role.USER, user)],
             max_tokens=max_tokens,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+from bot.phrases import N_
 from bot.storage.prefs import LoggedMessage
 from bot.text import language_name, summarize_extractive
 from bot.types import utcnow
@@ -23,12 +24,12 @@ from .mapreduce import MapReduce, SummaryStyle
 from .router import Command, CommandRouter, Intent, TurnContext
 from .services import SkillServices
 
-NOTHING = "There is nothing to summarise yet."
-NOT_KEPT = (
+NOTHING = N_("There is nothing to summarise yet.")
+NOT_KEPT = N_(
     "This chat does not keep its messages for summaries. Send /keep on to start "
     "(then I can tell you what you missed)."
 )
-NOTHING_MISSED = "You missed nothing: there are no messages since then."
+NOTHING_MISSED = N_("You missed nothing: there are no messages since then.")
 _HOURS = re.compile(r"^(\d{1,3})\s*h(?:ours?)?$", re.I)
 _MISSED = re.compile(r"^\s*(?:so\s+)?what\s+(?:did|have)\s+i\s+miss(?:ed)?\b", re.I)
 _SUMMARIZE = re.compile(
@@ -51,8 +52,8 @@ def register(router: CommandRouter, services: SkillServices) -> None:
     skill = SummarizeSkill(services)
     router.add(Command(
         "summarize",
-        "summarise this chat, a replied-to message or pasted text: "
-        "/summarize [short|long] [bullets|paragraph] [text]; /summarize missed [N]h",
+        N_("summarise this chat, a replied-to message or pasted text: "
+           "/summarize [short|long] [bullets|paragraph] [text]; /summarize missed [N]h"),
         skill.summarize, max_chars=services.settings.max_paste_chars,
     ))  # fmt: skip
     router.add(Command("summarise", "", skill.summarize, hidden=True,
@@ -99,18 +100,18 @@ class SummarizeSkill:
         prefs = await self._s.turn(ctx)
         if options.missed:
             if not prefs.keep_messages:
-                return NOT_KEPT
+                return await ctx.say(NOT_KEPT)
             text = await self._missed(ctx, prefs.user_ref, options.hours)
             if not text:
-                return NOTHING_MISSED
+                return await ctx.say(NOTHING_MISSED)
         else:
             text = options.text or prefs.reply_to_text or await self._conversation(ctx)
         if not text.strip():
-            return NOTHING
+            return await ctx.say(NOTHING)
         style = self._style(options, self._s.language(prefs, text))
         if self._s.backend is None:
             return await self._extractive(text, style)
-        return MapReduce(self._s, style, str(ctx.key)).run(text)
+        return MapReduce(self._s, style, str(ctx.key), say=ctx.say).run(text)
 
     def _style(self, options: Options, language: str) -> SummaryStyle:
         s = self._s.settings

@@ -12,16 +12,19 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
+from bot.phrases import N_
 from bot.text import Protected, detect_language, language_name, normalize_language, protect, restore
 
-from .router import Command, CommandRouter, Intent, TurnContext
+from .preferences import LANGUAGE_EXAMPLES, UNKNOWN_LANGUAGE
+from .router import Command, CommandRouter, Intent, Say, TurnContext, say_in_english
 from .services import SkillServices, stream_text
 
-NEEDS_MODEL = "Translation needs a language model, and none is configured here."
-USAGE = (
+NEEDS_MODEL = N_("Translation needs a language model, and none is configured here.")
+USAGE = N_(
     "Usage: /translate [to LANG] text, or reply to a message with /translate [to LANG]; "
     "for example /translate to German Good morning!"
 )
+ALREADY = N_("That text is already in {name}.")
 _TARGET = re.compile(r"^(?:to|into|in)\s+([^\s:,]+(?:-[A-Za-z]+)?)\s*[:,]?\s*(.*)$", re.I | re.S)
 _PLAIN = re.compile(r"^\s*(?:please\s+)?translate\b(?:\s+(?:this|that|it))?\s*(.*)$", re.I | re.S)
 # A placeholder may arrive split over deltas: text after an opening bracket waits for the rest.
@@ -30,8 +33,8 @@ _OPEN = ("⟦", "〚")
 
 def register(router: CommandRouter, services: SkillServices) -> None:
     skill = TranslateSkill(services)
-    router.add(Command("translate", "translate text or a replied-to message: "
-                       "/translate [to LANG] text", skill.translate,
+    router.add(Command("translate", N_("translate text or a replied-to message: "
+                       "/translate [to LANG] text"), skill.translate,
                        max_chars=services.settings.max_paste_chars))  # fmt: skip
     router.add_intent(Intent("translate", "translate a text into another language",
                              skill.translate, match_translate))  # fmt: skip
@@ -43,11 +46,11 @@ def match_translate(text: str) -> str | None:
 
 
 def parse_target(args: str) -> tuple[str | None, str]:
-    """(language code or None, text). Raises ValueError for an unknown language name."""
+    """(the target language as typed after "to", or None; the text)."""
     found = _TARGET.match(args.strip())
     if found is None:
         return None, args.strip()
-    return normalize_language(found.group(1)), found.group(2).strip()
+    return found.group(1), found.group(2).strip()
 
 
 class TranslateSkill:
@@ -55,23 +58,28 @@ class TranslateSkill:
         self._s = services
 
     async def translate(self, ctx: TurnContext) -> str | AsyncIterator[str]:
-        try:
-            target, text = parse_target(ctx.args)
-        except ValueError as exc:
-            return str(exc)
+        typed, text = parse_target(ctx.args)
+        named = None
+        if typed is not None:
+            try:
+                named = normalize_language(typed)
+            except ValueError:  # its message is English only: say UNKNOWN_LANGUAGE instead
+                return await ctx.say(UNKNOWN_LANGUAGE, name=typed, examples=LANGUAGE_EXAMPLES)
         prefs = await self._s.turn(ctx)
         text = text or (prefs.reply_to_text or "")
         if not text:
-            return USAGE
-        target = target or prefs.language or self._s.settings.default_language
-        return self.into(text, target, str(ctx.key))
+            return await ctx.say(USAGE)
+        target = named or prefs.language or self._s.settings.default_language
+        return await self.into(text, target, str(ctx.key), ctx.say)
 
-    def into(self, text: str, target: str, session: str) -> str | AsyncIterator[str]:
+    async def into(
+        self, text: str, target: str, session: str, say: Say
+    ) -> str | AsyncIterator[str]:
         source = detect_language(text)
         if source is not None and source.code == target:
-            return f"That text is already in {language_name(target)}."
+            return await say(ALREADY, name=language_name(target))
         if self._s.backend is None:
-            return NEEDS_MODEL
+            return await say(NEEDS_MODEL)
         return self._stream(text, source.name if source else "its language", target, session)
 
     async def _stream(
@@ -87,7 +95,10 @@ class TranslateSkill:
         )
         tokens = max(self._s.generation.max_tokens, await self._s.count_tokens(text) * 2)
         tokens = min(tokens, max(16, self._s.max_model_len() // 2))
-        request = self._s.request(system, protected.text, max_tokens=tokens, session_id=session)
+        # The whole user message is the text: a fence would come back in the translation.
+        request = self._s.request(
+            system, protected.text, max_tokens=tokens, session_id=session, fence=False
+        )
         async for piece in restored_stream(stream_text(self._s.backend, request), protected):
             yield piece
 
@@ -118,11 +129,12 @@ def _safe_end(raw: str) -> int:
 
 
 async def auto_translate(
-    skill: TranslateSkill, text: str, target: str, session: str
+    skill: TranslateSkill, text: str, target: str, session: str, say: Say = say_in_english
 ) -> str | AsyncIterator[str] | None:
     """A chat's auto-translate: the translation of a message in another language, or None
-    for one already in the target language (or too short to tell), which is answered as usual."""
+    for one already in the target language (or too short to tell), which is answered as usual.
+    `say` is the turn's ctx.say (for NEEDS_MODEL in the sender's language)."""
     source = detect_language(text)
     if source is None or source.code == target:
         return None
-    return skill.into(text, target, session)
+    return await skill.into(text, target, session, say)

@@ -41,6 +41,8 @@ class StoredMessage:
     user_display_name: str = ""
     # The platform's id of the inbound message ("" when the platform has none).
     platform_message_id: str = ""
+    # The sender's platform user id ("" for the bot's own messages and unknown senders).
+    user_id: str = ""
 
 
 class ContextRow(NamedTuple):

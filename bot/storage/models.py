@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -159,6 +160,8 @@ class KbChunkRow(Base):
     location: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     token_count: Mapped[int] = mapped_column(Integer)
+    # The chunk's embedding, little-endian float32 (migration 0006); NULL until computed.
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 def include_in_schema_compare(

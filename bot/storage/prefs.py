@@ -26,6 +26,7 @@ from bot.storage.base import Cache, MessageKind
 from bot.storage.database import database_errors, describe_error
 from bot.storage.models import MessageRow, UserRow
 from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
+from bot.text.storable import storable
 
 _m, _u = MessageRow, UserRow
 _up, _cp, _mr = UserPrefsRow, ChatPrefsRow, MessageReplyRow
@@ -144,7 +145,7 @@ class PrefsRepository:
             return (await conn.execute(stmt)).rowcount or 0
 
     async def remember_reply_to(self, message_id: int, text: str) -> None:
-        stmt = self._dialect.insert(_mr).values(message_id=message_id, reply_to_text=text)
+        stmt = self._dialect.insert(_mr).values(message_id=message_id, reply_to_text=storable(text))
         async with self._connection(write=True) as conn:
             await conn.execute(stmt.on_conflict_do_nothing(index_elements=["message_id"]))
 

@@ -44,6 +44,7 @@ from bot.storage.base import (
 from bot.storage.database import database_errors, describe_error
 from bot.storage.models import ConversationRow, MessageRow, UserRow
 from bot.storage.runners import Queries, runner_for
+from bot.text.storable import storable
 from bot.types import ConversationKey, Incoming, Role, utcnow
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ class SqlStore:
                     q, _INSERT_USER, _SELECT_USER_ID, {
                         "platform": incoming.user.platform,
                         "external_id": incoming.user.user_id,
-                        "display_name": incoming.user.display_name,  # kept from the first only
+                        # kept from the first only
+                        "display_name": storable(incoming.user.display_name),
                         "language_code": language,
                     },
                 )  # fmt: skip
@@ -128,7 +130,8 @@ class SqlStore:
                 "user_id": user_id,
                 "role": _USER,
                 "kind": kind.value,
-                "content": incoming.text,
+                # NUL or a lone surrogate would fail this insert at every re-delivery.
+                "content": storable(incoming.text),
                 "token_count": token_count,
                 "created_at": _as_utc(incoming.sent_at),
                 "idempotency_key": incoming.idempotency_key,
@@ -195,6 +198,8 @@ class SqlStore:
         token_count: int,
     ) -> StoredMessage | None:
         created_at = utcnow()
+        # A reply the database refused would stay pending and be answered again at each start.
+        text = storable(text)
         values = {
             "conversation_id": conversation_id,
             "role": _ASSISTANT,
@@ -248,7 +253,7 @@ class SqlStore:
     async def fold_summary(
         self, conversation_id: int, summary: str, through_id: int, tokens: int
     ) -> None:
-        params = {"conversation_id": conversation_id, "new_summary": summary,
+        params = {"conversation_id": conversation_id, "new_summary": storable(summary),
                   "through_id": through_id, "tokens": tokens}  # fmt: skip
         await self._write(_FOLD_SUMMARY, params)
 
@@ -398,7 +403,7 @@ _PENDING_WHERE = sa.and_(_m.role == _literal(Role.USER.value), _m.answered_by.is
 
 _SELECT_MESSAGES = sa.select(
     _m.id, _m.conversation_id, _m.role, _m.kind, _m.content, _m.token_count, _m.created_at,
-    _m.answered_by, UserRow.display_name, _m.platform_message_id,
+    _m.answered_by, UserRow.display_name, _m.platform_message_id, UserRow.external_id,
 ).outerjoin(UserRow, UserRow.id == _m.user_id)  # fmt: skip
 
 _PENDING = (
@@ -582,7 +587,7 @@ def _one(rows: Sequence[Sequence[Any]]) -> Sequence[Any]:
 def _to_message(row: Sequence[Any]) -> StoredMessage:
     # Once per row of every window rebuilt from SQL (up to the loader's 400): kept lean.
     (id_, conversation_id, role, kind, content, token_count, created_at, answered_by,
-     display_name, platform_message_id) = row  # fmt: skip
+     display_name, platform_message_id, user_id) = row  # fmt: skip
     return StoredMessage(
         id_,
         conversation_id,
@@ -594,6 +599,7 @@ def _to_message(row: Sequence[Any]) -> StoredMessage:
         answered_by,
         display_name or "",
         platform_message_id or "",
+        user_id or "",
     )
 
 

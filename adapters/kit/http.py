@@ -1,0 +1,116 @@
+"""Parley's one HTTP server: a Starlette application served by uvicorn inside Parley's loop.
+
+Adapters mount their routes on it (the Telegram webhook today; the support API later), and
+it always serves `/healthz` (the process is alive) and `/readyz` (ready for traffic; unready
+once a stop began). It is started only when something is mounted. While Parley stops, every
+other request gets 503 with Retry-After, so a platform that re-sends on failure (Telegram
+does) delivers the update again, to a worker that is not stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bot.errors import AdapterError
+from bot.settings import HttpSettings
+
+log = logging.getLogger(__name__)
+
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+RETRY_AFTER_S = 5
+
+
+class HttpHost:
+    def __init__(
+        self,
+        settings: HttpSettings,
+        *,
+        ready: Callable[[], Awaitable[list[str]]] | None = None,
+    ) -> None:
+        """`ready`: the problems that make this worker unready (bot.readiness.ReadinessProbe);
+        none: ready whenever it is not stopping."""
+        self._settings = settings
+        self._ready = ready
+        self._routes: list[BaseRoute] = []
+        self.draining = False
+
+    def mount(self, route: BaseRoute) -> None:
+        self._routes.append(route)
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self._routes)
+
+    @property
+    def address(self) -> str:
+        return f"{self._settings.host}:{self._settings.port}"
+
+    def app(self) -> ASGIApp:
+        routes = [
+            Route("/healthz", self._healthz, methods=["GET"]),
+            Route("/readyz", self._readyz, methods=["GET"]),
+            *self._routes,
+        ]
+        return _RefuseWhileDraining(Starlette(routes=routes), self)
+
+    async def serve(self) -> None:
+        """Serve until cancelled. A port that cannot be bound is one AdapterError line."""
+        try:
+            sock = socket.create_server((self._settings.host, self._settings.port))
+        except OSError as exc:
+            raise AdapterError(f"http: cannot listen on {self.address}: {exc.strerror}") from None
+        config = uvicorn.Config(self.app(), access_log=False, log_level="warning")
+        server = EmbeddedServer(config)
+        log.info("HTTP server listening on %s", self.address)
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            await asyncio.shield(serving)
+        finally:  # cancelled: let uvicorn finish its own shutdown (open connections closed)
+            server.should_exit = True
+            await asyncio.gather(serving, return_exceptions=True)
+            sock.close()
+
+    async def _healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def _readyz(self, request: Request) -> Response:
+        if self.draining:
+            return PlainTextResponse("stopping", status_code=503)
+        problems = await self._ready() if self._ready is not None else []
+        if problems:
+            return PlainTextResponse("\n".join(problems), status_code=503)
+        return PlainTextResponse("ready")
+
+
+class _RefuseWhileDraining:
+    def __init__(self, app: ASGIApp, host: HttpHost) -> None:
+        self._app = app
+        self._host = host
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._host.draining and scope["path"] not in HEALTH_PATHS:
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
+            response = PlainTextResponse("stopping", status_code=503, headers=headers)
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside Parley's loop: Parley owns SIGINT/SIGTERM, so uvicorn must not take
+    them over; stopping is cancelling `serve()` or `should_exit = True`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

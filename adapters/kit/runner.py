@@ -1,0 +1,202 @@
+"""`parley run`: the configured adapters, supervised, with a stop that keeps its promises.
+
+start     each adapter connects and checks its credentials; a failure stops start-up
+          with one line naming the adapter (exit 3)
+run       every adapter's input runs as a task; one that fails stops the process with one
+          line naming it and why (exit 3); one whose input ends (the console at end of
+          input) ends alone, the others go on; when every input has ended, Parley stops
+stop      SIGTERM / Ctrl-C / the end of every input: inputs stop first (the HTTP server
+          answers 503, so platforms re-send to another worker), the turns in flight get
+          `shutdown_grace_s` to finish, then the adapters and the app close (exit 0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from asyncio import FIRST_COMPLETED
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.base import Adapter
+from bot.adapter_registry import AdapterSettings, adapter_spec
+from bot.app import Parley
+from bot.conversation.intake import Intake
+from bot.errors import AdapterError, BotError
+from bot.readiness import ReadinessProbe
+from bot.settings import Settings
+from bot.skills.router import CommandRouter
+
+from .http import HttpHost
+from .metrics_route import metrics_host, metrics_route, serve_all
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterHost:
+    """What an adapter's factory gets from the composition root."""
+
+    intake: Intake
+    settings: Settings
+    http: HttpHost
+    # The registered commands: the platforms' command menus are generated from it.
+    router: CommandRouter
+
+
+def host_for(app: Parley) -> AdapterHost:
+    http = HttpHost(app.settings.http, ready=ReadinessProbe(app))
+    return AdapterHost(app.intake, app.settings, http, app.router)
+
+
+def build_adapters(
+    host: AdapterHost, names: Sequence[str], sections: Mapping[str, AdapterSettings]
+) -> list[tuple[Adapter, AdapterSettings]]:
+    """Each named adapter with its settings section (`sections` override the configured)."""
+    built = []
+    for name in names:
+        spec = adapter_spec(name)
+        section = sections.get(name) or spec.section(host.settings)
+        adapter: Adapter = spec.load_factory()(host, section)
+        built.append((adapter, section))
+    return built
+
+
+async def run_adapters(
+    app: Parley,
+    names: Sequence[str],
+    sections: Mapping[str, AdapterSettings] | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the named adapters until every input ends or a stop arrives (SIGINT, SIGTERM, or
+    `stop` set by an embedding program). Raises AdapterError (one line) when an adapter fails
+    to start or fails while running."""
+    host = host_for(app)
+    http = host.http
+    adapters = build_adapters(host, names, sections or {})
+    if stop is None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+    async with AsyncExitStack() as stack:
+        for adapter, section in adapters:
+            await _enter(stack, adapter)
+            app.intake.register(adapter.platform, adapter, section.access)
+            app.metrics.watch_adapter(adapter)
+        await app.manager.recover()
+        hosts = _http_hosts(app, http)
+        serving = asyncio.create_task(serve_all(hosts), name="parley-http") if hosts else None
+        failure = await _supervise([adapter for adapter, _ in adapters], serving, stop)
+        for server in hosts:
+            server.draining = True
+        await _drain(app)
+        if serving is not None:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+    if failure is not None:
+        raise failure
+
+
+def _http_hosts(app: Parley, http: HttpHost) -> list[HttpHost]:
+    """The HTTP servers to run: the adapters' (with /metrics) when they mounted anything, and
+    the metrics port's own when `[metrics] port` is set."""
+    hosts = []
+    if http.in_use:
+        http.mount(metrics_route(app.metrics))
+        hosts.append(http)
+    m = app.settings.metrics
+    own = metrics_host(m.host, m.port, app.metrics, ReadinessProbe(app))
+    if own is not None:
+        hosts.append(own)
+    return hosts
+
+
+async def _enter(stack: AsyncExitStack, adapter: Adapter) -> None:
+    try:
+        await stack.enter_async_context(adapter)
+    except BotError as exc:
+        raise AdapterError(f"the {adapter.platform} adapter could not start: {exc}") from None
+    except Exception as exc:
+        raise AdapterError(
+            f"the {adapter.platform} adapter could not start: {_reason(exc)}"
+        ) from None
+
+
+async def _supervise(
+    adapters: list[Adapter], serving: asyncio.Task[None] | None, stop: asyncio.Event
+) -> AdapterError | None:
+    """Wait for a stop, the end of every input, or the first failure (returned)."""
+    inputs = {
+        asyncio.create_task(a.run(), name=f"parley-adapter-{a.platform}"): a.platform
+        for a in adapters
+    }
+    watched: dict[asyncio.Task[Any], str] = dict(inputs)
+    if serving is not None:
+        watched[serving] = "http"
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        while any(not task.done() for task in inputs):
+            running: list[asyncio.Task[Any]] = [t for t in watched if not t.done()]
+            done, _ = await asyncio.wait([*running, stopping], return_when=FIRST_COMPLETED)
+            for task in done:
+                if task is stopping:
+                    log.info("stopping: no new input; turns in flight get the shutdown grace")
+                    return None
+                failure = _failure(watched[task], task)
+                if failure is not None:
+                    return failure
+                if task is serving:  # the server stopped without an error: still a failure
+                    return AdapterError("the HTTP server stopped unexpectedly")
+                log.info("%s: input ended", watched[task])
+        return None
+    finally:
+        stopping.cancel()
+        for task in inputs:
+            task.cancel()
+        await asyncio.gather(stopping, *inputs, return_exceptions=True)
+
+
+def _failure(name: str, task: asyncio.Task[Any]) -> AdapterError | None:
+    if task.cancelled():
+        return AdapterError(f"the {name} adapter stopped unexpectedly")
+    exc = task.exception()
+    if exc is None:
+        return None
+    if name == "http" and isinstance(exc, AdapterError):
+        return exc
+    log.debug("adapter %s failed", name, exc_info=exc)
+    return AdapterError(f"the {name} adapter failed: {_reason(exc)}")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, BotError):
+        return str(exc)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _drain(app: Parley) -> None:
+    grace = app.settings.shutdown_grace_s
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    finished = await app.manager.drain(grace)
+    left = max(0.0, grace - (loop.time() - started))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(left):
+            await app.intake.aclose()
+    log.info(
+        "stopped in %.1f s (%s)",
+        loop.time() - started,
+        "every turn finished" if finished else "unfinished turns stay pending in SQL",
+    )
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)

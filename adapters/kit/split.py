@@ -1,0 +1,243 @@
+"""Splitting a long answer into messages of at most `limit`, for any platform.
+
+The platform gives the limit and how it counts (`length`: UTF-16 units for Telegram,
+characters for Discord); it must be additive (a text's length is the sum of its parts'), so
+a longer prefix is never shorter. The split works on the Markdown, before any rendering.
+
+A cut goes, in order of preference, between two blocks (markdown-it's top-level blocks) or at
+a blank line, at a line break, after a sentence, at a space; a good cut in the second half of
+the message first, so pieces stay large. It never goes inside a code block: markdown-it's
+token map gives each block's line range. Only a code block longer than a message is cut,
+at a line, and then closed and reopened with the same fence and language. With no boundary
+at all (one very long word) the cut goes between two characters, never inside an emoji
+sequence or before a combining mark.
+
+Where a piece ends depends only on the first `limit` of the text after the previous piece
+(and the one character after it), and a piece is cut only once the text after it is longer
+than `limit`. So the pieces of a growing (streamed) text never change once more text follows
+them: every piece but the last is final. Each piece is within `limit` and non-empty after
+stripping.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from bot.lru import Lru
+
+Length = Callable[[str], int]
+
+# Blocks only: where the lines of each block are is all a cut needs (inline parsing is most of
+# markdown-it's time).
+_BLOCKS = MarkdownIt("commonmark", {"html": False}).enable("table").disable("inline")
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+# A sentence ends after a word (not after "1." of a list); spaces count unless they follow
+# nothing but a line's list or quote marker, which a cut would leave alone on its line.
+_SENTENCE_END = re.compile(r"(?<![\s\d])[.!?…。！？][)\"'»”’]*\s")
+_SPACE = re.compile(r"\s")
+_MARKER = re.compile(r"[ \t]*(?:[-*+>]|\d+[.)])[ \t]*")
+_ZWJ = "\u200d"
+# Below this a re-fenced code block has no room for its code.
+MIN_LIMIT = 32
+
+
+def split_text(text: str, limit: int, *, length: Length = len) -> list[str]:
+    """The pieces of `text`, each within `limit` by `length`; [] for a blank text."""
+    return Splitter(limit, length=length).split(text)
+
+
+class Splitter:
+    """`split_text` that remembers its cuts. A streamed answer is split again on every update,
+    and the windows of its finished pieces come back unchanged: only the newest is parsed."""
+
+    def __init__(self, limit: int, *, length: Length = len, memory: int = 64) -> None:
+        if limit < MIN_LIMIT:
+            raise ValueError(f"limit {limit} is below {MIN_LIMIT}")
+        self.limit = limit
+        self._length = length
+        self._cuts: Lru[_Cut] = Lru(memory)
+
+    def split(self, text: str) -> list[str]:
+        pieces: list[str] = []
+        rest = text.strip()
+        while self._length(rest) > self.limit:
+            end = fit(rest, self.limit, self._length)
+            # The window, and the character after it (never a cut before an accent).
+            seen = rest[: end + 1]
+            cut = self._cuts.get(seen)
+            if cut is None:
+                cut = _decide(seen[:end], seen[end:], self.limit, self._length)
+                self._cuts.put(seen, cut)
+            pieces.append(cut.piece)
+            rest = cut.rest_of(rest)
+        if rest:
+            pieces.append(rest)
+        return pieces
+
+
+def fit(text: str, limit: int, length: Length) -> int:
+    """How many characters of `text` fit in `limit` (binary search: `length` is additive)."""
+    low, high = 0, len(text)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if length(text[:mid]) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+@dataclass(frozen=True, slots=True)
+class _Code:
+    """A code block of the window: characters [start, stop) hold its lines."""
+
+    start: int
+    stop: int
+    fence: str  # "```" or "~~~" (any length); "" for an indented block
+    info: str
+    top_level: bool
+
+    def holds(self, pos: int) -> bool:
+        return self.start < pos < self.stop
+
+
+class _Layout:
+    """Where the window's blocks are, from markdown-it's token map (line ranges)."""
+
+    def __init__(self, window: str) -> None:
+        self.window = window
+        self._line_starts = [0] + [m.end() for m in re.finditer("\n", window)]
+        self.block_starts: list[int] = []
+        self.code: list[_Code] = []
+        for token in _BLOCKS.parse(window):
+            if token.map is None or token.nesting == -1:
+                continue
+            if token.level == 0:
+                self.block_starts.append(self._offset(token.map[0]))
+            if token.type in ("fence", "code_block"):
+                self.code.append(self._code(token.map[0], token.map[1], token))
+
+    def _code(self, first: int, end: int, token: Token) -> _Code:
+        stop = self._offset(end)
+        last = self._line(end - 1)
+        if token.type == "fence" and not _closes(last, token.markup, first < end - 1):
+            stop = len(self.window) + 1  # still open: it runs on past the window's end
+        elif self.window[stop - 1 : stop] == "\n":
+            stop -= 1  # the newline after the block is outside it
+        start = self._offset(first)
+        return _Code(start, stop, token.markup, token.info, token.level == 0)
+
+    def _line(self, line: int) -> str:
+        return self.window[self._offset(line) : self._offset(line + 1)]
+
+    def _offset(self, line: int) -> int:
+        return self._line_starts[line] if line < len(self._line_starts) else len(self.window)
+
+    def outside_code(self, pos: int) -> bool:
+        return pos > 0 and not any(block.holds(pos) for block in self.code)
+
+    def candidates(self) -> list[list[int]]:
+        """Cut positions, best kind first: blocks, lines, sentences, spaces."""
+        w = self.window
+        return [
+            sorted({*self.block_starts, *(m.start() for m in _BLANK_LINE.finditer(w))}),
+            [m.start() for m in re.finditer("\n", w)],
+            [m.end() for m in _SENTENCE_END.finditer(w)],
+            [m.start() for m in _SPACE.finditer(w) if not self._after_marker(m.start())],
+        ]
+
+    def _after_marker(self, pos: int) -> bool:
+        line_start = self.window.rfind("\n", 0, pos) + 1
+        return _MARKER.fullmatch(self.window, line_start, pos) is not None
+
+
+def _closes(line: str, fence: str, below_opening: bool) -> bool:
+    """Whether `line` is the closing fence of a block opened with `fence`."""
+    mark = line.strip()
+    return below_opening and len(mark) >= len(fence) and set(mark) == {fence[0]}
+
+
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    """Where a window is cut: `piece` ends it; the rest starts at `at`, after `reopen` (a code
+    block's fence, opened again) or with its leading whitespace dropped."""
+
+    piece: str
+    at: int
+    reopen: str = ""
+
+    def rest_of(self, text: str) -> str:
+        if self.reopen:
+            return self.reopen + text[self.at :].removeprefix("\n")
+        return text[self.at :].lstrip()
+
+
+def _decide(window: str, following: str, limit: int, length: Length) -> _Cut:
+    layout = _Layout(window)
+    cut = _best_cut(layout)
+    if cut is not None:
+        return _Cut(window[:cut].rstrip(), cut)
+    code = layout.code[0] if layout.code and layout.code[0].start == 0 else None
+    if code is not None and code.top_level:
+        refenced = _cut_inside_code(window, code, limit, length)
+        if refenced is not None:
+            return refenced
+    return _hard_cut(window, following)
+
+
+def _best_cut(layout: _Layout) -> int | None:
+    half = len(layout.window) // 2
+    kinds = layout.candidates()
+    for positions in kinds:  # a good boundary in the second half first
+        good = [p for p in positions if p >= half and layout.outside_code(p)]
+        if good:
+            return good[-1]
+    anywhere = [p for positions in kinds for p in positions if layout.outside_code(p)]
+    return max(anywhere) if anywhere else None
+
+
+def _cut_inside_code(window: str, code: _Code, limit: int, length: Length) -> _Cut | None:
+    """The window is one code block: cut it at a line, close it, reopen it with its fence."""
+    opening = f"{code.fence}{code.info}\n"
+    closing = f"\n{code.fence}"
+    room = window[: fit(window, limit - length(closing), length)]
+    first = room.find("\n")
+    if first < 0 or length(opening) + length(closing) > limit // 2:
+        return None  # an opening line too long to repeat: cut it like text
+    line = room.rfind("\n")
+    # At the last line break that leaves code in the piece, else inside the line.
+    cut = line if line > first + 1 else _grapheme_boundary(window, len(room))
+    if cut <= first + 1:
+        return None  # no code would fit after the opening line
+    return _Cut(room[:cut] + closing, cut, reopen=opening)
+
+
+def _hard_cut(window: str, following: str) -> _Cut:
+    """No boundary at all: the last line break, else between two characters."""
+    line = window.rfind("\n")
+    cut = line if line > 0 else _grapheme_boundary(window + following, len(window))
+    return _Cut(window[:cut].rstrip(), cut)
+
+
+def _grapheme_boundary(text: str, pos: int) -> int:
+    """`pos`, moved back so it splits no emoji sequence and no letter from its accent."""
+    while 1 < pos < len(text) and _joins(text[pos - 1], text[pos]):
+        pos -= 1
+    return pos
+
+
+def _joins(before: str, after: str) -> bool:
+    return (
+        before == _ZWJ
+        or after == _ZWJ
+        or unicodedata.combining(after) != 0
+        or unicodedata.category(after) in ("Mn", "Me", "Mc")
+        or "\ufe00" <= after <= "\ufe0f"  # variation selectors
+        or "\U0001f3fb" <= after <= "\U0001f3ff"  # skin tones
+    )

@@ -1,0 +1,182 @@
+"""Shows one streamed answer on any platform: throttled, "latest text wins".
+
+The model's deltas are read by their own task into a buffer, so the model never waits for
+the platform; the buffer is shown at most once per `interval_s` (nothing queues up: each
+update shows the text as it is then). The answer is split (`split`) with the platform's
+limit; a piece that is complete (every piece but the last) is sent, or edited to its final
+text, as soon as it is complete and never touched again. The growing last piece is a draft
+where the platform has drafts, else a message that is edited as it grows.
+
+Nothing is ever sent with empty visible text: a growing piece that shows nothing yet (a lone
+"```" or "> ") waits for more text; a final piece that shows nothing is sent as the plain
+text it is. So the final messages show the whole recorded answer.
+
+The platform is a `Surface` (send a piece -> a message reference, edit one) and optionally
+`Drafts`. Its failures are `AdapterError`s: they end the showing, never the reading, so the
+answer is still read to the end and recorded, and the log says why the chat did not get it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar, runtime_checkable
+
+from bot.errors import AdapterError
+
+from .split import Length, Splitter
+
+log = logging.getLogger(__name__)
+
+Ref = TypeVar("Ref")
+
+
+class Surface(Protocol[Ref]):
+    """One chat of one platform, as the streamer sees it. A piece is Markdown within the
+    limit; `plain` asks for it as typed, without rendering."""
+
+    def shows(self, piece: str) -> bool:
+        """Whether the rendered piece has visible text (Telegram refuses empty messages)."""
+        ...
+
+    async def send(self, piece: str, *, plain: bool) -> Ref: ...
+
+    async def edit(self, ref: Ref, piece: str, *, plain: bool) -> None: ...
+
+
+@runtime_checkable
+class Drafts(Protocol):
+    """A platform that shows a growing answer as a draft (Telegram's private chats)."""
+
+    async def draft(self, piece: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    interval_s: float  # between visible updates (Telegram: 1 s private, 3 s in groups)
+    limit: int  # of one message, counted by `length`
+    length: Length = len
+
+
+@dataclass
+class _Buffer:
+    parts: list[str] = field(default_factory=list)
+    done: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown(Generic[Ref]):
+    ref: Ref
+    piece: str
+
+
+class Streamer(Generic[Ref]):
+    def __init__(
+        self,
+        surface: Surface[Ref],
+        pacing: Pacing,
+        *,
+        drafts: Drafts | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._surface = surface
+        self._pacing = pacing
+        self._drafts = drafts
+        self._clock = clock
+        self._sleep = sleep
+        self._splitter = Splitter(pacing.limit, length=pacing.length)
+        self._shown: dict[int, _Shown[Ref]] = {}  # piece index -> its message
+        self._draft = ""
+        self._broken = False
+        self.updates = 0  # calls that changed what the chat sees
+
+    async def play(self, chunks: AsyncIterator[str]) -> None:
+        buffer = _Buffer()
+        reader = asyncio.create_task(_read(chunks, buffer))
+        try:
+            await self._follow(buffer)
+            await reader  # the model's errors belong to the core
+        finally:
+            if not reader.done():
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+        await self._guarded(self._show_final, buffer.text)
+
+    async def _follow(self, buffer: _Buffer) -> None:
+        last = float("-inf")
+        while True:
+            await buffer.changed.wait()
+            buffer.changed.clear()
+            if buffer.done:
+                return
+            pause = last + self._pacing.interval_s - self._clock()
+            if pause > 0:
+                await self._sleep(pause)
+            if buffer.done:
+                return
+            last = self._clock()
+            await self._guarded(self._show_partial, buffer.text)
+
+    async def _guarded(self, show: Callable[[str], Awaitable[None]], text: str) -> None:
+        if self._broken:
+            return
+        try:
+            await show(text)
+        except AdapterError as exc:
+            self._broken = True
+            log.warning("reply not shown: %s", exc)
+
+    def _split(self, text: str) -> list[str]:
+        return self._splitter.split(text)
+
+    async def _show_partial(self, text: str) -> None:
+        *complete, growing = self._split(text) or [""]
+        for i, piece in enumerate(complete):
+            await self._put(i, piece, final=True)
+        if not growing or not self._surface.shows(growing):
+            return  # nothing visible yet: wait for more text
+        if self._drafts is not None:
+            if growing != self._draft:
+                await self._drafts.draft(growing)
+                self._draft = growing
+                self.updates += 1
+        else:
+            await self._put(len(complete), growing, final=False)
+
+    async def _show_final(self, text: str) -> None:
+        for i, piece in enumerate(self._split(text)):
+            await self._put(i, piece, final=True)
+
+    async def _put(self, index: int, piece: str, *, final: bool) -> None:
+        """Sends or edits the message of piece `index`; a final piece that renders to
+        nothing visible goes as plain text."""
+        shown = self._shown.get(index)
+        if shown is not None and shown.piece == piece:
+            return
+        plain = final and not self._surface.shows(piece)
+        if shown is None:
+            ref = await self._surface.send(piece, plain=plain)
+        else:
+            ref = shown.ref
+            await self._surface.edit(ref, piece, plain=plain)
+        self._shown[index] = _Shown(ref, piece)
+        self.updates += 1
+
+
+async def _read(chunks: AsyncIterator[str], buffer: _Buffer) -> None:
+    try:
+        async for chunk in chunks:
+            buffer.parts.append(chunk)
+            buffer.changed.set()
+    finally:
+        buffer.done = True
+        buffer.changed.set()

@@ -1,0 +1,38 @@
+"""The `[telegram]` settings section (PARLEY_TELEGRAM__*). Who may talk to the bot is in
+`[telegram.access]` (bot.policy.AccessRules); where the webhook listens is `[http]`; the caps
+on documents are `[documents]`."""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+
+from bot.adapter_registry import AdapterSettings
+
+
+class TelegramSettings(AdapterSettings):
+    # From BotFather. Never logged; `parley config` shows it masked.
+    token: SecretStr | None = None
+    mode: Literal["polling", "webhook"] = "polling"
+    # Webhook mode: the HTTPS URL Telegram posts to (behind your load balancer); its path is
+    # where Parley's HTTP server ([http]) takes the posts.
+    webhook_public_url: str | None = None
+    # Telegram sends it back in X-Telegram-Bot-Api-Secret-Token; required in webhook mode.
+    webhook_secret_token: SecretStr | None = None
+    # Seconds between two visible updates of a streamed answer; Telegram allows about one
+    # message per second per chat.
+    stream_interval_s: float = Field(1.0, ge=0.05)
+    # Private chats stream as a draft (sendMessageDraft) instead of editing a message.
+    use_drafts: bool = True
+    # Another Bot API server (self-hosted or a test stand-in), e.g. http://127.0.0.1:8081/bot
+    base_url: str = "https://api.telegram.org/bot"
+
+    @model_validator(mode="after")
+    def _webhook_needs_url_and_secret(self) -> Self:
+        if self.mode == "webhook" and not (self.webhook_public_url and self.webhook_secret_token):
+            raise ValueError(
+                "telegram.webhook_public_url and telegram.webhook_secret_token are required "
+                "when mode is webhook"
+            )
+        return self

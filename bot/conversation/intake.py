@@ -1,0 +1,174 @@
+"""The door every adapter's messages come in by: the core's policy, then the manager.
+
+    submit(incoming)                  allowed?  admin-only command in a group by a non-admin?
+                                      -> one notice (rate-limited), nothing recorded
+                                      -> else manager.submit (recorded, scheduled)
+    submit_document(incoming, doc)    the same, then: over the rate limit -> recorded as a
+                                      stub, never downloaded; too big, unreadable, too slow
+                                      -> one sentence; else its text is the message
+    observe(incoming)                 a group message not for the bot: kept where allowed
+    notify(incoming, sentence)        a sentence outside a turn, at most one per sender and
+                                      rate window, from a bounded set of tasks
+
+Adapters translate events and call these; they hold no product rules (docs/adapters.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from bot import phrases
+from bot.documents import DocumentReader, DocumentRefused, DocumentSource
+from bot.policy import AccessRules, is_allowed, is_operator
+from bot.settings import ConversationSettings
+from bot.skills.router import CommandRouter, parse_command
+from bot.storage.base import Cache, Recorded
+from bot.types import Incoming
+
+from .manager import ConversationManager, sender_key
+from .sink import Platform, once
+
+log = logging.getLogger(__name__)
+
+# Notices in flight at once; past this a notice is dropped (and counted in the log): a flood
+# of refused messages must not become a queue of sends.
+MAX_NOTICES_IN_FLIGHT = 64
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Door:
+    platform: Platform
+    access: AccessRules
+
+
+class Intake:
+    def __init__(
+        self,
+        manager: ConversationManager,
+        cache: Cache,
+        router: CommandRouter,
+        settings: ConversationSettings,
+        documents: DocumentReader,
+    ) -> None:
+        self._manager = manager
+        self._cache = cache
+        self._router = router
+        self._settings = settings
+        self.documents = documents
+        self._doors: dict[str, _Door] = {}
+        self._notices: set[asyncio.Task[None]] = set()
+        self.dropped_notices = 0
+
+    def register(self, name: str, platform: Platform, access: AccessRules) -> None:
+        """Attach an adapter: its replies go to `platform`, its senders meet `access`."""
+        self._doors[name] = _Door(platform, access)
+        self._manager.attach(name, platform)
+
+    async def submit(self, incoming: Incoming) -> Recorded | None:
+        """Record and schedule an allowed message; None when it was refused."""
+        if not await self._admitted(incoming):
+            return None
+        return await self._manager.submit(incoming)
+
+    async def observe(self, incoming: Incoming) -> Recorded | None:
+        door = self._door(incoming)
+        if not is_allowed(door.access, incoming):
+            return None  # chatter of someone not allowed: not kept, and no notice
+        return await self._manager.observe(incoming)
+
+    async def submit_document(self, incoming: Incoming, source: DocumentSource) -> Recorded | None:
+        """A document for the bot: its text (after the caption) becomes the message."""
+        if not await self._admitted(incoming):
+            return None
+        if await self._manager.over_rate_limit(incoming):
+            stub = f"[document {source.name!r}, {source.size} bytes: not read, over the rate limit]"
+            return await self._manager.submit(
+                dataclasses.replace(incoming, text=stub), limited=True
+            )
+        try:
+            text = await self.documents.read(source)
+        except DocumentRefused as exc:
+            self.notify(incoming, exc.sentence, **exc.fields)
+            return None
+        asked = incoming.text.strip() or f"Please summarize this document ({source.name})."
+        return await self._manager.submit(
+            dataclasses.replace(incoming, text=f"{asked}\n\n{text}"), limited=False
+        )
+
+    async def wait_answered(self, recorded: Recorded) -> None:
+        """Wait until the message's conversation has nothing pending in this process."""
+        await self._manager.wait_idle(recorded.conversation_id)
+
+    def notify(self, incoming: Incoming, sentence: str, **fields: object) -> None:
+        """Say `sentence` to the sender outside a turn (a refusal, a document that cannot be
+        read): at most once per sender and rate window, never queued without bound."""
+        if len(self._notices) >= MAX_NOTICES_IN_FLIGHT:
+            self.dropped_notices += 1
+            log.warning("notice dropped: %d in flight", len(self._notices))
+            return
+        self._spawn(self._notify(incoming, sentence, fields))
+
+    async def idle(self) -> None:
+        """Wait until every turn in this process is answered and every notice sent."""
+        await self._manager.wait_idle()
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Wait for the notices in flight (the caller bounds the wait)."""
+        while self._notices:
+            await asyncio.gather(*self._notices, return_exceptions=True)
+
+    async def _admitted(self, incoming: Incoming) -> bool:
+        door = self._door(incoming)
+        if not is_allowed(door.access, incoming):
+            self._manager.observer.refused(incoming.key.platform)
+            self.notify(incoming, phrases.NOT_ALLOWED)
+            return False
+        if await self._needs_admin(incoming, door):
+            self._manager.observer.refused(incoming.key.platform)
+            self.notify(incoming, phrases.ADMINS_ONLY)
+            return False
+        return True
+
+    async def _needs_admin(self, incoming: Incoming, door: _Door) -> bool:
+        """An admin-only command with arguments, in a group, from someone who is not one."""
+        parsed = parse_command(incoming.text)
+        if not incoming.group or parsed is None or not parsed[1]:
+            return False
+        command = self._router.get(parsed[0])
+        if command is None or not command.admin_only or is_operator(door.access, incoming):
+            return False
+        try:
+            return not await door.platform.is_admin(incoming)
+        except Exception as exc:  # the platform could not tell: refuse, never guess "admin"
+            log.warning("%s: admin rights not checked: %s", incoming.key, type(exc).__name__)
+            return True
+
+    def _door(self, incoming: Incoming) -> _Door:
+        door = self._doors.get(incoming.key.platform)
+        if door is None:
+            raise LookupError(f"no adapter registered for platform {incoming.key.platform!r}")
+        return door
+
+    async def _notify(self, incoming: Incoming, sentence: str, fields: dict[str, object]) -> None:
+        told = await self._cache.count(
+            f"told:{sender_key(incoming)}", self._settings.rate_limit_window_s
+        )
+        if told > 1:  # 0: the cache is unreachable; telling twice beats not telling
+            return
+        text = phrases.say(sentence, incoming.user.language, **fields)
+        try:
+            await self._door(incoming).platform.deliver(
+                incoming.key, once(text), reply_to=incoming.platform_message_id
+            )
+        except Exception as exc:
+            log.warning("%s: notice not sent: %s", incoming.key, type(exc).__name__)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)

@@ -1,0 +1,173 @@
+"""Reading a document a user sent: plain text, Markdown, HTML or PDF, within caps.
+
+Every adapter hands the core the document's name, type, size and a way to download it; the
+core decides. The size cap is checked before the download, and the text is extracted in a
+child process of its own with caps on pages, characters and seconds: a hostile PDF (pages
+that share one huge compressed stream, a decompression bomb) costs that process, never the
+event loop, and is killed when its time is up. At most `max_parallel` documents are read at
+once; more wait their turn.
+
+    DocumentRefused   the document cannot be read as sent; `sentence` says why, for the user
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import multiprocessing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import PurePosixPath
+
+from bot import phrases
+from bot.settings import DocumentSettings
+from bot.text.encoding import decode_document
+
+log = logging.getLogger(__name__)
+
+KINDS = {
+    "text/plain": "text",
+    "text/markdown": "text",
+    "text/x-markdown": "text",
+    "text/html": "html",
+    "application/pdf": "pdf",
+}
+SUFFIXES = {".txt": "text", ".md": "text", ".markdown": "text", ".rst": "text"}
+SUFFIXES |= {".html": "html", ".htm": "html", ".pdf": "pdf"}
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentSource:
+    """A document as a platform announces it; `download` fetches its bytes."""
+
+    name: str
+    mime_type: str
+    size: int
+    download: Callable[[], Awaitable[bytes]]
+
+
+class DocumentRefused(Exception):
+    """`sentence` (a phrases key) and its fields say why, in the user's language."""
+
+    def __init__(self, sentence: str, **fields: object) -> None:
+        super().__init__(sentence.format(**fields) if fields else sentence)
+        self.sentence = sentence
+        self.fields = fields
+
+
+def kind_of(name: str, mime_type: str) -> str | None:
+    mime = mime_type.split(";")[0].strip().lower()
+    return KINDS.get(mime) or SUFFIXES.get(PurePosixPath(name).suffix.lower())
+
+
+class DocumentReader:
+    def __init__(self, settings: DocumentSettings) -> None:
+        self._settings = settings
+        self._slots = asyncio.Semaphore(settings.max_parallel)
+
+    @property
+    def settings(self) -> DocumentSettings:
+        return self._settings
+
+    def check(self, source: DocumentSource) -> str:
+        """The document's kind, or DocumentRefused before anything is downloaded."""
+        kind = kind_of(source.name, source.mime_type)
+        if kind is None:
+            raise DocumentRefused(phrases.DOC_UNSUPPORTED)
+        if source.size > self._settings.max_bytes:
+            raise DocumentRefused(phrases.DOC_TOO_LARGE, kb=self._settings.max_bytes // 1000)
+        return kind
+
+    async def read(self, source: DocumentSource) -> str:
+        kind = self.check(source)
+        try:
+            data = await source.download()
+        except Exception as exc:  # the platform's own errors: one sentence, the reason logged
+            log.warning("document download failed: %s", type(exc).__name__)
+            raise DocumentRefused(phrases.NO_DOWNLOAD) from None
+        if len(data) > self._settings.max_bytes:
+            raise DocumentRefused(phrases.DOC_TOO_LARGE, kb=self._settings.max_bytes // 1000)
+        async with self._slots:
+            text = await _isolated(kind, data, self._settings)
+        if not text.strip():
+            raise DocumentRefused(phrases.DOC_EMPTY)
+        return text.strip()
+
+
+async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
+    """extract() in a child process, killed after `timeout_s`."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_child, args=(sender, kind, data, s.max_pages, s.max_chars), daemon=True
+    )
+    child.start()
+    sender.close()
+    try:
+        ready = await asyncio.to_thread(receiver.poll, s.timeout_s)
+        if not ready:
+            raise DocumentRefused(phrases.DOC_TOO_SLOW)
+        try:
+            outcome: tuple[str, str, dict[str, int]] = receiver.recv()
+        except EOFError:  # the child died (out of memory, a crash in a parser)
+            raise DocumentRefused(phrases.DOC_DAMAGED) from None
+    finally:
+        receiver.close()
+        if child.is_alive():
+            child.kill()
+        await asyncio.to_thread(child.join)
+    status, text, fields = outcome
+    if status != "ok":
+        raise DocumentRefused(status, **fields)
+    return text
+
+
+def _child(sender: Connection, kind: str, data: bytes, max_pages: int, max_chars: int) -> None:
+    try:
+        sender.send(("ok", extract(kind, data, max_pages, max_chars), {}))
+    except DocumentRefused as exc:
+        sender.send((exc.sentence, "", {k: int(str(v)) for k, v in exc.fields.items()}))
+    except Exception:  # a parser bug on hostile input: the user hears "damaged"
+        sender.send((phrases.DOC_DAMAGED, "", {}))
+    finally:
+        sender.close()
+
+
+def extract(kind: str, data: bytes, max_pages: int, max_chars: int) -> str:
+    """The document's text (synchronous, CPU-bound: run it through DocumentReader)."""
+    if kind == "pdf":
+        text = _pdf_text(data, max_pages, max_chars)
+    elif kind == "html":
+        from bot.knowledge.html_loader import parse_html
+
+        loaded = parse_html(decode_document(data), "document")
+        text = "\n\n".join(section.text for section in loaded.sections)
+    else:
+        text = decode_document(data)
+    if len(text) > max_chars:
+        raise DocumentRefused(phrases.DOC_TOO_LONG, chars=max_chars)
+    return text
+
+
+def _pdf_text(data: bytes, max_pages: int, max_chars: int) -> str:
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise DocumentRefused(phrases.DOC_DAMAGED)
+        if len(reader.pages) > max_pages:
+            raise DocumentRefused(phrases.DOC_TOO_MANY_PAGES, pages=max_pages)
+        pages: list[str] = []
+        total = 0
+        for page in reader.pages:
+            pages.append(page.extract_text() or "")
+            total += len(pages[-1])
+            if total > max_chars:
+                raise DocumentRefused(phrases.DOC_TOO_LONG, chars=max_chars)
+    except (PyPdfError, ValueError, KeyError, TypeError, RecursionError):
+        raise DocumentRefused(phrases.DOC_DAMAGED) from None
+    return "\n\n".join(pages)

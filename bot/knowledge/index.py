@@ -1,0 +1,114 @@
+"""The knowledge base's in-memory index: every chunk's place (document, order, section), its
+word statistics (bot.knowledge.lexical), its embedding, and the vocabulary used to correct
+typos.
+
+It is rebuilt from the database when the chunks change (KnowledgeBase compares a cheap stamp
+before each search), so every worker sharing one database sees the same documents. Semantic
+search is exact: one matrix product over all vectors, about 1.5 ms per 10,000 chunks, and 1 KB
+of memory a chunk with the 256-dimension model; word statistics take about as much again.
+`knowledge.max_memory_chunks` bounds both: above it only the places are kept, and search is
+the database's full-text engine alone.
+
+Typo tolerance: a query word found in no chunk is replaced by the most frequent known word at
+edit distance 1 (a letter missing, added, changed, or two swapped), found through a map from
+each word with one letter deleted to the words that give it (the symmetric-delete method), so a
+lookup costs a few dictionary probes instead of a scan of the vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bot.knowledge.embeddings import Vectors
+from bot.knowledge.lexical import LexicalIndex
+
+# Shorter words have too many neighbours at distance 1 to guess which one was meant.
+MIN_CORRECTED_LENGTH = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPlace:
+    id: int
+    document_id: int
+    ordinal: int
+    location: str
+
+
+@dataclass(slots=True)
+class Vocabulary:
+    """How many chunks hold each word, and the one-deletion map over those words."""
+
+    frequency: Counter[str] = field(default_factory=Counter)
+    _deletions: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+    @classmethod
+    def of(cls, frequency: Counter[str]) -> Vocabulary:
+        """From how many chunks hold each (lower-cased) word."""
+        vocabulary = cls(frequency)
+        for word in frequency:
+            if len(word) >= MIN_CORRECTED_LENGTH - 1 and not word.isdigit():
+                for key in _deletions(word):
+                    vocabulary._deletions[key].add(word)
+        return vocabulary
+
+    def correct(self, word: str) -> str | None:
+        """The known word meant by an unknown `word`, or None (known, too short, no match)."""
+        if word in self.frequency or len(word) < MIN_CORRECTED_LENGTH or word.isdigit():
+            return None
+        found = set().union(*(self._deletions.get(key, set()) for key in _deletions(word)))
+        if not found:
+            return None
+        return max(sorted(found), key=self.frequency.__getitem__)
+
+
+def _deletions(word: str) -> set[str]:
+    return {word, *(word[:i] + word[i + 1 :] for i in range(len(word)))}
+
+
+@dataclass(slots=True)
+class ChunkIndex:
+    """A snapshot of the chunks at `stamp`. The rows of `lexical` and `vectors` follow
+    `places`; they are None over the size limit (and `vectors` when semantic search is off)."""
+
+    stamp: tuple[object, ...]
+    places: list[ChunkPlace]
+    vocabulary: Vocabulary = field(default_factory=Vocabulary)
+    lexical: LexicalIndex | None = None
+    vectors: Vectors | None = None
+    _row_of: dict[int, int] = field(default_factory=dict)
+    _by_ordinal: dict[tuple[int, int], ChunkPlace] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._row_of = {place.id: row for row, place in enumerate(self.places)}
+        self._by_ordinal = {(p.document_id, p.ordinal): p for p in self.places}
+
+    def place(self, chunk_id: int) -> ChunkPlace | None:
+        row = self._row_of.get(chunk_id)
+        return None if row is None else self.places[row]
+
+    def neighbour(self, place: ChunkPlace, step: int) -> ChunkPlace | None:
+        """The chunk `step` places after (or before) this one in the same section."""
+        found = self._by_ordinal.get((place.document_id, place.ordinal + step))
+        return found if found is not None and found.location == place.location else None
+
+    def best_words(self, terms: list[str], k: int) -> list[int]:
+        """Up to k chunk ids by BM25 (bot.knowledge.lexical), best first."""
+        if self.lexical is None:
+            return []
+        return [self.places[row].id for row, _ in self.lexical.search(terms, k)]
+
+    def nearest(self, query: Vectors, k: int) -> list[tuple[int, float]]:
+        """Up to k (chunk id, cosine similarity), best first."""
+        if self.vectors is None or not len(self.places):
+            return []
+        # einsum, not `@`: a matrix-vector product in numpy goes to the BLAS thread pool,
+        # whose threads spin against the event loop and other workers on a busy machine
+        # (22 ms instead of 1.5 ms for 10,000 x 256 with two cores under load).
+        similarity = np.einsum("ij,j->i", self.vectors, query)
+        k = min(k, len(similarity))
+        top = np.argpartition(-similarity, k - 1)[:k]
+        top = top[np.argsort(-similarity[top], kind="stable")]
+        return [(self.places[row].id, float(similarity[row])) for row in top]

@@ -1,0 +1,146 @@
+"""Logs without user text or secrets: one filter on the root logger's handlers.
+
+Libraries log what they send and receive. At DEBUG, python-telegram-bot logs every Bot API
+call with its parameters and its answer (user messages, replies, documents' names), and its
+bot's URL with the token in it; httpx logs each request line at INFO, and a Telegram request
+line carries the bot token (`.../bot123:ABC/sendMessage`); uvicorn's access log records every
+webhook path. The filter, installed on the handlers (a filter on a logger would not see what
+its children propagate), does two things to every record:
+
+- From those libraries (`BODY_LOGGERS`, with their children), records below WARNING are
+  dropped unless `log_message_text` is true. Their warnings and errors stay: they say that
+  something failed, which an operator needs.
+- In what is kept, every secret given to `install` (bot tokens, API keys, passwords; see
+  `secrets_in`) and any Telegram bot token in a URL is replaced with `***`, exceptions and
+  stack traces included.
+
+`log_message_text = true` is for debugging on a machine whose logs are as private as the
+conversations; secrets are redacted even then. Parley's own loggers never log message text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, SecretStr
+
+# Loggers that log request or response bodies, or URLs with credentials, below WARNING.
+BODY_LOGGERS = (
+    "telegram",
+    "httpx",
+    "httpcore",
+    "hpack",
+    "h11",
+    "uvicorn.access",
+    "discord.http",
+    "discord.gateway",
+    "aiohttp.access",
+    "aiohttp.client",
+    "websockets",
+    "openai",
+    "urllib3",
+    # SQL with its parameters (message text): SQLAlchemy's echo, aiosqlite's DEBUG lines.
+    "sqlalchemy.engine",
+    "aiosqlite",
+    "asyncpg",
+    # Its DEBUG lines trace the parser over the text being rendered.
+    "markdown_it",
+)
+REDACTED = "***"
+# A bot token in a Bot API URL (api.telegram.org/bot<id>:<secret>/...), whoever logs it.
+_BOT_TOKEN = re.compile(r"(?<=/bot)\d+:[\w-]+")
+# Shorter secrets would redact ordinary words.
+MIN_SECRET_CHARS = 6
+
+
+class LogSafetyFilter(logging.Filter):
+    """Drops library records that may carry message text; redacts secrets from the rest."""
+
+    def __init__(self, secrets: Iterable[str] = (), *, log_message_text: bool = False) -> None:
+        super().__init__()
+        self.log_message_text = log_message_text
+        kept = sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+        literal = "|".join(re.escape(s) for s in kept)
+        self._secrets = re.compile(literal) if literal else None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            not self.log_message_text
+            and record.levelno < logging.WARNING
+            and _is_library(record.name)
+        ):
+            return False
+        self._redact(record)
+        return True
+
+    def _redact(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a bad format string: the handler reports it
+            return
+        clean = self.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            # Format the traceback now, so that what a handler prints is the redacted copy.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+
+    def redact(self, text: str) -> str:
+        text = _BOT_TOKEN.sub(REDACTED, text)
+        return self._secrets.sub(REDACTED, text) if self._secrets else text
+
+
+def _is_library(name: str) -> bool:
+    return any(name == lib or name.startswith(lib + ".") for lib in BODY_LOGGERS)
+
+
+def secrets_in(settings: BaseModel) -> list[str]:
+    """Every secret in a settings object: each `SecretStr` value, and the password of each
+    URL among them (a database URL's password shows up alone in driver errors)."""
+    found: list[str] = []
+    for value in _values(settings):
+        if isinstance(value, SecretStr) and (secret := value.get_secret_value()):
+            found.append(secret)
+            password = _password(secret)
+            if password:
+                found.append(password)
+    return found
+
+
+def _values(model: BaseModel) -> Iterable[object]:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if isinstance(item, BaseModel):
+                yield from _values(item)
+            else:
+                yield item
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password if "://" in url else None
+    except ValueError:
+        return None
+
+
+def install(
+    secrets: Iterable[str] = (),
+    *,
+    log_message_text: bool = False,
+    handlers: Sequence[logging.Handler] | None = None,
+) -> LogSafetyFilter:
+    """Put one `LogSafetyFilter` on `handlers` (default: the root logger's, so call this
+    after logging is configured) and return it (`handler.removeFilter` takes it off)."""
+    safety = LogSafetyFilter(secrets, log_message_text=log_message_text)
+    for handler in logging.getLogger().handlers if handlers is None else handlers:
+        handler.addFilter(safety)
+    return safety

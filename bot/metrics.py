@@ -1,0 +1,331 @@
+"""Parley's Prometheus metrics, on a registry owned by one `Metrics` object (one per app).
+
+    parley_turns_total{platform,skill,outcome}        answered | failed | refused | limited
+    parley_turn_duration_seconds{platform,skill}      histogram, whole turn
+    parley_turn_first_token_seconds{platform,skill}   histogram, turn start -> first text out
+    parley_tokens_total{platform,direction}           in (prompt) | out (completion)
+    parley_backend_requests_total{backend}            replies asked of the backend
+    parley_backend_tries_total{backend}               tries sent (first tries and retries)
+    parley_backend_retries_total{backend}
+    parley_backend_errors_total{backend}              tries that failed (time-outs included)
+    parley_backend_timeouts_total{backend}
+    parley_backend_refused_total{backend}             refused at once by the open breaker
+    parley_backend_fallbacks_total                    answers that came from a fallback
+    parley_backend_breaker_state{backend}             0 closed, 1 half-open, 2 open
+    parley_backend_breaker_openings_total{backend}    outages
+    parley_platform_api_calls_total{platform}         calls to the platform's API
+    parley_platform_throttled_total{platform}         429 answers (re-sent after Retry-After)
+    parley_pending_messages                           unanswered user messages (SQL, all workers)
+    parley_pending_oldest_age_seconds                 age of the oldest of them
+
+The manager reports turns through the `TurnObserver` protocol. The backends and the
+platforms' rate limiters keep their own plain counters (`RequestCounts`, `CircuitBreaker.openings`,
+`FloodGate.retries_after_429`); they are copied into Prometheus counters as deltas at the end
+of each turn and on each scrape, rather than read by a custom collector, because a custom
+collector's values would not reach the files of the library's multiprocess mode. The pending
+gauges query SQL on scrape (`refresh`), one indexed query.
+
+Multiprocess mode (several workers on one machine behind one scrape target): set
+`PROMETHEUS_MULTIPROC_DIR` to an empty directory shared by the workers before they start;
+`exposition()` then aggregates every worker's files (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backends.base import Usage
+from backends.breaker import BreakerState
+from backends.fallback import FallbackChain
+from backends.resilience import ResilientBackend
+from bot.logcontext import TurnScope, turn_scope
+from bot.skills.router import CommandRouter, parse_command
+from bot.storage.base import MessageKind, StoredMessage
+from bot.storage.models import PENDING_PREDICATE, MessageRow
+from bot.types import ConversationKey
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Chat turns take seconds (streamed answers of a few hundred tokens); commands milliseconds.
+TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+FIRST_TOKEN_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+# A command name is the user's text: only registered ones become a label value, so a user
+# typing /anything cannot create series without bound.
+UNKNOWN_COMMAND = "unknown_command"
+
+
+class TurnObserver(Protocol):
+    """What the conversation manager reports; `NullObserver` when metrics are off."""
+
+    def turn_finished(self, scope: TurnScope) -> None: ...
+
+    def first_token(self, scope: TurnScope) -> None: ...
+
+    def tokens(self, platform: str, usage: Usage) -> None: ...
+
+    def refused(self, platform: str) -> None: ...
+
+
+class NullObserver:
+    def turn_finished(self, scope: TurnScope) -> None:
+        return None
+
+    def first_token(self, scope: TurnScope) -> None:
+        return None
+
+    def tokens(self, platform: str, usage: Usage) -> None:
+        return None
+
+    def refused(self, platform: str) -> None:
+        return None
+
+
+@runtime_checkable
+class PlatformCounts(Protocol):
+    """A platform's outbound rate limiter (adapters.telegram.limits.FloodGate)."""
+
+    api_calls: int
+    retries_after_429: int
+
+
+@contextmanager
+def observed_turn(
+    observer: TurnObserver,
+    key: ConversationKey,
+    batch: list[StoredMessage],
+    router: CommandRouter,
+) -> Iterator[TurnScope]:
+    """One turn of the manager: its log context, and its metrics once it ends. An exception
+    out of the turn makes it "failed" (its messages stay pending and are retried)."""
+    with turn_scope(key, batch[-1].id, skill=turn_kind(batch, router)) as scope:
+        if batch[0].kind is MessageKind.LIMITED:
+            scope.outcome = "limited"
+        try:
+            yield scope
+        except BaseException:
+            scope.outcome = "failed"
+            raise
+        finally:
+            observer.turn_finished(scope)
+
+
+def turn_kind(batch: list[StoredMessage], router: CommandRouter) -> str:
+    first = batch[0]
+    if first.kind is MessageKind.LIMITED:
+        return "limited"
+    if first.kind is MessageKind.COMMAND:
+        parsed = parse_command(first.content)
+        if parsed is None or router.get(parsed[0]) is None:
+            return UNKNOWN_COMMAND
+        return parsed[0]
+    return "chat"
+
+
+@dataclasses.dataclass(slots=True)
+class _Seen:
+    """The last value of each plain counter copied into Prometheus, per source object (by
+    identity: two fallbacks may share a model name)."""
+
+    values: dict[tuple[int, str], int] = dataclasses.field(default_factory=dict)
+
+    def delta(self, source: object, name: str, now: int) -> int:
+        before = self.values.get((id(source), name), 0)
+        self.values[(id(source), name)] = now
+        return max(0, now - before)
+
+
+class Metrics:
+    """Parley's metrics on `registry` (a new one by default), and the sources it reads."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.turns = Counter(
+            "parley_turns", "Turns by outcome", ["platform", "skill", "outcome"], registry=r
+        )
+        self.turn_seconds = Histogram(
+            "parley_turn_duration_seconds",
+            "Time from a turn's start to its recorded answer",
+            ["platform", "skill"],
+            buckets=TURN_BUCKETS,
+            registry=r,
+        )
+        self.first_token_seconds = Histogram(
+            "parley_turn_first_token_seconds",
+            "Time from a turn's start to its first text handed to the platform",
+            ["platform", "skill"],
+            buckets=FIRST_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.tokens_total = Counter(
+            "parley_tokens", "Model tokens, in (prompt) and out", ["platform", "direction"],
+            registry=r,
+        )  # fmt: skip
+        self._backend_counters = {
+            name: Counter(f"parley_backend_{name}", doc, ["backend"], registry=r)
+            for name, doc in (
+                ("requests", "Replies asked of the backend"),
+                ("tries", "Tries sent to the backend, retries included"),
+                ("retries", "Retries"),
+                ("errors", "Tries that failed"),
+                ("timeouts", "Tries that ran out of time"),
+                ("refused", "Requests refused at once by the open circuit breaker"),
+                ("breaker_openings", "Times the circuit breaker opened (outages)"),
+            )
+        }
+        self.fallbacks = Counter(
+            "parley_backend_fallbacks", "Answers that came from a fallback backend", registry=r
+        )
+        # livemax: across workers, the worst state any live worker's breaker is in.
+        self.breaker_state = Gauge(
+            "parley_backend_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            ["backend"], multiprocess_mode="livemax", registry=r,
+        )  # fmt: skip
+        self.api_calls = Counter(
+            "parley_platform_api_calls", "Calls to the platform's API", ["platform"], registry=r
+        )
+        self.throttled = Counter(
+            "parley_platform_throttled", "429 answers from the platform's API", ["platform"],
+            registry=r,
+        )  # fmt: skip
+        # Every worker reads the same SQL: the most recent reading is the answer.
+        self.pending = Gauge(
+            "parley_pending_messages", "Unanswered user messages (all workers)",
+            multiprocess_mode="livemostrecent", registry=r,
+        )  # fmt: skip
+        self.pending_age = Gauge(
+            "parley_pending_oldest_age_seconds", "Age of the oldest unanswered user message",
+            multiprocess_mode="livemostrecent", registry=r,
+        )  # fmt: skip
+        self._backends: list[ResilientBackend] = []
+        self._chains: list[FallbackChain] = []
+        self._platforms: dict[str, PlatformCounts] = {}
+        self._engine: AsyncEngine | None = None
+        self._seen = _Seen()
+
+    # -- sources ---------------------------------------------------------------------------
+
+    def watch_backend(self, backend: object) -> None:
+        """Read the counters of a `ResilientBackend`, or of each member of a `FallbackChain`
+        (other backends, a test's scripted one, have none to read)."""
+        if isinstance(backend, FallbackChain):
+            self._chains.append(backend)
+            self._backends.extend(backend.backends)
+        elif isinstance(backend, ResilientBackend):
+            self._backends.append(backend)
+
+    def watch_adapter(self, adapter: object) -> None:
+        """Read an adapter's outbound rate limiter, where it has one (its `gate`)."""
+        gate = getattr(adapter, "gate", None)
+        platform = getattr(adapter, "platform", "")
+        if isinstance(gate, PlatformCounts) and platform:
+            self._platforms[platform] = gate
+
+    def watch_store(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    # -- TurnObserver ----------------------------------------------------------------------
+
+    def turn_finished(self, scope: TurnScope) -> None:
+        self.turns.labels(scope.platform, scope.skill, scope.outcome).inc()
+        if scope.outcome != "limited":
+            elapsed = time.monotonic() - scope.started
+            self.turn_seconds.labels(scope.platform, scope.skill).observe(elapsed)
+        self.sync()
+
+    def first_token(self, scope: TurnScope) -> None:
+        if scope.first_token_at is not None:
+            return
+        scope.first_token_at = time.monotonic()
+        elapsed = scope.first_token_at - scope.started
+        self.first_token_seconds.labels(scope.platform, scope.skill).observe(elapsed)
+
+    def tokens(self, platform: str, usage: Usage) -> None:
+        self.tokens_total.labels(platform, "in").inc(usage.prompt_tokens)
+        self.tokens_total.labels(platform, "out").inc(usage.completion_tokens)
+
+    def refused(self, platform: str) -> None:
+        self.turns.labels(platform, "none", "refused").inc()
+
+    # -- scrape ----------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Copy the sources' plain counters into Prometheus (as increments since last time)."""
+        for backend in self._backends:
+            self._sync_backend(backend)
+        for chain in self._chains:
+            self.fallbacks.inc(self._seen.delta(chain, "fallbacks", chain.fallbacks))
+        for platform, gate in self._platforms.items():
+            self.api_calls.labels(platform).inc(self._seen.delta(gate, "calls", gate.api_calls))
+            throttled = self._seen.delta(gate, "429", gate.retries_after_429)
+            self.throttled.labels(platform).inc(throttled)
+
+    def _sync_backend(self, backend: ResilientBackend) -> None:
+        counts = backend.counts
+        values = {
+            "requests": counts.requests,
+            "tries": counts.sent,
+            "retries": counts.retries,
+            "errors": counts.failed,
+            "timeouts": counts.timed_out,
+            "refused": counts.refused,
+            "breaker_openings": backend.breaker.openings,
+        }
+        for name, value in values.items():
+            increase = self._seen.delta(backend, name, value)
+            self._backend_counters[name].labels(backend.name).inc(increase)
+        self.breaker_state.labels(backend.name).set(BREAKER_VALUES[backend.breaker.state])
+
+    async def refresh(self) -> None:
+        """What is read at scrape time: the plain counters, and the pending messages."""
+        self.sync()
+        if self._engine is None:
+            return
+        query = select(func.count(), func.min(MessageRow.created_at)).where(text(PENDING_PREDICATE))
+        try:
+            async with self._engine.connect() as conn:
+                count, oldest = (await conn.execute(query)).one()
+        except Exception as exc:  # a scrape must still answer while the database is down
+            log.warning("pending messages not measured: %s", type(exc).__name__)
+            return
+        self.pending.set(count)
+        self.pending_age.set(_age_s(oldest))
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format and its content type; every worker's values in multiprocess mode."""
+        if os.environ.get(MULTIPROC_ENV):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # untyped upstream
+            return generate_latest(merged), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _age_s(oldest: datetime | str | None) -> float:
+    if oldest is None:
+        return 0.0
+    if isinstance(oldest, str):  # SQLite without type information in an aggregate
+        oldest = datetime.fromisoformat(oldest)
+    if oldest.tzinfo is None:  # SQLite's CURRENT_TIMESTAMP is UTC without a zone
+        oldest = oldest.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - oldest).total_seconds())

@@ -1,0 +1,203 @@
+"""One harness per adapter, so that one contract suite (tests/test_adapter_contract.py) runs
+over all of them: each starts a real app and the real adapter, sends messages the way the
+platform delivers them, and reads back what a person in the chat sees.
+
+A new adapter joins the suite with a harness here and one line in HARNESSES.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import os
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from adapters.console import ConsoleAdapter, ConsoleSettings
+from adapters.kit.runner import host_for
+from adapters.telegram.adapter import TelegramAdapter
+from adapters.telegram.formatting import to_text
+from adapters.telegram.settings import TelegramSettings
+from bot.app import Parley
+from bot.settings import Settings, load_settings
+from tests.telegram_api import TOKEN, FakeBotApi
+from tests.telegram_updates import text_update
+
+USER = "1001"
+GROUP_ADMIN = "1002"
+GROUP_CHAT = -100555
+PRIVATE_CHAT = 1001
+
+
+class Harness(Protocol):
+    app: Parley
+    # The platform's longest message (what `seen` is checked against), and its length unit.
+    limit: int
+    length: Callable[[str], int]
+    # Whether the platform has group conversations with admins of their own.
+    groups: bool
+
+    async def send(self, text: str, *, group: bool = False, admin: bool = False) -> None:
+        """A message from the test user, or in a group from an admin of it."""
+        ...
+
+    def seen(self, *, group: bool = False) -> list[str]:
+        """The chat's messages as its members read them, in order."""
+        ...
+
+    async def idle(self) -> None: ...
+
+
+def settings_for(tmp_path: Path, adapter: str, **sections: Any) -> Settings:
+    return load_settings(
+        None,
+        database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},
+        knowledge={"load_sample": False},
+        adapters=[adapter],
+        **sections,
+    )
+
+
+class CountingIntake:
+    """The console's seam to the core, counting the lines it hands over, so that a test can
+    wait until the console read everything written to it."""
+
+    def __init__(self, intake: Any) -> None:
+        self._intake = intake
+        self.submitted = 0
+        self.changed = asyncio.Event()
+
+    async def submit(self, incoming: Any) -> Any:
+        try:
+            return await self._intake.submit(incoming)
+        finally:
+            self.submitted += 1
+            self.changed.set()
+
+    async def wait_answered(self, recorded: Any) -> None:
+        await self._intake.wait_answered(recorded)
+
+
+class ConsoleHarness:
+    limit = 10**9  # a terminal has no message limit
+    length = staticmethod(len)
+    groups = False
+
+    def __init__(self, app: Parley, feed: io.TextIOBase, counting: CountingIntake) -> None:
+        self.app = app
+        self._feed = feed
+        self._counting = counting
+        self._sent = 0
+        self.out = io.StringIO()
+
+    async def send(self, text: str, *, group: bool = False, admin: bool = False) -> None:
+        self._feed.write(text + "\n")
+        self._feed.flush()
+        self._sent += 1
+
+    def seen(self, *, group: bool = False) -> list[str]:
+        # Each reply ends with a line break; a reply of several lines stays one message.
+        text = self.out.getvalue()
+        return [text] if text else []
+
+    async def idle(self) -> None:
+        while self._counting.submitted < self._sent:
+            self._counting.changed.clear()
+            await self._counting.changed.wait()
+        await self.app.intake.idle()
+
+
+@asynccontextmanager
+async def console_harness(
+    tmp_path: Path, backend: object | None, **sections: Any
+) -> AsyncIterator[ConsoleHarness]:
+    settings = settings_for(tmp_path, "console", console={"user": USER, **sections})
+    read_end, write_end = os.pipe()
+    async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
+        section = settings.section("console")
+        assert isinstance(section, ConsoleSettings)
+        with os.fdopen(read_end) as stdin, os.fdopen(write_end, "w") as feed:
+            counting = CountingIntake(app.intake)
+            harness = ConsoleHarness(app, feed, counting)
+            adapter = ConsoleAdapter(
+                counting,  # type: ignore[arg-type]
+                section,
+                stdin=stdin,
+                stdout=harness.out,
+                interactive=False,
+            )
+            app.intake.register("console", adapter, section.access)
+            running = asyncio.create_task(adapter.run())
+            try:
+                yield harness
+                await harness.idle()
+            finally:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+
+
+class TelegramHarness:
+    limit = 4096
+    groups = True
+
+    @staticmethod
+    def length(text: str) -> int:
+        return len(text.encode("utf-16-le")) // 2  # Telegram counts UTF-16 code units
+
+    def __init__(self, app: Parley, adapter: TelegramAdapter, api: FakeBotApi) -> None:
+        self.app = app
+        self.adapter = adapter
+        self.api = api
+        self._updates = itertools.count(1)
+
+    async def send(self, text: str, *, group: bool = False, admin: bool = False) -> None:
+        chat = GROUP_CHAT if group else PRIVATE_CHAT
+        sender = int(GROUP_ADMIN if admin else USER)
+        self.api.admins.add((GROUP_CHAT, int(GROUP_ADMIN)))
+        payload = text_update(next(self._updates), chat, text, user_id=sender)
+        await self.adapter.handle_update(_update(payload, self.adapter))
+
+    def seen(self, *, group: bool = False) -> list[str]:
+        return self.api.texts(GROUP_CHAT if group else PRIVATE_CHAT)
+
+    async def idle(self) -> None:
+        await self.adapter.idle()
+
+
+def _update(payload: dict[str, Any], adapter: TelegramAdapter) -> Any:
+    from telegram import Update
+
+    return Update.de_json(payload, adapter.bot)
+
+
+@asynccontextmanager
+async def telegram_harness(
+    tmp_path: Path, backend: object | None, **sections: Any
+) -> AsyncIterator[TelegramHarness]:
+    api = FakeBotApi()
+    async with api.serving() as base_url:
+        telegram = {"token": TOKEN, "base_url": base_url, "stream_interval_s": 0.05, **sections}
+        settings = settings_for(tmp_path, "telegram", telegram=telegram)
+        async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
+            section = settings.section("telegram")
+            assert isinstance(section, TelegramSettings)
+            adapter = TelegramAdapter(host_for(app), section)
+            app.intake.register("telegram", adapter, section.access)
+            async with adapter:
+                yield TelegramHarness(app, adapter, api)
+                await adapter.idle()
+
+
+HARNESSES = {"console": console_harness, "telegram": telegram_harness}
+
+
+def visible(text: str) -> str:
+    """What a reader sees of a Markdown answer, whatever the platform did with its markup:
+    the characters that are not markup or white space, in order."""
+    plain = to_text(text) if "<" in text and "</" in text else text
+    plain = re.sub(r"```[\w+#.-]*", "", plain)  # a fence's language is an attribute, unseen
+    return "".join(ch for ch in plain if not ch.isspace() and ch not in "*_`#>|~-•")

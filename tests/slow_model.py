@@ -1,0 +1,85 @@
+"""A stand-in OpenAI-compatible model server that streams slowly, for tests that run real
+`parley run` processes: /v1/models (with max_model_len, as vLLM reports it) and a streaming
+/v1/chat/completions whose reply is `words` words, one every `delay_s`, then the usage chunk
+and [DONE], the shapes vLLM sends. No /tokenize: Parley then estimates token counts.
+
+Each request's first word says which user message it answers ("re:<text>"), so a test can
+tell the answers apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+MODEL = "slow-model"
+
+
+@dataclass
+class SlowModel:
+    words: int = 12
+    delay_s: float = 0.25
+    started: int = 0
+    finished: int = 0
+    # Set when a reply's first word went out: a test can act mid-answer.
+    streaming: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/chat/completions", self._complete, methods=["POST"]),
+            ]
+        )
+
+    @contextlib.asynccontextmanager
+    async def serving(self, port: int = 0) -> AsyncIterator[str]:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        server = uvicorn.Server(uvicorn.Config(self.app(), access_log=False, log_level="warning"))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
+            await asyncio.sleep(0.01)
+        try:
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        finally:
+            server.should_exit = True
+            await task
+
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse(
+            {"object": "list", "data": [{"id": MODEL, "object": "model", "max_model_len": 4096}]}
+        )
+
+    async def _complete(self, request: Request) -> Response:
+        body = await request.json()
+        asked = body["messages"][-1]["content"]
+        return StreamingResponse(self._events(asked), media_type="text/event-stream")
+
+    async def _events(self, asked: str) -> AsyncIterator[str]:
+        self.started += 1
+        for n in range(self.words):
+            word = f"re:{asked}" if n == 0 else f"w{n}"
+            yield _event({"choices": [{"index": 0, "delta": {"content": f"{word} "}}]})
+            self.streaming.set()
+            await asyncio.sleep(self.delay_s)
+        yield _event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        usage = {"prompt_tokens": 10, "completion_tokens": self.words, "total_tokens": 22}
+        yield _event({"choices": [], "usage": usage})
+        yield "data: [DONE]\n\n"
+        self.finished += 1
+
+
+def _event(data: object) -> str:
+    return f"data: {json.dumps(data)}\n\n"

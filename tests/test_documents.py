@@ -1,0 +1,161 @@
+"""Documents users send, read by the core within caps: real encodings, size before download,
+pages and characters, and a hostile PDF that costs a child process, never the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import zlib
+from pathlib import Path
+
+import pytest
+
+from bot import phrases
+from bot.documents import DocumentReader, DocumentRefused, DocumentSource
+from bot.policy import AccessRules
+from bot.settings import DocumentSettings, load_settings
+from bot.storage.base import MessageKind
+from bot.text.encoding import decode_document
+from bot.types import ConversationKey, Incoming, User
+from tests.skills_helpers import running
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        codecs.BOM_UTF16_LE + "Grüße, 世界".encode("utf-16-le"),
+        codecs.BOM_UTF16_BE + "Grüße, 世界".encode("utf-16-be"),
+        "Grüße, 世界".encode("utf-16-le"),  # Windows "Unicode" without a mark
+        codecs.BOM_UTF8 + "Grüße, 世界".encode(),
+        "Grüße, 世界".encode(),
+        codecs.BOM_UTF32_LE + "Grüße, 世界".encode("utf-32-le"),
+    ],
+)
+def test_text_is_decoded_by_its_real_encoding(data: bytes) -> None:
+    assert decode_document(data) == "Grüße, 世界"
+
+
+def test_nul_never_survives_and_cp1252_is_the_last_resort() -> None:
+    assert decode_document(b"plain text with one\x00 NUL in it") == "plain text with one NUL in it"
+    assert decode_document("café".encode("cp1252")) == "café"
+
+
+def pdf(pages: int, content: bytes) -> bytes:
+    """A PDF whose `pages` pages all draw one shared, compressed content stream."""
+    stream = zlib.compress(content, 9)
+    kids = " ".join(f"{3 + n} 0 R" for n in range(pages))
+    shared = 3 + pages
+    font = shared + 1
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
+        *(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {shared} 0 R "
+            f"/Resources << /Font << /F1 {font} 0 R >> >> >>".encode()
+            for _ in range(pages)
+        ),
+        f"<< /Length {len(stream)} /Filter /FlateDecode >>\nstream\n".encode()
+        + stream
+        + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    return bytes(out)
+
+
+def _source(name: str, data: bytes, downloads: list[int] | None = None) -> DocumentSource:
+    async def download() -> bytes:
+        if downloads is not None:
+            downloads.append(1)
+        return data
+
+    return DocumentSource(name, "", len(data), download)
+
+
+async def _refusal(settings: DocumentSettings, source: DocumentSource) -> str:
+    with pytest.raises(DocumentRefused) as refused:
+        await DocumentReader(settings).read(source)
+    return refused.value.sentence
+
+
+async def test_a_small_pdf_is_read() -> None:
+    line = b"BT /F1 12 Tf 72 700 Td (The meeting is on Monday) Tj ET\n"
+    text = await DocumentReader(DocumentSettings()).read(_source("notes.pdf", pdf(2, line)))
+    assert text.count("The meeting is on Monday") == 2
+
+
+async def test_caps_refuse_with_one_sentence() -> None:
+    line = b"BT /F1 12 Tf 72 700 Td (" + b"x" * 200 + b") Tj ET\n"
+    many_pages = pdf(8, line)
+    assert await _refusal(DocumentSettings(max_pages=5), _source("a.pdf", many_pages)) == (
+        phrases.DOC_TOO_MANY_PAGES
+    )
+    long_text = _source("b.txt", b"word " * 50_000)
+    assert await _refusal(DocumentSettings(max_chars=100_000), long_text) == phrases.DOC_TOO_LONG
+    assert await _refusal(DocumentSettings(), _source("c.exe", b"MZ")) == phrases.DOC_UNSUPPORTED
+    damaged = _source("d.pdf", b"%PDF-1.4\nnot really")
+    assert await _refusal(DocumentSettings(), damaged) == phrases.DOC_DAMAGED
+
+
+async def test_a_document_too_large_is_refused_before_it_is_downloaded() -> None:
+    downloads: list[int] = []
+    big = DocumentSource("big.txt", "text/plain", 10**9, _source("x", b"", downloads).download)
+    assert await _refusal(DocumentSettings(), big) == phrases.DOC_TOO_LARGE
+    assert downloads == []
+
+
+async def test_a_hostile_pdf_is_stopped_and_the_loop_keeps_running() -> None:
+    # Eight pages share one stream that inflates to ~40 MB of text operators.
+    heavy = pdf(8, (b"BT /F1 12 Tf 72 700 Td (" + b"A" * 60 + b") Tj ET\n") * 500_000)
+    assert len(heavy) < 200_000
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    beside = asyncio.create_task(ticker())
+    try:
+        settings = DocumentSettings(timeout_s=1.0, max_chars=10**9)
+        assert await _refusal(settings, _source("bomb.pdf", heavy)) == phrases.DOC_TOO_SLOW
+    finally:
+        beside.cancel()
+    assert ticks > 0  # the event loop ran other work while the child process parsed
+
+
+async def test_over_the_rate_limit_a_document_is_a_stub_and_never_downloaded(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        None,
+        database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},
+        conversation={"rate_limit_messages": 1},
+    )
+    downloads: list[int] = []
+    key = ConversationKey("test", "chat-1")
+    ada = User("test", "u1", "Ada")
+    async with running(settings, None) as (app, _sink):
+        app.intake.register("test", _sink, AccessRules())  # type: ignore[arg-type]
+        await app.intake.submit(Incoming(key, ada, "hello", idempotency_key="d0"))
+        doc = _source("notes.txt", b"secret plans " * 1000, downloads)
+        recorded = await app.intake.submit_document(
+            Incoming(key, ada, "", idempotency_key="d1"), doc
+        )
+        await app.intake.idle()
+        assert recorded is not None and downloads == []
+        rows = await app.store.history(recorded.conversation_id, 10)
+        stub = next(r for r in rows if r.id == recorded.message_id)
+        assert stub.kind is MessageKind.LIMITED and "secret plans" not in stub.content
+        assert "notes.txt" in stub.content and "13000 bytes" in stub.content

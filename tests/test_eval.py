@@ -1,0 +1,87 @@
+"""`parley eval` without a model: the shipped sets load, a slice of each runs through the app
+and prints every figure (model-only ones as n/a), operator sets are read and checked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.errors import ConfigError
+from bot.evaluation import add_eval_parser, metrics
+from bot.evaluation.cli import SHIPPED_SETS
+from bot.evaluation.sets import SKILLS, load_sets, read_jsonl
+from bot.settings import Settings
+
+FIGURES = (
+    "ROUGE-1 F1", "ROUGE-2 F1", "ROUGE-L F1", "BLEU", "chrF", "retrieval recall@3",
+    "answer contains the fact", "citation precision", "accuracy",
+)  # fmt: skip
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="parley")
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["eval", *argv])
+
+
+async def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    args = _args(*argv)
+    status = await args.func(Settings(adapters=[]), args)
+    return status, capsys.readouterr().out
+
+
+def test_shipped_sets_have_thirty_items_per_skill_and_several_languages() -> None:
+    sets = load_sets(sorted(SHIPPED_SETS.glob("*.jsonl")))
+    for skill in SKILLS:
+        assert sets.count(skill) >= 30, skill
+    assert len({item.target for item in sets.translate}) >= 3
+    assert {item.expected for item in sets.intent} == {"ask", "summarize", "translate", "chat"}
+
+
+async def test_a_five_item_slice_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out = await _run(capsys, "--limit", "5")
+    assert status == 0
+    assert "model: none" in out
+    for figure in FIGURES:
+        assert figure in out, figure
+    lines = {line.split("  ")[0].strip(): line for line in out.splitlines()}
+    assert "n/a" in lines["translate"]  # needs a model
+    for line in out.splitlines()[2:]:
+        if "n/a" not in line:
+            assert any(ch.isdigit() for ch in line), line
+
+
+async def test_an_operator_set_and_one_skill(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "mine.jsonl"
+    rows = [
+        {"skill": "intent", "text": "translate to German: hello", "expected": "translate"},
+        {"skill": "intent", "text": "nice weather", "expected": "chat"},
+        {"skill": "summarize", "text": "One. Two.", "reference": "One."},
+    ]
+    path.write_text("# my set\n\n" + "\n".join(json.dumps(r) for r in rows) + "\n")
+    status, out = await _run(capsys, "--set", str(path), "--skill", "intent")
+    assert status == 0
+    assert "accuracy" in out and "100.0%" in out and "ROUGE" not in out
+
+
+def test_a_bad_line_names_its_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"skill": "ask", "question": "q", "fact": "f", "source": "a.md"}\n'
+                    '{"skill": "translate", "text": "hi"}\n')  # fmt: skip
+    with pytest.raises(ConfigError, match=r"bad.jsonl, line 2: .*target"):
+        read_jsonl(path)
+
+
+def test_metrics() -> None:
+    same = ["the cat sat on the mat"]
+    assert metrics.bleu(same, same) == pytest.approx(100)
+    scores = metrics.rouge(["the cat sat"], ["the cat sat"])
+    assert scores is not None and scores.rouge2 == 100.0
+    assert metrics.rouge([], []) is None and metrics.share(0, 0) is None
+    assert metrics.contains_any("Set **`lock_ttl_s`**  to", ["LOCK_TTL_S"])
+    assert metrics.cited_numbers("as [2] says, and [1], [2]") == [2, 1]

@@ -1,0 +1,52 @@
+"""The knowledge-base evaluation: its question sets are well formed (every gold section exists
+in the vendored documents), and a small slice of `python -m bench.kb_bench` runs end to end."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bench import kb_bench
+from bot.knowledge.loaders import load
+
+KINDS = {"short", "long", "typo", "error", "paraphrase"}
+
+
+@pytest.mark.parametrize("name", kb_bench.SETS)
+def test_every_gold_section_exists_and_every_kind_is_asked(name: str) -> None:
+    docs = kb_bench.SETS_DIR / name / "docs"
+    locations = {
+        f"docs/{path.name}": [s.location for s in load(path.read_bytes(), path).sections]
+        for path in docs.glob("*.md")
+    }
+    questions = kb_bench.load_questions(name, None)
+    assert len(questions) >= 60
+    assert {q.kind for q in questions} == KINDS
+    for q in questions:
+        for file, heading in q.gold:
+            assert any(
+                loc == heading or loc.endswith(f" > {heading}") for loc in locations[file]
+            ), (q.text, file, heading)
+    assert (kb_bench.SETS_DIR / name / "LICENSE").is_file()
+
+
+def test_quick_slice_runs_and_ends_with_the_worst_recall(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--quick", "--only", "sqlite", "--questions", "6", "--chunks", "150", "--repeat", "1"]
+    assert kb_bench.main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"recall@3 [01]\.\d{3}", out[-1])
+    rows = [row for row in map(str.split, out) if row[:1] and row[0] in kb_bench.SETS]
+    rows = [row for row in rows if row[1] == "sqlite"]  # the quality table, not the kinds
+    systems = {(row[0], row[2]) for row in rows}
+    assert systems == {(s, c) for s in kb_bench.SETS for c in [*kb_bench.CONFIGURATIONS, "bm25"]}
+    assert any("150 generated chunks" in line for line in out)
+
+
+def test_sets_stay_small() -> None:
+    for name in kb_bench.SETS:
+        size = sum(p.stat().st_size for p in Path(kb_bench.SETS_DIR / name).rglob("*"))
+        assert size < 400_000, name

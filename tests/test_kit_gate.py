@@ -1,0 +1,153 @@
+"""The outbound gate on a virtual clock: limits per chat and per group, kept together by two
+gates (two workers) sharing Redis, and kept in the process when Redis is down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from telegram.error import RetryAfter
+from telegram.ext import ExtBot
+
+from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
+from adapters.telegram.limits import FloodGate, retry_after_s
+from tests.redis_server import free_port
+from tests.telegram_api import TOKEN, FakeBotApi
+
+PER_CHAT, PER_GROUP = Rate(1, 1.0), Rate(3, 10.0)
+RATES = Rates(PER_CHAT, PER_GROUP, overall=Rate(30, 1.0))
+CALL_S = 0.03  # a Bot API call's round trip, on the virtual clock
+GROUP = "-100123"
+
+
+class VirtualClock:
+    """Time that moves only when someone sleeps: any order of sleepers is a valid history."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)  # let the others run, as a real sleep would
+
+
+def within(times: list[float], rate: Rate) -> bool:
+    """No window of `rate.period_s` holds more than `rate.calls` of `times`."""
+    times = sorted(times)
+    return all(
+        sum(1 for t in times[i:] if t < start + rate.period_s) <= rate.calls
+        for i, start in enumerate(times)
+    )
+
+
+async def calls_through(
+    gates: list[Gate], clock: VirtualClock, chat: str, each: int
+) -> list[float]:
+    """Each gate sends `each` calls to `chat` at once; the times the server saw them."""
+    seen: list[float] = []
+
+    async def call(gate: Gate) -> None:
+        async with gate.slot(chat, group=chat.startswith("-")):
+            seen.append(clock.now)
+            await clock.sleep(CALL_S)
+
+    await asyncio.gather(*(call(gate) for gate in gates for _ in range(each)))
+    return seen
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_one_gate_keeps_the_chat_and_group_limits() -> None:
+    clock = VirtualClock()
+    gate = LocalGate(RATES, clock=clock, sleep=clock.sleep)
+    seen = await calls_through([gate], clock, GROUP, 8)
+    assert len(seen) == 8
+    assert within(seen, PER_CHAT) and within(seen, PER_GROUP)
+
+
+async def test_two_workers_with_their_own_windows_exceed_the_limit_together() -> None:
+    """Why the Redis gate exists (and proof that `within` sees a breach)."""
+    clock = VirtualClock()
+    gates: list[Gate] = [LocalGate(RATES, clock=clock, sleep=clock.sleep) for _ in range(2)]
+    seen = await calls_through(gates, clock, "42", 3)
+    assert not within(seen, PER_CHAT)
+
+
+async def test_two_workers_sharing_redis_keep_the_chat_and_group_limits_together(
+    redis: Redis, key_prefix: str
+) -> None:
+    clock = VirtualClock()
+    gates: list[Gate] = [
+        RedisGate(redis, RATES, prefix=key_prefix, clock=clock, sleep=clock.sleep) for _ in range(2)
+    ]
+    private = await calls_through(gates, clock, "42", 4)
+    group = await calls_through(gates, clock, GROUP, 4)
+    assert len(private) == len(group) == 8
+    assert within(private, PER_CHAT)
+    assert within(group, PER_CHAT) and within(group, PER_GROUP)
+    assert await redis.exists(f"{key_prefix}:gate:chat:42")  # the windows are shared ones
+
+
+async def test_redis_clock_mode_takes_and_frees_slots(redis: Redis, key_prefix: str) -> None:
+    gate = RedisGate(redis, Rates(Rate(5, 1.0)), prefix=key_prefix)  # Redis's own TIME
+    for _ in range(3):
+        async with gate.slot("7", group=False):
+            pass
+    assert await redis.zcard(f"{key_prefix}:gate:chat:7") == 3
+
+
+async def test_a_dead_redis_falls_back_to_the_process_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="adapters.kit.gate")
+    dead = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    clock = VirtualClock()
+    gate = RedisGate(dead, RATES, prefix="unused", clock=clock, sleep=clock.sleep)
+    try:
+        seen = await calls_through([gate], clock, "42", 4)
+    finally:
+        await dead.aclose()
+    assert len(seen) == 4 and within(seen, PER_CHAT)
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
+
+
+def test_retry_after_is_read_through_ptbs_public_api() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PTB's constructor warns about the type itself
+        refusal = RetryAfter(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reading it lets no deprecation warning escape
+        assert retry_after_s(refusal) == 3.0
+
+
+async def test_two_telegram_workers_sharing_redis_meet_no_flood_refusal(
+    redis: Redis, key_prefix: str
+) -> None:
+    """The bug: each worker kept one message a second per chat, so two of them sent two and
+    met 429s. With one Redis they keep it together, against the stand-in's strict limits."""
+    api = FakeBotApi()
+    async with api.serving() as base_url:
+        workers = [
+            ExtBot(
+                TOKEN, base_url=base_url, rate_limiter=FloodGate(redis=redis, key_prefix=key_prefix)
+            )
+            for _ in range(2)
+        ]
+        async with workers[0], workers[1]:
+            await asyncio.gather(
+                *(bot.send_message(42, f"hello {n}") for bot in workers for n in range(2))
+            )
+    assert len(api.texts(42)) == 4
+    assert api.rejected == []

@@ -1,0 +1,235 @@
+"""Retrieval on real SQLite and PostgreSQL: one passage per section, the number of passages
+asked for, words that matter in technical text, rare words weighing more (in memory and on
+each database's own engine), typos, semantic search with the bundled WordLlama model, vectors
+stored at ingest and back-filled, symlinks, and the sample giving way to the operator's
+documents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.knowledge import KnowledgeBase, load_sample_if_empty
+from bot.knowledge.embeddings import WordLlamaEmbedder
+from bot.knowledge.sample import remove_sample_if_superseded
+from bot.knowledge.types import SearchOptions
+from bot.settings import KnowledgeSettings
+from bot.storage import migrate
+from bot.storage.database import create_engine
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+IN_MEMORY = SearchOptions(semantic_weight=0)
+DATABASE_FTS = SearchOptions(semantic_weight=0, max_memory_chunks=0)
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> WordLlamaEmbedder:
+    return WordLlamaEmbedder(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+async def engine_url(database_url: str) -> str:
+    await migrate.upgrade(database_url)  # the SQLite one arrives unmigrated
+    return database_url
+
+
+@pytest.fixture
+async def engine(engine_url: str) -> AsyncIterator[AsyncEngine]:
+    made = create_engine(engine_url)
+    try:
+        yield made
+    finally:
+        await made.dispose()
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+LONG_SECTION = "\n\n".join(
+    f"Paragraph {n} about configuring the widget cache, with enough words to fill a chunk "
+    + "of its own when paragraphs are packed. " * 12
+    for n in range(8)
+)
+
+
+@pytest.mark.parametrize("options", [IN_MEMORY, DATABASE_FTS], ids=["memory", "database"])
+async def test_one_passage_per_section_and_k_passages(
+    engine: AsyncEngine, tmp_path: Path, options: SearchOptions
+) -> None:
+    write(
+        tmp_path,
+        "guide.md",
+        f"""# Guide
+
+## Widget cache
+
+{LONG_SECTION}
+
+## Widget sizes
+
+The widget comes in three sizes.
+
+## Widget colours
+
+A widget is blue.
+
+## Widget history
+
+The first widget was made in 1901.
+""",
+    )
+    kb = KnowledgeBase(engine, options=options)
+    await kb.add([tmp_path])
+    passages = await kb.search("widget cache", k=3)
+    locations = [p.location for p in passages]
+    assert len(passages) == 3 and len(set(locations)) == 3, locations
+    assert locations[0] == "Guide > Widget cache"
+    # The section's neighbouring matching chunks are merged into its one passage.
+    assert passages[0].text.count("Paragraph") > 1
+    assert len(await kb.search("widget", k=4)) == 4
+    assert passages[0].score >= passages[1].score >= passages[2].score
+
+
+@pytest.mark.parametrize("options", [IN_MEMORY, DATABASE_FTS], ids=["memory", "database"])
+async def test_rare_words_and_technical_stop_words_rank(
+    engine: AsyncEngine, tmp_path: Path, options: SearchOptions
+) -> None:
+    sections = "\n\n".join(
+        f"## Query form {n}\n\nA query clause of the common kind, number {n}." for n in range(6)
+    )
+    write(
+        tmp_path,
+        "sql.md",
+        f"""# SQL
+
+{sections}
+
+## Recursive queries
+
+A zephyr query walks a tree: the rare word decides.
+
+## The WITH clause
+
+Write WITH before the query to name a subquery.
+""",
+    )
+    kb = KnowledgeBase(engine, options=options)
+    await kb.add([tmp_path])
+    assert (await kb.search("query clause zephyr"))[0].location == "SQL > Recursive queries"
+    assert (await kb.search("WITH clause"))[0].location == "SQL > The WITH clause"
+
+
+async def test_typos_are_corrected_to_known_words(engine: AsyncEngine, tmp_path: Path) -> None:
+    write(
+        tmp_path, "zoo.md", "# Zoo\n\n## Cats\n\nThe ocelot sleeps.\n\n## Dogs\n\nThe dingo runs.\n"
+    )
+    kb = KnowledgeBase(engine, options=IN_MEMORY)
+    await kb.add([tmp_path])
+    for typo in ("ocelto", "oclot", "ocellot", "ocelit"):
+        assert [p.location for p in await kb.search(typo)] == ["Zoo > Cats"], typo
+    assert await kb.search("wombat") == []
+
+
+async def test_semantic_search_finds_a_paraphrase_and_nothing_for_unrelated_text(
+    engine: AsyncEngine, tmp_path: Path, embedder: WordLlamaEmbedder
+) -> None:
+    write(
+        tmp_path,
+        "db.md",
+        """# Database
+
+## Retries
+
+When the connection to the server is lost, the statement is sent again automatically after
+reconnecting, at most three times.
+
+## Backups
+
+Copy the data folder every night with the dump tool.
+
+## Logging
+
+Each statement is written to the log with its duration.
+""",
+    )
+    full_text = KnowledgeBase(engine, options=IN_MEMORY)
+    hybrid = KnowledgeBase(engine, embedder=embedder)
+    await hybrid.add([tmp_path])
+    question = "try once more if disconnected"
+    assert await full_text.search(question) == []  # no word in common
+    assert (await hybrid.search(question))[0].location == "Database > Retries"
+    assert await hybrid.search("banana smoothie recipe") == []
+
+
+async def test_vectors_are_stored_at_ingest_and_back_filled(
+    engine: AsyncEngine, tmp_path: Path, embedder: WordLlamaEmbedder
+) -> None:
+    write(tmp_path, "a.md", "# A\n\n## One\n\nFirst text.\n\n## Two\n\nSecond text.\n")
+    await KnowledgeBase(engine, embedder=embedder).add([tmp_path])
+    missing = sa.text("SELECT count(*) FROM kb_chunks WHERE embedding IS NULL")
+    async with engine.begin() as conn:
+        assert await conn.scalar(missing) == 0
+        assert await conn.scalar(sa.text("SELECT min(length(embedding)) FROM kb_chunks")) == 1024
+        await conn.execute(sa.text("UPDATE kb_chunks SET embedding = NULL"))
+    # Full text only: nothing is computed. With the model: the first search back-fills.
+    await KnowledgeBase(engine, options=IN_MEMORY).search("text")
+    async with engine.connect() as conn:
+        assert await conn.scalar(missing) == 2
+    assert await KnowledgeBase(engine, embedder=embedder).search("first")
+    async with engine.connect() as conn:
+        assert await conn.scalar(missing) == 0
+
+
+async def test_another_process_s_changes_are_seen(engine: AsyncEngine, tmp_path: Path) -> None:
+    reader, writer = KnowledgeBase(engine), KnowledgeBase(engine)
+    doc = write(tmp_path, "a.md", "# A\n\nThe quokka.\n")
+    await writer.add([doc])
+    assert await reader.search("quokka")
+    doc.write_text("# A\n\nThe numbat.\n")
+    await writer.add([doc])
+    assert await reader.search("quokka") == []
+    assert await reader.search("numbat")
+    await writer.remove(doc)
+    assert await reader.search("numbat") == []
+
+
+async def test_symlinks_out_of_a_folder_are_not_ingested_and_removal_is_complete(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    secret = write(tmp_path / "outside", "secret.md", "# Secret\n\nThe password is aardvark.\n")
+    folder = tmp_path / "kb"
+    write(folder, "own.md", "# Own\n\nThe armadillo.\n")
+    (folder / "leak.md").symlink_to(secret)
+    kb = KnowledgeBase(engine)
+    report = await kb.add([folder])
+    assert [Path(f.source).name for f in report.files] == ["own.md"]
+    assert await kb.search("aardvark") == []
+    assert await kb.remove(folder) == 1
+    assert await kb.is_empty()
+
+
+async def test_the_sample_gives_way_to_the_operator_s_documents(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    kb = KnowledgeBase(engine, options=IN_MEMORY)
+    settings = KnowledgeSettings(sample_dir=str(DOCS))
+    assert await load_sample_if_empty(kb, settings) is not None
+    assert await remove_sample_if_superseded(kb, settings) == 0  # only the sample: it stays
+    await kb.add([write(tmp_path, "faq.md", "# FAQ\n\nOur product ships on Mondays.\n")])
+    assert await remove_sample_if_superseded(kb, settings) > 0
+    assert [Path(d.source).name for d in await kb.list()] == ["faq.md"]
+    assert await load_sample_if_empty(kb, settings) is None
+    assert [Path(d.source).name for d in await kb.list()] == ["faq.md"]
+
+
+async def test_migration_0006_round_trip_keeps_search_working(engine_url: str) -> None:
+    await migrate.downgrade(engine_url, "0005")
+    await migrate.upgrade(engine_url)
+    assert await migrate.current(engine_url) == migrate.head()

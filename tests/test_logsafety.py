@@ -1,0 +1,126 @@
+"""Logs without user text or secrets: a whole Telegram conversation at DEBUG, through the Bot
+API stand-in, with a canary in the user's message (and so in the echoed reply) and the bot
+token; the captured log must hold neither. Without the filter the canary is there: what
+python-telegram-bot logs by itself at DEBUG (each Bot API call with its parameters and answer).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+
+from bot import logsafety
+from bot.settings import Settings
+from tests.doubles import ScriptedBackend
+from tests.telegram_api import TOKEN
+from tests.telegram_updates import feed, telegram_stack, text_update
+
+CANARY = "canary-7f3a9c-do-not-log"
+FAST: dict[str, Any] = {"stream_interval_s": 0.05}
+
+
+@contextmanager
+def captured_debug_log(
+    *, safe: bool, log_message_text: bool = False
+) -> Iterator[tuple[io.StringIO, list[str]]]:
+    """Everything logged at DEBUG while inside, as an operator's handler would write it, and
+    the names of the loggers it came from."""
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    names: list[str] = []
+
+    def note(record: logging.LogRecord) -> bool:
+        names.append(record.name)
+        return True
+
+    handler.addFilter(note)
+    if safe:
+        logsafety.install([TOKEN], log_message_text=log_message_text, handlers=[handler])
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield buffer, names
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+async def a_conversation(tmp_path: Path) -> None:
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, api):
+        await feed(adapter, text_update(1, 42, f"my password is {CANARY}"))
+        await adapter.idle()
+        assert api.texts(42) == [f"echo: my password is {CANARY}"]
+
+
+async def test_without_the_filter_libraries_log_user_text(tmp_path: Path) -> None:
+    with captured_debug_log(safe=False) as (log, _):
+        await a_conversation(tmp_path)
+    assert CANARY in log.getvalue()
+
+
+async def test_a_debug_log_of_a_conversation_holds_no_text_and_no_token(tmp_path: Path) -> None:
+    with captured_debug_log(safe=True) as (log, names):
+        await a_conversation(tmp_path)
+    text = log.getvalue()
+    assert text, "nothing was logged: the test would prove nothing"
+    assert CANARY not in text
+    assert TOKEN not in text and TOKEN.split(":")[1] not in text
+    assert any(n.startswith("telegram") for n in names)  # the libraries did log, and were cut
+
+
+async def test_log_message_text_lets_library_records_through_without_the_token(
+    tmp_path: Path,
+) -> None:
+    with captured_debug_log(safe=True, log_message_text=True) as (log, _):
+        await a_conversation(tmp_path)
+    assert CANARY in log.getvalue()
+    assert TOKEN not in log.getvalue()
+
+
+def test_secrets_are_redacted_from_messages_and_tracebacks() -> None:
+    record_log = io.StringIO()
+    handler = logging.StreamHandler(record_log)
+    logsafety.install(["hunter2-password"], handlers=[handler])
+    log = logging.getLogger("parley.test")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.error("connect to postgresql://u:%s@db failed", "hunter2-password")
+        try:
+            raise ValueError("bad key hunter2-password at https://api.telegram.org/bot1:AbC-d/x")
+        except ValueError:
+            log.exception("call failed")
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    text = record_log.getvalue()
+    assert "hunter2" not in text and "AbC-d" not in text
+    assert "postgresql://u:***@db" in text and "ValueError: bad key ***" in text
+
+
+class AdapterSection(BaseModel):
+    token: SecretStr | None = None
+
+
+class WithAdapters(BaseModel):
+    core: Settings
+    adapters: list[AdapterSection]
+
+
+def test_secrets_in_settings_finds_tokens_keys_and_url_passwords() -> None:
+    core = Settings(
+        database={"url": "postgresql+asyncpg://parley:s3cret-pw@db/parley"},  # type: ignore[arg-type]
+        backend={"kind": "openai", "base_url": "http://m", "model": "m", "api_key": "sk-abcdef"},  # type: ignore[arg-type]
+    )
+    settings = WithAdapters(core=core, adapters=[AdapterSection(token=SecretStr(TOKEN))])
+    found = logsafety.secrets_in(settings)
+    assert {TOKEN, "s3cret-pw", "sk-abcdef"} <= set(found)

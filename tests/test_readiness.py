@@ -1,0 +1,172 @@
+"""`/readyz`: unready when PostgreSQL is cut, ready again once it is back; cached, so a
+balancer polling it does not hammer the dependencies.
+
+PostgreSQL is cut with a TCP relay between Parley and the server that the test closes
+(listener and open connections) and reopens on the same port: what a network partition or a
+restarting server looks like from the worker, without touching the shared server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from adapters.kit.http import HttpHost
+from bot.app import Parley
+from bot.readiness import ReadinessProbe, model_server_urls, readiness
+from bot.settings import BackendSettings, HttpSettings, Settings
+from bot.storage import migrate
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1:`port` to `target` that can be cut and restored."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()  # a partition: no goodbye to either side
+        await self._server.wait_closed()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers |= {writer, up_writer}
+        try:
+            await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+        finally:
+            for w in (writer, up_writer):
+                self._writers.discard(w)
+                w.transport.abort()
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def relayed(url: str) -> AsyncIterator[tuple[Relay, str]]:
+    parsed = make_url(url)
+    relay = Relay((parsed.host or "127.0.0.1", parsed.port or 5432))
+    await relay.open()
+    try:
+        yield relay, parsed.set(host="127.0.0.1", port=relay.port).render_as_string(False)
+    finally:
+        with contextlib.suppress(Exception):
+            await relay.cut()
+
+
+async def get_ready(host: HttpHost) -> httpx.Response:
+    transport = httpx.ASGITransport(app=host.app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://p") as client:
+        return await client.get("/readyz")
+
+
+@pytest.mark.postgres
+async def test_unready_while_postgres_is_cut_and_ready_again_after(postgres_url: str) -> None:
+    await migrate.upgrade(postgres_url)
+    async with relayed(postgres_url) as (relay, url):
+        settings = Settings(database={"url": url}, knowledge={"load_sample": False})  # type: ignore[arg-type]
+        async with Parley(settings) as app:
+            host = HttpHost(HttpSettings(), ready=ReadinessProbe(app, ttl_s=0))
+            assert (await get_ready(host)).text == "ready"
+
+            await relay.cut()
+            cut = await get_ready(host)
+            assert cut.status_code == 503
+            assert cut.text.startswith("database: ")
+            assert "127.0.0.1" not in cut.text and "postgres" not in cut.text.split(": ", 1)[1]
+
+            await relay.open()
+            back = await get_ready(host)
+            assert (back.status_code, back.text) == (200, "ready")
+
+
+async def test_stopping_answers_unready_without_asking(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    async def never_called(app: Parley) -> list[str]:
+        asked.append(1)
+        return []
+
+    async with Parley(_sqlite(tmp_path)) as app:
+        host = HttpHost(HttpSettings(), ready=ReadinessProbe(app, check=never_called))
+        host.draining = True
+        assert (await get_ready(host)).status_code == 503
+    assert asked == []
+
+
+async def test_answers_are_cached_for_the_ttl(tmp_path: Path) -> None:
+    now = [0.0]
+    rounds: list[int] = []
+
+    async def counted(app: Parley) -> list[str]:
+        rounds.append(1)
+        return await readiness(app)
+
+    async with Parley(_sqlite(tmp_path)) as app:
+        probe = ReadinessProbe(app, ttl_s=3.0, clock=lambda: now[0], check=counted)
+        answers = await asyncio.gather(*(probe() for _ in range(20)))
+        assert answers == [[]] * 20 and len(rounds) == 1
+        now[0] = 2.9
+        await probe()
+        assert len(rounds) == 1
+        now[0] = 3.0
+        await probe()
+        assert len(rounds) == 2
+
+
+async def test_a_model_server_that_does_not_answer_makes_it_unready(tmp_path: Path) -> None:
+    port = _closed_port()
+    async with Parley(_sqlite(tmp_path)) as app:
+        # Only the readiness check reads the backend section: the app runs without a model.
+        app.settings.backend = BackendSettings(
+            kind="openai", model="m", base_url=f"http://127.0.0.1:{port}/v1"
+        )
+        assert model_server_urls(app.settings.backend) == [f"http://127.0.0.1:{port}/v1/models"]
+        assert await readiness(app) == ["model server: ConnectError"]
+
+
+def _sqlite(tmp_path: Path, **sections: Any) -> Settings:
+    return Settings(
+        database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},  # type: ignore[arg-type]
+        knowledge={"load_sample": False},  # type: ignore[arg-type]
+        **sections,
+    )
+
+
+@pytest.mark.redis
+async def test_redis_is_checked_when_configured(tmp_path: Path, redis_url: str) -> None:
+    async with Parley(_sqlite(tmp_path, redis={"url": redis_url})) as app:
+        assert await readiness(app) == []
+    dead = f"redis://127.0.0.1:{_closed_port()}/0"
+    async with Parley(_sqlite(tmp_path, redis={"url": dead, "socket_timeout_s": 0.5})) as app:
+        assert await readiness(app) == ["redis: not answering"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as closed:  # nobody listens on it once the socket is closed
+        closed.bind(("127.0.0.1", 0))
+        return int(closed.getsockname()[1])

@@ -1,0 +1,77 @@
+"""`parley run` as a process, the way an operator and a process manager see it: an adapter
+that cannot start is one line and exit status 3; the end of console input ends the console
+only; SIGTERM during a streamed answer lets it finish and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+from tests.processes import finish, parley_run
+from tests.slow_model import MODEL, SlowModel
+from tests.telegram_api import TOKEN, FakeBotApi
+from tests.telegram_updates import text_update
+
+
+def _telegram(base_url: str, **more: str) -> dict[str, str]:
+    return {
+        "PARLEY_ADAPTERS": "telegram",
+        "PARLEY_TELEGRAM__TOKEN": TOKEN,
+        "PARLEY_TELEGRAM__BASE_URL": base_url,
+        "PARLEY_TELEGRAM__STREAM_INTERVAL_S": "0.1",
+        **more,
+    }
+
+
+async def test_a_token_the_bot_api_refuses_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    api = FakeBotApi()
+    async with api.serving() as base_url:
+        env = _telegram(base_url, PARLEY_TELEGRAM__TOKEN="123:revoked")
+        async with parley_run(tmp_path, env) as process:
+            status, err = await finish(process)
+    assert status == 3
+    assert err == (
+        "parley: error: the telegram adapter could not start: the Bot API refused the token "
+        "(401 Unauthorized): check PARLEY_TELEGRAM__TOKEN\n"
+    )
+    assert "revoked" not in err
+
+
+async def test_end_of_console_input_leaves_telegram_running(tmp_path: Path) -> None:
+    api = FakeBotApi()
+    async with api.serving() as base_url:
+        env = _telegram(base_url, PARLEY_ADAPTERS="console,telegram")
+        async with parley_run(tmp_path, env) as process:  # stdin: at its end at once
+            api.push_update(text_update(1, 42, "/help"))
+            async with asyncio.timeout(60):
+                (answer,) = await api.wait_for_messages(42, 1)
+            assert "/reset" in answer
+            assert process.returncode is None
+            process.send_signal(signal.SIGTERM)
+            status, err = await finish(process)
+    assert status == 0, err
+    assert "Traceback" not in err
+
+
+async def test_sigterm_during_a_streamed_answer_lets_it_finish(tmp_path: Path) -> None:
+    model = SlowModel(words=12, delay_s=0.2)
+    api = FakeBotApi()
+    async with model.serving() as model_url, api.serving() as base_url:
+        env = _telegram(
+            base_url,
+            PARLEY_BACKEND__KIND="openai",
+            PARLEY_BACKEND__BASE_URL=model_url,
+            PARLEY_BACKEND__MODEL=MODEL,
+            PARLEY_SHUTDOWN_GRACE_S="8",
+        )
+        async with parley_run(tmp_path, env) as process:
+            api.push_update(text_update(1, 42, "tell me"))
+            async with asyncio.timeout(60):
+                await model.streaming.wait()
+            process.send_signal(signal.SIGTERM)
+            status, err = await finish(process)
+    assert status == 0, err
+    assert model.finished == 1
+    words = ["re:tell", "me", *(f"w{n}" for n in range(1, 12))]
+    assert api.texts(42)[-1].split() == words

@@ -1,0 +1,98 @@
+"""Telegram's streamer against the stand-in Bot API, which refuses text the way Telegram
+does: the answers that used to reach the user as nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from telegram import Bot
+
+from adapters.telegram.formatting import to_html, to_text
+from adapters.telegram.split import split_message
+from adapters.telegram.stream import ReplyStream, Target
+from tests.telegram_api import FakeBotApi, unlimited_bot
+
+PRIVATE = 42
+MODEL_PACE_S = 0.02  # between the model's chunks, as a model would write them
+
+
+async def model(*chunks: str) -> AsyncIterator[str]:
+    for chunk in chunks:
+        yield chunk
+        await asyncio.sleep(MODEL_PACE_S)
+
+
+@pytest.fixture
+async def stand_in() -> AsyncIterator[tuple[FakeBotApi, Bot]]:
+    async with unlimited_bot() as pair:
+        yield pair
+
+
+def refused(api: FakeBotApi) -> list[str]:
+    """Calls the stand-in answered with 400 (an edit to the same text included: none is made)."""
+    return [f"{c.method}: {c.error}" for c in api.calls if c.status == 400]
+
+
+async def test_an_answer_that_starts_with_a_bare_fence_reaches_the_user(
+    stand_in: tuple[FakeBotApi, Bot],
+) -> None:
+    api, bot = stand_in
+    stream = ReplyStream(bot, Target(PRIVATE, None), interval_s=0.0, drafts=False)
+    await stream.play(model("```", "python\nprint('hi')\n", "```\n", "Run it."))
+    assert api.texts(PRIVATE) == ["print('hi')\nRun it."]
+    assert refused(api) == []  # the empty rendering of "```" was never sent
+
+
+async def test_an_answer_that_starts_with_a_quote_marker_reaches_the_user(
+    stand_in: tuple[FakeBotApi, Bot],
+) -> None:
+    api, bot = stand_in
+    stream = ReplyStream(bot, Target(PRIVATE, None), interval_s=0.0, drafts=True)
+    await stream.play(model("> ", "Quoted", " words.\n\nMine."))
+    assert api.texts(PRIVATE) == ["Quoted words.\n\nMine."]
+    assert all(draft.strip() for draft in api.drafts[PRIVATE])
+    assert refused(api) == []
+
+
+async def test_a_piece_that_renders_empty_mid_answer_goes_as_plain_text(
+    stand_in: tuple[FakeBotApi, Bot],
+) -> None:
+    api, bot = stand_in
+    filler = " ".join(["word"] * 818) + "abcd"  # 4093 characters: a piece ends before ">"
+    answer = f"{filler}\n\n>\n\n" + "x" * 5000
+    pieces = split_message(answer)
+    assert pieces[1] == ">" and to_text(to_html(">")) == ""
+    stream = ReplyStream(bot, Target(PRIVATE, None), interval_s=0.0, drafts=False)
+    await stream.play(model(answer))
+    assert api.texts(PRIVATE) == [filler, ">", "x" * 4096, "x" * 904]
+    assert refused(api) == []
+
+
+async def test_html_that_telegram_refuses_is_resent_as_plain_text(
+    stand_in: tuple[FakeBotApi, Bot],
+) -> None:
+    api, bot = stand_in
+    api.reject_html = True
+    stream = ReplyStream(bot, Target(PRIVATE, None), interval_s=0.0, drafts=False)
+    await stream.play(model("**bold**", " claim"))
+    assert api.texts(PRIVATE) == ["**bold** claim"]
+
+
+async def test_a_blocked_chat_ends_the_showing_not_the_reading(
+    stand_in: tuple[FakeBotApi, Bot],
+) -> None:
+    api, bot = stand_in
+    read: list[str] = []
+
+    async def answer() -> AsyncIterator[str]:
+        for chunk in ["one", " two", " three"]:
+            read.append(chunk)
+            yield chunk
+
+    api.blocked.add(PRIVATE)
+    stream = ReplyStream(bot, Target(PRIVATE, None), interval_s=0.0, drafts=False)
+    await stream.play(answer())
+    assert read == ["one", " two", " three"]
+    assert [c.status for c in api.calls if c.method == "sendMessage"] == [403]
