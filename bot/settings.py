@@ -242,6 +242,9 @@ class ConversationSettings(_Section):
     burst: Literal["merge", "queue"] = "merge"
     lock_ttl_s: float = Field(30.0, gt=0)
     lock_wait_s: float = Field(300.0, gt=0)
+    # A turn that fails leaves its messages pending for another try; after this many failed
+    # turns they are answered with one apology instead, never run again at every start.
+    max_turn_attempts: int = Field(3, ge=1)
     max_message_chars: int = Field(8000, ge=1)
     history_limit: int = Field(20, ge=1, le=500)
     # Per user, across workers (Redis) or in this process: at most rate_limit_messages

@@ -8,6 +8,7 @@ A new adapter joins the suite with a harness here and one line in HARNESSES.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
 import itertools
 import os
@@ -201,3 +202,95 @@ def visible(text: str) -> str:
     plain = to_text(text) if "<" in text and "</" in text else text
     plain = re.sub(r"```[\w+#.-]*", "", plain)  # a fence's language is an attribute, unseen
     return "".join(ch for ch in plain if not ch.isspace() and ch not in "*_`#>|~-•")
+
+
+class DiscordHarness:
+    """The Discord adapter connected to a fake Discord (tests/discord_api.py): its gateway
+    delivers the test's events (tests/discord_events.py) to the real client, its REST API
+    takes the answers. A group message mentions the bot in the server's channel; an admin
+    has a role with Manage Server."""
+
+    limit = 2000
+    length = staticmethod(len)
+    groups = True
+
+    def __init__(self, app: Parley, adapter: Any, api: Any) -> None:
+        self.app = app
+        self.adapter = adapter
+        self.api = api
+        self._sent = 0
+
+    async def send(self, text: str, *, group: bool = False, admin: bool = False) -> None:
+        from tests import discord_events as ev
+
+        payload = ev.message_create(
+            text,
+            channel=ev.CHANNEL if group else ev.DM,
+            author=ev.ADMIN if admin else ev.USER,
+            roles=(ev.ADMIN_ROLE,) if admin else (ev.MEMBER_ROLE,),
+            mentions_bot=group,
+        )
+        await self.deliver_event(payload)
+
+    async def deliver_event(self, payload: dict[str, Any]) -> None:
+        """One MESSAGE_CREATE over the gateway; returns once the adapter has handled it."""
+        await self._push("MESSAGE_CREATE", payload)
+
+    async def command(self, payload: dict[str, Any]) -> None:
+        """One INTERACTION_CREATE (a slash command); returns once it is deferred and recorded."""
+        self.api.expect_interaction(payload["token"], int(payload["channel_id"]))
+        await self._push("INTERACTION_CREATE", payload)
+
+    async def _push(self, kind: str, payload: dict[str, Any]) -> None:
+        self.api.push(kind, payload)
+        self._sent += 1
+        async with asyncio.timeout(60):  # a dead connection fails the test, never hangs it
+            await self.adapter.handled(self._sent)
+
+    def seen(self, *, group: bool = False) -> list[str]:
+        from tests import discord_events as ev
+
+        texts: list[str] = self.api.texts(ev.CHANNEL if group else ev.DM)
+        return texts
+
+    async def idle(self) -> None:
+        async with asyncio.timeout(60):
+            await self.adapter.handled(self._sent)
+        await self.adapter.idle()
+
+
+@asynccontextmanager
+async def discord_harness(
+    tmp_path: Path, backend: object | None, **sections: Any
+) -> AsyncIterator[DiscordHarness]:
+    from adapters.discord.adapter import DiscordAdapter
+    from adapters.discord.settings import DiscordSettings
+    from adapters.kit.gate import Rate, Rates
+    from tests import discord_api, discord_events
+
+    # Discord's 5 per 5 s, ten times faster on both sides: the same shape, quicker tests.
+    api = discord_api.FakeDiscordApi(per_channel=(5, 0.5), guilds=[discord_events.guild_create()])
+    rates = Rates(per_chat=Rate(5, 0.5), overall=Rate(50, 1.0))
+    async with api.serving():
+        section_data = {"token": discord_api.TOKEN, "stream_interval_s": 0.05, **sections}
+        settings = settings_for(tmp_path, "discord", discord=section_data)
+        async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
+            section = settings.section("discord")
+            assert isinstance(section, DiscordSettings)
+            adapter = DiscordAdapter(host_for(app), section, rates=rates)
+            app.intake.register("discord", adapter, section.access)
+            async with adapter:
+                # The gateway sends READY and GUILD_CREATE before any test event, in order.
+                connection = asyncio.create_task(adapter.run())
+                try:
+                    harness = DiscordHarness(app, adapter, api)
+                    yield harness
+                    await harness.idle()
+                finally:
+                    connection.cancel()
+                    await asyncio.gather(connection, return_exceptions=True)
+
+
+# The optional [discord] extra, and uvicorn's WebSocket support for the fake gateway.
+if all(importlib.util.find_spec(m) is not None for m in ("discord", "websockets")):
+    HARNESSES["discord"] = discord_harness

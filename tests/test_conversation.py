@@ -445,3 +445,35 @@ async def test_senders_without_an_id_are_rate_limited_by_their_chat(tmp_path: Pa
         await app.manager.handle(Incoming(other_chat, nobody, "hi", idempotency_key="b0"))
         assert sink.replies[KEY] == ["echo: m0", "echo: m1", phrases.RATE_LIMITED]
         assert sink.replies[other_chat] == ["echo: hi"]  # another chat's anonymous sender
+
+
+class FailingSink(CollectingSink):
+    """A platform that refuses the first `failures` replies it is given."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
+    ) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("the platform refused it")
+        await super().deliver(key, chunks, reply_to=reply_to)
+
+
+async def test_a_message_that_keeps_failing_is_settled_after_bounded_attempts(
+    tmp_path: Path,
+) -> None:
+    sink = FailingSink(failures=3)
+    async with Parley(settings_for(tmp_path), backend=ScriptedBackend()) as app:  # 3 attempts
+        app.manager.attach("test", sink)
+        recorded = await app.manager.handle(incoming("/help"))
+        assert await app.store.pending(recorded.conversation_id, 10)  # kept for another try
+        for _ in range(2):  # two more starts (or new messages) try it again
+            await app.manager.recover()
+            await app.manager.wait_idle()
+        assert await app.store.pending(recorded.conversation_id, 10) == []
+        assert sink.replies[KEY] == [phrases.GENERIC]  # one apology, then never again
+        assert await app.manager.recover() == 0

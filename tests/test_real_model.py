@@ -195,13 +195,6 @@ async def test_window_rolls_over_into_a_summary(
     assert f"{SUMMARY_HEADING}\n{state.summary}" in system_of(last)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the summary of a fold is asked for with the whole folded transcript and "
-    "summary_tokens on top (1,971 + 256 > 2,048 here): bot/conversation/summary.py does not "
-    "fit it into the model's context; the in-process engine then stalls until the first-token "
-    "time limit and the summary falls back to an extractive one",
-)
 async def test_default_sizes_fit_a_2048_token_model(
     engine: Recording, smollm_settings: BackendSettings, tmp_path: Path
 ) -> None:

@@ -390,3 +390,13 @@ async def test_platform_message_id_is_kept(store: Store) -> None:
     recorded = await store.record_incoming(message, kind=CHAT, token_count=1)
     (pending,) = await store.pending(recorded.conversation_id, 10)
     assert pending.platform_message_id == "4711"
+
+
+async def test_failed_attempts_are_counted_on_pending_messages_only(store: Store) -> None:
+    cid, first = await say(store, "att-1")
+    _, second = await say(store, "att-2")
+    assert await store.count_attempt([first]) == 1
+    assert await store.count_attempt([first, second]) == 2  # the most any of them has
+    await store.record_reply(cid, [first], "answered", kind=CHAT, token_count=1)
+    assert await store.count_attempt([first]) == 0  # answered: nothing pending to count
+    assert await store.count_attempt([second]) == 2

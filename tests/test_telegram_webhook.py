@@ -3,6 +3,7 @@ database cannot take it, and a repeated update answered once."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,16 +12,22 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from adapters.kit.runner import host_for
+from adapters.telegram.adapter import TelegramAdapter
+from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.webhook import SECRET_HEADER, webhook_route
+from bot.app import Parley
+from bot.errors import StorageError
 from tests.doubles import ScriptedBackend
-from tests.telegram_updates import telegram_stack, text_update
+from tests.telegram_api import FakeBotApi
+from tests.telegram_updates import settings_for, telegram_stack, text_update
 
 SECRET = "s3cret-webhook-token"
 FAST: dict[str, Any] = {"stream_interval_s": 0.05}
 
 
 def client_for(adapter: Any) -> httpx.AsyncClient:
-    route = webhook_route(adapter.read_webhook_body, adapter.act, SECRET, "/tg")
+    route = webhook_route(adapter.read_webhook_body, adapter.act_on, SECRET, "/tg")
     app = Starlette(routes=[route])
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bot")
 
@@ -105,3 +112,45 @@ async def test_database_unreachable_is_a_503_so_telegram_retries(tmp_path: Path)
             )
         assert answer.status_code == 503
         assert api.sent("sendMessage") == []
+
+
+class RefusingIntake:
+    """The adapter's seam to the core, refusing one message the way a database refuses a
+    value it cannot store, while the database itself answers."""
+
+    def __init__(self, intake: Any) -> None:
+        self._intake = intake
+
+    async def submit(self, incoming: Any) -> Any:
+        if "poison" in incoming.text:
+            raise StorageError("invalid byte sequence for encoding")
+        return await self._intake.submit(incoming)
+
+    async def database_answers(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._intake, name)
+
+
+async def test_an_update_refused_while_the_database_answers_is_set_aside(tmp_path: Path) -> None:
+    api = FakeBotApi()
+    async with api.serving() as base_url:
+        settings = settings_for(tmp_path, base_url, **FAST)
+        async with Parley(settings, backend=ScriptedBackend()) as app:
+            host = dataclasses.replace(host_for(app), intake=RefusingIntake(app.intake))
+            section = settings.section("telegram")
+            assert isinstance(section, TelegramSettings)
+            adapter = TelegramAdapter(host, section)
+            app.intake.register("telegram", adapter, section.access)
+            async with adapter, client_for(adapter) as client:
+                headers = {SECRET_HEADER: SECRET}
+                poison = text_update(1, 42, "poison")
+                codes = [
+                    (await client.post("/tg", json=poison, headers=headers)).status_code
+                    for _ in range(3)
+                ]
+                fine = await client.post("/tg", json=text_update(2, 42, "fine"), headers=headers)
+                assert codes == [503, 503, 200]  # re-sent twice; the third try is set aside
+                assert fine.status_code == 200 and adapter.set_aside == 1
+                assert await api.wait_for_messages(42, 1) == ["echo: fine"]

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import warnings
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
@@ -70,6 +71,16 @@ POLL_RETRY_MAX_S = 60.0
 ADMIN_STATUSES = frozenset({ChatMember.OWNER, ChatMember.ADMINISTRATOR})
 ADMIN_CACHE_S = 300.0
 ADMIN_CACHE_SIZE = 10_000
+# Tries of an update that the database refuses while it answers, before it is set aside.
+POISON_AFTER = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    update_id: int
+    action: Action
+
+
 # Telegram's limits on the command menu (setMyCommands).
 MENU_DESCRIPTION_MAX = 256
 
@@ -128,6 +139,9 @@ class TelegramAdapter:
         self._me: BotIdentity | None = None
         # (chat, user) -> (is admin, checked at): getChatMember is asked once per ADMIN_CACHE_S.
         self._admins: Lru[tuple[bool, float]] = Lru(ADMIN_CACHE_SIZE)
+        # update_id -> times the database refused it while answering (see act_on).
+        self._failures: Lru[int] = Lru(ADMIN_CACHE_SIZE)
+        self.set_aside = 0
 
     @property
     def bot(self) -> Any:
@@ -208,7 +222,27 @@ class TelegramAdapter:
     async def handle_update(self, update: Update) -> None:
         """Act on one update; returns once a message for the bot is recorded in SQL.
         Raises StorageError when it could not be recorded (the caller lets Telegram retry)."""
-        await self.act(translate(update, self.me))
+        await self.act_on(Received(update.update_id, translate(update, self.me)))
+
+    async def act_on(self, received: Received) -> None:
+        """`act`, except that an update the database keeps refusing while it answers is set
+        aside (logged and counted) after POISON_AFTER tries, so it blocks no later update: a
+        database that is down, by contrast, keeps the update for as long as it takes."""
+        try:
+            await self.act(received.action)
+        except StorageError:
+            if not await self._intake.database_answers():
+                raise
+            failures = (self._failures.get(received.update_id) or 0) + 1
+            self._failures.put(received.update_id, failures)
+            if failures < POISON_AFTER:
+                raise
+            self.set_aside += 1
+            log.error(
+                "update %d refused %d times while the database answers; set aside",
+                received.update_id,
+                failures,
+            )
 
     async def act(self, action: Action) -> None:
         if isinstance(action, Submit):
@@ -225,11 +259,11 @@ class TelegramAdapter:
         elif isinstance(action, Ignore):
             log.debug("update ignored: %s", action.reason)
 
-    def read_webhook_body(self, body: bytes) -> Action:
+    def read_webhook_body(self, body: bytes) -> Received:
         """A webhook body as an action; MalformedUpdate when it is not a readable update."""
         update = parse_update(body, self.bot)
         try:
-            return translate(update, self.me)
+            return Received(update.update_id, translate(update, self.me))
         except Exception as exc:  # fields of the wrong type (a number for text, ...)
             raise MalformedUpdate(type(exc).__name__) from None
 
@@ -261,7 +295,7 @@ class TelegramAdapter:
         assert s.webhook_public_url is not None and s.webhook_secret_token is not None
         path = urlsplit(s.webhook_public_url).path or "/"
         secret = s.webhook_secret_token.get_secret_value()
-        return webhook_route(self.read_webhook_body, self.act, secret, path)
+        return webhook_route(self.read_webhook_body, self.act_on, secret, path)
 
     async def _await_webhook(self) -> None:
         s = self._settings

@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,7 +24,7 @@ from telegram import Bot, Update
 
 from bot.errors import StorageError
 
-from .translate import Action
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ class MalformedUpdate(ValueError):
 
 
 def webhook_route(
-    read: Callable[[bytes], Action],
-    act: Callable[[Action], Awaitable[object]],
+    read: Callable[[bytes], T],
+    act: Callable[[T], Awaitable[object]],
     secret: str,
     path: str,
 ) -> Route:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # Notices in flight at once; past this a notice is dropped (and counted in the log): a flood
 # of refused messages must not become a queue of sends.
 MAX_NOTICES_IN_FLIGHT = 64
+# A flood of dropped notices is logged once per this many, not once each.
+DROPS_PER_LOG_LINE = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class Intake:
         self.documents = documents
         self._doors: dict[str, _Door] = {}
         self._notices: set[asyncio.Task[None]] = set()
+        self._noticed: set[str] = set()  # senders with a notice in flight
         self.dropped_notices = 0
 
     def register(self, name: str, platform: Platform, access: AccessRules) -> None:
@@ -99,6 +102,10 @@ class Intake:
             dataclasses.replace(incoming, text=f"{asked}\n\n{text}"), limited=False
         )
 
+    async def database_answers(self) -> bool:
+        """Whether the database answers at all (an outage, as opposed to one bad message)."""
+        return await self._manager.database_answers()
+
     async def wait_answered(self, recorded: Recorded) -> None:
         """Wait until the message's conversation has nothing pending in this process."""
         await self._manager.wait_idle(recorded.conversation_id)
@@ -106,11 +113,16 @@ class Intake:
     def notify(self, incoming: Incoming, sentence: str, **fields: object) -> None:
         """Say `sentence` to the sender outside a turn (a refusal, a document that cannot be
         read): at most once per sender and rate window, never queued without bound."""
-        if len(self._notices) >= MAX_NOTICES_IN_FLIGHT:
-            self.dropped_notices += 1
-            log.warning("notice dropped: %d in flight", len(self._notices))
+        sender = sender_key(incoming)
+        if sender in self._noticed:  # one at a time per sender: a flood makes no queue
             return
-        self._spawn(self._notify(incoming, sentence, fields))
+        if len(self._notices) >= MAX_NOTICES_IN_FLIGHT:
+            if self.dropped_notices % DROPS_PER_LOG_LINE == 0:
+                log.warning("notices dropped: %d in flight", len(self._notices))
+            self.dropped_notices += 1
+            return
+        self._noticed.add(sender)
+        self._spawn(self._notify(incoming, sentence, fields), sender)
 
     async def idle(self) -> None:
         """Wait until every turn in this process is answered and every notice sent."""
@@ -168,7 +180,12 @@ class Intake:
         except Exception as exc:
             log.warning("%s: notice not sent: %s", incoming.key, type(exc).__name__)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], sender: str) -> None:
         task = asyncio.create_task(work)
         self._notices.add(task)
-        task.add_done_callback(self._notices.discard)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._notices.discard(finished)
+            self._noticed.discard(sender)
+
+        task.add_done_callback(done)

@@ -160,6 +160,13 @@ class ConversationManager:
         if stop is not None:
             stop.set()
 
+    async def database_answers(self) -> bool:
+        try:
+            await self._store.ping()
+        except Exception:  # StorageError, or the driver's own on a broken connection
+            return False
+        return True
+
     async def handle(self, incoming: Incoming) -> Recorded:
         """submit() and wait until the conversation has nothing pending in this process."""
         recorded = await self.submit(incoming)
@@ -250,9 +257,28 @@ class ConversationManager:
             pending = await self._store.pending(work.conversation_id, PENDING_PAGE)
             for batch in self._batches(pending):
                 with observed_turn(self.observer, work.key, batch, self._router):
-                    await self._turn(work, batch)
+                    await self._turn_or_give_up(work, batch)
             if len(pending) < PENDING_PAGE:
                 return
+
+    async def _turn_or_give_up(self, work: _Work, batch: list[StoredMessage]) -> None:
+        """A turn; when it fails, its messages stay pending for another try, until they have
+        failed `max_turn_attempts` times: then they get the one-sentence apology and are
+        settled, so that a message that always fails is never run again at every start."""
+        try:
+            await self._turn(work, batch)
+        except Exception:
+            attempts = await self._store.count_attempt([m.id for m in batch])
+            if attempts < self._settings.max_turn_attempts:
+                raise
+            log.exception("conversation %s: turn failed %d times; apologising", work.key, attempts)
+            await self._context.invalidate(work.conversation_id)
+            apology = await self._localizer(batch[-1])(phrases.GENERIC)
+            try:
+                await self._deliver(work.key, once(apology), batch)
+            except Exception as exc:  # the platform cannot take it either: settle it anyway
+                log.warning("conversation %s: apology not delivered: %s", work.key, exc)
+            await self._record_aside(work, batch, apology)
 
     def _batches(self, pending: Sequence[StoredMessage]) -> list[list[StoredMessage]]:
         """Turns, in order: a command alone; chat messages merged (or one each, "queue");

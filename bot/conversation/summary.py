@@ -18,6 +18,8 @@ SUMMARY_INSTRUCTION = (
     "names, facts, decisions, open questions and the user's preferences; drop pleasantries."
 )
 EXCERPT_CHARS = 160
+# Tokens kept free for the chat template's framing of the summary request.
+SUMMARY_MARGIN_TOKENS = 64
 
 
 class Summarizer:
@@ -54,13 +56,28 @@ class Summarizer:
         return text, await self._count(text)
 
     async def _with_model(self, backend: Backend, summary: str, turns: Sequence[Turn]) -> str:
-        transcript = "\n".join(f"User: {t.user}\nAssistant: {t.assistant}" for t in turns)
-        if summary:
-            transcript = f"Earlier summary: {summary}\n{transcript}"
         words = max(16, self._max_tokens * 3 // 4)
+        instruction = SUMMARY_INSTRUCTION.format(words=words)
+        # The transcript gets what the model's context leaves beside the instruction and the
+        # summary being written; the oldest turns go first when they do not all fit.
+        room = (
+            backend.capabilities.max_model_len
+            - self._max_tokens
+            - await self._count(instruction)
+            - SUMMARY_MARGIN_TOKENS
+        )
+        kept: list[str] = []
+        for turn in reversed(turns):
+            if turn.tokens > room:
+                break
+            room -= turn.tokens
+            kept.append(f"User: {turn.user}\nAssistant: {turn.assistant}")
+        transcript = "\n".join(reversed(kept))
+        if summary and await self._count(summary) <= room:
+            transcript = f"Earlier summary: {summary}\n{transcript}"
         request = GenerationRequest(
             messages=[
-                ChatMessage(Role.SYSTEM, SUMMARY_INSTRUCTION.format(words=words)),
+                ChatMessage(Role.SYSTEM, instruction),
                 ChatMessage(Role.USER, transcript),
             ],
             max_tokens=self._max_tokens,

@@ -109,7 +109,9 @@ class SkillRouting:
         intent = self._router.intent(choice.intent)
         if intent is None:
             return None
-        args = (choice.text or "").strip() or text
+        args = (choice.text or "").strip()
+        if not args or len(args) >= INTENT_TEXT_MAX_CHARS:  # cut at the cap: take the message
+            args = text
         if intent.name == "translate" and choice.language:
             args = f"to {choice.language} {args}"
         if intent.name == "summarize" and args == text:
@@ -127,12 +129,19 @@ class SkillRouting:
         return backend.capabilities.name in STRUCTURED_BACKENDS
 
 
+# What the classifier may copy into `text` (the skill's argument, e.g. a target language or a
+# short question); longer text is taken from the message itself.
+INTENT_TEXT_MAX_CHARS = 300
+
+
 def choice_model(intents: list[Intent]) -> type[pydantic.BaseModel]:
     """The schema the model's answer must match: one of the registered intents, or chat."""
     names = (*(i.name for i in intents), CHAT)
     return pydantic.create_model(
         "IntentChoice",
         intent=(Literal[names], ...),  # type: ignore[valid-type,arg-type]
-        text=(str, ""),
-        language=(str, ""),
+        # Bounded, so that a small model cannot write `text` until max_tokens and leave JSON
+        # that never closes (guided decoding keeps to maxLength).
+        text=(str, pydantic.Field("", max_length=INTENT_TEXT_MAX_CHARS)),
+        language=(str, pydantic.Field("", max_length=16)),
     )

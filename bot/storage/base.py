@@ -117,6 +117,11 @@ class Store(Protocol):
         """
         ...
 
+    async def count_attempt(self, message_ids: Sequence[int]) -> int:
+        """Count a failed turn on each of `message_ids` that is still pending; the most
+        attempts any of them has now (0 when none is pending any more)."""
+        ...
+
     async def state(self, conversation_id: int) -> ConversationState: ...
 
     async def context_messages(

@@ -124,6 +124,8 @@ class MessageRow(Base):
     # key: the fence in SqlStore.record_reply writes it together with that message. 0: the
     # message needs no answer (a group message kept for summaries, kind "observed").
     answered_by: Mapped[int | None] = mapped_column(BigInteger)
+    # Turns that failed on this message while it was pending (migration 0007).
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     # The platform's id of an inbound message (Telegram's message_id): replies thread to it.
     platform_message_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = _created_at()

@@ -225,6 +225,13 @@ class SqlStore:
         return StoredMessage(reply_id, conversation_id, Role.ASSISTANT, kind, text, token_count,
                              created_at)  # fmt: skip
 
+    async def count_attempt(self, message_ids: Sequence[int]) -> int:
+        def run(q: Queries) -> int:
+            counts = [row[0] for mid in message_ids for row in q.rows(_COUNT_ATTEMPT, {"mid": mid})]
+            return max(counts, default=0)
+
+        return await self._run(run, write=True)
+
     async def state(self, conversation_id: int) -> ConversationState:
         rows = await self._rows(self._reads.state, {"conversation_id": conversation_id})
         if not rows:
@@ -489,6 +496,12 @@ _FOLD_SUMMARY = (
         summary_through_id=_param("through_id"),
         summary_tokens=_param("tokens"),
     )
+)
+_COUNT_ATTEMPT = (
+    sa.update(_m)
+    .where(_m.id == _param("mid"), _PENDING_WHERE)
+    .values(attempts=_m.attempts + 1)
+    .returning(_m.attempts)
 )
 # The subquery reads only the partial pending index, however large history is.
 _WITH_PENDING = (

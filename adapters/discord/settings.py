@@ -1,0 +1,39 @@
+"""The `[discord]` settings section (PARLEY_DISCORD__*). Who may talk to the bot is in
+`[discord.access]` (bot.policy.AccessRules: guilds, channels, roles and users by id); the caps
+on documents are `[documents]`."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+
+from bot.adapter_registry import AdapterSettings
+
+
+class DiscordSettings(AdapterSettings):
+    # The bot token from the developer portal (Bot tab). Never logged.
+    token: SecretStr | None = None
+    # Slash commands are synced to these guilds at start (instant, for development); empty:
+    # globally (Discord may take up to an hour to show a global change).
+    guild_ids: list[int] = Field(default_factory=list)
+    # Channel ids where a mention opens a thread named after the question: the answer and the
+    # rest of the conversation go there, without further mentions.
+    auto_thread: list[int] = Field(default_factory=list)
+    # Seconds between two visible edits of a streamed answer: Discord allows 5 edits per 5 s
+    # per channel, shared by every answer in that channel.
+    stream_interval_s: float = Field(1.0, ge=0.05)
+    # Sharding (discord.py's AutoShardedClient): shard_count shards in all, this process runs
+    # shard_ids (all of them when unset). Discord requires sharding from 2,500 servers. Unset
+    # shard_count: one gateway connection, no sharding.
+    shard_ids: list[int] | None = None
+    shard_count: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _shards_need_a_count(self) -> Self:
+        if self.shard_ids is not None:
+            if self.shard_count is None:
+                raise ValueError("discord.shard_count is required when shard_ids is set")
+            if any(not 0 <= s < self.shard_count for s in self.shard_ids):
+                raise ValueError("discord.shard_ids must be within 0 .. shard_count - 1")
+        return self

@@ -1,0 +1,185 @@
+"""Discord messages -> what the adapter does with them (pure: no I/O, no API calls).
+
+direct message, text              -> Submit (every message is for the bot)
+server channel, mentions the bot  -> Submit (the mention stripped)
+server channel, replies to ours   -> Submit
+a thread the bot opened           -> Submit (every message: the bot was asked there)
+server channel, anything else     -> Observe: kept only where the chat opted in (/keep on)
+a text/Markdown/HTML/PDF file     -> Fetch (the core checks it, then the adapter downloads it)
+image, audio, video               -> Notice (one sentence on what the bot can read)
+from a bot (ourselves included),
+a system message (pins, joins)    -> Ignore
+
+A thread (or forum post) is a conversation of its own: its key is the thread's id, and its
+scopes are the parent channel, the category and the server, so access rules on any of them
+apply. Who may talk to the bot is the core's decision (`[discord.access]`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import discord
+
+from bot import phrases
+from bot.types import ConversationKey, Incoming, User
+
+PLATFORM = "discord"
+# Media the core cannot read: one sentence instead of a download.
+_MEDIA_PREFIXES = ("image/", "audio/", "video/")
+# Message types a person writes; the rest are system notices (pins, joins, boosts).
+THREAD_NAME_MAX = 100
+_SPOKEN = frozenset({discord.MessageType.default, discord.MessageType.reply})
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    incoming: Incoming
+
+
+@dataclass(frozen=True, slots=True)
+class Observe:
+    """A server message not for the bot: kept where the chat opted in, never answered."""
+
+    incoming: Incoming
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """A document to download (`attachment.read()`) and read; `incoming.text` is the request."""
+
+    incoming: Incoming
+    attachment: discord.Attachment
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    incoming: Incoming
+    sentence: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    reason: str
+
+
+Action = Submit | Observe | Fetch | Notice | Ignore
+
+
+def translate(message: discord.Message, me: int) -> Action:
+    """What to do with `message`, for the bot whose user id is `me`."""
+    if message.author.bot or message.author.id == me:
+        return Ignore("not from a person")
+    if message.type not in _SPOKEN:
+        return Ignore("system message")
+    text = addressed_text(message, me)
+    if text is None:
+        if not message.content.strip():
+            return Ignore("server message not for the bot")
+        return Observe(to_incoming(message, message.content))
+    return _for_content(message, text)
+
+
+def _for_content(message: discord.Message, text: str) -> Action:
+    incoming = to_incoming(message, text)
+    for attachment in message.attachments:
+        if not (attachment.content_type or "").startswith(_MEDIA_PREFIXES):
+            return Fetch(incoming, attachment)
+    if message.attachments:
+        return Notice(incoming, phrases.MEDIA)
+    if not text.strip():
+        return Ignore("empty message")
+    return Submit(incoming)
+
+
+def addressed_text(message: discord.Message, me: int) -> str | None:
+    """The text with our mention removed, or None when a server message is not for us."""
+    if message.guild is None:
+        return message.content
+    channel = message.channel
+    if isinstance(channel, discord.Thread) and channel.owner_id == me:  # an auto_thread
+        return strip_mention(message.content, me)
+    mentioned = any(user.id == me for user in message.mentions)
+    if not mentioned and not _replies_to(message, me):
+        return None
+    return strip_mention(message.content, me)
+
+
+def thread_name(text: str) -> str:
+    """A thread named after the question: its first line, within Discord's 100 characters."""
+    line = (text.strip().splitlines() or ["?"])[0]
+    return line if len(line) <= THREAD_NAME_MAX else line[: THREAD_NAME_MAX - 1] + "…"
+
+
+def strip_mention(text: str, me: int) -> str:
+    return re.sub(rf"<@!?{me}>", "", text).strip()
+
+
+def _replies_to(message: discord.Message, me: int) -> bool:
+    reference = message.reference
+    if reference is None:
+        return False
+    replied = reference.resolved or reference.cached_message
+    return isinstance(replied, discord.Message) and replied.author.id == me
+
+
+def to_incoming(message: discord.Message, text: str) -> Incoming:
+    author = message.author
+    roles: tuple[str, ...] = ()
+    extras: dict[str, object] = {}
+    if isinstance(author, discord.Member):
+        # Every member has the @everyone role (its id is the guild's): not a role to allow.
+        roles = tuple(str(r.id) for r in author.roles if not r.is_default())
+        # Admin of the server for admin-only commands: as of this message, no extra call.
+        extras["manage_guild"] = author.guild_permissions.manage_guild
+    return Incoming(
+        key=ConversationKey(PLATFORM, str(message.channel.id)),
+        user=User(PLATFORM, str(author.id), author.display_name, roles=roles),
+        text=text,
+        idempotency_key=f"discord:{message.id}",
+        sent_at=message.created_at,
+        reply_to_text=_replied_text(message),
+        platform_message_id=str(message.id),
+        group=message.guild is not None,
+        scopes=scopes_of(message.channel),
+        extras=extras,
+    )
+
+
+def scopes_of(channel: object) -> tuple[str, ...]:
+    """The places around a channel, innermost first: parent channel, category, server."""
+    places: list[int | None] = []
+    if isinstance(channel, discord.Thread):
+        places += [channel.parent_id, channel.category_id, channel.guild.id]
+    elif isinstance(channel, discord.abc.GuildChannel):
+        places += [channel.category_id, channel.guild.id]
+    return tuple(str(p) for p in places if p is not None)
+
+
+def _replied_text(message: discord.Message) -> str | None:
+    reference = message.reference
+    replied = reference.resolved if reference is not None else None
+    return replied.content if isinstance(replied, discord.Message) else None
+
+
+def command_incoming(interaction: discord.Interaction, name: str, text: str) -> Incoming:
+    """A slash command as the message it stands for: "/name text"."""
+    user = interaction.user
+    roles: tuple[str, ...] = ()
+    extras: dict[str, object] = {}
+    if isinstance(user, discord.Member):
+        roles = tuple(str(r.id) for r in user.roles if not r.is_default())
+        extras["manage_guild"] = interaction.permissions.manage_guild
+    return Incoming(
+        key=ConversationKey(PLATFORM, str(interaction.channel_id)),
+        # Discord sends the user's client language with every interaction.
+        user=User(PLATFORM, str(user.id), user.display_name, str(interaction.locale), roles),
+        text=f"/{name} {text}".strip(),
+        idempotency_key=f"discord:interaction:{interaction.id}",
+        sent_at=interaction.created_at,
+        platform_message_id=str(interaction.id),
+        group=interaction.guild_id is not None,
+        scopes=scopes_of(interaction.channel),
+        extras=extras,
+    )

@@ -1,0 +1,166 @@
+"""Gateway-shaped payloads (GUILD_CREATE, MESSAGE_CREATE, INTERACTION_CREATE), as Discord's
+gateway sends them. The fake gateway (tests/discord_api.py) delivers them to the real
+`discord.Client`, which builds its messages, members and interactions from them and resolves
+guild, channel and roles from its cache, as it does in production.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+from tests.discord_api import APP_ID, BOT_ID, BOT_USER, EPOCH
+
+GUILD = 5000
+CHANNEL = 5001
+THREAD = 5002
+CATEGORY = 5003
+DM = 5100
+USER = 1001
+ADMIN = 1002
+ADMIN_ROLE = 5200
+MEMBER_ROLE = 5201
+MANAGE_GUILD = 1 << 5
+
+_ids: Iterator[int] = itertools.count(70_000)
+
+
+def user(user_id: int = USER) -> dict[str, Any]:
+    return {"id": str(user_id), "username": f"user{user_id}", "discriminator": "0",
+            "avatar": None, "global_name": f"User {user_id}"}  # fmt: skip
+
+
+def guild_create() -> dict[str, Any]:
+    def role(role_id: int, name: str, permissions: int) -> dict[str, Any]:
+        return {"id": str(role_id), "name": name, "permissions": str(permissions),
+                "position": 0, "color": 0, "hoist": False, "managed": False,
+                "mentionable": True}  # fmt: skip
+
+    return {
+        "id": str(GUILD),
+        "name": "Test server",
+        "owner_id": "999999",
+        "roles": [
+            role(GUILD, "@everyone", 0),
+            role(ADMIN_ROLE, "admins", MANAGE_GUILD),
+            role(MEMBER_ROLE, "members", 0),
+        ],
+        "channels": [
+            {"id": str(CATEGORY), "type": 4, "name": "talk", "position": 0},
+            {
+                "id": str(CHANNEL),
+                "type": 0,
+                "name": "general",
+                "position": 1,
+                "parent_id": str(CATEGORY),
+            },
+        ],
+        "threads": [
+            {
+                "id": str(THREAD),
+                "type": 11,
+                "name": "a question",
+                "parent_id": str(CHANNEL),
+                "guild_id": str(GUILD),
+                "owner_id": str(USER),
+                "message_count": 1,
+                "member_count": 1,
+                "thread_metadata": {
+                    "archived": False,
+                    "locked": False,
+                    "auto_archive_duration": 1440,
+                    "archive_timestamp": EPOCH,
+                },
+            },
+        ],
+        "members": [],
+        "emojis": [],
+        "stickers": [],
+        "features": [],
+        "member_count": 3,
+        "large": False,
+        "unavailable": False,
+    }
+
+
+def message_create(
+    text: str,
+    *,
+    channel: int = DM,
+    author: int = USER,
+    roles: tuple[int, ...] = (MEMBER_ROLE,),
+    mentions_bot: bool = False,
+    reply_to: dict[str, Any] | None = None,
+    attachments: list[dict[str, Any]] | None = None,
+    message_id: int | None = None,
+) -> dict[str, Any]:
+    """A MESSAGE_CREATE as the gateway sends it; in the server when `channel` is not DM."""
+    in_guild = channel != DM
+    payload: dict[str, Any] = {
+        "id": str(message_id or next(_ids)),
+        "channel_id": str(channel),
+        "author": user(author),
+        "content": f"<@{BOT_ID}> {text}" if mentions_bot else text,
+        "timestamp": EPOCH,
+        "edited_timestamp": None,
+        "tts": False,
+        "mention_everyone": False,
+        "mentions": [BOT_USER] if mentions_bot else [],
+        "mention_roles": [],
+        "attachments": attachments or [],
+        "embeds": [],
+        "pinned": False,
+        "type": 19 if reply_to else 0,
+    }
+    if in_guild:
+        payload["guild_id"] = str(GUILD)
+        payload["member"] = {"roles": [str(r) for r in roles], "joined_at": EPOCH,
+                             "deaf": False, "mute": False, "flags": 0}  # fmt: skip
+    if reply_to is not None:
+        payload["message_reference"] = {"message_id": reply_to["id"], "channel_id": str(channel)}
+        payload["referenced_message"] = reply_to
+    return payload
+
+
+def bot_message(channel: int, text: str = "an earlier answer") -> dict[str, Any]:
+    """A message of ours, as a reply's `referenced_message` carries it."""
+    return {**message_create(text, channel=channel), "author": BOT_USER}
+
+
+def interaction_create(
+    name: str, text: str = "", *, channel: int = DM, author: int = USER, admin: bool = False
+) -> dict[str, Any]:
+    """An INTERACTION_CREATE for slash command `/name text`, as the gateway sends it."""
+    interaction_id = next(_ids)
+    options = [{"name": "text", "type": 3, "value": text}] if text else []
+    payload: dict[str, Any] = {
+        "id": str(interaction_id),
+        "application_id": str(APP_ID),
+        "type": 2,
+        "token": f"interaction-token-{interaction_id}",
+        "version": 1,
+        "data": {"id": "1", "name": name, "type": 1, "options": options},
+        "channel_id": str(channel),
+        "locale": "en-US",
+        "app_permissions": "0",
+        "entitlements": [],
+        "attachment_size_limit": 10 * 2**20,
+        "authorizing_integration_owners": {},
+    }
+    if channel == DM:
+        payload["user"] = user(author)
+        payload["channel"] = {"id": str(channel), "type": 1}
+        payload["context"] = 1
+    else:
+        role = ADMIN_ROLE if admin else MEMBER_ROLE
+        permissions = MANAGE_GUILD if admin else 0
+        payload["guild_id"] = str(GUILD)
+        payload["guild_locale"] = "en-US"
+        payload["context"] = 0
+        payload["channel"] = {"id": str(channel), "type": 0, "guild_id": str(GUILD),
+                              "name": "general", "position": 1}  # fmt: skip
+        payload["member"] = {"user": user(author), "roles": [str(role)], "joined_at": EPOCH,
+                             "deaf": False, "mute": False, "flags": 0,
+                             "permissions": str(permissions)}  # fmt: skip
+    return payload

@@ -1,0 +1,347 @@
+"""The Discord adapter with real discord.py objects, offline: the real client connects to a
+local fake of Discord (tests/discord_api.py): its gateway delivers the test's events
+(tests/discord_events.py), its REST API keeps Discord's limits and records every call. The
+kit's contract suite runs over the same harness (tests/test_adapter_contract.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+import pytest
+
+# The optional [discord] extra, and uvicorn's WebSocket support for the fake gateway.
+pytest.importorskip("discord")
+pytest.importorskip("websockets")
+
+import discord
+
+from adapters.discord.adapter import DiscordAdapter
+from adapters.discord.settings import DiscordSettings
+from adapters.discord.stream import neutralise
+from adapters.discord.translate import Action, Fetch, Ignore, Notice, Submit, translate
+from adapters.kit.runner import host_for
+from backends.base import Chunk, GenerationRequest
+from bot import phrases
+from bot.app import Parley
+from bot.errors import AdapterError
+from bot.types import ConversationKey, Role
+from tests import discord_events as ev
+from tests.adapter_harness import DiscordHarness, discord_harness, settings_for, visible
+from tests.discord_api import MAX_CONTENT, TOKEN, FakeDiscordApi
+from tests.doubles import ScriptedBackend
+
+NOBODY: dict[str, list[str]] = {"parse": []}
+
+
+def answering(text: str) -> ScriptedBackend:
+    return ScriptedBackend(lambda request: text)
+
+
+def _long_answer() -> str:
+    parts = []
+    for n in range(45):
+        parts.append(f"Part {n}: a sentence that says something, and then ends. " * 4)
+        code = "\n".join(f"    total_{n}_{i} = add({n}, {i})" for i in range(8))
+        parts.append(f"```python\n{code}\n```")
+    return "\n\n".join(parts)
+
+
+async def _answers_in(h: DiscordHarness, chat: int) -> list[str]:
+    """The answers recorded in the conversation of channel (or thread) `chat`."""
+    conversation = await h.app.store.conversation_id(ConversationKey("discord", str(chat)))
+    if conversation is None:
+        return []
+    rows = await h.app.store.history(conversation, 100)
+    return [r.content for r in rows if r.role is Role.ASSISTANT]
+
+
+async def test_a_direct_message_is_answered(tmp_path: Path) -> None:
+    async with discord_harness(tmp_path, answering("Hello there.")) as h:
+        await h.send("hi")
+        await h.idle()
+        assert h.api.texts(ev.DM) == ["Hello there."]
+        assert all(c.allowed_mentions == NOBODY for c in h.api.writes(ev.DM))
+        # "Parley is typing..." was shown (it runs beside the answer, so the order of the two
+        # requests at the server is not fixed).
+        assert any(c.path.endswith("/typing") for c in h.api.calls if c.channel_id == ev.DM)
+
+
+async def test_a_server_message_is_answered_only_when_it_mentions_the_bot(tmp_path: Path) -> None:
+    backend = answering("At your service.")
+    async with discord_harness(tmp_path, backend) as h:
+        await h.deliver_event(ev.message_create("anyone here?", channel=ev.CHANNEL))
+        await h.idle()
+        assert h.api.writes(ev.CHANNEL) == [] and backend.requests == []
+        question = ev.message_create("what is a crane?", channel=ev.CHANNEL, mentions_bot=True)
+        await h.deliver_event(question)
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == ["At your service."]
+        (first,) = h.api.writes(ev.CHANNEL)[:1]
+        # The answer replies to the question and may ping its asker, nobody else.
+        assert first.body["message_reference"]["message_id"] == int(question["id"])
+        assert first.allowed_mentions == {"parse": [], "replied_user": True}
+        asked = backend.requests[0].messages[-1].content
+        assert "what is a crane?" in asked and "<@" not in asked  # the mention is stripped
+
+
+async def test_a_reply_to_the_bot_is_answered(tmp_path: Path) -> None:
+    async with discord_harness(tmp_path, answering("Yes, exactly.")) as h:
+        reply = ev.message_create(
+            "and then?", channel=ev.CHANNEL, reply_to=ev.bot_message(ev.CHANNEL)
+        )
+        await h.deliver_event(reply)
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == ["Yes, exactly."]
+
+
+async def test_a_thread_is_a_conversation_of_its_own(tmp_path: Path) -> None:
+    async with discord_harness(tmp_path, answering("In the thread.")) as h:
+        await h.deliver_event(ev.message_create("one", channel=ev.CHANNEL, mentions_bot=True))
+        await h.deliver_event(ev.message_create("two", channel=ev.THREAD, mentions_bot=True))
+        await h.idle()
+        assert h.api.texts(ev.THREAD) == ["In the thread."]
+        assert await _answers_in(h, ev.THREAD) == ["In the thread."]
+        assert await _answers_in(h, ev.CHANNEL) == ["In the thread."]  # a second conversation
+
+
+async def test_auto_thread_opens_a_thread_named_after_the_question(tmp_path: Path) -> None:
+    async with discord_harness(tmp_path, answering("Here."), auto_thread=[ev.CHANNEL]) as h:
+        question = ev.message_create("how do cranes work?", channel=ev.CHANNEL, mentions_bot=True)
+        await h.deliver_event(question)
+        await h.idle()
+        thread = int(question["id"])  # a thread from a message takes the message's id
+        (opened,) = [c for c in h.api.calls if c.path.endswith("/threads")]
+        assert opened.body["name"] == "how do cranes work?"
+        assert h.api.texts(thread) == ["Here."] and h.api.texts(ev.CHANNEL) == []
+        # In the bot's thread every message is for the bot, without a mention.
+        await h.deliver_event(ev.message_create("and cargo?", channel=thread))
+        await h.idle()
+        assert h.api.texts(thread) == ["Here.", "Here."]
+        assert len(await _answers_in(h, thread)) == 2
+
+
+async def test_the_same_message_delivered_twice_is_answered_once(tmp_path: Path) -> None:
+    backend = answering("Once.")
+    async with discord_harness(tmp_path, backend) as h:
+        payload = ev.message_create("hello")
+        await h.deliver_event(payload)
+        await h.deliver_event(payload)
+        await h.idle()
+        assert h.api.texts(ev.DM) == ["Once."]
+        assert len(backend.requests) == 1
+
+
+@pytest.mark.parametrize("where", [ev.DM, ev.CHANNEL])
+async def test_mentions_in_model_output_ping_nobody(tmp_path: Path, where: int) -> None:
+    answer = f"Hey @everyone and @here, ask <@&{ev.ADMIN_ROLE}> or <@{ev.ADMIN}>."
+    async with discord_harness(tmp_path, answering(answer)) as h:
+        await h.deliver_event(ev.message_create("ping them", channel=where, mentions_bot=True))
+        await h.idle()
+        (shown,) = h.api.texts(where)
+        assert "@everyone" not in shown and "@here" not in shown
+        assert shown == neutralise(answer) and visible(shown) == visible(neutralise(answer))
+        for call in h.api.writes(where):
+            assert call.allowed_mentions["parse"] == []  # no @everyone, role or user parsing
+            assert "roles" not in call.allowed_mentions and "users" not in call.allowed_mentions
+
+
+async def test_a_20000_character_answer_is_split_within_2000_with_code_intact(
+    tmp_path: Path,
+) -> None:
+    answer = _long_answer()
+    assert len(answer) > 20_000
+    async with discord_harness(tmp_path, answering(answer)) as h:
+        await h.send("explain it all")
+        await h.idle()
+        seen = h.api.texts(ev.DM)
+        assert len(seen) >= 11 and all(0 < len(m) <= MAX_CONTENT for m in seen)
+        for message in seen:  # every message opens and closes its code blocks
+            assert message.count("```") % 2 == 0
+        for line in (ln.strip() for ln in answer.splitlines() if "add(" in ln):
+            assert any(line in m for m in seen), line
+        assert visible("\n".join(seen)) == visible(answer)
+        assert [c for c in h.api.calls if c.status != 200 and c.status != 204] == []
+
+
+async def test_a_429_storm_loses_nothing(tmp_path: Path) -> None:
+    answer = _long_answer()
+    async with discord_harness(tmp_path, answering(answer)) as h:
+        h.api.storm = 12  # more than one call's five tries in a row
+        await h.send("explain it all")
+        await h.idle()
+        assert len(h.api.refused()) >= 12
+        assert visible("\n".join(h.api.texts(ev.DM))) == visible(answer)
+        assert await _answers_in(h, ev.DM) == [answer]
+
+
+async def test_an_admin_is_a_member_with_manage_server(tmp_path: Path) -> None:
+    async with discord_harness(tmp_path, None) as h:
+        await h.send("/keep on", group=True)
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == [phrases.ADMINS_ONLY]  # a member without the role
+        await h.send("/keep on", group=True, admin=True)
+        await h.idle()
+        _, accepted = h.api.texts(ev.CHANNEL)
+        assert accepted != phrases.ADMINS_ONLY and "/summarize" in accepted
+
+
+async def test_a_refused_token_is_one_line(tmp_path: Path) -> None:
+    api = FakeDiscordApi()
+    async with api.serving():
+        settings = settings_for(tmp_path, "discord", discord={"token": "wrong"})
+        async with Parley(settings, backend=None) as app:
+            section = settings.section("discord")
+            assert isinstance(section, DiscordSettings)
+            with pytest.raises(AdapterError, match="refused the token") as refused:
+                async with DiscordAdapter(host_for(app), section):
+                    pass  # pragma: no cover
+            assert "\n" not in str(refused.value)
+
+
+def test_settings_need_a_shard_count_for_shard_ids() -> None:
+    with pytest.raises(ValueError, match="shard_count"):
+        DiscordSettings(token="t", shard_ids=[0])  # type: ignore[arg-type]
+    assert DiscordSettings(token="t", shard_ids=[1], shard_count=2).shard_ids == [1]  # type: ignore[arg-type]
+
+
+class GatedBackend(ScriptedBackend):
+    """Holds the first token back until `release` is set: a model that is slow to start."""
+
+    def __init__(self, answer: str) -> None:
+        super().__init__(lambda request: answer)
+        self.release = asyncio.Event()
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        await self.release.wait()
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+async def test_slash_commands_are_the_registry_synced_at_start(tmp_path: Path) -> None:
+    async with discord_harness(tmp_path, None) as h:
+        expected = sorted(c.name for c in h.app.router.commands)
+        assert sorted(h.api.synced[None]) == expected
+        assert {"help", "summarize", "reset"} <= set(expected)
+    async with discord_harness(tmp_path, None, guild_ids=[ev.GUILD]) as h:
+        assert sorted(h.api.synced[ev.GUILD]) == expected
+
+
+async def test_a_slash_command_is_deferred_before_its_first_token(tmp_path: Path) -> None:
+    answer = "Short version: " + "the crane lifted the tea. " * 200
+    backend = GatedBackend(answer)
+    async with discord_harness(tmp_path, backend) as h:
+        slash = ev.interaction_create("summarize", "The crane moved the tea. " * 40)
+        await h.command(slash)
+        # The model has produced nothing yet, and Discord already has its acknowledgement.
+        assert h.api.acknowledged_within(slash["token"]) < 3.0
+        assert backend.requests == []
+        backend.release.set()
+        await h.idle()
+        shown = h.api.texts(ev.DM)
+        assert len(shown) >= 3 and all(0 < len(m) <= MAX_CONTENT for m in shown)
+        assert visible("\n".join(shown)) == visible(answer.strip())
+        # The first piece is the deferred response; the rest are channel messages.
+        assert any(c.path.endswith("/messages/@original") for c in h.api.writes(ev.DM))
+        assert all(c.allowed_mentions == NOBODY for c in h.api.writes(ev.DM) if "content" in c.body)
+
+
+async def test_a_slash_command_in_a_server_is_for_its_admins_when_it_changes_things(
+    tmp_path: Path,
+) -> None:
+    async with discord_harness(tmp_path, None) as h:
+        await h.command(ev.interaction_create("keep", "on", channel=ev.CHANNEL))
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == [phrases.ADMINS_ONLY]
+        await h.command(ev.interaction_create("keep", "on", channel=ev.CHANNEL, admin=True))
+        await h.idle()
+        _, accepted = h.api.texts(ev.CHANNEL)
+        assert "/summarize" in accepted
+
+
+def _attachment(
+    name: str, mime: str, size: int = 100, url: str = "https://cdn.example/"
+) -> dict[str, object]:
+    url = url if url.endswith(name) else f"{url}{name}"
+    return {"id": str(ev.GUILD + size), "filename": name, "size": size, "content_type": mime,
+            "url": url, "proxy_url": url}  # fmt: skip
+
+
+async def test_translate_sees_who_where_and_what(tmp_path: Path) -> None:
+    async with discord_harness(tmp_path, None) as h:
+        got: list[Action] = []
+        all_in = asyncio.Event()
+        client = h.adapter.client
+
+        async def on_message(message: discord.Message) -> None:
+            got.append(translate(message, h.adapter.me))
+            if len(got) == len(payloads):
+                all_in.set()
+
+        client.event(on_message)  # discord.py's own event, built from the gateway payload
+        payloads = [
+            ev.message_create("in a thread", channel=ev.THREAD, mentions_bot=True),
+            ev.message_create("a photo", attachments=[_attachment("a.png", "image/png")]),
+            ev.message_create("read it", attachments=[_attachment("a.pdf", "application/pdf")]),
+            ev.bot_message(ev.DM, "from a bot"),
+            {**ev.message_create("pinned a message"), "type": 6},
+        ]
+        for payload in payloads:
+            h.api.push("MESSAGE_CREATE", payload)
+        async with asyncio.timeout(10):
+            await all_in.wait()
+        got.sort(key=lambda action: payloads.index(_payload_of(action, payloads)))
+
+        thread, photo, document, from_bot, system = got
+        assert isinstance(thread, Submit)
+        incoming = thread.incoming
+        assert incoming.key.chat_id == str(ev.THREAD) and incoming.group
+        assert incoming.scopes == (str(ev.CHANNEL), str(ev.CATEGORY), str(ev.GUILD))
+        assert incoming.user.roles == (str(ev.MEMBER_ROLE),)  # not @everyone
+        assert incoming.text == "in a thread"
+        assert incoming.idempotency_key == f"discord:{thread.incoming.platform_message_id}"
+        assert isinstance(photo, Notice) and photo.sentence == phrases.MEDIA
+        assert not photo.incoming.group and photo.incoming.scopes == ()
+        assert isinstance(document, Fetch) and document.attachment.filename == "a.pdf"
+        assert isinstance(from_bot, Ignore) and isinstance(system, Ignore)
+
+
+def _payload_of(action: Action, payloads: list[dict[str, object]]) -> dict[str, object]:
+    """The payload an action came from (discord.py runs each event in its own task)."""
+    if isinstance(action, Ignore):
+        return payloads[3] if action.reason == "not from a person" else payloads[4]
+    return next(p for p in payloads if p["id"] == action.incoming.platform_message_id)
+
+
+async def test_a_text_document_is_read_and_a_photo_gets_one_sentence(tmp_path: Path) -> None:
+    backend = ScriptedBackend(lambda request: "It is about cranes.")
+    async with discord_harness(tmp_path, backend) as h:
+        content = b"Cranes carry tea across the harbour every morning.\n"
+        h.api.files["notes.txt"] = content
+        doc = _attachment("notes.txt", "text/plain", len(content), h.api.cdn_url("notes.txt"))
+        await h.deliver_event(ev.message_create("what is this about?", attachments=[doc]))
+        await h.idle()
+        assert h.api.texts(ev.DM) == ["It is about cranes."]
+        assert "Cranes carry tea" in str(backend.requests[0].messages)
+        photo = _attachment("p.png", "image/png")
+        await h.deliver_event(ev.message_create("and this?", attachments=[photo]))
+        await h.idle()
+        mb = h.app.settings.documents.max_bytes // 10**6
+        assert h.api.texts(ev.DM)[-1] == phrases.say(phrases.MEDIA, "", mb=mb)
+
+
+async def test_a_missing_message_content_intent_is_one_line(tmp_path: Path) -> None:
+    api = FakeDiscordApi(gateway_close_code=4014)  # Discord's "disallowed intents"
+    async with api.serving():
+        settings = settings_for(tmp_path, "discord", discord={"token": TOKEN})
+        async with Parley(settings, backend=None) as app:
+            section = settings.section("discord")
+            assert isinstance(section, DiscordSettings)
+            async with DiscordAdapter(host_for(app), section) as adapter:
+                with pytest.raises(AdapterError, match="Message Content Intent") as refused:
+                    async with asyncio.timeout(30):
+                        await adapter.run()
+    assert "\n" not in str(refused.value)
+    (identify,) = api.identified
+    assert identify["d"]["intents"] & (1 << 15)  # it asked for message content
