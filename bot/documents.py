@@ -168,6 +168,8 @@ def _pdf_text(data: bytes, max_pages: int, max_chars: int) -> str:
             total += len(pages[-1])
             if total > max_chars:
                 raise DocumentRefused(phrases.DOC_TOO_LONG, chars=max_chars)
-    except (PyPdfError, ValueError, KeyError, TypeError, RecursionError):
+    except DocumentRefused:
+        raise
+    except (PyPdfError, Exception):  # hostile bytes meet every kind of parser error
         raise DocumentRefused(phrases.DOC_DAMAGED) from None
     return "\n\n".join(pages)

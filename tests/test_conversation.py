@@ -162,14 +162,18 @@ async def test_no_backend_answers_commands_and_explains(tmp_path: Path) -> None:
     assert unknown.startswith("Unknown command /nonsense")
 
 
-async def test_oversized_message_gets_a_short_reason_and_is_kept(tmp_path: Path) -> None:
+async def test_oversized_message_gets_a_short_reason_and_only_its_size_is_kept(
+    tmp_path: Path,
+) -> None:
     backend = ScriptedBackend()
     async with running(settings_for(tmp_path, max_message_chars=100), backend) as (app, sink):
         await app.manager.handle(incoming("y" * 5000))
-        (reply,) = sink.replies[KEY]
-        assert "too long (5000 characters; the limit is 100)" in reply
-        assert backend.requests == []
-        assert (await app.store.history(1, 5))[0].content == "y" * 5000
+        await app.manager.handle(incoming("/summarize " + "z" * 500))  # pasted text: allowed
+        too_long, summary = sink.replies[KEY]
+        assert "too long (5000 characters; the limit is 100)" in too_long
+        assert "too long" not in summary
+        stored = (await app.store.history(1, 5))[0].content
+        assert stored == "[message: 5000 characters not kept, over the size limit of 100]"
 
 
 class FailingBackend(ScriptedBackend):
@@ -424,8 +428,8 @@ async def test_a_user_over_the_rate_limit_gets_one_sentence_and_nothing_is_lost(
         assert len(backend.requests) == 2  # the model never saw the flood
         rows = await app.store.history(1, 20)
         assert [r.content for r in rows if r.role is Role.USER][2:] == [
-            f"flood {i}" for i in range(4)
-        ]
+            "[message: 7 characters not kept, over the rate limit]"  # a stub: size and why
+        ] * 4
         assert {r.kind for r in rows if r.id in {f.message_id for f in flood}} == {
             MessageKind.LIMITED
         }

@@ -27,6 +27,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from bot.outage import Outage
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -222,7 +224,11 @@ class RedisGate:
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._failures: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
-        self._outage = _Outage(retry_after_failure_s)
+        self._outage = Outage(
+            retry_after_failure_s,
+            meanwhile="the outbound gate limits this process only",
+            logger=log,
+        )
 
     @contextlib.asynccontextmanager
     async def slot(self, chat: str, *, group: bool) -> AsyncIterator[None]:
@@ -272,31 +278,3 @@ class RedisGate:
             await self._release(keys=keys, args=[self._now(), slot_id])
         except self._failures as exc:
             self._outage.failed(exc)  # the slot frees itself after hold_s
-
-
-class _Outage:
-    """A dead Redis costs one failed call per retry pause, and one log line per outage."""
-
-    def __init__(self, retry_after_s: float) -> None:
-        self._retry_after_s = retry_after_s
-        self._down_since: float | None = None
-        self._retry_at = 0.0
-
-    def should_try(self) -> bool:
-        return time.monotonic() >= self._retry_at
-
-    def failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._retry_at = now + self._retry_after_s
-        if self._down_since is None:
-            self._down_since = now
-            log.warning(
-                "Redis is unreachable (%s: %s); the outbound gate limits this process only",
-                type(exc).__name__,
-                exc,
-            )
-
-    def succeeded(self) -> None:
-        if self._down_since is not None:
-            log.info("Redis is back: the outbound gate is shared again")
-            self._down_since = None

@@ -54,7 +54,7 @@ from .translate import (
     Submit,
     translate,
 )
-from .webhook import MalformedUpdate, parse_update, webhook_route
+from .webhook import read_update, webhook_route
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -261,11 +261,7 @@ class TelegramAdapter:
 
     def read_webhook_body(self, body: bytes) -> Received:
         """A webhook body as an action; MalformedUpdate when it is not a readable update."""
-        update = parse_update(body, self.bot)
-        try:
-            return Received(update.update_id, translate(update, self.me))
-        except Exception as exc:  # fields of the wrong type (a number for text, ...)
-            raise MalformedUpdate(type(exc).__name__) from None
+        return Received(*read_update(body, self.bot, self.me))
 
     def _document(self, fetch: Fetch) -> DocumentSource:
         async def download() -> bytes:

@@ -24,6 +24,8 @@ from telegram import Bot, Update
 
 from bot.errors import StorageError
 
+from .translate import Action, BotIdentity, translate
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,16 @@ def parse_update(body: bytes, bot: Bot) -> Update:
     except MalformedUpdate:
         raise
     except Exception as exc:  # what PTB raises on odd shapes varies: TypeError, KeyError, ...
+        raise MalformedUpdate(type(exc).__name__) from None
+
+
+def read_update(body: bytes, bot: Bot, me: BotIdentity) -> tuple[int, Action]:
+    """A webhook body as (update_id, action), or MalformedUpdate (never another exception):
+    PTB keeps fields of the wrong type as they came, so translating can fail too."""
+    update = parse_update(body, bot)
+    try:
+        return update.update_id, translate(update, me)
+    except Exception as exc:  # a number for text, a string for a chat, ...
         raise MalformedUpdate(type(exc).__name__) from None
 
 

@@ -29,7 +29,7 @@ from bot.skills.router import CommandRouter, parse_command
 from bot.storage.base import Cache, Recorded
 from bot.types import Incoming
 
-from .manager import ConversationManager, sender_key
+from .manager import ConversationManager, not_kept, sender_key
 from .sink import Platform, once
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,9 @@ class Intake:
         if not await self._admitted(incoming):
             return None
         if await self._manager.over_rate_limit(incoming):
-            stub = f"[document {source.name!r}, {source.size} bytes: not read, over the rate limit]"
+            stub = not_kept(
+                f"document {source.name!r}, {source.size} bytes,", "over the rate limit"
+            )
             return await self._manager.submit(
                 dataclasses.replace(incoming, text=stub), limited=True
             )

@@ -20,8 +20,10 @@ Errors are mapped to user-facing sentences here and only here, in the user's lan
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import re
 import secrets
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -55,6 +57,9 @@ CUT_OFF_NOTE = f"\n\n{phrases.CUT_OFF}"
 STOPPED_NOTE = f"\n\n{phrases.STOPPED}"
 # Pending messages read at once; more are read after these are answered.
 PENDING_PAGE = 64
+# The start of a stub recorded in place of a message's text (see not_kept).
+STUB_MARK = "[message: "
+_SIZE_STUB = re.compile(r"^\[message: (\d+) characters not kept, over the size limit of (\d+)\]$")
 # Commands that stop a reply that is still streaming.
 STOP_COMMANDS = frozenset({"reset", "stop"})
 
@@ -105,13 +110,20 @@ class ConversationManager:
         """Record the message and schedule its conversation. Safe to call twice. `limited`:
         whether the sender is over the rate limit, where the caller already counted it."""
         kind = MessageKind.CHAT
-        too_long = len(incoming.text) > self._settings.max_message_chars
+        limit = self._size_limit(incoming.text)
+        too_long = len(incoming.text) > limit
+        if too_long:  # answered with one sentence; its text is not kept, its size is
+            stub = not_kept(f"{len(incoming.text)} characters", f"over the size limit of {limit}")
+            incoming = dataclasses.replace(incoming, text=stub)
         if too_long or parse_command(incoming.text) is not None:
             kind = MessageKind.COMMAND
         if limited is None:
             limited = await self.over_rate_limit(incoming)
-        if limited:
+        if limited:  # kept as a stub: a flood must not fill the database with its text
             kind = MessageKind.LIMITED
+            if not incoming.text.startswith(STUB_MARK):
+                stub = not_kept(f"{len(incoming.text)} characters", "over the rate limit")
+                incoming = dataclasses.replace(incoming, text=stub)
         # Only a chat message goes into a prompt as itself: the others get the estimate, not a
         # tokenizer call (a /tokenize request on a vLLM server without backend.tokenizer).
         if kind is MessageKind.CHAT:
@@ -330,15 +342,19 @@ class ConversationManager:
             return
         await self._record_aside(work, batch, "")
 
+    def _size_limit(self, text: str) -> int:
+        parsed = parse_command(text)
+        command = self._router.get(parsed[0]) if parsed is not None else None
+        if command is not None and command.max_chars is not None:
+            return command.max_chars  # commands that take pasted text allow more
+        return self._settings.max_message_chars
+
     async def _command(self, work: _Work, message: StoredMessage) -> Answer:
         parsed = parse_command(message.content)
-        command = self._router.get(parsed[0]) if parsed is not None else None
-        limit = self._settings.max_message_chars
-        if command is not None and command.max_chars is not None:
-            limit = command.max_chars  # commands that take pasted text allow more
         say = self._localizer(message)
-        if len(message.content) > limit:
-            return await say(phrases.TOO_LONG, length=len(message.content), limit=limit)
+        if (oversized := _SIZE_STUB.match(message.content)) is not None:
+            length, limit = (int(n) for n in oversized.groups())
+            return await say(phrases.TOO_LONG, length=length, limit=limit)
         if parsed is None:  # recorded as a command, so this cannot happen; answer anyway
             return await self._router.help_text(say)
         name, args = parsed
@@ -601,6 +617,11 @@ async def _until(
             step.cancel()
             await asyncio.gather(step, return_exceptions=True)
         await chunks.aclose()
+
+
+def not_kept(what: str, reason: str) -> str:
+    """What is recorded in place of a message whose text is not kept: its size and why."""
+    return f"{STUB_MARK}{what} not kept, {reason}]"
 
 
 def sender_key(incoming: Incoming) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from bot.keepalive import renewing
+from bot.outage import Outage
 from bot.settings import RedisSettings
 from bot.storage.base import Cache
 
@@ -134,37 +135,15 @@ class MemoryCache:
         self._entries.clear()
 
 
-class _Outage:
-    """Remembers a Redis failure so that a dead Redis costs one timeout per retry period, not
-    one per call, and logs each outage once when it starts and once when it ends."""
+class _Outage(Outage):
+    """The cache's outage, which also says once that locks hold within this process only."""
 
     def __init__(self, retry_after_s: float) -> None:
-        self._retry_after_s = retry_after_s
-        self._down_since: float | None = None
-        self._retry_at = 0.0
+        super().__init__(retry_after_s, meanwhile="the cache is bypassed", logger=logger)
         self._lock_warned = False
 
-    def should_try(self) -> bool:
-        return time.monotonic() >= self._retry_at
-
-    def failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._retry_at = now + self._retry_after_s
-        if self._down_since is None:
-            self._down_since = now
-            # The exception text names host and port at most; the URL (and password) never.
-            logger.warning(
-                "Redis is unreachable (%s: %s); the cache is bypassed, retrying every %gs",
-                type(exc).__name__,
-                exc,
-                self._retry_after_s,
-            )
-
     def succeeded(self) -> None:
-        if self._down_since is None:
-            return
-        logger.info("Redis is reachable again after %.1fs", time.monotonic() - self._down_since)
-        self._down_since = None
+        super().succeeded()
         self._lock_warned = False
 
     def lock_degraded(self) -> None:
