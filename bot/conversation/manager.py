@@ -29,7 +29,7 @@ import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from backends.base import Backend, Chunk, GenerationRequest, Usage, estimate_tokens
+from backends.base import Backend, GenerationRequest, estimate_tokens
 from bot import phrases
 from bot.errors import BackendError, BotError, ContextTooLong, NoBackendConfigured
 from bot.logcontext import current_turn, note
@@ -47,6 +47,7 @@ from bot.storage.base import Cache, MessageKind, Recorded, Store, StoredMessage
 from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 
 from .context import ContextLoader
+from .relay import Collected, note_line, until
 from .sink import ReplySink, once
 from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, merge_user_texts
 
@@ -403,19 +404,21 @@ class ConversationManager:
                     yield delta
             except BotError as exc:
                 log.warning("conversation %s: skill failed while streaming: %s", work.key, exc)
-                note = await _note(say, phrases.CUT_OFF) if parts else await say(exc.user_message)
-                parts.append(note)
-                yield note
+                if parts:
+                    parts.append(await note_line(say, phrases.CUT_OFF))
+                else:
+                    parts.append(await say(exc.user_message))
+                yield parts[-1]
 
         async def stopped() -> str:
-            parts.append(await _note(say, phrases.STOPPED))
+            parts.append(await note_line(say, phrases.STOPPED))
             return parts[-1]
 
         try:
             await self._relayed(work, relay(), batch, stopped)
         except Exception:
             log.exception("conversation %s: the platform failed while delivering", work.key)
-            parts.append(await _note(say, phrases.CUT_OFF))
+            parts.append(await note_line(say, phrases.CUT_OFF))
         finally:
             aclose = getattr(answer, "aclose", None)
             if aclose is not None:
@@ -441,7 +444,7 @@ class ConversationManager:
         window = await self._context.load(cid)
         window = await self._context.fit(cid, window, user_tokens)
         say = self._localizer(batch[-1])
-        reply = _Collected(say)
+        reply = Collected(say)
         try:
             try:
                 request = self._request(work, window, user_text)
@@ -477,14 +480,14 @@ class ConversationManager:
         batch: list[StoredMessage],
         backend: Backend,
         request: GenerationRequest,
-        reply: _Collected,
+        reply: Collected,
     ) -> None:
         """Stream one reply to the sink. /reset stops it (see submit); so does a sink that
         fails. Either way what was shown is kept, marked as cut off, and never re-sent."""
         relay = reply.relay(backend.stream(request))
 
         async def stopped() -> str:
-            reply.cut_off(await _note(reply.say, phrases.STOPPED))
+            reply.cut_off(await note_line(reply.say, phrases.STOPPED))
             return reply.parts[-1]
 
         try:
@@ -493,7 +496,7 @@ class ConversationManager:
             raise
         except Exception:
             log.exception("conversation %s: the platform failed while delivering", work.key)
-            reply.cut_off(await _note(reply.say, phrases.CUT_OFF))
+            reply.cut_off(await note_line(reply.say, phrases.CUT_OFF))
         finally:
             await relay.aclose()  # a sink that stopped early leaves it open: abort the request
 
@@ -510,7 +513,7 @@ class ConversationManager:
         stop = asyncio.Event()
         self._streaming[work.conversation_id] = stop
         try:
-            await self._deliver(work.key, _until(stop, chunks, stopped), batch)
+            await self._deliver(work.key, until(stop, chunks, stopped), batch)
         finally:
             self._streaming.pop(work.conversation_id, None)
 
@@ -521,7 +524,7 @@ class ConversationManager:
         window: Window,
         user_text: str,
         user_tokens: int,
-        reply: _Collected,
+        reply: Collected,
     ) -> None:
         text = "".join(reply.parts)
         if reply.usage is not None:
@@ -585,40 +588,6 @@ class ConversationManager:
             return ""
 
 
-async def _until(
-    stop: asyncio.Event,
-    chunks: AsyncGenerator[str, None],
-    stopped: Callable[[], Awaitable[str]],
-) -> AsyncGenerator[str, None]:
-    """`chunks` until `stop` is set; then the note from `stopped()`, and `chunks` is closed
-    (which aborts the model request behind it)."""
-    stopping = asyncio.create_task(stop.wait())
-    step: asyncio.Future[str] | None = None
-    try:
-        while True:
-            step = asyncio.ensure_future(anext(chunks))
-            await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
-                log.info("reply stopped by the user")
-                step.cancel()  # before the note: no chunk may be taken but not shown
-                await asyncio.gather(step, return_exceptions=True)
-                if not step.cancelled() and step.exception() is None:
-                    yield step.result()  # it arrived while the cancellation did
-                yield await stopped()
-                return
-            try:
-                chunk = step.result()
-            except StopAsyncIteration:
-                return
-            yield chunk
-    finally:
-        stopping.cancel()
-        if step is not None and not step.done():  # the generator must be idle to be closed
-            step.cancel()
-            await asyncio.gather(step, return_exceptions=True)
-        await chunks.aclose()
-
-
 def not_kept(what: str, reason: str) -> str:
     """What is recorded in place of a message whose text is not kept: its size and why."""
     return f"{STUB_MARK}{what} not kept, {reason}]"
@@ -631,49 +600,7 @@ def sender_key(incoming: Incoming) -> str:
     return f"{incoming.key.platform}:{who}"
 
 
-async def _note(say: Say, sentence: str) -> str:
-    return f"\n\n{await say(sentence)}"
-
-
 def stops_a_reply(text: str) -> bool:
     """Whether `text` is a command that stops the reply being streamed (/stop, /reset)."""
     parsed = parse_command(text)
     return parsed is not None and parsed[0] in STOP_COMMANDS
-
-
-class _Collected:
-    """Relays a backend stream to a sink while keeping the text and usage for the record."""
-
-    def __init__(self, say: Say) -> None:
-        self.say = say
-        self.parts: list[str] = []
-        self.usage: Usage | None = None
-        self.notice: str | None = None
-
-    def cut_off(self, note: str) -> None:
-        self.parts.append(note)
-
-    async def relay(self, stream: AsyncGenerator[Chunk, None]) -> AsyncGenerator[str, None]:
-        """Text deltas for the sink. A failure after text was shown ends the reply with a
-        short note instead of an error, so the user never sees the same text twice."""
-        try:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    self.usage = chunk.usage
-                if chunk.notice:
-                    self.notice = chunk.notice
-                if chunk.text:
-                    self.parts.append(chunk.text)
-                    yield chunk.text
-        except BackendError as exc:
-            if not self.parts:
-                raise
-            log.warning("reply cut off after %d chunks: %s", len(self.parts), exc)
-            note = await _note(self.say, phrases.CUT_OFF)
-            self.parts.append(note)
-            yield note
-        else:
-            if self.notice:  # shown, not stored: it is about the answer, not part of it
-                yield f"\n\n({self.notice})"
-        finally:
-            await stream.aclose()  # aborts the request if the sink stopped early
