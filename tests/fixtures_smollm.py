@@ -18,15 +18,13 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bot.settings import BackendSettings
-from tests.fixtures_vllm import _free_port, _stop, _tail, require, unavailable
+from tests.fixtures_vllm import free_port, require, stop_server, unavailable, wait_until_healthy
 
 SMOLLM_SERVED_MODEL = "smollm2"
 # The model allows 8k; 2k keeps the KV cache and the prompts of the tests small.
@@ -71,7 +69,7 @@ def smollm_server(
 ) -> Iterator[str]:
     """vLLM's OpenAI-compatible server on SmolLM2, on a free local port; yields its base URL."""
     require("vllm")
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("smollm-server") / "server.log"
     with log_path.open("wb") as log:
@@ -82,10 +80,10 @@ def smollm_server(
             start_new_session=True,  # its engine processes stop with its group
         )
     try:
-        _wait_until_healthy(process, base_url, log_path)
+        wait_until_healthy(process, base_url, log_path, SERVER_START_TIMEOUT_S)
         yield base_url
     finally:
-        _stop(process)
+        stop_server(process)
 
 
 def _server_command(model_dir: Path, port: int) -> list[str]:
@@ -102,17 +100,3 @@ def _server_command(model_dir: Path, port: int) -> list[str]:
         "--structured-outputs-config",
         '{"backend": "xgrammar", "disable_any_whitespace": true}',
     ]
-
-
-def _wait_until_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"vLLM server exited with {process.returncode}:\n{_tail(log)}")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.5)  # polling a process that has no readiness signal of its own
-    pytest.fail(f"vLLM server not healthy after {SERVER_START_TIMEOUT_S:.0f} s:\n{_tail(log)}")

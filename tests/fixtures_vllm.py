@@ -78,7 +78,7 @@ def vllm_server(
 ) -> Iterator[str]:
     """A real vLLM OpenAI-compatible server on a free local port; yields its base URL."""
     require("vllm")
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
     with log_path.open("wb") as log:
@@ -90,10 +90,10 @@ def vllm_server(
             start_new_session=True,
         )
     try:
-        _wait_until_healthy(process, base_url, log_path)
+        wait_until_healthy(process, base_url, log_path)
         yield base_url
     finally:
-        _stop(process)
+        stop_server(process)
 
 
 def _server_command(model_dir: Path, port: int) -> list[str]:
@@ -109,31 +109,36 @@ def _server_command(model_dir: Path, port: int) -> list[str]:
     ]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _wait_until_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+def wait_until_healthy(
+    process: subprocess.Popen[bytes],
+    base_url: str,
+    log: Path,
+    timeout_s: float = SERVER_START_TIMEOUT_S,
+) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"vLLM server exited with {process.returncode}:\n{_tail(log)}")
+            pytest.fail(f"vLLM server exited with {process.returncode}:\n{log_tail(log)}")
         try:
             if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass  # not listening yet
         time.sleep(0.5)
-    pytest.fail(f"vLLM server not healthy after {SERVER_START_TIMEOUT_S:.0f} s:\n{_tail(log)}")
+    pytest.fail(f"vLLM server not healthy after {timeout_s:.0f} s:\n{log_tail(log)}")
 
 
-def _tail(log: Path, lines: int = 40) -> str:
+def log_tail(log: Path, lines: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_server(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM lets vLLM stop its engine processes; then SIGKILL whatever of the group is left."""
     process.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):

@@ -31,7 +31,7 @@ from backends.vllm_engine import VllmEngineBackend
 from bot.errors import BackendTimeout, ContextTooLong
 from bot.settings import BackendSettings
 from bot.types import ChatMessage, Role
-from tests.fixtures_vllm import SERVED_MODEL, _free_port, _stop, require, unavailable
+from tests.fixtures_vllm import SERVED_MODEL, free_port, require, stop_server, unavailable
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -46,7 +46,7 @@ def transformers_server(
 ) -> Iterator[str]:
     """`transformers serve` pinned to the tiny model on a free port; yields its base URL."""
     require("fastapi", "uvicorn")
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     work = tmp_path_factory.mktemp("transformers-serve")
     # An empty hub cache: without one its /v1/models answers 500 offline.
@@ -65,7 +65,7 @@ def transformers_server(
         _wait_healthy(process, base_url, work / "server.log")
         yield base_url
     finally:
-        _stop(process)
+        stop_server(process)
 
 
 def _transformers_cli() -> list[str]:

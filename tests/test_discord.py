@@ -20,7 +20,8 @@ import discord
 from adapters.discord.adapter import DiscordAdapter
 from adapters.discord.settings import DiscordSettings
 from adapters.discord.stream import neutralise
-from adapters.discord.translate import Action, Fetch, Ignore, Notice, Submit, translate
+from adapters.discord.translate import Action, Fetch, translate
+from adapters.kit.actions import Ignore, Notice, Submit
 from adapters.kit.runner import host_for
 from backends.base import Chunk, GenerationRequest
 from bot import phrases

@@ -23,11 +23,11 @@ from tests.doubles import ScriptedBackend
 from tests.fault_server import MODEL, Faults, fault_server
 from tests.fixtures_vllm import (
     SERVED_MODEL,
-    _free_port,
     _server_command,
-    _stop,
-    _wait_until_healthy,
+    free_port,
     require,
+    stop_server,
+    wait_until_healthy,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -51,7 +51,7 @@ def compact_json_server(
     """vLLM's server as docs/resilience.md says to run it for structured outputs: JSON without
     free whitespace (an engine-wide setting in vLLM 0.32, not a request field)."""
     require("vllm")
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("vllm-json") / "server.log"
     compact = {"backend": "xgrammar", "disable_any_whitespace": True}
     extra = ["--structured-outputs-config", json.dumps(compact)]
@@ -63,10 +63,10 @@ def compact_json_server(
             start_new_session=True,
         )
     try:
-        _wait_until_healthy(process, f"http://127.0.0.1:{port}", log_path)
+        wait_until_healthy(process, f"http://127.0.0.1:{port}", log_path)
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop(process)
+        stop_server(process)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=["vllm-engine", "vllm-http"])

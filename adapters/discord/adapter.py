@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Self
 
 import discord
 
+from adapters.kit.actions import Ignore, Notice, Observe, Submit
 from adapters.kit.gate import Gate, LocalGate, Rate, Rates
 from bot.documents import DocumentSource
 from bot.errors import AdapterError, ConfigError
@@ -36,10 +37,6 @@ from .translate import (
     PLATFORM,
     Action,
     Fetch,
-    Ignore,
-    Notice,
-    Observe,
-    Submit,
     command_incoming,
     scopes_of,
     thread_name,

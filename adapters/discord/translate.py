@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import discord
 
+from adapters.kit.actions import Ignore, Notice, Observe, Submit
 from bot import phrases
 from bot.types import ConversationKey, Incoming, User
 
@@ -34,34 +35,11 @@ _SPOKEN = frozenset({discord.MessageType.default, discord.MessageType.reply})
 
 
 @dataclass(frozen=True, slots=True)
-class Submit:
-    incoming: Incoming
-
-
-@dataclass(frozen=True, slots=True)
-class Observe:
-    """A server message not for the bot: kept where the chat opted in, never answered."""
-
-    incoming: Incoming
-
-
-@dataclass(frozen=True, slots=True)
 class Fetch:
     """A document to download (`attachment.read()`) and read; `incoming.text` is the request."""
 
     incoming: Incoming
     attachment: discord.Attachment
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    incoming: Incoming
-    sentence: str
-
-
-@dataclass(frozen=True, slots=True)
-class Ignore:
-    reason: str
 
 
 Action = Submit | Observe | Fetch | Notice | Ignore

@@ -30,6 +30,7 @@ from telegram import Bot, BotCommand, ChatMember, ReplyParameters, Update
 from telegram.error import Forbidden, InvalidToken, NetworkError, TelegramError
 from telegram.warnings import PTBUserWarning
 
+from adapters.kit.actions import Ignore, Notice, Observe, Submit
 from bot import phrases
 from bot.documents import DocumentSource
 from bot.errors import AdapterError, ConfigError, StorageError
@@ -48,10 +49,6 @@ from .translate import (
     AnswerCallback,
     BotIdentity,
     Fetch,
-    Ignore,
-    Notice,
-    Observe,
-    Submit,
     translate,
 )
 from .webhook import read_update, webhook_route

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from telegram import Chat, Message, MessageEntity, Update
 
+from adapters.kit.actions import Ignore, Notice, Observe, Submit
 from bot import phrases
 from bot.types import ConversationKey, Incoming, User
 
@@ -39,18 +40,6 @@ class BotIdentity:
 
 
 @dataclass(frozen=True, slots=True)
-class Submit:
-    incoming: Incoming
-
-
-@dataclass(frozen=True, slots=True)
-class Observe:
-    """A group message not for the bot: kept where the group opted in, never answered."""
-
-    incoming: Incoming
-
-
-@dataclass(frozen=True, slots=True)
 class Fetch:
     """A document to download and read; `incoming.text` is the request (caption or default)."""
 
@@ -62,21 +51,8 @@ class Fetch:
 
 
 @dataclass(frozen=True, slots=True)
-class Notice:
-    """A sentence for the sender (phrases key), said through the core's rate-limited notices."""
-
-    incoming: Incoming
-    sentence: str
-
-
-@dataclass(frozen=True, slots=True)
 class AnswerCallback:
     query_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Ignore:
-    reason: str
 
 
 Action = Submit | Observe | Fetch | Notice | AnswerCallback | Ignore
