@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import socket
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Iterator
@@ -27,13 +26,14 @@ from typing import Any
 
 import discord.gateway
 import discord.http
-import uvicorn
 import yarl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
+
+from tests.local_server import serving
 
 TOKEN = "MTAw.TEST-token-never-logged"
 BOT_ID = 900
@@ -126,27 +126,22 @@ class FakeDiscordApi:
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[str]:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        server = _Server(uvicorn.Config(self.app(), access_log=False, log_level="warning"))
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-            await asyncio.sleep(0.01)
-        base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-        port = sock.getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{port}"
-        discord.http.Route.BASE = f"{self.base_url}/api/v10"
-        # Like Route.BASE, a public class attribute, the URL every first connection uses.
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(
-            f"ws://127.0.0.1:{port}/gateway"
-        )
-        try:
-            yield discord.http.Route.BASE
-        finally:
-            discord.http.Route.BASE = base
-            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
-            server.should_exit = True
-            await task
+        async with serving(self.app()) as port:
+            base, gateway = (
+                discord.http.Route.BASE,
+                discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY,
+            )
+            self.base_url = f"http://127.0.0.1:{port}"
+            discord.http.Route.BASE = f"{self.base_url}/api/v10"
+            # Like Route.BASE, a public class attribute, the URL every first connection uses.
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(
+                f"ws://127.0.0.1:{port}/gateway"
+            )
+            try:
+                yield discord.http.Route.BASE
+            finally:
+                discord.http.Route.BASE = base
+                discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
 
     # What a test looks at ---------------------------------------------------------------
 
@@ -392,11 +387,3 @@ def _rate_limited(retry_after: float, limit: int) -> Response:
     }
     body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
     return JSONResponse(body, status_code=429, headers=headers)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn inside the test's loop, leaving the signals to pytest."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield

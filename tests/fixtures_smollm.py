@@ -16,7 +16,6 @@ under CI (CI=true) they fail instead, because CI installs them.
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from bot.settings import BackendSettings
-from tests.fixtures_vllm import free_port, require, stop_server, unavailable, wait_until_healthy
+from tests.fixtures_vllm import free_port, require, served, unavailable
 
 SMOLLM_SERVED_MODEL = "smollm2"
 # The model allows 8k; 2k keeps the KV cache and the prompts of the tests small.
@@ -70,20 +69,10 @@ def smollm_server(
     """vLLM's OpenAI-compatible server on SmolLM2, on a free local port; yields its base URL."""
     require("vllm")
     port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("smollm-server") / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            _server_command(smollm_model_dir, port),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its engine processes stop with its group
-        )
-    try:
-        wait_until_healthy(process, base_url, log_path, SERVER_START_TIMEOUT_S)
+    command = _server_command(smollm_model_dir, port)
+    with served(command, port, log_path, SERVER_START_TIMEOUT_S) as base_url:
         yield base_url
-    finally:
-        stop_server(process)
 
 
 def _server_command(model_dir: Path, port: int) -> list[str]:

@@ -79,18 +79,27 @@ def vllm_server(
     """A real vLLM OpenAI-compatible server on a free local port; yields its base URL."""
     require("vllm")
     port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    with served(_server_command(tiny_model_dir, port), port, log_path) as base_url:
+        yield base_url
+
+
+@contextlib.contextmanager
+def served(
+    command: list[str], port: int, log_path: Path, timeout_s: float = SERVER_START_TIMEOUT_S
+) -> Iterator[str]:
+    """A model server started with `command` on `port`, healthy; yields its base URL."""
+    base_url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            _server_command(tiny_model_dir, port),
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             # Its own process group, so the engine processes it starts can be stopped with it.
             start_new_session=True,
         )
     try:
-        wait_until_healthy(process, base_url, log_path)
+        wait_until_healthy(process, base_url, log_path, timeout_s)
         yield base_url
     finally:
         stop_server(process)

@@ -14,20 +14,20 @@ import asyncio
 import contextlib
 import json
 import math
-import socket
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from telegram import Bot
+
+from tests.local_server import serving
 
 TOKEN = "123456:TEST-token-never-logged"
 BOT = {"id": 999, "is_bot": True, "first_name": "Parley", "username": "parley_bot"}
@@ -88,17 +88,8 @@ class FakeBotApi:
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[str]:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        server = _Server(uvicorn.Config(self.app(), access_log=False, log_level="warning"))
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-            await asyncio.sleep(0.01)
-        try:
-            yield f"http://127.0.0.1:{sock.getsockname()[1]}/bot"
-        finally:
-            server.should_exit = True
-            await task
+        async with serving(self.app()) as port:
+            yield f"http://127.0.0.1:{port}/bot"
 
     async def wait_for_messages(self, chat_id: int, count: int) -> list[str]:
         while len(self.messages[chat_id]) < count:
@@ -248,14 +239,6 @@ class FakeBotApi:
 
     async def _file(self, request: Request) -> Response:
         return Response(self.files[request.path_params["path"]])
-
-
-class _Server(uvicorn.Server):
-    """uvicorn inside the test's loop, leaving the signals to pytest."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 _INTS = {"chat_id", "message_id", "draft_id", "message_thread_id", "offset", "user_id"}
