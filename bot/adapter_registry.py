@@ -31,7 +31,12 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "parley.adapters"
 # Parley's own, also found when the package metadata is stale or absent (a source checkout).
-BUILTIN = ("adapters.console:SPEC", "adapters.telegram.spec:SPEC", "adapters.discord.spec:SPEC")
+BUILTIN = (
+    "adapters.console:SPEC",
+    "adapters.telegram.spec:SPEC",
+    "adapters.discord.spec:SPEC",
+    "adapters.support.spec:SPEC",
+)
 
 
 class AdapterSettings(BaseModel):

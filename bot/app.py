@@ -18,6 +18,7 @@ from types import TracebackType
 
 from backends.base import Backend, estimate_tokens
 from backends.factory import build_resilient_backend
+from bot.budget import Budgets, MeteredBackend
 from bot.conversation.context import ContextLoader
 from bot.conversation.intake import Intake
 from bot.conversation.manager import ConversationManager
@@ -98,6 +99,12 @@ class Parley:
             self._stack.push_async_callback(self.backend.aclose)
             self.metrics.watch_backend(self.backend)
             await self._start_backend(self.backend)
+            # The one seam every model call passes: it counts them to the turn's budgets.
+            self.backend = MeteredBackend(self.backend)
+        self.budgets = Budgets.from_settings(
+            s.budget, s.redis, self.store.engine, observer=self.metrics
+        )
+        self._stack.push_async_callback(self.budgets.aclose)
         summarizer = Summarizer(
             self.backend, max_tokens=s.conversation.summary_tokens, count_tokens=self.count_tokens
         )
@@ -121,7 +128,9 @@ class Parley:
             count_tokens=self.count_tokens,
             skills=SkillRouting(self.router, services),
             observer=self.metrics,
+            budgets=self.budgets,
         )
+        self.manager.start()
         self._stack.push_async_callback(self.manager.aclose)
         self.intake = Intake(
             self.manager, cache, self.router, s.conversation, DocumentReader(s.documents)

@@ -5,6 +5,8 @@
     parley db upgrade|downgrade|current [REVISION]
     parley kb add PATH... | list | remove PATH    the knowledge base
     parley eval [--set PATH]... [--limit N]   each skill's quality (docs/evaluation.md)
+    parley support site add|list, key add|revoke   the support channel's sites and keys
+    parley usage [--days N] [--user PLATFORM:ID] [--json]   model tokens per user and day
     parley doctor                   check the configuration, database, cache and backend
     parley config                   print the effective settings (secrets masked)
 
@@ -63,9 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from adapters.support.cli import add_support_parser
     from bot.cli_commands import cmd_chat, cmd_config, cmd_db, cmd_doctor, cmd_run
     from bot.evaluation import add_eval_parser
     from bot.knowledge.cli import add_kb_parser
+    from bot.usage_cli import add_usage_parser
 
     parser = argparse.ArgumentParser(prog="parley", description="Parley chat bot framework")
     parser.add_argument(
@@ -86,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     db.set_defaults(func=cmd_db)
     add_kb_parser(sub)
     add_eval_parser(sub)
+    add_support_parser(sub)
+    add_usage_parser(sub)
     sub.add_parser("doctor", help="check configuration and services").set_defaults(func=cmd_doctor)
     sub.add_parser("config", help="print the effective settings").set_defaults(func=cmd_config)
     return parser

@@ -4,6 +4,9 @@
     parley_turn_duration_seconds{platform,skill}      histogram, whole turn
     parley_turn_first_token_seconds{platform,skill}   histogram, turn start -> first text out
     parley_tokens_total{platform,direction}           in (prompt) | out (completion)
+    parley_budget_tokens_total{platform,kind}         prompt | completion: every model call of
+                                                      a turn (skills, summaries), as budgeted
+    parley_budget_refused_total{platform,budget}      turns refused: user | site budget used up
     parley_backend_requests_total{backend}            replies asked of the backend
     parley_backend_tries_total{backend}               tries sent (first tries and retries)
     parley_backend_retries_total{backend}
@@ -182,6 +185,14 @@ class Metrics:
             "parley_tokens", "Model tokens, in (prompt) and out", ["platform", "direction"],
             registry=r,
         )  # fmt: skip
+        self.budget_tokens_total = Counter(
+            "parley_budget_tokens", "Model tokens counted against budgets, skills included",
+            ["platform", "kind"], registry=r,
+        )  # fmt: skip
+        self.budget_refused_total = Counter(
+            "parley_budget_refused", "Turns refused because a daily token budget was used up",
+            ["platform", "budget"], registry=r,
+        )  # fmt: skip
         self._backend_counters = {
             name: Counter(f"parley_backend_{name}", doc, ["backend"], registry=r)
             for name, doc in (
@@ -267,6 +278,15 @@ class Metrics:
 
     def refused(self, platform: str) -> None:
         self.turns.labels(platform, "none", "refused").inc()
+
+    # -- bot.budget.BudgetObserver ---------------------------------------------------------
+
+    def budget_tokens(self, platform: str, usage: Usage) -> None:
+        self.budget_tokens_total.labels(platform, "prompt").inc(usage.prompt_tokens)
+        self.budget_tokens_total.labels(platform, "completion").inc(usage.completion_tokens)
+
+    def budget_refused(self, platform: str, scope: str) -> None:
+        self.budget_refused_total.labels(platform, scope).inc()
 
     # -- scrape ----------------------------------------------------------------------------
 

@@ -69,6 +69,10 @@ MEDIA = N_(
     "I can read text messages and documents (plain text, Markdown, HTML or PDF up to {mb} MB), "
     "but not photos, voice messages, videos or stickers."
 )
+BUDGET_USED_UP = N_(
+    "The daily token budget is used up, so I cannot answer this now. "
+    "It resets at midnight ({zone})."
+)
 
 
 def base_language(tag: str | None) -> str:

@@ -240,8 +240,23 @@ class ConversationSettings(_Section):
     # Tokens the folded summary of older turns may take.
     summary_tokens: int = Field(256, ge=16)
     burst: Literal["merge", "queue"] = "merge"
-    lock_ttl_s: float = Field(30.0, gt=0)
+    # The turn lease (the one locker, in SQL): renewed every lock_ttl_s/3 while its worker
+    # lives, so a dead worker's conversations are free again within lock_ttl_s.
+    lock_ttl_s: float = Field(6.0, gt=0)
     lock_wait_s: float = Field(300.0, gt=0)
+    # Every sweep_interval_s (0: never) each worker schedules the conversations with a
+    # message pending for longer than orphan_after_s and no live lease (its worker died, or
+    # its turn failed and has tries left). A dead worker's messages are therefore answered
+    # within about lock_ttl_s + sweep_interval_s (orphan_after_s at least).
+    sweep_interval_s: float = Field(2.0, ge=0)
+    orphan_after_s: float = Field(5.0, gt=0)
+    # While the shared cache cannot tell whether a worker is alive, an answer it began to show
+    # is left to it for this long after its last sign of life (a worker cut off from the
+    # database comes back and records what it showed), then finished by another worker.
+    delivery_grace_s: float = Field(15.0, gt=0)
+    # How long a worker keeps trying to record an answer the user already saw while the
+    # database is unreachable (it is never answered again meanwhile).
+    record_retry_s: float = Field(600.0, gt=0)
     # A turn that fails leaves its messages pending for another try; after this many failed
     # turns they are answered with one apology instead, never run again at every start.
     max_turn_attempts: int = Field(3, ge=1)
@@ -333,6 +348,32 @@ class MetricsSettings(_Section):
     host: str = "127.0.0.1"
 
 
+class BudgetSettings(_Section):
+    """Daily budgets of model tokens (prompt + completion, skills included), shared by the
+    workers through Redis (bot.budget; docs/operations.md, "Token budgets")."""
+
+    # Tokens one user may spend a day; 0: no limit. Usage is recorded either way.
+    user_daily_tokens: int = Field(0, ge=0)
+    # Tokens all conversations of one support site may spend a day; 0: no limit.
+    site_daily_tokens: int = Field(0, ge=0)
+    # Where the day starts and ends: an IANA time zone name ("UTC", "Europe/Berlin").
+    timezone: str = "UTC"
+    # A reservation that is never settled (its worker died) stops counting after this long:
+    # keep it above the longest turn (backend.timeouts.total_s and its retries).
+    reservation_ttl_s: float = Field(900.0, gt=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not a known time zone; use an IANA name such as UTC") from None
+        return name
+
+
 class Settings(BaseSettings):
     """The core's settings. The sections of the installed adapters are added by
     `settings_class()`; build settings with `load_settings()`."""
@@ -366,6 +407,7 @@ class Settings(BaseSettings):
     knowledge: KnowledgeSettings = KnowledgeSettings()
     skills: SkillsSettings = SkillsSettings()
     documents: DocumentSettings = DocumentSettings()
+    budget: BudgetSettings = BudgetSettings()
 
     @field_validator("adapters")
     @classmethod

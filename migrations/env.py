@@ -16,6 +16,7 @@ from sqlalchemy import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+import adapters.support.models  # noqa: F401  (the support channel's sites and keys)
 from bot.storage import prefs_models  # noqa: F401  (its tables join Base.metadata)
 from bot.storage.database import ensure_sqlite_folder
 from bot.storage.models import Base, include_in_schema_compare

@@ -11,6 +11,7 @@ import asyncio
 import importlib.util
 import io
 import itertools
+import json
 import os
 import re
 from collections.abc import AsyncIterator, Callable
@@ -289,6 +290,76 @@ async def discord_harness(
                 finally:
                     connection.cancel()
                     await asyncio.gather(connection, return_exceptions=True)
+
+
+class SupportHarness:
+    """The support API through its real Starlette app (httpx's ASGI transport): a visitor of
+    one site posts messages; what it sees is its conversation's events, each answer and
+    notice once (the event stream a widget renders)."""
+
+    limit = 10**9  # a web chat has no message limit
+    length = staticmethod(len)
+    groups = False
+
+    def __init__(self, app: Parley, adapter: Any, client: Any, token: str, chat: str) -> None:
+        self.app = app
+        self.adapter = adapter
+        self._client = client
+        self._token = token
+        self._chat = chat
+        self._seen: list[str] = []
+
+    async def send(self, text: str, *, group: bool = False, admin: bool = False) -> None:
+        headers = {"Authorization": f"Bearer {self._token}", "Origin": "https://shop.example"}
+        response = await self._client.post("/v1/messages", headers=headers, json={"text": text})
+        assert response.status_code in (202, 403), response.text
+
+    def seen(self, *, group: bool = False) -> list[str]:
+        return self._seen
+
+    async def idle(self) -> None:
+        await self.adapter.idle()
+        events = await self.adapter.events.read(self._chat, None)
+        shown = [json.loads(e.data) for e in events if e.name in ("answer", "notice")]
+        self._seen = [item["text"] for item in shown]
+
+
+@asynccontextmanager
+async def support_harness(
+    tmp_path: Path, backend: object | None, **sections: Any
+) -> AsyncIterator[SupportHarness]:
+    import httpx
+
+    from adapters.support.adapter import SupportAdapter
+    from adapters.support.settings import SupportSettings
+
+    support = {"token_secret": "contract-suite-secret", **sections}
+    settings = settings_for(tmp_path, "support", support=support)
+    async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
+        section = settings.section("support")
+        assert isinstance(section, SupportSettings)
+        host = host_for(app)
+        adapter = SupportAdapter(host, section)
+        app.intake.register("support", adapter, section.access)
+        async with adapter:
+            site = await adapter.sites.add_site("shop", ["https://shop.example"])
+            await adapter.directory.refresh(force=True)
+            transport = httpx.ASGITransport(app=host.http.app())
+            async with httpx.AsyncClient(transport=transport, base_url="http://parley") as client:
+                made = await client.post(
+                    "/v1/visitors",
+                    headers={
+                        "X-Parley-Site-Key": site.public_key,
+                        "Origin": "https://shop.example",
+                    },
+                )
+                visitor = made.json()
+                chat = f"shop:{visitor['visitor_id']}"
+                yield SupportHarness(app, adapter, client, visitor["token"], chat)
+                await adapter.idle()
+
+
+HARNESSES["support"] = support_harness
 
 
 # The optional [discord] extra, and uvicorn's WebSocket support for the fake gateway.

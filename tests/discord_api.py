@@ -10,7 +10,23 @@ with Discord's "Invalid Form Body" error JSON), 5 message sends or edits per 5 s
 (else 429 with `retry_after` in the body and Retry-After / X-RateLimit-* headers, and the
 `Via` header Discord's edge adds: discord.py treats a 429 without it as a Cloudflare ban). It
 records every call with its `allowed_mentions`, and keeps each channel's messages as a reader
-sees them.
+sees them. Discord's global limit (50 requests a second per bot) is kept too, answered with a
+429 whose body says `global: true`.
+
+It also keeps each channel's log (everyone's messages, as `GET /channels/{id}/messages`
+returns them: newest first, `after` / `before` / `limit`), so that a message posted while the
+bot is away (`post`) is there for a backfill to read; the channels and members a REST client
+can fetch; and an interaction's token, which stops working when the test says it expired
+(`expire`: Discord's 15 minutes, answered 401 "Invalid Webhook Token").
+
+The gateway speaks enough of Discord's protocol for discord.py's reconnects and shards: a
+RECONNECT (op 7) on request (`reconnect`), after which a RESUME is answered RESUMED or, when
+the session is not resumable, INVALID_SESSION (op 9, false), so the client identifies afresh
+and gets a new READY; an IDENTIFY's `shard` [id, count] gets the guilds of that shard
+(`(guild_id >> 22) % count`), and events go to the shard of their guild (DMs: shard 0).
+
+Ids are snowflakes of the current time, so that discord.py's `created_at` of a message is
+when the test made it.
 """
 
 from __future__ import annotations
@@ -20,18 +36,20 @@ import contextlib
 import itertools
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import discord.gateway
 import discord.http
+import discord.utils
 import yarl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.local_server import serving
 
@@ -42,6 +60,31 @@ BOT_USER = {"id": str(BOT_ID), "username": "parley", "discriminator": "0", "avat
             "global_name": "Parley", "bot": True}  # fmt: skip
 MAX_CONTENT = 2000
 EPOCH = "2026-12-01T12:00:00.000000+00:00"
+# Discord's limit on every request of a bot, in any second.
+GLOBAL_LIMIT = (50, 1.0)
+# What the gateway queue carries to ask a shard's connection for a RECONNECT.
+_RECONNECT = "__reconnect__"
+
+
+class Snowflakes:
+    """Ids as Discord makes them: the time in their high bits, increasing."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def __call__(self, at: datetime | None = None) -> int:
+        if at is not None:  # an id from another time (an old interaction), not in sequence
+            return discord.utils.time_snowflake(at)
+        self._last = max(self._last + 1, discord.utils.time_snowflake(discord.utils.utcnow()))
+        return self._last
+
+
+next_id = Snowflakes()
+
+
+def shard_of(guild_id: int | None, shard_count: int) -> int:
+    """Discord's rule: a guild's events go to shard (guild_id >> 22) % shard_count."""
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
 
 
 @dataclass
@@ -51,6 +94,7 @@ class Call:
     channel_id: int
     body: dict[str, Any]
     status: int = 200
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def allowed_mentions(self) -> Any:
@@ -62,17 +106,28 @@ class FakeDiscordApi:
     # Sends and edits per channel in any window (Discord: 5 per 5 s).
     per_channel: tuple[int, float] = (5, 5.0)
     retry_after_s: float = 0.05  # what a 429 asks for beyond the window's own wait
+    # Every request of the bot in any window (Discord: 50 per second).
+    global_limit: tuple[int, float] = GLOBAL_LIMIT
     # The next this many sends or edits are answered 429, whatever the window (a storm).
     storm: int = 0
     calls: list[Call] = field(default_factory=list)
     messages: dict[int, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
-    # Slash commands as last synced: None for global, else the guild's id -> their names.
+    # Every channel's log as a reader's client fetches it: message id -> REST payload.
+    history: dict[int, dict[int, dict[str, Any]]] = field(default_factory=lambda: defaultdict(dict))
+    # Channels and members a client can fetch over REST, as Discord returns them.
+    channels: dict[int, dict[str, Any]] = field(default_factory=dict)
+    members: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    # Slash commands as last synced: None for global, else the guild's id -> their names
+    # (context-menu commands too; `synced_types` has each one's type: 1 slash, 3 message).
     synced: dict[int | None, list[str]] = field(default_factory=dict)
+    synced_types: dict[str, int] = field(default_factory=dict)
     # Interactions the test created: token -> (channel, created at), and when each was
-    # acknowledged (deferred), by token.
+    # acknowledged (deferred), by token; tokens past their 15 minutes.
     interactions: dict[str, tuple[int, float]] = field(default_factory=dict)
     acknowledged: dict[str, float] = field(default_factory=dict)
+    expired: set[str] = field(default_factory=set)
     _seen: dict[int, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    _seen_overall: deque[float] = field(default_factory=deque)
     # Attachments on the fake CDN, by file name: `cdn_url(name)` is their URL.
     files: dict[str, bytes] = field(default_factory=dict)
     base_url: str = ""
@@ -81,30 +136,45 @@ class FakeDiscordApi:
     gateway_close_code: int | None = None
     # The servers the bot is in, as GUILD_CREATE payloads sent after READY.
     guilds: list[dict[str, Any]] = field(default_factory=list)
-    _events: asyncio.Queue[tuple[str, dict[str, Any]]] = field(default_factory=asyncio.Queue)
+    # Events for each shard's connection; kept while it is away (a resume gets them).
+    _queues: dict[int, asyncio.Queue[tuple[str, dict[str, Any]]]] = field(
+        default_factory=lambda: defaultdict(asyncio.Queue)
+    )
     identified: list[dict[str, Any]] = field(default_factory=list)
+    resumed: list[dict[str, Any]] = field(default_factory=list)
+    # The bot's shards: which connection an event goes to is decided when it is pushed.
+    shard_count: int = 1
+    # Whether the next RESUME of a shard is accepted (`reconnect`).
+    _resumable: dict[int, bool] = field(default_factory=dict)
+    _sequences: dict[int, Iterator[int]] = field(default_factory=dict)
     _originals: dict[str, int] = field(default_factory=dict)
-    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(10_000))
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _notices: set[asyncio.Future[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        for guild in self.guilds:
+            for channel in [*guild["channels"], *guild["threads"]]:
+                self.channels[int(channel["id"])] = {**channel, "guild_id": guild["id"]}
 
     def app(self) -> Starlette:
+        channel = "/api/v10/channels/{channel:int}"
         return Starlette(
             routes=[
                 Route("/api/v10/users/@me", self._me),
                 Route("/cdn/{name}", self._file),
                 WebSocketRoute("/gateway", self._gateway),
                 Route("/api/v10/oauth2/applications/@me", self._application),
-                Route("/api/v10/channels/{channel:int}/messages", self._send, methods=["POST"]),
+                Route(channel, self._channel, methods=["GET"]),
+                Route(f"{channel}/messages", self._send, methods=["POST"]),
+                Route(f"{channel}/messages", self._logs, methods=["GET"]),
+                Route(f"{channel}/messages/{{message:int}}", self._edit, methods=["PATCH"]),
+                Route(f"{channel}/typing", self._typing, methods=["POST"]),
                 Route(
-                    "/api/v10/channels/{channel:int}/messages/{message:int}",
-                    self._edit,
-                    methods=["PATCH"],
-                ),
-                Route("/api/v10/channels/{channel:int}/typing", self._typing, methods=["POST"]),
-                Route(
-                    "/api/v10/channels/{channel:int}/messages/{message:int}/threads",
+                    f"{channel}/messages/{{message:int}}/threads",
                     self._start_thread,
                     methods=["POST"],
                 ),
+                Route("/api/v10/guilds/{guild:int}/members/{user:int}", self._member),
                 Route("/api/v10/applications/{app:int}/commands", self._sync, methods=["PUT"]),
                 Route(
                     "/api/v10/applications/{app:int}/guilds/{guild:int}/commands",
@@ -143,6 +213,51 @@ class FakeDiscordApi:
                 discord.http.Route.BASE = base
                 discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
 
+    # What a test does ------------------------------------------------------------------
+
+    def push(self, kind: str, payload: dict[str, Any]) -> None:
+        """A gateway event (MESSAGE_CREATE, INTERACTION_CREATE, ...) for the connected client,
+        on its guild's shard; a MESSAGE_CREATE also goes into the channel's log."""
+        if kind == "MESSAGE_CREATE":
+            self.post(payload)
+        guild = payload.get("guild_id")
+        shard = shard_of(int(guild) if guild else None, self.shard_count)
+        self._queues[shard].put_nowait((kind, payload))
+
+    def post(self, payload: dict[str, Any]) -> None:
+        """A message in the channel's log only, never delivered over the gateway: sent while
+        the bot was stopped or disconnected."""
+        stored = {k: v for k, v in payload.items() if k != "member"}  # REST leaves it out
+        channel, author = int(payload["channel_id"]), payload["author"]
+        self.history[channel][int(payload["id"])] = stored
+        if "member" in payload:
+            member = {**payload["member"], "user": author}
+            self.members[(int(payload["guild_id"]), int(author["id"]))] = member
+        elif channel not in self.channels:  # a DM channel, with its one recipient
+            self.channels[channel] = {"id": str(channel), "type": 1, "recipients": [author]}
+
+    def delete(self, channel_id: int, message_id: int, guild_id: int | None = None) -> None:
+        """The sender deletes a message: gone from the log, MESSAGE_DELETE on the gateway."""
+        self.history[channel_id].pop(message_id, None)
+        event: dict[str, Any] = {"id": str(message_id), "channel_id": str(channel_id)}
+        if guild_id is not None:
+            event["guild_id"] = str(guild_id)
+        self.push("MESSAGE_DELETE", event)
+
+    def reconnect(self, *, resume: bool, shard: int = 0) -> None:
+        """Discord asks the shard's client to reconnect (op 7); its RESUME is then accepted,
+        or refused so that it identifies afresh (a new READY)."""
+        self._resumable[shard] = resume
+        self._queues[shard].put_nowait((_RECONNECT, {}))
+
+    def expire(self, token: str) -> None:
+        """The interaction's 15 minutes are over: its token no longer edits its response."""
+        self.expired.add(token)
+
+    def expect_interaction(self, token: str, channel_id: int) -> None:
+        """An interaction Discord is about to send: its token's responses go to the channel."""
+        self.interactions[token] = (channel_id, time.monotonic())
+
     # What a test looks at ---------------------------------------------------------------
 
     def texts(self, channel_id: int) -> list[str]:
@@ -158,12 +273,18 @@ class FakeDiscordApi:
             and (channel_id is None or c.channel_id == channel_id)
         ]
 
+    def reads(self, channel_id: int | None = None) -> list[Call]:
+        """The channel-log reads (GET .../messages), of one channel or of all."""
+        return [
+            c
+            for c in self.calls
+            if c.method == "GET"
+            and c.path.endswith("/messages")
+            and (channel_id is None or c.channel_id == channel_id)
+        ]
+
     def refused(self) -> list[Call]:
         return [c for c in self.calls if c.status == 429]
-
-    def expect_interaction(self, token: str, channel_id: int) -> None:
-        """An interaction Discord is about to send: its token's responses go to the channel."""
-        self.interactions[token] = (channel_id, time.monotonic())
 
     def cdn_url(self, name: str) -> str:
         return f"{self.base_url}/cdn/{name}"
@@ -172,53 +293,108 @@ class FakeDiscordApi:
         """Seconds from the interaction's creation to its acknowledgement."""
         return self.acknowledged[token] - self.interactions[token][1]
 
-    # Endpoints --------------------------------------------------------------------------
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait until `condition` holds, checked after every request the fake answers."""
+        async with self._changed:
+            await self._changed.wait_for(condition)
+
+    def _record(self, call: Call) -> None:
+        self.calls.append(call)
+        self._changed_soon()
+
+    def _changed_soon(self) -> None:
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        task = asyncio.ensure_future(notify())
+        self._notices.add(task)  # kept until done, so that none is collected unfinished
+        task.add_done_callback(self._notices.discard)
+
+    # The gateway ------------------------------------------------------------------------
 
     async def _gateway(self, websocket: WebSocket) -> None:
-        """HELLO; after IDENTIFY, READY and the guilds' GUILD_CREATE, then every event pushed
-        (`push`), numbered; or a close with `gateway_close_code` when it is set."""
+        """HELLO; an IDENTIFY gets READY and the shard's guilds' GUILD_CREATE, a RESUME gets
+        RESUMED or INVALID_SESSION; then every event pushed for the shard, numbered; or a
+        close with `gateway_close_code` when it is set."""
         await websocket.accept()
         hello = {"op": 10, "d": {"heartbeat_interval": 45_000}, "s": None, "t": None}
-        await websocket.send_json(hello)
-        while True:  # a heartbeat (op 1) may come first
-            sent = await websocket.receive_json()
-            if sent["op"] == 2:
-                break
+        try:
+            await websocket.send_json(hello)
+            while True:  # a heartbeat (op 1) may come first
+                sent = await websocket.receive_json()
+                if sent["op"] in (2, 6):
+                    break
+            if sent["op"] == 6:
+                shard = await self._resume(websocket, sent)
+            else:
+                shard = await self._identify(websocket, sent)
+            if shard is None:
+                return
+            async with asyncio.TaskGroup() as tasks:
+                beats = tasks.create_task(self._acknowledge_heartbeats(websocket))
+                await self._relay(websocket, shard)
+                beats.cancel()
+        except (WebSocketDisconnect, ExceptionGroup, RuntimeError):
+            return  # the client went away (a reconnect, the end of a test)
+
+    async def _identify(self, websocket: WebSocket, sent: dict[str, Any]) -> int | None:
         self.identified.append(sent)
         if self.gateway_close_code is not None:
             await websocket.close(code=self.gateway_close_code)
-            return
-        sequence = itertools.count(1)
-        ready = {"v": 10, "user": BOT_USER, "session_id": "session-1",
+            return None
+        shard, count = sent["d"].get("shard", [0, 1])
+        if count != self.shard_count:  # Discord closes with 4011 "sharding required" etc.
+            await websocket.close(code=4010)  # "invalid shard"
+            return None
+        sequence = self._sequences[shard] = itertools.count(1)
+        guilds = [g for g in self.guilds if shard_of(int(g["id"]), self.shard_count) == shard]
+        ready = {"v": 10, "user": BOT_USER, "session_id": f"session-{shard}",
                  "resume_gateway_url": f"ws://{websocket.url.netloc}/gateway",
-                 "guilds": [{"id": g["id"], "unavailable": True} for g in self.guilds],
+                 "guilds": [{"id": g["id"], "unavailable": True} for g in guilds],
+                 "shard": [shard, self.shard_count],
                  "application": {"id": str(APP_ID), "flags": 1 << 19}}  # fmt: skip
         await websocket.send_json({"op": 0, "t": "READY", "s": next(sequence), "d": ready})
-        for guild in self.guilds:
+        for guild in guilds:
             event = {"op": 0, "t": "GUILD_CREATE", "s": next(sequence), "d": guild}
             await websocket.send_json(event)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._acknowledge_heartbeats(websocket))
-            while True:
-                kind, payload = await self._events.get()
-                event = {"op": 0, "t": kind, "s": next(sequence), "d": payload}
-                await websocket.send_json(event)
+        return int(shard)
+
+    async def _resume(self, websocket: WebSocket, sent: dict[str, Any]) -> int | None:
+        self.resumed.append(sent)
+        shard = int(sent["d"]["session_id"].rpartition("-")[2])
+        if not self._resumable.get(shard, True):
+            await websocket.send_json({"op": 9, "d": False, "s": None, "t": None})
+            await websocket.receive_json()  # until the client closes
+            return None
+        event = {"op": 0, "t": "RESUMED", "s": next(self._sequences[shard]), "d": {}}
+        await websocket.send_json(event)
+        return shard
+
+    async def _relay(self, websocket: WebSocket, shard: int) -> None:
+        sequence = self._sequences[shard]
+        while True:
+            kind, payload = await self._queues[shard].get()
+            if kind == _RECONNECT:
+                await websocket.send_json({"op": 7, "d": None, "s": None, "t": None})
+                return
+            event = {"op": 0, "t": kind, "s": next(sequence), "d": payload}
+            await websocket.send_json(event)
 
     async def _acknowledge_heartbeats(self, websocket: WebSocket) -> None:
         while True:
             if (await websocket.receive_json())["op"] == 1:
                 await websocket.send_json({"op": 11})
 
-    def push(self, kind: str, payload: dict[str, Any]) -> None:
-        """A gateway event (MESSAGE_CREATE, INTERACTION_CREATE, ...) for the connected client."""
-        self._events.put_nowait((kind, payload))
+    # REST -------------------------------------------------------------------------------
 
     async def _start_thread(self, request: Request) -> Response:
         """A thread from a message: it takes the message's id, and the gateway announces it
-        (THREAD_CREATE) before any later event, as Discord does."""
+        (THREAD_CREATE) before any later event, as Discord does; a later GUILD_CREATE lists
+        it among the guild's active threads."""
         channel, message = request.path_params["channel"], request.path_params["message"]
         body = await request.json()
-        self.calls.append(Call("POST", request.url.path, channel, body))
+        self._record(Call("POST", request.url.path, channel, body))
         guild = self.guilds[0]["id"] if self.guilds else None
         thread = {"id": str(message), "type": 11, "name": body["name"], "parent_id": str(channel),
                   "guild_id": guild, "owner_id": str(BOT_ID), "message_count": 0,
@@ -226,23 +402,64 @@ class FakeDiscordApi:
                   "thread_metadata": {"archived": False, "locked": False,
                                       "auto_archive_duration": 1440,
                                       "archive_timestamp": EPOCH}}  # fmt: skip
+        self.channels[message] = thread
+        if message in self.history[channel]:  # Discord's message says which thread it started
+            self.history[channel][message]["thread"] = thread
+        if self.guilds:
+            self.guilds[0]["threads"].append(thread)
         self.push("THREAD_CREATE", thread)
         return JSONResponse(thread, status_code=201)
 
     async def _file(self, request: Request) -> Response:
         name = request.path_params["name"]
-        self.calls.append(Call("GET", request.url.path, 0, {}))
+        self._record(Call("GET", request.url.path, 0, {}))
         if name not in self.files:
             return JSONResponse({"message": "Not Found", "code": 0}, status_code=404)
         return Response(self.files[name], media_type="application/octet-stream")
+
+    async def _channel(self, request: Request) -> Response:
+        channel = request.path_params["channel"]
+        refusal = self._check_global(Call("GET", request.url.path, channel, {}))
+        if refusal is not None:
+            return refusal
+        if channel not in self.channels:
+            return JSONResponse({"message": "Unknown Channel", "code": 10003}, status_code=404)
+        return JSONResponse(self.channels[channel])
+
+    async def _logs(self, request: Request) -> Response:
+        """Discord's order: the `limit` messages next to the cursor, newest first."""
+        channel = request.path_params["channel"]
+        refusal = self._check_global(Call("GET", request.url.path, channel, {}))
+        if refusal is not None:
+            return refusal
+        query = request.query_params
+        limit = min(int(query.get("limit", 50)), 100)
+        ids = sorted(self.history[channel])
+        if "after" in query:
+            ids = [i for i in ids if i > int(query["after"])][:limit]
+        else:
+            before = int(query.get("before", 2**63))
+            ids = [i for i in ids if i < before][-limit:]
+        return JSONResponse([self.history[channel][i] for i in reversed(ids)])
+
+    async def _member(self, request: Request) -> Response:
+        guild, user_id = request.path_params["guild"], request.path_params["user"]
+        refusal = self._check_global(Call("GET", request.url.path, 0, {}))
+        if refusal is not None:
+            return refusal
+        member = self.members.get((guild, user_id))
+        if member is None:
+            return JSONResponse({"message": "Unknown Member", "code": 10007}, status_code=404)
+        return JSONResponse(member)
 
     async def _sync(self, request: Request) -> Response:
         body = await request.json()
         guild = request.path_params.get("guild")
         self.synced[guild] = [c["name"] for c in body]
+        self.synced_types.update({c["name"]: c.get("type", 1) for c in body})
         app = str(request.path_params["app"])
         answer = [
-            {"id": str(next(self._ids)), "application_id": app, "version": "1", "type": 1,
+            {"id": str(next_id()), "application_id": app, "version": "1", "type": 1,
              "description": "", "options": [], **c}
             for c in body
         ]  # fmt: skip
@@ -252,12 +469,12 @@ class FakeDiscordApi:
         token = request.path_params["token"]
         body = await request.json()
         channel = self.interactions[token][0]
-        self.calls.append(Call("POST", request.url.path, channel, body))
+        self._record(Call("POST", request.url.path, channel, body))
         if token in self.acknowledged:
             error = {"message": "Interaction has already been acknowledged.", "code": 40060}
             return JSONResponse(error, status_code=400)
         self.acknowledged[token] = time.monotonic()
-        original = next(self._ids)
+        original = next_id()
         self.messages[channel][original] = ""  # "Parley is thinking..." until edited
         self._originals[token] = original
         interaction = {
@@ -273,6 +490,10 @@ class FakeDiscordApi:
         token = request.path_params["token"]
         body = await request.json()
         channel = self.interactions[token][0]
+        if token in self.expired:
+            self._record(Call("PATCH", request.url.path, channel, body, 401))
+            error = {"message": "Invalid Webhook Token", "code": 50027}
+            return JSONResponse(error, status_code=401)
         refusal = self._check(Call("PATCH", request.url.path, channel, body))
         if refusal is not None:
             return refusal
@@ -302,7 +523,9 @@ class FakeDiscordApi:
 
     async def _typing(self, request: Request) -> Response:
         channel = request.path_params["channel"]
-        self.calls.append(Call("POST", request.url.path, channel, {}, 204))
+        refusal = self._check_global(Call("POST", request.url.path, channel, {}, 204))
+        if refusal is not None:
+            return refusal
         return Response(status_code=204)
 
     async def _send(self, request: Request) -> Response:
@@ -311,9 +534,11 @@ class FakeDiscordApi:
         refusal = self._check(Call("POST", request.url.path, channel, body))
         if refusal is not None:
             return refusal
-        message_id = next(self._ids)
+        message_id = next_id()
         self.messages[channel][message_id] = body["content"]
-        return JSONResponse(_message(message_id, channel, body["content"]))
+        sent = _message(message_id, channel, body["content"])
+        self.history[channel][message_id] = sent
+        return JSONResponse(sent)
 
     async def _edit(self, request: Request) -> Response:
         channel, message_id = request.path_params["channel"], request.path_params["message"]
@@ -324,11 +549,15 @@ class FakeDiscordApi:
         if refusal is not None:
             return refusal
         self.messages[channel][message_id] = body["content"]
-        return JSONResponse(_message(message_id, channel, body["content"]))
+        edited = _message(message_id, channel, body["content"])
+        self.history[channel][message_id] = edited
+        return JSONResponse(edited)
 
     def _check(self, call: Call) -> Response | None:
         """Discord's limits on a send or edit; the call is recorded with its status."""
-        self.calls.append(call)
+        refusal = self._check_global(call)
+        if refusal is not None:
+            return refusal
         content = call.body.get("content") or ""
         if len(content) > MAX_CONTENT:
             call.status = 400
@@ -343,6 +572,20 @@ class FakeDiscordApi:
             self.storm = max(0, self.storm - 1)
             call.status = 429
             return _rate_limited(wait + self.retry_after_s, calls)
+        seen.append(now)
+        return None
+
+    def _check_global(self, call: Call) -> Response | None:
+        """Discord's global limit on every request; the call is recorded with its status."""
+        self._record(call)
+        calls, period = self.global_limit
+        now = time.monotonic()
+        seen = self._seen_overall
+        while seen and seen[0] <= now - period:
+            seen.popleft()
+        if len(seen) >= calls:
+            call.status = 429
+            return _rate_limited(seen[0] + period - now + self.retry_after_s, calls, glob=True)
         seen.append(now)
         return None
 
@@ -375,15 +618,17 @@ def _too_long() -> dict[str, Any]:
     }
 
 
-def _rate_limited(retry_after: float, limit: int) -> Response:
+def _rate_limited(retry_after: float, limit: int, *, glob: bool = False) -> Response:
     headers = {
         "Retry-After": str(max(1, round(retry_after))),
         "X-RateLimit-Limit": str(limit),
         "X-RateLimit-Remaining": "0",
         "X-RateLimit-Reset-After": f"{retry_after:.3f}",
         "X-RateLimit-Bucket": "channel-messages",
-        "X-RateLimit-Scope": "user",
+        "X-RateLimit-Scope": "global" if glob else "user",
         "Via": "1.1 google",
     }
-    body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
+    if glob:
+        headers["X-RateLimit-Global"] = "true"
+    body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": glob}
     return JSONResponse(body, status_code=429, headers=headers)

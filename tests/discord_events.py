@@ -6,11 +6,10 @@ guild, channel and roles from its cache, as it does in production.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
-from tests.discord_api import APP_ID, BOT_ID, BOT_USER, EPOCH
+from tests.discord_api import APP_ID, BOT_ID, BOT_USER, EPOCH, next_id
 
 GUILD = 5000
 CHANNEL = 5001
@@ -22,8 +21,9 @@ ADMIN = 1002
 ADMIN_ROLE = 5200
 MEMBER_ROLE = 5201
 MANAGE_GUILD = 1 << 5
-
-_ids: Iterator[int] = itertools.count(70_000)
+# A second server, on the other shard of two ((id >> 22) % 2 == 1), with one channel.
+GUILD_2 = (1 << 22) + 6000
+CHANNEL_2 = 6001
 
 
 def user(user_id: int = USER) -> dict[str, Any]:
@@ -31,38 +31,42 @@ def user(user_id: int = USER) -> dict[str, Any]:
             "avatar": None, "global_name": f"User {user_id}"}  # fmt: skip
 
 
-def guild_create() -> dict[str, Any]:
+def guild_create(guild: int = GUILD, channel: int = CHANNEL) -> dict[str, Any]:
+    """The test server (or, with other ids, a second one: same roles, channels, thread)."""
+    thread = THREAD if guild == GUILD else channel + 1
+    category = CATEGORY if guild == GUILD else channel + 2
+
     def role(role_id: int, name: str, permissions: int) -> dict[str, Any]:
         return {"id": str(role_id), "name": name, "permissions": str(permissions),
                 "position": 0, "color": 0, "hoist": False, "managed": False,
                 "mentionable": True}  # fmt: skip
 
     return {
-        "id": str(GUILD),
+        "id": str(guild),
         "name": "Test server",
         "owner_id": "999999",
         "roles": [
-            role(GUILD, "@everyone", 0),
+            role(guild, "@everyone", 0),
             role(ADMIN_ROLE, "admins", MANAGE_GUILD),
             role(MEMBER_ROLE, "members", 0),
         ],
         "channels": [
-            {"id": str(CATEGORY), "type": 4, "name": "talk", "position": 0},
+            {"id": str(category), "type": 4, "name": "talk", "position": 0},
             {
-                "id": str(CHANNEL),
+                "id": str(channel),
                 "type": 0,
                 "name": "general",
                 "position": 1,
-                "parent_id": str(CATEGORY),
+                "parent_id": str(category),
             },
         ],
         "threads": [
             {
-                "id": str(THREAD),
+                "id": str(thread),
                 "type": 11,
                 "name": "a question",
-                "parent_id": str(CHANNEL),
-                "guild_id": str(GUILD),
+                "parent_id": str(channel),
+                "guild_id": str(guild),
                 "owner_id": str(USER),
                 "message_count": 1,
                 "member_count": 1,
@@ -94,11 +98,12 @@ def message_create(
     reply_to: dict[str, Any] | None = None,
     attachments: list[dict[str, Any]] | None = None,
     message_id: int | None = None,
+    guild: int = GUILD,
 ) -> dict[str, Any]:
     """A MESSAGE_CREATE as the gateway sends it; in the server when `channel` is not DM."""
     in_guild = channel != DM
     payload: dict[str, Any] = {
-        "id": str(message_id or next(_ids)),
+        "id": str(message_id or next_id()),
         "channel_id": str(channel),
         "author": user(author),
         "content": f"<@{BOT_ID}> {text}" if mentions_bot else text,
@@ -114,7 +119,7 @@ def message_create(
         "type": 19 if reply_to else 0,
     }
     if in_guild:
-        payload["guild_id"] = str(GUILD)
+        payload["guild_id"] = str(guild)
         payload["member"] = {"roles": [str(r) for r in roles], "joined_at": EPOCH,
                              "deaf": False, "mute": False, "flags": 0}  # fmt: skip
     if reply_to is not None:
@@ -129,18 +134,32 @@ def bot_message(channel: int, text: str = "an earlier answer") -> dict[str, Any]
 
 
 def interaction_create(
-    name: str, text: str = "", *, channel: int = DM, author: int = USER, admin: bool = False
+    name: str,
+    text: str = "",
+    *,
+    channel: int = DM,
+    author: int = USER,
+    admin: bool = False,
+    created: datetime | None = None,
+    target: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An INTERACTION_CREATE for slash command `/name text`, as the gateway sends it."""
-    interaction_id = next(_ids)
+    """An INTERACTION_CREATE for slash command `/name text`, as the gateway sends it; with
+    `target` (a message's payload), for the message context-menu command `name` on it.
+    `created`: when the user started it (Discord's 15 minutes run from then)."""
+    interaction_id = next_id(created)
     options = [{"name": "text", "type": 3, "value": text}] if text else []
+    data: dict[str, Any] = {"id": "1", "name": name, "type": 1, "options": options}
+    if target is not None:
+        resolved = {k: v for k, v in target.items() if k != "member"}
+        data = {"id": "2", "name": name, "type": 3, "target_id": target["id"],
+                "resolved": {"messages": {target["id"]: resolved}}}  # fmt: skip
     payload: dict[str, Any] = {
         "id": str(interaction_id),
         "application_id": str(APP_ID),
         "type": 2,
         "token": f"interaction-token-{interaction_id}",
         "version": 1,
-        "data": {"id": "1", "name": name, "type": 1, "options": options},
+        "data": data,
         "channel_id": str(channel),
         "locale": "en-US",
         "app_permissions": "0",

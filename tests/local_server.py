@@ -19,6 +19,7 @@ async def serving(app: ASGIApp, port: int = 0) -> AsyncIterator[int]:
     """Serve `app` until the block ends; yields the port (a free one unless given)."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as adapters.kit.http does
     sock.bind(("127.0.0.1", port))
     server = EmbeddedServer(uvicorn.Config(app, access_log=False, log_level="warning"))
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -58,15 +59,22 @@ async def _answers_in(h: DiscordHarness, chat: int) -> list[str]:
     return [r.content for r in rows if r.role is Role.ASSISTANT]
 
 
+def _typed(api: FakeDiscordApi, channel: int) -> bool:
+    return any(c.path.endswith("/typing") for c in api.calls if c.channel_id == channel)
+
+
 async def test_a_direct_message_is_answered(tmp_path: Path) -> None:
-    async with discord_harness(tmp_path, answering("Hello there.")) as h:
+    backend = GatedBackend("Hello there.")
+    async with discord_harness(tmp_path, backend) as h:
         await h.send("hi")
+        # "Parley is typing..." shows while the model has not started (an answer that shows
+        # at once needs none).
+        async with asyncio.timeout(30):
+            await h.api.until(lambda: _typed(h.api, ev.DM))
+        backend.release.set()
         await h.idle()
         assert h.api.texts(ev.DM) == ["Hello there."]
         assert all(c.allowed_mentions == NOBODY for c in h.api.writes(ev.DM))
-        # "Parley is typing..." was shown (it runs beside the answer, so the order of the two
-        # requests at the server is not fixed).
-        assert any(c.path.endswith("/typing") for c in h.api.calls if c.channel_id == ev.DM)
 
 
 async def test_a_server_message_is_answered_only_when_it_mentions_the_bot(tmp_path: Path) -> None:
@@ -221,12 +229,15 @@ class GatedBackend(ScriptedBackend):
 
 
 async def test_slash_commands_are_the_registry_synced_at_start(tmp_path: Path) -> None:
+    menus = ["Summarize from here", "Translate"]  # message context-menu commands (type 3)
     async with discord_harness(tmp_path, None) as h:
         expected = sorted(c.name for c in h.app.router.commands)
-        assert sorted(h.api.synced[None]) == expected
+        assert sorted(h.api.synced[None]) == sorted(expected + menus)
         assert {"help", "summarize", "reset"} <= set(expected)
+        assert {h.api.synced_types[name] for name in expected} == {1}
+        assert {h.api.synced_types[name] for name in menus} == {3}
     async with discord_harness(tmp_path, None, guild_ids=[ev.GUILD]) as h:
-        assert sorted(h.api.synced[ev.GUILD]) == expected
+        assert sorted(h.api.synced[ev.GUILD]) == sorted(expected + menus)
 
 
 async def test_a_slash_command_is_deferred_before_its_first_token(tmp_path: Path) -> None:
@@ -346,3 +357,101 @@ async def test_a_missing_message_content_intent_is_one_line(tmp_path: Path) -> N
     assert "\n" not in str(refused.value)
     (identify,) = api.identified
     assert identify["d"]["intents"] & (1 << 15)  # it asked for message content
+
+
+# Message context-menu commands ----------------------------------------------------------
+
+
+async def test_translate_from_a_message_menu(tmp_path: Path) -> None:
+    backend = answering("Good morning, everyone: how are you today?")
+    async with discord_harness(tmp_path, backend) as h:
+        target = ev.message_create(
+            "Bonjour à tous, comment allez-vous aujourd'hui ? Il fait très beau.",
+            channel=ev.CHANNEL,
+        )
+        h.api.post(target)
+        await h.command(ev.interaction_create("Translate", channel=ev.CHANNEL, target=target))
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == ["Good morning, everyone: how are you today?"]
+        assert "Bonjour à tous" in str(backend.requests[0].messages)
+
+
+async def test_summarize_from_here_reads_the_conversation_from_that_message(
+    tmp_path: Path,
+) -> None:
+    backend = answering("They planned the harbour's week.")
+    async with discord_harness(tmp_path, backend) as h:
+        before = ev.message_create("Not part of it: said before.", channel=ev.CHANNEL)
+        target = ev.message_create("The cranes start at six on Monday.", channel=ev.CHANNEL)
+        after = [
+            ev.message_create("Tea arrives on Tuesday.", channel=ev.CHANNEL, author=ev.ADMIN),
+            ev.message_create("Then it ships out on Friday.", channel=ev.CHANNEL),
+        ]
+        for payload in [before, target, *after]:
+            h.api.post(payload)
+        slash = ev.interaction_create("Summarize from here", channel=ev.CHANNEL, target=target)
+        await h.command(slash)
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == ["They planned the harbour's week."]
+        sent = str([r.messages for r in backend.requests])
+        assert f"User {ev.USER}: The cranes start at six on Monday." in sent
+        assert f"User {ev.ADMIN}: Tea arrives on Tuesday." in sent
+        assert "Then it ships out on Friday." in sent and "said before" not in sent
+        assert h.api.acknowledged_within(slash["token"]) < 3.0
+
+
+# An answer past the interaction token's 15 minutes -------------------------------------
+
+
+class TwoPartBackend(ScriptedBackend):
+    """Streams `first`, then waits for `go_on` before streaming `rest`."""
+
+    def __init__(self, first: str, rest: str) -> None:
+        super().__init__(lambda request: first + rest)
+        self.first, self.rest = first, rest
+        self.go_on = asyncio.Event()
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        self.requests.append(request)
+        yield Chunk(text=self.first)
+        await self.go_on.wait()
+        yield Chunk(text=self.rest)
+        yield Chunk(finish_reason="stop")
+
+
+def _original_edits(api: FakeDiscordApi, status: int = 200) -> list[object]:
+    return [c for c in api.calls if c.path.endswith("/@original") and c.status == status]
+
+
+async def test_an_answer_goes_on_in_channel_messages_once_the_token_expires(
+    tmp_path: Path,
+) -> None:
+    first = "The crane lifted the tea onto the ship, "
+    rest = "and the ship sailed at dawn with the whole cargo aboard."
+    backend = TwoPartBackend(first, rest)
+    async with discord_harness(tmp_path, backend) as h:
+        slash = ev.interaction_create("summarize", "The crane moved the tea. " * 8)
+        await h.command(slash)
+        async with asyncio.timeout(30):
+            await h.api.until(lambda: bool(_original_edits(h.api)))
+        h.api.expire(slash["token"])  # 15 minutes later, as far as Discord is concerned
+        backend.go_on.set()
+        await h.idle()
+        original, *more = h.api.texts(ev.DM)
+        assert original.strip() == first.strip()  # the response keeps what it showed
+        assert more and visible("".join(more)) == visible(rest)  # the rest follows it
+        assert visible(original + "".join(more)) == visible(first + rest)
+        assert _original_edits(h.api, 401)  # Discord refused the expired token once
+
+
+async def test_an_answer_whose_token_has_expired_is_all_in_channel_messages(
+    tmp_path: Path,
+) -> None:
+    answer = "A late answer, and all of it visible."
+    async with discord_harness(tmp_path, answering(answer)) as h:
+        created = discord.utils.utcnow() - timedelta(minutes=14, seconds=45)
+        slash = ev.interaction_create("summarize", "The tea. " * 8, created=created)
+        await h.command(slash)
+        await h.idle()
+        assert h.api.texts(ev.DM) == ["", answer]  # the response never got its token's use
+        assert _original_edits(h.api) == [] and _original_edits(h.api, 401) == []

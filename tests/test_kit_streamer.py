@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from adapters.kit.split import split_text
-from adapters.kit.streamer import Pacing, Streamer
+from adapters.kit.streamer import LEFTOVER, Pacing, Streamer
+from bot.conversation.sink import done_showing, showing
 from bot.errors import AdapterError
 
 MARKUP_ONLY = {"```", ">", "#"}  # what this surface's renderer shows as nothing
@@ -172,3 +173,46 @@ async def test_the_models_error_reaches_the_caller() -> None:
 
     with pytest.raises(RuntimeError, match="model died"):
         await Streamer(RecordingSurface(), Pacing(0.0, 1000)).play(broken())
+
+
+@dataclass
+class KeptPieces:
+    """The core's record of what an answer showed (bot.conversation.sink.Shown)."""
+
+    pieces: dict[int, str | int] = field(default_factory=dict)
+    noted: list[tuple[int, str | int]] = field(default_factory=list)
+
+    async def showed(self, index: int, ref: str | int) -> None:
+        self.pieces[index] = ref
+        self.noted.append((index, ref))
+
+
+async def once(text: str) -> AsyncIterator[str]:
+    yield text
+
+
+async def test_each_sent_piece_is_handed_to_the_core_as_soon_as_it_is_known() -> None:
+    surface = RecordingSurface()
+    kept = KeptPieces()
+    token = showing(kept)
+    try:
+        streamer = Streamer(surface, Pacing(0.0, 40, len))
+    finally:
+        done_showing(token)
+    await streamer.play(once("one two three four five six seven. " * 4))
+    assert kept.noted == [(i, i) for i in range(len(surface.messages))]
+    assert len(kept.noted) >= 2
+
+
+async def test_a_cut_off_answer_is_finished_by_editing_its_own_pieces() -> None:
+    surface = RecordingSurface(messages={0: "half of the fir", 1: "and more of the old", 2: "x"})
+    kept = KeptPieces(pieces={0: 0, 1: 1, 2: 2})  # what the dead worker showed
+    token = showing(kept)
+    try:
+        streamer = Streamer(surface, Pacing(0.0, 4096, len))
+    finally:
+        done_showing(token)
+    await streamer.play(once("the whole new answer"))
+    assert [c[0] for c in surface.calls] == ["edit", "edit", "edit"]  # nothing sent anew
+    assert surface.messages == {0: "the whole new answer", 1: LEFTOVER, 2: LEFTOVER}
+    assert kept.noted == []

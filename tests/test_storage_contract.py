@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -400,3 +400,109 @@ async def test_failed_attempts_are_counted_on_pending_messages_only(store: Store
     await store.record_reply(cid, [first], "answered", kind=CHAT, token_count=1)
     assert await store.count_attempt([first]) == 0  # answered: nothing pending to count
     assert await store.count_attempt([second]) == 2
+
+
+# --- the one locker: turn leases with a fencing epoch, and deliveries ------------------------
+
+
+async def test_a_lease_is_held_by_one_worker_and_each_take_is_a_new_epoch(
+    pair: tuple[SqlStore, SqlStore],
+) -> None:
+    store, peer = pair
+    cid = (await store.record_incoming(incoming("k1"), kind=CHAT, token_count=1)).conversation_id
+    async with store.turn_lease(cid, "worker-a", ttl_s=5, wait_s=1) as first:
+        with pytest.raises(TimeoutError):
+            async with peer.turn_lease(cid, "worker-b", ttl_s=5, wait_s=0.2):
+                pass
+    async with peer.turn_lease(cid, "worker-b", ttl_s=5, wait_s=1) as second:
+        assert second.epoch == first.epoch + 1
+
+
+async def test_a_dead_holders_lease_lapses_and_its_renewal_then_fails(
+    pair: tuple[SqlStore, SqlStore],
+) -> None:
+    store, peer = pair
+    cid = (await store.record_incoming(incoming("k1"), kind=CHAT, token_count=1)).conversation_id
+    taken = await store._take_lease(cid, "dead-worker", ttl_s=0.2)  # a worker that then died
+    assert taken is not None
+    await asyncio.sleep(0.3)
+    async with peer.turn_lease(cid, "worker-b", ttl_s=5, wait_s=1) as lease:
+        assert lease.epoch == taken + 1
+
+
+async def test_an_answer_is_recorded_only_under_its_own_delivery(
+    pair: tuple[SqlStore, SqlStore],
+) -> None:
+    store, peer = pair
+    rec = await store.record_incoming(incoming("k1"), kind=CHAT, token_count=1)
+    cid, mid = rec.conversation_id, rec.message_id
+    async with store.turn_lease(cid, "worker-a", ttl_s=5, wait_s=1) as lease:
+        assert await store.begin_delivery(lease, cid, mid, mid)
+        await store.note_delivery(cid, lease.epoch, {0: 4242})
+        # A second delivery may not begin while this one is under way.
+        assert not await store.begin_delivery(lease, cid, mid, mid)
+    state = await peer.delivery(cid)
+    assert state is not None
+    assert (state.first_id, state.last_id, state.owner, state.shown) == (
+        mid,
+        mid,
+        "worker-a",
+        {0: 4242},
+    )
+    # Another worker takes it over (its worker died): the shown piece is kept for editing.
+    async with peer.turn_lease(cid, "worker-b", ttl_s=5, wait_s=1) as other:
+        assert await peer.begin_delivery(other, cid, mid, mid, replacing=state.epoch)
+        # The first worker's record is refused now: the answer is the taker's to record.
+        late = await store.record_reply(
+            cid, [mid], "old", kind=CHAT, token_count=1, epoch=lease.epoch
+        )
+        assert late is None
+        taken = await peer.delivery(cid)
+        assert taken is not None and taken.shown == {0: 4242} and taken.owner == "worker-b"
+        stored = await peer.record_reply(
+            cid, [mid], "new", kind=CHAT, token_count=1, epoch=other.epoch
+        )
+        assert stored is not None
+    assert await store.pending(cid, 10) == []
+    assert await store.delivery(cid) is None
+
+
+async def test_a_merged_answer_settles_every_message_it_answered(store: Store) -> None:
+    first = await store.record_incoming(incoming("k1"), kind=CHAT, token_count=1)
+    second = await store.record_incoming(incoming("k2"), kind=CHAT, token_count=1)
+    cid = first.conversation_id
+    async with store.turn_lease(cid, "worker-a", ttl_s=5, wait_s=1) as lease:
+        assert await store.begin_delivery(lease, cid, first.message_id, second.message_id)
+        ids = [first.message_id, second.message_id]
+        assert await store.record_reply(
+            cid, ids, "both", kind=CHAT, token_count=1, epoch=lease.epoch
+        )
+    assert await store.pending(cid, 10) == []
+
+
+async def test_a_delivery_that_showed_nothing_is_cleared_one_that_did_is_abandoned(
+    store: Store,
+) -> None:
+    rec = await store.record_incoming(incoming("k1"), kind=CHAT, token_count=1)
+    cid, mid = rec.conversation_id, rec.message_id
+    async with store.turn_lease(cid, "worker-a", ttl_s=5, wait_s=1) as lease:
+        assert await store.begin_delivery(lease, cid, mid, mid)
+        await store.end_delivery(cid, lease.epoch, abandon=False)
+        assert await store.delivery(cid) is None
+        assert await store.begin_delivery(lease, cid, mid, mid)
+        await store.end_delivery(cid, lease.epoch, abandon=True)
+    abandoned = await store.delivery(cid)
+    assert abandoned is not None and abandoned.owner is None
+
+
+async def test_the_sweep_finds_old_pending_work_with_no_live_lease(store: Store) -> None:
+    rec = await store.record_incoming(incoming("k1"), kind=CHAT, token_count=1)
+    cid = rec.conversation_id
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    assert (
+        await store.conversations_with_pending(older_than=datetime.now(UTC) - timedelta(seconds=60))
+        == []
+    )
+    assert await store.conversations_with_pending(older_than=later) == [(cid, KEY)]
+    async with store.turn_lease(cid, "worker-a", ttl_s=5, wait_s=1):
+        assert await store.conversations_with_pending(older_than=later) == []

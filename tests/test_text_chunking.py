@@ -8,7 +8,13 @@ from collections.abc import Sequence
 import pytest
 
 from backends.base import estimate_tokens
-from bot.text.chunking import balanced_groups, part_budget, plan_map_reduce, split_for_budget
+from bot.text.chunking import (
+    CALIBRATION_CHARS,
+    balanced_groups,
+    part_budget,
+    plan_map_reduce,
+    split_for_budget,
+)
 
 
 async def whitespace_count(text: str) -> int:
@@ -96,8 +102,28 @@ async def test_batch_counter_is_used_in_few_calls() -> None:
 
     parts = await split_for_budget(FIFTY_K, 4_000, whitespace_count, count_many=count_many)
     assert len(parts) == 13
-    assert len(calls) == 3  # paragraphs, joiners, packed parts
-    assert calls[0] == 500
+    # The whole text once in chunks, the joiners (estimated), two rounds correcting the
+    # estimates by the packed parts' real counts, the final parts: never one per paragraph.
+    assert len(calls) == 4
+    assert calls[0] == math.ceil(len(FIFTY_K) / CALIBRATION_CHARS)
+    assert sum(calls) < 100  # counted one per paragraph, it was 500 + 13
+
+
+async def test_a_long_document_is_counted_once_in_chunks_not_per_paragraph() -> None:
+    """The issue's 377,000-character document of 6,500 short paragraphs: counted in about
+    fifty requests (it was one per paragraph: 6,500 /tokenize requests)."""
+    document = "\n\n".join(f"Line {i} of the report says little." for i in range(6_500))
+    requests: list[str] = []
+
+    async def tokenize(text: str) -> int:  # one request per text, as a server's /tokenize
+        requests.append(text)
+        return estimate_tokens(text)
+
+    parts = await split_for_budget(document, 3_000, tokenize)
+    assert "\n\n".join(parts) == document
+    assert all(estimate_tokens(p) <= 3_000 for p in parts)
+    assert len(parts) <= math.ceil(estimate_tokens(document) / 3_000) + 1
+    assert len(requests) < 100
 
 
 async def test_empty_text_and_bad_budget() -> None:

@@ -3,10 +3,16 @@
 
 Lifecycle: `__aenter__` logs in over REST (checks the token) and syncs the slash commands,
 `run()` is the gateway connection (`client.connect()`, which resumes or reconnects by itself),
-`__aexit__` closes the client. Messages arrive as discord.py's `on_message` events, slash
-commands through the `CommandTree` (`commands`); each is handled in discord.py's own task and
-counted, so that `handled()` can wait for them. In an `auto_thread` channel a mention opens a
-thread first, and the conversation is the thread's.
+`__aexit__` closes the client. Messages arrive as discord.py's `on_message` events, slash and
+context-menu commands through the `CommandTree` (`commands`); each is handled in discord.py's
+own task and counted, so that `handled()` can wait for them. In an `auto_thread` channel a
+mention opens a thread first, and the conversation is the thread's.
+
+Nothing lost: every new gateway session (`on_ready`; per shard `on_shard_ready`) starts a
+backfill of what was sent while the bot was away (`backfill`); a message deleted before its
+turn ran (`on_raw_message_delete`) is withdrawn, never answered. The outbound gate is in Redis
+when Redis is configured, so the processes of a sharded bot keep Discord's global 50 requests
+a second together.
 
 Policy (who may talk, admin-only commands, documents, notices) is the core's; this adapter
 answers the one question only the platform can: is this member an admin of this server
@@ -25,25 +31,31 @@ from typing import TYPE_CHECKING, Self
 import discord
 
 from adapters.kit.actions import Ignore, Notice, Observe, Submit
-from adapters.kit.gate import Gate, LocalGate, Rate, Rates
+from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
 from bot.documents import DocumentSource
 from bot.errors import AdapterError, ConfigError
 from bot.lru import Lru
+from bot.settings import RedisSettings
+from bot.storage.base import Store
 from bot.types import ConversationKey, Incoming
 
 from . import commands, stream
+from .backfill import Backfill
 from .settings import DiscordSettings
 from .translate import (
     PLATFORM,
     Action,
     Fetch,
     command_incoming,
+    menu_incoming,
     scopes_of,
     thread_name,
     translate,
 )
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from adapters.kit.runner import AdapterHost
 
 log = logging.getLogger(__name__)
@@ -68,6 +80,17 @@ def create(host: AdapterHost, settings: DiscordSettings) -> DiscordAdapter:
     return DiscordAdapter(host, settings)
 
 
+def _redis_client(settings: RedisSettings) -> Redis | None:
+    if settings.url is None:
+        return None
+    from redis.asyncio import Redis
+
+    timeout = settings.socket_timeout_s
+    return Redis.from_url(
+        settings.url.get_secret_value(), socket_connect_timeout=timeout, socket_timeout=timeout
+    )
+
+
 def intents() -> discord.Intents:
     # Message content is privileged: without it server messages arrive with empty text.
     wanted = discord.Intents.default()
@@ -79,22 +102,48 @@ class DiscordAdapter:
     platform = PLATFORM
 
     def __init__(
-        self, host: AdapterHost, settings: DiscordSettings, *, rates: Rates = DISCORD_RATES
+        self,
+        host: AdapterHost,
+        settings: DiscordSettings,
+        *,
+        rates: Rates = DISCORD_RATES,
+        store: Store | None = None,
+        gate: Gate | None = None,
     ) -> None:
         if settings.token is None:
             raise ConfigError("PARLEY_DISCORD__TOKEN: required when the discord adapter runs")
         self._host = host
         self._intake = host.intake
         self._settings = settings
-        self.gate: Gate = LocalGate(rates)
+        self._rates = rates
+        # The outbound gate: given (a benchmark watches it), else in the process, and in
+        # Redis from __aenter__ where Redis is configured.
+        self.gate: Gate = gate or LocalGate(rates)
+        self._gate_given = gate is not None
+        self._redis: Redis | None = None
         self.client = self._client(settings)
         self.client.event(self.on_message)
-        # on_message events finished: `handled()` waits on it (a test, a drain).
+        self.client.event(self.on_raw_message_delete)
+        self.client.event(self.on_raw_bulk_message_delete)
+        if isinstance(self.client, discord.AutoShardedClient):
+            self.client.event(self.on_shard_ready)
+        else:
+            self.client.event(self.on_ready)
+        # on_message events finished, and backfills: `handled()` and `backfilled()` wait on
+        # them (a test, a drain).
         self.messages_handled = 0
+        self.backfills_done = 0
+        self.deletions_handled = 0
         self._progress = asyncio.Condition()
         self._guild_channels: Lru[bool] = Lru(GUILD_CHANNELS_KNOWN)
         self._interactions: Lru[discord.Interaction] = Lru(INTERACTIONS_KNOWN)
-        self.tree = commands.build_tree(self.client, host.router.commands, self.on_command)
+        self.tree = commands.build_tree(
+            self.client, host.router.commands, self.on_command, self.on_menu
+        )
+        # The history store, for the backfill and withdrawals: given (tests), else the host's.
+        self._store: Store = store or host.store
+        # The backfill of each shard (None: the one connection), one at a time.
+        self._backfills: dict[int | None, asyncio.Task[None]] = {}
 
     @staticmethod
     def _client(settings: DiscordSettings) -> discord.Client:
@@ -127,6 +176,7 @@ class DiscordAdapter:
         except (discord.HTTPException, OSError) as exc:
             await self.client.close()
             raise AdapterError(f"Discord cannot be reached: {exc}") from None
+        self._share_limits()
         try:
             await commands.sync(self.tree, self._settings.guild_ids)
         except discord.HTTPException as exc:  # 403: invited without applications.commands
@@ -140,7 +190,23 @@ class DiscordAdapter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        backfills = list(self._backfills.values())
+        for task in backfills:
+            task.cancel()
+        await asyncio.gather(*backfills, return_exceptions=True)
         await self.client.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    def _share_limits(self) -> None:
+        """Discord's limits are per bot: with Redis, every process of the bot (the shards of
+        a sharded one) keeps them together, the global 50 requests a second included."""
+        if self._gate_given:
+            return
+        self._redis = _redis_client(self._host.settings.redis)
+        if self._redis is not None:
+            prefix = f"{self._host.settings.redis.key_prefix}:discord:{self.me}"
+            self.gate = RedisGate(self._redis, self._rates, prefix=prefix)
 
     async def run(self) -> None:
         try:
@@ -155,6 +221,16 @@ class DiscordAdapter:
         async with self._progress:
             await self._progress.wait_for(lambda: self.messages_handled >= count)
 
+    async def backfilled(self, count: int) -> None:
+        """Wait until `count` backfills have ended (one per new gateway session and shard)."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.backfills_done >= count)
+
+    async def deleted(self, count: int) -> None:
+        """Wait until `count` deletion events have been handled."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.deletions_handled >= count)
+
     async def idle(self) -> None:
         """Wait until every turn in this process is answered and every notice sent."""
         await self._intake.idle()
@@ -162,25 +238,95 @@ class DiscordAdapter:
     async def on_message(self, message: discord.Message) -> None:
         """discord.py's event (its own task): hand the message to the core."""
         try:
-            if message.guild is not None:
-                self._guild_channels.put(message.channel.id, True)
-            action = translate(message, self.me)
-            if isinstance(action, Submit) and message.channel.id in self._settings.auto_thread:
-                action = await self._in_new_thread(message, action)
-            await self.act(action)
+            await self._take(message, translate(message, self.me))
         except Exception:  # one bad message must not end the event loop's handling of others
             log.exception("message %s could not be handled; skipped", message.id)
         finally:
             await self._count_handled()
 
+    async def _take(self, message: discord.Message, action: Action) -> None:
+        if message.guild is not None:
+            self._guild_channels.put(message.channel.id, True)
+        if isinstance(action, Submit) and message.channel.id in self._settings.auto_thread:
+            action = await self._in_new_thread(message, action)
+        await self.act(action)
+
+    async def on_ready(self) -> None:
+        """A new gateway session (a start, or a reconnect that could not resume)."""
+        self._start_backfill(None)
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        self._start_backfill(shard_id)
+
+    def _start_backfill(self, shard_id: int | None) -> None:
+        if self._settings.backfill_hours == 0:
+            return
+        running = self._backfills.get(shard_id)
+        if running is not None:  # a newer session: read from the newest record again
+            running.cancel()
+        backfill = Backfill(
+            self.client,
+            self._store,
+            self.gate,
+            hours=self._settings.backfill_hours,
+            auto_thread=self._settings.auto_thread,
+            me=self.me,
+            take=self._take,
+        )
+        self._backfills[shard_id] = asyncio.create_task(
+            self._backfill(backfill, shard_id), name=f"discord backfill {shard_id}"
+        )
+
+    async def _backfill(self, backfill: Backfill, shard_id: int | None) -> None:
+        try:
+            await backfill.run(shard_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the next new session tries again; live messages go on
+            log.exception("backfill of shard %s failed", shard_id)
+        async with self._progress:
+            self.backfills_done += 1
+            self._progress.notify_all()
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        """A deleted message whose turn has not run is not answered."""
+        await self._withdraw(payload.channel_id, [payload.message_id])
+
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        await self._withdraw(payload.channel_id, sorted(payload.message_ids))
+
+    async def _withdraw(self, channel_id: int, message_ids: list[int]) -> None:
+        try:
+            await self._withdraw_each(channel_id, message_ids)
+        finally:
+            async with self._progress:
+                self.deletions_handled += 1
+                self._progress.notify_all()
+
+    async def _withdraw_each(self, channel_id: int, message_ids: list[int]) -> None:
+        for message_id in message_ids:
+            # An auto_thread mention is recorded in the thread it opened, which has its id.
+            for chat in (channel_id, message_id):
+                key = ConversationKey(PLATFORM, str(chat))
+                try:
+                    if await self._store.withdraw(key, str(message_id)):
+                        log.info("message %s withdrawn: deleted before its turn", message_id)
+                        break
+                except Exception:
+                    log.exception("message %s: deletion not recorded", message_id)
+                    break
+
     async def _in_new_thread(self, message: discord.Message, action: Submit) -> Submit:
         """auto_thread: a thread named after the question holds the conversation from here.
-        A thread that cannot be opened (no permission) leaves the answer in the channel."""
-        try:
-            thread = await message.create_thread(name=thread_name(action.incoming.text))
-        except discord.HTTPException as exc:
-            log.warning("channel %s: no thread opened (%s)", message.channel.id, exc)
-            return action
+        A thread that cannot be opened (no permission) leaves the answer in the channel. A
+        message that opened one already (read back by a backfill) keeps its thread."""
+        thread = message.thread
+        if thread is None:
+            try:
+                thread = await message.create_thread(name=thread_name(action.incoming.text))
+            except discord.HTTPException as exc:
+                log.warning("channel %s: no thread opened (%s)", message.channel.id, exc)
+                return action
         self._guild_channels.put(thread.id, True)
         key = ConversationKey(PLATFORM, str(thread.id))
         moved = dataclasses.replace(action.incoming, key=key, scopes=scopes_of(thread))
@@ -194,6 +340,24 @@ class DiscordAdapter:
             await self._intake.submit(command_incoming(interaction, name, text))
         except Exception:
             log.exception("slash command %s could not be handled; skipped", interaction.id)
+        finally:
+            await self._count_handled()
+
+    async def on_menu(
+        self, interaction: discord.Interaction, name: str, target: discord.Message
+    ) -> None:
+        """A message context-menu command: `name` of the registry run on `target` (its text,
+        or for summarize the conversation from it on), deferred first like a slash command."""
+        try:
+            await interaction.response.defer()
+            self._interactions.put(str(interaction.id), interaction)
+            about = target.content
+            if name == "summarize":
+                limit = self._host.settings.skills.max_paste_chars
+                about = await commands.conversation_from(target, self.gate, max_chars=limit)
+            await self._intake.submit(menu_incoming(interaction, name, target, about))
+        except Exception:
+            log.exception("menu command %s could not be handled; skipped", interaction.id)
         finally:
             await self._count_handled()
 

@@ -3,6 +3,10 @@
 `discord.app_commands.CommandTree` synced at start (to listed servers: instant; globally:
 Discord may take up to an hour to show a change).
 
+Message context-menu commands (a message's "Apps" menu) run a registry command on that
+message: "Translate" is /translate of its text, "Summarize from here" /summarize of the
+conversation from it on (`MENUS`).
+
 Discord allows 3 s to answer an interaction, and a turn can take longer to produce its first
 token: the callback defers at once, and the answer is streamed into the deferred response
 (`stream.InteractionSurface`)."""
@@ -16,6 +20,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from adapters.kit.gate import Gate
 from bot import phrases
 from bot.skills.router import Command
 
@@ -24,15 +29,38 @@ log = logging.getLogger(__name__)
 # Discord's limits on a command's description.
 DESCRIPTION_MAX = 100
 OnCommand = Callable[[discord.Interaction, str, str], Awaitable[None]]
+OnMenu = Callable[[discord.Interaction, str, discord.Message], Awaitable[None]]
+# Message context-menu commands: their name in Discord's menu -> the registry command they run
+# on the message. Names are Discord command names (like /translate), not sentences.
+TRANSLATE, SUMMARIZE_FROM_HERE = "Translate", "Summarize from here"
+MENUS = {TRANSLATE: "translate", SUMMARIZE_FROM_HERE: "summarize"}
+# "Summarize from here" reads at most this many pages of 100 messages after the chosen one.
+FROM_HERE_PAGES = 4
 
 
 def build_tree(
-    client: discord.Client, commands: Sequence[Command], on_command: OnCommand
+    client: discord.Client,
+    commands: Sequence[Command],
+    on_command: OnCommand,
+    on_menu: OnMenu,
 ) -> app_commands.CommandTree[discord.Client]:
     tree: app_commands.CommandTree[discord.Client] = app_commands.CommandTree(client)
     for command in commands:
         tree.add_command(_slash(command, on_command))
+    registered = {command.name for command in commands}
+    for label, name in MENUS.items():
+        if name in registered:  # a registry without the skill gets no menu entry for it
+            tree.add_command(_menu(label, name, on_menu))
     return tree
+
+
+def _menu(label: str, name: str, on_menu: OnMenu) -> app_commands.ContextMenu:
+    async def callback(interaction: discord.Interaction, message: discord.Message) -> None:
+        await on_menu(interaction, name, message)
+
+    return app_commands.ContextMenu(
+        name=label, callback=callback, type=discord.AppCommandType.message
+    )
 
 
 def _slash(command: Command, on_command: OnCommand) -> app_commands.Command[Any, ..., None]:
@@ -53,3 +81,22 @@ async def sync(tree: app_commands.CommandTree[discord.Client], guild_ids: Sequen
         guild = discord.Object(guild_id)
         tree.copy_global_to(guild=guild)
         await tree.sync(guild=guild)
+
+
+async def conversation_from(target: discord.Message, gate: Gate, *, max_chars: int) -> str:
+    """The conversation from `target` on, one "name: text" line a message, oldest first, at
+    most `max_chars` characters; each page read through the channel's gate."""
+    lines, after = [_line(target)], target
+    for _ in range(FROM_HERE_PAGES):
+        async with gate.slot(f"read:{target.channel.id}", group=False):
+            page = [m async for m in target.channel.history(after=after, limit=100)]
+        lines += [_line(message) for message in page]
+        if len(page) < 100 or sum(map(len, lines)) >= max_chars:
+            break
+        after = page[-1]
+    return "\n".join(line for line in lines if line)[:max_chars]
+
+
+def _line(message: discord.Message) -> str:
+    text = message.content.strip()
+    return f"{message.author.display_name}: {text}" if text else ""

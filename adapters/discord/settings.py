@@ -28,6 +28,10 @@ class DiscordSettings(AdapterSettings):
     # shard_count: one gateway connection, no sharding.
     shard_ids: list[int] | None = None
     shard_count: int | None = Field(None, ge=1)
+    # After a start, and after a gateway reconnect that was not a resume, messages sent to the
+    # bot while it was away are read back from the channels and threads (and DMs) that had a
+    # message in the last backfill_hours, and answered once. 0: no backfill.
+    backfill_hours: float = Field(24.0, ge=0)
 
     @model_validator(mode="after")
     def _shards_need_a_count(self) -> Self:

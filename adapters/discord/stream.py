@@ -6,6 +6,14 @@ grows, every call through the outbound gate (Discord: 5 sends or edits per 5 s p
 for every answer in that channel together). A 429 that still gets through is retried by
 discord.py after its `retry_after`, so nothing is dropped.
 
+A slash command's answer streams into its deferred response, which its interaction token may
+edit for 15 minutes only: past 2,000 characters, and once the token has (nearly) expired, the
+answer goes on in ordinary channel messages (what the response already shows is not repeated).
+
+"Parley is typing..." shows only when the first text takes longer than TYPING_GRACE_S: an
+answer that shows at once needs no indicator, and a typing request costs one of the bot's 50
+requests a second like any other (so it goes through the gate too).
+
 Model output must never ping anyone: every call carries `AllowedMentions.none()` (only the
 asker may be pinged, by the reply reference of the first message), and "@everyone"/"@here" get
 a zero-width space so that even a client that ignores allowed mentions shows them as text.
@@ -16,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import TypeVar
 
 import discord
@@ -38,6 +47,14 @@ RATE_LIMITED_ROUNDS = 4
 T = TypeVar("T")
 # The reference of a slash command's deferred response (Discord's ids are never 0).
 ORIGINAL = 0
+# The interaction token's 15 minutes are not used to the last second: an edit sent just
+# before the end would fail half-way through the answer.
+TOKEN_MARGIN = timedelta(seconds=30)
+# Typing shows when no text is visible after this long, renewed while Discord shows it (10 s).
+TYPING_GRACE_S = 0.5
+TYPING_RENEW_S = 8.0
+# An interaction token Discord no longer takes: 401 Invalid Webhook Token, 404 Unknown Webhook.
+_TOKEN_GONE = (401, 404)
 
 
 def neutralise(text: str) -> str:
@@ -67,6 +84,7 @@ class DiscordSurface:
         self._gate = gate
         self._reply_to = reply_to
         self._first_sent = on_first_send
+        self._instead_of_original: int | None = None
 
     def shows(self, piece: str) -> bool:
         return bool(piece.strip())  # Discord renders Markdown; any non-blank text shows
@@ -87,6 +105,13 @@ class DiscordSurface:
         return sent.id
 
     async def edit(self, ref: int, piece: str, *, plain: bool) -> None:
+        if ref == ORIGINAL:
+            # A slash command's response shown by an attempt cut off by a crash: its token
+            # went with that process, so the piece goes on in a message of its own.
+            if self._instead_of_original is None:
+                self._instead_of_original = await self.send(piece, plain=plain)
+                return
+            ref = self._instead_of_original
         message = self._channel.get_partial_message(ref)
 
         async def call() -> discord.Message:
@@ -97,13 +122,18 @@ class DiscordSurface:
 
 class InteractionSurface:
     """A slash command's answer: the first piece is the deferred response (edited as it
-    grows), the pieces past Discord's 2,000 characters are channel messages."""
+    grows), the pieces past Discord's 2,000 characters are channel messages. Once the token
+    has expired (by the clock, or Discord answered 401), the first piece goes on in a channel
+    message that shows what the response does not."""
 
     def __init__(self, interaction: discord.Interaction, rest: DiscordSurface, gate: Gate) -> None:
         self._interaction = interaction
         self._rest = rest
         self._gate = gate
         self._answered = False
+        self._shown = ""  # what the deferred response shows
+        self._expired = False
+        self._after: int | None = None  # the channel message that goes on from it
 
     def shows(self, piece: str) -> bool:
         return self._rest.shows(piece)
@@ -111,23 +141,50 @@ class InteractionSurface:
     async def send(self, piece: str, *, plain: bool) -> int:
         if self._answered:
             return await self._rest.send(piece, plain=plain)
-        await self._edit_original(piece)
         self._answered = True
+        await self._show_first(piece, plain=plain)
         return ORIGINAL
 
     async def edit(self, ref: int, piece: str, *, plain: bool) -> None:
         if ref == ORIGINAL:
-            await self._edit_original(piece)
+            await self._show_first(piece, plain=plain)
         else:
             await self._rest.edit(ref, piece, plain=plain)
 
-    async def _edit_original(self, piece: str) -> None:
-        async def call() -> discord.InteractionMessage:
-            return await self._interaction.edit_original_response(
-                content=neutralise(piece), allowed_mentions=NOBODY
-            )
+    async def _show_first(self, piece: str, *, plain: bool) -> None:
+        if not self._expired and self._token_works():
+            if await self._edit_original(piece):
+                self._shown = piece
+                return
+            self._expired = True  # Discord ended the token before our clock said so
+        # The response keeps what it shows; the rest of the piece follows it.
+        rest = piece[len(self._shown) :] if piece.startswith(self._shown) else piece
+        if not self._rest.shows(rest):
+            return
+        if self._after is None:
+            self._after = await self._rest.send(rest, plain=plain)
+        else:
+            await self._rest.edit(self._after, rest, plain=plain)
 
-        await gated(self._gate, self._interaction.channel_id or 0, call)
+    def _token_works(self) -> bool:
+        return discord.utils.utcnow() < self._interaction.expires_at - TOKEN_MARGIN
+
+    async def _edit_original(self, piece: str) -> bool:
+        """The deferred response now shows `piece`; False when the token no longer works."""
+
+        async def call() -> bool:
+            try:
+                await self._interaction.edit_original_response(
+                    content=neutralise(piece), allowed_mentions=NOBODY
+                )
+            except discord.HTTPException as exc:
+                if exc.status in _TOKEN_GONE:
+                    log.info("interaction %s: token expired", self._interaction.id)
+                    return False
+                raise
+            return True
+
+        return await gated(self._gate, self._interaction.channel_id or 0, call)
 
 
 async def gated(gate: Gate, channel: int, call: Callable[[], Awaitable[T]]) -> T:
@@ -160,7 +217,7 @@ async def play(
     if interaction is not None:
         surface = InteractionSurface(interaction, rest, gate)
         first_sent.set()
-    typing = asyncio.create_task(_type_until(channel, first_sent))
+    typing = asyncio.create_task(_type_until(channel, gate, first_sent))
     try:
         await Streamer(surface, Pacing(interval_s, MAX_MESSAGE, shown_length)).play(chunks)
     finally:
@@ -168,9 +225,23 @@ async def play(
         await asyncio.gather(typing, return_exceptions=True)
 
 
-async def _type_until(channel: discord.PartialMessageable, done: asyncio.Event) -> None:
+async def _type_until(channel: discord.PartialMessageable, gate: Gate, done: asyncio.Event) -> None:
+    """Typing, from TYPING_GRACE_S until `done` (the first visible text)."""
+    wait = TYPING_GRACE_S
+    while not await _set_within(done, wait):
+        try:
+            async with gate.slot(f"typing:{channel.id}", group=False):
+                await channel.typing()  # one indicator, shown by Discord for 10 s
+        except discord.HTTPException as exc:  # a missing typing indicator costs nothing else
+            log.info("channel %s: typing indicator failed: %s", channel.id, exc)
+            return
+        wait = TYPING_RENEW_S
+
+
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
     try:
-        async with channel.typing():  # discord.py renews it every few seconds
-            await done.wait()
-    except discord.HTTPException as exc:  # a missing typing indicator costs nothing else
-        log.info("channel %s: typing indicator failed: %s", channel.id, exc)
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -17,6 +17,7 @@ apply. Who may talk to the bot is the core's decision (`[discord.access]`).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -45,8 +46,13 @@ class Fetch:
 Action = Submit | Observe | Fetch | Notice | Ignore
 
 
-def translate(message: discord.Message, me: int) -> Action:
-    """What to do with `message`, for the bot whose user id is `me`."""
+Author = discord.User | discord.Member
+
+
+def translate(message: discord.Message, me: int, *, author: Author | None = None) -> Action:
+    """What to do with `message`, for the bot whose user id is `me`. `author`: the sender as
+    a member of the server, where the message came without it (read back from a channel's
+    log: Discord's REST messages leave the member out)."""
     if message.author.bot or message.author.id == me:
         return Ignore("not from a person")
     if message.type not in _SPOKEN:
@@ -55,12 +61,12 @@ def translate(message: discord.Message, me: int) -> Action:
     if text is None:
         if not message.content.strip():
             return Ignore("server message not for the bot")
-        return Observe(to_incoming(message, message.content))
-    return _for_content(message, text)
+        return Observe(to_incoming(message, message.content, author))
+    return _for_content(message, text, author)
 
 
-def _for_content(message: discord.Message, text: str) -> Action:
-    incoming = to_incoming(message, text)
+def _for_content(message: discord.Message, text: str, author: Author | None) -> Action:
+    incoming = to_incoming(message, text, author)
     for attachment in message.attachments:
         if not (attachment.content_type or "").startswith(_MEDIA_PREFIXES):
             return Fetch(incoming, attachment)
@@ -102,8 +108,8 @@ def _replies_to(message: discord.Message, me: int) -> bool:
     return isinstance(replied, discord.Message) and replied.author.id == me
 
 
-def to_incoming(message: discord.Message, text: str) -> Incoming:
-    author = message.author
+def to_incoming(message: discord.Message, text: str, author: Author | None = None) -> Incoming:
+    author = author or message.author
     roles: tuple[str, ...] = ()
     extras: dict[str, object] = {}
     if isinstance(author, discord.Member):
@@ -161,3 +167,12 @@ def command_incoming(interaction: discord.Interaction, name: str, text: str) -> 
         scopes=scopes_of(interaction.channel),
         extras=extras,
     )
+
+
+def menu_incoming(
+    interaction: discord.Interaction, command: str, target: discord.Message, context: str
+) -> Incoming:
+    """A message context-menu command as the command it stands for, about `context` (the
+    target message's text, or the conversation from it on): "/command", in reply to it."""
+    incoming = command_incoming(interaction, command, "")
+    return dataclasses.replace(incoming, reply_to_text=context or target.content)

@@ -30,6 +30,7 @@ from bot.errors import AdapterError, BotError
 from bot.readiness import ReadinessProbe
 from bot.settings import Settings
 from bot.skills.router import CommandRouter
+from bot.storage.base import Store
 
 from .http import HttpHost
 from .metrics_route import metrics_host, metrics_route, serve_all
@@ -46,11 +47,14 @@ class AdapterHost:
     http: HttpHost
     # The registered commands: the platforms' command menus are generated from it.
     router: CommandRouter
+    # The history store: for adapters that read back what they missed (Discord's backfill)
+    # and withdraw messages deleted before they were answered.
+    store: Store
 
 
 def host_for(app: Parley) -> AdapterHost:
     http = HttpHost(app.settings.http, ready=ReadinessProbe(app))
-    return AdapterHost(app.intake, app.settings, http, app.router)
+    return AdapterHost(app.intake, app.settings, http, app.router, app.store)
 
 
 def build_adapters(

@@ -12,8 +12,15 @@ Nothing is ever sent with empty visible text: a growing piece that shows nothing
 text it is. So the final messages show the whole recorded answer.
 
 The platform is a `Surface` (send a piece -> a message reference, edit one) and optionally
-`Drafts`. Its failures are `AdapterError`s: they end the showing, never the reading, so the
-answer is still read to the end and recorded, and the log says why the chat did not get it.
+`Drafts`. Where the core keeps what is shown (`bot.conversation.sink.current_shown`), each
+new message's reference is handed to it as soon as it is known, and the pieces an earlier,
+cut-off attempt at the same answer showed are edited instead of sent again: a turn cut by a
+crash is finished in its own messages (pieces of the old attempt beyond the new answer are
+edited to an ellipsis).
+
+The platform's failures are `AdapterError`s: they end the showing, never the reading, so
+the answer is still read to the end and recorded, and the log says why the chat did not get
+it.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
+from bot.conversation.sink import Shown, current_shown
 from bot.errors import AdapterError
 
 from .split import Length, Splitter
@@ -32,6 +40,10 @@ from .split import Length, Splitter
 log = logging.getLogger(__name__)
 
 Ref = TypeVar("Ref")
+# What a piece left over from a cut-off attempt shows once the new answer is shorter.
+LEFTOVER = "…"
+# The text of a piece an earlier attempt showed: unknown, so it is always edited.
+_UNKNOWN = "\x00"
 
 
 class Surface(Protocol[Ref]):
@@ -95,6 +107,11 @@ class Streamer(Generic[Ref]):
         self._sleep = sleep
         self._splitter = Splitter(pacing.limit, length=pacing.length)
         self._shown: dict[int, _Shown[Ref]] = {}  # piece index -> its message
+        # The core's record of what is shown (None: a sink outside a turn, or a test).
+        self._kept: Shown | None = current_shown()
+        if self._kept is not None:
+            for index, ref in self._kept.pieces.items():
+                self._shown[index] = _Shown(ref, _UNKNOWN)  # type: ignore[arg-type]
         self._draft = ""
         self._broken = False
         self.updates = 0  # calls that changed what the chat sees
@@ -153,8 +170,12 @@ class Streamer(Generic[Ref]):
             await self._put(len(complete), growing, final=False)
 
     async def _show_final(self, text: str) -> None:
-        for i, piece in enumerate(self._split(text)):
+        pieces = self._split(text)
+        for i, piece in enumerate(pieces):
             await self._put(i, piece, final=True)
+        for i in sorted(self._shown):
+            if i >= len(pieces) and self._shown[i].piece != LEFTOVER:
+                await self._put(i, LEFTOVER, final=True)
 
     async def _put(self, index: int, piece: str, *, final: bool) -> None:
         """Sends or edits the message of piece `index`; a final piece that renders to
@@ -165,6 +186,8 @@ class Streamer(Generic[Ref]):
         plain = final and not self._surface.shows(piece)
         if shown is None:
             ref = await self._surface.send(piece, plain=plain)
+            if self._kept is not None:
+                await self._kept.showed(index, ref)  # type: ignore[arg-type]
         else:
             ref = shown.ref
             await self._surface.edit(ref, piece, plain=plain)

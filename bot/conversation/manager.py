@@ -3,12 +3,16 @@
 submit():  record the message in SQL (a repeated idempotency key is dropped), then schedule
            the conversation. Returning from submit() is the acknowledgement point: from here
            the message survives a crash (recover() picks it up on the next start).
-worker:    take the conversation's lock (asyncio in one process, Redis across processes, and a
-           lease in SQL across processes while Redis is unreachable), then
-           run turns until nothing is pending: each turn takes the pending messages (merged, or
-           one at a time, per the burst policy), answers them through the router or the model,
-           streams the answer to the platform's sink, and records it. record_reply is fenced in
-           SQL, so even a lost lock cannot record a second answer.
+worker:    take the conversation's turn lease in SQL (the one locker: one task per
+           conversation in a process, one process per conversation across workers, with a
+           fencing epoch), then run turns until nothing is pending: each turn takes the pending
+           messages (merged, or one at a time, per the burst policy), answers them through the
+           router or the model, records that it shows the answer (before the first visible
+           piece), streams it to the platform's sink, and records it, fenced on that delivery
+           (see delivery.py: an answer the user saw is never answered again; one cut by a
+           crash is finished by editing it).
+sweep:     every worker schedules conversations whose messages wait longer than
+           orphan_after_s with no live lease: nothing waits for a restart.
 
 observe(): a group message not addressed to the bot, kept only where the chat opted in;
            recorded as answered-by-nothing, so no turn ever runs for it.
@@ -20,6 +24,7 @@ Errors are mapped to user-facing sentences here and only here, in the user's lan
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import os
@@ -31,7 +36,8 @@ from dataclasses import dataclass
 
 from backends.base import Backend, GenerationRequest, estimate_tokens
 from bot import phrases
-from bot.errors import BackendError, BotError, ContextTooLong, NoBackendConfigured
+from bot.budget import NO_BUDGETS, TurnBudgets
+from bot.errors import BackendError, BotError, ContextTooLong, NoBackendConfigured, StorageError
 from bot.logcontext import current_turn, note
 from bot.metrics import NullObserver, TurnObserver, observed_turn
 from bot.settings import BackendSettings, ConversationSettings
@@ -43,12 +49,13 @@ from bot.skills.router import (
     TurnContext,
     parse_command,
 )
-from bot.storage.base import Cache, MessageKind, Recorded, Store, StoredMessage
+from bot.storage.base import Cache, MessageKind, Recorded, Store, StoredMessage, TurnLease
 from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 
 from .context import ContextLoader
+from .delivery import Superseded, TurnDelivery, beat, holder_alive, sweep
 from .relay import Collected, note_line, until
-from .sink import ReplySink, once
+from .sink import ReplySink, SiteScoped, done_showing, once, showing
 from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, merge_user_texts
 
 log = logging.getLogger(__name__)
@@ -63,6 +70,10 @@ STUB_MARK = "[message: "
 _SIZE_STUB = re.compile(r"^\[message: (\d+) characters not kept, over the size limit of (\d+)\]$")
 # Commands that stop a reply that is still streaming.
 STOP_COMMANDS = frozenset({"reset", "stop"})
+# How soon a conversation whose answer another live worker is finishing is looked at again.
+BUSY_RETRY_S = 1.0
+# The answer the current task's turn is showing (set around each turn).
+_TURN: contextvars.ContextVar[TurnDelivery] = contextvars.ContextVar("parley_turn")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +96,10 @@ class ConversationManager:
         count_tokens: Callable[[str], Awaitable[int]],
         skills: PlainRouting | None = None,
         observer: TurnObserver | None = None,
+        budgets: TurnBudgets | None = None,
     ) -> None:
         self.observer: TurnObserver = observer or NullObserver()
+        self._budgets: TurnBudgets = budgets or NO_BUDGETS
         self._store = store
         self._cache = cache
         self._context = context
@@ -101,8 +114,27 @@ class ConversationManager:
         # conversation -> set to stop the answer streaming there (/stop, /reset)
         self._streaming: dict[int, asyncio.Event] = {}
         self._again: set[int] = set()
-        # This process's name in SQL leases (Store.lease): unique per manager.
+        # This process's name in SQL leases (Store.turn_lease): unique per manager.
         self._owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._background: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    def start(self) -> None:
+        """The worker's background duties: its liveness key in the shared cache (so other
+        workers leave the answers it is showing alone), and the orphan sweep."""
+        s = self._settings
+        if self._cache.shared:
+            beating = beat(self._cache, self._owner, self._stopping)
+            self._background.append(asyncio.create_task(beating, name="parley-heartbeat"))
+        if s.sweep_interval_s > 0:
+            task = sweep(
+                self._store,
+                lambda cid, key: self._schedule(_Work(cid, key)),  # type: ignore[arg-type]
+                every_s=s.sweep_interval_s,
+                orphan_after_s=s.orphan_after_s,
+                stop=self._stopping,
+            )
+            self._background.append(asyncio.create_task(task, name="parley-sweep"))
 
     def attach(self, platform: str, sink: ReplySink) -> None:
         self._sinks[platform] = sink
@@ -205,6 +237,12 @@ class ConversationManager:
 
     async def aclose(self) -> None:
         """Let running turns finish (a turn is never cut in half by a clean shutdown)."""
+        self._stopping.set()  # ends them even where a cancellation gets lost
+        for task in self._background:
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background)
+        self._background.clear()
         await self.wait_idle()
 
     async def drain(self, timeout_s: float) -> bool:
@@ -237,6 +275,13 @@ class ConversationManager:
                 await self._drain(work)
                 if work.conversation_id not in self._again:
                     return
+        except Superseded:  # another worker runs it now; look again soon, in case it died
+            self._later(work)
+        except (StorageError, TimeoutError) as exc:
+            # The database is unreachable, or another worker held the lease too long: the
+            # messages stay pending, and the sweep (or the next message) tries again.
+            log.warning("conversation %s: turn not run: %s", work.key, exc)
+            await self._context.invalidate(work.conversation_id)
         except Exception:
             # Messages stay pending in SQL; the next submit or recover() retries them. The
             # cached window may be ahead of or behind SQL now: drop it.
@@ -245,53 +290,79 @@ class ConversationManager:
         finally:
             del self._workers[work.conversation_id]
 
+    def _later(self, work: _Work) -> None:
+        asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._schedule, work)
+
     async def _drain(self, work: _Work) -> None:
         s = self._settings
-        lock = self._cache.lock(
-            f"conv:{work.conversation_id}", ttl_s=s.lock_ttl_s, wait_s=s.lock_wait_s
+        lease = self._store.turn_lease(
+            work.conversation_id, self._owner, ttl_s=s.lock_ttl_s, wait_s=s.lock_wait_s
         )
-        # One read of the pending messages per lock. Nothing needs a second look afterwards:
+        # One read of the pending messages per lease. Nothing needs a second look afterwards:
         # what this process records meanwhile sets _again (see _worker), and what another
-        # worker records is answered by that worker once it gets the lock.
-        async with lock as exclusive:
-            if exclusive:
-                await self._run_pending(work)
-                return
-            # The shared cache (Redis) is down: its lock held in this process only. A lease in
-            # SQL keeps two workers from streaming two answers to the same messages.
-            lease = self._store.lease(
-                work.conversation_id, self._owner, ttl_s=s.lock_ttl_s, wait_s=s.lock_wait_s
-            )
-            async with lease:
-                await self._run_pending(work)
+        # worker records is answered by that worker once it gets the lease.
+        async with lease as held:
+            await self._run_pending(work, held)
 
-    async def _run_pending(self, work: _Work) -> None:
+    async def _run_pending(self, work: _Work, lease: TurnLease) -> None:
+        cid = work.conversation_id
+        unfinished = await self._store.delivery(cid)
+        if unfinished is not None and unfinished.owner != self._owner:
+            alive = holder_alive(self._cache, unfinished, grace_s=self._settings.delivery_grace_s)
+            if await alive:
+                raise Superseded  # its worker records it; this one looks again soon
         while True:
-            pending = await self._store.pending(work.conversation_id, PENDING_PAGE)
-            for batch in self._batches(pending):
+            pending = await self._store.pending(cid, PENDING_PAGE)
+            resumed: list[StoredMessage] = []
+            if unfinished is not None:
+                first, last = unfinished.first_id, unfinished.last_id
+                resumed = [m for m in pending if first <= m.id <= last]
+                pending = [m for m in pending if not first <= m.id <= last]
+                if not resumed:  # its messages were settled otherwise (withdrawn)
+                    await self._store.end_delivery(cid, unfinished.epoch, abandon=False)
+            if resumed:
+                log.info(
+                    "conversation %s: finishing an answer its worker left unrecorded", work.key
+                )
+            turns = [(resumed, unfinished)] if resumed else []
+            turns += [(batch, None) for batch in self._batches(pending)]
+            unfinished = None
+            for batch, replacing in turns:
+                turn = TurnDelivery(self._store, lease, cid, batch, replacing=replacing)
                 with observed_turn(self.observer, work.key, batch, self._router):
-                    await self._turn_or_give_up(work, batch)
-            if len(pending) < PENDING_PAGE:
+                    await self._turn_or_give_up(work, batch, turn)
+            if len(pending) + len(resumed) < PENDING_PAGE:
                 return
 
-    async def _turn_or_give_up(self, work: _Work, batch: list[StoredMessage]) -> None:
+    async def _turn_or_give_up(
+        self, work: _Work, batch: list[StoredMessage], turn: TurnDelivery
+    ) -> None:
         """A turn; when it fails, its messages stay pending for another try, until they have
         failed `max_turn_attempts` times: then they get the one-sentence apology and are
         settled, so that a message that always fails is never run again at every start."""
+        token = _TURN.set(turn)
         try:
             await self._turn(work, batch)
+        except Superseded:
+            raise
         except Exception:
+            await turn.settle_failure()
             attempts = await self._store.count_attempt([m.id for m in batch])
             if attempts < self._settings.max_turn_attempts:
                 raise
             log.exception("conversation %s: turn failed %d times; apologising", work.key, attempts)
             await self._context.invalidate(work.conversation_id)
             apology = await self._localizer(batch[-1])(phrases.GENERIC)
+            _TURN.set(turn.again())
             try:
                 await self._deliver(work.key, once(apology), batch)
+            except Superseded:
+                raise
             except Exception as exc:  # the platform cannot take it either: settle it anyway
                 log.warning("conversation %s: apology not delivered: %s", work.key, exc)
             await self._record_aside(work, batch, apology)
+        finally:
+            _TURN.reset(token)
 
     def _batches(self, pending: Sequence[StoredMessage]) -> list[list[StoredMessage]]:
         """Turns, in order: a command alone; chat messages merged (or one each, "queue");
@@ -319,6 +390,11 @@ class ConversationManager:
         if batch[0].kind is MessageKind.LIMITED:
             await self._rate_limited(work, batch)
             return
+        # Every model call of the turn (chat, skills, summaries) counts to the sender's budget.
+        async with self._budgets.turn(work.key, batch[-1].user_id, self._localizer(batch[-1])):
+            await self._dispatch(work, batch)
+
+    async def _dispatch(self, work: _Work, batch: list[StoredMessage]) -> None:
         if batch[0].kind is MessageKind.COMMAND:
             await self._answer(work, batch, await self._command(work, batch[0]))
             return
@@ -371,7 +447,18 @@ class ConversationManager:
         return TurnContext(
             work.key, work.conversation_id, user, args, self._store, self._context,
             self._settings, message_id=message.id, say=self._localizer(message),
+            collection=self._collection(work.key),
         )  # fmt: skip
+
+    def _system_prompt(self, key: ConversationKey) -> str:
+        """The conversation's system prompt: its site's (support channel), else the core's."""
+        sink = self._sinks.get(key.platform)
+        own = sink.system_prompt_for(key) if isinstance(sink, SiteScoped) else None
+        return own or self._settings.system_prompt
+
+    def _collection(self, key: ConversationKey) -> str:
+        sink = self._sinks.get(key.platform)
+        return sink.collection_for(key) if isinstance(sink, SiteScoped) else ""
 
     async def _route(self, work: _Work, batch: list[StoredMessage]) -> Answer | None:
         if self._skills is None:
@@ -432,10 +519,8 @@ class ConversationManager:
 
     async def _record_aside(self, work: _Work, batch: list[StoredMessage], text: str) -> None:
         """Record the answer to `batch` out of the context (commands, skills, notices)."""
-        ids = [m.id for m in batch]
-        await self._store.record_reply(
-            work.conversation_id, ids, text, kind=MessageKind.COMMAND, token_count=0
-        )
+        retry_s = self._settings.record_retry_s
+        await _TURN.get().record(text, kind=MessageKind.COMMAND, token_count=0, retry_s=retry_s)
 
     async def _chat(self, work: _Work, batch: list[StoredMessage], backend: Backend) -> None:
         cid = work.conversation_id
@@ -464,7 +549,7 @@ class ConversationManager:
 
     def _request(self, work: _Work, window: Window, user_text: str) -> GenerationRequest:
         messages = [
-            *window.messages(self._settings.system_prompt),
+            *window.messages(self._system_prompt(work.key)),
             ChatMessage(Role.USER, user_text),
         ]
         return GenerationRequest(
@@ -530,12 +615,8 @@ class ConversationManager:
         if reply.usage is not None:
             self.observer.tokens(work.key.platform, reply.usage)
         tokens = reply.usage.completion_tokens if reply.usage else await self._count(text)
-        stored = await self._store.record_reply(
-            work.conversation_id,
-            [m.id for m in batch],
-            text,
-            kind=MessageKind.CHAT,
-            token_count=tokens,
+        stored = await _TURN.get().record(
+            text, kind=MessageKind.CHAT, token_count=tokens, retry_s=self._settings.record_retry_s
         )
         if stored is None:
             log.warning("conversation %s: already answered elsewhere", work.key)
@@ -555,8 +636,16 @@ class ConversationManager:
             async for _ in chunks:
                 pass
             return
+        turn = _TURN.get()
+        await turn.begin()  # before anything is visible
         # Threaded to the newest message it answers (a merged turn answers several).
-        await sink.deliver(key, self._first_seen(chunks), reply_to=batch[-1].platform_message_id)
+        token = showing(turn)
+        try:
+            await sink.deliver(
+                key, self._first_seen(chunks), reply_to=batch[-1].platform_message_id
+            )
+        finally:
+            done_showing(token)
 
     async def _first_seen(self, chunks: AsyncIterator[str]) -> AsyncGenerator[str, None]:
         """`chunks`, telling the observer when the first text goes to the platform."""

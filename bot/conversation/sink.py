@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from contextvars import ContextVar, Token
+from typing import Protocol, runtime_checkable
 
 from bot.types import ConversationKey, Incoming
 
@@ -21,6 +22,20 @@ class ReplySink(Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
+class SiteScoped(Protocol):
+    """A sink whose conversations each belong to a site with its own system prompt and
+    knowledge-base collection (the support channel): the core asks it per conversation."""
+
+    def system_prompt_for(self, key: ConversationKey) -> str | None:
+        """The site's system prompt; None: the core's `conversation.system_prompt`."""
+        ...
+
+    def collection_for(self, key: ConversationKey) -> str:
+        """The knowledge-base collection /ask searches ("" : the default one)."""
+        ...
+
+
 class Platform(ReplySink, Protocol):
     """A sink that can also say whether the platform counts a sender as an admin where the
     message was sent (a Telegram group's administrators, a Discord member with Manage
@@ -32,3 +47,34 @@ class Platform(ReplySink, Protocol):
 async def once(text: str) -> AsyncIterator[str]:
     """A reply that is complete from the start (commands, errors, no-model answers)."""
     yield text
+
+
+class Shown(Protocol):
+    """What the core keeps of an answer being shown, for a sink that shows it in pieces
+    (messages it can edit): the pieces a previous attempt at this same answer already showed
+    (piece index -> the platform's reference to it), which the sink edits instead of sending
+    new ones, and `showed`, which the sink calls as soon as it knows the reference of a piece
+    it sent. So a turn cut by a crash is finished by editing its own half answer, never left
+    half and answered again. References are what the platform gives (ints or strings)."""
+
+    @property
+    def pieces(self) -> dict[int, str | int]: ...
+
+    async def showed(self, index: int, ref: str | int) -> None: ...
+
+
+_SHOWN: ContextVar[Shown | None] = ContextVar("parley_shown", default=None)
+
+
+def current_shown() -> Shown | None:
+    """The answer being delivered in this task, for a sink that can edit what it showed."""
+    return _SHOWN.get()
+
+
+def showing(shown: Shown | None) -> Token[Shown | None]:
+    """Set the answer being delivered (the core does, around `ReplySink.deliver`)."""
+    return _SHOWN.set(shown)
+
+
+def done_showing(token: Token[Shown | None]) -> None:
+    _SHOWN.reset(token)

@@ -28,8 +28,11 @@ def add_kb_parser(sub: Any) -> None:
     """Register `kb` on the `parley` command's subparsers."""
     kb = sub.add_parser("kb", help="knowledge base: add, list and remove documents")
     actions = kb.add_subparsers(dest="kb_action", required=True)
-    add = actions.add_parser("add", help="add or update files and folders")
+    add = actions.add_parser("add", aliases=["ingest"], help="add or update files and folders")
     add.add_argument("paths", nargs="+", metavar="PATH")
+    add.add_argument(
+        "--collection", default="", help="the collection (a support site's own documents)"
+    )
     actions.add_parser("list", help="list the documents")
     remove = actions.add_parser("remove", help="remove a document, or every one under a folder")
     remove.add_argument("path", metavar="PATH")
@@ -38,8 +41,8 @@ def add_kb_parser(sub: Any) -> None:
 
 async def cmd_kb(settings: Settings, args: argparse.Namespace) -> int:
     async with open_knowledge_base(settings) as kb:
-        if args.kb_action == "add":
-            return await _add(kb, args.paths, settings)
+        if args.kb_action in ("add", "ingest"):
+            return await _add(kb, args.paths, settings, args.collection)
         if args.kb_action == "list":
             return await _list(kb)
         return await _remove(kb, args.path)
@@ -57,8 +60,8 @@ async def open_knowledge_base(settings: Settings) -> AsyncIterator[KnowledgeBase
         await engine.dispose()
 
 
-async def _add(kb: KnowledgeBase, paths: list[str], settings: Settings) -> int:
-    report = await kb.add(paths, progress=ProgressPrinter(sys.stderr))
+async def _add(kb: KnowledgeBase, paths: list[str], settings: Settings, collection: str) -> int:
+    report = await kb.add(paths, progress=ProgressPrinter(sys.stderr), collection=collection)
     print(report.summary())
     if await remove_sample_if_superseded(kb, settings.knowledge):
         print("removed the sample documents (Parley's own guide): yours replace them")

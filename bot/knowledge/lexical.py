@@ -74,8 +74,11 @@ class LexicalIndex:
         """How many documents hold each word (lower-cased): the typo corrector's vocabulary."""
         return Counter({word: len(p.rows) for word, p in self._postings.items()})
 
-    def search(self, terms: Sequence[str], k: int) -> list[tuple[int, float]]:
-        """Up to k (row, score) with a score above 0, best first."""
+    def search(
+        self, terms: Sequence[str], k: int, within: np.ndarray | None = None
+    ) -> list[tuple[int, float]]:
+        """Up to k (row, score) with a score above 0, best first; only rows where the boolean
+        mask `within` is true, when given (a knowledge-base collection)."""
         scores = np.zeros(self._size, dtype=np.float32)
         for stem in set(self._stemmer.stemWords(list(terms))):
             forms = [self._postings[word] for word in self._forms.get(stem, ())]
@@ -90,6 +93,8 @@ class LexicalIndex:
             idf = np.log(1 + (self._size - len(rows) + 0.5) / (len(rows) + 0.5))
             tf = tf[rows]
             scores[rows] += idf * tf * (K1 + 1) / (tf + self._norm[rows])
+        if within is not None:
+            scores[~within] = 0
         matched = np.flatnonzero(scores)
         if not len(matched):
             return []

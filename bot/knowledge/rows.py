@@ -36,6 +36,10 @@ _Chunk = sa.table(
     sa.column("embedding", sa.LargeBinary),
 )
 _c = _Chunk.c
+# A document's collection (migration 0009), named apart from the model's columns.
+_COLLECTION = sa.literal_column("kb_documents.collection", sa.String)
+_DocCollection = sa.table("kb_documents", sa.column("id", sa.BigInteger),
+                          sa.column("collection", sa.String))  # fmt: skip
 
 
 class KnowledgeRows:
@@ -80,12 +84,12 @@ class KnowledgeRows:
             first = await conn.execute(sa.select(_Doc.id).limit(1))
             return first.first() is None
 
-    async def existing(self, source: str) -> tuple[int, str] | None:
-        """(id, sha256) of the document stored for `source`."""
-        stmt = sa.select(_Doc.id, _Doc.sha256).where(_Doc.source == source)
+    async def existing(self, source: str) -> tuple[int, str, str] | None:
+        """(id, sha256, collection) of the document stored for `source`."""
+        stmt = sa.select(_Doc.id, _Doc.sha256, _COLLECTION).where(_Doc.source == source)
         async with self.connection() as conn:
             row = (await conn.execute(stmt)).first()
-        return (row.id, row.sha256) if row else None
+        return (row[0], row[1], row[2]) if row else None
 
     async def store(
         self,
@@ -93,6 +97,7 @@ class KnowledgeRows:
         parsed: Parsed,
         blobs: Sequence[bytes | None],
         document_id: int | None,
+        collection: str = "",
     ) -> None:
         """Write a document and its chunks, replacing document_id's, in one transaction.
         A unique-key race (IntegrityError) passes through for the caller to report."""
@@ -109,6 +114,11 @@ class KnowledgeRows:
             else:
                 await conn.execute(sa.update(_Doc).where(_Doc.id == document_id).values(values))
                 await conn.execute(sa.delete(_Chunk).where(_c.document_id == document_id))
+            await conn.execute(
+                sa.update(_DocCollection)
+                .where(_DocCollection.c.id == document_id)
+                .values(collection=collection)
+            )
             rows = [
                 {"document_id": document_id, "ordinal": n, "location": c.location,
                  "text": c.text, "token_count": c.token_count, "embedding": blob}
@@ -135,12 +145,14 @@ class KnowledgeRows:
         return int(count or 0)
 
     async def chunks(self, *, with_text: bool) -> Sequence[sa.Row[Any]]:
-        """Every chunk's id, document_id, ordinal and location, with text and embedding."""
-        columns = [_c.id, _c.document_id, _c.ordinal, _c.location]
+        """Every chunk's id, document_id, ordinal, location and collection, with text and
+        embedding."""
+        columns: list[Any] = [_c.id, _c.document_id, _c.ordinal, _c.location, _COLLECTION]
         if with_text:
             columns += [_c.text, _c.embedding]
+        stmt = sa.select(*columns).join(_Doc, _Doc.id == _c.document_id).order_by(_c.id)
         async with self.connection() as conn:
-            return (await conn.execute(sa.select(*columns).order_by(_c.id))).all()
+            return (await conn.execute(stmt)).all()
 
     async def write_vectors(self, blobs: dict[int, bytes]) -> None:
         stmt = (
@@ -152,9 +164,9 @@ class KnowledgeRows:
         async with self.connection(write=True) as conn:
             await conn.execute(stmt, params)
 
-    async def fulltext(self, terms: list[str], k: int) -> list[int]:
-        """Up to k chunk ids by the database's own full-text ranking, best first."""
-        stmt, params = search_statement(self._engine.dialect.name, terms, k)
+    async def fulltext(self, terms: list[str], k: int, collection: str = "") -> list[int]:
+        """Up to k chunk ids of `collection` by the database's own full-text ranking."""
+        stmt, params = search_statement(self._engine.dialect.name, terms, k, collection)
         async with self.connection() as conn:
             return [row.id for row in await conn.execute(stmt, params)]
 

@@ -50,6 +50,8 @@ SQLITE_SEARCH = sa.text(
     """SELECT rowid AS id, -bm25(kb_chunks_fts, 2.0, 1.0) AS score
        FROM kb_chunks_fts
        WHERE kb_chunks_fts MATCH :query
+         AND rowid IN (SELECT c.id FROM kb_chunks AS c JOIN kb_documents AS d
+                       ON d.id = c.document_id WHERE d.collection = :collection)
        ORDER BY bm25(kb_chunks_fts, 2.0, 1.0), rowid
        LIMIT :k"""
 )
@@ -75,6 +77,7 @@ POSTGRES_SEARCH = sa.text(
               sum(w.idf * ts_rank('{PG_RANK_WEIGHTS}', c.search_vector, w.query, 1)) AS score
        FROM weighted AS w
        JOIN kb_chunks AS c ON c.search_vector @@ w.query
+       JOIN kb_documents AS d ON d.id = c.document_id AND d.collection = :collection
        GROUP BY c.id
        ORDER BY score DESC, c.id
        LIMIT :k"""
@@ -95,10 +98,10 @@ def fts5_query(terms: list[str]) -> str:
 
 
 def search_statement(
-    dialect: str, terms: list[str], k: int
+    dialect: str, terms: list[str], k: int, collection: str = ""
 ) -> tuple[sa.TextClause, dict[str, object]]:
-    """(statement, parameters) giving up to k rows (id, score), best first."""
+    """(statement, parameters) giving up to k rows (id, score) of `collection`, best first."""
     if dialect == "sqlite":
-        return SQLITE_SEARCH, {"query": fts5_query(terms), "k": k}
+        return SQLITE_SEARCH, {"query": fts5_query(terms), "k": k, "collection": collection}
     # plainto_tsquery reads each word as plain text, never as an operator ("or", "!", ":").
-    return POSTGRES_SEARCH, {"terms": terms, "k": k}
+    return POSTGRES_SEARCH, {"terms": terms, "k": k, "collection": collection}

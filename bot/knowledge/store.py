@@ -90,6 +90,7 @@ class _Prepared:
     parsed: Parsed
     vectors: Vectors | None
     document_id: int | None
+    collection: str = ""
 
 
 class KnowledgeBase:
@@ -143,9 +144,14 @@ class KnowledgeBase:
         )
 
     async def add(
-        self, paths: Iterable[str | Path], *, progress: Progress | None = None
+        self,
+        paths: Iterable[str | Path],
+        *,
+        progress: Progress | None = None,
+        collection: str = "",
     ) -> AddReport:
-        """Ingest files and folders (walked for supported files), one file at a time, the
+        """Ingest files and folders (walked for supported files) into `collection` ("" : the
+        default; a support site searches its own only), one file at a time, the
         next file read, parsed and embedded while the current one is written: the two halves
         use different resources (CPU in a worker thread, the database), so overlapping them
         cuts the time of a big folder by about a third."""
@@ -154,10 +160,10 @@ class KnowledgeBase:
         upcoming: asyncio.Task[_Prepared | FileResult] | None = None
         try:
             for done, path in enumerate(files, 1):
-                current = upcoming or asyncio.create_task(self._prepare(path))
+                current = upcoming or asyncio.create_task(self._prepare(path, collection))
                 upcoming = None
                 if done < len(files):
-                    upcoming = asyncio.create_task(self._prepare(files[done]))
+                    upcoming = asyncio.create_task(self._prepare(files[done], collection))
                 result = await self._finish(await current)
                 report.files.append(result)
                 if progress is not None:
@@ -176,9 +182,11 @@ class KnowledgeBase:
         folder; returns how many were removed."""
         return await self._rows.remove(source_or_prefix)
 
-    async def search(self, query: str, k: int = 3) -> builtins.list[Passage]:
-        """The k best passages for `query`, at most one per section, best first; [] when
-        nothing matches. Any text is a valid query."""
+    async def search(
+        self, query: str, k: int = 3, *, collection: str = ""
+    ) -> builtins.list[Passage]:
+        """The k best passages for `query` in `collection` ("": the default one), at most one
+        per section, best first; [] when nothing matches. Any text is a valid query."""
         terms = query_terms(query)
         if not terms or k < 1:
             return []
@@ -187,10 +195,10 @@ class KnowledgeBase:
         candidates = self._options.candidates
         words = [*terms, *corrected]
         if index.lexical is not None:
-            fulltext = index.best_words(words, candidates)
+            fulltext = index.best_words(words, candidates, collection)
         else:
-            fulltext = await self._rows.fulltext(words, candidates)
-        semantic = await self._semantic(query, index, candidates)
+            fulltext = await self._rows.fulltext(words, candidates, collection)
+        semantic = await self._semantic(query, index, candidates, collection)
         fused = fuse([fulltext, [c for c, _ in semantic]], [1.0, self._options.semantic_weight])
         # Every semantic neighbour may lift a full-text match, but one that matched no word
         # joins only when it is close enough: otherwise any question, however unrelated to
@@ -203,13 +211,13 @@ class KnowledgeBase:
         return await self._rows.is_empty()
 
     async def _semantic(
-        self, query: str, index: ChunkIndex, k: int
+        self, query: str, index: ChunkIndex, k: int, collection: str
     ) -> builtins.list[tuple[int, float]]:
         """The k chunks nearest to `query` with their cosine similarity, best first."""
         if index.vectors is None or self._embedder is None or self._options.semantic_weight <= 0:
             return []
         vectors = await self._embed([query])
-        return [] if vectors is None else index.nearest(vectors[0], k)
+        return [] if vectors is None else index.nearest(vectors[0], k, collection)
 
     async def _passages(self, hits: Sequence[SectionHit]) -> builtins.list[Passage]:
         wanted = [chunk_id for hit in hits for chunk_id in hit.chunk_ids]
@@ -238,7 +246,7 @@ class KnowledgeBase:
     async def _build_index(self, stamp: tuple[object, ...]) -> ChunkIndex:
         in_memory = await self._rows.chunk_count() <= self._options.max_memory_chunks
         rows = await self._rows.chunks(with_text=in_memory)
-        places = [ChunkPlace(r.id, r.document_id, r.ordinal, r.location) for r in rows]
+        places = [ChunkPlace(r.id, r.document_id, r.ordinal, r.location, r[4]) for r in rows]
         if not in_memory:
             log.info(
                 "knowledge base: over knowledge.max_memory_chunks (%d chunks); searching with "
@@ -290,19 +298,19 @@ class KnowledgeBase:
             self._embedder = None
             return None
 
-    async def _prepare(self, path: Path) -> _Prepared | FileResult:
+    async def _prepare(self, path: Path, collection: str) -> _Prepared | FileResult:
         """A file read, parsed and embedded, or its result when there is nothing to write."""
         source = normalize_source(path)
         try:
             file = await asyncio.to_thread(read_file, path, self._max_bytes)
             existing = await self._rows.existing(file.source)
-            if existing is not None and existing[1] == file.sha256:
+            if existing is not None and existing[1:] == (file.sha256, collection):
                 return FileResult(source, Outcome.UNCHANGED)
             parsed = await asyncio.to_thread(parse_file, path, file.data, self._count)
         except LoaderError as exc:
             return FileResult(source, Outcome.FAILED, reason=str(exc))
         vectors = await self._embed([embedding_text(c) for c in parsed.chunks])
-        return _Prepared(file, parsed, vectors, existing[0] if existing else None)
+        return _Prepared(file, parsed, vectors, existing[0] if existing else None, collection)
 
     async def _finish(self, prepared: _Prepared | FileResult) -> FileResult:
         if isinstance(prepared, FileResult):
@@ -312,7 +320,7 @@ class KnowledgeBase:
         if prepared.vectors is not None:
             blobs = [to_blob(v) for v in prepared.vectors]
         try:
-            await self._rows.store(file, parsed, blobs, prepared.document_id)
+            await self._rows.store(file, parsed, blobs, prepared.document_id, prepared.collection)
         except sa_exc.IntegrityError:
             reason = "added by another process at the same time; run again"
             return FileResult(file.source, Outcome.FAILED, reason=reason)

@@ -63,7 +63,7 @@ class QaSkill:
             return await ctx.say(USAGE)
         if self._s.kb is None:
             return await ctx.say(NO_KB)
-        passages = await self.relevant(question)
+        passages = await self.relevant(question, ctx.collection)
         if not passages:
             return await ctx.say(I_DONT_KNOW)
         if self._s.backend is None:
@@ -71,9 +71,11 @@ class QaSkill:
         language = self._s.language(prefs, question)
         return self._answer(question, passages, language, str(ctx.key), ctx.say)
 
-    async def relevant(self, question: str) -> list[Passage]:
+    async def relevant(self, question: str, collection: str = "") -> list[Passage]:
         assert self._s.kb is not None
-        found = await self._s.kb.search(question, self._s.settings.qa_passages)
+        found = await self._s.kb.search(
+            question, self._s.settings.qa_passages, collection=collection
+        )
         return [p for p in found if p.score > self._s.settings.qa_min_score]
 
     async def _answer(

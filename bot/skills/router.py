@@ -47,6 +47,8 @@ class TurnContext:
     message_id: int = 0
     # Every sentence a handler says goes through this (mark it with N_ for the catalogues).
     say: Say = say_in_english
+    # The knowledge-base collection /ask searches (a support site's; "" : the default).
+    collection: str = ""
 
 
 Answer = str | AsyncIterator[str]

@@ -6,6 +6,8 @@ Redis). The contract suites in tests/ run every implementation through the same 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import enum
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
@@ -63,6 +65,34 @@ class Recorded:
     is_new: bool  # False: the idempotency key was seen before, nothing was written
 
 
+@dataclass(slots=True)
+class TurnLease:
+    """The right to run one conversation's turns, held by one worker (the one locker).
+
+    `epoch` is the fencing token: it grows each time anyone takes the lease, and an answer is
+    recorded only under the epoch its delivery began with. `lost` is set when a renewal found
+    that another worker took the lease (this one lapsed while the holder was cut off)."""
+
+    epoch: int
+    owner: str
+    lost: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """An answer that a worker began to show and has not recorded yet (Store.begin_delivery):
+    the messages it answers (ids first..last), the epoch it runs under, who shows it (None:
+    its worker gave up on it; anyone may finish it) and when that worker was last heard of,
+    and the platform's references to the pieces already shown (piece index -> reference)."""
+
+    first_id: int
+    last_id: int
+    epoch: int
+    owner: str | None
+    seen: datetime | None
+    shown: dict[int, str | int]
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationState:
     id: int
@@ -109,11 +139,15 @@ class Store(Protocol):
         *,
         kind: MessageKind,
         token_count: int,
+        epoch: int | None = None,
     ) -> StoredMessage | None:
         """Insert the assistant message and mark `answers` answered by it, atomically.
 
-        Returns None and writes nothing if any of `answers` was already answered (a second
-        worker finished first): the fence against answering twice.
+        With `epoch` (the turn's delivery, see begin_delivery): the fence is that delivery,
+        which it ends; every one of `answers` still pending is settled by this answer. Returns
+        None and writes nothing when the delivery is no longer this epoch's (another worker
+        took it over). Without: returns None and writes nothing if any of `answers` was
+        already answered.
         """
         ...
 
@@ -146,19 +180,67 @@ class Store(Protocol):
         """The newest `limit` messages of every kind but OBSERVED, oldest first."""
         ...
 
-    def lease(
+    def turn_lease(
         self, conversation_id: int, owner: str, *, ttl_s: float, wait_s: float
-    ) -> AbstractAsyncContextManager[None]:
-        """A lock on one conversation held in SQL by `owner` (unique per process): the turn
-        lock's stand-in across workers while the shared cache is down. Renewed every ttl_s/3
-        while held, lapses ttl_s after a holder died. Raises TimeoutError after wait_s."""
+    ) -> AbstractAsyncContextManager[TurnLease]:
+        """The conversation's turn lease for `owner` (unique per process), with a new epoch.
+        Renewed every ttl_s/3 while held, lapses ttl_s after a holder died. Raises
+        TimeoutError after wait_s."""
         ...
 
-    async def conversations_with_pending(self) -> Sequence[tuple[int, ConversationKey]]:
-        """Conversations that have unanswered user messages (work left by a crash)."""
+    async def begin_delivery(
+        self,
+        lease: TurnLease,
+        conversation_id: int,
+        first_id: int,
+        last_id: int,
+        *,
+        replacing: int | None = None,
+    ) -> bool:
+        """Before the first visible piece of an answer to messages first_id..last_id: record
+        that `lease` shows it. `replacing`: the epoch of an unfinished delivery this one takes
+        over (its shown pieces are kept, to be edited). False when the lease was lost, or a
+        delivery other than `replacing` is under way: nothing may be shown."""  # fmt: skip
+        ...
+
+    async def note_delivery(
+        self, conversation_id: int, epoch: int, shown: dict[int, str | int]
+    ) -> None:
+        """The platform's references to the pieces shown so far (for a takeover to edit)."""
+        ...
+
+    async def end_delivery(self, conversation_id: int, epoch: int, *, abandon: bool) -> None:
+        """A delivery that will not be recorded by its worker: cleared (nothing was shown),
+        or abandoned (something was: left for any worker to finish, owner None)."""
+        ...
+
+    async def delivery(self, conversation_id: int) -> DeliveryState | None:
+        """The conversation's unfinished delivery, if any."""
+        ...
+
+    async def conversations_with_pending(
+        self, older_than: datetime | None = None
+    ) -> Sequence[tuple[int, ConversationKey]]:
+        """Conversations that have unanswered user messages (work left by a crash); with
+        `older_than`, only those with such a message recorded before it and no live lease
+        (the orphan sweep)."""
         ...
 
     async def ping(self) -> None: ...
+
+    async def last_platform_message_ids(
+        self, platform: str, since: datetime
+    ) -> dict[ConversationKey, str]:
+        """Per conversation of `platform`, the platform's id of its newest recorded message
+        that has one, where that message was sent at or after `since`: where an adapter's
+        backfill starts reading what arrived while it was away (Discord)."""
+        ...
+
+    async def withdraw(self, key: ConversationKey, platform_message_id: str) -> bool:
+        """A message its sender deleted before its turn ran: if still pending, mark it
+        answered by nothing, out of context and summaries, its text replaced by a stub.
+        True when a pending message was withdrawn."""
+        ...
 
 
 class Cache(Protocol):

@@ -8,10 +8,11 @@ member never needs a schema change.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -91,6 +92,19 @@ class ConversationRow(Base):
     # unreachable: SqlStore.lease. NULL: nobody.
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The fencing token: one more each time the lease is taken; an answer is recorded only
+    # under the current one (migration 0008).
+    lease_epoch: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # The turn whose answer is being shown: the messages it answers (ids from..to), the epoch
+    # it runs under, the worker showing it (NULL: it gave up; anyone may finish it) and when
+    # that worker was last heard of, and the platform's references to what was shown (JSON).
+    # delivery_epoch NULL: no answer is being shown (SqlStore.begin_delivery).
+    delivery_from: Mapped[int | None] = mapped_column(BigInteger)
+    delivery_to: Mapped[int | None] = mapped_column(BigInteger)
+    delivery_epoch: Mapped[int | None] = mapped_column(BigInteger)
+    delivery_owner: Mapped[str | None] = mapped_column(String(64))
+    delivery_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivery_ref: Mapped[str | None] = mapped_column(Text)
 
 
 class MessageRow(Base):
@@ -144,6 +158,8 @@ class KbDocumentRow(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # The collection it belongs to: a support site's ("" : the default one; migration 0009).
+    collection: Mapped[str] = mapped_column(String(255), server_default=text("''"), index=True)
 
 
 class KbChunkRow(Base):
@@ -174,4 +190,24 @@ def include_in_schema_compare(
         return False
     return not (type_ == "column" and name == FTS_COLUMN) and not (
         type_ == "index" and name == FTS_INDEX
+    )
+
+
+class TokenUsageRow(Base):
+    """Model tokens spent per day and budget (bot.budget): one row per user ("user",
+    "PLATFORM:ID") or support site ("site", its name) and day, in the budget's time zone.
+    Added to by an upsert at the end of each turn; `parley usage` reads it (migration 0010)."""
+
+    __tablename__ = "token_usage"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(300), primary_key=True)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Turns that asked the model, and turns refused because a budget was used up.
+    turns: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    refused: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -37,9 +38,11 @@ from bot.lru import Lru
 from bot.storage.base import (
     ContextRow,
     ConversationState,
+    DeliveryState,
     MessageKind,
     Recorded,
     StoredMessage,
+    TurnLease,
 )
 from bot.storage.database import database_errors, describe_error
 from bot.storage.models import ConversationRow, MessageRow, UserRow
@@ -196,6 +199,7 @@ class SqlStore:
         *,
         kind: MessageKind,
         token_count: int,
+        epoch: int | None = None,
     ) -> StoredMessage | None:
         created_at = utcnow()
         # A reply the database refused would stay pending and be answered again at each start.
@@ -211,10 +215,16 @@ class SqlStore:
         fenced = set(answers)
 
         def run(q: Queries) -> int:
+            if epoch is not None:  # the fence: this turn's delivery, ended by this answer
+                ends = {"cid": conversation_id, "epoch": epoch}
+                if q.rowcount(_END_DELIVERY, ends) != 1:
+                    raise _AlreadyAnswered
             reply_id: int = _one(q.rows(_INSERT_REPLY, values))[0]
-            if fenced:  # the fence: every one of `answers` must still be pending
+            if fenced:
                 marks = {"reply_id": reply_id, "ids": list(fenced), "cid": conversation_id}
-                if q.rowcount(self._reads.mark_answered, marks) != len(fenced):
+                marked = q.rowcount(self._reads.mark_answered, marks)
+                # Without a delivery, every one of `answers` must still be pending.
+                if epoch is None and marked != len(fenced):
                     raise _AlreadyAnswered
             return reply_id
 
@@ -272,21 +282,26 @@ class SqlStore:
         return list(reversed(await self._messages(self._reads.history, params)))
 
     @asynccontextmanager
-    async def lease(
+    async def turn_lease(
         self, conversation_id: int, owner: str, *, ttl_s: float, wait_s: float
-    ) -> AsyncIterator[None]:
+    ) -> AsyncIterator[TurnLease]:
         deadline = time.monotonic() + wait_s
-        while not await self._take_lease(conversation_id, owner, ttl_s):
+        while (epoch := await self._take_lease(conversation_id, owner, ttl_s)) is None:
             if time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"conversation {conversation_id}: lease not taken in {wait_s:g}s"
                 )
             await asyncio.sleep(LEASE_POLL_S)
+        lease = TurnLease(epoch, owner)
 
         async def renew() -> bool:
+            now = utcnow()
+            params = {"cid": conversation_id, "who": owner, "epoch": epoch, "now_": now,
+                      "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
             try:
-                if not await self._take_lease(conversation_id, owner, ttl_s):
+                if await self._write(_LEASE_RENEW, params) != 1:
                     log.warning("conversation %s: lease lost while held", conversation_id)
+                    lease.lost.set()
                     return False
             except StorageError as exc:
                 log.warning("conversation %s: lease not renewed: %s", conversation_id, exc)
@@ -294,19 +309,59 @@ class SqlStore:
 
         try:
             async with renewing(renew, ttl_s / 3, name=f"renew lease {conversation_id}"):
-                yield
+                yield lease
         finally:
             with suppress(StorageError):  # not released: it lapses after ttl_s
-                await self._write(_LEASE_RELEASE, {"cid": conversation_id, "who": owner})
+                params = {"cid": conversation_id, "who": owner, "epoch": epoch}
+                await self._write(_LEASE_RELEASE, params)
 
-    async def _take_lease(self, conversation_id: int, owner: str, ttl_s: float) -> bool:
+    async def _take_lease(self, conversation_id: int, owner: str, ttl_s: float) -> int | None:
+        """The new epoch, or None while another worker holds the lease."""
         now = utcnow()
         params = {"cid": conversation_id, "who": owner, "now_": now,
                   "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
-        return await self._write(_LEASE_TAKE, params) == 1
+        rows = await self._run(lambda q: q.rows(_LEASE_TAKE, params), write=True)
+        return int(rows[0][0]) if rows else None
 
-    async def conversations_with_pending(self) -> Sequence[tuple[int, ConversationKey]]:
-        rows = await self._rows(_WITH_PENDING)
+    async def begin_delivery(
+        self, lease: TurnLease, conversation_id: int, first_id: int, last_id: int,
+        *, replacing: int | None = None,
+    ) -> bool:  # fmt: skip
+        params = {"cid": conversation_id, "who": lease.owner, "epoch": lease.epoch,
+                  "first": first_id, "last": last_id, "now_": utcnow()}  # fmt: skip
+        if replacing is None:
+            return await self._write(_BEGIN_DELIVERY, params) == 1
+        return await self._write(_TAKE_OVER_DELIVERY, params | {"old": replacing}) == 1
+
+    async def note_delivery(
+        self, conversation_id: int, epoch: int, shown: dict[int, str | int]
+    ) -> None:
+        params = {"cid": conversation_id, "epoch": epoch, "now_": utcnow(),
+                  "shown": json.dumps({str(k): v for k, v in shown.items()})}  # fmt: skip
+        await self._write(_NOTE_DELIVERY, params)
+
+    async def end_delivery(self, conversation_id: int, epoch: int, *, abandon: bool) -> None:
+        statement = _ABANDON_DELIVERY if abandon else _END_DELIVERY
+        await self._write(statement, {"cid": conversation_id, "epoch": epoch})
+
+    async def delivery(self, conversation_id: int) -> DeliveryState | None:
+        rows = await self._rows(_SELECT_DELIVERY, {"cid": conversation_id})
+        if not rows:
+            return None
+        first, last, epoch, owner, seen, shown = rows[0]
+        try:
+            refs = {int(k): v for k, v in json.loads(shown or "{}").items()}
+        except (ValueError, AttributeError):  # written by this code only; never fatal
+            refs = {}
+        return DeliveryState(first, last, epoch, owner, seen and _as_utc(seen), refs)
+
+    async def conversations_with_pending(
+        self, older_than: datetime | None = None
+    ) -> Sequence[tuple[int, ConversationKey]]:
+        if older_than is None:
+            rows = await self._rows(_WITH_PENDING)
+        else:
+            rows = await self._rows(_ORPHANED, {"before": older_than, "now_": utcnow()})
         return [(id_, ConversationKey(p, chat, thread)) for id_, p, chat, thread in rows]
 
     async def _run(
@@ -366,6 +421,22 @@ class SqlStore:
         if found is None:
             found = _one(q.rows(lookup, values))[0]
         return found
+
+    # Backfill and withdrawal by the platform's message id (issue 14, the Discord adapter).
+
+    async def last_platform_message_ids(
+        self, platform: str, since: datetime
+    ) -> dict[ConversationKey, str]:
+        params = {"platform": platform, "since": _as_utc(since)}
+        rows = await self._rows(_LAST_PLATFORM_IDS, params)
+        return {ConversationKey(p, chat, thread): mid for p, chat, thread, mid in rows}
+
+    async def withdraw(self, key: ConversationKey, platform_message_id: str) -> bool:
+        conversation_id = await self.conversation_id(key)
+        if conversation_id is None:
+            return False
+        params = {"cid": conversation_id, "pmid": platform_message_id}
+        return await self._write(_WITHDRAW, params) > 0
 
 
 # --- statements, built once ------------------------------------------------------------------
@@ -510,25 +581,94 @@ _WITH_PENDING = (
     .order_by(_c.id)
 )
 
-# Take (or renew) a conversation's lease: free, lapsed, or already ours. Parameter names
-# differ from the columns': those are reserved in an UPDATE.
+_TS = sa.DateTime(timezone=True)
+_LAPSED = sa.or_(_c.lease_until.is_(None), _c.lease_until < _param("now_", _TS))
+# Conversations with a message pending since before :before and no live lease (the sweep).
+_ORPHANED = (
+    sa.select(_c.id, _c.platform, _c.chat_id, _c.thread_id)
+    .where(
+        _c.id.in_(
+            sa.select(_m.conversation_id).where(
+                _PENDING_WHERE, _m.created_at < _param("before", _TS)
+            )
+        ),
+        _LAPSED,
+    )
+    .order_by(_c.id)
+)
+
+# Take a conversation's lease: free, lapsed, or left by this owner; a new epoch each time.
+# Parameter names differ from the columns': those are reserved in an UPDATE.
 _LEASE_TAKE = (
     sa.update(_c)
-    .where(
-        _c.id == _param("cid"),
-        sa.or_(
-            _c.lease_until.is_(None),
-            _c.lease_until < _param("now_", sa.DateTime(timezone=True)),
-            _c.lease_owner == _param("who"),
+    .where(_c.id == _param("cid"), sa.or_(_LAPSED, _c.lease_owner == _param("who")))
+    .values(
+        lease_owner=_param("who"),
+        lease_until=_param("until_", _TS),
+        lease_epoch=_c.lease_epoch + 1,
+    )
+    .returning(_c.lease_epoch)
+)
+_HOLDS = sa.and_(
+    _c.id == _param("cid"),
+    _c.lease_owner == _param("who"),
+    _c.lease_epoch == _param("epoch", sa.BigInteger()),
+)
+# Renewing the lease is also the heartbeat of the delivery its holder shows.
+_LEASE_RENEW = (
+    sa.update(_c)
+    .where(_HOLDS)
+    .values(
+        lease_until=_param("until_", _TS),
+        delivery_seen=sa.case(
+            (_c.delivery_owner == _param("who"), _param("now_", _TS)), else_=_c.delivery_seen
         ),
     )
-    .values(lease_owner=_param("who"), lease_until=_param("until_", sa.DateTime(timezone=True)))
 )
-_LEASE_RELEASE = (
+_LEASE_RELEASE = sa.update(_c).where(_HOLDS).values(lease_owner=None, lease_until=None)
+_DELIVERY_OF = sa.and_(
+    _c.id == _param("cid"), _c.delivery_epoch == _param("epoch", sa.BigInteger())
+)
+_BEGIN_DELIVERY = (
     sa.update(_c)
-    .where(_c.id == _param("cid"), _c.lease_owner == _param("who"))
-    .values(lease_owner=None, lease_until=None)
+    .where(_HOLDS, _c.delivery_epoch.is_(None))
+    .values(
+        delivery_from=_param("first", sa.BigInteger()),
+        delivery_to=_param("last", sa.BigInteger()),
+        delivery_epoch=_param("epoch", sa.BigInteger()),
+        delivery_owner=_param("who"),
+        delivery_seen=_param("now_", _TS),
+        delivery_ref=None,
+    )
 )
+# The pieces shown by the delivery taken over are kept: the new answer edits them.
+_TAKE_OVER_DELIVERY = (
+    sa.update(_c)
+    .where(_HOLDS, _c.delivery_epoch == _param("old", sa.BigInteger()))
+    .values(
+        delivery_from=_param("first", sa.BigInteger()),
+        delivery_to=_param("last", sa.BigInteger()),
+        delivery_epoch=_param("epoch", sa.BigInteger()),
+        delivery_owner=_param("who"),
+        delivery_seen=_param("now_", _TS),
+    )
+)
+_NOTE_DELIVERY = (
+    sa.update(_c)
+    .where(_DELIVERY_OF)
+    .values(delivery_ref=_param("shown"), delivery_seen=_param("now_", _TS))
+)
+_END_DELIVERY = (
+    sa.update(_c)
+    .where(_DELIVERY_OF)
+    .values(delivery_from=None, delivery_to=None, delivery_epoch=None, delivery_owner=None,
+            delivery_seen=None, delivery_ref=None)
+)  # fmt: skip
+_ABANDON_DELIVERY = sa.update(_c).where(_DELIVERY_OF).values(delivery_owner=None)
+_SELECT_DELIVERY = sa.select(
+    _c.delivery_from, _c.delivery_to, _c.delivery_epoch, _c.delivery_owner, _c.delivery_seen,
+    _c.delivery_ref,
+).where(_c.id == _param("cid"), _c.delivery_epoch.is_not(None))  # fmt: skip
 
 _SELECT_USER_ID = sa.select(UserRow.id).where(
     UserRow.platform == _param("platform"), UserRow.external_id == _param("external_id")
@@ -619,3 +759,42 @@ def _to_message(row: Sequence[Any]) -> StoredMessage:
 def _as_utc(moment: datetime) -> datetime:
     # SQLite keeps no offset and hands back naive values; they were written in UTC.
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# Backfill: per conversation of a platform, its newest message with a platform id (a backward
+# scan of the (conversation_id, id) index that stops at the first), kept when sent since.
+_NEWEST_WITH_PLATFORM_ID = (
+    sa.select(_m.id)
+    .where(_m.conversation_id == _c.id, _m.platform_message_id.is_not(None))
+    .order_by(*_NEWEST_FIRST)
+    .limit(1)
+    .correlate(_c)
+    .scalar_subquery()
+)
+_NEWEST_PER_CONVERSATION = (
+    sa.select(_c.platform, _c.chat_id, _c.thread_id, _NEWEST_WITH_PLATFORM_ID.label("mid"))
+    .where(_c.platform == _param("platform"))
+    .subquery()
+)
+_LAST_PLATFORM_IDS = (
+    sa.select(
+        _NEWEST_PER_CONVERSATION.c.platform,
+        _NEWEST_PER_CONVERSATION.c.chat_id,
+        _NEWEST_PER_CONVERSATION.c.thread_id,
+        _m.platform_message_id,
+    )
+    .join(_m, _m.id == _NEWEST_PER_CONVERSATION.c.mid)
+    .where(_m.created_at >= _param("since", sa.DateTime(timezone=True)))
+)
+# A deleted message never answered: answered by nothing (0), a command's kind (in /history,
+# never in context or summaries), its text gone with it. The partial pending index finds it.
+WITHDRAWN_STUB = "[message: deleted by its sender before it was answered]"
+_WITHDRAW = (
+    sa.update(_m)
+    .where(
+        _m.conversation_id == _param("cid"),
+        _m.platform_message_id == _param("pmid"),
+        _PENDING_WHERE,
+    )
+    .values(answered_by=0, kind=MessageKind.COMMAND.value, content=WITHDRAWN_STUB)
+)

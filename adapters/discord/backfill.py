@@ -1,0 +1,156 @@
+"""Backfill: what was said to the bot while it was away, answered once.
+
+Discord's gateway does not re-send what was posted while Parley was stopped, or while its
+connection was down and could not be resumed (a resume replays the missed events itself:
+discord.py's `on_resumed`). So after a start and after every new session (`on_ready`, per
+shard `on_shard_ready`), each conversation with a message recorded in the last
+`backfill_hours` is read from its newest recorded message on (SQL knows its Discord id:
+`Store.last_platform_message_ids`; `channel.history(after=...)`), and every message goes the
+way a live one goes. Its idempotency key is its Discord id, so a message the gateway delivered
+too, or an earlier backfill read, is recorded once and answered once. Two differences: a
+message read from a log comes without its sender's server roles, so the member is fetched for
+a message the bot would take; and no notice is sent for one (a photo sent while away), since
+nothing records that it was sent and every later backfill would send it again.
+
+An `auto_thread` channel's mentions are recorded in the threads they opened, not in the
+channel's conversation, so those channels are read from `backfill_hours` ago.
+
+Every read goes through the outbound gate: each channel's own window, and the global one that
+every send of the bot shares (across processes with Redis). At most MAX_PAGES pages of 100
+messages per channel: a channel busy for hours is not read to its end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+
+import discord
+
+from adapters.kit.actions import Notice, Observe, Submit
+from adapters.kit.gate import Gate
+from bot.storage.base import Store
+
+from .translate import PLATFORM, Action, Author, Fetch, translate
+
+log = logging.getLogger(__name__)
+
+PAGE = 100  # Discord's largest page of a channel's messages
+MAX_PAGES = 5
+# The adapter's way with a live message, once translated.
+Take = Callable[[discord.Message, Action], Awaitable[None]]
+Channel = discord.abc.Messageable
+
+
+class Backfill:
+    def __init__(
+        self,
+        client: discord.Client,
+        store: Store,
+        gate: Gate,
+        *,
+        hours: float,
+        auto_thread: Sequence[int],
+        me: int,
+        take: Take,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._gate = gate
+        self._hours = hours
+        self._auto_thread = auto_thread
+        self._me = me
+        self._take = take
+
+    async def run(self, shard_id: int | None) -> int:
+        """Reads the conversations of `shard_id` (None: every one) and takes each message,
+        oldest first per channel; how many were read."""
+        since = discord.utils.utcnow() - timedelta(hours=self._hours)
+        starts: dict[int, discord.abc.Snowflake | datetime] = {
+            channel: since for channel in self._auto_thread
+        }
+        recorded = await self._store.last_platform_message_ids(PLATFORM, since)
+        for key, message_id in recorded.items():
+            if key.chat_id.isdigit() and message_id.isdigit():  # else not a Discord id
+                starts[int(key.chat_id)] = discord.Object(int(message_id))
+        handed = 0
+        for channel_id, after in starts.items():
+            channel = await self._channel(channel_id)
+            if channel is not None and (shard_id is None or _shard_of(channel) == shard_id):
+                handed += await self._read(channel, after)
+        if handed:
+            log.info("backfill: %d messages read back from %d channels", handed, len(starts))
+        return handed
+
+    async def _channel(self, channel_id: int) -> Channel | None:
+        """The channel from the cache (servers' channels and active threads), else from
+        Discord (a DM, an archived thread); None when it is gone or closed to the bot."""
+        cached = self._client.get_channel(channel_id)
+        if isinstance(cached, discord.abc.Messageable):
+            return cached
+        try:
+            async with self._gate.slot(f"read:{channel_id}", group=False):
+                fetched = await self._client.fetch_channel(channel_id)
+        except (discord.NotFound, discord.Forbidden) as exc:
+            log.info("backfill: channel %s skipped (%s)", channel_id, exc.status)
+            return None
+        return fetched if isinstance(fetched, discord.abc.Messageable) else None
+
+    async def _read(self, channel: Channel, after: discord.abc.Snowflake | datetime) -> int:
+        handed = 0
+        for _ in range(MAX_PAGES):
+            try:
+                async with self._gate.slot(f"read:{_id(channel)}", group=False):
+                    page = [m async for m in channel.history(after=after, limit=PAGE)]
+            except discord.HTTPException as exc:  # no Read Message History here
+                log.info("backfill: channel %s not read (%s)", _id(channel), exc.status)
+                return handed
+            for message in page:  # oldest first
+                await self._read_back(message)
+            handed += len(page)
+            if len(page) < PAGE:
+                return handed
+            after = page[-1]
+        log.warning(
+            "backfill: channel %s had more than %d messages to read back; the rest is not read",
+            _id(channel),
+            PAGE * MAX_PAGES,
+        )
+        return handed
+
+    async def _read_back(self, message: discord.Message) -> None:
+        try:
+            action = translate(message, self._me)
+            if isinstance(action, Submit | Fetch | Observe):
+                author = await self._member(message)
+                if author is not None:
+                    action = translate(message, self._me, author=author)
+            if not isinstance(action, Notice):
+                await self._take(message, action)
+        except Exception:  # one bad message must not end the backfill
+            log.exception("message %s read back could not be handled; skipped", message.id)
+
+    async def _member(self, message: discord.Message) -> Author | None:
+        """The sender as a member of the server (roles, Manage Server); None in a DM, or
+        when they have left."""
+        guild = message.guild
+        if guild is None or isinstance(message.author, discord.Member):
+            return None
+        try:
+            async with self._gate.slot(f"read:{guild.id}", group=False):
+                return await guild.fetch_member(message.author.id)
+        except discord.HTTPException:
+            return None
+
+
+def _id(channel: Channel) -> int:
+    return int(getattr(channel, "id", 0))
+
+
+def _shard_of(channel: Channel) -> int:
+    """The shard that gets the channel's events: its server's; DMs go to shard 0."""
+    guild = getattr(channel, "guild", None)
+    if guild is not None:
+        return int(guild.shard_id)
+    return 0

@@ -1,0 +1,225 @@
+"""The support adapter: mounts the API (adapters/support/api.py) on Parley's HTTP host and is
+the core's sink for the `support` platform: each answer becomes `delta` events as it streams
+and one `answer` event at its end (or one `notice`), appended to the conversation's event log
+(adapters/support/events.py), which every worker's streams read.
+
+Conversation key: platform "support", chat id "<site>:<visitor>". The adapter holds no
+product rules: access, rate limits of the conversation, documents and sentences are the
+core's; what is here is the API's own protection (keys, origins, tokens, per-visitor and
+per-address request limits, body sizes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from bot.settings import RedisSettings
+from bot.storage.base import Cache
+from bot.storage.cache import build_cache
+from bot.storage.database import create_engine
+from bot.types import ConversationKey, Incoming
+
+from . import answers, openapi, pages
+from .api import Handler, SupportApi, endpoint
+from .auth import PLATFORM, Authenticator, preflight_headers
+from .errors import forbidden
+from .events import EventLog, Outbox, build_event_log
+from .history import SupportHistory
+from .settings import SupportSettings
+from .sites import REFRESH_S, SiteDirectory, SiteStore
+from .tokens import TokenSigner, load_secret
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from adapters.kit.runner import AdapterHost
+
+log = logging.getLogger(__name__)
+
+# Seconds a call waits for a free Redis connection before it fails.
+POOL_WAIT_S = 10.0
+
+
+def create(host: AdapterHost, settings: SupportSettings) -> SupportAdapter:
+    return SupportAdapter(host, settings)
+
+
+def _redis(settings: RedisSettings, *, timeout: bool) -> Redis | None:
+    """A client on a blocking pool, as the core's cache has (bot.storage.cache): a burst of
+    streams opening at once waits for a connection instead of failing."""
+    if settings.url is None:
+        return None
+    from redis.asyncio import BlockingConnectionPool, Redis
+
+    t = settings.socket_timeout_s
+    pool = BlockingConnectionPool.from_url(
+        settings.url.get_secret_value(),
+        max_connections=settings.max_connections if timeout else 2,
+        timeout=POOL_WAIT_S,
+        socket_connect_timeout=t,
+        socket_timeout=t if timeout else None,
+        health_check_interval=30,
+    )
+    return Redis(connection_pool=pool)
+
+
+class SupportAdapter:
+    platform = PLATFORM
+
+    def __init__(self, host: AdapterHost, settings: SupportSettings) -> None:
+        self._host = host
+        self._settings = settings
+        core = host.settings
+        self._engine: AsyncEngine = create_engine(
+            core.database.url.get_secret_value(), pool_size=core.database.pool_size
+        )
+        self._cache: Cache = build_cache(core.redis)
+        # Commands and the subscription apart: a subscription blocks its connection for good.
+        self._redis = _redis(core.redis, timeout=True)
+        self._listening = _redis(core.redis, timeout=False)
+        self.events: EventLog = build_event_log(
+            self._redis,
+            core.redis.key_prefix,
+            kept=settings.events_kept,
+            ttl_s=settings.events_ttl_s,
+            listener=self._listening,
+        )
+        self.sites = SiteStore(self._engine)
+        self.directory = SiteDirectory(self.sites)
+        signer = TokenSigner(load_secret(settings.token_secret), settings.token_ttl_s)
+        self._auth = Authenticator(self.directory, signer)
+        self.api = SupportApi(
+            settings,
+            intake=host.intake,
+            cache=self._cache,
+            directory=self.directory,
+            signer=signer,
+            events=self.events,
+            history=SupportHistory(self._engine),
+            max_message_chars=core.conversation.max_message_chars,
+        )
+
+    async def __aenter__(self) -> Self:
+        await self.directory.refresh(force=True)
+        await self.events.start()
+        for route in self.routes():
+            self._host.http.mount(route)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.events.end_streams()
+        await self.events.aclose()
+        await self._cache.aclose()
+        for client in (self._redis, self._listening):
+            if client is not None:
+                await client.aclose()
+        await self._engine.dispose()
+
+    def routes(self) -> list[BaseRoute]:
+        api = self.api
+        routes: list[BaseRoute] = [
+            self._route("/v1/visitors", api.visitors, "POST"),
+            self._route("/v1/messages", api.messages, "POST"),
+            self._route("/v1/events", api.events, "GET"),
+            self._route("/v1/history", api.history, "GET"),
+            self._route("/v1/visitor", api.erase, "DELETE"),
+            Route("/v1/openapi.json", self._openapi, methods=["GET"]),
+            Route("/v1/docs", self._docs, methods=["GET"]),
+        ]
+        routes.extend(pages.routes(self._settings))  # the widget and its demo page
+        return routes
+
+    async def run(self) -> None:
+        """Requests arrive on the HTTP host; meanwhile keep the sites and keys current. A
+        stop (cancellation) ends the open event streams, so that the HTTP server can close:
+        their clients reconnect, with Last-Event-ID, to a worker that is not stopping."""
+        try:
+            while True:
+                await asyncio.sleep(REFRESH_S)
+                try:
+                    await self.directory.refresh()
+                except Exception as exc:  # the database is away: the last known sites stay
+                    log.warning("support: sites not refreshed: %s", type(exc).__name__)
+        finally:
+            self.events.end_streams()
+
+    async def idle(self) -> None:
+        await self._host.intake.idle()
+
+    async def is_admin(self, incoming: Incoming) -> bool:
+        return False  # one visitor per conversation: no groups, no admins
+
+    async def deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
+    ) -> None:
+        conversation = key.chat_id
+        answered = await self.api.message_id(key, reply_to)
+        outbox = Outbox(self.events, conversation)
+        parts: list[str] = []
+        try:
+            pending = aiter(chunks)
+            async for chunk in pending:
+                if not chunk:
+                    continue
+                if not parts and chunk in answers.notice_texts():
+                    rest = [c async for c in pending if c]
+                    if not rest:  # the core's sentence, said whole: a notice, not an answer
+                        outbox.put("notice", {"text": chunk})
+                        return
+                    parts.extend([chunk, *rest])
+                    outbox.put("delta", {"reply_to": answered, "text": "".join(parts)})
+                    break
+                parts.append(chunk)
+                outbox.put("delta", {"reply_to": answered, "text": chunk})
+            text = "".join(parts)
+            final = {"reply_to": answered, "text": text, "sources": answers.sources(text)}
+            outbox.put("answer", final)
+        finally:
+            await outbox.close()
+
+    def system_prompt_for(self, key: ConversationKey) -> str | None:
+        """The site's own system prompt (None: the core's); for the conversation manager."""
+        site = self.directory.cached(key.chat_id.partition(":")[0])
+        return site.system_prompt if site is not None and site.system_prompt else None
+
+    def collection_for(self, key: ConversationKey) -> str:
+        """The knowledge-base collection the site's answers cite ("": the default)."""
+        site = self.directory.cached(key.chat_id.partition(":")[0])
+        return site.collection if site is not None else ""
+
+    def _route(self, path: str, handler: Handler, method: str) -> Route:
+        wrapped = endpoint(handler)
+
+        async def route(request: Request) -> Response:
+            if request.method == "OPTIONS":
+                return await self._preflight(request)
+            return await wrapped(request)
+
+        route.__name__ = handler.__name__
+        return Route(path, route, methods=[method, "OPTIONS"])
+
+    async def _preflight(self, request: Request) -> Response:
+        origin = await self._auth.preflight_allowed(request)
+        if origin is None:
+            return forbidden("this origin is not allowed").response()
+        return Response(status_code=204, headers=preflight_headers(origin))
+
+    async def _openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi.document())
+
+    async def _docs(self, request: Request) -> Response:
+        return HTMLResponse(openapi.docs_page())

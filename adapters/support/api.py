@@ -1,0 +1,315 @@
+"""The support API's endpoints under /v1 (docs/support.md). Handlers translate HTTP into the
+core's Intake calls and reads of the event log and history; every failure is an ApiError
+(adapters/support/errors.py), answered as JSON with a 4xx.
+
+    POST   /v1/visitors    a visitor token for a browser (site key + Origin) or a server
+    POST   /v1/messages    a visitor's message -> 202; the answer arrives on /v1/events
+    GET    /v1/events      Server-Sent Events of the caller's conversation, resumable
+    GET    /v1/history     the conversation, a page at a time
+    DELETE /v1/visitor     erase the visitor's data
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from bot.conversation.intake import Intake
+from bot.lru import Lru
+from bot.phrases import base_language
+from bot.storage.base import Cache
+from bot.types import Incoming, User
+
+from . import answers
+from .auth import PLATFORM, Authenticator, Caller, bearer, check_origin, cors_headers
+from .errors import ApiError, forbidden, invalid, unauthorized
+from .events import EventLog, stream, valid_event_id
+from .history import SupportHistory
+from .schemas import (
+    HistoryMessage,
+    HistoryPage,
+    MessageAccepted,
+    MessageRequest,
+    VisitorRequest,
+    VisitorResponse,
+)
+from .settings import SupportSettings
+from .sites import SECRET_PREFIX, Site, SiteDirectory
+from .tokens import BadToken, TokenSigner, new_visitor_id
+
+Handler = Callable[[Request], Awaitable[Response]]
+_Model = TypeVar("_Model", bound=BaseModel)
+
+IDEMPOTENCY_KEY_MAX = 128
+# platform message id -> SQL message id of messages submitted in this process (the answer's
+# `reply_to`); one submitted on another worker is looked up in SQL.
+KNOWN_IDS = 50_000
+
+
+def endpoint(handler: Handler) -> Handler:
+    """Errors as JSON, and the CORS header for an origin the caller's site allows."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = exc.response()
+        origin = getattr(request.state, "cors_origin", None)
+        if origin is not None:
+            response.headers.update(cors_headers(origin))
+        return response
+
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def platform_message_id(idempotency_key: str) -> str:
+    return "m" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+
+
+class SupportApi:
+    def __init__(
+        self,
+        settings: SupportSettings,
+        *,
+        intake: Intake,
+        cache: Cache,
+        directory: SiteDirectory,
+        signer: TokenSigner,
+        events: EventLog,
+        history: SupportHistory,
+        max_message_chars: int,
+    ) -> None:
+        self._s = settings
+        self._intake = intake
+        self._cache = cache
+        self._directory = directory
+        self._signer = signer
+        self._auth = Authenticator(directory, signer)
+        self._events = events
+        self._history = history
+        self._max_chars = max_message_chars
+        self._ids: Lru[int] = Lru(KNOWN_IDS)
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def visitors(self, request: Request) -> Response:
+        """A visitor token; with `visitor_token`, for the same visitor again."""
+        await self._limit_ip(request)
+        site, by_server = await self._site_of(request)
+        body = await self._body(request, VisitorRequest, optional=True)
+        visitor_id = new_visitor_id()
+        if body.visitor_token:
+            try:
+                claim = self._signer.verify(body.visitor_token, allow_expired=True)
+            except BadToken as exc:
+                raise unauthorized(f"visitor_token: {exc}") from None
+            if claim.site_id != site.id:
+                raise forbidden("visitor_token belongs to another site")
+            visitor_id = claim.visitor_id
+        elif request.headers.get("origin") is None and not by_server:
+            raise forbidden("a request without Origin needs a server key")
+        token, claim = self._signer.issue(site.id, visitor_id)
+        expires = datetime.fromtimestamp(claim.expires_at, UTC).isoformat()
+        out = VisitorResponse(visitor_id=visitor_id, token=token, expires_at=expires)
+        return JSONResponse(out.model_dump(), status_code=201)
+
+    async def messages(self, request: Request) -> Response:
+        """Record a visitor's message; its answer streams on /v1/events."""
+        # The address is counted while the request is read: one round trip less per message.
+        ip_hits = asyncio.create_task(self._hits(f"support:ip:{_client(request)}"))
+        try:
+            caller, body, idempotency = await self._message_request(request)
+            visitor_hits = await self._hits(f"support:visitor:{caller.conversation}")
+        finally:
+            ip_total = await ip_hits
+        self._check(ip_total, self._s.ip_requests)
+        self._check(visitor_hits, self._s.visitor_messages)
+        key = f"support:{caller.site.id}:{caller.visitor_id}:{idempotency or uuid.uuid4().hex}"
+        pmid = platform_message_id(key)
+        incoming = Incoming(
+            key=caller.key,
+            user=User(PLATFORM, caller.visitor_id, language=self._language(request, caller.site)),
+            text=body.text,
+            idempotency_key=key[:255],
+            platform_message_id=pmid,
+        )
+        recorded = await self._intake.submit(incoming)
+        if recorded is None:
+            raise forbidden("this visitor may not talk to the bot here")
+        self._ids.put(pmid, recorded.message_id)
+        out = MessageAccepted(
+            message_id=str(recorded.message_id), conversation_id=caller.conversation
+        )
+        return JSONResponse(out.model_dump(), status_code=202)
+
+    async def _message_request(self, request: Request) -> tuple[Caller, MessageRequest, str | None]:
+        idempotency = request.headers.get("idempotency-key")
+        if idempotency is not None and not (
+            0 < len(idempotency) <= IDEMPOTENCY_KEY_MAX and idempotency.isprintable()
+        ):
+            raise ApiError(400, "invalid_request", "Idempotency-Key: 1 to 128 printable characters")
+        body = await self._body(request, MessageRequest)
+        caller = await self._auth.caller(request, body.visitor_id)
+        if len(body.text) > self._max_chars:
+            raise ApiError(
+                413,
+                "too_long",
+                f"text: {len(body.text)} characters; the limit is {self._max_chars}",
+            )
+        return caller, body, idempotency
+
+    async def events(self, request: Request) -> Response:
+        """The conversation's events as Server-Sent Events."""
+        caller = await self._auth.caller(
+            request, request.query_params.get("visitor_id"), query_token=True
+        )
+        after = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        if after is not None:
+            after = "0-0" if after == "0" else after
+            if not valid_event_id(after):
+                raise ApiError(400, "invalid_request", "Last-Event-ID: not an event id")
+        body = stream(self._events, caller.conversation, after, self._s.keepalive_s)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+
+    async def history(self, request: Request) -> Response:
+        """A page of the conversation, oldest first; `next` pages further back."""
+        caller = await self._auth.caller(request, request.query_params.get("visitor_id"))
+        before = _int_param(request, "before", 1, 2**62)
+        limit = _int_param(request, "limit", 1, self._s.history_max_page) or 20
+        rows = await self._history.page(caller.key, before, limit)
+        more = len(rows) > limit
+        rows = rows[1:] if more else rows
+        messages = [
+            HistoryMessage(
+                id=str(r.id),
+                role="user" if r.role == "user" else "assistant",
+                text=r.text,
+                sources=answers.sources(r.text) if r.role != "user" else [],  # type: ignore[arg-type]
+                created_at=r.created_at.astimezone(UTC).isoformat(),
+            )
+            for r in rows
+        ]
+        page = HistoryPage(messages=messages, next=str(rows[0].id) if more and rows else None)
+        return JSONResponse(page.model_dump())
+
+    async def erase(self, request: Request) -> Response:
+        """Erase the visitor's messages and conversation (right to erasure)."""
+        caller = await self._auth.caller(request, request.query_params.get("visitor_id"))
+        for conversation_id in await self._history.erase(caller.key, caller.visitor_id):
+            await self._cache.delete(f"ctx:{conversation_id}")  # the context window's cache
+        await self._events.erase(caller.conversation)
+        return Response(status_code=204)
+
+    # -- the sink's helper ---------------------------------------------------------------------
+
+    async def message_id(self, caller_key: Any, pmid: str) -> str | None:
+        """The public id of the message a reply answers (its `reply_to`)."""
+        if not pmid:
+            return None
+        known = self._ids.get(pmid)
+        if known is None:
+            known = await self._history.message_id(caller_key, pmid)
+        return str(known) if known is not None else None
+
+    # -- parts ---------------------------------------------------------------------------------
+
+    async def _site_of(self, request: Request) -> tuple[Site, bool]:
+        """The site a new visitor is for: a server key's, else the public site key's."""
+        token = bearer(request)
+        if token is not None and token.startswith(SECRET_PREFIX):
+            site = await self._auth.server_site(token)
+            check_origin(request, site)
+            return site, True
+        public = request.headers.get("x-parley-site-key")
+        if not public:
+            raise unauthorized("send X-Parley-Site-Key: <site key>, or a server key")
+        found = await self._directory.by_public_key(public)
+        if found is None:
+            raise unauthorized("unknown site key")
+        check_origin(request, found)
+        return found, False
+
+    async def _body(
+        self, request: Request, model: type[_Model], *, optional: bool = False
+    ) -> _Model:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._s.max_body_bytes:
+            raise _too_large(self._s.max_body_bytes)
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > self._s.max_body_bytes:
+                raise _too_large(self._s.max_body_bytes)
+        if not raw.strip() and optional:
+            return model()
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "malformed_json", "the body must be a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise invalid(exc) from None
+
+    async def _limit_ip(self, request: Request) -> None:
+        hits = await self._hits(f"support:ip:{_client(request)}")
+        self._check(hits, self._s.ip_requests)
+
+    async def _hits(self, key: str) -> int:
+        return await self._cache.count(key, self._s.rate_window_s)
+
+    def _check(self, hits: int, most: int) -> None:
+        if hits > most:
+            retry = str(math.ceil(self._s.rate_window_s))
+            raise ApiError(
+                429, "rate_limited", f"too many requests; try again in {retry} s",
+                {"Retry-After": retry},
+            )  # fmt: skip
+
+    def _language(self, request: Request, site: Site) -> str:
+        """The visitor's language: the first of the browser's that the site speaks, else the
+        site's first, else the browser's first."""
+        wanted = [
+            part.split(";")[0].strip()
+            for part in request.headers.get("accept-language", "").split(",")
+            if part.split(";")[0].strip() not in ("", "*")
+        ]
+        if not site.languages:
+            return wanted[0][:16] if wanted else ""
+        offered = {base_language(lang): lang for lang in site.languages}
+        for tag in wanted:
+            if base_language(tag) in offered:
+                return offered[base_language(tag)]
+        return site.languages[0]
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "too_large", f"the body is larger than {limit} bytes")
+
+
+def _int_param(request: Request, name: str, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, "invalid_request", f"{name}: a whole number from {low} to {high}")
+    return int(raw)

@@ -1,0 +1,124 @@
+"""`parley support ...`: the support channel's sites and server keys.
+
+    parley support site add NAME --origin URL... [--prompt-file F] [--language xx]...
+                                                  [--collection C]
+    parley support site list
+    parley support key add SITE        prints the new key once: only its hash is kept
+    parley support key revoke KEY_ID   workers stop taking it within sites.REFRESH_S
+
+Bad input (a name, an origin, an unknown site or key) is one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ConfigError
+from bot.settings import Settings
+from bot.storage.database import create_engine
+from bot.storage.migrate import ensure_schema
+
+from .sites import REFRESH_S, SiteStore
+
+
+def add_support_parser(sub: Any) -> None:
+    """Register `support` on the `parley` command's subparsers."""
+    support = sub.add_parser("support", help="support channel: sites and server keys")
+    things = support.add_subparsers(dest="support_thing", required=True)
+    site = things.add_parser("site", help="websites the widget and API serve")
+    site_actions = site.add_subparsers(dest="support_action", required=True)
+    add = site_actions.add_parser("add", help="add a site and print its public key")
+    add.add_argument("name")
+    add.add_argument(
+        "--origin",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="an origin its pages are on, e.g. https://shop.example (repeatable)",
+    )
+    add.add_argument("--prompt-file", type=Path, help="the site's system prompt (UTF-8 text)")
+    add.add_argument(
+        "--language",
+        action="append",
+        default=[],
+        metavar="xx",
+        help="a language its visitors are answered in; the first is the default",
+    )
+    add.add_argument("--collection", default="", help="its knowledge-base collection")
+    site_actions.add_parser("list", help="list sites and their keys")
+    key = things.add_parser("key", help="secret server keys")
+    key_actions = key.add_subparsers(dest="support_action", required=True)
+    key_add = key_actions.add_parser("add", help="make a server key for a site")
+    key_add.add_argument("site")
+    revoke = key_actions.add_parser("revoke", help="revoke a server key")
+    revoke.add_argument("key_id")
+    support.set_defaults(func=cmd_support)  # fmt: skip
+
+
+@asynccontextmanager
+async def _sites(settings: Settings) -> AsyncIterator[SiteStore]:
+    db = settings.database
+    url = db.url.get_secret_value()
+    await ensure_schema(url, db.auto_migrate)
+    engine = create_engine(url, echo=db.echo, pool_size=1)
+    try:
+        yield SiteStore(engine)
+    finally:
+        await engine.dispose()
+
+
+async def cmd_support(settings: Settings, args: argparse.Namespace) -> int:
+    async with _sites(settings) as store:
+        action = (args.support_thing, args.support_action)
+        if action == ("site", "add"):
+            await _add_site(store, args)
+        elif action == ("site", "list"):
+            await _list(store)
+        elif action == ("key", "add"):
+            key_id, secret = await store.add_key(args.site)
+            print(f"server key {key_id} for {args.site}:\n  {secret}")
+            print("keep it secret: it is shown only now (Authorization: Bearer <key>)")
+        else:
+            await store.revoke_key(args.key_id)
+            print(f"revoked {args.key_id}; every worker refuses it within {REFRESH_S:.0f} s")
+    return 0
+
+
+async def _add_site(store: SiteStore, args: argparse.Namespace) -> None:
+    prompt = ""
+    if args.prompt_file is not None:
+        try:
+            prompt = args.prompt_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--prompt-file {args.prompt_file}: {exc}") from None
+    site = await store.add_site(
+        args.name,
+        args.origin,
+        system_prompt=prompt,
+        languages=args.language,
+        collection=args.collection,
+    )
+    print(f"site {site.name}: public key {site.public_key}")
+    print(f'  <script src="https://YOUR-PARLEY/widget.js" data-site-key="{site.public_key}">'
+          "</script>")  # fmt: skip
+
+
+async def _list(store: SiteStore) -> None:
+    sites = await store.sites()
+    if not sites:
+        print("no sites: add one with `parley support site add NAME --origin URL`")
+        return
+    keys = await store.keys()
+    for site in sites:
+        print(f"{site.name}  {site.public_key}  origins: {', '.join(site.origins)}")
+        details = [f"languages: {', '.join(site.languages) or '-'}",
+                   f"collection: {site.collection or '(default)'}",
+                   f"prompt: {'own' if site.system_prompt else 'default'}"]  # fmt: skip
+        print("  " + "; ".join(details))
+        for key in (k for k in keys if k.site == site.name):
+            state = "revoked" if key.revoked else "live"
+            print(f"  key {key.key_id}  {state}  made {key.created_at}")

@@ -1,0 +1,409 @@
+"""Each conversation's event log: what its SSE streams send, shared by every worker.
+
+    append(conversation, name, data)   -> the event's id ("<ms>-<seq>", increasing)
+    read(conversation, after)          the events after that id, oldest first
+    waiter(conversation)               a wake-up for a stream waiting for new events
+    erase(conversation)
+
+With Redis (`[redis] url`): one Stream per conversation (XADD with MAXLEN ~ events_kept and a
+TTL of events_ttl_s, renewed by each append), and one pub/sub channel per deployment. An append
+is one script (atomic): the XADDs, the TTL, and a PUBLISH carrying the events with the id of
+the event before them. Each worker holds one subscription and hands the events to its own
+streams of that conversation; a stream takes them when they follow on from the last id it
+sent, and otherwise (a gap, a reconnect with Last-Event-ID, a lost subscription) reads the
+Stream with XRANGE after that id. So nothing is lost or repeated, and the usual case costs no
+read. Without Redis: the same in this process's memory.
+
+The answer of one turn is appended by one worker at a time (the core's turn lock), so the
+order of appends is the order of the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
+EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# Events read per XRANGE; a stream catching up reads again until it has them all.
+READ_BATCH = 200
+# Wake-ups with events a stream keeps before it reads them; past this it reads the log.
+MAX_CARRIED_BATCHES = 64
+# Conversations whose events the in-memory log keeps (least recently used ones go first).
+MEMORY_CONVERSATIONS = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    name: str
+    data: str  # JSON
+
+    def sse(self) -> bytes:
+        return f"id: {self.id}\nevent: {self.name}\ndata: {self.data}\n\n".encode()
+
+
+def valid_event_id(text: str) -> bool:
+    """An id as Redis Streams make them: two unsigned 64-bit numbers."""
+    if not EVENT_ID.match(text):
+        return False
+    return all(int(part) < 2**64 for part in text.split("-"))
+
+
+def event_key(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq)
+
+
+class Waiter:
+    """Set when a conversation may have new events; cleared by the stream before it reads.
+    `closed`: the worker is stopping; the stream ends (its client reconnects elsewhere).
+    `batches`: events the wake-up carried, each batch with the id of the event before it,
+    so the stream can prove it misses nothing and skip a read (see `take`)."""
+
+    def __init__(self, closed: bool = False) -> None:
+        self.event = asyncio.Event()
+        self.closed = closed
+        self.batches: list[tuple[str, list[Event]]] = []
+
+    def offer(self, previous: str, events: list[Event]) -> None:
+        if len(self.batches) >= MAX_CARRIED_BATCHES:  # a slow reader: it reads the log
+            self.batches.clear()
+        self.batches.append((previous, events))
+        self.event.set()
+
+    def take(self, after: str) -> list[Event] | None:
+        """The carried events after `after`, if they follow on from it without a gap; None
+        when the log must be read (nothing carried, or something may be missing)."""
+        batches, self.batches = self.batches, []
+        if not batches:
+            return None
+        taken: list[Event] = []
+        current = event_key(after)
+        for previous, events in batches:
+            keys = [event_key(e.id) for e in events]
+            if keys[-1] <= current:
+                continue  # already sent
+            if event_key(previous) != current and current not in keys:
+                return None  # a gap: read the log
+            fresh = [e for e, k in zip(events, keys, strict=True) if k > current]
+            taken += fresh
+            current = keys[-1]
+        return taken
+
+
+class _Waiters:
+    def __init__(self) -> None:
+        self._by_conversation: dict[str, set[Waiter]] = defaultdict(set)
+        self.closed = False
+
+    @contextlib.contextmanager
+    def hold(self, conversation: str) -> Any:
+        waiter = Waiter(self.closed)
+        self._by_conversation[conversation].add(waiter)
+        try:
+            yield waiter
+        finally:
+            held = self._by_conversation[conversation]
+            held.discard(waiter)
+            if not held:
+                del self._by_conversation[conversation]
+
+    def wake(self, conversation: str) -> None:
+        for waiter in self._by_conversation.get(conversation, ()):
+            waiter.event.set()
+
+    def carry(self, conversation: str, previous: str, events: list[Event]) -> None:
+        for waiter in self._by_conversation.get(conversation, ()):
+            waiter.offer(previous, events)
+
+    def wake_all(self, *, close: bool = False) -> None:
+        self.closed = self.closed or close
+        for waiters in self._by_conversation.values():
+            for waiter in waiters:
+                waiter.closed = self.closed
+                waiter.event.set()
+
+
+class EventLog(Protocol):
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def append(
+        self, conversation: str, events: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        """Append (name, data) events in order, in one round trip."""
+        ...
+
+    async def read(self, conversation: str, after: str | None) -> list[Event]: ...
+
+    async def latest(self, conversation: str) -> str | None:
+        """The id of the newest event kept (None: none)."""
+        ...
+
+    def waiter(self, conversation: str) -> contextlib.AbstractContextManager[Waiter]: ...
+
+    async def erase(self, conversation: str) -> None: ...
+
+    def end_streams(self) -> None:
+        """End every open stream of this worker (it is stopping) and refuse none: a stream
+        opened from now on ends after sending what is there."""
+        ...
+
+
+class MemoryEventLog:
+    def __init__(self, *, kept: int, ttl_s: float) -> None:
+        self._kept = kept
+        self._ttl_s = ttl_s
+        self._logs: OrderedDict[str, tuple[deque[Event], float]] = OrderedDict()
+        self._last = (0, 0)
+        self._waiters = _Waiters()
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def _next_id(self) -> str:
+        ms = int(time.time() * 1000)
+        last_ms, last_seq = self._last
+        self._last = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+        return f"{self._last[0]}-{self._last[1]}"
+
+    async def append(
+        self, conversation: str, events: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        kept, _ = self._logs.pop(conversation, (deque(maxlen=self._kept), 0.0))
+        for name, data in events:
+            kept.append(Event(self._next_id(), name, json.dumps(data, ensure_ascii=False)))
+        self._logs[conversation] = (kept, time.monotonic() + self._ttl_s)
+        while len(self._logs) > MEMORY_CONVERSATIONS:
+            self._logs.popitem(last=False)
+        self._waiters.wake(conversation)
+
+    async def read(self, conversation: str, after: str | None) -> list[Event]:
+        found = self._logs.get(conversation)
+        if found is None:
+            return []
+        events, expires = found
+        if expires < time.monotonic():
+            del self._logs[conversation]
+            return []
+        if after is None:
+            return list(events)
+        start = event_key(after)
+        return [e for e in events if event_key(e.id) > start]
+
+    async def latest(self, conversation: str) -> str | None:
+        events = await self.read(conversation, None)
+        return events[-1].id if events else None
+
+    def waiter(self, conversation: str) -> contextlib.AbstractContextManager[Waiter]:
+        return self._waiters.hold(conversation)  # type: ignore[no-any-return]
+
+    async def erase(self, conversation: str) -> None:
+        self._logs.pop(conversation, None)
+
+    def end_streams(self) -> None:
+        self._waiters.wake_all(close=True)
+
+
+# KEYS[1]: the stream; ARGV: channel, MAXLEN, TTL, conversation, then name, data pairs.
+APPEND_SCRIPT = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local previous = '0-0'
+if #newest > 0 then previous = newest[1][1] end
+local added = {}
+for i = 5, #ARGV, 2 do
+  local name, data = ARGV[i], ARGV[i + 1]
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', name, 'd', data)
+  added[#added + 1] = {id, name, data}
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[1], cjson.encode({c = ARGV[4], p = previous, e = added}))
+return #added
+"""
+
+
+class RedisEventLog:
+    """`listener`: a client without a read timeout, for the subscription alone."""
+
+    def __init__(
+        self, redis: Redis, prefix: str, *, kept: int, ttl_s: int, listener: Redis | None = None
+    ) -> None:
+        self._redis = redis
+        self._listener_client = listener or redis
+        self._prefix = f"{prefix}:support"
+        self._channel = f"{self._prefix}:wake"
+        self._kept = kept
+        self._ttl_s = ttl_s
+        self._waiters = _Waiters()
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._append_script = redis.register_script(APPEND_SCRIPT)
+
+    def _key(self, conversation: str) -> str:
+        return f"{self._prefix}:events:{conversation}"
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="parley-support-events")
+        async with asyncio.timeout(10):
+            await self._subscribed.wait()
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+
+    async def append(
+        self, conversation: str, events: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        """XADD, EXPIRE and PUBLISH in one script (atomic): the wake-up carries the events
+        and the id of the event before them, so a stream that sent that one needs no read."""
+        args: list[str | int] = [self._channel, self._kept, self._ttl_s, conversation]
+        for name, data in events:
+            args += [name, json.dumps(data, ensure_ascii=False)]
+        await self._append_script(keys=[self._key(conversation)], args=args)
+
+    async def read(self, conversation: str, after: str | None) -> list[Event]:
+        start = f"({after}" if after is not None else "-"
+        events: list[Event] = []
+        while True:
+            rows = await self._redis.xrange(self._key(conversation), start, "+", count=READ_BATCH)
+            for raw_id, fields in rows:
+                event_id = raw_id.decode()
+                events.append(Event(event_id, fields[b"n"].decode(), fields[b"d"].decode()))
+            if len(rows) < READ_BATCH:
+                return events
+            start = f"({events[-1].id}"
+
+    async def latest(self, conversation: str) -> str | None:
+        rows = await self._redis.xrevrange(self._key(conversation), "+", "-", count=1)
+        return rows[0][0].decode() if rows else None
+
+    def waiter(self, conversation: str) -> contextlib.AbstractContextManager[Waiter]:
+        return self._waiters.hold(conversation)  # type: ignore[no-any-return]
+
+    async def erase(self, conversation: str) -> None:
+        await self._redis.delete(self._key(conversation))
+
+    def end_streams(self) -> None:
+        self._waiters.wake_all(close=True)
+
+    async def _listen(self) -> None:
+        """One subscription per worker; reconnects after a failure, and then wakes every
+        stream (what was published meanwhile was missed: each stream reads to be sure)."""
+        delay = 0.5
+        while True:
+            try:
+                async with self._listener_client.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    self._subscribed.set()
+                    self._waiters.wake_all()
+                    delay = 0.5
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._woken(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: streams keep their ids, nothing is lost
+                log.warning("support events: subscription lost (%s); again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _woken(self, payload: bytes) -> None:
+        data = json.loads(payload)
+        events = [Event(str(i), str(n), str(d)) for i, n, d in data["e"]]
+        self._waiters.carry(str(data["c"]), str(data["p"]), events)
+
+
+def build_event_log(
+    redis: Redis | None, prefix: str, *, kept: int, ttl_s: int, listener: Redis | None = None
+) -> EventLog:
+    if redis is None:
+        return MemoryEventLog(kept=kept, ttl_s=ttl_s)
+    return RedisEventLog(redis, prefix, kept=kept, ttl_s=ttl_s, listener=listener)
+
+
+async def stream(
+    log_: EventLog, conversation: str, after: str | None, keepalive_s: float
+) -> AsyncIterator[bytes]:
+    """The SSE body: the events after `after` (None: after the newest kept, i.e. only new
+    ones), then each new one as it is appended, and a keep-alive comment after keepalive_s of
+    silence (proxies close idle connections)."""
+    yield b"retry: 2000\n\n"
+    with log_.waiter(conversation) as waiter:
+        try:
+            if after is None:
+                after = await log_.latest(conversation) or "0-0"
+            while True:
+                waiter.event.clear()  # before reading: an append from now on sets it again
+                events = waiter.take(after)
+                if events is None:
+                    events = await log_.read(conversation, after)
+                if events:  # one write for what came together: fewer small TCP segments
+                    yield b"".join(event.sse() for event in events)
+                    after = events[-1].id
+                if waiter.closed:
+                    return
+                try:
+                    async with asyncio.timeout(keepalive_s):
+                        await waiter.event.wait()
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+        except Exception as exc:  # any failure of the log ends the stream alike
+            # The log is unreachable: end the stream (never a 500 mid-stream); the client
+            # reconnects with the id of the last event it has, and loses nothing.
+            log.warning("support events: stream ended, the log is unreachable (%s)", exc)
+
+
+class Outbox:
+    """One answer's events on their way to the log, in order, without waiting on each other:
+    while one append is in flight, the next events gather and go in the following one, with
+    consecutive deltas merged (a delta is "the new text", however many pieces it holds). So a
+    fast model costs a few round trips per answer, not one per piece, and the first piece
+    still leaves at once."""
+
+    def __init__(self, log_: EventLog, conversation: str) -> None:
+        self._log = log_
+        self._conversation = conversation
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._sending: asyncio.Task[None] | None = None
+
+    def put(self, name: str, data: dict[str, Any]) -> None:
+        last = self._pending[-1] if self._pending else None
+        if name == "delta" and last is not None and last[0] == "delta":
+            last[1]["text"] += data["text"]
+        else:
+            self._pending.append((name, dict(data)))
+        if self._sending is None or self._sending.done():
+            if self._sending is not None:
+                self._sending.result()  # a failed append fails the answer's delivery
+            self._sending = asyncio.create_task(self._send())
+
+    async def close(self) -> None:
+        """Wait until every event is appended (raises what an append raised)."""
+        while self._sending is not None:
+            sending = self._sending
+            await sending
+            if sending is self._sending:
+                self._sending = None
+
+    async def _send(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await self._log.append(self._conversation, batch)

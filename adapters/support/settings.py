@@ -1,0 +1,36 @@
+"""The `[support]` settings section (PARLEY_SUPPORT__*). Sites, their origins and keys live in
+SQL (`parley support site add`, docs/support.md); what is here holds for every site."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from bot.adapter_registry import AdapterSettings
+
+
+class SupportSettings(AdapterSettings):
+    # Signs visitor tokens (HMAC-SHA256). Unset: a random secret is generated once and kept in
+    # Parley's data folder (support-token-secret); workers behind one load balancer must share
+    # it, so set it in production.
+    token_secret: SecretStr | None = None
+    # How long a visitor token is valid; the widget renews it (POST /v1/visitors with the old
+    # token) and keeps the same visitor.
+    token_ttl_s: int = Field(30 * 86400, ge=60)
+    # Per visitor: at most visitor_messages messages per rate_window_s; per client address: at
+    # most ip_requests requests (messages and new visitors). Shared across workers via Redis.
+    visitor_messages: int = Field(20, ge=1)
+    ip_requests: int = Field(120, ge=1)
+    rate_window_s: float = Field(60.0, gt=0)
+    # Largest request body; larger ones get 413 before they are read.
+    max_body_bytes: int = Field(64_000, ge=1024)
+    # Events kept per conversation for resuming a stream (Redis: MAXLEN ~, and a TTL).
+    events_kept: int = Field(1000, ge=10)
+    events_ttl_s: int = Field(86400, ge=60)
+    # Seconds between keep-alive comments on an idle event stream.
+    keepalive_s: float = Field(15.0, gt=0)
+    # Largest page of GET /v1/history.
+    history_max_page: int = Field(100, ge=1, le=1000)
+    # Serve the widget's demo page at `/` (adapters/support/pages.py), for the site whose
+    # public key is demo_site_key (its origins must include Parley's own address).
+    demo: bool = False
+    demo_site_key: str = ""

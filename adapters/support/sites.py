@@ -1,0 +1,226 @@
+"""Sites and keys: the SQL rows (adapters/support/models.py) and the in-memory directory every
+request is checked against.
+
+    public key   "pk_..."  one per site, in the widget's <script> tag; names the site, proves
+                           nothing: the browser's Origin must be one of the site's origins
+    server key   "sk_..."  secret, for the company's back end; only its SHA-256 is stored
+                           and it is shown once, when made
+
+The directory reloads every site and live key hash from SQL at most every REFRESH_S, so a
+key revoked by `parley support key revoke` on another machine stops working within that time
+on every worker, without a query per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.errors import ConfigError
+from bot.types import utcnow
+
+from .models import SupportKeyRow, SupportSiteRow
+
+REFRESH_S = 10.0
+SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
+LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
+PUBLIC_PREFIX = "pk_"
+SECRET_PREFIX = "sk_"
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    id: int
+    name: str
+    public_key: str
+    origins: tuple[str, ...]
+    languages: tuple[str, ...]
+    system_prompt: str
+    collection: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    key_id: str
+    site: str
+    created_at: str
+    revoked: bool
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def normalize_origin(origin: str) -> str:
+    """ "https://Shop.example/" -> "https://shop.example"; ConfigError when it is no origin."""
+    cleaned = origin.strip().rstrip("/").lower()
+    if not ORIGIN.match(cleaned):
+        raise ConfigError(f"not an origin (scheme://host[:port]): {origin!r}")
+    return cleaned
+
+
+def _site(row: Any) -> Site:
+    """A site from a row of support_sites (read with Core: a Row, attribute access)."""
+    return Site(
+        id=int(row.id),
+        name=str(row.name),
+        public_key=str(row.public_key),
+        origins=tuple(json.loads(str(row.origins))),
+        languages=tuple(json.loads(str(row.languages))),
+        system_prompt=str(row.system_prompt),
+        collection=str(row.collection),
+    )
+
+
+class SiteStore:
+    """The rows, read and written on the history's engine (it does not own it)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def add_site(
+        self,
+        name: str,
+        origins: Sequence[str],
+        *,
+        system_prompt: str = "",
+        languages: Sequence[str] = (),
+        collection: str = "",
+    ) -> Site:
+        if not SITE_NAME.match(name):
+            raise ConfigError(f"site name {name!r}: lower-case letters, digits, - and _ only")
+        for language in languages:
+            if not LANGUAGE.match(language):
+                raise ConfigError(f"not a language tag: {language!r} (e.g. en, pt-BR)")
+        cleaned = list(dict.fromkeys(normalize_origin(o) for o in origins))
+        values = {
+            "name": name,
+            "public_key": PUBLIC_PREFIX + secrets.token_urlsafe(18),
+            "origins": json.dumps(cleaned),
+            "languages": json.dumps(list(languages)),
+            "system_prompt": system_prompt,
+            "collection": collection,
+        }
+        async with self._engine.begin() as conn:
+            taken = await conn.scalar(
+                sa.select(SupportSiteRow.id).where(SupportSiteRow.name == name)
+            )
+            if taken is not None:
+                raise ConfigError(f"a site named {name!r} exists already")
+            result = await conn.execute(
+                sa.insert(SupportSiteRow).values(values).returning(SupportSiteRow.id)
+            )
+            site_id = result.scalar_one()
+        return Site(site_id, name, str(values["public_key"]), tuple(cleaned), tuple(languages),
+                    system_prompt, collection)  # fmt: skip
+
+    async def sites(self) -> list[Site]:
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(sa.select(SupportSiteRow).order_by(SupportSiteRow.name))
+            ).all()
+        return [_site(row) for row in rows]
+
+    async def add_key(self, site_name: str) -> tuple[str, str]:
+        """A new server key for the site: (key_id, the secret key, shown only now)."""
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        key_id = "key_" + secrets.token_hex(6)
+        async with self._engine.begin() as conn:
+            site_id = await conn.scalar(
+                sa.select(SupportSiteRow.id).where(SupportSiteRow.name == site_name)
+            )
+            if site_id is None:
+                raise ConfigError(f"no site named {site_name!r} (parley support site list)")
+            await conn.execute(
+                sa.insert(SupportKeyRow).values(
+                    key_id=key_id, site_id=site_id, secret_sha256=hash_secret(secret)
+                )
+            )
+        return key_id, secret
+
+    async def revoke_key(self, key_id: str) -> None:
+        stmt = (
+            sa.update(SupportKeyRow)
+            .where(SupportKeyRow.key_id == key_id, SupportKeyRow.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        async with self._engine.begin() as conn:
+            if (await conn.execute(stmt)).rowcount == 0:
+                raise ConfigError(f"no live key {key_id!r} (parley support site list shows keys)")
+
+    async def keys(self) -> list[KeyInfo]:
+        stmt = (
+            sa.select(SupportKeyRow.key_id, SupportSiteRow.name, SupportKeyRow.created_at,
+                      SupportKeyRow.revoked_at)
+            .join(SupportSiteRow, SupportSiteRow.id == SupportKeyRow.site_id)
+            .order_by(SupportSiteRow.name, SupportKeyRow.id)
+        )  # fmt: skip
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [KeyInfo(r[0], r[1], r[2].isoformat(timespec="seconds"), r[3] is not None)
+                for r in rows]  # fmt: skip
+
+    async def live_key_hashes(self) -> dict[str, int]:
+        """SHA-256 of each key not revoked -> its site's id."""
+        stmt = sa.select(SupportKeyRow.secret_sha256, SupportKeyRow.site_id).where(
+            SupportKeyRow.revoked_at.is_(None)
+        )
+        async with self._engine.connect() as conn:
+            return {h: int(s) for h, s in (await conn.execute(stmt)).all()}
+
+
+class SiteDirectory:
+    """Every site and live server key, in memory, reloaded at most every REFRESH_S."""
+
+    def __init__(self, store: SiteStore, *, refresh_s: float = REFRESH_S) -> None:
+        self._store = store
+        self._refresh_s = refresh_s
+        self._loaded_at = -float("inf")
+        self._lock = asyncio.Lock()
+        self._by_id: dict[int, Site] = {}
+        self._by_name: dict[str, Site] = {}
+        self._by_public: dict[str, Site] = {}
+        self._secrets: dict[str, int] = {}
+        self.all_origins: frozenset[str] = frozenset()
+
+    async def refresh(self, *, force: bool = False) -> None:
+        if not force and time.monotonic() - self._loaded_at < self._refresh_s:
+            return
+        async with self._lock:
+            if not force and time.monotonic() - self._loaded_at < self._refresh_s:
+                return
+            sites = await self._store.sites()
+            self._secrets = await self._store.live_key_hashes()
+            self._by_id = {s.id: s for s in sites}
+            self._by_name = {s.name: s for s in sites}
+            self._by_public = {s.public_key: s for s in sites}
+            self.all_origins = frozenset(o for s in sites for o in s.origins)
+            self._loaded_at = time.monotonic()
+
+    async def by_public_key(self, key: str) -> Site | None:
+        await self.refresh()
+        return self._by_public.get(key)
+
+    async def by_secret(self, secret: str) -> Site | None:
+        await self.refresh()
+        site_id = self._secrets.get(hash_secret(secret))
+        return self._by_id.get(site_id) if site_id is not None else None
+
+    async def by_id(self, site_id: int) -> Site | None:
+        await self.refresh()
+        return self._by_id.get(site_id)
+
+    def cached(self, name: str) -> Site | None:
+        """The site as last loaded (no I/O): for the core's synchronous hooks."""
+        return self._by_name.get(name)

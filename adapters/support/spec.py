@@ -1,0 +1,14 @@
+"""The support adapter's registry entry: imports no web framework (see bot.adapter_registry)."""
+
+from __future__ import annotations
+
+from bot.adapter_registry import AdapterSpec
+
+from .settings import SupportSettings
+
+SPEC = AdapterSpec(
+    name="support",
+    settings=SupportSettings,
+    factory="adapters.support.adapter:create",
+    summary="customer support: an HTTP API with streamed answers, for a web chat widget",
+)

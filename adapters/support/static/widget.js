@@ -1,0 +1,834 @@
+/*
+ * Parley's web chat widget: one <script> tag, no build step, no dependencies.
+ *
+ *   <script src="https://HOST/widget.js" data-site-key="pk_..." async></script>
+ *   optional: data-title="Help", data-lang="de"
+ *
+ * Why it is written the way it is:
+ * - Everything lives in a Shadow DOM under its own element (<parley-chat>), so the host page's
+ *   CSS cannot reach in and ours cannot leak out. Styles are a constructed stylesheet where the
+ *   browser has them, so a host page's CSP needs no 'unsafe-inline' for styles.
+ * - Model and user text are never parsed as HTML: Markdown is turned into nodes with
+ *   createElement and textContent, and links keep only http(s) URLs. Nothing here assigns
+ *   innerHTML.
+ * - The visitor's token stays in localStorage (per host site), so a reload keeps the
+ *   conversation; the history comes back from /v1/history and the stream resumes after the
+ *   last event seen (?last_event_id=), so a dropped connection neither loses nor repeats text.
+ * - Every failure has a visible state and a retry with backoff; a retried message keeps its
+ *   Idempotency-Key, so the server records and answers it once.
+ */
+(() => {
+  "use strict";
+
+  const script = document.currentScript;
+  if (!script || !script.src || document.querySelector("parley-chat")) return;
+  const API = new URL(script.src).origin;
+  const SITE_KEY = script.dataset.siteKey || "";
+  if (!SITE_KEY) {
+    console.warn("Parley widget: the script tag needs data-site-key");
+    return;
+  }
+
+  // ---- strings -------------------------------------------------------------------------
+  const STRINGS = {
+    en: {
+      title: "Chat with us", open: "Open chat", close: "Close chat", log: "Conversation",
+      input: "Your message", placeholder: "Ask a question…", send: "Send",
+      unavailable: "The assistant can't be reached right now. Retrying…",
+      tooMany: "Too many messages, try again in {n} s.",
+      notSent: "This message could not be sent.", sending: "Sending…",
+      sources: "Sources", you: "You", bot: "Assistant",
+      waiting: "Connecting you with a person…", human: "You are now talking with a person.",
+      back: "You are talking with the assistant again.", earlier: "Show earlier messages",
+    },
+    de: {
+      title: "Chatten Sie mit uns", open: "Chat öffnen", close: "Chat schließen",
+      log: "Unterhaltung", input: "Ihre Nachricht", placeholder: "Stellen Sie eine Frage…",
+      send: "Senden",
+      unavailable: "Der Assistent ist gerade nicht erreichbar. Neuer Versuch läuft…",
+      tooMany: "Zu viele Nachrichten, versuchen Sie es in {n} s erneut.",
+      notSent: "Diese Nachricht konnte nicht gesendet werden.", sending: "Wird gesendet…",
+      sources: "Quellen", you: "Sie", bot: "Assistent",
+      waiting: "Sie werden mit einer Person verbunden…",
+      human: "Sie sprechen jetzt mit einer Person.",
+      back: "Sie sprechen wieder mit dem Assistenten.", earlier: "Frühere Nachrichten anzeigen",
+    },
+    fr: {
+      title: "Discutons", open: "Ouvrir le chat", close: "Fermer le chat", log: "Conversation",
+      input: "Votre message", placeholder: "Posez une question…", send: "Envoyer",
+      unavailable: "L'assistant est injoignable pour le moment. Nouvelle tentative…",
+      tooMany: "Trop de messages, réessayez dans {n} s.",
+      notSent: "Ce message n'a pas pu être envoyé.", sending: "Envoi…",
+      sources: "Sources", you: "Vous", bot: "Assistant",
+      waiting: "Mise en relation avec une personne…",
+      human: "Vous parlez maintenant avec une personne.",
+      back: "Vous parlez de nouveau avec l'assistant.", earlier: "Messages précédents",
+    },
+    es: {
+      title: "Hable con nosotros", open: "Abrir el chat", close: "Cerrar el chat",
+      log: "Conversación", input: "Su mensaje", placeholder: "Haga una pregunta…",
+      send: "Enviar",
+      unavailable: "No se puede contactar con el asistente ahora. Reintentando…",
+      tooMany: "Demasiados mensajes, inténtelo de nuevo en {n} s.",
+      notSent: "No se pudo enviar este mensaje.", sending: "Enviando…",
+      sources: "Fuentes", you: "Usted", bot: "Asistente",
+      waiting: "Le estamos conectando con una persona…",
+      human: "Ahora está hablando con una persona.",
+      back: "Vuelve a hablar con el asistente.", earlier: "Mostrar mensajes anteriores",
+    },
+    ar: {
+      title: "تحدث معنا", open: "افتح المحادثة", close: "أغلق المحادثة", log: "المحادثة",
+      input: "رسالتك", placeholder: "اطرح سؤالاً…", send: "إرسال",
+      unavailable: "لا يمكن الوصول إلى المساعد الآن. جارٍ إعادة المحاولة…",
+      tooMany: "رسائل كثيرة جدًا، حاول مرة أخرى بعد {n} ث.",
+      notSent: "تعذر إرسال هذه الرسالة.", sending: "جارٍ الإرسال…",
+      sources: "المصادر", you: "أنت", bot: "المساعد",
+      waiting: "جارٍ توصيلك بشخص…", human: "أنت تتحدث الآن مع شخص.",
+      back: "أنت تتحدث مع المساعد مرة أخرى.", earlier: "عرض الرسائل السابقة",
+    },
+  };
+  const RTL = new Set(["ar", "he", "fa", "ur"]);
+  const wanted = [script.dataset.lang, ...(navigator.languages || [navigator.language])];
+  const LANG = wanted.map((tag) => (tag || "").toLowerCase().split(/[-_]/)[0])
+    .find((base) => base in STRINGS) || "en";
+  const say = (key, fields = {}) =>
+    (STRINGS[LANG][key] || STRINGS.en[key]).replace(/\{(\w+)\}/g, (_, f) => String(fields[f]));
+
+  // ---- small DOM helpers ---------------------------------------------------------------
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs)) {
+      if (name === "text") node.textContent = value;
+      else if (name === "class") node.className = value;
+      else node.setAttribute(name, value);
+    }
+    for (const child of children) if (child != null) node.append(child);
+    return node;
+  }
+
+  function safeUrl(raw) {
+    try {
+      const url = new URL(String(raw).trim());
+      return url.protocol === "https:" || url.protocol === "http:" ? url.href : null;
+    } catch {
+      return null;
+    }
+  }
+
+  function link(url, label) {
+    const a = el("a", { href: url, target: "_blank", rel: "noopener noreferrer" });
+    a.append(label);
+    return a;
+  }
+
+  // ---- Markdown to nodes, never through HTML ------------------------------------------
+  // `code`, **bold**, __bold__, *italic*, _italic_, [label](url), bare http(s) URLs.
+  const INLINE = new RegExp(
+    [
+      /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/.source,
+      /\*\*(?=\S)([\s\S]+?)\*\*/.source,
+      /(?<!\w)__(?=\S)([\s\S]+?)__(?!\w)/.source,
+      /\*(?=[^\s*])([\s\S]*?[^\s*])?\*/.source,
+      /(?<!\w)_(?=[^\s_])([\s\S]*?[^\s_])?_(?!\w)/.source,
+      /\[([^\]\n]+)\]\(\s*<?([^()\s<>]+)>?\s*\)/.source,
+      /(https?:\/\/[^\s<>()]+[^\s<>().,;:!?'"])/.source,
+    ].join("|"),
+    "g",
+  );
+
+  function inline(text, inLink = false) {
+    const out = document.createDocumentFragment();
+    let last = 0;
+    for (const m of text.matchAll(INLINE)) {
+      out.append(text.slice(last, m.index));
+      last = m.index + m[0].length;
+      const [, ticks, code, strong, strong2, em1, em2, label, href, bare] = m;
+      if (ticks) out.append(el("code", { text: code.trim() || code }));
+      else if (strong || strong2) out.append(el("strong", {}, inline(strong || strong2, inLink)));
+      else if (label) {
+        const url = safeUrl(href);
+        out.append(url && !inLink ? link(url, inline(label, true)) : inline(label, inLink));
+      } else if (bare) {
+        const url = safeUrl(bare);
+        out.append(url && !inLink ? link(url, bare) : bare);
+      } else if (m[0].length > 2) out.append(el("em", {}, inline(em1 || em2 || "", inLink)));
+      else out.append(m[0]);
+    }
+    out.append(text.slice(last));
+    return out;
+  }
+
+  function lines(node, parts) {
+    parts.forEach((part, i) => {
+      if (i) node.append(el("br"));
+      node.append(inline(part));
+    });
+    return node;
+  }
+
+  const FENCE = /^\s{0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
+  const ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
+  const HEADING = /^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$/;
+  const QUOTE = /^\s{0,3}>\s?(.*)$/;
+
+  function markdown(text) {
+    const out = document.createDocumentFragment();
+    const src = String(text).replace(/\r\n?/g, "\n").split("\n");
+    let para = [];
+    const flush = () => {
+      if (para.length) out.append(lines(el("p"), para));
+      para = [];
+    };
+    for (let i = 0; i < src.length; i++) {
+      const line = src[i];
+      const fence = FENCE.exec(line);
+      if (fence) {
+        flush();
+        const body = [];
+        for (i++; i < src.length && !src[i].trim().startsWith(fence[1]); i++) body.push(src[i]);
+        const code = el("code", { text: body.join("\n") });
+        if (fence[2]) code.dataset.lang = fence[2];
+        out.append(el("pre", { tabindex: "0" }, code));
+        continue;
+      }
+      const item = ITEM.exec(line);
+      if (item) {
+        flush();
+        const ordered = /\d/.test(item[2]);
+        const list = el(ordered ? "ol" : "ul");
+        if (ordered && parseInt(item[2], 10) !== 1) list.setAttribute("start", parseInt(item[2], 10));
+        for (; i < src.length; i++) {
+          const next = ITEM.exec(src[i]);
+          if (next && /\d/.test(next[2]) === ordered) {
+            list.append(lines(el("li"), [next[3]]));
+          } else if (src[i].trim() && /^\s+/.test(src[i]) && list.lastChild) {
+            list.lastChild.append(el("br"), inline(src[i].trim()));
+          } else break;
+        }
+        i--;
+        out.append(list);
+        continue;
+      }
+      const heading = HEADING.exec(line);
+      const quote = QUOTE.exec(line);
+      if (heading) {
+        flush();
+        out.append(el("p", { class: "heading" }, el("strong", {}, inline(heading[1]))));
+      } else if (quote) {
+        flush();
+        const quoted = [quote[1]];
+        while (i + 1 < src.length && QUOTE.test(src[i + 1])) quoted.push(QUOTE.exec(src[++i])[1]);
+        out.append(el("blockquote", {}, lines(el("p"), quoted)));
+      } else if (!line.trim()) flush();
+      else para.push(line);
+    }
+    flush();
+    return out;
+  }
+
+  // ---- styles ----------------------------------------------------------------------------
+  const CSS = `
+:host { all: initial; }
+* { box-sizing: border-box; }
+.root { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "Noto Sans Arabic", sans-serif;
+  color: #1f2328; }
+.launcher { position: fixed; inset-block-end: 20px; inset-inline-end: 20px; z-index: 2147483000;
+  width: 56px; height: 56px; border-radius: 50%; border: 0; background: #1d4ed8; color: #fff;
+  cursor: pointer; box-shadow: 0 4px 14px rgba(0,0,0,.25); display: grid; place-items: center; }
+.launcher svg { width: 28px; height: 28px; fill: currentColor; }
+.panel { position: fixed; inset-block-end: 88px; inset-inline-end: 20px; z-index: 2147483000;
+  width: 380px; max-width: calc(100vw - 40px); height: 560px; max-height: calc(100vh - 108px);
+  display: flex; flex-direction: column; background: #fff; border-radius: 14px; overflow: hidden;
+  box-shadow: 0 10px 40px rgba(0,0,0,.25); }
+.panel[hidden] { display: none; }
+header { display: flex; align-items: center; gap: 8px; padding: 12px 14px; background: #1d4ed8;
+  color: #fff; }
+h2 { flex: 1; margin: 0; font-size: 16px; font-weight: 600; }
+.close { border: 0; background: transparent; color: inherit; font-size: 22px; line-height: 1;
+  width: 36px; height: 36px; border-radius: 8px; cursor: pointer; }
+.banner { margin: 0; padding: 8px 14px; background: #fef3c7; color: #78350f; font-size: 14px; }
+.banner[hidden] { display: none; }
+.log { flex: 1; overflow-y: auto; padding: 14px; display: flex; flex-direction: column; gap: 10px;
+  background: #f6f7f9; }
+.msg { max-width: 85%; padding: 8px 12px; border-radius: 14px; overflow-wrap: anywhere;
+  background: #fff; border: 1px solid #e3e6ea; align-self: flex-start; }
+.msg.user { align-self: flex-end; background: #1d4ed8; color: #fff; border-color: #1d4ed8;
+  white-space: pre-wrap; }
+.msg.agent { border-color: #16a34a; }
+.msg.pending { opacity: .75; }
+.msg.failed { background: #fee2e2; color: #7f1d1d; border-color: #fca5a5; }
+.msg .who { display: block; font-size: 12px; font-weight: 600; color: #15803d; }
+.msg.notice { align-self: center; background: transparent; border: 0; color: #57606a;
+  font-size: 13px; text-align: center; }
+.msg p { margin: 0 0 .5em; } .msg p:last-child { margin-bottom: 0; }
+.msg ul, .msg ol { margin: 0 0 .5em; padding-inline-start: 1.3em; }
+.msg pre { margin: 0 0 .5em; padding: 8px; background: #f0f2f5; border-radius: 6px; overflow-x: auto;
+  direction: ltr; text-align: left; }
+.msg code { font: 13px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+.msg :not(pre) > code { background: #f0f2f5; padding: 0 3px; border-radius: 4px; }
+.msg blockquote { margin: 0 0 .5em; padding-inline-start: 8px; border-inline-start: 3px solid #d0d7de; }
+.msg a { color: #1d4ed8; }
+.msg.user a { color: #fff; }
+.msg .status { display: block; font-size: 12px; opacity: .85; }
+.sources { margin-top: 6px; padding-top: 6px; border-top: 1px solid #e3e6ea; font-size: 13px; }
+.sources ul { margin: 2px 0 0; padding-inline-start: 1.2em; }
+.typing::after { content: "…"; animation: blink 1s steps(2) infinite; }
+.msg[aria-busy] .body > p:last-child::after,
+.msg[aria-busy] .body > :is(ul, ol):last-child > li:last-child::after {
+  content: " ▍"; color: #1d4ed8; animation: blink 1s steps(2) infinite; }
+@keyframes blink { 50% { opacity: .2; } }
+form { display: flex; gap: 8px; padding: 10px; border-top: 1px solid #e3e6ea; background: #fff; }
+textarea { flex: 1; resize: none; font: inherit; padding: 8px 10px; border: 1px solid #8c959f;
+  border-radius: 10px; min-height: 40px; max-height: 120px; color: inherit; background: #fff; }
+.send { border: 0; border-radius: 10px; padding: 0 14px; background: #1d4ed8; color: #fff;
+  font: inherit; font-weight: 600; cursor: pointer; }
+.send:disabled { background: #8c959f; cursor: not-allowed; }
+.earlier { align-self: center; border: 1px solid #d0d7de; background: #fff; border-radius: 8px;
+  padding: 4px 10px; font: inherit; font-size: 13px; cursor: pointer; }
+.sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%);
+  white-space: nowrap; }
+:focus-visible { outline: 3px solid #f59e0b; outline-offset: 2px; }
+textarea:focus-visible { outline-offset: 0; }
+@media (max-width: 480px) {
+  .panel { inset: 0; width: 100%; max-width: none; height: 100%; max-height: none; border-radius: 0; }
+  .root.open .launcher { display: none; }
+}
+@media (prefers-reduced-motion: reduce) { .msg *::after, .typing::after { animation: none; } }
+`;
+
+  function addStyles(shadow) {
+    try {
+      const sheet = new CSSStyleSheet();
+      sheet.replaceSync(CSS);
+      shadow.adoptedStyleSheets = [sheet];
+    } catch {
+      shadow.append(el("style", { text: CSS }));
+    }
+  }
+
+  // ---- the widget's nodes -----------------------------------------------------------------
+  function icon() {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    const path = document.createElementNS(ns, "path");
+    path.setAttribute("d", "M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z");
+    svg.append(path);
+    return svg;
+  }
+
+  const host = document.createElement("parley-chat");
+  const shadow = host.attachShadow({ mode: "open" });
+  addStyles(shadow);
+  const title = script.dataset.title || say("title");
+  const ui = {
+    launcher: el("button", {
+      class: "launcher", type: "button", "aria-label": say("open"), "aria-expanded": "false",
+      "aria-controls": "parley-panel",
+    }, icon()),
+    close: el("button", { class: "close", type: "button", "aria-label": say("close"), text: "×" }),
+    banner: el("p", { class: "banner", role: "status", hidden: "" }),
+    log: el("div", {
+      class: "log", role: "log", "aria-live": "polite", "aria-label": say("log"), tabindex: "0",
+    }),
+    input: el("textarea", {
+      id: "parley-input", rows: "1", maxlength: "8000", placeholder: say("placeholder"),
+      autocomplete: "off",
+    }),
+    send: el("button", { class: "send", type: "submit", text: say("send") }),
+  };
+  ui.form = el("form", {},
+    el("label", { class: "sr", for: "parley-input", text: say("input") }), ui.input, ui.send);
+  ui.panel = el("section", {
+    class: "panel", id: "parley-panel", role: "dialog", "aria-label": title, hidden: "",
+    lang: LANG, dir: RTL.has(LANG) ? "rtl" : "ltr",
+  }, el("header", {}, el("h2", { text: title }), ui.close), ui.banner, ui.log, ui.form);
+  ui.root = el("div", { class: "root", lang: LANG, dir: RTL.has(LANG) ? "rtl" : "ltr" },
+    ui.panel, ui.launcher);
+  shadow.append(ui.root);
+
+  // ---- state kept across reloads ----------------------------------------------------------
+  const STORE_KEY = `parley-widget:${SITE_KEY}`;
+  const saved = (() => {
+    try {
+      return JSON.parse(localStorage.getItem(STORE_KEY)) || {};
+    } catch {
+      return {};
+    }
+  })();
+  const state = {
+    token: saved.token || "",
+    visitor: saved.visitor_id || "",
+    expires: saved.expires_at || "",
+    lastEventId: saved.last_event_id || "",
+    starting: null,
+    stream: null,
+    streamAttempt: 0,
+    reconnect: 0,
+    seen: new Set(),
+    // reply_to -> the last event id before its first delta: a reload resumes from the
+    // earliest of these, so an answer cut by the reload streams again from its start.
+    unfinished: new Map(),
+    replies: new Map(), // reply_to -> { node, body, text, final }
+    problems: new Set(),
+    rateUntil: 0,
+  };
+
+  function persist() {
+    try {
+      localStorage.setItem(STORE_KEY, JSON.stringify({
+        token: state.token, visitor_id: state.visitor, expires_at: state.expires,
+        last_event_id: state.unfinished.values().next().value ?? state.lastEventId,
+      }));
+    } catch {
+      /* storage disabled: the conversation lasts for this page only */
+    }
+  }
+
+  // ---- the banner: one visible state for "unavailable" and "too many" -------------------
+  let rateTimer = 0;
+  function showState() {
+    const wait = Math.ceil((state.rateUntil - Date.now()) / 1000);
+    const text = wait > 0 ? say("tooMany", { n: wait })
+      : state.problems.size ? say("unavailable") : "";
+    ui.banner.textContent = text;
+    ui.banner.hidden = !text;
+    ui.send.disabled = wait > 0;
+    if (wait > 0 && !rateTimer) {
+      rateTimer = setInterval(() => {
+        if (Date.now() >= state.rateUntil) {
+          clearInterval(rateTimer);
+          rateTimer = 0;
+        }
+        showState();
+      }, 1000);
+    }
+  }
+  function problem(kind, on) {
+    if (on) state.problems.add(kind);
+    else state.problems.delete(kind);
+    showState();
+  }
+  const backoff = (attempt) => Math.min(30000, 1000 * 2 ** attempt) * (0.5 + Math.random() / 2);
+  const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+
+  // ---- HTTP ---------------------------------------------------------------------------------
+  class Unavailable extends Error {}
+
+  async function call(path, { method = "GET", body, headers = {}, auth = true } = {}) {
+    const all = { ...headers };
+    if (body !== undefined) all["Content-Type"] = "application/json";
+    if (auth) all.Authorization = `Bearer ${state.token}`;
+    let response;
+    try {
+      response = await fetch(API + path, {
+        method, headers: all, credentials: "omit", mode: "cors",
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (error) {
+      throw new Unavailable(String(error));
+    }
+    if (response.status >= 500) throw new Unavailable(`HTTP ${response.status}`);
+    const data = await response.json().catch(() => null);
+    return { status: response.status, data, headers: response.headers };
+  }
+
+  async function visitor() {
+    const fresh = state.expires && Date.parse(state.expires) - Date.now() > 60000;
+    if (state.token && fresh) return;
+    const headers = { "X-Parley-Site-Key": SITE_KEY };
+    let answer = await call("/v1/visitors", {
+      method: "POST", headers, auth: false, body: state.token ? { visitor_token: state.token } : {},
+    });
+    if (answer.status !== 201 && state.token && answer.status !== 429) {
+      answer = await call("/v1/visitors", { method: "POST", headers, auth: false, body: {} });
+    }
+    if (answer.status !== 201 || !answer.data || !answer.data.token) {
+      // A wrong key or an origin the site does not list: say so to the site's developer.
+      console.warn("Parley widget:", answer.data?.error?.message || `HTTP ${answer.status}`);
+      throw new Error(`visitor refused (${answer.status})`);
+    }
+    if (state.visitor && answer.data.visitor_id !== state.visitor) {
+      clearLog(); // another visitor now: the old one's messages are not theirs to see
+      state.lastEventId = "";
+    }
+    state.token = answer.data.token;
+    state.visitor = answer.data.visitor_id;
+    state.expires = answer.data.expires_at || "";
+    persist();
+  }
+
+  async function renewAfter401(answer) {
+    if (answer.status !== 401) return false;
+    state.expires = "";
+    await visitor();
+    return true;
+  }
+
+  // ---- messages in the log ------------------------------------------------------------------
+  function atBottom() {
+    return ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 40;
+  }
+  function add(node, before = null) {
+    const follow = atBottom();
+    ui.log.insertBefore(node, before);
+    if (follow || !before) ui.log.scrollTop = ui.log.scrollHeight;
+    return node;
+  }
+  function clearLog() {
+    ui.log.replaceChildren();
+    state.replies.clear();
+  }
+
+  // Shown from a message's acceptance to the first sign of its answer. One for all: the
+  // server may answer a burst of messages with one reply.
+  const waiting = el("div", { class: "msg waiting", "aria-hidden": "true" },
+    el("span", { class: "typing" }));
+  function typing(on) {
+    if (on) add(waiting);
+    else waiting.remove();
+  }
+
+  // A bubble's direction comes from its own text (dir="auto"); the labels inside it carry a
+  // dir of their own, which takes them out of that decision.
+  const UI_DIR = RTL.has(LANG) ? "rtl" : "ltr";
+  const label = (text) => el("span", { class: "sr", dir: UI_DIR, text: `${text}: ` });
+
+  function userBubble(text) {
+    const node = el("div", { class: "msg user", dir: "auto" });
+    node.append(label(say("you")), el("span", { class: "text", text }));
+    return node;
+  }
+
+  function reply(replyTo, before = null) {
+    let entry = replyTo ? state.replies.get(replyTo) : undefined;
+    if (!entry) {
+      const body = el("div", { class: "body typing" });
+      const node = el("div", { class: "msg bot", dir: "auto", "aria-busy": "true" },
+        label(say("bot")), body);
+      entry = { node, body, text: "", final: false, frame: 0 };
+      if (replyTo) state.replies.set(replyTo, entry);
+      add(node, before);
+    }
+    return entry;
+  }
+
+  // Deltas repaint at most once a frame; the final text at once, with aria-busy gone.
+  function paint(entry, now = false) {
+    if (entry.frame && !now) return;
+    cancelAnimationFrame(entry.frame);
+    const render = () => {
+      entry.frame = 0;
+      const follow = atBottom();
+      entry.body.classList.toggle("typing", !entry.final && !entry.text);
+      entry.body.replaceChildren(markdown(entry.text));
+      if (follow) ui.log.scrollTop = ui.log.scrollHeight;
+    };
+    if (now) render();
+    else entry.frame = requestAnimationFrame(render);
+  }
+
+  function sources(list) {
+    const items = [];
+    const seen = new Set();
+    for (const source of Array.isArray(list) ? list : []) {
+      const title = String(source?.title || source?.url || "").trim();
+      const url = safeUrl(source?.url);
+      const key = url || title;
+      if (!title || seen.has(key)) continue;
+      seen.add(key);
+      items.push(el("li", {}, url ? link(url, title) : title));
+    }
+    if (!items.length) return null;
+    return el("div", { class: "sources" }, el("span", { text: say("sources") }), el("ul", {}, ...items));
+  }
+
+  // The server lists an answer's sources at its end ("Sources:" in the visitor's language,
+  // then "[n] title" lines) and also apart, as `sources`: shown once, as the list.
+  function withoutSources(text, list) {
+    const titles = (Array.isArray(list) ? list : []).map((s) => String(s?.title ?? ""));
+    const rows = text.trimEnd().split("\n");
+    if (!titles.length || rows.length <= titles.length) return text;
+    const tail = rows.slice(-titles.length).map((row) => row.trim().replace(/^\[\d+\]\s*/, ""));
+    if (tail.some((title, i) => title !== titles[i])) return text;
+    return rows.slice(0, -titles.length - 1).join("\n").trimEnd();
+  }
+
+  function finish(entry, text, list) {
+    entry.text = withoutSources(String(text ?? entry.text), list);
+    entry.final = true;
+    entry.node.removeAttribute("aria-busy");
+    entry.node.querySelector(".sources")?.remove();
+    const refs = sources(list);
+    if (refs) entry.node.append(refs);
+    paint(entry, true);
+  }
+
+  function notice(text) {
+    add(el("div", { class: "msg notice", dir: "auto", text: String(text) }));
+  }
+
+  function agent(text, name) {
+    const node = el("div", { class: "msg agent", dir: "auto" });
+    node.append(el("span", { class: "who", dir: "auto", text: String(name || "") }),
+      markdown(String(text)));
+    add(node);
+  }
+
+  // ---- history ------------------------------------------------------------------------------
+  let older = null;
+  async function history(before = "") {
+    const query = new URLSearchParams({ limit: "50" });
+    if (before) query.set("before", before);
+    let answer = await call(`/v1/history?${query}`);
+    if (await renewAfter401(answer)) answer = await call(`/v1/history?${query}`);
+    if (answer.status !== 200 || !Array.isArray(answer.data?.messages)) return;
+    const messages = [...answer.data.messages];
+    if (messages.length > 1 && String(messages[0].created_at) > String(messages.at(-1).created_at)) {
+      messages.reverse();
+    }
+    // Above what is shown already: a message sent while this loaded stays below (it was
+    // posted after this page was read, so it is not in it).
+    const anchor = before ? older?.nextElementSibling || null : ui.log.firstElementChild;
+    let lastUser = "";
+    for (const m of messages) {
+      if (m.role === "user") {
+        lastUser = m.id;
+        add(userBubble(String(m.text ?? "")), anchor);
+      } else if (m.role === "assistant" || m.role === "bot") {
+        // An answer's events name the message it replies to; history lists it after it.
+        const entry = reply(m.reply_to || lastUser || m.id, anchor);
+        lastUser = "";
+        finish(entry, m.text, m.sources);
+      } else if (m.role === "agent") {
+        agent(m.text, m.name);
+      } else if (m.text) {
+        notice(m.text);
+      }
+    }
+    showEarlier(answer.data.next);
+  }
+
+  function showEarlier(next) {
+    older?.remove();
+    older = null;
+    if (!next) return;
+    older = el("button", { class: "earlier", type: "button", text: say("earlier") });
+    older.addEventListener("click", () => history(String(next)).catch(() => {}));
+    ui.log.prepend(older);
+  }
+
+  // ---- the event stream ---------------------------------------------------------------------
+  function remember(id) {
+    if (!id) return true;
+    if (state.seen.has(id)) return false; // a replay after a reconnect
+    state.seen.add(id);
+    if (state.seen.size > 1000) state.seen.delete(state.seen.values().next().value);
+    state.lastEventId = id;
+    return true;
+  }
+
+  const HANDLERS = {
+    delta(d, before) {
+      typing(false);
+      const entry = reply(d.reply_to);
+      if (entry.final) return;
+      if (d.reply_to && !state.unfinished.has(d.reply_to)) state.unfinished.set(d.reply_to, before || "0-0");
+      entry.text += String(d.text ?? "");
+      paint(entry);
+    },
+    answer(d) {
+      typing(false);
+      state.unfinished.delete(d.reply_to);
+      finish(reply(d.reply_to), d.text, d.sources);
+    },
+    notice(d) {
+      typing(false);
+      notice(d.text);
+    },
+    handoff(d) {
+      const key = { waiting: "waiting", human: "human", bot: "back" }[d.state];
+      if (key) notice(say(key));
+    },
+    agent(d) {
+      typing(false);
+      agent(d.text, d.name);
+    },
+  };
+
+  function listen() {
+    state.stream?.close();
+    const url = new URL(`${API}/v1/events`);
+    url.searchParams.set("token", state.token);
+    // Without an id the server sends only new events, and one appended before this
+    // connection got there would be lost: a new visitor starts from the beginning instead.
+    url.searchParams.set("last_event_id", state.lastEventId || "0-0");
+    const stream = new EventSource(url);
+    state.stream = stream;
+    stream.onopen = () => {
+      state.streamAttempt = 0;
+      problem("stream", false);
+    };
+    // The browser's own retry cannot tell an expired token from a server that is down, and
+    // stops for good on a 5xx: close, check the token with a light request, reopen after the
+    // last event seen.
+    stream.onerror = () => {
+      stream.close();
+      if (state.stream !== stream) return;
+      problem("stream", true);
+      clearTimeout(state.reconnect);
+      state.reconnect = setTimeout(reopen, backoff(state.streamAttempt++));
+    };
+    for (const [name, handle] of Object.entries(HANDLERS)) {
+      stream.addEventListener(name, (event) => {
+        const before = state.lastEventId;
+        if (!remember(event.lastEventId)) return;
+        let data;
+        try {
+          data = JSON.parse(event.data);
+        } catch {
+          return;
+        }
+        if (data && typeof data === "object") handle(data, before);
+        persist();
+      });
+    }
+  }
+
+  async function reopen() {
+    try {
+      const answer = await call("/v1/history?limit=1");
+      await renewAfter401(answer);
+      listen();
+    } catch {
+      problem("stream", true);
+      state.reconnect = setTimeout(reopen, backoff(state.streamAttempt++));
+    }
+  }
+
+  function start() {
+    state.starting ||= (async () => {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await visitor();
+          await history();
+          listen();
+          problem("start", false);
+          return;
+        } catch {
+          problem("start", true);
+          await sleep(backoff(attempt));
+        }
+      }
+    })();
+    return state.starting;
+  }
+
+  // ---- sending ------------------------------------------------------------------------------
+  function uuid() {
+    if (crypto.randomUUID) return crypto.randomUUID();
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+
+  async function send(text) {
+    const bubble = add(userBubble(text));
+    bubble.classList.add("pending");
+    const status = el("span", { class: "status", text: say("sending") });
+    bubble.append(status);
+    const key = uuid(); // the same key on every retry: the server answers it once
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await start();
+        let answer = await post(text, key);
+        if (await renewAfter401(answer)) answer = await post(text, key);
+        problem("send", false);
+        if (answer.status === 202) {
+          bubble.classList.remove("pending");
+          status.remove();
+          typing(true);
+        } else if (answer.status === 429) {
+          const wait = parseInt(answer.headers.get("Retry-After") || "", 10);
+          state.rateUntil = Date.now() + (Number.isFinite(wait) ? wait : 30) * 1000;
+          showState();
+          bubble.remove();
+          if (!ui.input.value) ui.input.value = text;
+        } else {
+          bubble.classList.replace("pending", "failed");
+          status.textContent = say("notSent");
+        }
+        return;
+      } catch (error) {
+        if (!(error instanceof Unavailable)) {
+          bubble.classList.replace("pending", "failed");
+          status.textContent = say("notSent");
+          return;
+        }
+        problem("send", true);
+        await sleep(backoff(attempt));
+      }
+    }
+  }
+
+  function post(text, key) {
+    return call("/v1/messages", { method: "POST", body: { text }, headers: { "Idempotency-Key": key } });
+  }
+
+  // ---- opening, closing, keys ---------------------------------------------------------------
+  function open() {
+    ui.panel.hidden = false;
+    ui.root.classList.add("open");
+    ui.launcher.setAttribute("aria-expanded", "true");
+    ui.launcher.setAttribute("aria-label", say("close"));
+    ui.input.focus();
+    ui.log.scrollTop = ui.log.scrollHeight;
+    start();
+  }
+
+  function close() {
+    ui.panel.hidden = true;
+    ui.root.classList.remove("open");
+    ui.launcher.setAttribute("aria-expanded", "false");
+    ui.launcher.setAttribute("aria-label", say("open"));
+    ui.launcher.focus();
+  }
+
+  function grow() {
+    ui.input.style.height = "auto";
+    ui.input.style.height = `${Math.min(ui.input.scrollHeight + 2, 120)}px`;
+  }
+
+  ui.launcher.addEventListener("click", () => (ui.panel.hidden ? open() : close()));
+  ui.close.addEventListener("click", close);
+  ui.panel.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.preventDefault();
+      close();
+    }
+  });
+  ui.input.addEventListener("input", grow);
+  ui.input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      ui.form.requestSubmit();
+    }
+  });
+  ui.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = ui.input.value.trim();
+    if (!text || ui.send.disabled) return;
+    ui.input.value = "";
+    grow();
+    send(text);
+  });
+
+  const mount = () => document.body.append(host);
+  if (document.body) mount();
+  else document.addEventListener("DOMContentLoaded", mount, { once: true });
+  // A returning visitor's answers keep arriving while the panel is closed.
+  if (state.token) start();
+})();

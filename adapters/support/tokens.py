@@ -1,0 +1,99 @@
+"""Visitor tokens: who a browser is, signed so that nobody can claim another visitor.
+
+    token = base64url(JSON {"s": site id, "v": visitor id, "e": expiry, unix s})
+            + "." + base64url(HMAC-SHA256(secret, first part))
+
+The token binds the site and the visitor: a request with it reads and writes that visitor's
+conversation on that site and no other. The secret is `support.token_secret`, or when unset
+a random one generated once and kept in Parley's data folder (readable by its owner only).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from bot.settings import data_dir
+
+SECRET_FILE = "support-token-secret"
+VISITOR_PREFIX = "v_"
+
+
+class BadToken(Exception):
+    """Not a token of ours: malformed, signed with another secret, or expired."""
+
+
+@dataclass(frozen=True, slots=True)
+class VisitorClaim:
+    site_id: int
+    visitor_id: str
+    expires_at: int
+
+
+def new_visitor_id() -> str:
+    return VISITOR_PREFIX + secrets.token_urlsafe(16)
+
+
+def load_secret(configured: SecretStr | None, folder: Path | None = None) -> bytes:
+    """The configured secret, else the one kept in the data folder (made on first use)."""
+    if configured is not None:
+        return configured.get_secret_value().encode()
+    path = (folder or data_dir()) / SECRET_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # O_EXCL: two workers starting together keep one secret, not two
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip().encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    def __init__(self, secret: bytes, ttl_s: int) -> None:
+        self._secret = secret
+        self._ttl_s = ttl_s
+
+    def issue(self, site_id: int, visitor_id: str) -> tuple[str, VisitorClaim]:
+        claim = VisitorClaim(site_id, visitor_id, int(time.time()) + self._ttl_s)
+        body = _b64(json.dumps({"s": site_id, "v": visitor_id, "e": claim.expires_at}).encode())
+        return f"{body}.{self._sign(body)}", claim
+
+    def verify(self, token: str, *, allow_expired: bool = False) -> VisitorClaim:
+        """The claim of a token we signed; BadToken otherwise. `allow_expired`: for renewing
+        (the signature still proves who the visitor was)."""
+        body, dot, signature = token.partition(".")
+        # Bytes: compare_digest refuses str with non-ASCII characters (any input may have them).
+        if not dot or not hmac.compare_digest(signature.encode(), self._sign(body).encode()):
+            raise BadToken("the token is not valid")
+        try:
+            data = json.loads(_unb64(body))
+            claim = VisitorClaim(int(data["s"]), str(data["v"]), int(data["e"]))
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise BadToken("the token is not valid") from None
+        if claim.expires_at < time.time() and not allow_expired:
+            raise BadToken("the token has expired; ask for a new one at POST /v1/visitors")
+        return claim
+
+    def _sign(self, body: str) -> str:
+        return _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())

@@ -1,0 +1,416 @@
+"""Daily token budgets per user (and per support site), counted at the one seam every model
+call goes through.
+
+    budgets = Budgets.from_settings(settings.budget, settings.redis, engine)
+    backend = MeteredBackend(backend)                    # chat, skills, summaries: all of it
+    async with budgets.turn(key, user_id, say):          # the manager, around each turn
+        ...                                              # backend.stream() reserves, or raises
+                                                         # BudgetExhausted (one sentence)
+
+The turn scope puts a `TurnLedger` in a context variable; `MeteredBackend.stream` finds it
+there, so the skills (/ask, /summarize, /translate, intent detection) and the context's
+summaries are counted without any of them knowing about budgets. Outside a turn (`parley
+eval`) nothing is counted.
+
+Reserve, then settle (bot.budget_counters): the first model call of a turn reserves its
+estimate (the prompt at ~4 characters a token, plus `max_tokens`) and is refused when the
+day's spent tokens plus the reservations in flight plus the estimate would pass the budget.
+Refused only because of reservations in flight (which usually settle far below their
+estimate), it waits for them (up to a minute), so concurrent turns stop at the same total
+that turns one after another would. Later calls of an admitted turn reserve without a check:
+a turn is never cut in half. At the end of the turn its reservations are replaced by the
+tokens the backend reported (prompt + completion; the estimate where it reported none),
+counted in Redis and added to SQL (`parley usage`). A turn may therefore end above the
+budget by what it spent beyond its estimate; the next one is refused.
+
+Redis down: each worker counts in its own process, starting from the usage recorded in SQL,
+and says so once in a warning (bot.outage); a user can then spend up to the budget's
+remainder on each worker at once, until Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, nullcontext
+from contextvars import ContextVar
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Protocol
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backends.base import Backend, Capabilities, Chunk, GenerationRequest, Usage, estimate_tokens
+from bot import phrases
+from bot.budget_counters import Counter, Decision, Limited, LocalCounter, RedisCounter, Verdict
+from bot.errors import BackendError, StorageError
+from bot.logcontext import note
+from bot.outage import Outage
+from bot.settings import BudgetSettings, RedisSettings
+from bot.storage.usage import Spent, Subject, UsageLog
+from bot.types import ChatMessage, ConversationKey
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
+Say = Callable[..., Awaitable[str]]
+Clock = Callable[[], datetime]
+# Tokens a chat template adds around each message, for the estimate.
+MESSAGE_OVERHEAD_TOKENS = 4
+# The platform of the support channel, whose chat ids are "<site>:<visitor>".
+SUPPORT_PLATFORM = "support"
+# A turn refused only by reservations in flight asks again after these pauses (it is also
+# woken at once when a turn of this process settles).
+WAIT_FIRST_S, WAIT_MAX_S = 0.02, 0.5
+# The longest such a turn waits (a user waiting longer would rather hear the sentence); also
+# bounded by the reservations' expiry.
+MAX_WAIT_S = 60.0
+# Seconds a call waits for a pooled Redis connection before it counts as a failure.
+POOL_WAIT_S = 10.0
+
+
+class BudgetExhausted(BackendError):
+    """The daily token budget of the turn's user or site is used up. Its `user_message` is
+    already the sentence in the user's language, with the time the budget resets; the
+    manager's say() leaves a sentence that is not in the catalogues as it is."""
+
+    user_message = phrases.BUDGET_USED_UP
+
+
+class BudgetObserver(Protocol):
+    """What the budgets report to metrics (bot.metrics.Metrics)."""
+
+    def budget_tokens(self, platform: str, usage: Usage) -> None: ...
+
+    def budget_refused(self, platform: str, scope: str) -> None: ...
+
+
+class _NoObserver:
+    def budget_tokens(self, platform: str, usage: Usage) -> None:
+        return None
+
+    def budget_refused(self, platform: str, scope: str) -> None:
+        return None
+
+
+class TurnBudgets(Protocol):
+    """What the conversation manager needs: a scope around each turn."""
+
+    def turn(
+        self, key: ConversationKey, user_id: str, say: Say
+    ) -> AbstractAsyncContextManager[object]: ...
+
+
+class _Unlimited:
+    """No budgets and no accounting (a manager built without them, as in unit tests)."""
+
+    def turn(
+        self, key: ConversationKey, user_id: str, say: Say
+    ) -> AbstractAsyncContextManager[object]:
+        return nullcontext()
+
+
+NO_BUDGETS: TurnBudgets = _Unlimited()
+
+
+class TurnLedger:
+    """One turn's reservations and spending, for each subject it is counted against."""
+
+    def __init__(self, budgets: Budgets, platform: str, subjects: list[Subject], say: Say) -> None:
+        self._budgets = budgets
+        self.platform = platform
+        self.subjects = subjects
+        self.limited = [Limited(s, limit) for s in subjects if (limit := budgets.limit_of(s)) > 0]
+        self._say = say
+        self.day = budgets.today()
+        self.reservations: list[tuple[Counter, str]] = []
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.asked = False
+        self.refused: Subject | None = None
+
+    async def reserve(self, amount: int) -> None:
+        """Before a model call: reserve `amount` tokens, or raise BudgetExhausted."""
+        if self.refused is not None:
+            raise await self._exhausted()
+        if not self.limited:
+            self.asked = True
+            return
+        first = not self.reservations
+        refused = await self._budgets.reserve(self, amount, check=first)
+        if refused is not None:
+            self.refused = refused
+            self._budgets.observer.budget_refused(self.platform, refused.scope)
+            raise await self._exhausted()
+        self.asked = True
+
+    def spent(self, usage: Usage) -> None:
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self._budgets.observer.budget_tokens(self.platform, usage)
+
+    async def _exhausted(self) -> BudgetExhausted:
+        sentence = await self._say(phrases.BUDGET_USED_UP, zone=self._budgets.zone_name)
+        scope = self.refused.scope if self.refused is not None else "user"
+        return BudgetExhausted(f"daily token budget of the {scope} used up", user_message=sentence)
+
+
+class Budgets:
+    def __init__(
+        self,
+        settings: BudgetSettings,
+        usage: UsageLog,
+        shared: RedisCounter | None = None,
+        *,
+        observer: BudgetObserver | None = None,
+        clock: Clock | None = None,
+        retry_after_failure_s: float = 5.0,
+    ) -> None:
+        self._settings = settings
+        self.usage = usage
+        self._shared = shared
+        self._local = LocalCounter(usage)
+        self.observer: BudgetObserver = observer or _NoObserver()
+        # Injectable (tests move it across midnight, or past a reservation's expiry).
+        self.clock: Clock = clock or (lambda: datetime.now(UTC))
+        self._zone = ZoneInfo(settings.timezone)
+        self._outage = Outage(
+            retry_after_failure_s,
+            meanwhile="token budgets are counted per worker from the usage in SQL",
+            logger=log,
+        )
+        self._failures: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+        if shared is not None:
+            from redis.exceptions import RedisError
+
+            self._failures = (RedisError, OSError, TimeoutError)
+        self._settled = asyncio.Event()
+        self._close: Callable[[], Awaitable[None]] | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: BudgetSettings,
+        redis: RedisSettings,
+        engine: AsyncEngine,
+        *,
+        observer: BudgetObserver | None = None,
+        clock: Clock | None = None,
+    ) -> Budgets:
+        """Shared through Redis when it is configured, else counted in this process."""
+        usage = UsageLog(engine)
+        url = redis.url.get_secret_value() if redis.url else ""
+        if not url:
+            return cls(settings, usage, observer=observer, clock=clock)
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # Blocking, as the cache's pool: a burst of turns queues for a connection instead of
+        # failing with "Too many connections" (which would count them per worker).
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=redis.max_connections,
+            timeout=POOL_WAIT_S,
+            socket_connect_timeout=redis.socket_timeout_s,
+            socket_timeout=redis.socket_timeout_s,
+            health_check_interval=30,
+            # One retry replaces a connection that a restarted Redis dropped.
+            retry=Retry(NoBackoff(), 1),
+        )
+        client = Redis(connection_pool=pool)
+        shared = RedisCounter(client, usage, key_prefix=redis.key_prefix)
+        budgets = cls(
+            settings, usage, shared, observer=observer, clock=clock,
+            retry_after_failure_s=redis.retry_after_failure_s,
+        )  # fmt: skip
+        budgets._close = _closer(client)
+        return budgets
+
+    async def aclose(self) -> None:
+        if self._close is not None:
+            await self._close()
+
+    # -- what a turn is counted against ----------------------------------------------------
+
+    @property
+    def zone_name(self) -> str:
+        return self._settings.timezone
+
+    def today(self) -> date:
+        return self.clock().astimezone(self._zone).date()
+
+    def limit_of(self, subject: Subject) -> int:
+        if subject.scope == "site":
+            return self._settings.site_daily_tokens
+        return self._settings.user_daily_tokens
+
+    def turn(
+        self, key: ConversationKey, user_id: str, say: Say
+    ) -> AbstractAsyncContextManager[TurnLedger]:
+        """The scope of one turn of `user_id` in conversation `key` (see the module doc)."""
+        return self._turn(key.platform, subjects_of(key, user_id), say)
+
+    @asynccontextmanager
+    async def _turn(
+        self, platform: str, subjects: list[Subject], say: Say
+    ) -> AsyncIterator[TurnLedger]:
+        ledger = TurnLedger(self, platform, subjects, say)
+        token = _LEDGER.set(ledger)
+        try:
+            yield ledger
+        finally:
+            _LEDGER.reset(token)
+            if ledger.refused is not None:
+                note(outcome="refused")
+            await self._settle(ledger)
+
+    # -- reserve and settle ----------------------------------------------------------------
+
+    async def reserve(self, ledger: TurnLedger, amount: int, *, check: bool) -> Subject | None:
+        """Reserve for `ledger`; the subject whose budget refused, or None when admitted."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + min(MAX_WAIT_S, self._settings.reservation_ttl_s)
+        pause = WAIT_FIRST_S
+        rid = uuid.uuid4().hex
+        while True:
+            counter, decision = await self._reserve_once(ledger, rid, amount, force=not check)
+            if decision.verdict is Verdict.ADMITTED:
+                ledger.reservations.append((counter, rid))
+                return None
+            if decision.verdict is Verdict.OVER or loop.time() + pause > give_up_at:
+                return decision.subject
+            await self._wait_for_settle(pause)
+            pause = min(pause * 2, WAIT_MAX_S)
+
+    async def _reserve_once(
+        self, ledger: TurnLedger, rid: str, amount: int, *, force: bool
+    ) -> tuple[Counter, Decision]:
+        """Ask the shared counter; while Redis is unreachable, this process's own."""
+        now = self.clock().timestamp()
+        expires = now + self._settings.reservation_ttl_s
+
+        async def ask(counter: Counter) -> Decision:
+            return await counter.reserve(
+                ledger.day, ledger.limited, rid, amount, force=force, now_s=now, expires_s=expires
+            )
+
+        if self._shared is not None and self._outage.should_try():
+            try:
+                decision = await ask(self._shared)
+            except self._failures as exc:
+                self._outage.failed(exc)
+            else:
+                self._outage.succeeded()
+                return self._shared, decision
+        return self._local, await ask(self._local)
+
+    async def _wait_for_settle(self, pause_s: float) -> None:
+        """Until a turn of this process settles, or `pause_s` (another worker's turns)."""
+        try:
+            async with asyncio.timeout(pause_s):
+                await self._settled.wait()
+        except TimeoutError:
+            pass
+
+    async def _settle(self, ledger: TurnLedger) -> None:
+        """Replace the turn's reservations by what it spent, in the counters and in SQL."""
+        spent = Spent(
+            ledger.prompt_tokens, ledger.completion_tokens,
+            turns=int(ledger.asked), refused=int(ledger.refused is not None),
+        )  # fmt: skip
+        by_counter: dict[int, tuple[Counter, list[str]]] = {}
+        for counter, rid in ledger.reservations:
+            by_counter.setdefault(id(counter), (counter, []))[1].append(rid)
+        for counter, rids in by_counter.values():
+            try:
+                await counter.settle(ledger.day, ledger.limited, rids, spent.tokens)
+            except self._failures as exc:  # its reservations lapse within reservation_ttl_s
+                self._outage.failed(exc)
+        self._settled.set()
+        self._settled = asyncio.Event()
+        if spent.turns or spent.refused:
+            try:
+                await self.usage.add(ledger.day, ledger.subjects, spent)
+            except StorageError as exc:  # the answer is recorded; only the report misses it
+                log.warning("token usage of a turn not recorded: %s", exc)
+
+
+def _closer(client: Redis) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        await client.aclose()
+        await client.connection_pool.disconnect()
+
+    return close
+
+
+_LEDGER: ContextVar[TurnLedger | None] = ContextVar("parley_budget_turn", default=None)
+
+
+def current_ledger() -> TurnLedger | None:
+    return _LEDGER.get()
+
+
+def subjects_of(key: ConversationKey, user_id: str) -> list[Subject]:
+    """The user a turn is counted against (the chat, for a sender without an id, as the rate
+    limit does), and for the support channel also its site ("<site>:<visitor>" chat ids)."""
+    subjects = [Subject("user", f"{key.platform}:{user_id or f'chat:{key.chat_id}'}")]
+    if key.platform == SUPPORT_PLATFORM and ":" in key.chat_id:
+        subjects.append(Subject("site", key.chat_id.partition(":")[0]))
+    return subjects
+
+
+def prompt_estimate(messages: Sequence[ChatMessage]) -> int:
+    return sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in messages)
+
+
+class MeteredBackend:
+    """A backend whose calls, inside a turn, are reserved against and counted to the turn's
+    budgets (see the module docstring); outside a turn it only passes through."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.inner.capabilities
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        ledger = current_ledger()
+        if ledger is None:
+            async with aclosing(self.inner.stream(request)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        prompt = prompt_estimate(request.messages)
+        await ledger.reserve(prompt + request.max_tokens)
+        usage: Usage | None = None
+        text: list[str] = []
+        try:
+            async with aclosing(self.inner.stream(request)) as chunks:
+                async for chunk in chunks:
+                    usage = chunk.usage or usage
+                    if chunk.text:
+                        text.append(chunk.text)
+                    yield chunk
+        finally:
+            if usage is None and text:  # stopped early, or a server that reports no usage
+                usage = Usage(prompt, estimate_tokens("".join(text)))
+            if usage is not None:
+                ledger.spent(usage)
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return await self.inner.count_tokens(texts)
+
+    async def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return await self.inner.count_chat_tokens(messages)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -1,0 +1,215 @@
+"""Answers that outlive their own delivery: the one locker's part of a turn.
+
+A conversation's turns run under its turn lease (`Store.turn_lease`, the one locker; its
+epoch is the fencing token). Before an answer's first visible piece, the turn records in SQL
+that it is showing an answer to these messages (`Store.begin_delivery`), and it hands the
+platform's reference of each piece it sends to SQL as soon as it is known. From then on the
+answer belongs to that delivery:
+
+- the worker showing it records it, retrying while the database is unreachable (for up to
+  `record_retry_s`), and the record is fenced on the delivery, not on the lease: a worker
+  that lost its lease while cut off from the database still records what the user saw;
+- another worker that finds the delivery unfinished leaves it alone while its worker is alive
+  (`holder_alive`), and otherwise takes it over: it answers the same messages again and shows
+  the new answer by editing the pieces the dead worker showed, so the user sees one answer;
+- a turn that fails after showing something abandons its delivery (anyone may finish it);
+  one that showed nothing clears it, and its messages stay pending for another try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from bot.errors import StorageError
+from bot.storage.base import Cache, DeliveryState, MessageKind, Store, StoredMessage, TurnLease
+from bot.types import utcnow
+
+log = logging.getLogger(__name__)
+
+# A worker's liveness key in the shared cache: refreshed every HEARTBEAT_S, lapses after
+# ALIVE_TTL_S. A delivery whose worker has no key (and whose SQL heartbeat is older than
+# SQL_GRACE_S, in case Redis itself restarted and forgot the key) is taken over.
+HEARTBEAT_S = 1.0
+ALIVE_TTL_S = 3.0
+SQL_GRACE_S = 3.0
+# Between tries to record an answer the user already saw.
+RECORD_RETRY_FIRST_S = 0.2
+RECORD_RETRY_MAX_S = 2.0
+
+
+class Superseded(Exception):
+    """Another worker runs this conversation now (the lease was lost, or another worker's
+    delivery is under way): this worker stops its turns there and shows nothing more."""
+
+
+def alive_key(owner: str) -> str:
+    return f"alive:{owner}"
+
+
+async def holder_alive(cache: Cache, state: DeliveryState, *, grace_s: float) -> bool:
+    """Whether the worker showing `state` may still finish it. With the shared cache
+    reachable: its liveness key, or a fresh SQL heartbeat; without: an SQL heartbeat younger
+    than `grace_s` (a worker cut off from the database cannot renew it, and is given that
+    long to come back and record what it showed)."""
+    if state.owner is None:
+        return False
+    age_s = (utcnow() - state.seen).total_seconds() if state.seen else float("inf")
+    if cache.shared and await cache.ping():
+        if await cache.get(alive_key(state.owner)) is not None:
+            return True
+        return age_s < SQL_GRACE_S
+    return age_s < grace_s
+
+
+class TurnDelivery:
+    """One turn's answer as SQL knows it; the `Shown` a sink's streamer reports to."""
+
+    def __init__(
+        self,
+        store: Store,
+        lease: TurnLease,
+        conversation_id: int,
+        batch: list[StoredMessage],
+        *,
+        replacing: DeliveryState | None = None,
+    ) -> None:
+        self._store = store
+        self._lease = lease
+        self._cid = conversation_id
+        self._batch = batch
+        self._replacing = replacing
+        self._pieces: dict[int, str | int] = dict(replacing.shown) if replacing else {}
+        self.begun = False
+        self.recorded = False
+
+    @property
+    def epoch(self) -> int:
+        return self._lease.epoch
+
+    @property
+    def pieces(self) -> dict[int, str | int]:
+        return self._pieces
+
+    @property
+    def shown_something(self) -> bool:
+        return bool(self._pieces)
+
+    def again(self) -> TurnDelivery:
+        """A second answer to the same messages in this turn (the apology after a failure),
+        showing itself in the pieces this one showed."""
+        state = DeliveryState(
+            self._batch[0].id, self._batch[-1].id, self.epoch, self._lease.owner, None,
+            dict(self._pieces),
+        )  # fmt: skip
+        # settle_failure abandoned this delivery if it showed something, else cleared it.
+        abandoned = self.begun and self.shown_something
+        replacing = state if abandoned else self._replacing if not self.begun else None
+        return TurnDelivery(self._store, self._lease, self._cid, self._batch, replacing=replacing)
+
+    async def begin(self) -> None:
+        """Record that this turn shows its answer; Superseded when it may not."""
+        if self.begun:
+            return
+        if self._lease.lost.is_set():
+            raise Superseded
+        old = self._replacing.epoch if self._replacing is not None else None
+        first, last = self._batch[0].id, self._batch[-1].id
+        if not await self._store.begin_delivery(self._lease, self._cid, first, last, replacing=old):
+            raise Superseded
+        self.begun = True
+
+    async def showed(self, index: int, ref: str | int) -> None:
+        self._pieces[index] = ref
+        try:
+            await self._store.note_delivery(self._cid, self.epoch, self._pieces)
+        except StorageError as exc:  # a takeover then sends new pieces instead of editing
+            log.warning("conversation %s: shown piece not noted: %s", self._cid, exc)
+
+    async def record(
+        self, text: str, *, kind: MessageKind, token_count: int, retry_s: float
+    ) -> StoredMessage | None:
+        """Record the answer, fenced on this delivery; retried while the database is
+        unreachable, for up to `retry_s`: the user saw it, so it must not stay pending.
+        None: another worker took the delivery over (it shows its own answer instead)."""
+        await self.begin()
+        ids = [m.id for m in self._batch]
+        deadline = time.monotonic() + retry_s
+        delay = RECORD_RETRY_FIRST_S
+        while True:
+            try:
+                stored = await self._store.record_reply(
+                    self._cid, ids, text, kind=kind, token_count=token_count, epoch=self.epoch
+                )
+            except StorageError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "conversation %s: answer shown but not recorded yet (retrying): %s",
+                    self._cid, exc,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECORD_RETRY_MAX_S)
+                continue
+            self.recorded = True
+            return stored
+
+    async def settle_failure(self) -> None:
+        """The turn failed: clear its delivery if it showed nothing, else abandon it to be
+        finished (by editing what it showed) by whichever worker runs the conversation next."""
+        if not self.begun or self.recorded:
+            return
+        try:
+            await self._store.end_delivery(self._cid, self.epoch, abandon=self.shown_something)
+        except StorageError as exc:  # it lapses: its worker's heartbeat stops
+            log.warning("conversation %s: delivery not settled: %s", self._cid, exc)
+
+
+async def _until(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds`; True when `stop` was set meanwhile. Loops end on an event, not only on
+    cancellation: on Python 3.11 a cancellation that arrives as a driver's `wait_for` finishes
+    can be lost (CPython gh-86296; see bot.keepalive), and the loop would run for ever."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        return stop.is_set()
+    return True
+
+
+async def beat(cache: Cache, owner: str, stop: asyncio.Event) -> None:
+    """This worker's liveness key, refreshed until `stop` (shared caches only)."""
+    while not stop.is_set():
+        await cache.set(alive_key(owner), b"1", ttl_s=ALIVE_TTL_S)
+        if await _until(stop, HEARTBEAT_S):
+            return
+
+
+async def sweep(
+    store: Store,
+    schedule: Callable[[int, object], None],
+    *,
+    every_s: float,
+    orphan_after_s: float,
+    stop: asyncio.Event,
+) -> None:
+    """Every `every_s`: schedule each conversation with a message pending for longer than
+    `orphan_after_s` and no live lease (its worker died, or its turn failed and has tries
+    left), so that no work waits for a restart or for the next message."""
+    warned = False
+    while not await _until(stop, every_s):
+        try:
+            found = await store.conversations_with_pending(
+                older_than=utcnow() - timedelta(seconds=orphan_after_s)
+            )
+        except StorageError as exc:
+            if not warned:
+                log.warning("orphan sweep skipped: %s", exc)
+            warned = True
+            continue
+        warned = False
+        for conversation_id, key in found:
+            schedule(conversation_id, key)

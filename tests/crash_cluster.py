@@ -1,0 +1,464 @@
+"""Real `parley run` webhook workers under faults, watched as an operator and a user would.
+
+- Workers: `parley run` processes with the Telegram adapter in webhook mode, sharing one
+  PostgreSQL database (reached through `TcpProxy`, which the test can cut) and one Redis of the
+  test's own (`PrivateRedis`, which the test can kill and start again).
+- `Balancer`: a stand-in for Telegram's webhook delivery behind a load balancer. Each update is
+  posted to a worker (round robin); anything but a 2xx (a refused connection, a 5xx, a
+  timeout) is re-sent after a pause to the next worker, until one acknowledges it, as Telegram
+  re-sends an update its webhook did not acknowledge.
+- `FakeBotApi` records what the users see: private chats get each answer as one message
+  (streamed as drafts), groups see one message edited as the answer grows.
+- `SlowModel` streams slowly and starts each answer with the question it answers.
+- `Users` send questions, each tagged "Q<chat>x<n>", and `Verdict` reads the chats afterwards:
+  every question answered exactly once, in order, by complete answers only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bot.storage.migrate import ensure_schema
+from tests.processes import ROOT
+from tests.redis_server import PrivateRedis, free_port
+from tests.slow_model import MODEL, SlowModel
+from tests.telegram_api import TOKEN, FakeBotApi
+from tests.telegram_updates import mention_update, text_update
+
+SECRET = "crash-suite-secret"
+HOOK_PATH = "/tg/hook"
+TAG = re.compile(r"Q(-?\d+)x(\d+)")
+READY_WITHIN_S = 60.0
+
+
+class TcpProxy:
+    """127.0.0.1:port -> target, which the test can cut: every open connection is reset and
+    new ones are refused until the cut ends (PostgreSQL "unreachable" as a network fault)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._cut_until = 0.0
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def aclose(self) -> None:
+        self._drop_all()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def cut(self, seconds: float) -> None:
+        self._cut_until = time.monotonic() + seconds
+        self._drop_all()
+
+    def _drop_all(self) -> None:
+        for writer in list(self._writers):
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+        self._writers.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if time.monotonic() < self._cut_until:
+            writer.transport.abort()
+            return
+        self._writers.add(writer)  # before connecting upstream: a cut meanwhile drops it too
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        if writer not in self._writers or time.monotonic() < self._cut_until:
+            up_writer.transport.abort()
+            writer.transport.abort()
+            return
+        self._writers.add(up_writer)
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (OSError, ConnectionError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.transport.abort()
+
+
+@dataclass
+class Worker:
+    index: int
+    port: int
+    log: Path
+    process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Cluster:
+    tmp_path: Path
+    database_url: str  # direct: the proxy's address replaces host and port for the workers
+    redis: PrivateRedis
+    proxy: TcpProxy
+    api_url: str
+    model_url: str
+    workers: list[Worker] = field(default_factory=list)
+
+    def worker_database_url(self) -> str:
+        return re.sub(r"@[^/]+/", f"@127.0.0.1:{self.proxy.port}/", self.database_url)
+
+    def env(self, worker: Worker) -> dict[str, str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+        return clean | {
+            "PARLEY_HOME": str(self.tmp_path / f"home{worker.index}"),
+            "PYTHONPATH": str(ROOT),
+            "PARLEY_ADAPTERS": "telegram",
+            "PARLEY_DATABASE__URL": self.worker_database_url(),
+            "PARLEY_DATABASE__AUTO_MIGRATE": "false",
+            "PARLEY_REDIS__URL": self.redis.url,
+            "PARLEY_KNOWLEDGE__LOAD_SAMPLE": "false",
+            "PARLEY_HTTP__PORT": str(worker.port),
+            "PARLEY_TELEGRAM__TOKEN": TOKEN,
+            "PARLEY_TELEGRAM__BASE_URL": self.api_url,
+            "PARLEY_TELEGRAM__MODE": "webhook",
+            "PARLEY_TELEGRAM__WEBHOOK_PUBLIC_URL": f"https://bot.example{HOOK_PATH}",
+            "PARLEY_TELEGRAM__WEBHOOK_SECRET_TOKEN": SECRET,
+            "PARLEY_BACKEND__KIND": "openai",
+            "PARLEY_BACKEND__BASE_URL": self.model_url,
+            "PARLEY_BACKEND__MODEL": MODEL,
+            # Users here ask faster than a person would; the limit is not what is tested.
+            "PARLEY_CONVERSATION__RATE_LIMIT_MESSAGES": "0",
+        }
+
+    def add_workers(self, count: int) -> None:
+        for index in range(len(self.workers), len(self.workers) + count):
+            self.workers.append(Worker(index, free_port(), self.tmp_path / f"worker{index}.log"))
+
+    async def start_worker(self, index: int) -> Worker:
+        worker = self.workers[index]
+        log = worker.log.open("ab")
+        worker.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.cli", "run",
+            cwd=self.tmp_path, env=self.env(worker),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+        log.close()
+        await self._wait_ready(worker)
+        return worker
+
+    async def _wait_ready(self, worker: Worker) -> None:
+        deadline = time.monotonic() + READY_WITHIN_S
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                assert worker.process is not None
+                if worker.process.returncode is not None:
+                    raise AssertionError(f"worker {worker.index} exited: {self.tail(worker)}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{worker.url}/readyz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.2)
+        raise AssertionError(f"worker {worker.index} not ready: {self.tail(worker)}")
+
+    def kill(self, index: int) -> None:
+        """SIGKILL, as in a crash or the OOM killer: nothing is cleaned up."""
+        process = self.workers[index].process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGKILL)
+
+    async def stop_all(self) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            if worker.process is not None:
+                try:
+                    async with asyncio.timeout(30):
+                        await worker.process.wait()
+                except TimeoutError:
+                    worker.process.kill()
+                    await worker.process.wait()
+
+    def tail(self, worker: Worker, lines: int = 15) -> str:
+        if not worker.log.exists():
+            return ""
+        return "\n".join(worker.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def tracebacks(self) -> list[str]:
+        """Each traceback in a worker's log, with the lines before it."""
+        found = []
+        for worker in self.workers:
+            if not worker.log.exists():
+                continue
+            lines = worker.log.read_text(errors="replace").splitlines()
+            for i, line in enumerate(lines):
+                if line.startswith("Traceback"):
+                    found.append(f"worker {worker.index}:\n" + "\n".join(lines[i - 3 : i + 30]))
+        return found
+
+    def keep_logs(self, name: str, api: FakeBotApi) -> Path:
+        """The workers' logs, and every chat's messages and Bot API calls, copied where a
+        failed run can be read afterwards."""
+        kept = Path(tempfile.gettempdir()) / "parley-crash-logs" / f"{name}-{time.time():.0f}"
+        kept.mkdir(parents=True, exist_ok=True)
+        for worker in self.workers:
+            if worker.log.exists():
+                shutil.copy(worker.log, kept / worker.log.name)
+        chats = {str(chat): messages for chat, messages in api.messages.items()}
+        calls = [
+            {"method": c.method, "at": c.at, "status": c.status, "params": c.params}
+            for c in api.calls
+        ]
+        (kept / "chats.json").write_text(json.dumps(chats, indent=1, default=str))
+        (kept / "calls.json").write_text(json.dumps(calls, indent=1, default=str))
+        return kept
+
+
+class Balancer:
+    """Posts each update until a worker acknowledges it (2xx), as Telegram re-sends."""
+
+    def __init__(self, cluster: Cluster, *, retry_after_s: float = 0.5) -> None:
+        self._cluster = cluster
+        self._next = itertools.count()
+        self._retry_after_s = retry_after_s
+        self._client = httpx.AsyncClient(timeout=10.0)
+        self.resent = 0
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def post(self, update: dict[str, Any]) -> None:
+        headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+        while True:
+            workers = self._cluster.workers
+            worker = workers[next(self._next) % len(workers)]
+            try:
+                answer = await self._client.post(
+                    f"{worker.url}{HOOK_PATH}", json=update, headers=headers
+                )
+                if answer.is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            self.resent += 1
+            await asyncio.sleep(self._retry_after_s)
+
+
+@dataclass
+class Question:
+    chat_id: int
+    n: int
+    acked_at: float = 0.0
+
+    @property
+    def tag(self) -> str:
+        return f"Q{self.chat_id}x{self.n}"
+
+
+class Users:
+    """Private chats and groups, each asking `per_chat` questions at a person's pace."""
+
+    def __init__(self, balancer: Balancer, *, chats: int, per_chat: int, seed: int) -> None:
+        self._balancer = balancer
+        self._rng = random.Random(seed)
+        half = chats // 2
+        self.chat_ids = [1000 + i for i in range(chats - half)] + [-2000 - i for i in range(half)]
+        self.per_chat = per_chat
+        self.questions: dict[str, Question] = {}
+        self._update_ids = itertools.count(1)
+
+    async def ask_all(self) -> None:
+        await asyncio.gather(*(self._ask(chat_id) for chat_id in self.chat_ids))
+
+    async def _ask(self, chat_id: int) -> None:
+        await asyncio.sleep(self._rng.uniform(0, 3))
+        for n in range(1, self.per_chat + 1):
+            question = Question(chat_id, n)
+            if chat_id > 0:
+                update = text_update(next(self._update_ids), chat_id, f"{question.tag} hello")
+            else:
+                text = f"@parley_bot {question.tag} hello"
+                update = mention_update(next(self._update_ids), chat_id, text, 7)
+            await self._balancer.post(update)
+            question.acked_at = time.monotonic()
+            self.questions[question.tag] = question
+            await asyncio.sleep(self._rng.uniform(0.5, 4.0))
+
+
+@dataclass
+class Verdict:
+    lost: list[str]
+    duplicated: list[str]
+    out_of_order: list[int]
+    half_answers: list[str]
+    not_model: list[str]
+    answered: int
+    by_model: int
+    asked: int
+    longest_wait_s: float
+    p99_wait_s: float
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.out_of_order or self.half_answers)
+
+    def figures(self, name: str) -> str:
+        return (
+            f"{name}: asked {self.asked}, answered {self.answered}, lost {len(self.lost)}, "
+            f"duplicated {len(self.duplicated)}, out of order {len(self.out_of_order)}, "
+            f"half answers {len(self.half_answers)}, answered by the model {self.by_model} "
+            f"({len(self.not_model)} sentences instead), "
+            f"longest wait {self.longest_wait_s:.1f} s, p99 wait {self.p99_wait_s:.1f} s"
+        )
+
+
+def read_chats(
+    api: FakeBotApi, users: Users, model: SlowModel, first_seen: dict[str, float]
+) -> Verdict:
+    """What the users see now, judged."""
+    complete = f"w{model.words - 1}"
+    seen: dict[str, int] = {}
+    out_of_order: list[int] = []
+    half: list[str] = []
+    not_model: list[str] = []
+    for chat_id in users.chat_ids:
+        order: list[int] = []
+        texts = api.texts(chat_id)
+        numbers = [[int(m.group(2)) for m in TAG.finditer(text)] for text in texts]
+        i = 0
+        while i < len(texts):
+            if numbers[i]:
+                if complete not in texts[i]:
+                    half.extend(f"Q{chat_id}x{n}" for n in numbers[i])
+                answered = numbers[i]
+                i += 1
+            else:
+                # Sentences instead of model answers (the model failed), back to back: they
+                # answer the questions between the model answers around them, each at least
+                # one (answers come in order; a merged turn gets one sentence for several).
+                run = i
+                while i < len(texts) and not numbers[i]:
+                    not_model.append(texts[i][:60])
+                    i += 1
+                before = max((n for ns in numbers[:run] for n in ns), default=0)
+                after = min((n for ns in numbers[i:] for n in ns), default=users.per_chat + 1)
+                answered = list(range(before + 1, after))
+                if i - run > len(answered):  # more sentences than questions: a second reply
+                    seen[f"sentence in {chat_id}"] = 2
+            for n in answered:
+                tag = f"Q{chat_id}x{n}"
+                seen[tag] = seen.get(tag, 0) + 1
+                order.append(n)
+        if order != sorted(order):
+            out_of_order.append(chat_id)
+    asked = list(users.questions)
+    waits = sorted(first_seen[t] - users.questions[t].acked_at for t in asked if t in first_seen)
+    p99 = waits[min(len(waits) - 1, int(len(waits) * 0.99))] if waits else 0.0
+    return Verdict(
+        lost=[t for t in asked if t not in seen],
+        duplicated=[t for t, count in seen.items() if count > 1],
+        out_of_order=out_of_order,
+        half_answers=half,
+        not_model=not_model,
+        answered=sum(1 for t in asked if t in seen),
+        by_model=len(
+            {m.group(0) for c in users.chat_ids for t in api.texts(c) for m in TAG.finditer(t)}
+        ),
+        asked=len(asked),
+        longest_wait_s=waits[-1] if waits else 0.0,
+        p99_wait_s=p99,
+    )
+
+
+async def watch_first_seen(api: FakeBotApi, into: dict[str, float]) -> None:
+    """When each question's answer first became visible (a draft, a message or an edit)."""
+    while True:
+        now = time.monotonic()
+        for chat_texts in list(api.messages.values()):
+            for text in list(chat_texts.values()):
+                for match in TAG.finditer(text):
+                    into.setdefault(match.group(0), now)
+        for drafts in list(api.drafts.values()):
+            for text in drafts[-3:]:
+                for match in TAG.finditer(text):
+                    into.setdefault(match.group(0), now)
+        await asyncio.sleep(0.1)
+
+
+async def settle(
+    api: FakeBotApi,
+    users: Users,
+    model: SlowModel,
+    first_seen: dict[str, float],
+    *,
+    within_s: float,
+) -> Verdict:
+    """Wait until every question is answered completely (or `within_s` passed)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        verdict = read_chats(api, users, model, first_seen)
+        done = not verdict.lost and not verdict.half_answers
+        if done or time.monotonic() > deadline:
+            await asyncio.sleep(2.0 if done else 0)  # nothing more may arrive: no late duplicate
+            return read_chats(api, users, model, first_seen)
+        await asyncio.sleep(0.5)
+
+
+@contextlib.asynccontextmanager
+async def cluster(
+    tmp_path: Path, database_url: str, model: SlowModel, *, workers: int
+) -> AsyncIterator[tuple[Cluster, FakeBotApi]]:
+    await ensure_schema(database_url, True)
+    host, port = re.search(r"@([^:/]+):(\d+)/", database_url).groups()  # type: ignore[union-attr]
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    redis = PrivateRedis(_redis_binary(), free_port())
+    await redis.start()
+    api = FakeBotApi()
+    try:
+        async with api.serving() as api_url, model.serving() as model_url:
+            group = Cluster(tmp_path, database_url, redis, proxy, api_url, model_url)
+            try:
+                group.add_workers(workers)
+                await asyncio.gather(*(group.start_worker(i) for i in range(workers)))
+                yield group, api
+            finally:
+                await group.stop_all()
+    finally:
+        await redis.kill()
+        await proxy.aclose()
+
+
+def _redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise AssertionError("redis-server is not on PATH; the crash suite starts its own")
+    return binary

@@ -1,0 +1,300 @@
+"""Nothing lost on Discord: what was sent while the adapter was stopped or disconnected is read
+back and answered once (the backfill), a message deleted before its turn is not answered, and
+the shards of a sharded bot each get their own servers. Real discord.py against the local fake
+of Discord (tests/discord_api.py); the store's two reads behind it on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("discord")
+pytest.importorskip("websockets")
+
+from adapters.discord.adapter import DiscordAdapter
+from adapters.discord.settings import DiscordSettings
+from adapters.kit.gate import Rate, Rates, RedisGate
+from adapters.kit.runner import host_for
+from backends.base import Chunk, GenerationRequest
+from bot.app import Parley
+from bot.storage.base import MessageKind, Store
+from bot.storage.database import create_engine
+from bot.storage.migrate import upgrade
+from bot.storage.sql_store import WITHDRAWN_STUB, SqlStore
+from bot.types import ConversationKey, Incoming, Role, User, utcnow
+from tests import discord_events as ev
+from tests.adapter_harness import DiscordHarness, settings_for
+from tests.discord_api import BOT_ID, TOKEN, FakeDiscordApi
+from tests.doubles import ScriptedBackend
+
+# Each wait is bounded: a dead connection fails the test, never hangs it. A new session after
+# a reconnect waits discord.py's 5 s between two IDENTIFYs.
+WAIT_S = 60
+
+
+def fake_discord(*guilds: dict[str, Any], shards: int = 1) -> FakeDiscordApi:
+    # Discord's 5 per 5 s, ten times faster on both sides: the same shape, quicker tests.
+    return FakeDiscordApi(
+        per_channel=(5, 0.5), guilds=list(guilds) or [ev.guild_create()], shard_count=shards
+    )
+
+
+@asynccontextmanager
+async def started(
+    tmp_path: Path,
+    backend: object | None,
+    api: FakeDiscordApi,
+    *,
+    redis: dict[str, str] | None = None,
+    **sections: Any,
+) -> AsyncIterator[DiscordHarness]:
+    """Parley with the Discord adapter (`sections`: its settings) connected to `api`, its
+    history in `tmp_path` (the same folder again: the same database, as after a restart)."""
+    rates = Rates(per_chat=Rate(5, 0.5), overall=Rate(50, 1.0))
+    async with api.serving():
+        section_data = {"token": TOKEN, "stream_interval_s": 0.05, **sections}
+        others = {"redis": redis} if redis else {}
+        settings = settings_for(tmp_path, "discord", discord=section_data, **others)
+        async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
+            section = settings.section("discord")
+            assert isinstance(section, DiscordSettings)
+            adapter = DiscordAdapter(host_for(app), section, rates=rates, store=app.store)
+            app.intake.register("discord", adapter, section.access)
+            async with adapter:
+                connection = asyncio.create_task(adapter.run())
+                try:
+                    harness = DiscordHarness(app, adapter, api)
+                    yield harness
+                    await harness.idle()
+                finally:
+                    connection.cancel()
+                    await asyncio.gather(connection, return_exceptions=True)
+
+
+async def backfilled(h: DiscordHarness, count: int) -> None:
+    async with asyncio.timeout(WAIT_S):
+        await h.adapter.backfilled(count)
+    await h.idle()
+
+
+class HeldBackend(ScriptedBackend):
+    """Answers `answer`; each turn waits for `release`, and `started` says one is waiting."""
+
+    def __init__(self, answer: str) -> None:
+        super().__init__(lambda request: answer)
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        self.started.set()
+        await self.release.wait()
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+def asked(backend: ScriptedBackend) -> str:
+    return "\n".join(str(request.messages[-1].content) for request in backend.requests)
+
+
+async def answers_in(h: DiscordHarness, chat: int) -> list[str]:
+    conversation = await h.app.store.conversation_id(ConversationKey("discord", str(chat)))
+    if conversation is None:
+        return []
+    rows = await h.app.store.history(conversation, 100)
+    return [r.content for r in rows if r.role is Role.ASSISTANT]
+
+
+async def test_a_message_sent_while_stopped_is_answered_once_after_start(tmp_path: Path) -> None:
+    backend = ScriptedBackend(lambda request: "Answered.")
+    api = fake_discord()
+    async with started(tmp_path, backend, api) as h:
+        await h.deliver_event(ev.message_create("first"))
+        await h.deliver_event(
+            ev.message_create("first here", channel=ev.CHANNEL, mentions_bot=True)
+        )
+        await h.idle()
+    # Parley is stopped: these reach Discord, and nothing delivers them to Parley.
+    api.post(ev.message_create("are you there?"))
+    api.post(ev.message_create("while you were away", channel=ev.CHANNEL, mentions_bot=True))
+    api.post(ev.message_create("chatter, not for the bot", channel=ev.CHANNEL))
+    async with started(tmp_path, backend, api) as h:
+        await backfilled(h, 1)
+        assert h.api.texts(ev.DM) == ["Answered.", "Answered."]
+        assert h.api.texts(ev.CHANNEL) == ["Answered.", "Answered."]
+        assert "are you there?" in asked(backend) and "while you were away" in asked(backend)
+        assert "chatter" not in asked(backend)
+        assert await answers_in(h, ev.DM) == ["Answered.", "Answered."]
+    # A third start reads the same messages back: each is answered once, not again.
+    async with started(tmp_path, backend, api) as h:
+        await backfilled(h, 1)
+        assert h.api.texts(ev.DM) == ["Answered.", "Answered."]
+        assert len(backend.requests) == 4
+        assert len(h.api.reads(ev.DM)) >= 2  # it did read the DM again, from the last one
+
+
+async def test_a_reconnect_that_is_not_a_resume_backfills(tmp_path: Path) -> None:
+    backend = ScriptedBackend(lambda request: "Here.")
+    api = fake_discord()
+    async with started(tmp_path, backend, api) as h:
+        await h.deliver_event(ev.message_create("first"))
+        await backfilled(h, 1)  # the start's own
+        # The connection drops and resumes: Discord replays what was missed, no backfill.
+        api.reconnect(resume=True)
+        await h.deliver_event(ev.message_create("after the resume"))
+        await h.idle()
+        assert len(api.resumed) == 1 and h.adapter.backfills_done == 1
+        # It drops again and cannot resume: a new session (READY), and what was sent in
+        # between is read back.
+        api.post(ev.message_create("sent while disconnected"))
+        api.reconnect(resume=False)
+        await backfilled(h, 2)
+        assert len(api.identified) == 2
+        assert "sent while disconnected" in asked(backend)
+        assert h.api.texts(ev.DM) == ["Here."] * 3
+
+
+async def test_a_message_deleted_before_its_turn_is_not_answered(tmp_path: Path) -> None:
+    backend = HeldBackend("Only the first.")
+    async with started(tmp_path, backend, fake_discord()) as h:
+        await h.deliver_event(ev.message_create("first"))
+        async with asyncio.timeout(WAIT_S):
+            await backend.started.wait()  # the first turn runs; the next message waits
+        second = ev.message_create("second, deleted at once")
+        await h.deliver_event(second)
+        h.api.delete(ev.DM, int(second["id"]))
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.deleted(1)
+        backend.release.set()
+        await h.idle()
+        assert h.api.texts(ev.DM) == ["Only the first."]
+        assert len(backend.requests) == 1 and "deleted" not in asked(backend)
+        conversation = await h.app.store.conversation_id(ConversationKey("discord", str(ev.DM)))
+        assert conversation is not None and await h.app.store.pending(conversation, 10) == []
+        # A restart's backfill does not bring it back: it is gone from the channel, and its
+        # record is settled.
+    async with started(tmp_path, backend, h.api) as h:
+        await backfilled(h, 1)
+        assert h.api.texts(ev.DM) == ["Only the first."]
+
+
+async def test_two_shards_each_get_their_servers(tmp_path: Path) -> None:
+    backend = ScriptedBackend(lambda request: "Sharded.")
+    api = fake_discord(ev.guild_create(), ev.guild_create(ev.GUILD_2, ev.CHANNEL_2), shards=2)
+    async with started(tmp_path, backend, api, shard_count=2) as h:
+        await h.deliver_event(ev.message_create("one", channel=ev.CHANNEL, mentions_bot=True))
+        second = ev.message_create("two", channel=ev.CHANNEL_2, guild=ev.GUILD_2, mentions_bot=True)
+        await h.deliver_event(second)
+        await h.idle()
+        assert sorted(i["d"]["shard"] for i in api.identified) == [[0, 2], [1, 2]]
+        assert h.api.texts(ev.CHANNEL) == ["Sharded."] and h.api.texts(ev.CHANNEL_2) == ["Sharded."]
+        await backfilled(h, 2)  # one backfill per shard's session
+
+
+async def test_a_process_runs_only_its_shard_ids(tmp_path: Path) -> None:
+    api = fake_discord(ev.guild_create(), ev.guild_create(ev.GUILD_2, ev.CHANNEL_2), shards=2)
+    backend = ScriptedBackend(lambda request: "Shard one.")
+    async with started(tmp_path, backend, api, shard_count=2, shard_ids=[1]) as h:
+        message = ev.message_create("hi", channel=ev.CHANNEL_2, guild=ev.GUILD_2, mentions_bot=True)
+        await h.deliver_event(message)
+        await h.idle()
+        assert [i["d"]["shard"] for i in api.identified] == [[1, 2]]
+        assert h.api.texts(ev.CHANNEL_2) == ["Shard one."]
+
+
+# The store's reads behind the backfill and the withdrawal, on both databases ---------------
+
+ASKER = User("discord", "1001", "Asker")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+    await upgrade(url)
+    sql = SqlStore(create_engine(url))
+    await sql.start()
+    yield sql
+    await sql.aclose()
+
+
+def message(
+    chat: str, message_id: str, *, hours_ago: float = 0, platform: str = "discord"
+) -> Incoming:
+    return Incoming(
+        key=ConversationKey(platform, chat),
+        user=ASKER,
+        text=f"message {message_id}",
+        idempotency_key=f"{platform}:{message_id}",
+        sent_at=utcnow() - timedelta(hours=hours_ago),
+        platform_message_id=message_id,
+    )
+
+
+async def test_the_newest_recorded_message_of_each_recent_conversation(store: Store) -> None:
+    for incoming in [
+        message("10", "100"),
+        message("10", "105"),
+        message("20", "200", hours_ago=30),  # quiet for longer than asked about
+        message("30", "300", hours_ago=2),
+        message("10", "1", platform="telegram"),
+    ]:
+        await store.record_incoming(incoming, kind=MessageKind.CHAT, token_count=1)
+    found = await store.last_platform_message_ids("discord", utcnow() - timedelta(hours=24))
+    assert found == {
+        ConversationKey("discord", "10"): "105",
+        ConversationKey("discord", "30"): "300",
+    }
+
+
+async def test_withdraw_settles_a_pending_message_only(store: Store) -> None:
+    key = ConversationKey("discord", "10")
+    first = await store.record_incoming(message("10", "100"), kind=MessageKind.CHAT, token_count=1)
+    await store.record_incoming(message("10", "101"), kind=MessageKind.CHAT, token_count=1)
+    reply = await store.record_reply(
+        first.conversation_id, [first.message_id], "answer", kind=MessageKind.CHAT, token_count=1
+    )
+    assert reply is not None
+    assert not await store.withdraw(key, "100")  # answered already: stays as it is
+    assert await store.withdraw(key, "101")
+    assert not await store.withdraw(key, "101")  # once
+    assert not await store.withdraw(ConversationKey("discord", "99"), "101")
+    assert await store.pending(first.conversation_id, 10) == []
+    shown = [(m.content, m.kind) for m in await store.history(first.conversation_id, 10)]
+    assert (WITHDRAWN_STUB, MessageKind.COMMAND) in shown
+    assert "message 101" not in [content for content, _ in shown]  # its text is gone
+    # Out of the model's context: only the answered question and its answer are in it.
+    context = await store.context_messages(first.conversation_id, 0, 10)
+    assert [row.content for row in context] == ["message 100", "answer"]
+
+
+@pytest.mark.redis
+async def test_with_redis_every_process_of_the_bot_shares_one_gate(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    from redis.asyncio import Redis
+
+    backend = ScriptedBackend(lambda request: "Counted in Redis.")
+    redis = {"url": redis_url, "key_prefix": key_prefix}
+    async with started(tmp_path, backend, fake_discord(), redis=redis) as h:
+        assert isinstance(h.adapter.gate, RedisGate)
+        await h.deliver_event(ev.message_create("hi"))
+        await h.idle()
+        assert h.api.texts(ev.DM) == ["Counted in Redis."]
+        client = Redis.from_url(redis_url)
+        try:
+            # The bot's global window (and the channel's) in Redis, under the bot's own id:
+            # what another process of the same bot counts against.
+            prefix = f"{key_prefix}:discord:{BOT_ID}:gate"
+            assert await client.zcard(f"{prefix}:overall:all") >= 1
+            assert await client.zcard(f"{prefix}:chat:{ev.DM}") >= 1
+        finally:
+            await client.delete(*[k async for k in client.scan_iter(f"{key_prefix}:*")])
+            await client.aclose()

@@ -1,0 +1,510 @@
+"""The support API over real PostgreSQL and Redis: the real app served by uvicorn, a real
+ConversationManager, test doubles only at the model seam (tests/doubles.py,
+tests/support_helpers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from bot import phrases
+from bot.storage import migrate
+from bot.storage.models import MessageRow
+from bot.types import ConversationKey
+from tests.doubles import ScriptedBackend
+from tests.support_helpers import (
+    ORIGIN,
+    OTHER_ORIGIN,
+    GatedBackend,
+    Worker,
+    bearer,
+    data,
+    last_user_text,
+    new_visitor,
+    open_stream,
+    support_worker,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture
+async def pg(postgres_url: str) -> str:
+    await migrate.upgrade(postgres_url)
+    return postgres_url
+
+
+@pytest.fixture
+async def worker(pg: str, redis_url: str, key_prefix: str) -> AsyncIterator[Worker]:
+    backend = ScriptedBackend(lambda r: f"You said {last_user_text(r)}")
+    async with support_worker(pg, redis_url=redis_url, key_prefix=key_prefix, backend=backend) as w:
+        yield w
+
+
+async def test_a_visitor_asks_and_the_answer_streams_then_stays_in_history(
+    worker: Worker,
+) -> None:
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        assert visitor["visitor_id"].startswith("v_") and visitor["expires_at"]
+        auth = bearer(visitor["token"])
+        async with open_stream(client, visitor["token"]) as stream:
+            posted = await client.post("/v1/messages", headers=auth, json={"text": "hello there"})
+            assert posted.status_code == 202, posted.text
+            accepted = posted.json()
+            assert accepted["conversation_id"] == f"shop:{visitor['visitor_id']}"
+            events = await stream.until_answers(1)
+        deltas = [data(e) for e in events if e.event == "delta"]
+        (answer,) = [data(e) for e in events if e.event == "answer"]
+        assert answer == {
+            "reply_to": accepted["message_id"],
+            "text": "You said hello there",
+            "sources": [],
+        }
+        assert "".join(d["text"] for d in deltas) == answer["text"]
+        assert all(d["reply_to"] == accepted["message_id"] for d in deltas)
+        assert all(e.id for e in events)
+        await worker.adapter.idle()  # the answer is recorded just after its last event
+        page = (await client.get("/v1/history", headers=auth)).json()
+        assert [(m["role"], m["text"]) for m in page["messages"]] == [
+            ("user", "hello there"),
+            ("assistant", "You said hello there"),
+        ]
+        assert page["messages"][0]["id"] == accepted["message_id"] and page["next"] is None
+        # The same visitor again on a new page load: the same history.
+        again = await new_visitor(client, site, visitor_token=visitor["token"])
+        assert again["visitor_id"] == visitor["visitor_id"]
+        page2 = (await client.get("/v1/history", headers=bearer(again["token"]))).json()
+        assert page2["messages"] == page["messages"]
+
+
+async def test_history_pages_back_oldest_first(worker: Worker) -> None:
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        auth = bearer(visitor["token"])
+        for n in range(3):
+            await client.post("/v1/messages", headers=auth, json={"text": f"q{n}"})
+            await worker.adapter.idle()
+        first = (await client.get("/v1/history", headers=auth, params={"limit": 4})).json()
+        assert [m["text"] for m in first["messages"]] == ["q1", "You said q1", "q2", "You said q2"]
+        older = await client.get(
+            "/v1/history", headers=auth, params={"limit": 4, "before": first["next"]}
+        )
+        assert [m["text"] for m in older.json()["messages"]] == ["q0", "You said q0"]
+        assert older.json()["next"] is None
+
+
+async def test_a_retried_message_is_recorded_and_answered_once(worker: Worker) -> None:
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        headers = {**bearer(visitor["token"]), "Idempotency-Key": "retry-1"}
+        async with open_stream(client, visitor["token"]) as stream:
+            first = await client.post("/v1/messages", headers=headers, json={"text": "once"})
+            second = await client.post("/v1/messages", headers=headers, json={"text": "once"})
+            await worker.adapter.idle()
+            events = await stream.until_answers(1)
+        assert first.status_code == second.status_code == 202
+        assert first.json()["message_id"] == second.json()["message_id"]
+        assert [e.event for e in events].count("answer") == 1
+        page = (await client.get("/v1/history", headers=bearer(visitor["token"]))).json()
+        assert [m["text"] for m in page["messages"]] == ["once", "You said once"]
+
+
+async def test_a_dropped_stream_resumes_with_nothing_lost_or_repeated(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    words = [f"w{n} " for n in range(8)]
+    backend = GatedBackend(words)
+    async with support_worker(pg, redis_url=redis_url, key_prefix=key_prefix, backend=backend) as w:
+        site = await w.add_site("shop")
+        async with w.client() as client, contextlib.AsyncExitStack() as stack:
+            stack.callback(backend.release, len(words))  # a failure must not leave it hanging
+            visitor = await new_visitor(client, site)
+            token = visitor["token"]
+            async with open_stream(client, token) as stream:
+                await client.post("/v1/messages", headers=bearer(token), json={"text": "go"})
+                before = []
+                for _ in range(3):  # one word at a time: each its own delta
+                    backend.release(1)
+                    before += await stream.next(1)
+            # Dropped after three deltas; the answer goes on meanwhile.
+            backend.release(3)
+            async with open_stream(client, token, last_event_id=before[-1].id) as resumed:
+                backend.release(len(words) - 6)
+                after = await resumed.until_answers(1)
+        deltas = [data(e)["text"] for e in [*before, *after] if e.event == "delta"]
+        assert deltas[:3] == words[:3]
+        # Words that came together may share a delta; together they are the answer, once.
+        assert "".join(deltas) == "".join(words)
+        ids = [e.id for e in [*before, *after]]
+        assert len(ids) == len(set(ids))
+        assert data(after[-1])["text"] == "".join(words)
+
+
+async def test_another_visitors_token_is_refused(worker: Worker) -> None:
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        alice = await new_visitor(client, site)
+        bob = await new_visitor(client, site)
+        await client.post("/v1/messages", headers=bearer(bob["token"]), json={"text": "bob's"})
+        await worker.adapter.idle()
+        as_bob = {"visitor_id": bob["visitor_id"]}
+        with_alice = bearer(alice["token"])
+        history = await client.get("/v1/history", headers=with_alice, params=as_bob)
+        assert history.status_code == 403
+        assert history.json()["error"]["code"] == "forbidden"
+        posted = await client.post(
+            "/v1/messages", headers=with_alice, json={"text": "hi", **as_bob}
+        )
+        assert posted.status_code == 403
+        erase = await client.delete("/v1/visitor", headers=with_alice, params=as_bob)
+        assert erase.status_code == 403
+        # A token rewritten to name Bob fails its signature.
+        body, _, signature = alice["token"].partition(".")
+        claim = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        claim["v"] = bob["visitor_id"]
+        forged = base64.urlsafe_b64encode(json.dumps(claim).encode()).rstrip(b"=").decode()
+        denied = await client.get("/v1/history", headers=bearer(f"{forged}.{signature}"))
+        assert denied.status_code == 401
+        own = (await client.get("/v1/history", headers=with_alice)).json()
+        assert own["messages"] == []
+
+
+async def test_a_token_of_another_site_is_refused(worker: Worker) -> None:
+    shop = await worker.add_site("shop")
+    blog = await worker.add_site("blog", origins=(ORIGIN,))
+    async with worker.client() as client:
+        visitor = await new_visitor(client, shop)
+        keep = await client.post(
+            "/v1/visitors",
+            headers={"X-Parley-Site-Key": blog.public_key},
+            json={"visitor_token": visitor["token"]},
+        )
+        assert keep.status_code == 403
+        named = {**bearer(visitor["token"]), "X-Parley-Site-Key": blog.public_key}
+        assert (await client.get("/v1/history", headers=named)).status_code == 403
+
+
+async def test_another_origin_is_refused_without_cors_headers(worker: Worker) -> None:
+    site = await worker.add_site("shop")
+    async with worker.client(origin=OTHER_ORIGIN) as stranger, worker.client() as own:
+        refused = await stranger.post(
+            "/v1/visitors", headers={"X-Parley-Site-Key": site.public_key}
+        )
+        assert refused.status_code == 403
+        assert "access-control-allow-origin" not in refused.headers
+        preflight = {"Access-Control-Request-Method": "POST"}
+        denied = await stranger.options("/v1/messages", headers=preflight)
+        assert denied.status_code == 403
+        assert "access-control-allow-origin" not in denied.headers
+        allowed = await own.options("/v1/messages", headers=preflight)
+        assert allowed.status_code == 204
+        assert allowed.headers["access-control-allow-origin"] == ORIGIN
+        assert "Authorization" in allowed.headers["access-control-allow-headers"]
+        visitor = await new_visitor(own, site)
+        # The visitor's token from a page on another site: refused there too.
+        moved = await stranger.get("/v1/history", headers=bearer(visitor["token"]))
+        assert moved.status_code == 403
+        assert "access-control-allow-origin" not in moved.headers
+        mine = await own.get("/v1/history", headers=bearer(visitor["token"]))
+        assert mine.headers["access-control-allow-origin"] == ORIGIN
+
+
+async def test_a_server_key_makes_visitors_and_posts_for_them_until_revoked(
+    worker: Worker,
+) -> None:
+    site = await worker.add_site("shop")
+    key_id, secret = await worker.adapter.sites.add_key("shop")
+    await worker.adapter.directory.refresh(force=True)
+    async with worker.client(origin=None) as server:
+        bare = await server.post("/v1/visitors", headers={"X-Parley-Site-Key": site.public_key})
+        assert bare.status_code == 403  # no Origin and no server key
+        made = await server.post("/v1/visitors", headers=bearer(secret))
+        assert made.status_code == 201
+        visitor_id = made.json()["visitor_id"]
+        posted = await server.post(
+            "/v1/messages", headers=bearer(secret), json={"text": "from the back end",
+                                                          "visitor_id": visitor_id}
+        )  # fmt: skip
+        assert posted.status_code == 202
+        await worker.adapter.idle()
+        page = await server.get(
+            "/v1/history", headers=bearer(secret), params={"visitor_id": visitor_id}
+        )
+        assert page.json()["messages"][0]["text"] == "from the back end"
+        await worker.adapter.sites.revoke_key(key_id)
+        await worker.adapter.directory.refresh(force=True)
+        revoked = await server.post("/v1/visitors", headers=bearer(secret))
+        assert revoked.status_code == 401
+
+
+async def test_too_many_messages_get_429_with_retry_after(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    async with support_worker(
+        pg, redis_url=redis_url, key_prefix=key_prefix, backend=ScriptedBackend(),
+        visitor_messages=2, rate_window_s=30,
+    ) as w:  # fmt: skip
+        site = await w.add_site("shop")
+        async with w.client() as client:
+            visitor = await new_visitor(client, site)
+            auth = bearer(visitor["token"])
+            codes = [
+                (await client.post("/v1/messages", headers=auth, json={"text": f"m{n}"}))
+                for n in range(3)
+            ]
+            assert [r.status_code for r in codes] == [202, 202, 429]
+            assert codes[2].headers["retry-after"] == "30"
+            assert codes[2].headers["access-control-allow-origin"] == ORIGIN
+            assert codes[2].json()["error"]["code"] == "rate_limited"
+
+
+async def test_too_many_requests_from_one_address(pg: str, redis_url: str, key_prefix: str) -> None:
+    async with support_worker(
+        pg, redis_url=redis_url, key_prefix=key_prefix, ip_requests=3, rate_window_s=20
+    ) as w:
+        site = await w.add_site("shop")
+        async with w.client() as client:
+            headers = {"X-Parley-Site-Key": site.public_key}
+            codes = [(await client.post("/v1/visitors", headers=headers)).status_code
+                     for _ in range(4)]  # fmt: skip
+            assert codes == [201, 201, 201, 429]
+
+
+async def test_erasure_removes_the_visitors_messages_and_conversation(worker: Worker) -> None:
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        auth = bearer(visitor["token"])
+        await client.post("/v1/messages", headers=auth, json={"text": "my address is 1 Elm St"})
+        await worker.adapter.idle()
+        erased = await client.delete("/v1/visitor", headers=auth)
+        assert erased.status_code == 204 and erased.content == b""
+        page = (await client.get("/v1/history", headers=auth)).json()
+        assert page == {"messages": [], "next": None}
+    async with worker.app.store.engine.connect() as conn:
+        contents = (await conn.execute(sa.select(MessageRow.content))).scalars().all()
+        chats = (await conn.execute(sa.text("SELECT chat_id FROM conversations"))).scalars().all()
+        users = (await conn.execute(sa.text("SELECT external_id FROM users"))).scalars().all()
+    assert not any("Elm" in c for c in contents)
+    assert not any(visitor["visitor_id"] in c for c in [*chats, *users])
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b'{"text": "nul \\u0000 byte"}', 422, "text: must not contain a NUL character"),
+        (b'{"text": ', 400, "the body is not valid JSON"),
+        (b"[1, 2]", 400, "the body must be a JSON object"),
+        (b'{"text": "   "}', 422, "text: must not be blank"),
+        (b'{"text": "hi", "extra": 1}', 422, "extra: Extra inputs are not permitted"),
+        (b'{"text": "' + b"x" * 70_000 + b'"}', 413, "the body is larger than 64000 bytes"),
+        (b"\xff\xfe", 400, "the body is not valid JSON"),
+    ],
+)
+async def test_bad_input_gets_a_short_4xx(
+    worker: Worker, body: bytes, status: int, says: str
+) -> None:
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        response = await client.post(
+            "/v1/messages",
+            headers={**bearer(visitor["token"]), "Content-Type": "application/json"},
+            content=body,
+        )
+        assert response.status_code == status
+        assert response.json()["error"]["message"] == says
+
+
+async def test_bad_parameters_get_a_short_4xx(worker: Worker) -> None:
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        auth = bearer(visitor["token"])
+        cases: list[tuple[str, dict[str, Any], dict[str, str]]] = [
+            ("/v1/history", {"limit": "0"}, auth),
+            ("/v1/history", {"before": "x"}, auth),
+            ("/v1/events", {"last_event_id": "nope"}, auth),
+        ]
+        for path, params, headers in cases:
+            response = await client.get(path, params=params, headers=headers)
+            assert response.status_code == 400, (path, params)
+            assert response.json()["error"]["code"] == "invalid_request"
+        anonymous = await client.get("/v1/history")
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"] == "Bearer"
+        expired = await client.post("/v1/messages", headers=bearer("garbage"), json={"text": "x"})
+        assert expired.status_code == 401
+
+
+async def test_the_openapi_document_and_its_page(worker: Worker) -> None:
+    async with worker.client() as client:
+        document = (await client.get("/v1/openapi.json")).json()
+        page = await client.get("/v1/docs")
+    assert document["openapi"].startswith("3.1")
+    assert set(document["paths"]) == {
+        "/v1/visitors", "/v1/messages", "/v1/events", "/v1/history", "/v1/visitor"
+    }  # fmt: skip
+    assert "MessageRequest" in document["components"]["schemas"]
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "POST /v1/messages" in page.text and "<script" not in page.text
+
+
+async def test_a_notice_is_its_own_event(pg: str, redis_url: str, key_prefix: str) -> None:
+    async with support_worker(
+        pg, redis_url=redis_url, key_prefix=key_prefix, backend=ScriptedBackend(),
+        conversation={"rate_limit_messages": 1},
+    ) as w:  # fmt: skip
+        site = await w.add_site("shop")
+        async with w.client() as client:
+            visitor = await new_visitor(client, site)
+            auth = bearer(visitor["token"])
+            async with open_stream(client, visitor["token"]) as stream:
+                for text in ("one", "two"):
+                    await client.post("/v1/messages", headers=auth, json={"text": text})
+                    await w.adapter.idle()
+                events = await stream.until_answers(2)
+    notices = [data(e) for e in events if e.event == "notice"]
+    assert notices == [{"text": phrases.RATE_LIMITED}]
+
+
+async def test_two_workers_a_visitor_alternating_gets_every_answer_once_in_order(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    backends = [ScriptedBackend(lambda r: f"re {last_user_text(r)}") for _ in range(2)]
+    queue = {"burst": "queue"}
+    async with (
+        support_worker(pg, redis_url=redis_url, key_prefix=key_prefix, backend=backends[0],
+                       conversation=queue) as a,
+        support_worker(pg, redis_url=redis_url, key_prefix=key_prefix, backend=backends[1],
+                       conversation=queue) as b,
+    ):  # fmt: skip
+        site = await a.add_site("shop")
+        await b.adapter.directory.refresh(force=True)
+        async with a.client() as on_a, b.client() as on_b:
+            visitor = await new_visitor(on_a, site)
+            auth = bearer(visitor["token"])
+            async with open_stream(on_b, visitor["token"]) as stream:
+                posted = []
+                for n in range(8):
+                    client = on_a if n % 2 == 0 else on_b
+                    response = await client.post(
+                        "/v1/messages", headers=auth, json={"text": f"m{n}"}
+                    )
+                    posted.append(response.json()["message_id"])
+                events = await stream.until_answers(8)
+            await asyncio.gather(a.adapter.idle(), b.adapter.idle())
+    answers = [data(e) for e in events if e.event == "answer"]
+    assert [x["text"] for x in answers] == [f"re m{n}" for n in range(8)]
+    assert [x["reply_to"] for x in answers] == posted
+    for answer in answers:  # each answer's deltas, once, before it
+        deltas = [data(e)["text"] for e in events
+                  if e.event == "delta" and data(e)["reply_to"] == answer["reply_to"]]  # fmt: skip
+        assert "".join(deltas) == answer["text"]
+    assert sum(len(be.requests) for be in backends) == 8
+
+
+def _fuzz(url: str, token: str, site_key: str) -> tuple[list[str], set[int]]:
+    """Every operation of the OpenAPI document with schemathesis' generated requests, valid
+    and invalid, with and without credentials: the 5xx answers found, and every status seen."""
+    import hypothesis
+    import requests
+    import schemathesis
+    from hypothesis import strategies as st
+
+    from adapters.support.openapi import document
+
+    schema = schemathesis.openapi.from_dict(document())
+    found: list[str] = []
+    statuses: set[int] = set()
+    credentials = st.sampled_from(
+        [{}, {"Authorization": f"Bearer {token}"}, {"X-Parley-Site-Key": site_key}]
+    )
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
+            @hypothesis.settings(max_examples=25, deadline=None, database=None)
+            @hypothesis.given(case=operation.as_strategy(generation_mode=mode), auth=credentials)
+            def check(case: Any, auth: dict[str, str]) -> None:
+                request = case.as_transport_kwargs(base_url=url)
+                request["headers"] = {**request["headers"], "Origin": ORIGIN, **auth}
+                # Streamed: a valid request for /v1/events is an endless stream.
+                with requests.request(**request, timeout=10, stream=True) as response:
+                    statuses.add(response.status_code)
+                    if response.status_code >= 500:
+                        found.append(f"{case.method} {case.path}: {response.status_code}")
+
+            check()
+    return found, statuses
+
+
+async def test_fuzzing_the_openapi_document_finds_no_5xx(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    async with support_worker(
+        pg, redis_url=redis_url, key_prefix=key_prefix, backend=ScriptedBackend(),
+        ip_requests=100_000, visitor_messages=100_000,
+    ) as w:  # fmt: skip
+        site = await w.add_site("shop")
+        async with w.client() as client:
+            visitor = await new_visitor(client, site)
+        failures, statuses = await asyncio.to_thread(
+            _fuzz, w.url, visitor["token"], site.public_key
+        )
+        assert failures == []
+        assert {200, 201, 202, 204} <= statuses  # the valid requests got through too
+        assert {400, 401, 422} <= statuses
+
+
+async def test_an_idle_stream_gets_keep_alive_comments(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    async with support_worker(pg, redis_url=redis_url, key_prefix=key_prefix, keepalive_s=0.2) as w:
+        site = await w.add_site("shop")
+        async with w.client() as client:
+            visitor = await new_visitor(client, site)
+            params = {"token": visitor["token"]}
+            async with client.stream("GET", "/v1/events", params=params) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                assert response.headers["cache-control"] == "no-cache"
+                lines = response.aiter_lines()
+                async with asyncio.timeout(10):
+                    while (await anext(lines)) != ": keep-alive":
+                        pass
+
+
+async def test_a_site_has_its_own_system_prompt_and_collection(worker: Worker) -> None:
+    await worker.add_site("shop", system_prompt="You are Shop's helper.", collection="shop")
+    await worker.add_site("blog")
+    adapter = worker.adapter
+    shop = ConversationKey("support", "shop:v_1")
+    blog = ConversationKey("support", "blog:v_2")
+    assert adapter.system_prompt_for(shop) == "You are Shop's helper."
+    assert adapter.system_prompt_for(blog) is None  # the core's own
+    assert (adapter.collection_for(shop), adapter.collection_for(blog)) == ("shop", "")
+
+
+async def test_a_stopping_worker_ends_its_streams_so_clients_reconnect(worker: Worker) -> None:
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        params = {"token": visitor["token"]}
+        async with client.stream("GET", "/v1/events", params=params) as response:
+            lines = response.aiter_lines()
+            assert await anext(lines) == "retry: 2000"
+            worker.adapter.events.end_streams()  # what a stop (run() cancelled) does
+            async with asyncio.timeout(10):
+                rest = [line async for line in lines]
+        assert rest == [""]  # the body ended: EventSource reconnects, with Last-Event-ID

@@ -1,0 +1,473 @@
+"""The web chat widget (adapters/support/static/widget.js) in real headless Chromium, embedded
+in another site's page, against the real support API on Parley's HTTP host with PostgreSQL
+and Redis. The model is a double at the backend seam whose answer each test sets, released
+piece by piece, so a test sees an answer at every stage without assuming any timing.
+
+Also the pages themselves (/widget.js, the demo page) over HTTP, without a browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from adapters.kit.runner import run_adapters
+from adapters.support import pages
+from adapters.support.settings import SupportSettings
+from adapters.support.sites import SiteStore
+from bot.app import Parley
+from bot.settings import Settings, load_settings
+from bot.storage import migrate
+from bot.storage.database import create_engine
+from tests.browser import PacedBackend, chromium, embedding_page, shadow_eval
+from tests.local_server import serving
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS_SCREENSHOT = ROOT / "docs" / "img" / "support-widget.png"
+# Generous bounds for the browser to show what the server sent: a hang fails, never a pace.
+SHOWN_MS = 20_000
+# After the server comes back, the widget's backoff may wait up to 8 s before its next try.
+RECOVERED_MS = 45_000
+STOPPED_S = 30
+XSS_IMG = "<img src=x onerror=window.__pwned=1>"
+XSS_SCRIPT = "<script>window.__pwned=1</script>"
+HTML_SINKS = (
+    r"(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write|\beval\(|new Function"
+    r"|createContextualFragment|DOMParser"
+)
+
+LAUNCHER = "parley-chat .launcher"
+INPUT = "parley-chat textarea"
+PANEL = "parley-chat .panel"
+BANNER = "parley-chat .banner"
+USER_MSGS = "parley-chat .msg.user"
+BOT_MSGS = "parley-chat .msg.bot"
+# What a message says, without the label that screen readers hear before it.
+USER_TEXT = "parley-chat .msg.user .text"
+BOT_TEXT = "parley-chat .msg.bot .body"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    backend: PacedBackend
+    api: str  # Parley's HTTP host: the API and /widget.js
+    page: str  # another site's page that embeds the widget
+    site_key: str
+    tmp_path: Path
+
+
+@contextlib.asynccontextmanager
+async def parley_serving(
+    stack: Stack, support: SupportSettings | None = None
+) -> AsyncIterator[Parley]:
+    """`parley run` with the support adapter, in this loop, until the block ends."""
+    async with Parley(stack.settings, backend=stack.backend) as app:
+        stop = asyncio.Event()
+        sections = {"support": support} if support is not None else None
+        running = asyncio.create_task(run_adapters(app, ["support"], sections, stop=stop))
+        async with httpx.AsyncClient(base_url=stack.api) as client:
+            for _ in range(500):  # started within seconds, or the test fails
+                if running.done():
+                    running.result()
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.02)
+            else:
+                pytest.fail("the HTTP host did not start")
+        try:
+            yield app
+        finally:
+            stack.backend.release_all()  # a turn held by the gate must not hold the stop
+            stop.set()
+            try:  # with the widget's event stream open, as a real stop happens
+                async with asyncio.timeout(STOPPED_S):
+                    await running
+            except TimeoutError:
+                pytest.fail(f"Parley did not stop within {STOPPED_S} s with a stream open")
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, postgres_url: str, redis_url: str, key_prefix: str
+) -> AsyncIterator[Stack]:
+    await migrate.upgrade(postgres_url)
+    api_port, page_port = free_port(), free_port()
+    settings = load_settings(
+        None,
+        database={"url": postgres_url},
+        redis={"url": redis_url, "key_prefix": key_prefix},
+        knowledge={"load_sample": False},
+        adapters=["support"],
+        http={"host": "127.0.0.1", "port": api_port},
+        support={"token_secret": "widget-test-secret", "visitor_messages": 5},
+    )
+    engine = create_engine(postgres_url)
+    try:  # the page's origin, and Parley's own for the demo page
+        origins = [f"http://127.0.0.1:{page_port}", f"http://127.0.0.1:{api_port}"]
+        site = await SiteStore(engine).add_site("shop", origins)
+    finally:
+        await engine.dispose()
+    api = f"http://127.0.0.1:{api_port}"
+    page_app = embedding_page(f"{api}/widget.js", site.public_key)
+    async with serving(page_app, page_port):
+        yield Stack(
+            settings, PacedBackend(), api, f"http://127.0.0.1:{page_port}/", site.public_key,
+            tmp_path,
+        )  # fmt: skip
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with chromium() as b:
+        yield b
+
+
+async def new_page(browser: Any, **context: Any) -> Any:
+    ctx = await browser.new_context(**{"viewport": {"width": 900, "height": 720}, **context})
+    page = await ctx.new_page()
+    page.set_default_timeout(SHOWN_MS)
+    return page
+
+
+async def ask(page: Any, text: str) -> None:
+    await page.fill(INPUT, text)
+    await page.press(INPUT, "Enter")
+
+
+async def wait_text(page: Any, selector: str, predicate: str) -> str:
+    """Wait until the last element matching `selector` (inside the widget) has a text for
+    which the JS `predicate(text)` holds; returns that text."""
+    handle = await page.wait_for_function(
+        """([sel, pred]) => {
+            const root = document.querySelector('parley-chat')?.shadowRoot;
+            const all = root ? root.querySelectorAll(sel) : [];
+            const text = all.length ? all[all.length - 1].innerText : null;
+            return text !== null && (0, eval)(pred)(text) ? text : null;
+        }""",
+        arg=[selector.removeprefix("parley-chat "), predicate],
+        timeout=SHOWN_MS,
+    )
+    return str(await handle.json_value())
+
+
+async def final_answer(page: Any, count: int = 1, *, timeout_ms: int = SHOWN_MS) -> str:
+    """Wait for the `count`th answer to be complete (no longer busy); returns its text."""
+    await page.wait_for_function(
+        """(n) => {
+            const root = document.querySelector('parley-chat').shadowRoot;
+            const done = root.querySelectorAll('.msg.bot:not([aria-busy])');
+            return done.length >= n;
+        }""",
+        arg=count,
+        timeout=timeout_ms,
+    )
+    return str(await page.locator(BOT_TEXT).nth(count - 1).inner_text())
+
+
+STREAMED = [
+    "Returns are **free** ",
+    "within *30 days* of delivery.",
+    "\n\n- print the label at home\n- bring the `order number`\n",
+    "\nSources:\n[1] Returns policy https://shop.example/returns",
+]
+
+
+async def test_answer_streams_in_and_stays_after_a_reload(stack: Stack, browser: Any) -> None:
+    stack.backend.script(STREAMED)
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "How do returns work?")
+
+        first = await wait_text(page, BOT_TEXT, "t => t.includes('free')")
+        stack.backend.release()
+        second = await wait_text(page, BOT_TEXT, "t => t.includes('30 days')")
+        assert first != second and "30 days" not in first
+        assert await page.locator(f"{BOT_MSGS} strong").first.inner_text() == "free"
+        assert await page.locator(BOT_MSGS).last.get_attribute("aria-busy") == "true"
+        await screenshot(page, stack.tmp_path)
+
+        stack.backend.release_all()
+        final = await final_answer(page)
+        assert final not in (first, second)
+        assert "print the label at home" in final
+        assert await page.locator(f"{BOT_TEXT} li").count() == 2
+        assert await page.locator(f"{BOT_TEXT} code").inner_text() == "order number"
+        link = page.locator(f"{BOT_MSGS} .sources a")
+        assert await link.get_attribute("href") == "https://shop.example/returns"
+        assert await link.get_attribute("rel") == "noopener noreferrer"
+        assert await link.get_attribute("target") == "_blank"
+        assert "Sources:" not in final  # shown once, as the list of links
+
+        await page.reload()
+        await page.click(LAUNCHER)
+        await wait_text(page, USER_TEXT, "t => t === 'How do returns work?'")
+        restored = await final_answer(page)
+        assert "within 30 days of delivery" in restored
+        assert await page.locator(f"{BOT_MSGS} .sources a").count() == 1
+
+        # The stream resumed after the last event it had shown: nothing comes twice.
+        stack.backend.script(["And exchanges too."], gated=False)
+        await ask(page, "And exchanges?")
+        assert await final_answer(page, 2) == "And exchanges too."
+        assert await page.locator(USER_MSGS).count() == 2
+        assert await page.locator(BOT_MSGS).count() == 2
+    assert len(stack.backend.requests) == 2
+
+
+async def screenshot(page: Any, tmp_path: Path) -> None:
+    """The widget mid-answer: a test artifact, and the docs' picture when asked for
+    (PARLEY_UPDATE_DOCS_IMG=1)."""
+    box = await page.locator(PANEL).bounding_box()
+    assert box is not None
+    clip = {"x": box["x"] - 24, "y": box["y"] - 24, "width": box["width"] + 48,
+            "height": box["height"] + 24 + 100}  # fmt: skip
+    png = await page.screenshot(clip=clip)
+    (tmp_path / "support-widget.png").write_bytes(png)
+    if os.environ.get("PARLEY_UPDATE_DOCS_IMG") == "1":
+        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        DOCS_SCREENSHOT.write_bytes(png)
+
+
+async def test_html_in_an_answer_or_a_question_is_text_and_runs_nothing(
+    stack: Stack, browser: Any
+) -> None:
+    stack.backend.script(
+        [f"Look: {XSS_IMG} ", f"and {XSS_SCRIPT} ", "and [a link](javascript:window.__pwned=1)."],
+        gated=False,
+    )
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, f"Is this safe? {XSS_IMG}")
+        answer = await final_answer(page)
+        assert XSS_IMG in answer and XSS_SCRIPT in answer
+        assert await page.locator(USER_TEXT).inner_text() == f"Is this safe? {XSS_IMG}"
+        found = await shadow_eval(
+            page,
+            "root => [root.querySelectorAll('img, script, iframe').length,"
+            " [...root.querySelectorAll('a')].map(a => a.href)]",
+        )
+        assert found == [0, []]
+        assert await page.evaluate("() => typeof window.__pwned") == "undefined"
+
+
+async def test_arabic_is_written_right_to_left(stack: Stack, browser: Any) -> None:
+    stack.backend.script(["يمكنك إرجاع المنتج ", "خلال ثلاثين يومًا."], gated=False)
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.goto(stack.page + "?lang=ar")
+        await page.click(LAUNCHER)
+        assert await page.locator("parley-chat .send").inner_text() == "إرسال"
+        await ask(page, "Can I return it?")
+        assert "ثلاثين" in await final_answer(page)
+        directions = await shadow_eval(
+            page,
+            "root => ['.panel', '.msg.bot', '.msg.user'].map("
+            "s => getComputedStyle(root.querySelector(s)).direction)",
+        )
+        # The panel is Arabic; each message takes the direction of its own text.
+        assert directions == ["rtl", "rtl", "ltr"]
+
+
+async def test_keyboard_alone_opens_asks_and_closes(stack: Stack, browser: Any) -> None:
+    stack.backend.script(["Your order ships today."], gated=False)
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.wait_for_selector(LAUNCHER)
+        focused = ""
+        for _ in range(5):  # the page's own link first, then the widget
+            await page.keyboard.press("Tab")
+            focused = await focused_in_widget(page)
+            if focused == "launcher":
+                break
+        assert focused == "launcher"
+        outline = await shadow_eval(
+            page, "root => getComputedStyle(root.querySelector('.launcher')).outlineStyle"
+        )
+        assert outline != "none"  # a visible focus ring
+
+        await page.keyboard.press("Enter")
+        assert await focused_in_widget(page) == "input"
+        assert await page.locator(PANEL).is_visible()
+        labels = await shadow_eval(
+            page,
+            "root => [root.querySelector('textarea').labels[0]?.textContent,"
+            " root.querySelector('[role=log]').getAttribute('aria-live')]",
+        )
+        assert labels == ["Your message", "polite"]
+        await page.keyboard.type("Where is my order?")
+        await page.keyboard.press("Enter")
+        assert await final_answer(page) == "Your order ships today."
+        await page.keyboard.press("Tab")
+        assert await focused_in_widget(page) == "send"
+
+        await page.keyboard.press("Escape")
+        assert not await page.locator(PANEL).is_visible()
+        assert await focused_in_widget(page) == "launcher"
+
+
+async def focused_in_widget(page: Any) -> str:
+    return str(
+        await page.evaluate(
+            """() => {
+                const host = document.activeElement;
+                if (!host || host.tagName !== 'PARLEY-CHAT') return '';
+                const el = host.shadowRoot.activeElement;
+                if (!el) return '';
+                if (el.tagName === 'TEXTAREA') return 'input';
+                return el.classList[0] || el.tagName.toLowerCase();
+            }"""
+        )
+    )
+
+
+async def test_a_phone_screen_gets_the_whole_screen(stack: Stack, browser: Any) -> None:
+    async with parley_serving(stack):
+        page = await new_page(
+            browser, viewport={"width": 390, "height": 844}, is_mobile=True, locale="de-DE"
+        )
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        assert await page.locator("parley-chat .send").inner_text() == "Senden"  # the phone's
+        panel = await page.locator(PANEL).bounding_box()
+        field = await page.locator(INPUT).bounding_box()
+        assert panel is not None and field is not None
+        assert panel["x"] >= 0 and panel["y"] >= 0
+        assert panel["x"] + panel["width"] <= 390 and panel["y"] + panel["height"] <= 844
+        assert panel["width"] == 390  # full screen under 480 px
+        assert field["y"] + field["height"] <= 844  # the input is on screen
+        assert not await page.locator(LAUNCHER).is_visible()  # the panel has its own close
+
+
+async def test_the_server_going_away_shows_a_banner_and_nothing_is_lost(
+    stack: Stack, browser: Any
+) -> None:
+    stack.backend.script(["First answer."], gated=False)
+    page = await new_page(browser)
+    async with parley_serving(stack):
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "first")
+        assert await final_answer(page) == "First answer."
+        assert not await page.locator(BANNER).is_visible()
+
+    # Stopped: the stream breaks, and the widget says so.
+    banner = await wait_text(page, ".banner", "t => t.length > 0")
+    assert banner == "The assistant can't be reached right now. Retrying…"
+    await ask(page, "second, sent while the server is away")
+    assert "Sending" in await page.locator(USER_MSGS).last.inner_text()
+
+    stack.backend.script(["Second answer."], gated=False)
+    async with parley_serving(stack):  # back: the retried message is answered, once
+        assert await final_answer(page, 2, timeout_ms=RECOVERED_MS) == "Second answer."
+        await page.wait_for_selector(BANNER, state="hidden", timeout=RECOVERED_MS)
+    assert await page.locator(BOT_MSGS).count() == 2
+    assert len(stack.backend.requests) == 2
+
+
+async def test_too_many_messages_says_when_to_try_again(stack: Stack, browser: Any) -> None:
+    limited = SupportSettings(token_secret="widget-test-secret", visitor_messages=1)  # type: ignore[arg-type]
+    stack.backend.script(["Fine."], gated=False)
+    async with parley_serving(stack, limited):
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "one")
+        await final_answer(page)
+        await ask(page, "two")
+        banner = await wait_text(page, ".banner", "t => /try again/.test(t)")
+        assert re.fullmatch(r"Too many messages, try again in \d+ s\.", banner)
+        assert await page.locator("parley-chat .send").is_disabled()
+        assert await page.locator(INPUT).input_value() == "two"  # nothing typed is lost
+        assert await page.locator(USER_MSGS).count() == 1
+
+
+async def test_the_demo_page_works_under_its_strict_csp(stack: Stack, browser: Any) -> None:
+    demo = SupportSettings(
+        token_secret="widget-test-secret",  # type: ignore[arg-type]
+        demo=True,
+        demo_site_key=stack.site_key,
+    )
+    stack.backend.script(["Welcome to the demo."], gated=False)
+    async with parley_serving(stack, demo):
+        page = await new_page(browser)
+        said: list[str] = []
+        page.on("console", lambda message: said.append(message.text))
+        await page.goto(stack.api + "/")
+        await page.click(LAUNCHER)
+        position = await shadow_eval(
+            page, "root => getComputedStyle(root.querySelector('.launcher')).position"
+        )
+        assert position == "fixed"  # the widget's styles apply under the page's CSP
+        await ask(page, "hello")
+        assert await final_answer(page) == "Welcome to the demo."
+        assert not [line for line in said if "Content Security Policy" in line]
+
+
+# -- the pages over HTTP, no browser ------------------------------------------------------------
+
+
+@dataclass
+class _Pages:
+    demo: bool
+    demo_site_key: str
+
+
+def _client(settings: _Pages) -> httpx.AsyncClient:
+    app = Starlette(routes=pages.routes(settings))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://parley")
+
+
+async def test_the_script_is_served_with_caching_and_for_other_sites() -> None:
+    async with _client(_Pages(demo=False, demo_site_key="")) as client:
+        script = await client.get("/widget.js")
+        assert script.status_code == 200
+        assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+        assert script.headers["cross-origin-resource-policy"] == "cross-origin"
+        # No way from a string to markup or code anywhere in it.
+        assert not re.search(HTML_SINKS, script.text)
+        again = await client.get("/widget.js", headers={"If-None-Match": script.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+        assert (await client.get("/")).status_code == 404  # no demo unless asked for
+
+
+async def test_the_demo_page_embeds_the_demo_key_escaped() -> None:
+    async with _client(_Pages(demo=True, demo_site_key='pk_"><script>')) as client:
+        page = await client.get("/")
+    assert page.status_code == 200
+    assert 'data-site-key="pk_&quot;&gt;&lt;script&gt;"' in page.text
+    assert '<script src="/widget.js"' in page.text
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+
+
+async def test_the_demo_without_a_key_says_what_is_missing() -> None:
+    async with _client(_Pages(demo=True, demo_site_key="")) as client:
+        page = await client.get("/")
+    assert page.status_code == 503
+    assert "support.demo_site_key" in page.text
