@@ -8,12 +8,16 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
+from unittest import mock
 
 import pytest
 import sqlalchemy as sa
 
+from adapters.support.settings import SupportSettings
+from adapters.support.tokens import BadToken, TokenSigner
 from bot import phrases
 from bot.storage import migrate
 from bot.storage.models import MessageRow
@@ -310,6 +314,11 @@ async def test_erasure_removes_the_visitors_messages_and_conversation(worker: Wo
         (b'{"text": "hi", "extra": 1}', 422, "extra: Extra inputs are not permitted"),
         (b'{"text": "' + b"x" * 70_000 + b'"}', 413, "the body is larger than 64000 bytes"),
         (b"\xff\xfe", 400, "the body is not valid JSON"),
+        (
+            b'{"text": "a", "x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
+            400,
+            "the body is not valid JSON",
+        ),  # nesting deeper than the parser's recursion
     ],
 )
 async def test_bad_input_gets_a_short_4xx(
@@ -508,3 +517,53 @@ async def test_a_stopping_worker_ends_its_streams_so_clients_reconnect(worker: W
             async with asyncio.timeout(10):
                 rest = [line async for line in lines]
         assert rest == [""]  # the body ended: EventSource reconnects, with Last-Event-ID
+
+
+async def test_a_leaked_token_does_not_renew_itself_for_ever() -> None:
+    signer = TokenSigner(b"secret", ttl_s=100)
+    token, _ = signer.issue(1, "v_someone")
+    assert signer.verify(token).visitor_id == "v_someone"
+    later = time.time() + 150  # expired 50 s ago: renewable, not usable
+    with mock.patch("adapters.support.tokens.time.time", return_value=later):
+        with pytest.raises(BadToken, match="expired"):
+            signer.verify(token)
+        assert signer.verify(token, allow_expired=True).visitor_id == "v_someone"
+    much_later = time.time() + 250  # expired longer than a lifetime ago: not even renewed
+    with (
+        mock.patch("adapters.support.tokens.time.time", return_value=much_later),
+        pytest.raises(BadToken, match="too long ago"),
+    ):
+        signer.verify(token, allow_expired=True)
+
+
+async def test_a_server_key_is_never_taken_from_the_url(worker: Worker) -> None:
+    await worker.add_site("shop")
+    _, secret = await worker.adapter.sites.add_key("shop")
+    await worker.adapter.directory.refresh(force=True)
+    async with worker.client(origin=None) as server:
+        made = await server.post("/v1/visitors", headers=bearer(secret))
+        visitor_id = made.json()["visitor_id"]
+        leaked = await server.get(f"/v1/events?token={secret}&visitor_id={visitor_id}")
+        assert leaked.status_code == 401
+        assert "never in the URL" in leaked.json()["error"]["message"]
+
+
+async def test_open_streams_are_capped_per_visitor(worker: Worker) -> None:
+    site = await worker.add_site("shop")
+    cap = SupportSettings().streams_per_visitor  # the worker runs on the defaults
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        url = f"/v1/events?token={visitor['token']}"
+        async with contextlib.AsyncExitStack() as streams:
+            reading = []  # kept: an iterator dropped closes its stream
+            for _ in range(cap):
+                opened = await streams.enter_async_context(client.stream("GET", url))
+                assert opened.status_code == 200
+                reading.append(opened.aiter_lines())
+                await anext(reading[-1])  # the stream runs: it is counted
+            refused = await client.get(url)
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"]
+        # Closed streams give their places back.
+        async with client.stream("GET", url) as again:
+            assert again.status_code == 200

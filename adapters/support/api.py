@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -101,6 +101,8 @@ class SupportApi:
         self._history = history
         self._max_chars = max_message_chars
         self._ids: Lru[int] = Lru(KNOWN_IDS)
+        # Open event streams in this worker, per "visitor:..." and "address:..." key.
+        self._streams: dict[str, int] = {}
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -180,12 +182,14 @@ class SupportApi:
             after = "0-0" if after == "0" else after
             if not valid_event_id(after):
                 raise ApiError(400, "invalid_request", "Last-Event-ID: not an event id")
-        body = stream(self._events, caller.conversation, after, self._s.keepalive_s)
+        opened = self._open_stream(caller.conversation, _client(request))
+        body = opened(stream(self._events, caller.conversation, after, self._s.keepalive_s))
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
     async def history(self, request: Request) -> Response:
         """A page of the conversation, oldest first; `next` pages further back."""
+        await self._limit_ip(request)  # each page is a database read: counted like a request
         caller = await self._auth.caller(request, request.query_params.get("visitor_id"))
         before = _int_param(request, "before", 1, 2**62)
         limit = _int_param(request, "limit", 1, self._s.history_max_page) or 20
@@ -257,7 +261,7 @@ class SupportApi:
             return model()
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting
             raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
         if not isinstance(data, dict):
             raise ApiError(400, "malformed_json", "the body must be a JSON object")
@@ -265,6 +269,35 @@ class SupportApi:
             return model.model_validate(data)
         except ValidationError as exc:
             raise invalid(exc) from None
+
+    def _open_stream(
+        self, conversation: str, address: str
+    ) -> Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]:
+        """Count an event stream against its visitor's and address's caps (429 over one);
+        the returned wrapper gives the places back when the stream ends."""
+        keys = (f"visitor:{conversation}", f"address:{address}")
+        caps = (self._s.streams_per_visitor, self._s.streams_per_address)
+        if any(self._streams.get(k, 0) >= cap for k, cap in zip(keys, caps, strict=True)):
+            raise ApiError(
+                429, "too_many_streams", "too many open event streams", {"Retry-After": "10"}
+            )
+
+        async def counted(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+            # Counted once it runs: a stream the server never started leaves nothing behind.
+            for key in keys:
+                self._streams[key] = self._streams.get(key, 0) + 1
+            try:
+                async for event in events:
+                    yield event
+            finally:
+                for key in keys:
+                    left = self._streams.get(key, 1) - 1
+                    if left > 0:
+                        self._streams[key] = left
+                    else:
+                        self._streams.pop(key, None)
+
+        return counted
 
     async def _limit_ip(self, request: Request) -> None:
         hits = await self._hits(f"support:ip:{_client(request)}")

@@ -55,8 +55,11 @@ def bearer(request: Request, *, query: bool = False) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    if query:
-        return request.query_params.get("token") or None
+    if query:  # visitor tokens only: a secret key in a URL ends up in proxy and access logs
+        token = request.query_params.get("token") or None
+        if token is not None and token.startswith(SECRET_PREFIX):
+            raise unauthorized("a server key goes in the Authorization header, never in the URL")
+        return token
     return None
 
 

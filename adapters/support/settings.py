@@ -30,6 +30,9 @@ class SupportSettings(AdapterSettings):
     keepalive_s: float = Field(15.0, gt=0)
     # Largest page of GET /v1/history.
     history_max_page: int = Field(100, ge=1, le=1000)
+    # Event streams open at once on one worker: per visitor (a few tabs) and per address.
+    streams_per_visitor: int = Field(5, ge=1)
+    streams_per_address: int = Field(100, ge=1)
     # Serve the widget's demo page at `/` (adapters/support/pages.py), for the site whose
     # public key is demo_site_key (its origins must include Parley's own address).
     demo: bool = False

@@ -81,7 +81,8 @@ class TokenSigner:
 
     def verify(self, token: str, *, allow_expired: bool = False) -> VisitorClaim:
         """The claim of a token we signed; BadToken otherwise. `allow_expired`: for renewing
-        (the signature still proves who the visitor was)."""
+        (the signature still proves who the visitor was), up to one more `ttl_s` after it
+        expired: a token that leaked does not renew itself for ever."""
         body, dot, signature = token.partition(".")
         # Bytes: compare_digest refuses str with non-ASCII characters (any input may have them).
         if not dot or not hmac.compare_digest(signature.encode(), self._sign(body).encode()):
@@ -91,8 +92,11 @@ class TokenSigner:
             claim = VisitorClaim(int(data["s"]), str(data["v"]), int(data["e"]))
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise BadToken("the token is not valid") from None
-        if claim.expires_at < time.time() and not allow_expired:
+        now = time.time()
+        if claim.expires_at < now and not allow_expired:
             raise BadToken("the token has expired; ask for a new one at POST /v1/visitors")
+        if claim.expires_at + self._ttl_s < now:
+            raise BadToken("the token expired too long ago to be renewed; start a new visitor")
         return claim
 
     def _sign(self, body: str) -> str:
