@@ -567,3 +567,27 @@ async def test_open_streams_are_capped_per_visitor(worker: Worker) -> None:
         # Closed streams give their places back.
         async with client.stream("GET", url) as again:
             assert again.status_code == 200
+
+
+async def test_another_sites_server_key_never_reaches_a_visitors_record(worker: Worker) -> None:
+    shop = await worker.add_site("shop")
+    await worker.add_site("other")
+    _, other_key = await worker.adapter.sites.add_key("other")
+    await worker.adapter.directory.refresh(force=True)
+    async with worker.client() as client, worker.client(origin=None) as other:
+        visitor = await new_visitor(client, shop)
+        auth = bearer(visitor["token"])
+        await client.post("/v1/messages", headers=auth, json={"text": "hello from the shop"})
+        # The other site knows the visitor's id: it can only make a visitor of its own.
+        borrowed = {"text": "hi", "visitor_id": visitor["visitor_id"]}
+        posted = await other.post("/v1/messages", headers=bearer(other_key), json=borrowed)
+        assert posted.status_code == 202
+        await worker.adapter.idle()
+        params = {"visitor_id": visitor["visitor_id"]}
+        erased = await other.delete("/v1/visitor", headers=bearer(other_key), params=params)
+        assert erased.status_code == 204
+        page = (await client.get("/v1/history", headers=auth)).json()
+    assert [m["text"] for m in page["messages"]][:1] == ["hello from the shop"]
+    async with worker.app.store.engine.connect() as conn:
+        users = (await conn.execute(sa.text("SELECT external_id FROM users"))).scalars().all()
+    assert f"shop:{visitor['visitor_id']}" in users  # the shop's visitor is untouched

@@ -142,7 +142,7 @@ class SupportApi:
         pmid = platform_message_id(key)
         incoming = Incoming(
             key=caller.key,
-            user=User(PLATFORM, caller.visitor_id, language=self._language(request, caller.site)),
+            user=User(PLATFORM, caller.user_id, language=self._language(request, caller.site)),
             text=body.text,
             idempotency_key=key[:255],
             platform_message_id=pmid,
@@ -212,7 +212,7 @@ class SupportApi:
     async def erase(self, request: Request) -> Response:
         """Erase the visitor's messages and conversation (right to erasure)."""
         caller = await self._auth.caller(request, request.query_params.get("visitor_id"))
-        for conversation_id in await self._history.erase(caller.key, caller.visitor_id):
+        for conversation_id in await self._history.erase(caller.key, caller.user_id):
             await self._cache.delete(f"ctx:{conversation_id}")  # the context window's cache
         await self._events.erase(caller.conversation)
         return Response(status_code=204)

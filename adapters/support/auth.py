@@ -39,6 +39,12 @@ class Caller:
     def key(self) -> ConversationKey:
         return ConversationKey(PLATFORM, self.conversation)
 
+    @property
+    def user_id(self) -> str:
+        """The visitor as the core knows the sender: within its site, so that no site's key
+        reaches another site's visitor record, limits, budget or preferences."""
+        return self.conversation
+
 
 def origin_of(request: Request) -> str | None:
     origin = request.headers.get("origin")

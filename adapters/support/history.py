@@ -83,7 +83,7 @@ class SupportHistory:
             found = await conn.scalar(stmt)
         return int(found) if found is not None else None
 
-    async def erase(self, key: ConversationKey, visitor_id: str) -> Sequence[int]:
+    async def erase(self, key: ConversationKey, user_id: str) -> Sequence[int]:
         """Erase the visitor's conversation and user; the conversation ids it had."""
         c = ConversationRow
         async with self._engine.begin() as conn:
@@ -105,7 +105,7 @@ class SupportHistory:
                 )
             await conn.execute(
                 sa.delete(UserRow).where(
-                    UserRow.platform == key.platform, UserRow.external_id == visitor_id
+                    UserRow.platform == key.platform, UserRow.external_id == user_id
                 )
             )
         return [int(i) for i in ids]
