@@ -94,7 +94,13 @@ def _settings(database_url: str, redis_url: str, prefix: str, port: int = 8080) 
         conversation={"rate_limit_messages": 0},
         adapters=["support"],
         http={"host": "127.0.0.1", "port": port},
-        support={"token_secret": SECRET, "ip_requests": 10**6, "visitor_messages": 10**6},
+        # Every visitor of the benchmark connects from 127.0.0.1: no per-address caps.
+        support={
+            "token_secret": SECRET,
+            "ip_requests": 10**6,
+            "visitor_messages": 10**6,
+            "streams_per_address": 10**6,
+        },
     )
 
 
