@@ -37,7 +37,7 @@ import httpx
 
 from bot.storage.migrate import ensure_schema
 from tests.processes import ROOT
-from tests.redis_server import PrivateRedis, free_port
+from tests.redis_server import PrivateRedis, free_port, redis_binary
 from tests.slow_model import MODEL, SlowModel
 from tests.telegram_api import TOKEN, FakeBotApi
 from tests.telegram_updates import mention_update, text_update
@@ -440,7 +440,7 @@ async def cluster(
     host, port = re.search(r"@([^:/]+):(\d+)/", database_url).groups()  # type: ignore[union-attr]
     proxy = TcpProxy(host, int(port))
     await proxy.start()
-    redis = PrivateRedis(_redis_binary(), free_port())
+    redis = PrivateRedis(redis_binary(), free_port())
     await redis.start()
     api = FakeBotApi()
     try:
@@ -455,10 +455,3 @@ async def cluster(
     finally:
         await redis.kill()
         await proxy.aclose()
-
-
-def _redis_binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise AssertionError("redis-server is not on PATH; the crash suite starts its own")
-    return binary

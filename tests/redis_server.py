@@ -70,12 +70,17 @@ def _missing_binary() -> NoReturn:
     pytest.skip(reason)
 
 
-@pytest.fixture
-async def private_redis() -> AsyncIterator[PrivateRedis]:
+def redis_binary() -> str:
+    """The redis-server a test starts its own Redis with (fails under CI when missing)."""
     binary = shutil.which("redis-server")
     if binary is None:
         _missing_binary()
-    private = PrivateRedis(binary, free_port())
+    return binary
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[PrivateRedis]:
+    private = PrivateRedis(redis_binary(), free_port())
     await private.start()
     yield private
     await private.kill()

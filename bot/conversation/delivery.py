@@ -26,7 +26,7 @@ from datetime import timedelta
 
 from bot.errors import StorageError
 from bot.storage.base import Cache, DeliveryState, MessageKind, Store, StoredMessage, TurnLease
-from bot.types import utcnow
+from bot.types import ConversationKey, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ async def beat(cache: Cache, owner: str, stop: asyncio.Event) -> None:
 
 async def sweep(
     store: Store,
-    schedule: Callable[[int, object], None],
+    schedule: Callable[[int, ConversationKey], None],
     *,
     every_s: float,
     orphan_after_s: float,

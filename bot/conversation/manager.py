@@ -129,7 +129,7 @@ class ConversationManager:
         if s.sweep_interval_s > 0:
             task = sweep(
                 self._store,
-                lambda cid, key: self._schedule(_Work(cid, key)),  # type: ignore[arg-type]
+                lambda cid, key: self._schedule(_Work(cid, key)),
                 every_s=s.sweep_interval_s,
                 orphan_after_s=s.orphan_after_s,
                 stop=self._stopping,
