@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -222,20 +223,22 @@ class MemoryEventLog:
         self._waiters.wake_all(close=True)
 
 
-# KEYS[1]: the stream; ARGV: channel, MAXLEN, TTL, conversation, then name, data pairs.
+# KEYS[1]: the stream; ARGV: channel, MAXLEN, TTL, conversation, the appending worker's id,
+# then name, data pairs. Returns the id of the event before them and the events added.
 APPEND_SCRIPT = """
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local previous = '0-0'
 if #newest > 0 then previous = newest[1][1] end
 local added = {}
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local name, data = ARGV[i], ARGV[i + 1]
   local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', name, 'd', data)
   added[#added + 1] = {id, name, data}
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[1], cjson.encode({c = ARGV[4], p = previous, e = added}))
-return #added
+local wake = cjson.encode({c = ARGV[4], p = previous, e = added})
+redis.call('PUBLISH', ARGV[1], ARGV[5] .. '|' .. wake)
+return {previous, added}
 """
 
 
@@ -255,6 +258,8 @@ class RedisEventLog:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._append_script = redis.register_script(APPEND_SCRIPT)
+        # Marks this worker's wake-ups: its own streams have them already (see append).
+        self._me = uuid.uuid4().hex.encode()
 
     def _key(self, conversation: str) -> str:
         return f"{self._prefix}:events:{conversation}"
@@ -273,11 +278,17 @@ class RedisEventLog:
         self, conversation: str, events: Sequence[tuple[str, Mapping[str, Any]]]
     ) -> None:
         """XADD, EXPIRE and PUBLISH in one script (atomic): the wake-up carries the events
-        and the id of the event before them, so a stream that sent that one needs no read."""
-        args: list[str | int] = [self._channel, self._kept, self._ttl_s, conversation]
+        and the id of the event before them, so a stream that sent that one needs no read.
+        This worker's own streams get the events from the script's answer at once, not a
+        round trip later through the subscription (which skips this worker's wake-ups)."""
+        args: list[str | int | bytes] = [
+            self._channel, self._kept, self._ttl_s, conversation, self._me
+        ]  # fmt: skip
         for name, data in events:
             args += [name, json.dumps(data, ensure_ascii=False)]
-        await self._append_script(keys=[self._key(conversation)], args=args)
+        previous, added = await self._append_script(keys=[self._key(conversation)], args=args)
+        fresh = [Event(_text(i), _text(n), _text(d)) for i, n, d in added]
+        self._waiters.carry(conversation, _text(previous), fresh)
 
     async def read(self, conversation: str, after: str | None) -> list[Event]:
         start = f"({after}" if after is not None else "-"
@@ -326,9 +337,17 @@ class RedisEventLog:
                 delay = min(delay * 2, 10.0)
 
     def _woken(self, payload: bytes) -> None:
-        data = json.loads(payload)
+        # "<worker>|<json>"; a worker of an earlier release publishes the JSON alone.
+        sender, _, body = payload.partition(b"|") if payload[:1] != b"{" else (b"", b"", payload)
+        if sender == self._me:
+            return  # appended here: this worker's streams have these events already
+        data = json.loads(body)
         events = [Event(str(i), str(n), str(d)) for i, n, d in data["e"]]
         self._waiters.carry(str(data["c"]), str(data["p"]), events)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def build_event_log(
@@ -348,8 +367,11 @@ async def stream(
     yield b"retry: 2000\n\n"
     with log_.waiter(conversation) as waiter:
         try:
-            if after is None:
-                after = await log_.latest(conversation) or "0-0"
+            newest = await log_.latest(conversation) or "0-0"
+            if after is None or event_key(after) > event_key(newest):
+                # No id: only new events. An id past the newest (made up, or from a log that
+                # has expired since) would hide every event until the clock passes it.
+                after = newest
             while True:
                 waiter.event.clear()  # before reading: an append from now on sets it again
                 events = waiter.take(after)
