@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -59,7 +60,16 @@ class UsageLog:
         self._engine = engine
         self._errors = database_errors(engine.url)
         backend = engine.url.get_backend_name()
-        self._insert = postgresql.insert if backend == "postgresql" else sqlite.insert
+        insert = postgresql.insert if backend == "postgresql" else sqlite.insert
+        # Built once with its values as parameters, so SQLAlchemy compiles it once (a
+        # statement built per call, with its values in it, is compiled at every turn).
+        table = cast(sa.Table, _t.__table__)
+        stmt = insert(table)
+        added = {name: table.c[name] + stmt.excluded[name] for name in _COUNTS}
+        self._add = stmt.on_conflict_do_update(
+            index_elements=["day", "scope", "subject"],
+            set_={**added, "updated_at": sa.func.now()},
+        )
 
     async def add(self, day: date, subjects: Sequence[Subject], spent: Spent) -> None:
         """Add `spent` to each subject's row of `day` (created at zero when missing)."""
@@ -68,14 +78,8 @@ class UsageLog:
         rows = [
             {"day": day, "scope": s.scope, "subject": s.name, **_values(spent)} for s in subjects
         ]
-        stmt = self._insert(_t).values(rows)
-        added = {name: getattr(_t, name) + getattr(stmt.excluded, name) for name in _values(spent)}
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["day", "scope", "subject"],
-            set_={**added, "updated_at": sa.func.now()},
-        )
         async with self._connection(write=True) as conn:
-            await conn.execute(stmt)
+            await conn.execute(self._add, rows[0] if len(rows) == 1 else rows)
 
     async def tokens(self, day: date, subject: Subject) -> int:
         """Tokens `subject` spent on `day`, as recorded so far."""
@@ -106,6 +110,9 @@ class UsageLog:
                 yield conn
         except self._errors as exc:
             raise StorageError(describe_error(exc, self._engine.url)) from exc
+
+
+_COUNTS = ("prompt_tokens", "completion_tokens", "turns", "refused")
 
 
 def _values(spent: Spent) -> dict[str, int]:
