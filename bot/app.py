@@ -25,6 +25,11 @@ from bot.conversation.manager import ConversationManager
 from bot.conversation.summary import Summarizer
 from bot.documents import DocumentReader
 from bot.errors import BackendUnavailable, ConfigError
+from bot.handoff.desk import CoreDesk
+from bot.handoff.note import NoteWriter
+from bot.handoff.repo import HandoffRepository
+from bot.handoff.translation import Translator
+from bot.handoff.turns import HandoffTurns, register_human_intent
 from bot.knowledge import KnowledgeBase
 from bot.metrics import Metrics
 from bot.settings import Settings
@@ -64,6 +69,8 @@ class Parley:
         self.kb: KnowledgeBase
         self.prefs: PrefsRepository
         self.manager: ConversationManager
+        # The core's handoff service (bot.handoff): bridges attach to it, agent APIs call it.
+        self.desk: CoreDesk
         self.intake: Intake
         self.router = CommandRouter()
 
@@ -117,6 +124,8 @@ class Parley:
         register_core_commands(self.router)
         services = self._skill_services(cache)
         register_skills(self.router, services)
+        register_human_intent(self.router, s.handoff)
+        handoff = self._handoff(services)
         self.manager = ConversationManager(
             store=self.store,
             cache=cache,
@@ -129,6 +138,7 @@ class Parley:
             skills=SkillRouting(self.router, services),
             observer=self.metrics,
             budgets=self.budgets,
+            handoff=handoff,
         )
         self.manager.start()
         self._stack.push_async_callback(self.manager.aclose)
@@ -153,6 +163,23 @@ class Parley:
                 log.warning("waiting for the model server (%s); next try in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STARTUP_RETRY_MAX_S)
+
+    def _handoff(self, services: SkillServices) -> HandoffTurns:
+        """The desk and the manager's side of it. The desk closes after the manager (its
+        last events are handed on once the last turns finished)."""
+        h = self.settings.handoff
+        repo = HandoffRepository(self.store.engine, self.cache)
+        notes = NoteWriter(
+            self.store, repo, services, agent_language=h.agent_language,
+            history_messages=h.note_messages,
+            extractive_sentences=self.settings.skills.extractive_sentences,
+        )  # fmt: skip
+        self.desk = CoreDesk(
+            self.store, repo, notes, lambda cid, key: self.manager.schedule(cid, key),
+            counter=self.metrics,
+        )  # fmt: skip
+        self._stack.push_async_callback(self.desk.aclose)
+        return HandoffTurns(self.desk, Translator(services), h)
 
     def _skill_services(self, cache: Cache) -> SkillServices:
         s = self.settings

@@ -137,6 +137,8 @@ def turn_kind(batch: list[StoredMessage], router: CommandRouter) -> str:
     first = batch[0]
     if first.kind is MessageKind.LIMITED:
         return "limited"
+    if first.kind is MessageKind.AGENT:  # a help-desk agent's reply (bot.handoff)
+        return "agent"
     if first.kind is MessageKind.COMMAND:
         parsed = parse_command(first.content)
         if parsed is None or router.get(parsed[0]) is None:
@@ -213,6 +215,10 @@ class Metrics:
             "parley_backend_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
             ["backend"], multiprocess_mode="livemax", registry=r,
         )  # fmt: skip
+        self.handoffs = Counter(
+            "parley_handoffs", "Conversations handed to a person, by trigger (bot.handoff)",
+            ["platform", "reason"], registry=r,
+        )  # fmt: skip
         self.api_calls = Counter(
             "parley_platform_api_calls", "Calls to the platform's API", ["platform"], registry=r
         )
@@ -287,6 +293,11 @@ class Metrics:
 
     def budget_refused(self, platform: str, scope: str) -> None:
         self.budget_refused_total.labels(platform, scope).inc()
+
+    # -- bot.handoff ------------------------------------------------------------------------
+
+    def handoff(self, platform: str, reason: str) -> None:
+        self.handoffs.labels(platform, reason).inc()
 
     # -- scrape ----------------------------------------------------------------------------
 

@@ -73,6 +73,10 @@ BUDGET_USED_UP = N_(
     "The daily token budget is used up, so I cannot answer this now. "
     "It resets at midnight ({zone})."
 )
+HANDING_OFF = N_(
+    "I'm passing you to a person from our team. They will answer you here as soon as they can."
+)
+TRANSLATED = N_("(translated automatically)")
 
 
 def base_language(tag: str | None) -> str:

@@ -74,7 +74,11 @@ class DatabaseSettings(_Section):
     # in data_dir(), the same wherever `parley` is started from (`parley doctor` prints it).
     url: SecretStr = Field(default_factory=lambda: SecretStr(default_database_url()))
     echo: bool = False
-    pool_size: int = Field(10, ge=1, le=200)
+    pool_size: int = Field(
+        10, ge=1, le=200,
+        description="Connections each worker keeps to the database (SQLite file or "
+        "PostgreSQL), all opened at start, before the first turn.",
+    )  # fmt: skip
     # None: migrate SQLite on start, refuse to start on an out-of-date server database.
     auto_migrate: bool | None = None
 
@@ -287,6 +291,29 @@ class KnowledgeSettings(_Section):
     max_memory_chunks: int = Field(100_000, ge=0)
     # Where the embedding model's files are unpacked; default: "models" in the data folder.
     embeddings_cache: str | None = None
+    # An OpenAI-compatible embeddings server (vLLM serving an embedding model: its base URL
+    # ending in /v1, and the model's name); when set it replaces the bundled wordllama model.
+    # Changing the model re-embeds every chunk at the next search (vectors of another size).
+    embedding_base_url: str | None = None
+    embedding_model: str = ""
+    embedding_api_key: SecretStr | None = None
+    embedding_timeout_s: float = Field(30.0, gt=0)
+    # /ask with a model: the served model reorders the best `rerank_candidates` passages with
+    # one short structured-output call before the answer is written (slower by that call).
+    rerank: bool = False
+    rerank_candidates: int = Field(8, ge=2, le=20)
+    # "strict": when the reranking model judges that no passage answers the question, /ask
+    # says it found nothing instead of letting the model answer from weak passages;
+    # "lenient": the passages search found are used anyway. Without reranking both behave
+    # alike: search returns only passages that share a word with the question or are close
+    # in meaning (knowledge.min_similarity), and the prompt forbids answers from elsewhere.
+    grounding: Literal["strict", "lenient"] = "strict"
+
+    @model_validator(mode="after")
+    def _embedding_server_needs_model(self) -> Self:
+        if self.embedding_base_url and not self.embedding_model:
+            raise ValueError("knowledge.embedding_base_url needs knowledge.embedding_model")
+        return self
 
 
 class SkillsSettings(_Section):
@@ -374,6 +401,37 @@ class BudgetSettings(_Section):
         return name
 
 
+class HandoffSettings(_Section):
+    """Human handoff (bot.handoff; docs/support-desk.md): when the bot passes a conversation
+    to a person, and the language agents work in."""
+
+    enabled: bool = Field(True, description="Whether any trigger hands a conversation off.")
+    ask_for_person: bool = Field(
+        True, description="Hand off when the customer asks for a person (phrases or the model)."
+    )
+    negative_in_a_row: int = Field(
+        2, ge=0, description="Hand off after this many negative messages in a row (0: never)."
+    )
+    angry: bool = Field(True, description="Hand off on one angry or frustrated message.")
+    unanswered_in_a_row: int = Field(
+        2, ge=0,
+        description="Hand off after the knowledge base found nothing this many times in a row "
+        "(0: never).",
+    )  # fmt: skip
+    keywords: list[str] = Field(
+        default_factory=list,
+        description="Operator keyword rules: a customer message containing one of these words "
+        "or phrases (case-insensitive, whole words) is handed off.",
+    )
+    agent_language: str = Field(
+        "en", description="The language agents read and write in (customer messages reach them "
+        "translated into it; their replies are translated from it)."
+    )  # fmt: skip
+    note_messages: int = Field(
+        40, ge=1, le=500, description="Messages of history the handoff note is written from."
+    )
+
+
 class Settings(BaseSettings):
     """The core's settings. The sections of the installed adapters are added by
     `settings_class()`; build settings with `load_settings()`."""
@@ -408,6 +466,7 @@ class Settings(BaseSettings):
     skills: SkillsSettings = SkillsSettings()
     documents: DocumentSettings = DocumentSettings()
     budget: BudgetSettings = BudgetSettings()
+    handoff: HandoffSettings = HandoffSettings()
 
     @field_validator("adapters")
     @classmethod

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 import adapters.support.models  # noqa: F401  (the support channel's sites and keys)
+import bot.handoff.models  # noqa: F401  (handoff states, their audit trail, message signals)
 from bot.storage import prefs_models  # noqa: F401  (its tables join Base.metadata)
 from bot.storage.database import ensure_sqlite_folder
 from bot.storage.models import Base, include_in_schema_compare

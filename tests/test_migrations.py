@@ -12,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
 
 import adapters.support.models  # noqa: F401  (its tables join Base.metadata, as in env.py)
+import bot.handoff.models  # noqa: F401  (the same)
 from bot.errors import SchemaOutOfDate, StorageError
 from bot.storage import migrate
 from bot.storage.database import create_engine

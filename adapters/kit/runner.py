@@ -27,6 +27,7 @@ from bot.adapter_registry import AdapterSettings, adapter_spec
 from bot.app import Parley
 from bot.conversation.intake import Intake
 from bot.errors import AdapterError, BotError
+from bot.handoff.types import Desk
 from bot.readiness import ReadinessProbe
 from bot.settings import Settings
 from bot.skills.router import CommandRouter
@@ -50,11 +51,13 @@ class AdapterHost:
     # The history store: for adapters that read back what they missed (Discord's backfill)
     # and withdraw messages deleted before they were answered.
     store: Store
+    # The handoff desk (bot.handoff): help-desk bridges attach to it, agent APIs call it.
+    desk: Desk | None = None
 
 
 def host_for(app: Parley) -> AdapterHost:
     http = HttpHost(app.settings.http, ready=ReadinessProbe(app))
-    return AdapterHost(app.intake, app.settings, http, app.router, app.store)
+    return AdapterHost(app.intake, app.settings, http, app.router, app.store, app.desk)
 
 
 def build_adapters(

@@ -33,14 +33,18 @@ import secrets
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from backends.base import Backend, GenerationRequest, estimate_tokens
 from bot import phrases
 from bot.budget import NO_BUDGETS, TurnBudgets
 from bot.errors import BackendError, BotError, ContextTooLong, NoBackendConfigured, StorageError
+from bot.handoff.types import HandoffState
 from bot.logcontext import current_turn, note
 from bot.metrics import NullObserver, TurnObserver, observed_turn
+from bot.sentiment.types import TurnSignals
 from bot.settings import BackendSettings, ConversationSettings
+from bot.skills.qa import I_DONT_KNOW
 from bot.skills.router import (
     Answer,
     CommandRouter,
@@ -55,8 +59,11 @@ from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 from .context import ContextLoader
 from .delivery import Superseded, TurnDelivery, beat, holder_alive, sweep
 from .relay import Collected, note_line, until
-from .sink import ReplySink, SiteScoped, done_showing, once, showing
+from .sink import ReplySink, SiteScoped, done_showing, done_speaking, once, showing, speaking
 from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, merge_user_texts
+
+if TYPE_CHECKING:
+    from bot.handoff.turns import HandoffTurns
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,8 @@ _SIZE_STUB = re.compile(r"^\[message: (\d+) characters not kept, over the size l
 STOP_COMMANDS = frozenset({"reset", "stop"})
 # How soon a conversation whose answer another live worker is finishing is looked at again.
 BUSY_RETRY_S = 1.0
+# Messages looked through for the customer's newest one (an agent reply's language).
+CUSTOMER_LOOKBACK = 20
 # The answer the current task's turn is showing (set around each turn).
 _TURN: contextvars.ContextVar[TurnDelivery] = contextvars.ContextVar("parley_turn")
 
@@ -97,6 +106,7 @@ class ConversationManager:
         skills: PlainRouting | None = None,
         observer: TurnObserver | None = None,
         budgets: TurnBudgets | None = None,
+        handoff: HandoffTurns | None = None,
     ) -> None:
         self.observer: TurnObserver = observer or NullObserver()
         self._budgets: TurnBudgets = budgets or NO_BUDGETS
@@ -109,6 +119,7 @@ class ConversationManager:
         self._generation = generation
         self._count = count_tokens
         self._skills = skills
+        self._handoff = handoff
         self._sinks: dict[str, ReplySink] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
         # conversation -> set to stop the answer streaming there (/stop, /reset)
@@ -138,6 +149,10 @@ class ConversationManager:
 
     def attach(self, platform: str, sink: ReplySink) -> None:
         self._sinks[platform] = sink
+
+    def schedule(self, conversation_id: int, key: ConversationKey) -> None:
+        """Run the conversation's pending turns (the desk's agent replies use it)."""
+        self._schedule(_Work(conversation_id, key))
 
     async def submit(self, incoming: Incoming, *, limited: bool | None = None) -> Recorded:
         """Record the message and schedule its conversation. Safe to call twice. `limited`:
@@ -390,15 +405,31 @@ class ConversationManager:
         if batch[0].kind is MessageKind.LIMITED:
             await self._rate_limited(work, batch)
             return
+        if batch[0].kind is MessageKind.AGENT:  # an agent's words: no budget of the customer's
+            await self._agent_turn(work, batch)
+            return
         # Every model call of the turn (chat, skills, summaries) counts to the sender's budget.
         async with self._budgets.turn(work.key, batch[-1].user_id, self._localizer(batch[-1])):
             await self._dispatch(work, batch)
 
     async def _dispatch(self, work: _Work, batch: list[StoredMessage]) -> None:
-        if batch[0].kind is MessageKind.COMMAND:
-            await self._answer(work, batch, await self._command(work, batch[0]))
+        signals, said = TurnSignals(), set[str]()
+        if batch[0].kind is MessageKind.COMMAND:  # /ask's "I don't know" counts too
+            answer = await self._command(work, batch[0], said)
+            if I_DONT_KNOW not in said or not await self._handed_off(
+                work, batch, answer, signals, said
+            ):
+                await self._answer(work, batch, answer)
             return
-        routed = await self._route(work, batch)
+        if self._handoff is not None:
+            status, _ = await self._handoff.status(work.conversation_id)
+            if status.state is not HandoffState.BOT:  # a person answers: recorded, not answered
+                await self._handoff.forward(work.conversation_id, work.key, status, batch)
+                await self._record_aside(work, batch, "")
+                return
+        routed = await self._route(work, batch, signals, said)
+        if await self._handed_off(work, batch, routed, signals, said):
+            return
         if routed is not None:  # a skill took the plain message (intent, auto-translate)
             note(skill="intent")
             await self._answer(work, batch, routed)
@@ -426,7 +457,9 @@ class ConversationManager:
             return command.max_chars  # commands that take pasted text allow more
         return self._settings.max_message_chars
 
-    async def _command(self, work: _Work, message: StoredMessage) -> Answer:
+    async def _command(
+        self, work: _Work, message: StoredMessage, said: set[str] | None = None
+    ) -> Answer:
         parsed = parse_command(message.content)
         say = self._localizer(message)
         if (oversized := _SIZE_STUB.match(message.content)) is not None:
@@ -435,19 +468,27 @@ class ConversationManager:
         if parsed is None:  # recorded as a command, so this cannot happen; answer anyway
             return await self._router.help_text(say)
         name, args = parsed
-        ctx = self._turn_context(work, message, args)
+        ctx = self._turn_context(work, message, args, said=said)
         try:
             return await self._router.dispatch(ctx, name)
         except BotError as exc:
             log.warning("command /%s failed: %s", name, exc)
             return await say(exc.user_message)
 
-    def _turn_context(self, work: _Work, message: StoredMessage, args: str) -> TurnContext:
+    def _turn_context(
+        self,
+        work: _Work,
+        message: StoredMessage,
+        args: str,
+        signals: TurnSignals | None = None,
+        said: set[str] | None = None,
+    ) -> TurnContext:
         user = User(work.key.platform, message.user_id, message.user_display_name)
+        say = self._localizer(message)
         return TurnContext(
             work.key, work.conversation_id, user, args, self._store, self._context,
-            self._settings, message_id=message.id, say=self._localizer(message),
-            collection=self._collection(work.key),
+            self._settings, message_id=message.id, collection=self._collection(work.key),
+            say=say if said is None else _noting(say, said), signals=signals,
         )  # fmt: skip
 
     def _system_prompt(self, key: ConversationKey) -> str:
@@ -460,15 +501,84 @@ class ConversationManager:
         sink = self._sinks.get(key.platform)
         return sink.collection_for(key) if isinstance(sink, SiteScoped) else ""
 
-    async def _route(self, work: _Work, batch: list[StoredMessage]) -> Answer | None:
+    async def _route(
+        self,
+        work: _Work,
+        batch: list[StoredMessage],
+        signals: TurnSignals | None = None,
+        said: set[str] | None = None,
+    ) -> Answer | None:
         if self._skills is None:
             return None
         text = merge_user_texts([m.content for m in batch])
+        ctx = self._turn_context(work, batch[-1], text, signals, said)
         try:
-            return await self._skills.route(self._turn_context(work, batch[-1], text), text)
+            return await self._skills.route(ctx, text)
         except BotError as exc:
             log.warning("conversation %s: skill failed: %s", work.key, exc)
             return await self._localizer(batch[-1])(exc.user_message)
+
+    async def _handed_off(
+        self,
+        work: _Work,
+        batch: list[StoredMessage],
+        routed: Answer | None,
+        signals: TurnSignals,
+        said: set[str],
+    ) -> bool:
+        """The handoff triggers, after routing (which may have filled `signals`): on one,
+        the conversation waits for a person and the customer is told so in one sentence
+        (after the bot's "I don't know", where that was the trigger). True: handed off."""
+        if self._handoff is None:
+            return False
+        if batch[0].kind is MessageKind.COMMAND:  # commands run in every state
+            status, _ = await self._handoff.status(work.conversation_id)
+            if status.state is not HandoffState.BOT:
+                return False
+        text = merge_user_texts([m.content for m in batch])
+        unanswered = I_DONT_KNOW in said
+        trigger = await self._handoff.assess(
+            work.conversation_id, batch, text, signals, unanswered=unanswered
+        )
+        if trigger is None:
+            return False
+        language = await self._language(batch[-1])
+        await self._handoff.hand_off(work.conversation_id, work.key, trigger, language)
+        sentence = phrases.say(phrases.HANDING_OFF, language)
+        if isinstance(routed, str) and unanswered:
+            sentence = f"{routed}\n\n{sentence}"
+        elif routed is not None and not isinstance(routed, str):
+            aclose = getattr(routed, "aclose", None)
+            if aclose is not None:
+                await aclose()  # a skill's answer the customer will not get: abort its request
+        await self._reply_once(work, batch, sentence)
+        return True
+
+    async def _agent_turn(self, work: _Work, batch: list[StoredMessage]) -> None:
+        """Deliver an agent's reply (one message per turn) in the customer's language, with
+        the sink told who speaks (sink.current_author); recorded as the answer to it."""
+        if self._handoff is None:  # no desk in this process: settle it unseen
+            await self._record_aside(work, batch, "")
+            return
+        message = batch[-1]
+        status, language = await self._handoff.status(work.conversation_id)
+        language = language or await self._customer_language(work.conversation_id)
+        text, translated, author = await self._handoff.agent_reply(work.key, message, language)
+        token = speaking(author)
+        try:
+            await self._reply_once(work, batch, text)
+        finally:
+            done_speaking(token)
+        self._handoff.delivered(work.conversation_id, work.key, status, message, translated)
+
+    async def _customer_language(self, conversation_id: int) -> str:
+        """The language of the customer's newest message, where the handoff did not record
+        one (an agent took the conversation over without a trigger)."""
+        history = await self._store.history(conversation_id, CUSTOMER_LOOKBACK)
+        for message in reversed(history):
+            if message.role is Role.USER and message.kind is MessageKind.CHAT:
+                return await self._language(message)
+        return ""
 
     async def _answer(self, work: _Work, batch: list[StoredMessage], answer: Answer) -> None:
         if isinstance(answer, str):
@@ -675,6 +785,16 @@ class ConversationManager:
         except BotError as exc:  # the sentence still goes out, in English
             log.warning("language of message %d not found: %s", message.id, exc)
             return ""
+
+
+def _noting(say: Say, said: set[str]) -> Say:
+    """`say` that notes which sentences were said (the handoff counts "I don't know")."""
+
+    async def noted(sentence: str, **fields: object) -> str:
+        said.add(sentence)
+        return await say(sentence, **fields)
+
+    return noted
 
 
 def not_kept(what: str, reason: str) -> str:

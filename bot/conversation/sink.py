@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from bot.types import ConversationKey, Incoming
@@ -78,3 +79,32 @@ def showing(shown: Shown | None) -> Token[Shown | None]:
 
 def done_showing(token: Token[Shown | None]) -> None:
     _SHOWN.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    """Who speaks in the reply being delivered, when it is not the bot: a person at the help
+    desk (bot.handoff). `text` is what they wrote (before translation), `language` its
+    language ("" : unknown); the delivered text is the customer's translation."""
+
+    name: str
+    text: str
+    language: str = ""
+
+
+_AUTHOR: ContextVar[Author | None] = ContextVar("parley_author", default=None)
+
+
+def current_author() -> Author | None:
+    """The person whose reply is being delivered in this task; None: the bot speaks. A sink
+    may render it as such (the support channel's `agent` event) or prefix the name."""
+    return _AUTHOR.get()
+
+
+def speaking(author: Author | None) -> Token[Author | None]:
+    """Set who speaks (the core does, around the delivery of an agent's reply)."""
+    return _AUTHOR.set(author)
+
+
+def done_speaking(token: Token[Author | None]) -> None:
+    _AUTHOR.reset(token)

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from bot.errors import BotError
 from bot.types import ConversationKey
+
+
+class HandoffError(BotError):
+    """A desk call that the conversation's state does not allow (an agent's reply to a
+    conversation no person has, a conversation that does not exist). The message is safe to
+    return to the caller (an agent API's 409)."""
 
 
 class HandoffState(enum.StrEnum):

@@ -20,6 +20,7 @@ from bot.types import ConversationKey, Incoming, User
 
 if TYPE_CHECKING:
     from bot.conversation.context import ContextLoader
+    from bot.sentiment.types import TurnSignals
     from bot.settings import ConversationSettings
     from bot.storage.base import Store
 
@@ -49,6 +50,9 @@ class TurnContext:
     say: Say = say_in_english
     # The knowledge-base collection /ask searches (a support site's; "" : the default).
     collection: str = ""
+    # What the turn learned before answering (sentiment, "asks for a person"): the intent
+    # router may fill it, the "human" intent's handler sets wants_human (bot.handoff).
+    signals: TurnSignals | None = None
 
 
 Answer = str | AsyncIterator[str]

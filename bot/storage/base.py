@@ -26,6 +26,9 @@ class MessageKind(enum.StrEnum):
     OBSERVED = "observed"
     # A message over its sender's rate limit: answered with one sentence, never by the model.
     LIMITED = "limited"
+    # A help-desk agent's reply (bot.handoff): pending like a user message until its turn has
+    # delivered it to the customer (translated); kept as written, out of the context.
+    AGENT = "agent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,9 @@ class TurnLease:
     epoch: int
     owner: str
     lost: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    # The conversation's unfinished delivery as the lease was taken (read in the same
+    # statement, so a turn needs no `Store.delivery` call of its own).
+    unfinished: DeliveryState | None = None
 
 
 @dataclass(frozen=True, slots=True)

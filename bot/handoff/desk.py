@@ -1,0 +1,258 @@
+"""The core's desk (types.Desk): state changes in SQL, then events to the attached bridges.
+
+Each bridge has its own queue and publisher task, so events reach it in the order they
+happened and a slow or failing bridge holds up no other. An event is handed on only after its
+SQL change committed; a bridge that raises is retried (tenacity, exponential back-off) and,
+after the last try, the event is logged as dropped (kind and conversation, never text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
+
+from backends.base import estimate_tokens
+from bot.storage.base import MessageKind, Store
+from bot.types import ConversationKey, Incoming, User, utcnow
+
+from .note import NoteWriter
+from .repo import Change, HandoffRepository
+from .types import (
+    DeskBridge,
+    DeskEvent,
+    EventKind,
+    HandoffError,
+    HandoffState,
+    HandoffStatus,
+    Reason,
+)
+
+log = logging.getLogger(__name__)
+
+BOT, WAITING, HUMAN = HandoffState.BOT, HandoffState.WAITING, HandoffState.HUMAN
+PUBLISH_ATTEMPTS = 5
+PUBLISH_WAIT_MAX_S = 5.0
+# The platform of the users rows agents are recorded under (users.platform).
+AGENT_PLATFORM = "desk"
+# Prefix of an agent reply's idempotency key, so it never meets a platform's own keys.
+AGENT_KEY_PREFIX = "desk:"
+
+
+class HandoffCounter(Protocol):
+    def handoff(self, platform: str, reason: str) -> None: ...
+
+
+class _NoCount:
+    def handoff(self, platform: str, reason: str) -> None:
+        return None
+
+
+class CoreDesk:
+    """types.Desk over SQL. `schedule(conversation_id, key)` runs the conversation's turn
+    (the manager's): an agent's reply is delivered by it like any answer."""
+
+    def __init__(
+        self,
+        store: Store,
+        repo: HandoffRepository,
+        notes: NoteWriter,
+        schedule: Callable[[int, ConversationKey], None],
+        *,
+        counter: HandoffCounter | None = None,
+        publish_wait_s: float = 0.2,
+    ) -> None:
+        self._store = store
+        self.repo = repo
+        self._notes = notes
+        self._schedule = schedule
+        self._counter = counter or _NoCount()
+        self._wait_s = publish_wait_s
+        self._bridges: list[DeskBridge] = []
+        # An event, or the task writing its note and returning it whole.
+        self._queues: list[asyncio.Queue[DeskEvent | asyncio.Task[DeskEvent]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- types.Desk ------------------------------------------------------------------------
+
+    def attach(self, bridge: DeskBridge) -> None:
+        self._bridges.append(bridge)
+        self._queues.append(asyncio.Queue())
+
+    async def status(self, key: ConversationKey) -> HandoffStatus:
+        cid = await self._store.conversation_id(key)
+        return await self.repo.status(cid) if cid is not None else HandoffStatus(BOT)
+
+    async def request(
+        self, key: ConversationKey, reason: Reason, detail: str = ""
+    ) -> HandoffStatus:
+        return await self.escalate(await self._conversation(key), key, reason, detail)
+
+    async def take(self, key: ConversationKey, agent: str) -> HandoffStatus:
+        cid = await self._conversation(key)
+        change = await self.repo.change(
+            cid, HUMAN, Reason.AGENT, allowed_from=(BOT, WAITING, HUMAN), agent=agent
+        )
+        if change.changed:
+            self._emit(EventKind.TAKEN, key, cid, change.after, agent=agent)
+        return change.after
+
+    async def give_back(self, key: ConversationKey, agent: str) -> HandoffStatus:
+        cid = await self._conversation(key)
+        change = await self.repo.change(
+            cid, BOT, Reason.RESOLVED, allowed_from=(WAITING, HUMAN), agent=agent
+        )
+        if change.changed:
+            self._emit(EventKind.RETURNED, key, cid, change.after, agent=agent)
+        return change.after
+
+    async def agent_message(
+        self, key: ConversationKey, text: str, *, agent: str, idempotency_key: str
+    ) -> int:
+        if not text.strip():
+            raise HandoffError("an agent's message needs some text")
+        cid = await self._conversation(key)
+        status = await self.repo.status(cid)
+        if status.state is BOT:
+            raise HandoffError(f"conversation {key} is with the bot: take it over first")
+        if status.state is WAITING:  # replying is taking it
+            await self.take(key, agent)
+        incoming = Incoming(
+            key, User(AGENT_PLATFORM, agent, agent), text,
+            idempotency_key=AGENT_KEY_PREFIX + idempotency_key,
+        )  # fmt: skip
+        recorded = await self._store.record_incoming(
+            incoming, kind=MessageKind.AGENT, token_count=estimate_tokens(text)
+        )
+        # A repeat is scheduled too: its first delivery may have been cut by a crash.
+        self._schedule(recorded.conversation_id, key)
+        return recorded.message_id
+
+    # -- the core's side -------------------------------------------------------------------
+
+    async def escalate(
+        self,
+        conversation_id: int,
+        key: ConversationKey,
+        reason: Reason,
+        detail: str = "",
+        *,
+        language: str | None = None,
+    ) -> HandoffStatus:
+        """bot -> waiting, with the note for the agent; nothing when a person has it already."""
+        change = await self.repo.change(
+            conversation_id, WAITING, reason, allowed_from=(BOT,), detail=detail,
+            language=language or "",
+        )  # fmt: skip
+        if change.changed:
+            self._counter.handoff(key.platform, reason.value)
+            self._emit(EventKind.REQUESTED, key, conversation_id, change.after, change=change)
+        return change.after
+
+    def publish(self, event: DeskEvent, *, change: Change | None = None) -> None:
+        """Queue an event for every bridge that serves its platform. With `change` (a
+        handoff request), the note is written here, in the background: the customer's turn
+        does not wait for a summary, and the bridges still get the events in order."""
+        serving = [
+            queue
+            for bridge, queue in zip(self._bridges, self._queues, strict=True)
+            if bridge.platforms is None or event.key.platform in bridge.platforms
+        ]
+        if not serving:
+            return
+        item: DeskEvent | asyncio.Task[DeskEvent] = event
+        if change is not None:
+            item = asyncio.create_task(self._with_note(event, change), name="parley-note")
+        for queue in serving:
+            queue.put_nowait(item)
+        self._start_publishers()
+
+    async def idle(self) -> None:
+        """Wait until every queued event was handed on (or dropped after its tries)."""
+        for queue in self._queues:
+            await queue.join()
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self.idle()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _with_note(self, event: DeskEvent, change: Change) -> DeskEvent:
+        cid, after = event.conversation_id, change.after
+        try:
+            reason = after.reason or Reason.ASKED
+            note = await self._notes.write(cid, reason, after.detail, change.language)
+        except Exception:  # the handoff stands without its note; the agent reads the history
+            log.exception("conversation %d: handoff note not written", cid)
+            return event
+        return dataclasses.replace(event, note=note)
+
+    def _emit(
+        self,
+        kind: EventKind,
+        key: ConversationKey,
+        conversation_id: int,
+        status: HandoffStatus,
+        *,
+        agent: str = "",
+        change: Change | None = None,
+    ) -> None:
+        event = DeskEvent(
+            kind, key, conversation_id, status.state, status.since or utcnow(),
+            reason=status.reason, agent=agent,
+        )  # fmt: skip
+        self.publish(event, change=change)
+
+    async def _conversation(self, key: ConversationKey) -> int:
+        cid = await self._store.conversation_id(key)
+        if cid is None:
+            raise HandoffError(f"no conversation {key}")
+        return cid
+
+    def _start_publishers(self) -> None:
+        while len(self._tasks) < len(self._bridges):
+            n = len(self._tasks)
+            task = asyncio.create_task(self._publisher(n), name=f"parley-desk-bridge-{n}")
+            self._tasks.append(task)
+
+    async def _publisher(self, n: int) -> None:
+        bridge, queue = self._bridges[n], self._queues[n]
+        while True:
+            item = await queue.get()
+            try:
+                event = item if isinstance(item, DeskEvent) else await item
+                await self._hand_on(bridge, event)
+            finally:
+                queue.task_done()
+
+    async def _hand_on(self, bridge: DeskBridge, event: DeskEvent) -> None:
+        name = type(bridge).__name__
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(PUBLISH_ATTEMPTS),
+            wait=wait_exponential(multiplier=self._wait_s, max=PUBLISH_WAIT_MAX_S),
+            reraise=False,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        await bridge.publish(event)
+                    except Exception as exc:
+                        log.warning(
+                            "desk bridge %s: %s for %s failed (try %d): %s", name,
+                            event.kind.value, event.key, attempt.retry_state.attempt_number,
+                            type(exc).__name__,
+                        )  # fmt: skip
+                        raise
+        except RetryError:
+            log.error("desk bridge %s: %s for %s dropped after %d tries", name,
+                      event.kind.value, event.key, PUBLISH_ATTEMPTS)  # fmt: skip

@@ -1,0 +1,113 @@
+"""The no-model path of "the customer asks for a person": phrase patterns in every language
+Parley has a locale for (bot/locale/*.toml, and English), and the operator's keyword rules.
+
+The patterns look for the request, not the word: "are you a human?" is not one, "I want to
+talk to a human" is. With a model, the intent router may recognise other wordings
+(TurnSignals.wants_human).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+# One alternation per language; matched case-insensitively anywhere in the message.
+HUMAN_PHRASES: dict[str, tuple[str, ...]] = {
+    "en": (
+        r"\b(?:talk|speak|chat)\s+(?:to|with)\s+(?:a|an|the|some|your)?\s*(?:real\s+|live\s+)?"
+        r"(?:person|human|agent|representative|operator|someone|somebody|people|staff)\b",
+        r"\b(?:real|live)\s+(?:person|human|agent)\b",
+        r"\bhuman\s+(?:being|agent|support)\b",
+        r"\b(?:get|give|connect|transfer)\s+me\s+(?:to\s+)?(?:a|an)\s+(?:person|human|agent)\b",
+    ),
+    "de": (
+        r"\bmit\s+(?:einem|einer|jemandem|ihrem|eurem)?\s*(?:echten\s+|richtigen\s+)?"
+        r"(?:menschen|person|mitarbeiter\w*|berater\w*|agent\w*|kundenberater\w*)\b",
+        r"\b(?:echte[nrm]?|richtige[nrm]?)\s+(?:menschen|person|mitarbeiter\w*)\b",
+        r"\bmit\s+jemandem\s+(?:sprechen|reden)\b",
+    ),
+    "fr": (
+        r"\bparler\s+(?:à|a|avec)\s+(?:quelqu.un|(?:un|une|le|la)\s+(?:vrai\w*\s+)?"
+        r"(?:humain|personne|conseill\w+|agent|opérat\w+|être\s+humain))",
+        r"\b(?:vraie|vrai)\s+personne\b",
+        r"\bun\s+(?:conseiller|humain|être humain)\b",
+    ),
+    "es": (
+        r"\bhablar\s+con\s+(?:una\s+persona|un\s+humano|alguien|un\s+agente|un\s+operador"
+        r"|un\s+asesor|una\s+persona\s+real)",
+        r"\bpersona\s+(?:real|de\s+verdad)\b",
+        r"\bagente\s+humano\b",
+    ),
+    "it": (
+        r"\bparlare\s+con\s+(?:una\s+persona|un\s+operatore|un\s+umano|qualcuno"
+        r"|un\s+essere\s+umano|un\s+consulente|un\s+addetto)",
+        r"\bpersona\s+(?:vera|reale)\b",
+        r"\bessere\s+umano\b",
+    ),
+    "pt": (
+        r"\bfalar\s+com\s+(?:uma\s+pessoa|um\s+humano|algu[eé]m|um\s+atendente|um\s+agente"
+        r"|um\s+operador|um\s+ser\s+humano)",
+        r"\bpessoa\s+(?:real|de\s+verdade)\b",
+        r"\batendente\s+humano\b",
+    ),
+    "nl": (
+        r"\bmet\s+(?:een|iemand)\s*(?:echte?\s+)?(?:mens|persoon|medewerker)?\s*"
+        r"(?:spreken|praten)\b",
+        r"\bmet\s+een\s+(?:echte?\s+)?(?:mens|persoon|medewerker)\b",
+        r"\becht(?:e)?\s+(?:mens|persoon)\b",
+    ),
+    "pl": (
+        r"\bz\s+(?:człowiekiem|konsultantem|konsultantką|prawdziwą\s+osobą|żywym\s+człowiekiem"
+        r"|agentem|pracownikiem|osobą)",
+    ),
+    "ru": (
+        r"\bс\s+(?:живым\s+)?(?:человеком|оператором|менеджером|сотрудником|консультантом)",
+        r"\bживо(?:й|го|му)\s+человек",
+    ),
+    "uk": (
+        r"\bз\s+(?:живою\s+)?(?:людиною|оператором|менеджером|консультантом|працівником)",
+        r"\bжив(?:а|ою|ої)\s+людин",
+    ),
+    "tr": (
+        r"\b(?:insanla|kişiyle|temsilciyle|yetkiliyle|operatörle|biriyle)\s+"
+        r"(?:konuş|görüş)",
+        r"\bgerçek\s+bir\s+(?:insan|kişi)",
+        r"\bmüşteri\s+temsilci",
+    ),
+    "ar": (
+        r"(?:مع|إلى|الى)\s+(?:شخص|إنسان|انسان|موظف|ممثل|وكيل|أحد)",
+        r"(?:إنسان|انسان|شخص)\s+حقيقي",
+        r"خدمة\s+العملاء",
+    ),
+    "zh": (r"人工客服|转人工|人工服务|真人|客服人员|和人说话|跟人说话|找客服",),
+    "ja": (r"人間と|オペレーター|担当者|有人対応|人と話",),
+}
+
+_HUMAN = re.compile(
+    "|".join(f"(?:{p})" for patterns in HUMAN_PHRASES.values() for p in patterns), re.I
+)
+
+
+def asks_for_person(text: str) -> bool:
+    """Whether the message asks to talk to a person, in any of the languages above."""
+    return _HUMAN.search(text) is not None
+
+
+def match_human(text: str) -> str | None:
+    """The "human" intent's pattern check (bot.skills.router.Intent.match)."""
+    return text if asks_for_person(text) else None
+
+
+class KeywordRules:
+    """The operator's keyword rules: whole words or phrases, case-insensitive."""
+
+    def __init__(self, keywords: Iterable[str]) -> None:
+        words = [k.strip() for k in keywords if k.strip()]
+        self._rules = [(k, re.compile(rf"(?<!\w){re.escape(k)}(?!\w)", re.I)) for k in words]
+
+    def match(self, text: str) -> str | None:
+        """The first keyword found in `text`, as the operator wrote it; None: none."""
+        for keyword, rule in self._rules:
+            if rule.search(text):
+                return keyword
+        return None

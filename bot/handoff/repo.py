@@ -1,0 +1,234 @@
+"""The handoff's SQL: state per conversation (cached), state changes with their audit row in
+one transaction, and the per-message signals the triggers read.
+
+The state is read for every customer message, so it is kept in the shared cache (Redis) and
+dropped on every change, or, without a shared cache, in this process (the only writer then).
+A conversation the bot has never let go of has no row: BOT, cached like any other state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bot.errors import StorageError
+from bot.lru import Lru
+from bot.sentiment.types import Label, Sentiment
+from bot.storage.base import Cache
+from bot.storage.database import database_errors, describe_error
+from bot.storage.models import MessageRow
+from bot.types import utcnow
+
+from .models import HandoffEventRow, HandoffStateRow, MessageSignalRow
+from .types import HandoffState, HandoffStatus, Reason
+
+_s, _e, _g, _m = HandoffStateRow, HandoffEventRow, MessageSignalRow, MessageRow
+STATE_TTL_S = 3600.0
+LOCAL_STATES = 10_000
+BOT_STATUS = HandoffStatus(HandoffState.BOT)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A committed state change: what it was before, what it is now."""
+
+    before: HandoffStatus
+    after: HandoffStatus
+    language: str
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """What one customer message told the triggers."""
+
+    message_id: int
+    sentiment: Sentiment
+    unanswered: bool = False
+
+
+class HandoffRepository:
+    """Shares the history's engine; it does not own it."""
+
+    def __init__(self, engine: AsyncEngine, cache: Cache) -> None:
+        self._engine = engine
+        self._cache = cache
+        self._local: Lru[tuple[HandoffStatus, str]] | None = (
+            None if cache.shared else Lru(LOCAL_STATES)
+        )
+        self._errors = database_errors(engine.url)
+        self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+
+    async def status(self, conversation_id: int) -> HandoffStatus:
+        return (await self.status_and_language(conversation_id))[0]
+
+    async def status_and_language(self, conversation_id: int) -> tuple[HandoffStatus, str]:
+        """The state and the customer's language at handoff; no SQL while it is cached."""
+        if self._local is not None and (known := self._local.get(conversation_id)) is not None:
+            return known
+        key = _cache_key(conversation_id)
+        if self._local is None and (raw := await self._cache.get(key)) is not None:
+            return _decode(raw)
+        stmt = sa.select(_s.state, _s.reason, _s.detail, _s.since, _s.agent, _s.language)
+        async with self._connection() as conn:
+            row = (await conn.execute(stmt.where(_s.conversation_id == conversation_id))).first()
+        found = (BOT_STATUS, "") if row is None else (_status(row), row[5])
+        if self._local is not None:
+            self._local.put(conversation_id, found)
+        else:
+            await self._cache.set(key, _encode(*found), STATE_TTL_S)
+        return found
+
+    async def change(
+        self,
+        conversation_id: int,
+        to: HandoffState,
+        reason: Reason,
+        *,
+        allowed_from: Sequence[HandoffState],
+        detail: str = "",
+        agent: str = "",
+        language: str | None = None,
+    ) -> Change:
+        """Move to `to` if the current state is one of `allowed_from`; the state row and its
+        audit row in one transaction (the row locked on PostgreSQL: two agents taking the same
+        conversation at once are serialised). Nothing written when not allowed, or when it is
+        already in `to` with the same agent (a retried call)."""
+        async with self._connection(write=True) as conn:
+            await conn.execute(
+                self._dialect.insert(_s)
+                .values(conversation_id=conversation_id)
+                .on_conflict_do_nothing(index_elements=["conversation_id"])
+            )
+            current = sa.select(_s.state, _s.reason, _s.detail, _s.since, _s.agent, _s.language)
+            current = current.where(_s.conversation_id == conversation_id).with_for_update()
+            row = (await conn.execute(current)).one()
+            before, old_language = _status(row), row[5]
+            same = before.state is to and before.agent == agent  # a repeat (a retried webhook)
+            if before.state not in allowed_from or same:
+                return Change(before, before, old_language)
+            now = utcnow()
+            keep_language = old_language if language is None else language
+            after = HandoffStatus(to, reason, detail, now, agent)
+            await conn.execute(
+                sa.update(_s)
+                .where(_s.conversation_id == conversation_id)
+                .values(state=to.value, reason=reason.value, detail=detail, since=now,
+                        agent=agent, language=keep_language)
+            )  # fmt: skip
+            await conn.execute(
+                sa.insert(_e).values(
+                    conversation_id=conversation_id, from_state=before.state.value,
+                    to_state=to.value, reason=reason.value, detail=detail, agent=agent, at=now,
+                )
+            )  # fmt: skip
+        await self._forget(conversation_id)
+        return Change(before, after, keep_language)
+
+    async def events(self, conversation_id: int) -> list[tuple[str, str, str, str]]:
+        """The audit trail, oldest first: (from, to, reason, detail)."""
+        stmt = (
+            sa.select(_e.from_state, _e.to_state, _e.reason, _e.detail)
+            .where(_e.conversation_id == conversation_id)
+            .order_by(_e.id)
+        )
+        async with self._connection() as conn:
+            return [tuple(r) for r in (await conn.execute(stmt)).all()]  # type: ignore[misc]
+
+    async def record_signals(self, conversation_id: int, signals: Sequence[Signal]) -> None:
+        """One statement for the whole batch; a repeat of a message (a turn run again after
+        a crash) keeps the first."""
+        rows = [
+            {
+                "message_id": s.message_id, "conversation_id": conversation_id,
+                "label": s.sentiment.label.value, "score": s.sentiment.score,
+                "angry": s.sentiment.angry, "source": s.sentiment.source,
+                "unanswered": s.unanswered,
+            }
+            for s in signals
+        ]  # fmt: skip
+        if not rows:
+            return
+        stmt = self._dialect.insert(_g).values(rows)
+        async with self._connection(write=True) as conn:
+            await conn.execute(stmt.on_conflict_do_nothing(index_elements=["message_id"]))
+
+    async def recent_signals(
+        self, conversation_id: int, limit: int, *, before_id: int | None = None
+    ) -> list[Signal]:
+        """The newest `limit` signals of the conversation (before `before_id`), newest first."""
+        stmt = sa.select(_g.message_id, _g.label, _g.score, _g.angry, _g.source, _g.unanswered)
+        stmt = stmt.where(_g.conversation_id == conversation_id)
+        if before_id is not None:
+            stmt = stmt.where(_g.message_id < before_id)
+        stmt = stmt.order_by(_g.message_id.desc()).limit(limit)
+        async with self._connection() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            Signal(r[0], Sentiment(Label(r[1]), float(r[2]), bool(r[3]), r[4]), bool(r[5]))
+            for r in rows
+        ]
+
+    async def unanswered_questions(self, conversation_id: int, limit: int) -> list[str]:
+        """The texts of the newest messages the knowledge base had nothing for, oldest first."""
+        stmt = (
+            sa.select(_m.content)
+            .join(_g, _g.message_id == _m.id)
+            .where(_g.conversation_id == conversation_id, _g.unanswered.is_(True))
+            .order_by(_m.id.desc())
+            .limit(limit)
+        )
+        async with self._connection() as conn:
+            return [r[0] for r in reversed((await conn.execute(stmt)).all())]
+
+    async def _forget(self, conversation_id: int) -> None:
+        if self._local is not None:
+            self._local.discard(conversation_id)
+        else:
+            await self._cache.delete(_cache_key(conversation_id))
+
+    @asynccontextmanager
+    async def _connection(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._engine.begin() if write else self._engine.connect() as conn:
+                yield conn
+        except self._errors as exc:
+            raise StorageError(describe_error(exc, self._engine.url)) from exc
+
+
+def _cache_key(conversation_id: int) -> str:
+    return f"handoff:{conversation_id}"
+
+
+def _status(row: Sequence[object]) -> HandoffStatus:
+    state, reason, detail, since, agent = row[0], row[1], row[2], row[3], row[4]
+    assert isinstance(since, datetime)
+    return HandoffStatus(
+        HandoffState(str(state)), Reason(str(reason)) if reason else None, str(detail or ""),
+        since if since.tzinfo is not None else since.replace(tzinfo=UTC), str(agent or ""),
+    )  # fmt: skip
+
+
+def _encode(status: HandoffStatus, language: str) -> bytes:
+    since = status.since.isoformat() if status.since else None
+    reason = status.reason.value if status.reason else None
+    fields = [status.state.value, reason, status.detail, since, status.agent, language]
+    return json.dumps(fields).encode()
+
+
+def _decode(raw: bytes) -> tuple[HandoffStatus, str]:
+    state, reason, detail, since, agent, language = json.loads(raw)
+    return HandoffStatus(
+        HandoffState(state), Reason(reason) if reason else None, detail,
+        datetime.fromisoformat(since) if since else None, agent,
+    ), language  # fmt: skip

@@ -1,0 +1,203 @@
+"""What the conversation manager asks of the handoff during a turn (ConversationManager):
+
+- the state (cached: no SQL on most turns),
+- for a customer turn while the bot has the conversation: the message's sentiment (the
+  routing call's, else the offline classifier's), stored with the message, then the triggers
+  in order (the customer asked for a person, an operator keyword, the sentiment rule, the
+  knowledge base failing N times in a row); the first that fires hands off,
+- while a person has it: each customer message for the agent, translated,
+- an agent's reply: its text for the customer (translated, marked so), and its event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bot import phrases
+from bot.conversation.sink import Author
+from bot.sentiment.types import Label, Sentiment, TurnSignals
+from bot.settings import HandoffSettings
+from bot.skills.router import CommandRouter, Intent, TurnContext
+from bot.storage.base import StoredMessage
+from bot.types import ConversationKey, utcnow
+
+from .desk import CoreDesk
+from .phrases import KeywordRules, match_human
+from .repo import Signal
+from .translation import Translated, Translator
+from .types import DeskEvent, EventKind, HandoffStatus, Reason
+
+log = logging.getLogger(__name__)
+
+NEUTRAL = Sentiment(Label.NEUTRAL, 0.0, False, "none")
+HUMAN_INTENT = "human"
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    reason: Reason
+    detail: str = ""
+
+
+def register_human_intent(router: CommandRouter, settings: HandoffSettings) -> None:
+    """The "human" intent: its pattern is the phrase list (bot.handoff.phrases); the model
+    may pick it too. Its handler only raises the turn's flag: the manager hands off."""
+    if not (settings.enabled and settings.ask_for_person):
+        return
+
+    async def wants_human(ctx: TurnContext) -> str:
+        if ctx.signals is not None:
+            ctx.signals.wants_human = True
+        return await ctx.say(phrases.HANDING_OFF)
+
+    description = "the customer asks to talk to a person (a human agent, not the bot)"
+    router.add_intent(Intent(HUMAN_INTENT, description, wants_human, match_human))
+
+
+def offline_sentiment(text: str, language: str = "") -> Sentiment:
+    """The offline classifier (bot.sentiment.classifier) where it is installed, else neutral."""
+    try:
+        from bot.sentiment.classifier import classify  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return NEUTRAL
+    try:
+        found: Sentiment = classify(text, language)
+    except Exception:  # a classifier bug must not fail the customer's turn
+        log.exception("sentiment classifier failed")
+        return NEUTRAL
+    return found
+
+
+class HandoffTurns:
+    def __init__(self, desk: CoreDesk, translator: Translator, settings: HandoffSettings) -> None:
+        self.desk = desk
+        self._translator = translator
+        self._settings = settings
+        self._keywords = KeywordRules(settings.keywords)
+
+    async def status(self, conversation_id: int) -> tuple[HandoffStatus, str]:
+        return await self.desk.repo.status_and_language(conversation_id)
+
+    async def assess(
+        self,
+        conversation_id: int,
+        batch: Sequence[StoredMessage],
+        text: str,
+        signals: TurnSignals,
+        *,
+        unanswered: bool,
+    ) -> Trigger | None:
+        """Store the batch's sentiment, then the first trigger that fires (None: none)."""
+        s = self._settings
+        sentiment = signals.sentiment or offline_sentiment(text)
+        ids = [m.id for m in batch]
+        rows = [Signal(i, sentiment, unanswered) for i in ids]
+        await self.desk.repo.record_signals(conversation_id, rows)
+        if not s.enabled:
+            return None
+        if s.ask_for_person and signals.wants_human:
+            return Trigger(Reason.ASKED)
+        if (keyword := self._keywords.match(text)) is not None:
+            return Trigger(Reason.KEYWORD, keyword)
+        if s.angry and sentiment.angry:
+            return Trigger(Reason.SENTIMENT, "angry")
+        negative = s.negative_in_a_row if sentiment.label is Label.NEGATIVE else 0
+        failing = s.unanswered_in_a_row if unanswered else 0
+        look = max(negative, failing) - len(ids)
+        earlier: list[Signal] = []
+        if look > 0:  # only on a negative or unanswered turn: most turns read nothing
+            earlier = await self.desk.repo.recent_signals(conversation_id, look, before_id=ids[0])
+        if negative and _streak(earlier, _is_negative) + len(ids) >= negative:
+            return Trigger(Reason.SENTIMENT, f"{negative} negative in a row")
+        if failing and _streak(earlier, _is_unanswered) + len(ids) >= failing:
+            return Trigger(Reason.UNANSWERED, f"{failing} unanswered in a row")
+        return None
+
+    async def hand_off(
+        self, conversation_id: int, key: ConversationKey, trigger: Trigger, language: str
+    ) -> HandoffStatus:
+        return await self.desk.escalate(
+            conversation_id, key, trigger.reason, trigger.detail, language=language
+        )
+
+    async def forward(
+        self,
+        conversation_id: int,
+        key: ConversationKey,
+        status: HandoffStatus,
+        batch: Sequence[StoredMessage],
+    ) -> None:
+        """While a person has it: store each message's sentiment, and hand it to the agent
+        with its translation into the agent's language."""
+        rows = []
+        for message in batch:
+            sentiment = offline_sentiment(message.content)
+            rows.append(Signal(message.id, sentiment))
+            translated = await self._translator.into(
+                message.content, self._settings.agent_language, str(key)
+            )
+            self.desk.publish(
+                DeskEvent(
+                    EventKind.CUSTOMER_MESSAGE, key, conversation_id, status.state, utcnow(),
+                    reason=status.reason, message_id=message.id, text=message.content,
+                    translation=translated.text, language=translated.source,
+                    agent=status.agent, extras=_extras(translated, sentiment),
+                )
+            )  # fmt: skip
+        await self.desk.repo.record_signals(conversation_id, rows)
+
+    async def agent_reply(
+        self, key: ConversationKey, message: StoredMessage, customer_language: str
+    ) -> tuple[str, Translated, Author]:
+        """The text the customer gets for an agent's message: the translation, marked as
+        such, or the message itself where none was needed or possible."""
+        translated = await self._translator.into(message.content, customer_language, str(key))
+        author = Author(message.user_display_name or "agent", message.content, translated.source)
+        if not translated.text:
+            return message.content, translated, author
+        mark = phrases.say(phrases.TRANSLATED, customer_language)
+        return f"{translated.text}\n\n{mark}", translated, author
+
+    def delivered(
+        self,
+        conversation_id: int,
+        key: ConversationKey,
+        status: HandoffStatus,
+        message: StoredMessage,
+        translated: Translated,
+    ) -> None:
+        """An agent's reply reached the customer: tell the bridges (AGENT_MESSAGE)."""
+        self.desk.publish(
+            DeskEvent(
+                EventKind.AGENT_MESSAGE, key, conversation_id, status.state, utcnow(),
+                reason=status.reason, message_id=message.id, text=message.content,
+                translation=translated.text, language=translated.source,
+                agent=message.user_display_name, extras={"translation": translated.status},
+            )
+        )  # fmt: skip
+
+
+def _is_negative(signal: Signal) -> bool:
+    return signal.sentiment.label is Label.NEGATIVE
+
+
+def _is_unanswered(signal: Signal) -> bool:
+    return signal.unanswered
+
+
+def _streak(newest_first: Sequence[Signal], holds: object) -> int:
+    count = 0
+    for signal in newest_first:
+        if not holds(signal):  # type: ignore[operator]
+            break
+        count += 1
+    return count
+
+
+def _extras(translated: Translated, sentiment: Sentiment) -> dict[str, str]:
+    extras = {"translation": translated.status, "sentiment": sentiment.label.value}
+    if sentiment.angry:
+        extras["angry"] = "true"
+    return extras

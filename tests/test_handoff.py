@@ -1,0 +1,399 @@
+"""Human handoff through the real Telegram adapter (PTB parses real update payloads), the real
+app on PostgreSQL, a scripted model at the backend seam, and a recording desk bridge.
+
+The scripted model translates by rule: "into German" of a sentence it knows gives its German
+text, anything else comes back tagged with the target language, so each test sees exactly
+which direction a text was translated in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from adapters.kit.runner import host_for
+from adapters.telegram.adapter import TelegramAdapter
+from adapters.telegram.settings import TelegramSettings
+from backends.base import GenerationRequest
+from bot.app import Parley
+from bot.conversation.sink import Author, current_author
+from bot.handoff.note import cited, transcript
+from bot.handoff.phrases import asks_for_person
+from bot.handoff.types import DeskEvent, EventKind, HandoffError, HandoffState, Reason
+from bot.phrases import HANDING_OFF, TRANSLATED, say
+from bot.settings import load_settings
+from bot.storage import migrate
+from bot.storage.base import MessageKind, StoredMessage
+from bot.types import ConversationKey, Incoming, Role, User
+from tests.doubles import ScriptedBackend, echo_last_user
+from tests.telegram_api import TOKEN, FakeBotApi
+from tests.telegram_updates import feed, text_update
+
+CHAT = 42
+KEY = ConversationKey("telegram", str(CHAT))
+GERMAN = {"Your refund is on its way.": "Deine Erstattung ist unterwegs."}
+_INTO = re.compile(r"into (\w+)\.")
+
+
+def scripted(request: GenerationRequest) -> str:
+    system = request.messages[0].content if request.messages[0].role is Role.SYSTEM else ""
+    if "Translate the user message" in system:
+        found = _INTO.search(system)
+        target = found.group(1) if found else "?"
+        text = request.messages[-1].content
+        return (
+            GERMAN.get(text, f"[{target}] {text}") if target == "German" else f"[{target}] {text}"
+        )
+    return echo_last_user(request)
+
+
+class RecordingBridge:
+    """A desk bridge as a help desk would be: it keeps what it was handed; `fail` makes its
+    first tries raise, as an unreachable help desk does."""
+
+    platforms: frozenset[str] | None = None
+
+    def __init__(self, fail: int = 0) -> None:
+        self.events: list[DeskEvent] = []
+        self.tries = 0
+        self._fail = fail
+
+    async def publish(self, event: DeskEvent) -> None:
+        self.tries += 1
+        if self.tries <= self._fail:
+            raise ConnectionError("help desk unreachable")
+        self.events.append(event)
+
+    def kinds(self) -> list[EventKind]:
+        return [e.kind for e in self.events]
+
+
+@pytest.fixture
+async def pg(postgres_url: str) -> str:
+    await migrate.upgrade(postgres_url)
+    return postgres_url
+
+
+@asynccontextmanager
+async def stack(
+    url: str, backend: object | None, handoff: dict[str, Any] | None = None, bridge: Any = None
+) -> AsyncIterator[tuple[Parley, TelegramAdapter, FakeBotApi]]:
+    api = FakeBotApi()
+    async with api.serving() as base_url:
+        settings = load_settings(
+            None, database={"url": url}, handoff=handoff or {},
+            telegram={"token": TOKEN, "base_url": base_url, "stream_interval_s": 0.05},
+        )  # fmt: skip
+        async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
+            section = settings.section("telegram")
+            assert isinstance(section, TelegramSettings)
+            adapter = TelegramAdapter(host_for(app), section)
+            app.intake.register("telegram", adapter, section.access)
+            if bridge is not None:
+                app.desk.attach(bridge)
+            async with adapter:
+                yield app, adapter, api
+                await settle(app, adapter)
+
+
+async def settle(app: Parley, adapter: TelegramAdapter) -> None:
+    await adapter.idle()
+    await app.manager.wait_idle()
+    await adapter.idle()
+    await app.desk.idle()
+
+
+async def send(app: Parley, adapter: TelegramAdapter, n: int, text: str, **more: Any) -> None:
+    await feed(adapter, text_update(n, CHAT, text, **more))
+    await settle(app, adapter)
+
+
+async def test_german_request_hands_off_agent_reply_arrives_in_german_and_bot_returns(
+    pg: str,
+) -> None:
+    bridge = RecordingBridge()
+    async with stack(pg, ScriptedBackend(scripted), bridge=bridge) as (app, adapter, api):
+        await send(app, adapter, 1, "Hallo, wo ist meine Bestellung?", language="de")
+        await send(app, adapter, 2, "Ich möchte mit einem Menschen sprechen", language="de")
+        assert api.texts(CHAT)[-1] == say(HANDING_OFF, "de")
+        assert (await app.desk.status(KEY)).state is HandoffState.WAITING
+        (requested,) = bridge.events
+        assert requested.kind is EventKind.REQUESTED and requested.reason is Reason.ASKED
+        assert requested.note is not None and requested.note.language == "de"
+
+        # Waiting: recorded, not answered; the agent gets it translated into English.
+        await send(app, adapter, 3, "Bitte beeilen Sie sich", language="de")
+        assert len(api.texts(CHAT)) == 2  # the first answer, the handoff sentence, nothing more
+        forwarded = bridge.events[-1]
+        assert forwarded.kind is EventKind.CUSTOMER_MESSAGE
+        assert forwarded.text == "Bitte beeilen Sie sich"
+        assert forwarded.translation == "[English] Bitte beeilen Sie sich"
+
+        await app.desk.take(KEY, "sam")
+        first = await app.desk.agent_message(
+            KEY, "Your refund is on its way.", agent="sam", idempotency_key="cw-1"
+        )
+        await settle(app, adapter)
+        again = await app.desk.agent_message(
+            KEY, "Your refund is on its way.", agent="sam", idempotency_key="cw-1"
+        )
+        await settle(app, adapter)
+        assert again == first
+        delivered = [t for t in api.texts(CHAT) if "Erstattung" in t]
+        assert delivered == [f"Deine Erstattung ist unterwegs.\n\n{say(TRANSLATED, 'de')}"]
+        agent_events = [e for e in bridge.events if e.kind is EventKind.AGENT_MESSAGE]
+        assert [(e.text, e.translation, e.agent) for e in agent_events] == [
+            ("Your refund is on its way.", "Deine Erstattung ist unterwegs.", "sam")
+        ]
+        history = await app.store.history(await cid(app), 50)
+        originals = [m for m in history if m.kind is MessageKind.AGENT]
+        assert [m.content for m in originals] == ["Your refund is on its way."]
+
+        await app.desk.give_back(KEY, "sam")
+        await send(app, adapter, 4, "Danke, noch eine Frage", language="de")
+        assert api.texts(CHAT)[-1] == "echo: Danke, noch eine Frage"
+        assert bridge.kinds()[-2:] == [EventKind.AGENT_MESSAGE, EventKind.RETURNED]
+        trail = await app.desk.repo.events(await cid(app))
+        assert [(f, t, r) for f, t, r, _ in trail] == [
+            ("bot", "waiting", "asked"), ("waiting", "human", "agent"), ("human", "bot", "resolved")
+        ]  # fmt: skip
+        labels = {"platform": "telegram", "reason": "asked"}
+        assert app.metrics.registry.get_sample_value("parley_handoffs_total", labels) == 1
+
+
+async def cid(app: Parley) -> int:
+    found = await app.store.conversation_id(KEY)
+    assert found is not None
+    return found
+
+
+async def test_angry_telegram_user_escalates(pg: str) -> None:
+    bridge = RecordingBridge()
+    async with stack(pg, ScriptedBackend(), bridge=bridge) as (app, adapter, api):
+        await send(app, adapter, 1, "Hi, my parcel did not arrive")
+        await send(app, adapter, 2, "This is terrible, I am furious!!!")
+        assert api.texts(CHAT) == ["echo: Hi, my parcel did not arrive", say(HANDING_OFF, "en")]
+        status = await app.desk.status(KEY)
+        assert (status.state, status.reason, status.detail) == (
+            HandoffState.WAITING, Reason.SENTIMENT, "angry"
+        )  # fmt: skip
+        note = bridge.events[0].note
+        assert note is not None and note.sentiment_trend[-1] == "negative"
+
+
+async def test_negative_messages_in_a_row_escalate(pg: str) -> None:
+    rules = {"angry": False, "negative_in_a_row": 2}
+    async with stack(pg, ScriptedBackend(), rules) as (app, adapter, api):
+        await send(app, adapter, 1, "The app is slow and the update was bad")
+        assert (await app.desk.status(KEY)).state is HandoffState.BOT
+        await send(app, adapter, 2, "Still broken, the service is poor")
+        status = await app.desk.status(KEY)
+        assert (status.reason, status.detail) == (Reason.SENTIMENT, "2 negative in a row")
+        assert api.texts(CHAT)[-1] == say(HANDING_OFF, "en")
+
+
+async def test_unanswered_questions_escalate_and_the_note_names_them(pg: str) -> None:
+    bridge = RecordingBridge()
+    rules = {"unanswered_in_a_row": 2}
+    async with stack(pg, None, rules, bridge) as (app, adapter, api):
+        await send(app, adapter, 1, "/ask what is the warranty period?")
+        assert (await app.desk.status(KEY)).state is HandoffState.BOT
+        await send(app, adapter, 2, "/ask can I return a used kettle?")
+        status = await app.desk.status(KEY)
+        assert (status.reason, status.detail) == (Reason.UNANSWERED, "2 unanswered in a row")
+        last = api.texts(CHAT)[-1]
+        assert last.startswith("I don't know") and last.endswith(say(HANDING_OFF, "en"))
+        note = bridge.events[0].note
+        assert note is not None
+        assert note.unanswered == ["what is the warranty period?", "can I return a used kettle?"]
+        assert "- what is the warranty period?" in note.render()
+        assert note.summary  # extractive without a model
+
+
+async def test_keyword_rule_hands_off_with_the_keyword(pg: str) -> None:
+    async with stack(pg, ScriptedBackend(), {"keywords": ["chargeback"]}) as (app, adapter, _):
+        await send(app, adapter, 1, "I will file a Chargeback today")
+        status = await app.desk.status(KEY)
+        assert (status.state, status.reason, status.detail) == (
+            HandoffState.WAITING, Reason.KEYWORD, "chargeback"
+        )  # fmt: skip
+
+
+async def test_commands_still_work_while_a_person_has_it(pg: str) -> None:
+    async with stack(pg, ScriptedBackend()) as (app, adapter, api):
+        await send(app, adapter, 1, "hello")
+        await app.desk.take(KEY, "sam")
+        await send(app, adapter, 2, "are you there?")
+        await send(app, adapter, 3, "/help")
+        texts = api.texts(CHAT)
+        assert texts[0] == "echo: hello" and "/reset" in texts[-1] and len(texts) == 2
+
+
+async def test_agent_reply_without_a_model_goes_as_written_and_says_so(pg: str) -> None:
+    bridge = RecordingBridge()
+    async with stack(pg, None, bridge=bridge) as (app, adapter, api):
+        await send(app, adapter, 1, "Ich möchte mit einem Menschen sprechen", language="de")
+        await app.desk.agent_message(KEY, "Hello, I am here.", agent="sam", idempotency_key="a")
+        await settle(app, adapter)
+        assert api.texts(CHAT)[-1] == "Hello, I am here."
+        (reply,) = [e for e in bridge.events if e.kind is EventKind.AGENT_MESSAGE]
+        assert reply.translation == "" and reply.extras["translation"] == "no-model"
+        assert bridge.kinds()[:2] == [EventKind.REQUESTED, EventKind.TAKEN]  # replying took it
+
+
+async def test_agent_reply_to_a_bot_conversation_is_refused(pg: str) -> None:
+    async with stack(pg, ScriptedBackend()) as (app, adapter, _):
+        await send(app, adapter, 1, "hello")
+        with pytest.raises(HandoffError):
+            await app.desk.agent_message(KEY, "hi", agent="sam", idempotency_key="x")
+        with pytest.raises(HandoffError):
+            await app.desk.take(ConversationKey("telegram", "999"), "sam")
+
+
+async def test_failing_bridge_is_retried_and_logs_no_text(
+    pg: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge = RecordingBridge(fail=2)
+    async with stack(pg, ScriptedBackend(), bridge=bridge) as (app, adapter, _):
+        await send(app, adapter, 1, "I want to talk to a person about my secret order")
+        assert bridge.tries == 3 and bridge.kinds() == [EventKind.REQUESTED]
+    assert "secret order" not in caplog.text and "ConnectionError" in caplog.text
+
+
+async def test_a_plain_turn_costs_one_handoff_statement(pg: str) -> None:
+    async with stack(pg, ScriptedBackend()) as (app, adapter, _):
+        await send(app, adapter, 1, "hello")  # the state is read once, then cached
+        statements: list[str] = []
+
+        def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements.append(statement)
+
+        engine = app.store.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            await send(app, adapter, 2, "how are you?")
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        ours = [s for s in statements if "handoff" in s or "message_signals" in s]
+        assert len(ours) == 1 and ours[0].lstrip().upper().startswith("INSERT")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Ich möchte mit einem Menschen sprechen", "I want to talk to a person",
+        "Je voudrais parler à un conseiller", "Quiero hablar con una persona",
+        "Vorrei parlare con un operatore", "Quero falar com um atendente",
+        "Ik wil met een mens spreken", "Chcę porozmawiać z konsultantem",
+        "Можно поговорить с оператором?", "Хочу поговорити з людиною",
+        "Bir insanla konuşmak istiyorum", "أريد التحدث مع موظف",
+        "请帮我转人工", "人間と話したいです",
+    ],
+)  # fmt: skip
+def test_asking_for_a_person_is_recognised_in_every_locale(text: str) -> None:
+    assert asks_for_person(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["are you a human?", "Je veux parler à la banque", "mit einem Klick", "人工智能"]
+)
+def test_mentions_of_people_are_not_requests(text: str) -> None:
+    assert not asks_for_person(text)
+
+
+async def test_agent_taking_over_unasked_replies_in_the_customers_language(pg: str) -> None:
+    async with stack(pg, ScriptedBackend(scripted)) as (app, adapter, api):
+        await send(app, adapter, 1, "Guten Tag, ich habe eine Frage zur Rechnung", language="de")
+        await app.desk.take(KEY, "sam")
+        await app.desk.agent_message(
+            KEY, "Your refund is on its way.", agent="sam", idempotency_key="t1"
+        )
+        await settle(app, adapter)
+        assert api.texts(CHAT)[-1].startswith("Deine Erstattung ist unterwegs.")
+
+
+class AuthorSink:
+    """A platform's sink that keeps who spoke each reply (as the support channel's does)."""
+
+    def __init__(self) -> None:
+        self.replies: list[tuple[Author | None, str]] = []
+
+    async def deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
+    ) -> None:
+        text = "".join([chunk async for chunk in chunks])
+        self.replies.append((current_author(), text))
+
+
+async def test_sinks_are_told_who_speaks(pg: str) -> None:
+    sink = AuthorSink()
+    web = ConversationKey("web", "v1")
+    async with stack(pg, ScriptedBackend(scripted)) as (app, _, _):
+        app.manager.attach("web", sink)
+        user = User("web", "v1", "Visitor", language="de")
+        await app.manager.handle(Incoming(web, user, "Guten Tag, eine Frage zur Rechnung", "w1"))
+        await app.desk.take(web, "sam")
+        await app.desk.agent_message(web, "Your refund is on its way.", agent="sam",
+                                     idempotency_key="w-a1")  # fmt: skip
+        await app.manager.wait_idle()
+    (bot, first), (agent, second) = sink.replies
+    assert bot is None and first.startswith("echo:")
+    assert agent is not None and (agent.name, agent.text) == ("sam", "Your refund is on its way.")
+    assert second.startswith("Deine Erstattung ist unterwegs.")
+
+
+def test_the_note_lists_what_the_bot_cited() -> None:
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def row(n: int, role: Role, text: str) -> StoredMessage:
+        return StoredMessage(n, 1, role, MessageKind.COMMAND, text, 0, at)
+
+    history = [
+        row(1, Role.USER, "/ask how long is the warranty?"),
+        row(2, Role.ASSISTANT, "Two years [1].\n\nSources:\n[1] Warranty - terms.md#scope"),
+        row(3, Role.USER, "/ask and returns?"),
+        row(4, Role.ASSISTANT, "30 days [1].\n\nSources:\n[1] Returns - faq.md#returns"),
+    ]
+    assert cited(history) == ["Warranty - terms.md#scope", "Returns - faq.md#returns"]
+    assert transcript(history).splitlines()[0] == "Customer: how long is the warranty?"
+
+
+async def test_a_change_on_one_worker_reaches_the_other_through_redis(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    settings = load_settings(
+        None, database={"url": pg}, redis={"url": redis_url, "key_prefix": key_prefix}
+    )
+    web, user = ConversationKey("web", "v2"), User("web", "v2", "Visitor")
+    sink = AuthorSink()
+    backend: Any = ScriptedBackend()
+    async with Parley(settings, backend=backend) as one, Parley(settings, backend=backend) as two:
+        one.manager.attach("web", sink)
+        await one.manager.handle(Incoming(web, user, "hello", "r1"))  # BOT, now cached
+        await two.desk.take(web, "sam")
+        await one.manager.handle(Incoming(web, user, "are you there?", "r2"))
+        assert [text for _, text in sink.replies] == ["echo: hello"]
+        await two.desk.give_back(web, "sam")
+        await one.manager.handle(Incoming(web, user, "back again?", "r3"))
+        assert sink.replies[-1][1] == "echo: back again?"
+
+
+async def test_repeated_take_is_one_change_and_triggers_can_be_turned_off(pg: str) -> None:
+    bridge = RecordingBridge()
+    off = {"enabled": False}
+    async with stack(pg, ScriptedBackend(), off, bridge) as (app, adapter, api):
+        await send(app, adapter, 1, "Ich möchte mit einem Menschen sprechen", language="de")
+        assert api.texts(CHAT) == ["echo: Ich möchte mit einem Menschen sprechen"]
+        await app.desk.take(KEY, "sam")
+        await app.desk.take(KEY, "sam")
+        await app.desk.take(KEY, "kim")  # another agent takes it over: recorded
+        await app.desk.idle()
+        assert [(e.kind, e.agent) for e in bridge.events] == [
+            (EventKind.TAKEN, "sam"), (EventKind.TAKEN, "kim")
+        ]  # fmt: skip
