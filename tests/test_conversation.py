@@ -70,6 +70,25 @@ async def test_a_repeated_delivery_is_answered_once(tmp_path: Path) -> None:
         assert sink.replies[KEY] == ["echo: hi"]
 
 
+async def test_a_worker_that_does_not_serve_a_platform_leaves_its_messages_pending(
+    tmp_path: Path,
+) -> None:
+    """A deployment may split platforms across workers sharing one database: a worker with
+    no sink for a platform neither answers its messages into nothing nor settles them; the
+    worker that serves it answers them."""
+    settings = settings_for(tmp_path)
+    other = ConversationKey("elsewhere", "chat-9")
+    async with running(settings, ScriptedBackend()) as (app, _):
+        await app.manager.handle(incoming("are you there?", key=other))
+        assert await app.manager.recover() == 1  # still pending; not scheduled here either
+        assert [m.content for m in await app.store.pending(1, 10)] == ["are you there?"]
+        sink = CollectingSink()
+        app.manager.attach("elsewhere", sink)
+        await app.manager.recover()
+        await app.manager.wait_idle()
+        assert sink.replies[other] == ["echo: are you there?"]
+
+
 class GatedBackend(ScriptedBackend):
     """Its first reply waits for `gate`, so later messages arrive while a turn runs."""
 

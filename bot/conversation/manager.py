@@ -85,6 +85,11 @@ CUSTOMER_LOOKBACK = 20
 _TURN: contextvars.ContextVar[TurnDelivery] = contextvars.ContextVar("parley_turn")
 
 
+class NotServedHere(Exception):
+    """The conversation's platform has no sink in this process: its turn is not run here
+    (no attempt counted), and its messages stay pending for a worker that serves it."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Work:
     conversation_id: int
@@ -277,6 +282,11 @@ class ConversationManager:
             return False
 
     def _schedule(self, work: _Work) -> None:
+        if work.key.platform not in self._sinks:
+            # Not a platform this process serves (a deployment may split them across
+            # workers): its turns are left pending for a worker that can show the answer.
+            log.debug("conversation %s: no sink for its platform here; left pending", work.key)
+            return
         if work.conversation_id in self._workers:
             self._again.add(work.conversation_id)
             return
@@ -292,6 +302,8 @@ class ConversationManager:
                     return
         except Superseded:  # another worker runs it now; look again soon, in case it died
             self._later(work)
+        except NotServedHere:
+            log.warning("conversation %s: its platform is not served here; left pending", work.key)
         except (StorageError, TimeoutError) as exc:
             # The database is unreachable, or another worker held the lease too long: the
             # messages stay pending, and the sweep (or the next message) tries again.
@@ -309,6 +321,8 @@ class ConversationManager:
         asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._schedule, work)
 
     async def _drain(self, work: _Work) -> None:
+        if work.key.platform not in self._sinks:  # checked at scheduling; this is the guard
+            raise NotServedHere(work.key.platform)
         s = self._settings
         lease = self._store.turn_lease(
             work.conversation_id, self._owner, ttl_s=s.lock_ttl_s, wait_s=s.lock_wait_s
@@ -358,7 +372,7 @@ class ConversationManager:
         token = _TURN.set(turn)
         try:
             await self._turn(work, batch)
-        except Superseded:
+        except (Superseded, NotServedHere):
             raise
         except Exception:
             await turn.settle_failure()
@@ -741,11 +755,8 @@ class ConversationManager:
         self, key: ConversationKey, chunks: AsyncIterator[str], batch: Sequence[StoredMessage]
     ) -> None:
         sink = self._sinks.get(key.platform)
-        if sink is None:
-            log.error("no sink attached for platform %r; reply dropped", key.platform)
-            async for _ in chunks:
-                pass
-            return
+        if sink is None:  # detached meanwhile (see _schedule): the messages stay pending
+            raise NotServedHere(key.platform)
         turn = _TURN.get()
         await turn.begin()  # before anything is visible
         # Threaded to the newest message it answers (a merged turn answers several).
