@@ -36,6 +36,7 @@ BUILTIN = (
     "adapters.telegram.spec:SPEC",
     "adapters.discord.spec:SPEC",
     "adapters.support.spec:SPEC",
+    "adapters.chatwoot.spec:SPEC",
 )
 
 

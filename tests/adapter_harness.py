@@ -361,6 +361,10 @@ async def support_harness(
 
 HARNESSES["support"] = support_harness
 
+from tests.fake_chatwoot import chatwoot_harness  # noqa: E402  (after the harness protocol)
+
+HARNESSES["chatwoot"] = chatwoot_harness
+
 
 # The optional [discord] extra, and uvicorn's WebSocket support for the fake gateway.
 if all(importlib.util.find_spec(m) is not None for m in ("discord", "websockets")):

@@ -1,0 +1,170 @@
+"""The Chatwoot adapter: Parley as a Chatwoot agent bot.
+
+In: Chatwoot's webhooks (adapters.chatwoot.webhook) on Parley's HTTP host, read by a pure
+function (adapters.chatwoot.payloads) into actions done here. Out: the core's answers, each
+posted as one outgoing message (Chatwoot has no edits to stream into, so the stream is
+collected first), and the desk's events through the bridge (adapters.chatwoot.bridge).
+
+Conversation key: platform "chatwoot", chat id "<account id>:<conversation display id>";
+idempotency key: Chatwoot's message id, so a webhook Chatwoot re-sends is recorded and
+answered once.
+
+Who has a conversation is the core's desk (bot.handoff); Chatwoot's status is its mirror:
+pending or resolved means the bot, open or snoozed a person. Status webhooks move the desk
+(an agent opening a conversation takes it; pending or resolved gives it back). A contact's
+message carries the conversation's status too: where it disagrees with the desk and is newer
+than the desk's last change (a status webhook that never came), the desk follows it first.
+A contact's message is always handed to the core: with the bot it is answered; with a person
+it is recorded and reaches the agent as a translation note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from adapters.kit.actions import Ignore
+from adapters.kit.split import split_text
+from bot.errors import AdapterError, ConfigError
+from bot.handoff.types import Desk, HandoffError, HandoffState
+from bot.types import ConversationKey, Incoming
+
+from .bridge import ChatwootBridge, conversation_ref
+from .client import ChatwootClient
+from .payloads import PLATFORM, Action, AgentReply, CustomerMessage, StatusChange
+from .settings import ChatwootSettings
+from .webhook import webhook_routes
+
+if TYPE_CHECKING:
+    from adapters.kit.runner import AdapterHost
+
+log = logging.getLogger(__name__)
+
+# Chatwoot refuses message content over 150,000 characters (Message validation).
+MESSAGE_LIMIT = 150_000
+HUMAN_STATUSES = frozenset({"open", "snoozed"})
+BOT_STATUSES = frozenset({"pending", "resolved"})
+
+
+def create(host: AdapterHost, settings: ChatwootSettings) -> ChatwootAdapter:
+    if settings.url is None or settings.api_access_token is None:
+        raise ConfigError(
+            "PARLEY_CHATWOOT__URL and PARLEY_CHATWOOT__API_ACCESS_TOKEN: required when the "
+            "chatwoot adapter runs"
+        )
+    if settings.webhook_secret is None and settings.path_secret is None:
+        raise ConfigError(
+            "PARLEY_CHATWOOT__WEBHOOK_SECRET (Chatwoot 4.13+ signs webhooks) or "
+            "PARLEY_CHATWOOT__PATH_SECRET: one is required to authenticate Chatwoot's webhooks"
+        )
+    return ChatwootAdapter(host, settings)
+
+
+class ChatwootAdapter:
+    platform = PLATFORM
+
+    def __init__(
+        self,
+        host: AdapterHost,
+        settings: ChatwootSettings,
+        *,
+        client: ChatwootClient | None = None,
+    ) -> None:
+        self._host = host
+        self._settings = settings
+        if host.desk is None:
+            raise ConfigError("the chatwoot adapter needs the core's handoff desk")
+        self._desk: Desk = host.desk
+        self.client = client or ChatwootClient(settings)
+        self.bridge = ChatwootBridge(self.client)
+
+    async def __aenter__(self) -> Self:
+        self._desk.attach(self.bridge)
+        for route in webhook_routes(self._settings, self.act):
+            self._host.http.mount(route)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.client.aclose()
+
+    async def run(self) -> None:
+        """Webhooks arrive on the HTTP host; this input only waits for the stop."""
+        await asyncio.Event().wait()
+
+    async def idle(self) -> None:
+        await self._host.intake.idle()
+
+    async def is_admin(self, incoming: Incoming) -> bool:
+        return False  # one contact per conversation: no groups, no admins
+
+    async def deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
+    ) -> None:
+        """One outgoing message per answer (split only past Chatwoot's limit). A failure is
+        logged: the answer is recorded all the same, and the log says why it was not shown."""
+        text = "".join([chunk async for chunk in chunks])
+        if not text.strip():
+            return
+        ref = conversation_ref(key.chat_id)
+        try:
+            for piece in split_text(text, MESSAGE_LIMIT):
+                await self.client.post_message(ref, piece, private=False)
+        except AdapterError as exc:
+            log.warning("%s: reply not shown: %s", key, exc)
+
+    async def act(self, action: Action) -> None:
+        """What a webhook asks for (adapters.chatwoot.webhook calls it before its 200)."""
+        if isinstance(action, CustomerMessage):
+            try:
+                await self._follow_status(action)
+            except HandoffError:  # open in Chatwoot before Parley ever saw it: the agents'
+                log.debug("%s: not Parley's conversation", action.incoming.key)
+                return
+            await self._host.intake.submit(action.incoming)
+        elif isinstance(action, AgentReply):
+            await self._agent_reply(action)
+        elif isinstance(action, StatusChange):
+            try:
+                await self._status_changed(action)
+            except HandoffError:  # a conversation Parley never had: nothing to move
+                log.debug("%s: status of a conversation Parley never had", action.key)
+        elif isinstance(action, Ignore):
+            log.debug("chatwoot webhook ignored: %s", action.reason)
+
+    async def _follow_status(self, message: CustomerMessage) -> None:
+        key = message.incoming.key
+        current = await self._desk.status(key)
+        if current.since is not None and message.incoming.sent_at <= current.since:
+            return  # a message older than the desk's last change: its status is stale
+        if message.status in HUMAN_STATUSES and current.state is HandoffState.BOT:
+            await self._desk.take(key, PLATFORM)
+        elif message.status in BOT_STATUSES and current.state is HandoffState.HUMAN:
+            # Not while waiting: that request is Parley's own, and Chatwoot may not show it yet.
+            await self._desk.give_back(key, PLATFORM)
+
+    async def _agent_reply(self, reply: AgentReply) -> None:
+        current = await self._desk.status(reply.key)
+        if current.state is not HandoffState.HUMAN:  # answering is taking it
+            await self._desk.take(reply.key, reply.agent)
+        await self._desk.agent_message(
+            reply.key, reply.text, agent=reply.agent, idempotency_key=reply.idempotency_key
+        )
+
+    async def _status_changed(self, change: StatusChange) -> None:
+        current = await self._desk.status(change.key)
+        agent = change.agent or PLATFORM
+        if change.status in BOT_STATUSES and current.state is not HandoffState.BOT:
+            await self._desk.give_back(change.key, agent)
+        elif change.status in HUMAN_STATUSES:
+            # Opened by an agent while the bot had it; or assigned while waiting for a person.
+            bot_had_it = current.state is HandoffState.BOT
+            if bot_had_it or (current.state is HandoffState.WAITING and change.agent):
+                await self._desk.take(change.key, agent)

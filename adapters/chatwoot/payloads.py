@@ -1,0 +1,209 @@
+"""Chatwoot's webhook payloads -> what Parley does with them: a pure function, tested without
+a network.
+
+Shapes (Chatwoot's `Message#webhook_data` and `Conversations::EventDataPresenter#push_data`,
+the same for agent bot and account webhooks):
+
+    message_created   {"event", "id", "content", "message_type": "incoming" | "outgoing" |
+                       "activity" | "template", "private", "sender": {"id", "name", "type":
+                       "contact" | "user" | "agent_bot"}, "account": {"id"},
+                       "conversation": {"id" (the display id), "status", ...}}
+    conversation_status_changed, conversation_updated, conversation_opened,
+    conversation_resolved
+                      the conversation itself at the top level: {"event", "id", "status",
+                       "meta": {"assignee": {"id", "name"} | null}, "messages": [{"account_id"}]}
+
+Only a contact's incoming public text is for the bot. Every outgoing message (Parley's own
+answers and notes come back as webhooks), activity and template message is ignored without
+being recorded, except an agent's private note starting with the reply prefix: the agent's
+answer for the customer, to be translated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from adapters.kit.actions import Ignore
+from bot.types import ConversationKey, Incoming, User
+
+PLATFORM = "chatwoot"
+CONVERSATION_EVENTS = frozenset(
+    {
+        "conversation_status_changed",
+        "conversation_updated",
+        "conversation_opened",
+        "conversation_resolved",
+    }
+)
+# Chatwoot's statuses in which the bot has the conversation.
+BOT_STATUSES = frozenset({"pending", "resolved"})
+
+
+class MalformedWebhook(ValueError):
+    """The body is not a webhook Parley can read (400: re-sending it would never help)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Sender(_Model):
+    id: int
+    name: str = ""
+    type: str = ""
+
+
+class _Account(_Model):
+    id: int
+
+
+class _Assignee(_Model):
+    id: int
+    name: str = ""
+
+
+class _Meta(_Model):
+    assignee: _Assignee | None = None
+
+
+class _MessageRef(_Model):
+    account_id: int | None = None
+
+
+class _Conversation(_Model):
+    id: int
+    status: str = ""
+    meta: _Meta | None = None
+    messages: list[_MessageRef] = []
+    account: _Account | None = None
+
+
+class _Message(_Model):
+    id: int
+    content: str | None = None
+    message_type: str | int
+    private: bool = False
+    sender: _Sender | None = None
+    account: _Account
+    conversation: _Conversation
+    created_at: str | int | float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerMessage:
+    """A contact wrote; `status` is the conversation's status in Chatwoot as it was sent."""
+
+    incoming: Incoming
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReply:
+    key: ConversationKey
+    text: str
+    agent: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    key: ConversationKey
+    status: str
+    agent: str  # the assignee ("" when nobody is assigned)
+
+
+Action = CustomerMessage | AgentReply | StatusChange | Ignore
+
+
+def conversation_key(account_id: int, conversation_id: int) -> ConversationKey:
+    return ConversationKey(PLATFORM, f"{account_id}:{conversation_id}")
+
+
+def agent_name(user_id: int) -> str:
+    """How a Chatwoot agent is named in the desk, so the bridge knows what came from Chatwoot."""
+    return f"{PLATFORM}:{user_id}"
+
+
+def read(body: bytes, *, reply_prefix: str, account_id: int | None = None) -> Action:
+    """A webhook body as an action, or MalformedWebhook (never another exception).
+    `account_id`: for conversation events that name no account."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise MalformedWebhook("the body is not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("event"), str):
+        raise MalformedWebhook("not a Chatwoot webhook (no event)")
+    event = data["event"]
+    try:
+        if event == "message_created":
+            return _message(_Message.model_validate(data), reply_prefix)
+        if event in CONVERSATION_EVENTS:
+            return _status(_Conversation.model_validate(data), account_id)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise MalformedWebhook(f"{event}: {where}: {first['msg']}") from None
+    return Ignore(f"event {event[:40]}")
+
+
+def _message(message: _Message, reply_prefix: str) -> Action:
+    key = conversation_key(message.account.id, message.conversation.id)
+    sender = message.sender
+    kind = str(message.message_type)
+    text = message.content or ""
+    if kind in ("incoming", "0") and not message.private:
+        if sender is None or sender.type.lower() != "contact":
+            return Ignore("incoming, not from a contact")
+        if not text.strip():
+            return Ignore("no text")
+        user = User(PLATFORM, str(sender.id), sender.name)
+        incoming = Incoming(
+            key=key,
+            user=user,
+            text=text,
+            idempotency_key=str(message.id),
+            platform_message_id=str(message.id),
+            sent_at=sent_at(message.created_at),
+        )
+        return CustomerMessage(incoming, message.conversation.status)
+    if kind in ("outgoing", "1") and message.private and text.startswith(reply_prefix):
+        if sender is None or sender.type.lower() != "user":
+            return Ignore("a note not written by an agent")
+        reply = text[len(reply_prefix) :].strip()
+        if not reply:
+            return Ignore("an empty reply")
+        return AgentReply(key, reply, agent_name(sender.id), f"{PLATFORM}:{message.id}")
+    return Ignore(f"{kind} message")
+
+
+def sent_at(value: str | int | float | None) -> datetime:
+    """Chatwoot's created_at: Unix seconds in some payloads, ISO 8601 (or "... UTC") in
+    others; now when it is absent or unreadable."""
+    try:
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, UTC)
+        if isinstance(value, str) and value:
+            parsed = datetime.fromisoformat(value.replace(" UTC", "+00:00").replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    return datetime.now(UTC)
+
+
+def _status(conversation: _Conversation, account_id: int | None) -> Action:
+    account = conversation.account.id if conversation.account is not None else None
+    if account is None:
+        account = next((m.account_id for m in conversation.messages if m.account_id), None)
+    account = account or account_id
+    if account is None:
+        raise MalformedWebhook("conversation event without an account (set chatwoot.account_id)")
+    if not conversation.status:
+        return Ignore("no status")
+    meta = conversation.meta
+    assignee = meta.assignee if meta is not None else None
+    agent = agent_name(assignee.id) if assignee is not None else ""
+    return StatusChange(conversation_key(account, conversation.id), conversation.status, agent)

@@ -1,0 +1,71 @@
+"""The `[chatwoot]` settings section (PARLEY_CHATWOOT__*); docs/support-desk.md walks through
+where each value comes from in Chatwoot."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
+
+from bot.adapter_registry import AdapterSettings
+
+
+class ChatwootSettings(AdapterSettings):
+    url: AnyHttpUrl | None = Field(
+        None, description="Chatwoot's address, e.g. https://chatwoot.example.com"
+    )
+    api_access_token: SecretStr | None = Field(
+        None,
+        description="The agent bot's access token (Settings -> Bots -> the bot); sent as the "
+        "api_access_token header, never logged",
+    )
+    account_id: int | None = Field(
+        None,
+        ge=1,
+        description="The account, for conversation webhooks that name none (every message "
+        "webhook names its own)",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="The agent bot's webhook secret (Chatwoot 4.13 and later): each webhook's "
+        "X-Chatwoot-Signature (HMAC-SHA256 over 'timestamp.body') is checked with it",
+    )
+    account_webhook_secret: SecretStr | None = Field(
+        None,
+        description="The secret of the account webhook (Settings -> Integrations -> Webhooks) "
+        "that sends conversation_status_changed and conversation_updated to the same URL; "
+        "its deliveries are signed with it",
+    )
+    path_secret: SecretStr | None = Field(
+        None,
+        description="For Chatwoot versions that do not sign agent bot webhooks: the webhook "
+        "URL is /chatwoot/webhook/<path_secret>; use a long random string",
+    )
+    max_age_s: int = Field(
+        300,
+        ge=10,
+        description="A signed webhook whose timestamp is further than this from now is refused "
+        "(replays)",
+    )
+    max_body_bytes: int = Field(
+        512_000, ge=4096, description="Largest webhook body; larger ones get 413 unread"
+    )
+    agent_reply_prefix: str = Field(
+        "/reply ",
+        min_length=1,
+        description="An agent's private note that starts with this is sent to the customer, "
+        "translated into the customer's language; other notes stay private",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Per request to Chatwoot's API")
+    retries: int = Field(
+        4, ge=0, le=10, description="Retries of a request Chatwoot answered 429 or 5xx"
+    )
+    max_connections: int = Field(10, ge=1, description="Connections to Chatwoot's API at once")
+
+    @model_validator(mode="after")
+    def _path_secret_long_enough(self) -> Self:
+        # Whether any is set is the adapter's check (adapters.chatwoot.adapter.create): the
+        # section exists, unset, in every configuration.
+        if self.path_secret is not None and len(self.path_secret.get_secret_value()) < 16:
+            raise ValueError("chatwoot.path_secret must be at least 16 characters")
+        return self

@@ -1,0 +1,153 @@
+"""Chatwoot's webhooks, received on Parley's HTTP host (adapters.kit.http).
+
+Authentication, before anything is parsed or stored:
+- signed (Chatwoot 4.13 and later sign agent bot webhooks; account webhooks since 4.11.2):
+  `X-Chatwoot-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>` and
+  `X-Chatwoot-Timestamp: <unix seconds>`; a timestamp further than `max_age_s` from now is a
+  replay and refused (401), the signature is compared in constant time;
+- otherwise a secret in the path, `/chatwoot/webhook/<path_secret>`, compared in constant
+  time (403). Both may be configured at once; then both must hold.
+
+A body over `max_body_bytes` gets 413 before it is read whole; a body that is not a webhook
+Parley can read gets 400 with a short reason. The 200 goes out after the action is done (a
+message recorded in SQL); a database that cannot take it gets 500, which Chatwoot's agent bot
+job retries (it retries 429 and 500 only), and the message id makes the repeat harmless.
+Secrets and message text are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from bot.errors import BotError, StorageError
+
+from .payloads import Action, MalformedWebhook, read
+from .settings import ChatwootSettings
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Chatwoot-Signature"
+TIMESTAMP_HEADER = "X-Chatwoot-Timestamp"
+WEBHOOK_PATH = "/chatwoot/webhook"
+
+
+class TooLarge(Exception):
+    pass
+
+
+def signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    """Chatwoot's signature of one delivery (what the header must carry)."""
+    digest = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+class Verifier:
+    """The signature check, against each configured secret (the agent bot's and the account
+    webhook's); `clock` is injectable so a test can age a delivery."""
+
+    def __init__(
+        self, secrets: list[bytes], max_age_s: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._secrets = secrets
+        self._max_age_s = max_age_s
+        self._clock = clock
+
+    def refusal(self, timestamp: str, given: str, body: bytes) -> str | None:
+        """Why the delivery is refused, or None when it is Chatwoot's and fresh."""
+        try:
+            sent = int(timestamp)
+        except ValueError:
+            return "no valid timestamp"
+        if abs(self._clock() - sent) > self._max_age_s:
+            return "stale timestamp"
+        matches = [
+            hmac.compare_digest(given.encode(), signature(secret, timestamp, body).encode())
+            for secret in self._secrets
+        ]
+        return None if any(matches) else "bad signature"
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge
+    return bytes(body)
+
+
+def webhook_routes(
+    settings: ChatwootSettings,
+    act: Callable[[Action], Awaitable[object]],
+    *,
+    clock: Callable[[], float] = time.time,
+) -> list[Route]:
+    secrets = [
+        s.get_secret_value().encode()
+        for s in (settings.webhook_secret, settings.account_webhook_secret)
+        if s is not None
+    ]
+    verifier = Verifier(secrets, settings.max_age_s, clock) if secrets else None
+    path_secret = settings.path_secret.get_secret_value() if settings.path_secret else None
+
+    async def receive(request: Request) -> Response:
+        if path_secret is not None:
+            given = str(request.path_params.get("secret", "")).encode()
+            if not hmac.compare_digest(given, path_secret.encode()):
+                log.warning("chatwoot webhook: wrong path secret from %s", _peer(request))
+                return PlainTextResponse("forbidden", status_code=403)
+        try:
+            body = await read_capped(request, settings.max_body_bytes)
+        except TooLarge:
+            return PlainTextResponse("body too large", status_code=413)
+        except ClientDisconnect:
+            return PlainTextResponse("incomplete body", status_code=400)
+        if verifier is not None:
+            refusal = verifier.refusal(
+                request.headers.get(TIMESTAMP_HEADER, ""),
+                request.headers.get(SIGNATURE_HEADER, ""),
+                body,
+            )
+            if refusal is not None:
+                log.warning("chatwoot webhook refused (%s) from %s", refusal, _peer(request))
+                return PlainTextResponse(refusal, status_code=401)
+        return await _handle(body, settings, act)
+
+    path = f"{WEBHOOK_PATH}/{{secret}}" if path_secret is not None else WEBHOOK_PATH
+    return [Route(path, receive, methods=["POST"])]
+
+
+async def _handle(
+    body: bytes, settings: ChatwootSettings, act: Callable[[Action], Awaitable[object]]
+) -> Response:
+    try:
+        action = read(
+            body, reply_prefix=settings.agent_reply_prefix, account_id=settings.account_id
+        )
+    except MalformedWebhook as exc:
+        log.warning("chatwoot webhook: malformed: %s", exc)
+        return PlainTextResponse(str(exc)[:200], status_code=400)
+    try:
+        await act(action)
+    except StorageError as exc:
+        log.error("chatwoot webhook not recorded, Chatwoot will retry: %s", exc)
+        return PlainTextResponse("not recorded; try again", status_code=500)
+    except BotError as exc:  # the desk refused (no human has it): a retry would not help
+        log.warning("chatwoot webhook: %s: %s", type(action).__name__, exc)
+        return PlainTextResponse("not applied", status_code=200)
+    return PlainTextResponse("ok")
+
+
+def _peer(request: Request) -> str:
+    return request.client.host if request.client else "?"
