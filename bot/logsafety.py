@@ -117,6 +117,8 @@ def secrets_in(settings: BaseModel) -> list[str]:
 def _values(model: BaseModel) -> Iterable[object]:
     for name in type(model).model_fields:
         value = getattr(model, name)
+        if isinstance(value, dict):  # e.g. support.webhooks: site -> {url, secret}
+            value = list(value.values())
         items = value if isinstance(value, list | tuple) else [value]
         for item in items:
             if isinstance(item, BaseModel):

@@ -124,3 +124,17 @@ def test_secrets_in_settings_finds_tokens_keys_and_url_passwords() -> None:
     settings = WithAdapters(core=core, adapters=[AdapterSection(token=SecretStr(TOKEN))])
     found = logsafety.secrets_in(settings)
     assert {TOKEN, "s3cret-pw", "sk-abcdef"} <= set(found)
+
+
+def test_secrets_in_settings_finds_the_support_webhooks_secrets() -> None:
+    from bot.settings import load_settings
+
+    settings = load_settings(
+        None,
+        support={
+            "webhook": {"url": "https://desk.example/all", "secret": "default-hook-secret"},
+            "webhooks": {"shop": {"url": "https://desk.example/shop", "secret": "shop-secret-of-sixteen"}},
+        },
+    )
+    found = set(logsafety.secrets_in(settings))
+    assert {"default-hook-secret", "shop-secret-of-sixteen"} <= found

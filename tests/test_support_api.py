@@ -363,7 +363,8 @@ async def test_the_openapi_document_and_its_page(worker: Worker) -> None:
         page = await client.get("/v1/docs")
     assert document["openapi"].startswith("3.1")
     assert set(document["paths"]) == {
-        "/v1/visitors", "/v1/messages", "/v1/events", "/v1/history", "/v1/visitor"
+        "/v1/visitors", "/v1/messages", "/v1/events", "/v1/history", "/v1/visitor",
+        "/v1/handoff", "/v1/handoff/take", "/v1/handoff/give-back", "/v1/handoff/messages",
     }  # fmt: skip
     assert "MessageRequest" in document["components"]["schemas"]
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -424,9 +425,10 @@ async def test_two_workers_a_visitor_alternating_gets_every_answer_once_in_order
     assert sum(len(be.requests) for be in backends) == 8
 
 
-def _fuzz(url: str, token: str, site_key: str) -> tuple[list[str], set[int]]:
-    """Every operation of the OpenAPI document with schemathesis' generated requests, valid
-    and invalid, with and without credentials: the 5xx answers found, and every status seen."""
+def _fuzz(url: str, token: str, site_key: str, server_key: str) -> tuple[list[str], set[int]]:
+    """Every operation of the OpenAPI document (the agent API's too) with schemathesis'
+    generated requests, valid and invalid, with and without credentials (a visitor token, the
+    site key, a server key): the 5xx answers found, and every status seen."""
     import hypothesis
     import requests
     import schemathesis
@@ -438,8 +440,9 @@ def _fuzz(url: str, token: str, site_key: str) -> tuple[list[str], set[int]]:
     found: list[str] = []
     statuses: set[int] = set()
     credentials = st.sampled_from(
-        [{}, {"Authorization": f"Bearer {token}"}, {"X-Parley-Site-Key": site_key}]
-    )
+        [{}, {"Authorization": f"Bearer {token}"}, {"X-Parley-Site-Key": site_key},
+         {"Authorization": f"Bearer {server_key}"}]
+    )  # fmt: skip
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
@@ -467,10 +470,12 @@ async def test_fuzzing_the_openapi_document_finds_no_5xx(
         ip_requests=100_000, visitor_messages=100_000,
     ) as w:  # fmt: skip
         site = await w.add_site("shop")
+        _, server_key = await w.adapter.sites.add_key("shop")
+        await w.adapter.directory.refresh(force=True)
         async with w.client() as client:
             visitor = await new_visitor(client, site)
         failures, statuses = await asyncio.to_thread(
-            _fuzz, w.url, visitor["token"], site.public_key
+            _fuzz, w.url, visitor["token"], site.public_key, server_key
         )
         assert failures == []
         assert {200, 201, 202, 204} <= statuses  # the valid requests got through too

@@ -195,6 +195,9 @@ async def _drain(app: Parley) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(left):
             await app.intake.aclose()
+            # Handoff events of the last turns reach their bridges while the adapters that
+            # carry them (Chatwoot, the agent API's webhooks) are still open.
+            await app.desk.idle()
     log.info(
         "stopped in %.1f s (%s)",
         loop.time() - started,

@@ -12,6 +12,7 @@ per-address request limits, body sizes).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -21,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from bot import phrases
+from bot.conversation.sink import Author, current_author
 from bot.settings import RedisSettings
 from bot.storage.base import Cache
 from bot.storage.cache import build_cache
@@ -28,14 +31,17 @@ from bot.storage.database import create_engine
 from bot.types import ConversationKey, Incoming
 
 from . import answers, openapi, pages
+from .agent_api import AgentApi, StreamBridge
 from .api import Handler, SupportApi, endpoint
 from .auth import PLATFORM, Authenticator, preflight_headers
 from .errors import forbidden
 from .events import EventLog, Outbox, build_event_log
 from .history import SupportHistory
+from .schemas import AgentEvent
 from .settings import SupportSettings
 from .sites import REFRESH_S, SiteDirectory, SiteStore
 from .tokens import TokenSigner, load_secret
+from .webhooks import WebhookBridge
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -107,10 +113,30 @@ class SupportAdapter:
             history=SupportHistory(self._engine),
             max_message_chars=core.conversation.max_message_chars,
         )
+        # The core's desk (bot/handoff); None where the core runs without one.
+        self._desk = host.desk
+        self.agent_api = AgentApi(
+            self._auth,
+            self._engine,
+            self._desk,
+            max_body_bytes=settings.max_body_bytes,
+            max_message_chars=core.conversation.max_message_chars,
+        )
+        self.webhooks = WebhookBridge(
+            settings.webhooks,
+            settings.webhook,
+            attempts=settings.webhook_attempts,
+            timeout_s=settings.webhook_timeout_s,
+            backoff_max_s=settings.webhook_backoff_max_s,
+        )
 
     async def __aenter__(self) -> Self:
         await self.directory.refresh(force=True)
         await self.events.start()
+        if self._desk is not None:
+            self._desk.attach(StreamBridge(self.events))
+            if self.webhooks.enabled:
+                self._desk.attach(self.webhooks)
         for route in self.routes():
             self._host.http.mount(route)
         return self
@@ -122,6 +148,7 @@ class SupportAdapter:
         tb: TracebackType | None,
     ) -> None:
         self.events.end_streams()
+        await self.webhooks.aclose()
         await self.events.aclose()
         await self._cache.aclose()
         for client in (self._redis, self._listening):
@@ -137,6 +164,10 @@ class SupportAdapter:
             self._route("/v1/events", api.events, "GET"),
             self._route("/v1/history", api.history, "GET"),
             self._route("/v1/visitor", api.erase, "DELETE"),
+            self._route("/v1/handoff", self.agent_api.status, "GET"),
+            self._route("/v1/handoff/take", self.agent_api.take, "POST"),
+            self._route("/v1/handoff/give-back", self.agent_api.give_back, "POST"),
+            self._route("/v1/handoff/messages", self.agent_api.message, "POST"),
             Route("/v1/openapi.json", self._openapi, methods=["GET"]),
             Route("/v1/docs", self._docs, methods=["GET"]),
         ]
@@ -167,6 +198,10 @@ class SupportAdapter:
         self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
     ) -> None:
         conversation = key.chat_id
+        author = current_author()
+        if author is not None:  # a person at the help desk speaks, not the bot
+            await self._deliver_agent(conversation, author, chunks)
+            return
         answered = await self.api.message_id(key, reply_to)
         outbox = Outbox(self.events, conversation)
         parts: list[str] = []
@@ -190,6 +225,22 @@ class SupportAdapter:
             outbox.put("answer", final)
         finally:
             await outbox.close()
+
+    async def _deliver_agent(
+        self, conversation: str, author: Author, chunks: AsyncIterator[str]
+    ) -> None:
+        """An agent's reply as one `agent` event: its name, the text in the visitor's language
+        and, when that is a translation, the original and a mark saying so."""
+        text = "".join([chunk async for chunk in chunks])
+        translated = bool(author.text) and author.text.strip() != text.strip()
+        event = AgentEvent(
+            text=_without_mark(text) if translated else text,
+            name=author.name,
+            translated=translated,
+            original=author.text if translated else "",
+            language=author.language,
+        )
+        await self.events.append(conversation, [("agent", event.model_dump())])
 
     def system_prompt_for(self, key: ConversationKey) -> str | None:
         """The site's own system prompt (None: the core's); for the conversation manager."""
@@ -223,3 +274,16 @@ class SupportAdapter:
 
     async def _docs(self, request: Request) -> Response:
         return HTMLResponse(openapi.docs_page())
+
+
+@functools.cache
+def _translation_marks() -> tuple[str, ...]:
+    """The core's "(translated automatically)" in every language it speaks."""
+    return tuple({phrases.say(phrases.TRANSLATED, lang) for lang in ("en", *phrases.LANGUAGES)})
+
+
+def _without_mark(text: str) -> str:
+    """The core ends a translated agent reply with its mark as a paragraph of its own; the
+    `agent` event says `translated` instead, and the widget shows its own mark."""
+    head, _, last = text.rstrip().rpartition("\n\n")
+    return head if head and last.strip() in _translation_marks() else text

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -32,7 +31,8 @@ from bot.types import Incoming, User
 
 from . import answers
 from .auth import PLATFORM, Authenticator, Caller, bearer, check_origin, cors_headers
-from .errors import ApiError, forbidden, invalid, unauthorized
+from .bodies import idempotency_key, int_param, read_body
+from .errors import ApiError, forbidden, unauthorized
 from .events import EventLog, stream, valid_event_id
 from .history import SupportHistory
 from .schemas import (
@@ -50,7 +50,6 @@ from .tokens import BadToken, TokenSigner, new_visitor_id
 Handler = Callable[[Request], Awaitable[Response]]
 _Model = TypeVar("_Model", bound=BaseModel)
 
-IDEMPOTENCY_KEY_MAX = 128
 # platform message id -> SQL message id of messages submitted in this process (the answer's
 # `reply_to`); one submitted on another worker is looked up in SQL.
 KNOWN_IDS = 50_000
@@ -157,11 +156,7 @@ class SupportApi:
         return JSONResponse(out.model_dump(), status_code=202)
 
     async def _message_request(self, request: Request) -> tuple[Caller, MessageRequest, str | None]:
-        idempotency = request.headers.get("idempotency-key")
-        if idempotency is not None and not (
-            0 < len(idempotency) <= IDEMPOTENCY_KEY_MAX and idempotency.isprintable()
-        ):
-            raise ApiError(400, "invalid_request", "Idempotency-Key: 1 to 128 printable characters")
+        idempotency = idempotency_key(request)
         body = await self._body(request, MessageRequest)
         caller = await self._auth.caller(request, body.visitor_id)
         if len(body.text) > self._max_chars:
@@ -191,8 +186,8 @@ class SupportApi:
         """A page of the conversation, oldest first; `next` pages further back."""
         await self._limit_ip(request)  # each page is a database read: counted like a request
         caller = await self._auth.caller(request, request.query_params.get("visitor_id"))
-        before = _int_param(request, "before", 1, 2**62)
-        limit = _int_param(request, "limit", 1, self._s.history_max_page) or 20
+        before = int_param(request, "before", 1, 2**62)
+        limit = int_param(request, "limit", 1, self._s.history_max_page) or 20
         rows = await self._history.page(caller.key, before, limit)
         more = len(rows) > limit
         rows = rows[1:] if more else rows
@@ -249,26 +244,7 @@ class SupportApi:
     async def _body(
         self, request: Request, model: type[_Model], *, optional: bool = False
     ) -> _Model:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._s.max_body_bytes:
-            raise _too_large(self._s.max_body_bytes)
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > self._s.max_body_bytes:
-                raise _too_large(self._s.max_body_bytes)
-        if not raw.strip() and optional:
-            return model()
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting
-            raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "malformed_json", "the body must be a JSON object")
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            raise invalid(exc) from None
+        return await read_body(request, model, self._s.max_body_bytes, optional=optional)
 
     def _open_stream(
         self, conversation: str, address: str
@@ -333,16 +309,3 @@ class SupportApi:
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "too_large", f"the body is larger than {limit} bytes")
-
-
-def _int_param(request: Request, name: str, low: int, high: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ApiError(400, "invalid_request", f"{name}: a whole number from {low} to {high}")
-    return int(raw)

@@ -8,6 +8,7 @@ without Origin is a server's: only a server key may make a visitor for it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -23,6 +24,7 @@ CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-Parley-Site-Key"
 CORS_EXPOSE = "Retry-After"
 CORS_MAX_AGE_S = "600"
+VISITOR_ID = re.compile(r"v_[A-Za-z0-9_-]{1,62}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,14 @@ class Caller:
         """The visitor as the core knows the sender: within its site, so that no site's key
         reaches another site's visitor record, limits, budget or preferences."""
         return self.conversation
+
+
+def checked_visitor_id(value: str) -> str:
+    """A visitor id as the API issues them ("v_" and URL-safe characters), else 422: one
+    from a query string could hold anything, NUL characters included."""
+    if not VISITOR_ID.fullmatch(value):
+        raise ApiError(422, "invalid_request", "visitor_id: a visitor id (v_..., 64 at most)")
+    return value
 
 
 def origin_of(request: Request) -> str | None:
@@ -103,7 +113,7 @@ class Authenticator:
             check_origin(request, site)
             if not visitor_id:
                 raise ApiError(422, "invalid_request", "visitor_id: required with a server key")
-            return Caller(site, visitor_id, by_server=True)
+            return Caller(site, checked_visitor_id(visitor_id), by_server=True)
         try:
             claim = self._signer.verify(token)
         except BadToken as exc:

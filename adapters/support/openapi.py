@@ -27,8 +27,10 @@ nothing lost or repeated (`0`: every event kept). Without one the stream starts 
 events after it opened. A `: keep-alive` comment comes every 15 s of silence. Events (`event:`
 name, `data:` JSON): `delta` (DeltaEvent: the new text only), `answer` (AnswerEvent: the whole
 final answer and its sources), `notice` (NoticeEvent: rate limited, model unavailable,
-refused), and, reserved for the help-desk bridge, `handoff` (HandoffEvent) and `agent`
-(AgentEvent). EventSource cannot send headers: pass the token as `?token=`."""
+refused), `handoff` (HandoffEvent: a person was asked for, an agent has the conversation,
+the bot has it again) and `agent` (AgentEvent: an agent's message, translated into the
+visitor's language and marked so, with the original). EventSource cannot send headers: pass
+the token as `?token=`."""
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -62,6 +64,13 @@ _ERRORS = {
     "413": _error("body or text too large"),
     "422": _error("a field is not valid"),
     "429": _error("rate limited; see Retry-After"),
+}
+_SERVER_KEY = {**_TOKEN, "description": "Bearer <server key> (sk_...): never a visitor token"}
+_DESK_ERRORS = {
+    **{k: v for k, v in _ERRORS.items() if k in ("400", "401", "403", "413", "422")},
+    "404": _error("no conversation with this visitor on the key's site"),
+    "409": _error("not possible in the conversation's handoff state"),
+    "503": _error("the help desk is not running on this server"),
 }
 _VISITOR = _query("visitor_id", {"type": "string", "maxLength": 64},
                   "with a server key: the visitor it acts for")  # fmt: skip
@@ -120,12 +129,49 @@ def _paths() -> dict[str, Any]:
             "parameters": [_TOKEN, _VISITOR],
             "responses": {"204": {"description": "erased"}, **auth_errors},
         }},
+        **_agent_paths(),
+    }  # fmt: skip
+
+
+def _agent_paths() -> dict[str, Any]:
+    """The agent API (adapters/support/agent_api.py): a help desk's back end."""
+    status = {"200": _json("HandoffStatusBody", "the handoff state now"), **_DESK_ERRORS}
+    visitor = {**_VISITOR, "required": True, "description": "the visitor of the conversation"}
+    return {
+        "/v1/handoff": {"get": {
+            "summary": "A conversation's handoff state (agent API)",
+            "parameters": [_SERVER_KEY, visitor],
+            "responses": status,
+        }},
+        "/v1/handoff/take": {"post": {
+            "summary": "An agent takes the conversation over; the bot stops answering",
+            "parameters": [_SERVER_KEY],
+            "requestBody": _body("AgentRequest"),
+            "responses": status,
+        }},
+        "/v1/handoff/give-back": {"post": {
+            "summary": "The agent gives the conversation back to the bot",
+            "parameters": [_SERVER_KEY],
+            "requestBody": _body("AgentRequest"),
+            "responses": status,
+        }},
+        "/v1/handoff/messages": {"post": {
+            "summary": "The agent's reply, delivered translated into the visitor's language",
+            "description": "A retry with the same Idempotency-Key is posted once. 409 while "
+                           "no agent has taken the conversation.",
+            "parameters": [_SERVER_KEY, {"in": "header", "name": "Idempotency-Key",
+                                         "required": False,
+                                         "schema": {"type": "string", "maxLength": 128}}],
+            "requestBody": _body("AgentMessageRequest"),
+            "responses": {"202": _json("AgentMessageAccepted", "recorded"), **_DESK_ERRORS},
+        }},
     }  # fmt: skip
 
 
 MODELS = (
     s.VisitorRequest, s.VisitorResponse, s.MessageRequest, s.MessageAccepted, s.HistoryPage,
     s.ErrorBody, s.DeltaEvent, s.AnswerEvent, s.NoticeEvent, s.HandoffEvent, s.AgentEvent,
+    s.AgentRequest, s.AgentMessageRequest, s.AgentMessageAccepted, s.HandoffStatusBody,
 )  # fmt: skip
 
 

@@ -18,6 +18,16 @@ def _no_nul(text: str) -> str:
     return text
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be blank")
+    return text
+
+
+# As the API issues them (adapters/support/tokens.py): "v_" and URL-safe characters.
+VISITOR_ID_PATTERN = r"^v_[A-Za-z0-9_-]+$"
+
+
 class VisitorRequest(_Body):
     """Optional: the visitor's previous token, to keep the same visitor (and history)."""
 
@@ -33,16 +43,10 @@ class VisitorResponse(BaseModel):
 class MessageRequest(_Body):
     text: str = Field(min_length=1, max_length=100_000)
     # Only with a server key (Authorization: Bearer sk_...): whose conversation this is.
-    visitor_id: str | None = Field(None, min_length=3, max_length=64, pattern=r"^v_[\w-]+$")
+    visitor_id: str | None = Field(None, min_length=3, max_length=64, pattern=VISITOR_ID_PATTERN)
 
     _clean = field_validator("text")(_no_nul)
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, text: str) -> str:
-        if not text.strip():
-            raise ValueError("must not be blank")
-        return text
+    _filled = field_validator("text")(_not_blank)
 
 
 class MessageAccepted(BaseModel):
@@ -93,10 +97,55 @@ class NoticeEvent(BaseModel):
     text: str
 
 
+HandoffState = Literal["bot", "waiting", "human"]
+
+
 class HandoffEvent(BaseModel):
-    state: Literal["bot", "waiting", "human"]
+    state: HandoffState
+    reason: str | None = Field(None, description="asked, sentiment, unanswered, keyword, ...")
+    agent: str = Field("", description="the agent who has the conversation, when one has")
 
 
 class AgentEvent(BaseModel):
-    text: str
-    name: str
+    text: str = Field(description="the agent's message, in the visitor's language")
+    name: str = Field(description="the agent's name")
+    translated: bool = Field(description="true: `text` is a machine translation of `original`")
+    original: str = Field(description="what the agent wrote ('' when not translated)")
+    language: str = Field(description="the language the agent wrote in ('' when unknown)")
+
+
+# The agent API (adapters/support/agent_api.py): a help desk's back end, with a server key.
+def _agent_name(name: str) -> str:
+    if not name.strip() or not name.isprintable():
+        raise ValueError("a printable name, not blank")
+    return name.strip()
+
+
+class AgentRequest(_Body):
+    """Take a conversation over, or give it back to the bot."""
+
+    visitor_id: str = Field(min_length=3, max_length=64, pattern=VISITOR_ID_PATTERN)
+    agent: str = Field(min_length=1, max_length=64, description="the agent's name")
+
+    _name = field_validator("agent")(_agent_name)
+
+
+class AgentMessageRequest(AgentRequest):
+    text: str = Field(min_length=1, max_length=100_000)
+
+    _clean = field_validator("text")(_no_nul)
+    _filled = field_validator("text")(_not_blank)
+
+
+class AgentMessageAccepted(BaseModel):
+    message_id: str
+    conversation_id: str
+
+
+class HandoffStatusBody(BaseModel):
+    conversation_id: str
+    state: HandoffState
+    reason: str | None
+    detail: str
+    since: str | None = Field(description="ISO 8601, UTC: when the state began")
+    agent: str

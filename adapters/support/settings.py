@@ -7,6 +7,8 @@ from pydantic import Field, SecretStr
 
 from bot.adapter_registry import AdapterSettings
 
+from .webhooks import WebhookTarget
+
 
 class SupportSettings(AdapterSettings):
     # Signs visitor tokens (HMAC-SHA256). Unset: a random secret is generated once and kept in
@@ -37,3 +39,20 @@ class SupportSettings(AdapterSettings):
     # public key is demo_site_key (its origins must include Parley's own address).
     demo: bool = False
     demo_site_key: str = ""
+    # Signed outbound webhooks of handoff events (adapters/support/webhooks.py,
+    # docs/support-desk.md). A site's own receiver, by site name; `webhook` gets the events of
+    # every other conversation: sites without their own, and Telegram, Discord, ... users.
+    webhooks: dict[str, WebhookTarget] = Field(
+        default_factory=dict,
+        description="site name -> {url, secret}: that site's handoff events",
+    )
+    webhook: WebhookTarget | None = Field(
+        None, description="{url, secret}: handoff events of every other conversation"
+    )
+    webhook_attempts: int = Field(
+        6, ge=1, le=20, description="tries per event (a 5xx, 429 or no answer is retried)"
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="seconds one delivery may take")
+    webhook_backoff_max_s: float = Field(
+        60.0, gt=0, description="longest wait between two tries (exponential from 0.5 s)"
+    )

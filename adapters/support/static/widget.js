@@ -40,6 +40,8 @@
       sources: "Sources", you: "You", bot: "Assistant",
       waiting: "Connecting you with a person…", human: "You are now talking with a person.",
       back: "You are talking with the assistant again.", earlier: "Show earlier messages",
+      humanNamed: "You are talking with {name}.", translated: "Translated",
+      original: "Original",
     },
     de: {
       title: "Chatten Sie mit uns", open: "Chat öffnen", close: "Chat schließen",
@@ -52,6 +54,7 @@
       waiting: "Sie werden mit einer Person verbunden…",
       human: "Sie sprechen jetzt mit einer Person.",
       back: "Sie sprechen wieder mit dem Assistenten.", earlier: "Frühere Nachrichten anzeigen",
+      humanNamed: "Sie sprechen mit {name}.", translated: "Übersetzt", original: "Original",
     },
     fr: {
       title: "Discutons", open: "Ouvrir le chat", close: "Fermer le chat", log: "Conversation",
@@ -63,6 +66,7 @@
       waiting: "Mise en relation avec une personne…",
       human: "Vous parlez maintenant avec une personne.",
       back: "Vous parlez de nouveau avec l'assistant.", earlier: "Messages précédents",
+      humanNamed: "Vous parlez avec {name}.", translated: "Traduit", original: "Original",
     },
     es: {
       title: "Hable con nosotros", open: "Abrir el chat", close: "Cerrar el chat",
@@ -75,6 +79,7 @@
       waiting: "Le estamos conectando con una persona…",
       human: "Ahora está hablando con una persona.",
       back: "Vuelve a hablar con el asistente.", earlier: "Mostrar mensajes anteriores",
+      humanNamed: "Está hablando con {name}.", translated: "Traducido", original: "Original",
     },
     ar: {
       title: "تحدث معنا", open: "افتح المحادثة", close: "أغلق المحادثة", log: "المحادثة",
@@ -85,6 +90,7 @@
       sources: "المصادر", you: "أنت", bot: "المساعد",
       waiting: "جارٍ توصيلك بشخص…", human: "أنت تتحدث الآن مع شخص.",
       back: "أنت تتحدث مع المساعد مرة أخرى.", earlier: "عرض الرسائل السابقة",
+      humanNamed: "أنت تتحدث مع {name}.", translated: "مترجمة", original: "النص الأصلي",
     },
   };
   const RTL = new Set(["ar", "he", "fa", "ur"]);
@@ -258,6 +264,13 @@ h2 { flex: 1; margin: 0; font-size: 16px; font-weight: 600; }
 .msg.pending { opacity: .75; }
 .msg.failed { background: #fee2e2; color: #7f1d1d; border-color: #fca5a5; }
 .msg .who { display: block; font-size: 12px; font-weight: 600; color: #15803d; }
+.msg.agent { background: #f0fdf4; }
+.msg .translated { margin-top: 4px; font-size: 12px; color: #57606a; }
+.msg .translated summary { cursor: pointer; }
+.msg .translated .original { margin-top: 4px; padding-inline-start: 8px;
+  border-inline-start: 3px solid #bbf7d0; color: #1f2328; }
+.handoff { margin: 0; padding: 6px 14px; background: #dcfce7; color: #14532d; font-size: 14px; }
+.handoff[hidden] { display: none; }
 .msg.notice { align-self: center; background: transparent; border: 0; color: #57606a;
   font-size: 13px; text-align: center; }
 .msg p { margin: 0 0 .5em; } .msg p:last-child { margin-bottom: 0; }
@@ -329,6 +342,8 @@ textarea:focus-visible { outline-offset: 0; }
     }, icon()),
     close: el("button", { class: "close", type: "button", "aria-label": say("close"), text: "×" }),
     banner: el("p", { class: "banner", role: "status", hidden: "" }),
+    // Who the visitor is talking with while a person has (or is asked for) the conversation.
+    handoff: el("p", { class: "handoff", role: "status", hidden: "" }),
     log: el("div", {
       class: "log", role: "log", "aria-live": "polite", "aria-label": say("log"), tabindex: "0",
     }),
@@ -343,7 +358,7 @@ textarea:focus-visible { outline-offset: 0; }
   ui.panel = el("section", {
     class: "panel", id: "parley-panel", role: "dialog", "aria-label": title, hidden: "",
     lang: LANG, dir: RTL.has(LANG) ? "rtl" : "ltr",
-  }, el("header", {}, el("h2", { text: title }), ui.close), ui.banner, ui.log, ui.form);
+  }, el("header", {}, el("h2", { text: title }), ui.close), ui.banner, ui.handoff, ui.log, ui.form);
   ui.root = el("div", { class: "root", lang: LANG, dir: RTL.has(LANG) ? "rtl" : "ltr" },
     ui.panel, ui.launcher);
   shadow.append(ui.root);
@@ -373,6 +388,8 @@ textarea:focus-visible { outline-offset: 0; }
     replies: new Map(), // reply_to -> { node, body, text, final }
     problems: new Set(),
     rateUntil: 0,
+    // The last `handoff` event: { state: "bot" | "waiting" | "human", agent }.
+    handoff: saved.handoff && typeof saved.handoff === "object" ? saved.handoff : { state: "bot" },
   };
 
   function persist() {
@@ -380,6 +397,7 @@ textarea:focus-visible { outline-offset: 0; }
       localStorage.setItem(STORE_KEY, JSON.stringify({
         token: state.token, visitor_id: state.visitor, expires_at: state.expires,
         last_event_id: state.unfinished.values().next().value ?? state.lastEventId,
+        handoff: state.handoff,
       }));
     } catch {
       /* storage disabled: the conversation lasts for this page only */
@@ -479,6 +497,8 @@ textarea:focus-visible { outline-offset: 0; }
   function clearLog() {
     ui.log.replaceChildren();
     state.replies.clear();
+    state.handoff = { state: "bot" };
+    showHandoff();
   }
 
   // Shown from a message's acceptance to the first sign of its answer. One for all: the
@@ -569,11 +589,30 @@ textarea:focus-visible { outline-offset: 0; }
     add(el("div", { class: "msg notice", dir: "auto", text: String(text) }));
   }
 
-  function agent(text, name) {
+  // A person's message: their name, the text (Markdown as nodes, like an answer), and when it
+  // was machine-translated a "Translated" mark that opens the original (a native <details>:
+  // keyboard and screen readers need nothing more).
+  function agent(d) {
+    const name = String(d.name || "");
     const node = el("div", { class: "msg agent", dir: "auto" });
-    node.append(el("span", { class: "who", dir: "auto", text: String(name || "") }),
-      markdown(String(text)));
+    const who = el("span", { class: "who", dir: "auto", "aria-hidden": "true", text: name });
+    node.append(label(name || say("human")), who,
+      el("div", { class: "body" }, markdown(String(d.text ?? ""))));
+    if (d.translated && d.original) {
+      node.append(el("details", { class: "translated", dir: UI_DIR },
+        el("summary", { text: say("translated") }),
+        el("div", { class: "original", dir: "auto", "aria-label": say("original") },
+          markdown(String(d.original)))));
+    }
     add(node);
+  }
+
+  function showHandoff() {
+    const { state: now, agent: name } = state.handoff;
+    const text = now === "waiting" ? say("waiting")
+      : now === "human" ? (name ? say("humanNamed", { name: String(name) }) : say("human")) : "";
+    ui.handoff.textContent = text;
+    ui.handoff.hidden = !text;
   }
 
   // ---- history ------------------------------------------------------------------------------
@@ -602,7 +641,7 @@ textarea:focus-visible { outline-offset: 0; }
         lastUser = "";
         finish(entry, m.text, m.sources);
       } else if (m.role === "agent") {
-        agent(m.text, m.name);
+        agent(m);
       } else if (m.text) {
         notice(m.text);
       }
@@ -649,11 +688,15 @@ textarea:focus-visible { outline-offset: 0; }
     },
     handoff(d) {
       const key = { waiting: "waiting", human: "human", bot: "back" }[d.state];
-      if (key) notice(say(key));
+      if (!key) return;
+      typing(false); // nobody answers automatically while a person is asked for or has it
+      state.handoff = { state: d.state, agent: String(d.agent || "") };
+      showHandoff();
+      notice(d.state === "human" && d.agent ? say("humanNamed", { name: String(d.agent) }) : say(key));
     },
     agent(d) {
       typing(false);
-      agent(d.text, d.name);
+      agent(d);
     },
   };
 
@@ -750,7 +793,7 @@ textarea:focus-visible { outline-offset: 0; }
         if (answer.status === 202) {
           bubble.classList.remove("pending");
           status.remove();
-          typing(true);
+          typing(state.handoff.state === "bot");
         } else if (answer.status === 429) {
           const wait = parseInt(answer.headers.get("Retry-After") || "", 10);
           state.rateUntil = Date.now() + (Number.isFinite(wait) ? wait : 30) * 1000;
@@ -826,6 +869,7 @@ textarea:focus-visible { outline-offset: 0; }
     send(text);
   });
 
+  showHandoff();
   const mount = () => document.body.append(host);
   if (document.body) mount();
   else document.addEventListener("DOMContentLoaded", mount, { once: true });

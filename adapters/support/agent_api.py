@@ -1,0 +1,184 @@
+"""The agent API: a help desk's back end acts on a support conversation through the core's
+desk (bot/handoff), with the site's secret server key (docs/support-desk.md).
+
+    GET  /v1/handoff?visitor_id=       the conversation's handoff state
+    POST /v1/handoff/take              an agent takes the conversation over
+    POST /v1/handoff/give-back         the agent gives it back to the bot
+    POST /v1/handoff/messages          the agent's reply (Idempotency-Key: posted once)
+
+Only a server key (`Authorization: Bearer sk_...`) is accepted: never the public widget key,
+never a visitor token, since either is in a browser. A conversation is named by its visitor
+within the key's site, so no key reaches another site's conversation; one that has never
+written is 404. Also here: `StreamBridge`, which puts the desk's state changes on the
+conversation's event stream as `handoff` events for the widget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from datetime import UTC
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from bot.handoff.types import Desk, DeskEvent, EventKind, HandoffError, HandoffStatus
+from bot.storage.models import ConversationRow
+from bot.types import ConversationKey
+
+from .auth import PLATFORM, Authenticator, bearer, check_origin, checked_visitor_id
+from .bodies import idempotency_key, read_body
+from .errors import ApiError, forbidden, unauthorized
+from .events import EventLog
+from .schemas import (
+    AgentMessageAccepted,
+    AgentMessageRequest,
+    AgentRequest,
+    HandoffEvent,
+    HandoffStatusBody,
+)
+from .sites import SECRET_PREFIX, Site
+
+_Request = TypeVar("_Request", bound=AgentRequest)
+STATE_CHANGES = frozenset({EventKind.REQUESTED, EventKind.TAKEN, EventKind.RETURNED})
+
+
+def unavailable() -> ApiError:
+    return ApiError(503, "unavailable", "the help desk is not running on this server")
+
+
+class AgentApi:
+    def __init__(
+        self,
+        auth: Authenticator,
+        engine: AsyncEngine,
+        desk: Desk | None,
+        *,
+        max_body_bytes: int,
+        max_message_chars: int,
+    ) -> None:
+        self._auth = auth
+        self._engine = engine
+        self._desk = desk
+        self._max_body = max_body_bytes
+        self._max_chars = max_message_chars
+
+    async def status(self, request: Request) -> Response:
+        """The conversation's handoff state."""
+        site = await self._server_site(request)
+        visitor = checked_visitor_id(request.query_params.get("visitor_id") or "")
+        key = await self._conversation(site, visitor)
+        with _conflicts():
+            return _status(key, await self._the_desk().status(key))
+
+    async def take(self, request: Request) -> Response:
+        """An agent takes the conversation: the bot stops answering it."""
+        key, body = await self._agent_request(request, AgentRequest)
+        with _conflicts():
+            return _status(key, await self._the_desk().take(key, body.agent))
+
+    async def give_back(self, request: Request) -> Response:
+        """The agent gives the conversation back: the bot answers the next message."""
+        key, body = await self._agent_request(request, AgentRequest)
+        with _conflicts():
+            return _status(key, await self._the_desk().give_back(key, body.agent))
+
+    async def message(self, request: Request) -> Response:
+        """The agent's reply: delivered to the visitor, translated into its language."""
+        idempotency = idempotency_key(request)
+        key, body = await self._agent_request(request, AgentMessageRequest)
+        if len(body.text) > self._max_chars:
+            told = f"text: {len(body.text)} characters; the limit is {self._max_chars}"
+            raise ApiError(413, "too_long", told)
+        site = key.chat_id.partition(":")[0]
+        scoped = f"agent:{site}:{idempotency or uuid.uuid4().hex}"
+        desk = self._the_desk()
+        with _conflicts():
+            message_id = await desk.agent_message(
+                key, body.text, agent=body.agent, idempotency_key=scoped[:255]
+            )
+        out = AgentMessageAccepted(message_id=str(message_id), conversation_id=key.chat_id)
+        return JSONResponse(out.model_dump(), status_code=202)
+
+    # -- parts ---------------------------------------------------------------------------------
+
+    async def _agent_request(
+        self, request: Request, model: type[_Request]
+    ) -> tuple[ConversationKey, _Request]:
+        site = await self._server_site(request)
+        body = await read_body(request, model, self._max_body)
+        return await self._conversation(site, body.visitor_id), body
+
+    async def _server_site(self, request: Request) -> Site:
+        token = bearer(request)
+        if token is None:
+            raise unauthorized("send Authorization: Bearer <server key>")
+        if not token.startswith(SECRET_PREFIX):
+            raise forbidden("the agent API takes a server key, never a site or visitor token")
+        site = await self._auth.server_site(token)
+        check_origin(request, site)
+        return site
+
+    async def _conversation(self, site: Site, visitor_id: str) -> ConversationKey:
+        """The site's conversation with this visitor; 404 when it has none."""
+        key = ConversationKey(PLATFORM, f"{site.name}:{visitor_id}")
+        c = ConversationRow
+        stmt = sa.select(c.id).where(
+            c.platform == key.platform, c.chat_id == key.chat_id, c.thread_id == ""
+        )
+        async with self._engine.connect() as conn:
+            if await conn.scalar(stmt) is None:
+                raise ApiError(404, "not_found", "no conversation with this visitor on this site")
+        return key
+
+    def _the_desk(self) -> Desk:
+        if self._desk is None:
+            raise unavailable()
+        return self._desk
+
+
+@contextlib.contextmanager
+def _conflicts() -> Iterator[None]:
+    """What the conversation's state does not allow (a reply before anyone took it): 409."""
+    try:
+        yield
+    except HandoffError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+
+
+def _status(key: ConversationKey, status: HandoffStatus) -> JSONResponse:
+    since = status.since.astimezone(UTC).isoformat() if status.since else None
+    body = HandoffStatusBody(
+        conversation_id=key.chat_id,
+        state=status.state.value,
+        reason=status.reason.value if status.reason else None,
+        detail=status.detail,
+        since=since,
+        agent=status.agent,
+    )
+    return JSONResponse(body.model_dump())
+
+
+class StreamBridge:
+    """The desk's state changes for support conversations, as `handoff` events on the
+    conversation's stream. Agent messages are not here: the sink delivers them as `agent`
+    events, in order with the answers (adapters/support/adapter.py)."""
+
+    platforms: frozenset[str] | None = frozenset({PLATFORM})
+
+    def __init__(self, events: EventLog) -> None:
+        self._events = events
+
+    async def publish(self, event: DeskEvent) -> None:
+        if event.kind not in STATE_CHANGES or event.key.platform != PLATFORM:
+            return
+        data = HandoffEvent(
+            state=event.state.value,
+            reason=event.reason.value if event.reason else None,
+            agent=event.agent,
+        )
+        await self._events.append(event.key.chat_id, [("handoff", data.model_dump())])

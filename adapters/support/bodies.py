@@ -1,0 +1,64 @@
+"""Reading a request: its JSON body as a pydantic model, its Idempotency-Key and its whole
+number parameters, each refused with a short ApiError (adapters/support/errors.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from .errors import ApiError, invalid
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+IDEMPOTENCY_KEY_MAX = 128
+
+
+async def read_body(
+    request: Request, model: type[_Model], limit: int, *, optional: bool = False
+) -> _Model:
+    """The JSON body as `model`: 413 over `limit` bytes (before reading it all when the size
+    is declared), 400 when it is no JSON object, 422 naming the first field that is wrong."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise _too_large(limit)
+    if not raw.strip() and optional:
+        return model()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting
+        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "malformed_json", "the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The Idempotency-Key header, checked: 1 to 128 printable characters."""
+    value = request.headers.get("idempotency-key")
+    if value is not None and not (0 < len(value) <= IDEMPOTENCY_KEY_MAX and value.isprintable()):
+        raise ApiError(400, "invalid_request", "Idempotency-Key: 1 to 128 printable characters")
+    return value
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "too_large", f"the body is larger than {limit} bytes")
+
+
+def int_param(request: Request, name: str, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, "invalid_request", f"{name}: a whole number from {low} to {high}")
+    return int(raw)

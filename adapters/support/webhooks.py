@@ -1,0 +1,229 @@
+"""Signed outbound webhooks: every handoff event (bot/handoff/types.py `DeskEvent`) POSTed as
+JSON to the help desk's receiver, for conversations of every platform (a Telegram or Discord
+user can ask for a person too). docs/support-desk.md shows a receiver verifying one.
+
+    Parley-Event-Id:   evt_...            the same for every delivery of one event: dedupe on it
+    Parley-Timestamp:  1764620000         Unix seconds of this attempt
+    Parley-Signature:  v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
+
+As Stripe and Slack do: the timestamp is signed with the body, so a receiver refuses a replay
+older than its tolerance (5 minutes), and each retry is signed afresh with its own timestamp.
+
+The core's desk hands this bridge its events in order, from the bridge's own queue and task
+(bot/handoff/desk.py), so a slow receiver never holds up a turn or another bridge. `publish`
+delivers one event, retried with exponential backoff on a connection error, a timeout, 429 or
+a 5xx (tenacity), at most `webhook_attempts` times, before the next event goes: the receiver
+gets them in the order they happened. A 4xx other than 429 is the receiver refusing the event
+and is not retried; an event still undelivered after the last try is logged and dropped
+(never raised: the desk would only try it again).
+Nothing secret is logged: neither the signing secret nor the URL (a path may hold a token),
+only the target's name, the event's kind and the status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from bot.handoff.types import DeskEvent
+
+from .auth import PLATFORM
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_VERSION = "v1"
+USER_AGENT = "Parley-Webhooks/1"
+KEPT_DELIVERIES = 100
+
+
+class WebhookTarget(BaseModel):
+    """One receiver: where events go and the secret they are signed with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl = Field(description="the receiver's URL (https in production)")
+    secret: SecretStr = Field(
+        min_length=16, description="shared with the receiver; signs every delivery"
+    )
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The Parley-Signature header's value for this body at this timestamp."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"{SIGNATURE_VERSION}={mac.hexdigest()}"
+
+
+def verify(
+    secret: str, body: bytes, timestamp: str, signature: str, *, tolerance_s: int = 300
+) -> bool:
+    """A receiver's check (the one docs/support-desk.md shows): the signature matches and the
+    timestamp is within `tolerance_s` of now. Several `v1=` values (comma separated) may be
+    sent while a secret is rotated; any one matching is enough."""
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > tolerance_s:
+        return False
+    expected = sign(secret, int(timestamp), body)
+    return any(hmac.compare_digest(expected, part.strip()) for part in signature.split(","))
+
+
+def event_id(event: DeskEvent) -> str:
+    """Stable across re-deliveries of the same event: kind, conversation, message and time."""
+    raw = "|".join((event.kind.value, event.key.platform, event.key.chat_id,
+                    event.key.thread_id, str(event.message_id), event.at.isoformat()))  # fmt: skip
+    return "evt_" + hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def payload(event: DeskEvent) -> dict[str, Any]:
+    """The JSON body: docs/support-desk.md documents each field."""
+    key = event.key
+    body: dict[str, Any] = {
+        "id": event_id(event),
+        "type": event.kind.value,
+        "created_at": event.at.isoformat(),
+        "conversation": {
+            "id": event.conversation_id,
+            "platform": key.platform,
+            "chat_id": key.chat_id,
+            "thread_id": key.thread_id,
+        },
+        "state": event.state.value,
+        "reason": event.reason.value if event.reason else None,
+    }
+    if key.platform == PLATFORM:  # the agent API addresses a support conversation by these
+        site, _, visitor = key.chat_id.partition(":")
+        body["conversation"].update(site=site, visitor_id=visitor)
+    if event.note is not None:
+        n = event.note
+        body["note"] = {
+            "reason": n.reason.value, "detail": n.detail, "summary": n.summary,
+            "language": n.language, "sentiment_trend": list(n.sentiment_trend),
+            "unanswered": list(n.unanswered), "sources": list(n.sources), "text": n.render(),
+        }  # fmt: skip
+    if event.message_id or event.text:
+        body["message"] = {
+            "id": event.message_id, "text": event.text, "translation": event.translation,
+            "language": event.language, "agent": event.agent,
+        }  # fmt: skip
+    return body
+
+
+class Retryable(Exception):
+    """A delivery that may succeed later: a 429 or a 5xx."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What became of one event at one target (the latest few are kept, for checks)."""
+
+    event_id: str
+    target: str
+    status: int  # the last HTTP status; 0: no answer at all
+    attempts: int
+
+
+class WebhookBridge:
+    """A DeskBridge for every platform: each event to its target (a support site's own, else
+    the default one); an event without a target is dropped."""
+
+    platforms: frozenset[str] | None = None
+
+    def __init__(
+        self,
+        targets: Mapping[str, WebhookTarget],
+        default: WebhookTarget | None,
+        *,
+        attempts: int = 6,
+        timeout_s: float = 10.0,
+        backoff_max_s: float = 60.0,
+        client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._targets = dict(targets)
+        self._default = default
+        self._attempts = attempts
+        self._backoff_max_s = backoff_max_s
+        self._client = client or httpx.AsyncClient(
+            timeout=timeout_s, headers={"User-Agent": USER_AGENT}, follow_redirects=False
+        )
+        self._clock = clock
+        self.deliveries: deque[Delivery] = deque(maxlen=KEPT_DELIVERIES)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._targets) or self._default is not None
+
+    def target_for(self, event: DeskEvent) -> tuple[str, WebhookTarget] | None:
+        if event.key.platform == PLATFORM:
+            site = event.key.chat_id.partition(":")[0]
+            if site in self._targets:
+                return site, self._targets[site]
+        return ("default", self._default) if self._default is not None else None
+
+    async def publish(self, event: DeskEvent) -> None:
+        """Deliver one event to its target (none: nothing to do), with its retries."""
+        found = self.target_for(event)
+        if found is None:
+            return
+        name, target = found
+        if self._client.is_closed:  # the adapter stopped before the desk handed this on
+            log.warning("webhook %s: %s not delivered: stopping", name, event.kind.value)
+            return
+        body = json.dumps(payload(event), ensure_ascii=False, separators=(",", ":")).encode()
+        await self._deliver(name, target, event_id(event), body, event)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _deliver(
+        self, name: str, target: WebhookTarget, evt: str, body: bytes, event: DeskEvent
+    ) -> Delivery:
+        attempts, status = 0, 0
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential(multiplier=0.5, max=self._backoff_max_s),
+            retry=retry_if_exception_type((Retryable, httpx.TransportError)),
+            reraise=False,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    status = await self._post(target, evt, body)
+                    if status == 429 or status >= 500:
+                        raise Retryable(str(status))
+        except RetryError:
+            log.warning("webhook %s: %s not delivered after %d attempts (last status %s)",
+                        name, event.kind.value, attempts, status or "none")  # fmt: skip
+        else:
+            if status >= 400:
+                log.warning("webhook %s: %s refused with %d", name, event.kind.value, status)
+        delivery = Delivery(evt, name, status, attempts)
+        self.deliveries.append(delivery)
+        return delivery
+
+    async def _post(self, target: WebhookTarget, evt: str, body: bytes) -> int:
+        stamp = int(self._clock())
+        headers = {
+            "Content-Type": "application/json",
+            "Parley-Event-Id": evt,
+            "Parley-Timestamp": str(stamp),
+            "Parley-Signature": sign(target.secret.get_secret_value(), stamp, body),
+        }
+        response = await self._client.post(str(target.url), content=body, headers=headers)
+        return response.status_code

@@ -1,0 +1,259 @@
+"""The support channel's desk side over real PostgreSQL and Redis: the real app and desk served
+by uvicorn, a help desk's webhook receiver served beside it, and a scripted translating model
+at the backend seam (the only double)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import ServerSentEvent
+
+from backends.base import GenerationRequest
+from bot.storage import migrate
+from bot.types import Role
+from tests.doubles import ScriptedBackend
+from tests.support_helpers import (
+    EventReader,
+    Worker,
+    bearer,
+    data,
+    last_user_text,
+    new_visitor,
+    open_stream,
+    support_worker,
+)
+from tests.test_support_desk_webhooks import SECRET, Receiver, docs_verifier, receiver
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+ASK = "Ich möchte mit einem Menschen sprechen"
+WAITING_TEXT = "Hallo, ist da jemand?"
+REPLY = "Your order left our warehouse today and arrives on Friday."
+# What the scripted model answers when the core asks it to translate (config/prompts/translate.j2).
+TRANSLATIONS = {
+    ("German", REPLY): "Ihre Bestellung hat heute unser Lager verlassen und kommt am Freitag an.",
+    ("English", WAITING_TEXT): "Hello, is anybody there?",
+    ("English", ASK): "I would like to talk to a person",
+}
+# The template's first line; the operator's system prompt comes before it.
+TRANSLATE = re.compile(r"^Translate the user message from .+? into (\w+)\.", re.MULTILINE)
+
+
+def translating(request: GenerationRequest) -> str:
+    """A model that translates what it is asked to and otherwise echoes the customer."""
+    system = request.messages[0].content if request.messages[0].role is Role.SYSTEM else ""
+    asked = TRANSLATE.search(system)
+    text = last_user_text(request)
+    if asked:
+        return TRANSLATIONS.get((asked.group(1), text), text)  # already in that language
+    return f"You said {text}"
+
+
+def chat_requests(backend: ScriptedBackend) -> list[str]:
+    """The customer texts the model was asked to answer (translations left out)."""
+    return [last_user_text(r) for r in backend.requests
+            if not TRANSLATE.search(r.messages[0].content)]  # fmt: skip
+
+
+@pytest.fixture
+async def pg(postgres_url: str) -> str:
+    await migrate.upgrade(postgres_url)
+    return postgres_url
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[Receiver]:
+    async with receiver() as r:
+        yield r
+
+
+@pytest.fixture
+def backend() -> ScriptedBackend:
+    return ScriptedBackend(translating)
+
+
+@pytest.fixture
+async def worker(
+    pg: str, redis_url: str, key_prefix: str, hooks: Receiver, backend: ScriptedBackend
+) -> AsyncIterator[Worker]:
+    async with support_worker(
+        pg, redis_url=redis_url, key_prefix=key_prefix, backend=backend,
+        webhook={"url": hooks.url, "secret": SECRET}, webhook_backoff_max_s=0.1,
+    ) as w:  # fmt: skip
+        yield w
+
+
+async def server_key(worker: Worker, site: str) -> dict[str, str]:
+    _, secret = await worker.adapter.sites.add_key(site)
+    await worker.adapter.directory.refresh(force=True)
+    return bearer(secret)
+
+
+async def until(
+    reader: EventReader, found: Callable[[list[ServerSentEvent]], bool]
+) -> list[ServerSentEvent]:
+    """Every event so far, once `found` holds for them."""
+    async with asyncio.timeout(30), reader.arrived:
+        await reader.arrived.wait_for(lambda: found(reader.events))
+    return list(reader.events)
+
+
+def named(name: str, **fields: Any) -> Callable[[list[ServerSentEvent]], bool]:
+    def found(events: list[ServerSentEvent]) -> bool:
+        return any(e.event == name and fields.items() <= data(e).items() for e in events)
+
+    return found
+
+
+async def test_a_german_visitor_is_handed_to_an_english_agent_and_back(
+    worker: Worker, hooks: Receiver, backend: ScriptedBackend
+) -> None:
+    verify = docs_verifier()
+    site = await worker.add_site("shop", languages=["de", "en"])
+    agent = await server_key(worker, "shop")
+    async with worker.client() as client:
+        client.headers["Accept-Language"] = "de-DE,de;q=0.9"  # a browser in German
+        visitor = await new_visitor(client, site)
+        who = visitor["visitor_id"]
+        auth = bearer(visitor["token"])
+        async with open_stream(client, visitor["token"]) as stream:
+            # 1. The visitor asks for a person: the stream says so, the help desk is told.
+            asked = await client.post("/v1/messages", headers=auth, json={"text": ASK})
+            assert asked.status_code == 202, asked.text
+            await until(stream, named("handoff", state="waiting", reason="asked"))
+            ((headers, requested),) = await hooks.delivered("handoff.requested")
+            raw = next(b for h, b in hooks.seen if h["parley-event-id"] == requested["id"])
+            assert verify(SECRET, raw, headers["parley-timestamp"], headers["parley-signature"])
+            assert requested["conversation"]["visitor_id"] == who
+            assert requested["note"]["language"] == "de" and requested["state"] == "waiting"
+
+            # 2. While waiting, the visitor's message is accepted and reaches the agent
+            # translated; the bot does not answer it.
+            waiting = await client.post("/v1/messages", headers=auth, json={"text": WAITING_TEXT})
+            assert waiting.status_code == 202, waiting.text
+            ((_, forwarded),) = await hooks.delivered("message.customer")
+            assert forwarded["message"]["text"] == WAITING_TEXT
+            assert forwarded["message"]["translation"] == "Hello, is anybody there?"
+
+            # 3. The agent takes it and answers in English; the visitor reads German.
+            taken = await client.post("/v1/handoff/take", headers=agent,
+                                      json={"visitor_id": who, "agent": "Dana"})  # fmt: skip
+            assert taken.status_code == 200, taken.text
+            assert taken.json()["state"] == "human" and taken.json()["agent"] == "Dana"
+            await until(stream, named("handoff", state="human", agent="Dana"))
+            posted = await client.post(
+                "/v1/handoff/messages", headers={**agent, "Idempotency-Key": "reply-1"},
+                json={"visitor_id": who, "agent": "Dana", "text": REPLY},
+            )  # fmt: skip
+            assert posted.status_code == 202, posted.text
+            events = await until(stream, named("agent"))
+            (said,) = [data(e) for e in events if e.event == "agent"]
+            assert said == {
+                "text": TRANSLATIONS[("German", REPLY)], "name": "Dana", "translated": True,
+                "original": REPLY, "language": "en",
+            }  # fmt: skip
+            # While the agent has it, the visitor's messages reach the agent, not the bot.
+            thanks = await client.post("/v1/messages", headers=auth, json={"text": "Danke!"})
+            assert thanks.status_code == 202, thanks.text
+            forwarded = [p for _, p in await hooks.delivered("message.customer", 2)]
+            assert forwarded[1]["message"]["text"] == "Danke!"
+            assert forwarded[1]["state"] == "human"
+            unanswered = {waiting.json()["message_id"], thanks.json()["message_id"]}
+            events = list(stream.events)
+            assert not [e for e in events if e.event in ("delta", "answer")
+                        and data(e)["reply_to"] in unanswered]  # fmt: skip
+            assert {WAITING_TEXT, "Danke!"}.isdisjoint(chat_requests(backend))
+            status = await client.get("/v1/handoff", headers=agent, params={"visitor_id": who})
+            assert status.json()["state"] == "human"
+
+            # 4. The agent gives it back: the bot answers the next message again.
+            back = await client.post("/v1/handoff/give-back", headers=agent,
+                                     json={"visitor_id": who, "agent": "Dana"})  # fmt: skip
+            assert back.status_code == 200 and back.json()["state"] == "bot"
+            await until(stream, named("handoff", state="bot"))
+            again = await client.post(
+                "/v1/messages", headers=auth, json={"text": "Wo ist meine Bestellung?"}
+            )
+            answer = {"reply_to": again.json()["message_id"],
+                      "text": "You said Wo ist meine Bestellung?"}  # fmt: skip
+            await until(stream, named("answer", **answer))
+    await hooks.delivered("handoff.returned")
+    kinds = [json.loads(body)["type"] for _, body in hooks.seen]
+    assert kinds == ["handoff.requested", "message.customer", "handoff.taken", "message.agent",
+                     "message.customer", "handoff.returned"]  # fmt: skip
+
+
+async def test_the_agent_api_takes_only_the_sites_server_key(worker: Worker) -> None:
+    shop = await worker.add_site("shop")
+    await worker.add_site("blog")
+    shop_key = await server_key(worker, "shop")
+    blog_key = await server_key(worker, "blog")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, shop)
+        who = visitor["visitor_id"]
+        wrote = await client.post("/v1/messages", headers=bearer(visitor["token"]),
+                                  json={"text": "hello"})  # fmt: skip
+        assert wrote.status_code == 202
+        body = {"visitor_id": who, "agent": "Dana"}
+        refused = {
+            "no key": await client.post("/v1/handoff/take", json=body),
+            "wrong key": await client.post("/v1/handoff/take", json=body,
+                                           headers=bearer("sk_" + "x" * 43)),
+            "visitor token": await client.post("/v1/handoff/take", json=body,
+                                               headers=bearer(visitor["token"])),
+            "site key": await client.post("/v1/handoff/take", json=body,
+                                          headers=bearer(shop.public_key)),
+            "another site": await client.post("/v1/handoff/take", json=body, headers=blog_key),
+            "no such visitor": await client.get("/v1/handoff", headers=shop_key,
+                                                params={"visitor_id": "v_nobody"}),
+            "bad visitor id": await client.get("/v1/handoff", headers=shop_key,
+                                               params={"visitor_id": "v_\x00"}),
+            "blank agent": await client.post("/v1/handoff/take", headers=shop_key,
+                                             json={**body, "agent": "  "}),
+            "bot has it": await client.post("/v1/handoff/messages", headers=shop_key,
+                                            json={**body, "text": "Hi"}),
+        }  # fmt: skip
+        status = await client.get("/v1/handoff", headers=shop_key, params={"visitor_id": who})
+    codes = {name: r.status_code for name, r in refused.items()}
+    assert codes == {
+        "no key": 401, "wrong key": 401, "visitor token": 403, "site key": 403,
+        "another site": 404, "no such visitor": 404, "bad visitor id": 422, "blank agent": 422,
+        "bot has it": 409,
+    }  # fmt: skip
+    for response in refused.values():
+        error = response.json()["error"]
+        assert error["code"] and 0 < len(error["message"]) < 120
+    assert status.status_code == 200 and status.json()["state"] == "bot"
+
+
+async def test_a_repeated_idempotency_key_posts_the_agents_message_once(worker: Worker) -> None:
+    site = await worker.add_site("shop")
+    agent = await server_key(worker, "shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        who = visitor["visitor_id"]
+        async with open_stream(client, visitor["token"]) as stream:
+            await client.post("/v1/messages", headers=bearer(visitor["token"]),
+                              json={"text": "hello"})  # fmt: skip
+            await until(stream, named("answer"))
+            await client.post("/v1/handoff/take", headers=agent,
+                              json={"visitor_id": who, "agent": "Dana"})  # fmt: skip
+
+            async def post(key: str, text: str) -> httpx.Response:
+                return await client.post(
+                    "/v1/handoff/messages", headers={**agent, "Idempotency-Key": key},
+                    json={"visitor_id": who, "agent": "Dana", "text": text},
+                )  # fmt: skip
+
+            first, repeat = await post("k-1", "One moment."), await post("k-1", "One moment.")
+            assert first.status_code == repeat.status_code == 202
+            assert first.json()["message_id"] == repeat.json()["message_id"]
+            await post("k-2", "Done.")  # a later message: once it is shown, so is any repeat
+            events = await until(stream, named("agent", text="Done."))
+    assert [data(e)["text"] for e in events if e.event == "agent"] == ["One moment.", "Done."]

@@ -1,0 +1,205 @@
+"""Signed outbound webhooks (adapters/support/webhooks.py) against a real HTTP receiver served
+by uvicorn, which verifies each delivery with the snippet docs/support.md gives receivers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from adapters.support.webhooks import WebhookBridge, WebhookTarget, event_id, sign
+from bot.handoff.types import DeskEvent, EventKind, HandoffNote, HandoffState, Reason
+from bot.logsafety import LogSafetyFilter
+from bot.types import ConversationKey, utcnow
+from tests.local_server import serving
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "support.md"
+SECRET = "whsec-test-0123456789abcdef"
+OTHER_SECRET = "whsec-other-0123456789abcdef"
+
+
+def docs_verifier() -> Callable[..., bool]:
+    """`verify_parley_signature` as docs/support.md prints it, run as a receiver would."""
+    text = DOCS.read_text(encoding="utf-8")
+    block = re.search(r"<!-- webhook-verify.*?-->\s*```python\n(.*?)```", text, re.S)
+    assert block is not None, "docs/support.md lost its verification snippet"
+    scope: dict[str, Any] = {}
+    exec(compile(block.group(1), str(DOCS), "exec"), scope)
+    verify: Callable[..., bool] = scope["verify_parley_signature"]
+    return verify
+
+
+@dataclass
+class Receiver:
+    """A help desk's endpoint: answers with `statuses` in turn (then 200), keeps each request."""
+
+    statuses: list[int] = field(default_factory=list)
+    seen: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+    arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        async with self.arrived:
+            self.seen.append((dict(request.headers), body))
+            self.arrived.notify_all()
+        return Response(status_code=self.statuses.pop(0) if self.statuses else 200)
+
+    async def delivered(self, kind: str, count: int = 1) -> list[tuple[dict[str, str], Any]]:
+        """Wait until `count` deliveries of this event type came; each (headers, payload)."""
+
+        def found() -> list[tuple[dict[str, str], Any]]:
+            loaded = [(h, json.loads(b)) for h, b in self.seen]
+            return [(h, p) for h, p in loaded if p["type"] == kind]
+
+        async with asyncio.timeout(30), self.arrived:
+            await self.arrived.wait_for(lambda: len(found()) >= count)
+        return found()
+
+
+@asynccontextmanager
+async def receiver(*statuses: int) -> AsyncIterator[Receiver]:
+    r = Receiver(list(statuses))
+    app = Starlette(routes=[Route("/hooks/{token}", r.handle, methods=["POST"])])
+    async with serving(app) as port:
+        r.url = f"http://127.0.0.1:{port}/hooks/path-token-abc"
+        yield r
+
+
+def event(kind: EventKind = EventKind.REQUESTED, key: ConversationKey | None = None) -> DeskEvent:
+    note = HandoffNote(
+        Reason.ASKED,
+        "",
+        "Wants a refund for order 1234.",
+        "de",
+        ["neutral", "negative"],
+        ["Where is my refund?"],
+        ["Returns policy"],
+    )
+    return DeskEvent(
+        kind,
+        key or ConversationKey("support", "shop:v_abc123"),
+        7,
+        HandoffState.WAITING,
+        utcnow(),
+        reason=Reason.ASKED,
+        note=note,
+    )
+
+
+def bridge(url: str, **kw: Any) -> WebhookBridge:
+    target = WebhookTarget(url=url, secret=SECRET)  # type: ignore[arg-type]
+    return WebhookBridge({"shop": target}, None, backoff_max_s=0.05, **kw)
+
+
+async def test_a_delivery_is_signed_and_the_documented_snippet_verifies_it() -> None:
+    verify = docs_verifier()
+    async with receiver() as r:
+        hooks = bridge(r.url)
+        sent = event()
+        await hooks.publish(sent)
+        await hooks.aclose()
+    ((headers, body),) = r.seen
+    stamp, signature = headers["parley-timestamp"], headers["parley-signature"]
+    assert signature.startswith("v1=") and abs(int(stamp) - time.time()) < 60
+    assert verify(SECRET, body, stamp, signature)
+    assert not verify(OTHER_SECRET, body, stamp, signature)
+    assert not verify(SECRET, body.replace(b"refund", b"refunt"), stamp, signature)
+    assert not verify(SECRET, body, str(int(stamp) - 3600), signature)  # a replay an hour on
+    payload = json.loads(body)
+    assert headers["parley-event-id"] == payload["id"] == event_id(sent)
+    assert headers["content-type"] == "application/json"
+    assert payload["type"] == "handoff.requested" and payload["state"] == "waiting"
+    assert payload["conversation"] == {
+        "id": 7,
+        "platform": "support",
+        "chat_id": "shop:v_abc123",
+        "thread_id": "",
+        "site": "shop",
+        "visitor_id": "v_abc123",
+    }
+    assert payload["note"]["unanswered"] == ["Where is my refund?"]
+    assert "Not answered by the bot:" in payload["note"]["text"]
+
+
+async def test_a_500_is_retried_with_the_same_event_id_and_a_fresh_signature() -> None:
+    verify = docs_verifier()
+    stamps = iter([1_000, 2_000, time.time()])
+    async with receiver(500, 503) as r:
+        hooks = bridge(r.url, clock=lambda: next(stamps))
+        await hooks.publish(event())
+        await hooks.aclose()
+    assert len(r.seen) == 3
+    assert len({h["parley-event-id"] for h, _ in r.seen}) == 1
+    assert [h["parley-timestamp"] for h, _ in r.seen][:2] == ["1000", "2000"]
+    headers, body = r.seen[-1]
+    assert headers["parley-signature"] == sign(SECRET, int(headers["parley-timestamp"]), body)
+    assert verify(SECRET, body, headers["parley-timestamp"], headers["parley-signature"])
+    assert [(d.status, d.attempts) for d in hooks.deliveries] == [(200, 3)]
+
+
+async def test_retries_are_bounded_and_a_4xx_is_not_retried() -> None:
+    async with receiver(500, 500, 500, 500, 422) as r:
+        hooks = bridge(r.url, attempts=3)
+        await hooks.publish(event())  # never raises: the desk would only try again
+        assert len(r.seen) == 3
+        await hooks.publish(event(EventKind.TAKEN))  # the 4th answer: 500, then a 422
+        await hooks.aclose()
+    assert len(r.seen) == 5
+    assert [(d.status, d.attempts) for d in hooks.deliveries] == [(500, 3), (422, 2)]
+
+
+async def test_a_receiver_that_is_down_is_retried_then_given_up() -> None:
+    async with receiver() as r:
+        url = r.url
+    hooks = bridge(url, attempts=2)  # the server is gone: connection refused
+    await hooks.publish(event())
+    await hooks.aclose()
+    assert [(d.status, d.attempts) for d in hooks.deliveries] == [(0, 2)]
+
+
+async def test_each_event_goes_to_its_sites_target_or_the_default() -> None:
+    async with receiver() as shop, receiver() as default:
+        hooks = WebhookBridge(
+            {"shop": WebhookTarget(url=shop.url, secret=SECRET)},  # type: ignore[arg-type]
+            WebhookTarget(url=default.url, secret=OTHER_SECRET),  # type: ignore[arg-type]
+        )
+        await hooks.publish(event())
+        await hooks.publish(event(key=ConversationKey("support", "blog:v_x1")))
+        await hooks.publish(event(key=ConversationKey("telegram", "12345")))
+        await hooks.aclose()
+    assert len(shop.seen) == 1 and len(default.seen) == 2
+    sites = [json.loads(body)["conversation"] for _, body in default.seen]
+    assert sites[0]["site"] == "blog" and sites[1]["platform"] == "telegram"
+    assert "site" not in sites[1]
+    without = WebhookBridge({}, None)
+    assert not without.enabled and without.target_for(event()) is None
+    await without.aclose()
+
+
+async def test_neither_the_secret_nor_the_url_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """At DEBUG, behind the filter Parley installs on its log handlers (bot/logsafety.py:
+    httpx's own request lines, which name the URL, are dropped there)."""
+    caplog.set_level(logging.DEBUG)
+    caplog.handler.addFilter(LogSafetyFilter())
+    async with receiver(500, 500, 404) as r:
+        hooks = bridge(r.url, attempts=2)
+        await hooks.publish(event())
+        await hooks.publish(event(EventKind.TAKEN))
+        await hooks.aclose()
+    assert "webhook shop" in caplog.text  # the failures were logged ...
+    for secret in (SECRET, "path-token-abc", r.url, "refund"):
+        assert secret not in caplog.text  # ... without the secret, the URL or the text
