@@ -46,11 +46,15 @@ from pathlib import Path
 
 import bm25s
 
+from backends.base import Backend
+from backends.factory import build_backend
 from bot.knowledge import KnowledgeBase, Passage
 from bot.knowledge.chunker import chunk_sections
 from bot.knowledge.embeddings import WordLlamaEmbedder
 from bot.knowledge.loaders import load
-from bot.knowledge.types import SearchOptions
+from bot.knowledge.rerank import rerank
+from bot.knowledge.types import AnswerPolicy, SearchOptions
+from bot.settings import Settings
 from bot.storage import migrate
 from bot.storage.database import create_engine
 
@@ -232,9 +236,27 @@ def measure_bm25(docs: Path, questions: list[Question], k: int = 10) -> Quality:
     return quality
 
 
+async def measure_rerank(
+    kb: KnowledgeBase, backend: Backend, questions: list[Question], candidates: int
+) -> Quality:
+    """The defaults, then the served model reordering the best `candidates` passages
+    (bot.knowledge.rerank); a passage it leaves out counts as not found (strict grounding).
+    Latency includes the model's call."""
+    quality = Quality("rerank")
+    await kb.search("warm up")
+    for q in questions:
+        started = time.perf_counter()
+        found = await kb.search(q.text, k=candidates)
+        ranked = (await rerank(backend, q.text, found)).passages
+        quality.latencies_ms.append((time.perf_counter() - started) * 1000)
+        record(quality, q, [(p.source, p.location) for p in ranked], ranked)
+    return quality
+
+
 async def run_quality(
-    kind: str, set_name: str, questions: list[Question], embedder: WordLlamaEmbedder, tmp: Path
-) -> list[Quality]:
+    kind: str, set_name: str, questions: list[Question], embedder: WordLlamaEmbedder, tmp: Path,
+    backend: Backend | None = None,
+) -> list[Quality]:  # fmt: skip
     docs = SETS_DIR / set_name / "docs"
     results = []
     for label, options in CONFIGURATIONS.items():
@@ -246,6 +268,9 @@ async def run_quality(
                     f"{set_name}: {report.failed[0].source}: {report.failed[0].reason}"
                 )
             results.append(await measure_parley(label, kb, questions))
+            if backend is not None and label == "parley":
+                candidates = AnswerPolicy().rerank_candidates
+                results.append(await measure_rerank(kb, backend, questions, candidates))
     return results
 
 
@@ -376,6 +401,28 @@ def print_speed(
              f"({len(s.latencies_ms)} queries) {query}")  # fmt: skip
 
 
+def tuning_grid() -> list[SearchOptions]:
+    """The fusion weight and similarity floor, then semantic feedback at the default weight."""
+    grid = [
+        SearchOptions(semantic_weight=w, min_similarity=m, feedback_chunks=0)
+        for w in (0.0, 0.25, 0.5, 0.75, 1.0)
+        for m in (0.2, 0.25, 0.3)
+    ]
+    for weight in (0.25, 0.5, 1.0):
+        grid += [
+            SearchOptions(semantic_weight=weight, feedback_chunks=n, feedback_weight=f)
+            for n in (3, 5, 10)
+            for f in (0.5, 1.0, 2.0)
+        ]
+    grid += [SearchOptions(semantic_weight=w, title_vectors=True) for w in (0.25, 0.5, 1.0)]
+    grid += [SearchOptions(semantic_weight=w, part_vectors=True) for w in (0.25, 0.5, 1.0)]
+    grid += [
+        SearchOptions(semantic_weight=w, part_vectors=True, title_vectors=False)
+        for w in (0.25, 0.5)
+    ]
+    return grid
+
+
 async def tune(embedder: WordLlamaEmbedder, tmp: Path) -> None:
     """Recall on Parley's own docs for a grid of fusion parameters (SQLite): how the defaults
     in SearchOptions were chosen, without looking at the evaluation sets."""
@@ -385,14 +432,15 @@ async def tune(embedder: WordLlamaEmbedder, tmp: Path) -> None:
         try:
             await KnowledgeBase(engine, embedder=embedder).add(TUNING_DOCS)
             print(f"tuning set: Parley's docs, {len(questions)} questions")
-            for weight in (0.0, 0.25, 0.5, 0.75, 1.0):
-                for similarity in (0.2, 0.25, 0.3):
-                    options = SearchOptions(semantic_weight=weight, min_similarity=similarity)
-                    kb = KnowledgeBase(engine, embedder=embedder, options=options)
-                    q = await measure_parley("parley", kb, questions)
-                    print(f"  semantic_weight {weight:4.2f} min_similarity {similarity:.2f}: "
-                          f"R@1 {q.recall(1):.3f} R@3 {q.recall(3):.3f} "
-                          f"MRR {q.mrr:.3f}")  # fmt: skip
+            for options in tuning_grid():
+                kb = KnowledgeBase(engine, embedder=embedder, options=options)
+                q = await measure_parley("parley", kb, questions)
+                print(f"  semantic_weight {options.semantic_weight:4.2f} min_similarity "
+                      f"{options.min_similarity:.2f} feedback {options.feedback_chunks:2d} x "
+                      f"{options.feedback_weight:.2f} titles {options.title_vectors:d} "
+                      f"parts {options.part_vectors:d}: "
+                      f"R@1 {q.recall(1):.3f} "
+                      f"R@3 {q.recall(3):.3f} MRR {q.mrr:.3f}")  # fmt: skip
         finally:
             await engine.dispose()
 
@@ -423,13 +471,32 @@ async def run(args: argparse.Namespace) -> int:
         print(f"PostgreSQL skipped: {reason}")
         kinds.remove("postgres")
     check = not args.quick and chunks >= SCALE_CHUNKS and limit is None
+    backend = None
+    if args.rerank:
+        backend = build_backend(Settings().backend)
+        if backend is None:
+            print("--rerank needs a model: set [backend] (kind and model)", file=sys.stderr)
+            return 2
+        await backend.start()
+    try:
+        return await measure_all(args, kinds, chunks, check, backend)
+    finally:
+        if backend is not None:
+            await backend.aclose()
+
+
+async def measure_all(
+    args: argparse.Namespace, kinds: list[str], chunks: int, check: bool,
+    backend: Backend | None,
+) -> int:  # fmt: skip
+    limit = args.questions
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         embedder = WordLlamaEmbedder(tmp / "models")
         questions = {name: load_questions(name, limit) for name in SETS}
         bm25 = {name: measure_bm25(SETS_DIR / name / "docs", questions[name]) for name in SETS}
         table = {
-            (name, kind): await run_quality(kind, name, questions[name], embedder, tmp)
+            (name, kind): await run_quality(kind, name, questions[name], embedder, tmp, backend)
             for name in SETS
             for kind in kinds
         }
@@ -467,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["sqlite", "postgres"])
     parser.add_argument("--tune", action="store_true", help="parameter grid on Parley's docs")
     parser.add_argument("--misses", action="store_true", help="list the questions missed")
+    parser.add_argument(
+        "--rerank", action="store_true", help="also rerank with the model [backend] configures"
+    )
     args = parser.parse_args(argv)
     return asyncio.run(run(args))
 

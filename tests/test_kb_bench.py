@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from bench import kb_bench
+from bot.knowledge.embeddings import WordLlamaEmbedder
 from bot.knowledge.loaders import load
+from tests.skills_helpers import StructuredBackend
 
 KINDS = {"short", "long", "typo", "error", "paraphrase"}
 
@@ -50,3 +52,18 @@ def test_sets_stay_small() -> None:
     for name in kb_bench.SETS:
         size = sum(p.stat().st_size for p in Path(kb_bench.SETS_DIR / name).rglob("*"))
         assert size < 400_000, name
+
+
+async def test_rerank_rows_follow_the_model_s_order(tmp_path: Path) -> None:
+    """--rerank's measurement with a model whose schema replies put search's second passage
+    first: the ranks it records are the model's, not search's."""
+    questions = kb_bench.load_questions("attrs", 4)
+    backend = StructuredBackend('{"relevant": [2, 1]}')
+    embedder = WordLlamaEmbedder(tmp_path / "models")
+    results = await kb_bench.run_quality("sqlite", "attrs", questions, embedder, tmp_path, backend)
+    by_name = {q.name: q for q in results}
+    assert list(by_name) == ["parley", "rerank", "fulltext", "db-fts"]
+    assert len(backend.requests) == len(questions)  # the warm-up search is not reranked
+    for search, reranked in zip(by_name["parley"].ranks, by_name["rerank"].ranks, strict=True):
+        # a gold section among the two it kept stays there; beyond them: not found
+        assert (reranked in (1, 2)) if search in (1, 2) else reranked is None

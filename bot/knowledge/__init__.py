@@ -6,6 +6,7 @@ from bot.knowledge.sample import load_sample_if_empty, remove_sample_if_supersed
 from bot.knowledge.store import KnowledgeBase
 from bot.knowledge.types import (
     AddReport,
+    AnswerPolicy,
     DocumentInfo,
     FileResult,
     Outcome,
@@ -15,6 +16,7 @@ from bot.knowledge.types import (
 
 __all__ = [
     "AddReport",
+    "AnswerPolicy",
     "DocumentInfo",
     "FileResult",
     "KnowledgeBase",

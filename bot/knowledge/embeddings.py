@@ -1,10 +1,12 @@
 """Text embeddings for semantic search, computed offline.
 
-The default model is WordLlama's `l2_supercat` (256 dimensions), a static embedding model that
-ships inside the `wordllama` wheel: no download, no GPU, about 1,500 passages a second on one
-core. Its loader looks for the tokenizer file in a `tokenizers/` folder of its cache directory
-and otherwise downloads it, so the bundled file is copied there first and downloads are
-disabled: loading never touches the network.
+With `knowledge.embedding_base_url` set, vectors come from that OpenAI-compatible server
+(ServedEmbedder: vLLM serving an embedding model). Otherwise the model is WordLlama's
+`l2_supercat` (256 dimensions), a static embedding model that ships inside the `wordllama`
+wheel: no download, no GPU, about 1,500 passages a second on one core. Its loader looks for the
+tokenizer file in a `tokenizers/` folder of its cache directory and otherwise downloads it, so
+the bundled file is copied there first and downloads are disabled: loading never touches the
+network.
 
 Vectors are unit length (cosine similarity is a dot product) and are stored with their chunk as
 little-endian float32 bytes.
@@ -21,6 +23,8 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from bot.settings import KnowledgeSettings, data_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +59,12 @@ class WordLlamaEmbedder:
     def embed(self, texts: list[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self._load().embed(texts, norm=True)  # type: ignore[attr-defined]
-        return np.asarray(vectors, dtype=np.float32)
+        model = self._load()
+        # A text with no known token (an empty section title, emoji) comes back as 0 / 0:
+        # a zero vector instead, similar to nothing, so no NaN reaches the ranking.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vectors = model.embed(texts, norm=True)  # type: ignore[attr-defined]
+        return np.nan_to_num(np.asarray(vectors, dtype=np.float32), nan=0.0)
 
     def _load(self) -> object:
         with self._lock:
@@ -83,6 +91,93 @@ def _install_tokenizer(cache_dir: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             with bundled.open("rb") as source, target.open("wb") as out:
                 shutil.copyfileobj(source, out)
+
+
+class ServedEmbedder:
+    """An OpenAI-compatible `/v1/embeddings` endpoint (vLLM serving an embedding model).
+
+    Synchronous like every Embedder (it runs in a worker thread). The model's dimension is
+    learnt from its first reply (one probe when asked before any text was embedded), vectors
+    are normalised here since servers differ on whether they do it, and texts go in batches
+    of BATCH so that one request stays within the server's limits."""
+
+    BATCH = 128
+
+    def __init__(
+        self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 30.0
+    ) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s
+        )
+        self._model = model
+        self._dim: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        with self._lock:
+            known = self._dim
+        return known if known is not None else int(self.embed(["dimension probe"]).shape[1])
+
+    def embed(self, texts: list[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self._dim or 0), dtype=np.float32)
+        parts = [self._batch(texts[i : i + self.BATCH]) for i in range(0, len(texts), self.BATCH)]
+        vectors = np.vstack(parts)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.maximum(norms, 1e-12)
+        with self._lock:
+            self._dim = int(vectors.shape[1])
+        return np.asarray(vectors, dtype=np.float32)
+
+    def _batch(self, texts: list[str]) -> Vectors:
+        """One request; raises EmbeddingError on any failure or an unexpected payload."""
+        import httpx
+
+        try:
+            response = self._client.post("/embeddings", json={"model": self._model, "input": texts})
+            response.raise_for_status()
+            items = sorted(response.json()["data"], key=lambda item: item["index"])
+            vectors = np.asarray([item["embedding"] for item in items], dtype=np.float32)
+        except httpx.HTTPStatusError as exc:
+            raise EmbeddingError(f"embeddings server answered {exc.response.status_code}") from exc
+        except httpx.HTTPError as exc:
+            raise EmbeddingError(f"embeddings server unreachable: {type(exc).__name__}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EmbeddingError("embeddings server sent an unexpected payload") from exc
+        if vectors.ndim != 2 or len(vectors) != len(texts):
+            raise EmbeddingError("embeddings server sent an unexpected payload")
+        return vectors
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class EmbeddingError(Exception):
+    """The embedding model could not run (KnowledgeBase then searches by words alone)."""
+
+
+def embedder_from_settings(settings: KnowledgeSettings) -> Embedder | None:
+    """The served model when one is configured, else WordLlama; None when semantic search is
+    off or wordllama is missing (with one log line)."""
+    if not settings.semantic:
+        return None
+    if settings.embedding_base_url:
+        key = settings.embedding_api_key
+        return ServedEmbedder(
+            settings.embedding_base_url,
+            settings.embedding_model,
+            api_key=key.get_secret_value() if key else None,
+            timeout_s=settings.embedding_timeout_s,
+        )
+    if not wordllama_available():
+        log.warning("knowledge base: wordllama is not installed; full-text search only")
+        return None
+    cache = settings.embeddings_cache
+    return WordLlamaEmbedder(Path(cache) if cache else data_dir() / "models")
 
 
 def wordllama_available() -> bool:

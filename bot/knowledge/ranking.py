@@ -15,6 +15,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from bot.knowledge.embeddings import Vectors
 from bot.knowledge.index import ChunkIndex, ChunkPlace
 
 RRF_K = 60
@@ -70,3 +73,13 @@ def _merged(best: ChunkPlace, index: ChunkIndex, matched: set[int]) -> list[int]
                 break
             run.append(place)
     return [p.id for p in sorted(run, key=lambda p: p.ordinal)]
+
+
+def moved_query(query: Vectors, centroid: Vectors | None, weight: float) -> Vectors:
+    """Rocchio feedback: the question's vector moved towards the mean vector of the first
+    ranking's best chunks, unit length again. A question phrased in other words than the
+    documents takes on the documents' vocabulary through its best matches."""
+    if centroid is None:
+        return query
+    moved = query + weight * centroid
+    return np.asarray(moved / max(float(np.linalg.norm(moved)), 1e-9), dtype=np.float32)

@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,10 +34,9 @@ from bot.knowledge.chunker import estimate_tokens
 from bot.knowledge.embeddings import (
     Embedder,
     Vectors,
-    WordLlamaEmbedder,
+    embedder_from_settings,
     from_blobs,
     to_blob,
-    wordllama_available,
 )
 from bot.knowledge.index import ChunkIndex, ChunkPlace, Vocabulary
 from bot.knowledge.ingest import (
@@ -48,11 +49,12 @@ from bot.knowledge.ingest import (
 )
 from bot.knowledge.lexical import LexicalIndex
 from bot.knowledge.loaders import LoaderError
-from bot.knowledge.ranking import SectionHit, best_sections, fuse
+from bot.knowledge.ranking import SectionHit, best_sections, fuse, moved_query
 from bot.knowledge.rows import KnowledgeRows
 from bot.knowledge.search import query_terms
 from bot.knowledge.types import (
     AddReport,
+    AnswerPolicy,
     Chunk,
     CountTokens,
     DocumentInfo,
@@ -62,13 +64,15 @@ from bot.knowledge.types import (
     Progress,
     SearchOptions,
 )
-from bot.settings import KnowledgeSettings, data_dir
+from bot.settings import KnowledgeSettings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FILE_BYTES = 50_000_000
 # Chunks embedded per batch when back-filling vectors, and written per statement.
 BACKFILL_BATCH = 1000
+_PARAGRAPH = re.compile(r"\n\s*\n")
+MAX_PARTS = 8
 
 
 def _word_indexes(texts: Sequence[tuple[str, str]]) -> tuple[Vocabulary, LexicalIndex]:
@@ -105,12 +109,14 @@ class KnowledgeBase:
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         embedder: Embedder | None = None,
         options: SearchOptions | None = None,
+        policy: AnswerPolicy | None = None,
     ) -> None:
         self._rows = KnowledgeRows(engine)
         self._count = count_tokens
         self._max_bytes = max_file_bytes
         self._embedder = embedder
         self._options = options or SearchOptions()
+        self.policy = policy or AnswerPolicy()
         self._index: ChunkIndex | None = None
         self._index_lock = asyncio.Lock()  # one rebuild at a time; the others wait for it
 
@@ -124,12 +130,7 @@ class KnowledgeBase:
     ) -> KnowledgeBase:
         """The knowledge base as `[knowledge]` describes it; semantic search is off (with one
         log line) when `semantic` is false or the wordllama package is missing."""
-        embedder: Embedder | None = None
-        if settings.semantic and wordllama_available():
-            cache = settings.embeddings_cache
-            embedder = WordLlamaEmbedder(Path(cache) if cache else data_dir() / "models")
-        elif settings.semantic:
-            log.warning("knowledge base: wordllama is not installed; full-text search only")
+        embedder = embedder_from_settings(settings)
         options = SearchOptions(
             semantic_weight=settings.semantic_weight,
             min_similarity=settings.min_similarity,
@@ -141,6 +142,11 @@ class KnowledgeBase:
             max_file_bytes=settings.max_file_mb * 1_000_000,
             embedder=embedder,
             options=options,
+            policy=AnswerPolicy(
+                rerank=settings.rerank,
+                rerank_candidates=settings.rerank_candidates,
+                strict=settings.grounding == "strict",
+            ),
         )
 
     async def add(
@@ -198,12 +204,20 @@ class KnowledgeBase:
             fulltext = index.best_words(words, candidates, collection)
         else:
             fulltext = await self._rows.fulltext(words, candidates, collection)
-        semantic = await self._semantic(query, index, candidates, collection)
+        semantic, vector = await self._semantic(query, index, candidates, collection)
         fused = fuse([fulltext, [c for c, _ in semantic]], [1.0, self._options.semantic_weight])
+        # Admission (below) is judged on the question's own vector: feedback moves it towards
+        # whatever ranked first, so its similarities say nothing about relevance.
+        close = {c for c, s in semantic if s >= self._options.min_similarity}
+        if vector is not None and self._options.feedback_chunks > 0:
+            top = [c for c, _ in fused[: self._options.feedback_chunks]]
+            moved = moved_query(vector, index.centroid(top), self._options.feedback_weight)
+            semantic = index.nearest(moved, candidates, collection)
+            fused = fuse([fulltext, [c for c, _ in semantic]], [1.0, self._options.semantic_weight])
         # Every semantic neighbour may lift a full-text match, but one that matched no word
         # joins only when it is close enough: otherwise any question, however unrelated to
         # the documents, would get answers.
-        admitted = {*fulltext, *(c for c, s in semantic if s >= self._options.min_similarity)}
+        admitted = {*fulltext, *close}
         fused = [(c, score) for c, score in fused if c in admitted]
         return await self._passages(best_sections(fused, index, k))
 
@@ -212,12 +226,15 @@ class KnowledgeBase:
 
     async def _semantic(
         self, query: str, index: ChunkIndex, k: int, collection: str
-    ) -> builtins.list[tuple[int, float]]:
-        """The k chunks nearest to `query` with their cosine similarity, best first."""
+    ) -> tuple[builtins.list[tuple[int, float]], Vectors | None]:
+        """The k chunks nearest to `query` with their cosine similarity, best first, and the
+        query's vector (None without semantic search)."""
         if index.vectors is None or self._embedder is None or self._options.semantic_weight <= 0:
-            return []
+            return [], None
         vectors = await self._embed([query])
-        return [] if vectors is None else index.nearest(vectors[0], k, collection)
+        if vectors is None:
+            return [], None
+        return index.nearest(vectors[0], k, collection), vectors[0]
 
     async def _passages(self, hits: Sequence[SectionHit]) -> builtins.list[Passage]:
         wanted = [chunk_id for hit in hits for chunk_id in hit.chunk_ids]
@@ -258,8 +275,36 @@ class KnowledgeBase:
         vocabulary, lexical = await asyncio.to_thread(_word_indexes, texts)
         vectors = None
         if self._embedder is not None and self._options.semantic_weight > 0:
-            vectors = await self._vectors(rows, self._embedder.dim)
-        return ChunkIndex(stamp, places, vocabulary, lexical, vectors)
+            dim = await self._dim()
+            vectors = None if dim is None else await self._vectors(rows, dim)
+        index = ChunkIndex(stamp, places, vocabulary, lexical, vectors)
+        if vectors is not None and self._options.title_vectors:
+            await self._title_vectors(index)
+        if vectors is not None and self._options.part_vectors:
+            await self._part_vectors(index, [r.text for r in rows])
+        return index
+
+    async def _part_vectors(self, index: ChunkIndex, texts: Sequence[str]) -> None:
+        parts: builtins.list[str] = []
+        starts: builtins.list[int] = []
+        for text in texts:
+            starts.append(len(parts))
+            pieces = [p for p in _PARAGRAPH.split(text) if p.strip()][:MAX_PARTS]
+            parts.extend(pieces or [text])
+        vectors = await self._embed(parts)
+        if vectors is not None:
+            index.parts = vectors
+            index.part_starts = np.array(starts, dtype=np.int64)
+
+    async def _title_vectors(self, index: ChunkIndex) -> None:
+        """Embeds each distinct section title once (kept in memory only: cheap to redo)."""
+        titles = [p.location.rpartition(" > ")[2] for p in index.places]
+        distinct = list(dict.fromkeys(titles))
+        vectors = await self._embed(distinct)
+        if vectors is not None:
+            number = {title: n for n, title in enumerate(distinct)}
+            index.titles = vectors
+            index.title_of_row = np.fromiter((number[t] for t in titles), dtype=np.int64)
 
     async def _vectors(self, rows: Sequence[sa.Row[Any]], dim: int) -> Vectors | None:
         """Every row's vector; those missing (stored before 0006, or by a model of another
@@ -284,6 +329,19 @@ class KnowledgeBase:
             await self._rows.write_vectors(blobs)
         except StorageError as exc:  # the vectors still serve from memory; next start retries
             log.warning("knowledge base: could not store back-filled embeddings: %s", exc)
+
+    async def _dim(self) -> int | None:
+        """The model's dimension (a served model is asked once, in a worker thread); None
+        when it cannot be had (semantic search is then off, as in _embed)."""
+        embedder = self._embedder
+        if embedder is None:
+            return None
+        try:
+            return await asyncio.to_thread(lambda: embedder.dim)
+        except Exception as exc:  # an optional model failing must not take full-text search down
+            log.warning("knowledge base: embeddings unavailable (%s); full-text search only", exc)
+            self._embedder = None
+            return None
 
     async def _embed(self, texts: builtins.list[str]) -> Vectors | None:
         """The texts' vectors; None (and semantic search off from then on, with one log line)

@@ -7,18 +7,31 @@ always ends with the list of sources (title and location), so a reader can check
 even when the model forgot to cite. When search finds nothing relevant the answer is a plain
 "I don't know", without asking the model, which would otherwise invent one. Without a model,
 the best passages themselves are the answer.
+
+With `knowledge.rerank`, the served model first reorders the best `knowledge.rerank_candidates`
+passages (bot.knowledge.rerank); with `knowledge.grounding = "strict"` its verdict that none
+answers the question counts as "nothing found".
+
+"Nothing found" is decided in one place, `QaSkill.lookup`, and reported as `Lookup.unanswered`;
+`ask` then says I_DONT_KNOW and calls the `on_unanswered` hook given to `register` (the
+handoff's "unanswered" trigger counts these), with the turn's context and the question.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from bot.knowledge import Passage
+from bot.knowledge.rerank import rerank
 from bot.phrases import N_
 
 from .router import Command, CommandRouter, Intent, Say, TurnContext
 from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, stream_text
+
+log = logging.getLogger(__name__)
 
 I_DONT_KNOW = N_(
     "I don't know: I found nothing about that in the knowledge base. "
@@ -37,8 +50,29 @@ _ASK = re.compile(
 )
 
 
-def register(router: CommandRouter, services: SkillServices) -> None:
-    skill = QaSkill(services)
+# Told about each question the knowledge base had no answer for: (turn, question).
+UnansweredHook = Callable[[TurnContext, str], Awaitable[None]]
+# Backends whose servers take a JSON schema (as bot.skills.intents.STRUCTURED_BACKENDS).
+RERANK_BACKENDS = frozenset({"vllm", "openai"})
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the knowledge base gave for a question: the passages to answer from, best
+    first. `unanswered` is the one definition of "nothing found" (no passage survived
+    search, the score floor, and in strict grounding the reranking model's verdict)."""
+
+    passages: list[Passage]
+
+    @property
+    def unanswered(self) -> bool:
+        return not self.passages
+
+
+def register(
+    router: CommandRouter, services: SkillServices, on_unanswered: UnansweredHook | None = None
+) -> None:
+    skill = QaSkill(services, on_unanswered)
     router.add(Command("ask", N_("answer from the knowledge base, with sources: /ask QUESTION"),
                        skill.ask))  # fmt: skip
     router.add_intent(
@@ -53,8 +87,11 @@ def match_ask(text: str) -> str | None:
 
 
 class QaSkill:
-    def __init__(self, services: SkillServices) -> None:
+    def __init__(
+        self, services: SkillServices, on_unanswered: UnansweredHook | None = None
+    ) -> None:
         self._s = services
+        self._on_unanswered = on_unanswered
 
     async def ask(self, ctx: TurnContext) -> str | AsyncIterator[str]:
         prefs = await self._s.turn(ctx)
@@ -63,20 +100,47 @@ class QaSkill:
             return await ctx.say(USAGE)
         if self._s.kb is None:
             return await ctx.say(NO_KB)
-        passages = await self.relevant(question, ctx.collection)
-        if not passages:
+        found = await self.lookup(question, ctx.collection, str(ctx.key))
+        if found.unanswered:
+            await self._tell_unanswered(ctx, question)
             return await ctx.say(I_DONT_KNOW)
+        passages = found.passages
         if self._s.backend is None:
             return quoted(passages, await ctx.say(NO_MODEL_QUOTE))
         language = self._s.language(prefs, question)
         return self._answer(question, passages, language, str(ctx.key), ctx.say)
 
-    async def relevant(self, question: str, collection: str = "") -> list[Passage]:
+    async def lookup(self, question: str, collection: str = "", session: str = "") -> Lookup:
+        """The passages to answer `question` from (see Lookup)."""
         assert self._s.kb is not None
-        found = await self._s.kb.search(
-            question, self._s.settings.qa_passages, collection=collection
-        )
-        return [p for p in found if p.score > self._s.settings.qa_min_score]
+        policy = self._s.kb.policy
+        wanted = self._s.settings.qa_passages
+        reranking = policy.rerank and self._can_rerank()
+        k = max(wanted, policy.rerank_candidates) if reranking else wanted
+        found = await self._s.kb.search(question, k, collection=collection)
+        found = [p for p in found if p.score > self._s.settings.qa_min_score]
+        if reranking and found:
+            assert self._s.backend is not None
+            ranked = await rerank(self._s.backend, question, found, session_id=session or None)
+            if ranked.judged and (ranked.passages or policy.strict):
+                found = ranked.passages
+        return Lookup(found[:wanted])
+
+    async def relevant(self, question: str, collection: str = "") -> list[Passage]:
+        return (await self.lookup(question, collection)).passages
+
+    async def _tell_unanswered(self, ctx: TurnContext, question: str) -> None:
+        """The hook's failure is logged (without the question) and never stops the reply."""
+        if self._on_unanswered is None:
+            return
+        try:
+            await self._on_unanswered(ctx, question)
+        except Exception as exc:  # the user still gets I_DONT_KNOW
+            log.warning("conversation %s: unanswered hook failed: %s", ctx.key, type(exc).__name__)
+
+    def _can_rerank(self) -> bool:
+        backend = self._s.backend
+        return backend is not None and backend.capabilities.name in RERANK_BACKENDS
 
     async def _answer(
         self, question: str, passages: list[Passage], language: str, session: str, say: Say
