@@ -46,7 +46,7 @@ def build_plain_backend(settings: BackendSettings) -> Backend:
     if settings.kind == "openai":
         from backends.openai_compat import OpenAICompatBackend
 
-        return OpenAICompatBackend(settings)
+        return OpenAICompatBackend(settings, concurrency=settings.concurrency)
     raise ValueError(f"backend kind {settings.kind!r} has no model to build")
 
 

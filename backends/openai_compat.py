@@ -57,19 +57,31 @@ T = TypeVar("T")
 
 # Used when neither the server nor the settings say; small enough to be safe for most models.
 DEFAULT_MAX_MODEL_LEN = 4096
-# Idle connections kept for the next request.
-KEEPALIVE_CONNECTIONS = 256
+# Conversations streaming at once that the client is sized for: that many idle connections
+# are kept for the next request. httpcore looks through every pooled connection to place each
+# request, so a pool far larger than the work costs CPU per request (issue 19's profile: 4 of
+# 11 CPU seconds at 64 conversations with up to 256 idle connections kept).
+CONCURRENCY = 64
+# Connections at most, as a multiple of CONCURRENCY: a burst above it still streams at once
+# (the server batches it) instead of waiting for a connection; the pool stays bounded.
+BURST_FACTOR = 4
 # Below the server's own idle timeout (vLLM's uvicorn closes idle connections after 5 s,
 # VLLM_HTTP_TIMEOUT_KEEP_ALIVE): a connection reused as the server closes it fails the request
 # with a read error, which costs a retry.
 KEEPALIVE_EXPIRY_S = 4.0
-# No cap on connections: every conversation streams at once and the server batches them (a
-# cap would queue replies in Parley). Idle ones are kept for reuse.
-CONNECTION_LIMITS = httpx.Limits(
-    max_connections=None,
-    max_keepalive_connections=KEEPALIVE_CONNECTIONS,
-    keepalive_expiry=KEEPALIVE_EXPIRY_S,
-)
+
+
+def connection_limits(concurrency: int = CONCURRENCY) -> httpx.Limits:
+    """The bounded pool of one client: `concurrency` idle connections kept for reuse, at most
+    BURST_FACTOR times that open at once."""
+    return httpx.Limits(
+        max_connections=concurrency * BURST_FACTOR,
+        max_keepalive_connections=concurrency,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+    )
+
+
+CONNECTION_LIMITS = connection_limits()
 # The end of a reply's body after [DONE] is read for at most this long, so that its
 # connection can be kept.
 DRAIN_S = 1.0
@@ -89,7 +101,11 @@ class OpenAICompatBackend:
     """The `Backend` protocol over `/v1/chat/completions` with server-sent events."""
 
     def __init__(
-        self, settings: BackendSettings, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        settings: BackendSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        concurrency: int = CONCURRENCY,
     ) -> None:
         if not settings.base_url:
             raise BackendError("backend.base_url is required for an OpenAI-compatible server")
@@ -100,7 +116,9 @@ class OpenAICompatBackend:
             base_url=self._base_url,
             headers=_auth_headers(settings.api_key),
             timeout=_call_timeout(settings.timeouts),
-            limits=CONNECTION_LIMITS,  # for httpx's own transport; one given brings its own
+            # One client for every request, its pool bounded (httpx's own transport; one
+            # given brings its own).
+            limits=connection_limits(concurrency),
             transport=transport,
         )
         self._capabilities = Capabilities(

@@ -1,1 +1,2 @@
-"""Benchmarks that print figures (`python -m bench.core_overhead`); never timed assertions."""
+"""Benchmarks that print figures and exit non-zero on a missed target (bench/README.md); never
+timed assertions."""

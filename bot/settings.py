@@ -212,6 +212,9 @@ class BackendSettings(_Section):
     tokenizer: str = ""
     # openai without a tokenizer: most /tokenize requests in flight at once per process.
     max_count_requests: int = Field(4, ge=1, le=64)
+    # openai: conversations streaming at once per worker that its HTTP client is sized for
+    # (that many idle connections kept, four times that open at most; backends/openai_compat.py).
+    concurrency: int = Field(64, ge=1, le=1024)
     max_tokens: int = Field(512, ge=1)
     temperature: float = Field(0.7, ge=0, le=2)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)

@@ -144,8 +144,28 @@ async def test_session_id_travels_as_header_and_user(vllm_server: str) -> None:
     assert json.loads(chat.content)["user"] == "telegram:42"
 
 
+class CountingTransport(httpx.AsyncBaseTransport):
+    """httpx's own transport, counting the TCP connections it opens (through httpcore's
+    documented `trace` request extension)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.connections = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        async def trace(name: str, info: dict[str, object]) -> None:
+            if name == "connection.connect_tcp.complete":
+                self.connections += 1
+
+        request.extensions["trace"] = trace
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 async def test_replies_reuse_one_connection(vllm_server: str) -> None:
-    transport = httpx.AsyncHTTPTransport()
+    transport = CountingTransport()
     backend = OpenAICompatBackend(settings_for(vllm_server), transport=transport)
     await backend.start()
     try:
@@ -154,7 +174,7 @@ async def test_replies_reuse_one_connection(vllm_server: str) -> None:
             assert chunks[-1].finish_reason is not None
         # A reply read to the end of its body hands its connection back for the next one;
         # one closed after [DONE] with its body unread would leave the pool empty.
-        assert len(transport._pool.connections) == 1
+        assert transport.connections == 1
     finally:
         await backend.aclose()
 

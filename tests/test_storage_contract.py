@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.pool import QueuePool
 
 from bot.errors import StorageError
 from bot.storage.base import MessageKind, Recorded, Store
@@ -298,6 +299,46 @@ async def test_remembered_ids_agree_across_stores(pair: tuple[SqlStore, SqlStore
     ]  # fmt: skip
 
 
+async def test_a_senders_platform_language_is_kept_and_follows_changes(
+    pair: tuple[SqlStore, SqlStore], db_url: str
+) -> None:
+    # The first message upserts sender and conversation; the language the platform reports is
+    # written when it changes (by any worker), kept when a message has none, and the display
+    # name stays the first one's.
+    store, peer = pair
+    said = [(store, "de", "Alice"), (peer, "", "Renamed"), (store, "fr", "Alice"), (peer, "", "")]
+    for i, (s, language, name) in enumerate(said):
+        user = User("console", "u-7", name, language=language)
+        await s.record_incoming(incoming(f"l{i}", user=user), kind=CHAT, token_count=1)
+        if i == 0:
+            assert await language_of(store, "u-7") == ("de", "Alice")
+    assert await language_of(store, "u-7") == ("fr", "Alice")
+
+
+async def language_of(store: SqlStore, external_id: str) -> tuple[str | None, str]:
+    async with store.engine.connect() as conn:
+        row = (
+            await conn.exec_driver_sql(
+                "SELECT language_code, display_name FROM users WHERE external_id = "
+                + ("$1" if store.engine.dialect.name == "postgresql" else "?"),
+                (external_id,),
+            )
+        ).one()
+    return row[0], row[1]
+
+
+async def test_start_opens_the_whole_pool_before_traffic(db_url: str) -> None:
+    await upgrade(db_url)
+    store = SqlStore(create_engine(db_url, pool_size=4))
+    try:
+        await store.start()
+        pool = store.engine.pool
+        assert isinstance(pool, QueuePool)
+        assert (pool.checkedin(), pool.checkedout()) == (4, 0)
+    finally:
+        await store.aclose()
+
+
 @pytest.mark.postgres
 async def test_connections_killed_by_the_server_are_replaced(postgres_url: str) -> None:
     # No pre-ping: a pooled connection the server dropped fails its first statement, and the
@@ -427,7 +468,7 @@ async def test_a_dead_holders_lease_lapses_and_its_renewal_then_fails(
     assert taken is not None
     await asyncio.sleep(0.3)
     async with peer.turn_lease(cid, "worker-b", ttl_s=5, wait_s=1) as lease:
-        assert lease.epoch == taken + 1
+        assert lease.epoch == taken.epoch + 1
 
 
 async def test_an_answer_is_recorded_only_under_its_own_delivery(
@@ -451,6 +492,7 @@ async def test_an_answer_is_recorded_only_under_its_own_delivery(
     )
     # Another worker takes it over (its worker died): the shown piece is kept for editing.
     async with peer.turn_lease(cid, "worker-b", ttl_s=5, wait_s=1) as other:
+        assert other.unfinished == state  # read with the lease, in the same statement
         assert await peer.begin_delivery(other, cid, mid, mid, replacing=state.epoch)
         # The first worker's record is refused now: the answer is the taker's to record.
         late = await store.record_reply(

@@ -335,7 +335,7 @@ class ConversationManager:
 
     async def _run_pending(self, work: _Work, lease: TurnLease) -> None:
         cid = work.conversation_id
-        unfinished = await self._store.delivery(cid)
+        unfinished = lease.unfinished  # read with the lease, in the same statement
         if unfinished is not None and unfinished.owner != self._owner:
             alive = holder_alive(self._cache, unfinished, grace_s=self._settings.delivery_grace_s)
             if await alive:

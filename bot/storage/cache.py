@@ -53,7 +53,8 @@ class _NamedLocks:
         entry = self._entries.setdefault(name, _NamedLock())
         entry.users += 1
         try:
-            await _acquire_within(entry.lock, name, wait_s)
+            # Alone on the entry (no holder, nobody queued): taken at once, no timer to arm.
+            await _acquire_within(entry.lock, name, wait_s, alone=entry.users == 1)
             try:
                 yield
             finally:
@@ -64,8 +65,8 @@ class _NamedLocks:
                 del self._entries[name]
 
 
-async def _acquire_within(lock: asyncio.Lock, name: str, wait_s: float) -> None:
-    if not lock.locked() and not getattr(lock, "_waiters", None):
+async def _acquire_within(lock: asyncio.Lock, name: str, wait_s: float, *, alone: bool) -> None:
+    if alone and not lock.locked():
         await lock.acquire()  # free, nobody queued: taken at once, no timer to arm and cancel
         return
     try:

@@ -1,16 +1,14 @@
 """Engines for the history database: an SQLite file by default, PostgreSQL in production.
 
-How `SqlStore` runs its statements on them is `bot.storage.runners`.
+How `SqlStore` runs its statements on them is `bot.storage.runners`: SQLAlchemy's AsyncEngine,
+the same way on both.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 from sqlalchemy import URL, event, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -40,7 +38,7 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
     """An async engine for `url` (sqlite+aiosqlite:// or postgresql+asyncpg://)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, echo=echo)
+        return _sqlite_engine(parsed, echo=echo, pool_size=pool_size)
     return _create_async_engine(parsed, echo=echo, pool_size=pool_size, pool_recycle=POOL_RECYCLE_S)
 
 
@@ -76,97 +74,14 @@ def ensure_sqlite_folder(url: str | URL) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
+def _sqlite_engine(url: URL, *, echo: bool, pool_size: int) -> AsyncEngine:
     ensure_sqlite_folder(url)
-    engine = _create_async_engine(url, echo=echo)
-    event.listen(engine.sync_engine, "do_connect", _connect_one_hop)
+    # A file: a pool of `pool_size` connections (WAL lets them read at once; writers queue in
+    # busy_timeout). In memory: the dialect's single shared connection, which takes no size.
+    sized = {"pool_size": pool_size} if sqlite_file(url) is not None else {}
+    engine = _create_async_engine(url, echo=echo, **sized)
     event.listen(engine.sync_engine, "connect", set_sqlite_pragmas)
     return engine
-
-
-def _connect_one_hop(dialect: Any, _record: Any, cargs: Sequence[Any], cparams: Any) -> Any:
-    """The dialect's own connection, over `OneHopConnection` instead of aiosqlite's."""
-    return dialect.dbapi.connect(*cargs, async_creator_fn=OneHopConnection.open, **cparams)
-
-
-class OneHopConnection(aiosqlite.Connection):
-    """aiosqlite with one trip to its thread per statement instead of four.
-
-    SQLAlchemy's aiosqlite adapter awaits cursor(), execute(), fetchall() and close() one by
-    one, and every await is a hand-off to the connection's thread and back: on a busy event
-    loop those hand-offs cost more than SQLite's work. The cursor here runs all four in the
-    thread at once and keeps the rows. Commit and rollback outside a transaction (a read
-    never opens one) return without the trip.
-    """
-
-    @classmethod
-    def open(cls, database: str, **kwargs: Any) -> OneHopConnection:
-        # What aiosqlite.connect() does, with this class.
-        def connector() -> sqlite3.Connection:
-            connection: sqlite3.Connection = sqlite3.connect(database, **kwargs)
-            return connection
-
-        connection = cls(connector, iter_chunk_size=64)
-        connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite's own connections
-        return connection
-
-    async def cursor(self) -> OneHopCursor:  # type: ignore[override]
-        return OneHopCursor(self)
-
-    async def commit(self) -> None:
-        if self.in_transaction:
-            await super().commit()
-
-    async def rollback(self) -> None:
-        if self.in_transaction:
-            await super().rollback()
-
-    async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """`fn(sqlite3 connection)` in the connection's thread."""
-        return await self._execute(lambda: fn(self._conn))  # type: ignore[no-untyped-call]
-
-
-class OneHopCursor:
-    """The part of aiosqlite's Cursor that SQLAlchemy's adapter uses; rows fetched at once."""
-
-    def __init__(self, connection: OneHopConnection) -> None:
-        self._connection = connection
-        self.description: Any = None
-        self.lastrowid: int | None = None
-        self.rowcount = -1
-        self._rows: list[Any] = []
-
-    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> OneHopCursor:
-        def run(conn: sqlite3.Connection) -> None:
-            cursor = conn.execute(sql, parameters)
-            try:
-                self._rows = cursor.fetchall() if cursor.description else []
-                self.description = cursor.description
-                self.lastrowid, self.rowcount = cursor.lastrowid, cursor.rowcount
-            finally:
-                cursor.close()
-
-        await self._connection.run(run)
-        return self
-
-    async def executemany(self, sql: str, parameters: Sequence[Any]) -> OneHopCursor:
-        def run(conn: sqlite3.Connection) -> None:
-            cursor = conn.executemany(sql, parameters)
-            try:
-                self.description = None
-                self.lastrowid, self.rowcount = cursor.lastrowid, cursor.rowcount
-            finally:
-                cursor.close()
-
-        await self._connection.run(run)
-        return self
-
-    async def fetchall(self) -> list[Any]:
-        rows, self._rows = self._rows, []
-        return rows
-
-    async def close(self) -> None:
-        self._rows = []
 
 
 def set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -2,17 +2,18 @@
 PostgreSQL.
 
 Concurrency comes from the database, not from locks in this process: inserts that may race
-(user, conversation, message by idempotency key) are INSERT ... ON CONFLICT DO NOTHING followed
-by a SELECT, and `record_reply` fences a second answer with a conditional UPDATE in the same
+are upserts (user and conversation: INSERT ... ON CONFLICT DO UPDATE ... RETURNING id) or
+INSERT ... ON CONFLICT DO NOTHING followed by a SELECT (a message by its idempotency key),
+and `record_reply` fences a second answer with a conditional UPDATE in the same
 transaction as the answer itself. Every database failure surfaces as `StorageError`.
 
-Statements are built once, at import, with bound parameters: building and cache-keying a
-statement costs more CPU than most of these round trips. User and conversation ids never change
-once written, so each store remembers them and a known sender's message is one INSERT.
+Statements are built once, at import, with bound parameters; SQLAlchemy caches their compiled
+form. User and conversation ids never change once written, so each store remembers them and a
+known sender's message is one INSERT; a new one is one upsert of user and conversation first.
 
-Each call's work is one synchronous function over `Queries`, run whole in one hand-off by the
-database's `Runner` (runners.py): one trip to a thread on an SQLite file, one greenlet over
-asyncpg on PostgreSQL. Rows are read by position.
+Each call's work is one synchronous function over `Queries`, run whole on one connection by
+`Runner` (runners.py: SQLAlchemy's AsyncEngine, the same path on SQLite and PostgreSQL). Rows
+are read by position.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from bot.storage.base import (
 )
 from bot.storage.database import database_errors, describe_error
 from bot.storage.models import ConversationRow, MessageRow, UserRow
-from bot.storage.runners import Queries, runner_for
+from bot.storage.runners import Queries, Runner, pool_size
 from bot.text.storable import storable
 from bot.types import ConversationKey, Incoming, Role, utcnow
 
@@ -77,7 +78,7 @@ class SqlStore:
         postgresql = engine.dialect.name == "postgresql"
         self._autocommit = postgresql
         self._reads = _READS[postgresql]
-        self._runner = runner_for(engine)
+        self._runner = Runner(engine)
         self._user_ids: Lru[int] = Lru(ID_CACHE_SIZE)
         self._conversation_ids: Lru[int] = Lru(ID_CACHE_SIZE)
         self._user_languages: Lru[str] = Lru(ID_CACHE_SIZE)
@@ -88,10 +89,13 @@ class SqlStore:
 
     async def start(self) -> None:
         await self.ping()  # a wrong URL or a stopped server fails start-up, not the first turn
+        try:  # the whole pool opened before traffic: no turn waits for a connection to open
+            await self._runner.warm(pool_size(self._engine))
+        except self._errors as exc:
+            raise StorageError(describe_error(exc, self._engine.url)) from exc
 
     async def aclose(self) -> None:
         await self._engine.dispose()
-        await self._runner.aclose()
 
     async def ping(self) -> None:
         await self._rows(_PING)
@@ -109,25 +113,20 @@ class SqlStore:
         def run(q: Queries) -> Recorded:
             created.clear()
             user_id = self._user_ids.get(user_key)
-            if user_id is None:
-                user_id = created["user"] = self._get_or_create(
-                    q, _INSERT_USER, _SELECT_USER_ID, {
-                        "platform": incoming.user.platform,
-                        "external_id": incoming.user.user_id,
-                        # kept from the first only
-                        "display_name": storable(incoming.user.display_name),
-                        "language_code": language,
-                    },
-                )  # fmt: skip
-            if language_changed:
-                q.rowcount(_SET_USER_LANGUAGE, {"uid": user_id, "lang": language})
             conversation_id = self._conversation_ids.get(incoming.key)
-            if conversation_id is None:
+            if user_id is None or conversation_id is None or language_changed:
+                # One upsert (two statements on SQLite, which has no DML in WITH): each row
+                # inserted or found, the user's language updated when the platform gave one.
                 key = incoming.key
-                conversation_id = created["conversation"] = self._get_or_create(
-                    q, _INSERT_CONVERSATION, _SELECT_CONVERSATION_ID,
-                    {"platform": key.platform, "chat_id": key.chat_id, "thread_id": key.thread_id},
-                )  # fmt: skip
+                user_id, conversation_id = self._upsert(q, {
+                    "platform": incoming.user.platform,
+                    "external_id": incoming.user.user_id,
+                    "display_name": storable(incoming.user.display_name),  # the first only
+                    "language_code": language,
+                    "c_platform": key.platform, "chat_id": key.chat_id,
+                    "thread_id": key.thread_id,
+                })  # fmt: skip
+                created["user"], created["conversation"] = user_id, conversation_id
             values = {
                 "conversation_id": conversation_id,
                 "user_id": user_id,
@@ -149,21 +148,23 @@ class SqlStore:
             first_id, first_conversation_id = _one(q.rows(_SELECT_BY_IDEMPOTENCY_KEY, params))
             return Recorded(first_id, first_conversation_id, is_new=False)
 
-        # Both ids known (nearly always): one INSERT, atomic by itself.
+        # Both ids known (nearly always): one INSERT. Either way each statement is atomic by
+        # itself, and none needs another's: a user and conversation upserted by a call whose
+        # message insert then failed are harmless, and found by the next.
         known = (
             user_key in self._user_ids
             and incoming.key in self._conversation_ids
             and not language_changed
         )
         try:
-            recorded = await self._run(run, write=True, one_statement=known)
+            recorded = await self._run(run, write=True, one_statement=True)
         except StorageError as exc:
             if not known or not isinstance(exc.__cause__, sa_exc.IntegrityError):
                 raise
             # A remembered id whose row is gone (a foreign key failed): forget, look up again.
             self._user_ids.discard(user_key)
             self._conversation_ids.discard(incoming.key)
-            recorded = await self._run(run, write=True)
+            recorded = await self._run(run, write=True, one_statement=True)
         # Remembered only once committed: a rolled-back insert leaves no id behind.
         if "user" in created:
             self._user_ids.put(user_key, created["user"])
@@ -286,13 +287,13 @@ class SqlStore:
         self, conversation_id: int, owner: str, *, ttl_s: float, wait_s: float
     ) -> AsyncIterator[TurnLease]:
         deadline = time.monotonic() + wait_s
-        while (epoch := await self._take_lease(conversation_id, owner, ttl_s)) is None:
+        while (lease := await self._take_lease(conversation_id, owner, ttl_s)) is None:
             if time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"conversation {conversation_id}: lease not taken in {wait_s:g}s"
                 )
             await asyncio.sleep(LEASE_POLL_S)
-        lease = TurnLease(epoch, owner)
+        epoch = lease.epoch
 
         async def renew() -> bool:
             now = utcnow()
@@ -315,13 +316,18 @@ class SqlStore:
                 params = {"cid": conversation_id, "who": owner, "epoch": epoch}
                 await self._write(_LEASE_RELEASE, params)
 
-    async def _take_lease(self, conversation_id: int, owner: str, ttl_s: float) -> int | None:
-        """The new epoch, or None while another worker holds the lease."""
+    async def _take_lease(self, conversation_id: int, owner: str, ttl_s: float) -> TurnLease | None:
+        """The lease with its new epoch and the unfinished delivery (one statement), or None
+        while another worker holds it."""
         now = utcnow()
         params = {"cid": conversation_id, "who": owner, "now_": now,
                   "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
-        rows = await self._run(lambda q: q.rows(_LEASE_TAKE, params), write=True)
-        return int(rows[0][0]) if rows else None
+        rows = await self._run(
+            lambda q: q.rows(_LEASE_TAKE, params), write=True, one_statement=True
+        )
+        if not rows:
+            return None
+        return TurnLease(int(rows[0][0]), owner, unfinished=_delivery(rows[0][1:]))
 
     async def begin_delivery(
         self, lease: TurnLease, conversation_id: int, first_id: int, last_id: int,
@@ -346,14 +352,7 @@ class SqlStore:
 
     async def delivery(self, conversation_id: int) -> DeliveryState | None:
         rows = await self._rows(_SELECT_DELIVERY, {"cid": conversation_id})
-        if not rows:
-            return None
-        first, last, epoch, owner, seen, shown = rows[0]
-        try:
-            refs = {int(k): v for k, v in json.loads(shown or "{}").items()}
-        except (ValueError, AttributeError):  # written by this code only; never fatal
-            refs = {}
-        return DeliveryState(first, last, epoch, owner, seen and _as_utc(seen), refs)
+        return _delivery(rows[0]) if rows else None
 
     async def conversations_with_pending(
         self, older_than: datetime | None = None
@@ -375,10 +374,10 @@ class SqlStore:
         a read (no transaction where the driver allows); `one_statement` says that the write
         is atomic without one. A pooled connection found dead (the server restarted; there is
         no pre-ping) is dropped and `work` runs once more on a new one. The runner runs `work`
-        whole in one hand-off, not one per checkout, statement, commit and close.
+        whole in one `run_sync`, not one greenlet switch per statement.
         """
         transaction = write and not (one_statement and self._autocommit)
-        for attempt in (1, 2):
+        for attempt in (1, 2):  # SQLAlchemy sets connection_invalidated; the pool replaces it
             try:
                 return await self._runner.run(work, transaction=transaction)
             except sa_exc.DBAPIError as exc:
@@ -404,23 +403,15 @@ class SqlStore:
         """One statement that is atomic by itself; the number of rows it changed."""
         return await self._run(lambda q: q.rowcount(stmt, params), write=True, one_statement=True)
 
-    @staticmethod
-    def _get_or_create(
-        q: Queries,
-        insert: sa.Executable,
-        lookup: sa.Select[tuple[int]],
-        values: Mapping[str, Any],
-    ) -> int:
-        # Look first: the row nearly always exists, and a conflicting insert would still burn
-        # a PostgreSQL sequence value on every message.
-        found: int | None = _scalar(q.rows(lookup, values))
-        if found is None:
-            # The new id, or None if another transaction inserted the same key first: a
-            # concurrent insert of that key waits for the other transaction, then does nothing.
-            found = _scalar(q.rows(insert, values))
-        if found is None:
-            found = _one(q.rows(lookup, values))[0]
-        return found
+    def _upsert(self, q: Queries, values: Mapping[str, Any]) -> tuple[int, int]:
+        """The ids of the sender and the conversation, each inserted or found. Once per sender
+        and conversation per process (the ids are remembered), so the row version and the
+        sequence value an upsert of an existing row costs on PostgreSQL are rare."""
+        if self._autocommit:  # PostgreSQL: one statement
+            user_id, conversation_id = _one(q.rows(_UPSERT_BOTH, values))
+            return int(user_id), int(conversation_id)
+        user_id = _one(q.rows(_UPSERT_USER, values))[0]
+        return int(user_id), int(_one(q.rows(_UPSERT_CONVERSATION, values))[0])
 
     # Backfill and withdrawal by the platform's message id (issue 14, the Discord adapter).
 
@@ -607,8 +598,11 @@ _LEASE_TAKE = (
         lease_until=_param("until_", _TS),
         lease_epoch=_c.lease_epoch + 1,
     )
-    .returning(_c.lease_epoch)
-)
+    .returning(
+        _c.lease_epoch, _c.delivery_from, _c.delivery_to, _c.delivery_epoch, _c.delivery_owner,
+        _c.delivery_seen, _c.delivery_ref,
+    )
+)  # fmt: skip
 _HOLDS = sa.and_(
     _c.id == _param("cid"),
     _c.lease_owner == _param("who"),
@@ -670,9 +664,6 @@ _SELECT_DELIVERY = sa.select(
     _c.delivery_ref,
 ).where(_c.id == _param("cid"), _c.delivery_epoch.is_not(None))  # fmt: skip
 
-_SELECT_USER_ID = sa.select(UserRow.id).where(
-    UserRow.platform == _param("platform"), UserRow.external_id == _param("external_id")
-)
 _SELECT_CONVERSATION_ID = sa.select(_c.id).where(
     _c.platform == _param("platform"),
     _c.chat_id == _param("chat_id"),
@@ -688,6 +679,18 @@ _INSERT_REPLY = (
              ("conversation_id", "role", "kind", "content", "token_count", "created_at")})
     .returning(_m.id)
 )  # fmt: skip
+
+
+def _delivery(row: Sequence[Any]) -> DeliveryState | None:
+    """A delivery from its columns (from, to, epoch, owner, seen, shown); None without one."""
+    first, last, epoch, owner, seen, shown = row
+    if epoch is None:
+        return None
+    try:
+        refs = {int(k): v for k, v in json.loads(shown or "{}").items()}
+    except (ValueError, AttributeError):  # written by this code only; never fatal
+        refs = {}
+    return DeliveryState(first, last, epoch, owner, seen and _as_utc(seen), refs)
 
 
 def _insert_once(entity: Any, columns: Sequence[str], unique: Sequence[str]) -> sa.Executable:
@@ -707,13 +710,45 @@ def _insert_once(entity: Any, columns: Sequence[str], unique: Sequence[str]) -> 
     return sa.text(sql).bindparams(*binds).columns(table.c.id)
 
 
-_INSERT_USER = _insert_once(UserRow, ["platform", "external_id", "display_name", "language_code"],
-                            ["platform", "external_id"])  # fmt: skip
-_SET_USER_LANGUAGE = (
-    sa.update(UserRow).where(UserRow.id == _param("uid")).values(language_code=_param("lang"))
+# Upserts: the row's id whether it was inserted or found. DO UPDATE (not DO NOTHING) so that
+# RETURNING yields the existing row too; the user's language follows the platform's, when given.
+# Text, as `_insert_once` (the dialects' on_conflict_do_update() cannot be cache-keyed).
+_USER_UPSERT_SQL = (
+    "INSERT INTO users (platform, external_id, display_name, language_code) "
+    "VALUES (:platform, :external_id, :display_name, :language_code) "
+    "ON CONFLICT (platform, external_id) DO UPDATE SET language_code = "
+    "coalesce(excluded.language_code, users.language_code) RETURNING id"
 )
-_INSERT_CONVERSATION = _insert_once(ConversationRow, ["platform", "chat_id", "thread_id"],
-                                    ["platform", "chat_id", "thread_id"])  # fmt: skip
+_CONVERSATION_UPSERT_SQL = (
+    "INSERT INTO conversations (platform, chat_id, thread_id) "
+    "VALUES (:c_platform, :chat_id, :thread_id) "
+    "ON CONFLICT (platform, chat_id, thread_id) DO UPDATE SET platform = excluded.platform "
+    "RETURNING id"
+)
+
+
+def _upsert(sql: str, columns: Sequence[sa.ColumnElement[Any]]) -> sa.TextualSelect:
+    binds = {
+        "platform": UserRow.__table__.c.platform.type,
+        "external_id": UserRow.__table__.c.external_id.type,
+        "display_name": UserRow.__table__.c.display_name.type,
+        "language_code": UserRow.__table__.c.language_code.type,
+        "c_platform": _c.__table__.c.platform.type,
+        "chat_id": _c.__table__.c.chat_id.type,
+        "thread_id": _c.__table__.c.thread_id.type,
+    }
+    used = [sa.bindparam(n, type_=t) for n, t in binds.items() if f":{n}" in sql]
+    return sa.text(sql).bindparams(*used).columns(*columns)
+
+
+_UPSERT_USER = _upsert(_USER_UPSERT_SQL, [UserRow.__table__.c.id])
+_UPSERT_CONVERSATION = _upsert(_CONVERSATION_UPSERT_SQL, [_c.__table__.c.id])
+# PostgreSQL: both in one statement (data-modifying WITH).
+_UPSERT_BOTH = _upsert(
+    f"WITH u AS ({_USER_UPSERT_SQL}), c AS ({_CONVERSATION_UPSERT_SQL}) "
+    "SELECT u.id AS user_id, c.id AS conversation_id FROM u, c",
+    [sa.column("user_id", sa.BigInteger()), sa.column("conversation_id", sa.BigInteger())],
+)
 _INSERT_MESSAGE = _insert_once(
     MessageRow,
     ["conversation_id", "user_id", "role", "kind", "content", "token_count", "created_at",

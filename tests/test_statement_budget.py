@@ -1,0 +1,205 @@
+"""The statement budget of a turn: SQL statements and Redis commands, per turn type (issue 19).
+
+Counted through public hooks only: SQLAlchemy's `before_cursor_execute` and `commit` events on
+the app's engine (a commit is a round trip of its own; BEGIN is not a cursor statement on
+every driver, so transactions are counted by their commits), and Redis's own per-command
+counters (`INFO commandstats`, reset with `CONFIG RESETSTAT`) on a Redis server of the test's
+own. A change that adds a statement or a command to a turn has to change the numbers here.
+
+Turn types: a conversation's first chat turn (a new sender and conversation), a later chat
+turn, a command turn (/help), and a cold load (a new process, nothing cached: the window is
+rebuilt from SQL).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.app import Parley
+from bot.settings import Settings
+from bot.storage.migrate import upgrade
+from bot.types import ConversationKey, Incoming, User
+from tests.doubles import CollectingSink, ScriptedBackend
+from tests.redis_server import PrivateRedis
+
+KEY = ConversationKey("test", "budget-chat")
+USER = User("test", "u1", "Ada", language="en")
+# A turn in another conversation first, so that what a process does once (connections to
+# Redis, its first heartbeat) is not counted to the turns measured.
+WARM_KEY, WARM_USER = ConversationKey("test", "warm-up"), User("test", "u0", "Bo")
+START, END = "budget-start", "budget-end"
+
+
+@dataclass
+class Counts:
+    sql: collections.Counter[str] = field(default_factory=collections.Counter)
+    commits: int = 0
+    redis: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    @property
+    def statements(self) -> int:
+        return sum(self.sql.values())
+
+    @property
+    def commands(self) -> int:
+        return sum(self.redis.values())
+
+
+@contextmanager
+def counting_sql(engine: AsyncEngine, counts: Counts) -> Iterator[None]:
+    def on_statement(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        counts.sql[statement.split(None, 1)[0].upper()] += 1
+
+    def on_commit(_conn: Any) -> None:
+        counts.commits += 1
+
+    event.listen(engine.sync_engine, "before_cursor_execute", on_statement)
+    event.listen(engine.sync_engine, "commit", on_commit)
+    try:
+        yield
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", on_statement)
+        event.remove(engine.sync_engine, "commit", on_commit)
+
+
+class RedisCommands:
+    """The commands a Redis server runs while the block runs, by name, read with MONITOR
+    between two ECHO markers of this test's own. Left out: commands run inside a Lua script
+    (the script is the one round trip) and the worker's liveness heartbeat (`alive:` keys, a
+    per-process beat every second, not part of any turn)."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self.found: collections.Counter[str] = collections.Counter()
+
+    async def __aenter__(self) -> RedisCommands:
+        self._monitor = self._client.monitor()
+        await self._monitor.__aenter__()
+        await self._read_until(START, count=False)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                await self._read_until(END, count=True)
+        finally:
+            await self._monitor.__aexit__(*exc)
+
+    async def _read_until(self, marker: str, *, count: bool) -> None:
+        await self._client.echo(marker)
+        while True:
+            seen = await self._monitor.next_command()
+            words = seen["command"].split(" ")
+            if words[:2] == ["ECHO", marker]:
+                return
+            heartbeat = any(":alive:" in w or w.startswith("alive:") for w in words[1:2])
+            if count and seen["client_type"] != "lua" and not heartbeat:
+                self.found[words[0].lower()] += 1
+
+
+async def measure(app: Parley, redis: Redis | None, text: str, ikey: str) -> Counts:
+    """The statements and commands of one turn, from the message's arrival to its answer."""
+    counts = Counts()
+    turn = Incoming(KEY, USER, text, idempotency_key=ikey)
+    if redis is None:
+        with counting_sql(app.store.engine, counts):
+            await app.manager.handle(turn)
+        return counts
+    async with RedisCommands(redis) as commands:
+        with counting_sql(app.store.engine, counts):
+            await app.manager.handle(turn)
+    counts.redis = commands.found
+    return counts
+
+
+@pytest.fixture
+async def redis(private_redis: PrivateRedis) -> AsyncIterator[Redis]:
+    client = Redis.from_url(private_redis.url)
+    yield client
+    await client.aclose()
+
+
+def settings_for(database_url: str, redis_url: str | None, prefix: str) -> Settings:
+    redis = {"url": redis_url, "key_prefix": prefix} if redis_url else {}
+    return Settings(
+        database={"url": database_url},  # type: ignore[arg-type]
+        redis=redis,  # type: ignore[arg-type]
+        # No sweep, and no lease renewal within a turn: periodic work, not a turn's.
+        conversation={"sweep_interval_s": 0, "lock_ttl_s": 60},  # type: ignore[arg-type]
+    )
+
+
+async def warm_up(app: Parley, ikey: str) -> None:
+    app.manager.attach("test", CollectingSink())
+    await app.manager.handle(Incoming(WARM_KEY, WARM_USER, "warm up", idempotency_key=ikey))
+
+
+async def turns(settings: Settings, redis: Redis | None) -> dict[str, Counts]:
+    found: dict[str, Counts] = {}
+    async with Parley(settings, backend=ScriptedBackend()) as app:
+        await warm_up(app, "w1")
+        found["first"] = await measure(app, redis, "hello", "m1")
+        found["chat"] = await measure(app, redis, "and again", "m2")
+        found["command"] = await measure(app, redis, "/help", "m3")
+    return found
+
+
+async def cold(settings: Settings, redis: Redis | None) -> Counts:
+    async with Parley(settings, backend=ScriptedBackend()) as app:
+        await warm_up(app, "w2")
+        return await measure(app, redis, "after a restart", "m4")
+
+
+# Per turn: SQL statements by verb, commits, Redis commands by name. The chat turn on
+# PostgreSQL: the message INSERT; the lease UPDATE (returning the unfinished delivery, so
+# no delivery SELECT); the pending SELECT; the
+# signal INSERT; delivery begun and noted (2 UPDATEs); the reply INSERT and its fence
+# UPDATE (one transaction); the usage INSERT; the lease release UPDATE.
+Budget = tuple[dict[str, int], int, dict[str, int]]
+SQLITE: dict[str, Budget] = {
+    "first": ({"INSERT": 6, "UPDATE": 5, "SELECT": 5}, 7, {}),
+    "chat": ({"INSERT": 4, "UPDATE": 5, "SELECT": 1}, 7, {}),
+    "command": ({"INSERT": 2, "UPDATE": 5, "SELECT": 2}, 5, {}),
+    "cold": ({"INSERT": 6, "UPDATE": 5, "SELECT": 5}, 7, {}),
+}
+_CACHED_WINDOW = {"get": 3, "incrby": 1, "pexpire": 1, "set": 1}
+_NEW_WINDOW = {"get": 3, "incrby": 1, "pexpire": 1, "set": 4}
+POSTGRES: dict[str, Budget] = {
+    "first": ({"WITH": 1, "INSERT": 4, "UPDATE": 5, "SELECT": 5}, 3, _NEW_WINDOW),
+    "chat": ({"INSERT": 4, "UPDATE": 5, "SELECT": 2}, 3, _CACHED_WINDOW),
+    "command": ({"INSERT": 2, "UPDATE": 5, "SELECT": 2}, 1, {"incrby": 1, "pexpire": 1}),
+    "cold": ({"WITH": 1, "INSERT": 4, "UPDATE": 5, "SELECT": 5}, 3, _NEW_WINDOW),
+}
+
+
+def as_budgets(found: dict[str, Counts]) -> dict[str, Budget]:
+    return {name: (dict(c.sql), c.commits, dict(c.redis)) for name, c in found.items()}
+
+
+async def test_turns_on_sqlite_without_redis(tmp_path: Path) -> None:
+    settings = settings_for(f"sqlite+aiosqlite:///{tmp_path}/p.db", None, "")
+    found = await turns(settings, None)
+    found["cold"] = await cold(settings, None)
+    assert as_budgets(found) == SQLITE
+
+
+@pytest.mark.postgres
+async def test_turns_on_postgresql_with_redis(
+    postgres_url: str, private_redis: PrivateRedis, redis: Redis
+) -> None:
+    await upgrade(postgres_url)
+    settings = settings_for(postgres_url, private_redis.url, "budget")
+    found = await turns(settings, redis)
+    await redis.flushall()  # the new process finds nothing cached
+    found["cold"] = await cold(settings, redis)
+    assert as_budgets(found) == POSTGRES
