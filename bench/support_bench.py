@@ -273,7 +273,7 @@ class ConsoleSink:
 
 async def console_run(
     database_url: str, redis_url: str, prefix: str, visitors: int, rate: float, seconds: float
-) -> list[float]:
+) -> tuple[list[float], float]:
     from bot.app import Parley
     from bot.policy import AccessRules
 
