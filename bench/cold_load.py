@@ -99,9 +99,7 @@ async def fill(engine: AsyncEngine, conversation_id: int, pairs: int) -> None:
             await conn.execute(sa.text("ANALYZE messages"))  # as autovacuum does after a load
 
 
-async def measure(
-    url: str, reps: int, sizes: tuple[int, ...] = SIZES
-) -> dict[int, list[float]]:
+async def measure(url: str, reps: int, sizes: tuple[int, ...] = SIZES) -> dict[int, list[float]]:
     from bot.app import Parley
     from bot.conversation.context import ContextLoader
     from bot.conversation.summary import Summarizer

@@ -3,6 +3,9 @@ with the two application API endpoints an agent bot uses, and Chatwoot's webhook
 Chatwoot 4.13+ signs them, sent to Parley.
 
 API (Chatwoot's status codes and error bodies):
+    GET  /api                                                  {version, ..., data_services}
+    GET  /api/v1/profile   401 "not authorized for bots" for the bot's token (bots may call
+                           only a few endpoints), 401 "Invalid Access Token", or a profile
     POST /api/v1/accounts/{a}/conversations/{c}/messages      {content, message_type, private}
     POST /api/v1/accounts/{a}/conversations/{c}/toggle_status  {status}
     401 {"error": "Invalid Access Token"} without the right api_access_token header;
@@ -22,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import html
 import itertools
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from markdown_it import MarkdownIt
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -41,11 +47,15 @@ from starlette.routing import Route
 from tests.local_server import serving
 
 TOKEN = "fake-chatwoot-agent-bot-token"
+USER_TOKEN = "fake-chatwoot-user-access-token"  # a person's profile token, not the bot's
 BOT_SECRET = "fake-chatwoot-agent-bot-webhook-secret"
 ACCOUNT_SECRET = "fake-chatwoot-account-webhook-secret"
 ACCOUNT = 7
 BOT = {"id": 3, "name": "Parley", "type": "agent_bot"}
 STATUSES = ("open", "pending", "resolved", "snoozed")
+# Chatwoot's dashboard renders message content with markdown-it (MessageFormatter.js).
+MARKDOWN = MarkdownIt("js-default", {"html": False, "breaks": True, "typographer": True})
+_TAG = re.compile(r"<[^>]*>")
 CONVERSATION_PATH = "/api/v1/accounts/{account:int}/conversations/{conversation:int}"
 
 
@@ -82,13 +92,18 @@ class FakeChatwoot:
         self._failures: list[tuple[int, str]] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._http = httpx.AsyncClient(timeout=30)
+        self.last_answer = ""  # the body of Parley's answer to the last webhook
+        self.version = "4.13.0"  # what GET /api reports
+        self.failing_services = False
 
     # -- the test's side ---------------------------------------------------------------------
 
-    def conversation(self, conversation_id: int, status: str = "pending") -> Conversation:
+    def conversation(
+        self, conversation_id: int, status: str = "pending", *, account: int = ACCOUNT
+    ) -> Conversation:
         contact = {"id": 500 + conversation_id, "name": "Kim", "type": "contact"}
-        conv = Conversation(ACCOUNT, conversation_id, status, contact)
-        self.conversations[(ACCOUNT, conversation_id)] = conv
+        conv = Conversation(account, conversation_id, status, contact)
+        self.conversations[(account, conversation_id)] = conv
         return conv
 
     def fail_next(self, status: int = 429, retry_after: str = "1") -> None:
@@ -131,6 +146,7 @@ class FakeChatwoot:
         for _ in range(times):
             response = await self._http.post(self.webhook_url, content=body, headers=headers)
             status = response.status_code
+            self.last_answer = response.text
             self.deliveries.append((str(payload.get("event")), status))
         return status
 
@@ -149,6 +165,15 @@ class FakeChatwoot:
 
     def private_notes(self, conv: Conversation) -> list[str]:
         return [m["content"] for m in conv.messages if m["private"] and m["sender"] == BOT]
+
+    def notes_html(self, conv: Conversation) -> list[str]:
+        """The bot's private notes as the dashboard renders them (MessageFormatter: markdown-it
+        with html off, breaks and typographer on; its linkify needs linkify-it, not here)."""
+        return [MARKDOWN.render(note) for note in self.private_notes(conv)]
+
+    def notes_shown(self, conv: Conversation) -> list[str]:
+        """What an agent reads of each note: the rendered HTML's text."""
+        return [html.unescape(_TAG.sub("", page)) for page in self.notes_html(conv)]
 
     def api_calls(self, suffix: str) -> list[Call]:
         return [c for c in self.calls if c.path.endswith(suffix)]
@@ -227,6 +252,8 @@ class FakeChatwoot:
     def app(self) -> Starlette:
         return Starlette(
             routes=[
+                Route("/api", self._api_index, methods=["GET"]),
+                Route("/api/v1/profile", self._profile, methods=["GET"]),
                 Route(f"{CONVERSATION_PATH}/messages", self._create_message, methods=["POST"]),
                 Route(f"{CONVERSATION_PATH}/toggle_status", self._toggle, methods=["POST"]),
             ]
@@ -240,6 +267,29 @@ class FakeChatwoot:
                 await self.settle()
             finally:
                 await self._http.aclose()
+
+    async def _api_index(self, request: Request) -> Response:
+        """`ApiController#index`: the version and health, no token needed."""
+        healthy = "failing" if self.failing_services else "ok"
+        return JSONResponse(
+            {
+                "version": self.version,
+                "timestamp": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                "queue_services": "ok",
+                "data_services": healthy,
+            }
+        )
+
+    async def _profile(self, request: Request) -> Response:
+        """`Api::V1::ProfilesController#show` behind `Api::BaseController`'s token checks: an
+        unknown token, then a bot's token on an endpoint not on the bots' list, are refused."""
+        token = request.headers.get("api_access_token")
+        if token == USER_TOKEN:
+            return JSONResponse({"id": 1, "name": "Sam Admin", "type": "user"})
+        if token == TOKEN:
+            message = "Access to this endpoint is not authorized for bots"
+            return JSONResponse({"error": message}, status_code=401)
+        return JSONResponse({"error": "Invalid Access Token"}, status_code=401)
 
     async def _checked(self, request: Request) -> tuple[Conversation | None, Any, Response | None]:
         try:

@@ -4,15 +4,32 @@ takes Parley's API calls; the model is a scripted backend that translates a few 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from adapters.chatwoot.settings import ChatwootSettings
 from backends.base import GenerationRequest
+from bot.adapter_registry import adapter_spec
+from bot.errors import AdapterError
 from bot.storage import migrate
 from bot.types import ConversationKey, Role
 from tests.doubles import ScriptedBackend
-from tests.fake_chatwoot import ACCOUNT, ChatwootWorker, chatwoot_worker
+from tests.fake_chatwoot import (
+    ACCOUNT,
+    ACCOUNT_SECRET,
+    BOT_SECRET,
+    TOKEN,
+    USER_TOKEN,
+    ChatwootWorker,
+    FakeChatwoot,
+    chatwoot_worker,
+)
+from tests.test_handoff_note import ATTACK, FORGED
 
 pytestmark = pytest.mark.postgres
 
@@ -37,8 +54,8 @@ async def worker(postgres_url: str) -> AsyncIterator[ChatwootWorker]:
         yield w
 
 
-def _key(conversation: int) -> ConversationKey:
-    return ConversationKey("chatwoot", f"{ACCOUNT}:{conversation}")
+def _key(conversation: int, account: int = ACCOUNT) -> ConversationKey:
+    return ConversationKey("chatwoot", f"{account}:{conversation}")
 
 
 async def _history(w: ChatwootWorker, conversation: int) -> list[tuple[Role, str]]:
@@ -120,7 +137,7 @@ async def test_handoff_then_the_agent_replies_in_english_and_the_customer_reads_
     await fake.contact_says(conv, "Wo ist mein Paket? Es ist seit einer Woche unterwegs.")
     await worker.idle()
     assert fake.public_replies(conv) == replies_before
-    assert any("Where is my parcel?" in n for n in fake.private_notes(conv))
+    assert any("Where is my parcel?" in n for n in fake.notes_shown(conv))
     history = await _history(worker, 4)
     assert (Role.USER, "Wo ist mein Paket? Es ist seit einer Woche unterwegs.") in history
 
@@ -234,3 +251,145 @@ async def test_taking_and_giving_back_elsewhere_moves_the_chatwoot_status(
     await worker.idle()
     assert conv.status == "pending"
     assert [c.body["status"] for c in fake.api_calls("/toggle_status")] == ["open", "pending"]
+
+
+async def test_the_attack_payload_reaches_the_agent_as_text_not_markup(postgres_url: str) -> None:
+    """H7 M2 and D9 through Chatwoot, without a model: the note as the dashboard shows it."""
+    await migrate.upgrade(postgres_url)
+    async with chatwoot_worker(postgres_url, None) as w:
+        fake = w.fake
+        conv = fake.conversation(20)
+        assert await fake.contact_says(conv, ATTACK) == 200
+        assert await fake.contact_says(conv, "I want to talk to a human") == 200
+        await w.idle()
+        assert conv.status == "open"
+        (page,) = fake.notes_html(conv)
+        (shown,) = fake.notes_shown(conv)
+    assert "<img" not in page and "<a " not in page
+    assert "![x](https://evil.example/pixel.png)" in shown
+    (forged,) = [line for line in shown.splitlines() if FORGED in line]
+    assert forged.startswith("Customer: ")
+    assert "\u202e" not in shown and "<|im_start|>" not in shown
+    assert "No language model is configured" not in shown
+
+
+def _set(payload: dict[str, Any], path: tuple[str, ...], value: object) -> None:
+    for part in path[:-1]:
+        payload = payload[part]
+    payload[path[-1]] = value
+
+
+async def test_ids_outside_chatwoots_range_get_a_short_400_and_nothing_recorded(
+    worker: ChatwootWorker,
+) -> None:
+    """A 500 would have Chatwoot retry a body that can never be recorded (H7 L2)."""
+    fake = worker.fake
+    conv = fake.conversation(21)
+    paths = [("id",), ("account", "id"), ("conversation", "id"), ("sender", "id")]
+    for path in paths:
+        for value in (10**200, 2**63, 0, -1):
+            message = fake.new_message(conv, "hi", "incoming", private=False, sender=conv.contact)
+            payload = fake.message_payload(conv, message)
+            payload["sender"] = dict(conv.contact)
+            _set(payload, path, value)
+            assert await fake.send(payload) == 400, (path, value)
+            assert len(fake.last_answer) < 200 and "Traceback" not in fake.last_answer
+    status = {**fake.conversation_data(conv), "event": "conversation_status_changed"}
+    status["meta"]["assignee"] = {"id": 10**30, "name": "Alex"}
+    assert await fake.send(status, secret=ACCOUNT_SECRET) == 400
+    await worker.idle()
+    assert await worker.app.store.conversation_id(_key(21)) is None
+    # The largest id Chatwoot can have is taken, and answered.
+    message = fake.new_message(conv, "biggest", "incoming", private=False, sender=conv.contact)
+    message["id"] = 2**63 - 1
+    assert await fake.send(fake.message_payload(conv, message)) == 200
+    await worker.idle()
+    assert fake.public_replies(conv) == ["echo: biggest"]
+
+
+async def test_payload_values_are_logged_as_short_reprs(
+    worker: ChatwootWorker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newline in a signed payload's value cannot forge a log line (H7 L3)."""
+    caplog.set_level(logging.DEBUG)
+    fake = worker.fake
+    conv = fake.conversation(22)
+    forged = "activity\nCRITICAL forged line " + "x" * 5000
+    message = fake.new_message(conv, "hi", "incoming", private=False, sender=conv.contact)
+    assert await fake.send({**fake.message_payload(conv, message), "message_type": forged}) == 200
+    assert await fake.send({"event": "evil\r\nCRITICAL forged" * 50}) == 200
+    bad = {**fake.message_payload(conv, message), "event": "message_created", "sender": "x\ny"}
+    assert await fake.send(bad) == 400
+    await worker.idle()
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("adapters.chatwoot")]
+    assert sum("forged" in line for line in ours) == 2  # logged, as reprs
+    assert all("\n" not in line and "\r" not in line and len(line) < 300 for line in ours)
+
+
+async def test_the_same_message_id_in_two_accounts_is_two_messages(
+    worker: ChatwootWorker, postgres_url: str
+) -> None:
+    """Another account (or a reinstalled Chatwoot) numbers its messages from 1 too (H7 L8)."""
+    fake = worker.fake
+    for account, words in ((ACCOUNT, "from seven"), (8, "from eight")):
+        conv = fake.conversation(23, account=account)
+        message = fake.new_message(conv, words, "incoming", private=False, sender=conv.contact)
+        message["id"] = 4242
+        assert await fake.send(fake.message_payload(conv, message)) == 200
+    await worker.idle()
+    assert fake.public_replies(fake.conversations[(ACCOUNT, 23)]) == ["echo: from seven"]
+    assert fake.public_replies(fake.conversations[(8, 23)]) == ["echo: from eight"]
+    engine = create_async_engine(postgres_url)
+    try:
+        async with engine.connect() as connection:
+            query = text("SELECT idempotency_key FROM messages WHERE idempotency_key LIKE 'chat%'")
+            keys = set((await connection.execute(query)).scalars())
+    finally:
+        await engine.dispose()
+    assert keys == {f"chatwoot:{ACCOUNT}:4242", "chatwoot:8:4242"}
+
+
+async def test_with_account_id_set_other_accounts_are_refused_and_nothing_recorded(
+    postgres_url: str,
+) -> None:
+    """H7 L9: a signed webhook of another account is not served."""
+    await migrate.upgrade(postgres_url)
+    async with chatwoot_worker(postgres_url, ScriptedBackend(translating), account_id=ACCOUNT) as w:
+        fake = w.fake
+        other = fake.conversation(24, account=99)
+        assert await fake.contact_says(other, "hello") == 403
+        status = {**fake.conversation_data(other), "event": "conversation_status_changed"}
+        assert await fake.send({**status, "account": {"id": 99}}, secret=ACCOUNT_SECRET) == 403
+        await w.idle()
+        assert await w.app.store.conversation_id(_key(24, 99)) is None
+        assert fake.calls == []
+        mine = fake.conversation(25)
+        assert await fake.contact_says(mine, "hello") == 200
+        await w.idle()
+        assert fake.public_replies(mine) == ["echo: hello"]
+
+
+async def test_doctor_checks_the_url_the_token_and_the_signing_version() -> None:
+    check = adapter_spec("chatwoot").load_doctor()
+    assert check is not None
+    fake = FakeChatwoot()
+    async with fake.serving() as base_url:
+
+        def section(**values: Any) -> ChatwootSettings:
+            given = {"api_access_token": TOKEN, "webhook_secret": BOT_SECRET, **values}
+            return ChatwootSettings(url=base_url, **given)
+
+        assert await check(section()) == "Chatwoot 4.13.0 at 127.0.0.1, agent bot token accepted"
+        assert "a user's access token" in await check(section(api_access_token=USER_TOKEN))
+        with pytest.raises(AdapterError, match="refused the API access token") as refused:
+            await check(section(api_access_token="not-the-token"))
+        assert "not-the-token" not in str(refused.value)
+        fake.version = "4.12.1"  # does not sign agent bot webhooks: only the path secret works
+        with pytest.raises(AdapterError, match="PATH_SECRET"):
+            await check(section())
+        assert "4.12.1" in await check(section(path_secret="p" * 32))
+        fake.failing_services = True
+        with pytest.raises(AdapterError, match="data_services failing"):
+            await check(section())
+    with pytest.raises(AdapterError, match="ConnectError"):  # nothing listens there any more
+        await check(section())

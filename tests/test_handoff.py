@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import event
 
 from adapters.kit.runner import host_for
+from adapters.support.webhooks import WebhookBridge, WebhookTarget, event_id
 from adapters.telegram.adapter import TelegramAdapter
 from adapters.telegram.settings import TelegramSettings
 from backends.base import GenerationRequest
@@ -34,6 +35,7 @@ from bot.types import ConversationKey, Incoming, Role, User
 from tests.doubles import ScriptedBackend, echo_last_user
 from tests.telegram_api import TOKEN, FakeBotApi
 from tests.telegram_updates import feed, text_update
+from tests.test_support_desk_webhooks import SECRET, receiver
 
 CHAT = 42
 KEY = ConversationKey("telegram", str(CHAT))
@@ -397,3 +399,42 @@ async def test_repeated_take_is_one_change_and_triggers_can_be_turned_off(pg: st
         assert [(e.kind, e.agent) for e in bridge.events] == [
             (EventKind.TAKEN, "sam"), (EventKind.TAKEN, "kim")
         ]  # fmt: skip
+
+
+async def test_a_request_lost_before_delivery_goes_out_again_at_each_start(pg: str) -> None:
+    """H7 H2: the events lived only in memory, so a stop or crash between the SQL change and
+    the delivery left the customer waiting for a desk that never heard of them. Each start
+    hands every waiting conversation's request on again, with the first event's id."""
+    first = RecordingBridge()
+    other = ConversationKey("telegram", "43")
+    async with stack(pg, ScriptedBackend(), bridge=first) as (app, adapter, _):
+        await send(app, adapter, 1, "I want to talk to a person")  # delivered
+        await feed(adapter, text_update(2, 43, "hello"))
+        await settle(app, adapter)
+        found = await app.store.conversation_id(other)
+        assert found is not None
+        # The crash: the state changed in SQL, the process died before anything was handed on.
+        await app.desk.repo.change(
+            found, HandoffState.WAITING, Reason.SENTIMENT, allowed_from=(HandoffState.BOT,)
+        )
+    (sent,) = first.events
+    settings = load_settings(None, database={"url": pg})
+    backend: Any = ScriptedBackend()
+    async with receiver() as desk:
+        target = WebhookTarget(url=desk.url, secret=SECRET)  # type: ignore[arg-type]
+        for start in (1, 2):
+            bridge, hooks = RecordingBridge(), WebhookBridge({}, target)
+            async with Parley(settings, backend=backend) as restarted:
+                restarted.desk.attach(bridge)  # as adapters attach theirs, after the start
+                restarted.desk.attach(hooks)
+                await restarted.desk.idle()  # the webhooks' own queues included
+                assert len(desk.seen) == 2 * start
+                await hooks.aclose()
+            assert [(e.kind, e.key, e.reason) for e in bridge.events] == [
+                (EventKind.REQUESTED, KEY, Reason.ASKED),
+                (EventKind.REQUESTED, other, Reason.SENTIMENT),
+            ]
+            assert bridge.events[1].note is not None  # the note the crash kept from the agent
+            assert event_id(bridge.events[0]) == event_id(sent)
+    ids = [headers["parley-event-id"] for headers, _ in desk.seen]
+    assert ids[0] == ids[2] == event_id(sent) and ids[1] == ids[3] != ids[0]

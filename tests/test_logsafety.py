@@ -133,7 +133,9 @@ def test_secrets_in_settings_finds_the_support_webhooks_secrets() -> None:
         None,
         support={
             "webhook": {"url": "https://desk.example/all", "secret": "default-hook-secret"},
-            "webhooks": {"shop": {"url": "https://desk.example/shop", "secret": "shop-secret-of-sixteen"}},
+            "webhooks": {
+                "shop": {"url": "https://desk.example/shop", "secret": "shop-secret-of-sixteen"}
+            },
         },
     )
     found = set(logsafety.secrets_in(settings))

@@ -209,6 +209,8 @@ async def test_the_agent_api_takes_only_the_sites_server_key(worker: Worker) -> 
                                                headers=bearer(visitor["token"])),
             "site key": await client.post("/v1/handoff/take", json=body,
                                           headers=bearer(shop.public_key)),
+            "site key header": await client.post("/v1/handoff/take", json=body,
+                                                 headers={"X-Parley-Site-Key": shop.public_key}),
             "another site": await client.post("/v1/handoff/take", json=body, headers=blog_key),
             "no such visitor": await client.get("/v1/handoff", headers=shop_key,
                                                 params={"visitor_id": "v_nobody"}),
@@ -223,6 +225,7 @@ async def test_the_agent_api_takes_only_the_sites_server_key(worker: Worker) -> 
     codes = {name: r.status_code for name, r in refused.items()}
     assert codes == {
         "no key": 401, "wrong key": 401, "visitor token": 403, "site key": 403,
+        "site key header": 403,
         "another site": 404, "no such visitor": 404, "bad visitor id": 422, "blank agent": 422,
         "bot has it": 409,
     }  # fmt: skip
@@ -257,3 +260,150 @@ async def test_a_repeated_idempotency_key_posts_the_agents_message_once(worker: 
             await post("k-2", "Done.")  # a later message: once it is shown, so is any repeat
             events = await until(stream, named("agent", text="Done."))
     assert [data(e)["text"] for e in events if e.event == "agent"] == ["One moment.", "Done."]
+
+
+async def agent_post(
+    client: httpx.AsyncClient, auth: dict[str, str], key: str, **body: str
+) -> httpx.Response:
+    """POST /v1/handoff/messages with the server key `auth` (and `key` as Idempotency-Key)."""
+    headers = {**auth, "Idempotency-Key": key} if key else auth
+    return await client.post("/v1/handoff/messages", headers=headers, json=body)
+
+
+async def taken_visitor(
+    client: httpx.AsyncClient, agent: dict[str, str], site: Any
+) -> tuple[str, str]:
+    """A visitor who wrote once and whose conversation Dana took: (visitor id, token)."""
+    visitor = await new_visitor(client, site)
+    wrote = await client.post("/v1/messages", headers=bearer(visitor["token"]),
+                              json={"text": "hello"})  # fmt: skip
+    assert wrote.status_code == 202, wrote.text
+    who = visitor["visitor_id"]
+    taken = await client.post("/v1/handoff/take", headers=agent,
+                              json={"visitor_id": who, "agent": "Dana"})  # fmt: skip
+    assert taken.status_code == 200, taken.text
+    return who, visitor["token"]
+
+
+END = "(end of test)"
+
+
+async def settle(
+    client: httpx.AsyncClient, auth: dict[str, str], who: str, stream: EventReader
+) -> None:
+    """Return once every agent reply posted before is recorded as answered. A reply is
+    recorded just after its event is sent, and one conversation's turns run one at a time:
+    once a last reply's event arrives, every earlier one is in history."""
+    posted = await agent_post(client, auth, "", visitor_id=who, agent="Dana", text=END)
+    assert posted.status_code == 202, posted.text
+    await until(stream, named("agent", text=END))
+
+
+async def history(client: httpx.AsyncClient, token: str) -> list[dict[str, Any]]:
+    """The visitor's history, the marker of `settle` left out."""
+    page = (await client.get("/v1/history", headers=bearer(token))).json()
+    return [m for m in page["messages"] if m["text"] != END]
+
+
+async def agents_in_history(client: httpx.AsyncClient, token: str) -> list[str]:
+    return [m["text"] for m in await history(client, token) if m["role"] == "agent"]
+
+
+async def test_an_idempotency_key_belongs_to_one_conversation_and_one_body(
+    worker: Worker,
+) -> None:
+    site = await worker.add_site("shop")
+    agent = await server_key(worker, "shop")
+    async with worker.client() as client:
+        a, a_token = await taken_visitor(client, agent, site)
+        b, b_token = await taken_visitor(client, agent, site)
+        async with (
+            open_stream(client, a_token) as a_stream,
+            open_stream(client, b_token) as b_stream,
+        ):
+            one = await agent_post(client, agent, "ticket-42", visitor_id=a, agent="Dana",
+                                   text="reply ONE")  # fmt: skip
+            # The same key for another visitor is another message, sent to that visitor.
+            two = await agent_post(client, agent, "ticket-42", visitor_id=b, agent="Dana",
+                                   text="reply TWO")  # fmt: skip
+            assert one.status_code == two.status_code == 202, (one.text, two.text)
+            assert one.json()["message_id"] != two.json()["message_id"]
+            assert two.json()["conversation_id"] == f"shop:{b}"
+            await until(b_stream, named("agent", text="reply TWO"))
+            # The same key with another text or agent: refused, never a 202 for a message
+            # that was not sent; with the same body: the first message's id, sent once.
+            other_text = await agent_post(client, agent, "ticket-42", visitor_id=a,
+                                          agent="Dana", text="reply THREE")  # fmt: skip
+            other_agent = await agent_post(client, agent, "ticket-42", visitor_id=a,
+                                           agent="Sam", text="reply ONE")  # fmt: skip
+            again = await agent_post(client, agent, "ticket-42", visitor_id=a, agent="Dana",
+                                     text="reply ONE")  # fmt: skip
+            for refused in (other_text, other_agent):
+                assert refused.status_code == 422, refused.text
+                assert refused.json()["error"]["code"] == "idempotency_mismatch"
+            assert again.status_code == 202 and again.json() == one.json()
+            later = await agent_post(client, agent, "ticket-43", visitor_id=a, agent="Dana",
+                                     text="Done.")  # fmt: skip
+            assert later.status_code == 202, later.text
+            events = await until(a_stream, named("agent", text="Done."))
+            await settle(client, agent, a, a_stream)
+            await settle(client, agent, b, b_stream)
+        assert [data(e)["text"] for e in events if e.event == "agent"] == ["reply ONE", "Done."]
+        assert await agents_in_history(client, a_token) == ["reply ONE", "Done."]
+        assert await agents_in_history(client, b_token) == ["reply TWO"]
+
+
+async def test_history_shows_an_agents_reply_as_its_event_did(worker: Worker) -> None:
+    site = await worker.add_site("shop", languages=["de", "en"])
+    agent = await server_key(worker, "shop")
+    async with worker.client() as client:
+        client.headers["Accept-Language"] = "de-DE,de;q=0.9"
+        visitor = await new_visitor(client, site)
+        who, auth = visitor["visitor_id"], bearer(visitor["token"])
+        async with open_stream(client, visitor["token"]) as stream:
+            await client.post("/v1/messages", headers=auth, json={"text": ASK})
+            await until(stream, named("handoff", state="waiting"))
+            # A reply while it waits takes it.
+            for key, text in (("r-1", REPLY), ("r-2", "OK")):
+                posted = await agent_post(client, agent, key, visitor_id=who, agent="Dana",
+                                          text=text)  # fmt: skip
+                assert posted.status_code == 202, posted.text
+            await settle(client, agent, who, stream)
+        messages = await history(client, visitor["token"])
+    german = TRANSLATIONS[("German", REPLY)]
+    # The visitor's question, the bot's "handing you over", then the agent's two replies.
+    assert [m["role"] for m in messages] == ["user", "assistant", "agent", "agent"]
+    assert messages[0]["text"] == ASK
+    said = [data(e) for e in stream.events if e.event == "agent" and data(e)["text"] != END]
+    fields = ("text", "name", "translated", "original")
+    shown = [{k: m[k] for k in fields} for m in messages if m["role"] == "agent"]
+    assert shown == [{k: e[k] for k in fields} for e in said]
+    assert shown[0] == {"text": german, "name": "Dana", "translated": True, "original": REPLY}
+    assert all(m["sources"] == [] for m in messages if m["role"] == "agent")
+
+
+async def test_an_agent_cannot_pass_for_the_bot_nor_take_another_agents_conversation(
+    worker: Worker,
+) -> None:
+    site = await worker.add_site("shop")
+    agent = await server_key(worker, "shop")
+    async with worker.client() as client:
+        who, _ = await taken_visitor(client, agent, site)
+
+        async def take(name: str, **more: Any) -> httpx.Response:
+            body = {"visitor_id": who, "agent": name, **more}
+            return await client.post("/v1/handoff/take", headers=agent, json=body)
+
+        for bot in ("Parley", "PARLEY", " parley.", "Ｐａｒｌｅｙ"):
+            named_so = await take(bot, force=True)
+            assert named_so.status_code == 422, (bot, named_so.text)
+            said = await agent_post(client, agent, "", visitor_id=who, agent=bot, text="Hi")
+            assert said.status_code == 422, (bot, said.text)
+            assert "bot's name" in said.json()["error"]["message"]
+        sam = await take("Sam")
+        assert sam.status_code == 409 and sam.json()["error"]["code"] == "taken", sam.text
+        assert (await take("Dana")).json()["agent"] == "Dana"  # the one who has it: fine
+        forced = await take("Sam", force=True)
+        assert forced.status_code == 200 and forced.json()["agent"] == "Sam", forced.text
+        status = await client.get("/v1/handoff", headers=agent, params={"visitor_id": who})
+    assert status.json()["agent"] == "Sam"

@@ -111,6 +111,7 @@ async def test_a_delivery_is_signed_and_the_documented_snippet_verifies_it() -> 
         hooks = bridge(r.url)
         sent = event()
         await hooks.publish(sent)
+        await hooks.idle()
         await hooks.aclose()
     ((headers, body),) = r.seen
     stamp, signature = headers["parley-timestamp"], headers["parley-signature"]
@@ -141,6 +142,7 @@ async def test_a_500_is_retried_with_the_same_event_id_and_a_fresh_signature() -
     async with receiver(500, 503) as r:
         hooks = bridge(r.url, clock=lambda: next(stamps))
         await hooks.publish(event())
+        await hooks.idle()
         await hooks.aclose()
     assert len(r.seen) == 3
     assert len({h["parley-event-id"] for h, _ in r.seen}) == 1
@@ -155,8 +157,10 @@ async def test_retries_are_bounded_and_a_4xx_is_not_retried() -> None:
     async with receiver(500, 500, 500, 500, 422) as r:
         hooks = bridge(r.url, attempts=3)
         await hooks.publish(event())  # never raises: the desk would only try again
+        await hooks.idle()
         assert len(r.seen) == 3
         await hooks.publish(event(EventKind.TAKEN))  # the 4th answer: 500, then a 422
+        await hooks.idle()
         await hooks.aclose()
     assert len(r.seen) == 5
     assert [(d.status, d.attempts) for d in hooks.deliveries] == [(500, 3), (422, 2)]
@@ -167,6 +171,7 @@ async def test_a_receiver_that_is_down_is_retried_then_given_up() -> None:
         url = r.url
     hooks = bridge(url, attempts=2)  # the server is gone: connection refused
     await hooks.publish(event())
+    await hooks.idle()
     await hooks.aclose()
     assert [(d.status, d.attempts) for d in hooks.deliveries] == [(0, 2)]
 
@@ -180,6 +185,7 @@ async def test_each_event_goes_to_its_sites_target_or_the_default() -> None:
         await hooks.publish(event())
         await hooks.publish(event(key=ConversationKey("support", "blog:v_x1")))
         await hooks.publish(event(key=ConversationKey("telegram", "12345")))
+        await hooks.idle()
         await hooks.aclose()
     assert len(shop.seen) == 1 and len(default.seen) == 2
     sites = [json.loads(body)["conversation"] for _, body in default.seen]
@@ -199,7 +205,60 @@ async def test_neither_the_secret_nor_the_url_is_logged(caplog: pytest.LogCaptur
         hooks = bridge(r.url, attempts=2)
         await hooks.publish(event())
         await hooks.publish(event(EventKind.TAKEN))
+        await hooks.idle()
         await hooks.aclose()
     assert "webhook shop" in caplog.text  # the failures were logged ...
     for secret in (SECRET, "path-token-abc", r.url, "refund"):
         assert secret not in caplog.text  # ... without the secret, the URL or the text
+
+
+@asynccontextmanager
+async def blackhole() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A receiver that accepts each request and never answers (a hung help desk); the event
+    is set once the first request arrived."""
+    reached = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        reached.set()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/hooks", reached
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_receiver_that_never_answers_delays_only_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """H7 H1: a dead site's receiver held every other receiver's events for minutes."""
+    caplog.set_level(logging.WARNING)
+    slow_site = ConversationKey("support", "other:v_1")
+    async with blackhole() as (dead_url, reached), receiver() as healthy:
+        hooks = WebhookBridge(
+            {"other": WebhookTarget(url=dead_url, secret=SECRET)},  # type: ignore[arg-type]
+            WebhookTarget(url=healthy.url, secret=OTHER_SECRET),  # type: ignore[arg-type]
+            timeout_s=120, queue_max=2,
+        )  # fmt: skip
+        async with asyncio.timeout(2):  # publish only queues: it never waits for a receiver
+            await hooks.publish(event(key=slow_site))
+            await hooks.publish(event(key=slow_site))
+            await hooks.publish(event())  # site shop: the default receiver
+            (headers, payload), *_ = await healthy.delivered("handoff.requested")
+            await reached.wait()  # the dead one holds its first event, unanswered
+        assert payload["conversation"]["site"] == "shop"
+        assert headers["parley-event-id"] == payload["id"]
+        for _ in range(3):  # its queue (2) is full: the oldest waiting ones go, with a warning
+            await hooks.publish(event(EventKind.TAKEN, key=slow_site))
+        await hooks.aclose()
+    assert caplog.text.count("webhook other: 2 events waiting, the oldest") == 1  # 1 in 100
+    assert "the oldest (handoff.requested) dropped; 1 so far" in caplog.text
+    assert "webhook other: 3 events not delivered: stopping" in caplog.text
+    assert len(healthy.seen) == 1
