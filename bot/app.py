@@ -126,6 +126,7 @@ class Parley:
         register_skills(self.router, services)
         register_human_intent(self.router, s.handoff)
         handoff = self._handoff(services)
+        await self.desk.start()  # requests a stop or crash kept from the help desk
         self.manager = ConversationManager(
             store=self.store,
             cache=cache,

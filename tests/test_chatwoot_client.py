@@ -108,7 +108,7 @@ def test_a_contacts_message_in_a_pending_conversation_is_for_the_bot() -> None:
     assert action.status == "pending"
     incoming = action.incoming
     assert (incoming.key.platform, incoming.key.chat_id) == ("chatwoot", f"{ACCOUNT}:12")
-    assert incoming.idempotency_key == str(message["id"])
+    assert incoming.idempotency_key == f"chatwoot:{ACCOUNT}:{message['id']}"
     assert incoming.user.user_id == str(conv.contact["id"])
     assert incoming.text == "Wo ist meine Bestellung?"
 
@@ -136,7 +136,7 @@ def test_outgoing_private_and_activity_messages_are_ignored_but_an_agents_reply_
     action = read(_body(fake.message_payload(conv, note)), reply_prefix="/reply ")
     assert isinstance(action, AgentReply)
     assert action == AgentReply(
-        action.key, "Your order ships today.", "chatwoot:42", f"chatwoot:{note['id']}"
+        action.key, "Your order ships today.", "chatwoot:42", f"chatwoot:{ACCOUNT}:{note['id']}"
     )
 
 

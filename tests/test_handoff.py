@@ -363,7 +363,7 @@ def test_the_note_lists_what_the_bot_cited() -> None:
         row(4, Role.ASSISTANT, "30 days [1].\n\nSources:\n[1] Returns - faq.md#returns"),
     ]
     assert cited(history) == ["Warranty - terms.md#scope", "Returns - faq.md#returns"]
-    assert transcript(history).splitlines()[0] == "Customer: how long is the warranty?"
+    assert transcript(history).splitlines()[0] == 'Customer: "how long is the warranty?"'
 
 
 async def test_a_change_on_one_worker_reaches_the_other_through_redis(

@@ -6,8 +6,9 @@ posted as one outgoing message (Chatwoot has no edits to stream into, so the str
 collected first), and the desk's events through the bridge (adapters.chatwoot.bridge).
 
 Conversation key: platform "chatwoot", chat id "<account id>:<conversation display id>";
-idempotency key: Chatwoot's message id, so a webhook Chatwoot re-sends is recorded and
-answered once.
+idempotency key: "chatwoot:<account id>:<message id>", so a webhook Chatwoot re-sends is
+recorded and answered once, and another Chatwoot's (or account's) message 101 is not taken for
+a repeat.
 
 Who has a conversation is the core's desk (bot.handoff); Chatwoot's status is its mirror:
 pending or resolved means the bot, open or snoozed a person. Status webhooks move the desk

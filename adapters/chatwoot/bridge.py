@@ -8,6 +8,10 @@ Chatwoot calls.
                         who resolved it must not see it reopened)
     message.customer    the translation for the agent as a private note (the customer's own
                         message is already in the conversation); nothing when none was made
+
+Both notes hold text from the customer; Chatwoot renders notes as Markdown (markdown-it, in
+the dashboard's MessageFormatter), so that text is made one line (no forged lines), cleaned of
+invisible controls and control tokens, and Markdown-escaped (an image shows as its text).
     message.agent       nothing: the adapter's sink posts the reply as it reaches the customer
 
 Raising (a ChatwootError after the client's retries) leaves the event to the desk's retry;
@@ -18,12 +22,15 @@ from __future__ import annotations
 
 import logging
 
-from bot.handoff.types import DeskEvent, EventKind
+from bot.handoff.types import DeskEvent, EventKind, clean_line, escape_markdown
 
 from .client import ChatwootClient, ConversationRef
 from .payloads import PLATFORM
 
 log = logging.getLogger(__name__)
+
+# A translation note holds one customer message; Chatwoot takes up to 150,000 characters.
+MESSAGE_NOTE_CHARS = 10_000
 
 
 def conversation_ref(chat_id: str) -> ConversationRef:
@@ -37,8 +44,11 @@ def from_chatwoot(agent: str) -> bool:
 
 
 def translation_note(event: DeskEvent) -> str:
-    source = event.language or "?"
-    return f"Translation ({source}):\n{event.translation}"
+    """The customer's message in the agent's language, as Markdown that shows it as typed
+    (Chatwoot renders notes as Markdown: an image in it would load in the agent's browser)."""
+    source = clean_line(event.language, 20) or "?"
+    text = escape_markdown(clean_line(event.translation, MESSAGE_NOTE_CHARS))
+    return f"Translation ({escape_markdown(source)}):\n{text}"
 
 
 class ChatwootBridge:
@@ -63,6 +73,6 @@ class ChatwootBridge:
     @staticmethod
     def _note(event: DeskEvent) -> str:
         if event.note is not None:
-            return event.note.render()
+            return event.note.render(markdown=True)  # Chatwoot renders notes as Markdown
         reason = event.reason.value if event.reason is not None else "requested"
         return f"Handoff: {reason}"

@@ -113,6 +113,19 @@ class ChatwootClient:
             "toggle status", f"{conversation.path}/toggle_status", {"status": status}
         )
 
+    async def probe(self, path: str) -> tuple[int, dict[str, Any]]:
+        """One GET for `parley doctor` (no retries): the status and the JSON object answered
+        ({} when the body is not one). A network failure is a ChatwootError."""
+        try:
+            response = await self._http.get(path)
+        except httpx.HTTPError as exc:
+            raise ChatwootError(f"chatwoot GET {path}: {type(exc).__name__}") from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        return response.status_code, data if isinstance(data, dict) else {}
+
     async def _call(self, what: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_retryable),

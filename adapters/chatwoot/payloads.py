@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.kit.actions import Ignore
 from bot.types import ConversationKey, Incoming, User
@@ -47,22 +48,37 @@ class MalformedWebhook(ValueError):
     """The body is not a webhook Parley can read (400: re-sending it would never help)."""
 
 
+class ForeignAccount(ValueError):
+    """A webhook of another account than `chatwoot.account_id` (403; nothing is recorded)."""
+
+
+# Chatwoot's ids are PostgreSQL bigints; anything else is not Chatwoot's (and would not fit
+# the idempotency key's column): a 400, never a 500 that Chatwoot would retry.
+ChatwootId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A value from a payload as it may appear in a log line or a 400: its repr (no line
+    breaks or invisible characters unescaped), at most `limit` characters of it."""
+    return repr(str(value)[:limit])
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
 class _Sender(_Model):
-    id: int
+    id: ChatwootId
     name: str = ""
     type: str = ""
 
 
 class _Account(_Model):
-    id: int
+    id: ChatwootId
 
 
 class _Assignee(_Model):
-    id: int
+    id: ChatwootId
     name: str = ""
 
 
@@ -71,11 +87,11 @@ class _Meta(_Model):
 
 
 class _MessageRef(_Model):
-    account_id: int | None = None
+    account_id: ChatwootId | None = None
 
 
 class _Conversation(_Model):
-    id: int
+    id: ChatwootId
     status: str = ""
     meta: _Meta | None = None
     messages: list[_MessageRef] = []
@@ -83,7 +99,7 @@ class _Conversation(_Model):
 
 
 class _Message(_Model):
-    id: int
+    id: ChatwootId
     content: str | None = None
     message_type: str | int
     private: bool = False
@@ -129,8 +145,9 @@ def agent_name(user_id: int) -> str:
 
 
 def read(body: bytes, *, reply_prefix: str, account_id: int | None = None) -> Action:
-    """A webhook body as an action, or MalformedWebhook (never another exception).
-    `account_id`: for conversation events that name no account."""
+    """A webhook body as an action; MalformedWebhook or ForeignAccount (never another
+    exception). `account_id`: the only account served (when set), and the account of
+    conversation events that name none."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -140,14 +157,21 @@ def read(body: bytes, *, reply_prefix: str, account_id: int | None = None) -> Ac
     event = data["event"]
     try:
         if event == "message_created":
-            return _message(_Message.model_validate(data), reply_prefix)
+            message = _Message.model_validate(data)
+            _served(message.account.id, account_id)
+            return _message(message, reply_prefix)
         if event in CONVERSATION_EVENTS:
             return _status(_Conversation.model_validate(data), account_id)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise MalformedWebhook(f"{event}: {where}: {first['msg']}") from None
-    return Ignore(f"event {event[:40]}")
+        raise MalformedWebhook(f"{shown(event)}: {where[:80]}: {first['msg'][:80]}") from None
+    return Ignore(f"event {shown(event)}")
+
+
+def _served(account: int, account_id: int | None) -> None:
+    if account_id is not None and account != account_id:
+        raise ForeignAccount(f"account {account} is not chatwoot.account_id")
 
 
 def _message(message: _Message, reply_prefix: str) -> Action:
@@ -165,7 +189,8 @@ def _message(message: _Message, reply_prefix: str) -> Action:
             key=key,
             user=user,
             text=text,
-            idempotency_key=str(message.id),
+            # Scoped: another Chatwoot (or account) numbers its messages from 1 too.
+            idempotency_key=message_key(message.account.id, message.id),
             platform_message_id=str(message.id),
             sent_at=sent_at(message.created_at),
         )
@@ -176,8 +201,14 @@ def _message(message: _Message, reply_prefix: str) -> Action:
         reply = text[len(reply_prefix) :].strip()
         if not reply:
             return Ignore("an empty reply")
-        return AgentReply(key, reply, agent_name(sender.id), f"{PLATFORM}:{message.id}")
-    return Ignore(f"{kind} message")
+        idempotency_key = message_key(message.account.id, message.id)
+        return AgentReply(key, reply, agent_name(sender.id), idempotency_key)
+    return Ignore(f"{shown(kind)} message")
+
+
+def message_key(account_id: int, message_id: int) -> str:
+    """A Chatwoot message's idempotency key: `chatwoot:<account>:<message id>`."""
+    return f"{PLATFORM}:{account_id}:{message_id}"
 
 
 def sent_at(value: str | int | float | None) -> datetime:
@@ -201,6 +232,7 @@ def _status(conversation: _Conversation, account_id: int | None) -> Action:
     account = account or account_id
     if account is None:
         raise MalformedWebhook("conversation event without an account (set chatwoot.account_id)")
+    _served(account, account_id)
     if not conversation.status:
         return Ignore("no status")
     meta = conversation.meta

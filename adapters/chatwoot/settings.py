@@ -22,8 +22,9 @@ class ChatwootSettings(AdapterSettings):
     account_id: int | None = Field(
         None,
         ge=1,
-        description="The account, for conversation webhooks that name none (every message "
-        "webhook names its own)",
+        description="The only Chatwoot account served: webhooks of any other account are "
+        "refused (403) and nothing is recorded; also the account of conversation webhooks that "
+        "name none. Unset: every account the token's webhooks come from",
     )
     webhook_secret: SecretStr | None = Field(
         None,

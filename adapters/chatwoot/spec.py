@@ -12,4 +12,5 @@ SPEC = AdapterSpec(
     settings=ChatwootSettings,
     factory="adapters.chatwoot.adapter:create",
     summary="Chatwoot agent bot: answers pending conversations, hands off to Chatwoot's agents",
+    doctor="adapters.chatwoot.doctor:doctor",
 )

@@ -9,10 +9,14 @@ Authentication, before anything is parsed or stored:
   time (403). Both may be configured at once; then both must hold.
 
 A body over `max_body_bytes` gets 413 before it is read whole; a body that is not a webhook
-Parley can read gets 400 with a short reason. The 200 goes out after the action is done (a
-message recorded in SQL); a database that cannot take it gets 500, which Chatwoot's agent bot
-job retries (it retries 429 and 500 only), and the message id makes the repeat harmless.
-Secrets and message text are never logged.
+Parley can read gets 400 with a short reason (an id outside Chatwoot's 1..2**63-1 too: a 500
+would have Chatwoot retry a body that can never be recorded); with `account_id` set, a
+webhook of another account gets 403, before anything is recorded. The 200 goes out after
+the action is done (a message recorded in SQL); a database that cannot take it gets 500, which
+Chatwoot's agent bot job retries (it retries 429 and 500 only), and the message's idempotency
+key makes the repeat harmless.
+Secrets and message text are never logged; a payload value in a log line is a truncated
+repr (payloads.shown), so it cannot forge a line.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from starlette.routing import Route
 
 from bot.errors import BotError, StorageError
 
-from .payloads import Action, MalformedWebhook, read
+from .payloads import Action, ForeignAccount, MalformedWebhook, read
 from .settings import ChatwootSettings
 
 log = logging.getLogger(__name__)
@@ -135,9 +139,12 @@ async def _handle(
         action = read(
             body, reply_prefix=settings.agent_reply_prefix, account_id=settings.account_id
         )
-    except MalformedWebhook as exc:
+    except MalformedWebhook as exc:  # its text shows payload values only as shown() makes them
         log.warning("chatwoot webhook: malformed: %s", exc)
         return PlainTextResponse(str(exc)[:200], status_code=400)
+    except ForeignAccount as exc:
+        log.warning("chatwoot webhook refused: %s", exc)
+        return PlainTextResponse("account not served", status_code=403)
     try:
         await act(action)
     except StorageError as exc:

@@ -12,7 +12,6 @@ per-address request limits, body sizes).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -22,7 +21,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from bot import phrases
 from bot.conversation.sink import Author, current_author
 from bot.settings import RedisSettings
 from bot.storage.base import Cache
@@ -36,7 +34,7 @@ from .api import Handler, SupportApi, endpoint
 from .auth import PLATFORM, Authenticator, preflight_headers
 from .errors import forbidden
 from .events import EventLog, Outbox, build_event_log
-from .history import SupportHistory
+from .history import SupportHistory, delivered
 from .schemas import AgentEvent
 from .settings import SupportSettings
 from .sites import REFRESH_S, SiteDirectory, SiteStore
@@ -231,10 +229,9 @@ class SupportAdapter:
     ) -> None:
         """An agent's reply as one `agent` event: its name, the text in the visitor's language
         and, when that is a translation, the original and a mark saying so."""
-        text = "".join([chunk async for chunk in chunks])
-        translated = bool(author.text) and author.text.strip() != text.strip()
+        text, translated = delivered("".join([chunk async for chunk in chunks]), author.text)
         event = AgentEvent(
-            text=_without_mark(text) if translated else text,
+            text=text,
             name=author.name,
             translated=translated,
             original=author.text if translated else "",
@@ -274,16 +271,3 @@ class SupportAdapter:
 
     async def _docs(self, request: Request) -> Response:
         return HTMLResponse(openapi.docs_page())
-
-
-@functools.cache
-def _translation_marks() -> tuple[str, ...]:
-    """The core's "(translated automatically)" in every language it speaks."""
-    return tuple({phrases.say(phrases.TRANSLATED, lang) for lang in ("en", *phrases.LANGUAGES)})
-
-
-def _without_mark(text: str) -> str:
-    """The core ends a translated agent reply with its mark as a paragraph of its own; the
-    `agent` event says `translated` instead, and the widget shows its own mark."""
-    head, _, last = text.rstrip().rpartition("\n\n")
-    return head if head and last.strip() in _translation_marks() else text

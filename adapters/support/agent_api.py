@@ -2,9 +2,11 @@
 desk (bot/handoff), with the site's secret server key (docs/support-desk.md).
 
     GET  /v1/handoff?visitor_id=       the conversation's handoff state
-    POST /v1/handoff/take              an agent takes the conversation over
+    POST /v1/handoff/take              an agent takes the conversation over (409 `taken`
+                                       when another agent has it, unless `force`)
     POST /v1/handoff/give-back         the agent gives it back to the bot
-    POST /v1/handoff/messages          the agent's reply (Idempotency-Key: posted once)
+    POST /v1/handoff/messages          the agent's reply (Idempotency-Key: posted once per
+                                       conversation; reused with another body: 422)
 
 Only a server key (`Authorization: Bearer sk_...`) is accepted: never the public widget key,
 never a visitor token, since either is in a browser. A conversation is named by its visitor
@@ -16,6 +18,8 @@ conversation's event stream as `handoff` events for the widget.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import uuid
 from collections.abc import Iterator
 from datetime import UTC
@@ -26,8 +30,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bot.handoff.types import Desk, DeskEvent, EventKind, HandoffError, HandoffStatus
-from bot.storage.models import ConversationRow
+from bot.handoff.desk import AGENT_KEY_PREFIX
+from bot.handoff.types import (
+    Desk,
+    DeskEvent,
+    EventKind,
+    HandoffError,
+    HandoffState,
+    HandoffStatus,
+)
+from bot.storage.models import ConversationRow, MessageRow, UserRow
+from bot.text.storable import storable
 from bot.types import ConversationKey
 
 from .auth import PLATFORM, Authenticator, bearer, check_origin, checked_visitor_id
@@ -40,10 +53,14 @@ from .schemas import (
     AgentRequest,
     HandoffEvent,
     HandoffStatusBody,
+    TakeRequest,
 )
 from .sites import SECRET_PREFIX, Site
 
 _Request = TypeVar("_Request", bound=AgentRequest)
+# The widget's header for the public site key: sent here, it is refused as one (403), not as
+# a missing key (401).
+SITE_KEY_HEADER = "x-parley-site-key"
 STATE_CHANGES = frozenset({EventKind.REQUESTED, EventKind.TAKEN, EventKind.RETURNED})
 
 
@@ -76,10 +93,18 @@ class AgentApi:
             return _status(key, await self._the_desk().status(key))
 
     async def take(self, request: Request) -> Response:
-        """An agent takes the conversation: the bot stops answering it."""
-        key, body = await self._agent_request(request, AgentRequest)
+        """An agent takes the conversation: the bot stops answering it. Taking it from another
+        agent is 409 unless the body says `"force": true` (a supervisor reassigning it)."""
+        key, body = await self._agent_request(request, TakeRequest)
+        desk = self._the_desk()
         with _conflicts():
-            return _status(key, await self._the_desk().take(key, body.agent))
+            # Read, then change: two agents taking one conversation in the same instant both
+            # get it, the later one last; it is a race between people, not a lost message.
+            now = await desk.status(key)
+            if not body.force and _held_by_another(now, body.agent):
+                told = "another agent has this conversation; send force: true to take it"
+                raise ApiError(409, "taken", told)
+            return _status(key, await desk.take(key, body.agent))
 
     async def give_back(self, request: Request) -> Response:
         """The agent gives the conversation back: the bot answers the next message."""
@@ -88,21 +113,32 @@ class AgentApi:
             return _status(key, await self._the_desk().give_back(key, body.agent))
 
     async def message(self, request: Request) -> Response:
-        """The agent's reply: delivered to the visitor, translated into its language."""
+        """The agent's reply: delivered to the visitor, translated into its language.
+
+        An Idempotency-Key belongs to the conversation (so two visitors' keys never meet). A
+        retry with the same key and body gets the first message's id and changes nothing
+        (also once the conversation went back to the bot); the same key with another text
+        or agent is 422 `idempotency_mismatch` (as Stripe does), never a 202 for a message
+        that was not sent."""
         idempotency = idempotency_key(request)
         key, body = await self._agent_request(request, AgentMessageRequest)
         if len(body.text) > self._max_chars:
             told = f"text: {len(body.text)} characters; the limit is {self._max_chars}"
             raise ApiError(413, "too_long", told)
-        site = key.chat_id.partition(":")[0]
-        scoped = f"agent:{site}:{idempotency or uuid.uuid4().hex}"
-        desk = self._the_desk()
+        scoped = _scoped_key(key, idempotency)
+        first = await self._sent(scoped) if idempotency else None
+        if first is not None:  # a retry: nothing to change, whatever the state is now
+            first.check(body)
+            return _accepted(key, first.id)
         with _conflicts():
-            message_id = await desk.agent_message(
-                key, body.text, agent=body.agent, idempotency_key=scoped[:255]
+            message_id = await self._the_desk().agent_message(
+                key, body.text, agent=body.agent, idempotency_key=scoped
             )
-        out = AgentMessageAccepted(message_id=str(message_id), conversation_id=key.chat_id)
-        return JSONResponse(out.model_dump(), status_code=202)
+        if idempotency:  # a request racing this one with the same key may have won
+            sent = await self._sent(scoped)
+            if sent is not None:
+                sent.check(body)
+        return _accepted(key, message_id)
 
     # -- parts ---------------------------------------------------------------------------------
 
@@ -115,6 +151,8 @@ class AgentApi:
 
     async def _server_site(self, request: Request) -> Site:
         token = bearer(request)
+        if token is None and request.headers.get(SITE_KEY_HEADER):
+            raise forbidden("the agent API takes a server key, never the public site key")
         if token is None:
             raise unauthorized("send Authorization: Bearer <server key>")
         if not token.startswith(SECRET_PREFIX):
@@ -122,6 +160,19 @@ class AgentApi:
         site = await self._auth.server_site(token)
         check_origin(request, site)
         return site
+
+    async def _sent(self, scoped: str) -> _Sent | None:
+        """The agent message recorded with this key, if any."""
+        m, u = MessageRow, UserRow
+        stmt = (
+            sa.select(m.id, m.content, u.external_id)
+            .select_from(m)
+            .outerjoin(u, u.id == m.user_id)
+            .where(m.idempotency_key == AGENT_KEY_PREFIX + scoped)
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return _Sent(int(row.id), str(row.content), str(row.external_id or "")) if row else None
 
     async def _conversation(self, site: Site, visitor_id: str) -> ConversationKey:
         """The site's conversation with this visitor; 404 when it has none."""
@@ -139,6 +190,42 @@ class AgentApi:
         if self._desk is None:
             raise unavailable()
         return self._desk
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Sent:
+    """An agent message recorded under an Idempotency-Key: what a retry must repeat."""
+
+    id: int
+    text: str
+    agent: str
+
+    def check(self, body: AgentMessageRequest) -> None:
+        if self.text != storable(body.text) or self.agent != body.agent:
+            told = "this Idempotency-Key was used with another text or agent"
+            raise ApiError(422, "idempotency_mismatch", told)
+
+
+def _scoped_key(key: ConversationKey, idempotency: str | None) -> str:
+    """The stored key: the conversation's, and a digest of the client's (its 128 characters
+    and the ids would not fit the column whole, and a cut one could meet another)."""
+    if idempotency is None:
+        return f"agent:{uuid.uuid4().hex}"  # no key: every request is a new message
+    digest = hashlib.sha256(idempotency.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"agent:{key.chat_id}:{digest}"
+
+
+def _accepted(key: ConversationKey, message_id: int) -> JSONResponse:
+    out = AgentMessageAccepted(message_id=str(message_id), conversation_id=key.chat_id)
+    return JSONResponse(out.model_dump(), status_code=202)
+
+
+def _held_by_another(status: HandoffStatus, agent: str) -> bool:
+    return (
+        status.state is HandoffState.HUMAN
+        and bool(status.agent)
+        and status.agent.casefold() != agent.casefold()
+    )
 
 
 @contextlib.contextmanager

@@ -29,14 +29,12 @@ from bot.phrases import base_language
 from bot.storage.base import Cache
 from bot.types import Incoming, User
 
-from . import answers
 from .auth import PLATFORM, Authenticator, Caller, bearer, check_origin, cors_headers
 from .bodies import idempotency_key, int_param, read_body
 from .errors import ApiError, forbidden, unauthorized
 from .events import EventLog, stream, valid_event_id
 from .history import SupportHistory
 from .schemas import (
-    HistoryMessage,
     HistoryPage,
     MessageAccepted,
     MessageRequest,
@@ -191,17 +189,8 @@ class SupportApi:
         rows = await self._history.page(caller.key, before, limit)
         more = len(rows) > limit
         rows = rows[1:] if more else rows
-        messages = [
-            HistoryMessage(
-                id=str(r.id),
-                role="user" if r.role == "user" else "assistant",
-                text=r.text,
-                sources=answers.sources(r.text) if r.role != "user" else [],  # type: ignore[arg-type]
-                created_at=r.created_at.astimezone(UTC).isoformat(),
-            )
-            for r in rows
-        ]
-        page = HistoryPage(messages=messages, next=str(rows[0].id) if more and rows else None)
+        older = str(rows[0].id) if more and rows else None
+        page = HistoryPage(messages=[r.message() for r in rows], next=older)
         return JSONResponse(page.model_dump())
 
     async def erase(self, request: Request) -> Response:

@@ -1,6 +1,13 @@
 """The support API's reads and deletes in the history database: a visitor's messages page by
 page, which SQL message a platform message id names, and erasure.
 
+An agent's reply (bot.handoff) is two rows: the agent's message as written (kind `agent`, its
+user the agent) and the answer to it, the text the visitor got (its translation, marked so,
+or the message itself). History shows the pair once, where the visitor saw it (at the
+answer), as role `agent`, in the shape of the stream's `agent` event: the agent's name, the
+text without the core's mark, `translated` and the original. An agent's message not yet
+delivered is not shown: the visitor has not seen it.
+
 Erasure deletes the conversation's messages (and what hangs off them), the visitor's user row
 and every trace of the visitor in the conversation row: its chat id becomes an opaque
 tombstone and its summary is cleared. The row itself stays so that its id is never given to
@@ -10,21 +17,34 @@ otherwise be served from a cache of the erased one.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bot import phrases
 from bot.storage.base import MessageKind
 from bot.storage.models import ConversationRow, MessageRow, UserRow
 from bot.types import ConversationKey, Role
 
+from . import answers
+from .schemas import HistoryMessage, Source
+
 # Kinds a visitor sees in its history: what it sent and what it was answered (commands and
 # their answers included); group chatter kept for summaries never occurs here.
 SHOWN_KINDS = (MessageKind.CHAT.value, MessageKind.COMMAND.value, MessageKind.LIMITED.value)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReply:
+    """The agent's side of an answer that delivered an agent's message."""
+
+    name: str
+    original: str  # as the agent wrote it
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +53,41 @@ class Row:
     role: str
     text: str
     created_at: datetime
+    agent: AgentReply | None = None
+
+    def message(self) -> HistoryMessage:
+        """The row as the API shows it."""
+        at = self.created_at.astimezone(UTC).isoformat()
+        shown = HistoryMessage(id=str(self.id), role="user", text=self.text, sources=[],
+                               created_at=at)  # fmt: skip
+        if self.agent is not None:
+            text, translated = delivered(self.text, self.agent.original)
+            original = self.agent.original if translated else ""
+            return shown.model_copy(update={
+                "role": "agent", "text": text, "name": self.agent.name,
+                "translated": translated, "original": original,
+            })  # fmt: skip
+        if self.role == Role.USER.value:
+            return shown
+        sources = [Source.model_validate(s) for s in answers.sources(self.text)]
+        return shown.model_copy(update={"role": "assistant", "sources": sources})
+
+
+def delivered(text: str, original: str) -> tuple[str, bool]:
+    """What an agent's reply shows the visitor, and whether it is a translation: the core ends
+    a translated reply with its mark as a paragraph of its own; the `agent` event and this
+    history say `translated` instead, and the widget shows its own mark."""
+    translated = bool(original) and original.strip() != text.strip()
+    if not translated:
+        return text, False
+    head, _, last = text.rstrip().rpartition("\n\n")
+    return (head if head and last.strip() in _translation_marks() else text), True
+
+
+@functools.cache
+def _translation_marks() -> tuple[str, ...]:
+    """The core's "(translated automatically)" in every language it speaks."""
+    return tuple({phrases.say(phrases.TRANSLATED, lang) for lang in ("en", *phrases.LANGUAGES)})
 
 
 class SupportHistory:
@@ -66,7 +121,35 @@ class SupportHistory:
             stmt = stmt.where(m.id < before)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [Row(int(r.id), str(r.role), str(r.content), r.created_at) for r in reversed(rows)]
+            answers_ids = [int(r.id) for r in rows if r.role == Role.ASSISTANT.value]
+            agents = await self._agent_replies(conn, key, answers_ids)
+        return [
+            Row(int(r.id), str(r.role), str(r.content), r.created_at, agents.get(int(r.id)))
+            for r in reversed(rows)
+        ]
+
+    async def _agent_replies(
+        self, conn: AsyncConnection, key: ConversationKey, answer_ids: list[int]
+    ) -> dict[int, AgentReply]:
+        """Which of these answers delivered an agent's message: answer id -> the agent's side."""
+        if not answer_ids:
+            return {}
+        m, u = MessageRow, UserRow
+        stmt = (
+            sa.select(m.answered_by, m.content, u.display_name, u.external_id)
+            .select_from(m)
+            .outerjoin(u, u.id == m.user_id)
+            .where(
+                m.conversation_id == self._conversation(key),
+                m.kind == MessageKind.AGENT.value,
+                m.answered_by.in_(answer_ids),
+            )
+        )
+        found = (await conn.execute(stmt)).all()
+        return {
+            int(r.answered_by): AgentReply(str(r.display_name or r.external_id or ""), r.content)
+            for r in found
+        }
 
     async def message_id(self, key: ConversationKey, platform_message_id: str) -> int | None:
         m = MessageRow

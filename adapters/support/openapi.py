@@ -145,8 +145,10 @@ def _agent_paths() -> dict[str, Any]:
         }},
         "/v1/handoff/take": {"post": {
             "summary": "An agent takes the conversation over; the bot stops answering",
+            "description": "409 `taken` when another agent has it, unless `force` is true. "
+                           "422 for an agent named like the bot.",
             "parameters": [_SERVER_KEY],
-            "requestBody": _body("AgentRequest"),
+            "requestBody": _body("TakeRequest"),
             "responses": status,
         }},
         "/v1/handoff/give-back": {"post": {
@@ -157,8 +159,10 @@ def _agent_paths() -> dict[str, Any]:
         }},
         "/v1/handoff/messages": {"post": {
             "summary": "The agent's reply, delivered translated into the visitor's language",
-            "description": "A retry with the same Idempotency-Key is posted once. 409 while "
-                           "no agent has taken the conversation.",
+            "description": "An Idempotency-Key belongs to the conversation: a retry with "
+                           "the same key and body is posted once and gets the first "
+                           "message_id; the same key with another text or agent is 422 "
+                           "`idempotency_mismatch`. 409 while the bot has the conversation.",
             "parameters": [_SERVER_KEY, {"in": "header", "name": "Idempotency-Key",
                                          "required": False,
                                          "schema": {"type": "string", "maxLength": 128}}],
@@ -171,7 +175,8 @@ def _agent_paths() -> dict[str, Any]:
 MODELS = (
     s.VisitorRequest, s.VisitorResponse, s.MessageRequest, s.MessageAccepted, s.HistoryPage,
     s.ErrorBody, s.DeltaEvent, s.AnswerEvent, s.NoticeEvent, s.HandoffEvent, s.AgentEvent,
-    s.AgentRequest, s.AgentMessageRequest, s.AgentMessageAccepted, s.HandoffStatusBody,
+    s.AgentRequest, s.TakeRequest, s.AgentMessageRequest, s.AgentMessageAccepted,
+    s.HandoffStatusBody,
 )  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -61,10 +62,15 @@ class Source(BaseModel):
 
 class HistoryMessage(BaseModel):
     id: str
-    role: Literal["user", "assistant"]
-    text: str
+    role: Literal["user", "assistant", "agent"] = Field(
+        description="agent: a person at the help desk, as its `agent` event showed it"
+    )
+    text: str = Field(description="as the visitor got it (agent: in the visitor's language)")
     sources: list[Source]
     created_at: str
+    name: str = Field("", description="agent: the agent's name")
+    translated: bool = Field(False, description="agent: `text` translates `original`")
+    original: str = Field("", description="agent: what the agent wrote, when translated")
 
 
 class HistoryPage(BaseModel):
@@ -115,9 +121,22 @@ class AgentEvent(BaseModel):
 
 
 # The agent API (adapters/support/agent_api.py): a help desk's back end, with a server key.
+# The bot's own name: an agent called so would pass for the bot ("You are talking with
+# Parley."). Compared without case, width or punctuation ("PARLEY", "Parley.", "P-a-r-l-e-y").
+BOT_NAMES = ("Parley",)
+
+
+def name_key(name: str) -> str:
+    """A name as compared with the bot's: NFKC, case-folded, letters and digits only."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(ch for ch in folded if ch.isalnum())
+
+
 def _agent_name(name: str) -> str:
     if not name.strip() or not name.isprintable():
         raise ValueError("a printable name, not blank")
+    if name_key(name) in {name_key(bot) for bot in BOT_NAMES}:
+        raise ValueError("the bot's name is not an agent's")
     return name.strip()
 
 
@@ -130,6 +149,10 @@ class AgentRequest(_Body):
     _name = field_validator("agent")(_agent_name)
 
 
+class TakeRequest(AgentRequest):
+    force: bool = Field(False, description="take it from the agent who has it (else 409 `taken`)")
+
+
 class AgentMessageRequest(AgentRequest):
     text: str = Field(min_length=1, max_length=100_000)
 
@@ -138,7 +161,7 @@ class AgentMessageRequest(AgentRequest):
 
 
 class AgentMessageAccepted(BaseModel):
-    message_id: str
+    message_id: str = Field(description="a string here; webhooks' message.id is an integer")
     conversation_id: str
 
 

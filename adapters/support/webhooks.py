@@ -9,27 +9,30 @@ user can ask for a person too). docs/support-desk.md shows a receiver verifying 
 As Stripe and Slack do: the timestamp is signed with the body, so a receiver refuses a replay
 older than its tolerance (5 minutes), and each retry is signed afresh with its own timestamp.
 
-The core's desk hands this bridge its events in order, from the bridge's own queue and task
-(bot/handoff/desk.py), so a slow receiver never holds up a turn or another bridge. `publish`
-delivers one event, retried with exponential backoff on a connection error, a timeout, 429 or
-a 5xx (tenacity), at most `webhook_attempts` times, before the next event goes: the receiver
-gets them in the order they happened. A 4xx other than 429 is the receiver refusing the event
-and is not retried; an event still undelivered after the last try is logged and dropped
-(never raised: the desk would only try it again).
+One bridge serves every receiver, but each receiver (target) has its own bounded queue and
+task (`_Lane`): `publish` only queues, so a slow or dead receiver delays only itself. A full
+queue drops its oldest event with a warning naming the receiver. A lane delivers one event at
+a time, in order, retried with exponential backoff on a connection error, a timeout, 429 or a
+5xx (tenacity), at most `webhook_attempts` times; any other 4xx is the receiver's refusal,
+not retried; an event still undelivered after the last try is logged and dropped. Delivery is
+at least once (the desk hands a waiting conversation's request on again at each start):
+receivers dedupe on the event id.
 Nothing secret is logged: neither the signing secret nor the URL (a path may hold a token),
 only the target's name, the event's kind and the status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import httpx
@@ -51,6 +54,10 @@ log = logging.getLogger(__name__)
 SIGNATURE_VERSION = "v1"
 USER_AGENT = "Parley-Webhooks/1"
 KEPT_DELIVERIES = 100
+# Events waiting per receiver; beyond it the oldest is dropped (a receiver away for hours
+# would otherwise hold every event in memory).
+QUEUE_MAX = 1000
+DROPS_LOGGED_EVERY = 100
 
 
 class WebhookTarget(BaseModel):
@@ -70,22 +77,12 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"{SIGNATURE_VERSION}={mac.hexdigest()}"
 
 
-def verify(
-    secret: str, body: bytes, timestamp: str, signature: str, *, tolerance_s: int = 300
-) -> bool:
-    """A receiver's check (the one docs/support-desk.md shows): the signature matches and the
-    timestamp is within `tolerance_s` of now. Several `v1=` values (comma separated) may be
-    sent while a secret is rotated; any one matching is enough."""
-    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > tolerance_s:
-        return False
-    expected = sign(secret, int(timestamp), body)
-    return any(hmac.compare_digest(expected, part.strip()) for part in signature.split(","))
-
-
 def event_id(event: DeskEvent) -> str:
-    """Stable across re-deliveries of the same event: kind, conversation, message and time."""
+    """Stable across re-deliveries of the same event: kind, conversation, message and time
+    (in UTC: a request handed on again after a restart reads its time back from SQL)."""
+    at = event.at.astimezone(UTC).isoformat()
     raw = "|".join((event.kind.value, event.key.platform, event.key.chat_id,
-                    event.key.thread_id, str(event.message_id), event.at.isoformat()))  # fmt: skip
+                    event.key.thread_id, str(event.message_id), at))  # fmt: skip
     return "evt_" + hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
@@ -137,9 +134,66 @@ class Delivery:
     attempts: int
 
 
+class _Lane:
+    """One receiver's queue and the task that delivers it, one event at a time, in order."""
+
+    def __init__(
+        self, name: str, send: Callable[[str, DeskEvent], Awaitable[object]], size: int
+    ) -> None:
+        self.name = name
+        self._send = send
+        self._queue: asyncio.Queue[DeskEvent] = asyncio.Queue(size)
+        self._task: asyncio.Task[None] | None = None
+        self._busy = False
+        self.dropped = 0
+
+    def put(self, event: DeskEvent) -> None:
+        """Queue without waiting; a full queue loses its oldest event. Said at the first
+        loss and every DROPS_LOGGED_EVERY after it: a flood must not flood the log too."""
+        if self._queue.full():
+            oldest = self._queue.get_nowait()
+            self._queue.task_done()
+            self.dropped += 1
+            if self.dropped % DROPS_LOGGED_EVERY == 1:
+                log.warning("webhook %s: %d events waiting, the oldest (%s) dropped; %d so far",
+                            self.name, self._queue.maxsize, oldest.kind.value,
+                            self.dropped)  # fmt: skip
+        self._queue.put_nowait(event)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"parley-webhook-{self.name}")
+
+    async def idle(self) -> None:
+        await self._queue.join()
+
+    async def close(self) -> int:
+        """Stop delivering; how many events were left undelivered (the one in flight too)."""
+        left = self._queue.qsize() + self._busy
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while not self._queue.empty():  # wake whoever waits in idle()
+            self._queue.get_nowait()
+            self._queue.task_done()
+        return left
+
+    async def _run(self) -> None:
+        while True:
+            event = await self._queue.get()
+            self._busy = True
+            try:
+                await self._send(self.name, event)
+            except Exception as exc:  # not a receiver's answer: the next events still go
+                # The type only: an httpx error's text may hold the URL (and its token).
+                log.error("webhook %s: %s not delivered: %s", self.name, event.kind.value,
+                          type(exc).__name__)  # fmt: skip
+            finally:
+                self._busy = False
+                self._queue.task_done()
+
+
 class WebhookBridge:
     """A DeskBridge for every platform: each event to its target (a support site's own, else
-    the default one); an event without a target is dropped."""
+    the default one), through that target's own lane; an event without a target is dropped."""
 
     platforms: frozenset[str] | None = None
 
@@ -151,6 +205,7 @@ class WebhookBridge:
         attempts: int = 6,
         timeout_s: float = 10.0,
         backoff_max_s: float = 60.0,
+        queue_max: int = QUEUE_MAX,
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -158,10 +213,13 @@ class WebhookBridge:
         self._default = default
         self._attempts = attempts
         self._backoff_max_s = backoff_max_s
+        self._queue_max = queue_max
         self._client = client or httpx.AsyncClient(
             timeout=timeout_s, headers={"User-Agent": USER_AGENT}, follow_redirects=False
         )
         self._clock = clock
+        self._lanes: dict[str, _Lane] = {}
+        self._closed = False
         self.deliveries: deque[Delivery] = deque(maxlen=KEPT_DELIVERIES)
 
     @property
@@ -176,19 +234,38 @@ class WebhookBridge:
         return ("default", self._default) if self._default is not None else None
 
     async def publish(self, event: DeskEvent) -> None:
-        """Deliver one event to its target (none: nothing to do), with its retries."""
+        """Queue one event on its target's lane (none: nothing to do) and return at once: the
+        lane's task delivers it, with its retries."""
         found = self.target_for(event)
         if found is None:
             return
-        name, target = found
-        if self._client.is_closed:  # the adapter stopped before the desk handed this on
+        name = found[0]
+        if self._closed:  # the adapter stopped before the desk handed this on
             log.warning("webhook %s: %s not delivered: stopping", name, event.kind.value)
             return
-        body = json.dumps(payload(event), ensure_ascii=False, separators=(",", ":")).encode()
-        await self._deliver(name, target, event_id(event), body, event)
+        lane = self._lanes.get(name)
+        if lane is None:
+            lane = self._lanes[name] = _Lane(name, self._send, self._queue_max)
+        lane.put(event)
+
+    async def idle(self) -> None:
+        """Wait until every queued event was delivered or given up (the desk's shutdown drain
+        awaits this, bounded by the shutdown grace)."""
+        for lane in list(self._lanes.values()):
+            await lane.idle()
 
     async def aclose(self) -> None:
+        self._closed = True
+        for lane in self._lanes.values():
+            if left := await lane.close():
+                log.warning("webhook %s: %d events not delivered: stopping", lane.name, left)
         await self._client.aclose()
+
+    async def _send(self, name: str, event: DeskEvent) -> Delivery:
+        target = self._targets.get(name) or self._default
+        assert target is not None  # a lane exists only for a target
+        body = json.dumps(payload(event), ensure_ascii=False, separators=(",", ":")).encode()
+        return await self._deliver(name, target, event_id(event), body, event)
 
     async def _deliver(
         self, name: str, target: WebhookTarget, evt: str, body: bytes, event: DeskEvent

@@ -4,6 +4,11 @@ Each bridge has its own queue and publisher task, so events reach it in the orde
 happened and a slow or failing bridge holds up no other. An event is handed on only after its
 SQL change committed; a bridge that raises is retried (tenacity, exponential back-off) and,
 after the last try, the event is logged as dropped (kind and conversation, never text).
+
+Events live in memory, so a stop or a crash between the SQL change and the delivery loses
+them: `start` hands every conversation still waiting for a person its `handoff.requested`
+again, to each bridge as it attaches (with the first event's time, so the same event id:
+receivers dedupe). Delivery is at least once.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Protocol, runtime_checkable
 
 from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
 
@@ -53,6 +59,35 @@ class _NoCount:
         return None
 
 
+@runtime_checkable
+class Draining(Protocol):
+    """A bridge with queues of its own (the webhooks' lanes): the desk's drain waits for them."""
+
+    async def idle(self) -> None: ...
+
+
+class _Item:
+    """One event for every bridge serving it; a handoff request's note is written once, in the
+    background (`start`), or when the first bridge needs it."""
+
+    def __init__(
+        self,
+        event: DeskEvent,
+        write: Callable[[DeskEvent], Coroutine[None, None, DeskEvent]] | None = None,
+    ) -> None:
+        self.event = event
+        self._write = write
+        self._task: asyncio.Task[DeskEvent] | None = None
+
+    def start(self) -> None:
+        if self._write is not None and self._task is None:
+            self._task = asyncio.create_task(self._write(self.event), name="parley-note")
+
+    async def get(self) -> DeskEvent:
+        self.start()
+        return self.event if self._task is None else await self._task
+
+
 class CoreDesk:
     """types.Desk over SQL. `schedule(conversation_id, key)` runs the conversation's turn
     (the manager's): an agent's reply is delivered by it like any answer."""
@@ -74,15 +109,36 @@ class CoreDesk:
         self._counter = counter or _NoCount()
         self._wait_s = publish_wait_s
         self._bridges: list[DeskBridge] = []
-        # An event, or the task writing its note and returning it whole.
-        self._queues: list[asyncio.Queue[DeskEvent | asyncio.Task[DeskEvent]]] = []
+        self._queues: list[asyncio.Queue[_Item]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # The requests of conversations found waiting at start: each bridge gets them on attach.
+        self._recovered: list[_Item] = []
+
+    async def start(self) -> None:
+        """Read the conversations waiting for a person: their requests may never have been
+        handed on (bot/app.py calls this before any adapter attaches its bridge)."""
+        for cid, key, status, language in await self.repo.waiting():
+            event = DeskEvent(
+                EventKind.REQUESTED, key, cid, status.state, status.since or utcnow(),
+                reason=status.reason,
+            )  # fmt: skip
+            change = Change(status, status, language)
+            self._recovered.append(_Item(event, functools.partial(self._with_note, change=change)))
+        if self._recovered:
+            log.info("%d conversations wait for a person: their requests go out again",
+                     len(self._recovered))  # fmt: skip
 
     # -- types.Desk ------------------------------------------------------------------------
 
     def attach(self, bridge: DeskBridge) -> None:
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._bridges.append(bridge)
-        self._queues.append(asyncio.Queue())
+        self._queues.append(queue)
+        for item in self._recovered:
+            if _serves(bridge, item.event):
+                queue.put_nowait(item)
+        if not queue.empty():
+            self._start_publishers()
 
     async def status(self, key: ConversationKey) -> HandoffStatus:
         cid = await self._store.conversation_id(key)
@@ -161,21 +217,25 @@ class CoreDesk:
         serving = [
             queue
             for bridge, queue in zip(self._bridges, self._queues, strict=True)
-            if bridge.platforms is None or event.key.platform in bridge.platforms
+            if _serves(bridge, event)
         ]
         if not serving:
             return
-        item: DeskEvent | asyncio.Task[DeskEvent] = event
-        if change is not None:
-            item = asyncio.create_task(self._with_note(event, change), name="parley-note")
+        write = functools.partial(self._with_note, change=change) if change is not None else None
+        item = _Item(event, write)
+        item.start()
         for queue in serving:
             queue.put_nowait(item)
         self._start_publishers()
 
     async def idle(self) -> None:
-        """Wait until every queued event was handed on (or dropped after its tries)."""
+        """Wait until every queued event was handed on (or dropped after its tries), and
+        delivered by the bridges that queue events of their own."""
         for queue in self._queues:
             await queue.join()
+        for bridge in self._bridges:
+            if isinstance(bridge, Draining):
+                await bridge.idle()
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         with contextlib.suppress(TimeoutError):
@@ -229,8 +289,7 @@ class CoreDesk:
         while True:
             item = await queue.get()
             try:
-                event = item if isinstance(item, DeskEvent) else await item
-                await self._hand_on(bridge, event)
+                await self._hand_on(bridge, await item.get())
             finally:
                 queue.task_done()
 
@@ -256,3 +315,7 @@ class CoreDesk:
         except RetryError:
             log.error("desk bridge %s: %s for %s dropped after %d tries", name,
                       event.kind.value, event.key, PUBLISH_ATTEMPTS)  # fmt: skip
+
+
+def _serves(bridge: DeskBridge, event: DeskEvent) -> bool:
+    return bridge.platforms is None or event.key.platform in bridge.platforms

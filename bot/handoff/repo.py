@@ -23,13 +23,14 @@ from bot.lru import Lru
 from bot.sentiment.types import Label, Sentiment
 from bot.storage.base import Cache
 from bot.storage.database import database_errors, describe_error
-from bot.storage.models import MessageRow
-from bot.types import utcnow
+from bot.storage.models import ConversationRow, MessageRow
+from bot.types import ConversationKey, utcnow
 
 from .models import HandoffEventRow, HandoffStateRow, MessageSignalRow
 from .types import HandoffState, HandoffStatus, Reason
 
 _s, _e, _g, _m = HandoffStateRow, HandoffEventRow, MessageSignalRow, MessageRow
+_c = ConversationRow
 STATE_TTL_S = 3600.0
 LOCAL_STATES = 10_000
 BOT_STATUS = HandoffStatus(HandoffState.BOT)
@@ -134,6 +135,20 @@ class HandoffRepository:
             )  # fmt: skip
         await self._forget(conversation_id)
         return Change(before, after, keep_language)
+
+    async def waiting(self) -> list[tuple[int, ConversationKey, HandoffStatus, str]]:
+        """Every conversation waiting for a person, oldest request first: (id, key, status,
+        the customer's language)."""
+        stmt = (
+            sa.select(_s.state, _s.reason, _s.detail, _s.since, _s.agent, _s.language,
+                      _s.conversation_id, _c.platform, _c.chat_id, _c.thread_id)
+            .join(_c, _c.id == _s.conversation_id)
+            .where(_s.state == HandoffState.WAITING.value)
+            .order_by(_s.since, _s.conversation_id)
+        )  # fmt: skip
+        async with self._connection() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [(r[6], ConversationKey(r[7], r[8], r[9]), _status(r), r[5]) for r in rows]
 
     async def events(self, conversation_id: int) -> list[tuple[str, str, str, str]]:
         """The audit trail, oldest first: (from, to, reason, detail)."""

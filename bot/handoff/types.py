@@ -13,11 +13,14 @@ customer's language and marked so; the original is kept in history).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from backends.control_tokens import neutralise
 from bot.errors import BotError
 from bot.types import ConversationKey
 
@@ -64,20 +67,69 @@ class HandoffNote:
     unanswered: Sequence[str]  # questions the bot could not answer
     sources: Sequence[str]  # what the bot cited so far
 
-    def render(self) -> str:
-        """Plain text, safe to post as a help desk's private note."""
-        lines = [f"Handoff: {self.reason.value}" + (f" ({self.detail})" if self.detail else "")]
+    def render(self, *, markdown: bool = False) -> str:
+        """Plain text, safe to post as a help desk's private note: every item one line (see
+        `clean_line`), so no text from a customer can start a line of its own. `markdown`:
+        for a desk that renders notes as Markdown (Chatwoot), each line's text is escaped so
+        an image or link in it shows as text; the note's own bullets stay bullets."""
+        show = escape_markdown if markdown else _same
+        lines = [f"Handoff: {self.reason.value}"]  # Parley's own words stay as they are
+        if self.detail:
+            lines[0] += f" ({show(clean_line(self.detail))})"
         if self.language:
-            lines.append(f"Customer's language: {self.language}")
+            lines.append(f"Customer's language: {show(clean_line(self.language))}")
         if self.sentiment_trend:
-            lines.append("Sentiment: " + " -> ".join(self.sentiment_trend))
+            trend = " -> ".join(map(clean_line, self.sentiment_trend))
+            lines.append(f"Sentiment: {show(trend)}")
         if self.summary:
-            lines += ["", "Summary:", self.summary]
+            lines += ["", "Summary:", *(_item(line, show) for line in _summary(self))]
         if self.unanswered:
-            lines += ["", "Not answered by the bot:", *(f"- {q}" for q in self.unanswered)]
+            lines += ["", "Not answered by the bot:", *(_item(q, show) for q in self.unanswered)]
         if self.sources:
-            lines += ["", "Sources cited:", *(f"- {s}" for s in self.sources)]
+            lines += ["", "Sources cited:", *(_item(s, show) for s in self.sources)]
         return "\n".join(lines)
+
+
+# Line breaks of every kind (a customer's newline must not start a line of the note).
+_LINE_BREAKS = re.compile(r"[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]+")
+# Joiners that real scripts and emoji need (ZWNJ in Persian, ZWJ in emoji and neutralise()).
+_KEPT_FORMAT = frozenset("\u200c\u200d")
+# Any ASCII punctuation may be backslash-escaped in CommonMark; escaped, none starts markup.
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+LINE_CHARS = 500  # longest quoted item in a note; the agent has the whole conversation
+
+
+def clean_line(text: str, limit: int = LINE_CHARS) -> str:
+    """`text` as one line an agent can trust: line breaks and runs of spaces collapsed,
+    invisible controls removed (bidi overrides, zero-width spaces, tag characters, C0/C1
+    controls), chat-template control tokens neutralised, at most `limit` characters."""
+    flat = _LINE_BREAKS.sub(" ", text)
+    visible = "".join(
+        c for c in flat if c in _KEPT_FORMAT or unicodedata.category(c) not in ("Cc", "Cf", "Cs")
+    )
+    line = neutralise(" ".join(visible.split()))
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "\u2026"
+
+
+def escape_markdown(line: str) -> str:
+    """`line` as literal text in CommonMark (Chatwoot's markdown-it): every ASCII punctuation
+    character backslash-escaped, so `![x](url)`, `[a](b)`, `<...>`, `*`, `#` show as typed."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", line)
+
+
+def _same(line: str) -> str:
+    return line
+
+
+def _summary(note: HandoffNote) -> list[str]:
+    """The summary's lines, each made one clean line; the note writer's bullets ("- ") are
+    the note's own, everything after them is text."""
+    lines = (line.strip() for line in _LINE_BREAKS.split(note.summary))
+    return [line[2:] if line.startswith("- ") else line for line in lines if line]
+
+
+def _item(text: str, show: Callable[[str], str]) -> str:
+    return "- " + show(clean_line(text, 2 * LINE_CHARS))
 
 
 class EventKind(enum.StrEnum):

@@ -1,0 +1,79 @@
+"""`parley doctor` for the Chatwoot adapter: Chatwoot answers at the URL, takes the token, and
+can authenticate its webhooks the way they are configured. Read-only: two GETs, no message.
+
+    GET /api             Chatwoot's version and health, without a token
+    GET /api/v1/profile  with the token: an agent bot's token is refused with "Access to this
+                         endpoint is not authorized for bots" (Chatwoot lets bot tokens call
+                         a short list of endpoints, and this is not one), an unknown token with
+                         "Invalid Access Token"; a user's token gets the user's profile
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from bot.errors import AdapterError, ConfigError
+
+from .client import ChatwootClient
+from .settings import ChatwootSettings
+
+# The first Chatwoot release that signs agent bot webhooks (X-Chatwoot-Signature).
+SIGNING_VERSION = (4, 13)
+_BOT_REFUSED = "not authorized for bots"
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)")
+
+
+async def doctor(settings: ChatwootSettings) -> str:
+    if settings.url is None or settings.api_access_token is None:
+        raise ConfigError("PARLEY_CHATWOOT__URL and PARLEY_CHATWOOT__API_ACCESS_TOKEN are not set")
+    if settings.webhook_secret is None and settings.path_secret is None:
+        raise ConfigError(
+            "neither PARLEY_CHATWOOT__WEBHOOK_SECRET nor PARLEY_CHATWOOT__PATH_SECRET is set: "
+            "Chatwoot's webhooks could not be authenticated"
+        )
+    where = urlsplit(str(settings.url)).hostname or "?"  # never the URL's user or path
+    client = ChatwootClient(settings)
+    try:
+        version = await _version(client, where)
+        token = await _token(client)
+    finally:
+        await client.aclose()
+    _signing(settings, version)
+    account = f", account {settings.account_id} only" if settings.account_id else ""
+    return f"Chatwoot {version} at {where}, {token}{account}"
+
+
+async def _version(client: ChatwootClient, where: str) -> str:
+    status, data = await client.probe("/api")
+    version = data.get("version")
+    if status != 200 or not isinstance(version, str):
+        raise AdapterError(f"no Chatwoot answers at {where} (GET /api: HTTP {status})")
+    version = re.sub(r"[^\w.+-]", "", version)[:20]  # printed: nothing but a version's signs
+    failing = [k for k in ("data_services", "queue_services") if data.get(k) == "failing"]
+    if failing:
+        raise AdapterError(f"Chatwoot {version} at {where} reports {' and '.join(failing)} failing")
+    return version
+
+
+async def _token(client: ChatwootClient) -> str:
+    status, data = await client.probe("/api/v1/profile")
+    error = str(data.get("error", ""))
+    if status == 401 and _BOT_REFUSED in error:
+        return "agent bot token accepted"
+    if status == 200:
+        return "a user's access token (answers appear as that user; an agent bot's is meant)"
+    if status == 401:
+        raise AdapterError("Chatwoot refused the API access token (401 Invalid Access Token)")
+    raise AdapterError(f"the token could not be checked (GET /api/v1/profile: HTTP {status})")
+
+
+def _signing(settings: ChatwootSettings, version: str) -> None:
+    found = _VERSION.match(version)
+    if settings.path_secret is not None or found is None:
+        return
+    if (int(found.group(1)), int(found.group(2))) < SIGNING_VERSION:
+        raise AdapterError(
+            f"Chatwoot {version} does not sign agent bot webhooks (4.13 and later do), so "
+            "every one would be refused: set PARLEY_CHATWOOT__PATH_SECRET"
+        )
