@@ -97,8 +97,10 @@ async def stack(
             assert isinstance(section, TelegramSettings)
             adapter = TelegramAdapter(host_for(app), section)
             app.intake.register("telegram", adapter, section.access)
-            if bridge is not None:
-                app.desk.attach(bridge)
+            # A help desk reaches Telegram conversations (without one nothing is handed off:
+            # see test_without_a_desk_for_the_platform_nothing_is_handed_off); False: none.
+            if bridge is not False:
+                app.desk.attach(bridge if bridge is not None else RecordingBridge())
             async with adapter:
                 yield app, adapter, api
                 await settle(app, adapter)
@@ -198,6 +200,16 @@ async def test_negative_messages_in_a_row_escalate(pg: str) -> None:
         status = await app.desk.status(KEY)
         assert (status.reason, status.detail) == (Reason.SENTIMENT, "2 negative in a row")
         assert api.texts(CHAT)[-1] == say(HANDING_OFF, "en")
+
+
+async def test_without_a_desk_for_the_platform_nothing_is_handed_off(pg: str) -> None:
+    """No help desk reaches Telegram (no Chatwoot, no webhook): an angry customer is not
+    handed to nobody; the bot keeps answering."""
+    async with stack(pg, ScriptedBackend(), bridge=False) as (app, adapter, api):
+        await send(app, adapter, 1, "THIS IS RIDICULOUS, third time I ask, refund me NOW!!!")
+        assert (await app.desk.status(KEY)).state is HandoffState.BOT
+        assert say(HANDING_OFF, "en") not in api.texts(CHAT)
+        assert api.texts(CHAT)[-1].startswith("echo:")
 
 
 async def test_unanswered_questions_escalate_and_the_note_names_them(pg: str) -> None:

@@ -46,6 +46,7 @@ from tenacity import (
 )
 
 from bot.handoff.types import DeskEvent
+from bot.types import ConversationKey
 
 from .auth import PLATFORM
 
@@ -227,8 +228,15 @@ class WebhookBridge:
         return bool(self._targets) or self._default is not None
 
     def target_for(self, event: DeskEvent) -> tuple[str, WebhookTarget] | None:
-        if event.key.platform == PLATFORM:
-            site = event.key.chat_id.partition(":")[0]
+        return self._target(event.key)
+
+    def reaches(self, key: ConversationKey) -> bool:
+        """Whether a receiver gets this conversation's events (types.DeskBridge)."""
+        return self._target(key) is not None
+
+    def _target(self, key: ConversationKey) -> tuple[str, WebhookTarget] | None:
+        if key.platform == PLATFORM:
+            site = key.chat_id.partition(":")[0]
             if site in self._targets:
                 return site, self._targets[site]
         return ("default", self._default) if self._default is not None else None

@@ -556,6 +556,9 @@ class ConversationManager:
         )
         if trigger is None:
             return False
+        if not self._handoff.reachable(work.key):  # no help desk for this platform
+            log.info("conversation %s: %s, but no desk reaches it", work.key, trigger.reason)
+            return False
         language = await self._language(batch[-1])
         await self._handoff.hand_off(work.conversation_id, work.key, trigger, language)
         sentence = phrases.say(phrases.HANDING_OFF, language)

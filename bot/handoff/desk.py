@@ -37,6 +37,7 @@ from .types import (
     HandoffState,
     HandoffStatus,
     Reason,
+    reaches,
 )
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,12 @@ class CoreDesk:
                      len(self._recovered))  # fmt: skip
 
     # -- types.Desk ------------------------------------------------------------------------
+
+    def reachable(self, key: ConversationKey) -> bool:
+        """Whether an agent can get this conversation: some attached bridge puts it before
+        one. Without one (no help desk configured for its platform), handing it off would
+        leave the customer talking to nobody, so the triggers do not."""
+        return any(reaches(bridge, key) for bridge in self._bridges)
 
     def attach(self, bridge: DeskBridge) -> None:
         queue: asyncio.Queue[_Item] = asyncio.Queue()

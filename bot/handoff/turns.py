@@ -115,6 +115,10 @@ class HandoffTurns:
             return Trigger(Reason.UNANSWERED, f"{failing} unanswered in a row")
         return None
 
+    def reachable(self, key: ConversationKey) -> bool:
+        """Whether an agent can get the conversation (CoreDesk.reachable)."""
+        return self.desk.reachable(key)
+
     async def hand_off(
         self, conversation_id: int, key: ConversationKey, trigger: Trigger, language: str
     ) -> HandoffStatus:

@@ -170,6 +170,16 @@ class DeskBridge(Protocol):
         ...
 
 
+def reaches(bridge: DeskBridge, key: ConversationKey) -> bool:
+    """Whether `bridge` puts this conversation before an agent: it serves the platform, and
+    where it has a `reaches(key)` method (a webhook bridge with per-site receivers), that
+    says so."""
+    if bridge.platforms is not None and key.platform not in bridge.platforms:
+        return False
+    check = getattr(bridge, "reaches", None)
+    return bool(check(key)) if callable(check) else True
+
+
 class Desk(Protocol):
     """The core's handoff service (bot/handoff/desk.py), used by triggers, bridges and the
     agent API."""
