@@ -76,6 +76,8 @@ BUDGET_USED_UP = N_(
 HANDING_OFF = N_(
     "I'm passing you to a person from our team. They will answer you here as soon as they can."
 )
+# Said when the customer asks for a person but no help desk reaches the conversation.
+NO_PERSON = N_("Nobody from our team can be reached here, so I will keep helping you myself.")
 TRANSLATED = N_("(translated automatically)")
 
 

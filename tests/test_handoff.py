@@ -27,7 +27,7 @@ from bot.conversation.sink import Author, current_author
 from bot.handoff.note import cited, transcript
 from bot.handoff.phrases import asks_for_person
 from bot.handoff.types import DeskEvent, EventKind, HandoffError, HandoffState, Reason
-from bot.phrases import HANDING_OFF, TRANSLATED, say
+from bot.phrases import HANDING_OFF, NO_PERSON, TRANSLATED, say
 from bot.settings import load_settings
 from bot.storage import migrate
 from bot.storage.base import MessageKind, StoredMessage
@@ -210,6 +210,9 @@ async def test_without_a_desk_for_the_platform_nothing_is_handed_off(pg: str) ->
         assert (await app.desk.status(KEY)).state is HandoffState.BOT
         assert say(HANDING_OFF, "en") not in api.texts(CHAT)
         assert api.texts(CHAT)[-1].startswith("echo:")
+        await send(app, adapter, 2, "Ich möchte mit einem Menschen sprechen", language="de")
+        assert (await app.desk.status(KEY)).state is HandoffState.BOT
+        assert api.texts(CHAT)[-1] == say(NO_PERSON, "de")  # no promise of a person
 
 
 async def test_unanswered_questions_escalate_and_the_note_names_them(pg: str) -> None:

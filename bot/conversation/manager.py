@@ -558,7 +558,11 @@ class ConversationManager:
             return False
         if not self._handoff.reachable(work.key):  # no help desk for this platform
             log.info("conversation %s: %s, but no desk reaches it", work.key, trigger.reason)
-            return False
+            if not signals.wants_human:
+                return False  # the bot answers as usual
+            # The "human" intent's answer promised a person: say there is none instead.
+            await self._reply_once(work, batch, await self._localizer(batch[-1])(phrases.NO_PERSON))
+            return True
         language = await self._language(batch[-1])
         await self._handoff.hand_off(work.conversation_id, work.key, trigger, language)
         sentence = phrases.say(phrases.HANDING_OFF, language)
