@@ -75,7 +75,10 @@ async def run_scenario(
         watcher = asyncio.create_task(watch_first_seen(api, first_seen))
         try:
             await asyncio.gather(users.ask_all(), fault(group))
-            verdict = await settle(api, users, model, first_seen, within_s=SETTLE_WITHIN_S)
+            verdict = await settle(
+                api, users, model, first_seen, within_s=SETTLE_WITHIN_S,
+                killed_at=group.killed_at,
+            )  # fmt: skip
         finally:
             watcher.cancel()
             await balancer.aclose()
