@@ -4,6 +4,7 @@ Parley app (SQLite, scripted backend) to the replies the stand-in Bot API record
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -157,13 +158,26 @@ async def test_token_never_reaches_the_log(tmp_path: Path, caplog: object) -> No
     import logging
 
     caplog.set_level(logging.DEBUG)  # type: ignore[attr-defined]
-    # Libraries imported earlier in a run (vLLM's stack) raise these loggers' levels.
+    # Libraries imported earlier in a run (vLLM's stack) raise these loggers' levels. A handler
+    # of the test's own on the loggers that see request URLs keeps every one of their records,
+    # whatever an earlier test in the same process did to the root logger's handlers.
+    own = io.StringIO()
+    handler = logging.StreamHandler(own)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    watched = [logging.getLogger(n) for n in ("httpx", "httpcore", "telegram", "adapters", "bot")]
     for name in ("httpx", "telegram"):
         caplog.set_level(logging.DEBUG, logger=name)  # type: ignore[attr-defined]
-    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, _api):
-        await feed(adapter, text_update(1, 42, "hi"))
-        await adapter.idle()
-    assert "httpx" in caplog.text  # type: ignore[attr-defined]
+    for logger in watched:
+        logger.addHandler(handler)
+    try:
+        async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, _api):
+            await feed(adapter, text_update(1, 42, "hi"))
+            await adapter.idle()
+    finally:
+        for logger in watched:
+            logger.removeHandler(handler)
+    assert "httpx HTTP Request" in own.getvalue()  # the Bot API calls were logged ...
+    assert TOKEN not in own.getvalue()  # ... without the token
     assert TOKEN not in caplog.text  # type: ignore[attr-defined]
 
 
