@@ -9,8 +9,8 @@ A conversation the bot has never let go of has no row: BOT, cached like any othe
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,11 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.errors import StorageError
 from bot.lru import Lru
 from bot.sentiment.types import Label, Sentiment
 from bot.storage.base import Cache
-from bot.storage.database import database_errors, describe_error
+from bot.storage.database import connection
 from bot.storage.models import ConversationRow, MessageRow
 from bot.types import ConversationKey, utcnow
 
@@ -67,7 +66,6 @@ class HandoffRepository:
         self._local: Lru[tuple[HandoffStatus, str]] | None = (
             None if cache.shared else Lru(LOCAL_STATES)
         )
-        self._errors = database_errors(engine.url)
         self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
 
     async def status(self, conversation_id: int) -> HandoffStatus:
@@ -212,13 +210,8 @@ class HandoffRepository:
         else:
             await self._cache.delete(_cache_key(conversation_id))
 
-    @asynccontextmanager
-    async def _connection(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.begin() if write else self._engine.connect() as conn:
-                yield conn
-        except self._errors as exc:
-            raise StorageError(describe_error(exc, self._engine.url)) from exc
+    def _connection(self, *, write: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
+        return connection(self._engine, write=write)
 
 
 def _cache_key(conversation_id: int) -> str:

@@ -6,13 +6,17 @@ the same way on both.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, event, make_url
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
+
+from bot.errors import StorageError
 
 # WAL lets readers work while one writer commits; NORMAL is durable across application crashes
 # in WAL mode (only an OS crash may lose the last commits); busy_timeout makes a second writer
@@ -50,6 +54,17 @@ def database_errors(url: str | URL) -> tuple[type[BaseException], ...]:
 
     # asyncpg raises its own errors unwrapped while connecting (a wrong user or database name).
     return (*_COMMON_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@asynccontextmanager
+async def connection(engine: AsyncEngine, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
+    """A connection of `engine` (in a transaction committed at the end when `write`), with
+    the driver's failures turned into StorageError: the repositories' one way in."""
+    try:
+        async with engine.begin() if write else engine.connect() as conn:
+            yield conn
+    except database_errors(engine.url) as exc:
+        raise StorageError(describe_error(exc, engine.url)) from exc
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -10,8 +10,8 @@ preference never fail. Every database failure raises StorageError.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,10 +20,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.errors import StorageError
 from bot.lru import Lru
 from bot.storage.base import Cache, MessageKind
-from bot.storage.database import database_errors, describe_error
+from bot.storage.database import connection
 from bot.storage.models import MessageRow, UserRow
 from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
 from bot.text.storable import storable
@@ -75,7 +74,6 @@ class PrefsRepository:
         self._local: Lru[tuple[str | None, bool]] | None = (
             Lru(LOCAL_CHATS) if cache is not None and not cache.shared else None
         )
-        self._errors = database_errors(engine.url)
         self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
 
     async def for_message(self, message_id: int) -> TurnPrefs:
@@ -206,13 +204,8 @@ class PrefsRepository:
         async with self._connection(write=True) as conn:
             await conn.execute(stmt)
 
-    @asynccontextmanager
-    async def _connection(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.begin() if write else self._engine.connect() as conn:
-                yield conn
-        except self._errors as exc:
-            raise StorageError(describe_error(exc, self._engine.url)) from exc
+    def _connection(self, *, write: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
+        return connection(self._engine, write=write)
 
 
 def _as_utc(moment: datetime) -> datetime:

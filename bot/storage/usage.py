@@ -9,8 +9,8 @@ Every database failure raises StorageError.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import date
 from typing import cast
@@ -19,8 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.errors import StorageError
-from bot.storage.database import database_errors, describe_error
+from bot.storage.database import connection
 from bot.storage.models import TokenUsageRow
 
 _t = TokenUsageRow
@@ -58,7 +57,6 @@ class UsageLine:
 class UsageLog:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._errors = database_errors(engine.url)
         backend = engine.url.get_backend_name()
         insert = postgresql.insert if backend == "postgresql" else sqlite.insert
         # Built once with its values as parameters, so SQLAlchemy compiles it once (a
@@ -103,13 +101,8 @@ class UsageLog:
             rows = (await conn.execute(query)).all()
         return [UsageLine(r[0], Subject(r[1], r[2]), Spent(r[3], r[4], r[5], r[6])) for r in rows]
 
-    @asynccontextmanager
-    async def _connection(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.begin() if write else self._engine.connect() as conn:
-                yield conn
-        except self._errors as exc:
-            raise StorageError(describe_error(exc, self._engine.url)) from exc
+    def _connection(self, *, write: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
+        return connection(self._engine, write=write)
 
 
 _COUNTS = ("prompt_tokens", "completion_tokens", "turns", "refused")
