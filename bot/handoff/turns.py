@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from bot import phrases
 from bot.conversation.sink import Author
+from bot.sentiment.classifier import classify
 from bot.sentiment.types import Label, Sentiment, TurnSignals
 from bot.settings import HandoffSettings
 from bot.skills.router import CommandRouter, Intent, TurnContext
@@ -57,11 +58,7 @@ def register_human_intent(router: CommandRouter, settings: HandoffSettings) -> N
 
 
 def offline_sentiment(text: str, language: str = "") -> Sentiment:
-    """The offline classifier (bot.sentiment.classifier) where it is installed, else neutral."""
-    try:
-        from bot.sentiment.classifier import classify  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return NEUTRAL
+    """The offline classifier's reading (bot.sentiment.classifier); neutral if it fails."""
     try:
         found: Sentiment = classify(text, language)
     except Exception:  # a classifier bug must not fail the customer's turn
