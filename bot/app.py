@@ -41,7 +41,7 @@ from bot.skills.router import CommandRouter
 from bot.skills.services import SkillServices
 from bot.storage.base import Cache
 from bot.storage.cache import build_cache
-from bot.storage.database import create_engine
+from bot.storage.database import create_engine, create_relaxed_engine
 from bot.storage.migrate import ensure_schema
 from bot.storage.prefs import PrefsRepository
 from bot.storage.sql_store import SqlStore
@@ -95,7 +95,8 @@ class Parley:
         url = s.database.url.get_secret_value()
         await ensure_schema(url, s.database.auto_migrate)
         engine = create_engine(url, echo=s.database.echo, pool_size=s.database.pool_size)
-        self.store = SqlStore(engine)
+        relaxed = create_relaxed_engine(engine, pool_size=max(2, s.database.pool_size // 2))
+        self.store = SqlStore(engine, relaxed)
         await self.store.start()
         self._stack.push_async_callback(self.store.aclose)
         self.metrics.watch_store(self.store.engine)
@@ -109,7 +110,7 @@ class Parley:
             # The one seam every model call passes: it counts them to the turn's budgets.
             self.backend = MeteredBackend(self.backend)
         self.budgets = Budgets.from_settings(
-            s.budget, s.redis, self.store.engine, observer=self.metrics
+            s.budget, s.redis, self.store.relaxed_engine, observer=self.metrics
         )
         self._stack.push_async_callback(self.budgets.aclose)
         summarizer = Summarizer(

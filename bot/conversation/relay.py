@@ -21,31 +21,42 @@ async def until(
     stopped: Callable[[], Awaitable[str]],
 ) -> AsyncGenerator[str, None]:
     """`chunks` until `stop` is set; then the note from `stopped()`, and `chunks` is closed
-    (which aborts the model request behind it)."""
+    (which aborts the model request behind it).
+
+    Each chunk is awaited directly in the reading task, with no task or wait set of its own
+    (a long answer streams hundreds of them). Setting `stop` cancels the reading task only
+    while it waits for the next chunk, the way `asyncio.timeout` does; a chunk the task had
+    already taken is shown, one the cancellation cut off is neither shown nor kept."""
+    reader: asyncio.Task[object] | None = None  # set only while waiting for a chunk
+    interrupted = False
+
+    def on_stop(_: object) -> None:
+        nonlocal interrupted
+        if reader is not None and not interrupted:
+            interrupted = True
+            reader.cancel()
+
     stopping = asyncio.create_task(stop.wait())
-    step: asyncio.Future[str] | None = None
+    stopping.add_done_callback(on_stop)
     try:
-        while True:
-            step = asyncio.ensure_future(anext(chunks))
-            await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
-                log.info("reply stopped by the user")
-                step.cancel()  # before the note: no chunk may be taken but not shown
-                await asyncio.gather(step, return_exceptions=True)
-                if not step.cancelled() and step.exception() is None:
-                    yield step.result()  # it arrived while the cancellation did
-                yield await stopped()
-                return
+        while not stop.is_set():
+            reader = asyncio.current_task()
             try:
-                chunk = step.result()
+                chunk = await anext(chunks)
             except StopAsyncIteration:
                 return
+            except asyncio.CancelledError:
+                if not interrupted or reader is None or reader.uncancel() > 0:
+                    raise  # cancelled from outside as well: not ours to swallow
+                break
+            finally:
+                reader = None
             yield chunk
+        log.info("reply stopped by the user")
+        yield await stopped()
     finally:
+        stopping.remove_done_callback(on_stop)
         stopping.cancel()
-        if step is not None and not step.done():  # the generator must be idle to be closed
-            step.cancel()
-            await asyncio.gather(step, return_exceptions=True)
         await chunks.aclose()
 
 

@@ -7,7 +7,7 @@ the same way on both.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,31 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
     return _create_async_engine(parsed, echo=echo, pool_size=pool_size, pool_recycle=POOL_RECYCLE_S)
 
 
+def create_relaxed_engine(durable: AsyncEngine, *, pool_size: int) -> AsyncEngine:
+    """An engine for writes that need not wait for the disk, beside `durable` (same URL).
+
+    PostgreSQL: its connections commit with `synchronous_commit = off`. Such a commit is
+    visible to every session at once and survives any crash of Parley's own processes; only a
+    crash of the database server itself may lose the last few hundred milliseconds of them
+    (3 x wal_writer_delay), never corrupting anything, and any durable commit that follows
+    flushes them too. Used for the lease's renewal and release, delivery progress notes,
+    token usage and message signals: each is advisory, or settled by a later durable commit
+    (docs/conversations.md). SQLite in WAL mode with synchronous=NORMAL already commits
+    without a sync: there `durable` itself is returned.
+    """
+    if durable.dialect.name != "postgresql":
+        return durable
+    return _create_async_engine(
+        durable.url,
+        echo=durable.echo,
+        pool_size=pool_size,
+        pool_recycle=POOL_RECYCLE_S,
+        # asyncpg's public connect() argument: session settings sent with the start-up
+        # packet, so the setting costs no round trip.
+        connect_args={"server_settings": {"synchronous_commit": "off"}},
+    )
+
+
 def database_errors(url: str | URL) -> tuple[type[BaseException], ...]:
     """The exceptions that mean "the database failed" for the driver of `url`."""
     if make_url(url).get_driver_name() != "asyncpg":
@@ -57,11 +82,22 @@ def database_errors(url: str | URL) -> tuple[type[BaseException], ...]:
 
 
 @asynccontextmanager
-async def connection(engine: AsyncEngine, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
+async def connection(
+    engine: AsyncEngine, *, write: bool = False, single: bool = False
+) -> AsyncIterator[AsyncConnection]:
     """A connection of `engine` (in a transaction committed at the end when `write`), with
-    the driver's failures turned into StorageError: the repositories' one way in."""
+    the driver's failures turned into StorageError: the repositories' one way in.
+
+    `single`: the block writes with one statement, atomic by itself. On PostgreSQL it then
+    runs in autocommit mode: the statement commits alone, with no BEGIN and COMMIT round
+    trips around it (SQLite still needs its transaction to commit)."""
+    opened: AbstractAsyncContextManager[AsyncConnection]
+    if single and engine.dialect.name == "postgresql":
+        opened = engine.execution_options(isolation_level="AUTOCOMMIT").connect()
+    else:
+        opened = engine.begin() if write or single else engine.connect()
     try:
-        async with engine.begin() if write else engine.connect() as conn:
+        async with opened as conn:
             yield conn
     except database_errors(engine.url) as exc:
         raise StorageError(describe_error(exc, engine.url)) from exc

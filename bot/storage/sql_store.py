@@ -69,8 +69,11 @@ class _AlreadyAnswered(Exception):
 class SqlStore:
     """The history store. It owns `engine`: `aclose()` disposes of it."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, relaxed: AsyncEngine | None = None) -> None:
         self._engine = engine
+        # Writes that need not wait for the disk (database.create_relaxed_engine): the lease's
+        # renewal and release and the delivery's progress notes.
+        self._relaxed = relaxed if relaxed is not None else engine
         self._errors = database_errors(engine.url)
         # On PostgreSQL, work that is one statement (every read, and a write that is atomic
         # by itself) runs in autocommit mode: no BEGIN and COMMIT/ROLLBACK round trips around
@@ -79,6 +82,7 @@ class SqlStore:
         self._autocommit = postgresql
         self._reads = _READS[postgresql]
         self._runner = Runner(engine)
+        self._relaxed_runner = Runner(self._relaxed) if relaxed is not None else self._runner
         self._user_ids: Lru[int] = Lru(ID_CACHE_SIZE)
         self._conversation_ids: Lru[int] = Lru(ID_CACHE_SIZE)
         self._user_languages: Lru[str] = Lru(ID_CACHE_SIZE)
@@ -87,15 +91,24 @@ class SqlStore:
     def engine(self) -> AsyncEngine:
         return self._engine
 
+    @property
+    def relaxed_engine(self) -> AsyncEngine:
+        """The engine for advisory writes (`engine` itself where there is no other)."""
+        return self._relaxed
+
     async def start(self) -> None:
         await self.ping()  # a wrong URL or a stopped server fails start-up, not the first turn
         try:  # the whole pool opened before traffic: no turn waits for a connection to open
             await self._runner.warm(pool_size(self._engine))
+            if self._relaxed is not self._engine:
+                await self._relaxed_runner.warm(pool_size(self._relaxed))
         except self._errors as exc:
             raise StorageError(describe_error(exc, self._engine.url)) from exc
 
     async def aclose(self) -> None:
         await self._engine.dispose()
+        if self._relaxed is not self._engine:
+            await self._relaxed.dispose()
 
     async def ping(self) -> None:
         await self._rows(_PING)
@@ -300,7 +313,7 @@ class SqlStore:
             params = {"cid": conversation_id, "who": owner, "epoch": epoch, "now_": now,
                       "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
             try:
-                if await self._write(_LEASE_RENEW, params) != 1:
+                if await self._write(_LEASE_RENEW, params, relaxed=True) != 1:
                     log.warning("conversation %s: lease lost while held", conversation_id)
                     lease.lost.set()
                     return False
@@ -314,7 +327,7 @@ class SqlStore:
         finally:
             with suppress(StorageError):  # not released: it lapses after ttl_s
                 params = {"cid": conversation_id, "who": owner, "epoch": epoch}
-                await self._write(_LEASE_RELEASE, params)
+                await self._write(_LEASE_RELEASE, params, relaxed=True)
 
     async def _take_lease(self, conversation_id: int, owner: str, ttl_s: float) -> TurnLease | None:
         """The lease with its new epoch and the unfinished delivery (one statement), or None
@@ -344,11 +357,11 @@ class SqlStore:
     ) -> None:
         params = {"cid": conversation_id, "epoch": epoch, "now_": utcnow(),
                   "shown": json.dumps({str(k): v for k, v in shown.items()})}  # fmt: skip
-        await self._write(_NOTE_DELIVERY, params)
+        await self._write(_NOTE_DELIVERY, params, relaxed=True)
 
     async def end_delivery(self, conversation_id: int, epoch: int, *, abandon: bool) -> None:
         statement = _ABANDON_DELIVERY if abandon else _END_DELIVERY
-        await self._write(statement, {"cid": conversation_id, "epoch": epoch})
+        await self._write(statement, {"cid": conversation_id, "epoch": epoch}, relaxed=True)
 
     async def delivery(self, conversation_id: int) -> DeliveryState | None:
         rows = await self._rows(_SELECT_DELIVERY, {"cid": conversation_id})
@@ -369,6 +382,7 @@ class SqlStore:
         *,
         write: bool = False,
         one_statement: bool = False,
+        relaxed: bool = False,
     ) -> T:
         """`work` on a connection: in a transaction committed on success when `write`, else
         a read (no transaction where the driver allows); `one_statement` says that the write
@@ -379,7 +393,8 @@ class SqlStore:
         transaction = write and not (one_statement and self._autocommit)
         for attempt in (1, 2):  # SQLAlchemy sets connection_invalidated; the pool replaces it
             try:
-                return await self._runner.run(work, transaction=transaction)
+                runner = self._relaxed_runner if relaxed else self._runner
+                return await runner.run(work, transaction=transaction)
             except sa_exc.DBAPIError as exc:
                 if attempt == 1 and exc.connection_invalidated:
                     continue
@@ -399,9 +414,13 @@ class SqlStore:
     ) -> list[StoredMessage]:
         return [_to_message(row) for row in await self._rows(stmt, params)]
 
-    async def _write(self, stmt: sa.Executable, params: Mapping[str, Any]) -> int:
-        """One statement that is atomic by itself; the number of rows it changed."""
-        return await self._run(lambda q: q.rowcount(stmt, params), write=True, one_statement=True)
+    async def _write(
+        self, stmt: sa.Executable, params: Mapping[str, Any], *, relaxed: bool = False
+    ) -> int:
+        """One statement that is atomic by itself; the number of rows it changed. `relaxed`:
+        committed without waiting for the disk (see `relaxed_engine`)."""
+        work: Callable[[Queries], int] = lambda q: q.rowcount(stmt, params)  # noqa: E731
+        return await self._run(work, write=True, one_statement=True, relaxed=relaxed)
 
     def _upsert(self, q: Queries, values: Mapping[str, Any]) -> tuple[int, int]:
         """The ids of the sender and the conversation, each inserted or found. Once per sender

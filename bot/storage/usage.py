@@ -76,7 +76,7 @@ class UsageLog:
         rows = [
             {"day": day, "scope": s.scope, "subject": s.name, **_values(spent)} for s in subjects
         ]
-        async with self._connection(write=True) as conn:
+        async with connection(self._engine, single=True) as conn:
             await conn.execute(self._add, rows[0] if len(rows) == 1 else rows)
 
     async def tokens(self, day: date, subject: Subject) -> int:
