@@ -765,15 +765,23 @@ class ConversationManager:
         if sink is None:  # detached meanwhile (see _schedule): the messages stay pending
             raise NotServedHere(key.platform)
         turn = _TURN.get()
-        await turn.begin()  # before anything is visible
-        # Threaded to the newest message it answers (a merged turn answers several).
+        # Recorded before anything is visible, while the model works on its first token: the
+        # sink pulls the first chunk (which sends the request) as the record is written, and
+        # gets that chunk only once the record is in (`_begun_first`).
+        beginning = asyncio.create_task(turn.begin(), name=f"begin delivery {key}")
         token = showing(turn)
         try:
+            # Threaded to the newest message it answers (a merged turn answers several).
             await sink.deliver(
-                key, self._first_seen(chunks), reply_to=batch[-1].platform_message_id
+                key,
+                self._first_seen(_begun_first(beginning, chunks)),
+                reply_to=batch[-1].platform_message_id,
             )
+            await beginning  # an answer of no chunks at all is begun as well
         finally:
             done_showing(token)
+            # Never cut off mid-statement; its failure, where it matters, was raised above.
+            await asyncio.gather(beginning, return_exceptions=True)
 
     async def _first_seen(self, chunks: AsyncIterator[str]) -> AsyncGenerator[str, None]:
         """`chunks`, telling the observer when the first text goes to the platform."""
@@ -831,3 +839,15 @@ def stops_a_reply(text: str) -> bool:
     """Whether `text` is a command that stops the reply being streamed (/stop, /reset)."""
     parsed = parse_command(text)
     return parsed is not None and parsed[0] in STOP_COMMANDS
+
+
+async def _begun_first(
+    beginning: asyncio.Task[None], chunks: AsyncIterator[str]
+) -> AsyncGenerator[str, None]:
+    """`chunks`, the first one held back until `beginning` (the delivery's record) is done;
+    its failure (Superseded, StorageError) ends the stream before anything is shown."""
+    async for chunk in chunks:
+        if not beginning.done():
+            await asyncio.shield(beginning)  # a cancelled delivery must not cancel the record
+        beginning.result()
+        yield chunk

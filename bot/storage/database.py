@@ -64,6 +64,7 @@ def create_relaxed_engine(durable: AsyncEngine, *, pool_size: int) -> AsyncEngin
         durable.url,
         echo=durable.echo,
         pool_size=pool_size,
+        max_overflow=0,  # its writes are short: they queue rather than open more connections
         pool_recycle=POOL_RECYCLE_S,
         # asyncpg's public connect() argument: session settings sent with the start-up
         # packet, so the setting costs no round trip.
