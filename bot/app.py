@@ -32,6 +32,7 @@ from bot.handoff.translation import Translator
 from bot.handoff.turns import HandoffTurns, register_human_intent
 from bot.knowledge import KnowledgeBase
 from bot.metrics import Metrics
+from bot.sentiment.classifier import warm as warm_sentiment
 from bot.settings import Settings
 from bot.skills.core_commands import register_core_commands
 from bot.skills.intents import SkillRouting
@@ -131,6 +132,7 @@ class Parley:
         self.manager = ConversationManager(
             store=self.store,
             cache=cache,
+            liveness=cache if s.redis.url else None,  # Redis: read by every worker
             context=context,
             router=self.router,
             backend=self.backend,
@@ -142,6 +144,8 @@ class Parley:
             budgets=self.budgets,
             handoff=handoff,
         )
+        # The sentiment reading of every message needs these; loaded before traffic.
+        await asyncio.to_thread(warm_sentiment)
         self.manager.start()
         self._stack.push_async_callback(self.manager.aclose)
         self.intake = Intake(
@@ -185,7 +189,7 @@ class Parley:
 
     def _skill_services(self, cache: Cache) -> SkillServices:
         s = self.settings
-        self.prefs = PrefsRepository(self.store.engine, cache)
+        self.prefs = PrefsRepository(self.store.engine, self.store, cache)
         self.kb = KnowledgeBase.from_settings(self.store.engine, s.knowledge)
         return SkillServices(
             backend=self.backend,

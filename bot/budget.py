@@ -202,7 +202,7 @@ class Budgets:
         clock: Clock | None = None,
     ) -> Budgets:
         """Shared through Redis when it is configured, else counted in this process."""
-        usage = UsageLog(engine)
+        usage = UsageLog(engine, flush_s=settings.usage_flush_s)
         url = redis.url.get_secret_value() if redis.url else ""
         if not url:
             return cls(settings, usage, observer=observer, clock=clock)
@@ -232,6 +232,7 @@ class Budgets:
         return budgets
 
     async def aclose(self) -> None:
+        await self.usage.aclose()
         if self._close is not None:
             await self._close()
 

@@ -391,6 +391,9 @@ class BudgetSettings(_Section):
     # A reservation that is never settled (its worker died) stops counting after this long:
     # keep it above the longest turn (backend.timeouts.total_s and its retries).
     reservation_ttl_s: float = Field(900.0, gt=0)
+    # Token usage is gathered in memory this long and written in one statement for every
+    # turn in between (0: each turn writes its own). A crash loses at most this much usage.
+    usage_flush_s: float = Field(0.5, ge=0)
 
     @field_validator("timezone")
     @classmethod

@@ -146,8 +146,11 @@ def settings_for(database_url: str, redis_url: str | None, prefix: str) -> Setti
     return Settings(
         database={"url": database_url},  # type: ignore[arg-type]
         redis=redis,  # type: ignore[arg-type]
-        # No sweep, and no lease renewal within a turn: periodic work, not a turn's.
+        # No sweep, and no lease renewal within a turn: periodic work, not a turn's. Token
+        # usage is written behind, one statement per flush for every turn in between
+        # (budget.usage_flush_s): none falls within a measured turn here.
         conversation={"sweep_interval_s": 0, "lock_ttl_s": 60},  # type: ignore[arg-type]
+        budget={"usage_flush_s": 3600},  # type: ignore[arg-type]
     )
 
 
@@ -179,18 +182,18 @@ async def cold(settings: Settings, redis: Redis | None) -> Counts:
 # UPDATE (one transaction); the usage INSERT; the lease release UPDATE.
 Budget = tuple[dict[str, int], int, int, dict[str, int]]
 SQLITE: dict[str, Budget] = {
-    "first": ({"INSERT": 6, "UPDATE": 5, "SELECT": 5}, 7, 0, {}),
-    "chat": ({"INSERT": 4, "UPDATE": 5, "SELECT": 1}, 7, 0, {}),
+    "first": ({"INSERT": 5, "UPDATE": 5, "SELECT": 5}, 6, 0, {}),
+    "chat": ({"INSERT": 3, "UPDATE": 5, "SELECT": 1}, 6, 0, {}),
     "command": ({"INSERT": 2, "UPDATE": 5, "SELECT": 2}, 5, 0, {}),
-    "cold": ({"INSERT": 6, "UPDATE": 5, "SELECT": 5}, 7, 0, {}),
+    "cold": ({"INSERT": 5, "UPDATE": 5, "SELECT": 5}, 6, 0, {}),
 }
 _CACHED_WINDOW = {"get": 3, "incrby": 1, "pexpire": 1, "set": 1}
 _NEW_WINDOW = {"get": 3, "incrby": 1, "pexpire": 1, "set": 4}
 POSTGRES: dict[str, Budget] = {
-    "first": ({"WITH": 1, "INSERT": 4, "UPDATE": 5, "SELECT": 5}, 2, 2, _NEW_WINDOW),
-    "chat": ({"INSERT": 4, "UPDATE": 5, "SELECT": 2}, 2, 2, _CACHED_WINDOW),
+    "first": ({"WITH": 1, "INSERT": 3, "UPDATE": 5, "SELECT": 5}, 2, 1, _NEW_WINDOW),
+    "chat": ({"INSERT": 3, "UPDATE": 5, "SELECT": 2}, 2, 1, _CACHED_WINDOW),
     "command": ({"INSERT": 2, "UPDATE": 5, "SELECT": 2}, 1, 1, {"incrby": 1, "pexpire": 1}),
-    "cold": ({"WITH": 1, "INSERT": 4, "UPDATE": 5, "SELECT": 5}, 2, 2, _NEW_WINDOW),
+    "cold": ({"WITH": 1, "INSERT": 3, "UPDATE": 5, "SELECT": 5}, 2, 1, _NEW_WINDOW),
 }
 
 

@@ -78,6 +78,14 @@ def classify(text: str, language: str = "") -> Sentiment:
     return _sentiment(compound, angry)
 
 
+def warm() -> None:
+    """Load the language identifier and every lexicon now (about a second, blocking), so that
+    a process's first customer message does not wait for them."""
+    detect_language("warm up")
+    for code in available():
+        load(code)
+
+
 def _bounded(text: str) -> str:
     text = text.replace("\x00", " ")
     if len(text) > _HEAD + _TAIL:

@@ -1,14 +1,21 @@
-"""Daily token usage in SQL (table token_usage): written once at the end of each turn that
-asked the model or was refused by a budget, read by `parley usage` and by the budgets when
-their shared counter has to be rebuilt (a new day, or Redis restarted empty).
+"""Daily token usage in SQL (table token_usage): added for each turn that asked the model or
+was refused by a budget, read by `parley usage` and by the budgets when their shared counter
+has to be rebuilt (a new day, or Redis restarted empty).
 
-Writes are upserts that add to the row (INSERT ... ON CONFLICT DO UPDATE, the same SQL on
-SQLite and PostgreSQL), so any number of workers can record the same user's turns at once.
-Every database failure raises StorageError.
+Written behind: a turn's usage is added to a sum in memory per day and subject, and the sums
+are written every `budget.usage_flush_s` (0.5 s) in one statement, whatever the number of
+turns in between; at close, and before this process reads usage back, they are written at
+once. A crash of the process loses at most that interval's usage (the answers themselves are
+in SQL). Writes are upserts that add to the row (INSERT ... ON CONFLICT DO UPDATE, the same
+SQL on SQLite and PostgreSQL), so any number of workers can record the same user's turns at
+once. Every database failure of a read raises StorageError; a failed write keeps its sums
+for the next one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -19,8 +26,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bot.errors import StorageError
 from bot.storage.database import connection
 from bot.storage.models import TokenUsageRow
+
+log = logging.getLogger(__name__)
 
 _t = TokenUsageRow
 
@@ -55,8 +65,13 @@ class UsageLine:
 
 
 class UsageLog:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, flush_s: float = 0.5) -> None:
         self._engine = engine
+        self._flush_s = flush_s
+        # Not yet written: per (day, scope, subject), the four counts in _COUNTS' order.
+        self._pending: dict[tuple[date, str, str], list[int]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()
         backend = engine.url.get_backend_name()
         insert = postgresql.insert if backend == "postgresql" else sqlite.insert
         # Built once with its values as parameters, so SQLAlchemy compiles it once (a
@@ -70,17 +85,64 @@ class UsageLog:
         )
 
     async def add(self, day: date, subjects: Sequence[Subject], spent: Spent) -> None:
-        """Add `spent` to each subject's row of `day` (created at zero when missing)."""
-        if not subjects:
-            return
-        rows = [
-            {"day": day, "scope": s.scope, "subject": s.name, **_values(spent)} for s in subjects
-        ]
-        async with connection(self._engine, single=True) as conn:
-            await conn.execute(self._add, rows[0] if len(rows) == 1 else rows)
+        """Add `spent` to each subject's row of `day` (created at zero when missing): at the
+        next flush, or now when `flush_s` is 0."""
+        added = _values(spent)
+        for subject in subjects:
+            sums = self._pending.setdefault((day, subject.scope, subject.name), [0] * 4)
+            for i, name in enumerate(_COUNTS):
+                sums[i] += added[name]
+        if self._flush_s == 0:
+            await self.flush()
+        elif self._pending and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.create_task(self._flush_soon(), name="usage flush")
+
+    async def flush(self) -> None:
+        """Write every sum gathered so far, in one statement. On a database failure the sums
+        are kept for the next flush, and StorageError is raised."""
+        async with self._writing:
+            pending, self._pending = self._pending, {}
+            if not pending:
+                return
+            rows = [
+                {
+                    "day": day,
+                    "scope": scope,
+                    "subject": name,
+                    **dict(zip(_COUNTS, sums, strict=True)),
+                }
+                for (day, scope, name), sums in pending.items()
+            ]
+            try:
+                async with connection(self._engine, single=True) as conn:
+                    await conn.execute(self._add, rows[0] if len(rows) == 1 else rows)
+            except BaseException:
+                for key, sums in pending.items():  # added back, to the sums gathered meanwhile
+                    now = self._pending.setdefault(key, [0] * 4)
+                    for i, value in enumerate(sums):
+                        now[i] += value
+                raise
+
+    async def aclose(self) -> None:
+        """Write what is left (a last try; a database that is down loses it, logged)."""
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        try:
+            await self.flush()
+        except StorageError as exc:
+            log.warning("token usage of the last turns not recorded: %s", exc)
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self._flush_s)
+        try:
+            await self.flush()
+        except StorageError as exc:  # kept: the next turn's flush tries again
+            log.warning("token usage not recorded yet: %s", exc)
 
     async def tokens(self, day: date, subject: Subject) -> int:
         """Tokens `subject` spent on `day`, as recorded so far."""
+        await self.flush()
         query = sa.select(_t.prompt_tokens + _t.completion_tokens).where(
             _t.day == day, _t.scope == subject.scope, _t.subject == subject.name
         )
@@ -90,6 +152,7 @@ class UsageLog:
 
     async def report(self, since: date, subject: Subject | None = None) -> list[UsageLine]:
         """Every row from `since` on (one subject's, when given), newest day first."""
+        await self.flush()
         query = sa.select(
             _t.day, _t.scope, _t.subject, _t.prompt_tokens, _t.completion_tokens, _t.turns,
             _t.refused,
