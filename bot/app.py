@@ -174,7 +174,7 @@ class Parley:
         """The desk and the manager's side of it. The desk closes after the manager (its
         last events are handed on once the last turns finished)."""
         h = self.settings.handoff
-        repo = HandoffRepository(self.store.engine, self.cache)
+        repo = HandoffRepository(self.store.engine, self.cache, relaxed=self.store.relaxed_engine)
         notes = NoteWriter(
             self.store, repo, services, agent_language=h.agent_language,
             history_messages=h.note_messages,

@@ -1,18 +1,21 @@
 """One contract suite run over every Cache implementation (real Redis, no mocks).
 
-Each test gets a `cache` and a `peer`: another user of the same entries and lock names. For
-MemoryCache that is the same object (its scope is the process); for Redis it is a second
-RedisCache with its own connection pool, standing in for another worker process.
+Each test gets a `cache` and a `peer`: another user of the same entries. For MemoryCache that
+is the same object (its scope is the process); for Redis it is a second RedisCache with its
+own connection pool, standing in for another worker process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from bot.storage.base import Cache
+from bot.storage import keys
+from bot.storage.base import Cache, Codec, ReadThrough
 from bot.storage.cache import MemoryCache, RedisCache
 
 # Bounds for polling loops: generous, because these tests must not depend on machine speed.
@@ -131,62 +134,6 @@ async def test_ping(cache: Cache) -> None:
     assert await cache.ping() is True
 
 
-async def test_lock_gives_mutual_exclusion(cache: Cache, peer: Cache) -> None:
-    counter = 0
-
-    async def increment(owner: Cache) -> None:
-        nonlocal counter
-        async with owner.lock("counter", ttl_s=5, wait_s=30):
-            seen = counter
-            await asyncio.sleep(0.005)  # a lost update would show if another task got in here
-            counter = seen + 1
-
-    await asyncio.gather(*(increment(cache if i % 2 else peer) for i in range(20)))
-    assert counter == 20
-
-
-async def test_lock_times_out_while_held(cache: Cache, peer: Cache) -> None:
-    async with cache.lock("busy", ttl_s=5, wait_s=1):
-        with pytest.raises(TimeoutError):
-            async with peer.lock("busy", ttl_s=5, wait_s=0.2):
-                pytest.fail("acquired a lock that is held")
-
-
-async def test_locks_with_other_names_are_independent(cache: Cache, peer: Cache) -> None:
-    async with cache.lock("a", ttl_s=5, wait_s=1), peer.lock("b", ttl_s=5, wait_s=1):
-        pass
-
-
-async def test_lock_is_extended_while_held_past_ttl(cache: Cache, peer: Cache) -> None:
-    ttl_s = 0.3
-    acquired = asyncio.Event()
-    release = asyncio.Event()
-
-    async def holder() -> None:
-        async with cache.lock("long", ttl_s=ttl_s, wait_s=1):
-            acquired.set()
-            await release.wait()
-
-    task = asyncio.create_task(holder())
-    await acquired.wait()
-    await asyncio.sleep(3 * ttl_s)  # the holder outlives its ttl: only extension keeps it
-    with pytest.raises(TimeoutError):
-        async with peer.lock("long", ttl_s=ttl_s, wait_s=0.1):
-            pytest.fail("acquired a lock whose holder is alive")
-    release.set()
-    await task
-    async with peer.lock("long", ttl_s=ttl_s, wait_s=1):
-        pass
-
-
-async def test_lock_is_released_when_the_body_raises(cache: Cache, peer: Cache) -> None:
-    with pytest.raises(RuntimeError, match="boom"):
-        async with cache.lock("fragile", ttl_s=5, wait_s=1):
-            raise RuntimeError("boom")
-    async with peer.lock("fragile", ttl_s=5, wait_s=0.5):
-        pass
-
-
 async def test_memory_cache_evicts_least_recently_used() -> None:
     cache = MemoryCache(max_entries=2)
     await cache.set("a", b"1")
@@ -204,3 +151,105 @@ async def test_count_is_shared_and_lapses_with_its_window(cache: Cache, peer: Ca
     assert await cache.count("rate:u2", 0.3) == 1
     await asyncio.sleep(0.35)
     assert await cache.count("rate:u1", 0.3) == 1  # a new window
+
+
+# The read-through layer: the same contract over both, and where they differ by design.
+
+
+class Loads:
+    """A loader that counts its calls and hands out the current version of each object."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.version = 1
+
+    async def __call__(self, id_: int) -> list[int]:
+        self.calls.append(id_)
+        return [id_, self.version]
+
+
+LISTS = Codec[list[int]](lambda v: json.dumps(v).encode(), lambda raw: list(json.loads(raw)))
+
+
+async def _never(_id: int, _copy: list[int]) -> bool:
+    return False
+
+
+STALE = dataclasses.replace(LISTS, current=_never)  # every copy from elsewhere is stale
+
+
+def _objects(cache: Cache, load: Loads, codec: Codec[list[int]] = LISTS) -> ReadThrough[list[int]]:
+    return cache.read_through(keys.window, load, codec, ttl_s=60)
+
+
+async def test_read_through_loads_once_then_serves_every_worker(cache: Cache, peer: Cache) -> None:
+    load = Loads()
+    assert await _objects(cache, load).get(7) == [7, 1]
+    assert await _objects(cache, load).get(7) == [7, 1]
+    assert await _objects(peer, load).get(7) == [7, 1]
+    assert load.calls == [7]
+
+
+async def test_read_through_put_replaces_and_invalidate_reloads(cache: Cache, peer: Cache) -> None:
+    load = Loads()
+    objects, peers = _objects(cache, load), _objects(peer, load)
+    await objects.put(3, [3, 99])
+    assert await peers.get(3) == [3, 99]
+    load.version = 2
+    await peers.invalidate(3)  # a change on one worker reaches the others
+    assert await objects.get(3) == [3, 2]
+    assert load.calls == [3]
+
+
+async def test_memory_read_through_keeps_the_object_itself() -> None:
+    cache, load = MemoryCache(), Loads()
+    objects = _objects(cache, load, STALE)
+    first = await objects.get(1)
+    first.append(5)  # what this process changed is what it reads: no copy, no check
+    assert await objects.get(1) is first
+    assert load.calls == [1]
+
+
+async def test_memory_objects_share_the_one_bounded_lru() -> None:
+    cache, load = MemoryCache(max_entries=2), Loads()
+    objects = _objects(cache, load)
+    await objects.get(1)
+    await cache.set("other", b"x")
+    await objects.get(2)  # the least recently used entry, object 1, goes
+    await objects.get(1)
+    assert load.calls == [1, 2, 1]
+
+
+@pytest.mark.redis
+async def test_redis_read_through_checks_a_copy_before_use(redis_url: str, key_prefix: str) -> None:
+    first, second = _redis_pair(redis_url, key_prefix)
+    try:
+        load = Loads()
+        await _objects(first, load).get(4)
+        load.version = 2
+        # Another worker's copy is stale: `current` says so, the object is loaded again
+        # and the fresh copy replaces it.
+        assert await _objects(second, load, STALE).get(4) == [4, 2]
+        assert await _objects(first, load).get(4) == [4, 2]
+        assert load.calls == [4, 4]
+    finally:
+        await first.aclose()
+        await second.aclose()
+        await _drop_prefix(redis_url, key_prefix)
+
+
+@pytest.mark.redis
+async def test_redis_read_through_loads_again_over_unreadable_bytes(
+    redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache, peer = _redis_pair(redis_url, key_prefix)
+    try:
+        await cache.set(keys.window(9), b"written by another version")
+        load = Loads()
+        assert await _objects(peer, load).get(9) == [9, 1]
+        assert load.calls == [9]
+        assert "unreadable cache entry" in caplog.text
+    finally:
+        await cache.aclose()
+        await peer.aclose()
+        await _drop_prefix(redis_url, key_prefix)

@@ -18,6 +18,7 @@ from bot.app import Parley
 from bot.conversation.manager import CUT_OFF_NOTE, STOPPED_NOTE
 from bot.errors import BackendUnavailable, ContextTooLong, NoBackendConfigured
 from bot.settings import Settings
+from bot.storage import keys
 from bot.storage.base import MessageKind
 from bot.types import ConversationKey, Incoming, Role, User
 from tests.doubles import CollectingSink, ScriptedBackend
@@ -412,7 +413,7 @@ async def test_an_unreadable_cached_window_is_rebuilt(
     settings.redis.key_prefix = key_prefix
     async with running(settings, backend) as (app, _):
         await app.manager.handle(incoming("first"))
-        await app.manager._cache.set("ctx:1", b'{"written": "by another version"}')
+        await app.cache.set(keys.window(1), b'{"written": "by another version"}')
         await app.manager.handle(incoming("second"))
     contents = [m.content for m in backend.requests[-1].messages[1:]]
     assert contents == ["first", "echo: first", "second"]

@@ -14,6 +14,7 @@ from bot.app import Parley
 from bot.settings import Settings
 from bot.storage import migrate
 from bot.storage.base import MessageKind
+from bot.storage.cache import MemoryCache
 from bot.storage.database import create_engine
 from bot.storage.prefs import PrefsRepository
 from bot.storage.sql_store import SqlStore
@@ -29,7 +30,7 @@ async def stores(database_url: str) -> AsyncIterator[tuple[SqlStore, PrefsReposi
     await migrate.upgrade(database_url)  # the SQLite file of the pair starts empty
     store = SqlStore(create_engine(database_url))
     await store.start()
-    yield store, PrefsRepository(store.engine)
+    yield store, PrefsRepository(store.engine, store, MemoryCache())
     await store.aclose()
 
 
@@ -54,7 +55,7 @@ async def test_language_is_stored_per_user(stores: tuple[SqlStore, PrefsReposito
     assert (await prefs.for_message(ada_msg)).language == "fr"
     assert (await prefs.for_message(bob_msg)).language is None
     await prefs.set_language(ada, None)
-    assert await prefs.user_language(ada) is None
+    assert (await prefs.for_message(ada_msg)).language is None
 
 
 async def test_chat_settings_are_stored_per_chat(stores: tuple[SqlStore, PrefsRepository]) -> None:

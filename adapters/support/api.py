@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from bot.conversation.intake import Intake
 from bot.lru import Lru
 from bot.phrases import base_language
+from bot.storage import keys
 from bot.storage.base import Cache
 from bot.types import Incoming, User
 
@@ -130,7 +131,7 @@ class SupportApi:
         ip_hits = asyncio.create_task(self._hits(f"support:ip:{_client(request)}"))
         try:
             caller, body, idempotency = await self._message_request(request)
-            visitor_hits = await self._hits(f"support:visitor:{caller.conversation}")
+            visitor_hits = await self._hits(keys.support_visitor(caller.conversation))
         finally:
             ip_total = await ip_hits
         self._check(ip_total, self._s.ip_requests)
@@ -197,7 +198,7 @@ class SupportApi:
         """Erase the visitor's messages and conversation (right to erasure)."""
         caller = await self._auth.caller(request, request.query_params.get("visitor_id"))
         for conversation_id in await self._history.erase(caller.key, caller.user_id):
-            await self._cache.delete(f"ctx:{conversation_id}")  # the context window's cache
+            await self._cache.delete(keys.window(conversation_id))
         await self._events.erase(caller.conversation)
         return Response(status_code=204)
 
@@ -265,7 +266,7 @@ class SupportApi:
         return counted
 
     async def _limit_ip(self, request: Request) -> None:
-        hits = await self._hits(f"support:ip:{_client(request)}")
+        hits = await self._hits(keys.support_ip(_client(request)))
         self._check(hits, self._s.ip_requests)
 
     async def _hits(self, key: str) -> int:

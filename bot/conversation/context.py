@@ -1,11 +1,10 @@
 """Loads, extends and rolls over a conversation's context window.
 
-The cache holds a copy of each window; SQL holds the truth. A shared cache (Redis) can hold a
-stale copy after an outage or a failed write, so its copies are used only if they are provably
-current (last reply and boundary match SQL's: one primary-key read). Without a shared cache
-this process is the only writer, updating its copies on every change, so they are trusted and
-kept as objects (an LRU): no encoding per turn, and each turn's prompt messages are built
-once (see `Turn.messages`).
+The cache holds each window (`Cache.read_through`); SQL holds the truth. In Redis a copy can
+be stale after an outage or a failed write, so a copy read from there is used only if it is
+provably current (last reply and boundary match SQL's: one primary-key read). In process the
+cache keeps the window objects this process updates on every change: trusted, no encoding per
+turn, and each turn's prompt messages are built once (see `Turn.messages`).
 
 A rebuild reads a bounded number of the newest rows, so loading costs the same for 10 or
 100,000 earlier messages.
@@ -15,8 +14,8 @@ from __future__ import annotations
 
 import logging
 
-from bot.lru import Lru
-from bot.storage.base import Cache, ConversationState, Store
+from bot.storage import keys
+from bot.storage.base import Cache, Codec, ConversationState, Store
 
 from .summary import Summarizer
 from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, turns_from_rows
@@ -24,8 +23,6 @@ from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, turns_from_rows
 log = logging.getLogger(__name__)
 
 CACHE_TTL_S = 24 * 3600
-# Windows kept in process when there is no shared cache; the least recently used go first.
-LOCAL_WINDOWS = 10_000
 
 
 class ContextLoader:
@@ -39,52 +36,32 @@ class ContextLoader:
         max_rows: int = 400,
     ) -> None:
         self._store = store
-        self._cache = cache
         self._summarizer = summarizer
         self.budget_tokens = budget_tokens
         self._max_rows = max_rows
-        # No shared cache: the windows live here, as objects.
-        self._local: Lru[Window] | None = None if cache.shared else Lru(LOCAL_WINDOWS)
-
-    @staticmethod
-    def _key(conversation_id: int) -> str:
-        return f"ctx:{conversation_id}"
+        codec = Codec(Window.dumps, Window.loads, self._current)
+        self._windows = cache.read_through(keys.window, self._rebuild, codec, ttl_s=CACHE_TTL_S)
 
     async def load(self, conversation_id: int) -> Window:
-        cached = await self._cached(conversation_id)
-        if cached is not None and self._local is not None:  # this process wrote it
-            return cached
+        return await self._windows.get(conversation_id)
+
+    async def _current(self, conversation_id: int, window: Window) -> bool:
+        if _is_current(window, await self._store.state(conversation_id)):
+            return True
+        log.info("stale cached window for conversation %s, rebuilding", conversation_id)
+        return False
+
+    async def _rebuild(self, conversation_id: int) -> Window:
         state = await self._store.state(conversation_id)
-        if cached is not None:
-            if _is_current(cached, state):
-                return cached
-            log.info("stale cached window for conversation %s, rebuilding", conversation_id)
-        window = await self._rebuild(state)
-        await self._save(conversation_id, window)
-        return window
-
-    async def _cached(self, conversation_id: int) -> Window | None:
-        if self._local is not None:
-            return self._local.get(conversation_id)
-        raw = await self._cache.get(self._key(conversation_id))
-        if raw is None:
-            return None
-        try:
-            return Window.loads(raw)
-        except (ValueError, TypeError):  # written by another version: rebuild from SQL
-            log.warning("unreadable cached window for conversation %s", conversation_id)
-            return None
-
-    async def _rebuild(self, state: ConversationState) -> Window:
         boundary = max(state.summary_through_id, state.context_start_id)
         summary = state.summary if state.summary_through_id >= state.context_start_id else ""
-        rows = await self._store.context_messages(state.id, boundary, self._max_rows)
+        rows = await self._store.context_messages(conversation_id, boundary, self._max_rows)
         turns = turns_from_rows(rows, complete=len(rows) < self._max_rows)
         summary_tokens = 0
         if summary:
             # Stored with the summary since migration 0005: no model round trip per rebuild.
             summary_tokens = state.summary_tokens or (
-                await self._count(summary) + MESSAGE_OVERHEAD_TOKENS
+                await self._summarizer.count(summary) + MESSAGE_OVERHEAD_TOKENS
             )
         return Window(summary, summary_tokens, boundary, turns)
 
@@ -92,7 +69,7 @@ class ContextLoader:
         """Make room for a new message of `new_tokens`: roll over only when it must."""
         if window.tokens + new_tokens > self.budget_tokens and window.turns:
             await self._roll_over(conversation_id, window, self.budget_tokens // 2 - new_tokens)
-            await self._save(conversation_id, window)
+            await self._windows.put(conversation_id, window)
         return window
 
     async def shrink(self, conversation_id: int, window: Window, new_tokens: int) -> Window:
@@ -102,13 +79,13 @@ class ContextLoader:
         if not window.turns:
             return window  # nothing to fold: the message alone is too long, the retry says so
         await self._roll_over(conversation_id, window, 0)
-        await self._save(conversation_id, window)
+        await self._windows.put(conversation_id, window)
         return window
 
     async def append(self, conversation_id: int, window: Window, turn: Turn) -> None:
         """Add a finished turn. Appending never changes what came before (prefix stability)."""
         window.add(turn)
-        await self._save(conversation_id, window)
+        await self._windows.put(conversation_id, window)
 
     async def _roll_over(self, conversation_id: int, window: Window, target: int) -> None:
         # Fold down to half the budget so roll-overs (which break the prefix) stay rare.
@@ -127,19 +104,7 @@ class ContextLoader:
         log.info("conversation %s rolled over: %d turns folded", conversation_id, len(fold))
 
     async def invalidate(self, conversation_id: int) -> None:
-        if self._local is not None:
-            self._local.discard(conversation_id)
-            return
-        await self._cache.delete(self._key(conversation_id))
-
-    async def _save(self, conversation_id: int, window: Window) -> None:
-        if self._local is not None:
-            self._local.put(conversation_id, window)
-            return
-        await self._cache.set(self._key(conversation_id), window.dumps(), CACHE_TTL_S)
-
-    async def _count(self, text: str) -> int:
-        return await self._summarizer.count(text)
+        await self._windows.invalidate(conversation_id)
 
 
 def _is_current(window: Window, state: ConversationState) -> bool:

@@ -25,14 +25,16 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from bot.errors import StorageError
+from bot.storage import keys
 from bot.storage.base import Cache, DeliveryState, MessageKind, Store, StoredMessage, TurnLease
 from bot.types import ConversationKey, utcnow
 
 log = logging.getLogger(__name__)
 
-# A worker's liveness key in the shared cache: refreshed every HEARTBEAT_S, lapses after
-# ALIVE_TTL_S. A delivery whose worker has no key (and whose SQL heartbeat is older than
-# SQL_GRACE_S, in case Redis itself restarted and forgot the key) is taken over.
+# A worker's liveness key in a cache every worker reads (Redis): refreshed every
+# HEARTBEAT_S, lapses after ALIVE_TTL_S. A delivery whose worker has no key (and whose SQL
+# heartbeat is older than SQL_GRACE_S, in case Redis itself restarted and forgot the key) is
+# taken over.
 HEARTBEAT_S = 1.0
 ALIVE_TTL_S = 3.0
 SQL_GRACE_S = 3.0
@@ -46,20 +48,17 @@ class Superseded(Exception):
     delivery is under way): this worker stops its turns there and shows nothing more."""
 
 
-def alive_key(owner: str) -> str:
-    return f"alive:{owner}"
-
-
-async def holder_alive(cache: Cache, state: DeliveryState, *, grace_s: float) -> bool:
-    """Whether the worker showing `state` may still finish it. With the shared cache
-    reachable: its liveness key, or a fresh SQL heartbeat; without: an SQL heartbeat younger
-    than `grace_s` (a worker cut off from the database cannot renew it, and is given that
-    long to come back and record what it showed)."""
+async def holder_alive(liveness: Cache | None, state: DeliveryState, *, grace_s: float) -> bool:
+    """Whether the worker showing `state` may still finish it. With `liveness` (the cache
+    the workers' liveness keys are in; None: they share none) reachable: its liveness key, or
+    a fresh SQL heartbeat; without: an SQL heartbeat younger than `grace_s` (a worker cut off
+    from the database cannot renew it, and is given that long to come back and record what
+    it showed)."""
     if state.owner is None:
         return False
     age_s = (utcnow() - state.seen).total_seconds() if state.seen else float("inf")
-    if cache.shared and await cache.ping():
-        if await cache.get(alive_key(state.owner)) is not None:
+    if liveness is not None and await liveness.ping():
+        if await liveness.get(keys.alive(state.owner)) is not None:
             return True
         return age_s < SQL_GRACE_S
     return age_s < grace_s
@@ -180,10 +179,10 @@ async def _until(stop: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-async def beat(cache: Cache, owner: str, stop: asyncio.Event) -> None:
-    """This worker's liveness key, refreshed until `stop` (shared caches only)."""
+async def beat(liveness: Cache, owner: str, stop: asyncio.Event) -> None:
+    """This worker's liveness key, refreshed until `stop`."""
     while not stop.is_set():
-        await cache.set(alive_key(owner), b"1", ttl_s=ALIVE_TTL_S)
+        await liveness.set(keys.alive(owner), b"1", ttl_s=ALIVE_TTL_S)
         if await _until(stop, HEARTBEAT_S):
             return
 

@@ -26,6 +26,7 @@ from bot.documents import DocumentReader, DocumentRefused, DocumentSource
 from bot.policy import AccessRules, is_allowed, is_operator
 from bot.settings import ConversationSettings
 from bot.skills.router import CommandRouter, parse_command
+from bot.storage import keys
 from bot.storage.base import Cache, Recorded
 from bot.types import Incoming
 
@@ -170,7 +171,7 @@ class Intake:
 
     async def _notify(self, incoming: Incoming, sentence: str, fields: dict[str, object]) -> None:
         told = await self._cache.count(
-            f"told:{sender_key(incoming)}", self._settings.rate_limit_window_s
+            keys.told(sender_key(incoming)), self._settings.rate_limit_window_s
         )
         if told > 1:  # 0: the cache is unreachable; telling twice beats not telling
             return

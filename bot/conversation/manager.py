@@ -53,6 +53,7 @@ from bot.skills.router import (
     TurnContext,
     parse_command,
 )
+from bot.storage import keys
 from bot.storage.base import Cache, MessageKind, Recorded, Store, StoredMessage, TurnLease
 from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 
@@ -102,6 +103,7 @@ class ConversationManager:
         *,
         store: Store,
         cache: Cache,
+        liveness: Cache | None = None,
         context: ContextLoader,
         router: CommandRouter,
         backend: Backend | None,
@@ -117,6 +119,8 @@ class ConversationManager:
         self._budgets: TurnBudgets = budgets or NO_BUDGETS
         self._store = store
         self._cache = cache
+        # Where workers mark that they are alive (Redis); None when they share no cache.
+        self._liveness = liveness
         self._context = context
         self._router = router
         self._backend = backend
@@ -136,11 +140,11 @@ class ConversationManager:
         self._stopping = asyncio.Event()
 
     def start(self) -> None:
-        """The worker's background duties: its liveness key in the shared cache (so other
-        workers leave the answers it is showing alone), and the orphan sweep."""
+        """The worker's background duties: its liveness key (so other workers leave the
+        answers it is showing alone), and the orphan sweep."""
         s = self._settings
-        if self._cache.shared:
-            beating = beat(self._cache, self._owner, self._stopping)
+        if self._liveness is not None:
+            beating = beat(self._liveness, self._owner, self._stopping)
             self._background.append(asyncio.create_task(beating, name="parley-heartbeat"))
         if s.sweep_interval_s > 0:
             task = sweep(
@@ -216,8 +220,8 @@ class ConversationManager:
         s = self._settings
         if s.rate_limit_messages == 0:
             return False
-        key = f"rate:{sender_key(incoming)}"
-        return await self._cache.count(key, s.rate_limit_window_s) > s.rate_limit_messages
+        hits = await self._cache.count(keys.rate(sender_key(incoming)), s.rate_limit_window_s)
+        return hits > s.rate_limit_messages
 
     def _stop_streaming(self, conversation_id: int) -> None:
         """/reset while a reply streams in this process: stop it (the model aborts it)."""
@@ -337,7 +341,9 @@ class ConversationManager:
         cid = work.conversation_id
         unfinished = lease.unfinished  # read with the lease, in the same statement
         if unfinished is not None and unfinished.owner != self._owner:
-            alive = holder_alive(self._cache, unfinished, grace_s=self._settings.delivery_grace_s)
+            alive = holder_alive(
+                self._liveness, unfinished, grace_s=self._settings.delivery_grace_s
+            )
             if await alive:
                 raise Superseded  # its worker records it; this one looks again soon
         while True:
@@ -456,7 +462,7 @@ class ConversationManager:
     async def _rate_limited(self, work: _Work, batch: list[StoredMessage]) -> None:
         """One sentence per conversation and rate window; the messages over the limit after
         it are marked answered without a word (a flood must not become a flood of replies)."""
-        key = f"rate-told:{work.conversation_id}"
+        key = keys.rate_told(work.conversation_id)
         told = await self._cache.count(key, self._settings.rate_limit_window_s)
         if told <= 1:  # 0: the cache is unreachable; telling twice beats not telling
             say = self._localizer(batch[-1])

@@ -1,9 +1,9 @@
 """The handoff's SQL: state per conversation (cached), state changes with their audit row in
 one transaction, and the per-message signals the triggers read.
 
-The state is read for every customer message, so it is kept in the shared cache (Redis) and
-dropped on every change, or, without a shared cache, in this process (the only writer then).
-A conversation the bot has never let go of has no row: BOT, cached like any other state.
+The state is read for every customer message, so it is kept in the cache (in process, or in
+Redis for every worker) and dropped on every change. A conversation the bot has never let go
+of has no row: BOT, cached like any other state.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.lru import Lru
 from bot.sentiment.types import Label, Sentiment
-from bot.storage.base import Cache
+from bot.storage import keys
+from bot.storage.base import Cache, Codec
 from bot.storage.database import connection
 from bot.storage.models import ConversationRow, MessageRow
 from bot.types import ConversationKey, utcnow
@@ -31,7 +31,6 @@ from .types import HandoffState, HandoffStatus, Reason
 _s, _e, _g, _m = HandoffStateRow, HandoffEventRow, MessageSignalRow, MessageRow
 _c = ConversationRow
 STATE_TTL_S = 3600.0
-LOCAL_STATES = 10_000
 BOT_STATUS = HandoffStatus(HandoffState.BOT)
 
 
@@ -60,33 +59,32 @@ class Signal:
 class HandoffRepository:
     """Shares the history's engine; it does not own it."""
 
-    def __init__(self, engine: AsyncEngine, cache: Cache) -> None:
+    def __init__(
+        self, engine: AsyncEngine, cache: Cache, *, relaxed: AsyncEngine | None = None
+    ) -> None:
         self._engine = engine
-        self._cache = cache
-        self._local: Lru[tuple[HandoffStatus, str]] | None = (
-            None if cache.shared else Lru(LOCAL_STATES)
-        )
+        # Signals are advisory: written without waiting for the disk where the store can
+        # (bot.storage.database.create_relaxed_engine); states and events are durable.
+        self._relaxed = relaxed or engine
+        self._states = cache.read_through(keys.handoff, self._load, _CODEC, ttl_s=STATE_TTL_S)
         self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        # Built once with its values as parameters, so SQLAlchemy compiles it once.
+        self._add_signal = self._dialect.insert(_g).on_conflict_do_nothing(
+            index_elements=["message_id"]
+        )
 
     async def status(self, conversation_id: int) -> HandoffStatus:
         return (await self.status_and_language(conversation_id))[0]
 
     async def status_and_language(self, conversation_id: int) -> tuple[HandoffStatus, str]:
         """The state and the customer's language at handoff; no SQL while it is cached."""
-        if self._local is not None and (known := self._local.get(conversation_id)) is not None:
-            return known
-        key = _cache_key(conversation_id)
-        if self._local is None and (raw := await self._cache.get(key)) is not None:
-            return _decode(raw)
+        return await self._states.get(conversation_id)
+
+    async def _load(self, conversation_id: int) -> tuple[HandoffStatus, str]:
         stmt = sa.select(_s.state, _s.reason, _s.detail, _s.since, _s.agent, _s.language)
         async with self._connection() as conn:
             row = (await conn.execute(stmt.where(_s.conversation_id == conversation_id))).first()
-        found = (BOT_STATUS, "") if row is None else (_status(row), row[5])
-        if self._local is not None:
-            self._local.put(conversation_id, found)
-        else:
-            await self._cache.set(key, _encode(*found), STATE_TTL_S)
-        return found
+        return (BOT_STATUS, "") if row is None else (_status(row), row[5])
 
     async def change(
         self,
@@ -131,7 +129,7 @@ class HandoffRepository:
                     to_state=to.value, reason=reason.value, detail=detail, agent=agent, at=now,
                 )
             )  # fmt: skip
-        await self._forget(conversation_id)
+        await self._states.invalidate(conversation_id)
         return Change(before, after, keep_language)
 
     async def waiting(self) -> list[tuple[int, ConversationKey, HandoffStatus, str]]:
@@ -172,9 +170,8 @@ class HandoffRepository:
         ]  # fmt: skip
         if not rows:
             return
-        stmt = self._dialect.insert(_g).values(rows)
-        async with self._connection(write=True) as conn:
-            await conn.execute(stmt.on_conflict_do_nothing(index_elements=["message_id"]))
+        async with connection(self._relaxed, single=True) as conn:
+            await conn.execute(self._add_signal, rows[0] if len(rows) == 1 else rows)
 
     async def recent_signals(
         self, conversation_id: int, limit: int, *, before_id: int | None = None
@@ -204,18 +201,8 @@ class HandoffRepository:
         async with self._connection() as conn:
             return [r[0] for r in reversed((await conn.execute(stmt)).all())]
 
-    async def _forget(self, conversation_id: int) -> None:
-        if self._local is not None:
-            self._local.discard(conversation_id)
-        else:
-            await self._cache.delete(_cache_key(conversation_id))
-
     def _connection(self, *, write: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
         return connection(self._engine, write=write)
-
-
-def _cache_key(conversation_id: int) -> str:
-    return f"handoff:{conversation_id}"
 
 
 def _status(row: Sequence[object]) -> HandoffStatus:
@@ -227,7 +214,8 @@ def _status(row: Sequence[object]) -> HandoffStatus:
     )  # fmt: skip
 
 
-def _encode(status: HandoffStatus, language: str) -> bytes:
+def _encode(found: tuple[HandoffStatus, str]) -> bytes:
+    status, language = found
     since = status.since.isoformat() if status.since else None
     reason = status.reason.value if status.reason else None
     fields = [status.state.value, reason, status.detail, since, status.agent, language]
@@ -240,3 +228,6 @@ def _decode(raw: bytes) -> tuple[HandoffStatus, str]:
         HandoffState(state), Reason(reason) if reason else None, detail,
         datetime.fromisoformat(since) if since else None, agent,
     ), language  # fmt: skip
+
+
+_CODEC = Codec(_encode, _decode)

@@ -1,7 +1,9 @@
 """The storage and cache seams the conversation manager is written against.
 
-`Store` is implemented once over SQLAlchemy (SQLite and PostgreSQL); `Cache` twice (memory and
-Redis). The contract suites in tests/ run every implementation through the same checks.
+`Store` is implemented once over SQLAlchemy (SQLite and PostgreSQL); `Cache`, a key-value
+store with a read-through layer for objects, twice (memory and Redis). Who runs a
+conversation's turns is decided by one locker, the Store's turn lease. The contract suites in
+tests/ run every implementation through the same checks.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from bot.types import ConversationKey, Incoming, Role
+
+T = TypeVar("T")
 
 
 class MessageKind(enum.StrEnum):
@@ -112,6 +116,29 @@ class ConversationState:
     last_reply_id: int = 0
     # The summary's tokens as given to fold_summary (0: unknown; count the summary).
     summary_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPrefs:
+    """Everything a skill needs to know about the sender and the chat of one message."""
+
+    user_ref: int | None  # users.id of the sender; None for a message without one
+    language: str | None
+    auto_translate: str | None
+    keep_messages: bool
+    reply_to_text: str | None
+    platform_language: str | None = None  # what the platform reports for the sender
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedMessage:
+    """A message of a chat as "what did I miss" shows it."""
+
+    id: int
+    author: str
+    is_bot: bool
+    content: str
+    created_at: datetime
 
 
 class Store(Protocol):
@@ -248,9 +275,67 @@ class Store(Protocol):
         True when a pending message was withdrawn."""
         ...
 
+    # Reads for the skills (bot.storage.prefs hands them on): messages are read and deleted
+    # only here.
+
+    async def turn_prefs(self, message_id: int) -> TurnPrefs:
+        """One round trip: the sender's and the chat's preferences and the replied-to text."""
+        ...
+
+    async def delete_observed(self, conversation_id: int) -> int:
+        """Delete the group messages kept for summaries (OBSERVED); returns how many."""
+        ...
+
+    async def last_seen_id(self, conversation_id: int, user_ref: int, before_id: int) -> int:
+        """The id up to which the user has seen this chat: their last message before
+        `before_id`, or the answer to it; 0 if they never wrote here."""
+        ...
+
+    async def messages_between(
+        self,
+        conversation_id: int,
+        *,
+        after_id: int = 0,
+        before_id: int,
+        since: datetime | None = None,
+        limit: int,
+    ) -> list[LoggedMessage]:
+        """The newest `limit` chat messages (the conversation's and, where the chat keeps
+        them, the group's; commands and their answers left out) with after_id < id <
+        before_id and, if given, sent after `since`; oldest first."""
+        ...
+
+
+async def _always(_id: int, _copy: object) -> bool:
+    return True
+
+
+@dataclass(frozen=True)  # no slots: Codec[X](...) sets __orig_class__
+class Codec(Generic[T]):
+    """How an object crosses into a shared cache and back. `decode` raises ValueError or
+    TypeError on bytes it cannot read (written by another version): the object is loaded.
+    A copy another worker wrote may be stale (an outage, a dropped write): it is used only
+    when `current(id, copy)` says it is."""
+
+    encode: Callable[[T], bytes]
+    decode: Callable[[bytes], T]
+    current: Callable[[int, T], Awaitable[bool]] = _always
+
+
+class ReadThrough(Protocol[T]):
+    """Objects of one kind by id, kept in the cache and loaded from SQL on a miss
+    (`Cache.read_through`). Whoever changes the SQL behind one puts or invalidates it."""
+
+    async def get(self, id_: int) -> T: ...
+
+    async def put(self, id_: int, value: T) -> None: ...
+
+    async def invalidate(self, id_: int) -> None: ...
+
 
 class Cache(Protocol):
-    """Holds only what can be rebuilt from SQL. Failures never raise: a get misses."""
+    """A key-value store of what can be rebuilt from SQL, under the keys of
+    bot.storage.keys. Failures never raise: a get misses, a write is dropped."""
 
     async def get(self, key: str) -> bytes | None: ...
 
@@ -264,18 +349,13 @@ class Cache(Protocol):
         0 when the cache is unreachable: limits built on it fail open."""
         ...
 
-    # True where other processes see the same entries (Redis); False for an in-process cache,
-    # whose one writer is this process, so what it holds is current by construction.
-    shared: bool
-
-    def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[bool]:
-        """Mutual exclusion on `name` (per process in memory, across processes in Redis).
-
-        Held past ttl_s only while the holder is alive (it is extended in the background).
-        Raises TimeoutError if not acquired within wait_s. Yields whether the exclusion holds
-        for every process that shares the cache: False while Redis is unreachable (in-process
-        exclusion only; the caller may fall back to Store.lease).
-        """
+    def read_through(
+        self, key: Callable[[int], str], load: Callable[[int], Awaitable[T]], codec: Codec[T],
+        *, ttl_s: float,
+    ) -> ReadThrough[T]:  # fmt: skip
+        """Objects under `key(id)`, loaded by `load(id)` on a miss. In process: the objects
+        themselves, in the cache's one LRU, trusted (this process is their only writer).
+        In Redis: through `codec`, shared by every worker."""
         ...
 
     async def ping(self) -> bool: ...

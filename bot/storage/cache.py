@@ -1,133 +1,91 @@
-"""The rebuildable cache and the conversation locks: in process, or in Redis.
+"""The rebuildable cache: in process, or in Redis.
 
-`MemoryCache` is the embedded default. `RedisCache` shares entries and locks between workers;
-it never raises from get/set/delete, because everything it holds can be rebuilt from SQL. While
-Redis is down it answers misses at once and its locks exclude within the process only (they
-say so: the manager then adds a lease in SQL, `Store.lease`), and the store's SQL fence
-(`Store.record_reply`) stops two workers from recording two answers to one message.
+`MemoryCache` is the embedded default: one LRU holds its entries, its counters and the objects
+of its read-throughs as they are (no encoding: this process is their only writer). `RedisCache`
+shares all of it between workers, objects encoded; it never raises, because everything it
+holds can be rebuilt from SQL: while Redis is down it answers misses at once, and objects are
+loaded from SQL. Who runs a conversation's turns is not the cache's business: that is the
+Store's turn lease, in SQL.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
-from bot.keepalive import renewing
 from bot.outage import Outage
 from bot.settings import RedisSettings
-from bot.storage.base import Cache
+from bot.storage.base import Cache, Codec, ReadThrough
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.asyncio.lock import Lock as RedisLock
 
 logger = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
+T = TypeVar("T")
+Load = Callable[[int], Awaitable[T]]
+KeyOf = Callable[[int], str]
 
 # Seconds a command waits for a pooled connection before it counts as a failure.
 POOL_WAIT_S = 10.0
 
 
-@dataclass(slots=True)
-class _NamedLock:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0  # holder and waiters: the entry is dropped when it reaches 0
-
-
-class _NamedLocks:
-    """One asyncio.Lock per name, kept only while some task holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, _NamedLock] = {}
-
-    @asynccontextmanager
-    async def hold(self, name: str, wait_s: float) -> AsyncIterator[None]:
-        entry = self._entries.setdefault(name, _NamedLock())
-        entry.users += 1
-        try:
-            # Alone on the entry (no holder, nobody queued): taken at once, no timer to arm.
-            await _acquire_within(entry.lock, name, wait_s, alone=entry.users == 1)
-            try:
-                yield
-            finally:
-                entry.lock.release()
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._entries[name]
-
-
-async def _acquire_within(lock: asyncio.Lock, name: str, wait_s: float, *, alone: bool) -> None:
-    if alone and not lock.locked():
-        await lock.acquire()  # free, nobody queued: taken at once, no timer to arm and cancel
-        return
-    try:
-        async with asyncio.timeout(wait_s):
-            await lock.acquire()
-    except TimeoutError:
-        raise TimeoutError(f"lock {name!r} not acquired within {wait_s:g}s") from None
+def _deadline(ttl_s: float | None) -> float | None:
+    return None if ttl_s is None else time.monotonic() + ttl_s
 
 
 class MemoryCache:
-    """The in-process cache: entries expire on a monotonic clock, the least recently used go
-    first once `max_entries` is reached. Expired entries are dropped when next read or evicted.
-    """
+    """Entries expire on a monotonic clock; the least recently used go first once
+    `max_entries` is reached (windows, chat preferences, handoff states and counters alike).
+    Expired entries are dropped when next read or evicted."""
 
-    shared = False
-
-    def __init__(self, max_entries: int = 10000) -> None:
+    def __init__(self, max_entries: int = 30_000) -> None:
         self._max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
-        self._locks = _NamedLocks()
+        self._entries: OrderedDict[str, tuple[object, float | None]] = OrderedDict()
 
-    async def get(self, key: str) -> bytes | None:
+    def _find(self, key: str) -> object | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        value, expires_at = entry
-        if expires_at is not None and expires_at <= time.monotonic():
+        if entry[1] is not None and entry[1] <= time.monotonic():
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
-        return value
+        return entry[0]
 
-    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
-        expires_at = None if ttl_s is None else time.monotonic() + ttl_s
+    def _keep(self, key: str, value: object, expires_at: float | None) -> None:
         self._entries[key] = (value, expires_at)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
+    async def get(self, key: str) -> bytes | None:
+        found = self._find(key)
+        return found if isinstance(found, bytes) else None
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        self._keep(key, value, _deadline(ttl_s))
+
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
 
     async def count(self, key: str, window_s: float) -> int:
-        # A counter is an entry too: same expiry, same eviction.
-        raw = await self.get(key)
-        if raw is None:
-            await self.set(key, b"1", window_s)
-            return 1
-        value, expires_at = self._entries[key]
-        hits = int(value) + 1
-        self._entries[key] = (str(hits).encode(), expires_at)
-        return hits
+        hits = self._find(key)
+        if isinstance(hits, int):  # the window keeps the expiry of its first hit
+            self._keep(key, hits + 1, self._entries[key][1])
+            return hits + 1
+        self._keep(key, 1, _deadline(window_s))
+        return 1
 
-    def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[bool]:
-        # ttl_s bounds a lock whose holder died; in one process the holder cannot die alone.
-        return self._exclusive(name, wait_s)
-
-    @asynccontextmanager
-    async def _exclusive(self, name: str, wait_s: float) -> AsyncIterator[bool]:
-        async with self._locks.hold(name, wait_s):
-            yield True  # an in-process cache serves one process: this is all the exclusion
+    def read_through(
+        self, key: KeyOf, load: Load[T], codec: Codec[T], *, ttl_s: float
+    ) -> ReadThrough[T]:
+        # Neither encoding nor check: the objects stay objects, and this process wrote them.
+        return _HeldObjects(self, key, load, ttl_s)
 
     async def ping(self) -> bool:
         return True
@@ -136,43 +94,75 @@ class MemoryCache:
         self._entries.clear()
 
 
-class _Outage(Outage):
-    """The cache's outage, which also says once that locks hold within this process only."""
+class _HeldObjects(Generic[T]):
+    """Objects in a MemoryCache's LRU, as they are."""
 
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__(retry_after_s, meanwhile="the cache is bypassed", logger=logger)
-        self._lock_warned = False
+    def __init__(self, cache: MemoryCache, key: KeyOf, load: Load[T], ttl_s: float) -> None:
+        self._cache, self._key, self._load, self._ttl_s = cache, key, load, ttl_s
 
-    def succeeded(self) -> None:
-        super().succeeded()
-        self._lock_warned = False
+    async def get(self, id_: int) -> T:
+        found = self._cache._find(self._key(id_))
+        if found is not None:
+            return cast(T, found)
+        value = await self._load(id_)
+        await self.put(id_, value)
+        return value
 
-    def lock_degraded(self) -> None:
-        if not self._lock_warned:
-            self._lock_warned = True
-            logger.warning(
-                "Redis is unreachable: locks exclude within this process only until it is "
-                "back; conversations are leased in SQL meanwhile"
-            )
+    async def put(self, id_: int, value: T) -> None:
+        self._cache._keep(self._key(id_), value, _deadline(self._ttl_s))
+
+    async def invalidate(self, id_: int) -> None:
+        await self._cache.delete(self._key(id_))
+
+
+class _CopiedObjects(Generic[T]):
+    """Objects encoded in a shared cache; a copy is checked with `codec.current` before use."""
+
+    def __init__(
+        self, cache: Cache, key: KeyOf, load: Load[T], codec: Codec[T], ttl_s: float
+    ) -> None:
+        self._cache, self._key, self._load, self._codec = cache, key, load, codec
+        self._ttl_s = ttl_s
+
+    async def get(self, id_: int) -> T:
+        copy = self._decoded(self._key(id_), await self._cache.get(self._key(id_)))
+        if copy is not None and await self._codec.current(id_, copy):
+            return copy
+        value = await self._load(id_)
+        await self.put(id_, value)
+        return value
+
+    def _decoded(self, key: str, raw: bytes | None) -> T | None:
+        if raw is None:
+            return None
+        try:
+            return self._codec.decode(raw)
+        except (ValueError, TypeError):  # written by another version: loaded again
+            logger.warning("unreadable cache entry %s, loaded from SQL", key)
+            return None
+
+    async def put(self, id_: int, value: T) -> None:
+        await self._cache.set(self._key(id_), self._codec.encode(value), self._ttl_s)
+
+    async def invalidate(self, id_: int) -> None:
+        await self._cache.delete(self._key(id_))
 
 
 class RedisCache:
-    """Entries under `{key_prefix}:{key}`, locks under `{key_prefix}:lock:{name}`."""
-
-    shared = True
+    """Entries under `{key_prefix}:{key}`, keys from bot.storage.keys."""
 
     def __init__(
         self, client: Redis, *, key_prefix: str, retry_after_failure_s: float = 5.0
     ) -> None:
         # redis is the optional [redis] extra: imported here so MemoryCache needs none of it.
-        from redis.exceptions import LockError, RedisError
+        from redis.exceptions import RedisError
 
         self._client = client
         self._prefix = key_prefix
-        self._outage = _Outage(retry_after_failure_s)
-        self._local_locks = _NamedLocks()
+        self._outage = Outage(
+            retry_after_failure_s, meanwhile="the cache is bypassed", logger=logger
+        )
         self._failures: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
-        self._lock_lost: type[BaseException] = LockError
 
     @classmethod
     def from_url(
@@ -189,7 +179,7 @@ class RedisCache:
         from redis.backoff import NoBackoff
 
         # A blocking pool makes a burst of turns queue for a connection instead of failing
-        # with "Too many connections" (which would degrade every lock to in-process).
+        # with "Too many connections" (which would bypass the cache for every worker's turn).
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -208,7 +198,7 @@ class RedisCache:
     def _key(self, key: str) -> str:
         return f"{self._prefix}:{key}"
 
-    async def _attempt(self, command: Callable[[], Awaitable[_T]]) -> _T | None:
+    async def _attempt(self, command: Callable[[], Awaitable[T]]) -> T | None:
         """Run one Redis command; None if it failed or Redis is in its retry pause."""
         if not self._outage.should_try():
             return None
@@ -244,69 +234,10 @@ class RedisCache:
 
         return await self._attempt(hit) or 0
 
-    def lock(self, name: str, *, ttl_s: float, wait_s: float) -> AbstractAsyncContextManager[bool]:
-        return self._hold(name, ttl_s, wait_s)
-
-    @asynccontextmanager
-    async def _hold(self, name: str, ttl_s: float, wait_s: float) -> AsyncIterator[bool]:
-        deadline = asyncio.get_running_loop().time() + wait_s
-        # The in-process lock comes first: this process's tasks queue on it instead of polling
-        # Redis, and exclusion within the process holds even while Redis is down.
-        async with self._local_locks.hold(name, wait_s):
-            left_s = max(0.0, deadline - asyncio.get_running_loop().time())
-            shared = await self._acquire_shared(name, ttl_s, left_s)
-            if shared is None:
-                yield False  # Redis is down: exclusive within this process only
-                return
-            async with self._extended(shared, name, ttl_s):
-                yield True
-
-    async def _acquire_shared(self, name: str, ttl_s: float, wait_s: float) -> RedisLock | None:
-        """The Redis lock, or None when Redis is down (the caller goes on in-process only)."""
-        if not self._outage.should_try():
-            self._outage.lock_degraded()
-            return None
-        lock: RedisLock = self._client.lock(
-            self._key(f"lock:{name}"), timeout=ttl_s, thread_local=False
-        )
-        try:
-            acquired = await lock.acquire(blocking_timeout=wait_s)
-        except self._failures as exc:
-            self._outage.failed(exc)
-            self._outage.lock_degraded()
-            return None
-        self._outage.succeeded()
-        if not acquired:
-            raise TimeoutError(f"lock {name!r} not acquired within {wait_s:g}s")
-        return lock
-
-    @asynccontextmanager
-    async def _extended(self, lock: RedisLock, name: str, ttl_s: float) -> AsyncIterator[None]:
-        async def extend() -> bool:
-            try:
-                await lock.extend(ttl_s, replace_ttl=True)
-            except self._lock_lost:
-                logger.warning(
-                    "lock %r expired while held (a stall past its ttl, or Redis restarted); "
-                    "the store's SQL fence still prevents a second answer",
-                    name,
-                )
-                return False
-            except self._failures as exc:
-                # Redis is down: the key may outlive the outage, so keep trying to extend it.
-                self._outage.failed(exc)
-            return True
-
-        try:
-            async with renewing(extend, ttl_s / 3, name=f"extend lock {name}"):
-                yield
-        finally:
-            await self._release(lock)
-
-    async def _release(self, lock: RedisLock) -> None:
-        # Already expired, or Redis is down: either way the key lapses within ttl_s.
-        with suppress(*self._failures):
-            await lock.release()
+    def read_through(
+        self, key: KeyOf, load: Load[T], codec: Codec[T], *, ttl_s: float
+    ) -> ReadThrough[T]:
+        return _CopiedObjects(self, key, load, codec, ttl_s)
 
     async def ping(self) -> bool:
         # Unlike get/set, a health check always asks Redis, even during the retry pause.

@@ -40,13 +40,16 @@ from bot.storage.base import (
     ContextRow,
     ConversationState,
     DeliveryState,
+    LoggedMessage,
     MessageKind,
     Recorded,
     StoredMessage,
     TurnLease,
+    TurnPrefs,
 )
 from bot.storage.database import database_errors, describe_error
 from bot.storage.models import ConversationRow, MessageRow, UserRow
+from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
 from bot.storage.runners import Queries, Runner, pool_size
 from bot.text.storable import storable
 from bot.types import ConversationKey, Incoming, Role, utcnow
@@ -447,6 +450,40 @@ class SqlStore:
             return False
         params = {"cid": conversation_id, "pmid": platform_message_id}
         return await self._write(_WITHDRAW, params) > 0
+
+    # The skills' reads of messages (bot.storage.prefs hands them on).
+
+    async def turn_prefs(self, message_id: int) -> TurnPrefs:
+        rows = await self._rows(_TURN_PREFS, {"mid": message_id})
+        if not rows:
+            return TurnPrefs(None, None, None, False, None)
+        user_ref, language, target, keep, reply_to, platform_language = rows[0]
+        return TurnPrefs(user_ref, language, target, bool(keep), reply_to, platform_language)
+
+    async def delete_observed(self, conversation_id: int) -> int:
+        return await self._write(_DELETE_OBSERVED, {"cid": conversation_id})
+
+    async def last_seen_id(self, conversation_id: int, user_ref: int, before_id: int) -> int:
+        params = {"cid": conversation_id, "uid": user_ref, "before": before_id}
+        return int(_scalar(await self._rows(_LAST_SEEN, params)) or 0)
+
+    async def messages_between(
+        self,
+        conversation_id: int,
+        *,
+        after_id: int = 0,
+        before_id: int,
+        since: datetime | None = None,
+        limit: int,
+    ) -> list[LoggedMessage]:
+        where = [_m.conversation_id == conversation_id, _m.id > after_id, _m.id < before_id]
+        if since is not None:
+            where.append(_m.created_at > since)
+        rows = await self._rows(_BETWEEN.where(*where).limit(limit))
+        return [
+            LoggedMessage(id_, author or "someone", role == _ASSISTANT, content, _as_utc(at))
+            for id_, author, role, content, at in reversed(rows)
+        ]
 
 
 # --- statements, built once ------------------------------------------------------------------
@@ -851,4 +888,39 @@ _WITHDRAW = (
         _PENDING_WHERE,
     )
     .values(answered_by=0, kind=MessageKind.COMMAND.value, content=WITHDRAWN_STUB)
+)
+
+# The skills' reads: preferences of a message's sender and chat, "what did I miss".
+_TURN_PREFS = (
+    sa.select(
+        _m.user_id, UserPrefsRow.language, ChatPrefsRow.auto_translate,
+        ChatPrefsRow.keep_messages, MessageReplyRow.reply_to_text, UserRow.language_code,
+    )
+    .select_from(_m)
+    .outerjoin(UserRow, UserRow.id == _m.user_id)
+    .outerjoin(UserPrefsRow, UserPrefsRow.user_id == _m.user_id)
+    .outerjoin(ChatPrefsRow, ChatPrefsRow.conversation_id == _m.conversation_id)
+    .outerjoin(MessageReplyRow, MessageReplyRow.message_id == _m.id)
+    .where(_m.id == _param("mid"))
+)  # fmt: skip
+_DELETE_OBSERVED = sa.delete(_m).where(
+    _m.conversation_id == _param("cid"), _m.kind == _literal(MessageKind.OBSERVED.value)
+)
+# The user's last message before `before`, or the answer to it (answered_by 0: a kept
+# message, nothing answered it).
+_LAST_OWN = (
+    sa.select(sa.func.max(_m.id))
+    .where(_m.conversation_id == _param("cid"), _m.user_id == _param("uid"),
+           _m.id < _param("before"))
+    .scalar_subquery()
+)  # fmt: skip
+_LAST_SEEN = sa.select(sa.func.coalesce(sa.func.nullif(_m.answered_by, 0), _m.id)).where(
+    _m.id == _LAST_OWN
+)
+_BETWEEN = (  # the chat's messages for a summary, newest first
+    sa.select(_m.id, UserRow.display_name, _m.role, _m.content, _m.created_at)
+    .select_from(_m)
+    .outerjoin(UserRow, UserRow.id == _m.user_id)
+    .where(_m.kind.in_((MessageKind.CHAT.value, MessageKind.OBSERVED.value)))
+    .order_by(_m.id.desc())
 )

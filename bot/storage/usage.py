@@ -113,14 +113,18 @@ class UsageLog:
                 }
                 for (day, scope, name), sums in pending.items()
             ]
+            written = False
             try:
                 async with connection(self._engine, single=True) as conn:
                     await conn.execute(self._add, rows[0] if len(rows) == 1 else rows)
+                    written = not conn.in_transaction()  # autocommit: committed already
+                written = True
             except BaseException:
-                for key, sums in pending.items():  # added back, to the sums gathered meanwhile
-                    now = self._pending.setdefault(key, [0] * 4)
-                    for i, value in enumerate(sums):
-                        now[i] += value
+                if not written:  # added back, to the sums gathered meanwhile; never twice
+                    for key, sums in pending.items():
+                        now = self._pending.setdefault(key, [0] * 4)
+                        for i, value in enumerate(sums):
+                            now[i] += value
                 raise
 
     async def aclose(self) -> None:
@@ -134,11 +138,13 @@ class UsageLog:
             log.warning("token usage of the last turns not recorded: %s", exc)
 
     async def _flush_soon(self) -> None:
-        await asyncio.sleep(self._flush_s)
-        try:
-            await self.flush()
-        except StorageError as exc:  # kept: the next turn's flush tries again
-            log.warning("token usage not recorded yet: %s", exc)
+        while self._pending:  # what turns add during a write goes in the next one
+            await asyncio.sleep(self._flush_s)
+            try:
+                await self.flush()
+            except StorageError as exc:  # kept: the next turn's flush tries again
+                log.warning("token usage not recorded yet: %s", exc)
+                return
 
     async def tokens(self, day: date, subject: Subject) -> int:
         """Tokens `subject` spent on `day`, as recorded so far."""
