@@ -95,7 +95,7 @@ from bot.app import Parley
 from bot.settings import BackendSettings, Settings
 from bot.types import ChatMessage, ConversationKey, Incoming, User
 from tests.doubles import CollectingSink
-from tests.fixtures_vllm import SERVED_MODEL, VLLM_ENV, _free_port, _server_command, _stop
+from tests.fixtures_vllm import SERVED_MODEL, VLLM_ENV, _server_command, free_port, stop_server
 from tests.tinymodel import build_tiny_model
 
 DEFAULT_BLOCK = 32
@@ -121,10 +121,16 @@ class Seen:
 
 
 class Recording:
-    """The real backend, keeping each chat request (session id set) and its usage."""
+    """The real backend, keeping each chat request (session id set) and its usage.
 
-    def __init__(self, inner: Backend, system_prompt: str | None = None) -> None:
+    With `follow=False` only the request is kept: its reply streams straight from the inner
+    backend (no usage, no text), so the recording adds no work per streamed chunk."""
+
+    def __init__(
+        self, inner: Backend, system_prompt: str | None = None, *, follow: bool = True
+    ) -> None:
         self.inner = inner
+        self.follow = follow
         # When set, only requests that start with it are kept: the chat turns, not the
         # requests of other skills (intent detection, summaries) that share the session.
         self._system_prompt = system_prompt
@@ -144,7 +150,7 @@ class Recording:
     async def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return await self.inner.count_chat_tokens(messages)
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         entry = Seen(list(request.messages), None, request.max_tokens, request.temperature)
         first = request.messages[0].content if request.messages else ""
         # startswith: after a roll-over the summary follows the system prompt.
@@ -152,6 +158,11 @@ class Recording:
         if request.session_id and wanted:  # summaries have no session id
             self.seen.append(entry)
             self.sessions.append(request.session_id)
+        return self._followed(entry, request) if self.follow else self.inner.stream(request)
+
+    async def _followed(
+        self, entry: Seen, request: GenerationRequest
+    ) -> AsyncGenerator[Chunk, None]:
         parts: list[str] = []
         async with contextlib.aclosing(self.inner.stream(request)) as chunks:
             async for chunk in chunks:
@@ -271,7 +282,7 @@ def vllm_server(
     os.environ.update({k: os.environ.get(k, v) for k, v in VLLM_ENV.items()})
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": cpus} if cpus else None
     pinned = ["taskset", "-c", cpus] if cpus else []
-    port = _free_port()
+    port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [*pinned, *_server_command(model_dir, port), *extra_args],
@@ -290,9 +301,11 @@ def vllm_server(
                 if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
                     break
             time.sleep(0.5)
+        else:
+            raise RuntimeError("vLLM server not healthy after 200 s")
         yield base_url
     finally:
-        _stop(process)
+        stop_server(process)
 
 
 async def metric(http: httpx.AsyncClient, name: str) -> float:

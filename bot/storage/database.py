@@ -43,7 +43,12 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, echo=echo, pool_size=pool_size)
-    return _create_async_engine(parsed, echo=echo, pool_size=pool_size, pool_recycle=POOL_RECYCLE_S)
+    # No overflow: past pool_size a turn queues for a connection (its statements are short)
+    # instead of opening one that is closed again on return, a new server process per
+    # statement at high concurrency, and the worker's connections stay within pool_size.
+    return _create_async_engine(
+        parsed, echo=echo, pool_size=pool_size, max_overflow=0, pool_recycle=POOL_RECYCLE_S
+    )
 
 
 def create_relaxed_engine(durable: AsyncEngine, *, pool_size: int) -> AsyncEngine:
@@ -130,7 +135,7 @@ def _sqlite_engine(url: URL, *, echo: bool, pool_size: int) -> AsyncEngine:
     ensure_sqlite_folder(url)
     # A file: a pool of `pool_size` connections (WAL lets them read at once; writers queue in
     # busy_timeout). In memory: the dialect's single shared connection, which takes no size.
-    sized = {"pool_size": pool_size} if sqlite_file(url) is not None else {}
+    sized = {"pool_size": pool_size, "max_overflow": 0} if sqlite_file(url) is not None else {}
     engine = _create_async_engine(url, echo=echo, **sized)
     event.listen(engine.sync_engine, "connect", set_sqlite_pragmas)
     return engine
