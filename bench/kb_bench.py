@@ -3,6 +3,10 @@ BM25 baseline, and speed at 10,000 chunks, on SQLite and PostgreSQL.
 
     .venv/bin/python -m bench.kb_bench            # everything; exit 1 when a target fails
     .venv/bin/python -m bench.kb_bench --quick    # a slice (the CI test runs it)
+    .venv/bin/python -m bench.kb_bench --dev      # the development set instead
+
+Ranking changes are tuned on the development set (bench/data/kb-dev/, Starlette's docs) and
+on Parley's own docs (--tune); the evaluation sets are measured to report, never to choose.
 
 1. Quality, per evaluation set (bench/data/kb/<set>/, see its README) and database: the set's
    docs/ are added with `KnowledgeBase.add`, each question is searched once, and a question is
@@ -61,6 +65,10 @@ from bot.storage.database import create_engine
 ROOT = Path(__file__).resolve().parents[1]
 SETS_DIR = ROOT / "bench" / "data" / "kb"
 SETS = ("click", "attrs")
+# The development set (--dev): the one that ranking changes are tuned on, so that the
+# evaluation sets above are measured, never tuned on (bench/data/kb-dev/README.md).
+DEV_DIR = ROOT / "bench" / "data" / "kb-dev"
+DEV_SETS = ("starlette",)
 TUNING_QUESTIONS = ROOT / "bench" / "data" / "docs_questions.json"
 TUNING_DOCS = [ROOT / "README.md", ROOT / "docs"]
 ADMIN_URL = os.environ.get(
@@ -115,8 +123,15 @@ class Speed:
     latencies_ms: list[float] = field(default_factory=list)
 
 
-def load_questions(name: str, limit: int | None) -> list[Question]:
-    raw = json.loads((SETS_DIR / name / "questions.json").read_text())["questions"]
+def set_folders(dev: bool) -> dict[str, Path]:
+    """The sets measured, by name: the evaluation sets, or with `dev` the development set."""
+    if dev:
+        return {name: DEV_DIR / name for name in DEV_SETS}
+    return {name: SETS_DIR / name for name in SETS}
+
+
+def load_questions(folder: Path, limit: int | None) -> list[Question]:
+    raw = json.loads((folder / "questions.json").read_text())["questions"]
     questions = [
         Question(q["question"], q["kind"], [(f"docs/{g['file']}", g["heading"]) for g in q["gold"]])
         for q in raw
@@ -254,10 +269,10 @@ async def measure_rerank(
 
 
 async def run_quality(
-    kind: str, set_name: str, questions: list[Question], embedder: WordLlamaEmbedder, tmp: Path,
+    kind: str, folder: Path, questions: list[Question], embedder: WordLlamaEmbedder, tmp: Path,
     backend: Backend | None = None,
 ) -> list[Quality]:  # fmt: skip
-    docs = SETS_DIR / set_name / "docs"
+    docs, set_name = folder / "docs", folder.name
     results = []
     for label, options in CONFIGURATIONS.items():
         model = embedder if options.semantic_weight > 0 else None
@@ -470,7 +485,7 @@ async def run(args: argparse.Namespace) -> int:
             return 2
         print(f"PostgreSQL skipped: {reason}")
         kinds.remove("postgres")
-    check = not args.quick and chunks >= SCALE_CHUNKS and limit is None
+    check = not args.quick and not args.dev and chunks >= SCALE_CHUNKS and limit is None
     backend = None
     if args.rerank:
         backend = build_backend(Settings().backend)
@@ -493,22 +508,25 @@ async def measure_all(
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         embedder = WordLlamaEmbedder(tmp / "models")
-        questions = {name: load_questions(name, limit) for name in SETS}
-        bm25 = {name: measure_bm25(SETS_DIR / name / "docs", questions[name]) for name in SETS}
+        folders = set_folders(args.dev)
+        questions = {name: load_questions(folder, limit) for name, folder in folders.items()}
+        bm25 = {
+            name: measure_bm25(folder / "docs", questions[name]) for name, folder in folders.items()
+        }
         table = {
-            (name, kind): await run_quality(kind, name, questions[name], embedder, tmp, backend)
-            for name in SETS
+            (name, kind): await run_quality(kind, folder, questions[name], embedder, tmp, backend)
+            for name, folder in folders.items()
             for kind in kinds
         }
         corpus = tmp / "corpus"
         corpus.mkdir()
         write_corpus(corpus, chunks)
-        every = [q for name in SETS for q in questions[name]]
+        every = [q for name in folders for q in questions[name]]
         speeds = [
             await run_speed(kind, corpus, every, embedder, tmp, args.repeat) for kind in kinds
         ]
     verdicts = Verdicts()
-    counts = ", ".join(f"{name} {len(questions[name])}" for name in SETS)
+    counts = ", ".join(f"{name} {len(questions[name])}" for name in folders)
     print(f"questions: {counts}; ranks taken from the top 10")
     worst = print_quality(table, bm25, verdicts, check, print)
     print()
@@ -517,7 +535,9 @@ async def measure_all(
     print_speed(speeds, verdicts, check, print)
     if args.misses:
         print_misses(table, print)
-    if not check:
+    if args.dev:
+        print("\n(development set: targets are checked on the evaluation sets only)")
+    elif not check:
         print("\n(targets are checked only in a full run)")
     elif verdicts.failures:
         print(f"\ntargets failed: {'; '.join(verdicts.failures)}")
@@ -533,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="passes over the questions")
     parser.add_argument("--only", choices=["sqlite", "postgres"])
     parser.add_argument("--tune", action="store_true", help="parameter grid on Parley's docs")
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="the development set (bench/data/kb-dev), not the evaluation sets",
+    )
     parser.add_argument("--misses", action="store_true", help="list the questions missed")
     parser.add_argument(
         "--rerank", action="store_true", help="also rerank with the model [backend] configures"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bot.knowledge.embeddings import Vectors
+from bot.knowledge.expansion import RelatedWords
 from bot.knowledge.lexical import LexicalIndex
 
 # Shorter words have too many neighbours at distance 1 to guess which one was meant.
@@ -88,6 +89,8 @@ class ChunkIndex:
     # row r (rows in order, each with at least one part); a chunk counts with its best part.
     parts: Vectors | None = None
     part_starts: np.ndarray | None = None
+    # Optional: the documents' words and their vectors, for query expansion.
+    related: RelatedWords | None = None
     _row_of: dict[int, int] = field(default_factory=dict)
     _by_ordinal: dict[tuple[int, int], ChunkPlace] = field(default_factory=dict)
     _within: dict[str, np.ndarray | None] = field(default_factory=dict)
@@ -113,12 +116,25 @@ class ChunkIndex:
         found = self._by_ordinal.get((place.document_id, place.ordinal + step))
         return found if found is not None and found.location == place.location else None
 
-    def best_words(self, terms: list[str], k: int, collection: str = "") -> list[int]:
+    def best_words(
+        self,
+        terms: list[str],
+        k: int,
+        collection: str = "",
+        weights: list[float] | None = None,
+    ) -> list[int]:
         """Up to k chunk ids of `collection` by BM25 (bot.knowledge.lexical), best first."""
         if self.lexical is None:
             return []
-        found = self.lexical.search(terms, k, self.within(collection))
+        found = self.lexical.search(terms, k, self.within(collection), weights)
         return [self.places[row].id for row, _ in found]
+
+    def holding(self, chunk_ids: list[int], terms: list[str]) -> set[int]:
+        """Those of `chunk_ids` whose text or heading holds one of `terms` (by stem)."""
+        if self.lexical is None:
+            return set(chunk_ids)
+        mask = self.lexical.holding(terms)
+        return {c for c in chunk_ids if c in self._row_of and mask[self._row_of[c]]}
 
     def centroid(self, chunk_ids: list[int]) -> Vectors | None:
         """The mean vector of these chunks (those still indexed), or None."""

@@ -74,13 +74,31 @@ class LexicalIndex:
         """How many documents hold each word (lower-cased): the typo corrector's vocabulary."""
         return Counter({word: len(p.rows) for word, p in self._postings.items()})
 
+    def holding(self, terms: Sequence[str]) -> np.ndarray:
+        """The rows that hold at least one of `terms` (by stem), as a boolean mask."""
+        mask = np.zeros(self._size, dtype=bool)
+        for stem in set(self._stemmer.stemWords(list(terms))):
+            for word in self._forms.get(stem, ()):
+                mask[self._postings[word].rows] = True
+        return mask
+
     def search(
-        self, terms: Sequence[str], k: int, within: np.ndarray | None = None
+        self,
+        terms: Sequence[str],
+        k: int,
+        within: np.ndarray | None = None,
+        weights: Sequence[float] | None = None,
     ) -> list[tuple[int, float]]:
         """Up to k (row, score) with a score above 0, best first; only rows where the boolean
-        mask `within` is true, when given (a knowledge-base collection)."""
+        mask `within` is true, when given (a knowledge-base collection). `weights` (one per
+        term, 1.0 when not given) scale each term's share of the score; terms with one stem
+        count once, with the largest of their weights."""
+        by_stem: dict[str, float] = {}
+        stems = self._stemmer.stemWords(list(terms))
+        for stem, weight in zip(stems, weights or [1.0] * len(stems), strict=True):
+            by_stem[stem] = max(weight, by_stem.get(stem, 0.0))
         scores = np.zeros(self._size, dtype=np.float32)
-        for stem in set(self._stemmer.stemWords(list(terms))):
+        for stem, weight in by_stem.items():
             forms = [self._postings[word] for word in self._forms.get(stem, ())]
             if not forms:
                 continue
@@ -92,7 +110,7 @@ class LexicalIndex:
             rows = np.flatnonzero(tf)
             idf = np.log(1 + (self._size - len(rows) + 0.5) / (len(rows) + 0.5))
             tf = tf[rows]
-            scores[rows] += idf * tf * (K1 + 1) / (tf + self._norm[rows])
+            scores[rows] += weight * idf * tf * (K1 + 1) / (tf + self._norm[rows])
         if within is not None:
             scores[~within] = 0
         matched = np.flatnonzero(scores)

@@ -1,5 +1,6 @@
 """KnowledgeBase: documents and their chunks in the history database (bot.knowledge.rows),
-searched two ways and the rankings fused: by words (BM25 in memory, bot.knowledge.lexical, or
+searched two ways and the rankings fused: by words (BM25 in memory, bot.knowledge.lexical, the
+question's words joined by the documents' words nearest to them, bot.knowledge.expansion; or
 the database's own full-text engine over `knowledge.max_memory_chunks`) and by meaning (the
 chunks' embeddings, exact, in memory; bot.knowledge.index). See docs/knowledge-base.md.
 
@@ -30,6 +31,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.errors import StorageError
+from bot.knowledge import expansion
 from bot.knowledge.chunker import estimate_tokens
 from bot.knowledge.embeddings import (
     Embedder,
@@ -201,9 +203,16 @@ class KnowledgeBase:
         candidates = self._options.candidates
         words = [*terms, *corrected]
         if index.lexical is not None:
-            fulltext = index.best_words(words, candidates, collection)
+            related = await self._related_words(words, index)
+            weights = [1.0] * len(words) + [w for _, w in related]
+            expanded = [*words, *(word for word, _ in related)]
+            fulltext = index.best_words(expanded, candidates, collection, weights)
+            # A passage found through related words alone counts only if it is also close
+            # in meaning (below): an unrelated question's words have neighbours too.
+            matched = index.holding(fulltext, words) if related else set(fulltext)
         else:
             fulltext = await self._rows.fulltext(words, candidates, collection)
+            matched = set(fulltext)
         semantic, vector = await self._semantic(query, index, candidates, collection)
         fused = fuse([fulltext, [c for c, _ in semantic]], [1.0, self._options.semantic_weight])
         # Admission (below) is judged on the question's own vector: feedback moves it towards
@@ -217,7 +226,7 @@ class KnowledgeBase:
         # Every semantic neighbour may lift a full-text match, but one that matched no word
         # joins only when it is close enough: otherwise any question, however unrelated to
         # the documents, would get answers.
-        admitted = {*fulltext, *close}
+        admitted = matched | close
         fused = [(c, score) for c, score in fused if c in admitted]
         return await self._passages(best_sections(fused, index, k))
 
@@ -235,6 +244,21 @@ class KnowledgeBase:
         if vectors is None:
             return [], None
         return index.nearest(vectors[0], k, collection), vectors[0]
+
+    async def _related_words(
+        self, words: builtins.list[str], index: ChunkIndex
+    ) -> builtins.list[tuple[str, float]]:
+        """The documents' words close in meaning to the question's (bot.knowledge.expansion),
+        with their weight in the full-text query."""
+        options = self._options
+        if options.expansion_weight <= 0 or index.related is None:
+            return []
+        vectors = await self._embed(words)
+        if vectors is None:
+            return []
+        n, floor = options.expansion_words, options.expansion_min_similarity
+        related = index.related.nearest(vectors, n, floor)
+        return [(word, options.expansion_weight * sim) for word, sim in related]
 
     async def _passages(self, hits: Sequence[SectionHit]) -> builtins.list[Passage]:
         wanted = [chunk_id for hit in hits for chunk_id in hit.chunk_ids]
@@ -280,6 +304,11 @@ class KnowledgeBase:
         index = ChunkIndex(stamp, places, vocabulary, lexical, vectors)
         if vectors is not None and self._options.title_vectors:
             await self._title_vectors(index)
+        if vectors is not None and self._options.expansion_weight > 0:
+            words = expansion.vocabulary(lexical.word_frequency)
+            word_vectors = await self._embed(words)
+            if word_vectors is not None:
+                index.related = expansion.RelatedWords(words, word_vectors)
         if vectors is not None and self._options.part_vectors:
             await self._part_vectors(index, [r.text for r in rows])
         return index

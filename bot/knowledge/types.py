@@ -63,6 +63,12 @@ class SearchOptions:
     # Each paragraph of a chunk (up to 8) embedded too, in memory: a chunk counts with the
     # best of its own, its title's and its paragraphs' similarity.
     part_vectors: bool = False
+    # Query expansion: each question word's `expansion_words` nearest words of the corpus
+    # (by their embeddings, at a similarity of at least `expansion_min_similarity`) join the
+    # full-text query at `expansion_weight` times their similarity. 0 turns it off.
+    expansion_weight: float = 0.5
+    expansion_words: int = 3
+    expansion_min_similarity: float = 0.5
     # Above this many chunks, word statistics and vectors are not kept in memory: search is the
     # database's full-text engine alone.
     max_memory_chunks: int = 100_000
