@@ -128,7 +128,7 @@ class SupportApi:
     async def messages(self, request: Request) -> Response:
         """Record a visitor's message; its answer streams on /v1/events."""
         # The address is counted while the request is read: one round trip less per message.
-        ip_hits = asyncio.create_task(self._hits(f"support:ip:{_client(request)}"))
+        ip_hits = asyncio.create_task(self._hits(keys.support_ip(_client(request))))
         try:
             caller, body, idempotency = await self._message_request(request)
             visitor_hits = await self._hits(keys.support_visitor(caller.conversation))

@@ -717,6 +717,11 @@ class ConversationManager:
         except BackendError:
             raise
         except Exception:
+            if not _TURN.get().begun:
+                # Nothing can have been shown (nothing is before the delivery's record): the
+                # record failed or another worker has the conversation (Superseded). The
+                # turn fails and its messages stay pending; nothing is recorded as answered.
+                raise
             log.exception("conversation %s: the platform failed while delivering", work.key)
             reply.cut_off(await note_line(reply.say, phrases.CUT_OFF))
         finally:
@@ -783,11 +788,11 @@ class ConversationManager:
                 self._first_seen(_begun_first(beginning, chunks)),
                 reply_to=batch[-1].platform_message_id,
             )
-            await beginning  # an answer of no chunks at all is begun as well
+            await asyncio.shield(beginning)  # an answer of no chunks at all is begun as well
         finally:
             done_showing(token)
             # Never cut off mid-statement; its failure, where it matters, was raised above.
-            await asyncio.gather(beginning, return_exceptions=True)
+            await asyncio.gather(asyncio.shield(beginning), return_exceptions=True)
 
     async def _first_seen(self, chunks: AsyncIterator[str]) -> AsyncGenerator[str, None]:
         """`chunks`, telling the observer when the first text goes to the platform."""

@@ -28,12 +28,12 @@ async def until(
     while it waits for the next chunk, the way `asyncio.timeout` does; a chunk the task had
     already taken is shown, one the cancellation cut off is neither shown nor kept."""
     reader: asyncio.Task[object] | None = None  # set only while waiting for a chunk
-    interrupted = False
+    interrupted: asyncio.Task[object] | None = None  # the task cancelled by `stop`
 
     def on_stop(_: object) -> None:
         nonlocal interrupted
-        if reader is not None and not interrupted:
-            interrupted = True
+        if reader is not None and interrupted is None:
+            interrupted = reader
             reader.cancel()
 
     stopping = asyncio.create_task(stop.wait())
@@ -46,7 +46,11 @@ async def until(
             except StopAsyncIteration:
                 return
             except asyncio.CancelledError:
-                if not interrupted or reader is None or reader.uncancel() > 0:
+                if interrupted is None:
+                    raise
+                outside = interrupted.uncancel() > 0  # ours is taken back either way
+                interrupted = None
+                if outside:
                     raise  # cancelled from outside as well: not ours to swallow
                 break
             finally:
@@ -57,6 +61,10 @@ async def until(
     finally:
         stopping.remove_done_callback(on_stop)
         stopping.cancel()
+        if interrupted is not None and interrupted.cancelling():
+            # The chunk source swallowed our cancellation: take the request back, or a later
+            # timeout or task group in this task would take it for its own.
+            interrupted.uncancel()
         await chunks.aclose()
 
 

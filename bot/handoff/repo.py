@@ -129,7 +129,9 @@ class HandoffRepository:
                     to_state=to.value, reason=reason.value, detail=detail, agent=agent, at=now,
                 )
             )  # fmt: skip
-        await self._states.invalidate(conversation_id)
+        # Put, not dropped: a customer message's load that read the row before this change
+        # is then never kept over it (ReadThrough).
+        await self._states.refresh(conversation_id)
         return Change(before, after, keep_language)
 
     async def waiting(self) -> list[tuple[int, ConversationKey, HandoffStatus, str]]:

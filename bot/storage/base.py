@@ -324,11 +324,21 @@ class Codec(Generic[T]):
 
 class ReadThrough(Protocol[T]):
     """Objects of one kind by id, kept in the cache and loaded from SQL on a miss
-    (`Cache.read_through`). Whoever changes the SQL behind one puts or invalidates it."""
+    (`Cache.read_through`). Whoever changes the SQL behind one puts it, refreshes it or
+    invalidates it.
+
+    A miss's load is kept only where nothing was put meanwhile (`Cache.add`), so a load
+    that read SQL before a change never replaces what the change put or refreshed after it.
+    `invalidate` cannot promise that (a load under way may still add what it read before):
+    use it only where a copy is checked before use (`Codec.current`) or nobody else loads."""
 
     async def get(self, id_: int) -> T: ...
 
     async def put(self, id_: int, value: T) -> None: ...
+
+    async def refresh(self, id_: int) -> None:
+        """Load it from SQL now and put it (after a change of the SQL behind it)."""
+        ...
 
     async def invalidate(self, id_: int) -> None: ...
 
@@ -340,6 +350,10 @@ class Cache(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
+
+    async def add(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        """`set`, only where the key holds nothing."""
+        ...
 
     async def delete(self, key: str) -> None: ...
 

@@ -70,6 +70,10 @@ class MemoryCache:
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         self._keep(key, value, _deadline(ttl_s))
 
+    async def add(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        if self._find(key) is None:
+            self._keep(key, value, _deadline(ttl_s))
+
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
 
@@ -105,11 +109,15 @@ class _HeldObjects(Generic[T]):
         if found is not None:
             return cast(T, found)
         value = await self._load(id_)
-        await self.put(id_, value)
+        if self._cache._find(self._key(id_)) is None:  # nothing put while it loaded
+            await self.put(id_, value)
         return value
 
     async def put(self, id_: int, value: T) -> None:
         self._cache._keep(self._key(id_), value, _deadline(self._ttl_s))
+
+    async def refresh(self, id_: int) -> None:
+        await self.put(id_, await self._load(id_))
 
     async def invalidate(self, id_: int) -> None:
         await self._cache.delete(self._key(id_))
@@ -129,7 +137,10 @@ class _CopiedObjects(Generic[T]):
         if copy is not None and await self._codec.current(id_, copy):
             return copy
         value = await self._load(id_)
-        await self.put(id_, value)
+        if copy is None:  # a miss: kept only where nothing was put while it loaded
+            await self._cache.add(self._key(id_), self._codec.encode(value), self._ttl_s)
+        else:  # a stale or unreadable copy is replaced
+            await self.put(id_, value)
         return value
 
     def _decoded(self, key: str, raw: bytes | None) -> T | None:
@@ -143,6 +154,9 @@ class _CopiedObjects(Generic[T]):
 
     async def put(self, id_: int, value: T) -> None:
         await self._cache.set(self._key(id_), self._codec.encode(value), self._ttl_s)
+
+    async def refresh(self, id_: int) -> None:
+        await self.put(id_, await self._load(id_))
 
     async def invalidate(self, id_: int) -> None:
         await self._cache.delete(self._key(id_))
@@ -217,6 +231,10 @@ class RedisCache:
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         px = None if ttl_s is None else max(1, math.ceil(ttl_s * 1000))
         await self._attempt(lambda: self._client.set(self._key(key), value, px=px))
+
+    async def add(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        px = None if ttl_s is None else max(1, math.ceil(ttl_s * 1000))
+        await self._attempt(lambda: self._client.set(self._key(key), value, px=px, nx=True))
 
     async def delete(self, key: str) -> None:
         await self._attempt(lambda: self._client.delete(self._key(key)))

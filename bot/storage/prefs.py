@@ -76,11 +76,11 @@ class PrefsRepository:
 
     async def set_auto_translate(self, conversation_id: int, language: str | None) -> None:
         await self._upsert(_cp, {"conversation_id": conversation_id}, {"auto_translate": language})
-        await self._chats.invalidate(conversation_id)
+        await self._chats.refresh(conversation_id)  # never a load from before it
 
     async def set_keep_messages(self, conversation_id: int, keep: bool) -> None:
         await self._upsert(_cp, {"conversation_id": conversation_id}, {"keep_messages": keep})
-        await self._chats.invalidate(conversation_id)
+        await self._chats.refresh(conversation_id)  # never a load from before it
 
     async def delete_kept(self, conversation_id: int) -> int:
         return await self._store.delete_observed(conversation_id)

@@ -72,6 +72,7 @@ class UsageLog:
         self._pending: dict[tuple[date, str, str], list[int]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._writing = asyncio.Lock()
+        self._autocommit = engine.dialect.name == "postgresql"  # see connection(single=True)
         backend = engine.url.get_backend_name()
         insert = postgresql.insert if backend == "postgresql" else sqlite.insert
         # Built once with its values as parameters, so SQLAlchemy compiles it once (a
@@ -113,24 +114,31 @@ class UsageLog:
                 }
                 for (day, scope, name), sums in pending.items()
             ]
-            written = False
+            # Failed before its statement ran to the end: nothing was committed (a
+            # transaction is rolled back), so the sums go back to be written next time. Cut
+            # off while committing (on PostgreSQL the statement commits itself, so while it
+            # ran): whether it committed is unknown, so they are dropped: usage may miss a
+            # moment, it is never counted twice.
+            executed = False
             try:
                 async with connection(self._engine, single=True) as conn:
                     await conn.execute(self._add, rows[0] if len(rows) == 1 else rows)
-                    written = not conn.in_transaction()  # autocommit: committed already
-                written = True
-            except BaseException:
-                if not written:  # added back, to the sums gathered meanwhile; never twice
+                    executed = True
+            except BaseException as exc:
+                failed = isinstance(exc, StorageError)  # an error, not a cut: not committed
+                if not executed and (failed or not self._autocommit):
                     for key, sums in pending.items():
                         now = self._pending.setdefault(key, [0] * 4)
                         for i, value in enumerate(sums):
                             now[i] += value
+                else:
+                    log.warning("token usage of %d subjects may be lost (cut off)", len(rows))
                 raise
 
     async def aclose(self) -> None:
         """Write what is left (a last try; a database that is down loses it, logged)."""
         if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
+            self._flusher.cancel()  # its write, if one is under way, is shielded: it finishes
             await asyncio.gather(self._flusher, return_exceptions=True)
         try:
             await self.flush()
@@ -141,9 +149,14 @@ class UsageLog:
         while self._pending:  # what turns add during a write goes in the next one
             await asyncio.sleep(self._flush_s)
             try:
-                await self.flush()
+                # Shielded: cancelled (at close) while writing, the write still completes,
+                # and close's own flush waits for it on the lock.
+                await asyncio.shield(self.flush())
             except StorageError as exc:  # kept: the next turn's flush tries again
                 log.warning("token usage not recorded yet: %s", exc)
+                return
+            except Exception:  # a bug must not leave an exception nobody retrieves
+                log.exception("token usage not recorded")
                 return
 
     async def tokens(self, day: date, subject: Subject) -> int:
