@@ -44,7 +44,9 @@ class Deadlines:
         if self._last_chunk is None:
             deadline, what = self._started + limits.first_token_s, "first token"
         else:
-            deadline, what = self._last_chunk + limits.gap_s, "next chunk"
+            # Counted from when the next chunk is asked for: time the reader spent on the
+            # last one (a platform's rate limit, the delivery's record) is not the server's.
+            deadline, what = time.monotonic() + limits.gap_s, "next chunk"
         total = self._started + limits.total_s
         return (total, "whole reply") if total < deadline else (deadline, what)
 
