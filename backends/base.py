@@ -44,6 +44,10 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     # A JSON schema the reply must match (structured outputs); None for free text.
     json_schema: Mapping[str, Any] | None = None
+    # The event loop's time by which the whole reply must be in (the retry layer sets it, so
+    # that a retry never extends the first try's limit): a backend's stream ends with
+    # BackendTimeout there, as at its own `total_s` (backends.deadlines.Deadlines).
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,11 +27,15 @@ T = TypeVar("T")
 
 
 class Deadlines:
-    """The three reply time limits: to the first content, between chunks, and in total."""
+    """The three reply time limits: to the first content, between chunks, and in total
+    (`total_s` from now, or the request's `deadline` in loop time if that comes first)."""
 
-    def __init__(self, timeouts: TimeoutSettings) -> None:
+    def __init__(self, timeouts: TimeoutSettings, deadline: float | None = None) -> None:
         self._limits = timeouts
-        self._started = time.monotonic()
+        self._started = now = time.monotonic()
+        self._total = now + timeouts.total_s
+        if deadline is not None:
+            self._total = min(self._total, now + deadline - asyncio.get_running_loop().time())
         self._last_chunk: float | None = None
 
     def chunk_arrived(self, has_content: bool) -> None:
@@ -47,7 +51,7 @@ class Deadlines:
             # Counted from when the next chunk is asked for: time the reader spent on the
             # last one (a platform's rate limit, the delivery's record) is not the server's.
             deadline, what = time.monotonic() + limits.gap_s, "next chunk"
-        total = self._started + limits.total_s
+        total = self._total
         return (total, "whole reply") if total < deadline else (deadline, what)
 
     async def wait(self, awaitable: Awaitable[T]) -> T:
@@ -61,11 +65,12 @@ class Deadlines:
 
 
 async def bounded(
-    chunks: AsyncGenerator[Chunk, None], timeouts: TimeoutSettings
+    chunks: AsyncGenerator[Chunk, None], timeouts: TimeoutSettings, deadline: float | None = None
 ) -> AsyncGenerator[Chunk, None]:
-    """`chunks`, each within its time limit. On a timeout the inner stream is cancelled at its
-    await point and closed, so its own clean-up (aborting the request) runs."""
-    clock = Deadlines(timeouts)
+    """`chunks`, each within its time limit (`deadline`: see `Deadlines`). On a timeout the
+    inner stream is cancelled at its await point and closed, so its own clean-up (aborting the
+    request) runs."""
+    clock = Deadlines(timeouts, deadline)
     async with contextlib.aclosing(chunks):
         while (chunk := await clock.wait(anext(chunks, None))) is not None:
             clock.chunk_arrived(bool(chunk.text))
@@ -142,30 +147,26 @@ async def first_token_within(
     deadline: float | None = None,
 ) -> AsyncGenerator[Chunk, None]:
     """`chunks`, failing with a `BackendTimeout` (`FirstTokenTimeout` below `first_token_s`)
-    if no text arrived within `limit`, or when the loop time passes `deadline` (the reply's
-    `total_s` counted from its first try, so retries never extend it). The first-token time is
-    recorded in `limit`. On a time-out the inner stream is closed, which aborts the request."""
+    if no text arrived within `limit`. The first-token time is recorded in `limit`. On a
+    time-out the inner stream is closed, which aborts the request.
+
+    `deadline` (loop time) is the reply's: the stream must be a backend's that honours
+    `GenerationRequest.deadline` with it (Deadlines does), which bounds every wait for a
+    chunk. Here it is checked between chunks only, so that a chunk costs no second timer."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with contextlib.aclosing(chunks):
         first = True
         while True:
             waiting = anext(chunks, None)
-            bounded = limit.wait(waiting, started=started, full=full) if first else waiting
-            chunk = await _before(bounded, deadline)
+            chunk = (
+                await limit.wait(waiting, started=started, full=full) if first else await waiting
+            )
             if chunk is None:
                 return
+            if deadline is not None and loop.time() > deadline:
+                raise BackendTimeout("the server sent no whole reply in time")
             if first and chunk.text:
                 limit.observe(loop.time() - started)
                 first = False
             yield chunk
-
-
-async def _before(awaitable: Awaitable[T], deadline: float | None) -> T:
-    if deadline is None:
-        return await awaitable
-    try:
-        async with asyncio.timeout_at(deadline):
-            return await awaitable
-    except TimeoutError:
-        raise BackendTimeout("the server sent no whole reply in time") from None

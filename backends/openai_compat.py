@@ -270,7 +270,7 @@ class OpenAICompatBackend:
             raise ServerUnavailable(f"cannot reach {self._base_url}: {exc!r}") from exc
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        clock = Deadlines(self._timeouts)
+        clock = Deadlines(self._timeouts, request.deadline)
         http_request = self._client.build_request(
             "POST",
             "/v1/chat/completions",

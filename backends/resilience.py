@@ -206,6 +206,8 @@ class ResilientBackend:
             self.counts.refused += 1
             raise CircuitOpen(f"{self.name}: circuit breaker open")
         self.counts.sent += 1
+        # The reply's deadline goes with the request: the backend bounds each wait with it.
+        request = dataclasses.replace(request, deadline=deadline)
         if attempt > 1:  # a fresh id: the engine may still hold the aborted first try
             request = dataclasses.replace(request, request_id=f"{request.request_id}-{attempt}")
         inner = first_token_within(

@@ -145,7 +145,7 @@ class VllmEngineBackend:
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         # The engine has no time limits of its own; a stuck step must not hold a conversation.
-        return bounded(self._generate(request), self._settings.timeouts)
+        return bounded(self._generate(request), self._settings.timeouts, request.deadline)
 
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         engine = self._require_started()

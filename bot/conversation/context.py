@@ -13,6 +13,7 @@ A rebuild reads a bounded number of the newest rows, so loading costs the same f
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 
 from bot.storage import keys
 from bot.storage.base import Cache, Codec, ConversationState, Store
@@ -23,6 +24,9 @@ from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, turns_from_rows
 log = logging.getLogger(__name__)
 
 CACHE_TTL_S = 24 * 3600
+# The conversation's state, when the caller knows it (read with the turn lease): a cached
+# window is checked against it, and a rebuild starts from it, with no read of their own.
+_KNOWN: ContextVar[ConversationState | None] = ContextVar("parley_known_state", default=None)
 
 
 class ContextLoader:
@@ -42,17 +46,28 @@ class ContextLoader:
         codec = Codec(Window.dumps, Window.loads, self._current)
         self._windows = cache.read_through(keys.window, self._rebuild, codec, ttl_s=CACHE_TTL_S)
 
-    async def load(self, conversation_id: int) -> Window:
-        return await self._windows.get(conversation_id)
+    async def load(self, conversation_id: int, state: ConversationState | None = None) -> Window:
+        """The window; `state`: the conversation's current state, if the caller has it."""
+        token = _KNOWN.set(state)
+        try:
+            return await self._windows.get(conversation_id)
+        finally:
+            _KNOWN.reset(token)
+
+    async def _state(self, conversation_id: int) -> ConversationState:
+        known = _KNOWN.get()
+        if known is not None and known.id == conversation_id:
+            return known
+        return await self._store.state(conversation_id)
 
     async def _current(self, conversation_id: int, window: Window) -> bool:
-        if _is_current(window, await self._store.state(conversation_id)):
+        if _is_current(window, await self._state(conversation_id)):
             return True
         log.info("stale cached window for conversation %s, rebuilding", conversation_id)
         return False
 
     async def _rebuild(self, conversation_id: int) -> Window:
-        state = await self._store.state(conversation_id)
+        state = await self._state(conversation_id)
         boundary = max(state.summary_through_id, state.context_start_id)
         summary = state.summary if state.summary_through_id >= state.context_start_id else ""
         rows = await self._store.context_messages(conversation_id, boundary, self._max_rows)

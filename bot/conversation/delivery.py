@@ -26,7 +26,15 @@ from datetime import timedelta
 
 from bot.errors import StorageError
 from bot.storage import keys
-from bot.storage.base import Cache, DeliveryState, MessageKind, Store, StoredMessage, TurnLease
+from bot.storage.base import (
+    Cache,
+    ConversationState,
+    DeliveryState,
+    MessageKind,
+    Store,
+    StoredMessage,
+    TurnLease,
+)
 from bot.types import ConversationKey, utcnow
 
 log = logging.getLogger(__name__)
@@ -75,8 +83,12 @@ class TurnDelivery:
         batch: list[StoredMessage],
         *,
         replacing: DeliveryState | None = None,
+        state: ConversationState | None = None,
     ) -> None:
         self._store = store
+        # The conversation's state as the lease was taken; given to the lease's first turn
+        # only (TurnLease.state), None otherwise: the turn reads it if it needs it.
+        self.state = state
         self._lease = lease
         self._cid = conversation_id
         self._batch = batch

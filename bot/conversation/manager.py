@@ -340,6 +340,7 @@ class ConversationManager:
     async def _run_pending(self, work: _Work, lease: TurnLease) -> None:
         cid = work.conversation_id
         unfinished = lease.unfinished  # read with the lease, in the same statement
+        state = lease.state  # likewise; current for the first turn only
         if unfinished is not None and unfinished.owner != self._owner:
             alive = holder_alive(
                 self._liveness, unfinished, grace_s=self._settings.delivery_grace_s
@@ -363,7 +364,10 @@ class ConversationManager:
             turns += [(batch, None) for batch in self._batches(pending)]
             unfinished = None
             for batch, replacing in turns:
-                turn = TurnDelivery(self._store, lease, cid, batch, replacing=replacing)
+                turn = TurnDelivery(
+                    self._store, lease, cid, batch, replacing=replacing, state=state
+                )
+                state = None
                 with observed_turn(self.observer, work.key, batch, self._router):
                     await self._turn_or_give_up(work, batch, turn)
             if len(pending) + len(resumed) < PENDING_PAGE:
@@ -663,7 +667,7 @@ class ConversationManager:
         cid = work.conversation_id
         user_text = merge_user_texts([m.content for m in batch])
         user_tokens = sum(m.token_count + MESSAGE_OVERHEAD_TOKENS for m in batch)
-        window = await self._context.load(cid)
+        window = await self._context.load(cid, _TURN.get().state)
         window = await self._context.fit(cid, window, user_tokens)
         say = self._localizer(batch[-1])
         reply = Collected(say)

@@ -71,7 +71,8 @@ def classify(text: str, language: str = "") -> Sentiment:
         return Sentiment(Label.NEUTRAL, 1.0)
     code = _language(text, language)
     if code is None:  # too short to tell: the reading of the lexicon that knows most words
-        readings = [_score(text, load(c)) for c in sorted(available())]
+        words = _Words(text)  # split once for all the lexicons
+        readings = [_score(text, load(c), words) for c in sorted(available())]
         compound, angry, _ = max(readings, key=lambda r: (r[2], abs(r[0])))
     else:
         compound, angry, _ = _score(text, load(code))
@@ -118,9 +119,21 @@ def _sentiment(compound: float, angry: bool) -> Sentiment:
     return Sentiment(label, round(0.5 + abs(compound) / 2, 3), angry=angry)
 
 
-def _score(text: str, lex: Lexicon) -> tuple[float, bool, int]:
+class _Words:
+    """A text's tokens, casefolded and as typed, split once for any number of lexicons."""
+
+    def __init__(self, text: str) -> None:
+        plain = text.replace("*", " ")
+        self.tokens = tokenize(plain)
+        self.raw = tokenize(plain, casefold=False)
+
+
+def _score(text: str, lex: Lexicon, words: _Words | None = None) -> tuple[float, bool, int]:
     """(compound -1..1, angry, number of terms matched)."""
-    values, kinds = _substring_terms(text, lex) if lex.substrings else _word_terms(text, lex)
+    if lex.substrings:
+        values, kinds = _substring_terms(text, lex)
+    else:
+        values, kinds = _word_terms(text, lex, words or _Words(text))
     question = "?" in text or "？" in text
     total = sum(v for v, k in zip(values, kinds, strict=True) if _counts(v, k, question))
     bangs = min(text.count("!") + text.count("！"), 4)
@@ -149,9 +162,8 @@ def _counts(value: float, kind: str, question: bool) -> bool:
     return kind == ANGER or (kind == VALENCE and abs(value) >= _MILD)
 
 
-def _word_terms(text: str, lex: Lexicon) -> tuple[list[float], list[str]]:
-    tokens = tokenize(text.replace("*", " "))
-    raw = tokenize(text.replace("*", " "), casefold=False)
+def _word_terms(text: str, lex: Lexicon, words: _Words) -> tuple[list[float], list[str]]:
+    tokens, raw = words.tokens, words.raw
     values: list[float] = []
     kinds: list[str] = []
     contrast_at = -1
@@ -212,6 +224,8 @@ def _weigh(
 def _substring_terms(text: str, lex: Lexicon) -> tuple[list[float], list[str]]:
     """zh, ja: terms found inside the text, longest first, without overlaps."""
     folded = " ".join(tokenize(text))
+    if lex.initials.isdisjoint(folded):  # no term can start anywhere: most texts, cheaply
+        return [], []
     taken = [False] * len(folded)
     values: list[float] = []
     kinds: list[str] = []

@@ -76,8 +76,10 @@ class Lexicon:
     intensifiers: Mapping[str, float]
     contrast: frozenset[str]
     substrings: bool = False
-    # For substring languages: every term as a plain string, longest first.
+    # For substring languages: every term as a plain string, longest first, and the
+    # characters a term can start with (a text without any of them holds no term).
     ordered: tuple[Term, ...] = field(default=())
+    initials: frozenset[str] = field(default=frozenset())
 
     def candidates(self, token: str) -> list[Term]:
         """The terms whose first word pattern matches `token`, longest phrases first."""
@@ -131,6 +133,7 @@ def load(code: str) -> Lexicon:
         contrast=frozenset(_fold(w) for w in data.get("contrast", [])),
         substrings=bool(data.get("substrings", False)),
         ordered=tuple(sorted(terms, key=lambda t: len(" ".join(t.words)), reverse=True)),
+        initials=frozenset(t.words[0][0] for t in terms if t.words and t.words[0]),
     )
 
 

@@ -86,6 +86,10 @@ class TurnLease:
     # The conversation's unfinished delivery as the lease was taken (read in the same
     # statement, so a turn needs no `Store.delivery` call of its own).
     unfinished: DeliveryState | None = None
+    # The conversation's state as the lease was taken (the same statement): current until
+    # a turn under this lease writes (a reply, a summary, /reset), so only the first turn
+    # under the lease may use it instead of reading it again.
+    state: ConversationState | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,6 +230,18 @@ class SqlStore:
             "created_at": created_at,
         }
         fenced = set(answers)
+        if epoch is not None and self._reads.fenced_reply is not None:
+            # PostgreSQL: fence, reply and marks in one statement (data-modifying CTEs), in
+            # autocommit: one round trip instead of five (BEGIN, three statements, COMMIT).
+            params = {f"new_{k}": v for k, v in values.items()}
+            params |= {"cid": conversation_id, "epoch": epoch, "ids": list(fenced)}
+            stmt = self._reads.fenced_reply
+            rows = await self._run(lambda q: q.rows(stmt, params), write=True, one_statement=True)
+            reply_id: int | None = rows[0][0] if rows else None
+            if reply_id is None:  # the delivery is not this turn's any more
+                return None
+            return StoredMessage(reply_id, conversation_id, Role.ASSISTANT, kind, text,
+                                 token_count, created_at)  # fmt: skip
 
         def run(q: Queries) -> int:
             if epoch is not None:  # the fence: this turn's delivery, ended by this answer
@@ -263,17 +275,7 @@ class SqlStore:
         rows = await self._rows(self._reads.state, {"conversation_id": conversation_id})
         if not rows:
             raise StorageError(f"conversation {conversation_id} does not exist")
-        (id_, platform, chat_id, thread_id, summary, summary_through_id, summary_tokens,
-         context_start_id, last_reply_id) = _one(rows)  # fmt: skip
-        return ConversationState(
-            id=id_,
-            key=ConversationKey(platform, chat_id, thread_id),
-            summary=summary,
-            summary_through_id=summary_through_id,
-            context_start_id=context_start_id,
-            last_reply_id=last_reply_id or 0,
-            summary_tokens=summary_tokens,
-        )
+        return _state(_one(rows))
 
     async def context_messages(
         self, conversation_id: int, after_id: int, limit: int
@@ -336,14 +338,14 @@ class SqlStore:
         """The lease with its new epoch and the unfinished delivery (one statement), or None
         while another worker holds it."""
         now = utcnow()
-        params = {"cid": conversation_id, "who": owner, "now_": now,
-                  "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
-        rows = await self._run(
-            lambda q: q.rows(_LEASE_TAKE, params), write=True, one_statement=True
-        )
+        params = {"cid": conversation_id, "conversation_id": conversation_id, "who": owner,
+                  "now_": now, "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
+        take = self._reads.lease_take
+        rows = await self._run(lambda q: q.rows(take, params), write=True, one_statement=True)
         if not rows:
             return None
-        return TurnLease(int(rows[0][0]), owner, unfinished=_delivery(rows[0][1:]))
+        row = rows[0]
+        return TurnLease(int(row[0]), owner, unfinished=_delivery(row[1:7]), state=_state(row[7:]))
 
     async def begin_delivery(
         self, lease: TurnLease, conversation_id: int, first_id: int, last_id: int,
@@ -538,6 +540,10 @@ _PENDING = (
 )
 
 
+_TS = sa.DateTime(timezone=True)
+_LAPSED = sa.or_(_c.lease_until.is_(None), _c.lease_until < _param("now_", _TS))
+
+
 @dataclasses.dataclass(frozen=True)
 class _ConversationReads:
     """The statements that differ by dialect: those that read a conversation newest first,
@@ -548,6 +554,9 @@ class _ConversationReads:
     state: sa.Select[Any]
     reset_context: sa.Update
     mark_answered: sa.Update
+    lease_take: sa.Update
+    # record_reply under a delivery in one statement (PostgreSQL; None on SQLite).
+    fenced_reply: sa.Select[Any] | None
 
     @classmethod
     def build(cls, postgresql: bool) -> _ConversationReads:
@@ -571,10 +580,28 @@ class _ConversationReads:
             .limit(1)
             .scalar_subquery()
         )
-        state = sa.select(
+        state_columns = (
             _c.id, _c.platform, _c.chat_id, _c.thread_id, _c.summary, _c.summary_through_id,
             _c.summary_tokens, _c.context_start_id, last_reply_id.label("last_reply_id"),
-        ).where(_c.id == _param("conversation_id"))  # fmt: skip
+        )  # fmt: skip
+        state = sa.select(*state_columns).where(_c.id == _param("conversation_id"))
+        # Take a conversation's lease: free, lapsed, or left by this owner; a new epoch each
+        # time. It returns the unfinished delivery and the conversation's state as of the take
+        # (a cached window is checked against it: no SELECT of its own). Parameter names
+        # differ from the columns': those are reserved in an UPDATE.
+        lease_take = (
+            sa.update(_c)
+            .where(_c.id == _param("cid"), sa.or_(_LAPSED, _c.lease_owner == _param("who")))
+            .values(
+                lease_owner=_param("who"),
+                lease_until=_param("until_", _TS),
+                lease_epoch=_c.lease_epoch + 1,
+            )
+            .returning(
+                _c.lease_epoch, _c.delivery_from, _c.delivery_to, _c.delivery_epoch,
+                _c.delivery_owner, _c.delivery_seen, _c.delivery_ref, *state_columns,
+            )
+        )  # fmt: skip
         newest_id = newest(sa.select(_m.id)).limit(1).scalar_subquery()
         reset_context = (
             sa.update(_c)
@@ -601,10 +628,37 @@ class _ConversationReads:
             )
             .values(answered_by=_param("reply_id"))
         )  # fmt: skip
-        return cls(context, history, state, reset_context, mark_answered)
+        fenced_reply = _fenced_reply(ids) if ids is not None else None
+        return cls(context, history, state, reset_context, mark_answered, lease_take, fenced_reply)
 
 
-_READS = {True: _ConversationReads.build(True), False: _ConversationReads.build(False)}
+def _fenced_reply(ids: sa.BindParameter[Any]) -> sa.Select[Any]:
+    """record_reply with a delivery, as one statement: the delivery ended (the fence), the
+    reply inserted only if it was, the messages it answers marked. It returns the reply's id,
+    NULL when the fence failed (nothing was written). PostgreSQL runs data-modifying CTEs on
+    one snapshot in one statement: all of it or none of it."""
+    fence = _END_DELIVERY.returning(_c.id).cte("fence")
+    columns = ("conversation_id", "role", "kind", "content", "token_count", "created_at")
+    # Named apart from the columns: a parameter named like a column of an UPDATE's table
+    # would become a SET of that UPDATE.
+    values = sa.select(*(_param(f"new_{c}", _m.__table__.c[c].type) for c in columns))
+    values = values.select_from(fence)
+    reply = sa.insert(_m).from_select(columns, values).returning(_m.id).cte("reply")
+    reply_id = sa.select(reply.c.id).scalar_subquery()
+    marked = (
+        sa.update(_m)
+        .where(
+            _m.id == sa.any_(ids),
+            _m.conversation_id == _param("cid"),
+            _PENDING_WHERE,
+            sa.exists(sa.select(reply.c.id)),
+        )
+        .values(answered_by=reply_id)
+        .returning(_m.id)
+        .cte("marked")
+    )
+    return sa.select(reply_id, sa.select(sa.func.count()).select_from(marked).scalar_subquery())
+
 
 _FOLD_SUMMARY = (
     sa.update(_c)
@@ -628,8 +682,6 @@ _WITH_PENDING = (
     .order_by(_c.id)
 )
 
-_TS = sa.DateTime(timezone=True)
-_LAPSED = sa.or_(_c.lease_until.is_(None), _c.lease_until < _param("now_", _TS))
 # Conversations with a message pending since before :before and no live lease (the sweep).
 _ORPHANED = (
     sa.select(_c.id, _c.platform, _c.chat_id, _c.thread_id)
@@ -644,21 +696,6 @@ _ORPHANED = (
     .order_by(_c.id)
 )
 
-# Take a conversation's lease: free, lapsed, or left by this owner; a new epoch each time.
-# Parameter names differ from the columns': those are reserved in an UPDATE.
-_LEASE_TAKE = (
-    sa.update(_c)
-    .where(_c.id == _param("cid"), sa.or_(_LAPSED, _c.lease_owner == _param("who")))
-    .values(
-        lease_owner=_param("who"),
-        lease_until=_param("until_", _TS),
-        lease_epoch=_c.lease_epoch + 1,
-    )
-    .returning(
-        _c.lease_epoch, _c.delivery_from, _c.delivery_to, _c.delivery_epoch, _c.delivery_owner,
-        _c.delivery_seen, _c.delivery_ref,
-    )
-)  # fmt: skip
 _HOLDS = sa.and_(
     _c.id == _param("cid"),
     _c.lease_owner == _param("who"),
@@ -735,6 +772,21 @@ _INSERT_REPLY = (
              ("conversation_id", "role", "kind", "content", "token_count", "created_at")})
     .returning(_m.id)
 )  # fmt: skip
+_READS = {True: _ConversationReads.build(True), False: _ConversationReads.build(False)}
+
+
+def _state(row: Sequence[Any]) -> ConversationState:
+    (id_, platform, chat_id, thread_id, summary, summary_through_id, summary_tokens,
+     context_start_id, last_reply_id) = row  # fmt: skip
+    return ConversationState(
+        id=id_,
+        key=ConversationKey(platform, chat_id, thread_id),
+        summary=summary,
+        summary_through_id=summary_through_id,
+        context_start_id=context_start_id,
+        last_reply_id=last_reply_id or 0,
+        summary_tokens=summary_tokens,
+    )
 
 
 def _delivery(row: Sequence[Any]) -> DeliveryState | None:

@@ -51,22 +51,29 @@ class LanguageDetector:
 
     def detect(self, text: str) -> Language | None:
         """The main language of the text, or None when it is too short or unclear."""
-        ranked = self.rank(text)
-        if not ranked or ranked[0].confidence < self.min_confidence:
+        scores = self._scores(text)
+        if not scores:
             return None
-        return ranked[0]
+        code = max(scores, key=scores.__getitem__)  # the first of equals, as rank() orders
+        if round(scores[code], 4) < self.min_confidence:
+            return None
+        return Language(code, NAMES[code], round(scores[code], 4))
 
     def rank(self, text: str) -> list[Language]:
         """Every language with its probability, best first; empty when the text is too short."""
+        ordered = sorted(self._scores(text).items(), key=lambda item: item[1], reverse=True)
+        return [Language(code, NAMES[code], round(p, 4)) for code, p in ordered]
+
+    def _scores(self, text: str) -> dict[str, float]:
+        """Each language's probability, dialects folded in; empty when the text is too short."""
         prose = prose_only(text)
         if _letter_weight(prose) < self.min_letters:
-            return []
+            return {}
         scores: dict[str, float] = {}
         for label, score in self._model.rank(prose):
             code = FOLDED.get(label, label)
             scores[code] = scores.get(code, 0.0) + float(score)
-        ordered = sorted(scores.items(), key=lambda item: item[1], reverse=True)
-        return [Language(code, NAMES[code], round(p, 4)) for code, p in ordered]
+        return scores
 
 
 @functools.cache
