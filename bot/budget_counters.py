@@ -200,7 +200,8 @@ class _Tally:
 
 class LocalCounter:
     """The same counter in this process. `used` is what this process counted, raised to what
-    SQL recorded (other workers' turns too) at every reservation."""
+    SQL recorded (other workers' turns too) at every reservation, read without flushing the
+    usage written behind (UsageLog.counted)."""
 
     def __init__(self, usage: UsageLog) -> None:
         self._usage = usage
@@ -217,7 +218,7 @@ class LocalCounter:
         now_s: float,
         expires_s: float,
     ) -> Decision:
-        recorded = [await self._usage.tokens(day, item.subject) for item in limited]
+        recorded = [await self._usage.counted(day, item.subject) for item in limited]
         # From here to the end nothing awaits: the check and the reservation are one step.
         self._forget_before(day)
         tallies = [self._tallies.setdefault((day, item.subject), _Tally()) for item in limited]

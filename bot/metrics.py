@@ -55,6 +55,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from backends.base import Usage
 from backends.breaker import BreakerState
@@ -235,10 +236,17 @@ class Metrics:
             "parley_pending_oldest_age_seconds", "Age of the oldest unanswered user message",
             multiprocess_mode="livemostrecent", registry=r,
         )  # fmt: skip
+        self.db_connections = Gauge(
+            "parley_db_connections",
+            "This worker's pooled database connections, by pool (main: durable writes and "
+            "reads; relaxed: writes that do not wait for the disk) and state",
+            ["pool", "state"], multiprocess_mode="livesum", registry=r,
+        )  # fmt: skip
         self._backends: list[ResilientBackend] = []
         self._chains: list[FallbackChain] = []
         self._platforms: dict[str, PlatformCounts] = {}
         self._engine: AsyncEngine | None = None
+        self._pools: dict[str, QueuePool] = {}
         self._seen = _Seen()
 
     # -- sources ---------------------------------------------------------------------------
@@ -259,8 +267,15 @@ class Metrics:
         if isinstance(gate, PlatformCounts) and platform:
             self._platforms[platform] = gate
 
-    def watch_store(self, engine: AsyncEngine) -> None:
+    def watch_store(self, engine: AsyncEngine, relaxed: AsyncEngine | None = None) -> None:
+        """Count pending messages through `engine`; report its pool and `relaxed`'s."""
         self._engine = engine
+        if relaxed is engine:  # SQLite: one engine for both
+            relaxed = None
+        for name, each in (("main", engine), ("relaxed", relaxed)):
+            # An in-memory SQLite database has one connection in a StaticPool: nothing to show.
+            if each is not None and isinstance(each.pool, QueuePool):
+                self._pools[name] = each.pool
 
     # -- TurnObserver ----------------------------------------------------------------------
 
@@ -329,8 +344,11 @@ class Metrics:
         self.breaker_state.labels(backend.name).set(BREAKER_VALUES[backend.breaker.state])
 
     async def refresh(self) -> None:
-        """What is read at scrape time: the plain counters, and the pending messages."""
+        """What is read at scrape time: the plain counters, the pools, the pending messages."""
         self.sync()
+        for name, pool in self._pools.items():
+            self.db_connections.labels(name, "in_use").set(pool.checkedout())
+            self.db_connections.labels(name, "idle").set(pool.checkedin())
         if self._engine is None:
             return
         query = select(func.count(), func.min(MessageRow.created_at)).where(text(PENDING_PREDICATE))

@@ -124,6 +124,29 @@ c
     ]
 
 
+def test_markdown_front_matter_is_not_a_heading() -> None:
+    text = b"""---
+title: "Deploying behind a proxy"
+tags: [nginx, tls]
+---
+Set `forwarded_allow_ips`.
+
+## Headers
+
+Trust X-Forwarded-For only from the proxy.
+"""
+    doc = load(text, Path("proxy.md"))
+    assert doc.title == "Deploying behind a proxy"
+    assert [(s.location, s.text) for s in doc.sections] == [
+        ("", "Set `forwarded_allow_ips`."),
+        ("Headers", "Trust X-Forwarded-For only from the proxy."),
+    ]
+    # A first "---" never closed is a thematic break, and the text stays.
+    assert load(b"---\nplain words", Path("rule.md")).sections == [
+        Section("", "---\nplain words")
+    ]
+
+
 def test_markdown_without_headings_is_titled_by_file_name() -> None:
     doc = load(b"just text", Path("notes.markdown"))
     assert doc.title == "notes"

@@ -30,6 +30,7 @@ from bot.metrics import UNKNOWN_COMMAND, Metrics, turn_kind
 from bot.settings import BackendSettings, HttpSettings, Settings
 from bot.skills.core_commands import register_core_commands
 from bot.skills.router import CommandRouter
+from bot.storage import migrate
 from bot.storage.base import MessageKind, StoredMessage
 from bot.types import ConversationKey, Incoming, Role, User
 from tests.doubles import CollectingSink, ScriptedBackend
@@ -110,6 +111,29 @@ async def test_pending_messages_and_their_age_are_read_from_sql(tmp_path: Path) 
         _, samples = await scrape(metrics_route(app.metrics))
     assert value(samples, "parley_pending_messages") == 1
     assert value(samples, "parley_pending_oldest_age_seconds") >= 0
+
+
+async def test_both_database_pools_are_reported(postgres_url: str) -> None:
+    await migrate.upgrade(postgres_url)
+    settings = Settings(database={"url": postgres_url, "pool_size": 4})  # type: ignore[arg-type]
+    async with Parley(settings) as app:
+        route = metrics_route(app.metrics)
+        _, idle = await scrape(route)
+        async with app.store.engine.connect():  # one connection of the main pool in use
+            _, busy = await scrape(route)
+    # Opened before traffic (SqlStore.start): 4 main connections, max(2, 4 // 2) relaxed.
+    assert value(idle, "parley_db_connections", pool="main", state="idle") == 4
+    assert value(idle, "parley_db_connections", pool="main", state="in_use") == 0
+    assert value(idle, "parley_db_connections", pool="relaxed", state="idle") == 2
+    assert value(busy, "parley_db_connections", pool="main", state="in_use") == 1
+    assert value(busy, "parley_db_connections", pool="main", state="idle") == 3
+
+
+async def test_sqlite_reports_one_pool(tmp_path: Path) -> None:
+    async with Parley(settings_for(tmp_path)) as app:
+        _, samples = await scrape(metrics_route(app.metrics))
+    pools = {dict(labels)["pool"] for name, labels in samples if name == "parley_db_connections"}
+    assert pools == {"main"}
 
 
 def test_command_names_users_invent_do_not_become_series() -> None:

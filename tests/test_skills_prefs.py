@@ -86,11 +86,11 @@ async def test_reply_text_and_missed_messages(stores: tuple[SqlStore, PrefsRepos
     assert (await prefs.for_message(bob_msg)).reply_to_text is None
     ada = (await prefs.for_message(ada_msg)).user_ref
     assert ada is not None
-    seen = await prefs.last_seen_id(cid, ada, now_msg)
+    seen = await store.last_seen_id(cid, ada, now_msg)
     assert seen == reply.id
-    missed = await prefs.messages_between(cid, after_id=seen, before_id=now_msg, limit=10)
+    missed = await store.messages_between(cid, after_id=seen, before_id=now_msg, limit=10)
     assert [(m.author, m.content) for m in missed] == [("Bob", "deploy at five")]
-    everything = await prefs.messages_between(cid, before_id=now_msg, limit=10)
+    everything = await store.messages_between(cid, before_id=now_msg, limit=10)
     assert [m.is_bot for m in everything] == [False, True, False]
 
 

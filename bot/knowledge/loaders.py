@@ -23,6 +23,10 @@ _SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 # Inline tokens whose content is the text a reader sees in a heading.
 _VISIBLE_INLINE = {"text", "code_inline", "image"}
+# YAML front matter (Jekyll, Hugo, MkDocs): a first line "---", closed by "---" or "...".
+_FRONT_MATTER_OPEN = re.compile(r"^---[ \t]*$")
+_FRONT_MATTER_CLOSE = re.compile(r"^(---|\.\.\.)[ \t]*$")
+_FRONT_MATTER_TITLE = re.compile(r"""^title:[ \t]*(["']?)(.*?)\1[ \t]*$""")
 
 
 class LoaderError(Exception):
@@ -68,7 +72,9 @@ def load_markdown(data: bytes, path: Path) -> LoadedDocument:
         trail.append((level, text))
         title = title or text
 
-    for line in decode_text(data).splitlines():
+    lines = decode_text(data).splitlines()
+    title, lines = _front_matter(lines)
+    for line in lines:
         fence = _track_fence(line, fence)
         heading = None if fence or line.lstrip().startswith(("```", "~~~")) else _heading(line)
         if heading is not None:
@@ -83,6 +89,20 @@ def load_markdown(data: bytes, path: Path) -> LoadedDocument:
             body.append(line)
     close_section()
     return LoadedDocument(title or path.stem, sections)
+
+
+def _front_matter(lines: list[str]) -> tuple[str, list[str]]:
+    """The document's title from its YAML front matter ("" without one) and the lines after
+    it. Without this, the block's closing "---" reads as a setext underline and its last
+    field ("tags: [a, b]") becomes the first heading."""
+    if not lines or not _FRONT_MATTER_OPEN.match(lines[0]):
+        return "", lines
+    for end, line in enumerate(lines[1:], start=1):
+        if _FRONT_MATTER_CLOSE.match(line):
+            fields = (_FRONT_MATTER_TITLE.match(field) for field in lines[1:end])
+            title = next((m.group(2).strip() for m in fields if m is not None), "")
+            return title, lines[end + 1 :]
+    return "", lines  # never closed: a thematic break, not front matter
 
 
 def _track_fence(line: str, fence: str) -> str:

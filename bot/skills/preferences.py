@@ -120,7 +120,7 @@ class PreferencesSkill:
         word = ctx.args.lower()
         if word in _DELETE:
             await self._s.prefs.set_keep_messages(ctx.conversation_id, False)
-            deleted = await self._s.prefs.delete_kept(ctx.conversation_id)
+            deleted = await ctx.store.delete_observed(ctx.conversation_id)
             if deleted == 1:  # English's singular; the catalogues word both without plurals
                 return await ctx.say(DELETED_ONE)
             return await ctx.say(DELETED, count=deleted)

@@ -134,7 +134,7 @@ class SummarizeSkill:
 
     async def _conversation(self, ctx: TurnContext) -> str:
         state = await ctx.store.state(ctx.conversation_id)
-        rows = await self._s.prefs.messages_between(
+        rows = await ctx.store.messages_between(
             ctx.conversation_id, after_id=state.context_start_id,
             before_id=ctx.message_id or 2**62, limit=self._s.settings.missed_max_messages,
         )  # fmt: skip
@@ -147,8 +147,8 @@ class SummarizeSkill:
         since = utcnow() - timedelta(hours=hours or s.missed_hours)
         seen = 0
         if hours is None and user_ref is not None:
-            seen = await self._s.prefs.last_seen_id(ctx.conversation_id, user_ref, ctx.message_id)
-        rows = await self._s.prefs.messages_between(
+            seen = await ctx.store.last_seen_id(ctx.conversation_id, user_ref, ctx.message_id)
+        rows = await ctx.store.messages_between(
             ctx.conversation_id, after_id=seen, before_id=ctx.message_id, since=since,
             limit=s.missed_max_messages,
         )  # fmt: skip

@@ -70,9 +70,13 @@ class MemoryCache:
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         self._keep(key, value, _deadline(ttl_s))
 
-    async def add(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+    def _keep_absent(self, key: str, value: object, ttl_s: float | None) -> None:
+        """Keep `value` only where `key` holds nothing (a load never replaces a write)."""
         if self._find(key) is None:
             self._keep(key, value, _deadline(ttl_s))
+
+    async def add(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        self._keep_absent(key, value, ttl_s)
 
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
@@ -109,8 +113,7 @@ class _HeldObjects(Generic[T]):
         if found is not None:
             return cast(T, found)
         value = await self._load(id_)
-        if self._cache._find(self._key(id_)) is None:  # nothing put while it loaded
-            await self.put(id_, value)
+        self._cache._keep_absent(self._key(id_), value, self._ttl_s)
         return value
 
     async def put(self, id_: int, value: T) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -82,29 +81,10 @@ class PrefsRepository:
         await self._upsert(_cp, {"conversation_id": conversation_id}, {"keep_messages": keep})
         await self._chats.refresh(conversation_id)  # never a load from before it
 
-    async def delete_kept(self, conversation_id: int) -> int:
-        return await self._store.delete_observed(conversation_id)
-
     async def remember_reply_to(self, message_id: int, text: str) -> None:
         stmt = self._dialect.insert(_mr).values(message_id=message_id, reply_to_text=storable(text))
         async with self._connection(write=True) as conn:
             await conn.execute(stmt.on_conflict_do_nothing(index_elements=["message_id"]))
-
-    async def last_seen_id(self, conversation_id: int, user_ref: int, before_id: int) -> int:
-        return await self._store.last_seen_id(conversation_id, user_ref, before_id)
-
-    async def messages_between(
-        self,
-        conversation_id: int,
-        *,
-        after_id: int = 0,
-        before_id: int,
-        since: datetime | None = None,
-        limit: int,
-    ) -> list[LoggedMessage]:
-        return await self._store.messages_between(
-            conversation_id, after_id=after_id, before_id=before_id, since=since, limit=limit
-        )
 
     async def _upsert(self, table: Any, key: Mapping[str, Any], values: Mapping[str, Any]) -> None:
         changes = {**values, "updated_at": sa.func.now()}

@@ -160,8 +160,21 @@ class UsageLog:
                 return
 
     async def tokens(self, day: date, subject: Subject) -> int:
-        """Tokens `subject` spent on `day`, as recorded so far."""
+        """Tokens `subject` spent on `day`, as recorded so far (this process's sums
+        written first)."""
         await self.flush()
+        return await self.written(day, subject)
+
+    async def counted(self, day: date, subject: Subject) -> int:
+        """What `tokens` says, without writing: SQL's sum plus this process's sums that wait
+        for the next flush (a budget check on every turn must not defeat the write-behind)."""
+        async with self._writing:  # no flush halfway: its sums neither missed nor twice
+            waiting = self._pending.get((day, subject.scope, subject.name))
+            unwritten = waiting[0] + waiting[1] if waiting else 0
+            return await self.written(day, subject) + unwritten
+
+    async def written(self, day: date, subject: Subject) -> int:
+        """Tokens `subject` spent on `day` as SQL holds them (every worker's written sums)."""
         query = sa.select(_t.prompt_tokens + _t.completion_tokens).where(
             _t.day == day, _t.scope == subject.scope, _t.subject == subject.name
         )
