@@ -2,9 +2,9 @@
 
 Counted through public hooks only: SQLAlchemy's `before_cursor_execute` and `commit` events on
 the app's engine (a commit is a round trip of its own; BEGIN is not a cursor statement on
-every driver, so transactions are counted by their commits), and Redis's own per-command
-counters (`INFO commandstats`, reset with `CONFIG RESETSTAT`) on a Redis server of the test's
-own. A change that adds a statement or a command to a turn has to change the numbers here.
+every driver, so transactions are counted by their commits), and the commands a Redis server
+of the test's own runs, read with MONITOR (see RedisCommands). A change that adds a statement
+or a command to a turn has to change the numbers here.
 
 Turn types: a conversation's first chat turn (a new sender and conversation), a later chat
 turn, a command turn (/help), and a cold load (a new process, nothing cached: the window is
