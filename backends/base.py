@@ -45,8 +45,9 @@ class GenerationRequest:
     # A JSON schema the reply must match (structured outputs); None for free text.
     json_schema: Mapping[str, Any] | None = None
     # The event loop's time by which the whole reply must be in (the retry layer sets it, so
-    # that a retry never extends the first try's limit): a backend's stream ends with
-    # BackendTimeout there, as at its own `total_s` (backends.deadlines.Deadlines).
+    # that a retry never extends the first try's limit). A backend whose stream ends with
+    # BackendTimeout there (backends.deadlines.Deadlines does) says so with a class attribute
+    # `honours_deadline = True`; for any other, the retry layer times each wait itself.
     deadline: float | None = None
 
 

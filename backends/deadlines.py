@@ -145,28 +145,40 @@ async def first_token_within(
     *,
     full: bool = False,
     deadline: float | None = None,
+    deadline_honoured: bool = False,
 ) -> AsyncGenerator[Chunk, None]:
     """`chunks`, failing with a `BackendTimeout` (`FirstTokenTimeout` below `first_token_s`)
-    if no text arrived within `limit`. The first-token time is recorded in `limit`. On a
-    time-out the inner stream is closed, which aborts the request.
+    if no text arrived within `limit`, or when the loop time passes `deadline` (the reply's
+    `total_s` counted from its first try, so retries never extend it). The first-token time is
+    recorded in `limit`. On a time-out the inner stream is closed, which aborts the request.
 
-    `deadline` (loop time) is the reply's: the stream must be a backend's that honours
-    `GenerationRequest.deadline` with it (Deadlines does), which bounds every wait for a
-    chunk. Here it is checked between chunks only, so that a chunk costs no second timer."""
+    `deadline_honoured`: the stream is a backend's that ends itself at
+    `GenerationRequest.deadline` (Deadlines bounds each of its waits with it); the deadline is
+    then only checked between chunks here, so that a chunk costs one timer, not two."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with contextlib.aclosing(chunks):
         first = True
         while True:
             waiting = anext(chunks, None)
-            chunk = (
-                await limit.wait(waiting, started=started, full=full) if first else await waiting
-            )
+            bounded = limit.wait(waiting, started=started, full=full) if first else waiting
+            if deadline_honoured or deadline is None:
+                chunk = await bounded
+                if chunk is not None and deadline is not None and loop.time() > deadline:
+                    raise BackendTimeout("the server sent no whole reply in time")
+            else:
+                chunk = await _before(bounded, deadline)
             if chunk is None:
                 return
-            if deadline is not None and loop.time() > deadline:
-                raise BackendTimeout("the server sent no whole reply in time")
             if first and chunk.text:
                 limit.observe(loop.time() - started)
                 first = False
             yield chunk
+
+
+async def _before(awaitable: Awaitable[T], deadline: float) -> T:
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await awaitable
+    except TimeoutError:
+        raise BackendTimeout("the server sent no whole reply in time") from None

@@ -100,6 +100,9 @@ class ServerUnavailable(BackendUnavailable):
 class OpenAICompatBackend:
     """The `Backend` protocol over `/v1/chat/completions` with server-sent events."""
 
+    # Its stream ends itself at GenerationRequest.deadline (backends.deadlines.Deadlines).
+    honours_deadline = True
+
     def __init__(
         self,
         settings: BackendSettings,

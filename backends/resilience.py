@@ -206,13 +206,17 @@ class ResilientBackend:
             self.counts.refused += 1
             raise CircuitOpen(f"{self.name}: circuit breaker open")
         self.counts.sent += 1
-        # The reply's deadline goes with the request: the backend bounds each wait with it.
+        # The reply's deadline goes with the request (a caller's own, if sooner): a backend
+        # that honours it bounds each wait with it, and a chunk costs one timer.
+        if request.deadline is not None:
+            deadline = min(deadline, request.deadline)
         request = dataclasses.replace(request, deadline=deadline)
         if attempt > 1:  # a fresh id: the engine may still hold the aborted first try
             request = dataclasses.replace(request, request_id=f"{request.request_id}-{attempt}")
         inner = first_token_within(
-            self.inner.stream(request), self.first_token, full=full_wait, deadline=deadline
-        )
+            self.inner.stream(request), self.first_token, full=full_wait, deadline=deadline,
+            deadline_honoured=getattr(self.inner, "honours_deadline", False) is True,
+        )  # fmt: skip
         try:
             async with contextlib.aclosing(inner) as chunks:
                 async for chunk in chunks:

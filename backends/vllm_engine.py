@@ -48,6 +48,9 @@ INLINE_TOKENIZE_CHARS = 4000
 class VllmEngineBackend:
     """The `Backend` protocol over an in-process `vllm.v1.engine.async_llm.AsyncLLM`."""
 
+    # Its stream ends itself at GenerationRequest.deadline (backends.deadlines.Deadlines).
+    honours_deadline = True
+
     def __init__(self, settings: BackendSettings) -> None:
         self._settings = settings
         self._engine: Any = None

@@ -589,9 +589,24 @@ class _ConversationReads:
         # time. It returns the unfinished delivery and the conversation's state as of the take
         # (a cached window is checked against it: no SELECT of its own). Parameter names
         # differ from the columns': those are reserved in an UPDATE.
+        take_where = [_c.id == _param("cid"), sa.or_(_LAPSED, _c.lease_owner == _param("who"))]
+        if postgresql:
+            # The state's last reply is a subquery, read in the statement's snapshot; the row
+            # it updates may be a newer version, if the take waited for the row's lock (a
+            # lapsed worker recording its fenced reply at that moment). Only the version of
+            # the snapshot is taken (its xmin unchanged); after a wait the take finds no row
+            # and is tried again (LEASE_POLL_S) on a new snapshot, so the state is one whole.
+            snapshot = _c.__table__.alias("snapshot")
+            seen = (
+                sa.select(sa.literal_column("snapshot.xmin"))
+                .select_from(snapshot)
+                .where(snapshot.c.id == _param("cid"))
+                .scalar_subquery()
+            )
+            take_where.append(sa.literal_column("conversations.xmin") == seen)
         lease_take = (
             sa.update(_c)
-            .where(_c.id == _param("cid"), sa.or_(_LAPSED, _c.lease_owner == _param("who")))
+            .where(*take_where)
             .values(
                 lease_owner=_param("who"),
                 lease_until=_param("until_", _TS),
