@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 
@@ -18,6 +19,7 @@ from bot.storage import migrate
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     async with Parley(settings) as app:
         await _load_sample(app)
+        settle_heap()
         await run_adapters(app, settings.adapters)
     return 0
 
@@ -29,8 +31,20 @@ async def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     assert isinstance(console, ConsoleSettings)
     async with Parley(settings) as app:
         await _load_sample(app)
+        settle_heap()
         await run_adapters(app, ["console"], {"console": console})
     return 0
+
+
+def settle_heap() -> None:
+    """Move what start-up loaded (language and sentiment models, lexicons, tokenizers, the
+    sample knowledge base: about 190,000 objects) out of the garbage collector's reach. A full
+    collection walks every tracked object with the event loop stopped: about 90 ms for that
+    heap, a stall of every conversation at once; after `gc.freeze()` it walks only what was
+    made since. The `parley` process owns its heap; a program that embeds `Parley` decides
+    for itself."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _load_sample(app: Parley) -> None:
