@@ -142,9 +142,7 @@ Trust X-Forwarded-For only from the proxy.
         ("Headers", "Trust X-Forwarded-For only from the proxy."),
     ]
     # A first "---" never closed is a thematic break, and the text stays.
-    assert load(b"---\nplain words", Path("rule.md")).sections == [
-        Section("", "---\nplain words")
-    ]
+    assert load(b"---\nplain words", Path("rule.md")).sections == [Section("", "---\nplain words")]
 
 
 def test_markdown_without_headings_is_titled_by_file_name() -> None:
