@@ -8,9 +8,9 @@ instead of 5 s), so a hang costs about a second. A stall of the event loop longe
 floor makes every request in flight time out at once, a burst of failures that opens the
 breaker (seen once in CI with a floor of 0.5 s: `openings == 1`, 147 requests refused). So
 the floor is 1 s, and the test's process freezes its heap for the run, as `parley run` does
-after start: a full garbage collection over a test process that has loaded models can be such a
-stall. `python -m bench.flaky_backend` runs the
-same scenario through `Parley` with every default, and prints the figures.
+after start: a full garbage collection over a test process that has loaded models can be
+such a stall. `python -m bench.flaky_backend` runs the same scenario through `Parley` with
+every default, and prints the figures.
 
 Outage: the breaker's clock is a fake one, moved by the test; the server answers 503 to all,
 then recovers.
