@@ -329,11 +329,13 @@ class ConversationManager:
             raise NotServedHere(work.key.platform)
         s = self._settings
         lease = self._store.turn_lease(
-            work.conversation_id, self._owner, ttl_s=s.lock_ttl_s, wait_s=s.lock_wait_s
-        )
-        # One read of the pending messages per lease. Nothing needs a second look afterwards:
-        # what this process records meanwhile sets _again (see _worker), and what another
-        # worker records is answered by that worker once it gets the lease.
+            work.conversation_id, self._owner, ttl_s=s.lock_ttl_s, wait_s=s.lock_wait_s,
+            pending_limit=PENDING_PAGE,
+        )  # fmt: skip
+        # One read of the pending messages per lease, with the take itself. Nothing needs a
+        # second look afterwards: what this process records meanwhile sets _again (see
+        # _worker), and what another worker records is answered by that worker once it gets
+        # the lease.
         async with lease as held:
             await self._run_pending(work, held)
 
@@ -341,6 +343,7 @@ class ConversationManager:
         cid = work.conversation_id
         unfinished = lease.unfinished  # read with the lease, in the same statement
         state = lease.state  # likewise; current for the first turn only
+        page = lease.pending  # likewise: the first page of pending messages
         if unfinished is not None and unfinished.owner != self._owner:
             alive = holder_alive(
                 self._liveness, unfinished, grace_s=self._settings.delivery_grace_s
@@ -348,7 +351,8 @@ class ConversationManager:
             if await alive:
                 raise Superseded  # its worker records it; this one looks again soon
         while True:
-            pending = await self._store.pending(cid, PENDING_PAGE)
+            pending = page if page is not None else await self._store.pending(cid, PENDING_PAGE)
+            page = None
             resumed: list[StoredMessage] = []
             if unfinished is not None:
                 first, last = unfinished.first_id, unfinished.last_id

@@ -90,6 +90,9 @@ class TurnLease:
     # a turn under this lease writes (a reply, a summary, /reset), so only the first turn
     # under the lease may use it instead of reading it again.
     state: ConversationState | None = None
+    # The first page of pending messages as the lease was taken (`pending_limit` of them at
+    # most, oldest first), when `turn_lease` was asked for it; None otherwise.
+    pending: Sequence[StoredMessage] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +221,18 @@ class Store(Protocol):
         ...
 
     def turn_lease(
-        self, conversation_id: int, owner: str, *, ttl_s: float, wait_s: float
+        self,
+        conversation_id: int,
+        owner: str,
+        *,
+        ttl_s: float,
+        wait_s: float,
+        pending_limit: int = 0,
     ) -> AbstractAsyncContextManager[TurnLease]:
         """The conversation's turn lease for `owner` (unique per process), with a new epoch.
         Renewed every ttl_s/3 while held, lapses ttl_s after a holder died. Raises
-        TimeoutError after wait_s."""
+        TimeoutError after wait_s. `pending_limit`: the first `pending(...)` page is read with
+        the take (`TurnLease.pending`)."""
         ...
 
     async def begin_delivery(

@@ -302,10 +302,18 @@ class SqlStore:
 
     @asynccontextmanager
     async def turn_lease(
-        self, conversation_id: int, owner: str, *, ttl_s: float, wait_s: float
+        self,
+        conversation_id: int,
+        owner: str,
+        *,
+        ttl_s: float,
+        wait_s: float,
+        pending_limit: int = 0,
     ) -> AsyncIterator[TurnLease]:
         deadline = time.monotonic() + wait_s
-        while (lease := await self._take_lease(conversation_id, owner, ttl_s)) is None:
+        while (
+            lease := await self._take_lease(conversation_id, owner, ttl_s, pending_limit)
+        ) is None:
             if time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"conversation {conversation_id}: lease not taken in {wait_s:g}s"
@@ -334,18 +342,39 @@ class SqlStore:
                 params = {"cid": conversation_id, "who": owner, "epoch": epoch}
                 await self._write(_LEASE_RELEASE, params, relaxed=True)
 
-    async def _take_lease(self, conversation_id: int, owner: str, ttl_s: float) -> TurnLease | None:
-        """The lease with its new epoch and the unfinished delivery (one statement), or None
-        while another worker holds it."""
+    async def _take_lease(
+        self, conversation_id: int, owner: str, ttl_s: float, pending_limit: int = 0
+    ) -> TurnLease | None:
+        """The lease with its new epoch, the unfinished delivery, the conversation's state
+        and (`pending_limit`) the first page of pending messages, or None while another
+        worker holds it. One statement on PostgreSQL; on SQLite the page is a second one, in
+        the same transaction."""
         now = utcnow()
         params = {"cid": conversation_id, "conversation_id": conversation_id, "who": owner,
-                  "now_": now, "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
-        take = self._reads.lease_take
-        rows = await self._run(lambda q: q.rows(take, params), write=True, one_statement=True)
+                  "now_": now, "until_": now + timedelta(seconds=ttl_s),
+                  "limit": pending_limit}  # fmt: skip
+        reads = self._reads
+        with_page = pending_limit > 0 and reads.lease_with_page is not None
+
+        def run(q: Queries) -> tuple[Sequence[Sequence[Any]], list[StoredMessage] | None]:
+            if with_page and reads.lease_with_page is not None:
+                # Each row: the lease's columns, then one pending message's (or NULLs).
+                rows = q.rows(reads.lease_with_page, params)
+                page = [_to_message(r[_LEASE_COLUMNS:]) for r in rows if r[_LEASE_COLUMNS]]
+                return rows, page
+            rows = q.rows(reads.lease_take, params)
+            if not rows or pending_limit <= 0:
+                return rows, None
+            return rows, [_to_message(r) for r in q.rows(_PENDING, params)]
+
+        rows, page = await self._run(run, write=True, one_statement=with_page)
         if not rows:
             return None
         row = rows[0]
-        return TurnLease(int(row[0]), owner, unfinished=_delivery(row[1:7]), state=_state(row[7:]))
+        return TurnLease(
+            int(row[0]), owner, unfinished=_delivery(row[1:7]),
+            state=_state(row[7:_LEASE_COLUMNS]), pending=page,
+        )  # fmt: skip
 
     async def begin_delivery(
         self, lease: TurnLease, conversation_id: int, first_id: int, last_id: int,
@@ -555,6 +584,9 @@ class _ConversationReads:
     reset_context: sa.Update
     mark_answered: sa.Update
     lease_take: sa.Update
+    # The take and the first page of pending messages in one statement (PostgreSQL; None on
+    # SQLite, which runs the two in one transaction).
+    lease_with_page: sa.Select[Any] | None
     # record_reply under a delivery in one statement (PostgreSQL; None on SQLite).
     fenced_reply: sa.Select[Any] | None
 
@@ -644,7 +676,23 @@ class _ConversationReads:
             .values(answered_by=_param("reply_id"))
         )  # fmt: skip
         fenced_reply = _fenced_reply(ids) if ids is not None else None
-        return cls(context, history, state, reset_context, mark_answered, lease_take, fenced_reply)
+        lease_with_page = None
+        if postgresql:
+            # LEFT JOIN ... ON true: the lease's row once per pending message, or once with
+            # NULLs for none. The page reads the statement's snapshot, like the state; the
+            # snapshot guard above makes it the row version the lease was taken on.
+            taken = lease_take.cte("taken")
+            page = _PENDING.subquery("page")
+            lease_with_page = (
+                sa.select(taken, page)
+                .select_from(taken.outerjoin(page, sa.true()))
+                .order_by(page.c.id)  # a join keeps no order of its own
+            )
+        return cls(
+            context=context, history=history, state=state, reset_context=reset_context,
+            mark_answered=mark_answered, lease_take=lease_take, lease_with_page=lease_with_page,
+            fenced_reply=fenced_reply,
+        )  # fmt: skip
 
 
 def _fenced_reply(ids: sa.BindParameter[Any]) -> sa.Select[Any]:
@@ -788,6 +836,10 @@ _INSERT_REPLY = (
     .returning(_m.id)
 )  # fmt: skip
 _READS = {True: _ConversationReads.build(True), False: _ConversationReads.build(False)}
+
+
+# The lease take's columns: the epoch, the delivery's 6, the conversation state's 9.
+_LEASE_COLUMNS = 16
 
 
 def _state(row: Sequence[Any]) -> ConversationState:
