@@ -459,6 +459,22 @@ async def test_a_lease_is_held_by_one_worker_and_each_take_is_a_new_epoch(
         assert second.epoch == first.epoch + 1
 
 
+async def test_a_lease_brings_the_first_page_of_pending_messages(store: Store) -> None:
+    said = [await say(store, f"k{i}", f"m{i}") for i in range(4)]
+    cid, ids = said[0][0], [message_id for _, message_id in said]
+    await store.record_reply(cid, [ids[1]], "answered", kind=CHAT, token_count=1)
+    async with store.turn_lease(cid, "worker-a", ttl_s=5, wait_s=1, pending_limit=2) as lease:
+        assert lease.pending is not None
+        assert [m.id for m in lease.pending] == [ids[0], ids[2]]  # oldest first, limited
+        assert list(lease.pending) == list(await store.pending(cid, 2))  # the same rows
+        assert lease.state is not None and lease.state.last_reply_id > ids[1]
+    async with store.turn_lease(cid, "worker-a", ttl_s=5, wait_s=1) as plain:
+        assert plain.pending is None  # not asked for
+    await store.record_reply(cid, [ids[0], ids[2], ids[3]], "all", kind=CHAT, token_count=1)
+    async with store.turn_lease(cid, "worker-a", ttl_s=5, wait_s=1, pending_limit=2) as idle:
+        assert idle.pending == []  # nothing pending: an empty page, not a missing one
+
+
 async def test_a_dead_holders_lease_lapses_and_its_renewal_then_fails(
     pair: tuple[SqlStore, SqlStore],
 ) -> None:
