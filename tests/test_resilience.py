@@ -227,15 +227,19 @@ async def test_a_hang_is_given_up_at_the_adaptive_limit_and_retried_with_the_ful
     backend = resilient(primary, timeouts=timeouts, retry={**FAST_RETRY, "attempts": 2})
     for _ in range(FirstTokenLimit.MIN_SAMPLES):  # first-token times of a healthy server
         await collect(backend)
-    assert backend.first_token.current() == pytest.approx(0.1)
+    # Adapted below the full second: its floor (0.1 s), or 4x the p90 where a loaded machine
+    # made the healthy server's first tokens slower than 25 ms (0.102 s seen once in CI).
+    adaptive = backend.first_token.current()
+    assert 0.1 <= adaptive < 0.5
     primary.configure(Faults(hang_before=1.0))
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with asyncio.timeout(5):  # a guard: the limits under test are far shorter
         with pytest.raises(BackendTimeout) as caught:
             await collect(backend)
-    # 0.1 s at the adaptive limit, then the retry waited the full second; both hangs failed.
-    assert 1.1 <= loop.time() - started < 3 and not isinstance(caught.value, FirstTokenTimeout)
+    # The adaptive limit, then the retry waited the full second; both hangs failed.
+    elapsed = loop.time() - started
+    assert adaptive + 1.0 <= elapsed < 3 and not isinstance(caught.value, FirstTokenTimeout)
     assert backend.counts.timed_out == 2 and primary.chat_requests == 12
     await backend.aclose()
 
