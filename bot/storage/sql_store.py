@@ -367,7 +367,9 @@ class SqlStore:
                 return rows, None
             return rows, [_to_message(r) for r in q.rows(_PENDING, params)]
 
-        rows, page = await self._run(run, write=True, one_statement=with_page)
+        # One statement (autocommit on PostgreSQL) unless SQLite reads the page after it.
+        one_statement = with_page or pending_limit <= 0
+        rows, page = await self._run(run, write=True, one_statement=one_statement)
         if not rows:
             return None
         row = rows[0]
