@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from bot.storage import migrate
+from bot.storage.database import create_engine
+from bot.storage.sql_store import SqlStore
 from tests import services
 from tests.redis_server import private_redis  # noqa: F401  (fixture)
 
@@ -40,3 +42,15 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("postgres_url")
     await migrate.upgrade(url)
     return url
+
+
+@pytest.fixture
+async def pg_stores(postgres_url: str) -> AsyncIterator[tuple[SqlStore, SqlStore, str]]:
+    """Two stores (two worker processes) on one fresh, migrated PostgreSQL database."""
+    await migrate.upgrade(postgres_url)
+    stores = SqlStore(create_engine(postgres_url)), SqlStore(create_engine(postgres_url))
+    for store in stores:
+        await store.start()
+    yield stores[0], stores[1], postgres_url
+    for store in stores:
+        await store.aclose()

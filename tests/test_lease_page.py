@@ -20,24 +20,22 @@ that must keep:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy import event
 
 import bot.conversation.manager as manager_module
 from bot.app import Parley
 from bot.settings import Settings
-from bot.storage.base import MessageKind, Store
-from bot.storage.database import create_engine
-from bot.storage.migrate import upgrade
+from bot.storage.base import MessageKind, Store, StoredMessage
 from bot.storage.sql_store import SqlStore
 from bot.types import ConversationKey, Incoming, Role, User
 from tests.doubles import CollectingSink, ScriptedBackend
 from tests.test_conversation import GatedBackend
+from tests.test_turn_path_races import reply_while_taking
 
 KEY = ConversationKey("test", "page-chat")
 ALICE = User("test", "u-1", "Alice")
@@ -53,18 +51,6 @@ async def ask(store: Store, ikey: str, text: str) -> tuple[int, int]:
     return recorded.conversation_id, recorded.message_id
 
 
-@pytest.fixture
-async def pg_stores(postgres_url: str) -> AsyncIterator[tuple[SqlStore, SqlStore, str]]:
-    """Two stores (two worker processes) on one fresh PostgreSQL database."""
-    await upgrade(postgres_url)
-    stores = SqlStore(create_engine(postgres_url)), SqlStore(create_engine(postgres_url))
-    for store in stores:
-        await store.start()
-    yield stores[0], stores[1], postgres_url
-    for store in stores:
-        await store.aclose()
-
-
 @pytest.mark.postgres
 async def test_a_page_never_holds_a_message_answered_while_the_take_waited(
     pg_stores: tuple[SqlStore, SqlStore, str],
@@ -75,38 +61,23 @@ async def test_a_page_never_holds_a_message_answered_while_the_take_waited(
     async with worker_a.turn_lease(cid, "worker-a", ttl_s=30, wait_s=1) as lease:
         assert await worker_a.begin_delivery(lease, cid, first, first)
         epoch_a = lease.epoch
+
     # A's lease is gone while its answer to `first` is still on its way.
-    blocker = create_engine(url)
-    try:
-        async with blocker.connect() as conn:
-            # A row lock makes A's answer and B's take queue for the row, A first: B's
-            # statement snapshot is older than A's answer when B gets the row.
-            tx = await conn.begin()
-            await conn.execute(
-                sa.text("SELECT id FROM conversations WHERE id = :c FOR UPDATE"), {"c": cid}
-            )
-            answer = asyncio.create_task(
-                worker_a.record_reply(
-                    cid, [first], "first answer", kind=CHAT, token_count=2, epoch=epoch_a
-                )
-            )
-            await asyncio.sleep(0.3)
+    def answer() -> Awaitable[StoredMessage | None]:
+        return worker_a.record_reply(
+            cid, [first], "first answer", kind=CHAT, token_count=2, epoch=epoch_a
+        )
 
-            async def take() -> tuple[list[int] | None, int | None, object]:
-                async with worker_b.turn_lease(
-                    cid, "worker-b", ttl_s=30, wait_s=5, pending_limit=10
-                ) as taken:
-                    page = None if taken.pending is None else [m.id for m in taken.pending]
-                    last = None if taken.state is None else taken.state.last_reply_id
-                    return page, last, taken.unfinished
+    async def take() -> tuple[list[int] | None, int | None, object]:
+        async with worker_b.turn_lease(
+            cid, "worker-b", ttl_s=30, wait_s=5, pending_limit=10
+        ) as taken:
+            page = None if taken.pending is None else [m.id for m in taken.pending]
+            last = None if taken.state is None else taken.state.last_reply_id
+            return page, last, taken.unfinished
 
-            taking = asyncio.create_task(take())
-            await asyncio.sleep(0.3)
-            await tx.commit()
-            stored = await answer
-            page, last_reply_id, unfinished = await taking
-    finally:
-        await blocker.dispose()
+    # A's answer and B's take queue for the row, A first (see reply_while_taking).
+    stored, (page, last_reply_id, unfinished) = await reply_while_taking(url, cid, answer, take)
     assert stored is not None  # A's answer went in first
     assert page == [second]  # not `first`: answered before B held the lease
     assert last_reply_id == stored.id  # the same snapshot as the page

@@ -14,7 +14,8 @@ brought both defects; each test failed on it):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -25,10 +26,9 @@ from bot.conversation.context import ContextLoader
 from bot.conversation.summary import Summarizer
 from bot.errors import BackendTimeout
 from bot.settings import BackendSettings
-from bot.storage.base import ConversationState, MessageKind
+from bot.storage.base import ConversationState, MessageKind, StoredMessage
 from bot.storage.cache import RedisCache
 from bot.storage.database import create_engine
-from bot.storage.migrate import upgrade
 from bot.storage.sql_store import SqlStore
 from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 from tests.doubles import ScriptedBackend
@@ -36,18 +36,31 @@ from tests.doubles import ScriptedBackend
 KEY = ConversationKey("console", "review-chat")
 ALICE = User("console", "u-1", "Alice")
 CHAT = MessageKind.CHAT
+A = TypeVar("A")
+B = TypeVar("B")
 
 
-@pytest.fixture
-async def pg_stores(postgres_url: str) -> AsyncIterator[tuple[SqlStore, SqlStore, str]]:
-    """Two stores (two worker processes) on one fresh PostgreSQL database."""
-    await upgrade(postgres_url)
-    stores = SqlStore(create_engine(postgres_url)), SqlStore(create_engine(postgres_url))
-    for store in stores:
-        await store.start()
-    yield stores[0], stores[1], postgres_url
-    for store in stores:
-        await store.aclose()
+async def reply_while_taking(
+    url: str, cid: int, answer: Callable[[], Awaitable[A]], take: Callable[[], Awaitable[B]]
+) -> tuple[A, B]:
+    """`answer` (a lapsed worker's fenced reply) and `take` (another worker's lease take)
+    queued for conversation `cid`'s row behind a plain row lock, `answer` first: when `take`
+    gets the row, its statement's snapshot is older than the reply."""
+    blocker = create_engine(url)
+    try:
+        async with blocker.connect() as conn:
+            tx = await conn.begin()
+            await conn.execute(
+                sa.text("SELECT id FROM conversations WHERE id = :c FOR UPDATE"), {"c": cid}
+            )
+            answering = asyncio.create_task(answer())
+            await asyncio.sleep(0.3)
+            taking = asyncio.create_task(take())
+            await asyncio.sleep(0.3)
+            await tx.commit()
+            return await answering, await taking
+    finally:
+        await blocker.dispose()
 
 
 async def _ask(store: SqlStore, ikey: str, text: str) -> tuple[int, int]:
@@ -79,33 +92,16 @@ async def test_lease_state_includes_a_reply_committed_while_the_take_waited(
     cached = await loader.load(cid)  # the window as it was before A's answer: no turn yet
     assert cached.turns == []
 
-    blocker = create_engine(url)
-    try:
-        async with blocker.connect() as conn:
-            # Something (here a plain row lock) holds the conversation row for a moment, so
-            # that A's reply statement and B's lease take queue for it, A first.
-            tx = await conn.begin()
-            await conn.execute(
-                sa.text("SELECT id FROM conversations WHERE id = :c FOR UPDATE"), {"c": cid}
-            )
-            answer = asyncio.create_task(
-                worker_a.record_reply(
-                    cid, [first], "first answer", kind=CHAT, token_count=2, epoch=epoch_a
-                )
-            )
-            await asyncio.sleep(0.3)
+    def answer() -> Awaitable[StoredMessage | None]:
+        return worker_a.record_reply(
+            cid, [first], "first answer", kind=CHAT, token_count=2, epoch=epoch_a
+        )
 
-            async def take() -> tuple[ConversationState | None, ConversationState]:
-                async with worker_b.turn_lease(cid, "worker-b", ttl_s=30, wait_s=5) as taken:
-                    return taken.state, await worker_b.state(cid)
+    async def take() -> tuple[ConversationState | None, ConversationState]:
+        async with worker_b.turn_lease(cid, "worker-b", ttl_s=30, wait_s=5) as taken:
+            return taken.state, await worker_b.state(cid)
 
-            taking = asyncio.create_task(take())
-            await asyncio.sleep(0.3)
-            await tx.commit()
-            stored = await answer
-            lease_state, fresh = await taking
-    finally:
-        await blocker.dispose()
+    stored, (lease_state, fresh) = await reply_while_taking(url, cid, answer, take)
 
     assert stored is not None  # A's answer is recorded, before B's lease take returned
     assert fresh.last_reply_id == stored.id
