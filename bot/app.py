@@ -42,7 +42,7 @@ from bot.skills.router import CommandRouter
 from bot.skills.services import SkillServices
 from bot.storage.base import Cache
 from bot.storage.cache import build_cache
-from bot.storage.database import create_engine, create_relaxed_engine
+from bot.storage.database import create_engine, create_keeper_engine, create_relaxed_engine
 from bot.storage.migrate import ensure_schema
 from bot.storage.prefs import PrefsRepository
 from bot.storage.sql_store import SqlStore
@@ -97,10 +97,12 @@ class Parley:
         await ensure_schema(url, s.database.auto_migrate)
         engine = create_engine(url, echo=s.database.echo, pool_size=s.database.pool_size)
         relaxed = create_relaxed_engine(engine, pool_size=max(2, s.database.pool_size // 2))
-        self.store = SqlStore(engine, relaxed)
+        self.store = SqlStore(engine, relaxed, create_keeper_engine(engine))
         await self.store.start()
         self._stack.push_async_callback(self.store.aclose)
-        self.metrics.watch_store(self.store.engine, self.store.relaxed_engine)
+        self.metrics.watch_store(
+            self.store.engine, self.store.relaxed_engine, self.store.keeper_engine
+        )
         self.cache = cache = build_cache(s.redis)
         self._stack.push_async_callback(cache.aclose)
         self.backend = self._given_backend or build_resilient_backend(s.backend)

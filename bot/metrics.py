@@ -267,12 +267,20 @@ class Metrics:
         if isinstance(gate, PlatformCounts) and platform:
             self._platforms[platform] = gate
 
-    def watch_store(self, engine: AsyncEngine, relaxed: AsyncEngine | None = None) -> None:
-        """Count pending messages through `engine`; report its pool and `relaxed`'s."""
+    def watch_store(
+        self,
+        engine: AsyncEngine,
+        relaxed: AsyncEngine | None = None,
+        keeper: AsyncEngine | None = None,
+    ) -> None:
+        """Count pending messages through `engine`; report its pool, `relaxed`'s and the
+        lease keeper's (each once: SQLite shares engines)."""
         self._engine = engine
-        if relaxed is engine:  # SQLite: one engine for both
-            relaxed = None
-        for name, each in (("main", engine), ("relaxed", relaxed)):
+        seen: set[int] = set()
+        for name, each in (("main", engine), ("relaxed", relaxed), ("keeper", keeper)):
+            if each is None or id(each) in seen:
+                continue
+            seen.add(id(each))
             # An in-memory SQLite database has one connection in a StaticPool: nothing to show.
             if each is not None and isinstance(each.pool, QueuePool):
                 self._pools[name] = each.pool

@@ -113,7 +113,7 @@ async def test_pending_messages_and_their_age_are_read_from_sql(tmp_path: Path) 
     assert value(samples, "parley_pending_oldest_age_seconds") >= 0
 
 
-async def test_both_database_pools_are_reported(postgres_url: str) -> None:
+async def test_every_database_pool_is_reported(postgres_url: str) -> None:
     await migrate.upgrade(postgres_url)
     settings = Settings(database={"url": postgres_url, "pool_size": 4})  # type: ignore[arg-type]
     async with Parley(settings) as app:
@@ -121,19 +121,21 @@ async def test_both_database_pools_are_reported(postgres_url: str) -> None:
         _, idle = await scrape(route)
         async with app.store.engine.connect():  # one connection of the main pool in use
             _, busy = await scrape(route)
-    # Opened before traffic (SqlStore.start): 4 main connections, max(2, 4 // 2) relaxed.
+    # Opened before traffic (SqlStore.start): 4 main connections, max(2, 4 // 2) relaxed, and
+    # the lease keeper's one.
     assert value(idle, "parley_db_connections", pool="main", state="idle") == 4
+    assert value(idle, "parley_db_connections", pool="keeper", state="idle") == 1
     assert value(idle, "parley_db_connections", pool="main", state="in_use") == 0
     assert value(idle, "parley_db_connections", pool="relaxed", state="idle") == 2
     assert value(busy, "parley_db_connections", pool="main", state="in_use") == 1
     assert value(busy, "parley_db_connections", pool="main", state="idle") == 3
 
 
-async def test_sqlite_reports_one_pool(tmp_path: Path) -> None:
+async def test_an_sqlite_file_reports_its_pool_and_the_keepers(tmp_path: Path) -> None:
     async with Parley(settings_for(tmp_path)) as app:
         _, samples = await scrape(metrics_route(app.metrics))
     pools = {dict(labels)["pool"] for name, labels in samples if name == "parley_db_connections"}
-    assert pools == {"main"}
+    assert pools == {"main", "keeper"}  # no relaxed pool: WAL commits need no sync there
 
 
 def test_command_names_users_invent_do_not_become_series() -> None:

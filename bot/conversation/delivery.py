@@ -182,7 +182,8 @@ class TurnDelivery:
 async def _until(stop: asyncio.Event, seconds: float) -> bool:
     """Wait `seconds`; True when `stop` was set meanwhile. Loops end on an event, not only on
     cancellation: on Python 3.11 a cancellation that arrives as a driver's `wait_for` finishes
-    can be lost (CPython gh-86296; see bot.keepalive), and the loop would run for ever."""
+    can be lost (CPython gh-86296; see bot.storage.lease_keeper), and the loop would run for
+    ever."""
     try:
         async with asyncio.timeout(seconds):
             await stop.wait()

@@ -32,6 +32,7 @@ import re
 import secrets
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -748,7 +749,10 @@ class ConversationManager:
         stop = asyncio.Event()
         self._streaming[work.conversation_id] = stop
         try:
-            await self._deliver(work.key, until(stop, chunks, stopped), batch)
+            # Closed here whatever happens: a delivery that fails before its first chunk
+            # (Superseded) leaves it unfinished, and its stop watcher pending.
+            async with aclosing(until(stop, chunks, stopped)) as shown:
+                await self._deliver(work.key, shown, batch)
         finally:
             self._streaming.pop(work.conversation_id, None)
 

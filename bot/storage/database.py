@@ -77,6 +77,19 @@ def create_relaxed_engine(durable: AsyncEngine, *, pool_size: int) -> AsyncEngin
     )
 
 
+def create_keeper_engine(durable: AsyncEngine) -> AsyncEngine:
+    """One connection of its own for the turn leases' keeper (bot.storage.lease_keeper), so
+    that a renewal never queues behind the turns' statements for a pooled connection.
+    PostgreSQL: committed without waiting for the disk, as `create_relaxed_engine`'s. An SQLite
+    file: a connection of its own (its writes still queue for the file's lock). An in-memory
+    SQLite database has one connection: `durable` itself."""
+    if durable.dialect.name == "postgresql":
+        return create_relaxed_engine(durable, pool_size=1)
+    if sqlite_file(durable.url) is None:
+        return durable
+    return _sqlite_engine(durable.url, echo=bool(durable.echo), pool_size=1)
+
+
 def database_errors(url: str | URL) -> tuple[type[BaseException], ...]:
     """The exceptions that mean "the database failed" for the driver of `url`."""
     if make_url(url).get_driver_name() != "asyncpg":

@@ -34,7 +34,6 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.errors import StorageError
-from bot.keepalive import renewing
 from bot.lru import Lru
 from bot.storage.base import (
     ContextRow,
@@ -48,6 +47,7 @@ from bot.storage.base import (
     TurnPrefs,
 )
 from bot.storage.database import database_errors, describe_error
+from bot.storage.lease_keeper import Held, LeaseKeeper
 from bot.storage.models import ConversationRow, MessageRow, UserRow
 from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
 from bot.storage.runners import Queries, Runner, pool_size
@@ -72,11 +72,20 @@ class _AlreadyAnswered(Exception):
 class SqlStore:
     """The history store. It owns `engine`: `aclose()` disposes of it."""
 
-    def __init__(self, engine: AsyncEngine, relaxed: AsyncEngine | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        relaxed: AsyncEngine | None = None,
+        keeper: AsyncEngine | None = None,
+    ) -> None:
         self._engine = engine
         # Writes that need not wait for the disk (database.create_relaxed_engine): the lease's
-        # renewal and release and the delivery's progress notes.
+        # release and the delivery's progress notes.
         self._relaxed = relaxed if relaxed is not None else engine
+        # The lease keeper's own connection (database.create_keeper_engine): renewals never
+        # queue behind the turns' statements.
+        self._keeper_engine = keeper if keeper is not None else self._relaxed
+        self._keeper = LeaseKeeper(self._renew_leases)
         self._errors = database_errors(engine.url)
         # On PostgreSQL, work that is one statement (every read, and a write that is atomic
         # by itself) runs in autocommit mode: no BEGIN and COMMIT/ROLLBACK round trips around
@@ -86,6 +95,9 @@ class SqlStore:
         self._reads = _READS[postgresql]
         self._runner = Runner(engine)
         self._relaxed_runner = Runner(self._relaxed) if relaxed is not None else self._runner
+        self._keeper_runner = (
+            Runner(self._keeper_engine) if keeper is not None else self._relaxed_runner
+        )
         self._user_ids: Lru[int] = Lru(ID_CACHE_SIZE)
         self._conversation_ids: Lru[int] = Lru(ID_CACHE_SIZE)
         self._user_languages: Lru[str] = Lru(ID_CACHE_SIZE)
@@ -93,6 +105,11 @@ class SqlStore:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    @property
+    def keeper_engine(self) -> AsyncEngine:
+        """The lease keeper's engine (`relaxed_engine` where it has none of its own)."""
+        return self._keeper_engine
 
     @property
     def relaxed_engine(self) -> AsyncEngine:
@@ -105,13 +122,18 @@ class SqlStore:
             await self._runner.warm(pool_size(self._engine))
             if self._relaxed is not self._engine:
                 await self._relaxed_runner.warm(pool_size(self._relaxed))
+            if self._keeper_engine not in (self._engine, self._relaxed):
+                await self._keeper_runner.warm(pool_size(self._keeper_engine))
         except self._errors as exc:
             raise StorageError(describe_error(exc, self._engine.url)) from exc
 
     async def aclose(self) -> None:
+        await self._keeper.aclose()
         await self._engine.dispose()
         if self._relaxed is not self._engine:
             await self._relaxed.dispose()
+        if self._keeper_engine not in (self._engine, self._relaxed):
+            await self._keeper_engine.dispose()
 
     async def ping(self) -> None:
         await self._rows(_PING)
@@ -311,36 +333,38 @@ class SqlStore:
         pending_limit: int = 0,
     ) -> AsyncIterator[TurnLease]:
         deadline = time.monotonic() + wait_s
-        while (
-            lease := await self._take_lease(conversation_id, owner, ttl_s, pending_limit)
-        ) is None:
+        while True:
+            # The lease runs from the moment its take was sent (the take may have queued for
+            # a connection): its first renewal is due ttl_s / 3 after that, not after the take.
+            asked = time.monotonic()
+            lease = await self._take_lease(conversation_id, owner, ttl_s, pending_limit)
+            if lease is not None:
+                break
             if time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"conversation {conversation_id}: lease not taken in {wait_s:g}s"
                 )
             await asyncio.sleep(LEASE_POLL_S)
         epoch = lease.epoch
-
-        async def renew() -> bool:
-            now = utcnow()
-            params = {"cid": conversation_id, "who": owner, "epoch": epoch, "now_": now,
-                      "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
-            try:
-                if await self._write(_LEASE_RENEW, params, relaxed=True) != 1:
-                    log.warning("conversation %s: lease lost while held", conversation_id)
-                    lease.lost.set()
-                    return False
-            except StorageError as exc:
-                log.warning("conversation %s: lease not renewed: %s", conversation_id, exc)
-            return True
-
         try:
-            async with renewing(renew, ttl_s / 3, name=f"renew lease {conversation_id}"):
+            with self._keeper.keeping(conversation_id, lease, ttl_s, since=asked):
                 yield lease
         finally:
             with suppress(StorageError):  # not released: it lapses after ttl_s
                 params = {"cid": conversation_id, "who": owner, "epoch": epoch}
                 await self._write(_LEASE_RELEASE, params, relaxed=True)
+
+    async def _renew_leases(self, owner: str, ttl_s: float, held: list[Held]) -> list[Held]:
+        """The lease keeper's one statement: renew `owner`'s leases `held` (and the heartbeat
+        of the deliveries it shows under them) for `ttl_s`; the ones it still held."""
+        now = utcnow()
+        params = {"who": owner, "held": held, "now_": now,
+                  "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
+        work: Callable[[Queries], Sequence[Sequence[Any]]] = lambda q: q.rows(  # noqa: E731
+            _LEASES_RENEW, params
+        )
+        rows = await self._run(work, write=True, one_statement=True, keeper=True)
+        return [(int(cid), int(epoch)) for cid, epoch in rows]
 
     async def _take_lease(
         self, conversation_id: int, owner: str, ttl_s: float, pending_limit: int = 0
@@ -419,6 +443,7 @@ class SqlStore:
         write: bool = False,
         one_statement: bool = False,
         relaxed: bool = False,
+        keeper: bool = False,
     ) -> T:
         """`work` on a connection: in a transaction committed on success when `write`, else
         a read (no transaction where the driver allows); `one_statement` says that the write
@@ -429,7 +454,11 @@ class SqlStore:
         transaction = write and not (one_statement and self._autocommit)
         for attempt in (1, 2):  # SQLAlchemy sets connection_invalidated; the pool replaces it
             try:
-                runner = self._relaxed_runner if relaxed else self._runner
+                runner = (
+                    self._keeper_runner if keeper
+                    else self._relaxed_runner if relaxed
+                    else self._runner
+                )  # fmt: skip
                 return await runner.run(work, transaction=transaction)
             except sa_exc.DBAPIError as exc:
                 if attempt == 1 and exc.connection_invalidated:
@@ -767,15 +796,19 @@ _HOLDS = sa.and_(
     _c.lease_epoch == _param("epoch", sa.BigInteger()),
 )
 # Renewing the lease is also the heartbeat of the delivery its holder shows.
-_LEASE_RENEW = (
+_LEASES_RENEW = (
     sa.update(_c)
-    .where(_HOLDS)
+    .where(
+        _c.lease_owner == _param("who"),
+        sa.tuple_(_c.id, _c.lease_epoch).in_(sa.bindparam("held", expanding=True)),
+    )
     .values(
         lease_until=_param("until_", _TS),
         delivery_seen=sa.case(
             (_c.delivery_owner == _param("who"), _param("now_", _TS)), else_=_c.delivery_seen
         ),
     )
+    .returning(_c.id, _c.lease_epoch)
 )
 _LEASE_RELEASE = sa.update(_c).where(_HOLDS).values(lease_owner=None, lease_until=None)
 _DELIVERY_OF = sa.and_(
