@@ -3,6 +3,7 @@ so the turn fails and its message stays pending for the next try."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from backends.base import estimate_tokens
 from bot.conversation.context import ContextLoader
 from bot.conversation.manager import ConversationManager
+from bot.conversation.relay import STOP_WATCHER
 from bot.conversation.summary import Summarizer
 from bot.errors import StorageError
 from bot.settings import Settings
@@ -83,6 +85,9 @@ async def test_a_failed_delivery_begin_leaves_the_message_for_a_retry(
                 Incoming(KEY, User("test", "u1", "Ada"), "hello there", idempotency_key="m1")
             )
             await manager.wait_idle()
+            # The failed delivery closed what it streamed: no /stop watcher is left waiting.
+            watchers = [t for t in asyncio.all_tasks() if t.get_name() == STOP_WATCHER]
+            assert not [t for t in watchers if not t.done()]
         history = await store.history(recorded.conversation_id, 10)
         pending = await store.pending(recorded.conversation_id, 10)
     finally:

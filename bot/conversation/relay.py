@@ -14,6 +14,8 @@ from bot.skills.router import Say
 
 log = logging.getLogger(__name__)
 
+STOP_WATCHER = "reply stop watcher"  # the name of `until`'s task that waits for /stop
+
 
 async def until(
     stop: asyncio.Event,
@@ -36,7 +38,7 @@ async def until(
             interrupted = reader
             reader.cancel()
 
-    stopping = asyncio.create_task(stop.wait())
+    stopping = asyncio.create_task(stop.wait(), name=STOP_WATCHER)
     stopping.add_done_callback(on_stop)
     try:
         while not stop.is_set():
