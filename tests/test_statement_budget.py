@@ -59,8 +59,11 @@ class Counts:
 
 @contextmanager
 def counting_sql(app: Parley, counts: Counts) -> Iterator[None]:
-    """Statements and commits on the store's engine and on its relaxed engine, if another."""
-    engines = {id(e): e for e in (app.store.engine, app.store.relaxed_engine)}.values()
+    """Statements and commits on the store's engine, its relaxed engine and its lease
+    keeper's, where they are others."""
+    store = app.store
+    every = (store.engine, store.relaxed_engine, store.keeper_engine)
+    engines = {id(e): e for e in every}.values()
 
     def listener(relaxed: bool) -> Any:
         def on_statement(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
