@@ -163,6 +163,21 @@ async def test_the_leases_held_are_renewed_together_in_one_call() -> None:
         await keeper.aclose()
 
 
+async def test_a_lease_due_sooner_than_the_keeper_sleeps_wakes_it() -> None:
+    """The keeper sleeps until the next renewal due; a lease taken meanwhile with a shorter
+    period is renewed on its own time, not at the end of that sleep."""
+    renewals = _Renewals()
+    keeper = LeaseKeeper(renewals)
+    try:
+        with keeper.keeping(1, TurnLease(1, "worker-a"), 60, since=time.monotonic()):
+            await asyncio.sleep(0.05)  # the keeper now sleeps for 20 s
+            with keeper.keeping(2, TurnLease(1, "worker-a"), 0.3, since=time.monotonic()):
+                await asyncio.wait_for(renewals.called.wait(), timeout=10)
+        assert renewals.calls[0] == [(2, 1)]
+    finally:
+        await keeper.aclose()
+
+
 async def test_a_failed_renewal_is_tried_again_and_loses_nothing() -> None:
     renewals = _Renewals(fail=2)
     keeper = LeaseKeeper(renewals)

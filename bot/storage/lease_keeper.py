@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,9 @@ class LeaseKeeper:
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # While the keeper sleeps: the time it wakes at (inf: no lease held). A new lease due
+        # sooner wakes it; one due later (nearly always) costs it no wake-up.
+        self._wakes_at = -math.inf
 
     @contextmanager
     def keeping(
@@ -51,20 +55,21 @@ class LeaseKeeper:
         """Renew `lease` (good for `ttl_s` from `since`, a monotonic time) every `ttl_s / 3`
         while the block runs, until a renewal finds it taken by another worker (`lease.lost`
         is then set)."""
-        key = (conversation_id, lease.epoch)
-        self._held[key] = _Lease(lease.owner, ttl_s, lease, since + ttl_s / 3)
+        key, due = (conversation_id, lease.epoch), since + ttl_s / 3
+        self._held[key] = _Lease(lease.owner, ttl_s, lease, due)
         if self._task is None or self._task.done():
             self._stop.clear()
             self._task = asyncio.create_task(self._run(), name="renew turn leases")
-        self._changed.set()
+        elif due < self._wakes_at:
+            self._changed.set()
         try:
             yield
         finally:
             self._held.pop(key, None)
 
     async def aclose(self) -> None:
-        # Told by an event as well as cancelled (see bot.keepalive: on Python 3.11 a
-        # cancellation arriving as a driver's wait_for finishes can be lost).
+        # Told by an event as well as cancelled: on Python 3.11 a cancellation arriving as a
+        # driver's wait_for finishes can be lost (CPython gh-86296).
         self._stop.set()
         self._changed.set()
         if self._task is not None:
@@ -77,12 +82,13 @@ class LeaseKeeper:
             due = min((held.due for held in self._held.values()), default=None)
             if due is None or due > now:
                 self._changed.clear()
-                timeout = None if due is None else due - now
+                self._wakes_at = math.inf if due is None else due
                 try:
-                    async with asyncio.timeout(timeout):
-                        await self._changed.wait()  # a new lease, or aclose
+                    async with asyncio.timeout(None if due is None else due - now):
+                        await self._changed.wait()  # a lease due sooner, or aclose
                 except TimeoutError:
                     pass
+                self._wakes_at = -math.inf
                 continue
             await self._renew_due(now)
 
