@@ -97,7 +97,8 @@ class Parley:
         await ensure_schema(url, s.database.auto_migrate)
         engine = create_engine(url, echo=s.database.echo, pool_size=s.database.pool_size)
         relaxed = create_relaxed_engine(engine, pool_size=max(2, s.database.pool_size // 2))
-        self.store = SqlStore(engine, relaxed, create_keeper_engine(engine))
+        keeper = create_keeper_engine(engine, timeout_s=s.conversation.lock_ttl_s / 3)
+        self.store = SqlStore(engine, relaxed, keeper)
         await self.store.start()
         self._stack.push_async_callback(self.store.aclose)
         self.metrics.watch_store(

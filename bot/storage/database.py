@@ -51,7 +51,9 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
     )
 
 
-def create_relaxed_engine(durable: AsyncEngine, *, pool_size: int) -> AsyncEngine:
+def create_relaxed_engine(
+    durable: AsyncEngine, *, pool_size: int, timeout_s: float | None = None
+) -> AsyncEngine:
     """An engine for writes that need not wait for the disk, beside `durable` (same URL).
 
     PostgreSQL: its connections commit with `synchronous_commit = off`. Such a commit is
@@ -73,18 +75,22 @@ def create_relaxed_engine(durable: AsyncEngine, *, pool_size: int) -> AsyncEngin
         pool_recycle=POOL_RECYCLE_S,
         # asyncpg's public connect() argument: session settings sent with the start-up
         # packet, so the setting costs no round trip.
-        connect_args={"server_settings": {"synchronous_commit": "off"}},
+        connect_args={"server_settings": {"synchronous_commit": "off"}}
+        | ({"command_timeout": timeout_s} if timeout_s else {}),
     )
 
 
-def create_keeper_engine(durable: AsyncEngine) -> AsyncEngine:
+def create_keeper_engine(durable: AsyncEngine, *, timeout_s: float) -> AsyncEngine:
     """One connection of its own for the turn leases' keeper (bot.storage.lease_keeper), so
     that a renewal never queues behind the turns' statements for a pooled connection.
-    PostgreSQL: committed without waiting for the disk, as `create_relaxed_engine`'s. An SQLite
-    file: a connection of its own (its writes still queue for the file's lock). An in-memory
-    SQLite database has one connection: `durable` itself."""
+    PostgreSQL: committed without waiting for the disk, as `create_relaxed_engine`'s, and a
+    statement gives up after `timeout_s` (asyncpg's `command_timeout`: a lock held elsewhere
+    or a network that stopped answering fails one renewal, tried again at the next period,
+    instead of holding back every lease). An SQLite file: a connection of its own (its writes
+    still queue for the file's lock). An in-memory SQLite database has one connection:
+    `durable` itself."""
     if durable.dialect.name == "postgresql":
-        return create_relaxed_engine(durable, pool_size=1)
+        return create_relaxed_engine(durable, pool_size=1, timeout_s=timeout_s)
     if sqlite_file(durable.url) is None:
         return durable
     return _sqlite_engine(durable.url, echo=bool(durable.echo), pool_size=1)

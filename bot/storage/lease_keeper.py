@@ -1,17 +1,12 @@
-"""One keeper renews every turn lease a store holds.
-
-A lease is renewed every `ttl_s / 3` while its turn runs. Renewed one by one, on the pool the
-turns use, a renewal queues behind the turns' own statements: on a loaded host a burst of
-turns held it back for more than `ttl_s` (measured: up to 5.7 s against a 6 s lease), the
-lease lapsed under a turn that was still running, and another worker's sweep took the
-conversation over and asked the model again. The keeper renews all the leases that are due in
-one statement, on a connection of its own (`database.create_keeper_engine`), so a renewal
-waits for nothing but the database, and its cost does not grow with the number of turns.
-"""
+"""One keeper renews every turn lease a store holds: those due, in one statement, on a
+connection of its own (`database.create_keeper_engine`), so that a renewal never queues
+behind the turns' statements and its cost does not grow with their number (docs/database.md:
+renewed one by one on the turns' pool, leases lapsed under running turns)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
@@ -41,6 +36,8 @@ class LeaseKeeper:
     def __init__(self, renew: RenewMany) -> None:
         self._renew = renew
         self._held: dict[Held, _Lease] = {}
+        # Made anew with each task (`_start`): an event is bound to the loop that first waits
+        # on it, and a store may outlive one loop.
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -57,9 +54,8 @@ class LeaseKeeper:
         is then set)."""
         key, due = (conversation_id, lease.epoch), since + ttl_s / 3
         self._held[key] = _Lease(lease.owner, ttl_s, lease, due)
-        if self._task is None or self._task.done():
-            self._stop.clear()
-            self._task = asyncio.create_task(self._run(), name="renew turn leases")
+        if not self._running_here():
+            self._start()
         elif due < self._wakes_at:
             self._changed.set()
         try:
@@ -67,12 +63,27 @@ class LeaseKeeper:
         finally:
             self._held.pop(key, None)
 
+    def _running_here(self) -> bool:
+        task = self._task
+        return (
+            task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop()
+        )
+
+    def _start(self) -> None:
+        # In a context of its own: the keeper renews every lease, and its lines are not those
+        # of the turn that happened to take the first one (bot.logcontext).
+        self._changed, self._stop = asyncio.Event(), asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="renew turn leases", context=contextvars.Context()
+        )
+        self._task.add_done_callback(_report_end)
+
     async def aclose(self) -> None:
         # Told by an event as well as cancelled: on Python 3.11 a cancellation arriving as a
         # driver's wait_for finishes can be lost (CPython gh-86296).
         self._stop.set()
         self._changed.set()
-        if self._task is not None:
+        if self._running_here() and self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])
 
@@ -99,21 +110,31 @@ class LeaseKeeper:
             if held.due <= now + held.ttl_s / 6:
                 groups.setdefault((held.owner, held.ttl_s), []).append(key)
         for (owner, ttl_s), keys in groups.items():
+            # After a failure, tried again in half a period: two failures in a row still
+            # leave a third of the lease.
+            retry = None
             try:
                 kept = set(await self._renew(owner, ttl_s, keys))
-            except StorageError as exc:  # tried again at the next period; it may lapse
+            except StorageError as exc:
                 log.warning("%d turn leases not renewed: %s", len(keys), exc)
-                kept = set(keys)
+                kept, retry = set(keys), time.monotonic() + ttl_s / 6
             except Exception:  # a bug: logged, and the keeper goes on for the other leases
                 log.exception("%d turn leases not renewed", len(keys))
-                kept = set(keys)
+                kept, retry = set(keys), time.monotonic() + ttl_s / 6
             for key in keys:
                 still = self._held.get(key)
                 if still is None:  # released meanwhile
                     continue
                 if key in kept:
-                    still.due = now + ttl_s / 3
+                    still.due = now + ttl_s / 3 if retry is None else retry
                 else:
                     log.warning("conversation %s: lease lost while held", key[0])
                     still.lease.lost.set()
                     del self._held[key]
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    # A keeper that ended by itself renews nothing until the next lease starts another one:
+    # said when it happens, not as "Task exception was never retrieved" at exit.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("the turn leases' keeper stopped", exc_info=exc)

@@ -358,10 +358,16 @@ class SqlStore:
         """The lease keeper's one statement: renew `owner`'s leases `held` (and the heartbeat
         of the deliveries it shows under them) for `ttl_s`; the ones it still held."""
         now = utcnow()
-        params = {"who": owner, "held": held, "now_": now,
-                  "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
+        params: dict[str, Any] = {"who": owner, "now_": now,
+                                  "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
+        if self._autocommit:  # PostgreSQL: arrays, one statement text for any number
+            params |= {"ids": [cid for cid, _ in held], "epochs": [e for _, e in held]}
+            statement: sa.Executable = _LEASES_RENEW_PG
+        else:
+            params["held"] = held
+            statement = _LEASES_RENEW
         work: Callable[[Queries], Sequence[Sequence[Any]]] = lambda q: q.rows(  # noqa: E731
-            _LEASES_RENEW, params
+            statement, params
         )
         rows = await self._run(work, write=True, one_statement=True, keeper=True)
         return [(int(cid), int(epoch)) for cid, epoch in rows]
@@ -810,6 +816,33 @@ _LEASES_RENEW = (
     )
     .returning(_c.id, _c.lease_epoch)
 )
+# PostgreSQL: the leases held as two arrays (one statement text, one prepared statement,
+# whatever their number), and a row another transaction has locked is skipped rather than
+# waited for: one slow transaction on one conversation must not hold back the renewal of
+# every other lease of the worker. A skipped row that was still this owner's (as of the
+# statement's snapshot) is returned as held, not lost: it is tried again at the next period.
+_LEASES_RENEW_PG = sa.text(
+    """
+    WITH held AS (
+        SELECT * FROM unnest(CAST(:ids AS BIGINT[]), CAST(:epochs AS BIGINT[])) AS h(id, epoch)
+    ), mine AS (
+        SELECT c.id, c.lease_epoch FROM conversations AS c
+        JOIN held ON held.id = c.id AND held.epoch = c.lease_epoch
+        WHERE c.lease_owner = :who
+    ), free AS (
+        SELECT c.id FROM conversations AS c JOIN mine ON mine.id = c.id
+        FOR NO KEY UPDATE OF c SKIP LOCKED
+    ), renewed AS (
+        UPDATE conversations AS c SET lease_until = :until_,
+            delivery_seen = CASE WHEN c.delivery_owner = :who THEN :now_
+                                 ELSE c.delivery_seen END
+        FROM free JOIN held ON held.id = free.id
+        WHERE c.id = free.id AND c.lease_owner = :who AND c.lease_epoch = held.epoch
+        RETURNING c.id
+    )
+    SELECT mine.id, mine.lease_epoch FROM mine LEFT JOIN renewed ON renewed.id = mine.id
+    """
+).bindparams(sa.bindparam("until_", type_=_TS), sa.bindparam("now_", type_=_TS))
 _LEASE_RELEASE = sa.update(_c).where(_HOLDS).values(lease_owner=None, lease_until=None)
 _DELIVERY_OF = sa.and_(
     _c.id == _param("cid"), _c.delivery_epoch == _param("epoch", sa.BigInteger())
