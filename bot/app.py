@@ -101,9 +101,7 @@ class Parley:
         self.store = SqlStore(engine, relaxed, keeper)
         await self.store.start()
         self._stack.push_async_callback(self.store.aclose)
-        self.metrics.watch_store(
-            self.store.engine, self.store.relaxed_engine, self.store.keeper_engine
-        )
+        self.metrics.watch_store(self.store.engine, self.store.pools)
         self.cache = cache = build_cache(s.redis)
         self._stack.push_async_callback(cache.aclose)
         self.backend = self._given_backend or build_resilient_backend(s.backend)

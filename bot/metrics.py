@@ -39,7 +39,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
@@ -267,22 +267,13 @@ class Metrics:
         if isinstance(gate, PlatformCounts) and platform:
             self._platforms[platform] = gate
 
-    def watch_store(
-        self,
-        engine: AsyncEngine,
-        relaxed: AsyncEngine | None = None,
-        keeper: AsyncEngine | None = None,
-    ) -> None:
-        """Count pending messages through `engine`; report its pool, `relaxed`'s and the
-        lease keeper's (each once: SQLite shares engines)."""
+    def watch_store(self, engine: AsyncEngine, pools: Mapping[str, AsyncEngine]) -> None:
+        """Count pending messages through `engine`; report the pool of each of `pools`
+        (`SqlStore.pools`: main, relaxed and keeper, each engine once)."""
         self._engine = engine
-        seen: set[int] = set()
-        for name, each in (("main", engine), ("relaxed", relaxed), ("keeper", keeper)):
-            if each is None or id(each) in seen:
-                continue
-            seen.add(id(each))
+        for name, each in pools.items():
             # An in-memory SQLite database has one connection in a StaticPool: nothing to show.
-            if each is not None and isinstance(each.pool, QueuePool):
+            if isinstance(each.pool, QueuePool):
                 self._pools[name] = each.pool
 
     # -- TurnObserver ----------------------------------------------------------------------

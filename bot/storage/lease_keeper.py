@@ -26,7 +26,6 @@ RenewMany = Callable[[str, float, list[Held]], Awaitable[Collection[Held]]]
 
 @dataclass(slots=True)
 class _Lease:
-    owner: str
     ttl_s: float
     lease: TurnLease
     due: float  # monotonic time of its next renewal
@@ -53,7 +52,7 @@ class LeaseKeeper:
         while the block runs, until a renewal finds it taken by another worker (`lease.lost`
         is then set)."""
         key, due = (conversation_id, lease.epoch), since + ttl_s / 3
-        self._held[key] = _Lease(lease.owner, ttl_s, lease, due)
+        self._held[key] = _Lease(ttl_s, lease, due)
         if not self._running_here():
             self._start()
         elif due < self._wakes_at:
@@ -108,7 +107,7 @@ class LeaseKeeper:
         groups: dict[tuple[str, float], list[Held]] = {}
         for key, held in self._held.items():
             if held.due <= now + held.ttl_s / 6:
-                groups.setdefault((held.owner, held.ttl_s), []).append(key)
+                groups.setdefault((held.lease.owner, held.ttl_s), []).append(key)
         for (owner, ttl_s), keys in groups.items():
             # After a failure, tried again in half a period: two failures in a row still
             # leave a third of the lease.

@@ -86,6 +86,19 @@ class SqlStore:
         # queue behind the turns' statements.
         self._keeper_engine = keeper if keeper is not None else self._relaxed
         self._keeper = LeaseKeeper(self._renew_leases)
+        # Each engine once (SQLite and tests share them), with its runner: warmed at start,
+        # disposed of at close, reported by name (Metrics.watch_store).
+        named = (("main", engine), ("relaxed", self._relaxed), ("keeper", self._keeper_engine))
+        by_engine: dict[int, Runner] = {}
+        self.pools: dict[str, AsyncEngine] = {}
+        self._runners: dict[str, Runner] = {}
+        for name, each in named:
+            if id(each) not in by_engine:
+                by_engine[id(each)] = self._runners[name] = Runner(each)
+                self.pools[name] = each
+        self._runner = by_engine[id(engine)]
+        self._relaxed_runner = by_engine[id(self._relaxed)]
+        self._keeper_runner = by_engine[id(self._keeper_engine)]
         self._errors = database_errors(engine.url)
         # On PostgreSQL, work that is one statement (every read, and a write that is atomic
         # by itself) runs in autocommit mode: no BEGIN and COMMIT/ROLLBACK round trips around
@@ -93,11 +106,6 @@ class SqlStore:
         postgresql = engine.dialect.name == "postgresql"
         self._autocommit = postgresql
         self._reads = _READS[postgresql]
-        self._runner = Runner(engine)
-        self._relaxed_runner = Runner(self._relaxed) if relaxed is not None else self._runner
-        self._keeper_runner = (
-            Runner(self._keeper_engine) if keeper is not None else self._relaxed_runner
-        )
         self._user_ids: Lru[int] = Lru(ID_CACHE_SIZE)
         self._conversation_ids: Lru[int] = Lru(ID_CACHE_SIZE)
         self._user_languages: Lru[str] = Lru(ID_CACHE_SIZE)
@@ -119,21 +127,15 @@ class SqlStore:
     async def start(self) -> None:
         await self.ping()  # a wrong URL or a stopped server fails start-up, not the first turn
         try:  # the whole pool opened before traffic: no turn waits for a connection to open
-            await self._runner.warm(pool_size(self._engine))
-            if self._relaxed is not self._engine:
-                await self._relaxed_runner.warm(pool_size(self._relaxed))
-            if self._keeper_engine not in (self._engine, self._relaxed):
-                await self._keeper_runner.warm(pool_size(self._keeper_engine))
+            for name, each in self.pools.items():
+                await self._runners[name].warm(pool_size(each))
         except self._errors as exc:
             raise StorageError(describe_error(exc, self._engine.url)) from exc
 
     async def aclose(self) -> None:
         await self._keeper.aclose()
-        await self._engine.dispose()
-        if self._relaxed is not self._engine:
-            await self._relaxed.dispose()
-        if self._keeper_engine not in (self._engine, self._relaxed):
-            await self._keeper_engine.dispose()
+        for each in self.pools.values():
+            await each.dispose()
 
     async def ping(self) -> None:
         await self._rows(_PING)
@@ -369,7 +371,7 @@ class SqlStore:
         work: Callable[[Queries], Sequence[Sequence[Any]]] = lambda q: q.rows(  # noqa: E731
             statement, params
         )
-        rows = await self._run(work, write=True, one_statement=True, keeper=True)
+        rows = await self._run(work, write=True, one_statement=True, on=self._keeper_runner)
         return [(int(cid), int(epoch)) for cid, epoch in rows]
 
     async def _take_lease(
@@ -384,12 +386,12 @@ class SqlStore:
                   "now_": now, "until_": now + timedelta(seconds=ttl_s),
                   "limit": pending_limit}  # fmt: skip
         reads = self._reads
-        with_page = pending_limit > 0 and reads.lease_with_page is not None
+        with_page = reads.lease_with_page if pending_limit > 0 else None
 
         def run(q: Queries) -> tuple[Sequence[Sequence[Any]], list[StoredMessage] | None]:
-            if with_page and reads.lease_with_page is not None:
+            if with_page is not None:
                 # Each row: the lease's columns, then one pending message's (or NULLs).
-                rows = q.rows(reads.lease_with_page, params)
+                rows = q.rows(with_page, params)
                 page = [_to_message(r[_LEASE_COLUMNS:]) for r in rows if r[_LEASE_COLUMNS]]
                 return rows, page
             rows = q.rows(reads.lease_take, params)
@@ -398,7 +400,7 @@ class SqlStore:
             return rows, [_to_message(r) for r in q.rows(_PENDING, params)]
 
         # One statement (autocommit on PostgreSQL) unless SQLite reads the page after it.
-        one_statement = with_page or pending_limit <= 0
+        one_statement = with_page is not None or pending_limit <= 0
         rows, page = await self._run(run, write=True, one_statement=one_statement)
         if not rows:
             return None
@@ -448,8 +450,7 @@ class SqlStore:
         *,
         write: bool = False,
         one_statement: bool = False,
-        relaxed: bool = False,
-        keeper: bool = False,
+        on: Runner | None = None,
     ) -> T:
         """`work` on a connection: in a transaction committed on success when `write`, else
         a read (no transaction where the driver allows); `one_statement` says that the write
@@ -460,12 +461,7 @@ class SqlStore:
         transaction = write and not (one_statement and self._autocommit)
         for attempt in (1, 2):  # SQLAlchemy sets connection_invalidated; the pool replaces it
             try:
-                runner = (
-                    self._keeper_runner if keeper
-                    else self._relaxed_runner if relaxed
-                    else self._runner
-                )  # fmt: skip
-                return await runner.run(work, transaction=transaction)
+                return await (on or self._runner).run(work, transaction=transaction)
             except sa_exc.DBAPIError as exc:
                 if attempt == 1 and exc.connection_invalidated:
                     continue
@@ -491,7 +487,8 @@ class SqlStore:
         """One statement that is atomic by itself; the number of rows it changed. `relaxed`:
         committed without waiting for the disk (see `relaxed_engine`)."""
         work: Callable[[Queries], int] = lambda q: q.rowcount(stmt, params)  # noqa: E731
-        return await self._run(work, write=True, one_statement=True, relaxed=relaxed)
+        on = self._relaxed_runner if relaxed else None
+        return await self._run(work, write=True, one_statement=True, on=on)
 
     def _upsert(self, q: Queries, values: Mapping[str, Any]) -> tuple[int, int]:
         """The ids of the sender and the conversation, each inserted or found. Once per sender
