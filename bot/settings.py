@@ -301,6 +301,11 @@ class KnowledgeSettings(_Section):
     embedding_model: str = ""
     embedding_api_key: SecretStr | None = None
     embedding_timeout_s: float = Field(30.0, gt=0)
+    # Ask the server to cut each text to the model's context (vLLM's truncate_prompt_tokens);
+    # false for a server that refuses fields it does not know.
+    embedding_truncate: bool = True
+    # After the embedding model fails, search by words alone for this long, then try again.
+    embedding_retry_s: float = Field(30.0, gt=0)
     # /ask with a model: the served model reorders the best `rerank_candidates` passages with
     # one short structured-output call before the answer is written (slower by that call).
     rerank: bool = False

@@ -191,6 +191,13 @@ class FakeDiscordApi:
                     self._edit_original,
                     methods=["PATCH"],
                 ),
+                # Follow-up messages: the interaction's webhook, no channel permission needed.
+                Route("/api/v10/webhooks/{app:int}/{token}", self._follow_up, methods=["POST"]),
+                Route(
+                    "/api/v10/webhooks/{app:int}/{token}/messages/{message:int}",
+                    self._edit_follow_up,
+                    methods=["PATCH"],
+                ),
             ]
         )
 
@@ -487,19 +494,29 @@ class FakeDiscordApi:
         return JSONResponse({"interaction": interaction, "resource": {"type": body["type"]}})
 
     async def _edit_original(self, request: Request) -> Response:
+        return await self._by_token(request, "PATCH", self._originals[request.path_params["token"]])
+
+    async def _follow_up(self, request: Request) -> Response:
+        return await self._by_token(request, "POST", next_id())
+
+    async def _edit_follow_up(self, request: Request) -> Response:
+        return await self._by_token(request, "PATCH", request.path_params["message"])
+
+    async def _by_token(self, request: Request, method: str, message_id: int) -> Response:
+        """A message written through the interaction's token (its response or a follow-up):
+        401 once the token expired, else the channel's limits apply."""
         token = request.path_params["token"]
         body = await request.json()
         channel = self.interactions[token][0]
         if token in self.expired:
-            self._record(Call("PATCH", request.url.path, channel, body, 401))
+            self._record(Call(method, request.url.path, channel, body, 401))
             error = {"message": "Invalid Webhook Token", "code": 50027}
             return JSONResponse(error, status_code=401)
-        refusal = self._check(Call("PATCH", request.url.path, channel, body))
+        refusal = self._check(Call(method, request.url.path, channel, body))
         if refusal is not None:
             return refusal
-        original = self._originals[token]
-        self.messages[channel][original] = body["content"]
-        return JSONResponse(_message(original, channel, body["content"]))
+        self.messages[channel][message_id] = body["content"]
+        return JSONResponse(_message(message_id, channel, body["content"]))
 
     async def _me(self, request: Request) -> Response:
         if request.headers.get("authorization") != f"Bot {TOKEN}":

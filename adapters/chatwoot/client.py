@@ -9,6 +9,10 @@ The token travels in the `api_access_token` header and is never logged. A reques
 answers 429 or 5xx, or that fails on the network, is retried (tenacity) after Retry-After
 when Chatwoot gives one, else with a growing pause; every failure reaches the caller as one
 `ChatwootError` that names the call and the status, never the token or the text.
+Creating a message is not idempotent (Chatwoot has no idempotency key for it): it is retried
+only when Chatwoot surely did not create it (429 and 503 refuse before the controller runs;
+a connection that was never made); after a read timeout, a 500, 502 or 504 it may exist, and
+posting it again would show the customer the same answer twice.
 """
 
 from __future__ import annotations
@@ -32,15 +36,28 @@ from .settings import ChatwootSettings
 # The longest pause a Retry-After may ask for before we give up instead of waiting.
 MAX_RETRY_AFTER_S = 60.0
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# Answers that say the request was refused before anything was done.
+NOT_APPLIED_STATUS = frozenset({429, 503})
+# Failures before the request could reach Chatwoot.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class ChatwootError(AdapterError):
     """Chatwoot refused or could not be reached. `status` is 0 for a network failure."""
 
-    def __init__(self, message: str, *, status: int = 0, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        retry_after: float | None = None,
+        maybe_applied: bool = True,
+    ):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        # False when Chatwoot surely did nothing (refused it, or never got it).
+        self.maybe_applied = maybe_applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +72,11 @@ class ConversationRef:
 
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, ChatwootError) and (exc.status == 0 or exc.status in RETRYABLE_STATUS)
+
+
+def _retryable_once(exc: BaseException) -> bool:
+    """For a call that must not be applied twice: only when it surely was not applied."""
+    return _retryable(exc) and isinstance(exc, ChatwootError) and not exc.maybe_applied
 
 
 class _WaitRetryAfter:
@@ -106,7 +128,8 @@ class ChatwootClient:
         self, conversation: ConversationRef, content: str, *, private: bool
     ) -> dict[str, Any]:
         body = {"content": content, "message_type": "outgoing", "private": private}
-        return await self._call("create message", f"{conversation.path}/messages", body)
+        path = f"{conversation.path}/messages"
+        return await self._call("create message", path, body, idempotent=False)
 
     async def toggle_status(self, conversation: ConversationRef, status: str) -> dict[str, Any]:
         return await self._call(
@@ -126,9 +149,11 @@ class ChatwootClient:
             data = {}
         return response.status_code, data if isinstance(data, dict) else {}
 
-    async def _call(self, what: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _call(
+        self, what: str, path: str, body: dict[str, Any], *, idempotent: bool = True
+    ) -> dict[str, Any]:
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception(_retryable if idempotent else _retryable_once),
             stop=stop_after_attempt(self._attempts),
             wait=self.wait,
             reraise=True,
@@ -143,7 +168,10 @@ class ChatwootClient:
         try:
             response = await self._http.post(path, json=body)
         except httpx.HTTPError as exc:
-            raise ChatwootError(f"chatwoot {what}: {type(exc).__name__}") from None
+            sent = not isinstance(exc, NOT_SENT)
+            raise ChatwootError(
+                f"chatwoot {what}: {type(exc).__name__}", maybe_applied=sent
+            ) from None
         if response.is_success:
             try:
                 data = response.json()
@@ -154,4 +182,5 @@ class ChatwootClient:
             f"chatwoot {what}: HTTP {response.status_code}",
             status=response.status_code,
             retry_after=_retry_after(response),
+            maybe_applied=response.status_code not in NOT_APPLIED_STATUS,
         )

@@ -59,7 +59,12 @@ class ChatwootSettings(AdapterSettings):
     )
     timeout_s: float = Field(10.0, gt=0, description="Per request to Chatwoot's API")
     retries: int = Field(
-        4, ge=0, le=10, description="Retries of a request Chatwoot answered 429 or 5xx"
+        4,
+        ge=0,
+        le=10,
+        description="Retries of a request Chatwoot answered 429 or 5xx, or that failed on the "
+        "network; a message is posted again only when Chatwoot surely did not create it (429, "
+        "503, no connection), never after a timeout or another 5xx (it would show twice)",
     )
     max_connections: int = Field(10, ge=1, description="Connections to Chatwoot's API at once")
 

@@ -6,9 +6,11 @@ grows, every call through the outbound gate (Discord: 5 sends or edits per 5 s p
 for every answer in that channel together). A 429 that still gets through is retried by
 discord.py after its `retry_after`, so nothing is dropped.
 
-A slash command's answer streams into its deferred response, which its interaction token may
-edit for 15 minutes only: past 2,000 characters, and once the token has (nearly) expired, the
-answer goes on in ordinary channel messages (what the response already shows is not repeated).
+A slash command's answer streams into its deferred response, and past 2,000 characters into
+follow-up messages (the interaction's webhook, which needs no permission to post in the
+channel), which its interaction token may send and edit for 15 minutes only: once the token
+has (nearly) expired, the answer goes on in ordinary channel messages (what the token's
+messages already show is not repeated).
 
 "Parley is typing..." shows only when the first text takes longer than TYPING_GRACE_S: an
 answer that shows at once needs no indicator, and a typing request costs one of the bot's 50
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
@@ -120,71 +123,110 @@ class DiscordSurface:
         await gated(self._gate, self._channel.id, call)
 
 
+@dataclass(slots=True)
+class _ByToken:
+    """A message the interaction's token edits (its response, or a follow-up): what it shows,
+    and the channel message that goes on from it once the token has expired."""
+
+    shown: str = ""
+    after: int | None = None
+
+
 class InteractionSurface:
     """A slash command's answer: the first piece is the deferred response (edited as it
-    grows), the pieces past Discord's 2,000 characters are channel messages. Once the token
-    has expired (by the clock, or Discord answered 401), the first piece goes on in a channel
-    message that shows what the response does not."""
+    grows), the pieces past Discord's 2,000 characters are follow-up messages (the
+    interaction's webhook: they need no permission to post in the channel). Once the token
+    has expired (by the clock, or Discord answered 401), the pieces go on in channel messages,
+    and a piece still growing in a token's message goes on in one that shows what it does
+    not."""
 
     def __init__(self, interaction: discord.Interaction, rest: DiscordSurface, gate: Gate) -> None:
         self._interaction = interaction
         self._rest = rest
         self._gate = gate
         self._answered = False
-        self._shown = ""  # what the deferred response shows
         self._expired = False
-        self._after: int | None = None  # the channel message that goes on from it
+        self._by_token: dict[int, _ByToken] = {}  # ORIGINAL and the follow-ups
 
     def shows(self, piece: str) -> bool:
         return self._rest.shows(piece)
 
     async def send(self, piece: str, *, plain: bool) -> int:
-        if self._answered:
-            return await self._rest.send(piece, plain=plain)
-        self._answered = True
-        await self._show_first(piece, plain=plain)
-        return ORIGINAL
+        if not self._answered:
+            self._answered = True
+            self._by_token[ORIGINAL] = _ByToken()
+            await self._show(ORIGINAL, piece, plain=plain)
+            return ORIGINAL
+        if self._token_usable():
+            sent = await self._with_token(
+                lambda: self._interaction.followup.send(
+                    content=neutralise(piece), allowed_mentions=NOBODY, wait=True
+                )
+            )
+            if sent is not None:
+                self._by_token[sent.id] = _ByToken(shown=piece)
+                return sent.id
+        return await self._rest.send(piece, plain=plain)
 
     async def edit(self, ref: int, piece: str, *, plain: bool) -> None:
         if ref == ORIGINAL:
-            await self._show_first(piece, plain=plain)
+            self._answered = True
+            self._by_token.setdefault(ORIGINAL, _ByToken())
+        if ref in self._by_token:
+            await self._show(ref, piece, plain=plain)
         else:
             await self._rest.edit(ref, piece, plain=plain)
 
-    async def _show_first(self, piece: str, *, plain: bool) -> None:
-        if not self._expired and self._token_works():
-            if await self._edit_original(piece):
-                self._shown = piece
-                return
-            self._expired = True  # Discord ended the token before our clock said so
-        # The response keeps what it shows; the rest of the piece follows it.
-        rest = piece[len(self._shown) :] if piece.startswith(self._shown) else piece
+    async def _show(self, ref: int, piece: str, *, plain: bool) -> None:
+        message = self._by_token[ref]
+        edited = self._token_usable() and (
+            await self._with_token(lambda: self._edit_by_token(ref, piece)) is not None
+        )
+        if edited:
+            message.shown = piece
+            return
+        # The message keeps what it shows; the rest of the piece follows it.
+        shown = message.shown
+        rest = piece[len(shown) :] if piece.startswith(shown) else piece
         if not self._rest.shows(rest):
             return
-        if self._after is None:
-            self._after = await self._rest.send(rest, plain=plain)
+        if message.after is None:
+            message.after = await self._rest.send(rest, plain=plain)
         else:
-            await self._rest.edit(self._after, rest, plain=plain)
+            await self._rest.edit(message.after, rest, plain=plain)
 
-    def _token_works(self) -> bool:
-        return discord.utils.utcnow() < self._interaction.expires_at - TOKEN_MARGIN
+    async def _edit_by_token(self, ref: int, piece: str) -> object:
+        content = neutralise(piece)
+        if ref == ORIGINAL:
+            return await self._interaction.edit_original_response(
+                content=content, allowed_mentions=NOBODY
+            )
+        return await self._interaction.followup.edit_message(
+            ref, content=content, allowed_mentions=NOBODY
+        )
 
-    async def _edit_original(self, piece: str) -> bool:
-        """The deferred response now shows `piece`; False when the token no longer works."""
+    def _token_usable(self) -> bool:
+        return not self._expired and (
+            discord.utils.utcnow() < self._interaction.expires_at - TOKEN_MARGIN
+        )
 
-        async def call() -> bool:
+    async def _with_token(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """`call` with the interaction's token; None (and no more token calls) when Discord
+        no longer takes it."""
+
+        async def guarded() -> T | None:
             try:
-                await self._interaction.edit_original_response(
-                    content=neutralise(piece), allowed_mentions=NOBODY
-                )
+                return await call()
             except discord.HTTPException as exc:
                 if exc.status in _TOKEN_GONE:
                     log.info("interaction %s: token expired", self._interaction.id)
-                    return False
+                    return None
                 raise
-            return True
 
-        return await gated(self._gate, self._interaction.channel_id or 0, call)
+        result = await gated(self._gate, self._interaction.channel_id or 0, guarded)
+        if result is None:
+            self._expired = True  # Discord ended the token before our clock said so
+        return result
 
 
 async def gated(gate: Gate, channel: int, call: Callable[[], Awaitable[T]]) -> T:

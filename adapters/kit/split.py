@@ -43,6 +43,7 @@ _SENTENCE_END = re.compile(r"(?<![\s\d])[.!?…。！？][)\"'»”’]*\s")
 _SPACE = re.compile(r"\s")
 _MARKER = re.compile(r"[ \t]*(?:[-*+>]|\d+[.)])[ \t]*")
 _ZWJ = "\u200d"
+_TICKS = re.compile(r"`+")
 # Below this a re-fenced code block has no room for its code.
 MIN_LIMIT = 32
 
@@ -115,6 +116,7 @@ class _Layout:
         self._line_starts = [0] + [m.end() for m in re.finditer("\n", window)]
         self.block_starts: list[int] = []
         self.code: list[_Code] = []
+        self.spans = _code_spans(window)
         for token in _BLOCKS.parse(window):
             if token.map is None or token.nesting == -1:
                 continue
@@ -140,7 +142,11 @@ class _Layout:
         return self._line_starts[line] if line < len(self._line_starts) else len(self.window)
 
     def outside_code(self, pos: int) -> bool:
-        return pos > 0 and not any(block.holds(pos) for block in self.code)
+        return (
+            pos > 0
+            and not any(block.holds(pos) for block in self.code)
+            and not any(start < pos < stop for start, stop in self.spans)
+        )
 
     def candidates(self) -> list[list[int]]:
         """Cut positions, best kind first: blocks, lines, sentences, spaces."""
@@ -155,6 +161,30 @@ class _Layout:
     def _after_marker(self, pos: int) -> bool:
         line_start = self.window.rfind("\n", 0, pos) + 1
         return _MARKER.fullmatch(self.window, line_start, pos) is not None
+
+
+def _code_spans(window: str) -> list[tuple[int, int]]:
+    """Inline code spans, (start, stop): a cut inside one would leave its backticks to pair
+    with the next piece's. A span ends at the next run of as many backticks within its
+    paragraph; one still open runs to the paragraph's end (its closing run may follow the
+    window). Only a preference: with no other cut, the cut goes anywhere as before."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while (opening := _TICKS.search(window, pos)) is not None:
+        blank = _BLANK_LINE.search(window, opening.end())
+        end = blank.start() if blank else len(window) + 1
+        closing = next(
+            (
+                run
+                for run in _TICKS.finditer(window, opening.end(), end)
+                if run.group() == opening.group()
+            ),
+            None,
+        )
+        stop = closing.start() if closing else end
+        spans.append((opening.start(), stop))
+        pos = closing.end() if closing else opening.end()
+    return spans
 
 
 def _closes(line: str, fence: str, below_opening: bool) -> bool:

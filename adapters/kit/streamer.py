@@ -20,7 +20,8 @@ edited to an ellipsis).
 
 The platform's failures are `AdapterError`s: they end the showing, never the reading, so
 the answer is still read to the end and recorded, and the log says why the chat did not get
-it.
+it. A refused draft is the exception: a draft only previews, so the answer goes on growing
+as a message instead.
 """
 
 from __future__ import annotations
@@ -163,7 +164,13 @@ class Streamer(Generic[Ref]):
             return  # nothing visible yet: wait for more text
         if self._drafts is not None:
             if growing != self._draft:
-                await self._drafts.draft(growing)
+                try:
+                    await self._drafts.draft(growing)
+                except AdapterError as exc:
+                    # A draft only previews: without drafts the answer grows as a message.
+                    self._drafts = None
+                    log.warning("drafts refused, the answer grows as a message: %s", exc)
+                    return
                 self._draft = growing
                 self.updates += 1
         else:

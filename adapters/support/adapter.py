@@ -223,6 +223,10 @@ class SupportAdapter:
             outbox.put("answer", final)
         finally:
             await outbox.close()
+            # A message never kept (a sender not allowed gets a notice) was not erased.
+            if answered is not None and await self.api.erased_meanwhile(key, reply_to):
+                # Erased while streaming: what was appended since must not outlive it.
+                await self.events.erase(conversation)
 
     async def _deliver_agent(
         self, conversation: str, author: Author, chunks: AsyncIterator[str]

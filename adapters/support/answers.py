@@ -13,7 +13,7 @@ import functools
 import re
 
 from bot import phrases
-from bot.skills.qa import SOURCES
+from bot.skills.qa import SOURCES, citation_text
 
 # The core's sentences that are about the service rather than an answer to the question.
 NOTICES = (
@@ -49,7 +49,7 @@ def sources(text: str) -> list[dict[str, str | None]]:
         match = _CITATION.match(line.strip())
         if match is None:
             return []
-        citation = match.group(2)
+        citation = citation_text(match.group(2))
         url = _URL.search(citation)
         found.append({"title": citation, "url": url.group(0) if url else None})
     return []

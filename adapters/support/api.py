@@ -24,10 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from bot.conversation.intake import Intake
+from bot.conversation.manager import STUB_MARK
 from bot.lru import Lru
 from bot.phrases import base_language
 from bot.storage import keys
 from bot.storage.base import Cache
+from bot.text.storable import storable
 from bot.types import Incoming, User
 
 from .auth import PLATFORM, Authenticator, Caller, bearer, check_origin, cors_headers
@@ -148,11 +150,24 @@ class SupportApi:
         recorded = await self._intake.submit(incoming)
         if recorded is None:
             raise forbidden("this visitor may not talk to the bot here")
+        if not recorded.is_new and idempotency is not None:
+            await self._check_repeat(caller, recorded.message_id, body.text)
         self._ids.put(pmid, recorded.message_id)
         out = MessageAccepted(
             message_id=str(recorded.message_id), conversation_id=caller.conversation
         )
         return JSONResponse(out.model_dump(), status_code=202)
+
+    async def _check_repeat(self, caller: Caller, message_id: int, text: str) -> None:
+        """A repeat must be a retry: the same key with another text would get a 202 for a
+        message that was dropped (422, as the agent API answers it). A message kept as a
+        stub (over the rate or size limit) has no text to compare: taken as a retry."""
+        stored = await self._history.text_of(caller.key, message_id)
+        if stored is None or stored.startswith(STUB_MARK):
+            return
+        if stored != storable(text):
+            told = "this Idempotency-Key was used with another text"
+            raise ApiError(422, "idempotency_mismatch", told)
 
     async def _message_request(self, request: Request) -> tuple[Caller, MessageRequest, str | None]:
         idempotency = idempotency_key(request)
@@ -212,6 +227,13 @@ class SupportApi:
         if known is None:
             known = await self._history.message_id(caller_key, pmid)
         return str(known) if known is not None else None
+
+    async def erased_meanwhile(self, caller_key: Any, pmid: str) -> bool:
+        """Whether the message an answer replied to is gone from SQL: the visitor erased its
+        data while the answer streamed (read afresh: the id cache may still hold it)."""
+        if not pmid:
+            return False
+        return await self._history.message_id(caller_key, pmid) is None
 
     # -- parts ---------------------------------------------------------------------------------
 

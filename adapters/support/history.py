@@ -166,6 +166,16 @@ class SupportHistory:
             found = await conn.scalar(stmt)
         return int(found) if found is not None else None
 
+    async def text_of(self, key: ConversationKey, message_id: int) -> str | None:
+        """The stored text of one of the conversation's messages (None: not there)."""
+        m = MessageRow
+        stmt = sa.select(m.content).where(
+            m.conversation_id == self._conversation(key), m.id == message_id
+        )
+        async with self._engine.connect() as conn:
+            found = await conn.scalar(stmt)
+        return str(found) if found is not None else None
+
     async def erase(self, key: ConversationKey, user_id: str) -> Sequence[int]:
         """Erase the visitor's conversation and user; the conversation ids it had."""
         c = ConversationRow
@@ -183,6 +193,13 @@ class SupportHistory:
                         summary="",
                         summary_tokens=0,
                         summary_through_id=0,
+                        # The delivery ends here: a turn answering now finds its fence gone
+                        # (SqlStore.record_reply) and stores nothing of its answer.
+                        delivery_from=None,
+                        delivery_to=None,
+                        delivery_epoch=None,
+                        delivery_owner=None,
+                        delivery_seen=None,
                         delivery_ref=None,
                     )
                 )

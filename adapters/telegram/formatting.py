@@ -8,6 +8,8 @@ raw HTML included, is escaped text. Tags are written in pairs from the parser's 
 tokens, so the output always nests; Telegram's own nesting rules are kept too (nothing
 inside code, no link inside a link, no quote inside a quote). One rule differs from
 CommonMark: `__name__` (a Python name, `__init__.py`) stays as typed instead of a bold "name".
+Outside code, "@name" is written with a fullwidth at sign: Telegram would make it a mention
+that notifies a member of the group.
 
 Length: what a reader sees of `to_html(md)` is never longer than `md` (in characters and in
 UTF-16 units), so a splitter that cuts the Markdown within Telegram's limit is enough. The
@@ -35,14 +37,29 @@ _DUNDER = re.compile(r"\w+")
 _STYLE = {"strong": "b", "em": "i", "s": "s"}
 _LEAVES = {"paragraph_open", "heading_open", "fence", "code_block", "hr", "table_open"}
 RULE = "———"  # a thematic break is at least three characters of Markdown
+# Telegram makes "@username" in a message's text a mention that notifies that member of the
+# group (outside code only, HTML or plain text alike). A fullwidth at sign reads the same,
+# has the same length and mentions no one: model output never pings anyone.
+_MENTION = re.compile(r"(?<![\w@])@(?=[A-Za-z0-9_])")
+_QUIET_AT = "\uff20"
 
 
 def to_html(markdown: str) -> str:
     """Telegram-safe HTML for one message's worth of Markdown (see the module's length rule)."""
     rendered = _Renderer(markdown).render()
     if _longer(to_text(rendered), markdown):
-        return html.escape(markdown, quote=False)
+        return _text(markdown)
     return rendered
+
+
+def quiet_mentions(text: str) -> str:
+    """`text` with no "@username" that Telegram would turn into a mention."""
+    return _MENTION.sub(_QUIET_AT, text)
+
+
+def _text(text: str) -> str:
+    """Text outside code, as Telegram HTML: escaped, and mentioning no one."""
+    return quiet_mentions(html.escape(text, quote=False))
 
 
 def to_text(telegram_html: str) -> str:
@@ -176,7 +193,7 @@ class _Renderer:
         if not code:
             return
         if self._quoted:  # a quote cannot hold a code block in Telegram: its text stays
-            self._out.append(html.escape(code, quote=False))
+            self._out.append(_text(code))
             return
         match = _LANGUAGE.match(token.info.strip())
         attr = f' class="language-{match.group(0)}"' if match else ""
@@ -206,7 +223,7 @@ def _table_text(rows: list[list[str]], source: str, *, quoted: bool) -> str:
     if not quoted and not _longer(padded, source):
         return f"<pre>{html.escape(padded, quote=False)}</pre>"
     plain = "\n".join(" | ".join(row) for row in rows)
-    return html.escape(plain if not _longer(plain, source) else source, quote=False)
+    return _text(plain if not _longer(plain, source) else source)
 
 
 def _inline(token: Token) -> str:
@@ -218,7 +235,7 @@ def _inline(token: Token) -> str:
     for i, child in enumerate(children):
         kind = child.type
         if kind == "text":
-            out.append(html.escape(child.content, quote=False))
+            out.append(_text(child.content))
         elif kind in ("softbreak", "hardbreak"):
             out.append("\n")
         elif kind == "code_inline":
@@ -237,7 +254,7 @@ def _inline(token: Token) -> str:
         elif kind == "image":  # its description, as text
             out.append(html.escape(to_text(_inline(child)), quote=False))
         else:
-            out.append(html.escape(child.content, quote=False))
+            out.append(_text(child.content))
     out.extend(reversed(closers))
     return "".join(out)
 

@@ -7,20 +7,22 @@ minute per group, about 30 per second overall. The windows are the kit's gate
 worker alone would keep the limits, and together they would exceed them). A call holds its
 slots from before it is sent until its answer arrives.
 
-A call to one chat waits for the previous call to that chat (the per-chat window holds one
-slot), so the chat's calls go out in order, one by one: that is the per-chat queue.
-A 429 (`RetryAfter`) is never dropped: the same call is re-sent after `retry_after`, while
-the chat's slot stays taken so nothing else overtakes it.
+A call to one chat waits for the previous call to that chat (a lock per busy chat, and the
+per-chat window holds one slot), so the chat's calls go out in order, one by one: that is the
+per-chat queue. A 429 (`RetryAfter`) is never dropped: the same call is re-sent after
+`retry_after`, while the chat's queue waits behind it so nothing else overtakes it. The wait
+holds no slot of the group's or the bot's windows: a chat in flood wait slows no other chat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +81,7 @@ class FloodGate(BaseRateLimiter[int]):
             if redis is not None
             else LocalGate(rates, clock=clock)
         )
+        self._turns: dict[int | str, _Turn] = {}  # busy chats' queues
         self.retries_after_429 = 0
         self.api_calls = 0  # calls sent to the Bot API, re-sends included
 
@@ -99,10 +102,29 @@ class FloodGate(BaseRateLimiter[int]):
     ) -> _Result:
         chat_id = data.get("chat_id")
         if endpoint == "getUpdates" or chat_id is None:
-            return await self._until_accepted(callback, args, kwargs, endpoint)
+            return await self._until_accepted(callback, args, kwargs, endpoint, _no_slot)
         chat = _chat_key(chat_id)
-        async with self._gate.slot(str(chat), group=_is_group(chat)):
-            return await self._until_accepted(callback, args, kwargs, endpoint)
+
+        def slot() -> contextlib.AbstractAsyncContextManager[None]:
+            return self._gate.slot(str(chat), group=_is_group(chat))
+
+        async with self._in_order(chat):
+            return await self._until_accepted(callback, args, kwargs, endpoint, slot)
+
+    @contextlib.asynccontextmanager
+    async def _in_order(self, chat: int | str) -> AsyncIterator[None]:
+        """The chat's calls one by one, in order, re-sends included (a lock per busy chat)."""
+        turn = self._turns.get(chat)
+        if turn is None:
+            turn = self._turns[chat] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                del self._turns[chat]
 
     async def _until_accepted(
         self,
@@ -110,14 +132,18 @@ class FloodGate(BaseRateLimiter[int]):
         args: Any,
         kwargs: dict[str, Any],
         endpoint: str,
+        slot: Callable[[], contextlib.AbstractAsyncContextManager[None]],
     ) -> _Result:
         """Re-sends the same call after every 429 (never dropped) and after a few network
-        failures (a timed-out send may have arrived: a rare duplicate beats a lost answer)."""
+        failures (a timed-out send may have arrived: a rare duplicate beats a lost answer).
+        Each try holds its slots; the waits between tries hold none, so a chat in flood wait
+        keeps no other chat from the group's or the bot's windows."""
         network_failures = 0
         while True:
             self.api_calls += 1
             try:
-                return await callback(*args, **kwargs)
+                async with slot():
+                    return await callback(*args, **kwargs)
             except RetryAfter as exc:
                 self.retries_after_429 += 1
                 wait = retry_after_s(exc) + RETRY_MARGIN_S
@@ -129,6 +155,16 @@ class FloodGate(BaseRateLimiter[int]):
                 network_failures += 1
                 log.warning("%s: %s; retry %d", endpoint, exc, network_failures)
                 await asyncio.sleep(2.0 ** (network_failures - 1))
+
+
+@dataclass(slots=True)
+class _Turn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+def _no_slot() -> contextlib.AbstractAsyncContextManager[None]:
+    return contextlib.nullcontext()
 
 
 def retry_after_s(exc: RetryAfter) -> float:

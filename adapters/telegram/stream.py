@@ -28,7 +28,7 @@ from telegram.error import BadRequest, TelegramError
 from adapters.kit.streamer import Pacing, Streamer
 from bot.errors import AdapterError
 
-from .formatting import to_html, to_text
+from .formatting import quiet_mentions, to_html, to_text
 from .split import MAX_MESSAGE, utf16_len
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class TelegramSurface:
                 if not any(reason in str(exc).lower() for reason in _TEXT_REFUSED):
                     raise
                 log.info("chat %s: HTML refused (%s); plain text", self._target.chat_id, exc)
-        return await call(piece, None)
+        return await call(quiet_mentions(piece), None)
 
 
 class ReplyStream:

@@ -65,12 +65,31 @@ def _split_words(sentence: str, count: CountTokens, max_tokens: int) -> Iterator
         return
     current: list[str] = []
     for word in sentence.split():
+        # A hex dump, a data URL: no boundary to cut at. Only a word that could pass the limit
+        # is counted (a character is at most 4 tokens of a byte-level tokenizer).
+        if len(word) * 4 > max_tokens and count(word) > max_tokens:
+            if current:
+                yield " ".join(current)
+                current = []
+            yield from _split_characters(word, count, max_tokens)
+            continue
         if current and count(" ".join([*current, word])) > max_tokens:
             yield " ".join(current)
             current = []
         current.append(word)
     if current:
         yield " ".join(current)
+
+
+def _split_characters(word: str, count: CountTokens, max_tokens: int) -> Iterator[str]:
+    """A word too long for one chunk, halved until each piece fits: without this a file of
+    one 5 MB "word" was one 5 MB chunk, quoted whole into every answer that found it."""
+    if len(word) <= 1 or count(word) <= max_tokens:
+        yield word
+        return
+    middle = len(word) // 2
+    yield from _split_characters(word[:middle], count, max_tokens)
+    yield from _split_characters(word[middle:], count, max_tokens)
 
 
 def _pack(pieces: Iterable[tuple[str, str]], count: CountTokens, max_tokens: int) -> Iterator[str]:

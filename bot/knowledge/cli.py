@@ -8,6 +8,7 @@ nothing matched a removal.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from collections.abc import AsyncIterator
@@ -22,6 +23,8 @@ from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
 
 BAR_WIDTH = 30
+# C0 and C1 control characters (ESC, BEL, CSI...), tab and newline included.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def add_kb_parser(sub: Any) -> None:
@@ -91,7 +94,14 @@ async def _remove(kb: KnowledgeBase, path: str) -> int:
 
 def _document_line(doc: DocumentInfo) -> str:
     updated = doc.updated_at.strftime("%Y-%m-%d %H:%M")
-    return f"{doc.chunks:>6}  {_size(doc.size):>7}  {updated:16}  {doc.title}  ({doc.source})"
+    title, source = _printable(doc.title), _printable(doc.source)
+    return f"{doc.chunks:>6}  {_size(doc.size):>7}  {updated:16}  {title}  ({source})"
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters shown as U+FFFD: a document's title or a file's name
+    with an escape sequence would otherwise clear or rewrite the operator's terminal."""
+    return _CONTROL.sub("\ufffd", text)
 
 
 def _size(size: int) -> str:
@@ -123,12 +133,13 @@ class ProgressPrinter:
         bar = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} "
         room = max(10, shutil.get_terminal_size().columns - len(bar) - 1)
         end = "\n" if done == total else ""
-        self._stream.write(f"{clear}{bar}{result.source[-room:]}{end}")
+        self._stream.write(f"{clear}{bar}{_printable(result.source)[-room:]}{end}")
         self._stream.flush()
 
 
 def _describe(result: FileResult) -> str:
+    source = _printable(result.source)
     if result.outcome is Outcome.FAILED:
-        return f"failed {result.source}: {result.reason}"
+        return f"failed {source}: {_printable(result.reason)}"
     chunks = f" ({result.chunks} chunks)" if result.chunks else ""
-    return f"{result.outcome.value} {result.source}{chunks}"
+    return f"{result.outcome.value} {source}{chunks}"

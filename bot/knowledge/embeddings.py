@@ -99,12 +99,26 @@ class ServedEmbedder:
     Synchronous like every Embedder (it runs in a worker thread). The model's dimension is
     learnt from its first reply (one probe when asked before any text was embedded), vectors
     are normalised here since servers differ on whether they do it, and texts go in batches
-    of BATCH so that one request stays within the server's limits."""
+    of BATCH so that one request stays within the server's limits.
+
+    An embedding model's context is often shorter than a chunk (all-MiniLM-L6-v2: 256 tokens).
+    With `truncate` the server is asked to cut each text to the model's context (vLLM's
+    `truncate_prompt_tokens: -1`); a server that does not know that field refuses every
+    request, so it is switched off for those (`knowledge.embedding_truncate`). A text the
+    server still refuses (HTTP 400) costs that text alone: the batch is sent again one text at
+    a time and the refused text gets a zero vector, similar to nothing. A request of several
+    texts that are all refused raises EmbeddingError: the server is misconfigured."""
 
     BATCH = 128
 
     def __init__(
-        self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 30.0
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        truncate: bool = True,
     ) -> None:
         import httpx
 
@@ -112,7 +126,9 @@ class ServedEmbedder:
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s
         )
-        self._model = model
+        self._body: dict[str, object] = {"model": model}
+        if truncate:
+            self._body["truncate_prompt_tokens"] = -1
         self._dim: int | None = None
         self._lock = threading.Lock()
 
@@ -128,17 +144,48 @@ class ServedEmbedder:
         parts = [self._batch(texts[i : i + self.BATCH]) for i in range(0, len(texts), self.BATCH)]
         vectors = np.vstack(parts)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.maximum(norms, 1e-12)
+        vectors = vectors / np.maximum(norms, 1e-12)  # a refused text's zero vector stays zero
         with self._lock:
             self._dim = int(vectors.shape[1])
         return np.asarray(vectors, dtype=np.float32)
 
     def _batch(self, texts: list[str]) -> Vectors:
-        """One request; raises EmbeddingError on any failure or an unexpected payload."""
+        try:
+            return self._request(texts)
+        except _Refused:
+            alone = [self._alone(text) for text in texts] if len(texts) > 1 else [None]
+        kept = [v for v in alone if v is not None]
+        if kept:
+            zero = np.zeros_like(kept[0])
+        else:
+            with self._lock:
+                dim = self._dim
+            if len(texts) > 1 or dim is None:  # nothing gets through: a misconfigured server
+                raise EmbeddingError("embeddings server refused every text (HTTP 400)")
+            zero = np.zeros((1, dim), dtype=np.float32)
+        log.warning(
+            "knowledge base: the embeddings server refused %d of %d texts (HTTP 400: longer "
+            "than the model's context?); they are found by their words only",
+            len(alone) - len(kept),
+            len(alone),
+        )
+        return np.vstack([zero if v is None else v for v in alone])
+
+    def _alone(self, text: str) -> Vectors | None:
+        try:
+            return self._request([text])
+        except _Refused:
+            return None
+
+    def _request(self, texts: list[str]) -> Vectors:
+        """One request; raises _Refused on HTTP 400, EmbeddingError on any other failure or an
+        unexpected payload."""
         import httpx
 
         try:
-            response = self._client.post("/embeddings", json={"model": self._model, "input": texts})
+            response = self._client.post("/embeddings", json={**self._body, "input": texts})
+            if response.status_code == 400:
+                raise _Refused
             response.raise_for_status()
             items = sorted(response.json()["data"], key=lambda item: item["index"])
             vectors = np.asarray([item["embedding"] for item in items], dtype=np.float32)
@@ -154,6 +201,10 @@ class ServedEmbedder:
 
     def close(self) -> None:
         self._client.close()
+
+
+class _Refused(Exception):
+    """The server answered 400: it refuses this input (too long for the model, say)."""
 
 
 class EmbeddingError(Exception):
@@ -172,6 +223,7 @@ def embedder_from_settings(settings: KnowledgeSettings) -> Embedder | None:
             settings.embedding_model,
             api_key=key.get_secret_value() if key else None,
             timeout_s=settings.embedding_timeout_s,
+            truncate=settings.embedding_truncate,
         )
     if not wordllama_available():
         log.warning("knowledge base: wordllama is not installed; full-text search only")

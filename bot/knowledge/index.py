@@ -28,6 +28,10 @@ from bot.knowledge.lexical import LexicalIndex
 
 # Shorter words have too many neighbours at distance 1 to guess which one was meant.
 MIN_CORRECTED_LENGTH = 4
+# A word's deletions are n strings of n characters: a longer word (a hex dump, a line of
+# underscores, a 100,000-letter question) would cost n * n memory, so it is never corrected.
+# Far above any word that is mistyped.
+MAX_CORRECTED_LENGTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,19 +56,23 @@ class Vocabulary:
         """From how many chunks hold each (lower-cased) word."""
         vocabulary = cls(frequency)
         for word in frequency:
-            if len(word) >= MIN_CORRECTED_LENGTH - 1 and not word.isdigit():
+            if _correctable(word, MIN_CORRECTED_LENGTH - 1):
                 for key in _deletions(word):
                     vocabulary._deletions[key].add(word)
         return vocabulary
 
     def correct(self, word: str) -> str | None:
         """The known word meant by an unknown `word`, or None (known, too short, no match)."""
-        if word in self.frequency or len(word) < MIN_CORRECTED_LENGTH or word.isdigit():
+        if word in self.frequency or not _correctable(word, MIN_CORRECTED_LENGTH):
             return None
         found = set().union(*(self._deletions.get(key, set()) for key in _deletions(word)))
         if not found:
             return None
         return max(sorted(found), key=self.frequency.__getitem__)
+
+
+def _correctable(word: str, min_length: int) -> bool:
+    return min_length <= len(word) <= MAX_CORRECTED_LENGTH and not word.isdigit()
 
 
 def _deletions(word: str) -> set[str]:

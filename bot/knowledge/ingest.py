@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,10 @@ from pathlib import Path
 from bot.knowledge.chunker import chunk_sections
 from bot.knowledge.loaders import LoaderError, load, loader_for
 from bot.knowledge.types import Chunk, CountTokens
+from bot.text.storable import storable
+
+# Characters kept of a title and of a heading path: a citation is one line of an answer.
+MAX_CITED_CHARS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,19 +72,36 @@ def _walk(folder: Path) -> Iterator[Path]:
 def read_file(path: Path, max_bytes: int) -> FileData:
     if loader_for(path) is None:
         raise LoaderError(f"unsupported file type {path.suffix or '(no extension)'}")
+    source = normalize_source(path)
+    if storable(source) != source:  # bytes Python keeps as lone surrogates: no database takes them
+        raise LoaderError("the file's path is not valid UTF-8; rename it")
+    too_big = LoaderError(f"larger than the {max_bytes // 1_000_000} MB limit")
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise LoaderError(f"larger than the {max_bytes // 1_000_000} MB limit")
-        data = path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # reading a FIFO or /dev/zero would never end
+            raise LoaderError("not a regular file")
+        if info.st_size > max_bytes:
+            raise too_big
+        with path.open("rb") as file:
+            data = file.read(max_bytes + 1)  # a file still growing stops at the limit too
+        if len(data) > max_bytes:
+            raise too_big
     except OSError as exc:
         raise LoaderError(exc.strerror or type(exc).__name__) from None
-    return FileData(normalize_source(path), data, hashlib.sha256(data).hexdigest())
+    return FileData(source, data, hashlib.sha256(data).hexdigest())
 
 
 def parse_file(path: Path, data: bytes, count: CountTokens) -> Parsed:
     document = load(data, path)
-    chunks = chunk_sections(document.sections, count)
+    chunks = [_storable(c) for c in chunk_sections(document.sections, count)]
     if not chunks:
         raise LoaderError("no text found (a scanned PDF or an empty file?)")
-    return Parsed(document.title[:500], chunks)
+    return Parsed(storable(document.title[:MAX_CITED_CHARS]), chunks)
+
+
+def _storable(chunk: Chunk) -> Chunk:
+    """The chunk with NUL and lone surrogates replaced (PostgreSQL refuses the first, no
+    driver can encode the second, and either would fail the whole file's write), and its
+    location cut like the title: it is stored with every chunk and cited in every answer."""
+    location = storable(chunk.location[:MAX_CITED_CHARS])
+    return Chunk(location, storable(chunk.text), chunk.token_count)

@@ -6,6 +6,7 @@ Loaders are synchronous and CPU-bound; KnowledgeBase runs them in a worker threa
 
 from __future__ import annotations
 
+import codecs
 import io
 import re
 from collections.abc import Callable
@@ -17,8 +18,14 @@ from bot.knowledge.html_loader import parse_html
 from bot.knowledge.types import LoadedDocument, Section
 
 LOCATION_SEPARATOR = " > "
+# A NUL byte this near the start marks a binary file (git's test), whatever its name says:
+# an image renamed .md would otherwise be indexed as a page of cp1252 noise.
+BINARY_PROBE_BYTES = 8000
 
-_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+# The opening of an ATX heading; its closing sequence is taken off in _heading, without a
+# regular expression: `(.*?)(?:[ \t]+#+)?[ \t]*$` backtracks over every run of spaces, so a
+# heading line with 20,000 spaces took 2 s and one of a megabyte hours.
+_ATX_OPEN = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+|$)")
 _SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 # Inline tokens whose content is the text a reader sees in a heading.
@@ -26,7 +33,7 @@ _VISIBLE_INLINE = {"text", "code_inline", "image"}
 # YAML front matter (Jekyll, Hugo, MkDocs): a first line "---", closed by "---" or "...".
 _FRONT_MATTER_OPEN = re.compile(r"^---[ \t]*$")
 _FRONT_MATTER_CLOSE = re.compile(r"^(---|\.\.\.)[ \t]*$")
-_FRONT_MATTER_TITLE = re.compile(r"""^title:[ \t]*(["']?)(.*?)\1[ \t]*$""")
+_FRONT_MATTER_TITLE = re.compile(r"^title:(.*)$")
 
 
 class LoaderError(Exception):
@@ -34,8 +41,13 @@ class LoaderError(Exception):
 
 
 def decode_text(data: bytes) -> str:
-    # UTF-8 first (with or without BOM); anything else is read as cp1252, which never fails,
-    # so a stray byte costs one odd character rather than the whole file.
+    # UTF-16 when its byte-order mark says so (Windows' "Unicode" text files); else UTF-8
+    # (with or without BOM); anything else is read as cp1252, which never fails, so a stray
+    # byte costs one odd character rather than the whole file.
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16", errors="replace")
+    if b"\x00" in data[:BINARY_PROBE_BYTES]:
+        raise LoaderError("a binary file, not text")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -100,7 +112,7 @@ def _front_matter(lines: list[str]) -> tuple[str, list[str]]:
     for end, line in enumerate(lines[1:], start=1):
         if _FRONT_MATTER_CLOSE.match(line):
             fields = (_FRONT_MATTER_TITLE.match(field) for field in lines[1:end])
-            title = next((m.group(2).strip() for m in fields if m is not None), "")
+            title = next((_unquoted(m.group(1)) for m in fields if m is not None), "")
             return title, lines[end + 1 :]
     return "", lines  # never closed: a thematic break, not front matter
 
@@ -117,11 +129,23 @@ def _track_fence(line: str, fence: str) -> str:
     return "" if closes else fence
 
 
+def _unquoted(value: str) -> str:
+    """A YAML scalar's text: blanks around it and one pair of matching quotes taken off."""
+    value = value.strip(" \t")
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return value.strip()
+
+
 def _heading(line: str) -> tuple[int, str] | None:
-    match = _ATX_HEADING.match(line)
+    match = _ATX_OPEN.match(line)
     if match is None:
         return None
-    return len(match.group(1)), match.group(2) or ""
+    text = line[match.end() :].rstrip(" \t")
+    unclosed = text.rstrip("#")
+    if unclosed != text and unclosed[-1:] in (" ", "\t"):  # a closing sequence after text
+        text = unclosed.rstrip(" \t")
+    return len(match.group(1)), text
 
 
 def _heading_text(source: str, inline: MarkdownIt) -> str:
@@ -139,7 +163,6 @@ def _is_list_item(line: str) -> bool:
 def load_pdf(data: bytes, path: Path) -> LoadedDocument:
     try:
         from pypdf import PdfReader
-        from pypdf.errors import PyPdfError
     except ImportError:
         raise LoaderError("PDF support needs the pypdf package") from None
     try:
@@ -147,11 +170,16 @@ def load_pdf(data: bytes, path: Path) -> LoadedDocument:
         if reader.is_encrypted and not reader.decrypt(""):
             raise LoaderError("the PDF is encrypted")
         pages = [page.extract_text() or "" for page in reader.pages]
-        meta_title = (reader.metadata.title if reader.metadata else None) or ""
-    except (PyPdfError, ValueError, KeyError, TypeError) as exc:
+        meta_title = reader.metadata.title if reader.metadata else None
+    except LoaderError:
+        raise
+    except Exception as exc:  # pypdf's own errors, and AttributeError, AssertionError... on
+        # a malformed file: one bad file is reported, never the end of a folder's ingestion
         raise LoaderError(f"not a readable PDF ({type(exc).__name__})") from None
     sections = [Section(f"page {n}", text) for n, text in enumerate(pages, 1) if text.strip()]
-    return LoadedDocument(meta_title.strip() or path.stem, sections)
+    # A title can be any PDF object, and hold line breaks that would split a citation's line.
+    title = " ".join(meta_title.split()) if isinstance(meta_title, str) else ""
+    return LoadedDocument(title or path.stem, sections)
 
 
 Loader = Callable[[bytes, Path], LoadedDocument]

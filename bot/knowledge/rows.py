@@ -20,6 +20,7 @@ from bot.knowledge.search import search_statement
 from bot.knowledge.types import DocumentInfo
 from bot.storage.database import database_errors, describe_error
 from bot.storage.models import KbDocumentRow
+from bot.text.storable import storable
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql")
 
@@ -69,6 +70,8 @@ class KnowledgeRows:
         """Remove the document stored for this path, or every one under it if it names a
         folder; returns how many were removed."""
         source = normalize_source(source_or_prefix)
+        if storable(source) != source:  # not valid UTF-8, so never stored (read_file)
+            return 0
         folder = source.rstrip("/") + "/"
         matches = sa.or_(_Doc.source == source, _Doc.source.startswith(folder, autoescape=True))
         ids = sa.select(_Doc.id).where(matches).scalar_subquery()

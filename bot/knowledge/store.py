@@ -20,6 +20,7 @@ import asyncio
 import builtins
 import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,12 +68,16 @@ from bot.knowledge.types import (
     SearchOptions,
 )
 from bot.settings import KnowledgeSettings
+from bot.text.storable import storable
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FILE_BYTES = 50_000_000
 # Chunks embedded per batch when back-filling vectors, and written per statement.
 BACKFILL_BATCH = 1000
+# After the embedding model fails (a served one down or refusing), semantic search is off for
+# this long, then tried again (knowledge.embedding_retry_s).
+EMBEDDER_RETRY_S = 30.0
 _PARAGRAPH = re.compile(r"\n\s*\n")
 MAX_PARTS = 8
 
@@ -112,11 +117,16 @@ class KnowledgeBase:
         embedder: Embedder | None = None,
         options: SearchOptions | None = None,
         policy: AnswerPolicy | None = None,
+        embedder_retry_s: float = EMBEDDER_RETRY_S,
     ) -> None:
         self._rows = KnowledgeRows(engine)
         self._count = count_tokens
         self._max_bytes = max_file_bytes
         self._embedder = embedder
+        self._embedder_retry_s = embedder_retry_s
+        self._embedder_down_until: float | None = None  # None: the model answers
+        self._embedder_misses = 0  # calls that got no vectors because the model failed
+        self._index_degraded = False  # built while the model failed: rebuilt once it is back
         self._options = options or SearchOptions()
         self.policy = policy or AnswerPolicy()
         self._index: ChunkIndex | None = None
@@ -149,6 +159,7 @@ class KnowledgeBase:
                 rerank_candidates=settings.rerank_candidates,
                 strict=settings.grounding == "strict",
             ),
+            embedder_retry_s=settings.embedding_retry_s,
         )
 
     async def add(
@@ -195,6 +206,9 @@ class KnowledgeBase:
     ) -> builtins.list[Passage]:
         """The k best passages for `query` in `collection` ("": the default one), at most one
         per section, best first; [] when nothing matches. Any text is a valid query."""
+        # A lone surrogate (a JSON body can carry "\ud800") makes the embedding model raise,
+        # which would turn semantic search off for every user.
+        query = storable(query)
         terms = query_terms(query)
         if not terms or k < 1:
             return []
@@ -275,16 +289,34 @@ class KnowledgeBase:
         return passages
 
     async def _current_index(self) -> ChunkIndex:
-        """The in-memory index, rebuilt when the chunks changed (in this process or another)."""
+        """The in-memory index, rebuilt when the chunks changed (in this process or another),
+        and once the embedding model answers again after it failed during the last build."""
         stamp = await self._rows.stamp()
-        if self._index is not None and self._index.stamp == stamp:
-            return self._index
+        current = self._index
+        if current is not None and current.stamp == stamp:
+            if not (self._index_degraded and self._embedder_up()):
+                return current
+            if await self._embed(["probe"]) is None:  # still failing: no rebuild for nothing
+                return current
         async with self._index_lock:
-            if self._index is None or self._index.stamp != stamp:
+            if self._stale(stamp):
                 self._index = await self._build_index(stamp)
+            assert self._index is not None
             return self._index
 
+    def _stale(self, stamp: tuple[object, ...]) -> bool:
+        index = self._index
+        if index is None or index.stamp != stamp:
+            return True
+        return self._index_degraded and self._embedder_up()
+
     async def _build_index(self, stamp: tuple[object, ...]) -> ChunkIndex:
+        misses = self._embedder_misses
+        index = await self._built_index(stamp)
+        self._index_degraded = self._embedder_misses != misses
+        return index
+
+    async def _built_index(self, stamp: tuple[object, ...]) -> ChunkIndex:
         in_memory = await self._rows.chunk_count() <= self._options.max_memory_chunks
         rows = await self._rows.chunks(with_text=in_memory)
         places = [ChunkPlace(r.id, r.document_id, r.ordinal, r.location, r[4]) for r in rows]
@@ -365,25 +397,52 @@ class KnowledgeBase:
         embedder = self._embedder
         if embedder is None:
             return None
-        try:
-            return await asyncio.to_thread(lambda: embedder.dim)
-        except Exception as exc:  # an optional model failing must not take full-text search down
-            log.warning("knowledge base: embeddings unavailable (%s); full-text search only", exc)
-            self._embedder = None
+        if not self._embedder_up():
+            self._embedder_misses += 1
             return None
+        try:
+            dim = await asyncio.to_thread(lambda: embedder.dim)
+        except Exception as exc:  # an optional model failing must not take full-text search down
+            self._embedder_failed(exc)
+            return None
+        return dim  # maybe known without asking: the next texts embedded say it answers
 
     async def _embed(self, texts: builtins.list[str]) -> Vectors | None:
-        """The texts' vectors; None (and semantic search off from then on, with one log line)
-        when the model cannot run."""
+        """The texts' vectors; None when the model cannot run (semantic search is then off
+        for knowledge.embedding_retry_s, with one log line an outage)."""
         embedder = self._embedder
         if embedder is None:
             return None
-        try:
-            return await asyncio.to_thread(embedder.embed, texts)
-        except Exception as exc:  # an optional model failing must not take full-text search down
-            log.warning("knowledge base: embeddings unavailable (%s); full-text search only", exc)
-            self._embedder = None
+        if not self._embedder_up():
+            self._embedder_misses += 1
             return None
+        try:
+            vectors = await asyncio.to_thread(embedder.embed, texts)
+        except Exception as exc:  # an optional model failing must not take full-text search down
+            self._embedder_failed(exc)
+            return None
+        self._embedder_answered()
+        return vectors
+
+    def _embedder_up(self) -> bool:
+        until = self._embedder_down_until
+        return until is None or time.monotonic() >= until
+
+    def _embedder_failed(self, exc: Exception) -> None:
+        self._embedder_misses += 1
+        if self._embedder_down_until is None:
+            log.warning(
+                "knowledge base: embeddings unavailable (%s); full-text search only, trying "
+                "again every %g s",
+                exc,
+                self._embedder_retry_s,
+            )
+        self._embedder_down_until = time.monotonic() + self._embedder_retry_s
+
+    def _embedder_answered(self) -> None:
+        if self._embedder_down_until is not None:
+            self._embedder_down_until = None
+            log.warning("knowledge base: embeddings available again; semantic search is back")
 
     async def _prepare(self, path: Path, collection: str) -> _Prepared | FileResult:
         """A file read, parsed and embedded, or its result when there is nothing to write."""

@@ -39,10 +39,17 @@ I_DONT_KNOW = N_(
 )
 USAGE = N_("Usage: /ask QUESTION, for example /ask how do I reset a conversation?")
 NO_KB = N_("The knowledge base is not available, so I cannot look that up.")
+QUESTION_TOO_LONG = N_(
+    "Your question is too long for me to look it up together with the documents; "
+    "please ask it in fewer words."
+)
 SOURCES = N_("Sources:")
 NO_MODEL_QUOTE = N_("No language model is configured; this is what the knowledge base says:")
 # Characters of each passage shown when there is no model to write an answer.
 EXCERPT_CHARS = 700
+# Backslash and brackets: escaped, they keep a citation from making a Markdown link or image.
+_LINK_SYNTAX = re.compile(r"[\\\[\]]")
+_ESCAPED = re.compile(r"\\([\\\[\]])")
 _ASK = re.compile(
     r"^(?:please\s+)?(?:ask|search|check)\s+(?:the\s+)?(?:docs|documentation|knowledge\s*base)"
     r"\s*[:,]?\s*(?:about\s+|for\s+|whether\s+)?(.+)$",
@@ -148,6 +155,9 @@ class QaSkill:
         assert self._s.backend is not None
         system = self._s.prompts.render("qa", language=language)
         kept = await self._fit(system, question, passages)
+        if not kept:  # the question leaves no room for a passage: an answer would be a guess
+            yield await say(QUESTION_TOO_LONG)
+            return
         request = self._s.request(
             system, passages_block(kept), question=question,
             max_tokens=self._s.generation.max_tokens, session_id=session,
@@ -188,8 +198,21 @@ def passages_block(passages: list[Passage]) -> str:
 
 def sources(passages: list[Passage], heading: str) -> str:
     """The list of sources under `heading` (SOURCES, said in the user's language)."""
-    lines = [heading] + [f"[{n}] {p.citation}" for n, p in enumerate(passages, 1)]
+    lines = [heading] + [f"[{n}] {_plain(p.citation)}" for n, p in enumerate(passages, 1)]
     return "\n".join(lines)
+
+
+def _plain(citation: str) -> str:
+    """A citation as literal text in the reply, which platforms render as Markdown: a
+    document's title written `[Reset your password](https://example.net)` would otherwise
+    show as a link whose address the reader does not see."""
+    return _LINK_SYNTAX.sub(r"\\\g<0>", citation)
+
+
+def citation_text(line: str) -> str:
+    """A citation as `sources` wrote it, back to the document's own words (for readers of the
+    reply that do not render Markdown: the support API's sources, the handoff note)."""
+    return _ESCAPED.sub(r"\1", line)
 
 
 def quoted(passages: list[Passage], heading: str) -> str:
@@ -200,7 +223,7 @@ def quoted(passages: list[Passage], heading: str) -> str:
         text = " ".join(passage.text.split())
         if len(text) > EXCERPT_CHARS:
             text = text[: EXCERPT_CHARS - 1] + "…"
-        blocks.append(f"[{n}] {passage.citation}\n{text}")
+        blocks.append(f"[{n}] {_plain(passage.citation)}\n{text}")
     return "\n\n".join(blocks)
 
 

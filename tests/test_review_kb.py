@@ -1,0 +1,302 @@
+"""Hostile review of the knowledge base: inputs a user or a document can send that broke
+ingestion or search (each test failed before its fix)."""
+
+from __future__ import annotations
+
+import os
+import random
+import string
+import tracemalloc
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapters.telegram.formatting import to_html
+from bot.cli import main
+from bot.knowledge import KnowledgeBase, Outcome, Passage
+from bot.knowledge.chunker import MAX_TOKENS, chunk_sections, estimate_tokens
+from bot.knowledge.index import Vocabulary
+from bot.knowledge.ingest import MAX_CITED_CHARS, parse_file
+from bot.knowledge.loaders import load
+from bot.knowledge.types import SearchOptions, Section
+from bot.skills.qa import quoted, sources
+from bot.storage import migrate
+from bot.storage.database import create_engine
+from tests.test_knowledge_files import minimal_pdf
+
+
+@pytest.fixture
+async def engine_url(database_url: str) -> str:
+    await migrate.upgrade(database_url)  # the SQLite one arrives unmigrated
+    return database_url
+
+
+@pytest.fixture
+async def kb(engine_url: str) -> AsyncIterator[KnowledgeBase]:
+    engine = create_engine(engine_url)
+    try:
+        yield KnowledgeBase(engine)
+    finally:
+        await engine.dispose()
+
+
+class CountingEmbedder:
+    """A deterministic embedder that, like the tokenizers library, refuses a lone surrogate."""
+
+    dim = 8
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        for text in texts:
+            text.encode("utf-8")  # UnicodeEncodeError on a lone surrogate, as wordllama fails
+        rows = [np.full(self.dim, 1.0 + (hash(t) % 7), dtype=np.float32) for t in texts]
+        vectors = np.array(rows, dtype=np.float32).reshape(len(texts), self.dim)
+        unit: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        return unit
+
+
+def _random_word(length: int) -> str:
+    rng = random.Random(length)
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(length))
+
+
+def _peak_bytes(work: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_review_kb_a_huge_query_word_is_not_corrected_quadratically() -> None:
+    # Correction built every one-letter deletion of the word: n strings of n characters, on
+    # the event loop (a 100,000-letter word: 10 GB). 10,000 letters took 100 MB.
+    vocabulary = Vocabulary.of(Counter({"migration": 3, "database": 2}))
+    word = _random_word(10_000)
+    assert _peak_bytes(lambda: vocabulary.correct(word)) < 5_000_000
+    assert vocabulary.correct("migratoin") == "migration"  # ordinary typos still corrected
+
+
+def test_review_kb_a_document_with_a_huge_word_builds_a_small_vocabulary() -> None:
+    # The same deletions were kept for every word of the documents: one long "word" (a hex
+    # dump, a line of underscores) held n * n characters in memory, or exhausted it.
+    frequency = Counter({_random_word(10_000): 1, "migration": 1})
+    assert _peak_bytes(lambda: Vocabulary.of(frequency)) < 5_000_000
+    assert Vocabulary.of(frequency).correct("migratoin") == "migration"
+
+
+async def test_review_kb_nul_bytes_in_a_document_do_not_abort_ingestion(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    # PostgreSQL refuses NUL in text: the whole `kb add` stopped with a StorageError.
+    (tmp_path / "a.txt").write_bytes(b"x " * 5000 + b"Nul\x00bytes in the notes on ocelots.\n")
+    (tmp_path / "b.md").write_text("# B\n\nAbout pangolins.\n")
+    report = await kb.add([tmp_path / "a.txt", tmp_path / "b.md"])
+    assert [f.outcome for f in report.files] == [Outcome.ADDED, Outcome.ADDED]
+    assert (await kb.search("pangolins"))[0].title == "B"
+
+
+async def test_review_kb_a_lone_surrogate_does_not_turn_semantic_search_off(
+    engine_url: str, tmp_path: Path
+) -> None:
+    # A JSON body can carry "\ud800"; the embedder raised on it and search then switched
+    # semantic search off for every user until a restart.
+    engine = create_engine(engine_url)
+    try:
+        embedder = CountingEmbedder()
+        kb = KnowledgeBase(engine, embedder=embedder)
+        (tmp_path / "a.md").write_text("# Ocelots\n\nThe ocelot section.\n")
+        await kb.add([tmp_path / "a.md"])
+        assert await kb.search("ocelot \ud800 question")
+        before = embedder.calls
+        assert await kb.search("ocelot")
+        assert embedder.calls > before  # still asked: semantic search is still on
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "query",
+    ['"', "___", "_", "AND OR NOT", "NEAR(a b)", "col:x", "a & b | !c <-> d", "x:*", "\x00",
+     "ocelot\ud800", "日本語", "x" * 5000],
+)  # fmt: skip
+async def test_review_kb_hostile_queries_on_the_database_engine(
+    engine_url: str, tmp_path: Path, query: str
+) -> None:
+    # Over knowledge.max_memory_chunks search runs the database's own full-text statement.
+    engine = create_engine(engine_url)
+    try:
+        kb = KnowledgeBase(engine, options=SearchOptions(max_memory_chunks=0))
+        (tmp_path / "a.md").write_text("# A\n\nAnd or not, near columns ___ x. 日本語 ocelot\n")
+        await kb.add([tmp_path / "a.md"])
+        assert len(await kb.search(query)) <= 3
+    finally:
+        await engine.dispose()
+
+
+def test_review_kb_html_without_a_closing_head_tag_keeps_its_body() -> None:
+    # HTML5 lets </head> be left out; the whole body was read as part of the head.
+    document = load(
+        b"<html><head><title>T</title><body><h1>Top</h1><p>Body text.</p></body></html>",
+        Path("a.html"),
+    )
+    assert [(s.location, s.text) for s in document.sections] == [("Top", "Body text.")]
+    assert document.title == "T"
+
+
+def test_review_kb_an_svg_title_is_not_the_page_title() -> None:
+    document = load(b"<svg><title>icon</title></svg><h1>Top</h1><p>x</p>", Path("a.html"))
+    assert document.title == "Top"
+
+
+async def test_review_kb_a_file_name_that_is_not_utf8_is_reported(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    # Linux hands such a name to Python with lone surrogates, which no driver can encode:
+    # the whole `kb add` of the folder stopped with a traceback.
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "good.md").write_text("# Good\n\nAbout pangolins.\n")
+    (folder / os.fsdecode(b"caf\xe9.md")).write_bytes(b"# Cafe\n\nAbout ocelots.\n")
+    report = await kb.add([folder])
+    outcomes = sorted((f.outcome, f.reason) for f in report.files)
+    assert outcomes[0] == (Outcome.ADDED, "")
+    assert outcomes[1][0] is Outcome.FAILED
+    assert (await kb.search("pangolins"))[0].title == "Good"
+
+
+async def test_review_kb_removing_a_path_that_is_not_utf8_finds_nothing(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    name = (bytes(tmp_path) + b"/caf\xe9.md").decode("utf-8", "surrogateescape")
+    assert await kb.remove(name) == 0
+
+
+@pytest.mark.timeout(60)  # the old expression needed hours for this file: a hang, not a timing
+def test_review_kb_a_heading_line_of_a_megabyte_loads() -> None:
+    # `(.*?)(?:[ \t]+#+)?[ \t]*$` backtracked over every run of blanks: quadratic in the line.
+    blanks = " " * 1_000_000
+    data = f"---\ntitle: 'T{blanks}x'\n---\n# Top{blanks}end ##\n\nBody.\n".encode()
+    document = load(data, Path("a.md"))
+    assert document.title == f"T{blanks}x"
+    assert [(s.location, s.text) for s in document.sections] == [("Top end", "Body.")]
+
+
+async def test_review_kb_a_malformed_pdf_is_reported_not_raised(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    # pypdf raises AttributeError or AssertionError on some broken files: `kb add` of a folder
+    # stopped there with a traceback, leaving the files after it out.
+    pdf = minimal_pdf(["Zebras on page one.", "Pangolins on page two."], "Animals")
+    broken = pdf.replace(b"1 0 obj\n", b"1 0 obj 1 0 R\n", 1)  # an object that is a reference
+    (tmp_path / "a.pdf").write_bytes(broken)
+    (tmp_path / "b.md").write_text("# B\n\nAbout pangolins.\n")
+    report = await kb.add([tmp_path / "a.pdf", tmp_path / "b.md"])
+    assert [f.outcome for f in report.files] == [Outcome.FAILED, Outcome.ADDED]
+    assert report.files[0].reason.startswith("not a readable PDF")
+
+
+def test_review_kb_a_pdf_title_that_is_a_number_or_has_line_breaks() -> None:
+    # A number as /Title raised AttributeError (past the loader's error handling); a line
+    # break in it split the citation's "[n] title" line, which the support API parses.
+    pages = ["Zebras on page one."]
+    numbered = minimal_pdf(pages, "Animals").replace(b"/Title (Animals)", b"/Title 123456789")
+    assert load(numbered, Path("zoo.pdf")).title == "zoo"
+    assert load(minimal_pdf(pages, "Two\nlines"), Path("zoo.pdf")).title == "Two lines"
+
+
+@pytest.mark.timeout(60)  # before the fix: about 1,000 s (quadratic), so a hang, not a timing
+def test_review_kb_html_ending_in_an_unclosed_tag_loads() -> None:
+    # html.parser's close() re-scans an unterminated construct from each "<" before Python
+    # 3.11.13 (CVE-2025-6069): 600 kB of `<a x="` is a page that never finishes loading.
+    data = b"<h1>Top</h1><p>Body text.</p>" + b'<a x="' * 100_000
+    document = load(data, Path("a.html"))
+    first = document.sections[0]
+    assert (first.location, first.text[:10]) == ("Top", "Body text.")
+
+
+def test_review_kb_html_short_unclosed_tail_is_still_read() -> None:
+    document = load(b"<h1>Top</h1><p>Fish</p>AT&T <!-- never closed", Path("a.html"))
+    assert document.sections[0].text.startswith("Fish\n\nAT&T")
+
+
+def test_review_kb_a_citation_never_renders_as_a_hidden_link() -> None:
+    # Replies are rendered as Markdown (Telegram's to_html): a document titled like a link
+    # became a link in the sources, its address hidden from the reader.
+    hostile = "[Reset your password](https://attacker.example/login)"
+    passages = [Passage("Text.", hostile, "", "/docs/a.html", 1.0)]
+    for reply in (sources(passages, "Sources:"), quoted(passages, "Quoted:")):
+        html = to_html(reply)
+        assert "<a " not in html
+        assert "attacker.example" in html  # shown as text, where the reader sees it
+
+
+def test_review_kb_a_word_longer_than_a_chunk_is_cut() -> None:
+    # Chunks are at most MAX_TOKENS; a word with no space in it was kept whole (a 5 MB chunk).
+    chunks = chunk_sections([Section("", "Intro words. " + "f" * 100_000 + " end")])
+    assert max(c.token_count for c in chunks) <= MAX_TOKENS
+    assert "".join(c.text for c in chunks).replace(" ", "") == (
+        "Introwords." + "f" * 100_000 + "end"
+    )
+
+
+async def test_review_kb_a_binary_file_named_md_is_reported(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    # An image renamed .md was indexed as a page of cp1252 noise.
+    (tmp_path / "logo.md").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    report = await kb.add([tmp_path / "logo.md"])
+    assert report.files[0].outcome is Outcome.FAILED
+    assert report.files[0].reason == "a binary file, not text"
+
+
+def test_review_kb_a_utf16_text_file_is_read() -> None:
+    # Windows' "Unicode" text files: read as cp1252 they were NUL-riddled noise.
+    document = load("# Überblick\n\nDie Ocelots.\n".encode("utf-16"), Path("a.md"))
+    assert document.sections[0].location == "Überblick"
+    assert document.sections[0].text == "Die Ocelots."
+
+
+def test_review_kb_a_huge_heading_is_cut_like_the_title(tmp_path: Path) -> None:
+    # A 100,000-character heading was stored with each of its chunks and quoted whole in
+    # the sources of every answer citing it.
+    heading = "word " * 20_000
+    data = f"# {heading}\n\nBody text.\n".encode()
+    parsed = parse_file(tmp_path / "a.md", data, estimate_tokens)
+    assert len(parsed.title) <= MAX_CITED_CHARS
+    assert all(len(c.location) <= MAX_CITED_CHARS for c in parsed.chunks)
+
+
+@pytest.mark.timeout(60)  # before the fix the read never returned: a hang, not a timing
+async def test_review_kb_a_fifo_named_directly_is_reported(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    # Opening a FIFO waits for a writer forever: `parley kb add notes.md` hung.
+    os.mkfifo(tmp_path / "notes.md")
+    report = await kb.add([tmp_path / "notes.md"])
+    assert (report.files[0].outcome, report.files[0].reason) == (
+        Outcome.FAILED,
+        "not a regular file",
+    )
+
+
+def test_review_kb_kb_list_prints_no_terminal_escape_sequences(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A heading with ESC [2J (clear screen) or an OSC sequence reached the terminal as is.
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+    (tmp_path / "a\x1b[2J.md").write_text("# Title\x1b[2J\x1b]52;c;ZXZpbA==\x07\n\nBody.\n")
+    assert main(["kb", "add", str(tmp_path / "a\x1b[2J.md")]) == 0
+    assert main(["kb", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert "Title" in out
+    assert "\x1b" not in out + err and "\x07" not in out + err
