@@ -257,6 +257,12 @@ async def test_review_kb_a_binary_file_named_md_is_reported(
     assert report.files[0].reason == "a binary file, not text"
 
 
+def test_review_kb_a_stray_nul_in_utf8_text_is_only_a_character() -> None:
+    # Only a file that is not UTF-8 is taken for binary: text with a stray NUL still loads.
+    document = load("# Ocelots\n\nSpotted\x00 cats, café.\n".encode(), Path("a.md"))
+    assert document.sections[0].location == "Ocelots"
+
+
 def test_review_kb_a_utf16_text_file_is_read() -> None:
     # Windows' "Unicode" text files: read as cp1252 they were NUL-riddled noise.
     document = load("# Überblick\n\nDie Ocelots.\n".encode("utf-16"), Path("a.md"))

@@ -43,15 +43,27 @@ class LoaderError(Exception):
 def decode_text(data: bytes) -> str:
     # UTF-16 when its byte-order mark says so (Windows' "Unicode" text files); else UTF-8
     # (with or without BOM); anything else is read as cp1252, which never fails, so a stray
-    # byte costs one odd character rather than the whole file.
+    # byte costs one odd character rather than the whole file. A file that is not UTF-8 and
+    # has a NUL near its start is binary (an image renamed .md); a stray NUL in UTF-8 text is
+    # only a character, removed before storing.
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16", errors="replace")
-    if b"\x00" in data[:BINARY_PROBE_BYTES]:
+    probe = data[:BINARY_PROBE_BYTES]
+    if b"\x00" in probe and not _utf8(probe):
         raise LoaderError("a binary file, not text")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return data.decode("cp1252", errors="replace")
+
+
+def _utf8(probe: bytes) -> bool:
+    """Whether `probe`, the start of a file, is UTF-8 (a character cut at its end allowed)."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(probe, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def load_text(data: bytes, path: Path) -> LoadedDocument:
