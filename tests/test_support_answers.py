@@ -23,14 +23,14 @@ def test_the_qa_skills_sources_are_read_back_in_any_language() -> None:
         ]
 
 
-def test_a_citation_with_brackets_reads_back_as_the_documents_title() -> None:
-    """The reply escapes a title's brackets (no hidden Markdown link); the API's structured
-    sources give the title as written."""
-    title = r"[Beta] Reset \ restore"
+def test_a_citation_shaped_like_a_link_is_not_one() -> None:
+    """The reply is Markdown: a title written as a link gets a space before its address, so
+    no client renders a link with a hidden address; no escapes show in plain text."""
+    title = "[Beta] Reset [your password](https://example.net/reset)"
     passages = [Passage("...", title, "Setup", "/kb/setup.md", 1.0)]
     answer = "Do it.\n\n" + qa_sources(passages, phrases.say(SOURCES, ""))
-    assert "\\[Beta\\]" in answer
-    assert sources(answer) == [{"title": f"{title}, Setup", "url": None}]
+    shown = "[Beta] Reset [your password] (https://example.net/reset), Setup"
+    assert sources(answer) == [{"title": shown, "url": "https://example.net/reset"}]
 
 
 def test_an_answer_without_a_source_list_has_none() -> None:

@@ -13,7 +13,7 @@ import functools
 import re
 
 from bot import phrases
-from bot.skills.qa import SOURCES, citation_text
+from bot.skills.qa import SOURCES
 
 # The core's sentences that are about the service rather than an answer to the question.
 NOTICES = (
@@ -25,7 +25,8 @@ NOTICES = (
     phrases.NO_MODEL,
 )
 _CITATION = re.compile(r"^\[(\d+)\] (.+)$")
-_URL = re.compile(r"https?://\S+")
+# An address, without the punctuation that closes the sentence or bracket around it.
+_URL = re.compile(r"https?://\S+?(?=[.,;:!?)\]>'\"]*(?:\s|$))")
 
 
 @functools.cache
@@ -49,7 +50,7 @@ def sources(text: str) -> list[dict[str, str | None]]:
         match = _CITATION.match(line.strip())
         if match is None:
             return []
-        citation = citation_text(match.group(2))
+        citation = match.group(2)
         url = _URL.search(citation)
         found.append({"title": citation, "url": url.group(0) if url else None})
     return []

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from bot.errors import BackendError
 from bot.phrases import LANGUAGES, catalogue
 from bot.skills.mapreduce import MapReduce, SummaryStyle
-from bot.skills.qa import citation_text
 from bot.skills.router import parse_command
 from bot.skills.services import SkillServices
 from bot.storage.base import MessageKind, Store, StoredMessage
@@ -197,5 +196,5 @@ def cited(history: Sequence[StoredMessage]) -> list[str]:
     for m in history:
         if m.role is Role.ASSISTANT:
             for citation in _CITATION.findall(m.content):
-                found[clean_line(citation_text(citation))] = None
+                found[clean_line(citation)] = None
     return list(found)[-SOURCES_SHOWN:]

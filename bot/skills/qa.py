@@ -47,9 +47,8 @@ SOURCES = N_("Sources:")
 NO_MODEL_QUOTE = N_("No language model is configured; this is what the knowledge base says:")
 # Characters of each passage shown when there is no model to write an answer.
 EXCERPT_CHARS = 700
-# Backslash and brackets: escaped, they keep a citation from making a Markdown link or image.
-_LINK_SYNTAX = re.compile(r"[\\\[\]]")
-_ESCAPED = re.compile(r"\\([\\\[\]])")
+# "](" or "][": where a bracket closes a link's text (inline or by reference).
+_LINK_JOIN = re.compile(r"\](?=[(\[])")
 _ASK = re.compile(
     r"^(?:please\s+)?(?:ask|search|check)\s+(?:the\s+)?(?:docs|documentation|knowledge\s*base)"
     r"\s*[:,]?\s*(?:about\s+|for\s+|whether\s+)?(.+)$",
@@ -205,14 +204,9 @@ def sources(passages: list[Passage], heading: str) -> str:
 def _plain(citation: str) -> str:
     """A citation as literal text in the reply, which platforms render as Markdown: a
     document's title written `[Reset your password](https://example.net)` would otherwise
-    show as a link whose address the reader does not see."""
-    return _LINK_SYNTAX.sub(r"\\\g<0>", citation)
-
-
-def citation_text(line: str) -> str:
-    """A citation as `sources` wrote it, back to the document's own words (for readers of the
-    reply that do not render Markdown: the support API's sources, the handoff note)."""
-    return _ESCAPED.sub(r"\1", line)
+    show as a link whose address the reader does not see. A space after the bracket keeps
+    the words and the address as written, with no escapes for plain-text readers to see."""
+    return _LINK_JOIN.sub("] ", citation)
 
 
 def quoted(passages: list[Passage], heading: str) -> str:
