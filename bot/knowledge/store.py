@@ -21,10 +21,10 @@ import builtins
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import sqlalchemy as sa
@@ -71,6 +71,7 @@ from bot.settings import KnowledgeSettings
 from bot.text.storable import storable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_MAX_FILE_BYTES = 50_000_000
 # Chunks embedded per batch when back-filling vectors, and written per statement.
@@ -293,11 +294,11 @@ class KnowledgeBase:
         and once the embedding model answers again after it failed during the last build."""
         stamp = await self._rows.stamp()
         current = self._index
-        if current is not None and current.stamp == stamp:
-            if not (self._index_degraded and self._embedder_up()):
-                return current
-            if await self._embed(["probe"]) is None:  # still failing: no rebuild for nothing
-                return current
+        if current is not None and not self._stale(stamp):
+            return current
+        # Stale only for want of the model: no rebuild for nothing while it still fails.
+        if current is not None and current.stamp == stamp and await self._embed(["probe"]) is None:
+            return current
         async with self._index_lock:
             if self._stale(stamp):
                 self._index = await self._build_index(stamp)
@@ -397,15 +398,8 @@ class KnowledgeBase:
         embedder = self._embedder
         if embedder is None:
             return None
-        if not self._embedder_up():
-            self._embedder_misses += 1
-            return None
-        try:
-            dim = await asyncio.to_thread(lambda: embedder.dim)
-        except Exception as exc:  # an optional model failing must not take full-text search down
-            self._embedder_failed(exc)
-            return None
-        return dim  # maybe known without asking: the next texts embedded say it answers
+        # Maybe known without asking: only texts embedded say that the model answers again.
+        return await self._ask_model(lambda: embedder.dim, answered=False)
 
     async def _embed(self, texts: builtins.list[str]) -> Vectors | None:
         """The texts' vectors; None when the model cannot run (semantic search is then off
@@ -413,16 +407,22 @@ class KnowledgeBase:
         embedder = self._embedder
         if embedder is None:
             return None
+        return await self._ask_model(lambda: embedder.embed(texts), answered=True)
+
+    async def _ask_model(self, call: Callable[[], T], *, answered: bool) -> T | None:
+        """`call` in a worker thread; None while the model is out (counted as a miss) or when
+        it fails now (then it is out for knowledge.embedding_retry_s)."""
         if not self._embedder_up():
             self._embedder_misses += 1
             return None
         try:
-            vectors = await asyncio.to_thread(embedder.embed, texts)
+            result = await asyncio.to_thread(call)
         except Exception as exc:  # an optional model failing must not take full-text search down
             self._embedder_failed(exc)
             return None
-        self._embedder_answered()
-        return vectors
+        if answered:
+            self._embedder_answered()
+        return result
 
     def _embedder_up(self) -> bool:
         until = self._embedder_down_until
