@@ -131,6 +131,9 @@ async def test_budgets_are_exact_across_two_workers(
             Parley(settings, backend=backend) as two,
         ):
             counts = await _run_turns([one, two][:workers], user, 200)
+            # Each worker writes its sums behind (every budget.usage_flush_s): the other
+            # worker's last ones are written first, as that worker's own flush would.
+            await two.budgets.usage.flush()
             total = await _spent(one, Subject("user", f"test:{user.user_id}"))
         # Every token the backend reported for the turns it ran is counted, and only those.
         assert total == backend.reported
