@@ -13,8 +13,10 @@ of backend:
   marker in a message's content gets a zero-width joiner (U+200D) after its first character,
   `<|im_start|>` -> `<\\u200d|im_start|>`. It no longer matches the special token, yet reads
   the same to the model and to a person. `DEFAULT_MARKERS` covers the common templates (ChatML,
-  Llama 2 and 3, Mistral, Gemma, Phi, Zephyr, Command R, Granite, DeepSeek); `marker_pattern`
-  adds a tokenizer's own special tokens where the served model's tokenizer is at hand.
+  Llama 2 and 3, Mistral, Gemma, Phi, Zephyr, Command R, Granite, DeepSeek, GLM) and the added
+  tokens a tokenizer also reads out of text (Qwen's and Hermes' `<tool_call>`, `<think>`);
+  `marker_pattern` adds a tokenizer's own special tokens where the served model's tokenizer
+  is at hand.
 """
 
 from __future__ import annotations
@@ -32,8 +34,13 @@ DEFAULT_MARKERS = re.compile(
     r"|<｜[^<>｜]{0,64}｜>"  # DeepSeek, with full-width bars: <｜begin▁of▁sentence｜>
     r"|</?s>|<(?:bos|eos|pad|unk|mask)>"  # SentencePiece and Gemma sequence markers
     r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS|TOOL_CONTENT|THINK)\]"
+    r"|\[(?:ARGS|CALL_ID|IMG|IMG_BREAK|IMG_END|PREFIX|MIDDLE|SUFFIX)\]"  # Mistral (Tekken)
     r"|<</?SYS>>"  # Llama 2 and Mistral
     r"|<(?:start|end)_of_(?:turn|image)>"  # Gemma
+    # Added (not special) tokens that the tokenizer still reads out of text: Qwen2.5 / Qwen3,
+    # QwQ and Hermes tool calls and reasoning, DeepSeek-R1 reasoning; GLM sequence markers.
+    r"|</?(?:think|tool_call|tool_response)>"
+    r"|\[[gs]?MASK\]|<[se]op>"
 )
 # Each pass breaks every marker it finds; a marker can only re-form from the pieces around a
 # broken one a bounded number of times.

@@ -40,6 +40,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
@@ -87,6 +88,9 @@ CONNECTION_LIMITS = connection_limits()
 DRAIN_S = 1.0
 # Texts longer than this are tokenised by a local tokenizer in a thread, not on the loop.
 INLINE_TOKENIZE_CHARS = 4000
+
+# Printable ASCII but "%", which is what encodes the rest.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 
 _CONTEXT_MESSAGE = re.compile(
     r"context length|maximum context|max_model_len|maximum model length", re.IGNORECASE
@@ -285,7 +289,7 @@ class OpenAICompatBackend:
         response = await clock.wait(self._send(http_request, stream=True))
         try:
             if response.is_error:
-                await response.aread()
+                await clock.wait(response.aread())  # a body that never ends is a timeout
                 _raise_for_status(response)
             async with contextlib.aclosing(_read_reply(response, clock)) as chunks:
                 async for chunk in chunks:
@@ -343,7 +347,7 @@ async def _read_reply(response: httpx.Response, clock: Deadlines) -> AsyncGenera
     """Text chunks from the event stream, then one chunk with usage and finish reason."""
     reply = _Reply()
     async with contextlib.aclosing(_sse_data(response.aiter_lines())) as events:
-        while (data := await _next_event(events, clock)) is not None:
+        while (data := await _next_event(events, clock, reply)) is not None:
             if data.strip() == "[DONE]":
                 reply.done = True
                 await _drain(events)
@@ -352,6 +356,9 @@ async def _read_reply(response: httpx.Response, clock: Deadlines) -> AsyncGenera
             clock.chunk_arrived(bool(text))
             if text:
                 yield Chunk(text=text)
+            if reply.finish_reason is not None and reply.usage is not None:
+                await _drain(events)  # all of the reply is in; at most [DONE] is left
+                break
     # Some servers omit [DONE]; a finish reason still proves the reply is complete.
     if not reply.done and reply.finish_reason is None:
         raise ServerUnavailable("the server closed the stream before the reply was complete")
@@ -368,11 +375,19 @@ async def _drain(events: AsyncIterator[str]) -> None:
                 pass
 
 
-async def _next_event(events: AsyncIterator[str], clock: Deadlines) -> str | None:
+async def _next_event(events: AsyncIterator[str], clock: Deadlines, reply: _Reply) -> str | None:
+    """The next event's data; None at the end of the stream, or where only its end is missing
+    after the finish reason (the server held the stream open, or dropped it, after the reply)."""
     try:
         return await clock.wait(anext(events, None))
     except httpx.TransportError as exc:
+        if reply.finish_reason is not None:
+            return None
         raise ServerUnavailable(f"the reply stream broke: {exc!r}") from exc
+    except BackendTimeout:
+        if reply.finish_reason is not None:
+            return None
+        raise
 
 
 async def _sse_data(lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
@@ -393,13 +408,21 @@ def _decode(data: str) -> Mapping[str, Any]:
     try:
         event = json.loads(data)
     except json.JSONDecodeError:
-        raise BackendError(f"malformed event from the server: {data[:120]!r}") from None
+        # Its size, not its text: that is the model's, which quotes the user's, and is logged.
+        raise BackendError(f"malformed event from the server ({len(data)} characters)") from None
     if not isinstance(event, dict):
-        raise BackendError(f"unexpected event from the server: {data[:120]!r}")
+        raise BackendError(f"unexpected event from the server ({len(data)} characters)")
     if "error" in event:
-        # vLLM reports errors that happen after the 200 header as an event.
-        raise _error_for(400, _error_message(event), {})
+        # vLLM reports errors that happen after the 200 header as an event, with the status
+        # it would have answered in its "code" (500: the generation failed; 503: retry).
+        raise _error_for(_event_status(event["error"]), _error_message(event), {})
     return event
+
+
+def _event_status(error: object) -> int:
+    """The HTTP status an error event stands for; 400 where it names none."""
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) and 400 <= code <= 599 else 400
 
 
 def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -411,14 +434,19 @@ def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _usage(raw: Mapping[str, Any]) -> Usage:
+def _usage(raw: Mapping[str, Any]) -> Usage | None:
+    """The usage object's counts; None where they are not numbers (the reply stands)."""
     details = raw.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(
-        prompt_tokens=int(raw.get("prompt_tokens") or 0),
-        completion_tokens=int(raw.get("completion_tokens") or 0),
-        cached_tokens=int(cached) if isinstance(cached, int) else None,
-    )
+    try:
+        return Usage(
+            prompt_tokens=int(raw.get("prompt_tokens") or 0),
+            completion_tokens=int(raw.get("completion_tokens") or 0),
+            cached_tokens=int(cached) if isinstance(cached, int) else None,
+        )
+    except (TypeError, ValueError, OverflowError):
+        log.warning("the server's usage counts are not numbers; ignored")
+        return None
 
 
 def _raise_for_status(response: httpx.Response) -> None:
@@ -482,8 +510,9 @@ def _auth_headers(api_key: SecretStr | None) -> dict[str, str]:
 
 
 def _session_headers(session_id: str | None) -> dict[str, str]:
-    # Routers in front of vLLM keep a session on the replica holding its prefix cache.
-    return {"X-Session-ID": session_id} if session_id else {}
+    # Routers in front of vLLM keep a session on the replica holding its prefix cache. A header
+    # value is printable ASCII: anything else in an id travels percent-encoded, still unique.
+    return {"X-Session-ID": quote(session_id, safe=_HEADER_SAFE)} if session_id else {}
 
 
 def _call_timeout(timeouts: TimeoutSettings) -> httpx.Timeout:

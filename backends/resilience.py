@@ -30,16 +30,19 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import TypeVar
 
-from backends.base import Backend, Capabilities, Chunk, GenerationRequest
-from backends.breaker import CircuitBreaker
+from backends.base import Backend, Capabilities, Chunk, GenerationRequest, estimate_tokens
+from backends.breaker import BreakerState, CircuitBreaker
 from backends.deadlines import FirstTokenLimit, FirstTokenTimeout, first_token_within
 from bot.errors import BackendError, BackendTimeout, BackendUnavailable, ContextTooLong
 from bot.settings import BackendSettings, RetrySettings
 from bot.types import ChatMessage
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({429, 503})
 THROTTLED = 429
@@ -167,10 +170,26 @@ class ResilientBackend:
         await self.inner.start()
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return await self.inner.count_tokens(texts)
+        return await self._counted(
+            lambda: self.inner.count_tokens(texts), lambda: [estimate_tokens(t) for t in texts]
+        )
 
     async def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return await self.inner.count_chat_tokens(messages)
+        return await self._counted(
+            lambda: self.inner.count_chat_tokens(messages),
+            lambda: sum(estimate_tokens(f"{m.role.value}: {m.content}\n") for m in messages),
+        )
+
+    async def _counted(self, count: Callable[[], Awaitable[T]], estimate: Callable[[], T]) -> T:
+        """The backend's count, or the estimate where it cannot count now: the core counts a
+        message before it records it, and a server that is down must not lose the message."""
+        if self.breaker.state is BreakerState.OPEN:  # asked, not acquired: counting proves nothing
+            return estimate()
+        try:
+            return await count()
+        except BackendError as exc:
+            log.info("%s: counting tokens failed, estimated instead: %s", self.name, exc)
+            return estimate()
 
     async def aclose(self) -> None:
         await self.inner.aclose()

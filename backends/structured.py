@@ -68,7 +68,8 @@ async def generate_json(
             return model.model_validate_json(text)
         except pydantic.ValidationError as exc:
             problem = f"{exc.error_count()} error(s), first: {exc.errors()[0]['msg']}"
-            log.info("structured reply %d invalid (%s): %.200r", attempt, problem, text)
+            # Not the reply itself: it quotes the user's message (intents copy it out).
+            log.info("structured reply %d invalid (%s), %d characters", attempt, problem, len(text))
     raise InvalidStructuredOutput(
         f"no reply matching {model.__name__} after {attempts} tries ({problem})"
     )
