@@ -29,10 +29,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bot import logformat, logsafety
 from bot.errors import BotError, ConfigError, SchemaOutOfDate
-from bot.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 log = logging.getLogger("parley")
 
@@ -46,8 +48,13 @@ QUIET_LIBRARIES = ("alembic", "httpx", "httpcore", "telegram", "uvicorn", "vllm"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    settings: Settings | None = None
     try:
+        # Imported here, not at the top: a Ctrl-C while the modules load (about a second)
+        # is an interruption like any other (status 130), not a traceback.
+        from bot.settings import load_settings
+
+        args = _parser().parse_args(argv)
         settings = load_settings(args.config)
         # A terminal chat stays readable: warnings only, unless --verbose.
         chatting = args.command == "run" and "console" in settings.adapters
@@ -55,13 +62,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(settings, verbose=args.verbose, quiet=quiet)
         return int(asyncio.run(args.func(settings, args)) or 0)
     except (ConfigError, SchemaOutOfDate) as exc:
-        print(f"parley: error: {exc}", file=sys.stderr)
+        _error(exc, settings)
         return EXIT_CONFIG
     except BotError as exc:
-        print(f"parley: error: {exc}", file=sys.stderr)
+        _error(exc, settings)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _error(exc: BotError, settings: Settings | None) -> None:
+    """The one line on stderr, with the secrets redacted as in the logs: it does not pass
+    through the logging handler, and an error may quote a URL or a library's message."""
+    from bot.logsafety import redactor
+
+    line = str(exc)
+    if settings is not None:
+        line = redactor(settings).redact(line)
+    print(f"parley: error: {line}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,6 +126,8 @@ def _setup_logging(settings: Settings, *, verbose: bool, quiet: bool) -> None:
     """One handler on stderr, as logging.basicConfig would add it (and like it, nothing when
     the host program configured logging already): libraries' lines below WARNING only with
     --verbose, and the log-safety filter on everything."""
+    from bot import logformat, logsafety
+
     root = logging.getLogger()
     if root.handlers:
         return

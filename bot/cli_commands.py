@@ -7,16 +7,23 @@ import gc
 import json
 import sys
 
+from alembic.util import CommandError
+
 from adapters.console import ConsoleSettings
 from adapters.kit.runner import run_adapters
-from bot.adapter_registry import adapter_spec
+from bot.adapter_registry import adapter_spec, installed_adapters
 from bot.app import Parley
+from bot.errors import ConfigError
 from bot.knowledge import load_sample_if_empty
+from bot.logsafety import redactor
 from bot.settings import Settings
 from bot.storage import migrate
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.adapters:  # e.g. PARLEY_ADAPTERS= from an unset variable: it would exit 0
+        installed = ", ".join(installed_adapters())
+        raise ConfigError(f"adapters: none configured, nothing to run; installed: {installed}")
     async with Parley(settings) as app:
         await _load_sample(app)
         settle_heap()
@@ -54,12 +61,20 @@ async def _load_sample(app: Parley) -> None:
 
 async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     url = settings.database.url.get_secret_value()
-    if args.action == "upgrade":
-        await migrate.upgrade(url, args.revision or "head")
-    elif args.action == "downgrade":
-        await migrate.downgrade(url, args.revision or "-1")
+    try:
+        if args.action == "upgrade":
+            await migrate.upgrade(url, args.revision or "head")
+        elif args.action == "downgrade":
+            await migrate.downgrade(url, args.revision or "-1")
+    except CommandError as exc:  # a revision Alembic cannot find or reach
+        raise ConfigError(f"db {args.action}: {_first_line(exc)}") from None
     print(f"schema revision: {await migrate.current(url) or 'none'} (code: {migrate.head()})")
     return 0
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
@@ -70,6 +85,8 @@ async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
-    # model_dump(mode="json") renders SecretStr as "**********".
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    # model_dump(mode="json") renders SecretStr as "**********"; the redactor masks the
+    # passwords of plain URLs (a model server's http://user:password@host).
+    text = json.dumps(settings.model_dump(mode="json"), indent=2)
+    print(redactor(settings).redact(text))
     return 0

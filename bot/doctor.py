@@ -11,6 +11,8 @@ from backends.base import Backend
 from backends.factory import build_backend, build_plain_backend, fallback_settings
 from bot.adapter_registry import adapter_spec
 from bot.errors import BotError
+from bot.logsafety import redactor
+from bot.metrics import multiprocess_problem
 from bot.settings import Settings
 from bot.storage import migrate
 from bot.storage.cache import build_cache
@@ -22,8 +24,10 @@ _Report = Callable[[bool, str], None]
 
 async def run_checks(settings: Settings, *, out: TextIO) -> list[str]:
     problems: list[str] = []
+    safety = redactor(settings)  # a check's error may quote a URL with its password
 
     def report(ok: bool, line: str) -> None:
+        line = safety.redact(line)
         out.write(f"[{'ok' if ok else 'PROBLEM'}] {line}\n")
         if not ok:
             problems.append(line)
@@ -32,6 +36,9 @@ async def run_checks(settings: Settings, *, out: TextIO) -> list[str]:
     await _check_cache(settings, report)
     await _check_backend(settings, report)
     await _check_adapters(settings, report)
+    problem = multiprocess_problem()
+    if problem:
+        report(False, f"metrics: {problem}")
     out.write("no problems found\n" if not problems else f"{len(problems)} problem(s) found\n")
     return problems
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -103,15 +103,24 @@ def _is_library(name: str) -> bool:
 
 def secrets_in(settings: BaseModel) -> list[str]:
     """Every secret in a settings object: each `SecretStr` value, and the password of each
-    URL among them (a database URL's password shows up alone in driver errors)."""
+    URL among them (a database URL's password shows up alone in driver errors), or among
+    the plain URLs (a model server's `http://user:password@host` is no SecretStr, yet its
+    password is one), as written and percent-decoded."""
     found: list[str] = []
     for value in _values(settings):
         if isinstance(value, SecretStr) and (secret := value.get_secret_value()):
             found.append(secret)
-            password = _password(secret)
-            if password:
-                found.append(password)
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        password = _password(text) if isinstance(text, str) else None
+        if password:
+            found += [password, unquote(password)]
     return found
+
+
+def redactor(settings: BaseModel) -> LogSafetyFilter:
+    """A filter that redacts `settings`' secrets (`redact`): for what Parley prints itself,
+    outside logging (the CLI's error line, `parley doctor`, `parley config`)."""
+    return LogSafetyFilter(secrets_in(settings))
 
 
 def _values(model: BaseModel) -> Iterable[object]:

@@ -35,6 +35,7 @@ Multiprocess mode (several workers on one machine behind one scrape target): set
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -61,6 +62,7 @@ from backends.base import Usage
 from backends.breaker import BreakerState
 from backends.fallback import FallbackChain
 from backends.resilience import ResilientBackend
+from bot.errors import ConfigError
 from bot.logcontext import TurnScope, turn_scope
 from bot.skills.router import CommandRouter, parse_command
 from bot.storage.base import MessageKind, StoredMessage
@@ -73,6 +75,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Chat turns take seconds (streamed answers of a few hundred tokens); commands milliseconds.
 TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 FIRST_TOKEN_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# Seconds the scrape's one SQL query may take: well under Prometheus' default scrape timeout
+# (10 s), like bot.readiness' checks.
+PENDING_QUERY_TIMEOUT_S = 2.0
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 # A command name is the user's text: only registered ones become a label value, so a user
 # typing /anything cannot create series without bound.
@@ -165,6 +170,9 @@ class Metrics:
     """Parley's metrics on `registry` (a new one by default), and the sources it reads."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        problem = multiprocess_problem()
+        if problem:  # the library would fail on its first file, with a traceback
+            raise ConfigError(problem)
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.turns = Counter(
@@ -352,10 +360,14 @@ class Metrics:
             return
         query = select(func.count(), func.min(MessageRow.created_at)).where(text(PENDING_PREDICATE))
         try:
-            async with self._engine.connect() as conn:
+            # Bounded: a database that does not answer (a partition drops packets; a connect
+            # waits 60 s) must not hold the scrape past Prometheus' own time limit, which
+            # would lose every metric, the breaker's and the backends' too, during the outage.
+            async with asyncio.timeout(PENDING_QUERY_TIMEOUT_S), self._engine.connect() as conn:
                 count, oldest = (await conn.execute(query)).one()
         except Exception as exc:  # a scrape must still answer while the database is down
-            log.warning("pending messages not measured: %s", type(exc).__name__)
+            reason = "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
+            log.warning("pending messages not measured: %s", reason)
             return
         self.pending.set(count)
         self.pending_age.set(_age_s(oldest))
@@ -367,6 +379,19 @@ class Metrics:
             MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # untyped upstream
             return generate_latest(merged), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def multiprocess_problem() -> str | None:
+    """Why multiprocess mode cannot work, or None: its directory must exist and be writable
+    before the first metric is made (a directory under /run is gone after a reboot)."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    if not folder:
+        return None
+    if not os.path.isdir(folder):
+        return f"{MULTIPROC_ENV}: {folder} is not a directory; create it (empty) first"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{MULTIPROC_ENV}: {folder} is not writable by this user"
+    return None
 
 
 def _age_s(oldest: datetime | str | None) -> float:

@@ -16,13 +16,15 @@ from __future__ import annotations
 import functools
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -62,6 +64,31 @@ def default_database_url() -> str:
 
 # Which installed package each database driver and URL scheme needs, and the extra bringing it.
 _DRIVERS = {"asyncpg": ("asyncpg", "postgres"), "aiosqlite": ("aiosqlite", "")}
+# Variables named PARLEY_* that are not settings: the data folder, the config file, and the
+# knobs of Parley's own tests and benchmarks. Any other PARLEY_* variable must be a setting.
+NOT_SETTINGS = frozenset(
+    {"PARLEY_HOME", "PARLEY_CONFIG", "PARLEY_CRASH_RUNS", "PARLEY_UPDATE_DOCS_IMG"}
+)
+NOT_SETTINGS_PREFIXES = ("PARLEY_TEST_", "PARLEY_BENCH_")
+
+
+def _http_url(url: str) -> str:
+    """A model or embeddings server's address: http(s)://HOST[:PORT][/PATH]. Anything else
+    would fail only at the first request, after start-up waited `startup_wait_s` for it."""
+    if not url:  # the same as unset
+        return url
+    try:
+        parsed = urlsplit(url)
+        usable = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+        parsed.port  # noqa: B018  # raises ValueError for a port that is not a number
+    except ValueError:
+        usable = False
+    if not usable:
+        raise ValueError("not an http(s) URL; use http://HOST:PORT")
+    return url
+
+
+HttpUrlText = Annotated[str, AfterValidator(_http_url)]
 
 
 class _Section(BaseModel):
@@ -186,7 +213,7 @@ class FallbackSettings(_Section):
 
     kind: Literal["vllm", "openai"] = "openai"
     model: str
-    base_url: str | None = None
+    base_url: HttpUrlText | None = None
     api_key: SecretStr | None = None
     max_model_len: int | None = Field(None, ge=64)
     # Shown to users in the fallback notice; default: the model name.
@@ -203,7 +230,7 @@ class BackendSettings(_Section):
     kind: Literal["none", "vllm", "openai"] = "none"
     # vllm: a local model directory; openai: the model name the server knows.
     model: str = ""
-    base_url: str | None = None
+    base_url: HttpUrlText | None = None
     api_key: SecretStr | None = None
     max_model_len: int | None = Field(None, ge=64)
     # openai: a local folder with the served model's tokenizer files (e.g. the model folder
@@ -297,7 +324,7 @@ class KnowledgeSettings(_Section):
     # An OpenAI-compatible embeddings server (vLLM serving an embedding model: its base URL
     # ending in /v1, and the model's name); when set it replaces the bundled wordllama model.
     # Changing the model re-embeds every chunk at the next search (vectors of another size).
-    embedding_base_url: str | None = None
+    embedding_base_url: HttpUrlText | None = None
     embedding_model: str = ""
     embedding_api_key: SecretStr | None = None
     embedding_timeout_s: float = Field(30.0, gt=0)
@@ -369,7 +396,8 @@ class HttpSettings(_Section):
     """Parley's one HTTP server: webhooks, the support API, /healthz, /readyz and /metrics
     mount on it. It starts only when an adapter mounts something on it."""
 
-    host: str = "127.0.0.1"
+    # Never empty: an empty host would listen on every interface.
+    host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8080, ge=1, le=65535)
 
 
@@ -380,7 +408,7 @@ class MetricsSettings(_Section):
     # 0: no port of its own. Listening on `host` (keep it private: metrics name platforms,
     # skills and backends).
     port: int = Field(0, ge=0, le=65535)
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", min_length=1)  # empty would mean every interface
 
 
 class BudgetSettings(_Section):
@@ -550,12 +578,32 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if config_file is not None:
         in_file = _read_toml(config_file)
         config_file = config_file.resolve()
+    cls = settings_class(config_file)
+    unknown = _unknown_variables(cls)
+    if unknown:
+        raise ConfigError("invalid setting " + "; ".join(f"{n}: unknown setting" for n in unknown))
     try:
-        return settings_class(config_file)(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, config_file, in_file)) from None
     except SettingsError as exc:  # a variable whose value cannot be read at all
         raise ConfigError(_first_line(exc)) from None
+    except UnicodeDecodeError as exc:  # the TOML file was read above: this is the .env file
+        raise ConfigError(f".env: not UTF-8 text (at byte {exc.start})") from None
+
+
+def _unknown_variables(cls: type[Settings]) -> list[str]:
+    """PARLEY_* variables that name no setting: the environment source would skip them, so a
+    misspelt PARLEY_DATABSE__URL would leave the default database in use without a word."""
+    unknown = []
+    for name in map(str.upper, os.environ):
+        if not name.startswith("PARLEY_") or name in NOT_SETTINGS:
+            continue
+        if name.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        if name.removeprefix("PARLEY_").split("__")[0].lower() not in cls.model_fields:
+            unknown.append(name)
+    return sorted(unknown)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -565,6 +613,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
+    except UnicodeDecodeError as exc:  # e.g. saved as Latin-1: TOML files are UTF-8
+        raise ConfigError(f"config file {path}: not UTF-8 text (at byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
 
@@ -580,7 +630,9 @@ def _describe(exc: ValidationError, path: Path | None, in_file: Mapping[str, Any
             msg = "unknown setting"
         if not loc:
             parts.append(f"settings: {msg}")
-        elif path is not None and _found(in_file, loc) and not _in_environment(loc):
+        elif len(loc) == 1 and loc[0].upper().startswith("PARLEY_"):  # a .env line
+            parts.append(f".env {loc[0].upper()}: {msg}")
+        elif path is not None and _found(in_file, err["loc"]) and not _in_environment(loc):
             section = f"[{'.'.join(loc[:-1])}] " if len(loc) > 1 else ""
             parts.append(f"{path.name} {section}{loc[-1]}: {msg}")
         else:
@@ -588,10 +640,15 @@ def _describe(exc: ValidationError, path: Path | None, in_file: Mapping[str, Any
     return "invalid setting " + "; ".join(parts)
 
 
-def _found(data: Mapping[str, Any], loc: list[str]) -> bool:
+def _found(data: Mapping[str, Any], loc: Sequence[str | int]) -> bool:
+    """Whether the file holds the value at `loc` (an int: an item of an array of tables,
+    such as [[backend.fallbacks]])."""
     node: Any = data
     for key in loc:
-        if not isinstance(node, Mapping) or key not in node:
+        if isinstance(key, int):
+            if not isinstance(node, list) or not 0 <= key < len(node):
+                return False
+        elif not isinstance(node, Mapping) or key not in node:
             return False
         node = node[key]
     return True

@@ -1,0 +1,262 @@
+"""Hostile review of operating Parley: the `parley` command run as an operator runs it (a
+process of its own, bad arguments and settings), secrets in what it prints, and `/metrics`
+while the database does not answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from bot.metrics import Metrics
+from bot.storage.database import create_engine
+from tests.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "S3cret-Pw"
+# Prometheus' default scrape timeout: a scrape that takes longer loses every metric.
+SCRAPE_TIMEOUT_S = 10.0
+
+
+def _parley(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`parley ARGS` in a process of its own with only the given PARLEY_* variables, an
+    SQLite file in tmp_path and no sample knowledge base."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    clean |= {
+        "PARLEY_HOME": str(tmp_path / "home"),
+        "PARLEY_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path}/parley.db",
+        "PARLEY_KNOWLEDGE__LOAD_SAMPLE": "false",
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=tmp_path,
+        env=clean,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _one_line(done: subprocess.CompletedProcess[str], status: int) -> str:
+    assert done.returncode == status, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("parley: error: ") and done.stderr.count("\n") == 1
+    return done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("db", "upgrade", "no-such-revision"), ("db", "downgrade", "-5")],
+    ids=["unknown", "too-far-back"],
+)
+def test_rvo_a_revision_alembic_cannot_reach_is_one_line_and_exit_2(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    err = _one_line(_parley(tmp_path, *args), 2)
+    assert f"db {args[1]}: " in err and args[2] in err
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"PARLEY_BACKEND__BASE_URL": "localhost:8000"}, "PARLEY_BACKEND__BASE_URL"),
+        ({"PARLEY_BACKEND__BASE_URL": "vllm"}, "PARLEY_BACKEND__BASE_URL"),
+        ({"PARLEY_BACKEND__BASE_URL": "http://vllm:port"}, "PARLEY_BACKEND__BASE_URL"),
+        (
+            {"PARLEY_KNOWLEDGE__EMBEDDING_BASE_URL": "embedder:8000/v1"},
+            "PARLEY_KNOWLEDGE__EMBEDDING_BASE_URL",
+        ),
+    ],
+)
+def test_rvo_a_server_url_without_http_is_refused_when_settings_load(
+    tmp_path: Path, env: dict[str, str], variable: str
+) -> None:
+    """Accepted, such a URL made `parley run` wait `backend.startup_wait_s` (120 s) for a
+    server it can never reach, then exit 3, the status a process manager restarts on."""
+    env = {
+        "PARLEY_BACKEND__KIND": "openai",
+        "PARLEY_BACKEND__MODEL": "m",
+        "PARLEY_BACKEND__BASE_URL": "http://127.0.0.1:8000",
+        "PARLEY_KNOWLEDGE__EMBEDDING_MODEL": "e",
+        **env,
+    }
+    err = _one_line(_parley(tmp_path, "config", env=env), 2)
+    assert f"{variable}: not an http(s) URL" in err
+
+
+def test_rvo_a_fallback_url_without_http_names_the_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text(
+        '[backend]\nkind = "openai"\nmodel = "m"\nbase_url = "http://127.0.0.1:8000"\n'
+        '[[backend.fallbacks]]\nmodel = "m"\nbase_url = "127.0.0.1:8001"\n'
+    )
+    err = _one_line(_parley(tmp_path, "--config", str(config), "config"), 2)
+    assert "parley.toml [backend.fallbacks] base_url: not an http(s) URL" in err
+
+
+def test_rvo_a_password_in_a_model_server_url_is_never_printed(tmp_path: Path) -> None:
+    """A model server behind a proxy with basic authentication: http://user:password@host.
+    The password is a secret like a SecretStr's: not in `parley doctor`, `parley config`, the
+    log lines while start-up waits for the server, nor the error line it exits with."""
+    env = {
+        "PARLEY_BACKEND__KIND": "openai",
+        "PARLEY_BACKEND__MODEL": "m",
+        "PARLEY_BACKEND__BASE_URL": f"http://parley:{PASSWORD}@127.0.0.1:{free_port()}",
+        "PARLEY_BACKEND__STARTUP_WAIT_S": "2",
+        "PARLEY_BACKEND__TIMEOUTS__CONNECT_S": "1",
+    }
+    doctor = _parley(tmp_path, "doctor", env=env)
+    assert doctor.returncode == 1 and "[PROBLEM] backend: cannot reach" in doctor.stdout
+    config = _parley(tmp_path, "config", env=env)
+    assert config.returncode == 0 and '"base_url": "http://parley:***@127.0.0.1:' in config.stdout
+    run = _parley(tmp_path, "run", env=env)
+    assert run.returncode == 3 and "waiting for the model server" in run.stderr
+    assert "parley: error: cannot reach http://parley:***@" in run.stderr
+    for done in (doctor, config, run):
+        assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_rvo_a_percent_encoded_password_is_redacted_decoded_too() -> None:
+    from bot.logsafety import LogSafetyFilter, secrets_in
+    from bot.settings import Settings
+
+    settings = Settings(
+        backend={"kind": "openai", "model": "m", "base_url": "http://u:Pa%40ss-word@h:8000"}
+    )
+    safety = LogSafetyFilter(secrets_in(settings))
+    assert safety.redact("auth as u / Pa@ss-word failed") == "auth as u / *** failed"
+
+
+@pytest.mark.parametrize(
+    "variable", ["PARLEY_DATABSE__URL", "PARLEY_REDDIS__URL", "PARLEY_LOGLEVEL", "PARLEY_ADAPTER"]
+)
+def test_rvo_a_misspelt_variable_is_refused_naming_it(tmp_path: Path, variable: str) -> None:
+    """Skipped by the environment source, PARLEY_DATABSE__URL left every worker on its own
+    SQLite file, each answering from a history of its own, without a word."""
+    value = "postgresql+asyncpg://parley:pw@db/parley"
+    err = _one_line(_parley(tmp_path, "config", env={variable: value}), 2)
+    assert f"{variable}: unknown setting" in err
+
+
+def test_rvo_parleys_own_variables_that_are_not_settings_are_accepted(tmp_path: Path) -> None:
+    env = {"PARLEY_CONFIG": str(ROOT / "config" / "parley.toml"), "PARLEY_TEST_REDIS_URL": "x"}
+    done = _parley(tmp_path, "config", env=env)
+    assert done.returncode == 0, done.stderr
+
+
+def test_rvo_an_unknown_key_in_dotenv_is_named_as_written(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PARLEY_LOGLEVEL=DEBUG\n")
+    err = _one_line(_parley(tmp_path, "config"), 2)
+    assert err == "parley: error: invalid setting .env PARLEY_LOGLEVEL: unknown setting\n"
+
+
+def test_rvo_a_settings_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """A system prompt with an accent, saved as Latin-1 by an editor: a traceback, status 1."""
+    prompt = '[conversation]\nsystem_prompt = "Tu es Parley, un assistant poli. Réponds."\n'
+    config = tmp_path / "parley.toml"
+    config.write_bytes(prompt.encode("latin-1"))
+    err = _one_line(_parley(tmp_path, "--config", str(config), "config"), 2)
+    assert err.startswith(f"parley: error: config file {config}: not UTF-8 text")
+    (tmp_path / ".env").write_bytes(
+        "PARLEY_CONVERSATION__SYSTEM_PROMPT=Réponds\n".encode("latin-1")
+    )
+    err = _one_line(_parley(tmp_path, "config"), 2)
+    assert err.startswith("parley: error: .env: not UTF-8 text")
+
+
+@pytest.mark.parametrize("variable", ["PARLEY_HTTP__HOST", "PARLEY_METRICS__HOST"])
+def test_rvo_an_empty_listening_host_is_refused(tmp_path: Path, variable: str) -> None:
+    """An empty host listens on every interface: /metrics, meant to stay private, public
+    (compose's `${METRICS_HOST}` left unset is such an empty string)."""
+    err = _one_line(_parley(tmp_path, "config", env={variable: ""}), 2)
+    assert f"{variable}: " in err
+
+
+@pytest.mark.parametrize("value", ["", "[]"])
+def test_rvo_run_without_adapters_is_a_configuration_error(tmp_path: Path, value: str) -> None:
+    """PARLEY_ADAPTERS= (compose's `${ADAPTERS}` left unset): `parley run` started nothing
+    and exited 0, which a process manager reads as done, or restarts forever."""
+    err = _one_line(_parley(tmp_path, "run", env={"PARLEY_ADAPTERS": value}), 2)
+    assert "adapters: none configured" in err and "installed: console" in err
+
+
+def test_rvo_a_missing_multiprocess_directory_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """PROMETHEUS_MULTIPROC_DIR under /run (docs/operations.md) is gone after a reboot:
+    every worker then died with prometheus-client's traceback, status 1; doctor saw nothing."""
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "gone")}
+    err = _one_line(_parley(tmp_path, "run", env=env), 2)
+    assert f"PROMETHEUS_MULTIPROC_DIR: {tmp_path / 'gone'} is not a directory" in err
+    doctor = _parley(tmp_path, "doctor", env=env)
+    assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+    assert "[PROBLEM] metrics: PROMETHEUS_MULTIPROC_DIR: " in doctor.stdout
+
+
+# Ctrl-C arriving while `parley` imports its modules (the first second of every command):
+# a finder that raises KeyboardInterrupt when the module is imported, in the process's
+# sitecustomize.py, as Python raises it wherever the signal lands.
+_INTERRUPT_ON_IMPORT = """
+import sys
+
+class _Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, _Interrupt())
+"""
+
+
+@pytest.mark.parametrize("module", ["bot.settings", "bot.cli_commands"])
+def test_rvo_ctrl_c_while_parley_loads_is_status_130_without_traceback(
+    tmp_path: Path, module: str
+) -> None:
+    (tmp_path / "sitecustomize.py").write_text(_INTERRUPT_ON_IMPORT.format(module=module))
+    done = _parley(tmp_path, "run", env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert (done.returncode, done.stderr) == (130, "")
+
+
+@asynccontextmanager
+async def _silent_server() -> AsyncIterator[int]:
+    """A TCP port that accepts connections and never answers: a database behind a network
+    partition that drops packets, as a client sees it."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for writer in held:
+            writer.transport.abort()
+        await server.wait_closed()
+
+
+async def test_rvo_a_scrape_answers_while_the_database_does_not() -> None:
+    pytest.importorskip("asyncpg")
+    async with _silent_server() as port:
+        engine = create_engine(f"postgresql+asyncpg://parley:pw@127.0.0.1:{port}/parley")
+        metrics = Metrics()
+        metrics.watch_store(engine, {"main": engine})
+        metrics.pending.set(7)
+        try:
+            async with asyncio.timeout(SCRAPE_TIMEOUT_S):
+                await metrics.refresh()
+        finally:
+            await engine.dispose()
+    body, _ = metrics.exposition()
+    assert b"parley_pending_messages 7.0" in body  # the last reading, not measured again
