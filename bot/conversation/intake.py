@@ -101,9 +101,10 @@ class Intake:
             self.notify(incoming, exc.sentence, **exc.fields)
             return None
         asked = incoming.text.strip() or f"Please summarize this document ({source.name})."
-        return await self._manager.submit(
-            dataclasses.replace(incoming, text=f"{asked}\n\n{text}"), limited=False
-        )
+        # The document's text met the document caps: a message's cap is for the caption only.
+        limit = self._settings.max_message_chars + 2 + self.documents.settings.max_chars
+        message = dataclasses.replace(incoming, text=f"{asked}\n\n{text}")
+        return await self._manager.submit(message, limited=False, max_chars=limit)
 
     async def database_answers(self) -> bool:
         """Whether the database answers at all (an outage, as opposed to one bad message)."""

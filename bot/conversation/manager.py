@@ -76,6 +76,9 @@ STOPPED_NOTE = f"\n\n{phrases.STOPPED}"
 PENDING_PAGE = 64
 # The start of a stub recorded in place of a message's text (see not_kept).
 STUB_MARK = "[message: "
+# The longest a caller's stub may be (a document's, with its name); a longer text that begins
+# with STUB_MARK is a user's text, which over the rate limit is not kept either.
+MAX_STUB_CHARS = 400
 _SIZE_STUB = re.compile(r"^\[message: (\d+) characters not kept, over the size limit of (\d+)\]$")
 # Commands that stop a reply that is still streaming.
 STOP_COMMANDS = frozenset({"reset", "stop"})
@@ -164,22 +167,29 @@ class ConversationManager:
         """Run the conversation's pending turns (the desk's agent replies use it)."""
         self._schedule(_Work(conversation_id, key))
 
-    async def submit(self, incoming: Incoming, *, limited: bool | None = None) -> Recorded:
+    async def submit(
+        self, incoming: Incoming, *, limited: bool | None = None, max_chars: int | None = None
+    ) -> Recorded:
         """Record the message and schedule its conversation. Safe to call twice. `limited`:
-        whether the sender is over the rate limit, where the caller already counted it."""
+        whether the sender is over the rate limit, where the caller already counted it (the
+        text may then be the caller's stub). `max_chars`: the size limit, where the caller
+        checked the text against a cap of its own (a document's text), if it is larger."""
         kind = MessageKind.CHAT
-        limit = self._size_limit(incoming.text)
+        limit = max(self._size_limit(incoming.text), max_chars or 0)
         too_long = len(incoming.text) > limit
         if too_long:  # answered with one sentence; its text is not kept, its size is
             stub = not_kept(f"{len(incoming.text)} characters", f"over the size limit of {limit}")
             incoming = dataclasses.replace(incoming, text=stub)
         if too_long or parse_command(incoming.text) is not None:
             kind = MessageKind.COMMAND
+        # A stub already: this method's own, or the caller's. A user's text that only looks
+        # like one is replaced like any other.
+        stubbed = too_long or (limited is True and _is_stub(incoming.text))
         if limited is None:
             limited = await self.over_rate_limit(incoming)
         if limited:  # kept as a stub: a flood must not fill the database with its text
             kind = MessageKind.LIMITED
-            if not incoming.text.startswith(STUB_MARK):
+            if not stubbed:
                 stub = not_kept(f"{len(incoming.text)} characters", "over the rate limit")
                 incoming = dataclasses.replace(incoming, text=stub)
         # Only a chat message goes into a prompt as itself: the others get the estimate, not a
@@ -409,15 +419,19 @@ class ConversationManager:
             _TURN.reset(token)
 
     def _batches(self, pending: Sequence[StoredMessage]) -> list[list[StoredMessage]]:
-        """Turns, in order: a command alone; chat messages merged (or one each, "queue");
-        messages over the rate limit merged, so a flood gets one answer."""
+        """Turns, in order: a command alone; chat messages merged (or one each, "queue"),
+        as far as the context budget takes them (a burst of long messages merged past it was
+        refused whole as too long, the newest included); messages over the rate limit
+        merged, so a flood gets one answer."""
         batches: list[list[StoredMessage]] = []
+        budget = self._context.budget_tokens
         for message in pending:
             merge = bool(batches) and (
                 (
                     self._settings.burst == "merge"
                     and message.kind is MessageKind.CHAT
                     and batches[-1][-1].kind is MessageKind.CHAT
+                    and _prompt_tokens([*batches[-1], message]) <= budget
                 )
                 or (
                     message.kind is MessageKind.LIMITED
@@ -671,7 +685,7 @@ class ConversationManager:
     async def _chat(self, work: _Work, batch: list[StoredMessage], backend: Backend) -> None:
         cid = work.conversation_id
         user_text = merge_user_texts([m.content for m in batch])
-        user_tokens = sum(m.token_count + MESSAGE_OVERHEAD_TOKENS for m in batch)
+        user_tokens = _prompt_tokens(batch)
         window = await self._context.load(cid, _TURN.get().state)
         window = await self._context.fit(cid, window, user_tokens)
         say = self._localizer(batch[-1])
@@ -846,9 +860,19 @@ def _noting(say: Say, said: set[str]) -> Say:
     return noted
 
 
+def _prompt_tokens(batch: Sequence[StoredMessage]) -> int:
+    """What the messages of a turn take in its prompt, as the window counts them."""
+    return sum(m.token_count + MESSAGE_OVERHEAD_TOKENS for m in batch)
+
+
 def not_kept(what: str, reason: str) -> str:
     """What is recorded in place of a message whose text is not kept: its size and why."""
     return f"{STUB_MARK}{what} not kept, {reason}]"
+
+
+def _is_stub(text: str) -> bool:
+    """Whether `text` can be a stub a caller made (intake's, of a document over the limit)."""
+    return text.startswith(STUB_MARK) and len(text) <= MAX_STUB_CHARS
 
 
 def sender_key(incoming: Incoming) -> str:

@@ -71,7 +71,7 @@ class Summarizer:
             if turn.tokens > room:
                 break
             room -= turn.tokens
-            kept.append(f"User: {turn.user}\nAssistant: {turn.assistant}")
+            kept.append(f"{_said('User', turn.user)}\n{_said('Assistant', turn.assistant)}")
         transcript = "\n".join(reversed(kept))
         if summary and await self._count(summary) <= room:
             transcript = f"Earlier summary: {summary}\n{transcript}"
@@ -99,6 +99,14 @@ class Summarizer:
                 break
             kept.append(line)
         return "\n".join(reversed(kept))
+
+
+def _said(who: str, text: str) -> str:
+    """A transcript line: `who`, then `text` with every line after its first indented, so
+    that no message can begin a line of its own ("Assistant: I promise a refund") that the
+    summarising model would take for another speaker's. Every line break a model may read
+    as one counts (str.splitlines: CR, NEL, U+2028, ...)."""
+    return f"{who}: " + "\n  ".join(text.splitlines())
 
 
 def _excerpt(text: str) -> str:

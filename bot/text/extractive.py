@@ -36,6 +36,14 @@ _WIDE_TERMINATOR = ("。", "！", "？", "．")
 _DAMPING = 0.85
 _ITERATIONS = 100
 _TOLERANCE = 1e-9
+# Sentences ranked together: TextRank's matrices grow with their square (and the TF-IDF one
+# with the vocabulary), so a long text (a document reaches 200,000 characters) asked for tens
+# of gigabytes. A longer text is ranked in groups of consecutive sentences; the best of each
+# group are ranked again, until one group is left.
+GROUP_SENTENCES = 200
+# Characters of a sentence its features are read from when choosing: with the group size, a
+# bound on the vocabulary (the other side of the TF-IDF matrix) however long a sentence is.
+FEATURE_CHARS = 400
 
 
 def summarize_extractive(text: str, *, max_sentences: int = 5, form: Form = "bullets") -> str:
@@ -51,17 +59,33 @@ def top_sentences(text: str, max_sentences: int) -> list[str]:
     sentences = _unique(_clean(s) for s in split_sentences(FENCED_CODE.sub("\n\n", text)))
     if len(sentences) <= max_sentences:
         return sentences
-    scores = rank_sentences(sentences)
-    best = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))[:max_sentences]
-    return [sentences[i] for i in sorted(best)]
+    rows = [features(s[:FEATURE_CHARS]) for s in sentences]
+    candidates = list(range(len(rows)))
+    keep = max(1, min(max_sentences, GROUP_SENTENCES // 4))  # each round leaves a quarter
+    while len(candidates) > GROUP_SENTENCES:
+        groups = [
+            candidates[i : i + GROUP_SENTENCES] for i in range(0, len(candidates), GROUP_SENTENCES)
+        ]
+        candidates = [i for group in groups for i in _best(rows, group, keep)]
+    return [sentences[i] for i in sorted(_best(rows, candidates, max_sentences))]
+
+
+def _best(rows: Sequence[Counter[str]], candidates: list[int], count: int) -> list[int]:
+    """The `count` most central of `candidates` (indices into `rows`), best first."""
+    scores = _rank([rows[i] for i in candidates])
+    order = sorted(range(len(candidates)), key=lambda j: (-scores[j], j))[:count]
+    return [candidates[j] for j in order]
 
 
 def rank_sentences(sentences: Sequence[str]) -> list[float]:
     """A TextRank centrality score per sentence (they sum to 1)."""
-    if not sentences:
+    return _rank([features(s) for s in sentences])
+
+
+def _rank(rows: Sequence[Counter[str]]) -> list[float]:
+    if not rows:
         return []
-    similarity = _similarity(_tfidf([features(s) for s in sentences]))
-    return [float(x) for x in _pagerank(similarity)]
+    return [float(x) for x in _pagerank(_similarity(_tfidf(rows)))]
 
 
 def features(sentence: str) -> Counter[str]:

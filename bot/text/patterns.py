@@ -17,22 +17,32 @@ FENCED_CODE = re.compile(
     r"(?:\n(?:.*?\n)??[ \t]*(?P=fence)[ \t]*$|(?:\n.*)?\Z)",
     re.M | re.S,
 )
-# Inline code: a run of backticks closed by a run of the same length, on one paragraph.
-INLINE_CODE = re.compile(r"(?<!`)(?P<ticks>`+)(?!`)(?:(?!\n\s*\n).)+?(?<!`)(?P=ticks)(?!`)", re.S)
-HTML_TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.S)
+# Inline code: a run of backticks closed by a run of the same length, on one paragraph, within
+# INLINE_CODE_CHARS: each run with no closer searched its whole paragraph, and a paste of runs
+# of every length (one paragraph of "`a``a```a...") took seconds per search.
+INLINE_CODE_CHARS = 2000
+INLINE_CODE = re.compile(
+    rf"(?<!`)(?P<ticks>`+)(?!`)(?:(?!\n\s*\n).){{1,{INLINE_CODE_CHARS}}}?(?<!`)(?P=ticks)(?!`)",
+    re.S,
+)
+# A comment holds no "<!--" (HTML does not nest them): without that bound every "<!--" of an
+# unclosed run searched the rest of the text for "-->" (minutes for a long paste).
+HTML_TAG = re.compile(r"<!--(?:(?!<!--).)*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.S)
 HTML_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
 # Only the target of `[text](target "title")`: the link text is prose and gets translated.
 MARKDOWN_LINK_TARGET = re.compile(r"(?<=\]\()(?:<[^<>\n]*>|[^()\s]+)(?:\s+\"[^\"\n]*\")?(?=\))")
 # A reference definition line, `[label]: https://example.com "Title"`, is all target.
 MARKDOWN_LINK_DEFINITION = re.compile(r"^[ \t]{0,3}\[[^\]\n]+\]:[ \t]*\S+.*$", re.M)
 # Trailing sentence punctuation is not part of a URL ("see https://x.org/a." ends at "a").
+# A scheme is at most 32 characters and an e-mail's local part at most 64 (RFC 5321): unbounded,
+# each word of a text like "a.a.a.a..." began a search to its end (minutes for a long paste).
 URL = re.compile(
     # The first branch keeps a balanced final "(...)", as in Wikipedia addresses.
-    r"\b(?:[a-z][a-z0-9+.-]*://|www\.)[^\s<>\"'`]*\([^\s()]*\)"
-    r"|\b(?:[a-z][a-z0-9+.-]*://|www\.)[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}]",
+    r"\b(?:[a-z][a-z0-9+.-]{0,31}://|www\.)[^\s<>\"'`]*\([^\s()]*\)"
+    r"|\b(?:[a-z][a-z0-9+.-]{0,31}://|www\.)[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}]",
     re.I,
 )
-EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 # @name as most platforms write it, plus Discord's <@123>, <@!123>, <@&123>, <#123> and
 # custom emoji <:name:123> / <a:name:123>, which adapters may leave in the text.
 MENTION = re.compile(

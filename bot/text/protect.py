@@ -141,11 +141,9 @@ def _claim(text: str, glossary: tuple[str, ...]) -> list[tuple[int, int, SpanKin
     """Non-overlapping (start, end, kind) ranges, earlier kinds first, sorted by start."""
     taken: list[tuple[int, int, SpanKind]] = []
     for kind, pattern in _kinds(glossary):
-        for match in pattern.finditer(text):
-            _take(taken, match.start(), match.end(), kind)
-    for start, end in _emoji_runs(text):
-        _take(taken, start, end, SpanKind.EMOJI)
-    return sorted(taken)
+        found = [(m.start(), m.end(), kind) for m in pattern.finditer(text)]
+        taken = _take(taken, found)
+    return _take(taken, [(start, end, SpanKind.EMOJI) for start, end in _emoji_runs(text)])
 
 
 def _kinds(glossary: tuple[str, ...]) -> tuple[tuple[SpanKind, re.Pattern[str]], ...]:
@@ -153,9 +151,21 @@ def _kinds(glossary: tuple[str, ...]) -> tuple[tuple[SpanKind, re.Pattern[str]],
     return _ORDERED if terms is None else (*_ORDERED, (SpanKind.GLOSSARY, terms))
 
 
-def _take(taken: list[tuple[int, int, SpanKind]], start: int, end: int, kind: SpanKind) -> None:
-    if start < end and all(end <= s or start >= e for s, e, _ in taken):
-        taken.append((start, end, kind))
+def _take(
+    taken: list[tuple[int, int, SpanKind]], found: list[tuple[int, int, SpanKind]]
+) -> list[tuple[int, int, SpanKind]]:
+    """`taken` (sorted, non-overlapping) with each non-empty range of `found` (one kind's
+    matches: sorted, non-overlapping) that overlaps none of `taken`, sorted. One pass over
+    both: a paste with a span in every few characters has hundreds of thousands of them, and
+    checking each against every span taken before took minutes."""
+    kept = []
+    later = 0  # the first of `taken` that ends after the current range's start
+    for start, end, kind in found:
+        while later < len(taken) and taken[later][1] <= start:
+            later += 1
+        if start < end and (later == len(taken) or taken[later][0] >= end):
+            kept.append((start, end, kind))
+    return sorted(taken + kept)
 
 
 def _emoji_runs(text: str) -> list[tuple[int, int]]:

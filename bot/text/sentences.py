@@ -17,7 +17,6 @@ _ITEM_START = re.compile(r"\n(?=[ \t]*(?:[-*•+]|\d{1,3}[.)]|#{1,6})[ \t]+\S)")
 _CLOSERS = re.escape("\"'”’»)]」』）】")
 _WIDE_END = re.compile(rf"[。！？．]+[{_CLOSERS}]*\s*")
 _SPACED_END = re.compile(rf"(?:[!?؟।॥۔]+|[.…]+)[{_CLOSERS}]*(?=\s)\s+")
-_WORD_BEFORE = re.compile(r"(\S+)$")
 _DOTTED = re.compile(r"^(?:\w\.)+\w?$|^[^\W\d_]$")  # "U.S", "z.B", "т.е", or one letter: "J"
 # Lower-cased, without the final period: titles, Latin and the commonest German, French,
 # Spanish, Portuguese and Russian short forms. "etc." and "usw." are left out: they usually
@@ -64,8 +63,17 @@ def _ends_sentence(block: str, match: re.Match[str]) -> bool:
     following = block[match.end() : match.end() + 1]
     if following.islower():
         return False
-    before = _WORD_BEFORE.search(block, 0, match.start())
-    return before is None or not _is_abbreviation(before.group(1))
+    before = _word_before(block, match.start())
+    return not before or not _is_abbreviation(before)
+
+
+def _word_before(block: str, end: int) -> str:
+    """The characters before `end` back to the previous space. Read backwards: a search from
+    the block's start (as `\\S+$` did) made a long paragraph quadratic, minutes for a paste."""
+    start = end
+    while start > 0 and not block[start - 1].isspace():
+        start -= 1
+    return block[start:end]
 
 
 def _is_abbreviation(word: str) -> bool:
