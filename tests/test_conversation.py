@@ -171,6 +171,17 @@ async def test_reset_starts_fresh_context_and_history_keeps_everything(tmp_path:
         assert "what colour?" in history
 
 
+async def test_history_takes_a_count_in_ascii_digits_only(tmp_path: Path) -> None:
+    """ "²" and "①" are digits to str.isdigit() but not to int(), and int() refuses more than
+    4,300 digits: each such count failed the turn three times, then got the apology."""
+    async with running(settings_for(tmp_path)) as (app, sink):
+        for count in ("²", "①", "9" * 5000, "0", "1"):
+            await app.manager.handle(incoming(f"/history {count}"))
+    *refused, shown = sink.replies[KEY]
+    assert refused == ["Usage: /history [count], for example /history 10"] * 4
+    assert shown.endswith(" Parley: Usage: /history [count], for example /history 10")
+
+
 async def test_no_backend_answers_commands_and_explains(tmp_path: Path) -> None:
     async with running(settings_for(tmp_path)) as (app, sink):
         await app.manager.handle(incoming("/help"))

@@ -168,6 +168,15 @@ def test_html_drops_scripts_and_styles_and_keeps_headings() -> None:
     }
 
 
+def test_html_with_a_nameless_marked_section_loads_as_text() -> None:
+    """`<![` before anything but a name stopped the standard library's parser with an
+    AssertionError (tests/test_fuzz_inputs.py drew `<![0`): such a file loads, the `<![` read
+    as text."""
+    loaded = load(b"<h1>Guide</h1><p>Use <![0] for arrays.</p>", Path("doc.html"))
+    assert [(s.location, s.text) for s in loaded.sections] == [("Guide", "Use <![0] for arrays.")]
+    assert load(b"<![0", Path("doc.html")).sections[0].text == "<![0"
+
+
 def test_pdf_sections_are_pages() -> None:
     data = minimal_pdf(["Zebras graze on page one.", "Giraffes (tall) on page two."], "Animals")
     doc = load(data, Path("animals.pdf"))

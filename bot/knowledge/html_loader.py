@@ -20,6 +20,9 @@ _BLOCKS = {
     "p", "div", "section", "article", "main", "header", "footer", "aside", "li", "ul", "ol",
     "dl", "dt", "dd", "tr", "table", "blockquote", "pre", "br", "hr", "figure", "figcaption",
 }  # fmt: skip
+# "<![" before anything but a name: the standard library's parser stops on it with an
+# AssertionError ("expected name token"); a browser reads it as a bogus comment. Taken as text.
+_NAMELESS_MARKED_SECTION = re.compile(r"<!\[(?![A-Za-z])")
 
 
 class _SectionParser(HTMLParser):
@@ -110,7 +113,7 @@ def _squash(text: str) -> str:
 def parse_html(text: str, fallback_title: str) -> LoadedDocument:
     """Title: the <title>, else the first heading, else `fallback_title`."""
     parser = _SectionParser()
-    parser.finish(text)
+    parser.finish(_NAMELESS_MARKED_SECTION.sub("&lt;![", text))
     first_location = parser.sections[0].location if parser.sections else ""
     title = _squash(parser.page_title) or first_location.split(" > ")[0] or fallback_title
     return LoadedDocument(title, parser.sections)

@@ -37,7 +37,10 @@ async def _stop(ctx: TurnContext) -> str:
 async def _history(ctx: TurnContext) -> str:
     limit = ctx.settings.history_limit
     if ctx.args:
-        if not ctx.args.isdigit() or int(ctx.args) < 1:
+        # ASCII digits only ("²" and "①" are digits to isdigit(), not to int()), and few of
+        # them (int() refuses over 4,300 digits).
+        count = ctx.args.isascii() and ctx.args.isdigit() and len(ctx.args) <= 6
+        if not count or int(ctx.args) < 1:
             return await ctx.say(N_("Usage: /history [count], for example /history 10"))
         limit = min(int(ctx.args), ctx.settings.history_limit)
     # +1: the /history command itself is the newest message and is left out.
