@@ -198,6 +198,7 @@ def test_kb_command_adds_lists_and_removes(
     monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
     monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))  # the model's files go there
     lib = write_library(tmp_path / "lib")
+    (tmp_path / "nope.docx").write_bytes(b"PK\x03\x04")  # a type Parley does not read
     assert main(["kb", "add", str(lib), str(tmp_path / "nope.docx")]) == 1
     out, err = capsys.readouterr()
     assert out.strip() == "4 added, 0 updated, 0 unchanged, 1 failed"

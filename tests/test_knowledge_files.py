@@ -11,7 +11,7 @@ import pytest
 
 from bot.knowledge.chunker import chunk_sections, estimate_tokens
 from bot.knowledge.cli import ProgressPrinter
-from bot.knowledge.ingest import collect_files
+from bot.knowledge.ingest import collect_files, read_file
 from bot.knowledge.loaders import LoaderError, load
 from bot.knowledge.search import MAX_TERMS, fts5_query, query_terms
 from bot.knowledge.types import FileResult, Outcome, Passage, Section
@@ -175,6 +175,13 @@ def test_html_with_a_nameless_marked_section_loads_as_text() -> None:
     loaded = load(b"<h1>Guide</h1><p>Use <![0] for arrays.</p>", Path("doc.html"))
     assert [(s.location, s.text) for s in loaded.sections] == [("Guide", "Use <![0] for arrays.")]
     assert load(b"<![0", Path("doc.html")).sections[0].text == "<![0"
+
+
+def test_a_path_that_does_not_exist_is_named_so(tmp_path: Path) -> None:
+    """`parley kb add /nonexistent` said "unsupported file type (no extension)"."""
+    for name in ("nonexistent", "missing.md"):
+        with pytest.raises(LoaderError, match=r"^No such file or directory$"):
+            read_file(tmp_path / name, 1_000_000)
 
 
 def test_pdf_sections_are_pages() -> None:

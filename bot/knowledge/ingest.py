@@ -3,6 +3,7 @@ chunking one of them. Synchronous; KnowledgeBase runs these in a worker thread."
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -70,6 +71,8 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 
 def read_file(path: Path, max_bytes: int) -> FileData:
+    if not path.exists():  # a typo, not a file type to complain about
+        raise LoaderError(os.strerror(errno.ENOENT))
     if loader_for(path) is None:
         raise LoaderError(f"unsupported file type {path.suffix or '(no extension)'}")
     source = normalize_source(path)
