@@ -5,7 +5,8 @@ core decides. The size cap is checked before the download, and the text is extra
 child process of its own with caps on pages, characters and seconds: a hostile PDF (pages
 that share one huge compressed stream, a decompression bomb) costs that process, never the
 event loop, and is killed when its time is up. At most `max_parallel` documents are read at
-once; more wait their turn.
+once, and at most one of each sender: a sender's next document waits for their previous one,
+so one sender's slow (or hostile) documents never hold every slot while others wait.
 
     DocumentRefused   the document cannot be read as sent; `sentence` says why, for the user
 """
@@ -13,11 +14,12 @@ once; more wait their turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import multiprocessing
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import PurePosixPath
 
@@ -48,6 +50,14 @@ class DocumentSource:
     download: Callable[[], Awaitable[bytes]]
 
 
+@dataclass(slots=True)
+class _Turn:
+    """One sender's turn at the slots, and how many of their documents hold or await it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    documents: int = 0
+
+
 class DocumentRefused(Exception):
     """`sentence` (a phrases key) and its fields say why, in the user's language."""
 
@@ -66,6 +76,7 @@ class DocumentReader:
     def __init__(self, settings: DocumentSettings) -> None:
         self._settings = settings
         self._slots = asyncio.Semaphore(settings.max_parallel)
+        self._senders: dict[str, _Turn] = {}  # senders with a document read or waiting
 
     @property
     def settings(self) -> DocumentSettings:
@@ -80,7 +91,9 @@ class DocumentReader:
             raise DocumentRefused(phrases.DOC_TOO_LARGE, kb=self._settings.max_bytes // 1000)
         return kind
 
-    async def read(self, source: DocumentSource) -> str:
+    async def read(self, source: DocumentSource, sender: str | None = None) -> str:
+        """The document's text. A `sender` (intake's sender key) has one document read at a
+        time; None: the document takes a slot as soon as one is free."""
         kind = self.check(source)
         try:
             data = await source.download()
@@ -89,11 +102,26 @@ class DocumentReader:
             raise DocumentRefused(phrases.NO_DOWNLOAD) from None
         if len(data) > self._settings.max_bytes:
             raise DocumentRefused(phrases.DOC_TOO_LARGE, kb=self._settings.max_bytes // 1000)
-        async with self._slots:
+        async with self._turn_of(sender), self._slots:
             text = await _isolated(kind, data, self._settings)
         if not text.strip():
             raise DocumentRefused(phrases.DOC_EMPTY)
         return text.strip()
+
+    @contextlib.asynccontextmanager
+    async def _turn_of(self, sender: str | None) -> AsyncIterator[None]:
+        if sender is None:
+            yield
+            return
+        turn = self._senders.setdefault(sender, _Turn())
+        turn.documents += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.documents -= 1
+            if turn.documents == 0:  # none of theirs is read or waits: forget the sender
+                del self._senders[sender]
 
 
 async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:

@@ -388,7 +388,7 @@ class DocumentSettings(_Section):
     max_chars: int = Field(200_000, ge=1)
     # Seconds extraction may take (in a child process, killed when its time is up).
     timeout_s: float = Field(10.0, gt=0)
-    # Documents read at once in this process; more wait.
+    # Documents read at once in this process, at most one per sender; more wait.
     max_parallel: int = Field(2, ge=1)
 
 

@@ -96,7 +96,7 @@ class Intake:
                 dataclasses.replace(incoming, text=stub), limited=True
             )
         try:
-            text = await self.documents.read(source)
+            text = await self.documents.read(source, sender_key(incoming))
         except DocumentRefused as exc:
             self.notify(incoming, exc.sentence, **exc.fields)
             return None

@@ -79,6 +79,8 @@ STUB_MARK = "[message: "
 # The longest a caller's stub may be (a document's, with its name); a longer text that begins
 # with STUB_MARK is a user's text, which over the rate limit is not kept either.
 MAX_STUB_CHARS = 400
+# What over_rate_limit kept for a message it counted (a repeat gets the same answer).
+_OVER, _WITHIN = b"over", b"within"
 _SIZE_STUB = re.compile(r"^\[message: (\d+) characters not kept, over the size limit of (\d+)\]$")
 # Commands that stop a reply that is still streaming.
 STOP_COMMANDS = frozenset({"reset", "stop"})
@@ -227,12 +229,22 @@ class ConversationManager:
         )
 
     async def over_rate_limit(self, incoming: Incoming) -> bool:
-        """Count this message against its sender's limit; True when it is over."""
+        """Count this message against its sender's limit; True when it is over. A message
+        counted before in the window (a platform's repeat, or its retry after the database
+        refused it) is not counted again: it keeps the answer its first delivery got."""
         s = self._settings
         if s.rate_limit_messages == 0:
             return False
-        hits = await self._cache.count(keys.rate(sender_key(incoming)), s.rate_limit_window_s)
-        return hits > s.rate_limit_messages
+        sender = sender_key(incoming)
+        counted = keys.counted(sender, incoming.idempotency_key)
+        decided = await self._cache.get(counted)
+        if decided is not None:
+            return decided == _OVER
+        hits = await self._cache.count(keys.rate(sender), s.rate_limit_window_s)
+        over = hits > s.rate_limit_messages
+        if hits:  # 0: the cache is unreachable, nothing was counted
+            await self._cache.set(counted, _OVER if over else _WITHIN, s.rate_limit_window_s)
+        return over
 
     def _stop_streaming(self, conversation_id: int) -> None:
         """/reset while a reply streams in this process: stop it (the model aborts it)."""

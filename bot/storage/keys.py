@@ -24,6 +24,10 @@ def rate(sender: str) -> str:  # a sender's messages in the rate window
     return f"rate:{sender}"
 
 
+def counted(sender: str, idempotency_key: str) -> str:  # a message counted in the window
+    return f"counted:{sender}:{idempotency_key}"
+
+
 def rate_told(conversation_id: int) -> str:  # rate-limit sentences said in the window
     return f"rate-told:{conversation_id}"
 
