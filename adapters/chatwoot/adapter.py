@@ -22,6 +22,7 @@ it is recorded and reaches the agent as a translation note.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -152,12 +153,17 @@ class ChatwootAdapter:
             await self._desk.give_back(key, PLATFORM)
 
     async def _agent_reply(self, reply: AgentReply) -> None:
-        current = await self._desk.status(reply.key)
-        if current.state is not HandoffState.HUMAN:  # answering is taking it
+        """Answering is taking it (the desk takes it from the queue itself; from the bot,
+        here); a reply delivered again changes nothing, even after the agent gave it back."""
+        send = functools.partial(
+            self._desk.agent_message, reply.key, reply.text, agent=reply.agent,
+            idempotency_key=reply.idempotency_key,
+        )  # fmt: skip
+        try:
+            await send()
+        except HandoffError:  # the bot has it (or no one: then take raises as well)
             await self._desk.take(reply.key, reply.agent)
-        await self._desk.agent_message(
-            reply.key, reply.text, agent=reply.agent, idempotency_key=reply.idempotency_key
-        )
+            await send()
 
     async def _status_changed(self, change: StatusChange) -> None:
         current = await self._desk.status(change.key)

@@ -101,6 +101,7 @@ class SupportAdapter:
         self.directory = SiteDirectory(self.sites)
         signer = TokenSigner(load_secret(settings.token_secret), settings.token_ttl_s)
         self._auth = Authenticator(self.directory, signer)
+        self._history = SupportHistory(self._engine)
         self.api = SupportApi(
             settings,
             intake=host.intake,
@@ -108,7 +109,7 @@ class SupportAdapter:
             directory=self.directory,
             signer=signer,
             events=self.events,
-            history=SupportHistory(self._engine),
+            history=self._history,
             max_message_chars=core.conversation.max_message_chars,
         )
         # The core's desk (bot/handoff); None where the core runs without one.
@@ -198,7 +199,7 @@ class SupportAdapter:
         conversation = key.chat_id
         author = current_author()
         if author is not None:  # a person at the help desk speaks, not the bot
-            await self._deliver_agent(conversation, author, chunks)
+            await self._deliver_agent(key, author, chunks)
             return
         answered = await self.api.message_id(key, reply_to)
         outbox = Outbox(self.events, conversation)
@@ -229,10 +230,12 @@ class SupportAdapter:
                 await self.events.erase(conversation)
 
     async def _deliver_agent(
-        self, conversation: str, author: Author, chunks: AsyncIterator[str]
+        self, key: ConversationKey, author: Author, chunks: AsyncIterator[str]
     ) -> None:
         """An agent's reply as one `agent` event: its name, the text in the visitor's language
-        and, when that is a translation, the original and a mark saying so."""
+        and, when that is a translation, the original and a mark saying so. Dropped with the
+        log when the visitor erased its data meanwhile (while the reply was translated)."""
+        conversation = key.chat_id
         text, translated = delivered("".join([chunk async for chunk in chunks]), author.text)
         event = AgentEvent(
             text=text,
@@ -242,6 +245,8 @@ class SupportAdapter:
             language=author.language,
         )
         await self.events.append(conversation, [("agent", event.model_dump())])
+        if not await self._history.holds(key):
+            await self.events.erase(conversation)
 
     def system_prompt_for(self, key: ConversationKey) -> str | None:
         """The site's own system prompt (None: the core's); for the conversation manager."""

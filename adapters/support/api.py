@@ -108,8 +108,9 @@ class SupportApi:
 
     async def visitors(self, request: Request) -> Response:
         """A visitor token; with `visitor_token`, for the same visitor again."""
-        await self._limit_ip(request)
+        # The site first (kept in memory): a 429 then has its CORS header, for the widget.
         site, by_server = await self._site_of(request)
+        await self._limit_ip(request)
         body = await self._body(request, VisitorRequest, optional=True)
         visitor_id = new_visitor_id()
         if body.visitor_token:
@@ -198,8 +199,8 @@ class SupportApi:
 
     async def history(self, request: Request) -> Response:
         """A page of the conversation, oldest first; `next` pages further back."""
-        await self._limit_ip(request)  # each page is a database read: counted like a request
         caller = await self._auth.caller(request, request.query_params.get("visitor_id"))
+        await self._limit_ip(request)  # each page is a database read: counted like a request
         before = int_param(request, "before", 1, 2**62)
         limit = int_param(request, "limit", 1, self._s.history_max_page) or 20
         rows = await self._history.page(caller.key, before, limit)

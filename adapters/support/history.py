@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot import phrases
+from bot.handoff.models import HandoffStateRow
 from bot.storage.base import MessageKind
 from bot.storage.models import ConversationRow, MessageRow, UserRow
 from bot.types import ConversationKey, Role
@@ -101,6 +102,11 @@ class SupportHistory:
             .where(c.platform == key.platform, c.chat_id == key.chat_id, c.thread_id == "")
             .scalar_subquery()
         )
+
+    async def holds(self, key: ConversationKey) -> bool:
+        """Whether the conversation is there (an erased one is renamed: it is not)."""
+        async with self._engine.connect() as conn:
+            return await conn.scalar(sa.select(self._conversation(key))) is not None
 
     async def page(self, key: ConversationKey, before: int | None, limit: int) -> list[Row]:
         """Up to `limit` messages older than `before` (newest page when None), oldest first;
@@ -185,6 +191,10 @@ class SupportHistory:
             ))).scalars().all()  # fmt: skip
             if ids:
                 await conn.execute(sa.delete(MessageRow).where(MessageRow.conversation_id.in_(ids)))
+                # No longer waiting for a person: the desk would announce it at every start.
+                await conn.execute(
+                    sa.delete(HandoffStateRow).where(HandoffStateRow.conversation_id.in_(ids))
+                )
                 await conn.execute(
                     sa.update(c)
                     .where(c.id.in_(ids))

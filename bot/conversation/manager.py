@@ -42,6 +42,7 @@ from bot.budget import NO_BUDGETS, TurnBudgets
 from bot.errors import BackendError, BotError, ContextTooLong, NoBackendConfigured, StorageError
 from bot.handoff.types import HandoffState
 from bot.logcontext import current_turn, note
+from bot.lru import Lru
 from bot.metrics import NullObserver, TurnObserver, observed_turn
 from bot.sentiment.types import TurnSignals
 from bot.settings import BackendSettings, ConversationSettings
@@ -74,6 +75,8 @@ CUT_OFF_NOTE = f"\n\n{phrases.CUT_OFF}"
 STOPPED_NOTE = f"\n\n{phrases.STOPPED}"
 # Pending messages read at once; more are read after these are answered.
 PENDING_PAGE = 64
+# System prompts whose token count is kept (the core's and the support sites').
+PROMPT_COUNTS = 256
 # The start of a stub recorded in place of a message's text (see not_kept).
 STUB_MARK = "[message: "
 # The longest a caller's stub may be (a document's, with its name); a longer text that begins
@@ -133,6 +136,7 @@ class ConversationManager:
         self._settings = settings
         self._generation = generation
         self._count = count_tokens
+        self._prompt_tokens: Lru[int] = Lru(PROMPT_COUNTS)
         self._skills = skills
         self._handoff = handoff
         self._sinks: dict[str, ReplySink] = {}
@@ -552,6 +556,21 @@ class ConversationManager:
         own = sink.system_prompt_for(key) if isinstance(sink, SiteScoped) else None
         return own or self._settings.system_prompt
 
+    async def _site_surplus(self, key: ConversationKey) -> int:
+        """Tokens a site's own system prompt takes beyond the core's (0 without one)."""
+        own, core = self._system_prompt(key), self._settings.system_prompt
+        if own == core:
+            return 0
+        return max(0, await self._prompt_count(own) - await self._prompt_count(core))
+
+    async def _prompt_count(self, prompt: str) -> int:
+        """A system prompt's tokens, counted once per text (a site's prompt changes rarely)."""
+        tokens = self._prompt_tokens.get(prompt)
+        if tokens is None:
+            tokens = await self._count(prompt)
+            self._prompt_tokens.put(prompt, tokens)
+        return tokens
+
     def _collection(self, key: ConversationKey) -> str:
         sink = self._sinks.get(key.platform)
         return sink.collection_for(key) if isinstance(sink, SiteScoped) else ""
@@ -698,8 +717,10 @@ class ConversationManager:
         cid = work.conversation_id
         user_text = merge_user_texts([m.content for m in batch])
         user_tokens = _prompt_tokens(batch)
+        # The history budget (Parley._budget) leaves room for the core's system prompt only.
+        room = user_tokens + await self._site_surplus(work.key)
         window = await self._context.load(cid, _TURN.get().state)
-        window = await self._context.fit(cid, window, user_tokens)
+        window = await self._context.fit(cid, window, room)
         say = self._localizer(batch[-1])
         reply = Collected(say)
         try:
@@ -709,7 +730,7 @@ class ConversationManager:
             except ContextTooLong:
                 # Our count and the server's disagree: shrink once (roll over), try once more.
                 log.info("conversation %s: context too long, shrinking once", work.key)
-                window = await self._context.shrink(cid, window, user_tokens)
+                window = await self._context.shrink(cid, window, room)
                 request = self._request(work, window, user_text)
                 await self._stream(work, batch, backend, request, reply)
         except BackendError as exc:  # only before the first delta; later ones end the relay

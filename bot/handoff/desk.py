@@ -180,6 +180,13 @@ class CoreDesk:
         if not text.strip():
             raise HandoffError("an agent's message needs some text")
         cid = await self._conversation(key)
+        stored_key = AGENT_KEY_PREFIX + idempotency_key
+        first = await self.repo.message_with_key(cid, stored_key)
+        if first is not None:
+            # A repeat (a help desk's webhook delivered again) changes no state, whatever the
+            # state is now; scheduled, since its first delivery may have been cut by a crash.
+            self._schedule(cid, key)
+            return first
         status = await self.repo.status(cid)
         if status.state is BOT:
             raise HandoffError(f"conversation {key} is with the bot: take it over first")
@@ -187,7 +194,7 @@ class CoreDesk:
             await self.take(key, agent)
         incoming = Incoming(
             key, User(AGENT_PLATFORM, agent, agent), text,
-            idempotency_key=AGENT_KEY_PREFIX + idempotency_key,
+            idempotency_key=stored_key,
         )  # fmt: skip
         recorded = await self._store.record_incoming(
             incoming, kind=MessageKind.AGENT, token_count=estimate_tokens(text)

@@ -19,6 +19,7 @@ from bot.skills.router import parse_command
 from bot.skills.services import SkillServices
 from bot.storage.base import MessageKind, Store, StoredMessage
 from bot.text import language_name, rank_sentences, split_sentences
+from bot.text.extractive import FEATURE_CHARS, GROUP_SENTENCES
 from bot.types import Role
 
 from .repo import HandoffRepository
@@ -127,8 +128,8 @@ def said_in(history: Sequence[StoredMessage]) -> list[Said]:
 
 
 def extractive(said: Sequence[Said], sentences: int) -> str:
-    """The most central sentences (TextRank over the whole transcript), one line per message
-    they come from, in order: `- Customer: "..."`."""
+    """The most central sentences (TextRank, in groups on a long transcript), one line per
+    message they come from, in order: `- Customer: "..."`."""
     pieces: list[tuple[int, str]] = []
     seen: set[str] = set()
     for n, message in enumerate(said):
@@ -137,13 +138,34 @@ def extractive(said: Sequence[Said], sentences: int) -> str:
                 seen.add(sentence.casefold())
                 pieces.append((n, sentence))
     if len(pieces) > sentences:
-        scores = rank_sentences([s for _, s in pieces])
-        best = sorted(range(len(pieces)), key=lambda i: (-scores[i], i))[:sentences]
-        pieces = [pieces[i] for i in sorted(best)]
+        pieces = [pieces[i] for i in central([s for _, s in pieces], sentences)]
     lines: dict[int, list[str]] = {}
     for n, sentence in pieces:
         lines.setdefault(n, []).append(sentence)
     return "\n".join(f"- {quoted(Said(said[n].who, ' '.join(s)))}" for n, s in lines.items())
+
+
+def central(sentences: Sequence[str], count: int) -> list[int]:
+    """The indices of the `count` most central sentences, in order. Ranked as top_sentences
+    ranks a long text: in groups of GROUP_SENTENCES, each sentence read up to FEATURE_CHARS,
+    the best of each group ranked again, so a long transcript (note_messages of up to
+    max_message_chars each) costs bounded memory, not the square of its sentences."""
+    clipped = [s[:FEATURE_CHARS] for s in sentences]
+    candidates = list(range(len(clipped)))
+    keep = max(1, min(count, GROUP_SENTENCES // 4))  # each round leaves a quarter
+    while len(candidates) > GROUP_SENTENCES:
+        candidates = [
+            i
+            for start in range(0, len(candidates), GROUP_SENTENCES)
+            for i in _best(clipped, candidates[start : start + GROUP_SENTENCES], keep)
+        ]
+    return sorted(_best(clipped, candidates, count))
+
+
+def _best(sentences: Sequence[str], candidates: list[int], count: int) -> list[int]:
+    scores = rank_sentences([sentences[i] for i in candidates])
+    order = sorted(range(len(candidates)), key=lambda j: (-scores[j], j))[:count]
+    return [candidates[j] for j in order]
 
 
 def without_canned(content: str) -> str:

@@ -148,6 +148,15 @@ class HandoffRepository:
             rows = (await conn.execute(stmt)).all()
         return [(r[6], ConversationKey(r[7], r[8], r[9]), _status(r), r[5]) for r in rows]
 
+    async def message_with_key(self, conversation_id: int, idempotency_key: str) -> int | None:
+        """The id of the conversation's message recorded under this idempotency key, if any."""
+        stmt = sa.select(_m.id).where(
+            _m.conversation_id == conversation_id, _m.idempotency_key == idempotency_key
+        )
+        async with self._connection() as conn:
+            found = await conn.scalar(stmt)
+        return int(found) if found is not None else None
+
     async def events(self, conversation_id: int) -> list[tuple[str, str, str, str]]:
         """The audit trail, oldest first: (from, to, reason, detail)."""
         stmt = (

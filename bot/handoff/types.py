@@ -197,8 +197,9 @@ class Desk(Protocol):
     async def agent_message(
         self, key: ConversationKey, text: str, *, agent: str, idempotency_key: str
     ) -> int:
-        """Record an agent's reply (a repeat of the key returns the first one's id) and get it
-        delivered to the customer. Raises HandoffError when no human has the conversation."""
+        """Record an agent's reply (a repeat of the key returns the first one's id, whatever
+        the state is now) and get it delivered to the customer. Raises HandoffError when no
+        human has the conversation."""
         ...
 
     def attach(self, bridge: DeskBridge) -> None: ...
