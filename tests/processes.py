@@ -15,19 +15,25 @@ ROOT = Path(__file__).resolve().parents[1]
 EXIT_WITHIN_S = 60.0
 
 
-@asynccontextmanager
-async def parley_run(
-    tmp_path: Path, env: dict[str, str], *, stdin: int | None = asyncio.subprocess.DEVNULL
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`parley run` in a process of its own, with only the given PARLEY_* settings."""
+def parley_env(tmp_path: Path, env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without its PARLEY_* variables, plus `env`: an SQLite file
+    and a home in tmp_path, no sample knowledge base."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-    clean |= {
+    return clean | {
         "PARLEY_HOME": str(tmp_path / "home"),
         "PARLEY_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path}/parley.db",
         "PARLEY_KNOWLEDGE__LOAD_SAMPLE": "false",
         "PYTHONPATH": str(ROOT),
         **env,
     }
+
+
+@asynccontextmanager
+async def parley_run(
+    tmp_path: Path, env: dict[str, str], *, stdin: int | None = asyncio.subprocess.DEVNULL
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`parley run` in a process of its own, with only the given PARLEY_* settings."""
+    clean = parley_env(tmp_path, env)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
 
 from backends.base import Chunk, GenerationRequest, estimate_tokens
 from bot import phrases
-from bot.app import Parley
 from bot.documents import DocumentSource
 from bot.errors import ContextTooLong
 from bot.policy import AccessRules
-from bot.settings import Settings
 from bot.storage.base import MessageKind
 from bot.types import ConversationKey, Incoming, Role, User
-from tests.doubles import CollectingSink, ScriptedBackend
+from tests.doubles import ScriptedBackend
+from tests.test_conversation import running, settings_for
 
 KEY = ConversationKey("test", "chat-1")
 ADA = User("test", "u1", "Ada")
@@ -33,23 +31,6 @@ _ids = itertools.count()
 
 def incoming(text: str, user: User = ADA) -> Incoming:
     return Incoming(KEY, user, text, idempotency_key=f"rvc{next(_ids)}")
-
-
-def settings_for(tmp_path: Path, **conversation: object) -> Settings:
-    return Settings(
-        database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},  # type: ignore[arg-type]
-        conversation=conversation,  # type: ignore[arg-type]
-    )
-
-
-@asynccontextmanager
-async def running(
-    settings: Settings, backend: object | None = None
-) -> AsyncIterator[tuple[Parley, CollectingSink]]:
-    async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
-        sink = CollectingSink()
-        app.manager.attach("test", sink)
-        yield app, sink
 
 
 def first_words(request: GenerationRequest) -> str:

@@ -16,6 +16,7 @@ import pytest
 
 from bot.metrics import Metrics
 from bot.storage.database import create_engine
+from tests.processes import parley_env
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,14 +30,7 @@ def _parley(
 ) -> subprocess.CompletedProcess[str]:
     """`parley ARGS` in a process of its own with only the given PARLEY_* variables, an
     SQLite file in tmp_path and no sample knowledge base."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-    clean |= {
-        "PARLEY_HOME": str(tmp_path / "home"),
-        "PARLEY_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path}/parley.db",
-        "PARLEY_KNOWLEDGE__LOAD_SAMPLE": "false",
-        "PYTHONPATH": str(ROOT),
-        **(env or {}),
-    }
+    clean = parley_env(tmp_path, env or {})
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", *args],
         cwd=tmp_path,
