@@ -36,7 +36,7 @@ from bot.documents import DocumentSource
 from bot.errors import AdapterError, ConfigError
 from bot.lru import Lru
 from bot.settings import RedisSettings
-from bot.storage.base import Store
+from bot.storage.base import Recorded, Store
 from bot.types import ConversationKey, Incoming
 
 from . import commands, stream
@@ -144,6 +144,8 @@ class DiscordAdapter:
         self._store: Store = store or host.store
         # The backfill of each shard (None: the one connection), one at a time.
         self._backfills: dict[int | None, asyncio.Task[None]] = {}
+        # Deferred commands waiting for their turn to settle (`_end_unanswered`).
+        self._deferred: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def _client(settings: DiscordSettings) -> discord.Client:
@@ -190,10 +192,10 @@ class DiscordAdapter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        backfills = list(self._backfills.values())
-        for task in backfills:
+        tasks = [*self._backfills.values(), *self._deferred]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*backfills, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.close()
         if self._redis is not None:
             await self._redis.aclose()
@@ -337,7 +339,8 @@ class DiscordAdapter:
         try:
             await interaction.response.defer()
             self._interactions.put(str(interaction.id), interaction)
-            await self._intake.submit(command_incoming(interaction, name, text))
+            recorded = await self._intake.submit(command_incoming(interaction, name, text))
+            self._end_unanswered(interaction, recorded)
         except Exception:
             log.exception("slash command %s could not be handled; skipped", interaction.id)
         finally:
@@ -355,11 +358,38 @@ class DiscordAdapter:
             if name == "summarize":
                 limit = self._host.settings.skills.max_paste_chars
                 about = await commands.conversation_from(target, self.gate, max_chars=limit)
-            await self._intake.submit(menu_incoming(interaction, name, target, about))
+            recorded = await self._intake.submit(menu_incoming(interaction, name, target, about))
+            self._end_unanswered(interaction, recorded)
         except Exception:
             log.exception("menu command %s could not be handled; skipped", interaction.id)
         finally:
             await self._count_handled()
+
+    def _end_unanswered(self, interaction: discord.Interaction, recorded: Recorded | None) -> None:
+        """Once the command's turn (or, refused, its notice) is over, a deferred response that
+        nothing answered (over the rate limit after the one sentence saying so, a refusal
+        told already) is deleted: else Discord shows "thinking" until "The application did
+        not respond"."""
+        task = asyncio.create_task(self._end_if_unanswered(interaction, recorded))
+        self._deferred.add(task)
+        task.add_done_callback(self._deferred.discard)
+
+    async def _end_if_unanswered(
+        self, interaction: discord.Interaction, recorded: Recorded | None
+    ) -> None:
+        if recorded is not None:
+            await self._intake.wait_answered(recorded)
+        else:
+            await self._intake.aclose()  # the notices in flight, the refusal's among them
+        key = str(interaction.id)
+        if self._interactions.get(key) is not interaction:
+            return  # answered (deliver took it)
+        self._interactions.discard(key)
+        channel = interaction.channel_id or 0
+        try:
+            await stream.gated(self.gate, channel, interaction.delete_original_response)
+        except Exception as exc:  # the user sees "did not respond"; nothing else is lost
+            log.info("interaction %s: deferred response not removed: %s", key, exc)
 
     async def _count_handled(self) -> None:
         async with self._progress:

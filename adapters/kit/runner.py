@@ -26,7 +26,7 @@ from adapters.base import Adapter
 from bot.adapter_registry import AdapterSettings, adapter_spec
 from bot.app import Parley
 from bot.conversation.intake import Intake
-from bot.errors import AdapterError, BotError
+from bot.errors import AdapterError, BotError, ConfigError
 from bot.handoff.types import Desk
 from bot.readiness import ReadinessProbe
 from bot.settings import Settings
@@ -37,6 +37,8 @@ from .http import HttpHost
 from .metrics_route import metrics_host, metrics_route, serve_all
 
 log = logging.getLogger(__name__)
+
+EVERY_INTERFACE = frozenset({"0.0.0.0", "::"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,16 +112,35 @@ async def run_adapters(
 
 def _http_hosts(app: Parley, http: HttpHost) -> list[HttpHost]:
     """The HTTP servers to run: the adapters' (with /metrics) when they mounted anything, and
-    the metrics port's own when `[metrics] port` is set."""
+    the metrics port's own when `[metrics] port` is set and is not the adapters' server."""
     hosts = []
+    m = app.settings.metrics
+    port = m.port
     if http.in_use:
         http.mount(metrics_route(app.metrics))
         hosts.append(http)
-    m = app.settings.metrics
-    own = metrics_host(m.host, m.port, app.metrics, ReadinessProbe(app))
+        port = 0 if _serves_metrics_already(app.settings) else port
+    own = metrics_host(m.host, port, app.metrics, ReadinessProbe(app))
     if own is not None:
         hosts.append(own)
     return hosts
+
+
+def _serves_metrics_already(settings: Settings) -> bool:
+    """The metrics port is the HTTP server's port: on the same host that server is the
+    metrics server too. With every interface on one side, one of the two could not listen,
+    and merging them would expose the metrics where they were meant to stay private."""
+    h, m = settings.http, settings.metrics
+    if m.port != h.port:
+        return False
+    if m.host == h.host:
+        return True
+    if {m.host, h.host} & EVERY_INTERFACE:
+        raise ConfigError(
+            f"metrics.port: {m.port} is also http.port, on another host ({m.host}, {h.host}); "
+            "set metrics.port to 0 (the HTTP server serves /metrics) or to a port of its own"
+        )
+    return False  # two addresses of this machine: two servers
 
 
 async def _enter(stack: AsyncExitStack, adapter: Adapter) -> None:

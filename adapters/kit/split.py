@@ -8,9 +8,10 @@ A cut goes, in order of preference, between two blocks (markdown-it's top-level 
 a blank line, at a line break, after a sentence, at a space; a good cut in the second half of
 the message first, so pieces stay large. It never goes inside a code block: markdown-it's
 token map gives each block's line range. Only a code block longer than a message is cut,
-at a line, and then closed and reopened with the same fence and language. With no boundary
-at all (one very long word) the cut goes between two characters, never inside an emoji
-sequence or before a combining mark.
+at a line, and then closed and reopened with the same fence and language. Each piece is
+rendered alone, so a cut outside bold, strikethrough and links is preferred too. With no
+boundary at all (one very long word) the cut goes between two characters, never inside an
+emoji sequence or before a combining mark.
 
 Where a piece ends depends only on the first `limit` of the text after the previous piece
 (and the one character after it), and a piece is cut only once the text after it is longer
@@ -21,6 +22,8 @@ stripping.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 import unicodedata
 from collections.abc import Callable
@@ -44,6 +47,10 @@ _SPACE = re.compile(r"\s")
 _MARKER = re.compile(r"[ \t]*(?:[-*+>]|\d+[.)])[ \t]*")
 _ZWJ = "\u200d"
 _TICKS = re.compile(r"`+")
+# Inline markup whose two ends must stay in one piece (each piece is rendered alone): bold and
+# strikethrough delimiters, and a link or image (its URL may run past the window).
+_PAIRED = re.compile(r"\*\*|__|~~")
+_LINK = re.compile(r"!?\[[^\[\]]*(?:\]\([^()\s]*\)?|\Z)")
 # Below this a re-fenced code block has no room for its code.
 MIN_LIMIT = 32
 
@@ -116,7 +123,6 @@ class _Layout:
         self._line_starts = [0] + [m.end() for m in re.finditer("\n", window)]
         self.block_starts: list[int] = []
         self.code: list[_Code] = []
-        self.spans = _code_spans(window)
         for token in _BLOCKS.parse(window):
             if token.map is None or token.nesting == -1:
                 continue
@@ -124,6 +130,8 @@ class _Layout:
                 self.block_starts.append(self._offset(token.map[0]))
             if token.type in ("fence", "code_block"):
                 self.code.append(self._code(token.map[0], token.map[1], token))
+        self.spans = _code_spans(window, self.code)
+        self._inline = _covered(len(window) + 1, _inline_spans(window, self.spans))
 
     def _code(self, first: int, end: int, token: Token) -> _Code:
         stop = self._offset(end)
@@ -148,6 +156,10 @@ class _Layout:
             and not any(start < pos < stop for start, stop in self.spans)
         )
 
+    def clear(self, pos: int) -> bool:
+        """Outside code, bold, strikethrough and links."""
+        return self.outside_code(pos) and not self._inline[pos]
+
     def candidates(self) -> list[list[int]]:
         """Cut positions, best kind first: blocks, lines, sentences, spaces."""
         w = self.window
@@ -163,14 +175,20 @@ class _Layout:
         return _MARKER.fullmatch(self.window, line_start, pos) is not None
 
 
-def _code_spans(window: str) -> list[tuple[int, int]]:
+def _code_spans(window: str, blocks: list[_Code]) -> list[tuple[int, int]]:
     """Inline code spans, (start, stop): a cut inside one would leave its backticks to pair
     with the next piece's. A span ends at the next run of as many backticks within its
     paragraph; one still open runs to the paragraph's end (its closing run may follow the
-    window). Only a preference: with no other cut, the cut goes anywhere as before."""
+    window). Only a preference: with no other cut, the cut goes anywhere as before. The
+    fences of code blocks are not spans: a closing fence would run to the paragraph's end."""
     spans: list[tuple[int, int]] = []
+    starts = [b.start for b in blocks]  # in order, never overlapping
     pos = 0
     while (opening := _TICKS.search(window, pos)) is not None:
+        i = bisect.bisect_right(starts, opening.start()) - 1
+        if i >= 0 and opening.start() < blocks[i].stop:
+            pos = blocks[i].stop
+            continue
         blank = _BLANK_LINE.search(window, opening.end())
         end = blank.start() if blank else len(window) + 1
         closing = next(
@@ -185,6 +203,50 @@ def _code_spans(window: str) -> list[tuple[int, int]]:
         spans.append((opening.start(), stop))
         pos = closing.end() if closing else opening.end()
     return spans
+
+
+def _inline_spans(window: str, code: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Bold/strikethrough spans (a delimiter pairs with the next same one in its paragraph)
+    and links, outside code spans; one still open runs to its paragraph's end (its closing
+    may follow the window). Like code spans, only a preference (`_best_cut`)."""
+    spans: list[tuple[int, int]] = []
+    starts = [a for a, _ in code]
+    bounds = [0, *(m.end() for m in _BLANK_LINE.finditer(window)), len(window)]
+    for start, end in itertools.pairwise(bounds):
+        marks = [
+            m for m in _PAIRED.finditer(window, start, end) if not _inside(m.start(), code, starts)
+        ]
+        opened: dict[str, int] = {}
+        for mark in marks:
+            at = opened.pop(mark.group(), None)
+            if at is None:
+                opened[mark.group()] = mark.start()
+            else:
+                spans.append((at, mark.end()))
+        spans += [(at, end) for at in opened.values()]
+        links = _LINK.finditer(window, start, end)  # \Z: the paragraph's end
+        spans += [(m.start(), m.end()) for m in links if not _inside(m.start(), code, starts)]
+    return spans
+
+
+def _inside(pos: int, spans: list[tuple[int, int]], starts: list[int]) -> bool:
+    """Whether `pos` is in one of `spans` (sorted, not overlapping: code spans)."""
+    i = bisect.bisect_right(starts, pos) - 1
+    return i >= 0 and pos < spans[i][1]
+
+
+def _covered(size: int, spans: list[tuple[int, int]]) -> list[bool]:
+    """For each position, whether it lies strictly inside one of `spans` (linear time)."""
+    depth = [0] * (size + 1)
+    for a, b in spans:
+        if a + 1 < b:
+            depth[a + 1] += 1
+            depth[min(b, size)] -= 1
+    covered, level = [], 0
+    for pos in range(size):
+        level += depth[pos]
+        covered.append(level > 0)
+    return covered
 
 
 def _closes(line: str, fence: str, below_opening: bool) -> bool:
@@ -224,10 +286,12 @@ def _decide(window: str, following: str, limit: int, length: Length) -> _Cut:
 def _best_cut(layout: _Layout) -> int | None:
     half = len(layout.window) // 2
     kinds = layout.candidates()
-    for positions in kinds:  # a good boundary in the second half first
-        good = [p for p in positions if p >= half and layout.outside_code(p)]
-        if good:
-            return good[-1]
+    # A good boundary in the second half first, outside bold and links if there is one.
+    for usable in (layout.clear, layout.outside_code):
+        for positions in kinds:
+            good = [p for p in positions if p >= half and usable(p)]
+            if good:
+                return good[-1]
     anywhere = [p for positions in kinds for p in positions if layout.outside_code(p)]
     return max(anywhere) if anywhere else None
 
