@@ -31,10 +31,6 @@ from tests.test_discord_backfill import WAIT_S, HeldBackend, fake_discord, start
 SECRET_TEXT = "my card number is 4111 1111 1111 1111"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/conversation: the turn's window keeps the withdrawn text (see the rva report)",
-)
 async def test_rva_text_deleted_while_its_turn_runs_never_reaches_a_later_prompt(
     tmp_path: Path,
 ) -> None:

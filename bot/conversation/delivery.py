@@ -31,6 +31,7 @@ from bot.storage.base import (
     ConversationState,
     DeliveryState,
     MessageKind,
+    RecordedReply,
     Store,
     StoredMessage,
     TurnLease,
@@ -142,7 +143,7 @@ class TurnDelivery:
 
     async def record(
         self, text: str, *, kind: MessageKind, token_count: int, retry_s: float
-    ) -> StoredMessage | None:
+    ) -> RecordedReply | None:
         """Record the answer, fenced on this delivery; retried while the database is
         unreachable, for up to `retry_s`: the user saw it, so it must not stay pending.
         None: another worker took the delivery over (it shows its own answer instead)."""

@@ -823,6 +823,10 @@ class ConversationManager:
             log.warning("conversation %s: already answered elsewhere", work.key)
             await self._context.invalidate(work.conversation_id)
             return
+        if stored.marked < len(batch):  # one was withdrawn meanwhile (deleted by its sender)
+            # The window would keep its text: rebuilt from SQL instead, which leaves it out.
+            await self._context.invalidate(work.conversation_id)
+            return
         turn_tokens = user_tokens + tokens + MESSAGE_OVERHEAD_TOKENS
         await self._context.append(
             work.conversation_id, window, Turn(user_text, text, turn_tokens, stored.id)

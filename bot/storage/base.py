@@ -54,6 +54,15 @@ class StoredMessage:
     user_id: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedReply(StoredMessage):
+    """A reply as `record_reply` stored it, with how many of the messages it answers it
+    marked: fewer than it was given when some were settled meanwhile (a message its sender
+    deleted while the turn ran is withdrawn, and stays out of every context)."""
+
+    marked: int = 0
+
+
 class ContextRow(NamedTuple):
     """A message of a context window, with only what the window is built from: rebuilding a
     window reads up to a few hundred of these, so they are kept light (no time, no sender)."""
@@ -180,7 +189,7 @@ class Store(Protocol):
         kind: MessageKind,
         token_count: int,
         epoch: int | None = None,
-    ) -> StoredMessage | None:
+    ) -> RecordedReply | None:
         """Insert the assistant message and mark `answers` answered by it, atomically.
 
         With `epoch` (the turn's delivery, see begin_delivery): the fence is that delivery,

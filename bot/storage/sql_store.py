@@ -42,6 +42,7 @@ from bot.storage.base import (
     LoggedMessage,
     MessageKind,
     Recorded,
+    RecordedReply,
     StoredMessage,
     TurnLease,
     TurnPrefs,
@@ -241,7 +242,7 @@ class SqlStore:
         kind: MessageKind,
         token_count: int,
         epoch: int | None = None,
-    ) -> StoredMessage | None:
+    ) -> RecordedReply | None:
         created_at = utcnow()
         # A reply the database refused would stay pending and be answered again at each start.
         text = storable(text)
@@ -264,29 +265,30 @@ class SqlStore:
             reply_id: int | None = rows[0][0] if rows else None
             if reply_id is None:  # the delivery is not this turn's any more
                 return None
-            return StoredMessage(reply_id, conversation_id, Role.ASSISTANT, kind, text,
-                                 token_count, created_at)  # fmt: skip
+            return RecordedReply(reply_id, conversation_id, Role.ASSISTANT, kind, text,
+                                 token_count, created_at, marked=int(rows[0][1]))  # fmt: skip
 
-        def run(q: Queries) -> int:
+        def run(q: Queries) -> tuple[int, int]:
             if epoch is not None:  # the fence: this turn's delivery, ended by this answer
                 ends = {"cid": conversation_id, "epoch": epoch}
                 if q.rowcount(_END_DELIVERY, ends) != 1:
                     raise _AlreadyAnswered
             reply_id: int = _one(q.rows(_INSERT_REPLY, values))[0]
+            marked = 0
             if fenced:
                 marks = {"reply_id": reply_id, "ids": list(fenced), "cid": conversation_id}
                 marked = q.rowcount(self._reads.mark_answered, marks)
                 # Without a delivery, every one of `answers` must still be pending.
                 if epoch is None and marked != len(fenced):
                     raise _AlreadyAnswered
-            return reply_id
+            return reply_id, marked
 
         try:
-            reply_id = await self._run(run, write=True)
+            new_id, marked = await self._run(run, write=True)
         except _AlreadyAnswered:
             return None
-        return StoredMessage(reply_id, conversation_id, Role.ASSISTANT, kind, text, token_count,
-                             created_at)  # fmt: skip
+        return RecordedReply(new_id, conversation_id, Role.ASSISTANT, kind, text, token_count,
+                             created_at, marked=marked)  # fmt: skip
 
     async def count_attempt(self, message_ids: Sequence[int]) -> int:
         def run(q: Queries) -> int:
