@@ -169,6 +169,10 @@ class VllmEngineBackend:
         finally:
             if not progress.finished:
                 await _abort(engine, outputs, request.request_id)
+        if progress.finish_reason == ENGINE_FAILED:
+            # A request-level failure (a KV-cache load, say) that vLLM's server answers with a
+            # 500: not a reply. Retried where nothing was shown; else the reply is cut off.
+            raise BackendUnavailable("vLLM failed the request (finish reason: error)")
         yield Chunk(usage=progress.usage(), finish_reason=progress.finish_reason)
 
     def _check_fits(self, prompt_tokens: int) -> None:
@@ -196,6 +200,10 @@ class VllmEngineBackend:
             # it would see that process gone and log an EngineDeadError traceback before
             # shutdown() cancels it. Every turn is over by now; the join takes about a second.
             engine.shutdown()
+
+
+# The finish reason of a request the engine failed (vllm.v1.engine.FinishReason.ERROR).
+ENGINE_FAILED = "error"
 
 
 @dataclass

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -18,7 +19,7 @@ from backends.base import Backend, Chunk, GenerationRequest
 from backends.factory import build_backend
 from backends.openai_compat import OpenAICompatBackend
 from backends.vllm_engine import VllmEngineBackend
-from bot.errors import BackendError, ContextTooLong
+from bot.errors import BackendError, BackendUnavailable, ContextTooLong
 from bot.settings import BackendSettings
 from bot.types import ChatMessage, Role
 from tests.fixtures_vllm import require
@@ -135,6 +136,34 @@ async def test_an_error_in_the_consumer_aborts(backend: VllmEngineBackend) -> No
             async for _ in chunks:
                 raise LookupError("the consumer failed")
     assert unfinished(backend) == 0
+
+
+class FailingRequests:
+    """The running engine, except that each request ends as vLLM ends one it failed (a
+    KV-cache load, say): its last output's finish reason is "error"."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    async def generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async for out in self.engine.generate(*args, **kwargs):
+            if out.finished:
+                out.outputs[0].finish_reason = "error"
+            yield out
+
+
+async def test_a_request_the_engine_failed_is_not_a_reply(backend: VllmEngineBackend) -> None:
+    """vLLM's server answers such a request with a 500; in process it ended as a reply, so a
+    failed generation was recorded as a whole (maybe empty) answer."""
+    failing = backend.with_settings(BackendSettings(kind="vllm", model=backend.capabilities.model))
+    failing._engine = FailingRequests(backend.engine)  # the seam: the engine's outputs
+    with pytest.raises(BackendUnavailable, match="finish reason: error"):
+        await collect(failing, ask("hello world", max_tokens=4))
+    assert unfinished(backend) == 0
+    assert (await collect(backend, ask("hello world", max_tokens=4)))[-1].finish_reason
 
 
 async def test_a_backend_not_started_says_so(tiny_model_dir: Path) -> None:
