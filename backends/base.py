@@ -86,3 +86,8 @@ class Backend(Protocol):
 def estimate_tokens(text: str) -> int:
     """The documented fallback where a backend offers no tokenizer: ~4 characters a token."""
     return max(1, (len(text) + 3) // 4)
+
+
+def estimate_chat_tokens(messages: Sequence[ChatMessage]) -> int:
+    """`estimate_tokens` of a chat, each message with its role, where no backend can count."""
+    return sum(estimate_tokens(f"{m.role.value}: {m.content}\n") for m in messages)

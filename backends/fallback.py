@@ -23,7 +23,13 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from backends.base import Capabilities, Chunk, GenerationRequest, estimate_tokens
+from backends.base import (
+    Capabilities,
+    Chunk,
+    GenerationRequest,
+    estimate_chat_tokens,
+    estimate_tokens,
+)
 from backends.breaker import BreakerState
 from backends.resilience import ResilientBackend
 from bot.errors import BackendError, BackendUnavailable, ContextTooLong
@@ -107,7 +113,7 @@ class FallbackChain:
     async def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return await self._first_answer(
             lambda b: b.count_chat_tokens(messages),
-            lambda: sum(estimate_tokens(f"{m.role.value}: {m.content}\n") for m in messages),
+            lambda: estimate_chat_tokens(messages),
         )
 
     async def _first_answer(

@@ -33,7 +33,14 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from backends.base import Backend, Capabilities, Chunk, GenerationRequest, estimate_tokens
+from backends.base import (
+    Backend,
+    Capabilities,
+    Chunk,
+    GenerationRequest,
+    estimate_chat_tokens,
+    estimate_tokens,
+)
 from backends.breaker import BreakerState, CircuitBreaker
 from backends.deadlines import FirstTokenLimit, FirstTokenTimeout, first_token_within
 from bot.errors import BackendError, BackendTimeout, BackendUnavailable, ContextTooLong
@@ -177,7 +184,7 @@ class ResilientBackend:
     async def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return await self._counted(
             lambda: self.inner.count_chat_tokens(messages),
-            lambda: sum(estimate_tokens(f"{m.role.value}: {m.content}\n") for m in messages),
+            lambda: estimate_chat_tokens(messages),
         )
 
     async def _counted(self, count: Callable[[], Awaitable[T]], estimate: Callable[[], T]) -> T:

@@ -18,8 +18,7 @@ from bot.skills.mapreduce import MapReduce, SummaryStyle
 from bot.skills.router import parse_command
 from bot.skills.services import SkillServices
 from bot.storage.base import MessageKind, Store, StoredMessage
-from bot.text import language_name, rank_sentences, split_sentences
-from bot.text.extractive import FEATURE_CHARS, GROUP_SENTENCES
+from bot.text import central, language_name, split_sentences
 from bot.types import Role
 
 from .repo import HandoffRepository
@@ -143,29 +142,6 @@ def extractive(said: Sequence[Said], sentences: int) -> str:
     for n, sentence in pieces:
         lines.setdefault(n, []).append(sentence)
     return "\n".join(f"- {quoted(Said(said[n].who, ' '.join(s)))}" for n, s in lines.items())
-
-
-def central(sentences: Sequence[str], count: int) -> list[int]:
-    """The indices of the `count` most central sentences, in order. Ranked as top_sentences
-    ranks a long text: in groups of GROUP_SENTENCES, each sentence read up to FEATURE_CHARS,
-    the best of each group ranked again, so a long transcript (note_messages of up to
-    max_message_chars each) costs bounded memory, not the square of its sentences."""
-    clipped = [s[:FEATURE_CHARS] for s in sentences]
-    candidates = list(range(len(clipped)))
-    keep = max(1, min(count, GROUP_SENTENCES // 4))  # each round leaves a quarter
-    while len(candidates) > GROUP_SENTENCES:
-        candidates = [
-            i
-            for start in range(0, len(candidates), GROUP_SENTENCES)
-            for i in _best(clipped, candidates[start : start + GROUP_SENTENCES], keep)
-        ]
-    return sorted(_best(clipped, candidates, count))
-
-
-def _best(sentences: Sequence[str], candidates: list[int], count: int) -> list[int]:
-    scores = rank_sentences([sentences[i] for i in candidates])
-    order = sorted(range(len(candidates)), key=lambda j: (-scores[j], j))[:count]
-    return [candidates[j] for j in order]
 
 
 def without_canned(content: str) -> str:

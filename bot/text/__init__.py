@@ -21,7 +21,7 @@ from .chunking import (
     plan_map_reduce,
     split_for_budget,
 )
-from .extractive import rank_sentences, summarize_extractive, top_sentences
+from .extractive import central, rank_sentences, summarize_extractive, top_sentences
 from .language import (
     Language,
     LanguageDetector,
@@ -42,6 +42,7 @@ __all__ = [
     "Span",
     "SpanKind",
     "balanced_groups",
+    "central",
     "default_detector",
     "detect_language",
     "language_name",

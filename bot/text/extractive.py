@@ -59,15 +59,22 @@ def top_sentences(text: str, max_sentences: int) -> list[str]:
     sentences = _unique(_clean(s) for s in split_sentences(FENCED_CODE.sub("\n\n", text)))
     if len(sentences) <= max_sentences:
         return sentences
+    return [sentences[i] for i in central(sentences, max_sentences)]
+
+
+def central(sentences: Sequence[str], count: int) -> list[int]:
+    """The indices of the `count` most central sentences, in order: TextRank, in groups of
+    GROUP_SENTENCES on a long text (each sentence read up to FEATURE_CHARS, the best of each
+    group ranked again), so memory stays bounded, not the square of the sentences."""
     rows = [features(s[:FEATURE_CHARS]) for s in sentences]
     candidates = list(range(len(rows)))
-    keep = max(1, min(max_sentences, GROUP_SENTENCES // 4))  # each round leaves a quarter
+    keep = max(1, min(count, GROUP_SENTENCES // 4))  # each round leaves a quarter
     while len(candidates) > GROUP_SENTENCES:
         groups = [
             candidates[i : i + GROUP_SENTENCES] for i in range(0, len(candidates), GROUP_SENTENCES)
         ]
         candidates = [i for group in groups for i in _best(rows, group, keep)]
-    return [sentences[i] for i in sorted(_best(rows, candidates, max_sentences))]
+    return sorted(_best(rows, candidates, count))
 
 
 def _best(rows: Sequence[Counter[str]], candidates: list[int], count: int) -> list[int]:
