@@ -153,6 +153,26 @@ async def test_count_is_shared_and_lapses_with_its_window(cache: Cache, peer: Ca
     assert await cache.count("rate:u1", 0.3) == 1  # a new window
 
 
+async def test_a_named_hit_counts_once_even_when_two_deliveries_race(
+    cache: Cache, peer: Cache
+) -> None:
+    # A platform's repeat of a message, handled by two workers at the same moment: one hit.
+    counter, hit = keys.rate("u1"), keys.counted("u1", "update-7")
+    both = await asyncio.gather(*(c.count(counter, 30, once=hit) for c in [cache, peer] * 4))
+    assert both == [1] * 8
+    assert await cache.count(counter, 30, once=keys.counted("u1", "update-8")) == 2
+    assert await peer.count(counter, 30, once=hit) == 1  # the first answer, kept
+    assert await peer.count(counter, 30) == 3  # an unnamed hit always counts
+
+
+async def test_a_named_hit_lapses_with_its_window(cache: Cache) -> None:
+    counter, hit = keys.rate("u1"), keys.counted("u1", "update-7")
+    assert await cache.count(counter, 0.3, once=hit) == 1
+    await asyncio.sleep(0.35)
+    assert await cache.count(counter, 0.3, once=hit) == 1  # a new window counts it anew
+    assert await cache.count(counter, 0.3) == 2
+
+
 # The read-through layer: the same contract over both, and where they differ by design.
 
 

@@ -64,6 +64,35 @@ async def test_rvs_repeated_deliveries_do_not_count_against_the_sender(
         assert sink.replies[KEY] == ["echo: first", "echo: second"]
 
 
+@pytest.mark.redis
+async def test_repeats_delivered_at_the_same_moment_count_once(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    """Two workers get the same message at once (a webhook retried while the first delivery
+    is still running): the sender's count goes up by one, so their next message is answered.
+    The count and its mark for the message are one atomic step in Redis."""
+    database = {"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"}
+    settings = Settings(
+        database=database,  # type: ignore[arg-type]
+        conversation={"rate_limit_messages": 2},  # type: ignore[arg-type]
+        redis={"url": redis_url, "key_prefix": key_prefix},  # type: ignore[arg-type]
+    )
+    async with Parley(settings, backend=ScriptedBackend()) as one, Parley(settings) as two:
+        sink = CollectingSink()
+        one.manager.attach("test", sink)
+        first = Incoming(KEY, ADA, "first", idempotency_key="u-1")
+        others = [Incoming(KEY, User("test", "u9"), "", idempotency_key=f"o-{i}") for i in range(3)]
+        for app in (one, two):  # connections open in both pools: the six calls really race
+            await asyncio.gather(*(app.manager.over_rate_limit(o) for o in others))
+        decided = await asyncio.gather(
+            *(app.manager.over_rate_limit(first) for app in [one, two] * 3)
+        )
+        assert decided == [False] * 6
+        await one.manager.handle(first)
+        await one.manager.handle(Incoming(KEY, ADA, "second", idempotency_key="u-2"))
+        assert sink.replies[KEY] == ["echo: first", "echo: second"]
+
+
 @pytest.mark.postgres
 async def test_rvs_retries_during_a_database_outage_never_lose_the_text(
     postgres_url: str,

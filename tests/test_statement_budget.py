@@ -195,11 +195,11 @@ SQLITE: dict[str, Budget] = {
     "command": ({"INSERT": 2, "UPDATE": 5, "SELECT": 2}, 5, 0, {}),
     "cold": ({"INSERT": 5, "UPDATE": 5, "SELECT": 4}, 6, 0, {}),
 }
-# The rate limit: its counter (incrby, pexpire), and its decision for the message, kept for
-# a repeat or a retry of it (a get, and a set since the message is new).
-_RATE = {"get": 1, "incrby": 1, "pexpire": 1, "set": 1}
-_CACHED_WINDOW = {"get": 4, "incrby": 1, "pexpire": 1, "set": 2}
-_NEW_WINDOW = {"get": 4, "incrby": 1, "pexpire": 1, "set": 5}
+# The rate limit: one script counts the message and marks it counted, so that a repeat or a
+# retry of it is not counted again (its own commands run inside Redis: not round trips).
+_RATE = {"evalsha": 1}
+_CACHED_WINDOW = {"evalsha": 1, "get": 3, "set": 1}
+_NEW_WINDOW = {"evalsha": 1, "get": 3, "set": 4}
 POSTGRES: dict[str, Budget] = {
     "first": ({"WITH": 3, "INSERT": 2, "UPDATE": 2, "SELECT": 3}, 0, 2, _NEW_WINDOW),
     "chat": ({"WITH": 2, "INSERT": 2, "UPDATE": 2}, 0, 2, _CACHED_WINDOW),

@@ -82,8 +82,6 @@ STUB_MARK = "[message: "
 # The longest a caller's stub may be (a document's, with its name); a longer text that begins
 # with STUB_MARK is a user's text, which over the rate limit is not kept either.
 MAX_STUB_CHARS = 400
-# What over_rate_limit kept for a message it counted (a repeat gets the same answer).
-_OVER, _WITHIN = b"over", b"within"
 _SIZE_STUB = re.compile(r"^\[message: (\d+) characters not kept, over the size limit of (\d+)\]$")
 # Commands that stop a reply that is still streaming.
 STOP_COMMANDS = frozenset({"reset", "stop"})
@@ -240,15 +238,9 @@ class ConversationManager:
         if s.rate_limit_messages == 0:
             return False
         sender = sender_key(incoming)
-        counted = keys.counted(sender, incoming.idempotency_key)
-        decided = await self._cache.get(counted)
-        if decided is not None:
-            return decided == _OVER
-        hits = await self._cache.count(keys.rate(sender), s.rate_limit_window_s)
-        over = hits > s.rate_limit_messages
-        if hits:  # 0: the cache is unreachable, nothing was counted
-            await self._cache.set(counted, _OVER if over else _WITHIN, s.rate_limit_window_s)
-        return over
+        once = keys.counted(sender, incoming.idempotency_key)
+        hits = await self._cache.count(keys.rate(sender), s.rate_limit_window_s, once=once)
+        return hits > s.rate_limit_messages  # 0: the cache is unreachable, nothing counted
 
     def _stop_streaming(self, conversation_id: int) -> None:
         """/reset while a reply streams in this process: stop it (the model aborts it)."""

@@ -380,9 +380,11 @@ class Cache(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
-    async def count(self, key: str, window_s: float) -> int:
+    async def count(self, key: str, window_s: float, *, once: str | None = None) -> int:
         """Add one to the counter `key` and return it; the counter starts at the first hit
         and lapses `window_s` later (a fixed window, shared by every worker on Redis).
+        `once`: a key naming this hit (a message); a hit named before within the window adds
+        nothing and gets the count its first call got, even when both calls run at once.
         0 when the cache is unreachable: limits built on it fail open."""
         ...
 

@@ -81,13 +81,19 @@ class MemoryCache:
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
 
-    async def count(self, key: str, window_s: float) -> int:
+    async def count(self, key: str, window_s: float, *, once: str | None = None) -> int:
+        if once is not None and isinstance(seen := self._find(once), int):
+            return seen
         hits = self._find(key)
         if isinstance(hits, int):  # the window keeps the expiry of its first hit
-            self._keep(key, hits + 1, self._entries[key][1])
-            return hits + 1
-        self._keep(key, 1, _deadline(window_s))
-        return 1
+            hits += 1
+            self._keep(key, hits, self._entries[key][1])
+        else:
+            hits = 1
+            self._keep(key, hits, _deadline(window_s))
+        if once is not None:
+            self._keep(once, hits, _deadline(window_s))
+        return hits
 
     def read_through(
         self, key: KeyOf, load: Load[T], codec: Codec[T], *, ttl_s: float
@@ -165,6 +171,19 @@ class _CopiedObjects(Generic[T]):
         await self._cache.delete(self._key(id_))
 
 
+# KEYS[1] the counter, KEYS[2] the hit's name, ARGV[1] the window in ms. A name seen before
+# (and still holding a count) gets that count back; otherwise the counter goes up, its window
+# starting at its first hit, and the name keeps the count for the window.
+_COUNT_ONCE = """
+local seen = tonumber(redis.call('GET', KEYS[2]))
+if seen then return seen end
+local hits = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1], 'NX')
+redis.call('SET', KEYS[2], hits, 'PX', ARGV[1])
+return hits
+"""
+
+
 class RedisCache:
     """Entries under `{key_prefix}:{key}`, keys from bot.storage.keys."""
 
@@ -180,6 +199,7 @@ class RedisCache:
             retry_after_failure_s, meanwhile="the cache is bypassed", logger=logger
         )
         self._failures: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+        self._count_once = client.register_script(_COUNT_ONCE)
 
     @classmethod
     def from_url(
@@ -242,7 +262,7 @@ class RedisCache:
     async def delete(self, key: str) -> None:
         await self._attempt(lambda: self._client.delete(self._key(key)))
 
-    async def count(self, key: str, window_s: float) -> int:
+    async def count(self, key: str, window_s: float, *, once: str | None = None) -> int:
         px = max(1, math.ceil(window_s * 1000))
 
         async def hit() -> int:
@@ -253,7 +273,12 @@ class RedisCache:
             hits, _ = await pipe.execute()
             return int(hits)
 
-        return await self._attempt(hit) or 0
+        async def hit_once(name: str) -> int:
+            # One round trip, atomic: two deliveries of one message at once count once.
+            keys_ = [self._key(key), self._key(name)]
+            return int(await self._count_once(keys=keys_, args=[px]))
+
+        return await self._attempt(hit if once is None else lambda: hit_once(once)) or 0
 
     def read_through(
         self, key: KeyOf, load: Load[T], codec: Codec[T], *, ttl_s: float
