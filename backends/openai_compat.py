@@ -24,6 +24,10 @@ Errors (all `bot.errors.BackendError`):
     ContextTooLong      HTTP 400 whose message is about the context length
     BackendError        any other refusal, or a stream that cannot be parsed
 
+An error's message says the status and the error body's `type`, `code` and `param`, never the
+body's free text, only its length: servers quote the request there (vLLM's validation errors
+the whole body, others the prompt), that is the user's text, and these errors are logged.
+
 Close the stream early with `contextlib.aclosing` (or cancel the task): the HTTP response is
 closed, and vLLM aborts a request whose client went away.
 """
@@ -95,6 +99,8 @@ _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 _CONTEXT_MESSAGE = re.compile(
     r"context length|maximum context|max_model_len|maximum model length", re.IGNORECASE
 )
+# An error body's `type`, `code` or `param` is kept where it is an identifier like these.
+_ERROR_FIELD = re.compile(r"[\w.-]{1,64}")
 
 
 class ServerUnavailable(BackendUnavailable):
@@ -415,7 +421,7 @@ def _decode(data: str) -> Mapping[str, Any]:
     if "error" in event:
         # vLLM reports errors that happen after the 200 header as an event, with the status
         # it would have answered in its "code" (500: the generation failed; 503: retry).
-        raise _error_for(_event_status(event["error"]), _error_message(event), {})
+        raise _error_for(_event_status(event["error"]), event, {})
     return event
 
 
@@ -451,29 +457,40 @@ def _usage(raw: Mapping[str, Any]) -> Usage | None:
 
 def _raise_for_status(response: httpx.Response) -> None:
     if response.is_error:
-        message = _error_message(_json_or_text(response))
-        raise _error_for(response.status_code, message, response.headers)
+        raise _error_for(response.status_code, _json_or_text(response), response.headers)
 
 
-def _error_for(status: int, message: str, headers: Mapping[str, str]) -> BackendError:
+def _error_for(status: int, body: object, headers: Mapping[str, str]) -> BackendError:
+    """The error for an error body; its free text is read here and not passed on."""
+    answered = f"the server answered {status} ({_error_summary(body)})"
     if status == 429 or status >= 500:
         retry_after = _retry_after(headers.get("retry-after"))
-        return ServerUnavailable(
-            f"the server answered {status}: {message}", status=status, retry_after=retry_after
-        )
-    if status == 400 and _CONTEXT_MESSAGE.search(message):
-        return ContextTooLong(message)
-    return BackendError(f"the server answered {status}: {message}")
+        return ServerUnavailable(answered, status=status, retry_after=retry_after)
+    if status == 400 and _CONTEXT_MESSAGE.search(_error_text(body)):
+        return ContextTooLong(f"{answered}: the prompt is longer than the model's context")
+    return BackendError(answered)
 
 
-def _error_message(body: object) -> str:
+def _error_text(body: object) -> str:
     """The human part of an error body: OpenAI's {"error": {"message"}} or whatever is there."""
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict) and "message" in error:
-            return str(error["message"])
-        return str(error)[:500]
-    return str(body)[:500]
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, dict) and "message" in error:
+        return str(error["message"])
+    return str(error)
+
+
+def _error_summary(body: object) -> str:
+    """What of an error body may be logged: its identifiers, and its text's length only."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    fields = error if isinstance(error, dict) else {}
+    said = [
+        f"{name}={value}"
+        for name in ("type", "code", "param")
+        if (value := fields.get(name)) is not None and _ERROR_FIELD.fullmatch(str(value))
+    ]
+    text = _error_text(body)
+    said.append(f"message withheld, {len(text)} characters" if text else "no message")
+    return ", ".join(said)
 
 
 def _retry_after(value: str | None) -> float | None:

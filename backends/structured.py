@@ -101,6 +101,6 @@ async def _reply_text(backend: Backend, request: GenerationRequest) -> str:
     except BackendError as exc:
         # Anything else is a refusal of the request itself, most likely of its schema.
         raise StructuredOutputUnsupported(
-            f"the backend cannot produce schema-constrained JSON: {exc}"
+            f"the backend refused response_format (schema-constrained JSON): {exc}"
         ) from exc
     return "".join(parts)

@@ -12,7 +12,9 @@ its children propagate), does two things to every record:
   something failed, which an operator needs.
 - In what is kept, every secret given to `install` (bot tokens, API keys, passwords; see
   `secrets_in`) and any Telegram bot token in a URL is replaced with `***`, exceptions and
-  stack traces included.
+  stack traces included. A secret shorter than MIN_SECRET_CHARS is replaced only where it
+  stands as a password (`user:…@` in a URL, `password=…` and the like in a driver's error):
+  anywhere else it could be an ordinary word, and every log line would lose it.
 
 `log_message_text = true` is for debugging on a machine whose logs are as private as the
 conversations; secrets are redacted even then. Parley's own loggers never log message text.
@@ -52,8 +54,14 @@ BODY_LOGGERS = (
 REDACTED = "***"
 # A bot token in a Bot API URL (api.telegram.org/bot<id>:<secret>/...), whoever logs it.
 _BOT_TOKEN = re.compile(r"(?<=/bot)\d+:[\w-]+")
-# Shorter secrets would redact ordinary words.
+# Shorter secrets would redact ordinary words: they are redacted only as passwords.
 MIN_SECRET_CHARS = 6
+# Where a value is a password, however short, as (before it, after it): a URL's `user:…@`,
+# and `password=…`, `password: …` or `"password": "…"` (DSNs, drivers' errors, JSON).
+_PASSWORD_AT = (
+    (r"(?P<before>://[^\s/@:]*:)", "(?=@)"),
+    (r"(?P<before>(?i:password|passwd|pwd)[\"']?\s*[=:]\s*[\"']?)", r"(?=[\s\"',;&)\]}]|$)"),
+)
 
 
 class LogSafetyFilter(logging.Filter):
@@ -62,9 +70,15 @@ class LogSafetyFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = (), *, log_message_text: bool = False) -> None:
         super().__init__()
         self.log_message_text = log_message_text
-        kept = sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
-        literal = "|".join(re.escape(s) for s in kept)
-        self._secrets = re.compile(literal) if literal else None
+        given = {s for s in secrets if s}
+        long = {s for s in given if len(s) >= MIN_SECRET_CHARS}
+        self._secrets = _any_of(long)
+        short = _any_of(given - long)
+        self._passwords = (
+            [re.compile(f"{at}(?:{short.pattern}){end}") for at, end in _PASSWORD_AT]
+            if short
+            else []
+        )
 
     def filter(self, record: logging.LogRecord) -> bool:
         if (
@@ -94,7 +108,17 @@ class LogSafetyFilter(logging.Filter):
 
     def redact(self, text: str) -> str:
         text = _BOT_TOKEN.sub(REDACTED, text)
-        return self._secrets.sub(REDACTED, text) if self._secrets else text
+        if self._secrets:
+            text = self._secrets.sub(REDACTED, text)
+        for password in self._passwords:
+            text = password.sub(rf"\g<before>{REDACTED}", text)
+        return text
+
+
+def _any_of(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    """One pattern for `secrets`, longest first (a secret inside another is not half-done)."""
+    literal = "|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True))
+    return re.compile(literal) if literal else None
 
 
 def _is_library(name: str) -> bool:

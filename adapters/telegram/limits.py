@@ -12,6 +12,9 @@ per-chat window holds one slot), so the chat's calls go out in order, one by one
 per-chat queue. A 429 (`RetryAfter`) is never dropped: the same call is re-sent after
 `retry_after`, while the chat's queue waits behind it so nothing else overtakes it. The wait
 holds no slot of the group's or the bot's windows: a chat in flood wait slows no other chat.
+A `retry_after` above MAX_FLOOD_WAIT_S is a flood ban, not a limit: the call fails at once
+with the `RetryAfter`, like any other Bot API error, instead of holding the chat's queue and
+its turn asleep for hours.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ _Result = bool | dict[str, Any] | list[dict[str, Any]]
 # Above retry_after: the server's clock and ours differ by the network's delay.
 RETRY_MARGIN_S = 0.1
 NETWORK_RETRIES = 3
+# The longest flood wait obeyed. Telegram's documented limits need at most a minute (20
+# messages a minute in a group); it answers hours to a bot it has banned for flooding, and
+# the turn waiting behind the call would keep its conversation (and lease) that long.
+# getUpdates waits whatever it is told: nothing queues behind it, and polling through a ban
+# would only prolong it.
+MAX_FLOOD_WAIT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +154,15 @@ class FloodGate(BaseRateLimiter[int]):
                 async with slot():
                     return await callback(*args, **kwargs)
             except RetryAfter as exc:
+                asked = retry_after_s(exc)
+                if asked > MAX_FLOOD_WAIT_S and endpoint != "getUpdates":
+                    log.warning(
+                        "%s: flood control asks for %.0f s, over %.0f s: the call fails",
+                        endpoint, asked, MAX_FLOOD_WAIT_S,
+                    )  # fmt: skip
+                    raise
                 self.retries_after_429 += 1
-                wait = retry_after_s(exc) + RETRY_MARGIN_S
+                wait = asked + RETRY_MARGIN_S
                 log.warning("%s: flood control, re-sending in %.1f s", endpoint, wait)
                 await asyncio.sleep(wait)
             except NetworkError as exc:
