@@ -283,6 +283,12 @@ def _vllm_errors_mapped() -> Iterator[None]:
     except VLLMClientError as exc:
         if _CONTEXT_MESSAGE.search(str(exc)):
             raise ContextTooLong(str(exc)) from exc
-        raise BackendError(f"vLLM rejected the request: {exc}") from exc
+        raise BackendError(f"vLLM rejected the request ({_withheld(exc)})") from exc
     except (VLLMServerError, ValueError, RuntimeError) as exc:
-        raise BackendError(f"vLLM failed the request: {exc}") from exc
+        raise BackendError(f"vLLM failed the request ({_withheld(exc)})") from exc
+
+
+def _withheld(exc: BaseException) -> str:
+    """An engine error as it may be logged: its kind and size, not its text, which may quote
+    the prompt (a tokenizer's or a chat template's error), that is the user's words."""
+    return f"{type(exc).__name__}, message withheld, {len(str(exc))} characters"

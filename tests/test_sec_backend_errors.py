@@ -161,3 +161,18 @@ def test_identifiers_that_are_not_identifiers_are_withheld_too() -> None:
     assert message == (
         f"the server answered 422 (param=input, message withheld, {len(USER_TEXT)} characters)"
     )
+
+
+@pytest.mark.parametrize("kind", [ValueError, RuntimeError])
+def test_an_engine_error_quoting_the_prompt_is_withheld(kind: type[Exception]) -> None:
+    """The in-process engine's own errors (a tokenizer's or a chat template's) may quote the
+    prompt: the error Parley raises names their kind and size only."""
+    from tests.fixtures_vllm import require
+
+    require("vllm")
+    from backends.vllm_engine import _vllm_errors_mapped
+
+    with pytest.raises(BackendError) as raised, _vllm_errors_mapped():
+        raise kind(f"cannot render message {USER_TEXT!r}")
+    assert USER_TEXT not in str(raised.value)
+    assert kind.__name__ in str(raised.value)
