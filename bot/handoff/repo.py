@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bot.sentiment.types import Label, Sentiment
 from bot.storage import keys
 from bot.storage.base import Cache, Codec
-from bot.storage.database import connection
+from bot.storage.database import all_rows, run_on_connection
 from bot.storage.models import ConversationRow, MessageRow
 from bot.types import ConversationKey, utcnow
 
@@ -82,8 +82,12 @@ class HandoffRepository:
 
     async def _load(self, conversation_id: int) -> tuple[HandoffStatus, str]:
         stmt = sa.select(_s.state, _s.reason, _s.detail, _s.since, _s.agent, _s.language)
-        async with self._connection() as conn:
-            row = (await conn.execute(stmt.where(_s.conversation_id == conversation_id))).first()
+        stmt = stmt.where(_s.conversation_id == conversation_id)
+
+        async def load(conn: AsyncConnection) -> sa.Row[Any] | None:
+            return (await conn.execute(stmt)).first()
+
+        row = await run_on_connection(self._engine, load)
         return (BOT_STATUS, "") if row is None else (_status(row), row[5])
 
     async def change(
@@ -101,7 +105,8 @@ class HandoffRepository:
         audit row in one transaction (the row locked on PostgreSQL: two agents taking the same
         conversation at once are serialised). Nothing written when not allowed, or when it is
         already in `to` with the same agent (a retried call)."""
-        async with self._connection(write=True) as conn:
+
+        async def run(conn: AsyncConnection) -> Change:
             await conn.execute(
                 self._dialect.insert(_s)
                 .values(conversation_id=conversation_id)
@@ -116,7 +121,6 @@ class HandoffRepository:
                 return Change(before, before, old_language)
             now = utcnow()
             keep_language = old_language if language is None else language
-            after = HandoffStatus(to, reason, detail, now, agent)
             await conn.execute(
                 sa.update(_s)
                 .where(_s.conversation_id == conversation_id)
@@ -129,10 +133,16 @@ class HandoffRepository:
                     to_state=to.value, reason=reason.value, detail=detail, agent=agent, at=now,
                 )
             )  # fmt: skip
+            after = HandoffStatus(to, reason, detail, now, agent)
+            return Change(before, after, keep_language)
+
+        change = await run_on_connection(self._engine, run, write=True)
+        if not change.changed:  # nothing written (a state change always moves state or agent)
+            return change
         # Put, not dropped: a customer message's load that read the row before this change
         # is then never kept over it (ReadThrough).
         await self._states.refresh(conversation_id)
-        return Change(before, after, keep_language)
+        return change
 
     async def waiting(self) -> list[tuple[int, ConversationKey, HandoffStatus, str]]:
         """Every conversation waiting for a person, oldest request first: (id, key, status,
@@ -144,8 +154,7 @@ class HandoffRepository:
             .where(_s.state == HandoffState.WAITING.value)
             .order_by(_s.since, _s.conversation_id)
         )  # fmt: skip
-        async with self._connection() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, stmt))
         return [(r[6], ConversationKey(r[7], r[8], r[9]), _status(r), r[5]) for r in rows]
 
     async def message_with_key(self, conversation_id: int, idempotency_key: str) -> int | None:
@@ -153,8 +162,7 @@ class HandoffRepository:
         stmt = sa.select(_m.id).where(
             _m.conversation_id == conversation_id, _m.idempotency_key == idempotency_key
         )
-        async with self._connection() as conn:
-            found = await conn.scalar(stmt)
+        found = await run_on_connection(self._engine, lambda conn: conn.scalar(stmt))
         return int(found) if found is not None else None
 
     async def events(self, conversation_id: int) -> list[tuple[str, str, str, str]]:
@@ -164,8 +172,8 @@ class HandoffRepository:
             .where(_e.conversation_id == conversation_id)
             .order_by(_e.id)
         )
-        async with self._connection() as conn:
-            return [tuple(r) for r in (await conn.execute(stmt)).all()]  # type: ignore[misc]
+        rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, stmt))
+        return [tuple(r) for r in rows]  # type: ignore[misc]
 
     async def record_signals(self, conversation_id: int, signals: Sequence[Signal]) -> None:
         """One statement for the whole batch; a repeat of a message (a turn run again after
@@ -181,8 +189,10 @@ class HandoffRepository:
         ]  # fmt: skip
         if not rows:
             return
-        async with connection(self._relaxed, single=True) as conn:
-            await conn.execute(self._add_signal, rows[0] if len(rows) == 1 else rows)
+        values = rows[0] if len(rows) == 1 else rows
+        await run_on_connection(
+            self._relaxed, lambda conn: conn.execute(self._add_signal, values), single=True
+        )
 
     async def recent_signals(
         self, conversation_id: int, limit: int, *, before_id: int | None = None
@@ -193,8 +203,7 @@ class HandoffRepository:
         if before_id is not None:
             stmt = stmt.where(_g.message_id < before_id)
         stmt = stmt.order_by(_g.message_id.desc()).limit(limit)
-        async with self._connection() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, stmt))
         return [
             Signal(r[0], Sentiment(Label(r[1]), float(r[2]), bool(r[3]), r[4]), bool(r[5]))
             for r in rows
@@ -209,11 +218,8 @@ class HandoffRepository:
             .order_by(_m.id.desc())
             .limit(limit)
         )
-        async with self._connection() as conn:
-            return [r[0] for r in reversed((await conn.execute(stmt)).all())]
-
-    def _connection(self, *, write: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
-        return connection(self._engine, write=write)
+        rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, stmt))
+        return [r[0] for r in reversed(rows)]
 
 
 def _status(row: Sequence[object]) -> HandoffStatus:

@@ -4,11 +4,10 @@ holds the logic; this module only reads and writes rows."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -18,11 +17,12 @@ from bot.errors import StorageError
 from bot.knowledge.ingest import FileData, Parsed, normalize_source
 from bot.knowledge.search import search_statement
 from bot.knowledge.types import DocumentInfo
-from bot.storage.database import database_errors, describe_error
+from bot.storage.database import all_rows, run_on_connection
 from bot.storage.models import KbDocumentRow
 from bot.text.storable import storable
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql")
+T = TypeVar("T")
 
 _Doc = KbDocumentRow
 # The chunk table as this module uses it, `embedding` included (migration 0006).
@@ -52,7 +52,6 @@ class KnowledgeRows:
                 f"the knowledge base needs SQLite or PostgreSQL, not {engine.dialect.name}"
             )
         self._engine = engine
-        self._errors = database_errors(engine.url)
 
     async def documents(self) -> list[DocumentInfo]:
         d, c = _Doc, _c
@@ -62,8 +61,7 @@ class KnowledgeRows:
             .group_by(d.id, d.source, d.title, d.size, d.updated_at)
             .order_by(d.source)
         )
-        async with self.connection() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._run(lambda conn: all_rows(conn, stmt))
         return [DocumentInfo(*row) for row in rows]
 
     async def remove(self, source_or_prefix: str | Path) -> int:
@@ -75,24 +73,24 @@ class KnowledgeRows:
         folder = source.rstrip("/") + "/"
         matches = sa.or_(_Doc.source == source, _Doc.source.startswith(folder, autoescape=True))
         ids = sa.select(_Doc.id).where(matches).scalar_subquery()
-        async with self.connection(write=True) as conn:
+
+        async def run(conn: AsyncConnection) -> int:
             # Chunks first and explicitly: ON DELETE CASCADE needs SQLite's foreign_keys pragma,
             # which an engine not made by bot.storage.database may lack.
             await conn.execute(sa.delete(_Chunk).where(_c.document_id.in_(ids)))
-            result = await conn.execute(sa.delete(_Doc).where(matches))
-        return int(result.rowcount)
+            return (await conn.execute(sa.delete(_Doc).where(matches))).rowcount
+
+        return await self._run(run, write=True)
 
     async def is_empty(self) -> bool:
-        async with self.connection() as conn:
-            first = await conn.execute(sa.select(_Doc.id).limit(1))
-            return first.first() is None
+        first = await self._run(lambda conn: all_rows(conn, sa.select(_Doc.id).limit(1)))
+        return not first
 
     async def existing(self, source: str) -> tuple[int, str, str] | None:
         """(id, sha256, collection) of the document stored for `source`."""
         stmt = sa.select(_Doc.id, _Doc.sha256, _COLLECTION).where(_Doc.source == source)
-        async with self.connection() as conn:
-            row = (await conn.execute(stmt)).first()
-        return (row[0], row[1], row[2]) if row else None
+        rows = await self._run(lambda conn: all_rows(conn, stmt))  # one at most: a unique key
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
     async def store(
         self,
@@ -110,24 +108,28 @@ class KnowledgeRows:
             "size": len(file.data),
             "updated_at": datetime.now(UTC),
         }
-        async with self.connection(write=True, integrity_errors=True) as conn:
-            if document_id is None:
+
+        async def run(conn: AsyncConnection) -> None:
+            doc_id = document_id
+            if doc_id is None:
                 insert = sa.insert(_Doc).values(source=file.source, **values)
-                document_id = (await conn.execute(insert.returning(_Doc.id))).scalar_one()
+                doc_id = (await conn.execute(insert.returning(_Doc.id))).scalar_one()
             else:
-                await conn.execute(sa.update(_Doc).where(_Doc.id == document_id).values(values))
-                await conn.execute(sa.delete(_Chunk).where(_c.document_id == document_id))
+                await conn.execute(sa.update(_Doc).where(_Doc.id == doc_id).values(values))
+                await conn.execute(sa.delete(_Chunk).where(_c.document_id == doc_id))
             await conn.execute(
                 sa.update(_DocCollection)
-                .where(_DocCollection.c.id == document_id)
+                .where(_DocCollection.c.id == doc_id)
                 .values(collection=collection)
             )
             rows = [
-                {"document_id": document_id, "ordinal": n, "location": c.location,
+                {"document_id": doc_id, "ordinal": n, "location": c.location,
                  "text": c.text, "token_count": c.token_count, "embedding": blob}
                 for n, (c, blob) in enumerate(zip(parsed.chunks, blobs, strict=True))
             ]  # fmt: skip
             await conn.execute(sa.insert(_Chunk), rows)
+
+        await self._run(run, write=True, integrity_errors=True)
 
     async def stamp(self) -> tuple[object, ...]:
         """Changes with every add, update or removal, and costs two index lookups and a scan of
@@ -139,13 +141,12 @@ class KnowledgeRows:
             sa.select(sa.func.max(_Doc.updated_at)).scalar_subquery(),
             sa.select(sa.func.count()).select_from(_Doc).scalar_subquery(),
         )
-        async with self.connection() as conn:
-            return tuple((await conn.execute(stmt)).one())
+        rows = await self._run(lambda conn: all_rows(conn, stmt))
+        return tuple(rows[0])
 
     async def chunk_count(self) -> int:
-        async with self.connection() as conn:
-            count = await conn.scalar(sa.select(sa.func.count()).select_from(_Chunk))
-        return int(count or 0)
+        stmt = sa.select(sa.func.count()).select_from(_Chunk)
+        return int(await self._run(lambda conn: conn.scalar(stmt)) or 0)
 
     async def chunks(self, *, with_text: bool) -> Sequence[sa.Row[Any]]:
         """Every chunk's id, document_id, ordinal, location and collection, with text and
@@ -154,8 +155,7 @@ class KnowledgeRows:
         if with_text:
             columns += [_c.text, _c.embedding]
         stmt = sa.select(*columns).join(_Doc, _Doc.id == _c.document_id).order_by(_c.id)
-        async with self.connection() as conn:
-            return (await conn.execute(stmt)).all()
+        return await self._run(lambda conn: all_rows(conn, stmt))
 
     async def write_vectors(self, blobs: dict[int, bytes]) -> None:
         stmt = (
@@ -164,14 +164,13 @@ class KnowledgeRows:
             .values(embedding=sa.bindparam("vector"))
         )
         params = [{"chunk_id": i, "vector": b} for i, b in blobs.items()]
-        async with self.connection(write=True) as conn:
-            await conn.execute(stmt, params)
+        await self._run(lambda conn: conn.execute(stmt, params), write=True)
 
     async def fulltext(self, terms: list[str], k: int, collection: str = "") -> list[int]:
         """Up to k chunk ids of `collection` by the database's own full-text ranking."""
         stmt, params = search_statement(self._engine.dialect.name, terms, k, collection)
-        async with self.connection() as conn:
-            return [row.id for row in await conn.execute(stmt, params)]
+        rows = await self._run(lambda conn: all_rows(conn, stmt, params))
+        return [row.id for row in rows]
 
     async def passage_rows(self, chunk_ids: Sequence[int]) -> dict[int, sa.Row[Any]]:
         """id -> (id, text, location, title, source) of the chunks still there."""
@@ -180,21 +179,25 @@ class KnowledgeRows:
             .join(_Doc, _Doc.id == _c.document_id)
             .where(_c.id.in_(chunk_ids))
         )
-        async with self.connection() as conn:
-            return {row.id: row for row in await conn.execute(stmt)}
+        rows = await self._run(lambda conn: all_rows(conn, stmt))
+        return {row.id: row for row in rows}
 
-    @asynccontextmanager
-    async def connection(
-        self, *, write: bool = False, integrity_errors: bool = False
-    ) -> AsyncIterator[AsyncConnection]:
-        """A connection (in a transaction if `write`) whose failures raise StorageError;
-        with `integrity_errors`, a unique-key race passes through for the caller to report."""
+    async def _run(
+        self,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        write: bool = False,
+        integrity_errors: bool = False,
+    ) -> T:
+        """`work` on a connection (in a transaction if `write`; bot.storage.database's rule,
+        retried once on a dead pooled connection); its failures raise StorageError. With
+        `integrity_errors`, a unique-key race passes through for the caller to report."""
         try:
-            async with self._engine.begin() if write else self._engine.connect() as conn:
-                yield conn
-        except sa_exc.IntegrityError:
-            if integrity_errors:
+            return await run_on_connection(self._engine, work, write=write)
+        except StorageError as exc:
+            conflict = exc.__cause__
+            if not isinstance(conflict, sa_exc.IntegrityError):
                 raise
+            if integrity_errors:
+                raise conflict from None
             raise StorageError("knowledge base: a concurrent change conflicted") from None
-        except self._errors as exc:
-            raise StorageError(describe_error(exc, self._engine.url)) from exc

@@ -6,17 +6,19 @@ the same way on both.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import URL, event, make_url
+from sqlalchemy import URL, Executable, Row, event, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 
 from bot.errors import StorageError
+
+T = TypeVar("T")
 
 # WAL lets readers work while one writer commits; NORMAL is durable across application crashes
 # in WAL mode (only an OS crash may lose the last commits); busy_timeout makes a second writer
@@ -34,7 +36,8 @@ SQLITE_PRAGMAS = (
 _COMMON_ERRORS: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError)
 
 # Server connections older than this are replaced at checkout. There is no pre-ping (a round
-# trip per checkout): a connection found dead is invalidated and the store retries once.
+# trip per checkout): a connection found dead is invalidated and the work retried once
+# (retry_dead_connection).
 POOL_RECYCLE_S = 1800
 
 
@@ -106,26 +109,60 @@ def database_errors(url: str | URL) -> tuple[type[BaseException], ...]:
     return (*_COMMON_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-@asynccontextmanager
-async def connection(
-    engine: AsyncEngine, *, write: bool = False, single: bool = False
-) -> AsyncIterator[AsyncConnection]:
-    """A connection of `engine` (in a transaction committed at the end when `write`), with
-    the driver's failures turned into StorageError: the repositories' one way in.
+async def run_on_connection(
+    engine: AsyncEngine,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    write: bool = False,
+    single: bool = False,
+) -> T:
+    """`work` on a connection of `engine` (in a transaction committed at the end when
+    `write`), with the driver's failures turned into StorageError: the repositories' one way in.
 
-    `single`: the block writes with one statement, atomic by itself. On PostgreSQL it then
-    runs in autocommit mode: the statement commits alone, with no BEGIN and COMMIT round
-    trips around it (SQLite still needs its transaction to commit)."""
-    opened: AbstractAsyncContextManager[AsyncConnection]
-    if single and engine.dialect.name == "postgresql":
-        opened = engine.execution_options(isolation_level="AUTOCOMMIT").connect()
-    else:
-        opened = engine.begin() if write or single else engine.connect()
-    try:
+    `single`: `work` writes with one statement, atomic by itself. On PostgreSQL it then runs
+    in autocommit mode: the statement commits alone, with no BEGIN and COMMIT round trips
+    around it (SQLite still needs its transaction to commit).
+
+    A pooled connection the server closed fails `work`, which then runs once more from the
+    start on a new connection (`retry_dead_connection`): what it did on the dead one was
+    rolled back with it."""
+
+    async def attempt() -> T:
+        opened: AbstractAsyncContextManager[AsyncConnection]
+        if single and engine.dialect.name == "postgresql":
+            opened = engine.execution_options(isolation_level="AUTOCOMMIT").connect()
+        else:
+            opened = engine.begin() if write or single else engine.connect()
         async with opened as conn:
-            yield conn
-    except database_errors(engine.url) as exc:
-        raise StorageError(describe_error(exc, engine.url)) from exc
+            return await work(conn)
+
+    return await retry_dead_connection(attempt, engine.url)
+
+
+async def all_rows(
+    conn: AsyncConnection, statement: Executable, params: Mapping[str, Any] | None = None
+) -> Sequence[Row[Any]]:
+    """The rows of `statement` on `conn`: read inside the work `run_on_connection` runs,
+    before the connection goes back to the pool."""
+    return (await conn.execute(statement, params)).all()
+
+
+async def retry_dead_connection(attempt: Callable[[], Awaitable[T]], url: str | URL) -> T:
+    """`attempt()`, run once more when it failed on a pooled connection found dead; every
+    database failure raised as StorageError.
+
+    There is no pre-ping (a round trip per checkout), so after the server restarted (or closed
+    idle connections) the first use of each pooled connection fails. SQLAlchemy then sets
+    `connection_invalidated` and invalidates the pool, which hands out new connections. One
+    more try, not more: a server that is down fails the new connection too."""
+    for last in (False, True):
+        try:
+            return await attempt()
+        except database_errors(url) as exc:
+            if not last and isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+                continue
+            raise StorageError(describe_error(exc, url)) from exc
+    raise AssertionError("unreachable")  # the last attempt returned or raised
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.storage import keys
 from bot.storage.base import Cache, Codec, LoggedMessage, Store, TurnPrefs
-from bot.storage.database import connection
+from bot.storage.database import run_on_connection
 from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
 from bot.text.storable import storable
 
@@ -66,8 +65,10 @@ class PrefsRepository:
         return await self._chats.get(conversation_id)
 
     async def _load_chat(self, conversation_id: int) -> ChatPrefs:
-        async with self._connection() as conn:
-            row = (await conn.execute(_CHAT_PREFS, {"cid": conversation_id})).first()
+        async def load(conn: AsyncConnection) -> sa.Row[Any] | None:
+            return (await conn.execute(_CHAT_PREFS, {"cid": conversation_id})).first()
+
+        row = await run_on_connection(self._engine, load)
         return (row[0], bool(row[1])) if row is not None else (None, False)
 
     async def set_language(self, user_ref: int, language: str | None) -> None:
@@ -83,15 +84,11 @@ class PrefsRepository:
 
     async def remember_reply_to(self, message_id: int, text: str) -> None:
         stmt = self._dialect.insert(_mr).values(message_id=message_id, reply_to_text=storable(text))
-        async with self._connection(write=True) as conn:
-            await conn.execute(stmt.on_conflict_do_nothing(index_elements=["message_id"]))
+        stmt = stmt.on_conflict_do_nothing(index_elements=["message_id"])
+        await run_on_connection(self._engine, lambda conn: conn.execute(stmt), write=True)
 
     async def _upsert(self, table: Any, key: Mapping[str, Any], values: Mapping[str, Any]) -> None:
         changes = {**values, "updated_at": sa.func.now()}
         stmt = self._dialect.insert(table).values(**key, **values)
         stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=changes)
-        async with self._connection(write=True) as conn:
-            await conn.execute(stmt)
-
-    def _connection(self, *, write: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
-        return connection(self._engine, write=write)
+        await run_on_connection(self._engine, lambda conn: conn.execute(stmt), write=True)

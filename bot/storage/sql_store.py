@@ -47,7 +47,7 @@ from bot.storage.base import (
     TurnLease,
     TurnPrefs,
 )
-from bot.storage.database import database_errors, describe_error
+from bot.storage.database import database_errors, describe_error, retry_dead_connection
 from bot.storage.lease_keeper import Held, LeaseKeeper
 from bot.storage.models import ConversationRow, MessageRow, UserRow
 from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
@@ -461,16 +461,10 @@ class SqlStore:
         whole in one `run_sync`, not one greenlet switch per statement.
         """
         transaction = write and not (one_statement and self._autocommit)
-        for attempt in (1, 2):  # SQLAlchemy sets connection_invalidated; the pool replaces it
-            try:
-                return await (on or self._runner).run(work, transaction=transaction)
-            except sa_exc.DBAPIError as exc:
-                if attempt == 1 and exc.connection_invalidated:
-                    continue
-                raise StorageError(describe_error(exc, self._engine.url)) from exc
-            except self._errors as exc:
-                raise StorageError(describe_error(exc, self._engine.url)) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        runner = on or self._runner
+        return await retry_dead_connection(
+            lambda: runner.run(work, transaction=transaction), self._engine.url
+        )
 
     async def _rows(
         self, stmt: sa.Executable, params: Mapping[str, Any] | None = None

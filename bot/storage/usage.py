@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import date
 from typing import cast
@@ -27,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.errors import StorageError
-from bot.storage.database import connection
+from bot.storage.database import all_rows, run_on_connection
 from bot.storage.models import TokenUsageRow
 
 log = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ class UsageLog:
         self._pending: dict[tuple[date, str, str], list[int]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._writing = asyncio.Lock()
-        self._autocommit = engine.dialect.name == "postgresql"  # see connection(single=True)
+        self._autocommit = engine.dialect.name == "postgresql"  # see run_on_connection(single=)
         backend = engine.url.get_backend_name()
         insert = postgresql.insert if backend == "postgresql" else sqlite.insert
         # Built once with its values as parameters, so SQLAlchemy compiles it once (a
@@ -120,10 +119,14 @@ class UsageLog:
             # ran): whether it committed is unknown, so they are dropped: usage may miss a
             # moment, it is never counted twice.
             executed = False
+
+            async def add(conn: AsyncConnection) -> None:
+                nonlocal executed
+                await conn.execute(self._add, rows[0] if len(rows) == 1 else rows)
+                executed = True
+
             try:
-                async with connection(self._engine, single=True) as conn:
-                    await conn.execute(self._add, rows[0] if len(rows) == 1 else rows)
-                    executed = True
+                await run_on_connection(self._engine, add, single=True)
             except BaseException as exc:
                 failed = isinstance(exc, StorageError)  # an error, not a cut: not committed
                 if not executed and (failed or not self._autocommit):
@@ -178,8 +181,7 @@ class UsageLog:
         query = sa.select(_t.prompt_tokens + _t.completion_tokens).where(
             _t.day == day, _t.scope == subject.scope, _t.subject == subject.name
         )
-        async with self._connection() as conn:
-            found = (await conn.execute(query)).scalar()
+        found = await run_on_connection(self._engine, lambda conn: conn.scalar(query))
         return int(found or 0)
 
     async def report(self, since: date, subject: Subject | None = None) -> list[UsageLine]:
@@ -192,12 +194,8 @@ class UsageLog:
         if subject is not None:
             query = query.where(_t.scope == subject.scope, _t.subject == subject.name)
         query = query.order_by(_t.day.desc(), _t.scope.desc(), _t.subject)
-        async with self._connection() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, query))
         return [UsageLine(r[0], Subject(r[1], r[2]), Spent(r[3], r[4], r[5], r[6])) for r in rows]
-
-    def _connection(self, *, write: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
-        return connection(self._engine, write=write)
 
 
 _COUNTS = ("prompt_tokens", "completion_tokens", "turns", "refused")
