@@ -4,11 +4,13 @@ messages for the core's intake and streams replies back (`deliver`).
 Polling (default): `getUpdates` in a loop of our own (not PTB's Updater, which confirms a
 batch to Telegram by fetching the next one, before its updates are handled): the offset moves
 past an update only once it is recorded, so a crash re-fetches it, and the idempotency key
-makes that a no-op if it was recorded after all. Updates are fetched as JSON and parsed one by
-one, so one that PTB cannot parse (an older Bot API server's shapes) is logged and skipped
-instead of ending the loop. Webhook: the route mounts on Parley's HTTP server (`webhook`).
-Both end in `act`, whose return means "recorded in SQL". Every Bot API call goes through the
-`FloodGate`.
+makes that a no-op if it was recorded after all. Chats are recorded at once, each chat's
+updates in order (`polling.Backlog`), so one chat's document stalls no other chat; the offset stops
+at the oldest update not yet recorded, and one that getUpdates re-sends while it is in hand is
+not taken twice. Updates are fetched as JSON and parsed one by one, so one that PTB cannot
+parse (an older Bot API server's shapes) is logged and skipped instead of ending the loop.
+Webhook: the route mounts on Parley's HTTP server (`webhook`). Both end in `act`, whose
+return means "recorded in SQL". Every Bot API call goes through the `FloodGate`.
 
 Policy (who may talk, admin-only commands, documents, notices) is the core's
 (bot.conversation.intake); this adapter answers the one question only the platform can: is
@@ -41,6 +43,7 @@ from bot.types import ConversationKey, Incoming
 
 from .build import TelegramApp, build_application, redacting
 from .limits import FloodGate, Limits
+from .polling import WINDOW_MAX, Backlog
 from .settings import TelegramSettings
 from .stream import ReplyStream, Target
 from .translate import (
@@ -301,59 +304,67 @@ class TelegramAdapter:
         await asyncio.Event().wait()  # updates arrive on the HTTP server until we are stopped
 
     async def _poll(self) -> None:
-        """Fetch, record, and only then confirm (the next getUpdates' offset), until cancelled."""
+        """Fetch, record (chats at once, each chat in order), and confirm (the next
+        getUpdates' offset) only up to the oldest update not yet recorded, until cancelled."""
         await self.bot.delete_webhook()  # polling and a webhook exclude each other
         # PTB suggests its own get_updates, which parses a batch as a whole: one update it
         # cannot read would fail them all. Its warning about the raw call is silenced.
         warnings.filterwarnings(
             "ignore", message=r".*Bot\.getUpdates", category=PTBUserWarning, module=__name__
         )
-        offset: int | None = None
+        backlog = Backlog(self._record)
         delay = 1.0
-        while True:
-            try:
-                batch = await self._fetch(offset)
-            except (InvalidToken, Forbidden) as exc:
-                raise AdapterError(f"the Bot API refused the token: {exc.message}") from None
-            except TelegramError as exc:  # network, Conflict (another poller), 5xx, ...
-                log.warning("getUpdates failed, retrying in %.0f s: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, POLL_RETRY_MAX_S)
-                continue
-            delay = 1.0
-            for update_id, update in batch:
-                if update is not None:
-                    await self._record(update)
-                offset = update_id + 1
+        try:
+            while True:
+                try:
+                    batch = await self._fetch(backlog.next_offset())
+                except (InvalidToken, Forbidden) as exc:
+                    raise AdapterError(f"the Bot API refused the token: {exc.message}") from None
+                except TelegramError as exc:  # network, Conflict (another poller), 5xx, ...
+                    log.warning("getUpdates failed, retrying in %.0f s: %s", delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, POLL_RETRY_MAX_S)
+                    continue
+                delay = 1.0
+                backlog.take(batch, self._parse)
+                if backlog.busy:
+                    await backlog.settle()
+        finally:
+            await backlog.aclose()
 
-    async def _fetch(self, offset: int | None) -> list[tuple[int, Update | None]]:
-        """One getUpdates, each update parsed alone: (update_id, Update or None if unreadable)."""
+    async def _fetch(self, offset: int | None) -> list[tuple[int, dict[str, Any]]]:
+        """One getUpdates: (update_id, the update as JSON), oldest first."""
         raw = await self.bot.do_api_request(
             "getUpdates",
             api_kwargs={
                 "offset": offset,
+                "limit": WINDOW_MAX,
                 "timeout": POLL_TIMEOUT_S,
                 "allowed_updates": ALLOWED_UPDATES,
             },
             read_timeout=POLL_TIMEOUT_S + 10,
         )
-        batch: list[tuple[int, Update | None]] = []
+        batch: list[tuple[int, dict[str, Any]]] = []
         for data in raw if isinstance(raw, list) else []:
             update_id = data.get("update_id") if isinstance(data, dict) else None
             if not isinstance(update_id, int):
                 log.warning("getUpdates returned an entry without an update_id; skipped")
                 continue
-            try:
-                batch.append((update_id, Update.de_json(data, self.bot)))
-            except Exception as exc:  # an update shape this PTB does not know
-                log.warning("update %d could not be parsed (%s); skipped", update_id, exc)
-                batch.append((update_id, None))
+            batch.append((update_id, data))
         return batch
 
+    def _parse(self, update_id: int, data: dict[str, Any]) -> Update | None:
+        """One update alone: None (logged) for a shape this PTB does not know."""
+        try:
+            return Update.de_json(data, self.bot)
+        except Exception as exc:
+            log.warning("update %d could not be parsed (%s); skipped", update_id, exc)
+            return None
+
     async def _record(self, update: Update) -> None:
-        """handle_update until the database takes the update (later ones wait: order kept).
-        Anything else that goes wrong with one update is logged and the update skipped, so one
-        bad update cannot stop a chat's bot."""
+        """handle_update until the database takes the update (the chat's later ones wait:
+        order kept). Anything else that goes wrong with one update is logged and the update
+        skipped, so one bad update cannot stop a chat's bot."""
         delay = 1.0
         while True:
             try:
