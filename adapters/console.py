@@ -17,7 +17,7 @@ from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Self, TextIO
+from typing import TYPE_CHECKING, Literal, Self, TextIO
 
 from bot.adapter_registry import AdapterSettings, AdapterSpec
 from bot.conversation.intake import Intake
@@ -54,6 +54,7 @@ def create(host: AdapterHost, settings: ConsoleSettings) -> ConsoleAdapter:
 
 class ConsoleAdapter:
     platform = PLATFORM
+    operator_facing: Literal[True] = True  # OperatorFacing: the terminal is the operator's
 
     def __init__(
         self,

@@ -105,7 +105,12 @@ class Parley:
         self.cache = cache = build_cache(s.redis)
         self._stack.push_async_callback(cache.aclose)
         self.backend = self._given_backend or build_resilient_backend(s.backend)
-        if self.backend is not None:
+        if self.backend is None:
+            log.info(
+                "no language model (backend.kind is none): chat messages get one sentence; "
+                "set PARLEY_BACKEND__KIND=vllm or openai (docs/backends.md)"
+            )
+        else:
             self._stack.push_async_callback(self.backend.aclose)
             self.metrics.watch_backend(self.backend)
             await self._start_backend(self.backend)

@@ -33,7 +33,10 @@ def N_(sentence: str) -> str:  # gettext's name: mark now, translate at say()
 
 GENERIC = N_("Something went wrong on my side. Please try again in a moment.")
 UNAVAILABLE = N_("The language model is not answering right now. Please try again shortly.")
-NO_MODEL = N_(
+NO_MODEL = N_("I can only run commands here for now (try /help).")
+# NO_MODEL for the operator at their own console (OperatorFacing): how to set a model. Users
+# elsewhere never see the bot's settings or paths.
+NO_MODEL_SETUP = N_(
     "No language model is configured, so I can only run commands (try /help). "
     "The operator can set one with PARLEY_BACKEND__KIND=vllm or openai (see docs/backends.md)."
 )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from adapters.chatwoot.settings import ChatwootSettings
 from backends.base import GenerationRequest
+from bot import phrases
 from bot.adapter_registry import adapter_spec
 from bot.errors import AdapterError
 from bot.storage import migrate
@@ -270,7 +271,7 @@ async def test_the_attack_payload_reaches_the_agent_as_text_not_markup(postgres_
     (forged,) = [line for line in shown.splitlines() if FORGED in line]
     assert forged.startswith("Customer: ")
     assert "\u202e" not in shown and "<|im_start|>" not in shown
-    assert "No language model is configured" not in shown
+    assert phrases.NO_MODEL not in shown
 
 
 def _set(payload: dict[str, Any], path: tuple[str, ...], value: object) -> None:

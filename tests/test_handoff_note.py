@@ -56,7 +56,7 @@ async def test_the_attack_payload_stays_on_the_customers_quoted_line(pg: str) ->
     assert "\u202e" not in text and "<|im_start|>" not in text
     assert "<\u200d|im_start|>" in text  # neutralised, still readable
     # D9: without a model the bot said its canned sentences; the summary has none of them.
-    assert "No language model is configured" not in note.summary
+    assert say(NO_MODEL, "en") not in note.summary
     assert say(HANDING_OFF, "en") not in note.summary
     # Chatwoot's flavour: the pixel and the link show as typed, not as an image or a link.
     as_chatwoot = MARKDOWN.render(note.render(markdown=True))

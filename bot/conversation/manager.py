@@ -62,7 +62,16 @@ from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 from .context import ContextLoader
 from .delivery import Superseded, TurnDelivery, beat, holder_alive, sweep
 from .relay import Collected, note_line, until
-from .sink import ReplySink, SiteScoped, done_showing, done_speaking, once, showing, speaking
+from .sink import (
+    OperatorFacing,
+    ReplySink,
+    SiteScoped,
+    done_showing,
+    done_speaking,
+    once,
+    showing,
+    speaking,
+)
 from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, merge_user_texts
 
 if TYPE_CHECKING:
@@ -486,7 +495,7 @@ class ConversationManager:
             await self._answer(work, batch, routed)
         elif self._backend is None:
             say = self._localizer(batch[-1])
-            await self._reply_once(work, batch, await say(NoBackendConfigured.user_message))
+            await self._reply_once(work, batch, await say(self._no_model(work.key)))
         else:
             await self._chat(work, batch, self._backend)
 
@@ -566,6 +575,14 @@ class ConversationManager:
     def _collection(self, key: ConversationKey) -> str:
         sink = self._sinks.get(key.platform)
         return sink.collection_for(key) if isinstance(sink, SiteScoped) else ""
+
+    def _no_model(self, key: ConversationKey) -> str:
+        """How to set a model is said at the operator's own console only: users elsewhere
+        are never shown settings or paths."""
+        sink = self._sinks.get(key.platform)
+        if isinstance(sink, OperatorFacing):
+            return phrases.NO_MODEL_SETUP
+        return NoBackendConfigured.user_message
 
     async def _route(
         self,

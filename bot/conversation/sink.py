@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from bot.types import ConversationKey, Incoming
 
@@ -35,6 +35,15 @@ class SiteScoped(Protocol):
     def collection_for(self, key: ConversationKey) -> str:
         """The knowledge-base collection /ask searches ("" : the default one)."""
         ...
+
+
+@runtime_checkable
+class OperatorFacing(Protocol):
+    """A sink whose one user is the operator who runs the bot (the console). Only there does
+    the core name settings and docs paths (how to set a model); a sink that does not declare
+    it is taken to face users, who have no use for them."""
+
+    operator_facing: Literal[True]
 
 
 class Platform(ReplySink, Protocol):

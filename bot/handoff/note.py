@@ -146,7 +146,7 @@ def extractive(said: Sequence[Said], sentences: int) -> str:
 
 def without_canned(content: str) -> str:
     """A bot message without the sentences Parley says by itself (bot.phrases, in every
-    language: "No language model is configured...", the handoff notice): they tell the agent
+    language: "I can only run commands here for now...", the handoff notice): they tell the agent
     nothing about the customer's problem. Sentence by sentence, each looked up in a set (or,
     with fields, matched whole against one pattern): fast on long answers."""
     plain, with_fields = _canned()
