@@ -25,7 +25,8 @@ budget by what it spent beyond its estimate; the next one is refused.
 
 Redis down: each worker counts in its own process, starting from the usage recorded in SQL,
 and says so once in a warning (bot.outage); a user can then spend up to the budget's
-remainder on each worker at once, until Redis is back.
+remainder on each worker at once, until Redis is back. Then the shared count of each subject
+this worker counted meanwhile is raised to SQL's before Redis decides for it again.
 """
 
 from __future__ import annotations
@@ -302,6 +303,7 @@ class Budgets:
 
         if self._shared is not None and self._outage.should_try():
             try:
+                await self._catch_up(self._shared, ledger)
                 decision = await ask(self._shared)
             except self._failures as exc:
                 self._outage.failed(exc)
@@ -309,6 +311,17 @@ class Budgets:
                 self._outage.succeeded()
                 return self._shared, decision
         return self._local, await ask(self._local)
+
+    async def _catch_up(self, shared: RedisCounter, ledger: TurnLedger) -> None:
+        """Before Redis decides again for subjects whose turns it missed (counted in this
+        process while it was unreachable, or settled while it was): raise its counts to SQL's,
+        which has those turns (a Redis that comes back with its data would otherwise grant
+        the budget's remainder a second time)."""
+        for item in self._local.counted_here(ledger.day, ledger.limited):
+            await shared.catch_up(
+                ledger.day, item, await self.usage.counted(ledger.day, item.subject)
+            )
+            self._local.forget(ledger.day, item.subject)
 
     async def _wait_for_settle(self, pause_s: float) -> None:
         """Until a turn of this process settles, or `pause_s` (another worker's turns)."""
@@ -332,6 +345,8 @@ class Budgets:
                 await counter.settle(ledger.day, ledger.limited, rids, spent.tokens)
             except self._failures as exc:  # its reservations lapse within reservation_ttl_s
                 self._outage.failed(exc)
+                if counter is self._shared:  # and its count misses this turn: caught up later
+                    self._local.mark(ledger.day, ledger.limited)
         self._settled.set()
         self._settled = asyncio.Event()
         if spent.turns or spent.refused:
@@ -394,6 +409,7 @@ class MeteredBackend:
         await ledger.reserve(prompt + request.max_tokens)
         usage: Usage | None = None
         text: list[str] = []
+        failed = False
         try:
             async with aclosing(self.inner.stream(request)) as chunks:
                 async for chunk in chunks:
@@ -401,9 +417,15 @@ class MeteredBackend:
                     if chunk.text:
                         text.append(chunk.text)
                     yield chunk
+        except Exception:
+            failed = True
+            raise
         finally:
-            if usage is None and text:  # stopped early, or a server that reports no usage
-                usage = Usage(prompt, estimate_tokens("".join(text)))
+            # No usage reported: stopped early (/stop, a client gone, even before the first
+            # token, when the server has read the prompt), or a server that reports none. Not
+            # counted: a call that failed before any text (the server down, a refusal).
+            if usage is None and (text or not failed):
+                usage = Usage(prompt, estimate_tokens("".join(text)) if text else 0)
             if usage is not None:
                 ledger.spent(usage)
 

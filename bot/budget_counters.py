@@ -131,6 +131,13 @@ end
 return 0
 """
 
+# KEYS: hash. ARGV: tokens. `used` raised to at least that (a missing one is rebuilt anyway).
+_RAISE = """
+local used = redis.call('HGET', KEYS[1], 'used')
+if used and tonumber(used) < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'used', ARGV[1]) end
+return 0
+"""
+
 _VERDICTS = {2: Verdict.ADMITTED, 1: Verdict.WAIT, 0: Verdict.OVER}
 
 
@@ -144,6 +151,7 @@ class RedisCounter:
         self._prefix = key_prefix
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
+        self._raise = client.register_script(_RAISE)
 
     def _keys(self, day: date, limited: Sequence[Limited]) -> list[str]:
         # The day in braces is the Redis Cluster hash tag: one script's keys share a slot.
@@ -185,6 +193,11 @@ class RedisCounter:
         self, day: date, limited: Sequence[Limited], rids: Sequence[str], actual: int
     ) -> None:
         await self._settle(keys=self._keys(day, limited), args=[actual, KEEP_S, *rids])
+
+    async def catch_up(self, day: date, item: Limited, recorded: int) -> None:
+        """Raise the subject's spent tokens to `recorded` (what SQL holds): turns counted
+        while Redis was unreachable never reached it."""
+        await self._raise(keys=self._keys(day, [item])[:1], args=[recorded])
 
 
 @dataclass(slots=True)
@@ -244,6 +257,18 @@ class LocalCounter:
             tally.used += actual
             for rid in rids:
                 tally.held.pop(rid, None)
+
+    def counted_here(self, day: date, limited: Sequence[Limited]) -> list[Limited]:
+        """Those of `limited` this process has counted (or `mark`ed) on `day`."""
+        return [item for item in limited if (day, item.subject) in self._tallies]
+
+    def mark(self, day: date, limited: Sequence[Limited]) -> None:
+        """Note that the shared counter missed tokens of these subjects (counted_here)."""
+        for item in limited:
+            self._tallies.setdefault((day, item.subject), _Tally())
+
+    def forget(self, day: date, subject: Subject) -> None:
+        self._tallies.pop((day, subject), None)
 
     def _forget_before(self, day: date) -> None:
         for stale in [k for k in self._tallies if k[0] < day]:

@@ -67,11 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BotError as exc:
         _error(exc, settings)
         return EXIT_FAILED
+    except OSError as exc:  # the machine's, not a bug: a folder that cannot be made, a full disk
+        _error(exc, settings)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
 
-def _error(exc: BotError, settings: Settings | None) -> None:
+def _error(exc: Exception, settings: Settings | None) -> None:
     """The one line on stderr, with the secrets redacted as in the logs: it does not pass
     through the logging handler, and an error may quote a URL or a library's message."""
     from bot.logsafety import redactor

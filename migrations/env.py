@@ -8,22 +8,28 @@ Run from code by bot.storage.migrate (the URL arrives in `config.attributes`), o
 from __future__ import annotations
 
 import asyncio
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from logging.config import fileConfig
 from typing import Any
 
 from alembic import context
-from sqlalchemy import Connection, make_url
+from sqlalchemy import Connection, make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 import adapters.support.models  # noqa: F401  (the support channel's sites and keys)
 import bot.handoff.models  # noqa: F401  (handoff states, their audit trail, message signals)
 from bot.storage import prefs_models  # noqa: F401  (its tables join Base.metadata)
-from bot.storage.database import ensure_sqlite_folder
+from bot.storage.database import ensure_sqlite_folder, sqlite_file
 from bot.storage.models import Base, include_in_schema_compare
 
 config = context.config
 target_metadata = Base.metadata
+# The key of the PostgreSQL advisory lock that lets one process at a time migrate a database
+# (any fixed number; advisory locks are per database).
+MIGRATION_LOCK_KEY = 0x7061726C6579  # "parley"
 
 # Run by hand, alembic.ini sets up logging; run from code, the application's logging stands.
 if config.config_file_name is not None and "url" not in config.attributes:
@@ -61,7 +67,29 @@ def run_migrations_offline() -> None:
 def do_run_migrations(connection: Connection) -> None:
     configure(connection=connection, is_sqlite=connection.dialect.name == "sqlite")
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Workers started at once would each find the schema behind and run the same
+            # revisions (all but one failing on "already exists"): the others wait here, then
+            # read the revision the first one committed and have nothing left to do.
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
         context.run_migrations()
+
+
+@contextmanager
+def sqlite_lock(url: str) -> Iterator[None]:
+    """One process at a time migrates an SQLite file. Alembic runs SQLite's DDL outside a
+    transaction, so concurrent runs interleave their revisions and fail halfway; a lock on a
+    file beside the database (released when its holder exits, whatever the way) queues them."""
+    parsed = make_url(url)
+    path = sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
+    if path is None:  # in memory: no other process can see it
+        yield
+        return
+    with open(f"{path}.migration-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 async def run_async_migrations() -> None:
@@ -70,8 +98,9 @@ async def run_async_migrations() -> None:
     # NullPool: a one-off connection, nothing left open once the command returns.
     engine = create_async_engine(url, poolclass=NullPool)
     try:
-        async with engine.connect() as connection:
-            await connection.run_sync(do_run_migrations)
+        with sqlite_lock(url):
+            async with engine.connect() as connection:
+                await connection.run_sync(do_run_migrations)
     finally:
         await engine.dispose()
 

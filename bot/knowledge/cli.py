@@ -65,6 +65,10 @@ async def open_knowledge_base(settings: Settings) -> AsyncIterator[KnowledgeBase
 
 async def _add(kb: KnowledgeBase, paths: list[str], settings: Settings, collection: str) -> int:
     report = await kb.add(paths, progress=ProgressPrinter(sys.stderr), collection=collection)
+    if not report.files:  # only folders, none with a file to take: a wrong folder, most likely
+        names = ", ".join(_printable(p) for p in paths)
+        print(f"parley: nothing to add: no supported files in {names}", file=sys.stderr)
+        return 1
     print(report.summary())
     if await remove_sample_if_superseded(kb, settings.knowledge):
         print("removed the sample documents (Parley's own guide): yours replace them")

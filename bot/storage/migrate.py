@@ -3,7 +3,8 @@
 Alembic is configured here rather than from alembic.ini (which is only for developers running
 `alembic` by hand), and the database URL travels in `Config.attributes`, never in an option
 that Alembic could print. Alembic's commands are synchronous and migrations/env.py calls
-`asyncio.run`, so they run in a worker thread, off the caller's event loop.
+`asyncio.run`, so they run in a worker thread, off the caller's event loop. Processes that
+migrate one database at once take turns (migrations/env.py holds a lock while it migrates).
 """
 
 from __future__ import annotations
@@ -69,11 +70,7 @@ async def check_schema(url: str) -> None:
     found = await current(url)
     if found == wanted:
         return
-    if found is not None and not _is_known(found):
-        raise StorageError(
-            f"database schema is at revision {found}, which this code does not know: "
-            "it was migrated by a newer version of Parley"
-        )
+    _refuse_unknown(found)
     raise SchemaOutOfDate(
         f"database schema is at revision {found or 'none (empty database)'}, "
         f"the code needs {wanted}: run `parley db upgrade`"
@@ -96,7 +93,9 @@ async def ensure_schema(url: str, auto_migrate: bool | None) -> None:
 
 
 async def _run_command(func: Callable[[Config, str], None], url: str, revision: str) -> None:
-    ensure_sqlite_folder(url)
+    # Alembic itself would fail on a revision it cannot find with a traceback, or one line
+    # that does not say why ("Can't locate revision").
+    _refuse_unknown(await current(url))
     try:
         await asyncio.to_thread(func, alembic_config(url), revision)
     except database_errors(url) as exc:
@@ -107,6 +106,11 @@ def _current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-def _is_known(revision: str) -> bool:
+def _refuse_unknown(found: str | None) -> None:
+    """Raise StorageError when the database is at a revision this code does not have."""
     script = ScriptDirectory.from_config(alembic_config(""))
-    return any(rev.revision == revision for rev in script.walk_revisions())
+    if found is not None and not any(rev.revision == found for rev in script.walk_revisions()):
+        raise StorageError(
+            f"database schema is at revision {found}, which this code does not know: "
+            "it was migrated by a newer version of Parley"
+        )

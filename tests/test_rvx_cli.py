@@ -1,0 +1,46 @@
+"""The `parley` command where the machine is in the way: one line and a failure status, never
+a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from tests.processes import parley_env
+
+
+@pytest.mark.parametrize("command", [["db", "current"], ["usage"], ["kb", "list"], ["doctor"]])
+def test_an_sqlite_folder_that_cannot_be_made_is_one_line(
+    command: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The database's folder would be made under a regular file (as under a read-only mount
+    or a folder of another user): every command stops with one line, status 3."""
+    (tmp_path / "taken").write_text("a file, not a folder")
+    url = f"sqlite+aiosqlite:///{tmp_path}/taken/db/parley.db"
+    for name, value in parley_env(tmp_path, {"PARLEY_DATABASE__URL": url}).items():
+        monkeypatch.setenv(name, value)
+    assert main(command) == 3
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("parley: error: ") and "taken" in err
+
+
+def test_kb_add_of_folders_with_nothing_to_take_fails_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong folder (empty, or only unsupported files) added nothing: status 1, not 0."""
+    for name, value in parley_env(tmp_path, {}).items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "binaries").mkdir()
+    (tmp_path / "binaries" / "tool.exe").write_bytes(b"MZ")
+    assert main(["kb", "add", str(tmp_path / "empty"), str(tmp_path / "binaries")]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"parley: nothing to add: no supported files in {tmp_path}/empty, {tmp_path}/binaries"
+    ]

@@ -1,0 +1,92 @@
+"""Migrations as operators meet them: workers that start at once on one empty database, and a
+database that a newer Parley migrated."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from bot.errors import StorageError
+from bot.storage import migrate
+from tests.processes import ROOT, parley_env
+
+WORKERS = 4
+# Each worker loads everything first and migrates only when told to, so that all of them run
+# into the empty schema together (not one after another as they finish importing).
+_WORKER = """
+import asyncio, sys
+from bot.storage import migrate
+print("ready", flush=True)
+sys.stdin.readline()
+asyncio.run(migrate.ensure_schema(sys.argv[1], True))
+"""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+async def test_workers_starting_at_once_on_an_empty_database_all_start(empty_db: str) -> None:
+    pipe = asyncio.subprocess.PIPE
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _WORKER, empty_db, cwd=ROOT, stdin=pipe, stdout=pipe, stderr=pipe
+        )
+        for _ in range(WORKERS)
+    ]
+    async with asyncio.timeout(120):
+        for worker in workers:
+            assert worker.stdout is not None
+            assert await worker.stdout.readline() == b"ready\n"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write(b"go\n")
+        errors = [(await worker.communicate())[1] for worker in workers]
+    failures = [err.decode()[-300:] for w, err in zip(workers, errors, strict=True) if w.returncode]
+    assert failures == []
+    assert await migrate.current(empty_db) == migrate.head()
+
+
+def _from_newer_parley(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'f00d'")
+
+
+async def test_auto_migrate_refuses_a_database_from_newer_code(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    await migrate.upgrade(url)
+    _from_newer_parley(tmp_path / "parley.db")
+    for attempt in (
+        migrate.ensure_schema(url, None),
+        migrate.upgrade(url),
+        migrate.downgrade(url),
+    ):
+        with pytest.raises(StorageError, match="migrated by a newer version of Parley"):
+            await attempt
+    assert await migrate.current(url) == "f00d"
+
+
+def test_commands_on_a_database_from_newer_code_say_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in parley_env(tmp_path, {}).items():
+        monkeypatch.setenv(name, value)
+    assert main(["db", "upgrade"]) == 0
+    _from_newer_parley(tmp_path / "parley.db")
+    capsys.readouterr()
+    for command in (["usage"], ["kb", "list"], ["support", "site", "list"], ["db", "upgrade"]):
+        assert main(command) == 3
+        err = capsys.readouterr().err
+        assert err.splitlines() == [
+            "parley: error: database schema is at revision f00d, which this code does not "
+            "know: it was migrated by a newer version of Parley"
+        ], command
