@@ -115,8 +115,9 @@ class ConsoleAdapter:
     async def _answered(
         self, recorded: Recorded, lines: asyncio.Queue[str | None], later: deque[str | None]
     ) -> None:
-        """Wait for the answer to `recorded`. A /stop or /reset read meanwhile is sent at once
-        (it stops the answer); other lines wait their turn in `later`."""
+        """Wait for the answer to `recorded`. A /stop read meanwhile is sent at once (it stops
+        the answer), and so is a /reset unless lines read before it still wait (it would
+        empty the context they are answered from); other lines wait their turn in `later`."""
         answered = asyncio.create_task(self._intake.wait_answered(recorded))
         try:
             while not answered.done() and (not later or later[-1] is not None):
@@ -127,8 +128,9 @@ class ConsoleAdapter:
                     await asyncio.gather(reading, return_exceptions=True)
                     continue
                 line = reading.result()
-                if line is not None and stops_a_reply(line.strip()):
-                    await self._intake.submit(self._incoming(line.strip()))
+                text = "" if line is None else line.strip()
+                if stops_a_reply(text) and (not later or text.split()[0] == "/stop"):
+                    await self._intake.submit(self._incoming(text))
                 else:
                     later.append(line)
             await answered

@@ -54,7 +54,10 @@ def ensure_smollm2(target: Path = SMOLLM2_DIR) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
         staged = Path(scratch) / "model"
         log.info("converting %s into %s (once; about 40 s)", gguf.name, target)
-        convert_gguf(gguf, staged)
+        try:
+            convert_gguf(gguf, staged)
+        except (ImportError, ValueError) as exc:  # a package missing, transformers refusing
+            raise ConfigError(f"cannot convert {gguf.name}: {exc}") from None
         try:
             staged.rename(target)
         except OSError:

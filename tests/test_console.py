@@ -123,3 +123,17 @@ def test_python_m_bot_is_the_parley_command(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: parley ")
+
+
+async def test_a_piped_reset_waits_for_the_lines_before_it(tmp_path: Path) -> None:
+    """Piped input is read while the first answer streams: a /reset among it must not run
+    before the lines above it (their answers read the context it empties)."""
+    out = await _chat(
+        _settings(tmp_path),
+        ScriptedBackend(delay=lambda: 0.05),  # every line is read while the first answer streams
+        "first message\n/history\n/reset\n/history\n",
+    )
+    before_reset = out.split("Fresh start", 1)[0]
+    # The first /history's listing comes before the reset's sentence, without the /reset.
+    assert "Parley: echo: first message" in before_reset
+    assert "/reset" not in before_reset
