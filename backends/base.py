@@ -83,9 +83,21 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+# UTF-8 bytes that do not start a 3- or 4-byte character (one from U+0800 on).
+_NOT_WIDE_LEAD = bytes(range(0xE0))
+
+
 def estimate_tokens(text: str) -> int:
-    """The documented fallback where a backend offers no tokenizer: ~4 characters a token."""
-    return max(1, (len(text) + 3) // 4)
+    """The documented fallback where a backend offers no tokenizer: ~4 UTF-8 bytes a token,
+    and one more quarter for each character from U+0800 on. So English (and any ASCII) is ~4
+    characters a token; Latin letters with accents, Cyrillic, Greek, Arabic and Hebrew (2
+    bytes) ~2 a token; CJK, kana, Hangul, Devanagari, Thai (3 bytes: real tokenizers give
+    them 0.7 to 2 tokens each) and emoji (4 bytes) at least one token each. Counting by
+    characters alone put those at a quarter of a token, so budgets and windows reserved from
+    it were overrun 2-4 times. Two C-level passes, no Python loop over characters."""
+    data = text.encode("utf-8", "surrogatepass")  # a lone surrogate counts as 3 bytes
+    wide = len(data.translate(None, _NOT_WIDE_LEAD))
+    return max(1, (len(data) + wide + 3) // 4)
 
 
 def estimate_chat_tokens(messages: Sequence[ChatMessage]) -> int:

@@ -13,8 +13,10 @@ summaries are counted without any of them knowing about budgets. Outside a turn 
 eval`) nothing is counted.
 
 Reserve, then settle (bot.budget_counters): the first model call of a turn reserves its
-estimate (the prompt at ~4 characters a token, plus `max_tokens`) and is refused when the
+estimate (the prompt's `estimate_tokens`, plus `max_tokens`) and is refused when the
 day's spent tokens plus the reservations in flight plus the estimate would pass the budget.
+A budget smaller than the prompt plus `max_tokens` cuts the call's `max_tokens` to what it
+leaves after the prompt: a short answer, where every turn would be refused with nothing spent.
 Refused only because of reservations in flight (which usually settle far below their
 estimate), it waits for them (up to a minute), so concurrent turns stop at the same total
 that turns one after another would. Later calls of an admitted turn reserve without a check:
@@ -32,6 +34,7 @@ this worker counted meanwhile is raised to SQL's before Redis decides for it aga
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -148,6 +151,11 @@ class TurnLedger:
             self._budgets.observer.budget_refused(self.platform, refused.scope)
             raise await self._exhausted()
         self.asked = True
+
+    def affordable(self, prompt: int, max_tokens: int) -> int:
+        """`max_tokens`, or less where the smallest budget leaves less after the prompt."""
+        room = min((item.limit for item in self.limited), default=0) - prompt
+        return room if 0 < room < max_tokens else max_tokens
 
     def spent(self, usage: Usage) -> None:
         self.prompt_tokens += usage.prompt_tokens
@@ -406,7 +414,10 @@ class MeteredBackend:
                     yield chunk
             return
         prompt = prompt_estimate(request.messages)
-        await ledger.reserve(prompt + request.max_tokens)
+        max_tokens = ledger.affordable(prompt, request.max_tokens)
+        if max_tokens != request.max_tokens:
+            request = dataclasses.replace(request, max_tokens=max_tokens)
+        await ledger.reserve(prompt + max_tokens)
         usage: Usage | None = None
         text: list[str] = []
         failed = False

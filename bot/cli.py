@@ -15,7 +15,8 @@ Every failure is one line on stderr, never a traceback, and a documented exit st
     0    done, or stopped on request (SIGTERM, Ctrl-C, the end of every input)
     1    `parley doctor` found problems
     2    a configuration problem: a setting, the config file, a missing extra, an
-         out-of-date database schema (the operator must change something)
+         out-of-date database schema, a database migrated by a newer Parley (the operator
+         must change something)
     3    a failure at run time: an adapter could not start or failed while running (a
          revoked token, no network), a database or model server that cannot be used
     130  interrupted (Ctrl-C) before start-up finished
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.errors import BotError, ConfigError, SchemaOutOfDate
+from bot.errors import BotError, ConfigError, SchemaOutOfDate, SchemaTooNew
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet = chatting or args.command in ("chat", "kb", "eval")
         _setup_logging(settings, verbose=args.verbose, quiet=quiet)
         return int(asyncio.run(args.func(settings, args)) or 0)
-    except (ConfigError, SchemaOutOfDate) as exc:
+    except (ConfigError, SchemaOutOfDate, SchemaTooNew) as exc:
         _error(exc, settings)
         return EXIT_CONFIG
     except BotError as exc:

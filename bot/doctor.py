@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 from backends.base import Backend
 from backends.factory import build_backend, build_plain_backend, fallback_settings
 from bot.adapter_registry import adapter_spec
-from bot.errors import BotError
+from bot.errors import BotError, SchemaOutOfDate
 from bot.logsafety import redactor
 from bot.metrics import multiprocess_problem
 from bot.settings import Settings
@@ -55,9 +55,11 @@ async def _check_database(settings: Settings, report: _Report) -> None:
         try:
             await migrate.check_schema(url)
             report(True, f"database schema: at revision {migrate.head()}")
-        except BotError as exc:
+        except SchemaOutOfDate as exc:  # the one schema problem that migrating fixes
             auto = settings.database.is_sqlite and settings.database.auto_migrate is not False
             report(auto, f"database schema: {exc}" + (" (migrated on start)" if auto else ""))
+        except BotError as exc:
+            report(False, f"database schema: {exc}")
     except BotError as exc:
         report(False, f"database: {kind} not usable: {exc}")
     finally:
@@ -91,7 +93,7 @@ async def _check_one(label: str, backend: Backend, settings: Settings, report: _
     try:
         await backend.start()
         caps = backend.capabilities
-        exact = "model tokenizer" if caps.exact_token_counts else "estimated (~4 chars/token)"
+        exact = "model tokenizer" if caps.exact_token_counts else "estimated (no tokenizer)"
         report(
             True,
             f"{label}: {caps.name} model {caps.model!r}, "

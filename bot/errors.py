@@ -3,7 +3,8 @@
     BotError                    base; `user_message` is what a chat user may see
     ├── ConfigError             a setting is missing or invalid (stops start-up, one line)
     ├── StorageError            the database cannot be used
-    │   └── SchemaOutOfDate     the database schema is behind the code: run `parley db upgrade`
+    │   ├── SchemaOutOfDate     the database schema is behind the code: run `parley db upgrade`
+    │   └── SchemaTooNew        a newer Parley migrated the database: run that version
     ├── BackendError            the language model failed
     │   ├── NoBackendConfigured no model is configured
     │   ├── BackendUnavailable  the server is down or refused the request
@@ -42,6 +43,10 @@ class StorageError(BotError):
 
 class SchemaOutOfDate(StorageError):
     pass
+
+
+class SchemaTooNew(StorageError):
+    """No restart or migration of this code helps: the operator must run the newer Parley."""
 
 
 class BackendError(BotError):

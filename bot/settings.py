@@ -154,6 +154,15 @@ class RedisSettings(_Section):
             raise ValueError("not a Redis URL; use redis://[:PASSWORD@]HOST:PORT/DB")
         if find_spec("redis") is None:
             raise ValueError("the redis client is not installed: pip install 'parley[redis]'")
+        from redis.asyncio.connection import parse_url  # what the cache's pool reads it with
+
+        try:
+            parse_url(url.get_secret_value())
+        except ValueError:  # its text may quote the URL, password included: not passed on
+            raise ValueError(
+                "not a valid Redis URL (a port that is not a number from 0 to 65535, or a bad "
+                "query value); use redis://[:PASSWORD@]HOST:PORT/DB"
+            ) from None
         return url
 
 
@@ -402,13 +411,16 @@ class HttpSettings(_Section):
 
 
 class MetricsSettings(_Section):
-    """Prometheus metrics: `/metrics` on the HTTP server whenever it runs, and on a port of
-    its own for a deployment without other HTTP (docs/operations.md)."""
+    """Prometheus metrics: `/metrics` on a port of its own, or on the HTTP server when that
+    is private (docs/operations.md)."""
 
     # 0: no port of its own. Listening on `host` (keep it private: metrics name platforms,
     # skills and backends).
     port: int = Field(0, ge=0, le=65535)
     host: str = Field("127.0.0.1", min_length=1)  # empty would mean every interface
+    # `/metrics` on the adapters' HTTP server too. Unset: only while it listens on loopback
+    # and no port of its own is set, since its port is often public (webhooks, support API).
+    on_http: bool | None = None
 
 
 class BudgetSettings(_Section):

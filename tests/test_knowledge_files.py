@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.knowledge.chunker import chunk_sections, estimate_tokens
+from backends.base import estimate_tokens
+from bot.knowledge.chunker import chunk_sections
 from bot.knowledge.cli import ProgressPrinter
 from bot.knowledge.ingest import collect_files, read_file
 from bot.knowledge.loaders import LoaderError, load

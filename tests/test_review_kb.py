@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from adapters.telegram.formatting import to_html
+from backends.base import estimate_tokens
 from bot.cli import main
 from bot.knowledge import KnowledgeBase, Outcome, Passage
-from bot.knowledge.chunker import MAX_TOKENS, chunk_sections, estimate_tokens
+from bot.knowledge.chunker import MAX_TOKENS, chunk_sections
 from bot.knowledge.index import Vocabulary
 from bot.knowledge.ingest import MAX_CITED_CHARS, parse_file
 from bot.knowledge.loaders import load

@@ -101,9 +101,14 @@ def load_sets(paths: Iterable[Path]) -> EvalSet:
 
 def read_jsonl(path: Path) -> list[Item]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"evaluation set {path}: {exc.strerror}") from None
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        number = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"evaluation set {path}, line {number}: not UTF-8 text") from None
     items = []
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):

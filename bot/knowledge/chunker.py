@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
+from backends.base import estimate_tokens
 from bot.knowledge.types import Chunk, CountTokens, Section
 
 MAX_TOKENS = 350
@@ -19,11 +20,6 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 # After ., ! or ? (optionally closed by a quote or bracket) and before whitespace; also after
 # the CJK full stops, which are not followed by a space.
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+|(?<=[。！？])")
-
-
-def estimate_tokens(text: str) -> int:
-    """~4 characters a token: the fallback where no tokenizer is given."""
-    return max(1, (len(text) + 3) // 4)
 
 
 def chunk_sections(

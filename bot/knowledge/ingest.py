@@ -3,7 +3,6 @@ chunking one of them. Synchronous; KnowledgeBase runs these in a worker thread."
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
@@ -35,8 +34,10 @@ class Parsed:
 
 def normalize_source(path: str | Path) -> str:
     """The key a document is stored under: its absolute path with links resolved, so the same
-    file added as `docs/a.md` and `./docs/../docs/a.md` is one document."""
-    return Path(path).expanduser().resolve().as_posix()
+    file added as `docs/a.md` and `./docs/../docs/a.md` is one document. `realpath`, not
+    `Path.resolve`: a link loop stays a key (Python 3.11's `resolve` raises RuntimeError), and
+    reading it fails like any unreadable file."""
+    return Path(os.path.realpath(Path(path).expanduser())).as_posix()
 
 
 def collect_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -71,27 +72,32 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 
 def read_file(path: Path, max_bytes: int) -> FileData:
-    if not path.exists():  # a typo, not a file type to complain about
-        raise LoaderError(os.strerror(errno.ENOENT))
+    try:  # first: a typo or a link loop, not a file type to complain about
+        info = path.stat()
+    except OSError as exc:
+        raise _unreadable(exc) from None
     if loader_for(path) is None:
         raise LoaderError(f"unsupported file type {path.suffix or '(no extension)'}")
     source = normalize_source(path)
     if storable(source) != source:  # bytes Python keeps as lone surrogates: no database takes them
         raise LoaderError("the file's path is not valid UTF-8; rename it")
+    if not stat.S_ISREG(info.st_mode):  # reading a FIFO or /dev/zero would never end
+        raise LoaderError("not a regular file")
     too_big = LoaderError(f"larger than the {max_bytes // 1_000_000} MB limit")
+    if info.st_size > max_bytes:
+        raise too_big
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):  # reading a FIFO or /dev/zero would never end
-            raise LoaderError("not a regular file")
-        if info.st_size > max_bytes:
-            raise too_big
         with path.open("rb") as file:
             data = file.read(max_bytes + 1)  # a file still growing stops at the limit too
-        if len(data) > max_bytes:
-            raise too_big
     except OSError as exc:
-        raise LoaderError(exc.strerror or type(exc).__name__) from None
+        raise _unreadable(exc) from None
+    if len(data) > max_bytes:
+        raise too_big
     return FileData(source, data, hashlib.sha256(data).hexdigest())
+
+
+def _unreadable(exc: OSError) -> LoaderError:
+    return LoaderError(exc.strerror or type(exc).__name__)
 
 
 def parse_file(path: Path, data: bytes, count: CountTokens) -> Parsed:

@@ -31,9 +31,9 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backends.base import estimate_tokens
 from bot.errors import StorageError
 from bot.knowledge import expansion
-from bot.knowledge.chunker import estimate_tokens
 from bot.knowledge.embeddings import (
     Embedder,
     Vectors,
@@ -103,6 +103,8 @@ class _Prepared:
     vectors: Vectors | None
     document_id: int | None
     collection: str = ""
+    # The collection the document leaves for `collection`; None when it stays or is new.
+    moved_from: str | None = None
 
 
 class KnowledgeBase:
@@ -194,8 +196,9 @@ class KnowledgeBase:
                 await asyncio.gather(upcoming, return_exceptions=True)
         return report
 
-    async def list(self) -> builtins.list[DocumentInfo]:
-        return await self._rows.documents()
+    async def list(self, collection: str | None = None) -> builtins.list[DocumentInfo]:
+        """The documents of `collection` ("": the default one), or of all when None."""
+        return await self._rows.documents(collection)
 
     async def remove(self, source_or_prefix: str | Path) -> int:
         """Remove the document stored for this path, or every one under it if it names a
@@ -456,7 +459,10 @@ class KnowledgeBase:
         except LoaderError as exc:
             return FileResult(source, Outcome.FAILED, reason=str(exc))
         vectors = await self._embed([embedding_text(c) for c in parsed.chunks])
-        return _Prepared(file, parsed, vectors, existing[0] if existing else None, collection)
+        if existing is None:
+            return _Prepared(file, parsed, vectors, None, collection)
+        moved_from = existing[2] if existing[2] != collection else None
+        return _Prepared(file, parsed, vectors, existing[0], collection, moved_from)
 
     async def _finish(self, prepared: _Prepared | FileResult) -> FileResult:
         if isinstance(prepared, FileResult):
@@ -471,4 +477,7 @@ class KnowledgeBase:
             reason = "added by another process at the same time; run again"
             return FileResult(file.source, Outcome.FAILED, reason=reason)
         outcome = Outcome.ADDED if prepared.document_id is None else Outcome.UPDATED
-        return FileResult(file.source, outcome, chunks=len(parsed.chunks))
+        return FileResult(
+            file.source, outcome, chunks=len(parsed.chunks),
+            moved_from=prepared.moved_from, collection=prepared.collection,
+        )  # fmt: skip

@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 
 # Counts the tokens of a text. Synchronous because chunking runs in a worker thread; the
-# default estimate (bot.knowledge.chunker.estimate_tokens) is ~4 characters a token.
+# default estimate (backends.base.estimate_tokens) is ~4 characters a token (a CJK character: 1).
 CountTokens = Callable[[str], int]
 
 
@@ -114,12 +114,30 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
+def collection_name(collection: str) -> str:
+    """A collection as a sentence names it ("" is the default one)."""
+    return f"'{collection}'" if collection else "the default collection"
+
+
 @dataclass(frozen=True, slots=True)
 class FileResult:
     source: str
     outcome: Outcome
     chunks: int = 0
     reason: str = ""
+    # The collection the document was in when adding it to another one moved it there (a
+    # document is in one collection only); None when it was new or stayed where it was.
+    moved_from: str | None = None
+    collection: str = ""
+
+    @property
+    def move(self) -> str:
+        """ "moved from the default collection to 'shop'", or "" for a file that did not move:
+        a move takes the document out of the searches of the collection it left."""
+        if self.moved_from is None:
+            return ""
+        left, joined = collection_name(self.moved_from), collection_name(self.collection)
+        return f"moved from {left} to {joined}"
 
 
 @dataclass(slots=True)
@@ -132,6 +150,10 @@ class AddReport:
     @property
     def failed(self) -> list[FileResult]:
         return [f for f in self.files if f.outcome is Outcome.FAILED]
+
+    @property
+    def moved(self) -> list[FileResult]:
+        return [f for f in self.files if f.moved_from is not None]
 
     def summary(self) -> str:
         return ", ".join(f"{self.count(o)} {o.value}" for o in Outcome)
@@ -148,3 +170,4 @@ class DocumentInfo:
     size: int
     chunks: int
     updated_at: datetime
+    collection: str = ""

@@ -180,11 +180,17 @@ def sqlite_file(url: URL) -> Path | None:
 
 
 def ensure_sqlite_folder(url: str | URL) -> None:
-    """Create the folder of an SQLite file (SQLite creates the file, not its folder)."""
+    """Create the folder of an SQLite file (SQLite creates the file, not its folder); one that
+    cannot be made (a read-only mount, a file in the way) is a StorageError naming it."""
     parsed = make_url(url)
     path = sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
-    if path is not None:
+    if path is None:
+        return
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise StorageError(f"cannot make the database folder {path.parent}: {reason}") from None
 
 
 def _sqlite_engine(url: URL, *, echo: bool, pool_size: int) -> AsyncEngine:

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from bot.errors import SchemaOutOfDate, StorageError
+from bot.errors import SchemaOutOfDate, SchemaTooNew, StorageError
 from bot.storage.database import database_errors, describe_error, ensure_sqlite_folder
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -107,10 +107,10 @@ def _current_revision(conn: Connection) -> str | None:
 
 
 def _refuse_unknown(found: str | None) -> None:
-    """Raise StorageError when the database is at a revision this code does not have."""
+    """Raise SchemaTooNew when the database is at a revision this code does not have."""
     script = ScriptDirectory.from_config(alembic_config(""))
     if found is not None and not any(rev.revision == found for rev in script.walk_revisions()):
-        raise StorageError(
+        raise SchemaTooNew(
             f"database schema is at revision {found}, which this code does not know: "
             "it was migrated by a newer version of Parley"
         )
