@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from bot.knowledge.sample import remove_sample_if_superseded
 from bot.knowledge.store import KnowledgeBase
-from bot.knowledge.types import DocumentInfo, FileResult, Outcome
+from bot.knowledge.types import DocumentInfo, FileResult, Outcome, collection_name
 from bot.settings import Settings
 from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
@@ -36,7 +36,10 @@ def add_kb_parser(sub: Any) -> None:
     add.add_argument(
         "--collection", default="", help="the collection (a support site's own documents)"
     )
-    actions.add_parser("list", help="list the documents")
+    listing = actions.add_parser("list", help="list the documents and their collections")
+    listing.add_argument(
+        "--collection", help='only this collection\'s documents ("": the default one)'
+    )
     remove = actions.add_parser("remove", help="remove a document, or every one under a folder")
     remove.add_argument("path", metavar="PATH")
     kb.set_defaults(func=cmd_kb)
@@ -47,7 +50,7 @@ async def cmd_kb(settings: Settings, args: argparse.Namespace) -> int:
         if args.kb_action in ("add", "ingest"):
             return await _add(kb, args.paths, settings, args.collection)
         if args.kb_action == "list":
-            return await _list(kb)
+            return await _list(kb, args.collection)
         return await _remove(kb, args.path)
 
 
@@ -70,19 +73,25 @@ async def _add(kb: KnowledgeBase, paths: list[str], settings: Settings, collecti
         print(f"parley: nothing to add: no supported files in {names}", file=sys.stderr)
         return 1
     print(report.summary())
+    for moved in report.moved:  # it no longer answers where it was searched before
+        print(_printable(f"{moved.source}: {moved.move}"))
     if await remove_sample_if_superseded(kb, settings.knowledge):
         print("removed the sample documents (Parley's own guide): yours replace them")
     return 1 if report.failed else 0
 
 
-async def _list(kb: KnowledgeBase) -> int:
-    documents = await kb.list()
+async def _list(kb: KnowledgeBase, collection: str | None) -> int:
+    documents = await kb.list(collection)
+    if not documents and collection is not None:
+        print(_printable(f"no documents in {collection_name(collection)}"))
+        return 0
     if not documents:
         print("the knowledge base is empty: add files with `parley kb add PATH`")
         return 0
-    print(f"{'CHUNKS':>6}  {'SIZE':>7}  {'UPDATED':16}  TITLE  (SOURCE)")
+    width = max(len("COLLECTION"), *(len(_collection_column(d)) for d in documents))
+    print(f"{'CHUNKS':>6}  {'SIZE':>7}  {'UPDATED':16}  {'COLLECTION':{width}}  TITLE  (SOURCE)")
     for doc in documents:
-        print(_document_line(doc))
+        print(_document_line(doc, width))
     print(f"{len(documents)} documents, {sum(d.chunks for d in documents)} chunks")
     return 0
 
@@ -96,10 +105,15 @@ async def _remove(kb: KnowledgeBase, path: str) -> int:
     return 0
 
 
-def _document_line(doc: DocumentInfo) -> str:
+def _document_line(doc: DocumentInfo, width: int) -> str:
     updated = doc.updated_at.strftime("%Y-%m-%d %H:%M")
     title, source = _printable(doc.title), _printable(doc.source)
-    return f"{doc.chunks:>6}  {_size(doc.size):>7}  {updated:16}  {title}  ({source})"
+    collection = f"{_collection_column(doc):{width}}"
+    return f"{doc.chunks:>6}  {_size(doc.size):>7}  {updated:16}  {collection}  {title}  ({source})"
+
+
+def _collection_column(doc: DocumentInfo) -> str:
+    return _printable(doc.collection) if doc.collection else "(default)"
 
 
 def _printable(text: str) -> str:
@@ -146,4 +160,5 @@ def _describe(result: FileResult) -> str:
     if result.outcome is Outcome.FAILED:
         return f"failed {source}: {_printable(result.reason)}"
     chunks = f" ({result.chunks} chunks)" if result.chunks else ""
-    return f"{result.outcome.value} {source}{chunks}"
+    move = f", {_printable(result.move)}" if result.move else ""
+    return f"{result.outcome.value} {source}{chunks}{move}"

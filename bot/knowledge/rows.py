@@ -53,14 +53,17 @@ class KnowledgeRows:
             )
         self._engine = engine
 
-    async def documents(self) -> list[DocumentInfo]:
+    async def documents(self, collection: str | None = None) -> list[DocumentInfo]:
+        """Every document of `collection`, or of all collections when None."""
         d, c = _Doc, _c
         stmt = (
-            sa.select(d.source, d.title, d.size, sa.func.count(c.id), d.updated_at)
+            sa.select(d.source, d.title, d.size, sa.func.count(c.id), d.updated_at, _COLLECTION)
             .select_from(sa.outerjoin(_Doc, _Chunk, c.document_id == d.id))
-            .group_by(d.id, d.source, d.title, d.size, d.updated_at)
+            .group_by(d.id, d.source, d.title, d.size, d.updated_at, _COLLECTION)
             .order_by(d.source)
         )
+        if collection is not None:
+            stmt = stmt.where(_COLLECTION == collection)  # noqa: SIM300  # a column, not a constant
         rows = await self._run(lambda conn: all_rows(conn, stmt))
         return [DocumentInfo(*row) for row in rows]
 

@@ -1,0 +1,84 @@
+"""Collections from the command line: `parley kb add --collection` says when it moves a
+document out of another collection, and `parley kb list` shows (and filters by) collection."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from bot.knowledge.store import KnowledgeBase
+from bot.knowledge.types import Outcome
+from bot.storage import migrate
+from bot.storage.database import create_engine
+
+
+@pytest.fixture
+async def kb(database_url: str) -> AsyncIterator[KnowledgeBase]:
+    await migrate.upgrade(database_url)  # the SQLite one arrives unmigrated
+    engine = create_engine(database_url)
+    try:
+        yield KnowledgeBase(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_adding_to_another_collection_reports_the_move(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    faq = tmp_path / "faq.md"
+    faq.write_text("# FAQ\n\nReturns are free within 30 days.\n")
+    first = (await kb.add([faq])).files[0]
+    assert (first.outcome, first.moved_from, first.move) == (Outcome.ADDED, None, "")
+
+    to_shop = await kb.add([faq], collection="shop")
+    moved = to_shop.files[0]
+    assert moved.outcome is Outcome.UPDATED
+    assert moved.move == "moved from the default collection to 'shop'"
+    assert to_shop.moved == [moved]
+    assert [d.collection for d in await kb.list()] == ["shop"]
+    assert await kb.list("") == []
+    assert [d.title for d in await kb.list("shop")] == ["FAQ"]
+
+    again = (await kb.add([faq], collection="shop")).files[0]
+    assert (again.outcome, again.move) == (Outcome.UNCHANGED, "")
+    back = (await kb.add([faq])).files[0]
+    assert back.move == "moved from 'shop' to the default collection"
+    assert [d.collection for d in await kb.list("")] == [""]
+
+
+def test_kb_commands_show_collections_and_the_move(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+    kb_dir = tmp_path / "kb"
+    kb_dir.mkdir()
+    (kb_dir / "faq.md").write_text("# FAQ\n\nReturns are free within 30 days.\n")
+    (kb_dir / "about.md").write_text("# About\n\nWe sell tea.\n")
+    source = (kb_dir / "faq.md").resolve().as_posix()
+    assert main(["kb", "add", str(kb_dir)]) == 0
+    capsys.readouterr()
+
+    assert main(["kb", "add", "--collection", "shop", str(kb_dir / "faq.md")]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "0 added, 1 updated, 0 unchanged, 0 failed",
+        f"{source}: moved from the default collection to 'shop'",
+    ]
+    assert f"updated {source} (1 chunks), moved from the default collection to 'shop'" in err
+
+    assert main(["kb", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["CHUNKS", "SIZE", "UPDATED", "COLLECTION", "TITLE", "(SOURCE)"]
+    assert "  (default)   About  (" in lines[1] and "  shop        FAQ  (" in lines[2]
+    assert lines[-1] == "2 documents, 2 chunks"
+
+    assert main(["kb", "list", "--collection", "shop"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and "FAQ" in lines[1] and lines[-1] == "1 documents, 1 chunks"
+    assert main(["kb", "list", "--collection", "nope"]) == 0
+    assert capsys.readouterr().out == "no documents in 'nope'\n"
