@@ -313,8 +313,8 @@ class ConversationSettings(_Section):
 
 
 class KnowledgeSettings(_Section):
-    # Loaded into an empty knowledge base at start; relative paths are tried from the working
-    # directory, then from Parley's own folder.
+    # Loaded into an empty knowledge base at start, on an SQLite database only; relative paths
+    # are tried from the working directory, then from Parley's own folder.
     sample_dir: str = "docs"
     load_sample: bool = True
     # Bigger files are reported and skipped by `parley kb add`.
