@@ -1,5 +1,5 @@
-"""`/metrics` on Parley's HTTP host, and on a port of its own (`[metrics] port`) for a
-deployment whose adapters serve no HTTP (Telegram polling, the console).
+"""`/metrics` on a port of its own (`[metrics] port`), and on Parley's HTTP host where that is
+private or `metrics.on_http` says so (adapters/kit/runner.py decides).
 
 The port of its own is a second `HttpHost`: the same `/healthz`, `/readyz` and 503-while-
 stopping behaviour, with only `/metrics` mounted, so nothing else is exposed on it.

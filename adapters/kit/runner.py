@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 from asyncio import FIRST_COMPLETED
@@ -111,19 +112,47 @@ async def run_adapters(
 
 
 def _http_hosts(app: Parley, http: HttpHost) -> list[HttpHost]:
-    """The HTTP servers to run: the adapters' (with /metrics) when they mounted anything, and
-    the metrics port's own when `[metrics] port` is set and is not the adapters' server."""
+    """The HTTP servers to run: the adapters' when they mounted anything (with /metrics where
+    `_metrics_on_http` allows), and the metrics port's own when `[metrics] port` is set and
+    is not the adapters' server."""
     hosts = []
-    m = app.settings.metrics
-    port = m.port
+    settings = app.settings
+    port = settings.metrics.port
     if http.in_use:
-        http.mount(metrics_route(app.metrics))
+        if _metrics_on_http(settings):
+            http.mount(metrics_route(app.metrics))
         hosts.append(http)
-        port = 0 if _serves_metrics_already(app.settings) else port
-    own = metrics_host(m.host, port, app.metrics, ReadinessProbe(app))
+        port = 0 if _serves_metrics_already(settings) else port
+    own = metrics_host(settings.metrics.host, port, app.metrics, ReadinessProbe(app))
     if own is not None:
         hosts.append(own)
     return hosts
+
+
+def _metrics_on_http(settings: Settings) -> bool:
+    """Whether the adapters' HTTP server serves /metrics. Its port is often public (webhooks,
+    the support API) and the metrics name backends, models and skills: unless
+    `metrics.on_http` says, only while it listens on loopback and no port of its own is set."""
+    m = settings.metrics
+    if _serves_metrics_already(settings):
+        if m.on_http is False:
+            raise ConfigError(
+                f"metrics.on_http is false but metrics.port {m.port} is http.port: set "
+                "metrics.port to 0 or to a port of its own"
+            )
+        return True
+    if m.on_http is not None:
+        return m.on_http
+    return m.port == 0 and _is_loopback(settings.http.host)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve to any interface
+        return False
 
 
 def _serves_metrics_already(settings: Settings) -> bool:

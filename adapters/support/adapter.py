@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from bot.conversation.sink import Author, current_author
 from bot.settings import RedisSettings
@@ -31,8 +33,8 @@ from bot.types import ConversationKey, Incoming
 from . import answers, openapi, pages
 from .agent_api import AgentApi, StreamBridge
 from .api import Handler, SupportApi, endpoint
-from .auth import PLATFORM, Authenticator, preflight_headers
-from .errors import forbidden
+from .auth import PLATFORM, Authenticator, cors_headers, preflight_headers
+from .errors import ApiError, forbidden
 from .events import EventLog, Outbox, build_event_log
 from .history import SupportHistory, delivered
 from .schemas import AgentEvent
@@ -156,20 +158,24 @@ class SupportAdapter:
         await self._engine.dispose()
 
     def routes(self) -> list[BaseRoute]:
+        """The API as an app of its own under /v1: its unknown paths and methods are answered
+        by its exception handler, in the API's error format."""
         api = self.api
-        routes: list[BaseRoute] = [
-            self._route("/v1/visitors", api.visitors, "POST"),
-            self._route("/v1/messages", api.messages, "POST"),
-            self._route("/v1/events", api.events, "GET"),
-            self._route("/v1/history", api.history, "GET"),
-            self._route("/v1/visitor", api.erase, "DELETE"),
-            self._route("/v1/handoff", self.agent_api.status, "GET"),
-            self._route("/v1/handoff/take", self.agent_api.take, "POST"),
-            self._route("/v1/handoff/give-back", self.agent_api.give_back, "POST"),
-            self._route("/v1/handoff/messages", self.agent_api.message, "POST"),
-            Route("/v1/openapi.json", self._openapi, methods=["GET"]),
-            Route("/v1/docs", self._docs, methods=["GET"]),
+        v1: list[BaseRoute] = [
+            self._route("/visitors", api.visitors, "POST"),
+            self._route("/messages", api.messages, "POST"),
+            self._route("/events", api.events, "GET"),
+            self._route("/history", api.history, "GET"),
+            self._route("/visitor", api.erase, "DELETE"),
+            self._route("/handoff", self.agent_api.status, "GET"),
+            self._route("/handoff/take", self.agent_api.take, "POST"),
+            self._route("/handoff/give-back", self.agent_api.give_back, "POST"),
+            self._route("/handoff/messages", self.agent_api.message, "POST"),
+            Route("/openapi.json", self._openapi, methods=["GET"]),
+            Route("/docs", self._docs, methods=["GET"]),
         ]
+        app = Starlette(routes=v1, exception_handlers={HTTPException: self._unrouted})
+        routes: list[BaseRoute] = [Mount("/v1", app=app)]
         routes.extend(pages.routes(self._settings))  # the widget and its demo page
         return routes
 
@@ -180,8 +186,8 @@ class SupportAdapter:
         try:
             while True:
                 await asyncio.sleep(REFRESH_S)
-                try:
-                    await self.directory.refresh()
+                try:  # forced: the prompt and collection the core reads are never older
+                    await self.directory.refresh(force=True)
                 except Exception as exc:  # the database is away: the last known sites stay
                     log.warning("support: sites not refreshed: %s", type(exc).__name__)
         finally:
@@ -274,6 +280,23 @@ class SupportAdapter:
         if origin is None:
             return forbidden("this origin is not allowed").response()
         return Response(status_code=204, headers=preflight_headers(origin))
+
+    async def _unrouted(self, request: Request, exc: Exception) -> Response:
+        """No such endpoint (404) or method (405, with Allow), as JSON; with the CORS header
+        for an origin some site lists (no site is named), so the page can read why."""
+        if not isinstance(exc, HTTPException):  # registered for HTTPException only
+            raise exc
+        if exc.status_code == 404:
+            code, message = "not_found", "no such endpoint (see /v1/openapi.json)"
+        elif exc.status_code == 405:
+            code, message = "method_not_allowed", f"{request.method} is not allowed here"
+        else:
+            code, message = "invalid_request", exc.detail
+        response = ApiError(exc.status_code, code, message, exc.headers).response()
+        origin = await self._auth.preflight_allowed(request)
+        if origin is not None:
+            response.headers.update(cors_headers(origin))
+        return response
 
     async def _openapi(self, request: Request) -> Response:
         return JSONResponse(openapi.document())

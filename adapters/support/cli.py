@@ -2,11 +2,15 @@
 
     parley support site add NAME --origin URL... [--prompt-file F] [--language xx]...
                                                   [--collection C]
+    parley support site update NAME [--origin URL]... [--remove-origin URL]...
+                                    [--prompt-file F] [--language xx]... [--collection C]
+    parley support site remove NAME    its keys go with it; its conversations' history stays
     parley support site list
     parley support key add SITE        prints the new key once: only its hash is kept
     parley support key revoke KEY_ID   workers stop taking it within sites.REFRESH_S
 
-Bad input (a name, an origin, an unknown site or key) is one line and exit status 2.
+Workers see a change within sites.REFRESH_S. Bad input (a name, an origin, an unknown site or
+key) is one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -40,15 +44,20 @@ def add_support_parser(sub: Any) -> None:
         metavar="URL",
         help="an origin its pages are on, e.g. https://shop.example (repeatable)",
     )
-    add.add_argument("--prompt-file", type=Path, help="the site's system prompt (UTF-8 text)")
-    add.add_argument(
-        "--language",
-        action="append",
-        default=[],
-        metavar="xx",
-        help="a language its visitors are answered in; the first is the default",
+    _site_details(add, keep=False)
+    update = site_actions.add_parser("update", help="change a site; its public key stays")
+    update.add_argument("name")
+    update.add_argument(
+        "--origin", action="append", default=[], metavar="URL", help="an origin to add"
     )
-    add.add_argument("--collection", default="", help="its knowledge-base collection")
+    update.add_argument(
+        "--remove-origin", action="append", default=[], metavar="URL", help="one to remove"
+    )
+    _site_details(update, keep=True)
+    remove = site_actions.add_parser(
+        "remove", help="remove a site and its keys; its conversations' history stays"
+    )
+    remove.add_argument("name")
     site_actions.add_parser("list", help="list sites and their keys")
     key = things.add_parser("key", help="secret server keys")
     key_actions = key.add_subparsers(dest="support_action", required=True)
@@ -57,6 +66,26 @@ def add_support_parser(sub: Any) -> None:
     revoke = key_actions.add_parser("revoke", help="revoke a server key")
     revoke.add_argument("key_id")
     support.set_defaults(func=cmd_support)  # fmt: skip
+
+
+def _site_details(parser: Any, *, keep: bool) -> None:
+    """The options `add` and `update` share; with `keep` (update) what is not given stays."""
+    parser.add_argument(
+        "--prompt-file", type=Path, help="the site's system prompt (UTF-8 text; empty: default)"
+    )
+    parser.add_argument(
+        "--language",
+        action="append",
+        default=None if keep else [],
+        metavar="xx",
+        help="a language its visitors are answered in; the first is the default"
+        + (" (replaces the site's list)" if keep else ""),
+    )
+    parser.add_argument(
+        "--collection",
+        default=None if keep else "",
+        help="its knowledge-base collection ('': the default)",
+    )
 
 
 @asynccontextmanager
@@ -76,6 +105,13 @@ async def cmd_support(settings: Settings, args: argparse.Namespace) -> int:
         action = (args.support_thing, args.support_action)
         if action == ("site", "add"):
             await _add_site(store, args)
+        elif action == ("site", "update"):
+            await _update_site(store, args)
+        elif action == ("site", "remove"):
+            revoked = await store.remove_site(args.name)
+            keys = f" and its keys {', '.join(revoked)}" if revoked else ""
+            print(f"removed site {args.name}{keys}; its conversations' history stays")
+            print(f"every worker refuses its keys and visitor tokens within {REFRESH_S:.0f} s")
         elif action == ("site", "list"):
             await _list(store)
         elif action == ("key", "add"):
@@ -88,23 +124,45 @@ async def cmd_support(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompt(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--prompt-file {path}: {exc}") from None
+
+
 async def _add_site(store: SiteStore, args: argparse.Namespace) -> None:
-    prompt = ""
-    if args.prompt_file is not None:
-        try:
-            prompt = args.prompt_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"--prompt-file {args.prompt_file}: {exc}") from None
     site = await store.add_site(
         args.name,
         args.origin,
-        system_prompt=prompt,
+        system_prompt=_prompt(args.prompt_file) or "",
         languages=args.language,
         collection=args.collection,
     )
     print(f"site {site.name}: public key {site.public_key}")
     print(f'  <script src="https://YOUR-PARLEY/widget.js" data-site-key="{site.public_key}">'
           "</script>")  # fmt: skip
+
+
+async def _update_site(store: SiteStore, args: argparse.Namespace) -> None:
+    kept = (args.prompt_file, args.language, args.collection)
+    if not (args.origin or args.remove_origin) and all(option is None for option in kept):
+        raise ConfigError(
+            "nothing to change: give --origin, --remove-origin, --prompt-file, --language "
+            "or --collection"
+        )
+    site = await store.update_site(
+        args.name,
+        add_origins=args.origin,
+        remove_origins=args.remove_origin,
+        system_prompt=_prompt(args.prompt_file),
+        languages=args.language,
+        collection=args.collection,
+    )
+    print(f"site {site.name} updated; origins: {', '.join(site.origins)}")
+    print(f"every worker uses the change within {REFRESH_S:.0f} s")
 
 
 async def _list(store: SiteStore) -> None:

@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -70,6 +70,12 @@ def normalize_origin(origin: str) -> str:
     return cleaned
 
 
+def _check_languages(languages: Sequence[str]) -> None:
+    for language in languages:
+        if not LANGUAGE.match(language):
+            raise ConfigError(f"not a language tag: {language!r} (e.g. en, pt-BR)")
+
+
 def _site(row: Any) -> Site:
     """A site from a row of support_sites (read with Core: a Row, attribute access)."""
     return Site(
@@ -100,9 +106,7 @@ class SiteStore:
     ) -> Site:
         if not SITE_NAME.match(name):
             raise ConfigError(f"site name {name!r}: lower-case letters, digits, - and _ only")
-        for language in languages:
-            if not LANGUAGE.match(language):
-                raise ConfigError(f"not a language tag: {language!r} (e.g. en, pt-BR)")
+        _check_languages(languages)
         cleaned = list(dict.fromkeys(normalize_origin(o) for o in origins))
         values = {
             "name": name,
@@ -124,6 +128,77 @@ class SiteStore:
             site_id = result.scalar_one()
         return Site(site_id, name, str(values["public_key"]), tuple(cleaned), tuple(languages),
                     system_prompt, collection)  # fmt: skip
+
+    async def update_site(
+        self,
+        name: str,
+        *,
+        add_origins: Sequence[str] = (),
+        remove_origins: Sequence[str] = (),
+        system_prompt: str | None = None,
+        languages: Sequence[str] | None = None,
+        collection: str | None = None,
+    ) -> Site:
+        """Change a site in place (None: keep); its public key stays, so its pages do not
+        change. Read and written in one transaction, the row locked: two operators adding
+        origins at once keep both."""
+        if languages is not None:
+            _check_languages(languages)
+        adding = [normalize_origin(o) for o in add_origins]
+        removing = {normalize_origin(o) for o in remove_origins}
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(SupportSiteRow).where(SupportSiteRow.name == name).with_for_update()
+                )
+            ).one_or_none()
+            if row is None:
+                raise ConfigError(f"no site named {name!r} (parley support site list)")
+            site = _site(row)
+            if unknown := sorted(removing - set(site.origins)):
+                raise ConfigError(f"site {name!r} has no origin {unknown[0]!r}")
+            origins = [o for o in dict.fromkeys([*site.origins, *adding]) if o not in removing]
+            if not origins:
+                raise ConfigError(f"site {name!r} would have no origin left; add one first")
+            changed = replace(
+                site,
+                origins=tuple(origins),
+                languages=site.languages if languages is None else tuple(languages),
+                system_prompt=site.system_prompt if system_prompt is None else system_prompt,
+                collection=site.collection if collection is None else collection,
+            )
+            await conn.execute(
+                sa.update(SupportSiteRow)
+                .where(SupportSiteRow.id == site.id)
+                .values(
+                    origins=json.dumps(origins),
+                    languages=json.dumps(list(changed.languages)),
+                    system_prompt=changed.system_prompt,
+                    collection=changed.collection,
+                )
+            )
+        return changed
+
+    async def remove_site(self, name: str) -> list[str]:
+        """Delete a site and its server keys (the ids of its live keys are returned). Its
+        conversations and their history stay: they are keyed by "<site>:<visitor>", not by
+        the row. Its public key, server keys and visitor tokens then name no site."""
+        async with self._engine.begin() as conn:
+            site_id = await conn.scalar(
+                sa.select(SupportSiteRow.id).where(SupportSiteRow.name == name)
+            )
+            if site_id is None:
+                raise ConfigError(f"no site named {name!r} (parley support site list)")
+            live = await conn.scalars(
+                sa.select(SupportKeyRow.key_id)
+                .where(SupportKeyRow.site_id == site_id, SupportKeyRow.revoked_at.is_(None))
+                .order_by(SupportKeyRow.id)
+            )
+            revoked = list(live)
+            # Not left to ON DELETE CASCADE: on SQLite that needs the connection's pragma.
+            await conn.execute(sa.delete(SupportKeyRow).where(SupportKeyRow.site_id == site_id))
+            await conn.execute(sa.delete(SupportSiteRow).where(SupportSiteRow.id == site_id))
+        return revoked
 
     async def sites(self) -> list[Site]:
         async with self._engine.connect() as conn:
