@@ -187,3 +187,28 @@ async def test_sup_a_removed_site_stops_working_and_its_history_stays(
     async with engine.connect() as conn:
         texts = (await conn.scalars(sa.select(MessageRow.content))).all()
     assert "hello" in texts and any("You said hello" in t for t in texts)
+
+
+async def test_sup_a_removed_sites_tokens_do_not_work_on_the_site_that_gets_its_id(
+    worker: Worker, operator: SiteStore
+) -> None:
+    """SQLite gives a removed site's id to the next site added: a visitor token of the old
+    site names it by its key too, so it is not the new site's."""
+    old = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, old)
+        await operator.remove_site("shop")
+        new = await worker.add_site("outlet")
+        assert new.id == old.id  # the id was given again
+        await worker.adapter.directory.refresh(force=True)
+        fresh = await new_visitor(client, new)
+        used = await client.get("/v1/history", headers=bearer(visitor["token"]))
+        renewed = await client.post(
+            "/v1/visitors",
+            json={"visitor_token": visitor["token"]},
+            headers={"X-Parley-Site-Key": new.public_key},
+        )
+        own = await client.get("/v1/history", headers=bearer(fresh["token"]))
+    assert used.status_code == 401
+    assert renewed.status_code == 403
+    assert own.status_code == 200  # the new site's own visitors are served

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -526,7 +528,7 @@ async def test_a_stopping_worker_ends_its_streams_so_clients_reconnect(worker: W
 
 async def test_a_leaked_token_does_not_renew_itself_for_ever() -> None:
     signer = TokenSigner(b"secret", ttl_s=100)
-    token, _ = signer.issue(1, "v_someone")
+    token, _ = signer.issue(1, "pk_site", "v_someone")
     assert signer.verify(token).visitor_id == "v_someone"
     later = time.time() + 150  # expired 50 s ago: renewable, not usable
     with mock.patch("adapters.support.tokens.time.time", return_value=later):
@@ -596,3 +598,23 @@ async def test_another_sites_server_key_never_reaches_a_visitors_record(worker: 
     async with worker.app.store.engine.connect() as conn:
         users = (await conn.execute(sa.text("SELECT external_id FROM users"))).scalars().all()
     assert f"shop:{visitor['visitor_id']}" in users  # the shop's visitor is untouched
+
+
+def test_a_token_names_its_sites_key_and_older_tokens_still_work() -> None:
+    signer = TokenSigner(b"secret", ttl_s=100)
+    token, _ = signer.issue(1, "pk_site", "v_someone")
+    claim = signer.verify(token)
+    assert claim.belongs_to(1, "pk_site")
+    assert not claim.belongs_to(1, "pk_another_site_that_got_id_1")
+    assert not claim.belongs_to(2, "pk_site")
+    # Issued before tokens named the key: checked by the site's id alone until it expires.
+    body = (
+        base64.urlsafe_b64encode(
+            json.dumps({"s": 1, "v": "v_old", "e": int(time.time()) + 100}).encode()
+        )
+        .decode()
+        .rstrip("=")
+    )
+    signature = hmac.new(b"secret", body.encode(), hashlib.sha256).digest()
+    legacy = f"{body}.{base64.urlsafe_b64encode(signature).decode().rstrip('=')}"
+    assert signer.verify(legacy).belongs_to(1, "pk_any")

@@ -118,12 +118,12 @@ class SupportApi:
                 claim = self._signer.verify(body.visitor_token, allow_expired=True)
             except BadToken as exc:
                 raise unauthorized(f"visitor_token: {exc}") from None
-            if claim.site_id != site.id:
+            if not claim.belongs_to(site.id, site.public_key):
                 raise forbidden("visitor_token belongs to another site")
             visitor_id = claim.visitor_id
         elif request.headers.get("origin") is None and not by_server:
             raise forbidden("a request without Origin needs a server key")
-        token, claim = self._signer.issue(site.id, visitor_id)
+        token, claim = self._signer.issue(site.id, site.public_key, visitor_id)
         expires = datetime.fromtimestamp(claim.expires_at, UTC).isoformat()
         out = VisitorResponse(visitor_id=visitor_id, token=token, expires_at=expires)
         return JSONResponse(out.model_dump(), status_code=201)

@@ -119,7 +119,7 @@ class Authenticator:
         except BadToken as exc:
             raise unauthorized(str(exc)) from None
         found = await self._directory.by_id(claim.site_id)
-        if found is None:
+        if found is None or not claim.belongs_to(found.id, found.public_key):
             raise unauthorized("the token's site no longer exists")
         check_origin(request, found)
         named = request.headers.get("x-parley-site-key")

@@ -1,11 +1,15 @@
 """Visitor tokens: who a browser is, signed so that nobody can claim another visitor.
 
-    token = base64url(JSON {"s": site id, "v": visitor id, "e": expiry, unix s})
+    token = base64url(JSON {"s": site id, "k": site key's fingerprint, "v": visitor id,
+                            "e": expiry, unix s})
             + "." + base64url(HMAC-SHA256(secret, first part))
 
 The token binds the site and the visitor: a request with it reads and writes that visitor's
-conversation on that site and no other. The secret is `support.token_secret`, or when unset
-a random one generated once and kept in Parley's data folder (readable by its owner only).
+conversation on that site and no other. The site is named by its id and by a fingerprint of
+its public key, which no other site ever has: on SQLite a removed site's id is given to the
+next site added, and its visitors' tokens must not work there (`VisitorClaim.belongs_to`).
+The secret is `support.token_secret`, or when unset a random one generated once and kept in
+Parley's data folder (readable by its owner only).
 """
 
 from __future__ import annotations
@@ -38,6 +42,20 @@ class VisitorClaim:
     site_id: int
     visitor_id: str
     expires_at: int
+    # key_fingerprint(site's public key); "" in a token issued before tokens carried it.
+    site_key: str = ""
+
+    def belongs_to(self, site_id: int, public_key: str) -> bool:
+        """Whether the token is this site's: its id and, where the token names one, its key
+        (a token from before keys were named is checked by the id alone until it expires)."""
+        if self.site_id != site_id:
+            return False
+        return not self.site_key or hmac.compare_digest(self.site_key, key_fingerprint(public_key))
+
+
+def key_fingerprint(public_key: str) -> str:
+    """A short name of a site's public key, unique to the site (the key is random)."""
+    return hashlib.sha256(public_key.encode()).hexdigest()[:16]
 
 
 def new_visitor_id() -> str:
@@ -74,9 +92,11 @@ class TokenSigner:
         self._secret = secret
         self._ttl_s = ttl_s
 
-    def issue(self, site_id: int, visitor_id: str) -> tuple[str, VisitorClaim]:
-        claim = VisitorClaim(site_id, visitor_id, int(time.time()) + self._ttl_s)
-        body = _b64(json.dumps({"s": site_id, "v": visitor_id, "e": claim.expires_at}).encode())
+    def issue(self, site_id: int, public_key: str, visitor_id: str) -> tuple[str, VisitorClaim]:
+        expires = int(time.time()) + self._ttl_s
+        claim = VisitorClaim(site_id, visitor_id, expires, key_fingerprint(public_key))
+        fields = {"s": site_id, "k": claim.site_key, "v": visitor_id, "e": expires}
+        body = _b64(json.dumps(fields).encode())
         return f"{body}.{self._sign(body)}", claim
 
     def verify(self, token: str, *, allow_expired: bool = False) -> VisitorClaim:
@@ -89,7 +109,9 @@ class TokenSigner:
             raise BadToken("the token is not valid")
         try:
             data = json.loads(_unb64(body))
-            claim = VisitorClaim(int(data["s"]), str(data["v"]), int(data["e"]))
+            claim = VisitorClaim(
+                int(data["s"]), str(data["v"]), int(data["e"]), str(data.get("k", ""))
+            )
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise BadToken("the token is not valid") from None
         now = time.time()
