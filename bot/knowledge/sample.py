@@ -1,5 +1,6 @@
 """The sample knowledge base: Parley's own user guide (docs/), a demo loaded on the first start
-(with the embedded SQLite database; a server database starts empty) so that a fresh install can answer questions about itself before the operator adds anything.
+(with the embedded SQLite database; a server database starts empty) so that a fresh install
+can answer questions about itself before the operator adds anything.
 
 It is a demo, not content: once the knowledge base holds a document of the operator's own,
 the sample's documents are removed (by `parley kb add`, and at the next start), so answers
