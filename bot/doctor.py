@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TextIO
 
@@ -20,6 +21,10 @@ from bot.storage.database import create_engine
 from bot.storage.sql_store import SqlStore
 
 _Report = Callable[[bool, str], None]
+
+# How long a check waits for the database's first answer: a server behind a firewall that
+# drops packets would otherwise hold doctor for the driver's own limit (asyncpg: 60 s).
+CONNECT_WAIT_S = 10.0
 
 
 async def run_checks(settings: Settings, *, out: TextIO) -> list[str]:
@@ -50,7 +55,12 @@ async def _check_database(settings: Settings, report: _Report) -> None:
         kind = f"SQLite {make_url(url).database}"
     engine = create_engine(url)
     try:
-        await SqlStore(engine).ping()
+        try:
+            async with asyncio.timeout(CONNECT_WAIT_S):
+                await SqlStore(engine).ping()
+        except TimeoutError:
+            report(False, f"database: {kind} did not answer within {CONNECT_WAIT_S:g} s")
+            return
         report(True, f"database: {kind} reachable")
         try:
             await migrate.check_schema(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 
@@ -110,3 +111,18 @@ def test_doctor_prints_where_the_embedded_database_is(
     code, out = _doctor(monkeypatch, capsys, PARLEY_HOME=str(tmp_path / "data"))
     assert code == 0, out
     assert f"[ok] database: SQLite {tmp_path / 'data' / 'parley.db'} reachable" in out
+
+
+async def test_a_database_that_never_answers_is_a_problem_within_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that takes the connection and says nothing (a firewall, a hung proxy): doctor
+    names it after CONNECT_WAIT_S instead of waiting for the driver's own 60 s."""
+    silent = await asyncio.start_server(lambda _r, _w: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    monkeypatch.setattr("bot.doctor.CONNECT_WAIT_S", 0.5)
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"postgresql+asyncpg://u@127.0.0.1:{port}/db")
+    out = io.StringIO()
+    async with silent, asyncio.timeout(30):  # far above the wait: proves it was not 60 s
+        problems = await run_checks(load_settings(), out=out)
+    assert any("database: PostgreSQL did not answer within 0.5 s" in p for p in problems)
