@@ -20,6 +20,8 @@ is set). Token counts are of the neutralised text, which is what the server sees
 
 Errors (all `bot.errors.BackendError`):
     ServerUnavailable (BackendUnavailable)  unreachable, 429 or 5xx; `.status`, `.retry_after`
+    ClientBusy (BackendUnavailable)  every connection of this client is in use (its limit,
+                        not the server's failure: the circuit breaker does not count it)
     BackendTimeout      connect, first token, gap between chunks, or the whole reply too slow
     ContextTooLong      HTTP 400 whose message is about the context length
     BackendError        any other refusal, or a stream that cannot be parsed
@@ -52,7 +54,13 @@ from pydantic import SecretStr
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage, estimate_tokens
 from backends.control_tokens import DEFAULT_MARKERS, marker_pattern, neutralise, special_tokens
 from backends.deadlines import Deadlines
-from bot.errors import BackendError, BackendTimeout, BackendUnavailable, ContextTooLong
+from bot.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ClientBusy,
+    ContextTooLong,
+)
 from bot.settings import BackendSettings, TimeoutSettings
 from bot.types import ChatMessage
 
@@ -277,6 +285,8 @@ class OpenAICompatBackend:
     async def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
         try:
             return await self._client.send(request, stream=stream)
+        except httpx.PoolTimeout as exc:  # before TimeoutException, of which it is one
+            raise ClientBusy(f"{request.url.path}: no free connection in this client") from exc
         except httpx.TimeoutException as exc:
             raise BackendTimeout(f"{request.url.path}: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:

@@ -43,7 +43,13 @@ from backends.base import (
 )
 from backends.breaker import BreakerState, CircuitBreaker
 from backends.deadlines import FirstTokenLimit, FirstTokenTimeout, first_token_within
-from bot.errors import BackendError, BackendTimeout, BackendUnavailable, ContextTooLong
+from bot.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ClientBusy,
+    ContextTooLong,
+)
 from bot.settings import BackendSettings, RetrySettings
 from bot.types import ChatMessage
 
@@ -74,6 +80,8 @@ def counts_against_backend(exc: BaseException) -> bool:
     """Failures that say the backend is unwell. A too-long prompt is the caller's doing, and a
     429 says the server is up and asks for a pause (back-pressure), so neither counts."""
     if isinstance(exc, BackendUnavailable) and exc.status == THROTTLED:
+        return False
+    if isinstance(exc, ClientBusy):  # this process's own pool is full: the server is fine
         return False
     return isinstance(exc, BackendError) and not isinstance(exc, (ContextTooLong, CircuitOpen))
 

@@ -8,6 +8,7 @@
     ├── BackendError            the language model failed
     │   ├── NoBackendConfigured no model is configured
     │   ├── BackendUnavailable  the server is down or refused the request
+    │   │   └── ClientBusy      every connection of Parley's own client is in use
     │   ├── BackendTimeout      connect / first token / gap / total time limit passed
     │   └── ContextTooLong      the prompt does not fit the model's context
     ├── InputError              the user's message cannot be handled as sent
@@ -72,6 +73,11 @@ class BackendUnavailable(BackendError):
         super().__init__(message, user_message=user_message)
         self.status = status
         self.retry_after = retry_after
+
+
+class ClientBusy(BackendUnavailable):
+    """No connection of Parley's own client to the server came free in time (its pool is
+    bounded): a limit of this process, which says nothing about the server's health."""
 
 
 class BackendTimeout(BackendError):
