@@ -42,6 +42,7 @@ async def test_while_stopping_the_platform_is_told_to_send_again() -> None:
     async with _client(host) as client:
         refused = await client.post("/hook")
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        assert refused.json()["error"]["code"] == "unavailable"  # the API's own error shape
         assert (await client.get("/readyz")).status_code == 503  # the balancer stops sending
         assert (await client.get("/healthz")).status_code == 200  # but the process is alive
 

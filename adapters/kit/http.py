@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -104,7 +104,10 @@ class _RefuseWhileDraining:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self._host.draining and scope["path"] not in HEALTH_PATHS:
             headers = {"Retry-After": str(RETRY_AFTER_S)}
-            response = PlainTextResponse("stopping", status_code=503, headers=headers)
+            # The support API's error shape (docs/support.md); a platform's webhook sender
+            # reads only the status.
+            body = {"error": {"code": "unavailable", "message": "this worker is stopping"}}
+            response = JSONResponse(body, status_code=503, headers=headers)
             await response(scope, receive, send)
             return
         await self._app(scope, receive, send)
