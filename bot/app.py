@@ -105,12 +105,7 @@ class Parley:
         self.cache = cache = build_cache(s.redis)
         self._stack.push_async_callback(cache.aclose)
         self.backend = self._given_backend or build_resilient_backend(s.backend)
-        if self.backend is None:
-            log.info(
-                "no language model (backend.kind is none): chat messages get one sentence; "
-                "set PARLEY_BACKEND__KIND=vllm or openai (docs/backends.md)"
-            )
-        else:
+        if self.backend is not None:
             self._stack.push_async_callback(self.backend.aclose)
             self.metrics.watch_backend(self.backend)
             await self._start_backend(self.backend)
@@ -158,6 +153,15 @@ class Parley:
             self.manager, cache, self.router, s.conversation, DocumentReader(s.documents)
         )
         self._stack.push_async_callback(self.intake.aclose)
+
+    def log_serving(self) -> None:
+        """The lines an operator reads once every adapter has started (not before: a start
+        that fails is the one line saying why)."""
+        if self.backend is None:
+            log.info(
+                "no language model (backend.kind is none): chat messages get one sentence; "
+                "set PARLEY_BACKEND__KIND=vllm or openai (docs/backends.md)"
+            )
 
     async def _start_backend(self, backend: Backend) -> None:
         """Start the backend; a model server that is not answering yet (still loading its

@@ -97,6 +97,7 @@ async def run_adapters(
             await _enter(stack, adapter)
             app.intake.register(adapter.platform, adapter, section.access)
             app.metrics.watch_adapter(adapter)
+        app.log_serving()
         await app.manager.recover()
         hosts = _http_hosts(app, http)
         serving = asyncio.create_task(serve_all(hosts), name="parley-http") if hosts else None
