@@ -19,10 +19,10 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bot.errors import AdapterError
+from bot.errors import AdapterError, ConfigError
 from bot.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,16 @@ class HttpHost:
         self.draining = False
 
     def mount(self, route: BaseRoute) -> None:
+        """Serve `route`. A path that another route already serves, or that lies under
+        another's mount (a webhook at /v1/... beside the support API's /v1), would never be
+        reached: a ConfigError naming both, not a webhook that answers 404 for ever."""
+        path = _served_path(route)
+        for taken in [*HEALTH_PATHS, *(_served_path(r) for r in self._routes)]:
+            if path is not None and taken is not None and _overlap(path, taken, route):
+                raise ConfigError(
+                    f"http: {path} is already served here (by {taken}): give one of them "
+                    "another path (docs/adapters.md, one HTTP server)"
+                )
         self._routes.append(route)
 
     @property
@@ -94,6 +104,24 @@ class HttpHost:
         if problems:
             return PlainTextResponse("\n".join(problems), status_code=503)
         return PlainTextResponse("ready")
+
+
+def _served_path(route: BaseRoute) -> str | None:
+    """A Route's path, or a Mount's prefix ending in "/" (every path under it)."""
+    if isinstance(route, Mount):
+        return route.path.rstrip("/") + "/"
+    if isinstance(route, Route):
+        return route.path
+    return None
+
+
+def _overlap(path: str, taken: str, route: BaseRoute) -> bool:
+    if path == taken or path.rstrip("/") == taken.rstrip("/"):
+        return True
+    # A mount takes every path under its prefix (a prefix "/" would take them all).
+    if taken.endswith("/") and path.startswith(taken):
+        return True
+    return isinstance(route, Mount) and taken.startswith(path)
 
 
 class _RefuseWhileDraining:
