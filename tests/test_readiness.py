@@ -104,6 +104,25 @@ async def test_unready_while_postgres_is_cut_and_ready_again_after(postgres_url:
             assert (back.status_code, back.text) == (200, "ready")
 
 
+@pytest.mark.postgres
+async def test_a_pool_every_turn_holds_is_busy_not_unready(postgres_url: str) -> None:
+    """Every connection of the main pool held (turns in flight under load): the database
+    still answers, so the worker stays ready. Asked on that pool, the check waited for a
+    connection and said "database: no answer in time", and a balancer would take every busy
+    worker out at once."""
+    await migrate.upgrade(postgres_url)
+    settings = Settings(
+        database={"url": postgres_url, "pool_size": 1},  # type: ignore[arg-type]
+        knowledge={"load_sample": False},  # type: ignore[arg-type]
+    )
+    async with Parley(settings) as app:
+        engine = app.store.engine
+        async with engine.connect():  # the whole pool (no overflow)
+            assert engine.pool.checkedout() == 1
+            assert await readiness(app) == []
+            assert await app.manager.database_answers()
+
+
 async def test_stopping_answers_unready_without_asking(tmp_path: Path) -> None:
     asked: list[int] = []
 

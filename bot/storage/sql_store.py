@@ -139,7 +139,10 @@ class SqlStore:
             await each.dispose()
 
     async def ping(self) -> None:
-        await self._rows(_PING)
+        """Does the database answer? Asked on the lease keeper's own connection: a main pool
+        that every turn holds is a busy worker, not a database that is down (/readyz, the
+        outage check)."""
+        await self._run(lambda q: q.rows(_PING), on=self._keeper_runner)
 
     async def record_incoming(
         self, incoming: Incoming, *, kind: MessageKind, token_count: int
