@@ -20,6 +20,8 @@ Every failure is one line on stderr, never a traceback, and a documented exit st
     3    a failure at run time: an adapter could not start or failed while running (a
          revoked token, no network), a database or model server that cannot be used
     130  interrupted (Ctrl-C) before start-up finished
+    141  the reader of its output went away (`parley doctor | head -1`), as for any command
+         that SIGPIPE ends; nothing is printed
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +46,7 @@ EXIT_PROBLEMS = 1
 EXIT_CONFIG = 2
 EXIT_FAILED = 3
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
 # Libraries whose INFO lines are about their own machinery (migrations, HTTP requests): shown
 # only with --verbose, so they never land in the middle of a terminal chat.
 QUIET_LIBRARIES = ("alembic", "httpx", "httpcore", "telegram", "uvicorn", "vllm", "asyncio")
@@ -61,13 +65,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         chatting = args.command == "run" and "console" in settings.adapters
         quiet = chatting or args.command in ("chat", "kb", "eval")
         _setup_logging(settings, verbose=args.verbose, quiet=quiet)
-        return int(asyncio.run(args.func(settings, args)) or 0)
+        status = int(asyncio.run(args.func(settings, args)) or 0)
+        sys.stdout.flush()  # here, where a reader that left is caught, not at exit
+        return status
     except (ConfigError, SchemaOutOfDate, SchemaTooNew) as exc:
         _error(exc, settings)
         return EXIT_CONFIG
     except BotError as exc:
         _error(exc, settings)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # Whoever read stdout took what it wanted and left: no error line. Point stdout at
+        # /dev/null so that the interpreter's own flush at exit does not fail once more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
     except OSError as exc:  # the machine's, not a bug: a folder that cannot be made, a full disk
         _error(exc, settings)
         return EXIT_FAILED
@@ -100,7 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
-        "run", help="start every configured adapter", description=_adapters_help()
+        "run",
+        help="start every configured adapter",
+        description=_adapters_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # one adapter a line
     ).set_defaults(func=cmd_run)
     chat = sub.add_parser("chat", help="chat in the terminal")
     chat.add_argument("--user", help="your name in the history (default: console.user)")

@@ -6,8 +6,10 @@ import argparse
 import gc
 import json
 import sys
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from alembic.util import CommandError
+from pydantic import SecretStr
 
 from adapters.console import ConsoleSettings
 from adapters.kit.runner import run_adapters
@@ -85,8 +87,49 @@ async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
-    # model_dump(mode="json") renders SecretStr as "**********"; the redactor masks the
-    # passwords of plain URLs (a model server's http://user:password@host).
-    text = json.dumps(settings.model_dump(mode="json"), indent=2)
-    print(redactor(settings).redact(text))
+    """The settings in effect. A secret is "**********", but for a secret URL (the database's,
+    Redis's), which says where Parley keeps its data: that one is shown with its password
+    and any secret-looking query value masked. The redactor masks every other secret left
+    (a model server's http://user:password@host); the URLs are put in after it, since the
+    whole of a secret URL is a secret to it."""
+    urls: list[str] = []
+
+    def shown(value: object) -> object:
+        if isinstance(value, dict):
+            return {key: shown(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [shown(item) for item in value]
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            if "://" not in secret:
+                return str(value)
+            urls.append(_masked_url(secret))
+            return f"\x00url{len(urls) - 1}\x00"
+        return value
+
+    dumped = shown(settings.model_dump(mode="python"))
+    text = redactor(settings).redact(json.dumps(dumped, indent=2, default=str))
+    for index, url in enumerate(urls):
+        text = text.replace(json.dumps(f"\x00url{index}\x00"), json.dumps(url))
+    print(text)
     return 0
+
+
+_SECRET_QUERY_KEY = ("pass", "pwd", "secret", "token", "key")
+
+
+def _masked_url(url: str) -> str:
+    """`url` with the password of its user and each secret-looking query value masked."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:**********@{netloc.rpartition('@')[2]}"
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    masked = [
+        (key, "**********" if any(word in key.lower() for word in _SECRET_QUERY_KEY) else value)
+        for key, value in pairs
+    ]
+    if netloc == parts.netloc and masked == pairs:
+        return url  # as written (urlunsplit would drop the "//" of sqlite:////path)
+    query = f"?{urlencode(masked, safe='*/')}" if masked else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"

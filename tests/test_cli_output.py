@@ -1,0 +1,67 @@
+"""What `parley` prints for an operator who pipes it: `parley config` says where the data
+is (the database URL, its password masked), and a reader that leaves early (`| head -1`)
+ends the command quietly with the status a shell reports for SIGPIPE, not an error line and
+the run-time failure status 3."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.processes import parley_env
+
+
+def _config(tmp_path: Path, env: dict[str, str]) -> dict[str, dict[str, object]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "config"],
+        cwd=tmp_path,
+        env=parley_env(tmp_path, env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    shown: dict[str, dict[str, object]] = json.loads(done.stdout)
+    return shown
+
+
+def test_config_shows_the_embedded_database_file(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/data/parley.db"
+    shown = _config(tmp_path, {"PARLEY_DATABASE__URL": url})
+    assert shown["database"]["url"] == url
+
+
+def test_config_shows_server_urls_with_their_passwords_masked(tmp_path: Path) -> None:
+    env = {
+        "PARLEY_DATABASE__URL": "postgresql+asyncpg://bob:hunter2-pw@db.example:5433/x?password=qq-pw",
+        "PARLEY_REDIS__URL": "redis://:r3dis-pw@cache.example:6379/0",
+        "PARLEY_TELEGRAM__TOKEN": "123456:telegram-token-value",
+    }
+    shown = _config(tmp_path, env)
+    assert shown["database"]["url"] == (
+        "postgresql+asyncpg://bob:**********@db.example:5433/x?password=**********"
+    )
+    assert shown["redis"]["url"] == "redis://:**********@cache.example:6379/0"
+    assert shown["telegram"]["token"] == "**********"
+    text = json.dumps(shown)
+    for secret in ("hunter2-pw", "qq-pw", "r3dis-pw", "telegram-token-value"):
+        assert secret not in text
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "doctor"],
+        cwd=tmp_path,
+        env=parley_env(tmp_path, {}),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # `| head -0`: the reader is gone before the first line
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141
+    assert err == ""
