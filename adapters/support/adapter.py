@@ -265,15 +265,15 @@ class SupportAdapter:
         return site.collection if site is not None else ""
 
     def _route(self, path: str, handler: Handler, method: str) -> Route:
-        wrapped = endpoint(handler)
-
         async def route(request: Request) -> Response:
             if request.method == "OPTIONS":
                 return await self._preflight(request)
-            return await wrapped(request)
+            return await handler(request)
 
+        # The preflight too: it reads the sites, which may fail like any handler.
         route.__name__ = handler.__name__
-        return Route(path, route, methods=[method, "OPTIONS"])
+        wrapped = endpoint(route, origins=lambda: self.directory.all_origins)
+        return Route(path, wrapped, methods=[method, "OPTIONS"])
 
     async def _preflight(self, request: Request) -> Response:
         origin = await self._auth.preflight_allowed(request)

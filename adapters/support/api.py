@@ -1,6 +1,9 @@
 """The support API's endpoints under /v1 (docs/support.md). Handlers translate HTTP into the
-core's Intake calls and reads of the event log and history; every failure is an ApiError
-(adapters/support/errors.py), answered as JSON with a 4xx.
+core's Intake calls and reads of the event log and history; every refusal is an ApiError
+(adapters/support/errors.py), answered as JSON with a 4xx. Any other failure is answered in
+the same shape by `endpoint`: the database or Redis out of reach is 503 `unavailable` with
+Retry-After (a message retried with its Idempotency-Key is then recorded once), anything else
+500 `internal`; never Starlette's plain text, never a traceback to the client.
 
     POST   /v1/visitors    a visitor token for a browser (site key + Origin) or a server
     POST   /v1/messages    a visitor's message -> 202; the answer arrives on /v1/events
@@ -13,14 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from bot.conversation.intake import Intake
@@ -32,9 +36,9 @@ from bot.storage.base import Cache
 from bot.text.storable import storable
 from bot.types import Incoming, User
 
-from .auth import PLATFORM, Authenticator, Caller, bearer, check_origin, cors_headers
+from .auth import PLATFORM, Authenticator, Caller, bearer, check_origin, cors_headers, origin_of
 from .bodies import idempotency_key, int_param, read_body
-from .errors import ApiError, forbidden, unauthorized
+from .errors import ApiError, error_types, forbidden, internal, is_outage, unauthorized, unavailable
 from .events import EventLog, stream, valid_event_id
 from .history import SupportHistory
 from .schemas import (
@@ -48,6 +52,8 @@ from .settings import SupportSettings
 from .sites import SECRET_PREFIX, Site, SiteDirectory
 from .tokens import BadToken, TokenSigner, new_visitor_id
 
+log = logging.getLogger(__name__)
+
 Handler = Callable[[Request], Awaitable[Response]]
 _Model = TypeVar("_Model", bound=BaseModel)
 
@@ -56,15 +62,24 @@ _Model = TypeVar("_Model", bound=BaseModel)
 KNOWN_IDS = 50_000
 
 
-def endpoint(handler: Handler) -> Handler:
-    """Errors as JSON, and the CORS header for an origin the caller's site allows."""
+def endpoint(handler: Handler, origins: Callable[[], Collection[str]] | None = None) -> Handler:
+    """Errors as JSON, and the CORS header for an origin the caller's site allows. A failure
+    that is no ApiError (the database or Redis out of reach: 503; a bug: 500) gets the CORS
+    header also for an origin that `origins` (every site's, as last loaded) lists, as an
+    unknown path does: it names no site, and the page can read that it should retry."""
 
     async def wrapped(request: Request) -> Response:
+        origin: str | None = None
         try:
             response = await handler(request)
         except ApiError as exc:
             response = exc.response()
-        origin = getattr(request.state, "cors_origin", None)
+        except Exception as exc:
+            response = failed(request, exc)
+            listed = origin_of(request)
+            if origins is not None and listed is not None and listed in origins():
+                origin = listed
+        origin = getattr(request.state, "cors_origin", None) or origin
         if origin is not None:
             response.headers.update(cors_headers(origin))
         return response
@@ -72,6 +87,21 @@ def endpoint(handler: Handler) -> Handler:
     wrapped.__name__ = handler.__name__
     wrapped.__doc__ = handler.__doc__
     return wrapped
+
+
+def failed(request: Request, exc: Exception) -> Response:
+    """The answer to a handler's failure that is no ApiError. An outage is one line at
+    warning level naming the error's types: never its text nor a traceback, which can carry
+    user text, statements or a URL with a password. Anything else is a bug, logged whole."""
+    where = f"{request.method} {request.url.path}"
+    if isinstance(exc, ClientDisconnect):  # the client left mid-request: nobody reads this
+        log.info("support API: %s: the client disconnected", where)
+        return ApiError(400, "invalid_request", "the request ended early").response()
+    if is_outage(exc):
+        log.warning("support API: %s: unavailable (%s)", where, error_types(exc))
+        return unavailable(keyed="idempotency-key" in request.headers).response()
+    log.exception("support API: %s failed", where)
+    return internal().response()
 
 
 def platform_message_id(idempotency_key: str) -> str:

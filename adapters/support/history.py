@@ -22,6 +22,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bot import phrases
 from bot.handoff.models import HandoffStateRow
 from bot.storage.base import MessageKind
+from bot.storage.database import run_on_connection
 from bot.storage.models import ConversationRow, MessageRow, UserRow
 from bot.types import ConversationKey, Role
 
@@ -105,8 +107,9 @@ class SupportHistory:
 
     async def holds(self, key: ConversationKey) -> bool:
         """Whether the conversation is there (an erased one is renamed: it is not)."""
-        async with self._engine.connect() as conn:
-            return await conn.scalar(sa.select(self._conversation(key))) is not None
+        stmt = sa.select(self._conversation(key))
+        found = await run_on_connection(self._engine, lambda conn: conn.scalar(stmt))
+        return found is not None
 
     async def page(self, key: ConversationKey, before: int | None, limit: int) -> list[Row]:
         """Up to `limit` messages older than `before` (newest page when None), oldest first;
@@ -125,10 +128,15 @@ class SupportHistory:
         )
         if before is not None:
             stmt = stmt.where(m.id < before)
-        async with self._engine.connect() as conn:
+
+        async def read(
+            conn: AsyncConnection,
+        ) -> tuple[Sequence[sa.Row[Any]], dict[int, AgentReply]]:
             rows = (await conn.execute(stmt)).all()
             answers_ids = [int(r.id) for r in rows if r.role == Role.ASSISTANT.value]
-            agents = await self._agent_replies(conn, key, answers_ids)
+            return rows, await self._agent_replies(conn, key, answers_ids)
+
+        rows, agents = await run_on_connection(self._engine, read)
         return [
             Row(int(r.id), str(r.role), str(r.content), r.created_at, agents.get(int(r.id)))
             for r in reversed(rows)
@@ -168,8 +176,7 @@ class SupportHistory:
             .order_by(m.id.desc())
             .limit(1)
         )
-        async with self._engine.connect() as conn:
-            found = await conn.scalar(stmt)
+        found = await run_on_connection(self._engine, lambda conn: conn.scalar(stmt))
         return int(found) if found is not None else None
 
     async def text_of(self, key: ConversationKey, message_id: int) -> str | None:
@@ -178,44 +185,49 @@ class SupportHistory:
         stmt = sa.select(m.content).where(
             m.conversation_id == self._conversation(key), m.id == message_id
         )
-        async with self._engine.connect() as conn:
-            found = await conn.scalar(stmt)
+        found = await run_on_connection(self._engine, lambda conn: conn.scalar(stmt))
         return str(found) if found is not None else None
 
     async def erase(self, key: ConversationKey, user_id: str) -> Sequence[int]:
         """Erase the visitor's conversation and user; the conversation ids it had."""
+        return await run_on_connection(
+            self._engine, functools.partial(self._erase, key, user_id), write=True
+        )
+
+    async def _erase(
+        self, key: ConversationKey, user_id: str, conn: AsyncConnection
+    ) -> Sequence[int]:
         c = ConversationRow
-        async with self._engine.begin() as conn:
-            ids = (await conn.execute(sa.select(c.id).where(
-                c.platform == key.platform, c.chat_id == key.chat_id
-            ))).scalars().all()  # fmt: skip
-            if ids:
-                await conn.execute(sa.delete(MessageRow).where(MessageRow.conversation_id.in_(ids)))
-                # No longer waiting for a person: the desk would announce it at every start.
-                await conn.execute(
-                    sa.delete(HandoffStateRow).where(HandoffStateRow.conversation_id.in_(ids))
-                )
-                await conn.execute(
-                    sa.update(c)
-                    .where(c.id.in_(ids))
-                    .values(
-                        chat_id="erased:" + secrets.token_hex(12),
-                        summary="",
-                        summary_tokens=0,
-                        summary_through_id=0,
-                        # The delivery ends here: a turn answering now finds its fence gone
-                        # (SqlStore.record_reply) and stores nothing of its answer.
-                        delivery_from=None,
-                        delivery_to=None,
-                        delivery_epoch=None,
-                        delivery_owner=None,
-                        delivery_seen=None,
-                        delivery_ref=None,
-                    )
-                )
+        ids = (await conn.execute(sa.select(c.id).where(
+            c.platform == key.platform, c.chat_id == key.chat_id
+        ))).scalars().all()  # fmt: skip
+        if ids:
+            await conn.execute(sa.delete(MessageRow).where(MessageRow.conversation_id.in_(ids)))
+            # No longer waiting for a person: the desk would announce it at every start.
             await conn.execute(
-                sa.delete(UserRow).where(
-                    UserRow.platform == key.platform, UserRow.external_id == user_id
+                sa.delete(HandoffStateRow).where(HandoffStateRow.conversation_id.in_(ids))
+            )
+            await conn.execute(
+                sa.update(c)
+                .where(c.id.in_(ids))
+                .values(
+                    chat_id="erased:" + secrets.token_hex(12),
+                    summary="",
+                    summary_tokens=0,
+                    summary_through_id=0,
+                    # The delivery ends here: a turn answering now finds its fence gone
+                    # (SqlStore.record_reply) and stores nothing of its answer.
+                    delivery_from=None,
+                    delivery_to=None,
+                    delivery_epoch=None,
+                    delivery_owner=None,
+                    delivery_seen=None,
+                    delivery_ref=None,
                 )
             )
+        await conn.execute(
+            sa.delete(UserRow).where(
+                UserRow.platform == key.platform, UserRow.external_id == user_id
+            )
+        )
         return [int(i) for i in ids]

@@ -64,20 +64,25 @@ _ERRORS = {
     "413": _error("body or text too large"),
     "422": _error("a field is not valid"),
     "429": _error("rate limited; see Retry-After"),
-}
+    "500": _error("`internal`: a failure of the server (a bug, logged there)"),
+    "503": _error("`unavailable`: the database or Redis is briefly out of reach; retry after "
+                  "Retry-After (a message: with the same Idempotency-Key)"),
+}  # fmt: skip
 _SERVER_KEY = {**_TOKEN, "description": "Bearer <server key> (sk_...): never a visitor token"}
 _DESK_ERRORS = {
-    **{k: v for k, v in _ERRORS.items() if k in ("400", "401", "403", "413", "422")},
+    **{k: v for k, v in _ERRORS.items() if k in ("400", "401", "403", "413", "422", "500")},
     "404": _error("no conversation with this visitor on the key's site"),
     "409": _error("not possible in the conversation's handoff state"),
-    "503": _error("the help desk is not running on this server"),
-}
+    "503": _error("`unavailable`: the help desk is not running on this server; or the "
+                  "database or Redis is briefly out of reach (retry after Retry-After)"),
+}  # fmt: skip
 _VISITOR = _query("visitor_id", {"type": "string", "maxLength": 64},
                   "with a server key: the visitor it acts for")  # fmt: skip
 
 
 def _paths() -> dict[str, Any]:
-    auth_errors = {k: v for k, v in _ERRORS.items() if k in ("400", "401", "403", "422")}
+    auth_errors = {k: v for k, v in _ERRORS.items()
+                   if k in ("400", "401", "403", "422", "500", "503")}  # fmt: skip
     return {
         "/v1/visitors": {"post": {
             "summary": "Get a visitor token",
