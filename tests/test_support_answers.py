@@ -6,7 +6,7 @@ from __future__ import annotations
 from adapters.support.answers import notice_texts, sources
 from bot import phrases
 from bot.knowledge.types import Passage
-from bot.skills.qa import SOURCES
+from bot.skills.qa import NO_MODEL_QUOTE, SOURCES, quoted
 from bot.skills.qa import sources as qa_sources
 
 
@@ -43,3 +43,16 @@ def test_the_cores_notices_are_known_in_every_language() -> None:
     assert phrases.say(phrases.RATE_LIMITED, "fr") in texts
     assert phrases.RATE_LIMITED in texts
     assert "Hello! How can I help?" not in texts
+
+
+def test_the_passages_quoted_without_a_model_are_the_sources() -> None:
+    """/ask without a model quotes the passages under their citations: the answer event's
+    `sources` lists them (it was [] although the text cited two)."""
+    passages = [
+        Passage("Returns within 30 days.", "Refunds", "", "refunds.md", 1.0),
+        Passage("See https://example.net/ship for rates.", "Shipping", "", "ship.md", 0.5),
+    ]
+    for language in ("", *phrases.LANGUAGES):
+        answer = quoted(passages, phrases.say(NO_MODEL_QUOTE, language))
+        assert [s["title"] for s in sources(answer)] == ["Refunds", "Shipping"], language
+    assert sources("Not the heading\n\n[1] Refunds\nReturns within 30 days.") == []
