@@ -1,11 +1,19 @@
-"""A shared service (Redis) that went away: tried again after a pause instead of on every
-call, and logged once when it goes down and once when it is back, however many calls fail.
+"""A shared service that went away.
+
+Outage        Redis gone: tried again after a pause instead of on every call, and logged
+              once when it goes down and once when it is back, however many calls fail
+is_outage     whether an error says the database or Redis is out of reach or timed out
+              (to be retried, told in one line) rather than a bug (logged whole)
+error_types   what a log line may say of such an error: its types, never its text
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+
+from sqlalchemy import exc as sa_exc
 
 
 class Outage:
@@ -43,3 +51,69 @@ class Outage:
             return
         self._log.info("Redis is reachable again after %.1fs", time.monotonic() - self._down_since)
         self._down_since = None
+
+
+# SQLSTATE classes of a server out of reach or refusing work for now, as PostgreSQL drivers
+# report them (`sqlstate`): connection exceptions, insufficient resources (too many
+# connections, disk full), operator intervention (shut down, starting up, in recovery).
+_OUTAGE_SQLSTATES = ("08", "53", "57P")
+
+
+def _redis_failures() -> tuple[type[BaseException], ...]:
+    try:  # the optional [redis] extra
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:
+        return ()
+    return (RedisConnectionError, RedisTimeoutError)
+
+
+# Failures that mean a backing service is out of reach or did not answer in time: the network
+# (refused, reset, timed out: OSError, TimeoutError included), SQLAlchemy's pool and
+# connection errors, Redis's connection and time-outs. A bad statement, a broken constraint or
+# Redis refusing a command is none of them: that is a bug.
+_OUTAGE_TYPES: tuple[type[BaseException], ...] = (
+    OSError,
+    sa_exc.OperationalError,
+    sa_exc.TimeoutError,
+    sa_exc.DisconnectionError,
+    *_redis_failures(),
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it: StorageError wraps the driver's error) says the
+    database or Redis is out of reach or timed out, as opposed to a bug."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_outage(each) for each in exc.exceptions)
+    for each in _chain(exc):
+        if isinstance(each, _OUTAGE_TYPES):
+            return True
+        if isinstance(each, sa_exc.DBAPIError) and each.connection_invalidated:
+            return True  # the server closed the connection
+        sqlstate = getattr(each, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_OUTAGE_SQLSTATES):
+            return True
+    return False
+
+
+def error_types(exc: BaseException) -> str:
+    """The types of `exc` and its causes, "StorageError <- ConnectionResetError": what a log
+    line may say of a failure (its messages can hold statements, user text or a URL)."""
+    return " <- ".join(dict.fromkeys(type(each).__name__ for each in _chain(exc)))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it (`__cause__`, the driver's `orig`, the context it was raised
+    in unless that was suppressed), each once."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending and len(seen) < 16:
+        each = pending.pop(0)
+        if id(each) in seen:
+            continue
+        seen.add(id(each))
+        yield each
+        orig = getattr(each, "orig", None) if isinstance(each, sa_exc.DBAPIError) else None
+        context = None if each.__suppress_context__ else each.__context__
+        pending += [e for e in (each.__cause__, orig, context) if isinstance(e, BaseException)]

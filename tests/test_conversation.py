@@ -402,7 +402,9 @@ class BrokenSink(CollectingSink):
             raise ConnectionResetError("platform went away")
 
 
-async def test_a_failing_platform_loses_no_message_and_answers_once(tmp_path: Path) -> None:
+async def test_a_failing_platform_loses_no_message_and_answers_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     backend = ScriptedBackend()
     async with Parley(settings_for(tmp_path), backend=backend) as app:
         app.manager.attach("test", BrokenSink())
@@ -411,6 +413,30 @@ async def test_a_failing_platform_loses_no_message_and_answers_once(tmp_path: Pa
         assert await app.store.pending(1, 10) == []
     assert [m.content for m in history] == ["are you there?", "echo:" + CUT_OFF_NOTE]
     assert backend.closed_early == 1
+    # The platform out of reach is an outage, not a bug: one line naming the error's type.
+    (line,) = [r for r in caplog.records if "could not deliver" in r.getMessage()]
+    assert line.exc_info is None and "ConnectionResetError" in line.getMessage()
+    assert "platform went away" not in caplog.text
+
+
+class BuggySink(CollectingSink):
+    async def deliver(
+        self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
+    ) -> None:
+        async for _ in chunks:
+            raise KeyError("a bug in the adapter")
+
+
+async def test_a_bug_in_a_platform_is_logged_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Parley(settings_for(tmp_path), backend=ScriptedBackend()) as app:
+        app.manager.attach("test", BuggySink())
+        await app.manager.handle(incoming("are you there?"))
+        history = await app.store.history(1, 10)
+    assert [m.content for m in history] == ["are you there?", "echo:" + CUT_OFF_NOTE]
+    (line,) = [r for r in caplog.records if "failed while delivering" in r.getMessage()]
+    assert line.exc_info is not None and line.exc_info[0] is KeyError
 
 
 @pytest.mark.redis

@@ -44,6 +44,7 @@ from bot.handoff.types import HandoffState
 from bot.logcontext import current_turn, note
 from bot.lru import Lru
 from bot.metrics import NullObserver, TurnObserver, observed_turn
+from bot.outage import error_types, is_outage
 from bot.sentiment.types import TurnSignals
 from bot.settings import BackendSettings, ConversationSettings
 from bot.skills.qa import I_DONT_KNOW
@@ -703,8 +704,8 @@ class ConversationManager:
 
         try:
             await self._relayed(work, relay(), batch, stopped)
-        except Exception:
-            log.exception("conversation %s: the platform failed while delivering", work.key)
+        except Exception as exc:
+            _delivery_failed(work.key, exc)
             parts.append(await note_line(say, phrases.CUT_OFF))
         finally:
             aclose = getattr(answer, "aclose", None)
@@ -781,13 +782,13 @@ class ConversationManager:
             await self._relayed(work, relay, batch, stopped)
         except BackendError:
             raise
-        except Exception:
+        except Exception as exc:
             if not _TURN.get().begun:
                 # Nothing can have been shown (nothing is before the delivery's record): the
                 # record failed or another worker has the conversation (Superseded). The
                 # turn fails and its messages stay pending; nothing is recorded as answered.
                 raise
-            log.exception("conversation %s: the platform failed while delivering", work.key)
+            _delivery_failed(work.key, exc)
             reply.cut_off(await note_line(reply.say, phrases.CUT_OFF))
         finally:
             await relay.aclose()  # a sink that stopped early leaves it open: abort the request
@@ -944,3 +945,17 @@ async def _begun_first(
             await asyncio.shield(beginning)  # a cancelled delivery must not cancel the record
         beginning.result()
         yield chunk
+
+
+def _delivery_failed(key: ConversationKey, exc: Exception) -> None:
+    """A platform that failed while an answer was delivered: a service it needs out of reach
+    (its network, Redis for the support event log) is one line naming the error's types; any
+    other failure is a bug, logged whole."""
+    if is_outage(exc):
+        log.warning(
+            "conversation %s: the platform could not deliver (%s); the reply is kept, cut off",
+            key,
+            error_types(exc),
+        )
+    else:
+        log.exception("conversation %s: the platform failed while delivering", key)
