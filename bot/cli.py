@@ -50,6 +50,10 @@ EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
 # Libraries whose INFO lines are about their own machinery (migrations, HTTP requests): shown
 # only with --verbose, so they never land in the middle of a terminal chat.
 QUIET_LIBRARIES = ("alembic", "httpx", "httpcore", "telegram", "uvicorn", "vllm", "asyncio")
+# Libraries that log what they find wrong in a document they read (pypdf: "EOF marker not
+# found") as warnings: Parley says in its own line why a file failed, so below ERROR these
+# are shown with --verbose only.
+DOCUMENT_LIBRARIES = ("pypdf",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,9 +170,13 @@ def _setup_logging(settings: Settings, *, verbose: bool, quiet: bool) -> None:
 
 
 def _quiet_libraries(record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.WARNING:
-        return True
-    return not any(record.name == n or record.name.startswith(f"{n}.") for n in QUIET_LIBRARIES)
+    if _from(record, DOCUMENT_LIBRARIES):
+        return record.levelno >= logging.ERROR
+    return record.levelno >= logging.WARNING or not _from(record, QUIET_LIBRARIES)
+
+
+def _from(record: logging.LogRecord, libraries: Sequence[str]) -> bool:
+    return any(record.name == n or record.name.startswith(f"{n}.") for n in libraries)
 
 
 if __name__ == "__main__":

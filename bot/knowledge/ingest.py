@@ -3,6 +3,7 @@ chunking one of them. Synchronous; KnowledgeBase runs these in a worker thread."
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -71,11 +72,24 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield path
 
 
+class Unreachable(LoaderError):
+    """The path leads to no file (a typo, a link to a missing file, a link loop): it is
+    reported under the path given, since there is no file to name."""
+
+
+def given_source(path: str | Path) -> str:
+    """The path as the operator gave it, made absolute (links not resolved)."""
+    return Path(os.path.abspath(Path(path).expanduser())).as_posix()
+
+
 def read_file(path: Path, max_bytes: int) -> FileData:
     try:  # first: a typo or a link loop, not a file type to complain about
         info = path.stat()
     except OSError as exc:
-        raise _unreadable(exc) from None
+        reason = exc.strerror or type(exc).__name__
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            reason += f" (a link to a missing file: {os.path.realpath(path)})"
+        raise Unreachable(reason) from None
     if loader_for(path) is None:
         raise LoaderError(f"unsupported file type {path.suffix or '(no extension)'}")
     source = normalize_source(path)

@@ -6,7 +6,6 @@ Loaders are synchronous and CPU-bound; KnowledgeBase runs them in a worker threa
 
 from __future__ import annotations
 
-import codecs
 import io
 import re
 from collections.abc import Callable
@@ -16,10 +15,11 @@ from markdown_it import MarkdownIt
 
 from bot.knowledge.html_loader import parse_html
 from bot.knowledge.types import LoadedDocument, Section
+from bot.text.decoding import decode_html, decode_text, has_byte_order_mark, is_mostly_utf8
 
 LOCATION_SEPARATOR = " > "
 # A NUL byte this near the start marks a binary file (git's test), whatever its name says:
-# an image renamed .md would otherwise be indexed as a page of cp1252 noise.
+# an image renamed .md would otherwise be indexed as a page of Windows-1252 noise.
 BINARY_PROBE_BYTES = 8000
 
 # The opening of an ATX heading; its closing sequence is taken off in _heading, without a
@@ -40,38 +40,27 @@ class LoaderError(Exception):
     """The file cannot be read as its type says; the message is the reason shown to the user."""
 
 
-def decode_text(data: bytes) -> str:
-    # UTF-16 when its byte-order mark says so (Windows' "Unicode" text files); else UTF-8
-    # (with or without BOM); anything else is read as cp1252, which never fails, so a stray
-    # byte costs one odd character rather than the whole file. A file that is not UTF-8 and
-    # has a NUL near its start is binary (an image renamed .md); a stray NUL in UTF-8 text is
-    # only a character, removed before storing.
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return data.decode("utf-16", errors="replace")
+def _decode(data: bytes, *, html: bool = False) -> str:
+    # By the file's real encoding (bot.text.decoding): a UTF-8 file with a stray byte
+    # stays UTF-8. A file that is not UTF-8, has no byte-order mark and has a NUL near its
+    # start is binary (an image renamed .md); a stray NUL in UTF-8 text is only a character,
+    # removed before storing.
     probe = data[:BINARY_PROBE_BYTES]
-    if b"\x00" in probe and not _utf8(probe):
+    if (
+        b"\x00" in probe
+        and not has_byte_order_mark(data)
+        and not is_mostly_utf8(probe, final=False)
+    ):
         raise LoaderError("a binary file, not text")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
-
-
-def _utf8(probe: bytes) -> bool:
-    """Whether `probe`, the start of a file, is UTF-8 (a character cut at its end allowed)."""
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(probe, final=False)
-    except UnicodeDecodeError:
-        return False
-    return True
+    return decode_html(data) if html else decode_text(data)
 
 
 def load_text(data: bytes, path: Path) -> LoadedDocument:
-    return LoadedDocument(path.stem, [Section("", decode_text(data))])
+    return LoadedDocument(path.stem, [Section("", _decode(data))])
 
 
 def load_html(data: bytes, path: Path) -> LoadedDocument:
-    return parse_html(decode_text(data), path.stem)
+    return parse_html(_decode(data, html=True), path.stem)
 
 
 def load_markdown(data: bytes, path: Path) -> LoadedDocument:
@@ -96,7 +85,7 @@ def load_markdown(data: bytes, path: Path) -> LoadedDocument:
         trail.append((level, text))
         title = title or text
 
-    lines = decode_text(data).splitlines()
+    lines = _decode(data).splitlines()
     title, lines = _front_matter(lines)
     for line in lines:
         fence = _track_fence(line, fence)

@@ -45,7 +45,9 @@ from bot.knowledge.index import ChunkIndex, ChunkPlace, Vocabulary
 from bot.knowledge.ingest import (
     FileData,
     Parsed,
+    Unreachable,
     collect_files,
+    given_source,
     normalize_source,
     parse_file,
     read_file,
@@ -457,7 +459,8 @@ class KnowledgeBase:
                 return FileResult(source, Outcome.UNCHANGED)
             parsed = await asyncio.to_thread(parse_file, path, file.data, self._count)
         except LoaderError as exc:
-            return FileResult(source, Outcome.FAILED, reason=str(exc))
+            shown = given_source(path) if isinstance(exc, Unreachable) else source
+            return FileResult(shown, Outcome.FAILED, reason=str(exc))
         vectors = await self._embed([embedding_text(c) for c in parsed.chunks])
         if existing is None:
             return _Prepared(file, parsed, vectors, None, collection)

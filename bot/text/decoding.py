@@ -1,0 +1,110 @@
+"""A document file's bytes to text, by the encoding the file is really in.
+
+- A byte-order mark decides: UTF-8 (the mark removed), UTF-16 or UTF-32.
+- Else UTF-8 when the bytes are UTF-8, and also when at least half of the non-ASCII bytes
+  form valid UTF-8 characters: a UTF-8 file with a few stray bytes (a Windows-1252 word
+  pasted in, a damaged byte) stays UTF-8, and each byte that is not UTF-8 becomes its
+  Windows-1252 character (U+FFFD for the five bytes Windows-1252 leaves undefined). A stray
+  byte costs one character; the file's other characters are read right.
+- Else (most non-ASCII bytes invalid as UTF-8: Latin-1 or Windows-1252 text) Windows-1252.
+- HTML only: a page that is not UTF-8 and names another legacy encoding in a `<meta>` tag in
+  its first 1024 bytes (`<meta charset="koi8-r">`, Shift_JIS, GBK...) is read in that encoding.
+  Latin-1 and Windows-1252 are already the rule above.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+
+# UTF-32's marks first: UTF-32-LE's begins with UTF-16-LE's.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# What surrogateescape makes of each byte that is not UTF-8 (valid UTF-8 never decodes to these).
+_ESCAPED = re.compile("[\udc80-\udcff]+")
+# The HTML standard's prescan looks at the first 1024 bytes for a declaration.
+_HTML_PRESCAN_BYTES = 1024
+_META_CHARSET = re.compile(rb"<meta\b[^>]*?\bcharset\s*=\s*[\"']?\s*([A-Za-z0-9._:-]+)", re.I)
+# Legacy encodings of the HTML standard other than Windows-1252 (Python's names); a page
+# that names another one (UTF-7, "unicode_escape"...) is read by the rule for any text.
+_HTML_LEGACY = frozenset(
+    {"cp866", "koi8-r", "koi8-u", "mac-roman", "mac-cyrillic", "tis-620", "cp874"}
+    | {f"iso8859-{n}" for n in (2, 3, 4, 5, 6, 7, 8, 10, 13, 14, 15, 16)}
+    | {f"cp125{n}" for n in (0, 1, 3, 4, 5, 6, 7, 8)}
+    | {"gbk", "gb2312", "gb18030", "big5", "big5hkscs", "cp950", "euc_jp", "iso2022_jp"}
+    | {"shift_jis", "cp932", "euc_kr", "cp949"}
+)
+
+
+def decode_text(data: bytes) -> str:
+    """`data` as text, by the rules in this module's docstring (HTML's `<meta>` aside)."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            if codec == "utf-8":
+                return _lenient_utf8(data[len(bom) :])[0]
+            return data.decode(codec, errors="replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    text, invalid = _lenient_utf8(data)
+    if 2 * invalid <= _non_ascii(data):
+        return text
+    return data.decode("cp1252", errors="replace")
+
+
+def decode_html(data: bytes) -> str:
+    """A page's text: as decode_text, except that a page that is not UTF-8 and declares
+    another legacy encoding in a `<meta>` tag is read in it."""
+    if not has_byte_order_mark(data):
+        codec = _declared_legacy_encoding(data[:_HTML_PRESCAN_BYTES])
+        if codec is not None and not is_mostly_utf8(data):
+            return data.decode(codec, errors="replace")
+    return decode_text(data)
+
+
+def has_byte_order_mark(data: bytes) -> bool:
+    return data.startswith(tuple(bom for bom, _ in _BOMS))
+
+
+def is_mostly_utf8(data: bytes, *, final: bool = True) -> bool:
+    """Whether decode_text reads `data` (no byte-order mark) as UTF-8. With final=False,
+    `data` is the start of a file: a character cut at its end is not counted."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    text = decoder.decode(data, final=final)
+    invalid = sum(len(run) for run in _ESCAPED.findall(text))
+    return 2 * invalid <= _non_ascii(data) - len(decoder.getstate()[0])
+
+
+def _lenient_utf8(data: bytes) -> tuple[str, int]:
+    """UTF-8 with each invalid byte read as its Windows-1252 character, and how many there were."""
+    invalid = 0
+
+    def windows_1252(run: re.Match[str]) -> str:
+        nonlocal invalid
+        invalid += len(run.group())
+        raw = bytes(ord(c) - 0xDC00 for c in run.group())
+        return raw.decode("cp1252", errors="replace")
+
+    text = _ESCAPED.sub(windows_1252, data.decode("utf-8", errors="surrogateescape"))
+    return text, invalid
+
+
+def _non_ascii(data: bytes) -> int:
+    return len(data) - len(data.translate(None, delete=bytes(range(128, 256))))
+
+
+def _declared_legacy_encoding(head: bytes) -> str | None:
+    match = _META_CHARSET.search(head)
+    if match is None:
+        return None
+    try:
+        codec = codecs.lookup(match.group(1).decode("ascii")).name
+    except LookupError:
+        return None
+    return codec if codec in _HTML_LEGACY else None
