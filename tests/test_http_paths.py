@@ -59,6 +59,7 @@ def test_paths_that_only_share_a_beginning_are_both_served() -> None:
     host.mount(Route("/v10/hook", _hook, methods=["POST"]))
     host.mount(Route("/v1x", _hook, methods=["POST"]))
     host.mount(Route("/", _hook, methods=["GET"]))
+    host.mount(Route("/metrics", _hook, methods=["GET"]))  # "/" is a page, not a mount
     assert host.in_use
 
 

@@ -49,12 +49,13 @@ class HttpHost:
         """Serve `route`. A path that another route already serves, or that lies under
         another's mount (a webhook at /v1/... beside the support API's /v1), would never be
         reached: a ConfigError naming both, not a webhook that answers 404 for ever."""
-        path = _served_path(route)
-        for taken in [*HEALTH_PATHS, *(_served_path(r) for r in self._routes)]:
-            if path is not None and taken is not None and _overlap(path, taken, route):
+        served = _served(route)
+        taken = [*((path, False) for path in HEALTH_PATHS), *map(_served, self._routes)]
+        for other in taken:
+            if served is not None and other is not None and _overlap(served, other):
                 raise ConfigError(
-                    f"http: {path} is already served here (by {taken}): give one of them "
-                    "another path (docs/adapters.md, one HTTP server)"
+                    f"http: {served[0]} is already served here (by {other[0]}): give one of "
+                    "them another path (docs/adapters.md, one HTTP server)"
                 )
         self._routes.append(route)
 
@@ -106,22 +107,22 @@ class HttpHost:
         return PlainTextResponse("ready")
 
 
-def _served_path(route: BaseRoute) -> str | None:
-    """A Route's path, or a Mount's prefix ending in "/" (every path under it)."""
+def _served(route: BaseRoute) -> tuple[str, bool] | None:
+    """A Route's path, or a Mount's prefix ending in "/" (every path under it), and whether
+    it is a mount."""
     if isinstance(route, Mount):
-        return route.path.rstrip("/") + "/"
+        return route.path.rstrip("/") + "/", True
     if isinstance(route, Route):
-        return route.path
+        return route.path, False
     return None
 
 
-def _overlap(path: str, taken: str, route: BaseRoute) -> bool:
-    if path == taken or path.rstrip("/") == taken.rstrip("/"):
+def _overlap(new: tuple[str, bool], old: tuple[str, bool]) -> bool:
+    (path, mount), (taken, taken_mount) = new, old
+    if path.rstrip("/") == taken.rstrip("/"):
         return True
-    # A mount takes every path under its prefix (a prefix "/" would take them all).
-    if taken.endswith("/") and path.startswith(taken):
-        return True
-    return isinstance(route, Mount) and taken.startswith(path)
+    # A mount takes every path under its prefix.
+    return (taken_mount and path.startswith(taken)) or (mount and taken.startswith(path))
 
 
 class _RefuseWhileDraining:
