@@ -59,7 +59,9 @@ class AdapterSpec:
     # The pip extra that brings the adapter's SDK ("" when it needs none).
     extra: str = ""
     # "package.module:function" for `parley doctor`: an async function taking the settings
-    # section, returning one line about what it checked, raising BotError for a problem.
+    # section (and, when it takes a second argument, the whole Settings: a check that depends
+    # on the core's database or Redis), returning one line about what it checked, raising
+    # BotError for a problem.
     doctor: str = ""
 
     def section(self, settings: BaseModel) -> AdapterSettings:

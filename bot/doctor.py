@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from typing import TextIO
 
@@ -131,6 +132,21 @@ async def _check_adapters(settings: Settings, report: _Report) -> None:
             if check is None:
                 report(True, f"adapter {name}: nothing to check")
                 continue
-            report(True, f"adapter {name}: {await check(spec.section(settings))}")
+            arguments: tuple[object, ...] = (spec.section(settings),)
+            if _takes_core_settings(check):
+                arguments += (settings,)
+            report(True, f"adapter {name}: {await check(*arguments)}")
         except BotError as exc:
             report(False, f"adapter {name}: {exc}")
+
+
+def _takes_core_settings(check: Callable[..., object]) -> bool:
+    """Whether an adapter's doctor hook takes a second argument, the whole Settings: a check
+    that depends on the core's (the support adapter's token secret matters once PostgreSQL
+    or Redis let several workers serve). Hooks taking only their section are called so."""
+    try:
+        parameters = list(inspect.signature(check).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: called the documented way
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in positional for p in parameters) >= 2

@@ -333,7 +333,7 @@ async def support_harness(
     from adapters.support.adapter import SupportAdapter
     from adapters.support.settings import SupportSettings
 
-    support = {"token_secret": "contract-suite-secret", **sections}
+    support = {"token_secret": "contract-suite-secret-of-enough-length", **sections}
     settings = settings_for(tmp_path, "support", support=support)
     async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
         section = settings.section("support")

@@ -120,7 +120,7 @@ async def stack(
         knowledge={"load_sample": False},
         adapters=["support"],
         http={"host": "127.0.0.1", "port": api_port},
-        support={"token_secret": "widget-test-secret", "visitor_messages": 5},
+        support={"token_secret": "widget-test-secret-32-characters", "visitor_messages": 5},
     )
     engine = create_engine(postgres_url)
     try:  # the page's origin, and Parley's own for the demo page
@@ -391,7 +391,7 @@ async def test_the_server_going_away_shows_a_banner_and_nothing_is_lost(
 
 
 async def test_too_many_messages_says_when_to_try_again(stack: Stack, browser: Any) -> None:
-    limited = SupportSettings(token_secret="widget-test-secret", visitor_messages=1)  # type: ignore[arg-type]
+    limited = SupportSettings(token_secret="widget-test-secret-32-characters", visitor_messages=1)  # type: ignore[arg-type]
     stack.backend.script(["Fine."], gated=False)
     async with parley_serving(stack, limited):
         page = await new_page(browser)
@@ -409,7 +409,7 @@ async def test_too_many_messages_says_when_to_try_again(stack: Stack, browser: A
 
 async def test_the_demo_page_works_under_its_strict_csp(stack: Stack, browser: Any) -> None:
     demo = SupportSettings(
-        token_secret="widget-test-secret",  # type: ignore[arg-type]
+        token_secret="widget-test-secret-32-characters",  # type: ignore[arg-type]
         demo=True,
         demo_site_key=stack.site_key,
     )

@@ -89,7 +89,7 @@ class AgentApi:
         site = await self._server_site(request)
         visitor = checked_visitor_id(request.query_params.get("visitor_id") or "")
         key = await self._conversation(site, visitor)
-        with _conflicts():
+        with _conflicts(key):
             return _status(key, await self._the_desk().status(key))
 
     async def take(self, request: Request) -> Response:
@@ -97,7 +97,7 @@ class AgentApi:
         agent is 409 unless the body says `"force": true` (a supervisor reassigning it)."""
         key, body = await self._agent_request(request, TakeRequest)
         desk = self._the_desk()
-        with _conflicts():
+        with _conflicts(key):
             # Read, then change: two agents taking one conversation in the same instant both
             # get it, the later one last; it is a race between people, not a lost message.
             now = await desk.status(key)
@@ -109,7 +109,7 @@ class AgentApi:
     async def give_back(self, request: Request) -> Response:
         """The agent gives the conversation back: the bot answers the next message."""
         key, body = await self._agent_request(request, AgentRequest)
-        with _conflicts():
+        with _conflicts(key):
             return _status(key, await self._the_desk().give_back(key, body.agent))
 
     async def message(self, request: Request) -> Response:
@@ -130,7 +130,7 @@ class AgentApi:
         if first is not None:  # a retry: nothing to change, whatever the state is now
             first.check(body)
             return _accepted(key, first.id)
-        with _conflicts():
+        with _conflicts(key):
             message_id = await self._the_desk().agent_message(
                 key, body.text, agent=body.agent, idempotency_key=scoped
             )
@@ -229,12 +229,15 @@ def _held_by_another(status: HandoffStatus, agent: str) -> bool:
 
 
 @contextlib.contextmanager
-def _conflicts() -> Iterator[None]:
-    """What the conversation's state does not allow (a reply before anyone took it): 409."""
+def _conflicts(key: ConversationKey) -> Iterator[None]:
+    """What the conversation's state does not allow (a reply before anyone took it): 409. The
+    desk names the conversation by its core key ("support:shop:v_..."); the message uses the
+    API's `conversation_id` ("shop:v_..."), as every response and the docs do."""
     try:
         yield
     except HandoffError as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
+        told = str(exc).replace(str(key), key.chat_id)
+        raise ApiError(409, "conflict", told) from None
 
 
 def _status(key: ConversationKey, status: HandoffStatus) -> JSONResponse:

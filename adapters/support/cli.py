@@ -10,7 +10,9 @@
     parley support key revoke KEY_ID   workers stop taking it within sites.REFRESH_S
 
 Workers see a change within sites.REFRESH_S. Bad input (a name, an origin, an unknown site or
-key) is one line and exit status 2.
+key, a prompt file that is not UTF-8 or holds a control character) is one line and exit status
+2, found before anything is written; a database failure is one line naming the driver's error
+(never the statement, its values or a new key) and exit status 3.
 """
 
 from __future__ import annotations
@@ -21,12 +23,22 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from bot.errors import ConfigError
+from sqlalchemy import exc as sa_exc
+
+from bot.errors import ConfigError, StorageError
 from bot.settings import Settings
 from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
 
-from .sites import REFRESH_S, SiteStore
+from .sites import (
+    REFRESH_S,
+    SiteStore,
+    check_collection,
+    check_languages,
+    check_site_name,
+    normalize_origin,
+    text_problem,
+)
 
 
 def add_support_parser(sub: Any) -> None:
@@ -101,12 +113,35 @@ async def _sites(settings: Settings) -> AsyncIterator[SiteStore]:
 
 
 async def cmd_support(settings: Settings, args: argparse.Namespace) -> int:
+    action = (args.support_thing, args.support_action)
+    prompt = _checked_input(args)
+    try:
+        await _run(settings, args, action, prompt)
+    except sa_exc.SQLAlchemyError as exc:
+        # SQLAlchemy's text quotes the statement and its values: a new public key, a prompt.
+        raise StorageError(f"database error: {_driver_error(exc)}") from None
+    return 0
+
+
+def _driver_error(exc: BaseException) -> str:
+    """The name of the driver's own error under SQLAlchemy's wrapping (asyncpg's, say
+    CharacterNotInRepertoireError), never its message: that may quote a value."""
+    names: list[str] = []
+    each: BaseException | None = exc
+    while each is not None and len(names) < 8:
+        names.append(type(each).__name__)
+        each = getattr(each, "orig", None) or each.__cause__
+    return names[-1]
+
+
+async def _run(
+    settings: Settings, args: argparse.Namespace, action: tuple[str, str], prompt: str | None
+) -> None:
     async with _sites(settings) as store:
-        action = (args.support_thing, args.support_action)
         if action == ("site", "add"):
-            await _add_site(store, args)
+            await _add_site(store, args, prompt)
         elif action == ("site", "update"):
-            await _update_site(store, args)
+            await _update_site(store, args, prompt)
         elif action == ("site", "remove"):
             revoked = await store.remove_site(args.name)
             keys = f" and its keys {', '.join(revoked)}" if revoked else ""
@@ -121,23 +156,48 @@ async def cmd_support(settings: Settings, args: argparse.Namespace) -> int:
         else:
             await store.revoke_key(args.key_id)
             print(f"revoked {args.key_id}; every worker refuses it within {REFRESH_S:.0f} s")
-    return 0
+
+
+def _checked_input(args: argparse.Namespace) -> str | None:
+    """The command's input checked before the database is opened (so bad input writes
+    nothing, not even a migration), each problem one line naming its option; returns the
+    prompt file's text (None: not given)."""
+    if args.support_thing == "site" and args.support_action == "add":
+        check_site_name(args.name)
+    for option, value in (("site name", getattr(args, "name", None)),
+                          ("site", getattr(args, "site", None)),
+                          ("key id", getattr(args, "key_id", None))):  # fmt: skip
+        if value is not None and (problem := text_problem(value)):
+            raise ConfigError(f"{option}: {problem}")
+    if getattr(args, "collection", None) is not None:
+        check_collection(args.collection, "--collection")
+    for origin in [*(getattr(args, "origin", None) or []), *getattr(args, "remove_origin", [])]:
+        normalize_origin(origin)
+    check_languages(getattr(args, "language", None) or [])
+    return _prompt(getattr(args, "prompt_file", None))
 
 
 def _prompt(path: Path | None) -> str | None:
     if path is None:
         return None
+    shown = repr(str(path))[1:-1]  # a file name with a control character stays one line
     try:
-        return path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--prompt-file {path}: {exc}") from None
+        text = path.read_bytes().decode("utf-8-sig").strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--prompt-file {shown}: not UTF-8 text (at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"--prompt-file {shown}: {exc.strerror or exc}") from None
+    problem = text_problem(text, lines=True)
+    if problem:
+        raise ConfigError(f"--prompt-file {shown}: {problem}")
+    return text
 
 
-async def _add_site(store: SiteStore, args: argparse.Namespace) -> None:
+async def _add_site(store: SiteStore, args: argparse.Namespace, prompt: str | None) -> None:
     site = await store.add_site(
         args.name,
         args.origin,
-        system_prompt=_prompt(args.prompt_file) or "",
+        system_prompt=prompt or "",
         languages=args.language,
         collection=args.collection,
     )
@@ -146,7 +206,7 @@ async def _add_site(store: SiteStore, args: argparse.Namespace) -> None:
           "</script>")  # fmt: skip
 
 
-async def _update_site(store: SiteStore, args: argparse.Namespace) -> None:
+async def _update_site(store: SiteStore, args: argparse.Namespace, prompt: str | None) -> None:
     kept = (args.prompt_file, args.language, args.collection)
     if not (args.origin or args.remove_origin) and all(option is None for option in kept):
         raise ConfigError(
@@ -157,7 +217,7 @@ async def _update_site(store: SiteStore, args: argparse.Namespace) -> None:
         args.name,
         add_origins=args.origin,
         remove_origins=args.remove_origin,
-        system_prompt=_prompt(args.prompt_file),
+        system_prompt=prompt,
         languages=args.language,
         collection=args.collection,
     )

@@ -3,18 +3,32 @@ SQL (`parley support site add`, docs/support.md); what is here holds for every s
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, SecretStr, field_validator
 
 from bot.adapter_registry import AdapterSettings
+from bot.errors import ConfigError
 
 from .webhooks import WebhookTarget
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
+
+# An HMAC key shorter than its hash's 32 bytes is weaker than it need be (a one-letter key can
+# be guessed); `openssl rand -base64 48` makes 64 characters.
+TOKEN_SECRET_MIN = 32
+WEBHOOK_SECRET_MIN = 16
 
 
 class SupportSettings(AdapterSettings):
     # Signs visitor tokens (HMAC-SHA256). Unset: a random secret is generated once and kept in
     # Parley's data folder (support-token-secret); workers behind one load balancer must share
     # it, so set it in production.
-    token_secret: SecretStr | None = None
+    token_secret: SecretStr | None = Field(
+        None, description=f"signs visitor tokens: at least {TOKEN_SECRET_MIN} characters"
+    )
     # How long a visitor token is valid; the widget renews it (POST /v1/visitors with the old
     # token) and keeps the same visitor.
     token_ttl_s: int = Field(30 * 86400, ge=60)
@@ -55,4 +69,74 @@ class SupportSettings(AdapterSettings):
     webhook_timeout_s: float = Field(10.0, gt=0, description="seconds one delivery may take")
     webhook_backoff_max_s: float = Field(
         60.0, gt=0, description="longest wait between two tries (exponential from 0.5 s)"
+    )
+
+    @field_validator("token_secret")
+    @classmethod
+    def _long_token_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message says characters (pydantic's min_length says "items"), never the value.
+        if value is not None and len(value.get_secret_value()) < TOKEN_SECRET_MIN:
+            raise ValueError(
+                f"must be at least {TOKEN_SECRET_MIN} characters "
+                "(make one with `openssl rand -base64 48`)"
+            )
+        return value
+
+    @field_validator("webhook", mode="before")
+    @classmethod
+    def _long_webhook_secret(cls, value: Any) -> Any:
+        if _short_secret(value):
+            raise ValueError(f"the secret must be at least {WEBHOOK_SECRET_MIN} characters")
+        return value
+
+    @field_validator("webhooks", mode="before")
+    @classmethod
+    def _long_webhooks_secrets(cls, value: Any) -> Any:
+        """Checked here, not left to WebhookTarget's min_length: pydantic would say "items",
+        and the settings' error would name PARLEY_SUPPORT__WEBHOOKS__<SITE>__SECRET, a
+        variable nobody set when the section came as one JSON value."""
+        if isinstance(value, Mapping):
+            for site, target in value.items():
+                if _short_secret(target):
+                    raise ValueError(
+                        f"the secret of {str(site)[:64]!r} must be at least "
+                        f"{WEBHOOK_SECRET_MIN} characters"
+                    )
+        return value
+
+
+def _short_secret(target: Any) -> bool:
+    """Whether a webhook target, as read from a setting, has a secret too short to sign with
+    (what else is wrong with it WebhookTarget's own validation says)."""
+    if not isinstance(target, Mapping):
+        return False
+    secret = target.get("secret")
+    if isinstance(secret, SecretStr):
+        secret = secret.get_secret_value()
+    return isinstance(secret, str) and len(secret) < WEBHOOK_SECRET_MIN
+
+
+async def doctor(section: SupportSettings, core: Settings) -> str:
+    """`parley doctor`: whether visitor tokens are signed with a secret every worker shares.
+    Unset, each worker generates its own (adapters/support/tokens.py): one worker is fine, but
+    with PostgreSQL or Redis several may serve one site, and a token made by one is refused by
+    the others."""
+    if section.token_secret is not None:
+        return "visitor tokens signed with support.token_secret"
+    shared = [
+        name
+        for name, used in (("PostgreSQL", not core.database.is_sqlite),
+                           ("Redis", core.redis.url is not None))
+        if used
+    ]  # fmt: skip
+    if shared:
+        raise ConfigError(
+            f"support.token_secret is not set: with {' and '.join(shared)} several workers "
+            "may serve, each would sign visitor tokens with its own secret and refuse the "
+            "others'; set PARLEY_SUPPORT__TOKEN_SECRET (openssl rand -base64 48), the same on "
+            "every worker"
+        )
+    return (
+        "visitor tokens signed with a secret generated in the data folder: fine for one "
+        "worker; set support.token_secret before running several"
     )

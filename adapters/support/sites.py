@@ -19,6 +19,7 @@ import json
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -35,6 +36,7 @@ REFRESH_S = 10.0
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
+COLLECTION_MAX = 255  # the column's length, as the knowledge base's
 PUBLIC_PREFIX = "pk_"
 SECRET_PREFIX = "sk_"
 
@@ -65,15 +67,53 @@ def hash_secret(secret: str) -> str:
 def normalize_origin(origin: str) -> str:
     """ "https://Shop.example/" -> "https://shop.example"; ConfigError when it is no origin."""
     cleaned = origin.strip().rstrip("/").lower()
-    if not ORIGIN.match(cleaned):
-        raise ConfigError(f"not an origin (scheme://host[:port]): {origin!r}")
+    if not ORIGIN.fullmatch(cleaned) or not cleaned.isprintable():
+        raise ConfigError(f"not an origin (scheme://host[:port]): {origin[:100]!r}")
     return cleaned
 
 
-def _check_languages(languages: Sequence[str]) -> None:
+def check_site_name(name: str) -> None:
+    if not SITE_NAME.fullmatch(name):
+        raise ConfigError(f"site name {name[:100]!r}: lower-case letters, digits, - and _ only")
+
+
+def check_languages(languages: Sequence[str]) -> None:
     for language in languages:
-        if not LANGUAGE.match(language):
-            raise ConfigError(f"not a language tag: {language!r} (e.g. en, pt-BR)")
+        if not LANGUAGE.fullmatch(language):
+            raise ConfigError(f"not a language tag: {language[:100]!r} (e.g. en, pt-BR)")
+
+
+def text_problem(text: str, *, lines: bool = False) -> str | None:
+    """Why `text` cannot be kept as a site's setting, or None: a control character (NUL,
+    which PostgreSQL refuses, and any other, which no prompt or name needs; `lines` allows tab
+    and line breaks) or a lone surrogate (bytes that were not UTF-8, which no driver can
+    store). Says where, never the text itself (a prompt may be confidential)."""
+    for index, char in enumerate(text):
+        if lines and char in "\t\n\r":
+            continue
+        kind = unicodedata.category(char)
+        if kind not in ("Cc", "Cs"):
+            continue
+        line = text.count("\n", 0, index) + 1
+        column = index - (text.rfind("\n", 0, index) + 1) + 1
+        where = f" at line {line}, column {column}" if lines else f" at character {index + 1}"
+        if kind == "Cs":
+            return f"not UTF-8 text{where}"
+        allowed = "; only tabs and line breaks may be in it" if lines else ""
+        return f"control character U+{ord(char):04X}{where} cannot be stored{allowed}"
+    return None
+
+
+def _check_text(what: str, text: str, *, lines: bool = False) -> None:
+    problem = text_problem(text, lines=lines)
+    if problem:
+        raise ConfigError(f"{what}: {problem}")
+
+
+def check_collection(collection: str, what: str = "collection") -> None:
+    _check_text(what, collection)
+    if len(collection) > COLLECTION_MAX:
+        raise ConfigError(f"{what}: at most {COLLECTION_MAX} characters")
 
 
 def _site(row: Any) -> Site:
@@ -104,9 +144,10 @@ class SiteStore:
         languages: Sequence[str] = (),
         collection: str = "",
     ) -> Site:
-        if not SITE_NAME.match(name):
-            raise ConfigError(f"site name {name!r}: lower-case letters, digits, - and _ only")
-        _check_languages(languages)
+        check_site_name(name)
+        check_languages(languages)
+        _check_text("system prompt", system_prompt, lines=True)
+        check_collection(collection)
         cleaned = list(dict.fromkeys(normalize_origin(o) for o in origins))
         values = {
             "name": name,
@@ -143,7 +184,11 @@ class SiteStore:
         change. Read and written in one transaction, the row locked: two operators adding
         origins at once keep both."""
         if languages is not None:
-            _check_languages(languages)
+            check_languages(languages)
+        if system_prompt is not None:
+            _check_text("system prompt", system_prompt, lines=True)
+        if collection is not None:
+            check_collection(collection)
         adding = [normalize_origin(o) for o in add_origins]
         removing = {normalize_origin(o) for o in remove_origins}
         async with self._engine.begin() as conn:

@@ -11,4 +11,6 @@ SPEC = AdapterSpec(
     settings=SupportSettings,
     factory="adapters.support.adapter:create",
     summary="customer support: an HTTP API with streamed answers, for a web chat widget",
+    # Takes the core's settings too: whether several workers may serve (see bot/doctor.py).
+    doctor="adapters.support.settings:doctor",
 )
