@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 from sqlalchemy.engine import make_url
@@ -18,7 +20,7 @@ from bot.metrics import multiprocess_problem
 from bot.settings import Settings
 from bot.storage import migrate
 from bot.storage.cache import build_cache
-from bot.storage.database import create_engine
+from bot.storage.database import create_engine, sqlite_file
 from bot.storage.sql_store import SqlStore
 
 _Report = Callable[[bool, str], None]
@@ -54,6 +56,17 @@ async def _check_database(settings: Settings, report: _Report) -> None:
     kind = "PostgreSQL"
     if settings.database.is_sqlite:  # the path is no secret, and says where the history is
         kind = f"SQLite {make_url(url).database}"
+        path = sqlite_file(make_url(url))
+        if path is not None and not path.exists():
+            # A check creates nothing: opening it would make the file (and its folder), and
+            # a mistyped path would then pass. `parley run` creates it, where it can.
+            blocked = _cannot_create(path)
+            if blocked:
+                report(False, f"database: {kind} cannot be created: {blocked}")
+                return
+            where = "" if path.parent.is_dir() else ", with its folder"
+            report(True, f"database: {kind} does not exist yet; parley run creates it{where}")
+            return
     engine = create_engine(url)
     try:
         try:
@@ -75,6 +88,19 @@ async def _check_database(settings: Settings, report: _Report) -> None:
         report(False, f"database: {kind} not usable: {exc}")
     finally:
         await engine.dispose()
+
+
+def _cannot_create(path: Path) -> str:
+    """Why `path` and its missing folders cannot be made ("" when they can): the nearest
+    existing folder above it is a file, or this user may not write in it."""
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    return ""
 
 
 async def _check_cache(settings: Settings, report: _Report) -> None:

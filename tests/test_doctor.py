@@ -28,14 +28,30 @@ def _doctor(
 def test_embedded_defaults_have_no_problems(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out = _doctor(
-        monkeypatch, capsys, PARLEY_DATABASE__URL=f"sqlite+aiosqlite:///{tmp_path}/d.db"
-    )
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/d.db")
+    assert main(["db", "upgrade"]) == 0  # the file is there, as after a first run
+    capsys.readouterr()
+    code, out = _doctor(monkeypatch, capsys)
     assert code == 0, out
     assert f"[ok] database: SQLite {tmp_path}/d.db reachable" in out
     assert "[ok] adapter console: nothing to check" in out
     assert "backend: none configured" in out
     assert out.rstrip().endswith("no problems found")
+
+
+def test_doctor_creates_no_database_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A check creates nothing: it made the file and its folder, so a mistyped path passed
+    as "reachable"."""
+    typo = tmp_path / "no-such-folder" / "a.db"
+    code, out = _doctor(monkeypatch, capsys, PARLEY_DATABASE__URL=f"sqlite+aiosqlite:///{typo}")
+    assert code == 0, out
+    assert (
+        f"[ok] database: SQLite {typo} does not exist yet; parley run creates it, "
+        "with its folder" in out
+    )
+    assert not typo.parent.exists()
 
 
 def test_unreachable_server_and_outdated_schema_are_problems(
@@ -110,7 +126,7 @@ def test_doctor_prints_where_the_embedded_database_is(
     monkeypatch.delenv("PARLEY_DATABASE__URL", raising=False)
     code, out = _doctor(monkeypatch, capsys, PARLEY_HOME=str(tmp_path / "data"))
     assert code == 0, out
-    assert f"[ok] database: SQLite {tmp_path / 'data' / 'parley.db'} reachable" in out
+    assert f"[ok] database: SQLite {tmp_path / 'data' / 'parley.db'} does not exist yet" in out
 
 
 async def test_a_database_that_never_answers_is_a_problem_within_the_wait(

@@ -11,7 +11,7 @@ from bot.cli import main
 from tests.processes import parley_env
 
 
-@pytest.mark.parametrize("command", [["db", "current"], ["usage"], ["kb", "list"], ["doctor"]])
+@pytest.mark.parametrize("command", [["db", "current"], ["usage"], ["kb", "list"]])
 def test_an_sqlite_folder_that_cannot_be_made_is_one_line(
     command: list[str],
     tmp_path: Path,
@@ -28,6 +28,20 @@ def test_an_sqlite_folder_that_cannot_be_made_is_one_line(
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1
     assert err.startswith("parley: error: ") and "taken" in err
+
+
+def test_doctor_names_an_sqlite_folder_that_cannot_be_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`parley doctor` makes nothing: the folder that cannot be made is its PROBLEM line."""
+    (tmp_path / "taken").write_text("a file, not a folder")
+    url = f"sqlite+aiosqlite:///{tmp_path}/taken/db/parley.db"
+    for name, value in parley_env(tmp_path, {"PARLEY_DATABASE__URL": url}).items():
+        monkeypatch.setenv(name, value)
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert f"[PROBLEM] database: SQLite {url.split('///')[1]} cannot be created: " in out
+    assert f"{tmp_path}/taken is a file, not a folder" in out
 
 
 def test_kb_add_of_folders_with_nothing_to_take_fails_in_one_line(
