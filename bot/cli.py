@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import logging
 import os
+import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BotError as exc:
         _error(exc, settings)
         return EXIT_FAILED
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
+        if not _stdout_gone():  # another pipe or socket: a failure like any other
+            _error(exc, settings)
+            return EXIT_FAILED
         # Whoever read stdout took what it wanted and left: no error line. Point stdout at
         # /dev/null so that the interpreter's own flush at exit does not fail once more.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -89,6 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _stdout_gone() -> bool:
+    """Whether the reader of stdout has left: the pipe's write end reports an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout not a file
+        return False
 
 
 def _error(exc: Exception, settings: Settings | None) -> None:

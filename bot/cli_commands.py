@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import re
 import sys
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from alembic.util import CommandError
-from pydantic import SecretStr
 
 from adapters.console import ConsoleSettings
 from adapters.kit.runner import run_adapters
@@ -87,49 +86,39 @@ async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
-    """The settings in effect. A secret is "**********", but for a secret URL (the database's,
-    Redis's), which says where Parley keeps its data: that one is shown with its password
-    and any secret-looking query value masked. The redactor masks every other secret left
-    (a model server's http://user:password@host); the URLs are put in after it, since the
-    whole of a secret URL is a secret to it."""
-    urls: list[str] = []
-
-    def shown(value: object) -> object:
-        if isinstance(value, dict):
-            return {key: shown(item) for key, item in value.items()}
-        if isinstance(value, list | tuple):
-            return [shown(item) for item in value]
-        if isinstance(value, SecretStr):
-            secret = value.get_secret_value()
-            if "://" not in secret:
-                return str(value)
-            urls.append(_masked_url(secret))
-            return f"\x00url{len(urls) - 1}\x00"
-        return value
-
-    dumped = shown(settings.model_dump(mode="python"))
-    text = redactor(settings).redact(json.dumps(dumped, indent=2, default=str))
-    for index, url in enumerate(urls):
-        text = text.replace(json.dumps(f"\x00url{index}\x00"), json.dumps(url))
+    """The settings in effect, every secret "**********"; but the database's and Redis's URLs,
+    which say where Parley keeps its data, are shown with their passwords (and any
+    secret-looking query value) masked. The redactor masks what is left (a model server's
+    http://user:password@host); the two URLs are put in after it, since the whole of a secret
+    URL is a secret to it."""
+    dumped = settings.model_dump(mode="json")
+    shown = {
+        "database": settings.database.url.get_secret_value(),
+        "redis": settings.redis.url.get_secret_value() if settings.redis.url else None,
+    }
+    for section, url in shown.items():
+        if url is not None:
+            dumped[section]["url"] = f"\x00{section}\x00"
+    text = redactor(settings).redact(json.dumps(dumped, indent=2))
+    for section, url in shown.items():
+        if url is not None:
+            text = text.replace(json.dumps(f"\x00{section}\x00"), json.dumps(_masked_url(url)))
     print(text)
     return 0
 
 
-_SECRET_QUERY_KEY = ("pass", "pwd", "secret", "token", "key")
+# scheme://user:password@ as SQLAlchemy reads it (a user has no ":" or "/"; a password is
+# anything up to the last "@"), so that a password with "/", "#" or "?" is masked whole.
+_URL_PASSWORD = re.compile(r"^(?P<head>[\w+.-]+://[^:/@]*:)[^@]*(?=@)")
+_SECRET_QUERY = re.compile(
+    r"(?i)(?P<head>[?&][^=&#]*(?:pass|pwd|secret|token|key)[^=&#]*=)[^&#]*"
+    r"|(?P<option>(?:password|passwd|pwd)(?:=|%3D))[^&#\s%]*"
+)
 
 
 def _masked_url(url: str) -> str:
-    """`url` with the password of its user and each secret-looking query value masked."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:**********@{netloc.rpartition('@')[2]}"
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    masked = [
-        (key, "**********" if any(word in key.lower() for word in _SECRET_QUERY_KEY) else value)
-        for key, value in pairs
-    ]
-    if netloc == parts.netloc and masked == pairs:
-        return url  # as written (urlunsplit would drop the "//" of sqlite:////path)
-    query = f"?{urlencode(masked, safe='*/')}" if masked else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+    """`url` with its password and each secret-looking query value masked."""
+    masked = _URL_PASSWORD.sub(r"\g<head>**********", url, count=1)
+    return _SECRET_QUERY.sub(
+        lambda m: (m.group("head") or m.group("option")) + "**********", masked
+    )

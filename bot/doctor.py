@@ -57,10 +57,15 @@ async def _check_database(settings: Settings, report: _Report) -> None:
     if settings.database.is_sqlite:  # the path is no secret, and says where the history is
         kind = f"SQLite {make_url(url).database}"
         path = sqlite_file(make_url(url))
-        if path is not None and not path.exists():
+        try:
+            missing = path is not None and not path.exists()
+            blocked = _cannot_create(path) if path is not None and missing else ""
+        except OSError as exc:  # a folder on the way this user may not search
+            report(False, f"database: {kind} cannot be reached: {exc.strerror}")
+            return
+        if path is not None and missing:
             # A check creates nothing: opening it would make the file (and its folder), and
             # a mistyped path would then pass. `parley run` creates it, where it can.
-            blocked = _cannot_create(path)
             if blocked:
                 report(False, f"database: {kind} cannot be created: {blocked}")
                 return

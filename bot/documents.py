@@ -170,7 +170,7 @@ def extract(kind: str, data: bytes, max_pages: int, max_chars: int) -> str:
     elif kind == "html":
         from bot.knowledge.html_loader import parse_html
 
-        loaded = parse_html(decode_document(data), "document")
+        loaded = parse_html(decode_document(data, html=True), "document")
         text = "\n\n".join(section.text for section in loaded.sections)
     else:
         text = decode_document(data)

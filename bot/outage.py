@@ -9,10 +9,15 @@ error_types   what a log line may say of such an error: its types, never its tex
 
 from __future__ import annotations
 
+import errno
+import importlib
 import logging
+import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 
+import httpx
 from sqlalchemy import exc as sa_exc
 
 
@@ -59,35 +64,65 @@ class Outage:
 _OUTAGE_SQLSTATES = ("08", "53", "57P")
 
 
-def _redis_failures() -> tuple[type[BaseException], ...]:
-    try:  # the optional [redis] extra
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
+# SQLite's result codes of a database that cannot be used for now (a lock held elsewhere, a
+# disk that failed or is full, a file that cannot be opened): `sqlite3.Error.sqlite_errorname`.
+# Every SQL error on SQLite is an OperationalError, a misspelt statement too: only these are
+# outages.
+_SQLITE_OUTAGES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL", "SQLITE_CANTOPEN")
+# A plain OSError that says the network is in the way (the others of the network are
+# ConnectionError and TimeoutError subclasses).
+_NETWORK_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ETIMEDOUT}
+)
+
+
+def _optional(module: str, *names: str) -> tuple[type[BaseException], ...]:
+    """Exception classes of an optional extra; none when it is not installed."""
+    try:
+        imported = importlib.import_module(module)
     except ImportError:
         return ()
-    return (RedisConnectionError, RedisTimeoutError)
+    return tuple(getattr(imported, name) for name in names)
 
 
-# Failures that mean a backing service is out of reach or did not answer in time: the network
-# (refused, reset, timed out: OSError, TimeoutError included), SQLAlchemy's pool and
-# connection errors, Redis's connection and time-outs. A bad statement, a broken constraint or
-# Redis refusing a command is none of them: that is a bug.
+# Failures that mean a service is out of reach or did not answer in time: the network
+# (refused, reset, timed out, a name that does not resolve), an HTTP client's transport
+# (httpx's, the Telegram library's NetworkError, aiohttp's connection errors), SQLAlchemy's
+# pool and connection errors, Redis's connection and time-outs. A bad statement, a broken
+# constraint, a file that is not there or Redis refusing a command or a password is none of
+# them: that is a bug, or a setting to fix, and is logged whole.
 _OUTAGE_TYPES: tuple[type[BaseException], ...] = (
-    OSError,
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    httpx.TransportError,
     sa_exc.OperationalError,
     sa_exc.TimeoutError,
     sa_exc.DisconnectionError,
-    *_redis_failures(),
+    *_optional("redis.exceptions", "ConnectionError", "TimeoutError"),
+    *_optional("telegram.error", "NetworkError"),
+    *_optional("aiohttp", "ClientConnectionError"),
+)
+_NEVER_OUTAGES: tuple[type[BaseException], ...] = _optional(
+    "redis.exceptions", "AuthenticationError"
 )
 
 
 def is_outage(exc: BaseException) -> bool:
     """Whether `exc` (or what caused it: StorageError wraps the driver's error) says the
-    database or Redis is out of reach or timed out, as opposed to a bug."""
+    database, Redis or a platform is out of reach or timed out, as opposed to a bug."""
     if isinstance(exc, BaseExceptionGroup):
         return all(is_outage(each) for each in exc.exceptions)
-    for each in _chain(exc):
+    chain = list(_chain(exc))
+    for each in chain:
+        if isinstance(each, _NEVER_OUTAGES):
+            return False
+        if isinstance(each, sqlite3.Error) and each.sqlite_errorname:
+            return each.sqlite_errorname.startswith(_SQLITE_OUTAGES)
+    for each in chain:
         if isinstance(each, _OUTAGE_TYPES):
+            return True
+        if isinstance(each, OSError) and each.errno in _NETWORK_ERRNOS:
             return True
         if isinstance(each, sa_exc.DBAPIError) and each.connection_invalidated:
             return True  # the server closed the connection

@@ -10,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bot.cli import main
 from tests.processes import parley_env
 
 
@@ -65,3 +68,36 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path: Path) -> 
     err = process.stderr.read().decode()
     assert process.wait(timeout=120) == 141
     assert err == ""
+
+
+def test_config_masks_passwords_urlsplit_would_miss(tmp_path: Path) -> None:
+    """SQLAlchemy reads a password up to the last "@": "/", "#" and "?" in it are masked
+    too; a secret that only contains "://" is no URL and stays masked whole; a URL no parser
+    accepts is no traceback."""
+    env = {
+        "PARLEY_DATABASE__URL": "postgresql+asyncpg://app:s3cr/e#t?x@db.internal/parley",
+        "PARLEY_SUPPORT__TOKEN_SECRET": "Tr0ub4dor://correct-horse-battery-staple-42",
+    }
+    shown = _config(tmp_path, env)
+    assert shown["database"]["url"] == "postgresql+asyncpg://app:**********@db.internal/parley"
+    assert shown["support"]["token_secret"] == "**********"
+    text = json.dumps(shown)
+    assert "s3cr" not in text and "Tr0ub4dor" not in text
+    odd = _config(tmp_path, {"PARLEY_DATABASE__URL": "postgresql+asyncpg://u:pw9@[db/parley"})
+    assert odd["database"]["url"] == "postgresql+asyncpg://u:**********@[db/parley"
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a reader of stdout that left ends the command quietly: a pipe or socket of
+    something else that broke is a failure, one line and status 3."""
+
+    async def broken(settings: object, args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("bot.cli_commands.cmd_config", broken)
+    for name, value in parley_env(tmp_path, {}).items():
+        monkeypatch.setenv(name, value)
+    assert main(["config"]) == 3
+    assert capsys.readouterr().err == "parley: error: [Errno 32] Broken pipe\n"

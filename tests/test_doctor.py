@@ -142,3 +142,26 @@ async def test_a_database_that_never_answers_is_a_problem_within_the_wait(
     async with silent, asyncio.timeout(30):  # far above the wait: proves it was not 60 s
         problems = await run_checks(load_settings(), out=out)
     assert any("database: PostgreSQL did not answer within 0.5 s" in p for p in problems)
+
+
+def test_a_folder_doctor_may_not_search_is_a_problem_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder on the way that this user may not search (mode 700, another owner): looking
+    for the file raises PermissionError, which was a traceback-free but one-line exit 3 that
+    skipped every other check. It is the database's PROBLEM line; the other checks run."""
+    locked = tmp_path / "locked"
+    real_exists = Path.exists
+
+    def exists(self: Path, **kwargs: bool) -> bool:
+        if self.is_relative_to(locked):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_exists(self, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    code, out = _doctor(
+        monkeypatch, capsys, PARLEY_DATABASE__URL=f"sqlite+aiosqlite:///{locked}/x.db"
+    )
+    assert code == 1, out
+    assert f"[PROBLEM] database: SQLite {locked}/x.db cannot be reached: Permission denied" in out
+    assert "backend: none configured" in out  # the other checks ran

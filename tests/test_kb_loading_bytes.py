@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
+from bot.documents import extract
 from bot.knowledge import KnowledgeBase, Outcome
 from bot.knowledge.loaders import LoaderError, load
 from bot.storage import migrate
@@ -92,6 +93,18 @@ def test_html_declaring_its_encoding_in_a_meta_tag() -> None:
         "<title>Ошибка</title></head><p>Ок</p>"
     )
     assert load(legacy.encode("cp1251"), Path("a.htm")).title == "Ошибка"
+
+
+def test_a_turkish_page_by_its_iso_8859_9_label() -> None:
+    page = '<meta charset="iso-8859-9"><title>Ağaç şişe</title><p>Ilık İstanbul</p>'
+    assert load(page.encode("iso8859-9"), Path("tr.html")).title == "Ağaç şişe"
+
+
+def test_a_page_sent_in_a_chat_is_read_by_its_meta_charset_too() -> None:
+    """Documents sent in a chat follow the knowledge base's rules (documents.extract): a
+    KOI8-R page came out as "ðÒÉ×ÅÔ"."""
+    page = '<html><head><meta charset="koi8-r"></head><body><p>Привет, мир!</p></body></html>'
+    assert extract("html", page.encode("koi8-r"), 10, 10_000) == "Привет, мир!"
 
 
 def test_html_whose_meta_tag_is_wrong_is_read_by_its_bytes() -> None:

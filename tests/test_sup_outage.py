@@ -6,13 +6,16 @@ database is back is recorded and answered once. Any other failure of a handler i
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from starlette.applications import Starlette
@@ -348,10 +351,50 @@ async def test_sup_an_api_error_is_answered_as_before() -> None:
         (StorageError("conversation 7 does not exist"), False),
         (ResponseError("WRONGTYPE"), False),
         (KeyError("x"), False),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), True),
+        (socket.gaierror(-2, "Name or service not known"), True),
+        (httpx.ConnectError("refused"), True),
+        (httpx.RemoteProtocolError("closed"), True),
+        # An OSError that is no network failure: a file, a permission (a bug, or a setting).
+        (FileNotFoundError(2, "No such file"), False),
+        (PermissionError(13, "Permission denied"), False),
+        # A wrong Redis password is a setting to fix, not a service away (redis-py makes it
+        # a ConnectionError).
+        (RedisAuthenticationError("invalid password"), False),
     ],
 )  # fmt: skip
 def test_sup_outages_are_told_from_bugs(exc: Exception, outage: bool) -> None:
     assert errors.is_outage(exc) is outage
+
+
+async def test_sup_on_sqlite_only_a_database_that_cannot_be_used_is_an_outage(
+    tmp_path: Path,
+) -> None:
+    """Every SQL error on SQLite is an OperationalError, a misspelt statement too: its result
+    code tells a bug (SQLITE_ERROR) from a file that is locked or cannot be opened."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/o.db")
+    try:
+        with pytest.raises(sa.exc.OperationalError) as misspelt:
+            async with engine.connect() as conn:
+                await conn.execute(sa.text("SELEC 1"))
+    finally:
+        await engine.dispose()
+    assert not errors.is_outage(caused(StorageError("database error"), misspelt.value))
+    (tmp_path / "folder.db").mkdir()
+    unopenable = create_engine(f"sqlite+aiosqlite:///{tmp_path}/folder.db")
+    try:
+        with pytest.raises(sa.exc.OperationalError) as cannot_open:
+            async with unopenable.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+    finally:
+        await unopenable.dispose()
+    assert errors.is_outage(cannot_open.value)
+
+
+def test_sup_a_telegram_network_error_is_an_outage() -> None:
+    from telegram.error import NetworkError
+
+    assert errors.is_outage(NetworkError("httpx.ConnectError: All connection attempts failed"))
 
 
 def test_sup_a_server_that_refuses_connections_for_now_is_an_outage() -> None:

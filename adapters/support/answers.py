@@ -27,8 +27,10 @@ NOTICES = (
     phrases.NO_MODEL,
 )
 _CITATION = re.compile(r"^\[(\d+)\] (.+)$")
-# An address, without the punctuation that closes the sentence or bracket around it.
-_URL = re.compile(r"https?://\S+?(?=[.,;:!?)\]>'\"]*(?:\s|$))")
+# An address; the punctuation that closes the sentence or bracket around it is taken off
+# after (a lazy match with a look-ahead took quadratic time on a long address).
+_URL = re.compile(r"https?://\S+")
+_CLOSING = ".,;:!?)]>'\""
 
 
 @functools.cache
@@ -80,4 +82,4 @@ def _quoted(text: str) -> list[dict[str, str | None]]:
 
 def _source(citation: str) -> dict[str, str | None]:
     url = _URL.search(citation)
-    return {"title": citation, "url": url.group(0) if url else None}
+    return {"title": citation, "url": url.group(0).rstrip(_CLOSING) if url else None}

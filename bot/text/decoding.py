@@ -25,8 +25,6 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
-# What surrogateescape makes of each byte that is not UTF-8 (valid UTF-8 never decodes to these).
-_ESCAPED = re.compile("[\udc80-\udcff]+")
 # The HTML standard's prescan looks at the first 1024 bytes for a declaration.
 _HTML_PRESCAN_BYTES = 1024
 _META_CHARSET = re.compile(rb"<meta\b[^>]*?\bcharset\s*=\s*[\"']?\s*([A-Za-z0-9._:-]+)", re.I)
@@ -34,7 +32,7 @@ _META_CHARSET = re.compile(rb"<meta\b[^>]*?\bcharset\s*=\s*[\"']?\s*([A-Za-z0-9.
 # that names another one (UTF-7, "unicode_escape"...) is read by the rule for any text.
 _HTML_LEGACY = frozenset(
     {"cp866", "koi8-r", "koi8-u", "mac-roman", "mac-cyrillic", "tis-620", "cp874"}
-    | {f"iso8859-{n}" for n in (2, 3, 4, 5, 6, 7, 8, 10, 13, 14, 15, 16)}
+    | {f"iso8859-{n}" for n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16)}
     | {f"cp125{n}" for n in (0, 1, 3, 4, 5, 6, 7, 8)}
     | {"gbk", "gb2312", "gb18030", "big5", "big5hkscs", "cp950", "euc_jp", "iso2022_jp"}
     | {"shift_jis", "cp932", "euc_kr", "cp949"}
@@ -46,15 +44,14 @@ def decode_text(data: bytes) -> str:
     for bom, codec in _BOMS:
         if data.startswith(bom):
             if codec == "utf-8":
-                return _lenient_utf8(data[len(bom) :])[0]
+                return _lenient_utf8(data[len(bom) :])
             return data.decode(codec, errors="replace")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    text, invalid = _lenient_utf8(data)
-    if 2 * invalid <= _non_ascii(data):
-        return text
+    if is_mostly_utf8(data):
+        return _lenient_utf8(data)
     return data.decode("cp1252", errors="replace")
 
 
@@ -75,24 +72,32 @@ def has_byte_order_mark(data: bytes) -> bool:
 def is_mostly_utf8(data: bytes, *, final: bool = True) -> bool:
     """Whether decode_text reads `data` (no byte-order mark) as UTF-8. With final=False,
     `data` is the start of a file: a character cut at its end is not counted."""
+    if not final:
+        cut = _cut_character(data)
+        data = data[: len(data) - cut]
+    return 2 * _invalid_utf8(data) <= _non_ascii(data)
+
+
+def _cut_character(data: bytes) -> int:
+    """How many bytes at the end of `data` begin a UTF-8 character that goes on after it."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
-    text = decoder.decode(data, final=final)
-    invalid = sum(len(run) for run in _ESCAPED.findall(text))
-    return 2 * invalid <= _non_ascii(data) - len(decoder.getstate()[0])
+    decoder.decode(data, final=False)
+    return len(decoder.getstate()[0])
 
 
-def _lenient_utf8(data: bytes) -> tuple[str, int]:
-    """UTF-8 with each invalid byte read as its Windows-1252 character, and how many there were."""
-    invalid = 0
+def _invalid_utf8(data: bytes) -> int:
+    """How many bytes of `data` are not part of a valid UTF-8 character (in C, not per byte)."""
+    return len(data) - len(data.decode("utf-8", errors="ignore").encode("utf-8"))
 
-    def windows_1252(run: re.Match[str]) -> str:
-        nonlocal invalid
-        invalid += len(run.group())
-        raw = bytes(ord(c) - 0xDC00 for c in run.group())
-        return raw.decode("cp1252", errors="replace")
 
-    text = _ESCAPED.sub(windows_1252, data.decode("utf-8", errors="surrogateescape"))
-    return text, invalid
+# Each byte that is not UTF-8, as surrogateescape writes it, to its Windows-1252 character
+# (U+FFFD for the five Windows-1252 leaves undefined): one str.translate over the text.
+_WINDOWS_1252 = {0xDC00 + b: bytes([b]).decode("cp1252", errors="replace") for b in range(128, 256)}
+
+
+def _lenient_utf8(data: bytes) -> str:
+    """UTF-8 with each invalid byte read as its Windows-1252 character."""
+    return data.decode("utf-8", errors="surrogateescape").translate(_WINDOWS_1252)
 
 
 def _non_ascii(data: bytes) -> int:
