@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from adapters.support.sites import normalize_origin
 from bot.cli import main
 from bot.doctor import run_checks
+from bot.errors import ConfigError
 from bot.settings import load_settings
 from tests.support_helpers import bearer, new_visitor, support_worker
 
@@ -304,3 +306,39 @@ async def test_sup_the_agent_apis_conflict_names_the_conversation_as_the_api_doe
     assert status.json()["conversation_id"] == f"shop:{who}"
     assert f"conversation shop:{who} " in error["message"], error
     assert "support:" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("https://Shop.example:443/", "https://shop.example"),
+        ("http://shop.example:80", "http://shop.example"),
+        ("http://127.0.0.1:3000", "http://127.0.0.1:3000"),
+        ("https://bücher.example", "https://xn--bcher-kva.example"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+    ],
+)
+def test_sup_an_origin_is_kept_as_a_browser_sends_it(given: str, stored: str) -> None:
+    """A browser's Origin has no default port and an international name in its ASCII form:
+    an origin written otherwise was stored as written and never matched."""
+    assert normalize_origin(given) == stored
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://a@b.example", "https://shop.example:99999", "https://", "https://:443"]
+)
+def test_sup_an_origin_no_browser_can_send_is_refused(origin: str) -> None:
+    with pytest.raises(ConfigError, match=r"^not an origin \(scheme://host\[:port\]\): "):
+        normalize_origin(origin)
+
+
+def test_sup_origins_stored_by_an_earlier_parley_are_read_as_browsers_send_them() -> None:
+    from types import SimpleNamespace
+
+    from adapters.support import sites
+
+    row = SimpleNamespace(
+        id=1, name="shop", public_key="pk_x", languages="[]", system_prompt="", collection="",
+        origins='["https://shop.example:443", "https://shop.example", "https://a@b.example"]',
+    )  # fmt: skip
+    assert sites._site(row).origins == ("https://shop.example", "https://a@b.example")

@@ -23,6 +23,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -65,11 +66,27 @@ def hash_secret(secret: str) -> str:
 
 
 def normalize_origin(origin: str) -> str:
-    """ "https://Shop.example/" -> "https://shop.example"; ConfigError when it is no origin."""
+    """An origin as a browser sends it: "https://Shop.example:443/" -> "https://shop.example"
+    (lower case, no default port, an international name in its ASCII form). ConfigError when
+    it is no origin, or one no browser can send (a user name, a port over 65535)."""
     cleaned = origin.strip().rstrip("/").lower()
-    if not ORIGIN.fullmatch(cleaned) or not cleaned.isprintable():
-        raise ConfigError(f"not an origin (scheme://host[:port]): {origin[:100]!r}")
-    return cleaned
+    refused = ConfigError(f"not an origin (scheme://host[:port]): {origin[:100]!r}")
+    if not ORIGIN.fullmatch(cleaned) or not cleaned.isprintable() or "@" in cleaned:
+        raise refused
+    parts = urlsplit(cleaned)
+    try:
+        port = parts.port
+        host = parts.hostname or ""
+        if ":" not in host:  # a name (an IPv6 address stays as written)
+            host = host.encode("idna").decode("ascii")
+    except (ValueError, UnicodeError):
+        raise refused from None
+    if not host:
+        raise refused
+    if ":" in host:  # IPv6: back in its brackets
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 def check_site_name(name: str) -> None:
@@ -116,13 +133,22 @@ def check_collection(collection: str, what: str = "collection") -> None:
         raise ConfigError(f"{what}: at most {COLLECTION_MAX} characters")
 
 
+def _stored_origin(origin: str) -> str:
+    """An origin as an earlier Parley stored it (with a default port, an international name
+    as written), in the form browsers send; one that is no origin now stays as it was."""
+    try:
+        return normalize_origin(origin)
+    except ConfigError:
+        return origin
+
+
 def _site(row: Any) -> Site:
     """A site from a row of support_sites (read with Core: a Row, attribute access)."""
     return Site(
         id=int(row.id),
         name=str(row.name),
         public_key=str(row.public_key),
-        origins=tuple(json.loads(str(row.origins))),
+        origins=tuple(dict.fromkeys(_stored_origin(o) for o in json.loads(str(row.origins)))),
         languages=tuple(json.loads(str(row.languages))),
         system_prompt=str(row.system_prompt),
         collection=str(row.collection),
