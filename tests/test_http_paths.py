@@ -47,6 +47,16 @@ def test_a_path_served_twice_is_refused(first: Route, second: Route, taken: str)
         host.mount(second)
 
 
+def test_a_path_a_route_with_parameters_takes_is_refused() -> None:
+    host = HttpHost(HttpSettings())
+    host.mount(Route("/{page}", _hook, methods=["GET"]))
+    with pytest.raises(
+        ConfigError, match=r"^http: /metrics is already served here \(by /\{page\}\)"
+    ):
+        host.mount(Route("/metrics", _hook, methods=["GET"]))
+    host.mount(Route("/chatwoot/webhook/{secret}", _hook, methods=["POST"]))  # not under /{page}
+
+
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
 def test_the_health_paths_are_taken(path: str) -> None:
     with pytest.raises(ConfigError, match=rf"\(by {path}\)"):

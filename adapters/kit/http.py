@@ -19,7 +19,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bot.errors import AdapterError, ConfigError
@@ -53,10 +53,16 @@ class HttpHost:
         taken = [*((path, False) for path in HEALTH_PATHS), *map(_served, self._routes)]
         for other in taken:
             if served is not None and other is not None and _overlap(served, other):
-                raise ConfigError(
-                    f"http: {served[0]} is already served here (by {other[0]}): give one of "
-                    "them another path (docs/adapters.md, one HTTP server)"
-                )
+                _refuse(served[0], other[0])
+        if isinstance(route, Route) and "{" not in route.path:
+            # A route with parameters before it (/{page}) takes this path too.
+            for earlier in self._routes:
+                if isinstance(earlier, Route) and "{" in earlier.path:
+                    match, _ = earlier.matches(
+                        {"type": "http", "path": route.path, "method": "GET"}
+                    )
+                    if match is not Match.NONE:
+                        _refuse(route.path, earlier.path)
         self._routes.append(route)
 
     @property
@@ -105,6 +111,13 @@ class HttpHost:
         if problems:
             return PlainTextResponse("\n".join(problems), status_code=503)
         return PlainTextResponse("ready")
+
+
+def _refuse(path: str, taken: str) -> None:
+    raise ConfigError(
+        f"http: {path} is already served here (by {taken}): give one of them another path "
+        "(docs/adapters.md, one HTTP server)"
+    )
 
 
 def _served(route: BaseRoute) -> tuple[str, bool] | None:
