@@ -56,7 +56,7 @@ async def test_rva_text_deleted_while_its_turn_runs_never_reaches_a_later_prompt
         await h.idle()
         later = backend.requests[-1]
         assert "and now?" in str(later.messages[-1].content)
-        assert all("4111" not in str(m.content) for m in later.messages)
+        assert all("4111 1111" not in str(m.content) for m in later.messages)
 
 
 class DeletingFakeDiscord(FakeDiscordApi):
