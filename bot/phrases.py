@@ -20,6 +20,7 @@ import functools
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 # Every marked sentence has every one of these (tests/test_phrases.py checks it).
 LANGUAGES = ("de", "fr", "es", "it", "pt", "nl", "pl", "ru", "uk", "tr", "ar", "zh", "ja")
@@ -100,7 +101,19 @@ def catalogue(language: str) -> Mapping[str, str]:
         return tomllib.load(fh)
 
 
+@runtime_checkable
+class Localized(Protocol):
+    """A field written in the sentence's language (bot.text.LanguageName: "Deutsch", not
+    "German", in a German sentence)."""
+
+    def in_language(self, language: str | None) -> str: ...
+
+
 def say(sentence: str, language: str | None, **fields: object) -> str:
     """`sentence` in `language` (an IETF tag; unknown ones get English), fields filled in."""
     text = catalogue(base_language(language)).get(sentence, sentence)
-    return text.format(**fields) if fields else text
+    if not fields:
+        return text
+    named = {k: v.in_language(language) if isinstance(v, Localized) else v
+             for k, v in fields.items()}  # fmt: skip
+    return text.format(**named)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot import errors, phrases
+from bot.text import LanguageName
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,3 +84,31 @@ def test_unknown_or_english_gets_the_english_sentence(language: str | None) -> N
 def test_fields_are_filled_in_after_translation() -> None:
     said = phrases.say(phrases.TOO_LONG, "fr", length=9000, limit=8000)
     assert "9000" in said and "8000" in said and said.startswith("Ce message")
+
+
+NOW = "Your language is now {name} ({code})."  # bot/skills/preferences.py
+
+
+@pytest.mark.parametrize(
+    ("language", "said"),
+    [
+        ("de", "Deine Sprache ist jetzt Französisch (fr)."),
+        ("pt-BR", "Seu idioma agora é: Francês (fr)."),
+        ("zh-TW", "你的语言现在是 法语（fr）。"),
+        ("ja", "あなたの言語を フランス語（fr）に設定しました。"),
+        (None, "Your language is now French (fr)."),
+        ("xx", "Your language is now French (fr)."),
+    ],
+)
+def test_a_language_s_name_is_said_in_the_sentence_s_language(
+    language: str | None, said: str
+) -> None:
+    assert phrases.say(NOW, language, name=LanguageName("fr"), code="fr") == said
+
+
+def test_a_language_name_without_a_translation_stays_english() -> None:
+    assert LanguageName("zh").in_language("zh") == "中文"  # "中文; 汉语; 华语": the first
+    assert LanguageName("ne").in_language("de") == "Nepali"  # "(Makrosprache)" dropped
+    assert LanguageName("el").in_language("ja") == "Greek"  # ISO's name untranslated there
+    assert LanguageName("tlh").in_language("de") == "tlh"  # not a language Parley knows
+    assert str(LanguageName("de")) == "German"  # what prompts to the model get

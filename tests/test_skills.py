@@ -208,7 +208,7 @@ async def test_the_skills_speak_the_users_language(tmp_path: Path) -> None:
     assert not_kept == phrases.say(summarize.NOT_KEPT, "de")
     assert nothing == phrases.say(summarize.NOTHING, "de")
     assert unknown.startswith("Unbekannte Sprache „Klingonisch“.")
-    assert already == phrases.say(translate.ALREADY, "de", name="German")
+    assert already == phrases.say(translate.ALREADY, "de", name="Deutsch")
     assert needs_model == phrases.say(translate.NEEDS_MODEL, "de")
 
 

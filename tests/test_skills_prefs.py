@@ -110,8 +110,8 @@ async def test_commands_store_preferences_in_sql(database_url: str) -> None:
     assert [tuple(r) for r in users] == [("es",)]
     assert [(r[0], bool(r[1])) for r in chats] == [("ja", True)]
     replies = sink.replies[KEY]
-    assert replies[0] == "Tu idioma ahora es Spanish (es)."  # said after the change: in Spanish
-    assert replies[3] == "Tu idioma es Spanish (es)."
+    assert replies[0] == "Tu idioma ahora es Español (es)."  # said after the change: in Spanish
+    assert replies[3] == "Tu idioma es Español (es)."
     assert replies[4].startswith("You have no language set")  # Bob has none: the default
 
 
@@ -144,7 +144,7 @@ async def test_a_user_whose_language_is_german_is_answered_in_german(tmp_path: P
             await app.manager.handle(incoming(text))
         await app.manager.handle(incoming("/help", user=BOB))  # no /lang: the default, English
     now_german, klingon, keep, unknown, german_help, english_help = sink.replies[KEY]
-    assert now_german == "Deine Sprache ist jetzt German (de)."
+    assert now_german == "Deine Sprache ist jetzt Deutsch (de)."  # the name in German too
     assert klingon.startswith("Unbekannte Sprache „Klingonisch“. Gib einen Sprachcode")
     assert keep == (
         "Das Aufbewahren von Nachrichten für Zusammenfassungen ist in diesem Chat aus. "

@@ -7,7 +7,7 @@ to `/lang de` is already in German."""
 from __future__ import annotations
 
 from bot.phrases import N_
-from bot.text import language_name, normalize_language
+from bot.text import LanguageName, normalize_language
 
 from .router import Command, CommandRouter, TurnContext
 from .services import SkillServices
@@ -61,7 +61,7 @@ class PreferencesSkill:
             return await ctx.say(UNKNOWN_USER)
         if not ctx.args:
             if prefs.language is None:
-                default = language_name(self._s.settings.default_language)
+                default = LanguageName(self._s.settings.default_language)
                 return await ctx.say(
                     N_(
                         "You have no language set; I use your text's language, "
@@ -71,7 +71,7 @@ class PreferencesSkill:
                 )
             return await ctx.say(
                 N_("Your language is {name} ({code})."),
-                name=language_name(prefs.language),
+                name=LanguageName(prefs.language),
                 code=prefs.language,
             )
         if ctx.args.lower() in _OFF:
@@ -82,7 +82,7 @@ class PreferencesSkill:
             return await _unknown_language(ctx)
         await self._s.prefs.set_language(prefs.user_ref, code)
         return await ctx.say(
-            N_("Your language is now {name} ({code})."), name=language_name(code), code=code
+            N_("Your language is now {name} ({code})."), name=LanguageName(code), code=code
         )
 
     async def autotranslate(self, ctx: TurnContext) -> str:
@@ -94,7 +94,7 @@ class PreferencesSkill:
                 )
             return await ctx.say(
                 N_("Auto-translate is on: messages are translated into {name}."),
-                name=language_name(target),
+                name=LanguageName(target),
             )
         if ctx.args.lower() in _OFF:
             await self._s.prefs.set_auto_translate(ctx.conversation_id, None)
@@ -109,11 +109,11 @@ class PreferencesSkill:
                     "Auto-translate is on: I will translate messages into {name} "
                     "(it needs a language model to work)."
                 ),
-                name=language_name(code),
+                name=LanguageName(code),
             )
         return await ctx.say(
             N_("Auto-translate is on: I will translate messages into {name}."),
-            name=language_name(code),
+            name=LanguageName(code),
         )
 
     async def keep(self, ctx: TurnContext) -> str:

@@ -13,7 +13,15 @@ import re
 from collections.abc import AsyncIterator
 
 from bot.phrases import N_
-from bot.text import Protected, detect_language, language_name, normalize_language, protect, restore
+from bot.text import (
+    LanguageName,
+    Protected,
+    detect_language,
+    language_name,
+    normalize_language,
+    protect,
+    restore,
+)
 
 from .preferences import LANGUAGE_EXAMPLES, UNKNOWN_LANGUAGE
 from .router import Command, CommandRouter, Intent, Say, TurnContext, say_in_english
@@ -77,7 +85,7 @@ class TranslateSkill:
     ) -> str | AsyncIterator[str]:
         source = detect_language(text)
         if source is not None and source.code == target:
-            return await say(ALREADY, name=language_name(target))
+            return await say(ALREADY, name=LanguageName(target))
         if self._s.backend is None:
             return await say(NEEDS_MODEL)
         return self._stream(text, source.name if source else "its language", target, session)

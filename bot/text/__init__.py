@@ -25,6 +25,7 @@ from .extractive import central, rank_sentences, summarize_extractive, top_sente
 from .language import (
     Language,
     LanguageDetector,
+    LanguageName,
     default_detector,
     detect_language,
     language_name,
@@ -36,6 +37,7 @@ from .sentences import split_sentences
 __all__ = [
     "Language",
     "LanguageDetector",
+    "LanguageName",
     "MapReducePlan",
     "Protected",
     "Restored",

@@ -10,6 +10,7 @@ is None rather than a guess when the text is too short or the model is unsure.
 from __future__ import annotations
 
 import functools
+import gettext
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 import emoji
+import pycountry
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
 from .languages import ALIASES, FOLDED, NAMES
@@ -108,9 +110,49 @@ def normalize_language(user_input: str) -> str:
     )
 
 
-def language_name(code: str) -> str:
-    """The English name of an ISO 639-1 code ("de" -> "German"); the code itself if unknown."""
-    return NAMES.get(code, code)
+def language_name(code: str, in_language: str | None = None) -> str:
+    """The name of an ISO 639-1 code: in English ("de" -> "German"), or in `in_language` (an
+    IETF tag: "de" in "fr" -> "allemand") where pycountry's ISO 639 catalogue has it, in English
+    where it does not; the code itself if unknown. Prompts to the model take the English one."""
+    english = NAMES.get(code, code)
+    where = (in_language or "").replace("_", "-").split("-", 1)[0].lower()
+    if code not in NAMES or where in ("", "en"):
+        return english
+    return _local_name(code, where) or english
+
+
+@functools.cache
+def _local_name(code: str, where: str) -> str | None:
+    record = pycountry.languages.get(alpha_2=code)
+    if record is None:
+        return None
+    # The catalogues are per locale; Chinese has two (zh_CN, zh_TW): the mainland one.
+    catalogue = gettext.translation(
+        "iso639-3", pycountry.LOCALES_DIR, languages=[where, f"{where}_CN"], fallback=True
+    )
+    local = catalogue.gettext(record.name)
+    if local == record.name:  # not translated: English reads better than ISO's form of it
+        return None
+    # "中文; 汉语; 华语" -> "中文"; "Nepali (Makrosprache)" -> "Nepali".
+    first = _ISO_QUALIFIER.sub("", local.split(";", 1)[0]).strip()
+    return first or None
+
+
+_ISO_QUALIFIER = re.compile(r"\s*[(（][^()（）]*[)）]\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class LanguageName:
+    """A language's name as a field of a sentence said to a user: `phrases.say` writes it in
+    the sentence's language (`say(NOW, "de", name=LanguageName("fr"))` -> "... Französisch")."""
+
+    code: str
+
+    def in_language(self, language: str | None) -> str:
+        return language_name(self.code, language)
+
+    def __str__(self) -> str:
+        return language_name(self.code)
 
 
 def _letter_weight(text: str) -> int:
