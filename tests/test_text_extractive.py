@@ -104,8 +104,27 @@ def test_cjk_features_are_character_pairs() -> None:
         ("यह पहला है। यह दूसरा है।", ["यह पहला है।", "यह दूसरा है।"]),
         ("Plan:\n- first step\n- second step", ["Plan:", "- first step", "- second step"]),
         ('He said "Stop." Then he left.', ['He said "Stop."', "Then he left."]),
+        # A writer who does not capitalise still ends sentences; abbreviations stay whole.
+        (
+            "this is the first point. this is another point. yet another point here.",
+            ["this is the first point.", "this is another point.", "yet another point here."],
+        ),
+        (
+            "it costs approx. ten euros. e.g. the small one. ok",
+            ["it costs approx. ten euros.", "e.g. the small one.", "ok"],
+        ),
         ("", []),
     ],
 )
 def test_split_sentences(text: str, expected: list[str]) -> None:
     assert split_sentences(text) == expected
+
+
+def test_a_paste_of_lower_case_sentences_is_not_one_sentence() -> None:
+    """A paste that starts with a capital but goes on in lower case was one 290,000-character
+    "sentence", and the summary without a model was the whole paste as one bullet."""
+    paste = "Notes from the call. " + "we agreed to ship on friday. " * 100
+    sentences = split_sentences(paste)
+    assert len(sentences) == 101 and max(map(len, sentences)) < 40
+    summary = summarize_extractive(paste, max_sentences=3)
+    assert len(summary) < 200

@@ -4,7 +4,10 @@ Rules, in order: blank lines and list items always start a new sentence; `。！
 wherever they stand (Chinese and Japanese put no space after them); `! ? ؟ । ۔` end one before
 a space; `.` and `…` end one before a space unless the word before is an abbreviation ("e.g.",
 "Dr.", "z.B.", an initial) or the next word starts in lower case, which is how "e.g. the" and
-"approx. twenty" stay whole. A decimal ("3.14") has no space after its point and never splits.
+"approx. twenty" stay whole; but in a block whose writer does not capitalise (its first letter
+is lower case: "ok. this is it. thanks.") and in a piece still longer than `LONG_SENTENCE`
+characters, a lower-case word after a period does start a sentence, abbreviations aside. A
+decimal ("3.14") has no space after its point and never splits.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ _ABBREVIATION_LIST = (
     " av avda dra núm pág sres tel ст г гг т.е т.д т.п др стр рис см"
 )
 _ABBREVIATIONS = frozenset(_ABBREVIATION_LIST.split())
+# Longer than any sentence people write: a piece this long was cut only by the lower-case rule.
+LONG_SENTENCE = 1000
+_FIRST_CASED = re.compile(r"[^\W\d_]")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -40,28 +46,40 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _split_block(block: str) -> list[str]:
+    first = _FIRST_CASED.search(block)
+    lower_starts = first is not None and first.group(0).islower()
+    sentences: list[str] = []
+    for piece in _cut(block, lower_starts):
+        if len(piece) > LONG_SENTENCE and not lower_starts:
+            sentences += _cut(piece, lower_starts=True)
+        else:
+            sentences.append(piece)
+    return sentences
+
+
+def _cut(block: str, lower_starts: bool) -> list[str]:
     pieces: list[str] = []
     start = 0
-    for end in _boundaries(block):
+    for end in _boundaries(block, lower_starts):
         pieces.append(block[start:end])
         start = end
     pieces.append(block[start:])
     return [p.strip() for p in pieces if p.strip()]
 
 
-def _boundaries(block: str) -> list[int]:
+def _boundaries(block: str, lower_starts: bool) -> list[int]:
     """Offsets where a new sentence starts."""
     ends = {m.end() for m in _WIDE_END.finditer(block)}
-    ends |= {m.end() for m in _SPACED_END.finditer(block) if _ends_sentence(block, m)}
+    ends |= {m.end() for m in _SPACED_END.finditer(block) if _ends_sentence(block, m, lower_starts)}
     return sorted(e for e in ends if 0 < e < len(block))
 
 
-def _ends_sentence(block: str, match: re.Match[str]) -> bool:
+def _ends_sentence(block: str, match: re.Match[str], lower_starts: bool) -> bool:
     mark = match.group(0).rstrip()
     if not mark.startswith((".", "…")):
         return True
     following = block[match.end() : match.end() + 1]
-    if following.islower():
+    if following.islower() and not lower_starts:
         return False
     before = _word_before(block, match.start())
     return not before or not _is_abbreviation(before)
