@@ -44,7 +44,7 @@ class AdapterSettings(BaseModel):
     """The base of every adapter's settings section: unknown keys are errors (a typo must not
     silently leave a bot open), and every adapter has the core's access rules."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as bot.settings' sections
 
     access: AccessRules = AccessRules()
 

@@ -3,18 +3,21 @@
 Sources, strongest first: environment variables `PARLEY_*` (nested with `__`, e.g.
 `PARLEY_BACKEND__KIND=vllm`), a `.env` file, `config/parley.toml` (or the file named by
 `--config` / `PARLEY_CONFIG`, read by pydantic-settings' own TOML source), then the defaults
-written here. `config/parley.toml` lists every setting.
+written here. `config/parley.toml` lists every setting. Only `PARLEY_*` names are read from
+`.env`: the others there are left to whoever else reads the file (docker compose).
 
 Each adapter owns its section (`[telegram]`, `[console]`, ...): its model lives with the
 adapter and joins the settings through the adapter registry (bot.adapter_registry). Unknown
-keys are errors in every section, lists take JSON or comma-separated values, and every
-problem is one line that names the file and key or the variable, never a value.
+keys are errors in every section, lists take JSON or comma-separated values, numbers are
+finite (and integers fit in 64 bits), and every problem is one line that names the file and
+key, the variable, or the .env variable or line, never a value.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from importlib.util import find_spec
@@ -23,6 +26,7 @@ from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 import platformdirs
+from dotenv.parser import parse_stream
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -36,6 +40,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -70,6 +75,10 @@ NOT_SETTINGS = frozenset(
     {"PARLEY_HOME", "PARLEY_CONFIG", "PARLEY_CRASH_RUNS", "PARLEY_UPDATE_DOCS_IMG"}
 )
 NOT_SETTINGS_PREFIXES = ("PARLEY_TEST_", "PARLEY_BENCH_")
+# The largest integer a setting may hold: what SQL's BIGINT, Redis and JSON readers keep.
+INT64_MAX = 2**63 - 1
+# The variable a .env line sets, even when the rest of the line cannot be parsed.
+_DOTENV_NAME = re.compile(r"\s*(?:export\s+)?['\"]?(PARLEY_\w*)", re.IGNORECASE)
 
 
 def _http_url(url: str) -> str:
@@ -92,8 +101,16 @@ HttpUrlText = Annotated[str, AfterValidator(_http_url)]
 
 
 class _Section(BaseModel):
-    # A typo in a section is an error, never a silently ignored key.
-    model_config = ConfigDict(extra="forbid")
+    # A typo in a section is an error, never a silently ignored key; inf is no time limit
+    # (nan is no number): `parley config` would print neither as JSON.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _fits_64_bits(cls, value: Any) -> Any:
+        if type(value) is int and value > INT64_MAX:  # a database column would refuse it
+            raise ValueError(f"Input should be less than or equal to {INT64_MAX}")
+        return value
 
 
 class DatabaseSettings(_Section):
@@ -302,8 +319,8 @@ class ConversationSettings(_Section):
     record_retry_s: float = Field(600.0, gt=0)
     # A turn that fails leaves its messages pending for another try; after this many failed
     # turns they are answered with one apology instead, never run again at every start.
-    max_turn_attempts: int = Field(3, ge=1)
-    max_message_chars: int = Field(8000, ge=1)
+    max_turn_attempts: int = Field(3, ge=1, le=100)
+    max_message_chars: int = Field(8000, ge=1, le=1_000_000)
     history_limit: int = Field(20, ge=1, le=500)
     # Per user, across workers (Redis) or in this process: at most rate_limit_messages
     # messages per rate_limit_window_s; more are recorded, answered with one sentence asking
@@ -378,7 +395,7 @@ class SkillsSettings(_Section):
     extractive_sentences: int = Field(5, ge=1, le=50)
     # "What did I miss": at most this many hours back, and at most this many messages.
     missed_hours: float = Field(24.0, gt=0)
-    missed_max_messages: int = Field(500, ge=1)
+    missed_max_messages: int = Field(500, ge=1, le=10_000)  # an SQL LIMIT
     # Longest text /summarize and /translate take after the command (or in a document).
     max_paste_chars: int = Field(400_000, ge=1)
     # Plain messages no pattern matched are classified by the model (structured output) when
@@ -492,7 +509,10 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         env_file_encoding="utf-8",
+        # Only PARLEY_* names in .env are settings: the file is docker compose's too.
+        dotenv_filtering="match_prefix",
         extra="forbid",
+        allow_inf_nan=False,
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -545,11 +565,22 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, _ListFriendlyEnv(settings_cls)]
-        sources.append(dotenv_settings)
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            _ListFriendlyEnv(settings_cls),
+            _ListFriendlyDotEnv(settings_cls),
+        ]
         if settings_cls.model_config.get("toml_file"):
             sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
+
+
+class _NotJson(ValueError):
+    """A list or table variable whose value is not JSON; load_settings finds the variable."""
+
+    def __init__(self, field_name: str, value: str) -> None:
+        super().__init__(field_name)
+        self.field_name, self.value = field_name, value
 
 
 class _ListFriendlyEnv(EnvSettingsSource):
@@ -559,7 +590,14 @@ class _ListFriendlyEnv(EnvSettingsSource):
     def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
         if isinstance(value, str) and value.lstrip()[:1] not in ("[", "{"):
             return [item.strip() for item in value.split(",") if item.strip()]
-        return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
+        try:
+            return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
+        except ValueError:
+            raise _NotJson(field_name, value) from None
+
+
+class _ListFriendlyDotEnv(_ListFriendlyEnv, DotEnvSettingsSource):
+    """The same for `.env`, which holds the same names."""
 
 
 @functools.cache
@@ -594,14 +632,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     unknown = _unknown_variables(cls)
     if unknown:
         raise ConfigError("invalid setting " + "; ".join(f"{n}: unknown setting" for n in unknown))
+    dotenv = _read_dotenv(Path(str(cls.model_config.get("env_file") or ".env")))
     try:
         return cls(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, config_file, in_file)) from None
+        raise ConfigError(_describe(exc, config_file, in_file, dotenv)) from None
     except SettingsError as exc:  # a variable whose value cannot be read at all
-        raise ConfigError(_first_line(exc)) from None
-    except UnicodeDecodeError as exc:  # the TOML file was read above: this is the .env file
-        raise ConfigError(f".env: not UTF-8 text (at byte {exc.start})") from None
+        raise ConfigError(_unreadable(exc, dotenv)) from None
 
 
 def _unknown_variables(cls: type[Settings]) -> list[str]:
@@ -618,6 +655,32 @@ def _unknown_variables(cls: type[Settings]) -> list[str]:
     return sorted(unknown)
 
 
+def _read_dotenv(path: Path) -> dict[str, str | None]:
+    """The PARLEY_* variables of the .env file, upper-cased, as python-dotenv parses them. A
+    line that would set one but cannot be parsed is an error: python-dotenv only warns and
+    skips it, which would leave its setting at the default without a word."""
+    if not path.is_file():
+        return {}
+    try:
+        with path.open(encoding="utf-8") as fh:
+            bindings = list(parse_stream(fh))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f".env: not UTF-8 text (at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f".env: {exc.strerror}") from None
+    found: dict[str, str | None] = {}
+    for binding in bindings:
+        if binding.error:
+            if match := _DOTENV_NAME.match(binding.original.string):
+                raise ConfigError(
+                    f"invalid setting .env line {binding.original.line} "
+                    f"{match[1].upper()}: cannot be parsed (check its quotes)"
+                )
+        elif binding.key and binding.key.upper().startswith("PARLEY_"):
+            found[binding.key.upper()] = binding.value
+    return found
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     # Read here too (the TOML source reads it again) for one-line errors that name the file.
     try:
@@ -631,24 +694,35 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
 
 
-def _describe(exc: ValidationError, path: Path | None, in_file: Mapping[str, Any]) -> str:
-    """One line naming each bad setting and what is wrong, never the value itself: the file,
-    section and key when the setting came from the file, else the environment variable."""
+def _describe(
+    exc: ValidationError,
+    path: Path | None,
+    in_file: Mapping[str, Any],
+    dotenv: Mapping[str, str | None],
+) -> str:
+    """One line naming each bad setting and what is wrong, never the value itself: where the
+    value came from, strongest source first (the variable, the .env variable, the file's
+    section and key)."""
     parts = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown setting"
+        name = "PARLEY_" + "__".join(loc).upper()
         if not loc:
             parts.append(f"settings: {msg}")
-        elif len(loc) == 1 and loc[0].upper().startswith("PARLEY_"):  # a .env line
-            parts.append(f".env {loc[0].upper()}: {msg}")
-        elif path is not None and _found(in_file, err["loc"]) and not _in_environment(loc):
+        elif name not in NOT_SETTINGS and _sets(os.environ, name):
+            parts.append(f"{name}: {msg}")
+        elif _sets(dotenv, name):
+            if name in NOT_SETTINGS:  # read by Parley from the environment alone
+                msg = "not read from .env; set it in the environment"
+            parts.append(f".env {name}: {msg}")
+        elif path is not None and _found(in_file, err["loc"]):
             section = f"[{'.'.join(loc[:-1])}] " if len(loc) > 1 else ""
             parts.append(f"{path.name} {section}{loc[-1]}: {msg}")
         else:
-            parts.append("PARLEY_" + "__".join(loc).upper() + f": {msg}")
+            parts.append(f"{name}: {msg}")
     return "invalid setting " + "; ".join(parts)
 
 
@@ -666,12 +740,34 @@ def _found(data: Mapping[str, Any], loc: Sequence[str | int]) -> bool:
     return True
 
 
-def _in_environment(loc: list[str]) -> bool:
-    name = ("PARLEY_" + "__".join(loc)).upper()
-    return any(key.upper().startswith(name) for key in os.environ)
+def _sets(variables: Mapping[str, Any], name: str) -> bool:
+    """Whether one of `variables` sets the setting `name` (PARLEY_BACKEND__KIND), the
+    section holding it (PARLEY_BACKEND as JSON) or a setting within it."""
+    for key in map(str.upper, variables):
+        if key == name or key.startswith(f"{name}__") or name.startswith(f"{key}__"):
+            return True
+    return False
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    # pydantic-settings says 'error parsing value for field "adapters" from source ...'
-    return f"invalid setting: {text}"
+def _unreadable(exc: SettingsError, dotenv: Mapping[str, str | None]) -> str:
+    """A variable pydantic-settings could not decode: named as the others are."""
+    cause = exc.__cause__
+    if not isinstance(cause, _NotJson):
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"invalid setting: {text.partition(' from source ')[0]}"
+    what = "a valid JSON list (or items separated by commas)"
+    if cause.value.lstrip()[:1] != "[":
+        what = "valid JSON"
+    origin = _variable_for(cause, os.environ, "") or _variable_for(cause, dotenv, ".env ")
+    return f"invalid setting {origin or cause.field_name}: not {what}"
+
+
+def _variable_for(cause: _NotJson, variables: Mapping[str, str | None], source: str) -> str:
+    """The variable of `variables` that holds the value that failed to decode."""
+    suffix = cause.field_name.upper()
+    for key, value in variables.items():
+        name = key.upper()
+        named = name == f"PARLEY_{suffix}" or name.endswith(f"__{suffix}")
+        if named and value == cause.value:
+            return f"{source}{name}"
+    return ""
