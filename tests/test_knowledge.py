@@ -111,7 +111,7 @@ async def test_unsupported_missing_and_empty_files_are_reported(
     assert all(f.outcome is Outcome.FAILED for f in report.files)
     assert reasons["deck.pptx"] == "unsupported file type .pptx"
     assert reasons["gone.md"] == "No such file or directory"
-    assert reasons["empty.md"].startswith("no text found")
+    assert reasons["empty.md"] == "only blank lines and spaces, no text"
     assert await kb.is_empty()
 
 

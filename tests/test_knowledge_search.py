@@ -221,9 +221,9 @@ async def test_the_sample_gives_way_to_the_operator_s_documents(
     kb = KnowledgeBase(engine, options=IN_MEMORY)
     settings = KnowledgeSettings(sample_dir=str(DOCS))
     assert await load_sample_if_empty(kb, settings) is not None
-    assert await remove_sample_if_superseded(kb, settings) == 0  # only the sample: it stays
+    assert await remove_sample_if_superseded(kb) == 0  # only the sample: it stays
     await kb.add([write(tmp_path, "faq.md", "# FAQ\n\nOur product ships on Mondays.\n")])
-    assert await remove_sample_if_superseded(kb, settings) > 0
+    assert await remove_sample_if_superseded(kb) > 0
     assert [Path(d.source).name for d in await kb.list()] == ["faq.md"]
     assert await load_sample_if_empty(kb, settings) is None
     assert [Path(d.source).name for d in await kb.list()] == ["faq.md"]

@@ -26,19 +26,13 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 
 from bot.errors import ConfigError, StorageError
+from bot.knowledge.types import check_collection
 from bot.settings import Settings
 from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
+from bot.text.storable import text_problem
 
-from .sites import (
-    REFRESH_S,
-    SiteStore,
-    check_collection,
-    check_languages,
-    check_site_name,
-    normalize_origin,
-    text_problem,
-)
+from .sites import REFRESH_S, SiteStore, check_languages, check_site_name, normalize_origin
 
 
 def add_support_parser(sub: Any) -> None:

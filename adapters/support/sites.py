@@ -19,7 +19,6 @@ import json
 import re
 import secrets
 import time
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,6 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.errors import ConfigError
+from bot.knowledge.types import check_collection
+from bot.text.storable import text_problem
 from bot.types import utcnow
 
 from .models import SupportKeyRow, SupportSiteRow
@@ -37,7 +38,6 @@ REFRESH_S = 10.0
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
-COLLECTION_MAX = 255  # the column's length, as the knowledge base's
 PUBLIC_PREFIX = "pk_"
 SECRET_PREFIX = "sk_"
 
@@ -100,37 +100,10 @@ def check_languages(languages: Sequence[str]) -> None:
             raise ConfigError(f"not a language tag: {language[:100]!r} (e.g. en, pt-BR)")
 
 
-def text_problem(text: str, *, lines: bool = False) -> str | None:
-    """Why `text` cannot be kept as a site's setting, or None: a control character (NUL,
-    which PostgreSQL refuses, and any other, which no prompt or name needs; `lines` allows tab
-    and line breaks) or a lone surrogate (bytes that were not UTF-8, which no driver can
-    store). Says where, never the text itself (a prompt may be confidential)."""
-    for index, char in enumerate(text):
-        if lines and char in "\t\n\r":
-            continue
-        kind = unicodedata.category(char)
-        if kind not in ("Cc", "Cs"):
-            continue
-        line = text.count("\n", 0, index) + 1
-        column = index - (text.rfind("\n", 0, index) + 1) + 1
-        where = f" at line {line}, column {column}" if lines else f" at character {index + 1}"
-        if kind == "Cs":
-            return f"not UTF-8 text{where}"
-        allowed = "; only tabs and line breaks may be in it" if lines else ""
-        return f"control character U+{ord(char):04X}{where} cannot be stored{allowed}"
-    return None
-
-
 def _check_text(what: str, text: str, *, lines: bool = False) -> None:
     problem = text_problem(text, lines=lines)
     if problem:
         raise ConfigError(f"{what}: {problem}")
-
-
-def check_collection(collection: str, what: str = "collection") -> None:
-    _check_text(what, collection)
-    if len(collection) > COLLECTION_MAX:
-        raise ConfigError(f"{what}: at most {COLLECTION_MAX} characters")
 
 
 def _stored_origin(origin: str) -> str:

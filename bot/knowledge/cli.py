@@ -17,7 +17,13 @@ from typing import Any, TextIO
 
 from bot.knowledge.sample import remove_sample_if_superseded
 from bot.knowledge.store import KnowledgeBase
-from bot.knowledge.types import DocumentInfo, FileResult, Outcome, collection_name
+from bot.knowledge.types import (
+    DocumentInfo,
+    FileResult,
+    Outcome,
+    check_collection,
+    collection_name,
+)
 from bot.settings import Settings
 from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
@@ -46,9 +52,14 @@ def add_kb_parser(sub: Any) -> None:
 
 
 async def cmd_kb(settings: Settings, args: argparse.Namespace) -> int:
+    # Before the database is opened: a collection no column can keep (over 255 characters,
+    # which PostgreSQL refuses after the first file) or one with a control character, which
+    # SQLite would keep and no site could name, is refused whole, on either database.
+    if getattr(args, "collection", None):
+        check_collection(args.collection, "--collection")
     async with open_knowledge_base(settings) as kb:
         if args.kb_action in ("add", "ingest"):
-            return await _add(kb, args.paths, settings, args.collection)
+            return await _add(kb, args.paths, args.collection)
         if args.kb_action == "list":
             return await _list(kb, args.collection)
         return await _remove(kb, args.path)
@@ -66,7 +77,7 @@ async def open_knowledge_base(settings: Settings) -> AsyncIterator[KnowledgeBase
         await engine.dispose()
 
 
-async def _add(kb: KnowledgeBase, paths: list[str], settings: Settings, collection: str) -> int:
+async def _add(kb: KnowledgeBase, paths: list[str], collection: str) -> int:
     report = await kb.add(paths, progress=ProgressPrinter(sys.stderr), collection=collection)
     if not report.files:  # only folders, none with a file to take: a wrong folder, most likely
         names = ", ".join(_printable(p) for p in paths)
@@ -75,7 +86,7 @@ async def _add(kb: KnowledgeBase, paths: list[str], settings: Settings, collecti
     print(report.summary())
     for moved in report.moved:  # it no longer answers where it was searched before
         print(_printable(f"{moved.source}: {moved.move}"))
-    if await remove_sample_if_superseded(kb, settings.knowledge):
+    if await remove_sample_if_superseded(kb):
         print("removed the sample documents (Parley's own guide): yours replace them")
     return 1 if report.failed else 0
 

@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.knowledge.chunker import chunk_sections
-from bot.knowledge.loaders import LoaderError, load, loader_for
+from bot.knowledge.loaders import LoaderError, load, loader_for, why_no_text
 from bot.knowledge.types import Chunk, CountTokens
+from bot.storage.models import KbDocumentRow
 from bot.text.storable import storable
 
 # Characters kept of a title and of a heading path: a citation is one line of an answer.
 MAX_CITED_CHARS = 500
+# The longest path a document can be stored under (kb_documents.source: PostgreSQL refuses a
+# longer one, and that error would end the whole run, not only this file's).
+MAX_SOURCE_CHARS = KbDocumentRow.source.type.length or 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,11 @@ def read_file(path: Path, max_bytes: int) -> FileData:
     source = normalize_source(path)
     if storable(source) != source:  # bytes Python keeps as lone surrogates: no database takes them
         raise LoaderError("the file's path is not valid UTF-8; rename it")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise LoaderError(
+            f"the file's path is {len(source)} characters long, over the {MAX_SOURCE_CHARS} "
+            "the knowledge base keeps; move or rename it"
+        )
     if not stat.S_ISREG(info.st_mode):  # reading a FIFO or /dev/zero would never end
         raise LoaderError("not a regular file")
     too_big = LoaderError(f"larger than the {max_bytes // 1_000_000} MB limit")
@@ -118,7 +127,7 @@ def parse_file(path: Path, data: bytes, count: CountTokens) -> Parsed:
     document = load(data, path)
     chunks = [_storable(c) for c in chunk_sections(document.sections, count)]
     if not chunks:
-        raise LoaderError("no text found (a scanned PDF or an empty file?)")
+        raise LoaderError(why_no_text(data, path))
     return Parsed(storable(document.title[:MAX_CITED_CHARS]), chunks)
 
 

@@ -201,6 +201,26 @@ def loader_for(path: Path) -> Loader | None:
     return LOADERS.get(path.suffix.lower())
 
 
+def why_no_text(data: bytes, path: Path) -> str:
+    """What a file that `load` took but found nothing to index in holds instead: the reason
+    shown to the operator, true to the file's type."""
+    if not data:
+        return "the file is empty"
+    suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        return "no text in the PDF (a scanned one holds only images of its pages)"
+    text = decode_text(data)
+    if not text.strip():
+        return "only blank lines and spaces, no text"
+    if LOADERS.get(suffix) is load_markdown:
+        if any(line.strip() for line in _front_matter(text.splitlines())[1]):
+            return "only headings, no text under them"
+        return "only front matter, no text"
+    if LOADERS.get(suffix) is load_html:
+        return "no text in the page (only markup)"
+    return "no text found"
+
+
 def load(data: bytes, path: Path) -> LoadedDocument:
     loader = loader_for(path)
     if loader is None:

@@ -89,11 +89,27 @@ class KnowledgeRows:
         first = await self._run(lambda conn: all_rows(conn, sa.select(_Doc.id).limit(1)))
         return not first
 
-    async def existing(self, source: str) -> tuple[int, str, str] | None:
-        """(id, sha256, collection) of the document stored for `source`."""
-        stmt = sa.select(_Doc.id, _Doc.sha256, _COLLECTION).where(_Doc.source == source)
+    async def existing(self, source: str) -> tuple[int, str, str, bool] | None:
+        """(id, sha256, collection, sample) of the document stored for `source`."""
+        stmt = sa.select(_Doc.id, _Doc.sha256, _COLLECTION, _Doc.sample).where(
+            _Doc.source == source
+        )
         rows = await self._run(lambda conn: all_rows(conn, stmt))  # one at most: a unique key
-        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+        return (rows[0][0], rows[0][1], rows[0][2], bool(rows[0][3])) if rows else None
+
+    async def remove_sample(self) -> int:
+        """Remove the documents loaded as the sample if any other document is there; returns
+        how many were removed. One transaction: a document added meanwhile is never taken."""
+        others = sa.select(_Doc.id).where(_Doc.sample.is_(False)).limit(1)
+        ids = sa.select(_Doc.id).where(_Doc.sample.is_(True)).scalar_subquery()
+
+        async def run(conn: AsyncConnection) -> int:
+            if (await conn.execute(others)).first() is None:
+                return 0
+            await conn.execute(sa.delete(_Chunk).where(_c.document_id.in_(ids)))
+            return (await conn.execute(sa.delete(_Doc).where(_Doc.sample.is_(True)))).rowcount
+
+        return await self._run(run, write=True)
 
     async def store(
         self,
@@ -102,11 +118,13 @@ class KnowledgeRows:
         blobs: Sequence[bytes | None],
         document_id: int | None,
         collection: str = "",
+        sample: bool = False,
     ) -> None:
         """Write a document and its chunks, replacing document_id's, in one transaction.
         A unique-key race (IntegrityError) passes through for the caller to report."""
         values = {
             "title": parsed.title,
+            "sample": sample,
             "sha256": file.sha256,
             "size": len(file.data),
             "updated_at": datetime.now(UTC),

@@ -107,6 +107,7 @@ class _Prepared:
     collection: str = ""
     # The collection the document leaves for `collection`; None when it stays or is new.
     moved_from: str | None = None
+    sample: bool = False  # loaded by Parley as the sample (bot.knowledge.sample)
 
 
 class KnowledgeBase:
@@ -173,21 +174,24 @@ class KnowledgeBase:
         *,
         progress: Progress | None = None,
         collection: str = "",
+        sample: bool = False,
     ) -> AddReport:
         """Ingest files and folders (walked for supported files) into `collection` ("" : the
         default; a support site searches its own only), one file at a time, the
         next file read, parsed and embedded while the current one is written: the two halves
         use different resources (CPU in a worker thread, the database), so overlapping them
-        cuts the time of a big folder by about a third."""
+        cuts the time of a big folder by about a third. `sample`: Parley loads its sample
+        knowledge base (bot.knowledge.sample); a file added otherwise is the operator's, even
+        one that was loaded as the sample before."""
         files = await asyncio.to_thread(collect_files, paths)
         report = AddReport()
         upcoming: asyncio.Task[_Prepared | FileResult] | None = None
         try:
             for done, path in enumerate(files, 1):
-                current = upcoming or asyncio.create_task(self._prepare(path, collection))
+                current = upcoming or asyncio.create_task(self._prepare(path, collection, sample))
                 upcoming = None
                 if done < len(files):
-                    upcoming = asyncio.create_task(self._prepare(files[done], collection))
+                    upcoming = asyncio.create_task(self._prepare(files[done], collection, sample))
                 result = await self._finish(await current)
                 report.files.append(result)
                 if progress is not None:
@@ -206,6 +210,10 @@ class KnowledgeBase:
         """Remove the document stored for this path, or every one under it if it names a
         folder; returns how many were removed."""
         return await self._rows.remove(source_or_prefix)
+
+    async def remove_sample(self) -> int:
+        """Remove the documents loaded as the sample if any other document is there."""
+        return await self._rows.remove_sample()
 
     async def search(
         self, query: str, k: int = 3, *, collection: str = ""
@@ -449,13 +457,13 @@ class KnowledgeBase:
             self._embedder_down_until = None
             log.warning("knowledge base: embeddings available again; semantic search is back")
 
-    async def _prepare(self, path: Path, collection: str) -> _Prepared | FileResult:
+    async def _prepare(self, path: Path, collection: str, sample: bool) -> _Prepared | FileResult:
         """A file read, parsed and embedded, or its result when there is nothing to write."""
         source = normalize_source(path)
         try:
             file = await asyncio.to_thread(read_file, path, self._max_bytes)
             existing = await self._rows.existing(file.source)
-            if existing is not None and existing[1:] == (file.sha256, collection):
+            if existing is not None and existing[1:] == (file.sha256, collection, sample):
                 return FileResult(source, Outcome.UNCHANGED)
             parsed = await asyncio.to_thread(parse_file, path, file.data, self._count)
         except LoaderError as exc:
@@ -463,9 +471,9 @@ class KnowledgeBase:
             return FileResult(shown, Outcome.FAILED, reason=str(exc))
         vectors = await self._embed([embedding_text(c) for c in parsed.chunks])
         if existing is None:
-            return _Prepared(file, parsed, vectors, None, collection)
+            return _Prepared(file, parsed, vectors, None, collection, sample=sample)
         moved_from = existing[2] if existing[2] != collection else None
-        return _Prepared(file, parsed, vectors, existing[0], collection, moved_from)
+        return _Prepared(file, parsed, vectors, existing[0], collection, moved_from, sample)
 
     async def _finish(self, prepared: _Prepared | FileResult) -> FileResult:
         if isinstance(prepared, FileResult):
@@ -475,7 +483,9 @@ class KnowledgeBase:
         if prepared.vectors is not None:
             blobs = [to_blob(v) for v in prepared.vectors]
         try:
-            await self._rows.store(file, parsed, blobs, prepared.document_id, prepared.collection)
+            await self._rows.store(
+                file, parsed, blobs, prepared.document_id, prepared.collection, prepared.sample
+            )
         except sa_exc.IntegrityError:
             reason = "added by another process at the same time; run again"
             return FileResult(file.source, Outcome.FAILED, reason=reason)

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from bot.errors import ConfigError
+from bot.text.storable import text_problem
+
 # Counts the tokens of a text. Synchronous because chunking runs in a worker thread; the
 # default estimate (backends.base.estimate_tokens) is ~4 characters a token (a CJK character: 1).
 CountTokens = Callable[[str], int]
@@ -171,3 +174,15 @@ class DocumentInfo:
     chunks: int
     updated_at: datetime
     collection: str = ""
+
+
+COLLECTION_MAX = 255  # kb_documents.collection's (and support_sites') length
+
+
+def check_collection(collection: str, what: str = "collection") -> None:
+    """A collection name a database can keep (raises ConfigError naming `what`): no
+    control character, at most COLLECTION_MAX characters."""
+    if problem := text_problem(collection):
+        raise ConfigError(f"{what}: {problem}")
+    if len(collection) > COLLECTION_MAX:
+        raise ConfigError(f"{what}: at most {COLLECTION_MAX} characters")

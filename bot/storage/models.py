@@ -12,6 +12,7 @@ from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     ForeignKey,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -160,6 +162,9 @@ class KbDocumentRow(Base):
     )
     # The collection it belongs to: a support site's ("" : the default one; migration 0009).
     collection: Mapped[str] = mapped_column(String(255), server_default=text("''"), index=True)
+    # Loaded by Parley as the sample knowledge base, removed when the operator's own documents
+    # come (bot.knowledge.sample; migration 0012).
+    sample: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
 
 class KbChunkRow(Base):

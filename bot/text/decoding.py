@@ -1,6 +1,12 @@
 """A document file's bytes to text, by the encoding the file is really in.
 
-- A byte-order mark decides: UTF-8 (the mark removed), UTF-16 or UTF-32.
+- A byte-order mark decides (UTF-8, UTF-16 or UTF-32, the mark removed) when the bytes after
+  it are that encoding: UTF-16 of even length without a lone surrogate, UTF-32 of whole
+  code points, and text (at most one character in 20 a control or private-use character,
+  and for UTF-16 at least one ASCII character: a line break, a space, a digit). Bytes FF FE
+  also begin Windows-1252 and broken UTF-8 files ("\xff\xfe\xfa\x80 text..."), which read as
+  UTF-16 give a line of CJK characters without one ASCII character (that would need a NUL
+  byte); such a file is read by the rules below, the first bytes included.
 - Else UTF-8 when the bytes are UTF-8, and also when at least half of the non-ASCII bytes
   form valid UTF-8 characters: a UTF-8 file with a few stray bytes (a Windows-1252 word
   pasted in, a damaged byte) stays UTF-8, and each byte that is not UTF-8 becomes its
@@ -39,13 +45,53 @@ _HTML_LEGACY = frozenset(
 )
 
 
+# Characters no text is made of: C0 and C1 controls (tab, line breaks and form feed aside),
+# lone surrogates, private use, the noncharacters U+FFFE and U+FFFF.
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff\ue000-\uf8ff\ufffe\uffff]")
+_ASCII = re.compile(r"[\t\n\r\x20-\x7e]")
+# At most one character in this many may be one of _NOT_TEXT in a file read by its mark.
+_TEXT_RATIO = 20
+
+
 def decode_text(data: bytes) -> str:
     """`data` as text, by the rules in this module's docstring (HTML's `<meta>` aside)."""
+    marked = _by_byte_order_mark(data)
+    return _unmarked(data) if marked is None else marked
+
+
+def _by_byte_order_mark(data: bytes) -> str | None:
+    """The text after a byte-order mark the bytes bear out; None without one."""
     for bom, codec in _BOMS:
-        if data.startswith(bom):
-            if codec == "utf-8":
-                return _lenient_utf8(data[len(bom) :])
-            return data.decode(codec, errors="replace")
+        if not data.startswith(bom):
+            continue
+        if codec == "utf-8":  # the mark is valid UTF-8 itself: the rest is read by the rules
+            return _unmarked(data[len(bom) :])
+        text = _strict(data, codec)
+        if text is not None and _looks_like_text(text, ascii_needed=codec == "utf-16"):
+            return text
+    return None
+
+
+def _strict(data: bytes, codec: str) -> str | None:
+    """`data` in `codec` (its mark removed), None when it is not: an odd length or a lone
+    surrogate in UTF-16, a value over U+10FFFF in UTF-32."""
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        return None
+
+
+def _looks_like_text(text: str, *, ascii_needed: bool) -> bool:
+    """Counted by regular expressions, in C: a file can be 50 MB."""
+    if not text:
+        return True
+    if ascii_needed and _ASCII.search(text) is None:
+        return False
+    odd = len(text) - len(_NOT_TEXT.sub("", text))
+    return odd * _TEXT_RATIO <= len(text)
+
+
+def _unmarked(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -66,7 +112,9 @@ def decode_html(data: bytes) -> str:
 
 
 def has_byte_order_mark(data: bytes) -> bool:
-    return data.startswith(tuple(bom for bom, _ in _BOMS))
+    """Whether `data` begins with a byte-order mark that its bytes bear out (see
+    decode_text): a mark that does not is only the first bytes of the text."""
+    return _by_byte_order_mark(data) is not None
 
 
 def is_mostly_utf8(data: bytes, *, final: bool = True) -> bool:

@@ -9,11 +9,20 @@ start), and a user message with one failed every re-delivery of its webhook.
 `storable` replaces each NUL and each lone surrogate with U+FFFD, the replacement character:
 the text keeps its length and shows where something was, and nothing else changes (a valid
 surrogate pair never reaches Python as two code points, so only broken ones are touched).
+
+`storable_incoming` does it to a message's own texts at the door (the manager's submit), before
+anything reads them: a lone surrogate cannot be sent to a model server either (its tokenizer
+request is JSON, which httpx encodes as UTF-8), so cleaning only where the text is stored came
+too late.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import unicodedata
+
+from bot.types import Incoming
 
 REPLACEMENT = "\ufffd"
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -22,3 +31,40 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 def storable(text: str) -> str:
     """`text` with NUL and lone surrogates replaced by U+FFFD; unchanged if it has neither."""
     return _UNSTORABLE.sub(REPLACEMENT, text)
+
+
+def storable_incoming(incoming: Incoming) -> Incoming:
+    """`incoming` with its text, quoted reply and sender's name made `storable`; the same
+    object where none needed it."""
+    quoted = incoming.reply_to_text
+    texts = (incoming.text, quoted or "", incoming.user.display_name)
+    if all(storable(t) == t for t in texts):
+        return incoming
+    user = dataclasses.replace(incoming.user, display_name=storable(incoming.user.display_name))
+    return dataclasses.replace(
+        incoming,
+        text=storable(incoming.text),
+        reply_to_text=None if quoted is None else storable(quoted),
+        user=user,
+    )
+
+
+def text_problem(text: str, *, lines: bool = False) -> str | None:
+    """Why `text` cannot be kept as a site's setting, or None: a control character (NUL,
+    which PostgreSQL refuses, and any other, which no prompt or name needs; `lines` allows tab
+    and line breaks) or a lone surrogate (bytes that were not UTF-8, which no driver can
+    store). Says where, never the text itself (a prompt may be confidential)."""
+    for index, char in enumerate(text):
+        if lines and char in "\t\n\r":
+            continue
+        kind = unicodedata.category(char)
+        if kind not in ("Cc", "Cs"):
+            continue
+        line = text.count("\n", 0, index) + 1
+        column = index - (text.rfind("\n", 0, index) + 1) + 1
+        where = f" at line {line}, column {column}" if lines else f" at character {index + 1}"
+        if kind == "Cs":
+            return f"not UTF-8 text{where}"
+        allowed = "; only tabs and line breaks may be in it" if lines else ""
+        return f"control character U+{ord(char):04X}{where} cannot be stored{allowed}"
+    return None

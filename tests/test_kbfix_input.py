@@ -1,0 +1,141 @@
+"""`parley kb add` on input the database cannot keep, and on files that are not what their first
+bytes say (through the real CLI, on SQLite and PostgreSQL): one line each, the run goes on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from bot.knowledge.loaders import load, why_no_text
+from bot.text.decoding import decode_text, has_byte_order_mark
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/kb.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("PARLEY_DATABASE__URL", url)
+    monkeypatch.setenv("PARLEY_DATABASE__AUTO_MIGRATE", "true")
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+    yield url
+
+
+def test_a_path_too_long_to_store_fails_that_file_only(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep = tmp_path
+    while len(deep.as_posix()) < 1100:
+        deep = deep / ("d" * 200)
+    deep.mkdir(parents=True)
+    (tmp_path / "a.md").write_text("# A\n\nAardvarks.\n")
+    (deep / "emu.md").write_text("# Emu\n\nEmus.\n")
+    (tmp_path / "z.md").write_text("# Z\n\nZebras.\n")
+    status = main(
+        ["kb", "add", str(tmp_path / "a.md"), str(deep / "emu.md"), str(tmp_path / "z.md")]
+    )
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.out == "2 added, 0 updated, 0 unchanged, 1 failed\n"
+    assert "the knowledge base keeps; move or rename it" in captured.err
+    assert "database error" not in captured.err
+    assert main(["kb", "list"]) == 0
+    assert "2 documents" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("collection", "line"),
+    [
+        ("x" * 300, "parley: error: --collection: at most 255 characters"),
+        (
+            "a\x01b",
+            "parley: error: --collection: control character U+0001 at character 2 cannot be stored",
+        ),
+    ],
+)
+@pytest.mark.parametrize("action", [["add"], ["list"]])
+def test_a_collection_the_database_cannot_keep_is_refused_up_front(
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    collection: str,
+    line: str,
+    action: list[str],
+) -> None:
+    (tmp_path / "a.md").write_text("# A\n\nAardvarks.\n")
+    paths = [str(tmp_path / "a.md")] if action == ["add"] else []
+    assert main(["kb", *action, "--collection", collection, *paths]) == 2
+    assert capsys.readouterr().err.strip() == line
+    assert main(["kb", "list"]) == 0
+    assert "empty" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("data", "text"),
+    [
+        (
+            b"\xff\xfe\xfa\x80\x81 invalid utf8 text here about zebras\n",
+            "\xff\xfe\xfa\u20ac\ufffd invalid utf8 text here about zebras\n",
+        ),
+        (b"\xff\xfe# x", "\xff\xfe# x"),  # odd length: not UTF-16
+        (b"\xff\xfe\x00\xd8a\x00", "\xff\xfe\x00\xd8a\x00"),  # a lone surrogate: not UTF-16
+    ],
+)
+def test_a_byte_order_mark_the_bytes_do_not_bear_out_is_text(data: bytes, text: str) -> None:
+    assert decode_text(data) == text
+    assert not has_byte_order_mark(data)
+
+
+def test_real_utf16_and_utf32_files_keep_their_mark() -> None:
+    for text in ["# Zebras\n\nStriped.\n", "東京の地図\n", "\U0001f600 ok\n"]:
+        assert decode_text(text.encode("utf-16")) == text
+        assert decode_text(text.encode("utf-32")) == text
+        assert decode_text(b"\xef\xbb\xbf" + text.encode()) == text
+
+
+def test_binary_after_ff_fe_is_reported_as_binary() -> None:
+    from bot.knowledge.loaders import LoaderError
+
+    with pytest.raises(LoaderError, match="a binary file, not text"):
+        load(b"\xff\xfe" + bytes(range(32)) * 8, Path("f.md"))
+
+
+def test_the_zebra_file_is_added_as_its_bytes_say(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "f.txt"
+    f.write_bytes(b"\xff\xfe\xfa\x80\x81 invalid utf8 text here about zebras\n")
+    assert main(["kb", "add", str(f)]) == 0
+    capsys.readouterr()
+    assert main(["kb", "list"]) == 0
+    assert "1 documents" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("loop.md", b"# loop doc\n", "only headings, no text under them"),
+        ("front.md", b"---\ntitle: x\n---\n", "only front matter, no text"),
+        ("blank.md", b"\n \n", "only blank lines and spaces, no text"),
+        ("empty.txt", b"", "the file is empty"),
+    ],
+)
+def test_a_file_with_nothing_to_index_says_what_it_holds(
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    data: bytes,
+    reason: str,
+) -> None:
+    (tmp_path / name).write_bytes(data)
+    assert why_no_text(data, Path(name)) == reason
+    assert main(["kb", "add", str(tmp_path / name)]) == 1
+    assert f"{name}: {reason}" in capsys.readouterr().err
