@@ -5,11 +5,19 @@ never holds up shutdown); lines reach the event loop through a bounded queue (th
 when it is full). Each line is answered before the next is read, so piped lines get one
 answer each; a /stop or /reset typed while an answer streams goes in at once and stops it.
 The end of input ends the console only: other adapters of the same `parley run` go on.
+
+Bytes that are not in stdin's encoding are read as U+FFFD, never as an error or a lone
+surrogate. Once the reader of stdout has left (`parley chat | head -1`), the console reads no
+more: the answer it could not show stays pending (OutputGone), and leaving the console raises
+BrokenPipeError, which `parley` reports as any command whose reader left (exit 141, nothing
+printed). The console shows the answers of its own conversation only: one of another console
+conversation (left pending by an earlier run, and answered now) is recorded, not printed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 import threading
 import uuid
@@ -21,7 +29,7 @@ from typing import TYPE_CHECKING, Literal, Self, TextIO
 
 from bot.adapter_registry import AdapterSettings, AdapterSpec
 from bot.conversation.intake import Intake
-from bot.conversation.manager import stops_a_reply
+from bot.conversation.manager import OutputGone, stops_a_reply
 from bot.storage.base import Recorded
 from bot.types import ConversationKey, Incoming, User
 
@@ -49,7 +57,16 @@ SPEC = AdapterSpec(
 
 
 def create(host: AdapterHost, settings: ConsoleSettings) -> ConsoleAdapter:
-    return ConsoleAdapter(host.intake, settings, stdin=sys.stdin, stdout=sys.stdout)
+    return ConsoleAdapter(host.intake, settings, stdin=_replacing(sys.stdin), stdout=sys.stdout)
+
+
+def _replacing(stdin: TextIO) -> TextIO:
+    """stdin, with what its encoding cannot decode read as U+FFFD: by default Python raises
+    (the line was lost, and the console waited for ever) or, under the C locale, keeps each
+    such byte as a lone surrogate."""
+    if isinstance(stdin, io.TextIOWrapper):
+        stdin.reconfigure(errors="replace")
+    return stdin
 
 
 class ConsoleAdapter:
@@ -71,6 +88,7 @@ class ConsoleAdapter:
         self._interactive = stdin.isatty() if interactive is None else interactive
         self.key = ConversationKey(PLATFORM, settings.chat)
         self.user = User(PLATFORM, settings.user, settings.user)
+        self._gone = False  # the reader of stdout left
 
     async def __aenter__(self) -> Self:
         return self
@@ -81,7 +99,8 @@ class ConsoleAdapter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        return None
+        if self._gone and exc is None:  # the command's exit status says so (bot.cli: 141)
+            raise BrokenPipeError("the reader of the console's output left")
 
     async def is_admin(self, incoming: Incoming) -> bool:
         return True  # the person at the terminal runs the bot
@@ -89,6 +108,10 @@ class ConsoleAdapter:
     async def deliver(
         self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
     ) -> None:
+        if key != self.key:  # another console chat's answer (recover()): /history shows it
+            async for _ in chunks:
+                pass
+            return
         if self._interactive:
             self._write("parley> ")
         async for chunk in chunks:
@@ -96,6 +119,12 @@ class ConsoleAdapter:
         self._write("\n")
 
     async def run(self) -> None:
+        try:
+            await self._converse()
+        except OutputGone:  # a prompt not shown: nobody reads any more
+            return
+
+    async def _converse(self) -> None:
         lines = _stdin_lines(self._in)
         later: deque[str | None] = deque()  # read while an answer streamed, not yet sent
         if self._interactive:
@@ -111,6 +140,8 @@ class ConsoleAdapter:
                 recorded = await self._intake.submit(self._incoming(text))
                 if recorded is not None:  # the answer before the next prompt
                     await self._answered(recorded, lines, later)
+            if self._gone:  # the lines after it are not read: nobody would see their answers
+                return
 
     async def _answered(
         self, recorded: Recorded, lines: asyncio.Queue[str | None], later: deque[str | None]
@@ -146,8 +177,14 @@ class ConsoleAdapter:
         )
 
     def _write(self, text: str) -> None:
-        self._out.write(text)
-        self._out.flush()
+        if self._gone:
+            raise OutputGone(PLATFORM)
+        try:
+            self._out.write(text)
+            self._out.flush()
+        except BrokenPipeError:
+            self._gone = True
+            raise OutputGone(PLATFORM) from None
 
 
 def _stdin_lines(stream: TextIO) -> asyncio.Queue[str | None]:

@@ -58,6 +58,7 @@ from bot.skills.router import (
 )
 from bot.storage import keys
 from bot.storage.base import Cache, MessageKind, Recorded, Store, StoredMessage, TurnLease
+from bot.text.storable import storable_incoming
 from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 
 from .context import ContextLoader
@@ -106,6 +107,12 @@ _TURN: contextvars.ContextVar[TurnDelivery] = contextvars.ContextVar("parley_tur
 class NotServedHere(Exception):
     """The conversation's platform has no sink in this process: its turn is not run here
     (no attempt counted), and its messages stay pending for a worker that serves it."""
+
+
+class OutputGone(NotServedHere):
+    """Raised by a sink that can show nothing any more in this process (the console, once
+    the reader of its stdout left): the answer it was given is not shown, and its messages
+    stay pending, no attempt counted, for the next process that serves the platform."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +195,9 @@ class ConversationManager:
         whether the sender is over the rate limit, where the caller already counted it (the
         text may then be the caller's stub). `max_chars`: the size limit, where the caller
         checked the text against a cap of its own (a document's text), if it is larger."""
+        # First of all: a lone surrogate (a JSON escape, a byte no codec took) fails every
+        # encoding to UTF-8, the tokenizer request's before the database's.
+        incoming = storable_incoming(incoming)
         kind = MessageKind.CHAT
         limit = max(self._size_limit(incoming.text), max_chars or 0)
         too_long = len(incoming.text) > limit
@@ -230,6 +240,7 @@ class ConversationManager:
         """Keep a group message that is not for the bot, where the chat opted in (/keep on):
         recorded for "what did I miss" summaries, never answered, never in the context.
         None, and nothing written, where the chat does not keep its messages."""
+        incoming = storable_incoming(incoming)
         if self._skills is None:
             return None
         conversation_id = await self._store.conversation_id(incoming.key)
@@ -335,6 +346,8 @@ class ConversationManager:
                     return
         except Superseded:  # another worker runs it now; look again soon, in case it died
             self._later(work)
+        except OutputGone:  # the sink's own doing, and it knows: nothing to report
+            log.debug("conversation %s: the platform's output is gone; left pending", work.key)
         except NotServedHere:
             log.warning("conversation %s: its platform is not served here; left pending", work.key)
         except (StorageError, TimeoutError) as exc:
@@ -415,7 +428,10 @@ class ConversationManager:
         token = _TURN.set(turn)
         try:
             await self._turn(work, batch)
-        except (Superseded, NotServedHere):
+        except Superseded:
+            raise
+        except NotServedHere:
+            await turn.settle_failure()  # begun and nothing shown: cleared for the next try
             raise
         except Exception:
             await turn.settle_failure()
@@ -704,6 +720,8 @@ class ConversationManager:
 
         try:
             await self._relayed(work, relay(), batch, stopped)
+        except NotServedHere:
+            raise  # shown to nobody: left pending, not recorded as cut off
         except Exception as exc:
             _delivery_failed(work.key, exc)
             parts.append(await note_line(say, phrases.CUT_OFF))
@@ -780,7 +798,7 @@ class ConversationManager:
 
         try:
             await self._relayed(work, relay, batch, stopped)
-        except BackendError:
+        except (BackendError, NotServedHere):  # NotServedHere: shown to nobody, left pending
             raise
         except Exception as exc:
             if not _TURN.get().begun:
