@@ -50,11 +50,25 @@ EXIT_INTERRUPTED = 130
 EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
 # Libraries whose INFO lines are about their own machinery (migrations, HTTP requests): shown
 # only with --verbose, so they never land in the middle of a terminal chat.
-QUIET_LIBRARIES = ("alembic", "httpx", "httpcore", "telegram", "uvicorn", "vllm", "asyncio")
+QUIET_LIBRARIES = (
+    "alembic",
+    "httpx",
+    "httpcore",
+    "telegram",
+    "discord",
+    "uvicorn",
+    "vllm",
+    "asyncio",
+)
 # Libraries that log what they find wrong in a document they read (pypdf: "EOF marker not
 # found") as warnings: Parley says in its own line why a file failed, so below ERROR these
 # are shown with --verbose only.
 DOCUMENT_LIBRARIES = ("pypdf",)
+# Library loggers whose records, errors included, are about a failure the library then raises
+# and Parley reports in its own line: PTB logs a Bot API answer that is not JSON (a proxy's
+# "502 Bad Gateway" page) at ERROR with the page and a traceback before raising. Shown with
+# --verbose only.
+RAISING_LIBRARIES = ("telegram.request",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -184,6 +198,8 @@ def _setup_logging(settings: Settings, *, verbose: bool, quiet: bool) -> None:
 
 
 def _quiet_libraries(record: logging.LogRecord) -> bool:
+    if _from(record, RAISING_LIBRARIES):
+        return False
     if _from(record, DOCUMENT_LIBRARIES):
         return record.levelno >= logging.ERROR
     return record.levelno >= logging.WARNING or not _from(record, QUIET_LIBRARIES)

@@ -97,14 +97,21 @@ async def _check_database(settings: Settings, report: _Report) -> None:
 
 def _cannot_create(path: Path) -> str:
     """Why `path` and its missing folders cannot be made ("" when they can): the nearest
-    existing folder above it is a file, or this user may not write in it."""
+    existing folder above it is a file, this user may not write in it, or it is on a file
+    system that holds no files of its own (/proc, /sys: root may "write" there, by
+    os.access, but mkdir fails)."""
     existing = path.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
+    disk = os.statvfs(existing) if hasattr(os, "statvfs") else None  # not on Windows
+    if disk is not None and disk.f_flag & os.ST_RDONLY:
+        return f"{existing} is on a read-only file system"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"no permission to write in {existing}"
+    if disk is not None and disk.f_blocks == 0:  # no room at all: a kernel's virtual one
+        return f"nothing can be created in {existing} (a virtual file system of the kernel)"
     return ""
 
 

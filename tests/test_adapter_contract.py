@@ -71,7 +71,7 @@ async def _recorded_answers(harness: Harness) -> list[str]:
 async def test_a_sender_not_allowed_hears_it_once_and_nothing_is_kept(
     adapter: str, tmp_path: Path
 ) -> None:
-    async with HARNESSES[adapter](tmp_path, None, access={"allowed_users": ["someone"]}) as h:
+    async with HARNESSES[adapter](tmp_path, None, access={"allowed_users": ["4242"]}) as h:
         for text in ("hello", "are you there?", "/help"):
             await h.send(text)
         await h.idle()

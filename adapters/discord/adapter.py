@@ -76,6 +76,12 @@ MISSING_INTENT = (
 )
 
 
+TOKEN_REFUSED = (
+    "Discord refused the token (401 Unauthorized): check PARLEY_DISCORD__TOKEN "
+    "(developer portal -> your application -> Bot -> Reset Token)"
+)
+
+
 def create(host: AdapterHost, settings: DiscordSettings) -> DiscordAdapter:
     return DiscordAdapter(host, settings)
 
@@ -89,6 +95,34 @@ def _redis_client(settings: RedisSettings) -> Redis | None:
     return Redis.from_url(
         settings.url.get_secret_value(), socket_connect_timeout=timeout, socket_timeout=timeout
     )
+
+
+async def doctor(settings: DiscordSettings) -> str:
+    """`parley doctor`: a token is set and Discord takes it (GET /users/@me, the one call of
+    `Client.login`; no gateway connection)."""
+    if settings.token is None:
+        raise ConfigError("PARLEY_DISCORD__TOKEN is not set")
+    _without_voice()
+    client = discord.Client(intents=intents())
+    try:
+        await client.login(settings.token.get_secret_value())
+    except discord.LoginFailure:
+        raise AdapterError(TOKEN_REFUSED) from None
+    except (discord.HTTPException, OSError) as exc:
+        raise AdapterError(f"Discord cannot be reached: {exc}") from None
+    finally:
+        await client.close()
+    assert client.user is not None  # set by login
+    return f"bot {client.user.name} (id {client.user.id})"
+
+
+def _without_voice() -> None:
+    """Before a client is made: no warning that PyNaCl or davey is not installed ("voice will
+    NOT be supported"), which discord.py logs when it makes a client; Parley never joins a
+    voice channel. `VoiceClient.warn_nacl` is the switch discord.py points to for it
+    (Rapptz/discord.py#9220); the library turns both off itself once it warned."""
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
 
 
 def intents() -> discord.Intents:
@@ -149,6 +183,7 @@ class DiscordAdapter:
 
     @staticmethod
     def _client(settings: DiscordSettings) -> discord.Client:
+        _without_voice()
         if settings.shard_count is not None:
             if settings.shard_ids is None:  # every shard in this process
                 return discord.AutoShardedClient(
@@ -171,10 +206,7 @@ class DiscordAdapter:
             await self.client.login(self._settings.token.get_secret_value())
         except discord.LoginFailure:
             await self.client.close()
-            raise AdapterError(
-                "Discord refused the token (401 Unauthorized): check PARLEY_DISCORD__TOKEN "
-                "(developer portal -> your application -> Bot -> Reset Token)"
-            ) from None
+            raise AdapterError(TOKEN_REFUSED) from None
         except (discord.HTTPException, OSError) as exc:
             await self.client.close()
             raise AdapterError(f"Discord cannot be reached: {exc}") from None

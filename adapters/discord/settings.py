@@ -4,16 +4,22 @@ on documents are `[documents]`."""
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from bot.adapter_registry import AdapterSettings
 
 
+def _blank_is_unset(token: SecretStr | None) -> SecretStr | None:
+    # PARLEY_DISCORD__TOKEN= (an empty variable in a compose file) is no token, not one that
+    # Discord would refuse at every start.
+    return token if token is not None and token.get_secret_value().strip() else None
+
+
 class DiscordSettings(AdapterSettings):
     # The bot token from the developer portal (Bot tab). Never logged.
-    token: SecretStr | None = None
+    token: Annotated[SecretStr | None, AfterValidator(_blank_is_unset)] = None
     # Slash commands are synced to these guilds at start (instant, for development); empty:
     # globally (Discord may take up to an hour to show a global change).
     guild_ids: list[int] = Field(default_factory=list)

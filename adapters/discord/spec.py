@@ -12,4 +12,5 @@ SPEC = AdapterSpec(
     factory="adapters.discord.adapter:create",
     summary="Discord bot: DMs, server channels (mentions and replies), threads, slash commands",
     extra="discord",
+    doctor="adapters.discord.adapter:doctor",
 )

@@ -28,16 +28,19 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
+from starlette.responses import Response
+from starlette.routing import Route
 from telegram import Bot, BotCommand, ChatMember, ReplyParameters, Update
 from telegram.error import Forbidden, InvalidToken, NetworkError, TelegramError
 from telegram.warnings import PTBUserWarning
 
 from adapters.kit.actions import Ignore, Notice, Observe, Submit
+from adapters.kit.http import HttpHost
 from bot import phrases
 from bot.documents import DocumentSource
 from bot.errors import AdapterError, ConfigError, StorageError
 from bot.lru import Lru
-from bot.settings import RedisSettings
+from bot.settings import HttpSettings, RedisSettings
 from bot.skills.router import Command
 from bot.types import ConversationKey, Incoming
 
@@ -101,9 +104,13 @@ def _redis_client(settings: RedisSettings) -> Redis | None:
 
 
 async def doctor(settings: TelegramSettings) -> str:
-    """`parley doctor`: the token works (getMe) and the mode's settings are complete."""
+    """`parley doctor`: the webhook's path is free on Parley's HTTP server, and the token
+    works (getMe)."""
     if settings.token is None:
         raise ConfigError("PARLEY_TELEGRAM__TOKEN is not set")
+    if settings.mode == "webhook":
+        # The rule `parley run` applies when the route mounts (/healthz, /readyz are taken).
+        HttpHost(HttpSettings()).mount(Route(webhook_path(settings), Response()))
     with redacting(settings.token.get_secret_value()):
         bot = Bot(settings.token.get_secret_value(), base_url=settings.base_url)
         try:
@@ -112,8 +119,25 @@ async def doctor(settings: TelegramSettings) -> str:
         except InvalidToken:
             raise AdapterError("the Bot API refused the token (401 Unauthorized)") from None
         except NetworkError as exc:
-            raise AdapterError(f"the Bot API cannot be reached: {exc.message}") from None
+            raise AdapterError(f"the Bot API cannot be reached: {unreachable(exc)}") from None
+        except TelegramError as exc:  # an answer that is not JSON, a 429 ...
+            raise AdapterError(f"getMe failed: {exc.message}") from None
     return f"bot @{me.username} (id {me.id}), {settings.mode}"
+
+
+def webhook_path(settings: TelegramSettings) -> str:
+    """Where Parley's HTTP server takes the webhook's posts: the public URL's path."""
+    return urlsplit(settings.webhook_public_url or "").path or "/"
+
+
+def unreachable(exc: NetworkError) -> str:
+    """Why the Bot API could not be used, without the page that a proxy or gateway answered
+    instead of JSON (PTB quotes it whole: "Bad Gateway (502). Parsing the server response
+    b'<html>...' failed")."""
+    if isinstance(exc.__cause__, TelegramError):  # PTB's: the answer was not JSON
+        status = exc.message.partition(". Parsing the server response")[0]
+        return f"{status}, and the answer is not the Bot API's (not JSON)"
+    return exc.message
 
 
 class TelegramAdapter:
@@ -163,7 +187,7 @@ class TelegramAdapter:
             ) from None
         except NetworkError as exc:
             self._redaction.__exit__(None, None, None)
-            raise AdapterError(f"the Bot API cannot be reached: {exc.message}") from None
+            raise AdapterError(f"the Bot API cannot be reached: {unreachable(exc)}") from None
         user = self.application.bot.bot
         self._me = BotIdentity(user.id, user.username or "")
         await self._set_menu(self._host.router.commands)
@@ -289,9 +313,8 @@ class TelegramAdapter:
     def _webhook_route(self) -> Any:
         s = self._settings
         assert s.webhook_public_url is not None and s.webhook_secret_token is not None
-        path = urlsplit(s.webhook_public_url).path or "/"
         secret = s.webhook_secret_token.get_secret_value()
-        return webhook_route(self.read_webhook_body, self.act_on, secret, path)
+        return webhook_route(self.read_webhook_body, self.act_on, secret, webhook_path(s))
 
     async def _await_webhook(self) -> None:
         s = self._settings

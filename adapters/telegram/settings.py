@@ -34,11 +34,31 @@ def _secret_token(secret: SecretStr) -> SecretStr:
 
 
 SecretToken = Annotated[SecretStr, AfterValidator(_secret_token)]
+# A user's or chat's id (a group's is negative), as [telegram.access] takes them.
+_TELEGRAM_ID = re.compile(r"-?[0-9]+")
+# A bot token as BotFather gives it: the bot's id, a colon, then (today) 35 characters of
+# A-Z a-z 0-9 _ - ("110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw", core.telegram.org/bots/api).
+# The length is not checked: Telegram does not promise it.
+_BOT_TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]+")
+
+
+def _bot_token(token: SecretStr | None) -> SecretStr | None:
+    if token is None or not token.get_secret_value():  # empty: the same as unset
+        return None
+    if not _BOT_TOKEN.fullmatch(token.get_secret_value()):  # the token itself is never quoted
+        raise ValueError(
+            "not a bot token: BotFather's look like 123456789:AAH... (the bot's id, a colon, "
+            "then letters, digits, _ and -)"
+        )
+    return token
+
+
+BotToken = Annotated[SecretStr | None, AfterValidator(_bot_token)]
 
 
 class TelegramSettings(AdapterSettings):
     # From BotFather. Never logged; `parley config` shows it masked.
-    token: SecretStr | None = None
+    token: BotToken = None
     mode: Literal["polling", "webhook"] = "polling"
     # Webhook mode: the HTTPS URL Telegram posts to (behind your load balancer); its path is
     # where Parley's HTTP server ([http]) takes the posts.
@@ -60,4 +80,18 @@ class TelegramSettings(AdapterSettings):
                 "telegram.webhook_public_url and telegram.webhook_secret_token are required "
                 "when mode is webhook"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ids_are_numbers(self) -> Self:
+        # Telegram knows users and chats by number (a group's is negative); an @username or a
+        # typo would match no one, and an allow list of only that would lock everyone out.
+        rules = self.access
+        for name in ("allowed_users", "blocked_users", "allowed_chats", "blocked_chats", "admins"):
+            wrong = [i for i in getattr(rules, name) if not _TELEGRAM_ID.fullmatch(i)]
+            if wrong:
+                raise ValueError(
+                    f"telegram.access.{name}: {', '.join(map(repr, wrong))} is not a Telegram "
+                    "id (a number, as @userinfobot shows it; @usernames are not taken)"
+                )
         return self
