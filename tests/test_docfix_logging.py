@@ -84,6 +84,27 @@ async def test_a_bot_api_answering_a_proxy_page_is_one_line_without_the_page(
         assert any("ERROR telegram.request" in line for line in err)  # shown when asked for
 
 
+async def test_run_against_a_proxy_page_retries_without_quoting_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each retry of getMe logged "Bad Gateway (502). Parsing the server response b'<html>...'
+    failed; retry N": the retries say why without the page, then one line and exit 3."""
+    async with serving(_bad_gateway()) as port:
+        monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/d.db")
+        monkeypatch.setenv("PARLEY_ADAPTERS", "telegram")
+        monkeypatch.setenv("PARLEY_TELEGRAM__TOKEN", TOKEN)
+        monkeypatch.setenv("PARLEY_TELEGRAM__BASE_URL", f"http://127.0.0.1:{port}/bot")
+        code, _, err = await _parley(capsys, "run")
+    assert code == 3
+    assert not any("502 Bad Gateway" in line or "Parsing" in line for line in err), err
+    assert err[-1] == (
+        "parley: error: the telegram adapter could not start: the Bot API cannot be reached: "
+        "Bad Gateway (502), and the answer is not the Bot API's (not JSON)"
+    )
+    retries = [line for line in err if "; retry " in line]
+    assert retries and all("not the Bot API's (not JSON); retry" in line for line in retries)
+
+
 async def test_discord_logs_no_info_lines_nor_voice_warnings_without_verbose(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

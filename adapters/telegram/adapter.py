@@ -45,7 +45,7 @@ from bot.skills.router import Command
 from bot.types import ConversationKey, Incoming
 
 from .build import TelegramApp, build_application, redacting
-from .limits import FloodGate, Limits
+from .limits import FloodGate, Limits, unreachable
 from .polling import WINDOW_MAX, Backlog
 from .settings import TelegramSettings
 from .stream import ReplyStream, Target
@@ -128,16 +128,6 @@ async def doctor(settings: TelegramSettings) -> str:
 def webhook_path(settings: TelegramSettings) -> str:
     """Where Parley's HTTP server takes the webhook's posts: the public URL's path."""
     return urlsplit(settings.webhook_public_url or "").path or "/"
-
-
-def unreachable(exc: NetworkError) -> str:
-    """Why the Bot API could not be used, without the page that a proxy or gateway answered
-    instead of JSON (PTB quotes it whole: "Bad Gateway (502). Parsing the server response
-    b'<html>...' failed")."""
-    if isinstance(exc.__cause__, TelegramError):  # PTB's: the answer was not JSON
-        status = exc.message.partition(". Parsing the server response")[0]
-        return f"{status}, and the answer is not the Bot API's (not JSON)"
-    return exc.message
 
 
 class TelegramAdapter:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from telegram.error import BadRequest, NetworkError, RetryAfter
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 from telegram.ext import BaseRateLimiter
 from telegram.warnings import PTBDeprecationWarning
 
@@ -169,7 +169,7 @@ class FloodGate(BaseRateLimiter[int]):
                 if isinstance(exc, BadRequest) or network_failures >= NETWORK_RETRIES:
                     raise
                 network_failures += 1
-                log.warning("%s: %s; retry %d", endpoint, exc, network_failures)
+                log.warning("%s: %s; retry %d", endpoint, unreachable(exc), network_failures)
                 await asyncio.sleep(2.0 ** (network_failures - 1))
 
 
@@ -181,6 +181,16 @@ class _Turn:
 
 def _no_slot() -> contextlib.AbstractAsyncContextManager[None]:
     return contextlib.nullcontext()
+
+
+def unreachable(exc: NetworkError) -> str:
+    """Why the Bot API could not be used, without the page that a proxy or gateway answered
+    instead of JSON (PTB quotes it whole: "Bad Gateway (502). Parsing the server response
+    b'<html>...' failed")."""
+    if isinstance(exc.__cause__, TelegramError):  # PTB's: the answer was not JSON
+        status = exc.message.partition(". Parsing the server response")[0]
+        return f"{status}, and the answer is not the Bot API's (not JSON)"
+    return exc.message
 
 
 def retry_after_s(exc: RetryAfter) -> float:
