@@ -133,11 +133,13 @@ class HandoffTurns:
         """While a person has it: store each message's sentiment, and hand it to the agent
         with its translation into the agent's language."""
         rows = []
+        _, language = await self.status(conversation_id)  # cached: the manager just read it
         for message in batch:
             sentiment = offline_sentiment(message.content)
             rows.append(Signal(message.id, sentiment))
+            written_in = language or await self._translator.sender_language(message.id)
             translated = await self._translator.into(
-                message.content, self._settings.agent_language, str(key)
+                message.content, self._settings.agent_language, str(key), written_in=written_in
             )
             self.desk.publish(
                 DeskEvent(
@@ -154,7 +156,10 @@ class HandoffTurns:
     ) -> tuple[str, Translated, Author]:
         """The text the customer gets for an agent's message: the translation, marked as
         such, or the message itself where none was needed or possible."""
-        translated = await self._translator.into(message.content, customer_language, str(key))
+        translated = await self._translator.into(
+            message.content, customer_language, str(key),
+            written_in=self._settings.agent_language,
+        )  # fmt: skip
         author = Author(message.user_display_name or "agent", message.content, translated.source)
         if not translated.text:
             return message.content, translated, author
