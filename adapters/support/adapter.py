@@ -23,7 +23,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from bot.conversation.manager import OutputAway
 from bot.conversation.sink import Author, current_author
+from bot.outage import Outage, is_outage
 from bot.settings import RedisSettings
 from bot.storage.base import Cache
 from bot.storage.cache import build_cache
@@ -35,7 +37,7 @@ from .agent_api import AgentApi, StreamBridge
 from .api import Handler, SupportApi, endpoint
 from .auth import PLATFORM, Authenticator, cors_headers, preflight_headers
 from .errors import ApiError, forbidden
-from .events import EventLog, Outbox, build_event_log
+from .events import EventLog, LogUnreachable, Outbox, build_event_log
 from .history import SupportHistory, delivered
 from .schemas import AgentEvent
 from .settings import SupportSettings
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 
 # Seconds a call waits for a free Redis connection before it fails.
 POOL_WAIT_S = 10.0
+# Seconds between looks at an event log found out of reach; answers wait for it meanwhile.
+LOG_RETRY_S = 2.0
 
 
 def create(host: AdapterHost, settings: SupportSettings) -> SupportAdapter:
@@ -99,6 +103,8 @@ class SupportAdapter:
             ttl_s=settings.events_ttl_s,
             listener=self._listening,
         )
+        # Redis for the event log: answers wait while it is out of reach (see deliver).
+        self._log_outage = Outage(LOG_RETRY_S, meanwhile="web-chat answers wait", logger=log)
         self.sites = SiteStore(self._engine)
         self.directory = SiteDirectory(self.sites)
         signer = TokenSigner(load_secret(settings.token_secret), settings.token_ttl_s)
@@ -208,32 +214,64 @@ class SupportAdapter:
             await self._deliver_agent(key, author, chunks)
             return
         answered = await self.api.message_id(key, reply_to)
+        await self._log_reachable(conversation)
         outbox = Outbox(self.events, conversation)
-        parts: list[str] = []
         try:
-            pending = aiter(chunks)
-            async for chunk in pending:
-                if not chunk:
-                    continue
-                if not parts and chunk in answers.notice_texts():
-                    rest = [c async for c in pending if c]
-                    if not rest:  # the core's sentence, said whole: a notice, not an answer
-                        outbox.put("notice", {"text": chunk})
-                        return
-                    parts.extend([chunk, *rest])
-                    outbox.put("delta", {"reply_to": answered, "text": "".join(parts)})
-                    break
-                parts.append(chunk)
-                outbox.put("delta", {"reply_to": answered, "text": chunk})
-            text = "".join(parts)
-            final = {"reply_to": answered, "text": text, "sources": answers.sources(text)}
-            outbox.put("answer", final)
-        finally:
-            await outbox.close()
-            # A message never kept (a sender not allowed gets a notice) was not erased.
-            if answered is not None and await self.api.erased_meanwhile(key, reply_to):
-                # Erased while streaming: what was appended since must not outlive it.
-                await self.events.erase(conversation)
+            try:
+                await self._put_answer(outbox, chunks, answered)
+            finally:
+                await outbox.close()
+        except LogUnreachable as exc:
+            # Left pending for the sweep to answer afresh once the log is back: an answer
+            # nobody may ever see is neither recorded nor cut off (its first delta then tells
+            # the client to drop what got out of this one).
+            self._log_outage.failed(exc.__cause__ or exc)
+            raise OutputAway(PLATFORM) from exc
+        self._log_outage.succeeded()
+        # A message never kept (a sender not allowed gets a notice) was not erased.
+        if answered is not None and await self.api.erased_meanwhile(key, reply_to):
+            # Erased while streaming: what was appended since must not outlive it.
+            await self.events.erase(conversation)
+
+    async def _put_answer(
+        self, outbox: Outbox, chunks: AsyncIterator[str], answered: str | None
+    ) -> None:
+        """The answer's events: its deltas (`first` on the first of this attempt, so a client
+        drops what an earlier attempt showed) and the `answer`, or one `notice`."""
+        parts: list[str] = []
+        pending = aiter(chunks)
+        async for chunk in pending:
+            if not chunk:
+                continue
+            if not parts and chunk in answers.notice_texts():
+                rest = [c async for c in pending if c]
+                if not rest:  # the core's sentence, said whole: a notice, not an answer
+                    outbox.put("notice", {"text": chunk})
+                    return
+                parts.extend([chunk, *rest])
+                text = "".join(parts)
+                outbox.put("delta", {"reply_to": answered, "text": text, "first": True})
+                break
+            parts.append(chunk)
+            outbox.put("delta", {"reply_to": answered, "text": chunk, "first": len(parts) == 1})
+        text = "".join(parts)
+        outbox.put("answer", {"reply_to": answered, "text": text, "sources": answers.sources(text)})
+
+    async def _log_reachable(self, conversation: str) -> None:
+        """While the event log is out of reach a turn waits (OutputAway) without asking the
+        model, except for one look at the log every LOG_RETRY_S."""
+        if not self._log_outage.down:
+            return
+        if not self._log_outage.should_try():
+            raise OutputAway(PLATFORM)
+        try:
+            await self.events.latest(conversation)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._log_outage.failed(exc)
+            raise OutputAway(PLATFORM) from exc
+        self._log_outage.succeeded()
 
     async def _deliver_agent(
         self, key: ConversationKey, author: Author, chunks: AsyncIterator[str]

@@ -32,6 +32,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from bot.outage import is_outage
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -44,6 +46,11 @@ READ_BATCH = 200
 MAX_CARRIED_BATCHES = 64
 # Conversations whose events the in-memory log keeps (least recently used ones go first).
 MEMORY_CONVERSATIONS = 50_000
+
+
+class LogUnreachable(Exception):
+    """An append failed because the log (Redis) is out of reach or did not answer in time;
+    raised from the driver's error. Events of that append may or may not be in the log."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +414,8 @@ class Outbox:
         self._sending: asyncio.Task[None] | None = None
 
     def put(self, name: str, data: dict[str, Any]) -> None:
+        """Queue an event; raises what an earlier append raised (LogUnreachable: the log is
+        out of reach), so that the answer stops being streamed into nowhere."""
         last = self._pending[-1] if self._pending else None
         if name == "delta" and last is not None and last[0] == "delta":
             last[1]["text"] += data["text"]
@@ -428,4 +437,9 @@ class Outbox:
     async def _send(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            await self._log.append(self._conversation, batch)
+            try:
+                await self._log.append(self._conversation, batch)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise LogUnreachable(type(exc).__name__) from exc
+                raise

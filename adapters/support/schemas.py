@@ -91,6 +91,9 @@ class ErrorBody(BaseModel):
 class DeltaEvent(BaseModel):
     reply_to: str | None
     text: str = Field(description="the new text only")
+    first: bool = Field(
+        description="the first delta of an attempt at this answer: drop the text shown so far"
+    )
 
 
 class AnswerEvent(BaseModel):

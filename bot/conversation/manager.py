@@ -115,6 +115,13 @@ class OutputGone(NotServedHere):
     stay pending, no attempt counted, for the next process that serves the platform."""
 
 
+class OutputAway(NotServedHere):
+    """Raised by a sink that cannot show anything for now because a service it needs is out
+    of reach (the support channel's event log, in Redis), and that says so itself: its
+    messages stay pending, no attempt counted, and the sweep runs the turn again (the sink
+    starts the answer afresh: it takes the place of whatever part of it got out)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Work:
     conversation_id: int
@@ -346,7 +353,7 @@ class ConversationManager:
                     return
         except Superseded:  # another worker runs it now; look again soon, in case it died
             self._later(work)
-        except OutputGone:  # the sink's own doing, and it knows: nothing to report
+        except (OutputGone, OutputAway):  # the sink's own doing, and it told: nothing to add
             log.debug("conversation %s: the platform's output is gone; left pending", work.key)
         except NotServedHere:
             log.warning("conversation %s: its platform is not served here; left pending", work.key)

@@ -674,6 +674,9 @@ textarea:focus-visible { outline-offset: 0; }
       const entry = reply(d.reply_to);
       if (entry.final) return;
       if (d.reply_to && !state.unfinished.has(d.reply_to)) state.unfinished.set(d.reply_to, before || "0-0");
+      // An attempt at the answer starts again (a worker took over one that stopped, or the
+      // event log was out of reach): what the earlier attempt showed goes.
+      if (d.first === true) entry.text = "";
       entry.text += String(d.text ?? "");
       paint(entry);
     },
