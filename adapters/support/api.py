@@ -36,7 +36,15 @@ from bot.storage.base import Cache
 from bot.text.storable import storable
 from bot.types import Incoming, User
 
-from .auth import PLATFORM, Authenticator, Caller, bearer, check_origin, cors_headers, origin_of
+from .auth import (
+    PLATFORM,
+    Authenticator,
+    Caller,
+    answer_origin,
+    bearer,
+    check_origin,
+    cors_headers,
+)
 from .bodies import idempotency_key, int_param, read_body
 from .errors import ApiError, error_types, forbidden, internal, is_outage, unauthorized, unavailable
 from .events import EventLog, stream, valid_event_id
@@ -63,23 +71,19 @@ KNOWN_IDS = 50_000
 
 
 def endpoint(handler: Handler, origins: Callable[[], Collection[str]] | None = None) -> Handler:
-    """Errors as JSON, and the CORS header for an origin the caller's site allows. A failure
-    that is no ApiError (the database or Redis out of reach: 503; a bug: 500) gets the CORS
-    header also for an origin that `origins` (every site's, as last loaded) lists, as an
-    unknown path does: it names no site, and the page can read that it should retry."""
+    """Errors as JSON, with the CORS header that `answer_origin` names: a success's for the
+    caller's site's origin; an error's also for an origin that `origins` (every site's, as
+    last loaded) lists, since an error may come before the site is known (a bad token, a
+    bad body), and the page must read it to renew its token or give up."""
 
     async def wrapped(request: Request) -> Response:
-        origin: str | None = None
+        listed: Collection[str] = ()  # a success: only the caller's site's origin
         try:
             response = await handler(request)
-        except ApiError as exc:
-            response = exc.response()
         except Exception as exc:
-            response = failed(request, exc)
-            listed = origin_of(request)
-            if origins is not None and listed is not None and listed in origins():
-                origin = listed
-        origin = getattr(request.state, "cors_origin", None) or origin
+            response = exc.response() if isinstance(exc, ApiError) else failed(request, exc)
+            listed = origins() if origins is not None else ()
+        origin = answer_origin(request, listed)
         if origin is not None:
             response.headers.update(cors_headers(origin))
         return response
@@ -245,6 +249,8 @@ class SupportApi:
         caller = await self._auth.caller(request, request.query_params.get("visitor_id"))
         for conversation_id in await self._history.erase(caller.key, caller.user_id):
             await self._cache.delete(keys.window(conversation_id))
+            # The handoff's cached state holds the agent's name and the visitor's language.
+            await self._cache.delete(keys.handoff(conversation_id))
         await self._events.erase(caller.conversation)
         return Response(status_code=204)
 

@@ -3,12 +3,15 @@ which site, from which browser Origin; and the CORS headers that origin may get.
 
 A browser request carries an Origin, and it must be one of the caller's site's origins
 (otherwise 403, with no CORS header, so the browser does not let the page read it). A request
-without Origin is a server's: only a server key may make a visitor for it.
+without Origin is a server's: only a server key may make a visitor for it. An error that
+comes before the site is known (a bad or expired token, a bad body) names the request's
+origin when some site lists it: the widget must read a 401 to renew its token.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -85,6 +88,7 @@ def check_origin(request: Request, site: Site) -> None:
     if origin is None:
         return
     if origin not in site.origins:
+        request.state.origin_refused = True  # its answer gets no CORS header (answer_origin)
         raise forbidden(f"the origin {origin} is not allowed for this site")
     request.state.cors_origin = origin
 
@@ -135,6 +139,17 @@ class Authenticator:
         await self._directory.refresh()
         origin = origin_of(request)
         return origin if origin and origin in self._directory.all_origins else None
+
+
+def answer_origin(request: Request, listed: Collection[str] = ()) -> str | None:
+    """The origin an answer's CORS header names: the caller's site's, once checked; for an
+    error before that (a bad token or body), the request's origin when `listed` (every
+    site's) has it, unless the caller's site refused that origin (403 unreadable)."""
+    checked: str | None = getattr(request.state, "cors_origin", None)
+    if checked is not None or getattr(request.state, "origin_refused", False):
+        return checked
+    origin = origin_of(request)
+    return origin if origin is not None and origin in listed else None
 
 
 def cors_headers(origin: str) -> dict[str, str]:

@@ -38,7 +38,8 @@ async def read_body(
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
     try:
-        return model.model_validate(data)
+        # Strict: JSON has its own types; "yes" or 1 is no boolean, nor 5 a string.
+        return model.model_validate(data, strict=True)
     except ValidationError as exc:
         raise invalid(exc) from None
 

@@ -8,8 +8,9 @@ answer), as role `agent`, in the shape of the stream's `agent` event: the agent'
 text without the core's mark, `translated` and the original. An agent's message not yet
 delivered is not shown: the visitor has not seen it.
 
-Erasure deletes the conversation's messages (and what hangs off them), the visitor's user row
-and every trace of the visitor in the conversation row: its chat id becomes an opaque
+Erasure deletes the conversation's messages (and what hangs off them), the visitor's user row,
+its daily token usage (its site's usage keeps the totals) and every trace of the visitor in
+the conversation row: its chat id becomes an opaque
 tombstone and its summary is cleared. The row itself stays so that its id is never given to
 another conversation (SQLite reuses the highest deleted rowid), whose context window could
 otherwise be served from a cache of the erased one.
@@ -28,10 +29,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot import phrases
+from bot.budget import subjects_of
 from bot.handoff.models import HandoffStateRow
 from bot.storage.base import MessageKind
 from bot.storage.database import run_on_connection
-from bot.storage.models import ConversationRow, MessageRow, UserRow
+from bot.storage.models import ConversationRow, MessageRow, TokenUsageRow, UserRow
 from bot.types import ConversationKey, Role
 
 from . import answers
@@ -230,4 +232,12 @@ class SupportHistory:
                 UserRow.platform == key.platform, UserRow.external_id == user_id
             )
         )
+        # The visitor's daily token usage goes too; its site's rows, which counted the same
+        # turns, keep the totals (bot.budget.subjects_of).
+        t = TokenUsageRow
+        for subject in subjects_of(key, user_id):
+            if subject.scope == "user":
+                await conn.execute(
+                    sa.delete(t).where(t.scope == subject.scope, t.subject == subject.name)
+                )
         return [int(i) for i in ids]

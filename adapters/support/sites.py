@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.errors import ConfigError
 from bot.knowledge.types import check_collection
+from bot.phrases import base_language
+from bot.text.languages import NAMES
 from bot.text.storable import text_problem
 from bot.types import utcnow
 
@@ -98,6 +100,8 @@ def check_languages(languages: Sequence[str]) -> None:
     for language in languages:
         if not LANGUAGE.fullmatch(language):
             raise ConfigError(f"not a language tag: {language[:100]!r} (e.g. en, pt-BR)")
+        if base_language(language) not in NAMES:
+            raise ConfigError(f"unknown language: {language[:100]!r} (e.g. en, pt-BR)")
 
 
 def _check_text(what: str, text: str, *, lines: bool = False) -> None:

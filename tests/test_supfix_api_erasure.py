@@ -1,0 +1,121 @@
+"""Erasing a visitor (DELETE /v1/visitor) over real PostgreSQL and Redis also removes its daily
+token usage (its site's usage keeps the totals) and the cached handoff state of its
+conversation (the agent's name, the visitor's language); and the agent API's booleans take
+only JSON booleans. The real app and adapter over HTTP; the model is scripted."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import date, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from bot.storage import keys, migrate
+from bot.storage.models import ConversationRow
+from bot.storage.usage import Subject, UsageLog
+from tests.doubles import ScriptedBackend
+from tests.support_helpers import Worker, bearer, last_user_text, new_visitor, support_worker
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture
+async def worker(postgres_url: str, redis_url: str, key_prefix: str) -> AsyncIterator[Worker]:
+    await migrate.upgrade(postgres_url)
+    backend = ScriptedBackend(lambda r: f"You said {last_user_text(r)}")
+    async with support_worker(
+        postgres_url, redis_url=redis_url, key_prefix=key_prefix, backend=backend
+    ) as w:
+        yield w
+
+
+async def server_key(worker: Worker, site: str) -> dict[str, str]:
+    _, secret = await worker.adapter.sites.add_key(site)
+    await worker.adapter.directory.refresh(force=True)
+    return bearer(secret)
+
+
+async def usage_of(worker: Worker, subject: Subject) -> list[int]:
+    """The subject's tokens per day, as `parley usage --user` reads them."""
+    await worker.app.budgets.usage.flush()  # written behind: what was counted is in SQL now
+    since = date.today() - timedelta(days=2)
+    lines = await UsageLog(worker.app.store.engine).report(since, subject)
+    return [line.spent.tokens for line in lines]
+
+
+async def conversation_id(worker: Worker, chat_id: str) -> int:
+    c = ConversationRow
+    async with worker.app.store.engine.connect() as conn:
+        found = await conn.scalar(sa.select(c.id).where(c.chat_id == chat_id))
+    assert found is not None
+    return int(found)
+
+
+async def test_supfix_erasure_removes_the_visitors_usage_and_keeps_the_sites(
+    worker: Worker,
+) -> None:
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        auth = bearer(visitor["token"])
+        sent = await client.post("/v1/messages", headers=auth, json={"text": "my order"})
+        assert sent.status_code == 202, sent.text
+        await worker.adapter.idle()
+        user = Subject("user", f"support:shop:{visitor['visitor_id']}")
+        shop = Subject("site", "shop")
+        assert await usage_of(worker, user) and await usage_of(worker, shop)
+        site_tokens = await usage_of(worker, shop)
+        erased = await client.delete("/v1/visitor", headers=auth)
+    assert erased.status_code == 204
+    assert await usage_of(worker, user) == []
+    assert await usage_of(worker, shop) == site_tokens  # the totals, without the visitor's id
+    report = await UsageLog(worker.app.store.engine).report(date.today() - timedelta(days=2))
+    assert not any(visitor["visitor_id"] in line.subject.name for line in report)
+
+
+async def test_supfix_erasure_drops_the_cached_handoff_state(worker: Worker) -> None:
+    site = await worker.add_site("shop")
+    agent = await server_key(worker, "shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        who, auth = visitor["visitor_id"], bearer(visitor["token"])
+        sent = await client.post("/v1/messages", headers=auth, json={"text": "hello"})
+        assert sent.status_code == 202, sent.text
+        await worker.adapter.idle()
+        taken = await client.post(
+            "/v1/handoff/take", headers=agent, json={"visitor_id": who, "agent": "Dana"}
+        )
+        assert taken.status_code == 200, taken.text
+        cached = keys.handoff(await conversation_id(worker, f"shop:{who}"))
+        assert await worker.app.cache.get(cached) is not None  # the agent's name is cached
+        erased = await client.delete("/v1/visitor", headers=auth)
+    assert erased.status_code == 204
+    assert await worker.app.cache.get(cached) is None
+
+
+@pytest.mark.parametrize(
+    "force", ["yes", 1, "true", "1"], ids=["yes", "one", "true-text", "one-text"]
+)
+async def test_supfix_the_agent_api_takes_only_a_json_boolean(
+    worker: Worker, force: object
+) -> None:
+    site = await worker.add_site("shop")
+    agent = await server_key(worker, "shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        sent = await client.post(
+            "/v1/messages", headers=bearer(visitor["token"]), json={"text": "hello"}
+        )
+        assert sent.status_code == 202, sent.text
+        body = {"visitor_id": visitor["visitor_id"], "agent": "Dana", "force": force}
+        refused = await client.post("/v1/handoff/take", headers=agent, json=body)
+        assert refused.status_code == 422, refused.text
+        assert refused.json() == {
+            "error": {
+                "code": "invalid_request",
+                "message": "force: Input should be a valid boolean",
+            }
+        }
+        taken = await client.post("/v1/handoff/take", headers=agent, json={**body, "force": True})
+    assert taken.status_code == 200, taken.text
