@@ -8,7 +8,7 @@ The end of input ends the console only: other adapters of the same `parley run` 
 
 Bytes that are not in stdin's encoding are read as U+FFFD, never as an error or a lone
 surrogate. Once the reader of stdout has left (`parley chat | head -1`), the console reads no
-more: the answer it could not show stays pending (OutputGone), and leaving the console raises
+more: the answer it could not show stays pending (OutputAway), and leaving the console raises
 BrokenPipeError, which `parley` reports as any command whose reader left (exit 141, nothing
 printed). The console shows the answers of its own conversation only: one of another console
 conversation (left pending by an earlier run, and answered now) is recorded, not printed.
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Literal, Self, TextIO
 
 from bot.adapter_registry import AdapterSettings, AdapterSpec
 from bot.conversation.intake import Intake
-from bot.conversation.manager import OutputGone, stops_a_reply
+from bot.conversation.manager import OutputAway, stops_a_reply
 from bot.storage.base import Recorded
 from bot.types import ConversationKey, Incoming, User
 
@@ -121,7 +121,7 @@ class ConsoleAdapter:
     async def run(self) -> None:
         try:
             await self._converse()
-        except OutputGone:  # a prompt not shown: nobody reads any more
+        except OutputAway:  # a prompt not shown: nobody reads any more
             return
 
     async def _converse(self) -> None:
@@ -178,13 +178,13 @@ class ConsoleAdapter:
 
     def _write(self, text: str) -> None:
         if self._gone:
-            raise OutputGone(PLATFORM)
+            raise OutputAway(PLATFORM)
         try:
             self._out.write(text)
             self._out.flush()
         except BrokenPipeError:
             self._gone = True
-            raise OutputGone(PLATFORM) from None
+            raise OutputAway(PLATFORM) from None
 
 
 def _stdin_lines(stream: TextIO) -> asyncio.Queue[str | None]:

@@ -52,6 +52,23 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def kb_cli_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The database `parley kb ...` commands run on (a SQLite file, then PostgreSQL), set in
+    the environment as an operator would, with full-text search only (no embedding model)."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/kb.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("PARLEY_DATABASE__URL", url)
+    monkeypatch.setenv("PARLEY_DATABASE__AUTO_MIGRATE", "true")
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+    return url
+
+
 @pytest.fixture
 async def pg_stores(postgres_url: str) -> AsyncIterator[tuple[SqlStore, SqlStore, str]]:
     """Two stores (two worker processes) on one fresh, migrated PostgreSQL database."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,3 +197,24 @@ class GatedBackend:
 
 def last_user_text(request: GenerationRequest) -> str:
     return [m for m in request.messages if m.role is Role.USER][-1].content
+
+
+# The translate template's first line (config/prompts/translate.j2); the operator's system
+# prompt comes before it.
+TRANSLATE = re.compile(r"^Translate the user message from .+? into (\w+)\.", re.MULTILINE)
+
+
+def translating(translations: Mapping[tuple[str, str], str]) -> Callable[[GenerationRequest], str]:
+    """A scripted model that translates what `translations` knows ((target language, text) ->
+    translation) when the core asks it to, gives back any other text as it was (already in
+    that language), and otherwise answers "You said ..." to the customer."""
+
+    def answer(request: GenerationRequest) -> str:
+        first = request.messages[0]
+        asked = TRANSLATE.search(first.content) if first.role is Role.SYSTEM else None
+        text = last_user_text(request)
+        if asked:
+            return translations.get((asked.group(1), text), text)
+        return f"You said {text}"
+
+    return answer

@@ -60,16 +60,21 @@ def _bad_gateway() -> Starlette:
     return Starlette(routes=[Route("/{path:path}", page, methods=["GET", "POST"])])
 
 
+def _telegram_at(port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Telegram adapter, on a Bot API at `port`."""
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/d.db")
+    monkeypatch.setenv("PARLEY_ADAPTERS", "telegram")
+    monkeypatch.setenv("PARLEY_TELEGRAM__TOKEN", TOKEN)
+    monkeypatch.setenv("PARLEY_TELEGRAM__BASE_URL", f"http://127.0.0.1:{port}/bot")
+
+
 async def test_a_bot_api_answering_a_proxy_page_is_one_line_without_the_page(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """PTB logs "Can not load invalid JSON data: <the page>" at ERROR with a 20-line
     JSONDecodeError traceback before raising; the doctor line quoted the page too."""
     async with serving(_bad_gateway()) as port:
-        monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/d.db")
-        monkeypatch.setenv("PARLEY_ADAPTERS", "telegram")
-        monkeypatch.setenv("PARLEY_TELEGRAM__TOKEN", TOKEN)
-        monkeypatch.setenv("PARLEY_TELEGRAM__BASE_URL", f"http://127.0.0.1:{port}/bot")
+        _telegram_at(port, tmp_path, monkeypatch)
         code, out, err = await _parley(capsys, "doctor")
         assert code == 1
         assert err == []
@@ -90,10 +95,7 @@ async def test_run_against_a_proxy_page_retries_without_quoting_it(
     """Each retry of getMe logged "Bad Gateway (502). Parsing the server response b'<html>...'
     failed; retry N": the retries say why without the page, then one line and exit 3."""
     async with serving(_bad_gateway()) as port:
-        monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/d.db")
-        monkeypatch.setenv("PARLEY_ADAPTERS", "telegram")
-        monkeypatch.setenv("PARLEY_TELEGRAM__TOKEN", TOKEN)
-        monkeypatch.setenv("PARLEY_TELEGRAM__BASE_URL", f"http://127.0.0.1:{port}/bot")
+        _telegram_at(port, tmp_path, monkeypatch)
         code, _, err = await _parley(capsys, "run")
     assert code == 3
     assert not any("502 Bad Gateway" in line or "Parsing" in line for line in err), err

@@ -7,18 +7,16 @@ translator at the backend seam, and the help desk a webhook receiver over real H
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from httpx_sse import ServerSentEvent
 
-from backends.base import GenerationRequest
 from bot.storage import migrate
-from bot.types import Role
 from tests.doubles import ScriptedBackend
 from tests.support_helpers import (
+    TRANSLATE,
     EventReader,
     Worker,
     bearer,
@@ -27,6 +25,7 @@ from tests.support_helpers import (
     new_visitor,
     open_stream,
     support_worker,
+    translating,
 )
 from tests.test_support_desk_webhooks import SECRET, Receiver, receiver
 
@@ -34,22 +33,11 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 SHORT = ["OK, done.", "Sure!"]  # too short for the detector to be sure of
 LONG = "Your order left our warehouse today."
-TRANSLATE = re.compile(r"^Translate the user message from .+? into (\w+)\.", re.MULTILINE)
 TRANSLATIONS = {
     ("German", "OK, done."): "OK, erledigt.",
     ("German", "Sure!"): "Klar!",
     ("English", "Danke!"): "Thanks!",
 }
-
-
-def translating(request: GenerationRequest) -> str:
-    """Translates what it knows; anything else comes back as it was (the trial's symptom)."""
-    system = request.messages[0].content if request.messages[0].role is Role.SYSTEM else ""
-    asked = TRANSLATE.search(system)
-    text = last_user_text(request)
-    if asked:
-        return TRANSLATIONS.get((asked.group(1), text), text)
-    return f"You said {text}"
 
 
 def translations_asked(backend: ScriptedBackend) -> list[str]:
@@ -65,7 +53,7 @@ async def hooks() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 def backend() -> ScriptedBackend:
-    return ScriptedBackend(translating)
+    return ScriptedBackend(translating(TRANSLATIONS))
 
 
 @pytest.fixture

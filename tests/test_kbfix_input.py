@@ -3,7 +3,6 @@ bytes say (through the real CLI, on SQLite and PostgreSQL): one line each, the r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,23 +12,8 @@ from bot.knowledge.loaders import load, why_no_text
 from bot.text.decoding import decode_text, has_byte_order_mark
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/kb.db"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    monkeypatch.setenv("PARLEY_DATABASE__URL", url)
-    monkeypatch.setenv("PARLEY_DATABASE__AUTO_MIGRATE", "true")
-    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
-    yield url
-
-
 def test_a_path_too_long_to_store_fails_that_file_only(
-    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    kb_cli_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     deep = tmp_path
     while len(deep.as_posix()) < 1100:
@@ -62,7 +46,7 @@ def test_a_path_too_long_to_store_fails_that_file_only(
 )
 @pytest.mark.parametrize("action", [["add"], ["list"]])
 def test_a_collection_the_database_cannot_keep_is_refused_up_front(
-    db_url: str,
+    kb_cli_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     collection: str,
@@ -108,7 +92,7 @@ def test_binary_after_ff_fe_is_reported_as_binary() -> None:
 
 
 def test_the_zebra_file_is_added_as_its_bytes_say(
-    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    kb_cli_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     f = tmp_path / "f.txt"
     f.write_bytes(b"\xff\xfe\xfa\x80\x81 invalid utf8 text here about zebras\n")
@@ -128,7 +112,7 @@ def test_the_zebra_file_is_added_as_its_bytes_say(
     ],
 )
 def test_a_file_with_nothing_to_index_says_what_it_holds(
-    db_url: str,
+    kb_cli_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     name: str,

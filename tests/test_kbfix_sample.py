@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,21 +19,6 @@ from bot.storage.database import create_engine
 REMOVED = "removed the sample documents"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/kb.db"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    monkeypatch.setenv("PARLEY_DATABASE__URL", url)
-    monkeypatch.setenv("PARLEY_DATABASE__AUTO_MIGRATE", "true")
-    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
-    yield url
-
-
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project of the operator's, with a `docs/` folder of its own, as the working directory."""
@@ -45,6 +29,16 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "manuals" / "install.md").write_text("# Install\n\nInstall with care.\n")
     monkeypatch.chdir(root)
     return root
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A migrated SQLite database, the only kind Parley loads its sample into."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/kb.db"
+    monkeypatch.setenv("PARLEY_DATABASE__URL", url)
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+    asyncio.run(migrate.upgrade(url))
+    return url
 
 
 def listed(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -70,7 +64,7 @@ def load_sample(url: str) -> int:
 
 @pytest.mark.parametrize("collection", [[], ["--collection", "shop"]])
 def test_an_own_docs_folder_added_with_another_stays(
-    db_url: str, project: Path, capsys: pytest.CaptureFixture[str], collection: list[str]
+    kb_cli_url: str, project: Path, capsys: pytest.CaptureFixture[str], collection: list[str]
 ) -> None:
     assert main(["kb", "add", *collection, "docs/", "manuals/"]) == 0
     out = capsys.readouterr().out
@@ -79,7 +73,10 @@ def test_an_own_docs_folder_added_with_another_stays(
 
 
 def test_an_own_docs_folder_stays_with_load_sample_off(
-    db_url: str, project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    kb_cli_url: str,
+    project: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PARLEY_KNOWLEDGE__LOAD_SAMPLE", "false")
     assert main(["kb", "add", "manuals/"]) == 0
@@ -89,7 +86,7 @@ def test_an_own_docs_folder_stays_with_load_sample_off(
 
 
 def test_parley_s_own_docs_added_on_purpose_are_the_operator_s(
-    db_url: str, project: Path, capsys: pytest.CaptureFixture[str]
+    kb_cli_url: str, project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     guide = sorted(p.name for p in (PROJECT_ROOT / "docs").glob("*.md"))
     assert main(["kb", "add", "manuals/"]) == 0
@@ -100,32 +97,22 @@ def test_parley_s_own_docs_added_on_purpose_are_the_operator_s(
 
 
 def test_a_start_in_a_project_keeps_its_docs_folder(
-    tmp_path: Path,
-    project: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    sqlite_url: str, project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path}/kb.db"
-    monkeypatch.setenv("PARLEY_DATABASE__URL", url)
-    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
-    asyncio.run(migrate.upgrade(url))
     assert main(["kb", "add", str(project / "manuals"), str(project / "docs")]) == 0
-    assert load_sample(url) == 0  # the knowledge base is not empty: nothing loaded, nothing gone
+    assert (
+        load_sample(sqlite_url) == 0
+    )  # the knowledge base is not empty: nothing loaded, nothing gone
     assert listed(capsys) == ["faq.md", "install.md"]
 
 
 def test_the_sample_parley_loaded_gives_way_and_comes_from_parley_s_folder(
-    tmp_path: Path,
-    project: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    sqlite_url: str, project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path}/kb.db"
-    monkeypatch.setenv("PARLEY_DATABASE__URL", url)
-    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
-    asyncio.run(migrate.upgrade(url))
     guide = sorted(p.name for p in (PROJECT_ROOT / "docs").glob("*.md"))
-    assert load_sample(url) == len(guide)  # Parley's guide, not the working directory's docs/
+    assert load_sample(sqlite_url) == len(
+        guide
+    )  # Parley's guide, not the working directory's docs/
     assert "faq.md" not in listed(capsys)
     assert main(["kb", "add", "docs/"]) == 0
     assert REMOVED in capsys.readouterr().out
@@ -133,17 +120,10 @@ def test_the_sample_parley_loaded_gives_way_and_comes_from_parley_s_folder(
 
 
 def test_the_sample_re_added_on_purpose_becomes_the_operator_s(
-    tmp_path: Path,
-    project: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    sqlite_url: str, project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path}/kb.db"
-    monkeypatch.setenv("PARLEY_DATABASE__URL", url)
-    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
-    asyncio.run(migrate.upgrade(url))
     guide = sorted(p.name for p in (PROJECT_ROOT / "docs").glob("*.md"))
-    load_sample(url)
+    load_sample(sqlite_url)
     assert main(["kb", "add", str(PROJECT_ROOT / "docs")]) == 0
     assert f"{len(guide)} updated" in capsys.readouterr().out
     assert main(["kb", "add", "manuals/"]) == 0

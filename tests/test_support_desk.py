@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,11 +13,10 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent
 
-from backends.base import GenerationRequest
 from bot.storage import migrate
-from bot.types import Role
 from tests.doubles import ScriptedBackend
 from tests.support_helpers import (
+    TRANSLATE,
     EventReader,
     Worker,
     bearer,
@@ -27,6 +25,7 @@ from tests.support_helpers import (
     new_visitor,
     open_stream,
     support_worker,
+    translating,
 )
 from tests.test_support_desk_webhooks import SECRET, Receiver, docs_verifier, receiver
 
@@ -35,24 +34,12 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 ASK = "Ich möchte mit einem Menschen sprechen"
 WAITING_TEXT = "Hallo, ist da jemand?"
 REPLY = "Your order left our warehouse today and arrives on Friday."
-# What the scripted model answers when the core asks it to translate (config/prompts/translate.j2).
+# What the scripted model answers when the core asks it to translate.
 TRANSLATIONS = {
     ("German", REPLY): "Ihre Bestellung hat heute unser Lager verlassen und kommt am Freitag an.",
     ("English", WAITING_TEXT): "Hello, is anybody there?",
     ("English", ASK): "I would like to talk to a person",
 }
-# The template's first line; the operator's system prompt comes before it.
-TRANSLATE = re.compile(r"^Translate the user message from .+? into (\w+)\.", re.MULTILINE)
-
-
-def translating(request: GenerationRequest) -> str:
-    """A model that translates what it is asked to and otherwise echoes the customer."""
-    system = request.messages[0].content if request.messages[0].role is Role.SYSTEM else ""
-    asked = TRANSLATE.search(system)
-    text = last_user_text(request)
-    if asked:
-        return TRANSLATIONS.get((asked.group(1), text), text)  # already in that language
-    return f"You said {text}"
 
 
 def chat_requests(backend: ScriptedBackend) -> list[str]:
@@ -75,7 +62,7 @@ async def hooks() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 def backend() -> ScriptedBackend:
-    return ScriptedBackend(translating)
+    return ScriptedBackend(translating(TRANSLATIONS))
 
 
 @pytest.fixture

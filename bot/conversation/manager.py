@@ -109,17 +109,12 @@ class NotServedHere(Exception):
     (no attempt counted), and its messages stay pending for a worker that serves it."""
 
 
-class OutputGone(NotServedHere):
-    """Raised by a sink that can show nothing any more in this process (the console, once
-    the reader of its stdout left): the answer it was given is not shown, and its messages
-    stay pending, no attempt counted, for the next process that serves the platform."""
-
-
 class OutputAway(NotServedHere):
-    """Raised by a sink that cannot show anything for now because a service it needs is out
-    of reach (the support channel's event log, in Redis), and that says so itself: its
-    messages stay pending, no attempt counted, and the sweep runs the turn again (the sink
-    starts the answer afresh: it takes the place of whatever part of it got out)."""
+    """Raised by a sink that cannot show the answer it was given, and that says why itself:
+    the reader of the console's stdout left (for good, in this process), or a service the
+    sink needs is out of reach (the support channel's event log, in Redis). Its messages stay
+    pending, no attempt counted, for the sweep or the next process that serves the platform
+    (the sink starts the answer afresh: it takes the place of whatever part of it got out)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +348,7 @@ class ConversationManager:
                     return
         except Superseded:  # another worker runs it now; look again soon, in case it died
             self._later(work)
-        except (OutputGone, OutputAway):  # the sink's own doing, and it told: nothing to add
+        except OutputAway:  # the sink's own doing, and it told: nothing to add
             log.debug("conversation %s: the platform's output is gone; left pending", work.key)
         except NotServedHere:
             log.warning("conversation %s: its platform is not served here; left pending", work.key)
