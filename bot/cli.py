@@ -71,6 +71,14 @@ DOCUMENT_LIBRARIES = ("pypdf",)
 RAISING_LIBRARIES = ("telegram.request",)
 
 
+def _storable(value: str) -> str:
+    """`--user`, `--chat`: text the history can keep (bot.text.storable, imported when
+    used: the `parley` command starts without the text tools)."""
+    from bot.text.storable import storable_argument
+
+    return storable_argument(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     try:
@@ -150,8 +158,10 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,  # one adapter a line
     ).set_defaults(func=cmd_run)
     chat = sub.add_parser("chat", help="chat in the terminal")
-    chat.add_argument("--user", help="your name in the history (default: console.user)")
-    chat.add_argument("--chat", help="conversation id (default: console.chat)")
+    chat.add_argument(
+        "--user", type=_storable, help="your name in the history (default: console.user)"
+    )
+    chat.add_argument("--chat", type=_storable, help="conversation id (default: console.chat)")
     chat.set_defaults(func=cmd_chat)
     db = sub.add_parser("db", help="database schema migrations")
     db.add_argument("action", choices=["upgrade", "downgrade", "current"])

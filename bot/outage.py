@@ -1,7 +1,8 @@
 """A shared service that went away.
 
-Outage        Redis gone: tried again after a pause instead of on every call, and logged
-              once when it goes down and once when it is back, however many calls fail
+Outage        Redis (or another service: Chatwoot) gone: tried again after a pause instead
+              of on every call, and logged once when it goes down and once when it is back,
+              however many calls fail
 is_outage     whether an error says the database or Redis is out of reach or timed out
               (to be retried, told in one line) rather than a bug (logged whole)
 error_types   what a log line may say of such an error: its types, never its text
@@ -22,8 +23,16 @@ from sqlalchemy import exc as sa_exc
 
 
 class Outage:
-    def __init__(self, retry_after_s: float, *, meanwhile: str, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        retry_after_s: float,
+        *,
+        meanwhile: str,
+        logger: logging.Logger,
+        service: str = "Redis",
+    ) -> None:
         """`meanwhile` says what Parley does while the service is down (for the log)."""
+        self._service = service
         self._retry_after_s = retry_after_s
         self._meanwhile = meanwhile
         self._log = logger
@@ -44,7 +53,8 @@ class Outage:
             self._down_since = now
             # The exception text names host and port at most; the URL (and password) never.
             self._log.warning(
-                "Redis is unreachable (%s: %s); %s, retrying every %gs",
+                "%s is unreachable (%s: %s); %s, retrying every %gs",
+                self._service,
                 type(exc).__name__,
                 exc,
                 self._meanwhile,
@@ -54,7 +64,8 @@ class Outage:
     def succeeded(self) -> None:
         if self._down_since is None:
             return
-        self._log.info("Redis is reachable again after %.1fs", time.monotonic() - self._down_since)
+        elapsed = time.monotonic() - self._down_since
+        self._log.info("%s is reachable again after %.1fs", self._service, elapsed)
         self._down_since = None
 
 

@@ -425,6 +425,10 @@ class HttpSettings(_Section):
     # Never empty: an empty host would listen on every interface.
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8080, ge=1, le=65535)
+    # A request's body must arrive whole within this many seconds, or it gets 408 and the
+    # connection is closed: a client that announces a large body and then sends a byte now
+    # and then (slowloris) would hold a connection and a task for ever.
+    body_timeout_s: float = Field(30.0, ge=0.1, le=3600)
 
 
 class MetricsSettings(_Section):

@@ -17,6 +17,7 @@ from bot.settings import Settings
 from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
 from bot.storage.usage import Subject, UsageLine, UsageLog
+from bot.text.storable import storable_argument
 
 MAX_DAYS = 3660
 _COLUMNS = ("day", "budget", "who", "prompt", "completion", "total", "limit", "turns", "refused")
@@ -42,6 +43,7 @@ def _days(value: str) -> int:
 
 
 def _user(value: str) -> Subject:
+    value = storable_argument(value)
     platform, _, user_id = value.partition(":")
     if not platform or not user_id:
         raise argparse.ArgumentTypeError("PLATFORM:ID, for example telegram:12345")

@@ -53,15 +53,16 @@ class TcpProxy:
     new ones are refused until the cut ends (PostgreSQL "unreachable" as a network fault)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
-        self._target = (target_host, target_port)
+        self.target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut_until = 0.0
         self.port = 0
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> None:
+        """Listen (again: on the same `port` after `aclose`, as a server that came back)."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def aclose(self) -> None:
@@ -86,7 +87,7 @@ class TcpProxy:
             return
         self._writers.add(writer)  # before connecting upstream: a cut meanwhile drops it too
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.transport.abort()
             return

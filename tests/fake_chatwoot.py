@@ -95,6 +95,7 @@ class FakeChatwoot:
         self.last_answer = ""  # the body of Parley's answer to the last webhook
         self.version = "4.13.0"  # what GET /api reports
         self.failing_services = False
+        self.port = 0  # where the API listens, once it serves
 
     # -- the test's side ---------------------------------------------------------------------
 
@@ -262,6 +263,7 @@ class FakeChatwoot:
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[str]:
         async with serving(self.app()) as port:
+            self.port = port
             try:
                 yield f"http://127.0.0.1:{port}"
                 await self.settle()

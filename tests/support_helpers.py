@@ -55,6 +55,7 @@ async def support_worker(
     key_prefix: str = "parley",
     backend: object | None = None,
     conversation: dict[str, Any] | None = None,
+    http: dict[str, Any] | None = None,
     **support: Any,
 ) -> AsyncIterator[Worker]:
     redis = {"url": redis_url, "key_prefix": key_prefix} if redis_url else {}
@@ -64,6 +65,7 @@ async def support_worker(
         redis=redis,
         knowledge={"load_sample": False, "semantic": False},
         conversation=conversation or {},
+        http=http or {},
         adapters=["support"],
         support={"token_secret": SECRET, **support},
     )

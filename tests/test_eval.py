@@ -77,6 +77,39 @@ def test_a_bad_line_names_its_file_and_line(tmp_path: Path) -> None:
         read_jsonl(path)
 
 
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("[" * 100_000, "line 1: nested too deeply"),
+        ('{"skill": "intent", "text": "hi", "expected": "dance"}', "line 1: intent.expected"),
+        ('{"skill": "translate", "text": "hi", "target": "xx-invalid", "reference": "x"}',
+         "line 1: translate.target: .*Unknown language 'xx-invalid'"),
+    ],
+)  # fmt: skip
+def test_a_set_parley_cannot_score_is_refused_not_scored_as_misses(
+    tmp_path: Path, line: str, says: str
+) -> None:
+    """A label no intent has scored 0% as if measured; deep nesting was a RecursionError
+    traceback."""
+    path = tmp_path / "odd.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=says):
+        read_jsonl(path)
+
+
+def test_a_set_that_never_ends_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"/dev/zero: over 64 MB"):
+        read_jsonl(Path("/dev/zero"))
+
+
+async def test_a_missing_knowledge_base_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--kb` naming nothing gave "retrieval recall@3 0.0%" and exit 0."""
+    with pytest.raises(ConfigError, match=r"^--kb .*/nope: no such file or folder$"):
+        await _run(capsys, "--kb", str(tmp_path / "nope"), "--skill", "ask", "--limit", "1")
+
+
 def test_metrics() -> None:
     same = ["the cat sat on the mat"]
     assert metrics.bleu(same, same) == pytest.approx(100)

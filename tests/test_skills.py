@@ -156,6 +156,25 @@ async def test_summary_of_the_conversation_and_what_i_missed(tmp_path: Path) -> 
     assert "Ada: I am off to lunch" in user_of(whole) and "Parley: echo:" in user_of(whole)
 
 
+async def test_missed_takes_any_number_of_hours_and_never_a_false_nothing(
+    tmp_path: Path,
+) -> None:
+    """`/summarize missed 1000h` (or an hour count it could not read) fell back to "since your
+    last message" and answered "You missed nothing" for messages minutes old."""
+    backend = ScriptedBackend()
+    asked = ["1000h", "99999999999999999999h", "2.5hours", "-1h", "abc", "0h"]
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.manager.handle(incoming("/keep on"))
+        await app.manager.handle(incoming("the deploy is at five", user=BOB))
+        for each in asked:
+            await app.manager.handle(incoming(f"/summarize missed {each}"))
+    replies = sink.replies[KEY][2:]  # after /keep on's and Bob's answers
+    assert replies[3:] == [summarize.MISSED_USAGE] * 3
+    assert summarize.NOTHING_MISSED not in replies
+    assert len(backend.requests) == 3 + 1  # the three summaries, and Bob's message's answer
+    assert all("Bob: the deploy is at five" in user_of(r) for r in backend.requests[1:])
+
+
 async def test_translation_keeps_code_links_and_mentions(tmp_path: Path) -> None:
     backend = ScriptedBackend(shout)
     text = (

@@ -139,6 +139,10 @@ def test_sup_tabs_and_line_breaks_stay_in_a_prompt(
         (["key", "revoke", "key_\x00"], "key id: control character U+0000 at character 5"),
         (["site", "add", "shop\n", "--origin", "https://a.example"], "site name 'shop\\n':"),
         (["site", "add", "s8", "--origin", "https://a\x00.example"], "not an origin"),
+        (["site", "add", "s8", "--origin", "https://*.shop.example"],
+         "a browser sends its page's own origin, never a pattern"),
+        (["site", "add", "s8", "--origin", "https://-shop.example"], "not an origin"),
+        (["site", "add", "s8", "--origin", "https://sh%6fp.example"], "not an origin"),
         (["site", "add", "s8", "--origin", "https://a.example", "--language", "en\n"],
          "not a language tag: 'en\\n'"),
     ],
@@ -284,6 +288,26 @@ async def test_sup_doctor_notes_the_generated_secret_of_a_single_worker(home: Pa
     line, problems = await _doctor(database={"url": f"sqlite+aiosqlite:///{home}/p.db"})
     assert line.startswith("[ok] adapter support: visitor tokens signed with a secret generated")
     assert "set support.token_secret before running several" in line and not problems
+
+
+@pytest.mark.postgres
+async def test_sup_doctor_names_a_webhook_site_no_site_is(pg: str) -> None:
+    """A misspelt site in support.webhooks passed: that site's visitors asking for a person
+    were then told nobody could be reached."""
+    hook = {"url": "https://desk.example/parley", "secret": "s" * 24}
+    given = {"token_secret": LONG_ENOUGH}
+    line, problems = await _doctor(
+        database={"url": pg}, support={**given, "webhooks": {"shpo": hook}}
+    )
+    assert line.startswith("[PROBLEM] adapter support: support.webhooks names 'shpo', which no "
+                           "site is"), line  # fmt: skip
+    assert problems
+    line, problems = await _doctor(
+        database={"url": pg}, support={**given, "webhooks": {"shop": hook}}
+    )
+    assert line == ("[ok] adapter support: support.webhooks reach 1 site(s); visitor tokens "
+                    "signed with support.token_secret"), line  # fmt: skip
+    assert not problems
 
 
 async def test_sup_the_agent_apis_conflict_names_the_conversation_as_the_api_does(

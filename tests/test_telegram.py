@@ -72,6 +72,15 @@ async def test_group_answers_mentions_and_replies_and_ignores_chatter(tmp_path: 
         assert "lunch anyone?" not in stored  # a group's chatter is never stored
 
 
+async def test_a_bare_mention_gets_no_sentence_about_photos(tmp_path: Path) -> None:
+    """A bare "@parley_bot" was told the bot cannot read photos, voice messages or stickers."""
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, api):
+        await feed(adapter, mention_update(1, GROUP, "@parley_bot", user_id=7))
+        await feed(adapter, mention_update(2, GROUP, "@parley_bot hello", user_id=7))
+        await adapter.idle()
+        assert api.texts(GROUP) == ["echo: hello"]
+
+
 async def test_edits_channel_posts_and_callbacks_get_no_turn(tmp_path: Path) -> None:
     edited = message(42, "hello (edited)", edit_date=1_760_000_100)
     channel = {"message_id": 5, "date": 1, "chat": {"id": -1009, "type": "channel", "title": "N"}}

@@ -30,12 +30,14 @@ from typing import TYPE_CHECKING, Self
 
 from adapters.kit.actions import Ignore
 from adapters.kit.split import split_text
+from bot.conversation.manager import OutputAway
 from bot.errors import AdapterError, ConfigError
 from bot.handoff.types import Desk, HandoffError, HandoffState
+from bot.outage import Outage
 from bot.types import ConversationKey, Incoming
 
 from .bridge import ChatwootBridge, conversation_ref
-from .client import ChatwootClient
+from .client import NOT_APPLIED_STATUS, ChatwootClient, ChatwootError
 from .payloads import PLATFORM, Action, AgentReply, CustomerMessage, StatusChange
 from .settings import ChatwootSettings
 from .webhook import webhook_routes
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 MESSAGE_LIMIT = 150_000
 HUMAN_STATUSES = frozenset({"open", "snoozed"})
 BOT_STATUSES = frozenset({"pending", "resolved"})
+# While Chatwoot is out of reach: one look at it (GET /api) at most this often.
+LOOK_S = 2.0
 
 
 def create(host: AdapterHost, settings: ChatwootSettings) -> ChatwootAdapter:
@@ -82,6 +86,9 @@ class ChatwootAdapter:
         self._desk: Desk = host.desk
         self.client = client or ChatwootClient(settings)
         self.bridge = ChatwootBridge(self.client)
+        # Chatwoot out of reach: answers wait (pending) without a model call, one look at
+        # Chatwoot every LOOK_S, until a post goes through.
+        self._away = Outage(LOOK_S, meanwhile="answers wait", logger=log, service="Chatwoot")
 
     async def __aenter__(self) -> Self:
         self._desk.attach(self.bridge)
@@ -110,17 +117,47 @@ class ChatwootAdapter:
     async def deliver(
         self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""
     ) -> None:
-        """One outgoing message per answer (split only past Chatwoot's limit). A failure is
-        logged: the answer is recorded all the same, and the log says why it was not shown."""
+        """One outgoing message per answer (split only past Chatwoot's limit).
+
+        Chatwoot out of reach, so that it surely created nothing (no connection, 429, 503,
+        after the client's retries): OutputAway, the answer stays pending and is made again
+        once Chatwoot is back; meanwhile a turn waits without asking the model, but for one
+        look at Chatwoot every LOOK_S. Any other failure, or one after a part of a long
+        answer was shown, is logged: the answer is recorded, and the log says why it was not
+        (all) shown."""
+        await self._reachable()
         text = "".join([chunk async for chunk in chunks])
         if not text.strip():
             return
         ref = conversation_ref(key.chat_id)
+        shown = 0
         try:
             for piece in split_text(text, MESSAGE_LIMIT):
                 await self.client.post_message(ref, piece, private=False)
+                shown += 1
+        except ChatwootError as exc:
+            if shown == 0 and not exc.maybe_applied:
+                self._away.failed(exc)
+                raise OutputAway(PLATFORM) from exc
+            log.warning("%s: reply not shown: %s", key, exc)
         except AdapterError as exc:
             log.warning("%s: reply not shown: %s", key, exc)
+        else:
+            self._away.succeeded()
+
+    async def _reachable(self) -> None:
+        if not self._away.down:
+            return
+        if not self._away.should_try():
+            raise OutputAway(PLATFORM)
+        try:
+            status, _ = await self.client.probe("/api")
+        except ChatwootError as exc:
+            self._away.failed(exc)
+            raise OutputAway(PLATFORM) from exc
+        if status in NOT_APPLIED_STATUS or status >= 500:
+            self._away.failed(ChatwootError(f"chatwoot GET /api: HTTP {status}", status=status))
+            raise OutputAway(PLATFORM)
 
     async def act(self, action: Action) -> None:
         """What a webhook asks for (adapters.chatwoot.webhook calls it before its 200)."""

@@ -15,16 +15,18 @@ invisible controls and control tokens, and Markdown-escaped (an image shows as i
     message.agent       nothing: the adapter's sink posts the reply as it reaches the customer
 
 Raising (a ChatwootError after the client's retries) leaves the event to the desk's retry;
-each step is safe to repeat (a status set twice stays set).
+each step is safe to repeat (a status set twice stays set). A failure that surely created
+nothing (no connection, 429, 503) is DeskAway: the desk keeps the event until Chatwoot is
+back, where it would otherwise drop it after a few tries and no agent would see the request.
 """
 
 from __future__ import annotations
 
 import logging
 
-from bot.handoff.types import DeskEvent, EventKind, clean_line, escape_markdown
+from bot.handoff.types import DeskAway, DeskEvent, EventKind, clean_line, escape_markdown
 
-from .client import ChatwootClient, ConversationRef
+from .client import ChatwootClient, ChatwootError, ConversationRef
 from .payloads import PLATFORM
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,14 @@ class ChatwootBridge:
         self._client = client
 
     async def publish(self, event: DeskEvent) -> None:
+        try:
+            await self._publish(event)
+        except ChatwootError as exc:
+            if not exc.maybe_applied:
+                raise DeskAway(str(exc)) from exc
+            raise
+
+    async def _publish(self, event: DeskEvent) -> None:
         ref = conversation_ref(event.key.chat_id)
         kind = event.kind
         if kind is EventKind.REQUESTED:

@@ -3,11 +3,13 @@ where each value comes from in Chatwoot."""
 
 from __future__ import annotations
 
-from typing import Self
-
-from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 
 from bot.adapter_registry import AdapterSettings
+
+# Chatwoot's own secrets are 24 characters or more; an empty one (a template line left blank)
+# would let anyone sign a webhook with the empty key.
+SECRET_MIN = 16
 
 
 class ChatwootSettings(AdapterSettings):
@@ -68,10 +70,16 @@ class ChatwootSettings(AdapterSettings):
     )
     max_connections: int = Field(10, ge=1, description="Connections to Chatwoot's API at once")
 
-    @model_validator(mode="after")
-    def _path_secret_long_enough(self) -> Self:
+    @field_validator("webhook_secret", "account_webhook_secret", "path_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         # Whether any is set is the adapter's check (adapters.chatwoot.adapter.create): the
-        # section exists, unset, in every configuration.
-        if self.path_secret is not None and len(self.path_secret.get_secret_value()) < 16:
-            raise ValueError("chatwoot.path_secret must be at least 16 characters")
-        return self
+        # section exists, unset, in every configuration. The message says characters
+        # (pydantic's min_length says "items"), never the value.
+        if value is not None and len(value.get_secret_value()) < SECRET_MIN:
+            empty = "is empty, which lets anyone through; " if not value.get_secret_value() else ""
+            raise ValueError(
+                f"{empty}must be at least {SECRET_MIN} characters: copy Chatwoot's secret "
+                "(a path secret: a long random string) or leave the setting out"
+            )
+        return value

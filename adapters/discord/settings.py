@@ -4,11 +4,25 @@ on documents are `[documents]`."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Self
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from bot.adapter_registry import AdapterSettings
+
+# A Discord id (a snowflake): a positive 64-bit number, as "Copy ID" in Discord's developer
+# mode gives it.
+_SNOWFLAKE = re.compile(r"[1-9][0-9]{0,19}")
+_SNOWFLAKE_MAX = 2**64 - 1
+_ACCESS_LISTS = (
+    "allowed_users", "blocked_users", "allowed_chats", "blocked_chats",
+    "allowed_roles", "blocked_roles", "admins",
+)  # fmt: skip
+
+
+def _is_snowflake(value: str) -> bool:
+    return bool(_SNOWFLAKE.fullmatch(value)) and int(value) <= _SNOWFLAKE_MAX
 
 
 def _blank_is_unset(token: SecretStr | None) -> SecretStr | None:
@@ -22,10 +36,10 @@ class DiscordSettings(AdapterSettings):
     token: Annotated[SecretStr | None, AfterValidator(_blank_is_unset)] = None
     # Slash commands are synced to these guilds at start (instant, for development); empty:
     # globally (Discord may take up to an hour to show a global change).
-    guild_ids: list[int] = Field(default_factory=list)
+    guild_ids: list[Annotated[int, Field(ge=1, le=_SNOWFLAKE_MAX)]] = Field(default_factory=list)
     # Channel ids where a mention opens a thread named after the question: the answer and the
     # rest of the conversation go there, without further mentions.
-    auto_thread: list[int] = Field(default_factory=list)
+    auto_thread: list[Annotated[int, Field(ge=1, le=_SNOWFLAKE_MAX)]] = Field(default_factory=list)
     # Seconds between two visible edits of a streamed answer: Discord allows 5 edits per 5 s
     # per channel, shared by every answer in that channel.
     stream_interval_s: float = Field(1.0, ge=0.05)
@@ -46,4 +60,21 @@ class DiscordSettings(AdapterSettings):
                 raise ValueError("discord.shard_count is required when shard_ids is set")
             if any(not 0 <= s < self.shard_count for s in self.shard_ids):
                 raise ValueError("discord.shard_ids must be within 0 .. shard_count - 1")
+            if len(set(self.shard_ids)) != len(self.shard_ids):
+                raise ValueError("discord.shard_ids: each shard once")
+        return self
+
+    @model_validator(mode="after")
+    def _ids_are_snowflakes(self) -> Self:
+        # Discord knows users, channels, servers and roles by number; a name (@bob, troll#1234,
+        # Muted) would match no one: a block list of names blocks nobody, and an allow list
+        # of only names locks everyone out.
+        for name in _ACCESS_LISTS:
+            wrong = [i for i in getattr(self.access, name) if not _is_snowflake(i)]
+            if wrong:
+                raise ValueError(
+                    f"discord.access.{name}: {', '.join(repr(w[:40]) for w in wrong[:3])} is "
+                    "not a Discord id (a number: Developer Mode, then Copy ID; names are not "
+                    "taken)"
+                )
         return self

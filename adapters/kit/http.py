@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.errors import AdapterError, ConfigError
 from bot.settings import HttpSettings
@@ -79,7 +80,8 @@ class HttpHost:
             Route("/readyz", self._readyz, methods=["GET"]),
             *self._routes,
         ]
-        return _RefuseWhileDraining(Starlette(routes=routes), self)
+        draining = _RefuseWhileDraining(Starlette(routes=routes), self)
+        return _BodyDeadline(draining, self._settings.body_timeout_s)
 
     async def serve(self) -> None:
         """Serve until cancelled. A port that cannot be bound is one AdapterError line."""
@@ -153,6 +155,73 @@ class _RefuseWhileDraining:
             await response(scope, receive, send)
             return
         await self._app(scope, receive, send)
+
+
+class _BodyDeadline:
+    """A request's body must arrive whole within `timeout_s` of the first read of it. Past
+    that the client gets 408 (and the connection is closed); the route reading the body is
+    told the client left (Starlette's ClientDisconnect), and whatever it answers is dropped.
+    Reads after the body is whole (an event stream waiting for the client to leave) are not
+    timed."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self._app = app
+        self._timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        whole = started = timed_out = False
+
+        async def timed_receive() -> Message:
+            nonlocal deadline, whole, timed_out
+            if whole or timed_out:
+                return await receive() if not timed_out else {"type": "http.disconnect"}
+            deadline = deadline if deadline is not None else loop.time() + self._timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                timed_out = True
+                if not started:
+                    await _too_slow(send, self._timeout_s)
+                return {"type": "http.disconnect"}
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                whole = True
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if timed_out:
+                return  # the 408 (or what was sent before the time ran out) stands
+            started = True
+            await send(message)
+
+        try:
+            await self._app(scope, timed_receive, guarded_send)
+        except Exception:
+            if not timed_out:
+                raise
+        if timed_out:
+            log.info("http: %s %s: the body did not arrive within %gs; 408",
+                     scope.get("method", ""), scope.get("path", ""), self._timeout_s)  # fmt: skip
+
+
+async def _too_slow(send: Send, timeout_s: float) -> None:
+    body = json.dumps(
+        {"error": {"code": "request_timeout",
+                   "message": f"the request body did not arrive within {timeout_s:g} s"}}
+    ).encode()  # fmt: skip
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 408, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class EmbeddedServer(uvicorn.Server):

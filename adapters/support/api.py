@@ -19,13 +19,14 @@ import hashlib
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from bot.conversation.intake import Intake
 from bot.conversation.manager import STUB_MARK
@@ -226,10 +227,10 @@ class SupportApi:
             after = "0-0" if after == "0" else after
             if not valid_event_id(after):
                 raise ApiError(400, "invalid_request", "Last-Event-ID: not an event id")
-        opened = self._open_stream(caller.conversation, _client(request))
-        body = opened(stream(self._events, caller.conversation, after, self._s.keepalive_s))
+        release = self._open_stream(caller.conversation, _client(request))
+        body = stream(self._events, caller.conversation, after, self._s.keepalive_s)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+        return _CountedStream(release, body, media_type="text/event-stream", headers=headers)
 
     async def history(self, request: Request) -> Response:
         """A page of the conversation, oldest first; `next` pages further back."""
@@ -295,34 +296,33 @@ class SupportApi:
     ) -> _Model:
         return await read_body(request, model, self._s.max_body_bytes, optional=optional)
 
-    def _open_stream(
-        self, conversation: str, address: str
-    ) -> Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]:
-        """Count an event stream against its visitor's and address's caps (429 over one);
-        the returned wrapper gives the places back when the stream ends."""
+    def _open_stream(self, conversation: str, address: str) -> Callable[[], None]:
+        """Count an event stream against its visitor's and address's caps (429 over one) and
+        return what gives its places back. Counted here, with no await between the check and
+        the count: streams opened at the same moment each see the others."""
         keys = (f"visitor:{conversation}", f"address:{address}")
         caps = (self._s.streams_per_visitor, self._s.streams_per_address)
         if any(self._streams.get(k, 0) >= cap for k, cap in zip(keys, caps, strict=True)):
             raise ApiError(
                 429, "too_many_streams", "too many open event streams", {"Retry-After": "10"}
             )
+        for key in keys:
+            self._streams[key] = self._streams.get(key, 0) + 1
+        released = False
 
-        async def counted(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-            # Counted once it runs: a stream the server never started leaves nothing behind.
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             for key in keys:
-                self._streams[key] = self._streams.get(key, 0) + 1
-            try:
-                async for event in events:
-                    yield event
-            finally:
-                for key in keys:
-                    left = self._streams.get(key, 1) - 1
-                    if left > 0:
-                        self._streams[key] = left
-                    else:
-                        self._streams.pop(key, None)
+                left = self._streams.get(key, 1) - 1
+                if left > 0:
+                    self._streams[key] = left
+                else:
+                    self._streams.pop(key, None)
 
-        return counted
+        return release
 
     async def _limit_ip(self, request: Request) -> None:
         hits = await self._hits(keys.support_ip(_client(request)))
@@ -358,3 +358,19 @@ class SupportApi:
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+class _CountedStream(StreamingResponse):
+    """An event stream whose places (SupportApi._open_stream) are given back when the
+    response ends, however it ends: streamed to its end, the client gone before the first
+    byte, or the worker stopping."""
+
+    def __init__(self, release: Callable[[], None], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()

@@ -117,12 +117,15 @@ def _short_secret(target: Any) -> bool:
 
 
 async def doctor(section: SupportSettings, core: Settings) -> str:
-    """`parley doctor`: whether visitor tokens are signed with a secret every worker shares.
-    Unset, each worker generates its own (adapters/support/tokens.py): one worker is fine, but
-    with PostgreSQL or Redis several may serve one site, and a token made by one is refused by
-    the others."""
+    """`parley doctor`: whether visitor tokens are signed with a secret every worker shares,
+    and whether each site `support.webhooks` names exists.
+
+    Tokens: unset, each worker generates its own secret (adapters/support/tokens.py): one
+    worker is fine, but with PostgreSQL or Redis several may serve one site, and a token made
+    by one is refused by the others."""
+    said = await _webhook_sites(section, core)
     if section.token_secret is not None:
-        return "visitor tokens signed with support.token_secret"
+        return "; ".join([*said, "visitor tokens signed with support.token_secret"])
     shared = [
         name
         for name, used in (("PostgreSQL", not core.database.is_sqlite),
@@ -136,7 +139,35 @@ async def doctor(section: SupportSettings, core: Settings) -> str:
             "others'; set PARLEY_SUPPORT__TOKEN_SECRET (openssl rand -base64 48), the same on "
             "every worker"
         )
-    return (
+    return "; ".join([
+        *said,
         "visitor tokens signed with a secret generated in the data folder: fine for one "
-        "worker; set support.token_secret before running several"
-    )
+        "worker; set support.token_secret before running several",
+    ])  # fmt: skip
+
+
+async def _webhook_sites(section: SupportSettings, core: Settings) -> list[str]:
+    """What `support.webhooks` reaches: a site name no site has (a typo) means that site's
+    visitors who ask for a person are told nobody can be reached. Read from the database's
+    sites; one that cannot be read is the database check's to report."""
+    if not section.webhooks:
+        return []
+    from bot.storage.database import create_engine  # only when there are webhooks to check
+
+    from .sites import SiteStore
+
+    engine = create_engine(core.database.url.get_secret_value(), pool_size=1)
+    try:
+        names = {site.name for site in await SiteStore(engine).sites()}
+    except Exception:  # unreachable, not migrated: `parley doctor`'s database line says so
+        return ["support.webhooks: sites not checked (the database cannot be read)"]
+    finally:
+        await engine.dispose()
+    unknown = sorted(set(section.webhooks) - names)
+    if unknown:
+        raise ConfigError(
+            f"support.webhooks names {', '.join(repr(n[:64]) for n in unknown)}, which no "
+            "site is: its visitors who ask for a person would reach nobody (parley support "
+            "site list shows the sites)"
+        )
+    return [f"support.webhooks reach {len(section.webhooks)} site(s)"]

@@ -39,6 +39,8 @@ from .models import SupportKeyRow, SupportSiteRow
 REFRESH_S = 10.0
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
+# A label of a host name as a browser sends it (IDNA done); "" is the root of "shop.example.".
+HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?|")
 LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 PUBLIC_PREFIX = "pk_"
 SECRET_PREFIX = "sk_"
@@ -73,6 +75,11 @@ def normalize_origin(origin: str) -> str:
     it is no origin, or one no browser can send (a user name, a port over 65535)."""
     cleaned = origin.strip().rstrip("/").lower()
     refused = ConfigError(f"not an origin (scheme://host[:port]): {origin[:100]!r}")
+    if "*" in cleaned:
+        raise ConfigError(
+            f"{origin[:100]!r}: a browser sends its page's own origin, never a pattern; "
+            "list each origin (https://a.shop.example, https://b.shop.example)"
+        )
     if not ORIGIN.fullmatch(cleaned) or not cleaned.isprintable() or "@" in cleaned:
         raise refused
     parts = urlsplit(cleaned)
@@ -83,7 +90,7 @@ def normalize_origin(origin: str) -> str:
             host = host.encode("idna").decode("ascii")
     except (ValueError, UnicodeError):
         raise refused from None
-    if not host:
+    if not host or (":" not in host and not all(map(HOST_LABEL.fullmatch, host.split(".")))):
         raise refused
     if ":" in host:  # IPv6: back in its brackets
         host = f"[{host}]"

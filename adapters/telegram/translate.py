@@ -90,8 +90,9 @@ def _for_content(update: Update, message: Message, text: str) -> Action:
         name = doc.file_name or "document"
         mime = doc.mime_type or ""
         return Fetch(incoming, doc.file_id, name, mime, doc.file_size or 0)
-    if message.effective_attachment is None and text.strip():
-        return Submit(incoming)
+    if message.effective_attachment is None:
+        # A bare "@bot" (nothing left once the mention is taken out) says nothing to answer.
+        return Submit(incoming) if text.strip() else Ignore("empty message")
     return Notice(incoming, phrases.MEDIA)
 
 

@@ -502,6 +502,13 @@ class ConversationManager:
             return
         if self._handoff is not None:
             status, _ = await self._handoff.status(work.conversation_id)
+            waiting = status.state is HandoffState.WAITING
+            if waiting and await self._handoff.handed_off_by(batch):
+                # The turn that handed these messages off ran, but its sentence did not get
+                # out (the platform was away: OutputAway): this run of it says it.
+                language = await self._language(batch[-1])
+                await self._reply_once(work, batch, phrases.say(phrases.HANDING_OFF, language))
+                return
             if status.state is not HandoffState.BOT:  # a person answers: recorded, not answered
                 await self._handoff.forward(work.conversation_id, work.key, status, batch)
                 await self._record_aside(work, batch, "")

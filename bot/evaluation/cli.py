@@ -44,6 +44,9 @@ def add_eval_parser(sub: Any) -> None:
 
 async def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     sets = _chosen(load_sets(args.sets or _shipped_sets()), args.skills, args.limit)
+    for path in args.kb or []:
+        if not path.exists():  # an empty knowledge base would score 0% as if measured
+            raise ConfigError(f"--kb {path}: no such file or folder")
     kb_paths = args.kb or _sample(settings)
     report = await evaluate(settings, sets, kb_paths=kb_paths)
     print(format_report(report))

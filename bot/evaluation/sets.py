@@ -8,8 +8,9 @@
 `fact` may also be a list of accepted phrasings; `source` is the end of the path of the
 document that answers the question (matched against the knowledge base's sources), and an
 optional `heading` narrows it to passages under that heading. `expected` is an intent name
-(ask, summarize, translate) or "chat". Blank lines and lines starting with `#` are skipped.
-One file may mix skills. A malformed line stops the run with its file and line number.
+(ask, summarize, translate, human) or "chat"; `target` a language Parley knows. Blank lines
+and lines starting with `#` are skipped. One file may mix skills. A malformed line stops the
+run with its file and line number.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from bot.errors import ConfigError
+from bot.text.language import normalize_language
 
 SKILLS = ("summarize", "translate", "ask", "intent")
+# What a plain message can be routed to: the intents Parley registers, and "chat".
+INTENTS = ("ask", "summarize", "translate", "human", "chat")
+# A set is read whole: a bigger file (or a device that never ends) is refused.
+MAX_SET_BYTES = 64 * 1024 * 1024
 
 
 class _Item(BaseModel):
@@ -45,6 +51,12 @@ class TranslateItem(_Item):
     # Informational (the skill detects it); kept so a set can be read by language pair.
     source: str = ""
 
+    @field_validator("target")
+    @classmethod
+    def _known_language(cls, value: str) -> str:
+        normalize_language(value)  # its ValueError names the language and gives examples
+        return value
+
 
 class AskItem(_Item):
     skill: Literal["ask"]
@@ -61,7 +73,7 @@ class AskItem(_Item):
 class IntentItem(_Item):
     skill: Literal["intent"]
     text: str = Field(min_length=1)
-    expected: str = Field(min_length=1)
+    expected: Literal["ask", "summarize", "translate", "human", "chat"]
 
 
 Item = SummarizeItem | TranslateItem | AskItem | IntentItem
@@ -101,9 +113,12 @@ def load_sets(paths: Iterable[Path]) -> EvalSet:
 
 def read_jsonl(path: Path) -> list[Item]:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as fh:
+            data = fh.read(MAX_SET_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"evaluation set {path}: {exc.strerror}") from None
+    if len(data) > MAX_SET_BYTES:
+        raise ConfigError(f"evaluation set {path}: over {MAX_SET_BYTES // 2**20} MB")
     try:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:
@@ -115,6 +130,8 @@ def read_jsonl(path: Path) -> list[Item]:
             continue
         try:
             items.append(_ITEM.validate_python(json.loads(line)))
+        except RecursionError:
+            raise ConfigError(f"evaluation set {path}, line {number}: nested too deeply") from None
         except (json.JSONDecodeError, ValidationError) as exc:
             reason = (
                 str(exc).splitlines()[0]

@@ -21,15 +21,15 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Protocol, runtime_checkable
 
-from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
-
 from backends.base import estimate_tokens
+from bot.outage import error_types
 from bot.storage.base import MessageKind, Store
 from bot.types import ConversationKey, Incoming, User, utcnow
 
 from .note import NoteWriter
 from .repo import Change, HandoffRepository
 from .types import (
+    DeskAway,
     DeskBridge,
     DeskEvent,
     EventKind,
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 BOT, WAITING, HUMAN = HandoffState.BOT, HandoffState.WAITING, HandoffState.HUMAN
 PUBLISH_ATTEMPTS = 5
 PUBLISH_WAIT_MAX_S = 5.0
+# The longest wait between two tries while a bridge's help desk is away (DeskAway).
+AWAY_WAIT_MAX_S = 30.0
 # The platform of the users rows agents are recorded under (users.platform).
 AGENT_PLATFORM = "desk"
 # Prefix of an agent reply's idempotency key, so it never meets a platform's own keys.
@@ -308,27 +310,43 @@ class CoreDesk:
                 queue.task_done()
 
     async def _hand_on(self, bridge: DeskBridge, event: DeskEvent) -> None:
+        """`event` to `bridge`: tried until the help desk took it while it is away (DeskAway:
+        it surely did not get it, so trying again shows nothing twice), and PUBLISH_ATTEMPTS
+        times on any other failure, then dropped with an error line."""
         name = type(bridge).__name__
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(PUBLISH_ATTEMPTS),
-            wait=wait_exponential(multiplier=self._wait_s, max=PUBLISH_WAIT_MAX_S),
-            reraise=False,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    try:
-                        await bridge.publish(event)
-                    except Exception as exc:
-                        log.warning(
-                            "desk bridge %s: %s for %s failed (try %d): %s", name,
-                            event.kind.value, event.key, attempt.retry_state.attempt_number,
-                            type(exc).__name__,
-                        )  # fmt: skip
-                        raise
-        except RetryError:
-            log.error("desk bridge %s: %s for %s dropped after %d tries", name,
-                      event.kind.value, event.key, PUBLISH_ATTEMPTS)  # fmt: skip
+        failed = tries = 0  # failures other than DeskAway; every try so far
+        away_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await bridge.publish(event)
+            except DeskAway as exc:
+                if away_since is None:
+                    away_since = loop.time()
+                    log.warning(
+                        "desk bridge %s: the help desk is out of reach (%s); %s for %s and "
+                        "what follows wait, trying again until it is back", name,
+                        error_types(exc), event.kind.value, event.key,
+                    )  # fmt: skip
+                wait = min(self._wait_s * 2 ** min(tries, 16), AWAY_WAIT_MAX_S)
+            except Exception as exc:
+                failed += 1
+                log.warning(
+                    "desk bridge %s: %s for %s failed (try %d): %s", name, event.kind.value,
+                    event.key, failed, type(exc).__name__,
+                )  # fmt: skip
+                if failed >= PUBLISH_ATTEMPTS:
+                    log.error("desk bridge %s: %s for %s dropped after %d tries", name,
+                              event.kind.value, event.key, PUBLISH_ATTEMPTS)  # fmt: skip
+                    return
+                wait = min(self._wait_s * 2 ** (failed - 1), PUBLISH_WAIT_MAX_S)
+            else:
+                if away_since is not None:
+                    log.info("desk bridge %s: the help desk is back after %.1fs", name,
+                             loop.time() - away_since)  # fmt: skip
+                return
+            tries += 1
+            await asyncio.sleep(wait)
 
 
 def _serves(bridge: DeskBridge, event: DeskEvent) -> bool:

@@ -194,6 +194,12 @@ class HandoffRepository:
             self._relaxed, lambda conn: conn.execute(self._add_signal, values), single=True
         )
 
+    async def assessed(self, message_ids: Sequence[int]) -> bool:
+        """Whether a turn already read any of these messages (its signal is stored)."""
+        stmt = sa.select(_g.message_id).where(_g.message_id.in_(list(message_ids))).limit(1)
+        found = await run_on_connection(self._engine, lambda conn: conn.scalar(stmt))
+        return found is not None
+
     async def recent_signals(
         self, conversation_id: int, limit: int, *, before_id: int | None = None
     ) -> list[Signal]:

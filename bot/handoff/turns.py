@@ -112,6 +112,12 @@ class HandoffTurns:
             return Trigger(Reason.UNANSWERED, f"{failing} unanswered in a row")
         return None
 
+    async def handed_off_by(self, batch: Sequence[StoredMessage]) -> bool:
+        """Whether a turn in the bot's hands already assessed this batch (and so, the state
+        being WAITING now, handed it off): a run of that turn again, its sentence to the
+        customer not out yet."""
+        return await self.desk.repo.assessed([m.id for m in batch])
+
     def reachable(self, key: ConversationKey) -> bool:
         """Whether an agent can get the conversation (CoreDesk.reachable)."""
         return self.desk.reachable(key)

@@ -159,14 +159,21 @@ class DeskEvent:
     extras: dict[str, str] = field(default_factory=dict)
 
 
+class DeskAway(Exception):
+    """Raised by a bridge whose help desk surely did not get the event: out of reach, or it
+    asked to be called later (429, 503). The desk keeps the event and tries again for as long
+    as it takes, the bridge's later events waiting behind it."""
+
+
 class DeskBridge(Protocol):
     """Where agents work. `platforms`: the conversation platforms it serves (None: all)."""
 
     platforms: frozenset[str] | None
 
     async def publish(self, event: DeskEvent) -> None:
-        """Hand one event on. Raising leaves it for a retry; it may be called again with the
-        same event (receivers dedupe on kind + conversation + message_id/at)."""
+        """Hand one event on. Raising leaves it for a retry (DeskAway: until the desk is
+        back; anything else: a few tries); it may be called again with the same event
+        (receivers dedupe on kind + conversation + message_id/at)."""
         ...
 
 

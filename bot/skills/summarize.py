@@ -30,7 +30,10 @@ NOT_KEPT = N_(
     "(then I can tell you what you missed)."
 )
 NOTHING_MISSED = N_("You missed nothing: there are no messages since then.")
-_HOURS = re.compile(r"^(\d{1,3})\s*h(?:ours?)?$", re.I)
+MISSED_USAGE = N_("Usage: /summarize missed, or /summarize missed 3h for the last 3 hours.")
+_HOURS = re.compile(r"^(\d+(?:\.\d+)?)\s*h(?:ours?)?$", re.I)
+# The furthest back `/summarize missed Nh` looks: ten years (a larger N is the same).
+_MAX_HOURS = 24 * 366 * 10
 _MISSED = re.compile(r"^\s*(?:so\s+)?what\s+(?:did|have)\s+i\s+miss(?:ed)?\b", re.I)
 _SUMMARIZE = re.compile(
     r"^\s*(?:please\s+)?(?:summari[sz]e|sum\s+up|tl;?dr)\b(?:\s+(?:this|that|it))?\s*[:\-]?\s*"
@@ -83,7 +86,7 @@ def parse_options(args: str) -> Options:
         elif low == "missed":
             values["missed"] = True
         elif (hours := _HOURS.match(low)) and values.get("missed"):
-            values["hours"] = float(hours.group(1))
+            values["hours"] = min(float(hours.group(1)), _MAX_HOURS)
         else:
             break
         used += 1
@@ -99,6 +102,8 @@ class SummarizeSkill:
         options = parse_options(ctx.args)
         prefs = await self._s.turn(ctx)
         if options.missed:
+            if options.text or options.hours == 0:  # "missed abc", "missed -1h", "missed 0h"
+                return await ctx.say(MISSED_USAGE)
             if not prefs.keep_messages:
                 return await ctx.say(NOT_KEPT)
             text = await self._missed(ctx, prefs.user_ref, options.hours)

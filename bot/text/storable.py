@@ -18,6 +18,7 @@ too late.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 import unicodedata
@@ -68,3 +69,11 @@ def text_problem(text: str, *, lines: bool = False) -> str | None:
         allowed = "; only tabs and line breaks may be in it" if lines else ""
         return f"control character U+{ord(char):04X}{where} cannot be stored{allowed}"
     return None
+
+
+def storable_argument(value: str) -> str:
+    """An argparse `type`: a command-line value the database can keep as it is (bytes that
+    were not UTF-8 or a control character: argparse's one line, exit status 2)."""
+    if problem := text_problem(value):
+        raise argparse.ArgumentTypeError(problem)
+    return value
