@@ -393,7 +393,11 @@ class ChatwootWorker:
 
 @asynccontextmanager
 async def chatwoot_worker(
-    database_url: str, backend: object | None, **section: Any
+    database_url: str,
+    backend: object | None,
+    *,
+    handoff: dict[str, Any] | None = None,
+    **section: Any,
 ) -> AsyncIterator[ChatwootWorker]:
     from adapters.chatwoot.adapter import ChatwootAdapter
     from adapters.chatwoot.settings import ChatwootSettings
@@ -417,6 +421,7 @@ async def chatwoot_worker(
             knowledge={"load_sample": False, "semantic": False},
             adapters=["chatwoot"],
             chatwoot=chatwoot,
+            handoff=handoff or {},
         )
         async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
             adapter_settings = settings.section("chatwoot")

@@ -160,18 +160,19 @@ async def test_missed_takes_any_number_of_hours_and_never_a_false_nothing(
     tmp_path: Path,
 ) -> None:
     """`/summarize missed 1000h` (or an hour count it could not read) fell back to "since your
-    last message" and answered "You missed nothing" for messages minutes old."""
+    last message" and answered "You missed nothing" for messages minutes old. Words that are
+    not hours ("summarize missed messages") still summarise what was missed."""
     backend = ScriptedBackend()
-    asked = ["1000h", "99999999999999999999h", "2.5hours", "-1h", "abc", "0h"]
+    asked = ["messages", "1000h", "99999999999999999999h", "2.5 hours", "-1h", "1e3h", "0h"]
     async with running(settings_for(tmp_path), backend) as (app, sink):
         await app.manager.handle(incoming("/keep on"))
         await app.manager.handle(incoming("the deploy is at five", user=BOB))
         for each in asked:
             await app.manager.handle(incoming(f"/summarize missed {each}"))
     replies = sink.replies[KEY][2:]  # after /keep on's and Bob's answers
-    assert replies[3:] == [summarize.MISSED_USAGE] * 3
+    assert replies[4:] == [summarize.MISSED_USAGE] * 3  # hours meant, but not readable
     assert summarize.NOTHING_MISSED not in replies
-    assert len(backend.requests) == 3 + 1  # the three summaries, and Bob's message's answer
+    assert len(backend.requests) == 4 + 1  # the four summaries, and Bob's message's answer
     assert all("Bob: the deploy is at five" in user_of(r) for r in backend.requests[1:])
 
 

@@ -17,11 +17,13 @@ import pytest
 
 from backends.base import GenerationRequest
 from bot import phrases
+from bot.handoff.types import EventKind
 from bot.storage import migrate
 from bot.types import Role
 from tests.crash_cluster import TcpProxy
 from tests.doubles import ScriptedBackend
 from tests.fake_chatwoot import chatwoot_worker
+from tests.test_handoff import RecordingBridge
 
 pytestmark = pytest.mark.postgres
 
@@ -52,6 +54,8 @@ async def test_a_chatwoot_outage_delays_answers_and_the_handoff_but_loses_nothin
         async with chatwoot_worker(postgres_url, backend, url=url, retries=1) as w:
             proxy.target = ("127.0.0.1", w.fake.port)
             fake = w.fake
+            desk = RecordingBridge()  # what the desk hands on, beside the Chatwoot bridge
+            w.app.desk.attach(desk)
             asking, chatting = fake.conversation(70), fake.conversation(71)
             assert await fake.contact_says(chatting, "first question") == 200
             await w.idle()
@@ -62,7 +66,11 @@ async def test_a_chatwoot_outage_delays_answers_and_the_handoff_but_loses_nothin
             caplog.set_level(logging.INFO)
             assert await fake.contact_says(asking, "I want to talk to a human") == 200
             assert await fake.contact_says(chatting, "second question") == 200
-            await asyncio.sleep(OUTAGE_S)
+            await asyncio.sleep(OUTAGE_S / 2)
+            # Written while the sentence still waits: it reaches the agent, and is not
+            # answered with the sentence a second time.
+            assert await fake.contact_says(asking, "Hallo? Ist da jemand? Bitte antworten") == 200
+            await asyncio.sleep(OUTAGE_S / 2)
             asked = sum(_echo(r) == "echo: second question" for r in backend.requests)
             assert asked == 1  # its first try; then no model call while Chatwoot is away
             assert len(fake.calls) == calls
@@ -81,6 +89,8 @@ async def test_a_chatwoot_outage_delays_answers_and_the_handoff_but_loses_nothin
             assert sum(_echo(r) == "echo: second question" for r in backend.requests) == 2
             (note,) = fake.private_notes(asking)
             assert note.startswith("Handoff: asked")
+            forwarded = [e.text for e in desk.events if e.kind is EventKind.CUSTOMER_MESSAGE]
+            assert forwarded == ["Hallo? Ist da jemand? Bitte antworten"]
             assert [c.body for c in fake.api_calls("/toggle_status")] == [{"status": "open"}]
             assert fake.public_replies(asking) == [phrases.HANDING_OFF]
     finally:
@@ -89,3 +99,33 @@ async def test_a_chatwoot_outage_delays_answers_and_the_handoff_but_loses_nothin
     assert sum("Chatwoot is unreachable" in line for line in said) == 1, said
     assert sum("the help desk is out of reach" in line for line in said) == 1, said
     assert not any("dropped after" in line for line in said), said
+
+
+async def test_an_unanswered_ask_that_hands_off_while_chatwoot_is_down_says_both_once(
+    postgres_url: str,
+) -> None:
+    """A command whose "I don't know" handed off: run again once Chatwoot is back, it says
+    its answer and the handoff sentence, once (a re-run took the command path and said only
+    "I don't know", and the customer never heard a person was coming)."""
+    await migrate.upgrade(postgres_url)
+    proxy = TcpProxy("127.0.0.1", 9)
+    await proxy.start()
+    url = f"http://127.0.0.1:{proxy.port}"
+    handoff = {"unanswered_in_a_row": 1}
+    try:
+        async with chatwoot_worker(postgres_url, None, url=url, retries=1, handoff=handoff) as w:
+            proxy.target = ("127.0.0.1", w.fake.port)
+            fake = w.fake
+            conv = fake.conversation(72)
+            await proxy.aclose()  # Chatwoot is down
+            assert await fake.contact_says(conv, "/ask what is the warranty period?") == 200
+            await asyncio.sleep(OUTAGE_S / 2)
+            await proxy.start(proxy.port)  # back
+            await _until(lambda: bool(fake.public_replies(conv)), "the answer was shown")
+            await w.idle()
+            (shown,) = fake.public_replies(conv)
+            assert shown.startswith("I don't know") and shown.endswith(phrases.HANDING_OFF)
+            assert conv.status == "open"
+            assert len(fake.private_notes(conv)) == 1
+    finally:
+        await proxy.aclose()

@@ -125,7 +125,7 @@ class ChatwootAdapter:
         look at Chatwoot every LOOK_S. Any other failure, or one after a part of a long
         answer was shown, is logged: the answer is recorded, and the log says why it was not
         (all) shown."""
-        await self._reachable()
+        await self.ensure_reachable(key)
         text = "".join([chunk async for chunk in chunks])
         if not text.strip():
             return
@@ -145,7 +145,9 @@ class ChatwootAdapter:
         else:
             self._away.succeeded()
 
-    async def _reachable(self) -> None:
+    async def ensure_reachable(self, key: ConversationKey) -> None:
+        """While Chatwoot is out of reach (a post surely failed): OutputAway, so that a turn
+        waits without asking the model; one look at Chatwoot (GET /api) every LOOK_S."""
         if not self._away.down:
             return
         if not self._away.should_try():

@@ -7,8 +7,8 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 
 from bot.adapter_registry import AdapterSettings
 
-# Chatwoot's own secrets are 24 characters or more; an empty one (a template line left blank)
-# would let anyone sign a webhook with the empty key.
+# Chatwoot's own secrets are 24 characters or more; a shorter one is a mistake (and an empty
+# key would let anyone sign a webhook: a blank setting is no secret).
 SECRET_MIN = 16
 
 
@@ -73,13 +73,15 @@ class ChatwootSettings(AdapterSettings):
     @field_validator("webhook_secret", "account_webhook_secret", "path_secret")
     @classmethod
     def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        # Whether any is set is the adapter's check (adapters.chatwoot.adapter.create): the
-        # section exists, unset, in every configuration. The message says characters
-        # (pydantic's min_length says "items"), never the value.
-        if value is not None and len(value.get_secret_value()) < SECRET_MIN:
-            empty = "is empty, which lets anyone through; " if not value.get_secret_value() else ""
+        # Blank (an empty variable of a shared compose file or template) is no secret: unset,
+        # never the empty key anyone can sign with (`create` still wants one when the adapter
+        # runs). Otherwise 16 characters at least; the message says characters (pydantic's
+        # min_length says "items"), never the value.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value()) < SECRET_MIN:
             raise ValueError(
-                f"{empty}must be at least {SECRET_MIN} characters: copy Chatwoot's secret "
-                "(a path secret: a long random string) or leave the setting out"
+                f"must be at least {SECRET_MIN} characters: copy Chatwoot's secret (a path "
+                "secret: a long random string) or leave the setting out"
             )
         return value

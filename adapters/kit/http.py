@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -159,8 +159,9 @@ class _RefuseWhileDraining:
 
 class _BodyDeadline:
     """A request's body must arrive whole within `timeout_s` of the first read of it. Past
-    that the client gets 408 (and the connection is closed); the route reading the body is
-    told the client left (Starlette's ClientDisconnect), and whatever it answers is dropped.
+    that the client gets 408 (and the connection is closed; a response that had begun is
+    ended instead); the route reading the body is told the client left (Starlette's
+    ClientDisconnect), and whatever it answers is dropped.
     Reads after the body is whole (an event stream waiting for the client to leave) are not
     timed."""
 
@@ -186,7 +187,9 @@ class _BodyDeadline:
                     message = await receive()
             except TimeoutError:
                 timed_out = True
-                if not started:
+                if started:  # a response that began before the body was read: end it here
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                else:
                     await _too_slow(send, self._timeout_s)
                 return {"type": "http.disconnect"}
             if message["type"] != "http.request" or not message.get("more_body", False):
@@ -202,7 +205,7 @@ class _BodyDeadline:
 
         try:
             await self._app(scope, timed_receive, guarded_send)
-        except Exception:
+        except (ClientDisconnect, OSError):  # the route was told the client left
             if not timed_out:
                 raise
         if timed_out:

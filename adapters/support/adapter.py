@@ -257,6 +257,11 @@ class SupportAdapter:
         text = "".join(parts)
         outbox.put("answer", {"reply_to": answered, "text": text, "sources": answers.sources(text)})
 
+    async def ensure_reachable(self, key: ConversationKey) -> None:
+        """The core asks before a turn runs (bot.conversation.sink.Reachable): while the
+        event log is out of reach the turn waits without asking the model."""
+        await self._log_reachable(key.chat_id)
+
     async def _log_reachable(self, conversation: str) -> None:
         """While the event log is out of reach a turn waits (OutputAway) without asking the
         model, except for one look at the log every LOG_RETRY_S."""

@@ -39,8 +39,9 @@ from .models import SupportKeyRow, SupportSiteRow
 REFRESH_S = 10.0
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
-# A label of a host name as a browser sends it (IDNA done); "" is the root of "shop.example.".
-HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?|")
+# A label of a host name as a browser sends it (IDNA done; browsers take a hyphen at either
+# end, "foo-.example.com"); "" is the root of "shop.example.".
+HOST_LABEL = re.compile(r"[a-z0-9_-]+|")
 LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 PUBLIC_PREFIX = "pk_"
 SECRET_PREFIX = "sk_"

@@ -66,6 +66,7 @@ from .delivery import Superseded, TurnDelivery, beat, holder_alive, sweep
 from .relay import Collected, note_line, until
 from .sink import (
     OperatorFacing,
+    Reachable,
     ReplySink,
     SiteScoped,
     done_showing,
@@ -481,6 +482,9 @@ class ConversationManager:
         return batches
 
     async def _turn(self, work: _Work, batch: list[StoredMessage]) -> None:
+        sink = self._sinks.get(work.key.platform)
+        if isinstance(sink, Reachable):  # OutputAway: nothing can be shown now; nothing is run
+            await sink.ensure_reachable(work.key)
         if batch[0].kind is MessageKind.LIMITED:
             await self._rate_limited(work, batch)
             return
@@ -502,13 +506,10 @@ class ConversationManager:
             return
         if self._handoff is not None:
             status, _ = await self._handoff.status(work.conversation_id)
-            waiting = status.state is HandoffState.WAITING
-            if waiting and await self._handoff.handed_off_by(batch):
-                # The turn that handed these messages off ran, but its sentence did not get
-                # out (the platform was away: OutputAway): this run of it says it.
-                language = await self._language(batch[-1])
-                await self._reply_once(work, batch, phrases.say(phrases.HANDING_OFF, language))
-                return
+            if status.state is HandoffState.WAITING:
+                batch = await self._owed_handoff_sentence(work, batch)
+                if not batch:
+                    return
             if status.state is not HandoffState.BOT:  # a person answers: recorded, not answered
                 await self._handoff.forward(work.conversation_id, work.key, status, batch)
                 await self._record_aside(work, batch, "")
@@ -642,6 +643,14 @@ class ConversationManager:
             return False
         if batch[0].kind is MessageKind.COMMAND:  # commands run in every state
             status, _ = await self._handoff.status(work.conversation_id)
+            if status.state is HandoffState.WAITING and isinstance(routed, str):
+                # This command's turn handed off, and its sentence did not get out (the
+                # platform was away): said now, after its answer, as then.
+                asked = await self._handoff.handed_off_by(work.conversation_id, batch)
+                if asked is not None:
+                    sentence = phrases.say(phrases.HANDING_OFF, await self._language(batch[-1]))
+                    await self._reply_once(work, batch, f"{routed}\n\n{sentence}")
+                    return True
             if status.state is not HandoffState.BOT:
                 return False
         text = merge_user_texts([m.content for m in batch])
@@ -659,7 +668,9 @@ class ConversationManager:
             await self._reply_once(work, batch, await self._localizer(batch[-1])(phrases.NO_PERSON))
             return True
         language = await self._language(batch[-1])
-        await self._handoff.hand_off(work.conversation_id, work.key, trigger, language)
+        await self._handoff.hand_off(
+            work.conversation_id, work.key, trigger, language, message_id=batch[-1].id
+        )
         sentence = phrases.say(phrases.HANDING_OFF, language)
         if isinstance(routed, str) and unanswered:
             sentence = f"{routed}\n\n{sentence}"
@@ -669,6 +680,22 @@ class ConversationManager:
                 await aclose()  # a skill's answer the customer will not get: abort its request
         await self._reply_once(work, batch, sentence)
         return True
+
+    async def _owed_handoff_sentence(
+        self, work: _Work, batch: list[StoredMessage]
+    ) -> list[StoredMessage]:
+        """While waiting for a person: when the turn that handed off is run again because its
+        sentence did not get out (the platform was away: OutputAway), the sentence is said
+        for the messages up to the one that asked; what is left of the batch (messages that
+        came after) is returned, to be forwarded to the agent as usual."""
+        assert self._handoff is not None
+        trigger = await self._handoff.handed_off_by(work.conversation_id, batch)
+        if trigger is None:
+            return batch
+        asked = [m for m in batch if m.id <= trigger.id]
+        language = await self._language(trigger)
+        await self._reply_once(work, asked, phrases.say(phrases.HANDING_OFF, language))
+        return [m for m in batch if m.id > trigger.id]
 
     async def _agent_turn(self, work: _Work, batch: list[StoredMessage]) -> None:
         """Deliver an agent's reply (one message per turn) in the customer's language, with

@@ -38,6 +38,16 @@ class SiteScoped(Protocol):
 
 
 @runtime_checkable
+class Reachable(Protocol):
+    """A sink that can tell, before a turn runs, that it cannot show an answer now (a
+    service it needs is out of reach: Chatwoot's API, the support channel's event log).
+    `ensure_reachable(key)` then raises the manager's OutputAway, and the turn waits, pending,
+    without asking the model anything (routing, skills, translations, the answer)."""
+
+    async def ensure_reachable(self, key: ConversationKey) -> None: ...
+
+
+@runtime_checkable
 class OperatorFacing(Protocol):
     """A sink whose one user is the operator who runs the bot (the console). Only there does
     the core name settings and docs paths (how to set a model); a sink that does not declare

@@ -215,11 +215,13 @@ class CoreDesk:
         detail: str = "",
         *,
         language: str | None = None,
+        trigger_message_id: int | None = None,
     ) -> HandoffStatus:
-        """bot -> waiting, with the note for the agent; nothing when a person has it already."""
+        """bot -> waiting, with the note for the agent; nothing when a person has it already.
+        `trigger_message_id`: the customer message whose turn asked for a person."""
         change = await self.repo.change(
             conversation_id, WAITING, reason, allowed_from=(BOT,), detail=detail,
-            language=language or "",
+            language=language or "", trigger_message_id=trigger_message_id,
         )  # fmt: skip
         if change.changed:
             self._counter.handoff(key.platform, reason.value)

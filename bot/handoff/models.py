@@ -47,6 +47,9 @@ class HandoffStateRow(Base):
     agent: Mapped[str] = mapped_column(String(255), server_default=text("''"))
     # The customer's language when the conversation was handed off ("" : unknown).
     language: Mapped[str] = mapped_column(String(16), server_default=text("''"))
+    # The customer message whose turn handed it off (migration 0013); None for a change made
+    # by an agent or a help desk.
+    trigger_message_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class HandoffEventRow(Base):

@@ -100,6 +100,7 @@ class HandoffRepository:
         detail: str = "",
         agent: str = "",
         language: str | None = None,
+        trigger_message_id: int | None = None,
     ) -> Change:
         """Move to `to` if the current state is one of `allowed_from`; the state row and its
         audit row in one transaction (the row locked on PostgreSQL: two agents taking the same
@@ -125,7 +126,8 @@ class HandoffRepository:
                 sa.update(_s)
                 .where(_s.conversation_id == conversation_id)
                 .values(state=to.value, reason=reason.value, detail=detail, since=now,
-                        agent=agent, language=keep_language)
+                        agent=agent, language=keep_language,
+                        trigger_message_id=trigger_message_id)
             )  # fmt: skip
             await conn.execute(
                 sa.insert(_e).values(
@@ -194,11 +196,12 @@ class HandoffRepository:
             self._relaxed, lambda conn: conn.execute(self._add_signal, values), single=True
         )
 
-    async def assessed(self, message_ids: Sequence[int]) -> bool:
-        """Whether a turn already read any of these messages (its signal is stored)."""
-        stmt = sa.select(_g.message_id).where(_g.message_id.in_(list(message_ids))).limit(1)
+    async def trigger_message(self, conversation_id: int) -> int | None:
+        """The customer message whose turn handed the conversation off (None: an agent or a
+        help desk changed its state last)."""
+        stmt = sa.select(_s.trigger_message_id).where(_s.conversation_id == conversation_id)
         found = await run_on_connection(self._engine, lambda conn: conn.scalar(stmt))
-        return found is not None
+        return int(found) if found is not None else None
 
     async def recent_signals(
         self, conversation_id: int, limit: int, *, before_id: int | None = None

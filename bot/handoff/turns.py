@@ -112,22 +112,31 @@ class HandoffTurns:
             return Trigger(Reason.UNANSWERED, f"{failing} unanswered in a row")
         return None
 
-    async def handed_off_by(self, batch: Sequence[StoredMessage]) -> bool:
-        """Whether a turn in the bot's hands already assessed this batch (and so, the state
-        being WAITING now, handed it off): a run of that turn again, its sentence to the
-        customer not out yet."""
-        return await self.desk.repo.assessed([m.id for m in batch])
+    async def handed_off_by(
+        self, conversation_id: int, batch: Sequence[StoredMessage]
+    ) -> StoredMessage | None:
+        """The message of `batch` whose turn handed the conversation off, if one did: this is
+        a run of that turn again, its sentence to the customer not out yet."""
+        trigger = await self.desk.repo.trigger_message(conversation_id)
+        return next((m for m in batch if m.id == trigger), None)
 
     def reachable(self, key: ConversationKey) -> bool:
         """Whether an agent can get the conversation (CoreDesk.reachable)."""
         return self.desk.reachable(key)
 
     async def hand_off(
-        self, conversation_id: int, key: ConversationKey, trigger: Trigger, language: str
+        self,
+        conversation_id: int,
+        key: ConversationKey,
+        trigger: Trigger,
+        language: str,
+        *,
+        message_id: int | None = None,
     ) -> HandoffStatus:
         return await self.desk.escalate(
-            conversation_id, key, trigger.reason, trigger.detail, language=language
-        )
+            conversation_id, key, trigger.reason, trigger.detail, language=language,
+            trigger_message_id=message_id,
+        )  # fmt: skip
 
     async def forward(
         self,

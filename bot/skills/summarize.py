@@ -32,6 +32,9 @@ NOT_KEPT = N_(
 NOTHING_MISSED = N_("You missed nothing: there are no messages since then.")
 MISSED_USAGE = N_("Usage: /summarize missed, or /summarize missed 3h for the last 3 hours.")
 _HOURS = re.compile(r"^(\d+(?:\.\d+)?)\s*h(?:ours?)?$", re.I)
+_HOURS_APART = re.compile(r"\b(missed\s+\d+(?:\.\d+)?)\s+(h(?:ours?)?)\b", re.I)
+# What follows `missed` that was meant as hours but cannot be read ("-1h", "1e3h", "0h").
+_HOURS_MEANT = re.compile(r"^-?\.?\d")
 # The furthest back `/summarize missed Nh` looks: ten years (a larger N is the same).
 _MAX_HOURS = 24 * 366 * 10
 _MISSED = re.compile(r"^\s*(?:so\s+)?what\s+(?:did|have)\s+i\s+miss(?:ed)?\b", re.I)
@@ -74,6 +77,7 @@ def match_summarize(text: str) -> str | None:
 
 def parse_options(args: str) -> Options:
     """Leading option words in any order; everything after them is the text."""
+    args = _HOURS_APART.sub(r"\1\2", args, count=1)  # "3 hours" as "3hours"
     words = args.split(maxsplit=4)
     values: dict[str, object] = {}
     used = 0
@@ -102,7 +106,7 @@ class SummarizeSkill:
         options = parse_options(ctx.args)
         prefs = await self._s.turn(ctx)
         if options.missed:
-            if options.text or options.hours == 0:  # "missed abc", "missed -1h", "missed 0h"
+            if options.hours == 0 or _HOURS_MEANT.match(options.text):  # "-1h", "0h", "5x"
                 return await ctx.say(MISSED_USAGE)
             if not prefs.keep_messages:
                 return await ctx.say(NOT_KEPT)
