@@ -129,3 +129,23 @@ async def test_an_unanswered_ask_that_hands_off_while_chatwoot_is_down_says_both
             assert len(fake.private_notes(conv)) == 1
     finally:
         await proxy.aclose()
+
+
+async def test_a_chatwoot_behind_a_proxy_answering_502_keeps_the_handoff(
+    postgres_url: str,
+) -> None:
+    """A Chatwoot behind nginx answers 502 while it is down: the handoff request was dropped
+    after five tries (about 40 s). The desk now keeps it until Chatwoot answers: the agents'
+    status change and note arrive, once (answers to the customer are another matter: after a
+    502 one may have been created, so it is never posted again)."""
+    await migrate.upgrade(postgres_url)
+    async with chatwoot_worker(postgres_url, ScriptedBackend(_echo), retries=1) as w:
+        fake = w.fake
+        conv = fake.conversation(73)
+        for _ in range(12):  # more than the five tries of two calls each the desk made
+            fake.fail_next(502, retry_after="")
+        assert await fake.contact_says(conv, "I want to talk to a human") == 200
+        await _until(lambda: conv.status == "open", "the handoff reached Chatwoot", 60)
+        await w.idle()
+        (note,) = fake.private_notes(conv)
+        assert note.startswith("Handoff: asked")

@@ -15,9 +15,11 @@ invisible controls and control tokens, and Markdown-escaped (an image shows as i
     message.agent       nothing: the adapter's sink posts the reply as it reaches the customer
 
 Raising (a ChatwootError after the client's retries) leaves the event to the desk's retry;
-each step is safe to repeat (a status set twice stays set). A failure that surely created
-nothing (no connection, 429, 503) is DeskAway: the desk keeps the event until Chatwoot is
-back, where it would otherwise drop it after a few tries and no agent would see the request.
+each step is safe to repeat (a status set twice stays set). Chatwoot out of reach or failing
+(no connection, a timeout, 429, a 5xx) is DeskAway: the desk keeps the event until Chatwoot
+answers, where it would otherwise drop it after a few tries and no agent would see the
+request; a private note may then show twice (a timeout after Chatwoot created it), which
+agents can live with, unlike a lost handoff.
 """
 
 from __future__ import annotations
@@ -60,10 +62,16 @@ class ChatwootBridge:
         self._client = client
 
     async def publish(self, event: DeskEvent) -> None:
+        if self._client.closed:  # stopping: kept for as long as the desk runs, never dropped
+            raise DeskAway("the Chatwoot client is closed")
         try:
             await self._publish(event)
         except ChatwootError as exc:
-            if not exc.maybe_applied:
+            # Chatwoot away or failing (no connection, a timeout, 429, a 5xx, what a proxy
+            # answers for a Chatwoot that is down): kept until it answers. These events are
+            # the agents' (status changes, private notes): a note shown twice is better than
+            # a handoff no agent ever sees. A 4xx (a refusal) is dropped after a few tries.
+            if exc.status == 0 or exc.status == 429 or exc.status >= 500:
                 raise DeskAway(str(exc)) from exc
             raise
 

@@ -124,6 +124,11 @@ class ChatwootClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    @property
+    def closed(self) -> bool:
+        """Closed (the adapter stopped): no call can be made any more."""
+        return self._http.is_closed
+
     async def post_message(
         self, conversation: ConversationRef, content: str, *, private: bool
     ) -> dict[str, Any]:

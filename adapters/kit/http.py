@@ -208,8 +208,8 @@ class _BodyDeadline:
         except (ClientDisconnect, OSError):  # the route was told the client left
             if not timed_out:
                 raise
-        if timed_out:
-            log.info("http: %s %s: the body did not arrive within %gs; 408",
+        if timed_out:  # DEBUG: a client may send many (the 408 is its answer)
+            log.debug("http: %s %s: the body did not arrive within %gs; 408",
                      scope.get("method", ""), scope.get("path", ""), self._timeout_s)  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import Protocol, runtime_checkable
 
 from backends.base import estimate_tokens
+from bot.errors import StorageError
 from bot.outage import error_types
 from bot.storage.base import MessageKind, Store
 from bot.types import ConversationKey, Incoming, User, utcnow
@@ -81,6 +82,10 @@ class _Item:
         self.event = event
         self._write = write
         self._task: asyncio.Task[DeskEvent] | None = None
+        # Bridges still to take it, and whether one gave up on it: a handoff request is
+        # marked delivered (handoff_states.request_delivered) once every one took it.
+        self.owed = 0
+        self.dropped = False
 
     def start(self) -> None:
         if self._write is not None and self._task is None:
@@ -145,6 +150,7 @@ class CoreDesk:
         self._queues.append(queue)
         for item in self._recovered:
             if _serves(bridge, item.event):
+                item.owed += 1
                 queue.put_nowait(item)
         if not queue.empty():
             self._start_publishers()
@@ -241,6 +247,7 @@ class CoreDesk:
             return
         write = functools.partial(self._with_note, change=change) if change is not None else None
         item = _Item(event, write)
+        item.owed = len(serving)
         item.start()
         for queue in serving:
             queue.put_nowait(item)
@@ -307,11 +314,28 @@ class CoreDesk:
         while True:
             item = await queue.get()
             try:
-                await self._hand_on(bridge, await item.get())
+                event = await item.get()
+                taken = await self._hand_on(bridge, event)
+                if event.kind is EventKind.REQUESTED:
+                    await self._request_taken(item, event, taken)
             finally:
                 queue.task_done()
 
-    async def _hand_on(self, bridge: DeskBridge, event: DeskEvent) -> None:
+    async def _request_taken(self, item: _Item, event: DeskEvent, taken: bool) -> None:
+        """Count a bridge's answer to a handoff request; once every bridge took it, it is
+        marked delivered, and a start does not hand it on again (Chatwoot would show its
+        note twice). Not marked (the database away): handed on again at the next start."""
+        item.owed -= 1
+        item.dropped = item.dropped or not taken
+        if item.owed > 0 or item.dropped:
+            return
+        try:
+            await self.repo.request_delivered(event.conversation_id, event.at)
+        except StorageError as exc:
+            log.warning("conversation %d: handoff request not marked delivered: %s",
+                        event.conversation_id, exc)  # fmt: skip
+
+    async def _hand_on(self, bridge: DeskBridge, event: DeskEvent) -> bool:
         """`event` to `bridge`: tried until the help desk took it while it is away (DeskAway:
         it surely did not get it, so trying again shows nothing twice), and PUBLISH_ATTEMPTS
         times on any other failure, then dropped with an error line."""
@@ -340,13 +364,13 @@ class CoreDesk:
                 if failed >= PUBLISH_ATTEMPTS:
                     log.error("desk bridge %s: %s for %s dropped after %d tries", name,
                               event.kind.value, event.key, PUBLISH_ATTEMPTS)  # fmt: skip
-                    return
+                    return False
                 wait = min(self._wait_s * 2 ** (failed - 1), PUBLISH_WAIT_MAX_S)
             else:
                 if away_since is not None:
                     log.info("desk bridge %s: the help desk is back after %.1fs", name,
                              loop.time() - away_since)  # fmt: skip
-                return
+                return True
             tries += 1
             await asyncio.sleep(wait)
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Index,
     String,
     Text,
+    false,
     func,
     text,
 )
@@ -50,6 +51,9 @@ class HandoffStateRow(Base):
     # The customer message whose turn handed it off (migration 0013); None for a change made
     # by an agent or a help desk.
     trigger_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Whether the request (handoff.requested) reached every help desk that serves the
+    # conversation (migration 0013): a start hands on again only those that did not.
+    request_delivered: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
 
 class HandoffEventRow(Base):

@@ -127,7 +127,7 @@ class HandoffRepository:
                 .where(_s.conversation_id == conversation_id)
                 .values(state=to.value, reason=reason.value, detail=detail, since=now,
                         agent=agent, language=keep_language,
-                        trigger_message_id=trigger_message_id)
+                        trigger_message_id=trigger_message_id, request_delivered=False)
             )  # fmt: skip
             await conn.execute(
                 sa.insert(_e).values(
@@ -147,13 +147,13 @@ class HandoffRepository:
         return change
 
     async def waiting(self) -> list[tuple[int, ConversationKey, HandoffStatus, str]]:
-        """Every conversation waiting for a person, oldest request first: (id, key, status,
-        the customer's language)."""
+        """Every conversation waiting for a person whose request did not reach every help
+        desk, oldest request first: (id, key, status, the customer's language)."""
         stmt = (
             sa.select(_s.state, _s.reason, _s.detail, _s.since, _s.agent, _s.language,
                       _s.conversation_id, _c.platform, _c.chat_id, _c.thread_id)
             .join(_c, _c.id == _s.conversation_id)
-            .where(_s.state == HandoffState.WAITING.value)
+            .where(_s.state == HandoffState.WAITING.value, _s.request_delivered.is_(False))
             .order_by(_s.since, _s.conversation_id)
         )  # fmt: skip
         rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, stmt))
@@ -195,6 +195,17 @@ class HandoffRepository:
         await run_on_connection(
             self._relaxed, lambda conn: conn.execute(self._add_signal, values), single=True
         )
+
+    async def request_delivered(self, conversation_id: int, since: datetime) -> None:
+        """The request of the handoff made at `since` reached every help desk (a later
+        request of the same conversation is not marked by it)."""
+        stmt = (
+            sa.update(_s)
+            .where(_s.conversation_id == conversation_id, _s.since == since,
+                   _s.state == HandoffState.WAITING.value)
+            .values(request_delivered=True)
+        )  # fmt: skip
+        await run_on_connection(self._relaxed, lambda conn: conn.execute(stmt), single=True)
 
     async def trigger_message(self, conversation_id: int) -> int | None:
         """The customer message whose turn handed the conversation off (None: an agent or a
