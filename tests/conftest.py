@@ -24,6 +24,18 @@ if os.environ.get("CI", "").lower() == "true":
 
 
 @pytest.fixture
+def operator_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`parley` as an operator runs it in an empty folder: no PARLEY_* variable from the
+    outside, no config/parley.toml, PARLEY_HOME under tmp_path; only what a test writes."""
+    for name in list(os.environ):
+        if name.upper().startswith("PARLEY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database (SQLAlchemy asyncpg URL), dropped afterwards."""
     url = services.create_postgres_database()

@@ -4,7 +4,6 @@ as an operator runs it: real files in the working directory, real environment va
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,7 @@ from bot.cli import main
 INTEGER_ERROR = "Input should be a valid integer, unable to parse string as an integer"
 
 
-@pytest.fixture(autouse=True)
-def _clean_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No PARLEY_* variable from the outside, no config/parley.toml: only what a test writes."""
-    for name in list(os.environ):
-        if name.upper().startswith("PARLEY_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("operator_folder")
 
 
 def _config(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -5,23 +5,14 @@ one is refused when settings are read, and the verifier never takes the empty ke
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import pytest
 
 from adapters.chatwoot.webhook import Verifier, signature
 from bot.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _clean_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("PARLEY_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("operator_folder")
 
 
 @pytest.mark.parametrize("name", ["WEBHOOK_SECRET", "ACCOUNT_WEBHOOK_SECRET", "PATH_SECRET"])

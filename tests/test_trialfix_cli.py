@@ -4,21 +4,13 @@ SQLite, "database error" and exit 3 on PostgreSQL)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from bot.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _clean_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("PARLEY_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("operator_folder")
 
 
 @pytest.mark.parametrize(
