@@ -187,10 +187,12 @@ async def cold(settings: Settings, redis: Redis | None) -> Counts:
 # one statement in autocommit: no transaction and no COMMIT round trip. Relaxed: the signal
 # INSERT and the lease release UPDATE. The Redis copy of the window is checked against the
 # state the lease returned. Token usage is written behind (none here, see settings_for). A
-# command's reply is a WITH statement as well.
+# command's reply is a WITH statement as well. A first turn adds the sender and conversation's
+# upsert and the reads of the handoff state and the chat's preferences; its window is built
+# with no read of messages (the state says no reply is there yet). A cold load reads them.
 Budget = tuple[dict[str, int], int, int, dict[str, int]]
 SQLITE: dict[str, Budget] = {
-    "first": ({"INSERT": 5, "UPDATE": 5, "SELECT": 4}, 6, 0, {}),
+    "first": ({"INSERT": 5, "UPDATE": 5, "SELECT": 3}, 6, 0, {}),
     "chat": ({"INSERT": 3, "UPDATE": 5, "SELECT": 1}, 6, 0, {}),
     "command": ({"INSERT": 2, "UPDATE": 5, "SELECT": 2}, 5, 0, {}),
     "cold": ({"INSERT": 5, "UPDATE": 5, "SELECT": 4}, 6, 0, {}),
@@ -201,7 +203,7 @@ _RATE = {"evalsha": 1}
 _CACHED_WINDOW = {"evalsha": 1, "get": 3, "set": 1}
 _NEW_WINDOW = {"evalsha": 1, "get": 3, "set": 4}
 POSTGRES: dict[str, Budget] = {
-    "first": ({"WITH": 3, "INSERT": 2, "UPDATE": 2, "SELECT": 3}, 0, 2, _NEW_WINDOW),
+    "first": ({"WITH": 3, "INSERT": 2, "UPDATE": 2, "SELECT": 2}, 0, 2, _NEW_WINDOW),
     "chat": ({"WITH": 2, "INSERT": 2, "UPDATE": 2}, 0, 2, _CACHED_WINDOW),
     "command": (
         {"WITH": 2, "INSERT": 1, "UPDATE": 2, "SELECT": 1},

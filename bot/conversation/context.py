@@ -70,8 +70,12 @@ class ContextLoader:
         state = await self._state(conversation_id)
         boundary = max(state.summary_through_id, state.context_start_id)
         summary = state.summary if state.summary_through_id >= state.context_start_id else ""
-        rows = await self._store.context_messages(conversation_id, boundary, self._max_rows)
-        turns = turns_from_rows(rows, complete=len(rows) < self._max_rows)
+        turns: list[Turn] = []
+        # A turn ends with a reply: with none after the boundary (a new conversation, or one
+        # just reset or folded) there is nothing to read.
+        if state.last_reply_id > boundary:
+            rows = await self._store.context_messages(conversation_id, boundary, self._max_rows)
+            turns = turns_from_rows(rows, complete=len(rows) < self._max_rows)
         summary_tokens = 0
         if summary:
             # Stored with the summary since migration 0005: no model round trip per rebuild.
