@@ -48,6 +48,11 @@ class AdapterSettings(BaseModel):
 
     access: AccessRules = AccessRules()
 
+    def missing(self) -> str | None:
+        """What the adapter needs to run and this section lacks, in one line; None when
+        nothing. Asked by `parley run` before it opens anything, and by the adapter itself."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class AdapterSpec:

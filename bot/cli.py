@@ -166,6 +166,11 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema migrations")
     db.add_argument("action", choices=["upgrade", "downgrade", "current"])
     db.add_argument("revision", nargs="?", help="target revision (upgrade: head, downgrade: -1)")
+    db.add_argument(
+        "--yes",
+        action="store_true",
+        help="downgrade: yes, remove the undone revisions' tables and columns with their data",
+    )
     db.set_defaults(func=cmd_db)
     add_kb_parser(sub)
     add_eval_parser(sub)

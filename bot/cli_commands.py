@@ -25,6 +25,9 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.adapters:  # e.g. PARLEY_ADAPTERS= from an unset variable: it would exit 0
         installed = ", ".join(installed_adapters())
         raise ConfigError(f"adapters: none configured, nothing to run; installed: {installed}")
+    for name in settings.adapters:  # before anything is opened or created
+        if (problem := adapter_spec(name).section(settings).missing()) is not None:
+            raise ConfigError(problem)
     async with Parley(settings) as app:
         await _load_sample(app)
         settle_heap()
@@ -66,7 +69,14 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "upgrade":
             await migrate.upgrade(url, args.revision or "head")
         elif args.action == "downgrade":
-            await migrate.downgrade(url, args.revision or "-1")
+            revision = args.revision or "-1"
+            if not args.yes:  # a downgrade drops what the revisions it undoes created
+                raise ConfigError(
+                    f"db downgrade: going back to {revision} removes the tables and columns of "
+                    "each revision it undoes, with their data; back up the database, then run "
+                    "it again with --yes"
+                )
+            await migrate.downgrade(url, revision)
     except CommandError as exc:  # a revision Alembic cannot find or reach
         raise ConfigError(f"db {args.action}: {_first_line(exc)}") from None
     print(f"schema revision: {await migrate.current(url) or 'none'} (code: {migrate.head()})")

@@ -51,7 +51,7 @@ def _one_line(done: subprocess.CompletedProcess[str], status: int) -> str:
 
 @pytest.mark.parametrize(
     "args",
-    [("db", "upgrade", "no-such-revision"), ("db", "downgrade", "-5")],
+    [("db", "upgrade", "no-such-revision"), ("db", "downgrade", "-5", "--yes")],
     ids=["unknown", "too-far-back"],
 )
 def test_rvo_a_revision_alembic_cannot_reach_is_one_line_and_exit_2(
@@ -59,6 +59,43 @@ def test_rvo_a_revision_alembic_cannot_reach_is_one_line_and_exit_2(
 ) -> None:
     err = _one_line(_parley(tmp_path, *args), 2)
     assert f"db {args[1]}: " in err and args[2] in err
+
+
+@pytest.mark.parametrize(
+    ("adapter", "variable"),
+    [
+        ("discord", "PARLEY_DISCORD__TOKEN"),
+        ("telegram", "PARLEY_TELEGRAM__TOKEN"),
+        ("chatwoot", "PARLEY_CHATWOOT__API_ACCESS_TOKEN"),
+    ],
+)
+def test_run_refuses_an_adapter_without_its_token_before_it_opens_anything(
+    tmp_path: Path, adapter: str, variable: str
+) -> None:
+    """An empty token used to create and migrate the database and load the sample before
+    the adapter refused it: a data folder left behind by a process that never ran."""
+    env = {
+        "PARLEY_ADAPTERS": f'["console", "{adapter}"]',
+        "PARLEY_CHATWOOT__URL": "https://chatwoot.example",
+        variable: "",
+    }
+    err = _one_line(_parley(tmp_path, "run", env=env), 2)
+    assert variable in err and f"required when the {adapter} adapter runs" in err
+    assert not (tmp_path / "parley.db").exists() and not (tmp_path / "home").exists()
+
+
+def test_a_downgrade_needs_yes_and_without_it_changes_nothing(tmp_path: Path) -> None:
+    """`db downgrade base` dropped every table with its data after one line. Without --yes
+    it now says what it would remove and touches nothing; with it, it steps back."""
+    assert _parley(tmp_path, "db", "upgrade").returncode == 0
+    head = _parley(tmp_path, "db", "current").stdout
+    for args in (("db", "downgrade"), ("db", "downgrade", "base")):
+        err = _one_line(_parley(tmp_path, *args), 2)
+        assert "--yes" in err and "with their data" in err
+        assert _parley(tmp_path, "db", "current").stdout == head
+    done = _parley(tmp_path, "db", "downgrade", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout != head and "schema revision: " in done.stdout
 
 
 @pytest.mark.parametrize(

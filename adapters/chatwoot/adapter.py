@@ -56,16 +56,8 @@ LOOK_S = 2.0
 
 
 def create(host: AdapterHost, settings: ChatwootSettings) -> ChatwootAdapter:
-    if settings.url is None or settings.api_access_token is None:
-        raise ConfigError(
-            "PARLEY_CHATWOOT__URL and PARLEY_CHATWOOT__API_ACCESS_TOKEN: required when the "
-            "chatwoot adapter runs"
-        )
-    if settings.webhook_secret is None and settings.path_secret is None:
-        raise ConfigError(
-            "PARLEY_CHATWOOT__WEBHOOK_SECRET (Chatwoot 4.13+ signs webhooks) or "
-            "PARLEY_CHATWOOT__PATH_SECRET: one is required to authenticate Chatwoot's webhooks"
-        )
+    if (problem := settings.missing()) is not None:
+        raise ConfigError(problem)
     return ChatwootAdapter(host, settings)
 
 

@@ -25,13 +25,8 @@ _VERSION = re.compile(r"^v?(\d+)\.(\d+)")
 
 
 async def doctor(settings: ChatwootSettings) -> str:
-    if settings.url is None or settings.api_access_token is None:
-        raise ConfigError("PARLEY_CHATWOOT__URL and PARLEY_CHATWOOT__API_ACCESS_TOKEN are not set")
-    if settings.webhook_secret is None and settings.path_secret is None:
-        raise ConfigError(
-            "neither PARLEY_CHATWOOT__WEBHOOK_SECRET nor PARLEY_CHATWOOT__PATH_SECRET is set: "
-            "Chatwoot's webhooks could not be authenticated"
-        )
+    if (problem := settings.missing()) is not None:  # as `parley run` would say it
+        raise ConfigError(problem)
     where = urlsplit(str(settings.url)).hostname or "?"  # never the URL's user or path
     client = ChatwootClient(settings)
     try:

@@ -75,13 +75,28 @@ class ChatwootSettings(AdapterSettings):
     def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         # Blank (an empty variable of a shared compose file or template) is no secret: unset,
         # never the empty key anyone can sign with (`create` still wants one when the adapter
-        # runs). Otherwise 16 characters at least; the message says characters (pydantic's
+        # runs). Otherwise 16 characters at least, blanks at its ends not counted (a letter and
+        # 15 spaces is one character of secret); the message says characters (pydantic's
         # min_length says "items"), never the value.
         if value is None or not value.get_secret_value().strip():
             return None
-        if len(value.get_secret_value()) < SECRET_MIN:
+        if len(value.get_secret_value().strip()) < SECRET_MIN:
             raise ValueError(
                 f"must be at least {SECRET_MIN} characters: copy Chatwoot's secret (a path "
                 "secret: a long random string) or leave the setting out"
             )
         return value
+
+    def missing(self) -> str | None:
+        token = self.api_access_token
+        if self.url is None or token is None or not token.get_secret_value().strip():
+            return (
+                "PARLEY_CHATWOOT__URL and PARLEY_CHATWOOT__API_ACCESS_TOKEN: required when the "
+                "chatwoot adapter runs"
+            )
+        if self.webhook_secret is None and self.path_secret is None:
+            return (
+                "PARLEY_CHATWOOT__WEBHOOK_SECRET (Chatwoot 4.13+ signs webhooks) or "
+                "PARLEY_CHATWOOT__PATH_SECRET: one is required to authenticate Chatwoot's webhooks"
+            )
+        return None

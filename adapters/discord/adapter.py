@@ -144,8 +144,8 @@ class DiscordAdapter:
         store: Store | None = None,
         gate: Gate | None = None,
     ) -> None:
-        if settings.token is None:
-            raise ConfigError("PARLEY_DISCORD__TOKEN: required when the discord adapter runs")
+        if (problem := settings.missing()) is not None:
+            raise ConfigError(problem)
         self._host = host
         self._intake = host.intake
         self._settings = settings

@@ -34,6 +34,12 @@ def _blank_is_unset(token: SecretStr | None) -> SecretStr | None:
 class DiscordSettings(AdapterSettings):
     # The bot token from the developer portal (Bot tab). Never logged.
     token: Annotated[SecretStr | None, AfterValidator(_blank_is_unset)] = None
+
+    def missing(self) -> str | None:
+        if self.token is None:
+            return "PARLEY_DISCORD__TOKEN: required when the discord adapter runs"
+        return None
+
     # Slash commands are synced to these guilds at start (instant, for development); empty:
     # globally (Discord may take up to an hour to show a global change).
     guild_ids: list[Annotated[int, Field(ge=1, le=_SNOWFLAKE_MAX)]] = Field(default_factory=list)

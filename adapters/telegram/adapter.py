@@ -136,11 +136,12 @@ class TelegramAdapter:
     def __init__(
         self, host: AdapterHost, settings: TelegramSettings, *, limits: Limits | None = None
     ) -> None:
-        if settings.token is None:
-            raise ConfigError("PARLEY_TELEGRAM__TOKEN: required when the telegram adapter runs")
+        if (problem := settings.missing()) is not None:
+            raise ConfigError(problem)
         self._host = host
         self._intake = host.intake
         self._settings = settings
+        assert settings.token is not None  # missing() said so
         self._token = settings.token.get_secret_value()
         self._redaction = redacting(self._token)
         self._redaction.__enter__()  # building the bot already logs its URL at DEBUG

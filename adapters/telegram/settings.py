@@ -73,6 +73,11 @@ class TelegramSettings(AdapterSettings):
     # Another Bot API server (self-hosted or a test stand-in), e.g. http://127.0.0.1:8081/bot
     base_url: HttpUrlText = Field("https://api.telegram.org/bot", min_length=1)
 
+    def missing(self) -> str | None:
+        if self.token is None:
+            return "PARLEY_TELEGRAM__TOKEN: required when the telegram adapter runs"
+        return None
+
     @model_validator(mode="after")
     def _webhook_needs_url_and_secret(self) -> Self:
         if self.mode == "webhook" and not (self.webhook_public_url and self.webhook_secret_token):
