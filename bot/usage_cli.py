@@ -88,7 +88,7 @@ def _row(line: UsageLine, settings: Settings) -> dict[str, Any]:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     cells = [list(_COLUMNS)] + [
-        ["-" if r[c] is None else str(r[c]) for c in _COLUMNS] for r in rows
+        ["-" if r[c] is None else _shown(str(r[c])) for c in _COLUMNS] for r in rows
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
     numeric = set(range(3, len(_COLUMNS)))
@@ -99,3 +99,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
         ).rstrip()
         for row in cells
     )
+
+
+def _shown(text: str) -> str:
+    """A cell as the terminal should show it: a control character (an escape sequence in an
+    id some adapter passed on) written out as Python would, never sent to the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

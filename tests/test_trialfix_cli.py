@@ -70,3 +70,14 @@ def test_ids_the_history_cannot_keep_are_refused_before_anything_runs(
     assert err.splitlines()[-1].endswith(says), err
     assert "Traceback" not in err
     assert not (tmp_path / "home").exists()  # no database was made
+
+
+def test_usage_table_writes_control_characters_out() -> None:
+    """A subject's id is an adapter's: an escape sequence in it must not reach the operator's
+    terminal when `parley usage` prints its table."""
+    from bot.usage_cli import _COLUMNS, _table
+
+    row = dict.fromkeys(_COLUMNS, 1) | {"day": "2026-12-03", "budget": "user"}
+    table = _table([row | {"who": "x:\x1b[2J\x07ok\u200bé"}])
+    assert "\x1b" not in table and "\x07" not in table and "\u200b" not in table
+    assert "x:\\x1b[2J\\x07ok\\u200bé" in table
