@@ -81,6 +81,19 @@ async def test_a_pending_conversation_is_answered_once_when_the_webhook_comes_tw
     ]
 
 
+async def test_a_webhook_url_typed_with_a_trailing_slash_is_served(
+    worker: ChatwootWorker,
+) -> None:
+    """Starlette answered `.../webhook/` with a 307, which Chatwoot does not follow with the
+    body: every webhook of a URL pasted with a "/" at its end was lost."""
+    fake = worker.fake
+    fake.webhook_url += "/"
+    conv = fake.conversation(11)
+    assert await fake.contact_says(conv, "hello with a slash") == 200
+    await worker.idle()
+    assert fake.public_replies(conv) == ["echo: hello with a slash"]
+
+
 @pytest.mark.parametrize(
     "delivery",
     [{"secret": "not-the-secret"}, {"age_s": 400}, {"age_s": -400}],

@@ -80,6 +80,14 @@ class HttpHost:
             Route("/readyz", self._readyz, methods=["GET"]),
             *self._routes,
         ]
+        # A path and the same path with a "/" at its end are one path here (see mount). A
+        # webhook URL is often typed by hand into another service: with the "/" Starlette would
+        # answer 307, which webhook senders do not follow with the body (every event lost).
+        routes += [
+            Route(f"{r.path}/", r.endpoint, methods=r.methods and list(r.methods), name=r.name)
+            for r in routes
+            if isinstance(r, Route) and not r.path.endswith("/")
+        ]
         draining = _RefuseWhileDraining(Starlette(routes=routes), self)
         return _BodyDeadline(draining, self._settings.body_timeout_s)
 
