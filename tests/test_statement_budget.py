@@ -187,23 +187,25 @@ async def cold(settings: Settings, redis: Redis | None) -> Counts:
 # one statement in autocommit: no transaction and no COMMIT round trip. Relaxed: the signal
 # INSERT and the lease release UPDATE. The Redis copy of the window is checked against the
 # state the lease returned. Token usage is written behind (none here, see settings_for). A
-# command's reply is a WITH statement as well. A first turn adds the sender and conversation's
-# upsert and the reads of the handoff state and the chat's preferences; its window is built
-# with no read of messages (the state says no reply is there yet). A cold load reads them.
+# command's reply is a WITH statement as well. The take also returns the chat's facts (its
+# handoff row and preferences, bot.storage.base.ChatFacts): no Redis GET or SELECT of them in
+# the lease's first turn. A first turn adds the sender and conversation's upsert; its window
+# is built with no read of messages (the state says no reply is there yet), a cold load's
+# with one. A window rebuilt is kept (SET NX), then the turn's own SET.
 Budget = tuple[dict[str, int], int, int, dict[str, int]]
 SQLITE: dict[str, Budget] = {
-    "first": ({"INSERT": 5, "UPDATE": 5, "SELECT": 3}, 6, 0, {}),
+    "first": ({"INSERT": 5, "UPDATE": 5, "SELECT": 1}, 6, 0, {}),
     "chat": ({"INSERT": 3, "UPDATE": 5, "SELECT": 1}, 6, 0, {}),
     "command": ({"INSERT": 2, "UPDATE": 5, "SELECT": 2}, 5, 0, {}),
-    "cold": ({"INSERT": 5, "UPDATE": 5, "SELECT": 4}, 6, 0, {}),
+    "cold": ({"INSERT": 5, "UPDATE": 5, "SELECT": 2}, 6, 0, {}),
 }
 # The rate limit: one script counts the message and marks it counted, so that a repeat or a
 # retry of it is not counted again (its own commands run inside Redis: not round trips).
 _RATE = {"evalsha": 1}
-_CACHED_WINDOW = {"evalsha": 1, "get": 3, "set": 1}
-_NEW_WINDOW = {"evalsha": 1, "get": 3, "set": 4}
+_CACHED_WINDOW = {"evalsha": 1, "get": 1, "set": 1}
+_NEW_WINDOW = {"evalsha": 1, "get": 1, "set": 2}
 POSTGRES: dict[str, Budget] = {
-    "first": ({"WITH": 3, "INSERT": 2, "UPDATE": 2, "SELECT": 2}, 0, 2, _NEW_WINDOW),
+    "first": ({"WITH": 3, "INSERT": 2, "UPDATE": 2}, 0, 2, _NEW_WINDOW),
     "chat": ({"WITH": 2, "INSERT": 2, "UPDATE": 2}, 0, 2, _CACHED_WINDOW),
     "command": (
         {"WITH": 2, "INSERT": 1, "UPDATE": 2, "SELECT": 1},
@@ -211,7 +213,7 @@ POSTGRES: dict[str, Budget] = {
         1,
         _RATE,
     ),
-    "cold": ({"WITH": 3, "INSERT": 2, "UPDATE": 2, "SELECT": 3}, 0, 2, _NEW_WINDOW),
+    "cold": ({"WITH": 3, "INSERT": 2, "UPDATE": 2, "SELECT": 1}, 0, 2, _NEW_WINDOW),
 }
 
 

@@ -505,7 +505,8 @@ class ConversationManager:
                 await self._answer(work, batch, answer)
             return
         if self._handoff is not None:
-            status, _ = await self._handoff.status(work.conversation_id)
+            # The lease's first turn has it from the take (its facts): no round trip.
+            status, _ = await self._handoff.status(work.conversation_id, _TURN.get().state)
             if status.state is HandoffState.WAITING:
                 batch = await self._owed_handoff_sentence(work, batch)
                 if not batch:
@@ -572,10 +573,12 @@ class ConversationManager:
     ) -> TurnContext:
         user = User(work.key.platform, message.user_id, message.user_display_name)
         say = self._localizer(message)
+        known = _TURN.get().state  # the lease's first turn: the chat's facts, read with it
+        facts = known.facts if known is not None and known.id == work.conversation_id else None
         return TurnContext(
             work.key, work.conversation_id, user, args, self._store, self._context,
             self._settings, message_id=message.id, collection=self._collection(work.key),
-            say=say if said is None else _noting(say, said), signals=signals,
+            say=say if said is None else _noting(say, said), signals=signals, facts=facts,
         )  # fmt: skip
 
     def _system_prompt(self, key: ConversationKey) -> str:

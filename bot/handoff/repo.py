@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.sentiment.types import Label, Sentiment
 from bot.storage import keys
-from bot.storage.base import Cache, Codec
+from bot.storage.base import Cache, Codec, ConversationState
 from bot.storage.database import all_rows, run_on_connection
 from bot.storage.models import ConversationRow, MessageRow
 from bot.types import ConversationKey, utcnow
@@ -76,8 +76,15 @@ class HandoffRepository:
     async def status(self, conversation_id: int) -> HandoffStatus:
         return (await self.status_and_language(conversation_id))[0]
 
-    async def status_and_language(self, conversation_id: int) -> tuple[HandoffStatus, str]:
-        """The state and the customer's language at handoff; no SQL while it is cached."""
+    async def status_and_language(
+        self, conversation_id: int, known: ConversationState | None = None
+    ) -> tuple[HandoffStatus, str]:
+        """The state and the customer's language at handoff; no SQL while it is cached.
+        `known`: the conversation's state as just read with its facts (the turn lease's):
+        taken from it, no cache round trip."""
+        if known is not None and known.id == conversation_id and known.facts is not None:
+            row = known.facts.handoff
+            return (BOT_STATUS, "") if row is None else (_status(row), str(row[5] or ""))
         return await self._states.get(conversation_id)
 
     async def _load(self, conversation_id: int) -> tuple[HandoffStatus, str]:

@@ -21,7 +21,7 @@ from bot.sentiment.classifier import classify
 from bot.sentiment.types import Label, Sentiment, TurnSignals
 from bot.settings import HandoffSettings
 from bot.skills.router import CommandRouter, Intent, TurnContext
-from bot.storage.base import StoredMessage
+from bot.storage.base import ConversationState, StoredMessage
 from bot.types import ConversationKey, utcnow
 
 from .desk import CoreDesk
@@ -74,8 +74,10 @@ class HandoffTurns:
         self._settings = settings
         self._keywords = KeywordRules(settings.keywords)
 
-    async def status(self, conversation_id: int) -> tuple[HandoffStatus, str]:
-        return await self.desk.repo.status_and_language(conversation_id)
+    async def status(
+        self, conversation_id: int, known: ConversationState | None = None
+    ) -> tuple[HandoffStatus, str]:
+        return await self.desk.repo.status_and_language(conversation_id, known)
 
     async def assess(
         self,

@@ -86,7 +86,10 @@ class SkillRouting:
         return self._s.language(prefs, text)
 
     async def route(self, ctx: TurnContext, text: str) -> Answer | None:
-        target, _ = await self._s.prefs.chat(ctx.conversation_id)
+        if ctx.facts is not None:  # read with the turn's lease: no round trip
+            target = ctx.facts.auto_translate
+        else:
+            target, _ = await self._s.prefs.chat(ctx.conversation_id)
         if target is not None:
             translated = await auto_translate(
                 self._translator, text, target, str(ctx.key), say=ctx.say

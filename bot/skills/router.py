@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from bot.conversation.context import ContextLoader
     from bot.sentiment.types import TurnSignals
     from bot.settings import ConversationSettings
-    from bot.storage.base import Store
+    from bot.storage.base import ChatFacts, Store
 
 # say(sentence, **fields): the sentence in the language of the user being answered.
 Say = Callable[..., Awaitable[str]]
@@ -53,6 +53,9 @@ class TurnContext:
     # What the turn learned before answering (sentiment, "asks for a person"): the intent
     # router may fill it, the "human" intent's handler sets wants_human (bot.handoff).
     signals: TurnSignals | None = None
+    # The chat's preferences and handoff row as the turn lease read them (its first turn
+    # only; None: read them from the repositories).
+    facts: ChatFacts | None = None
 
 
 Answer = str | AsyncIterator[str]

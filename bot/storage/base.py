@@ -120,6 +120,18 @@ class DeliveryState:
 
 
 @dataclass(frozen=True, slots=True)
+class ChatFacts:
+    """What every turn asks of its conversation besides the history, read in the same
+    statement as the state (the turn lease's): no cache round trip for them in a turn."""
+
+    # The handoff row (state, reason, detail, since, agent, language); None: no row (the bot).
+    handoff: tuple[object, ...] | None
+    # The chat's preferences (bot.storage.prefs): auto-translate target, keep-messages opt-in.
+    auto_translate: str | None
+    keep_messages: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ConversationState:
     id: int
     key: ConversationKey
@@ -132,6 +144,8 @@ class ConversationState:
     last_reply_id: int = 0
     # The summary's tokens as given to fold_summary (0: unknown; count the summary).
     summary_tokens: int = 0
+    # Read with it (SqlStore); None where a store does not.
+    facts: ChatFacts | None = None
 
 
 @dataclass(frozen=True, slots=True)

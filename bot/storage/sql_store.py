@@ -34,8 +34,10 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.errors import StorageError
+from bot.handoff.models import HandoffStateRow
 from bot.lru import Lru
 from bot.storage.base import (
+    ChatFacts,
     ContextRow,
     ConversationState,
     DeliveryState,
@@ -554,6 +556,20 @@ class SqlStore:
 
 _m = MessageRow
 _c = ConversationRow
+
+
+def _fact(column: Any) -> sa.ScalarSelect[Any]:
+    """One column of a row keyed by the conversation, beside its state (NULL: no row)."""
+    return sa.select(column).where(column.table.c.conversation_id == _c.id).scalar_subquery()
+
+
+# ChatFacts: the handoff row (as bot.handoff.repo reads it) and the chat's preferences.
+_h, _p = HandoffStateRow.__table__.c, ChatPrefsRow.__table__.c
+_FACT_COLUMNS = tuple(
+    _fact(column).label(f"fact_{i}")
+    for i, column in enumerate((_h.state, _h.reason, _h.detail, _h.since, _h.agent, _h.language,
+                                _p.auto_translate, _p.keep_messages))
+)  # fmt: skip
 _PING = sa.text("SELECT 1")
 
 
@@ -648,6 +664,7 @@ class _ConversationReads:
         state_columns = (
             _c.id, _c.platform, _c.chat_id, _c.thread_id, _c.summary, _c.summary_through_id,
             _c.summary_tokens, _c.context_start_id, last_reply_id.label("last_reply_id"),
+            *_FACT_COLUMNS,
         )  # fmt: skip
         state = sa.select(*state_columns).where(_c.id == _param("conversation_id"))
         # Take a conversation's lease: free, lapsed, or left by this owner; a new epoch each
@@ -902,13 +919,15 @@ _INSERT_REPLY = (
 _READS = {True: _ConversationReads.build(True), False: _ConversationReads.build(False)}
 
 
-# The lease take's columns: the epoch, the delivery's 6, the conversation state's 9.
-_LEASE_COLUMNS = 16
+# The lease take's columns: the epoch, the delivery's 6, the conversation state's 9 and its
+# facts' 8.
+_LEASE_COLUMNS = 24
 
 
 def _state(row: Sequence[Any]) -> ConversationState:
     (id_, platform, chat_id, thread_id, summary, summary_through_id, summary_tokens,
-     context_start_id, last_reply_id) = row  # fmt: skip
+     context_start_id, last_reply_id) = row[:9]  # fmt: skip
+    handoff, (auto_translate, keep_messages) = tuple(row[9:15]), row[15:17]
     return ConversationState(
         id=id_,
         key=ConversationKey(platform, chat_id, thread_id),
@@ -917,7 +936,10 @@ def _state(row: Sequence[Any]) -> ConversationState:
         context_start_id=context_start_id,
         last_reply_id=last_reply_id or 0,
         summary_tokens=summary_tokens,
-    )
+        # A handoff row's state is never NULL: NULL is no row.
+        facts=ChatFacts(handoff if handoff[0] is not None else None, auto_translate,
+                        bool(keep_messages)),
+    )  # fmt: skip
 
 
 def _delivery(row: Sequence[Any]) -> DeliveryState | None:
