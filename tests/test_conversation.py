@@ -125,6 +125,28 @@ async def test_burst_policy(tmp_path: Path, burst: str, expected: list[str]) -> 
         assert sink.replies[KEY] == expected
 
 
+async def test_a_burst_merges_one_senders_messages_never_two_peoples(tmp_path: Path) -> None:
+    """In a group chat (one conversation, many senders) a burst was one turn: two people's
+    questions joined, one answer replying to the last sender only."""
+    backend = GatedBackend()
+    group = ConversationKey("test", "group")
+    ada, bob = User("test", "ada", "Ada"), User("test", "bob", "Bob")
+    async with running(settings_for(tmp_path, burst="merge"), backend) as (app, sink):
+        first = await app.manager.submit(Incoming(group, ada, "one", idempotency_key="g1"))
+        await backend.entered.wait()
+        for n, (who, text) in enumerate([(ada, "two"), (ada, "three"), (bob, "four"),
+                                          (ada, "five")]):  # fmt: skip
+            await app.manager.submit(Incoming(group, who, text, idempotency_key=f"g{n + 2}"))
+        backend.gate.set()
+        await app.manager.wait_idle(first.conversation_id)
+        assert sink.replies[group] == [
+            "echo: one",
+            "echo: two\n\nthree",
+            "echo: four",
+            "echo: five",
+        ]
+
+
 async def test_each_prompt_extends_the_previous_one(tmp_path: Path) -> None:
     backend = ScriptedBackend()
     async with running(settings_for(tmp_path), backend) as (app, _):

@@ -456,10 +456,12 @@ class ConversationManager:
             _TURN.reset(token)
 
     def _batches(self, pending: Sequence[StoredMessage]) -> list[list[StoredMessage]]:
-        """Turns, in order: a command alone; chat messages merged (or one each, "queue"),
-        as far as the context budget takes them (a burst of long messages merged past it was
-        refused whole as too long, the newest included); messages over the rate limit
-        merged, so a flood gets one answer."""
+        """Turns, in order: a command alone; chat messages of one sender in a row merged (or
+        one each, "queue"), as far as the context budget takes them (a burst of long messages
+        merged past it was refused whole as too long, the newest included); messages over the
+        rate limit merged, so a flood gets one answer. In a group two people's messages are
+        never one turn: one's text would steer the answer to the other's question, the answer
+        would reply to the last of them only, and count to that one's budget."""
         batches: list[list[StoredMessage]] = []
         budget = self._context.budget_tokens
         for message in pending:
@@ -468,6 +470,7 @@ class ConversationManager:
                     self._settings.burst == "merge"
                     and message.kind is MessageKind.CHAT
                     and batches[-1][-1].kind is MessageKind.CHAT
+                    and batches[-1][-1].user_id == message.user_id
                     and _prompt_tokens([*batches[-1], message]) <= budget
                 )
                 or (
