@@ -117,6 +117,8 @@ class FakeDiscordApi:
     # Channels and members a client can fetch over REST, as Discord returns them.
     channels: dict[int, dict[str, Any]] = field(default_factory=dict)
     members: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    # Channels whose history the bot may not read (no Read Message History): 403, 50001.
+    unreadable: set[int] = field(default_factory=set)
     # Slash commands as last synced: None for global, else the guild's id -> their names
     # (context-menu commands too; `synced_types` has each one's type: 1 slash, 3 message).
     synced: dict[int | None, list[str]] = field(default_factory=dict)
@@ -439,6 +441,8 @@ class FakeDiscordApi:
         refusal = self._check_global(Call("GET", request.url.path, channel, {}))
         if refusal is not None:
             return refusal
+        if channel in self.unreadable:
+            return JSONResponse({"message": "Missing Access", "code": 50001}, status_code=403)
         query = request.query_params
         limit = min(int(query.get("limit", 50)), 100)
         ids = sorted(self.history[channel])

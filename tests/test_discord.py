@@ -19,6 +19,7 @@ pytest.importorskip("websockets")
 import discord
 
 from adapters.discord.adapter import DiscordAdapter
+from adapters.discord.commands import NO_HISTORY
 from adapters.discord.settings import DiscordSettings
 from adapters.discord.stream import neutralise
 from adapters.discord.translate import Action, Fetch, translate
@@ -398,6 +399,27 @@ async def test_summarize_from_here_reads_the_conversation_from_that_message(
         assert f"User {ev.ADMIN}: Tea arrives on Tuesday." in sent
         assert "Then it ships out on Friday." in sent and "said before" not in sent
         assert h.api.acknowledged_within(slash["token"]) < 3.0
+
+
+async def test_summarize_from_here_without_read_message_history_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The history read's 403 left "thinking..." until Discord gave up, with a traceback in
+    the log; now one sentence in place of the deferred response, and one log line."""
+    backend = answering("never asked")
+    async with discord_harness(tmp_path, backend) as h:
+        target = ev.message_create("The cranes start at six on Monday.", channel=ev.CHANNEL)
+        h.api.post(target)
+        h.api.unreadable.add(ev.CHANNEL)
+        await h.command(ev.interaction_create("Summarize from here", channel=ev.CHANNEL,
+                                              target=target))  # fmt: skip
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == [phrases.say(NO_HISTORY, "")]
+        assert backend.requests == []
+        assert "Traceback" not in caplog.text and not [
+            r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")
+        ]
+        assert "history could not be read (403 50001)" in caplog.text
 
 
 # An answer past the interaction token's 15 minutes -------------------------------------

@@ -389,7 +389,18 @@ class DiscordAdapter:
             about = target.content
             if name == "summarize":
                 limit = self._host.settings.skills.max_paste_chars
-                about = await commands.conversation_from(target, self.gate, max_chars=limit)
+                try:
+                    about = await commands.conversation_from(target, self.gate, max_chars=limit)
+                except discord.HTTPException as exc:  # no Read Message History here
+                    log.warning(
+                        "menu command %s: the channel's history could not be read (%s %s)",
+                        interaction.id, exc.status, exc.code,
+                    )  # fmt: skip
+                    self._intake.notify(
+                        menu_incoming(interaction, name, target, ""), commands.NO_HISTORY
+                    )
+                    self._end_unanswered(interaction, None)
+                    return
             recorded = await self._intake.submit(menu_incoming(interaction, name, target, about))
             self._end_unanswered(interaction, recorded)
         except Exception:

@@ -36,6 +36,8 @@ TRANSLATE, SUMMARIZE_FROM_HERE = "Translate", "Summarize from here"
 MENUS = {TRANSLATE: "translate", SUMMARIZE_FROM_HERE: "summarize"}
 # "Summarize from here" reads at most this many pages of 100 messages after the chosen one.
 FROM_HERE_PAGES = 4
+# "Summarize from here" where the bot may not read the channel's history.
+NO_HISTORY = phrases.N_("I can't read the earlier messages here, so I can't summarize them.")
 
 
 def build_tree(
