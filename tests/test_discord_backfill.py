@@ -139,6 +139,29 @@ async def test_a_message_sent_while_stopped_is_answered_once_after_start(tmp_pat
         assert len(h.api.reads(ev.DM)) >= 2  # it did read the DM again, from the last one
 
 
+async def test_a_blocked_role_is_not_answered_when_backfill_cannot_read_its_roles(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Live, a member with a blocked role is refused; read back after downtime, a failed
+    member lookup gave the message no roles, and it was answered: a block list that failed
+    open. Now such a message is not answered, with one log line."""
+    backend = ScriptedBackend(lambda request: "Answered.")
+    api = fake_discord()
+    blocked = {"access": {"blocked_roles": [str(ev.MEMBER_ROLE)]}}
+    async with started(tmp_path, backend, api, **blocked) as h:
+        await h.deliver_event(ev.message_create(
+            "hello", channel=ev.CHANNEL, mentions_bot=True, author=ev.ADMIN, roles=(ev.ADMIN_ROLE,)
+        ))  # fmt: skip
+        await h.idle()
+    api.post(ev.message_create("let me in", channel=ev.CHANNEL, mentions_bot=True))
+    del api.members[(ev.GUILD, ev.USER)]  # the lookup fails (here: 404 Unknown Member)
+    async with started(tmp_path, backend, api, **blocked) as h:
+        await backfilled(h, 1)
+        assert "let me in" not in asked(backend)
+        assert h.api.texts(ev.CHANNEL) == ["Answered."]
+        assert "its sender's roles could not be read (404 10007)" in caplog.text
+
+
 async def test_a_reconnect_that_is_not_a_resume_backfills(tmp_path: Path) -> None:
     backend = ScriptedBackend(lambda request: "Here.")
     api = fake_discord()

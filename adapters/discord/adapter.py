@@ -306,6 +306,7 @@ class DiscordAdapter:
             auto_thread=self._settings.auto_thread,
             me=self.me,
             take=self._take,
+            roles_block=bool(self._settings.access.blocked_roles),
         )
         self._backfills[shard_id] = asyncio.create_task(
             self._backfill(backfill, shard_id), name=f"discord backfill {shard_id}"

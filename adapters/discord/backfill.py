@@ -54,7 +54,10 @@ class Backfill:
         auto_thread: Sequence[int],
         me: int,
         take: Take,
+        roles_block: bool = False,
     ) -> None:
+        """`roles_block`: access rules block some roles (`access.blocked_roles`), so a sender
+        whose roles cannot be read is not answered (a block list must not fail open)."""
         self._client = client
         self._store = store
         self._gate = gate
@@ -62,6 +65,7 @@ class Backfill:
         self._auto_thread = auto_thread
         self._me = me
         self._take = take
+        self._roles_block = roles_block
 
     async def run(self, shard_id: int | None) -> int:
         """Reads the conversations of `shard_id` (None: every one) and takes each message,
@@ -123,7 +127,14 @@ class Backfill:
         try:
             action = translate(message, self._me)
             if isinstance(action, Submit | Fetch | Observe):
-                author = await self._member(message)
+                try:
+                    author = await self._member(message)
+                except _RolesUnknown as exc:
+                    log.warning(
+                        "message %s read back: its sender's roles could not be read (%s) and "
+                        "access.blocked_roles needs them: not answered", message.id, exc,
+                    )  # fmt: skip
+                    return
                 if author is not None:
                     action = translate(message, self._me, author=author)
             if not isinstance(action, Notice):
@@ -133,15 +144,22 @@ class Backfill:
 
     async def _member(self, message: discord.Message) -> Author | None:
         """The sender as a member of the server (roles, Manage Server); None in a DM, or
-        when they have left."""
+        when Discord does not give it (they left; Discord is failing), unless roles are
+        blocked: then _RolesUnknown."""
         guild = message.guild
         if guild is None or isinstance(message.author, discord.Member):
             return None
         try:
             async with self._gate.slot(f"read:{guild.id}", group=False):
                 return await guild.fetch_member(message.author.id)
-        except discord.HTTPException:
+        except discord.HTTPException as exc:
+            if self._roles_block:
+                raise _RolesUnknown(f"{exc.status} {exc.code}") from None
             return None
+
+
+class _RolesUnknown(Exception):
+    """A sender's roles could not be read back."""
 
 
 def _id(channel: Channel) -> int:
