@@ -136,6 +136,9 @@ class FakeDiscordApi:
     # The gateway closes after IDENTIFY with this code when set (4014: "disallowed intents",
     # what Discord sends when Message Content is not switched on).
     gateway_close_code: int | None = None
+    # The application's flags (GET /oauth2/applications/@me): by default the Message Content
+    # intent is on (GATEWAY_MESSAGE_CONTENT_LIMITED); 0: it is off.
+    app_flags: int = 1 << 19
     # The servers the bot is in, as GUILD_CREATE payloads sent after READY.
     guilds: list[dict[str, Any]] = field(default_factory=list)
     # Events for each shard's connection; kept while it is away (a resume gets them).
@@ -538,7 +541,7 @@ class FakeDiscordApi:
                 "bot_require_code_grant": False,
                 "owner": {**BOT_USER, "id": "902", "bot": False},
                 "verify_key": "0" * 64,
-                "flags": 1 << 19,  # GATEWAY_MESSAGE_CONTENT_LIMITED: the intent is on
+                "flags": self.app_flags,
             }
         )
 

@@ -18,7 +18,8 @@ pytest.importorskip("websockets")
 
 import discord
 
-from adapters.discord.adapter import DiscordAdapter
+from adapters.discord.adapter import CLOSE_CODES, DiscordAdapter
+from adapters.discord.adapter import doctor as discord_doctor
 from adapters.discord.commands import NO_HISTORY
 from adapters.discord.settings import DiscordSettings
 from adapters.discord.stream import neutralise
@@ -342,6 +343,36 @@ async def test_a_text_document_is_read_and_a_photo_gets_one_sentence(tmp_path: P
         await h.idle()
         mb = h.app.settings.documents.max_bytes // 10**6
         assert h.api.texts(ev.DM)[-1] == phrases.say(phrases.MEDIA, "", mb=mb)
+
+
+@pytest.mark.parametrize("code", [4010, 4011, 4013])
+async def test_a_gateway_close_no_reconnect_cures_is_one_line_saying_what_to_change(
+    tmp_path: Path, code: int
+) -> None:
+    """4010 and 4011 (a shard Discord refuses, a bot that must shard) were a raw
+    "ConnectionClosed: Shard ID 0 WebSocket closed with 4010"."""
+    api = FakeDiscordApi(gateway_close_code=code)
+    async with api.serving():
+        settings = settings_for(tmp_path, "discord", discord={"token": TOKEN})
+        async with Parley(settings, backend=None) as app:
+            section = settings.section("discord")
+            assert isinstance(section, DiscordSettings)
+            async with DiscordAdapter(host_for(app), section) as adapter:
+                with pytest.raises(AdapterError) as refused:
+                    async with asyncio.timeout(30):
+                        await adapter.run()
+    assert str(refused.value) == CLOSE_CODES[code]
+
+
+async def test_doctor_names_a_message_content_intent_that_is_off() -> None:
+    """`parley doctor` said "no problems found" and `parley run` then stopped at connect."""
+    section = DiscordSettings(token=TOKEN)
+    api = FakeDiscordApi()
+    async with api.serving():
+        assert "bot" in await discord_doctor(section)
+        api.app_flags = 0
+        with pytest.raises(AdapterError, match="Message Content Intent"):
+            await discord_doctor(section)
 
 
 async def test_a_missing_message_content_intent_is_one_line(tmp_path: Path) -> None:

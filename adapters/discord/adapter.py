@@ -75,6 +75,19 @@ MISSING_INTENT = (
     "slash commands"
 )
 
+# Other gateway close codes that no reconnect can cure: what the operator has to change.
+CLOSE_CODES = {
+    4010: "Discord refused the shard (4010 Invalid shard): each of discord.shard_ids must be "
+    "below discord.shard_count",
+    4011: "Discord requires this bot to shard (4011 Sharding required): set "
+    "discord.shard_count (docs/discord.md, Sharding)",
+    4013: "Discord refused the gateway intents (4013 Invalid intents): a discord.py release "
+    "Parley does not support?",
+}
+# The application's flags that say the Message Content intent is on (for 100+ servers the
+# first, after Discord's review; below, the second: the switch in the developer portal).
+MESSAGE_CONTENT_FLAGS = (1 << 18, 1 << 19)
+
 
 TOKEN_REFUSED = (
     "Discord refused the token (401 Unauthorized): check PARLEY_DISCORD__TOKEN "
@@ -99,13 +112,17 @@ def _redis_client(settings: RedisSettings) -> Redis | None:
 
 async def doctor(settings: DiscordSettings) -> str:
     """`parley doctor`: a token is set and Discord takes it (GET /users/@me, the one call of
-    `Client.login`; no gateway connection)."""
+    `Client.login`; no gateway connection), and the application has the Message Content
+    intent on (GET /oauth2/applications/@me): without it `parley run` stops at connect."""
     if settings.token is None:
         raise ConfigError("PARLEY_DISCORD__TOKEN is not set")
     _without_voice()
     client = discord.Client(intents=intents())
     try:
         await client.login(settings.token.get_secret_value())
+        application = await client.application_info()
+        if not any(application.flags.value & flag for flag in MESSAGE_CONTENT_FLAGS):
+            raise AdapterError(MISSING_INTENT.replace("refused", "has not given the bot", 1))
     except discord.LoginFailure:
         raise AdapterError(TOKEN_REFUSED) from None
     except (discord.HTTPException, OSError) as exc:
@@ -249,6 +266,10 @@ class DiscordAdapter:
             raise AdapterError(MISSING_INTENT) from None
         except discord.LoginFailure:
             raise AdapterError("Discord refused the token: check PARLEY_DISCORD__TOKEN") from None
+        except discord.ConnectionClosed as exc:
+            if exc.code not in CLOSE_CODES:
+                raise
+            raise AdapterError(CLOSE_CODES[exc.code]) from None
 
     async def handled(self, count: int) -> None:
         """Wait until `count` message events have been handled (recorded, refused or ignored)."""
