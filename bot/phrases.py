@@ -53,6 +53,11 @@ TOO_LONG = N_(
     "Please send a shorter one."
 )
 CUT_OFF = N_("[The reply was cut off.]")
+# A model that ended its answer with no text at all (or only blanks): else the user would
+# see nothing, typing and then silence.
+EMPTY_ANSWER = N_(
+    "The language model gave an empty answer. Please ask again, perhaps in other words."
+)
 STOPPED = N_("[Stopped.]")
 NOT_ALLOWED = N_("Sorry, this bot is private and I can't talk with you here.")
 ADMINS_ONLY = N_("Only an admin of this group can change that.")

@@ -147,6 +147,22 @@ async def test_a_burst_merges_one_senders_messages_never_two_peoples(tmp_path: P
         ]
 
 
+@pytest.mark.parametrize("empty", ["", "   \n\n  \n"])
+async def test_an_empty_answer_from_the_model_is_said_not_silence(
+    tmp_path: Path, empty: str
+) -> None:
+    """A model that answered nothing (or only blanks) made the platform show nothing: typing,
+    then silence. The user is told, and that is what the history keeps."""
+    backend = ScriptedBackend(lambda request: empty)
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.manager.handle(incoming("hello?"))
+        assert sink.replies[KEY] == [phrases.EMPTY_ANSWER]
+        cid = await app.store.conversation_id(KEY)
+        assert cid is not None
+        rows = await app.store.history(cid, 10)
+        assert [r.content for r in rows if r.role is Role.ASSISTANT] == [phrases.EMPTY_ANSWER]
+
+
 async def test_each_prompt_extends_the_previous_one(tmp_path: Path) -> None:
     backend = ScriptedBackend()
     async with running(settings_for(tmp_path), backend) as (app, _):

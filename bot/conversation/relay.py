@@ -90,6 +90,8 @@ class Collected:
     async def relay(self, stream: AsyncGenerator[Chunk, None]) -> AsyncGenerator[str, None]:
         """Text deltas for the sink. A failure after text was shown ends the reply with a
         short note instead of an error, so the user never sees the same text twice."""
+        # Blanks before the first text: shown with it, or never. None once text was shown.
+        held: str | None = ""
         try:
             async for chunk in stream:
                 if chunk.usage is not None:
@@ -98,15 +100,25 @@ class Collected:
                     self.notice = chunk.notice
                 if chunk.text:
                     self.parts.append(chunk.text)
-                    yield chunk.text
+                    if held is None:
+                        yield chunk.text
+                    elif chunk.text.strip():
+                        yield held + chunk.text
+                        held = None
+                    else:
+                        held += chunk.text
         except BackendError as exc:
-            if not self.parts:
+            if held is not None:  # nothing shown: the caller's one sentence, or a retry
+                self.parts.clear()
                 raise
             log.warning("reply cut off after %d chunks: %s", len(self.parts), exc)
             note = await note_line(self.say, phrases.CUT_OFF)
             self.parts.append(note)
             yield note
         else:
+            if held is not None:  # nothing a platform would show
+                self.parts = [await self.say(phrases.EMPTY_ANSWER)]
+                yield self.parts[0]
             if self.notice:  # shown, not stored: it is about the answer, not part of it
                 yield f"\n\n({self.notice})"
         finally:
