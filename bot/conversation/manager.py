@@ -322,6 +322,8 @@ class ConversationManager:
             return True
         except TimeoutError:
             tasks = list(self._workers.values())
+            if not tasks:  # the last one ended as the grace did
+                return True
             log.warning("stopping %d turn(s) still running after the shutdown grace", len(tasks))
             for task in tasks:
                 task.cancel()
