@@ -6,6 +6,7 @@ kit's contract suite runs over the same harness (tests/test_adapter_contract.py)
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator
 from datetime import timedelta
 from pathlib import Path
@@ -508,3 +509,21 @@ async def test_an_answer_whose_token_has_expired_is_all_in_channel_messages(
         await h.idle()
         assert h.api.texts(ev.DM) == ["", answer]  # the response never got its token's use
         assert _original_edits(h.api) == [] and _original_edits(h.api, 401) == []
+
+
+def test_a_reconnect_attempt_is_one_warning_line_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While Discord could not be reached, discord.py logged each reconnect attempt at ERROR
+    with aiohttp's whole traceback: a dozen tracebacks in 20 s."""
+    DiscordAdapter._client(DiscordSettings(token=TOKEN))  # installs the filter
+    try:
+        raise OSError("Connect call failed ('10.0.0.1', 443) 100%")
+    except OSError:
+        logging.getLogger("discord.client").exception("Attempting a reconnect in %.2fs", 1.5)
+    (record,) = [r for r in caplog.records if r.name == "discord.client"]
+    assert record.levelname == "WARNING" and record.exc_info is None
+    assert record.getMessage() == (
+        "Attempting a reconnect in 1.50s (OSError: Connect call failed ('10.0.0.1', 443) 100%)"
+    )
+    assert "Traceback" not in caplog.text

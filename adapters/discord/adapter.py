@@ -133,6 +133,27 @@ async def doctor(settings: DiscordSettings) -> str:
     return f"bot {client.user.name} (id {client.user.id})"
 
 
+class _ShortReconnect(logging.Filter):
+    """discord.py logs each reconnect attempt with the whole traceback of why (an aiohttp
+    connection error, every few seconds while Discord cannot be reached): one warning line
+    each instead, naming the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("Attempting a reconnect"):
+            error = record.exc_info[1]
+            said = f"{type(error).__name__}: {error}".replace("%", "%%")
+            record.msg = f"{record.msg} ({said})"
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _short_reconnects() -> None:
+    client_log = logging.getLogger("discord.client")
+    if not any(isinstance(f, _ShortReconnect) for f in client_log.filters):
+        client_log.addFilter(_ShortReconnect())
+
+
 def _without_voice() -> None:
     """Before a client is made: no warning that PyNaCl or davey is not installed ("voice will
     NOT be supported"), which discord.py logs when it makes a client; Parley never joins a
@@ -201,6 +222,7 @@ class DiscordAdapter:
     @staticmethod
     def _client(settings: DiscordSettings) -> discord.Client:
         _without_voice()
+        _short_reconnects()
         if settings.shard_count is not None:
             if settings.shard_ids is None:  # every shard in this process
                 return discord.AutoShardedClient(
