@@ -59,6 +59,10 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut_until = 0.0
         self.port = 0
+        # Cleared (`frozen`), no byte goes either way and connections stay open: a server
+        # that takes connections and never answers (a hung database), not one that is down.
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     async def start(self, port: int = 0) -> None:
         """Listen (again: on the same `port` after `aclose`, as a server that came back)."""
@@ -70,6 +74,17 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    @property
+    def frozen(self) -> bool:
+        return not self.flowing.is_set()
+
+    @frozen.setter
+    def frozen(self, frozen: bool) -> None:
+        if frozen:
+            self.flowing.clear()
+        else:
+            self.flowing.set()
 
     def cut(self, seconds: float) -> None:
         self._cut_until = time.monotonic() + seconds
@@ -96,13 +111,16 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers.add(up_writer)
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(_pipe(reader, up_writer, self), _pipe(up_reader, writer, self))
         self._writers -= {writer, up_writer}
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: TcpProxy
+) -> None:
     try:
         while data := await reader.read(65536):
+            await proxy.flowing.wait()
             writer.write(data)
             await writer.drain()
     except (OSError, ConnectionError):

@@ -163,6 +163,19 @@ async def test_an_empty_answer_from_the_model_is_said_not_silence(
         assert [r.content for r in rows if r.role is Role.ASSISTANT] == [phrases.EMPTY_ANSWER]
 
 
+async def test_a_drain_past_the_grace_counts_the_turns_it_stops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The grace's timeout cancelled the wait's gather, which cancelled the turns first: the
+    warning then counted none ("stopping 0 turn(s)") while it had cut one."""
+    backend = GatedBackend()  # its first turn waits for a gate that never opens
+    async with running(settings_for(tmp_path), backend) as (app, _):
+        await app.manager.submit(incoming("one"))
+        await backend.entered.wait()
+        assert await app.manager.drain(0.2) is False
+    assert "stopping 1 turn(s) still running after the shutdown grace" in caplog.text
+
+
 async def test_each_prompt_extends_the_previous_one(tmp_path: Path) -> None:
     backend = ScriptedBackend()
     async with running(settings_for(tmp_path), backend) as (app, _):

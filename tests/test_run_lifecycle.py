@@ -8,6 +8,10 @@ import asyncio
 import signal
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from bot.storage import migrate
+from tests.crash_cluster import TcpProxy
 from tests.processes import finish, parley_run
 from tests.slow_model import MODEL, SlowModel
 from tests.telegram_api import TOKEN, FakeBotApi
@@ -75,3 +79,47 @@ async def test_sigterm_during_a_streamed_answer_lets_it_finish(tmp_path: Path) -
     assert model.finished == 1
     words = ["re:tell", "me", *(f"w{n}" for n in range(1, 12))]
     assert api.texts(42)[-1].split() == words
+
+
+async def test_a_stop_ends_soon_after_the_grace_when_the_database_hangs(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """PostgreSQL that takes connections and never answers held a SIGTERM for two minutes
+    (a turn's last write, the usage flush, closing the pools), past any process manager's
+    kill; now the process ends 2 s after the grace with one line, status 3, and what was cut
+    stays pending in SQL."""
+    await migrate.upgrade(postgres_url)
+    target = sa.make_url(postgres_url)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    through = target.set(host="127.0.0.1", port=proxy.port)
+    api = FakeBotApi()
+    try:
+        async with api.serving() as base_url:
+            env = _telegram(
+                base_url,
+                PARLEY_DATABASE__URL=through.render_as_string(hide_password=False),
+                PARLEY_SHUTDOWN_GRACE_S="2",
+            )
+            async with parley_run(tmp_path, env) as process:
+                api.push_update(text_update(1, 42, "/help"))
+                async with asyncio.timeout(60):
+                    await api.wait_for_messages(42, 1)
+                proxy.frozen = True
+                api.push_update(text_update(2, 42, "are you there?"))
+                await asyncio.sleep(1.0)  # its record is waiting on the database
+                process.send_signal(signal.SIGTERM)
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                status, err = await finish(process)
+                took = loop.time() - started
+    finally:
+        proxy.frozen = False
+        await proxy.aclose()
+    assert status == 3, err
+    assert took < 2 + 2 + 3, took  # the grace, HARD_STOP_EXTRA_S, a start-up's slack
+    assert err.endswith(
+        "parley: error: the stop did not finish within 4 s (a database or service that does "
+        "not answer): exiting; unanswered messages stay pending in SQL\n"
+    )
+    assert "Traceback" not in err

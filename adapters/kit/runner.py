@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
+import threading
 from asyncio import FIRST_COMPLETED
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -40,6 +42,10 @@ from .metrics_route import metrics_host, metrics_route, serve_all
 log = logging.getLogger(__name__)
 
 EVERY_INTERFACE = frozenset({"0.0.0.0", "::"})
+# After a stop signal the process ends within shutdown_grace_s and this (install_stop_signals),
+# with the status of a failure at run time (bot.cli's 3) when it had to cut its clean-up.
+HARD_STOP_EXTRA_S = 2.0
+EXIT_STOP_HUNG = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +97,7 @@ async def run_adapters(
     adapters = build_adapters(host, names, sections or {})
     if stop is None:
         stop = asyncio.Event()
-        install_stop_signals(stop)
+        install_stop_signals(stop, app.settings.shutdown_grace_s + HARD_STOP_EXTRA_S)
     async with AsyncExitStack() as stack:
         for adapter, section in adapters:
             await _enter(stack, adapter)
@@ -256,8 +262,32 @@ async def _drain(app: Parley) -> None:
     )
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
+def install_stop_signals(stop: asyncio.Event, hard_stop_s: float | None = None) -> None:
+    """SIGINT and SIGTERM set `stop`. `hard_stop_s`: the process ends that long after the
+    first signal whatever still runs then (exit 3, one line): a database that takes
+    connections and never answers held a stop for minutes, where a process manager kills at
+    10 s anyway. Nothing is lost: what was cut stays pending in SQL."""
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set() and hard_stop_s is not None:
+            timer = threading.Timer(hard_stop_s, _hard_stop, args=(hard_stop_s,))
+            timer.daemon = True  # a stop that finishes in time ends the process first
+            timer.start()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
+
+
+def _hard_stop(after_s: float) -> None:
+    # From the timer's thread, with the event loop perhaps stuck: no logging (its lock may
+    # be held), one write, then the exit itself (os._exit: no interpreter clean-up to hang).
+    line = (
+        f"parley: error: the stop did not finish within {after_s:g} s (a database or service "
+        "that does not answer): exiting; unanswered messages stay pending in SQL\n"
+    )
+    with contextlib.suppress(OSError):
+        os.write(2, line.encode())
+    os._exit(EXIT_STOP_HUNG)

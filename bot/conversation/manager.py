@@ -103,6 +103,8 @@ BUSY_RETRY_S = 1.0
 CUSTOMER_LOOKBACK = 20
 # The answer the current task's turn is showing (set around each turn).
 _TURN: contextvars.ContextVar[TurnDelivery] = contextvars.ContextVar("parley_turn")
+# How long a stop waits for the turns it cancelled after the grace (drain).
+CANCELLED_TURNS_WAIT_S = 1.0
 
 
 class NotServedHere(Exception):
@@ -316,19 +318,21 @@ class ConversationManager:
         """Give the turns in flight `timeout_s` to finish, then stop the rest: their messages
         stay pending in SQL and are answered by another worker or the next start. True when
         every turn finished in time."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.wait_idle()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while tasks := list(self._workers.values()):
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await asyncio.wait(tasks, timeout=left)  # never cancels them (gather would)
+        else:
             return True
-        except TimeoutError:
-            tasks = list(self._workers.values())
-            if not tasks:  # the last one ended as the grace did
-                return True
-            log.warning("stopping %d turn(s) still running after the shutdown grace", len(tasks))
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            return False
+        log.warning("stopping %d turn(s) still running after the shutdown grace", len(tasks))
+        for task in tasks:
+            task.cancel()
+        # A turn's last write may wait on a database that does not answer: not for ever.
+        await asyncio.wait(tasks, timeout=CANCELLED_TURNS_WAIT_S)
+        return False
 
     def _schedule(self, work: _Work) -> None:
         if work.key.platform not in self._sinks:
