@@ -69,6 +69,8 @@ def default_database_url() -> str:
 
 # Which installed package each database driver and URL scheme needs, and the extra bringing it.
 _DRIVERS = {"asyncpg": ("asyncpg", "postgres"), "aiosqlite": ("aiosqlite", "")}
+# The driver of a database URL that names none (postgresql://, sqlite:///).
+_ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
 # Variables named PARLEY_* that are not settings: the data folder, the config file, and the
 # knobs of Parley's own tests and benchmarks. Any other PARLEY_* variable must be a setting.
 NOT_SETTINGS = frozenset(
@@ -136,16 +138,26 @@ class DatabaseSettings(_Section):
                 "not a database URL; use sqlite+aiosqlite:///PATH or "
                 "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB"
             ) from None
-        backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+        # Read from the URL's text, not through SQLAlchemy's dialect registry: an unknown
+        # scheme must be this one line, not the registry's import error.
+        backend, _, driver = parsed.drivername.partition("+")
+        # postgres:// (Heroku's, Render's form) and a scheme without a driver name the same
+        # databases; Parley talks to them through its async drivers.
+        backend = "postgresql" if backend == "postgres" else backend
+        driver = driver or _ASYNC_DRIVERS.get(backend, "")
         if (backend, driver) not in (("sqlite", "aiosqlite"), ("postgresql", "asyncpg")):
             raise ValueError(
-                f"{backend}+{driver} is not supported; use sqlite+aiosqlite:///PATH or "
+                f"{parsed.drivername} is not supported; use sqlite+aiosqlite:///PATH or "
                 "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB"
             )
         module, extra = _DRIVERS[driver]
         if find_spec(module) is None:
             raise ValueError(f"the {module} driver is not installed: pip install 'parley[{extra}]'")
-        return url
+        if parsed.drivername == f"{backend}+{driver}":
+            return url
+        return SecretStr(
+            parsed.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
+        )
 
     @property
     def is_sqlite(self) -> bool:

@@ -157,6 +157,8 @@ def test_lists_take_comma_separated_values(monkeypatch: pytest.MonkeyPatch) -> N
         ("PARLEY_ADAPTERS", "telgram", "unknown adapter 'telgram'; installed: console, telegram"),
         ("PARLEY_DATABASE__URL", "postgres//nohost", "not a database URL"),
         ("PARLEY_DATABASE__URL", "mysql://u@h/db", "is not supported"),
+        ("PARLEY_DATABASE__URL", "foo://x", "foo is not supported"),
+        ("PARLEY_DATABASE__URL", "postgresql+psycopg2://u@h/db", "is not supported"),
         ("PARLEY_REDIS__URL", "http://cache:6379", "not a Redis URL"),
         ("PARLEY_ADAPTERS", "[console", "invalid setting"),
     ],
@@ -168,6 +170,23 @@ def test_bad_values_are_one_line_and_exit_2(
     assert status == 2
     assert err.startswith("parley: error: ") and says in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgres://u:pw@db:5432/parley", "postgresql+asyncpg://u:pw@db:5432/parley"),
+        ("postgresql://u@db/parley?ssl=require", "postgresql+asyncpg://u@db/parley?ssl=require"),
+        ("sqlite:////data/parley.db", "sqlite+aiosqlite:////data/parley.db"),
+        ("postgresql+asyncpg://u@db/parley", "postgresql+asyncpg://u@db/parley"),
+    ],
+)
+def test_a_database_url_without_a_driver_gets_parleys(given: str, used: str) -> None:
+    """`postgres://` (the form Heroku and Render hand out) printed a 30-line traceback of
+    SQLAlchemy's dialect registry, exit 1; `postgresql://` was refused."""
+    from bot.settings import DatabaseSettings
+
+    assert DatabaseSettings(url=given).url.get_secret_value() == used  # type: ignore[arg-type]
 
 
 def test_a_postgresql_url_without_its_driver_names_the_extra(tmp_path: Path) -> None:
