@@ -95,8 +95,11 @@ class Parley:
         s = self.settings
         url = s.database.url.get_secret_value()
         await ensure_schema(url, s.database.auto_migrate)
-        engine = create_engine(url, echo=s.database.echo, pool_size=s.database.pool_size)
-        relaxed = create_relaxed_engine(engine, pool_size=max(2, s.database.pool_size // 2))
+        db = s.database
+        engine = create_engine(url, echo=db.echo, pool_size=db.pool_size, timeout_s=db.timeout_s)
+        relaxed = create_relaxed_engine(
+            engine, pool_size=max(2, db.pool_size // 2), timeout_s=db.timeout_s
+        )
         keeper = create_keeper_engine(engine, timeout_s=s.conversation.lock_ttl_s / 3)
         self.store = SqlStore(engine, relaxed, keeper)
         await self.store.start()

@@ -125,6 +125,13 @@ class DatabaseSettings(_Section):
         description="Connections each worker keeps to the database (SQLite file or "
         "PostgreSQL), all opened at start, before the first turn.",
     )  # fmt: skip
+    timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="PostgreSQL: a running worker's connecting, waiting for a pooled "
+        "connection and each statement give up after this many seconds (a server that takes "
+        "connections and never answers then fails a request with 503, or a turn, which is "
+        "tried again, instead of holding it). The command-line tools' statements have none.",
+    )  # fmt: skip
     # None: migrate SQLite on start, refuse to start on an out-of-date server database.
     auto_migrate: bool | None = None
 

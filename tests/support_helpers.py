@@ -56,12 +56,13 @@ async def support_worker(
     backend: object | None = None,
     conversation: dict[str, Any] | None = None,
     http: dict[str, Any] | None = None,
+    database: dict[str, Any] | None = None,
     **support: Any,
 ) -> AsyncIterator[Worker]:
     redis = {"url": redis_url, "key_prefix": key_prefix} if redis_url else {}
     settings = load_settings(
         None,
-        database={"url": database_url},
+        database={"url": database_url, **(database or {})},
         redis=redis,
         knowledge={"load_sample": False, "semantic": False},
         conversation=conversation or {},

@@ -90,7 +90,9 @@ class SupportAdapter:
         self._settings = settings
         core = host.settings
         self._engine: AsyncEngine = create_engine(
-            core.database.url.get_secret_value(), pool_size=core.database.pool_size
+            core.database.url.get_secret_value(),
+            pool_size=core.database.pool_size,
+            timeout_s=core.database.timeout_s,
         )
         self._cache: Cache = build_cache(core.redis)
         # Commands and the subscription apart: a subscription blocks its connection for good.

@@ -41,17 +41,32 @@ _COMMON_ERRORS: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, sa_exc.Tim
 POOL_RECYCLE_S = 1800
 
 
-def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
-    """An async engine for `url` (sqlite+aiosqlite:// or postgresql+asyncpg://)."""
+def create_engine(
+    url: str, *, echo: bool = False, pool_size: int = 10, timeout_s: float | None = None
+) -> AsyncEngine:
+    """An async engine for `url` (sqlite+aiosqlite:// or postgresql+asyncpg://).
+
+    `timeout_s` (PostgreSQL; `database.timeout_s` for a running worker): connecting, waiting
+    for a pooled connection and each statement give up after it, so that a server that takes
+    connections and never answers fails a request or a turn (503, a retry) instead of holding
+    it for asyncpg's 60 s connect and without end on a statement. None: no limit on a
+    statement (the command-line tools' long batch writes). SQLite waits for its file's lock
+    by its busy timeout."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, echo=echo, pool_size=pool_size)
+    limits: dict[str, Any] = {}
+    if timeout_s is not None:
+        # asyncpg's public connect() arguments, and the pool's wait for a connection.
+        limits = {"connect_args": {"timeout": timeout_s, "command_timeout": timeout_s},
+                  "pool_timeout": timeout_s}  # fmt: skip
     # No overflow: past pool_size a turn queues for a connection (its statements are short)
     # instead of opening one that is closed again on return, a new server process per
     # statement at high concurrency, and the worker's connections stay within pool_size.
     return _create_async_engine(
-        parsed, echo=echo, pool_size=pool_size, max_overflow=0, pool_recycle=POOL_RECYCLE_S
-    )
+        parsed, echo=echo, pool_size=pool_size, max_overflow=0, pool_recycle=POOL_RECYCLE_S,
+        **limits,
+    )  # fmt: skip
 
 
 def create_relaxed_engine(
@@ -79,7 +94,8 @@ def create_relaxed_engine(
         # asyncpg's public connect() argument: session settings sent with the start-up
         # packet, so the setting costs no round trip.
         connect_args={"server_settings": {"synchronous_commit": "off"}}
-        | ({"command_timeout": timeout_s} if timeout_s else {}),
+        | ({"timeout": timeout_s, "command_timeout": timeout_s} if timeout_s else {}),
+        **({"pool_timeout": timeout_s} if timeout_s else {}),
     )
 
 
