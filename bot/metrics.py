@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -368,6 +369,10 @@ class Metrics:
         except Exception as exc:  # a scrape must still answer while the database is down
             reason = "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
             log.warning("pending messages not measured: %s", reason)
+            # Unknown, not the last reading: a dashboard must not show an empty queue (0)
+            # through an outage of the database that holds it.
+            self.pending.set(math.nan)
+            self.pending_age.set(math.nan)
             return
         self.pending.set(count)
         self.pending_age.set(_age_s(oldest))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
 
@@ -111,6 +113,22 @@ async def test_pending_messages_and_their_age_are_read_from_sql(tmp_path: Path) 
         _, samples = await scrape(metrics_route(app.metrics))
     assert value(samples, "parley_pending_messages") == 1
     assert value(samples, "parley_pending_oldest_age_seconds") >= 0
+
+
+async def test_pending_gauges_are_unknown_while_the_database_cannot_be_read(
+    tmp_path: Path,
+) -> None:
+    """They kept their last reading (0 for an empty queue) through a database outage."""
+    async with Parley(settings_for(tmp_path)) as app:
+        await app.store.record_incoming(incoming("waiting"), kind=MessageKind.CHAT, token_count=1)
+        route = metrics_route(app.metrics)
+        _, before = await scrape(route)
+        async with app.store.engine.begin() as conn:  # the query now fails
+            await conn.execute(sa.text("ALTER TABLE messages RENAME TO messages_elsewhere"))
+        _, during = await scrape(route)
+    assert value(before, "parley_pending_messages") == 1
+    assert math.isnan(value(during, "parley_pending_messages"))
+    assert math.isnan(value(during, "parley_pending_oldest_age_seconds"))
 
 
 async def test_every_database_pool_is_reported(postgres_url: str) -> None:
