@@ -267,6 +267,33 @@ async def test_sup_erasure_while_redis_is_out_of_reach_is_503_and_its_retry_eras
     assert page == {"messages": [], "next": None}
 
 
+@pytest.mark.redis
+async def test_sup_a_worker_starts_while_redis_is_down_and_answers_once_it_is_back(
+    tmp_path: Path, private_redis: PrivateRedis, key_prefix: str, logs: pytest.LogCaptureFixture
+) -> None:
+    """The support adapter would not start while Redis was down (a bare TimeoutError after
+    10 s, exit 3): a restart during a Redis outage crash-looped. Now it starts, says so in
+    one line, and its event streams deliver once Redis is back."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    backend = ScriptedBackend(lambda r: f"You said {last_user_text(r)}")
+    await private_redis.kill()
+    with logs.at_level(logging.WARNING):
+        async with support_worker(
+            url, redis_url=private_redis.url, key_prefix=key_prefix, backend=backend
+        ) as worker:
+            assert "support events: Redis is not answering" in logs.text
+            await private_redis.start()
+            site = await worker.add_site("shop")
+            async with worker.client() as client:
+                visitor = await new_visitor(client, site)
+                async with open_stream(client, visitor["token"]) as stream:
+                    headers = {**bearer(visitor["token"]), "Idempotency-Key": "back-1"}
+                    await post_as_told(client, headers, {"text": "hello again"})
+                    events = await stream.until_answers(1)
+    answers = [data(e)["text"] for e in events if e.event == "answer"]
+    assert answers == ["You said hello again"]
+
+
 # -- The seam: what endpoint() makes of a handler's failure --------------------------------------
 
 

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 # Events read per XRANGE; a stream catching up reads again until it has them all.
 READ_BATCH = 200
+# How long a start waits for the subscription before it goes on without it (RedisEventLog).
+SUBSCRIBE_WAIT_S = 5.0
 # Wake-ups with events a stream keeps before it reads them; past this it reads the log.
 MAX_CARRIED_BATCHES = 64
 # Conversations whose events the in-memory log keeps (least recently used ones go first).
@@ -272,9 +274,18 @@ class RedisEventLog:
         return f"{self._prefix}:events:{conversation}"
 
     async def start(self) -> None:
+        """Subscribes; a Redis that is down does not stop the start (a restart during an
+        outage crash-looped): the subscription keeps being tried, every stream reads once it
+        is up, and answers wait to be appended until Redis is back (nothing is lost)."""
         self._listener = asyncio.create_task(self._listen(), name="parley-support-events")
-        async with asyncio.timeout(10):
-            await self._subscribed.wait()
+        try:
+            async with asyncio.timeout(SUBSCRIBE_WAIT_S):
+                await self._subscribed.wait()
+        except TimeoutError:
+            log.warning(
+                "support events: Redis is not answering; the API starts, and event streams "
+                "deliver once the subscription is up"
+            )
 
     async def aclose(self) -> None:
         if self._listener is not None:
