@@ -23,7 +23,7 @@ from typing import Literal
 
 from bot.types import ConversationKey
 
-Outcome = Literal["answered", "failed", "refused", "limited"]
+Outcome = Literal["answered", "failed", "refused", "limited", "deferred"]
 
 
 @dataclass(slots=True)

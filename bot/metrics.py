@@ -1,6 +1,7 @@
 """Parley's Prometheus metrics, on a registry owned by one `Metrics` object (one per app).
 
-    parley_turns_total{platform,skill,outcome}        answered | failed | refused | limited
+    parley_turns_total{platform,skill,outcome}        answered | failed | refused | limited |
+                                                      deferred
     parley_turn_duration_seconds{platform,skill}      histogram, whole turn
     parley_turn_first_token_seconds{platform,skill}   histogram, turn start -> first text out
     parley_tokens_total{platform,direction}           in (prompt) | out (completion)
@@ -134,7 +135,8 @@ def observed_turn(
         try:
             yield scope
         except BaseException:
-            scope.outcome = "failed"
+            if scope.outcome != "deferred":  # set by the manager: to run again, no failure
+                scope.outcome = "failed"
             raise
         finally:
             observer.turn_finished(scope)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +28,7 @@ from backends.base import Chunk, GenerationRequest
 from backends.fallback import FallbackChain
 from backends.resilience import ResilientBackend
 from bot.app import Parley
+from bot.conversation.manager import OutputAway
 from bot.errors import AdapterError, BackendUnavailable
 from bot.metrics import UNKNOWN_COMMAND, Metrics, turn_kind
 from bot.settings import BackendSettings, HttpSettings, Settings
@@ -104,6 +106,39 @@ async def test_a_conversation_moves_the_counters(tmp_path: Path) -> None:
     # Every message was answered: nothing pending, read from SQL at scrape time.
     assert value(after, "parley_pending_messages") == 0
     assert value(after, "parley_pending_oldest_age_seconds") == 0
+
+
+class AwaySink:
+    """A platform whose output is out of reach (the support channel's event log in a Redis
+    outage) for its first `away` answers."""
+
+    def __init__(self, away: int) -> None:
+        self.away, self.texts = away, list[str]()
+
+    async def deliver(self, key: ConversationKey, chunks: Any, **_: Any) -> None:
+        if self.away > 0:
+            self.away -= 1
+            raise OutputAway("the event log is out of reach")
+        self.texts.append("".join([chunk async for chunk in chunks]))
+
+
+async def test_a_turn_that_waits_for_its_platform_is_deferred_not_failed(tmp_path: Path) -> None:
+    """Each turn that found its output away counted as failed: a Redis blip of a few seconds
+    fired the failed-turns alert although every message was answered."""
+    async with Parley(settings_for(tmp_path), backend=ScriptedBackend()) as app:
+        sink = AwaySink(away=1)
+        app.manager.attach("test", sink)
+        route = metrics_route(app.metrics)
+        recorded = await app.manager.submit(incoming("hello"))
+        await app.manager.wait_idle(recorded.conversation_id)
+        await app.manager.recover()  # as the sweep would, once it can be shown
+        await app.manager.wait_idle(recorded.conversation_id)
+        _, samples = await scrape(route)
+    assert sink.texts == ["echo: hello"]
+    chat = {"platform": "test", "skill": "chat"}
+    assert value(samples, "parley_turns_total", **chat, outcome="deferred") == 1
+    assert value(samples, "parley_turns_total", **chat, outcome="answered") == 1
+    assert value(samples, "parley_turns_total", **chat, outcome="failed") == 0
 
 
 async def test_pending_messages_and_their_age_are_read_from_sql(tmp_path: Path) -> None:

@@ -438,8 +438,10 @@ class ConversationManager:
         try:
             await self._turn(work, batch)
         except Superseded:
+            note(outcome="deferred")  # another worker's now
             raise
         except NotServedHere:
+            note(outcome="deferred")  # e.g. OutputAway: run again once it can be shown
             await turn.settle_failure()  # begun and nothing shown: cleared for the next try
             raise
         except Exception:
