@@ -47,7 +47,7 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from bot.errors import ConfigError
@@ -115,6 +115,31 @@ class _Section(BaseModel):
         return value
 
 
+# libpq's URL parameters that asyncpg's connect() does not take: a hosting provider's URL
+# (postgresql://...?sslmode=require&channel_binding=require) failed at the first connection
+# with a TypeError. sslmode is asyncpg's ssl (the same mode names); the rest are refused.
+_LIBPQ_ONLY = frozenset({
+    "channel_binding", "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword",
+    "sslcompression", "gssencmode", "requiressl", "connect_timeout", "options",
+    "application_name", "fallback_application_name", "keepalives", "keepalives_idle",
+    "keepalives_interval", "keepalives_count", "tcp_user_timeout", "replication",
+})  # fmt: skip
+
+
+def _for_asyncpg(url: URL) -> URL:
+    query = dict(url.query)
+    if "sslmode" in query:
+        mode = query.pop("sslmode")
+        query.setdefault("ssl", mode)
+    refused = sorted(_LIBPQ_ONLY & set(query))
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)}: libpq URL parameters that asyncpg does not take; remove "
+            "them (sslmode is taken, as asyncpg's ssl)"
+        )
+    return url.set(query=query)
+
+
 class DatabaseSettings(_Section):
     # A SecretStr because a PostgreSQL URL usually carries a password. Default: a SQLite file
     # in data_dir(), the same wherever `parley` is started from (`parley doctor` prints it).
@@ -160,11 +185,12 @@ class DatabaseSettings(_Section):
         module, extra = _DRIVERS[driver]
         if find_spec(module) is None:
             raise ValueError(f"the {module} driver is not installed: pip install 'parley[{extra}]'")
-        if parsed.drivername == f"{backend}+{driver}":
+        named = parsed.set(drivername=f"{backend}+{driver}")
+        if driver == "asyncpg":
+            named = _for_asyncpg(named)
+        if named == parsed:
             return url
-        return SecretStr(
-            parsed.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
-        )
+        return SecretStr(named.render_as_string(hide_password=False))
 
     @property
     def is_sqlite(self) -> bool:

@@ -158,6 +158,11 @@ def test_lists_take_comma_separated_values(monkeypatch: pytest.MonkeyPatch) -> N
         ("PARLEY_DATABASE__URL", "postgres//nohost", "not a database URL"),
         ("PARLEY_DATABASE__URL", "mysql://u@h/db", "is not supported"),
         ("PARLEY_DATABASE__URL", "foo://x", "foo is not supported"),
+        (
+            "PARLEY_DATABASE__URL",
+            "postgresql://u@h/db?sslmode=require&channel_binding=require",
+            "channel_binding: libpq URL parameters that asyncpg does not take",
+        ),
         ("PARLEY_DATABASE__URL", "postgresql+psycopg2://u@h/db", "is not supported"),
         ("PARLEY_REDIS__URL", "http://cache:6379", "not a Redis URL"),
         ("PARLEY_ADAPTERS", "[console", "invalid setting"),
@@ -179,6 +184,9 @@ def test_bad_values_are_one_line_and_exit_2(
         ("postgresql://u@db/parley?ssl=require", "postgresql+asyncpg://u@db/parley?ssl=require"),
         ("sqlite:////data/parley.db", "sqlite+aiosqlite:////data/parley.db"),
         ("postgresql+asyncpg://u@db/parley", "postgresql+asyncpg://u@db/parley"),
+        # libpq's sslmode is asyncpg's ssl (a provider's URL failed at connect: TypeError).
+        ("postgres://u@db/parley?sslmode=require", "postgresql+asyncpg://u@db/parley?ssl=require"),
+        ("postgresql://u@/parley?host=/run/pg", "postgresql+asyncpg://u@/parley?host=%2Frun%2Fpg"),
     ],
 )
 def test_a_database_url_without_a_driver_gets_parleys(given: str, used: str) -> None:
@@ -187,6 +195,14 @@ def test_a_database_url_without_a_driver_gets_parleys(given: str, used: str) -> 
     from bot.settings import DatabaseSettings
 
     assert DatabaseSettings(url=given).url.get_secret_value() == used  # type: ignore[arg-type]
+
+
+def test_a_providers_postgres_url_with_sslmode_connects(tmp_path: Path, postgres_url: str) -> None:
+    """A hosting provider's URL, postgres://...?sslmode=..., used as given."""
+    given = postgres_url.replace("postgresql+asyncpg://", "postgres://", 1) + "?sslmode=disable"
+    assert given.startswith("postgres://") and "?" not in postgres_url
+    status, err = _run_cli(tmp_path, "db", "upgrade", env={"PARLEY_DATABASE__URL": given})
+    assert (status, err) == (0, "")
 
 
 def test_a_postgresql_url_without_its_driver_names_the_extra(tmp_path: Path) -> None:
