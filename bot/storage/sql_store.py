@@ -527,7 +527,16 @@ class SqlStore:
         return TurnPrefs(user_ref, language, target, bool(keep), reply_to, platform_language)
 
     async def delete_observed(self, conversation_id: int) -> int:
-        return await self._write(_DELETE_OBSERVED, {"cid": conversation_id})
+        """In batches, each a statement of its own: a channel kept for months holds more
+        than one statement may take within database.timeout_s (and one huge DELETE would
+        hold its locks all along). What a failure leaves is deleted by the next try."""
+        deleted = 0
+        while True:
+            batch = await self._write(_DELETE_OBSERVED, {"cid": conversation_id,
+                                                         "limit": DELETE_BATCH})  # fmt: skip
+            deleted += batch
+            if batch < DELETE_BATCH:
+                return deleted
 
     async def last_seen_id(self, conversation_id: int, user_ref: int, before_id: int) -> int:
         params = {"cid": conversation_id, "uid": user_ref, "before": before_id}
@@ -1108,9 +1117,17 @@ _TURN_PREFS = (
     .outerjoin(MessageReplyRow, MessageReplyRow.message_id == _m.id)
     .where(_m.id == _param("mid"))
 )  # fmt: skip
+# Kept group messages are deleted this many at a time (delete_observed).
+DELETE_BATCH = 5000
 _DELETE_OBSERVED = sa.delete(_m).where(
-    _m.conversation_id == _param("cid"), _m.kind == _literal(MessageKind.OBSERVED.value)
-)
+    _m.id.in_(
+        sa.select(_m.id)
+        .where(_m.conversation_id == _param("cid"),
+               _m.kind == _literal(MessageKind.OBSERVED.value))
+        .limit(_param("limit", sa.Integer()))
+        .scalar_subquery()
+    )
+)  # fmt: skip
 # The user's last message before `before`, or the answer to it (answered_by 0: a kept
 # message, nothing answered it).
 _LAST_OWN = (
