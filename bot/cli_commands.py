@@ -11,7 +11,7 @@ import sys
 from alembic.util import CommandError
 
 from adapters.console import ConsoleSettings
-from adapters.kit.runner import run_adapters
+from adapters.kit.runner import HARD_STOP_EXTRA_S, run_adapters
 from bot.adapter_registry import adapter_spec, installed_adapters
 from bot.app import Parley
 from bot.errors import ConfigError
@@ -31,7 +31,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     async with Parley(settings) as app:
         await _load_sample(app)
         settle_heap()
-        await run_adapters(app, settings.adapters)
+        await run_adapters(app, settings.adapters, hard_stop_s=_hard_stop_s(settings))
     return 0
 
 
@@ -43,8 +43,16 @@ async def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     async with Parley(settings) as app:
         await _load_sample(app)
         settle_heap()
-        await run_adapters(app, ["console"], {"console": console})
+        await run_adapters(
+            app, ["console"], {"console": console}, hard_stop_s=_hard_stop_s(settings)
+        )
     return 0
+
+
+def _hard_stop_s(settings: Settings) -> float:
+    """A stop signal ends this process this long after it whatever hangs (a database that
+    never answers): the grace, and time for the clean-up after it."""
+    return settings.shutdown_grace_s + HARD_STOP_EXTRA_S
 
 
 def settle_heap() -> None:

@@ -88,16 +88,19 @@ async def run_adapters(
     sections: Mapping[str, AdapterSettings] | None = None,
     *,
     stop: asyncio.Event | None = None,
+    hard_stop_s: float | None = None,
 ) -> None:
     """Run the named adapters until every input ends or a stop arrives (SIGINT, SIGTERM, or
     `stop` set by an embedding program). Raises AdapterError (one line) when an adapter fails
-    to start or fails while running."""
+    to start or fails while running. `hard_stop_s` (the `parley` command's: the grace and
+    HARD_STOP_EXTRA_S): the process ends that long after a stop signal whatever still runs
+    (install_stop_signals); an embedding program gets no such timer unless it asks."""
     host = host_for(app)
     http = host.http
     adapters = build_adapters(host, names, sections or {})
     if stop is None:
         stop = asyncio.Event()
-        install_stop_signals(stop, app.settings.shutdown_grace_s + HARD_STOP_EXTRA_S)
+        install_stop_signals(stop, hard_stop_s)
     async with AsyncExitStack() as stack:
         for adapter, section in adapters:
             await _enter(stack, adapter)
