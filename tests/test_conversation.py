@@ -163,6 +163,20 @@ async def test_an_empty_answer_from_the_model_is_said_not_silence(
         assert [r.content for r in rows if r.role is Role.ASSISTANT] == [phrases.EMPTY_ANSWER]
 
 
+async def test_blanks_before_an_answer_are_shown_with_it_once(tmp_path: Path) -> None:
+    """Blank chunks are held back until text comes, then go with it: nothing lost, nothing
+    twice, and what is recorded is what was shown."""
+    text = "\n\n  Hello there"  # chunks: "\n\n", " ", " Hello", " there"
+    backend = ScriptedBackend(lambda request: text)
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.manager.handle(incoming("hi"))
+        assert sink.replies[KEY] == [text]
+        cid = await app.store.conversation_id(KEY)
+        assert cid is not None
+        rows = await app.store.history(cid, 10)
+        assert [r.content for r in rows if r.role is Role.ASSISTANT] == [text]
+
+
 async def test_a_drain_past_the_grace_counts_the_turns_it_stops(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -521,9 +521,15 @@ def test_a_reconnect_attempt_is_one_warning_line_not_a_traceback(
         raise OSError("Connect call failed ('10.0.0.1', 443) 100%")
     except OSError:
         logging.getLogger("discord.client").exception("Attempting a reconnect in %.2fs", 1.5)
-    (record,) = [r for r in caplog.records if r.name == "discord.client"]
-    assert record.levelname == "WARNING" and record.exc_info is None
-    assert record.getMessage() == (
+        # A sharded client's (AutoShardedClient) line comes from discord.shard.
+        logging.getLogger("discord.shard").exception(
+            "Attempting a reconnect for shard ID %s in %.2fs", 1, 2.0
+        )
+    client, shard = [r for r in caplog.records if r.name.startswith("discord.")]
+    for record in (client, shard):
+        assert record.levelname == "WARNING" and record.exc_info is None
+    assert client.getMessage() == (
         "Attempting a reconnect in 1.50s (OSError: Connect call failed ('10.0.0.1', 443) 100%)"
     )
+    assert shard.getMessage().startswith("Attempting a reconnect for shard ID 1 in 2.00s (OSE")
     assert "Traceback" not in caplog.text

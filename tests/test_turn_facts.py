@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
@@ -74,3 +75,28 @@ async def test_a_turn_acts_on_the_handoff_state_and_preferences_in_sql_not_a_cac
             assert any("German" in system for system in asked), asked
     finally:
         await redis.aclose()
+
+
+async def test_on_sqlite_a_turn_reads_the_handoff_state_it_was_given_with_the_lease(
+    tmp_path: Path,
+) -> None:
+    """The same facts on SQLite (RETURNING with correlated subqueries; `since` comes back
+    naive and is read as UTC): a person's conversation is forwarded, not answered."""
+    settings = load_settings(None, database={"url": f"sqlite+aiosqlite:///{tmp_path}/p.db"})
+    sink = Replies()
+    async with Parley(settings, backend=ScriptedBackend()) as app:  # type: ignore[arg-type]
+        app.manager.attach("web", sink)
+        await app.manager.handle(Incoming(WEB, VISITOR, "hello", "s1"))
+        status = await app.desk.take(WEB, "sam")
+        await app.manager.handle(Incoming(WEB, VISITOR, "anyone?", "s2"))
+        assert sink.texts == ["echo: hello"]
+        cid = await app.store.conversation_id(WEB)
+        assert cid is not None
+        state = await app.store.state(cid)
+        assert state.facts is not None and state.facts.handoff is not None
+        from_facts, _ = await app.desk.repo.status_and_language(cid, state)
+        assert from_facts == status and from_facts.since is not None
+        assert from_facts.since.tzinfo is not None
+        await app.desk.give_back(WEB, "sam")
+        await app.manager.handle(Incoming(WEB, VISITOR, "back?", "s3"))
+        assert sink.texts[-1] == "echo: back?"

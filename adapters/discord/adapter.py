@@ -149,9 +149,12 @@ class _ShortReconnect(logging.Filter):
 
 
 def _short_reconnects() -> None:
-    client_log = logging.getLogger("discord.client")
-    if not any(isinstance(f, _ShortReconnect) for f in client_log.filters):
-        client_log.addFilter(_ShortReconnect())
+    # A sharded client's reconnects are logged by discord.shard, the one connection's by
+    # discord.client.
+    for name in ("discord.client", "discord.shard"):
+        library_log = logging.getLogger(name)
+        if not any(isinstance(f, _ShortReconnect) for f in library_log.filters):
+            library_log.addFilter(_ShortReconnect())
 
 
 def _without_voice() -> None:
@@ -435,7 +438,7 @@ class DiscordAdapter:
                 limit = self._host.settings.skills.max_paste_chars
                 try:
                     about = await commands.conversation_from(target, self.gate, max_chars=limit)
-                except discord.HTTPException as exc:  # no Read Message History here
+                except discord.Forbidden as exc:  # no Read Message History here
                     log.warning(
                         "menu command %s: the channel's history could not be read (%s %s)",
                         interaction.id, exc.status, exc.code,

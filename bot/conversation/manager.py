@@ -484,6 +484,7 @@ class ConversationManager:
                 or (
                     message.kind is MessageKind.LIMITED
                     and batches[-1][-1].kind is MessageKind.LIMITED
+                    and batches[-1][-1].user_id == message.user_id
                 )
             )
             if merge:
@@ -516,8 +517,13 @@ class ConversationManager:
                 await self._answer(work, batch, answer)
             return
         if self._handoff is not None:
-            # The lease's first turn has it from the take (its facts): no round trip.
-            status, _ = await self._handoff.status(work.conversation_id, _TURN.get().state)
+            # The lease's first turn has it from the take (its facts): no round trip. Not the
+            # bot's as of the take: read again from SQL (rare), so that a person's giving it
+            # back since does not leave this message unanswered.
+            known = _TURN.get().state
+            status, _ = await self._handoff.status(work.conversation_id, known)
+            if status.state is not HandoffState.BOT and known is not None:
+                status, _ = await self._handoff.status(work.conversation_id, fresh=True)
             if status.state is HandoffState.WAITING:
                 batch = await self._owed_handoff_sentence(work, batch)
                 if not batch:

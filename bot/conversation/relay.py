@@ -92,6 +92,7 @@ class Collected:
         short note instead of an error, so the user never sees the same text twice."""
         # Blanks before the first text: shown with it, or never. None once text was shown.
         held: str | None = ""
+        self.usage = self.notice = None  # a second try (ContextTooLong) starts afresh
         try:
             async for chunk in stream:
                 if chunk.usage is not None:
@@ -118,6 +119,7 @@ class Collected:
         else:
             if held is not None:  # nothing a platform would show
                 self.parts = [await self.say(phrases.EMPTY_ANSWER)]
+                self.usage = None  # the record counts the sentence, not the blanks
                 yield self.parts[0]
             if self.notice:  # shown, not stored: it is about the answer, not part of it
                 yield f"\n\n({self.notice})"

@@ -77,11 +77,13 @@ class HandoffRepository:
         return (await self.status_and_language(conversation_id))[0]
 
     async def status_and_language(
-        self, conversation_id: int, known: ConversationState | None = None
+        self, conversation_id: int, known: ConversationState | None = None, *, fresh: bool = False
     ) -> tuple[HandoffStatus, str]:
         """The state and the customer's language at handoff; no SQL while it is cached.
         `known`: the conversation's state as just read with its facts (the turn lease's):
-        taken from it, no cache round trip."""
+        taken from it, no cache round trip. `fresh`: read from SQL now, past the cache."""
+        if fresh:
+            return await self._load(conversation_id)
         if known is not None and known.id == conversation_id and known.facts is not None:
             row = known.facts.handoff
             return (BOT_STATUS, "") if row is None else (_status(row), str(row[5] or ""))

@@ -75,9 +75,9 @@ class HandoffTurns:
         self._keywords = KeywordRules(settings.keywords)
 
     async def status(
-        self, conversation_id: int, known: ConversationState | None = None
+        self, conversation_id: int, known: ConversationState | None = None, *, fresh: bool = False
     ) -> tuple[HandoffStatus, str]:
-        return await self.desk.repo.status_and_language(conversation_id, known)
+        return await self.desk.repo.status_and_language(conversation_id, known, fresh=fresh)
 
     async def assess(
         self,
