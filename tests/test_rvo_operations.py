@@ -290,4 +290,6 @@ async def test_rvo_a_scrape_answers_while_the_database_does_not() -> None:
         finally:
             await engine.dispose()
     body, _ = metrics.exposition()
-    assert b"parley_pending_messages 7.0" in body  # the last reading, not measured again
+    # Answered in time; the queue is unknown (NaN), never its last reading (7): a dashboard
+    # must not show an old figure, or an empty queue, through a database outage.
+    assert b"parley_pending_messages NaN" in body
