@@ -473,18 +473,18 @@ class ConversationManager:
         batches: list[list[StoredMessage]] = []
         budget = self._context.budget_tokens
         for message in pending:
-            merge = bool(batches) and (
-                (
-                    self._settings.burst == "merge"
-                    and message.kind is MessageKind.CHAT
-                    and batches[-1][-1].kind is MessageKind.CHAT
-                    and batches[-1][-1].user_id == message.user_id
-                    and _prompt_tokens([*batches[-1], message]) <= budget
-                )
-                or (
+            last = batches[-1][-1] if batches else None
+            merge = (
+                last is not None
+                and last.user_id == message.user_id
+                and last.kind is message.kind
+                and (
                     message.kind is MessageKind.LIMITED
-                    and batches[-1][-1].kind is MessageKind.LIMITED
-                    and batches[-1][-1].user_id == message.user_id
+                    or (
+                        message.kind is MessageKind.CHAT
+                        and self._settings.burst == "merge"
+                        and _prompt_tokens([*batches[-1], message]) <= budget
+                    )
                 )
             )
             if merge:
