@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -102,6 +102,43 @@ async def test_ask_answers_from_the_passages_in_the_model_s_order(tmp_path: Path
     # search put Telegram first; the model chose its second candidate, Redis > Locks, alone
     assert reply.endswith("Sources:\n[1] Redis > Locks")
     assert "[1] Redis > Locks\nA conversation lock" in answer.messages[-1].content
+
+
+async def test_ask_takes_out_citations_of_passages_the_model_was_not_given(
+    tmp_path: Path,
+) -> None:
+    # At most three passages are given (skills.qa_passages): [8] and [9] point to sources
+    # the reply does not list.
+    said = "Thirty seconds [1], renewed [8] while it runs [2, 9]. See [1,2]."
+    backend = StructuredBackend("", lambda r: said)
+    async with running(settings(tmp_path), backend, kb_docs=True) as (app, sink):
+        await app.manager.handle(incoming("/ask webhook lock"))
+    (reply,) = sink.replies[KEY]
+    body, _, listed = reply.partition("\n\nSources:\n")
+    assert body == "Thirty seconds [1], renewed while it runs [2]. See [1,2]."
+    assert 2 <= len(listed.splitlines()) <= 3
+
+
+@pytest.mark.parametrize(
+    ("deltas", "given", "shown"),
+    [
+        (["a [", "4", "] b"], 3, "a b"),
+        (["a [1", ", 4", "]"], 3, "a [1]"),
+        (["[2]", "[9]"], 2, "[2]"),
+        (["see [Click](https://x.org) [", "x"], 1, "see [Click](https://x.org) [x"),
+        (["ends with [1"], 1, "ends with [1"),  # never completed: shown as written
+        (["[0] and [12]"], 5, " and"),
+    ],
+)
+async def test_citation_filter_holds_a_citation_split_across_deltas(
+    deltas: list[str], given: int, shown: str
+) -> None:
+    async def stream() -> AsyncGenerator[str, None]:
+        for delta in deltas:
+            yield delta
+
+    out = [d async for d in qa.only_given_citations(stream(), given)]
+    assert "".join(out) == shown
 
 
 def services_of(app: Any) -> SkillServices:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from bot.knowledge import Passage
@@ -49,6 +50,10 @@ NO_MODEL_QUOTE = N_("No language model is configured; this is what the knowledge
 EXCERPT_CHARS = 700
 # "](" or "][": where a bracket closes a link's text (inline or by reference).
 _LINK_JOIN = re.compile(r"\](?=[(\[])")
+# A citation the model writes: [2], [1, 3] (with the space before it, dropped with it).
+_CITATION = re.compile(r"( ?)\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
+# The end of a text that may be a citation still arriving ("[", "[1", "[1, ").
+_CITATION_OPEN = re.compile(r" ?\[[\d,\s]{0,24}$")
 _ASK = re.compile(
     r"^(?:please\s+)?(?:ask|search|check)\s+(?:the\s+)?(?:docs|documentation|knowledge\s*base)"
     r"\s*[:,]?\s*(?:about\s+|for\s+|whether\s+)?(.+)$",
@@ -161,8 +166,10 @@ class QaSkill:
             system, passages_block(kept), question=question,
             max_tokens=self._s.generation.max_tokens, session_id=session,
         )  # fmt: skip
-        async for delta in stream_text(self._s.backend, request):
-            yield delta
+        answer = only_given_citations(stream_text(self._s.backend, request), len(kept))
+        async with aclosing(answer):  # closing the answer aborts the request
+            async for delta in answer:
+                yield delta
         yield "\n\n" + sources(kept, await say(SOURCES))
 
     async def _fit(self, system: str, question: str, passages: list[Passage]) -> list[Passage]:
@@ -193,6 +200,34 @@ class QaSkill:
 def passages_block(passages: list[Passage]) -> str:
     """The passages as the model sees them (inside the fence): number, citation, text."""
     return "\n\n".join(f"[{n}] {p.citation}\n{p.text}" for n, p in enumerate(passages, 1))
+
+
+async def only_given_citations(
+    deltas: AsyncGenerator[str, None], given: int
+) -> AsyncGenerator[str, None]:
+    """The model's text with citations of passages it was not given taken out: [4] after
+    three passages (a number copied from a passage's text, or made up) would point the reader
+    to a source that is not listed. [1, 4] keeps [1]. A citation split across deltas is held
+    back until it is complete (at most a few characters)."""
+
+    def valid(match: re.Match[str]) -> str:
+        numbers = [int(n) for n in match[2].split(",")]
+        if all(1 <= n <= given for n in numbers):
+            return match[0]
+        kept = [str(n) for n in numbers if 1 <= n <= given]
+        return f"{match[1]}[{', '.join(kept)}]" if kept else ""
+
+    held = ""
+    async with aclosing(deltas):
+        async for delta in deltas:
+            text = held + delta
+            growing = _CITATION_OPEN.search(text)
+            cut = growing.start() if growing else len(text)
+            held = text[cut:]
+            if cut:
+                yield _CITATION.sub(valid, text[:cut])
+    if held:
+        yield _CITATION.sub(valid, held)
 
 
 def sources(passages: list[Passage], heading: str) -> str:

@@ -7,7 +7,7 @@ between turns.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -85,7 +85,7 @@ class SkillServices:
         )
 
 
-async def stream_text(backend: Backend, request: GenerationRequest) -> AsyncIterator[str]:
+async def stream_text(backend: Backend, request: GenerationRequest) -> AsyncGenerator[str, None]:
     """The text deltas of one reply. Closing this closes the backend stream (aborting it)."""
     async with aclosing(backend.stream(request)) as chunks:
         async for chunk in chunks:
