@@ -21,7 +21,7 @@ import discord
 
 from adapters.discord.adapter import CLOSE_CODES, DiscordAdapter
 from adapters.discord.adapter import doctor as discord_doctor
-from adapters.discord.commands import NO_HISTORY
+from adapters.discord.commands import NO_HISTORY, NO_TEXT
 from adapters.discord.settings import DiscordSettings
 from adapters.discord.stream import neutralise
 from adapters.discord.translate import Action, Fetch, translate
@@ -449,6 +449,20 @@ async def test_summarize_from_here_without_read_message_history_says_so_once(
             r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")
         ]
         assert "history could not be read (403 50001)" in caplog.text
+
+
+async def test_translate_on_a_message_without_text_says_there_is_none(tmp_path: Path) -> None:
+    """A picture alone was "translated" as an empty /translate: the command's usage line."""
+    backend = answering("never asked")
+    picture = {"id": "5", "filename": "cat.png", "size": 10, "url": "https://cdn.test/cat.png",
+               "proxy_url": "https://cdn.test/cat.png", "content_type": "image/png"}  # fmt: skip
+    async with discord_harness(tmp_path, backend) as h:
+        target = ev.message_create("", channel=ev.CHANNEL, attachments=[picture])
+        h.api.post(target)
+        await h.command(ev.interaction_create("Translate", channel=ev.CHANNEL, target=target))
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == [phrases.say(NO_TEXT, "")]
+        assert backend.requests == []
 
 
 # An answer past the interaction token's 15 minutes -------------------------------------

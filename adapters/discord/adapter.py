@@ -434,6 +434,10 @@ class DiscordAdapter:
             await interaction.response.defer()
             self._interactions.put(str(interaction.id), interaction)
             about = target.content
+            if name == "translate" and not about.strip():
+                self._intake.notify(menu_incoming(interaction, name, target, ""), commands.NO_TEXT)
+                self._end_unanswered(interaction, None)
+                return
             if name == "summarize":
                 limit = self._host.settings.skills.max_paste_chars
                 try:

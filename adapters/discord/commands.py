@@ -38,6 +38,8 @@ MENUS = {TRANSLATE: "translate", SUMMARIZE_FROM_HERE: "summarize"}
 FROM_HERE_PAGES = 4
 # "Summarize from here" where the bot may not read the channel's history.
 NO_HISTORY = phrases.N_("I can't read the earlier messages here, so I can't summarize them.")
+# "Translate" on a message with no text (a picture, an embed, a sticker).
+NO_TEXT = phrases.N_("That message has no text to translate.")
 
 
 def build_tree(
