@@ -220,6 +220,29 @@ async def test_two_shards_each_get_their_servers(tmp_path: Path) -> None:
         await backfilled(h, 2)  # one backfill per shard's session
 
 
+async def test_a_process_of_three_shards_fetches_a_dm_channel_once_not_once_per_shard(
+    tmp_path: Path,
+) -> None:
+    """Each shard's backfill fetched every conversation's channel outside the cache to learn
+    its shard: a DM three times in a process of three shards (at 10,000 DMs, 30,000 of the
+    bot's 50 requests a second at every start)."""
+    backend = ScriptedBackend(lambda request: "Answered.")
+    api = fake_discord(shards=3)
+    async with started(tmp_path, backend, api, shard_count=3) as h:
+        await h.deliver_event(ev.message_create("first"))
+        await h.idle()
+    api.post(ev.message_create("are you there?"))
+    before = len(api.calls)
+    async with started(tmp_path, backend, api, shard_count=3) as h:
+        await backfilled(h, 3)
+        assert h.api.texts(ev.DM) == ["Answered.", "Answered."]
+        fetched = [
+            c for c in api.calls[before:]
+            if c.method == "GET" and c.path.endswith(f"/channels/{ev.DM}")
+        ]  # fmt: skip
+        assert len(fetched) == 1
+
+
 async def test_a_process_runs_only_its_shard_ids(tmp_path: Path) -> None:
     api = fake_discord(ev.guild_create(), ev.guild_create(ev.GUILD_2, ev.CHANNEL_2), shards=2)
     backend = ScriptedBackend(lambda request: "Shard one.")

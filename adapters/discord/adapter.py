@@ -40,7 +40,7 @@ from bot.storage.base import Recorded, Store
 from bot.types import ConversationKey, Incoming
 
 from . import commands, stream
-from .backfill import Backfill
+from .backfill import Backfill, ChannelShards
 from .settings import DiscordSettings
 from .translate import (
     PLATFORM,
@@ -219,6 +219,8 @@ class DiscordAdapter:
         self._store: Store = store or host.store
         # The backfill of each shard (None: the one connection), one at a time.
         self._backfills: dict[int | None, asyncio.Task[None]] = {}
+        # Each channel's shard, learnt by the backfills (a channel fetched once, not per shard).
+        self._channel_shards = ChannelShards()
         # Deferred commands waiting for their turn to settle (`_end_unanswered`).
         self._deferred: set[asyncio.Task[None]] = set()
 
@@ -353,6 +355,7 @@ class DiscordAdapter:
             me=self.me,
             take=self._take,
             roles_block=bool(self._settings.access.blocked_roles),
+            shards=self._channel_shards,
         )
         self._backfills[shard_id] = asyncio.create_task(
             self._backfill(backfill, shard_id), name=f"discord backfill {shard_id}"

@@ -15,6 +15,10 @@ nothing records that it was sent and every later backfill would send it again.
 An `auto_thread` channel's mentions are recorded in the threads they opened, not in the
 channel's conversation, so those channels are read from `backfill_hours` ago.
 
+The shards of one process backfill at about the same time: a channel outside discord.py's
+cache (a DM, another process's server) is fetched once among them to learn its shard
+(`ChannelShards`), not once by each.
+
 Every read goes through the outbound gate: each channel's own window, and the global one that
 every send of the bot shares (across processes with Redis). At most MAX_PAGES pages of 100
 messages per channel: a channel busy for hours is not read to its end.
@@ -22,14 +26,17 @@ messages per channel: a channel busy for hours is not read to its end.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import discord
 
 from adapters.kit.actions import Notice, Observe, Submit
 from adapters.kit.gate import Gate
+from bot.lru import Lru
 from bot.storage.base import Store
 
 from .translate import PLATFORM, Action, Author, Fetch, translate
@@ -38,6 +45,10 @@ log = logging.getLogger(__name__)
 
 PAGE = 100  # Discord's largest page of a channel's messages
 MAX_PAGES = 5
+# Channels whose shard a process remembers for its backfills (an int each), and channels
+# kept whole for the backfill of their shard after another shard's looked them up.
+CHANNELS_KNOWN = 100_000
+RECENT_CHANNELS = 1_000
 # The adapter's way with a live message, once translated.
 Take = Callable[[discord.Message, Action], Awaitable[None]]
 Channel = discord.abc.Messageable
@@ -55,9 +66,11 @@ class Backfill:
         me: int,
         take: Take,
         roles_block: bool = False,
+        shards: ChannelShards | None = None,
     ) -> None:
         """`roles_block`: access rules block some roles (`access.blocked_roles`), so a sender
-        whose roles cannot be read is not answered (a block list must not fail open)."""
+        whose roles cannot be read is not answered (a block list must not fail open).
+        `shards`: shared by the backfills of one process's shards."""
         self._client = client
         self._store = store
         self._gate = gate
@@ -66,6 +79,7 @@ class Backfill:
         self._me = me
         self._take = take
         self._roles_block = roles_block
+        self._shards = shards or ChannelShards()
 
     async def run(self, shard_id: int | None) -> int:
         """Reads the conversations of `shard_id` (None: every one) and takes each message,
@@ -80,8 +94,8 @@ class Backfill:
                 starts[int(key.chat_id)] = discord.Object(int(message_id))
         handed = 0
         for channel_id, after in starts.items():
-            channel = await self._channel(channel_id)
-            if channel is not None and (shard_id is None or _shard_of(channel) == shard_id):
+            channel = await self._shards.channel(channel_id, shard_id, self._channel)
+            if channel is not None:
                 handed += await self._read(channel, after)
         if handed:
             log.info("backfill: %d messages read back from %d channels", handed, len(starts))
@@ -156,6 +170,53 @@ class Backfill:
             if self._roles_block:
                 raise _RolesUnknown(f"{exc.status} {exc.code}") from None
             return None
+
+
+@dataclass(slots=True)
+class _Deciding:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class ChannelShards:
+    """The shard of each channel the backfills of one process looked up. A channel outside
+    discord.py's cache (a DM, a server of another process) is fetched to learn its shard;
+    with several shards in a process, their backfills (one per shard, at about the same time)
+    look each channel up one at a time, so it is fetched once, not once per shard."""
+
+    def __init__(self, size: int = CHANNELS_KNOWN) -> None:
+        self._known: Lru[int] = Lru(size)
+        self._recent: Lru[Channel] = Lru(RECENT_CHANNELS)  # for the owner's backfill, soon
+        self._deciding: dict[int, _Deciding] = {}
+
+    async def channel(
+        self,
+        channel_id: int,
+        shard_id: int | None,
+        look_up: Callable[[int], Awaitable[Channel | None]],
+    ) -> Channel | None:
+        """The channel, when it is `shard_id`'s (None: any shard's) and can be read."""
+        deciding = self._deciding.setdefault(channel_id, _Deciding())
+        deciding.users += 1
+        try:
+            async with deciding.lock:
+                known = self._known.get(channel_id)
+                if shard_id is not None and known is not None and known != shard_id:
+                    return None  # another shard's: its own backfill reads it
+                channel = self._recent.get(channel_id) or await look_up(channel_id)
+                self._recent.discard(channel_id)
+                if channel is None:
+                    return None
+                shard = _shard_of(channel)
+                self._known.put(channel_id, shard)
+                if shard_id is None or shard == shard_id:
+                    return channel
+                self._recent.put(channel_id, channel)  # for its shard's backfill, soon
+                return None
+        finally:
+            deciding.users -= 1
+            if not deciding.users:
+                del self._deciding[channel_id]
 
 
 class _RolesUnknown(Exception):
