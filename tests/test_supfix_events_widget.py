@@ -59,3 +59,50 @@ async def test_supfix_a_delta_marked_first_restarts_the_reply_bubble(
             assert await final_answer(page) == "Hello @everyone and welcome."
     finally:
         await redis.aclose()
+
+
+async def test_an_answer_cut_off_goes_when_a_new_attempt_answers_a_later_message(
+    stack: Stack,  # noqa: F811  (the fixture imported above)
+    browser: Any,  # noqa: F811
+    redis_url: str,
+    key_prefix: str,
+) -> None:
+    """After an outage of the event log, two waiting messages are answered together, under
+    the newer one's id: the first message's half-written answer stayed on screen, busy, for
+    good (and every reload replayed it)."""
+    stack.backend.script(["Hello ", "@everyone ", "and welcome."])
+    redis = Redis.from_url(redis_url)
+    events = RedisEventLog(redis, key_prefix, kept=1000, ttl_s=3600)
+    try:
+        async with parley_serving(stack):
+            page = await new_page(browser)
+            await page.goto(stack.page)
+            await page.click(LAUNCHER)
+            await ask(page, "hi")
+            stack.backend.release()
+            await wait_text(page, BOT_TEXT, "t => t.includes('@everyone')")
+
+            storage = f"localStorage.getItem('parley-widget:{stack.site_key}')"
+            conversation = f"shop:{json.loads(await page.evaluate(storage))['visitor_id']}"
+            shown = await events.read(conversation, None)
+            (cut,) = {json.loads(e.data)["reply_to"] for e in shown if e.name == "delta"}
+            newer = str(int(cut) + 1)
+            both = "Both questions, answered."
+            await events.append(conversation, [
+                ("delta", {"reply_to": newer, "text": both, "first": True}),
+                ("answer", {"reply_to": newer, "text": both, "sources": []}),
+            ])  # fmt: skip
+            await page.wait_for_function(
+                """() => {
+                    const root = document.querySelector('parley-chat').shadowRoot;
+                    const bots = [...root.querySelectorAll('.msg.bot')];
+                    return bots.length === 1 && !bots[0].hasAttribute('aria-busy');
+                }"""
+            )
+            assert await wait_text(page, BOT_TEXT, "t => true") == both
+            newest = (await events.read(conversation, None))[-1].id
+            saved = json.loads(await page.evaluate(storage))
+            assert saved["last_event_id"] == newest  # a reload no longer replays the cut one
+            stack.backend.release_all()
+    finally:
+        await redis.aclose()

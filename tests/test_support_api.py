@@ -85,6 +85,7 @@ async def test_a_visitor_asks_and_the_answer_streams_then_stays_in_history(
             ("assistant", "You said hello there"),
         ]
         assert page["messages"][0]["id"] == accepted["message_id"] and page["next"] is None
+        assert page["messages"][1]["reply_to"] == accepted["message_id"]
         # The same visitor again on a new page load: the same history.
         again = await new_visitor(client, site, visitor_token=visitor["token"])
         assert again["visitor_id"] == visitor["visitor_id"]
@@ -107,6 +108,60 @@ async def test_history_pages_back_oldest_first(worker: Worker) -> None:
         )
         assert [m["text"] for m in older.json()["messages"]] == ["q0", "You said q0"]
         assert older.json()["next"] is None
+
+
+async def test_history_names_the_message_each_answer_replies_to(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    """Messages sent while an answer streams are recorded before it: by id, history lists
+    that answer after them. Without `reply_to` the widget hung it under the newest message,
+    and a reload mid-answer overwrote the earlier answer with the later one."""
+    words = ["One ", "two."]
+    backend = GatedBackend(words)
+    async with support_worker(pg, redis_url=redis_url, key_prefix=key_prefix, backend=backend) as w:
+        site = await w.add_site("shop")
+        async with w.client() as client, contextlib.AsyncExitStack() as stack:
+            stack.callback(backend.release, 10 * len(words))
+            visitor = await new_visitor(client, site)
+            auth = bearer(visitor["token"])
+            async with open_stream(client, visitor["token"]) as stream:
+                sent = [await client.post("/v1/messages", headers=auth, json={"text": "alpha"})]
+                backend.release(1)
+                await stream.next(1)  # alpha's answer is streaming
+                for text in ("bravo", "charlie"):
+                    posted = await client.post("/v1/messages", headers=auth, json={"text": text})
+                    sent.append(posted)
+                backend.release(10 * len(words))
+                await stream.until_answers(2)
+            await w.adapter.idle()
+            ids = [r.json()["message_id"] for r in sent]
+            page = (await client.get("/v1/history", headers=auth)).json()
+    answers = [m for m in page["messages"] if m["role"] == "assistant"]
+    assert [m["text"] for m in page["messages"]][:3] == ["alpha", "bravo", "charlie"]
+    assert answers[0]["reply_to"] == ids[0] and answers[-1]["reply_to"] == ids[2]
+    assert all(m["reply_to"] in ids for m in answers)
+    assert all(m["reply_to"] == "" for m in page["messages"] if m["role"] == "user")
+
+
+async def test_a_lone_surrogate_escaped_in_json_is_taken_and_answered_once(
+    worker: Worker,
+) -> None:
+    """`"\\ud800"` is valid JSON that no text can hold: it was a 422 with the JSON parser's
+    own words ("unable to parse raw data as a unicode string") and the visitor's text was
+    lost; now it is U+FFFD, as the core makes every message storable."""
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        headers = {**bearer(visitor["token"]), "Content-Type": "application/json"}
+        body = b'{"text": "lone \\ud800 half, a pair \\ud83d\\ude00 whole"}'
+        posted = await client.post("/v1/messages", headers=headers, content=body)
+        assert posted.status_code == 202, posted.text
+        await worker.adapter.idle()
+        page = (await client.get("/v1/history", headers=bearer(visitor["token"]))).json()
+    assert [m["text"] for m in page["messages"]] == [
+        "lone \ufffd half, a pair \U0001f600 whole",
+        "You said lone \ufffd half, a pair \U0001f600 whole",
+    ]
 
 
 async def test_a_retried_message_is_recorded_and_answered_once(worker: Worker) -> None:

@@ -4,16 +4,20 @@ number parameters, each refused with a short ApiError (adapters/support/errors.p
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+import re
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+
+from bot.text.storable import REPLACEMENT
 
 from .errors import ApiError, invalid
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
 IDEMPOTENCY_KEY_MAX = 128
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 async def read_body(
@@ -37,11 +41,27 @@ async def read_body(
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
+    _lone_surrogates_replaced(data)
     try:
         # Strict: JSON has its own types; "yes" or 1 is no boolean, nor 5 a string.
         return model.model_validate(data, strict=True)
     except ValidationError as exc:
         raise invalid(exc) from None
+
+
+def _lone_surrogates_replaced(data: dict[str, Any]) -> None:
+    """JSON may escape half of a UTF-16 pair alone ("\\ud800"), which no text can hold: each
+    becomes U+FFFD in place, as the core makes every message storable, so such a message is
+    taken (and answered once) rather than refused for an encoding it cannot fix."""
+    containers: list[Any] = [data]  # dicts and lists, walked without recursion
+    while containers:
+        container = containers.pop()
+        places = container.items() if isinstance(container, dict) else enumerate(container)
+        for place, value in list(places):
+            if isinstance(value, str) and _LONE_SURROGATE.search(value):
+                container[place] = _LONE_SURROGATE.sub(REPLACEMENT, value)
+            elif isinstance(value, dict | list):
+                containers.append(value)
 
 
 def idempotency_key(request: Request) -> str | None:

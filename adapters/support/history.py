@@ -59,6 +59,7 @@ class Row:
     text: str
     created_at: datetime
     agent: AgentReply | None = None
+    reply_to: int | None = None  # an answer: the newest of the visitor's messages it answers
 
     def message(self) -> HistoryMessage:
         """The row as the API shows it."""
@@ -75,7 +76,10 @@ class Row:
         if self.role == Role.USER.value:
             return shown
         sources = [Source.model_validate(s) for s in answers.sources(self.text)]
-        return shown.model_copy(update={"role": "assistant", "sources": sources})
+        return shown.model_copy(update={
+            "role": "assistant", "sources": sources,
+            "reply_to": str(self.reply_to) if self.reply_to is not None else "",
+        })  # fmt: skip
 
 
 def delivered(text: str, original: str) -> tuple[str, bool]:
@@ -133,16 +137,43 @@ class SupportHistory:
 
         async def read(
             conn: AsyncConnection,
-        ) -> tuple[Sequence[sa.Row[Any]], dict[int, AgentReply]]:
+        ) -> tuple[Sequence[sa.Row[Any]], dict[int, AgentReply], dict[int, int]]:
             rows = (await conn.execute(stmt)).all()
             answers_ids = [int(r.id) for r in rows if r.role == Role.ASSISTANT.value]
-            return rows, await self._agent_replies(conn, key, answers_ids)
+            if not answers_ids:
+                return rows, {}, {}
+            agents = await self._agent_replies(conn, key, answers_ids)
+            return rows, agents, await self._replies_to(conn, key, answers_ids)
 
-        rows, agents = await run_on_connection(self._engine, read)
+        rows, agents, replies_to = await run_on_connection(self._engine, read)
         return [
-            Row(int(r.id), str(r.role), str(r.content), r.created_at, agents.get(int(r.id)))
+            Row(
+                int(r.id),
+                str(r.role),
+                str(r.content),
+                r.created_at,
+                agent=agents.get(int(r.id)),
+                reply_to=replies_to.get(int(r.id)),
+            )
             for r in reversed(rows)
         ]
+
+    async def _replies_to(
+        self, conn: AsyncConnection, key: ConversationKey, answer_ids: list[int]
+    ) -> dict[int, int]:
+        """Answer id -> the newest visitor message it answers: the `reply_to` its events
+        carried (several messages answered together are answered as the newest)."""
+        m = MessageRow
+        stmt = (
+            sa.select(m.answered_by, sa.func.max(m.id).label("newest"))
+            .where(
+                m.conversation_id == self._conversation(key),
+                m.role == Role.USER.value,
+                m.answered_by.in_(answer_ids),
+            )
+            .group_by(m.answered_by)
+        )
+        return {int(r.answered_by): int(r.newest) for r in (await conn.execute(stmt)).all()}
 
     async def _agent_replies(
         self, conn: AsyncConnection, key: ConversationKey, answer_ids: list[int]

@@ -71,6 +71,11 @@ class HistoryMessage(BaseModel):
     name: str = Field("", description="agent: the agent's name")
     translated: bool = Field(False, description="agent: `text` translates `original`")
     original: str = Field("", description="agent: what the agent wrote, when translated")
+    reply_to: str = Field(
+        "",
+        description="assistant: the id of the newest visitor message it answers, as its "
+        "`delta` and `answer` events named it",
+    )
 
 
 class HistoryPage(BaseModel):

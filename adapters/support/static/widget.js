@@ -676,7 +676,19 @@ textarea:focus-visible { outline-offset: 0; }
       if (d.reply_to && !state.unfinished.has(d.reply_to)) state.unfinished.set(d.reply_to, before || "0-0");
       // An attempt at the answer starts again (a worker took over one that stopped, or the
       // event log was out of reach): what the earlier attempt showed goes.
-      if (d.first === true) entry.text = "";
+      if (d.first === true) {
+        entry.text = "";
+        // One answer streams at a time in a conversation: another one still unfinished is
+        // an attempt that was cut off, and this one answers its message too (messages that
+        // waited together are answered together, as the newest).
+        for (const [id, other] of state.replies) {
+          if (id === d.reply_to || other.final) continue;
+          cancelAnimationFrame(other.frame);
+          other.node.remove();
+          state.replies.delete(id);
+          state.unfinished.delete(id);
+        }
+      }
       entry.text += String(d.text ?? "");
       paint(entry);
     },
@@ -802,7 +814,8 @@ textarea:focus-visible { outline-offset: 0; }
           state.rateUntil = Date.now() + (Number.isFinite(wait) ? wait : 30) * 1000;
           showState();
           bubble.remove();
-          if (!ui.input.value) ui.input.value = text;
+          // Back in the box to send again; after what an earlier refusal put back there.
+          ui.input.value = ui.input.value ? `${ui.input.value}\n${text}` : text;
         } else {
           bubble.classList.replace("pending", "failed");
           status.textContent = say("notSent");
