@@ -5,6 +5,7 @@ showed. Real PostgreSQL and Redis, the real support adapter over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -135,3 +136,26 @@ async def test_supfix_an_answer_cut_by_a_redis_outage_starts_again_and_ends_once
         ("user", "hi"),
         ("assistant", "".join(WORDS)),
     ]
+
+
+async def test_an_event_stream_opened_while_the_log_is_away_is_503_not_an_empty_200(
+    worker: Worker, redis_proxy: TcpProxy
+) -> None:
+    """It was a 200 whose body ended at once: the widget took it for a working connection,
+    reset its back-off and hid its banner, and reopened it every 2 s through the outage."""
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        token = visitor["token"]
+        redis_proxy.cut(3600)
+        away = await client.get("/v1/events", params={"token": token, "last_event_id": "0-0"})
+        assert away.status_code == 503, away.text
+        assert away.json()["error"]["code"] == "unavailable" and away.headers["Retry-After"]
+        redis_proxy.cut(0)  # back: a stream opens again
+        params = {"token": token, "last_event_id": "0-0"}
+        async with asyncio.timeout(30):
+            while True:
+                async with client.stream("GET", "/v1/events", params=params) as back:
+                    if back.status_code == 200:
+                        break
+                await asyncio.sleep(0.5)

@@ -227,6 +227,9 @@ class SupportApi:
             after = "0-0" if after == "0" else after
             if not valid_event_id(after):
                 raise ApiError(400, "invalid_request", "Last-Event-ID: not an event id")
+        # The log out of reach is a 503 to retry later, not a 200 stream that ends at once,
+        # which a browser takes for a working connection and opens again at once.
+        await self._events.latest(caller.conversation)
         release = self._open_stream(caller.conversation, _client(request))
         body = stream(self._events, caller.conversation, after, self._s.keepalive_s)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
