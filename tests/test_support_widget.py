@@ -407,6 +407,28 @@ async def test_too_many_messages_says_when_to_try_again(stack: Stack, browser: A
         assert await page.locator(USER_MSGS).count() == 1
 
 
+async def test_a_wrong_site_key_says_the_chat_is_not_available_here_and_stops(
+    stack: Stack, browser: Any, postgres_url: str
+) -> None:
+    """A page with a mistyped key showed "can't be reached. Retrying..." and retried for ever,
+    its message stuck at "Sending...": a refusal for good now says so and stops."""
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    engine = create_engine(postgres_url)
+    try:  # the origin is another site's: the refusal can be read
+        await SiteStore(engine).add_site("other", [origin])
+    finally:
+        await engine.dispose()
+    wrong = embedding_page(f"{stack.api}/widget.js", "pk_wrongkey123")
+    async with parley_serving(stack), serving(wrong, port):
+        page = await new_page(browser)
+        await page.goto(f"{origin}/")
+        await page.click(LAUNCHER)
+        banner = await wait_text(page, ".banner", "t => t.length > 0")
+        assert banner == "The chat isn't available on this page."
+        assert await page.locator("parley-chat .send").is_disabled()
+
+
 async def test_the_demo_page_works_under_its_strict_csp(stack: Stack, browser: Any) -> None:
     demo = SupportSettings(
         token_secret="widget-test-secret-32-characters",  # type: ignore[arg-type]

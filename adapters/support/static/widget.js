@@ -35,6 +35,7 @@
       title: "Chat with us", open: "Open chat", close: "Close chat", log: "Conversation",
       input: "Your message", placeholder: "Ask a question…", send: "Send",
       unavailable: "The assistant can't be reached right now. Retrying…",
+      closed: "The chat isn't available on this page.",
       tooMany: "Too many messages, try again in {n} s.",
       notSent: "This message could not be sent.", sending: "Sending…",
       sources: "Sources", you: "You", bot: "Assistant",
@@ -48,6 +49,7 @@
       log: "Unterhaltung", input: "Ihre Nachricht", placeholder: "Stellen Sie eine Frage…",
       send: "Senden",
       unavailable: "Der Assistent ist gerade nicht erreichbar. Neuer Versuch läuft…",
+      closed: "Der Chat ist auf dieser Seite nicht verfügbar.",
       tooMany: "Zu viele Nachrichten, versuchen Sie es in {n} s erneut.",
       notSent: "Diese Nachricht konnte nicht gesendet werden.", sending: "Wird gesendet…",
       sources: "Quellen", you: "Sie", bot: "Assistent",
@@ -60,6 +62,7 @@
       title: "Discutons", open: "Ouvrir le chat", close: "Fermer le chat", log: "Conversation",
       input: "Votre message", placeholder: "Posez une question…", send: "Envoyer",
       unavailable: "L'assistant est injoignable pour le moment. Nouvelle tentative…",
+      closed: "Le chat n'est pas disponible sur cette page.",
       tooMany: "Trop de messages, réessayez dans {n} s.",
       notSent: "Ce message n'a pas pu être envoyé.", sending: "Envoi…",
       sources: "Sources", you: "Vous", bot: "Assistant",
@@ -73,6 +76,7 @@
       log: "Conversación", input: "Su mensaje", placeholder: "Haga una pregunta…",
       send: "Enviar",
       unavailable: "No se puede contactar con el asistente ahora. Reintentando…",
+      closed: "El chat no está disponible en esta página.",
       tooMany: "Demasiados mensajes, inténtelo de nuevo en {n} s.",
       notSent: "No se pudo enviar este mensaje.", sending: "Enviando…",
       sources: "Fuentes", you: "Usted", bot: "Asistente",
@@ -85,6 +89,7 @@
       title: "تحدث معنا", open: "افتح المحادثة", close: "أغلق المحادثة", log: "المحادثة",
       input: "رسالتك", placeholder: "اطرح سؤالاً…", send: "إرسال",
       unavailable: "لا يمكن الوصول إلى المساعد الآن. جارٍ إعادة المحاولة…",
+      closed: "المحادثة غير متاحة في هذه الصفحة.",
       tooMany: "رسائل كثيرة جدًا، حاول مرة أخرى بعد {n} ث.",
       notSent: "تعذر إرسال هذه الرسالة.", sending: "جارٍ الإرسال…",
       sources: "المصادر", you: "أنت", bot: "المساعد",
@@ -387,6 +392,7 @@ textarea:focus-visible { outline-offset: 0; }
     unfinished: new Map(),
     replies: new Map(), // reply_to -> { node, body, text, final }
     problems: new Set(),
+    refused: false, // the server refused this page for good (a wrong site key)
     rateUntil: 0,
     // The last `handoff` event: { state: "bot" | "waiting" | "human", agent }.
     handoff: saved.handoff && typeof saved.handoff === "object" ? saved.handoff : { state: "bot" },
@@ -408,11 +414,11 @@ textarea:focus-visible { outline-offset: 0; }
   let rateTimer = 0;
   function showState() {
     const wait = Math.ceil((state.rateUntil - Date.now()) / 1000);
-    const text = wait > 0 ? say("tooMany", { n: wait })
+    const text = state.refused ? say("closed") : wait > 0 ? say("tooMany", { n: wait })
       : state.problems.size ? say("unavailable") : "";
     ui.banner.textContent = text;
     ui.banner.hidden = !text;
-    ui.send.disabled = wait > 0;
+    ui.send.disabled = wait > 0 || state.refused;
     if (wait > 0 && !rateTimer) {
       rateTimer = setInterval(() => {
         if (Date.now() >= state.rateUntil) {
@@ -433,6 +439,8 @@ textarea:focus-visible { outline-offset: 0; }
 
   // ---- HTTP ---------------------------------------------------------------------------------
   class Unavailable extends Error {}
+  // The server refused this page for good (a wrong site key): retrying cannot help.
+  class Refused extends Error {}
 
   async function call(path, { method = "GET", body, headers = {}, auth = true } = {}) {
     const all = { ...headers };
@@ -465,6 +473,9 @@ textarea:focus-visible { outline-offset: 0; }
     if (answer.status !== 201 || !answer.data || !answer.data.token) {
       // A wrong key or an origin the site does not list: say so to the site's developer.
       console.warn("Parley widget:", answer.data?.error?.message || `HTTP ${answer.status}`);
+      if ([400, 401, 403, 404].includes(answer.status)) {
+        throw new Refused(`visitor refused (${answer.status})`);
+      }
       throw new Error(`visitor refused (${answer.status})`);
     }
     if (state.visitor && answer.data.visitor_id !== state.visitor) {
@@ -759,7 +770,12 @@ textarea:focus-visible { outline-offset: 0; }
       const answer = await call("/v1/history?limit=1");
       await renewAfter401(answer);
       listen();
-    } catch {
+    } catch (error) {
+      if (error instanceof Refused) {
+        state.refused = true;
+        showState();
+        return;
+      }
       problem("stream", true);
       state.reconnect = setTimeout(reopen, backoff(state.streamAttempt++));
     }
@@ -774,7 +790,12 @@ textarea:focus-visible { outline-offset: 0; }
           listen();
           problem("start", false);
           return;
-        } catch {
+        } catch (error) {
+          if (error instanceof Refused) {
+            state.refused = true; // the banner says so, and sending stops
+            showState();
+            throw error;
+          }
           problem("start", true);
           await sleep(backoff(attempt));
         }
@@ -845,7 +866,7 @@ textarea:focus-visible { outline-offset: 0; }
     ui.launcher.setAttribute("aria-label", say("close"));
     ui.input.focus();
     ui.log.scrollTop = ui.log.scrollHeight;
-    start();
+    start().catch(() => {}); // a refusal is on the banner
   }
 
   function close() {
@@ -890,5 +911,5 @@ textarea:focus-visible { outline-offset: 0; }
   if (document.body) mount();
   else document.addEventListener("DOMContentLoaded", mount, { once: true });
   // A returning visitor's answers keep arriving while the panel is closed.
-  if (state.token) start();
+  if (state.token) start().catch(() => {});
 })();
