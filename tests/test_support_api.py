@@ -426,6 +426,10 @@ async def test_the_openapi_document_and_its_page(worker: Worker) -> None:
     assert "MessageRequest" in document["components"]["schemas"]
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "POST /v1/messages" in page.text and "<script" not in page.text
+    # never framed by another site, never sniffed: a page, not a script
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
 
 
 async def test_a_notice_is_its_own_event(pg: str, redis_url: str, key_prefix: str) -> None:

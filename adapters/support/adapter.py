@@ -347,4 +347,4 @@ class SupportAdapter:
         return JSONResponse(openapi.document())
 
     async def _docs(self, request: Request) -> Response:
-        return HTMLResponse(openapi.docs_page())
+        return HTMLResponse(openapi.docs_page(), headers=openapi.DOCS_HEADERS)

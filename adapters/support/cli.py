@@ -196,8 +196,8 @@ async def _add_site(store: SiteStore, args: argparse.Namespace, prompt: str | No
         collection=args.collection,
     )
     print(f"site {site.name}: public key {site.public_key}")
-    print(f'  <script src="https://YOUR-PARLEY/widget.js" data-site-key="{site.public_key}">'
-          "</script>")  # fmt: skip
+    print(f'  <script src="https://YOUR-PARLEY/widget.js" data-site-key="{site.public_key}"'
+          " async></script>")  # fmt: skip
 
 
 async def _update_site(store: SiteStore, args: argparse.Namespace, prompt: str | None) -> None:

@@ -199,6 +199,18 @@ def document() -> dict[str, Any]:
     }
 
 
+# The page's headers: its own inline style and nothing else; never framed (another site could
+# dress it up as its own), never sniffed as anything but HTML.
+DOCS_HEADERS = {
+    "Content-Security-Policy": "; ".join([
+        "default-src 'none'", "style-src 'unsafe-inline'", "base-uri 'none'",
+        "form-action 'none'", "frame-ancestors 'none'",
+    ]),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}  # fmt: skip
+
+
 def docs_page() -> str:
     """The document as a readable page: each endpoint with its parameters and bodies."""
     doc = document()
