@@ -446,8 +446,12 @@ async def test_a_notice_is_its_own_event(pg: str, redis_url: str, key_prefix: st
                     await client.post("/v1/messages", headers=auth, json={"text": text})
                     await w.adapter.idle()
                 events = await stream.until_answers(2)
+            page = (await client.get("/v1/history", headers=auth)).json()
     notices = [data(e) for e in events if e.event == "notice"]
     assert notices == [{"text": phrases.RATE_LIMITED}]
+    # After a reload too: a notice, not the assistant's answer
+    assert [m["role"] for m in page["messages"]][-1] == "notice"
+    assert page["messages"][-1]["text"] == phrases.RATE_LIMITED
 
 
 async def test_two_workers_a_visitor_alternating_gets_every_answer_once_in_order(

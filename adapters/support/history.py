@@ -75,6 +75,8 @@ class Row:
             })  # fmt: skip
         if self.role == Role.USER.value:
             return shown
+        if self.text in answers.notice_texts():  # as its live event was: a notice
+            return shown.model_copy(update={"role": "notice"})
         sources = [Source.model_validate(s) for s in answers.sources(self.text)]
         return shown.model_copy(update={
             "role": "assistant", "sources": sources,

@@ -62,8 +62,9 @@ class Source(BaseModel):
 
 class HistoryMessage(BaseModel):
     id: str
-    role: Literal["user", "assistant", "agent"] = Field(
-        description="agent: a person at the help desk, as its `agent` event showed it"
+    role: Literal["user", "assistant", "agent", "notice"] = Field(
+        description="agent: a person at the help desk, as its `agent` event showed it; "
+        "notice: the service's sentence in place of an answer, as its `notice` event was"
     )
     text: str = Field(description="as the visitor got it (agent: in the visitor's language)")
     sources: list[Source]
