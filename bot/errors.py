@@ -102,3 +102,11 @@ class UnknownCommand(InputError):
 
 class AdapterError(BotError):
     pass
+
+
+class PlatformAway(AdapterError):
+    """The platform did not answer: no connection, a timeout, or a server error after the
+    client's own retries. What was asked of it may not have happened, and it may answer again
+    soon: an answer it cuts short is not recorded as shown, its turn waits for the platform
+    (the manager's OutputAway) and is finished in place once it is back. Any other
+    AdapterError is a refusal (a blocked chat, a message the platform will not take)."""

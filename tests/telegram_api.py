@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
@@ -73,10 +73,14 @@ class FakeBotApi:
     admins: set[tuple[int, int]] = field(default_factory=set)
     # Chats whose user blocked the bot: 403 to every message.
     blocked: set[int] = field(default_factory=set)
+    # method -> how many of its next calls get 502 Bad Gateway (the Bot API's front
+    # answering for a server that is down), as Telegram's does.
+    failing: dict[str, int] = field(default_factory=dict)
     _seen: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _next_id: int = 1
     _new_update: asyncio.Event = field(default_factory=asyncio.Event)
     _new_message: asyncio.Event = field(default_factory=asyncio.Event)
+    _answered: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> Starlette:
         return Starlette(
@@ -122,13 +126,28 @@ class FakeBotApi:
 
     # The API ----------------------------------------------------------------------------
 
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait until `condition()` holds, looked at after each call the API answered."""
+        while not condition():
+            self._answered.clear()
+            await self._answered.wait()
+
     async def _endpoint(self, request: Request) -> Response:
+        try:
+            return await self._answer(request)
+        finally:
+            self._answered.set()
+
+    async def _answer(self, request: Request) -> Response:
         method = request.path_params["method"]
         params = await _params(request)
         call = Call(method, params, time.monotonic())
         self.calls.append(call)
         if request.path_params["token"] != TOKEN:
             return _error(call, 401, "Unauthorized")
+        if self.failing.get(method, 0) > 0:
+            self.failing[method] -= 1
+            return _error(call, 502, "Bad Gateway")
         if (limited := self._flood_check(call)) is not None:
             return limited
         if params.get("chat_id") in self.blocked:

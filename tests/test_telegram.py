@@ -44,6 +44,45 @@ async def test_private_text_is_answered(tmp_path: Path) -> None:
         assert [c.method for c in api.calls[:2]] == ["getMe", "setMyCommands"]
 
 
+async def shown_in_time(api: FakeBotApi, chat: int, count: int) -> list[str]:
+    async with asyncio.timeout(60):
+        return await api.wait_for_messages(chat, count)
+
+
+async def test_an_answer_the_bot_api_failed_to_take_is_sent_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The Bot API failing as the answer ended (502s past the flood gate's retries) lost the
+    answer: the draft went, no message came, and the turn was recorded as answered."""
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
+        api.failing["sendMessage"] = 4  # the flood gate's first try and its 3 retries
+        await feed(adapter, text_update(1, 42, "hello there"))
+        assert await shown_in_time(api, 42, 1) == ["echo: hello there"]
+        await adapter.idle()
+        assert api.texts(42) == ["echo: hello there"]
+        assert [c.status for c in api.calls if c.method == "sendMessage"] == [502] * 4 + [200]
+        rows = await app.store.history(1, 10)
+        assert [r.content for r in rows] == ["hello there", "echo: hello there"]
+
+
+async def test_a_group_answer_cut_by_the_bot_api_is_finished_in_its_message(
+    tmp_path: Path,
+) -> None:
+    """Edits failing mid-answer left the group's message frozen half-written for good."""
+    backend = ScriptedBackend(lambda r: "one two three four five six", delay=lambda: 0.3)
+    async with telegram_stack(tmp_path, backend, **FAST) as (app, adapter, api):
+        api.failing["editMessageText"] = 4
+        await feed(adapter, mention_update(1, GROUP, "@parley_bot count", user_id=7))
+        async with asyncio.timeout(60):
+            await api.until(lambda: bool(api.sent("editMessageText", GROUP)))
+        await adapter.idle()
+        assert api.texts(GROUP) == ["one two three four five six"]  # the same message
+        assert len(api.sent("sendMessage", GROUP)) == 1
+        assert len(backend.requests) == 2  # made again once the Bot API answered
+        rows = await app.store.history(1, 10)
+        assert [r.content for r in rows][-1] == "one two three four five six"
+
+
 async def test_command_with_our_name_is_stripped_and_another_bots_is_ignored(
     tmp_path: Path,
 ) -> None:

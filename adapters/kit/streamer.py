@@ -18,10 +18,13 @@ cut-off attempt at the same answer showed are edited instead of sent again: a tu
 crash is finished in its own messages (pieces of the old attempt beyond the new answer are
 edited to an ellipsis).
 
-The platform's failures are `AdapterError`s: they end the showing, never the reading, so
+The platform's refusals are `AdapterError`s: they end the showing, never the reading, so
 the answer is still read to the end and recorded, and the log says why the chat did not get
 it. A refused draft is the exception: a draft only previews, so the answer goes on growing
-as a message instead.
+as a message instead. A platform that does not answer (`PlatformAway`: no connection, a
+timeout, a server error) ends the playing at once, the model's stream closed: the adapter
+makes its turn wait for the platform, and the answer is made again and finished in its own
+messages once the platform is back, rather than recorded as shown.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from bot.conversation.sink import Shown, current_shown
-from bot.errors import AdapterError
+from bot.errors import AdapterError, PlatformAway
 
 from .split import Length, Splitter
 
@@ -149,6 +152,8 @@ class Streamer(Generic[Ref]):
             return
         try:
             await show(text)
+        except PlatformAway:
+            raise  # not a refusal: the turn waits for the platform
         except AdapterError as exc:
             self._broken = True
             log.warning("reply not shown: %s", exc)
@@ -166,6 +171,8 @@ class Streamer(Generic[Ref]):
             if growing != self._draft:
                 try:
                     await self._drafts.draft(growing)
+                except PlatformAway:
+                    raise
                 except AdapterError as exc:
                     # A draft only previews: without drafts the answer grows as a message.
                     self._drafts = None

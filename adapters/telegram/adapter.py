@@ -37,9 +37,11 @@ from telegram.warnings import PTBUserWarning
 from adapters.kit.actions import Ignore, Notice, Observe, Submit
 from adapters.kit.http import HttpHost
 from bot import phrases
+from bot.conversation.manager import OutputAway
 from bot.documents import DocumentSource
-from bot.errors import AdapterError, ConfigError, StorageError
+from bot.errors import AdapterError, ConfigError, PlatformAway, StorageError
 from bot.lru import Lru
+from bot.outage import Outage
 from bot.settings import HttpSettings, RedisSettings
 from bot.skills.router import Command
 from bot.types import ConversationKey, Incoming
@@ -76,6 +78,9 @@ ADMIN_CACHE_S = 300.0
 ADMIN_CACHE_SIZE = 10_000
 # Tries of an update that the database refuses while it answers, before it is set aside.
 POISON_AFTER = 3
+# While the Bot API does not answer, turns wait (no model call) but for one look (getMe)
+# this often.
+LOOK_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +162,8 @@ class TelegramAdapter:
         # update_id -> times the database refused it while answering (see act_on).
         self._failures: Lru[int] = Lru(ADMIN_CACHE_SIZE)
         self.set_aside = 0
+        # The Bot API not answering answers (PlatformAway): turns wait for it.
+        self._away = Outage(LOOK_S, meanwhile="answers wait", logger=log, service="Bot API")
 
     @property
     def bot(self) -> Any:
@@ -221,7 +228,28 @@ class TelegramAdapter:
         target = Target(chat_id, int(key.thread_id) if key.thread_id else None, quote)
         s = self._settings
         stream = ReplyStream(self.bot, target, interval_s=s.stream_interval_s, drafts=s.use_drafts)
-        await stream.play(chunks)
+        try:
+            await stream.play(chunks)
+        except PlatformAway as exc:
+            # Not recorded as shown: the turn waits, and is made again and finished in the
+            # messages it showed (if any) once the Bot API answers.
+            self._away.failed(exc)
+            raise OutputAway(PLATFORM) from exc
+        self._away.succeeded()
+
+    async def ensure_reachable(self, key: ConversationKey) -> None:
+        """While the Bot API does not answer, a turn waits without asking the model: one look
+        (getMe) every LOOK_S (bot.conversation.sink.Reachable)."""
+        if not self._away.down:
+            return
+        if not self._away.should_try():
+            raise OutputAway(PLATFORM)
+        try:
+            await self.bot.get_me()
+        except TelegramError as exc:
+            self._away.failed(exc)
+            raise OutputAway(PLATFORM) from exc
+        self._away.succeeded()
 
     async def is_admin(self, incoming: Incoming) -> bool:
         chat_id, user_id = int(incoming.key.chat_id), int(incoming.user.user_id or 0)

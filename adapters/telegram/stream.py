@@ -8,8 +8,9 @@ quotes the message it answers.
 
 When Telegram refuses the HTML of a piece (a parse error, "message text is empty", too long
 after parsing) the same piece is sent again as plain text, so a rendering mistake costs
-formatting, never the answer. Any other Bot API failure is an `AdapterError` for the
-streamer, which stops showing (and keeps reading) the answer.
+formatting, never the answer. Any other refusal is an `AdapterError` for the streamer,
+which stops showing (and keeps reading) the answer; a Bot API that does not answer is
+`PlatformAway`, and the adapter's turn waits for it (`TelegramAdapter.deliver`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from typing import TypeVar
 
 from telegram import Bot, ReplyParameters
 from telegram.constants import ParseMode
-from telegram.error import BadRequest, TelegramError
+from telegram.error import BadRequest, NetworkError, TelegramError
 
 from adapters.kit.streamer import Pacing, Streamer
-from bot.errors import AdapterError
+from bot.errors import AdapterError, PlatformAway
 
 from .formatting import quiet_mentions, to_html, to_text
+from .limits import unreachable
 from .split import MAX_MESSAGE, utf16_len
 
 log = logging.getLogger(__name__)
@@ -168,7 +170,14 @@ class ReplyStream:
 
 @contextlib.contextmanager
 def _platform(chat_id: int) -> Iterator[None]:
+    """Bot API failures as the streamer takes them: a Bot API that did not answer (no
+    connection, a timeout, a 5xx, after the flood gate's retries) is PlatformAway; a refusal
+    (400, 403 blocked, a flood ban) an AdapterError. PTB's BadRequest is a NetworkError too."""
     try:
         yield
+    except BadRequest as exc:
+        raise AdapterError(f"chat {chat_id}: {exc}") from exc
+    except NetworkError as exc:
+        raise PlatformAway(f"chat {chat_id}: {unreachable(exc)}") from exc
     except TelegramError as exc:
         raise AdapterError(f"chat {chat_id}: {exc}") from exc
