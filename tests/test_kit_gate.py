@@ -15,6 +15,7 @@ from telegram.ext import ExtBot
 
 from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
 from adapters.telegram.limits import FloodGate, retry_after_s
+from tests.crash_cluster import TcpProxy
 from tests.redis_server import free_port
 from tests.telegram_api import TOKEN, FakeBotApi
 
@@ -151,3 +152,45 @@ async def test_two_telegram_workers_sharing_redis_meet_no_flood_refusal(
             )
     assert len(api.texts(42)) == 4
     assert api.rejected == []
+
+
+async def test_a_redis_that_froze_holds_no_chat_once_it_is_back(
+    redis_url: str, redis: Redis, key_prefix: str
+) -> None:
+    """A take that timed out while Redis was frozen reached Redis when it thawed, and its slot
+    held the chat until `hold_s` ran out (30 s in production: chats stalled that long after a
+    Redis freeze, in a trial under faults). Now the gate forgets such slots once Redis answers,
+    and a take that arrives after that finds the slot's tombstone."""
+    target = redis.connection_pool.connection_kwargs
+    proxy = TcpProxy(str(target.get("host", "127.0.0.1")), int(target.get("port", 6379)))
+    await proxy.start()
+    through = Redis(host="127.0.0.1", port=proxy.port, db=int(target.get("db", 0)),
+                    socket_timeout=0.5)  # fmt: skip
+    hold_s = 600.0  # a slot left held would hold the test for ten minutes
+    gate = RedisGate(through, Rates(Rate(1, 1.0)), prefix=key_prefix, hold_s=hold_s,
+                     retry_after_failure_s=0.0)  # fmt: skip
+    key = f"{key_prefix}:gate:chat:42"
+
+    async def held_ahead() -> int:
+        seconds, micros = await redis.time()
+        return int(await redis.zcount(key, seconds + micros / 1e6 + 60, "+inf"))
+
+    try:
+        async with gate.slot("42", group=False):
+            pass
+        proxy.frozen = True
+        async with gate.slot("42", group=False):  # the take times out: the process's window
+            pass
+        proxy.frozen = False
+        for _ in range(200):  # the frozen take reaches Redis as it thaws
+            if await held_ahead():
+                break
+            await asyncio.sleep(0.05)
+        assert await held_ahead() == 1
+        async with asyncio.timeout(60):  # a guard: without the fix this waits hold_s
+            async with gate.slot("42", group=False):
+                pass
+        assert await held_ahead() == 0
+    finally:
+        await through.aclose()
+        await proxy.aclose()

@@ -12,7 +12,10 @@ several workers of one bot (webhooks behind a load balancer) keep the limits tog
 Lua script checks every window of a call and takes a slot in each atomically (a sorted set of
 slot times per window, keys under a prefix). A slot in flight is stored `hold_s` ahead, so a
 worker that dies mid-call frees it after `hold_s` at most. When Redis fails, the gate goes on
-with the process's own windows, logs that once, and asks Redis again after a pause.
+with the process's own windows, logs that once, and asks Redis again after a pause; the slots
+whose take or give-back got no answer are taken out once Redis answers again (a take still on
+its way then finds its slot's tombstone and adds nothing), so a Redis that froze for a while
+does not hold the chats that had a call in flight for `hold_s` after it is back.
 """
 
 from __future__ import annotations
@@ -151,10 +154,13 @@ class LocalGate:
             self._groups = {k: w for k, w in self._groups.items() if not w.idle}
 
 
-# KEYS: the call's windows. ARGV: now ("" = Redis's own clock), slot id, hold_s, poll_s, then
-# calls and period_s per key. Returns "0" with the slot taken in every window, else how long
-# to wait (as a string: Lua numbers come back as integers).
+# KEYS: the call's windows, then the slot's tombstone. ARGV: now ("" = Redis's own clock),
+# slot id, hold_s, poll_s, then calls and period_s per window. Returns "0" with the slot taken
+# in every window, "-1" for a slot given up already (a take that reached Redis after its
+# caller stopped waiting), else how long to wait (as a string: Lua numbers come back as
+# integers).
 _ACQUIRE = """
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return '-1' end
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
@@ -162,7 +168,8 @@ if not now then
 end
 local hold, poll = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wait = 0
-for i, key in ipairs(KEYS) do
+for i = 1, #KEYS - 1 do
+  local key = KEYS[i]
   local calls, period = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
   local count = redis.call('ZCARD', key)
@@ -175,7 +182,8 @@ for i, key in ipairs(KEYS) do
   end
 end
 if wait > 0 then return tostring(wait) end
-for i, key in ipairs(KEYS) do
+for i = 1, #KEYS - 1 do
+  local key = KEYS[i]
   local period = tonumber(ARGV[4 + 2 * i])
   redis.call('ZADD', key, now + hold, ARGV[2])
   redis.call('PEXPIRE', key, math.ceil((hold + period) * 1000))
@@ -195,6 +203,21 @@ for _, key in ipairs(KEYS) do
 end
 return 1
 """
+
+
+# A slot whose take or give-back got no answer (Redis frozen, or too slow): KEYS are its
+# windows, then its tombstone; ARGV the slot id and hold_s. The slot leaves its windows, and
+# the tombstone keeps a take still on its way to Redis from adding it after all.
+_FORGET = """
+for i = 1, #KEYS - 1 do
+  redis.call('ZREM', KEYS[i], ARGV[1])
+end
+redis.call('SET', KEYS[#KEYS], '1', 'PX', math.ceil(tonumber(ARGV[2]) * 1000))
+return 1
+"""
+# Slots waiting to be forgotten once Redis answers again (the oldest dropped beyond this:
+# each frees itself after hold_s anyway).
+ORPHANS_KEPT = 1000
 
 
 class RedisGate:
@@ -223,6 +246,9 @@ class RedisGate:
         self._local = LocalGate(rates, clock=clock or time.monotonic, sleep=sleep)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
+        self._forget = client.register_script(_FORGET)
+        # Slots a failure left in Redis, or that may still reach it: (windows, slot id).
+        self._orphans: deque[tuple[list[str], str]] = deque(maxlen=ORPHANS_KEPT)
         self._failures: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self._outage = Outage(
             retry_after_failure_s,
@@ -264,17 +290,39 @@ class RedisGate:
         while True:
             args = [self._now(), slot_id, str(self._hold_s), str(self._poll_s), *per_key]
             try:
-                wait = float(await self._acquire(keys=keys, args=args))
+                wait = float(await self._acquire(keys=[*keys, self._tomb(slot_id)], args=args))
             except self._failures as exc:
+                # The take may still reach Redis (a frozen connection delivers it later):
+                # its slot would be held hold_s for a call that went another way.
+                self._orphans.append((keys, slot_id))
                 self._outage.failed(exc)
                 return None
             self._outage.succeeded()
-            if wait <= 0:
+            await self._forget_orphans()
+            if wait == 0:
                 return slot_id
+            if wait < 0:
+                return None
             await self._sleep(wait)
 
     async def _give_back(self, keys: list[str], slot_id: str) -> None:
         try:
             await self._release(keys=keys, args=[self._now(), slot_id])
         except self._failures as exc:
-            self._outage.failed(exc)  # the slot frees itself after hold_s
+            self._orphans.append((keys, slot_id))  # held hold_s unless forgotten sooner
+            self._outage.failed(exc)
+
+    async def _forget_orphans(self) -> None:
+        """Takes out of Redis the slots that failures left there, once it answers again (a
+        frozen Redis would otherwise hold every chat that had a call in flight for hold_s)."""
+        while self._orphans:
+            keys, slot_id = self._orphans[0]
+            try:
+                await self._forget(keys=[*keys, self._tomb(slot_id)], args=[slot_id, self._hold_s])
+            except self._failures as exc:
+                self._outage.failed(exc)
+                return
+            self._orphans.popleft()
+
+    def _tomb(self, slot_id: str) -> str:
+        return f"{self._prefix}:gate:gone:{slot_id}"
