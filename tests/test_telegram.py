@@ -129,10 +129,15 @@ async def test_edits_channel_posts_and_callbacks_get_no_turn(tmp_path: Path) -> 
         "chat_instance": "c",
         "data": "x",
     }
+    # A linked channel's post, forwarded by Telegram (777000) into its discussion group.
+    forward = message(GROUP, "@parley_bot news", user_id=777000, is_automatic_forward=True,
+                      sender_chat={"id": -1009, "type": "channel", "title": "N"},
+                      entities=[{"type": "mention", "offset": 0, "length": 11}])  # fmt: skip
     async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
         await feed(adapter, update(1, "edited_message", **edited))
         await feed(adapter, update(2, "channel_post", **channel, text="news"))
         await feed(adapter, update(3, "callback_query", **callback))
+        await feed(adapter, update(4, "message", **forward))
         await adapter.idle()
         assert api.sent("sendMessage") == []
         assert [c.params["callback_query_id"] for c in api.sent("answerCallbackQuery")] == ["cb-1"]

@@ -11,6 +11,8 @@ photo, voice, sticker, ...    -> Notice (one sentence on what the bot can read)
 edited message                -> Ignore: the original was answered; answering the edit
                                  would put a second answer under one question
 channel post                  -> Ignore: Parley converses, it does not post in channels
+                                 (nor answers a post a linked channel forwards to its
+                                 discussion group: it comes from Telegram's 777000)
 callback query                -> AnswerCallback (stops the button's spinner; Parley sends
                                  no buttons, so an old or foreign one is acknowledged only)
 
@@ -70,6 +72,8 @@ def translate(update: Update, me: BotIdentity) -> Action:
         return Ignore("update type not handled")
     if message.from_user is None or message.from_user.is_bot:
         return Ignore("not from a person")
+    if message.is_automatic_forward:  # a linked channel's post, copied into its discussion
+        return Ignore("channel post")
     text = addressed_text(message, me)
     if text is None:
         return _observed(update, message)
