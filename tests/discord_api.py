@@ -110,6 +110,9 @@ class FakeDiscordApi:
     global_limit: tuple[int, float] = GLOBAL_LIMIT
     # The next this many sends or edits are answered 429, whatever the window (a storm).
     storm: int = 0
+    # The next this many sends or edits are answered 503 (Discord's API down behind its
+    # front), which discord.py raises at once as DiscordServerError.
+    down: int = 0
     calls: list[Call] = field(default_factory=list)
     messages: dict[int, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
     # Every channel's log as a reader's client fetches it: message id -> REST payload.
@@ -582,6 +585,10 @@ class FakeDiscordApi:
         refusal = self._check_global(call)
         if refusal is not None:
             return refusal
+        if self.down > 0:
+            self.down -= 1
+            call.status = 503
+            return JSONResponse({"message": "Service Unavailable", "code": 0}, status_code=503)
         content = call.body.get("content") or ""
         if len(content) > MAX_CONTENT:
             call.status = 400

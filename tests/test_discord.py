@@ -465,6 +465,22 @@ async def test_translate_on_a_message_without_text_says_there_is_none(tmp_path: 
         assert backend.requests == []
 
 
+async def test_an_answer_discord_failed_to_take_is_shown_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """Discord answering 503 to the send recorded the turn as answered and showed nothing."""
+    backend = answering("All good.")
+    async with discord_harness(tmp_path, backend) as h:
+        h.api.down = 1
+        await h.deliver_event(ev.message_create("hello"))
+        async with asyncio.timeout(60):
+            await h.api.until(lambda: h.api.texts(ev.DM) == ["All good."])
+        await h.idle()
+        assert h.api.texts(ev.DM) == ["All good."]
+        assert len(backend.requests) == 2  # made again once Discord answered
+        assert [c.status for c in h.api.writes(ev.DM)] == [503, 200]
+
+
 # An answer past the interaction token's 15 minutes -------------------------------------
 
 

@@ -28,13 +28,16 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+import aiohttp
 import discord
 
 from adapters.kit.actions import Ignore, Notice, Observe, Submit
 from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
+from bot.conversation.manager import OutputAway
 from bot.documents import DocumentSource
-from bot.errors import AdapterError, ConfigError
+from bot.errors import AdapterError, ConfigError, PlatformAway
 from bot.lru import Lru
+from bot.outage import Outage
 from bot.settings import RedisSettings
 from bot.storage.base import Recorded, Store
 from bot.types import ConversationKey, Incoming
@@ -65,6 +68,8 @@ log = logging.getLogger(__name__)
 DISCORD_RATES = Rates(per_chat=Rate(5, 5.0), overall=Rate(50, 1.0))
 # Channels known to be in a server (answers there reply to the question); DMs are not.
 GUILD_CHANNELS_KNOWN = 100_000
+# While Discord does not answer, turns wait (no model call) but for one look this often.
+LOOK_S = 5.0
 # Slash commands whose answer is still to come, by interaction id; Discord lets a deferred
 # response be edited for 15 minutes.
 INTERACTIONS_KNOWN = 10_000
@@ -223,6 +228,8 @@ class DiscordAdapter:
         self._channel_shards = ChannelShards()
         # Deferred commands waiting for their turn to settle (`_end_unanswered`).
         self._deferred: set[asyncio.Task[None]] = set()
+        # Discord not answering answers (PlatformAway): turns wait for it.
+        self._away = Outage(LOOK_S, meanwhile="answers wait", logger=log, service="Discord")
 
     @staticmethod
     def _client(settings: DiscordSettings) -> discord.Client:
@@ -520,14 +527,37 @@ class DiscordAdapter:
             reference = discord.MessageReference(
                 message_id=int(reply_to), channel_id=channel_id, fail_if_not_exists=False
             )
-        await stream.play(
-            channel,
-            self.gate,
-            chunks,
-            interval_s=self._settings.stream_interval_s,
-            reply_to=reference,
-            interaction=interaction,
-        )
+        try:
+            await stream.play(
+                channel,
+                self.gate,
+                chunks,
+                interval_s=self._settings.stream_interval_s,
+                reply_to=reference,
+                interaction=interaction,
+            )
+        except PlatformAway as exc:
+            # Not recorded as shown: the turn waits, and is made again and finished in the
+            # messages it showed (if any) once Discord answers.
+            if interaction is not None:
+                self._interactions.put(reply_to, interaction)
+            self._away.failed(exc)
+            raise OutputAway(PLATFORM) from exc
+        self._away.succeeded()
+
+    async def ensure_reachable(self, key: ConversationKey) -> None:
+        """While Discord does not answer, a turn waits without asking the model: one look
+        (the application's own record) every LOOK_S (bot.conversation.sink.Reachable)."""
+        if not self._away.down:
+            return
+        if not self._away.should_try():
+            raise OutputAway(PLATFORM)
+        try:
+            await self.client.application_info()
+        except (discord.HTTPException, OSError, aiohttp.ClientError) as exc:
+            self._away.failed(exc)
+            raise OutputAway(PLATFORM) from exc
+        self._away.succeeded()
 
     async def is_admin(self, incoming: Incoming) -> bool:
         return incoming.extras.get("manage_guild") is True

@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
+import aiohttp
 import discord
 
 from adapters.kit.gate import Gate
 from adapters.kit.streamer import Pacing, Streamer
-from bot.errors import AdapterError
+from bot.errors import AdapterError, PlatformAway
 
 log = logging.getLogger(__name__)
 
@@ -230,11 +231,17 @@ class InteractionSurface:
 
 
 async def gated(gate: Gate, channel: int, call: Callable[[], Awaitable[T]]) -> T:
-    """`call` within the channel's budget, again after a storm of 429s."""
+    """`call` within the channel's budget, again after a storm of 429s. Discord not answering
+    (a 5xx after discord.py's own retries, no connection, a timeout) is PlatformAway; any
+    other failure an AdapterError."""
     for round_ in range(RATE_LIMITED_ROUNDS):
         try:
             async with gate.slot(str(channel), group=False):
                 return await call()
+        except discord.DiscordServerError as exc:
+            raise PlatformAway(f"channel {channel}: Discord answered {exc.status}") from exc
+        except (OSError, aiohttp.ClientError) as exc:  # TimeoutError is an OSError
+            raise PlatformAway(f"channel {channel}: {type(exc).__name__}") from exc
         except discord.HTTPException as exc:
             if exc.status != 429 or round_ == RATE_LIMITED_ROUNDS - 1:
                 raise AdapterError(f"channel {channel}: {exc}") from exc
