@@ -407,6 +407,27 @@ async def test_too_many_messages_says_when_to_try_again(stack: Stack, browser: A
         assert await page.locator(USER_MSGS).count() == 1
 
 
+async def test_a_reload_before_the_first_word_still_shows_the_answer_is_coming(
+    stack: Stack, browser: Any
+) -> None:
+    """After a reload the "…" bubble was gone until the first word came: nothing said that
+    an answer was on its way (a slow model, or one being retried, can take a minute)."""
+    stack.backend.script(["", "Here it is."])  # nothing shown until the test says so
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "Anyone there?")
+        await stack.backend.streaming.wait()
+        await page.reload()
+        await page.click(LAUNCHER)
+        await wait_text(page, USER_TEXT, "t => t === 'Anyone there?'")
+        await page.locator("parley-chat .msg.waiting").wait_for()
+        stack.backend.release_all()
+        assert await final_answer(page) == "Here it is."
+        assert await page.locator("parley-chat .msg.waiting").count() == 0
+
+
 async def test_a_wrong_site_key_says_the_chat_is_not_available_here_and_stops(
     stack: Stack, browser: Any, postgres_url: str
 ) -> None:

@@ -657,6 +657,9 @@ textarea:focus-visible { outline-offset: 0; }
         notice(m.text);
       }
     }
+    // The newest message still waits for its answer (a reload before its first word): "…",
+    // as before the reload, until the answer's first event.
+    if (!before && messages.at(-1)?.role === "user" && state.handoff.state === "bot") typing(true);
     showEarlier(answer.data.next);
   }
 
