@@ -79,7 +79,7 @@ async def test_supfix_an_answer_held_by_a_redis_outage_is_given_once_it_is_back(
             redis_proxy.cut(3600)  # until restored: the model's first word finds no log
             backend.release(len(WORDS))
             await worker.adapter.idle()
-            assert stream.events == []
+            assert [e.event for e in stream.events] == ["message"]  # the message, no answer
         assert [m["role"] for m in await history(client, token)] == ["user"]  # pending
         redis_proxy.cut(0)  # Redis is back: the sweep runs the turn again
         backend.release(len(WORDS))
@@ -107,6 +107,7 @@ async def test_supfix_an_answer_cut_by_a_redis_outage_starts_again_and_ends_once
         async with open_stream(client, token) as stream:
             posted = await client.post("/v1/messages", headers=bearer(token), json={"text": "hi"})
             message_id = posted.json()["message_id"]
+            assert [e.event for e in await stream.next(1)] == ["message"]
             shown = []
             for _ in range(2):  # two words reach the visitor, each its own delta
                 backend.release(1)

@@ -70,6 +70,9 @@ async def test_a_visitor_asks_and_the_answer_streams_then_stays_in_history(
             events = await stream.until_answers(1)
         deltas = [data(e) for e in events if e.event == "delta"]
         (answer,) = [data(e) for e in events if e.event == "answer"]
+        # the message itself, for the visitor's other tabs
+        (message,) = [data(e) for e in events if e.event == "message"]
+        assert message == {"id": accepted["message_id"], "text": "hello there", "key": ""}
         assert answer == {
             "reply_to": accepted["message_id"],
             "text": "You said hello there",
@@ -177,6 +180,8 @@ async def test_a_retried_message_is_recorded_and_answered_once(worker: Worker) -
         assert first.status_code == second.status_code == 202
         assert first.json()["message_id"] == second.json()["message_id"]
         assert [e.event for e in events].count("answer") == 1
+        messages = [data(e) for e in events if e.event == "message"]
+        assert messages == [{"id": first.json()["message_id"], "text": "once", "key": "retry-1"}]
         page = (await client.get("/v1/history", headers=bearer(visitor["token"]))).json()
         assert [m["text"] for m in page["messages"]] == ["once", "You said once"]
 
@@ -194,7 +199,8 @@ async def test_a_dropped_stream_resumes_with_nothing_lost_or_repeated(
             token = visitor["token"]
             async with open_stream(client, token) as stream:
                 await client.post("/v1/messages", headers=bearer(token), json={"text": "go"})
-                before = []
+                before = await stream.next(1)  # the message's own event
+                assert before[0].event == "message"
                 for _ in range(3):  # one word at a time: each its own delta
                     backend.release(1)
                     before += await stream.next(1)

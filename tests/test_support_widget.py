@@ -407,6 +407,35 @@ async def test_too_many_messages_says_when_to_try_again(stack: Stack, browser: A
         assert await page.locator(USER_MSGS).count() == 1
 
 
+async def test_a_message_sent_in_one_tab_shows_in_the_visitors_other_tab(
+    stack: Stack, browser: Any
+) -> None:
+    """The other tab showed the answer under no question until it was reloaded."""
+    stack.backend.script(["Two ", "tabs."])
+    async with parley_serving(stack):
+        first = await new_page(browser)
+        await first.goto(stack.page)
+        await first.click(LAUNCHER)
+        await ask(first, "warm up")  # the visitor exists, and both tabs share it
+        stack.backend.release_all()
+        await final_answer(first)
+        second = await first.context.new_page()
+        await second.goto(stack.page)
+        await second.click(LAUNCHER)
+        await final_answer(second)
+        stack.backend.script(["Seen ", "twice."])
+        await ask(first, "from the first tab")
+        stack.backend.release_all()
+        for page in (first, second):
+            assert await final_answer(page, 2) == "Seen twice."
+            texts = await page.locator(USER_TEXT).all_inner_texts()
+            assert texts == ["warm up", "from the first tab"]  # once each, above its answer
+            order = await page.locator("parley-chat .msg.user, parley-chat .msg.bot").evaluate_all(
+                "nodes => nodes.map(n => n.classList.contains('user') ? 'user' : 'bot')"
+            )
+            assert order == ["user", "bot", "user", "bot"]
+
+
 async def test_a_reload_before_the_first_word_still_shows_the_answer_is_coming(
     stack: Stack, browser: Any
 ) -> None:

@@ -62,6 +62,8 @@ from .sites import SECRET_PREFIX, Site, SiteDirectory
 from .tokens import BadToken, TokenSigner, new_visitor_id
 
 log = logging.getLogger(__name__)
+# How long a message's `message` event may hold its 202 (the event log away: not at all).
+MESSAGE_EVENT_WAIT_S = 1.0
 
 Handler = Callable[[Request], Awaitable[Response]]
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -189,10 +191,26 @@ class SupportApi:
         if not recorded.is_new and idempotency is not None:
             await self._check_repeat(caller, recorded.message_id, body.text)
         self._ids.put(pmid, recorded.message_id)
+        if recorded.is_new:
+            await self._tell_other_tabs(caller, recorded.message_id, body.text, idempotency)
         out = MessageAccepted(
             message_id=str(recorded.message_id), conversation_id=caller.conversation
         )
         return JSONResponse(out.model_dump(), status_code=202)
+
+    async def _tell_other_tabs(
+        self, caller: Caller, message_id: int, text: str, idempotency: str | None
+    ) -> None:
+        """The visitor's message as a `message` event, so that the visitor's other tabs (and
+        devices) show it; the sender knows it by its Idempotency-Key (`key`). Best effort:
+        the message is recorded and answered whatever becomes of its event (a reload shows
+        it from the history)."""
+        data = {"id": str(message_id), "text": storable(text), "key": idempotency or ""}
+        try:
+            async with asyncio.timeout(MESSAGE_EVENT_WAIT_S):
+                await self._events.append(caller.conversation, [("message", data)])
+        except Exception as exc:  # Redis away: the answer waits for it anyway
+            log.info("support: a message event was not appended (%s)", type(exc).__name__)
 
     async def _check_repeat(self, caller: Caller, message_id: int, text: str) -> None:
         """A repeat must be a retry: the same key with another text would get a 202 for a

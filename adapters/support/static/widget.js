@@ -391,6 +391,10 @@ textarea:focus-visible { outline-offset: 0; }
     // earliest of these, so an answer cut by the reload streams again from its start.
     unfinished: new Map(),
     replies: new Map(), // reply_to -> { node, body, text, final }
+    // The visitor's messages shown (ids: from the history, a 202, a `message` event), and
+    // the Idempotency-Keys this tab sent: a `message` event shows another tab's message once.
+    mine: new Set(),
+    sentKeys: new Set(),
     problems: new Set(),
     refused: false, // the server refused this page for good (a wrong site key)
     rateUntil: 0,
@@ -508,6 +512,7 @@ textarea:focus-visible { outline-offset: 0; }
   function clearLog() {
     ui.log.replaceChildren();
     state.replies.clear();
+    state.mine.clear();
     state.handoff = { state: "bot" };
     showHandoff();
   }
@@ -645,6 +650,7 @@ textarea:focus-visible { outline-offset: 0; }
     for (const m of messages) {
       if (m.role === "user") {
         lastUser = m.id;
+        state.mine.add(String(m.id));
         add(userBubble(String(m.text ?? "")), anchor);
       } else if (m.role === "assistant" || m.role === "bot") {
         // An answer's events name the message it replies to; history lists it after it.
@@ -683,6 +689,17 @@ textarea:focus-visible { outline-offset: 0; }
   }
 
   const HANDLERS = {
+    // The visitor's message, sent from another tab or device (this tab's own are shown as
+    // they are sent): above its answer when that came first.
+    message(d) {
+      const id = String(d.id ?? "");
+      if (!id || state.mine.has(id)) return;
+      state.mine.add(id);
+      if (d.key && state.sentKeys.has(String(d.key))) return;
+      const answer = state.replies.get(id);
+      add(userBubble(String(d.text ?? "")), answer?.node || null);
+      if (!answer) typing(state.handoff.state === "bot");
+    },
     delta(d, before) {
       typing(false);
       const entry = reply(d.reply_to);
@@ -823,6 +840,7 @@ textarea:focus-visible { outline-offset: 0; }
     const status = el("span", { class: "status", text: say("sending") });
     bubble.append(status);
     const key = uuid(); // the same key on every retry: the server answers it once
+    state.sentKeys.add(key);
     for (let attempt = 0; ; attempt++) {
       try {
         await start();
@@ -830,6 +848,7 @@ textarea:focus-visible { outline-offset: 0; }
         if (await renewAfter401(answer)) answer = await post(text, key);
         problem("send", false);
         if (answer.status === 202) {
+          if (answer.data?.message_id) state.mine.add(String(answer.data.message_id));
           bubble.classList.remove("pending");
           status.remove();
           typing(state.handoff.state === "bot");
