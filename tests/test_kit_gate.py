@@ -157,10 +157,11 @@ async def test_two_telegram_workers_sharing_redis_meet_no_flood_refusal(
 async def test_a_redis_that_froze_holds_no_chat_once_it_is_back(
     redis_url: str, redis: Redis, key_prefix: str
 ) -> None:
-    """A take that timed out while Redis was frozen reached Redis when it thawed, and its slot
-    held the chat until `hold_s` ran out (30 s in production: chats stalled that long after a
-    Redis freeze, in a trial under faults). Now the gate forgets such slots once Redis answers,
-    and a take that arrives after that finds the slot's tombstone."""
+    """Takes that timed out while Redis was frozen reached Redis when it thawed, and their
+    slots held the chats until `hold_s` ran out (30 s in production: chats stalled that long
+    after a Redis freeze, in a trial under faults). Now the gate frees such slots once Redis
+    answers, and a take that arrives after that finds the slot's tombstone. Several chats at
+    once: the review found concurrent takes crashing on the shared list of such slots."""
     target = redis.connection_pool.connection_kwargs
     proxy = TcpProxy(str(target.get("host", "127.0.0.1")), int(target.get("port", 6379)))
     await proxy.start()
@@ -169,27 +170,30 @@ async def test_a_redis_that_froze_holds_no_chat_once_it_is_back(
     hold_s = 600.0  # a slot left held would hold the test for ten minutes
     gate = RedisGate(through, Rates(Rate(1, 1.0)), prefix=key_prefix, hold_s=hold_s,
                      retry_after_failure_s=0.0)  # fmt: skip
-    key = f"{key_prefix}:gate:chat:42"
+    chats = [str(n) for n in range(10)]
 
     async def held_ahead() -> int:
         seconds, micros = await redis.time()
-        return int(await redis.zcount(key, seconds + micros / 1e6 + 60, "+inf"))
+        ahead = seconds + micros / 1e6 + 60
+        keys = [f"{key_prefix}:gate:chat:{chat}" for chat in chats]
+        return sum([int(await redis.zcount(key, ahead, "+inf")) for key in keys])
+
+    async def call(chat: str) -> None:
+        async with gate.slot(chat, group=False):
+            pass
 
     try:
-        async with gate.slot("42", group=False):
-            pass
+        await asyncio.gather(*map(call, chats))
         proxy.frozen = True
-        async with gate.slot("42", group=False):  # the take times out: the process's window
-            pass
+        await asyncio.gather(*map(call, chats))  # the takes time out: the process's windows
         proxy.frozen = False
-        for _ in range(200):  # the frozen take reaches Redis as it thaws
-            if await held_ahead():
+        for _ in range(200):  # the frozen takes reach Redis as it thaws
+            if await held_ahead() == len(chats):
                 break
             await asyncio.sleep(0.05)
-        assert await held_ahead() == 1
+        assert await held_ahead() == len(chats)
         async with asyncio.timeout(60):  # a guard: without the fix this waits hold_s
-            async with gate.slot("42", group=False):
-                pass
+            await asyncio.gather(*map(call, chats))
         assert await held_ahead() == 0
     finally:
         await through.aclose()

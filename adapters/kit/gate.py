@@ -13,9 +13,9 @@ Lua script checks every window of a call and takes a slot in each atomically (a 
 slot times per window, keys under a prefix). A slot in flight is stored `hold_s` ahead, so a
 worker that dies mid-call frees it after `hold_s` at most. When Redis fails, the gate goes on
 with the process's own windows, logs that once, and asks Redis again after a pause; the slots
-whose take or give-back got no answer are taken out once Redis answers again (a take still on
-its way then finds its slot's tombstone and adds nothing), so a Redis that froze for a while
-does not hold the chats that had a call in flight for `hold_s` after it is back.
+whose take or give-back got no answer are freed once Redis answers again (a take still on its
+way then finds its slot's tombstone and adds nothing), so a Redis that froze for a while does
+not hold the chats that had a call in flight for `hold_s` after it is back.
 """
 
 from __future__ import annotations
@@ -206,13 +206,20 @@ return 1
 
 
 # A slot whose take or give-back got no answer (Redis frozen, or too slow): KEYS are its
-# windows, then its tombstone; ARGV the slot id and hold_s. The slot leaves its windows, and
-# the tombstone keeps a take still on its way to Redis from adding it after all.
+# windows, then its tombstone; ARGV now ("" = Redis's clock), the slot id and hold_s. The
+# call was made either way (through the process's own windows): its slot's time becomes now,
+# as a give-back would make it, and the tombstone keeps a take still on its way to Redis from
+# adding the slot after all.
 _FORGET = """
-for i = 1, #KEYS - 1 do
-  redis.call('ZREM', KEYS[i], ARGV[1])
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-redis.call('SET', KEYS[#KEYS], '1', 'PX', math.ceil(tonumber(ARGV[2]) * 1000))
+for i = 1, #KEYS - 1 do
+  redis.call('ZADD', KEYS[i], 'XX', now, ARGV[2])
+end
+redis.call('SET', KEYS[#KEYS], '1', 'PX', math.ceil(tonumber(ARGV[3]) * 1000))
 return 1
 """
 # Slots waiting to be forgotten once Redis answers again (the oldest dropped beyond this:
@@ -247,8 +254,10 @@ class RedisGate:
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._forget = client.register_script(_FORGET)
-        # Slots a failure left in Redis, or that may still reach it: (windows, slot id).
+        # Slots a failure left in Redis, or that may still reach it: (windows, slot id), and
+        # the task that takes them out once Redis answers again.
         self._orphans: deque[tuple[list[str], str]] = deque(maxlen=ORPHANS_KEPT)
+        self._forgetting: asyncio.Task[None] | None = None
         self._failures: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self._outage = Outage(
             retry_after_failure_s,
@@ -298,7 +307,8 @@ class RedisGate:
                 self._outage.failed(exc)
                 return None
             self._outage.succeeded()
-            await self._forget_orphans()
+            if self._orphans and self._forgetting is None:  # in the background: no call waits
+                self._forgetting = asyncio.create_task(self._forget_orphans())
             if wait == 0:
                 return slot_id
             if wait < 0:
@@ -313,16 +323,20 @@ class RedisGate:
             self._outage.failed(exc)
 
     async def _forget_orphans(self) -> None:
-        """Takes out of Redis the slots that failures left there, once it answers again (a
+        """Frees in Redis the slots that failures left held there, once it answers again (a
         frozen Redis would otherwise hold every chat that had a call in flight for hold_s)."""
-        while self._orphans:
-            keys, slot_id = self._orphans[0]
-            try:
-                await self._forget(keys=[*keys, self._tomb(slot_id)], args=[slot_id, self._hold_s])
-            except self._failures as exc:
-                self._outage.failed(exc)
-                return
-            self._orphans.popleft()
+        try:
+            while self._orphans:
+                keys, slot_id = self._orphans.popleft()
+                args = [self._now(), slot_id, str(self._hold_s)]
+                try:
+                    await self._forget(keys=[*keys, self._tomb(slot_id)], args=args)
+                except self._failures as exc:
+                    self._orphans.appendleft((keys, slot_id))  # the next answer tries again
+                    self._outage.failed(exc)
+                    return
+        finally:
+            self._forgetting = None
 
     def _tomb(self, slot_id: str) -> str:
         return f"{self._prefix}:gate:gone:{slot_id}"
