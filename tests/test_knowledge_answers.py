@@ -123,11 +123,20 @@ async def test_ask_takes_out_citations_of_passages_the_model_was_not_given(
     ("deltas", "given", "shown"),
     [
         (["a [", "4", "] b"], 3, "a b"),
+        (["a ", "[4]", " b"], 3, "a b"),  # its space came first, and goes with it
         (["a [1", ", 4", "]"], 3, "a [1]"),
         (["[2]", "[9]"], 2, "[2]"),
         (["see [Click](https://x.org) [", "x"], 1, "see [Click](https://x.org) [x"),
         (["ends with [1"], 1, "ends with [1"),  # never completed: shown as written
         (["[0] and [12]"], 5, " and"),
+        # code is left as written, also when its backticks arrive apart
+        (["Take `items[5]` [1] [7]."], 3, "Take `items[5]` [1]."),
+        (
+            ["``", "`python\nr = [1, 2, 5, 10]\n``", "`\nAs [2] says [9]."],
+            3,
+            "```python\nr = [1, 2, 5, 10]\n```\nAs [2] says.",
+        ),
+        (["`m[0][4]` and ``a`b[8]`` [4]"], 3, "`m[0][4]` and ``a`b[8]``"),
     ],
 )
 async def test_citation_filter_holds_a_citation_split_across_deltas(

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from adapters.kit.away import MAX_TRIES
 from adapters.kit.runner import run_adapters
 from backends.base import Chunk, GenerationRequest
 from bot.app import Parley
@@ -63,6 +64,27 @@ async def test_an_answer_the_bot_api_failed_to_take_is_sent_once_it_is_back(
         assert [c.status for c in api.calls if c.method == "sendMessage"] == [502] * 4 + [200]
         rows = await app.store.history(1, 10)
         assert [r.content for r in rows] == ["hello there", "echo: hello there"]
+
+
+async def test_a_chat_the_bot_api_keeps_failing_is_given_up_not_asked_again_and_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """getMe answered while every send to this chat failed: each look let the turn run the
+    model again, without end, each answer counted against the user's budget (the review)."""
+    monkeypatch.setattr("adapters.telegram.adapter.LOOK_S", 0.2)
+    monkeypatch.setattr("adapters.telegram.limits.NETWORK_RETRIES", 0)
+    backend = ScriptedBackend()
+    async with telegram_stack(tmp_path, backend, **FAST) as (app, adapter, api):
+        api.failing.update(sendMessage=10**6, sendMessageDraft=10**6)
+        await feed(adapter, text_update(1, 42, "hello there"))
+        for _ in range(600):
+            if not await app.store.conversations_with_pending():
+                break
+            await asyncio.sleep(0.1)
+        assert await app.store.conversations_with_pending() == []  # given up, settled
+        assert len(backend.requests) == MAX_TRIES
+        await asyncio.sleep(3 * 0.2 + 2.5)  # more looks and a sweep: nothing runs again
+        assert len(backend.requests) == MAX_TRIES
 
 
 async def test_a_group_answer_cut_by_the_bot_api_is_finished_in_its_message(

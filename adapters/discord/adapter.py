@@ -28,16 +28,14 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-import aiohttp
 import discord
 
 from adapters.kit.actions import Ignore, Notice, Observe, Submit
+from adapters.kit.away import PlatformWatch
 from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
-from bot.conversation.manager import OutputAway
 from bot.documents import DocumentSource
 from bot.errors import AdapterError, ConfigError, PlatformAway
 from bot.lru import Lru
-from bot.outage import Outage
 from bot.settings import RedisSettings
 from bot.storage.base import Recorded, Store
 from bot.types import ConversationKey, Incoming
@@ -229,7 +227,9 @@ class DiscordAdapter:
         # Deferred commands waiting for their turn to settle (`_end_unanswered`).
         self._deferred: set[asyncio.Task[None]] = set()
         # Discord not answering answers (PlatformAway): turns wait for it.
-        self._away = Outage(LOOK_S, meanwhile="answers wait", logger=log, service="Discord")
+        self._away = PlatformWatch(
+            PLATFORM, self._look, service="Discord", look_s=LOOK_S, logger=log
+        )
 
     @staticmethod
     def _client(settings: DiscordSettings) -> discord.Client:
@@ -536,28 +536,20 @@ class DiscordAdapter:
                 reply_to=reference,
                 interaction=interaction,
             )
-        except PlatformAway as exc:
+        except PlatformAway as exc:  # a slash command's is a refusal (stream._as_refusal)
             # Not recorded as shown: the turn waits, and is made again and finished in the
-            # messages it showed (if any) once Discord answers.
-            if interaction is not None:
-                self._interactions.put(reply_to, interaction)
-            self._away.failed(exc)
-            raise OutputAway(PLATFORM) from exc
-        self._away.succeeded()
+            # messages it showed (if any) once Discord answers (adapters.kit.away).
+            self._away.away(key, exc)
+            return
+        self._away.shown(key)
 
     async def ensure_reachable(self, key: ConversationKey) -> None:
         """While Discord does not answer, a turn waits without asking the model: one look
         (the application's own record) every LOOK_S (bot.conversation.sink.Reachable)."""
-        if not self._away.down:
-            return
-        if not self._away.should_try():
-            raise OutputAway(PLATFORM)
-        try:
-            await self.client.application_info()
-        except (discord.HTTPException, OSError, aiohttp.ClientError) as exc:
-            self._away.failed(exc)
-            raise OutputAway(PLATFORM) from exc
-        self._away.succeeded()
+        await self._away.ensure_reachable()
+
+    async def _look(self) -> None:
+        await self.client.application_info()
 
     async def is_admin(self, incoming: Incoming) -> bool:
         return incoming.extras.get("manage_guild") is True

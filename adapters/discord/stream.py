@@ -24,8 +24,9 @@ a zero-width space so that even a client that ignores allowed mentions shows the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -153,6 +154,14 @@ class InteractionSurface:
         return self._rest.shows(piece)
 
     async def send(self, piece: str, *, plain: bool) -> int:
+        with _as_refusal():
+            return await self._send(piece, plain=plain)
+
+    async def edit(self, ref: int, piece: str, *, plain: bool) -> None:
+        with _as_refusal():
+            await self._edit(ref, piece, plain=plain)
+
+    async def _send(self, piece: str, *, plain: bool) -> int:
         if not self._answered:
             self._answered = True
             self._by_token[ORIGINAL] = _ByToken()
@@ -169,7 +178,7 @@ class InteractionSurface:
                 return sent.id
         return await self._rest.send(piece, plain=plain)
 
-    async def edit(self, ref: int, piece: str, *, plain: bool) -> None:
+    async def _edit(self, ref: int, piece: str, *, plain: bool) -> None:
         if ref == ORIGINAL:
             self._answered = True
             self._by_token.setdefault(ORIGINAL, _ByToken())
@@ -228,6 +237,18 @@ class InteractionSurface:
         if result is None:
             self._expired = True  # Discord ended the token before our clock said so
         return result
+
+
+@contextlib.contextmanager
+def _as_refusal() -> Iterator[None]:
+    """A slash command's answer cannot wait for Discord to come back: its response lives with
+    the interaction in this process, and the command's clean-up removes it once the turn
+    settles. So Discord not answering it is taken as a refusal: the answer is read to its end
+    and recorded, and the log says it was not shown."""
+    try:
+        yield
+    except PlatformAway as exc:
+        raise AdapterError(str(exc)) from exc
 
 
 async def gated(gate: Gate, channel: int, call: Callable[[], Awaitable[T]]) -> T:

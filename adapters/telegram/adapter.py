@@ -35,13 +35,12 @@ from telegram.error import Forbidden, InvalidToken, NetworkError, TelegramError
 from telegram.warnings import PTBUserWarning
 
 from adapters.kit.actions import Ignore, Notice, Observe, Submit
+from adapters.kit.away import PlatformWatch
 from adapters.kit.http import HttpHost
 from bot import phrases
-from bot.conversation.manager import OutputAway
 from bot.documents import DocumentSource
 from bot.errors import AdapterError, ConfigError, PlatformAway, StorageError
 from bot.lru import Lru
-from bot.outage import Outage
 from bot.settings import HttpSettings, RedisSettings
 from bot.skills.router import Command
 from bot.types import ConversationKey, Incoming
@@ -163,7 +162,9 @@ class TelegramAdapter:
         self._failures: Lru[int] = Lru(ADMIN_CACHE_SIZE)
         self.set_aside = 0
         # The Bot API not answering answers (PlatformAway): turns wait for it.
-        self._away = Outage(LOOK_S, meanwhile="answers wait", logger=log, service="Bot API")
+        self._away = PlatformWatch(
+            PLATFORM, self._look, service="Bot API", look_s=LOOK_S, logger=log
+        )
 
     @property
     def bot(self) -> Any:
@@ -232,24 +233,18 @@ class TelegramAdapter:
             await stream.play(chunks)
         except PlatformAway as exc:
             # Not recorded as shown: the turn waits, and is made again and finished in the
-            # messages it showed (if any) once the Bot API answers.
-            self._away.failed(exc)
-            raise OutputAway(PLATFORM) from exc
-        self._away.succeeded()
+            # messages it showed (if any) once the Bot API answers (adapters.kit.away).
+            self._away.away(key, exc)
+            return
+        self._away.shown(key)
 
     async def ensure_reachable(self, key: ConversationKey) -> None:
         """While the Bot API does not answer, a turn waits without asking the model: one look
         (getMe) every LOOK_S (bot.conversation.sink.Reachable)."""
-        if not self._away.down:
-            return
-        if not self._away.should_try():
-            raise OutputAway(PLATFORM)
-        try:
-            await self.bot.get_me()
-        except TelegramError as exc:
-            self._away.failed(exc)
-            raise OutputAway(PLATFORM) from exc
-        self._away.succeeded()
+        await self._away.ensure_reachable()
+
+    async def _look(self) -> None:
+        await self.bot.get_me()
 
     async def is_admin(self, incoming: Incoming) -> bool:
         chat_id, user_id = int(incoming.key.chat_id), int(incoming.user.user_id or 0)

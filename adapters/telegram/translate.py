@@ -11,8 +11,8 @@ photo, voice, sticker, ...    -> Notice (one sentence on what the bot can read)
 edited message                -> Ignore: the original was answered; answering the edit
                                  would put a second answer under one question
 channel post                  -> Ignore: Parley converses, it does not post in channels
-                                 (nor answers a post a linked channel forwards to its
-                                 discussion group: it comes from Telegram's 777000)
+                                 (a post a linked channel forwards to its discussion group
+                                 is chatter there, even when it mentions the bot)
 callback query                -> AnswerCallback (stops the button's spinner; Parley sends
                                  no buttons, so an old or foreign one is acknowledged only)
 
@@ -72,10 +72,10 @@ def translate(update: Update, me: BotIdentity) -> Action:
         return Ignore("update type not handled")
     if message.from_user is None or message.from_user.is_bot:
         return Ignore("not from a person")
-    if message.is_automatic_forward:  # a linked channel's post, copied into its discussion
-        return Ignore("channel post")
     text = addressed_text(message, me)
-    if text is None:
+    if text is None or message.is_automatic_forward:
+        # A linked channel's post, copied into its discussion group, is never for the bot
+        # (a channel post), though kept like other chatter where the group keeps it.
         return _observed(update, message)
     return _for_content(update, message, text)
 

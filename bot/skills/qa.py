@@ -52,8 +52,10 @@ EXCERPT_CHARS = 700
 _LINK_JOIN = re.compile(r"\](?=[(\[])")
 # A citation the model writes: [2], [1, 3] (with the space before it, dropped with it).
 _CITATION = re.compile(r"( ?)\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
-# The end of a text that may be a citation still arriving ("[", "[1", "[1, ").
-_CITATION_OPEN = re.compile(r" ?\[[\d,\s]{0,24}$")
+# The end of a text that may be a citation, or a run of backticks, still arriving ("[",
+# "[1", "[1, ", "``"), or the space before a citation (taken out with it).
+_CITATION_OPEN = re.compile(r"(?: ?\[[\d,\s]{0,24}|`+| )$")
+_BACKTICKS = re.compile(r"`+")
 _ASK = re.compile(
     r"^(?:please\s+)?(?:ask|search|check)\s+(?:the\s+)?(?:docs|documentation|knowledge\s*base)"
     r"\s*[:,]?\s*(?:about\s+|for\s+|whether\s+)?(.+)$",
@@ -207,8 +209,10 @@ async def only_given_citations(
 ) -> AsyncGenerator[str, None]:
     """The model's text with citations of passages it was not given taken out: [4] after
     three passages (a number copied from a passage's text, or made up) would point the reader
-    to a source that is not listed. [1, 4] keeps [1]. A citation split across deltas is held
-    back until it is complete (at most a few characters)."""
+    to a source that is not listed. [1, 4] keeps [1]. Code is left as written (`items[5]`,
+    a list literal in a fenced block). A citation or a run of backticks split across deltas
+    is held back until it is complete (a few characters)."""
+    code = _CodeSpans()
 
     def valid(match: re.Match[str]) -> str:
         numbers = [int(n) for n in match[2].split(",")]
@@ -225,9 +229,41 @@ async def only_given_citations(
             cut = growing.start() if growing else len(text)
             held = text[cut:]
             if cut:
-                yield _CITATION.sub(valid, text[:cut])
+                yield code.outside(text[:cut], lambda prose: _CITATION.sub(valid, prose))
     if held:
-        yield _CITATION.sub(valid, held)
+        yield code.outside(held, lambda prose: _CITATION.sub(valid, prose))
+
+
+class _CodeSpans:
+    """Where a streamed Markdown text is code: a fence (three or more backticks) to the next
+    one, an inline span to the next run of as many backticks."""
+
+    def __init__(self) -> None:
+        self._fence = False
+        self._inline = 0  # the opening run's length; 0: not in an inline span
+
+    def outside(self, text: str, change: Callable[[str], str]) -> str:
+        """`text` with `change` applied to what is not code."""
+        out: list[str] = []
+        at = 0
+        for run in _BACKTICKS.finditer(text):
+            out.append(self._apply(text[at : run.start()], change))
+            ticks = len(run[0])
+            if self._fence:
+                self._fence = ticks < 3
+            elif self._inline:
+                self._inline = 0 if ticks == self._inline else self._inline
+            elif ticks >= 3:
+                self._fence = True
+            else:
+                self._inline = ticks
+            out.append(run[0])
+            at = run.end()
+        out.append(self._apply(text[at:], change))
+        return "".join(out)
+
+    def _apply(self, text: str, change: Callable[[str], str]) -> str:
+        return text if self._fence or self._inline or not text else change(text)
 
 
 def sources(passages: list[Passage], heading: str) -> str:

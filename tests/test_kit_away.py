@@ -1,0 +1,72 @@
+"""A platform that stops answering (adapters.kit.away): the turns of its conversations wait
+without asking the model, one look at a time tells when it is back, and a conversation whose
+answers the platform keeps failing while it answers the looks is given up after a few tries
+instead of asking the model again and again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from adapters.kit.away import MAX_TRIES, PlatformWatch
+from bot.conversation.manager import OutputAway
+from bot.errors import PlatformAway
+from bot.types import ConversationKey
+
+KEY = ConversationKey("test", "1")
+log = logging.getLogger("test.away")
+
+
+async def test_one_look_at_a_time_however_many_conversations_wait() -> None:
+    """Every waiting conversation looked at once (500 getMe calls for one look, the review's
+    count), against a platform that was already struggling."""
+    looks = 0
+
+    async def look() -> None:
+        nonlocal looks
+        looks += 1
+        await asyncio.sleep(0.2)
+        raise TimeoutError("still away")
+
+    watch = PlatformWatch("test", look, service="Test", look_s=0.0, logger=log)
+    with pytest.raises(OutputAway):
+        watch.away(KEY, PlatformAway("no connection"))
+    results = await asyncio.gather(
+        *(watch.ensure_reachable() for _ in range(500)), return_exceptions=True
+    )
+    assert all(isinstance(r, OutputAway) for r in results)
+    assert looks == 1
+
+
+async def test_a_look_that_answers_lets_turns_run_again() -> None:
+    async def look() -> None:
+        return None
+
+    watch = PlatformWatch("test", look, service="Test", look_s=0.0, logger=log)
+    with pytest.raises(OutputAway):
+        watch.away(KEY, PlatformAway("502"))
+    assert watch.down
+    await watch.ensure_reachable()
+    assert not watch.down
+
+
+def test_a_conversation_the_platform_keeps_failing_is_given_up_after_a_few_tries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def look() -> None:
+        return None
+
+    watch = PlatformWatch("test", look, service="Test", look_s=0.0, logger=log)
+    for _ in range(MAX_TRIES - 1):
+        with pytest.raises(OutputAway):
+            watch.away(KEY, PlatformAway("500 for this chat"))
+    watch.away(KEY, PlatformAway("500 for this chat"))  # given up: no OutputAway
+    assert "given up" in caplog.text
+    # Another conversation, and this one once shown, start counting afresh.
+    with pytest.raises(OutputAway):
+        watch.away(ConversationKey("test", "2"), PlatformAway("502"))
+    watch.shown(KEY)
+    with pytest.raises(OutputAway):
+        watch.away(KEY, PlatformAway("502"))
