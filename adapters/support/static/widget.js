@@ -477,7 +477,9 @@ textarea:focus-visible { outline-offset: 0; }
     if (answer.status !== 201 || !answer.data || !answer.data.token) {
       // A wrong key or an origin the site does not list: say so to the site's developer.
       console.warn("Parley widget:", answer.data?.error?.message || `HTTP ${answer.status}`);
-      if ([400, 401, 403, 404].includes(answer.status)) {
+      // 401: an unknown key; 403: an origin the key's site does not list. (A 404 or 400 can
+      // be a proxy's, during a deploy: tried again.)
+      if (answer.status === 401 || answer.status === 403) {
         throw new Refused(`visitor refused (${answer.status})`);
       }
       throw new Error(`visitor refused (${answer.status})`);
