@@ -30,5 +30,9 @@ class Lru(Generic[V]):
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
 
+    def values(self) -> list[V]:
+        """The entries' values, least recently used first (a copy)."""
+        return list(self._entries.values())
+
     def discard(self, key: Hashable) -> None:
         self._entries.pop(key, None)

@@ -481,6 +481,26 @@ async def test_an_answer_discord_failed_to_take_is_shown_once_it_is_back(
         assert [c.status for c in h.api.writes(ev.DM)] == [503, 200]
 
 
+async def test_a_slash_command_while_discord_was_away_answers_in_its_deferred_response(
+    tmp_path: Path,
+) -> None:
+    """With Discord just found away (another channel's send got a 503), a slash command's turn
+    waited like the others: the command's clean-up then deleted its deferred response, and
+    the answer, once Discord was back, went to a plain channel message (the review)."""
+    backend = answering("All good.")
+    async with discord_harness(tmp_path, backend) as h:
+        h.api.down = 1
+        await h.deliver_event(ev.message_create("hi", channel=ev.CHANNEL, mentions_bot=True))
+        async with asyncio.timeout(60):
+            await h.api.until(lambda: any(c.status == 503 for c in h.api.calls))
+        await h.command(ev.interaction_create("summarize", "The crane moved the tea. " * 5))
+        async with asyncio.timeout(60):
+            await h.api.until(lambda: "All good." in h.api.texts(ev.DM))
+        await h.idle()
+        writes = [c.path for c in h.api.writes(ev.DM) if "content" in c.body]
+        assert writes and all(path.endswith("/messages/@original") for path in writes), writes
+
+
 # An answer past the interaction token's 15 minutes -------------------------------------
 
 

@@ -137,6 +137,13 @@ async def test_ask_takes_out_citations_of_passages_the_model_was_not_given(
             "```python\nr = [1, 2, 5, 10]\n```\nAs [2] says.",
         ),
         (["`m[0][4]` and ``a`b[8]`` [4]"], 3, "`m[0][4]` and ``a`b[8]``"),
+        (["~~~py\nr = [1, 2, 5]\n~", "~~\nSee [5]."], 3, "~~~py\nr = [1, 2, 5]\n~~~\nSee."),
+        (
+            ["Run:\n\n    r = [1, 2, 5]\n\nThen [1] [6]."],
+            3,
+            "Run:\n\n    r = [1, 2, 5]\n\nThen [1].",
+        ),
+        (["````md\n```\nx = a[5]\n```\n````\nok [9]"], 3, "````md\n```\nx = a[5]\n```\n````\nok"),
     ],
 )
 async def test_citation_filter_holds_a_citation_split_across_deltas(

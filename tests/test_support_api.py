@@ -455,6 +455,10 @@ async def test_a_notice_is_its_own_event(pg: str, redis_url: str, key_prefix: st
             page = (await client.get("/v1/history", headers=auth)).json()
     notices = [data(e) for e in events if e.event == "notice"]
     assert notices == [{"text": phrases.RATE_LIMITED}]
+    # The message over the limit is kept as a stub, and its event carries the stub too (the
+    # review: the event kept the text the core refuses to keep)
+    sent = [data(e)["text"] for e in events if e.event == "message"]
+    assert sent[0] == "one" and sent[1] != "two" and sent[1] == page["messages"][2]["text"]
     # After a reload too: a notice, not the assistant's answer
     assert [m["role"] for m in page["messages"]][-1] == "notice"
     assert page["messages"][-1]["text"] == phrases.RATE_LIMITED

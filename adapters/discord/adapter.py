@@ -541,12 +541,24 @@ class DiscordAdapter:
             # messages it showed (if any) once Discord answers (adapters.kit.away).
             self._away.away(key, exc)
             return
-        self._away.shown(key)
+        if interaction is None:  # a refusal of a slash command's answer says nothing of it
+            self._away.shown(key)
 
     async def ensure_reachable(self, key: ConversationKey) -> None:
         """While Discord does not answer, a turn waits without asking the model: one look
-        (the application's own record) every LOOK_S (bot.conversation.sink.Reachable)."""
+        (the application's own record) every LOOK_S (bot.conversation.sink.Reachable). A
+        slash command's turn cannot wait (its deferred response goes when the turn settles):
+        it runs, and Discord not answering its answer is a refusal."""
+        if self._away.down and self._commanded(key):
+            return
         await self._away.ensure_reachable()
+
+    def _commanded(self, key: ConversationKey) -> bool:
+        """Whether a slash command waits for its answer in this conversation's channel."""
+        if not key.chat_id.isdigit():
+            return False
+        channel = int(key.chat_id)
+        return any(i.channel_id == channel for i in self._interactions.values())
 
     async def _look(self) -> None:
         await self.client.application_info()

@@ -15,7 +15,8 @@ not asked again while it is away, and the answer is made again once it is back.
 
 A platform can answer the look and still fail this conversation's calls (a 5xx for one chat,
 a send refused in a way the client reports as a network error): after `MAX_TRIES` such turns
-in a row for one conversation the answer is given up, as a refusal is (recorded, and the log
+in a row for one conversation (each within COUNT_FOR_S of the one before) the answer is given
+up, as a refusal is (recorded, and the log
 says it was not shown), so that the model is not asked again and again for an answer nobody
 sees, each time counted against the user's budget.
 """
@@ -23,6 +24,7 @@ sees, each time counted against the user's budget.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from bot.conversation.manager import OutputAway
@@ -33,8 +35,11 @@ from bot.types import ConversationKey
 
 log = logging.getLogger(__name__)
 
-# Turns of one conversation that the platform failed in a row before its answer is given up.
-MAX_TRIES = 3
+# Turns of one conversation that the platform failed in a row before its answer is given up;
+# a failure this long after the last one starts the count again (the platform came back in
+# between, or another worker showed the answer).
+MAX_TRIES = 5
+COUNT_FOR_S = 600.0
 # Conversations whose failed turns are counted.
 COUNTED = 10_000
 
@@ -54,7 +59,7 @@ class PlatformWatch:
         self._outage = Outage(look_s, meanwhile="answers wait", logger=logger, service=service)
         self._log = logger
         self._looking = False
-        self._tries: Lru[int] = Lru(COUNTED)
+        self._tries: Lru[tuple[int, float]] = Lru(COUNTED)  # key -> (tries, last failure)
 
     @property
     def down(self) -> bool:
@@ -63,14 +68,16 @@ class PlatformWatch:
     def away(self, key: ConversationKey, exc: PlatformAway) -> None:
         """The platform gave up on this conversation's answer: OutputAway (the turn waits),
         unless it did so MAX_TRIES times in a row; then the answer is given up (return)."""
-        tries = (self._tries.get(key) or 0) + 1
+        now = time.monotonic()
+        before, last = self._tries.get(key) or (0, now)
+        tries = before + 1 if now - last < COUNT_FOR_S else 1
         if tries >= MAX_TRIES:
             self._tries.discard(key)
             self._log.warning(
                 "%s: reply not shown: %s (failed %d times in a row; given up)", key, exc, tries
             )
             return
-        self._tries.put(key, tries)
+        self._tries.put(key, (tries, now))
         self._outage.failed(exc)
         raise OutputAway(self._platform) from exc
 

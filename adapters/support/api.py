@@ -192,23 +192,31 @@ class SupportApi:
             await self._check_repeat(caller, recorded.message_id, body.text)
         self._ids.put(pmid, recorded.message_id)
         if recorded.is_new:
-            await self._tell_other_tabs(caller, recorded.message_id, body.text, idempotency)
+            await self._tell_other_tabs(caller, recorded.message_id, idempotency)
         out = MessageAccepted(
             message_id=str(recorded.message_id), conversation_id=caller.conversation
         )
         return JSONResponse(out.model_dump(), status_code=202)
 
     async def _tell_other_tabs(
-        self, caller: Caller, message_id: int, text: str, idempotency: str | None
+        self, caller: Caller, message_id: int, idempotency: str | None
     ) -> None:
         """The visitor's message as a `message` event, so that the visitor's other tabs (and
-        devices) show it; the sender knows it by its Idempotency-Key (`key`). Best effort:
+        devices) show it; the sender knows it by its Idempotency-Key (`key`; a server key's
+        own is not the browser's business). Its text is what was kept (a message over the
+        rate limit is a stub), and an erasure meanwhile takes the event with it. Best effort:
         the message is recorded and answered whatever becomes of its event (a reload shows
         it from the history)."""
-        data = {"id": str(message_id), "text": storable(text), "key": idempotency or ""}
         try:
             async with asyncio.timeout(MESSAGE_EVENT_WAIT_S):
+                kept = await self._history.text_of(caller.key, message_id)
+                if kept is None:  # erased already
+                    return
+                key = "" if caller.by_server else idempotency or ""
+                data = {"id": str(message_id), "text": kept, "key": key}
                 await self._events.append(caller.conversation, [("message", data)])
+            if await self._history.text_of(caller.key, message_id) is None:
+                await self._events.erase(caller.conversation)  # erased while it was appended
         except Exception as exc:  # Redis away: the answer waits for it anyway
             log.info("support: a message event was not appended (%s)", type(exc).__name__)
 

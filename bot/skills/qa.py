@@ -52,10 +52,11 @@ EXCERPT_CHARS = 700
 _LINK_JOIN = re.compile(r"\](?=[(\[])")
 # A citation the model writes: [2], [1, 3] (with the space before it, dropped with it).
 _CITATION = re.compile(r"( ?)\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
-# The end of a text that may be a citation, or a run of backticks, still arriving ("[",
-# "[1", "[1, ", "``"), or the space before a citation (taken out with it).
-_CITATION_OPEN = re.compile(r"(?: ?\[[\d,\s]{0,24}|`+| )$")
-_BACKTICKS = re.compile(r"`+")
+# The end of a text that may be a citation, or a run of backticks or tildes, still arriving
+# ("[", "[1", "[1, ", "``"), or the space before a citation (taken out with it).
+_CITATION_OPEN = re.compile(r"(?: ?\[[\d,\s]{0,24}|`+|~+| )$")
+# Markdown as _CodeSpans reads it: line ends, runs of backticks or tildes, and the rest.
+_MARKDOWN_TOKENS = re.compile(r"\n|`+|~+|[^\n`~]+")
 _ASK = re.compile(
     r"^(?:please\s+)?(?:ask|search|check)\s+(?:the\s+)?(?:docs|documentation|knowledge\s*base)"
     r"\s*[:,]?\s*(?:about\s+|for\s+|whether\s+)?(.+)$",
@@ -235,35 +236,59 @@ async def only_given_citations(
 
 
 class _CodeSpans:
-    """Where a streamed Markdown text is code: a fence (three or more backticks) to the next
-    one, an inline span to the next run of as many backticks."""
+    """Where a streamed Markdown text is code, as CommonMark reads it: a fence (three or more
+    backticks or tildes at a line's start) to a closing one of the same character at least as
+    long, a line indented four spaces or a tab, an inline span to the next run of as many
+    backticks. What is not code is prose, where citations are."""
 
     def __init__(self) -> None:
-        self._fence = False
+        self._fence: tuple[str, int] | None = None  # the opening run's character and length
         self._inline = 0  # the opening run's length; 0: not in an inline span
+        self._line_start = True  # nothing but blanks so far on this line
+        self._indent = 0  # columns of those blanks
+        self._indented = False  # this line is indented code
 
     def outside(self, text: str, change: Callable[[str], str]) -> str:
         """`text` with `change` applied to what is not code."""
         out: list[str] = []
-        at = 0
-        for run in _BACKTICKS.finditer(text):
-            out.append(self._apply(text[at : run.start()], change))
-            ticks = len(run[0])
-            if self._fence:
-                self._fence = ticks < 3
-            elif self._inline:
-                self._inline = 0 if ticks == self._inline else self._inline
-            elif ticks >= 3:
-                self._fence = True
+        for token in _MARKDOWN_TOKENS.findall(text):
+            if token == "\n":
+                self._line_start, self._indent, self._indented = True, 0, False
+                out.append(token)
+            elif token[0] in "`~" and len(token) >= 3 and self._opens_fence(token):
+                out.append(token)
+            elif token[0] == "`":
+                if self._fence is None and not self._indented:
+                    self._inline = 0 if self._inline == len(token) else self._inline or len(token)
+                self._line_start = False
+                out.append(token)
             else:
-                self._inline = ticks
-            out.append(run[0])
-            at = run.end()
-        out.append(self._apply(text[at:], change))
+                out.append(self._prose(token, change))
         return "".join(out)
 
-    def _apply(self, text: str, change: Callable[[str], str]) -> str:
-        return text if self._fence or self._inline or not text else change(text)
+    def _opens_fence(self, run: str) -> bool:
+        """A run of 3+ backticks or tildes: opens or closes a fence if it starts a line."""
+        if not self._line_start or self._indent >= 4 or self._inline:
+            return False
+        if self._fence is None:
+            self._fence = (run[0], len(run))
+        elif run[0] == self._fence[0] and len(run) >= self._fence[1]:
+            self._fence = None
+        else:
+            return False
+        self._line_start = False
+        return True
+
+    def _prose(self, text: str, change: Callable[[str], str]) -> str:
+        if self._line_start:
+            blanks = len(text) - len(text.lstrip(" \t"))
+            self._indent += sum(4 if c == "\t" else 1 for c in text[:blanks])
+            if blanks < len(text):
+                self._line_start = False
+                self._indented = self._indent >= 4 and self._fence is None
+        if self._fence is not None or self._inline or self._indented:
+            return text
+        return change(text)
 
 
 def sources(passages: list[Passage], heading: str) -> str:
