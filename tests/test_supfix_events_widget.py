@@ -28,28 +28,38 @@ from tests.test_support_widget import (  # noqa: F401  (fixtures: stack, browser
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 
+async def half_answered(
+    stack: Stack,  # noqa: F811  (the fixture imported above)
+    browser: Any,  # noqa: F811
+    events: RedisEventLog,
+) -> tuple[Any, str, str]:
+    """A page whose question "hi" has its answer shown up to "@everyone" (the rest held by
+    the model): the page, its conversation, and the `reply_to` of the answer's deltas."""
+    stack.backend.script(["Hello ", "@everyone ", "and welcome."])
+    page = await new_page(browser)
+    await page.goto(stack.page)
+    await page.click(LAUNCHER)
+    await ask(page, "hi")
+    stack.backend.release()
+    await wait_text(page, BOT_TEXT, "t => t.includes('@everyone')")
+    saved = await page.evaluate(f"localStorage.getItem('parley-widget:{stack.site_key}')")
+    conversation = f"shop:{json.loads(saved)['visitor_id']}"
+    shown = await events.read(conversation, None)
+    (reply_to,) = {json.loads(e.data)["reply_to"] for e in shown if e.name == "delta"}
+    return page, conversation, reply_to
+
+
 async def test_supfix_a_delta_marked_first_restarts_the_reply_bubble(
     stack: Stack,  # noqa: F811  (the fixture imported above)
     browser: Any,  # noqa: F811
     redis_url: str,
     key_prefix: str,
 ) -> None:
-    stack.backend.script(["Hello ", "@everyone ", "and welcome."])
     redis = Redis.from_url(redis_url)
     events = RedisEventLog(redis, key_prefix, kept=1000, ttl_s=3600)
     try:
         async with parley_serving(stack):
-            page = await new_page(browser)
-            await page.goto(stack.page)
-            await page.click(LAUNCHER)
-            await ask(page, "hi")
-            stack.backend.release()
-            await wait_text(page, BOT_TEXT, "t => t.includes('@everyone')")
-
-            saved = await page.evaluate(f"localStorage.getItem('parley-widget:{stack.site_key}')")
-            conversation = f"shop:{json.loads(saved)['visitor_id']}"
-            shown = await events.read(conversation, None)
-            (reply_to,) = {json.loads(e.data)["reply_to"] for e in shown if e.name == "delta"}
+            page, conversation, reply_to = await half_answered(stack, browser, events)
             again = {"reply_to": reply_to, "text": "Hello ", "first": True}
             await events.append(conversation, [("delta", again)])
             restarted = await wait_text(page, BOT_TEXT, "t => t.trim() === 'Hello'")
@@ -70,22 +80,12 @@ async def test_an_answer_cut_off_goes_when_a_new_attempt_answers_a_later_message
     """After an outage of the event log, two waiting messages are answered together, under
     the newer one's id: the first message's half-written answer stayed on screen, busy, for
     good (and every reload replayed it)."""
-    stack.backend.script(["Hello ", "@everyone ", "and welcome."])
     redis = Redis.from_url(redis_url)
     events = RedisEventLog(redis, key_prefix, kept=1000, ttl_s=3600)
     try:
         async with parley_serving(stack):
-            page = await new_page(browser)
-            await page.goto(stack.page)
-            await page.click(LAUNCHER)
-            await ask(page, "hi")
-            stack.backend.release()
-            await wait_text(page, BOT_TEXT, "t => t.includes('@everyone')")
-
+            page, conversation, cut = await half_answered(stack, browser, events)
             storage = f"localStorage.getItem('parley-widget:{stack.site_key}')"
-            conversation = f"shop:{json.loads(await page.evaluate(storage))['visitor_id']}"
-            shown = await events.read(conversation, None)
-            (cut,) = {json.loads(e.data)["reply_to"] for e in shown if e.name == "delta"}
             newer = str(int(cut) + 1)
             both = "Both questions, answered."
             await events.append(conversation, [

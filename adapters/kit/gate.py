@@ -154,18 +154,24 @@ class LocalGate:
             self._groups = {k: w for k, w in self._groups.items() if not w.idle}
 
 
-# KEYS: the call's windows, then the slot's tombstone. ARGV: now ("" = Redis's own clock),
-# slot id, hold_s, poll_s, then calls and period_s per window. Returns "0" with the slot taken
-# in every window, "-1" for a slot given up already (a take that reached Redis after its
-# caller stopped waiting), else how long to wait (as a string: Lua numbers come back as
-# integers).
-_ACQUIRE = """
-if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return '-1' end
+# Every script starts with `now`: ARGV[1], or Redis's own clock when it is "".
+_NOW = """
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
+"""
+
+# KEYS: the call's windows, then the slot's tombstone. ARGV: now ("" = Redis's own clock),
+# slot id, hold_s, poll_s, then calls and period_s per window. Returns "0" with the slot taken
+# in every window, "-1" for a slot given up already (a take that reached Redis after its
+# caller stopped waiting), else how long to wait (as a string: Lua numbers come back as
+# integers).
+_ACQUIRE = (
+    _NOW
+    + """
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return '-1' end
 local hold, poll = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wait = 0
 for i = 1, #KEYS - 1 do
@@ -190,19 +196,18 @@ for i = 1, #KEYS - 1 do
 end
 return '0'
 """
+)
 
 # The answer came: the slot's time becomes now.
-_RELEASE = """
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+_RELEASE = (
+    _NOW
+    + """
 for _, key in ipairs(KEYS) do
   redis.call('ZADD', key, 'XX', now, ARGV[2])
 end
 return 1
 """
+)
 
 
 # A slot whose take or give-back got no answer (Redis frozen, or too slow): KEYS are its
@@ -210,18 +215,16 @@ return 1
 # call was made either way (through the process's own windows): its slot's time becomes now,
 # as a give-back would make it, and the tombstone keeps a take still on its way to Redis from
 # adding the slot after all.
-_FORGET = """
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+_FORGET = (
+    _NOW
+    + """
 for i = 1, #KEYS - 1 do
   redis.call('ZADD', KEYS[i], 'XX', now, ARGV[2])
 end
 redis.call('SET', KEYS[#KEYS], '1', 'PX', math.ceil(tonumber(ARGV[3]) * 1000))
 return 1
 """
+)
 # Slots waiting to be forgotten once Redis answers again (the oldest dropped beyond this:
 # each frees itself after hold_s anyway).
 ORPHANS_KEPT = 1000

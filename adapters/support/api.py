@@ -192,14 +192,14 @@ class SupportApi:
             await self._check_repeat(caller, recorded.message_id, body.text)
         self._ids.put(pmid, recorded.message_id)
         if recorded.is_new:
-            await self._tell_other_tabs(caller, recorded.message_id, idempotency)
+            await self._tell_other_tabs(caller, recorded.message_id, pmid, idempotency)
         out = MessageAccepted(
             message_id=str(recorded.message_id), conversation_id=caller.conversation
         )
         return JSONResponse(out.model_dump(), status_code=202)
 
     async def _tell_other_tabs(
-        self, caller: Caller, message_id: int, idempotency: str | None
+        self, caller: Caller, message_id: int, pmid: str, idempotency: str | None
     ) -> None:
         """The visitor's message as a `message` event, so that the visitor's other tabs (and
         devices) show it; the sender knows it by its Idempotency-Key (`key`; a server key's
@@ -215,7 +215,7 @@ class SupportApi:
                 key = "" if caller.by_server else idempotency or ""
                 data = {"id": str(message_id), "text": kept, "key": key}
                 await self._events.append(caller.conversation, [("message", data)])
-            if await self._history.text_of(caller.key, message_id) is None:
+            if await self.erased_meanwhile(caller.key, pmid):
                 await self._events.erase(caller.conversation)  # erased while it was appended
         except Exception as exc:  # Redis away: the answer waits for it anyway
             log.info("support: a message event was not appended (%s)", type(exc).__name__)

@@ -222,6 +222,9 @@ async def only_given_citations(
         kept = [str(n) for n in numbers if 1 <= n <= given]
         return f"{match[1]}[{', '.join(kept)}]" if kept else ""
 
+    def checked(prose: str) -> str:
+        return _CITATION.sub(valid, prose)
+
     held = ""
     async with aclosing(deltas):
         async for delta in deltas:
@@ -230,9 +233,9 @@ async def only_given_citations(
             cut = growing.start() if growing else len(text)
             held = text[cut:]
             if cut:
-                yield code.outside(text[:cut], lambda prose: _CITATION.sub(valid, prose))
+                yield code.outside(text[:cut], checked)
     if held:
-        yield code.outside(held, lambda prose: _CITATION.sub(valid, prose))
+        yield code.outside(held, checked)
 
 
 class _CodeSpans:
