@@ -12,15 +12,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.sentiment.types import Label, Sentiment
 from bot.storage import keys
 from bot.storage.base import Cache, Codec, ConversationState
+from bot.storage.conflicts import insert_on_conflict
 from bot.storage.database import all_rows, run_on_connection
 from bot.storage.models import ConversationRow, MessageRow
 from bot.types import ConversationKey, utcnow
@@ -29,6 +29,15 @@ from .models import HandoffEventRow, HandoffStateRow, MessageSignalRow
 from .types import HandoffState, HandoffStatus, Reason
 
 _s, _e, _g, _m = HandoffStateRow, HandoffEventRow, MessageSignalRow, MessageRow
+# A repeat of a message's signal (its turn run again after a crash) keeps the first.
+_ADD_SIGNAL = insert_on_conflict(
+    cast(sa.Table, _g.__table__),
+    ["message_id", "conversation_id", "label", "score", "angry", "source", "unanswered"],
+    ["message_id"],
+)
+_ADD_STATE = insert_on_conflict(
+    cast(sa.Table, _s.__table__), ["conversation_id"], ["conversation_id"]
+)
 _c = ConversationRow
 STATE_TTL_S = 3600.0
 BOT_STATUS = HandoffStatus(HandoffState.BOT)
@@ -67,11 +76,6 @@ class HandoffRepository:
         # (bot.storage.database.create_relaxed_engine); states and events are durable.
         self._relaxed = relaxed or engine
         self._states = cache.read_through(keys.handoff, self._load, _CODEC, ttl_s=STATE_TTL_S)
-        self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-        # Built once with its values as parameters, so SQLAlchemy compiles it once.
-        self._add_signal = self._dialect.insert(_g).on_conflict_do_nothing(
-            index_elements=["message_id"]
-        )
 
     async def status(self, conversation_id: int) -> HandoffStatus:
         return (await self.status_and_language(conversation_id))[0]
@@ -117,11 +121,7 @@ class HandoffRepository:
         already in `to` with the same agent (a retried call)."""
 
         async def run(conn: AsyncConnection) -> Change:
-            await conn.execute(
-                self._dialect.insert(_s)
-                .values(conversation_id=conversation_id)
-                .on_conflict_do_nothing(index_elements=["conversation_id"])
-            )
+            await conn.execute(_ADD_STATE, {"conversation_id": conversation_id})
             current = sa.select(_s.state, _s.reason, _s.detail, _s.since, _s.agent, _s.language)
             current = current.where(_s.conversation_id == conversation_id).with_for_update()
             row = (await conn.execute(current)).one()
@@ -202,7 +202,7 @@ class HandoffRepository:
             return
         values = rows[0] if len(rows) == 1 else rows
         await run_on_connection(
-            self._relaxed, lambda conn: conn.execute(self._add_signal, values), single=True
+            self._relaxed, lambda conn: conn.execute(_ADD_SIGNAL, values), single=True
         )
 
     async def request_delivered(self, conversation_id: int, since: datetime) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -20,12 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.storage import keys
 from bot.storage.base import Cache, Codec, LoggedMessage, Store, TurnPrefs
+from bot.storage.conflicts import insert_on_conflict
 from bot.storage.database import run_on_connection
 from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
 from bot.text.storable import storable
 
 _up, _cp, _mr = UserPrefsRow, ChatPrefsRow, MessageReplyRow
 __all__ = ["LoggedMessage", "PrefsRepository", "TurnPrefs"]
+# The first text remembered for a message stays.
+_ADD_REPLY_TO = insert_on_conflict(
+    cast(sa.Table, _mr.__table__), ["message_id", "reply_to_text"], ["message_id"]
+)
 
 # Every plain message reads its chat's preferences (auto-translate): kept in the cache (in
 # process, or in Redis for every worker), dropped on every write, so a change on one worker
@@ -83,9 +88,10 @@ class PrefsRepository:
         await self._chats.refresh(conversation_id)  # never a load from before it
 
     async def remember_reply_to(self, message_id: int, text: str) -> None:
-        stmt = self._dialect.insert(_mr).values(message_id=message_id, reply_to_text=storable(text))
-        stmt = stmt.on_conflict_do_nothing(index_elements=["message_id"])
-        await run_on_connection(self._engine, lambda conn: conn.execute(stmt), write=True)
+        values = {"message_id": message_id, "reply_to_text": storable(text)}
+        await run_on_connection(
+            self._engine, lambda conn: conn.execute(_ADD_REPLY_TO, values), write=True
+        )
 
     async def _upsert(self, table: Any, key: Mapping[str, Any], values: Mapping[str, Any]) -> None:
         changes = {**values, "updated_at": sa.func.now()}

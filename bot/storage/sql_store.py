@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -49,6 +49,7 @@ from bot.storage.base import (
     TurnLease,
     TurnPrefs,
 )
+from bot.storage.conflicts import insert_on_conflict
 from bot.storage.database import database_errors, describe_error, retry_dead_connection
 from bot.storage.lease_keeper import Held, LeaseKeeper
 from bot.storage.models import ConversationRow, MessageRow, UserRow
@@ -963,26 +964,9 @@ def _delivery(row: Sequence[Any]) -> DeliveryState | None:
     return DeliveryState(first, last, epoch, owner, seen and _as_utc(seen), refs)
 
 
-def _insert_once(entity: Any, columns: Sequence[str], unique: Sequence[str]) -> sa.Executable:
-    """INSERT ... ON CONFLICT (unique) DO NOTHING RETURNING id: the new id, or no row if one
-    with the same unique key exists. The same SQL on SQLite and PostgreSQL.
-
-    Text, with the columns' types: the dialects' insert().on_conflict_do_nothing() cannot be
-    cache-keyed, so SQLAlchemy would compile it again on every execution.
-    """
-    table = entity.__table__
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) "
-        f"VALUES ({', '.join(':' + c for c in columns)}) "
-        f"ON CONFLICT ({', '.join(unique)}) DO NOTHING RETURNING id"
-    )
-    binds = [sa.bindparam(c, type_=table.c[c].type) for c in columns]
-    return sa.text(sql).bindparams(*binds).columns(table.c.id)
-
-
 # Upserts: the row's id whether it was inserted or found. DO UPDATE (not DO NOTHING) so that
 # RETURNING yields the existing row too; the user's language follows the platform's, when given.
-# Text, as `_insert_once` (the dialects' on_conflict_do_update() cannot be cache-keyed).
+# Text, as bot.storage.conflicts (the dialects' on_conflict_do_update() cannot be cache-keyed).
 _USER_UPSERT_SQL = (
     "INSERT INTO users (platform, external_id, display_name, language_code) "
     "VALUES (:platform, :external_id, :display_name, :language_code) "
@@ -1019,11 +1003,13 @@ _UPSERT_BOTH = _upsert(
     "SELECT u.id AS user_id, c.id AS conversation_id FROM u, c",
     [sa.column("user_id", sa.BigInteger()), sa.column("conversation_id", sa.BigInteger())],
 )
-_INSERT_MESSAGE = _insert_once(
-    MessageRow,
+# The new message's id, or no row when one with the same idempotency key is there.
+_INSERT_MESSAGE = insert_on_conflict(
+    cast(sa.Table, MessageRow.__table__),
     ["conversation_id", "user_id", "role", "kind", "content", "token_count", "created_at",
      "idempotency_key", "platform_message_id", "answered_by"],
     ["idempotency_key"],
+    returning=["id"],
 )  # fmt: skip
 
 

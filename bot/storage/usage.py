@@ -22,16 +22,25 @@ from datetime import date
 from typing import cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.errors import StorageError
+from bot.storage.conflicts import insert_on_conflict
 from bot.storage.database import all_rows, run_on_connection
 from bot.storage.models import TokenUsageRow
 
 log = logging.getLogger(__name__)
 
 _t = TokenUsageRow
+_COUNTS = ("prompt_tokens", "completion_tokens", "turns", "refused")
+# Adds to the day's row, created at zero when missing.
+_ADD = insert_on_conflict(
+    cast(sa.Table, _t.__table__),
+    ["day", "scope", "subject", *_COUNTS],
+    ["day", "scope", "subject"],
+    update=", ".join(f"{c} = {_t.__tablename__}.{c} + excluded.{c}" for c in _COUNTS)
+    + ", updated_at = CURRENT_TIMESTAMP",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,17 +81,7 @@ class UsageLog:
         self._flusher: asyncio.Task[None] | None = None
         self._writing = asyncio.Lock()
         self._autocommit = engine.dialect.name == "postgresql"  # see run_on_connection(single=)
-        backend = engine.url.get_backend_name()
-        insert = postgresql.insert if backend == "postgresql" else sqlite.insert
-        # Built once with its values as parameters, so SQLAlchemy compiles it once (a
-        # statement built per call, with its values in it, is compiled at every turn).
-        table = cast(sa.Table, _t.__table__)
-        stmt = insert(table)
-        added = {name: table.c[name] + stmt.excluded[name] for name in _COUNTS}
-        self._add = stmt.on_conflict_do_update(
-            index_elements=["day", "scope", "subject"],
-            set_={**added, "updated_at": sa.func.now()},
-        )
+        self._add = _ADD
 
     async def add(self, day: date, subjects: Sequence[Subject], spent: Spent) -> None:
         """Add `spent` to each subject's row of `day` (created at zero when missing): at the
@@ -196,9 +195,6 @@ class UsageLog:
         query = query.order_by(_t.day.desc(), _t.scope.desc(), _t.subject)
         rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, query))
         return [UsageLine(r[0], Subject(r[1], r[2]), Spent(r[3], r[4], r[5], r[6])) for r in rows]
-
-
-_COUNTS = ("prompt_tokens", "completion_tokens", "turns", "refused")
 
 
 def _values(spent: Spent) -> dict[str, int]:
