@@ -177,7 +177,9 @@ async def turns(settings: Settings, redis: Redis | None) -> dict[str, Counts]:
         found["chat"] = await measure(app, redis, "and again", "m2")
         found["command"] = await measure(app, redis, "/help", "m3")
         again = await measure(app, redis, "and once more", "m5")
+        command_again = await measure(app, redis, "/help", "m6")
     assert compiled_again(found["chat"], again) == []
+    assert compiled_again(found["command"], command_again) == []
     return found
 
 
@@ -254,3 +256,17 @@ async def test_turns_on_postgresql_with_redis(
     await redis.flushall()  # the new process finds nothing cached
     found["cold"] = await cold(settings, redis)
     assert as_budgets(found) == POSTGRES
+
+
+async def test_a_preference_set_again_compiles_nothing(tmp_path: Path) -> None:
+    """/lang and /autotranslate write preferences with an upsert: built with the dialects'
+    on_conflict_do_update() it had no cache key and was compiled at every command."""
+    settings = settings_for(f"sqlite+aiosqlite:///{tmp_path}/p.db", None, "")
+    async with Parley(settings, backend=ScriptedBackend()) as app:
+        await warm_up(app, "w1")
+        first = [await measure(app, None, text, f"a{n}") for n, text in
+                 enumerate(["/lang de", "/autotranslate fr"])]  # fmt: skip
+        again = [await measure(app, None, text, f"b{n}") for n, text in
+                 enumerate(["/lang en", "/autotranslate off"])]  # fmt: skip
+    for earlier, later in zip(first, again, strict=True):
+        assert compiled_again(earlier, later) == []

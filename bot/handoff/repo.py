@@ -187,8 +187,8 @@ class HandoffRepository:
         return [tuple(r) for r in rows]  # type: ignore[misc]
 
     async def record_signals(self, conversation_id: int, signals: Sequence[Signal]) -> None:
-        """One statement for the whole batch; a repeat of a message (a turn run again after
-        a crash) keeps the first."""
+        """One statement, run for each row of the batch in one round trip (executemany); a
+        repeat of a message (a turn run again after a crash) keeps the first."""
         rows = [
             {
                 "message_id": s.message_id, "conversation_id": conversation_id,

@@ -26,7 +26,10 @@ def insert_on_conflict(
     """INSERT INTO table (columns) VALUES (:column, ...) ON CONFLICT (conflict), then DO
     NOTHING, or DO UPDATE SET `update` (SQL over the table's and `excluded`'s columns), then
     RETURNING `returning` when given. Each parameter has its column's type; executed with a
-    list of rows, it runs once per row (the driver's executemany)."""
+    list of rows, it runs once per row (the driver's executemany).
+
+    Names and `update` are written into the SQL as given: the code's own constants (column
+    names that need no quoting), never input; values only ever go as parameters."""
     action = f"DO UPDATE SET {update}" if update else "DO NOTHING"
     sql = (
         f"INSERT INTO {table.name} ({', '.join(columns)}) "

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.storage import keys
@@ -27,6 +26,17 @@ from bot.text.storable import storable
 
 _up, _cp, _mr = UserPrefsRow, ChatPrefsRow, MessageReplyRow
 __all__ = ["LoggedMessage", "PrefsRepository", "TurnPrefs"]
+
+
+def _setting(table: Any, key: str, column: str) -> sa.Executable:
+    """Set one preference of the row with `key`, made when missing."""
+    update = f"{column} = excluded.{column}, updated_at = CURRENT_TIMESTAMP"
+    return insert_on_conflict(cast(sa.Table, table.__table__), [key, column], [key], update=update)
+
+
+_SET_LANGUAGE = _setting(_up, "user_id", "language")
+_SET_AUTO_TRANSLATE = _setting(_cp, "conversation_id", "auto_translate")
+_SET_KEEP = _setting(_cp, "conversation_id", "keep_messages")
 # The first text remembered for a message stays.
 _ADD_REPLY_TO = insert_on_conflict(
     cast(sa.Table, _mr.__table__), ["message_id", "reply_to_text"], ["message_id"]
@@ -60,7 +70,6 @@ class PrefsRepository:
         self._chats = cache.read_through(
             keys.chat_prefs, self._load_chat, _CHAT_CODEC, ttl_s=CHAT_PREFS_TTL_S
         )
-        self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
 
     async def for_message(self, message_id: int) -> TurnPrefs:
         return await self._store.turn_prefs(message_id)
@@ -77,14 +86,15 @@ class PrefsRepository:
         return (row[0], bool(row[1])) if row is not None else (None, False)
 
     async def set_language(self, user_ref: int, language: str | None) -> None:
-        await self._upsert(_up, {"user_id": user_ref}, {"language": language})
+        await self._upsert(_SET_LANGUAGE, {"user_id": user_ref, "language": language})
 
     async def set_auto_translate(self, conversation_id: int, language: str | None) -> None:
-        await self._upsert(_cp, {"conversation_id": conversation_id}, {"auto_translate": language})
+        values = {"conversation_id": conversation_id, "auto_translate": language}
+        await self._upsert(_SET_AUTO_TRANSLATE, values)
         await self._chats.refresh(conversation_id)  # never a load from before it
 
     async def set_keep_messages(self, conversation_id: int, keep: bool) -> None:
-        await self._upsert(_cp, {"conversation_id": conversation_id}, {"keep_messages": keep})
+        await self._upsert(_SET_KEEP, {"conversation_id": conversation_id, "keep_messages": keep})
         await self._chats.refresh(conversation_id)  # never a load from before it
 
     async def remember_reply_to(self, message_id: int, text: str) -> None:
@@ -93,8 +103,5 @@ class PrefsRepository:
             self._engine, lambda conn: conn.execute(_ADD_REPLY_TO, values), write=True
         )
 
-    async def _upsert(self, table: Any, key: Mapping[str, Any], values: Mapping[str, Any]) -> None:
-        changes = {**values, "updated_at": sa.func.now()}
-        stmt = self._dialect.insert(table).values(**key, **values)
-        stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=changes)
-        await run_on_connection(self._engine, lambda conn: conn.execute(stmt), write=True)
+    async def _upsert(self, stmt: sa.Executable, values: Mapping[str, Any]) -> None:
+        await run_on_connection(self._engine, lambda conn: conn.execute(stmt, values), write=True)
