@@ -603,3 +603,88 @@ async def test_a_message_that_keeps_failing_is_settled_after_bounded_attempts(
         assert await app.store.pending(recorded.conversation_id, 10) == []
         assert sink.replies[KEY] == [phrases.GENERIC]  # one apology, then never again
         assert await app.manager.recover() == 0
+
+
+class DyingBackend(ScriptedBackend):
+    """An engine in the process, stopped by the signal that stops the process (a terminal's
+    Ctrl-C reaches the whole process group): its first reply shows `shown` words, then waits;
+    `die` fails it and every request after with BackendUnavailable."""
+
+    def __init__(self, shown: int) -> None:
+        super().__init__(lambda request: "Once upon a time there was a bot")
+        self.shown = shown
+        self.entered = asyncio.Event()
+        self.dead = asyncio.Event()
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        if self.dead.is_set():
+            raise BackendUnavailable("the engine died")
+        words = super().stream(request)
+        for _ in range(self.shown):
+            yield await anext(words)
+        await words.aclose()
+        self.entered.set()
+        await self.dead.wait()
+        raise BackendUnavailable("the engine died")
+
+
+@pytest.mark.parametrize("shown", [0, 2])
+async def test_a_model_that_dies_with_the_stopping_process_leaves_the_turn_pending(
+    tmp_path: Path, shown: int
+) -> None:
+    """A Ctrl-C in a terminal stops the in-process engine with the process: its failure was
+    answered with the outage sentence (or the shown part kept as cut off), recorded as the
+    answer, so the message was never answered. It now stays pending, as after a crash, and
+    the next start answers it once."""
+    settings = settings_for(tmp_path)
+    backend = DyingBackend(shown)
+    async with running(settings, backend) as (app, sink):
+        await app.manager.submit(incoming("tell me a story"))
+        await backend.entered.wait()
+        stopping = asyncio.create_task(app.manager.drain(30))
+        await asyncio.sleep(0.05)
+        backend.dead.set()
+        assert await stopping is True  # the turn ended within the grace
+        cid = await app.store.conversation_id(KEY)
+        assert cid is not None
+        assert [m.content for m in await app.store.pending(cid, 10)] == ["tell me a story"]
+        rows = await app.store.history(cid, 10)
+        assert [r.content for r in rows if r.role is Role.ASSISTANT] == []
+        assert sink.replies[KEY] == []
+    async with running(settings, ScriptedBackend()) as (app, sink):
+        await app.manager.recover()
+        await app.manager.wait_idle()
+        rows = await app.store.history(cid, 10)
+        assert [r.content for r in rows if r.role is Role.ASSISTANT] == ["echo: tell me a story"]
+        assert sink.replies[KEY] == ["echo: tell me a story"]
+
+
+async def test_a_model_that_fails_while_running_still_gets_its_sentence(tmp_path: Path) -> None:
+    """The same failure while the process runs on is said to the user and settled."""
+    backend = DyingBackend(0)
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.manager.submit(incoming("tell me a story"))
+        await backend.entered.wait()
+        backend.dead.set()
+        await app.manager.wait_idle()
+        assert sink.replies[KEY] == [BackendUnavailable("x").user_message]
+
+
+async def test_a_skill_whose_model_dies_with_the_stopping_process_stays_pending(
+    tmp_path: Path,
+) -> None:
+    """The same for a skill's answer (/translate): not its error sentence, but pending."""
+    settings = settings_for(tmp_path)
+    backend = DyingBackend(2)
+    command = "/translate to German Good morning, how are you today?"
+    async with running(settings, backend) as (app, sink):
+        await app.manager.submit(incoming(command))
+        await backend.entered.wait()
+        stopping = asyncio.create_task(app.manager.drain(30))
+        await asyncio.sleep(0.05)
+        backend.dead.set()
+        assert await stopping is True
+        cid = await app.store.conversation_id(KEY)
+        assert cid is not None
+        assert [m.content for m in await app.store.pending(cid, 10)] == [command]
+        assert sink.replies[KEY] == []

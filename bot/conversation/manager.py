@@ -112,6 +112,13 @@ class NotServedHere(Exception):
     (no attempt counted), and its messages stay pending for a worker that serves it."""
 
 
+class StoppedWithProcess(NotServedHere):
+    """The model failed while this process stops: an engine in the process is stopped with
+    it where a signal reaches the whole process group (a terminal's Ctrl-C, systemd's stop).
+    The turn ends as a crash would end it: nothing recorded, no attempt counted, what it
+    showed left to be finished in place; the next start answers its messages."""
+
+
 class OutputAway(NotServedHere):
     """Raised by a sink that cannot show the answer it was given, and that says why itself:
     the reader of the console's stdout left (for good, in this process), or a service the
@@ -168,6 +175,7 @@ class ConversationManager:
         self._owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
         self._background: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._draining = False  # a stop began: a model failing now goes with the process
 
     def start(self) -> None:
         """The worker's background duties: its liveness key (so other workers leave the
@@ -318,6 +326,7 @@ class ConversationManager:
         """Give the turns in flight `timeout_s` to finish, then stop the rest: their messages
         stay pending in SQL and are answered by another worker or the next start. True when
         every turn finished in time."""
+        self._draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while tasks := list(self._workers.values()):
@@ -355,6 +364,9 @@ class ConversationManager:
                     return
         except Superseded:  # another worker runs it now; look again soon, in case it died
             self._later(work)
+        except StoppedWithProcess as exc:
+            log.info("conversation %s: the model stopped with the process (%s); left pending",
+                     work.key, exc.__cause__)  # fmt: skip
         except OutputAway:  # the sink's own doing, and it told: nothing to add
             log.debug("conversation %s: the platform's output is gone; left pending", work.key)
         except NotServedHere:
@@ -645,6 +657,7 @@ class ConversationManager:
         try:
             return await self._skills.route(ctx, text)
         except BotError as exc:
+            self._unless_stopping(exc)
             log.warning("conversation %s: skill failed: %s", work.key, exc)
             return await self._localizer(batch[-1])(exc.user_message)
 
@@ -763,6 +776,7 @@ class ConversationManager:
                     parts.append(delta)
                     yield delta
             except BotError as exc:
+                self._unless_stopping(exc)
                 log.warning("conversation %s: skill failed while streaming: %s", work.key, exc)
                 if parts:
                     parts.append(await note_line(say, phrases.CUT_OFF))
@@ -806,7 +820,7 @@ class ConversationManager:
         window = await self._context.load(cid, _TURN.get().state)
         window = await self._context.fit(cid, window, room)
         say = self._localizer(batch[-1])
-        reply = Collected(say)
+        reply = Collected(say, stopping=lambda: self._draining)
         try:
             try:
                 request = self._request(work, window, user_text)
@@ -818,11 +832,18 @@ class ConversationManager:
                 request = self._request(work, window, user_text)
                 await self._stream(work, batch, backend, request, reply)
         except BackendError as exc:  # only before the first delta; later ones end the relay
+            self._unless_stopping(exc)
             log.warning("conversation %s: backend failed: %s", work.key, exc)
             note(outcome="failed")
             await self._reply_once(work, batch, await say(exc.user_message))
             return
         await self._record_chat(work, batch, window, user_text, user_tokens, reply)
+
+    def _unless_stopping(self, exc: BotError) -> None:
+        """A model that fails once a stop began is taken to have stopped with the process
+        (StoppedWithProcess), not answered with its error sentence or a cut-off note."""
+        if self._draining and isinstance(exc, BackendError):
+            raise StoppedWithProcess(str(exc)) from exc
 
     def _request(self, work: _Work, window: Window, user_text: str) -> GenerationRequest:
         messages = [

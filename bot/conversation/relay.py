@@ -78,8 +78,11 @@ async def note_line(say: Say, sentence: str) -> str:
 class Collected:
     """Relays a backend stream to a sink while keeping the text and usage for the record."""
 
-    def __init__(self, say: Say) -> None:
+    def __init__(self, say: Say, *, stopping: Callable[[], bool] = lambda: False) -> None:
         self.say = say
+        # True once the process stops: a failure after text was shown is then raised (the
+        # turn goes with the process, as in a crash), not ended with a cut-off note.
+        self._stopping = stopping
         self.parts: list[str] = []
         self.usage: Usage | None = None
         self.notice: str | None = None
@@ -109,7 +112,7 @@ class Collected:
                     else:
                         held += chunk.text
         except BackendError as exc:
-            if held is not None:  # nothing shown: the caller's one sentence, or a retry
+            if held is not None or self._stopping():  # the caller's sentence, or a retry
                 self.parts.clear()
                 raise
             log.warning("reply cut off after %d chunks: %s", len(self.parts), exc)
