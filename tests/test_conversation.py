@@ -688,3 +688,23 @@ async def test_a_skill_whose_model_dies_with_the_stopping_process_stays_pending(
         assert cid is not None
         assert [m.content for m in await app.store.pending(cid, 10)] == [command]
         assert sink.replies[KEY] == []
+
+
+async def test_a_waiter_that_is_cancelled_leaves_the_turn_running(tmp_path: Path) -> None:
+    """At a stop the console's task, waiting for its turn (handle), is cancelled: the wait
+    cancelled the turn with it, so the stop's grace was never given (the answer was cut at
+    once and left half shown)."""
+    backend = GatedBackend()
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        waiter = asyncio.create_task(app.manager.handle(incoming("one")))
+        await backend.entered.wait()
+        waiter.cancel()
+        try:
+            async with asyncio.timeout(30):
+                with pytest.raises(asyncio.CancelledError):
+                    await waiter
+                backend.gate.set()
+                assert await app.manager.drain(30) is True
+        finally:
+            backend.gate.set()  # never a turn left waiting for it
+        assert sink.replies[KEY] == ["echo: one"]

@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING
 from backends.base import Backend, GenerationRequest, estimate_tokens
 from bot import phrases
 from bot.budget import NO_BUDGETS, TurnBudgets
-from bot.errors import BackendError, BotError, ContextTooLong, NoBackendConfigured, StorageError
+from bot.errors import (
+    BackendError,
+    BackendUnavailable,
+    BotError,
+    ContextTooLong,
+    NoBackendConfigured,
+    StorageError,
+)
 from bot.handoff.types import HandoffState
 from bot.logcontext import current_turn, note
 from bot.lru import Lru
@@ -303,7 +310,9 @@ class ConversationManager:
                 tasks = [t for t in [self._workers.get(conversation_id)] if t is not None]
             if not tasks:
                 return
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # asyncio.wait, not gather: a waiter that is cancelled (an adapter's task at a
+            # stop) must not cancel the turns it waits for; the stop gives them their grace.
+            await asyncio.wait(tasks)
 
     async def recover(self) -> int:
         """Schedule every conversation that has messages left unanswered (e.g. by a crash)."""
@@ -327,21 +336,24 @@ class ConversationManager:
         stay pending in SQL and are answered by another worker or the next start. True when
         every turn finished in time."""
         self._draining = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while tasks := list(self._workers.values()):
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            await asyncio.wait(tasks, timeout=left)  # never cancels them (gather would)
-        else:
-            return True
-        log.warning("stopping %d turn(s) still running after the shutdown grace", len(tasks))
-        for task in tasks:
-            task.cancel()
-        # A turn's last write may wait on a database that does not answer: not for ever.
-        await asyncio.wait(tasks, timeout=CANCELLED_TURNS_WAIT_S)
-        return False
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            while tasks := list(self._workers.values()):
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                await asyncio.wait(tasks, timeout=left)  # never cancels them (gather would)
+            else:
+                return True
+            log.warning("stopping %d turn(s) still running after the shutdown grace", len(tasks))
+            for task in tasks:
+                task.cancel()
+            # A turn's last write may wait on a database that does not answer: not for ever.
+            await asyncio.wait(tasks, timeout=CANCELLED_TURNS_WAIT_S)
+            return False
+        finally:
+            self._draining = False  # a program that goes on after it gets its errors said
 
     def _schedule(self, work: _Work) -> None:
         if work.key.platform not in self._sinks:
@@ -589,6 +601,7 @@ class ConversationManager:
         try:
             return await self._router.dispatch(ctx, name)
         except BotError as exc:
+            self._unless_stopping(exc)
             log.warning("command /%s failed: %s", name, exc)
             return await say(exc.user_message)
 
@@ -820,7 +833,7 @@ class ConversationManager:
         window = await self._context.load(cid, _TURN.get().state)
         window = await self._context.fit(cid, window, room)
         say = self._localizer(batch[-1])
-        reply = Collected(say, stopping=lambda: self._draining)
+        reply = Collected(say, gone_with_stop=self._gone_with_stop)
         try:
             try:
                 request = self._request(work, window, user_text)
@@ -840,10 +853,15 @@ class ConversationManager:
         await self._record_chat(work, batch, window, user_text, user_tokens, reply)
 
     def _unless_stopping(self, exc: BotError) -> None:
-        """A model that fails once a stop began is taken to have stopped with the process
-        (StoppedWithProcess), not answered with its error sentence or a cut-off note."""
-        if self._draining and isinstance(exc, BackendError):
+        """A model out of reach once a stop began (BackendUnavailable: an engine in the
+        process died, a server cannot be reached) is taken to have stopped with the process
+        (StoppedWithProcess), not answered with its error sentence or a cut-off note. A
+        refusal (a 400, a budget, a context too long) is still the answer."""
+        if self._gone_with_stop(exc):
             raise StoppedWithProcess(str(exc)) from exc
+
+    def _gone_with_stop(self, exc: BaseException) -> bool:
+        return self._draining and isinstance(exc, BackendUnavailable)
 
     def _request(self, work: _Work, window: Window, user_text: str) -> GenerationRequest:
         messages = [

@@ -78,11 +78,13 @@ async def note_line(say: Say, sentence: str) -> str:
 class Collected:
     """Relays a backend stream to a sink while keeping the text and usage for the record."""
 
-    def __init__(self, say: Say, *, stopping: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self, say: Say, *, gone_with_stop: Callable[[BackendError], bool] = lambda exc: False
+    ) -> None:
         self.say = say
-        # True once the process stops: a failure after text was shown is then raised (the
-        # turn goes with the process, as in a crash), not ended with a cut-off note.
-        self._stopping = stopping
+        # True for a failure that went with the process's stop: raised even after text was
+        # shown (the turn ends as in a crash), not ended with a cut-off note.
+        self._gone_with_stop = gone_with_stop
         self.parts: list[str] = []
         self.usage: Usage | None = None
         self.notice: str | None = None
@@ -112,7 +114,7 @@ class Collected:
                     else:
                         held += chunk.text
         except BackendError as exc:
-            if held is not None or self._stopping():  # the caller's sentence, or a retry
+            if held is not None or self._gone_with_stop(exc):  # the caller's sentence, a retry
                 self.parts.clear()
                 raise
             log.warning("reply cut off after %d chunks: %s", len(self.parts), exc)
