@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -31,13 +31,11 @@ from .types import HandoffState, HandoffStatus, Reason
 _s, _e, _g, _m = HandoffStateRow, HandoffEventRow, MessageSignalRow, MessageRow
 # A repeat of a message's signal (its turn run again after a crash) keeps the first.
 _ADD_SIGNAL = insert_on_conflict(
-    cast(sa.Table, _g.__table__),
+    _g,
     ["message_id", "conversation_id", "label", "score", "angry", "source", "unanswered"],
     ["message_id"],
 )
-_ADD_STATE = insert_on_conflict(
-    cast(sa.Table, _s.__table__), ["conversation_id"], ["conversation_id"]
-)
+_ADD_STATE = insert_on_conflict(_s, ["conversation_id"], ["conversation_id"])
 _c = ConversationRow
 STATE_TTL_S = 3600.0
 BOT_STATUS = HandoffStatus(HandoffState.BOT)

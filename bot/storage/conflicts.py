@@ -11,25 +11,27 @@ same SQL runs on SQLite (3.24 and later) and PostgreSQL.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import sqlalchemy as sa
 
 
 def insert_on_conflict(
-    table: sa.Table,
+    entity: Any,
     columns: Sequence[str],
     conflict: Sequence[str],
     *,
     update: str = "",
     returning: Sequence[str] = (),
 ) -> sa.TextClause | sa.TextualSelect:
-    """INSERT INTO table (columns) VALUES (:column, ...) ON CONFLICT (conflict), then DO
+    """INSERT INTO entity's table (columns) VALUES (:column, ...) ON CONFLICT (conflict), then DO
     NOTHING, or DO UPDATE SET `update` (SQL over the table's and `excluded`'s columns), then
     RETURNING `returning` when given. Each parameter has its column's type; executed with a
     list of rows, it runs once per row (the driver's executemany).
 
     Names and `update` are written into the SQL as given: the code's own constants (column
     names that need no quoting), never input; values only ever go as parameters."""
+    table = cast(sa.Table, entity.__table__)
     action = f"DO UPDATE SET {update}" if update else "DO NOTHING"
     sql = (
         f"INSERT INTO {table.name} ({', '.join(columns)}) "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -31,16 +31,14 @@ __all__ = ["LoggedMessage", "PrefsRepository", "TurnPrefs"]
 def _setting(table: Any, key: str, column: str) -> sa.Executable:
     """Set one preference of the row with `key`, made when missing."""
     update = f"{column} = excluded.{column}, updated_at = CURRENT_TIMESTAMP"
-    return insert_on_conflict(cast(sa.Table, table.__table__), [key, column], [key], update=update)
+    return insert_on_conflict(table, [key, column], [key], update=update)
 
 
 _SET_LANGUAGE = _setting(_up, "user_id", "language")
 _SET_AUTO_TRANSLATE = _setting(_cp, "conversation_id", "auto_translate")
 _SET_KEEP = _setting(_cp, "conversation_id", "keep_messages")
 # The first text remembered for a message stays.
-_ADD_REPLY_TO = insert_on_conflict(
-    cast(sa.Table, _mr.__table__), ["message_id", "reply_to_text"], ["message_id"]
-)
+_ADD_REPLY_TO = insert_on_conflict(_mr, ["message_id", "reply_to_text"], ["message_id"])
 
 # Every plain message reads its chat's preferences (auto-translate): kept in the cache (in
 # process, or in Redis for every worker), dropped on every write, so a change on one worker
@@ -98,10 +96,10 @@ class PrefsRepository:
         await self._chats.refresh(conversation_id)  # never a load from before it
 
     async def remember_reply_to(self, message_id: int, text: str) -> None:
-        values = {"message_id": message_id, "reply_to_text": storable(text)}
-        await run_on_connection(
-            self._engine, lambda conn: conn.execute(_ADD_REPLY_TO, values), write=True
+        await self._upsert(
+            _ADD_REPLY_TO, {"message_id": message_id, "reply_to_text": storable(text)}
         )
 
     async def _upsert(self, stmt: sa.Executable, values: Mapping[str, Any]) -> None:
+        """One insert-or-update of `values` (bot.storage.conflicts)."""
         await run_on_connection(self._engine, lambda conn: conn.execute(stmt, values), write=True)

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -1005,7 +1005,7 @@ _UPSERT_BOTH = _upsert(
 )
 # The new message's id, or no row when one with the same idempotency key is there.
 _INSERT_MESSAGE = insert_on_conflict(
-    cast(sa.Table, MessageRow.__table__),
+    MessageRow,
     ["conversation_id", "user_id", "role", "kind", "content", "token_count", "created_at",
      "idempotency_key", "platform_message_id", "answered_by"],
     ["idempotency_key"],

@@ -19,7 +19,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -35,7 +34,7 @@ _t = TokenUsageRow
 _COUNTS = ("prompt_tokens", "completion_tokens", "turns", "refused")
 # Adds to the day's row, created at zero when missing.
 _ADD = insert_on_conflict(
-    cast(sa.Table, _t.__table__),
+    _t,
     ["day", "scope", "subject", *_COUNTS],
     ["day", "scope", "subject"],
     update=", ".join(f"{c} = {_t.__tablename__}.{c} + excluded.{c}" for c in _COUNTS)
