@@ -4,7 +4,10 @@ One turn at a time, on PostgreSQL + Redis against bench.turn_overhead's stand-in
 next to the bare streaming client in the same process: per turn, wall and CPU time; and each
 call on the store, the cache and the handoff's signals made during the turns, how often and
 how long (wall, measured around Parley's own methods, which this process wraps: no other
-library is touched). Exit 0, or 1 when it fails. `python -m bench.turn_profile [--turns N]`.
+library is touched). `--desk`: a help desk reaches the conversations (a support deployment),
+so the handoff's triggers are weighed and its signals kept at every turn; without one (a chat
+bot on Telegram or the console) they are not. Exit 0, or 1 when it fails.
+`python -m bench.turn_profile [--turns N] [--desk]`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from bot.settings import Settings
 from bot.storage.cache import RedisCache
 from bot.storage.sql_store import SqlStore
 from bot.types import ConversationKey, Incoming, User
+from tests.doubles import AnyDesk
 
 TURNS_PER_CONVERSATION = 6
 WRAPPED: dict[type, tuple[str, ...]] = {
@@ -80,7 +84,9 @@ async def bare_turns(base_url: str, turns: int) -> tuple[float, float]:
         return _per_turn(wall, cpu, turns)
 
 
-async def parley_turns(base_url: str, turns: int, calls: Calls) -> tuple[float, float]:
+async def parley_turns(
+    base_url: str, turns: int, calls: Calls, *, desk: bool
+) -> tuple[float, float]:
     """(wall ms, CPU ms) per turn through ConversationManager.handle."""
     prefix = f"parley-profile-{uuid.uuid4().hex[:8]}"
     try:
@@ -92,6 +98,8 @@ async def parley_turns(base_url: str, turns: int, calls: Calls) -> tuple[float, 
             )
             async with Parley(settings) as app:
                 app.manager.attach("bench", Sink())  # type: ignore[arg-type]
+                if desk:
+                    app.desk.attach(AnyDesk())
 
                 async def turn(conversation: str, text: str) -> None:
                     key, user = ConversationKey("bench", conversation), User("bench", conversation)
@@ -119,7 +127,7 @@ def _per_turn(wall: float, cpu: float, turns: int) -> tuple[float, float]:
     )
 
 
-async def run(turns: int) -> None:
+async def run(turns: int, *, desk: bool) -> None:
     calls = Calls()
     for cls, names in WRAPPED.items():
         for name in names:
@@ -127,8 +135,9 @@ async def run(turns: int) -> None:
     with model_server() as base_url:
         await wait_for(base_url)
         bare = await bare_turns(base_url, turns)
-        parley = await parley_turns(base_url, turns, calls)
-    print(f"{turns} turns, one at a time ({TURNS_PER_CONVERSATION} per conversation)")
+        parley = await parley_turns(base_url, turns, calls, desk=desk)
+    where = "a help desk reaches them" if desk else "no help desk"
+    print(f"{turns} turns, one at a time ({TURNS_PER_CONVERSATION} per conversation), {where}")
     print(f"bare client    per turn: wall {bare[0]:6.2f} ms, CPU {bare[1]:6.2f} ms")
     print(f"Parley         per turn: wall {parley[0]:6.2f} ms, CPU {parley[1]:6.2f} ms")
     print(f"{'call (wall, around the method)':40} {'per turn':>9} {'ms each':>8} {'ms/turn':>8}")
@@ -140,10 +149,11 @@ async def run(turns: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--turns", type=int, default=600, help="turns measured (600)")
+    parser.add_argument("--desk", action="store_true", help="a help desk reaches the chats")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        asyncio.run(run(max(args.turns, 1)))
+        asyncio.run(run(max(args.turns, 1), desk=args.desk))
     except Exception as exc:  # a crash is a failed run
         print(f"bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

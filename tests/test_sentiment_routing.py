@@ -30,7 +30,7 @@ from bot.skills.prompts import Prompts
 from bot.skills.router import Intent, TurnContext
 from bot.storage import migrate
 from bot.types import ChatMessage, Role
-from tests.doubles import CollectingSink
+from tests.doubles import AnyDesk, CollectingSink
 from tests.fixtures_vllm import require
 from tests.skills_helpers import KEY, StructuredBackend, incoming, shout
 
@@ -60,15 +60,6 @@ async def running(
         app.manager.attach("test", sink)
         app.desk.attach(AnyDesk())  # a help desk reaches these conversations
         yield app, sink
-
-
-class AnyDesk:
-    """A help desk for every platform that takes whatever it is handed."""
-
-    platforms: frozenset[str] | None = None
-
-    async def publish(self, event: object) -> None:
-        return None
 
 
 async def recorded(app: Parley) -> list[Sentiment]:

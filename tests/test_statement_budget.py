@@ -7,7 +7,8 @@ of the test's own runs, read with MONITOR (see RedisCommands). A change that add
 or a command to a turn has to change the numbers here.
 
 Turn types: a conversation's first chat turn (a new sender and conversation), a later chat
-turn, a command turn (/help), and a cold load (a new process, nothing cached: the window is
+turn, a command turn (/help), a chat turn where a help desk reaches the conversation (its
+handoff signals are kept), and a cold load (a new process, nothing cached: the window is
 rebuilt from SQL).
 """
 
@@ -28,7 +29,7 @@ from bot.app import Parley
 from bot.settings import Settings
 from bot.storage.migrate import upgrade
 from bot.types import ConversationKey, Incoming, User
-from tests.doubles import CollectingSink, ScriptedBackend
+from tests.doubles import AnyDesk, CollectingSink, ScriptedBackend
 from tests.redis_server import PrivateRedis
 
 KEY = ConversationKey("test", "budget-chat")
@@ -178,6 +179,8 @@ async def turns(settings: Settings, redis: Redis | None) -> dict[str, Counts]:
         found["command"] = await measure(app, redis, "/help", "m3")
         again = await measure(app, redis, "and once more", "m5")
         command_again = await measure(app, redis, "/help", "m6")
+        app.desk.attach(AnyDesk())
+        found["desk"] = await measure(app, redis, "and with a desk", "m7")
     assert compiled_again(found["chat"], again) == []
     assert compiled_again(found["command"], command_again) == []
     return found
@@ -196,26 +199,27 @@ async def cold(settings: Settings, redis: Redis | None) -> Counts:
         return await measure(app, redis, "after a restart", "m4")
 
 
-# Per turn: SQL statements by verb, commits, statements on the relaxed engine, Redis commands
-# by name. The chat turn on PostgreSQL: the message INSERT; the lease's take, a WITH statement
-# (the UPDATE ... RETURNING the unfinished delivery and the conversation's state, joined to
-# the first page of pending messages), so no delivery, state or pending SELECT; the
-# delivery's beginning UPDATE; the reply in one WITH statement (the delivery's fence, the
-# reply INSERT and the answered UPDATE as data-modifying CTEs). Those four are durable, each
-# one statement in autocommit: no transaction and no COMMIT round trip. Relaxed: the signal
-# INSERT and the lease release UPDATE. The Redis copy of the window is checked against the
-# state the lease returned. Token usage is written behind (none here, see settings_for). A
-# command's reply is a WITH statement as well. The take also returns the chat's facts (its
-# handoff row and preferences, bot.storage.base.ChatFacts): no Redis GET or SELECT of them in
-# the lease's first turn. A first turn adds the sender and conversation's upsert; its window
-# is built with no read of messages (the state says no reply is there yet), a cold load's
-# with one. A window rebuilt is kept (SET NX), then the turn's own SET.
+# Per turn: SQL statements by verb, commits, statements on the relaxed engine, Redis commands by
+# name. The chat turn on PostgreSQL: the message INSERT; the lease's take, a WITH statement (the
+# UPDATE ... RETURNING the unfinished delivery and the conversation's state, joined to the first
+# page of pending messages), so no delivery, state or pending SELECT; the delivery's beginning
+# UPDATE; the reply in one WITH statement (the delivery's fence, the reply INSERT and the answered
+# UPDATE as data-modifying CTEs). Those four are durable, each one statement in autocommit: no
+# transaction and no COMMIT round trip. Relaxed: the lease release UPDATE, and where a desk reaches
+# the conversation the handoff signal INSERT (with no desk nothing reads signals: none is written).
+# The Redis copy of the window is checked against the state the lease returned. Token usage is
+# written behind (none here, see settings_for). A command's reply is a WITH statement as well. The
+# take also returns the chat's facts (its handoff row and preferences, bot.storage.base.ChatFacts):
+# no Redis GET or SELECT of them in the lease's first turn. A first turn adds the sender and
+# conversation's upsert; its window is built with no read of messages (the state says no reply is
+# there yet), a cold load's with one. A window rebuilt is kept (SET NX), then the turn's own SET.
 Budget = tuple[dict[str, int], int, int, dict[str, int]]
 SQLITE: dict[str, Budget] = {
-    "first": ({"INSERT": 5, "UPDATE": 5, "SELECT": 1}, 6, 0, {}),
-    "chat": ({"INSERT": 3, "UPDATE": 5, "SELECT": 1}, 6, 0, {}),
+    "first": ({"INSERT": 4, "UPDATE": 5, "SELECT": 1}, 5, 0, {}),
+    "chat": ({"INSERT": 2, "UPDATE": 5, "SELECT": 1}, 5, 0, {}),
+    "desk": ({"INSERT": 3, "UPDATE": 5, "SELECT": 1}, 6, 0, {}),
     "command": ({"INSERT": 2, "UPDATE": 5, "SELECT": 2}, 5, 0, {}),
-    "cold": ({"INSERT": 5, "UPDATE": 5, "SELECT": 2}, 6, 0, {}),
+    "cold": ({"INSERT": 4, "UPDATE": 5, "SELECT": 2}, 5, 0, {}),
 }
 # The rate limit: one script counts the message and marks it counted, so that a repeat or a
 # retry of it is not counted again (its own commands run inside Redis: not round trips).
@@ -223,15 +227,16 @@ _RATE = {"evalsha": 1}
 _CACHED_WINDOW = {"evalsha": 1, "get": 1, "set": 1}
 _NEW_WINDOW = {"evalsha": 1, "get": 1, "set": 2}
 POSTGRES: dict[str, Budget] = {
-    "first": ({"WITH": 3, "INSERT": 2, "UPDATE": 2}, 0, 2, _NEW_WINDOW),
-    "chat": ({"WITH": 2, "INSERT": 2, "UPDATE": 2}, 0, 2, _CACHED_WINDOW),
+    "first": ({"WITH": 3, "INSERT": 1, "UPDATE": 2}, 0, 1, _NEW_WINDOW),
+    "chat": ({"WITH": 2, "INSERT": 1, "UPDATE": 2}, 0, 1, _CACHED_WINDOW),
+    "desk": ({"WITH": 2, "INSERT": 2, "UPDATE": 2}, 0, 2, _CACHED_WINDOW),
     "command": (
         {"WITH": 2, "INSERT": 1, "UPDATE": 2, "SELECT": 1},
         0,
         1,
         _RATE,
     ),
-    "cold": ({"WITH": 3, "INSERT": 2, "UPDATE": 2, "SELECT": 1}, 0, 2, _NEW_WINDOW),
+    "cold": ({"WITH": 3, "INSERT": 1, "UPDATE": 2, "SELECT": 1}, 0, 1, _NEW_WINDOW),
 }
 
 

@@ -699,6 +699,16 @@ class ConversationManager:
                     return True
             if status.state is not HandoffState.BOT:
                 return False
+        if not self._handoff.reachable(work.key):
+            # No help desk for this platform: no trigger can hand the conversation off, so the
+            # message's sentiment is not read and no signal is kept (they serve the triggers
+            # and the handoff's note only), a classifier run and a write saved per turn.
+            if not self._handoff.asks_for_person(signals):
+                return False  # the bot answers as usual
+            log.info("conversation %s: a person was asked for, but no desk reaches it", work.key)
+            # The "human" intent's answer promised a person: say there is none instead.
+            await self._reply_once(work, batch, await self._localizer(batch[-1])(phrases.NO_PERSON))
+            return True
         text = merge_user_texts([m.content for m in batch])
         unanswered = I_DONT_KNOW in said
         trigger = await self._handoff.assess(
@@ -706,13 +716,6 @@ class ConversationManager:
         )
         if trigger is None:
             return False
-        if not self._handoff.reachable(work.key):  # no help desk for this platform
-            log.info("conversation %s: %s, but no desk reaches it", work.key, trigger.reason)
-            if not signals.wants_human:
-                return False  # the bot answers as usual
-            # The "human" intent's answer promised a person: say there is none instead.
-            await self._reply_once(work, batch, await self._localizer(batch[-1])(phrases.NO_PERSON))
-            return True
         language = await self._language(batch[-1])
         await self._handoff.hand_off(
             work.conversation_id, work.key, trigger, language, message_id=batch[-1].id

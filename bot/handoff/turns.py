@@ -1,7 +1,8 @@
 """What the conversation manager asks of the handoff during a turn (ConversationManager):
 
 - the state (cached: no SQL on most turns),
-- for a customer turn while the bot has the conversation: the message's sentiment (the
+- for a customer turn while the bot has the conversation, where a desk reaches it (the
+  manager asks `reachable` first): the message's sentiment (the
   routing call's, else the offline classifier's), stored with the message, then the triggers
   in order (the customer asked for a person, an operator keyword, the sentiment rule, the
   knowledge base failing N times in a row); the first that fires hands off,
@@ -79,6 +80,11 @@ class HandoffTurns:
     ) -> tuple[HandoffStatus, str]:
         return await self.desk.repo.status_and_language(conversation_id, known, fresh=fresh)
 
+    def asks_for_person(self, signals: TurnSignals) -> bool:
+        """Whether the turn's customer asked for a person, and that hands off here."""
+        s = self._settings
+        return s.enabled and s.ask_for_person and signals.wants_human
+
     async def assess(
         self,
         conversation_id: int,
@@ -96,7 +102,7 @@ class HandoffTurns:
         await self.desk.repo.record_signals(conversation_id, rows)
         if not s.enabled:
             return None
-        if s.ask_for_person and signals.wants_human:
+        if self.asks_for_person(signals):
             return Trigger(Reason.ASKED)
         if (keyword := self._keywords.match(text)) is not None:
             return Trigger(Reason.KEYWORD, keyword)
