@@ -81,6 +81,12 @@ async def test_a_chatwoot_outage_delays_answers_and_the_handoff_but_loses_nothin
                 lambda: fake.public_replies(chatting)[-1:] == ["echo: second question"],
                 "the waiting answer was shown",
             )
+            # The asking conversation's turn (the owed sentence, then Hallo for the agent)
+            # runs at the adapter's next look at Chatwoot, which may come after idle().
+            await _until(
+                lambda: any(e.kind is EventKind.CUSTOMER_MESSAGE for e in desk.events),
+                "the message written during the outage reached the agent",
+            )
             await w.idle()
             assert fake.public_replies(chatting) == [
                 "echo: first question",
