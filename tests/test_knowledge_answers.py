@@ -129,6 +129,14 @@ async def test_ask_takes_out_citations_of_passages_the_model_was_not_given(
         (["see [Click](https://x.org) [", "x"], 1, "see [Click](https://x.org) [x"),
         (["ends with [1"], 1, "ends with [1"),  # never completed: shown as written
         (["[0] and [12]"], 5, " and"),
+        # the other ways models cite: spaces inside, ranges, CJK brackets and digits
+        (["a [ 4 ] b [ 1 ]"], 3, "a b [ 1 ]"),
+        (["a [1-4]", " b [2–3]"], 3, "a [1, 2, 3] b [2–3]"),
+        (["a [", "1", "-", "9", "]"], 2, "a [1, 2]"),
+        (["x [5-9] y [3-1]"], 4, "x y"),
+        (["答案［４］。见【1】【7】"], 3, "答案。见【1】"),
+        (["a [1、5]"], 3, "a [1]"),
+        (["[1-999]"], 2, "[1, 2]"),
         # code is left as written, also when its backticks arrive apart
         (["Take `items[5]` [1] [7]."], 3, "Take `items[5]` [1]."),
         (

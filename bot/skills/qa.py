@@ -50,11 +50,17 @@ NO_MODEL_QUOTE = N_("No language model is configured; this is what the knowledge
 EXCERPT_CHARS = 700
 # "](" or "][": where a bracket closes a link's text (inline or by reference).
 _LINK_JOIN = re.compile(r"\](?=[(\[])")
-# A citation the model writes: [2], [1, 3] (with the space before it, dropped with it).
-_CITATION = re.compile(r"( ?)\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
+# A citation the model writes (with the space before it, dropped with it): [2], [1, 3],
+# [ 4 ], a range [1-3] or [1–3], and the CJK forms ［２］, 【1】, [1、2]. \d is any script's
+# decimal digit, which int() reads.
+_CITE_ITEM = r"\d{1,3}(?:\s*[-–~]\s*\d{1,3})?"
+_CITE_SEP = r"\s*[,，、;]\s*"
+_CITATION = re.compile(
+    rf"( ?)[\[［【]\s*({_CITE_ITEM}(?:{_CITE_SEP}{_CITE_ITEM})*)\s*[\]］】]"
+)
 # The end of a text that may be a citation, or a run of backticks or tildes, still arriving
-# ("[", "[1", "[1, ", "``"), or the space before a citation (taken out with it).
-_CITATION_OPEN = re.compile(r"(?: ?\[[\d,\s]{0,24}|`+|~+| )$")
+# ("[", "[1", "[1, ", "[1-", "``"), or the space before a citation (taken out with it).
+_CITATION_OPEN = re.compile(r"(?: ?[\[［【][\d\s,，、;\-–~]{0,24}|`+|~+| )$")
 # Markdown as _CodeSpans reads it: line ends, runs of backticks or tildes, and the rest.
 _MARKDOWN_TOKENS = re.compile(r"\n|`+|~+|[^\n`~]+")
 _ASK = re.compile(
@@ -216,10 +222,12 @@ async def only_given_citations(
     code = _CodeSpans()
 
     def valid(match: re.Match[str]) -> str:
-        numbers = [int(n) for n in match[2].split(",")]
-        if all(1 <= n <= given for n in numbers):
+        spans = [_cited_span(item) for item in re.split(_CITE_SEP, match[2])]
+        if all(1 <= low <= high <= given for low, high in spans):
             return match[0]
-        kept = [str(n) for n in numbers if 1 <= n <= given]
+        # Only the given passages, in order, each once (a range is cut to them first).
+        numbers = (range(max(low, 1), min(high, given) + 1) for low, high in spans)
+        kept = dict.fromkeys(str(n) for each in numbers for n in each)
         return f"{match[1]}[{', '.join(kept)}]" if kept else ""
 
     def checked(prose: str) -> str:
@@ -236,6 +244,12 @@ async def only_given_citations(
                 yield code.outside(text[:cut], checked)
     if held:
         yield code.outside(held, checked)
+
+
+def _cited_span(item: str) -> tuple[int, int]:
+    """(first, last) passage of one cited item: "4" is (4, 4), "1-3" is (1, 3)."""
+    ends = re.split(r"\s*[-–~]\s*", item.strip())
+    return int(ends[0]), int(ends[-1])
 
 
 class _CodeSpans:
