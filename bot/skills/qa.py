@@ -55,9 +55,7 @@ _LINK_JOIN = re.compile(r"\](?=[(\[])")
 # decimal digit, which int() reads.
 _CITE_ITEM = r"\d{1,3}(?:\s*[-–~]\s*\d{1,3})?"
 _CITE_SEP = r"\s*[,，、;]\s*"
-_CITATION = re.compile(
-    rf"( ?)[\[［【]\s*({_CITE_ITEM}(?:{_CITE_SEP}{_CITE_ITEM})*)\s*[\]］】]"
-)
+_CITATION = re.compile(rf"( ?)[\[［【]\s*({_CITE_ITEM}(?:{_CITE_SEP}{_CITE_ITEM})*)\s*[\]］】]")
 # The end of a text that may be a citation, or a run of backticks or tildes, still arriving
 # ("[", "[1", "[1, ", "[1-", "``"), or the space before a citation (taken out with it).
 _CITATION_OPEN = re.compile(r"(?: ?[\[［【][\d\s,，、;\-–~]{0,24}|`+|~+| )$")
