@@ -25,7 +25,7 @@ from bot.knowledge.embeddings import ServedEmbedder, WordLlamaEmbedder
 from bot.knowledge.index import ChunkIndex, ChunkPlace
 from bot.knowledge.rerank import Ranking, apply_ranking, rerank
 from bot.knowledge.types import Passage, SearchOptions
-from bot.settings import KnowledgeSettings, Settings
+from bot.settings import KnowledgeSettings, Settings, SkillsSettings
 from bot.skills import qa
 from bot.skills.prompts import Prompts
 from bot.skills.router import TurnContext
@@ -201,6 +201,22 @@ async def test_strict_grounding_turns_the_model_s_empty_verdict_into_not_found(
     else:
         assert not found.unanswered and found.passages[0].location == "Redis > Locks"
         assert text.startswith("An answer [1].") and asked == []
+
+
+async def test_the_answer_s_language_reaches_the_model_by_name(tmp_path: Path) -> None:
+    """A small model follows "Answer in German" where "Answer in de" left it in English."""
+    backend = StructuredBackend('{"relevant": [1]}', lambda r: "Eine Antwort [1].")
+    german = settings(tmp_path).model_copy(
+        update={"skills": SkillsSettings(default_language="de")}
+    )  # "conversation lock" is too short to tell its language: the default is used
+    async with running(german, backend, kb_docs=True) as (app, _):
+        skill = qa.QaSkill(services_of(app))
+        reply = await skill.ask(turn(app, "conversation lock"))
+        assert not isinstance(reply, str)
+        assert "".join([d async for d in reply]).startswith("Eine Antwort [1].")
+    (asked,) = [r for r in backend.requests if r.json_schema is None]
+    system = asked.messages[0].content
+    assert "Answer in German, briefly." in system and "Answer in de" not in system
 
 
 async def test_the_unanswered_hook_hears_each_question_without_an_answer(tmp_path: Path) -> None:

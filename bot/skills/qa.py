@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from bot.knowledge import Passage
 from bot.knowledge.rerank import rerank
 from bot.phrases import N_
+from bot.text import language_name
 
 from .router import Command, CommandRouter, Intent, Say, TurnContext
 from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, stream_text
@@ -164,7 +165,8 @@ class QaSkill:
         self, question: str, passages: list[Passage], language: str, session: str, say: Say
     ) -> AsyncIterator[str]:
         assert self._s.backend is not None
-        system = self._s.prompts.render("qa", language=language)
+        # The language's English name: a model follows "Answer in German" better than "de".
+        system = self._s.prompts.render("qa", language=language_name(language))
         kept = await self._fit(system, question, passages)
         if not kept:  # the question leaves no room for a passage: an answer would be a guess
             yield await say(QUESTION_TOO_LONG)
