@@ -15,6 +15,7 @@ class ScriptedBackend:
     """Answers each request with `answer(request)`, streamed word by word.
 
     `delay` returns seconds to wait before each chunk (random delays shake out ordering bugs).
+    `finish_reason` ends each answer ("length": as if the token limit cut it).
     Every request it saw is kept in `requests`.
     """
 
@@ -24,8 +25,10 @@ class ScriptedBackend:
         *,
         delay: Callable[[], float] | None = None,
         max_model_len: int = 4096,
+        finish_reason: str = "stop",
     ) -> None:
         self._answer = answer or echo_last_user
+        self._finish_reason = finish_reason
         self._delay = delay
         self.requests: list[GenerationRequest] = []
         self.closed_early = 0
@@ -55,7 +58,7 @@ class ScriptedBackend:
                     await asyncio.sleep(self._delay())
                 yield Chunk(text=word if i == 0 else " " + word)
             finished = True
-            yield Chunk(usage=Usage(0, estimate_tokens(text)), finish_reason="stop")
+            yield Chunk(usage=Usage(0, estimate_tokens(text)), finish_reason=self._finish_reason)
         finally:
             if not finished:
                 self.closed_early += 1

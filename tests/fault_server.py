@@ -122,12 +122,17 @@ class FaultServer:
             return _error(400, CONTEXT_ERROR)
         if fault == "hang_before" and not await _hang_until_gone(request, self.faults.hang_s):
             return Response(status_code=499)  # nobody left to answer (nginx's "client closed")
-        words = _words(f"{self.name}-{number}", int(body.get("max_tokens", 16)))
+        limit = int(body.get("max_tokens", 16))
+        words = _words(f"{self.name}-{number}", limit)
         self.sent.append("".join(words))
-        events = self._events(words, fault, _prompt_tokens(body))
+        # As a real server: "length" when the answer ran into max_tokens, else "stop".
+        finish = "length" if len(words) >= limit else "stop"
+        events = self._events(words, fault, _prompt_tokens(body), finish)
         return StreamingResponse(events, media_type="text/event-stream")
 
-    async def _events(self, words: list[str], fault: str, prompt: int) -> AsyncIterator[str]:
+    async def _events(
+        self, words: list[str], fault: str, prompt: int, finish: str
+    ) -> AsyncIterator[str]:
         if fault == "malformed":
             yield "data: {this is not json\n\n"
         for i, word in enumerate(words):
@@ -137,7 +142,7 @@ class FaultServer:
                 await asyncio.sleep(self.faults.hang_s)
             yield _event({"choices": [{"index": 0, "delta": {"content": word}}]})
             await asyncio.sleep(0)
-        yield _event({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+        yield _event({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         usage = {"prompt_tokens": prompt, "completion_tokens": len(words)}
         yield _event({"choices": [], "usage": usage})
         yield "data: [DONE]\n\n"

@@ -459,6 +459,15 @@ async def test_fallback_notice_is_shown_but_not_kept_in_context(tmp_path: Path) 
     assert backend.requests[1].messages[2].content == "echo: hi"
 
 
+async def test_an_answer_the_token_limit_cut_ends_with_an_ellipsis(tmp_path: Path) -> None:
+    backend = ScriptedBackend(lambda r: "The lock is held by the wor", finish_reason="length")
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.manager.handle(incoming("who holds the lock?"))
+        history = await app.store.history(1, 10)
+    assert sink.replies[KEY] == ["The lock is held by the wor…"]
+    assert history[-1].content == "The lock is held by the wor…"
+
+
 class BrokenSink(CollectingSink):
     async def deliver(
         self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""

@@ -24,6 +24,7 @@ import pytest
 from backends.factory import build_resilient_backend
 from backends.fallback import FallbackChain
 from bot.app import Parley
+from bot.conversation.relay import TRUNCATED
 from bot.settings import Settings
 from bot.types import ConversationKey, Incoming, User
 from tests.doubles import CollectingSink
@@ -107,5 +108,6 @@ async def test_500_turns_under_faults(
 
 
 def model_text(reply: str) -> str:
-    """The reply without the fallback notice the core appends."""
-    return reply.split("\n\n(", 1)[0]
+    """The reply without the fallback notice the core appends, nor the ellipsis after an
+    answer the token limit ended (max_tokens 8: the servers' every answer)."""
+    return reply.split("\n\n(", 1)[0].removesuffix(TRUNCATED)

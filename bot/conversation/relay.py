@@ -70,6 +70,12 @@ async def until(
         await chunks.aclose()
 
 
+# The finish reason of an answer the token limit ended (OpenAI's API and vLLM's engine), and
+# what is shown after it.
+LENGTH = "length"
+TRUNCATED = "…"
+
+
 async def note_line(say: Say, sentence: str) -> str:
     """A note after an answer ("[Stopped.]"), in the user's language."""
     return f"\n\n{await say(sentence)}"
@@ -88,6 +94,7 @@ class Collected:
         self.parts: list[str] = []
         self.usage: Usage | None = None
         self.notice: str | None = None
+        self.finish_reason: str | None = None
 
     def cut_off(self, note: str) -> None:
         self.parts.append(note)
@@ -97,11 +104,14 @@ class Collected:
         short note instead of an error, so the user never sees the same text twice."""
         # Blanks before the first text: shown with it, or never. None once text was shown.
         held: str | None = ""
-        self.usage = self.notice = None  # a second try (ContextTooLong) starts afresh
+        # A second try (ContextTooLong) starts afresh.
+        self.usage = self.notice = self.finish_reason = None
         try:
             async for chunk in stream:
                 if chunk.usage is not None:
                     self.usage = chunk.usage
+                if chunk.finish_reason:
+                    self.finish_reason = chunk.finish_reason
                 if chunk.notice:
                     self.notice = chunk.notice
                 if chunk.text:
@@ -126,6 +136,11 @@ class Collected:
                 self.parts = [await self.say(phrases.EMPTY_ANSWER)]
                 self.usage = None  # the record counts the sentence, not the blanks
                 yield self.parts[0]
+            elif self.finish_reason == LENGTH:
+                # The answer ran into the token limit (backend.max_tokens), most often in the
+                # middle of a word: an ellipsis says it goes on, here and in the record.
+                self.parts.append(TRUNCATED)
+                yield TRUNCATED
             if self.notice:  # shown, not stored: it is about the answer, not part of it
                 yield f"\n\n({self.notice})"
         finally:
