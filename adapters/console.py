@@ -114,9 +114,14 @@ class ConsoleAdapter:
             return
         if self._interactive:
             self._write("parley> ")
-        async for chunk in chunks:
-            self._write(chunk)
-        self._write("\n")
+        try:
+            async for chunk in chunks:
+                self._write(chunk)
+        finally:
+            # Also when the answer ends early (a stop cut it): the line is ended, so that what
+            # comes next (the shell's prompt, a log line) does not start after its last word.
+            if not self._gone:
+                self._write("\n")
 
     async def run(self) -> None:
         try:

@@ -7,7 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
+
+import pytest
 
 from adapters.console import ConsoleAdapter, ConsoleSettings
 from bot.app import Parley
@@ -137,3 +141,20 @@ async def test_a_piped_reset_waits_for_the_lines_before_it(tmp_path: Path) -> No
     # The first /history's listing comes before the reset's sentence, without the /reset.
     assert "Parley: echo: first message" in before_reset
     assert "/reset" not in before_reset
+
+
+async def test_an_answer_cut_short_still_ends_its_line() -> None:
+    """A stop that ends an answer mid-stream (the model went with the process) leaves the
+    terminal on a new line: the shell's prompt does not start after the answer's last word."""
+
+    async def cut_short() -> AsyncIterator[str]:
+        yield "The lock is"
+        raise ConnectionResetError("the model's process stopped")
+
+    out = io.StringIO()
+    console = ConsoleAdapter(
+        cast(Any, None), ConsoleSettings(), stdin=io.StringIO(""), stdout=out, interactive=False
+    )
+    with pytest.raises(ConnectionResetError):
+        await console.deliver(console.key, cut_short())
+    assert out.getvalue() == "The lock is\n"
