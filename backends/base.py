@@ -23,6 +23,10 @@ class Usage:
     cached_tokens: int | None = None
 
 
+# The finish reason of a reply that ran into its max_tokens (OpenAI's API and vLLM's engine).
+FINISH_LENGTH = "length"
+
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     text: str = ""

@@ -53,6 +53,9 @@ TOO_LONG = N_(
     "Please send a shorter one."
 )
 CUT_OFF = N_("[The reply was cut off.]")
+# After an answer that ran into its token limit (most often mid-word): not a sentence, the
+# same in every language.
+TRUNCATED = "…"
 # A model that ended its answer with no text at all (or only blanks): else the user would
 # see nothing, typing and then silence.
 EMPTY_ANSWER = N_(

@@ -82,8 +82,8 @@ def shout(request: GenerationRequest) -> str:
 class StructuredBackend(ScriptedBackend):
     """Claims vLLM's structured output: answers a schema request with `choice` as JSON."""
 
-    def __init__(self, choice: str, answer: Any = None) -> None:
-        super().__init__(answer)
+    def __init__(self, choice: str, answer: Any = None, **options: Any) -> None:
+        super().__init__(answer, **options)
         self._choice = choice
         self._caps = Capabilities("vllm", "scripted", 4096, exact_token_counts=False)
 

@@ -219,6 +219,17 @@ async def test_the_answer_s_language_reaches_the_model_by_name(tmp_path: Path) -
     assert "Answer in German, briefly." in system and "Answer in de" not in system
 
 
+async def test_an_answer_the_token_limit_cut_ends_with_an_ellipsis(tmp_path: Path) -> None:
+    backend = StructuredBackend(
+        "{}", lambda r: "The lock is held by the wor", finish_reason="length"
+    )
+    async with running(settings(tmp_path), backend, kb_docs=True) as (app, _):
+        reply = await qa.QaSkill(services_of(app)).ask(turn(app, "conversation lock"))
+        assert not isinstance(reply, str)
+        text = "".join([d async for d in reply])
+    assert text.startswith("The lock is held by the wor…\n\n")
+
+
 async def test_the_unanswered_hook_hears_each_question_without_an_answer(tmp_path: Path) -> None:
     asked: list[tuple[str, str]] = []
 

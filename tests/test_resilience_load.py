@@ -24,7 +24,7 @@ import pytest
 from backends.factory import build_resilient_backend
 from backends.fallback import FallbackChain
 from bot.app import Parley
-from bot.conversation.relay import TRUNCATED
+from bot.phrases import TRUNCATED
 from bot.settings import Settings
 from bot.types import ConversationKey, Incoming, User
 from tests.doubles import CollectingSink

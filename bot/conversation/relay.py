@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
-from backends.base import Chunk, Usage
+from backends.base import FINISH_LENGTH, Chunk, Usage
 from bot import phrases
 from bot.errors import BackendError
 from bot.skills.router import Say
@@ -70,12 +70,6 @@ async def until(
         await chunks.aclose()
 
 
-# The finish reason of an answer the token limit ended (OpenAI's API and vLLM's engine), and
-# what is shown after it.
-LENGTH = "length"
-TRUNCATED = "…"
-
-
 async def note_line(say: Say, sentence: str) -> str:
     """A note after an answer ("[Stopped.]"), in the user's language."""
     return f"\n\n{await say(sentence)}"
@@ -136,11 +130,11 @@ class Collected:
                 self.parts = [await self.say(phrases.EMPTY_ANSWER)]
                 self.usage = None  # the record counts the sentence, not the blanks
                 yield self.parts[0]
-            elif self.finish_reason == LENGTH:
+            elif self.finish_reason == FINISH_LENGTH:
                 # The answer ran into the token limit (backend.max_tokens), most often in the
                 # middle of a word: an ellipsis says it goes on, here and in the record.
-                self.parts.append(TRUNCATED)
-                yield TRUNCATED
+                self.parts.append(phrases.TRUNCATED)
+                yield phrases.TRUNCATED
             if self.notice:  # shown, not stored: it is about the answer, not part of it
                 yield f"\n\n({self.notice})"
         finally:

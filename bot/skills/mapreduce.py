@@ -110,7 +110,7 @@ class MapReduce:
             session_id=self._session,
         )  # fmt: skip
         if stream:
-            async for delta in stream_text(self._backend, request):
+            async for delta in stream_text(self._backend, request, mark_cut=True):
                 yield delta
         else:
             yield await complete(self._backend, request)

@@ -175,7 +175,8 @@ class QaSkill:
             system, passages_block(kept), question=question,
             max_tokens=self._s.generation.max_tokens, session_id=session,
         )  # fmt: skip
-        answer = only_given_citations(stream_text(self._s.backend, request), len(kept))
+        deltas = stream_text(self._s.backend, request, mark_cut=True)
+        answer = only_given_citations(deltas, len(kept))
         async with aclosing(answer):  # closing the answer aborts the request
             async for delta in answer:
                 yield delta

@@ -12,8 +12,8 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from backends.base import Backend, GenerationRequest
-from bot.phrases import base_language
+from backends.base import FINISH_LENGTH, Backend, GenerationRequest
+from bot.phrases import TRUNCATED, base_language
 from bot.settings import BackendSettings, SkillsSettings
 from bot.storage.prefs import PrefsRepository, TurnPrefs
 from bot.text import detect_language
@@ -85,12 +85,20 @@ class SkillServices:
         )
 
 
-async def stream_text(backend: Backend, request: GenerationRequest) -> AsyncGenerator[str, None]:
-    """The text deltas of one reply. Closing this closes the backend stream (aborting it)."""
+async def stream_text(
+    backend: Backend, request: GenerationRequest, *, mark_cut: bool = False
+) -> AsyncGenerator[str, None]:
+    """The text deltas of one reply. Closing this closes the backend stream (aborting it).
+    `mark_cut`: a reply shown to the user that ran into its token limit ends with an ellipsis
+    (most often it stopped mid-word), as a chat answer does (bot.conversation.relay)."""
+    shown = False
     async with aclosing(backend.stream(request)) as chunks:
         async for chunk in chunks:
             if chunk.text:
+                shown = True
                 yield chunk.text
+            if mark_cut and shown and chunk.finish_reason == FINISH_LENGTH:
+                yield TRUNCATED
 
 
 async def complete(backend: Backend, request: GenerationRequest) -> str:

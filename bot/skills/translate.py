@@ -107,7 +107,8 @@ class TranslateSkill:
         request = self._s.request(
             system, protected.text, max_tokens=tokens, session_id=session, fence=False
         )
-        async for piece in restored_stream(stream_text(self._s.backend, request), protected):
+        deltas = stream_text(self._s.backend, request, mark_cut=True)
+        async for piece in restored_stream(deltas, protected):
             yield piece
 
 
