@@ -137,6 +137,12 @@ async def test_ask_takes_out_citations_of_passages_the_model_was_not_given(
         (["答案［４］。见【1】【7】"], 3, "答案。见【1】"),
         (["a [1、5]"], 3, "a [1]"),
         (["[1-999]"], 2, "[1, 2]"),
+        (["x ［１－４］ y [1〜9]"], 3, "x [1, 2, 3] y [1, 2, 3]"),
+        # a link's text is the writer's, not a citation, also when its "(" comes later
+        (["see [1-5](https://x.org) and [7](u)"], 3, "see [1-5](https://x.org) and [7](u)"),
+        (["see [7]", "(u) [7]", "."], 3, "see [7](u)."),
+        # every passage cited, one character at a time, still checked
+        (list("见［１、２、３、４、５、６、７、８、９、１０、１１、１２］"), 3, "见[1, 2, 3]"),
         # code is left as written, also when its backticks arrive apart
         (["Take `items[5]` [1] [7]."], 3, "Take `items[5]` [1]."),
         (

@@ -52,14 +52,20 @@ EXCERPT_CHARS = 700
 # "](" or "][": where a bracket closes a link's text (inline or by reference).
 _LINK_JOIN = re.compile(r"\](?=[(\[])")
 # A citation the model writes (with the space before it, dropped with it): [2], [1, 3],
-# [ 4 ], a range [1-3] or [1–3], and the CJK forms ［２］, 【1】, [1、2]. \d is any script's
-# decimal digit, which int() reads.
-_CITE_ITEM = r"\d{1,3}(?:\s*[-–~]\s*\d{1,3})?"
+# [ 4 ], a range [1-3] or [1–3], and the CJK forms ［２］, 【1】, [1、2], ［１－３］, [1〜3]. \d is
+# any script's decimal digit, which int() reads. Not a link's text: [1-3](https://...).
+# Inside a character class (escaped "-"); not "~": Markdown's strike-through and fences.
+_CITE_DASH = r"\-–－〜～"
+_CITE_ITEM = rf"\d{{1,3}}(?:\s*[{_CITE_DASH}]\s*\d{{1,3}})?"
 _CITE_SEP = r"\s*[,，、;]\s*"
-_CITATION = re.compile(rf"( ?)[\[［【]\s*({_CITE_ITEM}(?:{_CITE_SEP}{_CITE_ITEM})*)\s*[\]］】]")
+_CITATION = re.compile(
+    rf"( ?)[\[［【]\s*({_CITE_ITEM}(?:{_CITE_SEP}{_CITE_ITEM})*)\s*[\]］】](?![(\[])"
+)
 # The end of a text that may be a citation, or a run of backticks or tildes, still arriving
-# ("[", "[1", "[1, ", "[1-", "``"), or the space before a citation (taken out with it).
-_CITATION_OPEN = re.compile(r"(?: ?[\[［【][\d\s,，、;\-–~]{0,24}|`+|~+| )$")
+# ("[", "[1", "[1, ", "[1-", "[1]" before what may be a link's "(", "``"), or the space before
+# a citation (taken out with it). 64 characters hold a citation of every passage (12 of them,
+# full-width, spaced) whole.
+_CITATION_OPEN = re.compile(rf"(?: ?[\[［【][\d\s,，、;{_CITE_DASH}]{{0,64}}[\]］】]?|`+|~+| )$")
 # Markdown as _CodeSpans reads it: line ends, runs of backticks or tildes, and the rest.
 _MARKDOWN_TOKENS = re.compile(r"\n|`+|~+|[^\n`~]+")
 _ASK = re.compile(
@@ -249,7 +255,7 @@ async def only_given_citations(
 
 def _cited_span(item: str) -> tuple[int, int]:
     """(first, last) passage of one cited item: "4" is (4, 4), "1-3" is (1, 3)."""
-    ends = re.split(r"\s*[-–~]\s*", item.strip())
+    ends = re.split(rf"\s*[{_CITE_DASH}]\s*", item.strip())
     return int(ends[0]), int(ends[-1])
 
 
