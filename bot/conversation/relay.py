@@ -88,7 +88,6 @@ class Collected:
         self.parts: list[str] = []
         self.usage: Usage | None = None
         self.notice: str | None = None
-        self.finish_reason: str | None = None
 
     def cut_off(self, note: str) -> None:
         self.parts.append(note)
@@ -98,14 +97,13 @@ class Collected:
         short note instead of an error, so the user never sees the same text twice."""
         # Blanks before the first text: shown with it, or never. None once text was shown.
         held: str | None = ""
-        # A second try (ContextTooLong) starts afresh.
-        self.usage = self.notice = self.finish_reason = None
+        finish_reason: str | None = None
+        self.usage = self.notice = None  # a second try (ContextTooLong) starts afresh
         try:
             async for chunk in stream:
                 if chunk.usage is not None:
                     self.usage = chunk.usage
-                if chunk.finish_reason:
-                    self.finish_reason = chunk.finish_reason
+                finish_reason = chunk.finish_reason or finish_reason
                 if chunk.notice:
                     self.notice = chunk.notice
                 if chunk.text:
@@ -130,7 +128,7 @@ class Collected:
                 self.parts = [await self.say(phrases.EMPTY_ANSWER)]
                 self.usage = None  # the record counts the sentence, not the blanks
                 yield self.parts[0]
-            elif self.finish_reason == FINISH_LENGTH:
+            elif finish_reason == FINISH_LENGTH:
                 # The answer ran into the token limit (backend.max_tokens), most often in the
                 # middle of a word: an ellipsis says it goes on, here and in the record.
                 self.parts.append(phrases.TRUNCATED)
