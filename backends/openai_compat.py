@@ -54,6 +54,7 @@ from pydantic import SecretStr
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage, estimate_tokens
 from backends.control_tokens import DEFAULT_MARKERS, marker_pattern, neutralise, special_tokens
 from backends.deadlines import Deadlines
+from backends.pool import ShardedTransport
 from bot.errors import (
     BackendError,
     BackendTimeout,
@@ -137,10 +138,9 @@ class OpenAICompatBackend:
             base_url=self._base_url,
             headers=_auth_headers(settings.api_key),
             timeout=_call_timeout(settings.timeouts),
-            # One client for every request, its pool bounded (httpx's own transport; one
-            # given brings its own).
-            limits=connection_limits(concurrency),
-            transport=transport,
+            # One client for every request, its connections bounded and in small pools
+            # (backends.pool); a transport given brings its own.
+            transport=transport or ShardedTransport(connection_limits(concurrency)),
         )
         self._capabilities = Capabilities(
             name="openai",

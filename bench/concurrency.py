@@ -23,8 +23,11 @@ conversation is its own user (the per-user rate limit never answers for the mode
 turn is awaited with `manager.handle`, its reply read to the end by a sink.
 
 First, untimed, two one-turn conversations through each side (connections, pools, the first
-requests). Then for each N, `--rounds` timed rounds in ABBA order: Parley then bare in even
-rounds, bare then Parley in odd ones, so that drift on a shared machine hits both alike.
+requests). Then for each N, one untimed round per side (Parley, then bare with its requests),
+and `--rounds` timed rounds in ABBA order: Parley then bare in even rounds, bare then Parley in
+odd ones, so that drift on a shared machine hits both alike. Without the untimed round the
+first batch of N and the first long prompts (the server's first steps at those sizes) always
+fell on Parley, in the first half of round 0.
 - A Parley round is N new conversations at once, the turns of each in order. Every chat request
   Parley makes is noted (`bench.prefix_cache.Recording` keeps the request only; the reply
   streams straight from the factory's backend). A round in which a turn did not reach the model
@@ -231,6 +234,11 @@ async def measure(bench: Bench, n: int, turns: int, rounds: int) -> tuple[Side, 
     """`rounds` timed rounds per side in ABBA order; the first Parley round's requests are
     what every bare round sends."""
     parley, bare = Side(), Side()
+    # Untimed, both sides once at this N first: the round that first sends a batch of N and
+    # prompts of up to `turns` turns (the server's first steps at those sizes, the store's first
+    # statements of a later turn on each connection) was otherwise always a Parley round,
+    # round 0's first half.
+    await bench.bare(await bench.parley(n, turns, f"n{n}-warm"))
     sent: list[list[list[Seen]]] = []  # per Parley round, compared after the timing
     for r in range(rounds):
 

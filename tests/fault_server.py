@@ -62,6 +62,7 @@ class FaultServer:
         self.requests: Counter[str] = Counter()  # by path
         self.faults_drawn: Counter[str] = Counter()
         self.sent: list[str] = []  # full text of every reply streamed
+        self.peers: set[tuple[str, int]] = set()  # client (host, port): one per TCP connection
         self.configure(faults or Faults())
         app = Starlette(
             routes=[
@@ -108,6 +109,8 @@ class FaultServer:
 
     async def _chat(self, request: Request) -> Response:
         self.requests[request.url.path] += 1
+        if request.client is not None:
+            self.peers.add((request.client.host, request.client.port))
         number = self.chat_requests  # before any await: concurrent requests get their own
         body = await request.json()
         if "response_format" in body and not self.faults.structured:
