@@ -43,6 +43,7 @@ import json
 import logging
 import re
 import time
+import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -134,13 +135,19 @@ class OpenAICompatBackend:
         self._settings = settings
         self._timeouts = settings.timeouts
         self._base_url = settings.base_url.rstrip("/").removesuffix("/v1")
+        limits = connection_limits(concurrency)
+        if transport is None and not urllib.request.getproxies():
+            # Its connections in small pools (backends.pool). With a proxy in the environment
+            # (HTTP_PROXY, NO_PROXY, ...) httpx's own transport is kept: it alone applies them.
+            transport = ShardedTransport(limits)
         self._client = httpx.AsyncClient(
             base_url=self._base_url,
             headers=_auth_headers(settings.api_key),
             timeout=_call_timeout(settings.timeouts),
-            # One client for every request, its connections bounded and in small pools
-            # (backends.pool); a transport given brings its own.
-            transport=transport or ShardedTransport(connection_limits(concurrency)),
+            # One client for every request, its connections bounded (a transport given
+            # brings its own).
+            limits=limits,
+            transport=transport,
         )
         self._capabilities = Capabilities(
             name="openai",

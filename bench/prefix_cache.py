@@ -90,6 +90,7 @@ import httpx
 
 from backends.base import Backend, Capabilities, Chunk, GenerationRequest, Usage
 from backends.openai_compat import CONNECTION_LIMITS, OpenAICompatBackend
+from backends.pool import ShardedTransport
 from backends.resilience import ResilientBackend
 from bot.app import Parley
 from bot.settings import BackendSettings, Settings
@@ -219,8 +220,8 @@ class _TeeStream(httpx.AsyncByteStream):
 
 
 class Tap(httpx.AsyncBaseTransport):
-    """httpx's own transport with the connection limits Parley's backend gives its client
-    (a client given a transport does not apply its own limits to it), counting requests per
+    """Parley's backend's own transport (`backends.pool.ShardedTransport`, with the limits
+    the backend gives it; a client given a transport does not apply its own), counting requests per
     "METHOD /path". With `token_ids`, chat requests ask the server for token ids (plus
     `extra_body`) and each is kept as an `Exchange`."""
 
@@ -230,7 +231,7 @@ class Tap(httpx.AsyncBaseTransport):
         token_ids: bool = False,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
-        self._inner = httpx.AsyncHTTPTransport(limits=CONNECTION_LIMITS)
+        self._inner = ShardedTransport(CONNECTION_LIMITS)
         self._token_ids = token_ids
         self._extra_body = extra_body or {}
         self.counts: Counter[str] = Counter()

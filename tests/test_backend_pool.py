@@ -10,6 +10,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from backends.base import GenerationRequest
 from backends.openai_compat import OpenAICompatBackend, connection_limits
@@ -17,6 +21,7 @@ from backends.pool import SHARD_SIZE, ShardedTransport
 from bot.settings import BackendSettings
 from bot.types import ChatMessage, Role
 from tests.fault_server import MODEL, FaultServer, fault_server
+from tests.local_server import serving
 
 
 @pytest.fixture
@@ -118,3 +123,75 @@ async def test_a_cancelled_reply_gives_its_place_back(server: FaultServer) -> No
         with pytest.raises(asyncio.CancelledError):
             await task
         assert transport.in_flight == (0, 0)
+
+
+async def test_the_connection_bound_holds_over_all_pools(server: FaultServer) -> None:
+    """At `max_connections` in flight a request waits for any pool's connection, and gives up
+    after its pool timeout as one pool's request does (ClientBusy in the backend)."""
+    limits = httpx.Limits(max_connections=3, max_keepalive_connections=16)
+    transport = ShardedTransport(limits)  # 2 pools
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, transport=transport) as client,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        replies = [
+            await stack.enter_async_context(
+                client.stream("POST", "/v1/chat/completions", json=chat_body(n))
+            )
+            for n in range(3)
+        ]
+        assert transport.in_flight == (2, 1)
+        with pytest.raises(httpx.PoolTimeout):
+            await client.post("/v1/chat/completions", json=chat_body(3), timeout=0.2)
+        waiting = asyncio.create_task(
+            client.post("/v1/chat/completions", json=chat_body(4), timeout=10)
+        )
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        await replies[1].aread()
+        await replies[1].aclose()  # the second pool's: the waiting request takes its place
+        assert (await waiting).status_code == 200
+        await read_all([replies[0], replies[2]])
+    assert transport.in_flight == (0, 0)
+
+
+async def test_idle_connections_kept_are_the_limit_in_all(server: FaultServer) -> None:
+    transport = ShardedTransport(httpx.Limits(max_connections=64, max_keepalive_connections=9))
+    assert transport.pools == 2
+    async with httpx.AsyncClient(base_url=server.base_url, transport=transport) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            await read_all(await hold_open(client, stack, 12))
+        assert len(server.peers) == 12
+        async with contextlib.AsyncExitStack() as stack:
+            await read_all(await hold_open(client, stack, 12))
+    assert len(server.peers) == 12 + 12 - 9  # 9 kept (5 + 4), 3 closed and opened again
+
+
+async def test_a_proxy_in_the_environment_is_still_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx applies HTTP_PROXY and NO_PROXY only with its own transport: with one in the
+    environment the backend keeps it."""
+    seen: list[str] = []
+
+    async def proxy(request: Request) -> Response:
+        seen.append(request.method)
+        if request.method == "GET":  # /v1/models, asked of the proxy in absolute form
+            return JSONResponse({"data": [{"id": MODEL, "max_model_len": 2048}]})
+        return Response(status_code=404)
+
+    with socket.socket() as sock:  # the server itself: nobody listens there
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    async with serving(
+        Starlette(routes=[Route("/{path:path}", proxy, methods=["GET", "POST"])])
+    ) as via:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{via}")
+        settings = BackendSettings(kind="openai", base_url=f"http://127.0.0.1:{port}", model=MODEL)
+        backend = OpenAICompatBackend(settings)
+        try:
+            await backend.start()
+        finally:
+            await backend.aclose()
+    assert backend.capabilities.max_model_len == 2048
+    assert seen[0] == "GET"
