@@ -20,7 +20,8 @@ the end), Redis (a key prefix of its own, deleted at the end) and the backend: k
 the factory builds it (retries, breaker, its bounded pool), the model's tokenizer loaded here
 (`backend.tokenizer`, no `/tokenize` request per count), temperature 0, 32 reply tokens. Each
 conversation is its own user (the per-user rate limit never answers for the model), and every
-turn is awaited with `manager.handle`, its reply read to the end by a sink.
+turn is awaited with `manager.handle`, its reply read to the end by a sink. Once started,
+Parley's heap is settled as `parley run` settles it (`bot.cli_commands.settle_heap`).
 
 First, untimed, two one-turn conversations through each side (connections, pools, the first
 requests). Then for each N, one untimed round per side (Parley, then bare with its requests),
@@ -77,6 +78,7 @@ from backends.openai_compat import connection_limits
 from bench.prefix_cache import CHAT_PATH, Recording, Seen, metric, serving
 from bench.turn_overhead import REDIS_URL, Sink, drop_keys, fresh_database
 from bot.app import Parley
+from bot.cli_commands import settle_heap
 from bot.settings import Settings
 from bot.types import ConversationKey, Incoming, User
 from tests.fixtures_vllm import SERVED_MODEL
@@ -409,6 +411,7 @@ async def run(args: argparse.Namespace) -> list[tuple[bool | None, str]]:
                 recording = Recording(backend, follow=False)
                 async with Parley(settings, backend=recording) as app:  # type: ignore[arg-type]
                     app.manager.attach("bench", Sink())  # type: ignore[arg-type]
+                    settle_heap()  # as `parley run` does once started
                     bench = Bench(app, recording, url, log)
                     try:
                         rows = await measure_all(bench, args)

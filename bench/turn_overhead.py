@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.bare_client import MODEL, Bare, measure, new_client, percentile
 from bot.app import Parley
+from bot.cli_commands import settle_heap
 from bot.settings import Settings
 from bot.storage.migrate import upgrade
 from bot.types import ConversationKey, Incoming, User
@@ -112,6 +113,7 @@ async def parley_times(base_url: str, db_url: str, prefix: str, seq: int) -> dic
     )
     async with Parley(settings) as app, new_client(base_url) as client:
         app.manager.attach("bench", Sink())  # type: ignore[arg-type]
+        settle_heap()  # as `parley run` does once started
 
         async def stack(conversation: str, text: str) -> None:
             # A person per conversation, as for LangChain: one sender's 200 messages a

@@ -26,6 +26,7 @@ from typing import Any
 from bench.bare_client import MODEL, Bare, new_client
 from bench.turn_overhead import REDIS_URL, Sink, drop_keys, fresh_database, model_server, wait_for
 from bot.app import Parley
+from bot.cli_commands import settle_heap
 from bot.handoff.repo import HandoffRepository
 from bot.handoff.turns import HandoffTurns
 from bot.settings import Settings
@@ -100,6 +101,7 @@ async def parley_turns(
                 app.manager.attach("bench", Sink())  # type: ignore[arg-type]
                 if desk:
                     app.desk.attach(AnyDesk())
+                settle_heap()  # as `parley run` does once started
 
                 async def turn(conversation: str, text: str) -> None:
                     key, user = ConversationKey("bench", conversation), User("bench", conversation)
