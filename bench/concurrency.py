@@ -27,8 +27,8 @@ First, untimed, two one-turn conversations through each side (connections, pools
 requests). Then for each N, one untimed round per side (Parley, then bare with its requests),
 and `--rounds` timed rounds in ABBA order: Parley then bare in even rounds, bare then Parley in
 odd ones, so that drift on a shared machine hits both alike. Without the untimed round the
-first batch of N and the first long prompts (the server's first steps at those sizes) always
-fell on Parley, in the first half of round 0.
+first batch of N and the first long prompts (the server's first steps at those sizes) fell on
+Parley, in the first half of round 0.
 - A Parley round is N new conversations at once, the turns of each in order. Every chat request
   Parley makes is noted (`bench.prefix_cache.Recording` keeps the request only; the reply
   streams straight from the factory's backend). A round in which a turn did not reach the model
@@ -238,8 +238,8 @@ async def measure(bench: Bench, n: int, turns: int, rounds: int) -> tuple[Side, 
     parley, bare = Side(), Side()
     # Untimed, both sides once at this N first: the round that first sends a batch of N and
     # prompts of up to `turns` turns (the server's first steps at those sizes, the store's first
-    # statements of a later turn on each connection) was otherwise always a Parley round,
-    # round 0's first half.
+    # statements of a later turn on each connection) would otherwise be a Parley round, round
+    # 0's first half.
     await bench.bare(await bench.parley(n, turns, f"n{n}-warm"))
     sent: list[list[list[Seen]]] = []  # per Parley round, compared after the timing
     for r in range(rounds):
