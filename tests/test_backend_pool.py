@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Iterator
 
 import httpx
@@ -21,6 +20,7 @@ from backends.pool import SHARD_SIZE, ShardedTransport
 from bot.settings import BackendSettings
 from bot.types import ChatMessage, Role
 from tests.fault_server import MODEL, FaultServer, fault_server
+from tests.fixtures_vllm import free_port
 from tests.local_server import serving
 
 
@@ -94,9 +94,7 @@ async def test_one_request_at_a_time_keeps_one_warm_connection(server: FaultServ
 
 
 async def test_a_request_that_fails_gives_its_place_back() -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()  # nobody listens there
     transport = ShardedTransport(connection_limits(16))
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=transport) as c:
         for _ in range(3):
@@ -178,9 +176,7 @@ async def test_a_proxy_in_the_environment_is_still_used(monkeypatch: pytest.Monk
             return JSONResponse({"data": [{"id": MODEL, "max_model_len": 2048}]})
         return Response(status_code=404)
 
-    with socket.socket() as sock:  # the server itself: nobody listens there
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()  # the server itself: nobody listens there
     async with serving(
         Starlette(routes=[Route("/{path:path}", proxy, methods=["GET", "POST"])])
     ) as via:
