@@ -53,6 +53,7 @@ from bot.errors import BackendError, StorageError
 from bot.logcontext import note
 from bot.outage import Outage
 from bot.settings import BudgetSettings, RedisSettings
+from bot.storage.redis_client import client_for
 from bot.storage.usage import Spent, Subject, UsageLog
 from bot.types import ChatMessage, ConversationKey
 
@@ -73,8 +74,6 @@ WAIT_FIRST_S, WAIT_MAX_S = 0.02, 0.5
 # The longest such a turn waits (a user waiting longer would rather hear the sentence); also
 # bounded by the reservations' expiry.
 MAX_WAIT_S = 60.0
-# Seconds a call waits for a pooled Redis connection before it counts as a failure.
-POOL_WAIT_S = 10.0
 
 
 class BudgetExhausted(BackendError):
@@ -212,26 +211,9 @@ class Budgets:
     ) -> Budgets:
         """Shared through Redis when it is configured, else counted in this process."""
         usage = UsageLog(engine, flush_s=settings.usage_flush_s)
-        url = redis.url.get_secret_value() if redis.url else ""
-        if not url:
+        client = client_for(redis)
+        if client is None:
             return cls(settings, usage, observer=observer, clock=clock)
-        from redis.asyncio import BlockingConnectionPool, Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        # Blocking, as the cache's pool: a burst of turns queues for a connection instead of
-        # failing with "Too many connections" (which would count them per worker).
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=redis.max_connections,
-            timeout=POOL_WAIT_S,
-            socket_connect_timeout=redis.socket_timeout_s,
-            socket_timeout=redis.socket_timeout_s,
-            health_check_interval=30,
-            # One retry replaces a connection that a restarted Redis dropped.
-            retry=Retry(NoBackoff(), 1),
-        )
-        client = Redis(connection_pool=pool)
         shared = RedisCounter(client, usage, key_prefix=redis.key_prefix)
         budgets = cls(
             settings, usage, shared, observer=observer, clock=clock,

@@ -59,6 +59,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut_until = 0.0
         self.port = 0
+        self.accepted = 0  # connections taken, over the proxy's life
         # Cleared (`frozen`), no byte goes either way and connections stay open: a server
         # that takes connections and never answers (a hung database), not one that is down.
         self.flowing = asyncio.Event()
@@ -97,6 +98,7 @@ class TcpProxy:
         self._writers.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
         if time.monotonic() < self._cut_until:
             writer.transport.abort()
             return

@@ -9,12 +9,15 @@ import warnings
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from telegram.error import RetryAfter
 from telegram.ext import ExtBot
 
 from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
 from adapters.telegram.limits import FloodGate, retry_after_s
+from bot.settings import RedisSettings
+from bot.storage.redis_client import client_for
 from tests.crash_cluster import TcpProxy
 from tests.redis_server import free_port
 from tests.telegram_api import TOKEN, FakeBotApi
@@ -165,8 +168,10 @@ async def test_a_redis_that_froze_holds_no_chat_once_it_is_back(
     target = redis.connection_pool.connection_kwargs
     proxy = TcpProxy(str(target.get("host", "127.0.0.1")), int(target.get("port", 6379)))
     await proxy.start()
-    through = Redis(host="127.0.0.1", port=proxy.port, db=int(target.get("db", 0)),
-                    socket_timeout=0.5)  # fmt: skip
+    # The client the adapters' gates get (bot.storage.redis_client), through the proxy.
+    url = SecretStr(f"redis://127.0.0.1:{proxy.port}/{int(target.get('db', 0))}")
+    through = client_for(RedisSettings(url=url, socket_timeout_s=0.5))
+    assert through is not None
     hold_s = 600.0  # a slot left held would hold the test for ten minutes
     gate = RedisGate(through, Rates(Rate(1, 1.0)), prefix=key_prefix, hold_s=hold_s,
                      retry_after_failure_s=0.0)  # fmt: skip
@@ -185,7 +190,11 @@ async def test_a_redis_that_froze_holds_no_chat_once_it_is_back(
     try:
         await asyncio.gather(*map(call, chats))
         proxy.frozen = True
+        before = proxy.accepted
         await asyncio.gather(*map(call, chats))  # the takes time out: the process's windows
+        # Each take was sent once and waited one timeout (a client of redis-py's defaults,
+        # `Redis(host=...)`, retries 10 times on new connections: about 11 timeouts a call).
+        assert proxy.accepted - before <= len(chats)
         proxy.frozen = False
         for _ in range(200):  # the frozen takes reach Redis as it thaws
             if await held_ahead() == len(chats):

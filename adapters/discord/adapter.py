@@ -36,8 +36,8 @@ from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
 from bot.documents import DocumentSource
 from bot.errors import AdapterError, ConfigError, PlatformAway
 from bot.lru import Lru
-from bot.settings import RedisSettings
 from bot.storage.base import Recorded, Store
+from bot.storage.redis_client import client_for
 from bot.types import ConversationKey, Incoming
 
 from . import commands, stream
@@ -100,17 +100,6 @@ TOKEN_REFUSED = (
 
 def create(host: AdapterHost, settings: DiscordSettings) -> DiscordAdapter:
     return DiscordAdapter(host, settings)
-
-
-def _redis_client(settings: RedisSettings) -> Redis | None:
-    if settings.url is None:
-        return None
-    from redis.asyncio import Redis
-
-    timeout = settings.socket_timeout_s
-    return Redis.from_url(
-        settings.url.get_secret_value(), socket_connect_timeout=timeout, socket_timeout=timeout
-    )
 
 
 async def doctor(settings: DiscordSettings) -> str:
@@ -288,7 +277,7 @@ class DiscordAdapter:
         a sharded one) keeps them together, the global 50 requests a second included."""
         if self._gate_given:
             return
-        self._redis = _redis_client(self._host.settings.redis)
+        self._redis = client_for(self._host.settings.redis)
         if self._redis is not None:
             prefix = f"{self._host.settings.redis.key_prefix}:discord:{self.me}"
             self.gate = RedisGate(self._redis, self._rates, prefix=prefix)

@@ -26,10 +26,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from bot.conversation.manager import OutputAway
 from bot.conversation.sink import Author, current_author
 from bot.outage import Outage, is_outage
-from bot.settings import RedisSettings
 from bot.storage.base import Cache
 from bot.storage.cache import build_cache
 from bot.storage.database import create_engine
+from bot.storage.redis_client import client_for
 from bot.types import ConversationKey, Incoming
 
 from . import answers, openapi, pages
@@ -46,40 +46,18 @@ from .tokens import TokenSigner, load_secret
 from .webhooks import WebhookBridge
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from adapters.kit.runner import AdapterHost
 
 log = logging.getLogger(__name__)
 
-# Seconds a call waits for a free Redis connection before it fails.
-POOL_WAIT_S = 10.0
 # Seconds between looks at an event log found out of reach; answers wait for it meanwhile.
 LOG_RETRY_S = 2.0
 
 
 def create(host: AdapterHost, settings: SupportSettings) -> SupportAdapter:
     return SupportAdapter(host, settings)
-
-
-def _redis(settings: RedisSettings, *, timeout: bool) -> Redis | None:
-    """A client on a blocking pool, as the core's cache has (bot.storage.cache): a burst of
-    streams opening at once waits for a connection instead of failing."""
-    if settings.url is None:
-        return None
-    from redis.asyncio import BlockingConnectionPool, Redis
-
-    t = settings.socket_timeout_s
-    pool = BlockingConnectionPool.from_url(
-        settings.url.get_secret_value(),
-        max_connections=settings.max_connections if timeout else 2,
-        timeout=POOL_WAIT_S,
-        socket_connect_timeout=t,
-        socket_timeout=t if timeout else None,
-        health_check_interval=30,
-    )
-    return Redis(connection_pool=pool)
 
 
 class SupportAdapter:
@@ -96,8 +74,8 @@ class SupportAdapter:
         )
         self._cache: Cache = build_cache(core.redis)
         # Commands and the subscription apart: a subscription blocks its connection for good.
-        self._redis = _redis(core.redis, timeout=True)
-        self._listening = _redis(core.redis, timeout=False)
+        self._redis = client_for(core.redis)
+        self._listening = client_for(core.redis, max_connections=2, subscriber=True)
         self.events: EventLog = build_event_log(
             self._redis,
             core.redis.key_prefix,

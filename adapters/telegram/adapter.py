@@ -41,8 +41,9 @@ from bot import phrases
 from bot.documents import DocumentSource
 from bot.errors import AdapterError, ConfigError, PlatformAway, StorageError
 from bot.lru import Lru
-from bot.settings import HttpSettings, RedisSettings
+from bot.settings import HttpSettings
 from bot.skills.router import Command
+from bot.storage.redis_client import client_for
 from bot.types import ConversationKey, Incoming
 
 from .build import TelegramApp, build_application, redacting
@@ -61,8 +62,6 @@ from .translate import (
 from .webhook import read_update, webhook_route
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from adapters.kit.runner import AdapterHost
 
 log = logging.getLogger(__name__)
@@ -94,17 +93,6 @@ MENU_DESCRIPTION_MAX = 256
 
 def create(host: AdapterHost, settings: TelegramSettings) -> TelegramAdapter:
     return TelegramAdapter(host, settings)
-
-
-def _redis_client(settings: RedisSettings) -> Redis | None:
-    if settings.url is None:
-        return None
-    from redis.asyncio import Redis
-
-    timeout = settings.socket_timeout_s
-    return Redis.from_url(
-        settings.url.get_secret_value(), socket_connect_timeout=timeout, socket_timeout=timeout
-    )
 
 
 async def doctor(settings: TelegramSettings) -> str:
@@ -150,7 +138,7 @@ class TelegramAdapter:
         self._redaction = redacting(self._token)
         self._redaction.__enter__()  # building the bot already logs its URL at DEBUG
         # Telegram's limits are per bot: workers of one bot share the windows through Redis.
-        self._redis = _redis_client(host.settings.redis)
+        self._redis = client_for(host.settings.redis)
         bot_id = self._token.partition(":")[0]
         prefix = f"{host.settings.redis.key_prefix}:telegram:{bot_id}"
         self.gate = FloodGate(limits, redis=self._redis, key_prefix=prefix)

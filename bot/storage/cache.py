@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast
 from bot.outage import Outage
 from bot.settings import RedisSettings
 from bot.storage.base import Cache, Codec, ReadThrough
+from bot.storage.redis_client import connect
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -29,9 +30,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Load = Callable[[int], Awaitable[T]]
 KeyOf = Callable[[int], str]
-
-# Seconds a command waits for a pooled connection before it counts as a failure.
-POOL_WAIT_S = 10.0
 
 
 def _deadline(ttl_s: float | None) -> float | None:
@@ -211,25 +209,7 @@ class RedisCache:
         retry_after_failure_s: float = 5.0,
         max_connections: int = 50,
     ) -> RedisCache:
-        from redis.asyncio import BlockingConnectionPool, Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        # A blocking pool makes a burst of turns queue for a connection instead of failing
-        # with "Too many connections" (which would bypass the cache for every worker's turn).
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=POOL_WAIT_S,
-            socket_connect_timeout=socket_timeout_s,
-            socket_timeout=socket_timeout_s,
-            # Idle pooled connections are checked before use, so a restart costs no failed call.
-            health_check_interval=30,
-            # One retry replaces a connection Redis dropped; more would only multiply the
-            # timeout paid when an outage starts.
-            retry=Retry(NoBackoff(), 1),
-        )
-        client = Redis(connection_pool=pool)
+        client = connect(url, timeout_s=socket_timeout_s, max_connections=max_connections)
         return cls(client, key_prefix=key_prefix, retry_after_failure_s=retry_after_failure_s)
 
     def _key(self, key: str) -> str:
