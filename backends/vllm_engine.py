@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backends import vllm_watchdog
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage
 from backends.control_tokens import ChatEncoder
 from backends.deadlines import bounded
@@ -80,6 +82,8 @@ class VllmEngineBackend:
             # caller's frame alive: a frame that also held the engine would pin it after aclose.
             engine_class, args_class = await asyncio.to_thread(_import_vllm)
             args = args_class(model=self._settings.model, **self._engine_options())
+            # The engine's processes end with this one, also when it is killed outright.
+            os.environ[vllm_watchdog.PARENT_ENV] = str(os.getpid())
             engine = await asyncio.to_thread(_build_engine, engine_class, args)
             self._engine = engine
             self._encoder = ChatEncoder(engine.get_tokenizer())

@@ -71,10 +71,17 @@ def default_database_url() -> str:
 _DRIVERS = {"asyncpg": ("asyncpg", "postgres"), "aiosqlite": ("aiosqlite", "")}
 # The driver of a database URL that names none (postgresql://, sqlite:///).
 _ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
-# Variables named PARLEY_* that are not settings: the data folder, the config file, and the
-# knobs of Parley's own tests and benchmarks. Any other PARLEY_* variable must be a setting.
+# Variables named PARLEY_* that are not settings: the data folder, the config file, the pid
+# an in-process vLLM engine ends with (backends/vllm_watchdog.py), and the knobs of Parley's
+# own tests and benchmarks. Any other PARLEY_* variable must be a setting.
 NOT_SETTINGS = frozenset(
-    {"PARLEY_HOME", "PARLEY_CONFIG", "PARLEY_CRASH_RUNS", "PARLEY_UPDATE_DOCS_IMG"}
+    {
+        "PARLEY_HOME",
+        "PARLEY_CONFIG",
+        "PARLEY_ENGINE_PARENT",
+        "PARLEY_CRASH_RUNS",
+        "PARLEY_UPDATE_DOCS_IMG",
+    }
 )
 NOT_SETTINGS_PREFIXES = ("PARLEY_TEST_", "PARLEY_BENCH_")
 # The largest integer a setting may hold: what SQL's BIGINT, Redis and JSON readers keep.

@@ -1,0 +1,58 @@
+"""The in-process engine's processes end with the Parley process that started them.
+
+vLLM runs the engine core of an `AsyncLLM` in a child process (`VLLM::EngineCore`), and the
+model in that child's children (`VLLM::Worker`). Parley shuts them down when it stops; but a
+Parley killed outright (SIGKILL, the kernel's OOM killer) runs no clean-up, and the engine core
+and its worker stayed alive without it, holding the model's memory for good (seen here: 2.3 GB
+in two processes per kill on the CPU; on a GPU the restarted Parley then finds the GPU's
+memory taken and its own engine cannot start).
+
+vLLM loads every `vllm.general_plugins` entry point in each of its processes (its public plugin
+system; pyproject.toml registers `watch_parent`). In an engine core that multiprocessing
+started for the process named by PARENT_ENV (which `VllmEngineBackend.start` sets to its own
+pid before it starts the engine), `watch_parent` starts a thread that looks at the parent
+every CHECK_S; once the parent is gone it sends the engine core SIGTERM, on which vLLM shuts
+the engine down (the workers end with it, through vLLM's own death pipe), and SIGKILL if that
+has not ended it after KILL_AFTER_S. Anywhere else (Parley's own process, a worker, a program
+Parley ran such as `vllm serve`) it does nothing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+PARENT_ENV = "PARLEY_ENGINE_PARENT"
+CHECK_S = 1.0
+KILL_AFTER_S = 15.0
+
+_started = threading.Event()
+
+
+def watch_parent() -> None:
+    """vLLM's general-plugin hook (called in each of its processes, possibly more than once)."""
+    parent = os.environ.get(PARENT_ENV, "")
+    # A process that multiprocessing started for that parent: not a program it ran (a
+    # `vllm serve` inherits the variable too), nor a worker of the engine core.
+    origin = multiprocessing.parent_process()
+    if not parent.isdigit() or origin is None or origin.pid != int(parent):
+        return
+    if _started.is_set():
+        return
+    _started.set()
+    threading.Thread(
+        target=_end_with, args=(int(parent),), name="parley-parent-watch", daemon=True
+    ).start()
+
+
+def _end_with(parent: int) -> None:
+    # A parent that dies leaves this process to another one; it may have died already,
+    # while this process was starting.
+    while os.getppid() == parent:
+        time.sleep(CHECK_S)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(KILL_AFTER_S)
+    os.kill(os.getpid(), signal.SIGKILL)
