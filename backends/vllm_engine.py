@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
@@ -83,7 +82,7 @@ class VllmEngineBackend:
             engine_class, args_class = await asyncio.to_thread(_import_vllm)
             args = args_class(model=self._settings.model, **self._engine_options())
             # The engine's processes end with this one, also when it is killed outright.
-            os.environ[vllm_watchdog.PARENT_ENV] = str(os.getpid())
+            vllm_watchdog.arm()
             engine = await asyncio.to_thread(_build_engine, engine_class, args)
             self._engine = engine
             self._encoder = ChatEncoder(engine.get_tokenizer())

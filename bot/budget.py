@@ -211,6 +211,7 @@ class Budgets:
     ) -> Budgets:
         """Shared through Redis when it is configured, else counted in this process."""
         usage = UsageLog(engine, flush_s=settings.usage_flush_s)
+        # Not sent twice: a reservation or a settlement repeated would count its tokens twice.
         client = client_for(redis)
         if client is None:
             return cls(settings, usage, observer=observer, clock=clock)

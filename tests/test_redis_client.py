@@ -1,11 +1,13 @@
 """The one way Parley connects to Redis (bot.storage.redis_client), against the real Redis
-through a proxy that can drop or freeze connections: a dropped connection costs no failed
-call, a frozen Redis costs one timeout (the call is not sent again), and every client Parley
-opens is made this way."""
+through a proxy that can drop or freeze connections: the cache's call on a dropped connection
+is sent again, no other client's ever is; a frozen Redis costs one timeout and the call is
+not sent again; a subscription outlives the timeout; closing a client closes its
+connections; and every client Parley opens is made this way."""
 
 from __future__ import annotations
 
 import ast
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -13,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from bot.settings import RedisSettings
@@ -47,16 +50,34 @@ async def client(redis_url: str, proxy: TcpProxy) -> AsyncIterator[Redis]:
     await made.aclose()
 
 
-async def test_a_connection_redis_dropped_costs_no_failed_call(
+async def test_the_cache_sends_a_call_whose_connection_redis_dropped_again(
+    redis_url: str, proxy: TcpProxy, key_prefix: str
+) -> None:
+    """A restart drops every pooled connection: the cache's next call finds its connection
+    broken and is sent once more, at once, on a new one."""
+    settings = RedisSettings(url=_through(redis_url, proxy), socket_timeout_s=0.5)
+    cache = client_for(settings, retry_dropped=True)
+    assert cache is not None
+    try:
+        await cache.set(f"{key_prefix}:k", b"v")
+        before = proxy.accepted
+        proxy.cut(0)  # every open connection reset; new ones taken at once
+        assert await cache.get(f"{key_prefix}:k") == b"v"
+        assert proxy.accepted == before + 1
+    finally:
+        await cache.aclose()
+
+
+async def test_other_clients_never_send_a_call_twice(
     client: Redis, proxy: TcpProxy, key_prefix: str
 ) -> None:
-    """A restart drops every pooled connection: the next call finds its connection broken
-    and is sent once more, at once, on a new one."""
-    await client.set(f"{key_prefix}:k", b"v")
-    before = proxy.accepted
-    proxy.cut(0)  # every open connection reset; new ones taken at once
-    assert await client.get(f"{key_prefix}:k") == b"v"
-    assert proxy.accepted == before + 1
+    """A gate's take or an event log's append sent again after its reply was lost would
+    run twice: without `retry_dropped` a dropped connection is one failed call."""
+    assert await client.incr(f"{key_prefix}:n") == 1
+    proxy.cut(0)
+    with pytest.raises(RedisConnectionError):
+        await client.incr(f"{key_prefix}:n")
+    assert await client.incr(f"{key_prefix}:n") == 2  # the failed one did not run
 
 
 async def test_a_frozen_redis_costs_one_timeout_and_the_call_is_not_sent_again(
@@ -74,21 +95,57 @@ async def test_a_frozen_redis_costs_one_timeout_and_the_call_is_not_sent_again(
     assert await client.get(f"{key_prefix}:n") == b"1"
 
 
-async def test_a_subscriber_waits_for_replies_without_end(redis_url: str, proxy: TcpProxy) -> None:
-    settings = RedisSettings(url=_through(redis_url, proxy))
+async def test_a_subscriber_waits_for_messages_longer_than_the_timeout(
+    redis_url: str, proxy: TcpProxy, client: Redis, key_prefix: str
+) -> None:
+    settings = RedisSettings(url=_through(redis_url, proxy), socket_timeout_s=0.5)
     listening = client_for(settings, max_connections=2, subscriber=True)
     assert listening is not None
-    kwargs = listening.connection_pool.connection_kwargs
-    assert kwargs["socket_timeout"] is None
-    assert kwargs["socket_connect_timeout"] == settings.socket_timeout_s
-    assert listening.connection_pool.max_connections == 2
-    await listening.aclose()
+    channel = f"{key_prefix}:channel"
+    try:
+        async with listening.pubsub() as pubsub:
+            await pubsub.subscribe(channel)
+            assert (await pubsub.get_message(timeout=5.0) or {}).get("type") == "subscribe"
+            await asyncio.sleep(3 * settings.socket_timeout_s)  # idle past the timeout
+            await client.publish(channel, b"hello")
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+            assert message is not None and message["data"] == b"hello"
+    finally:
+        await listening.aclose()
+
+
+async def test_closing_a_client_closes_its_connections(
+    redis_url: str, redis_direct: Redis, key_prefix: str
+) -> None:
+    """The client owns its pool (a Telegram or Discord gate's client left them open)."""
+    made = client_for(RedisSettings(url=SecretStr(redis_url)))
+    assert made is not None
+    before = await _clients(redis_direct)
+    await asyncio.gather(*(made.incr(f"{key_prefix}:{n}") for n in range(3)))
+    assert await _clients(redis_direct) >= before + 3
+    await made.aclose()
+    async with asyncio.timeout(10):
+        while await _clients(redis_direct) > before:  # noqa: ASYNC110 - the server's count
+            await asyncio.sleep(0.05)
+
+
+async def _clients(direct: Redis) -> int:
+    return int((await direct.info("clients"))["connected_clients"])
+
+
+@pytest.fixture
+async def redis_direct(redis_url: str) -> AsyncIterator[Redis]:
+    direct = client_for(RedisSettings(url=SecretStr(redis_url)), max_connections=2)
+    assert direct is not None
+    yield direct
+    await direct.aclose()
 
 
 def test_no_redis_client_is_made_any_other_way() -> None:
     """Outside bot.storage.redis_client, Parley's code never builds a Redis client or pool
     itself (each such place had its own timeouts, pool and retries)."""
-    makers = {"Redis", "BlockingConnectionPool", "ConnectionPool", "from_url"}
+    makers = {"Redis", "StrictRedis", "BlockingConnectionPool", "ConnectionPool", "from_url",
+              "from_pool"}  # fmt: skip
     found = []
     for folder in ("bot", "adapters", "backends"):
         for path in sorted((ROOT / folder).rglob("*.py")):
@@ -104,11 +161,13 @@ def test_no_redis_client_is_made_any_other_way() -> None:
 
 
 def _is_redis(call: ast.Call) -> bool:
-    """Redis(...), BlockingConnectionPool.from_url(...), Redis.from_url(...): a from_url of
-    anything else (httpx.URL, a settings class) is not a Redis client."""
+    """Redis(...), BlockingConnectionPool.from_url(...), Redis.from_url(...),
+    redis.asyncio.from_url(...): a from_url of anything else (a settings class) is not."""
     func = call.func
     if isinstance(func, ast.Name):
-        return func.id in {"Redis", "BlockingConnectionPool", "ConnectionPool"}
+        return func.id in {"Redis", "StrictRedis", "BlockingConnectionPool", "ConnectionPool"}
     owner = func.value if isinstance(func, ast.Attribute) else None
     owner_name = getattr(owner, "id", None) or getattr(owner, "attr", None)
-    return owner_name in {"Redis", "BlockingConnectionPool", "ConnectionPool", "redis"}
+    # Redis.from_url, Redis.from_pool, a pool's from_url, redis.asyncio.from_url.
+    owners = {"Redis", "StrictRedis", "BlockingConnectionPool", "ConnectionPool", "redis"}
+    return owner_name in owners | {"asyncio", "aioredis"}

@@ -24,16 +24,20 @@ from tests.processes import ROOT, parley_env, parley_run
 GONE_WITHIN_S = 60.0
 
 
-def _engine_like() -> None:
-    """What an engine core does on start (vLLM loads its general plugins), then work."""
-    vllm_watchdog.watch_parent()
+def _engine_like(loads_plugins: bool) -> None:
+    """What an engine core does on start: a spawned one loads vLLM's general plugins (a
+    forked one does not: the parent had loaded them), then it works."""
+    if loads_plugins:
+        vllm_watchdog.watch_parent()
+    print("ready", flush=True)
     time.sleep(600)
 
 
-def _parent() -> None:
-    """A Parley: names itself as the parent, starts the engine-like child and says its pid."""
-    os.environ[vllm_watchdog.PARENT_ENV] = str(os.getpid())
-    child = multiprocessing.get_context("spawn").Process(target=_engine_like)
+def _parent(method: str) -> None:
+    """A Parley: arms the watchdog, starts the engine-like child with `method`, says its pid."""
+    vllm_watchdog.arm()
+    context = multiprocessing.get_context(method)
+    child = context.Process(target=_engine_like, args=(method == "spawn",))
     child.start()
     print(child.pid, flush=True)
     time.sleep(600)
@@ -41,44 +45,44 @@ def _parent() -> None:
 
 def _program() -> None:
     """A program run by the parent, not started by multiprocessing: left alone."""
-    os.environ[vllm_watchdog.PARENT_ENV] = str(os.getpid())
-    code = "from tests.test_vllm_watchdog import _engine_like; _engine_like()"
-    child = subprocess.Popen(
-        [sys.executable, "-c", code], env=os.environ | {"PYTHONPATH": str(ROOT)}
-    )
+    vllm_watchdog.arm()
+    code = "from tests.test_vllm_watchdog import _engine_like; _engine_like(True)"
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", code], env=env)
     print(child.pid, flush=True)
     time.sleep(600)
 
 
-def _start(target: str) -> tuple[subprocess.Popen[str], psutil.Process]:
-    code = f"from tests.test_vllm_watchdog import {target}; {target}()"
+def _start(call: str) -> tuple[subprocess.Popen[str], psutil.Process]:
+    """The parent running `call`, and its child once that is ready (watching, if it will)."""
+    code = f"from tests.test_vllm_watchdog import _parent, _program; {call}"
     parent = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
         env=os.environ | {"PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert parent.stdout is not None
-    child = psutil.Process(int(parent.stdout.readline()))
-    return parent, child
+    lines = {parent.stdout.readline().strip() for _ in range(2)}  # the pid, and "ready"
+    assert "ready" in lines, lines
+    (pid,) = lines - {"ready"}
+    return parent, psutil.Process(int(pid))
 
 
-def test_a_child_multiprocessing_started_ends_once_its_parent_is_killed() -> None:
-    parent, child = _start("_parent")
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_child_multiprocessing_started_ends_once_its_parent_is_killed(method: str) -> None:
+    parent, child = _start(f"_parent({method!r})")
     try:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         child.wait(timeout=GONE_WITHIN_S)  # psutil.TimeoutExpired: it outlived its parent
     finally:
-        for process in (parent, child):
-            if (
-                process.is_running()
-                if isinstance(process, psutil.Process)
-                else process.poll() is None
-            ):
-                process.kill()
+        if parent.poll() is None:
+            parent.kill()
+        if child.is_running():
+            child.kill()
 
 
 def test_a_program_the_parent_ran_is_left_alone() -> None:
-    parent, child = _start("_program")
+    parent, child = _start("_program()")
     try:
         parent.send_signal(signal.SIGKILL)
         parent.wait()

@@ -280,7 +280,10 @@ class DiscordAdapter:
         self._redis = client_for(self._host.settings.redis)
         if self._redis is not None:
             prefix = f"{self._host.settings.redis.key_prefix}:discord:{self.me}"
-            self.gate = RedisGate(self._redis, self._rates, prefix=prefix)
+            self.gate = RedisGate(
+                self._redis, self._rates, prefix=prefix,
+                retry_after_failure_s=self._host.settings.redis.retry_after_failure_s,
+            )  # fmt: skip
 
     async def run(self) -> None:
         try:

@@ -141,7 +141,10 @@ class TelegramAdapter:
         self._redis = client_for(host.settings.redis)
         bot_id = self._token.partition(":")[0]
         prefix = f"{host.settings.redis.key_prefix}:telegram:{bot_id}"
-        self.gate = FloodGate(limits, redis=self._redis, key_prefix=prefix)
+        self.gate = FloodGate(
+            limits, redis=self._redis, key_prefix=prefix,
+            retry_after_failure_s=host.settings.redis.retry_after_failure_s,
+        )  # fmt: skip
         self.application: TelegramApp = build_application(settings, self.gate)
         self._me: BotIdentity | None = None
         # (chat, user) -> (is admin, checked at): getChatMember is asked once per ADMIN_CACHE_S.

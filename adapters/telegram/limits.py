@@ -80,13 +80,15 @@ class FloodGate(BaseRateLimiter[int]):
         *,
         redis: Redis | None = None,
         key_prefix: str = "parley:telegram",
+        retry_after_failure_s: float = 5.0,
     ) -> None:
         """`redis`: share the windows with every worker using the same `key_prefix` (one
-        prefix per bot: its token's numeric id, say)."""
+        prefix per bot: its token's numeric id, say); after a failure, the process's own
+        windows alone for `retry_after_failure_s`."""
         self.limits = limits or Limits()
         rates = self.limits.rates()
         self._gate: Gate = (
-            RedisGate(redis, rates, prefix=key_prefix)
+            RedisGate(redis, rates, prefix=key_prefix, retry_after_failure_s=retry_after_failure_s)
             if redis is not None
             else LocalGate(rates, clock=clock)
         )

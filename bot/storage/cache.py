@@ -209,7 +209,9 @@ class RedisCache:
         retry_after_failure_s: float = 5.0,
         max_connections: int = 50,
     ) -> RedisCache:
-        client = connect(url, timeout_s=socket_timeout_s, max_connections=max_connections)
+        client = connect(
+            url, timeout_s=socket_timeout_s, max_connections=max_connections, retry_dropped=True
+        )
         return cls(client, key_prefix=key_prefix, retry_after_failure_s=retry_after_failure_s)
 
     def _key(self, key: str) -> str:
