@@ -41,7 +41,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, nullcontext
 from contextvars import ContextVar
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -56,9 +56,6 @@ from bot.settings import BudgetSettings, RedisSettings
 from bot.storage.redis_client import client_for
 from bot.storage.usage import Spent, Subject, UsageLog
 from bot.types import ChatMessage, ConversationKey
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +217,7 @@ class Budgets:
             settings, usage, shared, observer=observer, clock=clock,
             retry_after_failure_s=redis.retry_after_failure_s,
         )  # fmt: skip
-        budgets._close = _closer(client)
+        budgets._close = client.aclose  # the client owns its pool (bot.storage.redis_client)
         return budgets
 
     async def aclose(self) -> None:
@@ -345,14 +342,6 @@ class Budgets:
                 await self.usage.add(ledger.day, ledger.subjects, spent)
             except StorageError as exc:  # the answer is recorded; only the report misses it
                 log.warning("token usage of a turn not recorded: %s", exc)
-
-
-def _closer(client: Redis) -> Callable[[], Awaitable[None]]:
-    async def close() -> None:
-        await client.aclose()
-        await client.connection_pool.disconnect()
-
-    return close
 
 
 _LEDGER: ContextVar[TurnLedger | None] = ContextVar("parley_budget_turn", default=None)
