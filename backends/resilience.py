@@ -236,7 +236,10 @@ class ResilientBackend:
         self, request: GenerationRequest, attempt: int, deadline: float, *, full_wait: bool
     ) -> AsyncGenerator[Chunk, None]:
         """One try, bounded by the first-token limit, with the breaker told what it proved."""
-        if not self.breaker.try_acquire():
+        # The try holds back the breaker's judgment of later tries until its first token is
+        # due: an answer that takes that long is still a healthy one.
+        permit = self.breaker.try_acquire(hold_s=self.first_token.current())
+        if permit is None:
             self.counts.refused += 1
             raise CircuitOpen(f"{self.name}: circuit breaker open")
         self.counts.sent += 1
@@ -254,20 +257,25 @@ class ResilientBackend:
         try:
             async with contextlib.aclosing(inner) as chunks:
                 async for chunk in chunks:
+                    if chunk.text:  # the server answers: what the breaker asks (said once)
+                        permit.success()
                     yield chunk
         except BackendTimeout:
             self.counts.timed_out += 1
             self.counts.failed += 1
-            self.breaker.record_failure()  # a hang is a failure of the server, unlike a 429
+            permit.failure()  # a hang is a failure of the server, unlike a 429
             raise
         except BackendError as exc:
             self.counts.failed += 1
             if counts_against_backend(exc):
-                self.breaker.record_failure()
+                permit.failure()  # after its first text: a reply that broke, one failure more
             raise
-        # Only a reply read to its end gets here. A try cancelled or closed early (the consumer
-        # left) ends at the yield without a verdict: the server did nothing wrong, or right.
-        self.breaker.record_success()
+        else:
+            permit.success()  # a reply without text, read to its end
+        finally:
+            # A try cancelled or closed before its first text (the consumer left) ends at the
+            # yield without a verdict: the server did nothing wrong, or right.
+            permit.release()
 
     async def _wait_to_retry(self, exc: BackendError, attempt: int, deadline: float) -> bool:
         """Sleep before the next try and return True, or return False: give up. `deadline` is

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 
 import pytest
@@ -104,27 +104,37 @@ def test_retry_budget_allows_a_share_of_requests() -> None:
     assert spent <= 0.2 * 100 + 3
 
 
+def verdict(breaker: CircuitBreaker, ok: bool) -> bool:
+    """One try, let through and judged at once; False: it was refused."""
+    permit = breaker.try_acquire()
+    if permit is None:
+        return False
+    permit.success() if ok else permit.failure()
+    return True
+
+
 def test_breaker_opens_half_opens_and_closes() -> None:
     clock = FakeClock()
     settings = BreakerSettings(failure_threshold=3, open_s=10, ramp_s=10, probes_judged=3)
     breaker = CircuitBreaker(settings, clock=clock)
     for _ in range(3):
-        assert breaker.try_acquire()
-        breaker.record_failure()
-    assert state(breaker) is BreakerState.OPEN and not breaker.try_acquire()
+        assert verdict(breaker, False)
+    assert state(breaker) is BreakerState.OPEN and breaker.try_acquire() is None
     clock.now += 10
-    assert breaker.try_acquire()  # the first probe
-    assert not breaker.try_acquire()  # the ramp starts at a tenth of the requests
-    breaker.record_failure()
+    first_probe = breaker.try_acquire()
+    assert first_probe is not None
+    assert breaker.try_acquire() is None  # the ramp starts at a tenth of the requests
+    first_probe.failure()
     assert state(breaker) is BreakerState.HALF_OPEN  # one bad probe says little ...
     clock.now += 5  # half-way through the ramp: about every other request probes
-    assert sum(breaker.try_acquire() for _ in range(4)) == 2
-    for _ in range(2):
-        breaker.record_failure()
+    probes = [breaker.try_acquire() for _ in range(4)]
+    passed = [probe for probe in probes if probe is not None]
+    assert len(passed) == 2
+    for probe in passed:
+        probe.failure()
     assert state(breaker) is BreakerState.OPEN  # ... three of three do
     clock.now += 10
-    assert breaker.try_acquire()
-    breaker.record_success()
+    assert verdict(breaker, True)
     assert state(breaker) is BreakerState.HALF_OPEN  # closed only at the end of the ramp
     clock.now += 10
     assert state(breaker) is BreakerState.CLOSED
@@ -135,16 +145,11 @@ def test_half_open_lets_traffic_back_gradually() -> None:
     clock = FakeClock()
     settings = BreakerSettings(failure_threshold=1, open_s=5, ramp_s=10, ramp_start_share=0.1)
     breaker = CircuitBreaker(settings, clock=clock)
-    breaker.record_failure()
+    verdict(breaker, False)
     clock.now += 5
     shares = []
     for _ in range(4):  # 100 requests at 0, 2.5, 5 and 7.5 s into the ramp
-        passed = 0
-        for _ in range(100):
-            if breaker.try_acquire():
-                passed += 1
-                breaker.record_success()
-        shares.append(passed)
+        shares.append(sum(verdict(breaker, True) for _ in range(100)))
         clock.now += 2.5
     assert shares == sorted(shares) and shares[0] <= 15 and 40 <= shares[-1] < 100
     assert state(breaker) is BreakerState.CLOSED  # at 10 s, after good probes
@@ -154,11 +159,11 @@ def test_random_failures_never_open_the_default_breaker_an_outage_does_fast() ->
     breaker = CircuitBreaker(BreakerSettings())
     rng = random.Random(5)
     for _ in range(5000):  # a flaky server: 40% of the tries that count fail, at random
-        breaker.record_failure() if rng.random() < 0.4 else breaker.record_success()
+        verdict(breaker, rng.random() >= 0.4)
     assert breaker.openings == 0 and state(breaker) is BreakerState.CLOSED
     tries = 0
     while state(breaker) is BreakerState.CLOSED:
-        breaker.record_failure()
+        verdict(breaker, False)
         tries += 1
     assert tries <= BreakerSettings().min_requests and breaker.openings == 1
 
@@ -167,9 +172,100 @@ def test_breaker_opens_on_failure_ratio() -> None:
     settings = BreakerSettings(failure_threshold=100, failure_ratio=0.5, window=10, min_requests=10)
     breaker = CircuitBreaker(settings)
     for i in range(10):
-        breaker.try_acquire()
-        breaker.record_failure() if i % 2 else breaker.record_success()
+        verdict(breaker, i % 2 == 0)
     assert state(breaker) is BreakerState.OPEN
+
+
+def test_a_burst_is_judged_in_the_order_its_tries_went_out() -> None:
+    """80 tries at once against a server that refuses a third of them at random: the refusals
+    come back first (a 503 is at once, an answer streams), and judged as they came back they
+    were 29 failures "in a row". Judged in the order the tries went out, they are a third."""
+    rng = random.Random(7)
+    refused = [rng.random() < 0.35 for _ in range(80)]
+    assert sum(refused) >= BreakerSettings().failure_threshold  # enough for a run of 20
+    for hold_s, opens in ((5.0, 0), (0.0, 1)):  # (0: no hold, the verdicts judged as they come)
+        clock = FakeClock()
+        breaker = CircuitBreaker(BreakerSettings(), clock=clock)
+        permits = [breaker.try_acquire(hold_s=hold_s) for _ in refused]
+        for permit, failed in zip(permits, refused, strict=True):
+            if failed and permit is not None:
+                permit.failure()
+        clock.now += 0.2
+        for permit, failed in zip(permits, refused, strict=True):
+            if not failed and permit is not None:
+                permit.success()
+        assert breaker.openings == opens
+
+
+def test_a_slow_try_holds_back_an_outage_only_until_its_first_token_was_due() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerSettings(), clock=clock)
+    slow = breaker.try_acquire(hold_s=5.0)  # sent just before the outage, still waiting
+    assert slow is not None
+    for _ in range(BreakerSettings().failure_threshold):  # then the server refuses everything
+        assert verdict(breaker, False)
+    assert state(breaker) is BreakerState.CLOSED  # the slow try might still answer
+    clock.now += 5.0
+    assert breaker.try_acquire() is None  # it did not in time: the outage is judged, open
+    assert breaker.openings == 1
+    slow.success()  # a late answer from before the outage changes nothing
+    assert state(breaker) is BreakerState.OPEN
+
+
+def test_a_reply_that_broke_after_its_first_text_counts_one_failure_more() -> None:
+    settings = BreakerSettings(failure_threshold=2)
+    breaker = CircuitBreaker(settings)
+    permit = breaker.try_acquire()
+    assert permit is not None
+    permit.success()
+    permit.success()  # said once
+    permit.failure()  # the reply was cut
+    permit.failure()  # still one failure
+    assert state(breaker) is BreakerState.CLOSED
+    assert verdict(breaker, False) and state(breaker) is BreakerState.OPEN
+
+
+async def test_a_burst_against_a_flaky_server_leaves_the_breaker_closed() -> None:
+    """Through the retry layer: refusals at once, answers after a pause, 80 tries at once.
+    Judged as they came back, the refusals opened the breaker (a double: the order of the
+    replies is what this test sets, and a real server under load gives it only sometimes)."""
+
+    class Flaky:
+        honours_deadline = False
+
+        def __init__(self) -> None:
+            self.rng = random.Random(7)
+            self.answer = asyncio.Event()
+
+        async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+            await asyncio.sleep(0)
+            if self.rng.random() < 0.35:
+                raise BackendUnavailable("overloaded", status=503)
+            await self.answer.wait()
+            yield Chunk("an answer")
+
+    backend_settings = BackendSettings.model_validate(
+        {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:1",
+         "retry": {"attempts": 1}}
+    )  # fmt: skip
+    inner = Flaky()
+    backend = ResilientBackend(inner, backend_settings)  # type: ignore[arg-type]
+
+    async def ask() -> bool:
+        request = GenerationRequest([ChatMessage(Role.USER, "a question")], max_tokens=4)
+        try:
+            async with aclosing(backend.stream(request)) as chunks:
+                return bool([chunk async for chunk in chunks])
+        except BackendError:
+            return False
+
+    asking = [asyncio.create_task(ask()) for _ in range(80)]
+    for _ in range(5):
+        await asyncio.sleep(0)  # every refusal is in
+    inner.answer.set()
+    answered = sum(await asyncio.gather(*asking))
+    assert backend.counts.failed >= BreakerSettings().failure_threshold
+    assert answered == 80 - backend.counts.failed and backend.breaker.openings == 0
 
 
 # --- against the fault server -------------------------------------------------------------------
