@@ -464,3 +464,35 @@ async def test_a_request_lost_before_delivery_goes_out_at_the_next_start_once(pg
                 assert bridge.events == []
     ((_, body),) = desk.seen
     assert b'"sentiment"' in body
+
+
+async def test_a_request_the_webhook_receiver_never_took_goes_out_again_at_the_next_start(
+    pg: str,
+) -> None:
+    """The webhook bridge queues its events and delivers them later: the desk took "queued" for
+    "taken" and marked the request delivered, so a receiver that answered 503 to every try (or
+    a stop before it answered) left the customer waiting for a person no help desk heard of,
+    for good. Marked only once the receiver answered 2xx (its receipt)."""
+    key = ConversationKey("telegram", "44")
+    async with stack(pg, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _):
+        await feed(adapter, text_update(3, 44, "hello"))
+        await settle(app, adapter)
+        found = await app.store.conversation_id(key)
+        assert found is not None
+        await app.desk.repo.change(
+            found, HandoffState.WAITING, Reason.ASKED, allowed_from=(HandoffState.BOT,)
+        )
+    settings = load_settings(None, database={"url": pg})
+    backend: Any = ScriptedBackend()
+    async with receiver(503, 503) as desk:  # down through the first start's two tries
+        target = WebhookTarget(url=desk.url, secret=SECRET)  # type: ignore[arg-type]
+        for start in (1, 2, 3):
+            hooks = WebhookBridge({}, target, attempts=2, backoff_max_s=0.05)
+            async with Parley(settings, backend=backend) as restarted:
+                restarted.desk.attach(hooks)
+                await restarted.desk.idle()  # the receipts included
+                waiting = [row[1] for row in await restarted.desk.repo.waiting()]
+                await hooks.aclose()
+            tries = [(d.status, d.attempts) for d in hooks.deliveries]
+            assert tries == {1: [(503, 2)], 2: [(200, 1)], 3: []}[start], start
+            assert waiting == ([key] if start == 1 else []), start

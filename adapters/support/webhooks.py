@@ -136,32 +136,37 @@ class Delivery:
 
 
 class _Lane:
-    """One receiver's queue and the task that delivers it, one event at a time, in order."""
+    """One receiver's queue and the task that delivers it, one event at a time, in order. Each
+    event has its receipt: True once the receiver answered 2xx, False when it was given up,
+    dropped from a full queue or left undelivered at stop."""
 
     def __init__(
-        self, name: str, send: Callable[[str, DeskEvent], Awaitable[object]], size: int
+        self, name: str, send: Callable[[str, DeskEvent], Awaitable[Delivery]], size: int
     ) -> None:
         self.name = name
         self._send = send
-        self._queue: asyncio.Queue[DeskEvent] = asyncio.Queue(size)
+        self._queue: asyncio.Queue[tuple[DeskEvent, asyncio.Future[bool]]] = asyncio.Queue(size)
         self._task: asyncio.Task[None] | None = None
         self._busy = False
         self.dropped = 0
 
-    def put(self, event: DeskEvent) -> None:
+    def put(self, event: DeskEvent) -> asyncio.Future[bool]:
         """Queue without waiting; a full queue loses its oldest event. Said at the first
         loss and every DROPS_LOGGED_EVERY after it: a flood must not flood the log too."""
         if self._queue.full():
-            oldest = self._queue.get_nowait()
+            oldest, lost = self._queue.get_nowait()
+            _settle(lost, False)
             self._queue.task_done()
             self.dropped += 1
             if self.dropped % DROPS_LOGGED_EVERY == 1:
                 log.warning("webhook %s: %d events waiting, the oldest (%s) dropped; %d so far",
                             self.name, self._queue.maxsize, oldest.kind.value,
                             self.dropped)  # fmt: skip
-        self._queue.put_nowait(event)
+        receipt: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((event, receipt))
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"parley-webhook-{self.name}")
+        return receipt
 
     async def idle(self) -> None:
         await self._queue.join()
@@ -173,23 +178,31 @@ class _Lane:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         while not self._queue.empty():  # wake whoever waits in idle()
-            self._queue.get_nowait()
+            _settle(self._queue.get_nowait()[1], False)
             self._queue.task_done()
         return left
 
     async def _run(self) -> None:
         while True:
-            event = await self._queue.get()
+            event, receipt = await self._queue.get()
             self._busy = True
+            delivered = False
             try:
-                await self._send(self.name, event)
+                delivery = await self._send(self.name, event)
+                delivered = 200 <= delivery.status < 300
             except Exception as exc:  # not a receiver's answer: the next events still go
                 # The type only: an httpx error's text may hold the URL (and its token).
                 log.error("webhook %s: %s not delivered: %s", self.name, event.kind.value,
                           type(exc).__name__)  # fmt: skip
-            finally:
+            finally:  # cancelled (the bridge closes) too: not delivered
+                _settle(receipt, delivered)
                 self._busy = False
                 self._queue.task_done()
+
+
+def _settle(receipt: asyncio.Future[bool], delivered: bool) -> None:
+    if not receipt.done():
+        receipt.set_result(delivered)
 
 
 class WebhookBridge:
@@ -241,20 +254,22 @@ class WebhookBridge:
                 return site, self._targets[site]
         return ("default", self._default) if self._default is not None else None
 
-    async def publish(self, event: DeskEvent) -> None:
-        """Queue one event on its target's lane (none: nothing to do) and return at once: the
-        lane's task delivers it, with its retries."""
+    async def publish(self, event: DeskEvent) -> Awaitable[bool] | None:
+        """Queue one event on its target's lane (none: nothing to do) and return at once with
+        its receipt (types.DeskBridge): the lane's task delivers it, with its retries."""
         found = self.target_for(event)
         if found is None:
-            return
+            return None
         name = found[0]
         if self._closed:  # the adapter stopped before the desk handed this on
             log.warning("webhook %s: %s not delivered: stopping", name, event.kind.value)
-            return
+            receipt: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            receipt.set_result(False)
+            return receipt
         lane = self._lanes.get(name)
         if lane is None:
             lane = self._lanes[name] = _Lane(name, self._send, self._queue_max)
-        lane.put(event)
+        return lane.put(event)
 
     async def idle(self) -> None:
         """Wait until every queued event was delivered or given up (the desk's shutdown drain

@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Protocol, runtime_checkable
 
 from backends.base import estimate_tokens
@@ -119,6 +119,8 @@ class CoreDesk:
         self._bridges: list[DeskBridge] = []
         self._queues: list[asyncio.Queue[_Item]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # Handoff requests a bridge queued of its own, waiting for its word that they arrived.
+        self._receipts: set[asyncio.Task[None]] = set()
         # The requests of conversations found waiting at start: each bridge gets them on attach.
         self._recovered: list[_Item] = []
 
@@ -261,14 +263,16 @@ class CoreDesk:
         for bridge in self._bridges:
             if isinstance(bridge, Draining):
                 await bridge.idle()
+        await asyncio.gather(*self._receipts, return_exceptions=True)
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self.idle()
-        for task in self._tasks:
+        # A request still without its receipt stays unmarked: the next start sends it again.
+        for task in [*self._tasks, *self._receipts]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._receipts, return_exceptions=True)
         self._tasks.clear()
 
     async def _with_note(self, event: DeskEvent, change: Change) -> DeskEvent:
@@ -316,10 +320,19 @@ class CoreDesk:
             try:
                 event = await item.get()
                 taken = await self._hand_on(bridge, event)
-                if event.kind is EventKind.REQUESTED:
+                if event.kind is not EventKind.REQUESTED:
+                    continue
+                if isinstance(taken, bool):
                     await self._request_taken(item, event, taken)
+                else:  # queued by the bridge: its receipt says later, the next events go on
+                    task = asyncio.create_task(self._on_receipt(item, event, taken))
+                    self._receipts.add(task)
+                    task.add_done_callback(self._receipts.discard)
             finally:
                 queue.task_done()
+
+    async def _on_receipt(self, item: _Item, event: DeskEvent, receipt: Awaitable[bool]) -> None:
+        await self._request_taken(item, event, await receipt)
 
     async def _request_taken(self, item: _Item, event: DeskEvent, taken: bool) -> None:
         """Count a bridge's answer to a handoff request; once every bridge took it, it is
@@ -335,17 +348,18 @@ class CoreDesk:
             log.warning("conversation %d: handoff request not marked delivered: %s",
                         event.conversation_id, exc)  # fmt: skip
 
-    async def _hand_on(self, bridge: DeskBridge, event: DeskEvent) -> bool:
+    async def _hand_on(self, bridge: DeskBridge, event: DeskEvent) -> bool | Awaitable[bool]:
         """`event` to `bridge`: tried until the help desk took it while it is away (DeskAway:
         it surely did not get it, so trying again shows nothing twice), and PUBLISH_ATTEMPTS
-        times on any other failure, then dropped with an error line."""
+        times on any other failure, then dropped with an error line (False). True: taken;
+        or the bridge's receipt, where it delivers from queues of its own."""
         name = type(bridge).__name__
         failed = tries = 0  # failures other than DeskAway; every try so far
         away_since: float | None = None
         loop = asyncio.get_running_loop()
         while True:
             try:
-                await bridge.publish(event)
+                receipt = await bridge.publish(event)
             except DeskAway as exc:
                 if away_since is None:
                     away_since = loop.time()
@@ -370,7 +384,7 @@ class CoreDesk:
                 if away_since is not None:
                     log.info("desk bridge %s: the help desk is back after %.1fs", name,
                              loop.time() - away_since)  # fmt: skip
-                return True
+                return True if receipt is None else receipt
             tries += 1
             await asyncio.sleep(wait)
 

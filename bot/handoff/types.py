@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -170,10 +170,14 @@ class DeskBridge(Protocol):
 
     platforms: frozenset[str] | None
 
-    async def publish(self, event: DeskEvent) -> None:
+    async def publish(self, event: DeskEvent) -> Awaitable[bool] | None:
         """Hand one event on. Raising leaves it for a retry (DeskAway: until the desk is
         back; anything else: a few tries); it may be called again with the same event
-        (receivers dedupe on kind + conversation + message_id/at)."""
+        (receivers dedupe on kind + conversation + message_id/at). None: the help desk took
+        it. A bridge that delivers later, from queues of its own (the webhooks), returns a
+        receipt instead: True once the help desk took the event, False when it was given
+        up or left undelivered at stop (a handoff request is then sent again at the next
+        start)."""
         ...
 
 
