@@ -18,6 +18,7 @@ from unittest import mock
 import pytest
 import sqlalchemy as sa
 
+from adapters.support import events
 from adapters.support.settings import SupportSettings
 from adapters.support.tokens import BadToken, TokenSigner
 from bot import phrases
@@ -691,3 +692,27 @@ def test_a_token_names_its_sites_key_and_older_tokens_still_work() -> None:
     signature = hmac.new(b"secret", body.encode(), hashlib.sha256).digest()
     legacy = f"{body}.{base64.urlsafe_b64encode(signature).decode().rstrip('=')}"
     assert signer.verify(legacy).belongs_to(1, "pk_any")
+
+
+async def test_an_open_stream_ends_once_its_server_key_is_revoked(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key was checked only when the stream opened: revoked, it was refused everywhere
+    else, and its open stream kept showing the conversation, an agent's messages included."""
+    monkeypatch.setattr(events, "RECHECK_S", 0.2)  # 5 s in use
+    await worker.add_site("shop")
+    key_id, secret = await worker.adapter.sites.add_key("shop")
+    await worker.adapter.directory.refresh(force=True)
+    async with worker.client(origin=None) as server:
+        made = await server.post("/v1/visitors", headers=bearer(secret))
+        params = {"visitor_id": made.json()["visitor_id"]}
+        async with server.stream(
+            "GET", "/v1/events", params=params, headers=bearer(secret)
+        ) as opened:
+            assert opened.status_code == 200
+            await worker.adapter.sites.revoke_key(key_id)
+            await worker.adapter.directory.refresh(force=True)
+            async with asyncio.timeout(10):  # without the check: keep-alives for ever
+                received = b"".join([chunk async for chunk in opened.aiter_bytes()])
+        again = await server.get("/v1/events", params=params, headers=bearer(secret))
+    assert received == b"retry: 2000\n\n" and again.status_code == 401

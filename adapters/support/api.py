@@ -256,8 +256,17 @@ class SupportApi:
         # The log out of reach is a 503 to retry later, not a 200 stream that ends at once,
         # which a browser takes for a working connection and opens again at once.
         await self._events.latest(caller.conversation)
+        visitor_id = request.query_params.get("visitor_id")
+
+        async def still_allowed() -> bool:
+            try:
+                await self._auth.caller(request, visitor_id, query_token=True)
+            except Exception:  # refused now, or it cannot be told: end, the client reconnects
+                return False
+            return True
+
         release = self._open_stream(caller.conversation, _client(request))
-        body = stream(self._events, caller.conversation, after, self._s.keepalive_s)
+        body = stream(self._events, caller.conversation, after, self._s.keepalive_s, still_allowed)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return _CountedStream(release, body, media_type="text/event-stream", headers=headers)
 

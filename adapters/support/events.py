@@ -28,7 +28,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -376,13 +376,25 @@ def build_event_log(
     return RedisEventLog(redis, prefix, kept=kept, ttl_s=ttl_s, listener=listener)
 
 
+RECHECK_S = 5.0  # how often an open stream asks whether its caller may still read it
+
+
 async def stream(
-    log_: EventLog, conversation: str, after: str | None, keepalive_s: float
+    log_: EventLog,
+    conversation: str,
+    after: str | None,
+    keepalive_s: float,
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body: the events after `after` (None: after the newest kept, i.e. only new
     ones), then each new one as it is appended, and a keep-alive comment after keepalive_s of
-    silence (proxies close idle connections)."""
+    silence (proxies close idle connections). Every RECHECK_S it asks `still_allowed`
+    whether the caller may still read the conversation (a key revoked, a site removed, a
+    token expired since the stream opened) and ends when not: the client's reconnection is
+    then refused like any other request."""
     yield b"retry: 2000\n\n"
+    loop, recheck_s = asyncio.get_running_loop(), RECHECK_S
+    checked = written = loop.time()
     with log_.waiter(conversation) as waiter:
         try:
             newest = await log_.latest(conversation) or "0-0"
@@ -391,20 +403,28 @@ async def stream(
                 # has expired since) would hide every event until the clock passes it.
                 after = newest
             while True:
+                if still_allowed is not None and loop.time() - checked >= recheck_s:
+                    if not await still_allowed():
+                        log.info("support events: stream ended, its caller may no longer read")
+                        return
+                    checked = loop.time()
                 waiter.event.clear()  # before reading: an append from now on sets it again
                 events = waiter.take(after)
                 if events is None:
                     events = await log_.read(conversation, after)
                 if events:  # one write for what came together: fewer small TCP segments
                     yield b"".join(event.sse() for event in events)
-                    after = events[-1].id
+                    after, written = events[-1].id, loop.time()
                 if waiter.closed:
                     return
+                quiet = min(keepalive_s - (loop.time() - written), recheck_s)
                 try:
-                    async with asyncio.timeout(keepalive_s):
+                    async with asyncio.timeout(max(0.0, quiet)):
                         await waiter.event.wait()
                 except TimeoutError:
-                    yield b": keep-alive\n\n"
+                    if loop.time() - written >= keepalive_s:
+                        yield b": keep-alive\n\n"
+                        written = loop.time()
         except Exception as exc:  # any failure of the log ends the stream alike
             # The log is unreachable: end the stream (never a 500 mid-stream); the client
             # reconnects with the id of the last event it has, and loses nothing.
