@@ -18,6 +18,7 @@ from tests.doubles import ScriptedBackend
 from tests.support_helpers import (
     TRANSLATE,
     EventReader,
+    GatedBackend,
     Worker,
     bearer,
     data,
@@ -394,3 +395,34 @@ async def test_an_agent_cannot_pass_for_the_bot_nor_take_another_agents_conversa
         assert forced.status_code == 200 and forced.json()["agent"] == "Sam", forced.text
         status = await client.get("/v1/handoff", headers=agent, params={"visitor_id": who})
     assert status.json()["agent"] == "Sam"
+
+
+async def test_an_agent_taking_the_conversation_stops_the_bots_reply_in_flight(
+    pg: str, redis_url: str, key_prefix: str, hooks: Receiver
+) -> None:
+    """The handoff state was read when a turn began, so the bot went on streaming its answer
+    after "You are talking with Dana". A take stops it, as /stop does (the model aborts it)."""
+    model = GatedBackend(["Bot ", "answer ", "part ", "two."])
+    async with support_worker(
+        pg, redis_url=redis_url, key_prefix=key_prefix, backend=model,
+        webhook={"url": hooks.url, "secret": SECRET}, webhook_backoff_max_s=0.1,
+    ) as w:  # fmt: skip
+        site = await w.add_site("shop")
+        agent = await server_key(w, "shop")
+        async with w.client() as client:
+            visitor = await new_visitor(client, site)
+            async with open_stream(client, visitor["token"]) as stream:
+                asked = await client.post(
+                    "/v1/messages", headers=bearer(visitor["token"]), json={"text": "Order?"}
+                )
+                assert asked.status_code == 202
+                model.release(1)
+                await until(stream, named("delta", text="Bot "))
+                taken = await client.post("/v1/handoff/take", headers=agent,
+                                          json={"visitor_id": visitor["visitor_id"],
+                                                "agent": "Dana"})  # fmt: skip
+                assert taken.status_code == 200, taken.text
+                model.release(10)
+                answer = (await stream.until_answers(1))[-1]
+    assert answer.event == "answer"
+    assert data(answer)["text"] == "Bot \n\n[Stopped.]"

@@ -246,7 +246,7 @@ class ConversationManager:
         try:
             if recorded.is_new:
                 if kind is MessageKind.COMMAND and stops_a_reply(incoming.text):
-                    self._stop_streaming(recorded.conversation_id)
+                    self.stop_reply(recorded.conversation_id)
                 if self._skills is not None:
                     await self._skills.remember(recorded.message_id, incoming)
         finally:
@@ -283,8 +283,9 @@ class ConversationManager:
         hits = await self._cache.count(keys.rate(sender), s.rate_limit_window_s, once=once)
         return hits > s.rate_limit_messages  # 0: the cache is unreachable, nothing counted
 
-    def _stop_streaming(self, conversation_id: int) -> None:
-        """/reset while a reply streams in this process: stop it (the model aborts it)."""
+    def stop_reply(self, conversation_id: int) -> None:
+        """Stop the reply streaming in this process, if any (the model aborts it; the reply
+        ends with the "stopped" note): /stop, /reset, or an agent taking the conversation."""
         stop = self._streaming.get(conversation_id)
         if stop is not None:
             stop.set()

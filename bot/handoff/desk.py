@@ -98,7 +98,9 @@ class _Item:
 
 class CoreDesk:
     """types.Desk over SQL. `schedule(conversation_id, key)` runs the conversation's turn
-    (the manager's): an agent's reply is delivered by it like any answer."""
+    (the manager's): an agent's reply is delivered by it like any answer. `stop_reply(
+    conversation_id)` stops the bot's reply streaming in this process when an agent takes the
+    conversation."""
 
     def __init__(
         self,
@@ -109,8 +111,10 @@ class CoreDesk:
         *,
         counter: HandoffCounter | None = None,
         publish_wait_s: float = 0.2,
+        stop_reply: Callable[[int], None] | None = None,
     ) -> None:
         self._store = store
+        self._stop_reply = stop_reply
         self.repo = repo
         self._notes = notes
         self._schedule = schedule
@@ -172,6 +176,8 @@ class CoreDesk:
             cid, HUMAN, Reason.AGENT, allowed_from=(BOT, WAITING, HUMAN), agent=agent
         )
         if change.changed:
+            if self._stop_reply is not None:  # the bot stops answering: its reply too
+                self._stop_reply(cid)
             self._emit(EventKind.TAKEN, key, cid, change.after, agent=agent)
         return change.after
 
