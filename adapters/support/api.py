@@ -34,6 +34,7 @@ from bot.lru import Lru
 from bot.phrases import base_language
 from bot.storage import keys
 from bot.storage.base import Cache
+from bot.text.language import normalize_language
 from bot.text.storable import storable
 from bot.types import Incoming, User
 
@@ -379,14 +380,16 @@ class SupportApi:
 
     def _language(self, request: Request, site: Site) -> str:
         """The visitor's language: the first of the browser's that the site speaks, else the
-        site's first, else the browser's first."""
+        site's first; for a site that names none, the first of the browser's that names a
+        known language, as its ISO 639-1 code."""
         wanted = [
             part.split(";")[0].strip()
             for part in request.headers.get("accept-language", "").split(",")
             if part.split(";")[0].strip() not in ("", "*")
         ]
-        if not site.languages:
-            return wanted[0][:16] if wanted else ""
+        if not site.languages:  # the browser's first that names a language: its code
+            # (the header is the caller's text: it must not reach a prompt or a note as such)
+            return next((code for tag in wanted if (code := _language_code(tag))), "")
         offered = {base_language(lang): lang for lang in site.languages}
         for tag in wanted:
             if base_language(tag) in offered:
@@ -412,3 +415,10 @@ class _CountedStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._release()
+
+
+def _language_code(tag: str) -> str | None:
+    try:
+        return normalize_language(tag[:35])  # the longest tag worth reading (BCP 47's advice)
+    except ValueError:
+        return None
