@@ -739,3 +739,25 @@ async def test_a_browsers_language_header_reaches_nothing_but_as_a_language_code
             who = f"shop:{visitor['visitor_id']}"
             languages[header] = (await conn.execute(found, {"who": who})).scalar()
     assert list(languages.values()) == ["de", None, "pt"]
+
+
+async def test_text_over_the_message_limit_is_a_413_whatever_the_body_limit(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    """The schema capped text at 100,000 characters: with max_body_bytes and
+    conversation.max_message_chars raised past it, a longer text got a 422, not the documented
+    413 `too_long`, and one within the operator's limit was refused."""
+    async with support_worker(
+        pg, redis_url=redis_url, key_prefix=key_prefix, backend=ScriptedBackend(),
+        conversation={"max_message_chars": 150_000}, max_body_bytes=400_000,
+    ) as w:  # fmt: skip
+        site = await w.add_site("shop")
+        async with w.client() as client:
+            auth = bearer((await new_visitor(client, site))["token"])
+            codes = [
+                (await client.post("/v1/messages", headers=auth, json={"text": "a" * size}))
+                for size in (120_000, 160_000)
+            ]
+            await w.adapter.idle()
+    assert [c.status_code for c in codes] == [202, 413]
+    assert codes[1].json()["error"]["code"] == "too_long"

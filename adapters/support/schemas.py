@@ -42,7 +42,7 @@ class VisitorResponse(BaseModel):
 
 
 class MessageRequest(_Body):
-    text: str = Field(min_length=1, max_length=100_000)
+    text: str = Field(min_length=1)  # bounded by max_body_bytes; over max_message_chars: 413
     # Only with a server key (Authorization: Bearer sk_...): whose conversation this is.
     visitor_id: str | None = Field(None, min_length=3, max_length=64, pattern=VISITOR_ID_PATTERN)
 
@@ -163,7 +163,7 @@ class TakeRequest(AgentRequest):
 
 
 class AgentMessageRequest(AgentRequest):
-    text: str = Field(min_length=1, max_length=100_000)
+    text: str = Field(min_length=1)  # bounded by max_body_bytes; over max_message_chars: 413
 
     _clean = field_validator("text")(_no_nul)
     _filled = field_validator("text")(_not_blank)
