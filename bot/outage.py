@@ -62,6 +62,9 @@ class Outage:
             )
 
     def succeeded(self) -> None:
+        # A call that went through (a health check asks even during the pause) ends the
+        # pause: read as "absent" meanwhile, a worker's liveness key made a live worker dead.
+        self._retry_at = 0.0
         if self._down_since is None:
             return
         elapsed = time.monotonic() - self._down_since

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,8 +19,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from bot.conversation.delivery import beat, holder_alive
 from bot.settings import RedisSettings
+from bot.storage import keys
+from bot.storage.base import DeliveryState
+from bot.storage.cache import RedisCache
 from bot.storage.redis_client import client_for
+from bot.types import utcnow
 from tests.crash_cluster import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,3 +177,39 @@ def _is_redis(call: ast.Call) -> bool:
     # Redis.from_url, Redis.from_pool, a pool's from_url, redis.asyncio.from_url.
     owners = {"Redis", "StrictRedis", "BlockingConnectionPool", "ConnectionPool", "redis"}
     return owner_name in owners | {"asyncio", "aioredis"}
+
+
+async def test_a_redis_blip_makes_no_live_worker_look_dead(
+    redis_url: str, proxy: TcpProxy, key_prefix: str
+) -> None:
+    """The cache skips its calls for retry_after_failure_s after a failure: the liveness
+    key read then as absent, so for 5 s after its own blip a worker took over every answer a
+    live worker was showing; and a worker back from a blip wrote no heartbeat for as long."""
+    direct = RedisCache.from_url(redis_url, key_prefix=key_prefix)
+    cut_off = RedisCache.from_url(
+        _through(redis_url, proxy).get_secret_value(), key_prefix=key_prefix,
+        socket_timeout_s=0.5, retry_after_failure_s=60,
+    )  # fmt: skip
+    try:
+        await direct.set(keys.alive("worker-a"), b"1", ttl_s=60)
+        showing = DeliveryState(1, 1, 7, "worker-a", utcnow() - timedelta(seconds=8), {})
+        assert await holder_alive(cut_off, showing, grace_s=15)
+        proxy.cut(0.3)
+        assert await cut_off.get("anything") is None  # the blip: a failure, then the pause
+        await asyncio.sleep(0.4)
+        assert await holder_alive(cut_off, showing, grace_s=15)  # back: it reads the key
+        # The same worker's heartbeat, just after its blip, is written at once.
+        proxy.cut(0.3)
+        assert await cut_off.get("anything") is None
+        await asyncio.sleep(0.4)
+        stop = asyncio.Event()
+        beating = asyncio.create_task(beat(cut_off, "worker-b", stop))
+        await asyncio.sleep(0.2)
+        stop.set()
+        await beating
+        assert await direct.get(keys.alive("worker-b")) == b"1"
+    finally:
+        await direct.delete(keys.alive("worker-a"))
+        await direct.delete(keys.alive("worker-b"))
+        await direct.aclose()
+        await cut_off.aclose()

@@ -196,7 +196,10 @@ async def _until(stop: asyncio.Event, seconds: float) -> bool:
 async def beat(liveness: Cache, owner: str, stop: asyncio.Event) -> None:
     """This worker's liveness key, refreshed until `stop`."""
     while not stop.is_set():
-        await liveness.set(keys.alive(owner), b"1", ttl_s=ALIVE_TTL_S)
+        # Asked even during the cache's pause after a failure (a health check ends it): a
+        # worker back from an outage is alive at once, not up to retry_after_failure_s later.
+        if await liveness.ping():
+            await liveness.set(keys.alive(owner), b"1", ttl_s=ALIVE_TTL_S)
         if await _until(stop, HEARTBEAT_S):
             return
 
