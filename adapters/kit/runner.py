@@ -279,9 +279,7 @@ def install_stop_signals(stop: asyncio.Event, hard_stop_s: float | None = None) 
             timer.start()
         stop.set()
 
-    # SIGHUP: the terminal closed (parley chat, parley run in a shell): a stop like the others,
-    # not a death that leaves the answer being shown held for delivery_grace_s.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
 
