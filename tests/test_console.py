@@ -99,7 +99,8 @@ def test_parley_chat_bad_setting_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1
 
 
-def test_parley_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: terminal closed
+def test_parley_run_stops_cleanly_on_sigterm(tmp_path: Path, stop: signal.Signals) -> None:
     env = {**os.environ, "PARLEY_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path}/run.db"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "run"],
@@ -114,7 +115,7 @@ def test_parley_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     proc.stdin.write("/help\n")
     proc.stdin.flush()
     assert proc.stdout.readline().startswith("Commands:")  # it is up and answering
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Traceback" not in err

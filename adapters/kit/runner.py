@@ -279,7 +279,9 @@ def install_stop_signals(stop: asyncio.Event, hard_stop_s: float | None = None) 
             timer.start()
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP: the terminal closed (parley chat, parley run in a shell): a stop like the others,
+    # not a death that leaves the answer being shown held for delivery_grace_s.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
 
