@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Literal, Self, TextIO
 from bot.adapter_registry import AdapterSettings, AdapterSpec
 from bot.conversation.intake import Intake
 from bot.conversation.manager import OutputAway, stops_a_reply
+from bot.errors import AdapterError
 from bot.storage.base import Recorded
 from bot.types import ConversationKey, Incoming, User
 
@@ -89,6 +90,7 @@ class ConsoleAdapter:
         self.key = ConversationKey(PLATFORM, settings.chat)
         self.user = User(PLATFORM, settings.user, settings.user)
         self._gone = False  # the reader of stdout left
+        self.unanswered = 0  # lines given up on: not answered in the time they may take
 
     async def __aenter__(self) -> Self:
         return self
@@ -101,6 +103,11 @@ class ConsoleAdapter:
     ) -> None:
         if self._gone and exc is None:  # the command's exit status says so (bot.cli: 141)
             raise BrokenPipeError("the reader of the console's output left")
+        if self.unanswered and exc is None:  # never a status 0 with a question unanswered
+            raise AdapterError(
+                f"{self.unanswered} message(s) not answered in time (an earlier run's "
+                "unfinished answer held the chat); they stay pending, the next run answers them"
+            )
 
     async def is_admin(self, incoming: Incoming) -> bool:
         return True  # the person at the terminal runs the bot
@@ -154,7 +161,7 @@ class ConsoleAdapter:
         """Wait for the answer to `recorded`. A /stop read meanwhile is sent at once (it stops
         the answer), and so is a /reset unless lines read before it still wait (it would
         empty the context they are answered from); other lines wait their turn in `later`."""
-        answered = asyncio.create_task(self._intake.wait_answered(recorded))
+        answered = asyncio.create_task(self._intake.wait_until_answered(recorded))
         try:
             while not answered.done() and (not later or later[-1] is not None):
                 reading = asyncio.create_task(lines.get())
@@ -169,7 +176,9 @@ class ConsoleAdapter:
                     await self._intake.submit(self._incoming(text))
                 else:
                     later.append(line)
-            await answered
+            if not await answered:
+                self.unanswered += 1
+                self._write("(No answer yet: it stays pending, and comes when it can.)\n")
         finally:
             answered.cancel()
 

@@ -83,6 +83,10 @@ class CountingIntake:
     async def wait_answered(self, recorded: Any) -> None:
         await self._intake.wait_answered(recorded)
 
+    async def wait_until_answered(self, recorded: Any) -> bool:
+        result: bool = await self._intake.wait_until_answered(recorded)
+        return result
+
 
 class ConsoleHarness:
     limit = 10**9  # a terminal has no message limit

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import sqlalchemy as sa
 
 from adapters.console import ConsoleAdapter, ConsoleSettings
 from bot.app import Parley
+from bot.errors import AdapterError
 from bot.settings import Settings
-from bot.types import Role
+from bot.storage.base import MessageKind
+from bot.storage.models import ConversationRow
+from bot.types import Incoming, Role, utcnow
 from tests.doubles import ScriptedBackend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,3 +165,57 @@ async def test_an_answer_cut_short_still_ends_its_line() -> None:
     with pytest.raises(ConnectionResetError):
         await console.deliver(console.key, cut_short())
     assert out.getvalue() == "The lock is\n"
+
+
+async def _after_a_crashed_run(
+    settings: Settings, seen_in_s: float, out: io.StringIO
+) -> ConsoleAdapter:
+    """A console whose chat holds a crashed run's delivery, last seen `seen_in_s` from now;
+    its line "q2" asked and, where it could be, answered in `out`."""
+    async with Parley(settings, backend=ScriptedBackend()) as app:
+        console = ConsoleAdapter(
+            app.intake, ConsoleSettings(), stdin=io.StringIO("q2\n"), stdout=out,
+            interactive=False,
+        )  # fmt: skip
+        # The crashed run: its question recorded, its answer begun, its process gone.
+        asked = Incoming(console.key, console.user, "q1", idempotency_key="console:crashed")
+        q1 = await app.store.record_incoming(asked, kind=MessageKind.CHAT, token_count=2)
+        async with app.store.engine.begin() as conn:
+            await conn.execute(
+                sa.update(ConversationRow)
+                .where(ConversationRow.id == q1.conversation_id)
+                .values(delivery_from=q1.message_id, delivery_to=q1.message_id,
+                        delivery_epoch=99, delivery_owner="crashed-run",
+                        delivery_seen=utcnow() + timedelta(seconds=seen_in_s))
+            )  # fmt: skip
+        app.intake.register(console.platform, console, ConsoleSettings().access)
+        async with asyncio.timeout(60), console:
+            await console.run()
+    return console
+
+
+async def test_a_line_waits_for_an_earlier_runs_unfinished_answer_then_is_answered(
+    tmp_path: Path,
+) -> None:
+    """A run that crashed while it showed an answer leaves its delivery in SQL, which the
+    next run leaves alone for `delivery_grace_s` after its last sign of life: the turn ended at
+    once, and the console took that for "answered", printed nothing and exited 0 with the
+    line pending (a helper's review: `kill -9` of parley chat, then a piped run)."""
+    settings = Settings(
+        database={"url": f"sqlite+aiosqlite:///{tmp_path}/chat.db"},  # type: ignore[arg-type]
+        conversation={"delivery_grace_s": 2.0},  # type: ignore[arg-type]
+    )
+    out = io.StringIO()
+    console = await _after_a_crashed_run(settings, 0, out)
+    assert "echo: q2\n" in out.getvalue() and console.unanswered == 0
+
+
+async def test_a_line_still_unanswered_in_time_ends_the_chat_with_an_error(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        database={"url": f"sqlite+aiosqlite:///{tmp_path}/chat.db"},  # type: ignore[arg-type]
+        conversation={"delivery_grace_s": 0.5, "lock_ttl_s": 0.5},  # type: ignore[arg-type]
+    )
+    with pytest.raises(AdapterError, match=r"1 message\(s\) not answered in time"):
+        await _after_a_crashed_run(settings, 60, io.StringIO())  # alive to the end

@@ -114,6 +114,12 @@ class Intake:
         """Wait until the message's conversation has nothing pending in this process."""
         await self._manager.wait_idle(recorded.conversation_id)
 
+    async def wait_until_answered(self, recorded: Recorded) -> bool:
+        """Wait until the message is answered, by a turn that may have to wait for another
+        run's unfinished answer first; False: it was not, in the time such an answer may hold
+        its conversation (ConversationManager.wait_answered)."""
+        return await self._manager.wait_answered(recorded)
+
     def notify(self, incoming: Incoming, sentence: str, **fields: object) -> None:
         """Say `sentence` to the sender outside a turn (a refusal, a document that cannot be
         read): at most once per sender and rate window, never queued without bound."""

@@ -24,6 +24,7 @@ Errors are mapped to user-facing sentences here and only here, in the user's lan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -314,6 +315,27 @@ class ConversationManager:
             # asyncio.wait, not gather: a waiter that is cancelled (an adapter's task at a
             # stop) must not cancel the turns it waits for; the stop gives them their grace.
             await asyncio.wait(tasks)
+
+    async def wait_answered(self, recorded: Recorded) -> bool:
+        """Wait until `recorded` is answered, or give up: False after the time another
+        worker's unfinished answer may hold the conversation (`delivery_grace_s`, then a
+        lease's `lock_ttl_s`), or at a stop. A turn that found such an answer (a run that
+        crashed while it showed one) ends at once and looks again every BUSY_RETRY_S: waiting
+        for the turn alone took the message for answered, and the console moved on."""
+        loop = asyncio.get_running_loop()
+        s = self._settings
+        give_up = loop.time() + s.delivery_grace_s + s.lock_ttl_s
+        cid, mid = recorded.conversation_id, recorded.message_id
+        while True:
+            await self.wait_idle(cid)
+            pending = await self._store.pending(cid, PENDING_PAGE)
+            if not any(message.id == mid for message in pending):
+                return True
+            if loop.time() >= give_up or self._stopping.is_set():
+                return False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BUSY_RETRY_S):
+                    await self._stopping.wait()
 
     async def recover(self) -> int:
         """Schedule every conversation that has messages left unanswered (e.g. by a crash)."""
