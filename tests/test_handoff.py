@@ -424,6 +424,19 @@ async def test_repeated_take_is_one_change_and_triggers_can_be_turned_off(pg: st
         ]  # fmt: skip
 
 
+async def _waiting_unannounced(
+    app: Parley, adapter: TelegramAdapter, update_id: int, chat: int, reason: Reason
+) -> None:
+    """A chat that said hello, then was handed off in SQL only: the crash between the state's
+    change and its handing on, which left no event in memory."""
+    await feed(adapter, text_update(update_id, chat, "hello"))
+    await settle(app, adapter)
+    found = await app.store.conversation_id(ConversationKey("telegram", str(chat)))
+    assert found is not None
+    waiting, bot = HandoffState.WAITING, HandoffState.BOT
+    await app.desk.repo.change(found, waiting, reason, allowed_from=(bot,))
+
+
 async def test_a_request_lost_before_delivery_goes_out_at_the_next_start_once(pg: str) -> None:
     """H7 H2: the events lived only in memory, so a stop or crash between the SQL change and
     the delivery left the customer waiting for a desk that never heard of them. A start hands
@@ -433,14 +446,7 @@ async def test_a_request_lost_before_delivery_goes_out_at_the_next_start_once(pg
     other = ConversationKey("telegram", "43")
     async with stack(pg, ScriptedBackend(), bridge=first) as (app, adapter, _):
         await send(app, adapter, 1, "I want to talk to a person")  # delivered
-        await feed(adapter, text_update(2, 43, "hello"))
-        await settle(app, adapter)
-        found = await app.store.conversation_id(other)
-        assert found is not None
-        # The crash: the state changed in SQL, the process died before anything was handed on.
-        await app.desk.repo.change(
-            found, HandoffState.WAITING, Reason.SENTIMENT, allowed_from=(HandoffState.BOT,)
-        )
+        await _waiting_unannounced(app, adapter, 2, 43, Reason.SENTIMENT)
     (sent,) = first.events
     assert sent.key == KEY
     settings = load_settings(None, database={"url": pg})
@@ -475,13 +481,7 @@ async def test_a_request_the_webhook_receiver_never_took_goes_out_again_at_the_n
     for good. Marked only once the receiver answered 2xx (its receipt)."""
     key = ConversationKey("telegram", "44")
     async with stack(pg, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _):
-        await feed(adapter, text_update(3, 44, "hello"))
-        await settle(app, adapter)
-        found = await app.store.conversation_id(key)
-        assert found is not None
-        await app.desk.repo.change(
-            found, HandoffState.WAITING, Reason.ASKED, allowed_from=(HandoffState.BOT,)
-        )
+        await _waiting_unannounced(app, adapter, 3, 44, Reason.ASKED)
     settings = load_settings(None, database={"url": pg})
     backend: Any = ScriptedBackend()
     async with receiver(503, 503) as desk:  # down through the first start's two tries

@@ -384,7 +384,7 @@ async def stream(
     conversation: str,
     after: str | None,
     keepalive_s: float,
-    still_allowed: Callable[[], Awaitable[bool]] | None = None,
+    still_allowed: Callable[[], Awaitable[bool]],
 ) -> AsyncIterator[bytes]:
     """The SSE body: the events after `after` (None: after the newest kept, i.e. only new
     ones), then each new one as it is appended, and a keep-alive comment after keepalive_s of
@@ -403,7 +403,7 @@ async def stream(
                 # has expired since) would hide every event until the clock passes it.
                 after = newest
             while True:
-                if still_allowed is not None and loop.time() - checked >= recheck_s:
+                if loop.time() - checked >= recheck_s:
                     if not await still_allowed():
                         log.info("support events: stream ended, its caller may no longer read")
                         return
