@@ -6,6 +6,11 @@ from __future__ import annotations
 from adapters.support.events import Event, MemoryEventLog, Outbox, Waiter, valid_event_id
 
 
+async def _still_allowed() -> bool:
+    """The caller's credentials never lapse in these tests."""
+    return True
+
+
 def _events(*ids: str) -> list[Event]:
     return [Event(i, "delta", f'{{"text": "{i}"}}') for i in ids]
 
@@ -84,8 +89,8 @@ async def test_a_stream_on_the_appending_worker_gets_the_events_without_the_subs
         for log in logs:
             await log.start()
         await logs[0].append("shop:v_9", [("delta", {"text": "Hel"})])
-        here = stream(logs[0], "shop:v_9", "0-0", keepalive_s=30)
-        there = stream(logs[1], "shop:v_9", "0-0", keepalive_s=30)
+        here = stream(logs[0], "shop:v_9", "0-0", keepalive_s=30, still_allowed=_still_allowed)
+        there = stream(logs[1], "shop:v_9", "0-0", keepalive_s=30, still_allowed=_still_allowed)
         async with asyncio.timeout(10):
             first = [await _first_events(s, 1) for s in (here, there)]
         assert first[0] == first[1] and b"Hel" in first[0][0]
@@ -117,7 +122,7 @@ async def test_a_last_event_id_past_the_newest_does_not_silence_the_stream(
         await log.start()
         await log.append("shop:v_8", [("answer", {"text": "earlier"})])
         future = f"{2**63}-0"  # a made-up id, far past anything the log holds
-        body = stream(log, "shop:v_8", future, keepalive_s=30)
+        body = stream(log, "shop:v_8", future, keepalive_s=30, still_allowed=_still_allowed)
         waiting = asyncio.create_task(_first_events(body, 1))
         async with asyncio.timeout(10):
             while not waiting.done():  # until the stream is open and takes one
