@@ -218,6 +218,19 @@ class Cluster:
             self.killed_at.append(time.monotonic())
             process.send_signal(signal.SIGKILL)
 
+    async def pause(self, index: int, seconds: float) -> None:
+        """SIGSTOP for `seconds`, then SIGCONT: a process frozen (a VM paused, a stall) past
+        its leases, which runs on afterwards as if nothing happened. Counted with the kills:
+        a message the platform accepted just before the stop cannot be noted either."""
+        process = self.workers[index].process
+        assert process is not None and process.returncode is None
+        self.killed_at.append(time.monotonic())
+        process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            process.send_signal(signal.SIGCONT)
+
     async def stop_all(self) -> None:
         for worker in self.workers:
             if worker.process is not None and worker.process.returncode is None:

@@ -55,6 +55,14 @@ async def postgres_cut_for_10_s(group: Cluster) -> None:
     await asyncio.sleep(10)
 
 
+async def paused_for_12_s(group: Cluster) -> None:
+    """SIGSTOP mid-stream for twice the lease (and the liveness key's life), then SIGCONT:
+    the others take its conversations over meanwhile, and the paused worker, running again,
+    must not show the answers it was streaming (a second copy in a private chat)."""
+    await asyncio.sleep(6)
+    await group.pause(0, 12)
+
+
 async def no_fault(group: Cluster) -> None:
     return None
 
@@ -119,6 +127,11 @@ async def test_redis_killed_for_10_s(tmp_path: Path, postgres_url: str, run: int
 async def test_postgres_cut_for_10_s(tmp_path: Path, postgres_url: str, run: int) -> None:
     fault = postgres_cut_for_10_s
     await run_scenario("PostgreSQL cut 10 s", tmp_path, postgres_url, fault, SlowModel())
+
+
+@pytest.mark.parametrize("run", RUNS)
+async def test_a_worker_paused_past_its_leases(tmp_path: Path, postgres_url: str, run: int) -> None:
+    await run_scenario("SIGSTOP 12 s", tmp_path, postgres_url, paused_for_12_s, SlowModel())
 
 
 @pytest.mark.parametrize("run", RUNS)

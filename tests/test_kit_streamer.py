@@ -186,6 +186,9 @@ class KeptPieces:
         self.pieces[index] = ref
         self.noted.append((index, ref))
 
+    async def may_show(self) -> None:
+        return None  # the answer stays this worker's (tests/test_lease_takeover.py: when not)
+
 
 async def once(text: str) -> AsyncIterator[str]:
     yield text

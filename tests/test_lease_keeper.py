@@ -162,13 +162,13 @@ class _Renewals:
         self.fail = fail
         self.called = asyncio.Event()
 
-    async def __call__(self, owner: str, ttl_s: float, held: list[Held]) -> list[Held]:
+    async def __call__(self, owner: str, ttl_s: float, held: list[Held]) -> dict[Held, bool]:
         self.calls.append(sorted(held))
         self.called.set()
         if self.fail:
             self.fail -= 1
             raise StorageError("database error: ConnectionRefusedError")
-        return [key for key in held if key not in self.lost]
+        return {key: True for key in held if key not in self.lost}
 
 
 async def test_the_leases_held_are_renewed_together_in_one_call() -> None:
@@ -222,13 +222,13 @@ async def test_the_keeper_stops_even_when_a_renewal_swallows_the_cancellation() 
     calls = 0
     entered = asyncio.Event()
 
-    async def renew(owner: str, ttl_s: float, held: list[Held]) -> list[Held]:
+    async def renew(owner: str, ttl_s: float, held: list[Held]) -> dict[Held, bool]:
         nonlocal calls
         calls += 1
         entered.set()
         with suppress(asyncio.CancelledError):  # swallowed, as the driver's wait_for may do
             await asyncio.sleep(0.05)
-        return held
+        return dict.fromkeys(held, True)
 
     keeper = LeaseKeeper(renew)
     with keeper.keeping(1, TurnLease(1, "worker-a"), 0.03, since=time.monotonic()):
@@ -300,10 +300,10 @@ def test_a_keeper_used_again_on_a_new_event_loop_still_renews() -> None:
     no lease is renewed there (nor reported lost)."""
     renewed: dict[int, asyncio.Event] = {}
 
-    async def renew(owner: str, ttl_s: float, held: list[Held]) -> list[Held]:
+    async def renew(owner: str, ttl_s: float, held: list[Held]) -> dict[Held, bool]:
         for cid, _ in held:
             renewed[cid].set()
-        return held
+        return dict.fromkeys(held, True)
 
     keeper = LeaseKeeper(renew)
 
@@ -446,8 +446,8 @@ async def test_the_keeper_logs_a_lost_lease_outside_the_turn_that_started_it(
     context for ever: its lines about every other conversation then carry the first turn's
     fields (bot.logcontext), as if that turn, long finished, had logged them."""
 
-    async def renew(owner: str, ttl_s: float, held: list[Held]) -> list[Held]:
-        return [key for key in held if key[0] != 2]  # conversation 2 was taken over
+    async def renew(owner: str, ttl_s: float, held: list[Held]) -> dict[Held, bool]:
+        return {key: True for key in held if key[0] != 2}  # conversation 2 was taken over
 
     keeper = LeaseKeeper(renew)
     caplog.handler.addFilter(TurnFieldsFilter())

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Self
 from adapters.kit.actions import Ignore
 from adapters.kit.split import split_text
 from bot.conversation.manager import OutputAway
+from bot.conversation.sink import still_showing
 from bot.errors import AdapterError, ConfigError
 from bot.handoff.types import Desk, HandoffError, HandoffState
 from bot.outage import Outage
@@ -126,6 +127,7 @@ class ChatwootAdapter:
         shown = 0
         try:
             for piece in split_text(text, MESSAGE_LIMIT):
+                await still_showing()  # a worker paused past its lease posts nothing more
                 await self.client.post_message(ref, piece, private=False)
                 shown += 1
         except ChatwootError as exc:

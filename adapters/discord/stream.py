@@ -36,6 +36,7 @@ import discord
 
 from adapters.kit.gate import Gate
 from adapters.kit.streamer import Pacing, Streamer
+from bot.conversation.sink import still_showing
 from bot.errors import AdapterError, PlatformAway
 
 log = logging.getLogger(__name__)
@@ -258,6 +259,7 @@ async def gated(gate: Gate, channel: int, call: Callable[[], Awaitable[T]]) -> T
     for round_ in range(RATE_LIMITED_ROUNDS):
         try:
             async with gate.slot(str(channel), group=False):
+                await still_showing()  # after the wait: this worker's answer still?
                 return await call()
         except discord.DiscordServerError as exc:
             raise PlatformAway(f"channel {channel}: Discord answered {exc.status}") from exc

@@ -18,6 +18,11 @@ cut-off attempt at the same answer showed are edited instead of sent again: a tu
 crash is finished in its own messages (pieces of the old attempt beyond the new answer are
 edited to an ellipsis).
 
+Before each send or edit the core confirms that the answer is still this worker's
+(`Shown.may_show`), and the surface again right before the request, after any wait for a
+rate limit (`bot.conversation.sink.still_showing`): a process that was paused past its lease
+stops there, and never overwrites what the worker that took its answer over shows.
+
 The platform's refusals are `AdapterError`s: they end the showing, never the reading, so
 the answer is still read to the end and recorded, and the log says why the chat did not get
 it. A refused draft is the exception: a draft only previews, so the answer goes on growing
@@ -129,7 +134,9 @@ class Streamer(Generic[Ref]):
         finally:
             if not reader.done():
                 reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
+            # Retrieved either way: a reader that failed too (the turn's Superseded, raised
+            # to both) must not be reported as "exception never retrieved".
+            await asyncio.gather(reader, return_exceptions=True)
         await self._guarded(self._show_final, buffer.text)
 
     async def _follow(self, buffer: _Buffer) -> None:
@@ -169,6 +176,7 @@ class Streamer(Generic[Ref]):
             return  # nothing visible yet: wait for more text
         if self._drafts is not None:
             if growing != self._draft:
+                await self._may_show()
                 try:
                     await self._drafts.draft(growing)
                 except PlatformAway:
@@ -198,6 +206,7 @@ class Streamer(Generic[Ref]):
         if shown is not None and shown.piece == piece:
             return
         plain = final and not self._surface.shows(piece)
+        await self._may_show()
         if shown is None:
             ref = await self._surface.send(piece, plain=plain)
             if self._kept is not None:
@@ -207,6 +216,14 @@ class Streamer(Generic[Ref]):
             await self._surface.edit(ref, piece, plain=plain)
         self._shown[index] = _Shown(ref, piece)
         self.updates += 1
+
+    async def _may_show(self) -> None:
+        # A process paused past its lease (SIGSTOP, a frozen VM) must not overwrite, once it
+        # runs again, the answer of the worker that took this one over: the core says
+        # (raising) when the answer is no longer this worker's. The surface asks again after
+        # its rate limit's wait (`still_showing`), right before the request.
+        if self._kept is not None:
+            await self._kept.may_show()
 
 
 async def _read(chunks: AsyncIterator[str], buffer: _Buffer) -> None:

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from bot.conversation.sink import still_showing
 from bot.outage import is_outage
 
 if TYPE_CHECKING:
@@ -469,6 +470,7 @@ class Outbox:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
+                await still_showing()  # a worker paused past its lease appends no more
                 await self._log.append(self._conversation, batch)
             except Exception as exc:
                 if is_outage(exc):

@@ -34,6 +34,7 @@ from telegram.ext import BaseRateLimiter
 from telegram.warnings import PTBDeprecationWarning
 
 from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
+from bot.conversation.sink import still_showing
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -154,6 +155,7 @@ class FloodGate(BaseRateLimiter[int]):
             self.api_calls += 1
             try:
                 async with slot():
+                    await still_showing()  # after the wait: this worker's answer still?
                     return await callback(*args, **kwargs)
             except RetryAfter as exc:
                 asked = retry_after_s(exc)

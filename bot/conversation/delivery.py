@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -85,8 +86,10 @@ class TurnDelivery:
         *,
         replacing: DeliveryState | None = None,
         state: ConversationState | None = None,
+        retry_s: float = 600.0,
     ) -> None:
         self._store = store
+        self._retry_s = retry_s  # record_retry_s: how long to retry the database
         # The conversation's state as the lease was taken; given to the lease's first turn
         # only (TurnLease.state), None otherwise: the turn reads it if it needs it.
         self.state = state
@@ -97,6 +100,8 @@ class TurnDelivery:
         self._pieces: dict[int, str | int] = dict(replacing.shown) if replacing else {}
         self.begun = False
         self.recorded = False
+        # Until when (monotonic) `may_show` needs no round trip after a confirmation.
+        self._confirmed_until = -math.inf
 
     @property
     def epoch(self) -> int:
@@ -120,7 +125,10 @@ class TurnDelivery:
         # settle_failure abandoned this delivery if it showed something, else cleared it.
         abandoned = self.begun and self.shown_something
         replacing = state if abandoned else self._replacing if not self.begun else None
-        return TurnDelivery(self._store, self._lease, self._cid, self._batch, replacing=replacing)
+        return TurnDelivery(
+            self._store, self._lease, self._cid, self._batch, replacing=replacing,
+            retry_s=self._retry_s,
+        )  # fmt: skip
 
     async def begin(self) -> None:
         """Record that this turn shows its answer; Superseded when it may not."""
@@ -133,6 +141,46 @@ class TurnDelivery:
         if not await self._store.begin_delivery(self._lease, self._cid, first, last, replacing=old):
             raise Superseded
         self.begun = True
+
+    async def may_show(self) -> None:
+        """Called before each change the chat sees (the streamer's sends and edits, each
+        chunk handed to a sink): Superseded once another worker may have taken this answer
+        over. While the lease is valid by this worker's clock nobody can have, and nothing is
+        asked. Past that (the process was paused, its renewals failed, or another worker took
+        the lease), SQL confirms that the delivery is still this worker's
+        (`Store.hold_delivery`), which also keeps it from being taken over for SQL_GRACE_S;
+        retried while the database is unreachable (for up to `record_retry_s`): the answer
+        waits, unseen, rather than overwrite what another worker shows instead."""
+        if not self.begun:
+            return  # nothing is shown before the delivery is recorded (begin checks the lease)
+        now = time.monotonic()
+        lease = self._lease
+        if now < self._confirmed_until or (now < lease.valid_until and not lease.lost.is_set()):
+            return
+        deadline = now + self._retry_s
+        delay = RECORD_RETRY_FIRST_S
+        while True:
+            sent = time.monotonic()
+            try:
+                held = await self._store.hold_delivery(self._cid, self.epoch, lease.owner)
+            except StorageError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "conversation %s: answer held back until the database confirms it is "
+                    "still this worker's: %s", self._cid, exc,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECORD_RETRY_MAX_S)
+                continue
+            if not held:
+                log.warning(
+                    "conversation %s: another worker took this answer over; "
+                    "this one shows no more of it", self._cid,
+                )  # fmt: skip
+                raise Superseded
+            self._confirmed_until = sent + SQL_GRACE_S
+            return
 
     async def showed(self, index: int, ref: str | int) -> None:
         self._pieces[index] = ref

@@ -467,8 +467,9 @@ class ConversationManager:
             unfinished = None
             for batch, replacing in turns:
                 turn = TurnDelivery(
-                    self._store, lease, cid, batch, replacing=replacing, state=state
-                )
+                    self._store, lease, cid, batch, replacing=replacing, state=state,
+                    retry_s=self._settings.record_retry_s,
+                )  # fmt: skip
                 state = None
                 with observed_turn(self.observer, work.key, batch, self._router):
                     await self._turn_or_give_up(work, batch, turn)
@@ -829,8 +830,10 @@ class ConversationManager:
 
         try:
             await self._relayed(work, relay(), batch, stopped)
-        except NotServedHere:
-            raise  # shown to nobody: left pending, not recorded as cut off
+        except (NotServedHere, Superseded):
+            # NotServedHere: shown to nobody, left pending, not recorded as cut off.
+            # Superseded: another worker took the answer over; it records its own.
+            raise
         except Exception as exc:
             _delivery_failed(work.key, exc)
             parts.append(await note_line(say, phrases.CUT_OFF))
@@ -919,7 +922,9 @@ class ConversationManager:
 
         try:
             await self._relayed(work, relay, batch, stopped)
-        except (BackendError, NotServedHere):  # NotServedHere: shown to nobody, left pending
+        except (BackendError, NotServedHere, Superseded):
+            # NotServedHere: shown to nobody, left pending. Superseded: another worker took
+            # the answer over (this process was paused past its lease); it records its own.
             raise
         except Exception as exc:
             if not _TURN.get().begun:
@@ -997,7 +1002,7 @@ class ConversationManager:
             # Threaded to the newest message it answers (a merged turn answers several).
             await sink.deliver(
                 key,
-                self._first_seen(_begun_first(beginning, chunks)),
+                self._first_seen(_begun_first(turn, beginning, chunks)),
                 reply_to=batch[-1].platform_message_id,
             )
             await asyncio.shield(beginning)  # an answer of no chunks at all is begun as well
@@ -1075,14 +1080,16 @@ def stops_a_reply(text: str) -> bool:
 
 
 async def _begun_first(
-    beginning: asyncio.Task[None], chunks: AsyncIterator[str]
+    turn: TurnDelivery, beginning: asyncio.Task[None], chunks: AsyncIterator[str]
 ) -> AsyncGenerator[str, None]:
     """`chunks`, the first one held back until `beginning` (the delivery's record) is done;
-    its failure (Superseded, StorageError) ends the stream before anything is shown."""
+    its failure (Superseded, StorageError) ends the stream before anything is shown. Each
+    chunk is handed on only while the answer is still this worker's (`may_show`)."""
     async for chunk in chunks:
         if not beginning.done():
             await asyncio.shield(beginning)  # a cancelled delivery must not cancel the record
         beginning.result()
+        await turn.may_show()
         yield chunk
 
 

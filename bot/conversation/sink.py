@@ -82,6 +82,12 @@ class Shown(Protocol):
 
     async def showed(self, index: int, ref: str | int) -> None: ...
 
+    async def may_show(self) -> None:
+        """Called before each send or edit: raises (the manager's Superseded) once another
+        worker may have taken this answer over (this process was paused past its lease), so
+        that a stale worker never overwrites the answer the user sees."""
+        ...
+
 
 _SHOWN: ContextVar[Shown | None] = ContextVar("parley_shown", default=None)
 
@@ -89,6 +95,16 @@ _SHOWN: ContextVar[Shown | None] = ContextVar("parley_shown", default=None)
 def current_shown() -> Shown | None:
     """The answer being delivered in this task, for a sink that can edit what it showed."""
     return _SHOWN.get()
+
+
+async def still_showing() -> None:
+    """Raise (the manager's Superseded) when the answer being delivered in this task is no
+    longer this worker's (`Shown.may_show`); nothing outside a turn. A sink calls it right
+    before each request that changes what a chat sees, after any wait for a rate limit: a
+    process paused during that wait must not send once it runs again."""
+    shown = _SHOWN.get()
+    if shown is not None:
+        await shown.may_show()
 
 
 def showing(shown: Shown | None) -> Token[Shown | None]:

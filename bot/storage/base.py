@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -92,6 +93,11 @@ class TurnLease:
     epoch: int
     owner: str
     lost: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    # By this worker's monotonic clock, until when no other worker can have taken the lease:
+    # the moment its take or its last renewal was sent, plus its ttl. Past it (the process
+    # was paused, or its renewals failed) another worker may have taken the conversation
+    # over, and what this one shows must be confirmed first (`Store.hold_delivery`).
+    valid_until: float = math.inf
     # The conversation's unfinished delivery as the lease was taken (read in the same
     # statement, so a turn needs no `Store.delivery` call of its own).
     unfinished: DeliveryState | None = None
@@ -277,6 +283,11 @@ class Store(Protocol):
         self, conversation_id: int, epoch: int, shown: dict[int, str | int]
     ) -> None:
         """The platform's references to the pieces shown so far (for a takeover to edit)."""
+        ...
+
+    async def hold_delivery(self, conversation_id: int, epoch: int, owner: str) -> bool:
+        """Whether the delivery of `epoch` is still `owner`'s (its heartbeat refreshed, as a
+        renewal does): False once another worker took it over, or it was settled."""
         ...
 
     async def end_delivery(self, conversation_id: int, epoch: int, *, abandon: bool) -> None:

@@ -10,7 +10,7 @@ import contextvars
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -20,8 +20,9 @@ from bot.storage.base import TurnLease
 log = logging.getLogger(__name__)
 
 Held = tuple[int, int]  # (conversation id, lease epoch)
-# Renews the leases `held` of `owner` for `ttl_s` more; the ones it still held.
-RenewMany = Callable[[str, float, list[Held]], Awaitable[Collection[Held]]]
+# Renews the leases `held` of `owner` for `ttl_s` more: those it still held, each with
+# whether it was renewed now (False: held, but its row was busy; tried again next period).
+RenewMany = Callable[[str, float, list[Held]], Awaitable[Mapping[Held, bool]]]
 
 
 @dataclass(slots=True)
@@ -52,6 +53,7 @@ class LeaseKeeper:
         while the block runs, until a renewal finds it taken by another worker (`lease.lost`
         is then set)."""
         key, due = (conversation_id, lease.epoch), since + ttl_s / 3
+        lease.valid_until = since + ttl_s
         self._held[key] = _Lease(ttl_s, lease, due)
         if not self._running_here():
             self._start()
@@ -112,20 +114,23 @@ class LeaseKeeper:
             # After a failure, tried again in half a period: two failures in a row still
             # leave a third of the lease.
             retry = None
+            sent = time.monotonic()  # the lease runs from the renewal's sending
             try:
-                kept = set(await self._renew(owner, ttl_s, keys))
+                kept = dict(await self._renew(owner, ttl_s, keys))
             except StorageError as exc:
                 log.warning("%d turn leases not renewed: %s", len(keys), exc)
-                kept, retry = set(keys), time.monotonic() + ttl_s / 6
+                kept, retry = dict.fromkeys(keys, False), time.monotonic() + ttl_s / 6
             except Exception:  # a bug: logged, and the keeper goes on for the other leases
                 log.exception("%d turn leases not renewed", len(keys))
-                kept, retry = set(keys), time.monotonic() + ttl_s / 6
+                kept, retry = dict.fromkeys(keys, False), time.monotonic() + ttl_s / 6
             for key in keys:
                 still = self._held.get(key)
                 if still is None:  # released meanwhile
                     continue
                 if key in kept:
                     still.due = now + ttl_s / 3 if retry is None else retry
+                    if kept[key]:
+                        still.lease.valid_until = sent + ttl_s
                 else:
                     log.warning("conversation %s: lease lost while held", key[0])
                     still.lease.lost.set()

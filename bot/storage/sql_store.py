@@ -364,9 +364,10 @@ class SqlStore:
                 params = {"cid": conversation_id, "who": owner, "epoch": epoch}
                 await self._write(_LEASE_RELEASE, params, relaxed=True)
 
-    async def _renew_leases(self, owner: str, ttl_s: float, held: list[Held]) -> list[Held]:
+    async def _renew_leases(self, owner: str, ttl_s: float, held: list[Held]) -> dict[Held, bool]:
         """The lease keeper's one statement: renew `owner`'s leases `held` (and the heartbeat
-        of the deliveries it shows under them) for `ttl_s`; the ones it still held."""
+        of the deliveries it shows under them) for `ttl_s`; the ones it still held, each with
+        whether it was renewed (PostgreSQL skips a row another transaction has locked)."""
         now = utcnow()
         params: dict[str, Any] = {"who": owner, "now_": now,
                                   "until_": now + timedelta(seconds=ttl_s)}  # fmt: skip
@@ -380,7 +381,9 @@ class SqlStore:
             statement, params
         )
         rows = await self._run(work, write=True, one_statement=True, on=self._keeper_runner)
-        return [(int(cid), int(epoch)) for cid, epoch in rows]
+        if self._autocommit:
+            return {(int(cid), int(epoch)): bool(renewed) for cid, epoch, renewed in rows}
+        return {(int(cid), int(epoch)): True for cid, epoch in rows}
 
     async def _take_lease(
         self, conversation_id: int, owner: str, ttl_s: float, pending_limit: int = 0
@@ -434,6 +437,10 @@ class SqlStore:
         params = {"cid": conversation_id, "epoch": epoch, "now_": utcnow(),
                   "shown": json.dumps({str(k): v for k, v in shown.items()})}  # fmt: skip
         await self._write(_NOTE_DELIVERY, params, relaxed=True)
+
+    async def hold_delivery(self, conversation_id: int, epoch: int, owner: str) -> bool:
+        params = {"cid": conversation_id, "epoch": epoch, "who": owner, "now_": utcnow()}
+        return await self._write(_HOLD_DELIVERY, params, relaxed=True) == 1
 
     async def end_delivery(self, conversation_id: int, epoch: int, *, abandon: bool) -> None:
         statement = _ABANDON_DELIVERY if abandon else _END_DELIVERY
@@ -843,7 +850,8 @@ _LEASES_RENEW = (
 # whatever their number), and a row another transaction has locked is skipped rather than
 # waited for: one slow transaction on one conversation must not hold back the renewal of
 # every other lease of the worker. A skipped row that was still this owner's (as of the
-# statement's snapshot) is returned as held, not lost: it is tried again at the next period.
+# statement's snapshot) is returned as held, not lost, but not renewed (the third column): it
+# is tried again at the next period.
 _LEASES_RENEW_PG = sa.text(
     """
     WITH held AS (
@@ -863,7 +871,8 @@ _LEASES_RENEW_PG = sa.text(
         WHERE c.id = free.id AND c.lease_owner = :who AND c.lease_epoch = held.epoch
         RETURNING c.id
     )
-    SELECT mine.id, mine.lease_epoch FROM mine LEFT JOIN renewed ON renewed.id = mine.id
+    SELECT mine.id, mine.lease_epoch, renewed.id IS NOT NULL
+    FROM mine LEFT JOIN renewed ON renewed.id = mine.id
     """
 ).bindparams(sa.bindparam("until_", type_=_TS), sa.bindparam("now_", type_=_TS))
 _LEASE_RELEASE = sa.update(_c).where(_HOLDS).values(lease_owner=None, lease_until=None)
@@ -898,6 +907,11 @@ _NOTE_DELIVERY = (
     sa.update(_c)
     .where(_DELIVERY_OF)
     .values(delivery_ref=_param("shown"), delivery_seen=_param("now_", _TS))
+)
+_HOLD_DELIVERY = (
+    sa.update(_c)
+    .where(_DELIVERY_OF, _c.delivery_owner == _param("who"))
+    .values(delivery_seen=_param("now_", _TS))
 )
 _END_DELIVERY = (
     sa.update(_c)
