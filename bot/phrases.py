@@ -77,6 +77,10 @@ DOC_TOO_LONG = N_(
 DOC_TOO_MANY_PAGES = N_(
     "That PDF has more pages than I read (at most {pages}). Please send a shorter one."
 )
+ONE_DOCUMENT = N_(
+    "I read one document per message: only {read}. Please send {skipped} separately, "
+    "one per message."
+)
 MEDIA = N_(
     "I can read text messages and documents (plain text, Markdown, HTML or PDF up to {mb} MB), "
     "but not photos, voice messages, videos or stickers."

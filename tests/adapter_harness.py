@@ -80,9 +80,6 @@ class CountingIntake:
             self.submitted += 1
             self.changed.set()
 
-    async def wait_answered(self, recorded: Any) -> None:
-        await self._intake.wait_answered(recorded)
-
     async def wait_until_answered(self, recorded: Any) -> bool:
         result: bool = await self._intake.wait_until_answered(recorded)
         return result
@@ -266,8 +263,13 @@ class DiscordHarness:
 
 @asynccontextmanager
 async def discord_harness(
-    tmp_path: Path, backend: object | None, **sections: Any
+    tmp_path: Path,
+    backend: object | None,
+    *,
+    conversation: dict[str, Any] | None = None,
+    **sections: Any,
 ) -> AsyncIterator[DiscordHarness]:
+    """`sections`: the discord section's settings; `conversation`: the core's."""
     from adapters.discord.adapter import DiscordAdapter
     from adapters.discord.settings import DiscordSettings
     from adapters.kit.gate import Rate, Rates
@@ -278,7 +280,8 @@ async def discord_harness(
     rates = Rates(per_chat=Rate(5, 0.5), overall=Rate(50, 1.0))
     async with api.serving():
         section_data = {"token": discord_api.TOKEN, "stream_interval_s": 0.05, **sections}
-        settings = settings_for(tmp_path, "discord", discord=section_data)
+        core = {"conversation": conversation} if conversation else {}
+        settings = settings_for(tmp_path, "discord", discord=section_data, **core)
         async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
             section = settings.section("discord")
             assert isinstance(section, DiscordSettings)

@@ -199,6 +199,11 @@ class FakeDiscordApi:
                     self._edit_original,
                     methods=["PATCH"],
                 ),
+                Route(
+                    "/api/v10/webhooks/{app:int}/{token}/messages/@original",
+                    self._delete_original,
+                    methods=["DELETE"],
+                ),
                 # Follow-up messages: the interaction's webhook, no channel permission needed.
                 Route("/api/v10/webhooks/{app:int}/{token}", self._follow_up, methods=["POST"]),
                 Route(
@@ -506,6 +511,28 @@ class FakeDiscordApi:
     async def _edit_original(self, request: Request) -> Response:
         return await self._by_token(request, "PATCH", self._originals[request.path_params["token"]])
 
+    async def _delete_original(self, request: Request) -> Response:
+        """The deferred response deleted: 204, and gone (editing it then is 404 Unknown
+        Message, as on Discord)."""
+        token = request.path_params["token"]
+        channel = self.interactions[token][0]
+        call = Call("DELETE", request.url.path, channel, {})
+        if token in self.expired:
+            call.status = 401
+            self._record(call)
+            error = {"message": "Invalid Webhook Token", "code": 50027}
+            return JSONResponse(error, status_code=401)
+        original = self._originals[token]
+        if original not in self.messages[channel]:
+            call.status = 404
+            self._record(call)
+            return JSONResponse({"message": "Unknown Message", "code": 10008}, status_code=404)
+        refusal = self._check(call)
+        if refusal is not None:
+            return refusal
+        del self.messages[channel][original]
+        return Response(status_code=204)
+
     async def _follow_up(self, request: Request) -> Response:
         return await self._by_token(request, "POST", next_id())
 
@@ -522,6 +549,9 @@ class FakeDiscordApi:
             self._record(Call(method, request.url.path, channel, body, 401))
             error = {"message": "Invalid Webhook Token", "code": 50027}
             return JSONResponse(error, status_code=401)
+        if method == "PATCH" and message_id not in self.messages[channel]:  # deleted
+            self._record(Call(method, request.url.path, channel, body, 404))
+            return JSONResponse({"message": "Unknown Message", "code": 10008}, status_code=404)
         refusal = self._check(Call(method, request.url.path, channel, body))
         if refusal is not None:
             return refusal

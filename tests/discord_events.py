@@ -99,8 +99,10 @@ def message_create(
     attachments: list[dict[str, Any]] | None = None,
     message_id: int | None = None,
     guild: int = GUILD,
+    stickers: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A MESSAGE_CREATE as the gateway sends it; in the server when `channel` is not DM."""
+    """A MESSAGE_CREATE as the gateway sends it; in the server when `channel` is not DM.
+    `stickers`: the names of stickers sent with it (its `sticker_items`)."""
     in_guild = channel != DM
     payload: dict[str, Any] = {
         "id": str(message_id or next_id()),
@@ -118,6 +120,10 @@ def message_create(
         "pinned": False,
         "type": 19 if reply_to else 0,
     }
+    if stickers:
+        payload["sticker_items"] = [
+            {"id": str(next_id()), "name": name, "format_type": 1} for name in stickers
+        ]
     if in_guild:
         payload["guild_id"] = str(guild)
         payload["member"] = {"roles": [str(r) for r in roles], "joined_at": EPOCH,

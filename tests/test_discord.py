@@ -134,6 +134,40 @@ async def test_auto_thread_opens_a_thread_named_after_the_question(tmp_path: Pat
         assert len(await _answers_in(h, thread)) == 2
 
 
+async def test_auto_thread_opens_no_thread_for_a_blocked_sender(tmp_path: Path) -> None:
+    """A blocked user's mentions opened a public thread each, named after their text (a
+    helper's review: spam under the bot's name, one thread per message). Now nothing is
+    opened: the refusal is said in the channel, once."""
+    backend = answering("never")
+    blocked = {"blocked_users": [str(ev.USER)]}
+    async with discord_harness(tmp_path, backend, auto_thread=[ev.CHANNEL], access=blocked) as h:
+        for n in range(3):
+            text = f"BUY CHEAP STUFF at scam.example #{n}"
+            await h.deliver_event(ev.message_create(text, channel=ev.CHANNEL, mentions_bot=True))
+        await h.idle()
+        assert [c for c in h.api.calls if c.path.endswith("/threads")] == []
+        assert backend.requests == []
+        assert len(h.api.texts(ev.CHANNEL)) == 1  # the one "not allowed" notice
+
+
+async def test_auto_thread_opens_no_thread_past_the_rate_limit(tmp_path: Path) -> None:
+    """Within the rate limit each question gets its thread; past it, none: the messages
+    over the limit are answered in the channel, merged into one rate-limit answer."""
+    backend = answering("Here.")
+    limit = {"rate_limit_messages": 2, "rate_limit_window_s": 60}
+    async with discord_harness(
+        tmp_path, backend, conversation=limit, auto_thread=[ev.CHANNEL]
+    ) as h:
+        for n in range(5):
+            text = f"question {n}"
+            await h.deliver_event(ev.message_create(text, channel=ev.CHANNEL, mentions_bot=True))
+        await h.idle()
+        opened = [c.body["name"] for c in h.api.calls if c.path.endswith("/threads")]
+        assert opened == ["question 0", "question 1"]
+        assert len(backend.requests) == 2
+        assert h.api.texts(ev.CHANNEL)  # the rate-limit sentence, in the channel
+
+
 async def test_the_same_message_delivered_twice_is_answered_once(tmp_path: Path) -> None:
     backend = answering("Once.")
     async with discord_harness(tmp_path, backend) as h:
@@ -329,6 +363,30 @@ def _payload_of(action: Action, payloads: list[dict[str, object]]) -> dict[str, 
     return next(p for p in payloads if p["id"] == action.incoming.platform_message_id)
 
 
+async def test_documents_past_the_first_are_named_to_the_sender_not_dropped(
+    tmp_path: Path,
+) -> None:
+    """Two documents in one message: the first was read and the second dropped without a
+    word (a helper's review). One document per message is read, and the sender is told
+    which ones were not, once (a backfill reading the message back says nothing again)."""
+    backend = ScriptedBackend(lambda request: "Read.")
+    async with discord_harness(tmp_path, backend) as h:
+        docs = []
+        for name, text in (("a.txt", b"ALPHA body\n"), ("b.txt", b"BRAVO body\n")):
+            h.api.files[name] = text
+            docs.append(_attachment(name, "text/plain", len(text), h.api.cdn_url(name)))
+        docs[1]["id"] = str(int(str(docs[0]["id"])) + 1)
+        message = ev.message_create("compare these two", attachments=docs)
+        await h.deliver_event(message)
+        await h.idle()
+        assert "ALPHA" in str(backend.requests[0].messages)
+        told = phrases.say(phrases.ONE_DOCUMENT, "", read="a.txt", skipped="b.txt")
+        assert sorted(h.api.texts(ev.DM)) == sorted(["Read.", told])
+        await h.deliver_event(message)  # delivered again: nothing new is said
+        await h.idle()
+        assert len(h.api.texts(ev.DM)) == 2 and len(backend.requests) == 1
+
+
 async def test_a_text_document_is_read_and_a_photo_gets_one_sentence(tmp_path: Path) -> None:
     backend = ScriptedBackend(lambda request: "It is about cranes.")
     async with discord_harness(tmp_path, backend) as h:
@@ -346,6 +404,23 @@ async def test_a_text_document_is_read_and_a_photo_gets_one_sentence(tmp_path: P
         assert h.api.texts(ev.DM)[-1] == phrases.say(phrases.MEDIA, "", mb=mb)
 
 
+async def test_a_sticker_alone_gets_the_sentence_saying_what_the_bot_reads(
+    tmp_path: Path,
+) -> None:
+    """A sticker with no text was ignored without a word (a helper's review), though the
+    sentence for media names stickers."""
+    async with discord_harness(tmp_path, answering("never")) as h:
+        await h.deliver_event(ev.message_create("", stickers=["wave"]))
+        await h.idle()
+        mb = h.app.settings.documents.max_bytes // 10**6
+        assert h.api.texts(ev.DM) == [phrases.say(phrases.MEDIA, "", mb=mb)]
+    # With text, the sticker is decoration: the text is answered.
+    async with discord_harness(tmp_path / "2", answering("Hello!")) as h:
+        await h.deliver_event(ev.message_create("hi there", stickers=["wave"]))
+        await h.idle()
+        assert h.api.texts(ev.DM) == ["Hello!"]
+
+
 async def _refused_at_connect(tmp_path: Path, api: FakeDiscordApi) -> AdapterError:
     """What the adapter's run() raises against a gateway that closes at once."""
     async with api.serving():
@@ -360,12 +435,13 @@ async def _refused_at_connect(tmp_path: Path, api: FakeDiscordApi) -> AdapterErr
     return refused.value
 
 
-@pytest.mark.parametrize("code", [4010, 4011, 4013])
+@pytest.mark.parametrize("code", [4004, 4010, 4011, 4012, 4013])
 async def test_a_gateway_close_no_reconnect_cures_is_one_line_saying_what_to_change(
     tmp_path: Path, code: int
 ) -> None:
     """4010 and 4011 (a shard Discord refuses, a bot that must shard) were a raw
-    "ConnectionClosed: Shard ID 0 WebSocket closed with 4010"."""
+    "ConnectionClosed: Shard ID 0 WebSocket closed with 4010"; so were 4004 (the token reset
+    while Parley ran) and 4012 (a helper's review)."""
     refused = await _refused_at_connect(tmp_path, FakeDiscordApi(gateway_close_code=code))
     assert str(refused) == CLOSE_CODES[code]
 
@@ -499,6 +575,46 @@ async def test_a_slash_command_while_discord_was_away_answers_in_its_deferred_re
         await h.idle()
         writes = [c.path for c in h.api.writes(ev.DM) if "content" in c.body]
         assert writes and all(path.endswith("/messages/@original") for path in writes), writes
+
+
+async def test_a_slash_command_behind_a_crashed_runs_answer_answers_in_its_deferred_response(
+    tmp_path: Path,
+) -> None:
+    """A run that crashed while it showed an answer in this DM still holds the chat (for
+    `delivery_grace_s`): the command's turn met it, ended at once to run again later, and
+    the clean-up took that for the answer: it deleted the deferred response, and the answer
+    went out as a plain message (a helper's review). It waits for the answer now."""
+    import sqlalchemy as sa
+
+    from bot.storage.base import MessageKind
+    from bot.storage.models import ConversationRow
+    from bot.types import Incoming, User, utcnow
+
+    backend = ScriptedBackend(
+        lambda request: "Summary here." if "crane" in str(request.messages) else "About q1."
+    )
+    grace = {"delivery_grace_s": 3.0}
+    async with discord_harness(tmp_path, backend, conversation=grace) as h:
+        key = ConversationKey("discord", str(ev.DM))
+        earlier = Incoming(
+            key, User("discord", str(ev.USER), "u"), "q1", idempotency_key="discord:crashed"
+        )
+        asked = await h.app.store.record_incoming(earlier, kind=MessageKind.CHAT, token_count=2)
+        async with h.app.store.engine.begin() as connection:  # the crashed run's delivery
+            row = ConversationRow
+            await connection.execute(
+                sa.update(row).where(row.id == asked.conversation_id).values(
+                    delivery_from=asked.message_id, delivery_to=asked.message_id,
+                    delivery_epoch=99, delivery_owner="crashed-run", delivery_seen=utcnow(),
+                )
+            )  # fmt: skip
+        await h.command(ev.interaction_create("summarize", "The crane moved the tea. " * 5))
+        async with asyncio.timeout(60):
+            await h.api.until(lambda: "Summary here." in h.api.texts(ev.DM))
+        await h.idle()
+        writes = [c for c in h.api.writes(ev.DM) if "Summary" in str(c.body.get("content"))]
+        assert writes and all(c.path.endswith("/messages/@original") for c in writes), writes
+        assert not [c for c in h.api.calls if c.method == "DELETE"]
 
 
 # An answer past the interaction token's 15 minutes -------------------------------------

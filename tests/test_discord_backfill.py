@@ -139,6 +139,99 @@ async def test_a_message_sent_while_stopped_is_answered_once_after_start(tmp_pat
         assert len(h.api.reads(ev.DM)) >= 2  # it did read the DM again, from the last one
 
 
+async def test_a_turn_left_by_a_crash_replies_to_its_question_in_a_server(
+    tmp_path: Path,
+) -> None:
+    """A message recorded and not answered (the process died in between) is answered after
+    the restart without any message of that channel coming through this process: its answer
+    went out without replying to the question, which in a busy channel says nothing of whom
+    it answers (a helper's review). discord.py's cache of the servers knows the channel."""
+    from bot.storage.base import MessageKind
+    from bot.types import Incoming, User
+
+    backend = ScriptedBackend(lambda request: "Answered.")
+    api = fake_discord()
+    question = ev.message_create("left by a crash", channel=ev.CHANNEL, mentions_bot=True)
+    async with started(tmp_path, backend, api) as h:
+        key = ConversationKey("discord", str(ev.CHANNEL))
+        incoming = Incoming(
+            key, User("discord", str(ev.USER), "u"), "left by a crash",
+            idempotency_key=f"discord:{question['id']}", platform_message_id=question["id"],
+            group=True,
+        )  # fmt: skip
+        await h.app.store.record_incoming(incoming, kind=MessageKind.CHAT, token_count=3)
+    async with started(tmp_path, backend, api) as h:
+        async with asyncio.timeout(WAIT_S):
+            await h.api.until(lambda: "Answered." in h.api.texts(ev.CHANNEL))
+        await h.idle()
+        (answer,) = [c for c in h.api.writes(ev.CHANNEL) if c.method == "POST"]
+        assert str(answer.body["message_reference"]["message_id"]) == question["id"]
+
+
+async def test_a_message_missed_while_stopped_is_answered_when_a_live_one_comes_first(
+    tmp_path: Path,
+) -> None:
+    """A user asks while Parley is stopped and asks again as it comes back: the second
+    message arrives live, right after READY, and is recorded before the backfill reads. The
+    backfill read from the newest recorded message, the live one, and the first question was
+    never answered (a helper's review). It reads from where the conversation stood before the
+    gateway connected."""
+    backend = ScriptedBackend(lambda request: "Answered.")
+    api = fake_discord()
+    async with started(tmp_path, backend, api) as h:
+        await h.deliver_event(ev.message_create("first"))
+        await h.idle()
+    api.post(ev.message_create("missed while you were down"))
+    api.push("MESSAGE_CREATE", ev.message_create("hello? anyone?"))  # live, after READY
+    async with started(tmp_path, backend, api) as h:
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.handled(1)
+        await backfilled(h, 1)
+        assert "missed while you were down" in asked(backend)
+        assert "hello? anyone?" in asked(backend)
+        assert await answers_in(h, ev.DM) == ["Answered."] * 3
+
+
+async def test_a_message_missed_while_disconnected_is_answered_when_a_live_one_comes_first(
+    tmp_path: Path,
+) -> None:
+    """The same after a connection that dropped and could not resume: the backfill starts
+    where the conversation stood when the connection dropped."""
+    backend = ScriptedBackend(lambda request: "Here.")
+    api = fake_discord()
+    async with started(tmp_path, backend, api) as h:
+        await h.deliver_event(ev.message_create("first"))
+        await backfilled(h, 1)
+        api.post(ev.message_create("sent while disconnected"))
+        api.reconnect(resume=False)
+        api.push("MESSAGE_CREATE", ev.message_create("live after the new session"))
+        await backfilled(h, 2)
+        assert "sent while disconnected" in asked(backend)
+        assert "live after the new session" in asked(backend)
+        assert h.api.texts(ev.DM) == ["Here."] * 3
+
+
+async def test_chatter_read_back_costs_no_member_lookups(tmp_path: Path) -> None:
+    """Each chatter message read back (not for the bot, /keep off) had its sender's member
+    fetched, each fetch waiting for the server's read window: 40 messages, 40 lookups, and
+    the DM questions behind that channel waited (a helper's review). Now chatter needs none
+    (the access rules name no roles), and a sender is looked up once per backfill."""
+    backend = ScriptedBackend(lambda request: "Answered.")
+    api = fake_discord()
+    async with started(tmp_path, backend, api) as h:
+        await h.deliver_event(ev.message_create("first", channel=ev.CHANNEL, mentions_bot=True))
+        await h.idle()
+    for n in range(40):
+        api.post(ev.message_create(f"chatter {n}", channel=ev.CHANNEL))
+    for n in range(3):
+        api.post(ev.message_create(f"question {n}", channel=ev.CHANNEL, mentions_bot=True))
+    async with started(tmp_path, backend, api) as h:
+        await backfilled(h, 1)
+        assert all(f"question {n}" in asked(backend) for n in range(3))
+        lookups = [c for c in h.api.calls if "/members/" in c.path]
+        assert len(lookups) == 1  # the one sender of the three questions
+
+
 async def test_a_blocked_role_is_not_answered_when_backfill_cannot_read_its_roles(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -33,15 +34,16 @@ import discord
 from adapters.kit.actions import Ignore, Notice, Observe, Submit
 from adapters.kit.away import PlatformWatch
 from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
+from bot import phrases
 from bot.documents import DocumentSource
-from bot.errors import AdapterError, ConfigError, PlatformAway
+from bot.errors import AdapterError, ConfigError, PlatformAway, StorageError
 from bot.lru import Lru
 from bot.storage.base import Recorded, Store
 from bot.storage.redis_client import client_for
 from bot.types import ConversationKey, Incoming
 
 from . import commands, stream
-from .backfill import Backfill, ChannelShards
+from .backfill import Backfill, ChannelShards, Marks
 from .settings import DiscordSettings
 from .translate import (
     PLATFORM,
@@ -80,10 +82,14 @@ MISSING_INTENT = (
 
 # Other gateway close codes that no reconnect can cure: what the operator has to change.
 CLOSE_CODES = {
+    4004: "Discord closed the connection (4004 Authentication failed): the token was reset "
+    "or revoked while Parley ran; set the new one in PARLEY_DISCORD__TOKEN",
     4010: "Discord refused the shard (4010 Invalid shard): each of discord.shard_ids must be "
     "below discord.shard_count",
     4011: "Discord requires this bot to shard (4011 Sharding required): set "
     "discord.shard_count (docs/discord.md, Sharding)",
+    4012: "Discord refused the gateway version (4012 Invalid API version): a discord.py "
+    "release Parley does not support?",
     4013: "Discord refused the gateway intents (4013 Invalid intents): a discord.py release "
     "Parley does not support?",
 }
@@ -194,8 +200,10 @@ class DiscordAdapter:
         self.client.event(self.on_raw_bulk_message_delete)
         if isinstance(self.client, discord.AutoShardedClient):
             self.client.event(self.on_shard_ready)
+            self.client.event(self.on_shard_disconnect)
         else:
             self.client.event(self.on_ready)
+            self.client.event(self.on_disconnect)
         # on_message events finished, and backfills: `handled()` and `backfilled()` wait on
         # them (a test, a drain).
         self.messages_handled = 0
@@ -213,6 +221,13 @@ class DiscordAdapter:
         self._backfills: dict[int | None, asyncio.Task[None]] = {}
         # Each channel's shard, learnt by the backfills (a channel fetched once, not per shard).
         self._channel_shards = ChannelShards()
+        # Where each shard's next backfill starts (Backfill's `marks`): each conversation's
+        # newest recorded message as its gap began, read before the gateway connects (every
+        # shard's first) and when a shard's connection drops, and kept until a backfill ends:
+        # a message that arrives live before the backfill reads must not move its start past
+        # what was sent while the bot was away.
+        self._start_marks: asyncio.Task[Marks | None] | None = None
+        self._marks: dict[int | None, asyncio.Task[Marks | None]] = {}
         # Deferred commands waiting for their turn to settle (`_end_unanswered`).
         self._deferred: set[asyncio.Task[None]] = set()
         # Discord not answering answers (PlatformAway): turns wait for it.
@@ -256,6 +271,9 @@ class DiscordAdapter:
         except discord.HTTPException as exc:  # 403: invited without applications.commands
             await self.client.close()
             raise AdapterError(f"Discord refused the slash commands: {exc}") from None
+        if self._settings.backfill_hours > 0:  # before any message can arrive live
+            self._start_marks = asyncio.create_task(self._recorded_now())
+            await asyncio.wait([self._start_marks])
         return self
 
     async def __aexit__(
@@ -264,7 +282,9 @@ class DiscordAdapter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tasks = [*self._backfills.values(), *self._deferred]
+        tasks = [*self._backfills.values(), *self._deferred, *self._marks.values()]
+        if self._start_marks is not None:
+            tasks.append(self._start_marks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -328,7 +348,14 @@ class DiscordAdapter:
     async def _take(self, message: discord.Message, action: Action) -> None:
         if message.guild is not None:
             self._guild_channels.put(message.channel.id, True)
-        if isinstance(action, Submit) and message.channel.id in self._settings.auto_thread:
+        # A thread only for a message the bot takes: a blocked sender, or one over the rate
+        # limit, must not open public threads the bot names after their text (a helper's
+        # review: one per message, in a loop). Theirs is refused, or limited, in the channel.
+        if (
+            isinstance(action, Submit)
+            and message.channel.id in self._settings.auto_thread
+            and await self._intake.admits(action.incoming)
+        ):
             action = await self._in_new_thread(message, action)
         await self.act(action)
 
@@ -339,12 +366,37 @@ class DiscordAdapter:
     async def on_shard_ready(self, shard_id: int) -> None:
         self._start_backfill(shard_id)
 
+    async def on_disconnect(self) -> None:
+        """The connection dropped (discord.py's event): a gap may begin."""
+        self._gap_begins(None)
+
+    async def on_shard_disconnect(self, shard_id: int) -> None:
+        self._gap_begins(shard_id)
+
+    def _gap_begins(self, shard_id: int | None) -> None:
+        # Kept when one is there already: the gap began at the first drop that no backfill
+        # has read past yet (a resume replays what was missed; the marks then wait, unused
+        # until the next new session, whose backfill reads a little more than needed).
+        if self._settings.backfill_hours > 0 and shard_id not in self._marks:
+            self._marks[shard_id] = asyncio.create_task(self._recorded_now())
+
+    async def _recorded_now(self) -> Marks | None:
+        since = discord.utils.utcnow() - timedelta(hours=self._settings.backfill_hours)
+        try:
+            return await self._store.last_platform_message_ids(PLATFORM, since)
+        except StorageError as exc:
+            log.warning("backfill: where it starts was not read (%s): from the newest", exc)
+            return None
+
     def _start_backfill(self, shard_id: int | None) -> None:
         if self._settings.backfill_hours == 0:
             return
         running = self._backfills.get(shard_id)
-        if running is not None:  # a newer session: read from the newest record again
+        if running is not None:  # a newer session: read again, from the same marks
             running.cancel()
+        marks = self._marks.get(shard_id)
+        if marks is None and self._start_marks is not None:
+            marks = self._marks[shard_id] = self._start_marks  # this shard's first session
         backfill = Backfill(
             self.client,
             self._store,
@@ -354,19 +406,28 @@ class DiscordAdapter:
             me=self.me,
             take=self._take,
             roles_block=bool(self._settings.access.blocked_roles),
+            roles_matter=bool(self._settings.access.allowed_roles),
             shards=self._channel_shards,
         )
         self._backfills[shard_id] = asyncio.create_task(
-            self._backfill(backfill, shard_id), name=f"discord backfill {shard_id}"
+            self._backfill(backfill, shard_id, marks), name=f"discord backfill {shard_id}"
         )
 
-    async def _backfill(self, backfill: Backfill, shard_id: int | None) -> None:
+    async def _backfill(
+        self,
+        backfill: Backfill,
+        shard_id: int | None,
+        marks: asyncio.Task[Marks | None] | None,
+    ) -> None:
         try:
-            await backfill.run(shard_id)
+            await backfill.run(shard_id, await marks if marks is not None else None)
         except asyncio.CancelledError:
             raise
         except Exception:  # the next new session tries again; live messages go on
             log.exception("backfill of shard %s failed", shard_id)
+        else:  # read past the gap: the next one begins at the next drop
+            if self._marks.get(shard_id) is marks:
+                del self._marks[shard_id]
         async with self._progress:
             self.backfills_done += 1
             self._progress.notify_all()
@@ -406,7 +467,8 @@ class DiscordAdapter:
         thread = message.thread
         if thread is None:
             try:
-                thread = await message.create_thread(name=thread_name(action.incoming.text))
+                async with self.gate.slot(str(message.channel.id), group=False):
+                    thread = await message.create_thread(name=thread_name(action.incoming.text))
             except discord.HTTPException as exc:
                 log.warning("channel %s: no thread opened (%s)", message.channel.id, exc)
                 return action
@@ -474,7 +536,12 @@ class DiscordAdapter:
         self, interaction: discord.Interaction, recorded: Recorded | None
     ) -> None:
         if recorded is not None:
-            await self._intake.wait_answered(recorded)
+            # Until the message is answered, not only until this process has no turn for
+            # it: a turn that met another run's unfinished answer ends at once and runs
+            # again later, and the deferred response was deleted before its answer (which
+            # then went out as a plain message; a helper's review).
+            if not await self._intake.wait_until_answered(recorded):
+                return  # not yet: a later turn may still answer in the deferred response
         else:
             await self._intake.aclose()  # the notices in flight, the refusal's among them
         key = str(interaction.id)
@@ -498,7 +565,14 @@ class DiscordAdapter:
         elif isinstance(action, Observe):
             await self._intake.observe(action.incoming)
         elif isinstance(action, Fetch):
-            await self._intake.submit_document(action.incoming, _document(action.attachment))
+            document = _document(action.attachment)
+            recorded = await self._intake.submit_document(action.incoming, document)
+            if action.skipped and recorded is not None and recorded.is_new:
+                # Said once (not again when a backfill reads the message back).
+                skipped = ", ".join(action.skipped)
+                self._intake.notify(
+                    action.incoming, phrases.ONE_DOCUMENT, read=document.name, skipped=skipped
+                )
         elif isinstance(action, Notice):
             mb = self._host.settings.documents.max_bytes // 10**6
             self._intake.notify(action.incoming, action.sentence, mb=mb)
@@ -515,7 +589,7 @@ class DiscordAdapter:
             self._interactions.discard(reply_to)
         # In a server the answer replies to the question (who asked what); a DM has one asker.
         reference = None
-        if interaction is None and reply_to and channel_id in self._guild_channels:
+        if interaction is None and reply_to and self._in_a_server(channel_id):
             reference = discord.MessageReference(
                 message_id=int(reply_to), channel_id=channel_id, fail_if_not_exists=False
             )
@@ -535,6 +609,15 @@ class DiscordAdapter:
             return
         if interaction is None:  # a refusal of a slash command's answer says nothing of it
             self._away.shown(key)
+
+    def _in_a_server(self, channel_id: int) -> bool:
+        """Whether the channel is a server's (seen so here, or in discord.py's cache of this
+        process's servers): a turn run after a restart, or by the sweep, has seen no message
+        of it in this process, and its answer went out without replying to the question."""
+        if channel_id in self._guild_channels:
+            return True
+        cached = self.client.get_channel(channel_id)
+        return isinstance(cached, discord.abc.GuildChannel | discord.Thread)
 
     async def ensure_reachable(self, key: ConversationKey) -> None:
         """While Discord does not answer, a turn waits without asking the model: one look

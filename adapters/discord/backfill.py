@@ -4,13 +4,17 @@ Discord's gateway does not re-send what was posted while Parley was stopped, or 
 connection was down and could not be resumed (a resume replays the missed events itself:
 discord.py's `on_resumed`). So after a start and after every new session (`on_ready`, per
 shard `on_shard_ready`), each conversation with a message recorded in the last
-`backfill_hours` is read from its newest recorded message on (SQL knows its Discord id:
-`Store.last_platform_message_ids`; `channel.history(after=...)`), and every message goes the
+`backfill_hours` is read from its newest message recorded as the gap began (SQL knows its
+Discord id: `Store.last_platform_message_ids`, read before the gateway connects and when a
+connection drops, so a message that arrives live before the backfill reads does not move
+the start past what was missed; `channel.history(after=...)`), and every message goes the
 way a live one goes. Its idempotency key is its Discord id, so a message the gateway delivered
 too, or an earlier backfill read, is recorded once and answered once. Two differences: a
-message read from a log comes without its sender's server roles, so the member is fetched for
-a message the bot would take; and no notice is sent for one (a photo sent while away), since
-nothing records that it was sent and every later backfill would send it again.
+message read from a log comes without its sender's server roles, so the member is fetched
+(once per sender and backfill) for a message the bot would take, and for chatter not for the
+bot only where the access rules name roles (they decide whether it is kept); and no notice
+is sent for one (a photo sent while away), since nothing records that it was sent and every
+later backfill would send it again.
 
 An `auto_thread` channel's mentions are recorded in the threads they opened, not in the
 channel's conversation, so those channels are read from `backfill_hours` ago.
@@ -38,6 +42,7 @@ from adapters.kit.actions import Notice, Observe, Submit
 from adapters.kit.gate import Gate
 from bot.lru import Lru
 from bot.storage.base import Store
+from bot.types import ConversationKey
 
 from .translate import PLATFORM, Action, Author, Fetch, translate
 
@@ -49,6 +54,8 @@ MAX_PAGES = 5
 # kept whole for the backfill of their shard after another shard's looked them up.
 CHANNELS_KNOWN = 100_000
 RECENT_CHANNELS = 1_000
+# Each conversation's newest recorded message (its Discord id) as a gap began.
+Marks = dict[ConversationKey, str]
 # The adapter's way with a live message, once translated.
 Take = Callable[[discord.Message, Action], Awaitable[None]]
 Channel = discord.abc.Messageable
@@ -66,10 +73,13 @@ class Backfill:
         me: int,
         take: Take,
         roles_block: bool = False,
+        roles_matter: bool = False,
         shards: ChannelShards | None = None,
     ) -> None:
         """`roles_block`: access rules block some roles (`access.blocked_roles`), so a sender
         whose roles cannot be read is not answered (a block list must not fail open).
+        `roles_matter`: the access rules name roles (allowed or blocked), so whether chatter
+        not for the bot is kept depends on its sender's; else such chatter needs no lookup.
         `shards`: shared by the backfills of one process's shards."""
         self._client = client
         self._store = store
@@ -79,19 +89,30 @@ class Backfill:
         self._me = me
         self._take = take
         self._roles_block = roles_block
+        self._roles_matter = roles_matter or roles_block
         self._shards = shards or ChannelShards()
+        # Senders looked up in this backfill, by (server, user): each once, however many of
+        # their messages are read back (a lookup waits for the server's read window).
+        self._members: dict[tuple[int, int], Author | _RolesUnknown | None] = {}
 
-    async def run(self, shard_id: int | None) -> int:
+    async def run(self, shard_id: int | None, marks: Marks | None = None) -> int:
         """Reads the conversations of `shard_id` (None: every one) and takes each message,
-        oldest first per channel; how many were read."""
+        oldest first per channel; how many were read. `marks`: each conversation's newest
+        recorded message as the gap began (None: not known, the newest now). A conversation
+        recorded now and not then began in the gap: read from `backfill_hours` ago."""
         since = discord.utils.utcnow() - timedelta(hours=self._hours)
         starts: dict[int, discord.abc.Snowflake | datetime] = {
             channel: since for channel in self._auto_thread
         }
         recorded = await self._store.last_platform_message_ids(PLATFORM, since)
-        for key, message_id in recorded.items():
-            if key.chat_id.isdigit() and message_id.isdigit():  # else not a Discord id
-                starts[int(key.chat_id)] = discord.Object(int(message_id))
+        for key, newest in recorded.items():
+            if not key.chat_id.isdigit():  # not a Discord id
+                continue
+            mark = newest if marks is None else marks.get(key)
+            if mark is None:
+                starts.setdefault(int(key.chat_id), since)
+            elif mark.isdigit():
+                starts[int(key.chat_id)] = discord.Object(int(mark))
         handed = 0
         for channel_id, after in starts.items():
             channel = await self._shards.channel(channel_id, shard_id, self._channel)
@@ -140,7 +161,12 @@ class Backfill:
     async def _read_back(self, message: discord.Message) -> None:
         try:
             action = translate(message, self._me)
-            if isinstance(action, Submit | Fetch | Observe):
+            # The sender's roles and rights, for a message the bot would take, and for chatter
+            # where roles decide whether it is kept (else a lookup per chatter message, each
+            # waiting for the server's read window: a helper's review).
+            if isinstance(action, Submit | Fetch) or (
+                isinstance(action, Observe) and self._roles_matter
+            ):
                 try:
                     author = await self._member(message)
                 except _RolesUnknown as exc:
@@ -163,13 +189,22 @@ class Backfill:
         guild = message.guild
         if guild is None or isinstance(message.author, discord.Member):
             return None
+        who = (guild.id, message.author.id)
+        if who not in self._members:
+            self._members[who] = await self._fetch_member(guild, message.author.id)
+        found = self._members[who]
+        if isinstance(found, _RolesUnknown):
+            raise _RolesUnknown(str(found))
+        return found
+
+    async def _fetch_member(
+        self, guild: discord.Guild, user_id: int
+    ) -> Author | _RolesUnknown | None:
         try:
             async with self._gate.slot(f"read:{guild.id}", group=False):
-                return await guild.fetch_member(message.author.id)
+                return await guild.fetch_member(user_id)
         except discord.HTTPException as exc:
-            if self._roles_block:
-                raise _RolesUnknown(f"{exc.status} {exc.code}") from None
-            return None
+            return _RolesUnknown(f"{exc.status} {exc.code}") if self._roles_block else None
 
 
 @dataclass(slots=True)

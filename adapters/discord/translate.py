@@ -37,10 +37,13 @@ _SPOKEN = frozenset({discord.MessageType.default, discord.MessageType.reply})
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """A document to download (`attachment.read()`) and read; `incoming.text` is the request."""
+    """A document to download (`attachment.read()`) and read; `incoming.text` is the request.
+    `skipped`: the names of the message's other documents, which are not read (one document
+    per message, as on Telegram): the sender is told."""
 
     incoming: Incoming
     attachment: discord.Attachment
+    skipped: tuple[str, ...] = ()
 
 
 Action = Submit | Observe | Fetch | Notice | Ignore
@@ -67,13 +70,19 @@ def translate(message: discord.Message, me: int, *, author: Author | None = None
 
 def _for_content(message: discord.Message, text: str, author: Author | None) -> Action:
     incoming = to_incoming(message, text, author)
-    for attachment in message.attachments:
-        if not (attachment.content_type or "").startswith(_MEDIA_PREFIXES):
-            return Fetch(incoming, attachment)
+    documents = [
+        attachment
+        for attachment in message.attachments
+        if not (attachment.content_type or "").startswith(_MEDIA_PREFIXES)
+    ]
+    if documents:
+        return Fetch(incoming, documents[0], tuple(d.filename for d in documents[1:]))
     if message.attachments:
         return Notice(incoming, phrases.MEDIA)
     if not text.strip():
-        return Ignore("empty message")
+        # A sticker alone is told what the bot reads (it was ignored, unanswered); with text
+        # it is decoration, and the text is the message.
+        return Notice(incoming, phrases.MEDIA) if message.stickers else Ignore("empty message")
     return Submit(incoming)
 
 

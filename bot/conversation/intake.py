@@ -78,6 +78,15 @@ class Intake:
             return None
         return await self._manager.submit(incoming)
 
+    async def admits(self, incoming: Incoming) -> bool:
+        """Whether `incoming` would be taken as a message for the bot now: its sender is
+        allowed and within the rate limit (counted once per message, so the `submit` that
+        follows does not count it again). For a platform that does something visible before
+        submitting (Discord's auto_thread opens a thread): a refused sender gets none."""
+        if not is_allowed(self._door(incoming).access, incoming):
+            return False
+        return not await self._manager.over_rate_limit(incoming)
+
     async def observe(self, incoming: Incoming) -> Recorded | None:
         door = self._door(incoming)
         if not is_allowed(door.access, incoming):
@@ -109,10 +118,6 @@ class Intake:
     async def database_answers(self) -> bool:
         """Whether the database answers at all (an outage, as opposed to one bad message)."""
         return await self._manager.database_answers()
-
-    async def wait_answered(self, recorded: Recorded) -> None:
-        """Wait until the message's conversation has nothing pending in this process."""
-        await self._manager.wait_idle(recorded.conversation_id)
 
     async def wait_until_answered(self, recorded: Recorded) -> bool:
         """Wait until the message is answered, by a turn that may have to wait for another
