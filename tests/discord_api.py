@@ -515,6 +515,9 @@ class FakeDiscordApi:
         """The deferred response deleted: 204, and gone (editing it then is 404 Unknown
         Message, as on Discord)."""
         token = request.path_params["token"]
+        if token not in self.interactions or token not in self._originals:
+            self._record(Call("DELETE", request.url.path, 0, {}, 404))
+            return JSONResponse({"message": "Unknown Webhook", "code": 10015}, status_code=404)
         channel = self.interactions[token][0]
         call = Call("DELETE", request.url.path, channel, {})
         if token in self.expired:
@@ -530,6 +533,7 @@ class FakeDiscordApi:
         refusal = self._check(call)
         if refusal is not None:
             return refusal
+        call.status = 204  # recorded by _check, as accepted
         del self.messages[channel][original]
         return Response(status_code=204)
 

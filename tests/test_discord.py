@@ -617,6 +617,39 @@ async def test_a_slash_command_behind_a_crashed_runs_answer_answers_in_its_defer
         assert not [c for c in h.api.calls if c.method == "DELETE"]
 
 
+async def test_a_slash_commands_clean_up_outlasts_a_database_blink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clean-up asks SQL whether the command was answered; a StorageError there killed
+    its task ("Task exception was never retrieved"), and the deferred response of a command
+    nothing answers was left "thinking" (a helper's review). It asks again."""
+    from bot.errors import StorageError
+
+    limit = {"rate_limit_messages": 1, "rate_limit_window_s": 60}
+    async with discord_harness(tmp_path, answering("Done."), conversation=limit) as h:
+        for n in range(2):  # the second is over the limit: told once
+            await h.command(ev.interaction_create("summarize", f"text {n} " * 5))
+            await h.idle()
+        await h.adapter.settled()
+        store, real = h.app.store, h.app.store.pending
+        blinks = 2
+
+        async def blinking(*args: object, **kwargs: object) -> object:
+            nonlocal blinks
+            if blinks:
+                blinks -= 1
+                raise StorageError("database error: ConnectionRefusedError")
+            return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "pending", blinking)
+        deleted = len([c for c in h.api.calls if c.method == "DELETE"])
+        await h.command(ev.interaction_create("summarize", "text 2 " * 5))  # over: no answer
+        await h.idle()
+        await h.adapter.settled()
+        assert blinks == 0
+        assert len([c for c in h.api.calls if c.method == "DELETE"]) == deleted + 1
+
+
 # An answer past the interaction token's 15 minutes -------------------------------------
 
 

@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("discord")
 pytest.importorskip("websockets")
 
+from adapters.discord import backfill
 from adapters.discord.adapter import DiscordAdapter
 from adapters.discord.settings import DiscordSettings
 from adapters.kit.gate import Rate, Rates, RedisGate
@@ -230,6 +231,31 @@ async def test_chatter_read_back_costs_no_member_lookups(tmp_path: Path) -> None
         assert all(f"question {n}" in asked(backend) for n in range(3))
         lookups = [c for c in h.api.calls if "/members/" in c.path]
         assert len(lookups) == 1  # the one sender of the three questions
+
+
+async def test_a_resumed_drop_does_not_leave_old_marks_for_a_later_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marks read at a drop that then resumed stayed, unused, until the next new
+    session, days later perhaps: its backfill read from them, oldest first, ran into the
+    cap of pages, and never reached the gap (a helper's review). A resume drops them. The
+    cap is 2 pages of 2 messages here (100 x 5 in the product)."""
+    monkeypatch.setattr(backfill, "PAGE", 2)
+    monkeypatch.setattr(backfill, "MAX_PAGES", 2)
+    backend = ScriptedBackend(lambda request: "Here.")
+    api = fake_discord()
+    async with started(tmp_path, backend, api) as h:
+        await h.deliver_event(ev.message_create("first"))
+        await backfilled(h, 1)
+        api.reconnect(resume=True)
+        for n in range(6):  # the conversation goes on, live, after the resume
+            await h.deliver_event(ev.message_create(f"after the resume {n}"))
+            await h.idle()
+        assert len(api.resumed) == 1
+        api.post(ev.message_create("sent while disconnected"))
+        api.reconnect(resume=False)
+        await backfilled(h, 2)
+        assert "sent while disconnected" in asked(backend)
 
 
 async def test_a_blocked_role_is_not_answered_when_backfill_cannot_read_its_roles(

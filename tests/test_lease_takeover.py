@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bot.conversation.delivery import Superseded, TurnDelivery
+from bot.conversation.delivery import Superseded, TurnDelivery, holder_alive
 from bot.storage.base import MessageKind
 from bot.storage.database import create_engine, create_keeper_engine, create_relaxed_engine
 from bot.storage.migrate import upgrade
@@ -70,7 +70,7 @@ async def _take_over(url: str, conversation_id: int) -> int:
             old = lease.unfinished
             assert old is not None and old.owner == "worker-a"
             assert await peer.begin_delivery(
-                lease, conversation_id, old.first_id, old.last_id, replacing=old.epoch
+                lease, conversation_id, old.first_id, old.last_id, replacing=old
             )
             return lease.epoch
     finally:
@@ -149,5 +149,65 @@ async def test_a_worker_paused_past_its_lease_that_nobody_took_over_goes_on_show
             assert delivery.seen > seen_before  # the confirmation is a heartbeat too
             stored = await turn.record("answer", kind=MessageKind.CHAT, token_count=1, retry_s=1)
             assert stored is not None
+    finally:
+        await worker.aclose()
+
+
+class _NoLivenessKeys:
+    """A shared cache that answers and holds no liveness key (the paused worker's lapsed)."""
+
+    async def ping(self) -> bool:
+        return True
+
+    async def get(self, key: str) -> None:
+        return None
+
+
+async def test_a_takeover_decided_before_the_paused_worker_confirmed_fails(url: str) -> None:
+    """A peer judges the paused worker dead (no liveness key, heartbeat over 3 s old), then
+    prepares its turn; meanwhile the worker runs again and confirms its answer in SQL. The
+    peer's takeover went through anyway, and the worker, trusting its confirmation for 3 s,
+    went on editing what the peer now showed (a helper's review). The takeover is fenced on
+    the heartbeat the peer judged: it fails, and the worker's answer stands."""
+    worker, _ = await _worker(url)
+    try:
+        cid = await _conversation(worker)
+        async with worker.turn_lease(cid, "worker-a", ttl_s=TTL_S, wait_s=1) as lease:
+            turn = TurnDelivery(worker, lease, cid, list(await worker.pending(cid, 10)))
+            await turn.begin()
+            await turn.showed(0, 101)
+            _paused(3.3)  # the lease lapsed, the heartbeat is over 3 s old
+            decided, go = threading.Event(), threading.Event()
+            seen: list[object] = []
+
+            async def peer_turn() -> None:
+                peer = SqlStore(create_engine(url))
+                await peer.start()
+                try:
+                    async with peer.turn_lease(cid, "worker-b", ttl_s=60, wait_s=10) as taken:
+                        old = taken.unfinished
+                        assert old is not None
+                        liveness = _NoLivenessKeys()
+                        seen.append(await holder_alive(liveness, old, grace_s=15))  # type: ignore[arg-type]
+                        decided.set()
+                        await asyncio.to_thread(go.wait, 20)  # context, budget, model...
+                        seen.append(
+                            await peer.begin_delivery(
+                                taken, cid, old.first_id, old.last_id, replacing=old
+                            )
+                        )
+                finally:
+                    await peer.aclose()
+
+            peer = threading.Thread(target=lambda: asyncio.run(peer_turn()))
+            peer.start()
+            assert decided.wait(20)  # judged dead while still paused
+            assert seen == [False]
+            await turn.may_show()  # running again: confirmed, the heartbeat refreshed
+            go.set()
+            await asyncio.to_thread(peer.join, 20)
+            assert seen == [False, False]  # the takeover met the newer heartbeat
+            await turn.may_show()
+            assert await turn.record("mine", kind=MessageKind.CHAT, token_count=1, retry_s=1)
     finally:
         await worker.aclose()

@@ -509,7 +509,7 @@ async def test_an_answer_is_recorded_only_under_its_own_delivery(
     # Another worker takes it over (its worker died): the shown piece is kept for editing.
     async with peer.turn_lease(cid, "worker-b", ttl_s=5, wait_s=1) as other:
         assert other.unfinished == state  # read with the lease, in the same statement
-        assert await peer.begin_delivery(other, cid, mid, mid, replacing=state.epoch)
+        assert await peer.begin_delivery(other, cid, mid, mid, replacing=state)
         # The first worker's record is refused now: the answer is the taker's to record.
         late = await store.record_reply(
             cid, [mid], "old", kind=CHAT, token_count=1, epoch=lease.epoch

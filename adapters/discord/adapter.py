@@ -80,6 +80,10 @@ MISSING_INTENT = (
     "slash commands"
 )
 
+# A slash command's clean-up asks SQL whether its message was answered: tries, and the pause
+# between two when the database does not answer.
+CLEAN_UP_TRIES = 5
+CLEAN_UP_RETRY_S = 1.0
 # Other gateway close codes that no reconnect can cure: what the operator has to change.
 CLOSE_CODES = {
     4004: "Discord closed the connection (4004 Authentication failed): the token was reset "
@@ -201,9 +205,11 @@ class DiscordAdapter:
         if isinstance(self.client, discord.AutoShardedClient):
             self.client.event(self.on_shard_ready)
             self.client.event(self.on_shard_disconnect)
+            self.client.event(self.on_shard_resumed)
         else:
             self.client.event(self.on_ready)
             self.client.event(self.on_disconnect)
+            self.client.event(self.on_resumed)
         # on_message events finished, and backfills: `handled()` and `backfilled()` wait on
         # them (a test, a drain).
         self.messages_handled = 0
@@ -223,11 +229,15 @@ class DiscordAdapter:
         self._channel_shards = ChannelShards()
         # Where each shard's next backfill starts (Backfill's `marks`): each conversation's
         # newest recorded message as its gap began, read before the gateway connects (every
-        # shard's first) and when a shard's connection drops, and kept until a backfill ends:
-        # a message that arrives live before the backfill reads must not move its start past
-        # what was sent while the bot was away.
+        # shard's first session) and when a shard's connection drops (`_gaps`; dropped when
+        # the session resumes: Discord replays the gap itself). A backfill's marks are kept
+        # until it ends (`_reading`): one cancelled by a newer session, or failed, is read
+        # again from the same. So a message that arrives live before the backfill reads
+        # does not move its start past what was sent while the bot was away.
         self._start_marks: asyncio.Task[Marks | None] | None = None
-        self._marks: dict[int | None, asyncio.Task[Marks | None]] = {}
+        self._gaps: dict[int | None, asyncio.Task[Marks | None]] = {}
+        self._reading: dict[int | None, asyncio.Task[Marks | None] | None] = {}
+        self._backfilled: set[int | None] = set()  # shards whose backfill ended once
         # Deferred commands waiting for their turn to settle (`_end_unanswered`).
         self._deferred: set[asyncio.Task[None]] = set()
         # Discord not answering answers (PlatformAway): turns wait for it.
@@ -282,7 +292,7 @@ class DiscordAdapter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tasks = [*self._backfills.values(), *self._deferred, *self._marks.values()]
+        tasks = [*self._backfills.values(), *self._deferred, *self._gaps.values()]
         if self._start_marks is not None:
             tasks.append(self._start_marks)
         for task in tasks:
@@ -326,6 +336,11 @@ class DiscordAdapter:
         """Wait until `count` backfills have ended (one per new gateway session and shard)."""
         async with self._progress:
             await self._progress.wait_for(lambda: self.backfills_done >= count)
+
+    async def settled(self) -> None:
+        """Wait until every slash command's clean-up has run (a test, a drain)."""
+        while self._deferred:
+            await asyncio.gather(*self._deferred, return_exceptions=True)
 
     async def deleted(self, count: int) -> None:
         """Wait until `count` deletion events have been handled."""
@@ -373,12 +388,17 @@ class DiscordAdapter:
     async def on_shard_disconnect(self, shard_id: int) -> None:
         self._gap_begins(shard_id)
 
+    async def on_resumed(self) -> None:
+        """The session resumed: Discord replays what was missed, the gap is closed."""
+        self._gaps.pop(None, None)
+
+    async def on_shard_resumed(self, shard_id: int) -> None:
+        self._gaps.pop(shard_id, None)
+
     def _gap_begins(self, shard_id: int | None) -> None:
-        # Kept when one is there already: the gap began at the first drop that no backfill
-        # has read past yet (a resume replays what was missed; the marks then wait, unused
-        # until the next new session, whose backfill reads a little more than needed).
-        if self._settings.backfill_hours > 0 and shard_id not in self._marks:
-            self._marks[shard_id] = asyncio.create_task(self._recorded_now())
+        # Kept when one is there already: the gap began at its first drop.
+        if self._settings.backfill_hours > 0 and shard_id not in self._gaps:
+            self._gaps[shard_id] = asyncio.create_task(self._recorded_now())
 
     async def _recorded_now(self) -> Marks | None:
         since = discord.utils.utcnow() - timedelta(hours=self._settings.backfill_hours)
@@ -392,11 +412,15 @@ class DiscordAdapter:
         if self._settings.backfill_hours == 0:
             return
         running = self._backfills.get(shard_id)
-        if running is not None:  # a newer session: read again, from the same marks
+        if running is not None:  # a newer session: read again
             running.cancel()
-        marks = self._marks.get(shard_id)
-        if marks is None and self._start_marks is not None:
-            marks = self._marks[shard_id] = self._start_marks  # this shard's first session
+        marks = self._gaps.pop(shard_id, None)
+        unfinished = self._reading.get(shard_id)
+        if unfinished is not None:  # a backfill that did not end: from its (older) marks
+            marks = unfinished
+        if marks is None and shard_id not in self._backfilled:
+            marks = self._start_marks  # this shard's first session
+        self._reading[shard_id] = marks
         backfill = Backfill(
             self.client,
             self._store,
@@ -426,8 +450,9 @@ class DiscordAdapter:
         except Exception:  # the next new session tries again; live messages go on
             log.exception("backfill of shard %s failed", shard_id)
         else:  # read past the gap: the next one begins at the next drop
-            if self._marks.get(shard_id) is marks:
-                del self._marks[shard_id]
+            self._backfilled.add(shard_id)
+            if self._reading.get(shard_id) is marks:
+                del self._reading[shard_id]
         async with self._progress:
             self.backfills_done += 1
             self._progress.notify_all()
@@ -531,6 +556,7 @@ class DiscordAdapter:
         task = asyncio.create_task(self._end_if_unanswered(interaction, recorded))
         self._deferred.add(task)
         task.add_done_callback(self._deferred.discard)
+        task.add_done_callback(_report_failure)
 
     async def _end_if_unanswered(
         self, interaction: discord.Interaction, recorded: Recorded | None
@@ -540,7 +566,19 @@ class DiscordAdapter:
             # it: a turn that met another run's unfinished answer ends at once and runs
             # again later, and the deferred response was deleted before its answer (which
             # then went out as a plain message; a helper's review).
-            if not await self._intake.wait_until_answered(recorded):
+            for attempt in range(CLEAN_UP_TRIES):
+                try:
+                    answered = await self._intake.wait_until_answered(recorded)
+                    break
+                except StorageError as exc:  # the database blinked: asked again shortly
+                    if attempt == CLEAN_UP_TRIES - 1:
+                        log.warning(
+                            "interaction %s: not known whether it was answered (%s); its "
+                            "deferred response is left", interaction.id, exc,
+                        )  # fmt: skip
+                        return
+                    await asyncio.sleep(CLEAN_UP_RETRY_S)
+            if not answered:
                 return  # not yet: a later turn may still answer in the deferred response
         else:
             await self._intake.aclose()  # the notices in flight, the refusal's among them
@@ -645,3 +683,10 @@ class DiscordAdapter:
 def _document(attachment: discord.Attachment) -> DocumentSource:
     name = attachment.filename or "document"
     return DocumentSource(name, attachment.content_type or "", attachment.size, attachment.read)
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    """A background task's failure, logged when it happens (not "Task exception was never
+    retrieved" at exit, or nothing)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed", task.get_name(), exc_info=exc)

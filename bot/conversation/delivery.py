@@ -136,8 +136,8 @@ class TurnDelivery:
             return
         if self._lease.lost.is_set():
             raise Superseded
-        old = self._replacing.epoch if self._replacing is not None else None
         first, last = self._batch[0].id, self._batch[-1].id
+        old = self._replacing
         if not await self._store.begin_delivery(self._lease, self._cid, first, last, replacing=old):
             raise Superseded
         self.begun = True

@@ -271,12 +271,14 @@ class Store(Protocol):
         first_id: int,
         last_id: int,
         *,
-        replacing: int | None = None,
+        replacing: DeliveryState | None = None,
     ) -> bool:
         """Before the first visible piece of an answer to messages first_id..last_id: record
-        that `lease` shows it. `replacing`: the epoch of an unfinished delivery this one takes
-        over (its shown pieces are kept, to be edited). False when the lease was lost, or a
-        delivery other than `replacing` is under way: nothing may be shown."""  # fmt: skip
+        that `lease` shows it. `replacing`: an unfinished delivery this one takes over, as it
+        was read (its shown pieces are kept, to be edited; `seen` None: this worker's own).
+        False when the lease was lost, a delivery other than `replacing` is under way, or its
+        worker showed a sign of life since it was read (a newer heartbeat than `seen`):
+        nothing may be shown."""  # fmt: skip
         ...
 
     async def note_delivery(

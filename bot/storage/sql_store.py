@@ -423,13 +423,17 @@ class SqlStore:
 
     async def begin_delivery(
         self, lease: TurnLease, conversation_id: int, first_id: int, last_id: int,
-        *, replacing: int | None = None,
+        *, replacing: DeliveryState | None = None,
     ) -> bool:  # fmt: skip
         params = {"cid": conversation_id, "who": lease.owner, "epoch": lease.epoch,
                   "first": first_id, "last": last_id, "now_": utcnow()}  # fmt: skip
         if replacing is None:
             return await self._write(_BEGIN_DELIVERY, params) == 1
-        return await self._write(_TAKE_OVER_DELIVERY, params | {"old": replacing}) == 1
+        if replacing.seen is None:  # its own (TurnDelivery.again): no heartbeat judged
+            statement, seen = _TAKE_OVER_OWN_DELIVERY, {}
+        else:
+            statement, seen = _TAKE_OVER_DELIVERY, {"seen": replacing.seen}
+        return await self._write(statement, params | {"old": replacing.epoch} | seen) == 1
 
     async def note_delivery(
         self, conversation_id: int, epoch: int, shown: dict[int, str | int]
@@ -892,16 +896,23 @@ _BEGIN_DELIVERY = (
     )
 )
 # The pieces shown by the delivery taken over are kept: the new answer edits them.
+# A takeover is fenced on the heartbeat it judged too (`holder_alive`): a sign of life of
+# the delivery's worker since then (a renewal, a confirmation of a worker paused past its
+# lease, a piece noted) refreshed `delivery_seen`, and the takeover fails. A worker replacing
+# its own delivery (an apology for its own cut-off answer) judged nothing: no such fence.
+_TAKE_OVER_WHERE = (_HOLDS, _c.delivery_epoch == _param("old", sa.BigInteger()))
+_TAKE_OVER_VALUES = dict(
+    delivery_from=_param("first", sa.BigInteger()),
+    delivery_to=_param("last", sa.BigInteger()),
+    delivery_epoch=_param("epoch", sa.BigInteger()),
+    delivery_owner=_param("who"),
+    delivery_seen=_param("now_", _TS),
+)
+_TAKE_OVER_OWN_DELIVERY = sa.update(_c).where(*_TAKE_OVER_WHERE).values(**_TAKE_OVER_VALUES)
 _TAKE_OVER_DELIVERY = (
     sa.update(_c)
-    .where(_HOLDS, _c.delivery_epoch == _param("old", sa.BigInteger()))
-    .values(
-        delivery_from=_param("first", sa.BigInteger()),
-        delivery_to=_param("last", sa.BigInteger()),
-        delivery_epoch=_param("epoch", sa.BigInteger()),
-        delivery_owner=_param("who"),
-        delivery_seen=_param("now_", _TS),
-    )
+    .where(*_TAKE_OVER_WHERE, _c.delivery_seen <= _param("seen", _TS))
+    .values(**_TAKE_OVER_VALUES)
 )
 _NOTE_DELIVERY = (
     sa.update(_c)
