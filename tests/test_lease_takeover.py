@@ -13,13 +13,15 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from bot.conversation.delivery import Superseded, TurnDelivery, holder_alive
-from bot.storage.base import MessageKind
+from bot.storage.base import MessageKind, TurnLease
 from bot.storage.database import create_engine, create_keeper_engine, create_relaxed_engine
 from bot.storage.migrate import upgrade
 from bot.storage.sql_store import SqlStore
@@ -94,39 +96,19 @@ async def _conversation(store: SqlStore) -> int:
     return recorded.conversation_id
 
 
-async def test_a_worker_paused_past_its_lease_shows_nothing_more_once_its_answer_was_taken_over(
-    url: str,
-) -> None:
-    worker, statements = await _worker(url)
-    try:
-        cid = await _conversation(worker)
-        async with worker.turn_lease(cid, "worker-a", ttl_s=TTL_S, wait_s=1) as lease:
-            batch = list(await worker.pending(cid, 10))
-            turn = TurnDelivery(worker, lease, cid, batch, retry_s=5)
-            await turn.begin()
-            await turn.showed(0, 101)  # its first piece is on the platform
-            before = statements.count
-            await turn.may_show()  # the lease is valid: nothing to ask
-            assert statements.count == before
-
-            taken: list[int] = []
-            peer = threading.Thread(target=lambda: taken.append(asyncio.run(_take_over(url, cid))))
-            _paused(0, meanwhile=peer)  # the peer takes it over while this worker is stopped
-
-            with pytest.raises(Superseded):
-                await turn.may_show()
-            assert taken and taken[0] > lease.epoch
-            # And what it would still record is refused (the delivery's fence, as before).
-            assert (
-                await turn.record("late", kind=MessageKind.CHAT, token_count=1, retry_s=1) is None
-            )
-    finally:
-        await worker.aclose()
+@dataclass
+class Shown:
+    worker: SqlStore
+    statements: Statements
+    cid: int
+    lease: TurnLease
+    turn: TurnDelivery
 
 
-async def test_a_worker_paused_past_its_lease_that_nobody_took_over_goes_on_showing(
-    url: str,
-) -> None:
+@asynccontextmanager
+async def _answer_shown(url: str) -> AsyncIterator[Shown]:
+    """worker-a holds the conversation's lease and shows an answer: its delivery begun, its
+    first piece on the platform."""
     worker, statements = await _worker(url)
     try:
         cid = await _conversation(worker)
@@ -135,22 +117,50 @@ async def test_a_worker_paused_past_its_lease_that_nobody_took_over_goes_on_show
             turn = TurnDelivery(worker, lease, cid, batch, retry_s=5)
             await turn.begin()
             await turn.showed(0, 101)
-            seen_before = (await worker.delivery(cid)).seen  # type: ignore[union-attr]
-            _paused(2 * TTL_S)  # longer than the lease: a peer could have taken it
-
-            before = statements.count
-            await turn.may_show()  # confirmed in SQL: still this worker's
-            assert statements.count == before + 1
-            await turn.may_show()  # and no second round trip right after the confirmation
-            assert statements.count == before + 1
-            delivery = await worker.delivery(cid)
-            assert delivery is not None and delivery.owner == "worker-a"
-            assert seen_before is not None and delivery.seen is not None
-            assert delivery.seen > seen_before  # the confirmation is a heartbeat too
-            stored = await turn.record("answer", kind=MessageKind.CHAT, token_count=1, retry_s=1)
-            assert stored is not None
+            yield Shown(worker, statements, cid, lease, turn)
     finally:
         await worker.aclose()
+
+
+async def test_a_worker_paused_past_its_lease_shows_nothing_more_once_its_answer_was_taken_over(
+    url: str,
+) -> None:
+    async with _answer_shown(url) as shown:
+        statements, cid, lease, turn = shown.statements, shown.cid, shown.lease, shown.turn
+        before = statements.count
+        await turn.may_show()  # the lease is valid: nothing to ask
+        assert statements.count == before
+
+        taken: list[int] = []
+        peer = threading.Thread(target=lambda: taken.append(asyncio.run(_take_over(url, cid))))
+        _paused(0, meanwhile=peer)  # the peer takes it over while this worker is stopped
+
+        with pytest.raises(Superseded):
+            await turn.may_show()
+        assert taken and taken[0] > lease.epoch
+        # And what it would still record is refused (the delivery's fence, as before).
+        assert await turn.record("late", kind=MessageKind.CHAT, token_count=1, retry_s=1) is None
+
+
+async def test_a_worker_paused_past_its_lease_that_nobody_took_over_goes_on_showing(
+    url: str,
+) -> None:
+    async with _answer_shown(url) as shown:
+        worker, statements, cid, turn = shown.worker, shown.statements, shown.cid, shown.turn
+        seen_before = (await worker.delivery(cid)).seen  # type: ignore[union-attr]
+        _paused(2 * TTL_S)  # longer than the lease: a peer could have taken it
+
+        before = statements.count
+        await turn.may_show()  # confirmed in SQL: still this worker's
+        assert statements.count == before + 1
+        await turn.may_show()  # and no second round trip right after the confirmation
+        assert statements.count == before + 1
+        delivery = await worker.delivery(cid)
+        assert delivery is not None and delivery.owner == "worker-a"
+        assert seen_before is not None and delivery.seen is not None
+        assert delivery.seen > seen_before  # the confirmation is a heartbeat too
+        stored = await turn.record("answer", kind=MessageKind.CHAT, token_count=1, retry_s=1)
+        assert stored is not None
 
 
 class _NoLivenessKeys:
@@ -169,45 +179,38 @@ async def test_a_takeover_decided_before_the_paused_worker_confirmed_fails(url: 
     peer's takeover went through anyway, and the worker, trusting its confirmation for 3 s,
     went on editing what the peer now showed (a helper's review). The takeover is fenced on
     the heartbeat the peer judged: it fails, and the worker's answer stands."""
-    worker, _ = await _worker(url)
-    try:
-        cid = await _conversation(worker)
-        async with worker.turn_lease(cid, "worker-a", ttl_s=TTL_S, wait_s=1) as lease:
-            turn = TurnDelivery(worker, lease, cid, list(await worker.pending(cid, 10)))
-            await turn.begin()
-            await turn.showed(0, 101)
-            _paused(3.3)  # the lease lapsed, the heartbeat is over 3 s old
-            decided, go = threading.Event(), threading.Event()
-            seen: list[object] = []
+    async with _answer_shown(url) as shown:
+        cid, turn = shown.cid, shown.turn
+        _paused(3.3)  # the lease lapsed, the heartbeat is over 3 s old
+        decided, go = threading.Event(), threading.Event()
+        seen: list[object] = []
 
-            async def peer_turn() -> None:
-                peer = SqlStore(create_engine(url))
-                await peer.start()
-                try:
-                    async with peer.turn_lease(cid, "worker-b", ttl_s=60, wait_s=10) as taken:
-                        old = taken.unfinished
-                        assert old is not None
-                        liveness = _NoLivenessKeys()
-                        seen.append(await holder_alive(liveness, old, grace_s=15))  # type: ignore[arg-type]
-                        decided.set()
-                        await asyncio.to_thread(go.wait, 20)  # context, budget, model...
-                        seen.append(
-                            await peer.begin_delivery(
-                                taken, cid, old.first_id, old.last_id, replacing=old
-                            )
+        async def peer_turn() -> None:
+            peer = SqlStore(create_engine(url))
+            await peer.start()
+            try:
+                async with peer.turn_lease(cid, "worker-b", ttl_s=60, wait_s=10) as taken:
+                    old = taken.unfinished
+                    assert old is not None
+                    liveness = _NoLivenessKeys()
+                    seen.append(await holder_alive(liveness, old, grace_s=15))  # type: ignore[arg-type]
+                    decided.set()
+                    await asyncio.to_thread(go.wait, 20)  # context, budget, model...
+                    seen.append(
+                        await peer.begin_delivery(
+                            taken, cid, old.first_id, old.last_id, replacing=old
                         )
-                finally:
-                    await peer.aclose()
+                    )
+            finally:
+                await peer.aclose()
 
-            peer = threading.Thread(target=lambda: asyncio.run(peer_turn()))
-            peer.start()
-            assert decided.wait(20)  # judged dead while still paused
-            assert seen == [False]
-            await turn.may_show()  # running again: confirmed, the heartbeat refreshed
-            go.set()
-            await asyncio.to_thread(peer.join, 20)
-            assert seen == [False, False]  # the takeover met the newer heartbeat
-            await turn.may_show()
-            assert await turn.record("mine", kind=MessageKind.CHAT, token_count=1, retry_s=1)
-    finally:
-        await worker.aclose()
+        peer = threading.Thread(target=lambda: asyncio.run(peer_turn()))
+        peer.start()
+        assert decided.wait(20)  # judged dead while still paused
+        assert seen == [False]
+        await turn.may_show()  # running again: confirmed, the heartbeat refreshed
+        go.set()
+        await asyncio.to_thread(peer.join, 20)
+        assert seen == [False, False]  # the takeover met the newer heartbeat
+        await turn.may_show()
+        assert await turn.record("mine", kind=MessageKind.CHAT, token_count=1, retry_s=1)
