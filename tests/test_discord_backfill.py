@@ -54,6 +54,7 @@ async def started(
     api: FakeDiscordApi,
     *,
     redis: dict[str, str] | None = None,
+    conversation: dict[str, Any] | None = None,
     **sections: Any,
 ) -> AsyncIterator[DiscordHarness]:
     """Parley with the Discord adapter (`sections`: its settings) connected to `api`, its
@@ -61,7 +62,9 @@ async def started(
     rates = Rates(per_chat=Rate(5, 0.5), overall=Rate(50, 1.0))
     async with api.serving():
         section_data = {"token": TOKEN, "stream_interval_s": 0.05, **sections}
-        others = {"redis": redis} if redis else {}
+        others: dict[str, Any] = {"redis": redis} if redis else {}
+        if conversation:
+            others["conversation"] = conversation
         settings = settings_for(tmp_path, "discord", discord=section_data, **others)
         async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
             section = settings.section("discord")
@@ -231,6 +234,36 @@ async def test_chatter_read_back_costs_no_member_lookups(tmp_path: Path) -> None
         assert all(f"question {n}" in asked(backend) for n in range(3))
         lookups = [c for c in h.api.calls if "/members/" in c.path]
         assert len(lookups) == 1  # the one sender of the three questions
+
+
+def threads_opened(api: FakeDiscordApi) -> list[str]:
+    return [c.body["name"] for c in api.calls if c.path.endswith("/threads") and c.method == "POST"]
+
+
+async def test_questions_read_back_again_do_not_count_towards_the_rate_limit(
+    tmp_path: Path,
+) -> None:
+    """An auto_thread channel is read from `backfill_hours` ago at every start. Its questions,
+    recorded already, were taken again and counted towards their senders' rate limit (the
+    window that remembered them had passed): after a restart, an active user's next question
+    was refused. A message recorded already is now left alone."""
+    backend = ScriptedBackend(lambda request: "Here.")
+    api = fake_discord()
+    limit = {"rate_limit_messages": 2, "rate_limit_window_s": 60}
+    threads = {"auto_thread": [ev.CHANNEL]}
+    async with started(tmp_path, backend, api, conversation=limit, **threads) as h:
+        for n in range(2):
+            question = ev.message_create(f"question {n}", channel=ev.CHANNEL, mentions_bot=True)
+            await h.deliver_event(question)
+        await h.idle()
+    async with started(tmp_path, backend, api, conversation=limit, **threads) as h:
+        await backfilled(h, 1)
+        question = ev.message_create("question 2", channel=ev.CHANNEL, mentions_bot=True)
+        await h.deliver_event(question)
+        await h.idle()
+        assert threads_opened(api) == ["question 0", "question 1", "question 2"]
+        assert len(backend.requests) == 3
+        assert h.api.texts(int(question["id"])) == ["Here."]
 
 
 async def test_a_resumed_drop_does_not_leave_old_marks_for_a_later_gap(
@@ -417,6 +450,16 @@ async def test_the_newest_recorded_message_of_each_recent_conversation(store: St
         ConversationKey("discord", "10"): "105",
         ConversationKey("discord", "30"): "300",
     }
+
+
+async def test_which_idempotency_keys_are_recorded(store: Store) -> None:
+    for incoming in [message("10", "100"), message("20", "200"), message("10", "7", platform="x")]:
+        await store.record_incoming(incoming, kind=MessageKind.CHAT, token_count=1)
+    asked = ["discord:100", "discord:101", "discord:200", "x:100", "discord:7"]
+    assert await store.recorded(asked) == {"discord:100", "discord:200"}
+    assert await store.recorded([]) == frozenset()
+    many = [f"discord:{n}" for n in range(100, 200)]  # a backfill's page
+    assert await store.recorded(many) == {"discord:100"}
 
 
 async def test_withdraw_settles_a_pending_message_only(store: Store) -> None:

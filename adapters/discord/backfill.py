@@ -9,7 +9,9 @@ Discord id: `Store.last_platform_message_ids`, read before the gateway connects 
 connection drops, so a message that arrives live before the backfill reads does not move
 the start past what was missed; `channel.history(after=...)`), and every message goes the
 way a live one goes. Its idempotency key is its Discord id, so a message the gateway delivered
-too, or an earlier backfill read, is recorded once and answered once. Two differences: a
+too, or an earlier backfill read, is recorded once and answered once; one recorded already is
+left alone (one read per page), so it is not counted again towards its sender's rate limit
+and an auto_thread question opens no second thread. Two differences: a
 message read from a log comes without its sender's server roles, so the member is fetched
 (once per sender and backfill) for a message the bot would take, and for chatter not for the
 bot only where the access rules name roles (they decide whether it is kept); and no notice
@@ -44,7 +46,7 @@ from bot.lru import Lru
 from bot.storage.base import Store
 from bot.types import ConversationKey
 
-from .translate import PLATFORM, Action, Author, Fetch, translate
+from .translate import PLATFORM, Action, Author, Fetch, message_key, translate
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +147,10 @@ class Backfill:
             except discord.HTTPException as exc:  # no Read Message History here
                 log.info("backfill: channel %s not read (%s)", _id(channel), exc.status)
                 return handed
+            recorded = await self._recorded(page)
             for message in page:  # oldest first
-                await self._read_back(message)
+                if message_key(message.id) not in recorded:
+                    await self._read_back(message)
             handed += len(page)
             if len(page) < PAGE:
                 return handed
@@ -157,6 +161,20 @@ class Backfill:
             PAGE * MAX_PAGES,
         )
         return handed
+
+    async def _recorded(self, page: Sequence[discord.Message]) -> frozenset[str]:
+        """The page's messages recorded already (they arrived live, or an earlier backfill
+        read them): left alone, not taken again. Taken again, each would count towards its
+        sender's rate limit once the window that remembers it has passed (an auto_thread
+        channel is read from `backfill_hours` ago at every start), and an auto_thread question
+        answered in the channel (no thread could be opened then) would try again to open a
+        thread for it. When SQL cannot tell, every message is taken: it is recorded and
+        answered once anyway."""
+        try:
+            return await self._store.recorded([message_key(m.id) for m in page])
+        except Exception as exc:  # StorageError, or the driver's own on a broken connection
+            log.warning("backfill: recorded messages not looked up (%s)", type(exc).__name__)
+            return frozenset()
 
     async def _read_back(self, message: discord.Message) -> None:
         try:

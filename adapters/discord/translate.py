@@ -117,6 +117,12 @@ def _replies_to(message: discord.Message, me: int) -> bool:
     return isinstance(replied, discord.Message) and replied.author.id == me
 
 
+def message_key(message_id: int) -> str:
+    """A message's idempotency key: its Discord id, the same however it arrives (the
+    gateway, a replay, a backfill's read)."""
+    return f"discord:{message_id}"
+
+
 def to_incoming(message: discord.Message, text: str, author: Author | None = None) -> Incoming:
     author = author or message.author
     roles: tuple[str, ...] = ()
@@ -130,7 +136,7 @@ def to_incoming(message: discord.Message, text: str, author: Author | None = Non
         key=ConversationKey(PLATFORM, str(message.channel.id)),
         user=User(PLATFORM, str(author.id), author.display_name, roles=roles),
         text=text,
-        idempotency_key=f"discord:{message.id}",
+        idempotency_key=message_key(message.id),
         sent_at=message.created_at,
         reply_to_text=_replied_text(message),
         platform_message_id=str(message.id),

@@ -319,6 +319,11 @@ class Store(Protocol):
         backfill starts reading what arrived while it was away (Discord)."""
         ...
 
+    async def recorded(self, idempotency_keys: Sequence[str]) -> frozenset[str]:
+        """Those of `idempotency_keys` that a recorded message has (one read): what an
+        adapter's backfill reads back and was recorded already, to be left alone."""
+        ...
+
     async def withdraw(self, key: ConversationKey, platform_message_id: str) -> bool:
         """A message its sender deleted before its turn ran: if still pending, mark it
         answered by nothing, out of context and summaries, its text replaced by a stub.

@@ -522,6 +522,12 @@ class SqlStore:
         rows = await self._rows(_LAST_PLATFORM_IDS, params)
         return {ConversationKey(p, chat, thread): mid for p, chat, thread, mid in rows}
 
+    async def recorded(self, idempotency_keys: Sequence[str]) -> frozenset[str]:
+        if not idempotency_keys:
+            return frozenset()
+        rows = await self._rows(self._reads.recorded, {"keys": list(idempotency_keys)})
+        return frozenset(key for (key,) in rows)
+
     async def withdraw(self, key: ConversationKey, platform_message_id: str) -> bool:
         conversation_id = await self.conversation_id(key)
         if conversation_id is None:
@@ -659,6 +665,8 @@ class _ConversationReads:
     lease_with_page: sa.Select[Any] | None
     # record_reply under a delivery in one statement (PostgreSQL; None on SQLite).
     fenced_reply: sa.Select[Any] | None
+    # Which of a list of idempotency keys are recorded (a list parameter, as in the fence).
+    recorded: sa.Select[Any]
 
     @classmethod
     def build(cls, postgresql: bool) -> _ConversationReads:
@@ -747,6 +755,11 @@ class _ConversationReads:
             .values(answered_by=_param("reply_id"))
         )  # fmt: skip
         fenced_reply = _fenced_reply(ids) if ids is not None else None
+        keys = sa.bindparam("keys", type_=pg.ARRAY(sa.String())) if postgresql else None
+        recorded = sa.select(_m.idempotency_key).where(
+            _m.idempotency_key == sa.any_(keys) if keys is not None
+            else _m.idempotency_key.in_(sa.bindparam("keys", expanding=True))
+        )  # fmt: skip
         lease_with_page = None
         if postgresql:
             # LEFT JOIN ... ON true: the lease's row once per pending message, or once with
@@ -762,7 +775,7 @@ class _ConversationReads:
         return cls(
             context=context, history=history, state=state, reset_context=reset_context,
             mark_answered=mark_answered, lease_take=lease_take, lease_with_page=lease_with_page,
-            fenced_reply=fenced_reply,
+            fenced_reply=fenced_reply, recorded=recorded,
         )  # fmt: skip
 
 
