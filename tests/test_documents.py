@@ -17,6 +17,7 @@ from bot.settings import DocumentSettings, load_settings
 from bot.storage.base import MessageKind
 from bot.text.encoding import decode_document
 from bot.types import ConversationKey, Incoming, User
+from tests.doubles import ScriptedBackend
 from tests.skills_helpers import running
 
 
@@ -133,6 +134,30 @@ async def test_a_hostile_pdf_is_stopped_and_the_loop_keeps_running() -> None:
     finally:
         beside.cancel()
     assert ticks > 0  # the event loop ran other work while the child process parsed
+
+
+async def test_a_document_delivered_again_is_not_downloaded_again(tmp_path: Path) -> None:
+    """A platform's repeat (a replayed gateway event, an update delivered again) was
+    downloaded and parsed again before the store found it recorded (a helper's review)."""
+    settings = load_settings(None, database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"})
+    downloads: list[int] = []
+    key = ConversationKey("test", "chat-1")
+    ada = User("test", "u1", "Ada")
+    async with running(settings, ScriptedBackend(lambda request: "Read.")) as (app, sink):
+        app.intake.register("test", sink, AccessRules())  # type: ignore[arg-type]
+        delivered = Incoming(key, ada, "what does it say?", idempotency_key="doc-1")
+        doc = _source("notes.txt", b"The meeting is on Monday. " * 100, downloads)
+        first = await app.intake.submit_document(delivered, doc)
+        again = await app.intake.submit_document(delivered, doc)
+        await app.intake.idle()
+        assert first is not None and again is not None
+        assert first.is_new and not again.is_new and again.message_id == first.message_id
+        assert downloads == [1]
+        rows = await app.store.history(first.conversation_id, 10)
+        assert next(r.content for r in rows if r.id == first.message_id).startswith(
+            "what does it say?\n\nThe meeting is on Monday."
+        )
+        assert sink.replies[key] == ["Read."]
 
 
 async def test_over_the_rate_limit_a_document_is_a_stub_and_never_downloaded(

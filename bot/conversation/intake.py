@@ -3,7 +3,8 @@
     submit(incoming)                  allowed?  admin-only command in a group by a non-admin?
                                       -> one notice (rate-limited), nothing recorded
                                       -> else manager.submit (recorded, scheduled)
-    submit_document(incoming, doc)    the same, then: over the rate limit -> recorded as a
+    submit_document(incoming, doc)    the same, then: recorded already (a repeat) -> not
+                                      downloaded again; over the rate limit -> recorded as a
                                       stub, never downloaded; too big, unreadable, too slow
                                       -> one sentence; else its text is the message
     observe(incoming)                 a group message not for the bot: kept where allowed
@@ -97,6 +98,10 @@ class Intake:
         """A document for the bot: its text (after the caption) becomes the message."""
         if not await self._admitted(incoming):
             return None
+        if await self._manager.recorded(incoming):
+            # A platform's repeat (a replayed gateway event, an update delivered again): its
+            # first delivery has the document's text, and its turn. Not downloaded again.
+            return await self._manager.submit(incoming, limited=False)
         if await self._manager.over_rate_limit(incoming):
             stub = not_kept(
                 f"document {source.name!r}, {source.size} bytes,", "over the rate limit"

@@ -272,6 +272,10 @@ class ConversationManager:
             incoming, kind=MessageKind.OBSERVED, token_count=tokens
         )
 
+    async def recorded(self, incoming: Incoming) -> bool:
+        """Whether a message with `incoming`'s idempotency key is recorded (one read)."""
+        return bool(await self._store.recorded([incoming.idempotency_key]))
+
     async def over_rate_limit(self, incoming: Incoming) -> bool:
         """Count this message against its sender's limit; True when it is over. A message
         counted before in the window (a platform's repeat, or its retry after the database
