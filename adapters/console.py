@@ -32,6 +32,7 @@ from bot.conversation.intake import Intake
 from bot.conversation.manager import OutputAway, stops_a_reply
 from bot.errors import AdapterError
 from bot.storage.base import Recorded
+from bot.text.terminal import printable
 from bot.types import ConversationKey, Incoming, User
 
 if TYPE_CHECKING:
@@ -123,7 +124,9 @@ class ConsoleAdapter:
             self._write("parley> ")
         try:
             async for chunk in chunks:
-                self._write(chunk)
+                # The answer quotes documents and the model: no escape sequence of theirs
+                # reaches the terminal (a helper's review: OSC 52 wrote the clipboard).
+                self._write(printable(chunk, lines=True))
         finally:
             # Also when the answer ends early (a stop cut it): the line is ended, so that what
             # comes next (the shell's prompt, a log line) does not start after its last word.

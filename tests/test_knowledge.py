@@ -207,6 +207,15 @@ def test_kb_command_adds_lists_and_removes(
     out, _ = capsys.readouterr()
     assert "Animals" in out and out.strip().endswith("4 documents, 13 chunks")
     assert (tmp_path / "home" / "models" / "tokenizers").is_dir()
+    # A script's unset variable: "" named the current folder, and removed all of it.
+    monkeypatch.chdir(lib)
+    for blank in ("", "  "):
+        assert main(["kb", "remove", blank]) == 2
+        assert capsys.readouterr().err == (
+            "parley: kb remove needs a path; an empty one removes nothing\n"
+        )
+    assert main(["kb", "list"]) == 0
+    assert capsys.readouterr().out.strip().endswith("4 documents, 13 chunks")
     assert main(["kb", "remove", str(lib)]) == 0
     assert capsys.readouterr().out.strip() == "removed 4 documents"
     assert main(["kb", "remove", str(lib)]) == 1

@@ -30,6 +30,7 @@ from bot.skills.intents import CHAT, choice_model
 from bot.skills.prompts import Prompts
 from bot.storage.base import ConversationState
 from bot.text import detect_language
+from bot.text.quoting import fenced
 from bot.types import ChatMessage, ConversationKey, Role
 from tests.doubles import CollectingSink
 from tests.fixtures_smollm import SMOLLM_MAX_MODEL_LEN
@@ -192,7 +193,9 @@ async def test_window_rolls_over_into_a_summary(
         state = await _state(parley, "long")
     assert state.summary.strip() and state.summary_through_id > 0
     last = engine.requests[-1]
-    assert f"{SUMMARY_HEADING}\n{state.summary}" in system_of(last)
+    first = next(m for m in last.messages if m.role is Role.USER)
+    assert first.content.startswith(f"{SUMMARY_HEADING}\n{fenced(state.summary)}\n\n")
+    assert state.summary not in system_of(last)
 
 
 async def test_default_sizes_fit_a_2048_token_model(

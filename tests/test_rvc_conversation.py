@@ -16,6 +16,7 @@ import pytest
 
 from backends.base import Chunk, GenerationRequest, estimate_tokens
 from bot import phrases
+from bot.conversation.window import SUMMARY_HEADING
 from bot.documents import DocumentSource
 from bot.errors import ContextTooLong
 from bot.policy import AccessRules
@@ -35,8 +36,10 @@ def incoming(text: str, user: User = ADA) -> Incoming:
 
 def first_words(request: GenerationRequest) -> str:
     """The first word of each message merged into the last user message: which were asked."""
-    last = [m for m in request.messages if m.role is Role.USER][-1]
-    return " ".join(part.split()[0] for part in last.content.split("\n\n") if part.strip())
+    content = [m for m in request.messages if m.role is Role.USER][-1].content
+    if content.startswith(SUMMARY_HEADING):  # no turn left: the summary opens the question
+        content = content.split("\n```\n\n", 1)[1]
+    return " ".join(part.split()[0] for part in content.split("\n\n") if part.strip())
 
 
 class ContextBoundBackend(ScriptedBackend):

@@ -128,3 +128,14 @@ def test_a_paste_of_lower_case_sentences_is_not_one_sentence() -> None:
     assert len(sentences) == 101 and max(map(len, sentences)) < 40
     summary = summarize_extractive(paste, max_sentences=3)
     assert len(summary) < 200
+
+
+@pytest.mark.timeout(60)  # before the fix: about half an hour (quadratic), so a hang, not a timing
+@pytest.mark.parametrize("marks", [".", "!", "?!", "…"])
+def test_a_paste_of_one_long_run_of_marks_is_split_in_one_pass(marks: str) -> None:
+    """A run of marks with no space after it was matched from each of its marks, each match
+    scanning to the run's end: `/summarize x....x` (20,000 dots) held the event loop for
+    5 s, and a document of dots for minutes (a helper's review). The longest paste now."""
+    run = marks * (400_000 // len(marks))
+    assert split_sentences(f"x{run}x") == [f"x{run}x"]
+    assert split_sentences(f"Wait{run} Next one.") == [f"Wait{run}", "Next one."]

@@ -184,3 +184,13 @@ def test_normalize_unknown_lists_examples(typed: str) -> None:
     with pytest.raises(ValueError, match="for example: de, German") as info:
         normalize_language(typed)
     assert "中文" in str(info.value)
+
+
+@pytest.mark.timeout(60)  # before the fix: over an hour (quadratic), so a hang, not a timing
+def test_a_long_argument_is_no_language_and_is_not_echoed_whole() -> None:
+    """`/lang x<spaces>x`: the parenthesis pattern was tried from every space, each try
+    scanning the rest; 8,000 spaces took 0.3 s, a million an hour (a helper's review)."""
+    typed = "x" + " " * 1_000_000 + "x"
+    with pytest.raises(ValueError, match="for example: de, German") as info:
+        normalize_language(typed)
+    assert len(str(info.value)) < 200

@@ -67,7 +67,7 @@ from bot.skills.router import (
 from bot.storage import keys
 from bot.storage.base import Cache, MessageKind, Recorded, Store, StoredMessage, TurnLease
 from bot.text.storable import storable_incoming
-from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
+from bot.types import ConversationKey, Incoming, Role, User
 
 from .context import ContextLoader
 from .delivery import Superseded, TurnDelivery, beat, holder_alive, sweep
@@ -897,12 +897,8 @@ class ConversationManager:
         return self._draining and isinstance(exc, BackendUnavailable)
 
     def _request(self, work: _Work, window: Window, user_text: str) -> GenerationRequest:
-        messages = [
-            *window.messages(self._system_prompt(work.key)),
-            ChatMessage(Role.USER, user_text),
-        ]
         return GenerationRequest(
-            messages=messages,
+            messages=window.messages(self._system_prompt(work.key), user_text),
             max_tokens=self._generation.max_tokens,
             temperature=self._generation.temperature,
             session_id=str(work.key),

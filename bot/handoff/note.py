@@ -10,7 +10,6 @@ import functools
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from bot.errors import BackendError
 from bot.phrases import LANGUAGES, catalogue
@@ -19,6 +18,7 @@ from bot.skills.router import parse_command
 from bot.skills.services import SkillServices
 from bot.storage.base import MessageKind, Store, StoredMessage
 from bot.text import central, language_name, split_sentences
+from bot.text.quoting import Said, quoted
 from bot.types import Role
 
 from .repo import HandoffRepository
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 # A citation line as /ask writes it under its sources heading (bot.skills.qa.sources).
 _CITATION = re.compile(r"^\[\d+\] (.+)$", re.M)
-_QUOTES = re.compile('["\u201c\u201d\u201e\u201f\u2033\uff02]')
 _TERMINATORS = frozenset(".!?)]\u3002\uff01\uff1f\uff09\u2026")
 _FIELD = re.compile(r"\\\{\w+\\\}")  # a "{field}" as re.escape writes it
 TREND_MESSAGES = 8
@@ -86,23 +85,6 @@ class NoteWriter:
             except BackendError as exc:  # the extractive one still tells the agent something
                 log.warning("handoff note: model summary failed: %s", exc)
         return await asyncio.to_thread(extractive, said, self._sentences)
-
-
-@dataclass(frozen=True, slots=True)
-class Said:
-    """One message of the transcript: who (a label the code gives, never the text) and what,
-    as one clean line (types.clean_line)."""
-
-    who: str
-    text: str
-
-
-def quoted(said: Said) -> str:
-    """`Customer: "..."`: the text in straight double quotes that it cannot close early (its
-    own double quotes become single ones), so a customer's `Parley: ...` stays inside the
-    customer's quote on the customer's line."""
-    text = _QUOTES.sub("'", said.text)
-    return f'{said.who}: "{text}"'
 
 
 def transcript(history: Sequence[StoredMessage]) -> str:

@@ -8,7 +8,6 @@ nothing matched a removal.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 from collections.abc import AsyncIterator
@@ -27,10 +26,10 @@ from bot.knowledge.types import (
 from bot.settings import Settings
 from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
+from bot.text.terminal import printable
 
 BAR_WIDTH = 30
 # C0 and C1 control characters (ESC, BEL, CSI...), tab and newline included.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def add_kb_parser(sub: Any) -> None:
@@ -80,12 +79,12 @@ async def open_knowledge_base(settings: Settings) -> AsyncIterator[KnowledgeBase
 async def _add(kb: KnowledgeBase, paths: list[str], collection: str) -> int:
     report = await kb.add(paths, progress=ProgressPrinter(sys.stderr), collection=collection)
     if not report.files:  # only folders, none with a file to take: a wrong folder, most likely
-        names = ", ".join(_printable(p) for p in paths)
+        names = ", ".join(printable(p) for p in paths)
         print(f"parley: nothing to add: no supported files in {names}", file=sys.stderr)
         return 1
     print(report.summary())
     for moved in report.moved:  # it no longer answers where it was searched before
-        print(_printable(f"{moved.source}: {moved.move}"))
+        print(printable(f"{moved.source}: {moved.move}"))
     if await remove_sample_if_superseded(kb):
         print("removed the sample documents (Parley's own guide): yours replace them")
     return 1 if report.failed else 0
@@ -94,7 +93,7 @@ async def _add(kb: KnowledgeBase, paths: list[str], collection: str) -> int:
 async def _list(kb: KnowledgeBase, collection: str | None) -> int:
     documents = await kb.list(collection)
     if not documents and collection is not None:
-        print(_printable(f"no documents in {collection_name(collection)}"))
+        print(printable(f"no documents in {collection_name(collection)}"))
         return 0
     if not documents:
         print("the knowledge base is empty: add files with `parley kb add PATH`")
@@ -108,6 +107,9 @@ async def _list(kb: KnowledgeBase, collection: str | None) -> int:
 
 
 async def _remove(kb: KnowledgeBase, path: str) -> int:
+    if not path.strip():  # a script's unset variable: "" would name the current folder
+        print("parley: kb remove needs a path; an empty one removes nothing", file=sys.stderr)
+        return 2
     removed = await kb.remove(path)
     if not removed:
         print(f"parley: nothing in the knowledge base at or under {path}", file=sys.stderr)
@@ -118,19 +120,13 @@ async def _remove(kb: KnowledgeBase, path: str) -> int:
 
 def _document_line(doc: DocumentInfo, width: int) -> str:
     updated = doc.updated_at.strftime("%Y-%m-%d %H:%M")
-    title, source = _printable(doc.title), _printable(doc.source)
+    title, source = printable(doc.title), printable(doc.source)
     collection = f"{_collection_column(doc):{width}}"
     return f"{doc.chunks:>6}  {_size(doc.size):>7}  {updated:16}  {collection}  {title}  ({source})"
 
 
 def _collection_column(doc: DocumentInfo) -> str:
-    return _printable(doc.collection) if doc.collection else "(default)"
-
-
-def _printable(text: str) -> str:
-    """`text` with control characters shown as U+FFFD: a document's title or a file's name
-    with an escape sequence would otherwise clear or rewrite the operator's terminal."""
-    return _CONTROL.sub("\ufffd", text)
+    return printable(doc.collection) if doc.collection else "(default)"
 
 
 def _size(size: int) -> str:
@@ -162,14 +158,14 @@ class ProgressPrinter:
         bar = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} "
         room = max(10, shutil.get_terminal_size().columns - len(bar) - 1)
         end = "\n" if done == total else ""
-        self._stream.write(f"{clear}{bar}{_printable(result.source)[-room:]}{end}")
+        self._stream.write(f"{clear}{bar}{printable(result.source)[-room:]}{end}")
         self._stream.flush()
 
 
 def _describe(result: FileResult) -> str:
-    source = _printable(result.source)
+    source = printable(result.source)
     if result.outcome is Outcome.FAILED:
-        return f"failed {source}: {_printable(result.reason)}"
+        return f"failed {source}: {printable(result.reason)}"
     chunks = f" ({result.chunks} chunks)" if result.chunks else ""
-    move = f", {_printable(result.move)}" if result.move else ""
+    move = f", {printable(result.move)}" if result.move else ""
     return f"{result.outcome.value} {source}{chunks}{move}"

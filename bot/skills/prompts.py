@@ -8,13 +8,13 @@ that names a value the skill does not pass fails loudly at its first use, not si
 Every system message starts with the operator's system prompt (`conversation.system_prompt`),
 then the skill's instructions: the operator's rules hold in every skill, and every prompt of
 every skill and of chat shares that prefix, which vLLM's prefix cache then computes once.
-Documents and retrieved passages never go into the system message: `fenced` quotes them in
-the user message, and each template says that what is quoted is data, not instructions.
+Documents and retrieved passages never go into the system message: `fenced` (bot.text.quoting)
+quotes them in the user message, and each template says that what is quoted is data, not
+instructions.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import jinja2
@@ -22,9 +22,6 @@ import jinja2
 from bot.errors import ConfigError
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "config" / "prompts"
-
-
-_BACKTICKS = re.compile(r"`+")
 
 
 class Prompts:
@@ -55,11 +52,3 @@ class Prompts:
         if not self._system_prompt:
             return instructions
         return f"{self._system_prompt}\n\n{instructions}"
-
-
-def fenced(text: str) -> str:
-    """`text` between two fence lines it cannot close: more backticks than any run in it (a
-    document's own code blocks stay inside), as Markdown quotes code."""
-    longest = max((len(run) for run in _BACKTICKS.findall(text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}\n{text}\n{fence}"

@@ -17,9 +17,10 @@ from bot.phrases import TRUNCATED, base_language
 from bot.settings import BackendSettings, SkillsSettings
 from bot.storage.prefs import PrefsRepository, TurnPrefs
 from bot.text import detect_language
+from bot.text.quoting import fenced
 from bot.types import ChatMessage, Role
 
-from .prompts import Prompts, fenced
+from .prompts import Prompts
 from .router import TurnContext
 
 if TYPE_CHECKING:

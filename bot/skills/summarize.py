@@ -18,6 +18,7 @@ from typing import Literal
 from bot.phrases import N_
 from bot.storage.prefs import LoggedMessage
 from bot.text import language_name, summarize_extractive
+from bot.text.quoting import Said, quoted
 from bot.types import utcnow
 
 from .mapreduce import MapReduce, SummaryStyle
@@ -37,6 +38,7 @@ _HOURS_APART = re.compile(r"\b(missed\s+\d+(?:\.\d+)?)\s+(h(?:ours?)?)\b", re.I)
 _HOURS_MEANT = re.compile(r"^-?\.?\d")
 # The furthest back `/summarize missed Nh` looks: ten years (a larger N is the same).
 _MAX_HOURS = 24 * 366 * 10
+_QUOTES_AND_COLONS = re.compile('[:"\u201c\u201d\u201e\u201f\u2033\uff02\uff1a]')
 _MISSED = re.compile(r"^\s*(?:so\s+)?what\s+(?:did|have)\s+i\s+miss(?:ed)?\b", re.I)
 _SUMMARIZE = re.compile(
     r"^\s*(?:please\s+)?(?:summari[sz]e|sum\s+up|tl;?dr)\b(?:\s+(?:this|that|it))?\s*[:\-]?\s*"
@@ -164,5 +166,23 @@ class SummarizeSkill:
         return transcript(rows)
 
 
+BOT_LABEL = "Parley"
+
+
 def transcript(rows: list[LoggedMessage]) -> str:
-    return "\n".join(f"{'Parley' if r.is_bot else r.author}: {r.content}" for r in rows)
+    """The chat as the summary reads it: each message on one line of its own, its speaker's
+    label first and its text flattened into double quotes it cannot close (as the handoff
+    note quotes a customer). A member's "lunch?\nParley: Admins decided ...\nBob: confirmed"
+    made lines that read as the bot's and Bob's words (a helper's review); now they stay
+    inside the member's quote, on the member's line."""
+    return "\n".join(
+        quoted(Said(BOT_LABEL if r.is_bot else speaker(r.author), " ".join(r.content.split())))
+        for r in rows
+    )
+
+
+def speaker(name: str) -> str:
+    """A member's display name as a label: one line, no colon or double quote (it cannot end
+    early or hold another label), and never the bot's label."""
+    label = " ".join(_QUOTES_AND_COLONS.sub(" ", name).split()) or "someone"
+    return f"{label} (a member)" if label.casefold() == BOT_LABEL.casefold() else label

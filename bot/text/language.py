@@ -30,6 +30,9 @@ _DENSE_SCRIPT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7
 _DENSE_WEIGHT = 4
 _TAG_SUFFIX = re.compile(r"^([a-z]{2,3})(?:[-_][a-z0-9]{1,8})+$")
 _PARENTHESIS = re.compile(r"\s*[(（].*?[)）]\s*")
+# Longer than any language's name with a note in parentheses ("Chinese (Simplified)"): a
+# longer argument is refused before the pattern above runs (quadratic on a run of spaces).
+MAX_LANGUAGE_CHARS = 100
 _EXAMPLES = "de, German, Deutsch, fr, French, zh-CN, 中文, pt-BR, Japanese, 日本語"
 
 
@@ -99,6 +102,11 @@ def normalize_language(user_input: str) -> str:
 
     Raises ValueError with examples when the input names no known language.
     """
+    if len(user_input) > MAX_LANGUAGE_CHARS:  # no name is this long; a long one is not read
+        raise ValueError(
+            f"Unknown language {user_input.strip()[:20]!r}... Give a language code or name, "
+            f"for example: {_EXAMPLES}."
+        )
     key = _fold(_PARENTHESIS.sub(" ", user_input))
     tag = _TAG_SUFFIX.match(key)
     for candidate in (key, tag.group(1) if tag else None):

@@ -19,7 +19,10 @@ _PARAGRAPH = re.compile(r"\n[ \t]*\n\s*")
 _ITEM_START = re.compile(r"\n(?=[ \t]*(?:[-*•+]|\d{1,3}[.)]|#{1,6})[ \t]+\S)")
 _CLOSERS = re.escape("\"'”’»)]」』）】")
 _WIDE_END = re.compile(rf"[。！？．]+[{_CLOSERS}]*\s*")
-_SPACED_END = re.compile(rf"(?:[!?؟।॥۔]+|[.…]+)[{_CLOSERS}]*(?=\s)\s+")
+# A run of marks is taken whole, from its first mark, never backtracked into: a match tried at
+# every mark of a long run ("x....x", 20,000 dots), each scanning to the run's end, was
+# quadratic, seconds of the event loop with the interpreter lock held (a helper's review).
+_SPACED_END = re.compile(rf"(?:(?<![!?؟।॥۔])[!?؟।॥۔]++|(?<![.…])[.…]++)[{_CLOSERS}]*+(?=\s)\s+")
 _DOTTED = re.compile(r"^(?:\w\.)+\w?$|^[^\W\d_]$")  # "U.S", "z.B", "т.е", or one letter: "J"
 # Lower-cased, without the final period: titles, Latin and the commonest German, French,
 # Spanish, Portuguese and Russian short forms. "etc." and "usw." are left out: they usually
