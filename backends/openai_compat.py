@@ -61,6 +61,7 @@ from bot.errors import (
     BackendTimeout,
     BackendUnavailable,
     ClientBusy,
+    ConfigError,
     ContextTooLong,
 )
 from bot.settings import BackendSettings, TimeoutSettings
@@ -555,16 +556,17 @@ def _call_timeout(timeouts: TimeoutSettings) -> httpx.Timeout:
 
 
 def _load_tokenizer(folder: str) -> Any:
-    """The tokenizer in `folder` (files only: nothing is downloaded); BackendError if it
-    cannot be loaded, naming the setting."""
+    """The tokenizer in `folder` (files only: nothing is downloaded); ConfigError if it
+    cannot be loaded, naming the setting: a missing extra or a wrong folder is for the
+    operator to change (exit status 2), not a failure a restart would mend."""
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:
-        raise BackendError(
+        raise ConfigError(
             "backend.tokenizer needs the transformers package (pip install 'parley[tokenizer]')"
         ) from exc
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise BackendError(f"backend.tokenizer: no tokenizer could be loaded from {folder!r}: "
+        raise ConfigError(f"backend.tokenizer: no tokenizer could be loaded from {folder!r}: "
                            f"{str(exc).splitlines()[0][:200]}") from exc  # fmt: skip

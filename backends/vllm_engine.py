@@ -34,7 +34,7 @@ from backends import vllm_watchdog
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage
 from backends.control_tokens import ChatEncoder
 from backends.deadlines import bounded
-from bot.errors import BackendError, BackendUnavailable, ContextTooLong
+from bot.errors import BackendError, BackendUnavailable, ConfigError, ContextTooLong
 from bot.settings import BackendSettings
 from bot.types import ChatMessage
 
@@ -259,8 +259,8 @@ def _import_vllm() -> tuple[Any, Any]:
     try:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
-    except ImportError as exc:
-        raise BackendUnavailable(
+    except ImportError as exc:  # a missing extra: no wait makes it appear (exit status 2)
+        raise ConfigError(
             f"backend kind 'vllm' needs the vllm package ({exc}); install parley[vllm]"
         ) from exc
     return AsyncLLM, AsyncEngineArgs

@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, SecretStr
+from pydantic import AnyUrl, BaseModel, SecretStr
 
 # Loggers that log request or response bodies, or URLs with credentials, below WARNING.
 BODY_LOGGERS = (
@@ -129,12 +129,15 @@ def secrets_in(settings: BaseModel) -> list[str]:
     """Every secret in a settings object: each `SecretStr` value, and the password of each
     URL among them (a database URL's password shows up alone in driver errors), or among
     the plain URLs (a model server's `http://user:password@host` is no SecretStr, yet its
-    password is one), as written and percent-decoded."""
+    password is one) and the URL fields (`support.webhook.url`, `chatwoot.url`), as written
+    and percent-decoded."""
     found: list[str] = []
     for value in _values(settings):
         if isinstance(value, SecretStr) and (secret := value.get_secret_value()):
             found.append(secret)
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, AnyUrl):  # a validated URL field (a webhook's, Chatwoot's)
+            text = str(text)
         password = _password(text) if isinstance(text, str) else None
         if password:
             found += [password, unquote(password)]

@@ -15,7 +15,7 @@ import pytest
 
 from backends.base import Chunk, GenerationRequest
 from backends.openai_compat import OpenAICompatBackend, ServerUnavailable
-from bot.errors import BackendError, BackendTimeout, ContextTooLong
+from bot.errors import BackendError, BackendTimeout, ConfigError, ContextTooLong
 from bot.settings import BackendSettings, TimeoutSettings
 from bot.types import ChatMessage, Role
 from tests.fixtures_vllm import SERVED_MODEL, SERVER_MAX_MODEL_LEN
@@ -129,7 +129,7 @@ async def test_a_tokenizer_folder_without_one_is_a_clear_error(
     vllm_server: str, tmp_path: Path
 ) -> None:
     local = OpenAICompatBackend(settings_for(vllm_server, tokenizer=str(tmp_path)))
-    with pytest.raises(BackendError, match=r"backend\.tokenizer: no tokenizer could be loaded"):
+    with pytest.raises(ConfigError, match=r"backend\.tokenizer: no tokenizer could be loaded"):
         await local.start()
     await local.aclose()
 

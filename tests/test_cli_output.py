@@ -6,6 +6,7 @@ the run-time failure status 3."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,15 +43,22 @@ def test_config_shows_server_urls_with_their_passwords_masked(tmp_path: Path) ->
         "PARLEY_DATABASE__URL": "postgresql+asyncpg://bob:hunter2-pw@db.example:5433/x?password=qq-pw",
         "PARLEY_REDIS__URL": "redis://:r3dis-pw@cache.example:6379/0",
         "PARLEY_TELEGRAM__TOKEN": "123456:telegram-token-value",
+        # URL fields (validated URLs, not strings): their passwords were printed in clear.
+        "PARLEY_SUPPORT__WEBHOOK": '{"url": "https://u:wh00k-pw@desk.example/x", '
+        '"secret": "webhook-secret-123456"}',
+        "PARLEY_CHATWOOT__URL": "https://u:chatw00t-pw@cw.example",
     }
     shown = _config(tmp_path, env)
+    assert shown["support"]["webhook"]["url"] == "https://u:***@desk.example/x"  # type: ignore[index]
+    assert shown["chatwoot"]["url"] == "https://u:***@cw.example/"
     assert shown["database"]["url"] == (
         "postgresql+asyncpg://bob:**********@db.example:5433/x?password=**********"
     )
     assert shown["redis"]["url"] == "redis://:**********@cache.example:6379/0"
     assert shown["telegram"]["token"] == "**********"
     text = json.dumps(shown)
-    for secret in ("hunter2-pw", "qq-pw", "r3dis-pw", "telegram-token-value"):
+    for secret in ("hunter2-pw", "qq-pw", "r3dis-pw", "telegram-token-value", "wh00k-pw",
+                   "chatw00t-pw", "webhook-secret-123456"):  # fmt: skip
         assert secret not in text
 
 
@@ -101,3 +109,25 @@ def test_a_broken_pipe_that_is_not_stdout_is_a_failure(
         monkeypatch.setenv(name, value)
     assert main(["config"]) == 3
     assert capsys.readouterr().err == "parley: error: [Errno 32] Broken pipe\n"
+
+
+def test_a_missing_extra_is_a_configuration_problem_at_once(tmp_path: Path) -> None:
+    """backend.kind vllm without the vllm package was waited for as a model server still
+    starting (a line every 10 s for backend.startup_wait_s), then exit 3, which process
+    managers restart on: for ever. It is one line and exit 2 at once, as documented."""
+    missing = tmp_path / "missing"
+    (missing / "vllm").mkdir(parents=True)  # an import of vllm fails, as where none is installed
+    (missing / "vllm" / "__init__.py").write_text("raise ImportError('No module named vllm')\n")
+    backend = {"KIND": "vllm", "MODEL": "/m", "STARTUP_WAIT_S": "3"}
+    env = parley_env(tmp_path, {f"PARLEY_BACKEND__{k}": v for k, v in backend.items()})
+    env["PYTHONPATH"] = f"{missing}{os.pathsep}{env['PYTHONPATH']}"
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "chat"],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == (
+        "parley: error: backend kind 'vllm' needs the vllm package (No module named vllm); "
+        "install parley[vllm]\n"
+    )

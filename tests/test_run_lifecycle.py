@@ -5,7 +5,9 @@ only; SIGTERM during a streamed answer lets it finish and exits 0."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import socket
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -123,3 +125,32 @@ async def test_a_stop_ends_soon_after_the_grace_when_the_database_hangs(
         "not answer): exiting; unanswered messages stay pending in SQL\n"
     )
     assert "Traceback" not in err
+
+
+async def test_the_http_servers_own_lines_are_in_the_configured_format(tmp_path: Path) -> None:
+    """uvicorn printed its own lines through a handler of its own ("WARNING:  Invalid HTTP
+    request received." for any client's garbage), in the middle of the JSON lines a log
+    collector reads, and past the redaction filter. They go to Parley's handlers now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"PARLEY_ADAPTERS": "support", "PARLEY_HTTP__PORT": str(port)}
+    env["PARLEY_LOG_FORMAT"] = "json"
+    async with parley_run(tmp_path, env) as process:
+        async with asyncio.timeout(60):
+            while True:  # until it listens
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.2)
+        writer.write(b"GARBAGE / HTTP/1.1\r\n\r\n")
+        assert (await reader.read(100)).startswith(b"HTTP/1.1 400")
+        writer.close()
+        await asyncio.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        status, err = await finish(process)
+    assert status == 0
+    lines = [json.loads(line) for line in err.splitlines()]  # each one a JSON object
+    said = [(line["level"], line["logger"], line["message"]) for line in lines]
+    assert ("WARNING", "uvicorn.error", "Invalid HTTP request received.") in said

@@ -100,7 +100,12 @@ class HttpHost:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             raise AdapterError(f"http: cannot listen on {self.address}: {exc.strerror}") from None
-        config = uvicorn.Config(self.app(), access_log=False, log_level="warning")
+        # log_config None: uvicorn's records go to the root handlers (Parley's format, JSON
+        # included, and its redaction), not to a handler of its own that prints plain lines
+        # ("WARNING:  Invalid HTTP request received.", which any client can cause).
+        config = uvicorn.Config(
+            self.app(), access_log=False, log_level="warning", log_config=None
+        )
         server = EmbeddedServer(config)
         log.info("HTTP server listening on %s", self.address)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
