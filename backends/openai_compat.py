@@ -114,6 +114,10 @@ _CONTEXT_MESSAGE = re.compile(
 _ERROR_FIELD = re.compile(r"[\w.-]{1,64}")
 
 
+# The shortest a try of /v1/models waits for its answer at start-up, however short the wait.
+MIN_MODELS_WAIT_S = 5.0
+
+
 class ServerUnavailable(BackendUnavailable):
     """The HTTP server is unreachable or answered 429 / 5xx (`.status`, `.retry_after`)."""
 
@@ -170,7 +174,12 @@ class OpenAICompatBackend:
     async def start(self) -> None:
         if self._started:
             return
-        entry = await self._model_entry()
+        try:
+            entry = await self._model_entry()
+        except BackendTimeout as exc:
+            # It accepts connections and answers nothing (yet): a server still loading is
+            # waited for (backend.startup_wait_s), like one that refuses connections.
+            raise ServerUnavailable(f"{exc}: {self._base_url} did not answer") from exc
         served_len = entry.get("max_model_len")
         max_len = (
             int(served_len)
@@ -188,7 +197,13 @@ class OpenAICompatBackend:
         log.info("OpenAI-compatible server ready: max_model_len=%d exact=%s", max_len, exact)
 
     async def _model_entry(self) -> Mapping[str, Any]:
-        response = await self._send(self._client.build_request("GET", "/v1/models"))
+        # A quarter of the start-up wait at most: a silent server is tried again within it,
+        # not waited on for the whole gap.
+        quarter = self._settings.startup_wait_s / 4
+        limit = min(self._timeouts.gap_s, max(quarter, MIN_MODELS_WAIT_S))
+        timeout = httpx.Timeout(limit, connect=self._timeouts.connect_s)
+        request = self._client.build_request("GET", "/v1/models", timeout=timeout)
+        response = await self._send(request)
         _raise_for_status(response)
         models = _json_body(response).get("data")
         entries = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []

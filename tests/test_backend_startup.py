@@ -64,3 +64,31 @@ async def test_a_server_that_never_comes_ends_start_up(tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailable):
         async with Parley(_settings(tmp_path, _free_port(), 0)):  # type: ignore[arg-type]
             pass
+
+
+async def test_a_server_that_accepts_and_never_answers_is_waited_for_like_one_starting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that accepts connections and answers nothing (still loading, or hung) ended
+    start-up with one /v1/models ReadTimeout after the 30 s gap, whatever
+    backend.startup_wait_s said, and without a second try. It is tried again within the wait,
+    with a line at each try, then ends start-up as a server that never came."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        logged = caplog.at_level(logging.WARNING, logger="bot.app")
+        with logged, pytest.raises(BackendUnavailable, match="/v1/models: ReadTimeout"):
+            async with Parley(_settings(tmp_path, port, 12)):  # type: ignore[arg-type]
+                pass
+        assert "waiting for the model server" in caplog.text
+        assert len(accepted) == 2  # tried again within the wait
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()

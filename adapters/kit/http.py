@@ -103,9 +103,7 @@ class HttpHost:
         # log_config None: uvicorn's records go to the root handlers (Parley's format, JSON
         # included, and its redaction), not to a handler of its own that prints plain lines
         # ("WARNING:  Invalid HTTP request received.", which any client can cause).
-        config = uvicorn.Config(
-            self.app(), access_log=False, log_level="warning", log_config=None
-        )
+        config = uvicorn.Config(self.app(), access_log=False, log_level="warning", log_config=None)
         server = EmbeddedServer(config)
         log.info("HTTP server listening on %s", self.address)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
