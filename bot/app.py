@@ -94,7 +94,7 @@ class Parley:
     async def _start(self) -> None:
         s = self.settings
         url = s.database.url.get_secret_value()
-        await ensure_schema(url, s.database.auto_migrate)
+        await ensure_schema(url, s.database.auto_migrate, timeout_s=s.database.timeout_s)
         db = s.database
         engine = create_engine(url, echo=db.echo, pool_size=db.pool_size, timeout_s=db.timeout_s)
         relaxed = create_relaxed_engine(

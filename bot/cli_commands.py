@@ -73,9 +73,10 @@ async def _load_sample(app: Parley) -> None:
 
 async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     url = settings.database.url.get_secret_value()
+    wait = settings.database.timeout_s  # for the first look only, not the migration
     try:
         if args.action == "upgrade":
-            await migrate.upgrade(url, args.revision or "head")
+            await migrate.upgrade(url, args.revision or "head", timeout_s=wait)
         elif args.action == "downgrade":
             revision = args.revision or "-1"
             if not args.yes:  # a downgrade drops what the revisions it undoes created
@@ -84,10 +85,11 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
                     "each revision it undoes, with their data; back up the database, then run "
                     "it again with --yes"
                 )
-            await migrate.downgrade(url, revision)
+            await migrate.downgrade(url, revision, timeout_s=wait)
     except CommandError as exc:  # a revision Alembic cannot find or reach
         raise ConfigError(f"db {args.action}: {_first_line(exc)}") from None
-    print(f"schema revision: {await migrate.current(url) or 'none'} (code: {migrate.head()})")
+    found = await migrate.current(url, wait)
+    print(f"schema revision: {found or 'none'} (code: {migrate.head()})")
     return 0
 
 

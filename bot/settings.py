@@ -162,7 +162,9 @@ class DatabaseSettings(_Section):
         description="PostgreSQL: a running worker's connecting, waiting for a pooled "
         "connection and each statement give up after this many seconds (a server that takes "
         "connections and never answers then fails a request with 503, or a turn, which is "
-        "tried again, instead of holding it). The command-line tools' statements have none.",
+        "tried again, instead of holding it). The schema check at start-up and in the "
+        "command-line tools also gives up after it; the tools' statements and migrations "
+        "have no limit.",
     )  # fmt: skip
     # None: migrate SQLite on start, refuse to start on an out-of-date server database.
     auto_migrate: bool | None = None

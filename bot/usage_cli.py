@@ -53,7 +53,7 @@ def _user(value: str) -> Subject:
 async def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
     db = settings.database
     url = db.url.get_secret_value()
-    await ensure_schema(url, db.auto_migrate)
+    await ensure_schema(url, db.auto_migrate, timeout_s=db.timeout_s)
     engine = create_engine(url, echo=db.echo, pool_size=db.pool_size)
     today = datetime.now(ZoneInfo(settings.budget.timezone)).date()
     try:

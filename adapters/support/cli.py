@@ -98,7 +98,7 @@ def _site_details(parser: Any, *, keep: bool) -> None:
 async def _sites(settings: Settings) -> AsyncIterator[SiteStore]:
     db = settings.database
     url = db.url.get_secret_value()
-    await ensure_schema(url, db.auto_migrate)
+    await ensure_schema(url, db.auto_migrate, timeout_s=db.timeout_s)
     engine = create_engine(url, echo=db.echo, pool_size=1)
     try:
         yield SiteStore(engine)

@@ -68,7 +68,7 @@ async def cmd_kb(settings: Settings, args: argparse.Namespace) -> int:
 async def open_knowledge_base(settings: Settings) -> AsyncIterator[KnowledgeBase]:
     db = settings.database
     url = db.url.get_secret_value()
-    await ensure_schema(url, db.auto_migrate)
+    await ensure_schema(url, db.auto_migrate, timeout_s=db.timeout_s)
     engine = create_engine(url, echo=db.echo, pool_size=db.pool_size)
     try:
         yield KnowledgeBase.from_settings(engine, settings.knowledge)

@@ -35,12 +35,12 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-async def upgrade(url: str, revision: str = "head") -> None:
-    await _run_command(command.upgrade, url, revision)
+async def upgrade(url: str, revision: str = "head", *, timeout_s: float | None = None) -> None:
+    await _run_command(command.upgrade, url, revision, timeout_s)
 
 
-async def downgrade(url: str, revision: str = "-1") -> None:
-    await _run_command(command.downgrade, url, revision)
+async def downgrade(url: str, revision: str = "-1", *, timeout_s: float | None = None) -> None:
+    await _run_command(command.downgrade, url, revision, timeout_s)
 
 
 def head() -> str:
@@ -51,23 +51,32 @@ def head() -> str:
     return found
 
 
-async def current(url: str) -> str | None:
-    """The database's revision; None for a database that was never migrated."""
+async def current(url: str, timeout_s: float | None = None) -> str | None:
+    """The database's revision; None for a database that was never migrated. `timeout_s`
+    (`database.timeout_s`): connecting and reading it give up after this long, so that a
+    server that takes connections and never answers is one line soon, not the driver's
+    minute."""
     ensure_sqlite_folder(url)
     engine = create_async_engine(url, poolclass=NullPool)
     try:
-        async with engine.connect() as conn:
+        async with asyncio.timeout(timeout_s), engine.connect() as conn:
             return await conn.run_sync(_current_revision)
+    except TimeoutError as exc:
+        if timeout_s is None:  # the driver's own limit
+            raise StorageError(describe_error(exc, url)) from exc
+        raise StorageError(
+            f"the database did not answer within {timeout_s:g} s (database.timeout_s)"
+        ) from exc
     except database_errors(url) as exc:
         raise StorageError(describe_error(exc, url)) from exc
     finally:
         await engine.dispose()
 
 
-async def check_schema(url: str) -> None:
+async def check_schema(url: str, *, timeout_s: float | None = None) -> None:
     """Raise SchemaOutOfDate unless the database is at the code's head revision."""
     wanted = head()
-    found = await current(url)
+    found = await current(url, timeout_s)
     if found == wanted:
         return
     _refuse_unknown(found)
@@ -77,7 +86,9 @@ async def check_schema(url: str) -> None:
     )
 
 
-async def ensure_schema(url: str, auto_migrate: bool | None) -> None:
+async def ensure_schema(
+    url: str, auto_migrate: bool | None, *, timeout_s: float | None = None
+) -> None:
     """Migrate, or only check, as `auto_migrate` says.
 
     None migrates an SQLite file (it belongs to this bot alone) but only checks a server
@@ -87,15 +98,18 @@ async def ensure_schema(url: str, auto_migrate: bool | None) -> None:
     if migrate is None:
         migrate = make_url(url).get_backend_name() == "sqlite"
     if migrate:
-        await upgrade(url)
+        await upgrade(url, timeout_s=timeout_s)
     else:
-        await check_schema(url)
+        await check_schema(url, timeout_s=timeout_s)
 
 
-async def _run_command(func: Callable[[Config, str], None], url: str, revision: str) -> None:
+async def _run_command(
+    func: Callable[[Config, str], None], url: str, revision: str, timeout_s: float | None
+) -> None:
     # Alembic itself would fail on a revision it cannot find with a traceback, or one line
-    # that does not say why ("Can't locate revision").
-    _refuse_unknown(await current(url))
+    # that does not say why ("Can't locate revision"). `timeout_s` bounds that first look
+    # (a server that never answers), not the migration.
+    _refuse_unknown(await current(url, timeout_s))
     try:
         await asyncio.to_thread(func, alembic_config(url), revision)
     except database_errors(url) as exc:
