@@ -397,8 +397,11 @@ async def chatwoot_worker(
     backend: object | None,
     *,
     handoff: dict[str, Any] | None = None,
+    listening: Callable[[int], None] | None = None,
     **section: Any,
 ) -> AsyncIterator[ChatwootWorker]:
+    """`listening`: told the fake's port once it listens, before the adapter starts (and
+    checks that Chatwoot answers): a proxy in front of it is aimed there."""
     from adapters.chatwoot.adapter import ChatwootAdapter
     from adapters.chatwoot.settings import ChatwootSettings
     from adapters.kit.runner import host_for
@@ -407,6 +410,8 @@ async def chatwoot_worker(
 
     fake = FakeChatwoot()
     async with fake.serving() as base_url:
+        if listening is not None:
+            listening(fake.port)
         chatwoot = {
             "url": base_url,
             "api_access_token": TOKEN,

@@ -14,6 +14,9 @@ import sqlalchemy as sa
 
 from bot.storage import migrate
 from tests.crash_cluster import TcpProxy
+from tests.fake_chatwoot import BOT_SECRET as CHATWOOT_SECRET
+from tests.fake_chatwoot import TOKEN as CHATWOOT_TOKEN
+from tests.fake_chatwoot import FakeChatwoot
 from tests.processes import finish, parley_run
 from tests.slow_model import MODEL, SlowModel
 from tests.telegram_api import TOKEN, FakeBotApi
@@ -154,3 +157,43 @@ async def test_the_http_servers_own_lines_are_in_the_configured_format(tmp_path:
     lines = [json.loads(line) for line in err.splitlines()]  # each one a JSON object
     said = [(line["level"], line["logger"], line["message"]) for line in lines]
     assert ("WARNING", "uvicorn.error", "Invalid HTTP request received.") in said
+
+
+async def test_a_chatwoot_that_does_not_answer_or_refuses_the_token_ends_start_up(
+    tmp_path: Path,
+) -> None:
+    """The Chatwoot adapter started with Chatwoot out of reach, or its token refused, and said
+    nothing (a new operator's walkthrough); Telegram's and Discord's end start-up with one
+    line. Chatwoot's does too now, exit 3."""
+    fake = FakeChatwoot()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def chatwoot(url: str, token: str) -> dict[str, str]:
+        return {
+            "PARLEY_ADAPTERS": "chatwoot",
+            "PARLEY_HTTP__PORT": str(port),
+            "PARLEY_CHATWOOT__URL": url,
+            "PARLEY_CHATWOOT__API_ACCESS_TOKEN": token,
+            "PARLEY_CHATWOOT__WEBHOOK_SECRET": CHATWOOT_SECRET,
+        }
+
+    async with fake.serving() as base_url:
+        async with parley_run(tmp_path, chatwoot(base_url, "not-the-token")) as process:
+            status, err = await finish(process)
+        assert (status, err) == (
+            3,
+            "parley: error: the chatwoot adapter could not start: Chatwoot refused the API "
+            "access token (401 Invalid Access Token): check PARLEY_CHATWOOT__API_ACCESS_TOKEN\n",
+        )
+        async with parley_run(tmp_path, chatwoot(base_url, CHATWOOT_TOKEN)) as process:
+            await asyncio.sleep(3)  # started, and stays up
+            assert process.returncode is None
+            process.send_signal(signal.SIGTERM)
+            assert (await finish(process))[0] == 0
+    async with parley_run(tmp_path, chatwoot(base_url, CHATWOOT_TOKEN)) as process:
+        status, err = await finish(process)  # nothing listens there any more
+    assert (status, err) == (
+        3, "parley: error: the chatwoot adapter could not start: chatwoot GET /api: ConnectError\n"
+    )  # fmt: skip

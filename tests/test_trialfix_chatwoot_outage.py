@@ -50,9 +50,12 @@ async def test_a_chatwoot_outage_delays_answers_and_the_handoff_but_loses_nothin
     proxy = TcpProxy("127.0.0.1", 9)  # aimed at the fake once it listens
     await proxy.start()
     url = f"http://127.0.0.1:{proxy.port}"
+
+    def aim(port: int) -> None:
+        proxy.target = ("127.0.0.1", port)
+
     try:
-        async with chatwoot_worker(postgres_url, backend, url=url, retries=1) as w:
-            proxy.target = ("127.0.0.1", w.fake.port)
+        async with chatwoot_worker(postgres_url, backend, url=url, retries=1, listening=aim) as w:
             fake = w.fake
             desk = RecordingBridge()  # what the desk hands on, beside the Chatwoot bridge
             w.app.desk.attach(desk)
@@ -118,9 +121,14 @@ async def test_an_unanswered_ask_that_hands_off_while_chatwoot_is_down_says_both
     await proxy.start()
     url = f"http://127.0.0.1:{proxy.port}"
     handoff = {"unanswered_in_a_row": 1}
+
+    def aim(port: int) -> None:
+        proxy.target = ("127.0.0.1", port)
+
     try:
-        async with chatwoot_worker(postgres_url, None, url=url, retries=1, handoff=handoff) as w:
-            proxy.target = ("127.0.0.1", w.fake.port)
+        async with chatwoot_worker(
+            postgres_url, None, url=url, retries=1, handoff=handoff, listening=aim
+        ) as w:
             fake = w.fake
             conv = fake.conversation(72)
             await proxy.aclose()  # Chatwoot is down

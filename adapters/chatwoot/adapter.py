@@ -39,6 +39,7 @@ from bot.types import ConversationKey, Incoming
 
 from .bridge import ChatwootBridge, conversation_ref
 from .client import NOT_APPLIED_STATUS, ChatwootClient, ChatwootError
+from .doctor import check_reachable
 from .markdown import without_images
 from .payloads import PLATFORM, Action, AgentReply, CustomerMessage, StatusChange
 from .settings import ChatwootSettings
@@ -85,6 +86,13 @@ class ChatwootAdapter:
         self._away = Outage(LOOK_S, meanwhile="answers wait", logger=log, service="Chatwoot")
 
     async def __aenter__(self) -> Self:
+        # Chatwoot answers and takes the token, or start-up ends with one line (exit 3), as
+        # for Telegram and Discord: it started with Chatwoot out of reach and said nothing.
+        try:
+            await check_reachable(self.client, self._settings)
+        except BaseException:
+            await self.client.aclose()  # __aexit__ is not called when this fails
+            raise
         self._desk.attach(self.bridge)
         for route in webhook_routes(self._settings, self.act):
             self._host.http.mount(route)

@@ -31,7 +31,7 @@ async def doctor(settings: ChatwootSettings) -> str:
     client = ChatwootClient(settings)
     try:
         version = await _version(client, where)
-        token = await _token(client)
+        token = await check_token(client)
     finally:
         await client.aclose()
     _signing(settings, version)
@@ -51,7 +51,17 @@ async def _version(client: ChatwootClient, where: str) -> str:
     return version
 
 
-async def _token(client: ChatwootClient) -> str:
+async def check_reachable(client: ChatwootClient, settings: ChatwootSettings) -> None:
+    """At start (as Telegram's and Discord's adapters check theirs): Chatwoot answers at the
+    URL and takes the token; else one AdapterError line, and `parley run` exits 3."""
+    where = urlsplit(str(settings.url)).hostname or "?"
+    status, _ = await client.probe("/api")
+    if status != 200:
+        raise AdapterError(f"no Chatwoot answers at {where} (GET /api: HTTP {status})")
+    await check_token(client)
+
+
+async def check_token(client: ChatwootClient) -> str:
     status, data = await client.probe("/api/v1/profile")
     error = str(data.get("error", ""))
     if status == 401 and _BOT_REFUSED in error:
@@ -59,7 +69,10 @@ async def _token(client: ChatwootClient) -> str:
     if status == 200:
         return "a user's access token (answers appear as that user; an agent bot's is meant)"
     if status == 401:
-        raise AdapterError("Chatwoot refused the API access token (401 Invalid Access Token)")
+        raise AdapterError(
+            "Chatwoot refused the API access token (401 Invalid Access Token): check "
+            "PARLEY_CHATWOOT__API_ACCESS_TOKEN"
+        )
     raise AdapterError(f"the token could not be checked (GET /api/v1/profile: HTTP {status})")
 
 
