@@ -32,7 +32,7 @@ from backends.base import (
 )
 from backends.breaker import BreakerState
 from backends.resilience import ResilientBackend
-from bot.errors import BackendError, BackendUnavailable, ContextTooLong
+from bot.errors import BackendError, BackendUnavailable, ConfigError, ContextTooLong
 from bot.types import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -65,20 +65,25 @@ class FallbackChain:
         return dataclasses.replace(primary, max_model_len=max_len, exact_token_counts=exact)
 
     async def start(self) -> None:
-        """Start every backend that can start; fail only when none can."""
+        """Start every backend that can start; fail only when none can. A member that is
+        misconfigured (a missing extra: ConfigError) is one of those that cannot; when every
+        member is, that is a configuration problem (exit status 2), else one to wait for."""
         errors: list[str] = []
+        configuration = True
         for backend in self.backends:
             if backend in self._started:
                 continue
             try:
                 await backend.start()
-            except BackendError as exc:
+            except (BackendError, ConfigError) as exc:
                 log.warning("backend %s did not start: %s", backend.name, exc)
                 errors.append(f"{backend.name}: {exc}")
+                configuration = configuration and isinstance(exc, ConfigError)
             else:
                 self._started.append(backend)
         if not self._started:
-            raise BackendUnavailable("no backend could start: " + "; ".join(errors))
+            error = ConfigError if configuration else BackendUnavailable
+            raise error("no backend could start: " + "; ".join(errors))
 
     def _live(self) -> list[ResilientBackend]:
         return [b for b in self.backends if b in self._started]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 from pydantic import AnyUrl, BaseModel, SecretStr
 
@@ -52,6 +52,9 @@ BODY_LOGGERS = (
     "markdown_it",
 )
 REDACTED = "***"
+# A URL's user name this long, with no password, is a token in the user's place.
+TOKEN_LIKE_CHARS = 16
+_SECRET_PARAMETER = re.compile(r"(?i)pass|pwd|secret|token|key|sig|auth|credential")
 # A bot token in a Bot API URL (api.telegram.org/bot<id>:<secret>/...), whoever logs it.
 _BOT_TOKEN = re.compile(r"(?<=/bot)\d+:[\w-]+")
 # Shorter secrets would redact ordinary words: they are redacted only as passwords.
@@ -138,9 +141,8 @@ def secrets_in(settings: BaseModel) -> list[str]:
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
         if isinstance(text, AnyUrl):  # a validated URL field (a webhook's, Chatwoot's)
             text = str(text)
-        password = _password(text) if isinstance(text, str) else None
-        if password:
-            found += [password, unquote(password)]
+        if isinstance(text, str):
+            found += _url_secrets(text)
     return found
 
 
@@ -163,11 +165,25 @@ def _values(model: BaseModel) -> Iterable[object]:
                 yield item
 
 
-def _password(url: str) -> str | None:
+def _url_secrets(url: str) -> list[str]:
+    """What a URL carries that is a secret, as written and percent-decoded: its password;
+    with none, a user name as long as a token (`https://<token>@host`); and the value of each
+    query parameter named like one (`?token=`, `api_key=`, `sig=`)."""
+    if "://" not in url:
+        return []
     try:
-        return urlsplit(url).password if "://" in url else None
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
     except ValueError:
-        return None
+        return []
+    found = [password] if password else []
+    if not password and user and len(user) >= TOKEN_LIKE_CHARS:
+        found.append(user)
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if value and _SECRET_PARAMETER.search(unquote_plus(name)):
+            found += [value, unquote_plus(value)]
+    return list(dict.fromkeys(s for secret in found for s in (secret, unquote(secret)) if s))
 
 
 def install(

@@ -91,8 +91,9 @@ async def _model_server(client: httpx.AsyncClient, url: str) -> str | None:
 
 def _why(exc: BaseException) -> str:
     """The first cause's type (`ConnectionRefusedError`), not Parley's wrapper around it
-    (`StorageError` says nothing an operator can act on)."""
-    while exc.__cause__ is not None:
+    (`StorageError` says nothing an operator can act on); a time limit anywhere on the way
+    (asyncio.timeout's TimeoutError comes from a CancelledError) is "no answer in time"."""
+    while not isinstance(exc, TimeoutError) and exc.__cause__ is not None:
         exc = exc.__cause__
     return "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
 

@@ -47,10 +47,16 @@ def test_config_shows_server_urls_with_their_passwords_masked(tmp_path: Path) ->
         "PARLEY_SUPPORT__WEBHOOK": '{"url": "https://u:wh00k-pw@desk.example/x", '
         '"secret": "webhook-secret-123456"}',
         "PARLEY_CHATWOOT__URL": "https://u:chatw00t-pw@cw.example",
+        # A token in the user's place, and one in the query (a helper's review).
+        "PARLEY_SUPPORT__WEBHOOKS": '{"shop": {"url": "https://utok-secret2-abcdefgh@desk'
+        '.example/shop?sig=qtok-secret1&site=shop", "secret": "shop-secret-of-sixteen"}}',
     }
     shown = _config(tmp_path, env)
     assert shown["support"]["webhook"]["url"] == "https://u:***@desk.example/x"  # type: ignore[index]
     assert shown["chatwoot"]["url"] == "https://u:***@cw.example/"
+    assert shown["support"]["webhooks"]["shop"]["url"] == (  # type: ignore[index]
+        "https://***@desk.example/shop?sig=***&site=shop"
+    )
     assert shown["database"]["url"] == (
         "postgresql+asyncpg://bob:**********@db.example:5433/x?password=**********"
     )
@@ -58,7 +64,8 @@ def test_config_shows_server_urls_with_their_passwords_masked(tmp_path: Path) ->
     assert shown["telegram"]["token"] == "**********"
     text = json.dumps(shown)
     for secret in ("hunter2-pw", "qq-pw", "r3dis-pw", "telegram-token-value", "wh00k-pw",
-                   "chatw00t-pw", "webhook-secret-123456"):  # fmt: skip
+                   "chatw00t-pw", "webhook-secret-123456", "utok-secret2", "qtok-secret1",
+                   "shop-secret-of-sixteen"):  # fmt: skip
         assert secret not in text
 
 

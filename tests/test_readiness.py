@@ -169,6 +169,29 @@ async def test_a_model_server_that_does_not_answer_makes_it_unready(tmp_path: Pa
         assert await readiness(app) == ["model server: ConnectError"]
 
 
+async def test_a_model_server_that_takes_connections_and_never_answers(tmp_path: Path) -> None:
+    """Naming the cause of a failure must not name asyncio's: a check's time limit raises
+    TimeoutError from a CancelledError, and a helper's review found "CancelledError" there."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with Parley(_sqlite(tmp_path)) as app:
+            app.settings.backend = BackendSettings(
+                kind="openai", model="m", base_url=f"http://127.0.0.1:{port}"
+            )
+            assert await readiness(app) == ["model server: no answer in time"]
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 def _sqlite(tmp_path: Path, **sections: Any) -> Settings:
     return Settings(
         database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},  # type: ignore[arg-type]

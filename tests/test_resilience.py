@@ -7,6 +7,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,13 @@ from backends.deadlines import FirstTokenLimit, FirstTokenTimeout
 from backends.fallback import FallbackChain
 from backends.openai_compat import OpenAICompatBackend
 from backends.resilience import ResilientBackend, RetryBudget, backoff_s
-from bot.errors import BackendError, BackendTimeout, BackendUnavailable, ContextTooLong
+from bot.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    ContextTooLong,
+)
 from bot.settings import BackendSettings, BreakerSettings, RetrySettings
 from bot.types import ChatMessage, Role
 from tests.fault_server import MODEL, Faults, FaultServer, fault_server
@@ -433,3 +440,22 @@ async def test_all_backends_down_raises_unavailable(
         await collect(chain)
     assert await chain.count_tokens(["one two three"]) == [3]  # /tokenize still answers
     await chain.aclose()
+
+
+async def test_a_misconfigured_member_leaves_the_rest_of_the_chain_answering(
+    primary: FaultServer, backup: FaultServer, tmp_path: Path
+) -> None:
+    """A member that cannot start for its configuration (a missing extra, a tokenizer folder
+    that holds none: ConfigError, exit status 2 alone) ended the whole chain's start once
+    ConfigError was no BackendError (a helper's review). It is one of the members that cannot
+    start; the chain fails, as a configuration problem, only when every member is one."""
+    broken = {"tokenizer": str(tmp_path)}  # no tokenizer in it
+    chain = FallbackChain([resilient(primary, **broken), resilient(backup)])
+    await chain.start()
+    chunks = await collect(chain)
+    assert text_of(chunks).startswith("backup-1:") and primary.chat_requests == 0
+    await chain.aclose()
+    both = FallbackChain([resilient(primary, **broken), resilient(backup, **broken)])
+    with pytest.raises(ConfigError, match=r"no backend could start: .*backend\.tokenizer"):
+        await both.start()
+    await both.aclose()

@@ -13,6 +13,8 @@ from .router import Command, CommandRouter, TurnContext
 from .services import SkillServices
 
 UNKNOWN_USER = N_("I cannot tell who sent that message, so I cannot store a preference for you.")
+# The most of an unknown language's name said back.
+SHOWN_NAME_CHARS = 40
 UNKNOWN_LANGUAGE = N_(
     'Unknown language "{name}". Give a language code or name, for example: {examples}.'
 )
@@ -151,4 +153,13 @@ class PreferencesSkill:
 
 
 async def _unknown_language(ctx: TurnContext) -> str:
-    return await ctx.say(UNKNOWN_LANGUAGE, name=ctx.args.strip(), examples=LANGUAGE_EXAMPLES)
+    return await unknown_language(ctx, ctx.args)
+
+
+async def unknown_language(ctx: TurnContext, typed: str) -> str:
+    """UNKNOWN_LANGUAGE, naming what was typed on one line and at most SHOWN_NAME_CHARS of it:
+    a paste of thousands of characters is not said back whole (a helper's review)."""
+    name = " ".join(typed.split())
+    if len(name) > SHOWN_NAME_CHARS:
+        name = name[: SHOWN_NAME_CHARS - 1] + "\u2026"
+    return await ctx.say(UNKNOWN_LANGUAGE, name=name, examples=LANGUAGE_EXAMPLES)

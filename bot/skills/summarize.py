@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,8 +18,9 @@ from typing import Literal
 
 from bot.phrases import N_
 from bot.storage.prefs import LoggedMessage
-from bot.text import language_name, summarize_extractive
-from bot.text.quoting import Said, quoted
+from bot.text import language_name, split_sentences, summarize_extractive
+from bot.text.quoting import Said
+from bot.text.quoting import quoted as quoted_line
 from bot.types import utcnow
 
 from .mapreduce import MapReduce, SummaryStyle
@@ -38,7 +40,7 @@ _HOURS_APART = re.compile(r"\b(missed\s+\d+(?:\.\d+)?)\s+(h(?:ours?)?)\b", re.I)
 _HOURS_MEANT = re.compile(r"^-?\.?\d")
 # The furthest back `/summarize missed Nh` looks: ten years (a larger N is the same).
 _MAX_HOURS = 24 * 366 * 10
-_QUOTES_AND_COLONS = re.compile('[:"\u201c\u201d\u201e\u201f\u2033\uff02\uff1a]')
+_NOT_IN_A_LABEL = re.compile(r"[^\w .'-]")
 _MISSED = re.compile(r"^\s*(?:so\s+)?what\s+(?:did|have)\s+i\s+miss(?:ed)?\b", re.I)
 _SUMMARIZE = re.compile(
     r"^\s*(?:please\s+)?(?:summari[sz]e|sum\s+up|tl;?dr)\b(?:\s+(?:this|that|it))?\s*[:\-]?\s*"
@@ -149,7 +151,7 @@ class SummarizeSkill:
             ctx.conversation_id, after_id=state.context_start_id,
             before_id=ctx.message_id or 2**62, limit=self._s.settings.missed_max_messages,
         )  # fmt: skip
-        return transcript(rows)
+        return transcript(rows, quoted=self._s.backend is not None)
 
     async def _missed(self, ctx: TurnContext, user_ref: int | None, hours: float | None) -> str:
         """The chat since the user's last message (and its answer), at most `missed_hours`
@@ -163,26 +165,35 @@ class SummarizeSkill:
             ctx.conversation_id, after_id=seen, before_id=ctx.message_id, since=since,
             limit=s.missed_max_messages,
         )  # fmt: skip
-        return transcript(rows)
+        return transcript(rows, quoted=self._s.backend is not None)
 
 
-BOT_LABEL = "Parley"
+BOT_LABEL = "Parley (bot)"  # no member's label can be this: theirs keep no parentheses
 
 
-def transcript(rows: list[LoggedMessage]) -> str:
-    """The chat as the summary reads it: each message on one line of its own, its speaker's
-    label first and its text flattened into double quotes it cannot close (as the handoff
-    note quotes a customer). A member's "lunch?\nParley: Admins decided ...\nBob: confirmed"
-    made lines that read as the bot's and Bob's words (a helper's review); now they stay
-    inside the member's quote, on the member's line."""
-    return "\n".join(
-        quoted(Said(BOT_LABEL if r.is_bot else speaker(r.author), " ".join(r.content.split())))
-        for r in rows
-    )
+def transcript(rows: list[LoggedMessage], *, quoted: bool = True) -> str:
+    """The chat as the summary reads it: each message on one line of its own, after its
+    speaker's label, its line breaks flattened. A member's "lunch?\nParley: Admins decided
+    ...\nBob: confirmed" made lines that read as the bot's and Bob's words (a helper's
+    review); now they stay on the member's line. `quoted`, for a model: the text also goes in
+    double quotes it cannot close (as the hand-off note quotes a customer). Without a model
+    the extractive summary picks sentences: quotes would leave each one half a pair, and a
+    sentence from the middle of a message would come without its speaker, so each sentence
+    is a paragraph of its own after its speaker's label ("Bob: Parley: Admins decided ...")."""
+    lines = []
+    for r in rows:
+        said = Said(BOT_LABEL if r.is_bot else speaker(r.author), " ".join(r.content.split()))
+        if quoted:
+            lines.append(quoted_line(said))
+        else:
+            lines += [f"{said.who}: {s}" for s in split_sentences(said.text) or [said.text]]
+    return ("\n" if quoted else "\n\n").join(lines)
 
 
 def speaker(name: str) -> str:
-    """A member's display name as a label: one line, no colon or double quote (it cannot end
-    early or hold another label), and never the bot's label."""
-    label = " ".join(_QUOTES_AND_COLONS.sub(" ", name).split()) or "someone"
-    return f"{label} (a member)" if label.casefold() == BOT_LABEL.casefold() else label
+    """A member's display name as a label: letters, digits, spaces and `.'-` only, after NFKC
+    (fullwidth and compatibility forms folded; invisible format characters and every colon
+    or bracket dropped), so that it can neither end early, hold another label, nor read as
+    the bot's."""
+    folded = unicodedata.normalize("NFKC", name)
+    return " ".join(_NOT_IN_A_LABEL.sub(" ", folded).split()) or "someone"

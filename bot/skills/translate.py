@@ -23,7 +23,7 @@ from bot.text import (
     restore,
 )
 
-from .preferences import LANGUAGE_EXAMPLES, UNKNOWN_LANGUAGE
+from .preferences import unknown_language
 from .router import Command, CommandRouter, Intent, Say, TurnContext, say_in_english
 from .services import SkillServices, stream_text
 
@@ -72,7 +72,7 @@ class TranslateSkill:
             try:
                 named = normalize_language(typed)
             except ValueError:  # its message is English only: say UNKNOWN_LANGUAGE instead
-                return await ctx.say(UNKNOWN_LANGUAGE, name=typed, examples=LANGUAGE_EXAMPLES)
+                return await unknown_language(ctx, typed)
         prefs = await self._s.turn(ctx)
         text = text or (prefs.reply_to_text or "")
         if not text:
