@@ -11,6 +11,7 @@ can authenticate its webhooks the way they are configured. Read-only: two GETs, 
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from bot.errors import AdapterError, ConfigError
@@ -27,7 +28,7 @@ _VERSION = re.compile(r"^v?(\d+)\.(\d+)")
 async def doctor(settings: ChatwootSettings) -> str:
     if (problem := settings.missing()) is not None:  # as `parley run` would say it
         raise ConfigError(problem)
-    where = urlsplit(str(settings.url)).hostname or "?"  # never the URL's user or path
+    where = _where(settings)
     client = ChatwootClient(settings)
     try:
         version = await _version(client, where)
@@ -39,11 +40,23 @@ async def doctor(settings: ChatwootSettings) -> str:
     return f"Chatwoot {version} at {where}, {token}{account}"
 
 
-async def _version(client: ChatwootClient, where: str) -> str:
+def _where(settings: ChatwootSettings) -> str:
+    return urlsplit(str(settings.url)).hostname or "?"  # never the URL's user or path
+
+
+async def _index(client: ChatwootClient, where: str) -> dict[str, Any]:
+    """GET /api: its JSON object; AdapterError unless it answers 200."""
     status, data = await client.probe("/api")
-    version = data.get("version")
-    if status != 200 or not isinstance(version, str):
+    if status != 200:
         raise AdapterError(f"no Chatwoot answers at {where} (GET /api: HTTP {status})")
+    return data
+
+
+async def _version(client: ChatwootClient, where: str) -> str:
+    data = await _index(client, where)
+    version = data.get("version")
+    if not isinstance(version, str):
+        raise AdapterError(f"no Chatwoot answers at {where} (GET /api: HTTP 200)")
     version = re.sub(r"[^\w.+-]", "", version)[:20]  # printed: nothing but a version's signs
     failing = [k for k in ("data_services", "queue_services") if data.get(k) == "failing"]
     if failing:
@@ -54,10 +67,7 @@ async def _version(client: ChatwootClient, where: str) -> str:
 async def check_reachable(client: ChatwootClient, settings: ChatwootSettings) -> None:
     """At start (as Telegram's and Discord's adapters check theirs): Chatwoot answers at the
     URL and takes the token; else one AdapterError line, and `parley run` exits 3."""
-    where = urlsplit(str(settings.url)).hostname or "?"
-    status, _ = await client.probe("/api")
-    if status != 200:
-        raise AdapterError(f"no Chatwoot answers at {where} (GET /api: HTTP {status})")
+    await _index(client, _where(settings))
     await check_token(client)
 
 
