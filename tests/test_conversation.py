@@ -16,7 +16,7 @@ from backends.base import Chunk, GenerationRequest
 from bot import phrases
 from bot.app import Parley
 from bot.conversation.manager import CUT_OFF_NOTE, STOPPED_NOTE
-from bot.conversation.window import SUMMARY_HEADING
+from bot.conversation.window import SUMMARY_HEADING, framed_summary
 from bot.errors import BackendUnavailable, ContextTooLong, NoBackendConfigured
 from bot.settings import Settings
 from bot.storage import keys
@@ -226,6 +226,23 @@ async def test_window_rolls_over_into_a_summary(tmp_path: Path) -> None:
         if list(b.messages[: len(a.messages)]) == list(a.messages)
     )
     assert extended >= len(chat) // 2
+
+
+async def test_a_summarys_count_covers_its_heading_and_fence(tmp_path: Path) -> None:
+    """The summary opens the first user message under a heading and between fence lines: the
+    window's count had only the summary's words, so a prompt over the budget passed for one
+    within it (by about 20 tokens, on every turn after a roll-over)."""
+    backend = ScriptedBackend(lambda r: "word " * 40)
+    settings = settings_for(tmp_path, context_tokens=300, summary_tokens=40)
+    async with running(settings, backend) as (app, _):
+        for i in range(12):
+            await app.manager.handle(incoming(f"message number {i} " + "x" * 80))
+        context = app.manager._context
+        window = await context.load(1)
+        [framed] = await backend.count_tokens([framed_summary(window.summary)])
+        assert window.summary and window.summary_tokens >= framed
+        await context.invalidate(1)  # rebuilt from SQL: the same count
+        assert (await context.load(1)).summary_tokens == window.summary_tokens
 
 
 async def test_reset_starts_fresh_context_and_history_keeps_everything(tmp_path: Path) -> None:

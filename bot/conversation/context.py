@@ -19,7 +19,7 @@ from bot.storage import keys
 from bot.storage.base import Cache, Codec, ConversationState, Store
 
 from .summary import Summarizer
-from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, turns_from_rows
+from .window import Turn, Window, framed_summary, turns_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class ContextLoader:
         self._summarizer = summarizer
         self.budget_tokens = budget_tokens
         self._max_rows = max_rows
+        self._frame_tokens: int | None = None
         codec = Codec(Window.dumps, Window.loads, self._current)
         self._windows = cache.read_through(keys.window, self._rebuild, codec, ttl_s=CACHE_TTL_S)
 
@@ -80,7 +81,7 @@ class ContextLoader:
         if summary:
             # Stored with the summary since migration 0005: no model round trip per rebuild.
             summary_tokens = state.summary_tokens or (
-                await self._summarizer.count(summary) + MESSAGE_OVERHEAD_TOKENS
+                await self._summarizer.count(summary) + await self._frame()
             )
         return Window(summary, summary_tokens, boundary, turns)
 
@@ -115,12 +116,19 @@ class ContextLoader:
         if not fold:
             return
         summary, tokens = await self._summarizer.fold(window.summary, fold)
-        tokens += MESSAGE_OVERHEAD_TOKENS
+        tokens += await self._frame()
         through = fold[-1].reply_id
         await self._store.fold_summary(conversation_id, summary, through, tokens)
         window.summary, window.summary_tokens = summary, tokens
         window.boundary_id = max(window.boundary_id, through)
         log.info("conversation %s rolled over: %d turns folded", conversation_id, len(fold))
+
+    async def _frame(self) -> int:
+        """Tokens of the summary's heading and fence (`framed_summary`), counted once: a
+        summary's count includes them, or a prompt over the budget would pass for one within."""
+        if self._frame_tokens is None:
+            self._frame_tokens = await self._summarizer.count(framed_summary(""))
+        return self._frame_tokens
 
     async def invalidate(self, conversation_id: int) -> None:
         await self._windows.invalidate(conversation_id)
