@@ -16,7 +16,7 @@ from bot.adapter_registry import adapter_spec, installed_adapters
 from bot.app import Parley
 from bot.errors import ConfigError
 from bot.knowledge import load_sample_if_empty
-from bot.logsafety import redactor
+from bot.logsafety import is_secret_parameter, redactor
 from bot.settings import Settings
 from bot.storage import migrate
 
@@ -130,15 +130,16 @@ async def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
 # scheme://user:password@ as SQLAlchemy reads it (a user has no ":" or "/"; a password is
 # anything up to the last "@"), so that a password with "/", "#" or "?" is masked whole.
 _URL_PASSWORD = re.compile(r"^(?P<head>[\w+.-]+://[^:/@]*:)[^@]*(?=@)")
-_SECRET_QUERY = re.compile(
-    r"(?i)(?P<head>[?&][^=&#]*(?:pass|pwd|secret|token|key)[^=&#]*=)[^&#]*"
-    r"|(?P<option>(?:password|passwd|pwd)(?:=|%3D))[^&#\s%]*"
-)
+_QUERY_PARAMETER = re.compile(r"(?P<head>[?&](?P<name>[^=&#]*)=)[^&#]*")
+# A password option inside a parameter's value (`options=-c%20password%3D...`).
+_PASSWORD_OPTION = re.compile(r"(?P<head>(?i:password|passwd|pwd)(?:=|%3D))[^&#\s%]*")
 
 
 def _masked_url(url: str) -> str:
-    """`url` with its password and each secret-looking query value masked."""
+    """`url` with its password, each secret-looking query value (the names the log filter
+    takes for secrets: bot.logsafety.is_secret_parameter) and any password option masked."""
     masked = _URL_PASSWORD.sub(r"\g<head>**********", url, count=1)
-    return _SECRET_QUERY.sub(
-        lambda m: (m.group("head") or m.group("option")) + "**********", masked
+    masked = _QUERY_PARAMETER.sub(
+        lambda m: m["head"] + "**********" if is_secret_parameter(m["name"]) else m[0], masked
     )
+    return _PASSWORD_OPTION.sub(r"\g<head>**********", masked)

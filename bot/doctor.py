@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from backends.base import Backend
 from backends.factory import build_backend, build_plain_backend, fallback_settings
 from bot.adapter_registry import adapter_spec
-from bot.errors import BotError, SchemaOutOfDate
+from bot.errors import BotError, SchemaOutOfDate, StorageError
 from bot.logsafety import redactor
 from bot.metrics import multiprocess_problem
 from bot.settings import Settings
@@ -121,8 +121,10 @@ async def _check_cache(settings: Settings, report: _Report) -> None:
         return
     cache = build_cache(settings.redis)
     try:
-        alive = await cache.ping()
-        report(alive, "cache: Redis " + ("reachable" if alive else "not reachable"))
+        await cache.ping()
+        report(True, "cache: Redis reachable")
+    except StorageError as exc:
+        report(False, f"cache: Redis not reachable: {exc}")
     finally:
         await cache.aclose()
 

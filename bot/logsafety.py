@@ -55,6 +55,13 @@ REDACTED = "***"
 # A URL's user name this long, with no password, is a token in the user's place.
 TOKEN_LIKE_CHARS = 16
 _SECRET_PARAMETER = re.compile(r"(?i)pass|pwd|secret|token|key|sig|auth|credential")
+
+
+def is_secret_parameter(name: str) -> bool:
+    """Is a query parameter (or option) of this name a secret (`token`, `api_key`, `sig`)?"""
+    return _SECRET_PARAMETER.search(unquote_plus(name)) is not None
+
+
 # A bot token in a Bot API URL (api.telegram.org/bot<id>:<secret>/...), whoever logs it.
 _BOT_TOKEN = re.compile(r"(?<=/bot)\d+:[\w-]+")
 # Shorter secrets would redact ordinary words: they are redacted only as passwords.
@@ -181,7 +188,7 @@ def _url_secrets(url: str) -> list[str]:
         found.append(user)
     for pair in parts.query.split("&"):
         name, _, value = pair.partition("=")
-        if value and _SECRET_PARAMETER.search(unquote_plus(name)):
+        if value and is_secret_parameter(name):
             found += [value, unquote_plus(value)]
     return list(dict.fromkeys(s for secret in found for s in (secret, unquote(secret)) if s))
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from bot.errors import StorageError
 from bot.storage.cache import RedisCache
 from tests.redis_server import POLL_STEP_S, START_LIMIT_S, PrivateRedis, free_port
 
@@ -55,7 +56,8 @@ async def test_dead_redis_misses_and_drops_writes_without_raising(
         await cache.set("k", b"v2")
         await cache.delete("k")
         assert await cache.get("k") is None
-    assert await cache.ping() is False
+    with pytest.raises(StorageError, match=r"Redis did not answer PING \(ConnectionError\)"):
+        await cache.ping()
     outage_warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(outage_warnings) == 1
 

@@ -102,6 +102,18 @@ def test_config_masks_passwords_urlsplit_would_miss(tmp_path: Path) -> None:
     assert odd["database"]["url"] == "postgresql+asyncpg://u:**********@[db/parley"
 
 
+def test_config_masks_the_query_values_the_log_filter_takes_for_secrets(tmp_path: Path) -> None:
+    """`parley config` and the log filter agree on which query parameters are secrets: a
+    `sig` or an `auth_token` in the database URL was shown as written."""
+    url = "postgresql+asyncpg://app@db.internal/parley?sslmode=require&sig=s1gv&auth_token=at9"
+    shown = _config(tmp_path, {"PARLEY_DATABASE__URL": url})
+    # (The URL as Parley uses it: asyncpg's name for sslmode, the parameters in order.)
+    assert shown["database"]["url"] == (
+        "postgresql+asyncpg://app@db.internal/parley"
+        "?auth_token=**********&sig=**********&ssl=require"
+    )
+
+
 def test_a_broken_pipe_that_is_not_stdout_is_a_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -166,8 +166,8 @@ async def test_a_worker_paused_past_its_lease_that_nobody_took_over_goes_on_show
 class _NoLivenessKeys:
     """A shared cache that answers and holds no liveness key (the paused worker's lapsed)."""
 
-    async def ping(self) -> bool:
-        return True
+    async def ping(self) -> None:
+        return None
 
     async def get(self, key: str) -> None:
         return None

@@ -206,7 +206,8 @@ async def test_redis_is_checked_when_configured(tmp_path: Path, redis_url: str) 
         assert await readiness(app) == []
     dead = f"redis://127.0.0.1:{_closed_port()}/0"
     async with Parley(_sqlite(tmp_path, redis={"url": dead, "socket_timeout_s": 0.5})) as app:
-        assert await readiness(app) == ["redis: not answering"]
+        # The cause is named, as for the database: here nothing listens on the port.
+        assert await readiness(app) == ["redis: ConnectionRefusedError"]
 
 
 def _closed_port() -> int:

@@ -67,7 +67,7 @@ async def holder_alive(liveness: Cache | None, state: DeliveryState, *, grace_s:
     if state.owner is None:
         return False
     age_s = (utcnow() - state.seen).total_seconds() if state.seen else float("inf")
-    if liveness is not None and await liveness.ping():
+    if liveness is not None and await _answers(liveness):
         if await liveness.get(keys.alive(state.owner)) is not None:
             return True
         return age_s < SQL_GRACE_S
@@ -241,12 +241,20 @@ async def _until(stop: asyncio.Event, seconds: float) -> bool:
     return True
 
 
+async def _answers(liveness: Cache) -> bool:
+    try:
+        await liveness.ping()
+    except StorageError:
+        return False
+    return True
+
+
 async def beat(liveness: Cache, owner: str, stop: asyncio.Event) -> None:
     """This worker's liveness key, refreshed until `stop`."""
     while not stop.is_set():
         # Asked even during the cache's pause after a failure (a health check ends it): a
         # worker back from an outage is alive at once, not up to retry_after_failure_s later.
-        if await liveness.ping():
+        if await _answers(liveness):
             await liveness.set(keys.alive(owner), b"1", ttl_s=ALIVE_TTL_S)
         if await _until(stop, HEARTBEAT_S):
             return

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
+from bot.errors import StorageError
 from bot.outage import Outage
 from bot.settings import RedisSettings
 from bot.storage.base import Cache, Codec, ReadThrough
@@ -99,8 +100,8 @@ class MemoryCache:
         # Neither encoding nor check: the objects stay objects, and this process wrote them.
         return _HeldObjects(self, key, load, ttl_s)
 
-    async def ping(self) -> bool:
-        return True
+    async def ping(self) -> None:
+        return None
 
     async def aclose(self) -> None:
         self._entries.clear()
@@ -267,15 +268,14 @@ class RedisCache:
     ) -> ReadThrough[T]:
         return _CopiedObjects(self, key, load, codec, ttl_s)
 
-    async def ping(self) -> bool:
+    async def ping(self) -> None:
         # Unlike get/set, a health check always asks Redis, even during the retry pause.
         try:
             await self._client.ping()
         except self._failures as exc:
             self._outage.failed(exc)
-            return False
+            raise StorageError(f"Redis did not answer PING ({type(exc).__name__})") from exc
         self._outage.succeeded()
-        return True
 
     async def aclose(self) -> None:
         await self._client.aclose()
