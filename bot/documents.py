@@ -6,7 +6,10 @@ child process of its own with caps on pages, characters and seconds: a hostile P
 that share one huge compressed stream, a decompression bomb) costs that process, never the
 event loop, and is killed when its time is up. At most `max_parallel` documents are read at
 once, and at most one of each sender: a sender's next document waits for their previous one,
-so one sender's slow (or hostile) documents never hold every slot while others wait.
+so one sender's slow (or hostile) documents never hold every slot while others wait. A
+document is downloaded in its sender's turn too, within `download_timeout_s`, and at most
+twice `max_parallel` are downloaded or held at once: memory for documents is bounded by that
+many times `max_bytes`, however many senders send at once.
 
     DocumentRefused   the document cannot be read as sent; `sentence` says why, for the user
 """
@@ -76,6 +79,8 @@ class DocumentReader:
     def __init__(self, settings: DocumentSettings) -> None:
         self._settings = settings
         self._slots = asyncio.Semaphore(settings.max_parallel)
+        # Documents downloaded or held (downloading, waiting for a slot, or being read).
+        self._in_hand = asyncio.Semaphore(2 * settings.max_parallel)
         self._senders: dict[str, _Turn] = {}  # senders with a document read or waiting
 
     @property
@@ -95,18 +100,25 @@ class DocumentReader:
         """The document's text. A `sender` (intake's sender key) has one document read at a
         time; None: the document takes a slot as soon as one is free."""
         kind = self.check(source)
-        try:
-            data = await source.download()
-        except Exception as exc:  # the platform's own errors: one sentence, the reason logged
-            log.warning("document download failed: %s", type(exc).__name__)
-            raise DocumentRefused(phrases.NO_DOWNLOAD) from None
-        if len(data) > self._settings.max_bytes:
-            raise DocumentRefused(phrases.DOC_TOO_LARGE, kb=self._settings.max_bytes // 1000)
-        async with self._turn_of(sender), self._slots:
-            text = await _isolated(kind, data, self._settings)
+        async with self._turn_of(sender), self._in_hand:
+            data = await self._download(source)
+            async with self._slots:
+                text = await _isolated(kind, data, self._settings)
         if not text.strip():
             raise DocumentRefused(phrases.DOC_EMPTY)
         return text.strip()
+
+    async def _download(self, source: DocumentSource) -> bytes:
+        try:
+            async with asyncio.timeout(self._settings.download_timeout_s):
+                data = await source.download()
+        except Exception as exc:  # the platform's own errors: one sentence, the reason logged
+            why = "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
+            log.warning("document download failed: %s", why)
+            raise DocumentRefused(phrases.NO_DOWNLOAD) from None
+        if len(data) > self._settings.max_bytes:
+            raise DocumentRefused(phrases.DOC_TOO_LARGE, kb=self._settings.max_bytes // 1000)
+        return data
 
     @contextlib.asynccontextmanager
     async def _turn_of(self, sender: str | None) -> AsyncIterator[None]:

@@ -468,8 +468,11 @@ class DocumentSettings(_Section):
     max_chars: int = Field(200_000, ge=1)
     # Seconds extraction may take (in a child process, killed when its time is up).
     timeout_s: float = Field(10.0, gt=0)
-    # Documents read at once in this process, at most one per sender; more wait.
+    # Documents read at once in this process, at most one per sender; more wait. Twice as
+    # many may be downloaded or held at once (memory: at most that many times max_bytes).
     max_parallel: int = Field(2, ge=1)
+    # Seconds a download from the platform may take in all; past it, one sentence.
+    download_timeout_s: float = Field(60.0, gt=0)
 
 
 class HttpSettings(_Section):

@@ -160,6 +160,80 @@ async def test_a_document_delivered_again_is_not_downloaded_again(tmp_path: Path
         assert sink.replies[key] == ["Read."]
 
 
+async def test_a_document_delivered_twice_at_once_is_downloaded_once(tmp_path: Path) -> None:
+    """An update delivered again while its first delivery is still downloading (a webhook
+    the platform retried because the first took long): both downloaded the document."""
+    settings = load_settings(None, database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"})
+    downloads: list[int] = []
+    gate = asyncio.Event()
+    key = ConversationKey("test", "chat-1")
+    ada = User("test", "u1", "Ada")
+
+    async def download() -> bytes:
+        downloads.append(1)
+        await gate.wait()
+        return b"The meeting is on Monday. " * 100
+
+    async with running(settings, ScriptedBackend(lambda request: "Read.")) as (app, sink):
+        app.intake.register("test", sink, AccessRules())  # type: ignore[arg-type]
+        delivered = Incoming(key, ada, "what does it say?", idempotency_key="doc-1")
+        doc = DocumentSource("notes.txt", "", 2600, download)
+        both = [asyncio.create_task(app.intake.submit_document(delivered, doc)) for _ in "ab"]
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        gate.set()
+        first, again = await asyncio.gather(*both)
+        await app.intake.idle()
+        assert downloads == [1]
+        assert first is not None and again is not None
+        assert first.is_new and not again.is_new and again.message_id == first.message_id
+        assert sink.replies[key] == ["Read."]
+
+
+async def test_documents_held_at_once_are_bounded_however_many_senders_send() -> None:
+    """A document was downloaded before it waited for its sender's turn and a slot: 30
+    senders sending at once held 30 documents (each up to max_bytes) in memory together.
+    Now at most twice max_parallel are downloaded or held at once, one per sender."""
+    settings = DocumentSettings(max_parallel=2)
+    reader = DocumentReader(settings)
+    held = peak = 0
+
+    def source(n: int) -> DocumentSource:
+        async def download() -> bytes:
+            nonlocal held, peak
+            held += 1
+            peak = max(peak, held)
+            await asyncio.sleep(0.02)
+            return f"document {n} ".encode() * 50
+
+        return DocumentSource(f"d{n}.txt", "", 1000, download)
+
+    async def read(n: int, sender: str) -> str:
+        nonlocal held
+        try:
+            return await reader.read(source(n), sender)
+        finally:
+            held -= 1
+
+    # 30 senders, and one sender with 5 documents at once.
+    texts = await asyncio.gather(
+        *(read(n, f"sender-{n}") for n in range(30)), *(read(n, "eve") for n in range(30, 35))
+    )
+    assert [t.split()[1] for t in texts] == [str(n) for n in range(35)]
+    assert peak == 4
+
+
+async def test_a_download_that_never_ends_is_one_sentence() -> None:
+    async def stalled() -> bytes:
+        await asyncio.Event().wait()
+        return b""
+
+    settings = DocumentSettings(download_timeout_s=0.2)
+    assert await _refusal(settings, DocumentSource("a.txt", "", 10, stalled)) == (
+        phrases.NO_DOWNLOAD
+    )
+
+
 async def test_over_the_rate_limit_a_document_is_a_stub_and_never_downloaded(
     tmp_path: Path,
 ) -> None:

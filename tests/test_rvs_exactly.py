@@ -159,8 +159,14 @@ async def test_rvs_one_senders_slow_documents_do_not_make_others_wait(tmp_path: 
             for i in range(2)
         ]
         try:
-            for i in range(2):
-                await reads[i].wait()  # downloaded: each now reads, or waits for a slot
+            # Ada's first is downloaded and read; her second waits for her turn (a sender's
+            # documents are downloaded one at a time too), holding no slot.
+            waits = [asyncio.create_task(reads[i].wait()) for i in range(2)]
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for wait in pending:
+                wait.cancel()
+            await asyncio.sleep(0.05)
+            assert reads[0].is_set() != reads[1].is_set()
             note = asyncio.create_task(
                 app.intake.submit_document(
                     Incoming(ConversationKey("test", "chat-2"), bob, "", idempotency_key="b0"),

@@ -3,7 +3,8 @@
     submit(incoming)                  allowed?  admin-only command in a group by a non-admin?
                                       -> one notice (rate-limited), nothing recorded
                                       -> else manager.submit (recorded, scheduled)
-    submit_document(incoming, doc)    the same, then: recorded already (a repeat) -> not
+    submit_document(incoming, doc)    the same, then: recorded already (a repeat), or being
+                                      read for a delivery of it in flight -> not
                                       downloaded again; over the rate limit -> recorded as a
                                       stub, never downloaded; too big, unreadable, too slow
                                       -> one sentence; else its text is the message
@@ -66,6 +67,8 @@ class Intake:
         self._doors: dict[str, _Door] = {}
         self._notices: set[asyncio.Task[None]] = set()
         self._noticed: set[str] = set()  # senders with a notice in flight
+        # Idempotency keys of documents being read and recorded in this process.
+        self._reading: dict[str, asyncio.Event] = {}
         self.dropped_notices = 0
 
     def register(self, name: str, platform: Platform, access: AccessRules) -> None:
@@ -98,6 +101,19 @@ class Intake:
         """A document for the bot: its text (after the caption) becomes the message."""
         if not await self._admitted(incoming):
             return None
+        key = incoming.idempotency_key
+        while (first := self._reading.get(key)) is not None:
+            # The same document delivered twice at once (an update redelivered while the
+            # first was downloading): the first reads it; this one then finds it recorded.
+            await first.wait()
+        self._reading[key] = done = asyncio.Event()
+        try:
+            return await self._read_document(incoming, source)
+        finally:
+            del self._reading[key]
+            done.set()
+
+    async def _read_document(self, incoming: Incoming, source: DocumentSource) -> Recorded | None:
         if await self._manager.recorded(incoming):
             # A platform's repeat (a replayed gateway event, an update delivered again): its
             # first delivery has the document's text, and its turn. Not downloaded again.
