@@ -28,7 +28,7 @@ from pathlib import PurePosixPath
 
 from bot import phrases
 from bot.settings import DocumentSettings
-from bot.text.encoding import decode_document
+from bot.text.encoding import decode_document, is_binary
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,8 @@ def extract(kind: str, data: bytes, max_pages: int, max_chars: int) -> str:
     """The document's text (synchronous, CPU-bound: run it through DocumentReader)."""
     if kind == "pdf":
         text = _pdf_text(data, max_pages, max_chars)
+    elif is_binary(data):  # an archive or an image named notes.txt: not read as noise
+        raise DocumentRefused(phrases.DOC_UNSUPPORTED)
     elif kind == "html":
         from bot.knowledge.html_loader import parse_html
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import io
+import random
+import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
 
 from bot import phrases
-from bot.documents import DocumentReader, DocumentRefused, DocumentSource
+from bot.documents import DocumentReader, DocumentRefused, DocumentSource, extract
 from bot.policy import AccessRules
 from bot.settings import DocumentSettings, load_settings
 from bot.storage.base import MessageKind
@@ -39,6 +42,24 @@ def test_text_is_decoded_by_its_real_encoding(data: bytes) -> None:
 def test_nul_never_survives_and_cp1252_is_the_last_resort() -> None:
     assert decode_document(b"plain text with one\x00 NUL in it") == "plain text with one NUL in it"
     assert decode_document("café".encode("cp1252")) == "café"
+
+
+def test_an_archive_or_an_image_sent_as_text_is_refused() -> None:
+    """A .zip sent as notes.txt became 29,972 characters of noise for the model, a PNG CJK
+    noise through the UTF-16 guess; the knowledge base refused the same bytes."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as packed:
+        packed.writestr("word/document.xml", random.Random(3).randbytes(30_000))
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00\x00\x00\x01\x00\x08\x06"
+    png += bytes(range(256)) * 40
+    for data in (archive.getvalue(), png):
+        for kind in ("text", "html"):
+            with pytest.raises(DocumentRefused) as refused:
+                extract(kind, data, 50, 200_000)
+            assert refused.value.sentence == phrases.DOC_UNSUPPORTED
+    # Text with a stray NUL, and UTF-16 without a mark, are still text.
+    assert extract("text", b"one\x00 NUL", 50, 200_000) == "one NUL"
+    assert extract("text", "Grüße, 世界".encode("utf-16-le"), 50, 200_000) == "Grüße, 世界"
 
 
 def pdf(pages: int, content: bytes) -> bytes:

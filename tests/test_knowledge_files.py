@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import re
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from bot.knowledge.cli import ProgressPrinter
 from bot.knowledge.ingest import collect_files, read_file
 from bot.knowledge.loaders import LoaderError, load
 from bot.knowledge.search import MAX_TERMS, fts5_query, query_terms
-from bot.knowledge.types import FileResult, Outcome, Passage, Section
+from bot.knowledge.types import MAX_CITED_CHARS, FileResult, Outcome, Passage, Section
 
 MARKDOWN = b"""Preamble before any heading.
 
@@ -327,3 +329,81 @@ def test_progress_draws_a_bar_on_a_terminal() -> None:
     text = out.getvalue()
     assert "\r" in text and "[###############...............] 1/2" in text
     assert text.endswith("2/2 /d/b.md\n")
+
+
+@pytest.mark.parametrize("kind", ["markdown", "html"])
+def test_a_long_heading_is_cut_as_it_is_read_not_copied_into_every_section(kind: str) -> None:
+    """Each section took the whole heading path, cut to 500 characters only when stored: a
+    1 MB heading over 300 sections peaked at 302 MB, and 10,000 sections ran out of memory
+    (a helper's review). Each heading is now cut as it is read."""
+    heading = "a" * 1_000_000
+    if kind == "markdown":
+        name, data = "x.md", ("# " + heading + "\n\n" + "## b\n\nx\n\n" * 300).encode()
+    else:
+        name, data = "x.html", ("<h1>" + heading + "</h1>" + "<h2>b</h2>x" * 300).encode()
+    tracemalloc.start()
+    try:
+        doc = load(data, Path(name))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(doc.sections) == 300
+    assert doc.sections[0].location == "a" * MAX_CITED_CHARS + " > b"
+    assert peak < 30_000_000, f"{peak / 1e6:.0f} MB for a {len(data) / 1e6:.1f} MB file"
+
+
+def test_a_link_inside_the_folder_brings_in_no_hidden_file(tmp_path: Path) -> None:
+    """A committed link `remote-setup.md -> .git/config` put the repository's credentials in
+    the knowledge base: the walk skips hidden files, the link's own name was not hidden."""
+    wiki = tmp_path / "wiki"
+    (wiki / ".git").mkdir(parents=True)
+    (wiki / ".git" / "config").write_text('[remote "origin"]\n\turl = https://deploy:tok@x\n')
+    (wiki / ".env").write_text("TOKEN=abc\n")
+    (wiki / "data.bin").write_bytes(b"\x00\x01")
+    (wiki / "guide.md").write_text("# Guide\n\nHello.\n")
+    (wiki / "remote-setup.md").symlink_to(".git/config")
+    (wiki / "settings.md").symlink_to(".env")
+    (wiki / "data.md").symlink_to("data.bin")  # a type the walk would pass over
+    (wiki / "start.md").symlink_to("guide.md")  # still taken: the same file, stored once
+    assert [p.name for p in collect_files([wiki])] == ["guide.md"]
+
+
+def _shared_stream_pdf(pages: int, content_bytes: int) -> bytes:
+    """A small PDF whose pages all draw one shared, highly compressible content stream."""
+    op = b"(" + b"a" * 1000 + b") Tj\n"
+    content = b"BT /F1 12 Tf 10 10 Td\n" + op * (content_bytes // len(op)) + b"ET\n"
+    packed = zlib.compress(content, 9)
+    kids = " ".join(f"{5 + i} 0 R" for i in range(pages))
+    page = (
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+        b"/Resources << /Font << /F1 3 0 R >> >> /Contents 4 0 R >>"
+    )
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(packed) + packed + b"\nendstream",
+        *[page] * pages,
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def test_a_pdf_that_unpacks_to_far_more_text_than_its_size_is_refused() -> None:
+    """Pages sharing one compressed stream: 2.7 kB gave 3 million characters here, and a
+    25 kB PDF 199 million (164,000 chunks, 3 min 48 s, a 679 MB database)."""
+    data = _shared_stream_pdf(pages=4, content_bytes=1_000_000)
+    assert len(data) < 5_000
+    with pytest.raises(LoaderError, match="unpacks to over 2,000,000 characters"):
+        load(data, Path("manual.pdf"))

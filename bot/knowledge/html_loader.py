@@ -7,7 +7,7 @@ import html
 import re
 from html.parser import HTMLParser
 
-from bot.knowledge.types import LoadedDocument, Section
+from bot.knowledge.types import MAX_CITED_CHARS, LoadedDocument, Section
 
 _HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 _SKIPPED = {"script", "style", "noscript", "template", "svg", "nav", "iframe"}
@@ -29,8 +29,9 @@ class _SectionParser(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.sections: list[Section] = []
-        self.page_title = ""
+        self._title: list[str] = []  # the <title>'s pieces, joined once (`page_title`)
         self._trail: list[tuple[int, str]] = []
+        self._location = ""  # the trail joined: one string, shared by the sections under it
         self._body: list[str] = []
         self._heading: list[str] | None = None  # text of the heading being read
         self._level = 0
@@ -64,7 +65,7 @@ class _SectionParser(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if self._in_title:
-            self.page_title += data
+            self._title.append(data)
         elif self._skip_depth or self._in_head:
             return
         elif self._heading is not None:
@@ -90,19 +91,23 @@ class _SectionParser(HTMLParser):
             self._open_heading(_squash(" ".join(self._heading)))
         self._close_section()
 
+    @property
+    def page_title(self) -> str:
+        return _squash("".join(self._title))
+
     def _open_heading(self, text: str) -> None:
         self._heading = None
         while self._trail and self._trail[-1][0] >= self._level:
             self._trail.pop()
         if text:
-            self._trail.append((self._level, text))
+            self._trail.append((self._level, text[:MAX_CITED_CHARS]))
+        self._location = " > ".join(t for _, t in self._trail)
 
     def _close_section(self) -> None:
         paragraphs = (_squash(p) for p in "".join(self._body).split("\n\n"))
         text = "\n\n".join(p for p in paragraphs if p)
         if text:
-            location = " > ".join(t for _, t in self._trail)
-            self.sections.append(Section(location, text))
+            self.sections.append(Section(self._location, text))
         self._body.clear()
 
 
@@ -115,5 +120,5 @@ def parse_html(text: str, fallback_title: str) -> LoadedDocument:
     parser = _SectionParser()
     parser.finish(_NAMELESS_MARKED_SECTION.sub("&lt;![", text))
     first_location = parser.sections[0].location if parser.sections else ""
-    title = _squash(parser.page_title) or first_location.split(" > ")[0] or fallback_title
+    title = parser.page_title or first_location.split(" > ")[0] or fallback_title
     return LoadedDocument(title, parser.sections)

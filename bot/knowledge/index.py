@@ -12,12 +12,15 @@ the database's full-text engine alone.
 Typo tolerance: a query word found in no chunk is replaced by the most frequent known word at
 edit distance 1 (a letter missing, added, changed, or two swapped), found through a map from
 each word with one letter deleted to the words that give it (the symmetric-delete method), so a
-lookup costs a few dictionary probes instead of a scan of the vocabulary.
+lookup costs a few dictionary probes instead of a scan of the vocabulary. The map holds the
+MAX_CORRECTABLE_WORDS most frequent words of 4 to 32 letters that are not mostly digits: a
+list of checksums or identifiers cost 270 times its own size in it (a helper's review).
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import heapq
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +34,11 @@ MIN_CORRECTED_LENGTH = 4
 # A word's deletions are n strings of n characters: a longer word (a hex dump, a line of
 # underscores, a 100,000-letter question) would cost n * n memory, so it is never corrected.
 # Far above any word that is mistyped.
-MAX_CORRECTED_LENGTH = 64
+MAX_CORRECTED_LENGTH = 32
+# Words in the deletion map, the most frequent first: every word of a few hundred pages of
+# documentation (the evaluation sets have 2,200 and 2,850 distinct words, Parley's own docs
+# 3,700), not a dump of unique identifiers.
+MAX_CORRECTABLE_WORDS = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,30 +56,44 @@ class Vocabulary:
     """How many chunks hold each word, and the one-deletion map over those words."""
 
     frequency: Counter[str] = field(default_factory=Counter)
-    _deletions: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # A deletion and the word that gives it; a tuple where several do (few: a set each, the
+    # most of them holding one word, cost 3 times the memory).
+    _deletions: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, frequency: Counter[str]) -> Vocabulary:
         """From how many chunks hold each (lower-cased) word."""
         vocabulary = cls(frequency)
-        for word in frequency:
-            if _correctable(word, MIN_CORRECTED_LENGTH - 1):
-                for key in _deletions(word):
-                    vocabulary._deletions[key].add(word)
+        correctable = (w for w in frequency if _correctable(w, MIN_CORRECTED_LENGTH - 1))
+        kept = heapq.nlargest(MAX_CORRECTABLE_WORDS, correctable, key=frequency.__getitem__)
+        deletions = vocabulary._deletions
+        for word in kept:
+            for key in _deletions(word):
+                held = deletions.get(key)
+                if held is None:
+                    deletions[key] = word
+                else:
+                    deletions[key] = (held, word) if isinstance(held, str) else (*held, word)
         return vocabulary
 
     def correct(self, word: str) -> str | None:
         """The known word meant by an unknown `word`, or None (known, too short, no match)."""
         if word in self.frequency or not _correctable(word, MIN_CORRECTED_LENGTH):
             return None
-        found = set().union(*(self._deletions.get(key, set()) for key in _deletions(word)))
+        found: set[str] = set()
+        for key in _deletions(word):
+            held = self._deletions.get(key, ())
+            found.update((held,) if isinstance(held, str) else held)
         if not found:
             return None
         return max(sorted(found), key=self.frequency.__getitem__)
 
 
 def _correctable(word: str, min_length: int) -> bool:
-    return min_length <= len(word) <= MAX_CORRECTED_LENGTH and not word.isdigit()
+    """Of a length to correct, and not mostly digits (a number, a checksum, an id)."""
+    if not min_length <= len(word) <= MAX_CORRECTED_LENGTH:
+        return False
+    return sum(c.isdigit() for c in word) * 4 <= len(word)
 
 
 def _deletions(word: str) -> set[str]:

@@ -13,12 +13,10 @@ from pathlib import Path
 
 from bot.knowledge.chunker import chunk_sections
 from bot.knowledge.loaders import LoaderError, load, loader_for, why_no_text
-from bot.knowledge.types import Chunk, CountTokens
+from bot.knowledge.types import MAX_CITED_CHARS, Chunk, CountTokens
 from bot.storage.models import KbDocumentRow
 from bot.text.storable import storable
 
-# Characters kept of a title and of a heading path: a citation is one line of an answer.
-MAX_CITED_CHARS = 500
 # The longest path a document can be stored under (kb_documents.source: PostgreSQL refuses a
 # longer one, and that error would end the whole run, not only this file's).
 MAX_SOURCE_CHARS = KbDocumentRow.source.type.length or 0
@@ -50,9 +48,10 @@ def collect_files(paths: Iterable[str | Path]) -> list[Path]:
     supported files under named folders (others there are passed over silently), in order.
 
     Inside a folder, a symbolic link is taken only when it leads to a file inside that same
-    folder (then it is that file, stored once): a link out of it would put in the knowledge
-    base a file the operator never named, which removing the folder would leave behind. Links
-    to folders are not walked. A link named directly is the operator's choice and is followed.
+    folder that the walk would take itself (not hidden, a supported type; then it is that
+    file, stored once): a link out of it would put in the knowledge base a file the operator
+    never named, which removing the folder would leave behind. Links to folders are not
+    walked. A link named directly is the operator's choice and is followed.
     """
     found: dict[str, Path] = {}
     for raw in paths:
@@ -72,8 +71,19 @@ def _walk(folder: Path) -> Iterator[Path]:
             if not name.startswith(".") and loader_for(path) is not None:
                 files.append(path)
     for path in sorted(files):
-        if path.is_file() and path.resolve().is_relative_to(root):
+        if path.is_file() and _inside(path.resolve(), root):
             yield path
+
+
+def _inside(target: Path, root: Path) -> bool:
+    """Whether a file found in the folder `root` (a link's target, for a link) is one the
+    walk itself would take: inside the folder, not hidden nor under a hidden folder, of a
+    supported type. A committed link `notes.md -> .git/config` put the repository's
+    credentials in the knowledge base (a helper's review)."""
+    if not target.is_relative_to(root):
+        return False
+    hidden = any(part.startswith(".") for part in target.relative_to(root).parts)
+    return not hidden and loader_for(target) is not None
 
 
 class Unreachable(LoaderError):

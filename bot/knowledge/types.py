@@ -15,6 +15,11 @@ from bot.text.storable import text_problem
 # default estimate (backends.base.estimate_tokens) is ~4 characters a token (a CJK character: 1).
 CountTokens = Callable[[str], int]
 
+# Characters kept of a title and of a heading path: a citation is one line of an answer. A
+# loader cuts each heading to it as it reads it, so a long heading is never copied whole into
+# every section under it.
+MAX_CITED_CHARS = 500
+
 
 @dataclass(frozen=True, slots=True)
 class Section:

@@ -4,16 +4,39 @@ A byte-order mark decides (UTF-8, UTF-16, UTF-32); without one, UTF-16 is recogn
 NUL bytes beside every ASCII character (Windows' "Unicode" text files); anything else is read
 as the knowledge base reads a file (bot.text.decoding): UTF-8, where a stray byte costs one
 character, not the document, or Windows-1252 when the text is not UTF-8 at all.
-NUL characters never survive: databases refuse them, and no reader needs them.
+NUL characters never survive: databases refuse them, and no reader needs them. NUL bytes
+near the start in neither layout, in bytes that are not mostly UTF-8, are a binary file (an
+archive or an image named notes.txt): `is_binary`, refused rather than read as noise.
 """
 
 from __future__ import annotations
 
-from bot.text.decoding import decode_html, decode_text, has_byte_order_mark
+from bot.text.decoding import decode_html, decode_text, has_byte_order_mark, is_mostly_utf8
 
 _SAMPLE = 4096
 # Fewer bytes than this say too little to tell UTF-16 from text with a stray NUL.
 _MIN_UTF16_SAMPLE = 8
+
+
+def is_binary(data: bytes) -> bool:
+    """NUL bytes near the start, with no byte-order mark, not laid out as UTF-16 text, in
+    bytes that are not mostly UTF-8 (git's test, UTF-16 aside)."""
+    sample = data[:_SAMPLE]
+    if b"\x00" not in sample or has_byte_order_mark(data):
+        return False
+    return _utf16_layout(sample) is None and not is_mostly_utf8(sample, final=False)
+
+
+def _utf16_layout(sample: bytes) -> str | None:
+    """ "utf-16-le" or "-be" when the sample's NUL bytes are those of UTF-16 text: a quarter
+    of its bytes or more, nearly all on one side of each pair (the high byte of an ASCII or
+    Latin-1 character); None otherwise. An archive's or image's NULs fall on both sides."""
+    if len(sample) < _MIN_UTF16_SAMPLE or sample.count(0) <= len(sample) // 4:
+        return None
+    high, low = sample[0::2].count(0), sample[1::2].count(0)
+    if min(high, low) * 10 > max(high, low):
+        return None
+    return "utf-16-be" if high > low else "utf-16-le"
 
 
 def decode_document(data: bytes, *, html: bool = False) -> str:
@@ -25,8 +48,7 @@ def decode_document(data: bytes, *, html: bool = False) -> str:
 def _decode(data: bytes, html: bool) -> str:
     if has_byte_order_mark(data):
         return decode_text(data)
-    sample = data[:_SAMPLE]
-    if len(sample) >= _MIN_UTF16_SAMPLE and sample.count(0) > len(sample) // 4:
-        high_first = sample[0::2].count(0) > sample[1::2].count(0)
-        return data.decode("utf-16-be" if high_first else "utf-16-le", errors="replace")
+    layout = _utf16_layout(data[:_SAMPLE])
+    if layout is not None:
+        return data.decode(layout, errors="replace")
     return decode_html(data) if html else decode_text(data)
