@@ -77,6 +77,33 @@ async def test_ask_with_a_question_that_leaves_no_room_for_passages_says_so(
     assert backend.requests == []
 
 
+async def test_ask_counts_the_citations_and_the_fence_its_passages_are_sent_in(
+    tmp_path: Path,
+) -> None:
+    """The budget counted the passages' text only: long heading paths (each passage's
+    citation) and a run of 600 backticks in a passage (the fence around all of them is one
+    longer, twice) made a request of 2,349 tokens for a 2,048-token model (a helper's
+    review), which a server refuses: every /ask finding that document failed."""
+    backend = ScriptedBackend(lambda r: "See [1].", max_model_len=2048)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for n in range(3):
+        path = "\n\n".join(
+            f"{'#' * level} Lighthouse keeper handbook part {n} level {level} " + "w" * 80
+            for level in range(1, 7)
+        )
+        body = "The lighthouse lamp is lit at dusk. " * 20 + "x " + "`" * 600
+        (docs / f"guide{n}.md").write_text(f"{path}\n\n{body}\n")
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.kb.add([docs])
+        await app.manager.handle(incoming("/ask when is the lighthouse lamp lit?"))
+    assert backend.requests, sink.replies[KEY]
+    for request in backend.requests:
+        used = await backend.count_chat_tokens(request.messages) + request.max_tokens
+        assert used <= 2048, f"{used} tokens for a 2048-token model"
+    assert "[1]" in sink.replies[KEY][-1]
+
+
 async def test_ask_without_a_model_quotes_the_best_passage(tmp_path: Path) -> None:
     async with running(settings_for(tmp_path), kb_docs=True) as (app, sink):
         await app.manager.handle(incoming("/ask telegram webhook address"))

@@ -29,6 +29,7 @@ from bot.knowledge import Passage
 from bot.knowledge.rerank import rerank
 from bot.phrases import N_
 from bot.text import language_name
+from bot.text.quoting import fence_for
 
 from .router import Command, CommandRouter, Intent, Say, TurnContext
 from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, stream_text
@@ -49,6 +50,9 @@ SOURCES = N_("Sources:")
 NO_MODEL_QUOTE = N_("No language model is configured; this is what the knowledge base says:")
 # Characters of each passage shown when there is no model to write an answer.
 EXCERPT_CHARS = 700
+# Between two passages in the prompt, and what that costs (a token or two; counted high).
+_BETWEEN_PASSAGES = "\n\n"
+PASSAGE_JOIN_TOKENS = 2
 # "](" or "][": where a bracket closes a link's text (inline or by reference).
 _LINK_JOIN = re.compile(r"\](?=[(\[])")
 # A citation the model writes (with the space before it, dropped with it): [2], [1, 3],
@@ -190,32 +194,39 @@ class QaSkill:
 
     async def _fit(self, system: str, question: str, passages: list[Passage]) -> list[Passage]:
         """The best passages that fit the model's context beside the system message, the
-        question and the answer; the best one is cut to fit if it alone is too long."""
-        system_tokens, question_tokens = await self._s.count_many([system, question])
+        question and the answer; the best one is cut to fit if it alone is too long. Each
+        passage is counted as the model sees it (number, citation, text), and the fence
+        around them twice (a passage's run of 600 backticks makes it long: a helper's review)."""
+        rendered = passages_block(passages).split(_BETWEEN_PASSAGES)
+        fence = fence_for(passages_block(passages))  # the longest it can be
+        system_tokens, question_tokens, fence_tokens, *counts = await self._s.count_many(
+            [system, question, fence, *rendered]
+        )
         room = (
             self._s.max_model_len()
             - self._s.generation.max_tokens
             - system_tokens
             - question_tokens
+            - 2 * fence_tokens
             - TEMPLATE_MARGIN_TOKENS * 3
         )
-        counts = await self._s.count_many([p.text for p in passages])
         kept: list[Passage] = []
-        for passage, tokens in zip(passages, counts, strict=True):
+        for passage, text, tokens in zip(passages, rendered, counts, strict=True):
             if tokens > room:
-                if not kept and room > 0:
-                    share = room / tokens
-                    cut = passage.text[: int(len(passage.text) * share)]
-                    kept.append(_with_text(passage, cut))
+                if not kept and room > 0:  # its share of characters, less its citation's
+                    keep = int(len(text) * room / tokens) - (len(text) - len(passage.text))
+                    kept.append(_with_text(passage, passage.text[: max(0, keep)]))
                 break
             kept.append(passage)
-            room -= tokens + 8
+            room -= tokens + PASSAGE_JOIN_TOKENS
         return kept
 
 
 def passages_block(passages: list[Passage]) -> str:
     """The passages as the model sees them (inside the fence): number, citation, text."""
-    return "\n\n".join(f"[{n}] {p.citation}\n{p.text}" for n, p in enumerate(passages, 1))
+    return _BETWEEN_PASSAGES.join(
+        f"[{n}] {p.citation}\n{p.text}" for n, p in enumerate(passages, 1)
+    )
 
 
 async def only_given_citations(

@@ -13,9 +13,14 @@ _QUOTES = re.compile('["\u201c\u201d\u201e\u201f\u2033\uff02]')
 def fenced(text: str) -> str:
     """`text` between two fence lines it cannot close: more backticks than any run in it (a
     document's own code blocks stay inside), as Markdown quotes code."""
-    longest = max((len(run) for run in _BACKTICKS.findall(text)), default=0)
-    fence = "`" * max(3, longest + 1)
+    fence = fence_for(text)
     return f"{fence}\n{text}\n{fence}"
+
+
+def fence_for(text: str) -> str:
+    """The fence line `fenced` puts around `text` (what a prompt's budget counts twice)."""
+    longest = max((len(run) for run in _BACKTICKS.findall(text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 @dataclass(frozen=True, slots=True)
