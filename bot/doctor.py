@@ -85,7 +85,8 @@ async def _check_database(settings: Settings, report: _Report) -> None:
             await migrate.check_schema(url)
             report(True, f"database schema: at revision {migrate.head()}")
         except SchemaOutOfDate as exc:  # the one schema problem that migrating fixes
-            auto = settings.database.is_sqlite and settings.database.auto_migrate is not False
+            db = settings.database
+            auto = db.auto_migrate is True or (db.is_sqlite and db.auto_migrate is None)
             report(auto, f"database schema: {exc}" + (" (migrated on start)" if auto else ""))
         except BotError as exc:
             report(False, f"database schema: {exc}")

@@ -72,6 +72,18 @@ def test_unreachable_server_and_outdated_schema_are_problems(
     assert "Traceback" not in out
 
 
+def test_a_server_database_that_migrates_itself_on_start_is_no_problem(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With `database.auto_migrate = true` `parley run` migrates PostgreSQL itself; doctor
+    called the old schema a problem (exit 1) for SQLite files only (a helper's walkthrough)."""
+    code, out = _doctor(
+        monkeypatch, capsys, PARLEY_DATABASE__URL=postgres_url, PARLEY_DATABASE__AUTO_MIGRATE="true"
+    )
+    assert code == 0, out
+    assert "[ok] database schema:" in out and "(migrated on start)" in out
+
+
 @pytest.mark.vllm
 def test_unknown_model_and_small_context_are_named(
     vllm_server: str,

@@ -13,10 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import BaseModel, SecretStr
+from sqlalchemy import text
 
 from bot import logsafety
 from bot.settings import Settings
+from bot.storage.database import create_engine
 from tests.doubles import ScriptedBackend
 from tests.telegram_api import TOKEN
 from tests.telegram_updates import feed, telegram_stack, text_update
@@ -84,6 +87,28 @@ async def test_log_message_text_lets_library_records_through_without_the_token(
         await a_conversation(tmp_path)
     assert CANARY in log.getvalue()
     assert TOKEN not in log.getvalue()
+
+
+async def test_database_echo_goes_through_the_filter_not_to_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`database.echo = true` printed every statement with its parameters (the messages
+    users sent) to stdout through SQLAlchemy's own handler, past the filter and the JSON
+    format (a helper's walkthrough). The statements now go through logging: kept only with
+    log_message_text, and redacted like every other record."""
+    sql_logger = logging.getLogger("sqlalchemy.engine")
+    level = sql_logger.level
+    try:
+        for log_message_text in (False, True):
+            engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/echo.db", echo=True)
+            with captured_debug_log(safe=True, log_message_text=log_message_text) as (log, _):
+                async with engine.connect() as connection:
+                    await connection.execute(text("SELECT :said"), {"said": CANARY})
+            await engine.dispose()
+            assert CANARY not in capsys.readouterr().out
+            assert (CANARY in log.getvalue()) is log_message_text
+    finally:
+        sql_logger.setLevel(level)
 
 
 def test_secrets_are_redacted_from_messages_and_tracebacks() -> None:

@@ -6,6 +6,7 @@ the same way on both.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -52,9 +53,11 @@ def create_engine(
     it for asyncpg's 60 s connect and without end on a statement. None: no limit on a
     statement (the command-line tools' long batch writes). SQLite waits for its file's lock
     by its busy timeout."""
+    if echo:
+        _echo_through_logging()
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, echo=echo, pool_size=pool_size)
+        return _sqlite_engine(parsed, pool_size=pool_size)
     limits: dict[str, Any] = {}
     if timeout_s is not None:
         # asyncpg's public connect() arguments, and the pool's wait for a connection.
@@ -64,8 +67,7 @@ def create_engine(
     # instead of opening one that is closed again on return, a new server process per
     # statement at high concurrency, and the worker's connections stay within pool_size.
     return _create_async_engine(
-        parsed, echo=echo, pool_size=pool_size, max_overflow=0, pool_recycle=POOL_RECYCLE_S,
-        **limits,
+        parsed, pool_size=pool_size, max_overflow=0, pool_recycle=POOL_RECYCLE_S, **limits,
     )  # fmt: skip
 
 
@@ -87,7 +89,6 @@ def create_relaxed_engine(
         return durable
     return _create_async_engine(
         durable.url,
-        echo=durable.echo,
         pool_size=pool_size,
         max_overflow=0,  # its writes are short: they queue rather than open more connections
         pool_recycle=POOL_RECYCLE_S,
@@ -112,7 +113,7 @@ def create_keeper_engine(durable: AsyncEngine, *, timeout_s: float) -> AsyncEngi
         return create_relaxed_engine(durable, pool_size=1, timeout_s=timeout_s)
     if sqlite_file(durable.url) is None:
         return durable
-    return _sqlite_engine(durable.url, echo=bool(durable.echo), pool_size=1)
+    return _sqlite_engine(durable.url, pool_size=1)
 
 
 def database_errors(url: str | URL) -> tuple[type[BaseException], ...]:
@@ -209,12 +210,20 @@ def ensure_sqlite_folder(url: str | URL) -> None:
         raise StorageError(f"cannot make the database folder {path.parent}: {reason}") from None
 
 
-def _sqlite_engine(url: URL, *, echo: bool, pool_size: int) -> AsyncEngine:
+def _echo_through_logging() -> None:
+    """`database.echo`: SQLAlchemy's statements at INFO through the logging module, so they
+    meet the root handlers' log-safety filter and format. SQLAlchemy's own `echo=True` adds a
+    handler of its own that prints to stdout, past both: every message a user sent was
+    printed with its statement's parameters (a helper's walkthrough)."""
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)
+
+
+def _sqlite_engine(url: URL, *, pool_size: int) -> AsyncEngine:
     ensure_sqlite_folder(url)
     # A file: a pool of `pool_size` connections (WAL lets them read at once; writers queue in
     # busy_timeout). In memory: the dialect's single shared connection, which takes no size.
     sized = {"pool_size": pool_size, "max_overflow": 0} if sqlite_file(url) is not None else {}
-    engine = _create_async_engine(url, echo=echo, **sized)
+    engine = _create_async_engine(url, **sized)
     event.listen(engine.sync_engine, "connect", set_sqlite_pragmas)
     return engine
 
