@@ -32,9 +32,10 @@ VOLUME ["/data"]
 EXPOSE 8080
 
 # /healthz on the HTTP server (it runs when an adapter mounts something, e.g. the Telegram
-# webhook), or on the metrics port when PARLEY_METRICS__PORT is set (polling deployments).
-HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('PARLEY_METRICS__PORT', '0'); port = port if port != '0' else os.environ.get('PARLEY_HTTP__PORT', '8080'); urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2)"]
+# webhook), or on the metrics port when one is set (polling deployments), at the host each
+# listens on, as the settings (environment or config file) say: `parley health`.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["parley", "health"]
 
 # SIGTERM: stop taking input, finish the turns in flight within shutdown_grace_s (8 s, below
 # Docker's 10 s), exit 0 (docs/cli.md).

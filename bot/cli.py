@@ -140,7 +140,7 @@ def _error(exc: Exception, settings: Settings | None) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from adapters.support.cli import add_support_parser
-    from bot.cli_commands import cmd_chat, cmd_config, cmd_db, cmd_doctor, cmd_run
+    from bot.cli_commands import cmd_chat, cmd_config, cmd_db, cmd_doctor, cmd_health, cmd_run
     from bot.evaluation import add_eval_parser
     from bot.knowledge.cli import add_kb_parser
     from bot.usage_cli import add_usage_parser
@@ -178,6 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     add_usage_parser(sub)
     sub.add_parser("doctor", help="check configuration and services").set_defaults(func=cmd_doctor)
     sub.add_parser("config", help="print the effective settings").set_defaults(func=cmd_config)
+    sub.add_parser(
+        "health", help="ask the running worker's /healthz (a container's health check)"
+    ).set_defaults(func=cmd_health)
     return parser
 
 

@@ -5,10 +5,12 @@ the run-time failure status 3."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,38 @@ def test_a_missing_extra_is_a_configuration_problem_at_once(tmp_path: Path) -> N
         "parley: error: backend kind 'vllm' needs the vllm package (No module named vllm); "
         "install parley[vllm]\n"
     )
+
+
+def test_health_asks_healthz_where_the_settings_say_the_worker_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The image's HEALTHCHECK asked 127.0.0.1 whatever metrics.host said: a worker on a
+    private address was unhealthy for ever (a helper's walkthrough). `parley health` asks
+    the host and port the settings name."""
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path == "/healthz"
+            self.send_response(200 if ok else 404)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    for name, value in parley_env(tmp_path, {}).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PARLEY_METRICS__HOST", "127.0.0.2")
+    monkeypatch.setenv("PARLEY_METRICS__PORT", str(server.server_address[1]))
+    try:
+        assert main(["health"]) == 0
+        assert capsys.readouterr().out == "ok\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert main(["health"]) == 1  # nothing listens there now: one line
+    err = capsys.readouterr().err
+    assert err.startswith("parley: no answer from http://127.0.0.2:") and err.count("\n") == 1
