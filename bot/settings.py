@@ -342,6 +342,17 @@ class BackendSettings(_Section):
             raise ValueError("backend.model must name a local model directory when kind is vllm")
         if self.kind == "openai" and not (self.base_url and self.model):
             raise ValueError("backend.base_url and backend.model are required when kind is openai")
+        # Each backend's metrics and circuit breaker are reported under its name: two of one
+        # name were summed into one series, the last one's breaker state hiding the other's.
+        named = [self.model] if self.kind != "none" else []
+        for n, fallback in enumerate(self.fallbacks):
+            name = fallback.label or fallback.model
+            if name in named:
+                raise ValueError(
+                    f"backend.fallbacks[{n}] has the name of a backend before it ({name!r}): "
+                    f"give it a label of its own (backend.fallbacks[{n}].label)"
+                )
+            named.append(name)
         return self
 
 

@@ -224,3 +224,15 @@ def test_the_default_database_does_not_depend_on_the_working_directory(
     monkeypatch.chdir(tmp_path)
     url = load_settings().database.url.get_secret_value()
     assert url == f"sqlite+aiosqlite:///{tmp_path / 'data' / 'parley.db'}"
+
+
+def test_two_backends_of_one_name_are_refused() -> None:
+    """A fallback serving the primary's model (a replica) had the primary's name: their
+    metrics were summed into one series, and the fallback's closed breaker hid the primary's
+    open one (a helper's walkthrough). A label tells them apart."""
+    replica = {"kind": "openai", "model": "m", "base_url": "http://10.0.0.2:8000"}
+    backend = {"kind": "openai", "model": "m", "base_url": "http://10.0.0.1:8000"}
+    with pytest.raises(ConfigError, match=r"backend.fallbacks\[0\] has the name of a backend"):
+        load_settings(None, backend={**backend, "fallbacks": [replica]})
+    labelled = load_settings(None, backend={**backend, "fallbacks": [{**replica, "label": "m2"}]})
+    assert labelled.backend.fallbacks[0].label == "m2"
