@@ -160,3 +160,49 @@ async def test_an_event_stream_opened_while_the_log_is_away_is_503_not_an_empty_
                     if back.status_code == 200:
                         break
                 await asyncio.sleep(0.5)
+
+
+async def test_an_agents_reply_posted_while_the_log_is_away_reaches_the_visitor_once_it_is_back(
+    worker: Worker, redis_proxy: TcpProxy, backend: GatedBackend
+) -> None:
+    """An agent's reply accepted (202) while Redis was out of reach failed its turn three
+    times, and an apology in the agent's name replaced it in the visitor's history (a
+    helper's review). It now waits for the log, as a bot's answer does, and arrives once."""
+    site = await worker.add_site("shop")
+    _, secret = await worker.adapter.sites.add_key("shop")
+    await worker.adapter.directory.refresh(force=True)
+    agent = bearer(secret)
+    async with worker.client() as client, contextlib.AsyncExitStack() as stack:
+        stack.callback(backend.release, 100)
+        visitor = await new_visitor(client, site)
+        token, visitor_id = visitor["token"], visitor["visitor_id"]
+        posted = await client.post("/v1/messages", headers=bearer(token), json={"text": "hi"})
+        assert posted.status_code == 202, posted.text
+        backend.release(len(WORDS))
+        await worker.adapter.idle()
+        taken = await client.post(
+            "/v1/handoff/take", headers=agent, json={"visitor_id": visitor_id, "agent": "Dana"}
+        )
+        assert taken.status_code == 200, taken.text
+        redis_proxy.cut(3600)  # until restored
+        reply = {"visitor_id": visitor_id, "agent": "Dana", "text": "Your order ships today."}
+        sent = await client.post(
+            "/v1/handoff/messages", headers={**agent, "Idempotency-Key": "r1"}, json=reply
+        )
+        assert sent.status_code == 202, sent.text
+        await asyncio.sleep(12)  # long enough for three failed turns and an apology before
+        await worker.adapter.idle()
+        redis_proxy.cut(0)
+        async with (
+            open_stream(client, token, last_event_id="0") as resumed,
+            asyncio.timeout(30),
+            resumed.arrived,
+        ):
+            await resumed.arrived.wait_for(lambda: any(e.event == "agent" for e in resumed.events))
+        await worker.adapter.idle()
+        messages = await history(client, token)
+    agents = [data(e)["text"] for e in resumed.events if e.event == "agent"]
+    assert agents == ["Your order ships today."]
+    said = [(m["role"], m.get("name"), m["text"]) for m in messages]
+    assert said[-1] == ("agent", "Dana", "Your order ships today.")
+    assert not any("went wrong" in text for _, _, text in said)

@@ -263,8 +263,11 @@ class SupportAdapter:
     ) -> None:
         """An agent's reply as one `agent` event: its name, the text in the visitor's language
         and, when that is a translation, the original and a mark saying so. Dropped with the
-        log when the visitor erased its data meanwhile (while the reply was translated)."""
+        log when the visitor erased its data meanwhile (while the reply was translated).
+        While the event log is out of reach it waits like a bot's answer (OutputAway): it
+        was a failed turn, and after three an apology in the agent's name replaced it."""
         conversation = key.chat_id
+        await self._log_reachable(conversation)
         text, translated = delivered("".join([chunk async for chunk in chunks]), author.text)
         event = AgentEvent(
             text=text,
@@ -273,7 +276,14 @@ class SupportAdapter:
             original=author.text if translated else "",
             language=author.language,
         )
-        await self.events.append(conversation, [("agent", event.model_dump())])
+        try:
+            await self.events.append(conversation, [("agent", event.model_dump())])
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._log_outage.failed(exc)
+            raise OutputAway(PLATFORM) from exc
+        self._log_outage.succeeded()
         if not await self._history.holds(key):
             await self.events.erase(conversation)
 
