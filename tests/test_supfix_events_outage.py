@@ -206,3 +206,41 @@ async def test_an_agents_reply_posted_while_the_log_is_away_reaches_the_visitor_
     said = [(m["role"], m.get("name"), m["text"]) for m in messages]
     assert said[-1] == ("agent", "Dana", "Your order ships today.")
     assert not any("went wrong" in text for _, _, text in said)
+
+
+async def test_a_handoff_made_while_the_log_is_away_reaches_the_widget_once_it_is_back(
+    worker: Worker, redis_proxy: TcpProxy, backend: GatedBackend
+) -> None:
+    """A take while Redis was out of reach: the desk dropped the `handoff` event after five
+    quick tries, and the widget went on showing the bot for ever (a helper's review)."""
+    site = await worker.add_site("shop")
+    _, secret = await worker.adapter.sites.add_key("shop")
+    await worker.adapter.directory.refresh(force=True)
+    async with worker.client() as client, contextlib.AsyncExitStack() as stack:
+        stack.callback(backend.release, 100)
+        visitor = await new_visitor(client, site)
+        token, visitor_id = visitor["token"], visitor["visitor_id"]
+        posted = await client.post("/v1/messages", headers=bearer(token), json={"text": "hi"})
+        assert posted.status_code == 202, posted.text
+        backend.release(len(WORDS))
+        await worker.adapter.idle()
+        redis_proxy.cut(3600)
+        taken = await client.post(
+            "/v1/handoff/take",
+            headers=bearer(secret),
+            json={"visitor_id": visitor_id, "agent": "Dana"},
+        )
+        assert taken.status_code == 200 and taken.json()["state"] == "human", taken.text
+        await asyncio.sleep(6)  # the five tries took about 3 s
+        redis_proxy.cut(0)
+        async with (
+            open_stream(client, token, last_event_id="0") as resumed,
+            asyncio.timeout(30),
+            resumed.arrived,
+        ):
+            await resumed.arrived.wait_for(
+                lambda: any(e.event == "handoff" for e in resumed.events)
+            )
+    handoffs = [data(e) for e in resumed.events if e.event == "handoff"]
+    assert [h["state"] for h in handoffs] == ["human"]
+    assert handoffs[0]["agent"] == "Dana"

@@ -33,12 +33,14 @@ from starlette.responses import JSONResponse, Response
 from bot.handoff.desk import AGENT_KEY_PREFIX
 from bot.handoff.types import (
     Desk,
+    DeskAway,
     DeskEvent,
     EventKind,
     HandoffError,
     HandoffState,
     HandoffStatus,
 )
+from bot.outage import is_outage
 from bot.storage.models import ConversationRow, MessageRow, UserRow
 from bot.text.storable import storable
 from bot.types import ConversationKey
@@ -271,4 +273,12 @@ class StreamBridge:
             reason=event.reason.value if event.reason else None,
             agent=event.agent,
         )
-        await self._events.append(event.key.chat_id, [("handoff", data.model_dump())])
+        try:
+            await self._events.append(event.key.chat_id, [("handoff", data.model_dump())])
+        except Exception as exc:
+            # The log out of reach (a Redis restart): the desk keeps the event until it is
+            # back. Dropped after five quick tries, the widget went on showing the bot, or
+            # "Connecting you with a person...", for ever (a helper's review).
+            if is_outage(exc):
+                raise DeskAway(f"the event log is out of reach ({type(exc).__name__})") from exc
+            raise
