@@ -135,7 +135,7 @@ class FakeChatwoot:
         times: int = 1,
     ) -> int:
         """POST one webhook to Parley (`times` identical deliveries, as Chatwoot's retries)."""
-        body = json.dumps(payload).encode()
+        body = json.dumps(payload, ensure_ascii=False).encode()  # as Rails sends it
         timestamp = str(int(self.clock() - age_s))
         headers = {
             "Content-Type": "application/json",

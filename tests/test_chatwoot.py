@@ -123,7 +123,7 @@ async def test_bad_bodies_get_a_short_4xx_and_nothing_recorded(worker: ChatwootW
     assert await fake.send(payload) == 400
     async with httpx.AsyncClient() as client:
         unsigned = await client.post(fake.webhook_url, content=b"{}")
-        huge = await client.post(fake.webhook_url, content=b"x" * 600_000)
+        huge = await client.post(fake.webhook_url, content=b"x" * 1_500_000)
         wrong_method = await client.get(fake.webhook_url)
     assert unsigned.status_code == 401 and huge.status_code == 413
     assert wrong_method.status_code == 405
@@ -430,3 +430,60 @@ async def test_doctor_checks_the_url_the_token_and_the_signing_version() -> None
             await check(section())
     with pytest.raises(AdapterError, match="ConnectError"):  # nothing listens there any more
         await check(section())
+
+
+async def test_an_agent_who_answers_a_conversation_of_the_bot_keeps_it(
+    worker: ChatwootWorker,
+) -> None:
+    """A `/reply` note on a conversation the bot had took it in Parley, but left Chatwoot's
+    status `pending`; the customer's answer to the agent carried that status, gave the
+    conversation back to the bot, and the bot answered it (a helper's review)."""
+    fake = worker.fake
+    conv = fake.conversation(23)  # pending: the bot has it
+    await fake.contact_says(conv, "first question")
+    await worker.idle()
+    await fake.agent_writes(conv, "/reply Hi, I am Alex from the team, let me check that.")
+    await worker.idle()
+    assert conv.status == "open"  # marked in Chatwoot as well
+    await fake.contact_says(conv, "thanks Alex, my order number is 12345")
+    await worker.idle()
+    assert fake.public_replies(conv) == [
+        "echo: first question",
+        "Hi, I am Alex from the team, let me check that.",
+    ]
+    assert (await worker.app.desk.status(_key(23))).state.value == "human"
+
+
+async def test_a_contact_with_a_name_of_300_characters_is_answered(worker: ChatwootWorker) -> None:
+    """Chatwoot puts no limit on a contact's name; the database's is 255 characters. Every
+    message from that contact was refused with a 500, retried by Chatwoot and never answered
+    (a helper's review). The name is cut."""
+    fake = worker.fake
+    conv = fake.conversation(21)
+    conv.contact["name"] = "K" * 300
+    status = await fake.contact_says(conv, "hello, where is my parcel?")
+    await worker.idle()
+    assert status == 200
+    assert fake.public_replies(conv) == ["echo: hello, where is my parcel?"]
+
+
+async def test_a_message_within_chatwoots_own_limit_is_read(
+    worker: ChatwootWorker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Chatwoot takes 150,000 characters and sends them twice in a webhook: 100,000 Chinese
+    characters made 601 kB, refused with 413 (which Chatwoot does not retry) and no log line
+    (a helper's review). Read now; over Parley's own message cap it is the usual stub and
+    one sentence."""
+    fake = worker.fake
+    conv = fake.conversation(24)
+    status = await fake.contact_says(conv, "\u4f60\u597d" * 50_000)
+    await worker.idle()
+    assert status == 200, fake.last_answer
+    [reply] = fake.public_replies(conv)
+    assert reply.startswith("That message is too long (100000 characters; the limit is 8000)")
+    assert not [r for r in caplog.records if "max_body_bytes" in r.getMessage()]
+    # Past the limit (beyond what Chatwoot sends): 413, and a line says so, since Chatwoot
+    # does not retry it and the message is lost.
+    with caplog.at_level(logging.WARNING, logger="adapters.chatwoot.webhook"):
+        assert await fake.contact_says(conv, "\U0001f600" * 200_000) == 413
+    assert [r for r in caplog.records if "over max_body_bytes" in r.getMessage()]

@@ -206,6 +206,19 @@ class ChatwootAdapter:
         except HandoffError:  # the bot has it (or no one: then take raises as well)
             await self._desk.take(reply.key, reply.agent)
             await send()
+            await self._opened(reply.key)
+
+    async def _opened(self, key: ConversationKey) -> None:
+        """Mark in Chatwoot a conversation an agent took by answering it: a reply note leaves
+        its status `pending`, which the customer's next message carries, and that gave the
+        conversation back to the bot, which answered the message meant for the agent (a
+        helper's review). A change made in Chatwoot is never mirrored by the bridge, since
+        Chatwoot made it; this one Chatwoot did not."""
+        try:
+            await self.client.toggle_status(conversation_ref(key.chat_id), "open")
+        except ChatwootError as exc:
+            log.warning("%s: taken by an agent's reply, not marked open in Chatwoot: %s",
+                        key, exc)  # fmt: skip
 
     async def _status_changed(self, change: StatusChange) -> None:
         current = await self._desk.status(change.key)

@@ -50,8 +50,11 @@ class ChatwootSettings(AdapterSettings):
         description="A signed webhook whose timestamp is further than this from now is refused "
         "(replays)",
     )
+    # Chatwoot takes messages of up to 150,000 characters and sends each twice in a webhook
+    # (`content` and the conversation's last message): 100,000 Chinese characters made 601 kB,
+    # refused at the 512 kB this was (a helper's review). 2 x 150,000 x 4 bytes and room.
     max_body_bytes: int = Field(
-        512_000, ge=4096, description="Largest webhook body; larger ones get 413 unread"
+        1_400_000, ge=4096, description="Largest webhook body; larger ones get 413 unread"
     )
     agent_reply_prefix: str = Field(
         "/reply ",

@@ -114,6 +114,9 @@ def webhook_routes(
         try:
             body = await read_capped(request, settings.max_body_bytes)
         except TooLarge:
+            # Chatwoot does not retry a 413: the message is lost unless someone reads this.
+            log.warning("chatwoot webhook: a body over max_body_bytes (%d) refused, from %s",
+                        settings.max_body_bytes, _peer(request))  # fmt: skip
             return PlainTextResponse("body too large", status_code=413)
         except ClientDisconnect:
             return PlainTextResponse("incomplete body", status_code=400)

@@ -34,14 +34,21 @@ def storable(text: str) -> str:
     return _UNSTORABLE.sub(REPLACEMENT, text)
 
 
+# The longest sender's name kept (users.display_name): a platform may allow longer ones (a
+# Chatwoot contact's name has no limit), and the database refused the whole message, which was
+# then a 500 to every delivery of every message from that sender (a helper's review).
+MAX_DISPLAY_NAME_CHARS = 255
+
+
 def storable_incoming(incoming: Incoming) -> Incoming:
-    """`incoming` with its text, quoted reply and sender's name made `storable`; the same
-    object where none needed it."""
+    """`incoming` with its text, quoted reply and sender's name made `storable`, the name cut
+    to MAX_DISPLAY_NAME_CHARS; the same object where none needed it."""
     quoted = incoming.reply_to_text
-    texts = (incoming.text, quoted or "", incoming.user.display_name)
-    if all(storable(t) == t for t in texts):
+    name = storable(incoming.user.display_name)[:MAX_DISPLAY_NAME_CHARS]
+    texts = (incoming.text, quoted or "")
+    if name == incoming.user.display_name and all(storable(t) == t for t in texts):
         return incoming
-    user = dataclasses.replace(incoming.user, display_name=storable(incoming.user.display_name))
+    user = dataclasses.replace(incoming.user, display_name=name)
     return dataclasses.replace(
         incoming,
         text=storable(incoming.text),
