@@ -325,3 +325,26 @@ def test_review_kb_kb_list_prints_no_terminal_escape_sequences(
     out, err = capsys.readouterr()
     assert "Title" in out
     assert "\x1b" not in out + err and "\x07" not in out + err
+
+
+async def test_a_folder_added_again_forgets_the_files_gone_from_it(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    """A file renamed and edited (a new refund policy) kept its old version in the knowledge
+    base, which search ranked first (a helper's review). A folder added again is the folder
+    as it is now; a file named alone, or a folder that is not there, removes nothing."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "refunds.md").write_text("# Refunds\n\nRefunds are accepted within 30 days.\n")
+    (tmp_path / "other.md").write_text("# Other\n\nShipping takes a week.\n")
+    await kb.add([docs, tmp_path / "other.md"])
+    (docs / "refunds.md").unlink()
+    (docs / "refund-policy.md").write_text("# Refunds\n\nRefunds are accepted within 14 days.\n")
+    (tmp_path / "other.md").unlink()
+    report = await kb.add(str(p) for p in [docs, tmp_path / "missing-folder"])
+    assert report.removed == [(docs / "refunds.md").as_posix()]
+    assert report.summary().endswith(", 1 removed (files gone)")
+    sources = sorted(d.source for d in await kb.list())
+    assert sources == [(docs / "refund-policy.md").as_posix(), (tmp_path / "other.md").as_posix()]
+    found = [p.text for p in await kb.search("within how many days are refunds accepted", 3)]
+    assert found == ["Refunds are accepted within 14 days."]

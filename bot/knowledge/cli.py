@@ -78,7 +78,9 @@ async def open_knowledge_base(settings: Settings) -> AsyncIterator[KnowledgeBase
 
 async def _add(kb: KnowledgeBase, paths: list[str], collection: str) -> int:
     report = await kb.add(paths, progress=ProgressPrinter(sys.stderr), collection=collection)
-    if not report.files:  # only folders, none with a file to take: a wrong folder, most likely
+    for source in report.removed:
+        print(printable(f"removed {source}: the file is gone"), file=sys.stderr)
+    if not report.files and not report.removed:  # only folders, none with a file: a typo?
         names = ", ".join(printable(p) for p in paths)
         print(f"parley: nothing to add: no supported files in {names}", file=sys.stderr)
         return 1

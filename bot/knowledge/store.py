@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -110,6 +111,15 @@ class _Prepared:
     sample: bool = False  # loaded by Parley as the sample (bot.knowledge.sample)
 
 
+def _folders(paths: Sequence[str | Path]) -> builtins.list[str]:
+    """The folders among `paths`, as the prefix of the documents stored from them."""
+    return [f"{normalize_source(p).rstrip('/')}/" for p in paths if Path(p).expanduser().is_dir()]
+
+
+def _present(sources: Sequence[str]) -> builtins.list[bool]:
+    return [os.path.exists(source) for source in sources]
+
+
 class KnowledgeBase:
     """Shares the history's engine; it does not own it (the caller disposes of it). Without an
     embedder, search is full-text only."""
@@ -183,6 +193,7 @@ class KnowledgeBase:
         cuts the time of a big folder by about a third. `sample`: Parley loads its sample
         knowledge base (bot.knowledge.sample); a file added otherwise is the operator's, even
         one that was loaded as the sample before."""
+        paths = builtins.list(paths)  # read twice: walked, then its folders for files gone
         files = await asyncio.to_thread(collect_files, paths)
         report = AddReport()
         upcoming: asyncio.Task[_Prepared | FileResult] | None = None
@@ -200,7 +211,24 @@ class KnowledgeBase:
             if upcoming is not None:  # an error or a cancellation: the look-ahead goes too
                 upcoming.cancel()
                 await asyncio.gather(upcoming, return_exceptions=True)
+        report.removed = await self._forget_gone(paths)
         return report
+
+    async def _forget_gone(self, paths: Sequence[str | Path]) -> builtins.list[str]:
+        """Remove the documents stored from the folders among `paths` whose files are gone
+        (deleted or renamed since): a folder added again is the folder as it is now. A
+        renamed policy kept its old version, which search ranked first (a helper's review).
+        Only a folder that is there is looked in, and only a file that is not is forgotten."""
+        folders = await asyncio.to_thread(_folders, paths)
+        if not folders:
+            return []
+        stored = await self._rows.documents(None)
+        under = [d.source for d in stored if d.source.startswith(tuple(folders))]
+        present = await asyncio.to_thread(_present, under)
+        gone = [s for s, there in zip(under, present, strict=True) if not there]
+        for source in gone:
+            await self._rows.remove(source)
+        return gone
 
     async def list(self, collection: str | None = None) -> builtins.list[DocumentInfo]:
         """The documents of `collection` ("": the default one), or of all when None."""

@@ -151,6 +151,8 @@ class FileResult:
 @dataclass(slots=True)
 class AddReport:
     files: list[FileResult] = field(default_factory=list)
+    # Documents of the folders added whose files are gone: removed.
+    removed: list[str] = field(default_factory=list)
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for f in self.files if f.outcome is outcome)
@@ -164,7 +166,8 @@ class AddReport:
         return [f for f in self.files if f.moved_from is not None]
 
     def summary(self) -> str:
-        return ", ".join(f"{self.count(o)} {o.value}" for o in Outcome)
+        counts = ", ".join(f"{self.count(o)} {o.value}" for o in Outcome)
+        return counts + (f", {len(self.removed)} removed (files gone)" if self.removed else "")
 
 
 # Called after each file with (files done, files in all, that file's result).
