@@ -105,12 +105,14 @@ def test_rva_good_telegram_urls_still_load() -> None:
     assert section.model_dump()["base_url"] == "http://127.0.0.1:8081/bot"
 
 
+@pytest.mark.parametrize("metrics_host", ["127.0.0.1", "localhost"])
 async def test_rva_metrics_on_the_http_port_are_served_by_the_one_http_server(
-    tmp_path: Path,
+    tmp_path: Path, metrics_host: str
 ) -> None:
     """`[metrics] port` = `[http] port` with a webhook: the HTTP server serves /metrics
     already, so no second server is started on the same port (it ended in exit 3 with
-    'cannot listen on ...: Address already in use', a restart loop)."""
+    'cannot listen on ...: Address already in use', a restart loop). `localhost` beside
+    127.0.0.1 is the same address (it was taken for another: a helper's walkthrough)."""
     port = free_port()
     api = FakeBotApi()
     async with api.serving() as base_url:
@@ -118,7 +120,7 @@ async def test_rva_metrics_on_the_http_port_are_served_by_the_one_http_server(
             None,
             database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},
             http={"port": port},
-            metrics={"port": port},
+            metrics={"port": port, "host": metrics_host},
             adapters=["telegram"],
             telegram={"token": TOKEN, "base_url": base_url, "stream_interval_s": 0.05, **HOOK},
         )

@@ -165,6 +165,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _listening_address(host: str) -> str:
+    """`localhost` is where a server on it listens, 127.0.0.1: `metrics.host = "localhost"`
+    beside `http.host = "127.0.0.1"` on one port was taken for two servers, the second of
+    which could not listen, exit 3, restarted for ever (a helper's walkthrough)."""
+    return "127.0.0.1" if host.lower() == "localhost" else host
+
+
 def _serves_metrics_already(settings: Settings) -> bool:
     """The metrics port is the HTTP server's port: on the same host that server is the
     metrics server too. With every interface on one side, one of the two could not listen,
@@ -172,7 +179,7 @@ def _serves_metrics_already(settings: Settings) -> bool:
     h, m = settings.http, settings.metrics
     if m.port != h.port:
         return False
-    if m.host == h.host:
+    if _listening_address(m.host) == _listening_address(h.host):
         return True
     if {m.host, h.host} & EVERY_INTERFACE:
         raise ConfigError(
