@@ -130,12 +130,14 @@ def _stdout_gone() -> bool:
 def _error(exc: Exception, settings: Settings | None) -> None:
     """The one line on stderr, with the secrets redacted as in the logs: it does not pass
     through the logging handler, and an error may quote a URL or a library's message."""
+    from bot.logformat import error_line
     from bot.logsafety import redactor
 
     line = str(exc)
     if settings is not None:
         line = redactor(settings).redact(line)
-    print(f"parley: error: {line}", file=sys.stderr)
+    json_format = settings is not None and settings.log_format == "json"
+    print(error_line(line, json_format=json_format), file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -45,6 +45,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+def error_line(text: str, *, json_format: bool) -> str:
+    """The line a failing `parley` command ends with (`parley: error: ...`), as one JSON
+    object where the log is JSON lines: among them a plain line broke whatever reads them."""
+    line = f"parley: error: {text}"
+    if not json_format:
+        return line
+    record = logging.LogRecord("parley", logging.ERROR, "", 0, line, None, None)
+    return JsonFormatter().format(record)
+
+
 def _utc(created: float) -> str:
     moment = datetime.fromtimestamp(created, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

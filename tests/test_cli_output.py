@@ -187,3 +187,18 @@ def test_health_asks_healthz_where_the_settings_say_the_worker_listens(
     assert main(["health"]) == 1  # nothing listens there now: one line
     err = capsys.readouterr().err
     assert err.startswith("parley: no answer from http://127.0.0.2:") and err.count("\n") == 1
+
+
+def test_with_json_logs_the_last_line_of_a_failure_is_json_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every line on stderr was a JSON object but the last, `parley: error: ...`, plain text,
+    which a log collector reading JSON lines dropped or choked on (a helper's walkthrough)."""
+    for name, value in parley_env(tmp_path, {}).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PARLEY_LOG_FORMAT", "json")
+    monkeypatch.setenv("PARLEY_ADAPTERS", "[]")
+    assert main(["run"]) == 2
+    last = json.loads(capsys.readouterr().err.splitlines()[-1])
+    assert (last["level"], last["logger"]) == ("ERROR", "parley")
+    assert last["message"].startswith("parley: error: adapters: none configured")

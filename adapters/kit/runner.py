@@ -31,6 +31,7 @@ from bot.app import Parley
 from bot.conversation.intake import Intake
 from bot.errors import AdapterError, BotError, ConfigError
 from bot.handoff.types import Desk
+from bot.logformat import error_line
 from bot.readiness import ReadinessProbe
 from bot.settings import Settings
 from bot.skills.router import CommandRouter
@@ -100,7 +101,7 @@ async def run_adapters(
     adapters = build_adapters(host, names, sections or {})
     if stop is None:
         stop = asyncio.Event()
-        install_stop_signals(stop, hard_stop_s)
+        install_stop_signals(stop, hard_stop_s, json_format=app.settings.log_format == "json")
     async with AsyncExitStack() as stack:
         for adapter, section in adapters:
             await _enter(stack, adapter)
@@ -272,7 +273,9 @@ async def _drain(app: Parley) -> None:
     )
 
 
-def install_stop_signals(stop: asyncio.Event, hard_stop_s: float | None = None) -> None:
+def install_stop_signals(
+    stop: asyncio.Event, hard_stop_s: float | None = None, *, json_format: bool = False
+) -> None:
     """SIGINT and SIGTERM set `stop`. `hard_stop_s`: the process ends that long after the
     first signal whatever still runs then (exit 3, one line): a database that takes
     connections and never answers held a stop for minutes, where a process manager kills at
@@ -281,7 +284,7 @@ def install_stop_signals(stop: asyncio.Event, hard_stop_s: float | None = None) 
 
     def on_signal() -> None:
         if not stop.is_set() and hard_stop_s is not None:
-            timer = threading.Timer(hard_stop_s, _hard_stop, args=(hard_stop_s,))
+            timer = threading.Timer(hard_stop_s, _hard_stop, args=(hard_stop_s, json_format))
             timer.daemon = True  # a stop that finishes in time ends the process first
             timer.start()
         stop.set()
@@ -293,13 +296,14 @@ def install_stop_signals(stop: asyncio.Event, hard_stop_s: float | None = None) 
             loop.add_signal_handler(sig, on_signal)
 
 
-def _hard_stop(after_s: float) -> None:
+def _hard_stop(after_s: float, json_format: bool) -> None:
     # From the timer's thread, with the event loop perhaps stuck: no logging (its lock may
     # be held), one write, then the exit itself (os._exit: no interpreter clean-up to hang).
-    line = (
-        f"parley: error: the stop did not finish within {after_s:g} s (a database or service "
-        "that does not answer): exiting; unanswered messages stay pending in SQL\n"
+    text = (
+        f"the stop did not finish within {after_s:g} s (a database or service that does not "
+        "answer): exiting; unanswered messages stay pending in SQL"
     )
+    line = error_line(text, json_format=json_format) + "\n"
     with contextlib.suppress(OSError):
         os.write(2, line.encode())
     os._exit(EXIT_STOP_HUNG)
