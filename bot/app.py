@@ -31,7 +31,7 @@ from bot.handoff.repo import HandoffRepository
 from bot.handoff.translation import Translator
 from bot.handoff.turns import HandoffTurns, register_human_intent
 from bot.knowledge import KnowledgeBase
-from bot.metrics import Metrics
+from bot.metrics import Metrics, multiprocess_mode
 from bot.sentiment.classifier import warm as warm_sentiment
 from bot.settings import Settings
 from bot.skills.core_commands import register_core_commands
@@ -105,6 +105,9 @@ class Parley:
         await self.store.start()
         self._stack.push_async_callback(self.store.aclose)
         self.metrics.watch_store(self.store.engine, self.store.pools)
+        if multiprocess_mode():  # a scrape reaches one worker: each publishes its own
+            publishing = asyncio.create_task(self.metrics.publish_local())
+            self._stack.push_async_callback(_cancelled, publishing)
         self.cache = cache = build_cache(s.redis)
         self._stack.push_async_callback(cache.aclose)
         self.backend = self._given_backend or build_resilient_backend(s.backend)
@@ -235,3 +238,8 @@ class Parley:
         if room < conv.context_tokens:
             log.info("context budget capped at %d tokens by the model's context length", room)
         return min(conv.context_tokens, room)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -74,6 +74,8 @@ from bot.types import ConversationKey
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Seconds between a worker's own readings in multiprocess mode: within a usual scrape period.
+LOCAL_REFRESH_S = 5.0
 # Chat turns take seconds (streamed answers of a few hundred tokens); commands milliseconds.
 TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 FIRST_TOKEN_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
@@ -167,6 +169,11 @@ class _Seen:
         before = self.values.get((id(source), name), 0)
         self.values[(id(source), name)] = now
         return max(0, now - before)
+
+
+def multiprocess_mode() -> bool:
+    """Whether the workers' metrics are aggregated from files (PROMETHEUS_MULTIPROC_DIR)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
 
 
 class Metrics:
@@ -353,12 +360,25 @@ class Metrics:
             self._backend_counters[name].labels(backend.name).inc(increase)
         self.breaker_state.labels(backend.name).set(BREAKER_VALUES[backend.breaker.state])
 
-    async def refresh(self) -> None:
-        """What is read at scrape time: the plain counters, the pools, the pending messages."""
+    def refresh_local(self) -> None:
+        """What this worker alone can read: its plain counters and its pools (no SQL)."""
         self.sync()
         for name, pool in self._pools.items():
             self.db_connections.labels(name, "in_use").set(pool.checkedout())
             self.db_connections.labels(name, "idle").set(pool.checkedin())
+
+    async def publish_local(self) -> None:
+        """In multiprocess mode, `refresh_local` every LOCAL_REFRESH_S until cancelled: a scrape
+        runs `refresh` in the one worker it reaches, so the others' pools showed their
+        start-up values and their breakers' states changed only when one of their turns
+        ended (a helper's walkthrough: 10 idle connections shown, 32 open)."""
+        while True:
+            self.refresh_local()
+            await asyncio.sleep(LOCAL_REFRESH_S)
+
+    async def refresh(self) -> None:
+        """What is read at scrape time: the plain counters, the pools, the pending messages."""
+        self.refresh_local()
         if self._engine is None:
             return
         query = select(func.count(), func.min(MessageRow.created_at)).where(text(PENDING_PREDICATE))
