@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from bot.cli import main
 from bot.doctor import run_checks
 from bot.errors import ConfigError
 from bot.settings import load_settings
+from bot.storage import migrate
 from tests.support_helpers import bearer, new_visitor, support_worker
 
 PROMPT = "You are the helper of Shop, whose discount code is SHOP-4242."
@@ -375,3 +377,17 @@ def test_sup_origins_stored_by_an_earlier_parley_are_read_as_browsers_send_them(
         origins='["https://shop.example:443", "https://shop.example", "https://a@b.example"]',
     )  # fmt: skip
     assert sites._site(row).origins == ("https://shop.example", "https://a@b.example")
+
+
+@pytest.mark.postgres
+async def test_a_worker_on_a_shared_database_without_a_token_secret_says_so(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`parley doctor` flagged it, `parley run` said nothing: a second worker on another
+    machine then refused every visitor token of the first (a helper's walkthrough)."""
+    await migrate.upgrade(postgres_url)
+    with caplog.at_level(logging.WARNING, logger="adapters.support.adapter"):
+        async with support_worker(postgres_url, redis_url=None, token_secret=None):
+            pass
+    said = [r.getMessage() for r in caplog.records if r.name == "adapters.support.adapter"]
+    assert any(line.startswith("support.token_secret is not set") for line in said), said

@@ -88,6 +88,14 @@ class SupportAdapter:
         self.sites = SiteStore(self._engine)
         self.directory = SiteDirectory(self.sites)
         signer = TokenSigner(load_secret(settings.token_secret), settings.token_ttl_s)
+        if settings.token_secret is None and (not core.database.is_sqlite or core.redis.url):
+            # parley doctor says so too; a worker started without it said nothing, and a
+            # second worker on another machine then refused every visitor of the first.
+            log.warning(
+                "support.token_secret is not set: visitor tokens are signed with a secret "
+                "kept in this machine's data folder, which workers on other machines refuse; "
+                "set PARLEY_SUPPORT__TOKEN_SECRET, the same on every worker"
+            )
         self._auth = Authenticator(self.directory, signer)
         self._history = SupportHistory(self._engine)
         self.api = SupportApi(
