@@ -337,6 +337,30 @@ async def test_too_many_messages_get_429_with_retry_after(
             assert codes[2].json()["error"]["code"] == "rate_limited"
 
 
+async def test_a_retry_of_a_recorded_message_is_not_counted_again(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    # The 202 of the last message under the limit was lost: its retry must get it again,
+    # not a 429 for a message that is recorded and answered.
+    async with support_worker(
+        pg, redis_url=redis_url, key_prefix=key_prefix, backend=ScriptedBackend(),
+        visitor_messages=2, rate_window_s=30,
+    ) as w:  # fmt: skip
+        site = await w.add_site("shop")
+        async with w.client() as client:
+            auth = bearer((await new_visitor(client, site))["token"])
+
+            async def post(key: str, text: str) -> Any:
+                headers = {**auth, "Idempotency-Key": key}
+                return await client.post("/v1/messages", headers=headers, json={"text": text})
+
+            first, second = await post("k1", "one"), await post("k2", "two")
+            retry = await post("k2", "two")
+            third = await post("k3", "three")
+    assert [r.status_code for r in (first, second, retry, third)] == [202, 202, 202, 429]
+    assert retry.json()["message_id"] == second.json()["message_id"]
+
+
 async def test_too_many_requests_from_one_address(pg: str, redis_url: str, key_prefix: str) -> None:
     async with support_worker(
         pg, redis_url=redis_url, key_prefix=key_prefix, ip_requests=3, rate_window_s=20

@@ -172,7 +172,11 @@ class SupportApi:
         ip_hits = asyncio.create_task(self._hits(keys.support_ip(_client(request))))
         try:
             caller, body, idempotency = await self._message_request(request)
-            visitor_hits = await self._hits(keys.support_visitor(caller.conversation))
+            # A retry (the same Idempotency-Key) is not counted again: it gets the count its
+            # first try got, so a message recorded under the limit is answered 202 again.
+            visitor = keys.support_visitor(caller.conversation)
+            once = keys.counted(visitor, idempotency) if idempotency is not None else None
+            visitor_hits = await self._hits(visitor, once=once)
         finally:
             ip_total = await ip_hits
         self._check(ip_total, self._s.ip_requests)
@@ -367,8 +371,8 @@ class SupportApi:
         hits = await self._hits(keys.support_ip(_client(request)))
         self._check(hits, self._s.ip_requests)
 
-    async def _hits(self, key: str) -> int:
-        return await self._cache.count(key, self._s.rate_window_s)
+    async def _hits(self, key: str, *, once: str | None = None) -> int:
+        return await self._cache.count(key, self._s.rate_window_s, once=once)
 
     def _check(self, hits: int, most: int) -> None:
         if hits > most:
