@@ -433,6 +433,9 @@ async def test_bad_parameters_get_a_short_4xx(worker: Worker) -> None:
             ("/v1/history", {"limit": "0"}, auth),
             ("/v1/history", {"before": "x"}, auth),
             ("/v1/events", {"last_event_id": "nope"}, auth),
+            # Digits of other scripts: str.isdigit() took them, int() did not (a 500).
+            ("/v1/history", {"limit": "\u00b2"}, auth),
+            ("/v1/history", {"before": "\u0661"}, auth),
         ]
         for path, params, headers in cases:
             response = await client.get(path, params=params, headers=headers)
@@ -443,6 +446,23 @@ async def test_bad_parameters_get_a_short_4xx(worker: Worker) -> None:
         assert anonymous.headers["www-authenticate"] == "Bearer"
         expired = await client.post("/v1/messages", headers=bearer("garbage"), json={"text": "x"})
         assert expired.status_code == 401
+
+
+@pytest.mark.parametrize("last_event_id", ["\u0661-\u0661", "1-1\n"])
+async def test_an_event_id_of_other_digits_or_a_trailing_newline_is_a_400(
+    worker: Worker, last_event_id: str
+) -> None:
+    # \d took other scripts' digits and $ a trailing newline: the stream was a 200 that Redis
+    # refused to read, taken for the log out of reach.
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        params = {"token": visitor["token"], "last_event_id": last_event_id}
+        async with asyncio.timeout(10), client.stream("GET", "/v1/events", params=params) as r:
+            status = r.status_code  # the headers only: a 200 would stream on
+            body = await r.aread() if status != 200 else b""
+    assert status == 400
+    assert json.loads(body)["error"]["message"] == "Last-Event-ID: not an event id"
 
 
 async def test_the_openapi_document_and_its_page(worker: Worker) -> None:

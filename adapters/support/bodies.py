@@ -26,7 +26,7 @@ async def read_body(
     """The JSON body as `model`: 413 over `limit` bytes (before reading it all when the size
     is declared), 400 when it is no JSON object, 422 naming the first field that is wrong."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _digits(declared) and int(declared) > limit:
         raise _too_large(limit)
     raw = bytearray()
     async for chunk in request.stream():
@@ -80,6 +80,11 @@ def int_param(request: Request, name: str, low: int, high: int) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _digits(raw) or not low <= int(raw) <= high:
         raise ApiError(400, "invalid_request", f"{name}: a whole number from {low} to {high}")
     return int(raw)
+
+
+def _digits(text: str) -> bool:
+    # ASCII digits only: str.isdigit() takes "²" too, which int() then refuses (a 500).
+    return text.isascii() and text.isdigit()

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# ASCII digits, the whole text: \d takes "١" and $ a trailing newline, which Redis refuses.
+EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 # Events read per XRANGE; a stream catching up reads again until it has them all.
 READ_BATCH = 200
 # How long a start waits for the subscription before it goes on without it (RedisEventLog).
@@ -68,7 +69,7 @@ class Event:
 
 def valid_event_id(text: str) -> bool:
     """An id as Redis Streams make them: two unsigned 64-bit numbers."""
-    if not EVENT_ID.match(text):
+    if not EVENT_ID.fullmatch(text):
         return False
     return all(int(part) < 2**64 for part in text.split("-"))
 
