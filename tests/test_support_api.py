@@ -373,6 +373,22 @@ async def test_too_many_requests_from_one_address(pg: str, redis_url: str, key_p
             assert codes == [201, 201, 201, 429]
 
 
+async def test_erasures_from_one_address_are_limited(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    # Each erasure is a transaction over the visitor's rows: counted like any request.
+    async with support_worker(
+        pg, redis_url=redis_url, key_prefix=key_prefix, ip_requests=3, rate_window_s=20
+    ) as w:
+        site = await w.add_site("shop")
+        async with w.client() as client:
+            auth = bearer((await new_visitor(client, site))["token"])  # the address's first
+            codes = [(await client.delete("/v1/visitor", headers=auth)) for _ in range(3)]
+    assert [r.status_code for r in codes] == [204, 204, 429]
+    assert codes[2].headers["retry-after"] == "20"
+    assert codes[2].json()["error"]["code"] == "rate_limited"
+
+
 async def test_erasure_removes_the_visitors_messages_and_conversation(worker: Worker) -> None:
     site = await worker.add_site("shop")
     async with worker.client() as client:

@@ -291,6 +291,7 @@ class SupportApi:
     async def erase(self, request: Request) -> Response:
         """Erase the visitor's messages and conversation (right to erasure)."""
         caller = await self._auth.caller(request, request.query_params.get("visitor_id"))
+        await self._limit_ip(request)  # each is a transaction over the visitor's rows
         for conversation_id in await self._history.erase(caller.key, caller.user_id):
             await self._cache.delete(keys.window(conversation_id))
             # The handoff's cached state holds the agent's name and the visitor's language.
