@@ -10,8 +10,10 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -24,7 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from adapters.support import errors
+from adapters.support import errors, sites
 from adapters.support.api import endpoint
 from adapters.support.errors import ApiError
 from bot.errors import StorageError
@@ -226,6 +228,31 @@ async def test_sup_each_endpoint_answers_503_json_while_the_database_is_out_of_r
         restore(proxy)
         page = await as_told(lambda: client.get("/v1/history", headers=auth), keyed=False)
         assert page.status_code == 200, page.text
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/nope"), ("PUT", "/v1/visitor")])
+async def test_sup_an_unknown_route_while_the_database_is_out_of_reach_is_503_json(
+    pg_worker: Worker,
+    proxy: TcpProxy,
+    logs: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    path: str,
+) -> None:
+    """Its CORS header reloads the sites once they are older than REFRESH_S: that reload
+    failing was Starlette's plain-text 500 and a traceback."""
+    await pg_worker.add_site("shop")
+    later = time.monotonic() + sites.REFRESH_S  # the sites as loaded are due for a reload
+    monkeypatch.setattr(sites, "time", SimpleNamespace(monotonic=lambda: later))
+    proxy.cut(3600)
+    async with pg_worker.client() as client:
+        with logs.at_level(logging.WARNING):
+            response = await client.request(method, path)
+        assert_unavailable(response, keyed=False)  # the origin as last loaded: listed
+        assert_one_quiet_line(logs)
+        restore(proxy)
+        unknown = await as_told(lambda: client.request(method, path), keyed=False)
+    assert unknown.status_code in (404, 405) and unknown.json()["error"]["code"]
 
 
 # -- Redis out of reach --------------------------------------------------------------------------

@@ -34,8 +34,8 @@ from bot.types import ConversationKey, Incoming
 
 from . import answers, openapi, pages
 from .agent_api import AgentApi, StreamBridge
-from .api import Handler, SupportApi, endpoint
-from .auth import PLATFORM, Authenticator, cors_headers, preflight_headers
+from .api import Handler, SupportApi, endpoint, failed
+from .auth import PLATFORM, Authenticator, answer_origin, cors_headers, preflight_headers
 from .errors import ApiError, forbidden
 from .events import EventLog, LogUnreachable, Outbox, build_event_log
 from .history import SupportHistory, delivered
@@ -333,8 +333,15 @@ class SupportAdapter:
             code, message = "method_not_allowed", f"{request.method} is not allowed here"
         else:
             code, message = "invalid_request", exc.detail
-        response = ApiError(exc.status_code, code, message, exc.headers).response()
-        origin = await self._auth.preflight_allowed(request)
+        response: Response = ApiError(exc.status_code, code, message, exc.headers).response()
+        try:
+            origin = await self._auth.preflight_allowed(request)
+        except Exception as failure:
+            # The sites could not be reloaded: answered as an endpoint answers it (an outage
+            # is a JSON 503 with Retry-After, not Starlette's plain-text 500), with the CORS
+            # header for the origins as last loaded.
+            response = failed(request, failure)
+            origin = answer_origin(request, self.directory.all_origins)
         if origin is not None:
             response.headers.update(cors_headers(origin))
         return response
