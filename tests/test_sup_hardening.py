@@ -192,7 +192,15 @@ def _sql(url: str, sql: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "ok"), [("a", False), ("q" * 31, False), ("", False), ("q" * 32, True)]
+    ("value", "ok"),
+    [
+        ("a", False),
+        ("q" * 31, False),
+        ("", False),
+        ("q" * 32, True),
+        (" " * 32, False),  # blanks at its ends are not counted
+        (" " * 8 + "q" * 31 + " " * 8, False),
+    ],
 )
 def test_sup_a_token_secret_shorter_than_32_characters_is_refused(
     home: Path,
@@ -236,8 +244,14 @@ def test_sup_the_test_suites_token_secrets_pass_the_rule() -> None:
         ("PARLEY_SUPPORT__WEBHOOKS",
          '{"shop": {"url": "https://x.example/h", "secret": "hunter2"}}',
          "PARLEY_SUPPORT__WEBHOOKS: the secret of 'shop' must be at least 16 characters"),
+        ("PARLEY_SUPPORT__WEBHOOK",
+         '{"url": "https://x.example/h", "secret": "hunter2' + " " * 16 + '"}',
+         "PARLEY_SUPPORT__WEBHOOK: the secret must be at least 16 characters"),
+        ("PARLEY_SUPPORT__WEBHOOKS",
+         '{"shop": {"url": "https://x.example/h", "secret": "' + " " * 16 + 'hunter2"}}',
+         "PARLEY_SUPPORT__WEBHOOKS: the secret of 'shop' must be at least 16 characters"),
     ],
-    ids=["webhook", "webhooks"],
+    ids=["webhook", "webhooks", "webhook-blanks", "webhooks-blanks"],
 )  # fmt: skip
 def test_sup_a_short_webhook_secret_is_named_in_characters(
     home: Path,

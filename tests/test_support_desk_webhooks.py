@@ -120,6 +120,12 @@ async def test_a_delivery_is_signed_and_the_documented_snippet_verifies_it() -> 
     assert not verify(OTHER_SECRET, body, stamp, signature)
     assert not verify(SECRET, body.replace(b"refund", b"refunt"), stamp, signature)
     assert not verify(SECRET, body, str(int(stamp) - 3600), signature)  # a replay an hour on
+    # Forged headers are no match, never an exception: digits of another script (int()
+    # refused "²" that str.isdigit() took), a signature that is not ASCII (compare_digest
+    # refuses such a str).
+    assert not verify(SECRET, body, "\u00b2", signature)
+    assert not verify(SECRET, body, stamp, "v1=\u00e9")
+    assert verify(SECRET, body, stamp, f"v1=\u00e9, {signature}")  # the next one still counts
     payload = json.loads(body)
     assert headers["parley-event-id"] == payload["id"] == event_id(sent)
     assert headers["content-type"] == "application/json"
@@ -134,6 +140,14 @@ async def test_a_delivery_is_signed_and_the_documented_snippet_verifies_it() -> 
     }
     assert payload["note"]["unanswered"] == ["Where is my refund?"]
     assert "Not answered by the bot:" in payload["note"]["text"]
+
+
+def test_the_desk_guide_prints_the_same_verification_snippet() -> None:
+    """docs/support-desk.md prints the snippet again: a fix to one must reach the other."""
+    desk = (DOCS.parent / "support-desk.md").read_text(encoding="utf-8")
+    text = DOCS.read_text(encoding="utf-8")
+    block = re.search(r"<!-- webhook-verify.*?-->\s*```python\n(.*?)```", text, re.S)
+    assert block is not None and f"```python\n{block.group(1)}```" in desk
 
 
 async def test_a_500_is_retried_with_the_same_event_id_and_a_fresh_signature() -> None:

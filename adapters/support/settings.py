@@ -75,7 +75,8 @@ class SupportSettings(AdapterSettings):
     @classmethod
     def _long_token_secret(cls, value: SecretStr | None) -> SecretStr | None:
         # The message says characters (pydantic's min_length says "items"), never the value.
-        if value is not None and len(value.get_secret_value()) < TOKEN_SECRET_MIN:
+        # Blanks at its ends are not counted: 32 spaces are no secret (as Chatwoot's settings).
+        if value is not None and len(value.get_secret_value().strip()) < TOKEN_SECRET_MIN:
             raise ValueError(
                 f"must be at least {TOKEN_SECRET_MIN} characters "
                 "(make one with `openssl rand -base64 48`)"
@@ -107,13 +108,14 @@ class SupportSettings(AdapterSettings):
 
 def _short_secret(target: Any) -> bool:
     """Whether a webhook target, as read from a setting, has a secret too short to sign with
-    (what else is wrong with it WebhookTarget's own validation says)."""
+    (what else is wrong with it WebhookTarget's own validation says); blanks at its ends are
+    not counted: 16 spaces are no secret."""
     if not isinstance(target, Mapping):
         return False
     secret = target.get("secret")
     if isinstance(secret, SecretStr):
         secret = secret.get_secret_value()
-    return isinstance(secret, str) and len(secret) < WEBHOOK_SECRET_MIN
+    return isinstance(secret, str) and len(secret.strip()) < WEBHOOK_SECRET_MIN
 
 
 async def doctor(section: SupportSettings, core: Settings) -> str:
