@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -434,6 +435,61 @@ async def test_a_message_sent_in_one_tab_shows_in_the_visitors_other_tab(
                 "nodes => nodes.map(n => n.classList.contains('user') ? 'user' : 'bot')"
             )
             assert order == ["user", "bot", "user", "bot"]
+
+
+def history_message(n: int, role: str, text: str, **more: str) -> dict[str, Any]:
+    at = f"2026-12-01T10:00:{n:02}+00:00"
+    return {"id": str(n), "role": role, "text": text, "sources": [], "created_at": at, **more}
+
+
+# Two pages of /v1/history as the server answers them (oldest first within a page): a person's
+# message and a notice on the earlier one.
+HISTORY_PAGES = {
+    "": {
+        "messages": [
+            history_message(4, "user", "Q4 second question"),
+            history_message(5, "agent", "A5 Dana answers Q4", name="Dana"),
+            history_message(6, "user", "Q6 third question"),
+            history_message(7, "assistant", "B7 the bot answers Q6", reply_to="6"),
+        ],
+        "next": "4",
+    },
+    "4": {
+        "messages": [
+            history_message(1, "user", "Q1 first question"),
+            history_message(2, "agent", "A2 Dana answers Q1", name="Dana"),
+            history_message(3, "notice", "N3 the assistant is back"),
+        ],
+        "next": None,
+    },
+}
+
+
+async def test_show_earlier_puts_an_earlier_page_above_in_order(stack: Stack, browser: Any) -> None:
+    """A person's messages and notices of an earlier page were added at the bottom, below the
+    newest message, while the visitor's questions and the bot's answers went above."""
+    origin = stack.page.rstrip("/")
+
+    # The browser gets the pages from here: a real history of two pages is over 50 messages.
+    async def history(route: Any) -> None:
+        before = parse_qs(urlsplit(route.request.url).query).get("before", [""])[0]
+        await route.fulfill(
+            json=HISTORY_PAGES[before], headers={"Access-Control-Allow-Origin": origin}
+        )
+
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.route(f"{stack.api}/v1/history*", history)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await wait_text(page, BOT_TEXT, "t => t.includes('B7')")
+        await page.click("parley-chat .earlier")
+        await page.locator("parley-chat .msg.notice", has_text="N3").wait_for()  # the last of it
+        shown = await page.locator("parley-chat .msg").evaluate_all(
+            "nodes => nodes.map(n => n.textContent.match(/[QABN][0-9]/)[0])"
+        )
+        assert await page.locator("parley-chat .earlier").count() == 0  # no page before it
+    assert shown == ["Q1", "A2", "N3", "Q4", "A5", "Q6", "B7"]
 
 
 async def test_a_reload_before_the_first_word_still_shows_the_answer_is_coming(

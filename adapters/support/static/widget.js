@@ -603,14 +603,15 @@ textarea:focus-visible { outline-offset: 0; }
     paint(entry, true);
   }
 
-  function notice(text) {
-    add(el("div", { class: "msg notice", dir: "auto", text: String(text) }));
+  // `before`: where a page of history goes (above what is shown); else at the bottom.
+  function notice(text, before = null) {
+    add(el("div", { class: "msg notice", dir: "auto", text: String(text) }), before);
   }
 
   // A person's message: their name, the text (Markdown as nodes, like an answer), and when it
   // was machine-translated a "Translated" mark that opens the original (a native <details>:
   // keyboard and screen readers need nothing more).
-  function agent(d) {
+  function agent(d, before = null) {
     const name = String(d.name || "");
     const node = el("div", { class: "msg agent", dir: "auto" });
     const who = el("span", { class: "who", dir: "auto", "aria-hidden": "true", text: name });
@@ -622,7 +623,7 @@ textarea:focus-visible { outline-offset: 0; }
         el("div", { class: "original", dir: "auto", "aria-label": say("original") },
           markdown(String(d.original)))));
     }
-    add(node);
+    add(node, before);
   }
 
   function showHandoff() {
@@ -660,9 +661,9 @@ textarea:focus-visible { outline-offset: 0; }
         lastUser = "";
         finish(entry, m.text, m.sources);
       } else if (m.role === "agent") {
-        agent(m);
+        agent(m, anchor);
       } else if (m.text) {
-        notice(m.text);
+        notice(m.text, anchor);
       }
     }
     // The newest message still waits for its answer (a reload before its first word): "…",
