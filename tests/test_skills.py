@@ -132,7 +132,10 @@ async def test_a_50000_token_text_is_summarised_in_parts_within_the_context(
         style_tokens = app.settings.skills.summary_long_tokens
     maps = [r for r in backend.requests if "is part " in system_of(r)]
     combines = [r for r in backend.requests if "partial summaries" in system_of(r)]
-    budget = 4096 - style_tokens - await backend.count_chat_tokens(maps[0].messages[:1]) - 48
+    fence = 2 * await _estimate("```")  # the fence lines around a part
+    budget = (
+        4096 - style_tokens - await backend.count_chat_tokens(maps[0].messages[:1]) - fence - 48
+    )
     expected = await split_for_budget(text, budget, _estimate)
     assert len(maps) == len(expected)
     assert math.ceil(50_000 / budget) <= len(maps) <= math.ceil(50_000 / budget) + 2
@@ -143,6 +146,20 @@ async def test_a_50000_token_text_is_summarised_in_parts_within_the_context(
     assert reply.startswith(f"Summarising part 1 of {len(maps)}…\n")
     assert f"Summarising part {len(maps)} of {len(maps)}…" in reply
     assert reply.rstrip().endswith("crates of tea were moved")
+
+
+async def test_a_run_of_backticks_in_a_long_text_leaves_every_part_within_the_context(
+    tmp_path: Path,
+) -> None:
+    """Each part is sent between two fence lines one backtick longer than the text's longest
+    run: 600 backticks in a pasted text made every part longer than the model takes."""
+    backend = ScriptedBackend(lambda r: "crates of tea were moved " * 8, max_model_len=4096)
+    text = "`" * 600 + "\n\n" + _long_text(12_000)  # in the first part, packed full
+    async with running(settings_for(tmp_path), backend) as (app, _):
+        await app.manager.handle(incoming("/summarize long paragraph " + text))
+    assert len(backend.requests) > 2
+    for request in backend.requests:
+        assert await backend.count_chat_tokens(request.messages) + request.max_tokens <= 4096
 
 
 async def _estimate(text: str) -> int:

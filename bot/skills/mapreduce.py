@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from bot.phrases import N_
 from bot.text import balanced_groups, part_budget, plan_map_reduce, split_for_budget
+from bot.text.quoting import fence_for
 
 from .router import Say, say_in_english
 from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, complete, stream_text
@@ -49,11 +50,14 @@ class MapReduce:
         self._session = session
 
     async def parts(self, text: str) -> list[str]:
-        """`text` in parts that each fit one map call."""
+        """`text` in parts that each fit one map call, beside the prompt and the two fence
+        lines around a part (as long as the text's longest run of backticks: a pasted run of
+        600 made every part too long for the model)."""
         probe = self._system("part", part=999, parts=999)
+        prompt, fence = await self._s.count_many([probe, fence_for(text)])
         budget = part_budget(
             context_tokens=self._s.max_model_len(),
-            prompt_tokens=await self._s.count_tokens(probe) + TEMPLATE_MARGIN_TOKENS,
+            prompt_tokens=prompt + 2 * fence + TEMPLATE_MARGIN_TOKENS,
             summary_tokens=self._style.tokens,
         )
         return await split_for_budget(
