@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import re
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from bot.knowledge.ingest import collect_files, read_file
 from bot.knowledge.loaders import LoaderError, load
 from bot.knowledge.search import MAX_TERMS, fts5_query, query_terms
 from bot.knowledge.types import MAX_CITED_CHARS, FileResult, Outcome, Passage, Section
+from tests.test_documents import pdf
 
 MARKDOWN = b"""Preamble before any heading.
 
@@ -368,42 +368,11 @@ def test_a_link_inside_the_folder_brings_in_no_hidden_file(tmp_path: Path) -> No
     assert [p.name for p in collect_files([wiki])] == ["guide.md"]
 
 
-def _shared_stream_pdf(pages: int, content_bytes: int) -> bytes:
-    """A small PDF whose pages all draw one shared, highly compressible content stream."""
-    op = b"(" + b"a" * 1000 + b") Tj\n"
-    content = b"BT /F1 12 Tf 10 10 Td\n" + op * (content_bytes // len(op)) + b"ET\n"
-    packed = zlib.compress(content, 9)
-    kids = " ".join(f"{5 + i} 0 R" for i in range(pages))
-    page = (
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-        b"/Resources << /Font << /F1 3 0 R >> >> /Contents 4 0 R >>"
-    )
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(packed) + packed + b"\nendstream",
-        *[page] * pages,
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
-
-
 def test_a_pdf_that_unpacks_to_far_more_text_than_its_size_is_refused() -> None:
     """Pages sharing one compressed stream: 2.7 kB gave 3 million characters here, and a
     25 kB PDF 199 million (164,000 chunks, 3 min 48 s, a 679 MB database)."""
-    data = _shared_stream_pdf(pages=4, content_bytes=1_000_000)
+    line = b"BT /F1 12 Tf 10 10 Td (" + b"a" * 1000 + b") Tj ET\n"
+    data = pdf(4, line * 1000)  # each page draws the same million characters
     assert len(data) < 5_000
     with pytest.raises(LoaderError, match="unpacks to over 2,000,000 characters"):
         load(data, Path("manual.pdf"))

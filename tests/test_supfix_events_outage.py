@@ -162,24 +162,32 @@ async def test_an_event_stream_opened_while_the_log_is_away_is_503_not_an_empty_
                 await asyncio.sleep(0.5)
 
 
+async def _answered_visitor(
+    worker: Worker, backend: GatedBackend, client: httpx.AsyncClient
+) -> tuple[str, str, dict[str, str]]:
+    """A visitor of a new site whose first message the bot answered: (its token, its id,
+    the headers of an agent of that site)."""
+    site = await worker.add_site("shop")
+    _, secret = await worker.adapter.sites.add_key("shop")
+    await worker.adapter.directory.refresh(force=True)
+    visitor = await new_visitor(client, site)
+    token = visitor["token"]
+    posted = await client.post("/v1/messages", headers=bearer(token), json={"text": "hi"})
+    assert posted.status_code == 202, posted.text
+    backend.release(len(WORDS))
+    await worker.adapter.idle()
+    return token, visitor["visitor_id"], bearer(secret)
+
+
 async def test_an_agents_reply_posted_while_the_log_is_away_reaches_the_visitor_once_it_is_back(
     worker: Worker, redis_proxy: TcpProxy, backend: GatedBackend
 ) -> None:
     """An agent's reply accepted (202) while Redis was out of reach failed its turn three
     times, and an apology in the agent's name replaced it in the visitor's history (a
     helper's review). It now waits for the log, as a bot's answer does, and arrives once."""
-    site = await worker.add_site("shop")
-    _, secret = await worker.adapter.sites.add_key("shop")
-    await worker.adapter.directory.refresh(force=True)
-    agent = bearer(secret)
     async with worker.client() as client, contextlib.AsyncExitStack() as stack:
         stack.callback(backend.release, 100)
-        visitor = await new_visitor(client, site)
-        token, visitor_id = visitor["token"], visitor["visitor_id"]
-        posted = await client.post("/v1/messages", headers=bearer(token), json={"text": "hi"})
-        assert posted.status_code == 202, posted.text
-        backend.release(len(WORDS))
-        await worker.adapter.idle()
+        token, visitor_id, agent = await _answered_visitor(worker, backend, client)
         taken = await client.post(
             "/v1/handoff/take", headers=agent, json={"visitor_id": visitor_id, "agent": "Dana"}
         )
@@ -213,21 +221,13 @@ async def test_a_handoff_made_while_the_log_is_away_reaches_the_widget_once_it_i
 ) -> None:
     """A take while Redis was out of reach: the desk dropped the `handoff` event after five
     quick tries, and the widget went on showing the bot for ever (a helper's review)."""
-    site = await worker.add_site("shop")
-    _, secret = await worker.adapter.sites.add_key("shop")
-    await worker.adapter.directory.refresh(force=True)
     async with worker.client() as client, contextlib.AsyncExitStack() as stack:
         stack.callback(backend.release, 100)
-        visitor = await new_visitor(client, site)
-        token, visitor_id = visitor["token"], visitor["visitor_id"]
-        posted = await client.post("/v1/messages", headers=bearer(token), json={"text": "hi"})
-        assert posted.status_code == 202, posted.text
-        backend.release(len(WORDS))
-        await worker.adapter.idle()
+        token, visitor_id, agent = await _answered_visitor(worker, backend, client)
         redis_proxy.cut(3600)
         taken = await client.post(
             "/v1/handoff/take",
-            headers=bearer(secret),
+            headers=agent,
             json={"visitor_id": visitor_id, "agent": "Dana"},
         )
         assert taken.status_code == 200 and taken.json()["state"] == "human", taken.text

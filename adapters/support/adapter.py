@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -257,8 +257,12 @@ class SupportAdapter:
             return
         if not self._log_outage.should_try():
             raise OutputAway(PLATFORM)
+        await self._on_log(self.events.latest(conversation))
+
+    async def _on_log(self, call: Awaitable[object]) -> None:
+        """`call` to the event log; its being out of reach is OutputAway (the turn waits)."""
         try:
-            await self.events.latest(conversation)
+            await call
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -284,14 +288,7 @@ class SupportAdapter:
             original=author.text if translated else "",
             language=author.language,
         )
-        try:
-            await self.events.append(conversation, [("agent", event.model_dump())])
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            self._log_outage.failed(exc)
-            raise OutputAway(PLATFORM) from exc
-        self._log_outage.succeeded()
+        await self._on_log(self.events.append(conversation, [("agent", event.model_dump())]))
         if not await self._history.holds(key):
             await self.events.erase(conversation)
 
