@@ -527,6 +527,25 @@ async def test_summarize_from_here_without_read_message_history_says_so_once(
         assert "history could not be read (403 50001)" in caplog.text
 
 
+async def test_summarize_from_here_by_a_refused_sender_reads_no_history(tmp_path: Path) -> None:
+    """The history (up to 4 pages of 100 messages) was read for a blocked or rate-limited
+    sender before the refusal, on the bot's shared request budget (a helper's review)."""
+    backend = answering("never asked")
+    blocked = {"blocked_users": [str(ev.USER)]}
+    async with discord_harness(tmp_path, backend, access=blocked) as h:
+        target = ev.message_create("The cranes start at six.", channel=ev.CHANNEL)
+        h.api.post(target)
+        for n in range(5):
+            h.api.post(ev.message_create(f"later {n}", channel=ev.CHANNEL))
+        slash = ev.interaction_create("Summarize from here", channel=ev.CHANNEL, target=target)
+        await h.command(slash)
+        await h.idle()
+        reads = [c for c in h.api.calls if c.method == "GET" and c.path.endswith("/messages")]
+        assert reads == []
+        assert backend.requests == []
+        assert h.api.texts(ev.CHANNEL) == [phrases.say(phrases.NOT_ALLOWED, "")]
+
+
 async def test_translate_on_a_message_without_text_says_there_is_none(tmp_path: Path) -> None:
     """A picture alone was "translated" as an empty /translate: the command's usage line."""
     backend = answering("never asked")

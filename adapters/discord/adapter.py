@@ -527,7 +527,11 @@ class DiscordAdapter:
                 self._intake.notify(menu_incoming(interaction, name, target, ""), commands.NO_TEXT)
                 self._end_unanswered(interaction, None)
                 return
-            if name == "summarize":
+            # The history is read only for a sender who may ask: a blocked or rate-limited
+            # one cost up to 4 reads of 100 messages before the refusal (a helper's review).
+            # `admits` counts the rate limit once for this message; submit refuses and says why.
+            asked = menu_incoming(interaction, name, target, "")
+            if name == "summarize" and await self._intake.admits(asked):
                 limit = self._host.settings.skills.max_paste_chars
                 try:
                     about = await commands.conversation_from(target, self.gate, max_chars=limit)
@@ -536,9 +540,7 @@ class DiscordAdapter:
                         "menu command %s: the channel's history could not be read (%s %s)",
                         interaction.id, exc.status, exc.code,
                     )  # fmt: skip
-                    self._intake.notify(
-                        menu_incoming(interaction, name, target, ""), commands.NO_HISTORY
-                    )
+                    self._intake.notify(asked, commands.NO_HISTORY)
                     self._end_unanswered(interaction, None)
                     return
             recorded = await self._intake.submit(menu_incoming(interaction, name, target, about))

@@ -40,7 +40,9 @@ RULE = "———"  # a thematic break is at least three characters of Markdown
 # Telegram makes "@username" in a message's text a mention that notifies that member of the
 # group (outside code only, HTML or plain text alike). A fullwidth at sign reads the same,
 # has the same length and mentions no one: model output never pings anyone.
-_MENTION = re.compile(r"(?<![\w@])@(?=[A-Za-z0-9_])")
+# Only a word character before it keeps an at sign from starting a mention (tdlib's rule,
+# which the Bot API server runs): in "@@alice" the second one mentions (a helper's review).
+_MENTION = re.compile(r"(?<!\w)@(?=[A-Za-z0-9_])")
 _QUIET_AT = "\uff20"
 
 

@@ -23,6 +23,7 @@ import pydantic
 from backends.base import Backend
 from bot.errors import BackendError
 from bot.knowledge.types import Passage
+from bot.text.quoting import fenced
 from bot.types import ChatMessage, Role
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,10 @@ def rerank_prompt(question: str, passages: Sequence[Passage]) -> str:
     for n, passage in enumerate(passages, 1):
         text = " ".join(passage.text.split())[:EXCERPT_CHARS]
         blocks.append(f"[{n}] {passage.citation}\n{text}")
-    fence = "-" * 8
-    return f"Question: {question}\n\n{fence}\n" + "\n\n".join(blocks) + f"\n{fence}"
+    # Fence lines no passage can write (a passage starting with a fixed line of dashes could
+    # end the data early and speak as the prompt; a helper's review): longer than any run of
+    # backticks in them, as every other prompt quotes documents.
+    return f"Question: {question}\n\n" + fenced("\n\n".join(blocks))
 
 
 def apply_ranking(passages: Sequence[Passage], ranking: Ranking) -> list[Passage]:
