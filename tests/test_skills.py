@@ -92,7 +92,9 @@ async def test_ask_counts_the_citations_and_the_fence_its_passages_are_sent_in(
             f"{'#' * level} Lighthouse keeper handbook part {n} level {level} " + "w" * 80
             for level in range(1, 7)
         )
-        body = "The lighthouse lamp is lit at dusk. " * 20 + "x " + "`" * 600
+        # Two paragraphs: a passage's own blank line (splitting the block on them broke /ask).
+        body = "The lighthouse lamp is lit at dusk. " * 10 + "\n\n"
+        body += "It is put out at dawn. " * 10 + "x " + "`" * 600
         (docs / f"guide{n}.md").write_text(f"{path}\n\n{body}\n")
     async with running(settings_for(tmp_path), backend) as (app, sink):
         await app.kb.add([docs])

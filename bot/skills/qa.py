@@ -197,8 +197,8 @@ class QaSkill:
         question and the answer; the best one is cut to fit if it alone is too long. Each
         passage is counted as the model sees it (number, citation, text), and the fence
         around them twice (a passage's run of 600 backticks makes it long: a helper's review)."""
-        rendered = passages_block(passages).split(_BETWEEN_PASSAGES)
-        fence = fence_for(passages_block(passages))  # the longest it can be
+        rendered = _rendered(passages)
+        fence = fence_for(_BETWEEN_PASSAGES.join(rendered))  # the longest it can be
         system_tokens, question_tokens, fence_tokens, *counts = await self._s.count_many(
             [system, question, fence, *rendered]
         )
@@ -224,9 +224,12 @@ class QaSkill:
 
 def passages_block(passages: list[Passage]) -> str:
     """The passages as the model sees them (inside the fence): number, citation, text."""
-    return _BETWEEN_PASSAGES.join(
-        f"[{n}] {p.citation}\n{p.text}" for n, p in enumerate(passages, 1)
-    )
+    return _BETWEEN_PASSAGES.join(_rendered(passages))
+
+
+def _rendered(passages: list[Passage]) -> list[str]:
+    """Each passage as `passages_block` writes it (its text may hold blank lines itself)."""
+    return [f"[{n}] {p.citation}\n{p.text}" for n, p in enumerate(passages, 1)]
 
 
 async def only_given_citations(
