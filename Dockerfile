@@ -33,9 +33,10 @@ EXPOSE 8080
 
 # /healthz on the HTTP server (it runs when an adapter mounts something, e.g. the Telegram
 # webhook), or on the metrics port when one is set (polling deployments), at the host each
-# listens on, as the settings (environment or config file) say: `parley health`.
+# listens on, as the settings (environment or config file) say: `parley health`, run as its
+# light module (the standard library alone, a few milliseconds a probe).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["parley", "health"]
+    CMD ["python", "-m", "bot.health"]
 
 # SIGTERM: stop taking input, finish the turns in flight within shutdown_grace_s (8 s, below
 # Docker's 10 s), exit 0 (docs/cli.md).

@@ -98,10 +98,6 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-# Seconds `parley health` waits: within a container check's usual 3 s.
-HEALTH_TIMEOUT_S = 2.0
-
-
 async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     from bot.doctor import run_checks
 
@@ -109,34 +105,11 @@ async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-# A server listening on every interface is asked on loopback.
-_WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
-
-
 async def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
-    """Ask this configuration's running worker for `/healthz` (a container's HEALTHCHECK): on
-    the metrics port when one is set, else on the HTTP port, at the host each listens on.
-    The Dockerfile's check asked 127.0.0.1 whatever `metrics.host` said, so a worker
-    listening on a private address was unhealthy for ever (a helper's walkthrough)."""
-    import httpx
+    """`python -m bot.health`, the container's check, from the `parley` command."""
+    from bot.health import check
 
-    if settings.metrics.port:
-        host, port = settings.metrics.host, settings.metrics.port
-    else:
-        host, port = settings.http.host, settings.http.port
-    host = _WILDCARD_HOSTS.get(host, host)
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
-    try:
-        async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S) as client:
-            response = await client.get(url)
-    except httpx.HTTPError as exc:
-        print(f"parley: no answer from {url}: {type(exc).__name__}", file=sys.stderr)
-        return 1
-    if response.status_code != 200:
-        print(f"parley: {url} answered HTTP {response.status_code}", file=sys.stderr)
-        return 1
-    print("ok")
-    return 0
+    return check(str(args.config) if args.config else None)
 
 
 async def cmd_config(settings: Settings, args: argparse.Namespace) -> int:

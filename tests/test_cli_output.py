@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from bot import health
 from bot.cli import main
+from bot.settings import load_settings
 from tests.processes import parley_env
 
 
@@ -202,3 +204,22 @@ def test_with_json_logs_the_last_line_of_a_failure_is_json_too(
     last = json.loads(capsys.readouterr().err.splitlines()[-1])
     assert (last["level"], last["logger"]) == ("ERROR", "parley")
     assert last["message"].startswith("parley: error: adapters: none configured")
+
+
+def test_the_health_checks_defaults_are_the_settings_own_and_it_reads_both_sources(
+    tmp_path: Path,
+) -> None:
+    """The container's check reads four settings without loading the rest (which imports
+    every adapter's library: 1.7 s and 135 MB a probe, every 15 s; a helper's review)."""
+    settings = load_settings(None)
+    assert {
+        ("http", "host"): settings.http.host,
+        ("http", "port"): str(settings.http.port),
+        ("metrics", "host"): settings.metrics.host,
+        ("metrics", "port"): str(settings.metrics.port),
+    } == health.DEFAULTS
+    assert health.healthz_url({}, {}) == "http://127.0.0.1:8080/healthz"
+    config = {"http": {"host": "0.0.0.0", "port": 9000}, "metrics": {"port": 9100}}
+    assert health.healthz_url({}, config) == "http://127.0.0.1:9100/healthz"
+    env = {"PARLEY_METRICS__PORT": "0", "PARLEY_HTTP__HOST": "::"}
+    assert health.healthz_url(env, config) == "http://[::1]:9000/healthz"

@@ -174,7 +174,7 @@ def test_the_image_runs_parley_run_as_a_non_root_user_with_a_health_check() -> N
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert [i for i, _ in steps].index("USER") < [i for i, _ in steps].index("CMD")
     (health,) = [args for instruction, args in steps if instruction == "HEALTHCHECK"]
-    assert health.split("CMD", 1)[1].strip() == '["parley", "health"]'
+    assert health.split("CMD", 1)[1].strip() == '["python", "-m", "bot.health"]'
     installs = [
         args for instruction, args in steps if instruction == "RUN" and "pip install" in args
     ]
