@@ -136,7 +136,9 @@ def _error(exc: Exception, settings: Settings | None) -> None:
     line = str(exc)
     if settings is not None:
         line = redactor(settings).redact(line)
-    json_format = settings is not None and settings.log_format == "json"
+    # Settings that did not load say nothing: the environment may still ask for JSON lines.
+    wanted = settings.log_format if settings is not None else os.environ.get("PARLEY_LOG_FORMAT")
+    json_format = wanted == "json"
     print(error_line(line, json_format=json_format), file=sys.stderr)
 
 

@@ -373,7 +373,10 @@ class Metrics:
         start-up values and their breakers' states changed only when one of their turns
         ended (a helper's walkthrough: 10 idle connections shown, 32 open)."""
         while True:
-            self.refresh_local()
+            try:
+                self.refresh_local()
+            except Exception as exc:  # a full disk under the files: tried again, said once
+                log.warning("metrics not published: %s", type(exc).__name__, exc_info=True)
             await asyncio.sleep(LOCAL_REFRESH_S)
 
     async def refresh(self) -> None:

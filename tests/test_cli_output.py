@@ -204,6 +204,11 @@ def test_with_json_logs_the_last_line_of_a_failure_is_json_too(
     last = json.loads(capsys.readouterr().err.splitlines()[-1])
     assert (last["level"], last["logger"]) == ("ERROR", "parley")
     assert last["message"].startswith("parley: error: adapters: none configured")
+    # Settings that do not load at all: the environment still asks for JSON.
+    monkeypatch.setenv("PARLEY_BACKEND__MAX_TOKENS", "0")
+    assert main(["doctor"]) == 2
+    last = json.loads(capsys.readouterr().err.splitlines()[-1])
+    assert last["message"].startswith("parley: error: invalid setting PARLEY_BACKEND__MAX_TOKENS")
 
 
 def test_the_health_checks_defaults_are_the_settings_own_and_it_reads_both_sources(

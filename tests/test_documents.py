@@ -57,8 +57,10 @@ def test_an_archive_or_an_image_sent_as_text_is_refused() -> None:
             with pytest.raises(DocumentRefused) as refused:
                 extract(kind, data, 50, 200_000)
             assert refused.value.sentence == phrases.DOC_UNSUPPORTED
-    # Text with a stray NUL, and UTF-16 without a mark, are still text.
+    # Text with a stray NUL (UTF-8 or Windows-1252), and UTF-16 without a mark, are text.
     assert extract("text", b"one\x00 NUL", 50, 200_000) == "one NUL"
+    western = ("Café résumé, déjà vu. Voilà la crème brûlée.\x00\n" * 3).encode("cp1252")
+    assert extract("text", western, 50, 200_000).startswith("Café résumé, déjà vu.")
     assert extract("text", "Grüße, 世界".encode("utf-16-le"), 50, 200_000) == "Grüße, 世界"
 
 

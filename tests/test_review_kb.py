@@ -20,7 +20,7 @@ from backends.base import estimate_tokens
 from bot.cli import main
 from bot.knowledge import KnowledgeBase, Outcome, Passage
 from bot.knowledge.chunker import MAX_TOKENS, chunk_sections
-from bot.knowledge.index import MAX_CORRECTABLE_WORDS, Vocabulary
+from bot.knowledge.index import MAX_DELETIONS, Vocabulary
 from bot.knowledge.ingest import MAX_CITED_CHARS, parse_file
 from bot.knowledge.loaders import load
 from bot.knowledge.types import SearchOptions, Section
@@ -97,8 +97,8 @@ def test_review_kb_a_document_with_a_huge_word_builds_a_small_vocabulary() -> No
 def test_a_list_of_checksums_and_identifiers_builds_a_small_vocabulary() -> None:
     """Every distinct word of 3-64 letters kept all its deletions, a set each: a 1.7 MB list
     of SHA-256 digests grew the first search by 458 MB, a 6.9 MB one by 1.8 GB (a helper's
-    review). Words that are mostly digits are not corrected, and only the most frequent
-    MAX_CORRECTABLE_WORDS words are."""
+    review). Hexadecimal ids and numbers are not corrected, and the most frequent words are,
+    up to MAX_DELETIONS deletions."""
     digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(20_000)]
     assert _peak_bytes(lambda: Vocabulary.of(Counter(digests))) < 5_000_000
     rng = random.Random(7)
@@ -108,7 +108,22 @@ def test_a_list_of_checksums_and_identifiers_builds_a_small_vocabulary() -> None
     assert _peak_bytes(lambda: Vocabulary.of(frequency)) < 80_000_000
     assert vocabulary.correct("argumnet") == "argument"  # the frequent words are kept
     assert vocabulary.correct("migratoin") == "migration"
-    assert len(frequency) > MAX_CORRECTABLE_WORDS
+    assert 21 * len(frequency) > MAX_DELETIONS  # not every word fits: the budget did bind
+
+
+def test_long_words_and_names_with_digits_are_still_corrected() -> None:
+    """The first cap lost these (words of more than 32 letters, a quarter of them digits;
+    a helper's review of this session's commits)."""
+    vocabulary = Vocabulary.of(Counter({
+        "rechtsschutzversicherungsgesellschaften": 3, "kraftfahrzeughaftpflichtversicherung": 2,
+        "h264": 4, "x265": 2, "utf8": 4, "3fa9c0d1": 5,
+    }))  # fmt: skip
+    typed = ["rechtschutzversicherungsgesellschaften", "kraftfahrzeughaftpflichtversicherungg",
+             "x256", "h246", "utf9", "3fa9c0d2"]  # fmt: skip
+    assert [vocabulary.correct(word) for word in typed] == [
+        "rechtsschutzversicherungsgesellschaften", "kraftfahrzeughaftpflichtversicherung",
+        "x265", "h264", "utf8", None,  # a hexadecimal id is never a mistyped word
+    ]  # fmt: skip
 
 
 async def test_review_kb_nul_bytes_in_a_document_do_not_abort_ingestion(
@@ -348,3 +363,41 @@ async def test_a_folder_added_again_forgets_the_files_gone_from_it(
     assert sources == [(docs / "refund-policy.md").as_posix(), (tmp_path / "other.md").as_posix()]
     found = [p.text for p in await kb.search("within how many days are refunds accepted", 3)]
     assert found == ["Refunds are accepted within 14 days."]
+
+
+async def test_a_file_this_user_may_not_look_at_is_not_taken_for_gone(
+    kb: KnowledgeBase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-adding a folder removed the documents of a subfolder this user could no longer
+    search: os.path.exists said False for files still there (a helper's review). The tests
+    run as root, which searches any folder: the refusal is the kernel's answer, given here."""
+    docs = tmp_path / "docs"
+    (docs / "team").mkdir(parents=True)
+    rota = docs / "team" / "rota.md"
+    rota.write_text("# Team\n\nThe on-call rota is in the wiki.\n")
+    (docs / "refunds.md").write_text("# Refunds\n\nRefunds take 14 days.\n")
+    await kb.add([docs])
+    real_stat, real_scandir = os.stat, os.scandir
+
+    def refused(path: object) -> bool:
+        return str(path).startswith(str(docs / "team"))
+
+    def stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if refused(path):  # chmod 0 on team/: its files cannot be looked at...
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def scandir(path: object = ".") -> object:
+        if refused(path):  # ...nor the folder listed (the walk passes over it)
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = await kb.add([docs])
+    monkeypatch.undo()
+    assert report.removed == []
+    assert sorted(d.source for d in await kb.list()) == [
+        (docs / "refunds.md").as_posix(),
+        rota.as_posix(),
+    ]

@@ -13,13 +13,13 @@ Typo tolerance: a query word found in no chunk is replaced by the most frequent 
 edit distance 1 (a letter missing, added, changed, or two swapped), found through a map from
 each word with one letter deleted to the words that give it (the symmetric-delete method), so a
 lookup costs a few dictionary probes instead of a scan of the vocabulary. The map holds the
-MAX_CORRECTABLE_WORDS most frequent words of 4 to 32 letters that are not mostly digits: a
-list of checksums or identifiers cost 270 times its own size in it (a helper's review).
+most frequent words of 4 to 64 letters, numbers and hexadecimal ids (checksums, commit
+hashes) left out, up to MAX_DELETIONS deletions in all: a list of checksums or identifiers
+cost 270 times its own size in it (a helper's review).
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -34,11 +34,15 @@ MIN_CORRECTED_LENGTH = 4
 # A word's deletions are n strings of n characters: a longer word (a hex dump, a line of
 # underscores, a 100,000-letter question) would cost n * n memory, so it is never corrected.
 # Far above any word that is mistyped.
-MAX_CORRECTED_LENGTH = 32
-# Words in the deletion map, the most frequent first: every word of a few hundred pages of
-# documentation (the evaluation sets have 2,200 and 2,850 distinct words, Parley's own docs
-# 3,700), not a dump of unique identifiers.
-MAX_CORRECTABLE_WORDS = 30_000
+MAX_CORRECTED_LENGTH = 64
+# Deletions in the map, the most frequent words first: room for every word of a few hundred
+# pages of documentation (the evaluation sets have 2,200 and 2,850 distinct words, about
+# 15,000-21,000 deletions; Parley's own docs 3,700 and 25,000), not a dump of identifiers.
+# About 70 MB at most (measured with 64-letter words; 48 MB with 20-letter ones).
+MAX_DELETIONS = 500_000
+# A hexadecimal id this long (a checksum, a commit hash) is never a mistyped word.
+MIN_HEX_ID_LENGTH = 7
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +68,12 @@ class Vocabulary:
     def of(cls, frequency: Counter[str]) -> Vocabulary:
         """From how many chunks hold each (lower-cased) word."""
         vocabulary = cls(frequency)
-        correctable = (w for w in frequency if _correctable(w, MIN_CORRECTED_LENGTH - 1))
-        kept = heapq.nlargest(MAX_CORRECTABLE_WORDS, correctable, key=frequency.__getitem__)
+        correctable = [w for w in frequency if _correctable(w, MIN_CORRECTED_LENGTH - 1)]
+        correctable.sort(key=frequency.__getitem__, reverse=True)  # stable: ties keep order
         deletions = vocabulary._deletions
-        for word in kept:
+        for word in correctable:
+            if len(deletions) + len(word) + 1 > MAX_DELETIONS:
+                break
             for key in _deletions(word):
                 held = deletions.get(key)
                 if held is None:
@@ -90,10 +96,11 @@ class Vocabulary:
 
 
 def _correctable(word: str, min_length: int) -> bool:
-    """Of a length to correct, and not mostly digits (a number, a checksum, an id)."""
-    if not min_length <= len(word) <= MAX_CORRECTED_LENGTH:
+    """Of a length to correct, and not a number or a hexadecimal id (`h264`, `utf8` are)."""
+    if not min_length <= len(word) <= MAX_CORRECTED_LENGTH or word.isdigit():
         return False
-    return sum(c.isdigit() for c in word) * 4 <= len(word)
+    hex_id = len(word) >= MIN_HEX_ID_LENGTH and _HEX.issuperset(word)
+    return not (hex_id and any(c.isdigit() for c in word))
 
 
 def _deletions(word: str) -> set[str]:

@@ -117,7 +117,19 @@ def _folders(paths: Sequence[str | Path]) -> builtins.list[str]:
 
 
 def _present(sources: Sequence[str]) -> builtins.list[bool]:
-    return [os.path.exists(source) for source in sources]
+    """Whether each file may still be there: only a path that surely leads nowhere is gone
+    (os.path.exists is False for a file in a folder this user may not search, too)."""
+    return [_may_exist(source) for source in sources]
+
+
+def _may_exist(source: str) -> bool:
+    try:
+        os.stat(source)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:  # no permission to look, a stale mount: kept
+        return True
+    return True
 
 
 class KnowledgeBase:

@@ -16,15 +16,22 @@ from bot.text.decoding import decode_html, decode_text, has_byte_order_mark, is_
 _SAMPLE = 4096
 # Fewer bytes than this say too little to tell UTF-16 from text with a stray NUL.
 _MIN_UTF16_SAMPLE = 8
+# Control bytes text has: tab, line feed, form feed, carriage return, escape.
+_TEXT_CONTROLS = frozenset(b"\t\n\f\r\x1b")
 
 
 def is_binary(data: bytes) -> bool:
     """NUL bytes near the start, with no byte-order mark, not laid out as UTF-16 text, in
-    bytes that are not mostly UTF-8 (git's test, UTF-16 aside)."""
+    bytes that are not mostly UTF-8 (git's test, UTF-16 aside), and more than one byte in
+    20 a control character: an archive, an image. A Windows-1252 text with a stray NUL is
+    text (refused as binary before a helper's review)."""
     sample = data[:_SAMPLE]
     if b"\x00" not in sample or has_byte_order_mark(data):
         return False
-    return _utf16_layout(sample) is None and not is_mostly_utf8(sample, final=False)
+    if _utf16_layout(sample) is not None or is_mostly_utf8(sample, final=False):
+        return False
+    controls = sum(1 for byte in sample if byte < 32 and byte not in _TEXT_CONTROLS)
+    return controls * 20 > len(sample)
 
 
 def _utf16_layout(sample: bytes) -> str | None:
