@@ -52,9 +52,10 @@ class ChatwootSettings(AdapterSettings):
     )
     # Chatwoot takes messages of up to 150,000 characters and sends each twice in a webhook
     # (`content` and the conversation's last message): 100,000 Chinese characters made 601 kB,
-    # refused at the 512 kB this was (a helper's review). 2 x 150,000 x 4 bytes and room.
+    # refused at the 512 kB this was (a helper's review). Rails writes `<`, `>` and `&` as
+    # six bytes each (\u003c): 2 x 150,000 x 6 bytes, and room.
     max_body_bytes: int = Field(
-        1_400_000, ge=4096, description="Largest webhook body; larger ones get 413 unread"
+        2_000_000, ge=4096, description="Largest webhook body; larger ones get 413 unread"
     )
     agent_reply_prefix: str = Field(
         "/reply ",
