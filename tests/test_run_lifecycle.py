@@ -188,7 +188,18 @@ async def test_a_chatwoot_that_does_not_answer_or_refuses_the_token_ends_start_u
             "access token (401 Invalid Access Token): check PARLEY_CHATWOOT__API_ACCESS_TOKEN\n",
         )
         async with parley_run(tmp_path, chatwoot(base_url, CHATWOOT_TOKEN)) as process:
-            await asyncio.sleep(3)  # started, and stays up
+            # Started: its HTTP server listens once start-up is over (a stop signal before
+            # then ends the process as the signal's default does, -15, on a loaded machine).
+            async with asyncio.timeout(60):
+                while True:
+                    assert process.returncode is None
+                    try:
+                        _, writer = await asyncio.open_connection("127.0.0.1", port)
+                        writer.close()
+                        break
+                    except OSError:
+                        await asyncio.sleep(0.2)
+            await asyncio.sleep(1)  # and stays up
             assert process.returncode is None
             process.send_signal(signal.SIGTERM)
             assert (await finish(process))[0] == 0
