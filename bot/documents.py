@@ -197,19 +197,17 @@ def _pdf_text(data: bytes, max_pages: int, max_chars: int) -> str:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
+    from bot.knowledge.loaders import pdf_pages
+
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise DocumentRefused(phrases.DOC_DAMAGED)
         if len(reader.pages) > max_pages:
             raise DocumentRefused(phrases.DOC_TOO_MANY_PAGES, pages=max_pages)
-        pages: list[str] = []
-        total = 0
-        for page in reader.pages:
-            pages.append(page.extract_text() or "")
-            total += len(pages[-1])
-            if total > max_chars:
-                raise DocumentRefused(phrases.DOC_TOO_LONG, chars=max_chars)
+        pages = pdf_pages(reader, max_chars)
+        if pages is None:
+            raise DocumentRefused(phrases.DOC_TOO_LONG, chars=max_chars)
     except DocumentRefused:
         raise
     except (PyPdfError, Exception):  # hostile bytes meet every kind of parser error

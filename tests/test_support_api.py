@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from unittest import mock
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -316,25 +317,33 @@ async def test_a_server_key_makes_visitors_and_posts_for_them_until_revoked(
         assert revoked.status_code == 401
 
 
-async def test_too_many_messages_get_429_with_retry_after(
+@contextlib.asynccontextmanager
+async def _two_messages_a_window(
     pg: str, redis_url: str, key_prefix: str
-) -> None:
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
+    """A client of a site whose visitors may send 2 messages in 30 s, and a visitor's
+    headers."""
     async with support_worker(
         pg, redis_url=redis_url, key_prefix=key_prefix, backend=ScriptedBackend(),
         visitor_messages=2, rate_window_s=30,
     ) as w:  # fmt: skip
         site = await w.add_site("shop")
         async with w.client() as client:
-            visitor = await new_visitor(client, site)
-            auth = bearer(visitor["token"])
-            codes = [
-                (await client.post("/v1/messages", headers=auth, json={"text": f"m{n}"}))
-                for n in range(3)
-            ]
-            assert [r.status_code for r in codes] == [202, 202, 429]
-            assert codes[2].headers["retry-after"] == "30"
-            assert codes[2].headers["access-control-allow-origin"] == ORIGIN
-            assert codes[2].json()["error"]["code"] == "rate_limited"
+            yield client, bearer((await new_visitor(client, site))["token"])
+
+
+async def test_too_many_messages_get_429_with_retry_after(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    async with _two_messages_a_window(pg, redis_url, key_prefix) as (client, auth):
+        codes = [
+            (await client.post("/v1/messages", headers=auth, json={"text": f"m{n}"}))
+            for n in range(3)
+        ]
+        assert [r.status_code for r in codes] == [202, 202, 429]
+        assert codes[2].headers["retry-after"] == "30"
+        assert codes[2].headers["access-control-allow-origin"] == ORIGIN
+        assert codes[2].json()["error"]["code"] == "rate_limited"
 
 
 async def test_a_retry_of_a_recorded_message_is_not_counted_again(
@@ -342,21 +351,15 @@ async def test_a_retry_of_a_recorded_message_is_not_counted_again(
 ) -> None:
     # The 202 of the last message under the limit was lost: its retry must get it again,
     # not a 429 for a message that is recorded and answered.
-    async with support_worker(
-        pg, redis_url=redis_url, key_prefix=key_prefix, backend=ScriptedBackend(),
-        visitor_messages=2, rate_window_s=30,
-    ) as w:  # fmt: skip
-        site = await w.add_site("shop")
-        async with w.client() as client:
-            auth = bearer((await new_visitor(client, site))["token"])
+    async with _two_messages_a_window(pg, redis_url, key_prefix) as (client, auth):
 
-            async def post(key: str, text: str) -> Any:
-                headers = {**auth, "Idempotency-Key": key}
-                return await client.post("/v1/messages", headers=headers, json={"text": text})
+        async def post(key: str, text: str) -> Any:
+            headers = {**auth, "Idempotency-Key": key}
+            return await client.post("/v1/messages", headers=headers, json={"text": text})
 
-            first, second = await post("k1", "one"), await post("k2", "two")
-            retry = await post("k2", "two")
-            third = await post("k3", "three")
+        first, second = await post("k1", "one"), await post("k2", "two")
+        retry = await post("k2", "two")
+        third = await post("k3", "three")
     assert [r.status_code for r in (first, second, retry, third)] == [202, 202, 202, 429]
     assert retry.json()["message_id"] == second.json()["message_id"]
 

@@ -180,7 +180,13 @@ def load_pdf(data: bytes, path: Path) -> LoadedDocument:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise LoaderError("the PDF is encrypted")
-        pages = _pdf_pages(reader, max(MIN_PDF_TEXT_CHARS, PDF_TEXT_PER_BYTE * len(data)))
+        limit = max(MIN_PDF_TEXT_CHARS, PDF_TEXT_PER_BYTE * len(data))
+        pages = pdf_pages(reader, limit)
+        if pages is None:  # pages that share one compressed stream: 25 kB gave 199 million
+            raise LoaderError(
+                f"the PDF unpacks to over {limit:,} characters of text, far more than a file "
+                "of its size holds"
+            )
         meta_title = reader.metadata.title if reader.metadata else None
     except LoaderError:
         raise
@@ -193,19 +199,16 @@ def load_pdf(data: bytes, path: Path) -> LoadedDocument:
     return LoadedDocument(title or path.stem, sections)
 
 
-def _pdf_pages(reader: PdfReader, limit: int) -> list[str]:
-    """Each page's text; LoaderError past `limit` characters in all (pages that share one
-    compressed stream: a PDF of 25 kB unpacked to 199 million characters, 164,000 chunks)."""
+def pdf_pages(reader: PdfReader, limit: int) -> list[str] | None:
+    """Each page's text, read page by page; None as soon as they pass `limit` characters in
+    all (the knowledge base's loader and a chat document's reader say so each their way)."""
     pages: list[str] = []
     total = 0
     for page in reader.pages:
         pages.append(page.extract_text() or "")
         total += len(pages[-1])
         if total > limit:
-            raise LoaderError(
-                f"the PDF unpacks to over {limit:,} characters of text, far more than a file "
-                "of its size holds"
-            )
+            return None
     return pages
 
 
