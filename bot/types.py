@@ -50,8 +50,8 @@ class User:
 class Incoming:
     """One inbound message, as the core sees it.
 
-    `idempotency_key` is unique per platform delivery (Telegram's update_id, Discord's message
-    id, ...): a second delivery with the same key is recorded once and answered once.
+    `idempotency_key` is unique per platform delivery (Telegram's chat and message ids, Discord's
+    message id, ...): a second delivery with the same key is recorded once and answered once.
     """
 
     key: ConversationKey

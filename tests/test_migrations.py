@@ -10,9 +10,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
+from telegram import Update
 
 import adapters.support.models  # noqa: F401  (its tables join Base.metadata, as in env.py)
 import bot.handoff.models  # noqa: F401  (the same)
+from adapters.telegram.translate import to_incoming
 from bot.errors import SchemaOutOfDate, StorageError
 from bot.storage import migrate
 from bot.storage.database import create_engine
@@ -138,3 +140,61 @@ async def test_database_from_newer_code_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="newer version") as caught:
         await migrate.check_schema(url)
     assert not isinstance(caught.value, SchemaOutOfDate)
+
+
+async def test_telegram_keys_recorded_by_update_id_become_chat_and_message_keys(
+    db_url: str,
+) -> None:
+    """0014: a message recorded as `telegram:<update_id>` gets the key the adapter now gives
+    the same update, so its delivery again after the upgrade is still a duplicate."""
+    payload = {
+        "update_id": 7,
+        "message": {
+            "message_id": 1001,
+            "date": 1_760_000_000,
+            "chat": {"id": -100123, "type": "supergroup", "title": "Team"},
+            "from": {"id": 42, "is_bot": False, "first_name": "Ada"},
+            "text": "hello",
+        },
+    }
+    message = Update.de_json(payload, None).message
+    assert message is not None
+    await migrate.upgrade(db_url, "0013")
+    rows = [  # conversation, key, platform_message_id
+        (1, "telegram:7", "1001"),
+        (1, "telegram:8", None),  # no message id kept: left as it is
+        (2, "discord:555", "555"),
+        (2, "desk:telegram:9", None),
+    ]
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO conversations (id, platform, chat_id) VALUES "
+                    "(1, 'telegram', '-100123'), (2, 'discord', '77')"
+                )
+            )
+            for conversation, key, platform_id in rows:
+                await conn.execute(
+                    text(
+                        "INSERT INTO messages (conversation_id, role, kind, content, "
+                        "idempotency_key, platform_message_id) "
+                        "VALUES (:c, 'user', 'chat', 'x', :k, :p)"
+                    ),
+                    {"c": conversation, "k": key, "p": platform_id},
+                )
+        await migrate.upgrade(db_url)
+        async with engine.connect() as conn:
+            keys = (
+                await conn.execute(text("SELECT idempotency_key FROM messages ORDER BY id"))
+            ).scalars()
+            assert list(keys) == [
+                to_incoming(message, "hello").idempotency_key,
+                "telegram:8",
+                "discord:555",
+                "desk:telegram:9",
+            ]
+    finally:
+        await engine.dispose()
+    assert to_incoming(message, "hello").idempotency_key == "telegram:-100123:1001"

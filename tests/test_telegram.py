@@ -45,6 +45,27 @@ async def test_private_text_is_answered(tmp_path: Path) -> None:
         assert [c.method for c in api.calls[:2]] == ["getMe", "setMyCommands"]
 
 
+async def test_an_update_id_used_before_still_brings_a_new_message(tmp_path: Path) -> None:
+    """The Bot API picks the next update_id at random after a week without updates, so a new
+    message may come with an update_id an earlier one had. It was taken for that message
+    delivered again: recorded as a duplicate and never answered."""
+    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (app, adapter, api):
+        await feed(adapter, text_update(5, 42, "before the quiet week"))
+        await adapter.idle()
+        await feed(adapter, text_update(5, 42, "after it"))  # a new message, the same id
+        await feed(adapter, text_update(5, 43, "another chat"))
+        await adapter.idle()
+        assert api.texts(42) == ["echo: before the quiet week", "echo: after it"]
+        assert api.texts(43) == ["echo: another chat"]
+        rows = await app.store.history(1, 10)
+        assert [r.content for r in rows] == [
+            "before the quiet week",
+            "echo: before the quiet week",
+            "after it",
+            "echo: after it",
+        ]
+
+
 async def shown_in_time(api: FakeBotApi, chat: int, count: int) -> list[str]:
     async with asyncio.timeout(60):
         return await api.wait_for_messages(chat, count)

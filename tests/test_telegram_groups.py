@@ -53,8 +53,9 @@ async def test_group_keeps_chatter_only_after_an_admin_opts_in(tmp_path: Path) -
         now = int(time.time())  # "what did I miss" looks at the last hours
         release = "The release moves to Friday."
         await feed(adapter, text_update(5, GROUP, release, user_id=BOB, date=now))
-        await feed(adapter, text_update(6, GROUP, friday, user_id=ADA, date=now))
-        await feed(adapter, text_update(6, GROUP, friday, user_id=ADA, date=now))  # twice
+        delivered_twice = text_update(6, GROUP, friday, user_id=ADA, date=now)
+        await feed(adapter, delivered_twice)
+        await feed(adapter, delivered_twice)
         await adapter.idle()
         assert len(api.texts(GROUP)) == answered  # kept, never answered
 

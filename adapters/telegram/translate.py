@@ -76,19 +76,19 @@ def translate(update: Update, me: BotIdentity) -> Action:
     if text is None or message.is_automatic_forward:
         # A linked channel's post, copied into its discussion group, is never for the bot
         # (a channel post), though kept like other chatter where the group keeps it.
-        return _observed(update, message)
-    return _for_content(update, message, text)
+        return _observed(message)
+    return _for_content(message, text)
 
 
-def _observed(update: Update, message: Message) -> Action:
+def _observed(message: Message) -> Action:
     text = message.text or message.caption or ""
     if not text.strip() or _COMMAND.match(text):  # media, or a command for another bot
         return Ignore("group message not for the bot")
-    return Observe(to_incoming(update, message, text))
+    return Observe(to_incoming(message, text))
 
 
-def _for_content(update: Update, message: Message, text: str) -> Action:
-    incoming = to_incoming(update, message, text)
+def _for_content(message: Message, text: str) -> Action:
+    incoming = to_incoming(message, text)
     doc = message.document
     if doc is not None:
         name = doc.file_name or "document"
@@ -130,7 +130,7 @@ def _mentions(message: Message, me: BotIdentity) -> bool:
     return False
 
 
-def to_incoming(update: Update, message: Message, text: str) -> Incoming:
+def to_incoming(message: Message, text: str) -> Incoming:
     person = message.from_user
     replied = message.reply_to_message
     thread = _thread(message)
@@ -142,7 +142,9 @@ def to_incoming(update: Update, message: Message, text: str) -> Incoming:
             else User(PLATFORM, "")
         ),
         text=text,
-        idempotency_key=f"{PLATFORM}:{update.update_id}",
+        # Not the update_id: the Bot API picks it at random after a week without updates, so
+        # an old one comes back; a message's id is unique within its chat for good.
+        idempotency_key=f"{PLATFORM}:{message.chat.id}:{message.message_id}",
         sent_at=message.date,
         reply_to_text=(replied.text or replied.caption) if replied is not None else None,
         platform_message_id=str(message.message_id),
