@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from backends.base import GenerationRequest
 from bot import phrases
 from bot.errors import NoBackendConfigured
 from bot.settings import ConversationSettings, Settings
@@ -160,6 +161,28 @@ async def test_a_run_of_backticks_in_a_long_text_leaves_every_part_within_the_co
     async with running(settings_for(tmp_path), backend) as (app, _):
         await app.manager.handle(incoming("/summarize long paragraph " + text))
     assert len(backend.requests) > 2
+    for request in backend.requests:
+        assert await backend.count_chat_tokens(request.messages) + request.max_tokens <= 4096
+
+
+async def test_partial_summaries_full_of_backticks_are_combined_within_the_context(
+    tmp_path: Path,
+) -> None:
+    """The combine calls counted their prompt and the partial summaries but not the two
+    fence lines around them: a model that copies a run of backticks into each partial
+    summary (within its token limit) made a combine request longer than the context."""
+
+    def reply(request: GenerationRequest) -> str:
+        if "is part " in system_of(request):
+            return "`" * 1500 + " tea"  # about 376 tokens, within the 400 asked for
+        return "crates of tea were moved"
+
+    backend = ScriptedBackend(reply, max_model_len=4096)
+    async with running(settings_for(tmp_path), backend) as (app, _):
+        for size in (26_000, 53_000):  # 8 and 16 parts: combine calls taking all they may
+            await app.manager.handle(incoming("/summarize long paragraph " + _long_text(size)))
+    combines = [r for r in backend.requests if "partial summaries" in system_of(r)]
+    assert len(combines) >= 4
     for request in backend.requests:
         assert await backend.count_chat_tokens(request.messages) + request.max_tokens <= 4096
 

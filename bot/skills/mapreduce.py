@@ -81,27 +81,35 @@ class MapReduce:
             yield delta
 
     async def _combine(self, partials: list[str]) -> AsyncIterator[str]:
-        combine_prompt = await self._s.count_tokens(self._system("combine"))
-        plan = plan_map_reduce(
-            len(partials),
-            context_tokens=self._s.max_model_len(),
-            prompt_tokens=combine_prompt + TEMPLATE_MARGIN_TOKENS,
-            summary_tokens=self._style.tokens,
-        )
-        for number, sizes in enumerate(plan.rounds, 1):
-            if len(sizes) == 1:
-                break
+        number = 0
+        while len(partials) > (fan_in := await self._fan_in(partials)):
+            number += 1
             said = await self._say(
                 N_("Combining {count} partial summaries (round {round})…"),
                 count=len(partials),
                 round=number,
             )
             yield said + "\n"
-            groups = balanced_groups(partials, plan.fan_in)
+            groups = balanced_groups(partials, fan_in)
             partials = [await self._one("combine", SEPARATOR.join(g)) for g in groups]
         yield "\n"
         async for delta in self._call("combine", SEPARATOR.join(partials), stream=True):
             yield delta
+
+    async def _fan_in(self, partials: list[str]) -> int:
+        """How many of `partials` one combine call takes, beside its prompt and the two fence
+        lines around them: as long as their longest run of backticks, which a model may copy
+        from the text (counted again each round: the summaries are new)."""
+        prompt, fence = await self._s.count_many(
+            [self._system("combine"), fence_for(SEPARATOR.join(partials))]
+        )
+        plan = plan_map_reduce(
+            len(partials),
+            context_tokens=self._s.max_model_len(),
+            prompt_tokens=prompt + 2 * fence + TEMPLATE_MARGIN_TOKENS,
+            summary_tokens=self._style.tokens,
+        )
+        return plan.fan_in
 
     async def _one(self, stage: str, text: str, **where: int) -> str:
         return "".join([d async for d in self._call(stage, text, stream=False, **where)])
