@@ -78,6 +78,10 @@ class FakeBotApi:
     failing: dict[str, int] = field(default_factory=dict)
     _seen: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _next_id: int = 1
+    # Runs of sequential update ids (`restart_numbering`): the ids each run gave, and the run
+    # each waiting update (by object id) belongs to.
+    _runs: list[set[int]] = field(default_factory=lambda: [set()])
+    _run_of: dict[int, int] = field(default_factory=dict)
     _new_update: asyncio.Event = field(default_factory=asyncio.Event)
     _new_message: asyncio.Event = field(default_factory=asyncio.Event)
     _answered: asyncio.Event = field(default_factory=asyncio.Event)
@@ -102,8 +106,17 @@ class FakeBotApi:
         return self.texts(chat_id)
 
     def push_update(self, update: dict[str, Any]) -> None:
+        self._runs[-1].add(update["update_id"])
+        self._run_of[id(update)] = len(self._runs) - 1
         self.updates.append(update)
         self._new_update.set()
+
+    def restart_numbering(self) -> None:
+        """What the Bot API does after a week without updates: the next update_id is chosen
+        at random, so it may be lower than the offset a client still sends (go-telegram-bot-
+        api issue 156 logged offset 727334708 answered with update 117314199, again and
+        again): that offset confirms only the earlier run's updates."""
+        self._runs.append(set())
 
     # What a test looks at ---------------------------------------------------------------
 
@@ -193,7 +206,24 @@ class FakeBotApi:
 
     async def _getUpdates(self, params: dict[str, Any]) -> object:
         offset = int(params.get("offset", 0) or 0)
-        self.updates = [u for u in self.updates if u["update_id"] >= offset]
+        for waiting in self.updates:  # set in `updates` directly: the current run's
+            if id(waiting) not in self._run_of:
+                self._run_of[id(waiting)] = len(self._runs) - 1
+                self._runs[-1].add(waiting["update_id"])
+        # The offset confirms the updates below it of the run that gave the id before it (or
+        # failing that, of the latest run that gave an id below it), and every earlier run's;
+        # not a later run's (see restart_numbering).
+        exact = [n for n, ids in enumerate(self._runs) if offset - 1 in ids]
+        below = exact or [n for n, ids in enumerate(self._runs) if any(i < offset for i in ids)]
+        if below:
+            run = below[-1]
+            self.updates = [
+                u
+                for u in self.updates
+                if self._run_of[id(u)] > run
+                or (self._run_of[id(u)] == run and u["update_id"] >= offset)
+            ]
+            self._run_of = {id(u): self._run_of[id(u)] for u in self.updates}
         if not self.updates and float(params.get("timeout", 0) or 0) > 0:
             self._new_update.clear()
             with contextlib.suppress(TimeoutError):

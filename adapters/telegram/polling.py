@@ -50,6 +50,8 @@ class Backlog:
         self._newest: int | None = None
         self._finished: dict[int, bool] = {}  # taken, not yet confirmed: update_id -> done
         self._deferred: set[int] = set()  # its chat's lane was full: taken when fetched again
+        # The latest updates the offset passed: one sent again is not a new numbering.
+        self._confirmed: deque[int] = deque(maxlen=4 * WINDOW_MAX)
         self._lanes: dict[tuple[str, int], deque[Update]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -69,7 +71,10 @@ class Backlog:
             self._offset = min(waiting)
         elif self._newest is not None:
             self._offset = self._newest + 1
-        self._finished = {i: d for i, d in self._finished.items() if i >= (self._offset or 0)}
+        passed = [i for i in self._finished if i < (self._offset or 0)]
+        self._confirmed.extend(passed)
+        for i in passed:
+            del self._finished[i]
         return self._offset
 
     def take(
@@ -79,6 +84,12 @@ class Backlog:
     ) -> None:
         """Queue a batch's new updates on their chats' lanes, oldest first. No await here:
         a chat's update is deferred only while its lane is full, so none overtakes another."""
+        if self._renumbered(batch):
+            # After a week without updates Telegram numbers them anew from a random id, often
+            # below our offset. Skipped as confirmed, such an update would never be passed by
+            # the offset and came back at once, in a loop. The count starts over from it.
+            self._offset = self._newest = None
+            self._finished = {i: done for i, done in self._finished.items() if not done}
         for update_id, data in batch:
             if update_id in self._finished or update_id < (self._offset or 0):
                 continue  # in flight or recorded: re-sent because not confirmed yet
@@ -94,6 +105,16 @@ class Backlog:
                 self._finished[update_id] = False
             else:
                 self._deferred.add(update_id)
+
+    def _renumbered(self, batch: Sequence[tuple[int, dict[str, Any]]]) -> bool:
+        """An update below the offset that is neither in hand nor one it passed: getUpdates
+        sends none of those unless the numbering started again."""
+        offset = self._offset
+        return offset is not None and any(
+            i < offset and i not in self._finished and i not in self._deferred
+            and i not in self._confirmed
+            for i, _ in batch
+        )  # fmt: skip
 
     async def settle(self) -> None:
         """Until an update finishes, or REPOLL_S passes (new messages of other chats)."""
