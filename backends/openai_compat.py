@@ -52,7 +52,14 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from backends.base import Capabilities, Chunk, GenerationRequest, Usage, estimate_tokens
+from backends.base import (
+    FINISH_LENGTH,
+    Capabilities,
+    Chunk,
+    GenerationRequest,
+    Usage,
+    estimate_tokens,
+)
 from backends.control_tokens import DEFAULT_MARKERS, marker_pattern, neutralise, special_tokens
 from backends.deadlines import Deadlines
 from backends.pool import ShardedTransport
@@ -103,6 +110,25 @@ CONNECTION_LIMITS = connection_limits()
 DRAIN_S = 1.0
 # Texts longer than this are tokenised by a local tokenizer in a thread, not on the loop.
 INLINE_TOKENIZE_CHARS = 4000
+# A /tokenize answer is waited for this long at most (or gap_s where that is shorter). One
+# that fails or times out makes the counts estimates for COUNT_PAUSE_S: every message is
+# counted before it is recorded, so a server whose /tokenize hangs held each one for gap_s,
+# four at a time.
+COUNT_WAIT_S = 5.0
+COUNT_PAUSE_S = 30.0
+# What of a server's answer is read. A JSON answer (/v1/models, /tokenize) over its limit is
+# refused; an error body is read up to its limit (its type and code are at the start).
+MAX_JSON_BYTES = 16 * 2**20
+MAX_ERROR_BYTES = 64 * 2**10
+# A reply's text is cut at this many characters per token asked for (max_tokens), and more
+# than that in one line of the event stream is refused: a server that ignores max_tokens, or
+# sends a line that never ends, filled the process's memory.
+MAX_CHARS_PER_TOKEN = 32
+MIN_REPLY_CHARS = 16_384
+# A line of the stream may hold the whole reply's text as JSON (escaped: up to 6 times as
+# long) plus the event's fields.
+LINE_FACTOR = 6
+LINE_SLACK = 65_536
 
 # Printable ASCII but "%", which is what encodes the rest.
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
@@ -110,6 +136,7 @@ _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 _CONTEXT_MESSAGE = re.compile(
     r"context length|maximum context|max_model_len|maximum model length", re.IGNORECASE
 )
+_LINE_END = re.compile(r"\r\n|\r|\n")
 # An error body's `type`, `code` or `param` is kept where it is an identifier like these.
 _ERROR_FIELD = re.compile(r"[\w.-]{1,64}")
 
@@ -166,6 +193,7 @@ class OpenAICompatBackend:
         # One per backend: a long document's thousands of pieces must not become thousands of
         # concurrent requests (they starved the event loop and the server's tokenizer).
         self._count_slots = asyncio.Semaphore(settings.max_count_requests)
+        self._counts_paused_until = 0.0  # time.monotonic(): /tokenize failed, not asked now
 
     @property
     def capabilities(self) -> Capabilities:
@@ -203,9 +231,7 @@ class OpenAICompatBackend:
         limit = min(self._timeouts.gap_s, max(quarter, MIN_MODELS_WAIT_S))
         timeout = httpx.Timeout(limit, connect=self._timeouts.connect_s)
         request = self._client.build_request("GET", "/v1/models", timeout=timeout)
-        response = await self._send(request)
-        _raise_for_status(response)
-        models = _json_body(response).get("data")
+        models = (await self._json(request) or {}).get("data")
         entries = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
         for entry in entries:
             if entry.get("id") == self._settings.model:
@@ -267,20 +293,59 @@ class OpenAICompatBackend:
         ]
 
     async def _tokenize(self, body: dict[str, Any]) -> int | None:
-        """Token count from vLLM's /tokenize, or None where the server has no such endpoint."""
+        """Token count from vLLM's /tokenize, or None where the server has no such endpoint.
+        Once started, a /tokenize that fails or is slow is not asked for COUNT_PAUSE_S: the
+        callers estimate (ResilientBackend) instead of each waiting for it in turn."""
+        wait = min(self._timeouts.gap_s, COUNT_WAIT_S) if self._started else self._timeouts.gap_s
         request = self._client.build_request(
-            "POST", "/tokenize", json={"model": self._settings.model, **body}
+            "POST",
+            "/tokenize",
+            json={"model": self._settings.model, **body},
+            timeout=httpx.Timeout(wait, connect=self._timeouts.connect_s),
         )
         async with self._count_slots:
-            response = await self._send(request)
-        if response.status_code in (404, 405):
+            if time.monotonic() < self._counts_paused_until:
+                raise ServerUnavailable("/tokenize failed a moment ago; not asked again yet")
+            try:
+                found = await self._json(request, missing=(404, 405))
+            except (BackendTimeout, ServerUnavailable) as exc:
+                if self._started:
+                    self._counts_paused_until = time.monotonic() + COUNT_PAUSE_S
+                    log.warning(
+                        "/tokenize failed (%s); token counts are estimated for %.0f s",
+                        exc, COUNT_PAUSE_S,
+                    )  # fmt: skip
+                raise
+        if found is None:
             self._mark_estimated()
             return None
-        _raise_for_status(response)
-        tokens = _json_body(response).get("tokens")
+        tokens = found.get("tokens")
         if not isinstance(tokens, list):
             raise BackendError("the server's /tokenize answer has no token list")
         return len(tokens)
+
+    async def _json(
+        self, request: httpx.Request, *, missing: tuple[int, ...] = ()
+    ) -> Mapping[str, Any] | None:
+        """A short call's JSON answer, read up to MAX_JSON_BYTES, or the error its status
+        stands for; None for a status in `missing`."""
+        response = await self._send(request, stream=True)
+        try:
+            if response.status_code in missing:
+                return None
+            if response.is_error:
+                error = await _read_body(response, MAX_ERROR_BYTES, cut=True)
+                raise _error_for(response.status_code, _parsed(error), response.headers)
+            body = _parsed(await _read_body(response, MAX_JSON_BYTES))
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(f"{request.url.path}: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"{request.url.path}: the answer broke: {exc!r}") from exc
+        finally:
+            await response.aclose()
+        if not isinstance(body, dict):
+            raise BackendError(f"{request.url.path}: the server did not answer with JSON")
+        return body
 
     @staticmethod
     async def _locally(size: int, count: Callable[[Any], T], arg: Any) -> T:
@@ -328,9 +393,15 @@ class OpenAICompatBackend:
         response = await clock.wait(self._send(http_request, stream=True))
         try:
             if response.is_error:
-                await clock.wait(response.aread())  # a body that never ends is a timeout
-                _raise_for_status(response)
-            async with contextlib.aclosing(_read_reply(response, clock)) as chunks:
+                # A body that never ends is a timeout; a long one is read up to its limit.
+                body = await clock.wait(_read_body(response, MAX_ERROR_BYTES, cut=True))
+                raise _error_for(response.status_code, _parsed(body), response.headers)
+            kind = response.headers.get("content-type", "text/event-stream")
+            if not kind.lower().startswith("text/event-stream"):
+                # An HTML page from a proxy, say: its "data:" lines are not the model's.
+                raise BackendError(f"the server answered {kind[:64]!r}, not an event stream")
+            cap = max(MIN_REPLY_CHARS, request.max_tokens * MAX_CHARS_PER_TOKEN)
+            async with contextlib.aclosing(_read_reply(response, clock, cap)) as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:
@@ -382,10 +453,16 @@ class _Reply:
         return content if isinstance(content, str) else ""
 
 
-async def _read_reply(response: httpx.Response, clock: Deadlines) -> AsyncGenerator[Chunk, None]:
-    """Text chunks from the event stream, then one chunk with usage and finish reason."""
+async def _read_reply(
+    response: httpx.Response, clock: Deadlines, max_chars: int
+) -> AsyncGenerator[Chunk, None]:
+    """Text chunks from the event stream, then one chunk with usage and finish reason. Past
+    `max_chars` of text the reply is cut there and ends as one that ran into its max_tokens
+    (a server that ignores max_tokens would otherwise stream until total_s)."""
     reply = _Reply()
-    async with contextlib.aclosing(_sse_data(response.aiter_lines())) as events:
+    left = max_chars
+    lines = _lines(response.aiter_text(), max_chars * LINE_FACTOR + LINE_SLACK)
+    async with contextlib.aclosing(_sse_data(lines)) as events:
         while (data := await _next_event(events, clock, reply)) is not None:
             if data.strip() == "[DONE]":
                 reply.done = True
@@ -393,6 +470,13 @@ async def _read_reply(response: httpx.Response, clock: Deadlines) -> AsyncGenera
                 break
             text = reply.absorb(_decode(data))
             clock.chunk_arrived(bool(text))
+            if len(text) > left:
+                if left:
+                    yield Chunk(text=text[:left])
+                log.warning("the server sent more than %d characters; the reply is cut", max_chars)
+                yield Chunk(finish_reason=FINISH_LENGTH)
+                return
+            left -= len(text)
             if text:
                 yield Chunk(text=text)
             if reply.finish_reason is not None and reply.usage is not None:
@@ -417,16 +501,38 @@ async def _drain(events: AsyncIterator[str]) -> None:
 async def _next_event(events: AsyncIterator[str], clock: Deadlines, reply: _Reply) -> str | None:
     """The next event's data; None at the end of the stream, or where only its end is missing
     after the finish reason (the server held the stream open, or dropped it, after the reply)."""
+    if reply.finish_reason is not None:
+        # The reply is whole; only its usage and its end may be missing: waited for briefly
+        # (a server that held the stream open held the turn for gap_s).
+        try:
+            async with asyncio.timeout(DRAIN_S):
+                return await clock.wait(anext(events, None))
+        except (TimeoutError, BackendTimeout, httpx.TransportError):
+            return None
     try:
         return await clock.wait(anext(events, None))
     except httpx.TransportError as exc:
-        if reply.finish_reason is not None:
-            return None
         raise ServerUnavailable(f"the reply stream broke: {exc!r}") from exc
-    except BackendTimeout:
-        if reply.finish_reason is not None:
-            return None
-        raise
+
+
+async def _lines(texts: AsyncIterator[str], limit: int) -> AsyncGenerator[str, None]:
+    """The lines of a decoded body (ended by CRLF, LF or CR, as server-sent events are), none
+    longer than `limit` characters: a longer one is refused before it is all held."""
+    pending = ""
+    async for text in texts:
+        pending += text
+        # A CR at the very end may be the first half of a CRLF: kept for the next piece.
+        held = "\r" if pending.endswith("\r") else ""
+        *complete, pending = _LINE_END.split(pending[: len(pending) - len(held)])
+        pending += held
+        for line in complete:
+            if len(line) > limit:
+                raise BackendError(f"the server sent a line over {limit} characters")
+            yield line
+        if len(pending) > limit:
+            raise BackendError(f"the server sent a line over {limit} characters")
+    if pending:
+        yield pending.removesuffix("\r")
 
 
 async def _sse_data(lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
@@ -488,11 +594,6 @@ def _usage(raw: Mapping[str, Any]) -> Usage | None:
         return None
 
 
-def _raise_for_status(response: httpx.Response) -> None:
-    if response.is_error:
-        raise _error_for(response.status_code, _json_or_text(response), response.headers)
-
-
 def _error_for(status: int, body: object, headers: Mapping[str, str]) -> BackendError:
     """The error for an error body; its free text is read here and not passed on."""
     answered = f"the server answered {status} ({_error_summary(body)})"
@@ -541,18 +642,25 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _json_or_text(response: httpx.Response) -> object:
+async def _read_body(response: httpx.Response, limit: int, *, cut: bool = False) -> bytes:
+    """The body up to `limit` bytes: cut there (`cut`), else refused when it is longer."""
+    data = bytearray()
+    async for piece in response.aiter_bytes():
+        data += piece
+        if len(data) > limit:
+            if cut:
+                return bytes(data[:limit])
+            path = response.request.url.path
+            raise BackendError(f"{path}: the server's answer is over {limit} bytes")
+    return bytes(data)
+
+
+def _parsed(body: bytes) -> object:
+    """The body as JSON, or as text where it is not JSON."""
     try:
-        return response.json()
+        return json.loads(body)
     except ValueError:
-        return response.text
-
-
-def _json_body(response: httpx.Response) -> Mapping[str, Any]:
-    body = _json_or_text(response)
-    if not isinstance(body, dict):
-        raise BackendError(f"{response.request.url.path}: the server did not answer with JSON")
-    return body
+        return body.decode("utf-8", "replace")
 
 
 def _auth_headers(api_key: SecretStr | None) -> dict[str, str]:

@@ -1,0 +1,162 @@
+"""A model server that does not play fair, against the OpenAI-compatible backend: what it
+sends is bounded (a line that never ends, a reply that ignores max_tokens, a huge error
+body), what is not an event stream is not read as one, a reply that is whole is not held
+for its missing end, and a /tokenize that hangs holds no message for long. Each was found by
+a hostile review (2026-12-05) with a stand-in server on a local port."""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from backends.base import FINISH_LENGTH
+from backends.openai_compat import MAX_CHARS_PER_TOKEN, MIN_REPLY_CHARS, OpenAICompatBackend
+from backends.resilience import ResilientBackend
+from bot.errors import BackendError
+from tests.test_rvb_backends import (
+    NEVER,
+    Answer,
+    StandIn,
+    ask,
+    chunk,
+    collect,
+    running,
+    settings_for,
+)
+
+MB = 2**20
+
+
+def endless(piece: bytes, total: int, *, status: int = 200, kind: str = "text/event-stream",
+            head: bytes = b"") -> Answer:  # fmt: skip
+    """An answer of `head`, then `piece` until `total` bytes are sent."""
+
+    async def answer(body: dict[str, object]) -> Response:
+        async def pieces() -> AsyncIterator[bytes]:
+            yield head
+            for _ in range(total // len(piece)):
+                yield piece
+
+        return StreamingResponse(pieces(), status_code=status, media_type=kind)
+
+    return answer
+
+
+async def peak_of_collecting(stand_in: StandIn) -> tuple[int, BaseException | None]:
+    """The highest memory Python held while one reply was read, and the error it ended in."""
+    async with running(stand_in) as url:
+        backend = OpenAICompatBackend(settings_for(url))
+        tracemalloc.start()
+        try:
+            await collect(backend, ask())
+            failed: BaseException | None = None
+        except BackendError as exc:
+            failed = exc
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            await backend.aclose()
+    return peak, failed
+
+
+async def test_a_line_that_never_ends_is_refused_before_it_fills_memory() -> None:
+    """`data: ` and then 100 MB without a newline: the line was held whole (2 GB in five
+    seconds in the review, the process killed for memory, every user with it)."""
+    stand_in = StandIn(endless(b"x" * 65_536, 100 * MB, head=b"data: "))
+    peak, failed = await peak_of_collecting(stand_in)
+    assert isinstance(failed, BackendError) and "line over" in str(failed)
+    assert peak < 30 * MB
+
+
+async def test_an_error_answer_is_read_only_as_far_as_its_limit() -> None:
+    """A 500 with a 100 MB body was read whole, on each of four tries."""
+    stand_in = StandIn(endless(b"y" * 65_536, 100 * MB, status=500, kind="text/plain"))
+    peak, failed = await peak_of_collecting(stand_in)
+    assert isinstance(failed, BackendError) and "500" in str(failed)
+    assert peak < 30 * MB
+
+
+async def test_a_reply_that_ignores_max_tokens_is_cut_at_its_limit() -> None:
+    """A server that ignores max_tokens streamed 10 MB to a user who asked for 8 tokens; it
+    was shown and stored whole. The text stops at the limit and ends as a cut reply."""
+    stand_in = StandIn()
+    stand_in.answers = [stand_in.stream(*[chunk("z" * 1000) for _ in range(200)], hold=True)]
+    async with running(stand_in) as url:
+        backend = OpenAICompatBackend(settings_for(url))
+        try:
+            chunks = await collect(backend, ask())
+        finally:
+            await backend.aclose()
+    text = "".join(c.text for c in chunks)
+    assert len(text) == max(MIN_REPLY_CHARS, 8 * MAX_CHARS_PER_TOKEN)
+    assert chunks[-1].finish_reason == FINISH_LENGTH
+
+
+async def test_an_html_page_is_not_read_as_the_models_reply() -> None:
+    """A proxy's 200 HTML page with a `data:` line in it was shown as the model's answer."""
+    page = b'<html><body>\ndata: {"choices": [{"delta": {"content": "INJECTED"}}]}\n\n</body>'
+    stand_in = StandIn(endless(page, len(page), kind="text/html"))
+    async with running(stand_in) as url:
+        backend = OpenAICompatBackend(settings_for(url))
+        try:
+            with pytest.raises(BackendError, match="not an event stream"):
+                await collect(backend, ask())
+        finally:
+            await backend.aclose()
+
+
+async def test_a_whole_reply_is_not_held_for_the_end_of_its_stream() -> None:
+    """The text and its finish reason came, then no usage and no end: the turn (and its
+    conversation's lock) waited gap_s, 30 s by default, after the answer was complete."""
+    stand_in = StandIn()
+    stand_in.answers = [stand_in.stream(chunk("Hello"), chunk(finish="stop"), hold=True)]
+    slow_gap = {"first_token_s": 60.0, "gap_s": 60.0, "total_s": 120.0, "connect_s": 2.0}
+    async with running(stand_in) as url:
+        backend = OpenAICompatBackend(settings_for(url, timeouts=slow_gap))
+        try:
+            async with asyncio.timeout(NEVER):  # far below gap_s: a hang fails the test
+                chunks = await collect(backend, ask())
+        finally:
+            await backend.aclose()
+    assert "".join(c.text for c in chunks) == "Hello"
+    assert chunks[-1].finish_reason == "stop"
+
+
+async def test_a_tokenize_that_hangs_is_not_asked_for_every_message() -> None:
+    """Every message is counted before it is recorded. With /tokenize hanging, each count
+    waited gap_s, four at a time: 12 users were recorded 3, 6 and 9 s late in the review,
+    and 40 would have waited minutes. One failure now makes the counts estimates a while."""
+    tokenized: list[str] = []
+    hang = asyncio.Event()
+
+    async def tokenize(request: Request) -> Response:
+        prompt = str((await request.json()).get("prompt", ""))
+        tokenized.append(prompt)
+        if hang.is_set():
+            await stand_in.release.wait()
+        return JSONResponse({"tokens": list(range(len(prompt.split())))})
+
+    stand_in = StandIn()
+    stand_in.app.routes.append(Route("/tokenize", tokenize, methods=["POST"]))
+    async with running(stand_in) as url:
+        settings = settings_for(url)
+        backend = ResilientBackend(OpenAICompatBackend(settings), settings)
+        try:
+            await backend.start()
+            hang.set()
+            texts = [f"message number {n} from a user" for n in range(12)]
+            async with asyncio.timeout(NEVER):
+                counts = await asyncio.gather(*(backend.count_tokens([t]) for t in texts))
+            after = len(tokenized)
+            await backend.count_tokens(["one more"])  # within the pause: not asked
+        finally:
+            await backend.aclose()
+    assert all(count[0] > 0 for count in counts)  # estimates
+    assert after <= 1 + settings.max_count_requests  # the start-up probe, one slot's worth
+    assert len(tokenized) == after
