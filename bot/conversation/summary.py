@@ -68,10 +68,17 @@ class Summarizer:
         )
         kept: list[str] = []
         for turn in reversed(turns):
-            if turn.tokens > room:
-                break
-            room -= turn.tokens
-            kept.append(f"{_said('User', turn.user)}\n{_said('Assistant', turn.assistant)}")
+            line, tokens = _transcribed(turn.user, turn.assistant), turn.tokens
+            if tokens > room:
+                # Too long whole: its opening, as the extract keeps it, rather than nothing.
+                line = _transcribed(_excerpt(turn.user), _excerpt(turn.assistant))
+                tokens = await self._count(line)
+                if tokens > room:
+                    break
+            room -= tokens
+            kept.append(line)
+        if not kept:
+            return ""  # nothing fits beside the instruction: the caller writes the extract
         transcript = "\n".join(reversed(kept))
         if summary and await self._count(summary) <= room:
             transcript = f"Earlier summary: {summary}\n{transcript}"
@@ -99,6 +106,10 @@ class Summarizer:
                 break
             kept.append(line)
         return "\n".join(reversed(kept))
+
+
+def _transcribed(user: str, assistant: str) -> str:
+    return f"{_said('User', user)}\n{_said('Assistant', assistant)}"
 
 
 def _said(who: str, text: str) -> str:
