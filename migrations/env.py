@@ -15,8 +15,8 @@ from logging.config import fileConfig
 from typing import Any
 
 from alembic import context
-from sqlalchemy import Connection, make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import Connection, event, inspect, make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 import adapters.support.models  # noqa: F401  (the support channel's sites and keys)
@@ -30,6 +30,8 @@ target_metadata = Base.metadata
 # The key of the PostgreSQL advisory lock that lets one process at a time migrate a database
 # (any fixed number; advisory locks are per database).
 MIGRATION_LOCK_KEY = 0x7061726C6579  # "parley"
+# The name of the copy of a table that Alembic's batch mode makes on SQLite.
+LEFTOVER_PREFIX = "_alembic_tmp_"
 
 # Run by hand, alembic.ini sets up logging; run from code, the application's logging stands.
 if config.config_file_name is not None and "url" not in config.attributes:
@@ -64,9 +66,21 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def drop_leftover_copies(connection: Connection) -> None:
+    """The `_alembic_tmp_<table>` copies that an SQLite revision interrupted before its DDL was
+    transactional left behind, where their table is still there (the copy is then a partial
+    one); without this no upgrade gets past that revision."""
+    tables = set(inspect(connection).get_table_names())
+    for name in sorted(tables):
+        if name.startswith(LEFTOVER_PREFIX) and name.removeprefix(LEFTOVER_PREFIX) in tables:
+            connection.exec_driver_sql(f'DROP TABLE "{name}"')
+
+
 def do_run_migrations(connection: Connection) -> None:
     configure(connection=connection, is_sqlite=connection.dialect.name == "sqlite")
     with context.begin_transaction():
+        if connection.dialect.name == "sqlite":
+            drop_leftover_copies(connection)
         if connection.dialect.name == "postgresql":
             # Workers started at once would each find the schema behind and run the same
             # revisions (all but one failing on "already exists"): the others wait here, then
@@ -79,9 +93,9 @@ def do_run_migrations(connection: Connection) -> None:
 
 @contextmanager
 def sqlite_lock(url: str) -> Iterator[None]:
-    """One process at a time migrates an SQLite file. Alembic runs SQLite's DDL outside a
-    transaction, so concurrent runs interleave their revisions and fail halfway; a lock on a
-    file beside the database (released when its holder exits, whatever the way) queues them."""
+    """One process at a time migrates an SQLite file: concurrent runs would each find the
+    schema behind and run the same revisions; a lock on a file beside the database (released
+    when its holder exits, whatever the way) queues them."""
     parsed = make_url(url)
     path = sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
     if path is None:  # in memory: no other process can see it
@@ -92,11 +106,31 @@ def sqlite_lock(url: str) -> Iterator[None]:
         yield
 
 
+def transactional_sqlite_ddl(engine: AsyncEngine) -> None:
+    """SQLite's DDL in the migration's transaction, as PostgreSQL's is. Python's sqlite3
+    begins a transaction before INSERT or UPDATE only, so each CREATE, DROP and table copy
+    of a batch operation took effect alone: a disk that filled during a copy left a half-done
+    revision (`_alembic_tmp_<table>` behind) that no later upgrade could get past. With the
+    driver's own transaction handling off and BEGIN sent at each begin (the recipe in
+    SQLAlchemy's SQLite dialect documentation), a failed run is rolled back whole."""
+
+    def no_driver_transactions(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    def begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    event.listen(engine.sync_engine, "connect", no_driver_transactions)
+    event.listen(engine.sync_engine, "begin", begin)
+
+
 async def run_async_migrations() -> None:
     url = database_url()
     ensure_sqlite_folder(url)
     # NullPool: a one-off connection, nothing left open once the command returns.
     engine = create_async_engine(url, poolclass=NullPool)
+    if engine.dialect.name == "sqlite":
+        transactional_sqlite_ddl(engine)
     try:
         with sqlite_lock(url):
             async with engine.connect() as connection:

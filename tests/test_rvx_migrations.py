@@ -7,8 +7,10 @@ import asyncio
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Engine, event
 
 from bot.cli import main
 from bot.errors import StorageError
@@ -90,3 +92,54 @@ def test_commands_on_a_database_from_newer_code_say_so_in_one_line(
             "parley: error: database schema is at revision f00d, which this code does not "
             "know: it was migrated by a newer version of Parley"
         ], command
+
+
+async def test_an_sqlite_migration_stopped_by_a_full_disk_is_finished_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """Alembic ran SQLite's DDL outside a transaction: a disk that filled during 0008's table
+    copy left `_alembic_tmp_conversations` behind at revision 0007, and every later upgrade
+    and start failed on "table _alembic_tmp_conversations already exists" (a review with a
+    6 MB tmpfs). The disk is full here by SQLite's own page limit on each connection."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    await migrate.upgrade(url, "0007")
+    with sqlite3.connect(tmp_path / "parley.db") as db:
+        db.executemany(
+            "INSERT INTO conversations (platform, chat_id, summary) VALUES ('t', ?, ?)",
+            [(str(n), "a summary of the talk so far " * 20) for n in range(3000)],
+        )
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+
+    def full_disk(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA max_page_count = {pages + 20}")
+        cursor.close()
+
+    event.listen(Engine, "connect", full_disk)
+    try:
+        with pytest.raises(StorageError, match="full"):
+            await migrate.upgrade(url)
+    finally:
+        event.remove(Engine, "connect", full_disk)
+    assert await migrate.current(url) == "0007"
+    await migrate.upgrade(url)  # room again
+    assert await migrate.current(url) == migrate.head()
+    with sqlite3.connect(tmp_path / "parley.db") as db:
+        assert db.execute("SELECT count(*) FROM conversations").fetchone()[0] == 3000
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert not [t for t in tables if t.startswith("_alembic_tmp")]
+
+
+async def test_a_table_copy_left_by_an_interrupted_sqlite_revision_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """A database that an earlier version left half-way through 0008's copy upgrades."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    await migrate.upgrade(url, "0007")
+    with sqlite3.connect(tmp_path / "parley.db") as db:
+        db.execute("INSERT INTO conversations (platform, chat_id) VALUES ('t', '1')")
+        db.execute("CREATE TABLE _alembic_tmp_conversations (id INTEGER, platform TEXT)")
+    await migrate.upgrade(url)
+    assert await migrate.current(url) == migrate.head()
+    with sqlite3.connect(tmp_path / "parley.db") as db:
+        assert db.execute("SELECT chat_id FROM conversations").fetchall() == [("1",)]
