@@ -3,6 +3,7 @@ exactly the schema that bot/storage/models.py describes."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,63 @@ async def test_telegram_keys_recorded_by_update_id_become_chat_and_message_keys(
     finally:
         await engine.dispose()
     assert to_incoming(message, "hello").idempotency_key == "telegram:-100123:1001"
+
+
+# Each committed revision's contents (sha256, first 16 hex digits). A revision that a
+# database may already be at is never edited: 0004 and 0013 were, and databases migrated
+# before the edit lacked their new columns for good (0015 repairs them). A change goes in a
+# new revision, whose line is added here.
+COMMITTED = {
+    "0001_initial.py": "d7353113a835a52d",
+    "0002_knowledge_base.py": "1001b5bf48264a39",
+    "0003_preferences.py": "5ade08614b04421f",
+    "0004_platform_fields.py": "7ccafd4e0b87950f",
+    "0005_summary_tokens.py": "d71d13e617ff5019",
+    "0006_kb_embeddings.py": "d7ac20112813ba94",
+    "0007_message_attempts.py": "84d9b8e057e80c6a",
+    "0008_turn_fence.py": "b1ddbf0524a50451",
+    "0009_support_sites.py": "09a3cdb4341e7a83",
+    "0010_token_usage.py": "822c012ac0cfc92c",
+    "0011_handoff.py": "3fdd9098bf624330",
+    "0012_kb_sample.py": "f46d4c61a6bfa2e2",
+    "0013_handoff_trigger.py": "7922ab7ee61a06bf",
+    "0014_telegram_message_keys.py": "f303347878b74402",
+    "0015_repair_edited_revisions.py": "8167071b0f230286",
+}
+
+
+def test_committed_revisions_are_never_edited() -> None:
+    found = {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        for path in sorted((migrate.MIGRATIONS_DIR / "versions").glob("0*.py"))
+    }
+    assert found == COMMITTED
+
+
+async def test_columns_added_to_revisions_after_they_were_committed_are_added_now(
+    db_url: str,
+) -> None:
+    """A database migrated by a59eb42 (0004 without the lease columns) and 81d7a00 (0013
+    without request_delivered) was at 0013 yet lacked three columns: every turn failed on
+    "no such column" while `db upgrade` and `doctor` said all was well (a review)."""
+    await migrate.upgrade(db_url, "0014")
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            for table, column in (
+                ("conversations", "lease_owner"),
+                ("conversations", "lease_until"),
+                ("handoff_states", "request_delivered"),
+            ):
+                await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+            await conn.execute(
+                text("INSERT INTO conversations (platform, chat_id) VALUES ('console', 'a')")
+            )
+    finally:
+        await engine.dispose()
+    await migrate.upgrade(db_url)
+    tables, diff = await _inspect(db_url)
+    assert tables >= TABLES and diff == []
+    await migrate.downgrade(db_url, "0014")  # 0015 changes nothing going down
+    await migrate.upgrade(db_url)
+    assert (await _inspect(db_url))[1] == []
