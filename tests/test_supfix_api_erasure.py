@@ -11,6 +11,7 @@ from datetime import date, timedelta
 import pytest
 import sqlalchemy as sa
 
+from bot.handoff.models import HandoffEventRow
 from bot.storage import keys, migrate
 from bot.storage.models import ConversationRow
 from bot.storage.usage import Subject, UsageLog
@@ -87,11 +88,22 @@ async def test_supfix_erasure_drops_the_cached_handoff_state(worker: Worker) -> 
             "/v1/handoff/take", headers=agent, json={"visitor_id": who, "agent": "Dana"}
         )
         assert taken.status_code == 200, taken.text
-        cached = keys.handoff(await conversation_id(worker, f"shop:{who}"))
+        conversation = await conversation_id(worker, f"shop:{who}")
+        cached = keys.handoff(conversation)
         assert await worker.app.cache.get(cached) is not None  # the agent's name is cached
+        assert await handoff_events(worker, conversation) > 0
         erased = await client.delete("/v1/visitor", headers=auth)
     assert erased.status_code == 204
     assert await worker.app.cache.get(cached) is None
+    # The handoff's audit trail (states, reasons, the agent's name, times) went too.
+    assert await handoff_events(worker, conversation) == 0
+
+
+async def handoff_events(worker: Worker, conversation: int) -> int:
+    e = HandoffEventRow
+    async with worker.app.store.engine.connect() as conn:
+        query = sa.select(sa.func.count()).where(e.conversation_id == conversation)
+        return int(await conn.scalar(query) or 0)
 
 
 @pytest.mark.parametrize(

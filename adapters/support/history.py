@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot import phrases
 from bot.budget import subjects_of
-from bot.handoff.models import HandoffStateRow
+from bot.handoff.models import HandoffEventRow, HandoffStateRow
 from bot.storage.base import MessageKind
 from bot.storage.database import run_on_connection
 from bot.storage.models import ConversationRow, MessageRow, TokenUsageRow, UserRow
@@ -239,9 +239,8 @@ class SupportHistory:
         if ids:
             await conn.execute(sa.delete(MessageRow).where(MessageRow.conversation_id.in_(ids)))
             # No longer waiting for a person: the desk would announce it at every start.
-            await conn.execute(
-                sa.delete(HandoffStateRow).where(HandoffStateRow.conversation_id.in_(ids))
-            )
+            for row in (HandoffStateRow, HandoffEventRow):  # the audit trail names the agent
+                await conn.execute(sa.delete(row).where(row.conversation_id.in_(ids)))
             await conn.execute(
                 sa.update(c)
                 .where(c.id.in_(ids))
