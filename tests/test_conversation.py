@@ -191,6 +191,27 @@ async def test_a_drain_past_the_grace_counts_the_turns_it_stops(
     assert "stopping 1 turn(s) still running after the shutdown grace" in caplog.text
 
 
+async def test_a_turn_stopped_by_the_drain_is_not_taken_up_again_while_stopping(
+    tmp_path: Path,
+) -> None:
+    """The orphan sweep ran on after the shutdown grace had cut a turn: it found the turn's
+    message pending, scheduled the conversation again, and the stopping process asked the
+    model again (with a model that hangs, the stop then ran past its limit: exit 3, a
+    review). Once the drain begins nothing new is scheduled; the message stays pending."""
+    settings = settings_for(tmp_path, sweep_interval_s=0.05, orphan_after_s=0.05)
+    backend = GatedBackend()  # its first turn waits for a gate that never opens
+    async with running(settings, backend) as (app, sink):
+        await app.manager.submit(incoming("one"))
+        await backend.entered.wait()
+        assert await app.manager.drain(0.2) is False
+        await asyncio.sleep(0.5)  # ten sweeps' time
+        assert backend.requests == []  # the model was not asked again (the cut turn is not here)
+        cid = await app.store.conversation_id(KEY)
+        assert cid is not None
+        assert [m.content for m in await app.store.pending(cid, 10)] == ["one"]
+    assert sink.replies[KEY] == []
+
+
 async def test_each_prompt_extends_the_previous_one(tmp_path: Path) -> None:
     backend = ScriptedBackend()
     async with running(settings_for(tmp_path), backend) as (app, _):

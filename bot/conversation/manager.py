@@ -184,6 +184,10 @@ class ConversationManager:
         self._background: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._draining = False  # a stop began: a model failing now goes with the process
+        # The stop's drain began: no turn is started any more (what is pending stays so, for
+        # another worker or the next start). The orphan sweep is the one that would.
+        self._closing = False
+        self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """The worker's background duties: its liveness key (so other workers leave the
@@ -200,7 +204,8 @@ class ConversationManager:
                 orphan_after_s=s.orphan_after_s,
                 stop=self._stopping,
             )
-            self._background.append(asyncio.create_task(task, name="parley-sweep"))
+            self._sweeper = asyncio.create_task(task, name="parley-sweep")
+            self._background.append(self._sweeper)
 
     def attach(self, platform: str, sink: ReplySink) -> None:
         self._sinks[platform] = sink
@@ -362,7 +367,9 @@ class ConversationManager:
         """Give the turns in flight `timeout_s` to finish, then stop the rest: their messages
         stay pending in SQL and are answered by another worker or the next start. True when
         every turn finished in time."""
-        self._draining = True
+        self._draining = self._closing = True
+        if self._sweeper is not None:  # it would take up the turns this stop cuts
+            self._sweeper.cancel()
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout_s
@@ -383,6 +390,9 @@ class ConversationManager:
             self._draining = False  # a program that goes on after it gets its errors said
 
     def _schedule(self, work: _Work) -> None:
+        if self._closing:
+            log.debug("conversation %s: stopping; left pending", work.key)
+            return
         if work.key.platform not in self._sinks:
             # Not a platform this process serves (a deployment may split them across
             # workers): its turns are left pending for a worker that can show the answer.
