@@ -46,6 +46,7 @@ import time
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -602,6 +603,8 @@ def _error_for(status: int, body: object, headers: Mapping[str, str]) -> Backend
         return ServerUnavailable(answered, status=status, retry_after=retry_after)
     if status == 400 and _CONTEXT_MESSAGE.search(_error_text(body)):
         return ContextTooLong(f"{answered}: the prompt is longer than the model's context")
+    if status in (401, 403):
+        return BackendError(f"{answered}: check backend.api_key (PARLEY_BACKEND__API_KEY)")
     return BackendError(answered)
 
 
@@ -688,8 +691,14 @@ def _load_tokenizer(folder: str) -> Any:
         raise ConfigError(
             "backend.tokenizer needs the transformers package (pip install 'parley[tokenizer]')"
         ) from exc
+    if not Path(folder).expanduser().is_dir():
+        # Given a name that is not a folder, transformers speaks of hub repository ids.
+        raise ConfigError(f"backend.tokenizer: no folder {folder!r} (PARLEY_BACKEND__TOKENIZER)")
     try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        return AutoTokenizer.from_pretrained(Path(folder).expanduser(), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"backend.tokenizer: no tokenizer could be loaded from {folder!r}: "
-                           f"{str(exc).splitlines()[0][:200]}") from exc  # fmt: skip
+        log.debug("the tokenizer in %s could not be loaded", folder, exc_info=exc)
+        raise ConfigError(
+            f"backend.tokenizer: no tokenizer could be loaded from {folder!r}: it needs the "
+            "served model's tokenizer files (tokenizer.json, tokenizer_config.json)"
+        ) from exc

@@ -28,6 +28,7 @@ import logging
 import re
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from backends import vllm_watchdog
@@ -77,6 +78,7 @@ class VllmEngineBackend:
         async with self._start_lock:
             if self._engine is not None:
                 return
+            _require_local_folder(self._settings.model)
             # Both steps block for seconds. They run apart because vLLM's import keeps its
             # caller's frame alive: a frame that also held the engine would pin it after aclose.
             engine_class, args_class = await asyncio.to_thread(_import_vllm)
@@ -253,6 +255,14 @@ async def _abort(engine: Any, outputs: Any, request_id: str) -> None:
         log.warning("could not abort vLLM request %s", request_id, exc_info=True)
     else:
         log.debug("aborted vLLM request %s", request_id)
+
+
+def _require_local_folder(model: str) -> None:
+    """A model named by a path must be a folder there: vLLM takes any other name for a hub
+    repository and fails on it after each try of the start-up wait (120 s by default), with
+    a hub error. A wrong setting, not a failure a restart would mend: exit status 2."""
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+        raise ConfigError(f"backend.model: no model folder {model!r} (PARLEY_BACKEND__MODEL)")
 
 
 def _import_vllm() -> tuple[Any, Any]:

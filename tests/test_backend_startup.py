@@ -9,10 +9,15 @@ import socket
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from bot.app import Parley
-from bot.errors import BackendUnavailable
+from bot.errors import BackendError, BackendUnavailable, ConfigError
 from bot.settings import load_settings
+from tests.local_server import serving
 from tests.slow_model import MODEL, SlowModel
 
 
@@ -92,3 +97,54 @@ async def test_a_server_that_accepts_and_never_answers_is_waited_for_like_one_st
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_model_folder_that_is_not_there_stops_start_up_at_once(tmp_path: Path) -> None:
+    """`backend.kind = vllm` with a model path that does not exist was taken by vLLM for a
+    hub repository name and waited for through the whole start-up wait (120 s by default),
+    each try failing with "Repo id must be in the form ..." (an operator's review)."""
+    settings = load_settings(
+        None,
+        database={"url": f"sqlite+aiosqlite:///{tmp_path}/p.db"},
+        backend={"kind": "vllm", "model": str(tmp_path / "models" / "Qwen"), "startup_wait_s": 60},
+    )
+    async with asyncio.timeout(30):  # a guard: the wait would be 60 s
+        with pytest.raises(ConfigError, match=r"backend\.model: no model folder .*models/Qwen"):
+            async with Parley(settings):  # type: ignore[arg-type]
+                pass
+
+
+async def test_a_tokenizer_folder_that_is_not_there_is_named_as_such(tmp_path: Path) -> None:
+    """transformers' answer was about hub repository ids ("Repo id must be in the form")."""
+    async with SlowModel().serving() as url:
+        settings = load_settings(
+            None,
+            database={"url": f"sqlite+aiosqlite:///{tmp_path}/p.db"},
+            backend={
+                "kind": "openai",
+                "base_url": url,
+                "model": MODEL,
+                "tokenizer": "/models/qwen",
+            },
+        )
+        with pytest.raises(ConfigError, match=r"backend\.tokenizer: no folder '/models/qwen'"):
+            async with Parley(settings):  # type: ignore[arg-type]
+                pass
+
+
+async def test_a_refused_api_key_names_the_setting(tmp_path: Path) -> None:
+    async def refuse(request: Request) -> Response:
+        return JSONResponse({"error": {"message": "Invalid API key", "code": 401}}, 401)
+
+    app = Starlette(routes=[Route("/v1/models", refuse)])
+    async with serving(app) as port:
+        settings = load_settings(
+            None,
+            database={"url": f"sqlite+aiosqlite:///{tmp_path}/p.db"},
+            backend={"kind": "openai", "base_url": f"http://127.0.0.1:{port}", "model": MODEL,
+                     "api_key": "sk-wrong"},
+        )  # fmt: skip
+        with pytest.raises(BackendError, match=r"401.*PARLEY_BACKEND__API_KEY") as refused:
+            async with Parley(settings):  # type: ignore[arg-type]
+                pass
+    assert "sk-wrong" not in str(refused.value)
