@@ -11,6 +11,7 @@ the standard library alone: loading the whole settings imports every adapter's l
 
 from __future__ import annotations
 
+import http.client
 import os
 import sys
 import tomllib
@@ -47,6 +48,10 @@ def healthz_url(environ: Mapping[str, str], config: Mapping[str, Any]) -> str:
     host = setting(section, "host")
     host = _WILDCARD_HOSTS.get(host, host)
     port = setting(section, "port")
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{section}.port is not a port number: {port!r}")
+    if not host or any(c.isspace() or c in "/?#@[]" for c in host.strip("[]")):
+        raise ValueError(f"{section}.host is not a host name or address: {host!r}")
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
 
 
@@ -67,6 +72,9 @@ def check(config_file: str | None = None, environ: Mapping[str, str] | None = No
     except (OSError, tomllib.TOMLDecodeError) as exc:
         print(f"parley: the config file cannot be read: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # the settings' own words, as `parley health` says them
+        print(f"parley: {exc}", file=sys.stderr)
+        return 2
     # Straight to the worker: an HTTP(S)_PROXY in the container's environment is not for it.
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -74,7 +82,7 @@ def check(config_file: str | None = None, environ: Mapping[str, str] | None = No
             status = response.status
     except urllib.error.HTTPError as exc:
         status = exc.code
-    except (OSError, ValueError) as exc:  # refused, timed out, a URL no parser takes
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timed out, ...
         why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         print(f"parley: no answer from {url}: {type(why).__name__}", file=sys.stderr)
         return 1

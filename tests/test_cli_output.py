@@ -141,7 +141,7 @@ def test_a_missing_extra_is_a_configuration_problem_at_once(tmp_path: Path) -> N
     missing = tmp_path / "missing"
     (missing / "vllm").mkdir(parents=True)  # an import of vllm fails, as where none is installed
     (missing / "vllm" / "__init__.py").write_text("raise ImportError('No module named vllm')\n")
-    backend = {"KIND": "vllm", "MODEL": "/m", "STARTUP_WAIT_S": "3"}
+    backend = {"KIND": "vllm", "MODEL": str(tmp_path), "STARTUP_WAIT_S": "3"}
     env = parley_env(tmp_path, {f"PARLEY_BACKEND__{k}": v for k, v in backend.items()})
     env["PYTHONPATH"] = f"{missing}{os.pathsep}{env['PYTHONPATH']}"
     done = subprocess.run(
@@ -228,3 +228,19 @@ def test_the_health_checks_defaults_are_the_settings_own_and_it_reads_both_sourc
     assert health.healthz_url({}, config) == "http://127.0.0.1:9100/healthz"
     env = {"PARLEY_METRICS__PORT": "0", "PARLEY_HTTP__HOST": "::"}
     assert health.healthz_url(env, config) == "http://[::1]:9000/healthz"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("PARLEY_HTTP__PORT", "abc", "http.port is not a port number: 'abc'"),
+        ("PARLEY_METRICS__PORT", "1.5", "metrics.port is not a port number: '1.5'"),
+        ("PARLEY_HTTP__HOST", "a b", "http.host is not a host name or address: 'a b'"),
+    ],
+)
+def test_the_health_check_says_a_bad_setting_in_one_line(
+    name: str, value: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m bot.health` (the image's HEALTHCHECK) printed http.client's traceback."""
+    assert health.check(None, {name: value}) == 2
+    assert capsys.readouterr().err == f"parley: {said}\n"
