@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
@@ -266,6 +267,11 @@ def _require_local_folder(model: str) -> None:
 
 
 def _import_vllm() -> tuple[Any, Any]:
+    # vLLM's own logging setup writes its INFO lines to stdout, through a handler of its own:
+    # dozens around each answer in the console, and in `parley doctor`'s report. Without it
+    # they reach Parley's handler, which shows a library's lines below WARNING with -v only.
+    # Its engine processes inherit the setting. An operator's own value wins.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     try:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
