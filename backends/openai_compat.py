@@ -111,11 +111,9 @@ CONNECTION_LIMITS = connection_limits()
 DRAIN_S = 1.0
 # Texts longer than this are tokenised by a local tokenizer in a thread, not on the loop.
 INLINE_TOKENIZE_CHARS = 4000
-# A /tokenize answer is waited for this long at most (or gap_s where that is shorter). One
-# that fails or times out makes the counts estimates for COUNT_PAUSE_S: every message is
-# counted before it is recorded, so a server whose /tokenize hangs held each one for gap_s,
-# four at a time.
-COUNT_WAIT_S = 5.0
+# A /tokenize that fails or does not answer within gap_s makes the counts estimates for
+# COUNT_PAUSE_S: every message is counted before it is recorded, so a server whose /tokenize
+# hangs held each one for gap_s, four at a time.
 COUNT_PAUSE_S = 30.0
 # What of a server's answer is read. A JSON answer (/v1/models, /tokenize) over its limit is
 # refused; an error body is read up to its limit (its type and code are at the start).
@@ -297,12 +295,8 @@ class OpenAICompatBackend:
         """Token count from vLLM's /tokenize, or None where the server has no such endpoint.
         Once started, a /tokenize that fails or is slow is not asked for COUNT_PAUSE_S: the
         callers estimate (ResilientBackend) instead of each waiting for it in turn."""
-        wait = min(self._timeouts.gap_s, COUNT_WAIT_S) if self._started else self._timeouts.gap_s
         request = self._client.build_request(
-            "POST",
-            "/tokenize",
-            json={"model": self._settings.model, **body},
-            timeout=httpx.Timeout(wait, connect=self._timeouts.connect_s),
+            "POST", "/tokenize", json={"model": self._settings.model, **body}
         )
         async with self._count_slots:
             if time.monotonic() < self._counts_paused_until:
@@ -342,6 +336,8 @@ class OpenAICompatBackend:
             raise BackendTimeout(f"{request.url.path}: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
             raise ServerUnavailable(f"{request.url.path}: the answer broke: {exc!r}") from exc
+        except httpx.DecodingError as exc:
+            raise BackendError(f"{request.url.path}: the answer could not be decoded") from exc
         finally:
             await response.aclose()
         if not isinstance(body, dict):
@@ -502,18 +498,20 @@ async def _drain(events: AsyncIterator[str]) -> None:
 async def _next_event(events: AsyncIterator[str], clock: Deadlines, reply: _Reply) -> str | None:
     """The next event's data; None at the end of the stream, or where only its end is missing
     after the finish reason (the server held the stream open, or dropped it, after the reply)."""
-    if reply.finish_reason is not None:
-        # The reply is whole; only its usage and its end may be missing: waited for briefly
-        # (a server that held the stream open held the turn for gap_s).
-        try:
-            async with asyncio.timeout(DRAIN_S):
-                return await clock.wait(anext(events, None))
-        except (TimeoutError, BackendTimeout, httpx.TransportError):
-            return None
     try:
         return await clock.wait(anext(events, None))
     except httpx.TransportError as exc:
+        if reply.finish_reason is not None:
+            return None
         raise ServerUnavailable(f"the reply stream broke: {exc!r}") from exc
+    except httpx.DecodingError as exc:  # a body its Content-Encoding does not decode
+        raise BackendError(f"the reply stream could not be decoded: {exc!r}") from exc
+    except BackendTimeout:
+        # After the finish reason only the usage and the end are missing. Not cut sooner:
+        # some servers send a finish reason early and go on (Open WebUI, open-webui#16377).
+        if reply.finish_reason is not None:
+            return None
+        raise
 
 
 async def _lines(texts: AsyncIterator[str], limit: int) -> AsyncGenerator[str, None]:
@@ -648,13 +646,17 @@ def _retry_after(value: str | None) -> float | None:
 async def _read_body(response: httpx.Response, limit: int, *, cut: bool = False) -> bytes:
     """The body up to `limit` bytes: cut there (`cut`), else refused when it is longer."""
     data = bytearray()
-    async for piece in response.aiter_bytes():
-        data += piece
-        if len(data) > limit:
-            if cut:
-                return bytes(data[:limit])
-            path = response.request.url.path
-            raise BackendError(f"{path}: the server's answer is over {limit} bytes")
+    try:
+        async for piece in response.aiter_bytes():
+            data += piece
+            if len(data) > limit:
+                if cut:
+                    return bytes(data[:limit])
+                path = response.request.url.path
+                raise BackendError(f"{path}: the server's answer is over {limit} bytes")
+    except httpx.DecodingError:
+        if not cut:
+            raise
     return bytes(data)
 
 

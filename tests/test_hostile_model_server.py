@@ -1,7 +1,7 @@
 """A model server that does not play fair, against the OpenAI-compatible backend: what it
 sends is bounded (a line that never ends, a reply that ignores max_tokens, a huge error
-body), what is not an event stream is not read as one, a reply that is whole is not held
-for its missing end, and a /tokenize that hangs holds no message for long. Each was found by
+body), what is not an event stream is not read as one, a finish reason sent early cuts
+nothing, and a /tokenize that hangs holds no message for long. Each was found by
 a hostile review (2026-12-05) with a stand-in server on a local port."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from backends.openai_compat import MAX_CHARS_PER_TOKEN, MIN_REPLY_CHARS, OpenAIC
 from backends.resilience import ResilientBackend
 from bot.errors import BackendError
 from tests.test_rvb_backends import (
+    DONE,
     NEVER,
     Answer,
     StandIn,
@@ -28,6 +29,7 @@ from tests.test_rvb_backends import (
     collect,
     running,
     settings_for,
+    usage_event,
 )
 
 MB = 2**20
@@ -111,21 +113,42 @@ async def test_an_html_page_is_not_read_as_the_models_reply() -> None:
             await backend.aclose()
 
 
-async def test_a_whole_reply_is_not_held_for_the_end_of_its_stream() -> None:
-    """The text and its finish reason came, then no usage and no end: the turn (and its
-    conversation's lock) waited gap_s, 30 s by default, after the answer was complete."""
+def slow_stream(stand_in: StandIn, *events: str | float) -> Answer:
+    """A 200 event stream of `events`, a number among them a pause of that many seconds."""
+
+    async def answer(body: dict[str, object]) -> Response:
+        async def body_iter() -> AsyncIterator[str]:
+            for event in events:
+                if isinstance(event, float):
+                    await asyncio.sleep(event)
+                else:
+                    yield event
+
+        return StreamingResponse(body_iter(), media_type="text/event-stream")
+
+    return answer
+
+
+async def test_a_finish_reason_sent_early_does_not_cut_what_follows_it() -> None:
+    """Some servers set the finish reason on an early chunk and go on (Open WebUI,
+    open-webui#16377); the reply is read on to its end within gap_s (the review of a change
+    that waited only one second after a finish reason and cut such replies short)."""
     stand_in = StandIn()
-    stand_in.answers = [stand_in.stream(chunk("Hello"), chunk(finish="stop"), hold=True)]
-    slow_gap = {"first_token_s": 60.0, "gap_s": 60.0, "total_s": 120.0, "connect_s": 2.0}
+    late = {"first_token_s": 10.0, "gap_s": 10.0, "total_s": 30.0, "connect_s": 2.0}
+    stand_in.answers = [
+        slow_stream(
+            stand_in, chunk("Step one.", finish="stop"), 1.5, chunk(" Step two."), 1.5,
+            usage_event(), DONE,
+        )
+    ]  # fmt: skip
     async with running(stand_in) as url:
-        backend = OpenAICompatBackend(settings_for(url, timeouts=slow_gap))
+        backend = OpenAICompatBackend(settings_for(url, timeouts=late))
         try:
-            async with asyncio.timeout(NEVER):  # far below gap_s: a hang fails the test
-                chunks = await collect(backend, ask())
+            chunks = await collect(backend, ask())
         finally:
             await backend.aclose()
-    assert "".join(c.text for c in chunks) == "Hello"
-    assert chunks[-1].finish_reason == "stop"
+    assert "".join(c.text for c in chunks) == "Step one. Step two."
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
 
 
 async def test_a_tokenize_that_hangs_is_not_asked_for_every_message() -> None:
