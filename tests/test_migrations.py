@@ -219,7 +219,7 @@ COMMITTED = {
     "0011_handoff.py": "3fdd9098bf624330",
     "0012_kb_sample.py": "f46d4c61a6bfa2e2",
     "0013_handoff_trigger.py": "7922ab7ee61a06bf",
-    "0014_telegram_message_keys.py": "f303347878b74402",
+    "0014_telegram_message_keys.py": "5e2570cb50bfc6ab",
     "0015_repair_edited_revisions.py": "8167071b0f230286",
 }
 
@@ -259,3 +259,47 @@ async def test_columns_added_to_revisions_after_they_were_committed_are_added_no
     await migrate.downgrade(db_url, "0014")  # 0015 changes nothing going down
     await migrate.upgrade(db_url)
     assert (await _inspect(db_url))[1] == []
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ["telegram:-100123:1001", "telegram:7"],  # recorded again after a downgrade
+        ["telegram:7", "telegram:9"],  # twice by update_id
+    ],
+    ids=["new-and-old", "old-twice"],
+)
+async def test_a_telegram_message_recorded_twice_does_not_stop_the_upgrade(
+    db_url: str, keys: list[str]
+) -> None:
+    """0014 rewrote every old key: a message recorded under both forms, or twice under the
+    old one, made the rewrite clash with the unique key and the upgrade stop, and an SQLite
+    bot migrates at start: it no longer started (the review of this session's commits)."""
+    await migrate.upgrade(db_url, "0013")
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO conversations (id, platform, chat_id) "
+                    "VALUES (1, 'telegram', '-100123')"
+                )
+            )
+            for key in keys:
+                await conn.execute(
+                    text(
+                        "INSERT INTO messages (conversation_id, role, kind, content, "
+                        "idempotency_key, platform_message_id) "
+                        "VALUES (1, 'user', 'chat', 'x', :k, '1001')"
+                    ),
+                    {"k": key},
+                )
+        await migrate.upgrade(db_url)
+        async with engine.connect() as conn:
+            found = (
+                await conn.execute(text("SELECT idempotency_key FROM messages ORDER BY id"))
+            ).scalars()
+            assert "telegram:-100123:1001" in list(found)
+    finally:
+        await engine.dispose()
+    assert await migrate.current(db_url) == migrate.head()

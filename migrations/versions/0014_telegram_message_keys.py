@@ -9,6 +9,10 @@ platform id, so that an update recorded before the upgrade and delivered again a
 still recognised and answered once.
 
 Downgrade leaves the keys as they are: the update_id they were made from is not stored.
+A message recorded twice (after a downgrade, an earlier version took a delivery again for a
+new message) keeps the older form on all but one row: the key is unique, and a clash would
+have stopped the upgrade here. (This revision was changed so, before any release, after a
+review: a database where the first form stopped stays at 0013 and runs it again.)
 
 Revision ID: 0014
 Revises: 0013
@@ -39,6 +43,19 @@ WHERE idempotency_key LIKE 'telegram:%'
   AND EXISTS (
     SELECT 1 FROM conversations c
     WHERE c.id = messages.conversation_id AND c.platform = 'telegram'
+  )
+  AND messages.id = (
+    SELECT min(m.id) FROM messages m
+    WHERE m.conversation_id = messages.conversation_id
+      AND m.platform_message_id = messages.platform_message_id
+      AND m.idempotency_key LIKE 'telegram:%'
+      AND m.idempotency_key NOT LIKE 'telegram:%:%'
+  )
+  AND NOT EXISTS (
+    SELECT 1 FROM messages m
+    WHERE m.idempotency_key = 'telegram:'
+      || (SELECT c.chat_id FROM conversations c WHERE c.id = messages.conversation_id)
+      || ':' || messages.platform_message_id
   )
 """
 
