@@ -187,6 +187,27 @@ async def test_partial_summaries_full_of_backticks_are_combined_within_the_conte
         assert await backend.count_chat_tokens(request.messages) + request.max_tokens <= 4096
 
 
+async def test_partial_summaries_full_of_backticks_still_combine_on_a_small_model(
+    tmp_path: Path,
+) -> None:
+    """Counting the fence of such summaries left a 2,048-token model no room for two of
+    them: the combine plan raised, and the user got no answer (the review of this session's
+    commits). A partial summary's long runs are cut, so its fence stays short."""
+
+    def reply(request: GenerationRequest) -> str:
+        if "is part " in system_of(request):
+            return "`" * 1580 + " tea"  # about 396 tokens, within the 400 asked for
+        return "crates of tea were moved"
+
+    backend = ScriptedBackend(reply, max_model_len=2048)
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.manager.handle(incoming("/summarize long paragraph " + _long_text(6000)))
+    (answer,) = sink.replies[KEY]
+    assert answer.rstrip().endswith("crates of tea were moved")
+    for request in backend.requests:
+        assert await backend.count_chat_tokens(request.messages) + request.max_tokens <= 2048
+
+
 async def _estimate(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 

@@ -9,6 +9,7 @@ user waiting on a long job sees it move; the final summary is streamed as the mo
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -20,6 +21,10 @@ from .router import Say, say_in_english
 from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, complete, stream_text
 
 SEPARATOR = "\n\n---\n\n"
+# A run of backticks in a partial summary (the model copying one from the text) is cut to
+# this: the combine call's fence is one longer than the longest run, and counts twice.
+SHORT_BACKTICKS = "`" * 8
+_LONG_BACKTICKS = re.compile("`{9,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,7 @@ class MapReduce:
             yield delta
 
     async def _combine(self, partials: list[str]) -> AsyncIterator[str]:
+        partials = [_LONG_BACKTICKS.sub(SHORT_BACKTICKS, p) for p in partials]
         number = 0
         while len(partials) > (fan_in := await self._fan_in(partials)):
             number += 1
@@ -91,15 +97,19 @@ class MapReduce:
             )
             yield said + "\n"
             groups = balanced_groups(partials, fan_in)
-            partials = [await self._one("combine", SEPARATOR.join(g)) for g in groups]
+            partials = [
+                _LONG_BACKTICKS.sub(SHORT_BACKTICKS, await self._one("combine", SEPARATOR.join(g)))
+                for g in groups
+            ]
         yield "\n"
         async for delta in self._call("combine", SEPARATOR.join(partials), stream=True):
             yield delta
 
     async def _fan_in(self, partials: list[str]) -> int:
         """How many of `partials` one combine call takes, beside its prompt and the two fence
-        lines around them: as long as their longest run of backticks, which a model may copy
-        from the text (counted again each round: the summaries are new)."""
+        lines around them: one backtick longer than their longest run (a model may copy a run
+        from the text; a partial summary's are cut to SHORT_BACKTICKS, so the fence is short:
+        a fence as long as a 1,500-backtick run left no room for two summaries)."""
         prompt, fence = await self._s.count_many(
             [self._system("combine"), fence_for(SEPARATOR.join(partials))]
         )
