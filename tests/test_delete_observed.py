@@ -52,3 +52,24 @@ async def test_kept_messages_are_deleted_in_batches_and_nothing_else(
     left = [m.content for m in await store.pending(recorded.conversation_id, 10)]
     assert left == ["a question"]
     assert await store.delete_observed(recorded.conversation_id) == 0
+
+
+async def test_answers_quoting_kept_messages_go_with_them(store: SqlStore) -> None:
+    """A "what did I miss" summary (DIGEST) quotes the kept chatter: /keep delete deletes it
+    and the message that asked for it; the chat's other answers stay."""
+    kept = Incoming(KEY, USER, "the launch code is 1234", idempotency_key="o1")
+    cid = (
+        await store.record_incoming(kept, kind=MessageKind.OBSERVED, token_count=1)
+    ).conversation_id
+    for n, (text, kind) in enumerate(
+        [("/summarize missed", MessageKind.DIGEST), ("/help", MessageKind.COMMAND)]
+    ):
+        asked = Incoming(KEY, USER, text, idempotency_key=f"c{n}")
+        mid = (
+            await store.record_incoming(asked, kind=MessageKind.COMMAND, token_count=1)
+        ).message_id
+        answer = f"- Ada: the launch code is 1234 ({n})" if kind is MessageKind.DIGEST else "help"
+        assert await store.record_reply(cid, [mid], answer, kind=kind, token_count=0)
+
+    assert await store.delete_observed(cid) == 1
+    assert [m.content for m in await store.history(cid, 10)] == ["/help", "help"]

@@ -78,7 +78,13 @@ async def test_group_keeps_chatter_only_after_an_admin_opts_in(tmp_path: Path) -
         await feed(adapter, text_update(9, GROUP, "/keep delete", user_id=ADMIN))
         await adapter.idle()
         assert "Deleted 2" in api.texts(GROUP)[-1]
-        assert not [k for k, _ in await _kinds(app) if k == MessageKind.OBSERVED]
+        left = await _kinds(app)
+        assert not [k for k, _ in left if k == MessageKind.OBSERVED]
+        # The summary quoted the kept chatter word for word: it goes with it, and so does
+        # the request it answered; the chat's other commands and answers stay.
+        assert not [c for _, c in left if "Friday" in c]
+        assert "/summarize missed 5h" not in [c for _, c in left]
+        assert "/keep on" in [c for _, c in left]
         await feed(adapter, text_update(10, GROUP, "after deleting", user_id=BOB))
         await adapter.idle()
         assert "after deleting" not in [c for _, c in await _kinds(app)]

@@ -41,7 +41,8 @@ from .schemas import HistoryMessage, Source
 
 # Kinds a visitor sees in its history: what it sent and what it was answered (commands and
 # their answers included); group chatter kept for summaries never occurs here.
-SHOWN_KINDS = (MessageKind.CHAT.value, MessageKind.COMMAND.value, MessageKind.LIMITED.value)
+SHOWN_KINDS = (MessageKind.CHAT.value, MessageKind.COMMAND.value, MessageKind.DIGEST.value,
+               MessageKind.LIMITED.value)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,8 +100,13 @@ class TurnDelivery:
         self._pieces: dict[int, str | int] = dict(replacing.shown) if replacing else {}
         self.begun = False
         self.recorded = False
+        # The answer quotes the chat's kept messages (TurnContext.quotes_kept): a DIGEST.
+        self.quotes_kept = False
         # Until when (monotonic) `may_show` needs no round trip after a confirmation.
         self._confirmed_until = -math.inf
+
+    def quoting_kept(self) -> None:
+        self.quotes_kept = True
 
     @property
     def epoch(self) -> int:

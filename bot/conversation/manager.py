@@ -653,12 +653,14 @@ class ConversationManager:
     ) -> TurnContext:
         user = User(work.key.platform, message.user_id, message.user_display_name)
         say = self._localizer(message)
-        known = _TURN.get().state  # the lease's first turn: the chat's facts, read with it
+        turn = _TURN.get()
+        known = turn.state  # the lease's first turn: the chat's facts, read with it
         facts = known.facts if known is not None and known.id == work.conversation_id else None
         return TurnContext(
             work.key, work.conversation_id, user, args, self._store, self._context,
             self._settings, message_id=message.id, collection=self._collection(work.key),
             say=say if said is None else _noting(say, said), signals=signals, facts=facts,
+            quotes_kept=turn.quoting_kept,
         )  # fmt: skip
 
     def _system_prompt(self, key: ConversationKey) -> str:
@@ -865,7 +867,9 @@ class ConversationManager:
     async def _record_aside(self, work: _Work, batch: list[StoredMessage], text: str) -> None:
         """Record the answer to `batch` out of the context (commands, skills, notices)."""
         retry_s = self._settings.record_retry_s
-        await _TURN.get().record(text, kind=MessageKind.COMMAND, token_count=0, retry_s=retry_s)
+        turn = _TURN.get()
+        kind = MessageKind.DIGEST if turn.quotes_kept else MessageKind.COMMAND
+        await turn.record(text, kind=kind, token_count=0, retry_s=retry_s)
 
     async def _chat(self, work: _Work, batch: list[StoredMessage], backend: Backend) -> None:
         cid = work.conversation_id

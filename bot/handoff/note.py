@@ -92,12 +92,15 @@ def transcript(history: Sequence[StoredMessage]) -> str:
     return "\n".join(map(quoted, said_in(history)))
 
 
+_SAID = (MessageKind.CHAT, MessageKind.COMMAND, MessageKind.DIGEST)
+
+
 def said_in(history: Sequence[StoredMessage]) -> list[Said]:
     """Who said what, for the summary: the customer's messages and the bot's answers (agent
     replies, stubs, empty settlements and Parley's canned sentences left out)."""
     said = []
     for m in history:
-        if m.kind not in (MessageKind.CHAT, MessageKind.COMMAND) or not m.content.strip():
+        if m.kind not in _SAID or not m.content.strip():
             continue
         if m.content.startswith("[message: "):
             continue

@@ -123,6 +123,8 @@ class PreferencesSkill:
         if word in _DELETE:
             await self._s.prefs.set_keep_messages(ctx.conversation_id, False)
             deleted = await ctx.store.delete_observed(ctx.conversation_id)
+            # The questions that asked for summaries of them may be in a cached window.
+            await ctx.context.invalidate(ctx.conversation_id)
             if deleted == 1:  # English's singular; the catalogues word both without plurals
                 return await ctx.say(DELETED_ONE)
             return await ctx.say(DELETED, count=deleted)

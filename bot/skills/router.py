@@ -32,6 +32,10 @@ async def say_in_english(sentence: str, **fields: object) -> str:
     return phrases.say(sentence, None, **fields)
 
 
+def _unmarked() -> None:
+    return None
+
+
 _COMMAND = re.compile(r"^/([A-Za-z][A-Za-z0-9_]{0,31})(?:@[A-Za-z0-9_]+)?(?:\s+(.*))?$", re.S)
 
 
@@ -56,6 +60,9 @@ class TurnContext:
     # The chat's preferences and handoff row as the turn lease read them (its first turn
     # only; None: read them from the repositories).
     facts: ChatFacts | None = None
+    # Called by a handler whose answer quotes the chat's kept messages (OBSERVED): the answer
+    # is recorded as a DIGEST, deleted with them by /keep delete.
+    quotes_kept: Callable[[], None] = _unmarked
 
 
 Answer = str | AsyncIterator[str]

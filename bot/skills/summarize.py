@@ -151,7 +151,7 @@ class SummarizeSkill:
             ctx.conversation_id, after_id=state.context_start_id,
             before_id=ctx.message_id or 2**62, limit=self._s.settings.missed_max_messages,
         )  # fmt: skip
-        return transcript(rows, quoted=self._s.backend is not None)
+        return self._transcript(ctx, rows)
 
     async def _missed(self, ctx: TurnContext, user_ref: int | None, hours: float | None) -> str:
         """The chat since the user's last message (and its answer), at most `missed_hours`
@@ -165,6 +165,11 @@ class SummarizeSkill:
             ctx.conversation_id, after_id=seen, before_id=ctx.message_id, since=since,
             limit=s.missed_max_messages,
         )  # fmt: skip
+        return self._transcript(ctx, rows)
+
+    def _transcript(self, ctx: TurnContext, rows: list[LoggedMessage]) -> str:
+        if any(r.kept for r in rows):  # the summary may quote them: deleted with them
+            ctx.quotes_kept()
         return transcript(rows, quoted=self._s.backend is not None)
 
 

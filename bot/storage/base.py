@@ -34,6 +34,10 @@ class MessageKind(enum.StrEnum):
     # A help-desk agent's reply (bot.handoff): pending like a user message until its turn has
     # delivered it to the customer (translated); kept as written, out of the context.
     AGENT = "agent"
+    # An answer built from the OBSERVED messages (a "what did I miss" summary, which quotes
+    # them): a COMMAND otherwise, deleted with them, and with the messages it answers, by
+    # `Store.delete_observed` (/keep delete).
+    DIGEST = "digest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,7 @@ class LoggedMessage:
     is_bot: bool
     content: str
     created_at: datetime
+    kept: bool = False  # an OBSERVED message: an answer quoting it is a DIGEST
 
 
 class Store(Protocol):
@@ -338,7 +343,8 @@ class Store(Protocol):
         ...
 
     async def delete_observed(self, conversation_id: int) -> int:
-        """Delete the group messages kept for summaries (OBSERVED); returns how many."""
+        """Delete the group messages kept for summaries (OBSERVED), and the answers built
+        from them (DIGEST) with the messages those answer; returns how many kept ones."""
         ...
 
     async def last_seen_id(self, conversation_id: int, user_ref: int, before_id: int) -> int:

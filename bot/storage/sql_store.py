@@ -548,12 +548,13 @@ class SqlStore:
         """In batches, each a statement of its own: a channel kept for months holds more
         than one statement may take within database.timeout_s (and one huge DELETE would
         hold its locks all along). What a failure leaves is deleted by the next try."""
+        params = {"cid": conversation_id, "limit": DELETE_BATCH}
         deleted = 0
         while True:
-            batch = await self._write(_DELETE_OBSERVED, {"cid": conversation_id,
-                                                         "limit": DELETE_BATCH})  # fmt: skip
-            deleted += batch
-            if batch < DELETE_BATCH:
+            rows = await self._run(lambda q: q.rows(_DELETE_OBSERVED, params), write=True,
+                                   one_statement=True)  # fmt: skip
+            deleted += sum(1 for (kind,) in rows if kind == MessageKind.OBSERVED.value)
+            if len(rows) < DELETE_BATCH:
                 return deleted
 
     async def last_seen_id(self, conversation_id: int, user_ref: int, before_id: int) -> int:
@@ -574,8 +575,15 @@ class SqlStore:
             where.append(_m.created_at > since)
         rows = await self._rows(_BETWEEN.where(*where).limit(limit))
         return [
-            LoggedMessage(id_, author or "someone", role == _ASSISTANT, content, _as_utc(at))
-            for id_, author, role, content, at in reversed(rows)
+            LoggedMessage(
+                id_,
+                author or "someone",
+                role == _ASSISTANT,
+                content,
+                _as_utc(at),
+                kept=kind == MessageKind.OBSERVED.value,
+            )
+            for id_, author, role, content, at, kind in reversed(rows)
         ]
 
 
@@ -1143,14 +1151,32 @@ _TURN_PREFS = (
 )  # fmt: skip
 # Kept group messages are deleted this many at a time (delete_observed).
 DELETE_BATCH = 5000
-_DELETE_OBSERVED = sa.delete(_m).where(
-    _m.id.in_(
-        sa.select(_m.id)
-        .where(_m.conversation_id == _param("cid"),
-               _m.kind == _literal(MessageKind.OBSERVED.value))
-        .limit(_param("limit", sa.Integer()))
-        .scalar_subquery()
+# With them, the answers that quote them (DIGEST) and the messages those answer. Oldest
+# first: a batch that takes an answer has taken what it answers (a smaller id) too.
+_digest = _m.__table__.alias("digest")
+_DIGESTS = sa.select(_digest.c.id).where(
+    _digest.c.conversation_id == _param("cid"),
+    _digest.c.kind == _literal(MessageKind.DIGEST.value),
+)
+_DELETE_OBSERVED = (
+    sa.delete(_m)
+    .where(
+        _m.id.in_(
+            sa.select(_m.id)
+            .where(
+                _m.conversation_id == _param("cid"),
+                sa.or_(
+                    _m.kind.in_((_literal(MessageKind.OBSERVED.value),
+                                 _literal(MessageKind.DIGEST.value))),
+                    _m.answered_by.in_(_DIGESTS),
+                ),
+            )
+            .order_by(_m.id)
+            .limit(_param("limit", sa.Integer()))
+            .scalar_subquery()
+        )
     )
+    .returning(_m.kind)
 )  # fmt: skip
 # The user's last message before `before`, or the answer to it (answered_by 0: a kept
 # message, nothing answered it).
@@ -1164,7 +1190,7 @@ _LAST_SEEN = sa.select(sa.func.coalesce(sa.func.nullif(_m.answered_by, 0), _m.id
     _m.id == _LAST_OWN
 )
 _BETWEEN = (  # the chat's messages for a summary, newest first
-    sa.select(_m.id, UserRow.display_name, _m.role, _m.content, _m.created_at)
+    sa.select(_m.id, UserRow.display_name, _m.role, _m.content, _m.created_at, _m.kind)
     .select_from(_m)
     .outerjoin(UserRow, UserRow.id == _m.user_id)
     .where(_m.kind.in_((MessageKind.CHAT.value, MessageKind.OBSERVED.value)))
