@@ -229,15 +229,23 @@ class Parley:
             return conv.context_tokens
         max_len = self.backend.capabilities.max_model_len
         system = await self.count_tokens(conv.system_prompt)
-        room = max_len - self.settings.backend.max_tokens - system - PROMPT_MARGIN_TOKENS
-        if room < conv.summary_tokens * 2:
-            raise ConfigError(
-                f"PARLEY_BACKEND__MAX_TOKENS: {self.settings.backend.max_tokens} reply tokens "
-                f"leave too little of the model's {max_len}-token context for the conversation"
-            )
+        room = history_room(self.settings, max_len, system)
         if room < conv.context_tokens:
             log.info("context budget capped at %d tokens by the model's context length", room)
         return min(conv.context_tokens, room)
+
+
+def history_room(settings: Settings, max_model_len: int, system_tokens: int) -> int:
+    """What a model's context leaves the conversation's history beside the system prompt and
+    the reply; ConfigError where that is too little to run (`parley doctor` says the same)."""
+    reply = settings.backend.max_tokens
+    room = max_model_len - reply - system_tokens - PROMPT_MARGIN_TOKENS
+    if room < settings.conversation.summary_tokens * 2:
+        raise ConfigError(
+            f"PARLEY_BACKEND__MAX_TOKENS: {reply} reply tokens leave too little of the "
+            f"model's {max_model_len}-token context for the conversation"
+        )
+    return room
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

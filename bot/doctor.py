@@ -14,7 +14,8 @@ from sqlalchemy.engine import make_url
 from backends.base import Backend
 from backends.factory import build_backend, build_plain_backend, fallback_settings
 from bot.adapter_registry import adapter_spec
-from bot.errors import BotError, SchemaOutOfDate, StorageError
+from bot.app import history_room
+from bot.errors import BotError, ConfigError, SchemaOutOfDate, StorageError
 from bot.logsafety import redactor
 from bot.metrics import multiprocess_problem
 from bot.settings import Settings
@@ -151,12 +152,18 @@ async def _check_one(label: str, backend: Backend, settings: Settings, report: _
             f"{label}: {caps.name} model {caps.model!r}, "
             f"context {caps.max_model_len} tokens, token counts: {exact}",
         )
-        wanted = settings.conversation.context_tokens + settings.backend.max_tokens
-        if caps.max_model_len < wanted:
+        (system,) = await backend.count_tokens([settings.conversation.system_prompt])
+        try:  # what start-up computes: too little room stops it there
+            room = history_room(settings, caps.max_model_len, system)
+        except ConfigError as exc:
+            report(False, f"{label}: {exc}; parley run stops on it")
+            return
+        wanted = settings.conversation.context_tokens
+        if room < wanted:
             report(
                 False,
-                f"{label}: context length {caps.max_model_len} is smaller than "
-                f"conversation.context_tokens + backend.max_tokens = {wanted}; "
+                f"{label}: context length {caps.max_model_len} leaves the history {room} "
+                f"tokens, less than conversation.context_tokens = {wanted}; "
                 "the history budget will be capped",
             )
     except BotError as exc:

@@ -108,7 +108,23 @@ def test_unknown_model_and_small_context_are_named(
     )
     assert code == 1
     assert "context 1024 tokens" in out
-    assert "[PROBLEM] backend: context length 1024 is smaller than" in out
+    # What start-up would stop on, said as such: doctor called it a capped budget, and then
+    # `parley run` exited 2 on it (an operator's review).
+    assert (
+        "[PROBLEM] backend: PARLEY_BACKEND__MAX_TOKENS: 512 reply tokens leave too little of "
+        "the model's 1024-token context for the conversation; parley run stops on it"
+    ) in out
+    code, out = _doctor(
+        monkeypatch,
+        capsys,
+        **common,
+        PARLEY_BACKEND__MODEL=SERVED_MODEL,
+        PARLEY_BACKEND__MAX_TOKENS="64",
+        PARLEY_CONVERSATION__CONTEXT_TOKENS="4000",
+    )
+    assert code == 1
+    assert "[PROBLEM] backend: context length 1024 leaves the history " in out
+    assert "the history budget will be capped" in out
 
 
 @pytest.mark.parametrize(("token", "ok"), [(TOKEN, True), ("123:garbage", False)])
