@@ -81,6 +81,7 @@ def test_run_refuses_an_adapter_without_its_token_before_it_opens_anything(
     }
     err = _one_line(_parley(tmp_path, "run", env=env), 2)
     assert variable in err and f"required when the {adapter} adapter runs" in err
+    assert "PARLEY_CHATWOOT__URL" not in err  # it is set: named all the same before
     assert not (tmp_path / "parley.db").exists() and not (tmp_path / "home").exists()
 
 

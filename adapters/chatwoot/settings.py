@@ -93,11 +93,19 @@ class ChatwootSettings(AdapterSettings):
 
     def missing(self) -> str | None:
         token = self.api_access_token
-        if self.url is None or token is None or not token.get_secret_value().strip():
-            return (
-                "PARLEY_CHATWOOT__URL and PARLEY_CHATWOOT__API_ACCESS_TOKEN: required when the "
-                "chatwoot adapter runs"
+        unset = [
+            name
+            for name, given in (
+                ("PARLEY_CHATWOOT__URL", self.url is not None),
+                (
+                    "PARLEY_CHATWOOT__API_ACCESS_TOKEN",
+                    token is not None and bool(token.get_secret_value().strip()),
+                ),
             )
+            if not given
+        ]
+        if unset:
+            return f"{' and '.join(unset)}: required when the chatwoot adapter runs"
         if self.webhook_secret is None and self.path_secret is None:
             return (
                 "PARLEY_CHATWOOT__WEBHOOK_SECRET (Chatwoot 4.13+ signs webhooks) or "
