@@ -442,6 +442,16 @@ class KnowledgeSettings(_Section):
         return self
 
 
+def _known_language(tag: str) -> str:
+    """A language setting's validator: a tag Parley has a name for (not "klingon", which was
+    taken, while `parley support site add --language` refused it)."""
+    from bot.text.languages import language_problem
+
+    if problem := language_problem(tag):
+        raise ValueError(problem)
+    return tag
+
+
 class SkillsSettings(_Section):
     # A folder of Jinja2 templates (qa.j2, summarize.j2, ...) that replace the shipped ones in
     # config/prompts/ by name; the shipped ones stay in use for any file it lacks.
@@ -450,7 +460,7 @@ class SkillsSettings(_Section):
     glossary: list[str] = []
     # The language of summaries and translations for a user who has not set one with /lang
     # and whose text's language cannot be detected (ISO 639-1).
-    default_language: str = "en"
+    default_language: Annotated[str, AfterValidator(_known_language)] = "en"
     # /ask: passages retrieved, and the lowest search score that counts as relevant.
     qa_passages: int = Field(3, ge=1, le=20)
     qa_min_score: float = Field(0.0, ge=0)
@@ -563,7 +573,7 @@ class HandoffSettings(_Section):
         description="Operator keyword rules: a customer message containing one of these words "
         "or phrases (case-insensitive, whole words) is handed off.",
     )
-    agent_language: str = Field(
+    agent_language: Annotated[str, AfterValidator(_known_language)] = Field(
         "en", description="The language agents read and write in (customer messages reach them "
         "translated into it; their replies are translated from it)."
     )  # fmt: skip

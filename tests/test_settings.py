@@ -236,3 +236,21 @@ def test_two_backends_of_one_name_are_refused() -> None:
         load_settings(None, backend={**backend, "fallbacks": [replica]})
     labelled = load_settings(None, backend={**backend, "fallbacks": [{**replica, "label": "m2"}]})
     assert labelled.backend.fallbacks[0].label == "m2"
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "value", "said"),
+    [
+        ("handoff", "agent_language", "klingon", "not a language tag: 'klingon'"),
+        ("skills", "default_language", "zz", "unknown language: 'zz'"),
+    ],
+)
+def test_a_language_setting_must_name_a_language(
+    section: str, name: str, value: str, said: str
+) -> None:
+    """Both were taken as they were (an operator's review), while `parley support site add
+    --language zz` was refused; summaries and agent translations then asked the model for a
+    language it has no name for."""
+    with pytest.raises(ConfigError, match=said):
+        load_settings(None, **{section: {name: value}})
+    assert getattr(getattr(load_settings(None, **{section: {name: "pt-BR"}}), section), name)

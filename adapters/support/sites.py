@@ -29,8 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.errors import ConfigError
 from bot.knowledge.types import check_collection
-from bot.phrases import base_language
-from bot.text.languages import NAMES
+from bot.text.languages import language_problem
 from bot.text.storable import text_problem
 from bot.types import utcnow
 
@@ -42,7 +41,6 @@ ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 # A label of a host name as a browser sends it (IDNA done; browsers take a hyphen at either
 # end, "foo-.example.com"); "" is the root of "shop.example.".
 HOST_LABEL = re.compile(r"[a-z0-9_-]+|")
-LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 PUBLIC_PREFIX = "pk_"
 SECRET_PREFIX = "sk_"
 
@@ -106,10 +104,8 @@ def check_site_name(name: str) -> None:
 
 def check_languages(languages: Sequence[str]) -> None:
     for language in languages:
-        if not LANGUAGE.fullmatch(language):
-            raise ConfigError(f"not a language tag: {language[:100]!r} (e.g. en, pt-BR)")
-        if base_language(language) not in NAMES:
-            raise ConfigError(f"unknown language: {language[:100]!r} (e.g. en, pt-BR)")
+        if problem := language_problem(language):
+            raise ConfigError(problem)
 
 
 def _check_text(what: str, text: str, *, lines: bool = False) -> None:

@@ -7,6 +7,7 @@ ISO 639-2 codes (`deu`, `ger`) some people know from subtitles and config files.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -158,3 +159,17 @@ FOLDED: Mapping[str, str] = MappingProxyType(
         "gug": "gn",
     }
 )
+
+
+# A language tag as settings and sites take it: an ISO 639 code, perhaps with a region or
+# script ("en", "pt-BR", "zh-Hans").
+_TAG = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
+
+
+def language_problem(tag: str) -> str | None:
+    """Why `tag` is not a language Parley knows (None when it is one)."""
+    if not _TAG.fullmatch(tag):
+        return f"not a language tag: {tag[:100]!r} (e.g. en, pt-BR)"
+    if tag.split("-", 1)[0] not in NAMES:
+        return f"unknown language: {tag[:100]!r} (e.g. en, pt-BR)"
+    return None
