@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import re
@@ -61,9 +62,11 @@ def settle_heap() -> None:
     collection walks every tracked object with the event loop stopped: about 90 ms for that
     heap, a stall of every conversation at once; after `gc.freeze()` it walks only what was
     made since. The `parley` process owns its heap; a program that embeds `Parley` decides
-    for itself."""
+    for itself. At exit the heap is given back to the collector: objects frozen then are
+    never freed, and nanobind (torch's triton) printed about 30 "leaked" lines at each exit."""
     gc.collect()
     gc.freeze()
+    atexit.register(gc.unfreeze)
 
 
 async def _load_sample(app: Parley) -> None:
