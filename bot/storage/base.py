@@ -182,19 +182,6 @@ class LoggedMessage:
     kept: bool = False  # an OBSERVED message: an answer quoting it is a DIGEST
 
 
-@dataclass(frozen=True, slots=True)
-class Erasure:
-    """What `Store.forget_user` or `Store.prune` deleted (in a dry run: would delete)."""
-
-    messages: int = 0
-    # Conversations whose summaries were cleared: they may have quoted what was deleted.
-    cleared: tuple[int, ...] = ()
-    # Conversations deleted whole (a forgotten user's own chats), with their preferences and
-    # handoff rows.
-    deleted: tuple[int, ...] = ()
-    users: int = 0
-
-
 class Store(Protocol):
     async def start(self) -> None: ...
 
@@ -358,19 +345,6 @@ class Store(Protocol):
     async def delete_observed(self, conversation_id: int) -> int:
         """Delete the group messages kept for summaries (OBSERVED), and the answers built
         from them (DIGEST) with the messages those answer; returns how many kept ones."""
-        ...
-
-    # Retention (`parley data`): with `apply` False nothing is written, only counted.
-
-    async def forget_user(self, platform: str, user_id: str, *, apply: bool) -> Erasure:
-        """Delete a user: their messages in every conversation and the answers to them, the
-        conversations where nobody else wrote (whole), their preferences, token usage and
-        row; the summaries of the other conversations they wrote in are cleared."""
-        ...
-
-    async def prune(self, before: datetime, *, apply: bool) -> Erasure:
-        """Delete every message sent before `before` (in batches); the summaries of the
-        conversations that lost some are cleared. Conversation rows stay."""
         ...
 
     async def last_seen_id(self, conversation_id: int, user_ref: int, before_id: int) -> int:

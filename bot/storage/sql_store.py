@@ -41,7 +41,6 @@ from bot.storage.base import (
     ContextRow,
     ConversationState,
     DeliveryState,
-    Erasure,
     LoggedMessage,
     MessageKind,
     Recorded,
@@ -53,7 +52,7 @@ from bot.storage.base import (
 from bot.storage.conflicts import insert_on_conflict
 from bot.storage.database import database_errors, describe_error, retry_dead_connection
 from bot.storage.lease_keeper import Held, LeaseKeeper
-from bot.storage.models import ConversationRow, MessageRow, TokenUsageRow, UserRow
+from bot.storage.models import ConversationRow, MessageRow, UserRow
 from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
 from bot.storage.runners import Queries, Runner, pool_size
 from bot.text.storable import storable
@@ -557,53 +556,6 @@ class SqlStore:
             deleted += sum(1 for (kind,) in rows if kind == MessageKind.OBSERVED.value)
             if len(rows) < DELETE_BATCH:
                 return deleted
-
-    async def forget_user(self, platform: str, user_id: str, *, apply: bool) -> Erasure:
-        """One transaction: an operator's request, rare, and all of it or none of it."""
-        params = {"platform": platform, "external_id": user_id}
-
-        def run(q: Queries) -> Erasure:
-            uid = _scalar(q.rows(_USER_ID, params))
-            if uid is None:
-                return Erasure()
-            who = {"uid": uid}
-            touched = [cid for (cid,) in q.rows(_WROTE_IN, who)]
-            own = tuple(cid for (cid,) in q.rows(_ALONE_IN, who))
-            ids = {"uid": uid, "own": own}
-            messages = int(_scalar(q.rows(_COUNT_FORGOTTEN, ids)))
-            cleared = tuple(cid for cid in touched if cid not in own)
-            if apply:
-                q.rowcount(_DELETE_CONVERSATIONS, {"ids": own})  # their messages cascade
-                q.rowcount(_DELETE_FORGOTTEN, who)
-                q.rowcount(_CLEAR_SUMMARIES, {"ids": cleared})
-                subject = {"subject": f"{platform}:{user_id}"}
-                q.rowcount(_DELETE_USER_USAGE, subject)
-                q.rowcount(_DELETE_USER, who)  # user_prefs cascade
-            return Erasure(messages, cleared, own, 1)
-
-        return await self._run(run, write=apply)
-
-    async def prune(self, before: datetime, *, apply: bool) -> Erasure:
-        """In batches, each a transaction of its own with its summaries cleared (as
-        delete_observed: one DELETE of months of history could outrun database.timeout_s)."""
-        params = {"before": _as_utc(before), "limit": DELETE_BATCH}
-        if not apply:
-            rows = await self._rows(_COUNT_OLD, params)
-            return Erasure(sum(n for _, n in rows), tuple(cid for cid, _ in rows))
-
-        def batch(q: Queries) -> list[int]:
-            """The conversation of each message deleted."""
-            cids = [cid for (cid,) in q.rows(_DELETE_OLD, params)]
-            q.rowcount(_CLEAR_SUMMARIES, {"ids": tuple(set(cids))})
-            return cids
-
-        deleted, cleared = 0, set[int]()
-        while True:
-            cids = await self._run(batch, write=True)
-            deleted += len(cids)
-            cleared.update(cids)
-            if len(cids) < DELETE_BATCH:
-                return Erasure(deleted, tuple(sorted(cleared)))
 
     async def last_seen_id(self, conversation_id: int, user_ref: int, before_id: int) -> int:
         params = {"cid": conversation_id, "uid": user_ref, "before": before_id}
@@ -1243,49 +1195,4 @@ _BETWEEN = (  # the chat's messages for a summary, newest first
     .outerjoin(UserRow, UserRow.id == _m.user_id)
     .where(_m.kind.in_((MessageKind.CHAT.value, MessageKind.OBSERVED.value)))
     .order_by(_m.id.desc())
-)
-
-
-# Retention (`parley data`): an operator's commands, rare; lists of ids as expanding IN lists.
-_other = _m.__table__.alias("other")
-_USER_ID = sa.select(UserRow.id).where(
-    UserRow.platform == _param("platform"), UserRow.external_id == _param("external_id")
-)
-_WROTE_IN = sa.select(_m.conversation_id).where(_m.user_id == _param("uid")).distinct()
-# Where nobody else wrote (a help-desk agent's replies aside): the user's own chats.
-_ALONE_IN = _WROTE_IN.where(
-    ~sa.exists().where(
-        _other.c.conversation_id == _m.conversation_id,
-        _other.c.role == _literal(Role.USER.value),
-        _other.c.user_id != _param("uid"),
-        _other.c.kind != _literal(MessageKind.AGENT.value),
-    )
-)
-_IDS: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
-# The user's messages and the answers to them (an answer answers one sender's messages).
-_ANSWERS_TO_USER = sa.select(_other.c.answered_by).where(_other.c.user_id == _param("uid"))
-_FORGOTTEN = sa.or_(_m.user_id == _param("uid"), _m.id.in_(_ANSWERS_TO_USER))
-_COUNT_FORGOTTEN = sa.select(sa.func.count()).where(
-    sa.or_(_FORGOTTEN, _m.conversation_id.in_(sa.bindparam("own", expanding=True)))
-)
-_DELETE_FORGOTTEN = sa.delete(_m).where(_FORGOTTEN)
-_DELETE_CONVERSATIONS = sa.delete(_c).where(_c.id.in_(_IDS))
-_DELETE_USER = sa.delete(UserRow).where(UserRow.id == _param("uid"))
-_DELETE_USER_USAGE = sa.delete(TokenUsageRow).where(
-    TokenUsageRow.scope == _literal("user"), TokenUsageRow.subject == _param("subject")
-)
-# A summary may quote what was deleted: cleared as /reset clears it, the context's start kept.
-_CLEAR_SUMMARIES = (
-    sa.update(_c).where(_c.id.in_(_IDS)).values(summary="", summary_through_id=0, summary_tokens=0)
-)
-_BEFORE = _m.created_at < _param("before", _TS)
-_COUNT_OLD = (
-    sa.select(_m.conversation_id, sa.func.count()).where(_BEFORE).group_by(_m.conversation_id)
-)
-_DELETE_OLD = (
-    sa.delete(_m)
-    .where(
-        _m.id.in_(sa.select(_m.id).where(_BEFORE).order_by(_m.id).limit(_LIMIT).scalar_subquery())
-    )
-    .returning(_m.conversation_id)
 )
