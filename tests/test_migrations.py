@@ -219,7 +219,7 @@ COMMITTED = {
     "0011_handoff.py": "3fdd9098bf624330",
     "0012_kb_sample.py": "f46d4c61a6bfa2e2",
     "0013_handoff_trigger.py": "7922ab7ee61a06bf",
-    "0014_telegram_message_keys.py": "5e2570cb50bfc6ab",
+    "0014_telegram_message_keys.py": "847c2b8a25fe7cf5",
     "0015_repair_edited_revisions.py": "8167071b0f230286",
 }
 

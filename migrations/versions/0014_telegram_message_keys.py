@@ -10,7 +10,7 @@ still recognised and answered once.
 
 Downgrade leaves the keys as they are: the update_id they were made from is not stored.
 A message recorded twice (after a downgrade, an earlier version took a delivery again for a
-new message) keeps the older form on all but one row: the key is unique, and a clash would
+new message) keeps the older form on all but its first row: the key is unique, and a clash would
 have stopped the upgrade here. (This revision was changed so, before any release, after a
 review: a database where the first form stopped stays at 0013 and runs it again.)
 
@@ -44,10 +44,11 @@ WHERE idempotency_key LIKE 'telegram:%'
     SELECT 1 FROM conversations c
     WHERE c.id = messages.conversation_id AND c.platform = 'telegram'
   )
-  AND messages.id = (
-    SELECT min(m.id) FROM messages m
+  AND NOT EXISTS (
+    SELECT 1 FROM messages m
     WHERE m.conversation_id = messages.conversation_id
       AND m.platform_message_id = messages.platform_message_id
+      AND m.id < messages.id
       AND m.idempotency_key LIKE 'telegram:%'
       AND m.idempotency_key NOT LIKE 'telegram:%:%'
   )
@@ -61,7 +62,14 @@ WHERE idempotency_key LIKE 'telegram:%'
 
 
 def upgrade() -> None:
+    # For the look for an older row of the same message, only while this runs: without it
+    # each row scanned its whole conversation (16,000 rows of one group: 12.8 s on SQLite).
+    op.create_index(_LOOKUP, "messages", ["conversation_id", "platform_message_id"])
     op.execute(_REKEY)
+    op.drop_index(_LOOKUP, "messages")
+
+
+_LOOKUP = "ix_messages_rekey_0014"
 
 
 def downgrade() -> None:
