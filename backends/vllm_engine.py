@@ -270,8 +270,10 @@ def _import_vllm() -> tuple[Any, Any]:
     # vLLM's own logging setup writes its INFO lines to stdout, through a handler of its own:
     # dozens around each answer in the console, and in `parley doctor`'s report. Without it
     # they reach Parley's handler, which shows a library's lines below WARNING with -v only.
-    # Its engine processes inherit the setting. An operator's own value wins.
-    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    # Its engine processes inherit the setting. An operator's own value wins, and so does a
+    # logging config file of theirs (vLLM refuses one with its setup turned off).
+    if not os.environ.get("VLLM_LOGGING_CONFIG_PATH"):
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     try:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM

@@ -40,3 +40,27 @@ def test_the_console_with_the_in_process_engine_shows_no_vllm_info_lines(
         if " INFO " in line or line.startswith("INFO ")
     ]
     assert vllm_lines == []
+
+
+def test_an_operators_vllm_logging_config_file_is_left_to_vllm(tmp_path: Path) -> None:
+    """With VLLM_LOGGING_CONFIG_PATH set, vLLM refuses its logging setup turned off: the
+    engine did not start (the review of this session's commits)."""
+    require("vllm")
+    config = tmp_path / "vllm-logging.json"
+    config.write_text('{"version": 1, "disable_existing_loggers": false}')
+    script = (
+        "import os\n"
+        "from backends.vllm_engine import _import_vllm\n"
+        "_import_vllm()\n"
+        "from vllm.config.logging import LoggingConfig\n"
+        "from vllm.logger import configure_logging_if_needed\n"
+        "configure_logging_if_needed(LoggingConfig())\n"
+        "print(os.environ.get('VLLM_CONFIGURE_LOGGING'))\n"
+    )
+    env = parley_env(tmp_path, {**VLLM_ENV, "VLLM_LOGGING_CONFIG_PATH": str(config)})
+    env.pop("VLLM_CONFIGURE_LOGGING", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "None"
