@@ -442,13 +442,16 @@ class KnowledgeSettings(_Section):
         return self
 
 
-def _known_language(tag: str) -> str:
-    """A language setting's validator: a tag Parley has a name for (not "klingon", which was
-    taken, while `parley support site add --language` refused it)."""
-    from bot.text.languages import language_problem
+# A language tag as a setting may give it: an ISO 639 code (two or three letters), then any
+# subtags ("en", "EN", "en_US", "zh-Hant-TW", "de-DE-1996", "fil").
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*")
 
-    if problem := language_problem(tag):
-        raise ValueError(problem)
+
+def _known_language(tag: str) -> str:
+    """A language setting's validator: a language tag, not a name ("klingon" was taken). A
+    code Parley has no name for is left to the model, as before."""
+    if not _LANGUAGE_TAG.fullmatch(tag):
+        raise ValueError(f"not a language tag: {tag[:100]!r} (e.g. en, pt-BR)")
     return tag
 
 

@@ -366,7 +366,9 @@ class ConversationManager:
     async def drain(self, timeout_s: float) -> bool:
         """Give the turns in flight `timeout_s` to finish, then stop the rest: their messages
         stay pending in SQL and are answered by another worker or the next start. True when
-        every turn finished in time."""
+        every turn finished in time. It is a stop: from here on no turn is started (messages
+        recorded during the grace, and agents' replies, wait for another worker's sweep or
+        the next start)."""
         self._draining = self._closing = True
         if self._sweeper is not None:  # it would take up the turns this stop cuts
             self._sweeper.cancel()
