@@ -112,7 +112,7 @@ def transactional_sqlite_ddl(engine: AsyncEngine) -> None:
     of a batch operation took effect alone: a disk that filled during a copy left a half-done
     revision (`_alembic_tmp_<table>` behind) that no later upgrade could get past. With the
     driver's own transaction handling off and BEGIN sent at each begin (the recipe in
-    SQLAlchemy's SQLite dialect documentation), a failed run is rolled back whole."""
+    SQLAlchemy's SQLite dialect documentation), a revision that fails is rolled back whole."""
 
     def no_driver_transactions(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.isolation_level = None
