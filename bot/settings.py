@@ -16,6 +16,7 @@ key, the variable, or the .env variable or line, never a value.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import tomllib
@@ -718,12 +719,23 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if unknown:
         raise ConfigError("invalid setting " + "; ".join(f"{n}: unknown setting" for n in unknown))
     dotenv = _read_dotenv(Path(str(cls.model_config.get("env_file") or ".env")))
+    # python-dotenv warns of every line it cannot parse, each time the file is read (twice
+    # per command): a line of another program's is not Parley's to report, and a PARLEY_
+    # line that cannot be parsed is refused above, in one line.
+    dotenv_log = logging.getLogger("dotenv.main")
+    dotenv_log.addFilter(_drop)
     try:
         return cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, config_file, in_file, dotenv)) from None
     except SettingsError as exc:  # a variable whose value cannot be read at all
         raise ConfigError(_unreadable(exc, dotenv)) from None
+    finally:
+        dotenv_log.removeFilter(_drop)
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
 
 
 def _unknown_variables(cls: type[Settings]) -> list[str]:

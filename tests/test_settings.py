@@ -256,3 +256,22 @@ def test_a_language_setting_must_name_a_language(
         load_settings(None, **{section: {name: value}})
     for tag in ("pt-BR", "EN", "en_US", "zh-Hant-TW", "sr-Latn-RS", "de-DE-1996", "deu", "fil"):
         assert getattr(getattr(load_settings(None, **{section: {name: tag}}), section), name)
+
+
+def test_a_dotenv_line_of_another_program_is_not_warned_of(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """python-dotenv warned of a line it could not parse, another program's, twice on every
+    command (an operator's review); a PARLEY_ line that cannot be parsed is still refused."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PARLEY_CONFIG", os.devnull)
+    (tmp_path / ".env").write_text('PARLEY_LOG_LEVEL=INFO\nOTHER_SECRET="abc\n')
+    assert main(["config"]) == 0
+    assert "dotenv" not in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.name.startswith("dotenv")]
+    (tmp_path / ".env").write_text('PARLEY_LOG_LEVEL="INFO\n')
+    assert main(["config"]) == 2
+    assert "PARLEY_LOG_LEVEL: cannot be parsed" in capsys.readouterr().err
