@@ -11,6 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 from telegram import Update
 
 import adapters.support.models  # noqa: F401  (its tables join Base.metadata, as in env.py)
@@ -169,22 +170,7 @@ async def test_telegram_keys_recorded_by_update_id_become_chat_and_message_keys(
     ]
     engine = create_engine(db_url)
     try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO conversations (id, platform, chat_id) VALUES "
-                    "(1, 'telegram', '-100123'), (2, 'discord', '77')"
-                )
-            )
-            for conversation, key, platform_id in rows:
-                await conn.execute(
-                    text(
-                        "INSERT INTO messages (conversation_id, role, kind, content, "
-                        "idempotency_key, platform_message_id) "
-                        "VALUES (:c, 'user', 'chat', 'x', :k, :p)"
-                    ),
-                    {"c": conversation, "k": key, "p": platform_id},
-                )
+        await _messages_at_0013(engine, rows)
         await migrate.upgrade(db_url)
         async with engine.connect() as conn:
             keys = (
@@ -278,22 +264,7 @@ async def test_a_telegram_message_recorded_twice_does_not_stop_the_upgrade(
     await migrate.upgrade(db_url, "0013")
     engine = create_engine(db_url)
     try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO conversations (id, platform, chat_id) "
-                    "VALUES (1, 'telegram', '-100123')"
-                )
-            )
-            for key in keys:
-                await conn.execute(
-                    text(
-                        "INSERT INTO messages (conversation_id, role, kind, content, "
-                        "idempotency_key, platform_message_id) "
-                        "VALUES (1, 'user', 'chat', 'x', :k, '1001')"
-                    ),
-                    {"k": key},
-                )
+        await _messages_at_0013(engine, [(1, key, "1001") for key in keys])
         await migrate.upgrade(db_url)
         async with engine.connect() as conn:
             found = (
@@ -303,3 +274,24 @@ async def test_a_telegram_message_recorded_twice_does_not_stop_the_upgrade(
     finally:
         await engine.dispose()
     assert await migrate.current(db_url) == migrate.head()
+
+
+async def _messages_at_0013(engine: AsyncEngine, rows: list[tuple[int, str, str | None]]) -> None:
+    """Telegram conversation 1 (chat -100123) and Discord conversation 2, and `rows`:
+    (conversation, idempotency key, platform message id)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO conversations (id, platform, chat_id) VALUES "
+                "(1, 'telegram', '-100123'), (2, 'discord', '77')"
+            )
+        )
+        for conversation, key, platform_id in rows:
+            await conn.execute(
+                text(
+                    "INSERT INTO messages (conversation_id, role, kind, content, "
+                    "idempotency_key, platform_message_id) "
+                    "VALUES (:c, 'user', 'chat', 'x', :k, :p)"
+                ),
+                {"c": conversation, "k": key, "p": platform_id},
+            )

@@ -4,6 +4,7 @@ plain messages, on the embedded defaults (SQLite, in-process cache)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from backends.base import GenerationRequest
@@ -165,6 +166,18 @@ async def test_a_run_of_backticks_in_a_long_text_leaves_every_part_within_the_co
         assert await backend.count_chat_tokens(request.messages) + request.max_tokens <= 4096
 
 
+def backtick_partials(run: int) -> Callable[[GenerationRequest], str]:
+    """A model whose partial summaries are a run of `run` backticks (within the 400 tokens
+    asked for), copied from the text; its combined summary is plain."""
+
+    def reply(request: GenerationRequest) -> str:
+        if "is part " in system_of(request):
+            return "`" * run + " tea"
+        return "crates of tea were moved"
+
+    return reply
+
+
 async def test_partial_summaries_full_of_backticks_are_combined_within_the_context(
     tmp_path: Path,
 ) -> None:
@@ -172,12 +185,7 @@ async def test_partial_summaries_full_of_backticks_are_combined_within_the_conte
     fence lines around them: a model that copies a run of backticks into each partial
     summary (within its token limit) made a combine request longer than the context."""
 
-    def reply(request: GenerationRequest) -> str:
-        if "is part " in system_of(request):
-            return "`" * 1500 + " tea"  # about 376 tokens, within the 400 asked for
-        return "crates of tea were moved"
-
-    backend = ScriptedBackend(reply, max_model_len=4096)
+    backend = ScriptedBackend(backtick_partials(1500), max_model_len=4096)  # ~376 tokens
     async with running(settings_for(tmp_path), backend) as (app, _):
         for size in (26_000, 53_000):  # 8 and 16 parts: combine calls taking all they may
             await app.manager.handle(incoming("/summarize long paragraph " + _long_text(size)))
@@ -194,12 +202,7 @@ async def test_partial_summaries_full_of_backticks_still_combine_on_a_small_mode
     them: the combine plan raised, and the user got no answer (the review of this session's
     commits). A partial summary's long runs are cut, so its fence stays short."""
 
-    def reply(request: GenerationRequest) -> str:
-        if "is part " in system_of(request):
-            return "`" * 1580 + " tea"  # about 396 tokens, within the 400 asked for
-        return "crates of tea were moved"
-
-    backend = ScriptedBackend(reply, max_model_len=2048)
+    backend = ScriptedBackend(backtick_partials(1580), max_model_len=2048)  # ~396 tokens
     async with running(settings_for(tmp_path), backend) as (app, sink):
         await app.manager.handle(incoming("/summarize long paragraph " + _long_text(6000)))
     (answer,) = sink.replies[KEY]
