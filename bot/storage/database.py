@@ -7,6 +7,8 @@ the same way on both.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -188,6 +190,27 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+# SQLite's words for a file it cannot open or write, whatever the reason.
+_SQLITE_CANNOT_WRITE = re.compile(r"unable to open database file|readonly database")
+
+
+def _why_not_writable(url: URL) -> str:
+    """Where an SQLite file cannot be written, why, as far as can be seen from here: SQLite
+    says "unable to open database file" for a read-only mount too (an operator's review)."""
+    path = sqlite_file(url) if url.get_backend_name() == "sqlite" else None
+    if path is None:
+        return ""
+    folder = path.parent
+    if not folder.is_dir():
+        return f" (its folder {folder} does not exist)"
+    disk = os.statvfs(folder) if hasattr(os, "statvfs") else None
+    if disk is not None and disk.f_flag & os.ST_RDONLY:
+        return f" ({folder} is on a read-only file system)"
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f" (this user may not write {path} or its folder)"
+    return ""
+
+
 def sqlite_file(url: URL) -> Path | None:
     """The file an SQLite URL points at; None for in-memory databases."""
     database = url.database or ""
@@ -250,9 +273,12 @@ def describe_error(exc: BaseException, url: str | URL) -> str:
     lines = str(cause).strip().splitlines()
     text = f"database error: {type(cause).__name__}" + (f": {lines[0]}" if lines else "")
     try:
-        password = make_url(url).password
+        parsed: URL | None = make_url(url)
     except sa_exc.ArgumentError:  # not a URL at all: nothing to mask
-        password = None
+        parsed = None
+    password = parsed.password if parsed is not None else None
+    if parsed is not None and lines and _SQLITE_CANNOT_WRITE.search(lines[0]):
+        text += _why_not_writable(parsed)
     if password:
         text = text.replace(str(password), "***")
     return text[:300]
