@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TextIO
 
 from sqlalchemy.engine import make_url
@@ -21,7 +19,7 @@ from bot.metrics import multiprocess_problem
 from bot.settings import Settings
 from bot.storage import migrate
 from bot.storage.cache import build_cache
-from bot.storage.database import create_engine, sqlite_file
+from bot.storage.database import cannot_create, create_engine, sqlite_file
 from bot.storage.sql_store import SqlStore
 
 _Report = Callable[[bool, str], None]
@@ -60,7 +58,7 @@ async def _check_database(settings: Settings, report: _Report) -> None:
         path = sqlite_file(make_url(url))
         try:
             missing = path is not None and not path.exists()
-            blocked = _cannot_create(path) if path is not None and missing else ""
+            blocked = cannot_create(path) if path is not None and missing else ""
         except OSError as exc:  # a folder on the way this user may not search
             report(False, f"database: {kind} cannot be reached: {exc.strerror}")
             return
@@ -95,26 +93,6 @@ async def _check_database(settings: Settings, report: _Report) -> None:
         report(False, f"database: {kind} not usable: {exc}")
     finally:
         await engine.dispose()
-
-
-def _cannot_create(path: Path) -> str:
-    """Why `path` and its missing folders cannot be made ("" when they can): the nearest
-    existing folder above it is a file, this user may not write in it, or it is on a file
-    system that holds no files of its own (/proc, /sys: root may "write" there, by
-    os.access, but mkdir fails)."""
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    disk = os.statvfs(existing) if hasattr(os, "statvfs") else None  # not on Windows
-    if disk is not None and disk.f_flag & os.ST_RDONLY:
-        return f"{existing} is on a read-only file system"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"no permission to write in {existing}"
-    if disk is not None and disk.f_blocks == 0:  # no room at all: a kernel's virtual one
-        return f"nothing can be created in {existing} (a virtual file system of the kernel)"
-    return ""
 
 
 async def _check_cache(settings: Settings, report: _Report) -> None:

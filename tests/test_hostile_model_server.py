@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from backends.base import FINISH_LENGTH
+from backends.base import FINISH_LENGTH, Chunk
 from backends.openai_compat import MAX_CHARS_PER_TOKEN, MIN_REPLY_CHARS, OpenAICompatBackend
 from backends.resilience import ResilientBackend
 from bot.errors import BackendError
@@ -50,20 +50,27 @@ def endless(piece: bytes, total: int, *, status: int = 200, kind: str = "text/ev
     return answer
 
 
+async def reply_of(stand_in: StandIn, **settings: object) -> list[Chunk]:
+    """One reply from the stand-in, through a backend of its own."""
+    async with running(stand_in) as url:
+        backend = OpenAICompatBackend(settings_for(url, **settings))
+        try:
+            return await collect(backend, ask())
+        finally:
+            await backend.aclose()
+
+
 async def peak_of_collecting(stand_in: StandIn) -> tuple[int, BaseException | None]:
     """The highest memory Python held while one reply was read, and the error it ended in."""
-    async with running(stand_in) as url:
-        backend = OpenAICompatBackend(settings_for(url))
-        tracemalloc.start()
-        try:
-            await collect(backend, ask())
-            failed: BaseException | None = None
-        except BackendError as exc:
-            failed = exc
-        finally:
-            peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-            await backend.aclose()
+    tracemalloc.start()
+    try:
+        await reply_of(stand_in)
+        failed: BaseException | None = None
+    except BackendError as exc:
+        failed = exc
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
     return peak, failed
 
 
@@ -89,12 +96,7 @@ async def test_a_reply_that_ignores_max_tokens_is_cut_at_its_limit() -> None:
     was shown and stored whole. The text stops at the limit and ends as a cut reply."""
     stand_in = StandIn()
     stand_in.answers = [stand_in.stream(*[chunk("z" * 1000) for _ in range(200)], hold=True)]
-    async with running(stand_in) as url:
-        backend = OpenAICompatBackend(settings_for(url))
-        try:
-            chunks = await collect(backend, ask())
-        finally:
-            await backend.aclose()
+    chunks = await reply_of(stand_in)
     text = "".join(c.text for c in chunks)
     assert len(text) == max(MIN_REPLY_CHARS, 8 * MAX_CHARS_PER_TOKEN)
     assert chunks[-1].finish_reason == FINISH_LENGTH
@@ -104,13 +106,8 @@ async def test_an_html_page_is_not_read_as_the_models_reply() -> None:
     """A proxy's 200 HTML page with a `data:` line in it was shown as the model's answer."""
     page = b'<html><body>\ndata: {"choices": [{"delta": {"content": "INJECTED"}}]}\n\n</body>'
     stand_in = StandIn(endless(page, len(page), kind="text/html"))
-    async with running(stand_in) as url:
-        backend = OpenAICompatBackend(settings_for(url))
-        try:
-            with pytest.raises(BackendError, match="not an event stream"):
-                await collect(backend, ask())
-        finally:
-            await backend.aclose()
+    with pytest.raises(BackendError, match="not an event stream"):
+        await reply_of(stand_in)
 
 
 def slow_stream(stand_in: StandIn, *events: str | float) -> Answer:
@@ -141,12 +138,7 @@ async def test_a_finish_reason_sent_early_does_not_cut_what_follows_it() -> None
             usage_event(), DONE,
         )
     ]  # fmt: skip
-    async with running(stand_in) as url:
-        backend = OpenAICompatBackend(settings_for(url, timeouts=late))
-        try:
-            chunks = await collect(backend, ask())
-        finally:
-            await backend.aclose()
+    chunks = await reply_of(stand_in, timeouts=late)
     assert "".join(c.text for c in chunks) == "Step one. Step two."
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
 

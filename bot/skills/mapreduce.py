@@ -86,7 +86,6 @@ class MapReduce:
             yield delta
 
     async def _combine(self, partials: list[str]) -> AsyncIterator[str]:
-        partials = [_LONG_BACKTICKS.sub(SHORT_BACKTICKS, p) for p in partials]
         number = 0
         while len(partials) > (fan_in := await self._fan_in(partials)):
             number += 1
@@ -97,10 +96,7 @@ class MapReduce:
             )
             yield said + "\n"
             groups = balanced_groups(partials, fan_in)
-            partials = [
-                _LONG_BACKTICKS.sub(SHORT_BACKTICKS, await self._one("combine", SEPARATOR.join(g)))
-                for g in groups
-            ]
+            partials = [await self._one("combine", SEPARATOR.join(g)) for g in groups]
         yield "\n"
         async for delta in self._call("combine", SEPARATOR.join(partials), stream=True):
             yield delta
@@ -122,7 +118,9 @@ class MapReduce:
         return plan.fan_in
 
     async def _one(self, stage: str, text: str, **where: int) -> str:
-        return "".join([d async for d in self._call(stage, text, stream=False, **where)])
+        """A partial summary, its runs of backticks cut to SHORT_BACKTICKS."""
+        summary = "".join([d async for d in self._call(stage, text, stream=False, **where)])
+        return _LONG_BACKTICKS.sub(SHORT_BACKTICKS, summary)
 
     async def _call(
         self, stage: str, text: str, *, stream: bool, **where: int

@@ -200,14 +200,31 @@ def _why_not_writable(url: URL) -> str:
     path = sqlite_file(url) if url.get_backend_name() == "sqlite" else None
     if path is None:
         return ""
-    folder = path.parent
-    if not folder.is_dir():
-        return f" (its folder {folder} does not exist)"
-    disk = os.statvfs(folder) if hasattr(os, "statvfs") else None
+    if not path.parent.is_dir():
+        return f" (its folder {path.parent} does not exist)"
+    problem = cannot_create(path)
+    if not problem and path.exists() and not os.access(path, os.W_OK):
+        problem = f"this user may not write {path}"
+    return f" ({problem})" if problem else ""
+
+
+def cannot_create(path: Path) -> str:
+    """Why `path` and its missing folders cannot be made ("" when they can): the nearest
+    existing folder above it is a file, this user may not write in it, or it is on a file
+    system that holds no files of its own (/proc, /sys: root may "write" there, by
+    os.access, but mkdir fails)."""
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    disk = os.statvfs(existing) if hasattr(os, "statvfs") else None  # not on Windows
     if disk is not None and disk.f_flag & os.ST_RDONLY:
-        return f" ({folder} is on a read-only file system)"
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return f" (this user may not write {path} or its folder)"
+        return f"{existing} is on a read-only file system"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    if disk is not None and disk.f_blocks == 0:  # no room at all: a kernel's virtual one
+        return f"nothing can be created in {existing} (a virtual file system of the kernel)"
     return ""
 
 
