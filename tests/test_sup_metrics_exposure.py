@@ -11,8 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
-from adapters.kit.runner import run_adapters
+from adapters.kit.http import HttpHost
+from adapters.kit.runner import http_hosts, run_adapters
 from bot.app import Parley
 from bot.errors import ConfigError
 from bot.settings import load_settings
@@ -97,3 +100,23 @@ async def test_sup_metrics_off_the_http_port_that_is_the_metrics_port_is_refused
     port = free_port()
     with pytest.raises(ConfigError, match=r"metrics\.on_http is false but metrics\.port"):
         await _scrape(tmp_path, "127.0.0.1", {"port": port, "on_http": False}, port)
+
+
+async def test_an_adapter_route_at_metrics_says_how_to_free_the_path(tmp_path: Path) -> None:
+    """A webhook an operator put at /metrics (`telegram.webhook_public_url` ending in it)
+    takes the path before the metrics endpoint is mounted: the refusal says which setting
+    frees it, not only "/metrics is served by /metrics"."""
+    settings = load_settings(
+        None,
+        database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},
+        http={"host": "127.0.0.1", "port": free_port()},
+    )
+    async with Parley(settings, backend=ScriptedBackend()) as app:
+        http = HttpHost(settings.http)
+        http.mount(Route("/metrics", PlainTextResponse("webhook"), methods=["POST"]))
+        with pytest.raises(ConfigError) as refused:
+            http_hosts(app, http)
+    message = str(refused.value)
+    assert message.startswith("http: /metrics is already served here")
+    assert "metrics.on_http = false" in message
+    assert "\n" not in message

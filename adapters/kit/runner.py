@@ -109,7 +109,7 @@ async def run_adapters(
             app.metrics.watch_adapter(adapter)
         app.log_serving()
         await app.manager.recover()
-        hosts = _http_hosts(app, http)
+        hosts = http_hosts(app, http)
         serving = asyncio.create_task(serve_all(hosts), name="parley-http") if hosts else None
         failure = await _supervise([adapter for adapter, _ in adapters], serving, stop)
         for server in hosts:
@@ -122,7 +122,7 @@ async def run_adapters(
         raise failure
 
 
-def _http_hosts(app: Parley, http: HttpHost) -> list[HttpHost]:
+def http_hosts(app: Parley, http: HttpHost) -> list[HttpHost]:
     """The HTTP servers to run: the adapters' when they mounted anything (with /metrics where
     `_metrics_on_http` allows), and the metrics port's own when `[metrics] port` is set and
     is not the adapters' server."""
@@ -131,7 +131,14 @@ def _http_hosts(app: Parley, http: HttpHost) -> list[HttpHost]:
     port = settings.metrics.port
     if http.in_use:
         if _metrics_on_http(settings):
-            http.mount(metrics_route(app.metrics))
+            try:
+                http.mount(metrics_route(app.metrics))
+            except ConfigError as exc:  # an adapter's route came first: name the way out
+                raise ConfigError(
+                    f"{exc}; /metrics is Parley's metrics endpoint on this server: move the "
+                    "adapter's webhook or API to another path, or set metrics.on_http = false "
+                    "or metrics.port to a port of its own"
+                ) from None
         hosts.append(http)
         port = 0 if _serves_metrics_already(settings) else port
     own = metrics_host(settings.metrics.host, port, app.metrics, ReadinessProbe(app))
