@@ -557,3 +557,38 @@ async def _missed_after(
             await app.manager.handle(incoming(text, user=user))
         await app.manager.handle(incoming("/summarize missed"))
     return sink
+
+
+async def test_an_english_sentence_after_translate_is_not_taken_for_a_language(
+    tmp_path: Path,
+) -> None:
+    """ "to be or not to be" named Belarusian the target and dropped "to be"; "in my opinion"
+    Burmese; "In Paris" was refused as an unknown language (a helper's review). Words that
+    are language codes and English words are a target only before a separator; after "in",
+    a word that names no language is the text's."""
+    backend = ScriptedBackend(shout)
+    texts = (
+        "/translate to be or not to be, that is the question",
+        "/translate in my opinion the meeting was too long",
+        "/translate In Paris it rains every day",
+        "/translate to it: Good morning",
+        "/translate to tiếng Việt Good morning",
+        "/translate to 中文：Good morning",
+    )
+    async with running(settings_for(tmp_path), backend) as (app, _sink):
+        for text in ("/lang de", *texts):
+            await app.manager.handle(incoming(text))
+    targets = [
+        line for r in backend.requests for line in system_of(r).splitlines() if "into" in line
+    ]
+    assert [user_of(r) for r in backend.requests] == [
+        "to be or not to be, that is the question",
+        "in my opinion the meeting was too long",
+        "In Paris it rains every day",
+        "Good morning",
+        "Good morning",
+        "Good morning",
+    ]
+    assert ["into German" in t for t in targets[:3]] == [True, True, True]
+    assert ["into Italian" in targets[3], "into Vietnamese" in targets[4]] == [True, True]
+    assert "into Chinese" in targets[5]

@@ -33,7 +33,18 @@ USAGE = N_(
     "for example /translate to German Good morning!"
 )
 ALREADY = N_("That text is already in {name}.")
-_TARGET = re.compile(r"^(?:to|into|in)\s+([^\s:,]+(?:-[A-Za-z]+)?)\s*[:,]?\s*(.*)$", re.I | re.S)
+_TARGET = re.compile(r"^(to|into|in)\s+(.*)$", re.I | re.S)
+# The words of a language's name ("Brazilian Portuguese", "tiếng Việt"), at most this many.
+_NAME_WORDS = 3
+_WORD = r"[^\s:：,，、]+"
+_SEPARATOR = re.compile(r"\s*[:：,，、]\s*")
+# Words that begin an English sentence after "to" or "in" and are also language codes ("to be
+# or not to be", "in my opinion", "to it"): a target only when a separator follows ("to it:
+# Ciao") or nothing does (in reply to a message); else the whole text is translated.
+_ENGLISH_WORDS = frozenset(
+    {"a", "am", "an", "as", "be", "do", "he", "hi", "id", "is", "it", "la", "my", "no", "or"}
+    | {"so", "to", "ha"}
+)
 _PLAIN = re.compile(r"^\s*(?:please\s+)?translate\b(?:\s+(?:this|that|it))?\s*(.*)$", re.I | re.S)
 # A placeholder may arrive split over deltas: text after an opening bracket waits for the rest.
 _OPEN = ("⟦", "〚")
@@ -54,11 +65,40 @@ def match_translate(text: str) -> str | None:
 
 
 def parse_target(args: str) -> tuple[str | None, str]:
-    """(the target language as typed after "to", or None; the text)."""
-    found = _TARGET.match(args.strip())
+    """(the target language as typed after "to", "into" or "in", or None; the text).
+
+    The longest run of up to three words that names a language is the target ("to Brazilian
+    Portuguese Good morning", "to 中文：早上好"). A word after "to" or "into" that names
+    none is a language the user meant, refused by name ("to Klingon hi"); after "in", only
+    before a separator ("In Paris it rains" is translated whole)."""
+    args = args.strip()
+    found = _TARGET.match(args)
     if found is None:
-        return None, args.strip()
-    return found.group(1), found.group(2).strip()
+        return None, args
+    preposition, rest = found.group(1).lower(), found.group(2)
+    for count in range(_NAME_WORDS, 0, -1):
+        words = re.match(rf"{_WORD}(?:\s+{_WORD}){{{count - 1}}}", rest)
+        if words is None:
+            continue
+        typed, after = words.group(0), rest[words.end() :]
+        separator = _SEPARATOR.match(after)
+        text = (after[separator.end() :] if separator else after).strip()
+        if not _names_language(typed):
+            if count == 1 and (separator is not None or preposition != "in"):
+                return typed, text
+            continue
+        if count == 1 and separator is None and text and typed.lower() in _ENGLISH_WORDS:
+            return None, args
+        return typed, text
+    return None, args
+
+
+def _names_language(typed: str) -> bool:
+    try:
+        normalize_language(typed)
+    except ValueError:
+        return False
+    return True
 
 
 class TranslateSkill:
