@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.skills.translate import restored_stream
 from bot.text.protect import Protected, SpanKind, placeholder, protect, restore
 
 MESSAGE = (
@@ -168,3 +171,37 @@ def test_round_trip_property(pairs: list[tuple[str, tuple[str, str]]], tail: str
     assert restored.complete
     for _, (_, survivor) in pairs:
         assert survivor in restored.text
+
+
+def _tokens(text: str) -> list[str]:
+    """Deltas as a model streams them: the bracket, the number and the closer apart."""
+    return re.findall(r" ?⟦|\d+|⟧|\s?[^\s⟦⟧\d]+|\s", text)
+
+
+async def _streamed(model: str, protected: Protected) -> str:
+    async def deltas() -> AsyncIterator[str]:
+        for delta in _tokens(model):
+            yield delta
+
+    return "".join([piece async for piece in restored_stream(deltas(), protected)])
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        # a model that joined the code block into the sentence
+        "Hier ist der Code: ⟦0⟧ Siehe ⟦1⟧ oder frag ⟦2⟧.",
+        "Hier ist der Code:\n⟦0⟧\nSiehe ⟦1⟧ oder frag ⟦2⟧.",
+        "Code ⟦0⟧Siehe ⟦1⟧, ⟦2⟧\n\nEnde.",
+    ],
+)
+async def test_a_streamed_translation_is_restored_as_the_whole_text_is(model: str) -> None:
+    """Each delta was restored alone, so a code block the model put mid-sentence stayed
+    there, and the words after its closing fence were swallowed by Telegram's rendering
+    (a helper's review): what is streamed is now what restore() makes of the whole."""
+    source = (
+        "Here is the code:\n```python\nprint('hi')\n```\nSee https://example.org/docs or ask @ops."
+    )
+    protected = protect(source)
+    assert await _streamed(model, protected) == restore(model, protected).text
+    assert "\n```python\nprint('hi')\n```\n" in await _streamed(model, protected)

@@ -153,16 +153,29 @@ class TranslateSkill:
 
 
 async def restored_stream(deltas: AsyncIterator[str], protected: Protected) -> AsyncIterator[str]:
-    """The model's deltas with the placeholders swapped back, streamed; dropped spans last."""
-    raw, sent = "", 0
+    """The model's deltas with the placeholders swapped back, streamed; dropped spans last.
+
+    The current line is restored whole as it grows, and only what is new is sent: a span is
+    put back by the characters beside its placeholder (a code block the model joined into a
+    sentence is given a line of its own), and those may come in another delta. No rule looks
+    across a line break, so a finished line is never restored again."""
+    raw, sent, line, shown = "", 0, 0, ""
     async for delta in deltas:
         raw += delta
         safe = _safe_end(raw)
         if safe > sent:
-            yield restore(raw[sent:safe], protected).text
-            sent = safe
+            restored = restore(raw[line:safe], protected).text
+            if len(restored) > len(shown):
+                yield restored[len(shown) :]
+            sent, shown = safe, restored
+            newline = raw.rfind("\n", line, safe)
+            if newline != -1:
+                line = newline + 1
+                shown = restore(raw[line:safe], protected).text
     if len(raw) > sent:
-        yield restore(raw[sent:], protected).text
+        restored = restore(raw[line:], protected).text
+        if len(restored) > len(shown):
+            yield restored[len(shown) :]
     missing = restore(raw, protected).missing
     if missing:
         yield "\n" + "\n".join(span.text for span in missing)
@@ -172,7 +185,7 @@ def _safe_end(raw: str) -> int:
     """Where the text can be cut without splitting a placeholder (or the space after it)."""
     opened = max(raw.rfind(o) for o in _OPEN)
     if opened != -1 and raw.find("⟧", opened) == -1 and raw.find("〛", opened) == -1:
-        return opened
+        raw = raw[:opened]
     # Hold back trailing whitespace: restore() may remove it when a placeholder follows.
     return len(raw.rstrip())
 
