@@ -149,3 +149,11 @@ def test_markup_alone_renders_to_nothing_visible(markdown: str) -> None:
     """Telegram refuses such a message (400 "message text is empty"): the streamer waits
     for more text, or sends the piece as plain text (tests/test_telegram_stream.py)."""
     assert to_text(to_html(markdown)).strip() == ""
+
+
+def test_an_empty_fence_keeps_the_words_after_it() -> None:
+    """ "``` See you." opens a fence whose info string is the words; with nothing after it the
+    block was dropped and the words with it (a helper's review)."""
+    assert "See you." in to_html("Here:\n```python\nprint(1)\n``` See you.")  # in the block
+    assert to_html("``` See you.") == "See you."
+    assert to_html("```\n```") == ""

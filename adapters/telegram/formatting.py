@@ -193,6 +193,11 @@ class _Renderer:
     def _code(self, token: Token) -> None:
         code = token.content.rstrip("\n")
         if not code:
+            # "``` See you." with nothing after it: an empty block whose "language" is words
+            # the writer meant as text (a model that put a fence mid-line); they stay.
+            info = token.info.strip()
+            if info and _LANGUAGE.fullmatch(info) is None:  # "```python" alone is markup
+                self._out.append(_text(info))
             return
         if self._quoted:  # a quote cannot hold a code block in Telegram: its text stays
             self._out.append(_text(code))
