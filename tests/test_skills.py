@@ -3,6 +3,7 @@ plain messages, on the embedded defaults (SQLite, in-process cache)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from bot.text.quoting import fenced
 from bot.types import User
 from tests.doubles import CollectingSink, ScriptedBackend
 from tests.skills_helpers import (
+    ADA,
     BOB,
     KEY,
     StructuredBackend,
@@ -592,3 +594,19 @@ async def test_an_english_sentence_after_translate_is_not_taken_for_a_language(
     assert ["into German" in t for t in targets[:3]] == [True, True, True]
     assert ["into Italian" in targets[3], "into Vietnamese" in targets[4]] == [True, True]
     assert "into Chinese" in targets[5]
+
+
+async def test_translation_targets_the_language_the_platform_reports(tmp_path: Path) -> None:
+    """Discord's Translate menu passes the user's locale; docs/discord.md promised it as the
+    target after /lang, yet the default language was used (a helper's review). A tag Parley
+    does not know falls back to the default."""
+    backend = ScriptedBackend(shout)
+    french = dataclasses.replace(ADA, language="fr")
+    unknown = dataclasses.replace(BOB, language="xx")
+    german = "Das Treffen wurde auf nächsten Dienstag verschoben."
+    async with running(settings_for(tmp_path), backend) as (app, _sink):
+        await app.manager.handle(incoming("/translate", user=french, reply_to=german))
+        await app.manager.handle(incoming("/translate", user=unknown, reply_to=german))
+    first, second = (system_of(r) for r in backend.requests)
+    assert "from German into French" in first
+    assert "from German into English" in second

@@ -1,10 +1,11 @@
 """/translate [to LANG] text, or in reply to a message; and the per-chat auto-translate.
 
 The source language is detected offline; the target is the one named, else the user's /lang,
-else skills.default_language. Code, URLs, @mentions, emoji, markup and glossary terms are
-swapped for placeholders before the model sees the text and put back after (bot.text.protect),
-so they survive unchanged; a placeholder the model dropped is appended rather than lost.
-Without a model there is no translation, and the reply says so in one sentence.
+else the language the platform reports for the user, else skills.default_language. Code,
+URLs, @mentions, emoji, markup and glossary terms are swapped for placeholders before the
+model sees the text and put back after (bot.text.protect), so they survive unchanged; a
+placeholder the model dropped is appended rather than lost. Without a model there is no
+translation, and the reply says so in one sentence.
 """
 
 from __future__ import annotations
@@ -93,6 +94,15 @@ def parse_target(args: str) -> tuple[str | None, str]:
     return None, args
 
 
+def _platform_target(tag: str | None) -> str:
+    """The language the platform reports for the user (Discord's locale, Telegram's app
+    language), as a code translation can target; "" when there is none or it is unknown."""
+    try:
+        return normalize_language(tag) if tag else ""
+    except ValueError:
+        return ""
+
+
 def _names_language(typed: str) -> bool:
     try:
         normalize_language(typed)
@@ -117,7 +127,8 @@ class TranslateSkill:
         text = text or (prefs.reply_to_text or "")
         if not text:
             return await ctx.say(USAGE)
-        target = named or prefs.language or self._s.settings.default_language
+        target = named or prefs.language or _platform_target(prefs.platform_language)
+        target = target or self._s.settings.default_language
         return await self.into(text, target, str(ctx.key), ctx.say)
 
     async def into(
