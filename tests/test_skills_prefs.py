@@ -159,3 +159,16 @@ async def test_a_user_whose_language_is_german_is_answered_in_german(tmp_path: P
     english = english_help.splitlines()
     assert len(lines) == len(english)
     assert [line for line in lines if line in english] == []
+
+
+async def test_lang_no_is_norwegian_not_off(tmp_path: Path) -> None:
+    """`/lang no` cleared the preference and `/autotranslate no` turned translation off:
+    Norwegian's code could not be used (a helper's review). `/keep no` still means off."""
+    async with running(settings_for(tmp_path)) as (app, sink):
+        for text in ("/lang no", "/autotranslate no", "/lang off", "/autotranslate off"):
+            await app.manager.handle(incoming(text))
+    norwegian, auto, cleared, off = sink.replies[KEY]
+    assert norwegian.endswith("(no).") and "Norw" in norwegian
+    assert "Norw" in auto
+    assert cleared == "Language preference cleared."
+    assert off == "Auto-translate is off in this chat."

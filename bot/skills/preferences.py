@@ -30,6 +30,8 @@ DELETED_ONE = N_(
 LANGUAGE_EXAMPLES = "de, German, Deutsch, fr, French, zh-CN, 中文, pt-BR, Japanese, 日本語"
 _OFF = {"off", "none", "stop", "no", "false", "0"}
 _ON = {"on", "yes", "true", "1"}
+# What switches a language off: "no" is Norwegian's code there (/lang no, /autotranslate no).
+_NO_LANGUAGE = _OFF - {"no"}
 _DELETE = {"delete", "forget", "purge"}
 
 
@@ -76,7 +78,7 @@ class PreferencesSkill:
                 name=LanguageName(prefs.language),
                 code=prefs.language,
             )
-        if ctx.args.lower() in _OFF:
+        if ctx.args.lower() in _NO_LANGUAGE:
             await self._s.prefs.set_language(prefs.user_ref, None)
             return await ctx.say(N_("Language preference cleared."))
         code = _language_code(ctx.args)
@@ -98,7 +100,7 @@ class PreferencesSkill:
                 N_("Auto-translate is on: messages are translated into {name}."),
                 name=LanguageName(target),
             )
-        if ctx.args.lower() in _OFF:
+        if ctx.args.lower() in _NO_LANGUAGE:
             await self._s.prefs.set_auto_translate(ctx.conversation_id, None)
             return await ctx.say(N_("Auto-translate is off in this chat."))
         code = _language_code(ctx.args)
