@@ -123,9 +123,13 @@ class Localized(Protocol):
 
 def say(sentence: str, language: str | None, **fields: object) -> str:
     """`sentence` in `language` (an IETF tag; unknown ones get English), fields filled in."""
-    text = catalogue(base_language(language)).get(sentence, sentence)
+    translated = catalogue(base_language(language)).get(sentence)
+    text = sentence if translated is None else translated
     if not fields:
         return text
-    named = {k: v.in_language(language) if isinstance(v, Localized) else v
+    # A field is written in the sentence's language: an English sentence (no catalogue, or
+    # none for this sentence) names German "German", not "독일어".
+    written_in = language if translated is not None else "en"
+    named = {k: v.in_language(written_in) if isinstance(v, Localized) else v
              for k, v in fields.items()}  # fmt: skip
     return text.format(**named)

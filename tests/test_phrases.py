@@ -112,3 +112,13 @@ def test_a_language_name_without_a_translation_stays_english() -> None:
     assert LanguageName("el").in_language("ja") == "Greek"  # ISO's name untranslated there
     assert LanguageName("tlh").in_language("de") == "tlh"  # not a language Parley knows
     assert str(LanguageName("de")) == "German"  # what prompts to the model get
+
+
+def test_an_english_sentence_names_a_language_in_english() -> None:
+    """A user whose language has no catalogue (Korean) got English sentences naming
+    languages in Korean: "Your language is now 독일어 (de)." (a helper's review)."""
+    sentence = "Your language is now {name} ({code})."
+    assert phrases.say(sentence, "ko", name=LanguageName("de"), code="de") == (
+        "Your language is now German (de)."
+    )
+    assert "Deutsch" in phrases.say(sentence, "de", name=LanguageName("de"), code="de")
