@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
-from backends.base import GenerationRequest
+from backends.base import Chunk, GenerationRequest, estimate_tokens
 from bot import phrases
-from bot.errors import NoBackendConfigured
+from bot.errors import ContextTooLong, NoBackendConfigured
 from bot.settings import ConversationSettings, Settings
 from bot.skills import qa, summarize, translate
 from bot.skills.prompts import Prompts
@@ -610,3 +610,34 @@ async def test_translation_targets_the_language_the_platform_reports(tmp_path: P
     first, second = (system_of(r) for r in backend.requests)
     assert "from German into French" in first
     assert "from German into English" in second
+
+
+class _RefusesOverContext(ScriptedBackend):
+    """Refuses, as vLLM does, a request whose prompt and max_tokens exceed the context."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        prompt = sum(estimate_tokens(m.content) + 4 for m in request.messages)
+        if prompt + request.max_tokens > self.capabilities.max_model_len:
+            raise ContextTooLong("This model's maximum context length is 4096 tokens.")
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+async def test_a_text_too_long_for_one_request_is_translated_in_parts(tmp_path: Path) -> None:
+    """A pasted text of 19,000 characters went out in one request and was refused as "this
+    conversation is too long for the model" (a helper's review). It is now cut into parts
+    that fit beside their translation, each translated in turn; a link in a later part is
+    put back in its place, not appended as dropped."""
+    backend = _RefusesOverContext(shout, max_model_len=4096)
+    sentences = [
+        f"Satz Nummer {i} des Vertrags wurde am Montag unterschrieben." for i in range(300)
+    ]
+    sentences[250] += " Siehe https://example.org/vertrag"
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.manager.handle(incoming("/translate to English " + " ".join(sentences)))
+    (reply,) = sink.replies[KEY]
+    assert len(backend.requests) > 1
+    for i in (0, 149, 299):
+        assert f"SATZ NUMMER {i} DES VERTRAGS" in reply
+    assert "SIEHE https://example.org/vertrag" in reply
+    assert reply.count("https://example.org/vertrag") == 1

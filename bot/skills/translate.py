@@ -22,11 +22,13 @@ from bot.text import (
     normalize_language,
     protect,
     restore,
+    split_for_budget,
 )
+from bot.text.protect import placeholder
 
 from .preferences import unknown_language
 from .router import Command, CommandRouter, Intent, Say, TurnContext, say_in_english
-from .services import SkillServices, stream_text
+from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, stream_text
 
 NEEDS_MODEL = N_("Translation needs a language model, and none is configured here.")
 USAGE = N_(
@@ -144,6 +146,10 @@ class TranslateSkill:
     async def _stream(
         self, text: str, source: str, target: str, session: str
     ) -> AsyncIterator[str]:
+        """The translation, streamed. A text too long for one request beside its translation
+        (up to twice its tokens) is cut at paragraphs and sentences into parts that fit, each
+        translated in turn; a pasted email of 20,000 characters was refused as a conversation
+        too long for the model."""
         assert self._s.backend is not None
         protected = protect(text, self._s.settings.glossary)
         system = self._s.prompts.render(
@@ -152,19 +158,39 @@ class TranslateSkill:
             target=language_name(target),
             glossary=self._s.settings.glossary,
         )
-        tokens = max(self._s.generation.max_tokens, await self._s.count_tokens(text) * 2)
-        tokens = min(tokens, max(16, self._s.max_model_len() // 2))
-        # The whole user message is the text: a fence would come back in the translation.
-        request = self._s.request(
-            system, protected.text, max_tokens=tokens, session_id=session, fence=False
+        for i, part in enumerate(await self._parts(system, protected.text)):
+            if i:
+                yield "\n\n"
+            tokens = max(self._s.generation.max_tokens, await self._s.count_tokens(part) * 2)
+            tokens = min(tokens, max(16, self._s.max_model_len() // 2))
+            # The whole user message is the text: a fence would come back in the translation.
+            request = self._s.request(
+                system, part, max_tokens=tokens, session_id=session, fence=False
+            )
+            deltas = stream_text(self._s.backend, request, mark_cut=True)
+            async for piece in restored_stream(deltas, protected, given=part):
+                yield piece
+
+    async def _parts(self, system: str, text: str) -> list[str]:
+        """`text` whole when it fits one request beside its translation, else in parts that
+        each do (a third of what the prompt leaves: the part and twice it for the answer)."""
+        context = self._s.max_model_len()
+        if context <= 0:
+            return [text]
+        prompt, size = await self._s.count_many([system, text])
+        room = context - prompt - TEMPLATE_MARGIN_TOKENS
+        if size * 3 <= room or room < 3:
+            return [text]
+        return await split_for_budget(
+            text, room // 3, self._s.count_tokens, count_many=self._s.count_many
         )
-        deltas = stream_text(self._s.backend, request, mark_cut=True)
-        async for piece in restored_stream(deltas, protected):
-            yield piece
 
 
-async def restored_stream(deltas: AsyncIterator[str], protected: Protected) -> AsyncIterator[str]:
-    """The model's deltas with the placeholders swapped back, streamed; dropped spans last.
+async def restored_stream(
+    deltas: AsyncIterator[str], protected: Protected, *, given: str | None = None
+) -> AsyncIterator[str]:
+    """The model's deltas with the placeholders swapped back, streamed; dropped spans last
+    (of those in `given`, the part of the text the model was given; all when None).
 
     The current line is restored whole as it grows, and only what is new is sent: a span is
     put back by the characters beside its placeholder (a code block the model joined into a
@@ -187,7 +213,11 @@ async def restored_stream(deltas: AsyncIterator[str], protected: Protected) -> A
         restored = restore(raw[line:], protected).text
         if len(restored) > len(shown):
             yield restored[len(shown) :]
-    missing = restore(raw, protected).missing
+    missing = [
+        span
+        for span in restore(raw, protected).missing
+        if given is None or placeholder(span.index) in given
+    ]
     if missing:
         yield "\n" + "\n".join(span.text for span in missing)
 
