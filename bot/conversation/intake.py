@@ -95,6 +95,8 @@ class Intake:
         door = self._door(incoming)
         if not is_allowed(door.access, incoming):
             return None  # chatter of someone not allowed: not kept, and no notice
+        if await self._manager.translates(incoming):  # /autotranslate: every message
+            return await self.submit(incoming)
         return await self._manager.observe(incoming)
 
     async def submit_document(self, incoming: Incoming, source: DocumentSource) -> Recorded | None:
