@@ -134,6 +134,29 @@ def test_url_excludes_trailing_punctuation() -> None:
     assert [s.text for s in protected.spans] == ["https://example.com/a", "https://example.com/b"]
 
 
+@pytest.mark.parametrize(
+    ("text", "span"),
+    [
+        ("请访问https://example.org/docs了解详情。", "https://example.org/docs"),
+        ("詳しくはhttps://example.jp/guideをご覧ください。", "https://example.jp/guide"),
+        ("자세한 내용은https://example.kr/a에서 확인하세요", "https://example.kr/a"),
+        ("见（https://example.org/b）", "https://example.org/b"),
+        ("请联系support@example.com获取帮助。", "support@example.com"),
+        ("请联系@ops_team处理。", "@ops_team"),
+    ],
+)
+def test_spans_glued_to_cjk_text_are_protected(text: str, span: str) -> None:
+    """Chinese, Japanese and Korean write a link or a name against the words around it."""
+    protected = protect(text, [])
+    assert [s.text for s in protected.spans] == [span]
+    assert restore(fake_translate(protected.text), protected).text.count(span) == 1
+
+
+def test_an_ascii_word_before_an_at_sign_is_not_a_mention() -> None:
+    protected = protect("ask bob@ops or 山田@ops, mail a.b@example.org", [])
+    assert [s.text for s in protected.spans] == ["@ops", "a.b@example.org"]
+
+
 def test_text_without_spans_is_unchanged() -> None:
     assert protect("Just words here.", []) == Protected("Just words here.", ())
 

@@ -33,20 +33,36 @@ HTML_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-
 MARKDOWN_LINK_TARGET = re.compile(r"(?<=\]\()(?:<[^<>\n]*>|[^()\s]+)(?:\s+\"[^\"\n]*\")?(?=\))")
 # A reference definition line, `[label]: https://example.com "Title"`, is all target.
 MARKDOWN_LINK_DEFINITION = re.compile(r"^[ \t]{0,3}\[[^\]\n]+\]:[ \t]*\S+.*$", re.M)
+# Chinese and Japanese glue a URL, an e-mail or a mention to the words around it
+# ("请访问https://example.org/docs了解详情"), and their letters are word characters to `\b` and
+# `\w`: only an ASCII letter, digit or underscore before one makes it part of a longer word.
+_NOT_AFTER_ASCII_WORD = r"(?<![A-Za-z0-9_])"
+# Han, Hiragana, Katakana, Hangul, CJK and full-width punctuation: a URL ends at the first of
+# them (an address with such letters in its path is cut there; written percent-encoded, it is
+# whole).
+_CJK = (
+    "\u1100-\u11ff\u2e80-\u2fdf\u3000-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0003134f"
+)
 # Trailing sentence punctuation is not part of a URL ("see https://x.org/a." ends at "a").
 # A scheme is at most 32 characters and an e-mail's local part at most 64 (RFC 5321): unbounded,
 # each word of a text like "a.a.a.a..." began a search to its end (minutes for a long paste).
+_URL_START = rf"{_NOT_AFTER_ASCII_WORD}(?:[a-z][a-z0-9+.-]{{0,31}}://|www\.)"
+_URL_CHAR = rf"[^\s<>\"'`{_CJK}]"
 URL = re.compile(
     # The first branch keeps a balanced final "(...)", as in Wikipedia addresses.
-    r"\b(?:[a-z][a-z0-9+.-]{0,31}://|www\.)[^\s<>\"'`]*\([^\s()]*\)"
-    r"|\b(?:[a-z][a-z0-9+.-]{0,31}://|www\.)[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}]",
+    rf"{_URL_START}{_URL_CHAR}*\([^\s(){_CJK}]*\)"
+    rf"|{_URL_START}{_URL_CHAR}*[^\s<>\"'`.,;:!?)\]}}{_CJK}]",
     re.I,
 )
-EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+EMAIL = re.compile(
+    rf"{_NOT_AFTER_ASCII_WORD}(?=[A-Za-z0-9_])[A-Za-z0-9._%+-]{{1,64}}"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![A-Za-z0-9_])"
+)
 # @name as most platforms write it, plus Discord's <@123>, <@!123>, <@&123>, <#123> and
 # custom emoji <:name:123> / <a:name:123>, which adapters may leave in the text.
 MENTION = re.compile(
-    r"(?<![\w@.])@[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
+    r"(?<![A-Za-z0-9_@.])@[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
     r"|<(?:@[!&]?|#)[0-9]+>|<a?:[A-Za-z0-9_]+:[0-9]+>"
 )
 HASHTAG = re.compile(r"(?<![\w#&/])#\w+")
