@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.text.extractive import features, rank_sentences, summarize_extractive, top_sentences
-from bot.text.sentences import split_sentences
+from bot.text.sentences import LONG_SENTENCE, MAX_PIECE, split_sentences
 
 BUDGET_NEWS = (
     "The city council approved the new budget for public transport on Monday. "
@@ -137,5 +137,36 @@ def test_a_paste_of_one_long_run_of_marks_is_split_in_one_pass(marks: str) -> No
     scanning to the run's end: `/summarize x....x` (20,000 dots) held the event loop for
     5 s, and a document of dots for minutes (a helper's review). The longest paste now."""
     run = marks * (400_000 // len(marks))
-    assert split_sentences(f"x{run}x") == [f"x{run}x"]
-    assert split_sentences(f"Wait{run} Next one.") == [f"Wait{run}", "Next one."]
+    pieces = split_sentences(f"x{run}x")  # no space to cut at: cut at the bound
+    assert "".join(pieces) == f"x{run}x" and max(map(len, pieces)) <= MAX_PIECE
+    *wait, last = split_sentences(f"Wait{run} Next one.")
+    assert "".join(wait) == f"Wait{run}" and last == "Next one."
+
+
+THAI = "วันนี้อากาศดีมาก เราไปเดินเล่นที่สวนสาธารณะ ตอนเย็นเรากินข้าวที่ร้านอาหารไทย "
+TRANSCRIPT = "the deploy failed because the cache was cold and the workers restarted "
+
+
+@pytest.mark.parametrize("text", [THAI * 60, TRANSCRIPT * 150, "这是一个没有标点的句子" * 400])
+def test_an_unpunctuated_text_is_summarized_shorter_than_itself(text: str) -> None:
+    """Thai puts a space, not a mark, between sentences, and a transcript may have no
+    punctuation: the whole text was one sentence, and the summary without a model was the
+    whole text (4,631 characters of Thai gave 4,621)."""
+    pieces = split_sentences(text)
+    assert max(map(len, pieces)) <= MAX_PIECE
+    assert "".join("".join(pieces).split()) == "".join(text.split())  # nothing lost
+    assert len(summarize_extractive(text, max_sentences=5)) < len(text) // 2
+
+
+def test_a_long_unpunctuated_piece_is_cut_after_a_clause_mark_or_a_space() -> None:
+    clauses = "first we checked the cache, then the workers, and then the logs " * 40
+    pieces = split_sentences(clauses)
+    assert len(pieces) > 1 and all(p.endswith(",") for p in pieces[:-1])
+    spaced = split_sentences(THAI * 20)
+    assert len(spaced) > 1 and all(p.endswith(("ไทย", "สาธารณะ", "มาก")) for p in spaced)
+
+
+def test_a_long_punctuated_sentence_stays_whole() -> None:
+    long = "The report, which " + "covers the budget and the plans, " * 20 + "is late."
+    assert MAX_PIECE < len(long) < LONG_SENTENCE
+    assert split_sentences(f"{long} It was due today.") == [long, "It was due today."]

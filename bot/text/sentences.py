@@ -7,12 +7,17 @@ a space; `.` and `…` end one before a space unless the word before is an abbre
 "approx. twenty" stay whole; but in a block whose writer does not capitalise (its first letter
 is lower case: "ok. this is it. thanks.") and in a piece still longer than `LONG_SENTENCE`
 characters, a lower-case word after a period does start a sentence, abbreviations aside. A
-decimal ("3.14") has no space after its point and never splits.
+decimal ("3.14") has no space after its point and never splits. A piece still longer than
+`LONG_SENTENCE` (Thai, which puts a space between sentences, or a transcript with no
+punctuation) is cut into pieces of at most `MAX_PIECE` characters, after a clause mark or a
+space in the second half of each, or at the bound where it has neither.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from bisect import bisect_right
 
 _PARAGRAPH = re.compile(r"\n[ \t]*\n\s*")
 # A line that opens a list item or a heading starts a sentence even without a blank line.
@@ -36,6 +41,11 @@ _ABBREVIATION_LIST = (
 _ABBREVIATIONS = frozenset(_ABBREVIATION_LIST.split())
 # Longer than any sentence people write: a piece this long was cut only by the lower-case rule.
 LONG_SENTENCE = 1000
+# What an unpunctuated piece is cut into: a summary picks a few pieces, so it is shorter than
+# the text (it was the whole text, one "sentence" of 4,600 characters of Thai).
+MAX_PIECE = 300
+_CLAUSE_MARK = re.compile(r"[,;:،؛、，；：—]\s*")
+_SPACE = re.compile(r"\s+")
 _FIRST_CASED = re.compile(r"[^\W\d_]")
 
 
@@ -54,10 +64,42 @@ def _split_block(block: str) -> list[str]:
     sentences: list[str] = []
     for piece in _cut(block, lower_starts):
         if len(piece) > LONG_SENTENCE and not lower_starts:
-            sentences += _cut(piece, lower_starts=True)
+            pieces = _cut(piece, lower_starts=True)
         else:
-            sentences.append(piece)
+            pieces = [piece]
+        for p in pieces:
+            sentences += _cut_long(p) if len(p) > LONG_SENTENCE else [p]
     return sentences
+
+
+def _cut_long(piece: str) -> list[str]:
+    """The piece in parts of at most MAX_PIECE characters: each ends after the last clause mark
+    in its second half, else after the last space there, else at the bound (not before a
+    combining mark, which belongs to the letter before it)."""
+    clauses = [m.end() for m in _CLAUSE_MARK.finditer(piece)]
+    spaces = [m.end() for m in _SPACE.finditer(piece)]
+    parts: list[str] = []
+    start = 0
+    while len(piece) - start > MAX_PIECE:
+        bound = start + MAX_PIECE
+        end = _last_between(clauses, bound - MAX_PIECE // 2, bound)
+        end = end or _last_between(spaces, bound - MAX_PIECE // 2, bound) or _hard_cut(piece, bound)
+        parts.append(piece[start:end])
+        start = end
+    parts.append(piece[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _last_between(offsets: list[int], low: int, high: int) -> int | None:
+    i = bisect_right(offsets, high)
+    return offsets[i - 1] if i and offsets[i - 1] > low else None
+
+
+def _hard_cut(piece: str, bound: int) -> int:
+    end = bound
+    while end > bound - MAX_PIECE // 2 and unicodedata.category(piece[end])[0] == "M":
+        end -= 1
+    return end
 
 
 def _cut(block: str, lower_starts: bool) -> list[str]:
