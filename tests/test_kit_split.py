@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.kit.split import split_text
+from adapters.kit.split import Length, split_text
 
 
 def utf16_len(text: str) -> int:
@@ -105,6 +105,35 @@ def test_a_hard_cut_keeps_emoji_sequences_and_accents_whole() -> None:
     assert all(p.startswith("👨") and p.endswith("👧") for p in pieces)
     accented = "e\u0301" * 40
     assert all(not p.startswith("\u0301") for p in split_text(accented, 33))
+
+
+def test_chinese_and_japanese_are_cut_after_a_sentence_though_no_space_follows() -> None:
+    """A 。 twenty characters before the limit was no cut: one was wanted after the mark."""
+    zh = "".join(f"第{i}条：今天的会议改到下午三点，请大家准时参加。" for i in range(300))
+    pieces = split_text(zh, 4096, length=utf16_len)
+    assert all(p.endswith("。") for p in pieces)
+    assert "".join(pieces) == zh
+    ja = "「会議は三時です。」" * 300
+    assert all(p.endswith("。」") for p in split_text(ja, 2000))
+
+
+@pytest.mark.parametrize(("limit", "length"), [(4096, utf16_len), (2000, len)])
+def test_a_hard_cut_keeps_flags_whole(limit: int, length: Length) -> None:
+    """The two regional indicators of 🇩🇪 pair from the left; a tag flag (England: 🏴, the
+    tags "gbeng", a cancel tag) is one sequence. A cut between them showed two letters."""
+    flags = "x" + "🇩🇪🇫🇷🇯🇵" * 1000
+    pieces = split_text(flags, limit, length=length)
+    assert "".join(pieces) == flags
+    assert all(length(p) <= limit for p in pieces)
+    assert all(sum(_regional(c) for c in p) % 2 == 0 for p in pieces)
+    england = "🏴\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    pieces = split_text(england * 600, limit, length=length)
+    assert "".join(pieces) == england * 600
+    assert all(p.startswith("🏴") and p.endswith("\U000e007f") for p in pieces)
+
+
+def _regional(char: str) -> bool:
+    return "\U0001f1e6" <= char <= "\U0001f1ff"
 
 
 def test_blank_text_has_no_pieces() -> None:

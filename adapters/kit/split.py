@@ -11,7 +11,7 @@ token map gives each block's line range. Only a code block longer than a message
 at a line, and then closed and reopened with the same fence and language. Each piece is
 rendered alone, so a cut outside bold, strikethrough and links is preferred too. With no
 boundary at all (one very long word) the cut goes between two characters, never inside an
-emoji sequence or before a combining mark.
+emoji sequence, a flag or before a combining mark.
 
 Where a piece ends depends only on the first `limit` of the text after the previous piece
 (and the one character after it), and a piece is cut only once the text after it is longer
@@ -42,7 +42,8 @@ _BLOCKS = MarkdownIt("commonmark", {"html": False}).enable("table").disable("inl
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 # A sentence ends after a word (not after "1." of a list); spaces count unless they follow
 # nothing but a line's list or quote marker, which a cut would leave alone on its line.
-_SENTENCE_END = re.compile(r"(?<![\s\d])[.!?…。！？][)\"'»”’]*\s")
+# Chinese and Japanese put no space after 。！？, so none is needed after them.
+_SENTENCE_END = re.compile(r"(?<![\s\d])(?:[.!?…][)\"'»”’]*\s|[。！？][)\"'»”’」』）】]*\s?)")
 _SPACE = re.compile(r"\s")
 _MARKER = re.compile(r"[ \t]*(?:[-*+>]|\d+[.)])[ \t]*")
 _ZWJ = "\u200d"
@@ -320,8 +321,9 @@ def _hard_cut(window: str, following: str) -> _Cut:
 
 
 def _grapheme_boundary(text: str, pos: int) -> int:
-    """`pos`, moved back so it splits no emoji sequence and no letter from its accent."""
-    while 1 < pos < len(text) and _joins(text[pos - 1], text[pos]):
+    """`pos`, moved back so it splits no emoji sequence, no flag and no letter from its
+    accent."""
+    while 1 < pos < len(text) and (_joins(text[pos - 1], text[pos]) or _inside_flag(text, pos)):
         pos -= 1
     return pos
 
@@ -334,4 +336,20 @@ def _joins(before: str, after: str) -> bool:
         or unicodedata.category(after) in ("Mn", "Me", "Mc")
         or "\ufe00" <= after <= "\ufe0f"  # variation selectors
         or "\U0001f3fb" <= after <= "\U0001f3ff"  # skin tones
+        or "\U000e0020" <= after <= "\U000e007f"  # tags: 🏴 + "gbeng" + cancel is England
     )
+
+
+def _inside_flag(text: str, pos: int) -> bool:
+    """Whether `pos` falls between the two regional indicators of a flag: they pair from the
+    left, so an odd run of them before `pos` leaves the last one waiting for its partner."""
+    if not (_is_regional_indicator(text[pos - 1]) and _is_regional_indicator(text[pos])):
+        return False
+    start = pos - 1
+    while start > 0 and _is_regional_indicator(text[start - 1]):
+        start -= 1
+    return (pos - start) % 2 == 1
+
+
+def _is_regional_indicator(char: str) -> bool:
+    return "\U0001f1e6" <= char <= "\U0001f1ff"
