@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -95,6 +96,25 @@ HANDING_OFF = N_(
 # Said when the customer asks for a person but no help desk reaches the conversation.
 NO_PERSON = N_("Nobody from our team can be reached here, so I will keep helping you myself.")
 TRANSLATED = N_("(translated automatically)")
+
+
+# Joiners that scripts and emoji need (ZWNJ in Persian, ZWJ in emoji sequences): they direct
+# nothing outside their own word.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def said_back(typed: str, limit: int) -> str:
+    """What a user wrote, to be put in one of Parley's sentences: on one line, at most `limit`
+    characters, without control or invisible format characters (Unicode's Cc and Cf, joiners
+    aside). A bidi override said back as typed ("\u202eelpmaxe") reversed the rest of
+    Parley's sentence as displayed, and a tag or zero-width character hid what was named."""
+    visible = "".join(
+        c
+        for c in typed
+        if c.isspace() or c in _JOINERS or unicodedata.category(c) not in ("Cc", "Cf", "Cs")
+    )
+    line = " ".join(visible.split())
+    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
 
 
 def base_language(tag: str | None) -> str:

@@ -122,3 +122,11 @@ def test_an_english_sentence_names_a_language_in_english() -> None:
         "Your language is now German (de)."
     )
     assert "Deutsch" in phrases.say(sentence, "de", name=LanguageName("de"), code="de")
+
+
+def test_what_a_user_typed_is_said_back_on_one_line_without_invisible_controls() -> None:
+    """Bidi overrides, isolates, zero-width and tag characters and control characters are
+    dropped; the joiners emoji and Persian need stay; a long text is cut with an ellipsis."""
+    typed = "\u202eelp\u2066max\u2069e\u200b\U000e0041\x1b[2J\n  👨\u200d👩 می\u200cخواهم"
+    assert phrases.said_back(typed, 40) == "elpmaxe[2J 👨\u200d👩 می\u200cخواهم"
+    assert phrases.said_back("x" * 50, 10) == "x" * 9 + "\u2026"

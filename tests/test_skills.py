@@ -547,6 +547,22 @@ async def test_an_unknown_language_is_named_back_short(tmp_path: Path) -> None:
     assert klingon.startswith('Unknown language "Klingon". Give a language code or name')
 
 
+async def test_invisible_controls_typed_by_a_user_are_not_said_back(tmp_path: Path) -> None:
+    """A right-to-left override (U+202E) in an unknown language's name, or in a sender's
+    display name, was said back as typed: it reversed the rest of Parley's line as shown."""
+    mallory = User("test", "u3", "Mal\u202elory")
+    async with running(settings_for(tmp_path), ScriptedBackend()) as (app, sink):
+        await app.manager.handle(incoming("/lang \u202eelpmaxe"))
+        await app.manager.handle(incoming("/translate to \u2066abc\u200b hello there"))
+        await app.manager.handle(incoming("hi \u202ethere", user=mallory))
+        await app.manager.handle(incoming("/history"))
+    lang, target, _, history = sink.replies[KEY]
+    assert lang.startswith('Unknown language "elpmaxe". Give')
+    assert target.startswith('Unknown language "abc". Give')
+    assert "Mallory: hi there" in history
+    assert not any(c in reply for reply in (lang, target, history) for c in "\u202e\u2066\u200b")
+
+
 async def _missed_after(
     tmp_path: Path, backend: ScriptedBackend | None, *said: tuple[str, User]
 ) -> CollectingSink:

@@ -73,6 +73,8 @@ LOOK_S = 5.0
 # Slash commands whose answer is still to come, by interaction id; Discord lets a deferred
 # response be edited for 15 minutes.
 INTERACTIONS_KNOWN = 10_000
+# The most of a document's file name said back in ONE_DOCUMENT (a name with its extension).
+SHOWN_FILE_NAME_CHARS = 80
 MISSING_INTENT = (
     "Discord refused the Message Content intent: switch it on in the developer portal "
     "(your application -> Bot -> Privileged Gateway Intents -> Message Content Intent); "
@@ -609,9 +611,12 @@ class DiscordAdapter:
             recorded = await self._intake.submit_document(action.incoming, document)
             if action.skipped and recorded is not None and recorded.is_new:
                 # Said once (not again when a backfill reads the message back).
-                skipped = ", ".join(action.skipped)
+                skipped = ", ".join(
+                    phrases.said_back(n, SHOWN_FILE_NAME_CHARS) for n in action.skipped
+                )
+                read = phrases.said_back(document.name, SHOWN_FILE_NAME_CHARS)
                 self._intake.notify(
-                    action.incoming, phrases.ONE_DOCUMENT, read=document.name, skipped=skipped
+                    action.incoming, phrases.ONE_DOCUMENT, read=read, skipped=skipped
                 )
         elif isinstance(action, Notice):
             mb = self._host.settings.documents.max_bytes // 10**6

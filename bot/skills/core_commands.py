@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.phrases import N_
+from bot.phrases import N_, said_back
 from bot.types import Role
 
 from .router import Command, CommandRouter, TurnContext
@@ -52,9 +52,8 @@ async def _history(ctx: TurnContext) -> str:
     for row in rows:
         if row.role is Role.ASSISTANT and not row.content:
             continue  # messages over the rate limit, answered without a word
-        who = "Parley" if row.role is Role.ASSISTANT else (row.user_display_name or you)
-        text = " ".join(row.content.split())
-        if len(text) > EXCERPT_CHARS:
-            text = text[: EXCERPT_CHARS - 1] + "…"
+        name = said_back(row.user_display_name or "", EXCERPT_CHARS)
+        who = "Parley" if row.role is Role.ASSISTANT else (name or you)
+        text = said_back(row.content, EXCERPT_CHARS)
         lines.append(f"{row.created_at:%Y-%m-%d %H:%M} {who}: {text}")
     return "\n".join(lines)

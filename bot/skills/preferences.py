@@ -6,7 +6,7 @@ to `/lang de` is already in German."""
 
 from __future__ import annotations
 
-from bot.phrases import N_
+from bot.phrases import N_, said_back
 from bot.text import LanguageName, normalize_language
 
 from .router import Command, CommandRouter, TurnContext
@@ -163,7 +163,5 @@ async def _unknown_language(ctx: TurnContext) -> str:
 async def unknown_language(ctx: TurnContext, typed: str) -> str:
     """UNKNOWN_LANGUAGE, naming what was typed on one line and at most SHOWN_NAME_CHARS of it:
     a paste of thousands of characters is not said back whole (a helper's review)."""
-    name = " ".join(typed.split())
-    if len(name) > SHOWN_NAME_CHARS:
-        name = name[: SHOWN_NAME_CHARS - 1] + "\u2026"
+    name = said_back(typed, SHOWN_NAME_CHARS)
     return await ctx.say(UNKNOWN_LANGUAGE, name=name, examples=LANGUAGE_EXAMPLES)
