@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import string
 from pathlib import Path
 
@@ -130,3 +131,18 @@ def test_what_a_user_typed_is_said_back_on_one_line_without_invisible_controls()
     typed = "\u202eelp\u2066max\u2069e\u200b\U000e0041\x1b[2J\n  👨\u200d👩 می\u200cخواهم"
     assert phrases.said_back(typed, 40) == "elpmaxe[2J 👨\u200d👩 می\u200cخواهم"
     assert phrases.said_back("x" * 50, 10) == "x" * 9 + "\u2026"
+
+
+# Languages whose noun after a number takes one of several plural forms (ru: 1 символ,
+# 2 символа, 5 символов; pl: 2 znaki, 5 znaków; ar: 3 أحرف, 11 حرفًا, 100 حرف).
+PLURAL_FORMS = ("ru", "uk", "pl", "ar")
+
+
+@pytest.mark.parametrize("language", PLURAL_FORMS)
+def test_no_counted_noun_follows_a_number_in_a_language_with_plural_forms(language: str) -> None:
+    """One form after every number was wrong for most ("8001 символов"): the noun comes before
+    the number and a colon instead ("символов: 8001"), as DELETED says its count."""
+    for english, translated in phrases.catalogue(language).items():
+        assert not re.search(r"\{(?:length|chars|count)\}\s*[^\W\d_]", translated), english
+    said = phrases.say(phrases.TOO_LONG, language, length=8001, limit=8000)
+    assert "8001" in said and "8000" in said
