@@ -20,14 +20,15 @@ Target, fixed before measuring: the unrelated user's answer within 0.5 s in both
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from bench.entry import run_main
 from bot.app import Parley
 from bot.documents import DocumentSource
 from bot.policy import AccessRules
@@ -137,6 +138,7 @@ async def measure_long_document(workdir: Path) -> tuple[float, int]:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     with tempfile.TemporaryDirectory() as workdir:
         figures = asyncio.run(measure(Path(workdir)))
@@ -153,4 +155,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("bench.abuse_bench", main)

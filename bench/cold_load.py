@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -31,6 +30,7 @@ from typing import cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.entry import positive_int, run_main
 from bench.support_bench import DEFAULT_PG_ADMIN, InstantBackend
 from bot.types import ConversationKey, Incoming, User
 
@@ -160,17 +160,13 @@ async def main(reps: int, sqlite: bool) -> int:
 
 def cli() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cold_load")
-    parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument("--reps", type=positive_int, default=40)
     parser.add_argument("--sqlite", action="store_true", help="a temporary SQLite file")
     args = parser.parse_args()
     for name in [k for k in os.environ if k.startswith("PARLEY_") and "BENCH" not in k]:
         del os.environ[name]  # the bench chooses its own setup
-    try:
-        return asyncio.run(main(args.reps, args.sqlite))
-    except Exception as exc:
-        print(f"cold_load: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-        return 2
+    return asyncio.run(main(args.reps, args.sqlite))
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    run_main("bench.cold_load", cli)

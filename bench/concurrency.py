@@ -75,6 +75,7 @@ import httpx
 
 from backends.factory import build_resilient_backend
 from backends.openai_compat import connection_limits
+from bench.entry import positive_int, run_main
 from bench.prefix_cache import CHAT_PATH, Recording, Seen, metric, serving
 from bench.turn_overhead import REDIS_URL, Sink, drop_keys, fresh_database
 from bot.app import Parley
@@ -446,9 +447,11 @@ async def measure_all(bench: Bench, args: argparse.Namespace) -> list[Row]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=SIZES)
-    parser.add_argument("--turns", type=int, default=TURNS)
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds per side and N")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=SIZES)
+    parser.add_argument("--turns", type=positive_int, default=TURNS)
+    parser.add_argument(
+        "--rounds", type=positive_int, default=ROUNDS, help="timed rounds per side and N"
+    )
     parser.add_argument("--quick", action="store_true", help="N = 1, 8; 2 turns; 2 rounds")
     parser.add_argument("--no-pin", action="store_true", help="leave server and bench unpinned")
     parser.add_argument("--profile", type=Path, help="write a pstats file of one round at max N")
@@ -465,15 +468,11 @@ def main() -> int:
         args.sizes, args.turns, args.rounds = [1, 8], 2, 2
     # One line per request at INFO otherwise, on both sides: not what either client costs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        results = asyncio.run(run(args))
-    except Exception as exc:  # a crash is a failed run, never a pass
-        print(f"bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    results = asyncio.run(run(args))
     for met, line in results:
         print({True: "PASS ", False: "MISS ", None: "SKIP "}[met] + line)
     return 0 if all(met is not False for met, _ in results) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("bench.concurrency", main)

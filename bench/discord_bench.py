@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -45,6 +44,7 @@ from adapters.discord.settings import DiscordSettings
 from adapters.kit.gate import LocalGate
 from adapters.kit.runner import host_for
 from backends.base import Chunk, GenerationRequest
+from bench.entry import non_negative_float, positive_int, run_main
 from bot.app import Parley
 from bot.settings import load_settings
 from tests import discord_events as ev
@@ -250,19 +250,18 @@ async def bench(channels: int, rounds: int, words: int, word_ms: float) -> bool:
     return all(ok for _, ok in checks)
 
 
-def main() -> None:
+def main() -> bool:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--channels", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--words", type=int, default=500)
-    parser.add_argument("--word-ms", type=float, default=5.0)
+    parser.add_argument("--channels", type=positive_int, default=50)
+    parser.add_argument("--rounds", type=positive_int, default=2)
+    parser.add_argument("--words", type=positive_int, default=500)
+    parser.add_argument("--word-ms", type=non_negative_float, default=5.0)
     args = parser.parse_args()
     # The bench chooses its settings: Parley settings from the environment must not leak in.
     for name in [k for k in os.environ if k.startswith("PARLEY_")]:
         del os.environ[name]
-    ok = asyncio.run(bench(args.channels, args.rounds, args.words, args.word_ms))
-    sys.exit(0 if ok else 1)
+    return asyncio.run(bench(args.channels, args.rounds, args.words, args.word_ms))
 
 
 if __name__ == "__main__":
-    main()
+    run_main("bench.discord_bench", main)

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from backends.factory import build_resilient_backend
 from backends.resilience import ResilientBackend
+from bench.entry import run_main
 from bot.app import Parley
 from bot.settings import Settings
 from bot.types import ConversationKey, Incoming, User
@@ -150,15 +150,15 @@ async def bench(seed: int) -> bool:
     return all(ok for _, ok in checks)
 
 
-def main() -> None:
+def main() -> bool:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=11, help="seed of the fault draws")
     args = parser.parse_args()
     # The bench chooses its settings: Parley settings from the environment must not leak in.
     for name in [k for k in os.environ if k.startswith("PARLEY_")]:
         del os.environ[name]
-    sys.exit(0 if asyncio.run(bench(args.seed)) else 1)
+    return asyncio.run(bench(args.seed))
 
 
 if __name__ == "__main__":
-    main()
+    run_main("bench.flaky_backend", main)

@@ -54,6 +54,7 @@ import bm25s
 
 from backends.base import Backend
 from backends.factory import build_backend
+from bench.entry import positive_int, run_main
 from bot.knowledge import KnowledgeBase, Passage
 from bot.knowledge.chunker import chunk_sections
 from bot.knowledge.embeddings import Embedder, ServedEmbedder, WordLlamaEmbedder
@@ -558,9 +559,11 @@ def bench_embedder(args: argparse.Namespace, tmp: Path) -> Embedder:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a slice: 1,000 chunks, no targets")
-    parser.add_argument("--questions", type=int, help="only the first N questions of each set")
-    parser.add_argument("--chunks", type=int, help="generated chunks for the speed part")
-    parser.add_argument("--repeat", type=int, default=3, help="passes over the questions")
+    parser.add_argument(
+        "--questions", type=positive_int, help="only the first N questions of each set"
+    )
+    parser.add_argument("--chunks", type=positive_int, help="generated chunks for the speed part")
+    parser.add_argument("--repeat", type=positive_int, default=3, help="passes over the questions")
     parser.add_argument("--only", choices=["sqlite", "postgres"])
     parser.add_argument("--tune", action="store_true", help="parameter grid on Parley's docs")
     parser.add_argument(
@@ -584,4 +587,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("bench.kb_bench", main)

@@ -92,6 +92,7 @@ from backends.base import Backend, Capabilities, Chunk, GenerationRequest, Usage
 from backends.openai_compat import CONNECTION_LIMITS, OpenAICompatBackend
 from backends.pool import ShardedTransport
 from backends.resilience import ResilientBackend
+from bench.entry import non_negative_int, positive_int, run_main
 from bot.app import Parley
 from bot.settings import BackendSettings, Settings
 from bot.types import ChatMessage, ConversationKey, Incoming, User
@@ -593,11 +594,11 @@ def print_totals(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conversations", type=int, default=3)
-    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--conversations", type=positive_int, default=3)
+    parser.add_argument("--turns", type=positive_int, default=20)
     parser.add_argument(
         "--block-size",
-        type=int,
+        type=non_negative_int,
         default=DEFAULT_BLOCK,
         help=f"vLLM --block-size (default {DEFAULT_BLOCK}; 0: the server's default, 128 on "
         "CPU; the CPU build takes multiples of 32 only)",
@@ -618,4 +619,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main("bench.prefix_cache", main)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.entry import positive_int, run_main
 from bot.errors import BackendError
 from bot.sentiment.classifier import classify
 from bot.sentiment.lexicon import available
@@ -144,7 +145,9 @@ async def model_path(examples: Sequence[Example]) -> list[Sentiment] | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--data", type=Path, default=EVAL, help="labelled JSONL file")
-    parser.add_argument("--limit", type=int, default=None, help="the first N messages only")
+    parser.add_argument(
+        "--limit", type=positive_int, default=None, help="the first N messages only"
+    )
     parser.add_argument("--model", action="store_true", help="also the model path ([backend])")
     args = parser.parse_args(argv)
     try:
@@ -173,4 +176,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("bench.sentiment", main)

@@ -14,13 +14,14 @@ the 10 s grace that Docker and Kubernetes give before they kill. Exits 1 when it
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.entry import run_main
 from tests.processes import finish, parley_run
 from tests.telegram_api import TOKEN, FakeBotApi
 from tests.telegram_updates import text_update
@@ -58,6 +59,7 @@ async def measure(workdir: Path) -> tuple[float, int, int]:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         took, status, sent = asyncio.run(measure(Path(workdir)))
     print(f"notices owed: {SENDERS} (one group, Telegram allows 1 message/s per chat)")
@@ -69,4 +71,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("bench.shutdown_bench", main)

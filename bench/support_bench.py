@@ -45,6 +45,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage, estimate_tokens
+from bench.entry import positive_float, positive_int, run_main
 from bot.types import ChatMessage, ConversationKey, Incoming, User
 
 DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -438,9 +439,9 @@ def report(
 
 def cli() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.support_bench")
-    parser.add_argument("--visitors", type=int, default=500)
-    parser.add_argument("--rate", type=float, default=50.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--visitors", type=positive_int, default=500)
+    parser.add_argument("--rate", type=positive_float, default=50.0)
+    parser.add_argument("--seconds", type=positive_float, default=10.0)
     parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     for name in [k for k in os.environ if k.startswith("PARLEY_") and "BENCH" not in k]:
@@ -448,12 +449,8 @@ def cli() -> int:
     if args.serve:
         asyncio.run(serve(*args.serve))
         return 0
-    try:
-        return asyncio.run(main(args.visitors, args.rate, args.seconds))
-    except Exception as exc:
-        print(f"support_bench: failed: {type(exc).__name__}: {exc}")
-        return 2
+    return asyncio.run(main(args.visitors, args.rate, args.seconds))
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    run_main("bench.support_bench", cli)

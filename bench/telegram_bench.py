@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from backends.base import Chunk, GenerationRequest
+from bench.entry import non_negative_float, positive_int, run_main
 from tests.doubles import ScriptedBackend
 from tests.telegram_updates import feed, mention_update, telegram_stack, text_update
 
@@ -78,14 +79,19 @@ async def main(tokens: int, chats: int, token_ms: float) -> None:
     print(f"{tokens}-token answers, one token every {token_ms} ms, default settings")
     await scenario("1 private chat (draft)", [1], tokens, token_s)
     await scenario("1 group (edits)", [-1001], tokens, token_s)
-    mixed = list(range(1, chats * 4 // 5 + 1)) + [-1000 - i for i in range(1, chats // 5 + 1)]
+    groups = chats // 5  # one chat in five is a group; at least one private chat
+    mixed = list(range(1, chats - groups + 1)) + [-1000 - i for i in range(1, groups + 1)]
     await scenario(f"{len(mixed)} chats at once", mixed, tokens, token_s)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tokens", type=int, default=3000)
-    parser.add_argument("--chats", type=int, default=50)
-    parser.add_argument("--token-ms", type=float, default=2.0)
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=positive_int, default=3000)
+    parser.add_argument("--chats", type=positive_int, default=50)
+    parser.add_argument("--token-ms", type=non_negative_float, default=2.0)
     args = parser.parse_args()
     asyncio.run(main(args.tokens, args.chats, args.token_ms))
+
+
+if __name__ == "__main__":
+    run_main("bench.telegram_bench", cli)

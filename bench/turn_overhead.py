@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.bare_client import MODEL, Bare, measure, new_client, percentile
+from bench.entry import run_main
 from bot.app import Parley
 from bot.cli_commands import settle_heap
 from bot.settings import Settings
@@ -209,12 +210,8 @@ def main() -> int:
         print(f"missing: {args.langchain_python} (see bench/README.md)", file=sys.stderr)
         return 2
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    try:
-        return asyncio.run(run(args.langchain_python, 4 if args.quick else 20))
-    except Exception as exc:  # a crash is a failed run, never a pass
-        print(f"bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    return asyncio.run(run(args.langchain_python, 4 if args.quick else 20))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("bench.turn_overhead", main)

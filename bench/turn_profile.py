@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import functools
 import logging
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -24,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.bare_client import MODEL, Bare, new_client
+from bench.entry import positive_int, run_main
 from bench.turn_overhead import REDIS_URL, Sink, drop_keys, fresh_database, model_server, wait_for
 from bot.app import Parley
 from bot.cli_commands import settle_heap
@@ -150,17 +150,13 @@ async def run(turns: int, *, desk: bool) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--turns", type=int, default=600, help="turns measured (600)")
+    parser.add_argument("--turns", type=positive_int, default=600, help="turns measured (600)")
     parser.add_argument("--desk", action="store_true", help="a help desk reaches the chats")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        asyncio.run(run(max(args.turns, 1), desk=args.desk))
-    except Exception as exc:  # a crash is a failed run
-        print(f"bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    asyncio.run(run(args.turns, desk=args.desk))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("bench.turn_profile", main)
