@@ -52,6 +52,19 @@ def test_quick_slice_runs_and_ends_with_the_worst_recall(
     assert any("150 generated chunks" in line for line in out)
 
 
+def test_quick_slice_with_nothing_to_measure_fails_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--quick skips a PostgreSQL that does not answer; with --only postgres nothing is left,
+    so the run fails instead of printing a recall it never measured."""
+    monkeypatch.setenv("PARLEY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:1/postgres")
+    assert kb_bench.main(["--quick", "--only", "postgres", "--questions", "2"]) == 2
+    captured = capsys.readouterr()
+    assert "recall" not in captured.out
+    [line] = captured.err.strip().splitlines()
+    assert line.startswith("PostgreSQL is not available (")
+
+
 def test_dev_slice_measures_the_development_set_only(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
