@@ -12,6 +12,7 @@ import pytest
 from bench import kb_bench
 from bot.knowledge.embeddings import WordLlamaEmbedder
 from bot.knowledge.loaders import load
+from tests import services
 from tests.skills_helpers import StructuredBackend
 
 KINDS = {"short", "long", "typo", "error", "paraphrase"}
@@ -50,6 +51,26 @@ def test_quick_slice_runs_and_ends_with_the_worst_recall(
     systems = {(row[0], row[2]) for row in rows}
     assert systems == {(s, c) for s in kb_bench.SETS for c in [*kb_bench.CONFIGURATIONS, "bm25"]}
     assert any("150 generated chunks" in line for line in out)
+
+
+@pytest.mark.postgres
+def test_quick_slice_on_postgres_measures_it(
+    postgres_url: str,  # requested so that the test skips (or fails under CI) without PostgreSQL
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The PostgreSQL half of the slice: its own database on the test server, every system
+    measured there, and a recall only from what was measured."""
+    monkeypatch.setenv("PARLEY_BENCH_POSTGRES_URL", services.POSTGRES_ADMIN_URL)
+    argv = ["--quick", "--only", "postgres", "--questions", "3", "--chunks", "60", "--repeat", "1"]
+    assert kb_bench.main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"recall@3 [01]\.\d{3}", out[-1])
+    rows = [row for row in map(str.split, out) if row[:1] and row[0] in kb_bench.SETS]
+    systems = {(row[0], row[2]) for row in rows if row[1] == "postgres"}
+    assert systems == {(s, c) for s in kb_bench.SETS for c in [*kb_bench.CONFIGURATIONS, "bm25"]}
+    assert not any(row[1] == "sqlite" for row in rows)
+    assert any(line.startswith("postgres") and "60 generated chunks" in line for line in out)
 
 
 def test_quick_slice_with_nothing_to_measure_fails_in_one_line(
