@@ -28,7 +28,7 @@ from bot.app import Parley
 from bot.storage.base import MessageKind, Store
 from bot.storage.database import create_engine
 from bot.storage.migrate import upgrade
-from bot.storage.sql_store import WITHDRAWN_STUB, SqlStore
+from bot.storage.sql_store import DELETED_STUB, WITHDRAWN_STUB, SqlStore
 from bot.types import ConversationKey, Incoming, Role, User, utcnow
 from tests import discord_events as ev
 from tests.adapter_harness import DiscordHarness, settings_for
@@ -359,6 +359,37 @@ async def test_a_message_deleted_before_its_turn_is_not_answered(tmp_path: Path)
         assert h.api.texts(ev.DM) == ["Only the first."]
 
 
+async def test_a_message_deleted_after_its_answer_leaves_the_context_and_history(
+    tmp_path: Path,
+) -> None:
+    """A member pastes a secret, is answered, and deletes the message on Discord: its text
+    stayed in every later prompt of the channel and in /history (a helper's review). It is
+    now replaced by a stub in the history and the cached context is rebuilt without it."""
+    backend = ScriptedBackend(lambda request: "Noted.")
+    async with started(tmp_path, backend, fake_discord()) as h:
+        secret = ev.message_create(
+            "why does login fail? my token is sk-SECRET-123", channel=ev.CHANNEL, mentions_bot=True
+        )
+        await h.deliver_event(secret)
+        await h.idle()
+        h.api.delete(ev.CHANNEL, int(secret["id"]), ev.GUILD)
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.deleted(1)
+        later = ev.message_create("what was asked before?", channel=ev.CHANNEL, author=1003,
+                                  mentions_bot=True)  # fmt: skip
+        await h.deliver_event(later)
+        await h.idle()
+        prompt = [m.content for m in backend.requests[-1].messages]
+        assert not [c for c in prompt if "sk-SECRET" in c]
+        assert DELETED_STUB in prompt  # the conversation reads on around it
+        conversation = await h.app.store.conversation_id(
+            ConversationKey("discord", str(ev.CHANNEL))
+        )
+        assert conversation is not None
+        history = [m.content for m in await h.app.store.history(conversation, 10)]
+        assert DELETED_STUB in history and not [c for c in history if "sk-SECRET" in c]
+
+
 async def test_two_shards_each_get_their_servers(tmp_path: Path) -> None:
     backend = ScriptedBackend(lambda request: "Sharded.")
     api = fake_discord(ev.guild_create(), ev.guild_create(ev.GUILD_2, ev.CHANNEL_2), shards=2)
@@ -481,6 +512,20 @@ async def test_withdraw_settles_a_pending_message_only(store: Store) -> None:
     # Out of the model's context: only the answered question and its answer are in it.
     context = await store.context_messages(first.conversation_id, 0, 10)
     assert [row.content for row in context] == ["message 100", "answer"]
+
+
+async def test_redact_replaces_an_answered_message_only(store: Store) -> None:
+    first = await store.record_incoming(message("10", "100"), kind=MessageKind.CHAT, token_count=1)
+    await store.record_incoming(message("10", "101"), kind=MessageKind.CHAT, token_count=1)
+    await store.record_reply(
+        first.conversation_id, [first.message_id], "answer", kind=MessageKind.CHAT, token_count=1
+    )
+    assert await store.redact("discord:100") == first.conversation_id
+    assert await store.redact("discord:100") is None  # once
+    assert await store.redact("discord:101") is None  # pending: withdraw's, not redact's
+    assert await store.redact("discord:999") is None
+    context = await store.context_messages(first.conversation_id, 0, 10)
+    assert [row.content for row in context] == [DELETED_STUB, "answer"]
 
 
 @pytest.mark.redis

@@ -51,6 +51,7 @@ from .translate import (
     Fetch,
     command_incoming,
     menu_incoming,
+    message_key,
     scopes_of,
     thread_name,
     translate,
@@ -476,16 +477,22 @@ class DiscordAdapter:
 
     async def _withdraw_each(self, channel_id: int, message_ids: list[int]) -> None:
         for message_id in message_ids:
-            # An auto_thread mention is recorded in the thread it opened, which has its id.
-            for chat in (channel_id, message_id):
-                key = ConversationKey(PLATFORM, str(chat))
-                try:
-                    if await self._store.withdraw(key, str(message_id)):
-                        log.info("message %s withdrawn: deleted before its turn", message_id)
-                        break
-                except Exception:
-                    log.exception("message %s: deletion not recorded", message_id)
-                    break
+            try:
+                # Answered or kept already: its text leaves the history and the context.
+                withdrawn = await self._withdraw_one(channel_id, message_id)
+                if not withdrawn and await self._intake.redact(message_key(message_id)):
+                    log.info("message %s redacted: deleted by its sender", message_id)
+            except Exception:
+                log.exception("message %s: deletion not recorded", message_id)
+
+    async def _withdraw_one(self, channel_id: int, message_id: int) -> bool:
+        # An auto_thread mention is recorded in the thread it opened, which has its id.
+        for chat in (channel_id, message_id):
+            key = ConversationKey(PLATFORM, str(chat))
+            if await self._store.withdraw(key, str(message_id)):
+                log.info("message %s withdrawn: deleted before its turn", message_id)
+                return True
+        return False
 
     async def _in_new_thread(self, message: discord.Message, action: Submit) -> Submit:
         """auto_thread: a thread named after the question holds the conversation from here.

@@ -99,6 +99,11 @@ class Intake:
             return await self.submit(incoming)
         return await self._manager.observe(incoming)
 
+    async def redact(self, idempotency_key: str) -> bool:
+        """A message deleted on the platform after it was recorded: see
+        ConversationManager.redact."""
+        return await self._manager.redact(idempotency_key)
+
     async def submit_document(self, incoming: Incoming, source: DocumentSource) -> Recorded | None:
         """A document for the bot: its text (after the caption) becomes the message."""
         if not await self._admitted(incoming):

@@ -277,6 +277,16 @@ class ConversationManager:
             incoming, kind=MessageKind.OBSERVED, token_count=tokens
         )
 
+    async def redact(self, idempotency_key: str) -> bool:
+        """A message its sender deleted after it was answered (or kept): its text is replaced
+        in the history, and its conversation's cached context, which still holds it, is
+        dropped. True when a recorded message was redacted."""
+        conversation_id = await self._store.redact(idempotency_key)
+        if conversation_id is None:
+            return False
+        await self._context.invalidate(conversation_id)
+        return True
+
     async def translates(self, incoming: Incoming) -> bool:
         """Whether a group message not for the bot is for it after all: its chat
         auto-translates (/autotranslate) and it is in another language, so it is answered with

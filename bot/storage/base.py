@@ -335,6 +335,13 @@ class Store(Protocol):
         True when a pending message was withdrawn."""
         ...
 
+    async def redact(self, idempotency_key: str) -> int | None:
+        """A message its sender deleted after it was recorded and answered (or kept): its
+        text replaced by a stub wherever it is read again (context, /history, summaries to
+        come). The id of its conversation, whose cached context is then stale; None when no
+        such message is recorded."""
+        ...
+
     # Reads for the skills (bot.storage.prefs hands them on): messages are read and deleted
     # only here.
 

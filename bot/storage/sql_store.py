@@ -535,6 +535,10 @@ class SqlStore:
         params = {"cid": conversation_id, "pmid": platform_message_id}
         return await self._write(_WITHDRAW, params) > 0
 
+    async def redact(self, idempotency_key: str) -> int | None:
+        rows = await self._run(lambda q: q.rows(_REDACT, {"key": idempotency_key}), write=True)
+        return int(rows[0][0]) if rows else None
+
     # The skills' reads of messages (bot.storage.prefs hands them on).
 
     async def turn_prefs(self, message_id: int) -> TurnPrefs:
@@ -1134,6 +1138,21 @@ _WITHDRAW = (
         _PENDING_WHERE,
     )
     .values(answered_by=0, kind=MessageKind.COMMAND.value, content=WITHDRAWN_STUB)
+)
+# A deleted message already answered or kept: found by its idempotency key (unique, indexed),
+# its text replaced; its kind and answer stay, so the conversation reads on around it.
+DELETED_STUB = "[message: deleted by its sender]"
+DELETED_STUB_TOKENS = 12  # at least what a tokenizer makes of it: the context budget counts it
+_REDACT = (
+    sa.update(_m)
+    .where(
+        _m.idempotency_key == _param("key"),
+        _m.role == _literal(Role.USER.value),
+        _m.answered_by.is_not(None),
+        _m.content != DELETED_STUB,
+    )
+    .values(content=DELETED_STUB, token_count=DELETED_STUB_TOKENS)
+    .returning(_m.conversation_id)
 )
 
 # The skills' reads: preferences of a message's sender and chat, "what did I miss".
