@@ -214,3 +214,19 @@ async def test_a_group_that_auto_translates_gets_every_message_in_another_langua
         quoted = json.loads(sent.params["reply_parameters"])
         assert quoted["message_id"] == twice["message"]["message_id"]
         assert english not in [c for _, c in await _kinds(app)]  # chatter, not kept
+
+
+async def test_only_a_group_admin_resets_the_groups_conversation(tmp_path: Path) -> None:
+    """Any member's /reset set aside the whole group's conversation and stopped the answer
+    another member was being given (a helper's review): in a group it is for admins, as
+    /keep on is; in a private chat it is everyone's."""
+    async with telegram_stack(tmp_path, None, **FAST) as (_app, adapter, api):
+        api.admins.add((GROUP, ADMIN))
+        await feed(adapter, text_update(1, GROUP, "/reset", user_id=BOB))
+        await adapter.idle()
+        assert api.texts(GROUP)[-1] == phrases.ADMINS_ONLY
+        await feed(adapter, text_update(2, GROUP, "/reset", user_id=ADMIN))
+        await feed(adapter, text_update(3, 42, "/reset", user_id=BOB))
+        await adapter.idle()
+        assert api.texts(GROUP)[-1].startswith("Fresh start")
+        assert api.texts(42)[-1].startswith("Fresh start")

@@ -190,12 +190,15 @@ class Intake:
         return True
 
     async def _needs_admin(self, incoming: Incoming, door: _Door) -> bool:
-        """An admin-only command with arguments, in a group, from someone who is not one."""
+        """An admin-only command (with arguments, unless it is so always), in a group, from
+        someone who is not one."""
         parsed = parse_command(incoming.text)
-        if not incoming.group or parsed is None or not parsed[1]:
+        if not incoming.group or parsed is None:
             return False
         command = self._router.get(parsed[0])
-        if command is None or not command.admin_only or is_operator(door.access, incoming):
+        if command is None or is_operator(door.access, incoming):
+            return False
+        if not (command.group_admin_only or (command.admin_only and parsed[1])):
             return False
         try:
             return not await door.platform.is_admin(incoming)

@@ -16,7 +16,9 @@ def register_core_commands(router: CommandRouter) -> None:
 
     router.add(Command("help", N_("what I can do"), help_))
     router.add(Command("start", N_("what I can do"), help_, hidden=True))
-    router.add(Command("reset", N_("start a fresh conversation (history is kept)"), _reset))
+    # In a group it sets aside everyone's conversation: its admins' (as /keep is).
+    router.add(Command("reset", N_("start a fresh conversation (history is kept)"), _reset,
+                       group_admin_only=True))  # fmt: skip
     router.add(Command("stop", N_("stop the reply I am writing"), _stop))
     router.add(Command("history", N_("show the latest messages: /history [count]"), _history))
 

@@ -81,6 +81,9 @@ class Command:
     # In a group conversation, running it with arguments (changing what the whole chat gets)
     # is for the chat's admins; asking for the current state is for everyone.
     admin_only: bool = False
+    # In a group conversation, for the chat's admins even without arguments (/reset: the
+    # whole channel's context, and the answer another member is being given).
+    group_admin_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
