@@ -543,7 +543,9 @@ class DiscordAdapter:
             if name == "summarize" and await self._intake.admits(asked):
                 limit = self._host.settings.skills.max_paste_chars
                 try:
-                    about = await commands.conversation_from(target, self.gate, max_chars=limit)
+                    about = await commands.conversation_from(
+                        target, self.gate, max_chars=limit, me=self.me
+                    )
                 except discord.Forbidden as exc:  # no Read Message History here
                     log.warning(
                         "menu command %s: the channel's history could not be read (%s %s)",

@@ -23,6 +23,8 @@ from discord import app_commands
 from adapters.kit.gate import Gate
 from bot import phrases
 from bot.skills.router import Command
+from bot.skills.summarize import transcript
+from bot.storage.base import LoggedMessage
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +89,29 @@ async def sync(tree: app_commands.CommandTree[discord.Client], guild_ids: Sequen
         await tree.sync(guild=guild)
 
 
-async def conversation_from(target: discord.Message, gate: Gate, *, max_chars: int) -> str:
-    """The conversation from `target` on, one "name: text" line a message, oldest first, at
-    most `max_chars` characters; each page read through the channel's gate."""
-    lines, after = [_line(target)], target
+async def conversation_from(
+    target: discord.Message, gate: Gate, *, max_chars: int, me: int
+) -> str:
+    """The conversation from `target` on, oldest first, as /summarize reads a chat
+    (bot.skills.summarize.transcript: each sentence after its speaker's label, line breaks
+    flattened, names cleaned, the bot's own messages labelled as the bot's), at most
+    `max_chars` characters; each page read through the channel's gate. Raw "name: text"
+    lines let one member's message forge lines of the bot and of other members (a helper's
+    review)."""
+    rows, after = [_logged(target, me)], target
     for _ in range(FROM_HERE_PAGES):
         async with gate.slot(f"read:{target.channel.id}", group=False):
             page = [m async for m in target.channel.history(after=after, limit=100)]
-        lines += [_line(message) for message in page]
-        if len(page) < 100 or sum(map(len, lines)) >= max_chars:
+        rows += [_logged(message, me) for message in page]
+        if len(page) < 100 or sum(len(r.content) for r in rows) >= max_chars:
             break
         after = page[-1]
-    return "\n".join(line for line in lines if line)[:max_chars]
+    return transcript([r for r in rows if r.content], quoted=False)[:max_chars]
 
 
-def _line(message: discord.Message) -> str:
-    text = message.content.strip()
-    return f"{message.author.display_name}: {text}" if text else ""
+def _logged(message: discord.Message, me: int) -> LoggedMessage:
+    author = message.author
+    return LoggedMessage(
+        message.id, author.display_name, author.id == me, message.content.strip(),
+        message.created_at,
+    )  # fmt: skip
