@@ -659,7 +659,7 @@ class DiscordAdapter:
         except PlatformAway as exc:  # a slash command's is a refusal (stream._as_refusal)
             # Not recorded as shown: the turn waits, and is made again and finished in the
             # messages it showed (if any) once Discord answers (adapters.kit.away).
-            self._away.away(key, exc)
+            await self._away.away(key, exc)
             return
         if interaction is None:  # a refusal of a slash command's answer says nothing of it
             self._away.shown(key)

@@ -65,9 +65,14 @@ class PlatformWatch:
     def down(self) -> bool:
         return self._outage.down
 
-    def away(self, key: ConversationKey, exc: PlatformAway) -> None:
+    async def away(self, key: ConversationKey, exc: PlatformAway) -> None:
         """The platform gave up on this conversation's answer: OutputAway (the turn waits),
-        unless it did so MAX_TRIES times in a row; then the answer is given up (return)."""
+        unless it did so MAX_TRIES times in a row; then the answer is given up (return).
+
+        The platform is taken for away, and every conversation's turns wait, only when a look
+        fails too: one channel's 5xx held every other conversation's answers for the next
+        look, 5 s later, again at each of its tries (a helper's review). When the look
+        answers, only this conversation waits (the sweep or its next message tries again)."""
         now = time.monotonic()
         before, last = self._tries.get(key) or (0, now)
         tries = before + 1 if now - last < COUNT_FOR_S else 1
@@ -78,8 +83,23 @@ class PlatformWatch:
             )
             return
         self._tries.put(key, (tries, now))
+        if not self._outage.down and not self._looking and await self._answers_a_look():
+            self._log.warning(
+                "%s: reply not shown: %s (the platform answers; tried again)", key, exc
+            )
+            raise OutputAway(self._platform) from exc
         self._outage.failed(exc)
         raise OutputAway(self._platform) from exc
+
+    async def _answers_a_look(self) -> bool:
+        self._looking = True
+        try:
+            await self._probe()
+        except Exception:  # whatever the look met, the platform is away
+            return False
+        finally:
+            self._looking = False
+        return True
 
     def shown(self, key: ConversationKey) -> None:
         self._tries.discard(key)

@@ -225,7 +225,7 @@ class TelegramAdapter:
         except PlatformAway as exc:
             # Not recorded as shown: the turn waits, and is made again and finished in the
             # messages it showed (if any) once the Bot API answers (adapters.kit.away).
-            self._away.away(key, exc)
+            await self._away.away(key, exc)
             return
         self._away.shown(key)
 
