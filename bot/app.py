@@ -104,7 +104,7 @@ class Parley:
         self.store = SqlStore(engine, relaxed, keeper)
         await self.store.start()
         self._stack.push_async_callback(self.store.aclose)
-        self.metrics.watch_store(self.store.engine, self.store.pools)
+        self.metrics.watch_store(self.store, self.store.pools)
         if multiprocess_mode():  # a scrape reaches one worker: each publishes its own
             publishing = asyncio.create_task(self.metrics.publish_local())
             self._stack.push_async_callback(_cancelled, publishing)

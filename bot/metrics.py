@@ -56,7 +56,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
@@ -67,8 +66,7 @@ from backends.resilience import ResilientBackend
 from bot.errors import ConfigError
 from bot.logcontext import TurnScope, turn_scope
 from bot.skills.router import CommandRouter, parse_command
-from bot.storage.base import MessageKind, StoredMessage
-from bot.storage.models import PENDING_PREDICATE, MessageRow
+from bot.storage.base import MessageKind, Store, StoredMessage
 from bot.types import ConversationKey
 
 log = logging.getLogger(__name__)
@@ -263,7 +261,7 @@ class Metrics:
         self._backends: list[ResilientBackend] = []
         self._chains: list[FallbackChain] = []
         self._platforms: dict[str, PlatformCounts] = {}
-        self._engine: AsyncEngine | None = None
+        self._store: Store | None = None
         self._pools: dict[str, QueuePool] = {}
         self._seen = _Seen()
 
@@ -285,10 +283,10 @@ class Metrics:
         if isinstance(gate, PlatformCounts) and platform:
             self._platforms[platform] = gate
 
-    def watch_store(self, engine: AsyncEngine, pools: Mapping[str, AsyncEngine]) -> None:
-        """Count pending messages through `engine`; report the pool of each of `pools`
+    def watch_store(self, store: Store, pools: Mapping[str, AsyncEngine]) -> None:
+        """Count pending messages through `store`; report the pool of each of `pools`
         (`SqlStore.pools`: main, relaxed and keeper, each engine once)."""
-        self._engine = engine
+        self._store = store
         for name, each in pools.items():
             # An in-memory SQLite database has one connection in a StaticPool: nothing to show.
             if isinstance(each.pool, QueuePool):
@@ -382,15 +380,14 @@ class Metrics:
     async def refresh(self) -> None:
         """What is read at scrape time: the plain counters, the pools, the pending messages."""
         self.refresh_local()
-        if self._engine is None:
+        if self._store is None:
             return
-        query = select(func.count(), func.min(MessageRow.created_at)).where(text(PENDING_PREDICATE))
         try:
             # Bounded: a database that does not answer (a partition drops packets; a connect
             # waits 60 s) must not hold the scrape past Prometheus' own time limit, which
             # would lose every metric, the breaker's and the backends' too, during the outage.
-            async with asyncio.timeout(PENDING_QUERY_TIMEOUT_S), self._engine.connect() as conn:
-                count, oldest = (await conn.execute(query)).one()
+            async with asyncio.timeout(PENDING_QUERY_TIMEOUT_S):
+                count, oldest = await self._store.pending_stats()
         except Exception as exc:  # a scrape must still answer while the database is down
             reason = "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
             log.warning("pending messages not measured: %s", reason)

@@ -101,9 +101,10 @@ async def test_handoff_repository_survives_killed_connections(
         assert change.after.state is HandoffState.WAITING
         assert [w[0] for w in await kill.before(repo.waiting())] == [cid]
         assert await kill.before(repo.events(cid)) == [("bot", "waiting", "asked", "")]
-        assert await kill.before(repo.message_with_key(cid, "m1")) == mid
+        found = await kill.before(store.message_by_key("m1"))
+        assert found is not None and found.id == mid
         assert await kill.before(repo.recent_signals(cid, 5)) == [signal]
-        assert await kill.before(repo.unanswered_questions(cid, 5)) == ["where is my order?"]
+        assert await kill.before(store.unanswered_questions(cid, 5)) == ["where is my order?"]
     finally:
         await relaxed.dispose()
 

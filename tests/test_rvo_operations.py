@@ -16,6 +16,7 @@ import pytest
 
 from bot.metrics import Metrics
 from bot.storage.database import create_engine
+from bot.storage.sql_store import SqlStore
 from tests.processes import parley_env
 from tests.redis_server import free_port
 
@@ -282,14 +283,15 @@ async def test_rvo_a_scrape_answers_while_the_database_does_not() -> None:
     pytest.importorskip("asyncpg")
     async with _silent_server() as port:
         engine = create_engine(f"postgresql+asyncpg://parley:pw@127.0.0.1:{port}/parley")
+        store = SqlStore(engine)
         metrics = Metrics()
-        metrics.watch_store(engine, {"main": engine})
+        metrics.watch_store(store, store.pools)
         metrics.pending.set(7)
         try:
             async with asyncio.timeout(SCRAPE_TIMEOUT_S):
                 await metrics.refresh()
         finally:
-            await engine.dispose()
+            await store.aclose()
     body, _ = metrics.exposition()
     # Answered in time; the queue is unknown (NaN), never its last reading (7): a dashboard
     # must not show an old figure, or an empty queue, through a database outage.

@@ -564,3 +564,60 @@ async def test_the_sweep_finds_old_pending_work_with_no_live_lease(store: Store)
     assert await store.conversations_with_pending(older_than=later) == [(cid, KEY)]
     async with store.turn_lease(cid, "worker-a", ttl_s=5, wait_s=1):
         assert await store.conversations_with_pending(older_than=later) == []
+
+
+# --- the reads and the erasure of the support API, the handoff desk and the metrics -----------
+
+
+async def test_a_page_is_oldest_first_with_what_each_answer_answers(store: Store) -> None:
+    shown = [CHAT, COMMAND]
+    cid, first, first_answer = await turn(store, "p-1", "one", "answer one")
+    _, second = await say(store, "p-2", "two")
+    _, third = await say(store, "p-3", "three")
+    reply = await store.record_reply(cid, [second, third], "both", kind=CHAT, token_count=1)
+    assert reply is not None
+    await say(store, "p-4", "kept", kind=MessageKind.OBSERVED)  # not of the kinds asked for
+    page = await store.message_page(KEY, kinds=shown, before=None, limit=10)
+    assert [(m.role, m.content) for m in page] == [
+        (Role.USER, "one"), (Role.ASSISTANT, "answer one"), (Role.USER, "two"),
+        (Role.USER, "three"), (Role.ASSISTANT, "both"),
+    ]  # fmt: skip
+    assert [m.reply_to for m in page] == [None, first, None, None, third]  # the newest answered
+    assert all(m.agent is None and m.created_at.tzinfo is not None for m in page)
+    older = await store.message_page(KEY, kinds=shown, before=second, limit=1)
+    assert [m.id for m in older] == [first_answer]
+    assert await store.message_page(OTHER_KEY, kinds=shown, before=None, limit=10) == []
+
+
+async def test_messages_are_found_by_platform_id_key_and_id(store: Store) -> None:
+    message = Incoming(KEY, ALICE, "hi", idempotency_key="k-1", platform_message_id="4711")
+    recorded = await store.record_incoming(message, kind=CHAT, token_count=1)
+    mid = recorded.message_id
+    assert await store.message_by_platform_id(KEY, "4711") == mid
+    assert await store.message_by_platform_id(KEY, "4712") is None
+    assert await store.message_text(KEY, mid) == "hi"
+    assert await store.message_text(OTHER_KEY, mid) is None  # not that conversation's
+    found = await store.message_by_key("k-1")
+    assert found is not None and (found.id, found.content, found.user_id) == (mid, "hi", "u-1")
+    assert await store.message_by_key("k-2") is None
+
+
+async def test_pending_stats_count_every_conversations_pending_messages(store: Store) -> None:
+    assert await store.pending_stats() == (0, None)
+    await say(store, "s-1")
+    await store.record_incoming(incoming("s-2", key=OTHER_KEY), kind=CHAT, token_count=1)
+    count, oldest = await store.pending_stats()
+    assert count == 2 and oldest is not None
+
+
+async def test_erase_leaves_no_message_and_keeps_the_conversations_id(store: Store) -> None:
+    cid, _, _ = await turn(store, "e-1", "secret", "answer")
+    await store.record_incoming(incoming("e-2", key=OTHER_KEY), kind=CHAT, token_count=1)
+    erased = await store.erase(KEY, ALICE.user_id, [("user", "console:u-1")])
+    assert cid in erased and len(erased) == 2  # every thread of the chat
+    assert await store.message_page(KEY, kinds=[CHAT], before=None, limit=10) == []
+    assert await store.message_by_key("e-1") is None
+    assert await store.pending_stats() == (0, None)
+    state = await store.state(cid)  # the row stays, renamed and emptied
+    assert state.key.chat_id.startswith("erased:") and state.summary == ""
+    assert await store.erase(KEY, ALICE.user_id, []) == []  # nothing left to erase

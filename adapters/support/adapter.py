@@ -97,7 +97,7 @@ class SupportAdapter:
                 "set PARLEY_SUPPORT__TOKEN_SECRET, the same on every worker"
             )
         self._auth = Authenticator(self.directory, signer)
-        self._history = SupportHistory(self._engine)
+        self._history = SupportHistory(self._engine, host.store)
         self.api = SupportApi(
             settings,
             intake=host.intake,
@@ -113,6 +113,7 @@ class SupportAdapter:
         self.agent_api = AgentApi(
             self._auth,
             self._engine,
+            host.store,
             self._desk,
             max_body_bytes=settings.max_body_bytes,
             max_message_chars=core.conversation.max_message_chars,

@@ -41,7 +41,8 @@ from bot.handoff.types import (
     HandoffStatus,
 )
 from bot.outage import is_outage
-from bot.storage.models import ConversationRow, MessageRow, UserRow
+from bot.storage.base import Store
+from bot.storage.models import ConversationRow
 from bot.text.storable import storable
 from bot.types import ConversationKey
 
@@ -75,6 +76,7 @@ class AgentApi:
         self,
         auth: Authenticator,
         engine: AsyncEngine,
+        store: Store,
         desk: Desk | None,
         *,
         max_body_bytes: int,
@@ -82,6 +84,7 @@ class AgentApi:
     ) -> None:
         self._auth = auth
         self._engine = engine
+        self._store = store
         self._desk = desk
         self._max_body = max_body_bytes
         self._max_chars = max_message_chars
@@ -165,16 +168,8 @@ class AgentApi:
 
     async def _sent(self, scoped: str) -> _Sent | None:
         """The agent message recorded with this key, if any."""
-        m, u = MessageRow, UserRow
-        stmt = (
-            sa.select(m.id, m.content, u.external_id)
-            .select_from(m)
-            .outerjoin(u, u.id == m.user_id)
-            .where(m.idempotency_key == AGENT_KEY_PREFIX + scoped)
-        )
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(stmt)).first()
-        return _Sent(int(row.id), str(row.content), str(row.external_id or "")) if row else None
+        found = await self._store.message_by_key(AGENT_KEY_PREFIX + scoped)
+        return _Sent(found.id, found.content, found.user_id) if found is not None else None
 
     async def _conversation(self, site: Site, visitor_id: str) -> ConversationKey:
         """The site's conversation with this visitor; 404 when it has none."""

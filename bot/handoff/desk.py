@@ -197,12 +197,12 @@ class CoreDesk:
             raise HandoffError("an agent's message needs some text")
         cid = await self._conversation(key)
         stored_key = AGENT_KEY_PREFIX + idempotency_key
-        first = await self.repo.message_with_key(cid, stored_key)
-        if first is not None:
+        found = await self._store.message_by_key(stored_key)
+        if found is not None and found.conversation_id == cid:
             # A repeat (a help desk's webhook delivered again) changes no state, whatever the
             # state is now; scheduled, since its first delivery may have been cut by a crash.
             self._schedule(cid, key)
-            return first
+            return found.id
         status = await self.repo.status(cid)
         if status.state is BOT:
             raise HandoffError(f"conversation {key} is with the bot: take it over first")

@@ -59,7 +59,7 @@ class NoteWriter:
     ) -> HandoffNote:
         history = await self._store.history(conversation_id, self._history)
         signals = await self._repo.recent_signals(conversation_id, TREND_MESSAGES)
-        unanswered = await self._repo.unanswered_questions(conversation_id, UNANSWERED_SHOWN)
+        unanswered = await self._store.unanswered_questions(conversation_id, UNANSWERED_SHOWN)
         return HandoffNote(
             reason=reason,
             detail=detail,

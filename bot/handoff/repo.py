@@ -22,13 +22,13 @@ from bot.storage import keys
 from bot.storage.base import Cache, Codec, ConversationState
 from bot.storage.conflicts import insert_on_conflict
 from bot.storage.database import all_rows, run_on_connection
-from bot.storage.models import ConversationRow, MessageRow
+from bot.storage.models import ConversationRow
 from bot.types import ConversationKey, utcnow
 
 from .models import HandoffEventRow, HandoffStateRow, MessageSignalRow
 from .types import HandoffState, HandoffStatus, Reason
 
-_s, _e, _g, _m = HandoffStateRow, HandoffEventRow, MessageSignalRow, MessageRow
+_s, _e, _g = HandoffStateRow, HandoffEventRow, MessageSignalRow
 # A repeat of a message's signal (its turn run again after a crash) keeps the first.
 _ADD_SIGNAL = insert_on_conflict(
     _g,
@@ -166,14 +166,6 @@ class HandoffRepository:
         rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, stmt))
         return [(r[6], ConversationKey(r[7], r[8], r[9]), _status(r), r[5]) for r in rows]
 
-    async def message_with_key(self, conversation_id: int, idempotency_key: str) -> int | None:
-        """The id of the conversation's message recorded under this idempotency key, if any."""
-        stmt = sa.select(_m.id).where(
-            _m.conversation_id == conversation_id, _m.idempotency_key == idempotency_key
-        )
-        found = await run_on_connection(self._engine, lambda conn: conn.scalar(stmt))
-        return int(found) if found is not None else None
-
     async def events(self, conversation_id: int) -> list[tuple[str, str, str, str]]:
         """The audit trail, oldest first: (from, to, reason, detail)."""
         stmt = (
@@ -235,18 +227,6 @@ class HandoffRepository:
             Signal(r[0], Sentiment(Label(r[1]), float(r[2]), bool(r[3]), r[4]), bool(r[5]))
             for r in rows
         ]
-
-    async def unanswered_questions(self, conversation_id: int, limit: int) -> list[str]:
-        """The texts of the newest messages the knowledge base had nothing for, oldest first."""
-        stmt = (
-            sa.select(_m.content)
-            .join(_g, _g.message_id == _m.id)
-            .where(_g.conversation_id == conversation_id, _g.unanswered.is_(True))
-            .order_by(_m.id.desc())
-            .limit(limit)
-        )
-        rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, stmt))
-        return [r[0] for r in reversed(rows)]
 
 
 def _status(row: Sequence[object]) -> HandoffStatus:

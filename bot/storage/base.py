@@ -182,6 +182,21 @@ class LoggedMessage:
     kept: bool = False  # an OBSERVED message: an answer quoting it is a DIGEST
 
 
+@dataclass(frozen=True, slots=True)
+class PageMessage:
+    """A message of a conversation's page (`Store.message_page`). An answer says the newest
+    of the messages it answers (`reply_to`) and, where it delivered an agent's message
+    (bot.handoff), who the agent is and what the agent wrote (`agent` None: no agent)."""
+
+    id: int
+    role: Role
+    content: str
+    created_at: datetime
+    reply_to: int | None = None
+    agent: str | None = None
+    agent_text: str = ""
+
+
 class Store(Protocol):
     async def start(self) -> None: ...
 
@@ -357,6 +372,54 @@ class Store(Protocol):
     async def last_seen_id(self, conversation_id: int, user_ref: int, before_id: int) -> int:
         """The id up to which the user has seen this chat: their last message before
         `before_id`, or the answer to it; 0 if they never wrote here."""
+        ...
+
+    # Reads and erasure for the support API, the handoff desk and the metrics.
+
+    async def message_page(
+        self,
+        key: ConversationKey,
+        *,
+        kinds: Sequence[MessageKind],
+        before: int | None,
+        limit: int,
+    ) -> list[PageMessage]:
+        """The newest `limit` messages of `kinds` with some text and id < `before` (None: the
+        newest), oldest first, each answer with its `reply_to` and agent (one connection,
+        three statements at most)."""
+        ...
+
+    async def message_by_platform_id(
+        self, key: ConversationKey, platform_message_id: str
+    ) -> int | None:
+        """The id of the conversation's newest message with this platform id, if any."""
+        ...
+
+    async def message_text(self, key: ConversationKey, message_id: int) -> str | None:
+        """The stored text of one of the conversation's messages (None: not there)."""
+        ...
+
+    async def message_by_key(self, idempotency_key: str) -> StoredMessage | None:
+        """The message recorded under this idempotency key, if any."""
+        ...
+
+    async def unanswered_questions(self, conversation_id: int, limit: int) -> list[str]:
+        """The texts of the newest messages whose signal (bot.handoff) says the knowledge
+        base had nothing for them, oldest first."""
+        ...
+
+    async def pending_stats(self) -> tuple[int, datetime | None]:
+        """How many user messages are pending in all conversations, and the oldest's time."""
+        ...
+
+    async def erase(
+        self, key: ConversationKey, user_id: str, usage: Sequence[tuple[str, str]]
+    ) -> list[int]:
+        """In one transaction: the messages of every conversation of the chat `key` (any
+        thread) and its handoff rows deleted, each conversation row emptied and renamed to
+        an opaque tombstone (its id is never reused), its unfinished delivery ended; the
+        user `user_id` of the platform and its token usage under each (scope, subject) of
+        `usage` deleted. The conversation ids it had."""
         ...
 
     async def messages_between(

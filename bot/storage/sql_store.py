@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -34,7 +35,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.errors import StorageError
-from bot.handoff.models import HandoffStateRow
+from bot.handoff.models import HandoffEventRow, HandoffStateRow, MessageSignalRow
 from bot.lru import Lru
 from bot.storage.base import (
     ChatFacts,
@@ -43,6 +44,7 @@ from bot.storage.base import (
     DeliveryState,
     LoggedMessage,
     MessageKind,
+    PageMessage,
     Recorded,
     RecordedReply,
     StoredMessage,
@@ -52,7 +54,7 @@ from bot.storage.base import (
 from bot.storage.conflicts import insert_on_conflict
 from bot.storage.database import database_errors, describe_error, retry_dead_connection
 from bot.storage.lease_keeper import Held, LeaseKeeper
-from bot.storage.models import ConversationRow, MessageRow, UserRow
+from bot.storage.models import ConversationRow, MessageRow, TokenUsageRow, UserRow
 from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
 from bot.storage.runners import Queries, Runner, pool_size
 from bot.text.storable import storable
@@ -589,6 +591,98 @@ class SqlStore:
             )
             for id_, author, role, content, at, kind in reversed(rows)
         ]
+
+    # The support API's, the handoff desk's and the metrics' reads, and erasure.
+
+    async def message_page(
+        self,
+        key: ConversationKey,
+        *,
+        kinds: Sequence[MessageKind],
+        before: int | None,
+        limit: int,
+    ) -> list[PageMessage]:
+        cid = _chat_conversation(key)
+        stmt = (
+            sa.select(_m.id, _m.role, _m.content, _m.created_at)
+            .where(_m.conversation_id == cid, _m.kind.in_([k.value for k in kinds]),
+                   _m.role.in_([_USER, _ASSISTANT]), _m.content != "")
+            .order_by(_m.id.desc())
+            .limit(limit)
+        )  # fmt: skip
+        if before is not None:
+            stmt = stmt.where(_m.id < before)
+
+        def run(q: Queries) -> list[PageMessage]:
+            rows = q.rows(stmt)
+            answer_ids = [int(r[0]) for r in rows if r[1] == _ASSISTANT]
+            agents: dict[int, tuple[str, str]] = {}
+            replies_to: dict[int, int] = {}
+            if answer_ids:
+                agent_rows = q.rows(_agent_replies(cid, answer_ids))
+                agents = {int(a): (str(name or ext or ""), text)
+                          for a, text, name, ext in agent_rows}  # fmt: skip
+                replies_to = {int(a): int(n) for a, n in q.rows(_replies_to(cid, answer_ids))}
+            return [
+                PageMessage(int(id_), _ROLES[role], content, _as_utc(at), replies_to.get(id_),
+                            *agents.get(id_, (None, "")))
+                for id_, role, content, at in reversed(rows)
+            ]  # fmt: skip
+
+        return await self._run(run)
+
+    async def message_by_platform_id(
+        self, key: ConversationKey, platform_message_id: str
+    ) -> int | None:
+        stmt = (
+            sa.select(_m.id)
+            .where(_m.conversation_id == _chat_conversation(key),
+                   _m.platform_message_id == platform_message_id)
+            .order_by(_m.id.desc())
+            .limit(1)
+        )  # fmt: skip
+        found = _scalar(await self._rows(stmt))
+        return int(found) if found is not None else None
+
+    async def message_text(self, key: ConversationKey, message_id: int) -> str | None:
+        stmt = sa.select(_m.content).where(
+            _m.conversation_id == _chat_conversation(key), _m.id == message_id
+        )
+        found = _scalar(await self._rows(stmt))
+        return str(found) if found is not None else None
+
+    async def message_by_key(self, idempotency_key: str) -> StoredMessage | None:
+        rows = await self._rows(_BY_KEY, {"key": idempotency_key})
+        return _to_message(rows[0]) if rows else None
+
+    async def unanswered_questions(self, conversation_id: int, limit: int) -> list[str]:
+        rows = await self._rows(_UNANSWERED, {"cid": conversation_id, "limit": limit})
+        return [content for (content,) in reversed(rows)]
+
+    async def pending_stats(self) -> tuple[int, datetime | None]:
+        count, oldest = _one(await self._rows(_PENDING_STATS))
+        return int(count), oldest
+
+    async def erase(
+        self, key: ConversationKey, user_id: str, usage: Sequence[tuple[str, str]]
+    ) -> list[int]:
+        def run(q: Queries) -> list[int]:
+            ids = [int(i) for (i,) in q.rows(sa.select(_c.id).where(
+                _c.platform == key.platform, _c.chat_id == key.chat_id))]  # fmt: skip
+            if ids:
+                for table in (_m, HandoffStateRow, HandoffEventRow):  # the audit names the agent
+                    q.rowcount(sa.delete(table).where(table.conversation_id.in_(ids)))
+                tombstone = "erased:" + secrets.token_hex(12)
+                q.rowcount(_ERASE_CONVERSATIONS.where(_c.id.in_(ids)).values(chat_id=tombstone))
+            user = UserRow
+            q.rowcount(sa.delete(user).where(user.platform == key.platform,
+                                             user.external_id == user_id))  # fmt: skip
+            t = TokenUsageRow
+            for scope, subject in usage:
+                q.rowcount(sa.delete(t).where(t.scope == scope, t.subject == subject))
+            return ids
+
+        return await self._run(run, write=True)
 
 
 # --- statements, built once ------------------------------------------------------------------
@@ -1215,3 +1309,54 @@ _BETWEEN = (  # the chat's messages for a summary, newest first
     .where(_m.kind.in_((MessageKind.CHAT.value, MessageKind.OBSERVED.value)))
     .order_by(_m.id.desc())
 )
+
+
+def _chat_conversation(key: ConversationKey) -> sa.ScalarSelect[int]:
+    """The conversation's id, read in the statement that needs it (the support API's reads
+    name a conversation by its key: no round trip of its own)."""
+    return (
+        sa.select(_c.id)
+        .where(_c.platform == key.platform, _c.chat_id == key.chat_id,
+               _c.thread_id == key.thread_id)
+        .scalar_subquery()
+    )  # fmt: skip
+
+
+def _agent_replies(cid: sa.ScalarSelect[int], answer_ids: list[int]) -> sa.Select[Any]:
+    """Which of these answers delivered an agent's message: answer id, the agent's text, name
+    and platform id."""
+    return (
+        sa.select(_m.answered_by, _m.content, UserRow.display_name, UserRow.external_id)
+        .select_from(_m)
+        .outerjoin(UserRow, UserRow.id == _m.user_id)
+        .where(_m.conversation_id == cid, _m.kind == MessageKind.AGENT.value,
+               _m.answered_by.in_(answer_ids))
+    )  # fmt: skip
+
+
+def _replies_to(cid: sa.ScalarSelect[int], answer_ids: list[int]) -> sa.Select[Any]:
+    """Answer id -> the newest visitor message it answers (several messages answered
+    together are answered as the newest)."""
+    return (
+        sa.select(_m.answered_by, sa.func.max(_m.id))
+        .where(_m.conversation_id == cid, _m.role == _USER, _m.answered_by.in_(answer_ids))
+        .group_by(_m.answered_by)
+    )
+
+
+_BY_KEY = _SELECT_MESSAGES.where(_m.idempotency_key == _param("key"))
+_s = MessageSignalRow
+_UNANSWERED = (
+    sa.select(_m.content)
+    .join(_s, _s.message_id == _m.id)
+    .where(_s.conversation_id == _param("cid"), _s.unanswered.is_(True))
+    .order_by(_m.id.desc())
+    .limit(_LIMIT)
+)
+_PENDING_STATS = sa.select(sa.func.count(), sa.func.min(_m.created_at)).where(_PENDING_WHERE)
+# The delivery ends with the erasure: a turn answering now finds its fence gone
+# (record_reply) and stores nothing of its answer.
+_ERASE_CONVERSATIONS = sa.update(_c).values(
+    summary="", summary_tokens=0, summary_through_id=0, delivery_from=None, delivery_to=None,
+    delivery_epoch=None, delivery_owner=None, delivery_seen=None, delivery_ref=None,
+)  # fmt: skip
