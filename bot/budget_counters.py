@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 
+from bot.storage.keys import budget as budget_key
 from bot.storage.usage import Subject, UsageLog
 
 if TYPE_CHECKING:
@@ -154,12 +155,12 @@ class RedisCounter:
         self._raise = client.register_script(_RAISE)
 
     def _keys(self, day: date, limited: Sequence[Limited]) -> list[str]:
-        # The day in braces is the Redis Cluster hash tag: one script's keys share a slot.
-        keys = []
-        for item in limited:
-            base = f"{self._prefix}:budget:{{{day.isoformat()}}}:{item.subject.scope}:"
-            keys += [f"{base}{item.subject.name}:h", f"{base}{item.subject.name}:z"]
-        return keys
+        # Both keys of every subject on the same day: one hash tag, one Redis Cluster slot.
+        return [
+            budget_key(self._prefix, day, item.subject.scope, item.subject.name, part)
+            for item in limited
+            for part in ("h", "z")
+        ]
 
     async def reserve(
         self,

@@ -38,6 +38,7 @@ from bot import phrases
 from bot.documents import DocumentSource
 from bot.errors import AdapterError, ConfigError, PlatformAway, StorageError
 from bot.lru import Lru
+from bot.storage import keys
 from bot.storage.base import Recorded, Store
 from bot.storage.redis_client import client_for
 from bot.types import ConversationKey, Incoming
@@ -312,7 +313,7 @@ class DiscordAdapter:
             return
         self._redis = client_for(self._host.settings.redis)
         if self._redis is not None:
-            prefix = f"{self._host.settings.redis.key_prefix}:discord:{self.me}"
+            prefix = keys.platform_gate(self._host.settings.redis.key_prefix, "discord", self.me)
             self.gate = RedisGate(
                 self._redis, self._rates, prefix=prefix,
                 retry_after_failure_s=self._host.settings.redis.retry_after_failure_s,

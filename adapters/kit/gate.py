@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.outage import Outage
+from bot.storage.keys import gate_tomb, gate_window
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -286,7 +287,7 @@ class RedisGate:
             named.append(("group", chat, r.per_group))
         if r.overall is not None:
             named.append(("overall", "all", r.overall))
-        return [f"{self._prefix}:gate:{kind}:{key}" for kind, key, _ in named], [
+        return [gate_window(self._prefix, kind, name) for kind, name, _ in named], [
             rate for *_, rate in named
         ]
 
@@ -342,4 +343,4 @@ class RedisGate:
             self._forgetting = None
 
     def _tomb(self, slot_id: str) -> str:
-        return f"{self._prefix}:gate:gone:{slot_id}"
+        return gate_tomb(self._prefix, slot_id)

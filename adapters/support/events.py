@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.conversation.sink import still_showing
 from bot.outage import is_outage
+from bot.storage.keys import support_events, support_wake
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -261,8 +262,8 @@ class RedisEventLog:
     ) -> None:
         self._redis = redis
         self._listener_client = listener or redis
-        self._prefix = f"{prefix}:support"
-        self._channel = f"{self._prefix}:wake"
+        self._prefix = prefix
+        self._channel = support_wake(prefix)
         self._kept = kept
         self._ttl_s = ttl_s
         self._waiters = _Waiters()
@@ -273,7 +274,7 @@ class RedisEventLog:
         self._me = uuid.uuid4().hex.encode()
 
     def _key(self, conversation: str) -> str:
-        return f"{self._prefix}:events:{conversation}"
+        return support_events(self._prefix, conversation)
 
     async def start(self) -> None:
         """Subscribes; a Redis that is down does not stop the start (a restart during an

@@ -43,6 +43,7 @@ from bot.errors import AdapterError, ConfigError, PlatformAway, StorageError
 from bot.lru import Lru
 from bot.settings import HttpSettings
 from bot.skills.router import Command
+from bot.storage import keys
 from bot.storage.redis_client import client_for
 from bot.types import ConversationKey, Incoming
 
@@ -140,7 +141,7 @@ class TelegramAdapter:
         # Telegram's limits are per bot: workers of one bot share the windows through Redis.
         self._redis = client_for(host.settings.redis)
         bot_id = self._token.partition(":")[0]
-        prefix = f"{host.settings.redis.key_prefix}:telegram:{bot_id}"
+        prefix = keys.platform_gate(host.settings.redis.key_prefix, "telegram", bot_id)
         self.gate = FloodGate(
             limits, redis=self._redis, key_prefix=prefix,
             retry_after_failure_s=host.settings.redis.retry_after_failure_s,

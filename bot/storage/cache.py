@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast
 from bot.errors import StorageError
 from bot.outage import Outage
 from bot.settings import RedisSettings
+from bot.storage import keys
 from bot.storage.base import Cache, Codec, ReadThrough
 from bot.storage.redis_client import connect
 
@@ -216,7 +217,7 @@ class RedisCache:
         return cls(client, key_prefix=key_prefix, retry_after_failure_s=retry_after_failure_s)
 
     def _key(self, key: str) -> str:
-        return f"{self._prefix}:{key}"
+        return keys.cached(self._prefix, key)
 
     async def _attempt(self, command: Callable[[], Awaitable[T]]) -> T | None:
         """Run one Redis command; None if it failed or Redis is in its retry pause."""

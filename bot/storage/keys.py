@@ -1,7 +1,15 @@
-"""Every cache key, built here and nowhere else. `RedisCache` puts its `key_prefix` in front
-of each once (`{prefix}:{key}`); the in-process cache uses them as they are."""
+"""Every Redis key, built here and nowhere else (tests/test_key_builder.py).
+
+The cache's keys come first: `RedisCache` puts the deployment's `key_prefix` in front of each
+(`cached`); the in-process cache uses them as they are. Then the keys that live only in Redis,
+each under `key_prefix`: the platforms' shared rate windows, the support API's event log and
+the shared token budgets. Their spelling is what earlier versions wrote to a running Redis:
+changing one loses that data (tests/test_key_builder.py pins each).
+"""
 
 from __future__ import annotations
+
+from datetime import date
 
 
 def window(conversation_id: int) -> str:  # a context window (bot.conversation.context)
@@ -42,3 +50,38 @@ def support_ip(address: str) -> str:  # support API requests from one client add
 
 def support_visitor(conversation: str) -> str:  # support API messages from one visitor
     return f"support:visitor:{conversation}"
+
+
+# --- keys that live in Redis only, under the deployment's `key_prefix` ----------------------
+
+
+def cached(key_prefix: str, key: str) -> str:  # a cache entry in Redis (RedisCache)
+    return f"{key_prefix}:{key}"
+
+
+def platform_gate(key_prefix: str, platform: str, bot: str | int) -> str:
+    """What one bot's shared rate windows are kept under (adapters.kit.gate.RedisGate): a
+    platform's limits are per bot, so every worker of that bot shares them."""
+    return f"{key_prefix}:{platform}:{bot}"
+
+
+def gate_window(gate: str, kind: str, name: str) -> str:  # one rate window of a `platform_gate`
+    return f"{gate}:gate:{kind}:{name}"
+
+
+def gate_tomb(gate: str, slot_id: str) -> str:  # a slot given back before it was taken
+    return f"{gate}:gate:gone:{slot_id}"
+
+
+def support_events(key_prefix: str, conversation: str) -> str:  # a visitor's event stream
+    return f"{key_prefix}:support:events:{conversation}"
+
+
+def support_wake(key_prefix: str) -> str:  # the channel that wakes every worker's streams
+    return f"{key_prefix}:support:wake"
+
+
+def budget(key_prefix: str, day: date, scope: str, subject: str, part: str) -> str:
+    """One of a budget subject's two keys for `day` (bot.budget_counters): the day in braces
+    is the Redis Cluster hash tag, so that one script's keys share a slot."""
+    return f"{key_prefix}:budget:{{{day.isoformat()}}}:{scope}:{subject}:{part}"
