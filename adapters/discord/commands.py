@@ -89,9 +89,7 @@ async def sync(tree: app_commands.CommandTree[discord.Client], guild_ids: Sequen
         await tree.sync(guild=guild)
 
 
-async def conversation_from(
-    target: discord.Message, gate: Gate, *, max_chars: int, me: int
-) -> str:
+async def conversation_from(target: discord.Message, gate: Gate, *, max_chars: int, me: int) -> str:
     """The conversation from `target` on, oldest first, as /summarize reads a chat
     (bot.skills.summarize.transcript: each sentence after its speaker's label, line breaks
     flattened, names cleaned, the bot's own messages labelled as the bot's), at most
