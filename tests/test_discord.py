@@ -193,6 +193,23 @@ async def test_mentions_in_model_output_ping_nobody(tmp_path: Path, where: int) 
             assert "roles" not in call.allowed_mentions and "users" not in call.allowed_mentions
 
 
+async def test_addresses_and_code_keep_their_at_signs_untouched(tmp_path: Path) -> None:
+    """A zero-width space went into every "@everyone"/"@here", in code a user would copy and
+    in addresses ("deploy@here.example.com"), which it broke (a helper's review); pings are
+    stopped by allowed_mentions on every call anyway."""
+    answer = (
+        "Run `ssh deploy@here.example.com`, mail ops@heretics.org, see "
+        "https://mastodon.social/@everyone_art\n```\ngit log --author=@here\n```\nThanks @here!"
+    )
+    async with discord_harness(tmp_path, answering(answer)) as h:
+        await h.deliver_event(ev.message_create("how?", channel=ev.CHANNEL, mentions_bot=True))
+        await h.idle()
+        (shown,) = h.api.texts(ev.CHANNEL)
+        assert shown == answer.replace("Thanks @here!", "Thanks @\u200bhere!")
+        for call in h.api.writes(ev.CHANNEL):
+            assert call.allowed_mentions["parse"] == []
+
+
 async def test_a_20000_character_answer_is_split_within_2000_with_code_intact(
     tmp_path: Path,
 ) -> None:

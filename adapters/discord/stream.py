@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,7 +43,12 @@ from bot.errors import AdapterError, PlatformAway
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 2000  # characters of a message's content
-_MASS_MENTIONS = ("@everyone", "@here")
+# @everyone or @here standing as a word: not after a letter, digit or an address's
+# punctuation, and not followed by a word character.
+_MASS_MENTION = re.compile(r"(?<![\w.@/+-])@(everyone|here)\b")
+# Code, where nothing renders as a mention: fenced blocks (one left open runs to the end)
+# and inline spans.
+_CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.S)
 _ZWSP = "\u200b"
 NOBODY = discord.AllowedMentions.none()
 ASKER_ONLY = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=True)
@@ -64,15 +70,24 @@ _TOKEN_GONE = (401, 404)
 
 
 def neutralise(text: str) -> str:
-    """Mass mentions as text: "@\u200beveryone" renders like "@everyone" and pings no one."""
-    for mention in _MASS_MENTIONS:
-        text = text.replace(mention, f"@{_ZWSP}{mention[1:]}")
-    return text
+    """Mass mentions as text: "@\u200beveryone" renders like "@everyone" and pings no one
+    (allowed_mentions already stops the ping; this keeps it from even looking like one).
+    Only a mention standing as one: not in code, where it was put in every command a user
+    would copy, nor inside an address ("deploy@here.example.com", "ops@heretics.org",
+    "https://mastodon.social/@everyone_art"), which it broke (a helper's review)."""
+    if "@" not in text:
+        return text
+    parts = _CODE.split(text)
+    codes = _CODE.findall(text)
+    out = [_MASS_MENTION.sub(f"@{_ZWSP}\\1", parts[0])]
+    for code, part in zip(codes, parts[1:], strict=True):
+        out += [code, _MASS_MENTION.sub(f"@{_ZWSP}\\1", part)]
+    return "".join(out)
 
 
 def shown_length(text: str) -> int:
     """The length Discord counts: the text as sent, after `neutralise`."""
-    return len(text) + sum(text.count(m) for m in _MASS_MENTIONS)
+    return len(neutralise(text))
 
 
 class DiscordSurface:
