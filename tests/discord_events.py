@@ -20,6 +20,9 @@ USER = 1001
 ADMIN = 1002
 ADMIN_ROLE = 5200
 MEMBER_ROLE = 5201
+# The role Discord gives the bot in every server it joins (managed, tagged with its id): users
+# pick "@Parley" from the mention list and may get this one.
+BOT_ROLE = 5299
 MANAGE_GUILD = 1 << 5
 # A second server, on the other shard of two ((id >> 22) % 2 == 1), with one channel.
 GUILD_2 = (1 << 22) + 6000
@@ -49,6 +52,7 @@ def guild_create(guild: int = GUILD, channel: int = CHANNEL) -> dict[str, Any]:
             role(guild, "@everyone", 0),
             role(ADMIN_ROLE, "admins", MANAGE_GUILD),
             role(MEMBER_ROLE, "members", 0),
+            {**role(BOT_ROLE, "Parley", 0), "managed": True, "tags": {"bot_id": str(BOT_ID)}},
         ],
         "channels": [
             {"id": str(category), "type": 4, "name": "talk", "position": 0},

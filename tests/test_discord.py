@@ -786,3 +786,18 @@ def test_a_reconnect_attempt_is_one_warning_line_not_a_traceback(
     )
     assert shard.getMessage().startswith("Attempting a reconnect for shard ID 1 in 2.00s (OSE")
     assert "Traceback" not in caplog.text
+
+
+async def test_a_mention_of_the_bots_own_role_addresses_the_bot(tmp_path: Path) -> None:
+    """Picking "@Parley" from the mention list may give the bot's managed role; such a
+    message was not taken as addressed to the bot (a helper's review). Another role's
+    mention still is not."""
+    backend = answering("A crane lifts.")
+    async with discord_harness(tmp_path, backend) as h:
+        for role in (ev.BOT_ROLE, ev.MEMBER_ROLE):
+            message = ev.message_create(f"<@&{role}> what is a crane?", channel=ev.CHANNEL)
+            message["mention_roles"] = [str(role)]
+            await h.deliver_event(message)
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == ["A crane lifts."]
+        assert [r.messages[-1].content for r in backend.requests] == ["what is a crane?"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import discord
@@ -93,10 +94,13 @@ def addressed_text(message: discord.Message, me: int) -> str | None:
     channel = message.channel
     if isinstance(channel, discord.Thread) and channel.owner_id == me:  # an auto_thread
         return strip_mention(message.content, me)
-    mentioned = any(user.id == me for user in message.mentions)
+    # The bot's own role (managed, tagged with its id) is a mention of the bot too: users
+    # pick "@Parley" from the mention list and may get the role (a helper's review).
+    roles = [r.id for r in message.role_mentions if r.tags is not None and r.tags.bot_id == me]
+    mentioned = roles or any(user.id == me for user in message.mentions)
     if not mentioned and not _replies_to(message, me):
         return None
-    return strip_mention(message.content, me)
+    return strip_mention(message.content, me, roles)
 
 
 def thread_name(text: str) -> str:
@@ -105,7 +109,10 @@ def thread_name(text: str) -> str:
     return line if len(line) <= THREAD_NAME_MAX else line[: THREAD_NAME_MAX - 1] + "…"
 
 
-def strip_mention(text: str, me: int) -> str:
+def strip_mention(text: str, me: int, roles: Sequence[int] = ()) -> str:
+    """The text without the bot's mention, or its own role's (`roles`)."""
+    for role in roles:
+        text = text.replace(f"<@&{role}>", "")
     return re.sub(rf"<@!?{me}>", "", text).strip()
 
 
