@@ -414,9 +414,24 @@ class FakeDiscordApi:
         it among the guild's active threads."""
         channel, message = request.path_params["channel"], request.path_params["message"]
         body = await request.json()
+        if message in self.channels:  # Discord opens one thread per message
+            self._record(Call("POST", request.url.path, channel, body, 400))
+            refused = {"message": "A thread has already been created for this message",
+                       "code": 160004}  # fmt: skip
+            return JSONResponse(refused, status_code=400)
         self._record(Call("POST", request.url.path, channel, body))
+        thread = self.open_thread(channel, message, body["name"])
+        self.push("THREAD_CREATE", thread)
+        return JSONResponse(thread, status_code=201)
+
+    def open_thread(
+        self, channel: int, message: int, name: str, *, listed: bool = True
+    ) -> dict[str, Any]:
+        """A thread the bot opened on `message`. `listed`: in the guild's threads that a
+        GUILD_CREATE sends; not for one another session of the bot has just opened, which
+        this session does not know of yet."""
         guild = self.guilds[0]["id"] if self.guilds else None
-        thread = {"id": str(message), "type": 11, "name": body["name"], "parent_id": str(channel),
+        thread = {"id": str(message), "type": 11, "name": name, "parent_id": str(channel),
                   "guild_id": guild, "owner_id": str(BOT_ID), "message_count": 0,
                   "member_count": 1, "newly_created": True,
                   "thread_metadata": {"archived": False, "locked": False,
@@ -425,10 +440,9 @@ class FakeDiscordApi:
         self.channels[message] = thread
         if message in self.history[channel]:  # Discord's message says which thread it started
             self.history[channel][message]["thread"] = thread
-        if self.guilds:
+        if self.guilds and listed:
             self.guilds[0]["threads"].append(thread)
-        self.push("THREAD_CREATE", thread)
-        return JSONResponse(thread, status_code=201)
+        return thread
 
     async def _file(self, request: Request) -> Response:
         name = request.path_params["name"]

@@ -134,6 +134,21 @@ async def test_auto_thread_opens_a_thread_named_after_the_question(tmp_path: Pat
         assert len(await _answers_in(h, thread)) == 2
 
 
+async def test_auto_thread_answers_in_the_thread_another_worker_opened(tmp_path: Path) -> None:
+    """Two workers on one shard (a rolling deploy) both open a thread on one question;
+    Discord refuses the second (400, 160004). The worker refused answered in the channel,
+    and the thread stayed empty (a helper's review): it now answers in that thread."""
+    async with discord_harness(tmp_path, answering("Here."), auto_thread=[ev.CHANNEL]) as h:
+        question = ev.message_create("how do cranes work?", channel=ev.CHANNEL, mentions_bot=True)
+        thread = int(question["id"])
+        # The other worker's, a moment before: this session's MESSAGE_CREATE does not show it.
+        h.api.open_thread(ev.CHANNEL, thread, "how do cranes work?", listed=False)
+        await h.deliver_event(question)
+        await h.idle()
+        assert [c.status for c in h.api.calls if c.path.endswith("/threads")] == [400]
+        assert h.api.texts(thread) == ["Here."] and h.api.texts(ev.CHANNEL) == []
+
+
 async def test_auto_thread_opens_no_thread_for_a_blocked_sender(tmp_path: Path) -> None:
     """A blocked user's mentions opened a public thread each, named after their text (a
     helper's review: spam under the bot's name, one thread per message). Now nothing is

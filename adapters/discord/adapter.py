@@ -65,6 +65,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Discord's JSON error code for a thread asked for on a message that has one already.
+THREAD_ALREADY_CREATED = 160004
+
 # Discord's documented limits: 5 messages or edits per 5 s per channel, 50 requests a second
 # per bot overall.
 DISCORD_RATES = Rates(per_chat=Rate(5, 5.0), overall=Rate(50, 1.0))
@@ -498,19 +501,38 @@ class DiscordAdapter:
     async def _in_new_thread(self, message: discord.Message, action: Submit) -> Submit:
         """auto_thread: a thread named after the question holds the conversation from here.
         A thread that cannot be opened (no permission) leaves the answer in the channel. A
-        message that opened one already (read back by a backfill) keeps its thread."""
-        thread = message.thread
+        message that opened one already (read back by a backfill, or opened by another worker
+        at the same moment: Discord's 160004) keeps its thread."""
+        thread: discord.Thread | None = message.thread
         if thread is None:
             try:
                 async with self.gate.slot(str(message.channel.id), group=False):
                     thread = await message.create_thread(name=thread_name(action.incoming.text))
             except discord.HTTPException as exc:
-                log.warning("channel %s: no thread opened (%s)", message.channel.id, exc)
-                return action
+                thread = await self._thread_opened_by_another(message, exc)
+                if thread is None:
+                    log.warning("channel %s: no thread opened (%s)", message.channel.id, exc)
+                    return action
         self._guild_channels.put(thread.id, True)
         key = ConversationKey(PLATFORM, str(thread.id))
         moved = dataclasses.replace(action.incoming, key=key, scopes=scopes_of(thread))
         return Submit(moved)
+
+    async def _thread_opened_by_another(
+        self, message: discord.Message, exc: discord.HTTPException
+    ) -> discord.Thread | None:
+        """The thread another worker opened on `message` a moment ago (Discord refuses a
+        second one with 160004; a thread started from a message has the message's id); None
+        for any other refusal. Two workers on one shard (a rolling deploy) left that thread
+        empty and answered in the channel (a helper's review)."""
+        if exc.code != THREAD_ALREADY_CREATED:
+            return None
+        try:
+            async with self.gate.slot(str(message.channel.id), group=False):
+                found = await self.client.fetch_channel(message.id)
+        except discord.HTTPException:
+            return None
+        return found if isinstance(found, discord.Thread) else None
 
     async def on_command(self, interaction: discord.Interaction, name: str, text: str) -> None:
         """A slash command (the CommandTree's task): deferred first, within Discord's 3 s."""
