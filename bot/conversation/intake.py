@@ -95,10 +95,8 @@ class Intake:
         door = self._door(incoming)
         if not is_allowed(door.access, incoming):
             return None  # chatter of someone not allowed: not kept, and no notice
-        # /autotranslate: every message in another language is answered with its translation;
-        # one past its sender's rate limit stays chatter, with no notice (they only chatted).
-        if await self._manager.translates(incoming) and await self.admits(incoming):
-            return await self._manager.submit(incoming, limited=False)  # counted by admits
+        if await self._manager.translates(incoming):  # /autotranslate: every message
+            return await self.submit(incoming)
         return await self._manager.observe(incoming)
 
     async def redact(self, idempotency_key: str) -> bool:

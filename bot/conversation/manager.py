@@ -290,10 +290,8 @@ class ConversationManager:
     async def translates(self, incoming: Incoming) -> bool:
         """Whether a group message not for the bot is for it after all: its chat
         auto-translates (/autotranslate) and it is in another language, so it is answered with
-        its translation. One cached read for a chat Parley knows; none for one it does not.
-        A message over the size limit stays chatter: its sender only chatted, and would be
-        told it is too long."""
-        if self._skills is None or len(incoming.text) > self._size_limit(incoming.text):
+        its translation. One cached read for a chat Parley knows; none for one it does not."""
+        if self._skills is None:
             return False
         conversation_id = await self._store.conversation_id(incoming.key)
         if conversation_id is None:
