@@ -188,34 +188,6 @@ async def test_polling_confirms_an_update_only_once_it_is_recorded(tmp_path: Pat
         assert [r.content for r in rows] == ["survive a crash", "echo: survive a crash"]
 
 
-async def test_a_group_that_auto_translates_gets_every_message_in_another_language_translated(
-    tmp_path: Path,
-) -> None:
-    """/autotranslate promised "every message in this chat", but a group message not
-    addressed to the bot was only observed: nothing was translated (a helper's review).
-    Messages in another language now get their translation, threaded to them, once even when
-    Telegram delivers them twice; messages already in the target language stay chatter."""
-    backend = ScriptedBackend(lambda r: r.messages[-1].content.upper())
-    async with telegram_stack(tmp_path, backend, **FAST) as (app, adapter, api):
-        api.admins.add((GROUP, ADMIN))
-        await feed(adapter, text_update(1, GROUP, "/autotranslate en", user_id=ADMIN))
-        await adapter.idle()
-        answered = len(api.texts(GROUP))
-        german = "Guten Morgen zusammen, das Treffen ist heute um drei Uhr im großen Saal."
-        twice = text_update(2, GROUP, german, user_id=ADA)
-        await feed(adapter, twice)
-        await feed(adapter, twice)
-        english = "Good morning everyone, the meeting is at three in the big hall today."
-        await feed(adapter, text_update(3, GROUP, english, user_id=BOB))
-        await adapter.idle()
-        replies = api.texts(GROUP)[answered:]
-        assert replies == [german.upper()]
-        (sent,) = api.sent("sendMessage", GROUP)[answered:]
-        quoted = json.loads(sent.params["reply_parameters"])
-        assert quoted["message_id"] == twice["message"]["message_id"]
-        assert english not in [c for _, c in await _kinds(app)]  # chatter, not kept
-
-
 async def test_only_a_group_admin_resets_the_groups_conversation(tmp_path: Path) -> None:
     """Any member's /reset set aside the whole group's conversation and stopped the answer
     another member was being given (a helper's review): in a group it is for admins, as

@@ -95,8 +95,6 @@ class Intake:
         door = self._door(incoming)
         if not is_allowed(door.access, incoming):
             return None  # chatter of someone not allowed: not kept, and no notice
-        if await self._manager.translates(incoming):  # /autotranslate: every message
-            return await self.submit(incoming)
         return await self._manager.observe(incoming)
 
     async def redact(self, idempotency_key: str) -> bool:

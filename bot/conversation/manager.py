@@ -287,17 +287,6 @@ class ConversationManager:
         await self._context.invalidate(conversation_id)
         return True
 
-    async def translates(self, incoming: Incoming) -> bool:
-        """Whether a group message not for the bot is for it after all: its chat
-        auto-translates (/autotranslate) and it is in another language, so it is answered with
-        its translation. One cached read for a chat Parley knows; none for one it does not."""
-        if self._skills is None:
-            return False
-        conversation_id = await self._store.conversation_id(incoming.key)
-        if conversation_id is None:
-            return False
-        return await self._skills.translates(conversation_id, incoming.text)
-
     async def recorded(self, incoming: Incoming) -> bool:
         """Whether a message with `incoming`'s idempotency key is recorded (one read)."""
         return bool(await self._store.recorded([incoming.idempotency_key]))

@@ -30,7 +30,7 @@ from bot.types import ChatMessage, Incoming, Role
 
 from .router import Answer, CommandRouter, Intent, TurnContext, resolve
 from .services import SkillServices
-from .translate import TranslateSkill, auto_translate, translates_into
+from .translate import TranslateSkill, auto_translate
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,6 @@ class SkillRouting:
     async def keeps_messages(self, conversation_id: int) -> bool:
         _, keep = await self._s.prefs.chat(conversation_id)  # cached: read for every message
         return keep
-
-    async def translates(self, conversation_id: int, text: str) -> bool:
-        # The condition auto_translate answers on, so that `route` answers with the
-        # translation: a group message routed here is never answered as chat.
-        if self._s.backend is None:
-            return False  # "translation needs a model" to every message would be noise
-        target, _ = await self._s.prefs.chat(conversation_id)
-        return target is not None and translates_into(text, target)
 
     async def language_of(self, message_id: int, text: str) -> str:
         """The sender's /lang, else the platform's language for them, else the text's."""

@@ -112,11 +112,6 @@ class PlainRouting(Protocol):
         """Whether the chat opted in to keeping its group messages (/keep on)."""
         ...
 
-    async def translates(self, conversation_id: int, text: str) -> bool:
-        """Whether the chat's auto-translate answers `text` with its translation (a target
-        is set, a model is there, and the text is in another language)."""
-        ...
-
     async def language_of(self, message_id: int, text: str) -> str:
         """The language to speak to the sender of a recorded message in (an IETF tag)."""
         ...

@@ -237,13 +237,7 @@ async def auto_translate(
     """A chat's auto-translate: the translation of a message in another language, or None
     for one already in the target language (or too short to tell), which is answered as usual.
     `say` is the turn's ctx.say (for NEEDS_MODEL in the sender's language)."""
-    if not translates_into(text, target):
+    source = detect_language(text)
+    if source is None or source.code == target:
         return None
     return await skill.into(text, target, session, say)
-
-
-def translates_into(text: str, target: str) -> bool:
-    """Whether auto-translate translates `text` into `target`: its language is told, and is
-    another one."""
-    source = detect_language(text)
-    return source is not None and source.code != target
