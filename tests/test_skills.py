@@ -11,7 +11,7 @@ from pathlib import Path
 from backends.base import Chunk, GenerationRequest, estimate_tokens
 from bot import phrases
 from bot.errors import ContextTooLong, NoBackendConfigured
-from bot.settings import ConversationSettings, Settings
+from bot.settings import BackendSettings, ConversationSettings, Settings
 from bot.skills import qa, summarize, translate
 from bot.skills.prompts import Prompts
 from bot.storage.base import MessageKind
@@ -657,3 +657,28 @@ async def test_a_text_too_long_for_one_request_is_translated_in_parts(tmp_path: 
         assert f"SATZ NUMMER {i} DES VERTRAGS" in reply
     assert "SIEHE https://example.org/vertrag" in reply
     assert reply.count("https://example.org/vertrag") == 1
+
+
+async def test_no_link_is_lost_where_a_part_ends_in_text_without_spaces(tmp_path: Path) -> None:
+    """Chinese without spaces is cut between any two characters, and a link's placeholder
+    was cut in two parts ("⟦13" and "6⟧"): the link was lost, not even appended as dropped
+    (a review). A cut-off opening now moves to the next part."""
+    backend = _RefusesOverContext(shout, max_model_len=1024)
+    text = "".join(f"请访问https://example.org/d{i}了解详情并且" for i in range(150))
+    settings = settings_for(tmp_path).model_copy(
+        update={"backend": BackendSettings(max_tokens=128)}
+    )
+    async with running(settings, backend) as (app, sink):
+        await app.manager.handle(incoming("/translate to English " + text))
+    (reply,) = sink.replies[KEY]
+    parts = [r.messages[-1].content for r in backend.requests]
+    assert len(parts) > 1 and all(p.count("⟦") == p.count("⟧") for p in parts)
+    assert [i for i in range(150) if f"https://example.org/d{i}" not in reply] == []
+
+
+def test_a_placeholder_cut_at_the_end_of_a_part_moves_to_the_next() -> None:
+    assert translate.whole_placeholders(["ab ⟦1", "3⟧ cd", "⟦", "7⟧"]) == [
+        "ab ",
+        "⟦13⟧ cd",
+        "⟦7⟧",
+    ]

@@ -143,6 +143,11 @@ def test_url_excludes_trailing_punctuation() -> None:
         ("见（https://example.org/b）", "https://example.org/b"),
         ("请联系support@example.com获取帮助。", "support@example.com"),
         ("请联系@ops_team处理。", "@ops_team"),
+        # CJK letters that begin a part of the URL are the URL's (a review found them cut)
+        ("见 https://例子.测试/path 。", "https://例子.测试/path"),
+        ("see https://ja.wikipedia.org/wiki/東京 now", "https://ja.wikipedia.org/wiki/東京"),
+        ("참고: https://ko.wikipedia.org/wiki/서울。", "https://ko.wikipedia.org/wiki/서울"),
+        ("x https://a.org/s?q=ｆｕｌｌ y", "https://a.org/s?q=ｆｕｌｌ"),
     ],
 )
 def test_spans_glued_to_cjk_text_are_protected(text: str, span: str) -> None:

@@ -49,6 +49,8 @@ _ENGLISH_WORDS = frozenset(
     | {"so", "to", "ha"}
 )
 _PLAIN = re.compile(r"^\s*(?:please\s+)?translate\b(?:\s+(?:this|that|it))?\s*(.*)$", re.I | re.S)
+# The opening of a placeholder at the end of a part: "⟦", "⟦1", "⟦13".
+_CUT_PLACEHOLDER = re.compile(r"⟦\d*$")
 # A placeholder may arrive split over deltas: text after an opening bracket waits for the rest.
 _OPEN = ("⟦", "〚")
 
@@ -181,9 +183,22 @@ class TranslateSkill:
         room = context - prompt - TEMPLATE_MARGIN_TOKENS
         if size * 3 <= room or room < 3:
             return [text]
-        return await split_for_budget(
+        parts = await split_for_budget(
             text, room // 3, self._s.count_tokens, count_many=self._s.count_many
         )
+        return whole_placeholders(parts)
+
+
+def whole_placeholders(parts: list[str]) -> list[str]:
+    """`parts` with no placeholder cut in two: a text without spaces (Chinese, Japanese) is
+    cut between any two characters, and a link's "⟦13" and "6⟧" in two parts were lost (a
+    review). The cut-off opening moves to the next part."""
+    whole = list(parts)
+    for i in range(len(whole) - 1):
+        cut = _CUT_PLACEHOLDER.search(whole[i])
+        if cut is not None:
+            whole[i], whole[i + 1] = whole[i][: cut.start()], cut.group(0) + whole[i + 1]
+    return [part for part in whole if part]
 
 
 async def restored_stream(

@@ -37,22 +37,34 @@ MARKDOWN_LINK_DEFINITION = re.compile(r"^[ \t]{0,3}\[[^\]\n]+\]:[ \t]*\S+.*$", r
 # ("请访问https://example.org/docs了解详情"), and their letters are word characters to `\b` and
 # `\w`: only an ASCII letter, digit or underscore before one makes it part of a longer word.
 _NOT_AFTER_ASCII_WORD = r"(?<![A-Za-z0-9_])"
-# Han, Hiragana, Katakana, Hangul, CJK and full-width punctuation: a URL ends at the first of
-# them (an address with such letters in its path is cut there; written percent-encoded, it is
-# whole).
-_CJK = (
-    "\u1100-\u11ff\u2e80-\u2fdf\u3000-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf"
-    "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0003134f"
+# CJK punctuation (ideographic, full-width and small forms) always ends a URL. CJK letters
+# (Han, kana, Hangul, full-width Latin) are part of one only where a host, path, query or
+# fragment part begins with them ("https://例子.测试", "https://ja.wikipedia.org/wiki/東京",
+# "?q=ｆｕｌｌ") and while they go on; glued after an ASCII character ("…/docs了解详情") they are
+# the sentence the URL was written into, and end it.
+_CJK_PUNCTUATION = (
+    "\u3000-\u303f\ufe30-\ufe4f\ufe50-\ufe6f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40"
+    "\uff5b-\uff65"
 )
+_CJK_LETTER = (
+    "\u1100-\u11ff\u2e80-\u2fdf\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff10-\uff19\uff21-\uff3a\uff41-\uff5a"
+    "\uff66-\uffef\U00020000-\U0003134f"
+)
+_CJK = _CJK_PUNCTUATION + _CJK_LETTER
 # Trailing sentence punctuation is not part of a URL ("see https://x.org/a." ends at "a").
 # A scheme is at most 32 characters and an e-mail's local part at most 64 (RFC 5321): unbounded,
 # each word of a text like "a.a.a.a..." began a search to its end (minutes for a long paste).
 _URL_START = rf"{_NOT_AFTER_ASCII_WORD}(?:[a-z][a-z0-9+.-]{{0,31}}://|www\.)"
-_URL_CHAR = rf"[^\s<>\"'`{_CJK}]"
+# One character each (no nested repetition: linear on any text): an ASCII or other non-CJK
+# character, or a CJK letter that begins a part (after "://", ".", "/", "=", "?", "&", "#")
+# or goes on from one.
+_CJK_IN_URL = rf"(?<=[/.=?&#{_CJK_LETTER}])[{_CJK_LETTER}]"
+_URL_CHAR = rf"(?:[^\s<>\"'`{_CJK}]|{_CJK_IN_URL})"
 URL = re.compile(
     # The first branch keeps a balanced final "(...)", as in Wikipedia addresses.
     rf"{_URL_START}{_URL_CHAR}*\([^\s(){_CJK}]*\)"
-    rf"|{_URL_START}{_URL_CHAR}*[^\s<>\"'`.,;:!?)\]}}{_CJK}]",
+    rf"|{_URL_START}{_URL_CHAR}*(?:[^\s<>\"'`.,;:!?)\]}}{_CJK}]|{_CJK_IN_URL})",
     re.I,
 )
 EMAIL = re.compile(
