@@ -92,3 +92,26 @@ async def test_a_conversation_the_platform_keeps_failing_is_given_up_after_a_few
     watch.shown(KEY)
     with pytest.raises(OutputAway):
         await watch.away(KEY, PlatformAway("502"))
+
+
+async def test_failures_while_a_look_is_out_or_soon_after_one_answered_take_no_look() -> None:
+    """A second failure during the look marked the platform away though the look answered,
+    and every failure took a look of its own (a review of this session's commits): one look
+    at a time, at most one every look_s, and only a failed look marks the platform away."""
+    looks = 0
+
+    async def look() -> None:
+        nonlocal looks
+        looks += 1
+        await asyncio.sleep(0.1)
+
+    watch = PlatformWatch("test", look, service="Test", look_s=5.0, logger=log)
+
+    async def fail(n: int) -> None:
+        with pytest.raises(OutputAway):
+            await watch.away(ConversationKey("test", str(n)), PlatformAway("503"))
+
+    await asyncio.gather(fail(1), fail(2))
+    for n in range(3, 50):
+        await fail(n)
+    assert looks == 1 and not watch.down

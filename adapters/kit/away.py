@@ -59,6 +59,8 @@ class PlatformWatch:
         self._outage = Outage(look_s, meanwhile="answers wait", logger=logger, service=service)
         self._log = logger
         self._looking = False
+        self._look_s = look_s
+        self._answered_at = -look_s  # when a look taken after a failed answer last answered
         self._tries: Lru[tuple[int, float]] = Lru(COUNTED)  # key -> (tries, last failure)
 
     @property
@@ -83,7 +85,7 @@ class PlatformWatch:
             )
             return
         self._tries.put(key, (tries, now))
-        if not self._outage.down and not self._looking and await self._answers_a_look():
+        if not self._outage.down and await self._answers(now):
             self._log.warning(
                 "%s: reply not shown: %s (the platform answers; tried again)", key, exc
             )
@@ -91,7 +93,12 @@ class PlatformWatch:
         self._outage.failed(exc)
         raise OutputAway(self._platform) from exc
 
-    async def _answers_a_look(self) -> bool:
+    async def _answers(self, now: float) -> bool:
+        """Whether the platform answers a look: one at a time, and at most one every
+        `look_s`. A failure while a look is out, or soon after one answered, is taken for
+        this conversation's alone (it waits); the look in flight decides for the platform."""
+        if self._looking or now - self._answered_at < self._look_s:
+            return True
         self._looking = True
         try:
             await self._probe()
@@ -99,6 +106,7 @@ class PlatformWatch:
             return False
         finally:
             self._looking = False
+        self._answered_at = time.monotonic()
         return True
 
     def shown(self, key: ConversationKey) -> None:
