@@ -34,6 +34,7 @@ this worker counted meanwhile is raised to SQL's before Redis decides for it aga
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import uuid
@@ -349,6 +350,16 @@ _LEDGER: ContextVar[TurnLedger | None] = ContextVar("parley_budget_turn", defaul
 
 def current_ledger() -> TurnLedger | None:
     return _LEDGER.get()
+
+
+def outside_turn() -> contextvars.Context:
+    """The current context without the turn's ledger: for a task a turn starts that runs on
+    after it (the handoff note). In the turn's context its model call reserved tokens after
+    the turn had settled, a reservation nothing settled, held against the user's budget
+    until it expired (15 minutes; a soak review)."""
+    context = contextvars.copy_context()
+    context.run(_LEDGER.set, None)
+    return context
 
 
 def subjects_of(key: ConversationKey, user_id: str) -> list[Subject]:

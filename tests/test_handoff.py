@@ -23,6 +23,7 @@ from adapters.telegram.adapter import TelegramAdapter
 from adapters.telegram.settings import TelegramSettings
 from backends.base import GenerationRequest
 from bot.app import Parley
+from bot.budget import current_ledger
 from bot.conversation.sink import Author, current_author
 from bot.handoff.note import cited, transcript
 from bot.handoff.phrases import asks_for_person
@@ -496,3 +497,23 @@ async def test_a_request_the_webhook_receiver_never_took_goes_out_again_at_the_n
             tries = [(d.status, d.attempts) for d in hooks.deliveries]
             assert tries == {1: [(503, 2)], 2: [(200, 1)], 3: []}[start], start
             assert waiting == ([key] if start == 1 else []), start
+
+
+async def test_the_handoff_note_is_written_outside_the_customers_turn_budget(pg: str) -> None:
+    """The note's task inherited the turn's budget ledger: its model call reserved tokens
+    after the turn had settled, and nothing settled that reservation, held against the
+    customer's daily budget until it expired (a soak review). It runs outside the turn."""
+    ledgers: list[tuple[str, bool]] = []
+
+    def recording(request: GenerationRequest) -> str:
+        system = request.messages[0].content if request.messages[0].role is Role.SYSTEM else ""
+        ledgers.append((system[:40], current_ledger() is not None))
+        return scripted(request)
+
+    async with stack(pg, ScriptedBackend(recording)) as (app, adapter, _api):
+        await send(app, adapter, 1, "Where is my order?")
+        answered = len(ledgers)
+        await send(app, adapter, 2, "I want to talk to a human")
+    assert answered >= 1 and all(in_turn for _, in_turn in ledgers[:answered])
+    note_calls = ledgers[answered:]
+    assert note_calls and not any(in_turn for _, in_turn in note_calls), note_calls

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Protocol, runtime_checkable
 
 from backends.base import estimate_tokens
+from bot.budget import outside_turn
 from bot.errors import StorageError
 from bot.outage import error_types
 from bot.storage.base import MessageKind, Store
@@ -89,7 +90,10 @@ class _Item:
 
     def start(self) -> None:
         if self._write is not None and self._task is None:
-            self._task = asyncio.create_task(self._write(self.event), name="parley-note")
+            # Not the turn's: the note's model call is the desk's, not the customer's budget.
+            self._task = asyncio.create_task(
+                self._write(self.event), name="parley-note", context=outside_turn()
+            )
 
     async def get(self) -> DeskEvent:
         self.start()
