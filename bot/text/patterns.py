@@ -43,8 +43,7 @@ _NOT_AFTER_ASCII_WORD = r"(?<![A-Za-z0-9_])"
 # "?q=ｆｕｌｌ") and while they go on; glued after an ASCII character ("…/docs了解详情") they are
 # the sentence the URL was written into, and end it.
 _CJK_PUNCTUATION = (
-    "\u3000-\u303f\ufe30-\ufe4f\ufe50-\ufe6f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40"
-    "\uff5b-\uff65"
+    "\u3000-\u303f\ufe30-\ufe4f\ufe50-\ufe6f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
 )
 _CJK_LETTER = (
     "\u1100-\u11ff\u2e80-\u2fdf\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf"
