@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage, estimate_tokens
+from bot.errors import ContextTooLong
 from bot.types import ChatMessage, ConversationKey, Role
 
 
@@ -65,6 +66,18 @@ class ScriptedBackend:
 
     async def aclose(self) -> None:
         return None
+
+
+class ContextBoundBackend(ScriptedBackend):
+    """Refuses, as vLLM does, a request whose prompt and max_tokens exceed the model's
+    context (vLLM's 400, which the backends raise as ContextTooLong)."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        prompt = sum(estimate_tokens(m.content) + 4 for m in request.messages)
+        if prompt + request.max_tokens > self.capabilities.max_model_len:
+            raise ContextTooLong("the prompt is longer than the model's context")
+        async for chunk in super().stream(request):
+            yield chunk
 
 
 def echo_last_user(request: GenerationRequest) -> str:

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import Chunk, GenerationRequest, estimate_tokens
+from backends.base import Chunk, GenerationRequest
 from bot import phrases
 from bot.conversation.window import SUMMARY_HEADING
 from bot.documents import DocumentSource
-from bot.errors import ContextTooLong
 from bot.policy import AccessRules
 from bot.storage.base import MessageKind
 from bot.types import ConversationKey, Incoming, Role, User
-from tests.doubles import ScriptedBackend
+from tests.doubles import ContextBoundBackend, ScriptedBackend
 from tests.test_conversation import running, settings_for
 
 KEY = ConversationKey("test", "chat-1")
@@ -42,10 +41,9 @@ def first_words(request: GenerationRequest) -> str:
     return " ".join(part.split()[0] for part in content.split("\n\n") if part.strip())
 
 
-class ContextBoundBackend(ScriptedBackend):
-    """Refuses a prompt that leaves no room for the reply in its context, as vLLM does (its
-    400 becomes ContextTooLong); its first chat request waits for `gate`, so that messages
-    arrive while a turn runs."""
+class GatedBackend(ContextBoundBackend):
+    """Refuses a prompt that leaves no room for the reply in its context, as vLLM does; its
+    first chat request waits for `gate`, so that messages arrive while a turn runs."""
 
     def __init__(self) -> None:
         super().__init__(first_words, max_model_len=4096)
@@ -56,9 +54,6 @@ class ContextBoundBackend(ScriptedBackend):
         if not self.entered.is_set():
             self.entered.set()
             await self.gate.wait()
-        prompt = sum(estimate_tokens(m.content) + 4 for m in request.messages)
-        if prompt + request.max_tokens > self.capabilities.max_model_len:
-            raise ContextTooLong("the prompt is longer than the model's context")
         async for chunk in super().stream(request):
             yield chunk
 
@@ -68,7 +63,7 @@ async def test_a_burst_too_big_to_merge_is_answered_in_turns_that_fit(tmp_path: 
     size limit) while the bot answers a first message. Merged, the three are too long for the
     model: every one of them was refused with "this conversation is too long", the newest
     included. They are merged only as far as the context budget takes them."""
-    backend = ContextBoundBackend()
+    backend = GatedBackend()
     people = [User("test", f"g{i}", f"Member {i}") for i in range(1, 4)]
     async with running(settings_for(tmp_path), backend) as (app, sink):
         first = await app.manager.submit(incoming("hello"))

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
-from backends.base import Chunk, GenerationRequest, estimate_tokens
+from backends.base import GenerationRequest
 from bot import phrases
-from bot.errors import ContextTooLong, NoBackendConfigured
+from bot.errors import NoBackendConfigured
 from bot.settings import BackendSettings, ConversationSettings, Settings
 from bot.skills import qa, summarize, translate
 from bot.skills.prompts import Prompts
@@ -18,7 +18,7 @@ from bot.storage.base import MessageKind
 from bot.text import split_for_budget
 from bot.text.quoting import fenced
 from bot.types import User
-from tests.doubles import CollectingSink, ScriptedBackend
+from tests.doubles import CollectingSink, ContextBoundBackend, ScriptedBackend
 from tests.skills_helpers import (
     ADA,
     BOB,
@@ -628,23 +628,12 @@ async def test_translation_targets_the_language_the_platform_reports(tmp_path: P
     assert "from German into English" in second
 
 
-class _RefusesOverContext(ScriptedBackend):
-    """Refuses, as vLLM does, a request whose prompt and max_tokens exceed the context."""
-
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        prompt = sum(estimate_tokens(m.content) + 4 for m in request.messages)
-        if prompt + request.max_tokens > self.capabilities.max_model_len:
-            raise ContextTooLong("This model's maximum context length is 4096 tokens.")
-        async for chunk in super().stream(request):
-            yield chunk
-
-
 async def test_a_text_too_long_for_one_request_is_translated_in_parts(tmp_path: Path) -> None:
     """A pasted text of 19,000 characters went out in one request and was refused as "this
     conversation is too long for the model" (a helper's review). It is now cut into parts
     that fit beside their translation, each translated in turn; a link in a later part is
     put back in its place, not appended as dropped."""
-    backend = _RefusesOverContext(shout, max_model_len=4096)
+    backend = ContextBoundBackend(shout, max_model_len=4096)
     sentences = [
         f"Satz Nummer {i} des Vertrags wurde am Montag unterschrieben." for i in range(300)
     ]
@@ -663,7 +652,7 @@ async def test_no_link_is_lost_where_a_part_ends_in_text_without_spaces(tmp_path
     """Chinese without spaces is cut between any two characters, and a link's placeholder
     was cut in two parts ("⟦13" and "6⟧"): the link was lost, not even appended as dropped
     (a review). A cut-off opening now moves to the next part."""
-    backend = _RefusesOverContext(shout, max_model_len=1024)
+    backend = ContextBoundBackend(shout, max_model_len=1024)
     text = "".join(f"请访问https://example.org/d{i}了解详情并且" for i in range(150))
     settings = settings_for(tmp_path).model_copy(
         update={"backend": BackendSettings(max_tokens=128)}

@@ -43,12 +43,12 @@ from bot.errors import AdapterError, PlatformAway
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 2000  # characters of a message's content
-# @everyone or @here standing as a word: not after a letter, digit or an address's
-# punctuation, and not followed by a word character.
-_MASS_MENTION = re.compile(r"(?<![\w.@/+-])@(everyone|here)\b")
-# Code, where nothing renders as a mention: fenced blocks (one left open runs to the end)
-# and inline spans.
-_CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.S)
+# Code (fenced blocks, one left open running to the end, and inline spans), where nothing
+# renders as a mention and is left as written; or @everyone / @here standing as a word: not
+# after a letter, digit or an address's punctuation, and not followed by a word character.
+_CODE_OR_MASS_MENTION = re.compile(
+    r"(```.*?(?:```|\Z)|`[^`\n]+`)|(?<![\w.@/+-])@(everyone|here)\b", re.S
+)
 _ZWSP = "\u200b"
 NOBODY = discord.AllowedMentions.none()
 ASKER_ONLY = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=True)
@@ -77,12 +77,7 @@ def neutralise(text: str) -> str:
     "https://mastodon.social/@everyone_art"), which it broke (a helper's review)."""
     if "@" not in text:
         return text
-    parts = _CODE.split(text)
-    codes = _CODE.findall(text)
-    out = [_MASS_MENTION.sub(f"@{_ZWSP}\\1", parts[0])]
-    for code, part in zip(codes, parts[1:], strict=True):
-        out += [code, _MASS_MENTION.sub(f"@{_ZWSP}\\1", part)]
-    return "".join(out)
+    return _CODE_OR_MASS_MENTION.sub(lambda m: m.group(1) or f"@{_ZWSP}{m.group(2)}", text)
 
 
 def shown_length(text: str) -> int:

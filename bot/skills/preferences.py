@@ -47,7 +47,7 @@ def register(router: CommandRouter, services: SkillServices) -> None:
                        "/keep on|off|delete"), skill.keep, admin_only=True))  # fmt: skip
 
 
-def _language_code(typed: str) -> str | None:
+def language_code(typed: str) -> str | None:
     """The code of the language a user typed, or None when it names none."""
     try:
         return normalize_language(typed)
@@ -81,7 +81,7 @@ class PreferencesSkill:
         if ctx.args.lower() in _NO_LANGUAGE:
             await self._s.prefs.set_language(prefs.user_ref, None)
             return await ctx.say(N_("Language preference cleared."))
-        code = _language_code(ctx.args)
+        code = language_code(ctx.args)
         if code is None:
             return await _unknown_language(ctx)
         await self._s.prefs.set_language(prefs.user_ref, code)
@@ -103,7 +103,7 @@ class PreferencesSkill:
         if ctx.args.lower() in _NO_LANGUAGE:
             await self._s.prefs.set_auto_translate(ctx.conversation_id, None)
             return await ctx.say(N_("Auto-translate is off in this chat."))
-        code = _language_code(ctx.args)
+        code = language_code(ctx.args)
         if code is None:
             return await _unknown_language(ctx)
         await self._s.prefs.set_auto_translate(ctx.conversation_id, code)

@@ -19,14 +19,13 @@ from bot.text import (
     Protected,
     detect_language,
     language_name,
-    normalize_language,
     protect,
     restore,
     split_for_budget,
 )
 from bot.text.protect import placeholder
 
-from .preferences import unknown_language
+from .preferences import language_code, unknown_language
 from .router import Command, CommandRouter, Intent, Say, TurnContext, say_in_english
 from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, stream_text
 
@@ -88,7 +87,7 @@ def parse_target(args: str) -> tuple[str | None, str]:
         typed, after = words.group(0), rest[words.end() :]
         separator = _SEPARATOR.match(after)
         text = (after[separator.end() :] if separator else after).strip()
-        if not _names_language(typed):
+        if language_code(typed) is None:
             if count == 1 and (separator is not None or preposition != "in"):
                 return typed, text
             continue
@@ -98,41 +97,23 @@ def parse_target(args: str) -> tuple[str | None, str]:
     return None, args
 
 
-def _platform_target(tag: str | None) -> str:
-    """The language the platform reports for the user (Discord's locale, Telegram's app
-    language), as a code translation can target; "" when there is none or it is unknown."""
-    try:
-        return normalize_language(tag) if tag else ""
-    except ValueError:
-        return ""
-
-
-def _names_language(typed: str) -> bool:
-    try:
-        normalize_language(typed)
-    except ValueError:
-        return False
-    return True
-
-
 class TranslateSkill:
     def __init__(self, services: SkillServices) -> None:
         self._s = services
 
     async def translate(self, ctx: TurnContext) -> str | AsyncIterator[str]:
         typed, text = parse_target(ctx.args)
-        named = None
-        if typed is not None:
-            try:
-                named = normalize_language(typed)
-            except ValueError:  # its message is English only: say UNKNOWN_LANGUAGE instead
-                return await unknown_language(ctx, typed)
+        named = language_code(typed) if typed is not None else None
+        if typed is not None and named is None:
+            return await unknown_language(ctx, typed)
         prefs = await self._s.turn(ctx)
         text = text or (prefs.reply_to_text or "")
         if not text:
             return await ctx.say(USAGE)
-        target = named or prefs.language or _platform_target(prefs.platform_language)
-        target = target or self._s.settings.default_language
+        # Else the language the platform reports for the user (Discord's locale, Telegram's
+        # app language), where it names one translation can target.
+        reported = language_code(prefs.platform_language) if prefs.platform_language else None
+        target = named or prefs.language or reported or self._s.settings.default_language
         return await self.into(text, target, str(ctx.key), ctx.say)
 
     async def into(

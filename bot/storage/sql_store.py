@@ -460,10 +460,10 @@ class SqlStore:
         self, older_than: datetime | None = None
     ) -> Sequence[tuple[int, ConversationKey]]:
         if older_than is None:
-            rows = await self._rows(_WITH_PENDING)
+            rows = await self._rows(self._reads.with_pending)
         else:
-            orphaned = self._reads.orphaned
-            rows = await self._rows(orphaned, {"before": older_than, "now_": utcnow()})
+            params = {"before": older_than, "now_": utcnow()}
+            rows = await self._rows(self._reads.orphaned, params)
         return [(id_, ConversationKey(p, chat, thread)) for id_, p, chat, thread in rows]
 
     async def _run(
@@ -774,8 +774,10 @@ class _ConversationReads:
     fenced_reply: sa.Select[Any] | None
     # Which of a list of idempotency keys are recorded (a list parameter, as in the fence).
     recorded: sa.Select[Any]
-    # The sweep's conversations with a message pending since before :before and no live
-    # lease, every sweep_interval_s on every worker.
+    # The conversations with a message pending (recovery at start), and the sweep's: those
+    # with one pending since before :before and no live lease, every sweep_interval_s on
+    # every worker.
+    with_pending: sa.Select[Any]
     orphaned: sa.Select[Any]
 
     @classmethod
@@ -885,29 +887,28 @@ class _ConversationReads:
         return cls(
             context=context, history=history, state=state, reset_context=reset_context,
             mark_answered=mark_answered, lease_take=lease_take, lease_with_page=lease_with_page,
-            fenced_reply=fenced_reply, recorded=recorded, orphaned=_orphaned(postgresql),
+            fenced_reply=fenced_reply, recorded=recorded,
+            with_pending=_with_pending(postgresql), orphaned=_with_pending(postgresql, True),
         )  # fmt: skip
 
 
-def _orphaned(postgresql: bool) -> sa.Select[Any]:
-    """The sweep's read, driven by the partial pending index. PostgreSQL's planner takes the
-    pending predicate's two conditions for independent and expects a quarter of all messages
-    to match, so `id IN (subquery)` scanned every conversation ever created and probed the
-    index for each: 370-440 ms at a million conversations, every 2 s on every worker (a soak
+def _with_pending(postgresql: bool, orphaned: bool = False) -> sa.Select[Any]:
+    """The conversations with a pending message (`orphaned`: since before :before, and no
+    live lease), driven by the partial pending index. PostgreSQL's planner takes the pending
+    predicate's two conditions for independent and expects a quarter of all messages to
+    match, so `id IN (subquery)` scanned every conversation ever created and probed the index
+    for each: 370-440 ms at a million conversations, every 2 s on every worker (a soak
     review). `id = ANY(ARRAY(subquery))` reads the pending ids first (an InitPlan on the
     index) and then looks up only those conversations."""
-    pending = sa.select(_m.conversation_id).where(
-        _PENDING_WHERE, _m.created_at < _param("before", _TS)
-    )
+    pending = sa.select(_m.conversation_id).where(_PENDING_WHERE)
+    if orphaned:
+        pending = pending.where(_m.created_at < _param("before", _TS))
     if postgresql:
         among = _c.id == sa.any_(sa.func.array(pending.scalar_subquery()))
     else:
         among = _c.id.in_(pending)
-    return (
-        sa.select(_c.id, _c.platform, _c.chat_id, _c.thread_id)
-        .where(among, _LAPSED)
-        .order_by(_c.id)
-    )
+    found = sa.select(_c.id, _c.platform, _c.chat_id, _c.thread_id).where(among)
+    return (found.where(_LAPSED) if orphaned else found).order_by(_c.id)
 
 
 def _fenced_reply(ids: sa.BindParameter[Any]) -> sa.Select[Any]:
@@ -952,12 +953,6 @@ _COUNT_ATTEMPT = (
     .where(_m.id == _param("mid"), _PENDING_WHERE)
     .values(attempts=_m.attempts + 1)
     .returning(_m.attempts)
-)
-# The subquery reads only the partial pending index, however large history is.
-_WITH_PENDING = (
-    sa.select(_c.id, _c.platform, _c.chat_id, _c.thread_id)
-    .where(_c.id.in_(sa.select(_m.conversation_id).where(_PENDING_WHERE)))
-    .order_by(_c.id)
 )
 
 _HOLDS = sa.and_(
