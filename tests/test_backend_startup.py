@@ -44,20 +44,22 @@ async def test_a_server_that_comes_up_late_is_waited_for(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     port = _free_port()
-    up = asyncio.Event()
+    listening = asyncio.Event()
     done = asyncio.Event()
 
     async def late_server() -> None:
         await asyncio.sleep(1.5)  # the server is still loading its model
+        # Set before the socket listens: Parley may connect and finish starting before
+        # serving() has seen uvicorn's started flag, so a flag set inside would race.
+        listening.set()
         async with SlowModel().serving(port):
-            up.set()
             await done.wait()
 
     server = asyncio.create_task(late_server())
     try:
         with caplog.at_level(logging.WARNING, logger="bot.app"):
             async with Parley(_settings(tmp_path, port, 60)) as app:  # type: ignore[arg-type]
-                assert up.is_set()
+                assert listening.is_set()
                 assert app.backend is not None and app.backend.capabilities.max_model_len == 4096
         assert "waiting for the model server" in caplog.text
     finally:
