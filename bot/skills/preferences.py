@@ -40,8 +40,8 @@ def register(router: CommandRouter, services: SkillServices) -> None:
     router.add(Command("lang", N_("your language for summaries and translations: /lang de"),
                        skill.lang))  # fmt: skip
     # Both change what the whole chat gets: in a group, for its admins (see Command.admin_only).
-    router.add(Command("autotranslate", N_("translate every message in this chat: "
-                       "/autotranslate LANG|off"), skill.autotranslate,
+    router.add(Command("autotranslate", N_("translate the messages sent to me in this "
+                       "chat: /autotranslate LANG|off"), skill.autotranslate,
                        admin_only=True))  # fmt: skip
     router.add(Command("keep", N_("keep this group's messages for /summarize missed: "
                        "/keep on|off|delete"), skill.keep, admin_only=True))  # fmt: skip
