@@ -146,6 +146,7 @@ class Parley:
             settings=s.conversation,
             generation=s.backend,
             count_tokens=self.count_tokens,
+            backlog_turns=s.conversation.backlog_turns or s.database.pool_size,
             skills=SkillRouting(self.router, services),
             observer=self.metrics,
             budgets=self.budgets,

@@ -376,6 +376,12 @@ class ConversationSettings(_Section):
     # within about lock_ttl_s + sweep_interval_s (orphan_after_s at least).
     sweep_interval_s: float = Field(2.0, ge=0)
     orphan_after_s: float = Field(5.0, gt=0)
+    # The backlog (what the start-up recovery and the sweep find, e.g. after an outage): at
+    # most this many of its conversations run turns at once in a worker, the others wait in
+    # memory, their messages pending in SQL; a new message's conversation never waits behind
+    # them. None: database.pool_size, so the backlog cannot queue for the pool's connections
+    # past its timeout, and the model keeps room for new messages.
+    backlog_turns: int | None = Field(None, ge=1, le=10_000)
     # While the shared cache cannot tell whether a worker is alive, an answer it began to show
     # is left to it for this long after its last sign of life (a worker cut off from the
     # database comes back and records what it showed), then finished by another worker.

@@ -13,6 +13,9 @@ worker:    take the conversation's turn lease in SQL (the one locker: one task p
            crash is finished by editing it).
 sweep:     every worker schedules conversations whose messages wait longer than
            orphan_after_s with no live lease: nothing waits for a restart.
+backlog:   what recover() and the sweep find runs `backlog_turns` conversations at a time;
+           the rest wait in memory, their messages pending in SQL, and a new message's
+           conversation never waits behind them.
 
 observe(): a group message not addressed to the bot, kept only where the chat opted in;
            recorded as answered-by-nothing, so no turn ever runs for it.
@@ -154,6 +157,7 @@ class ConversationManager:
         settings: ConversationSettings,
         generation: BackendSettings,
         count_tokens: Callable[[str], Awaitable[int]],
+        backlog_turns: int = 10,
         skills: PlainRouting | None = None,
         observer: TurnObserver | None = None,
         budgets: TurnBudgets | None = None,
@@ -176,6 +180,13 @@ class ConversationManager:
         self._handoff = handoff
         self._sinks: dict[str, ReplySink] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
+        # The backlog (recover(), the sweep): conversations waiting for one of `backlog_turns`
+        # places, in the order found, and the tasks that hold the places. Started all at once,
+        # 10,000 conversations after an outage queued for the pool's connections past its
+        # timeout (half their turns failed) and a new message waited behind all of them.
+        self._backlog_turns = backlog_turns
+        self._queued: dict[int, _Work] = {}
+        self._backlog_running: set[asyncio.Task[None]] = set()
         # conversation -> set to stop the answer streaming there (/stop, /reset)
         self._streaming: dict[int, asyncio.Event] = {}
         self._again: set[int] = set()
@@ -199,7 +210,7 @@ class ConversationManager:
         if s.sweep_interval_s > 0:
             task = sweep(
                 self._store,
-                lambda cid, key: self._schedule(_Work(cid, key)),
+                lambda cid, key: self._schedule(_Work(cid, key), backlog=True),
                 every_s=s.sweep_interval_s,
                 orphan_after_s=s.orphan_after_s,
                 stop=self._stopping,
@@ -360,12 +371,14 @@ class ConversationManager:
         """Schedule every conversation that has messages left unanswered (e.g. by a crash)."""
         pending = await self._store.conversations_with_pending()
         for conversation_id, key in pending:
-            self._schedule(_Work(conversation_id, key))
+            self._schedule(_Work(conversation_id, key), backlog=True)
         return len(pending)
 
     async def aclose(self) -> None:
-        """Let running turns finish (a turn is never cut in half by a clean shutdown)."""
+        """Let running turns finish (a turn is never cut in half by a clean shutdown); the
+        backlog's queued conversations are not started, their messages left pending."""
         self._stopping.set()  # ends them even where a cancellation gets lost
+        self._queued.clear()  # not started: their messages stay pending in SQL
         for task in self._background:
             task.cancel()
         if self._background:
@@ -380,6 +393,7 @@ class ConversationManager:
         recorded during the grace, and agents' replies, wait for another worker's sweep or
         the next start)."""
         self._draining = self._closing = True
+        self._queued.clear()  # not started: their messages stay pending in SQL
         if self._sweeper is not None:  # it would take up the turns this stop cuts
             self._sweeper.cancel()
         try:
@@ -401,7 +415,9 @@ class ConversationManager:
         finally:
             self._draining = False  # a program that goes on after it gets its errors said
 
-    def _schedule(self, work: _Work) -> None:
+    def _schedule(self, work: _Work, *, backlog: bool = False) -> None:
+        """Run the conversation's pending turns: at once, or (`backlog`: found by recover()
+        or the sweep, not brought by a message) when one of the backlog's places is free."""
         if self._closing:
             log.debug("conversation %s: stopping; left pending", work.key)
             return
@@ -413,8 +429,33 @@ class ConversationManager:
         if work.conversation_id in self._workers:
             self._again.add(work.conversation_id)
             return
+        if backlog:
+            self._queued.setdefault(work.conversation_id, work)  # a second find keeps its place
+            self._start_queued()
+            return
+        self._queued.pop(work.conversation_id, None)  # a new message: its turn runs now
+        self._start(work)
+
+    def _start(self, work: _Work) -> asyncio.Task[None]:
         task = asyncio.create_task(self._worker(work), name=f"parley-conv-{work.key}")
         self._workers[work.conversation_id] = task
+        return task
+
+    def _start_queued(self) -> None:
+        """Start queued backlog conversations while places are free. None once a stop
+        began: they stay pending in SQL, for another worker's sweep or the next start."""
+        if self._stopping.is_set() or self._closing:
+            return
+        while self._queued and len(self._backlog_running) < self._backlog_turns:
+            conversation_id = next(iter(self._queued))
+            task = self._start(self._queued.pop(conversation_id))
+            self._backlog_running.add(task)
+            task.add_done_callback(self._backlog_done)
+
+    def _backlog_done(self, task: asyncio.Task[None]) -> None:
+        """A backlog task ended (before wait_idle sees it end): its place goes to the next."""
+        self._backlog_running.discard(task)
+        self._start_queued()
 
     async def _worker(self, work: _Work) -> None:
         try:
