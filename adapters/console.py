@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import sys
 import threading
 import uuid
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Literal, Self, TextIO
 from bot.adapter_registry import AdapterSettings, AdapterSpec
 from bot.conversation.intake import Intake
 from bot.conversation.manager import OutputAway, stops_a_reply
-from bot.errors import AdapterError
+from bot.errors import AdapterError, SchemaOutOfDate, SchemaTooNew, StorageError
 from bot.storage.base import Recorded
 from bot.text.terminal import printable
 from bot.types import ConversationKey, Incoming, User
@@ -38,9 +39,17 @@ from bot.types import ConversationKey, Incoming, User
 if TYPE_CHECKING:
     from adapters.kit.runner import AdapterHost
 
+log = logging.getLogger(__name__)
+
 PLATFORM = "console"
 # Lines read ahead of the conversation; past this the reading thread waits.
 LINES_AHEAD = 64
+# A line the database could not take is tried again after these many seconds, doubling.
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
+DATABASE_DOWN = (
+    "(Parley cannot reach the database: your message is kept here and sent as soon as it "
+    "is back.)\n"
+)
 
 
 class ConsoleSettings(AdapterSettings):
@@ -152,7 +161,7 @@ class ConsoleAdapter:
                 return
             text = line.strip()
             if text:
-                recorded = await self._intake.submit(self._incoming(text))
+                recorded = await self._submit(self._incoming(text))
                 if recorded is not None:  # the answer before the next prompt
                     await self._answered(recorded, lines, later)
             if self._gone:  # the lines after it are not read: nobody would see their answers
@@ -176,7 +185,7 @@ class ConsoleAdapter:
                 line = reading.result()
                 text = "" if line is None else line.strip()
                 if stops_a_reply(text) and (not later or text.split()[0] == "/stop"):
-                    await self._intake.submit(self._incoming(text))
+                    await self._submit(self._incoming(text))
                 else:
                     later.append(line)
             if not await answered:
@@ -184,6 +193,27 @@ class ConsoleAdapter:
                 self._write("(No answer yet: it stays pending, and comes when it can.)\n")
         finally:
             answered.cancel()
+
+    async def _submit(self, incoming: Incoming) -> Recorded | None:
+        """Submit `incoming`, holding it while the database is out of reach: the terminal
+        cannot send it again as a platform would (Telegram re-sends an update, a support
+        client retries a 503), so the console does, under the same idempotency key (a try
+        whose commit went through before its connection dropped is not recorded twice). It
+        ended the console (and `parley run`'s other adapters) with the line lost."""
+        delay = RETRY_FIRST_S
+        said = False
+        while True:
+            try:
+                return await self._intake.submit(incoming)
+            except (SchemaOutOfDate, SchemaTooNew):
+                raise  # no wait mends these: the operator must migrate or upgrade
+            except StorageError as exc:
+                if not said:
+                    log.warning("console: message not recorded, tried again: %s", exc)
+                    self._write(DATABASE_DOWN)
+                    said = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     def _incoming(self, text: str) -> Incoming:
         return Incoming(

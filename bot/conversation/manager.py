@@ -358,8 +358,16 @@ class ConversationManager:
         cid, mid = recorded.conversation_id, recorded.message_id
         while True:
             await self.wait_idle(cid)
-            pending = await self._store.pending(cid, PENDING_PAGE)
-            if not any(message.id == mid for message in pending):
+            try:
+                pending = await self._store.pending(cid, PENDING_PAGE)
+            except StorageError as exc:
+                # The database is away: the answer is recorded (and looked for) once it is
+                # back, and the time another worker's answer may hold the chat counts from
+                # then. Raised, it ended the console with the chat's next lines unread.
+                log.debug("conversation %s: answer not looked for: %s", cid, exc)
+                give_up = max(give_up, loop.time() + s.delivery_grace_s + s.lock_ttl_s)
+                pending = None
+            if pending is not None and not any(message.id == mid for message in pending):
                 return True
             if loop.time() >= give_up or self._stopping.is_set():
                 return False
