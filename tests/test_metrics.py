@@ -250,8 +250,9 @@ async def test_the_metrics_port_is_a_host_of_its_own_and_fails_as_one_line() -> 
         assert ("parley_pending_messages", frozenset()) in samples
         free = HttpHost(HttpSettings(port=_free_port()))
         free.mount(metrics_route(Metrics()))
-        # One host cannot listen: serving stops (the other one too) with its one line.
-        with pytest.raises(AdapterError, match=rf"^http: cannot listen on 127.0.0.1:{port}: "):
+        # One host cannot listen: serving stops (the other one too) with its one line, which
+        # names the metrics server's section (it said "http:", pointing at [http] port).
+        with pytest.raises(AdapterError, match=rf"^metrics: cannot listen on 127.0.0.1:{port}: "):
             await serve_all([free, own])
 
 

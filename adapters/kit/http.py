@@ -38,10 +38,14 @@ class HttpHost:
         settings: HttpSettings,
         *,
         ready: Callable[[], Awaitable[list[str]]] | None = None,
+        section: str = "http",
     ) -> None:
         """`ready`: the problems that make this worker unready (bot.readiness.ReadinessProbe);
-        none: ready whenever it is not stopping."""
+        none: ready whenever it is not stopping. `section`: the settings section whose host and
+        port it listens on ("metrics" for the metrics port's own server), named in its errors
+        so that the operator changes the right setting."""
         self._settings = settings
+        self._section = section
         self._ready = ready
         self._routes: list[BaseRoute] = []
         self.draining = False
@@ -99,13 +103,15 @@ class HttpHost:
             # later responses of a kept-alive connection.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
-            raise AdapterError(f"http: cannot listen on {self.address}: {exc.strerror}") from None
+            raise AdapterError(
+                f"{self._section}: cannot listen on {self.address}: {exc.strerror}"
+            ) from None
         # log_config None: uvicorn's records go to the root handlers (Parley's format, JSON
         # included, and its redaction), not to a handler of its own that prints plain lines
         # ("WARNING:  Invalid HTTP request received.", which any client can cause).
         config = uvicorn.Config(self.app(), access_log=False, log_level="warning", log_config=None)
         server = EmbeddedServer(config)
-        log.info("HTTP server listening on %s", self.address)
+        log.info("HTTP server (%s) listening on %s", self._section, self.address)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         try:
             await asyncio.shield(serving)

@@ -36,7 +36,7 @@ def metrics_host(host: str, port: int, metrics: Metrics, ready: Ready | None) ->
     """The metrics port's own server; None when `port` is 0 (off)."""
     if port == 0:
         return None
-    server = HttpHost(HttpSettings(host=host, port=port), ready=ready)
+    server = HttpHost(HttpSettings(host=host, port=port), ready=ready, section="metrics")
     server.mount(metrics_route(metrics))
     return server
 
