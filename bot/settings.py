@@ -23,7 +23,8 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from types import UnionType
+from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -753,9 +754,29 @@ def _unknown_variables(cls: type[Settings]) -> list[str]:
             continue
         if name.startswith(NOT_SETTINGS_PREFIXES):
             continue
-        if name.removeprefix("PARLEY_").split("__")[0].lower() not in cls.model_fields:
+        if not _names_a_setting(cls, name.removeprefix("PARLEY_").lower().split("__")):
             unknown.append(name)
     return sorted(unknown)
+
+
+def _names_a_setting(annotation: Any, path: Sequence[str]) -> bool:
+    """Whether `path` (a variable's name split at `__`) leads to a setting of `annotation`:
+    each part a field of the section before it (or any key of a table), and nothing after a
+    setting that holds one value. The environment source skips PARLEY_LOG_LEVEL__X, and
+    PARLEY_REDIS__URL__X beside PARLEY_REDIS__URL, without a word."""
+    if not path:
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _names_a_setting(get_args(annotation)[0], path)
+    if origin in (Union, UnionType):  # Optional[...] and unions: any member that takes it
+        return any(_names_a_setting(member, path) for member in get_args(annotation))
+    if origin in (dict, Mapping):  # a table: any key, then its value's settings
+        return _names_a_setting(get_args(annotation)[1], path[1:])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(path[0])
+        return field is not None and _names_a_setting(field.annotation, path[1:])
+    return False  # one value (a number, a string, a list): nothing under it
 
 
 def _read_dotenv(path: Path) -> dict[str, str | None]:

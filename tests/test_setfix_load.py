@@ -1,0 +1,83 @@
+"""Settings that could not work and were taken at load: each is refused there, exit 2 with one
+line naming the setting and never a secret, as `parley config`, `doctor`, `run` and `db upgrade`
+are run by an operator (an operator review of the settings' validators)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from tests.processes import parley_env
+
+pytestmark = pytest.mark.usefixtures("operator_folder")
+
+
+def _refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, **env: str
+) -> str:
+    """The one error line of a `parley config` that must exit 2, with the variables `env`."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    status = main(["config"])
+    captured = capsys.readouterr()
+    assert (status, captured.out) == (2, ""), captured.err
+    err = captured.err
+    assert err.startswith("parley: error: invalid setting ") and err.count("\n") == 1, err
+    return err.removeprefix("parley: error: ").removesuffix("\n")
+
+
+def _parley(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[int, str]:
+    """`parley ARGS` in a process of its own: (exit status, stderr)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=tmp_path,
+        env=parley_env(tmp_path, env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        # Under a setting of one value: skipped by the environment source, exit 0.
+        ({"PARLEY_LOG_LEVEL__X": "1"}, "PARLEY_LOG_LEVEL__X"),
+        # Beside the setting it lies under: skipped too, the URL used alone.
+        (
+            {"PARLEY_REDIS__URL": "redis://127.0.0.1:6379/1", "PARLEY_REDIS__URL__X": "1"},
+            "PARLEY_REDIS__URL__X",
+        ),
+        ({"PARLEY_BACKEND__TIMEOUTS__CONNECT_S__Y": "1"}, "PARLEY_BACKEND__TIMEOUTS__CONNECT_S__Y"),
+    ],
+)
+def test_setfix_a_variable_under_a_setting_of_one_value_is_unknown(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variables: dict[str, str],
+    named: str,
+) -> None:
+    """docs/configuration.md: a variable that names no setting is an error. Only the first
+    part of its name was checked."""
+    assert _refused(capsys, monkeypatch, **variables) == f"invalid setting {named}: unknown setting"
+
+
+def test_setfix_nested_variables_that_name_settings_are_taken(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A section's setting, a section within a section, a table's entry, a name in lower case."""
+    for name, value in {
+        "PARLEY_BACKEND__TIMEOUTS__CONNECT_S": "3",
+        "PARLEY_TELEGRAM__ACCESS__ALLOWED_USERS": "7",
+        "PARLEY_SUPPORT__WEBHOOKS__SHOP__URL": "http://127.0.0.1:9/hook",
+        "PARLEY_SUPPORT__WEBHOOKS__SHOP__SECRET": "s" * 32,
+        "parley_redis__url": "redis://127.0.0.1:6379/1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert main(["config"]) == 0, capsys.readouterr().err
