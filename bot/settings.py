@@ -25,7 +25,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import platformdirs
 from dotenv.parser import parse_stream
@@ -236,6 +236,16 @@ class RedisSettings(_Section):
                 "not a valid Redis URL (a port that is not a number from 0 to 65535, or a bad "
                 "query value); use redis://[:PASSWORD@]HOST:PORT/DB"
             ) from None
+        # redis-py reads the path as the database number and, when that is no number, uses
+        # database 0 without a word: a typo (/O, /l2) put two bots in one keyspace.
+        # (A db=N query parameter wins over the path, as redis-py reads it.)
+        parts = urlsplit(url.get_secret_value())
+        numbered = "db" in parse_qs(parts.query) or re.fullmatch(r"/?[0-9]*", unquote(parts.path))
+        if scheme != "unix" and not numbered:
+            raise ValueError(
+                "the database number after the host is not a number (0, 1, ...); use "
+                "redis://[:PASSWORD@]HOST:PORT/DB"
+            )
         return url
 
 

@@ -81,3 +81,27 @@ def test_setfix_nested_variables_that_name_settings_are_taken(
     }.items():
         monkeypatch.setenv(name, value)
     assert main(["config"]) == 0, capsys.readouterr().err
+
+
+# --- redis.url's database number --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/x", "/O", "/l2", "/1/2"])
+def test_setfix_a_redis_database_that_is_no_number_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """redis-py's parse_url uses database 0 for a path that is no number: a typo put two bots
+    in one keyspace without a word (/12 read as 12 from /1/2)."""
+    err = _refused(capsys, monkeypatch, PARLEY_REDIS__URL=f"redis://:s3cretpw@127.0.0.1:6379{path}")
+    assert err.startswith("invalid setting PARLEY_REDIS__URL: the database number after the ")
+    assert "s3cretpw" not in err
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://h:6379/15", "redis://h:6379/", "redis://h:6379", "rediss://h/x?db=2"]
+)
+def test_setfix_a_redis_database_number_or_none_is_taken(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("PARLEY_REDIS__URL", url)
+    assert main(["config"]) == 0, capsys.readouterr().err
