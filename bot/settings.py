@@ -149,6 +149,18 @@ def _for_asyncpg(url: URL) -> URL:
     return url.set(query=query)
 
 
+def _in_memory(url: URL) -> bool:
+    """An SQLite URL of an in-memory database: no path (sqlite://), :memory:, or an SQLite URI
+    (file:...) in memory mode. Every connection gets an empty database of its own, so the
+    tables the migration made were missing in the pool's (`no such table` at the first turn)."""
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file::memory:"):
+        return True
+    return database.startswith("file:") and (
+        url.query.get("mode") == "memory" or "mode=memory" in database
+    )
+
+
 class DatabaseSettings(_Section):
     # A SecretStr because a PostgreSQL URL usually carries a password. Default: a SQLite file
     # in data_dir(), the same wherever `parley` is started from (`parley doctor` prints it).
@@ -197,6 +209,11 @@ class DatabaseSettings(_Section):
         if find_spec(module) is None:
             raise ValueError(f"the {module} driver is not installed: pip install 'parley[{extra}]'")
         named = parsed.set(drivername=f"{backend}+{driver}")
+        if backend == "sqlite" and _in_memory(named):
+            raise ValueError(
+                "an in-memory SQLite database cannot be shared by Parley's connections (each "
+                "would open an empty one of its own); use sqlite+aiosqlite:///PATH, a file"
+            )
         if driver == "asyncpg":
             named = _for_asyncpg(named)
         if named == parsed:

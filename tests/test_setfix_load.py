@@ -105,3 +105,38 @@ def test_setfix_a_redis_database_number_or_none_is_taken(
 ) -> None:
     monkeypatch.setenv("PARLEY_REDIS__URL", url)
     assert main(["config"]) == 0, capsys.readouterr().err
+
+
+# --- an in-memory SQLite database -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:///:memory:",
+        "sqlite+aiosqlite://",
+        "sqlite://",
+        "sqlite+aiosqlite:///file::memory:?uri=true",
+        "sqlite+aiosqlite:///file:parley?mode=memory&uri=true",
+    ],
+)
+def test_setfix_an_in_memory_sqlite_database_is_refused_at_load(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """Each pooled connection got an empty database of its own: doctor said all was well and
+    `parley run` failed with "no such table: handoff_states", exit 3 (sqlite+aiosqlite://:
+    doctor printed "SQLite None reachable")."""
+    err = _refused(capsys, monkeypatch, PARLEY_DATABASE__URL=url)
+    assert err == (
+        "invalid setting PARLEY_DATABASE__URL: an in-memory SQLite database cannot be shared by "
+        "Parley's connections (each would open an empty one of its own); use "
+        "sqlite+aiosqlite:///PATH, a file"
+    )
+
+
+def test_setfix_run_refuses_an_in_memory_database_in_one_line(tmp_path: Path) -> None:
+    env = {"PARLEY_DATABASE__URL": "sqlite+aiosqlite:///:memory:"}
+    status, err = _parley(tmp_path, "run", env=env)
+    assert status == 2, err
+    assert err.startswith("parley: error: invalid setting PARLEY_DATABASE__URL: an in-memory ")
+    assert err.count("\n") == 1
