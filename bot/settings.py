@@ -146,7 +146,24 @@ def _for_asyncpg(url: URL) -> URL:
             f"{', '.join(refused)}: libpq URL parameters that asyncpg does not take; remove "
             "them (sslmode is taken, as asyncpg's ssl)"
         )
+    hosts = query.get("host", ())
+    host_ports = [
+        host.rpartition(":")[2]
+        for host in ((hosts,) if isinstance(hosts, str) else hosts)
+        for host in host.split(",")
+        if ":" in host
+    ]
+    ports = str(query.get("port", "")).split(",") if "port" in query else []
+    if not all(_port_text(port) for port in host_ports + ports):
+        raise ValueError(f"the port in the URL's host or port parameter is not {_PORTS}")
     return url.set(query=query)
+
+
+_PORTS = "a number from 1 to 65535"
+
+
+def _port_text(text: str) -> bool:
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
 
 
 def _in_memory(url: URL) -> bool:
@@ -193,6 +210,10 @@ class DatabaseSettings(_Section):
                 "not a database URL; use sqlite+aiosqlite:///PATH or "
                 "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB"
             ) from None
+        except ValueError:  # SQLAlchemy's int() of the port, whose text is not passed on
+            raise ValueError(f"the port after the host is not {_PORTS}") from None
+        if parsed.port is not None and not 1 <= parsed.port <= 65535:
+            raise ValueError(f"the port after the host is not {_PORTS}")
         # Read from the URL's text, not through SQLAlchemy's dialect registry: an unknown
         # scheme must be this one line, not the registry's import error.
         backend, _, driver = parsed.drivername.partition("+")

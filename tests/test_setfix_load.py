@@ -83,6 +83,41 @@ def test_setfix_nested_variables_that_name_settings_are_taken(
     assert main(["config"]) == 0, capsys.readouterr().err
 
 
+# --- database.url's port ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "abc", ""])
+def test_setfix_a_database_port_out_of_range_is_refused_at_load(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, port: str
+) -> None:
+    """99999 was taken by `parley config` and crashed run, doctor and db upgrade (OverflowError,
+    a traceback); abc was the bare line "invalid literal for int() with base 10: 'abc'"."""
+    url = f"postgresql://postgres:s3cretpw@127.0.0.1:{port}/parley"
+    assert _refused(capsys, monkeypatch, PARLEY_DATABASE__URL=url) == (
+        "invalid setting PARLEY_DATABASE__URL: the port after the host is not a number from 1 "
+        "to 65535"
+    )
+
+
+@pytest.mark.parametrize("query", ["host=db:99999", "host=db1,db2&port=5432,0", "port=x"])
+def test_setfix_a_port_in_the_host_or_port_parameter_is_checked_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, query: str
+) -> None:
+    url = f"postgresql://postgres:s3cretpw@/parley?{query}"
+    assert _refused(capsys, monkeypatch, PARLEY_DATABASE__URL=url) == (
+        "invalid setting PARLEY_DATABASE__URL: the port in the URL's host or port parameter is "
+        "not a number from 1 to 65535"
+    )
+
+
+def test_setfix_a_database_port_out_of_range_stops_doctor_in_one_line(tmp_path: Path) -> None:
+    url = "postgresql://postgres:s3cretpw@127.0.0.1:99999/parley"
+    status, err = _parley(tmp_path, "doctor", env={"PARLEY_DATABASE__URL": url})
+    assert status == 2, err
+    assert err.startswith("parley: error: invalid setting PARLEY_DATABASE__URL: the port ")
+    assert err.count("\n") == 1
+
+
 # --- redis.url's database number --------------------------------------------------------------
 
 
