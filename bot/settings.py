@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import tomllib
@@ -135,9 +136,38 @@ _LIBPQ_ONLY = frozenset({
 })  # fmt: skip
 
 
+# The URL parameters a postgresql+asyncpg URL may carry, each passed by SQLAlchemy's asyncpg
+# dialect to asyncpg.connect() as a keyword argument of that name: the ones a text can give.
+# Any other name failed at the first connection with a TypeError traceback (a typo such as
+# sslmod), and asyncpg's arguments that need a number, a class or a table (timeout,
+# statement_cache_size, server_settings, ...) got a text and failed there too.
+_ASYNCPG_TEXT = frozenset({
+    "host", "port", "user", "password", "database", "passfile", "service", "servicefile",
+    "krbsrvname",
+})  # fmt: skip
+# Those whose text must be one of a few words (asyncpg's documented values).
+_ASYNCPG_CHOICES = {
+    "ssl": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "target_session_attrs": (
+        "any", "primary", "standby", "read-write", "read-only", "prefer-standby",
+    ),
+    "gsslib": ("gssapi", "sspi"),
+}  # fmt: skip
+# Numbers: asyncpg reads command_timeout's text itself, SQLAlchemy's dialect reads (and keeps)
+# prepared_statement_cache_size.
+_ASYNCPG_NUMBERS = {
+    "command_timeout": "a number of seconds above 0",
+    "prepared_statement_cache_size": "a whole number, 0 or more",
+}
+# A parameter's name shown in an error: only a name, never a stray part of the URL.
+_PARAMETER_NAME = re.compile(r"\w{1,64}")
+
+
 def _for_asyncpg(url: URL) -> URL:
     query = dict(url.query)
     if "sslmode" in query:
+        if not _one_of(query["sslmode"], _ASYNCPG_CHOICES["ssl"]):
+            raise ValueError(f"sslmode: not one of {', '.join(_ASYNCPG_CHOICES['ssl'])}")
         mode = query.pop("sslmode")
         query.setdefault("ssl", mode)
     refused = sorted(_LIBPQ_ONLY & set(query))
@@ -146,6 +176,27 @@ def _for_asyncpg(url: URL) -> URL:
             f"{', '.join(refused)}: libpq URL parameters that asyncpg does not take; remove "
             "them (sslmode is taken, as asyncpg's ssl)"
         )
+    taken, arguments = _asyncpg_parameters()
+    for name, value in query.items():
+        if name in arguments and name not in taken:
+            raise ValueError(
+                f"{name}: an asyncpg argument a URL cannot give (it needs a number or an "
+                "object, not text); remove it"
+                + (" (database.timeout_s sets the connect timeout)" if name == "timeout" else "")
+            )
+        if name not in taken:
+            what = f"{name}: not" if _PARAMETER_NAME.fullmatch(name) else "a name that is not"
+            raise ValueError(
+                f"{what} a URL parameter asyncpg takes; it takes {', '.join(sorted(taken))}"
+            )
+        if isinstance(value, tuple) and name != "host":  # host=H1&host=H2: several hosts
+            raise ValueError(f"{name}: given more than once in the URL")
+        if name in _ASYNCPG_CHOICES and not _one_of(value, _ASYNCPG_CHOICES[name]):
+            raise ValueError(f"{name}: not one of {', '.join(_ASYNCPG_CHOICES[name])}")
+        if name in _ASYNCPG_NUMBERS and not _number_for(name, value):
+            raise ValueError(f"{name}: not {_ASYNCPG_NUMBERS[name]}")
+    # Ports in the parameters (host=H:P, host=H1,H2&port=P1,P2; SQLAlchemy's forms of several
+    # hosts) reach the socket as they are: 99999 was an OverflowError at connect.
     hosts = query.get("host", ())
     host_ports = [
         host.rpartition(":")[2]
@@ -157,6 +208,34 @@ def _for_asyncpg(url: URL) -> URL:
     if not all(_port_text(port) for port in host_ports + ports):
         raise ValueError(f"the port in the URL's host or port parameter is not {_PORTS}")
     return url.set(query=query)
+
+
+def _asyncpg_parameters() -> tuple[frozenset[str], frozenset[str]]:
+    """The URL parameters this installed asyncpg takes (ours that its connect() has: service
+    and servicefile are recent; and SQLAlchemy's own), and all of connect()'s arguments."""
+    import inspect
+
+    import asyncpg
+
+    arguments = frozenset(inspect.signature(asyncpg.connect).parameters)
+    ours = (_ASYNCPG_TEXT | set(_ASYNCPG_CHOICES) | {"command_timeout"}) & arguments
+    return frozenset(ours | {"prepared_statement_cache_size"}), arguments
+
+
+def _one_of(value: str | tuple[str, ...], words: tuple[str, ...]) -> bool:
+    return isinstance(value, str) and value in words
+
+
+def _number_for(name: str, value: str | tuple[str, ...]) -> bool:
+    if not isinstance(value, str):
+        return False
+    if name == "prepared_statement_cache_size":
+        return value.isascii() and value.isdigit() and int(value) <= INT64_MAX
+    try:
+        seconds = float(value)
+    except ValueError:
+        return False
+    return math.isfinite(seconds) and seconds > 0
 
 
 _PORTS = "a number from 1 to 65535"

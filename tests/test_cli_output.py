@@ -109,13 +109,14 @@ def test_config_masks_passwords_urlsplit_would_miss(tmp_path: Path) -> None:
 
 def test_config_masks_the_query_values_the_log_filter_takes_for_secrets(tmp_path: Path) -> None:
     """`parley config` and the log filter agree on which query parameters are secrets: a
-    `sig` or an `auth_token` in the database URL was shown as written."""
-    url = "postgresql+asyncpg://app@db.internal/parley?sslmode=require&sig=s1gv&auth_token=at9"
+    `sig` or an `auth_token` in the database URL was shown as written. (Those two are now
+    refused, asyncpg takes neither; its password and passfile are named like secrets.)"""
+    url = "postgresql+asyncpg://app@db.internal/parley?sslmode=require&password=pw9&passfile=/p"
     shown = _config(tmp_path, {"PARLEY_DATABASE__URL": url})
     # (The URL as Parley uses it: asyncpg's name for sslmode, the parameters in order.)
     assert shown["database"]["url"] == (
         "postgresql+asyncpg://app@db.internal/parley"
-        "?auth_token=**********&sig=**********&ssl=require"
+        "?passfile=**********&password=**********&ssl=require"
     )
 
 

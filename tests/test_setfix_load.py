@@ -83,6 +83,98 @@ def test_setfix_nested_variables_that_name_settings_are_taken(
     assert main(["config"]) == 0, capsys.readouterr().err
 
 
+# --- database.url's parameters (asyncpg) ------------------------------------------------------
+
+PG = "postgresql://postgres:s3cretpw@127.0.0.1:5432/parley"
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("sslmod=require", "sslmod: not a URL parameter asyncpg takes; it takes "),
+        ("foo=bar", "foo: not a URL parameter asyncpg takes"),
+        ("prepared_statement_cache_size=abc", "prepared_statement_cache_size: not a whole number"),
+        ("command_timeout=x", "command_timeout: not a number of seconds above 0"),
+        ("command_timeout=nan", "command_timeout: not a number of seconds above 0"),
+        ("sslmode=requir", "sslmode: not one of disable, allow, prefer, require"),
+        ("ssl=true", "ssl: not one of disable, allow, prefer, require"),
+        ("target_session_attrs=master", "target_session_attrs: not one of any, primary"),
+        ("ssl=require&ssl=disable", "ssl: given more than once in the URL"),
+        # asyncpg's, but a text cannot give it: TypeError at connect.
+        ("timeout=5", "timeout: an asyncpg argument a URL cannot give"),
+        ("statement_cache_size=0", "statement_cache_size: an asyncpg argument a URL cannot give"),
+    ],
+)
+def test_setfix_an_unknown_or_unreadable_url_parameter_is_refused_at_load(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, query: str, says: str
+) -> None:
+    """Every query parameter but libpq's was passed to asyncpg.connect() as a keyword: a
+    typo (sslmod) or an unreadable value failed each command at the first connection with an
+    80-line traceback, exit 1, after `parley config` had taken it."""
+    err = _refused(capsys, monkeypatch, PARLEY_DATABASE__URL=f"{PG}?{query}")
+    assert err.startswith("invalid setting PARLEY_DATABASE__URL: ") and says in err, err
+    assert "s3cretpw" not in err
+
+
+@pytest.mark.parametrize("command", [("run",), ("doctor",), ("db", "upgrade")])
+def test_setfix_a_mistyped_url_parameter_stops_every_command_in_one_line(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    status, err = _parley(tmp_path, *command, env={"PARLEY_DATABASE__URL": f"{PG}?sslmod=require"})
+    assert status == 2, err
+    assert err.startswith("parley: error: invalid setting PARLEY_DATABASE__URL: sslmod: ")
+    assert err.count("\n") == 1 and "s3cretpw" not in err
+
+
+def test_setfix_the_url_parameters_asyncpg_takes_are_used(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    import inspect
+
+    import asyncpg
+
+    from bot.settings import _asyncpg_parameters
+
+    taken, _ = _asyncpg_parameters()
+    # asyncpg's public signature; prepared_statement_cache_size is SQLAlchemy's dialect's.
+    assert taken - {"prepared_statement_cache_size"} <= set(
+        inspect.signature(asyncpg.connect).parameters
+    )
+    query = "sslmode=disable&command_timeout=5&prepared_statement_cache_size=0"
+    query += "&target_session_attrs=any"
+    url = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1) + f"?{query}"
+    status, err = _parley(tmp_path, "db", "upgrade", env={"PARLEY_DATABASE__URL": url})
+    assert (status, err) == (0, "")
+
+
+def test_setfix_a_parameter_the_settings_miss_is_still_one_line_at_connect(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last resort: what asyncpg's connect() refuses for its arguments (a TypeError, a
+    ValueError) is one line, exit 2, from every command, and one problem of `parley doctor`.
+    The settings here are changed after they loaded, as a parameter they do not know of."""
+    from pydantic import SecretStr
+
+    from bot.settings import Settings, load_settings
+
+    def loaded(config_file: Path | None = None, **overrides: object) -> Settings:
+        settings = load_settings(config_file, **overrides)
+        settings.database.url = SecretStr(f"{PG.replace('://', '+asyncpg://')}?sslmod=require")
+        return settings
+
+    monkeypatch.setattr("bot.settings.load_settings", loaded)
+    said = (
+        "database.url: its driver cannot connect with the URL's parameters: TypeError: "
+        "connect() got an unexpected keyword argument 'sslmod'"
+    )
+    assert main(["db", "upgrade"]) == 2
+    assert capsys.readouterr().err == f"parley: error: {said}\n"
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert f"[PROBLEM] database: PostgreSQL not usable: {said}\n" in out
+    assert "s3cretpw" not in out
+
+
 # --- database.url's port ----------------------------------------------------------------------
 
 

@@ -19,9 +19,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 
-from bot.errors import StorageError
+from bot.errors import ConfigError, StorageError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # WAL lets readers work while one writer commits; NORMAL is durable across application crashes
 # in WAL mode (only an OS crash may lose the last commits); busy_timeout makes a second writer
@@ -68,9 +69,43 @@ def create_engine(
     # No overflow: past pool_size a turn queues for a connection (its statements are short)
     # instead of opening one that is closed again on return, a new server process per
     # statement at high concurrency, and the worker's connections stay within pool_size.
-    return _create_async_engine(
+    return _engine(
         parsed, pool_size=pool_size, max_overflow=0, pool_recycle=POOL_RECYCLE_S, **limits,
     )  # fmt: skip
+
+
+def _engine(url: URL, **options: Any) -> AsyncEngine:
+    return refuse_unusable_arguments(_create_async_engine(url, **options))
+
+
+def refuse_unusable_arguments(engine: AsyncEngine) -> AsyncEngine:
+    """`engine`, whose driver's refusal of its connection arguments (the URL's parameters) is
+    one ConfigError line instead of a traceback: asyncpg's connect() raises TypeError for a
+    keyword it does not know, ValueError for a value it cannot read, OverflowError for a
+    port past 65535. The settings refuse those they know of (bot.settings, database.url);
+    this is the last resort for the rest, on the connect call alone, so a TypeError
+    anywhere else is still the bug it is."""
+    url = engine.url
+    # A failure of the database or the network that is also a ValueError (an SSL certificate
+    # that fails verification, asyncpg's ClientConfigurationError) stays what it was: a
+    # StorageError where the driver's errors are caught, retried or reported as an outage.
+    failures = database_errors(url)
+
+    def connect_or_refuse(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)  # what SQLAlchemy would do without us
+        except failures:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            log.debug("the database driver refused its connection arguments", exc_info=True)
+            # describe_error masks the password; the URL itself is never shown.
+            detail = describe_error(exc, url).removeprefix("database error: ")
+            raise ConfigError(
+                f"database.url: its driver cannot connect with the URL's parameters: {detail}"
+            ) from None
+
+    event.listen(engine.sync_engine, "do_connect", connect_or_refuse)
+    return engine
 
 
 def create_relaxed_engine(
@@ -89,7 +124,7 @@ def create_relaxed_engine(
     """
     if durable.dialect.name != "postgresql":
         return durable
-    return _create_async_engine(
+    return _engine(
         durable.url,
         pool_size=pool_size,
         max_overflow=0,  # its writes are short: they queue rather than open more connections
@@ -263,7 +298,7 @@ def _sqlite_engine(url: URL, *, pool_size: int) -> AsyncEngine:
     # A file: a pool of `pool_size` connections (WAL lets them read at once; writers queue in
     # busy_timeout). In memory: the dialect's single shared connection, which takes no size.
     sized = {"pool_size": pool_size, "max_overflow": 0} if sqlite_file(url) is not None else {}
-    engine = _create_async_engine(url, **sized)
+    engine = _engine(url, **sized)
     event.listen(engine.sync_engine, "connect", set_sqlite_pragmas)
     return engine
 

@@ -22,7 +22,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from bot.errors import SchemaOutOfDate, SchemaTooNew, StorageError
-from bot.storage.database import database_errors, describe_error, ensure_sqlite_folder
+from bot.storage.database import (
+    database_errors,
+    describe_error,
+    ensure_sqlite_folder,
+    refuse_unusable_arguments,
+)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -57,7 +62,7 @@ async def current(url: str, timeout_s: float | None = None) -> str | None:
     server that takes connections and never answers is one line soon, not the driver's
     minute."""
     ensure_sqlite_folder(url)
-    engine = create_async_engine(url, poolclass=NullPool)
+    engine = refuse_unusable_arguments(create_async_engine(url, poolclass=NullPool))
     try:
         async with asyncio.timeout(timeout_s), engine.connect() as conn:
             return await conn.run_sync(_current_revision)
