@@ -207,6 +207,7 @@ COMMITTED = {
     "0013_handoff_trigger.py": "7922ab7ee61a06bf",
     "0014_telegram_message_keys.py": "847c2b8a25fe7cf5",
     "0015_repair_edited_revisions.py": "8167071b0f230286",
+    "0016_redaction_count.py": "e50a7ff2ad9fe995",
 }
 
 

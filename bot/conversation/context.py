@@ -2,9 +2,17 @@
 
 The cache holds each window (`Cache.read_through`); SQL holds the truth. In Redis a copy can
 be stale after an outage or a failed write, so a copy read from there is used only if it is
-provably current (last reply and boundary match SQL's: one primary-key read). In process the
-cache keeps the window objects this process updates on every change: trusted, no encoding per
-turn, and each turn's prompt messages are built once (see `Turn.messages`).
+provably current (last reply, boundary and count of redactions match SQL's: one primary-key
+read). In process the cache keeps the window objects this process updates on every change:
+trusted, no encoding per turn, and each turn's prompt messages are built once (see
+`Turn.messages`).
+
+A redaction (a message deleted by its sender once answered) drops the window, but a turn in
+flight holds the window it loaded before and writes it back when it ends, the deleted text in
+it; nothing else about it differs from SQL's. So a window carries the conversation's count of
+redactions as it was built, read before its rows: in Redis one built or written back across a
+redaction, by any worker, is stale by that count. In process the manager drops the window
+again after the turn in flight (ConversationManager.redact).
 
 A rebuild reads a bounded number of the newest rows, so loading costs the same for 10 or
 100,000 earlier messages.
@@ -83,7 +91,9 @@ class ContextLoader:
             summary_tokens = state.summary_tokens or (
                 await self._summarizer.count(summary) + await self._frame()
             )
-        return Window(summary, summary_tokens, boundary, turns)
+        # The count read before the rows: a redaction between the two makes the window stale
+        # (rebuilt once more), never one that holds the deleted text pass for current.
+        return Window(summary, summary_tokens, boundary, turns, state.redactions)
 
     async def fit(self, conversation_id: int, window: Window, new_tokens: int) -> Window:
         """Make room for a new message of `new_tokens`: roll over only when it must."""
@@ -136,6 +146,8 @@ class ContextLoader:
 
 def _is_current(window: Window, state: ConversationState) -> bool:
     boundary = max(state.summary_through_id, state.context_start_id)
-    return window.boundary_id == boundary and window.last_reply_id == max(
-        state.last_reply_id, boundary
+    return (
+        window.boundary_id == boundary
+        and window.last_reply_id == max(state.last_reply_id, boundary)
+        and window.redactions == state.redactions
     )

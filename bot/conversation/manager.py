@@ -190,6 +190,9 @@ class ConversationManager:
         # conversation -> set to stop the answer streaming there (/stop, /reset)
         self._streaming: dict[int, asyncio.Event] = {}
         self._again: set[int] = set()
+        # Conversations with a message redacted while their worker ran here: its turn in
+        # flight may write back the window it loaded before (see redact).
+        self._redacted: set[int] = set()
         # This process's name in SQL leases (Store.turn_lease): unique per manager.
         self._owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
         self._background: list[asyncio.Task[None]] = []
@@ -291,10 +294,18 @@ class ConversationManager:
     async def redact(self, idempotency_key: str) -> bool:
         """A message its sender deleted after it was answered (or kept): its text is replaced
         in the history, and its conversation's cached context, which still holds it, is
-        dropped. True when a recorded message was redacted."""
+        dropped. True when a recorded message was redacted.
+
+        A turn of the conversation in flight holds the window it loaded before, and writes
+        it back as it ends. Shared in Redis, that window is stale by the count of redactions
+        SQL raised with the text (ContextLoader), whichever worker wrote it. In process a
+        window is trusted as this process left it: a turn in flight here drops it again once
+        it is done (`_turn_or_give_up`). Neither waits for the turn, nor for its lease."""
         conversation_id = await self._store.redact(idempotency_key)
         if conversation_id is None:
             return False
+        if conversation_id in self._workers:  # set before the drop: nothing runs in between
+            self._redacted.add(conversation_id)
         await self._context.invalidate(conversation_id)
         return True
 
@@ -493,6 +504,7 @@ class ConversationManager:
             await self._context.invalidate(work.conversation_id)
         finally:
             del self._workers[work.conversation_id]
+            self._redacted.discard(work.conversation_id)  # no turn left to write a window
 
     def _later(self, work: _Work) -> None:
         asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._schedule, work)
@@ -585,6 +597,11 @@ class ConversationManager:
             await self._record_aside(work, batch, apology)
         finally:
             _TURN.reset(token)
+            if work.conversation_id in self._redacted:
+                # A message was redacted during the turn: the window it wrote (loaded before)
+                # may hold the text. Dropped before the next turn loads it.
+                self._redacted.discard(work.conversation_id)
+                await self._context.invalidate(work.conversation_id)
 
     def _batches(self, pending: Sequence[StoredMessage]) -> list[list[StoredMessage]]:
         """Turns, in order: a command alone; chat messages of one sender in a row merged (or

@@ -54,6 +54,9 @@ class Window:
     boundary_id: int = 0
     # Change only through add() and pop_oldest(), which keep the running total below.
     turns: list[Turn] = field(default_factory=list)
+    # The conversation's count of redactions when the window was built from SQL (see
+    # ContextLoader): a window built before a redaction may hold the deleted text.
+    redactions: int = 0
     _turn_tokens: int = field(default=0, init=False, repr=False)
     # The turns' prompt messages in order, kept with them: a prompt is built on every turn.
     _tail: list[ChatMessage] = field(default_factory=list, init=False, repr=False)
@@ -94,13 +97,18 @@ class Window:
         # Turns as plain lists: this runs on every turn, and asdict() costs more than the
         # JSON encoding itself.
         turns = [[t.user, t.assistant, t.tokens, t.reply_id] for t in self.turns]
-        data = [self.summary, self.summary_tokens, self.boundary_id, turns]
+        data = [self.summary, self.summary_tokens, self.boundary_id, turns, self.redactions]
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
     @classmethod
     def loads(cls, raw: bytes) -> Window:
-        summary, summary_tokens, boundary_id, turns = json.loads(raw)
-        return cls(summary, summary_tokens, boundary_id, [Turn(*t) for t in turns])
+        # Written before migration 0016, a window has no count of redactions: 0, which is
+        # every conversation's count until its next redaction (then it is stale, as it is).
+        summary, summary_tokens, boundary_id, turns, *count = json.loads(raw)
+        if len(count) > 1:
+            raise ValueError("a window of a later format")
+        redactions = count[0] if count else 0
+        return cls(summary, summary_tokens, boundary_id, [Turn(*t) for t in turns], redactions)
 
 
 def merge_user_texts(texts: Sequence[str]) -> str:

@@ -154,6 +154,9 @@ class ConversationState:
     last_reply_id: int = 0
     # The summary's tokens as given to fold_summary (0: unknown; count the summary).
     summary_tokens: int = 0
+    # How many of its messages were redacted (Store.redact): a cached window built before the
+    # last one is stale, whatever its boundary and last reply say.
+    redactions: int = 0
     # Read with it (SqlStore); None where a store does not.
     facts: ChatFacts | None = None
 
@@ -353,8 +356,10 @@ class Store(Protocol):
     async def redact(self, idempotency_key: str) -> int | None:
         """A message its sender deleted after it was recorded and answered (or kept): its
         text replaced by a stub wherever it is read again (context, /history, summaries to
-        come). The id of its conversation, whose cached context is then stale; None when no
-        such message is recorded."""
+        come), and the conversation's count of redactions raised in the same transaction
+        (ConversationState.redactions: a window built before it is stale). The id of its
+        conversation, whose cached context is then stale; None when no such message is
+        recorded."""
         ...
 
     # Reads for the skills (bot.storage.prefs hands them on): messages are read and deleted

@@ -90,6 +90,10 @@ class ConversationRow(Base):
     # written before migration 0005): a window is rebuilt without asking the model again.
     summary_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     context_start_id: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # How many of its messages were redacted (deleted by their senders once answered): a
+    # cached context window carries the count it was built at, so one that a turn in flight
+    # writes back after a redaction is seen as stale (migration 0016).
+    redactions: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     # Who runs the conversation's turns, and until when, while Redis (the usual turn lock) is
     # unreachable: SqlStore.lease. NULL: nobody.
     lease_owner: Mapped[str | None] = mapped_column(String(64))

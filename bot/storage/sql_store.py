@@ -539,8 +539,17 @@ class SqlStore:
         return await self._write(_WITHDRAW, params) > 0
 
     async def redact(self, idempotency_key: str) -> int | None:
-        rows = await self._run(lambda q: q.rows(_REDACT, {"key": idempotency_key}), write=True)
-        return int(rows[0][0]) if rows else None
+        def run(q: Queries) -> int | None:
+            rows = q.rows(_REDACT, {"key": idempotency_key})
+            if not rows:
+                return None
+            conversation_id = int(rows[0][0])
+            # In the same transaction as the text: a window whose count is SQL's was read
+            # after every redaction so far (see ContextLoader).
+            q.rowcount(_COUNT_REDACTION, {"cid": conversation_id})
+            return conversation_id
+
+        return await self._run(run, write=True)
 
     # The skills' reads of messages (bot.storage.prefs hands them on).
 
@@ -805,7 +814,7 @@ class _ConversationReads:
         state_columns = (
             _c.id, _c.platform, _c.chat_id, _c.thread_id, _c.summary, _c.summary_through_id,
             _c.summary_tokens, _c.context_start_id, last_reply_id.label("last_reply_id"),
-            *_FACT_COLUMNS,
+            _c.redactions, *_FACT_COLUMNS,
         )  # fmt: skip
         state = sa.select(*state_columns).where(_c.id == _param("conversation_id"))
         # Take a conversation's lease: free, lapsed, or left by this owner; a new epoch each
@@ -1079,15 +1088,15 @@ _INSERT_REPLY = (
 _READS = {True: _ConversationReads.build(True), False: _ConversationReads.build(False)}
 
 
-# The lease take's columns: the epoch, the delivery's 6, the conversation state's 9 and its
+# The lease take's columns: the epoch, the delivery's 6, the conversation state's 10 and its
 # facts' 8.
-_LEASE_COLUMNS = 24
+_LEASE_COLUMNS = 25
 
 
 def _state(row: Sequence[Any]) -> ConversationState:
     (id_, platform, chat_id, thread_id, summary, summary_through_id, summary_tokens,
-     context_start_id, last_reply_id) = row[:9]  # fmt: skip
-    handoff, (auto_translate, keep_messages) = tuple(row[9:15]), row[15:17]
+     context_start_id, last_reply_id, redactions) = row[:10]  # fmt: skip
+    handoff, (auto_translate, keep_messages) = tuple(row[10:16]), row[16:18]
     return ConversationState(
         id=id_,
         key=ConversationKey(platform, chat_id, thread_id),
@@ -1096,6 +1105,7 @@ def _state(row: Sequence[Any]) -> ConversationState:
         context_start_id=context_start_id,
         last_reply_id=last_reply_id or 0,
         summary_tokens=summary_tokens,
+        redactions=redactions,
         # A handoff row's state is never NULL: NULL is no row.
         facts=ChatFacts(handoff if handoff[0] is not None else None, auto_translate,
                         bool(keep_messages)),
@@ -1254,6 +1264,8 @@ _REDACT = (
     .values(content=DELETED_STUB, token_count=DELETED_STUB_TOKENS)
     .returning(_m.conversation_id)
 )
+# A cached window built before a redaction is stale by this count (ConversationState).
+_COUNT_REDACTION = sa.update(_c).where(_c.id == _param("cid")).values(redactions=_c.redactions + 1)
 
 # The skills' reads: preferences of a message's sender and chat, "what did I miss".
 _TURN_PREFS = (
