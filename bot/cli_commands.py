@@ -109,10 +109,19 @@ async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
-    """`python -m bot.health`, the container's check, from the `parley` command."""
-    from bot.health import check
+    """`python -m bot.health`, the container's check, from the `parley` command: asked where
+    the settings as loaded say (the environment, `.env` and the config file; the module reads
+    only the first and the last, to stay light), or a worker configured in `.env` was
+    reported down while it answered."""
+    from bot.health import ask, url_of
 
-    return check(str(args.config) if args.config else None)
+    m, h = settings.metrics, settings.http
+    try:
+        url = url_of((m.host, str(m.port)), (h.host, str(h.port)))
+    except ValueError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 2
+    return ask(url)
 
 
 async def cmd_config(settings: Settings, args: argparse.Namespace) -> int:

@@ -44,10 +44,17 @@ def healthz_url(environ: Mapping[str, str], config: Mapping[str, Any]) -> str:
         value = config.get(section, {}).get(name)
         return str(value) if value is not None else DEFAULTS[(section, name)]
 
-    section = "metrics" if setting("metrics", "port") not in ("", "0") else "http"
-    host = setting(section, "host")
+    return url_of(
+        (setting("metrics", "host"), setting("metrics", "port")),
+        (setting("http", "host"), setting("http", "port")),
+    )
+
+
+def url_of(metrics: tuple[str, str], http: tuple[str, str]) -> str:
+    """The `/healthz` URL of a worker with these (host, port) of the metrics and the HTTP
+    server: the metrics port when one is set, else the HTTP port."""
+    section, (host, port) = ("metrics", metrics) if metrics[1] not in ("", "0") else ("http", http)
     host = _WILDCARD_HOSTS.get(host, host)
-    port = setting(section, "port")
     if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise ValueError(f"{section}.port is not a port number: {port!r}")
     if not host or any(c.isspace() or c in "/?#@[]" for c in host.strip("[]")):
@@ -75,6 +82,11 @@ def check(config_file: str | None = None, environ: Mapping[str, str] | None = No
     except ValueError as exc:  # the settings' own words, as `parley health` says them
         print(f"parley: {exc}", file=sys.stderr)
         return 2
+    return ask(url)
+
+
+def ask(url: str) -> int:
+    """Ask a worker's `/healthz`: `ok` (0), or one line (1)."""
     # Straight to the worker: an HTTP(S)_PROXY in the container's environment is not for it.
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:

@@ -193,6 +193,37 @@ def test_health_asks_healthz_where_the_settings_say_the_worker_listens(
     assert err.startswith("parley: no answer from http://127.0.0.2:") and err.count("\n") == 1
 
 
+def test_health_reads_the_settings_in_dot_env_as_run_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker whose ports were set in `.env` was reported down by `parley health` while it
+    answered: the command loaded the settings, then asked where the environment and the
+    config file alone said (an operator's review; docs/deployment.md: a `PARLEY_*` line in
+    `.env` is a setting like any other)."""
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    for name, value in parley_env(tmp_path, {}).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(f"PARLEY_METRICS__PORT={server.server_address[1]}\n")
+    try:
+        assert main(["health"]) == 0
+        assert capsys.readouterr().out == "ok\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_with_json_logs_the_last_line_of_a_failure_is_json_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
