@@ -363,7 +363,42 @@ class RedisSettings(_Section):
                 "the database number after the host is not a number (0, 1, ...); use "
                 "redis://[:PASSWORD@]HOST:PORT/DB"
             )
+        # redis-py hands every query parameter to its connections, over the values Parley
+        # gives: an unknown name was a TypeError traceback at the first command, and
+        # ?socket_timeout=60 silently replaced redis.socket_timeout_s.
+        for name in parse_qs(parts.query, keep_blank_values=True):
+            if name in _REDIS_SET_BY_PARLEY:
+                raise ValueError(
+                    f"{name}: Parley sets this itself; "
+                    + (f"use {_REDIS_SET_BY_PARLEY[name]}" if _REDIS_SET_BY_PARLEY[name]
+                       else "remove it from the URL")
+                )  # fmt: skip
+            if name in _REDIS_URL_PARAMETERS and name.startswith("ssl_") and scheme != "rediss":
+                raise ValueError(f"{name}: a TLS option, for a rediss:// URL only")
+            if name not in _REDIS_URL_PARAMETERS:
+                what = f"{name}: not" if _PARAMETER_NAME.fullmatch(name) else "a name that is not"
+                raise ValueError(
+                    f"{what} a URL parameter Parley's Redis client takes; it takes "
+                    f"{', '.join(sorted(_REDIS_URL_PARAMETERS))}"
+                )
         return url
+
+
+# Redis URL parameters: the database, and the TLS options of a rediss:// URL (read as text by
+# redis-py); those that Parley's settings or its client set are refused, naming the setting.
+_REDIS_URL_PARAMETERS = frozenset({
+    "db", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile",
+    "ssl_check_hostname", "ssl_ciphers",
+})  # fmt: skip
+_REDIS_SET_BY_PARLEY = {
+    "socket_timeout": "redis.socket_timeout_s",
+    "socket_connect_timeout": "redis.socket_timeout_s",
+    "max_connections": "redis.max_connections",
+    "timeout": "",
+    "health_check_interval": "",
+    "retry_on_timeout": "",
+    "retry_on_error": "",
+}
 
 
 class TimeoutSettings(_Section):

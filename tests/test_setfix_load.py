@@ -234,6 +234,57 @@ def test_setfix_a_redis_database_number_or_none_is_taken(
     assert main(["config"]) == 0, capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("?foo=bar", "foo: not a URL parameter Parley's Redis client takes; it takes db, "),
+        ("?socket_timeout=60", "socket_timeout: Parley sets this itself; use "
+         "redis.socket_timeout_s"),
+        ("?max_connections=3", "max_connections: Parley sets this itself; use "
+         "redis.max_connections"),
+        ("?health_check_interval=0", "health_check_interval: Parley sets this itself; remove "),
+        ("?ssl_cert_reqs=none", "ssl_cert_reqs: a TLS option, for a rediss:// URL only"),
+    ],
+)  # fmt: skip
+def test_redis_url_parameters_are_refused_unless_the_client_takes_them_from_a_url(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, query: str, said: str
+) -> None:
+    """redis-py hands every query parameter to its connections, over Parley's values: an
+    unknown name was a TypeError traceback at the first command (`parley doctor` exit 1),
+    and ?socket_timeout=60 silently replaced redis.socket_timeout_s (the settings fixer's
+    report)."""
+    url = f"redis://:s3cretpw@127.0.0.1:6379/15{query}"
+    err = _refused(capsys, monkeypatch, PARLEY_REDIS__URL=url)
+    assert err.startswith(f"invalid setting PARLEY_REDIS__URL: {said}"), err
+    assert "s3cretpw" not in err
+
+
+def test_an_unknown_redis_url_parameter_stops_doctor_in_one_line(tmp_path: Path) -> None:
+    url = "redis://:s3cretpw@127.0.0.1:6379/15?foo=bar"
+    status, err = _parley(tmp_path, "doctor", env={"PARLEY_REDIS__URL": url})
+    assert status == 2, err
+    assert err.startswith("parley: error: invalid setting PARLEY_REDIS__URL: foo: ")
+    assert err.count("\n") == 1 and "s3cretpw" not in err
+
+
+async def test_a_redis_url_with_a_database_parameter_reaches_that_database(
+    redis_url: str,
+) -> None:
+    """The parameters still taken work: ?db=N is the database redis-py uses."""
+    from bot.settings import RedisSettings
+    from bot.storage.redis_client import client_for
+
+    base = redis_url.rsplit("/", 1)[0]
+    client = client_for(RedisSettings(url=f"{base}/0?db=14"))  # type: ignore[arg-type]
+    assert client is not None
+    try:
+        await client.set("parley-test:db-parameter", "1", ex=5)
+        info = await client.client_info()
+        assert info["db"] == 14
+    finally:
+        await client.aclose()
+
+
 # --- an in-memory SQLite database -------------------------------------------------------------
 
 
