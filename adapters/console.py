@@ -46,6 +46,10 @@ PLATFORM = "console"
 LINES_AHEAD = 64
 # A line the database could not take is tried again after these many seconds, doubling.
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
+CUT_BY_STOP = (
+    "\n(Parley stopped before this answer was finished. Your message stays pending: the "
+    "next start answers it in full.)"
+)
 DATABASE_DOWN = (
     "(Parley cannot reach the database: your message is kept here and sent as soon as it "
     "is back.)\n"
@@ -136,6 +140,12 @@ class ConsoleAdapter:
                 # The answer quotes documents and the model: no escape sequence of theirs
                 # reaches the terminal (a helper's review: OSC 52 wrote the clipboard).
                 self._write(printable(chunk, lines=True))
+        except asyncio.CancelledError:
+            # A stop that outlasted its grace: the half answer stood there with no word of
+            # what became of it (an operator's review).
+            if not self._gone:
+                self._write(CUT_BY_STOP)
+            raise
         finally:
             # Also when the answer ends early (a stop cut it): the line is ended, so that what
             # comes next (the shell's prompt, a log line) does not start after its last word.

@@ -16,7 +16,7 @@ from typing import Any, cast
 import pytest
 import sqlalchemy as sa
 
-from adapters.console import ConsoleAdapter, ConsoleSettings
+from adapters.console import CUT_BY_STOP, ConsoleAdapter, ConsoleSettings
 from bot.app import Parley
 from bot.errors import AdapterError
 from bot.settings import Settings
@@ -165,6 +165,31 @@ async def test_an_answer_cut_short_still_ends_its_line() -> None:
     with pytest.raises(ConnectionResetError):
         await console.deliver(console.key, cut_short())
     assert out.getvalue() == "The lock is\n"
+
+
+async def test_an_answer_cut_by_a_stop_says_what_becomes_of_it() -> None:
+    """A stop that outlasts its grace cancels the turn mid-answer: the half answer stood on
+    the terminal with no word of what became of it (an operator's review: SIGTERM during a
+    long answer). The message stays pending, and the next start answers it."""
+    streaming = asyncio.Event()
+
+    async def long_answer() -> AsyncIterator[str]:
+        yield "Once upon a"
+        streaming.set()
+        await asyncio.Event().wait()  # the model goes on; the stop comes first
+        yield "never shown"
+
+    out = io.StringIO()
+    console = ConsoleAdapter(
+        cast(Any, None), ConsoleSettings(), stdin=io.StringIO(""), stdout=out, interactive=False
+    )
+    delivering = asyncio.create_task(console.deliver(console.key, long_answer()))
+    await streaming.wait()
+    delivering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await delivering
+    assert out.getvalue() == f"Once upon a{CUT_BY_STOP}\n"
+    assert "stays pending" in CUT_BY_STOP
 
 
 async def _after_a_crashed_run(
