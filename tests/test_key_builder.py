@@ -50,6 +50,7 @@ _PREFIX_NAME = re.compile(r"^_?(key_)?prefix$")
         (keys.gate_tomb("parley:telegram:123", "ab12"), "parley:telegram:123:gate:gone:ab12"),
         # The support API's event log.
         (keys.support_events("parley", "shop:v-1"), "parley:support:events:shop:v-1"),
+        (keys.support_answered("parley", "shop:v-1"), "parley:support:answered:shop:v-1"),
         (keys.support_wake("parley"), "parley:support:wake"),
         # The shared token budgets.
         (keys.budget("parley", date(2026, 3, 1), "user", "telegram:42", "h"),

@@ -12,10 +12,12 @@ per-address request limits, body sizes).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,7 +26,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from bot.conversation.manager import OutputAway
-from bot.conversation.sink import Author, current_author
+from bot.conversation.sink import Author, Shown, current_author, current_shown
 from bot.outage import Outage, is_outage
 from bot.storage.base import Cache
 from bot.storage.cache import build_cache
@@ -37,7 +39,7 @@ from .agent_api import AgentApi, StreamBridge
 from .api import Handler, SupportApi, endpoint, failed
 from .auth import PLATFORM, Authenticator, answer_origin, cors_headers, preflight_headers
 from .errors import ApiError, forbidden
-from .events import EventLog, LogUnreachable, Outbox, build_event_log
+from .events import AlreadyAnswered, EventLog, LogUnreachable, Outbox, build_event_log
 from .history import SupportHistory, delivered
 from .schemas import AgentEvent
 from .settings import SupportSettings
@@ -52,8 +54,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # Seconds between looks at an event log found out of reach; answers wait for it meanwhile.
 LOG_RETRY_S = 2.0
+# The piece of the core's delivery (bot.conversation.sink.Shown) that holds the answer's key
+# in the event log (events.EventLog.append's `once`).
+ANSWER_PIECE = 0
 
 
 def create(host: AdapterHost, settings: SupportSettings) -> SupportAdapter:
@@ -204,12 +211,21 @@ class SupportAdapter:
             return
         answered = await self.api.message_id(key, reply_to)
         await self._log_reachable(conversation)
-        outbox = Outbox(self.events, conversation)
+        shown = current_shown()
+        # An earlier attempt at this delivery noted its answer's key (see _put_answer): this
+        # one appends under the same key, so that only one of them lands an `answer`.
+        once = shown.pieces.get(ANSWER_PIECE) if shown is not None else None
+        outbox = Outbox(self.events, conversation, once=None if once is None else str(once))
         try:
             try:
-                await self._put_answer(outbox, chunks, answered)
+                await self._put_answer(outbox, chunks, answered, shown)
             finally:
                 await outbox.close()
+        except AlreadyAnswered as exc:
+            # An earlier attempt's answer landed meanwhile (an append that had timed out):
+            # left pending, its delivery kept, and the next attempt records that answer.
+            log.info("support: an earlier attempt at this answer is in the log; kept")
+            raise OutputAway(PLATFORM) from exc
         except LogUnreachable as exc:
             # Left pending for the sweep to answer afresh once the log is back: an answer
             # nobody may ever see is neither recorded nor cut off (its first delta then tells
@@ -223,10 +239,18 @@ class SupportAdapter:
             await self.events.erase(conversation)
 
     async def _put_answer(
-        self, outbox: Outbox, chunks: AsyncIterator[str], answered: str | None
+        self,
+        outbox: Outbox,
+        chunks: AsyncIterator[str],
+        answered: str | None,
+        shown: Shown | None,
     ) -> None:
         """The answer's events: its deltas (`first` on the first of this attempt, so a client
-        drops what an earlier attempt showed) and the `answer`, or one `notice`."""
+        drops what an earlier attempt showed) and the `answer`, or one `notice`. Before the
+        `answer` is sent, its key is noted with the core's delivery in SQL (`Shown.showed`,
+        as piece ANSWER_PIECE): an attempt whose `answer` may have landed (its append timed
+        out, its worker was killed before the core recorded it) is then finished by the next
+        attempt recording that answer (shown_answer), never by a second one."""
         parts: list[str] = []
         pending = aiter(chunks)
         async for chunk in pending:
@@ -244,7 +268,26 @@ class SupportAdapter:
             parts.append(chunk)
             outbox.put("delta", {"reply_to": answered, "text": chunk, "first": len(parts) == 1})
         text = "".join(parts)
+        if outbox.once is None and shown is not None:
+            once = uuid.uuid4().hex
+            await shown.showed(ANSWER_PIECE, once)
+            outbox.once = once
         outbox.put("answer", {"reply_to": answered, "text": text, "sources": answers.sources(text)})
+
+    async def shown_answer(
+        self, key: ConversationKey, pieces: Mapping[int, str | int]
+    ) -> str | None:
+        """The text of the `answer` an earlier attempt at this delivery appended under the key
+        it noted (bot.conversation.sink.KeepsAnswers); None: none landed. OutputAway while
+        the log is out of reach: whether it landed is not known yet."""
+        once = pieces.get(ANSWER_PIECE)
+        if once is None:
+            return None
+        found = await self._on_log(self.events.answered(key.chat_id, str(once)))
+        if found is None:
+            return None
+        text: str = json.loads(found.data)["text"]
+        return text
 
     async def ensure_reachable(self, key: ConversationKey) -> None:
         """The core asks before a turn runs (bot.conversation.sink.Reachable): while the
@@ -260,16 +303,17 @@ class SupportAdapter:
             raise OutputAway(PLATFORM)
         await self._on_log(self.events.latest(conversation))
 
-    async def _on_log(self, call: Awaitable[object]) -> None:
+    async def _on_log(self, call: Awaitable[T]) -> T:
         """`call` to the event log; its being out of reach is OutputAway (the turn waits)."""
         try:
-            await call
+            result = await call
         except Exception as exc:
             if not is_outage(exc):
                 raise
             self._log_outage.failed(exc)
             raise OutputAway(PLATFORM) from exc
         self._log_outage.succeeded()
+        return result
 
     async def _deliver_agent(
         self, key: ConversationKey, author: Author, chunks: AsyncIterator[str]

@@ -16,6 +16,13 @@ read. Without Redis: the same in this process's memory.
 
 The answer of one turn is appended by one worker at a time (the core's turn lock), so the
 order of appends is the order of the answer.
+
+An answer is appended once: its appends carry the delivery's key (`once`, noted in SQL with
+the core's delivery before the `answer` event is sent), and an append under a key whose
+`answer` is in the log already is refused (AlreadyAnswered), atomically. So an append that
+timed out but landed, or a worker killed right after its answer landed, is never followed by
+a second answer to the same messages: the next attempt finds the first (`answered`), and the
+core records it instead of asking the model again.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.conversation.sink import still_showing
 from bot.outage import is_outage
-from bot.storage.keys import support_events, support_wake
+from bot.storage.keys import support_answered, support_events, support_wake
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -51,11 +58,21 @@ SUBSCRIBE_WAIT_S = 5.0
 MAX_CARRIED_BATCHES = 64
 # Conversations whose events the in-memory log keeps (least recently used ones go first).
 MEMORY_CONVERSATIONS = 50_000
+# Answer keys kept per conversation (only the newest delivery's is ever asked for); past
+# this the record starts again.
+ANSWER_KEYS_KEPT = 64
+# The event that ends an answer, and marks its key answered.
+ANSWER = "answer"
 
 
 class LogUnreachable(Exception):
     """An append failed because the log (Redis) is out of reach or did not answer in time;
     raised from the driver's error. Events of that append may or may not be in the log."""
+
+
+class AlreadyAnswered(Exception):
+    """An append under an answer key whose `answer` is in the log already: refused, nothing
+    appended (an earlier attempt at the same delivery landed; see `EventLog.answered`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +173,19 @@ class EventLog(Protocol):
     async def aclose(self) -> None: ...
 
     async def append(
-        self, conversation: str, events: Sequence[tuple[str, Mapping[str, Any]]]
+        self,
+        conversation: str,
+        events: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        once: str | None = None,
     ) -> None:
-        """Append (name, data) events in order, in one round trip."""
+        """Append (name, data) events in order, in one round trip. `once`: the answer's key;
+        AlreadyAnswered (nothing appended) when an `answer` under it is in the log, and an
+        `answer` among `events` marks it so."""
+        ...
+
+    async def answered(self, conversation: str, once: str) -> Event | None:
+        """The `answer` event appended under the key `once`; None: none is kept."""
         ...
 
     async def read(self, conversation: str, after: str | None) -> list[Event]: ...
@@ -182,6 +209,7 @@ class MemoryEventLog:
         self._kept = kept
         self._ttl_s = ttl_s
         self._logs: OrderedDict[str, tuple[deque[Event], float]] = OrderedDict()
+        self._answered: dict[str, dict[str, str]] = {}  # conversation -> answer key -> id
         self._last = (0, 0)
         self._waiters = _Waiters()
 
@@ -198,15 +226,36 @@ class MemoryEventLog:
         return f"{self._last[0]}-{self._last[1]}"
 
     async def append(
-        self, conversation: str, events: Sequence[tuple[str, Mapping[str, Any]]]
+        self,
+        conversation: str,
+        events: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        once: str | None = None,
     ) -> None:
+        keys = self._answered.get(conversation, {}) if conversation in self._logs else {}
+        if once is not None and once in keys:
+            raise AlreadyAnswered(once)
         kept, _ = self._logs.pop(conversation, (deque(maxlen=self._kept), 0.0))
         for name, data in events:
-            kept.append(Event(self._next_id(), name, json.dumps(data, ensure_ascii=False)))
+            event = Event(self._next_id(), name, json.dumps(data, ensure_ascii=False))
+            kept.append(event)
+            if once is not None and name == ANSWER:
+                if len(keys) >= ANSWER_KEYS_KEPT:
+                    keys = {}
+                keys[once] = event.id
+        self._answered[conversation] = keys
         self._logs[conversation] = (kept, time.monotonic() + self._ttl_s)
         while len(self._logs) > MEMORY_CONVERSATIONS:
-            self._logs.popitem(last=False)
+            gone, _ = self._logs.popitem(last=False)
+            self._answered.pop(gone, None)
         self._waiters.wake(conversation)
+
+    async def answered(self, conversation: str, once: str) -> Event | None:
+        landed = self._answered.get(conversation, {}).get(once)
+        if landed is None:
+            return None
+        found = [e for e in await self.read(conversation, None) if e.id == landed]
+        return found[0] if found else None
 
     async def read(self, conversation: str, after: str | None) -> list[Event]:
         found = self._logs.get(conversation)
@@ -230,27 +279,42 @@ class MemoryEventLog:
 
     async def erase(self, conversation: str) -> None:
         self._logs.pop(conversation, None)
+        self._answered.pop(conversation, None)
 
     def end_streams(self) -> None:
         self._waiters.wake_all(close=True)
 
 
-# KEYS[1]: the stream; ARGV: channel, MAXLEN, TTL, conversation, the appending worker's id,
-# then name, data pairs. Returns the id of the event before them and the events added.
+# KEYS[1]: the stream, KEYS[2]: its answers' keys (a hash: key -> the `answer` event's id);
+# ARGV: channel, MAXLEN, TTL, conversation, the appending worker's id, the answer's key ("":
+# none), the number of keys kept, then name, data pairs. Returns the id of the event before
+# them, the events added, and "" (appended) or the id of the `answer` already appended under
+# that key (refused: nothing appended).
 APPEND_SCRIPT = """
+local once = ARGV[6]
+if once ~= '' then
+  local landed = redis.call('HGET', KEYS[2], once)
+  if landed then return {'', {}, landed} end
+end
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local previous = '0-0'
 if #newest > 0 then previous = newest[1][1] end
-local added = {}
-for i = 6, #ARGV, 2 do
+local added, answer = {}, nil
+for i = 8, #ARGV, 2 do
   local name, data = ARGV[i], ARGV[i + 1]
   local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', name, 'd', data)
   added[#added + 1] = {id, name, data}
+  if name == 'answer' then answer = id end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+if once ~= '' and answer then
+  if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[7]) then redis.call('DEL', KEYS[2]) end
+  redis.call('HSET', KEYS[2], once, answer)
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
 local wake = cjson.encode({c = ARGV[4], p = previous, e = added})
 redis.call('PUBLISH', ARGV[1], ARGV[5] .. '|' .. wake)
-return {previous, added}
+return {previous, added, ''}
 """
 
 
@@ -276,6 +340,9 @@ class RedisEventLog:
     def _key(self, conversation: str) -> str:
         return support_events(self._prefix, conversation)
 
+    def _answers_key(self, conversation: str) -> str:
+        return support_answered(self._prefix, conversation)
+
     async def start(self) -> None:
         """Subscribes; a Redis that is down does not stop the start (a restart during an
         outage crash-looped): the subscription keeps being tried, every stream reads once it
@@ -296,18 +363,28 @@ class RedisEventLog:
             await asyncio.gather(self._listener, return_exceptions=True)
 
     async def append(
-        self, conversation: str, events: Sequence[tuple[str, Mapping[str, Any]]]
+        self,
+        conversation: str,
+        events: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        once: str | None = None,
     ) -> None:
         """XADD, EXPIRE and PUBLISH in one script (atomic): the wake-up carries the events
         and the id of the event before them, so a stream that sent that one needs no read.
         This worker's own streams get the events from the script's answer at once, not a
-        round trip later through the subscription (which skips this worker's wake-ups)."""
+        round trip later through the subscription (which skips this worker's wake-ups).
+        The script refuses an append under an answer key already answered, in the same
+        step (a timed-out append of an earlier attempt may land at any moment)."""
         args: list[str | int | bytes] = [
-            self._channel, self._kept, self._ttl_s, conversation, self._me
+            self._channel, self._kept, self._ttl_s, conversation, self._me, once or "",
+            ANSWER_KEYS_KEPT,
         ]  # fmt: skip
         for name, data in events:
             args += [name, json.dumps(data, ensure_ascii=False)]
-        previous, added = await self._append_script(keys=[self._key(conversation)], args=args)
+        keys = [self._key(conversation), self._answers_key(conversation)]
+        previous, added, landed = await self._append_script(keys=keys, args=args)
+        if landed:
+            raise AlreadyAnswered(once)
         fresh = [Event(_text(i), _text(n), _text(d)) for i, n, d in added]
         self._waiters.carry(conversation, _text(previous), fresh)
 
@@ -327,11 +404,23 @@ class RedisEventLog:
         rows = await self._redis.xrevrange(self._key(conversation), "+", "-", count=1)
         return rows[0][0].decode() if rows else None
 
+    async def answered(self, conversation: str, once: str) -> Event | None:
+        landed = await self._redis.hget(self._answers_key(conversation), once)
+        if landed is None:
+            return None
+        event_id = _text(landed)
+        rows = await self._redis.xrange(self._key(conversation), event_id, event_id)
+        if not rows:  # trimmed: the key goes too, so that the next attempt may answer
+            await self._redis.hdel(self._answers_key(conversation), once)
+            return None
+        fields = rows[0][1]
+        return Event(event_id, fields[b"n"].decode(), fields[b"d"].decode())
+
     def waiter(self, conversation: str) -> contextlib.AbstractContextManager[Waiter]:
         return self._waiters.hold(conversation)  # type: ignore[no-any-return]
 
     async def erase(self, conversation: str) -> None:
-        await self._redis.delete(self._key(conversation))
+        await self._redis.delete(self._key(conversation), self._answers_key(conversation))
 
     def end_streams(self) -> None:
         self._waiters.wake_all(close=True)
@@ -441,9 +530,11 @@ class Outbox:
     fast model costs a few round trips per answer, not one per piece, and the first piece
     still leaves at once."""
 
-    def __init__(self, log_: EventLog, conversation: str) -> None:
+    def __init__(self, log_: EventLog, conversation: str, *, once: str | None = None) -> None:
         self._log = log_
         self._conversation = conversation
+        # The answer's key (EventLog.append): every append from the one it is set on.
+        self.once = once
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._sending: asyncio.Task[None] | None = None
 
@@ -473,7 +564,7 @@ class Outbox:
             batch, self._pending = self._pending, []
             try:
                 await still_showing()  # a worker paused past its lease appends no more
-                await self._log.append(self._conversation, batch)
+                await self._log.append(self._conversation, batch, once=self.once)
             except Exception as exc:
                 if is_outage(exc):
                     raise LogUnreachable(type(exc).__name__) from exc

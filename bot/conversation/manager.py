@@ -76,6 +76,7 @@ from .context import ContextLoader
 from .delivery import Superseded, TurnDelivery, beat, holder_alive, sweep
 from .relay import Collected, note_line, until
 from .sink import (
+    KeepsAnswers,
     OperatorFacing,
     Reachable,
     ReplySink,
@@ -577,7 +578,9 @@ class ConversationManager:
             raise
         except NotServedHere:
             note(outcome="deferred")  # e.g. OutputAway: run again once it can be shown
-            await turn.settle_failure()  # begun and nothing shown: cleared for the next try
+            # Begun and nothing shown: cleared for the next try; a piece noted (the web chat's
+            # answer, which may have landed): abandoned, finished on its own next time.
+            await turn.settle_failure()
             raise
         except Exception:
             await turn.settle_failure()
@@ -637,6 +640,12 @@ class ConversationManager:
         sink = self._sinks.get(work.key.platform)
         if isinstance(sink, Reachable):  # OutputAway: nothing can be shown now; nothing is run
             await sink.ensure_reachable(work.key)
+        turn = _TURN.get()
+        if turn.pieces and isinstance(sink, KeepsAnswers):  # an earlier attempt showed some
+            shown = await sink.shown_answer(work.key, turn.pieces)
+            if shown is not None:  # and completed it: recorded as the user saw it
+                await self._record_shown(work, batch, shown)
+                return
         if batch[0].kind is MessageKind.LIMITED:
             await self._rate_limited(work, batch)
             return
@@ -941,6 +950,20 @@ class ConversationManager:
         """Deliver and record a reply that is complete up front; it stays out of the context."""
         await self._deliver(work.key, once(text), batch)
         await self._record_aside(work, batch, text)
+
+    async def _record_shown(self, work: _Work, batch: list[StoredMessage], text: str) -> None:
+        """Record the answer an earlier attempt at this delivery completed on the platform
+        (KeepsAnswers): the user saw it, so it is the answer, and the model is not asked
+        again. A chat message's answer goes into the context (rebuilt from SQL next turn);
+        a command's stays out of it."""
+        log.info("conversation %s: recording the answer an earlier attempt showed", work.key)
+        chat = batch[0].kind is MessageKind.CHAT
+        tokens = await self._count(text) if chat else estimate_tokens(text)
+        kind = MessageKind.CHAT if chat else MessageKind.COMMAND
+        await _TURN.get().record(
+            text, kind=kind, token_count=tokens, retry_s=self._settings.record_retry_s
+        )
+        await self._context.invalidate(work.conversation_id)
 
     async def _record_aside(self, work: _Work, batch: list[StoredMessage], text: str) -> None:
         """Record the answer to `batch` out of the context (commands, skills, notices)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
@@ -45,6 +45,22 @@ class Reachable(Protocol):
     without asking the model anything (routing, skills, translations, the answer)."""
 
     async def ensure_reachable(self, key: ConversationKey) -> None: ...
+
+
+@runtime_checkable
+class KeepsAnswers(Protocol):
+    """A sink whose platform keeps each whole answer where any worker can read it back (the
+    support channel's event log), and shows it once: an answer another attempt at the same
+    delivery completed is never shown again. Before a delivery that showed something is
+    answered again (taken over from a worker that died, or run again after the platform was
+    out of reach), the core asks `shown_answer` with the pieces that attempt noted
+    (`Shown.showed`): the text of the answer it completed, which the core then records as
+    it is, without asking the model again; None: none was completed, the turn runs. It may
+    raise the manager's OutputAway (the platform is out of reach: the turn waits)."""
+
+    async def shown_answer(
+        self, key: ConversationKey, pieces: Mapping[int, str | int]
+    ) -> str | None: ...
 
 
 @runtime_checkable

@@ -77,6 +77,10 @@ def support_events(key_prefix: str, conversation: str) -> str:  # a visitor's ev
     return f"{key_prefix}:support:events:{conversation}"
 
 
+def support_answered(key_prefix: str, conversation: str) -> str:  # its answers' delivery keys
+    return f"{key_prefix}:support:answered:{conversation}"
+
+
 def support_wake(key_prefix: str) -> str:  # the channel that wakes every worker's streams
     return f"{key_prefix}:support:wake"
 

@@ -1,0 +1,201 @@
+"""One `answer` event per answered message, even when an attempt's `answer` landed in the event
+log but the attempt did not know it: an append that timed out (Redis slower than its socket
+timeout) but reached Redis, or a worker killed after its answer landed and before the core
+recorded it. The next attempt finds that answer (its key was noted with the core's delivery
+before it was sent) and the core records it; the model is not asked again and no second
+`answer` is appended. Real PostgreSQL and Redis, the real support adapter over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from adapters.support.events import AlreadyAnswered, EventLog, MemoryEventLog, RedisEventLog
+from backends.base import GenerationRequest
+from bot.conversation.sink import current_shown
+from bot.storage import migrate
+from tests.doubles import ScriptedBackend
+from tests.support_helpers import (
+    Worker,
+    bearer,
+    data,
+    last_user_text,
+    new_visitor,
+    open_stream,
+    support_worker,
+)
+
+pytestmark = pytest.mark.redis
+
+# The sweep runs a turn left pending again soon.
+QUICK_SWEEP = {"sweep_interval_s": 0.2, "orphan_after_s": 0.2}
+
+
+def answer(request: GenerationRequest) -> str:
+    return "re:" + last_user_text(request)
+
+
+@pytest.fixture
+def backend() -> ScriptedBackend:
+    return ScriptedBackend(answer)
+
+
+@pytest.fixture
+async def worker(
+    postgres_url: str, redis_url: str, key_prefix: str, backend: ScriptedBackend
+) -> AsyncIterator[Worker]:
+    await migrate.upgrade(postgres_url)
+    async with support_worker(
+        postgres_url, redis_url=redis_url, key_prefix=key_prefix, backend=backend,
+        conversation=QUICK_SWEEP,
+    ) as w:  # fmt: skip
+        yield w
+
+
+async def post(client: httpx.AsyncClient, token: str, text: str) -> str:
+    posted = await client.post("/v1/messages", headers=bearer(token), json={"text": text})
+    assert posted.status_code == 202, posted.text
+    message_id: str = posted.json()["message_id"]
+    return message_id
+
+
+async def said(client: httpx.AsyncClient, token: str) -> list[tuple[str, str]]:
+    response = await client.get("/v1/history", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    return [(m["role"], m["text"]) for m in response.json()["messages"]]
+
+
+async def test_an_answer_whose_append_timed_out_but_landed_is_not_answered_again(
+    worker: Worker, backend: ScriptedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chaos review: Redis held the append of an `answer` past the client's socket timeout,
+    then ran it. The turn, left pending, was run again merged with the visitor's newer
+    messages, and its answer (to all three, under the newest's reply_to) was a second answer
+    to the first question: the visitor saw it answered twice."""
+    log = worker.adapter.events
+    real = log.append
+    held, go = asyncio.Event(), asyncio.Event()
+
+    async def slow(conversation: str, events: Sequence[tuple[str, Any]], **kw: Any) -> None:
+        if any(name == "answer" for name, _ in events) and not held.is_set():
+            held.set()
+            await go.wait()  # Redis holds the request ...
+            await real(conversation, events, **kw)  # ... and runs it, after the client gave up
+            raise RedisTimeoutError("Timeout reading from socket")
+        await real(conversation, events, **kw)
+
+    monkeypatch.setattr(log, "append", slow)
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        token = (await new_visitor(client, site))["token"]
+        async with open_stream(client, token, last_event_id="0") as stream:
+            first = await post(client, token, "q1")
+            async with asyncio.timeout(30):
+                await held.wait()
+            await post(client, token, "q2")  # sent while the answer to q1 was on its way
+            newest = await post(client, token, "q3")
+            go.set()
+            events = await stream.until_answers(2)
+            await worker.adapter.idle()
+        history = await said(client, token)
+    answers = [data(e) for e in events if e.event == "answer"]
+    assert answers == [
+        {"reply_to": first, "text": "re:q1", "sources": []},
+        {"reply_to": newest, "text": "re:q2\n\nq3", "sources": []},
+    ]
+    # Recorded after the messages sent while it was on its way, as the history lists it.
+    assert history == [
+        ("user", "q1"),
+        ("user", "q2"),
+        ("user", "q3"),
+        ("assistant", "re:q1"),
+        ("assistant", "re:q2\n\nq3"),
+    ]
+    assert [last_user_text(r) for r in backend.requests] == ["q1", "q2\n\nq3"]
+
+
+async def test_a_worker_killed_after_its_answer_landed_leaves_no_second_answer(
+    worker: Worker, backend: ScriptedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chaos review: `kill -9` of a worker within 100 ms of an answer's end (its `answer`
+    appended, not yet recorded in SQL) gave a second `answer` to the same message, by the
+    worker that finished the delivery. The turn's task ending where the worker died (no
+    handler runs, its delivery stays unrecorded) stands for the kill."""
+    api = worker.adapter.api
+    real = api.erased_meanwhile
+    killed = asyncio.Event()
+
+    async def dies(*args: Any, **kw: Any) -> bool:
+        if current_shown() is not None and not killed.is_set():  # after an answer
+            killed.set()
+            raise asyncio.CancelledError  # the worker dies here: nothing after runs
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(api, "erased_meanwhile", dies)
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        token = (await new_visitor(client, site))["token"]
+        first = await post(client, token, "q1")
+        async with asyncio.timeout(30):
+            await killed.wait()
+        async with open_stream(client, token, last_event_id="0") as stream:
+            # The delivery left unrecorded is finished first, then the next message answered.
+            await post(client, token, "q2")
+            events = await stream.until_answers(2)
+            await worker.adapter.idle()  # recorded after its events
+        history = await said(client, token)
+    answers = [data(e) for e in events if e.event == "answer"]
+    assert answers[0] == {"reply_to": first, "text": "re:q1", "sources": []}
+    assert [a["text"] for a in answers] == ["re:q1", "re:q2"]
+    # (q2 may be recorded before the answer to q1 or after it: the history lists them by id.)
+    assert [text for role, text in history if role == "user"] == ["q1", "q2"]
+    assert [text for role, text in history if role == "assistant"] == ["re:q1", "re:q2"]
+    assert [last_user_text(r) for r in backend.requests] == ["q1", "q2"]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def event_log(
+    request: pytest.FixtureRequest, redis_url: str, key_prefix: str
+) -> AsyncIterator[EventLog]:
+    if request.param == "memory":
+        yield MemoryEventLog(kept=100, ttl_s=60)
+        return
+    client = Redis.from_url(redis_url)
+    log = RedisEventLog(client, key_prefix, kept=100, ttl_s=60)
+    await log.start()
+    try:
+        yield log
+    finally:
+        await log.erase("shop:v_1")
+        await log.aclose()
+        await client.aclose()
+
+
+def names(events: Sequence[Any]) -> list[str]:
+    return [e.name for e in events]
+
+
+async def test_an_append_under_an_answered_key_is_refused_whole(event_log: EventLog) -> None:
+    delta: Mapping[str, Any] = {"reply_to": "1", "text": "Hi", "first": True}
+    final: Mapping[str, Any] = {"reply_to": "1", "text": "Hi", "sources": []}
+    await event_log.append("shop:v_1", [("delta", delta)], once="k1")  # not answered yet
+    assert await event_log.answered("shop:v_1", "k1") is None
+    await event_log.append("shop:v_1", [("delta", delta), ("answer", final)], once="k1")
+    landed = await event_log.answered("shop:v_1", "k1")
+    assert landed is not None and landed.name == "answer"
+    with pytest.raises(AlreadyAnswered):  # a second attempt at the same answer
+        await event_log.append("shop:v_1", [("delta", delta), ("answer", final)], once="k1")
+    await event_log.append("shop:v_1", [("answer", final)], once="k2")  # another answer
+    await event_log.append("shop:v_1", [("message", {"id": "2"})])  # no key: as before
+    assert names(await event_log.read("shop:v_1", None)) == [
+        "delta", "delta", "answer", "answer", "message"
+    ]  # fmt: skip
+    await event_log.erase("shop:v_1")
+    assert await event_log.answered("shop:v_1", "k1") is None
+    await event_log.append("shop:v_1", [("answer", final)], once="k1")  # its keys went too
