@@ -197,12 +197,15 @@ def _for_asyncpg(url: URL) -> URL:
             raise ValueError(f"{name}: not {_ASYNCPG_NUMBERS[name]}")
     # Ports in the parameters (host=H:P, host=H1,H2&port=P1,P2; SQLAlchemy's forms of several
     # hosts) reach the socket as they are: 99999 was an OverflowError at connect.
+    # Only an internet host name or address is split at its colon (as SQLAlchemy splits it):
+    # a socket folder's path (Cloud SQL's /cloudsql/PROJECT:REGION:INSTANCE) and an IPv6
+    # address are hosts as they are, colons and all.
     hosts = query.get("host", ())
     host_ports = [
-        host.rpartition(":")[2]
+        named.group(1)
         for host in ((hosts,) if isinstance(hosts, str) else hosts)
         for host in host.split(",")
-        if ":" in host
+        if (named := _HOST_AND_PORT.fullmatch(host)) and named.group(1)
     ]
     ports = str(query.get("port", "")).split(",") if "port" in query else []
     if not all(_port_text(port) for port in host_ports + ports):
@@ -239,6 +242,9 @@ def _number_for(name: str, value: str | tuple[str, ...]) -> bool:
 
 
 _PORTS = "a number from 1 to 65535"
+
+
+_HOST_AND_PORT = re.compile(r"[A-Za-z0-9.-]*:([^:]*)")
 
 
 def _port_text(text: str) -> bool:
@@ -387,8 +393,9 @@ class RedisSettings(_Section):
 # Redis URL parameters: the database, and the TLS options of a rediss:// URL (read as text by
 # redis-py); those that Parley's settings or its client set are refused, naming the setting.
 _REDIS_URL_PARAMETERS = frozenset({
-    "db", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile",
-    "ssl_check_hostname", "ssl_ciphers",
+    "db", "username", "password", "client_name",  # unix:///path.sock?db=0&password=... (redis-py)
+    "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile",
+    "ssl_password", "ssl_check_hostname", "ssl_ciphers", "ssl_min_version",
 })  # fmt: skip
 _REDIS_SET_BY_PARLEY = {
     "socket_timeout": "redis.socket_timeout_s",
@@ -398,6 +405,7 @@ _REDIS_SET_BY_PARLEY = {
     "health_check_interval": "",
     "retry_on_timeout": "",
     "retry_on_error": "",
+    "protocol": "",  # RESP3 replies are shaped differently from the RESP2 Parley reads
 }
 
 

@@ -202,6 +202,27 @@ def test_setfix_a_port_in_the_host_or_port_parameter_is_checked_too(
     )
 
 
+@pytest.mark.parametrize(
+    "host",
+    [
+        "/cloudsql/my-project:europe-west1:main-db",  # Cloud SQL's socket folder
+        "/var/run/postgresql",
+        "::ffff:127.0.0.1",
+        "2001:db8::abcd",
+        "db.internal:5433",
+    ],
+)
+def test_a_socket_folder_or_an_ipv6_address_in_the_host_parameter_is_a_host(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    """The port check split every host= value at its last colon: Cloud SQL's socket folder
+    (/cloudsql/PROJECT:REGION:INSTANCE) and IPv6 addresses, which connect, were refused as
+    bad ports (a review of the check). Only a host name or IPv4 address is split, as
+    SQLAlchemy splits it."""
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"postgresql://postgres@/parley?host={host}")
+    assert main(["config"]) == 0, capsys.readouterr().err
+
+
 def test_setfix_a_database_port_out_of_range_stops_doctor_in_one_line(tmp_path: Path) -> None:
     url = "postgresql://postgres:s3cretpw@127.0.0.1:99999/parley"
     status, err = _parley(tmp_path, "doctor", env={"PARLEY_DATABASE__URL": url})
@@ -237,13 +258,15 @@ def test_setfix_a_redis_database_number_or_none_is_taken(
 @pytest.mark.parametrize(
     ("query", "said"),
     [
-        ("?foo=bar", "foo: not a URL parameter Parley's Redis client takes; it takes db, "),
+        ("?foo=bar", "foo: not a URL parameter Parley's Redis client takes; it takes "
+         "client_name, db, "),
         ("?socket_timeout=60", "socket_timeout: Parley sets this itself; use "
          "redis.socket_timeout_s"),
         ("?max_connections=3", "max_connections: Parley sets this itself; use "
          "redis.max_connections"),
         ("?health_check_interval=0", "health_check_interval: Parley sets this itself; remove "),
         ("?ssl_cert_reqs=none", "ssl_cert_reqs: a TLS option, for a rediss:// URL only"),
+        ("?protocol=3", "protocol: Parley sets this itself; remove "),
     ],
 )  # fmt: skip
 def test_redis_url_parameters_are_refused_unless_the_client_takes_them_from_a_url(
@@ -257,6 +280,25 @@ def test_redis_url_parameters_are_refused_unless_the_client_takes_them_from_a_ur
     err = _refused(capsys, monkeypatch, PARLEY_REDIS__URL=url)
     assert err.startswith(f"invalid setting PARLEY_REDIS__URL: {said}"), err
     assert "s3cretpw" not in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "unix:///var/run/redis/redis.sock?db=0&password=s3cretpw",  # redis-py's own example
+        "redis://h/0?username=u&password=s3cretpw",
+        "redis://h/9?client_name=parley-w1",
+        "rediss://h/0?ssl_password=s3cretpw&ssl_keyfile=/k.pem&ssl_certfile=/c.pem",
+        "rediss://h/0?ssl_min_version=3&ssl_cert_reqs=required&ssl_ca_certs=/ca.pem",
+    ],
+)
+def test_redis_url_parameters_that_worked_before_still_do(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """A review of the parameter check: these connect with redis-py and were refused."""
+    monkeypatch.setenv("PARLEY_REDIS__URL", url)
+    assert main(["config"]) == 0, capsys.readouterr().err
+    assert "s3cretpw" not in capsys.readouterr().out
 
 
 def test_an_unknown_redis_url_parameter_stops_doctor_in_one_line(tmp_path: Path) -> None:
