@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Literal, Self, TextIO
 from bot.adapter_registry import AdapterSettings, AdapterSpec
 from bot.conversation.intake import Intake
 from bot.conversation.manager import OutputAway, stops_a_reply
-from bot.errors import AdapterError, SchemaOutOfDate, SchemaTooNew, StorageError
+from bot.errors import AdapterError, StorageError
+from bot.outage import is_outage
 from bot.storage.base import Recorded
 from bot.text.terminal import printable
 from bot.types import ConversationKey, Incoming, User
@@ -215,9 +216,11 @@ class ConsoleAdapter:
         while True:
             try:
                 return await self._intake.submit(incoming)
-            except (SchemaOutOfDate, SchemaTooNew):
-                raise  # no wait mends these: the operator must migrate or upgrade
             except StorageError as exc:
+                if not is_outage(exc):
+                    # A refusal (a read-only or full database, a missing permission, a schema
+                    # to migrate): no wait mends it, so the console ends with its one line.
+                    raise
                 if not said:
                     log.warning("console: message not recorded, tried again: %s", exc)
                     self._write(DATABASE_DOWN)

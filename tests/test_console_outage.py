@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from adapters.console import ConsoleAdapter, ConsoleSettings
 from bot.app import Parley
+from bot.errors import StorageError
 from bot.settings import Settings
 from bot.storage import migrate
 from bot.storage.base import MessageKind
@@ -158,3 +159,39 @@ async def test_the_database_going_down_while_the_console_waits_for_an_answer(
             await running
     assert console.unanswered == 0
     assert screen.text.count("echo: q2") == 1
+
+
+async def test_a_database_that_refuses_the_line_ends_the_console_at_once(
+    postgres_url: str,
+) -> None:
+    """Only an outage is waited for: a database that answers and refuses (read-only here;
+    a full disk, a missing permission) was retried for ever under the notice that it could
+    not be reached (a review of the retry)."""
+    await migrate.upgrade(postgres_url)
+    name = sa.make_url(postgres_url).database
+    admin = create_engine(postgres_url)
+    screen = Screen()
+    try:
+        async with Parley(Settings(database={"url": postgres_url})) as app:  # type: ignore[arg-type]
+            console = ConsoleAdapter(
+                app.intake, ConsoleSettings(chat="refused"), stdin=io.StringIO("hello\n"),
+                stdout=screen, interactive=False,  # type: ignore[arg-type]
+            )  # fmt: skip
+            app.intake.register(console.platform, console, ConsoleSettings().access)
+            async with admin.connect() as conn:
+                await conn.execute(
+                    sa.text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+                )
+                await conn.commit()
+            await app.store.engine.dispose()  # new connections: read-only sessions
+            with pytest.raises(StorageError, match="ReadOnlySQLTransaction"):
+                async with asyncio.timeout(60):
+                    await console.run()
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(
+                sa.text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = off')
+            )
+            await conn.commit()
+        await admin.dispose()
+    assert "cannot reach the database" not in screen.text
