@@ -8,6 +8,10 @@ prompt carried the deleted text until the window rolled over or expired a day la
 process or in Redis, on every worker (a review). The turns are held at the two points where
 that happened: after the turn recorded its answer (the deleted message may be the one it
 answers), and while the model streams (an earlier message, already in the window).
+
+A turn that rolls its window over folds the turns of the window it loaded into the summary,
+a model call: a deletion during it went into SQL's summary, and every later prompt carried
+it until the next fold (a review). The summary's model call is held there.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from typing import Any
 import pytest
 
 from backends.base import Chunk, GenerationRequest, estimate_tokens
-from bot.conversation.context import ContextLoader
+from bot.conversation.context import FOLD_TRIES, ContextLoader
 from bot.conversation.manager import ConversationManager
-from bot.conversation.summary import Summarizer
+from bot.conversation.summary import SUMMARY_INSTRUCTION, Summarizer
+from bot.errors import ContextTooLong
 from bot.settings import Settings
 from bot.skills.core_commands import register_core_commands
 from bot.skills.router import CommandRouter
@@ -84,6 +89,33 @@ class HeldModel(ScriptedBackend):
             yield chunk
 
 
+class HeldSummary(HeldModel):
+    """Answers "Noted."; a summary keeps the token it reads (as a model told to keep facts
+    does), and the first summary asked for waits for `release`. With `refuse`, the next
+    answer is refused as too long for the model's context (the manager shrinks once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.summarising = asyncio.Event()
+        self.refuse = False
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        if request.messages[0].content.startswith(SUMMARY_INSTRUCTION[:20]):
+            if not self.summarising.is_set():
+                self.summarising.set()
+                await self.release.wait()
+            self.requests.append(request)
+            read = request.messages[-1].content
+            text = f"They shared the token {SECRET}." if SECRET in read else "They talked."
+            yield Chunk(text=text)
+            return
+        if self.refuse:
+            self.refuse = False
+            raise ContextTooLong("the prompt is longer than the model's context")
+        async for chunk in super().stream(request):
+            yield chunk
+
+
 @dataclass
 class Worker:
     manager: ConversationManager
@@ -98,7 +130,7 @@ async def count(text: str) -> int:
 
 @asynccontextmanager
 async def worker(
-    url: str, redis_url: str | None, prefix: str, backend: HeldModel
+    url: str, redis_url: str | None, prefix: str, backend: HeldModel, budget_tokens: int = 2000
 ) -> AsyncIterator[Worker]:
     """One Parley worker's turn pipeline on `url`, its windows in Redis where `redis_url`
     is given (shared by the workers of a test), else in process."""
@@ -110,7 +142,7 @@ async def worker(
     held = HeldAfterRecord(store)
     cache = build_cache(settings.redis)
     summarizer = Summarizer(backend, max_tokens=64, count_tokens=count)
-    context = ContextLoader(held, cache, summarizer, budget_tokens=2000)  # type: ignore[arg-type]
+    context = ContextLoader(held, cache, summarizer, budget_tokens=budget_tokens)  # type: ignore[arg-type]
     router = CommandRouter()
     register_core_commands(router)
     manager = ConversationManager(
@@ -193,6 +225,84 @@ async def test_a_message_deleted_while_a_later_answer_streams_stays_out_of_the_c
         prompt = last_prompt(backend)
         assert not [text for text in prompt if SECRET in text]
         assert DELETED_STUB in prompt
+
+
+# About 190 tokens: with its answer and the next message, over a budget of 200.
+LONG = f"my token is {SECRET}. " + "The harbour crane moved crates of tea all day. " * 16
+
+
+async def test_a_message_deleted_while_the_window_rolls_over_stays_out_of_the_summary(
+    database_url: str, windows: str | None, key_prefix: str
+) -> None:
+    """The next message does not fit beside the deleted one: its turn folds the window it
+    loaded before the deletion into the summary, and the deletion lands during that model
+    call. The summary written was of the deleted text, in SQL and every later prompt."""
+    backend = HeldSummary()
+    async with worker(database_url, windows, key_prefix, backend, budget_tokens=200) as w:
+        await w.manager.handle(message(LONG, "m1"))
+        await w.manager.submit(message("what next?", "m2"))
+        async with asyncio.timeout(WAIT_S):
+            await backend.summarising.wait()
+        assert await w.manager.redact("m1")
+        backend.release.set()
+        await w.manager.wait_idle()
+        await w.manager.handle(message("what did I say?", "m3"))
+        cid = await w.store.conversation_id(KEY)
+        assert cid is not None
+        assert SECRET not in (await w.store.state(cid)).summary
+        prompt = last_prompt(backend)
+        assert not [text for text in prompt if SECRET in text]
+        assert DELETED_STUB in prompt  # folded again from SQL, the deleted message fits now
+        assert w.sink.replies[KEY] == ["Noted.", "Noted.", "Noted."]
+
+
+async def test_a_message_deleted_while_a_refused_prompt_is_shrunk_stays_out_of_the_summary(
+    database_url: str, windows: str | None, key_prefix: str
+) -> None:
+    """The model refuses the prompt as too long: the turn folds every turn of its window
+    into the summary (ContextLoader.shrink), and the deletion lands during that fold."""
+    backend = HeldSummary()
+    async with worker(database_url, windows, key_prefix, backend) as w:
+        await w.manager.handle(message(f"my token is {SECRET}", "m1"))
+        backend.refuse = True
+        await w.manager.submit(message("what next?", "m2"))
+        async with asyncio.timeout(WAIT_S):
+            await backend.summarising.wait()
+        assert await w.manager.redact("m1")
+        backend.release.set()
+        await w.manager.wait_idle()
+        cid = await w.store.conversation_id(KEY)
+        assert cid is not None
+        assert (await w.store.state(cid)).summary == "They talked."  # folded from SQL
+        assert not [text for text in last_prompt(backend) if SECRET in text]  # the retry
+        await w.manager.handle(message("what did I say?", "m3"))
+        assert not [text for text in last_prompt(backend) if SECRET in text]
+        assert w.sink.replies[KEY] == ["Noted.", "Noted.", "Noted."]
+
+
+async def test_a_roll_over_undone_by_redactions_each_time_gives_up_without_writing(
+    database_url: str, windows: str | None, key_prefix: str
+) -> None:
+    """Messages redacted during every fold (a bulk deletion): the tries are bounded, and
+    none of the summaries is written; the turn is answered from the window as SQL has it."""
+    backend = HeldSummary()
+    backend.summarising.set()  # no summary is held
+    async with worker(database_url, windows, key_prefix, backend, budget_tokens=200) as w:
+        folds: list[str] = []
+
+        async def redacted_meanwhile(cid: int, summary: str, *args: Any) -> bool:
+            folds.append(summary)
+            return False
+
+        w.store.fold_summary = redacted_meanwhile  # type: ignore[method-assign]
+        await w.manager.handle(message(LONG, "m1"))
+        await w.manager.handle(message("what next?", "m2"))
+        assert len(folds) == FOLD_TRIES
+        cid = await w.store.conversation_id(KEY)
+        assert cid is not None
+        assert (await w.store.state(cid)).summary == ""
+        assert last_prompt(backend) == [LONG, "Noted.", "what next?"]
+        assert w.sink.replies[KEY] == ["Noted.", "Noted."]
 
 
 @pytest.mark.postgres

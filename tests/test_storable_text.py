@@ -64,5 +64,5 @@ async def test_a_poisoned_summary_is_recorded(store: SqlStore) -> None:
     incoming = Incoming(KEY, User("test", "u1"), "hello", idempotency_key="poison-2")
     recorded = await store.record_incoming(incoming, kind=MessageKind.CHAT, token_count=1)
     cid = recorded.conversation_id
-    await store.fold_summary(cid, POISON, through_id=recorded.message_id, tokens=4)
+    await store.fold_summary(cid, POISON, recorded.message_id, tokens=4, redactions=0)
     assert (await store.state(cid)).summary == CLEAN

@@ -219,15 +219,29 @@ async def test_command_replies_stay_out_of_context(store: Store) -> None:
 async def test_fold_summary_is_kept_in_state(store: Store) -> None:
     cid, _, reply_id = await turn(store, "k1", "q", "a")
     assert (await store.state(cid)).summary_tokens == 0
-    await store.fold_summary(cid, "they greeted", reply_id, 7)
+    assert await store.fold_summary(cid, "they greeted", reply_id, 7, 0)
     state = await store.state(cid)
     assert (state.summary, state.summary_through_id) == ("they greeted", reply_id)
     assert state.summary_tokens == 7
 
 
+async def test_a_summary_folded_before_a_redaction_is_not_written(store: Store) -> None:
+    """A fold written over a redaction that landed while the model summarised (or since
+    the window was built) would keep the deleted text in every later prompt: the write is
+    conditional on the count of redactions the window was built at, in one statement."""
+    cid, _, reply_id = await turn(store, "k1", "my secret", "a")
+    assert await store.fold_summary(cid, "first", reply_id, 5, 0)
+    assert await store.redact("k1") == cid
+    assert not await store.fold_summary(cid, "they said: my secret", reply_id, 7, 0)
+    state = await store.state(cid)
+    assert (state.summary, state.summary_tokens, state.redactions) == ("first", 5, 1)
+    assert await store.fold_summary(cid, "they said: [deleted]", reply_id, 6, 1)
+    assert (await store.state(cid)).summary == "they said: [deleted]"
+
+
 async def test_reset_context_starts_after_newest_message(store: Store) -> None:
     cid, asked, _ = await turn(store, "k1", "q", "a")
-    await store.fold_summary(cid, "old", asked, 3)
+    assert await store.fold_summary(cid, "old", asked, 3, 0)
     _, newest = await say(store, "reset", "/reset", kind=COMMAND)
     await store.reset_context(cid)
     state = await store.state(cid)

@@ -12,7 +12,10 @@ flight holds the window it loaded before and writes it back when it ends, the de
 it; nothing else about it differs from SQL's. So a window carries the conversation's count of
 redactions as it was built, read before its rows: in Redis one built or written back across a
 redaction, by any worker, is stale by that count. In process the manager drops the window
-again after the turn in flight (ConversationManager.redact).
+again after the turn in flight (ConversationManager.redact). A turn in flight that rolls over
+folds its window's turns into the summary, which SQL keeps: the summary is written only if no
+message was redacted since the window was built (Store.fold_summary, one statement), else it is
+folded again from SQL (ContextLoader._fold).
 
 A rebuild reads a bounded number of the newest rows, so loading costs the same for 10 or
 100,000 earlier messages.
@@ -21,6 +24,7 @@ A rebuild reads a bounded number of the newest rows, so loading costs the same f
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar
 
 from bot.storage import keys
@@ -32,6 +36,9 @@ from .window import Turn, Window, framed_summary, turns_from_rows
 log = logging.getLogger(__name__)
 
 CACHE_TTL_S = 24 * 3600
+# Folds of one roll-over, each undone by a redaction during it, before the turn goes on without
+# one (ContextLoader._fold): a bulk deletion is over well within a few model calls.
+FOLD_TRIES = 3
 # The conversation's state, when the caller knows it (read with the turn lease): a cached
 # window is checked against it, and a rebuild starts from it, with no read of their own.
 _KNOWN: ContextVar[ConversationState | None] = ContextVar("parley_known_state", default=None)
@@ -98,8 +105,13 @@ class ContextLoader:
     async def fit(self, conversation_id: int, window: Window, new_tokens: int) -> Window:
         """Make room for a new message of `new_tokens`: roll over only when it must."""
         if window.tokens + new_tokens > self.budget_tokens and window.turns:
-            await self._roll_over(conversation_id, window, self.budget_tokens // 2 - new_tokens)
-            await self._windows.put(conversation_id, window)
+            target = self.budget_tokens // 2 - new_tokens
+            window = await self._fold(
+                conversation_id,
+                window,
+                target,
+                lambda w: w.tokens + new_tokens > self.budget_tokens,
+            )
         return window
 
     async def shrink(self, conversation_id: int, window: Window, new_tokens: int) -> Window:
@@ -108,30 +120,61 @@ class ContextLoader:
         prompt with history can be. Called at most once per turn."""
         if not window.turns:
             return window  # nothing to fold: the message alone is too long, the retry says so
-        await self._roll_over(conversation_id, window, 0)
-        await self._windows.put(conversation_id, window)
-        return window
+        return await self._fold(conversation_id, window, 0, lambda w: True)
 
     async def append(self, conversation_id: int, window: Window, turn: Turn) -> None:
         """Add a finished turn. Appending never changes what came before (prefix stability)."""
         window.add(turn)
         await self._windows.put(conversation_id, window)
 
-    async def _roll_over(self, conversation_id: int, window: Window, target: int) -> None:
+    async def _fold(
+        self, conversation_id: int, window: Window, target: int, over: Callable[[Window], bool]
+    ) -> Window:
+        """Roll over down to `target`; the window to use (and cached). A summary folded from a
+        window built before a redaction is not written (Store.fold_summary): the window is
+        built again from SQL, where the message reads as the stub, and folded again while it
+        is still `over` the budget."""
+        for _ in range(FOLD_TRIES):
+            if await self._roll_over(conversation_id, window, target):
+                break
+            log.info("conversation %s: a message was redacted during a roll-over, folding "
+                     "again from SQL", conversation_id)  # fmt: skip
+            window = await self._rebuild(conversation_id)
+            if not window.turns or not over(window):
+                break
+        else:
+            # Redactions kept landing during the model's fold. A summary written now, from a
+            # window read before the last of them, could hold its text; the window as SQL
+            # has it holds none. The prompt may be over the budget for this turn (at worst
+            # the model refuses it, and the turn is tried again); the next turn folds.
+            log.warning("conversation %s: not rolled over, messages were redacted during "
+                        "each of %d folds", conversation_id, FOLD_TRIES)  # fmt: skip
+        await self._windows.put(conversation_id, window)
+        return window
+
+    async def _roll_over(self, conversation_id: int, window: Window, target: int) -> bool:
+        """Fold the oldest turns into the summary; False, with the summary unwritten and the
+        window to be discarded (turns taken out of it), when a message was redacted since the
+        window was built."""
         # Fold down to half the budget so roll-overs (which break the prefix) stay rare.
         fold: list[Turn] = []
         while window.turns and window.tokens > target:
             fold.append(window.pop_oldest())
             window.summary_tokens = 0  # the old summary is folded into the new one
         if not fold:
-            return
+            return True
         summary, tokens = await self._summarizer.fold(window.summary, fold)
         tokens += await self._frame()
         through = fold[-1].reply_id
-        await self._store.fold_summary(conversation_id, summary, through, tokens)
+        # Only over the redactions the window was built after: a redaction during the model's
+        # fold (or since the window was loaded) would otherwise be written into SQL's summary.
+        args = (conversation_id, summary, through, tokens, window.redactions)
+        if not await self._store.fold_summary(*args):
+            return False
         window.summary, window.summary_tokens = summary, tokens
         window.boundary_id = max(window.boundary_id, through)
         log.info("conversation %s rolled over: %d turns folded", conversation_id, len(fold))
+        return True
 
     async def _frame(self) -> int:
         """Tokens of the summary's heading and fence (`framed_summary`), counted once: a

@@ -258,10 +258,13 @@ class Store(Protocol):
         ...
 
     async def fold_summary(
-        self, conversation_id: int, summary: str, through_id: int, tokens: int
-    ) -> None:
+        self, conversation_id: int, summary: str, through_id: int, tokens: int, redactions: int
+    ) -> bool:
         """Replace the summary with `summary` (of `tokens` tokens, as the window counts
-        them), covering the messages with id <= through_id."""
+        them), covering the messages with id <= through_id, if the conversation's count of
+        redactions is still `redactions` (that of the window it was folded from), in the same
+        statement. False, writing nothing, when a message was redacted since: the summary
+        may hold the deleted text, and would carry it into every later prompt."""
         ...
 
     async def reset_context(self, conversation_id: int) -> None:

@@ -321,11 +321,12 @@ class SqlStore:
                 for id_, role, content, tokens, answered_by in reversed(rows)]  # fmt: skip
 
     async def fold_summary(
-        self, conversation_id: int, summary: str, through_id: int, tokens: int
-    ) -> None:
+        self, conversation_id: int, summary: str, through_id: int, tokens: int, redactions: int
+    ) -> bool:
         params = {"conversation_id": conversation_id, "new_summary": storable(summary),
-                  "through_id": through_id, "tokens": tokens}  # fmt: skip
-        await self._write(_FOLD_SUMMARY, params)
+                  "through_id": through_id, "tokens": tokens,
+                  "expected_redactions": redactions}  # fmt: skip
+        return await self._write(_FOLD_SUMMARY, params) > 0
 
     async def reset_context(self, conversation_id: int) -> None:
         await self._write(self._reads.reset_context, {"conversation_id": conversation_id})
@@ -948,9 +949,11 @@ def _fenced_reply(ids: sa.BindParameter[Any]) -> sa.Select[Any]:
     return sa.select(reply_id, sa.select(sa.func.count()).select_from(marked).scalar_subquery())
 
 
+# Only over the redactions the folded window was built after (Store.fold_summary): the check
+# and the write in one statement, so no redaction lands between them.
 _FOLD_SUMMARY = (
     sa.update(_c)
-    .where(_c.id == _param("conversation_id"))
+    .where(_c.id == _param("conversation_id"), _c.redactions == _param("expected_redactions"))
     .values(
         summary=_param("new_summary"),
         summary_through_id=_param("through_id"),
