@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import statistics
 import sys
@@ -160,6 +161,9 @@ class Visitor:
     turn: Turn | None = None
 
 
+_STAMP = re.compile(r"\[([0-9.]+)\]")
+
+
 async def watch(client: httpx.AsyncClient, visitor: Visitor) -> None:
     """One visitor's open stream: times the first delta and the answer of its turn."""
     params = {"token": visitor.token}
@@ -171,8 +175,13 @@ async def watch(client: httpx.AsyncClient, visitor: Visitor) -> None:
             if turn is None or not event.data:
                 continue
             if event.event == "delta" and turn.first_delta_ms is None:
-                made = float(event.json()["text"].strip("[]"))
-                turn.first_delta_ms = (time.time() - made) * 1000
+                # The first delta starts with the time stamp the model's first token carries;
+                # the chunks after it may come in the same event (the outbox sends what is
+                # ready together), so it is read from the front, not taken whole.
+                stamp = _STAMP.match(event.json()["text"])
+                if stamp is None:
+                    raise ValueError("the first delta does not start with the model's stamp")
+                turn.first_delta_ms = (time.time() - float(stamp.group(1))) * 1000
             elif event.event == "answer":
                 turn.answered = time.perf_counter()
                 turn.done.set()
