@@ -21,10 +21,11 @@ from bot.settings import Settings
 from bot.storage import migrate
 from bot.storage.base import MessageKind
 from bot.storage.database import create_engine
-from bot.storage.models import ConversationRow, MessageRow
+from bot.storage.models import ConversationRow
 from bot.types import Incoming, utcnow
 from tests.crash_cluster import TcpProxy
 from tests.doubles import ScriptedBackend
+from tests.test_sup_outage import stored_copies
 
 
 class Screen:
@@ -65,16 +66,6 @@ async def proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
     await proxy.aclose()
 
 
-async def copies(postgres_url: str, text: str) -> int:
-    engine = create_engine(postgres_url)
-    try:
-        async with engine.connect() as conn:
-            count = sa.select(sa.func.count()).where(MessageRow.content == text)
-            return int((await conn.execute(count)).scalar_one())
-    finally:
-        await engine.dispose()
-
-
 async def test_a_line_typed_while_the_database_is_down_is_kept_and_answered_once(
     postgres_url: str, proxy: TcpProxy
 ) -> None:
@@ -109,7 +100,7 @@ async def test_a_line_typed_while_the_database_is_down_is_kept_and_answered_once
         async with asyncio.timeout(60):
             await running
     assert screen.text.count("echo: during the outage") == 1
-    assert await copies(postgres_url, "during the outage") == 1
+    assert await stored_copies(postgres_url, "during the outage") == 1
 
 
 async def test_the_database_going_down_while_the_console_waits_for_an_answer(
@@ -145,7 +136,7 @@ async def test_the_database_going_down_while_the_console_waits_for_an_answer(
         running = asyncio.create_task(console.run())
         running.add_done_callback(lambda _: screen.write(""))
         async with asyncio.timeout(60):  # q2 recorded: the console now looks every second
-            while await copies(postgres_url, "q2") == 0:  # noqa: ASYNC110 - another process
+            while await stored_copies(postgres_url, "q2") == 0:  # noqa: ASYNC110 - another process
                 await asyncio.sleep(0.05)
         proxy.cut(3600)
         try:
