@@ -12,6 +12,10 @@ answers), and while the model streams (an earlier message, already in the window
 A turn that rolls its window over folds the turns of the window it loaded into the summary,
 a model call: a deletion during it went into SQL's summary, and every later prompt carried
 it until the next fold (a review). The summary's model call is held there.
+
+A message an earlier roll-over had folded into the summary stayed there once deleted, in
+every later prompt (a review): the deletion drops the summary, and the window is folded
+again from the messages since the /reset.
 """
 
 from __future__ import annotations
@@ -294,7 +298,7 @@ async def test_a_roll_over_undone_by_redactions_each_time_gives_up_without_writi
             folds.append(summary)
             return False
 
-        w.store.fold_summary = redacted_meanwhile  # type: ignore[method-assign]
+        w.store.fold_summary = redacted_meanwhile  # type: ignore[attr-defined]
         await w.manager.handle(message(LONG, "m1"))
         await w.manager.handle(message("what next?", "m2"))
         assert len(folds) == FOLD_TRIES
@@ -303,6 +307,86 @@ async def test_a_roll_over_undone_by_redactions_each_time_gives_up_without_writi
         assert (await w.store.state(cid)).summary == ""
         assert last_prompt(backend) == [LONG, "Noted.", "what next?"]
         assert w.sink.replies[KEY] == ["Noted.", "Noted."]
+
+
+def summary_requests(backend: ScriptedBackend) -> list[str]:
+    """What each summary request the model got read (its transcript)."""
+    return [
+        r.messages[-1].content
+        for r in backend.requests
+        if r.messages[0].content.startswith(SUMMARY_INSTRUCTION[:20])
+    ]
+
+
+async def test_a_deleted_message_already_in_the_summary_leaves_it(
+    database_url: str, windows: str | None, key_prefix: str
+) -> None:
+    """The deleted message was folded into the running summary by an earlier roll-over:
+    the summary kept its text, in SQL and in every later prompt (a review). The deletion
+    drops the summary; the window is built from the messages since the /reset, the stub in
+    place of the text, and the next roll-over folds those into a new summary."""
+    backend = HeldSummary()
+    backend.summarising.set()  # no summary is held
+    earlier = "my cat is called Biscuit"
+    clean = "The harbour crane moved crates of tea all day. " * 17  # about 190 tokens
+    async with worker(database_url, windows, key_prefix, backend, budget_tokens=200) as w:
+        await w.manager.handle(message(earlier, "m0"))
+        await w.manager.handle(message("/reset", "reset"))
+        await w.manager.handle(message(LONG, "m1"))
+        await w.manager.handle(message("what next?", "m2"))  # folds m1's turn
+        cid = await w.store.conversation_id(KEY)
+        assert cid is not None
+        before = await w.store.state(cid)
+        assert SECRET in before.summary and before.context_start_id > 0
+        assert await w.manager.redact("m1")
+        await w.manager.handle(message("what did I say?", "m3"))
+        state = await w.store.state(cid)
+        assert SECRET not in state.summary
+        assert state.context_start_id == before.context_start_id  # the /reset holds
+        remain = [DELETED_STUB, "Noted.", "what next?", "Noted.", "what did I say?"]
+        assert last_prompt(backend) == remain  # what fits the budget needs no summary
+        await w.manager.handle(message(clean, "m4"))  # over the budget: rolls over again
+        state = await w.store.state(cid)
+        assert state.summary == "They talked."
+        assert state.context_start_id == before.context_start_id
+        assert state.summary_through_id > before.summary_through_id
+        transcript = summary_requests(backend)[-1]
+        assert DELETED_STUB in transcript and "what did I say?" in transcript
+        assert SECRET not in transcript and earlier not in transcript
+        prompt = last_prompt(backend)
+        assert not [text for text in prompt if SECRET in text or earlier in text]
+        assert "They talked." in prompt[0]
+
+
+async def test_a_message_in_the_summary_deleted_while_it_is_folded_again_leaves_it(
+    database_url: str, windows: str | None, key_prefix: str
+) -> None:
+    """A roll-over in flight folds the earlier summary, which holds the deleted text, into
+    a new one; the deletion lands during that model call. The fold is refused (a message
+    was redacted since its window was built), and the window it is folded again from is
+    SQL's, whose summary went with the text."""
+    backend = HeldSummary()
+    backend.summarising.set()  # the first roll-over is not held
+    clean = "The harbour crane moved crates of tea all day. " * 17  # about 190 tokens
+    async with worker(database_url, windows, key_prefix, backend, budget_tokens=200) as w:
+        await w.manager.handle(message(LONG, "m1"))
+        await w.manager.handle(message("what next?", "m2"))  # folds m1's turn
+        cid = await w.store.conversation_id(KEY)
+        assert cid is not None
+        assert SECRET in (await w.store.state(cid)).summary
+        backend.summarising.clear()  # the next summary waits for `release`
+        await w.manager.submit(message(clean, "m3"))
+        async with asyncio.timeout(WAIT_S):
+            await backend.summarising.wait()
+        assert await w.manager.redact("m1")
+        backend.release.set()
+        await w.manager.wait_idle()
+        assert (await w.store.state(cid)).summary == "They talked."
+        assert SECRET not in summary_requests(backend)[-1]
+        assert not [text for text in last_prompt(backend) if SECRET in text]
+        await w.manager.handle(message("what did I say?", "m4"))
+        assert not [text for text in last_prompt(backend) if SECRET in text]
+        assert w.sink.replies[KEY] == ["Noted."] * 4
 
 
 @pytest.mark.postgres

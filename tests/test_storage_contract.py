@@ -18,7 +18,7 @@ from bot.errors import StorageError
 from bot.storage.base import MessageKind, Recorded, Store
 from bot.storage.database import create_engine
 from bot.storage.migrate import upgrade
-from bot.storage.sql_store import SqlStore
+from bot.storage.sql_store import DELETED_STUB, SqlStore
 from bot.types import ConversationKey, Incoming, Role, User
 
 KEY = ConversationKey("console", "chat-1")
@@ -229,14 +229,42 @@ async def test_a_summary_folded_before_a_redaction_is_not_written(store: Store) 
     """A fold written over a redaction that landed while the model summarised (or since
     the window was built) would keep the deleted text in every later prompt: the write is
     conditional on the count of redactions the window was built at, in one statement."""
-    cid, _, reply_id = await turn(store, "k1", "my secret", "a")
-    assert await store.fold_summary(cid, "first", reply_id, 5, 0)
-    assert await store.redact("k1") == cid
+    cid, _, first_reply = await turn(store, "k1", "hello", "a")
+    assert await store.fold_summary(cid, "first", first_reply, 5, 0)
+    _, _, reply_id = await turn(store, "k2", "my secret", "b")  # after the fold point
+    assert await store.redact("k2") == cid
     assert not await store.fold_summary(cid, "they said: my secret", reply_id, 7, 0)
     state = await store.state(cid)
     assert (state.summary, state.summary_tokens, state.redactions) == ("first", 5, 1)
     assert await store.fold_summary(cid, "they said: [deleted]", reply_id, 6, 1)
     assert (await store.state(cid)).summary == "they said: [deleted]"
+
+
+async def test_a_redaction_of_a_folded_message_drops_the_summary(store: Store) -> None:
+    """The running summary was folded from the deleted message and may hold its text: the
+    redaction drops it in its transaction, so that the next window is built from the
+    messages since the /reset boundary (the stub in place of the text) and folded again.
+    A message after the fold point, or before the /reset, is in no summary: kept."""
+    cid, _, _ = await turn(store, "k0", "before the reset", "a0")
+    _, newest = await say(store, "reset", "/reset", kind=COMMAND)
+    await store.reset_context(cid)
+    await say(store, "kept", "a group message", kind=MessageKind.OBSERVED)  # never folded
+    _, _, first_reply = await turn(store, "k1", "my secret", "a1")
+    _, _, second_reply = await turn(store, "k2", "later", "a2")
+    assert await store.fold_summary(cid, "they said: my secret", first_reply, 7, 0)
+    assert await store.redact("k2") == cid  # after the fold point
+    assert await store.redact("k0") == cid  # before the /reset
+    assert await store.redact("kept") == cid  # kept for /summarize missed, never in context
+    state = await store.state(cid)
+    assert (state.summary, state.summary_through_id) == ("they said: my secret", first_reply)
+    assert (state.context_start_id, state.redactions) == (newest, 3)
+    assert await store.redact("k1") == cid
+    state = await store.state(cid)
+    assert (state.summary, state.summary_through_id, state.summary_tokens) == ("", 0, 0)
+    assert (state.context_start_id, state.redactions) == (newest, 4)  # the /reset holds
+    assert state.last_reply_id == second_reply
+    rows = await store.context_messages(cid, state.context_start_id, 10)
+    assert [m.content for m in rows] == [DELETED_STUB, "a1", DELETED_STUB, "a2"]
 
 
 async def test_reset_context_starts_after_newest_message(store: Store) -> None:

@@ -15,7 +15,9 @@ redaction, by any worker, is stale by that count. In process the manager drops t
 again after the turn in flight (ConversationManager.redact). A turn in flight that rolls over
 folds its window's turns into the summary, which SQL keeps: the summary is written only if no
 message was redacted since the window was built (Store.fold_summary, one statement), else it is
-folded again from SQL (ContextLoader._fold).
+folded again from SQL (ContextLoader._fold). A redaction of a message an earlier roll-over
+folded drops SQL's summary with the text (Store.redact): the next window is rebuilt from the
+messages since the /reset boundary, the stub in place of the text, and rolls over as usual.
 
 A rebuild reads a bounded number of the newest rows, so loading costs the same for 10 or
 100,000 earlier messages.

@@ -360,9 +360,12 @@ class Store(Protocol):
         """A message its sender deleted after it was recorded and answered (or kept): its
         text replaced by a stub wherever it is read again (context, /history, summaries to
         come), and the conversation's count of redactions raised in the same transaction
-        (ConversationState.redactions: a window built before it is stale). The id of its
-        conversation, whose cached context is then stale; None when no such message is
-        recorded."""
+        (ConversationState.redactions: a window built before it is stale). A chat message
+        already folded into the running summary (after context_start_id, at or before
+        summary_through_id) drops the summary in that transaction too (summary_through_id 0):
+        the next window is built from the messages since context_start_id and folded again.
+        The id of its conversation, whose cached context is then stale; None when no such
+        message is recorded."""
         ...
 
     # Reads for the skills (bot.storage.prefs hands them on): messages are read and deleted

@@ -544,10 +544,12 @@ class SqlStore:
             rows = q.rows(_REDACT, {"key": idempotency_key})
             if not rows:
                 return None
-            conversation_id = int(rows[0][0])
+            conversation_id, message_id, kind = int(rows[0][0]), int(rows[0][1]), rows[0][2]
             # In the same transaction as the text: a window whose count is SQL's was read
             # after every redaction so far (see ContextLoader).
             q.rowcount(_COUNT_REDACTION, {"cid": conversation_id})
+            if kind == MessageKind.CHAT.value:  # only chat messages are ever folded
+                q.rowcount(_DROP_FOLDED_SUMMARY, {"cid": conversation_id, "mid": message_id})
             return conversation_id
 
         return await self._run(run, write=True)
@@ -1265,10 +1267,23 @@ _REDACT = (
         _m.content != DELETED_STUB,
     )
     .values(content=DELETED_STUB, token_count=DELETED_STUB_TOKENS)
-    .returning(_m.conversation_id)
+    .returning(_m.conversation_id, _m.id, _m.kind)
 )
 # A cached window built before a redaction is stale by this count (ConversationState).
 _COUNT_REDACTION = sa.update(_c).where(_c.id == _param("cid")).values(redactions=_c.redactions + 1)
+# A redacted message folded into the running summary (after the /reset boundary, at or before
+# the fold point): the summary may hold its text, so it is dropped, and the window is rebuilt
+# from every message since context_start_id, the stub in place of the text, and folded again
+# as any window over its budget is. The /reset boundary stays.
+_DROP_FOLDED_SUMMARY = (
+    sa.update(_c)
+    .where(
+        _c.id == _param("cid"),
+        _c.summary_through_id >= _param("mid"),
+        _c.context_start_id < _param("mid"),
+    )
+    .values(summary="", summary_tokens=0, summary_through_id=0)
+)
 
 # The skills' reads: preferences of a message's sender and chat, "what did I miss".
 _TURN_PREFS = (
