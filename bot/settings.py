@@ -251,6 +251,89 @@ def _port_text(text: str) -> bool:
     return text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
 
 
+# The URL parameters SQLAlchemy's SQLite dialect (pysqlite's, which aiosqlite's extends) reads
+# and passes to sqlite3.connect(), and what each must be (sqlite3's limits: the busy timeout
+# in milliseconds and the statement cache are C ints). An unreadable value (timeout=abc) was a
+# ValueError traceback from every command, after `parley config` had taken it.
+_SQLITE_DRIVER = {
+    "timeout": "a number of seconds from 0 to 2147483",
+    "cached_statements": "a whole number from 0 to 2147483647",
+    "check_same_thread": "true or false",
+    "uri": "true or false",
+}
+# The dialect's own words for true and false (sqlalchemy.util.asbool), in any case.
+_SQLALCHEMY_TRUE = ("true", "yes", "on", "y", "t", "1")
+_SQLALCHEMY_BOOLEANS = (*_SQLALCHEMY_TRUE, "false", "no", "off", "n", "f", "0")
+# Also the dialect's, but Parley's statements need the driver's defaults for them: SQLAlchemy
+# begins its transactions itself, and reads dates from SQLite's text.
+_SQLITE_DEFAULTS_ONLY = frozenset({"isolation_level", "detect_types"})
+# SQLite's own URI parameters (sqlite.org/uri.html): with uri=true the dialect appends the
+# URL's other parameters to the file name, where SQLite reads them only in a URI
+# (sqlite+aiosqlite:///file:PATH?uri=true&mode=ro); without uri=true the dialect dropped them
+# unread (?mode=ro opened the file for writing), and any other name was dropped too.
+_SQLITE_URI_CHOICES = {
+    "mode": ("ro", "rw", "rwc"),  # memory is refused: see _in_memory
+    "cache": ("shared", "private"),
+    # SQLite's booleans (sqlite3_uri_boolean), in any case.
+    "immutable": ("1", "0", "yes", "no", "true", "false", "on", "off"),
+    "nolock": ("1", "0", "yes", "no", "true", "false", "on", "off"),
+    "psow": ("1", "0", "yes", "no", "true", "false", "on", "off"),
+}
+_SQLITE_URI_TEXT = frozenset({"vfs", "modeof"})  # a VFS's name, a file's path
+_SQLITE_MS_MAX = 2147483  # seconds whose milliseconds fit sqlite3's C int
+
+
+def check_sqlite_parameters(url: URL) -> None:
+    """Raise ValueError, one line naming the parameter but never its value, unless every
+    parameter of the SQLite URL `url` is one SQLAlchemy's dialect and SQLite take, with a
+    value they can read. The settings call it (database.url), and so does every SQLite engine
+    Parley makes (bot.storage.database), for a URL that came another way (`alembic -x url=`)."""
+    query = dict(url.query)
+    uri_names = set(_SQLITE_URI_CHOICES) | _SQLITE_URI_TEXT
+    for name, value in query.items():
+        if name in _SQLITE_DEFAULTS_ONLY:
+            raise ValueError(
+                f"{name}: an SQLite driver argument Parley needs left at its default; remove it"
+            )
+        if name not in _SQLITE_DRIVER and name not in uri_names:
+            what = f"{name}: not" if _PARAMETER_NAME.fullmatch(name) else "a name that is not"
+            raise ValueError(
+                f"{what} a URL parameter SQLite takes; it takes {', '.join(sorted(_SQLITE_DRIVER))}"
+                f", and with uri=true and a file:PATH database {', '.join(sorted(uri_names))}"
+            )
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: given more than once in the URL")
+        if name in _SQLITE_DRIVER and not _sqlite_value(name, value):
+            raise ValueError(f"{name}: not {_SQLITE_DRIVER[name]}")
+        choices = _SQLITE_URI_CHOICES.get(name)
+        if choices is not None and value.lower() not in choices:
+            raise ValueError(f"{name}: not one of {', '.join(choices)}")
+    uri = query.get("uri", "false")  # one text: a repeated parameter was refused above
+    as_uri = isinstance(uri, str) and uri.strip().lower() in _SQLALCHEMY_TRUE
+    is_uri = (url.database or "").startswith("file:")
+    given = sorted(uri_names & set(query))
+    if given and not (as_uri and is_uri):
+        what = "SQLite URI parameters" if len(given) > 1 else "an SQLite URI parameter"
+        raise ValueError(
+            f"{', '.join(given)}: {what}, read only in a URI: "
+            "sqlite+aiosqlite:///file:PATH?uri=true&..."
+        )
+    if is_uri and not as_uri:
+        raise ValueError("a database given as file:PATH is an SQLite URI: add uri=true")
+
+
+def _sqlite_value(name: str, value: str) -> bool:
+    if name in ("check_same_thread", "uri"):
+        return value.strip().lower() in _SQLALCHEMY_BOOLEANS
+    if name == "cached_statements":
+        return value.isascii() and value.isdigit() and int(value) <= 2**31 - 1
+    try:
+        seconds = float(value)
+    except ValueError:
+        return False
+    return 0 <= seconds <= _SQLITE_MS_MAX  # nan fails both
+
+
 def _in_memory(url: URL) -> bool:
     """An SQLite URL of an in-memory database: no path (sqlite://), :memory:, or an SQLite URI
     (file:...) in memory mode. Every connection gets an empty database of its own, so the
@@ -322,6 +405,8 @@ class DatabaseSettings(_Section):
             )
         if driver == "asyncpg":
             named = _for_asyncpg(named)
+        else:
+            check_sqlite_parameters(named)
         if named == parsed:
             return url
         return SecretStr(named.render_as_string(hide_password=False))

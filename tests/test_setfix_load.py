@@ -175,6 +175,125 @@ def test_setfix_a_parameter_the_settings_miss_is_still_one_line_at_connect(
     assert "s3cretpw" not in out
 
 
+# --- database.url's parameters (SQLite) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("timeout=s3cretval", "timeout: not a number of seconds from 0 to 2147483"),
+        ("timeout=nan", "timeout: not a number of seconds from 0 to 2147483"),
+        ("timeout=1&timeout=2", "timeout: given more than once in the URL"),
+        ("foo=s3cretval", "foo: not a URL parameter SQLite takes; it takes cached_statements, "),
+        ("check_same_thread=s3cretval", "check_same_thread: not true or false"),
+        ("cached_statements=-1", "cached_statements: not a whole number from 0 to 2147483647"),
+        ("isolation_level=s3cretval", "isolation_level: an SQLite driver argument Parley needs"),
+        ("detect_types=1", "detect_types: an SQLite driver argument Parley needs"),
+        # SQLite's URI parameters, dropped unread without uri=true (the file opened for
+        # writing), and part of the file's name with uri=true on a plain path.
+        ("mode=ro", "mode: an SQLite URI parameter, read only in a URI: "),
+        ("uri=true&mode=ro&cache=shared", "cache, mode: SQLite URI parameters, read only in a URI"),
+        ("uri=s3cretval", "uri: not true or false"),
+    ],
+)
+def test_setfix_an_unknown_or_unreadable_sqlite_url_parameter_is_refused_at_load(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    query: str,
+    says: str,
+) -> None:
+    """timeout=abc passed `parley config` and was a ValueError traceback from every command
+    (SQLAlchemy's dialect reads it when the engine is made); a name the dialect does not know
+    (foo, or mode without uri=true) was dropped without a word."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}?{query}"
+    err = _refused(capsys, monkeypatch, PARLEY_DATABASE__URL=url)
+    assert err.startswith("invalid setting PARLEY_DATABASE__URL: ") and says in err, err
+    assert "s3cretval" not in err
+
+
+@pytest.mark.parametrize(
+    ("database", "says"),
+    [
+        ("file:{folder}/parley.db", "a database given as file:PATH is an SQLite URI: add uri=true"),
+        ("file:{folder}/parley.db?uri=true&mode=s3cretval", "mode: not one of ro, rw, rwc"),
+        (
+            "file:{folder}/parley.db?uri=true&nolock=s3cretval",
+            "nolock: not one of 1, 0, yes, no, true, false, on, off",
+        ),
+    ],
+)
+def test_setfix_an_sqlite_uri_parley_cannot_open_is_refused_at_load(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    database: str,
+    says: str,
+) -> None:
+    """Without uri=true the dialect opened a file named "file:..." under the working folder;
+    a mode SQLite does not know failed each command at its first connection."""
+    url = "sqlite+aiosqlite:///" + database.format(folder=tmp_path)
+    err = _refused(capsys, monkeypatch, PARLEY_DATABASE__URL=url)
+    assert err == f"invalid setting PARLEY_DATABASE__URL: {says}", err
+
+
+def test_setfix_a_mistyped_sqlite_url_parameter_stops_a_command_in_one_line(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}?timeout=s3cretval"
+    status, err = _parley(tmp_path, "db", "upgrade", env={"PARLEY_DATABASE__URL": url})
+    assert status == 2, err
+    assert err == (
+        "parley: error: invalid setting PARLEY_DATABASE__URL: timeout: not a number of seconds "
+        "from 0 to 2147483\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "database",
+    [
+        "{folder}/parley.db?timeout=2.5&check_same_thread=false&cached_statements=16&uri=no",
+        "file:{folder}/parley.db?uri=true&mode=rwc&cache=private&psow=1",
+    ],
+)
+def test_setfix_the_url_parameters_sqlite_takes_are_used(tmp_path: Path, database: str) -> None:
+    url = "sqlite+aiosqlite:///" + database.format(folder=tmp_path)
+    status, err = _parley(tmp_path, "db", "upgrade", env={"PARLEY_DATABASE__URL": url})
+    assert (status, err) == (0, "")
+    assert (tmp_path / "parley.db").is_file()
+
+
+async def test_setfix_an_sqlite_urls_timeout_is_its_busy_timeout(tmp_path: Path) -> None:
+    """Every connection set PRAGMA busy_timeout=15000 after sqlite3.connect() had made the
+    URL's timeout its busy timeout: ?timeout=2 was taken and did nothing."""
+    from sqlalchemy import text
+
+    from bot.storage.database import create_engine
+
+    for query, busy_ms in (("?timeout=2", 2000), ("", 15000)):
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}{query}")
+        try:
+            async with engine.connect() as conn:
+                assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() == busy_ms
+        finally:
+            await engine.dispose()
+
+
+def test_setfix_an_sqlite_parameter_that_bypassed_the_settings_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """The last resort, for a URL that did not come through the settings: the engine refuses
+    it with the settings' line instead of SQLAlchemy's ValueError (which showed the value)."""
+    from bot.errors import ConfigError
+    from bot.storage.database import create_engine
+
+    with pytest.raises(ConfigError) as refused:
+        create_engine(f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}?timeout=s3cretval")
+    assert str(refused.value) == (
+        "database.url: timeout: not a number of seconds from 0 to 2147483"
+    )
+
+
 # --- database.url's port ----------------------------------------------------------------------
 
 

@@ -293,22 +293,52 @@ def _echo_through_logging() -> None:
     logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)
 
 
+def refuse_unusable_sqlite_parameters(url: URL) -> None:
+    """Raise ConfigError, one line naming the parameter (never its value), unless SQLite and
+    SQLAlchemy's dialect take every parameter of the SQLite URL `url` (bot.settings'
+    check_sqlite_parameters). The settings refuse such a URL when they load; this is for one
+    that came another way (`alembic -x url=...`, settings changed after they loaded): the
+    dialect reads the parameters when the engine is made, where a value it cannot read was a
+    ValueError traceback and a name it does not know was dropped unread."""
+    from bot.settings import check_sqlite_parameters  # the settings' own check, one copy
+
+    try:
+        check_sqlite_parameters(url)
+    except ValueError as exc:
+        raise ConfigError(f"database.url: {exc}") from None
+
+
 def _sqlite_engine(url: URL, *, pool_size: int) -> AsyncEngine:
+    refuse_unusable_sqlite_parameters(url)
     ensure_sqlite_folder(url)
     # A file: a pool of `pool_size` connections (WAL lets them read at once; writers queue in
     # busy_timeout). In memory: the dialect's single shared connection, which takes no size.
     sized = {"pool_size": pool_size, "max_overflow": 0} if sqlite_file(url) is not None else {}
     engine = _engine(url, **sized)
-    event.listen(engine.sync_engine, "connect", set_sqlite_pragmas)
+    pragmas = sqlite_pragmas(url)
+
+    def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        set_sqlite_pragmas(dbapi_connection, pragmas)
+
+    event.listen(engine.sync_engine, "connect", set_pragmas)
     return engine
 
 
-def set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_pragmas(url: URL) -> tuple[str, ...]:
+    """The pragmas each connection to the SQLite database of `url` gets: SQLITE_PRAGMAS, less
+    the busy timeout where the URL's `timeout` parameter set it (sqlite3.connect() makes that
+    its busy timeout, which the pragma would have replaced without a word)."""
+    if "timeout" not in url.query:
+        return SQLITE_PRAGMAS
+    return tuple(each for each in SQLITE_PRAGMAS if not each.startswith("PRAGMA busy_timeout"))
+
+
+def set_sqlite_pragmas(dbapi_connection: Any, pragmas: Sequence[str] = SQLITE_PRAGMAS) -> None:
     # Per connection, because busy_timeout, synchronous and foreign_keys are not stored in the
     # file (journal_mode is, but setting it again is harmless).
     cursor = dbapi_connection.cursor()
     try:
-        for pragma in SQLITE_PRAGMAS:
+        for pragma in pragmas:
             cursor.execute(pragma)
     finally:
         cursor.close()
