@@ -3,6 +3,11 @@
 Run from code by bot.storage.migrate (the URL arrives in `config.attributes`), or by hand with
 `alembic upgrade head`, which takes the URL from `-x url=...` or else from Parley's settings
 (PARLEY_DATABASE__URL, config/parley.toml). The URL is never written to the log.
+
+The engine is Parley's (bot.storage.database.create_oneoff_engine), with its guards. Run by
+hand, a URL the settings refuse, one whose parameters the driver refuses and a database that
+cannot be reached are each one line (Alembic's `FAILED: ...`, exit status 255), not a
+traceback; run from code, they are raised to the caller (`parley db upgrade` reports them).
 """
 
 from __future__ import annotations
@@ -15,14 +20,22 @@ from logging.config import fileConfig
 from typing import Any
 
 from alembic import context
+from alembic.util import CommandError
+from pydantic import ValidationError
 from sqlalchemy import Connection, event, inspect, make_url, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import adapters.support.models  # noqa: F401  (the support channel's sites and keys)
 import bot.handoff.models  # noqa: F401  (handoff states, their audit trail, message signals)
+from bot.errors import ConfigError, StorageError
+from bot.settings import DatabaseSettings
 from bot.storage import prefs_models  # noqa: F401  (its tables join Base.metadata)
-from bot.storage.database import ensure_sqlite_folder, sqlite_file
+from bot.storage.database import (
+    create_oneoff_engine,
+    database_errors,
+    describe_error,
+    sqlite_file,
+)
 from bot.storage.models import Base, include_in_schema_compare
 
 config = context.config
@@ -39,12 +52,20 @@ if config.config_file_name is not None and "url" not in config.attributes:
 
 
 def database_url() -> str:
-    url = config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
-    if url:
-        return str(url)
-    from bot.settings import load_settings  # only when run by hand
+    if config.attributes.get("url"):  # from code: Parley's settings took it
+        return str(config.attributes["url"])
+    given = context.get_x_argument(as_dictionary=True).get("url")
+    if not given:
+        from bot.settings import load_settings  # only when run by hand
 
-    return load_settings().database.url.get_secret_value()
+        return load_settings().database.url.get_secret_value()
+    # Checked as database.url is (postgres:// means postgresql+asyncpg://, sslmode is asyncpg's
+    # ssl, parameters the driver cannot take are refused), in one line without the URL.
+    try:
+        return DatabaseSettings(url=given).url.get_secret_value()  # type: ignore[arg-type]
+    except ValidationError as exc:
+        said = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors())
+        raise ConfigError(f"-x url: {said}") from None
 
 
 def configure(*, is_sqlite: bool, **kwargs: Any) -> None:
@@ -126,20 +147,33 @@ def transactional_sqlite_ddl(engine: AsyncEngine) -> None:
 
 async def run_async_migrations() -> None:
     url = database_url()
-    ensure_sqlite_folder(url)
-    # NullPool: a one-off connection, nothing left open once the command returns.
-    engine = create_async_engine(url, poolclass=NullPool)
+    # A one-off connection, nothing left open once the command returns.
+    engine = create_oneoff_engine(url)
     if engine.dialect.name == "sqlite":
         transactional_sqlite_ddl(engine)
     try:
         with sqlite_lock(url):
             async with engine.connect() as connection:
                 await connection.run_sync(do_run_migrations)
+    except database_errors(url) as exc:
+        raise StorageError(describe_error(exc, url)) from exc
     finally:
         await engine.dispose()
 
 
-if context.is_offline_mode():
-    run_migrations_offline()
+def run_migrations() -> None:
+    if context.is_offline_mode():
+        run_migrations_offline()
+    else:
+        asyncio.run(run_async_migrations())
+
+
+if "url" in config.attributes:  # from code: bot.storage.migrate reports what fails
+    run_migrations()
 else:
-    asyncio.run(run_async_migrations())
+    try:
+        run_migrations()
+    except (ConfigError, StorageError) as exc:
+        # Alembic's own way to fail a command: `FAILED: <line>`, no traceback (unless
+        # `alembic --raiseerr`).
+        raise CommandError(str(exc)) from exc

@@ -296,3 +296,128 @@ async def _messages_at_0013(engine: AsyncEngine, rows: list[tuple[int, str, str 
                 ),
                 {"c": conversation, "k": key, "p": platform_id},
             )
+
+
+# --- `alembic` by hand: migrations/env.py's engine is Parley's, with its guards ---------------
+
+
+def _alembic(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """`alembic ARGS upgrade head` with the repository's alembic.ini, in a process of its own:
+    (exit status, stdout, stderr)."""
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT, parley_env
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alembic",
+            "-c",
+            str(ROOT / "alembic.ini"),
+            *args,
+            "upgrade",
+            "head",
+        ],
+        cwd=tmp_path,
+        env=parley_env(tmp_path, env or {}),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def _failed_in_one_line(outcome: tuple[int, str, str], said: str) -> None:
+    """Alembic's own failure of a command: `FAILED: <line>` on stdout, the line logged on
+    stderr (alembic.ini's logging), a non-zero exit status, no traceback."""
+    status, out, err = outcome
+    assert status != 0
+    assert out == f"FAILED: {said}\n", out + err
+    assert err == f"ERROR [alembic.util.messaging] {said}\n", err
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        # A database that is down: asyncpg's refused connection.
+        (
+            "postgresql+asyncpg://parley:s3cret-pw@127.0.0.1:1/parley",
+            "database error: ConnectionRefusedError: [Errno 111] Connect call failed "
+            "('127.0.0.1', 1)",
+        ),
+        # Parameters the driver cannot take: checked as database.url is.
+        (
+            "sqlite+aiosqlite:///{folder}/parley.db?timeout=s3cret-pw",
+            "-x url: timeout: not a number of seconds from 0 to 2147483",
+        ),
+        (
+            "postgresql://parley:s3cret-pw@127.0.0.1:1/parley?sslmod=require",
+            "-x url: sslmod: not a URL parameter asyncpg takes; it takes command_timeout, "
+            "database, gsslib, host, krbsrvname, passfile, password, port, "
+            "prepared_statement_cache_size, service, servicefile, ssl, target_session_attrs, user",
+        ),
+        (
+            "mysql://parley:s3cret-pw@db/parley",
+            "-x url: mysql is not supported; use "
+            "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB",
+        ),
+    ],
+)
+def test_alembic_by_hand_with_a_bad_url_or_a_database_down_fails_in_one_line(
+    tmp_path: Path, url: str, said: str
+) -> None:
+    """migrations/env.py made its own engine, without Parley's guards: each of these printed
+    a traceback of 40 to 100 lines, some with the URL's text."""
+    outcome = _alembic(tmp_path, "-x", f"url={url.format(folder=tmp_path)}")
+    _failed_in_one_line(outcome, said)
+    assert "s3cret-pw" not in outcome[1] + outcome[2]
+
+
+def test_alembic_by_hand_with_a_setting_parley_refuses_fails_in_one_line(tmp_path: Path) -> None:
+    """Without -x url, the URL is Parley's setting: its refusal was a ConfigError traceback."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db?foo=1"
+    outcome = _alembic(tmp_path, env={"PARLEY_DATABASE__URL": url})
+    said = "invalid setting PARLEY_DATABASE__URL: foo: not a URL parameter SQLite takes"
+    status, out, err = outcome
+    assert status != 0 and out.startswith(f"FAILED: {said}") and out.count("\n") == 1, out
+    assert err.startswith(f"ERROR [alembic.util.messaging] {said}") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("given", ["-x", "settings"])
+def test_alembic_by_hand_still_migrates(tmp_path: Path, given: str) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/db/parley.db"
+    if given == "-x":
+        status, _, err = _alembic(tmp_path, "-x", f"url={url}")
+    else:
+        status, _, err = _alembic(tmp_path, env={"PARLEY_DATABASE__URL": url})
+    assert status == 0, err
+    assert f" -> {migrate.head()}, " in err  # up to the newest revision
+
+
+def test_db_upgrade_with_an_sqlite_parameter_the_settings_missed_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`parley db upgrade` reads the schema's revision on an engine of its own
+    (migrate.current): it is Parley's one-off engine, whose guards refuse a parameter the
+    settings did not see (here changed after they loaded) in one line, exit 2, instead of
+    SQLAlchemy's ValueError traceback."""
+    from pydantic import SecretStr
+
+    from bot.cli import main
+    from bot.settings import Settings, load_settings
+
+    def loaded(config_file: Path | None = None, **overrides: object) -> Settings:
+        settings = load_settings(config_file, **overrides)
+        bad = f"sqlite+aiosqlite:///{tmp_path}/parley.db?timeout=s3cret-pw"
+        settings.database.url = SecretStr(bad)
+        return settings
+
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("bot.settings.load_settings", loaded)
+    assert main(["db", "upgrade"]) == 2
+    assert capsys.readouterr().err == (
+        "parley: error: database.url: timeout: not a number of seconds from 0 to 2147483\n"
+    )

@@ -18,6 +18,7 @@ from sqlalchemy import URL, Executable, Row, event, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
+from sqlalchemy.pool import NullPool
 
 from bot.errors import ConfigError, StorageError
 
@@ -106,6 +107,19 @@ def refuse_unusable_arguments(engine: AsyncEngine) -> AsyncEngine:
 
     event.listen(engine.sync_engine, "do_connect", connect_or_refuse)
     return engine
+
+
+def create_oneoff_engine(url: str | URL) -> AsyncEngine:
+    """An engine for one command's connection, none kept once it is disposed of (NullPool):
+    the schema's revision, and the migrations (bot.storage.migrate, migrations/env.py, also
+    when `alembic` is run by hand). The same guards as `create_engine`'s: an SQLite URL's
+    parameters checked and its folder made, the driver's refusal of its connection arguments
+    one ConfigError line. No pragmas: a migration runs with SQLite's own settings."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        refuse_unusable_sqlite_parameters(parsed)
+        ensure_sqlite_folder(parsed)
+    return _engine(parsed, poolclass=NullPool)
 
 
 def create_relaxed_engine(

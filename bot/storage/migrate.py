@@ -18,16 +18,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from bot.errors import SchemaOutOfDate, SchemaTooNew, StorageError
-from bot.storage.database import (
-    database_errors,
-    describe_error,
-    ensure_sqlite_folder,
-    refuse_unusable_arguments,
-)
+from bot.storage.database import create_oneoff_engine, database_errors, describe_error
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -61,8 +54,7 @@ async def current(url: str, timeout_s: float | None = None) -> str | None:
     (`database.timeout_s`): connecting and reading it give up after this long, so that a
     server that takes connections and never answers is one line soon, not the driver's
     minute."""
-    ensure_sqlite_folder(url)
-    engine = refuse_unusable_arguments(create_async_engine(url, poolclass=NullPool))
+    engine = create_oneoff_engine(url)
     try:
         async with asyncio.timeout(timeout_s), engine.connect() as conn:
             return await conn.run_sync(_current_revision)
