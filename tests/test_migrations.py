@@ -208,6 +208,7 @@ COMMITTED = {
     "0014_telegram_message_keys.py": "847c2b8a25fe7cf5",
     "0015_repair_edited_revisions.py": "8167071b0f230286",
     "0016_redaction_count.py": "e50a7ff2ad9fe995",
+    "0017_messages_user_index.py": "daf2bac45cba5422",
 }
 
 
@@ -296,6 +297,45 @@ async def _messages_at_0013(engine: AsyncEngine, rows: list[tuple[int, str, str 
                 ),
                 {"c": conversation, "k": key, "p": platform_id},
             )
+
+
+async def test_a_users_messages_are_found_through_an_index(db_url: str) -> None:
+    """Erasing a user deletes their users row, whose foreign key's ON DELETE SET NULL looks
+    for their messages (`user_id = ?`, across every conversation); the summarize skill's
+    last_seen_id looks for their last message in a conversation. Both read the whole table,
+    or the whole conversation, before migration 0017: user_id was a filter, never an index's
+    condition. (PostgreSQL with sequential scans off, so that the plan on a small table is
+    the one a large table would get.)"""
+    from bot.storage.sql_store import _LAST_SEEN
+
+    await migrate.upgrade(db_url)
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            last_seen = _LAST_SEEN.params(cid=1, uid=1, before=100).compile(
+                dialect=conn.dialect, compile_kwargs={"literal_binds": True}
+            )
+            statements = {
+                "the foreign key's action": "UPDATE messages SET user_id = NULL WHERE user_id = 1",
+                "last_seen_id": str(last_seen),
+            }
+            for name, sql in statements.items():
+                if conn.dialect.name == "sqlite":
+                    found = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")
+                    plan = [str(row[-1]) for row in found]
+                    searched = [line for line in plan if "user_id=?" in line]
+                    assert searched and not any(line.startswith("SCAN") for line in plan), (
+                        name,
+                        plan,
+                    )
+                else:
+                    await conn.exec_driver_sql("SET enable_seqscan = off")
+                    plan = [str(row[0]) for row in await conn.exec_driver_sql(f"EXPLAIN {sql}")]
+                    cond = [line for line in plan if "Index Cond" in line and "user_id" in line]
+                    filtered = [line for line in plan if "Filter" in line and "user_id" in line]
+                    assert cond and not filtered, (name, plan)
+    finally:
+        await engine.dispose()
 
 
 # --- `alembic` by hand: migrations/env.py's engine is Parley's, with its guards ---------------

@@ -118,6 +118,9 @@ class MessageRow(Base):
     __table_args__ = (
         # Serves context_messages and history: newest-first scans within one conversation.
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        # A user's messages (migration 0017): the foreign key's ON DELETE SET NULL when a user
+        # is erased (user_id alone), and their last message in a conversation (last_seen_id).
+        Index("ix_messages_user_id_conversation_id_id", "user_id", "conversation_id", "id"),
         # Only unanswered user messages are in it, so it stays tiny however long history grows.
         Index(
             "ix_messages_pending",
