@@ -209,6 +209,7 @@ COMMITTED = {
     "0015_repair_edited_revisions.py": "8167071b0f230286",
     "0016_redaction_count.py": "e50a7ff2ad9fe995",
     "0017_messages_user_index.py": "daf2bac45cba5422",
+    "0018_message_age_index.py": "67c90529c1f3b0d3",
 }
 
 

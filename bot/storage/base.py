@@ -174,6 +174,15 @@ class TurnPrefs:
 
 
 @dataclass(frozen=True, slots=True)
+class Pruned:
+    """What a prune (Store.prune) removed: how many messages, and from which conversations
+    (whose cached windows a process that keeps them as objects drops)."""
+
+    count: int
+    conversations: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class LoggedMessage:
     """A message of a chat as "what did I miss" shows it."""
 
@@ -378,6 +387,14 @@ class Store(Protocol):
     async def delete_observed(self, conversation_id: int) -> int:
         """Delete the group messages kept for summaries (OBSERVED), and the answers built
         from them (DIGEST) with the messages those answer; returns how many kept ones."""
+        ...
+
+    async def prune(self, before: datetime, *, dry_run: bool = False) -> Pruned:
+        """The retention policy: delete the messages created before `before`, except those
+        a turn still needs (pending, or in an unfinished delivery) and a question whose
+        answer is newer; drop the summaries that quote them and raise their conversations'
+        count of redactions, so that a cached window is stale (in the transaction of each
+        batch). `dry_run`: count them, change nothing."""
         ...
 
     async def last_seen_id(self, conversation_id: int, user_ref: int, before_id: int) -> int:

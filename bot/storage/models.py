@@ -52,6 +52,8 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 # The predicate of the partial index behind `pending` and `conversations_with_pending`. Queries
 # must repeat it with literals (not bound parameters) for the planners to match the index.
 PENDING_PREDICATE = "role = 'user' AND answered_by IS NULL"
+# Its negation: the messages the retention policy may prune (ix_messages_created_at).
+SETTLED_PREDICATE = f"NOT ({PENDING_PREDICATE})"
 
 
 class Base(DeclarativeBase):
@@ -128,6 +130,16 @@ class MessageRow(Base):
             "id",
             postgresql_where=text(PENDING_PREDICATE),
             sqlite_where=text(PENDING_PREDICATE),
+        ),
+        # Serves the retention policy's scan for messages older than its cutoff (SqlStore.prune,
+        # migration 0018), so that every worker can afford it once a day. Partial: pending
+        # messages are never pruned, and no other query, the orphan sweep's included (pending
+        # messages older than a few seconds), can take it for a better path than its own.
+        Index(
+            "ix_messages_created_at",
+            "created_at",
+            postgresql_where=text(SETTLED_PREDICATE),
+            sqlite_where=text(SETTLED_PREDICATE),
         ),
     )
 

@@ -36,6 +36,10 @@ class Queries(Protocol):
         """Run `statement`; the number of rows it changed."""
         ...
 
+    def many(self, statement: sa.Executable, params: Sequence[Mapping[str, Any]]) -> None:
+        """Run `statement` once for each of `params` (the driver's executemany)."""
+        ...
+
 
 class SaQueries:
     """`Queries` over a SQLAlchemy connection."""
@@ -49,6 +53,9 @@ class SaQueries:
 
     def rowcount(self, statement: sa.Executable, params: Params = None) -> int:
         return self._conn.execute(statement, params).rowcount
+
+    def many(self, statement: sa.Executable, params: Sequence[Mapping[str, Any]]) -> None:
+        self._conn.execute(statement, list(params))
 
 
 class Runner:

@@ -45,6 +45,7 @@ from bot.storage.base import (
     LoggedMessage,
     MessageKind,
     PageMessage,
+    Pruned,
     Recorded,
     RecordedReply,
     StoredMessage,
@@ -575,6 +576,48 @@ class SqlStore:
             deleted += sum(1 for (kind,) in rows if kind == MessageKind.OBSERVED.value)
             if len(rows) < DELETE_BATCH:
                 return deleted
+
+    async def prune(self, before: datetime, *, dry_run: bool = False) -> Pruned:
+        """In batches of PRUNE_BATCH, oldest first, each a transaction of its own (as
+        `delete_observed`: one huge DELETE could outlast database.timeout_s and would hold
+        its locks all along; what a failure leaves is deleted by the next run). Each batch
+        drops, in its own transaction, the summaries that quote what it deleted and raises
+        the count of redactions of each conversation it touched: a window cached before, or
+        written back by a turn in flight, is stale (ContextLoader), and a roll-over in flight
+        folds again from SQL (Store.fold_summary). On PostgreSQL a batch skips the rows
+        another prune has locked, so workers that prune at once share the work and never
+        wait for each other's batches."""
+        params = {"cutoff": _as_utc(before), "limit": PRUNE_BATCH}
+        if dry_run:
+            return Pruned(int(_scalar(await self._rows(_PRUNE_COUNT, params)) or 0))
+
+        def batch(q: Queries) -> tuple[list[tuple[int, int]], bool]:
+            pruned = [(int(i), int(c)) for i, c in q.rows(_PRUNE_BATCH_DELETE, params)]
+            full = len(pruned) == PRUNE_BATCH
+            if not full:
+                # The newest message of all is kept, as a stub: on SQLite a new message takes
+                # the largest id plus one, and ids that went back would fall behind the
+                # boundaries (the summary's, /reset's) that conversations hold.
+                for mid, cid in q.rows(_PRUNE_NEWEST, params):
+                    q.rowcount(_FORGET_REPLY_TO, {"mid": mid})
+                    pruned.append((int(mid), int(cid)))
+            spans: dict[int, tuple[int, int]] = {}
+            for mid, cid in pruned:
+                first, last = spans.get(cid, (mid, mid))
+                spans[cid] = (min(first, mid), max(last, mid))
+            if spans:  # in id order: two prunes lock the same conversations in one order
+                q.many(_PRUNED_FROM, [{"cid": cid, "first_pruned": first, "last_pruned": last}
+                                      for cid, (first, last) in sorted(spans.items())])  # fmt: skip
+            return pruned, full
+
+        count = 0
+        touched: set[int] = set()
+        while True:
+            pruned, full = await self._run(batch, write=True)
+            count += len(pruned)
+            touched.update(cid for _, cid in pruned)
+            if not full:
+                return Pruned(count, frozenset(touched))
 
     async def last_seen_id(self, conversation_id: int, user_ref: int, before_id: int) -> int:
         params = {"cid": conversation_id, "uid": user_ref, "before": before_id}
@@ -1327,6 +1370,73 @@ _DELETE_OBSERVED = (
     )
     .returning(_m.kind)
 )  # fmt: skip
+# The retention policy (prune): a message goes once created before :cutoff, unless a turn
+# still needs it (pending; or within its conversation's unfinished delivery, which a worker
+# may be showing or another will finish) or it is a question whose answer is newer (kept
+# until the turn goes whole, with its answer). See docs/database.md, "Retention".
+PRUNE_BATCH = 1000
+RETAINED_STUB = "[message: removed by the retention policy]"
+_CUTOFF = _param("cutoff", _TS)
+_answer = _m.__table__.alias("answer")
+_delivering = _c.__table__.alias("delivering")
+_newest = _m.__table__.alias("newest")
+_NEWEST_ID = sa.select(sa.func.max(_newest.c.id)).scalar_subquery()
+_PRUNABLE = sa.and_(
+    _m.created_at < _CUTOFF,
+    sa.not_(_PENDING_WHERE),
+    ~sa.exists().where(
+        _delivering.c.id == _m.conversation_id,
+        _delivering.c.delivery_epoch.is_not(None),
+        _m.id.between(_delivering.c.delivery_from, _delivering.c.delivery_to),
+    ),
+    sa.or_(
+        _m.answered_by.is_(None),
+        _m.answered_by == 0,
+        ~sa.exists().where(_answer.c.id == _m.answered_by, _answer.c.created_at >= _CUTOFF),
+    ),
+)
+# Oldest first, as ix_messages_created_at reads them (a question before its answer); FOR
+# UPDATE SKIP LOCKED on PostgreSQL (SQLite, one writer at a time, renders no such clause).
+_PRUNE_BATCH_DELETE = (
+    sa.delete(_m)
+    .where(
+        _m.id.in_(
+            sa.select(_m.id)
+            .where(_PRUNABLE, _m.id != _NEWEST_ID)
+            .order_by(_m.created_at)
+            .limit(_param("limit", sa.Integer()))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
+    .returning(_m.id, _m.conversation_id)
+)
+_PRUNE_NEWEST = (
+    sa.update(_m)
+    .where(_m.id == _NEWEST_ID, _PRUNABLE, _m.content != RETAINED_STUB)
+    .values(content=RETAINED_STUB, token_count=DELETED_STUB_TOKENS)
+    .returning(_m.id, _m.conversation_id)
+)
+_PRUNE_COUNT = sa.select(sa.func.count()).where(
+    _PRUNABLE, sa.not_(sa.and_(_m.id == _NEWEST_ID, _m.content == RETAINED_STUB))
+)
+_FORGET_REPLY_TO = sa.delete(MessageReplyRow).where(MessageReplyRow.message_id == _param("mid"))
+# Per conversation a batch pruned from: its summary dropped where it quotes a pruned message
+# (one folded after the /reset point and through one of them; it is folded again from what
+# remains, and the /reset point stays), and its count of redactions raised.
+_FIRST_PRUNED = _param("first_pruned", sa.BigInteger())
+_LAST_PRUNED = _param("last_pruned", sa.BigInteger())
+_QUOTES_PRUNED = sa.and_(_c.summary_through_id >= _FIRST_PRUNED, _c.context_start_id < _LAST_PRUNED)
+_PRUNED_FROM = (
+    sa.update(_c)
+    .where(_c.id == _param("cid"))
+    .values(
+        redactions=_c.redactions + 1,
+        summary=sa.case((_QUOTES_PRUNED, ""), else_=_c.summary),
+        summary_tokens=sa.case((_QUOTES_PRUNED, 0), else_=_c.summary_tokens),
+        summary_through_id=sa.case((_QUOTES_PRUNED, 0), else_=_c.summary_through_id),
+    )
+)
 # The user's last message before `before`, or the answer to it (answered_by 0: a kept
 # message, nothing answered it).
 _LAST_OWN = (
