@@ -3,6 +3,7 @@
     parley run                      start every configured adapter
     parley chat                     chat in the terminal (also with piped stdin)
     parley db upgrade|downgrade|current [REVISION]
+    parley db prune [--older-than DAYS] [--dry-run]   delete old messages (the retention policy)
     parley kb add PATH... | list | remove PATH    the knowledge base
     parley eval [--set PATH]... [--limit N]   each skill's quality (docs/evaluation.md)
     parley support site add|list, key add|revoke   the support channel's sites and keys
@@ -167,13 +168,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("--chat", type=_storable, help="conversation id (default: console.chat)")
     chat.set_defaults(func=cmd_chat)
-    db = sub.add_parser("db", help="database schema migrations")
-    db.add_argument("action", choices=["upgrade", "downgrade", "current"])
+    db = sub.add_parser("db", help="database schema migrations, and pruning old messages")
+    db.add_argument("action", choices=["upgrade", "downgrade", "current", "prune"])
     db.add_argument("revision", nargs="?", help="target revision (upgrade: head, downgrade: -1)")
     db.add_argument(
         "--yes",
         action="store_true",
         help="downgrade: yes, remove the undone revisions' tables and columns with their data",
+    )
+    db.add_argument(
+        "--older-than",
+        metavar="DAYS",
+        help="prune: delete messages older than this many days "
+        "(default: conversation.retention_days)",
+    )
+    db.add_argument(
+        "--dry-run", action="store_true", help="prune: count what would go, delete nothing"
     )
     db.set_defaults(func=cmd_db)
     add_kb_parser(sub)

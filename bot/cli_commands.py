@@ -8,6 +8,7 @@ import gc
 import json
 import re
 import sys
+from datetime import timedelta
 
 from alembic.util import CommandError
 
@@ -18,8 +19,11 @@ from bot.app import Parley
 from bot.errors import ConfigError
 from bot.knowledge import load_sample_if_empty
 from bot.logsafety import is_secret_parameter, redactor
-from bot.settings import Settings
+from bot.settings import MAX_RETENTION_DAYS, Settings
 from bot.storage import migrate
+from bot.storage.database import create_engine
+from bot.storage.sql_store import SqlStore
+from bot.types import utcnow
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -75,6 +79,10 @@ async def _load_sample(app: Parley) -> None:
 
 
 async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "prune":
+        return await _prune(settings, args)
+    if args.older_than is not None or args.dry_run:
+        raise ConfigError(f"db {args.action}: --older-than and --dry-run are for db prune only")
     url = settings.database.url.get_secret_value()
     wait = settings.database.timeout_s  # for the first look only, not the migration
     try:
@@ -94,6 +102,46 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     found = await migrate.current(url, wait)
     print(f"schema revision: {found or 'none'} (code: {migrate.head()})")
     return 0
+
+
+async def _prune(settings: Settings, args: argparse.Namespace) -> int:
+    """`parley db prune`: the retention policy once (a running worker applies it every
+    conversation.retention_interval_s). One line with the count, never a message's text."""
+    if args.revision is not None or args.yes:
+        raise ConfigError("db prune: takes only --older-than DAYS and --dry-run")
+    days = _prune_days(args.older_than, settings.conversation.retention_days)
+    db = settings.database
+    url = db.url.get_secret_value()
+    await migrate.ensure_schema(url, db.auto_migrate, timeout_s=db.timeout_s)
+    store = SqlStore(create_engine(url, echo=db.echo, pool_size=1))
+    before = utcnow() - timedelta(days=days)
+    try:
+        pruned = await store.prune(before, dry_run=args.dry_run)
+    finally:
+        await store.aclose()
+    verb = "would prune" if args.dry_run else "pruned"
+    print(f"{verb} {pruned.count} message(s) older than {days} day(s) "
+          f"(created before {before:%Y-%m-%d %H:%M} UTC)")  # fmt: skip
+    return 0
+
+
+def _prune_days(given: str | None, setting: int) -> int:
+    if given is None:
+        if setting == 0:
+            raise ConfigError(
+                "db prune: how old? give --older-than DAYS, or set conversation.retention_days "
+                "(0, the default, keeps every message)"
+            )
+        return setting
+    try:
+        days = int(given)
+    except ValueError:
+        days = 0
+    if not 1 <= days <= MAX_RETENTION_DAYS:
+        raise ConfigError(
+            f"db prune: --older-than takes a whole number of days from 1 to {MAX_RETENTION_DAYS}"
+        )
+    return days
 
 
 def _first_line(exc: Exception) -> str:

@@ -613,6 +613,10 @@ class BackendSettings(_Section):
         return self
 
 
+# A hundred years: the retention policy's longest period (conversation.retention_days).
+MAX_RETENTION_DAYS = 36_500
+
+
 class ConversationSettings(_Section):
     system_prompt: str = (
         "You are Parley, a concise and helpful assistant. Answer in the user's language."
@@ -655,6 +659,21 @@ class ConversationSettings(_Section):
     # the user to slow down, and not sent to the model. 0 turns the limit off.
     rate_limit_messages: int = Field(20, ge=0)
     rate_limit_window_s: float = Field(60.0, gt=0)
+    # The retention policy (docs/database.md, "Retention"): messages older than this many
+    # days are deleted, with the summaries and cached windows that quote them, by each
+    # `parley run` worker every retention_interval_s and by `parley db prune`. 0: kept forever.
+    retention_days: int = Field(
+        0,
+        ge=0,
+        le=MAX_RETENTION_DAYS,
+        description="Delete stored messages older than this many days (0: keep them forever); "
+        "pending messages and answers being shown are never deleted.",
+    )
+    retention_interval_s: float = Field(
+        86_400.0,
+        ge=1,
+        description="Seconds between a worker's prunes of messages older than retention_days.",
+    )
 
 
 class KnowledgeSettings(_Section):

@@ -68,13 +68,22 @@ from bot.skills.router import (
     parse_command,
 )
 from bot.storage import keys
-from bot.storage.base import Cache, MessageKind, Recorded, Store, StoredMessage, TurnLease
+from bot.storage.base import (
+    Cache,
+    MessageKind,
+    Pruned,
+    Recorded,
+    Store,
+    StoredMessage,
+    TurnLease,
+)
 from bot.text.storable import storable_incoming
 from bot.types import ConversationKey, Incoming, Role, User
 
 from .context import ContextLoader
 from .delivery import Superseded, TurnDelivery, beat, holder_alive, sweep
 from .relay import Collected, note_line, until
+from .retention import prune_every
 from .sink import (
     KeepsAnswers,
     OperatorFacing,
@@ -206,7 +215,7 @@ class ConversationManager:
 
     def start(self) -> None:
         """The worker's background duties: its liveness key (so other workers leave the
-        answers it is showing alone), and the orphan sweep."""
+        answers it is showing alone), the orphan sweep, and the retention policy's prune."""
         s = self._settings
         if self._liveness is not None:
             beating = beat(self._liveness, self._owner, self._stopping)
@@ -221,6 +230,15 @@ class ConversationManager:
             )
             self._sweeper = asyncio.create_task(task, name="parley-sweep")
             self._background.append(self._sweeper)
+        if s.retention_days > 0:
+            pruning = prune_every(
+                self._store,
+                self._forget_pruned,
+                days=s.retention_days,
+                every_s=s.retention_interval_s,
+                stop=self._stopping,
+            )
+            self._background.append(asyncio.create_task(pruning, name="parley-retention"))
 
     def attach(self, platform: str, sink: ReplySink) -> None:
         self._sinks[platform] = sink
@@ -309,6 +327,15 @@ class ConversationManager:
             self._redacted.add(conversation_id)
         await self._context.invalidate(conversation_id)
         return True
+
+    async def _forget_pruned(self, pruned: Pruned) -> None:
+        """After a prune: drop the cached windows of the conversations it pruned from, as for
+        a redaction (`redact`). In Redis they are stale anyway, by the count of redactions
+        the prune raised; in process a window is trusted as this process left it."""
+        for conversation_id in pruned.conversations:
+            if conversation_id in self._workers:
+                self._redacted.add(conversation_id)
+            await self._context.invalidate(conversation_id)
 
     async def recorded(self, incoming: Incoming) -> bool:
         """Whether a message with `incoming`'s idempotency key is recorded (one read)."""
