@@ -3,7 +3,7 @@ day by default), messages older than `conversation.retention_days` are pruned
 (Store.prune; `parley db prune` does the same once, from the command line).
 
 Every worker prunes; none is chosen. A prune is idempotent and cheap where there is nothing to
-do (an index on `messages.created_at`, migration 0017, finds the few messages that aged past
+do (an index on `messages.created_at`, migration 0018, finds the few messages that aged past
 the cutoff since the last run), and workers that prune at once share the work (PostgreSQL:
 each batch skips the rows another has locked; SQLite has one writer at a time). That needs no
 row to elect a worker by, nor a lock that a dead worker could hold. The first prune comes
