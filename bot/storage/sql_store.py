@@ -596,12 +596,12 @@ class SqlStore:
             if postgresql:
                 q.rowcount(_JIT_OFF)
 
-        def count(q: Queries) -> int:
+        def counted(q: Queries) -> int:
             no_jit(q)
             return int(_scalar(q.rows(_PRUNE_COUNT, params)) or 0)
 
         if dry_run:  # a transaction, for SET LOCAL; it writes nothing
-            return Pruned(await self._run(count, write=True))
+            return Pruned(await self._run(counted, write=True))
 
         def batch(q: Queries) -> tuple[list[tuple[int, int]], bool]:
             no_jit(q)
