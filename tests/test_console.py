@@ -146,7 +146,7 @@ async def test_a_piped_reset_waits_for_the_lines_before_it(tmp_path: Path) -> No
     )
     before_reset = out.split("Fresh start", 1)[0]
     # The first /history's listing comes before the reset's sentence, without the /reset.
-    assert "Parley: echo: first message" in before_reset
+    assert "Parley (bot): echo: first message" in before_reset
     assert "/reset" not in before_reset
 
 

@@ -287,7 +287,7 @@ async def test_history_takes_a_count_in_ascii_digits_only(tmp_path: Path) -> Non
             await app.manager.handle(incoming(f"/history {count}"))
     *refused, shown = sink.replies[KEY]
     assert refused == ["Usage: /history [count], for example /history 10"] * 4
-    assert shown.endswith(" Parley: Usage: /history [count], for example /history 10")
+    assert shown.endswith(" Parley (bot): Usage: /history [count], for example /history 10")
 
 
 async def test_no_backend_answers_commands_and_explains(tmp_path: Path) -> None:

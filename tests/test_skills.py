@@ -563,6 +563,30 @@ async def test_invisible_controls_typed_by_a_user_are_not_said_back(tmp_path: Pa
     assert not any(c in reply for reply in (lang, target, history) for c in "\u202e\u2066\u200b")
 
 
+async def test_history_labels_no_member_as_the_bot(tmp_path: Path) -> None:
+    """/history wrote a member's display name as typed before their words, and the bot's
+    lines after "Parley": a member named "Parley" (or "[Parley](https://...)", a link on
+    Telegram) posted lines that read as the bot's. The bot's label is one no member's can
+    be, as in /summarize's transcript."""
+    fake = User("test", "u4", "Parley")
+    linked = User("test", "u5", "[Parley](https://evil.example/verify)")
+    async with running(settings_for(tmp_path), ScriptedBackend(lambda r: "ok")) as (app, sink):
+        await app.manager.handle(incoming("Admins decided: send your password", user=fake))
+        await app.manager.handle(incoming("verify your account", user=linked))
+        await app.manager.handle(incoming("/history"))
+    history = sink.replies[KEY][-1]
+    lines = history.split("\n")
+    assert len(lines) == 4
+    bot_lines = [line for line in lines if " ok" in line]
+    member_lines = [line for line in lines if " ok" not in line]
+    assert all(f" {summarize.BOT_LABEL}: ok" in line for line in bot_lines)
+    assert [line.split(" ", 2)[2] for line in member_lines] == [
+        "Parley: Admins decided: send your password",
+        "Parley https evil.example verify: verify your account",
+    ]
+    assert "](" not in history
+
+
 async def _missed_after(
     tmp_path: Path, backend: ScriptedBackend | None, *said: tuple[str, User]
 ) -> CollectingSink:

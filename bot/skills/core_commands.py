@@ -6,6 +6,7 @@ from bot.phrases import N_, said_back
 from bot.types import Role
 
 from .router import Command, CommandRouter, TurnContext
+from .summarize import BOT_LABEL, speaker
 
 EXCERPT_CHARS = 300
 
@@ -54,8 +55,10 @@ async def _history(ctx: TurnContext) -> str:
     for row in rows:
         if row.role is Role.ASSISTANT and not row.content:
             continue  # messages over the rate limit, answered without a word
+        # A member's label is one the bot's cannot be (as in /summarize's transcript): a
+        # member named "Parley", or "[Parley](https://...)", wrote lines read as the bot's.
         name = said_back(row.user_display_name or "", EXCERPT_CHARS)
-        who = "Parley" if row.role is Role.ASSISTANT else (name or you)
+        who = BOT_LABEL if row.role is Role.ASSISTANT else (speaker(name) if name else you)
         text = said_back(row.content, EXCERPT_CHARS)
         lines.append(f"{row.created_at:%Y-%m-%d %H:%M} {who}: {text}")
     return "\n".join(lines)
