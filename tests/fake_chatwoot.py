@@ -56,6 +56,14 @@ STATUSES = ("open", "pending", "resolved", "snoozed")
 # Chatwoot's dashboard renders message content with markdown-it (MessageFormatter.js).
 MARKDOWN = MarkdownIt("js-default", {"html": False, "breaks": True, "typographer": True})
 _TAG = re.compile(r"<[^>]*>")
+# Chatwoot renders Liquid in every outgoing message it creates (Message's Liquidable concern,
+# before_create): `{{ contact.email }}` becomes the contact's address. Text between two
+# backticks is wrapped in {% raw %} first (`modified_liquid_content`). Rendered here: raw
+# blocks, the variables of LIQUID_DROPS (an unknown one is nil: nothing), any other tag nothing.
+_LIQUID_CODE = re.compile(r"`(.*?)`", re.S)
+_LIQUID = re.compile(
+    r"\{%-?\s*raw\s*-?%\}(.*?)\{%-?\s*endraw\s*-?%\}|\{\{-?(.*?)-?\}\}|\{%.*?%\}", re.S
+)
 CONVERSATION_PATH = "/api/v1/accounts/{account:int}/conversations/{conversation:int}"
 
 
@@ -102,7 +110,13 @@ class FakeChatwoot:
     def conversation(
         self, conversation_id: int, status: str = "pending", *, account: int = ACCOUNT
     ) -> Conversation:
-        contact = {"id": 500 + conversation_id, "name": "Kim", "type": "contact"}
+        contact = {
+            "id": 500 + conversation_id,
+            "name": "Kim",
+            "email": f"kim{conversation_id}@customer.example",
+            "phone_number": "+15550100",
+            "type": "contact",
+        }
         conv = Conversation(account, conversation_id, status, contact)
         self.conversations[(account, conversation_id)] = conv
         return conv
@@ -330,6 +344,8 @@ class FakeChatwoot:
             return self._unprocessable(request, "Content is too long or missing")
         if kind not in ("outgoing", "incoming") or not isinstance(body.get("private", False), bool):
             return self._unprocessable(request, "Message type is invalid")
+        if kind == "outgoing":
+            content = liquid(content, conv)
         message = self.new_message(
             conv, content, kind, private=body.get("private", False), sender=BOT
         )
@@ -473,3 +489,24 @@ async def chatwoot_harness(
         f"sqlite+aiosqlite:///{tmp_path}/parley.db", backend, **sections
     ) as w:
         yield ChatwootHarness(w)
+
+
+def liquid(content: str, conv: Conversation) -> str:
+    """`content` as Chatwoot stores an outgoing message: its Liquid rendered (see _LIQUID)."""
+    drops = {
+        "contact.name": conv.contact.get("name"),
+        "contact.email": conv.contact.get("email"),
+        "contact.phone_number": conv.contact.get("phone_number"),
+        "conversation.display_id": conv.id,
+    }
+
+    def render(found: re.Match[str]) -> str:
+        if found.group(1) is not None:
+            return found.group(1)
+        if found.group(2) is not None:
+            value = drops.get(found.group(2).split("|")[0].strip())
+            return "" if value is None else str(value)
+        return ""
+
+    wrapped = _LIQUID_CODE.sub(lambda m: "{% raw %}`" + m.group(1) + "`{% endraw %}", content)
+    return _LIQUID.sub(render, wrapped)

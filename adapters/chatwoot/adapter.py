@@ -40,7 +40,7 @@ from bot.types import ConversationKey, Incoming
 from .bridge import ChatwootBridge, conversation_ref
 from .client import NOT_APPLIED_STATUS, ChatwootClient, ChatwootError
 from .doctor import check_reachable
-from .markdown import without_images
+from .markdown import without_images, without_liquid
 from .payloads import PLATFORM, Action, AgentReply, CustomerMessage, StatusChange
 from .settings import ChatwootSettings
 from .webhook import webhook_routes
@@ -128,7 +128,7 @@ class ChatwootAdapter:
         answer was shown, is logged: the answer is recorded, and the log says why it was not
         (all) shown."""
         await self.ensure_reachable(key)
-        text = without_images("".join([chunk async for chunk in chunks]))
+        text = without_liquid(without_images("".join([chunk async for chunk in chunks])))
         if not text.strip():
             return
         ref = conversation_ref(key.chat_id)
