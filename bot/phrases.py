@@ -17,6 +17,7 @@ reports for them, else their message's detected language, else the operator's de
 from __future__ import annotations
 
 import functools
+import re
 import tomllib
 import unicodedata
 from collections.abc import Mapping
@@ -101,19 +102,25 @@ TRANSLATED = N_("(translated automatically)")
 # Joiners that scripts and emoji need (ZWNJ in Persian, ZWJ in emoji sequences): they direct
 # nothing outside their own word.
 _JOINERS = frozenset("\u200c\u200d")
+# "](" or "][": where a bracket closes a link's text (inline or by reference), as in citations
+# (bot.skills.qa): a space after it keeps the words and the address, and makes no link.
+_LINK_JOIN = re.compile(r"\](?=[(\[])")
 
 
 def said_back(typed: str, limit: int) -> str:
     """What a user wrote, to be put in one of Parley's sentences: on one line, at most `limit`
     characters, without control or invisible format characters (Unicode's Cc and Cf, joiners
     aside). A bidi override said back as typed ("\u202eelpmaxe") reversed the rest of
-    Parley's sentence as displayed, and a tag or zero-width character hid what was named."""
+    Parley's sentence as displayed, and a tag or zero-width character hid what was named.
+    Nor as a link: platforms render Parley's sentences as Markdown, and a member's typed
+    `[Refund form](https://evil.example)`, shown as typed in their own message on Telegram,
+    became the bot's link named "Refund form"."""
     visible = "".join(
         c
         for c in typed
         if c.isspace() or c in _JOINERS or unicodedata.category(c) not in ("Cc", "Cf", "Cs")
     )
-    line = " ".join(visible.split())
+    line = _LINK_JOIN.sub("] ", " ".join(visible.split()))
     return line if len(line) <= limit else line[: limit - 1] + "\u2026"
 
 

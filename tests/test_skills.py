@@ -587,6 +587,23 @@ async def test_history_labels_no_member_as_the_bot(tmp_path: Path) -> None:
     assert "](" not in history
 
 
+async def test_a_link_a_user_typed_is_said_back_as_text_not_as_a_link(tmp_path: Path) -> None:
+    """Telegram shows a member's `[Refund form](https://evil.example)` as typed, brackets and
+    all; /history and "Unknown language" said it back as Markdown, which the bot's message
+    showed as a link named "Refund form": the bot's own link, its address hidden."""
+    from adapters.telegram.formatting import to_html
+
+    masked = "[Refund form](https://evil.example/f)"
+    async with running(settings_for(tmp_path), ScriptedBackend(lambda r: "ok")) as (app, sink):
+        await app.manager.handle(incoming(f"see {masked} and ![x][p]"))
+        await app.manager.handle(incoming("/history"))
+        await app.manager.handle(incoming("/lang " + masked))
+    history, unknown = sink.replies[KEY][-2:]
+    for reply in (history, unknown):
+        assert "Refund form" in reply and "https://evil.example/f" in reply
+        assert "<a " not in to_html(reply)
+
+
 async def _missed_after(
     tmp_path: Path, backend: ScriptedBackend | None, *said: tuple[str, User]
 ) -> CollectingSink:
