@@ -114,7 +114,7 @@ async def test_a_long_document_is_read_not_refused_as_a_long_message(tmp_path: P
     (reply,) = sink.replies[KEY]
     assert "too long" not in reply
     assert "harbour opens at dawn" in reply  # an extractive summary (no model here)
-    assert rows[0].content.endswith(text.strip())
+    assert rows[0].content.endswith(f"\n{text.strip()}\n```")  # fenced: quoted data
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r", "\u2028", "\x85"])

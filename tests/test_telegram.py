@@ -205,14 +205,19 @@ async def test_document_is_read_and_answered(tmp_path: Path) -> None:
         "file_size": 30,
     }
     big = {**doc, "file_id": "doc-2", "file_size": 10**9}
-    async with telegram_stack(tmp_path, ScriptedBackend(), **FAST) as (_, adapter, api):
+    backend = ScriptedBackend()
+    async with telegram_stack(tmp_path, backend, **FAST) as (_, adapter, api):
         api.files["doc-1"] = b"# Notes\nThe meeting is on Monday."
         await feed(adapter, update(1, **message(42, document=doc, caption="What day?")))
         await adapter.idle()
         await feed(adapter, update(2, **message(42, document=big)))
         await adapter.idle()
         answer, refusal = api.texts(42)
-        assert answer == "echo: What day?\n\nNotes\nThe meeting is on Monday."  # heading: bold
+        # The caption is the user's words; the document follows it fenced, as quoted data
+        # (echoed back, the fenced block is a code block: its heading shown as typed).
+        asked = "What day?\n\n```\n# Notes\nThe meeting is on Monday.\n```"
+        assert backend.requests[0].messages[-1].content == asked
+        assert answer == "echo: What day?\n\n# Notes\nThe meeting is on Monday."
         assert "too large" in refusal
 
 

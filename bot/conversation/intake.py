@@ -7,7 +7,8 @@
                                       read for a delivery of it in flight -> not
                                       downloaded again; over the rate limit -> recorded as a
                                       stub, never downloaded; too big, unreadable, too slow
-                                      -> one sentence; else its text is the message
+                                      -> one sentence; else the message is its caption
+                                      and its text, fenced as quoted data
     observe(incoming)                 a group message not for the bot: kept where allowed
     notify(incoming, sentence)        a sentence outside a turn, at most one per sender and
                                       rate window, from a bounded set of tasks
@@ -30,6 +31,7 @@ from bot.settings import ConversationSettings
 from bot.skills.router import CommandRouter, parse_command
 from bot.storage import keys
 from bot.storage.base import Cache, Recorded
+from bot.text.quoting import fenced
 from bot.types import Incoming
 
 from .manager import ConversationManager, not_kept, sender_key
@@ -136,9 +138,15 @@ class Intake:
             self.notify(incoming, exc.sentence, **exc.fields)
             return None
         asked = incoming.text.strip() or f"Please summarize this document ({source.name})."
-        # The document's text met the document caps: a message's cap is for the caption only.
-        limit = self._settings.max_message_chars + 2 + self.documents.settings.max_chars
-        message = dataclasses.replace(incoming, text=f"{asked}\n\n{text}")
+        # The document is data, never the user's words: its text travels fenced after the
+        # caption (a chat turn's prompt quotes it; a skill takes the fenced block as its
+        # material without the fence: bot.text.quoting.unfenced).
+        quoted = fenced(text)
+        # The document's text met the document caps: a message's cap is for the caption only
+        # (and the fence lines around the text, two newlines each).
+        extra = len(quoted) - len(text)
+        limit = self._settings.max_message_chars + 2 + extra + self.documents.settings.max_chars
+        message = dataclasses.replace(incoming, text=f"{asked}\n\n{quoted}")
         return await self._manager.submit(message, limited=False, max_chars=limit)
 
     async def database_answers(self) -> bool:

@@ -26,6 +26,7 @@ import pydantic
 
 from bot.errors import BackendError
 from bot.sentiment.types import Label, Sentiment, TurnSignals
+from bot.text.quoting import split_fenced
 from bot.types import ChatMessage, Incoming, Role
 
 from .router import Answer, CommandRouter, Intent, TurnContext, resolve
@@ -57,6 +58,8 @@ TASK_HINT = re.compile(
 )
 # The intent a customer's request for a person routes to (bot.handoff registers it).
 HUMAN = "human"
+# The skills whose material a document's message gives them: its text (bot.conversation.intake).
+_DOCUMENT_SKILLS = frozenset({"summarize", "translate"})
 
 
 class SkillRouting:
@@ -129,10 +132,18 @@ class SkillRouting:
         if intent is None:
             return None
         args = (choice.text or "").strip()
-        if not args or len(args) >= INTENT_TEXT_MAX_CHARS:  # cut at the cap: take the message
+        document = split_fenced(text)
+        if document is not None and intent.name in _DOCUMENT_SKILLS:
+            # A document's message (bot.conversation.intake): the skill's material is its
+            # fenced block (the skill takes the text out of the fence), not a line the model
+            # copied from it nor the caption.
+            args = document[1]
+        elif not args or len(args) >= INTENT_TEXT_MAX_CHARS:  # cut at the cap: the message
             args = text
         if intent.name == "translate" and choice.language:
-            args = f"to {choice.language} {args}"
+            # A document's fence on a line of its own: not part of the language's name.
+            between = "\n\n" if document is not None else " "
+            args = f"to {choice.language}{between}{args}"
         if intent.name == "summarize" and args == text:
             args = ""  # "summarise our chat": the conversation, not the request itself
         return intent, args

@@ -29,7 +29,7 @@ from bot.knowledge import Passage
 from bot.knowledge.rerank import rerank
 from bot.phrases import N_
 from bot.text import language_name
-from bot.text.quoting import fence_for
+from bot.text.quoting import fence_for, unfenced
 
 from .router import Command, CommandRouter, Intent, Say, TurnContext
 from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, stream_text
@@ -124,7 +124,8 @@ class QaSkill:
 
     async def ask(self, ctx: TurnContext) -> str | AsyncIterator[str]:
         prefs = await self._s.turn(ctx)
-        question = ctx.args or (prefs.reply_to_text or "")
+        # A document's fenced block (its message's, bot.conversation.intake): its text.
+        question = unfenced(ctx.args) or (prefs.reply_to_text or "")
         if not question.strip():
             return await ctx.say(USAGE)
         if self._s.kb is None:

@@ -19,7 +19,7 @@ from typing import Literal
 from bot.phrases import N_
 from bot.storage.prefs import LoggedMessage
 from bot.text import language_name, split_sentences, summarize_extractive
-from bot.text.quoting import Said
+from bot.text.quoting import Said, unfenced
 from bot.text.quoting import quoted as quoted_line
 from bot.types import utcnow
 
@@ -42,9 +42,11 @@ _HOURS_MEANT = re.compile(r"^-?\.?\d")
 _MAX_HOURS = 24 * 366 * 10
 _NOT_IN_A_LABEL = re.compile(r"[^\w .'-]")
 _MISSED = re.compile(r"^\s*(?:so\s+)?what\s+(?:did|have)\s+i\s+miss(?:ed)?\b", re.I)
+# "Please summarize this document (notes.md)." is the caption of a document sent without one
+# (bot.conversation.intake): its name is not the text to summarise, the fenced block after it is.
 _SUMMARIZE = re.compile(
-    r"^\s*(?:please\s+)?(?:summari[sz]e|sum\s+up|tl;?dr)\b(?:\s+(?:this|that|it))?\s*[:\-]?\s*"
-    r"(.*)$",
+    r"^\s*(?:please\s+)?(?:summari[sz]e|sum\s+up|tl;?dr)\b(?:\s+(?:this|that|it))?"
+    r"(?:\s+document\b(?:\s*\([^\n]*\))?\.?)?\s*[:\-]?\s*(.*)$",
     re.I | re.S,
 )
 
@@ -118,7 +120,8 @@ class SummarizeSkill:
             if not text:
                 return await ctx.say(NOTHING_MISSED)
         else:
-            text = options.text or prefs.reply_to_text or await self._conversation(ctx)
+            # A document's fenced block (its message's, bot.conversation.intake): its text.
+            text = unfenced(options.text) or prefs.reply_to_text or await self._conversation(ctx)
         if not text.strip():
             return await ctx.say(NOTHING)
         style = self._style(options, self._s.language(prefs, text))

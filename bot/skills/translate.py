@@ -24,6 +24,7 @@ from bot.text import (
     split_for_budget,
 )
 from bot.text.protect import placeholder
+from bot.text.quoting import split_fenced, unfenced
 
 from .preferences import language_code, unknown_language
 from .router import Command, CommandRouter, Intent, Say, TurnContext, say_in_english
@@ -39,6 +40,10 @@ _TARGET = re.compile(r"^(to|into|in)\s+(.*)$", re.I | re.S)
 # The words of a language's name ("Brazilian Portuguese", "tiếng Việt"), at most this many.
 _NAME_WORDS = 3
 _WORD = r"[^\s:：,，、]+"
+# A language's name is on one line: "to German\n\n```" (a document's caption, then its fence:
+# bot.conversation.intake) names German, not "German ```" (which the language lookup read as
+# German, leaving the fence's closing line in the text to translate).
+_BETWEEN_WORDS = r"[^\S\n]+"
 _SEPARATOR = re.compile(r"\s*[:：,，、]\s*")
 # Words that begin an English sentence after "to" or "in" and are also language codes ("to be
 # or not to be", "in my opinion", "to it"): a target only when a separator follows ("to it:
@@ -81,7 +86,7 @@ def parse_target(args: str) -> tuple[str | None, str]:
         return None, args
     preposition, rest = found.group(1).lower(), found.group(2)
     for count in range(_NAME_WORDS, 0, -1):
-        words = re.match(rf"{_WORD}(?:\s+{_WORD}){{{count - 1}}}", rest)
+        words = re.match(rf"{_WORD}(?:{_BETWEEN_WORDS}{_WORD}){{{count - 1}}}", rest)
         if words is None:
             continue
         typed, after = words.group(0), rest[words.end() :]
@@ -107,7 +112,7 @@ class TranslateSkill:
         if typed is not None and named is None:
             return await unknown_language(ctx, typed)
         prefs = await self._s.turn(ctx)
-        text = text or (prefs.reply_to_text or "")
+        text = without_fence(text) or (prefs.reply_to_text or "")
         if not text:
             return await ctx.say(USAGE)
         # Else the language the platform reports for the user (Discord's locale, Telegram's
@@ -168,6 +173,18 @@ class TranslateSkill:
             text, room // 3, self._s.count_tokens, count_many=self._s.count_many
         )
         return whole_placeholders(parts)
+
+
+def without_fence(text: str) -> str:
+    """`text` with the fence lines of a document's block taken off (a document's message is
+    its caption, a blank line and its text fenced: bot.conversation.intake), what came before
+    the block kept (words of the caption after the target, "please"): the fence lines would
+    come back in the translation, and the document, taken for a code block, untranslated."""
+    document = split_fenced(text)
+    if document is None:
+        return text
+    before, block = document
+    return f"{before}\n\n{unfenced(block)}" if before else unfenced(block)
 
 
 def whole_placeholders(parts: list[str]) -> list[str]:
@@ -233,6 +250,7 @@ async def auto_translate(
     """A chat's auto-translate: the translation of a message in another language, or None
     for one already in the target language (or too short to tell), which is answered as usual.
     `say` is the turn's ctx.say (for NEEDS_MODEL in the sender's language)."""
+    text = without_fence(text)
     source = detect_language(text)
     if source is None or source.code == target:
         return None

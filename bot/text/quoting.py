@@ -17,6 +17,36 @@ def fenced(text: str) -> str:
     return f"{fence}\n{text}\n{fence}"
 
 
+def unfenced(text: str) -> str:
+    """The text of a block `fenced` made (`unfenced(fenced(t)) == t`); any other text (no
+    fence, a fence of another length than `fenced` gives its text, a run as long inside, text
+    before or after the block) unchanged. What a skill takes as its material: a document's
+    text, without the fence lines its message carries it in (bot.conversation.intake)."""
+    first = text.find("\n")
+    fence = text[:first]
+    if first < 3 or fence.strip("`") or not text.endswith(f"\n{fence}"):
+        return text
+    inner = text[first + 1 : len(text) - len(fence) - 1]
+    if len(text) < 2 * len(fence) + 2 or fence_for(inner) != fence:
+        return text
+    return inner
+
+
+def split_fenced(text: str) -> tuple[str, str] | None:
+    """(what comes before, the block) where `text` ends with a block `fenced` made, after a
+    blank line or alone ("" before it): a document's message is its caption, a blank line and
+    its text fenced (bot.conversation.intake). None for any other text."""
+    fence = text[text.rfind("\n") + 1 :]
+    if len(fence) < 3 or fence.strip("`"):
+        return None
+    # No line inside a block is its fence: the last one before the closing line opens it.
+    at = text.rfind(f"\n\n{fence}\n")
+    block = text[at + 2 :] if at != -1 else text
+    if unfenced(block) == block:
+        return None
+    return (text[:at] if at != -1 else ""), block
+
+
 def fence_for(text: str) -> str:
     """The fence line `fenced` puts around `text` (what a prompt's budget counts twice)."""
     longest = max((len(run) for run in _BACKTICKS.findall(text)), default=0)
