@@ -197,7 +197,7 @@ def _pdf_text(data: bytes, max_pages: int, max_chars: int) -> str:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
-    from bot.knowledge.loaders import pdf_pages
+    from bot.knowledge.loaders import pdf_content_limit, pdf_pages
 
     try:
         reader = PdfReader(io.BytesIO(data))
@@ -205,7 +205,7 @@ def _pdf_text(data: bytes, max_pages: int, max_chars: int) -> str:
             raise DocumentRefused(phrases.DOC_DAMAGED)
         if len(reader.pages) > max_pages:
             raise DocumentRefused(phrases.DOC_TOO_MANY_PAGES, pages=max_pages)
-        pages = pdf_pages(reader, max_chars)
+        pages = pdf_pages(reader, max_chars, pdf_content_limit(len(data)))
         if pages is None:
             raise DocumentRefused(phrases.DOC_TOO_LONG, chars=max_chars)
     except DocumentRefused:

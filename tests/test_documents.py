@@ -7,6 +7,7 @@ import asyncio
 import codecs
 import io
 import random
+import tracemalloc
 import zipfile
 import zlib
 from pathlib import Path
@@ -134,6 +135,22 @@ async def test_caps_refuse_with_one_sentence() -> None:
     assert await _refusal(DocumentSettings(), damaged) == phrases.DOC_DAMAGED
 
 
+def test_a_pdf_page_that_unpacks_to_far_more_than_its_size_is_not_read() -> None:
+    """A 6 kB PDF whose one page unpacks to 6 MB of text operators: refused on the size of
+    its unpacked content, before the page is read (reading it cost the child process about
+    ten times that in memory, and a larger one more than its time)."""
+    data = pdf(1, b"BT /F1 12 Tf 10 10 Td (" + b"a" * 6_000_000 + b") Tj ET\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DocumentRefused) as refused:
+            extract("pdf", data, 50, 200_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.sentence == phrases.DOC_TOO_LONG
+    assert peak < 40_000_000, f"{peak / 1e6:.0f} MB for a {len(data) / 1e3:.0f} kB file"
+
+
 async def test_a_document_too_large_is_refused_before_it_is_downloaded() -> None:
     downloads: list[int] = []
     big = DocumentSource("big.txt", "text/plain", 10**9, _source("x", b"", downloads).download)
@@ -142,9 +159,13 @@ async def test_a_document_too_large_is_refused_before_it_is_downloaded() -> None
 
 
 async def test_a_hostile_pdf_is_stopped_and_the_loop_keeps_running() -> None:
-    # Eight pages share one stream that inflates to ~40 MB of text operators.
-    heavy = pdf(8, (b"BT /F1 12 Tf 72 700 Td (" + b"A" * 60 + b") Tj ET\n") * 500_000)
-    assert len(heavy) < 200_000
+    # One page of 12 MB of text operators that hardly compress: slow to parse, yet no more
+    # than a file of its size may unpack to, so it is read (pages sharing one stream are now
+    # refused before they are read).
+    rng = random.Random(0)
+    line = b"BT /F1 12 Tf 72 700 Td (%s) Tj ET\n"
+    heavy = pdf(1, b"".join(line % rng.randbytes(30).hex().encode() for _ in range(130_000)))
+    assert 20 * len(heavy) > 12_000_000  # within what a file of its size may unpack to
     ticks = 0
 
     async def ticker() -> None:
@@ -155,7 +176,7 @@ async def test_a_hostile_pdf_is_stopped_and_the_loop_keeps_running() -> None:
 
     beside = asyncio.create_task(ticker())
     try:
-        settings = DocumentSettings(timeout_s=1.0, max_chars=10**9)
+        settings = DocumentSettings(timeout_s=1.0, max_chars=10**9, max_bytes=20_000_000)
         assert await _refusal(settings, _source("bomb.pdf", heavy)) == phrases.DOC_TOO_SLOW
     finally:
         beside.cancel()

@@ -376,3 +376,19 @@ def test_a_pdf_that_unpacks_to_far_more_text_than_its_size_is_refused() -> None:
     assert len(data) < 5_000
     with pytest.raises(LoaderError, match="unpacks to over 2,000,000 characters"):
         load(data, Path("manual.pdf"))
+
+
+def test_a_pdf_page_that_unpacks_to_far_more_than_its_size_is_refused_before_it_is_read() -> None:
+    """One page's text was counted only once read: a 270 kB PDF whose page unpacks to 70 MB
+    of text operators was read for over 5 minutes, and a 68 kB one took 28 s and 1 GB. Its
+    unpacked content is measured first, and the page never read."""
+    data = pdf(1, b"BT /F1 12 Tf 10 10 Td (" + b"a" * 6_000_000 + b") Tj ET\n")
+    assert len(data) < 10_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(LoaderError, match="unpacks to over 2,000,000 characters"):
+            load(data, Path("manual.pdf"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40_000_000, f"{peak / 1e6:.0f} MB for a {len(data) / 1e3:.0f} kB file"

@@ -29,6 +29,12 @@ BINARY_PROBE_BYTES = 8000
 # and a PDF holds fonts and images besides), and 2 million whatever its size.
 PDF_TEXT_PER_BYTE = 20
 MIN_PDF_TEXT_CHARS = 2_000_000
+# Bytes of page content (the unpacked drawing operators) a PDF may hold, by the same rule: a
+# real PDF's pages unpack to about one byte per byte of the file. Checked before a page is
+# read, since one page's text is only counted once read: a 270 kB file whose page unpacks to
+# 70 MB of text operators was read for over 5 minutes.
+PDF_CONTENT_PER_BYTE = 20
+MIN_PDF_CONTENT_BYTES = 2_000_000
 
 # The opening of an ATX heading; its closing sequence is taken off in _heading, without a
 # regular expression: `(.*?)(?:[ \t]+#+)?[ \t]*$` backtracks over every run of spaces, so a
@@ -181,11 +187,11 @@ def load_pdf(data: bytes, path: Path) -> LoadedDocument:
         if reader.is_encrypted and not reader.decrypt(""):
             raise LoaderError("the PDF is encrypted")
         limit = max(MIN_PDF_TEXT_CHARS, PDF_TEXT_PER_BYTE * len(data))
-        pages = pdf_pages(reader, limit)
+        pages = pdf_pages(reader, limit, pdf_content_limit(len(data)))
         if pages is None:  # pages that share one compressed stream: 25 kB gave 199 million
             raise LoaderError(
-                f"the PDF unpacks to over {limit:,} characters of text, far more than a file "
-                "of its size holds"
+                f"the PDF unpacks to over {limit:,} characters of text (or bytes of page "
+                "content), far more than a file of its size holds"
             )
         meta_title = reader.metadata.title if reader.metadata else None
     except LoaderError:
@@ -199,12 +205,28 @@ def load_pdf(data: bytes, path: Path) -> LoadedDocument:
     return LoadedDocument(title or path.stem, sections)
 
 
-def pdf_pages(reader: PdfReader, limit: int) -> list[str] | None:
+def pdf_content_limit(size: int) -> int:
+    """The bytes of page content a PDF of `size` bytes may unpack to (see pdf_pages)."""
+    return max(MIN_PDF_CONTENT_BYTES, PDF_CONTENT_PER_BYTE * size)
+
+
+def pdf_pages(reader: PdfReader, limit: int, content_limit: int) -> list[str] | None:
     """Each page's text, read page by page; None as soon as they pass `limit` characters in
-    all (the knowledge base's loader and a chat document's reader say so each their way)."""
+    all, or their content `content_limit` bytes before the page that would pass it is read
+    (the knowledge base's loader and a chat document's reader say so each their way)."""
+    from pypdf.errors import PyPdfError
+
     pages: list[str] = []
     total = 0
+    content = 0
     for page in reader.pages:
+        try:  # unpacked within pypdf's own limits, not yet parsed
+            drawn = page.get_contents()
+            content += len(drawn.get_data()) if drawn is not None else 0
+        except PyPdfError:  # a page pypdf cannot unpack: extract_text reads it as empty
+            pass
+        if content > content_limit:
+            return None
         pages.append(page.extract_text() or "")
         total += len(pages[-1])
         if total > limit:
