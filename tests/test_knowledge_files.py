@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,60 @@ def test_a_pdf_page_that_unpacks_to_far_more_than_its_size_is_refused_before_it_
     finally:
         tracemalloc.stop()
     assert peak < 40_000_000, f"{peak / 1e6:.0f} MB for a {len(data) / 1e3:.0f} kB file"
+
+
+def _pdf_drawing_a_form(draws: int, form: bytes, images: int = 0) -> bytes:
+    """A one-page PDF that draws one form XObject `draws` times, and one image `images`
+    times."""
+    page = zlib.compress(b"/X0 Do\n" * draws + b"/Im0 Do\n" * images, 9)
+    font = b"<< /Font << /F1 << /Type /Font /Subtype /Type1 /BaseFont /Helvetica >> >> >>"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /XObject << /X0 5 0 R /Im0 6 0 R >> >> >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(page), page),
+        b"<< /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources %s /Length %d >>\n"
+        b"stream\n%s\nendstream" % (font, len(form), form),
+        b"<< /Type /XObject /Subtype /Image /Width 1 /Height 1 /ColorSpace /DeviceGray "
+        b"/BitsPerComponent 8 /Length 1 >>\nstream\n\x00\nendstream",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def test_a_pdf_page_that_draws_one_form_over_and_over_is_refused_before_it_is_read() -> None:
+    """A 5 kB page that draws one 1 MB form (its text read again at each `Do`) 4,900 times
+    was read for over 5 minutes: each `Do` on the page counts the form's size again."""
+    form = b"BT /F1 12 Tf 10 10 Td (" + b"b" * 5000 + b") Tj ET"
+    data = _pdf_drawing_a_form(2000, form)
+    assert len(data) < 10_000
+    assert "b" * 5000 in load(_pdf_drawing_a_form(3, form), Path("logo.pdf")).sections[0].text
+    tracemalloc.start()
+    try:
+        with pytest.raises(LoaderError, match="unpacks to over 2,000,000 characters"):
+            load(data, Path("manual.pdf"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000, f"{peak / 1e6:.0f} MB for a {len(data) / 1e3:.0f} kB file"
+
+
+def test_a_page_drawing_many_images_beside_a_form_is_read() -> None:
+    """Only forms count again at each `Do`: images are not read for text, so a page of 500
+    thumbnails beside a 20 kB form (a letterhead) is read as any page."""
+    form = b"BT /F1 12 Tf 10 10 Td (Letterhead) Tj ET\n" + b"0 0 m 1 1 l S\n" * 1500
+    assert len(form) > 20_000
+    data = _pdf_drawing_a_form(1, form, images=500)
+    assert "Letterhead" in load(data, Path("catalogue.pdf")).sections[0].text
