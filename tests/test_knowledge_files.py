@@ -318,6 +318,20 @@ def test_progress_is_plain_lines_when_not_a_terminal() -> None:
     ]
 
 
+def test_a_right_to_left_override_is_shown_not_obeyed() -> None:
+    """A document's title or a file's name with U+202E (RIGHT-TO-LEFT OVERRIDE) reversed the
+    rest of the operator's line on a terminal that lays out bidirectional text, so a path
+    could read as another; U+2066-U+2069 (isolates) too. Arabic and Hebrew text stays."""
+    out = io.StringIO()
+    printer = ProgressPrinter(out)
+    printer(1, 2, FileResult("/d/\u202egpj.md", Outcome.ADDED, chunks=1))
+    printer(2, 2, FileResult("/d/\u2067שלום.md", Outcome.FAILED, reason="\u202bنص\u202c"))
+    assert out.getvalue().splitlines() == [
+        "[1/2] added /d/\ufffdgpj.md (1 chunks)",
+        "[2/2] failed /d/\ufffdשלום.md: \ufffdنص\ufffd",
+    ]
+
+
 def test_progress_draws_a_bar_on_a_terminal() -> None:
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
