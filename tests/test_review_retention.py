@@ -46,3 +46,71 @@ async def test_a_pruned_question_read_back_by_the_discord_backfill_is_not_answer
         await h.idle()
         assert threads_opened(api) == ["old question"]
         assert len(backend.requests) == 1
+
+
+async def test_a_prune_that_fails_after_a_batch_still_drops_the_in_process_windows_it_pruned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch of a prune commits on its own. A prune that fails at a later batch (the
+    database briefly out of reach: StorageError, tried again 5 minutes later) left the
+    conversations of the batches it had committed unknown to the worker: `forget` runs only
+    after a whole prune, so the worker's in-process windows kept the pruned text, and the next
+    prune never touches those conversations again (their rows are gone). The pruned text
+    stays in every prompt of that conversation."""
+    from bot.conversation import retention
+    from bot.errors import StorageError
+    from bot.storage.sql_store import PRUNE_BATCH, SqlStore
+    from tests.test_retention import (
+        DAYS, SECRET, backdate_all, last_prompt, message, worker,
+    )  # fmt: skip
+    import asyncio
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    async with worker(url, None, "") as w:
+        await w.manager.handle(message(f"my key is {SECRET}", "f1"))
+        await w.manager.handle(message("and the weather?", "f2"))
+        assert [t for t in last_prompt(w.backend) if SECRET in t]  # in the in-process window
+        await backdate_all(w, DAYS + 1)
+        # Enough other old rows (newer than that turn) that the prune needs a second batch,
+        # which fails.
+        cid = await w.store.conversation_id(message("x", "x").key)
+        rows = [{"conversation_id": cid + 1000, "role": "assistant", "kind": "chat",
+                 "content": f"old {i}", "created_at": utcnow() - timedelta(days=DAYS + 0.5)}
+                for i in range(PRUNE_BATCH)]  # fmt: skip
+        async with w.store.engine.begin() as conn:
+            await conn.execute(sa.text("PRAGMA foreign_keys=OFF"))
+            await conn.execute(sa.insert(MessageRow), rows)
+        real_run = SqlStore._run
+        batches = 0
+
+        async def failing_run(self, work, **kw):  # type: ignore[no-untyped-def]
+            nonlocal batches
+            if getattr(work, "__name__", "") == "batch":
+                batches += 1
+                if batches == 2:
+                    raise StorageError("database error: OperationalError: database is locked")
+            return await real_run(self, work, **kw)
+
+        monkeypatch.setattr(SqlStore, "_run", failing_run)
+        forgotten: list[object] = []
+
+        async def forget(pruned: object) -> None:
+            forgotten.append(pruned)
+            await w.manager._forget_pruned(pruned)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(retention, "FIRST_PRUNE_WITHIN_S", 0.0)
+        monkeypatch.setattr(retention, "RETRY_AFTER_S", 0.05)
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            retention.prune_every(w.store, forget, days=DAYS, every_s=3600, stop=stop)
+        )
+        await asyncio.sleep(1.0)  # the failed prune and its retry
+        stop.set()
+        await task
+        # The question and its answer were pruned by the first (committed) batch...
+        async with w.store.engine.connect() as conn:
+            texts = list((await conn.execute(sa.select(MessageRow.content))).scalars())
+        assert not [t for t in texts if SECRET in t]
+        # ...and the next turn must not see them.
+        await w.manager.handle(message("what did I say?", "f3"))
+        assert not [t for t in last_prompt(w.backend) if SECRET in t]
