@@ -114,3 +114,35 @@ async def test_a_prune_that_fails_after_a_batch_still_drops_the_in_process_windo
         # ...and the next turn must not see them.
         await w.manager.handle(message("what did I say?", "f3"))
         assert not [t for t in last_prompt(w.backend) if SECRET in t]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_an_answer_is_not_pruned_while_its_question_stays(database_url: str) -> None:
+    """'A turn goes whole, with its answer' (docs/database.md): a question is kept while its
+    answer is newer than the cutoff, but an answer is pruned by its own created_at alone. A
+    question's created_at is the platform's clock (Discord's snowflake time, to the
+    millisecond), its answer's the worker's: with the worker's clock a second behind Discord's,
+    a quick answer (a command) is older than its question, and a prune whose cutoff falls
+    between them deletes the answer and keeps the question, answered by a row that is gone."""
+    from bot.storage.base import MessageKind
+    from tests.test_retention import message, opened
+
+    async with opened(database_url) as store:
+        asked = await store.record_incoming(
+            message("/help", "sk1", sent_at=utcnow() + timedelta(seconds=1)),
+            kind=MessageKind.COMMAND, token_count=1,
+        )  # fmt: skip
+        reply = await store.record_reply(
+            asked.conversation_id, [asked.message_id], "Help.", kind=MessageKind.COMMAND,
+            token_count=1,
+        )  # fmt: skip
+        assert reply is not None
+        later = await store.record_incoming(  # a later message: the reply is not the newest
+            message("later", "sk2", sent_at=utcnow() + timedelta(days=1)),
+            kind=MessageKind.CHAT, token_count=1,
+        )  # fmt: skip
+        assert later.message_id > reply.id
+        await store.prune(utcnow() + timedelta(milliseconds=500))
+        async with store.engine.connect() as conn:  # type: ignore[attr-defined]
+            ids = set((await conn.execute(sa.select(MessageRow.id))).scalars())
+        assert (asked.message_id in ids) == (reply.id in ids)
