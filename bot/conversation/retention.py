@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from bot.errors import StorageError
-from bot.storage.base import Pruned, Store
+from bot.storage.base import Pruned, PruneInterrupted, Store
 from bot.types import utcnow
 
 from .delivery import _until
@@ -50,6 +50,8 @@ async def prune_every(
         try:
             pruned = await store.prune(utcnow() - timedelta(days=days))
         except StorageError as exc:
+            if isinstance(exc, PruneInterrupted):  # its committed batches pruned these
+                await forget(exc.pruned)
             wait_s = min(every_s, RETRY_AFTER_S)
             log.warning("retention: prune failed, tried again in %gs: %s", wait_s, exc)
             continue

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
+from bot.errors import StorageError
 from bot.types import ConversationKey, Incoming, Role
 
 T = TypeVar("T")
@@ -180,6 +181,17 @@ class Pruned:
 
     count: int
     conversations: frozenset[int] = frozenset()
+
+
+class PruneInterrupted(StorageError):
+    """A prune that failed after some of its batches had committed (each batch is a
+    transaction of its own): `pruned` says what those removed, so that the caller can still
+    drop the windows it keeps of those conversations (the next prune never touches them
+    again: their rows are gone)."""
+
+    def __init__(self, message: str, pruned: Pruned) -> None:
+        super().__init__(message)
+        self.pruned = pruned
 
 
 @dataclass(frozen=True, slots=True)

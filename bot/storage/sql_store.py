@@ -46,6 +46,7 @@ from bot.storage.base import (
     MessageKind,
     PageMessage,
     Pruned,
+    PruneInterrupted,
     Recorded,
     RecordedReply,
     StoredMessage,
@@ -626,7 +627,13 @@ class SqlStore:
         count = 0
         touched: set[int] = set()
         while True:
-            pruned, full = await self._run(batch, write=True)
+            try:
+                pruned, full = await self._run(batch, write=True)
+            except StorageError as exc:
+                if not count:
+                    raise
+                # The batches before this one are committed: say what they removed.
+                raise PruneInterrupted(str(exc), Pruned(count, frozenset(touched))) from exc
             count += len(pruned)
             touched.update(cid for _, cid in pruned)
             if not full:
