@@ -57,13 +57,19 @@ async def test_a_prune_that_fails_after_a_batch_still_drops_the_in_process_windo
     after a whole prune, so the worker's in-process windows kept the pruned text, and the next
     prune never touches those conversations again (their rows are gone). The pruned text
     stays in every prompt of that conversation."""
+    import asyncio
+
     from bot.conversation import retention
     from bot.errors import StorageError
     from bot.storage.sql_store import PRUNE_BATCH, SqlStore
     from tests.test_retention import (
-        DAYS, SECRET, backdate_all, last_prompt, message, worker,
+        DAYS,
+        SECRET,
+        backdate_all,
+        last_prompt,
+        message,
+        worker,
     )  # fmt: skip
-    import asyncio
 
     url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
     async with worker(url, None, "") as w:
