@@ -14,6 +14,7 @@ pytest.importorskip("websockets")
 from bot.storage.models import MessageRow
 from bot.types import utcnow
 from tests import discord_events as ev
+from tests.discord_api import next_id
 from tests.doubles import ScriptedBackend
 from tests.test_discord_backfill import backfilled, fake_discord, started, threads_opened
 
@@ -28,12 +29,16 @@ async def test_a_pruned_question_read_back_by_the_discord_backfill_is_not_answer
     backend = ScriptedBackend(lambda request: "Here.")
     api = fake_discord()
     cfg = {"auto_thread": [ev.CHANNEL], "backfill_hours": 72}
-    async with started(tmp_path, backend, api, **cfg) as h:
-        question = ev.message_create("old question", channel=ev.CHANNEL, mentions_bot=True)
+    retention = {"retention_days": 1}
+    async with started(tmp_path, backend, api, conversation=retention, **cfg) as h:
+        # Sent two days ago (its snowflake says so), answered then.
+        sent = next_id(utcnow() - timedelta(days=2))
+        question = ev.message_create(
+            "old question", channel=ev.CHANNEL, mentions_bot=True, message_id=sent
+        )
         await h.deliver_event(question)
         await h.idle()
         store = h.app.store
-        # Two days pass (the question is 2 days old on Discord, within backfill_hours).
         async with store.engine.begin() as conn:  # type: ignore[attr-defined]
             await conn.execute(
                 sa.update(MessageRow).values(created_at=utcnow() - timedelta(days=2))
@@ -41,7 +46,7 @@ async def test_a_pruned_question_read_back_by_the_discord_backfill_is_not_answer
         # retention_days = 1: the worker's daily prune.
         pruned = await store.prune(utcnow() - timedelta(days=1))
         assert pruned.count >= 2
-    async with started(tmp_path, backend, api, **cfg) as h:
+    async with started(tmp_path, backend, api, conversation=retention, **cfg) as h:
         await backfilled(h, 1)
         await h.idle()
         assert threads_opened(api) == ["old question"]
