@@ -407,8 +407,17 @@ class DiscordAdapter:
         if self._settings.backfill_hours > 0 and shard_id not in self._gaps:
             self._gaps[shard_id] = asyncio.create_task(self._recorded_now())
 
+    @property
+    def _backfill_hours(self) -> float:
+        """How far back a backfill reads: `backfill_hours`, but never past the retention
+        period (conversation.retention_days): a message older than that may have been pruned
+        with its answer, and read back it would be recorded as new and answered again."""
+        days = self._host.settings.conversation.retention_days
+        hours = self._settings.backfill_hours
+        return min(hours, days * 24.0) if days > 0 else hours
+
     async def _recorded_now(self) -> Marks | None:
-        since = discord.utils.utcnow() - timedelta(hours=self._settings.backfill_hours)
+        since = discord.utils.utcnow() - timedelta(hours=self._backfill_hours)
         try:
             return await self._store.last_platform_message_ids(PLATFORM, since)
         except StorageError as exc:
@@ -432,7 +441,7 @@ class DiscordAdapter:
             self.client,
             self._store,
             self.gate,
-            hours=self._settings.backfill_hours,
+            hours=self._backfill_hours,
             auto_thread=self._settings.auto_thread,
             me=self.me,
             take=self._take,
