@@ -280,6 +280,7 @@ _SQLITE_URI_CHOICES = {
     "psow": ("1", "0", "yes", "no", "true", "false", "on", "off"),
 }
 _SQLITE_URI_TEXT = frozenset({"vfs", "modeof"})  # a VFS's name, a file's path
+_SQLITE_URI_EXACT = frozenset({"mode", "cache"})  # sqlite3ParseUri: memcmp
 _SQLITE_MS_MAX = 2147483  # seconds whose milliseconds fit sqlite3's C int
 
 
@@ -306,7 +307,9 @@ def check_sqlite_parameters(url: URL) -> None:
         if name in _SQLITE_DRIVER and not _sqlite_value(name, value):
             raise ValueError(f"{name}: not {_SQLITE_DRIVER[name]}")
         choices = _SQLITE_URI_CHOICES.get(name)
-        if choices is not None and value.lower() not in choices:
+        # SQLite reads mode and cache in its own case only; its booleans in any.
+        given = value if name in _SQLITE_URI_EXACT else value.lower()
+        if choices is not None and given not in choices:
             raise ValueError(f"{name}: not one of {', '.join(choices)}")
     uri = query.get("uri", "false")  # one text: a repeated parameter was refused above
     as_uri = isinstance(uri, str) and uri.strip().lower() in _SQLALCHEMY_TRUE
