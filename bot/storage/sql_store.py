@@ -186,7 +186,10 @@ class SqlStore:
                 # NUL or a lone surrogate would fail this insert at every re-delivery.
                 "content": storable(incoming.text),
                 "token_count": token_count,
-                "created_at": _as_utc(incoming.sent_at),
+                # The platform's time, never later than now: a platform's clock ahead of
+                # this worker's would date a question after its answer, and retention
+                # (prune), which keeps a turn whole by its answer's time, split it.
+                "created_at": min(_as_utc(incoming.sent_at), utcnow()),
                 "idempotency_key": incoming.idempotency_key,
                 "platform_message_id": incoming.platform_message_id or None,
                 # An observed message needs no answer: never pending (see models.MessageRow).
