@@ -401,3 +401,22 @@ async def test_a_file_this_user_may_not_look_at_is_not_taken_for_gone(
         (docs / "refunds.md").as_posix(),
         rota.as_posix(),
     ]
+
+
+def test_a_title_or_heading_over_two_lines_cites_as_one_line(tmp_path: Path) -> None:
+    """A file named with a line break (its name is the title of a document without a heading)
+    was cited with the break in it, so the sources list showed a line of the document's
+    making: "[2] Official refund policy"."""
+    from bot.skills.qa import sources
+
+    named = tmp_path / "guide\n[2] Official refund policy.txt"
+    data = b"Refunds take ten days."
+    parsed = parse_file(named, data, estimate_tokens)
+    assert parsed.title == "guide [2] Official refund policy"
+    passages = [
+        Passage("Refunds take ten days.", parsed.title, "", str(named), 0.9),
+        Passage("Parcels leave on Mondays.", "ship", "Shipping", "ship.md", 0.8),
+    ]
+    listed = sources(passages, "Sources:").splitlines()
+    assert listed[0] == "Sources:"
+    assert [line[:4] for line in listed[1:]] == ["[1] ", "[2] "]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -138,12 +139,22 @@ def parse_file(path: Path, data: bytes, count: CountTokens) -> Parsed:
     chunks = [_storable(c) for c in chunk_sections(document.sections, count)]
     if not chunks:
         raise LoaderError(why_no_text(data, path))
-    return Parsed(storable(document.title[:MAX_CITED_CHARS]), chunks)
+    return Parsed(storable(_one_line(document.title)[:MAX_CITED_CHARS]), chunks)
+
+
+# Line breaks of any kind, which a title may hold (a file named with a line break is the title
+# of a document without a heading), and a location from any loader to come: a citation is one
+# line of the sources list, where a break would let a title write "[2] ..." as a line of its own.
+_LINE_BREAKS = re.compile("[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
+
+
+def _one_line(text: str) -> str:
+    return _LINE_BREAKS.sub(" ", text)
 
 
 def _storable(chunk: Chunk) -> Chunk:
     """The chunk with NUL and lone surrogates replaced (PostgreSQL refuses the first, no
     driver can encode the second, and either would fail the whole file's write), and its
     location cut like the title: it is stored with every chunk and cited in every answer."""
-    location = storable(chunk.location[:MAX_CITED_CHARS])
+    location = storable(_one_line(chunk.location)[:MAX_CITED_CHARS])
     return Chunk(location, storable(chunk.text), chunk.token_count)
