@@ -308,8 +308,8 @@ def check_sqlite_parameters(url: URL) -> None:
             raise ValueError(f"{name}: not {_SQLITE_DRIVER[name]}")
         choices = _SQLITE_URI_CHOICES.get(name)
         # SQLite reads mode and cache in its own case only; its booleans in any.
-        given = value if name in _SQLITE_URI_EXACT else value.lower()
-        if choices is not None and given not in choices:
+        read = value if name in _SQLITE_URI_EXACT else value.lower()
+        if choices is not None and read not in choices:
             raise ValueError(f"{name}: not one of {', '.join(choices)}")
     uri = query.get("uri", "false")  # one text: a repeated parameter was refused above
     as_uri = isinstance(uri, str) and uri.strip().lower() in _SQLALCHEMY_TRUE
