@@ -63,21 +63,17 @@ async def test_a_prune_that_fails_after_a_batch_still_drops_the_in_process_windo
     prune never touches those conversations again (their rows are gone). The pruned text
     stays in every prompt of that conversation."""
     import asyncio
+    import sqlite3
 
     from bot.conversation import retention
-    from bot.errors import StorageError
-    from bot.storage.sql_store import PRUNE_BATCH, SqlStore
-    from tests.test_retention import (
-        DAYS,
-        SECRET,
-        backdate_all,
-        last_prompt,
-        message,
-        worker,
-    )  # fmt: skip
+    from bot.storage.sql_store import PRUNE_BATCH
+    from tests.test_retention import DAYS, SECRET, backdate_all, last_prompt, message, worker
 
+    monkeypatch.setattr(retention, "FIRST_PRUNE_WITHIN_S", 0.0)
+    monkeypatch.setattr(retention, "RETRY_AFTER_S", 0.05)
     url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
-    async with worker(url, None, "") as w:
+    settings = {"retention_days": DAYS, "retention_interval_s": 3600.0}
+    async with worker(url, None, "", **settings) as w:
         await w.manager.handle(message(f"my key is {SECRET}", "f1"))
         await w.manager.handle(message("and the weather?", "f2"))
         assert [t for t in last_prompt(w.backend) if SECRET in t]  # in the in-process window
@@ -91,33 +87,23 @@ async def test_a_prune_that_fails_after_a_batch_still_drops_the_in_process_windo
         async with w.store.engine.begin() as conn:
             await conn.execute(sa.text("PRAGMA foreign_keys=OFF"))
             await conn.execute(sa.insert(MessageRow), rows)
-        real_run = SqlStore._run
         batches = 0
+        retried = asyncio.Event()
 
-        async def failing_run(self, work, **kw):  # type: ignore[no-untyped-def]
+        def second_batch_fails(conn, cursor, statement, params, context, many):  # type: ignore[no-untyped-def]
             nonlocal batches
-            if getattr(work, "__name__", "") == "batch":
+            if statement.lstrip().upper().startswith("DELETE FROM MESSAGES "):
                 batches += 1
-                if batches == 2:
-                    raise StorageError("database error: OperationalError: database is locked")
-            return await real_run(self, work, **kw)
+                if batches == 2:  # SQLAlchemy's error for a busy SQLite file
+                    locked = sqlite3.OperationalError("database is locked")
+                    raise sa.exc.OperationalError(statement, params, locked)
+                if batches == 3:  # the prune tried again, after its failure was handled
+                    retried.set()
 
-        monkeypatch.setattr(SqlStore, "_run", failing_run)
-        forgotten: list[object] = []
-
-        async def forget(pruned: object) -> None:
-            forgotten.append(pruned)
-            await w.manager._forget_pruned(pruned)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(retention, "FIRST_PRUNE_WITHIN_S", 0.0)
-        monkeypatch.setattr(retention, "RETRY_AFTER_S", 0.05)
-        stop = asyncio.Event()
-        task = asyncio.create_task(
-            retention.prune_every(w.store, forget, days=DAYS, every_s=3600, stop=stop)
-        )
-        await asyncio.sleep(1.0)  # the failed prune and its retry
-        stop.set()
-        await task
+        sa.event.listen(w.store.engine.sync_engine, "before_cursor_execute", second_batch_fails)
+        w.manager.start()  # the worker's own prune: at once, then again after the failure
+        async with asyncio.timeout(30):  # a hang detector only
+            await retried.wait()
         # The question and its answer were pruned by the first (committed) batch...
         async with w.store.engine.connect() as conn:
             texts = list((await conn.execute(sa.select(MessageRow.content))).scalars())
