@@ -75,13 +75,18 @@ async def pg_url(postgres_url: str) -> str:
     return postgres_url
 
 
+SYSTEM_PROMPT = "You are Parley, a concise and helpful assistant. Answer in the user's language."
+
+
 def _settings(db_url: str, redis_url: str | None, prefix: str, **budget: object) -> Settings:
     redis = {"url": redis_url, "key_prefix": prefix, "retry_after_failure_s": 30.0}
     return Settings(
         database={"url": db_url},  # type: ignore[arg-type]
         redis=redis if redis_url else {},  # type: ignore[arg-type]
         backend={"max_tokens": MAX_TOKENS},  # type: ignore[arg-type]
-        conversation={"rate_limit_messages": 0},  # type: ignore[arg-type]
+        # The budgets below are sized in turns of this prompt's length, not the default's
+        # (which may grow: a sentence about fenced documents made three turns cost over 250).
+        conversation={"rate_limit_messages": 0, "system_prompt": SYSTEM_PROMPT},  # type: ignore[arg-type]
         budget=budget,  # type: ignore[arg-type]
     )
 
