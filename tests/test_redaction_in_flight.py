@@ -294,9 +294,9 @@ async def test_a_roll_over_undone_by_redactions_each_time_gives_up_without_writi
     async with worker(database_url, windows, key_prefix, backend, budget_tokens=200) as w:
         folds: list[str] = []
 
-        async def redacted_meanwhile(cid: int, summary: str, *args: Any) -> bool:
+        async def redacted_meanwhile(cid: int, summary: str, *args: Any) -> int | None:
             folds.append(summary)
-            return False
+            return None
 
         w.store.fold_summary = redacted_meanwhile  # type: ignore[attr-defined]
         await w.manager.handle(message(LONG, "m1"))

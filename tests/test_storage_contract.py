@@ -267,9 +267,31 @@ async def test_a_redaction_of_a_folded_message_drops_the_summary(store: Store) -
     assert [m.content for m in rows] == [DELETED_STUB, "a1", DELETED_STUB, "a2"]
 
 
+async def test_a_fold_covers_no_message_its_answers_leave_unanswered(store: Store) -> None:
+    """A message sent while the answer before it streamed is recorded before that answer
+    and answered after it: a fold through that answer covers the messages up to the one
+    left (the id returned), so that the rows after the boundary still hold it, and its
+    answer pairs with it. A fold over answered messages only covers them all."""
+    cid, _, greeted = await turn(store, "k0", "hello", "hi")
+    assert await store.fold_summary(cid, "they greeted", greeted, 4, 0) == greeted
+    _, asked = await say(store, "k1", "the harbour?")
+    _, sent_meanwhile = await say(store, "k2", "my cat is Biscuit")
+    await say(store, "k3", "and my dog?")  # pending
+    first = await store.record_reply(cid, [asked], "a1", kind=CHAT, token_count=2)
+    second = await store.record_reply(cid, [sent_meanwhile], "a2", kind=CHAT, token_count=2)
+    assert first is not None and second is not None
+    assert await store.fold_summary(cid, "the harbour", first.id, 5, 0) == sent_meanwhile - 1
+    state = await store.state(cid)
+    assert (state.summary, state.summary_through_id) == ("the harbour", sent_meanwhile - 1)
+    rows = await store.context_messages(cid, state.summary_through_id, 10)
+    assert [(m.content, m.answered_by) for m in rows] == [
+        ("my cat is Biscuit", second.id), ("a1", None), ("a2", None),
+    ]  # fmt: skip
+
+
 async def test_reset_context_starts_after_newest_message(store: Store) -> None:
-    cid, asked, _ = await turn(store, "k1", "q", "a")
-    assert await store.fold_summary(cid, "old", asked, 3, 0)
+    cid, _, reply_id = await turn(store, "k1", "q", "a")
+    assert await store.fold_summary(cid, "old", reply_id, 3, 0)
     _, newest = await say(store, "reset", "/reset", kind=COMMAND)
     await store.reset_context(cid)
     state = await store.state(cid)

@@ -167,13 +167,15 @@ class ContextLoader:
             return True
         summary, tokens = await self._summarizer.fold(window.summary, fold)
         tokens += await self._frame()
-        through = fold[-1].reply_id
         # Only over the redactions the window was built after: a redaction during the model's
         # fold (or since the window was loaded) would otherwise be written into SQL's summary.
-        args = (conversation_id, summary, through, tokens, window.redactions)
-        if not await self._store.fold_summary(*args):
+        args = (conversation_id, summary, fold[-1].reply_id, tokens, window.redactions)
+        through = await self._store.fold_summary(*args)
+        if through is None:
             return False
         window.summary, window.summary_tokens = summary, tokens
+        # Below the last folded answer where a message it does not answer came before it (sent
+        # while that answer streamed): SQL's boundary, which a rebuild reads after.
         window.boundary_id = max(window.boundary_id, through)
         log.info("conversation %s rolled over: %d turns folded", conversation_id, len(fold))
         return True

@@ -38,7 +38,8 @@ class Turn:
     user: str
     assistant: str
     tokens: int
-    # Id of the assistant message: what `summary_through_id` points at when the turn is folded.
+    # Id of the assistant message: what `summary_through_id` points at when the turn is folded
+    # (or below it: Store.fold_summary).
     reply_id: int
 
     def messages(self) -> tuple[ChatMessage, ChatMessage]:

@@ -280,12 +280,17 @@ class Store(Protocol):
 
     async def fold_summary(
         self, conversation_id: int, summary: str, through_id: int, tokens: int, redactions: int
-    ) -> bool:
+    ) -> int | None:
         """Replace the summary with `summary` (of `tokens` tokens, as the window counts
-        them), covering the messages with id <= through_id, if the conversation's count of
-        redactions is still `redactions` (that of the window it was folded from), in the same
-        statement. False, writing nothing, when a message was redacted since: the summary
-        may hold the deleted text, and would carry it into every later prompt."""
+        them), folded from the turns up to the answer `through_id`, if the conversation's
+        count of redactions is still `redactions` (that of the window it was folded from), in
+        the same statement. The summary covers the messages up to the id returned (the new
+        summary_through_id): `through_id`, or less where a user's chat message at or before
+        it is not answered by then (sent while an earlier answer streamed, it is answered
+        later): every message up to the id returned is folded, and a window rebuilt from the
+        messages after it leaves none out. None, writing nothing, when a message was redacted
+        since: the summary may hold the deleted text, and would carry it into every later
+        prompt."""
         ...
 
     async def reset_context(self, conversation_id: int) -> None:

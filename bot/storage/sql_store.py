@@ -327,11 +327,13 @@ class SqlStore:
 
     async def fold_summary(
         self, conversation_id: int, summary: str, through_id: int, tokens: int, redactions: int
-    ) -> bool:
+    ) -> int | None:
         params = {"conversation_id": conversation_id, "new_summary": storable(summary),
                   "through_id": through_id, "tokens": tokens,
                   "expected_redactions": redactions}  # fmt: skip
-        return await self._write(_FOLD_SUMMARY, params) > 0
+        stmt = self._reads.fold_summary
+        rows = await self._run(lambda q: q.rows(stmt, params), write=True, one_statement=True)
+        return int(rows[0][0]) if rows else None
 
     async def reset_context(self, conversation_id: int) -> None:
         await self._write(self._reads.reset_context, {"conversation_id": conversation_id})
@@ -843,6 +845,7 @@ class _ConversationReads:
     history: sa.Select[Any]
     state: sa.Select[Any]
     reset_context: sa.Update
+    fold_summary: sa.Update
     mark_answered: sa.Update
     lease_take: sa.Update
     # The take and the first page of pending messages in one statement (PostgreSQL; None on
@@ -925,6 +928,7 @@ class _ConversationReads:
             .values(context_start_id=sa.func.coalesce(newest_id, 0), summary="",
                     summary_through_id=0, summary_tokens=0)
         )  # fmt: skip
+        fold_summary = _fold_summary(postgresql)
         # A chat's kept group messages are not its conversation with the bot.
         history = (
             newest(_SELECT_MESSAGES)
@@ -964,10 +968,52 @@ class _ConversationReads:
             )
         return cls(
             context=context, history=history, state=state, reset_context=reset_context,
-            mark_answered=mark_answered, lease_take=lease_take, lease_with_page=lease_with_page,
-            fenced_reply=fenced_reply, recorded=recorded,
+            fold_summary=fold_summary, mark_answered=mark_answered, lease_take=lease_take,
+            lease_with_page=lease_with_page, fenced_reply=fenced_reply, recorded=recorded,
             with_pending=_with_pending(postgresql), orphaned=_with_pending(postgresql, True),
         )  # fmt: skip
+
+
+def _fold_summary(postgresql: bool) -> sa.Update:
+    """Store.fold_summary: only over the redactions the folded window was built after, the
+    check and the write in one statement, so no redaction lands between them. It covers the
+    messages up to the fold's last answer, but never past a user's chat message that answer
+    does not cover: one sent while an earlier answer streamed has an id below that answer's
+    and is answered later (or is still pending), and a window rebuilt from SQL reads only
+    the messages after the summary's boundary. The boundary stops just before the first such
+    message; the folded answers after it have no question left to read and are left out of
+    the rebuilt window. Read from the rows since the old boundary, through the index on
+    (conversation_id, id): the folded turns, never the conversation's history."""
+    through = _param("through_id", sa.BigInteger())
+    first_unfolded = (
+        sa.select(_m.id)
+        .where(
+            _in_conversation(postgresql),
+            _m.id > _c.summary_through_id,
+            _m.id > _c.context_start_id,
+            _m.id <= through,
+            _m.role == _literal(Role.USER.value),
+            _m.kind == _literal(MessageKind.CHAT.value),
+            sa.or_(_m.answered_by.is_(None), _m.answered_by > through),
+        )
+        .order_by(_m.conversation_id, _m.id)
+        .limit(1)
+        .correlate(_c)
+        .scalar_subquery()
+    )
+    return (
+        sa.update(_c)
+        .where(
+            _c.id == _param("conversation_id", sa.BigInteger()),
+            _c.redactions == _param("expected_redactions"),
+        )
+        .values(
+            summary=_param("new_summary"),
+            summary_through_id=sa.func.coalesce(first_unfolded - 1, through),
+            summary_tokens=_param("tokens"),
+        )
+        .returning(_c.summary_through_id)
+    )
 
 
 def _with_pending(postgresql: bool, orphaned: bool = False) -> sa.Select[Any]:
@@ -1017,17 +1063,6 @@ def _fenced_reply(ids: sa.BindParameter[Any]) -> sa.Select[Any]:
     return sa.select(reply_id, sa.select(sa.func.count()).select_from(marked).scalar_subquery())
 
 
-# Only over the redactions the folded window was built after (Store.fold_summary): the check
-# and the write in one statement, so no redaction lands between them.
-_FOLD_SUMMARY = (
-    sa.update(_c)
-    .where(_c.id == _param("conversation_id"), _c.redactions == _param("expected_redactions"))
-    .values(
-        summary=_param("new_summary"),
-        summary_through_id=_param("through_id"),
-        summary_tokens=_param("tokens"),
-    )
-)
 _COUNT_ATTEMPT = (
     sa.update(_m)
     .where(_m.id == _param("mid"), _PENDING_WHERE)
