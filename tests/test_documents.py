@@ -496,3 +496,22 @@ async def test_a_document_captioned_ask_is_the_question_without_its_fence(tmp_pa
     passages, asked = user_of(request).rsplit("\n\n", 1)
     assert asked == question and passages.startswith("```\n[1] ")  # the passages' own fence
     assert reply.startswith("Thirty seconds [1].")
+
+
+async def test_a_users_own_code_block_is_not_translated_by_auto_translate(tmp_path: Path) -> None:
+    """A user's typed message that ends with a code block of their own (not a document) is
+    not a document's fenced block: auto-translate keeps the code as it is (protect() leaves a
+    code block untranslated), and its fence lines stay."""
+    backend = ScriptedBackend(shout)
+    settings = load_settings(None, database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"})
+    key = ConversationKey("test", "chat-1")
+    typed = "Good morning, here is the script that fails on Monday\n\n```\nprint('hello world')\n```"
+    async with running(settings, backend) as (app, sink):
+        app.intake.register("test", sink, AccessRules())  # type: ignore[arg-type]
+        await app.manager.handle(Incoming(key, ADA, "/autotranslate Deutsch", idempotency_key="a"))
+        sink.replies.clear()
+        await app.manager.handle(Incoming(key, ADA, typed, idempotency_key="b"))
+        await app.intake.idle()
+        replies = sink.replies[key]
+    assert replies, "no reply"
+    assert "```\nprint('hello world')\n```" in replies[-1]
