@@ -515,3 +515,21 @@ async def test_a_users_own_code_block_is_not_translated_by_auto_translate(tmp_pa
         replies = sink.replies[key]
     assert replies, "no reply"
     assert "```\nprint('hello world')\n```" in replies[-1]
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "Summarize this document (by Ada): The harbour opens at dawn (weather permitting).",
+        "summarize this document (draft 2) The harbour opens at dawn (weather permitting)",
+    ],
+)
+def test_a_typed_summarize_request_keeps_its_text_after_a_parenthesis(typed: str) -> None:
+    """Only the caption intake writes for a document without one ("Please summarize this
+    document (NAME).", then the fenced block) drops its name: a user's own request whose text
+    follows "this document (...)" on the same line keeps that text as the material, not ""
+    (which summarises the conversation instead)."""
+    from bot.skills.summarize import match_summarize
+
+    found = match_summarize(typed)
+    assert found is not None and "The harbour opens at dawn" in found, found
