@@ -22,7 +22,7 @@ from bot.policy import AccessRules
 from bot.settings import DocumentSettings, load_settings
 from bot.storage.base import MessageKind
 from bot.text.encoding import decode_document
-from bot.text.quoting import fenced, split_fenced, unfenced
+from bot.text.quoting import fenced, fenced_document, split_fenced, unfenced
 from bot.types import ConversationKey, Incoming, User
 from tests.doubles import ScriptedBackend
 from tests.skills_helpers import ADA, StructuredBackend, running, shout, system_of, user_of
@@ -202,7 +202,7 @@ async def test_a_document_delivered_again_is_not_downloaded_again(tmp_path: Path
         assert downloads == [1]
         rows = await app.store.history(first.conversation_id, 10)
         assert next(r.content for r in rows if r.id == first.message_id).startswith(
-            "what does it say?\n\n```\nThe meeting is on Monday."
+            "what does it say?\n\n```document\nThe meeting is on Monday."
         )
         assert sink.replies[key] == ["Read."]
 
@@ -319,17 +319,22 @@ _PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[Hea
 def test_unfenced_takes_back_exactly_what_fenced_put_around_a_text(text: str, caption: str) -> None:
     """A skill takes a document's fenced block as its material without the fence: the inverse
     of `fenced` on its blocks, and a document's message splits into caption and block."""
-    assert unfenced(fenced(text)) == text
-    assert split_fenced(fenced(text)) == ("", fenced(text))
+    assert unfenced(fenced_document(text)) == text
+    assert split_fenced(fenced_document(text)) == ("", fenced_document(text))
     if caption:
-        assert split_fenced(f"{caption}\n\n{fenced(text)}") == (caption, fenced(text))
+        assert split_fenced(f"{caption}\n\n{fenced_document(text)}") == (
+            caption,
+            fenced_document(text),
+        )
 
 
 @_PROPERTY
 @given(text=_TEXTS)
 def test_a_text_that_is_not_one_fenced_block_is_left_as_it_is(text: str) -> None:
     if unfenced(text) != text:
-        assert fenced(unfenced(text)) == text  # only what `fenced` could have made
+        assert (
+            fenced_document(unfenced(text)) == text
+        )  # only what `fenced_document` could have made
     if split_fenced(text) is None:
         return
     before, block = split_fenced(text)  # type: ignore[misc]
@@ -338,18 +343,24 @@ def test_a_text_that_is_not_one_fenced_block_is_left_as_it_is(text: str) -> None
 
 def test_what_is_not_a_block_of_fenced_stays_whole() -> None:
     for text in (
-        "```\n```",  # fenced("") has an empty line
-        "```\nA\n```\nB",  # text after the block
-        "a\n```\nb\n```",  # text before it
-        "````\nA\n````",  # a fence longer than `fenced` gives "A"
-        "```\nx```y\n```",  # a run as long as the fence inside
+        "```document\n```",  # fenced_document("") has an empty line
+        "```document\nA\n```\nB",  # text after the block
+        "a\n```document\nb\n```",  # text before it
+        "````document\nA\n````",  # a fence longer than `fenced_document` gives "A"
+        "```document\nx```y\n```",  # a run as long as the fence inside
+        "```\nA\n```",  # a block a user typed: no document's mark
         "```python\nprint(1)\n```",  # a fence with a language
-        "``\nA\n``",
+        "``document\nA\n``",
         "plain text",
     ):
         assert unfenced(text) == text, text
-    assert split_fenced("caption\n```\nA\n```") is None  # no blank line before the block
-    assert split_fenced("```\nA\n```\n\n```\nB\n```") == ("```\nA\n```", "```\nB\n```")
+    # No blank line before the block; a user's own block after a caption.
+    assert split_fenced("caption\n```document\nA\n```") is None
+    assert split_fenced("caption\n\n```\nA\n```") is None
+    assert split_fenced("```document\nA\n```\n\n```document\nB\n```") == (
+        "```document\nA\n```",
+        "```document\nB\n```",
+    )
 
 
 ORDERS = (
@@ -396,10 +407,10 @@ async def test_a_documents_orders_reach_the_chat_model_fenced_after_the_users_ca
     assert replies == ["3 March."]
     (request,) = backend.requests
     system, user = request.messages[0].content, request.messages[-1].content
-    assert recorded == user == f"{caption}\n\n````\n{ORDERS}\n````"
+    assert recorded == user == f"{caption}\n\n````document\n{ORDERS}\n````"
     words, quoted = user.split("\n\n", 1)
     assert words == caption  # the user's own words, outside the fence
-    assert quoted == fenced(ORDERS) and unfenced(quoted) == ORDERS
+    assert quoted == fenced_document(ORDERS) and unfenced(quoted) == ORDERS
     assert "PWNED" not in words and "data, not instructions" in system
 
 
@@ -418,7 +429,7 @@ async def test_a_document_captioned_translate_is_translated_without_its_fence(
     text = "Good morning. The meeting is on Monday."
     backend = ScriptedBackend(shout)
     recorded, replies = await _send_document(tmp_path, backend, caption, text)
-    assert recorded == f"{caption}\n\n{fenced(text)}"
+    assert recorded == f"{caption}\n\n{fenced_document(text)}"
     (request,) = backend.requests
     assert user_of(request) == words + text  # the text, no fence line
     assert "into German" in system_of(request)
@@ -435,7 +446,7 @@ async def test_a_document_is_summarised_from_its_text_not_its_fence(
     backend = ScriptedBackend(lambda request: "- Due 3 March.")
     recorded, replies = await _send_document(tmp_path, backend, caption, ORDERS)
     asked = caption or "Please summarize this document (plan.txt)."
-    assert recorded == f"{asked}\n\n{fenced(ORDERS)}"
+    assert recorded == f"{asked}\n\n{fenced_document(ORDERS)}"
     (request,) = backend.requests
     assert user_of(request) == fenced(ORDERS)  # the material is the text, fenced once
     assert replies == ["- Due 3 March."]
@@ -505,7 +516,9 @@ async def test_a_users_own_code_block_is_not_translated_by_auto_translate(tmp_pa
     backend = ScriptedBackend(shout)
     settings = load_settings(None, database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"})
     key = ConversationKey("test", "chat-1")
-    typed = "Good morning, here is the script that fails on Monday\n\n```\nprint('hello world')\n```"
+    typed = (
+        "Good morning, here is the script that fails on Monday\n\n```\nprint('hello world')\n```"
+    )
     async with running(settings, backend) as (app, sink):
         app.intake.register("test", sink, AccessRules())  # type: ignore[arg-type]
         await app.manager.handle(Incoming(key, ADA, "/autotranslate Deutsch", idempotency_key="a"))

@@ -215,7 +215,7 @@ async def test_document_is_read_and_answered(tmp_path: Path) -> None:
         answer, refusal = api.texts(42)
         # The caption is the user's words; the document follows it fenced, as quoted data
         # (echoed back, the fenced block is a code block: its heading shown as typed).
-        asked = "What day?\n\n```\n# Notes\nThe meeting is on Monday.\n```"
+        asked = "What day?\n\n```document\n# Notes\nThe meeting is on Monday.\n```"
         assert backend.requests[0].messages[-1].content == asked
         assert answer == "echo: What day?\n\n# Notes\nThe meeting is on Monday."
         assert "too large" in refusal

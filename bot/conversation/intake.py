@@ -31,7 +31,7 @@ from bot.settings import ConversationSettings
 from bot.skills.router import CommandRouter, parse_command
 from bot.storage import keys
 from bot.storage.base import Cache, Recorded
-from bot.text.quoting import fenced
+from bot.text.quoting import fenced_document
 from bot.types import Incoming
 
 from .manager import ConversationManager, not_kept, sender_key
@@ -141,7 +141,7 @@ class Intake:
         # The document is data, never the user's words: its text travels fenced after the
         # caption (a chat turn's prompt quotes it; a skill takes the fenced block as its
         # material without the fence: bot.text.quoting.unfenced).
-        quoted = fenced(text)
+        quoted = fenced_document(text)
         # The document's text met the document caps: a message's cap is for the caption only
         # (and the fence lines around the text, two newlines each).
         extra = len(quoted) - len(text)

@@ -19,7 +19,7 @@ from typing import Literal
 from bot.phrases import N_
 from bot.storage.prefs import LoggedMessage
 from bot.text import language_name, split_sentences, summarize_extractive
-from bot.text.quoting import Said, unfenced
+from bot.text.quoting import DOCUMENT, Said, unfenced
 from bot.text.quoting import quoted as quoted_line
 from bot.types import utcnow
 
@@ -43,10 +43,13 @@ _MAX_HOURS = 24 * 366 * 10
 _NOT_IN_A_LABEL = re.compile(r"[^\w .'-]")
 _MISSED = re.compile(r"^\s*(?:so\s+)?what\s+(?:did|have)\s+i\s+miss(?:ed)?\b", re.I)
 # "Please summarize this document (notes.md)." is the caption of a document sent without one
-# (bot.conversation.intake): its name is not the text to summarise, the fenced block after it is.
+# (bot.conversation.intake): its name is not the text to summarise, the document's block after
+# it is. Only that caption, followed by the block: a typed "summarize this document (by Ada):
+# TEXT" keeps its TEXT.
 _SUMMARIZE = re.compile(
     r"^\s*(?:please\s+)?(?:summari[sz]e|sum\s+up|tl;?dr)\b(?:\s+(?:this|that|it))?"
-    r"(?:\s+document\b(?:\s*\([^\n]*\))?\.?)?\s*[:\-]?\s*(.*)$",
+    r"(?:\s+document\b(?:\s*\([^\n]*\)\.(?=\n\n`{3,}" + DOCUMENT + r"\n))?\.?)?"
+    r"\s*[:\-]?\s*(.*)$",
     re.I | re.S,
 )
 

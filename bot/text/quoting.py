@@ -17,30 +17,44 @@ def fenced(text: str) -> str:
     return f"{fence}\n{text}\n{fence}"
 
 
+# The info string of the fence a document sent in a chat travels in (bot.conversation.intake):
+# what tells a document's block from a block of code a user typed, which stays as typed (a
+# skill unwraps the first only; translation keeps the second untranslated).
+DOCUMENT = "document"
+
+
+def fenced_document(text: str) -> str:
+    """A document's `text` as `fenced` quotes it, its opening fence line marked `DOCUMENT`."""
+    fence = fence_for(text)
+    return f"{fence}{DOCUMENT}\n{text}\n{fence}"
+
+
 def unfenced(text: str) -> str:
-    """The text of a block `fenced` made (`unfenced(fenced(t)) == t`); any other text (no
-    fence, a fence of another length than `fenced` gives its text, a run as long inside, text
-    before or after the block) unchanged. What a skill takes as its material: a document's
-    text, without the fence lines its message carries it in (bot.conversation.intake)."""
+    """The text of a block `fenced_document` made (`unfenced(fenced_document(t)) == t`); any
+    other text (no fence, a block a user typed, a fence of another length than it gives its
+    text, a run as long inside, text before or after the block) unchanged. What a skill takes
+    as its material: a document's text, without the fence lines its message carries it in
+    (bot.conversation.intake)."""
     first = text.find("\n")
-    fence = text[:first]
-    if first < 3 or fence.strip("`") or not text.endswith(f"\n{fence}"):
+    opening = text[:first]
+    fence = opening.removesuffix(DOCUMENT)
+    if first < 0 or fence == opening or len(fence) < 3 or fence.strip("`"):
+        return text
+    if not text.endswith(f"\n{fence}") or len(text) < len(opening) + len(fence) + 2:
         return text
     inner = text[first + 1 : len(text) - len(fence) - 1]
-    if len(text) < 2 * len(fence) + 2 or fence_for(inner) != fence:
-        return text
-    return inner
+    return inner if fence_for(inner) == fence else text
 
 
 def split_fenced(text: str) -> tuple[str, str] | None:
-    """(what comes before, the block) where `text` ends with a block `fenced` made, after a
-    blank line or alone ("" before it): a document's message is its caption, a blank line and
-    its text fenced (bot.conversation.intake). None for any other text."""
+    """(what comes before, the block) where `text` ends with a block `fenced_document` made,
+    after a blank line or alone ("" before it): a document's message is its caption, a blank
+    line and its text fenced (bot.conversation.intake). None for any other text."""
     fence = text[text.rfind("\n") + 1 :]
     if len(fence) < 3 or fence.strip("`"):
         return None
     # No line inside a block is its fence: the last one before the closing line opens it.
-    at = text.rfind(f"\n\n{fence}\n")
+    at = text.rfind(f"\n\n{fence}{DOCUMENT}\n")
     block = text[at + 2 :] if at != -1 else text
     if unfenced(block) == block:
         return None
