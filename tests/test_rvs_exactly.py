@@ -4,6 +4,7 @@ not counted against its sender, and one sender's documents never hold every read
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 import pytest
@@ -141,9 +142,15 @@ async def test_rvs_one_senders_slow_documents_do_not_make_others_wait(tmp_path: 
     settings = Settings(
         database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},  # type: ignore[arg-type]
         conversation={"rate_limit_messages": 0},  # type: ignore[arg-type]
-        documents={"timeout_s": 60, "max_chars": 10**9},  # type: ignore[arg-type]
+        documents={"timeout_s": 60, "max_chars": 10**9, "max_bytes": 20_000_000},  # type: ignore[arg-type]
     )
-    heavy = pdf(20, (b"BT /F1 12 Tf 72 700 Td (" + b"A" * 60 + b") Tj ET\n") * 500_000)
+    # One page of 12 MB of text operators that hardly compress: seconds of parsing, yet no
+    # more than a file of its size may unpack to (a page that unpacks to far more than its
+    # file is refused before it is read, at once: no longer a slow document).
+    rng = random.Random(0)
+    line = b"BT /F1 12 Tf 72 700 Td (%s) Tj ET\n"
+    heavy = pdf(1, b"".join(line % rng.randbytes(30).hex().encode() for _ in range(130_000)))
+    assert 20 * len(heavy) > 12_000_000
     bob = User("test", "u2", "Bob")
     async with Parley(settings, backend=ScriptedBackend()) as app:
         sink = CollectingSink()
