@@ -22,6 +22,7 @@ from typing import Protocol
 
 from backends.control_tokens import neutralise
 from bot.errors import BotError
+from bot.text.storable import LINE_BREAKS, one_line
 from bot.types import ConversationKey
 
 
@@ -90,8 +91,6 @@ class HandoffNote:
         return "\n".join(lines)
 
 
-# Line breaks of every kind (a customer's newline must not start a line of the note).
-_LINE_BREAKS = re.compile(r"[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]+")
 # Joiners that real scripts and emoji need (ZWNJ in Persian, ZWJ in emoji and neutralise()).
 _KEPT_FORMAT = frozenset("\u200c\u200d")
 # Any ASCII punctuation may be backslash-escaped in CommonMark; escaped, none starts markup.
@@ -103,7 +102,7 @@ def clean_line(text: str, limit: int = LINE_CHARS) -> str:
     """`text` as one line an agent can trust: line breaks and runs of spaces collapsed,
     invisible controls removed (bidi overrides, zero-width spaces, tag characters, C0/C1
     controls), chat-template control tokens neutralised, at most `limit` characters."""
-    flat = _LINE_BREAKS.sub(" ", text)
+    flat = one_line(text)  # a customer's newline must not start a line of the note
     visible = "".join(
         c for c in flat if c in _KEPT_FORMAT or unicodedata.category(c) not in ("Cc", "Cf", "Cs")
     )
@@ -124,7 +123,7 @@ def _same(line: str) -> str:
 def _summary(note: HandoffNote) -> list[str]:
     """The summary's lines, each made one clean line; the note writer's bullets ("- ") are
     the note's own, everything after them is text."""
-    lines = (line.strip() for line in _LINE_BREAKS.split(note.summary))
+    lines = (line.strip() for line in LINE_BREAKS.split(note.summary))
     return [line[2:] if line.startswith("- ") else line for line in lines if line]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from bot.knowledge.chunker import chunk_sections
 from bot.knowledge.loaders import LoaderError, load, loader_for, why_no_text
 from bot.knowledge.types import MAX_CITED_CHARS, Chunk, CountTokens
 from bot.storage.models import KbDocumentRow
-from bot.text.storable import storable
+from bot.text.storable import one_line, storable
 
 # The longest path a document can be stored under (kb_documents.source: PostgreSQL refuses a
 # longer one, and that error would end the whole run, not only this file's).
@@ -139,22 +138,13 @@ def parse_file(path: Path, data: bytes, count: CountTokens) -> Parsed:
     chunks = [_storable(c) for c in chunk_sections(document.sections, count)]
     if not chunks:
         raise LoaderError(why_no_text(data, path))
-    return Parsed(storable(_one_line(document.title)[:MAX_CITED_CHARS]), chunks)
-
-
-# Line breaks of any kind, which a title may hold (a file named with a line break is the title
-# of a document without a heading), and a location from any loader to come: a citation is one
-# line of the sources list, where a break would let a title write "[2] ..." as a line of its own.
-_LINE_BREAKS = re.compile("[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
-
-
-def _one_line(text: str) -> str:
-    return _LINE_BREAKS.sub(" ", text)
+    return Parsed(storable(one_line(document.title)[:MAX_CITED_CHARS]), chunks)
 
 
 def _storable(chunk: Chunk) -> Chunk:
     """The chunk with NUL and lone surrogates replaced (PostgreSQL refuses the first, no
     driver can encode the second, and either would fail the whole file's write), and its
     location cut like the title: it is stored with every chunk and cited in every answer."""
-    location = storable(_one_line(chunk.location)[:MAX_CITED_CHARS])
+    # One line: a break in a title or location would let it write a line of the sources list.
+    location = storable(one_line(chunk.location)[:MAX_CITED_CHARS])
     return Chunk(location, storable(chunk.text), chunk.token_count)

@@ -84,3 +84,13 @@ def storable_argument(value: str) -> str:
     if problem := text_problem(value):
         raise argparse.ArgumentTypeError(problem)
     return value
+
+
+# Line breaks of every kind: what must not start a line of its own in text shown as one line
+# (a quoted item of a handoff note, a citation in the sources list).
+LINE_BREAKS = re.compile(r"[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]+")
+
+
+def one_line(text: str) -> str:
+    """`text` with each run of line breaks replaced by one space."""
+    return LINE_BREAKS.sub(" ", text)
