@@ -14,7 +14,7 @@ import asyncio
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from backends.base import Chunk, GenerationRequest
@@ -34,7 +34,7 @@ class TimedBackend(ScriptedBackend):
         )
         self.first_token: dict[str, float] = {}
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         async for chunk in super().stream(request):
             if chunk.text:
                 self.first_token.setdefault(request.session_id or "", time.monotonic())
