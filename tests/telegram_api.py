@@ -6,14 +6,22 @@ trimming and at most 4096 UTF-16 units after parsing, else 400 "Bad Request: ...
 enforces the documented flood limits: one call per second per chat, 20 per minute per group,
 30 per second overall. Over a limit it answers 429 with `parameters.retry_after`, as Telegram
 does, and notes which limit and which call it refused.
+
+Link previews: `link_preview_options` comes as a JSON-serialized LinkPreviewOptions in the
+form field, as PTB sends it (one that is not a JSON object is 400, as on Telegram). A message
+sent or edited without `is_disabled` gets a preview: Telegram's servers fetch its first link
+(`url` when given, else an <a href> or a URL in the text) at once, with no one clicking;
+`previewed` lists the URLs fetched so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import math
+import re
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +41,8 @@ TOKEN = "123456:TEST-token-never-logged"
 BOT = {"id": 999, "is_bot": True, "first_name": "Parley", "username": "parley_bot"}
 _TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "code", "pre", "a"}
 _TAGS |= {"blockquote", "tg-spoiler", "span"}
+# The first link Telegram would preview: an <a href> of HTML text, or a URL in the text.
+_LINK = re.compile(r'<a href="([^"]+)"|(https?://[^\s<>"]+)')
 
 
 @dataclass
@@ -67,6 +77,8 @@ class FakeBotApi:
     calls: list[Call] = field(default_factory=list)
     messages: dict[int, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
     drafts: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    # URLs Telegram's servers fetched for a link preview (see the module's docstring).
+    previewed: list[str] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)
     updates: list[dict[str, Any]] = field(default_factory=list)
     # (chat_id, user_id) pairs getChatMember reports as administrators.
@@ -132,6 +144,12 @@ class FakeBotApi:
             and c.status == 200
             and (chat_id is None or c.params.get("chat_id") == chat_id)
         ]
+
+    @staticmethod
+    def link_preview_options(call: Call) -> dict[str, Any] | None:
+        """The call's LinkPreviewOptions as Telegram reads them; None when not sent."""
+        sent = call.params.get("link_preview_options")
+        return None if sent is None else dict(json.loads(sent))
 
     @property
     def rejected(self) -> list[Call]:
@@ -252,6 +270,7 @@ class FakeBotApi:
         message_id = self._next_id
         self._next_id += 1
         self.messages[chat][message_id] = shown
+        self._preview(params)
         self._new_message.set()
         return _message(chat, message_id, shown)
 
@@ -265,7 +284,17 @@ class FakeBotApi:
         if self.messages[chat][message_id] == shown:
             return _bad("Bad Request: message is not modified")
         self.messages[chat][message_id] = shown
+        self._preview(params)
         return _message(chat, message_id, shown)
+
+    def _preview(self, params: dict[str, Any]) -> None:
+        options = json.loads(params.get("link_preview_options") or "{}")
+        if options.get("is_disabled"):
+            return
+        link = _LINK.search(str(params.get("text", "")))
+        url = options.get("url") or (link and (link[1] or link[2]))
+        if url:
+            self.previewed.append(html.unescape(url))
 
     def _sendMessageDraft(self, params: dict[str, Any]) -> object:
         shown = _visible(params)
@@ -326,6 +355,13 @@ def _bad(description: str) -> Response:
 
 def _visible(params: dict[str, Any]) -> str | Response:
     text = params.get("text", "")
+    if "link_preview_options" in params:
+        try:
+            options = json.loads(params["link_preview_options"])
+        except ValueError:
+            options = None
+        if not isinstance(options, dict):
+            return _bad("Bad Request: can't parse link preview options JSON object")
     if params.get("parse_mode") == "HTML":
         try:
             text = _HtmlChecker.text_of(text)

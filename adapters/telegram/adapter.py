@@ -220,7 +220,13 @@ class TelegramAdapter:
             quote = ReplyParameters(int(reply_to), allow_sending_without_reply=True)
         target = Target(chat_id, int(key.thread_id) if key.thread_id else None, quote)
         s = self._settings
-        stream = ReplyStream(self.bot, target, interval_s=s.stream_interval_s, drafts=s.use_drafts)
+        stream = ReplyStream(
+            self.bot,
+            target,
+            interval_s=s.stream_interval_s,
+            drafts=s.use_drafts,
+            link_previews=s.link_previews,
+        )
         try:
             await stream.play(chunks)
         except PlatformAway as exc:

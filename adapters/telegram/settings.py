@@ -70,6 +70,10 @@ class TelegramSettings(AdapterSettings):
     stream_interval_s: float = Field(1.0, ge=0.05)
     # Private chats stream as a draft (sendMessageDraft) instead of editing a message.
     use_drafts: bool = True
+    # Link previews under the bot's messages. Off: Telegram's servers fetch a previewed link
+    # the moment the message arrives, so a link that a prompt injection had the model write
+    # (a secret in its query) would reach its owner with no one clicking (docs/security.md).
+    link_previews: bool = False
     # Another Bot API server (self-hosted or a test stand-in), e.g. http://127.0.0.1:8081/bot
     base_url: HttpUrlText = Field("https://api.telegram.org/bot", min_length=1)
 

@@ -4,7 +4,8 @@ Pacing, splitting and "latest text wins" are the kit's (`adapters.kit.streamer`)
 renders each piece as Telegram HTML (`formatting`) and makes the Bot API calls. In a private
 chat the growing answer is a draft (`sendMessageDraft`) and each finished piece is sent with
 `sendMessage`; elsewhere a message is sent and then edited. Only the answer's first message
-quotes the message it answers.
+quotes the message it answers. Messages and edits go without link previews unless
+`[telegram] link_previews` is on (NO_PREVIEW below); sendMessageDraft takes no such option.
 
 When Telegram refuses the HTML of a piece (a parse error, "message text is empty", too long
 after parsing) the same piece is sent again as plain text, so a rendering mistake costs
@@ -22,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from telegram import Bot, ReplyParameters
+from telegram import Bot, LinkPreviewOptions, ReplyParameters
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, NetworkError, TelegramError
 
@@ -47,6 +48,11 @@ _TEXT_REFUSED = (
     "message is too long",
 )
 
+# Model output is shown without link previews: Telegram's servers fetch a previewed link as
+# soon as the message arrives, so a link that a prompt injection had the model write (with
+# a secret from the context in its query) would be requested with no one clicking it.
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
 T = TypeVar("T")
 Call = Callable[[str, str | None], Awaitable[T]]  # (text, parse mode) -> Bot API result
 
@@ -65,9 +71,10 @@ class Target:
 class TelegramSurface:
     """One chat, for the kit's streamer: pieces of Markdown in, Bot API calls out."""
 
-    def __init__(self, bot: Bot, target: Target) -> None:
+    def __init__(self, bot: Bot, target: Target, *, link_previews: bool = False) -> None:
         self._bot = bot
         self._target = target
+        self._previews = None if link_previews else NO_PREVIEW
         self._draft_id = secrets.randbelow(2**31 - 2) + 1
         self._sent_any = False
         self._last_render = ("", "")  # the streamer asks `shows` and then sends the same piece
@@ -92,6 +99,7 @@ class TelegramSurface:
                 parse_mode=mode,
                 message_thread_id=t.thread_id,
                 reply_parameters=quote,
+                link_preview_options=self._previews,
             )
             return sent.message_id
 
@@ -108,7 +116,9 @@ class TelegramSurface:
 
         async def call(text: str, mode: str | None) -> None:
             try:
-                await self._bot.edit_message_text(text, chat_id, ref, parse_mode=mode)
+                await self._bot.edit_message_text(
+                    text, chat_id, ref, parse_mode=mode, link_preview_options=self._previews
+                )
             except BadRequest as exc:
                 if "not modified" not in str(exc).lower():  # the same text: nothing to do
                     raise
@@ -151,9 +161,10 @@ class ReplyStream:
         interval_s: float,
         drafts: bool,
         limit: int = MAX_MESSAGE,
+        link_previews: bool = False,
     ) -> None:
         interval = interval_s if target.private else max(interval_s, GROUP_INTERVAL_S)
-        surface = TelegramSurface(bot, target)
+        surface = TelegramSurface(bot, target, link_previews=link_previews)
         self._streamer = Streamer(
             surface,
             Pacing(interval, limit, utf16_len),
