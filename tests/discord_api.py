@@ -25,6 +25,11 @@ the session is not resumable, INVALID_SESSION (op 9, false), so the client ident
 and gets a new READY; an IDENTIFY's `shard` [id, count] gets the guilds of that shard
 (`(guild_id >> 22) % count`), and events go to the shard of their guild (DMs: shard 0).
 
+Embeds: each message keeps its flags as Discord does: those it was sent with (a send's or a
+follow-up's `flags`, an interaction response's `data.flags`), replaced only by an edit that
+names `flags`. A bot message whose flags lack SUPPRESS_EMBEDS (1 << 2) has its links fetched
+by Discord's unfurler as soon as it shows them, with no one clicking: `unfurled` lists them.
+
 Ids are snowflakes of the current time, so that discord.py's `created_at` of a message is
 when the test made it.
 """
@@ -34,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -62,6 +68,9 @@ MAX_CONTENT = 2000
 EPOCH = "2026-12-01T12:00:00.000000+00:00"
 # Discord's limit on every request of a bot, in any second.
 GLOBAL_LIMIT = (50, 1.0)
+SUPPRESS_EMBEDS = 1 << 2
+# A link Discord's unfurler fetches: not one in <angle brackets>, which Discord leaves alone.
+_LINK = re.compile(r"(?<!<)https?://[^\s<>)]+")
 # What the gateway queue carries to ask a shard's connection for a RECONNECT.
 _RECONNECT = "__reconnect__"
 
@@ -115,6 +124,10 @@ class FakeDiscordApi:
     down: int = 0
     calls: list[Call] = field(default_factory=list)
     messages: dict[int, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
+    # Each of the bot's messages' flags, by channel and id (see the module's docstring).
+    flags: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    # Links Discord's unfurler fetched to embed them in the bot's messages.
+    unfurled: list[str] = field(default_factory=list)
     # Every channel's log as a reader's client fetches it: message id -> REST payload.
     history: dict[int, dict[int, dict[str, Any]]] = field(default_factory=lambda: defaultdict(dict))
     # Channels and members a client can fetch over REST, as Discord returns them.
@@ -292,6 +305,12 @@ class FakeDiscordApi:
             and not c.path.endswith("/typing")
             and (channel_id is None or c.channel_id == channel_id)
         ]
+
+    def suppressed(self, channel_id: int) -> list[bool]:
+        """Whether each of the channel's messages from the bot, in order, has its embeds
+        suppressed."""
+        flags = self.flags[channel_id]
+        return [bool(flags.get(k, 0) & SUPPRESS_EMBEDS) for k in sorted(self.messages[channel_id])]
 
     def reads(self, channel_id: int | None = None) -> list[Call]:
         """The channel-log reads (GET .../messages), of one channel or of all."""
@@ -512,6 +531,7 @@ class FakeDiscordApi:
         self.acknowledged[token] = time.monotonic()
         original = next_id()
         self.messages[channel][original] = ""  # "Parley is thinking..." until edited
+        self.flags[channel][original] = int((body.get("data") or {}).get("flags", 0))
         self._originals[token] = original
         interaction = {
             "id": str(request.path_params["interaction"]),
@@ -573,8 +593,9 @@ class FakeDiscordApi:
         refusal = self._check(Call(method, request.url.path, channel, body))
         if refusal is not None:
             return refusal
-        self.messages[channel][message_id] = body["content"]
-        return JSONResponse(_message(message_id, channel, body["content"]))
+        self._write(channel, message_id, body)
+        flags = self.flags[channel][message_id]
+        return JSONResponse(_message(message_id, channel, body["content"], flags))
 
     async def _me(self, request: Request) -> Response:
         if request.headers.get("authorization") != f"Bot {TOKEN}":
@@ -610,8 +631,8 @@ class FakeDiscordApi:
         if refusal is not None:
             return refusal
         message_id = next_id()
-        self.messages[channel][message_id] = body["content"]
-        sent = _message(message_id, channel, body["content"])
+        self._write(channel, message_id, body)
+        sent = _message(message_id, channel, body["content"], self.flags[channel][message_id])
         self.history[channel][message_id] = sent
         return JSONResponse(sent)
 
@@ -623,10 +644,19 @@ class FakeDiscordApi:
         refusal = self._check(Call("PATCH", request.url.path, channel, body))
         if refusal is not None:
             return refusal
-        self.messages[channel][message_id] = body["content"]
-        edited = _message(message_id, channel, body["content"])
+        self._write(channel, message_id, body)
+        edited = _message(message_id, channel, body["content"], self.flags[channel][message_id])
         self.history[channel][message_id] = edited
         return JSONResponse(edited)
+
+    def _write(self, channel: int, message_id: int, body: dict[str, Any]) -> None:
+        """The message as it now shows: its content, and its flags (kept by an edit that does
+        not name them); its links unfurled unless its embeds are suppressed."""
+        self.messages[channel][message_id] = body["content"]
+        if "flags" in body or message_id not in self.flags[channel]:
+            self.flags[channel][message_id] = int(body.get("flags") or 0)
+        if not self.flags[channel][message_id] & SUPPRESS_EMBEDS:
+            self.unfurled.extend(_LINK.findall(body["content"] or ""))
 
     def _check(self, call: Call) -> Response | None:
         """Discord's limits on a send or edit; the call is recorded with its status."""
@@ -669,8 +699,9 @@ class FakeDiscordApi:
         return None
 
 
-def _message(message_id: int, channel_id: int, content: str) -> dict[str, Any]:
+def _message(message_id: int, channel_id: int, content: str, flags: int = 0) -> dict[str, Any]:
     return {
+        "flags": flags,
         "id": str(message_id),
         "channel_id": str(channel_id),
         "author": BOT_USER,

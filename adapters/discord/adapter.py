@@ -687,6 +687,7 @@ class DiscordAdapter:
                 interval_s=self._settings.stream_interval_s,
                 reply_to=reference,
                 interaction=interaction,
+                link_previews=self._settings.link_previews,
             )
         except PlatformAway as exc:  # a slash command's is a refusal (stream._as_refusal)
             # Not recorded as shown: the turn waits, and is made again and finished in the

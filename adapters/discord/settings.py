@@ -49,6 +49,10 @@ class DiscordSettings(AdapterSettings):
     # Seconds between two visible edits of a streamed answer: Discord allows 5 edits per 5 s
     # per channel, shared by every answer in that channel.
     stream_interval_s: float = Field(1.0, ge=0.05)
+    # Embeds (link previews) under the bot's messages. Off: Discord fetches a link to embed
+    # the moment the message shows it, so a link that a prompt injection had the model write
+    # (a secret in its query) would reach its owner with no one clicking (docs/security.md).
+    link_previews: bool = False
     # Sharding (discord.py's AutoShardedClient): shard_count shards in all, this process runs
     # shard_ids (all of them when unset). Discord requires sharding from 2,500 servers. Unset
     # shard_count: one gateway connection, no sharding.

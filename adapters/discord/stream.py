@@ -16,6 +16,14 @@ messages already show is not repeated).
 answer that shows at once needs no indicator, and a typing request costs one of the bot's 50
 requests a second like any other (so it goes through the gate too).
 
+Model output goes without embeds (the SUPPRESS_EMBEDS flag, set when a message is sent and
+kept by Discord through every edit that does not name the flags), unless `[discord]
+link_previews` is on: Discord's unfurler fetches a link as soon as a message shows it, so a
+link that a prompt injection had the model write (a secret from the context in its query)
+would be requested with no one clicking. A slash command's deferred response is the one
+message discord.py (2.7) gives no public way to flag (neither `defer` nor
+`edit_original_response` takes the flags Discord's API accepts there).
+
 Model output must never ping anyone: every call carries `AllowedMentions.none()` (only the
 asker may be pinged, by the reply reference of the first message), and "@everyone"/"@here" get
 a zero-width space so that even a client that ignores allowed mentions shows them as text.
@@ -95,8 +103,10 @@ class DiscordSurface:
         *,
         reply_to: discord.MessageReference | None,
         on_first_send: asyncio.Event,
+        link_previews: bool = False,
     ) -> None:
         self._channel = channel
+        self.suppress_embeds = not link_previews
         self._gate = gate
         self._reply_to = reply_to
         self._first_sent = on_first_send
@@ -110,10 +120,13 @@ class DiscordSurface:
         mentions = ASKER_ONLY if reference is not None else NOBODY
 
         async def call() -> discord.Message:
+            content, hide = neutralise(piece), self.suppress_embeds
             if reference is None:
-                return await self._channel.send(neutralise(piece), allowed_mentions=mentions)
+                return await self._channel.send(
+                    content, allowed_mentions=mentions, suppress_embeds=hide
+                )
             return await self._channel.send(
-                neutralise(piece), reference=reference, allowed_mentions=mentions
+                content, reference=reference, allowed_mentions=mentions, suppress_embeds=hide
             )
 
         sent = await gated(self._gate, self._channel.id, call)
@@ -131,6 +144,7 @@ class DiscordSurface:
         message = self._channel.get_partial_message(ref)
 
         async def call() -> discord.Message:
+            # No flags here: the message keeps the SUPPRESS_EMBEDS it was sent with.
             return await message.edit(content=neutralise(piece), allowed_mentions=NOBODY)
 
         await gated(self._gate, self._channel.id, call)
@@ -181,7 +195,10 @@ class InteractionSurface:
         if self._token_usable():
             sent = await self._with_token(
                 lambda: self._interaction.followup.send(
-                    content=neutralise(piece), allowed_mentions=NOBODY, wait=True
+                    content=neutralise(piece),
+                    allowed_mentions=NOBODY,
+                    suppress_embeds=self._rest.suppress_embeds,
+                    wait=True,
                 )
             )
             if sent is not None:
@@ -290,11 +307,14 @@ async def play(
     interval_s: float,
     reply_to: discord.MessageReference | None = None,
     interaction: discord.Interaction | None = None,
+    link_previews: bool = False,
 ) -> None:
     """Streams `chunks` into `channel` (into the deferred response of `interaction` first),
     typing until the first visible text (a deferred interaction shows "thinking" instead)."""
     first_sent = asyncio.Event()
-    rest = DiscordSurface(channel, gate, reply_to=reply_to, on_first_send=first_sent)
+    rest = DiscordSurface(
+        channel, gate, reply_to=reply_to, on_first_send=first_sent, link_previews=link_previews
+    )
     surface: DiscordSurface | InteractionSurface = rest
     if interaction is not None:
         surface = InteractionSurface(interaction, rest, gate)
