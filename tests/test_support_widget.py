@@ -276,6 +276,37 @@ async def test_html_in_an_answer_or_a_question_is_text_and_runs_nothing(
         assert await page.evaluate("() => typeof window.__pwned") == "undefined"
 
 
+async def test_a_masked_link_shows_the_host_it_goes_to(stack: Stack, browser: Any) -> None:
+    """A masked link whose text looked like another address was shown as written: a prompt
+    injection's "[https://shop.example/pay](https://evil.example/p?d=...)" read as the shop's
+    own address. Its host now follows the text; a link whose text is its address, and a bare
+    URL, are shown as they are."""
+    stack.backend.script(
+        [
+            "Pay at [https://shop.example/pay](https://evil.example/p?d=s3cret), ",
+            "see [the returns page](https://shop.example/returns), ",
+            "[shop.example/faq](https://shop.example/faq/) or https://shop.example/help .",
+        ],
+        gated=False,
+    )
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "Where do I pay?")
+        assert await final_answer(page) == (
+            "Pay at https://shop.example/pay (evil.example), see the returns page "
+            "(shop.example), shop.example/faq or https://shop.example/help ."
+        )
+        hrefs = await shadow_eval(page, "root => [...root.querySelectorAll('a')].map(a => a.href)")
+        assert hrefs == [
+            "https://evil.example/p?d=s3cret",
+            "https://shop.example/returns",
+            "https://shop.example/faq/",
+            "https://shop.example/help",
+        ]
+
+
 async def test_arabic_is_written_right_to_left(stack: Stack, browser: Any) -> None:
     stack.backend.script(["يمكنك إرجاع المنتج ", "خلال ثلاثين يومًا."], gated=False)
     async with parley_serving(stack):

@@ -10,7 +10,9 @@
  *   browser has them, so a host page's CSP needs no 'unsafe-inline' for styles.
  * - Model and user text are never parsed as HTML: Markdown is turned into nodes with
  *   createElement and textContent, and links keep only http(s) URLs. Nothing here assigns
- *   innerHTML.
+ *   innerHTML. A masked link shows the host it goes to after its text, unless the text is
+ *   that address: "[https://bank.example](https://evil.example/...)" reads
+ *   "https://bank.example (evil.example)", so text cannot pass for another address.
  * - The visitor's token stays in localStorage (per host site), so a reload keeps the
  *   conversation; the history comes back from /v1/history and the stream resumes after the
  *   last event seen (?last_event_id=), so a dropped connection neither loses nor repeats text.
@@ -132,6 +134,16 @@
     return a;
   }
 
+  // A masked link's text is the model's (a prompt injection's, maybe): where it goes is
+  // shown after it, as the URL parser spells the host (punycode for look-alike letters).
+  const bareAddress = (s) => s.trim().replace(/^https?:\/\//i, "").replace(/\/+$/, "");
+  function destination(label, url) {
+    const host = new URL(url).host;
+    const text = bareAddress(label).toLowerCase();
+    if (text === bareAddress(url).toLowerCase() || text === host) return null;
+    return el("span", { class: "host", text: ` (${host})` });
+  }
+
   // ---- Markdown to nodes, never through HTML ------------------------------------------
   // `code`, **bold**, __bold__, *italic*, _italic_, [label](url), bare http(s) URLs.
   const INLINE = new RegExp(
@@ -158,7 +170,9 @@
       else if (strong || strong2) out.append(el("strong", {}, inline(strong || strong2, inLink)));
       else if (label) {
         const url = safeUrl(href);
-        out.append(url && !inLink ? link(url, inline(label, true)) : inline(label, inLink));
+        if (url && !inLink) {
+          out.append(link(url, inline(label, true)), destination(label, url) ?? "");
+        } else out.append(inline(label, inLink));
       } else if (bare) {
         const url = safeUrl(bare);
         out.append(url && !inLink ? link(url, bare) : bare);
