@@ -75,6 +75,23 @@ def test_utf16_and_utf32_files_with_a_bom() -> None:
         assert (document.title, document.sections[0].text) == ("Überblick", "Die Ocelots, 5 €.")
 
 
+def test_utf16_files_without_a_bom_are_read_as_in_a_chat() -> None:
+    """Windows' "Unicode" text without a mark, which a document sent in a chat is read as:
+    `parley kb add` stored every NUL byte as U+FFFD between the letters (no question found
+    them), or refused the file as binary."""
+    for codec in ("utf-16-le", "utf-16-be"):
+        data = "# Rückgabe\n\nSie können jede Ware zurückgeben, 5 €, 世界.\n".encode(codec)
+        document = load(data, Path("de.md"))
+        assert (document.title, document.sections[0].text) == (
+            "Rückgabe",
+            "Sie können jede Ware zurückgeben, 5 €, 世界.",
+        )
+        page = "<title>Retouren</title><h1>Grüße</h1><p>Umtausch im Laden.</p>".encode(codec)
+        assert [s.text for s in load(page, Path("a.html")).sections] == ["Umtausch im Laden."]
+        text = "Umbrella returns at the kiosk.\n"
+        assert load(text.encode(codec), Path("a.txt")) == load(text.encode(), Path("a.txt"))
+
+
 def test_a_binary_file_is_still_refused() -> None:
     with pytest.raises(LoaderError, match="binary"):
         load(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), Path("logo.md"))

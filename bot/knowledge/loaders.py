@@ -17,6 +17,7 @@ from markdown_it import MarkdownIt
 from bot.knowledge.html_loader import parse_html
 from bot.knowledge.types import MAX_CITED_CHARS, LoadedDocument, Section
 from bot.text.decoding import decode_html, decode_text, has_byte_order_mark, is_mostly_utf8
+from bot.text.encoding import utf16_layout
 
 if TYPE_CHECKING:
     from pypdf import PageObject, PdfReader
@@ -58,16 +59,17 @@ class LoaderError(Exception):
 
 def _decode(data: bytes, *, html: bool = False) -> str:
     # By the file's real encoding (bot.text.decoding): a UTF-8 file with a stray byte
-    # stays UTF-8. A file that is not UTF-8, has no byte-order mark and has a NUL near its
-    # start is binary (an image renamed .md); a stray NUL in UTF-8 text is only a character,
-    # removed before storing.
+    # stays UTF-8. UTF-16 without a byte-order mark (Windows' "Unicode" text) is known by
+    # its NUL bytes, as in a document sent in a chat (bot.text.encoding). A file that is not
+    # UTF-8, has no byte-order mark and has a NUL near its start is binary (an image renamed
+    # .md); a stray NUL in UTF-8 text is only a character, removed before storing.
     probe = data[:BINARY_PROBE_BYTES]
-    if (
-        b"\x00" in probe
-        and not has_byte_order_mark(data)
-        and not is_mostly_utf8(probe, final=False)
-    ):
-        raise LoaderError("a binary file, not text")
+    if b"\x00" in probe and not has_byte_order_mark(data):
+        layout = utf16_layout(probe)
+        if layout is not None:
+            return data.decode(layout, errors="replace")
+        if not is_mostly_utf8(probe, final=False):
+            raise LoaderError("a binary file, not text")
     return decode_html(data) if html else decode_text(data)
 
 

@@ -28,13 +28,13 @@ def is_binary(data: bytes) -> bool:
     sample = data[:_SAMPLE]
     if b"\x00" not in sample or has_byte_order_mark(data):
         return False
-    if _utf16_layout(sample) is not None or is_mostly_utf8(sample, final=False):
+    if utf16_layout(sample) is not None or is_mostly_utf8(sample, final=False):
         return False
     controls = sum(1 for byte in sample if byte < 32 and byte not in _TEXT_CONTROLS)
     return controls * 20 > len(sample)
 
 
-def _utf16_layout(sample: bytes) -> str | None:
+def utf16_layout(sample: bytes) -> str | None:
     """ "utf-16-le" or "-be" when the sample's NUL bytes are those of UTF-16 text: a quarter
     of its bytes or more, nearly all on one side of each pair (the high byte of an ASCII or
     Latin-1 character); None otherwise. An archive's or image's NULs fall on both sides."""
@@ -55,7 +55,7 @@ def decode_document(data: bytes, *, html: bool = False) -> str:
 def _decode(data: bytes, html: bool) -> str:
     if has_byte_order_mark(data):
         return decode_text(data)
-    layout = _utf16_layout(data[:_SAMPLE])
+    layout = utf16_layout(data[:_SAMPLE])
     if layout is not None:
         return data.decode(layout, errors="replace")
     return decode_html(data) if html else decode_text(data)
