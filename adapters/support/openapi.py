@@ -24,12 +24,14 @@ _TOKEN = {
 EVENTS_DESCRIPTION = """Server-Sent Events of the caller's conversation. Every event has an
 `id:`; reconnect with `Last-Event-ID` (or `?last_event_id=`) to continue after it, with
 nothing lost or repeated (`0`: every event kept). Without one the stream starts with the
-events after it opened. A `: keep-alive` comment comes every 15 s of silence. Events (`event:`
-name, `data:` JSON): `delta` (DeltaEvent: the new text only), `answer` (AnswerEvent: the whole
-final answer and its sources), `notice` (NoticeEvent: rate limited, model unavailable,
-refused), `handoff` (HandoffEvent: a person was asked for, an agent has the conversation,
-the bot has it again) and `agent` (AgentEvent: an agent's message, translated into the
-visitor's language and marked so, with the original). EventSource cannot send headers: pass
+events after it opened. A `: keep-alive` comment comes after `support.keepalive_s` (15 s) of
+silence. Events (`event:` name, `data:` JSON): `message` (MessageEvent: a visitor's message
+was recorded, for the visitor's other tabs; the sender knows it by `key`), `delta`
+(DeltaEvent: the new text only), `answer` (AnswerEvent: the whole final answer and its
+sources), `notice` (NoticeEvent: rate limited, model unavailable, refused), `handoff`
+(HandoffEvent: a person was asked for, an agent has the conversation, the bot has it again)
+and `agent` (AgentEvent: an agent's message, translated into the visitor's language and
+marked so, with the original). EventSource cannot send headers: pass
 the token as `?token=`."""
 
 
@@ -63,7 +65,7 @@ _ERRORS = {
     "403": _error("another origin, site or visitor"),
     "413": _error("body or text too large"),
     "422": _error("a field is not valid"),
-    "429": _error("rate limited; see Retry-After"),
+    "429": _error("`rate_limited`, or `too_many_streams` (/v1/events); see Retry-After"),
     "500": _error("`internal`: a failure of the server (a bug, logged there)"),
     "503": _error("`unavailable`: the database or Redis is briefly out of reach; retry after "
                   "Retry-After (a message: with the same Idempotency-Key)"),
@@ -81,8 +83,9 @@ _VISITOR = _query("visitor_id", {"type": "string", "maxLength": 64},
 
 
 def _paths() -> dict[str, Any]:
+    # 429: the client address's limit (history pages, erasures), the streams' caps (events).
     auth_errors = {k: v for k, v in _ERRORS.items()
-                   if k in ("400", "401", "403", "422", "500", "503")}  # fmt: skip
+                   if k in ("400", "401", "403", "422", "429", "500", "503")}  # fmt: skip
     return {
         "/v1/visitors": {"post": {
             "summary": "Get a visitor token",
@@ -179,7 +182,8 @@ def _agent_paths() -> dict[str, Any]:
 
 MODELS = (
     s.VisitorRequest, s.VisitorResponse, s.MessageRequest, s.MessageAccepted, s.HistoryPage,
-    s.ErrorBody, s.DeltaEvent, s.AnswerEvent, s.NoticeEvent, s.HandoffEvent, s.AgentEvent,
+    s.ErrorBody, s.MessageEvent, s.DeltaEvent, s.AnswerEvent, s.NoticeEvent, s.HandoffEvent,
+    s.AgentEvent,
     s.AgentRequest, s.TakeRequest, s.AgentMessageRequest, s.AgentMessageAccepted,
     s.HandoffStatusBody,
 )  # fmt: skip

@@ -94,6 +94,12 @@ class ErrorBody(BaseModel):
 
 
 # The events' `data`, documented in the OpenAPI document's description of /v1/events.
+class MessageEvent(BaseModel):
+    id: str = Field(description="the message's id, as POST /v1/messages answered it")
+    text: str = Field(description="the message as recorded")
+    key: str = Field(description="its Idempotency-Key ('' without one, or from a server key)")
+
+
 class DeltaEvent(BaseModel):
     reply_to: str | None
     text: str = Field(description="the new text only")
