@@ -187,7 +187,9 @@ class OpenAICompatBackend:
             exact_token_counts=False,
         )
         self._started = False
-        self._tokenizer: Any = None  # the local tokenizer (settings.tokenizer), once started
+        self._tokenizer: Any = (
+            None  # the local tokenizer (settings.tokenizer), loaded first at start
+        )
         self._markers = DEFAULT_MARKERS  # with the tokenizer's special tokens once loaded
         # One per backend: a long document's thousands of pieces must not become thousands of
         # concurrent requests (they starved the event loop and the server's tokenizer).
@@ -201,6 +203,11 @@ class OpenAICompatBackend:
     async def start(self) -> None:
         if self._started:
             return
+        if self._settings.tokenizer and self._tokenizer is None:
+            # Files here, before the server is asked: a missing extra or folder is the
+            # operator's to fix (ConfigError), never waited for while the server starts.
+            self._tokenizer = await asyncio.to_thread(_load_tokenizer, self._settings.tokenizer)
+            self._markers = marker_pattern(special_tokens(self._tokenizer))
         try:
             entry = await self._model_entry()
         except BackendTimeout as exc:
@@ -213,9 +220,7 @@ class OpenAICompatBackend:
             if isinstance(served_len, int)
             else (self._settings.max_model_len or DEFAULT_MAX_MODEL_LEN)
         )
-        if self._settings.tokenizer:
-            self._tokenizer = await asyncio.to_thread(_load_tokenizer, self._settings.tokenizer)
-            self._markers = marker_pattern(special_tokens(self._tokenizer))
+        if self._tokenizer is not None:
             exact = True
         else:
             exact = await self._tokenize({"prompt": "ping"}) is not None

@@ -134,6 +134,28 @@ async def test_a_tokenizer_folder_that_is_not_there_is_named_as_such(tmp_path: P
                 pass
 
 
+async def test_a_tokenizer_folder_that_is_not_there_is_not_waited_for(tmp_path: Path) -> None:
+    """docs/cli.md: a tokenizer folder that holds none (or transformers missing) is not
+    waited for. The tokenizer was loaded only once the model server answered: with the
+    server still down, start-up waited the whole backend.startup_wait_s and ended as an
+    unreachable server (exit 3), the setting never named."""
+    settings = load_settings(
+        None,
+        database={"url": f"sqlite+aiosqlite:///{tmp_path}/p.db"},
+        backend={
+            "kind": "openai",
+            "base_url": f"http://127.0.0.1:{_free_port()}",
+            "model": MODEL,
+            "tokenizer": "/models/qwen",
+            "startup_wait_s": 60,
+        },
+    )
+    async with asyncio.timeout(30):  # a guard: the wait would be 60 s
+        with pytest.raises(ConfigError, match=r"backend\.tokenizer: no folder '/models/qwen'"):
+            async with Parley(settings):  # type: ignore[arg-type]
+                pass
+
+
 async def test_a_refused_api_key_names_the_setting(tmp_path: Path) -> None:
     async def refuse(request: Request) -> Response:
         return JSONResponse({"error": {"message": "Invalid API key", "code": 401}}, 401)
