@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from bot.settings import settings_class
+from bot.settings import NOT_SETTINGS, NOT_SETTINGS_PREFIXES, settings_class
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "configuration.md"
@@ -59,3 +59,62 @@ def test_a_key_counts_only_where_its_section_is_named() -> None:
     )
     assert "metrics: port" in _undocumented(doc)
     assert "http: port" not in _undocumented(doc)
+
+
+# Names in the docs that look like settings and are not: the webhooks' event types and payload
+# fields (docs/support.md, docs/support-desk.md), a third-party adapter's example section
+# (docs/adapters.md) and the misspelt variable the configuration guide shows refused.
+NOT_SETTINGS_IN_DOCS = frozenset(
+    {
+        "handoff.requested", "handoff.taken", "handoff.returned",
+        "conversation.id", "conversation.chat_id", "conversation.visitor_id",
+        "PARLEY_EXAMPLE", "PARLEY_EXAMPLE__TOKEN", "PARLEY_DATABSE__URL",
+    }
+)  # fmt: skip
+
+
+def _setting_paths(model: type[BaseModel], path: str = "") -> Iterator[str]:
+    for name, field in model.model_fields.items():
+        dotted = f"{path}.{name}".lstrip(".")
+        yield dotted
+        ann = field.annotation
+        for part in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(part, type) and issubclass(part, BaseModel):
+                yield from _setting_paths(part, dotted)
+
+
+def _unknown_names(doc: str) -> list[str]:
+    """Each `section.key` (in backticks) and PARLEY_* variable in `doc` that names no
+    setting, nor a section that has settings."""
+    paths = set(_setting_paths(settings_class()))
+    sections = {p.split(".")[0] for p in paths}
+    variables = {"PARLEY_" + p.upper().replace(".", "__") for p in paths}
+    found = []
+    for name in re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)(?:\s*=[^`]*)?`", doc):
+        if name.split(".")[0] in sections and name not in paths:
+            found.append(name)
+    for name in re.findall(r"PARLEY_[A-Z0-9_]*[A-Z0-9]", doc):
+        if name in NOT_SETTINGS or name.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        if name in variables or any(v.startswith(name + "__") for v in variables):
+            continue
+        if name + "_" in NOT_SETTINGS_PREFIXES:  # the prefixes, named as such
+            continue
+        found.append(name)
+    return [name for name in found if name not in NOT_SETTINGS_IN_DOCS]
+
+
+def test_every_setting_the_docs_name_exists() -> None:
+    """The other way round: a setting renamed or removed is not left in README.md or docs/
+    under its old name (`conversation.retention_days`, PARLEY_BACKEND__BASE_URL)."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    unknown = {doc.name: _unknown_names(doc.read_text()) for doc in docs}
+    assert {name: found for name, found in unknown.items() if found} == {}
+
+
+def test_a_stale_name_in_the_docs_is_found() -> None:
+    doc = (
+        "Set `backend.base_url` and `conversation.retention_day`, PARLEY_REDIS__URL and "
+        "PARLEY_REDIS__URI, PARLEY_BACKEND__TIMEOUTS__TOTAL_S, `support.webhooks`."
+    )
+    assert _unknown_names(doc) == ["conversation.retention_day", "PARLEY_REDIS__URI"]
