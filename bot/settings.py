@@ -15,6 +15,7 @@ key, the variable, or the .env variable or line, never a value.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import logging
 import math
@@ -1090,6 +1091,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
     # Read here too (the TOML source reads it again) for one-line errors that name the file.
     try:
         with path.open("rb") as fh:
+            # tomllib refuses a byte-order mark as "Invalid statement (at line 1, column 1)",
+            # a character no editor shows; the TOML source would refuse it again.
+            if fh.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8:
+                raise ConfigError(
+                    f"config file {path}: it begins with a byte-order mark (saved as "
+                    '"UTF-8 with BOM"); save it as UTF-8 without one'
+                )
+            fh.seek(0)
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None

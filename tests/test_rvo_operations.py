@@ -208,6 +208,18 @@ def test_rvo_a_settings_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> Non
     assert err.startswith("parley: error: .env: not UTF-8 text")
 
 
+def test_a_settings_file_with_a_byte_order_mark_says_so(tmp_path: Path) -> None:
+    """Saved as "UTF-8 with BOM" (Windows' Notepad): the error was tomllib's "Invalid
+    statement (at line 1, column 1)", about a character no editor shows."""
+    config = tmp_path / "parley.toml"
+    config.write_bytes(b"\xef\xbb\xbf" + b'log_level = "DEBUG"\n')
+    err = _one_line(_parley(tmp_path, "--config", str(config), "config"), 2)
+    assert err == (
+        f"parley: error: config file {config}: it begins with a byte-order mark (saved as "
+        '"UTF-8 with BOM"); save it as UTF-8 without one\n'
+    )
+
+
 @pytest.mark.parametrize("variable", ["PARLEY_HTTP__HOST", "PARLEY_METRICS__HOST"])
 def test_rvo_an_empty_listening_host_is_refused(tmp_path: Path, variable: str) -> None:
     """An empty host listens on every interface: /metrics, meant to stay private, public
