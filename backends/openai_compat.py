@@ -187,9 +187,7 @@ class OpenAICompatBackend:
             exact_token_counts=False,
         )
         self._started = False
-        self._tokenizer: Any = (
-            None  # the local tokenizer (settings.tokenizer), loaded first at start
-        )
+        self._tokenizer: Any = None  # settings.tokenizer's, loaded first thing at start
         self._markers = DEFAULT_MARKERS  # with the tokenizer's special tokens once loaded
         # One per backend: a long document's thousands of pieces must not become thousands of
         # concurrent requests (they starved the event loop and the server's tokenizer).
