@@ -136,6 +136,7 @@ class Parley:
         register_human_intent(self.router, s.handoff)
         handoff = self._handoff(services)
         await self.desk.start()  # requests a stop or crash kept from the help desk
+        backlog_turns = s.conversation.backlog_turns or s.database.pool_size
         self.manager = ConversationManager(
             store=self.store,
             cache=cache,
@@ -146,7 +147,8 @@ class Parley:
             settings=s.conversation,
             generation=s.backend,
             count_tokens=self.count_tokens,
-            backlog_turns=s.conversation.backlog_turns or s.database.pool_size,
+            backlog_turns=backlog_turns,
+            max_turns=s.conversation.max_turns or s.backend.concurrency + backlog_turns,
             skills=SkillRouting(self.router, services),
             observer=self.metrics,
             budgets=self.budgets,
@@ -154,6 +156,7 @@ class Parley:
         )
         # The sentiment reading of every message needs these; loaded before traffic.
         await asyncio.to_thread(warm_sentiment)
+        self.metrics.watch_turns(self.manager)
         self.manager.start()
         self._stack.push_async_callback(self.manager.aclose)
         self.intake = Intake(

@@ -21,13 +21,16 @@
     parley_platform_throttled_total{platform}         429 answers (re-sent after Retry-After)
     parley_pending_messages                           unanswered user messages (SQL, all workers)
     parley_pending_oldest_age_seconds                 age of the oldest of them
+    parley_turns_running                              conversations running turns (worker)
+    parley_turns_waiting{queue}                       waiting for a place: new | backlog
 
 The manager reports turns through the `TurnObserver` protocol. The backends and the
 platforms' rate limiters keep their own plain counters (`RequestCounts`, `CircuitBreaker.openings`,
 `FloodGate.retries_after_429`); they are copied into Prometheus counters as deltas at the end
 of each turn and on each scrape, rather than read by a custom collector, because a custom
 collector's values would not reach the files of the library's multiprocess mode. The pending
-gauges query SQL on scrape (`refresh`), one indexed query.
+gauges query SQL on scrape (`refresh`), one indexed query; the turn gauges read the manager's
+counts (`TurnSlots`) with the pools.
 
 Multiprocess mode (several workers on one machine behind one scrape target): set
 `PROMETHEUS_MULTIPROC_DIR` to an empty directory shared by the workers before they start;
@@ -118,6 +121,15 @@ class PlatformCounts(Protocol):
 
     api_calls: int
     retries_after_429: int
+
+
+@runtime_checkable
+class TurnSlots(Protocol):
+    """The manager's places for turns (bot.conversation.manager: conversation.max_turns)."""
+
+    def turns_running(self) -> int: ...
+
+    def turns_waiting(self) -> Mapping[str, int]: ...
 
 
 @contextmanager
@@ -258,11 +270,23 @@ class Metrics:
             "reads; relaxed: writes that do not wait for the disk) and state",
             ["pool", "state"], multiprocess_mode="livesum", registry=r,
         )  # fmt: skip
+        self.turns_running = Gauge(
+            "parley_turns_running",
+            "Conversations running turns in this worker (at most conversation.max_turns)",
+            multiprocess_mode="livesum", registry=r,
+        )  # fmt: skip
+        self.turns_waiting = Gauge(
+            "parley_turns_waiting",
+            "Conversations waiting for a place to run their turns in this worker, by queue "
+            "(new: brought by a new message; backlog: found by the recovery or the sweep)",
+            ["queue"], multiprocess_mode="livesum", registry=r,
+        )  # fmt: skip
         self._backends: list[ResilientBackend] = []
         self._chains: list[FallbackChain] = []
         self._platforms: dict[str, PlatformCounts] = {}
         self._store: Store | None = None
         self._pools: dict[str, QueuePool] = {}
+        self._slots: TurnSlots | None = None
         self._seen = _Seen()
 
     # -- sources ---------------------------------------------------------------------------
@@ -291,6 +315,10 @@ class Metrics:
             # An in-memory SQLite database has one connection in a StaticPool: nothing to show.
             if isinstance(each.pool, QueuePool):
                 self._pools[name] = each.pool
+
+    def watch_turns(self, slots: TurnSlots) -> None:
+        """Report the turns `slots` (the conversation manager) runs and keeps waiting."""
+        self._slots = slots
 
     # -- TurnObserver ----------------------------------------------------------------------
 
@@ -364,6 +392,10 @@ class Metrics:
         for name, pool in self._pools.items():
             self.db_connections.labels(name, "in_use").set(pool.checkedout())
             self.db_connections.labels(name, "idle").set(pool.checkedin())
+        if self._slots is not None:
+            self.turns_running.set(self._slots.turns_running())
+            for queue, count in self._slots.turns_waiting().items():
+                self.turns_waiting.labels(queue).set(count)
 
     async def publish_local(self) -> None:
         """In multiprocess mode, `refresh_local` every LOCAL_REFRESH_S until cancelled: a scrape

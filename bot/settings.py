@@ -650,6 +650,14 @@ class ConversationSettings(_Section):
     # them. None: database.pool_size, so the backlog cannot queue for the pool's connections
     # past its timeout, and the model keeps room for new messages.
     backlog_turns: int | None = Field(None, ge=1, le=10_000)
+    # All turns: at most this many conversations run turns at once in a worker (one turn at a
+    # time each), new messages' and the backlog's together; the others wait in memory, in the
+    # order they came, their messages pending in SQL (a stop leaves them so), and a new
+    # message's take the next free place before the backlog's. Started all at once, a flood
+    # of messages across conversations queued for the pool's connections past its timeout.
+    # None: backend.concurrency + the backlog's places, so that a full backlog leaves new
+    # messages as many places as the model's client is sized for.
+    max_turns: int | None = Field(None, ge=1, le=10_000)
     # While the shared cache cannot tell whether a worker is alive, an answer it began to show
     # is left to it for this long after its last sign of life (a worker cut off from the
     # database comes back and records what it showed), then finished by another worker.

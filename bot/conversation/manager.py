@@ -13,9 +13,11 @@ worker:    take the conversation's turn lease in SQL (the one locker: one task p
            crash is finished by editing it).
 sweep:     every worker schedules conversations whose messages wait longer than
            orphan_after_s with no live lease: nothing waits for a restart.
-backlog:   what recover() and the sweep find runs `backlog_turns` conversations at a time;
-           the rest wait in memory, their messages pending in SQL, and a new message's
-           conversation never waits behind them.
+slots:     at most `max_turns` conversations run turns at once per worker (one turn at a
+           time each); the others wait in memory, in the order they came, their messages
+           pending in SQL, and run as places free. What recover() and the sweep find (the
+           backlog) takes at most `backlog_turns` of the places, and only those no new
+           message's conversation waits for: a new message never waits behind the backlog.
 
 observe(): a group message not addressed to the bot, kept only where the chat opted in;
            recorded as answered-by-nothing, so no turn ever runs for it.
@@ -168,6 +170,7 @@ class ConversationManager:
         generation: BackendSettings,
         count_tokens: Callable[[str], Awaitable[int]],
         backlog_turns: int = 10,
+        max_turns: int = 74,
         skills: PlainRouting | None = None,
         observer: TurnObserver | None = None,
         budgets: TurnBudgets | None = None,
@@ -190,12 +193,16 @@ class ConversationManager:
         self._handoff = handoff
         self._sinks: dict[str, ReplySink] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
-        # The backlog (recover(), the sweep): conversations waiting for one of `backlog_turns`
-        # places, in the order found, and the tasks that hold the places. Started all at once,
-        # 10,000 conversations after an outage queued for the pool's connections past its
-        # timeout (half their turns failed) and a new message waited behind all of them.
+        # The places (see slots above): conversations waiting for one, in the order they came
+        # (a new message's, then the backlog's: recover(), the sweep), and the tasks holding
+        # them. Started all at once, 10,000 conversations queued for the database pool's
+        # connections past its timeout (half their turns failed) and a new message waited
+        # behind all of them, after an outage (the backlog) as in a flood of new messages.
+        self._max_turns = max_turns
         self._backlog_turns = backlog_turns
+        self._waiting: dict[int, _Work] = {}
         self._queued: dict[int, _Work] = {}
+        self._running: set[asyncio.Task[None]] = set()
         self._backlog_running: set[asyncio.Task[None]] = set()
         # conversation -> set to stop the answer streaming there (/stop, /reset)
         self._streaming: dict[int, asyncio.Event] = {}
@@ -246,6 +253,15 @@ class ConversationManager:
     def schedule(self, conversation_id: int, key: ConversationKey) -> None:
         """Run the conversation's pending turns (the desk's agent replies use it)."""
         self._schedule(_Work(conversation_id, key))
+
+    def turns_running(self) -> int:
+        """Conversations running turns in this worker now (at most max_turns)."""
+        return len(self._running)
+
+    def turns_waiting(self) -> dict[str, int]:
+        """Conversations waiting for a place to run their turns: `new` (brought by a new
+        message, an agent's reply) and `backlog` (found by the recovery or the sweep)."""
+        return {"new": len(self._waiting), "backlog": len(self._queued)}
 
     async def submit(
         self, incoming: Incoming, *, limited: bool | None = None, max_chars: int | None = None
@@ -374,16 +390,27 @@ class ConversationManager:
         return recorded
 
     async def wait_idle(self, conversation_id: int | None = None) -> None:
+        """Wait until the conversation (None: every one) has no turn running or waiting for
+        a place here. What waits when a stop begins is left pending, not waited for."""
         while True:
-            if conversation_id is None:
-                tasks = list(self._workers.values())
+            running = self._workers.get(conversation_id) if conversation_id is not None else None
+            if running is not None:
+                tasks, until_first = [running], False
+            elif conversation_id is None or self._waits(conversation_id):
+                # Waiting ones start as running ones end (_turn_done, before this wakes).
+                tasks, until_first = list(self._running), conversation_id is not None
             else:
-                tasks = [t for t in [self._workers.get(conversation_id)] if t is not None]
+                return
             if not tasks:
                 return
             # asyncio.wait, not gather: a waiter that is cancelled (an adapter's task at a
             # stop) must not cancel the turns it waits for; the stop gives them their grace.
-            await asyncio.wait(tasks)
+            await asyncio.wait(
+                tasks, return_when=asyncio.FIRST_COMPLETED if until_first else asyncio.ALL_COMPLETED
+            )
+
+    def _waits(self, conversation_id: int) -> bool:
+        return conversation_id in self._waiting or conversation_id in self._queued
 
     async def wait_answered(self, recorded: Recorded) -> bool:
         """Wait until `recorded` is answered, or give up: False after the time another
@@ -423,9 +450,9 @@ class ConversationManager:
 
     async def aclose(self) -> None:
         """Let running turns finish (a turn is never cut in half by a clean shutdown); the
-        backlog's queued conversations are not started, their messages left pending."""
+        conversations waiting for a place are not started, their messages left pending."""
         self._stopping.set()  # ends them even where a cancellation gets lost
-        self._queued.clear()  # not started: their messages stay pending in SQL
+        self._leave_waiting()
         for task in self._background:
             task.cancel()
         if self._background:
@@ -440,13 +467,13 @@ class ConversationManager:
         recorded during the grace, and agents' replies, wait for another worker's sweep or
         the next start)."""
         self._draining = self._closing = True
-        self._queued.clear()  # not started: their messages stay pending in SQL
+        self._leave_waiting()
         if self._sweeper is not None:  # it would take up the turns this stop cuts
             self._sweeper.cancel()
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout_s
-            while tasks := list(self._workers.values()):
+            while tasks := list(self._running):
                 left = deadline - loop.time()
                 if left <= 0:
                     break
@@ -463,8 +490,9 @@ class ConversationManager:
             self._draining = False  # a program that goes on after it gets its errors said
 
     def _schedule(self, work: _Work, *, backlog: bool = False) -> None:
-        """Run the conversation's pending turns: at once, or (`backlog`: found by recover()
-        or the sweep, not brought by a message) when one of the backlog's places is free."""
+        """Run the conversation's pending turns once a place is free (see slots above):
+        before the backlog's, unless `backlog` (found by recover() or the sweep, not brought
+        by a message). A conversation that runs or waits already keeps its one place."""
         if self._closing:
             log.debug("conversation %s: stopping; left pending", work.key)
             return
@@ -477,32 +505,45 @@ class ConversationManager:
             self._again.add(work.conversation_id)
             return
         if backlog:
-            self._queued.setdefault(work.conversation_id, work)  # a second find keeps its place
-            self._start_queued()
-            return
-        self._queued.pop(work.conversation_id, None)  # a new message: its turn runs now
-        self._start(work)
+            if work.conversation_id not in self._waiting:
+                self._queued.setdefault(work.conversation_id, work)  # a second find: its place
+        else:  # a new message: ahead of the backlog, or where its conversation waits already
+            self._queued.pop(work.conversation_id, None)
+            self._waiting.setdefault(work.conversation_id, work)
+        self._start_waiting()
 
-    def _start(self, work: _Work) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._worker(work), name=f"parley-conv-{work.key}")
-        self._workers[work.conversation_id] = task
-        return task
-
-    def _start_queued(self) -> None:
-        """Start queued backlog conversations while places are free. None once a stop
-        began: they stay pending in SQL, for another worker's sweep or the next start."""
+    def _start_waiting(self) -> None:
+        """Start waiting conversations while places are free: a new message's first, the
+        backlog's within its own bound. None once a stop began: they stay pending in SQL, for
+        another worker's sweep or the next start."""
         if self._stopping.is_set() or self._closing:
             return
-        while self._queued and len(self._backlog_running) < self._backlog_turns:
-            conversation_id = next(iter(self._queued))
-            task = self._start(self._queued.pop(conversation_id))
-            self._backlog_running.add(task)
-            task.add_done_callback(self._backlog_done)
+        while len(self._running) < self._max_turns:
+            if self._waiting:
+                work, backlog = self._waiting.pop(next(iter(self._waiting))), False
+            elif self._queued and len(self._backlog_running) < self._backlog_turns:
+                work, backlog = self._queued.pop(next(iter(self._queued))), True
+            else:
+                return
+            task = asyncio.create_task(self._worker(work), name=f"parley-conv-{work.key}")
+            self._workers[work.conversation_id] = task
+            self._running.add(task)
+            if backlog:
+                self._backlog_running.add(task)
+            task.add_done_callback(self._turn_done)
 
-    def _backlog_done(self, task: asyncio.Task[None]) -> None:
-        """A backlog task ended (before wait_idle sees it end): its place goes to the next."""
+    def _turn_done(self, task: asyncio.Task[None]) -> None:
+        """A conversation's task ended (before wait_idle sees it end): its place goes to the
+        next. Counted here, not as it leaves _workers: a message its conversation gets in
+        between waits its turn, and never takes a place the ones waiting before it wait for."""
+        self._running.discard(task)
         self._backlog_running.discard(task)
-        self._start_queued()
+        self._start_waiting()
+
+    def _leave_waiting(self) -> None:
+        """A stop: what waits for a place is not started; its messages stay pending in SQL."""
+        self._waiting.clear()
+        self._queued.clear()
 
     async def _worker(self, work: _Work) -> None:
         try:

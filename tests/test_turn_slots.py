@@ -1,0 +1,151 @@
+"""A flood of new messages across many conversations runs `conversation.max_turns` of them at
+a time, on SQLite and PostgreSQL. Started all at once (a bot added to a big channel, a spam
+wave), thousands of turns queued for the database pool's connections past its timeout, as
+the backlog after an outage did before conversation.backlog_turns (tests/test_backlog.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from backends.base import Chunk, GenerationRequest
+from bot.app import Parley
+from bot.settings import Settings
+from bot.types import ConversationKey
+from tests.doubles import CollectingSink, ScriptedBackend
+from tests.test_backlog import BACKLOG, HeldBackend, backlog_of, key, message
+
+FLOOD = 12
+PLACES = 3
+
+
+def chat(n: int) -> ConversationKey:
+    return ConversationKey("test", f"flood-{n}")
+
+
+class WhoIsHeld(HeldBackend):
+    """HeldBackend that also keeps whose requests it holds now."""
+
+    def __init__(self) -> None:
+        super().__init__(free=set())
+        self.sessions: list[str] = []
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        self.sessions.append(request.session_id)
+        try:
+            async for chunk in super().stream(request):
+                yield chunk
+        finally:
+            self.sessions.remove(request.session_id)
+
+
+@asynccontextmanager
+async def worker(
+    database_url: str, backend: ScriptedBackend
+) -> AsyncIterator[tuple[Parley, CollectingSink]]:
+    settings = Settings(
+        database={"url": database_url},  # type: ignore[arg-type]
+        conversation={"max_turns": PLACES, "burst": "queue"},  # type: ignore[arg-type]
+    )
+    async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        yield app, sink
+
+
+def gauges(app: Parley) -> tuple[float | None, float | None]:
+    """parley_turns_running and parley_turns_waiting{queue="new"}, as a scrape reads them."""
+    app.metrics.refresh_local()
+    registry = app.metrics.registry
+    running = registry.get_sample_value("parley_turns_running")
+    return running, registry.get_sample_value("parley_turns_waiting", {"queue": "new"})
+
+
+async def test_a_flood_runs_max_turns_at_a_time_each_message_answered_once_in_order(
+    database_url: str,
+) -> None:
+    backend = WhoIsHeld()
+    async with worker(database_url, backend) as (app, sink):
+        try:
+            for n in range(FLOOD):
+                await app.manager.submit(message(chat(n), f"first {n}", f"first-{n}"))
+            await backend.holding(PLACES)
+            assert backend.most_held == PLACES
+            assert gauges(app) == (PLACES, FLOOD - PLACES)
+            # A conversation holds one place however many messages it has: a second message
+            # to one that runs, and to one that waits, take no other place.
+            await app.manager.submit(message(chat(0), "second 0", "second-0"))
+            await app.manager.submit(message(chat(FLOOD - 1), "second last", "second-last"))
+            assert gauges(app) == (PLACES, FLOOD - PLACES)
+            assert sorted(backend.sessions) == sorted(str(chat(n)) for n in range(PLACES))
+            # A message that waits for a place is waited for by handle() (the console's).
+            late = ConversationKey("test", "late")
+            handled = asyncio.create_task(app.manager.handle(message(late, "me too", "late")))
+            backend.release.set()
+            await handled
+            assert sink.replies[late] == ["echo: me too"]
+            await app.manager.wait_idle()
+        finally:
+            backend.release.set()
+        assert backend.most_held == PLACES
+        assert gauges(app) == (0, 0)
+        expected = {chat(n): [f"echo: first {n}"] for n in range(FLOOD)}
+        expected[chat(0)].append("echo: second 0")
+        expected[chat(FLOOD - 1)].append("echo: second last")
+        expected[late] = ["echo: me too"]
+        assert sink.replies == expected
+        assert await app.store.conversations_with_pending() == []
+
+
+async def test_new_messages_take_free_places_before_the_backlog(database_url: str) -> None:
+    """With the backlog's places (backlog_turns) below max_turns, a new message runs at once
+    beside the backlog; once every place is taken, the next free one goes to a waiting new
+    message, not to the backlog that waited before it."""
+    backend = WhoIsHeld()
+    held_backlog = backlog_of(database_url, backend, max_turns=PLACES, backlog_turns=2)
+    async with held_backlog as (app, sink):
+        assert await app.manager.recover() == BACKLOG
+        await backend.holding(2)
+        for n in range(3):
+            await app.manager.submit(message(chat(n), f"new {n}", f"new-{n}"))
+        await backend.holding(PLACES)
+        assert backend.most_held == PLACES
+        assert app.manager.turns_waiting() == {"new": 2, "backlog": BACKLOG - 2}
+        assert str(chat(0)) in backend.sessions
+        backend.release.set()
+        await app.manager.wait_idle()
+        assert backend.most_held == PLACES
+        assert all(sink.replies[key(n)] == [f"echo: question {n}"] for n in range(BACKLOG))
+        assert all(sink.replies[chat(n)] == [f"echo: new {n}"] for n in range(3))
+        assert await app.store.conversations_with_pending() == []
+
+
+async def test_a_stop_leaves_the_waiting_messages_pending_and_the_next_start_answers_them(
+    database_url: str,
+) -> None:
+    backend = WhoIsHeld()
+    async with worker(database_url, backend) as (app, sink):
+        try:
+            for n in range(FLOOD):
+                await app.manager.submit(message(chat(n), f"hello {n}", f"hello-{n}"))
+            await backend.holding(PLACES)
+            draining = asyncio.create_task(app.manager.drain(timeout_s=60))
+            backend.release.set()
+            assert await draining is True
+        finally:
+            backend.release.set()
+        assert backend.most_held == PLACES
+        assert gauges(app) == (0, 0)
+        answered = {k for k, replies in sink.replies.items() if replies}
+        assert len(answered) == PLACES
+        left = {k for _, k in await app.store.conversations_with_pending()}
+        assert left == {chat(n) for n in range(FLOOD)} - answered
+    settings = Settings(database={"url": database_url})  # type: ignore[arg-type]
+    async with Parley(settings, backend=ScriptedBackend()) as again:
+        after = CollectingSink()
+        again.manager.attach("test", after)
+        assert await again.manager.recover() == FLOOD - PLACES
+        await again.manager.wait_idle()
+        assert after.replies == {k: [f"echo: hello {k.chat_id[6:]}"] for k in left}
+        assert await again.store.conversations_with_pending() == []
