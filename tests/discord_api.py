@@ -29,6 +29,8 @@ Embeds: each message keeps its flags as Discord does: those it was sent with (a 
 follow-up's `flags`, an interaction response's `data.flags`), replaced only by an edit that
 names `flags`. A bot message whose flags lack SUPPRESS_EMBEDS (1 << 2) has its links fetched
 by Discord's unfurler as soon as it shows them, with no one clicking: `unfurled` lists them.
+As on Discord, a link in code or written in angle brackets (<https://...>, and a masked
+link's [text](<https://...>)) is shown without an embed, whatever the flags.
 
 Ids are snowflakes of the current time, so that discord.py's `created_at` of a message is
 when the test made it.
@@ -69,8 +71,14 @@ EPOCH = "2026-12-01T12:00:00.000000+00:00"
 # Discord's limit on every request of a bot, in any second.
 GLOBAL_LIMIT = (50, 1.0)
 SUPPRESS_EMBEDS = 1 << 2
-# A link Discord's unfurler fetches: not one in <angle brackets>, which Discord leaves alone.
-_LINK = re.compile(r"(?<!<)https?://[^\s<>)]+")
+# A link Discord's unfurler fetches, found as Discord's client finds one: from its scheme to a
+# space or "<", not ending in . , : ; " ' ] or ) (so a masked link's target ends before its
+# ")"). Not one in code, shown as written; not one written <like this> (a masked link's
+# [text](<like this>) too), which Discord shows with no embed: a link starting with "<" whose
+# run closes with ">" (the client's reading: what follows the ">" is not the link's).
+_CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.S)
+_LINK = re.compile(r"<?https?://[^\s<]+[^<.,:;\"')\]\s]", re.I)
+_WRAPPED = re.compile(r"<https?://[^\s<>]+>", re.I)
 # What the gateway queue carries to ask a shard's connection for a RECONNECT.
 _RECONNECT = "__reconnect__"
 
@@ -656,7 +664,7 @@ class FakeDiscordApi:
         if "flags" in body or message_id not in self.flags[channel]:
             self.flags[channel][message_id] = int(body.get("flags") or 0)
         if not self.flags[channel][message_id] & SUPPRESS_EMBEDS:
-            self.unfurled.extend(_LINK.findall(body["content"] or ""))
+            self.unfurled.extend(unfurlable(body["content"] or ""))
 
     def _check(self, call: Call) -> Response | None:
         """Discord's limits on a send or edit; the call is recorded with its status."""
@@ -697,6 +705,12 @@ class FakeDiscordApi:
             return _rate_limited(seen[0] + period - now + self.retry_after_s, calls, glob=True)
         seen.append(now)
         return None
+
+
+def unfurlable(content: str) -> list[str]:
+    """The links of `content` that Discord's unfurler fetches (see _LINK)."""
+    found = _LINK.findall(_CODE.sub(" ", content))
+    return [link for link in found if not _WRAPPED.match(link)]
 
 
 def _message(message_id: int, channel_id: int, content: str, flags: int = 0) -> dict[str, Any]:

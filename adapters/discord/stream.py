@@ -22,7 +22,13 @@ link_previews` is on: Discord's unfurler fetches a link as soon as a message sho
 link that a prompt injection had the model write (a secret from the context in its query)
 would be requested with no one clicking. A slash command's deferred response is the one
 message discord.py (2.7) gives no public way to flag (neither `defer` nor
-`edit_original_response` takes the flags Discord's API accepts there).
+`edit_original_response` takes the flags Discord's API accepts there), and flagging it after
+an edit is too late (the unfurler fetched as the text appeared). So, with embeds off, every
+link outside code is also written the way Discord's own Markdown shows without an embed:
+<https://example.com>, [text](<https://example.com>). In every message, not only that one:
+one rule for the whole answer, measured by the one length the splitter uses (which piece
+lands in the deferred response, a follow-up or a channel message is decided after the split),
+and a second guard beside the flag. The brackets do not show.
 
 Model output must never ping anyone: every call carries `AllowedMentions.none()` (only the
 asker may be pinged, by the reply reference of the first message), and "@everyone"/"@here" get
@@ -52,12 +58,23 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 2000  # characters of a message's content
 # Code (fenced blocks, one left open running to the end, and inline spans), where nothing
-# renders as a mention and is left as written; or @everyone / @here standing as a word: not
-# after a letter, digit or an address's punctuation, and not followed by a word character.
-_CODE_OR_MASS_MENTION = re.compile(
-    r"(```.*?(?:```|\Z)|`[^`\n]+`)|(?<![\w.@/+-])@(everyone|here)\b", re.S
+# renders as a mention or a link (nor is unfurled) and is left as written; or @everyone /
+# @here standing as a word: not after a letter, digit or an address's punctuation, and not
+# followed by a word character; or an http(s) link as Discord's Markdown finds one: already
+# <in angle brackets>; a masked link's target, [text](https://...), which runs to the ")"
+# that closes it (a "(...)" inside it is kept); any other, from its scheme to a space or "<",
+# an unclosed "<" before it included.
+_CODE_MENTION_OR_LINK = re.compile(
+    r"(```.*?(?:```|\Z)|`[^`\n]+`)|(?<![\w.@/+-])@(everyone|here)\b"
+    r"|(?i:(<https?://[^\s<>]+>)|(?<=\]\()(https?://(?:\([^()\s]*\)|[^()\s<>\\])+)(?=\))"
+    r"|(<?)(https?://[^\s<]+))",
+    re.S,
 )
 _ZWSP = "\u200b"
+# What ends a bare link without being part of it (Discord's link rule: a sentence's
+# punctuation, a quote, a closing bracket; ")" only when it closes no "(" of the link), and the
+# bold, strikethrough and spoiler markers that close around a link.
+_AFTER_LINK = frozenset(".,:;\"')]*~|")
 NOBODY = discord.AllowedMentions.none()
 ASKER_ONLY = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=True)
 # discord.py tries a call 5 times, sleeping each 429's retry_after; a longer storm gets more
@@ -77,20 +94,42 @@ TYPING_RENEW_S = 8.0
 _TOKEN_GONE = (401, 404)
 
 
-def neutralise(text: str) -> str:
+def neutralise(text: str, *, bracket_links: bool = False) -> str:
     """Mass mentions as text: "@\u200beveryone" renders like "@everyone" and pings no one
     (allowed_mentions already stops the ping; this keeps it from even looking like one).
     Only a mention standing as one: not in code, where it was put in every command a user
     would copy, nor inside an address ("deploy@here.example.com", "ops@heretics.org",
-    "https://mastodon.social/@everyone_art"), which it broke (a helper's review)."""
-    if "@" not in text:
+    "https://mastodon.social/@everyone_art"), which it broke (a helper's review).
+    `bracket_links`: every http(s) link outside code in <angle brackets> too, which Discord
+    shows as the same link with no embed (nothing fetched); one already so stays as it is."""
+    if "@" not in text and not (bracket_links and "://" in text):
         return text
-    return _CODE_OR_MASS_MENTION.sub(lambda m: m.group(1) or f"@{_ZWSP}{m.group(2)}", text)
+
+    def shown(m: re.Match[str]) -> str:
+        code, mention, wrapped, masked, _opened, bare = m.groups()
+        if mention is not None:
+            return f"@{_ZWSP}{mention}"
+        if code is not None or wrapped is not None or not bracket_links:
+            return m.group()
+        return _bracketed(masked if masked is not None else bare)  # an opened "<" is reused
+
+    return _CODE_MENTION_OR_LINK.sub(shown, text)
 
 
-def shown_length(text: str) -> int:
-    """The length Discord counts: the text as sent, after `neutralise`."""
-    return len(neutralise(text))
+def _bracketed(link: str) -> str:
+    """<link> and what follows it. A "<" written before the link was part of the match and is
+    the opening one (so a link still streaming in its brackets gets one character, no more
+    than its closing ">" would: a longer text is never shorter as sent). A ">" in
+    the link (not a URL's character: browsers send it as %3E) is written %3E, so the brackets
+    hold the whole link."""
+    end = len(link)
+    while end and link[end - 1] in _AFTER_LINK and not _closes_a_paren(link[:end]):
+        end -= 1
+    return f"<{link[:end].replace('>', '%3E')}>{link[end:]}"
+
+
+def _closes_a_paren(link: str) -> bool:
+    return link.endswith(")") and link.count("(") >= link.count(")")
 
 
 class DiscordSurface:
@@ -115,12 +154,20 @@ class DiscordSurface:
     def shows(self, piece: str) -> bool:
         return bool(piece.strip())  # Discord renders Markdown; any non-blank text shows
 
+    def content(self, piece: str) -> str:
+        """The piece as sent: mass mentions as text; with embeds off, its links in brackets."""
+        return neutralise(piece, bracket_links=self.suppress_embeds)
+
+    def shown_length(self, piece: str) -> int:
+        """The length Discord counts (and refuses past 2,000): the piece as sent."""
+        return len(self.content(piece))
+
     async def send(self, piece: str, *, plain: bool) -> int:
         reference, self._reply_to = self._reply_to, None  # only the first message replies
         mentions = ASKER_ONLY if reference is not None else NOBODY
 
         async def call() -> discord.Message:
-            content, hide = neutralise(piece), self.suppress_embeds
+            content, hide = self.content(piece), self.suppress_embeds
             if reference is None:
                 return await self._channel.send(
                     content, allowed_mentions=mentions, suppress_embeds=hide
@@ -145,7 +192,7 @@ class DiscordSurface:
 
         async def call() -> discord.Message:
             # No flags here: the message keeps the SUPPRESS_EMBEDS it was sent with.
-            return await message.edit(content=neutralise(piece), allowed_mentions=NOBODY)
+            return await message.edit(content=self.content(piece), allowed_mentions=NOBODY)
 
         await gated(self._gate, self._channel.id, call)
 
@@ -195,7 +242,7 @@ class InteractionSurface:
         if self._token_usable():
             sent = await self._with_token(
                 lambda: self._interaction.followup.send(
-                    content=neutralise(piece),
+                    content=self._rest.content(piece),
                     allowed_mentions=NOBODY,
                     suppress_embeds=self._rest.suppress_embeds,
                     wait=True,
@@ -234,7 +281,7 @@ class InteractionSurface:
             await self._rest.edit(message.after, rest, plain=plain)
 
     async def _edit_by_token(self, ref: int, piece: str) -> object:
-        content = neutralise(piece)
+        content = self._rest.content(piece)  # the response has no flag: its links in brackets
         if ref == ORIGINAL:
             return await self._interaction.edit_original_response(
                 content=content, allowed_mentions=NOBODY
@@ -321,7 +368,7 @@ async def play(
         first_sent.set()
     typing = asyncio.create_task(_type_until(channel, gate, first_sent))
     try:
-        await Streamer(surface, Pacing(interval_s, MAX_MESSAGE, shown_length)).play(chunks)
+        await Streamer(surface, Pacing(interval_s, MAX_MESSAGE, rest.shown_length)).play(chunks)
     finally:
         typing.cancel()
         await asyncio.gather(typing, return_exceptions=True)
