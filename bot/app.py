@@ -129,6 +129,7 @@ class Parley:
             cache,
             summarizer,
             budget_tokens=await self._budget(),
+            speaker_labels=s.conversation.group_speaker_labels,
         )
         register_core_commands(self.router)
         services = self._skill_services(cache)

@@ -634,6 +634,10 @@ class ConversationSettings(_Section):
     # Tokens the folded summary of older turns may take.
     summary_tokens: int = Field(256, ge=16)
     burst: Literal["merge", "queue"] = "merge"
+    # In a shared conversation (a group, a server channel) each user turn of the prompt opens
+    # with its sender's name ("Ada: ..."), so the model can tell who asked what. Private
+    # chats never get one.
+    group_speaker_labels: bool = True
     # The turn lease (the one locker, in SQL): renewed every lock_ttl_s/3 while its worker
     # lives, so a dead worker's conversations are free again within lock_ttl_s.
     lock_ttl_s: float = Field(6.0, gt=0)

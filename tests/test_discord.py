@@ -818,4 +818,6 @@ async def test_a_mention_of_the_bots_own_role_addresses_the_bot(tmp_path: Path) 
             await h.deliver_event(message)
         await h.idle()
         assert h.api.texts(ev.CHANNEL) == ["A crane lifts."]
-        assert [r.messages[-1].content for r in backend.requests] == ["what is a crane?"]
+        # A server channel's turn opens with its sender's name (docs/security.md, "Shared
+        # conversations"); the role's mention is gone from the text.
+        assert [r.messages[-1].content for r in backend.requests] == ["User 1001: what is a crane?"]

@@ -381,7 +381,8 @@ async def test_a_message_deleted_after_its_answer_leaves_the_context_and_history
         await h.idle()
         prompt = [m.content for m in backend.requests[-1].messages]
         assert not [c for c in prompt if "sk-SECRET" in c]
-        assert DELETED_STUB in prompt  # the conversation reads on around it
+        # The conversation reads on around it (a server channel's turn after its sender's name).
+        assert f"User {ev.USER}: {DELETED_STUB}" in prompt
         conversation = await h.app.store.conversation_id(
             ConversationKey("discord", str(ev.CHANNEL))
         )

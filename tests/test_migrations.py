@@ -210,6 +210,7 @@ COMMITTED = {
     "0016_redaction_count.py": "e50a7ff2ad9fe995",
     "0017_messages_user_index.py": "daf2bac45cba5422",
     "0018_message_age_index.py": "67c90529c1f3b0d3",
+    "0019_shared_conversations.py": "e0c872b49a699cfc",
 }
 
 

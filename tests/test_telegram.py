@@ -149,7 +149,8 @@ async def test_group_answers_mentions_and_replies_and_ignores_chatter(tmp_path: 
         )
         await feed(adapter, reply)
         await adapter.idle()
-        assert api.texts(GROUP) == ["echo: what is Parley?", "echo: and why?"]
+        # The model gets each member's turn after their name (the echo shows it).
+        assert api.texts(GROUP) == ["echo: Ada: what is Parley?", "echo: Ada: and why?"]
         stored = [r.content for r in await app.store.history(1, 10)]
         assert "lunch anyone?" not in stored  # a group's chatter is never stored
 
@@ -160,7 +161,7 @@ async def test_a_bare_mention_gets_no_sentence_about_photos(tmp_path: Path) -> N
         await feed(adapter, mention_update(1, GROUP, "@parley_bot", user_id=7))
         await feed(adapter, mention_update(2, GROUP, "@parley_bot hello", user_id=7))
         await adapter.idle()
-        assert api.texts(GROUP) == ["echo: hello"]
+        assert api.texts(GROUP) == ["echo: Ada: hello"]  # a group's turn after its sender's name
 
 
 async def test_edits_channel_posts_and_callbacks_get_no_turn(tmp_path: Path) -> None:

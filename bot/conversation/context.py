@@ -20,7 +20,10 @@ folded drops SQL's summary with the text (Store.redact): the next window is rebu
 messages since the /reset boundary, the stub in place of the text, and rolls over as usual.
 
 A rebuild reads a bounded number of the newest rows, so loading costs the same for 10 or
-100,000 earlier messages.
+100,000 earlier messages. A shared conversation's (SQL's `shared`, where speaker labels are
+on) reads each sender's name with them, in the same statement, and labels its user turns as
+the turns in process did (bot.conversation.window); a cached window labelled otherwise than
+this worker labels is stale.
 """
 
 from __future__ import annotations
@@ -55,11 +58,13 @@ class ContextLoader:
         *,
         budget_tokens: int,
         max_rows: int = 400,
+        speaker_labels: bool = True,
     ) -> None:
         self._store = store
         self._summarizer = summarizer
         self.budget_tokens = budget_tokens
         self._max_rows = max_rows
+        self._speaker_labels = speaker_labels
         self._frame_tokens: int | None = None
         codec = Codec(Window.dumps, Window.loads, self._current)
         self._windows = cache.read_through(keys.window, self._rebuild, codec, ttl_s=CACHE_TTL_S)
@@ -78,8 +83,15 @@ class ContextLoader:
             return known
         return await self._store.state(conversation_id)
 
+    def labelled(self, state: ConversationState) -> bool:
+        """Whether the conversation's user turns open with their senders' labels."""
+        return self._speaker_labels and state.shared
+
     async def _current(self, conversation_id: int, window: Window) -> bool:
-        if _is_current(window, await self._state(conversation_id)):
+        state = await self._state(conversation_id)
+        # Labelled as this worker labels: one cached before the conversation was marked
+        # shared, or by a worker with labels turned off, is built again.
+        if _is_current(window, state) and window.labelled == self.labelled(state):
             return True
         log.info("stale cached window for conversation %s, rebuilding", conversation_id)
         return False
@@ -89,11 +101,15 @@ class ContextLoader:
         boundary = max(state.summary_through_id, state.context_start_id)
         summary = state.summary if state.summary_through_id >= state.context_start_id else ""
         turns: list[Turn] = []
+        labelled = self.labelled(state)
         # A turn ends with a reply: with none after the boundary (a new conversation, or one
         # just reset or folded) there is nothing to read.
         if state.last_reply_id > boundary:
-            rows = await self._store.context_messages(conversation_id, boundary, self._max_rows)
-            turns = turns_from_rows(rows, complete=len(rows) < self._max_rows)
+            rows = await self._store.context_messages(
+                conversation_id, boundary, self._max_rows, authors=labelled
+            )
+            complete = len(rows) < self._max_rows
+            turns = turns_from_rows(rows, complete=complete, labelled=labelled)
         summary_tokens = 0
         if summary:
             # Stored with the summary since migration 0005: no model round trip per rebuild.
@@ -102,7 +118,7 @@ class ContextLoader:
             )
         # The count read before the rows: a redaction between the two makes the window stale
         # (rebuilt once more), never one that holds the deleted text pass for current.
-        return Window(summary, summary_tokens, boundary, turns, state.redactions)
+        return Window(summary, summary_tokens, boundary, turns, state.redactions, labelled)
 
     async def fit(self, conversation_id: int, window: Window, new_tokens: int) -> Window:
         """Make room for a new message of `new_tokens`: roll over only when it must."""

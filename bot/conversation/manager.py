@@ -98,7 +98,7 @@ from .sink import (
     showing,
     speaking,
 )
-from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, merge_user_texts
+from .window import MESSAGE_OVERHEAD_TOKENS, Turn, Window, labelled_text, merge_user_texts
 
 if TYPE_CHECKING:
     from bot.handoff.turns import HandoffTurns
@@ -1042,11 +1042,10 @@ class ConversationManager:
 
     async def _chat(self, work: _Work, batch: list[StoredMessage], backend: Backend) -> None:
         cid = work.conversation_id
-        user_text = merge_user_texts([m.content for m in batch])
-        user_tokens = _prompt_tokens(batch)
+        window = await self._context.load(cid, _TURN.get().state)
+        user_text, user_tokens = _user_turn(batch, labelled=window.labelled)
         # The history budget (Parley._budget) leaves room for the core's system prompt only.
         room = user_tokens + await self._site_surplus(work.key)
-        window = await self._context.load(cid, _TURN.get().state)
         window = await self._context.fit(cid, window, room)
         say = self._localizer(batch[-1])
         reply = Collected(say, gone_with_stop=self._gone_with_stop)
@@ -1237,6 +1236,15 @@ def _noting(say: Say, said: set[str]) -> Say:
 def _prompt_tokens(batch: Sequence[StoredMessage]) -> int:
     """What the messages of a turn take in its prompt, as the window counts them."""
     return sum(m.token_count + MESSAGE_OVERHEAD_TOKENS for m in batch)
+
+
+def _user_turn(batch: Sequence[StoredMessage], *, labelled: bool) -> tuple[str, int]:
+    """The turn's user message and its tokens, as the window counts them; `labelled` (a
+    shared conversation): each sender's part after their label, which counts too."""
+    if not labelled:
+        return merge_user_texts([m.content for m in batch]), _prompt_tokens(batch)
+    text, label_tokens = labelled_text([(m.user_display_name, m.content) for m in batch])
+    return text, _prompt_tokens(batch) + label_tokens
 
 
 def not_kept(what: str, reason: str) -> str:

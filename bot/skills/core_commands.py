@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from bot.phrases import N_, said_back
+from bot.text.quoting import speaker
 from bot.types import Role
 
 from .router import Command, CommandRouter, TurnContext
-from .summarize import BOT_LABEL, speaker
+from .summarize import BOT_LABEL
 
 EXCERPT_CHARS = 300
 

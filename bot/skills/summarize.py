@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,7 +18,7 @@ from typing import Literal
 from bot.phrases import N_
 from bot.storage.prefs import LoggedMessage
 from bot.text import language_name, split_sentences, summarize_extractive
-from bot.text.quoting import DOCUMENT, Said, unfenced
+from bot.text.quoting import DOCUMENT, Said, speaker, unfenced
 from bot.text.quoting import quoted as quoted_line
 from bot.types import utcnow
 
@@ -40,7 +39,6 @@ _HOURS_APART = re.compile(r"\b(missed\s+\d+(?:\.\d+)?)\s+(h(?:ours?)?)\b", re.I)
 _HOURS_MEANT = re.compile(r"^-?\.?\d")
 # The furthest back `/summarize missed Nh` looks: ten years (a larger N is the same).
 _MAX_HOURS = 24 * 366 * 10
-_NOT_IN_A_LABEL = re.compile(r"[^\w .'-]")
 _MISSED = re.compile(r"^\s*(?:so\s+)?what\s+(?:did|have)\s+i\s+miss(?:ed)?\b", re.I)
 # "Please summarize this document (notes.md)." is the caption of a document sent without one
 # (bot.conversation.intake): its name is not the text to summarise, the document's block after
@@ -199,12 +197,3 @@ def transcript(rows: list[LoggedMessage], *, quoted: bool = True) -> str:
         else:
             lines += [f"{said.who}: {s}" for s in split_sentences(said.text) or [said.text]]
     return ("\n" if quoted else "\n\n").join(lines)
-
-
-def speaker(name: str) -> str:
-    """A member's display name as a label: letters, digits, spaces and `.'-` only, after NFKC
-    (fullwidth and compatibility forms folded; invisible format characters and every colon
-    or bracket dropped), so that it can neither end early, hold another label, nor read as
-    the bot's."""
-    folded = unicodedata.normalize("NFKC", name)
-    return " ".join(_NOT_IN_A_LABEL.sub(" ", folded).split()) or "someone"

@@ -71,13 +71,16 @@ class RecordedReply(StoredMessage):
 
 class ContextRow(NamedTuple):
     """A message of a context window, with only what the window is built from: rebuilding a
-    window reads up to a few hundred of these, so they are kept light (no time, no sender)."""
+    window reads up to a few hundred of these, so they are kept light (no time; the sender's
+    name only where the window labels its turns, a shared conversation's)."""
 
     id: int
     role: Role
     content: str
     token_count: int
     answered_by: int | None
+    # The sender's display name as stored (users.display_name), where asked for ("" else).
+    author: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +161,9 @@ class ConversationState:
     # How many of its messages were redacted (Store.redact): a cached window built before the
     # last one is stale, whatever its boundary and last reply say.
     redactions: int = 0
+    # Several people share it (a group, a server channel: Incoming.group), as its messages
+    # were recorded (migration 0019): its prompts label each user turn with its sender.
+    shared: bool = False
     # Read with it (SqlStore); None where a store does not.
     facts: ChatFacts | None = None
 
@@ -272,10 +278,11 @@ class Store(Protocol):
     async def state(self, conversation_id: int) -> ConversationState: ...
 
     async def context_messages(
-        self, conversation_id: int, after_id: int, limit: int
+        self, conversation_id: int, after_id: int, limit: int, *, authors: bool = False
     ) -> Sequence[ContextRow]:
         """The newest `limit` answered CHAT messages (both roles) with id > after_id, oldest
-        first. Served by an index on (conversation_id, id): cost does not grow with history."""
+        first. Served by an index on (conversation_id, id): cost does not grow with history.
+        `authors`: with each sender's display name (in the same statement)."""
         ...
 
     async def fold_summary(

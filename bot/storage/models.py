@@ -96,6 +96,9 @@ class ConversationRow(Base):
     # cached context window carries the count it was built at, so one that a turn in flight
     # writes back after a redaction is seen as stale (migration 0016).
     redactions: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Several people share it (a group, a server channel): its prompts label each user turn
+    # with its sender (migration 0019). Set by its messages as they are recorded.
+    shared: Mapped[bool] = mapped_column(Boolean, server_default=false())
     # Who runs the conversation's turns, and until when, while Redis (the usual turn lock) is
     # unreachable: SqlStore.lease. NULL: nobody.
     lease_owner: Mapped[str | None] = mapped_column(String(64))

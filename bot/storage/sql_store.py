@@ -117,6 +117,9 @@ class SqlStore:
         self._user_ids: Lru[int] = Lru(ID_CACHE_SIZE)
         self._conversation_ids: Lru[int] = Lru(ID_CACHE_SIZE)
         self._user_languages: Lru[str] = Lru(ID_CACHE_SIZE)
+        # Group conversations whose row this process marked shared: an id found otherwise
+        # (conversation_id) may be of a row recorded before the mark (migration 0019).
+        self._marked_shared: Lru[bool] = Lru(ID_CACHE_SIZE)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -160,12 +163,13 @@ class SqlStore:
         # this process wrote (once per user per process, and when the user changes it).
         language = incoming.user.language or None
         language_changed = language is not None and self._user_languages.get(user_key) != language
+        unmarked = incoming.group and incoming.key not in self._marked_shared
 
         def run(q: Queries) -> Recorded:
             created.clear()
             user_id = self._user_ids.get(user_key)
             conversation_id = self._conversation_ids.get(incoming.key)
-            if user_id is None or conversation_id is None or language_changed:
+            if user_id is None or conversation_id is None or language_changed or unmarked:
                 # One upsert (two statements on SQLite, which has no DML in WITH): each row
                 # inserted or found, the user's language updated when the platform gave one.
                 key = incoming.key
@@ -175,7 +179,7 @@ class SqlStore:
                     "display_name": storable(incoming.user.display_name),  # the first only
                     "language_code": language,
                     "c_platform": key.platform, "chat_id": key.chat_id,
-                    "thread_id": key.thread_id,
+                    "thread_id": key.thread_id, "shared": incoming.group,
                 })  # fmt: skip
                 created["user"], created["conversation"] = user_id, conversation_id
             values = {
@@ -209,6 +213,7 @@ class SqlStore:
             user_key in self._user_ids
             and incoming.key in self._conversation_ids
             and not language_changed
+            and not unmarked
         )
         try:
             recorded = await self._run(run, write=True, one_statement=True)
@@ -226,6 +231,8 @@ class SqlStore:
             self._user_languages.put(user_key, language)
         if "conversation" in created:
             self._conversation_ids.put(incoming.key, created["conversation"])
+            if incoming.group:
+                self._marked_shared.put(incoming.key, True)
         return recorded
 
     async def conversation_id(self, key: ConversationKey) -> int | None:
@@ -317,11 +324,15 @@ class SqlStore:
         return _state(_one(rows))
 
     async def context_messages(
-        self, conversation_id: int, after_id: int, limit: int
+        self, conversation_id: int, after_id: int, limit: int, *, authors: bool = False
     ) -> Sequence[ContextRow]:
         params = {"conversation_id": conversation_id, "after_id": after_id, "limit": limit}
-        rows = await self._rows(self._reads.context, params)
         roles = _ROLES
+        if authors:
+            rows = await self._rows(self._reads.context_named, params)
+            return [ContextRow(id_, roles[role], content, tokens, answered, author or "")
+                    for id_, role, content, tokens, answered, author in reversed(rows)]  # fmt: skip
+        rows = await self._rows(self._reads.context, params)
         return [ContextRow(id_, roles[role], content, tokens, answered_by)
                 for id_, role, content, tokens, answered_by in reversed(rows)]  # fmt: skip
 
@@ -842,6 +853,8 @@ class _ConversationReads:
     and the fence."""
 
     context: sa.Select[Any]
+    # The same with each sender's display name (a shared conversation's labelled window).
+    context_named: sa.Select[Any]
     history: sa.Select[Any]
     state: sa.Select[Any]
     reset_context: sa.Update
@@ -866,14 +879,23 @@ class _ConversationReads:
         def newest(stmt: sa.Select[Any], after_id: sa.BindParameter[Any] | None = None) -> Any:
             return stmt.where(_in_conversation(postgresql, after_id)).order_by(*_NEWEST_FIRST)
 
-        # Only what a window is built from: no join, no time (see ContextRow).
-        context_columns = sa.select(_m.id, _m.role, _m.content, _m.token_count, _m.answered_by)
-        context = (
-            newest(context_columns, _param("after_id", sa.BigInteger()))
-            .where(_m.kind == _literal(MessageKind.CHAT.value))
-            .where(sa.or_(_m.role == _literal(Role.ASSISTANT.value), _m.answered_by.is_not(None)))
-            .limit(_LIMIT)
-        )
+        # Only what a window is built from: no time, and no join but a shared conversation's,
+        # for the senders' names (see ContextRow).
+        def context_of(columns: sa.Select[Any]) -> sa.Select[Any]:
+            stmt: sa.Select[Any] = (
+                newest(columns, _param("after_id", sa.BigInteger()))
+                .where(_m.kind == _literal(MessageKind.CHAT.value))
+                .where(
+                    sa.or_(_m.role == _literal(Role.ASSISTANT.value), _m.answered_by.is_not(None))
+                )
+                .limit(_LIMIT)
+            )
+            return stmt
+
+        context_columns = (_m.id, _m.role, _m.content, _m.token_count, _m.answered_by)
+        context = context_of(sa.select(*context_columns))
+        named = sa.select(*context_columns, UserRow.display_name)
+        context_named = context_of(named.outerjoin(UserRow, UserRow.id == _m.user_id))
         last_reply_id = (
             newest(sa.select(_m.id))
             .where(
@@ -886,7 +908,7 @@ class _ConversationReads:
         state_columns = (
             _c.id, _c.platform, _c.chat_id, _c.thread_id, _c.summary, _c.summary_through_id,
             _c.summary_tokens, _c.context_start_id, last_reply_id.label("last_reply_id"),
-            _c.redactions, *_FACT_COLUMNS,
+            _c.redactions, *_FACT_COLUMNS, _c.shared,
         )  # fmt: skip
         state = sa.select(*state_columns).where(_c.id == _param("conversation_id"))
         # Take a conversation's lease: free, lapsed, or left by this owner; a new epoch each
@@ -967,7 +989,8 @@ class _ConversationReads:
                 .order_by(page.c.id)  # a join keeps no order of its own
             )
         return cls(
-            context=context, history=history, state=state, reset_context=reset_context,
+            context=context, context_named=context_named, history=history, state=state,
+            reset_context=reset_context,
             fold_summary=fold_summary, mark_answered=mark_answered, lease_take=lease_take,
             lease_with_page=lease_with_page, fenced_reply=fenced_reply, recorded=recorded,
             with_pending=_with_pending(postgresql), orphaned=_with_pending(postgresql, True),
@@ -1194,9 +1217,9 @@ _INSERT_REPLY = (
 _READS = {True: _ConversationReads.build(True), False: _ConversationReads.build(False)}
 
 
-# The lease take's columns: the epoch, the delivery's 6, the conversation state's 10 and its
-# facts' 8.
-_LEASE_COLUMNS = 25
+# The lease take's columns: the epoch, the delivery's 6, the conversation state's 10, its
+# facts' 8 and whether it is shared.
+_LEASE_COLUMNS = 26
 
 
 def _state(row: Sequence[Any]) -> ConversationState:
@@ -1212,6 +1235,7 @@ def _state(row: Sequence[Any]) -> ConversationState:
         last_reply_id=last_reply_id or 0,
         summary_tokens=summary_tokens,
         redactions=redactions,
+        shared=bool(row[18]),
         # A handoff row's state is never NULL: NULL is no row.
         facts=ChatFacts(handoff if handoff[0] is not None else None, auto_translate,
                         bool(keep_messages)),
@@ -1239,11 +1263,13 @@ _USER_UPSERT_SQL = (
     "ON CONFLICT (platform, external_id) DO UPDATE SET language_code = "
     "coalesce(excluded.language_code, users.language_code) RETURNING id"
 )
+# A conversation is marked shared by a message from a group (never unmarked: a chat does not
+# stop being one), also one recorded before migration 0019 added the mark.
 _CONVERSATION_UPSERT_SQL = (
-    "INSERT INTO conversations (platform, chat_id, thread_id) "
-    "VALUES (:c_platform, :chat_id, :thread_id) "
-    "ON CONFLICT (platform, chat_id, thread_id) DO UPDATE SET platform = excluded.platform "
-    "RETURNING id"
+    "INSERT INTO conversations (platform, chat_id, thread_id, shared) "
+    "VALUES (:c_platform, :chat_id, :thread_id, :shared) "
+    "ON CONFLICT (platform, chat_id, thread_id) DO UPDATE SET platform = excluded.platform, "
+    "shared = (conversations.shared OR excluded.shared) RETURNING id"
 )
 
 
@@ -1256,6 +1282,7 @@ def _upsert(sql: str, columns: Sequence[sa.ColumnElement[Any]]) -> sa.TextualSel
         "c_platform": _c.__table__.c.platform.type,
         "chat_id": _c.__table__.c.chat_id.type,
         "thread_id": _c.__table__.c.thread_id.type,
+        "shared": _c.__table__.c.shared.type,
     }
     used = [sa.bindparam(n, type_=t) for n, t in binds.items() if f":{n}" in sql]
     return sa.text(sql).bindparams(*used).columns(*columns)

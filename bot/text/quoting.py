@@ -4,10 +4,12 @@ message on a line of its own in quotes it cannot close."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 _BACKTICKS = re.compile(r"`+")
 _QUOTES = re.compile('["\u201c\u201d\u201e\u201f\u2033\uff02]')
+_NOT_IN_A_LABEL = re.compile(r"[^\w .'-]")
 
 
 def fenced(text: str) -> str:
@@ -82,3 +84,13 @@ def quoted(said: Said) -> str:
     customer's quote on the customer's line."""
     text = _QUOTES.sub("'", said.text)
     return f'{said.who}: "{text}"'
+
+
+def speaker(name: str) -> str:
+    """A member's display name as a label: letters, digits, spaces and `.'-` only, after NFKC
+    (fullwidth and compatibility forms folded; invisible format characters and every colon
+    or bracket dropped), so that it can neither end early, hold another label, nor read as
+    the bot's. The transcripts' labels (/summarize, /history) and a shared conversation's
+    prompt turns (bot.conversation.window.speaker_prefix) are all this one."""
+    folded = unicodedata.normalize("NFKC", name)
+    return " ".join(_NOT_IN_A_LABEL.sub(" ", folded).split()) or "someone"
