@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from backends.base import Chunk, GenerationRequest
 from bot.app import Parley
 from bot.settings import Settings
+from bot.skills.router import Command, TurnContext
 from bot.types import ConversationKey
 from tests.doubles import CollectingSink, ScriptedBackend
 from tests.test_backlog import BACKLOG, HeldBackend, backlog_of, key, message
@@ -40,13 +41,29 @@ class WhoIsHeld(HeldBackend):
             self.sessions.remove(request.session_id)
 
 
+class FailsOnce:
+    """A /fail command whose first run waits for `fail`, then fails (a bug: not a BotError,
+    so the turn fails and its message stays pending); it answers the runs after that."""
+
+    def __init__(self) -> None:
+        self.running = asyncio.Event()
+        self.fail = asyncio.Event()
+
+    async def __call__(self, ctx: TurnContext) -> str:
+        if not self.running.is_set():
+            self.running.set()
+            await self.fail.wait()
+            raise RuntimeError("the command fell over")
+        return "done"
+
+
 @asynccontextmanager
 async def worker(
-    database_url: str, backend: ScriptedBackend
+    database_url: str, backend: ScriptedBackend, **conversation: object
 ) -> AsyncIterator[tuple[Parley, CollectingSink]]:
     settings = Settings(
         database={"url": database_url},  # type: ignore[arg-type]
-        conversation={"max_turns": PLACES, "burst": "queue"},  # type: ignore[arg-type]
+        conversation={"max_turns": PLACES, "burst": "queue", **conversation},  # type: ignore[arg-type]
     )
     async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
         sink = CollectingSink()
@@ -149,3 +166,25 @@ async def test_a_stop_leaves_the_waiting_messages_pending_and_the_next_start_ans
         await again.manager.wait_idle()
         assert after.replies == {k: [f"echo: hello {k.chat_id[6:]}"] for k in left}
         assert await again.store.conversations_with_pending() == []
+
+
+async def test_a_message_that_comes_during_a_failing_turn_is_answered_by_its_own_turn(
+    database_url: str,
+) -> None:
+    """A message recorded while its conversation's turn runs is left to that turn's task (it
+    runs again). A turn that failed ended the task without running again, the message left
+    pending for the sweep alone (none here): handle() returned without its answer."""
+    command = FailsOnce()
+    async with worker(database_url, ScriptedBackend(), sweep_interval_s=0) as (app, sink):
+        app.router.add(Command("fail", "fails once", command))
+        chat0 = chat(0)
+        try:
+            await app.manager.submit(message(chat0, "/fail", "first"))
+            await command.running.wait()
+            second = await app.manager.submit(message(chat0, "hello", "second"))
+            command.fail.set()
+            await app.manager.wait_idle(second.conversation_id)  # as handle() waits
+        finally:
+            command.fail.set()
+        assert sink.replies[chat0] == ["done", "echo: hello"]
+        assert await app.store.conversations_with_pending() == []

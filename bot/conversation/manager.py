@@ -553,6 +553,7 @@ class ConversationManager:
                 if work.conversation_id not in self._again:
                     return
         except Superseded:  # another worker runs it now; look again soon, in case it died
+            self._again.discard(work.conversation_id)  # looked at then, with the rest
             self._later(work)
         except StoppedWithProcess as exc:
             log.info("conversation %s: the model stopped with the process (%s); left pending",
@@ -574,6 +575,11 @@ class ConversationManager:
         finally:
             del self._workers[work.conversation_id]
             self._redacted.discard(work.conversation_id)  # no turn left to write a window
+            if work.conversation_id in self._again:
+                # A message came while the turn failed: it is run as one that came just after
+                # (its submit counted on this task); left, it waited for the sweep.
+                self._again.discard(work.conversation_id)
+                self._schedule(work)
 
     def _later(self, work: _Work) -> None:
         asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._schedule, work)
