@@ -188,3 +188,16 @@ async def test_a_message_that_comes_during_a_failing_turn_is_answered_by_its_own
             command.fail.set()
         assert sink.replies[chat0] == ["done", "echo: hello"]
         assert await app.store.conversations_with_pending() == []
+
+
+async def test_a_turn_cancelled_before_it_began_leaves_its_conversation(database_url: str) -> None:
+    """A stop with no grace cancels a conversation's task that has not begun yet: its code
+    never ran, so neither did the cleanup that takes the conversation out of those running,
+    and wait_idle (handle(), the console) went round for ever on the task that had ended."""
+    async with worker(database_url, ScriptedBackend()) as (app, sink):
+        recorded = await app.manager.submit(message(chat(0), "hello", "hello"))
+        assert await app.manager.drain(timeout_s=0) is False
+        async with asyncio.timeout(30):  # a guard: it never returned
+            await app.manager.wait_idle(recorded.conversation_id)
+        assert sink.replies == {}
+        assert [k for _, k in await app.store.conversations_with_pending()] == [chat(0)]

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -530,12 +531,16 @@ class ConversationManager:
             self._running.add(task)
             if backlog:
                 self._backlog_running.add(task)
-            task.add_done_callback(self._turn_done)
+            task.add_done_callback(functools.partial(self._turn_done, work.conversation_id))
 
-    def _turn_done(self, task: asyncio.Task[None]) -> None:
+    def _turn_done(self, conversation_id: int, task: asyncio.Task[None]) -> None:
         """A conversation's task ended (before wait_idle sees it end): its place goes to the
         next. Counted here, not as it leaves _workers: a message its conversation gets in
         between waits its turn, and never takes a place the ones waiting before it wait for."""
+        if self._workers.get(conversation_id) is task:
+            # Cancelled before it began (a stop without grace): _worker's cleanup never ran.
+            del self._workers[conversation_id]
+            self._again.discard(conversation_id)
         self._running.discard(task)
         self._backlog_running.discard(task)
         self._start_waiting()
