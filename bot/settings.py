@@ -652,7 +652,8 @@ class ConversationSettings(_Section):
     # most this many of its conversations run turns at once in a worker, the others wait in
     # memory, their messages pending in SQL; a new message's conversation never waits behind
     # them. None: database.pool_size, so the backlog cannot queue for the pool's connections
-    # past its timeout, and the model keeps room for new messages.
+    # past its timeout, and the model keeps room for new messages. Below max_turns always
+    # (one at least): one place at least is left to new messages.
     backlog_turns: int | None = Field(None, ge=1, le=10_000)
     # All turns: at most this many conversations run turns at once in a worker (one turn at a
     # time each), new messages' and the backlog's together; the others wait in memory, in the

@@ -15,7 +15,7 @@ from bot.settings import Settings
 from bot.skills.router import Command, TurnContext
 from bot.types import ConversationKey
 from tests.doubles import CollectingSink, ScriptedBackend
-from tests.test_backlog import BACKLOG, HeldBackend, backlog_of, key, message
+from tests.test_backlog import BACKLOG, LIVE, HeldBackend, backlog_of, key, message
 
 FLOOD = 12
 PLACES = 3
@@ -201,3 +201,23 @@ async def test_a_turn_cancelled_before_it_began_leaves_its_conversation(database
             await app.manager.wait_idle(recorded.conversation_id)
         assert sink.replies == {}
         assert [k for _, k in await app.store.conversations_with_pending()] == [chat(0)]
+
+
+async def test_a_backlog_as_large_as_the_places_leaves_one_to_new_messages(
+    database_url: str,
+) -> None:
+    """max_turns at or below backlog_turns (whose default, database.pool_size, is 10): the
+    backlog took every place, and a new message waited for one of its turns to end."""
+    backend = HeldBackend(free={LIVE})
+    async with backlog_of(database_url, backend, max_turns=3) as (app, sink):  # backlog_turns 3
+        assert await app.manager.recover() == BACKLOG
+        await backend.holding(2)
+        async with asyncio.timeout(30):  # a guard: it waited for the backlog's held turns
+            await app.manager.handle(message(LIVE, "still there?", "live-1"))
+        assert sink.replies[LIVE] == ["echo: still there?"]
+        assert backend.most_held == 2
+        backend.release.set()
+        await app.manager.wait_idle()
+        assert backend.most_held == 2
+        assert all(sink.replies[key(n)] == [f"echo: question {n}"] for n in range(BACKLOG))
+        assert await app.store.conversations_with_pending() == []

@@ -200,7 +200,10 @@ class ConversationManager:
         # connections past its timeout (half their turns failed) and a new message waited
         # behind all of them, after an outage (the backlog) as in a flood of new messages.
         self._max_turns = max_turns
-        self._backlog_turns = backlog_turns
+        # Below max_turns (but one at least): a backlog_turns as large (its default is
+        # database.pool_size, 10, beside a max_turns set lower) took every place after an
+        # outage, and each new message waited for one of the backlog's turns to end.
+        self._backlog_turns = max(1, min(backlog_turns, max_turns - 1))
         self._waiting: dict[int, _Work] = {}
         self._queued: dict[int, _Work] = {}
         self._running: set[asyncio.Task[None]] = set()
