@@ -59,6 +59,9 @@ def fallback_settings(primary: BackendSettings, fallback: FallbackSettings) -> B
             "base_url": fallback.base_url,
             "api_key": fallback.api_key,
             "max_model_len": fallback.max_model_len,
+            # The primary model's files: a replica of it counts with them; another model asks
+            # its own server (or estimates), never counting its tokens as the primary's.
+            "tokenizer": primary.tokenizer if fallback.model == primary.model else "",
             "fallbacks": [],
         }
     )

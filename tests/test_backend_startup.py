@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from backends.base import estimate_tokens
 from bot.app import Parley
 from bot.errors import BackendError, BackendUnavailable, ConfigError
 from bot.settings import load_settings
@@ -172,3 +173,30 @@ async def test_a_refused_api_key_names_the_setting(tmp_path: Path) -> None:
             async with Parley(settings):  # type: ignore[arg-type]
                 pass
     assert "sk-wrong" not in str(refused.value)
+
+
+async def test_a_fallback_of_another_model_does_not_count_with_the_primarys_tokenizer(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """backend.tokenizer holds the primary model's files, and a fallback took every setting it
+    does not name from [backend]: one serving another model counted its tokens with the
+    primary's tokenizer while the primary was down, and called them exact. It asks its own
+    server (this one has no /tokenize: the estimate)."""
+    async with SlowModel().serving() as url:
+        settings = load_settings(
+            None,
+            database={"url": f"sqlite+aiosqlite:///{tmp_path}/p.db"},
+            backend={
+                "kind": "openai",
+                "base_url": f"http://127.0.0.1:{_free_port()}",  # the primary is down
+                "model": "primary-model",
+                "tokenizer": str(tiny_model_dir),
+                "startup_wait_s": 0,
+                "fallbacks": [{"model": MODEL, "base_url": url}],
+            },
+        )
+        async with Parley(settings) as app:  # type: ignore[arg-type]
+            assert app.backend is not None
+            assert app.backend.capabilities.exact_token_counts is False
+            text = "The quick brown fox jumps over the lazy dog"
+            assert await app.backend.count_tokens([text]) == [estimate_tokens(text)]
