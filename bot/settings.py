@@ -650,15 +650,17 @@ class ConversationSettings(_Section):
     orphan_after_s: float = Field(5.0, gt=0)
     # The backlog (what the start-up recovery and the sweep find, e.g. after an outage): at
     # most this many of its conversations run turns at once in a worker, the others wait in
-    # memory, their messages pending in SQL; a new message's conversation never waits behind
-    # them. None: database.pool_size, so the backlog cannot queue for the pool's connections
-    # past its timeout, and the model keeps room for new messages. Below max_turns always
-    # (one at least): one place at least is left to new messages.
+    # memory, their messages pending in SQL; a new message's conversation does not wait
+    # behind them, but for one place the backlog always gets (a flood never stops it).
+    # None: database.pool_size, so the backlog cannot queue for the pool's connections past
+    # its timeout, and the model keeps room for new messages. Below max_turns always (one at
+    # least): one place at least is left to new messages.
     backlog_turns: int | None = Field(None, ge=1, le=10_000)
     # All turns: at most this many conversations run turns at once in a worker (one turn at a
     # time each), new messages' and the backlog's together; the others wait in memory, in the
     # order they came, their messages pending in SQL (a stop leaves them so), and a new
-    # message's take the next free place before the backlog's. Started all at once, a flood
+    # message's take the next free place before the backlog's (unless none of the
+    # backlog's runs: it always gets one). Started all at once, a flood
     # of messages across conversations queued for the pool's connections past its timeout.
     # None: backend.concurrency + the backlog's places, so that a full backlog leaves new
     # messages as many places as the model's client is sized for.

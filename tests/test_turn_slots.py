@@ -6,7 +6,7 @@ the backlog after an outage did before conversation.backlog_turns (tests/test_ba
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
 from backends.base import Chunk, GenerationRequest
@@ -220,4 +220,81 @@ async def test_a_backlog_as_large_as_the_places_leaves_one_to_new_messages(
         await app.manager.wait_idle()
         assert backend.most_held == 2
         assert all(sink.replies[key(n)] == [f"echo: question {n}"] for n in range(BACKLOG))
+        assert await app.store.conversations_with_pending() == []
+
+
+class OneByOne(HeldBackend):
+    """Holds every answer until its conversation is let go (`let_go`), or all of them
+    (`release`), and keeps whose requests it holds now."""
+
+    def __init__(self) -> None:
+        super().__init__(free=set())
+        self.sessions: list[str] = []
+        self._go: dict[str, asyncio.Event] = {}
+        self._now = asyncio.Condition()
+
+    def let_go(self, at: ConversationKey) -> None:
+        self._go.setdefault(str(at), asyncio.Event()).set()
+
+    async def holds(self, at: ConversationKey) -> None:
+        async with self._now:
+            await self._now.wait_for(lambda: str(at) in self.sessions)
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        session = request.session_id or ""
+        async with self._now:
+            self.sessions.append(session)
+            self._now.notify_all()
+        go = self._go.setdefault(session, asyncio.Event())
+        try:
+            waits = [asyncio.create_task(go.wait()), asyncio.create_task(self.release.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        finally:
+            self.sessions.remove(session)
+        async for chunk in ScriptedBackend.stream(self, request):
+            yield chunk
+
+
+async def test_a_flood_of_new_messages_leaves_the_backlog_one_place(database_url: str) -> None:
+    """Every place taken by new messages, and more of them waiting, when the recovery finds
+    a backlog: new messages took each place that freed, so under a flood that never ebbs the
+    backlog (older than all of them) never ran. The next free place goes to it now, while
+    no turn of the backlog runs; the others still go to new messages first."""
+    backend = OneByOne()
+    async with backlog_of(database_url, backend, max_turns=PLACES, backlog_turns=2) as (
+        app,
+        sink,
+    ):
+        try:
+            for n in range(2 * PLACES):
+                await app.manager.submit(message(chat(n), f"new {n}", f"new-{n}"))
+            for n in range(PLACES):
+                await backend.holds(chat(n))
+            # It finds the new messages' conversations too; they keep their places.
+            assert await app.manager.recover() == BACKLOG + 2 * PLACES
+            assert app.manager.turns_waiting() == {"new": PLACES, "backlog": BACKLOG}
+            backend.let_go(chat(0))
+            async with asyncio.timeout(30):
+                await backend.holds(key(0))
+            assert app.manager.turns_waiting() == {"new": PLACES, "backlog": BACKLOG - 1}
+            backend.let_go(chat(1))  # one of the backlog's runs: new messages first again
+            async with asyncio.timeout(30):
+                await backend.holds(chat(PLACES))
+            assert app.manager.turns_waiting() == {"new": PLACES - 1, "backlog": BACKLOG - 1}
+            for n in range(2 * PLACES):
+                backend.let_go(chat(n))
+            for n in range(BACKLOG):
+                backend.let_go(key(n))
+            await app.manager.wait_idle()
+        finally:
+            for n in range(2 * PLACES):
+                backend.let_go(chat(n))
+            for n in range(BACKLOG):
+                backend.let_go(key(n))
+        assert all(sink.replies[key(n)] == [f"echo: question {n}"] for n in range(BACKLOG))
+        assert all(sink.replies[chat(n)] == [f"echo: new {n}"] for n in range(2 * PLACES))
         assert await app.store.conversations_with_pending() == []

@@ -16,8 +16,9 @@ sweep:     every worker schedules conversations whose messages wait longer than
 slots:     at most `max_turns` conversations run turns at once per worker (one turn at a
            time each); the others wait in memory, in the order they came, their messages
            pending in SQL, and run as places free. What recover() and the sweep find (the
-           backlog) takes at most `backlog_turns` of the places, and only those no new
-           message's conversation waits for: a new message never waits behind the backlog.
+           backlog) takes at most `backlog_turns` of the places, and beyond its first only
+           those no new message's conversation waits for: new messages always keep the
+           others, and a flood of them never stops the backlog (one turn at a time).
 
 observe(): a group message not addressed to the bot, kept only where the chat opted in;
            recorded as answered-by-nothing, so no turn ever runs for it.
@@ -518,12 +519,17 @@ class ConversationManager:
 
     def _start_waiting(self) -> None:
         """Start waiting conversations while places are free: a new message's first, the
-        backlog's within its own bound. None once a stop began: they stay pending in SQL, for
-        another worker's sweep or the next start."""
+        backlog's within its own bound, but one of the backlog's always (with two places or
+        more). None once a stop began: they stay pending in SQL, for another worker's sweep
+        or the next start."""
         if self._stopping.is_set() or self._closing:
             return
         while len(self._running) < self._max_turns:
-            if self._waiting:
+            if self._queued and not self._backlog_running and self._max_turns > 1:
+                # The backlog always has one place: under a flood that never ebbs, what the
+                # recovery found (older than every new message) would otherwise never run.
+                work, backlog = self._queued.pop(next(iter(self._queued))), True
+            elif self._waiting:
                 work, backlog = self._waiting.pop(next(iter(self._waiting))), False
             elif self._queued and len(self._backlog_running) < self._backlog_turns:
                 work, backlog = self._queued.pop(next(iter(self._queued))), True
