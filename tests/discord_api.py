@@ -76,8 +76,9 @@ SUPPRESS_EMBEDS = 1 << 2
 # ")"). Not one in code, shown as written; not one written <like this> (a masked link's
 # [text](<like this>) too), which Discord shows with no embed: a link starting with "<" whose
 # run closes with ">" (the client's reading: what follows the ">" is not the link's).
-# A fence left open is no code block to Discord: "```" shows as it is, the rest as Markdown.
-_CODE = re.compile(r"```.*?```|`[^`\n]+`", re.S)
+# A fence left open is no code block to Discord: "```" shows as it is, the rest as Markdown;
+# nor is a backtick after a backslash (shown as a backtick).
+_CODE = re.compile(r"(?<!\\)(?:```.*?```|`[^`\n]+`)", re.S)
 _LINK = re.compile(r"<?https?://[^\s<]+[^<.,:;\"')\]\s]", re.I)
 _WRAPPED = re.compile(r"<https?://[^\s<>]+>", re.I)
 # What the gateway queue carries to ask a shard's connection for a RECONNECT.

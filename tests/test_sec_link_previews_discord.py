@@ -99,6 +99,19 @@ async def test_pieces_full_of_links_stay_within_discords_limit(tmp_path: Path) -
         assert h.api.unfurled == []
 
 
+async def test_backticks_written_as_text_embed_no_link(tmp_path: Path) -> None:
+    """A backslash before a backtick shows the backtick as text (Discord's escape): a link
+    between two such is no code, and was sent unbracketed in the deferred response, which
+    has no flag, and unfurled."""
+    answer = f"Type \\`{EXFIL} \\` to see it."
+    async with discord_harness(tmp_path, ScriptedBackend(lambda r: answer)) as h:
+        slash = ev.interaction_create("summarize", "The crane moved the tea. " * 40)
+        await h.command(slash)
+        await h.idle()
+        assert h.api.unfurled == []
+        assert h.api.texts(ev.DM) == [f"Type \\`<{EXFIL}> \\` to see it."]
+
+
 async def test_a_code_block_streaming_in_embeds_no_link(tmp_path: Path) -> None:
     """A link in a code block is no link to Discord, but only once the block is closed: while
     the answer streams, the deferred response (which has no flag) showed "```" and the link
@@ -137,6 +150,8 @@ async def test_a_code_block_streaming_in_embeds_no_link(tmp_path: Path) -> None:
         ("`curl https://a.example/x` and\n```\nhttps://a.example/y\n```",) * 2,
         # A fence not (yet) closed is no code block to Discord: its text shows as Markdown.
         ("```\ncurl https://a.example/y", "```\ncurl <https://a.example/y>"),
+        # A backslash before a backtick shows the backtick as text: no code there either.
+        ("\\`https://a.example/y?d=1 \\`", "\\`<https://a.example/y?d=1> \\`"),
         ("@everyone: https://a.example/@here", "@\u200beveryone: <https://a.example/@here>"),
     ],
 )

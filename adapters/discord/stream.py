@@ -60,14 +60,15 @@ MAX_MESSAGE = 2000  # characters of a message's content
 # Code (closed fenced blocks and inline spans), where nothing renders as a mention or a link
 # (nor is unfurled) and is left as written: a fence not (yet) closed is no code block to
 # Discord, which shows "```" and the text after it as Markdown, links unfurled (a streaming
-# answer's edit before its closing fence came); or @everyone /
+# answer's edit before its closing fence came), nor does a backtick after a backslash open
+# one (it shows as a backtick); or @everyone /
 # @here standing as a word: not after a letter, digit or an address's punctuation, and not
 # followed by a word character; or an http(s) link as Discord's Markdown finds one: already
 # <in angle brackets>; a masked link's target, [text](https://...), which runs to the ")"
 # that closes it (a "(...)" inside it is kept); any other, from its scheme to a space or "<",
 # an unclosed "<" before it included.
 _CODE_MENTION_OR_LINK = re.compile(
-    r"(```.*?```|`[^`\n]+`)|(?<![\w.@/+-])@(everyone|here)\b"
+    r"((?<!\\)(?:```.*?```|`[^`\n]+`))|(?<![\w.@/+-])@(everyone|here)\b"
     r"|(?i:(<https?://[^\s<>]+>)|(?<=\]\()(https?://(?:\([^()\s]*\)|[^()\s<>\\])+)(?=\))"
     r"|(<?)(https?://[^\s<]+))",
     re.S,
