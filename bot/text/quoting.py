@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 _BACKTICKS = re.compile(r"`+")
 _QUOTES = re.compile('["\u201c\u201d\u201e\u201f\u2033\uff02]')
-_NOT_IN_A_LABEL = re.compile(r"[^\w .'-]")
+# Hangul fillers (U+115F, U+1160; U+3164 and U+FFA0 fold to U+1160) are letters to Unicode,
+# so `\w` keeps them, but they show nothing: the usual "blank" display name.
+_NOT_IN_A_LABEL = re.compile(r"[^\w .'-]|[\u115f\u1160]")
 
 
 def fenced(text: str) -> str:
@@ -88,9 +90,10 @@ def quoted(said: Said) -> str:
 
 def speaker(name: str) -> str:
     """A member's display name as a label: letters, digits, spaces and `.'-` only, after NFKC
-    (fullwidth and compatibility forms folded; invisible format characters and every colon
-    or bracket dropped), so that it can neither end early, hold another label, nor read as
-    the bot's. The transcripts' labels (/summarize, /history) and a shared conversation's
-    prompt turns (bot.conversation.window.speaker_prefix) are all this one."""
+    (fullwidth and compatibility forms folded; invisible format characters, Hangul fillers
+    and every colon or bracket dropped), so that it can neither end early, hold another
+    label, be invisible, nor read as the bot's. The transcripts' labels (/summarize,
+    /history) and a shared conversation's prompt turns (bot.conversation.window.
+    speaker_prefix) are all this one."""
     folded = unicodedata.normalize("NFKC", name)
     return " ".join(_NOT_IN_A_LABEL.sub(" ", folded).split()) or "someone"
