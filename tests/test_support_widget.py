@@ -307,6 +307,37 @@ async def test_a_masked_link_shows_the_host_it_goes_to(stack: Stack, browser: An
         ]
 
 
+async def test_an_address_that_reads_as_another_host_shows_where_it_goes(
+    stack: Stack, browser: Any
+) -> None:
+    """A link whose text is its own address was shown as it is, bare or masked; but an
+    address can read as another host: "https://shop.example@evil.example/" goes to
+    evil.example (the shop's name is a user name), and "https://аpple.example" (a Cyrillic
+    "а") to xn--pple-43d.example. Where the host as written is not the one it goes to, or the
+    address names a user, the host follows it; an address as it is goes on as it was."""
+    stack.backend.script(
+        [
+            "Pay at https://shop.example@evil.example/pay?d=s3cret or ",
+            "[https://shop.example@evil.example/](https://shop.example@evil.example/), ",
+            "[shop.example@evil.example](https://shop.example@evil.example/), ",
+            "log in at https://\u0430pple.example/login, not https://SHOP.example/help .",
+        ],
+        gated=False,
+    )
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "Where do I pay?")
+        assert await final_answer(page) == (
+            "Pay at https://shop.example@evil.example/pay?d=s3cret (evil.example) or "
+            "https://shop.example@evil.example/ (evil.example), "
+            "shop.example@evil.example (evil.example), "
+            "log in at https://\u0430pple.example/login (xn--pple-43d.example), "
+            "not https://SHOP.example/help ."
+        )
+
+
 async def test_arabic_is_written_right_to_left(stack: Stack, browser: Any) -> None:
     stack.backend.script(["يمكنك إرجاع المنتج ", "خلال ثلاثين يومًا."], gated=False)
     async with parley_serving(stack):

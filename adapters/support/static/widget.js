@@ -134,14 +134,23 @@
     return a;
   }
 
-  // A masked link's text is the model's (a prompt injection's, maybe): where it goes is
-  // shown after it, as the URL parser spells the host (punycode for look-alike letters).
+  // A link's text is the model's (a prompt injection's, maybe): where it goes is shown
+  // after it, as the URL parser spells the host (punycode for look-alike letters), unless
+  // the text is that address. An address can read as another host: one that names a user
+  // (https://shop.example@evil.example/ goes to evil.example), or whose host as written is
+  // not the parser's (a look-alike letter): its host is shown too, bare or masked.
   const bareAddress = (s) => s.trim().replace(/^https?:\/\//i, "").replace(/\/+$/, "");
+  const writtenHost = (s) => /^\s*https?:\/\/([^/?#\s]*)/i.exec(s)?.[1].toLowerCase();
   function destination(label, url) {
-    const host = new URL(url).host;
+    const parsed = new URL(url);
+    const host = parsed.host;
+    const shown = el("span", { class: "host", text: ` (${host})` });
+    if (parsed.username || parsed.password) return shown;
+    const written = writtenHost(label);
+    if (written !== undefined) return written === host ? null : shown;
     const text = bareAddress(label).toLowerCase();
     if (text === bareAddress(url).toLowerCase() || text === host) return null;
-    return el("span", { class: "host", text: ` (${host})` });
+    return shown;
   }
 
   // ---- Markdown to nodes, never through HTML ------------------------------------------
@@ -175,7 +184,8 @@
         } else out.append(inline(label, inLink));
       } else if (bare) {
         const url = safeUrl(bare);
-        out.append(url && !inLink ? link(url, bare) : bare);
+        if (url && !inLink) out.append(link(url, bare), destination(bare, url) ?? "");
+        else out.append(bare);
       } else if (m[0].length > 2) out.append(el("em", {}, inline(em1 || em2 || "", inLink)));
       else out.append(m[0]);
     }
