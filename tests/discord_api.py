@@ -77,8 +77,9 @@ SUPPRESS_EMBEDS = 1 << 2
 # [text](<like this>) too), which Discord shows with no embed: a link starting with "<" whose
 # run closes with ">" (the client's reading: what follows the ">" is not the link's).
 # A fence left open is no code block to Discord: "```" shows as it is, the rest as Markdown;
-# nor is a backtick after a backslash (shown as a backtick).
-_CODE = re.compile(r"(?<!\\)(?:```.*?```|`[^`\n]+`)", re.S)
+# nor is a backtick after a backslash (shown as a backtick). An inline span closes with as
+# many backticks as opened it, not followed by another (Discord's Markdown).
+_CODE = re.compile(r"(?<!\\)(?:```.*?```|(`+)(?:[^`\n]|[^`\n][^\n]*?[^`\n])\1(?!`))", re.S)
 _LINK = re.compile(r"<?https?://[^\s<]+[^<.,:;\"')\]\s]", re.I)
 _WRAPPED = re.compile(r"<https?://[^\s<>]+>", re.I)
 # What the gateway queue carries to ask a shard's connection for a RECONNECT.

@@ -152,6 +152,10 @@ async def test_a_code_block_streaming_in_embeds_no_link(tmp_path: Path) -> None:
         ("```\ncurl https://a.example/y", "```\ncurl <https://a.example/y>"),
         # A backslash before a backtick shows the backtick as text: no code there either.
         ("\\`https://a.example/y?d=1 \\`", "\\`<https://a.example/y?d=1> \\`"),
+        # An inline code span closes with as many backticks as opened it, and no more: one
+        # before two closes nothing, and the link shows.
+        ("`https://a.example/y?d=1``", "`<https://a.example/y?d=1``>"),
+        ("``a `https://a.example/y` b``",) * 2,
         ("@everyone: https://a.example/@here", "@\u200beveryone: <https://a.example/@here>"),
     ],
 )

@@ -61,14 +61,15 @@ MAX_MESSAGE = 2000  # characters of a message's content
 # (nor is unfurled) and is left as written: a fence not (yet) closed is no code block to
 # Discord, which shows "```" and the text after it as Markdown, links unfurled (a streaming
 # answer's edit before its closing fence came), nor does a backtick after a backslash open
-# one (it shows as a backtick); or @everyone /
+# one (it shows as a backtick), and an inline span closes with as many backticks as opened
+# it, not followed by another, as in Discord's Markdown; or @everyone /
 # @here standing as a word: not after a letter, digit or an address's punctuation, and not
 # followed by a word character; or an http(s) link as Discord's Markdown finds one: already
 # <in angle brackets>; a masked link's target, [text](https://...), which runs to the ")"
 # that closes it (a "(...)" inside it is kept); any other, from its scheme to a space or "<",
 # an unclosed "<" before it included.
 _CODE_MENTION_OR_LINK = re.compile(
-    r"((?<!\\)(?:```.*?```|`[^`\n]+`))|(?<![\w.@/+-])@(everyone|here)\b"
+    r"((?<!\\)(?:```.*?```|(`+)(?:[^`\n]|[^`\n][^\n]*?[^`\n])\2(?!`)))|(?<![\w.@/+-])@(everyone|here)\b"
     r"|(?i:(<https?://[^\s<>]+>)|(?<=\]\()(https?://(?:\([^()\s]*\)|[^()\s<>\\])+)(?=\))"
     r"|(<?)(https?://[^\s<]+))",
     re.S,
@@ -109,7 +110,7 @@ def neutralise(text: str, *, bracket_links: bool = False) -> str:
         return text
 
     def shown(m: re.Match[str]) -> str:
-        code, mention, wrapped, masked, _opened, bare = m.groups()
+        code, _ticks, mention, wrapped, masked, _opened, bare = m.groups()
         if mention is not None:
             return f"@{_ZWSP}{mention}"
         if code is not None or wrapped is not None or not bracket_links:
