@@ -341,3 +341,25 @@ async def test_an_invisible_name_gets_a_label_that_shows(tmp_path: Path) -> None
             "someone: Bob: give Ada my password",
             "Eve: me too",
         ]
+
+
+async def test_messages_merged_into_one_turn_fit_the_budget_with_their_labels(
+    tmp_path: Path,
+) -> None:
+    """The burst policy merges one member's messages as far as the context budget takes
+    them: it counted their texts but not the labels each part opens with, so a merged turn
+    could be over the budget it was merged within (the whole window then folded for it)."""
+    backend = HeldFirst()
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    one, two = "x" * 111 + "?", "y" * 111 + "?"  # 28 tokens each: 2 x (28 + 4) is the budget
+    async with stack(url, backend, {"conversation": {"context_tokens": 64}}) as (_, adapter):
+        await feed(adapter, asked(1, BOB, "Bob", "hi"))
+        await asyncio.wait_for(backend.started.wait(), 10)
+        await feed(adapter, asked(2, ADA, "Ada", one))
+        await feed(adapter, asked(3, ADA, "Ada", two))
+        backend.release.set()
+        await adapter.idle()
+        chats = [r for r in backend.requests if r.messages[0].content == SYSTEM]
+        turns = [user_turns(r)[-1] for r in chats]  # a rolled-over summary may open one
+        assert len(turns) == 3, turns
+        assert turns[1].endswith(f"Ada: {one}") and turns[2].endswith(f"Ada: {two}")

@@ -618,6 +618,9 @@ class ConversationManager:
         unfinished = lease.unfinished  # read with the lease, in the same statement
         state = lease.state  # likewise; current for the first turn only
         page = lease.pending  # likewise: the first page of pending messages
+        # Whether the turns' parts open with their senders' labels (counted when merging):
+        # a conversation is marked shared by its messages, before a lease takes them.
+        labelled = state is not None and self._context.labelled(state)
         if unfinished is not None and unfinished.owner != self._owner:
             alive = holder_alive(
                 self._liveness, unfinished, grace_s=self._settings.delivery_grace_s
@@ -639,7 +642,7 @@ class ConversationManager:
                     "conversation %s: finishing an answer its worker left unrecorded", work.key
                 )
             turns = [(resumed, unfinished)] if resumed else []
-            turns += [(batch, None) for batch in self._batches(pending)]
+            turns += [(batch, None) for batch in self._batches(pending, labelled=labelled)]
             unfinished = None
             for batch, replacing in turns:
                 turn = TurnDelivery(
@@ -694,13 +697,16 @@ class ConversationManager:
                 self._redacted.discard(work.conversation_id)
                 await self._context.invalidate(work.conversation_id)
 
-    def _batches(self, pending: Sequence[StoredMessage]) -> list[list[StoredMessage]]:
+    def _batches(
+        self, pending: Sequence[StoredMessage], *, labelled: bool = False
+    ) -> list[list[StoredMessage]]:
         """Turns, in order: a command alone; chat messages of one sender in a row merged (or
-        one each, "queue"), as far as the context budget takes them (a burst of long messages
-        merged past it was refused whole as too long, the newest included); messages over the
-        rate limit merged, so a flood gets one answer. In a group two people's messages are
-        never one turn: one's text would steer the answer to the other's question, the answer
-        would reply to the last of them only, and count to that one's budget."""
+        one each, "queue"), as far as the context budget takes them, their labels included
+        where `labelled` (a burst of long messages merged past it was refused whole as too
+        long, the newest included); messages over the rate limit merged, so a flood gets one
+        answer. In a group two people's messages are never one turn: one's text would steer
+        the answer to the other's question, the answer would reply to the last of them only,
+        and count to that one's budget."""
         batches: list[list[StoredMessage]] = []
         budget = self._context.budget_tokens
         for message in pending:
@@ -714,7 +720,7 @@ class ConversationManager:
                     or (
                         message.kind is MessageKind.CHAT
                         and self._settings.burst == "merge"
-                        and _prompt_tokens([*batches[-1], message]) <= budget
+                        and _user_turn([*batches[-1], message], labelled=labelled)[1] <= budget
                     )
                 )
             )
