@@ -363,3 +363,24 @@ async def test_messages_merged_into_one_turn_fit_the_budget_with_their_labels(
         turns = [user_turns(r)[-1] for r in chats]  # a rolled-over summary may open one
         assert len(turns) == 3, turns
         assert turns[1].endswith(f"Ada: {one}") and turns[2].endswith(f"Ada: {two}")
+
+
+async def test_names_written_with_combining_marks_keep_them(tmp_path: Path) -> None:
+    """A vowel sign or an accent is a combining mark, not a letter to `\\w`: "अनिल" was
+    labelled "अन ल" and "สมชาย" "สมช ย" (Hindi, Thai, Arabic with its vowel marks: names
+    the label broke in two). Marks stay with their letter now, at most three a letter (a
+    stack of them is decoration), and one that shows nothing is dropped."""
+    backend = ScriptedBackend(lambda r: "Noted.")
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    names = ["अनिल", "สมชาย", "محمّد", "Zo\u0308e", "Ev" + "\u0301" * 12 + "e\u034f"]
+    async with stack(url, backend, {}) as (_, adapter):
+        for n, name in enumerate(names, start=1):
+            await feed(adapter, asked(n, 20 + n, name, f"hi {n}"))
+            await adapter.idle()
+        assert user_turns(backend.requests[-1]) == [
+            "अनिल: hi 1",
+            "สมชาย: hi 2",
+            "محمّد: hi 3",
+            "Zöe: hi 4",  # composed by NFKC
+            "Ev" + "\u0301" * 3 + "e: hi 5",
+        ]

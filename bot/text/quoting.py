@@ -12,6 +12,12 @@ _QUOTES = re.compile('["\u201c\u201d\u201e\u201f\u2033\uff02]')
 # Hangul fillers (U+115F, U+1160; U+3164 and U+FFA0 fold to U+1160) are letters to Unicode,
 # so `\w` keeps them, but they show nothing: the usual "blank" display name.
 _NOT_IN_A_LABEL = re.compile(r"[^\w .'-]|[\u115f\u1160]")
+# Combining marks that show nothing of their own (the grapheme joiner, variation selectors,
+# Mongolian and Khmer ones): dropped like the fillers. Every other mark is part of a letter.
+_INVISIBLE_MARKS = re.compile("[\u034f\u17b4\u17b5\u180b-\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
+# Marks a letter may carry in a label: Devanagari, Thai and the like need two at most (a
+# vowel sign and another); a stack of them is decoration that would cover the label's line.
+_MARKS_A_LETTER = 3
 
 
 def fenced(text: str) -> str:
@@ -89,11 +95,25 @@ def quoted(said: Said) -> str:
 
 
 def speaker(name: str) -> str:
-    """A member's display name as a label: letters, digits, spaces and `.'-` only, after NFKC
-    (fullwidth and compatibility forms folded; invisible format characters, Hangul fillers
-    and every colon or bracket dropped), so that it can neither end early, hold another
+    """A member's display name as a label: letters, digits, spaces and `.'-` only, after NFKC,
+    a letter with its combining marks (three at most: a vowel sign, an accent) (fullwidth and
+    compatibility forms folded; invisible format characters and marks, Hangul fillers and
+    every colon or bracket dropped), so that it can neither end early, hold another
     label, be invisible, nor read as the bot's. The transcripts' labels (/summarize,
     /history) and a shared conversation's prompt turns (bot.conversation.window.
     speaker_prefix) are all this one."""
     folded = unicodedata.normalize("NFKC", name)
-    return " ".join(_NOT_IN_A_LABEL.sub(" ", folded).split()) or "someone"
+    kept: list[str] = []
+    marks = 0  # on the letter kept last
+    for char in folded:
+        if unicodedata.category(char) in ("Mn", "Mc"):
+            # A vowel sign or an accent of the letter before it ("अनिल", "สมชาย"): kept with
+            # it, where `\w` alone turned every one into a space. Anywhere else, dropped.
+            carried = kept and (kept[-1].isalnum() or 0 < marks < _MARKS_A_LETTER)
+            if carried and not _INVISIBLE_MARKS.match(char):
+                kept.append(char)
+                marks += 1
+            continue
+        marks = 0
+        kept.append(" " if _NOT_IN_A_LABEL.match(char) else char)
+    return " ".join("".join(kept).split()) or "someone"
