@@ -7,6 +7,7 @@ but the guards of what already worked (named "still", "wrong", "debug", "paralle
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -95,6 +96,16 @@ def test_utf16_files_without_a_bom_are_read_as_in_a_chat() -> None:
 def test_a_binary_file_is_still_refused() -> None:
     with pytest.raises(LoaderError, match="binary"):
         load(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), Path("logo.md"))
+
+
+def test_sixteen_bit_numbers_are_not_utf16_text() -> None:
+    """A table of little- or big-endian 16-bit numbers (a sound, a bitmap, a font's table)
+    has its NUL bytes on one side of each pair, as UTF-16 text has: it was stored as control
+    characters once UTF-16 without a byte-order mark was read, where it was refused before."""
+    for order in ("<", ">"):
+        data = struct.pack(f"{order}2048H", *(i % 256 for i in range(2048)))
+        with pytest.raises(LoaderError, match="binary"):
+            load(data, Path("table.md"))
 
 
 def test_html_declaring_its_encoding_in_a_meta_tag() -> None:

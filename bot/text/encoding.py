@@ -37,13 +37,23 @@ def is_binary(data: bytes) -> bool:
 def utf16_layout(sample: bytes) -> str | None:
     """ "utf-16-le" or "-be" when the sample's NUL bytes are those of UTF-16 text: a quarter
     of its bytes or more, nearly all on one side of each pair (the high byte of an ASCII or
-    Latin-1 character); None otherwise. An archive's or image's NULs fall on both sides."""
+    Latin-1 character), and no more than one character in 20 a control one; None otherwise.
+    An archive's or image's NULs fall on both sides; a table of 16-bit numbers (a sound, a
+    bitmap) has them on one side too, but beside control bytes, not letters."""
     if len(sample) < _MIN_UTF16_SAMPLE or sample.count(0) <= len(sample) // 4:
         return None
     high, low = sample[0::2].count(0), sample[1::2].count(0)
     if min(high, low) * 10 > max(high, low):
         return None
-    return "utf-16-be" if high > low else "utf-16-le"
+    layout = "utf-16-be" if high > low else "utf-16-le"
+    units = len(sample) // 2
+    first, second = (sample[0::2], sample[1::2]) if high > low else (sample[1::2], sample[0::2])
+    controls = sum(
+        1
+        for upper, lower in zip(first[:units], second[:units], strict=True)
+        if upper == 0 and lower < 32 and lower not in _TEXT_CONTROLS
+    )
+    return None if controls * 20 > units else layout
 
 
 def decode_document(data: bytes, *, html: bool = False) -> str:
