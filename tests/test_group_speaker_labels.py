@@ -384,3 +384,25 @@ async def test_names_written_with_combining_marks_keep_them(tmp_path: Path) -> N
             "Zöe: hi 4",  # composed by NFKC
             "Ev" + "\u0301" * 3 + "e: hi 5",
         ]
+
+
+async def test_marks_that_read_as_a_colon_or_cover_a_letter_are_dropped(tmp_path: Path) -> None:
+    """A mark is kept with its letter, but a visarga (Devanagari's, Tibetan's, Myanmar's...)
+    draws a colon: "Bobः Mallory" read "Bobः Mallory: hi", Bob's label and then Mallory's
+    words, as far as anyone reading can tell, where every mark was a space before. An overlay
+    (a stroke, a slash, a bar over the letter) hides the letter it is drawn on, and a mark
+    after a digit is on no letter ("0̸" reads as "Ø"). They are dropped."""
+    backend = ScriptedBackend(lambda r: "Noted.")
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    names = ["Bob\u0903 Mallory", "Bob\u0f7f Mallory", "A\u20d2da", "Ev\u0338e", "R2\u0338D2"]
+    async with stack(url, backend, {}) as (_, adapter):
+        for n, name in enumerate(names, start=1):
+            await feed(adapter, asked(n, 20 + n, name, f"hi {n}"))
+            await adapter.idle()
+        assert user_turns(backend.requests[-1]) == [
+            "Bob Mallory: hi 1",
+            "Bob Mallory: hi 2",
+            "Ada: hi 3",
+            "Eve: hi 4",
+            "R2D2: hi 5",
+        ]

@@ -15,6 +15,9 @@ _NOT_IN_A_LABEL = re.compile(r"[^\w .'-]|[\u115f\u1160]")
 # Combining marks that show nothing of their own (the grapheme joiner, variation selectors,
 # Mongolian and Khmer ones): dropped like the fillers. Every other mark is part of a letter.
 _INVISIBLE_MARKS = re.compile("[\u034f\u17b4\u17b5\u180b-\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
+# Marks that draw a colon beside their letter (a visarga, in Brahmic scripts and others):
+# "Bobः Mallory" would read as Bob's label and then Mallory's. Known by their names.
+_COLON_MARK_NAMES = ("VISARGA", "RNAM BCAD", "REAHMUK", "BISAH", "WIGNYAN")
 # Marks a letter may carry in a label: Devanagari, Thai and the like need two at most (a
 # vowel sign and another); a stack of them is decoration that would cover the label's line.
 _MARKS_A_LETTER = 3
@@ -94,6 +97,15 @@ def quoted(said: Said) -> str:
     return f'{said.who}: "{text}"'
 
 
+def _shows_as_part_of_its_letter(mark: str) -> bool:
+    """Not invisible, not drawn over the letter (an overlay, combining class 1: a stroke or a
+    slash that hides it) and not a colon beside it."""
+    if _INVISIBLE_MARKS.match(mark) or unicodedata.combining(mark) == 1:
+        return False
+    name = unicodedata.name(mark, "")
+    return not any(word in name for word in _COLON_MARK_NAMES)
+
+
 def speaker(name: str) -> str:
     """A member's display name as a label: letters, digits, spaces and `.'-` only, after NFKC,
     a letter with its combining marks (three at most: a vowel sign, an accent) (fullwidth and
@@ -108,9 +120,10 @@ def speaker(name: str) -> str:
     for char in folded:
         if unicodedata.category(char) in ("Mn", "Mc"):
             # A vowel sign or an accent of the letter before it ("अनिल", "สมชาย"): kept with
-            # it, where `\w` alone turned every one into a space. Anywhere else, dropped.
-            carried = kept and (kept[-1].isalnum() or 0 < marks < _MARKS_A_LETTER)
-            if carried and not _INVISIBLE_MARKS.match(char):
+            # it, where `\w` alone turned every one into a space. Anywhere else (after a
+            # digit too), or one that hides its letter or reads as a colon, dropped.
+            carried = kept and (kept[-1].isalpha() or 0 < marks < _MARKS_A_LETTER)
+            if carried and _shows_as_part_of_its_letter(char):
                 kept.append(char)
                 marks += 1
             continue
