@@ -147,9 +147,9 @@ def labelled_text(parts: Sequence[tuple[str, str]]) -> tuple[str, int]:
     its sender's label, and the tokens the labels add (estimated: the same figure in process
     and in a rebuild from SQL). The burst policy merges only one sender's messages in a row,
     so a turn's parts are one member's; each is labelled all the same, as its own message."""
-    prefixes = [speaker_prefix(name) for name, _ in parts]
-    texts = [prefix + text for prefix, (_, text) in zip(prefixes, parts, strict=True)]
-    return merge_user_texts(texts), sum(estimate_tokens(prefix) for prefix in prefixes)
+    labels = [speaker_prefix(name) for name, _ in parts]
+    texts = [label + text for label, (_, text) in zip(labels, parts, strict=True)]
+    return merge_user_texts(texts), sum(estimate_tokens(label) for label in labels)
 
 
 def turns_from_rows(
