@@ -91,8 +91,9 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
         elif args.action == "downgrade":
             revision = args.revision or "-1"
             if not args.yes:  # a downgrade drops what the revisions it undoes created
+                target = "one revision" if revision == "-1" else f"to {revision}"
                 raise ConfigError(
-                    f"db downgrade: going back to {revision} removes the tables and columns of "
+                    f"db downgrade: going back {target} removes the tables and columns of "
                     "each revision it undoes, with their data; back up the database, then run "
                     "it again with --yes"
                 )

@@ -69,7 +69,7 @@ def test_kb_commands_show_collections_and_the_move(
         "0 added, 1 updated, 0 unchanged, 0 failed",
         f"{source}: moved from the default collection to 'shop'",
     ]
-    assert f"updated {source} (1 chunks), moved from the default collection to 'shop'" in err
+    assert f"updated {source} (1 chunk), moved from the default collection to 'shop'" in err
 
     assert main(["kb", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()

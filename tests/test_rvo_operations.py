@@ -91,9 +91,12 @@ def test_a_downgrade_needs_yes_and_without_it_changes_nothing(tmp_path: Path) ->
     it now says what it would remove and touches nothing; with it, it steps back."""
     assert _parley(tmp_path, "db", "upgrade").returncode == 0
     head = _parley(tmp_path, "db", "current").stdout
-    for args in (("db", "downgrade"), ("db", "downgrade", "base")):
+    for args, says in (
+        (("db", "downgrade"), "going back one revision"),
+        (("db", "downgrade", "base"), "going back to base"),
+    ):
         err = _one_line(_parley(tmp_path, *args), 2)
-        assert "--yes" in err and "with their data" in err
+        assert "--yes" in err and "with their data" in err and says in err
         assert _parley(tmp_path, "db", "current").stdout == head
     done = _parley(tmp_path, "db", "downgrade", "--yes")
     assert done.returncode == 0, done.stderr

@@ -168,6 +168,7 @@ def _describe(result: FileResult) -> str:
     source = printable(result.source)
     if result.outcome is Outcome.FAILED:
         return f"failed {source}: {printable(result.reason)}"
-    chunks = f" ({result.chunks} chunks)" if result.chunks else ""
+    unit = "chunk" if result.chunks == 1 else "chunks"
+    chunks = f" ({result.chunks} {unit})" if result.chunks else ""
     move = f", {printable(result.move)}" if result.move else ""
     return f"{result.outcome.value} {source}{chunks}{move}"
