@@ -28,7 +28,7 @@ from pathlib import PurePosixPath
 
 from bot import phrases
 from bot.settings import DocumentSettings
-from bot.text.encoding import decode_document, is_binary
+from bot.text.encoding import decode_document, is_binary, mostly_controls
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,8 @@ def extract(kind: str, data: bytes, max_pages: int, max_chars: int) -> str:
         text = "\n\n".join(section.text for section in loaded.sections)
     else:
         text = decode_document(data)
+    if kind != "pdf" and mostly_controls(text):  # control bytes without a NUL among them
+        raise DocumentRefused(phrases.DOC_UNSUPPORTED)
     if len(text) > max_chars:
         raise DocumentRefused(phrases.DOC_TOO_LONG, chars=max_chars)
     return text

@@ -79,6 +79,6 @@ def test_kb_commands_show_collections_and_the_move(
 
     assert main(["kb", "list", "--collection", "shop"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and "FAQ" in lines[1] and lines[-1] == "1 documents, 1 chunks"
+    assert len(lines) == 3 and "FAQ" in lines[1] and lines[-1] == "1 document, 1 chunk"
     assert main(["kb", "list", "--collection", "nope"]) == 0
     assert capsys.readouterr().out == "no documents in 'nope'\n"

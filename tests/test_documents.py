@@ -546,3 +546,16 @@ def test_a_typed_summarize_request_keeps_its_text_after_a_parenthesis(typed: str
 
     found = match_summarize(typed)
     assert found is not None and "The harbour opens at dawn" in found, found
+
+
+def test_a_file_of_control_bytes_without_a_nul_is_refused_as_not_text() -> None:
+    """Control bytes with no NUL among them passed `is_binary` and became the document's
+    "text" for the model (and 4 chunks of them in the knowledge base). Text with a few
+    control characters, an escape-coloured log among them, is still text."""
+    controls = bytes([1, 2, 3, 4, 5, 6, 7, 8, 11, 14, 15, 16, 17, 18, 19, 20]) * 300
+    for kind in ("text", "html"):
+        with pytest.raises(DocumentRefused) as refused:
+            extract(kind, controls, 50, 200_000)
+        assert refused.value.sentence == phrases.DOC_UNSUPPORTED
+    log = b"\x1b[32mINFO\x1b[0m started\x07\n" * 50
+    assert extract("text", log, 50, 200_000).startswith("\x1b[32mINFO")

@@ -99,7 +99,7 @@ def test_the_zebra_file_is_added_as_its_bytes_say(
     assert main(["kb", "add", str(f)]) == 0
     capsys.readouterr()
     assert main(["kb", "list"]) == 0
-    assert "1 documents" in capsys.readouterr().out
+    assert "1 document," in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

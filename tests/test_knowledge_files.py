@@ -327,7 +327,7 @@ def test_a_right_to_left_override_is_shown_not_obeyed() -> None:
     printer(1, 2, FileResult("/d/\u202egpj.md", Outcome.ADDED, chunks=1))
     printer(2, 2, FileResult("/d/\u2067שלום.md", Outcome.FAILED, reason="\u202bنص\u202c"))
     assert out.getvalue().splitlines() == [
-        "[1/2] added /d/\ufffdgpj.md (1 chunks)",
+        "[1/2] added /d/\ufffdgpj.md (1 chunk)",
         "[2/2] failed /d/\ufffdשלום.md: \ufffdنص\ufffd",
     ]
 

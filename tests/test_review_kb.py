@@ -420,3 +420,16 @@ def test_a_title_or_heading_over_two_lines_cites_as_one_line(tmp_path: Path) -> 
     listed = sources(passages, "Sources:").splitlines()
     assert listed[0] == "Sources:"
     assert [line[:4] for line in listed[1:]] == ["[1] ", "[2] "]
+
+
+async def test_review_kb_a_file_of_control_bytes_is_reported(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    # With no NUL among them, control bytes were indexed as 4 chunks of "text".
+    controls = bytes([1, 2, 3, 4, 5, 6, 7, 8, 11, 14, 15, 16, 17, 18, 19, 20]) * 300
+    (tmp_path / "noise.txt").write_bytes(controls)
+    (tmp_path / "bell.txt").write_bytes(b"Ring the bell\x07 twice.\n" * 20)
+    report = await kb.add([tmp_path / "noise.txt", tmp_path / "bell.txt"])
+    outcomes = {Path(f.source).name: (f.outcome, f.reason) for f in report.files}
+    assert outcomes["noise.txt"] == (Outcome.FAILED, "a binary file, not text")
+    assert outcomes["bell.txt"][0] is Outcome.ADDED

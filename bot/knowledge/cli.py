@@ -104,7 +104,8 @@ async def _list(kb: KnowledgeBase, collection: str | None) -> int:
     print(f"{'CHUNKS':>6}  {'SIZE':>7}  {'UPDATED':16}  {'COLLECTION':{width}}  TITLE  (SOURCE)")
     for doc in documents:
         print(_document_line(doc, width))
-    print(f"{len(documents)} documents, {sum(d.chunks for d in documents)} chunks")
+    chunks = sum(d.chunks for d in documents)
+    print(f"{_count(len(documents), 'document')}, {_count(chunks, 'chunk')}")
     return 0
 
 
@@ -164,11 +165,14 @@ class ProgressPrinter:
         self._stream.flush()
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _describe(result: FileResult) -> str:
     source = printable(result.source)
     if result.outcome is Outcome.FAILED:
         return f"failed {source}: {printable(result.reason)}"
-    unit = "chunk" if result.chunks == 1 else "chunks"
-    chunks = f" ({result.chunks} {unit})" if result.chunks else ""
+    chunks = f" ({_count(result.chunks, 'chunk')})" if result.chunks else ""
     move = f", {printable(result.move)}" if result.move else ""
     return f"{result.outcome.value} {source}{chunks}{move}"

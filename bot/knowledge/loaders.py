@@ -17,7 +17,7 @@ from markdown_it import MarkdownIt
 from bot.knowledge.html_loader import parse_html
 from bot.knowledge.types import MAX_CITED_CHARS, LoadedDocument, Section
 from bot.text.decoding import decode_html, decode_text, has_byte_order_mark, is_mostly_utf8
-from bot.text.encoding import utf16_layout
+from bot.text.encoding import mostly_controls, utf16_layout
 
 if TYPE_CHECKING:
     from pypdf import PageObject, PdfReader
@@ -70,7 +70,10 @@ def _decode(data: bytes, *, html: bool = False) -> str:
             return data.decode(layout, errors="replace")
         if not is_mostly_utf8(probe, final=False):
             raise LoaderError("a binary file, not text")
-    return decode_html(data) if html else decode_text(data)
+    text = decode_html(data) if html else decode_text(data)
+    if mostly_controls(text):  # control bytes with no NUL among them: no text either
+        raise LoaderError("a binary file, not text")
+    return text
 
 
 def load_text(data: bytes, path: Path) -> LoadedDocument:

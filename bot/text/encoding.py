@@ -11,6 +11,8 @@ archive or an image named notes.txt): `is_binary`, refused rather than read as n
 
 from __future__ import annotations
 
+import re
+
 from bot.text.decoding import decode_html, decode_text, has_byte_order_mark, is_mostly_utf8
 
 _SAMPLE = 4096
@@ -18,6 +20,8 @@ _SAMPLE = 4096
 _MIN_UTF16_SAMPLE = 8
 # Control bytes text has: tab, line feed, form feed, carriage return, escape.
 _TEXT_CONTROLS = frozenset(b"\t\n\f\r\x1b")
+# The other control characters, DEL included (C1 and private use are text to someone).
+_OTHER_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
 
 
 def is_binary(data: bytes) -> bool:
@@ -32,6 +36,13 @@ def is_binary(data: bytes) -> bool:
         return False
     controls = sum(1 for byte in sample if byte < 32 and byte not in _TEXT_CONTROLS)
     return controls * 20 > len(sample)
+
+
+def mostly_controls(text: str) -> bool:
+    """More than one character in 20 a control character that text does not have (`is_binary`'s
+    rule, for text already decoded): a file of control bytes with no NUL among them is no
+    text either, and would reach the model and the sources list as such."""
+    return _OTHER_CONTROLS.subn("", text)[1] * 20 > len(text)
 
 
 def utf16_layout(sample: bytes) -> str | None:
