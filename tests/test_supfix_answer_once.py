@@ -16,10 +16,17 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from adapters.support.events import AlreadyAnswered, EventLog, MemoryEventLog, RedisEventLog
+from adapters.support.events import (
+    ANSWER_FIELD,
+    AlreadyAnswered,
+    EventLog,
+    MemoryEventLog,
+    RedisEventLog,
+)
 from backends.base import GenerationRequest
 from bot.conversation.sink import current_shown
 from bot.storage import migrate
+from bot.storage.keys import support_answered
 from tests.doubles import ScriptedBackend
 from tests.support_helpers import (
     Worker,
@@ -54,6 +61,20 @@ async def worker(
     async with support_worker(
         postgres_url, redis_url=redis_url, key_prefix=key_prefix, backend=backend,
         conversation=QUICK_SWEEP,
+    ) as w:  # fmt: skip
+        yield w
+
+
+@pytest.fixture
+async def busy_worker(
+    postgres_url: str, redis_url: str, key_prefix: str, backend: ScriptedBackend
+) -> AsyncIterator[Worker]:
+    """A worker keeping few events per conversation (MAXLEN ~ 10: Redis trims whole nodes
+    of 100 entries)."""
+    await migrate.upgrade(postgres_url)
+    async with support_worker(
+        postgres_url, redis_url=redis_url, key_prefix=key_prefix, backend=backend,
+        conversation=QUICK_SWEEP, events_kept=10,
     ) as w:  # fmt: skip
         yield w
 
@@ -199,3 +220,83 @@ async def test_an_append_under_an_answered_key_is_refused_whole(event_log: Event
     await event_log.erase("shop:v_1")
     assert await event_log.answered("shop:v_1", "k1") is None
     await event_log.append("shop:v_1", [("answer", final)], once="k1")  # its keys went too
+
+
+async def test_an_answer_trimmed_out_of_the_log_is_still_known(event_log: EventLog) -> None:
+    """A review: `answered` looked the `answer` event up in the stream, and a conversation
+    busy enough for MAXLEN to trim past it lost it: its key was dropped, the model asked
+    again, and a live client got a second `answer`. The event is kept with its key."""
+    final: Mapping[str, Any] = {"reply_to": "1", "text": "Hi ✓", "sources": []}
+    await event_log.append("shop:v_1", [("answer", final)], once="k1")
+    appended = (await event_log.read("shop:v_1", None))[0]
+    for _ in range(4):  # 400 events after it, past the 100 kept
+        await event_log.append("shop:v_1", [("message", {"id": str(i)}) for i in range(100)])
+    assert "answer" not in names(await event_log.read("shop:v_1", None))  # trimmed
+    assert await event_log.answered("shop:v_1", "k1") == appended
+    with pytest.raises(AlreadyAnswered):
+        await event_log.append("shop:v_1", [("answer", final)], once="k1")
+    await event_log.erase("shop:v_1")
+    assert await event_log.answered("shop:v_1", "k1") is None
+
+
+async def test_an_answer_trimmed_out_of_the_log_before_its_next_attempt_is_not_repeated(
+    busy_worker: Worker, backend: ScriptedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adapter over the trimmed log: the `answer` of an append that timed out but landed
+    is trimmed away by the events after it (events_kept) before the turn runs again; the next
+    attempt records it all the same, and no second `answer` is sent."""
+    log = busy_worker.adapter.events
+    real = log.append
+    landed, kept = asyncio.Event(), list[str]()
+
+    async def slow(conversation: str, events: Sequence[tuple[str, Any]], **kw: Any) -> None:
+        await real(conversation, events, **kw)
+        if any(name == "answer" for name, _ in events) and not landed.is_set():
+            for _ in range(3):  # a busy conversation: its `answer` is trimmed away
+                padding = [("padding", {"n": i}) for i in range(100)]
+                await real(conversation, padding)
+            kept.extend(names(await log.read(conversation, None)))
+            landed.set()
+            raise RedisTimeoutError("Timeout reading from socket")  # after Redis ran it
+
+    monkeypatch.setattr(log, "append", slow)
+    site = await busy_worker.add_site("shop")
+    async with busy_worker.client() as client:
+        token = (await new_visitor(client, site))["token"]
+        async with open_stream(client, token, last_event_id="0") as stream:
+            first = await post(client, token, "q1")
+            async with asyncio.timeout(30):
+                await landed.wait()
+            assert "answer" not in kept  # trimmed away
+            second = await post(client, token, "q2")
+            events = await stream.until_answers(2)
+            await busy_worker.adapter.idle()
+        history = await said(client, token)
+    answers = [data(e) for e in events if e.event == "answer"]
+    assert answers == [
+        {"reply_to": first, "text": "re:q1", "sources": []},
+        {"reply_to": second, "text": "re:q2", "sources": []},
+    ]
+    assert [text for role, text in history if role == "assistant"] == ["re:q1", "re:q2"]
+    assert [last_user_text(r) for r in backend.requests] == ["q1", "q2"]
+
+
+async def test_an_answer_key_noted_by_an_earlier_release_is_read_from_the_stream(
+    redis_url: str, key_prefix: str
+) -> None:
+    """An earlier release kept the `answer` event's id alone with its key: that event is read
+    from the stream, and once trimmed away the key is dropped (the next attempt answers)."""
+    client = Redis.from_url(redis_url)
+    log = RedisEventLog(client, key_prefix, kept=100, ttl_s=60)
+    final: Mapping[str, Any] = {"reply_to": "1", "text": "Hi", "sources": []}
+    try:
+        await log.append("shop:v_1", [("answer", final)], once="k1")
+        await client.hdel(support_answered(key_prefix, "shop:v_1"), f"k1{ANSWER_FIELD}")
+        assert await log.answered("shop:v_1", "k1") == (await log.read("shop:v_1", None))[0]
+        for _ in range(4):
+            await log.append("shop:v_1", [("message", {"id": str(i)}) for i in range(100)])
+        assert await log.answered("shop:v_1", "k1") is None
+        await log.append("shop:v_1", [("answer", final)], once="k1")
+    finally:
+        await log.erase("shop:v_1")
+        await client.aclose()

@@ -22,7 +22,8 @@ the core's delivery before the `answer` event is sent), and an append under a ke
 `answer` is in the log already is refused (AlreadyAnswered), atomically. So an append that
 timed out but landed, or a worker killed right after its answer landed, is never followed by
 a second answer to the same messages: the next attempt finds the first (`answered`), and the
-core records it instead of asking the model again.
+core records it instead of asking the model again. The `answer` event is kept with its key
+(its id and data), so it is found even after MAXLEN trimmed it out of the stream.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ MEMORY_CONVERSATIONS = 50_000
 ANSWER_KEYS_KEPT = 64
 # The event that ends an answer, and marks its key answered.
 ANSWER = "answer"
+# Redis: the answers hash holds, per key, the `answer` event's id (field: the key, as earlier
+# releases wrote and read it) and its data (the key and this suffix): two fields per key.
+ANSWER_FIELD = "|answer"
+FIELDS_PER_KEY = 2
 
 
 class LogUnreachable(Exception):
@@ -185,7 +190,9 @@ class EventLog(Protocol):
         ...
 
     async def answered(self, conversation: str, once: str) -> Event | None:
-        """The `answer` event appended under the key `once`; None: none is kept."""
+        """The `answer` event appended under the key `once`, even where the stream no longer
+        holds it (trimmed); None: none is kept (none landed, or the log expired or was
+        erased)."""
         ...
 
     async def read(self, conversation: str, after: str | None) -> list[Event]: ...
@@ -209,7 +216,9 @@ class MemoryEventLog:
         self._kept = kept
         self._ttl_s = ttl_s
         self._logs: OrderedDict[str, tuple[deque[Event], float]] = OrderedDict()
-        self._answered: dict[str, dict[str, str]] = {}  # conversation -> answer key -> id
+        # conversation -> answer key -> its `answer` event, kept after the deque dropped it
+        # (as Redis keeps it).
+        self._answered: dict[str, dict[str, Event]] = {}
         self._last = (0, 0)
         self._waiters = _Waiters()
 
@@ -232,7 +241,7 @@ class MemoryEventLog:
         *,
         once: str | None = None,
     ) -> None:
-        keys = self._answered.get(conversation, {}) if conversation in self._logs else {}
+        keys = self._answered.get(conversation, {}) if self._live(conversation) is not None else {}
         if once is not None and once in keys:
             raise AlreadyAnswered(once)
         kept, _ = self._logs.pop(conversation, (deque(maxlen=self._kept), 0.0))
@@ -242,7 +251,7 @@ class MemoryEventLog:
             if once is not None and name == ANSWER:
                 if len(keys) >= ANSWER_KEYS_KEPT:
                     keys = {}
-                keys[once] = event.id
+                keys[once] = event
         self._answered[conversation] = keys
         self._logs[conversation] = (kept, time.monotonic() + self._ttl_s)
         while len(self._logs) > MEMORY_CONVERSATIONS:
@@ -251,19 +260,25 @@ class MemoryEventLog:
         self._waiters.wake(conversation)
 
     async def answered(self, conversation: str, once: str) -> Event | None:
-        landed = self._answered.get(conversation, {}).get(once)
-        if landed is None:
+        if self._live(conversation) is None:
             return None
-        found = [e for e in await self.read(conversation, None) if e.id == landed]
-        return found[0] if found else None
+        return self._answered.get(conversation, {}).get(once)
 
-    async def read(self, conversation: str, after: str | None) -> list[Event]:
+    def _live(self, conversation: str) -> deque[Event] | None:
+        """The conversation's events; None: none, or they expired (then dropped, keys too)."""
         found = self._logs.get(conversation)
         if found is None:
-            return []
+            return None
         events, expires = found
         if expires < time.monotonic():
             del self._logs[conversation]
+            self._answered.pop(conversation, None)
+            return None
+        return events
+
+    async def read(self, conversation: str, after: str | None) -> list[Event]:
+        events = self._live(conversation)
+        if events is None:
             return []
         if after is None:
             return list(events)
@@ -285,11 +300,11 @@ class MemoryEventLog:
         self._waiters.wake_all(close=True)
 
 
-# KEYS[1]: the stream, KEYS[2]: its answers' keys (a hash: key -> the `answer` event's id);
-# ARGV: channel, MAXLEN, TTL, conversation, the appending worker's id, the answer's key ("":
-# none), the number of keys kept, then name, data pairs. Returns the id of the event before
-# them, the events added, and "" (appended) or the id of the `answer` already appended under
-# that key (refused: nothing appended).
+# KEYS[1]: the stream, KEYS[2]: its answers' keys (a hash: key -> the `answer` event's id,
+# key|answer -> its data); ARGV: channel, MAXLEN, TTL, conversation, the appending worker's
+# id, the answer's key ("": none), the number of fields kept, then name, data pairs. Returns
+# the id of the event before them, the events added, and "" (appended) or the id of the
+# `answer` already appended under that key (refused: nothing appended).
 APPEND_SCRIPT = """
 local once = ARGV[6]
 if once ~= '' then
@@ -299,17 +314,22 @@ end
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local previous = '0-0'
 if #newest > 0 then previous = newest[1][1] end
-local added, answer = {}, nil
+local added, marks = {}, {}
 for i = 8, #ARGV, 2 do
   local name, data = ARGV[i], ARGV[i + 1]
   local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', name, 'd', data)
   added[#added + 1] = {id, name, data}
-  if name == 'answer' then answer = id end
+  if once ~= '' and name == 'answer' then
+    marks[#marks + 1] = once
+    marks[#marks + 1] = id
+    marks[#marks + 1] = once .. '|answer'
+    marks[#marks + 1] = data
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-if once ~= '' and answer then
+if #marks > 0 then
   if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[7]) then redis.call('DEL', KEYS[2]) end
-  redis.call('HSET', KEYS[2], once, answer)
+  redis.call('HSET', KEYS[2], unpack(marks))
   redis.call('EXPIRE', KEYS[2], ARGV[3])
 end
 local wake = cjson.encode({c = ARGV[4], p = previous, e = added})
@@ -377,7 +397,7 @@ class RedisEventLog:
         step (a timed-out append of an earlier attempt may land at any moment)."""
         args: list[str | int | bytes] = [
             self._channel, self._kept, self._ttl_s, conversation, self._me, once or "",
-            ANSWER_KEYS_KEPT,
+            FIELDS_PER_KEY * ANSWER_KEYS_KEPT,
         ]  # fmt: skip
         for name, data in events:
             args += [name, json.dumps(data, ensure_ascii=False)]
@@ -405,13 +425,18 @@ class RedisEventLog:
         return rows[0][0].decode() if rows else None
 
     async def answered(self, conversation: str, once: str) -> Event | None:
-        landed = await self._redis.hget(self._answers_key(conversation), once)
+        """From the answers hash, which keeps the event after MAXLEN trimmed the stream."""
+        answers = self._answers_key(conversation)
+        landed, data = await self._redis.hmget(answers, [once, once + ANSWER_FIELD])
         if landed is None:
             return None
         event_id = _text(landed)
+        if data is not None:
+            return Event(event_id, ANSWER, _text(data))
+        # Noted by an earlier release, with the id alone: the event is read from the stream.
         rows = await self._redis.xrange(self._key(conversation), event_id, event_id)
         if not rows:  # trimmed: the key goes too, so that the next attempt may answer
-            await self._redis.hdel(self._answers_key(conversation), once)
+            await self._redis.hdel(answers, once)
             return None
         fields = rows[0][1]
         return Event(event_id, fields[b"n"].decode(), fields[b"d"].decode())
