@@ -19,12 +19,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from adapters.support.events import (
     ANSWER_FIELD,
     AlreadyAnswered,
+    AlreadyNoticed,
     EventLog,
     MemoryEventLog,
     RedisEventLog,
 )
 from backends.base import GenerationRequest
+from bot import phrases
 from bot.conversation.sink import current_shown
+from bot.errors import BackendUnavailable
 from bot.storage import migrate
 from bot.storage.keys import support_answered
 from tests.doubles import ScriptedBackend
@@ -48,9 +51,14 @@ def answer(request: GenerationRequest) -> str:
     return "re:" + last_user_text(request)
 
 
+def unavailable(request: GenerationRequest) -> str:
+    raise BackendUnavailable("down")
+
+
 @pytest.fixture
-def backend() -> ScriptedBackend:
-    return ScriptedBackend(answer)
+def backend(request: pytest.FixtureRequest) -> ScriptedBackend:
+    """Answers with `answer`, or with what a test names (parametrized indirectly)."""
+    return ScriptedBackend(getattr(request, "param", answer))
 
 
 @pytest.fixture
@@ -239,6 +247,28 @@ async def test_an_answer_trimmed_out_of_the_log_is_still_known(event_log: EventL
     assert await event_log.answered("shop:v_1", "k1") is None
 
 
+async def test_a_notice_is_not_appended_twice_under_one_key(event_log: EventLog) -> None:
+    """A review: `notice` events carried no key, so a notice whose append timed out but landed
+    was followed by the same notice again when its turn ran again. The same notice under the
+    same key is refused; another notice, or an answer, under it is not (the model may answer
+    by then), and a notice does not make the key answered."""
+    busy: Mapping[str, Any] = {"text": "busy"}
+    await event_log.append("shop:v_1", [("notice", busy)], once="k1")
+    with pytest.raises(AlreadyNoticed):
+        await event_log.append("shop:v_1", [("notice", busy)], once="k1")
+    await event_log.append("shop:v_1", [("notice", busy)], once="k2")  # another delivery's
+    await event_log.append("shop:v_1", [("notice", busy)])  # no key: as before
+    await event_log.append("shop:v_1", [("notice", {"text": "down"})], once="k1")
+    assert await event_log.answered("shop:v_1", "k1") is None
+    final: Mapping[str, Any] = {"reply_to": "1", "text": "Hi", "sources": []}
+    await event_log.append("shop:v_1", [("answer", final)], once="k1")
+    with pytest.raises(AlreadyAnswered):  # once answered, no notice either
+        await event_log.append("shop:v_1", [("notice", {"text": "late"})], once="k1")
+    assert names(await event_log.read("shop:v_1", None)) == [
+        "notice", "notice", "notice", "notice", "answer"
+    ]  # fmt: skip
+
+
 async def test_an_answer_trimmed_out_of_the_log_before_its_next_attempt_is_not_repeated(
     busy_worker: Worker, backend: ScriptedBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -279,6 +309,56 @@ async def test_an_answer_trimmed_out_of_the_log_before_its_next_attempt_is_not_r
     ]
     assert [text for role, text in history if role == "assistant"] == ["re:q1", "re:q2"]
     assert [last_user_text(r) for r in backend.requests] == ["q1", "q2"]
+
+
+@pytest.mark.parametrize("backend", [unavailable], indirect=True)
+async def test_a_notice_whose_append_timed_out_but_landed_is_not_sent_again(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the model unavailable, its notice's append timed out after Redis ran it; the
+    turn, left pending, ran again and appended the same notice a second time."""
+    log = worker.adapter.events
+    real = log.append
+    notices, again = 0, asyncio.Event()
+
+    async def slow(conversation: str, events: Sequence[tuple[str, Any]], **kw: Any) -> None:
+        nonlocal notices
+        notice = any(name == "notice" for name, _ in events)
+        notices += notice
+        try:
+            await real(conversation, events, **kw)
+        finally:
+            if notice and notices == 2:
+                again.set()  # the turn ran again
+        if notice and notices == 1:
+            raise RedisTimeoutError("Timeout reading from socket")  # after Redis ran it
+
+    monkeypatch.setattr(log, "append", slow)
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        token = (await new_visitor(client, site))["token"]
+        async with open_stream(client, token, last_event_id="0") as stream:
+            await post(client, token, "q1")
+            async with asyncio.timeout(30):
+                await again.wait()
+            await worker.adapter.idle()  # and recorded its notice
+            await post(client, token, "q2")  # its own notice follows q2's `message` event
+            events = await stream.until_answers(2)
+            await worker.adapter.idle()
+        history = await said(client, token)
+    shown = [(e.event, data(e).get("text")) for e in events if e.event in ("message", "notice")]
+    assert shown == [
+        ("message", "q1"),
+        ("notice", phrases.UNAVAILABLE),
+        ("message", "q2"),
+        ("notice", phrases.UNAVAILABLE),
+    ]
+    assert history == [
+        ("user", "q1"),
+        ("notice", phrases.UNAVAILABLE),
+        ("user", "q2"),
+        ("notice", phrases.UNAVAILABLE),
+    ]
 
 
 async def test_an_answer_key_noted_by_an_earlier_release_is_read_from_the_stream(

@@ -39,7 +39,14 @@ from .agent_api import AgentApi, StreamBridge
 from .api import Handler, SupportApi, endpoint, failed
 from .auth import PLATFORM, Authenticator, answer_origin, cors_headers, preflight_headers
 from .errors import ApiError, forbidden
-from .events import AlreadyAnswered, EventLog, LogUnreachable, Outbox, build_event_log
+from .events import (
+    AlreadyAnswered,
+    AlreadyNoticed,
+    EventLog,
+    LogUnreachable,
+    Outbox,
+    build_event_log,
+)
 from .history import SupportHistory, delivered
 from .schemas import AgentEvent
 from .settings import SupportSettings
@@ -226,6 +233,10 @@ class SupportAdapter:
             # left pending, its delivery kept, and the next attempt records that answer.
             log.info("support: an earlier attempt at this answer is in the log; kept")
             raise OutputAway(PLATFORM) from exc
+        except AlreadyNoticed:
+            # An earlier attempt's notice landed (its append timed out): the visitor has it,
+            # and the core records it as said.
+            log.info("support: this notice is in the log already; not said twice")
         except LogUnreachable as exc:
             # Left pending for the sweep to answer afresh once the log is back: an answer
             # nobody may ever see is neither recorded nor cut off (its first delta then tells
@@ -247,10 +258,12 @@ class SupportAdapter:
     ) -> None:
         """The answer's events: its deltas (`first` on the first of this attempt, so a client
         drops what an earlier attempt showed) and the `answer`, or one `notice`. Before the
-        `answer` is sent, its key is noted with the core's delivery in SQL (`Shown.showed`,
-        as piece ANSWER_PIECE): an attempt whose `answer` may have landed (its append timed
-        out, its worker was killed before the core recorded it) is then finished by the next
-        attempt recording that answer (shown_answer), never by a second one."""
+        `answer` or `notice` is sent, its key is noted with the core's delivery in SQL
+        (`Shown.showed`, as piece ANSWER_PIECE): an attempt whose `answer` may have landed
+        (its append timed out, its worker was killed before the core recorded it) is then
+        finished by the next attempt recording that answer (shown_answer), never by a second
+        one; a notice that landed is not appended again by the next attempt (AlreadyNoticed),
+        which may answer instead."""
         parts: list[str] = []
         pending = aiter(chunks)
         async for chunk in pending:
@@ -259,6 +272,7 @@ class SupportAdapter:
             if not parts and chunk in answers.notice_texts():
                 rest = [c async for c in pending if c]
                 if not rest:  # the core's sentence, said whole: a notice, not an answer
+                    await _keyed(outbox, shown)
                     outbox.put("notice", {"text": chunk})
                     return
                 parts.extend([chunk, *rest])
@@ -268,10 +282,7 @@ class SupportAdapter:
             parts.append(chunk)
             outbox.put("delta", {"reply_to": answered, "text": chunk, "first": len(parts) == 1})
         text = "".join(parts)
-        if outbox.once is None and shown is not None:
-            once = uuid.uuid4().hex
-            await shown.showed(ANSWER_PIECE, once)
-            outbox.once = once
+        await _keyed(outbox, shown)
         outbox.put("answer", {"reply_to": answered, "text": text, "sources": answers.sources(text)})
 
     async def shown_answer(
@@ -393,3 +404,12 @@ class SupportAdapter:
 
     async def _docs(self, request: Request) -> Response:
         return HTMLResponse(openapi.docs_page(), headers=openapi.DOCS_HEADERS)
+
+
+async def _keyed(outbox: Outbox, shown: Shown | None) -> None:
+    """Give the outbox the delivery's key in the event log, noted with the core's delivery
+    first (none outside a turn: a notice the core says aside is not run again)."""
+    if outbox.once is None and shown is not None:
+        once = uuid.uuid4().hex
+        await shown.showed(ANSWER_PIECE, once)
+        outbox.once = once

@@ -24,6 +24,12 @@ timed out but landed, or a worker killed right after its answer landed, is never
 a second answer to the same messages: the next attempt finds the first (`answered`), and the
 core records it instead of asking the model again. The `answer` event is kept with its key
 (its id and data), so it is found even after MAXLEN trimmed it out of the stream.
+
+A `notice` (said instead of an answer) carries the delivery's key too: the same notice, alone,
+under a key it was appended under already is refused (AlreadyNoticed: the visitor has it),
+so a notice whose append timed out but landed is not said twice when its turn runs again.
+Another notice, or an answer, under that key is appended (the model may answer by then); a
+notice does not make the key answered.
 """
 
 from __future__ import annotations
@@ -64,10 +70,14 @@ MEMORY_CONVERSATIONS = 50_000
 ANSWER_KEYS_KEPT = 64
 # The event that ends an answer, and marks its key answered.
 ANSWER = "answer"
+# The event said instead of an answer; the same one is not appended twice under one key.
+NOTICE = "notice"
 # Redis: the answers hash holds, per key, the `answer` event's id (field: the key, as earlier
-# releases wrote and read it) and its data (the key and this suffix): two fields per key.
+# releases wrote and read it) and its data (the key and this suffix), and the data of the
+# notice appended under it (the key and NOTICE_FIELD): at most this many fields per key.
 ANSWER_FIELD = "|answer"
-FIELDS_PER_KEY = 2
+NOTICE_FIELD = "|notice"
+FIELDS_PER_KEY = 3
 
 
 class LogUnreachable(Exception):
@@ -78,6 +88,11 @@ class LogUnreachable(Exception):
 class AlreadyAnswered(Exception):
     """An append under an answer key whose `answer` is in the log already: refused, nothing
     appended (an earlier attempt at the same delivery landed; see `EventLog.answered`)."""
+
+
+class AlreadyNoticed(Exception):
+    """An append of a notice alone, under a key the same notice was appended under already:
+    refused, nothing appended (an earlier attempt's notice landed; the visitor has it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +201,8 @@ class EventLog(Protocol):
     ) -> None:
         """Append (name, data) events in order, in one round trip. `once`: the answer's key;
         AlreadyAnswered (nothing appended) when an `answer` under it is in the log, and an
-        `answer` among `events` marks it so."""
+        `answer` among `events` marks it so. AlreadyNoticed (nothing appended) when `events`
+        is one `notice`, the same as the one last appended under `once`."""
         ...
 
     async def answered(self, conversation: str, once: str) -> Event | None:
@@ -216,8 +232,8 @@ class MemoryEventLog:
         self._kept = kept
         self._ttl_s = ttl_s
         self._logs: OrderedDict[str, tuple[deque[Event], float]] = OrderedDict()
-        # conversation -> answer key -> its `answer` event, kept after the deque dropped it
-        # (as Redis keeps it).
+        # conversation -> answer key -> its `answer` event, and key + NOTICE_FIELD -> its
+        # notice: the events themselves, kept after the deque dropped them (as Redis does).
         self._answered: dict[str, dict[str, Event]] = {}
         self._last = (0, 0)
         self._waiters = _Waiters()
@@ -244,14 +260,18 @@ class MemoryEventLog:
         keys = self._answered.get(conversation, {}) if self._live(conversation) is not None else {}
         if once is not None and once in keys:
             raise AlreadyAnswered(once)
+        if once is not None and len(events) == 1 and events[0][0] == NOTICE:
+            noticed = keys.get(once + NOTICE_FIELD)
+            if noticed is not None and noticed.data == json.dumps(events[0][1], ensure_ascii=False):
+                raise AlreadyNoticed(once)
         kept, _ = self._logs.pop(conversation, (deque(maxlen=self._kept), 0.0))
         for name, data in events:
             event = Event(self._next_id(), name, json.dumps(data, ensure_ascii=False))
             kept.append(event)
-            if once is not None and name == ANSWER:
-                if len(keys) >= ANSWER_KEYS_KEPT:
+            if once is not None and name in (ANSWER, NOTICE):
+                if len(keys) >= 2 * ANSWER_KEYS_KEPT:  # an answer and a notice per key
                     keys = {}
-                keys[once] = event
+                keys[once if name == ANSWER else once + NOTICE_FIELD] = event
         self._answered[conversation] = keys
         self._logs[conversation] = (kept, time.monotonic() + self._ttl_s)
         while len(self._logs) > MEMORY_CONVERSATIONS:
@@ -301,15 +321,21 @@ class MemoryEventLog:
 
 
 # KEYS[1]: the stream, KEYS[2]: its answers' keys (a hash: key -> the `answer` event's id,
-# key|answer -> its data); ARGV: channel, MAXLEN, TTL, conversation, the appending worker's
-# id, the answer's key ("": none), the number of fields kept, then name, data pairs. Returns
-# the id of the event before them, the events added, and "" (appended) or the id of the
-# `answer` already appended under that key (refused: nothing appended).
+# key|answer -> its data, key|notice -> the data of the notice appended under it); ARGV:
+# channel, MAXLEN, TTL, conversation, the appending worker's id, the answer's key ("": none),
+# the number of fields kept, then name, data pairs. Returns the id of the event before them,
+# the events added, "" (appended) or the id of the `answer` already appended under that key
+# (refused: nothing appended), and "" or "notice" (refused: the same notice, alone, was
+# appended under that key already).
 APPEND_SCRIPT = """
 local once = ARGV[6]
 if once ~= '' then
   local landed = redis.call('HGET', KEYS[2], once)
-  if landed then return {'', {}, landed} end
+  if landed then return {'', {}, landed, ''} end
+  if #ARGV == 9 and ARGV[8] == 'notice'
+      and redis.call('HGET', KEYS[2], once .. '|notice') == ARGV[9] then
+    return {'', {}, '', 'notice'}
+  end
 end
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local previous = '0-0'
@@ -324,6 +350,9 @@ for i = 8, #ARGV, 2 do
     marks[#marks + 1] = id
     marks[#marks + 1] = once .. '|answer'
     marks[#marks + 1] = data
+  elseif once ~= '' and name == 'notice' then
+    marks[#marks + 1] = once .. '|notice'
+    marks[#marks + 1] = data
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -334,7 +363,7 @@ if #marks > 0 then
 end
 local wake = cjson.encode({c = ARGV[4], p = previous, e = added})
 redis.call('PUBLISH', ARGV[1], ARGV[5] .. '|' .. wake)
-return {previous, added, ''}
+return {previous, added, '', ''}
 """
 
 
@@ -393,8 +422,9 @@ class RedisEventLog:
         and the id of the event before them, so a stream that sent that one needs no read.
         This worker's own streams get the events from the script's answer at once, not a
         round trip later through the subscription (which skips this worker's wake-ups).
-        The script refuses an append under an answer key already answered, in the same
-        step (a timed-out append of an earlier attempt may land at any moment)."""
+        The script refuses an append under an answer key already answered, or the same
+        notice again under its key, in the same step (a timed-out append of an earlier
+        attempt may land at any moment)."""
         args: list[str | int | bytes] = [
             self._channel, self._kept, self._ttl_s, conversation, self._me, once or "",
             FIELDS_PER_KEY * ANSWER_KEYS_KEPT,
@@ -402,9 +432,11 @@ class RedisEventLog:
         for name, data in events:
             args += [name, json.dumps(data, ensure_ascii=False)]
         keys = [self._key(conversation), self._answers_key(conversation)]
-        previous, added, landed = await self._append_script(keys=keys, args=args)
+        previous, added, landed, noticed = await self._append_script(keys=keys, args=args)
         if landed:
             raise AlreadyAnswered(once)
+        if noticed:
+            raise AlreadyNoticed(once)
         fresh = [Event(_text(i), _text(n), _text(d)) for i, n, d in added]
         self._waiters.carry(conversation, _text(previous), fresh)
 
