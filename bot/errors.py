@@ -15,6 +15,8 @@
     │   ├── MessageTooLong
     │   └── UnknownCommand
     └── AdapterError            a platform API failed
+        ├── PlatformAway        the platform did not answer
+        └── MessageGone         the message being edited was deleted in the chat
 
 Handlers map these to replies in one place (`bot.conversation.manager`), in the user's
 language (`bot.phrases` translates the sentences below); a traceback never reaches a user.
@@ -110,3 +112,10 @@ class PlatformAway(AdapterError):
     soon: an answer it cuts short is not recorded as shown, its turn waits for the platform
     (the manager's OutputAway) and is finished in place once it is back. Any other
     AdapterError is a refusal (a blocked chat, a message the platform will not take)."""
+
+
+class MessageGone(AdapterError):
+    """The message an answer is shown in was deleted in the chat while it was shown (a
+    moderator: Telegram's "message to edit not found", Discord's Unknown Message). A refusal:
+    the answer is shown no more, and it is recorded as a deleted message is (its stub), its
+    question answered."""

@@ -54,10 +54,13 @@ class Harness(Protocol):
     async def idle(self) -> None: ...
 
 
-def settings_for(tmp_path: Path, adapter: str, **sections: Any) -> Settings:
+def settings_for(
+    tmp_path: Path, adapter: str, *, database_url: str | None = None, **sections: Any
+) -> Settings:
+    """`database_url`: the database (a migrated PostgreSQL one); a SQLite file by default."""
     return load_settings(
         None,
-        database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"},
+        database={"url": database_url or f"sqlite+aiosqlite:///{tmp_path}/parley.db"},
         knowledge={"load_sample": False},
         adapters=[adapter],
         **sections,
@@ -267,9 +270,12 @@ async def discord_harness(
     backend: object | None,
     *,
     conversation: dict[str, Any] | None = None,
+    database_url: str | None = None,
+    redis: dict[str, Any] | None = None,
     **sections: Any,
 ) -> AsyncIterator[DiscordHarness]:
-    """`sections`: the discord section's settings; `conversation`: the core's."""
+    """`sections`: the discord section's settings; `conversation`, `redis`: the core's;
+    `database_url`: the database (a SQLite file in tmp_path by default)."""
     from adapters.discord.adapter import DiscordAdapter
     from adapters.discord.settings import DiscordSettings
     from adapters.kit.gate import Rate, Rates
@@ -280,8 +286,12 @@ async def discord_harness(
     rates = Rates(per_chat=Rate(5, 0.5), overall=Rate(50, 1.0))
     async with api.serving():
         section_data = {"token": discord_api.TOKEN, "stream_interval_s": 0.05, **sections}
-        core = {"conversation": conversation} if conversation else {}
-        settings = settings_for(tmp_path, "discord", discord=section_data, **core)
+        core: dict[str, Any] = {"conversation": conversation} if conversation else {}
+        if redis:
+            core["redis"] = redis
+        settings = settings_for(
+            tmp_path, "discord", database_url=database_url, discord=section_data, **core
+        )
         async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
             section = settings.section("discord")
             assert isinstance(section, DiscordSettings)

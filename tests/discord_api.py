@@ -281,8 +281,10 @@ class FakeDiscordApi:
             self.channels[channel] = {"id": str(channel), "type": 1, "recipients": [author]}
 
     def delete(self, channel_id: int, message_id: int, guild_id: int | None = None) -> None:
-        """The sender deletes a message: gone from the log, MESSAGE_DELETE on the gateway."""
+        """The sender (or a moderator) deletes a message: gone from the log and from what the
+        channel shows (an edit of it is 404 Unknown Message), MESSAGE_DELETE on the gateway."""
         self.history[channel_id].pop(message_id, None)
+        self.messages[channel_id].pop(message_id, None)
         event: dict[str, Any] = {"id": str(message_id), "channel_id": str(channel_id)}
         if guild_id is not None:
             event["guild_id"] = str(guild_id)

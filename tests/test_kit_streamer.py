@@ -189,6 +189,9 @@ class KeptPieces:
     async def may_show(self) -> None:
         return None  # the answer stays this worker's (tests/test_lease_takeover.py: when not)
 
+    def deleted(self) -> None:
+        return None  # tests/test_answer_deleted_in_chat.py
+
 
 async def once(text: str) -> AsyncIterator[str]:
     yield text

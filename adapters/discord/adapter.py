@@ -491,10 +491,11 @@ class DiscordAdapter:
     async def _withdraw_each(self, channel_id: int, message_ids: list[int]) -> None:
         for message_id in message_ids:
             try:
-                # Answered or kept already: its text leaves the history and the context.
+                # Answered or kept already, or the bot's answer (recorded under the key of its
+                # first message, `answer_key`): its text leaves the history and the context.
                 withdrawn = await self._withdraw_one(channel_id, message_id)
                 if not withdrawn and await self._intake.redact(message_key(message_id)):
-                    log.info("message %s redacted: deleted by its sender", message_id)
+                    log.info("message %s redacted: deleted", message_id)
             except Exception:
                 log.exception("message %s: deletion not recorded", message_id)
 
@@ -664,6 +665,12 @@ class DiscordAdapter:
             self._intake.notify(action.incoming, action.sentence, mb=mb)
         elif isinstance(action, Ignore):
             log.debug("message ignored: %s", action.reason)
+
+    def answer_key(self, ref: str | int) -> str | None:
+        """The key an answer is recorded under (TellsDeletions): its first message's, the
+        key a deletion event redacts by (`_withdraw_each`). A slash command's deferred
+        response (stream.ORIGINAL) has no message id the bot knows: none."""
+        return message_key(int(ref)) if ref != stream.ORIGINAL else None
 
     async def deliver(
         self, key: ConversationKey, chunks: AsyncIterator[str], *, reply_to: str = ""

@@ -52,7 +52,7 @@ import discord
 from adapters.kit.gate import Gate
 from adapters.kit.streamer import Pacing, Streamer
 from bot.conversation.sink import still_showing
-from bot.errors import AdapterError, PlatformAway
+from bot.errors import AdapterError, MessageGone, PlatformAway
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ TYPING_GRACE_S = 0.5
 TYPING_RENEW_S = 8.0
 # An interaction token Discord no longer takes: 401 Invalid Webhook Token, 404 Unknown Webhook.
 _TOKEN_GONE = (401, 404)
+# Discord's code for a message that is not there (deleted in the channel: a moderator).
+UNKNOWN_MESSAGE = 10008
 
 
 def neutralise(text: str, *, bracket_links: bool = False) -> str:
@@ -332,8 +334,9 @@ def _as_refusal() -> Iterator[None]:
 
 async def gated(gate: Gate, channel: int, call: Callable[[], Awaitable[T]]) -> T:
     """`call` within the channel's budget, again after a storm of 429s. Discord not answering
-    (a 5xx after discord.py's own retries, no connection, a timeout) is PlatformAway; any
-    other failure an AdapterError."""
+    (a 5xx after discord.py's own retries, no connection, a timeout) is PlatformAway; an edit
+    of a message deleted in the channel (a moderator) MessageGone; any other failure an
+    AdapterError."""
     for round_ in range(RATE_LIMITED_ROUNDS):
         try:
             async with gate.slot(str(channel), group=False):
@@ -343,6 +346,9 @@ async def gated(gate: Gate, channel: int, call: Callable[[], Awaitable[T]]) -> T
             raise PlatformAway(f"channel {channel}: Discord answered {exc.status}") from exc
         except (OSError, aiohttp.ClientError) as exc:  # TimeoutError is an OSError
             raise PlatformAway(f"channel {channel}: {type(exc).__name__}") from exc
+        except discord.NotFound as exc:
+            gone = MessageGone if exc.code == UNKNOWN_MESSAGE else AdapterError
+            raise gone(f"channel {channel}: {exc}") from exc
         except discord.HTTPException as exc:
             if exc.status != 429 or round_ == RATE_LIMITED_ROUNDS - 1:
                 raise AdapterError(f"channel {channel}: {exc}") from exc

@@ -25,11 +25,13 @@ stops there, and never overwrites what the worker that took its answer over show
 
 The platform's refusals are `AdapterError`s: they end the showing, never the reading, so
 the answer is still read to the end and recorded, and the log says why the chat did not get
-it. A refused draft is the exception: a draft only previews, so the answer goes on growing
-as a message instead. A platform that does not answer (`PlatformAway`: no connection, a
-timeout, a server error) ends the playing at once, the model's stream closed: the adapter
-makes its turn wait for the platform, and the answer is made again and finished in its own
-messages once the platform is back, rather than recorded as shown.
+it. One refusal is told to the core: a message of the answer deleted in the chat while it was
+shown (`MessageGone`: a moderator), for the answer to be recorded as a deleted message is
+(`Shown.deleted`). A refused draft is the exception: a draft only previews, so the answer
+goes on growing as a message instead. A platform that does not answer (`PlatformAway`: no
+connection, a timeout, a server error) ends the playing at once, the model's stream closed:
+the adapter makes its turn wait for the platform, and the answer is made again and finished
+in its own messages once the platform is back, rather than recorded as shown.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from bot.conversation.sink import Shown, current_shown
-from bot.errors import AdapterError, PlatformAway
+from bot.errors import AdapterError, MessageGone, PlatformAway
 
 from .split import Length, Splitter
 
@@ -164,6 +166,8 @@ class Streamer(Generic[Ref]):
         except AdapterError as exc:
             self._broken = True
             log.warning("reply not shown: %s", exc)
+            if isinstance(exc, MessageGone) and self._kept is not None:
+                self._kept.deleted()  # recorded as a deleted message is, never shown again
 
     def _split(self, text: str) -> list[str]:
         return self._splitter.split(text)

@@ -28,7 +28,7 @@ from telegram.constants import ParseMode
 from telegram.error import BadRequest, NetworkError, TelegramError
 
 from adapters.kit.streamer import Pacing, Streamer
-from bot.errors import AdapterError, PlatformAway
+from bot.errors import AdapterError, MessageGone, PlatformAway
 
 from .formatting import quiet_mentions, to_html, to_text
 from .limits import unreachable
@@ -47,6 +47,9 @@ _TEXT_REFUSED = (
     "text must be non-empty",
     "message is too long",
 )
+# The Bot API's answer to an edit of a message deleted in the chat (Telegram sends bots no
+# event when a message is deleted: an edit is where the bot learns it).
+_DELETED = "message to edit not found"
 
 # Model output is shown without link previews: Telegram's servers fetch a previewed link as
 # soon as the message arrives, so a link that a prompt injection had the model write (with
@@ -183,10 +186,13 @@ class ReplyStream:
 def _platform(chat_id: int) -> Iterator[None]:
     """Bot API failures as the streamer takes them: a Bot API that did not answer (no
     connection, a timeout, a 5xx, after the flood gate's retries) is PlatformAway; a refusal
-    (400, 403 blocked, a flood ban) an AdapterError. PTB's BadRequest is a NetworkError too."""
+    (400, 403 blocked, a flood ban) an AdapterError, MessageGone where the message being
+    edited was deleted in the chat (an admin). PTB's BadRequest is a NetworkError too."""
     try:
         yield
     except BadRequest as exc:
+        if _DELETED in str(exc).lower():
+            raise MessageGone(f"chat {chat_id}: {exc}") from exc
         raise AdapterError(f"chat {chat_id}: {exc}") from exc
     except NetworkError as exc:
         raise PlatformAway(f"chat {chat_id}: {unreachable(exc)}") from exc

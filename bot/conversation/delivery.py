@@ -28,6 +28,8 @@ from datetime import timedelta
 from bot.errors import StorageError
 from bot.storage import keys
 from bot.storage.base import (
+    ANSWER_DELETED_STUB,
+    ANSWER_DELETED_STUB_TOKENS,
     Cache,
     ConversationState,
     DeliveryState,
@@ -102,6 +104,11 @@ class TurnDelivery:
         self.recorded = False
         # The answer quotes the chat's kept messages (TurnContext.quotes_kept): a DIGEST.
         self.quotes_kept = False
+        # A message of it was deleted in the chat while it was shown (`deleted`).
+        self.deleted_in_chat = False
+        # The key the answer is recorded under, from its first message's reference: the
+        # sink's (TellsDeletions.answer_key), set by the core as it delivers; None: no key.
+        self.answer_key: Callable[[str | int], str | None] | None = None
         # Until when (monotonic) `may_show` needs no round trip after a confirmation.
         self._confirmed_until = -math.inf
 
@@ -194,21 +201,30 @@ class TurnDelivery:
         except StorageError as exc:  # a takeover then sends new pieces instead of editing
             log.warning("conversation %s: shown piece not noted: %s", self._cid, exc)
 
+    def deleted(self) -> None:
+        self.deleted_in_chat = True
+
     async def record(
         self, text: str, *, kind: MessageKind, token_count: int, retry_s: float
     ) -> RecordedReply | None:
         """Record the answer, fenced on this delivery; retried while the database is
         unreachable, for up to `retry_s`: the user saw it, so it must not stay pending.
-        None: another worker took the delivery over (it shows its own answer instead)."""
+        None: another worker took the delivery over (it shows its own answer instead). An
+        answer deleted in the chat while it was shown is recorded as its stub."""
         await self.begin()
+        if self.deleted_in_chat:
+            text, token_count = ANSWER_DELETED_STUB, ANSWER_DELETED_STUB_TOKENS
+        first = self._pieces.get(0)
+        key = self.answer_key(first) if self.answer_key and first is not None else None
         ids = [m.id for m in self._batch]
         deadline = time.monotonic() + retry_s
         delay = RECORD_RETRY_FIRST_S
         while True:
             try:
                 stored = await self._store.record_reply(
-                    self._cid, ids, text, kind=kind, token_count=token_count, epoch=self.epoch
-                )
+                    self._cid, ids, text, kind=kind, token_count=token_count, epoch=self.epoch,
+                    idempotency_key=key,
+                )  # fmt: skip
             except StorageError as exc:
                 if time.monotonic() + delay > deadline:
                     raise

@@ -94,6 +94,7 @@ from .sink import (
     Reachable,
     ReplySink,
     SiteScoped,
+    TellsDeletions,
     done_showing,
     done_speaking,
     once,
@@ -1185,8 +1186,10 @@ class ConversationManager:
             log.warning("conversation %s: already answered elsewhere", work.key)
             await self._context.invalidate(work.conversation_id)
             return
-        if stored.marked < len(batch):  # one was withdrawn meanwhile (deleted by its sender)
-            # The window would keep its text: rebuilt from SQL instead, which leaves it out.
+        if stored.marked < len(batch) or _TURN.get().deleted_in_chat:
+            # One was withdrawn meanwhile (deleted by its sender), or the answer was deleted in
+            # the chat (recorded as its stub): the window would keep the text, so it is rebuilt
+            # from SQL instead, which leaves it out.
             await self._context.invalidate(work.conversation_id)
             return
         turn_tokens = user_tokens + tokens + MESSAGE_OVERHEAD_TOKENS
@@ -1201,6 +1204,7 @@ class ConversationManager:
         if sink is None:  # detached meanwhile (see _schedule): the messages stay pending
             raise NotServedHere(key.platform)
         turn = _TURN.get()
+        turn.answer_key = sink.answer_key if isinstance(sink, TellsDeletions) else None
         # Recorded before anything is visible, while the model works on its first token: the
         # sink pulls the first chunk (which sends the request) as the record is written, and
         # gets that chunk only once the record is in (`_begun_first`).

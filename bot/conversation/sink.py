@@ -64,6 +64,17 @@ class KeepsAnswers(Protocol):
 
 
 @runtime_checkable
+class TellsDeletions(Protocol):
+    """A sink whose platform tells the bot when one of its own messages is deleted (Discord's
+    message delete events). Each answer is recorded under `answer_key` of the reference of
+    its first message (None: under none), the key the adapter has the core redact
+    (`ConversationManager.redact`) when that message is deleted: the answer is then recorded
+    as a deleted message is (`bot.storage.base.ANSWER_DELETED_STUB`)."""
+
+    def answer_key(self, ref: str | int) -> str | None: ...
+
+
+@runtime_checkable
 class OperatorFacing(Protocol):
     """A sink whose one user is the operator who runs the bot (the console). Only there does
     the core name settings and docs paths (how to set a model); a sink that does not declare
@@ -102,6 +113,13 @@ class Shown(Protocol):
         """Called before each send or edit: raises (the manager's Superseded) once another
         worker may have taken this answer over (this process was paused past its lease), so
         that a stale worker never overwrites the answer the user sees."""
+        ...
+
+    def deleted(self) -> None:
+        """A message of this answer was deleted in the chat while it was shown (a moderator:
+        the platform's `MessageGone`): the answer is recorded as a deleted message is, its
+        text replaced by a stub (`bot.storage.base.ANSWER_DELETED_STUB`), and what it
+        answered is answered (never answered again)."""
         ...
 
 

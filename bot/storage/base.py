@@ -23,6 +23,12 @@ from bot.types import ConversationKey, Incoming, Role
 
 T = TypeVar("T")
 
+# What is recorded of an answer whose message was deleted in the chat while it was shown (a
+# moderator: Telegram's "message to edit not found", Discord's Unknown Message): nobody saw
+# the rest of it, and none of it is to reach a later prompt, /history or a summary.
+ANSWER_DELETED_STUB = "[message: deleted in the chat]"
+ANSWER_DELETED_STUB_TOKENS = 12  # at least what a tokenizer makes of it (as DELETED_STUB's)
+
 
 class MessageKind(enum.StrEnum):
     CHAT = "chat"  # part of the model's context
@@ -259,8 +265,10 @@ class Store(Protocol):
         kind: MessageKind,
         token_count: int,
         epoch: int | None = None,
+        idempotency_key: str | None = None,
     ) -> RecordedReply | None:
         """Insert the assistant message and mark `answers` answered by it, atomically.
+        `idempotency_key`: the key it is redacted by (`redact`) once deleted in the chat.
 
         With `epoch` (the turn's delivery, see begin_delivery): the fence is that delivery,
         which it ends; every one of `answers` still pending is settled by this answer. Returns
@@ -390,10 +398,12 @@ class Store(Protocol):
         ...
 
     async def redact(self, idempotency_key: str) -> int | None:
-        """A message its sender deleted after it was recorded and answered (or kept): its
-        text replaced by a stub wherever it is read again (context, /history, summaries to
-        come), and the conversation's count of redactions raised in the same transaction
-        (ConversationState.redactions: a window built before it is stale). A chat message
+        """A message its sender deleted after it was recorded and answered (or kept), or an
+        answer deleted in the chat (recorded with its key): its text replaced by a stub
+        (DELETED_STUB; an answer's ANSWER_DELETED_STUB) wherever it is read again (context,
+        /history, summaries to come), and the conversation's count of redactions raised in
+        the same transaction (ConversationState.redactions: a window built before it is
+        stale). A chat message
         already folded into the running summary (after context_start_id, at or before
         summary_through_id) drops the summary in that transaction too (summary_through_id 0):
         the next window is built from the messages since context_start_id and folded again.

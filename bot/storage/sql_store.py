@@ -38,6 +38,7 @@ from bot.errors import StorageError
 from bot.handoff.models import HandoffEventRow, HandoffStateRow, MessageSignalRow
 from bot.lru import Lru
 from bot.storage.base import (
+    ANSWER_DELETED_STUB,
     ChatFacts,
     ContextRow,
     ConversationState,
@@ -262,6 +263,7 @@ class SqlStore:
         kind: MessageKind,
         token_count: int,
         epoch: int | None = None,
+        idempotency_key: str | None = None,
     ) -> RecordedReply | None:
         created_at = utcnow()
         # A reply the database refused would stay pending and be answered again at each start.
@@ -273,6 +275,7 @@ class SqlStore:
             "content": text,
             "token_count": token_count,
             "created_at": created_at,
+            "idempotency_key": idempotency_key,
         }
         fenced = set(answers)
         if epoch is not None and self._reads.fenced_reply is not None:
@@ -781,6 +784,10 @@ class SqlStore:
 
 _m = MessageRow
 _c = ConversationRow
+# An answer's columns (record_reply): its idempotency key is where a platform that tells
+# deletions has one (the key its deletion is redacted by), else NULL.
+_REPLY_COLUMNS = ("conversation_id", "role", "kind", "content", "token_count", "created_at",
+                  "idempotency_key")  # fmt: skip
 
 
 def _fact(column: Any) -> sa.ScalarSelect[Any]:
@@ -1064,7 +1071,7 @@ def _fenced_reply(ids: sa.BindParameter[Any]) -> sa.Select[Any]:
     NULL when the fence failed (nothing was written). PostgreSQL runs data-modifying CTEs on
     one snapshot in one statement: all of it or none of it."""
     fence = _END_DELIVERY.returning(_c.id).cte("fence")
-    columns = ("conversation_id", "role", "kind", "content", "token_count", "created_at")
+    columns = _REPLY_COLUMNS
     # Named apart from the columns: a parameter named like a column of an UPDATE's table
     # would become a SET of that UPDATE.
     values = sa.select(*(_param(f"new_{c}", _m.__table__.c[c].type) for c in columns))
@@ -1210,8 +1217,7 @@ _SELECT_BY_IDEMPOTENCY_KEY = sa.select(_m.id, _m.conversation_id).where(
 
 _INSERT_REPLY = (
     sa.insert(_m)
-    .values({c: _param(c, _m.__table__.c[c].type) for c in
-             ("conversation_id", "role", "kind", "content", "token_count", "created_at")})
+    .values({c: _param(c, _m.__table__.c[c].type) for c in _REPLY_COLUMNS})
     .returning(_m.id)
 )  # fmt: skip
 _READS = {True: _ConversationReads.build(True), False: _ConversationReads.build(False)}
@@ -1382,19 +1388,21 @@ _WITHDRAW = (
     )
     .values(answered_by=0, kind=MessageKind.COMMAND.value, content=WITHDRAWN_STUB)
 )
-# A deleted message already answered or kept: found by its idempotency key (unique, indexed),
-# its text replaced; its kind and answer stay, so the conversation reads on around it.
+# A deleted message already answered or kept, or an answer deleted in the chat: found by its
+# idempotency key (unique, indexed), its text replaced; its kind and answer stay, so the
+# conversation reads on around it.
 DELETED_STUB = "[message: deleted by its sender]"
 DELETED_STUB_TOKENS = 12  # at least what a tokenizer makes of it: the context budget counts it
+_IS_ANSWER = _m.role == _literal(_ASSISTANT)
+_ITS_STUB = sa.case((_IS_ANSWER, ANSWER_DELETED_STUB), else_=DELETED_STUB)
 _REDACT = (
     sa.update(_m)
     .where(
         _m.idempotency_key == _param("key"),
-        _m.role == _literal(Role.USER.value),
-        _m.answered_by.is_not(None),
-        _m.content != DELETED_STUB,
+        sa.or_(_IS_ANSWER, sa.and_(_m.role == _literal(_USER), _m.answered_by.is_not(None))),
+        _m.content != _ITS_STUB,
     )
-    .values(content=DELETED_STUB, token_count=DELETED_STUB_TOKENS)
+    .values(content=_ITS_STUB, token_count=DELETED_STUB_TOKENS)
     .returning(_m.conversation_id, _m.id, _m.kind)
 )
 # A cached window built before a redaction is stale by this count (ConversationState).

@@ -1,0 +1,231 @@
+"""An answer a moderator deletes while it streams is recorded as a deleted message is.
+
+In a Telegram group and a Discord server channel the bot streams an answer by sending one
+message and editing it. A moderator who deleted that message while it streamed stopped the
+stream (Telegram's "message to edit not found", Discord's 404 Unknown Message), but the
+model's whole answer was recorded in SQL: later prompts, /history and summaries carried text
+nobody saw and a moderator removed. It is now recorded as the stub a deleted message gets, the
+question answered by it (never answered again, nothing sent again), on SQLite and PostgreSQL,
+with the windows in process and in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.kit.runner import host_for
+from adapters.telegram import stream as telegram_stream
+from adapters.telegram.adapter import TelegramAdapter
+from adapters.telegram.settings import TelegramSettings
+from backends.base import Chunk, GenerationRequest, Usage
+from bot.app import Parley
+from bot.settings import load_settings
+from bot.storage.base import ANSWER_DELETED_STUB, MessageKind
+from bot.storage.database import create_engine
+from bot.storage.migrate import ensure_schema
+from bot.storage.sql_store import SqlStore
+from bot.types import ConversationKey, Incoming, Role, User
+from tests import discord_events as ev
+from tests.adapter_harness import discord_harness
+from tests.doubles import ScriptedBackend
+from tests.telegram_api import TOKEN, FakeBotApi
+from tests.telegram_updates import feed, message, person
+
+GROUP, ADA = -100778, 7
+MENTION = "@parley_bot "
+REMOVED = "the-removed-part"
+WAIT_S = 10
+
+
+class HeldAnswer(ScriptedBackend):
+    """Answers "Noted."; the first answer streams its first half, then waits for `release`
+    before the half with REMOVED in it."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda request: "Noted.")
+        self.release = asyncio.Event()
+        self._held = False
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        if self._held:
+            async for chunk in super().stream(request):
+                yield chunk
+            return
+        self._held = True
+        self.requests.append(request)
+        yield Chunk(text="The first half.")
+        await self.release.wait()
+        yield Chunk(text=f" The second half: {REMOVED}.")
+        yield Chunk(usage=Usage(0, 12), finish_reason="stop")
+
+
+def prompt(backend: ScriptedBackend) -> list[tuple[Role, str]]:
+    return [(m.role, m.content) for m in backend.requests[-1].messages if m.role is not Role.SYSTEM]
+
+
+@pytest.fixture(params=["in-process", "redis"])
+def redis(request: pytest.FixtureRequest, key_prefix: str) -> dict[str, Any] | None:
+    """Where the windows are kept: in process (None), or in Redis (its settings)."""
+    if request.param == "in-process":
+        return None
+    request.applymarker(pytest.mark.redis)
+    url: str = request.getfixturevalue("redis_url")
+    return {"url": url, "key_prefix": key_prefix}
+
+
+def asked(update_id: int, text: str) -> dict[str, Any]:
+    entities = [{"type": "mention", "offset": 0, "length": len(MENTION) - 1}]
+    body = message(
+        GROUP, MENTION + text, user_id=ADA, entities=entities, **{"from": person(ADA, "Ada")}
+    )
+    return {"update_id": update_id, "message": body}
+
+
+@asynccontextmanager
+async def telegram(
+    url: str, backend: ScriptedBackend, redis: dict[str, Any] | None
+) -> AsyncIterator[tuple[Parley, TelegramAdapter, FakeBotApi]]:
+    api = FakeBotApi()
+    async with api.serving() as base_url:
+        core: dict[str, Any] = {"redis": redis} if redis else {}
+        settings = load_settings(
+            None,
+            database={"url": url},
+            telegram={"token": TOKEN, "base_url": base_url, "stream_interval_s": 0.05},
+            **core,
+        )
+        async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
+            section = settings.section("telegram")
+            assert isinstance(section, TelegramSettings)
+            adapter = TelegramAdapter(host_for(app), section)
+            app.intake.register("telegram", adapter, section.access)
+            async with adapter:
+                yield app, adapter, api
+                await adapter.idle()
+
+
+async def history(app: Parley, key: ConversationKey) -> list[tuple[Role, str]]:
+    conversation = await app.store.conversation_id(key)
+    assert conversation is not None
+    assert await app.store.pending(conversation, 10) == []  # answered, not to be answered again
+    return [(m.role, m.content) for m in await app.store.history(conversation, 10)]
+
+
+async def test_a_telegram_group_answer_deleted_while_it_streams_is_recorded_as_deleted(
+    database_url: str, redis: dict[str, Any] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telegram_stream, "GROUP_INTERVAL_S", 0.05)  # quicker, the same path
+    backend = HeldAnswer()
+    async with telegram(database_url, backend, redis) as (app, adapter, api):
+        await feed(adapter, asked(1, "what is new?"))
+        async with asyncio.timeout(WAIT_S):
+            await api.wait_for_messages(GROUP, 1)
+        (shown,) = api.messages[GROUP]
+        del api.messages[GROUP][shown]  # an admin deletes it: Telegram tells the bot nothing
+        backend.release.set()
+        await adapter.idle()
+        assert api.texts(GROUP) == []  # nothing sent again
+        assert len(api.sent("sendMessage", GROUP)) == 1
+        assert len(backend.requests) == 1  # answered once
+        key = ConversationKey("telegram", str(GROUP))
+        assert (await history(app, key))[-1] == (Role.ASSISTANT, ANSWER_DELETED_STUB)
+        await feed(adapter, asked(2, "and then?"))
+        await adapter.idle()
+        turns = prompt(backend)
+        assert not [text for _, text in turns if REMOVED in text or "first half" in text]
+        assert (Role.ASSISTANT, ANSWER_DELETED_STUB) in turns
+        assert api.texts(GROUP) == ["Noted."]
+
+
+async def test_a_discord_channel_answer_deleted_while_it_streams_is_recorded_as_deleted(
+    tmp_path: Path, database_url: str, redis: dict[str, Any] | None
+) -> None:
+    backend = HeldAnswer()
+    async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
+        await h.deliver_event(ev.message_create("what is new?", channel=ev.CHANNEL,
+                                                mentions_bot=True))  # fmt: skip
+        async with asyncio.timeout(WAIT_S):
+            await h.api.until(lambda: bool(h.api.messages[ev.CHANNEL]))
+        (shown,) = h.api.messages[ev.CHANNEL]
+        h.api.delete(ev.CHANNEL, shown, ev.GUILD)  # a moderator, with Manage Messages
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.deleted(1)
+        backend.release.set()
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == []  # nothing sent again
+        assert len(backend.requests) == 1  # answered once
+        key = ConversationKey("discord", str(ev.CHANNEL))
+        assert (await history(h.app, key))[-1] == (Role.ASSISTANT, ANSWER_DELETED_STUB)
+        await h.deliver_event(ev.message_create("and then?", channel=ev.CHANNEL,
+                                                mentions_bot=True))  # fmt: skip
+        await h.idle()
+        turns = prompt(backend)
+        assert not [text for _, text in turns if REMOVED in text or "first half" in text]
+        assert (Role.ASSISTANT, ANSWER_DELETED_STUB) in turns
+        assert h.api.texts(ev.CHANNEL) == ["Noted."]
+
+
+async def test_a_discord_answer_deleted_once_complete_is_redacted(
+    tmp_path: Path, database_url: str, redis: dict[str, Any] | None
+) -> None:
+    """Discord tells the bot when its own message is deleted: a complete answer a moderator
+    deletes later is redacted as a member's deleted message is (the stub in the history, the
+    cached window stale), and its question stays answered."""
+    answers = iter([f"Noted, {REMOVED}.", "Noted."])
+    backend = ScriptedBackend(lambda request: next(answers))
+    async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
+        await h.deliver_event(ev.message_create("what is new?", channel=ev.CHANNEL,
+                                                mentions_bot=True))  # fmt: skip
+        await h.idle()
+        (shown,) = h.api.messages[ev.CHANNEL]
+        h.api.delete(ev.CHANNEL, shown, ev.GUILD)
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.deleted(1)
+        key = ConversationKey("discord", str(ev.CHANNEL))
+        assert (await history(h.app, key))[-1] == (Role.ASSISTANT, ANSWER_DELETED_STUB)
+        await h.deliver_event(ev.message_create("and then?", channel=ev.CHANNEL,
+                                                mentions_bot=True))  # fmt: skip
+        await h.idle()
+        assert len(backend.requests) == 2  # the first question was not answered again
+        turns = prompt(backend)
+        assert not [text for _, text in turns if REMOVED in text]
+        assert (Role.ASSISTANT, ANSWER_DELETED_STUB) in turns
+        assert h.api.texts(ev.CHANNEL) == ["Noted."]
+
+
+async def test_an_answer_redacted_by_its_key_leaves_the_summary_folded_from_it(
+    database_url: str,
+) -> None:
+    """The store's half of a deletion event: an answer recorded under its first message's
+    key is redacted once (its stub, the count of redactions raised), and a summary folded
+    through it is dropped in the same transaction, as a member's deleted message's is."""
+    await ensure_schema(database_url, True)
+    store = SqlStore(create_engine(database_url))
+    await store.start()
+    try:
+        chat = MessageKind.CHAT
+        asked = Incoming(ConversationKey("test", "moderated"), User("test", "u1", "Ada"), "hi",
+                         idempotency_key="q1")  # fmt: skip
+        question = await store.record_incoming(asked, kind=chat, token_count=1)
+        cid = question.conversation_id
+        text = f"Noted, {REMOVED}."
+        answer = await store.record_reply(
+            cid, [question.message_id], text, kind=chat, token_count=5, idempotency_key="a1"
+        )
+        assert answer is not None
+        assert await store.fold_summary(cid, f"They said {REMOVED}.", answer.id, 5, 0)
+        assert await store.redact("a1") == cid
+        assert await store.redact("a1") is None  # once
+        state = await store.state(cid)
+        assert (state.summary, state.redactions) == ("", 1)
+        stored = await store.history(cid, 10)
+        assert [(m.role, m.content) for m in stored][-1] == (Role.ASSISTANT, ANSWER_DELETED_STUB)
+        assert await store.pending(cid, 10) == []
+    finally:
+        await store.aclose()
