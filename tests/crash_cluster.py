@@ -418,6 +418,8 @@ def read_chats(
     complete = f"w{model.words - 1}"
     seen: dict[str, int] = {}
     answered_in_full: set[str] = set()
+    # Tags shown half before any full copy of them (the unknowable first piece sits above).
+    half_first: set[str] = set()
     out_of_order: list[int] = []
     half: list[str] = []
     not_model: list[str] = []
@@ -431,6 +433,7 @@ def read_chats(
                 tags = [f"Q{chat_id}x{n}" for n in numbers[i]]
                 if complete not in texts[i]:
                     half.extend(tags)
+                    half_first.update(t for t in tags if t not in answered_in_full)
                 else:
                     answered_in_full.update(tags)
                 answered = numbers[i]
@@ -460,9 +463,14 @@ def read_chats(
     twice = [t for t, count in seen.items() if count > 1]
     unknowable = [t for t in twice if _sent_before_a_kill(api, t, killed_at)]
     # A half answer shown again in full, whose first copy was accepted just before a kill: the
-    # same unknowable message (its id never noted, so never edited). Any other half answer,
-    # and one never completed, fails the verdict whatever the timing.
-    left_half = [t for t in half if t in unknowable and t in answered_in_full]
+    # same unknowable message (its id never noted, so never edited): one copy, above the full
+    # one. Any other half answer (a second half copy, one below the full answer, one never
+    # completed) fails the verdict whatever the timing.
+    left_half = [
+        t
+        for t in half
+        if t in unknowable and t in answered_in_full and t in half_first and seen[t] == 2
+    ]
     return Verdict(
         lost=[t for t in asked if t not in seen],
         duplicated=[t for t in twice if t not in unknowable],

@@ -204,3 +204,17 @@ def test_a_half_answer_counts_apart_only_within_the_window_and_answered_again() 
     # Within the window but never answered in full: a half answer, whatever the timing.
     alone = _judged([half], 10.0, 10.0 + UNKNOWABLE_WINDOW_S / 2)
     assert not alone.ok and alone.half_answers == [TAG] and not alone.left_half_before_a_kill
+
+
+def test_only_the_one_half_copy_above_the_full_answer_counts_apart() -> None:
+    """The exemption is for one message: the answer's first piece, accepted just before the
+    kill and never noted, so left half above the full answer the next worker sent. A second
+    half copy, or a half copy below the full answer (sent after it: a stale worker, not the
+    unknowable window), is a product failure whatever the timing."""
+    half = f"re:{TAG} hello w1"
+    full = f"re:{TAG} hello " + " ".join(f"w{n}" for n in range(1, SlowModel().words))
+    soon = 10.0 + UNKNOWABLE_WINDOW_S / 2
+    twice_half = _judged([half, half, full], 10.0, soon)
+    assert not twice_half.ok and twice_half.half_answers, twice_half
+    below = _judged([full, half], 10.0, soon)
+    assert not below.ok and below.half_answers == [TAG], below
