@@ -21,7 +21,7 @@ from bot.documents import DocumentReader, DocumentRefused, DocumentSource, extra
 from bot.policy import AccessRules
 from bot.settings import DocumentSettings, load_settings
 from bot.storage.base import MessageKind
-from bot.text.encoding import decode_document
+from bot.text.encoding import decode_document, mostly_controls
 from bot.text.quoting import fenced, fenced_document, split_fenced, unfenced
 from bot.types import ConversationKey, Incoming, User
 from tests.doubles import ScriptedBackend
@@ -559,3 +559,21 @@ def test_a_file_of_control_bytes_without_a_nul_is_refused_as_not_text() -> None:
         assert refused.value.sentence == phrases.DOC_UNSUPPORTED
     log = b"\x1b[32mINFO\x1b[0m started\x07\n" * 50
     assert extract("text", log, 50, 200_000).startswith("\x1b[32mINFO")
+
+
+def test_text_whose_control_characters_are_those_of_text_is_not_refused() -> None:
+    """A man page formatted by nroff (bold and underline as overstrike, 'N\\bN', ~10% of its
+    bytes: `nroff -man -Tascii ls.1`), a DOS or CP/M text padded to its 128-byte record with
+    Ctrl-Z, and a slide outline whose line breaks are vertical tabs (PowerPoint's) are text:
+    refused as 'not text' by the control-character rule before."""
+    bold = "".join(f"{c}\b{c}" for c in "NAME")
+    underline = "".join(f"_\b{c}" for c in "file")
+    man = (f"{bold}\n       ls - list directory contents\n\n{underline}\n" * 40).encode()
+    cpm = b"HELLO.TXT: run it as A>HELLO and answer the prompts.\r\n" * 3
+    cpm += b"\x1a" * (-len(cpm) % 128)
+    outline = ("Agenda\vQ1 results\vHiring plan\vRoadmap\n" * 30).encode()
+    for data in (man, cpm, outline):
+        assert extract("text", data, 50, 200_000), data[:20]
+        assert not mostly_controls(data.decode())
+    assert mostly_controls("\x07\x0e\x11" * 100)  # control bytes with no text are still refused
+    assert mostly_controls("\x1a" * 300)  # nothing but the end-of-file marker: no text

@@ -433,3 +433,11 @@ async def test_review_kb_a_file_of_control_bytes_is_reported(
     outcomes = {Path(f.source).name: (f.outcome, f.reason) for f in report.files}
     assert outcomes["noise.txt"] == (Outcome.FAILED, "a binary file, not text")
     assert outcomes["bell.txt"][0] is Outcome.ADDED
+
+
+async def test_review_kb_a_formatted_man_page_is_text(kb: KnowledgeBase, tmp_path: Path) -> None:
+    # nroff's bold and underline are overstrike ('N\bN'): about 10% of a man page's bytes.
+    bold = "".join(f"{c}\b{c}" for c in "SYNOPSIS")
+    (tmp_path / "ls.txt").write_text(f"{bold}\n       ls [OPTION]... [FILE]...\n" * 40)
+    report = await kb.add([tmp_path / "ls.txt"])
+    assert [f.outcome for f in report.files] == [Outcome.ADDED], report.files

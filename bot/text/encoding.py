@@ -20,8 +20,14 @@ _SAMPLE = 4096
 _MIN_UTF16_SAMPLE = 8
 # Control bytes text has: tab, line feed, form feed, carriage return, escape.
 _TEXT_CONTROLS = frozenset(b"\t\n\f\r\x1b")
-# The other control characters, DEL included (C1 and private use are text to someone).
-_OTHER_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+# The other control characters, DEL included (C1 and private use are text to someone), but
+# vertical tab (a line break within a paragraph: PowerPoint's, Word's).
+_OTHER_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")
+# nroff's bold and underline (a man page formatted as text, BSD's cat pages): a character,
+# a backspace, the character printed over it. Counted as the one character (as `col -b`).
+_OVERSTRUCK = re.compile(r"[^\x00-\x1f\x7f]\x08(?=[^\x00-\x1f\x7f])")
+# DOS's end-of-file mark, and CP/M's padding of a text to its last 128-byte record.
+_END_OF_FILE = "\x1a"
 
 
 def is_binary(data: bytes) -> bool:
@@ -41,8 +47,14 @@ def is_binary(data: bytes) -> bool:
 def mostly_controls(text: str) -> bool:
     """More than one character in 20 a control character that text does not have (`is_binary`'s
     rule, for text already decoded): a file of control bytes with no NUL among them is no
-    text either, and would reach the model and the sources list as such."""
-    return _OTHER_CONTROLS.subn("", text)[1] * 20 > len(text)
+    text either, and would reach the model and the sources list as such. Text's own uses of
+    control characters are not counted: overstrike (a formatted man page), Ctrl-Z at the end
+    (a DOS or CP/M file), vertical tabs (a slide's line breaks)."""
+    body = text.rstrip(_END_OF_FILE)
+    if text and not body:
+        return True  # end-of-file marks alone
+    body = _OVERSTRUCK.sub("", body)
+    return sum(1 for _ in _OTHER_CONTROLS.finditer(body)) * 20 > len(body)
 
 
 def utf16_layout(sample: bytes) -> str | None:
