@@ -229,3 +229,27 @@ async def test_an_answer_redacted_by_its_key_leaves_the_summary_folded_from_it(
         assert await store.pending(cid, 10) == []
     finally:
         await store.aclose()
+
+
+async def test_a_slash_command_answer_deleted_while_it_streams_is_not_sent_again(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A slash command's answer grows in its deferred response, edited through the
+    interaction's token. A moderator deletes it: the next edit is 404 Unknown Message (10008),
+    which the token's guard took for an expired token (401, 404 Unknown Webhook), so the rest
+    of the answer went on in a new channel message and the whole answer was recorded."""
+    backend = HeldAnswer()
+    async with discord_harness(tmp_path, backend, database_url=database_url) as h:
+        await h.command(ev.interaction_create("summarize", "The tea. " * 40, channel=ev.CHANNEL))
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await h.api.until(lambda: bool(h.api.messages[ev.CHANNEL]))
+            (shown,) = h.api.messages[ev.CHANNEL]
+            h.api.delete(ev.CHANNEL, shown, ev.GUILD)  # a moderator, with Manage Messages
+        finally:
+            backend.release.set()
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == []  # nothing sent again
+        key = ConversationKey("discord", str(ev.CHANNEL))
+        recorded = (await history(h.app, key))[-1]
+        assert REMOVED not in recorded[1], recorded

@@ -309,7 +309,9 @@ class InteractionSurface:
             try:
                 return await call()
             except discord.HTTPException as exc:
-                if exc.status in _TOKEN_GONE:
+                # A message of it deleted in the channel (a moderator) is not an expired
+                # token: MessageGone (gated), never shown again in a channel message.
+                if exc.status in _TOKEN_GONE and exc.code != UNKNOWN_MESSAGE:
                     log.info("interaction %s: token expired", self._interaction.id)
                     return None
                 raise
