@@ -231,6 +231,55 @@ async def test_an_answer_redacted_by_its_key_leaves_the_summary_folded_from_it(
         await store.aclose()
 
 
+class HeldLongAnswer(HeldAnswer):
+    """The first answer fills its first message (a paragraph near Discord's 2,000 characters)
+    and starts a second one, then waits for `release` before the part with REMOVED in it."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        if self._held:
+            async for chunk in super().stream(request):
+                yield chunk
+            return
+        self._held = True
+        self.requests.append(request)
+        yield Chunk(text="The first half. " * 118 + "\n\n" + "The second message. " * 10)
+        await self.release.wait()
+        yield Chunk(text=f" The second half: {REMOVED}.")
+        yield Chunk(usage=Usage(0, 12), finish_reason="stop")
+
+
+@pytest.mark.xfail(strict=True, reason="a deletion event before the record is lost (r1rev)")
+async def test_a_discord_answer_whose_first_message_is_deleted_while_the_rest_streams(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A moderator deletes the first message of a long answer while its second still streams:
+    the first is never edited again (no Unknown Message), and its deletion event arrives
+    before the answer is recorded (nothing to redact yet). The answer must not be recorded
+    whole under the key of a message that is gone."""
+    backend = HeldLongAnswer()
+    async with discord_harness(tmp_path, backend, database_url=database_url) as h:
+        await h.deliver_event(ev.message_create("what is new?", channel=ev.CHANNEL,
+                                                mentions_bot=True))  # fmt: skip
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await h.api.until(lambda: len(h.api.messages[ev.CHANNEL]) == 2)
+        except TimeoutError:
+            backend.release.set()
+            raise
+        first = min(h.api.messages[ev.CHANNEL])
+        try:
+            h.api.delete(ev.CHANNEL, first, ev.GUILD)  # a moderator, with Manage Messages
+            async with asyncio.timeout(WAIT_S):
+                await h.adapter.deleted(1)
+        finally:
+            backend.release.set()
+        await h.idle()
+        key = ConversationKey("discord", str(ev.CHANNEL))
+        recorded = (await history(h.app, key))[-1]
+        assert recorded[0] is Role.ASSISTANT
+        assert REMOVED not in recorded[1] and "first half" not in recorded[1], recorded
+
+
 async def test_a_slash_command_answer_deleted_while_it_streams_is_not_sent_again(
     tmp_path: Path, database_url: str
 ) -> None:
