@@ -2,7 +2,8 @@
 
 The platform gives the limit and how it counts (`length`: UTF-16 units for Telegram,
 characters for Discord); it must be additive (a text's length is the sum of its parts'), so
-a longer prefix is never shorter. The split works on the Markdown, before any rendering.
+a longer prefix is never shorter, and count every character at least once (so only the first
+`limit` characters are ever measured). The split works on the Markdown, before any rendering.
 
 A cut goes, in order of preference, between two blocks (markdown-it's top-level blocks) or at
 a blank line, at a line break, after a sentence, at a space; a good cut in the second half of
@@ -75,7 +76,7 @@ class Splitter:
     def split(self, text: str) -> list[str]:
         pieces: list[str] = []
         rest = text.strip()
-        while self._length(rest) > self.limit:
+        while len(rest) > self.limit or self._length(rest) > self.limit:
             end = fit(rest, self.limit, self._length)
             # The window, and the character after it (never a cut before an accent).
             seen = rest[: end + 1]
@@ -91,8 +92,9 @@ class Splitter:
 
 
 def fit(text: str, limit: int, length: Length) -> int:
-    """How many characters of `text` fit in `limit` (binary search: `length` is additive)."""
-    low, high = 0, len(text)
+    """How many characters of `text` fit in `limit` (binary search: `length` is additive,
+    and counts every character at least once)."""
+    low, high = 0, min(len(text), limit)
     while low < high:
         mid = (low + high + 1) // 2
         if length(text[:mid]) <= limit:
