@@ -30,6 +30,15 @@ one rule for the whole answer, measured by the one length the splitter uses (whi
 lands in the deferred response, a follow-up or a channel message is decided after the split),
 and a second guard beside the flag. The brackets do not show.
 
+A spoiler (`||hidden||`) hides only between both of its markers, so one left open at the end
+of a message is closed there (`close_spoiler`): a streaming answer's edit before the model
+wrote the closing marker, a piece of a split answer (the next piece opens it again: the
+splitter's `reopen`), and an answer whose model never closed it (it is hidden to its end, as
+it showed while streaming). The markers added count towards the 2,000 characters (the one
+length the splitter uses), and the recorded answer has none of them. `||` in code is no
+spoiler (Discord shows it as written) and is left alone, in a code block or span still
+being written too.
+
 Model output must never ping anyone: every call carries `AllowedMentions.none()` (only the
 asker may be pinged, by the reply reference of the first message), and "@everyone"/"@here" get
 a zero-width space so that even a client that ignores allowed mentions shows them as text.
@@ -79,6 +88,17 @@ _ZWSP = "\u200b"
 # punctuation, a quote, a closing bracket; ")" only when it closes no "(" of the link), and the
 # bold, strikethrough and spoiler markers that close around a link.
 _AFTER_LINK = frozenset(".,:;\"')]*~|")
+# Code, as for mentions and links, but a fence still open runs to the end of the text, and so
+# does an inline span still open on the text's last line (a streaming answer's code: its
+# "||", a shell's "or", is no spoiler to open); or a character after a backslash, shown as
+# written; or a spoiler's marker.
+_CODE_ESCAPE_OR_SPOILER = re.compile(
+    r"(?:```.*?(?:```|\Z)|(`+)(?:[^`\n]|[^`\n][^\n]*?[^`\n])\1(?!`)|`+[^`\n]*\Z)"
+    r"|\\.|(\|\|)",
+    re.S,
+)
+_MAY_START = re.compile(r"[`\\|]")
+SPOILER = "||"
 NOBODY = discord.AllowedMentions.none()
 ASKER_ONLY = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=True)
 # discord.py tries a call 5 times, sleeping each 429's retry_after; a longer storm gets more
@@ -122,6 +142,51 @@ def neutralise(text: str, *, bracket_links: bool = False) -> str:
     return _CODE_MENTION_OR_LINK.sub(shown, text)
 
 
+def reopen_spoiler(text: str) -> str:
+    """The spoiler marker that `text` leaves open at its end ("" if none): each message is
+    rendered alone, so the next piece of a split answer opens it again."""
+    return SPOILER if _open_spoiler(text) is not None else ""
+
+
+def close_spoiler(text: str) -> str:
+    """`text` with a spoiler left open at its end closed, so that what it hides does not
+    show. A spoiler with nothing in it yet is left as written (its marker shows until text
+    follows it). A last "|" in the spoiler is taken as half of its closing marker: the text
+    as sent is then never longer than it will be once the model writes the other half (the
+    splitter's binary search needs a longer text never to be shorter as sent)."""
+    state = _open_spoiler(text)
+    if state is None:
+        return text
+    opened, half = state
+    if opened == len(text):
+        return text
+    return text + ("|" if half else SPOILER)
+
+
+def _open_spoiler(text: str) -> tuple[int, bool] | None:
+    """For a spoiler still open at the end of `text`: where its marker ends, and whether the
+    text ends in a "|" that is only text so far (no marker, code or escape took it); None
+    when every spoiler is closed."""
+    if SPOILER not in text:
+        return None
+    opened: int | None = None
+    taken = 0  # where the last code, escape or marker ends
+    # From one "`", "\\" or "|" to the next (a scan of every character is many times slower:
+    # the splitter measures each prefix it tries).
+    pos = 0
+    while (hit := _MAY_START.search(text, pos)) is not None:
+        m = _CODE_ESCAPE_OR_SPOILER.match(text, hit.start())
+        if m is None:
+            pos = hit.end()
+            continue
+        if m.group(2) is not None:
+            opened = m.end() if opened is None else None
+        pos = taken = m.end()
+    if opened is None:
+        return None
+    return opened, text.endswith("|") and taken < len(text)
+
+
 def _bracketed(link: str) -> str:
     """<link> and what follows it. A "<" written before the link was part of the match and is
     the opening one (so a link still streaming in its brackets gets one character, no more
@@ -161,8 +226,9 @@ class DiscordSurface:
         return bool(piece.strip())  # Discord renders Markdown; any non-blank text shows
 
     def content(self, piece: str) -> str:
-        """The piece as sent: mass mentions as text; with embeds off, its links in brackets."""
-        return neutralise(piece, bracket_links=self.suppress_embeds)
+        """The piece as sent: a spoiler left open closed; mass mentions as text; with embeds
+        off, its links in brackets."""
+        return neutralise(close_spoiler(piece), bracket_links=self.suppress_embeds)
 
     def shown_length(self, piece: str) -> int:
         """The length Discord counts (and refuses past 2,000): the piece as sent."""
@@ -276,9 +342,14 @@ class InteractionSurface:
         if edited:
             message.shown = piece
             return
-        # The message keeps what it shows; the rest of the piece follows it.
+        # The message keeps what it shows; the rest of the piece follows it (a spoiler open
+        # where it stops opened again).
         shown = message.shown
-        rest = piece[len(shown) :] if piece.startswith(shown) else piece
+        rest = piece
+        if piece.startswith(shown):
+            rest = piece[len(shown) :]
+            if reopen_spoiler(shown):
+                rest = reopen_spoiler(shown) + rest.lstrip()
         if not self._rest.shows(rest):
             return
         if message.after is None:
@@ -380,7 +451,8 @@ async def play(
         first_sent.set()
     typing = asyncio.create_task(_type_until(channel, gate, first_sent))
     try:
-        await Streamer(surface, Pacing(interval_s, MAX_MESSAGE, rest.shown_length)).play(chunks)
+        pacing = Pacing(interval_s, MAX_MESSAGE, rest.shown_length, reopen_spoiler)
+        await Streamer(surface, pacing).play(chunks)
     finally:
         typing.cancel()
         await asyncio.gather(typing, return_exceptions=True)

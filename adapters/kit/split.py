@@ -14,6 +14,10 @@ rendered alone, so a cut outside bold, strikethrough and links is preferred too.
 boundary at all (one very long word) the cut goes between two characters, never inside an
 emoji sequence, a flag or before a combining mark.
 
+A platform whose inline markup may run on past a cut (Discord's spoilers) gives `reopen`:
+what a piece leaves open, written again at the start of the next piece (the piece itself is
+closed by the platform's rendering, and its `length` counts that closing).
+
 Where a piece ends depends only on the first `limit` of the text after the previous piece
 (and the one character after it), and a piece is cut only once the text after it is longer
 than `limit`. So the pieces of a growing (streamed) text never change once more text follows
@@ -28,7 +32,7 @@ import itertools
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -36,6 +40,8 @@ from markdown_it.token import Token
 from bot.lru import Lru
 
 Length = Callable[[str], int]
+# What a piece leaves open at its end, to open again at the start of the next piece.
+Reopen = Callable[[str], str]
 
 # Blocks only: where the lines of each block are is all a cut needs (inline parsing is most of
 # markdown-it's time).
@@ -53,24 +59,36 @@ _TICKS = re.compile(r"`+")
 # strikethrough delimiters, and a link or image (its URL may run past the window).
 _PAIRED = re.compile(r"\*\*|__|~~")
 _LINK = re.compile(r"!?\[[^\[\]]*(?:\]\([^()\s]*\)?|\Z)")
+# A code block's opening fence, at the start of a line.
+_FENCE = re.compile(r" {0,3}(?:```|~~~)")
 # Below this a re-fenced code block has no room for its code.
 MIN_LIMIT = 32
 
 
-def split_text(text: str, limit: int, *, length: Length = len) -> list[str]:
+def split_text(
+    text: str, limit: int, *, length: Length = len, reopen: Reopen | None = None
+) -> list[str]:
     """The pieces of `text`, each within `limit` by `length`; [] for a blank text."""
-    return Splitter(limit, length=length).split(text)
+    return Splitter(limit, length=length, reopen=reopen).split(text)
 
 
 class Splitter:
     """`split_text` that remembers its cuts. A streamed answer is split again on every update,
     and the windows of its finished pieces come back unchanged: only the newest is parsed."""
 
-    def __init__(self, limit: int, *, length: Length = len, memory: int = 64) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        length: Length = len,
+        reopen: Reopen | None = None,
+        memory: int = 64,
+    ) -> None:
         if limit < MIN_LIMIT:
             raise ValueError(f"limit {limit} is below {MIN_LIMIT}")
         self.limit = limit
         self._length = length
+        self._reopen = reopen
         self._cuts: Lru[_Cut] = Lru(memory)
 
     def split(self, text: str) -> list[str]:
@@ -82,13 +100,48 @@ class Splitter:
             seen = rest[: end + 1]
             cut = self._cuts.get(seen)
             if cut is None:
-                cut = _decide(seen[:end], seen[end:], self.limit, self._length)
+                cut = self._decide(seen, end)
                 self._cuts.put(seen, cut)
             pieces.append(cut.piece)
-            rest = cut.rest_of(rest)
+            after = cut.rest_of(rest)
+            if len(after) >= len(rest):  # what the piece left open, carried, moved nothing on
+                after = replace(cut, carried="").rest_of(rest)
+            rest = after
         if rest:
             pieces.append(rest)
         return pieces
+
+    def _decide(self, seen: str, end: int) -> _Cut:
+        cut = _decide(seen[:end], seen[end:], self.limit, self._length)
+        if self._reopen is not None:
+            cut = self._carry(seen, end, cut, self._reopen)
+        return cut
+
+    def _carry(self, seen: str, end: int, cut: _Cut, reopen: Reopen) -> _Cut:
+        """`cut`, with what its piece leaves open opened again at the start of the rest. A
+        piece that ends by opening markup with nothing in it yet leaves the markup to the
+        next piece; one that is nothing but that markup (it opens a code block longer than
+        a message) gets the window's cut after it, so every piece moves the text on."""
+        markup = reopen(cut.piece)
+        if not markup or cut.reopen or not cut.piece.endswith(markup):
+            return cut.carrying(markup)
+        before = cut.piece[: -len(markup)]
+        if reopen(before):
+            return cut.carrying(markup)  # the markup closes one and opens another
+        if before.strip():
+            return _Cut(before.rstrip(), len(before))
+        start = len(cut.piece)
+        while start < end and seen[start].isspace():
+            start += 1
+        head = seen[:start]
+        room = self.limit - self._length(head)
+        size = fit(seen[start:end], room, self._length)
+        if size == 0 or room < MIN_LIMIT:
+            return cut.carrying(markup)
+        window = seen[start : start + size]
+        after = _decide(window, seen[start + size : start + size + 1], room, self._length)
+        piece = head + after.piece
+        return _Cut(piece, start + after.at, after.reopen).carrying(reopen(piece))
 
 
 def fit(text: str, limit: int, length: Length) -> int:
@@ -266,11 +319,20 @@ class _Cut:
     piece: str
     at: int
     reopen: str = ""
+    carried: str = ""  # inline markup the piece leaves open (`Reopen`), opened again first
 
     def rest_of(self, text: str) -> str:
         if self.reopen:
-            return self.reopen + text[self.at :].removeprefix("\n")
-        return text[self.at :].lstrip()
+            rest = self.reopen + text[self.at :].removeprefix("\n")
+        else:
+            rest = text[self.at :].lstrip()
+        if self.carried and _FENCE.match(rest):
+            return f"{self.carried}\n{rest}"  # a fence starts its line
+        return self.carried + rest
+
+    def carrying(self, markup: str) -> _Cut:
+        """This cut, with `markup` opened again at the start of the rest."""
+        return _Cut(self.piece, self.at, self.reopen, markup)
 
 
 def _decide(window: str, following: str, limit: int, length: Length) -> _Cut:

@@ -46,7 +46,7 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 from bot.conversation.sink import Shown, current_shown
 from bot.errors import AdapterError, MessageGone, PlatformAway
 
-from .split import Length, Splitter
+from .split import Length, Reopen, Splitter
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class Pacing:
     interval_s: float  # between visible updates (Telegram: 1 s private, 3 s in groups)
     limit: int  # of one message, counted by `length`
     length: Length = len
+    # What a piece leaves open, written again at the start of the next (Discord's spoilers).
+    reopen: Reopen | None = None
 
 
 @dataclass
@@ -116,7 +118,7 @@ class Streamer(Generic[Ref]):
         self._drafts = drafts
         self._clock = clock
         self._sleep = sleep
-        self._splitter = Splitter(pacing.limit, length=pacing.length)
+        self._splitter = Splitter(pacing.limit, length=pacing.length, reopen=pacing.reopen)
         self._shown: dict[int, _Shown[Ref]] = {}  # piece index -> its message
         # The core's record of what is shown (None: a sink outside a turn, or a test).
         self._kept: Shown | None = current_shown()
