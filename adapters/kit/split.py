@@ -112,10 +112,17 @@ class Splitter:
         return pieces
 
     def _decide(self, seen: str, end: int) -> _Cut:
-        cut = _decide(seen[:end], seen[end:], self.limit, self._length)
-        if self._reopen is not None:
-            cut = self._carry(seen, end, cut, self._reopen)
-        return cut
+        # A length that is not additive (Discord's closing of a spoiler left open, which a
+        # code block's closing fence may open) can put the piece as cut over a window that
+        # fits: the window is then narrowed by the excess until the piece fits.
+        while True:
+            cut = _decide(seen[:end], seen[end:], self.limit, self._length)
+            if self._reopen is not None:
+                cut = self._carry(seen, end, cut, self._reopen)
+            over = self._length(cut.piece) - self.limit
+            if over <= 0 or end <= 1:
+                return cut
+            end = max(1, end - over)
 
     def _carry(self, seen: str, end: int, cut: _Cut, reopen: Reopen) -> _Cut:
         """`cut`, with what its piece leaves open opened again at the start of the rest. A
