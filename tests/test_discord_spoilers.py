@@ -24,7 +24,13 @@ from hypothesis import strategies as st
 pytest.importorskip("discord")
 pytest.importorskip("websockets")
 
-from adapters.discord.stream import MAX_MESSAGE, close_spoiler, neutralise, reopen_spoiler
+from adapters.discord.stream import (
+    MAX_MESSAGE,
+    close_spoiler,
+    neutralise,
+    reopen_spoiler,
+    settle_spoiler,
+)
 from adapters.kit.split import Splitter, split_text
 from backends.base import Chunk, GenerationRequest
 from bot.types import ConversationKey, Role
@@ -87,6 +93,32 @@ async def test_a_streaming_spoiler_stays_hidden_before_its_closing_marker(tmp_pa
         answer = "The killer is ||the butler, with the candlestick||. Enjoy!"
         assert h.api.texts(ev.DM) == [answer]
         assert await _answers_in(h, ev.DM) == [answer]  # the model's text, nothing added
+
+
+async def test_a_marker_never_closed_shows_in_the_final_message_as_discord_shows_it(
+    tmp_path: Path,
+) -> None:
+    """Prose such as "a || b" is no spoiler to Discord, which shows it as written. While the
+    answer streams the rest is hidden (the model may yet close it); the final message shows
+    the marker as written (escaped), and what follows it, as the first version did not (a
+    reviewer's finding: the whole rest of the answer stayed hidden)."""
+    backend = PausedBackend("Use a || b to combine", " the two flags, then restart the service.")
+    async with discord_harness(tmp_path, backend) as h:
+        partial = await _shown_while_paused(h, backend)
+        assert "combine" not in in_the_clear(partial)
+        answer = "Use a || b to combine the two flags, then restart the service."
+        (final,) = h.api.texts(ev.DM)
+        assert final == "Use a \\|\\| b to combine the two flags, then restart the service."
+        assert "restart the service" in in_the_clear(final)
+        assert await _answers_in(h, ev.DM) == [answer]  # the model's text, nothing added
+
+
+def test_only_a_marker_never_closed_is_escaped() -> None:
+    assert settle_spoiler("a || b") == "a \\|\\| b"
+    assert settle_spoiler("||x|| and ||y") == "||x|| and \\|\\|y"
+    assert settle_spoiler("||x|| done") == "||x|| done"
+    assert settle_spoiler("`a || b` c") == "`a || b` c"  # code: no spoiler
+    assert reopen_spoiler(settle_spoiler("p ||q ||r|| s ||t")) == ""
 
 
 async def test_a_lone_pipe_while_streaming_is_taken_as_the_closing_marker(tmp_path: Path) -> None:
@@ -202,8 +234,9 @@ PARTS += ["`x || y`", "https://example.com/a ", "@here ", "\\|"]
 def test_every_piece_fits_as_sent(parts: list[str], limit: int) -> None:
     """Closing markup at a piece's end makes the length as sent not quite additive: a piece
     is still never longer than the limit, nor blank."""
-    pieces = split_text("".join(parts), limit, length=sent_length, reopen=reopen_spoiler)
-    assert all(sent_length(p) <= limit and p.strip() for p in pieces)
+    for text in ("".join(parts), settle_spoiler("".join(parts))):  # streamed, and final
+        pieces = split_text(text, limit, length=sent_length, reopen=reopen_spoiler)
+        assert all(sent_length(p) <= limit and p.strip() for p in pieces)
 
 
 async def test_a_spoiler_open_when_the_token_expires_stays_hidden_after_it(tmp_path: Path) -> None:

@@ -30,14 +30,14 @@ one rule for the whole answer, measured by the one length the splitter uses (whi
 lands in the deferred response, a follow-up or a channel message is decided after the split),
 and a second guard beside the flag. The brackets do not show.
 
-A spoiler (`||hidden||`) hides only between both of its markers, so one left open at the end
-of a message is closed there (`close_spoiler`): a streaming answer's edit before the model
-wrote the closing marker, a piece of a split answer (the next piece opens it again: the
-splitter's `reopen`), and an answer whose model never closed it (it is hidden to its end, as
-it showed while streaming). The markers added count towards the 2,000 characters (the one
-length the splitter uses), and the recorded answer has none of them. `||` in code is no
-spoiler (Discord shows it as written) and is left alone, in a code block or span still
-being written too.
+A spoiler (`||hidden||`) hides only between both of its markers, so one left open at the end of
+a message is closed there (`close_spoiler`): a streaming answer's edit before the model wrote
+the closing marker, a piece of a split answer (the next piece opens it again: the splitter's
+`reopen`). A marker the model never closed is no spoiler to Discord, which shows it as written:
+the final messages show it so too (`settle_spoiler` escapes it), where it hid the rest while
+the answer streamed. The markers added count towards the 2,000 characters (the one length the
+splitter uses), and the recorded answer has none of them. `||` in code is no spoiler (Discord
+shows it as written) and is left alone, in a code block or span still being written too.
 
 Model output must never ping anyone: every call carries `AllowedMentions.none()` (only the
 asker may be pinged, by the reply reference of the first message), and "@everyone"/"@here" get
@@ -161,6 +161,17 @@ def close_spoiler(text: str) -> str:
     if opened == len(text):
         return text
     return text + ("|" if half else SPOILER)
+
+
+def settle_spoiler(text: str) -> str:
+    """The whole answer with the marker of a spoiler it never closes escaped (`\\|\\|`), so that
+    its final messages show it as written, as Discord shows an unpaired marker: prose such as
+    "a || b" is no spoiler, and what follows it is not hidden."""
+    state = _open_spoiler(text)
+    if state is None:
+        return text
+    opened = state[0]
+    return text[: opened - len(SPOILER)] + "\\|\\|" + text[opened:]
 
 
 def _open_spoiler(text: str) -> tuple[int, bool] | None:
@@ -451,7 +462,7 @@ async def play(
         first_sent.set()
     typing = asyncio.create_task(_type_until(channel, gate, first_sent))
     try:
-        pacing = Pacing(interval_s, MAX_MESSAGE, rest.shown_length, reopen_spoiler)
+        pacing = Pacing(interval_s, MAX_MESSAGE, rest.shown_length, reopen_spoiler, settle_spoiler)
         await Streamer(surface, pacing).play(chunks)
     finally:
         typing.cancel()

@@ -84,6 +84,9 @@ class Pacing:
     length: Length = len
     # What a piece leaves open, written again at the start of the next (Discord's spoilers).
     reopen: Reopen | None = None
+    # The whole answer as its final messages show it (Discord: a spoiler marker the model
+    # never closed shown as written, where it hid the rest while the answer streamed).
+    settle: Callable[[str], str] | None = None
 
 
 @dataclass
@@ -198,7 +201,7 @@ class Streamer(Generic[Ref]):
             await self._put(len(complete), growing, final=False)
 
     async def _show_final(self, text: str) -> None:
-        pieces = self._split(text)
+        pieces = self._split(self._pacing.settle(text) if self._pacing.settle else text)
         for i, piece in enumerate(pieces):
             await self._put(i, piece, final=True)
         for i in sorted(self._shown):
