@@ -47,6 +47,8 @@ class HeldAnswer(ScriptedBackend):
     """Answers "Noted."; the first answer streams its first half, then waits for `release`
     before the half with REMOVED in it."""
 
+    FIRST = "The first half."
+
     def __init__(self) -> None:
         super().__init__(lambda request: "Noted.")
         self.release = asyncio.Event()
@@ -59,7 +61,7 @@ class HeldAnswer(ScriptedBackend):
             return
         self._held = True
         self.requests.append(request)
-        yield Chunk(text="The first half.")
+        yield Chunk(text=self.FIRST)
         await self.release.wait()
         yield Chunk(text=f" The second half: {REMOVED}.")
         yield Chunk(usage=Usage(0, 12), finish_reason="stop")
@@ -235,17 +237,7 @@ class HeldLongAnswer(HeldAnswer):
     """The first answer fills its first message (a paragraph near Discord's 2,000 characters)
     and starts a second one, then waits for `release` before the part with REMOVED in it."""
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        if self._held:
-            async for chunk in super().stream(request):
-                yield chunk
-            return
-        self._held = True
-        self.requests.append(request)
-        yield Chunk(text="The first half. " * 118 + "\n\n" + "The second message. " * 10)
-        await self.release.wait()
-        yield Chunk(text=f" The second half: {REMOVED}.")
-        yield Chunk(usage=Usage(0, 12), finish_reason="stop")
+    FIRST = "The first half. " * 118 + "\n\n" + "The second message. " * 10
 
 
 @pytest.mark.xfail(strict=True, reason="a deletion event before the record is lost (r1rev)")
