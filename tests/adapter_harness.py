@@ -182,12 +182,22 @@ def _update(payload: dict[str, Any], adapter: TelegramAdapter) -> Any:
 
 @asynccontextmanager
 async def telegram_harness(
-    tmp_path: Path, backend: object | None, **sections: Any
+    tmp_path: Path,
+    backend: object | None,
+    *,
+    database_url: str | None = None,
+    redis: dict[str, Any] | None = None,
+    **sections: Any,
 ) -> AsyncIterator[TelegramHarness]:
+    """`sections`: the telegram section's settings; `redis`: the core's; `database_url`: the
+    database (a SQLite file in tmp_path by default)."""
     api = FakeBotApi()
     async with api.serving() as base_url:
         telegram = {"token": TOKEN, "base_url": base_url, "stream_interval_s": 0.05, **sections}
-        settings = settings_for(tmp_path, "telegram", telegram=telegram)
+        core: dict[str, Any] = {"redis": redis} if redis else {}
+        settings = settings_for(
+            tmp_path, "telegram", database_url=database_url, telegram=telegram, **core
+        )
         async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
             section = settings.section("telegram")
             assert isinstance(section, TelegramSettings)

@@ -12,29 +12,23 @@ with the windows in process and in Redis.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.kit.runner import host_for
 from adapters.telegram import stream as telegram_stream
-from adapters.telegram.adapter import TelegramAdapter
-from adapters.telegram.settings import TelegramSettings
 from backends.base import Chunk, GenerationRequest, Usage
 from bot.app import Parley
-from bot.settings import load_settings
 from bot.storage.base import ANSWER_DELETED_STUB, MessageKind
 from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
 from bot.storage.sql_store import SqlStore
 from bot.types import ConversationKey, Incoming, Role, User
 from tests import discord_events as ev
-from tests.adapter_harness import discord_harness
+from tests.adapter_harness import discord_harness, telegram_harness
 from tests.doubles import ScriptedBackend
-from tests.telegram_api import TOKEN, FakeBotApi
 from tests.telegram_updates import feed, message, person
 
 GROUP, ADA = -100778, 7
@@ -89,29 +83,6 @@ def asked(update_id: int, text: str) -> dict[str, Any]:
     return {"update_id": update_id, "message": body}
 
 
-@asynccontextmanager
-async def telegram(
-    url: str, backend: ScriptedBackend, redis: dict[str, Any] | None
-) -> AsyncIterator[tuple[Parley, TelegramAdapter, FakeBotApi]]:
-    api = FakeBotApi()
-    async with api.serving() as base_url:
-        core: dict[str, Any] = {"redis": redis} if redis else {}
-        settings = load_settings(
-            None,
-            database={"url": url},
-            telegram={"token": TOKEN, "base_url": base_url, "stream_interval_s": 0.05},
-            **core,
-        )
-        async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
-            section = settings.section("telegram")
-            assert isinstance(section, TelegramSettings)
-            adapter = TelegramAdapter(host_for(app), section)
-            app.intake.register("telegram", adapter, section.access)
-            async with adapter:
-                yield app, adapter, api
-                await adapter.idle()
-
-
 async def history(app: Parley, key: ConversationKey) -> list[tuple[Role, str]]:
     conversation = await app.store.conversation_id(key)
     assert conversation is not None
@@ -120,11 +91,16 @@ async def history(app: Parley, key: ConversationKey) -> list[tuple[Role, str]]:
 
 
 async def test_a_telegram_group_answer_deleted_while_it_streams_is_recorded_as_deleted(
-    database_url: str, redis: dict[str, Any] | None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    database_url: str,
+    redis: dict[str, Any] | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(telegram_stream, "GROUP_INTERVAL_S", 0.05)  # quicker, the same path
     backend = HeldAnswer()
-    async with telegram(database_url, backend, redis) as (app, adapter, api):
+    harness = telegram_harness(tmp_path, backend, database_url=database_url, redis=redis)
+    async with harness as h:
+        app, adapter, api = h.app, h.adapter, h.api
         await feed(adapter, asked(1, "what is new?"))
         async with asyncio.timeout(WAIT_S):
             await api.wait_for_messages(GROUP, 1)
