@@ -54,7 +54,7 @@ def mostly_controls(text: str) -> bool:
     if text and not body:
         return True  # end-of-file marks alone
     body = _OVERSTRUCK.sub("", body)
-    return sum(1 for _ in _OTHER_CONTROLS.finditer(body)) * 20 > len(body)
+    return _OTHER_CONTROLS.subn("", body)[1] * 20 > len(body)  # counted in C: a file can be 50 MB
 
 
 def utf16_layout(sample: bytes) -> str | None:
