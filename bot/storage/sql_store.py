@@ -451,13 +451,16 @@ class SqlStore:
     ) -> bool:  # fmt: skip
         params = {"cid": conversation_id, "who": lease.owner, "epoch": lease.epoch,
                   "first": first_id, "last": last_id, "now_": utcnow()}  # fmt: skip
+        # Urgent: the answer's first piece waits on it, its model's first token maybe already
+        # in, while other turns' messages are still being recorded.
         if replacing is None:
-            return await self._write(_BEGIN_DELIVERY, params) == 1
+            return await self._write(_BEGIN_DELIVERY, params, urgent=True) == 1
         if replacing.seen is None:  # its own (TurnDelivery.again): no heartbeat judged
             statement, seen = _TAKE_OVER_OWN_DELIVERY, {}
         else:
             statement, seen = _TAKE_OVER_DELIVERY, {"seen": replacing.seen}
-        return await self._write(statement, params | {"old": replacing.epoch} | seen) == 1
+        taking_over = params | {"old": replacing.epoch} | seen
+        return await self._write(statement, taking_over, urgent=True) == 1
 
     async def note_delivery(
         self, conversation_id: int, epoch: int, shown: dict[int, str | int]
@@ -468,7 +471,7 @@ class SqlStore:
 
     async def hold_delivery(self, conversation_id: int, epoch: int, owner: str) -> bool:
         params = {"cid": conversation_id, "epoch": epoch, "who": owner, "now_": utcnow()}
-        return await self._write(_HOLD_DELIVERY, params, relaxed=True) == 1
+        return await self._write(_HOLD_DELIVERY, params, relaxed=True, urgent=True) == 1
 
     async def end_delivery(self, conversation_id: int, epoch: int, *, abandon: bool) -> None:
         statement = _ABANDON_DELIVERY if abandon else _END_DELIVERY
@@ -495,17 +498,20 @@ class SqlStore:
         write: bool = False,
         one_statement: bool = False,
         on: Runner | None = None,
+        urgent: bool = False,
     ) -> T:
         """`work` on a connection: in a transaction committed on success when `write`, else
         a read (no transaction where the driver allows); `one_statement` says that the write
         is atomic without one. A pooled connection found dead (the server restarted; there is
         no pre-ping) is dropped and `work` runs once more on a new one. The runner runs `work`
-        whole in one `run_sync`, not one greenlet switch per statement.
+        whole in one `run_sync`, not one greenlet switch per statement. `urgent`: an answer
+        waits on it to show its next piece (`runners.Admission` lets it in first).
         """
         transaction = write and not (one_statement and self._autocommit)
         runner = on or self._runner
         return await retry_dead_connection(
-            lambda: runner.run(work, transaction=transaction), self._engine.url
+            lambda: runner.run(work, transaction=transaction, write=write, urgent=urgent),
+            self._engine.url,
         )
 
     async def _rows(
@@ -520,13 +526,18 @@ class SqlStore:
         return [_to_message(row) for row in await self._rows(stmt, params)]
 
     async def _write(
-        self, stmt: sa.Executable, params: Mapping[str, Any], *, relaxed: bool = False
+        self,
+        stmt: sa.Executable,
+        params: Mapping[str, Any],
+        *,
+        relaxed: bool = False,
+        urgent: bool = False,
     ) -> int:
         """One statement that is atomic by itself; the number of rows it changed. `relaxed`:
-        committed without waiting for the disk (see `relaxed_engine`)."""
+        committed without waiting for the disk (see `relaxed_engine`). `urgent`: see _run."""
         work: Callable[[Queries], int] = lambda q: q.rowcount(stmt, params)  # noqa: E731
         on = self._relaxed_runner if relaxed else None
-        return await self._run(work, write=True, one_statement=True, on=on)
+        return await self._run(work, write=True, one_statement=True, on=on, urgent=urgent)
 
     def _upsert(self, q: Queries, values: Mapping[str, Any]) -> tuple[int, int]:
         """The ids of the sender and the conversation, each inserted or found. Once per sender
