@@ -178,3 +178,14 @@ async def test_begin_delivery_goes_before_a_burst_of_other_turns(store: SqlStore
         await store.end_delivery(cid, lease.epoch, abandon=False)
     # Admitted after at most the two calls that held the pool's places when it came.
     assert finished.index("begun") <= 2, finished
+
+
+async def test_the_timeout_counts_only_the_calls_still_waiting() -> None:
+    # Calls that gave up (timed out, cancelled) stay in the heap until a give-back pops them;
+    # the error an operator reads during an outage must not count them as waiting.
+    admission = Admission(1, writers=None, timeout_s=0.01)
+    async with admission.place(write=False, urgent=False):
+        for _ in range(3):
+            with pytest.raises(sa_exc.TimeoutError, match=r"\(1 calls waiting\)"):
+                async with admission.place(write=False, urgent=False):
+                    pass

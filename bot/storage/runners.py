@@ -159,9 +159,12 @@ class Admission:
         except TimeoutError:
             if admitted.done() and not admitted.cancelled():
                 return  # admitted as the timeout struck: the place is taken, use it
+            # This call and those still in line; the ones that gave up stay in the heap until
+            # a give-back pops them, and are not waiting.
+            waiting = 1 + sum(not entry[3].done() for entry in self._line)
             raise sa_exc.TimeoutError(
                 f"no database connection free within {self._timeout_s:g} s "
-                f"({len(self._line)} calls waiting)"
+                f"({waiting} calls waiting)"
             ) from None
         except BaseException:
             if admitted.done() and not admitted.cancelled():
