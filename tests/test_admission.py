@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.storage.base import MessageKind
-from bot.storage.database import create_engine
+from bot.storage.database import create_engine, run_on_connection
 from bot.storage.migrate import upgrade
 from bot.storage.runners import Admission
 from bot.storage.sql_store import SqlStore
@@ -189,3 +191,47 @@ async def test_the_timeout_counts_only_the_calls_still_waiting() -> None:
             with pytest.raises(sa_exc.TimeoutError, match=r"\(1 calls waiting\)"):
                 async with admission.place(write=False, urgent=False):
                     pass
+
+
+async def test_the_repositories_wait_in_the_same_line(tmp_path: Path) -> None:
+    """database.run_on_connection (handoff, preferences, usage, knowledge base) takes its
+    place in the store's line: an urgent store call goes before a repository's call that came
+    first, instead of both queueing again in the pool."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    await upgrade(url)
+    store = SqlStore(create_engine(url, pool_size=1))
+    await store.start()
+    try:
+        recorded = await store.record_incoming(_message("answering"), kind=MessageKind.CHAT,
+                                               token_count=1)  # fmt: skip
+        cid, mid = recorded.conversation_id, recorded.message_id
+        order: list[str] = []
+        holding = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold(conn: AsyncConnection) -> None:
+            holding.set()
+            await release.wait()
+
+        async def read(conn: AsyncConnection) -> None:
+            await conn.execute(sa.text("SELECT 1"))
+            order.append("repository")
+
+        async with store.turn_lease(cid, "worker-a", ttl_s=10, wait_s=1) as lease:
+            holder = asyncio.create_task(run_on_connection(store.engine, hold))
+            await holding.wait()
+            repository = asyncio.create_task(run_on_connection(store.engine, read))
+            await asyncio.sleep(0.05)  # the repository's call is in line first
+
+            async def begin() -> None:
+                assert await store.begin_delivery(lease, cid, mid, mid)
+                order.append("begun")
+
+            beginning = asyncio.create_task(begin())
+            await asyncio.sleep(0.05)
+            release.set()
+            await asyncio.gather(holder, repository, beginning)
+            await store.end_delivery(cid, lease.epoch, abandon=False)
+        assert order == ["begun", "repository"]
+    finally:
+        await store.aclose()

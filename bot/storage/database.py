@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 from sqlalchemy.pool import NullPool
 
 from bot.errors import ConfigError, StorageError
+from bot.storage.runners import admission
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -201,7 +202,9 @@ async def run_on_connection(
             opened = engine.execution_options(isolation_level="AUTOCOMMIT").connect()
         else:
             opened = engine.begin() if write or single else engine.connect()
-        async with opened as conn:
+        # In the engine's one line for its connections, with the store's own calls.
+        placed = admission(engine).place(write=write or single, urgent=False)
+        async with placed, opened as conn:
             return await work(conn)
 
     return await retry_dead_connection(attempt, engine.url)

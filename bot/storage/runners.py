@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import NullPool, QueuePool
 
 T = TypeVar("T")
 Params = Mapping[str, Any] | None
@@ -73,16 +74,7 @@ class Runner:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        pool = engine.pool
-        # SQLite has one writer at a time: a second write waits for the first here, woken the
-        # moment it commits, not in SQLite's busy handler, which sleeps and polls (1, 2, 5,
-        # 10 ms and more) while holding a pooled connection. Across processes (several
-        # workers on one file) the busy handler still decides.
-        self._admission = Admission(
-            pool_size(engine),
-            writers=1 if engine.dialect.name == "sqlite" else None,
-            timeout_s=pool.timeout() if isinstance(pool, QueuePool) else None,
-        )
+        self._admission = admission(engine)
         # PostgreSQL: reads (and single-statement writes) in autocommit mode, with no BEGIN and
         # ROLLBACK round trips around them. SQLite's driver opens no transaction for a read.
         self._autocommit: dict[str, Any] = {}
@@ -116,15 +108,36 @@ class Runner:
                 await stack.enter_async_context(self._engine.connect())
 
 
-class Admission:
-    """Places on a pool's connections: at most `places` calls at once, at most `writers` of
-    them writes (None: any number). A call that finds no place waits in line, urgent ones
-    first, then in the order they came; one waiting longer than `timeout_s` fails as the
-    pool's own checkout does (SQLAlchemy's TimeoutError). A write that cannot run yet does
-    not hold back a read behind it that can."""
+def admission(engine: AsyncEngine) -> Admission:
+    """The one Admission of `engine`, shared by the store's calls and the repositories'
+    (database.run_on_connection), so that a call waits for its place once, in one line.
 
-    def __init__(self, places: int, *, writers: int | None, timeout_s: float | None) -> None:
-        self._free = places
+    SQLite has one writer at a time: a second write waits for the first here, woken the
+    moment it commits, not in SQLite's busy handler, which sleeps and polls (1, 2, 5, 10 ms
+    and more) while holding a pooled connection. Another engine on the same file (the lease
+    keeper's own connection, another process) still meets these writes in the busy handler."""
+    found = _ADMISSIONS.get(engine)
+    if found is None:
+        pool = engine.pool
+        found = _ADMISSIONS[engine] = Admission(
+            None if isinstance(pool, NullPool) else pool_size(engine),
+            writers=1 if engine.dialect.name == "sqlite" else None,
+            timeout_s=pool.timeout() if isinstance(pool, QueuePool) else None,
+        )
+    return found
+
+
+class Admission:
+    """Places on a pool's connections: at most `places` calls at once (None: any number), at
+    most `writers` of them writes (None: any number). A call that finds no place waits in
+    line, urgent ones first, then in the order they came; one waiting longer than `timeout_s`
+    fails as the pool's own checkout does (SQLAlchemy's TimeoutError). A write that cannot run
+    yet does not hold back a read behind it that can. Code that opens the engine's connections
+    itself (engine.connect()) is not in this line: its connections are the pool's, and a call
+    admitted here may still wait for one of them in the pool's own queue."""
+
+    def __init__(self, places: int | None, *, writers: int | None, timeout_s: float | None) -> None:
+        self._free: float = places if places is not None else float("inf")
         self._writers_free = writers
         self._timeout_s = timeout_s
         self._line: list[tuple[bool, int, bool, asyncio.Future[None]]] = []
@@ -188,6 +201,9 @@ class Admission:
                 held_back.append(entry)
         for entry in held_back:
             heapq.heappush(self._line, entry)
+
+
+_ADMISSIONS: weakref.WeakKeyDictionary[AsyncEngine, Admission] = weakref.WeakKeyDictionary()
 
 
 def _call(

@@ -404,7 +404,11 @@ class SqlStore:
         work: Callable[[Queries], Sequence[Sequence[Any]]] = lambda q: q.rows(  # noqa: E731
             statement, params
         )
-        rows = await self._run(work, write=True, one_statement=True, on=self._keeper_runner)
+        # Urgent where the keeper has no connection of its own (it shares the store's line):
+        # a renewal keeps answers going, and waits behind no burst of new turns.
+        rows = await self._run(
+            work, write=True, one_statement=True, on=self._keeper_runner, urgent=True
+        )
         if self._autocommit:
             return {(int(cid), int(epoch)): bool(renewed) for cid, epoch, renewed in rows}
         return {(int(cid), int(epoch)): True for cid, epoch in rows}
