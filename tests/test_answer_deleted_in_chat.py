@@ -121,6 +121,61 @@ async def test_a_telegram_group_answer_deleted_while_it_streams_is_recorded_as_d
         assert api.texts(GROUP) == ["Noted."]
 
 
+class LongAnswer(ScriptedBackend):
+    """Answers "Noted."; the first answer is WORDS words, one every few milliseconds, and
+    notes how many it gave and whether its stream was closed before the end."""
+
+    WORDS = 2000
+
+    def __init__(self) -> None:
+        super().__init__(lambda request: "Noted.")
+        self.given = 0
+        self.closed_early = False
+        self._long = True
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        if not self._long:
+            async for chunk in super().stream(request):
+                yield chunk
+            return
+        self._long = False
+        self.requests.append(request)
+        try:
+            for n in range(self.WORDS):
+                yield Chunk(text=f"{REMOVED}-{n} ")
+                self.given += 1
+                await asyncio.sleep(0.005)
+            yield Chunk(usage=Usage(0, self.WORDS), finish_reason="stop")
+        except (GeneratorExit, asyncio.CancelledError):
+            self.closed_early = True
+            raise
+
+
+async def test_the_model_stops_once_its_answer_is_deleted_in_the_chat(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing of an answer deleted while it streams is kept: its model request is aborted
+    there (a 10 s answer no longer runs to its end on the model's server)."""
+    monkeypatch.setattr(telegram_stream, "GROUP_INTERVAL_S", 0.05)
+    backend = LongAnswer()
+    async with telegram_harness(tmp_path, backend, database_url=database_url) as h:
+        app, adapter, api = h.app, h.adapter, h.api
+        await feed(adapter, asked(1, "tell me everything"))
+        async with asyncio.timeout(WAIT_S):
+            await api.wait_for_messages(GROUP, 1)
+        (shown,) = api.messages[GROUP]
+        del api.messages[GROUP][shown]  # a moderator deletes it
+        await adapter.idle()
+        assert backend.closed_early and backend.given < LongAnswer.WORDS
+        assert api.texts(GROUP) == []  # nothing sent again
+        key = ConversationKey("telegram", str(GROUP))
+        assert (await history(app, key))[-1] == (Role.ASSISTANT, ANSWER_DELETED_STUB)
+        await feed(adapter, asked(2, "and then?"))
+        await adapter.idle()
+        assert not [text for _, text in prompt(backend) if REMOVED in text]
+        assert api.texts(GROUP) == ["Noted."]
+
+
 async def test_a_discord_channel_answer_deleted_while_it_streams_is_recorded_as_deleted(
     tmp_path: Path, database_url: str, redis: dict[str, Any] | None
 ) -> None:

@@ -27,9 +27,11 @@ The platform's refusals are `AdapterError`s: they end the showing, never the rea
 the answer is still read to the end and recorded, and the log says why the chat did not get
 it. One refusal is told to the core: a message of the answer deleted in the chat while it was
 shown (`MessageGone`: a moderator), for the answer to be recorded as a deleted message is
-(`Shown.deleted`). A refused draft is the exception: a draft only previews, so the answer
-goes on growing as a message instead. A platform that does not answer (`PlatformAway`: no
-connection, a timeout, a server error) ends the playing at once, the model's stream closed:
+(`Shown.deleted`); nothing of its text is kept then, so the playing ends there and the model's
+stream is closed (its request aborted) instead of read to the end. A refused draft is the
+exception: a draft only previews, so the answer goes on growing as a message instead. A
+platform that does not answer (`PlatformAway`: no connection, a timeout, a server error) ends
+the playing at once, the model's stream closed:
 the adapter makes its turn wait for the platform, and the answer is made again and finished
 in its own messages once the platform is back, rather than recorded as shown.
 """
@@ -130,6 +132,7 @@ class Streamer(Generic[Ref]):
                 self._shown[index] = _Shown(ref, _UNKNOWN)  # type: ignore[arg-type]
         self._draft = ""
         self._broken = False
+        self._gone = False  # deleted in the chat, and the core told: nothing more to read
         self.updates = 0  # calls that changed what the chat sees
 
     async def play(self, chunks: AsyncIterator[str]) -> None:
@@ -137,7 +140,8 @@ class Streamer(Generic[Ref]):
         reader = asyncio.create_task(_read(chunks, buffer))
         try:
             await self._follow(buffer)
-            await reader  # the model's errors belong to the core
+            if not self._gone:
+                await reader  # the model's errors belong to the core
         finally:
             if not reader.done():
                 reader.cancel()
@@ -160,6 +164,8 @@ class Streamer(Generic[Ref]):
                 return
             last = self._clock()
             await self._guarded(self._show_partial, buffer.text)
+            if self._gone:
+                return  # the reader is cancelled: the model's request is aborted
 
     async def _guarded(self, show: Callable[[str], Awaitable[None]], text: str) -> None:
         if self._broken:
@@ -173,6 +179,7 @@ class Streamer(Generic[Ref]):
             log.warning("reply not shown: %s", exc)
             if isinstance(exc, MessageGone) and self._kept is not None:
                 self._kept.deleted()  # recorded as a deleted message is, never shown again
+                self._gone = True
 
     def _split(self, text: str) -> list[str]:
         return self._splitter.split(text)
