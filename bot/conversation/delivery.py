@@ -89,8 +89,12 @@ class TurnDelivery:
         replacing: DeliveryState | None = None,
         state: ConversationState | None = None,
         retry_s: float = 600.0,
+        deletions: Cache | None = None,
     ) -> None:
         self._store = store
+        # Where deletion events leave their marks (ConversationManager.redact; a cache every
+        # worker reads): an answer whose message was deleted before it was recorded.
+        self._deletions = deletions
         self._retry_s = retry_s  # record_retry_s: how long to retry the database
         # The conversation's state as the lease was taken; given to the lease's first turn
         # only (TurnLease.state), None otherwise: the turn reads it if it needs it.
@@ -139,7 +143,7 @@ class TurnDelivery:
         replacing = state if abandoned else self._replacing if not self.begun else None
         return TurnDelivery(
             self._store, self._lease, self._cid, self._batch, replacing=replacing,
-            retry_s=self._retry_s,
+            retry_s=self._retry_s, deletions=self._deletions,
         )  # fmt: skip
 
     async def begin(self) -> None:
@@ -236,7 +240,24 @@ class TurnDelivery:
                 delay = min(delay * 2, RECORD_RETRY_MAX_S)
                 continue
             self.recorded = True
+            if key is not None and not self.deleted_in_chat:
+                await self._redact_if_deleted(key)
             return stored
+
+    async def _redact_if_deleted(self, key: str) -> None:
+        """The answer's first message deleted in the chat before the answer was recorded (a
+        moderator, while a later message of it streamed): its deletion event found nothing
+        to redact and left a mark, read here once the answer is recorded, which is redacted
+        then. The event marks before it redacts, and this reads after the record: whichever
+        comes second finds the other's work."""
+        if self._deletions is None or await self._deletions.get(keys.deleted(key)) is None:
+            return
+        self.deleted_in_chat = True  # the core drops the cached window instead of adding to it
+        try:
+            await self._store.redact(key)
+        except StorageError as exc:
+            log.warning("conversation %s: answer deleted in the chat not redacted: %s",
+                        self._cid, exc)  # fmt: skip
 
     async def settle_failure(self) -> None:
         """The turn failed: clear its delivery if it showed nothing, else abandon it to be

@@ -125,6 +125,10 @@ _SIZE_STUB = re.compile(r"^\[message: (\d+) characters not kept, over the size l
 STOP_COMMANDS = frozenset({"reset", "stop"})
 # How soon a conversation whose answer another live worker is finishing is looked at again.
 BUSY_RETRY_S = 1.0
+# How long a message deleted in the chat stays marked (see redact): longer than an answer
+# takes to be recorded, also one retried through a database outage or taken over by another
+# worker after a crash.
+DELETION_MARK_TTL_S = 86_400.0
 # Messages looked through for the customer's newest one (an agent reply's language).
 CUSTOMER_LOOKBACK = 20
 # The answer the current task's turn is showing (set around each turn).
@@ -341,7 +345,12 @@ class ConversationManager:
         it back as it ends. Shared in Redis, that window is stale by the count of redactions
         SQL raised with the text (ContextLoader), whichever worker wrote it. In process a
         window is trusted as this process left it: a turn in flight here drops it again once
-        it is done (`_turn_or_give_up`). Neither waits for the turn, nor for its lease."""
+        it is done (`_turn_or_give_up`). Neither waits for the turn, nor for its lease.
+
+        The deletion is marked first (for DELETION_MARK_TTL_S): an answer deleted in the
+        chat before it was recorded is not found here, and is redacted by its turn once
+        recorded (TurnDelivery._redact_if_deleted)."""
+        await self._cache.set(keys.deleted(idempotency_key), b"1", DELETION_MARK_TTL_S)
         conversation_id = await self._store.redact(idempotency_key)
         if conversation_id is None:
             return False
@@ -648,7 +657,7 @@ class ConversationManager:
             for batch, replacing in turns:
                 turn = TurnDelivery(
                     self._store, lease, cid, batch, replacing=replacing, state=state,
-                    retry_s=self._settings.record_retry_s,
+                    retry_s=self._settings.record_retry_s, deletions=self._cache,
                 )  # fmt: skip
                 state = None
                 with observed_turn(self.observer, work.key, batch, self._router):

@@ -28,6 +28,10 @@ def alive(owner: str) -> str:  # a worker's liveness mark (bot.conversation.deli
     return f"alive:{owner}"
 
 
+def deleted(idempotency_key: str) -> str:  # a message deleted in the chat (its deletion event)
+    return f"deleted:{idempotency_key}"
+
+
 def rate(sender: str) -> str:  # a sender's messages in the rate window
     return f"rate:{sender}"
 
