@@ -12,7 +12,7 @@ import pytest
 from adapters.kit.split import split_text
 from adapters.kit.streamer import LEFTOVER, Pacing, Streamer
 from bot.conversation.sink import done_showing, showing
-from bot.errors import AdapterError
+from bot.errors import AdapterError, MessageGone
 
 MARKUP_ONLY = {"```", ">", "#"}  # what this surface's renderer shows as nothing
 
@@ -222,3 +222,34 @@ async def test_a_cut_off_answer_is_finished_by_editing_its_own_pieces() -> None:
     assert [c[0] for c in surface.calls] == ["edit", "edit", "edit"]  # nothing sent anew
     assert surface.messages == {0: "the whole new answer", 1: LEFTOVER, 2: LEFTOVER}
     assert kept.noted == []
+
+
+async def test_the_models_error_reaches_the_caller_even_once_the_answer_is_deleted() -> None:
+    """A model that fails while the edit that finds the answer deleted (MessageGone) is on
+    its way: the reader is already done, and its error is still the core's, not dropped."""
+    editing, failed = asyncio.Event(), asyncio.Event()
+
+    class GoneOnEdit(RecordingSurface):
+        async def edit(self, ref: int, piece: str, *, plain: bool) -> None:
+            editing.set()
+            await failed.wait()  # the model fails while this edit is in flight
+            raise MessageGone("chat 1: Message to edit not found")
+
+    surface = GoneOnEdit()
+
+    async def broken() -> AsyncIterator[str]:
+        yield "partial"
+        await surface.called.wait()  # sent: the next text is an edit
+        yield " more"
+        await editing.wait()
+        failed.set()
+        raise RuntimeError("model died")
+
+    kept = KeptPieces()
+    token = showing(kept)
+    try:
+        streamer = Streamer(surface, Pacing(0.0, 1000))
+    finally:
+        done_showing(token)
+    with pytest.raises(RuntimeError, match="model died"):
+        await streamer.play(broken())

@@ -140,8 +140,10 @@ class Streamer(Generic[Ref]):
         reader = asyncio.create_task(_read(chunks, buffer))
         try:
             await self._follow(buffer)
-            if not self._gone:
-                await reader  # the model's errors belong to the core
+            # The model's errors belong to the core, also one that came before the deletion
+            # was seen (a reader already done is never cancelled: its error would be lost).
+            if not self._gone or reader.done():
+                await reader
         finally:
             if not reader.done():
                 reader.cancel()
