@@ -204,6 +204,26 @@ async def test_a_discord_channel_answer_deleted_while_it_streams_is_recorded_as_
         assert h.api.texts(ev.CHANNEL) == ["Noted."]
 
 
+async def test_the_model_stops_once_its_discord_answer_is_deleted_in_the_channel(
+    tmp_path: Path, database_url: str, redis: dict[str, Any] | None
+) -> None:
+    """The same in a Discord channel (its own surface, typing and rate gate around the
+    kit's streamer): the edit Discord refuses with Unknown Message aborts the model."""
+    backend = LongAnswer()
+    async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
+        await h.deliver_event(ev.message_create("tell me everything", channel=ev.CHANNEL,
+                                                mentions_bot=True))  # fmt: skip
+        async with asyncio.timeout(WAIT_S):
+            await h.api.until(lambda: bool(h.api.messages[ev.CHANNEL]))
+        (shown,) = h.api.messages[ev.CHANNEL]
+        h.api.delete(ev.CHANNEL, shown, ev.GUILD)  # a moderator, with Manage Messages
+        await h.idle()
+        assert backend.closed_early and backend.given < LongAnswer.WORDS
+        assert h.api.texts(ev.CHANNEL) == []  # nothing sent again
+        key = ConversationKey("discord", str(ev.CHANNEL))
+        assert (await history(h.app, key))[-1] == (Role.ASSISTANT, ANSWER_DELETED_STUB)
+
+
 async def test_a_discord_answer_deleted_once_complete_is_redacted(
     tmp_path: Path, database_url: str, redis: dict[str, Any] | None
 ) -> None:
