@@ -241,23 +241,34 @@ class TurnDelivery:
                 continue
             self.recorded = True
             if key is not None and not self.deleted_in_chat:
-                await self._redact_if_deleted(key)
+                await self._redact_if_deleted(key, time.monotonic() + retry_s)
             return stored
 
-    async def _redact_if_deleted(self, key: str) -> None:
+    async def _redact_if_deleted(self, key: str, deadline: float) -> None:
         """The answer's first message deleted in the chat before the answer was recorded (a
         moderator, while a later message of it streamed): its deletion event found nothing
         to redact and left a mark, read here once the answer is recorded, which is redacted
         then. The event marks before it redacts, and this reads after the record: whichever
-        comes second finds the other's work."""
+        comes second finds the other's work. Retried while the database is unreachable, up
+        to `deadline` (as long again as the record may retry): the event that marked it
+        does not come again."""
         if self._deletions is None or await self._deletions.get(keys.deleted(key)) is None:
             return
         self.deleted_in_chat = True  # the core drops the cached window instead of adding to it
-        try:
-            await self._store.redact(key)
-        except StorageError as exc:
-            log.warning("conversation %s: answer deleted in the chat not redacted: %s",
-                        self._cid, exc)  # fmt: skip
+        delay = RECORD_RETRY_FIRST_S
+        while True:
+            try:
+                await self._store.redact(key)
+                return
+            except StorageError as exc:
+                if time.monotonic() + delay > deadline:
+                    log.warning("conversation %s: answer deleted in the chat not redacted: %s",
+                                self._cid, exc)  # fmt: skip
+                    return
+                log.warning("conversation %s: answer deleted in the chat not redacted yet "
+                            "(retrying): %s", self._cid, exc)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECORD_RETRY_MAX_S)
 
     async def settle_failure(self) -> None:
         """The turn failed: clear its delivery if it showed nothing, else abandon it to be
