@@ -81,6 +81,7 @@ from bot.storage.base import (
     StoredMessage,
     TurnLease,
 )
+from bot.storage.cache import MemoryCache
 from bot.text.storable import storable_incoming
 from bot.types import ConversationKey, Incoming, Role, User
 
@@ -187,6 +188,11 @@ class ConversationManager:
         self._budgets: TurnBudgets = budgets or NO_BUDGETS
         self._store = store
         self._cache = cache
+        # Where deletion events leave their marks (`redact`), read by the turns: the shared
+        # cache (Redis); in process an LRU of their own, since every message deleted where
+        # the bot reads leaves one for a day, and a purge's would evict the windows and the
+        # rate counters (the flooder's among them) from the one LRU of a MemoryCache.
+        self._deletions: Cache = MemoryCache() if isinstance(cache, MemoryCache) else cache
         # Where workers mark that they are alive (Redis); None when they share no cache.
         self._liveness = liveness
         self._context = context
@@ -350,7 +356,7 @@ class ConversationManager:
         The deletion is marked first (for DELETION_MARK_TTL_S): an answer deleted in the
         chat before it was recorded is not found here, and is redacted by its turn once
         recorded (TurnDelivery._redact_if_deleted)."""
-        await self._cache.set(keys.deleted(idempotency_key), b"1", DELETION_MARK_TTL_S)
+        await self._deletions.set(keys.deleted(idempotency_key), b"1", DELETION_MARK_TTL_S)
         conversation_id = await self._store.redact(idempotency_key)
         if conversation_id is None:
             return False
@@ -657,7 +663,7 @@ class ConversationManager:
             for batch, replacing in turns:
                 turn = TurnDelivery(
                     self._store, lease, cid, batch, replacing=replacing, state=state,
-                    retry_s=self._settings.record_retry_s, deletions=self._cache,
+                    retry_s=self._settings.record_retry_s, deletions=self._deletions,
                 )  # fmt: skip
                 state = None
                 with observed_turn(self.observer, work.key, batch, self._router):
