@@ -42,16 +42,28 @@ async def _waiting(tasks: list[asyncio.Task[None]]) -> None:
     assert not any(task.done() for task in tasks)
 
 
+def _holding(admission: Admission, *, write: bool) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A call that holds its place until the event is set."""
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with admission.place(write=write, urgent=False):
+            await release.wait()
+
+    return asyncio.create_task(hold()), release
+
+
+async def _free_at_once(admission: Admission, *, write: bool) -> None:
+    """Every place is back: a call of this kind gets one at once."""
+    async with asyncio.timeout(1):
+        async with admission.place(write=write, urgent=False):
+            pass
+
+
 async def test_urgent_calls_go_first_then_in_order() -> None:
     admission = Admission(1, writers=None, timeout_s=None)
     order: list[str] = []
-    held = asyncio.Event()
-
-    async def holder() -> None:
-        async with admission.place(write=False, urgent=False):
-            await held.wait()
-
-    first = asyncio.create_task(holder())
+    first, held = _holding(admission, write=False)
     await asyncio.sleep(0)
     tasks = [
         asyncio.create_task(_admitted(admission, order, name, write=False, urgent=urgent))
@@ -99,22 +111,13 @@ async def test_waiting_past_the_timeout_fails_as_the_pool_does() -> None:
         with pytest.raises(sa_exc.TimeoutError, match="no database connection free within"):
             async with admission.place(write=False, urgent=False):
                 pass
-    # The place it waited for is not lost: the next call gets it at once.
-    async with asyncio.timeout(1):
-        async with admission.place(write=False, urgent=False):
-            pass
+    await _free_at_once(admission, write=False)  # the place it waited for is not lost
 
 
 async def test_a_cancelled_waiter_loses_no_place() -> None:
     admission = Admission(1, writers=1, timeout_s=None)
     order: list[str] = []
-    held = asyncio.Event()
-
-    async def holder() -> None:
-        async with admission.place(write=True, urgent=False):
-            await held.wait()
-
-    first = asyncio.create_task(holder())
+    first, held = _holding(admission, write=True)
     await asyncio.sleep(0)
     gone = asyncio.create_task(_admitted(admission, order, "gone", write=True))
     later = asyncio.create_task(_admitted(admission, order, "later", write=True))
@@ -123,9 +126,7 @@ async def test_a_cancelled_waiter_loses_no_place() -> None:
     held.set()
     await asyncio.gather(first, later)
     assert gone.cancelled() and order == ["later"]
-    async with asyncio.timeout(1):  # every place back: the one writer's too
-        async with admission.place(write=True, urgent=False):
-            pass
+    await _free_at_once(admission, write=True)  # the one writer's place too
 
 
 async def test_admitted_then_cancelled_gives_its_place_back() -> None:
@@ -139,9 +140,7 @@ async def test_admitted_then_cancelled_gives_its_place_back() -> None:
     with pytest.raises(asyncio.CancelledError):
         await admitted
     assert order == []
-    async with asyncio.timeout(1):
-        async with admission.place(write=False, urgent=False):
-            pass
+    await _free_at_once(admission, write=False)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -22,8 +22,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from bot.errors import StorageError
 from bot.storage import keys
@@ -42,6 +43,7 @@ from bot.storage.base import (
 from bot.types import ConversationKey, utcnow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A worker's liveness key in a cache every worker reads (Redis): refreshed every
 # HEARTBEAT_S, lapses after ALIVE_TTL_S. A delivery whose worker has no key (and whose SQL
@@ -221,52 +223,48 @@ class TurnDelivery:
         first = self._pieces.get(0)
         key = self.answer_key(first) if self.answer_key and first is not None else None
         ids = [m.id for m in self._batch]
-        deadline = time.monotonic() + retry_s
-        delay = RECORD_RETRY_FIRST_S
-        while True:
-            try:
-                stored = await self._store.record_reply(
-                    self._cid, ids, text, kind=kind, token_count=token_count, epoch=self.epoch,
-                    idempotency_key=key,
-                )  # fmt: skip
-            except StorageError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning(
-                    "conversation %s: answer shown but not recorded yet (retrying): %s",
-                    self._cid, exc,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECORD_RETRY_MAX_S)
-                continue
-            self.recorded = True
-            if key is not None and not self.deleted_in_chat:
-                await self._redact_if_deleted(key, time.monotonic() + retry_s)
-            return stored
+        stored = await self._retried(
+            lambda: self._store.record_reply(
+                self._cid, ids, text, kind=kind, token_count=token_count, epoch=self.epoch,
+                idempotency_key=key,
+            ),
+            retry_s, "answer shown but not recorded yet",
+        )  # fmt: skip
+        self.recorded = True
+        if key is not None and not self.deleted_in_chat:
+            await self._redact_if_deleted(key, retry_s)
+        return stored
 
-    async def _redact_if_deleted(self, key: str, deadline: float) -> None:
+    async def _redact_if_deleted(self, key: str, retry_s: float) -> None:
         """The answer's first message deleted in the chat before the answer was recorded (a
         moderator, while a later message of it streamed): its deletion event found nothing
         to redact and left a mark, read here once the answer is recorded, which is redacted
         then. The event marks before it redacts, and this reads after the record: whichever
-        comes second finds the other's work. Retried while the database is unreachable, up
-        to `deadline` (as long again as the record may retry): the event that marked it
+        comes second finds the other's work. Retried while the database is unreachable, for
+        up to `retry_s` (as long again as the record may retry): the event that marked it
         does not come again."""
         if self._deletions is None or await self._deletions.get(keys.deleted(key)) is None:
             return
         self.deleted_in_chat = True  # the core drops the cached window instead of adding to it
+        redact = lambda: self._store.redact(key)  # noqa: E731
+        try:
+            await self._retried(redact, retry_s, "answer deleted in the chat not redacted yet")
+        except StorageError as exc:
+            log.warning("conversation %s: answer deleted in the chat not redacted: %s",
+                        self._cid, exc)  # fmt: skip
+
+    async def _retried(self, call: Callable[[], Awaitable[T]], retry_s: float, what: str) -> T:
+        """`call()`, tried again while the database is unreachable (StorageError), backing
+        off, for up to `retry_s`; the last StorageError is raised."""
+        deadline = time.monotonic() + retry_s
         delay = RECORD_RETRY_FIRST_S
         while True:
             try:
-                await self._store.redact(key)
-                return
+                return await call()
             except StorageError as exc:
                 if time.monotonic() + delay > deadline:
-                    log.warning("conversation %s: answer deleted in the chat not redacted: %s",
-                                self._cid, exc)  # fmt: skip
-                    return
-                log.warning("conversation %s: answer deleted in the chat not redacted yet "
-                            "(retrying): %s", self._cid, exc)  # fmt: skip
+                    raise
+                log.warning("conversation %s: %s (retrying): %s", self._cid, what, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECORD_RETRY_MAX_S)
 
