@@ -166,6 +166,9 @@ class SqlStore:
         language_changed = language is not None and self._user_languages.get(user_key) != language
         unmarked = incoming.group and incoming.key not in self._marked_shared
 
+        # NUL or a lone surrogate would fail the insert at every re-delivery.
+        content = storable(incoming.text)
+
         def run(q: Queries) -> Recorded:
             created.clear()
             user_id = self._user_ids.get(user_key)
@@ -188,8 +191,7 @@ class SqlStore:
                 "user_id": user_id,
                 "role": _USER,
                 "kind": kind.value,
-                # NUL or a lone surrogate would fail this insert at every re-delivery.
-                "content": storable(incoming.text),
+                "content": content,
                 "token_count": token_count,
                 # The platform's time, never later than now: a platform's clock ahead of
                 # this worker's would date a question after its answer, and retention
@@ -202,7 +204,7 @@ class SqlStore:
             }
             new_id = _scalar(q.rows(_INSERT_MESSAGE, values))
             if new_id is not None:
-                return Recorded(new_id, conversation_id, is_new=True)
+                return Recorded(new_id, conversation_id, is_new=True, text=content)
             params = {"idempotency_key": incoming.idempotency_key}
             first_id, first_conversation_id = _one(q.rows(_SELECT_BY_IDEMPOTENCY_KEY, params))
             return Recorded(first_id, first_conversation_id, is_new=False)
@@ -744,21 +746,12 @@ class SqlStore:
     async def message_by_platform_id(
         self, key: ConversationKey, platform_message_id: str
     ) -> int | None:
-        stmt = (
-            sa.select(_m.id)
-            .where(_m.conversation_id == _chat_conversation(key),
-                   _m.platform_message_id == platform_message_id)
-            .order_by(_m.id.desc())
-            .limit(1)
-        )  # fmt: skip
-        found = _scalar(await self._rows(stmt))
+        params = {**_key_params(key), "pmid": platform_message_id}
+        found = _scalar(await self._rows(_BY_PLATFORM_ID, params))
         return int(found) if found is not None else None
 
     async def message_text(self, key: ConversationKey, message_id: int) -> str | None:
-        stmt = sa.select(_m.content).where(
-            _m.conversation_id == _chat_conversation(key), _m.id == message_id
-        )
-        found = _scalar(await self._rows(stmt))
+        found = _scalar(await self._rows(_MESSAGE_TEXT, {**_key_params(key), "id": message_id}))
         return str(found) if found is not None else None
 
     async def message_by_key(self, idempotency_key: str) -> StoredMessage | None:
@@ -1576,6 +1569,10 @@ _BETWEEN = (  # the chat's messages for a summary, newest first
 )
 
 
+def _key_params(key: ConversationKey) -> dict[str, str]:
+    return {"platform": key.platform, "chat_id": key.chat_id, "thread_id": key.thread_id}
+
+
 def _chat_conversation(key: ConversationKey) -> sa.ScalarSelect[int]:
     """The conversation's id, read in the statement that needs it (the support API's reads
     name a conversation by its key: no round trip of its own)."""
@@ -1610,6 +1607,23 @@ def _replies_to(cid: sa.ScalarSelect[int], answer_ids: list[int]) -> sa.Select[A
 
 
 _BY_KEY = _SELECT_MESSAGES.where(_m.idempotency_key == _param("key"))
+# The support API reads one message per answer by its key (whether the visitor erased it):
+# built once, with its conversation named by _key_params, so no cache key is made per call.
+_KEYED_CONVERSATION = (
+    sa.select(_c.id)
+    .where(_c.platform == _param("platform"), _c.chat_id == _param("chat_id"),
+           _c.thread_id == _param("thread_id"))
+    .scalar_subquery()
+)  # fmt: skip
+_BY_PLATFORM_ID = (
+    sa.select(_m.id)
+    .where(_m.conversation_id == _KEYED_CONVERSATION, _m.platform_message_id == _param("pmid"))
+    .order_by(_m.id.desc())
+    .limit(1)
+)
+_MESSAGE_TEXT = sa.select(_m.content).where(
+    _m.conversation_id == _KEYED_CONVERSATION, _m.id == _param("id")
+)
 _s = MessageSignalRow
 _UNANSWERED = (
     sa.select(_m.content)
