@@ -98,8 +98,6 @@ async def test_repeated_key_writes_nothing_and_returns_first_id(store: Store) ->
     first = await store.record_incoming(incoming("k1", "one"), kind=CHAT, token_count=1)
     again = await store.record_incoming(incoming("k1", "changed"), kind=CHAT, token_count=1)
     assert again == Recorded(first.message_id, first.conversation_id, is_new=False)
-    assert first.text == "one" and again.text is None  # the text only where this call wrote it
-    assert "one" not in repr(first)  # and never in a log line through the repr
     history = await store.history(first.conversation_id, 10)
     assert [m.content for m in history] == ["one"]
 

@@ -20,7 +20,6 @@ import pytest
 import sqlalchemy as sa
 
 from adapters.support import events
-from adapters.support.history import SupportHistory
 from adapters.support.settings import SupportSettings
 from adapters.support.tokens import BadToken, TokenSigner
 from bot import phrases
@@ -168,28 +167,6 @@ async def test_a_lone_surrogate_escaped_in_json_is_taken_and_answered_once(
         "lone \ufffd half, a pair \U0001f600 whole",
         "You said lone \ufffd half, a pair \U0001f600 whole",
     ]
-
-
-async def test_a_new_message_reaches_the_other_tabs_as_stored_without_reading_it_back(
-    worker: Worker,
-) -> None:
-    """The `message` event carries the text the store wrote (a lone surrogate made U+FFFD),
-    taken from the write itself: a read of it back cost a statement per message (and a
-    share of the support bench's turn time)."""
-    site = await worker.add_site("shop")
-    async with worker.client() as client:
-        visitor = await new_visitor(client, site)
-        headers = {**bearer(visitor["token"]), "Content-Type": "application/json"}
-        async with open_stream(client, visitor["token"]) as stream:
-            with mock.patch.object(
-                SupportHistory, "text_of", side_effect=AssertionError("read back")
-            ):
-                body = b'{"text": "half \\ud800 here"}'
-                posted = await client.post("/v1/messages", headers=headers, content=body)
-                assert posted.status_code == 202, posted.text
-                events = await stream.until_answers(1)
-    (message,) = [data(e) for e in events if e.event == "message"]
-    assert message == {"id": posted.json()["message_id"], "text": "half \ufffd here", "key": ""}
 
 
 async def test_a_retried_message_is_recorded_and_answered_once(worker: Worker) -> None:

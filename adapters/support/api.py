@@ -33,7 +33,7 @@ from bot.conversation.manager import STUB_MARK
 from bot.lru import Lru
 from bot.phrases import base_language
 from bot.storage import keys
-from bot.storage.base import Cache, Recorded
+from bot.storage.base import Cache
 from bot.text.language import normalize_language
 from bot.text.storable import storable
 from bot.types import Incoming, User
@@ -197,31 +197,28 @@ class SupportApi:
             await self._check_repeat(caller, recorded.message_id, body.text)
         self._ids.put(pmid, recorded.message_id)
         if recorded.is_new:
-            await self._tell_other_tabs(caller, recorded, pmid, idempotency)
+            await self._tell_other_tabs(caller, recorded.message_id, pmid, idempotency)
         out = MessageAccepted(
             message_id=str(recorded.message_id), conversation_id=caller.conversation
         )
         return JSONResponse(out.model_dump(), status_code=202)
 
     async def _tell_other_tabs(
-        self, caller: Caller, recorded: Recorded, pmid: str, idempotency: str | None
+        self, caller: Caller, message_id: int, pmid: str, idempotency: str | None
     ) -> None:
         """The visitor's message as a `message` event, so that the visitor's other tabs (and
         devices) show it; the sender knows it by its Idempotency-Key (`key`; a server key's
         own is not the browser's business). Its text is what was kept (a message over the
-        rate limit is a stub: the store returns the text it wrote, so it is not read back),
-        and an erasure meanwhile takes the event with it. Best effort:
+        rate limit is a stub), and an erasure meanwhile takes the event with it. Best effort:
         the message is recorded and answered whatever becomes of its event (a reload shows
         it from the history)."""
         try:
             async with asyncio.timeout(MESSAGE_EVENT_WAIT_S):
-                kept = recorded.text
-                if kept is None:  # not written by this call: read (None: erased already)
-                    kept = await self._history.text_of(caller.key, recorded.message_id)
-                    if kept is None:
-                        return
+                kept = await self._history.text_of(caller.key, message_id)
+                if kept is None:  # erased already
+                    return
                 key = "" if caller.by_server else idempotency or ""
-                data = {"id": str(recorded.message_id), "text": kept, "key": key}
+                data = {"id": str(message_id), "text": kept, "key": key}
                 await self._events.append(caller.conversation, [("message", data)])
             if await self.erased_meanwhile(caller.key, pmid):
                 await self._events.erase(caller.conversation)  # erased while it was appended

@@ -94,10 +94,6 @@ class Recorded:
     message_id: int
     conversation_id: int
     is_new: bool  # False: the idempotency key was seen before, nothing was written
-    # The text as stored, where this call wrote it (is_new): a caller that shows the message
-    # again (the support API's other tabs) needs no read of it. None for a repeat. Out of the
-    # repr: a user's text never reaches a log line through one.
-    text: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclass(slots=True)

@@ -166,9 +166,6 @@ class SqlStore:
         language_changed = language is not None and self._user_languages.get(user_key) != language
         unmarked = incoming.group and incoming.key not in self._marked_shared
 
-        # NUL or a lone surrogate would fail the insert at every re-delivery.
-        content = storable(incoming.text)
-
         def run(q: Queries) -> Recorded:
             created.clear()
             user_id = self._user_ids.get(user_key)
@@ -191,7 +188,8 @@ class SqlStore:
                 "user_id": user_id,
                 "role": _USER,
                 "kind": kind.value,
-                "content": content,
+                # NUL or a lone surrogate would fail this insert at every re-delivery.
+                "content": storable(incoming.text),
                 "token_count": token_count,
                 # The platform's time, never later than now: a platform's clock ahead of
                 # this worker's would date a question after its answer, and retention
@@ -204,7 +202,7 @@ class SqlStore:
             }
             new_id = _scalar(q.rows(_INSERT_MESSAGE, values))
             if new_id is not None:
-                return Recorded(new_id, conversation_id, is_new=True, text=content)
+                return Recorded(new_id, conversation_id, is_new=True)
             params = {"idempotency_key": incoming.idempotency_key}
             first_id, first_conversation_id = _one(q.rows(_SELECT_BY_IDEMPOTENCY_KEY, params))
             return Recorded(first_id, first_conversation_id, is_new=False)
