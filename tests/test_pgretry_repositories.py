@@ -16,6 +16,7 @@ from typing import TypeVar
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adapters.support.sites import SiteStore
 from bot.handoff.repo import HandoffRepository, Signal
 from bot.handoff.types import HandoffState, Reason
 from bot.knowledge import KnowledgeBase, Outcome
@@ -151,3 +152,25 @@ async def test_knowledge_rows_survive_killed_connections(
     [passage] = await kill.before(kb.search("returns within thirty days"))
     assert "thirty days" in passage.text
     assert await kill.before(kb.remove(note)) == 1
+
+
+async def test_support_sites_survive_killed_connections(
+    db: tuple[AsyncEngine, SqlStore, Killer],
+) -> None:
+    """The support adapter's sites and server keys (adapters/support/sites.py): a worker's
+    directory refresh after a restart of PostgreSQL failed once per pooled connection, and a
+    visitor's request with it."""
+    engine, _, kill = db
+    sites = SiteStore(engine)
+    shop = await sites.add_site("shop", ["https://shop.example"])
+    assert [s.name for s in await kill.before(sites.sites())] == ["shop"]
+    key_id, _ = await kill.before(sites.add_key("shop"))
+    assert [k.key_id for k in await kill.before(sites.keys())] == [key_id]
+    assert list((await kill.before(sites.live_key_hashes())).values()) == [shop.id]
+    await kill.before(sites.revoke_key(key_id))
+    assert await kill.before(sites.live_key_hashes()) == {}
+    wider = await kill.before(sites.update_site("shop", add_origins=["https://www.shop.example"]))
+    assert wider.origins == ("https://shop.example", "https://www.shop.example")
+    await kill.before(sites.add_site("other", ["https://other.example"]))
+    assert await kill.before(sites.remove_site("other")) == []
+    assert [s.name for s in await sites.sites()] == ["shop"]

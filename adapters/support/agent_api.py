@@ -42,6 +42,7 @@ from bot.handoff.types import (
 )
 from bot.outage import is_outage
 from bot.storage.base import Store
+from bot.storage.database import run_on_connection
 from bot.storage.models import ConversationRow
 from bot.text.storable import storable
 from bot.types import ConversationKey
@@ -178,9 +179,8 @@ class AgentApi:
         stmt = sa.select(c.id).where(
             c.platform == key.platform, c.chat_id == key.chat_id, c.thread_id == ""
         )
-        async with self._engine.connect() as conn:
-            if await conn.scalar(stmt) is None:
-                raise ApiError(404, "not_found", "no conversation with this visitor on this site")
+        if await run_on_connection(self._engine, lambda conn: conn.scalar(stmt)) is None:
+            raise ApiError(404, "not_found", "no conversation with this visitor on this site")
         return key
 
     def _the_desk(self) -> Desk:

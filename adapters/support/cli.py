@@ -111,8 +111,9 @@ async def cmd_support(settings: Settings, args: argparse.Namespace) -> int:
     prompt = _checked_input(args)
     try:
         await _run(settings, args, action, prompt)
-    except sa_exc.SQLAlchemyError as exc:
-        # SQLAlchemy's text quotes the statement and its values: a new public key, a prompt.
+    except (sa_exc.SQLAlchemyError, StorageError) as exc:
+        # SQLAlchemy's text quotes the statement and its values: a new public key, a prompt;
+        # a driver's message may quote a value too. Only the driver's error class is said.
         raise StorageError(f"database error: {_driver_error(exc)}") from None
     return 0
 

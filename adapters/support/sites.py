@@ -25,10 +25,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.errors import ConfigError
 from bot.knowledge.types import check_collection
+from bot.storage.database import all_rows, run_on_connection
 from bot.text.languages import language_problem
 from bot.text.storable import text_problem
 from bot.types import utcnow
@@ -164,7 +165,8 @@ class SiteStore:
             "system_prompt": system_prompt,
             "collection": collection,
         }
-        async with self._engine.begin() as conn:
+
+        async def insert(conn: AsyncConnection) -> int:
             taken = await conn.scalar(
                 sa.select(SupportSiteRow.id).where(SupportSiteRow.name == name)
             )
@@ -173,7 +175,9 @@ class SiteStore:
             result = await conn.execute(
                 sa.insert(SupportSiteRow).values(values).returning(SupportSiteRow.id)
             )
-            site_id = result.scalar_one()
+            return int(result.scalar_one())
+
+        site_id = await run_on_connection(self._engine, insert, write=True)
         return Site(site_id, name, str(values["public_key"]), tuple(cleaned), tuple(languages),
                     system_prompt, collection)  # fmt: skip
 
@@ -198,7 +202,8 @@ class SiteStore:
             check_collection(collection)
         adding = [normalize_origin(o) for o in add_origins]
         removing = {normalize_origin(o) for o in remove_origins}
-        async with self._engine.begin() as conn:
+
+        async def change(conn: AsyncConnection) -> Site:
             row = (
                 await conn.execute(
                     sa.select(SupportSiteRow).where(SupportSiteRow.name == name).with_for_update()
@@ -229,13 +234,16 @@ class SiteStore:
                     collection=changed.collection,
                 )
             )
-        return changed
+            return changed
+
+        return await run_on_connection(self._engine, change, write=True)
 
     async def remove_site(self, name: str) -> list[str]:
         """Delete a site and its server keys (the ids of its live keys are returned). Its
         conversations and their history stay: they are keyed by "<site>:<visitor>", not by
         the row. Its public key, server keys and visitor tokens then name no site."""
-        async with self._engine.begin() as conn:
+
+        async def remove(conn: AsyncConnection) -> list[str]:
             site_id = await conn.scalar(
                 sa.select(SupportSiteRow.id).where(SupportSiteRow.name == name)
             )
@@ -250,20 +258,21 @@ class SiteStore:
             # Not left to ON DELETE CASCADE: on SQLite that needs the connection's pragma.
             await conn.execute(sa.delete(SupportKeyRow).where(SupportKeyRow.site_id == site_id))
             await conn.execute(sa.delete(SupportSiteRow).where(SupportSiteRow.id == site_id))
-        return revoked
+            return revoked
+
+        return await run_on_connection(self._engine, remove, write=True)
 
     async def sites(self) -> list[Site]:
-        async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(sa.select(SupportSiteRow).order_by(SupportSiteRow.name))
-            ).all()
+        stmt = sa.select(SupportSiteRow).order_by(SupportSiteRow.name)
+        rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, stmt))
         return [_site(row) for row in rows]
 
     async def add_key(self, site_name: str) -> tuple[str, str]:
         """A new server key for the site: (key_id, the secret key, shown only now)."""
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(6)
-        async with self._engine.begin() as conn:
+
+        async def insert(conn: AsyncConnection) -> None:
             site_id = await conn.scalar(
                 sa.select(SupportSiteRow.id).where(SupportSiteRow.name == site_name)
             )
@@ -274,6 +283,8 @@ class SiteStore:
                     key_id=key_id, site_id=site_id, secret_sha256=hash_secret(secret)
                 )
             )
+
+        await run_on_connection(self._engine, insert, write=True)
         return key_id, secret
 
     async def revoke_key(self, key_id: str) -> None:
@@ -282,9 +293,12 @@ class SiteStore:
             .where(SupportKeyRow.key_id == key_id, SupportKeyRow.revoked_at.is_(None))
             .values(revoked_at=utcnow())
         )
-        async with self._engine.begin() as conn:
-            if (await conn.execute(stmt)).rowcount == 0:
-                raise ConfigError(f"no live key {key_id!r} (parley support site list shows keys)")
+
+        async def revoke(conn: AsyncConnection) -> int:
+            return (await conn.execute(stmt)).rowcount
+
+        if await run_on_connection(self._engine, revoke, single=True) == 0:
+            raise ConfigError(f"no live key {key_id!r} (parley support site list shows keys)")
 
     async def keys(self) -> list[KeyInfo]:
         stmt = (
@@ -293,8 +307,7 @@ class SiteStore:
             .join(SupportSiteRow, SupportSiteRow.id == SupportKeyRow.site_id)
             .order_by(SupportSiteRow.name, SupportKeyRow.id)
         )  # fmt: skip
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, stmt))
         return [KeyInfo(r[0], r[1], r[2].isoformat(timespec="seconds"), r[3] is not None)
                 for r in rows]  # fmt: skip
 
@@ -303,8 +316,8 @@ class SiteStore:
         stmt = sa.select(SupportKeyRow.secret_sha256, SupportKeyRow.site_id).where(
             SupportKeyRow.revoked_at.is_(None)
         )
-        async with self._engine.connect() as conn:
-            return {h: int(s) for h, s in (await conn.execute(stmt)).all()}
+        rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, stmt))
+        return {h: int(s) for h, s in rows}
 
 
 class SiteDirectory:
