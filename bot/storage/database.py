@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import URL, Executable, Row, event, make_url
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -234,12 +234,6 @@ async def retry_dead_connection(attempt: Callable[[], Awaitable[T]], url: str | 
                 continue
             raise StorageError(describe_error(exc, url)) from exc
     raise AssertionError("unreachable")  # the last attempt returned or raised
-
-
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    # expire_on_commit=False: objects stay readable after commit without another round trip,
-    # which async code cannot do implicitly anyway.
-    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 # SQLite's words for a file it cannot open or write, whatever the reason.
