@@ -12,8 +12,6 @@
     │   ├── BackendTimeout      connect / first token / gap / total time limit passed
     │   └── ContextTooLong      the prompt does not fit the model's context
     ├── InputError              the user's message cannot be handled as sent
-    │   ├── MessageTooLong
-    │   └── UnknownCommand
     └── AdapterError            a platform API failed
         ├── PlatformAway        the platform did not answer
         └── MessageGone         the message being edited was deleted in the chat
@@ -92,14 +90,6 @@ class ContextTooLong(BackendError):
 
 class InputError(BotError):
     user_message = phrases.UNHANDLED_INPUT
-
-
-class MessageTooLong(InputError):
-    pass
-
-
-class UnknownCommand(InputError):
-    pass
 
 
 class AdapterError(BotError):
