@@ -382,6 +382,8 @@ class RedisEventLog:
         self._waiters = _Waiters()
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        # A warning of the subscription's outage was logged: the next is when it is back.
+        self._outage_told = False
         self._append_script = redis.register_script(APPEND_SCRIPT)
         # Marks this worker's wake-ups: its own streams have them already (see append).
         self._me = uuid.uuid4().hex.encode()
@@ -401,6 +403,7 @@ class RedisEventLog:
             async with asyncio.timeout(SUBSCRIBE_WAIT_S):
                 await self._subscribed.wait()
         except TimeoutError:
+            self._outage_told = True
             log.warning(
                 "support events: Redis is not answering; the API starts, and event streams "
                 "deliver once the subscription is up"
@@ -484,12 +487,18 @@ class RedisEventLog:
 
     async def _listen(self) -> None:
         """One subscription per worker; reconnects after a failure, and then wakes every
-        stream (what was published meanwhile was missed: each stream reads to be sure)."""
+        stream (what was published meanwhile was missed: each stream reads to be sure).
+        An outage is one warning line: a subscription lost says so once, and once it is back;
+        the tries in between are debug lines (and before the first subscription, `start`
+        says it once)."""
         delay = 0.5
         while True:
             try:
                 async with self._listener_client.pubsub() as pubsub:
                     await pubsub.subscribe(self._channel)
+                    if self._outage_told:
+                        log.info("support events: subscription back")
+                        self._outage_told = False
                     self._subscribed.set()
                     self._waiters.wake_all()
                     delay = 0.5
@@ -499,7 +508,14 @@ class RedisEventLog:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: streams keep their ids, nothing is lost
-                log.warning("support events: subscription lost (%s); again in %.1f s", exc, delay)
+                # Before the first subscription, `start` tells of the outage (once).
+                quiet = self._outage_told or not self._subscribed.is_set()
+                log.log(
+                    logging.DEBUG if quiet else logging.WARNING,
+                    "support events: subscription lost (%s); trying again every %.1f-10 s",
+                    type(exc).__name__, delay,
+                )  # fmt: skip
+                self._outage_told = self._outage_told or self._subscribed.is_set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 

@@ -1,0 +1,97 @@
+"""The support event log's subscription during a Redis outage: one warning line, as
+docs/support.md says, not one per try (a worker started while Redis was down logged a
+"subscription lost" warning every 0.5, 1, 2, 4 ... s, beside the one its start promised).
+A private redis-server (tests/redis_server.py) is killed and started again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from redis.asyncio import Redis
+
+from adapters.support import events
+from adapters.support.events import RedisEventLog
+from tests.redis_server import PrivateRedis
+
+pytestmark = pytest.mark.redis
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == events.__name__ and r.levelno >= logging.WARNING
+    ]
+
+
+class _Back(logging.Handler):
+    """Set once the log says the subscription is back."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "subscription back" in record.getMessage():
+            self.seen.set()
+
+
+async def _back(back: _Back) -> None:
+    async with asyncio.timeout(15):  # the next try subscribes
+        await back.seen.wait()
+
+
+async def _log_on(url: str) -> tuple[RedisEventLog, list[Redis]]:
+    clients = [Redis.from_url(url, socket_timeout=1), Redis.from_url(url)]
+    return RedisEventLog(clients[0], "p", kept=10, ttl_s=60, listener=clients[1]), clients
+
+
+async def test_a_start_while_redis_is_down_is_one_warning_line(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=events.__name__)
+    await private_redis.kill()
+    monkeypatch.setattr(events, "SUBSCRIBE_WAIT_S", 1.6)  # tries at 0, 0.5 and 1.5 s meanwhile
+    log_, clients = await _log_on(private_redis.url)
+    back = _Back()
+    logging.getLogger(events.__name__).addHandler(back)
+    try:
+        await log_.start()
+        [line] = _warnings(caplog)
+        assert "not answering" in line
+        await private_redis.start()
+        await _back(back)
+        assert len(_warnings(caplog)) == 1
+    finally:
+        logging.getLogger(events.__name__).removeHandler(back)
+        await log_.aclose()
+        for client in clients:
+            await client.aclose()
+
+
+async def test_a_subscription_lost_while_running_is_one_warning_line_until_it_is_back(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=events.__name__)
+    log_, clients = await _log_on(private_redis.url)
+    back = _Back()
+    logging.getLogger(events.__name__).addHandler(back)
+    try:
+        await log_.start()
+        assert _warnings(caplog) == []
+        await private_redis.kill()
+        await asyncio.sleep(2.0)  # tries at about 0, 0.5 and 1.5 s
+        tries = [r for r in caplog.records if "subscription lost" in r.getMessage()]
+        assert len(tries) >= 3
+        [line] = _warnings(caplog)
+        assert "subscription lost" in line
+        await private_redis.start()
+        await _back(back)
+        assert len(_warnings(caplog)) == 1
+    finally:
+        logging.getLogger(events.__name__).removeHandler(back)
+        await log_.aclose()
+        for client in clients:
+            await client.aclose()
