@@ -28,12 +28,15 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self, TextIO
 
+from pydantic import field_validator
+
 from bot.adapter_registry import AdapterSettings, AdapterSpec
 from bot.conversation.intake import Intake
 from bot.conversation.manager import OutputAway, stops_a_reply
 from bot.errors import AdapterError, StorageError
 from bot.outage import is_outage
 from bot.storage.base import Recorded
+from bot.text.storable import id_problem
 from bot.text.terminal import printable
 from bot.types import ConversationKey, Incoming, User
 
@@ -62,6 +65,15 @@ class ConsoleSettings(AdapterSettings):
     user: str = "local"
     # The console conversation's id: the same id continues the same conversation.
     chat: str = "console"
+
+    @field_validator("user", "chat")
+    @classmethod
+    def _an_id(cls, value: str) -> str:
+        # Blank, or longer than the database keeps: refused at start, not at the first message
+        # (PostgreSQL's "value too long", exit 3; SQLite kept it whole).
+        if (problem := id_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
 
 
 SPEC = AdapterSpec(

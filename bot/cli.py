@@ -72,12 +72,12 @@ DOCUMENT_LIBRARIES = ("pypdf",)
 RAISING_LIBRARIES = ("telegram.request",)
 
 
-def _storable(value: str) -> str:
-    """`--user`, `--chat`: text the history can keep (bot.text.storable, imported when
+def _an_id(value: str) -> str:
+    """`--user`, `--chat`: an id the history can keep (bot.text.storable, imported when
     used: the `parley` command starts without the text tools)."""
-    from bot.text.storable import storable_argument
+    from bot.text.storable import id_argument
 
-    return storable_argument(value)
+    return id_argument(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,9 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_run)
     chat = sub.add_parser("chat", help="chat in the terminal")
     chat.add_argument(
-        "--user", type=_storable, help="your name in the history (default: console.user)"
+        "--user", type=_an_id, help="your name in the history (default: console.user)"
     )
-    chat.add_argument("--chat", type=_storable, help="conversation id (default: console.chat)")
+    chat.add_argument("--chat", type=_an_id, help="conversation id (default: console.chat)")
     chat.set_defaults(func=cmd_chat)
     db = sub.add_parser("db", help="database schema migrations, and pruning old messages")
     db.add_argument("action", choices=["upgrade", "downgrade", "current", "prune"])

@@ -147,6 +147,9 @@ def test_sup_tabs_and_line_breaks_stay_in_a_prompt(
         (["site", "add", "s8", "--origin", "https://sh%6fp.example"], "not an origin"),
         (["site", "add", "s8", "--origin", "https://a.example", "--language", "en\n"],
          "not a language tag: 'en\\n'"),
+        # The length, not the letters (they were said to be wrong): a new user's trial.
+        (["site", "add", "s" * 65, "--origin", "https://a.example"],
+         "65 characters; at most 64"),
     ],
 )  # fmt: skip
 def test_sup_names_and_collections_the_database_cannot_keep_are_refused(
@@ -405,3 +408,16 @@ async def test_a_worker_on_a_shared_database_without_a_token_secret_says_so(
             pass
     said = [r.getMessage() for r in caplog.records if r.name == "adapters.support.adapter"]
     assert any(line.startswith("support.token_secret is not set") for line in said), said
+
+
+@pytest.mark.postgres
+def test_sup_a_language_named_twice_is_kept_once(
+    pg: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each --language once, in the order given (300 times `en` listed `en` 300 times)."""
+    languages = ["--language", "en", "--language", "de", "--language", "en"]
+    origin = ["--origin", "https://l.example"]
+    assert main(["support", "site", "add", "langs", *origin, *languages]) == 0
+    assert main(["support", "site", "update", "shop", *languages, "--language", "de"]) == 0
+    listed = _listed(capsys)
+    assert listed.count("languages: en, de;") == 2, listed

@@ -25,9 +25,11 @@ pytestmark = pytest.mark.usefixtures("operator_folder")
         ({"PARLEY_DISCORD__GUILD_IDS": "[-5]"}, "PARLEY_DISCORD__GUILD_IDS"),
         ({"PARLEY_DISCORD__SHARD_COUNT": "2", "PARLEY_DISCORD__SHARD_IDS": "[1,1]"},
          "discord.shard_ids: each shard once"),
+        ({"PARLEY_CONSOLE__CHAT": ""}, "PARLEY_CONSOLE__CHAT: must not be empty"),
+        ({"PARLEY_CONSOLE__USER": "u" * 300}, "PARLEY_CONSOLE__USER: 300 characters; at most 255"),
     ],
 )  # fmt: skip
-def test_discord_settings_that_could_never_match_are_refused(
+def test_settings_that_could_never_match_are_refused(
     variables: dict[str, str],
     says: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -58,6 +60,11 @@ def test_discord_ids_as_discord_gives_them_are_taken(
         (["chat", "--user", "x\udcff"], "argument --user: not UTF-8 text at character 2"),
         (["chat", "--chat", "x\x01"],
          "argument --chat: control character U+0001 at character 2 cannot be stored"),
+        # Empty: taken as "the default" without a word; too long: PostgreSQL's "value too
+        # long" at the first message, exit 3 (SQLite kept it whole). A new user's trial.
+        (["chat", "--chat", ""], "argument --chat: must not be empty"),
+        (["chat", "--user", " "], "argument --user: must not be empty"),
+        (["chat", "--chat", "c" * 256], "argument --chat: 256 characters; at most 255"),
     ],
 )  # fmt: skip
 def test_ids_the_history_cannot_keep_are_refused_before_anything_runs(

@@ -37,7 +37,8 @@ from bot.types import utcnow
 from .models import SupportKeyRow, SupportSiteRow
 
 REFRESH_S = 10.0
-SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MAX_SITE_NAME_CHARS = 64
+SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 # A label of a host name as a browser sends it (IDNA done; browsers take a hyphen at either
 # end, "foo-.example.com"); "" is the root of "shop.example.".
@@ -99,14 +100,20 @@ def normalize_origin(origin: str) -> str:
 
 
 def check_site_name(name: str) -> None:
+    if len(name) > MAX_SITE_NAME_CHARS:
+        raise ConfigError(
+            f"site name {name[:100]!r}: {len(name)} characters; at most {MAX_SITE_NAME_CHARS}"
+        )
     if not SITE_NAME.fullmatch(name):
         raise ConfigError(f"site name {name[:100]!r}: lower-case letters, digits, - and _ only")
 
 
-def check_languages(languages: Sequence[str]) -> None:
+def check_languages(languages: Sequence[str]) -> list[str]:
+    """The site's languages, each once, in their order; a language no one can name refused."""
     for language in languages:
         if problem := language_problem(language):
             raise ConfigError(problem)
+    return list(dict.fromkeys(languages))
 
 
 def _check_text(what: str, text: str, *, lines: bool = False) -> None:
@@ -153,7 +160,7 @@ class SiteStore:
         collection: str = "",
     ) -> Site:
         check_site_name(name)
-        check_languages(languages)
+        languages = check_languages(languages)
         _check_text("system prompt", system_prompt, lines=True)
         check_collection(collection)
         cleaned = list(dict.fromkeys(normalize_origin(o) for o in origins))
@@ -195,7 +202,7 @@ class SiteStore:
         change. Read and written in one transaction, the row locked: two operators adding
         origins at once keep both."""
         if languages is not None:
-            check_languages(languages)
+            languages = check_languages(languages)
         if system_prompt is not None:
             _check_text("system prompt", system_prompt, lines=True)
         if collection is not None:

@@ -78,6 +78,29 @@ def text_problem(text: str, *, lines: bool = False) -> str | None:
     return None
 
 
+# The longest id of a chat or a user the database keeps (conversations.chat_id,
+# users.external_id).
+MAX_ID_CHARS = 255
+
+
+def id_problem(value: str) -> str | None:
+    """Why `value` cannot name a chat or a user (the console's `chat` and `user`), or None:
+    blank, longer than the database keeps, or a character it cannot store."""
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > MAX_ID_CHARS:
+        return f"{len(value)} characters; at most {MAX_ID_CHARS}"
+    return text_problem(value)
+
+
+def id_argument(value: str) -> str:
+    """An argparse `type` for `id_problem`'s values: a bad one is argparse's one line, exit
+    status 2."""
+    if problem := id_problem(value):
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
 def storable_argument(value: str) -> str:
     """An argparse `type`: a command-line value the database can keep as it is (bytes that
     were not UTF-8 or a control character: argparse's one line, exit status 2)."""
