@@ -61,3 +61,16 @@ def test_bad_input_is_one_line_and_status_2(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert says in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_schema_out_of_date_is_said_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`parley support ...` on a database not migrated (auto_migrate off): the schema check's
+    own line ("run `parley db upgrade`"), not "database error: SchemaOutOfDate" (review rev5
+    of adfb82d: cmd_support's StorageError catch took in ensure_schema's errors too)."""
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/empty.db")
+    monkeypatch.setenv("PARLEY_DATABASE__AUTO_MIGRATE", "false")
+    assert main(["support", "site", "list"]) != 0
+    err = capsys.readouterr().err
+    assert "parley db upgrade" in err, err

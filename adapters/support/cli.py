@@ -102,6 +102,12 @@ async def _sites(settings: Settings) -> AsyncIterator[SiteStore]:
     engine = create_engine(url, echo=db.echo, pool_size=1)
     try:
         yield SiteStore(engine)
+    except (sa_exc.SQLAlchemyError, StorageError) as exc:
+        # The store's calls only (ensure_schema's lines above name no value and say what to
+        # do: "run `parley db upgrade`"). SQLAlchemy's text quotes the statement and its
+        # values: a new public key, a prompt; a driver's message may quote a value too. Only
+        # the driver's error class is said.
+        raise StorageError(f"database error: {_driver_error(exc)}") from None
     finally:
         await engine.dispose()
 
@@ -111,9 +117,7 @@ async def cmd_support(settings: Settings, args: argparse.Namespace) -> int:
     prompt = _checked_input(args)
     try:
         await _run(settings, args, action, prompt)
-    except (sa_exc.SQLAlchemyError, StorageError) as exc:
-        # SQLAlchemy's text quotes the statement and its values: a new public key, a prompt;
-        # a driver's message may quote a value too. Only the driver's error class is said.
+    except sa_exc.SQLAlchemyError as exc:  # as before: the store's are caught in _sites
         raise StorageError(f"database error: {_driver_error(exc)}") from None
     return 0
 
