@@ -1,12 +1,16 @@
 """Erasing a visitor (DELETE /v1/visitor) over real PostgreSQL and Redis also removes its daily
 token usage (its site's usage keeps the totals) and the cached handoff state of its
 conversation (the agent's name, the visitor's language); and the agent API's booleans take
-only JSON booleans. The real app and adapter over HTTP; the model is scripted."""
+only JSON booleans; a visitor erased between its message's write and the message's event
+for its other tabs has the text shown in none of them. The real app and adapter over HTTP;
+the model is scripted."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import date, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +20,15 @@ from bot.storage import keys, migrate
 from bot.storage.models import ConversationRow
 from bot.storage.usage import Subject, UsageLog
 from tests.doubles import ScriptedBackend
-from tests.support_helpers import Worker, bearer, last_user_text, new_visitor, support_worker
+from tests.support_helpers import (
+    Worker,
+    bearer,
+    data,
+    last_user_text,
+    new_visitor,
+    open_stream,
+    support_worker,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -131,3 +143,33 @@ async def test_supfix_the_agent_api_takes_only_a_json_boolean(
         }
         taken = await client.post("/v1/handoff/take", headers=agent, json={**body, "force": True})
     assert taken.status_code == 200, taken.text
+
+
+# A review of 448c566: the event took the text from the write and no longer read the message
+# back, which was also the "erased already" check.
+async def test_a_message_erased_before_its_event_reaches_no_other_tab(worker: Worker) -> None:
+    site = await worker.add_site("shop")
+    async with worker.client() as client, worker.client() as eraser:
+        visitor = await new_visitor(client, site)
+        auth = bearer(visitor["token"])
+        intake = worker.app.intake
+        real = intake.submit
+
+        async def submit_then_erased(incoming: Any) -> Any:
+            recorded = await real(incoming)
+            erased = await eraser.delete("/v1/visitor", headers=auth)  # the visitor, meanwhile
+            assert erased.status_code == 204
+            return recorded
+
+        async with open_stream(client, visitor["token"]) as stream:
+            intake.submit = submit_then_erased  # type: ignore[method-assign]
+            try:
+                posted = await client.post(
+                    "/v1/messages", headers=auth, json={"text": "my address is 1 Elm St"}
+                )
+            finally:
+                del intake.submit
+            assert posted.status_code == 202, posted.text
+            await asyncio.sleep(1.5)
+            shown = [data(e) for e in stream.events if e.event == "message"]
+    assert shown == []  # erased before the event: its text is shown nowhere

@@ -6,7 +6,9 @@ A private redis-server (tests/redis_server.py) is killed and started again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -38,14 +40,25 @@ class _Back(logging.Handler):
             self.seen.set()
 
 
-async def _back(back: _Back) -> None:
-    async with asyncio.timeout(15):  # the next try subscribes
-        await back.seen.wait()
-
-
-async def _log_on(url: str) -> tuple[RedisEventLog, list[Redis]]:
-    clients = [Redis.from_url(url, socket_timeout=1), Redis.from_url(url)]
-    return RedisEventLog(clients[0], "p", kept=10, ttl_s=60, listener=clients[1]), clients
+@contextlib.asynccontextmanager
+async def _event_log(private: PrivateRedis) -> AsyncIterator[RedisEventLog]:
+    """An event log on the private Redis, not started; at the end, Redis is started again
+    and the log must say its subscription is back (the next try subscribes)."""
+    clients = [Redis.from_url(private.url, socket_timeout=1), Redis.from_url(private.url)]
+    back = _Back()
+    logger = logging.getLogger(events.__name__)
+    logger.addHandler(back)
+    log_ = RedisEventLog(clients[0], "p", kept=10, ttl_s=60, listener=clients[1])
+    try:
+        yield log_
+        await private.start()
+        async with asyncio.timeout(15):
+            await back.seen.wait()
+    finally:
+        logger.removeHandler(back)
+        await log_.aclose()
+        for client in clients:
+            await client.aclose()
 
 
 async def test_a_start_while_redis_is_down_is_one_warning_line(
@@ -54,31 +67,18 @@ async def test_a_start_while_redis_is_down_is_one_warning_line(
     caplog.set_level(logging.DEBUG, logger=events.__name__)
     await private_redis.kill()
     monkeypatch.setattr(events, "SUBSCRIBE_WAIT_S", 1.6)  # tries at 0, 0.5 and 1.5 s meanwhile
-    log_, clients = await _log_on(private_redis.url)
-    back = _Back()
-    logging.getLogger(events.__name__).addHandler(back)
-    try:
+    async with _event_log(private_redis) as log_:
         await log_.start()
         [line] = _warnings(caplog)
         assert "not answering" in line
-        await private_redis.start()
-        await _back(back)
-        assert len(_warnings(caplog)) == 1
-    finally:
-        logging.getLogger(events.__name__).removeHandler(back)
-        await log_.aclose()
-        for client in clients:
-            await client.aclose()
+    assert len(_warnings(caplog)) == 1  # and the info line once it was back
 
 
 async def test_a_subscription_lost_while_running_is_one_warning_line_until_it_is_back(
     private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=events.__name__)
-    log_, clients = await _log_on(private_redis.url)
-    back = _Back()
-    logging.getLogger(events.__name__).addHandler(back)
-    try:
+    async with _event_log(private_redis) as log_:
         await log_.start()
         assert _warnings(caplog) == []
         await private_redis.kill()
@@ -87,11 +87,4 @@ async def test_a_subscription_lost_while_running_is_one_warning_line_until_it_is
         assert len(tries) >= 3
         [line] = _warnings(caplog)
         assert "subscription lost" in line
-        await private_redis.start()
-        await _back(back)
-        assert len(_warnings(caplog)) == 1
-    finally:
-        logging.getLogger(events.__name__).removeHandler(back)
-        await log_.aclose()
-        for client in clients:
-            await client.aclose()
+    assert len(_warnings(caplog)) == 1
