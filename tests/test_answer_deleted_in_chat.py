@@ -323,6 +323,41 @@ async def test_a_discord_answer_whose_first_message_is_deleted_while_the_rest_st
         assert REMOVED not in recorded[1] and "first half" not in recorded[1], recorded
 
 
+async def test_a_discord_answer_whose_later_message_is_deleted_keeps_what_the_chat_shows(
+    tmp_path: Path, database_url: str, redis: dict[str, Any] | None
+) -> None:
+    """A moderator deletes the second message of a long answer while it streams: its next
+    edit is refused (Unknown Message), the first message stays in the channel. The answer is
+    recorded as what the channel still shows, then the stub (it was the stub alone, though
+    its first message stayed visible), so the next prompt has the first message's text and
+    none of the rest."""
+    backend = HeldLongAnswer()
+    async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
+        await h.deliver_event(ev.message_create("what is new?", channel=ev.CHANNEL,
+                                                mentions_bot=True))  # fmt: skip
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await h.api.until(lambda: len(h.api.messages[ev.CHANNEL]) == 2)
+            second = max(h.api.messages[ev.CHANNEL])
+            h.api.delete(ev.CHANNEL, second, ev.GUILD)  # a moderator, with Manage Messages
+            async with asyncio.timeout(WAIT_S):
+                await h.adapter.deleted(1)
+        finally:
+            backend.release.set()
+        await h.idle()
+        (shown,) = h.api.texts(ev.CHANNEL)  # the first message, as it was
+        assert shown.startswith("The first half.") and "second message" not in shown
+        key = ConversationKey("discord", str(ev.CHANNEL))
+        role, recorded = (await history(h.app, key))[-1]
+        assert role is Role.ASSISTANT and recorded == f"{shown}\n\n{ANSWER_DELETED_STUB}"
+        await h.deliver_event(ev.message_create("and then?", channel=ev.CHANNEL,
+                                                mentions_bot=True))  # fmt: skip
+        await h.idle()
+        turns = prompt(backend)
+        assert (Role.ASSISTANT, recorded) in turns
+        assert not [text for _, text in turns if REMOVED in text or "second message" in text]
+
+
 async def test_a_slash_command_answer_deleted_while_it_streams_is_not_sent_again(
     tmp_path: Path, database_url: str
 ) -> None:

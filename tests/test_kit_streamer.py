@@ -181,6 +181,8 @@ class KeptPieces:
 
     pieces: dict[int, str | int] = field(default_factory=dict)
     noted: list[tuple[int, str | int]] = field(default_factory=list)
+    # What `deleted` was told the chat still shows; None: not called.
+    still_shown: str | None = None
 
     async def showed(self, index: int, ref: str | int) -> None:
         self.pieces[index] = ref
@@ -189,8 +191,8 @@ class KeptPieces:
     async def may_show(self) -> None:
         return None  # the answer stays this worker's (tests/test_lease_takeover.py: when not)
 
-    def deleted(self) -> None:
-        return None  # tests/test_answer_deleted_in_chat.py
+    def deleted(self, still_shown: str = "") -> None:
+        self.still_shown = still_shown  # and tests/test_answer_deleted_in_chat.py
 
 
 async def once(text: str) -> AsyncIterator[str]:
@@ -253,3 +255,43 @@ async def test_the_models_error_reaches_the_caller_even_once_the_answer_is_delet
         done_showing(token)
     with pytest.raises(RuntimeError, match="model died"):
         await streamer.play(broken())
+
+
+CUT = "one two three. four five six seven"  # the first piece at a limit of 40
+
+
+@pytest.mark.parametrize(("gone", "still_shown"), [(0, ""), (1, CUT), (2, None)])
+async def test_a_deleted_message_leaves_the_core_the_pieces_before_it(
+    gone: int, still_shown: str | None
+) -> None:
+    """Piece `gone`'s message deleted in the chat (its edit refused): the core is told the
+    text of the pieces before it, which the chat still shows (none for the first piece)."""
+    sent = [asyncio.Event(), asyncio.Event()]  # the first message, the second
+
+    class GoneOnEdit(RecordingSurface):
+        async def send(self, piece: str, *, plain: bool) -> int:
+            ref = await super().send(piece, plain=plain)
+            sent[ref].set()
+            return ref
+
+        async def edit(self, ref: int, piece: str, *, plain: bool) -> None:
+            if ref == gone:
+                raise MessageGone("chat 1: Message to edit not found")
+            await super().edit(ref, piece, plain=plain)
+
+    async def growing() -> AsyncIterator[str]:
+        # Each piece a message before the text that edits it comes.
+        yield "one two three."
+        await sent[0].wait()
+        yield " four five six seven eight nine ten"
+        await sent[1].wait()
+        yield " eleven."
+
+    kept = KeptPieces()
+    token = showing(kept)
+    try:
+        streamer = Streamer(GoneOnEdit(), Pacing(0.0, 40))
+    finally:
+        done_showing(token)
+    await streamer.play(growing())
+    assert kept.still_shown == still_shown

@@ -27,8 +27,9 @@ The platform's refusals are `AdapterError`s: they end the showing, never the rea
 the answer is still read to the end and recorded, and the log says why the chat did not get
 it. One refusal is told to the core: a message of the answer deleted in the chat while it was
 shown (`MessageGone`: a moderator), for the answer to be recorded as a deleted message is
-(`Shown.deleted`); nothing of its text is kept then, so the playing ends there and the model's
-stream is closed (its request aborted) instead of read to the end. A refused draft is the
+(`Shown.deleted`, told the text of the answer's earlier messages, which the chat still shows);
+nothing more of its text is kept then, so the playing ends there and the model's stream is
+closed (its request aborted) instead of read to the end. A refused draft is the
 exception: a draft only previews, so the answer goes on growing as a message instead. A
 platform that does not answer (`PlatformAway`: no connection, a timeout, a server error) ends
 the playing at once, the model's stream closed:
@@ -125,6 +126,7 @@ class Streamer(Generic[Ref]):
         self._sleep = sleep
         self._splitter = Splitter(pacing.limit, length=pacing.length, reopen=pacing.reopen)
         self._shown: dict[int, _Shown[Ref]] = {}  # piece index -> its message
+        self._putting = 0  # the index of the piece last sent or edited
         # The core's record of what is shown (None: a sink outside a turn, or a test).
         self._kept: Shown | None = current_shown()
         if self._kept is not None:
@@ -180,8 +182,18 @@ class Streamer(Generic[Ref]):
             self._broken = True
             log.warning("reply not shown: %s", exc)
             if isinstance(exc, MessageGone) and self._kept is not None:
-                self._kept.deleted()  # recorded as a deleted message is, never shown again
+                # Recorded as a deleted message is (after what the chat still shows of it),
+                # never shown again.
+                self._kept.deleted(self._still_shown())
                 self._gone = True
+
+    def _still_shown(self) -> str:
+        """The pieces before the one whose message was deleted (a moderator deleted a later
+        message of a long answer: the earlier ones stay in the chat), a blank line between
+        them; "" where there are none, or one is not known (an earlier attempt's)."""
+        before = [self._shown.get(i) for i in range(self._putting)]
+        pieces = [s.piece for s in before if s is not None and s.piece not in (_UNKNOWN, LEFTOVER)]
+        return "\n\n".join(pieces) if len(pieces) == self._putting else ""
 
     def _split(self, text: str) -> list[str]:
         return self._splitter.split(text)
@@ -225,6 +237,7 @@ class Streamer(Generic[Ref]):
             return
         plain = final and not self._surface.shows(piece)
         await self._may_show()
+        self._putting = index  # the piece a MessageGone is about (_still_shown)
         if shown is None:
             ref = await self._surface.send(piece, plain=plain)
             if self._kept is not None:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 
+from backends.base import estimate_tokens
 from bot.errors import StorageError
 from bot.storage import keys
 from bot.storage.base import (
@@ -110,8 +111,10 @@ class TurnDelivery:
         self.recorded = False
         # The answer quotes the chat's kept messages (TurnContext.quotes_kept): a DIGEST.
         self.quotes_kept = False
-        # A message of it was deleted in the chat while it was shown (`deleted`).
+        # A message of it was deleted in the chat while it was shown (`deleted`), and the text
+        # of its messages before that one, which the chat still shows ("": none).
         self.deleted_in_chat = False
+        self.still_shown = ""
         # The key the answer is recorded under, from its first message's reference: the
         # sink's (TellsDeletions.answer_key), set by the core as it delivers; None: no key.
         self.answer_key: Callable[[str | int], str | None] | None = None
@@ -207,8 +210,9 @@ class TurnDelivery:
         except StorageError as exc:  # a takeover then sends new pieces instead of editing
             log.warning("conversation %s: shown piece not noted: %s", self._cid, exc)
 
-    def deleted(self) -> None:
+    def deleted(self, still_shown: str = "") -> None:
         self.deleted_in_chat = True
+        self.still_shown = still_shown
 
     async def record(
         self, text: str, *, kind: MessageKind, token_count: int, retry_s: float
@@ -216,9 +220,13 @@ class TurnDelivery:
         """Record the answer, fenced on this delivery; retried while the database is
         unreachable, for up to `retry_s`: the user saw it, so it must not stay pending.
         None: another worker took the delivery over (it shows its own answer instead). An
-        answer deleted in the chat while it was shown is recorded as its stub."""
+        answer deleted in the chat while it was shown is recorded as its stub, after the text
+        of its messages that the chat still shows."""
         await self.begin()
-        if self.deleted_in_chat:
+        if self.deleted_in_chat and self.still_shown:
+            text = f"{self.still_shown}\n\n{ANSWER_DELETED_STUB}"
+            token_count = estimate_tokens(self.still_shown) + ANSWER_DELETED_STUB_TOKENS
+        elif self.deleted_in_chat:
             text, token_count = ANSWER_DELETED_STUB, ANSWER_DELETED_STUB_TOKENS
         first = self._pieces.get(0)
         key = self.answer_key(first) if self.answer_key and first is not None else None
@@ -231,8 +239,8 @@ class TurnDelivery:
             retry_s, "answer shown but not recorded yet",
         )  # fmt: skip
         self.recorded = True
-        if key is not None and not self.deleted_in_chat:
-            await self._redact_if_deleted(key, retry_s)
+        if key is not None and (self.still_shown or not self.deleted_in_chat):
+            await self._redact_if_deleted(key, retry_s)  # its first message may be gone too
         return stored
 
     async def _redact_if_deleted(self, key: str, retry_s: float) -> None:

@@ -115,11 +115,13 @@ class Shown(Protocol):
         that a stale worker never overwrites the answer the user sees."""
         ...
 
-    def deleted(self) -> None:
+    def deleted(self, still_shown: str = "") -> None:
         """A message of this answer was deleted in the chat while it was shown (a moderator:
         the platform's `MessageGone`): the answer is recorded as a deleted message is, its
         text replaced by a stub (`bot.storage.base.ANSWER_DELETED_STUB`), and what it
-        answered is answered (never answered again)."""
+        answered is answered (never answered again). `still_shown`: the text of its messages
+        before the deleted one, which the chat still shows (a later message of a long answer
+        was deleted): recorded, followed by the stub, instead of the stub alone."""
         ...
 
 
