@@ -358,6 +358,31 @@ async def test_a_discord_answer_whose_later_message_is_deleted_keeps_what_the_ch
         assert not [text for _, text in turns if REMOVED in text or "second message" in text]
 
 
+async def test_a_discord_answer_whose_first_and_later_messages_are_deleted_keeps_nothing(
+    tmp_path: Path, database_url: str, redis: dict[str, Any] | None
+) -> None:
+    """Both messages deleted while the second streams (a purge): what the second's refusal
+    says is still shown (the first message's text) is gone too, and its deletion mark
+    redacts the answer to the stub alone."""
+    backend = HeldLongAnswer()
+    async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
+        await h.deliver_event(ev.message_create("what is new?", channel=ev.CHANNEL,
+                                                mentions_bot=True))  # fmt: skip
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await h.api.until(lambda: len(h.api.messages[ev.CHANNEL]) == 2)
+            for shown in sorted(h.api.messages[ev.CHANNEL]):
+                h.api.delete(ev.CHANNEL, shown, ev.GUILD)  # a moderator, with Manage Messages
+            async with asyncio.timeout(WAIT_S):
+                await h.adapter.deleted(2)
+        finally:
+            backend.release.set()
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == []
+        key = ConversationKey("discord", str(ev.CHANNEL))
+        assert (await history(h.app, key))[-1] == (Role.ASSISTANT, ANSWER_DELETED_STUB)
+
+
 async def test_a_slash_command_answer_deleted_while_it_streams_is_not_sent_again(
     tmp_path: Path, database_url: str
 ) -> None:
