@@ -12,7 +12,7 @@ with the windows in process and in Redis.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -405,3 +405,40 @@ async def test_a_slash_command_answer_deleted_while_it_streams_is_not_sent_again
         key = ConversationKey("discord", str(ev.CHANNEL))
         recorded = (await history(h.app, key))[-1]
         assert REMOVED not in recorded[1], recorded
+
+
+class CharTokenizedLongAnswer(HeldLongAnswer):
+    """HeldLongAnswer on a model whose tokenizer counts more than the bytes/4 estimate (one
+    token a character: code, digits, hex are often near that)."""
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(t) for t in texts]
+
+
+async def test_a_partly_deleted_answer_is_counted_by_the_models_tokenizer(
+    tmp_path: Path, database_url: str
+) -> None:
+    """What the chat still shows of a partly deleted answer goes into later prompts: its
+    token count must be at least what the model's tokenizer makes of it (as every chat
+    message's and the stubs'), or windows built from SQL overrun their budget."""
+    backend = CharTokenizedLongAnswer()
+    async with discord_harness(tmp_path, backend, database_url=database_url) as h:
+        await h.deliver_event(ev.message_create("what is new?", channel=ev.CHANNEL,
+                                                mentions_bot=True))  # fmt: skip
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await h.api.until(lambda: len(h.api.messages[ev.CHANNEL]) == 2)
+            second = max(h.api.messages[ev.CHANNEL])
+            h.api.delete(ev.CHANNEL, second, ev.GUILD)
+            async with asyncio.timeout(WAIT_S):
+                await h.adapter.deleted(1)
+        finally:
+            backend.release.set()
+        await h.idle()
+        key = ConversationKey("discord", str(ev.CHANNEL))
+        cid = await h.app.store.conversation_id(key)
+        assert cid is not None
+        last = (await h.app.store.history(cid, 10))[-1]
+        assert last.role is Role.ASSISTANT and last.content.endswith(ANSWER_DELETED_STUB)
+        (counted,) = await backend.count_tokens([last.content])
+        assert last.token_count >= counted, (last.token_count, counted)
