@@ -215,7 +215,13 @@ class TurnDelivery:
         self.still_shown = still_shown
 
     async def record(
-        self, text: str, *, kind: MessageKind, token_count: int, retry_s: float
+        self,
+        text: str,
+        *,
+        kind: MessageKind,
+        token_count: int,
+        retry_s: float,
+        count: Callable[[str], Awaitable[int]] | None = None,
     ) -> RecordedReply | None:
         """Record the answer, fenced on this delivery; retried while the database is
         unreachable, for up to `retry_s`: the user saw it, so it must not stay pending.
@@ -226,6 +232,8 @@ class TurnDelivery:
         if self.deleted_in_chat and self.still_shown:
             text = f"{self.still_shown}\n\n{ANSWER_DELETED_STUB}"
             token_count = estimate_tokens(self.still_shown) + ANSWER_DELETED_STUB_TOKENS
+            if count is not None:  # in later prompts: the model's tokenizer, as any chat text
+                token_count = max(token_count, await count(text))
         elif self.deleted_in_chat:
             text, token_count = ANSWER_DELETED_STUB, ANSWER_DELETED_STUB_TOKENS
         first = self._pieces.get(0)
