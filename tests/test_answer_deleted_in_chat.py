@@ -383,6 +383,38 @@ async def test_a_discord_answer_whose_first_and_later_messages_are_deleted_keeps
         assert (await history(h.app, key))[-1] == (Role.ASSISTANT, ANSWER_DELETED_STUB)
 
 
+class HeldTelegramLongAnswer(HeldAnswer):
+    """HeldLongAnswer at Telegram's limit: a first message near 4,096 characters, a second
+    one started."""
+
+    FIRST = "The first half. " * 250 + "\n\n" + "The second message. " * 10
+
+
+async def test_a_telegram_answer_whose_later_message_is_deleted_is_the_stub_alone(
+    tmp_path: Path,
+    database_url: str,
+    redis: dict[str, Any] | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Telegram tells a bot of no deletion: had the moderator deleted the first message too,
+    nothing would ever say so, so its text is not kept (a review: it was kept, before the
+    stub, as what the chat still showed)."""
+    monkeypatch.setattr(telegram_stream, "GROUP_INTERVAL_S", 0.05)
+    backend = HeldTelegramLongAnswer()
+    harness = telegram_harness(tmp_path, backend, database_url=database_url, redis=redis)
+    async with harness as h:
+        await feed(h.adapter, asked(1, "what is new?"))
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await h.api.wait_for_messages(GROUP, 2)
+            del h.api.messages[GROUP][max(h.api.messages[GROUP])]  # an admin deletes it
+        finally:
+            backend.release.set()
+        await h.adapter.idle()
+        key = ConversationKey("telegram", str(GROUP))
+        assert (await history(h.app, key))[-1] == (Role.ASSISTANT, ANSWER_DELETED_STUB)
+
+
 async def test_a_slash_command_answer_deleted_while_it_streams_is_not_sent_again(
     tmp_path: Path, database_url: str
 ) -> None:

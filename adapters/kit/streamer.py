@@ -27,7 +27,7 @@ The platform's refusals are `AdapterError`s: they end the showing, never the rea
 the answer is still read to the end and recorded, and the log says why the chat did not get
 it. One refusal is told to the core: a message of the answer deleted in the chat while it was
 shown (`MessageGone`: a moderator), for the answer to be recorded as a deleted message is
-(`Shown.deleted`, told the text of the answer's earlier messages, which the chat still shows);
+(`Shown.deleted`, told the text of the answer's first message where a later one was deleted);
 nothing more of its text is kept then, so the playing ends there and the model's stream is
 closed (its request aborted) instead of read to the end. A refused draft is the
 exception: a draft only previews, so the answer goes on growing as a message instead. A
@@ -188,12 +188,15 @@ class Streamer(Generic[Ref]):
                 self._gone = True
 
     def _still_shown(self) -> str:
-        """The pieces before the one whose message was deleted (a moderator deleted a later
-        message of a long answer: the earlier ones stay in the chat), a blank line between
-        them; "" where there are none, or one is not known (an earlier attempt's)."""
-        before = [self._shown.get(i) for i in range(self._putting)]
-        pieces = [s.piece for s in before if s is not None and s.piece not in (_UNKNOWN, LEFTOVER)]
-        return "\n\n".join(pieces) if len(pieces) == self._putting else ""
+        """The first piece's text, where a later piece's message was deleted (a moderator
+        deleted a later message of a long answer): the core keeps it where it can still
+        learn of the first message's deletion. Only the first: the deletion of a message
+        between the two is learned by no one. "" where the first was deleted, or its text is
+        not known (an earlier attempt's)."""
+        first = self._shown.get(0)
+        if self._putting == 0 or first is None or first.piece in (_UNKNOWN, LEFTOVER):
+            return ""
+        return first.piece
 
     def _split(self, text: str) -> list[str]:
         return self._splitter.split(text)

@@ -111,8 +111,8 @@ class TurnDelivery:
         self.recorded = False
         # The answer quotes the chat's kept messages (TurnContext.quotes_kept): a DIGEST.
         self.quotes_kept = False
-        # A message of it was deleted in the chat while it was shown (`deleted`), and the text
-        # of its messages before that one, which the chat still shows ("": none).
+        # A message of it was deleted in the chat while it was shown (`deleted`), and its
+        # first message's text where that was a later one ("": none; see `Shown.deleted`).
         self.deleted_in_chat = False
         self.still_shown = ""
         # The key the answer is recorded under, from its first message's reference: the
@@ -226,18 +226,20 @@ class TurnDelivery:
         """Record the answer, fenced on this delivery; retried while the database is
         unreachable, for up to `retry_s`: the user saw it, so it must not stay pending.
         None: another worker took the delivery over (it shows its own answer instead). An
-        answer deleted in the chat while it was shown is recorded as its stub, after the text
-        of its messages that the chat still shows."""
+        answer deleted in the chat while it was shown is recorded as its stub, after its first
+        message's text where a later one was deleted and the first is keyed (its deletion
+        event, or the mark it leaves, then still redacts it)."""
         await self.begin()
-        if self.deleted_in_chat and self.still_shown:
-            text = f"{self.still_shown}\n\n{ANSWER_DELETED_STUB}"
-            token_count = estimate_tokens(self.still_shown) + ANSWER_DELETED_STUB_TOKENS
+        first = self._pieces.get(0)
+        key = self.answer_key(first) if self.answer_key and first is not None else None
+        kept = self.still_shown if key is not None else ""
+        if self.deleted_in_chat and kept:
+            text = f"{kept}\n\n{ANSWER_DELETED_STUB}"
+            token_count = estimate_tokens(kept) + ANSWER_DELETED_STUB_TOKENS
             if count is not None:  # in later prompts: the model's tokenizer, as any chat text
                 token_count = max(token_count, await count(text))
         elif self.deleted_in_chat:
             text, token_count = ANSWER_DELETED_STUB, ANSWER_DELETED_STUB_TOKENS
-        first = self._pieces.get(0)
-        key = self.answer_key(first) if self.answer_key and first is not None else None
         ids = [m.id for m in self._batch]
         stored = await self._retried(
             lambda: self._store.record_reply(
@@ -247,7 +249,7 @@ class TurnDelivery:
             retry_s, "answer shown but not recorded yet",
         )  # fmt: skip
         self.recorded = True
-        if key is not None and (self.still_shown or not self.deleted_in_chat):
+        if key is not None and (kept or not self.deleted_in_chat):
             await self._redact_if_deleted(key, retry_s)  # its first message may be gone too
         return stored
 

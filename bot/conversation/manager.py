@@ -1195,7 +1195,10 @@ class ConversationManager:
             self.observer.tokens(work.key.platform, reply.usage)
         tokens = reply.usage.completion_tokens if reply.usage else await self._count(text)
         stored = await _TURN.get().record(
-            text, kind=MessageKind.CHAT, token_count=tokens, retry_s=self._settings.record_retry_s,
+            text,
+            kind=MessageKind.CHAT,
+            token_count=tokens,
+            retry_s=self._settings.record_retry_s,
             count=self._count,
         )
         if stored is None:

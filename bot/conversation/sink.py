@@ -119,9 +119,11 @@ class Shown(Protocol):
         """A message of this answer was deleted in the chat while it was shown (a moderator:
         the platform's `MessageGone`): the answer is recorded as a deleted message is, its
         text replaced by a stub (`bot.storage.base.ANSWER_DELETED_STUB`), and what it
-        answered is answered (never answered again). `still_shown`: the text of its messages
-        before the deleted one, which the chat still shows (a later message of a long answer
-        was deleted): recorded, followed by the stub, instead of the stub alone."""
+        answered is answered (never answered again). `still_shown`: the text of its first
+        message, where a later one was deleted (a long answer): recorded, followed by the
+        stub, where the sink keys the answer by its first message (`TellsDeletions`), whose
+        deletion then still redacts it; elsewhere (no deletion events: Telegram) the stub
+        alone, so that text a moderator may have removed is never kept."""
         ...
 
 
