@@ -12,7 +12,7 @@ with the windows in process and in Redis.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +291,26 @@ class HeldLongAnswer(HeldAnswer):
     FIRST = "The first half. " * 118 + "\n\n" + "The second message. " * 10
 
 
+async def _deleted_while_the_second_streams(
+    h: Any, backend: HeldAnswer, pick: Callable[[list[int]], list[int]]
+) -> None:
+    """A long answer's two messages shown, then those `pick` chooses deleted by a moderator
+    (with Manage Messages) while the second still streams; the answer then finishes."""
+    await h.deliver_event(ev.message_create("what is new?", channel=ev.CHANNEL,
+                                            mentions_bot=True))  # fmt: skip
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await h.api.until(lambda: len(h.api.messages[ev.CHANNEL]) == 2)
+        chosen = pick(sorted(h.api.messages[ev.CHANNEL]))
+        for message_id in chosen:
+            h.api.delete(ev.CHANNEL, message_id, ev.GUILD)
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.deleted(len(chosen))
+    finally:
+        backend.release.set()
+    await h.idle()
+
+
 async def test_a_discord_answer_whose_first_message_is_deleted_while_the_rest_streams(
     tmp_path: Path, database_url: str, redis: dict[str, Any] | None
 ) -> None:
@@ -301,22 +321,7 @@ async def test_a_discord_answer_whose_first_message_is_deleted_while_the_rest_st
     in process), which the turn reads once the answer is recorded, and redacts it."""
     backend = HeldLongAnswer()
     async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
-        await h.deliver_event(ev.message_create("what is new?", channel=ev.CHANNEL,
-                                                mentions_bot=True))  # fmt: skip
-        try:
-            async with asyncio.timeout(WAIT_S):
-                await h.api.until(lambda: len(h.api.messages[ev.CHANNEL]) == 2)
-        except TimeoutError:
-            backend.release.set()
-            raise
-        first = min(h.api.messages[ev.CHANNEL])
-        try:
-            h.api.delete(ev.CHANNEL, first, ev.GUILD)  # a moderator, with Manage Messages
-            async with asyncio.timeout(WAIT_S):
-                await h.adapter.deleted(1)
-        finally:
-            backend.release.set()
-        await h.idle()
+        await _deleted_while_the_second_streams(h, backend, lambda shown: shown[:1])
         key = ConversationKey("discord", str(ev.CHANNEL))
         recorded = (await history(h.app, key))[-1]
         assert recorded[0] is Role.ASSISTANT
@@ -333,18 +338,7 @@ async def test_a_discord_answer_whose_later_message_is_deleted_keeps_what_the_ch
     none of the rest."""
     backend = HeldLongAnswer()
     async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
-        await h.deliver_event(ev.message_create("what is new?", channel=ev.CHANNEL,
-                                                mentions_bot=True))  # fmt: skip
-        try:
-            async with asyncio.timeout(WAIT_S):
-                await h.api.until(lambda: len(h.api.messages[ev.CHANNEL]) == 2)
-            second = max(h.api.messages[ev.CHANNEL])
-            h.api.delete(ev.CHANNEL, second, ev.GUILD)  # a moderator, with Manage Messages
-            async with asyncio.timeout(WAIT_S):
-                await h.adapter.deleted(1)
-        finally:
-            backend.release.set()
-        await h.idle()
+        await _deleted_while_the_second_streams(h, backend, lambda shown: shown[1:])
         (shown,) = h.api.texts(ev.CHANNEL)  # the first message, as it was
         assert shown.startswith("The first half.") and "second message" not in shown
         key = ConversationKey("discord", str(ev.CHANNEL))
@@ -366,18 +360,7 @@ async def test_a_discord_answer_whose_first_and_later_messages_are_deleted_keeps
     redacts the answer to the stub alone."""
     backend = HeldLongAnswer()
     async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
-        await h.deliver_event(ev.message_create("what is new?", channel=ev.CHANNEL,
-                                                mentions_bot=True))  # fmt: skip
-        try:
-            async with asyncio.timeout(WAIT_S):
-                await h.api.until(lambda: len(h.api.messages[ev.CHANNEL]) == 2)
-            for shown in sorted(h.api.messages[ev.CHANNEL]):
-                h.api.delete(ev.CHANNEL, shown, ev.GUILD)  # a moderator, with Manage Messages
-            async with asyncio.timeout(WAIT_S):
-                await h.adapter.deleted(2)
-        finally:
-            backend.release.set()
-        await h.idle()
+        await _deleted_while_the_second_streams(h, backend, lambda shown: shown)
         assert h.api.texts(ev.CHANNEL) == []
         key = ConversationKey("discord", str(ev.CHANNEL))
         assert (await history(h.app, key))[-1] == (Role.ASSISTANT, ANSWER_DELETED_STUB)
