@@ -43,6 +43,11 @@ RULE = "———"  # a thematic break is at least three characters of Markdown
 # Only a word character before it keeps an at sign from starting a mention (tdlib's rule,
 # which the Bot API server runs): in "@@alice" the second one mentions (a helper's review).
 _MENTION = re.compile(r"(?<!\w)@(?=[A-Za-z0-9_])")
+# Telegram finds mentions in the message's whole text, across bold, italic and strikethrough
+# (tdlib keeps a found mention unless it overlaps code or a link): "@" at the end of one text
+# token and a styled name after it ("@*alice*") is "@alice". Tags only, never escaped text,
+# can follow the at sign here: code and link targets are escaped.
+_MENTION_ACROSS_STYLE = re.compile(r"(?<!\w)@(?=(?:<[bis]>)+[A-Za-z0-9_])")
 _QUIET_AT = "\uff20"
 
 
@@ -263,7 +268,7 @@ def _inline(token: Token) -> str:
         else:
             out.append(_text(child.content))
     out.extend(reversed(closers))
-    return "".join(out)
+    return _MENTION_ACROSS_STYLE.sub(_QUIET_AT, "".join(out))
 
 
 def _style_open(children: Sequence[Token], i: int, out: list[str]) -> str:
