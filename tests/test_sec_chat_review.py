@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from adapters.telegram.formatting import to_html, to_text
+from adapters.kit.split import split_text
+from adapters.telegram.formatting import to_html, to_text, utf16_len
 
 # Telegram finds mentions in the whole text of a message, whatever bold, italic, underline,
 # strikethrough or spoiler covers it (tdlib merges new entities only with the "continuous"
@@ -27,3 +28,25 @@ _MENTION = re.compile(r"(?<!\w)@[A-Za-z0-9_]")
 )
 def test_an_at_sign_before_emphasis_pings_no_member_of_a_telegram_group(markdown: str) -> None:
     assert _MENTION.search(to_text(to_html(markdown))) is None
+
+
+# A character that joins the one before it (a combining mark, a zero-width joiner, a
+# variation selector, a skin tone), repeated past a message's limit: the hard cut moved back
+# to the start of the run every time, so every piece was one character and the answer became
+# hundreds of messages (a flood of the chat, its rate budget and the conversation's turn).
+@pytest.mark.parametrize(
+    "run",
+    [
+        "a" + "\u0301" * 5000,  # "Zalgo" text: one letter and its marks
+        "\u200d" * 5000,  # invisible
+        "👍" + "\U0001f3fb" * 3000,
+        "see: " + "x" + "\ufe0f" * 5000,
+    ],
+)
+def test_a_run_of_joining_characters_is_cut_at_the_limit_not_into_single_characters(
+    run: str,
+) -> None:
+    for limit, length in ((2000, len), (4096, utf16_len)):
+        pieces = split_text(run, limit, length=length)
+        assert "".join(pieces) == run.replace(" ", "")
+        assert len(pieces) <= length(run) // limit + 2, [len(p) for p in pieces[:5]]

@@ -12,7 +12,8 @@ token map gives each block's line range. Only a code block longer than a message
 at a line, and then closed and reopened with the same fence and language. Each piece is
 rendered alone, so a cut outside bold, strikethrough and links is preferred too. With no
 boundary at all (one very long word) the cut goes between two characters, never inside an
-emoji sequence, a flag or before a combining mark.
+emoji sequence, a flag or before a combining mark, unless one such sequence is longer than a
+message (a letter with thousands of marks): then it is cut at the limit.
 
 A platform whose inline markup may run on past a cut (Discord's spoilers) gives `reopen`:
 what a piece leaves open, written again at the start of the next piece (the piece itself is
@@ -393,10 +394,17 @@ def _hard_cut(window: str, following: str) -> _Cut:
 
 def _grapheme_boundary(text: str, pos: int) -> int:
     """`pos`, moved back so it splits no emoji sequence, no flag and no letter from its
-    accent."""
-    while 1 < pos < len(text) and (_joins(text[pos - 1], text[pos]) or _inside_flag(text, pos)):
+    accent. Where the text is one such sequence up to `pos` (a letter with thousands of
+    marks, a run of joiners), `pos` itself: moved back to the start, every piece of it was
+    one character, and the answer hundreds of messages."""
+    start = pos
+    while 1 < pos < len(text) and _inside_cluster(text, pos):
         pos -= 1
-    return pos
+    return start if pos == 1 and _inside_cluster(text, 1) else pos
+
+
+def _inside_cluster(text: str, pos: int) -> bool:
+    return 0 < pos < len(text) and (_joins(text[pos - 1], text[pos]) or _inside_flag(text, pos))
 
 
 def _joins(before: str, after: str) -> bool:
