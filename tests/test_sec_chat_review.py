@@ -50,3 +50,19 @@ def test_a_run_of_joining_characters_is_cut_at_the_limit_not_into_single_charact
         pieces = split_text(run, limit, length=length)
         assert "".join(pieces) == run.replace(" ", "")
         assert len(pieces) <= length(run) // limit + 2, [len(p) for p in pieces[:5]]
+
+
+@pytest.mark.parametrize(
+    "markdown",
+    [
+        "Ask [`@alice_k`](tg://user?id=1) about it.",
+        "Ask [`@alice_k`](/members/alice) about it.",
+        "Ask [`@alice_k`](mailto:alice@example.com) about it.",
+    ],
+)
+def test_code_in_a_link_that_is_not_shown_as_one_pings_no_member(markdown: str) -> None:
+    """Code in a link is written without <code> (Telegram nests nothing in it); a link that
+    is not http(s) is shown as its text only, so its code stood bare: "@alice_k", a mention."""
+    html = to_html(markdown)
+    outside_code = re.sub(r"<code>.*?</code>", "", html)  # code mentions no one
+    assert _MENTION.search(to_text(outside_code)) is None, html

@@ -256,10 +256,12 @@ def _inline(token: Token) -> str:
         elif kind.endswith("_open") and kind[:-5] in _STYLE:
             closers.append(_style_open(children, i, out))
         elif kind == "link_open":
+            # Counted only where it is shown as a link: a link Telegram is not given (not
+            # http or https) is its text alone, and code in it needs its <code> as anywhere.
             closers.append(_link_open(child, out, nested=in_link > 0))
-            in_link += 1
+            in_link += bool(closers[-1])
         elif kind == "link_close":
-            in_link -= 1
+            in_link -= bool(closers[-1])
             out.append(closers.pop())
         elif kind.endswith("_close"):
             out.append(closers.pop())
