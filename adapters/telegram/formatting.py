@@ -43,12 +43,14 @@ RULE = "———"  # a thematic break is at least three characters of Markdown
 # Only a word character before it keeps an at sign from starting a mention (tdlib's rule,
 # which the Bot API server runs): in "@@alice" the second one mentions (a helper's review).
 _MENTION = re.compile(r"(?<!\w)@(?=[A-Za-z0-9_])")
-# Telegram finds mentions in the message's whole text, across bold, italic and strikethrough
-# (tdlib keeps a found mention unless it overlaps code or a link): "@" at the end of one text
-# token and a styled name after it ("@*alice*") is "@alice". Tags only, never escaped text,
-# can follow the at sign here: code and link targets are escaped.
-_MENTION_ACROSS_STYLE = re.compile(r"(?<!\w)@(?=(?:<[bis]>)+[A-Za-z0-9_])")
 _QUIET_AT = "\uff20"
+# Telegram finds mentions in the message's whole text, across bold, italic and strikethrough
+# (tdlib keeps a found mention unless it overlaps code, pre or a text link): an at sign that
+# ends one piece of text, and a name that starts the next ("@*alice*", "@__alice__", a link
+# shown as its text alone), is a mention too. The rendered HTML, read once more as Telegram
+# reads it: its tags (the only "<" in it: text is escaped), its entities, and its text.
+_HTML_PIECE = re.compile(r"<(/?)([a-z]+)[^>]*>|&(?:amp|lt|gt);|[^<&]+|&")
+_NO_MENTIONS_IN = frozenset({"code", "pre", "a"})
 
 
 def to_html(markdown: str) -> str:
@@ -56,12 +58,36 @@ def to_html(markdown: str) -> str:
     rendered = _Renderer(markdown).render()
     if _longer(to_text(rendered), markdown):
         return _text(markdown)
-    return rendered
+    return _quiet_across_tags(rendered)
 
 
 def quiet_mentions(text: str) -> str:
     """`text` with no "@username" that Telegram would turn into a mention."""
     return _MENTION.sub(_QUIET_AT, text)
+
+
+def _quiet_across_tags(telegram_html: str) -> str:
+    """`telegram_html` with every at sign outside code and links that starts a mention in
+    the text Telegram reads from it (tags dropped) written fullwidth."""
+    shown: list[str] = []  # the text as Telegram reads it, one character at a time
+    at: list[int] = []  # where each character is in the HTML; -1: in code, pre or a link
+    inside = 0
+    for piece in _HTML_PIECE.finditer(telegram_html):
+        closing, tag = piece.group(1), piece.group(2)
+        if tag is not None:
+            if tag in _NO_MENTIONS_IN:
+                inside += -1 if closing else 1
+            continue
+        text = piece.group()
+        start = piece.start()
+        chars = html.unescape(text)
+        shown += chars
+        at += [-1 if inside else start + i for i in range(len(chars))]
+    out = list(telegram_html)
+    for found in _MENTION.finditer("".join(shown)):
+        if at[found.start()] >= 0:
+            out[at[found.start()]] = _QUIET_AT
+    return "".join(out)
 
 
 def _text(text: str) -> str:
@@ -270,7 +296,7 @@ def _inline(token: Token) -> str:
         else:
             out.append(_text(child.content))
     out.extend(reversed(closers))
-    return _MENTION_ACROSS_STYLE.sub(_QUIET_AT, "".join(out))
+    return "".join(out)
 
 
 def _style_open(children: Sequence[Token], i: int, out: list[str]) -> str:
