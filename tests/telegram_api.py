@@ -353,6 +353,14 @@ def _bad(description: str) -> Response:
     )
 
 
+# What Telegram takes for no text (tdlib's strip_empty_characters): whitespace and the
+# spaces it lists, zero-width characters, direction marks and overrides, the byte order mark,
+# the Braille blank, the object replacement character and Unicode's tag characters.
+_TELEGRAM_EMPTY = re.compile(
+    "[\\s\u180e\u200b-\u200f\u202e\u2800\ufeff\ufffc\U000e0000-\U000e007f]"
+)
+
+
 def _visible(params: dict[str, Any]) -> str | Response:
     text = params.get("text", "")
     if "link_preview_options" in params:
@@ -367,7 +375,7 @@ def _visible(params: dict[str, Any]) -> str | Response:
             text = _HtmlChecker.text_of(text)
         except ValueError as exc:
             return _bad(f"Bad Request: can't parse entities: {exc}")
-    if not text.strip():  # Telegram trims the text first
+    if not _TELEGRAM_EMPTY.sub("", text):  # Telegram trims the text first
         return _bad("Bad Request: message text is empty")
     if len(text.encode("utf-16-le")) // 2 > 4096:
         return _bad("Bad Request: message is too long")

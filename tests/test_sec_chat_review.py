@@ -3,12 +3,21 @@ the code it fixes."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
 
 import pytest
+from telegram import Bot
 
 from adapters.kit.split import split_text
+from adapters.kit.streamer import Pacing, Streamer
 from adapters.telegram.formatting import to_html, to_text, utf16_len
+from adapters.telegram.split import MAX_MESSAGE
+from adapters.telegram.stream import Target, TelegramSurface
+from tests.telegram_api import TOKEN, UNLIMITED, FakeBotApi, Limits
+
+GROUP = -1001
 
 # Telegram finds mentions in the whole text of a message, whatever bold, italic, underline,
 # strikethrough or spoiler covers it (tdlib merges new entities only with the "continuous"
@@ -72,3 +81,34 @@ def test_code_in_a_link_that_is_not_shown_as_one_pings_no_member(markdown: str) 
     html = to_html(markdown)
     outside_code = re.sub(r"<code>.*?</code>", "", html)  # code mentions no one
     assert _MENTION.search(to_text(outside_code)) is None, html
+
+
+class _Watched(TelegramSurface):
+    """The Telegram surface, telling the test when the streamer has looked at a piece."""
+
+    def __init__(self, bot: Bot, target: Target) -> None:
+        super().__init__(bot, target)
+        self.looked = asyncio.Event()
+
+    def shows(self, piece: str) -> bool:
+        self.looked.set()
+        return super().shows(piece)
+
+
+@pytest.mark.parametrize("mark", ["\u200f", "\u200b", "\ufeff", "\u2800"])
+async def test_an_answer_that_opens_with_an_invisible_mark_is_shown(mark: str) -> None:
+    """Telegram takes a text of direction marks, zero-width characters, a byte order mark or
+    the Braille blank for empty ("message text is empty", as HTML and as plain text): the
+    answer's first update, the model's first token alone (a right-to-left mark before Hebrew
+    or Arabic), was refused, and the refusal ended the showing of the whole answer."""
+    api = FakeBotApi(Limits((UNLIMITED, 1.0), (UNLIMITED, 1.0), (UNLIMITED, 1.0)))
+    async with api.serving() as base_url, Bot(TOKEN, base_url=base_url) as bot:
+        surface = _Watched(bot, Target(GROUP, None))
+
+        async def model() -> AsyncIterator[str]:
+            yield mark
+            await surface.looked.wait()  # the streamer has tried to show the mark alone
+            yield "שלום, this is the answer."
+
+        await Streamer(surface, Pacing(0.0, MAX_MESSAGE, utf16_len)).play(model())
+    assert api.texts(GROUP) == [mark + "שלום, this is the answer."]

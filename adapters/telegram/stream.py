@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -50,6 +51,14 @@ _TEXT_REFUSED = (
 # The Bot API's answer to an edit of a message deleted in the chat (Telegram sends bots no
 # event when a message is deleted: an edit is where the bot learns it).
 _DELETED = "message to edit not found"
+
+# What Telegram takes for no text at all (tdlib's strip_empty_characters), refused as HTML and
+# as plain text alike ("message text is empty"): whitespace and the spaces it lists,
+# zero-width characters, direction marks, the byte order mark, the Braille blank, the object
+# replacement character and Unicode's tag characters. An answer's first update is often its
+# first token alone: a right-to-left mark before Hebrew or Arabic was refused, and the
+# refusal ended the showing of the whole answer.
+_NOTHING = re.compile("[\\s\u180e\u200b-\u200f\u202e\u2800\ufeff\ufffc\U000e0000-\U000e007f]*")
 
 # Model output is shown without link previews: Telegram's servers fetch a previewed link as
 # soon as the message arrives, so a link that a prompt injection had the model write (with
@@ -84,7 +93,7 @@ class TelegramSurface:
         self._texts: dict[int, str] = {}  # message id -> the text last asked for
 
     def shows(self, piece: str) -> bool:
-        return bool(to_text(self._html(piece)).strip())
+        return _NOTHING.fullmatch(to_text(self._html(piece))) is None
 
     def _html(self, piece: str) -> str:
         if self._last_render[0] != piece:
