@@ -73,6 +73,7 @@ from bot.errors import (
     ContextTooLong,
 )
 from bot.settings import BackendSettings, TimeoutSettings
+from bot.text.storable import REPLACEMENT
 from bot.types import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ _CONTEXT_MESSAGE = re.compile(
     r"context length|maximum context|max_model_len|maximum model length", re.IGNORECASE
 )
 _LINE_END = re.compile(r"\r\n|\r|\n")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # An error body's `type`, `code` or `param` is kept where it is an identifier like these.
 _ERROR_FIELD = re.compile(r"[\w.-]{1,64}")
 
@@ -437,6 +439,7 @@ class _Reply:
     finish_reason: str | None = None
     usage: Usage | None = None
     done: bool = False
+    held: str = ""  # a high surrogate that ended the last delta: the first half of a character
 
     def absorb(self, event: Mapping[str, Any]) -> str:
         """Take one chunk object; return its text delta."""
@@ -450,7 +453,20 @@ class _Reply:
             self.finish_reason = str(choice["finish_reason"])
         delta = choice.get("delta")
         content = delta.get("content") if isinstance(delta, dict) else None
-        return content if isinstance(content, str) else ""
+        return self._whole(content) if isinstance(content, str) else ""
+
+    def _whole(self, text: str) -> str:
+        """`text`, after the half character the last delta ended with, in whole characters.
+        A server may cut a character outside the Basic Multilingual Plane between two events
+        (its JSON's "\\ud83d" in one, "\\ude00" in the next): the halves are joined here, and
+        a half with no partner becomes U+FFFD. A lone surrogate reached the adapters, which
+        cannot encode it (a platform counts UTF-16 or sends UTF-8), and failed the turn."""
+        text, self.held = self.held + text, ""
+        if not _SURROGATE.search(text):
+            return text
+        if "\ud800" <= text[-1] <= "\udbff":
+            text, self.held = text[:-1], text[-1]
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 async def _read_reply(
@@ -485,6 +501,8 @@ async def _read_reply(
     # Some servers omit [DONE]; a finish reason still proves the reply is complete.
     if not reply.done and reply.finish_reason is None:
         raise ServerUnavailable("the server closed the stream before the reply was complete")
+    if reply.held:  # the reply ended on half a character
+        yield Chunk(text=REPLACEMENT)
     yield Chunk(usage=reply.usage, finish_reason=reply.finish_reason)
 
 

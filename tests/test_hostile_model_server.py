@@ -175,3 +175,23 @@ async def test_a_tokenize_that_hangs_is_not_asked_for_every_message() -> None:
     assert all(count[0] > 0 for count in counts)  # estimates
     assert after <= 1 + settings.max_count_requests  # the start-up probe, one slot's worth
     assert len(tokenized) == after
+
+
+async def test_an_emoji_cut_between_two_events_arrives_whole() -> None:
+    """A server that cuts a character outside the Basic Multilingual Plane between two events
+    (its JSON's "\\ud83d" in one, "\\ude00" in the next) gave each delta half a character: a
+    lone surrogate, which no platform can encode (Telegram's UTF-16 count raised, the turn
+    failed and ended in the apology; a helper's review). The halves are joined; a half with
+    no partner, here or at the reply's end, is the replacement character."""
+    stand_in = StandIn()
+    stand_in.answers = [
+        stand_in.stream(
+            chunk("Hi \ud83d"), chunk("\ude00 and \ude01 and \ud83d"), chunk("x \ud83d"),
+            usage_event(), DONE,
+        )
+    ]  # fmt: skip
+    chunks = await reply_of(stand_in)
+    texts = [c.text for c in chunks if c.text]
+    assert "".join(texts) == "Hi \U0001f600 and \ufffd and \ufffdx \ufffd"
+    for text in texts:
+        text.encode("utf-16-le")  # whole characters only: a lone surrogate raises here
