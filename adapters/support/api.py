@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import math
 import uuid
@@ -403,7 +404,23 @@ class SupportApi:
 
 
 def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    return client_address(request.client.host) if request.client else "unknown"
+
+
+def client_address(host: str) -> str:
+    """The address a client's requests and streams are counted by: an IPv4 address itself;
+    an IPv6 one by its /64, which one line or server holds whole and picks its source
+    address in at will (counted per address, it was never limited); an IPv4-mapped one
+    (a dual-stack listener) as the IPv4 address it maps."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # not an address (a test client's name, a socket path): itself
+        return host
+    if not isinstance(address, ipaddress.IPv6Address):
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
 
 
 class _CountedStream(StreamingResponse):
