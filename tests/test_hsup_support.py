@@ -4,12 +4,19 @@ failed before its fix."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import contextlib
+import socket
 
+import pytest
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from adapters.kit.http import HttpHost
+from bot.settings import HttpSettings
 from bot.storage import migrate
 from tests.support_helpers import support_worker
-
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 
 @pytest.fixture
@@ -18,6 +25,8 @@ async def pg(postgres_url: str) -> str:
     return postgres_url
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
 async def test_one_ipv6_network_is_one_address_for_the_limits(
     pg: str, redis_url: str, key_prefix: str
 ) -> None:
@@ -43,3 +52,54 @@ async def test_one_ipv6_network_is_one_address_for_the_limits(
     assert rotated == [201, 201, 201, 429]
     assert other_network == 201
     assert mapped == [201, 201, 201, 201]
+
+
+async def test_a_huge_request_header_is_refused_before_it_is_held_in_memory() -> None:
+    """The HTTP server that carries the support API and Chatwoot's webhooks kept reading a
+    header for as long as a client sent it (httptools, uvicorn's default parser, has no
+    limit): one 200 MB header took 400 MB of the worker's memory and was answered 200, so a
+    few connections could have the worker killed for memory. Now a request whose line and
+    headers pass 64 KiB is refused (4xx) and its connection closed, while an ordinary one
+    with an 8 KB header is still served."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    host = HttpHost(HttpSettings(port=port))
+    host.mount(Route("/hook", _ok, methods=["GET"]))
+    serving = asyncio.create_task(host.serve())
+    try:
+        for _ in range(200):  # until it listens
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            await asyncio.sleep(0.02)
+        assert await _status_with_header(port, 8_000) == b"200"
+        status = await _status_with_header(port, 4 * 1024 * 1024)
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+    assert status in (b"400", b"431", b""), status  # refused, or the connection closed
+
+
+async def _ok(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def _status_with_header(port: int, size: int) -> bytes:
+    """The status of a GET with one header of `size` bytes (b"": closed without an answer)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /hook HTTP/1.1\r\nHost: parley\r\nX-Big: ")
+        with contextlib.suppress(ConnectionError):
+            for start in range(0, size, 65536):
+                writer.write(b"a" * min(65536, size - start))
+                await writer.drain()
+            writer.write(b"\r\n\r\n")
+            await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 10)
+    except ConnectionError:
+        return b""
+    finally:
+        writer.close()
+    return line.split(b" ")[1] if line else b""

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
 RETRY_AFTER_S = 5
+# A request's line and headers together, at most: what common proxies let through (nginx's
+# large_client_header_buffers: 4 x 8 KB) and more; past it 400 and the connection closed.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class HttpHost:
@@ -109,7 +112,16 @@ class HttpHost:
         # log_config None: uvicorn's records go to the root handlers (Parley's format, JSON
         # included, and its redaction), not to a handler of its own that prints plain lines
         # ("WARNING:  Invalid HTTP request received.", which any client can cause).
-        config = uvicorn.Config(self.app(), access_log=False, log_level="warning", log_config=None)
+        # h11, with a cap on a request's line and headers: httptools (uvicorn's default where
+        # it is installed) reads a header for as long as a client sends it, all in memory.
+        config = uvicorn.Config(
+            self.app(),
+            access_log=False,
+            log_level="warning",
+            log_config=None,
+            http="h11",
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        )
         server = EmbeddedServer(config)
         log.info("HTTP server (%s) listening on %s", self._section, self.address)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
