@@ -367,6 +367,26 @@ def test_a_long_heading_is_cut_as_it_is_read_not_copied_into_every_section(kind:
     assert peak < 30_000_000, f"{peak / 1e6:.0f} MB for a {len(data) / 1e6:.1f} MB file"
 
 
+@pytest.mark.parametrize("underline", [False, True])
+def test_a_heading_of_markup_is_cut_before_it_is_parsed(underline: bool) -> None:
+    """A heading's inline Markdown was parsed whole and only then cut to 500 characters:
+    markdown-it makes tokens of every `![` of the line, so a 2 MB heading line of them took
+    58 s and 287 MB, and a 50 MB one (within knowledge.max_file_mb) half an hour and
+    gigabytes. The heading's text a reader sees is the same."""
+    markup = "![" * 50_000
+    line = f"{markup}\n===" if underline else f"# {markup}"
+    data = f"# [Install](https://example.net/a) *now*\n\nFirst.\n\n{line}\n\nBody.\n".encode()
+    tracemalloc.start()
+    try:
+        doc = load(data, Path("x.md"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert doc.sections[0].location == "Install now"
+    assert doc.sections[1].location == "![" * (MAX_CITED_CHARS // 2)
+    assert peak < 3_000_000, f"{peak / 1e6:.0f} MB for a {len(data) / 1e3:.0f} kB file"
+
+
 def test_a_link_inside_the_folder_brings_in_no_hidden_file(tmp_path: Path) -> None:
     """A committed link `remote-setup.md -> .git/config` put the repository's credentials in
     the knowledge base: the walk skips hidden files, the link's own name was not hidden."""

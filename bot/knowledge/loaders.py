@@ -47,6 +47,10 @@ _SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 # Inline tokens whose content is the text a reader sees in a heading.
 _VISIBLE_INLINE = {"text", "code_inline", "image"}
+# Characters of a heading's source parsed for its text: room for the markup that shows nothing
+# (link targets, emphasis) beside the MAX_CITED_CHARS kept. markdown-it makes tokens of every
+# `![` of a line, so a 2 MB heading line of them took a minute and 287 MB, parsed whole.
+MAX_HEADING_SOURCE = 4 * MAX_CITED_CHARS
 # YAML front matter (Jekyll, Hugo, MkDocs): a first line "---", closed by "---" or "...".
 _FRONT_MATTER_OPEN = re.compile(r"^---[ \t]*$")
 _FRONT_MATTER_CLOSE = re.compile(r"^(---|\.\.\.)[ \t]*$")
@@ -175,7 +179,8 @@ def _heading(line: str) -> tuple[int, str] | None:
 def _heading_text(source: str, inline: MarkdownIt) -> str:
     """A heading as a reader sees it, by CommonMark's rules: code spans verbatim
     (`load_only()`, `__init__`), emphasis markers and link targets dropped."""
-    tokens = inline.parseInline(source)[0].children or []
+    # Blanks collapsed first, as in the text shown: a run of them is no markup to cut at.
+    tokens = inline.parseInline(" ".join(source.split())[:MAX_HEADING_SOURCE])[0].children or []
     text = "".join(t.content for t in tokens if t.type in _VISIBLE_INLINE)
     return " ".join(text.split())
 
