@@ -53,6 +53,14 @@ EXCERPT_CHARS = 700
 # Between two passages in the prompt, and what that costs (a token or two; counted high).
 _BETWEEN_PASSAGES = "\n\n"
 PASSAGE_JOIN_TOKENS = 2
+# A line of a passage's text that starts like a passage's header in the prompt ("[2] Terms >
+# Refunds", "【2】", after any line break a tokenizer reads as one) would make what follows
+# it read as passage 2, cited as [2], and the sources list would name another document for
+# it. A backslash before its bracket (Markdown's escape) keeps the words.
+_LINE_BREAK = r"\n\r\v\f\x1c-\x1e\x85\u2028\u2029"
+_BLANKS = rf"[^\S{_LINE_BREAK}]*"
+_NUMBERED = rf"[\[［【]{_BLANKS}\d+{_BLANKS}[\]］】]"
+_HEADER_LIKE = re.compile(rf"(^|[{_LINE_BREAK}])({_BLANKS})(?={_NUMBERED})")
 # "](" or "][": where a bracket closes a link's text (inline or by reference).
 _LINK_JOIN = re.compile(r"\](?=[(\[])")
 # A citation the model writes (with the space before it, dropped with it): [2], [1, 3],
@@ -229,8 +237,13 @@ def passages_block(passages: list[Passage]) -> str:
 
 
 def _rendered(passages: list[Passage]) -> list[str]:
-    """Each passage as `passages_block` writes it (its text may hold blank lines itself)."""
-    return [f"[{n}] {p.citation}\n{p.text}" for n, p in enumerate(passages, 1)]
+    """Each passage as `passages_block` writes it (its text may hold blank lines itself, never
+    a line that reads as another passage's header)."""
+    return [f"[{n}] {p.citation}\n{_not_a_header(p.text)}" for n, p in enumerate(passages, 1)]
+
+
+def _not_a_header(text: str) -> str:
+    return _HEADER_LIKE.sub(r"\1\2\\", text)
 
 
 async def only_given_citations(
