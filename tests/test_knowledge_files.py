@@ -272,7 +272,7 @@ def test_folders_are_walked_for_supported_visible_files(tmp_path: Path) -> None:
         (tmp_path / name).write_text("x")
     named = tmp_path / "sub" / "c.png"
     found = collect_files([tmp_path, named, tmp_path / "a.md"])
-    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+    assert [f.path.relative_to(tmp_path).as_posix() for f in found] == [
         "a.md",
         "sub/b.html",
         "sub/c.png",
@@ -292,9 +292,9 @@ def test_symlinks_out_of_a_folder_are_not_followed(tmp_path: Path) -> None:
     (folder / "dir-out").symlink_to(outside / "deep", target_is_directory=True)
     (folder / "link-in.md").symlink_to(folder / "own.md")  # the same file, stored once
     found = collect_files([folder])
-    assert [p.name for p in found] == ["link-in.md"]
+    assert [f.path.name for f in found] == ["link-in.md"]
     # Named directly, a link is the operator's choice.
-    assert [p.name for p in collect_files([folder / "link-out.md"])] == ["link-out.md"]
+    assert [f.path.name for f in collect_files([folder / "link-out.md"])] == ["link-out.md"]
 
 
 def test_citation_does_not_repeat_the_title() -> None:
@@ -400,7 +400,7 @@ def test_a_link_inside_the_folder_brings_in_no_hidden_file(tmp_path: Path) -> No
     (wiki / "settings.md").symlink_to(".env")
     (wiki / "data.md").symlink_to("data.bin")  # a type the walk would pass over
     (wiki / "start.md").symlink_to("guide.md")  # still taken: the same file, stored once
-    assert [p.name for p in collect_files([wiki])] == ["guide.md"]
+    assert [f.path.name for f in collect_files([wiki])] == ["guide.md"]
 
 
 def test_a_pdf_that_unpacks_to_far_more_text_than_its_size_is_refused() -> None:

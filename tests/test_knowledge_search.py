@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.knowledge import KnowledgeBase, load_sample_if_empty
 from bot.knowledge.embeddings import WordLlamaEmbedder
 from bot.knowledge.sample import remove_sample_if_superseded
-from bot.knowledge.types import SearchOptions
+from bot.knowledge.types import FileResult, Outcome, SearchOptions
 from bot.settings import KnowledgeSettings
 from bot.storage import migrate
 from bot.storage.database import create_engine
@@ -213,6 +213,38 @@ async def test_symlinks_out_of_a_folder_are_not_ingested_and_removal_is_complete
     assert await kb.search("aardvark") == []
     assert await kb.remove(folder) == 1
     assert await kb.is_empty()
+
+
+@pytest.mark.parametrize("swapped", ["file", "folder"])
+async def test_a_file_replaced_by_a_link_out_after_the_walk_is_not_read(
+    engine: AsyncEngine, tmp_path: Path, swapped: str
+) -> None:
+    """The walk looks at every file of a folder before the first is read (minutes before the
+    last on a big one): anyone who may write in the folder could replace a file it took,
+    or the folder it is in, by a link to a file they may not read, which was then read and
+    answered questions. Each file is checked again as it is opened."""
+    secret = write(tmp_path / "home", "credentials.md", "# Keys\n\nThe key is aardvark.\n")
+    folder = tmp_path / "kb"
+    for name in ("a.md", "b.md", "c.md"):
+        write(folder, name, f"# {name}\n\nThe armadillo {name}.\n")
+    write(folder / "sub", "c.md", "# Sub\n\nThe pangolin.\n")
+
+    def swap(done: int, total: int, result: FileResult) -> None:
+        # After the first file, while the second is read: the last one is not opened yet.
+        if done == 1 and swapped == "file":
+            (folder / "sub" / "c.md").unlink()
+            (folder / "sub" / "c.md").symlink_to(secret)
+        elif done == 1:
+            (folder / "sub").rename(folder / "old")
+            (folder / "sub").symlink_to(secret.parent, target_is_directory=True)
+            (secret.parent / "c.md").symlink_to(secret)
+
+    kb = KnowledgeBase(engine, options=IN_MEMORY)
+    report = await kb.add([folder], progress=swap)
+    assert [f.outcome for f in report.files] == [Outcome.ADDED] * 3 + [Outcome.FAILED]
+    assert report.files[-1].reason.startswith("replaced since the folder was walked")
+    assert await kb.search("aardvark") == []
+    assert all(d.source.startswith(f"{folder.resolve()}/") for d in await kb.list())
 
 
 async def test_the_sample_gives_way_to_the_operator_s_documents(

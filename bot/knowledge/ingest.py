@@ -43,7 +43,15 @@ def normalize_source(path: str | Path) -> str:
     return Path(os.path.realpath(Path(path).expanduser())).as_posix()
 
 
-def collect_files(paths: Iterable[str | Path]) -> list[Path]:
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A file to add, and the folder (resolved) whose walk took it; None: named directly."""
+
+    path: Path
+    folder: Path | None = None
+
+
+def collect_files(paths: Iterable[str | Path]) -> list[Found]:
     """Files named directly (whatever their type, so an unsupported one is reported), and the
     supported files under named folders (others there are passed over silently), in order.
 
@@ -51,18 +59,22 @@ def collect_files(paths: Iterable[str | Path]) -> list[Path]:
     folder that the walk would take itself (not hidden, a supported type; then it is that
     file, stored once): a link out of it would put in the knowledge base a file the operator
     never named, which removing the folder would leave behind. Links to folders are not
-    walked. A link named directly is the operator's choice and is followed.
+    walked. A link named directly is the operator's choice and is followed. `read_file` checks
+    a walked file again as it opens it (see `_still_taken`).
     """
-    found: dict[str, Path] = {}
+    found: dict[str, Found] = {}
     for raw in paths:
         path = Path(raw).expanduser()
-        for file in _walk(path) if path.is_dir() else [path]:
-            found.setdefault(normalize_source(file), file)
+        if path.is_dir():
+            root = path.resolve()
+            for file in _walk(path, root):
+                found.setdefault(normalize_source(file), Found(file, root))
+        else:
+            found.setdefault(normalize_source(path), Found(path))
     return list(found.values())
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    root = folder.resolve()
+def _walk(folder: Path, root: Path) -> Iterator[Path]:
     files: list[Path] = []
     for current, dirs, names in os.walk(folder):  # followlinks=False: linked folders stay shut
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -86,6 +98,23 @@ def _inside(target: Path, root: Path) -> bool:
     return not hidden and loader_for(target) is not None
 
 
+def _still_taken(path: Path, opened: int, root: Path) -> bool:
+    """Whether the file opened (descriptor `opened`) from `path` is one the walk of `root`
+    takes. The walk looks at every file before the first is read, minutes before the last
+    one on a big folder: a file replaced meanwhile by a link out of the folder (by anyone who
+    may write in it) was read, and the file it leads to (`~/.aws/credentials`) answered
+    questions. What `path` leads to now must be inside, and be the file opened."""
+    target = Path(os.path.realpath(path))
+    if not _inside(target, root):
+        return False
+    try:
+        now = os.stat(target)
+    except OSError:
+        return False
+    was = os.fstat(opened)
+    return (now.st_dev, now.st_ino) == (was.st_dev, was.st_ino)
+
+
 class Unreachable(LoaderError):
     """The path leads to no file (a typo, a link to a missing file, a link loop): it is
     reported under the path given, since there is no file to name."""
@@ -96,7 +125,8 @@ def given_source(path: str | Path) -> str:
     return Path(os.path.abspath(Path(path).expanduser())).as_posix()
 
 
-def read_file(path: Path, max_bytes: int) -> FileData:
+def read_file(path: Path, max_bytes: int, folder: Path | None = None) -> FileData:
+    """The file's bytes; `folder`: the (resolved) folder whose walk took it (Found.folder)."""
     try:  # first: a typo or a link loop, not a file type to complain about
         info = path.stat()
     except OSError as exc:
@@ -121,6 +151,8 @@ def read_file(path: Path, max_bytes: int) -> FileData:
         raise too_big
     try:
         with path.open("rb") as file:
+            if folder is not None and not _still_taken(path, file.fileno(), folder):
+                raise LoaderError("replaced since the folder was walked (a link out of it?)")
             data = file.read(max_bytes + 1)  # a file still growing stops at the limit too
     except OSError as exc:
         raise _unreadable(exc) from None

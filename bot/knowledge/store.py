@@ -45,6 +45,7 @@ from bot.knowledge.embeddings import (
 from bot.knowledge.index import ChunkIndex, ChunkPlace, Vocabulary
 from bot.knowledge.ingest import (
     FileData,
+    Found,
     Parsed,
     Unreachable,
     collect_files,
@@ -210,8 +211,8 @@ class KnowledgeBase:
         report = AddReport()
         upcoming: asyncio.Task[_Prepared | FileResult] | None = None
         try:
-            for done, path in enumerate(files, 1):
-                current = upcoming or asyncio.create_task(self._prepare(path, collection, sample))
+            for done, found in enumerate(files, 1):
+                current = upcoming or asyncio.create_task(self._prepare(found, collection, sample))
                 upcoming = None
                 if done < len(files):
                     upcoming = asyncio.create_task(self._prepare(files[done], collection, sample))
@@ -497,11 +498,12 @@ class KnowledgeBase:
             self._embedder_down_until = None
             log.warning("knowledge base: embeddings available again; semantic search is back")
 
-    async def _prepare(self, path: Path, collection: str, sample: bool) -> _Prepared | FileResult:
+    async def _prepare(self, found: Found, collection: str, sample: bool) -> _Prepared | FileResult:
         """A file read, parsed and embedded, or its result when there is nothing to write."""
+        path = found.path
         source = normalize_source(path)
         try:
-            file = await asyncio.to_thread(read_file, path, self._max_bytes)
+            file = await asyncio.to_thread(read_file, path, self._max_bytes, found.folder)
             existing = await self._rows.existing(file.source)
             if existing is not None and existing[1:] == (file.sha256, collection, sample):
                 return FileResult(source, Outcome.UNCHANGED)
