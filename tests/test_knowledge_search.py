@@ -6,6 +6,11 @@ documents."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import random
+import string
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -245,6 +250,44 @@ async def test_a_file_replaced_by_a_link_out_after_the_walk_is_not_read(
     assert report.files[-1].reason.startswith("replaced since the folder was walked")
     assert await kb.search("aardvark") == []
     assert all(d.source.startswith(f"{folder.resolve()}/") for d in await kb.list())
+
+
+async def test_rebuilding_the_index_of_many_distinct_words_leaves_the_event_loop_free(
+    embedder: WordLlamaEmbedder, tmp_path: Path
+) -> None:
+    """The index is rebuilt in a worker thread, but PyStemmer kept the GIL while it stemmed
+    every distinct word in one call, and the words a question may be expanded with were
+    listed on the event loop: a list of 300,000 identifiers (each twice) stopped every
+    conversation of the worker for 0.7 s, 600,000 for 1.2 s. The garbage collector, which
+    stops every thread whoever runs it, is held off while it is measured."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/kb.db"
+    await migrate.upgrade(url)
+    engine = create_engine(url)
+    rnd = random.Random(7)
+    ids = ["".join(rnd.choices(string.ascii_lowercase, k=9)) for _ in range(300_000)]
+    write(tmp_path / "kb", "ids.txt", " ".join(ids + ids))
+    kb = KnowledgeBase(engine, embedder=embedder)
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    try:
+        await kb.add([tmp_path / "kb"])
+        gc.collect()
+        gc.disable()
+        ticking = asyncio.create_task(tick())
+        assert await kb.search(ids[5]) != []  # the first question rebuilds the index
+        ticking.cancel()
+    finally:
+        gc.enable()
+        await engine.dispose()
+    assert max(gaps) < 0.25, f"the event loop stood still for {max(gaps):.2f} s"
 
 
 async def test_the_sample_gives_way_to_the_operator_s_documents(

@@ -87,9 +87,22 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 MAX_PARTS = 8
 
 
-def _word_indexes(texts: Sequence[tuple[str, str]]) -> tuple[Vocabulary, LexicalIndex]:
-    lexical = LexicalIndex(texts)
-    return Vocabulary.of(lexical.word_frequency), lexical
+def _places(rows: Sequence[sa.Row[Any]]) -> builtins.list[ChunkPlace]:
+    """Each chunk's place, in the worker thread: on the event loop, 60,000 chunks (a Markdown
+    file of many short sections) stopped every conversation for 0.4 s."""
+    return [ChunkPlace(r.id, r.document_id, r.ordinal, r.location, r[4]) for r in rows]
+
+
+def _word_indexes(
+    rows: Sequence[sa.Row[Any]],
+) -> tuple[Vocabulary, LexicalIndex, builtins.list[str]]:
+    """The typo vocabulary, the BM25 index and the words a question may be expanded with
+    (bot.knowledge.expansion), all in the worker thread: each walks every distinct word, and
+    on the event loop the expansion's list of 600,000 of them (a list of checksums) stopped
+    every conversation for half a second."""
+    lexical = LexicalIndex([(r.location, r.text) for r in rows])
+    frequency = lexical.word_frequency
+    return Vocabulary.of(frequency), lexical, expansion.vocabulary(frequency)
 
 
 def embedding_text(chunk: Chunk) -> str:
@@ -374,7 +387,7 @@ class KnowledgeBase:
     async def _built_index(self, stamp: tuple[object, ...]) -> ChunkIndex:
         in_memory = await self._rows.chunk_count() <= self._options.max_memory_chunks
         rows = await self._rows.chunks(with_text=in_memory)
-        places = [ChunkPlace(r.id, r.document_id, r.ordinal, r.location, r[4]) for r in rows]
+        places = await asyncio.to_thread(_places, rows)
         if not in_memory:
             log.info(
                 "knowledge base: over knowledge.max_memory_chunks (%d chunks); searching with "
@@ -382,8 +395,7 @@ class KnowledgeBase:
                 self._options.max_memory_chunks,
             )
             return ChunkIndex(stamp, places)
-        texts = [(r.location, r.text) for r in rows]
-        vocabulary, lexical = await asyncio.to_thread(_word_indexes, texts)
+        vocabulary, lexical, words = await asyncio.to_thread(_word_indexes, rows)
         vectors = None
         if self._embedder is not None and self._options.semantic_weight > 0:
             dim = await self._dim()
@@ -392,7 +404,6 @@ class KnowledgeBase:
         if vectors is not None and self._options.title_vectors:
             await self._title_vectors(index)
         if vectors is not None and self._options.expansion_weight > 0:
-            words = expansion.vocabulary(lexical.word_frequency)
             word_vectors = await self._embed(words)
             if word_vectors is not None:
                 index.related = expansion.RelatedWords(words, word_vectors)
