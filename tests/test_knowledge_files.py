@@ -413,6 +413,22 @@ def test_a_pdf_that_unpacks_to_far_more_text_than_its_size_is_refused() -> None:
         load(data, Path("manual.pdf"))
 
 
+def test_a_pdf_of_far_more_pages_than_its_size_holds_is_refused() -> None:
+    """A page tree may list one small page again and again, 6 bytes each: a 121 kB PDF
+    became 20,000 pages read (11 s) and 20,000 chunks, each with its own vector, and a 50 MB
+    one, within knowledge.max_file_mb, would have made millions. A real page takes
+    kilobytes; a PDF of 1,000 pages or fewer loads whatever its size."""
+    base = minimal_pdf(["Zebras on page one.", "Pangolins on page two."])
+    kids = b" ".join([b"4 0 R"] * 5_000)
+    data = base.replace(b"/Kids [4 0 R 6 0 R] /Count 2", b"/Kids [%s] /Count 5000" % kids)
+    assert len(data) < 40_000
+    with pytest.raises(LoaderError, match="the PDF has 5,000 pages, far more than"):
+        load(data, Path("manual.pdf"))
+    kids = b" ".join([b"4 0 R", b"6 0 R"] * 500)  # 1,000 pages: allowed
+    data = base.replace(b"/Kids [4 0 R 6 0 R] /Count 2", b"/Kids [%s] /Count 1000" % kids)
+    assert len(load(data, Path("manual.pdf")).sections) == 1_000
+
+
 def test_a_pdf_page_that_unpacks_to_far_more_than_its_size_is_refused_before_it_is_read() -> None:
     """One page's text was counted only once read: a 270 kB PDF whose page unpacks to 70 MB
     of text operators was read for over 5 minutes, and a 68 kB one took 28 s and 1 GB. Its

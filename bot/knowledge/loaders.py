@@ -36,6 +36,12 @@ MIN_PDF_TEXT_CHARS = 2_000_000
 # 70 MB of text operators was read for over 5 minutes.
 PDF_CONTENT_PER_BYTE = 20
 MIN_PDF_CONTENT_BYTES = 2_000_000
+# Pages a PDF may have: one per 100 bytes of the file (a real page, even compressed, takes
+# kilobytes), and 1,000 whatever its size. Each page is read and becomes a passage of its own:
+# a page tree listing one small page 20,000 times (6 bytes each) made a 121 kB file 20,000
+# chunks, and a 50 MB one would have made millions.
+PDF_BYTES_PER_PAGE = 100
+MIN_PDF_PAGES = 1_000
 # The operator that draws an XObject, after its name: `/Fm0 Do` (not "Do" in a word).
 _DRAW_FORM = re.compile(rb"/([^\s/()<>\[\]{}%]*)\s*Do(?![^\s/()<>\[\]{}%])")
 
@@ -198,6 +204,9 @@ def load_pdf(data: bytes, path: Path) -> LoadedDocument:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise LoaderError("the PDF is encrypted")
+        count, most = len(reader.pages), max(MIN_PDF_PAGES, len(data) // PDF_BYTES_PER_PAGE)
+        if count > most:
+            raise LoaderError(f"the PDF has {count:,} pages, far more than a file of its size has")
         limit = max(MIN_PDF_TEXT_CHARS, PDF_TEXT_PER_BYTE * len(data))
         pages = pdf_pages(reader, limit, pdf_content_limit(len(data)))
         if pages is None:  # pages that share one compressed stream: 25 kB gave 199 million
