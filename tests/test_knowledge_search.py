@@ -10,16 +10,18 @@ import asyncio
 import gc
 import random
 import string
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.knowledge import KnowledgeBase, load_sample_if_empty
-from bot.knowledge.embeddings import WordLlamaEmbedder
+from bot.knowledge.embeddings import EmbeddingError, Vectors, WordLlamaEmbedder
 from bot.knowledge.sample import remove_sample_if_superseded
 from bot.knowledge.types import FileResult, Outcome, SearchOptions
 from bot.settings import KnowledgeSettings
@@ -250,6 +252,55 @@ async def test_a_file_replaced_by_a_link_out_after_the_walk_is_not_read(
     assert report.files[-1].reason.startswith("replaced since the folder was walked")
     assert await kb.search("aardvark") == []
     assert all(d.source.startswith(f"{folder.resolve()}/") for d in await kb.list())
+
+
+class HangingModel:
+    """An embedding model that answers, then fails (`failing`), then hangs (`hanging`) until
+    `release` is set, as a served one whose server stopped answering does."""
+
+    dim = 4
+
+    def __init__(self) -> None:
+        self.failing = self.hanging = False
+        self.release = threading.Event()
+        self.hung = 0  # calls that hung
+
+    def embed(self, texts: list[str]) -> Vectors:
+        if self.hanging:
+            self.hung += 1
+            self.release.wait(60)
+            raise EmbeddingError("embeddings server unreachable: ReadTimeout")
+        if self.failing:
+            raise EmbeddingError("embeddings server unreachable: ConnectError")
+        return np.full((len(texts), self.dim), 0.5, dtype=np.float32)
+
+
+async def test_after_an_outage_one_question_tries_the_model_again_not_every_one(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Once knowledge.embedding_retry_s had passed, every question tried the model again
+    until one of them failed: with a server that hangs, every question asked meanwhile
+    waited knowledge.embedding_timeout_s (30 s), the users' questions in turn. One question
+    tries it; the others go on with full text alone while it does."""
+    model = HangingModel()
+    kb = KnowledgeBase(engine, embedder=model, embedder_retry_s=0.5)
+    await kb.add([write(tmp_path, "a.md", "# Animals\n\nThe armadillo digs.\n")])
+    try:
+        assert await kb.search("armadillo")
+        model.failing = True
+        assert await kb.search("armadillo")  # the model fails: out for 0.5 s
+        model.hanging = True
+        await asyncio.sleep(0.6)  # past knowledge.embedding_retry_s
+        asked = [asyncio.create_task(kb.search("armadillo")) for _ in range(5)]
+        answered = []
+        for each in asyncio.as_completed(asked, timeout=10):
+            answered.append(await each)
+            if len(answered) == 4:
+                break
+        assert model.hung == 1 and all(answered)
+    finally:
+        model.release.set()
+    assert await asyncio.gather(*asked)
 
 
 async def test_rebuilding_the_index_of_many_distinct_words_leaves_the_event_loop_free(

@@ -476,10 +476,16 @@ class KnowledgeBase:
 
     async def _ask_model(self, call: Callable[[], T], *, answered: bool) -> T | None:
         """`call` in a worker thread; None while the model is out (counted as a miss) or when
-        it fails now (then it is out for knowledge.embedding_retry_s)."""
+        it fails now (then it is out for knowledge.embedding_retry_s). Once that time is up,
+        one call tries the model again and the others go on without it meanwhile: every
+        question asked until one failed tried it, and with a server that hangs each of them
+        waited knowledge.embedding_timeout_s."""
         if not self._embedder_up():
             self._embedder_misses += 1
             return None
+        expired = self._embedder_down_until
+        if expired is not None:  # this call tries again; the window stays shut for the others
+            self._embedder_down_until = time.monotonic() + self._embedder_retry_s
         try:
             result = await asyncio.to_thread(call)
         except Exception as exc:  # an optional model failing must not take full-text search down
@@ -487,6 +493,8 @@ class KnowledgeBase:
             return None
         if answered:
             self._embedder_answered()
+        elif expired is not None:  # a size known without asking says nothing: the next tries
+            self._embedder_down_until = expired
         return result
 
     def _embedder_up(self) -> bool:
