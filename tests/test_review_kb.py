@@ -441,3 +441,37 @@ async def test_review_kb_a_formatted_man_page_is_text(kb: KnowledgeBase, tmp_pat
     (tmp_path / "ls.txt").write_text(f"{bold}\n       ls [OPTION]... [FILE]...\n" * 40)
     report = await kb.add([tmp_path / "ls.txt"])
     assert [f.outcome for f in report.files] == [Outcome.ADDED], report.files
+
+
+def test_a_folder_that_holds_no_file_now_forgets_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`parley kb add /mnt/docs` run (from cron, say) while the share is not mounted: the
+    folder is there and empty, and every document added from it was removed as gone, with
+    exit 0 (a helper's review). A folder that holds no file Parley reads now removes nothing:
+    the command says so and exits 1; `parley kb remove FOLDER` removes its documents."""
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+    share, other = tmp_path / "mnt" / "docs", tmp_path / "other"
+    share.mkdir(parents=True)
+    other.mkdir()
+    (share / "refunds.md").write_text("# Refunds\n\nRefunds take 14 days.\n")
+    (share / "shipping.md").write_text("# Shipping\n\nShipping takes a week.\n")
+    (other / "hours.md").write_text("# Hours\n\nWe open at nine.\n")
+    assert main(["kb", "add", str(share), str(other)]) == 0
+    capsys.readouterr()
+    (share / "refunds.md").unlink()  # the share unmounted: its mount point is empty
+    (share / "shipping.md").unlink()
+    (other / "hours.md").unlink()  # a folder that still holds a file forgets as before...
+    (other / "days.md").write_text("# Days\n\nMonday to Friday.\n")
+    assert main(["kb", "add", str(share), str(other)]) == 1
+    err = capsys.readouterr().err
+    assert f"{share.as_posix()} holds no file to add now" in err
+    assert "2 documents from it are kept" in err
+    assert main(["kb", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "refunds.md" in listed and "shipping.md" in listed
+    assert "hours.md" not in listed and "days.md" in listed
+    assert main(["kb", "remove", str(share)]) == 0  # the way to remove them on purpose
+    assert "removed 2 documents" in capsys.readouterr().out

@@ -80,7 +80,16 @@ async def _add(kb: KnowledgeBase, paths: list[str], collection: str) -> int:
     report = await kb.add(paths, progress=ProgressPrinter(sys.stderr), collection=collection)
     for source in report.removed:
         print(printable(f"removed {source}: the file is gone"), file=sys.stderr)
+    for prefix in report.kept:  # an unmounted share is not a folder whose files all went
+        folder = prefix.rstrip("/")
+        count = sum(1 for d in await kb.list(None) if d.source.startswith(prefix))
+        documents = f"{count} document{'s' if count != 1 else ''}"
+        print(printable(f"parley: {folder} holds no file to add now (is it mounted?); the "
+                        f"{documents} from it are kept (parley kb remove {folder} removes "
+                        "them)"), file=sys.stderr)  # fmt: skip
     if not report.files and not report.removed:  # only folders, none with a file: a typo?
+        if report.kept:
+            return 1
         names = ", ".join(printable(p) for p in paths)
         print(f"parley: nothing to add: no supported files in {names}", file=sys.stderr)
         return 1
@@ -89,7 +98,7 @@ async def _add(kb: KnowledgeBase, paths: list[str], collection: str) -> int:
         print(printable(f"{moved.source}: {moved.move}"))
     if await remove_sample_if_superseded(kb):
         print("removed the sample documents (Parley's own guide): yours replace them")
-    return 1 if report.failed else 0
+    return 1 if report.failed or report.kept else 0
 
 
 async def _list(kb: KnowledgeBase, collection: str | None) -> int:

@@ -237,24 +237,34 @@ class KnowledgeBase:
             if upcoming is not None:  # an error or a cancellation: the look-ahead goes too
                 upcoming.cancel()
                 await asyncio.gather(upcoming, return_exceptions=True)
-        report.removed = await self._forget_gone(paths)
+        report.removed, report.kept = await self._forget_gone(paths, files)
         return report
 
-    async def _forget_gone(self, paths: Sequence[str | Path]) -> builtins.list[str]:
+    async def _forget_gone(
+        self, paths: Sequence[str | Path], files: Sequence[Found]
+    ) -> tuple[builtins.list[str], builtins.list[str]]:
         """Remove the documents stored from the folders among `paths` whose files are gone
         (deleted or renamed since): a folder added again is the folder as it is now. A
         renamed policy kept its old version, which search ranked first (a helper's review).
-        Only a folder that is there is looked in, and only a file that is not is forgotten."""
+        Only a folder that is there is looked in, and only a file that is not is forgotten.
+
+        A folder that holds no file to add now (a share not mounted, a folder emptied by
+        mistake) forgets nothing: every document of it was removed, and the command ended
+        well. Such folders are returned second, when they hold stored documents."""
         folders = await asyncio.to_thread(_folders, paths)
         if not folders:
-            return []
+            return [], []
+        walked = [normalize_source(found.path) for found in files]
+        empty = [f for f in folders if not any(source.startswith(f) for source in walked)]
         stored = await self._rows.documents(None)
-        under = [d.source for d in stored if d.source.startswith(tuple(folders))]
+        kept = [f for f in empty if any(d.source.startswith(f) for d in stored)]
+        looked_in = tuple(f for f in folders if f not in empty)
+        under = [d.source for d in stored if looked_in and d.source.startswith(looked_in)]
         present = await asyncio.to_thread(_present, under)
         gone = [s for s, there in zip(under, present, strict=True) if not there]
         for source in gone:
             await self._rows.remove(source)
-        return gone
+        return gone, kept
 
     async def list(self, collection: str | None = None) -> builtins.list[DocumentInfo]:
         """The documents of `collection` ("": the default one), or of all when None."""

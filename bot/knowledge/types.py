@@ -153,6 +153,9 @@ class AddReport:
     files: list[FileResult] = field(default_factory=list)
     # Documents of the folders added whose files are gone: removed.
     removed: list[str] = field(default_factory=list)
+    # Folders added that hold no file to add now (not mounted?), with documents stored from
+    # them: those are kept, not taken for gone (each as its prefix, ending in "/").
+    kept: list[str] = field(default_factory=list)
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for f in self.files if f.outcome is outcome)
