@@ -184,9 +184,10 @@ class KeptPieces:
     # What `deleted` was told the chat still shows; None: not called.
     still_shown: str | None = None
 
-    async def showed(self, index: int, ref: str | int) -> None:
+    async def showed(self, index: int, ref: str | int) -> bool:
         self.pieces[index] = ref
         self.noted.append((index, ref))
+        return True
 
     async def may_show(self) -> None:
         return None  # the answer stays this worker's (tests/test_lease_takeover.py: when not)

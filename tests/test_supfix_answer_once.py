@@ -27,7 +27,7 @@ from adapters.support.events import (
 from backends.base import GenerationRequest
 from bot import phrases
 from bot.conversation.sink import current_shown
-from bot.errors import BackendUnavailable
+from bot.errors import BackendUnavailable, StorageError
 from bot.storage import migrate
 from bot.storage.keys import support_answered
 from tests.doubles import ScriptedBackend
@@ -186,6 +186,51 @@ async def test_a_worker_killed_after_its_answer_landed_leaves_no_second_answer(
     assert [text for role, text in history if role == "user"] == ["q1", "q2"]
     assert [text for role, text in history if role == "assistant"] == ["re:q1", "re:q2"]
     assert [last_user_text(r) for r in backend.requests] == ["q1", "q2"]
+
+
+async def test_an_answer_whose_key_could_not_be_noted_is_not_answered_twice(
+    worker: Worker, backend: ScriptedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chaos run: PostgreSQL went away as an answer ended. Noting the answer's key failed
+    (one warning), the `answer` was appended all the same, the worker was stopped before the
+    answer was recorded, and the worker that finished the delivery, finding no key, appended
+    a second `answer` to the same message. An answer whose key is not in SQL is not sent."""
+    store, api = worker.app.store, worker.adapter.api
+    real_note, real_erased = store.note_delivery, api.erased_meanwhile
+    refused, killed = asyncio.Event(), asyncio.Event()
+
+    async def note(conversation_id: int, epoch: int, shown: dict[int, str | int]) -> None:
+        if not refused.is_set():  # the database is out of reach for this one write
+            refused.set()
+            raise StorageError("database error: ConnectionRefusedError")
+        await real_note(conversation_id, epoch, shown)
+
+    async def dies(*args: Any, **kw: Any) -> bool:
+        if current_shown() is not None and not killed.is_set():  # after an answer
+            killed.set()
+            raise asyncio.CancelledError  # the worker stops here: nothing after runs
+        return await real_erased(*args, **kw)
+
+    monkeypatch.setattr(store, "note_delivery", note)
+    monkeypatch.setattr(api, "erased_meanwhile", dies)
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        token = (await new_visitor(client, site))["token"]
+        async with open_stream(client, token, last_event_id="0") as stream:
+            first = await post(client, token, "q1")
+            async with asyncio.timeout(30):
+                await refused.wait()
+            await post(client, token, "q2")
+            events = await stream.until_answers(2)
+            await worker.adapter.idle()
+        history = await said(client, token)
+    answers = [data(e) for e in events if e.event == "answer"]
+    replied = [a["reply_to"] for a in answers]
+    assert len(replied) == len(set(replied)), answers  # no message answered twice
+    assert [a["text"] for a in answers].count("re:q1") <= 1, answers
+    assert first in replied or any("q1" in a["text"] for a in answers)
+    assert [text for role, text in history if role == "user"] == ["q1", "q2"]
+    assert len([text for role, text in history if role == "assistant"]) == len(answers)
 
 
 @pytest.fixture(params=["memory", "redis"])

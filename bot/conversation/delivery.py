@@ -203,12 +203,14 @@ class TurnDelivery:
             self._confirmed_until = sent + SQL_GRACE_S
             return
 
-    async def showed(self, index: int, ref: str | int) -> None:
+    async def showed(self, index: int, ref: str | int) -> bool:
         self._pieces[index] = ref
         try:
             await self._store.note_delivery(self._cid, self.epoch, self._pieces)
         except StorageError as exc:  # a takeover then sends new pieces instead of editing
             log.warning("conversation %s: shown piece not noted: %s", self._cid, exc)
+            return False
+        return True
 
     def deleted(self, still_shown: str = "") -> None:
         self.deleted_in_chat = True

@@ -107,7 +107,10 @@ class Shown(Protocol):
     @property
     def pieces(self) -> dict[int, str | int]: ...
 
-    async def showed(self, index: int, ref: str | int) -> None: ...
+    async def showed(self, index: int, ref: str | int) -> bool:
+        """Note the reference of a piece sent; False when SQL could not take it (the database
+        out of reach): a takeover will not know of this piece."""
+        ...
 
     async def may_show(self) -> None:
         """Called before each send or edit: raises (the manager's Superseded) once another
