@@ -233,6 +233,42 @@ async def test_an_answer_whose_key_could_not_be_noted_is_not_answered_twice(
     assert len([text for role, text in history if role == "assistant"]) == len(answers)
 
 
+async def test_an_answer_out_is_recorded_whole_when_sql_went_away_after_it(
+    worker: Worker, backend: ScriptedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chaos run: PostgreSQL went away right after an `answer` landed, so the check whether
+    its visitor was erased meanwhile failed; the core took that for a delivery cut short and
+    recorded "[The reply was cut off.]" after the whole answer the visitor had seen. The
+    next attempt records the answer as it landed, as after a worker killed at that point."""
+    api = worker.adapter.api
+    real = api.erased_meanwhile
+    failed = asyncio.Event()
+
+    async def away(*args: Any, **kw: Any) -> bool:
+        if current_shown() is not None and not failed.is_set():  # after an answer
+            failed.set()
+            raise StorageError("database error: ConnectionRefusedError")
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(api, "erased_meanwhile", away)
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        token = (await new_visitor(client, site))["token"]
+        async with open_stream(client, token, last_event_id="0") as stream:
+            first = await post(client, token, "q1")
+            async with asyncio.timeout(30):
+                await failed.wait()
+            await post(client, token, "q2")
+            events = await stream.until_answers(2)
+            await worker.adapter.idle()
+        history = await said(client, token)
+    answers = [data(e) for e in events if e.event == "answer"]
+    assert answers[0] == {"reply_to": first, "text": "re:q1", "sources": []}
+    assert [a["text"] for a in answers] == ["re:q1", "re:q2"]
+    assert [text for role, text in history if role == "assistant"] == ["re:q1", "re:q2"]
+    assert [last_user_text(r) for r in backend.requests] == ["q1", "q2"]
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def event_log(
     request: pytest.FixtureRequest, redis_url: str, key_prefix: str

@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from bot.conversation.manager import OutputAway
 from bot.conversation.sink import Author, Shown, current_author, current_shown
+from bot.errors import StorageError
 from bot.outage import Outage, is_outage
 from bot.storage.base import Cache
 from bot.storage.cache import build_cache
@@ -244,8 +245,15 @@ class SupportAdapter:
             self._log_outage.failed(exc.__cause__ or exc)
             raise OutputAway(PLATFORM) from exc
         self._log_outage.succeeded()
-        # A message never kept (a sender not allowed gets a notice) was not erased.
-        if answered is not None and await self.api.erased_meanwhile(key, reply_to):
+        try:
+            # A message never kept (a sender not allowed gets a notice) was not erased.
+            erased = answered is not None and await self.api.erased_meanwhile(key, reply_to)
+        except StorageError as exc:
+            # The answer is out, but SQL is out of reach: left as a worker killed here leaves
+            # it, the next attempt records the answer as it landed (never as cut off).
+            log.info("support: answer sent; it is recorded once the database is back")
+            raise OutputAway(PLATFORM) from exc
+        if erased:
             # Erased while streaming: what was appended since must not outlive it.
             await self.events.erase(conversation)
 
