@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 from collections.abc import AsyncIterator
 from typing import NoReturn
@@ -54,6 +55,16 @@ class PrivateRedis:
         finally:
             await client.aclose()
         pytest.fail(f"private redis-server did not answer PING within {START_LIMIT_S}s")
+
+    def freeze(self) -> None:
+        """SIGSTOP: the server answers nothing and closes nothing, as a Redis that hangs or a
+        network that drops every packet (`thaw` lets it go on)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     async def kill(self) -> None:
         """SIGKILL, as in a crash: no clean shutdown, connections just drop."""

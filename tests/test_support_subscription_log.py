@@ -29,14 +29,15 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 class _Back(logging.Handler):
-    """Set once the log says the subscription is back."""
+    """Set once the log says the subscription is back (or what `phrase` says)."""
 
-    def __init__(self) -> None:
+    def __init__(self, phrase: str = "subscription back") -> None:
         super().__init__(logging.INFO)
+        self.phrase = phrase
         self.seen = asyncio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "subscription back" in record.getMessage():
+        if self.phrase in record.getMessage():
             self.seen.set()
 
 
@@ -87,4 +88,42 @@ async def test_a_subscription_lost_while_running_is_one_warning_line_until_it_is
         assert len(tries) >= 3
         [line] = _warnings(caplog)
         assert "subscription lost" in line
+    assert len(_warnings(caplog)) == 1
+
+
+async def test_a_redis_that_stops_answering_is_noticed_and_the_subscription_comes_back(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis frozen (SIGSTOP: a hang, or a network that drops packets; the connection stays
+    open): the subscription waited for messages for good, with no line in the log, and every
+    stream was woken only by its 5-second re-read, also after Redis was back (an operator's
+    trial). Now silence is asked about (PING), no reply is one warning, and the subscription
+    comes back once Redis answers again."""
+    caplog.set_level(logging.DEBUG, logger=events.__name__)
+    monkeypatch.setattr(events, "SILENCE_S", 0.3)
+    clients = [Redis.from_url(private_redis.url, socket_timeout=1),
+               Redis.from_url(private_redis.url, socket_connect_timeout=1)]  # fmt: skip
+    back, lost = _Back(), _Back("subscription lost")
+    for handler in (back, lost):
+        logging.getLogger(events.__name__).addHandler(handler)
+    log_ = RedisEventLog(clients[0], "p", kept=10, ttl_s=60, listener=clients[1])
+    try:
+        await log_.start()
+        await asyncio.sleep(1.0)  # silence answered: Redis replies to each PING
+        assert _warnings(caplog) == []
+        private_redis.freeze()
+        async with asyncio.timeout(10):
+            await lost.seen.wait()
+        [line] = _warnings(caplog)
+        assert "subscription lost (TimeoutError)" in line
+        private_redis.thaw()
+        async with asyncio.timeout(15):
+            await back.seen.wait()
+    finally:
+        private_redis.thaw()
+        for handler in (back, lost):
+            logging.getLogger(events.__name__).removeHandler(handler)
+        await log_.aclose()
+        for client in clients:
+            await client.aclose()
     assert len(_warnings(caplog)) == 1

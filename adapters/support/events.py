@@ -52,6 +52,7 @@ from bot.storage.keys import support_answered, support_events, support_wake
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,12 @@ EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 READ_BATCH = 200
 # How long a start waits for the subscription before it goes on without it (RedisEventLog).
 SUBSCRIBE_WAIT_S = 5.0
+# Seconds the subscription may hear nothing before it asks Redis (PING); twice that without a
+# reply and it is taken for lost. It waits for messages with no read timeout (it is idle
+# between them), so a Redis that stops answering without closing the connection (frozen, a
+# network that drops packets) left it waiting for good, with not a line in the log, and
+# every open stream was woken only by its RECHECK_S re-read (an operator's trial).
+SILENCE_S = 15.0
 # Wake-ups with events a stream keeps before it reads them; past this it reads the log.
 MAX_CARRIED_BATCHES = 64
 # Conversations whose events the in-memory log keeps (least recently used ones go first).
@@ -502,9 +509,7 @@ class RedisEventLog:
                     self._subscribed.set()
                     self._waiters.wake_all()
                     delay = 0.5
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self._woken(message["data"])
+                    await self._listen_on(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: streams keep their ids, nothing is lost
@@ -518,6 +523,24 @@ class RedisEventLog:
                 self._outage_told = self._outage_told or self._subscribed.is_set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def _listen_on(self, pubsub: PubSub) -> None:
+        """Each message published to the channel, until Redis is heard from no more: after
+        SILENCE_S of silence it is asked (PING), and a reply not come SILENCE_S later raises
+        TimeoutError (the caller subscribes again, on a new connection)."""
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        while True:
+            message = await pubsub.get_message(timeout=SILENCE_S)
+            silent = loop.time() - heard
+            if message is not None:  # a published message, or the reply to a PING
+                heard = loop.time()
+                if message.get("type") == "message":
+                    self._woken(message["data"])
+            elif silent >= 2 * SILENCE_S:
+                raise TimeoutError(f"no reply from Redis in {silent:.0f} s")
+            elif silent >= SILENCE_S:
+                await pubsub.ping()
 
     def _woken(self, payload: bytes) -> None:
         # "<worker>|<json>"; a worker of an earlier release publishes the JSON alone.
