@@ -304,6 +304,47 @@ async def test_after_an_outage_one_question_tries_the_model_again_not_every_one(
     assert await asyncio.gather(*asked)
 
 
+class TryingModel(HangingModel):
+    """A HangingModel that tells when a call has begun to hang."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trying = threading.Event()
+
+    def embed(self, texts: list[str]) -> Vectors:
+        if self.hanging:
+            self.trying.set()
+        return super().embed(texts)
+
+
+async def test_a_try_that_outlasts_the_retry_window_is_still_the_only_one(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """The question that tries the model again shut the window for the others for
+    knowledge.embedding_retry_s only: a try that hung longer (a timeout above the retry
+    time, a server that trickles its answer) let the next question try too, and hang. While
+    one tries, the others go on with full text alone, however long it takes."""
+    model = TryingModel()
+    kb = KnowledgeBase(engine, embedder=model, embedder_retry_s=0.2)
+    await kb.add([write(tmp_path, "a.md", "# Animals\n\nThe armadillo digs.\n")])
+    trying = None
+    try:
+        assert await kb.search("armadillo")
+        model.failing = True
+        assert await kb.search("armadillo")  # the model fails: out for 0.2 s
+        model.hanging = True
+        await asyncio.sleep(0.3)  # past knowledge.embedding_retry_s
+        trying = asyncio.create_task(kb.search("armadillo"))
+        await asyncio.to_thread(model.trying.wait, 10)  # the try has begun, and hangs
+        await asyncio.sleep(0.3)  # the try outlasts knowledge.embedding_retry_s
+        later = asyncio.create_task(kb.search("armadillo"))
+        done, _ = await asyncio.wait({later}, timeout=10)
+        assert done and later.result() and model.hung == 1
+    finally:
+        model.release.set()
+    assert trying is not None and await trying
+
+
 async def test_rebuilding_the_index_of_many_distinct_words_leaves_the_event_loop_free(
     embedder: WordLlamaEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

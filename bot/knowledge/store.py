@@ -168,6 +168,7 @@ class KnowledgeBase:
         self._embedder_retry_s = embedder_retry_s
         self._embedder_down_until: float | None = None  # None: the model answers
         self._embedder_misses = 0  # calls that got no vectors because the model failed
+        self._embedder_trying = False  # a call tries the model again after an outage
         self._index_degraded = False  # built while the model failed: rebuilt once it is back
         self._options = options or SearchOptions()
         self.policy = policy or AnswerPolicy()
@@ -493,23 +494,31 @@ class KnowledgeBase:
         if not self._embedder_up():
             self._embedder_misses += 1
             return None
-        expired = self._embedder_down_until
-        if expired is not None:  # this call tries again; the window stays shut for the others
-            self._embedder_down_until = time.monotonic() + self._embedder_retry_s
+        # This call tries again; the others go on without the model until it answers or
+        # fails, however long that takes (a window of embedding_retry_s let the next question
+        # try too once a hung try outlasted it).
+        trying = self._embedder_down_until is not None
+        if trying:
+            self._embedder_trying = True
         try:
             result = await asyncio.to_thread(call)
         except Exception as exc:  # an optional model failing must not take full-text search down
             self._embedder_failed(exc)
             return None
+        except asyncio.CancelledError:  # the question went; its try may still hang: wait
+            if trying:
+                self._embedder_down_until = time.monotonic() + self._embedder_retry_s
+            raise
+        finally:
+            if trying:
+                self._embedder_trying = False
         if answered:
             self._embedder_answered()
-        elif expired is not None:  # a size known without asking says nothing: the next tries
-            self._embedder_down_until = expired
-        return result
+        return result  # a size known without asking says nothing: the next call tries
 
     def _embedder_up(self) -> bool:
         until = self._embedder_down_until
-        return until is None or time.monotonic() >= until
+        return until is None or (not self._embedder_trying and time.monotonic() >= until)
 
     def _embedder_failed(self, exc: Exception) -> None:
         self._embedder_misses += 1
