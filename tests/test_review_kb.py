@@ -475,3 +475,22 @@ def test_a_folder_that_holds_no_file_now_forgets_nothing(
     assert "hours.md" not in listed and "days.md" in listed
     assert main(["kb", "remove", str(share)]) == 0  # the way to remove them on purpose
     assert "removed 2 documents" in capsys.readouterr().out
+
+
+async def test_a_subfolder_named_too_that_holds_no_file_now_is_kept_not_removed(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    """`parley kb add /docs /docs/share` while the share is not mounted: the share was
+    reported kept (no file in it now), yet its documents were removed as gone, since /docs,
+    named too and holding files, was looked in for them; the command then said that none of
+    its documents were kept. A document under a folder named that holds no file is kept."""
+    docs, share = tmp_path / "docs", tmp_path / "docs" / "share"
+    share.mkdir(parents=True)
+    (docs / "hours.md").write_text("# Hours\n\nWe open at nine.\n")
+    (share / "refunds.md").write_text("# Refunds\n\nRefunds take 14 days.\n")
+    await kb.add([docs, share])
+    (share / "refunds.md").unlink()  # the share unmounted: its mount point is empty
+    report = await kb.add([docs, share])
+    assert report.kept == [f"{share.resolve().as_posix()}/"]
+    assert report.removed == []
+    assert {Path(d.source).name for d in await kb.list(None)} == {"hours.md", "refunds.md"}

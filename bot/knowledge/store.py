@@ -260,7 +260,12 @@ class KnowledgeBase:
         stored = await self._rows.documents(None)
         kept = [f for f in empty if any(d.source.startswith(f) for d in stored)]
         looked_in = tuple(f for f in folders if f not in empty)
-        under = [d.source for d in stored if looked_in and d.source.startswith(looked_in)]
+        # Nor by a folder named with it: `/docs /docs/share`, the share not mounted.
+        under = [
+            d.source
+            for d in stored
+            if looked_in and d.source.startswith(looked_in) and not d.source.startswith(tuple(kept))
+        ]
         present = await asyncio.to_thread(_present, under)
         gone = [s for s, there in zip(under, present, strict=True) if not there]
         for source in gone:
