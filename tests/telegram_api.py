@@ -353,11 +353,14 @@ def _bad(description: str) -> Response:
     )
 
 
-# What Telegram takes for no text (tdlib's strip_empty_characters): whitespace and the
-# spaces it lists, zero-width characters, direction marks and overrides, the byte order mark,
-# the Braille blank, the object replacement character and Unicode's tag characters.
+# What Telegram takes for no text: what tdlib's clean_input_string removes or makes a space
+# (control characters, U+2028-U+202E: line and paragraph separators, the direction
+# embeddings and overrides, three combining marks) and what its strip_empty_characters drops
+# (whitespace and the spaces it lists, zero-width characters, direction marks, the byte order
+# mark, the Braille blank, the object replacement character and Unicode's tag characters).
 _TELEGRAM_EMPTY = re.compile(
-    "[\\s\u180e\u200b-\u200f\u202e\u2800\ufeff\ufffc\U000e0000-\U000e007f]"
+    "[\\s\x00-\x08\x0e-\x1b\u030a\u0333\u033f\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2800\ufeff\ufffc\U000e0000-\U000e007f]"
 )
 
 

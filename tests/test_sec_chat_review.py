@@ -95,7 +95,7 @@ class _Watched(TelegramSurface):
         return super().shows(piece)
 
 
-@pytest.mark.parametrize("mark", ["\u200f", "\u200b", "\ufeff", "\u2800"])
+@pytest.mark.parametrize("mark", ["\u200f", "\u200b", "\ufeff", "\u2800", "\u202b", "\u202a"])
 async def test_an_answer_that_opens_with_an_invisible_mark_is_shown(mark: str) -> None:
     """Telegram takes a text of direction marks, zero-width characters, a byte order mark or
     the Braille blank for empty ("message text is empty", as HTML and as plain text): the

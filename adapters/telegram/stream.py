@@ -52,13 +52,18 @@ _TEXT_REFUSED = (
 # event when a message is deleted: an edit is where the bot learns it).
 _DELETED = "message to edit not found"
 
-# What Telegram takes for no text at all (tdlib's strip_empty_characters), refused as HTML and
-# as plain text alike ("message text is empty"): whitespace and the spaces it lists,
-# zero-width characters, direction marks, the byte order mark, the Braille blank, the object
-# replacement character and Unicode's tag characters. An answer's first update is often its
-# first token alone: a right-to-left mark before Hebrew or Arabic was refused, and the
-# refusal ended the showing of the whole answer.
-_NOTHING = re.compile("[\\s\u180e\u200b-\u200f\u202e\u2800\ufeff\ufffc\U000e0000-\U000e007f]*")
+# What Telegram takes for no text at all, refused as HTML and as plain text alike ("message
+# text is empty"): what tdlib's clean_input_string removes or makes a space (control
+# characters; U+2028-U+202E: line and paragraph separators, the direction embeddings and
+# overrides; three combining marks), then what its strip_empty_characters drops: whitespace
+# and the spaces it lists, zero-width characters, direction marks, the byte order mark, the
+# Braille blank, the object replacement character and Unicode's tag characters. An answer's
+# first update is often its first token alone: a right-to-left mark (or embedding) before
+# Hebrew or Arabic was refused, and the refusal ended the showing of the whole answer.
+_NOTHING = re.compile(
+    "[\\s\x00-\x08\x0e-\x1b\u030a\u0333\u033f\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2800\ufeff\ufffc\U000e0000-\U000e007f]*"
+)
 
 # Model output is shown without link previews: Telegram's servers fetch a previewed link as
 # soon as the message arrives, so a link that a prompt injection had the model write (with
