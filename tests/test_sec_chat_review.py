@@ -112,3 +112,16 @@ async def test_an_answer_that_opens_with_an_invisible_mark_is_shown(mark: str) -
 
         await Streamer(surface, Pacing(0.0, MAX_MESSAGE, utf16_len)).play(model())
     assert api.texts(GROUP) == [mark + "שלום, this is the answer."]
+
+
+@pytest.mark.parametrize("before", ["", "print(1)\n"])
+def test_a_run_of_joining_characters_in_code_stays_code(before: str) -> None:
+    """In a code block the run starts after the fence's line, not at the window's start: the
+    cut moved back to it, found no code to keep, and the block was cut like text, so a piece
+    was the fence alone ("```py") and the run went out as text, out of its code block."""
+    run = "e" + "\u0301" * 5000
+    pieces = split_text(f"```py\n{before}{run}\n```", 2000)
+    assert all(p.startswith("```py\n") and p.endswith("\n```") for p in pieces), [
+        p[:8] for p in pieces
+    ]
+    assert len(pieces) <= len(run) // 2000 + 3

@@ -379,7 +379,7 @@ def _cut_inside_code(window: str, code: _Code, limit: int, length: Length) -> _C
         return None  # an opening line too long to repeat: cut it like text
     line = room.rfind("\n")
     # At the last line break that leaves code in the piece, else inside the line.
-    cut = line if line > first + 1 else _grapheme_boundary(window, len(room))
+    cut = line if line > first + 1 else _grapheme_boundary(window, len(room), first + 1)
     if cut <= first + 1:
         return None  # no code would fit after the opening line
     return _Cut(room[:cut] + closing, cut, reopen=opening)
@@ -392,15 +392,16 @@ def _hard_cut(window: str, following: str) -> _Cut:
     return _Cut(window[:cut].rstrip(), cut)
 
 
-def _grapheme_boundary(text: str, pos: int) -> int:
+def _grapheme_boundary(text: str, pos: int, begin: int = 0) -> int:
     """`pos`, moved back so it splits no emoji sequence, no flag and no letter from its
-    accent. Where the text is one such sequence up to `pos` (a letter with thousands of
-    marks, a run of joiners), `pos` itself: moved back to the start, every piece of it was
-    one character, and the answer hundreds of messages."""
+    accent. Where the text from `begin` (a code block's first line after its fence) is one
+    such sequence up to `pos` (a letter with thousands of marks, a run of joiners), `pos`
+    itself: moved back to the start, every piece of it was one character, and the answer
+    hundreds of messages."""
     start = pos
-    while 1 < pos < len(text) and _inside_cluster(text, pos):
+    while begin + 1 < pos < len(text) and _inside_cluster(text, pos):
         pos -= 1
-    return start if pos == 1 and _inside_cluster(text, 1) else pos
+    return start if pos == begin + 1 and _inside_cluster(text, pos) else pos
 
 
 def _inside_cluster(text: str, pos: int) -> bool:
