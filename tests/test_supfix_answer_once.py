@@ -213,18 +213,7 @@ async def test_an_answer_whose_key_could_not_be_noted_is_not_answered_twice(
 
     monkeypatch.setattr(store, "note_delivery", note)
     monkeypatch.setattr(api, "erased_meanwhile", dies)
-    site = await worker.add_site("shop")
-    async with worker.client() as client:
-        token = (await new_visitor(client, site))["token"]
-        async with open_stream(client, token, last_event_id="0") as stream:
-            first = await post(client, token, "q1")
-            async with asyncio.timeout(30):
-                await refused.wait()
-            await post(client, token, "q2")
-            events = await stream.until_answers(2)
-            await worker.adapter.idle()
-        history = await said(client, token)
-    answers = [data(e) for e in events if e.event == "answer"]
+    first, answers, history = await _q1_then_q2(worker, refused)
     replied = [a["reply_to"] for a in answers]
     assert len(replied) == len(set(replied)), answers  # no message answered twice
     assert [a["text"] for a in answers].count("re:q1") <= 1, answers
@@ -251,22 +240,30 @@ async def test_an_answer_out_is_recorded_whole_when_sql_went_away_after_it(
         return await real(*args, **kw)
 
     monkeypatch.setattr(api, "erased_meanwhile", away)
+    first, answers, history = await _q1_then_q2(worker, failed)
+    assert answers[0] == {"reply_to": first, "text": "re:q1", "sources": []}
+    assert [a["text"] for a in answers] == ["re:q1", "re:q2"]
+    assert [text for role, text in history if role == "assistant"] == ["re:q1", "re:q2"]
+    assert [last_user_text(r) for r in backend.requests] == ["q1", "q2"]
+
+
+async def _q1_then_q2(
+    worker: Worker, fault: asyncio.Event
+) -> tuple[str, list[dict[str, Any]], list[tuple[str, str]]]:
+    """A visitor asks "q1" and, once `fault` is set, "q2", a stream open throughout: the id
+    of q1, the data of the `answer` events of both, and the history once both are recorded."""
     site = await worker.add_site("shop")
     async with worker.client() as client:
         token = (await new_visitor(client, site))["token"]
         async with open_stream(client, token, last_event_id="0") as stream:
             first = await post(client, token, "q1")
             async with asyncio.timeout(30):
-                await failed.wait()
+                await fault.wait()
             await post(client, token, "q2")
             events = await stream.until_answers(2)
             await worker.adapter.idle()
         history = await said(client, token)
-    answers = [data(e) for e in events if e.event == "answer"]
-    assert answers[0] == {"reply_to": first, "text": "re:q1", "sources": []}
-    assert [a["text"] for a in answers] == ["re:q1", "re:q2"]
-    assert [text for role, text in history if role == "assistant"] == ["re:q1", "re:q2"]
-    assert [last_user_text(r) for r in backend.requests] == ["q1", "q2"]
+    return first, [data(e) for e in events if e.event == "answer"], history
 
 
 @pytest.fixture(params=["memory", "redis"])
