@@ -1026,6 +1026,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     # python-dotenv warns of every line it cannot parse, each time the file is read (twice
     # per command): a line of another program's is not Parley's to report, and a PARLEY_
     # line that cannot be parsed is refused above, in one line.
+    if config_file is not None:
+        _refuse_booleans_for_numbers(cls, config_file, in_file, dotenv)
     dotenv_log = logging.getLogger("dotenv.main")
     dotenv_log.addFilter(_drop)
     try:
@@ -1074,6 +1076,58 @@ def _names_a_setting(annotation: Any, path: Sequence[str]) -> bool:
         field = annotation.model_fields.get(path[0])
         return field is not None and _names_a_setting(field.annotation, path[1:])
     return False  # one value (a number, a string, a list): nothing under it
+
+
+_NOT_A_NUMBER = "Input should be a number, not true or false"
+
+
+def _refuse_booleans_for_numbers(
+    cls: type[Settings], path: Path, in_file: Mapping[str, Any], dotenv: Mapping[str, str | None]
+) -> None:
+    """A TOML `true` or `false` where a number belongs is an error: pydantic reads it as 1 or
+    0 (`port = true` listened on port 1, `user_daily_tokens = true` was a budget of one
+    token). Variables need no such check: their text `true` is no number."""
+    parts = []
+    for loc in _booleans_for_numbers(cls, in_file, ()):
+        keys = [k for k in loc if isinstance(k, str)]
+        name = "PARLEY_" + "__".join(keys).upper()
+        if _sets(os.environ, name) or _sets(dotenv, name):
+            continue  # the variable's value is the one in effect
+        section = f"[{'.'.join(keys[:-1])}] " if len(keys) > 1 else ""
+        parts.append(f"{path.name} {section}{keys[-1]}: {_NOT_A_NUMBER}")
+    if parts:
+        raise ConfigError("invalid setting " + "; ".join(parts))
+
+
+def _booleans_for_numbers(
+    annotation: Any, value: Any, loc: tuple[str | int, ...]
+) -> list[tuple[str | int, ...]]:
+    """Where `value` (the file's data for a setting of type `annotation`) holds a boolean for
+    a setting that takes a number and no boolean."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _booleans_for_numbers(get_args(annotation)[0], value, loc)
+    if isinstance(value, bool):
+        members = get_args(annotation) if origin in (Union, UnionType) else (annotation,)
+        numbers = any(m in (int, float) for m in members)
+        return [loc] if numbers and bool not in members and Any not in members else []
+    if origin in (Union, UnionType):
+        return [f for m in get_args(annotation) for f in _booleans_for_numbers(m, value, loc)]
+    if origin in (list, tuple, Sequence) and isinstance(value, list):
+        item = (get_args(annotation) or (Any,))[0]
+        return [f for i, v in enumerate(value) for f in _booleans_for_numbers(item, v, (*loc, i))]
+    if origin in (dict, Mapping) and isinstance(value, Mapping):
+        item = get_args(annotation)[1]
+        return [f for k, v in value.items() for f in _booleans_for_numbers(item, v, (*loc, k))]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if not isinstance(value, Mapping):
+            return []
+        found = []
+        for key, item in value.items():
+            if (field := annotation.model_fields.get(key)) is not None:
+                found += _booleans_for_numbers(field.annotation, item, (*loc, key))
+        return found
+    return []
 
 
 def _read_dotenv(path: Path) -> dict[str, str | None]:

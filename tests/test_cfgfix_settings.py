@@ -228,3 +228,30 @@ def test_cfgfix_the_largest_64_bit_integer_is_accepted(
     status, out, err = _config(capsys)
     assert status == 0, err
     assert json.loads(out)["budget"]["user_daily_tokens"] == 2**63 - 1
+
+
+def test_cfgfix_a_boolean_in_the_toml_file_is_no_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`port = true` was read as port 1, `user_daily_tokens = true` as a budget of one token:
+    pydantic takes a TOML boolean for 1 or 0. Booleans stay where a setting takes one, and a
+    variable that sets the same setting is the value in effect."""
+    config = tmp_path / "p.toml"
+    config.write_text(
+        "[http]\nport = true\n[budget]\nuser_daily_tokens = true\n"
+        "[conversation]\nmax_turns = false\n[telegram]\nstream_interval_s = true\n"
+        "[database]\necho = true\nauto_migrate = false\n[metrics]\non_http = true\n"
+    )
+    wrong = "Input should be a number, not true or false"
+    assert _refused(capsys, "--config", str(config)) == (
+        f"invalid setting p.toml [http] port: {wrong}; "
+        f"p.toml [budget] user_daily_tokens: {wrong}; "
+        f"p.toml [conversation] max_turns: {wrong}; "
+        f"p.toml [telegram] stream_interval_s: {wrong}"
+    )
+    config.write_text("[http]\nport = true\n[database]\necho = true\n")
+    monkeypatch.setenv("PARLEY_HTTP__PORT", "8081")
+    status, out, err = _config(capsys, "--config", str(config))
+    assert (status, err) == (0, ""), err
+    shown = json.loads(out)
+    assert (shown["http"]["port"], shown["database"]["echo"]) == (8081, True)
