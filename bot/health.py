@@ -12,6 +12,7 @@ the standard library alone: loading the whole settings imports every adapter's l
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import sys
 import tomllib
@@ -37,17 +38,35 @@ _WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
 def healthz_url(environ: Mapping[str, str], config: Mapping[str, Any]) -> str:
     """Where this configuration's worker answers `/healthz`."""
 
+    # As the settings read them: names in any case, and a section as one JSON variable
+    # (PARLEY_METRICS='{"port": 9100}'), under the variables of its settings.
+    variables = {key.upper(): value for key, value in environ.items()}
+
     def setting(section: str, name: str) -> str:
-        given = environ.get(f"PARLEY_{section.upper()}__{name.upper()}")
+        given = variables.get(f"PARLEY_{section.upper()}__{name.upper()}")
         if given is not None:
             return given
-        value = config.get(section, {}).get(name)
+        value = _table(variables.get(f"PARLEY_{section.upper()}")).get(name)
+        if value is None:
+            value = config.get(section, {}).get(name)
         return str(value) if value is not None else DEFAULTS[(section, name)]
 
     return url_of(
         (setting("metrics", "host"), setting("metrics", "port")),
         (setting("http", "host"), setting("http", "port")),
     )
+
+
+def _table(value: str | None) -> dict[str, Any]:
+    """A section given as one JSON variable (what the settings take where a value starts
+    with `{`); anything else sets nothing here."""
+    if value is None or not value.lstrip().startswith("{"):
+        return {}
+    try:
+        table = json.loads(value)
+    except ValueError:  # `parley run` refuses it in its own line
+        return {}
+    return table if isinstance(table, dict) else {}
 
 
 def url_of(metrics: tuple[str, str], http: tuple[str, str]) -> str:

@@ -293,3 +293,30 @@ def test_a_heap_frozen_at_start_up_leaks_nothing_at_exit() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "leaked" not in done.stderr and "nanobind" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PARLEY_METRICS": '{"port": 9100}'},
+        {"PARLEY_HTTP": '{"host": "0.0.0.0", "port": 9000}'},
+        {"parley_http__port": "9000", "Parley_Metrics__Host": "127.0.0.3"},
+        {"PARLEY_HTTP": '{"port": 9000}', "PARLEY_HTTP__PORT": "9001"},
+    ],
+)
+def test_the_health_check_reads_a_variable_in_every_form_the_settings_take(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m bot.health` (the image's HEALTHCHECK) read PARLEY_SECTION__NAME in upper
+    case only: a section set as one JSON variable (docs/configuration.md) or a name in lower
+    case, which the worker and `parley health` take, left the check asking port 8080, and a
+    worker that answered was unhealthy for ever."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(None)
+    worker = health.url_of(
+        (settings.metrics.host, str(settings.metrics.port)),
+        (settings.http.host, str(settings.http.port)),
+    )
+    assert health.healthz_url(os.environ, {}) == worker != "http://127.0.0.1:8080/healthz"
