@@ -62,9 +62,13 @@ DEFAULT_CONFIG_FILE = Path("config/parley.toml")
 def data_dir() -> Path:
     """Where the embedded defaults keep their files, whatever the working directory:
     $XDG_DATA_HOME/parley (~/.local/share/parley) on Linux, the platform's equivalent elsewhere;
-    PARLEY_HOME overrides it."""
+    PARLEY_HOME overrides it: `~` is the user's home, as a shell would expand it (systemd's
+    Environment= and compose's environment do not), and a relative path is made absolute
+    here, so that every part of Parley and `parley doctor` name the same folder."""
     home = os.environ.get("PARLEY_HOME")
-    return Path(home) if home else Path(platformdirs.user_data_dir("parley", appauthor=False))
+    if home:
+        return Path(home).expanduser().absolute()
+    return Path(platformdirs.user_data_dir("parley", appauthor=False))
 
 
 def default_database_url() -> str:

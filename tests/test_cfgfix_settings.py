@@ -255,3 +255,18 @@ def test_cfgfix_a_boolean_in_the_toml_file_is_no_number(
     assert (status, err) == (0, ""), err
     shown = json.loads(out)
     assert (shown["http"]["port"], shown["database"]["echo"]) == (8081, True)
+
+
+def test_cfgfix_parley_home_with_a_tilde_is_the_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PARLEY_HOME=~/parley, as written in a systemd unit or compose's environment (which
+    expand no `~`), put the history in a folder named `~` under the working directory: each
+    folder `parley` started in had a history of its own."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PARLEY_HOME", "~/parley")
+    status, out, err = _config(capsys)
+    assert status == 0, err
+    assert json.loads(out)["database"]["url"] == f"sqlite+aiosqlite:///{tmp_path}/parley/parley.db"
