@@ -363,7 +363,7 @@ async def test_rebuilding_the_index_of_many_distinct_words_leaves_the_event_loop
             return super().stemWords(words)
 
     off_loop: dict[str, bool] = {}
-    real_vocabulary, real_places = expansion.vocabulary, kb_store._places
+    real_vocabulary, real_places = expansion.vocabulary, kb_store.chunk_places
 
     def vocabulary(frequency: object) -> list[str]:
         off_loop["related words"] = threading.get_ident() != loop_thread
@@ -375,7 +375,7 @@ async def test_rebuilding_the_index_of_many_distinct_words_leaves_the_event_loop
 
     monkeypatch.setattr(lexical.Stemmer, "Stemmer", Counted)
     monkeypatch.setattr(expansion, "vocabulary", vocabulary)
-    monkeypatch.setattr(kb_store, "_places", places)
+    monkeypatch.setattr(kb_store, "chunk_places", places)
     url = f"sqlite+aiosqlite:///{tmp_path}/kb.db"
     await migrate.upgrade(url)
     engine = create_engine(url)

@@ -87,7 +87,7 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 MAX_PARTS = 8
 
 
-def _places(rows: Sequence[sa.Row[Any]]) -> builtins.list[ChunkPlace]:
+def chunk_places(rows: Sequence[sa.Row[Any]]) -> builtins.list[ChunkPlace]:
     """Each chunk's place, in the worker thread: on the event loop, 60,000 chunks (a Markdown
     file of many short sections) stopped every conversation for 0.4 s."""
     return [ChunkPlace(r.id, r.document_id, r.ordinal, r.location, r[4]) for r in rows]
@@ -403,7 +403,7 @@ class KnowledgeBase:
     async def _built_index(self, stamp: tuple[object, ...]) -> ChunkIndex:
         in_memory = await self._rows.chunk_count() <= self._options.max_memory_chunks
         rows = await self._rows.chunks(with_text=in_memory)
-        places = await asyncio.to_thread(_places, rows)
+        places = await asyncio.to_thread(chunk_places, rows)
         if not in_memory:
             log.info(
                 "knowledge base: over knowledge.max_memory_chunks (%d chunks); searching with "
