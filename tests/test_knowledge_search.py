@@ -285,13 +285,8 @@ async def test_after_an_outage_one_question_tries_the_model_again_not_every_one(
     tries it; the others go on with full text alone while it does."""
     model = HangingModel()
     kb = KnowledgeBase(engine, embedder=model, embedder_retry_s=0.5)
-    await kb.add([write(tmp_path, "a.md", "# Animals\n\nThe armadillo digs.\n")])
     try:
-        assert await kb.search("armadillo")
-        model.failing = True
-        assert await kb.search("armadillo")  # the model fails: out for 0.5 s
-        model.hanging = True
-        await asyncio.sleep(0.6)  # past knowledge.embedding_retry_s
+        await _hangs_once_its_outage_is_over(kb, model, tmp_path, 0.5)
         asked = [asyncio.create_task(kb.search("armadillo")) for _ in range(5)]
         answered = []
         for each in asyncio.as_completed(asked, timeout=10):
@@ -302,6 +297,19 @@ async def test_after_an_outage_one_question_tries_the_model_again_not_every_one(
     finally:
         model.release.set()
     assert await asyncio.gather(*asked)
+
+
+async def _hangs_once_its_outage_is_over(
+    kb: KnowledgeBase, model: HangingModel, tmp_path: Path, retry_s: float
+) -> None:
+    """A document searched with the model, then the model failing (out for `retry_s`), then
+    hanging; returns once `retry_s` is over, when the next search tries the model again."""
+    await kb.add([write(tmp_path, "a.md", "# Animals\n\nThe armadillo digs.\n")])
+    assert await kb.search("armadillo")
+    model.failing = True
+    assert await kb.search("armadillo")  # the model fails: out for retry_s
+    model.hanging = True
+    await asyncio.sleep(retry_s + 0.1)  # past knowledge.embedding_retry_s
 
 
 class TryingModel(HangingModel):
@@ -326,14 +334,9 @@ async def test_a_try_that_outlasts_the_retry_window_is_still_the_only_one(
     one tries, the others go on with full text alone, however long it takes."""
     model = TryingModel()
     kb = KnowledgeBase(engine, embedder=model, embedder_retry_s=0.2)
-    await kb.add([write(tmp_path, "a.md", "# Animals\n\nThe armadillo digs.\n")])
     trying = None
     try:
-        assert await kb.search("armadillo")
-        model.failing = True
-        assert await kb.search("armadillo")  # the model fails: out for 0.2 s
-        model.hanging = True
-        await asyncio.sleep(0.3)  # past knowledge.embedding_retry_s
+        await _hangs_once_its_outage_is_over(kb, model, tmp_path, 0.2)
         trying = asyncio.create_task(kb.search("armadillo"))
         await asyncio.to_thread(model.trying.wait, 10)  # the try has begun, and hangs
         await asyncio.sleep(0.3)  # the try outlasts knowledge.embedding_retry_s

@@ -156,17 +156,8 @@ async def test_a_worker_killed_after_its_answer_landed_leaves_no_second_answer(
     appended, not yet recorded in SQL) gave a second `answer` to the same message, by the
     worker that finished the delivery. The turn's task ending where the worker died (no
     handler runs, its delivery stays unrecorded) stands for the kill."""
-    api = worker.adapter.api
-    real = api.erased_meanwhile
-    killed = asyncio.Event()
-
-    async def dies(*args: Any, **kw: Any) -> bool:
-        if current_shown() is not None and not killed.is_set():  # after an answer
-            killed.set()
-            raise asyncio.CancelledError  # the worker dies here: nothing after runs
-        return await real(*args, **kw)
-
-    monkeypatch.setattr(api, "erased_meanwhile", dies)
+    # The worker dies there: nothing after it runs.
+    killed = _fails_once_after_an_answer(worker, monkeypatch, asyncio.CancelledError())
     site = await worker.add_site("shop")
     async with worker.client() as client:
         token = (await new_visitor(client, site))["token"]
@@ -195,9 +186,9 @@ async def test_an_answer_whose_key_could_not_be_noted_is_not_answered_twice(
     (one warning), the `answer` was appended all the same, the worker was stopped before the
     answer was recorded, and the worker that finished the delivery, finding no key, appended
     a second `answer` to the same message. An answer whose key is not in SQL is not sent."""
-    store, api = worker.app.store, worker.adapter.api
-    real_note, real_erased = store.note_delivery, api.erased_meanwhile
-    refused, killed = asyncio.Event(), asyncio.Event()
+    store = worker.app.store
+    real_note = store.note_delivery
+    refused = asyncio.Event()
 
     async def note(conversation_id: int, epoch: int, shown: dict[int, str | int]) -> None:
         if not refused.is_set():  # the database is out of reach for this one write
@@ -205,14 +196,8 @@ async def test_an_answer_whose_key_could_not_be_noted_is_not_answered_twice(
             raise StorageError("database error: ConnectionRefusedError")
         await real_note(conversation_id, epoch, shown)
 
-    async def dies(*args: Any, **kw: Any) -> bool:
-        if current_shown() is not None and not killed.is_set():  # after an answer
-            killed.set()
-            raise asyncio.CancelledError  # the worker stops here: nothing after runs
-        return await real_erased(*args, **kw)
-
     monkeypatch.setattr(store, "note_delivery", note)
-    monkeypatch.setattr(api, "erased_meanwhile", dies)
+    _fails_once_after_an_answer(worker, monkeypatch, asyncio.CancelledError())  # it stops
     first, answers, history = await _q1_then_q2(worker, refused)
     replied = [a["reply_to"] for a in answers]
     assert len(replied) == len(set(replied)), answers  # no message answered twice
@@ -229,22 +214,33 @@ async def test_an_answer_out_is_recorded_whole_when_sql_went_away_after_it(
     its visitor was erased meanwhile failed; the core took that for a delivery cut short and
     recorded "[The reply was cut off.]" after the whole answer the visitor had seen. The
     next attempt records the answer as it landed, as after a worker killed at that point."""
-    api = worker.adapter.api
-    real = api.erased_meanwhile
-    failed = asyncio.Event()
-
-    async def away(*args: Any, **kw: Any) -> bool:
-        if current_shown() is not None and not failed.is_set():  # after an answer
-            failed.set()
-            raise StorageError("database error: ConnectionRefusedError")
-        return await real(*args, **kw)
-
-    monkeypatch.setattr(api, "erased_meanwhile", away)
+    failed = _fails_once_after_an_answer(
+        worker, monkeypatch, StorageError("database error: ConnectionRefusedError")
+    )
     first, answers, history = await _q1_then_q2(worker, failed)
     assert answers[0] == {"reply_to": first, "text": "re:q1", "sources": []}
     assert [a["text"] for a in answers] == ["re:q1", "re:q2"]
     assert [text for role, text in history if role == "assistant"] == ["re:q1", "re:q2"]
     assert [last_user_text(r) for r in backend.requests] == ["q1", "q2"]
+
+
+def _fails_once_after_an_answer(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> asyncio.Event:
+    """The first "erased meanwhile?" check after an answer went out raises `error` (a
+    CancelledError: the worker dies there; a StorageError: SQL went away); the event is set
+    then."""
+    api = worker.adapter.api
+    real, failed = api.erased_meanwhile, asyncio.Event()
+
+    async def once(*args: Any, **kw: Any) -> bool:
+        if current_shown() is not None and not failed.is_set():  # after an answer
+            failed.set()
+            raise error
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(api, "erased_meanwhile", once)
+    return failed
 
 
 async def _q1_then_q2(

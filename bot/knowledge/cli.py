@@ -80,9 +80,10 @@ async def _add(kb: KnowledgeBase, paths: list[str], collection: str) -> int:
     report = await kb.add(paths, progress=ProgressPrinter(sys.stderr), collection=collection)
     for source in report.removed:
         print(printable(f"removed {source}: the file is gone"), file=sys.stderr)
+    stored = [d.source for d in await kb.list(None)] if report.kept else []
     for prefix in report.kept:  # an unmounted share is not a folder whose files all went
         folder = prefix.rstrip("/")
-        count = sum(1 for d in await kb.list(None) if d.source.startswith(prefix))
+        count = sum(1 for source in stored if source.startswith(prefix))
         documents = f"{count} document{'s' if count != 1 else ''}"
         print(printable(f"parley: {folder} holds no file to add now (is it mounted?); the "
                         f"{documents} from it are kept (parley kb remove {folder} removes "
