@@ -77,6 +77,9 @@ def default_database_url() -> str:
 
 # Which installed package each database driver and URL scheme needs, and the extra bringing it.
 _DRIVERS = {"asyncpg": ("asyncpg", "postgres"), "aiosqlite": ("aiosqlite", "")}
+# A folder setting: a leading ~ is the user's home, as a shell would expand it (systemd's
+# Environment= and compose's environment do not), never a folder named ~.
+HomeFolder = Annotated[str, AfterValidator(lambda path: str(Path(path).expanduser()))]
 # The driver of a database URL that names none (postgresql://, sqlite:///).
 _ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
 # Variables named PARLEY_* that are not settings: the data folder, the config file, the pid
@@ -406,6 +409,10 @@ class DatabaseSettings(_Section):
         if find_spec(module) is None:
             raise ValueError(f"the {module} driver is not installed: pip install 'parley[{extra}]'")
         named = parsed.set(drivername=f"{backend}+{driver}")
+        if backend == "sqlite" and named.database and named.database.startswith("~"):
+            # A ~ that no shell expanded (systemd's Environment=, compose): the home folder,
+            # not a folder named ~ under each working directory.
+            named = named.set(database=str(Path(named.database).expanduser()))
         if backend == "sqlite" and _in_memory(named):
             raise ValueError(
                 "an in-memory SQLite database cannot be shared by Parley's connections (each "
@@ -720,7 +727,7 @@ class KnowledgeSettings(_Section):
     # chunks; above it, on the database's full-text engine alone.
     max_memory_chunks: int = Field(100_000, ge=0)
     # Where the embedding model's files are unpacked; default: "models" in the data folder.
-    embeddings_cache: str | None = None
+    embeddings_cache: HomeFolder | None = None
     # An OpenAI-compatible embeddings server (vLLM serving an embedding model: its base URL
     # ending in /v1, and the model's name); when set it replaces the bundled wordllama model.
     # Changing the model re-embeds every chunk at the next search (vectors of another size).
@@ -767,7 +774,7 @@ def _known_language(tag: str) -> str:
 class SkillsSettings(_Section):
     # A folder of Jinja2 templates (qa.j2, summarize.j2, ...) that replace the shipped ones in
     # config/prompts/ by name; the shipped ones stay in use for any file it lacks.
-    prompts_dir: str | None = None
+    prompts_dir: HomeFolder | None = None
     # Terms never translated (product names, jargon), matched as whole words.
     glossary: list[str] = []
     # The language of summaries and translations for a user who has not set one with /lang

@@ -270,3 +270,24 @@ def test_cfgfix_parley_home_with_a_tilde_is_the_home_folder(
     status, out, err = _config(capsys)
     assert status == 0, err
     assert json.loads(out)["database"]["url"] == f"sqlite+aiosqlite:///{tmp_path}/parley/parley.db"
+
+
+def test_cfgfix_folder_settings_with_a_tilde_are_in_the_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `~` in the SQLite database's path, the embedding model's folder or the prompts'
+    folder, as written in a systemd unit or compose's environment (which expand none), made
+    a folder named `~` under the working directory (the database's parent is created at
+    start), so each folder parley started in had a history and a model copy of its own."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PARLEY_DATABASE__URL", "sqlite+aiosqlite:///~/data/parley.db")
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__EMBEDDINGS_CACHE", "~/models")
+    monkeypatch.setenv("PARLEY_SKILLS__PROMPTS_DIR", "~/prompts")
+    status, out, err = _config(capsys)
+    assert status == 0, err
+    shown = json.loads(out)
+    assert shown["database"]["url"] == f"sqlite+aiosqlite:///{tmp_path}/data/parley.db"
+    assert shown["knowledge"]["embeddings_cache"] == f"{tmp_path}/models"
+    assert shown["skills"]["prompts_dir"] == f"{tmp_path}/prompts"
