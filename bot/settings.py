@@ -717,6 +717,10 @@ class KnowledgeSettings(_Section):
     load_sample: bool = True
     # Bigger files are reported and skipped by `parley kb add`.
     max_file_mb: int = Field(50, ge=1)
+    # A document that would make more passages is refused by `parley kb add` (each section is
+    # a passage at least, so a file of one-line sections makes one per line: 11 MB of them,
+    # 600,000 passages and 2.4 GB to embed and store them). 50 MB of documentation makes ~50,000.
+    max_document_chunks: int = Field(100_000, ge=1)
     # Semantic search (embeddings from the wordllama package, offline) fused with full text;
     # false: full text only. Its weight in the fusion (full text: 1), and the lowest cosine
     # similarity at which a passage sharing no word with the question still counts.

@@ -123,3 +123,29 @@ def test_a_file_with_nothing_to_index_says_what_it_holds(
     assert why_no_text(data, Path(name)) == reason
     assert main(["kb", "add", str(tmp_path / name)]) == 1
     assert f"{name}: {reason}" in capsys.readouterr().err
+
+
+def test_a_file_of_countless_tiny_sections_is_refused_before_it_is_stored(
+    kb_cli_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each section is a passage of its own, so 11 MB of one-line sections made 600,000
+    passages: `parley kb add` held 2.4 GB to embed and store them (a 50 MB file, the size
+    limit, about five times more), and search over them ran on the database's engine. A
+    document that would make more passages than `knowledge.max_document_chunks` fails alone,
+    with one line, before anything of it is embedded or stored."""
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__MAX_DOCUMENT_CHUNKS", "100")
+    (tmp_path / "a.md").write_text("# A\n\nAardvarks.\n")
+    (tmp_path / "tiny.md").write_text("".join(f"# h{i}\n\nline {i}\n\n" for i in range(101)))
+    (tmp_path / "hundred.md").write_text("".join(f"# h{i}\n\nline {i}\n\n" for i in range(100)))
+    status = main(["kb", "add", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.out == "2 added, 0 updated, 0 unchanged, 1 failed\n"
+    failed = [line for line in captured.err.splitlines() if "tiny.md" in line]
+    assert len(failed) == 1, captured.err
+    assert "more than 100 passages (knowledge.max_document_chunks)" in failed[0]
+    assert main(["kb", "list"]) == 0
+    assert "2 documents" in capsys.readouterr().out

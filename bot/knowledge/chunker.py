@@ -28,12 +28,20 @@ def chunk_sections(
     *,
     max_tokens: int = MAX_TOKENS,
 ) -> list[Chunk]:
-    chunks: list[Chunk] = []
+    return list(iter_chunks(sections, count, max_tokens=max_tokens))
+
+
+def iter_chunks(
+    sections: Iterable[Section],
+    count: CountTokens = estimate_tokens,
+    *,
+    max_tokens: int = MAX_TOKENS,
+) -> Iterator[Chunk]:
+    """The chunks one at a time, so that a caller can stop at a limit."""
     for section in sections:
         pieces = _pieces(section.text, count, max_tokens)
         for text in _pack(pieces, count, max_tokens):
-            chunks.append(Chunk(section.location, text, count(text)))
-    return chunks
+            yield Chunk(section.location, text, count(text))
 
 
 def _pieces(text: str, count: CountTokens, max_tokens: int) -> Iterator[tuple[str, str]]:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.knowledge.chunker import chunk_sections
+from bot.knowledge.chunker import iter_chunks
 from bot.knowledge.loaders import LoaderError, load, loader_for, why_no_text
 from bot.knowledge.types import MAX_CITED_CHARS, Chunk, CountTokens
 from bot.storage.models import KbDocumentRow
@@ -20,6 +20,8 @@ from bot.text.storable import one_line, storable
 # The longest path a document can be stored under (kb_documents.source: PostgreSQL refuses a
 # longer one, and that error would end the whole run, not only this file's).
 MAX_SOURCE_CHARS = KbDocumentRow.source.type.length or 0
+# knowledge.max_document_chunks's default.
+DEFAULT_MAX_CHUNKS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +167,20 @@ def _unreadable(exc: OSError) -> LoaderError:
     return LoaderError(exc.strerror or type(exc).__name__)
 
 
-def parse_file(path: Path, data: bytes, count: CountTokens) -> Parsed:
+def parse_file(
+    path: Path, data: bytes, count: CountTokens, max_chunks: int = DEFAULT_MAX_CHUNKS
+) -> Parsed:
+    """The document's title and chunks; a LoaderError past `max_chunks` chunks, before the
+    rest are made (knowledge.max_document_chunks)."""
     document = load(data, path)
-    chunks = [_storable(c) for c in chunk_sections(document.sections, count)]
+    chunks: list[Chunk] = []
+    for chunk in iter_chunks(document.sections, count):
+        if len(chunks) == max_chunks:
+            raise LoaderError(
+                f"makes more than {max_chunks:,} passages (knowledge.max_document_chunks); "
+                "split it, or raise the limit"
+            )
+        chunks.append(_storable(chunk))
     if not chunks:
         raise LoaderError(why_no_text(data, path))
     return Parsed(storable(one_line(document.title)[:MAX_CITED_CHARS]), chunks)

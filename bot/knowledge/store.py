@@ -44,6 +44,7 @@ from bot.knowledge.embeddings import (
 )
 from bot.knowledge.index import ChunkIndex, ChunkPlace, Vocabulary
 from bot.knowledge.ingest import (
+    DEFAULT_MAX_CHUNKS,
     FileData,
     Found,
     Parsed,
@@ -156,6 +157,7 @@ class KnowledgeBase:
         *,
         count_tokens: CountTokens = estimate_tokens,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_document_chunks: int = DEFAULT_MAX_CHUNKS,
         embedder: Embedder | None = None,
         options: SearchOptions | None = None,
         policy: AnswerPolicy | None = None,
@@ -164,6 +166,7 @@ class KnowledgeBase:
         self._rows = KnowledgeRows(engine)
         self._count = count_tokens
         self._max_bytes = max_file_bytes
+        self._max_chunks = max_document_chunks
         self._embedder = embedder
         self._embedder_retry_s = embedder_retry_s
         self._embedder_down_until: float | None = None  # None: the model answers
@@ -195,6 +198,7 @@ class KnowledgeBase:
             engine,
             count_tokens=count_tokens,
             max_file_bytes=settings.max_file_mb * 1_000_000,
+            max_document_chunks=settings.max_document_chunks,
             embedder=embedder,
             options=options,
             policy=AnswerPolicy(
@@ -550,7 +554,9 @@ class KnowledgeBase:
             existing = await self._rows.existing(file.source)
             if existing is not None and existing[1:] == (file.sha256, collection, sample):
                 return FileResult(source, Outcome.UNCHANGED)
-            parsed = await asyncio.to_thread(parse_file, path, file.data, self._count)
+            parsed = await asyncio.to_thread(
+                parse_file, path, file.data, self._count, self._max_chunks
+            )
         except LoaderError as exc:
             shown = given_source(path) if isinstance(exc, Unreachable) else source
             return FileResult(shown, Outcome.FAILED, reason=str(exc))
