@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from tests.crash_cluster import TcpProxy
 from tests.fake_chatwoot import BOT_SECRET as CHATWOOT_SECRET
 from tests.fake_chatwoot import TOKEN as CHATWOOT_TOKEN
 from tests.fake_chatwoot import FakeChatwoot
-from tests.processes import finish, parley_run
+from tests.processes import finish, parley_env, parley_run
 from tests.slow_model import MODEL, SlowModel
 from tests.telegram_api import TOKEN, FakeBotApi
 from tests.telegram_updates import text_update
@@ -208,3 +209,36 @@ async def test_a_chatwoot_that_does_not_answer_or_refuses_the_token_ends_start_u
     assert (status, err) == (
         3, "parley: error: the chatwoot adapter could not start: chatwoot GET /api: ConnectError\n"
     )  # fmt: skip
+
+
+# After `parley run` returns, as during the interpreter's exit: a second stop signal.
+_SIGNALS_AFTER_THE_RUN = """
+import os, signal, sys
+from bot.cli import main
+status = main(["run"])
+os.kill(os.getpid(), signal.SIGTERM)
+os.kill(os.getpid(), signal.SIGINT)
+os.kill(os.getpid(), signal.SIGHUP)
+print("ended", status)
+"""
+
+
+async def test_a_second_stop_signal_as_the_process_ends_changes_nothing(tmp_path: Path) -> None:
+    """A double Ctrl-C, or a second SIGTERM, a tenth of a second after the first killed the
+    process by that signal (status 130 or 143) once its stop was done: closing the event
+    loop, then the interpreter's exit, gave the signals back to their defaults while the
+    process still ended (about half a second). The run's end is the end of console input
+    here: a signal after it is ignored too."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _SIGNALS_AFTER_THE_RUN,
+        cwd=tmp_path,
+        env=parley_env(tmp_path, {"PARLEY_ADAPTERS": "console"}),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert (process.returncode, out.decode().splitlines()[-1:]) == (0, ["ended 0"]), err

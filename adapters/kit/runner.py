@@ -97,11 +97,27 @@ async def run_adapters(
     HARD_STOP_EXTRA_S): the process ends that long after a stop signal whatever still runs
     (install_stop_signals); an embedding program gets no such timer unless it asks."""
     host = host_for(app)
-    http = host.http
     adapters = build_adapters(host, names, sections or {})
     if stop is None:
         stop = asyncio.Event()
-        install_stop_signals(stop, hard_stop_s, json_format=app.settings.log_format == "json")
+        signals = install_stop_signals(
+            stop, hard_stop_s, json_format=app.settings.log_format == "json"
+        )
+        try:
+            await _run(app, host, adapters, stop)
+        finally:
+            signals.outlive_loop()
+    else:
+        await _run(app, host, adapters, stop)
+
+
+async def _run(
+    app: Parley,
+    host: AdapterHost,
+    adapters: Sequence[tuple[Adapter, AdapterSettings]],
+    stop: asyncio.Event,
+) -> None:
+    http = host.http
     async with AsyncExitStack() as stack:
         for adapter, section in adapters:
             await _enter(stack, adapter)
@@ -280,27 +296,63 @@ async def _drain(app: Parley) -> None:
     )
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def install_stop_signals(
     stop: asyncio.Event, hard_stop_s: float | None = None, *, json_format: bool = False
-) -> None:
+) -> StopSignals:
     """SIGINT and SIGTERM set `stop`. `hard_stop_s`: the process ends that long after the
     first signal whatever still runs then (exit 3, one line): a database that takes
     connections and never answers held a stop for minutes, where a process manager kills at
     10 s anyway. Nothing is lost: what was cut stays pending in SQL."""
+    signals = StopSignals(stop, hard_stop_s, json_format)
     loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        if not stop.is_set() and hard_stop_s is not None:
-            timer = threading.Timer(hard_stop_s, _hard_stop, args=(hard_stop_s, json_format))
-            timer.daemon = True  # a stop that finishes in time ends the process first
-            timer.start()
-        stop.set()
-
     # SIGHUP: the terminal closed (parley chat, parley run in a shell): a stop like the others,
     # not a death that leaves the answer being shown held for delivery_grace_s.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, signals.on_signal)
+    return signals
+
+
+class StopSignals:
+    """The process's stop signals while `parley run` runs, and after its loop has ended."""
+
+    def __init__(self, stop: asyncio.Event, hard_stop_s: float | None, json_format: bool) -> None:
+        self._stop = stop
+        self._hard_stop_s = hard_stop_s
+        self._json_format = json_format
+        self._armed = False
+
+    def on_signal(self) -> None:
+        self._arm()
+        self._stop.set()
+
+    def _arm(self) -> None:
+        if self._armed or self._hard_stop_s is None:
+            return
+        self._armed = True
+        timer = threading.Timer(
+            self._hard_stop_s, _hard_stop, (self._hard_stop_s, self._json_format)
+        )
+        timer.daemon = True  # a stop that finishes in time ends the process first
+        timer.start()
+
+    def outlive_loop(self) -> None:
+        """Once the run is over, a stop signal is ignored, and the process ends within the
+        hard stop's time whatever hangs. Closing the loop (asyncio.run) gives the signals
+        back to their defaults, and so does the interpreter's exit for a handler of its own,
+        while the process still ends (the app's pools, an in-process engine, about half a
+        second of the interpreter's own clean-up): a second Ctrl-C or SIGTERM a tenth of a
+        second after the first, with the stop done, killed the process by that signal
+        (status 130 or 143, not 0). An ignored signal stays ignored through the exit."""
+        self._arm()
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def _hard_stop(after_s: float, json_format: bool) -> None:
