@@ -83,16 +83,70 @@ HUMAN_PHRASES: dict[str, tuple[str, ...]] = {
     "ja": (r"人間と|オペレーター|担当者|有人対応|人と話",),
 }
 
-_HUMAN = re.compile(
-    "|".join(f"(?:{p})" for patterns in HUMAN_PHRASES.values() for p in patterns), re.I
+
+def _alone(words: str, please: str, article: str = "", real: str = "") -> str:
+    """A message that is only the request: a word for a person ("human", "agent",
+    "Mitarbeiter", "оператор"), with an article, "real", and "please" either side at most:
+    what customers of support chats type most to reach one ("are you a human?" is more)."""
+    article = f"(?:(?:{article})\\s+)?" if article else ""
+    real = f"(?:(?:{real})\\s+)?" if real else ""
+    return rf"^\W*(?:(?:{please})\W+)?{article}{real}(?:{words})(?:\W+(?:{please}))?\W*$"
+
+
+# Per language: the words for a person that alone ask for one, "please", articles, "real".
+ALONE: dict[str, tuple[str, ...]] = {
+    "en": (
+        r"humans?|person|agent|operator|representative|rep|someone|somebody|support agent",
+        r"please|pls|plz|now", r"a|an|the|some|your", r"real|live|actual",
+    ),
+    "de": (
+        r"mensch(?:en)?|mitarbeiter(?:in)?|berater(?:in)?|kundenberater(?:in)?|kundendienst",
+        r"bitte|jetzt", r"ein|eine|einen", r"echte[nr]?|richtige[nr]?",
+    ),
+    "fr": (
+        r"humain|personne|conseill(?:er|ère)|agent|opérat(?:eur|rice)|quelqu.un",
+        r"svp|stp|s.il vous plaît|s.il te plaît", r"un|une", r"vrai|vraie",
+    ),
+    "es": (r"humano|persona|agente|operador(?:a)?|asesor(?:a)?", r"por favor", r"un|una", ""),
+    "it": (
+        r"umano|persona|operat(?:ore|rice)|consulente", r"per favore|per piacere", r"un|una", "",
+    ),
+    "pt": (r"humano|pessoa|atendente|operador(?:a)?|agente", r"por favor", r"um|uma", ""),
+    "nl": (r"mens|persoon|medewerker", r"alsjeblieft|alstublieft|aub|graag", r"een", r"echte?"),
+    "pl": (r"człowiek(?:a)?|konsultant(?:a|ka)?|operator(?:a)?", r"proszę", "", r"żywy|żywego"),
+    "ru": (r"оператор(?:а)?|человек(?:а)?|менеджер(?:а)?|консультант(?:а)?", r"пожалуйста", "",
+           r"живой|живого"),
+    "uk": (r"оператор(?:а)?|людин(?:а|у)|менеджер(?:а)?|консультант(?:а)?", r"будь ласка", "",
+           r"жива|живу|живий"),
+    "tr": (r"temsilci|insan|operatör|yetkili|müşteri temsilcisi", r"lütfen", "", r"gerçek"),
+    "ar": (r"موظف|إنسان|انسان|شخص", r"من فضلك|لو سمحت", "", ""),
+    "zh": (r"人工|真人|客服", r"请|麻烦", "", ""),
+    "ja": (r"人間|オペレーター|担当者", r"お願いします", "", ""),
+}  # fmt: skip
+# "I want / need a human", "can I get an agent" ("a person's" is no request).
+WANT_PERSON = (
+    r"\b(?:i\s+(?:really\s+)?(?:want|need|would\s+like)|i.d\s+like|can\s+i\s+(?:get|have)"
+    r"|could\s+i\s+(?:get|have)|get\s+me|give\s+me)\s+(?:a|an|some|your)\s+"
+    r"(?:real\s+|live\s+|actual\s+)?(?:human|person|agent|representative|operator)\b(?!['’])"
 )
+
+_HUMAN = re.compile(
+    "|".join([*(f"(?:{p})" for patterns in HUMAN_PHRASES.values() for p in patterns), WANT_PERSON]),
+    re.I,
+)
+_ALONE = re.compile("|".join(f"(?:{_alone(*words)})" for words in ALONE.values()), re.I)
+# Longest message read as a request alone ("a real person please, now!!!" fits).
+ALONE_CHARS = 60
 
 
 def asks_for_person(text: str) -> bool:
     """Whether the message asks to talk to a person, in any of the languages above."""
     # Each run of white space as one space: around the patterns' optional words (`\s*`
     # either side) a long run was tried at every split, seconds on the event loop.
-    return _HUMAN.search(" ".join(text.split())) is not None
+    flat = " ".join(text.split())
+    if len(flat) <= ALONE_CHARS and _ALONE.match(flat) is not None:
+        return True
+    return _HUMAN.search(flat) is not None
 
 
 def match_human(text: str) -> str | None:
