@@ -52,6 +52,8 @@ BOT_SECRET = "fake-chatwoot-agent-bot-webhook-secret"
 ACCOUNT_SECRET = "fake-chatwoot-account-webhook-secret"
 ACCOUNT = 7
 BOT = {"id": 3, "name": "Parley", "type": "agent_bot"}
+# The person USER_TOKEN belongs to: what it posts is that user's message, as in Chatwoot.
+TOKEN_USER = {"id": 1, "name": "Sam Admin", "type": "user"}
 STATUSES = ("open", "pending", "resolved", "snoozed")
 # Chatwoot's dashboard renders message content with markdown-it (MessageFormatter.js).
 MARKDOWN = MarkdownIt("js-default", {"html": False, "breaks": True, "typographer": True})
@@ -175,11 +177,15 @@ class FakeChatwoot:
         return [
             m["content"]
             for m in conv.messages
-            if m["message_type"] == "outgoing" and not m["private"] and m["sender"] == BOT
+            if m["message_type"] == "outgoing"
+            and not m["private"]
+            and m["sender"] in (BOT, TOKEN_USER)
         ]
 
     def private_notes(self, conv: Conversation) -> list[str]:
-        return [m["content"] for m in conv.messages if m["private"] and m["sender"] == BOT]
+        return [
+            m["content"] for m in conv.messages if m["private"] and m["sender"] in (BOT, TOKEN_USER)
+        ]
 
     def notes_html(self, conv: Conversation) -> list[str]:
         """The bot's private notes as the dashboard renders them (MessageFormatter: markdown-it
@@ -301,7 +307,7 @@ class FakeChatwoot:
         unknown token, then a bot's token on an endpoint not on the bots' list, are refused."""
         token = request.headers.get("api_access_token")
         if token == USER_TOKEN:
-            return JSONResponse({"id": 1, "name": "Sam Admin", "type": "user"})
+            return JSONResponse(TOKEN_USER)
         if token == TOKEN:
             message = "Access to this endpoint is not authorized for bots"
             return JSONResponse({"error": message}, status_code=401)
@@ -316,7 +322,7 @@ class FakeChatwoot:
         conv = self.conversations.get(
             (request.path_params["account"], request.path_params["conversation"])
         )
-        if request.headers.get("api_access_token") != TOKEN:
+        if request.headers.get("api_access_token") not in (TOKEN, USER_TOKEN):
             refusal = JSONResponse({"error": "Invalid Access Token"}, status_code=401)
         elif self._failures:
             status, retry_after = self._failures.pop(0)
@@ -347,7 +353,7 @@ class FakeChatwoot:
         if kind == "outgoing":
             content = liquid(content, conv)
         message = self.new_message(
-            conv, content, kind, private=body.get("private", False), sender=BOT
+            conv, content, kind, private=body.get("private", False), sender=_poster(request)
         )
         self._later(self.send(self.message_payload(conv, message)))
         return JSONResponse({**message, "conversation_id": conv.id, "account_id": conv.account_id})
@@ -489,6 +495,11 @@ async def chatwoot_harness(
         f"sqlite+aiosqlite:///{tmp_path}/parley.db", backend, **sections
     ) as w:
         yield ChatwootHarness(w)
+
+
+def _poster(request: Request) -> dict[str, Any]:
+    """Who a message posted with this request's token is from: the bot, or the token's user."""
+    return TOKEN_USER if request.headers.get("api_access_token") == USER_TOKEN else BOT
 
 
 def liquid(content: str, conv: Conversation) -> str:

@@ -12,6 +12,7 @@ import pytest
 
 from adapters.chatwoot.client import ChatwootClient, ChatwootError, ConversationRef
 from adapters.chatwoot.payloads import (
+    AgentAnswered,
     AgentReply,
     CustomerMessage,
     MalformedWebhook,
@@ -121,7 +122,6 @@ def test_outgoing_private_and_activity_messages_are_ignored_but_an_agents_reply_
     cases = [
         ("our answer", "outgoing", False, bot),
         ("our note", "outgoing", True, bot),
-        ("an agent's public answer", "outgoing", False, agent),
         ("an agent's plain note", "outgoing", True, agent),
         ("Conversation was marked resolved", "activity", False, bot),
     ]
@@ -130,6 +130,11 @@ def test_outgoing_private_and_activity_messages_are_ignored_but_an_agents_reply_
         assert isinstance(
             read(_body(fake.message_payload(conv, message)), reply_prefix="/reply "), Ignore
         )
+    public = fake.new_message(conv, "an agent's public answer", "outgoing", private=False,
+                              sender=agent)  # fmt: skip
+    answered = read(_body(fake.message_payload(conv, public)), reply_prefix="/reply ")
+    assert isinstance(answered, AgentAnswered)  # answering takes it (the adapter decides)
+    assert (answered.agent, answered.user_id, answered.status) == ("chatwoot:42", 42, "pending")
     note = fake.new_message(
         conv, "/reply Your order ships today.", "outgoing", private=True, sender=agent
     )

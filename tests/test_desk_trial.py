@@ -3,11 +3,17 @@ failed before its fix."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from bot.handoff.phrases import asks_for_person
 from bot.handoff.types import HandoffState, Reason
 from bot.phrases import HANDING_OFF, say
+from bot.storage import migrate
+from bot.types import ConversationKey
+from tests.doubles import ScriptedBackend
+from tests.fake_chatwoot import ACCOUNT, USER_TOKEN, ChatwootWorker, chatwoot_worker
 from tests.test_handoff import CHAT, KEY, RecordingBridge, pg, send, stack
 
 __all__ = ["pg"]  # the fixture, used by name
@@ -48,3 +54,62 @@ async def test_a_customer_who_types_human_is_handed_off_without_a_model(pg: str)
         status = await app.desk.status(KEY)
         assert (status.state, status.reason) == (HandoffState.WAITING, Reason.ASKED)
         assert api.texts(CHAT)[-1] == say(HANDING_OFF, "en")
+
+
+@pytest.fixture
+async def chatwoot(postgres_url: str) -> AsyncIterator[ChatwootWorker]:
+    await migrate.upgrade(postgres_url)
+    async with chatwoot_worker(postgres_url, ScriptedBackend()) as w:
+        yield w
+
+
+@pytest.mark.postgres
+async def test_an_agents_public_reply_takes_the_conversation_from_the_bot(
+    chatwoot: ChatwootWorker,
+) -> None:
+    """An agent who joins a conversation of the bot by answering the customer in Chatwoot
+    (a public reply, the natural way) was talked over: the bot answered the customer's answer
+    to the agent, and every message after it. Answering is taking it, as a /reply note is."""
+    fake = chatwoot.fake
+    conv = fake.conversation(81)  # pending: the bot has it
+    await fake.contact_says(conv, "where is my parcel?")
+    await chatwoot.idle()
+    await fake.agent_writes(conv, "Hi, I am Alex from the team, let me check.", private=False)
+    await chatwoot.idle()
+    status = await chatwoot.app.desk.status(_key(81))
+    assert (status.state, status.agent) == (HandoffState.HUMAN, "chatwoot:42")
+    assert conv.status == "open"  # marked in Chatwoot too: its next message says so
+    await fake.contact_says(conv, "thanks Alex, the order is 12345")
+    await chatwoot.idle()
+    assert fake.public_replies(conv) == ["echo: where is my parcel?"]  # nothing more
+
+    await fake.agent_sets_status(conv, "resolved")
+    await chatwoot.idle()
+    await fake.agent_writes(conv, "Glad I could help!", private=False)  # a word after it
+    await chatwoot.idle()
+    assert (await chatwoot.app.desk.status(_key(81))).state is HandoffState.BOT
+    assert conv.status == "resolved"
+    await fake.contact_says(conv, "one more question")
+    await chatwoot.idle()
+    assert fake.public_replies(conv)[-1] == "echo: one more question"
+
+
+@pytest.mark.postgres
+async def test_with_a_users_token_the_bots_own_answers_take_nothing(postgres_url: str) -> None:
+    """With a person's token (it works; answers appear as that person) Parley's answers come
+    back as that user's public messages: they are not an agent's."""
+    await migrate.upgrade(postgres_url)
+    async with chatwoot_worker(
+        postgres_url, ScriptedBackend(), api_access_token=USER_TOKEN
+    ) as worker:
+        conv = worker.fake.conversation(82)
+        await worker.fake.contact_says(conv, "first question")
+        await worker.idle()
+        await worker.fake.contact_says(conv, "second question")
+        await worker.idle()
+        assert worker.fake.public_replies(conv) == ["echo: first question", "echo: second question"]
+        assert (await worker.app.desk.status(_key(82))).state is HandoffState.BOT
+
+
+def _key(conversation: int) -> ConversationKey:
+    return ConversationKey("chatwoot", f"{ACCOUNT}:{conversation}")

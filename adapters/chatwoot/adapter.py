@@ -41,7 +41,14 @@ from .bridge import ChatwootBridge, conversation_ref
 from .client import NOT_APPLIED_STATUS, ChatwootClient, ChatwootError
 from .doctor import check_reachable
 from .markdown import without_images, without_liquid
-from .payloads import PLATFORM, Action, AgentReply, CustomerMessage, StatusChange
+from .payloads import (
+    PLATFORM,
+    Action,
+    AgentAnswered,
+    AgentReply,
+    CustomerMessage,
+    StatusChange,
+)
 from .settings import ChatwootSettings
 from .webhook import webhook_routes
 
@@ -84,12 +91,15 @@ class ChatwootAdapter:
         # Chatwoot out of reach: answers wait (pending) without a model call, one look at
         # Chatwoot every LOOK_S, until a post goes through.
         self._away = Outage(LOOK_S, meanwhile="answers wait", logger=log, service="Chatwoot")
+        # The user whose token Parley posts with (None: an agent bot's token, as meant): its
+        # public messages are Parley's answers, never an agent's.
+        self._own_user: int | None = None
 
     async def __aenter__(self) -> Self:
         # Chatwoot answers and takes the token, or start-up ends with one line (exit 3), as
         # for Telegram and Discord: it started with Chatwoot out of reach and said nothing.
         try:
-            await check_reachable(self.client, self._settings)
+            self._own_user = await check_reachable(self.client, self._settings)
         except BaseException:
             await self.client.aclose()  # __aexit__ is not called when this fails
             raise
@@ -175,6 +185,11 @@ class ChatwootAdapter:
             await self._host.intake.submit(action.incoming)
         elif isinstance(action, AgentReply):
             await self._agent_reply(action)
+        elif isinstance(action, AgentAnswered):
+            try:
+                await self._agent_answered(action)
+            except HandoffError:  # a conversation Parley never had: nothing to take
+                log.debug("%s: an agent's reply in a conversation Parley never had", action.key)
         elif isinstance(action, StatusChange):
             try:
                 await self._status_changed(action)
@@ -207,6 +222,23 @@ class ChatwootAdapter:
             await self._desk.take(reply.key, reply.agent)
             await send()
             await self._opened(reply.key)
+
+    async def _agent_answered(self, answered: AgentAnswered) -> None:
+        """An agent answered the customer in public: answering is taking it, as a `/reply`
+        note is, so the bot stops answering (it talked over the agent; Chatwoot itself opens
+        a conversation its own bot has when a person answers). Not a word after resolving (the
+        conversation is the bot's again), nor a delivery older than the desk's last change."""
+        taking = answered.status == "pending" or answered.status in HUMAN_STATUSES
+        if answered.user_id == self._own_user or not taking:
+            return
+        current = await self._desk.status(answered.key)
+        if current.state is HandoffState.HUMAN:
+            return
+        if current.since is not None and answered.sent_at <= current.since:
+            return
+        await self._desk.take(answered.key, answered.agent)
+        if answered.status == "pending":
+            await self._opened(answered.key)
 
     async def _opened(self, key: ConversationKey) -> None:
         """Mark in Chatwoot a conversation an agent took by answering it: a reply note leaves

@@ -64,20 +64,28 @@ async def _version(client: ChatwootClient, where: str) -> str:
     return version
 
 
-async def check_reachable(client: ChatwootClient, settings: ChatwootSettings) -> None:
+async def check_reachable(client: ChatwootClient, settings: ChatwootSettings) -> int | None:
     """At start (as Telegram's and Discord's adapters check theirs): Chatwoot answers at the
-    URL and takes the token; else one AdapterError line, and `parley run` exits 3."""
+    URL and takes the token; else one AdapterError line, and `parley run` exits 3. Returns
+    the id of the user whose token it is (None: an agent bot's): Parley's answers are that
+    user's messages, never an agent's."""
     await _index(client, _where(settings))
-    await check_token(client)
+    return (await _token(client))[1]
 
 
 async def check_token(client: ChatwootClient) -> str:
+    return (await _token(client))[0]
+
+
+async def _token(client: ChatwootClient) -> tuple[str, int | None]:
     status, data = await client.probe("/api/v1/profile")
     error = str(data.get("error", ""))
     if status == 401 and _BOT_REFUSED in error:
-        return "agent bot token accepted"
+        return "agent bot token accepted", None
     if status == 200:
-        return "a user's access token (answers appear as that user; an agent bot's is meant)"
+        user = data.get("id")
+        told = "a user's access token (answers appear as that user; an agent bot's is meant)"
+        return told, user if isinstance(user, int) and not isinstance(user, bool) else None
     if status == 401:
         raise AdapterError(
             "Chatwoot refused the API access token (401 Invalid Access Token): check "

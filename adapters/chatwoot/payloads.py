@@ -15,8 +15,9 @@ the same for agent bot and account webhooks):
 
 Only a contact's incoming public text is for the bot. Every outgoing message (Parley's own
 answers and notes come back as webhooks), activity and template message is ignored without
-being recorded, except an agent's private note starting with the reply prefix: the agent's
-answer for the customer, to be translated.
+being recorded, except an agent's private note starting with the reply prefix (the agent's
+answer for the customer, to be translated) and an agent's public reply (answering is taking
+the conversation: the bot must not talk over the agent).
 """
 
 from __future__ import annotations
@@ -126,13 +127,25 @@ class AgentReply:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentAnswered:
+    """An agent answered the customer in Chatwoot, in public (no `/reply` note): `status` is
+    the conversation's status in Chatwoot as it was sent, `user_id` the agent's."""
+
+    key: ConversationKey
+    agent: str
+    user_id: int
+    status: str
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class StatusChange:
     key: ConversationKey
     status: str
     agent: str  # the assignee ("" when nobody is assigned)
 
 
-Action = CustomerMessage | AgentReply | StatusChange | Ignore
+Action = CustomerMessage | AgentReply | AgentAnswered | StatusChange | Ignore
 
 
 def conversation_key(account_id: int, conversation_id: int) -> ConversationKey:
@@ -203,6 +216,11 @@ def _message(message: _Message, reply_prefix: str) -> Action:
             return Ignore("an empty reply")
         idempotency_key = message_key(message.account.id, message.id)
         return AgentReply(key, reply, agent_name(sender.id), idempotency_key)
+    person = sender is not None and sender.type.lower() == "user"  # not a bot (Parley's own)
+    if kind in ("outgoing", "1") and not message.private and sender is not None and person:
+        when = sent_at(message.created_at)
+        status = message.conversation.status
+        return AgentAnswered(key, agent_name(sender.id), sender.id, status, when)
     return Ignore(f"{shown(kind)} message")
 
 
