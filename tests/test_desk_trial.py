@@ -7,14 +7,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from adapters.support.webhooks import WebhookBridge, WebhookTarget
 from bot.handoff.phrases import asks_for_person
 from bot.handoff.types import HandoffState, Reason
-from bot.phrases import HANDING_OFF, say
+from bot.phrases import HANDING_OFF, NO_PERSON, say
 from bot.storage import migrate
 from bot.types import ConversationKey
 from tests.doubles import ScriptedBackend
 from tests.fake_chatwoot import ACCOUNT, USER_TOKEN, ChatwootWorker, chatwoot_worker
 from tests.test_handoff import CHAT, KEY, RecordingBridge, pg, send, stack
+from tests.test_support_desk_webhooks import SECRET, receiver
 
 __all__ = ["pg"]  # the fixture, used by name
 
@@ -54,6 +56,30 @@ async def test_a_customer_who_types_human_is_handed_off_without_a_model(pg: str)
         status = await app.desk.status(KEY)
         assert (status.state, status.reason) == (HandoffState.WAITING, Reason.ASKED)
         assert api.texts(CHAT)[-1] == say(HANDING_OFF, "en")
+
+
+@pytest.mark.postgres
+async def test_a_telegram_customer_is_never_handed_to_a_webhook_nobody_can_answer_through(
+    pg: str,
+) -> None:
+    """The default webhook (support.webhook) gets every platform's events, and counted as a
+    help desk reaching Telegram conversations: a Telegram customer who asked for a person was
+    told one was coming, and then waited for good, unanswered, since the agent API names web
+    chat visitors only: no receiver could take, answer or give back a Telegram conversation.
+    Where only a webhook gets its events, the customer is told nobody can be reached there,
+    and the bot keeps answering."""
+    async with receiver() as desk:
+        target = WebhookTarget(url=desk.url, secret=SECRET)  # type: ignore[arg-type]
+        hooks = WebhookBridge({}, target)
+        async with stack(pg, None, bridge=hooks) as (app, adapter, api):
+            await send(app, adapter, 1, "I want to talk to a person")
+            assert (await app.desk.status(KEY)).state is HandoffState.BOT
+            assert api.texts(CHAT)[-1] == say(NO_PERSON, "en")
+            await send(app, adapter, 2, "/help")
+            assert len(api.texts(CHAT)) == 2
+            await send(app, adapter, 3, "where is my parcel?")
+            assert len(api.texts(CHAT)) == 3  # answered
+        await hooks.aclose()
 
 
 @pytest.fixture

@@ -244,8 +244,12 @@ class WebhookBridge:
         return self._target(event.key)
 
     def reaches(self, key: ConversationKey) -> bool:
-        """Whether a receiver gets this conversation's events (types.DeskBridge)."""
-        return self._target(key) is not None
+        """Whether an agent can get this conversation through a receiver (types.reaches): a
+        web chat conversation whose events a receiver gets. The agent API names web chat
+        visitors only, so through a webhook nobody can take, answer or give back a Telegram
+        or Discord conversation: one handed off that way waited for good, unanswered. Their
+        events still reach the default receiver where another desk hands them off."""
+        return key.platform == PLATFORM and self._target(key) is not None
 
     def _target(self, key: ConversationKey) -> tuple[str, WebhookTarget] | None:
         if key.platform == PLATFORM:
