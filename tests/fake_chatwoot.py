@@ -15,9 +15,11 @@ API (Chatwoot's status codes and error bodies):
 Webhooks, like Chatwoot's listeners: every message created (the contact's, an agent's note,
 and Parley's own answers, which come back) goes to the agent bot as `message_created`
 (`Message#webhook_data`); a status change goes to the agent bot as `conversation_opened` /
-`conversation_resolved` and to the account webhook as `conversation_status_changed`
-(`Conversations::EventDataPresenter#push_data`). Each is signed: X-Chatwoot-Signature
-`sha256=HMAC(secret, "<timestamp>.<body>")`, X-Chatwoot-Timestamp, X-Chatwoot-Delivery.
+`conversation_resolved` and to the account webhook as `conversation_status_changed` and
+`conversation_updated` (`Conversations::EventDataPresenter#push_data`, with
+`changed_attributes`), as does an assignment (`conversation_updated` only). Each is signed:
+X-Chatwoot-Signature `sha256=HMAC(secret, "<timestamp>.<body>")`, X-Chatwoot-Timestamp,
+X-Chatwoot-Delivery.
 """
 
 from __future__ import annotations
@@ -377,13 +379,29 @@ class FakeChatwoot:
     async def _set_status(self, conv: Conversation, status: str) -> None:
         if conv.status == status:
             return  # Chatwoot fires no event for a status that did not change
-        conv.status = status
+        previous, conv.status = conv.status, status
         data = self.conversation_data(conv)
         bot_event = {"open": "conversation_opened", "resolved": "conversation_resolved"}
         if status in bot_event:
             self._later(self.send({**data, "event": bot_event[status]}))
-        account_event = {**data, "event": "conversation_status_changed", "changed_attributes": []}
-        self._later(self.send(account_event, secret=ACCOUNT_SECRET))
+        # The account webhook, subscribed to both events as docs/support-desk.md says: a
+        # status change is also a conversation_updated (its allowed_keys hold `status`).
+        changed = [{"status": {"previous_value": previous, "current_value": status}}]
+        for event in ("conversation_status_changed", "conversation_updated"):
+            account_event = {**data, "event": event, "changed_attributes": changed}
+            self._later(self.send(account_event, secret=ACCOUNT_SECRET))
+
+    async def agent_assigns(self, conv: Conversation, agent: dict[str, Any] | None) -> None:
+        """An agent (un)assigns the conversation in Chatwoot's UI: a conversation_updated to
+        the account webhook (no status change, so no status event)."""
+        previous = conv.assignee
+        conv.assignee = agent
+        changed = [{"assignee_id": {"previous_value": (previous or {}).get("id"),
+                                    "current_value": (agent or {}).get("id")}}]  # fmt: skip
+        event = {**self.conversation_data(conv), "event": "conversation_updated",
+                 "changed_attributes": changed}  # fmt: skip
+        self._later(self.send(event, secret=ACCOUNT_SECRET))
+        await self.settle()
 
     def _later(self, sending: Any) -> None:
         """Chatwoot sends webhooks from a job queue, after the API call answered."""

@@ -139,3 +139,29 @@ async def test_with_a_users_token_the_bots_own_answers_take_nothing(postgres_url
 
 def _key(conversation: int) -> ConversationKey:
     return ConversationKey("chatwoot", f"{ACCOUNT}:{conversation}")
+
+
+@pytest.mark.postgres
+async def test_an_agent_assigning_a_waiting_conversation_takes_it_through_conversation_updated(
+    chatwoot: ChatwootWorker,
+) -> None:
+    """Chatwoot tells the account webhook of an assignment with conversation_updated only
+    (the stand-in sends it now, and with every status change, as Chatwoot does): an agent
+    who assigns themself a conversation waiting for a person takes it; the status change's
+    three webhooks (opened, status_changed, updated) move the desk once."""
+    fake = chatwoot.fake
+    conv = fake.conversation(83)
+    await fake.contact_says(conv, "I want to talk to a person")
+    await chatwoot.idle()
+    assert (await chatwoot.app.desk.status(_key(83))).state is HandoffState.WAITING
+    assert conv.status == "open"
+    await fake.agent_assigns(conv, {"id": 42, "name": "Alex", "type": "user"})
+    await chatwoot.idle()
+    status = await chatwoot.app.desk.status(_key(83))
+    assert (status.state, status.agent) == (HandoffState.HUMAN, "chatwoot:42")
+    await fake.agent_sets_status(conv, "resolved")
+    await chatwoot.idle()
+    cid = await chatwoot.app.store.conversation_id(_key(83))
+    assert cid is not None
+    moves = [(f, t) for f, t, _, _ in await chatwoot.app.desk.repo.events(cid)]
+    assert moves == [("bot", "waiting"), ("waiting", "human"), ("human", "bot")]
