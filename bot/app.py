@@ -206,7 +206,7 @@ class Parley:
             counter=self.metrics, stop_reply=lambda cid: self.manager.stop_reply(cid),
         )  # fmt: skip
         self._stack.push_async_callback(self.desk.aclose)
-        return HandoffTurns(self.desk, Translator(services), h)
+        return HandoffTurns(self.desk, Translator(services), h, self.store)
 
     def _skill_services(self, cache: Cache) -> SkillServices:
         s = self.settings

@@ -165,3 +165,23 @@ async def test_an_agent_assigning_a_waiting_conversation_takes_it_through_conver
     assert cid is not None
     moves = [(f, t) for f, t, _, _ in await chatwoot.app.desk.repo.events(cid)]
     assert moves == [("bot", "waiting"), ("waiting", "human"), ("human", "bot")]
+
+
+@pytest.mark.postgres
+async def test_what_the_customer_said_to_the_agent_starts_no_streak_after_it_is_given_back(
+    pg: str,
+) -> None:
+    """negative_in_a_row counted the messages a person had: a customer unhappy while the
+    agent helped ("this is bad") was handed off again by their first unhappy word after the
+    agent gave the conversation back ("2 negative in a row"), back to the agents' queue."""
+    async with stack(pg, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, api):
+        await send(app, adapter, 1, "I want to talk to a person")
+        await app.desk.take(KEY, "sam")
+        await send(app, adapter, 2, "this is bad")  # to the agent
+        await app.desk.give_back(KEY, "sam")
+        await send(app, adapter, 3, "Thanks, but the app is still slow.")
+        assert (await app.desk.status(KEY)).state is HandoffState.BOT
+        assert api.texts(CHAT)[-1] == "echo: Thanks, but the app is still slow."
+        await send(app, adapter, 4, "It is still slow, not great.")  # the bot's own streak
+        status = await app.desk.status(KEY)
+        assert (status.state, status.detail) == (HandoffState.WAITING, "2 negative in a row")

@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from bot import phrases
 from bot.conversation.sink import Author
@@ -22,8 +24,8 @@ from bot.sentiment.classifier import classify
 from bot.sentiment.types import Label, Sentiment, TurnSignals
 from bot.settings import HandoffSettings
 from bot.skills.router import CommandRouter, Intent, TurnContext
-from bot.storage.base import ConversationState, StoredMessage
-from bot.types import ConversationKey, utcnow
+from bot.storage.base import ConversationState, Store, StoredMessage
+from bot.types import ConversationKey, Role, utcnow
 
 from .desk import CoreDesk
 from .phrases import KeywordRules, match_human
@@ -69,8 +71,11 @@ def offline_sentiment(text: str, language: str = "") -> Sentiment:
 
 
 class HandoffTurns:
-    def __init__(self, desk: CoreDesk, translator: Translator, settings: HandoffSettings) -> None:
+    def __init__(
+        self, desk: CoreDesk, translator: Translator, settings: HandoffSettings, store: Store
+    ) -> None:
         self.desk = desk
+        self._store = store
         self._translator = translator
         self._settings = settings
         self._keywords = KeywordRules(settings.keywords)
@@ -114,11 +119,32 @@ class HandoffTurns:
         earlier: list[Signal] = []
         if look > 0:  # only on a negative or unanswered turn: most turns read nothing
             earlier = await self.desk.repo.recent_signals(conversation_id, look, before_id=ids[0])
+            earlier = await self._since_given_back(conversation_id, earlier, len(ids))
         if negative and _streak(earlier, _is_negative) + len(ids) >= negative:
             return Trigger(Reason.SENTIMENT, f"{negative} negative in a row")
         if failing and _streak(earlier, _is_unanswered) + len(ids) >= failing:
             return Trigger(Reason.UNANSWERED, f"{failing} unanswered in a row")
         return None
+
+    async def _since_given_back(
+        self, conversation_id: int, earlier: list[Signal], batch_size: int
+    ) -> list[Signal]:
+        """`earlier` (newest first) down to the first message the bot did not answer since
+        it last got the conversation back: what a person had is no streak of the bot's (a
+        customer unhappy while the agent helped was handed off again by their first unhappy
+        word after the agent gave the conversation back). Told apart by when each message's
+        answer was recorded (Parley's clock; a platform's send time may be any)."""
+        status, _ = await self.status(conversation_id)
+        if not earlier or status.since is None:  # never handed off: every signal counts
+            return earlier
+        since = status.since
+        window = await self._store.history(conversation_id, 2 * len(earlier) + batch_size + 2)
+        recorded = {m.id: _utc(m.created_at) for m in window if m.role is Role.ASSISTANT}
+        bots = {
+            m.id for m in window
+            if m.answered_by in recorded and recorded[m.answered_by] > since
+        }  # fmt: skip
+        return list(itertools.takewhile(lambda s: s.message_id in bots, earlier))
 
     async def handed_off_by(
         self, conversation_id: int, batch: Sequence[StoredMessage]
@@ -206,6 +232,10 @@ class HandoffTurns:
                 agent=message.user_display_name, extras={"translation": translated.status},
             )
         )  # fmt: skip
+
+
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _is_negative(signal: Signal) -> bool:
