@@ -164,6 +164,14 @@ class _Work:
     key: ConversationKey
 
 
+@dataclass(frozen=True, slots=True)
+class _Streaming:
+    """A reply being streamed: set `stop` to end it; `senders`: the user ids it answers."""
+
+    stop: asyncio.Event
+    senders: set[str]
+
+
 class ConversationManager:
     def __init__(
         self,
@@ -221,7 +229,7 @@ class ConversationManager:
         self._running: set[asyncio.Task[None]] = set()
         self._backlog_running: set[asyncio.Task[None]] = set()
         # conversation -> set to stop the answer streaming there (/stop, /reset)
-        self._streaming: dict[int, asyncio.Event] = {}
+        self._streaming: dict[int, _Streaming] = {}
         self._again: set[int] = set()
         # Conversations with a message redacted while their worker ran here: its turn in
         # flight may write back the window it loaded before (see redact).
@@ -317,7 +325,7 @@ class ConversationManager:
         try:
             if recorded.is_new:
                 if kind is MessageKind.COMMAND and stops_a_reply(incoming.text):
-                    self.stop_reply(recorded.conversation_id)
+                    self.stop_reply(recorded.conversation_id, by=_stopper(incoming))
                 if self._skills is not None:
                     await self._skills.remember(recorded.message_id, incoming)
         finally:
@@ -390,12 +398,13 @@ class ConversationManager:
         hits = await self._cache.count(keys.rate(sender), s.rate_limit_window_s, once=once)
         return hits > s.rate_limit_messages  # 0: the cache is unreachable, nothing counted
 
-    def stop_reply(self, conversation_id: int) -> None:
+    def stop_reply(self, conversation_id: int, *, by: str | None = None) -> None:
         """Stop the reply streaming in this process, if any (the model aborts it; the reply
-        ends with the "stopped" note): /stop, /reset, or an agent taking the conversation."""
-        stop = self._streaming.get(conversation_id)
-        if stop is not None:
-            stop.set()
+        ends with the "stopped" note): /stop, /reset, or an agent taking the conversation.
+        `by`: only a reply to a message of this sender (a group member's /stop)."""
+        streaming = self._streaming.get(conversation_id)
+        if streaming is not None and (by is None or by in streaming.senders):
+            streaming.stop.set()
 
     async def database_answers(self) -> bool:
         try:
@@ -1172,7 +1181,7 @@ class ConversationManager:
         submit): the answer then ends with the note `stopped()` returns, so the platform shows
         what is recorded, and the request behind it is aborted."""
         stop = asyncio.Event()
-        self._streaming[work.conversation_id] = stop
+        self._streaming[work.conversation_id] = _Streaming(stop, {m.user_id for m in batch})
         try:
             # Closed here whatever happens: a delivery that fails before its first chunk
             # (Superseded) leaves it unfinished, and its stop watcher pending.
@@ -1311,6 +1320,17 @@ def sender_key(incoming: Incoming) -> str:
     does not identify (an anonymous group admin, a web visitor without an id) the chat."""
     who = incoming.user.user_id or f"chat:{incoming.key.chat_id}"
     return f"{incoming.key.platform}:{who}"
+
+
+def _stopper(incoming: Incoming) -> str | None:
+    """Whose reply a /stop or /reset may stop: in a group, a member's /stop stops only the
+    answer to their own message (any member's stopped the answer another was being given);
+    /reset, which in a group only its admins get through (bot.conversation.intake), and
+    anything in a private chat stop any."""
+    parsed = parse_command(incoming.text)
+    if incoming.group and parsed is not None and parsed[0] == "stop":
+        return incoming.user.user_id
+    return None
 
 
 def stops_a_reply(text: str) -> bool:
