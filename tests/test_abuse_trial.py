@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from backends.base import Chunk, GenerationRequest, Usage
 from bot.app import Parley
 from bot.conversation.manager import STOPPED_NOTE
 from bot.settings import Settings
+from bot.storage import migrate
 from bot.types import ConversationKey, Incoming, Role, User
 from tests.doubles import CollectingSink, ScriptedBackend
 
@@ -89,3 +91,26 @@ async def test_a_members_stop_in_a_group_leaves_another_members_answer_alone(
     stopped = [m.content for m in history if m.role is Role.ASSISTANT][2]
     assert stopped == "first" + STOPPED_NOTE
     assert sink.replies[GROUP][2] == stopped
+
+
+async def test_a_long_language_tag_from_the_platform_does_not_lose_the_message(
+    postgres_url: str,
+) -> None:
+    """A sender whose app reports a language tag longer than the 16 characters the database
+    keeps (Telegram's language_code is "an IETF language tag", and BCP 47 allows
+    "zh-Hant-TW-u-nu-hanidec") had every message refused by PostgreSQL ("value too long"):
+    Telegram was answered 503 until the update was set aside, and the message never answered.
+    Now the tag is cut at a subtag to fit (and NUL, which PostgreSQL refuses, replaced)."""
+    await migrate.upgrade(postgres_url)
+    settings = Settings(database={"url": postgres_url})  # type: ignore[arg-type]
+    private = ConversationKey("test", "private-1")
+    async with Parley(settings, backend=ScriptedBackend()) as app:
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        tagged = dataclasses.replace(ADA, language="zh-Hant-TW-u-nu-hanidec")
+        first = await app.manager.handle(said("hello", tagged, key=private, group=False))
+        nul = dataclasses.replace(BOB, language="de\x00")
+        second = await app.manager.handle(said("good day", nul, key=private, group=False))
+        prefs = [await app.prefs.for_message(r.message_id) for r in (first, second)]
+    assert sink.replies[private] == ["echo: hello", "echo: good day"]
+    assert [p.platform_language for p in prefs] == ["zh-Hant-TW-u-nu", "de\ufffd"]

@@ -40,15 +40,39 @@ def storable(text: str) -> str:
 MAX_DISPLAY_NAME_CHARS = 255
 
 
+# The longest language tag kept (users.language_code). A platform's tag may be longer (BCP 47
+# allows "zh-Hant-TW-u-nu-hanidec", and Telegram's language_code is "an IETF language tag"),
+# and the database refused every message of its sender.
+MAX_LANGUAGE_TAG_CHARS = 16
+
+
+def storable_language(tag: str) -> str:
+    """A platform's language tag made `storable` and cut to MAX_LANGUAGE_TAG_CHARS at a
+    subtag ("zh-Hant-TW-u-nu-hanidec" -> "zh-Hant-TW-u-nu"); "" where even its first subtag
+    is longer. Only the first subtag is ever read (the language, bot.phrases.base_language)."""
+    tag = storable(tag)
+    if len(tag) <= MAX_LANGUAGE_TAG_CHARS:
+        return tag
+    end = MAX_LANGUAGE_TAG_CHARS + 1  # a separator right after the 16th character will do
+    cut = max(tag.rfind("-", 0, end), tag.rfind("_", 0, end))
+    return tag[:cut] if cut > 0 else ""
+
+
 def storable_incoming(incoming: Incoming) -> Incoming:
     """`incoming` with its text, quoted reply and sender's name made `storable`, the name cut
-    to MAX_DISPLAY_NAME_CHARS; the same object where none needed it."""
+    to MAX_DISPLAY_NAME_CHARS, the sender's language tag to MAX_LANGUAGE_TAG_CHARS; the same
+    object where none needed it."""
     quoted = incoming.reply_to_text
     name = storable(incoming.user.display_name)[:MAX_DISPLAY_NAME_CHARS]
+    language = storable_language(incoming.user.language)
     texts = (incoming.text, quoted or "")
-    if name == incoming.user.display_name and all(storable(t) == t for t in texts):
+    if (
+        name == incoming.user.display_name
+        and language == incoming.user.language
+        and all(storable(t) == t for t in texts)
+    ):
         return incoming
-    user = dataclasses.replace(incoming.user, display_name=name)
+    user = dataclasses.replace(incoming.user, display_name=name, language=language)
     return dataclasses.replace(
         incoming,
         text=storable(incoming.text),
