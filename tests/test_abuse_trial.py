@@ -15,6 +15,7 @@ from bot.settings import Settings
 from bot.storage import migrate
 from bot.types import ConversationKey, Incoming, Role, User
 from tests.doubles import CollectingSink, ScriptedBackend
+from tests.skills_helpers import StructuredBackend
 
 GROUP = ConversationKey("test", "group-1")
 ADA = User("test", "u1", "Ada")
@@ -114,3 +115,42 @@ async def test_a_long_language_tag_from_the_platform_does_not_lose_the_message(
         prefs = [await app.prefs.for_message(r.message_id) for r in (first, second)]
     assert sink.replies[private] == ["echo: hello", "echo: good day"]
     assert [p.platform_language for p in prefs] == ["zh-Hant-TW-u-nu", "de\ufffd"]
+
+
+class SlowToClassify(StructuredBackend):
+    """Claims structured output; its classification call (the turn's first model call, before
+    anything streams) waits for `gate`."""
+
+    def __init__(self) -> None:
+        super().__init__('{"intent": "chat"}', lambda r: "a long answer nobody wants now")
+        self.classifying = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        if request.json_schema is not None:
+            self.classifying.set()
+            await self.gate.wait()
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+async def test_a_stop_before_the_answer_streams_is_not_lost(tmp_path: Path) -> None:
+    """A /stop sent while the turn made its first model calls (the intent check, the summary
+    of older turns) found no answer streaming and was lost: the whole answer was generated
+    and shown, and then "Stopped." was said under it. Now it stops the turn's answer before it
+    begins: the model is not asked for it, and the answer is the stopped note."""
+    backend = SlowToClassify()
+    private = ConversationKey("test", "private-2")
+    async with Parley(settings_for(tmp_path), backend=backend) as app:
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        question = "is there a person who can read the docs for me?"  # a task hint: classified
+        asked = await app.manager.submit(said(question, ADA, key=private, group=False))
+        await backend.classifying.wait()
+        await app.manager.submit(said("/stop", ADA, key=private, group=False))
+        backend.gate.set()
+        await app.manager.wait_idle(asked.conversation_id)
+    stopped, told = sink.replies[private]
+    assert stopped == STOPPED_NOTE.strip()
+    assert told.startswith("Stopped.")
+    assert [r.json_schema is not None for r in backend.requests] == [True]  # no answer asked

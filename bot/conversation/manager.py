@@ -39,7 +39,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -399,8 +399,9 @@ class ConversationManager:
         return hits > s.rate_limit_messages  # 0: the cache is unreachable, nothing counted
 
     def stop_reply(self, conversation_id: int, *, by: str | None = None) -> None:
-        """Stop the reply streaming in this process, if any (the model aborts it; the reply
-        ends with the "stopped" note): /stop, /reset, or an agent taking the conversation.
+        """Stop the reply of the turn running in this process, if any, streaming or yet to
+        begin (the model aborts it; the reply ends with the "stopped" note, or is the note
+        alone): /stop, /reset, or an agent taking the conversation.
         `by`: only a reply to a message of this sender (a group member's /stop)."""
         streaming = self._streaming.get(conversation_id)
         if streaming is not None and (by is None or by in streaming.senders):
@@ -773,7 +774,25 @@ class ConversationManager:
             return
         # Every model call of the turn (chat, skills, summaries) counts to the sender's budget.
         async with self._budgets.turn(work.key, batch[-1].user_id, self._localizer(batch[-1])):
-            await self._dispatch(work, batch)
+            with self._stoppable(work, batch):
+                await self._dispatch(work, batch)
+
+    @contextlib.contextmanager
+    def _stoppable(self, work: _Work, batch: Sequence[StoredMessage]) -> Iterator[asyncio.Event]:
+        """The turn's stop (/stop, /reset: see submit), from its start: one sent while the
+        turn made its first model calls (the intent check, the summary of older turns),
+        before its answer streamed, found nothing to stop and was lost (the whole answer
+        came, then "Stopped."). A stop set by then ends the answer before it begins."""
+        running = self._streaming.get(work.conversation_id)
+        if running is not None:  # the turn's own, set at its start: an answer within it
+            yield running.stop
+            return
+        streaming = _Streaming(asyncio.Event(), {m.user_id for m in batch})
+        self._streaming[work.conversation_id] = streaming
+        try:
+            yield streaming.stop
+        finally:
+            self._streaming.pop(work.conversation_id, None)
 
     async def _dispatch(self, work: _Work, batch: list[StoredMessage]) -> None:
         signals, said = TurnSignals(), set[str]()
@@ -1047,7 +1066,8 @@ class ConversationManager:
                 yield parts[-1]
 
         async def stopped() -> str:
-            parts.append(await note_line(say, phrases.STOPPED))
+            note = await note_line(say, phrases.STOPPED)
+            parts.append(note if parts else note.lstrip())  # stopped before it began: alone
             return parts[-1]
 
         try:
@@ -1150,7 +1170,11 @@ class ConversationManager:
         relay = reply.relay(backend.stream(request))
 
         async def stopped() -> str:
-            reply.cut_off(await note_line(reply.say, phrases.STOPPED))
+            note = await note_line(reply.say, phrases.STOPPED)
+            if not "".join(reply.parts).strip():  # stopped before it began (blanks are held)
+                reply.parts.clear()
+                note = note.lstrip()
+            reply.cut_off(note)
             return reply.parts[-1]
 
         try:
@@ -1180,15 +1204,11 @@ class ConversationManager:
         """Deliver a streamed answer (chat or skill) that /stop and /reset can end (see
         submit): the answer then ends with the note `stopped()` returns, so the platform shows
         what is recorded, and the request behind it is aborted."""
-        stop = asyncio.Event()
-        self._streaming[work.conversation_id] = _Streaming(stop, {m.user_id for m in batch})
-        try:
+        with self._stoppable(work, batch) as stop:
             # Closed here whatever happens: a delivery that fails before its first chunk
             # (Superseded) leaves it unfinished, and its stop watcher pending.
             async with aclosing(until(stop, chunks, stopped)) as shown:
                 await self._deliver(work.key, shown, batch)
-        finally:
-            self._streaming.pop(work.conversation_id, None)
 
     async def _record_chat(
         self,
