@@ -154,3 +154,24 @@ async def test_a_stop_before_the_answer_streams_is_not_lost(tmp_path: Path) -> N
     assert stopped == STOPPED_NOTE.strip()
     assert told.startswith("Stopped.")
     assert [r.json_schema is not None for r in backend.requests] == [True]  # no answer asked
+
+
+async def test_a_run_of_backticks_longer_than_the_context_is_still_summarised(
+    tmp_path: Path,
+) -> None:
+    """A text to summarise is sent between fence lines one backtick longer than its longest
+    run: a pasted run of 20,000 backticks made the two fence lines alone longer than a
+    4,096-token model's context. The summary raised ValueError before its first line, taken
+    for the platform failing: the user got no answer at all (and the record said "[The reply
+    was cut off.]"). Now such a run is cut to 8 backticks, as a partial summary's are."""
+    backend = ScriptedBackend(lambda r: "The meeting agreed on the budget.", max_model_len=4096)
+    text = "We met about the budget. " * 20 + "`" * 20_000 + " It was agreed. " * 20
+    private = ConversationKey("test", "private-3")
+    async with Parley(settings_for(tmp_path), backend=backend) as app:
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        await app.manager.handle(said("/summarize " + text, ADA, key=private, group=False))
+    assert sink.replies[private] == ["The meeting agreed on the budget."]
+    (request,) = backend.requests
+    assert await backend.count_chat_tokens(request.messages) + request.max_tokens <= 4096
+    assert "`" * 10 not in request.messages[-1].content  # 8 in the text, 9 in its fence

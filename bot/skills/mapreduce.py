@@ -21,8 +21,9 @@ from .router import Say, say_in_english
 from .services import TEMPLATE_MARGIN_TOKENS, SkillServices, complete, stream_text
 
 SEPARATOR = "\n\n---\n\n"
-# A run of backticks in a partial summary (the model copying one from the text) is cut to
-# this: the combine call's fence is one longer than the longest run, and counts twice.
+# A run of backticks in the text and in a partial summary (the model copying one from the
+# text) is cut to this: each call's fence is one longer than the longest run, and counts
+# twice (a pasted run of 20,000 made the fence alone longer than the model's context).
 SHORT_BACKTICKS = "`" * 8
 _LONG_BACKTICKS = re.compile("`{9,}")
 
@@ -70,6 +71,7 @@ class MapReduce:
         )
 
     async def run(self, text: str) -> AsyncIterator[str]:
+        text = _LONG_BACKTICKS.sub(SHORT_BACKTICKS, text)
         parts = await self.parts(text)
         if len(parts) <= 1:
             async for delta in self._call("whole", text, stream=True):
