@@ -8,9 +8,12 @@ import itertools
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from backends.base import Chunk, GenerationRequest, Usage
+from bot import phrases
 from bot.app import Parley
-from bot.conversation.manager import STOPPED_NOTE
+from bot.conversation.manager import CUT_OFF_NOTE, STOPPED_NOTE
 from bot.settings import Settings
 from bot.storage import migrate
 from bot.types import ConversationKey, Incoming, Role, User
@@ -175,3 +178,50 @@ async def test_a_run_of_backticks_longer_than_the_context_is_still_summarised(
     (request,) = backend.requests
     assert await backend.count_chat_tokens(request.messages) + request.max_tokens <= 4096
     assert "`" * 10 not in request.messages[-1].content  # 8 in the text, 9 in its fence
+
+
+class FailsUnexpectedly(ScriptedBackend):
+    """A model client with a bug: its stream raises an error that is no BotError, before any
+    text or after `after` words."""
+
+    def __init__(self, after: int = 0) -> None:
+        super().__init__(lambda r: "the answer goes on and on")
+        self.after = after
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        words = 0
+        async for chunk in super().stream(request):
+            if words == self.after:
+                raise KeyError("choices")
+            words += 1
+            yield chunk
+
+
+@pytest.mark.parametrize("text", ["hello there", "/translate to de good morning"])
+async def test_an_unexpected_failure_of_the_answer_is_said_not_left_unanswered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    """An error that is no BotError (a bug in a model client or a skill, as the ValueError a
+    run of backticks made in /summarize) before the answer's first piece went through the
+    platform's delivery and was taken for the platform failing: the user got no answer at
+    all, the history said "[The reply was cut off.]" and the log blamed the platform. Now the
+    answer is the sentence for a failure on the bot's side, logged whole as the answer's."""
+    private = ConversationKey("test", "private-4")
+    async with Parley(settings_for(tmp_path), backend=FailsUnexpectedly()) as app:
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        asked = await app.manager.handle(said(text, ADA, key=private, group=False))
+        history = await app.store.history(asked.conversation_id, 10)
+    assert sink.replies[private] == [phrases.GENERIC]
+    assert [m.content for m in history if m.role is Role.ASSISTANT] == [phrases.GENERIC]
+    assert "the platform failed" not in caplog.text
+    assert "KeyError" in caplog.text
+
+
+async def test_an_unexpected_failure_after_text_ends_the_answer_cut_off(tmp_path: Path) -> None:
+    private = ConversationKey("test", "private-5")
+    async with Parley(settings_for(tmp_path), backend=FailsUnexpectedly(after=2)) as app:
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        await app.manager.handle(said("hello there", ADA, key=private, group=False))
+    assert sink.replies[private] == ["the answer" + CUT_OFF_NOTE]

@@ -1064,6 +1064,15 @@ class ConversationManager:
                 else:
                     parts.append(await say(exc.user_message))
                 yield parts[-1]
+            except Exception:
+                # A bug (no BotError): went on through the platform's delivery, taken for the
+                # platform failing, and the user got no answer, or text without its note.
+                log.exception("conversation %s: skill failed while streaming", work.key)
+                if parts:
+                    parts.append(await note_line(say, phrases.CUT_OFF))
+                else:
+                    parts.append(await say(phrases.GENERIC))
+                yield parts[-1]
 
         async def stopped() -> str:
             note = await note_line(say, phrases.STOPPED)

@@ -123,6 +123,16 @@ class Collected:
             note = await note_line(self.say, phrases.CUT_OFF)
             self.parts.append(note)
             yield note
+        except Exception:
+            # A bug (no BotError): went on through the platform's delivery, taken for the
+            # platform failing, and the user got no answer, or text without its note.
+            log.exception("reply failed after %d chunks", len(self.parts))
+            if held is None:
+                self.parts.append(await note_line(self.say, phrases.CUT_OFF))
+            else:
+                self.parts = [await self.say(phrases.GENERIC)]
+                self.usage = None  # the record counts the sentence
+            yield self.parts[-1]
         else:
             if held is not None:  # nothing a platform would show
                 self.parts = [await self.say(phrases.EMPTY_ANSWER)]
