@@ -225,3 +225,41 @@ async def test_an_unexpected_failure_after_text_ends_the_answer_cut_off(tmp_path
         app.manager.attach("test", sink)
         await app.manager.handle(said("hello there", ADA, key=private, group=False))
     assert sink.replies[private] == ["the answer" + CUT_OFF_NOTE]
+
+
+@pytest.mark.parametrize("group", [False, True])
+async def test_a_stop_that_reaches_another_worker_stops_the_answer(
+    postgres_url: str, redis_url: str, key_prefix: str, group: bool
+) -> None:
+    """Two workers behind one webhook: a /stop that a load balancer gave to the worker where
+    the turn does not run did nothing there, and the whole answer came, then "Stopped.". It
+    now leaves a mark in Redis that the turn finds within a second. In a group, another
+    member's /stop still leaves the answer alone (the rule of one worker)."""
+    await migrate.upgrade(postgres_url)
+    redis = {"url": redis_url, "key_prefix": key_prefix}
+    settings = Settings(database={"url": postgres_url}, redis=redis)  # type: ignore[arg-type]
+    key = ConversationKey("test", f"two-workers-{group}")
+    backend = GatedBackend()
+    async with (
+        Parley(settings, backend=backend) as first,
+        Parley(settings, backend=ScriptedBackend()) as second,
+    ):
+        sink = FirstChunkSink()
+        first.manager.attach("test", sink)
+        second.manager.attach("test", CollectingSink())
+        try:
+            asked = await first.manager.submit(said("tell me a story", ADA, key=key, group=group))
+            async with asyncio.timeout(10):
+                await sink.first_chunk.wait()
+            if group:  # Bob's /stop is no stop of Ada's answer, on any worker
+                await second.manager.submit(said("/stop", BOB, key=key, group=group))
+                await asyncio.sleep(2.5)  # two looks of the turn
+                assert key not in sink.replies  # still streaming
+            await second.manager.submit(said("/stop", ADA, key=key, group=group))
+            async with asyncio.timeout(10):  # the gate stays shut: only the stop ends it
+                await first.manager.wait_idle(asked.conversation_id)
+        finally:
+            backend.gate.set()
+        history = await first.store.history(asked.conversation_id, 10)
+    answers = [m.content for m in history if m.role is Role.ASSISTANT]
+    assert answers[0] == "first" + STOPPED_NOTE

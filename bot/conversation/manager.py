@@ -130,6 +130,10 @@ BUSY_RETRY_S = 1.0
 # takes to be recorded, also one retried through a database outage or taken over by another
 # worker after a crash.
 DELETION_MARK_TTL_S = 86_400.0
+# A /stop that reached a worker where its conversation's turn does not run leaves a mark in
+# the shared cache (Redis) for this long; the turn, wherever it runs, looks for one this often.
+STOP_MARK_TTL_S = 60.0
+STOP_LOOK_S = 1.0
 # Messages looked through for the customer's newest one (an agent reply's language).
 CUSTOMER_LOOKBACK = 20
 # The answer the current task's turn is showing (set around each turn).
@@ -325,7 +329,7 @@ class ConversationManager:
         try:
             if recorded.is_new:
                 if kind is MessageKind.COMMAND and stops_a_reply(incoming.text):
-                    self.stop_reply(recorded.conversation_id, by=_stopper(incoming))
+                    await self._stop_anywhere(recorded, by=_stopper(incoming))
                 if self._skills is not None:
                     await self._skills.remember(recorded.message_id, incoming)
         finally:
@@ -398,14 +402,47 @@ class ConversationManager:
         hits = await self._cache.count(keys.rate(sender), s.rate_limit_window_s, once=once)
         return hits > s.rate_limit_messages  # 0: the cache is unreachable, nothing counted
 
-    def stop_reply(self, conversation_id: int, *, by: str | None = None) -> None:
+    def stop_reply(self, conversation_id: int, *, by: str | None = None) -> bool:
         """Stop the reply of the turn running in this process, if any, streaming or yet to
         begin (the model aborts it; the reply ends with the "stopped" note, or is the note
         alone): /stop, /reset, or an agent taking the conversation.
-        `by`: only a reply to a message of this sender (a group member's /stop)."""
+        `by`: only a reply to a message of this sender (a group member's /stop).
+        True when the conversation's turn runs here (stopped, or not `by`'s to stop)."""
         streaming = self._streaming.get(conversation_id)
-        if streaming is not None and (by is None or by in streaming.senders):
+        if streaming is None:
+            return False
+        if by is None or by in streaming.senders:
             streaming.stop.set()
+        return True
+
+    async def _stop_anywhere(self, recorded: Recorded, *, by: str | None) -> None:
+        """A /stop or /reset: the turn of its conversation may run on another worker (a
+        webhook behind a load balancer), where the stop did nothing and the whole answer
+        came, then "Stopped.". Where the workers share a cache, a turn not running here is
+        told through a mark (`keys.stop`) that names the stop's message: the turn that
+        answers earlier messages stops at its next look (`_stop_marks`)."""
+        if self.stop_reply(recorded.conversation_id, by=by) or self._liveness is None:
+            return
+        mark = keys.stop(recorded.conversation_id, by)
+        await self._liveness.set(mark, str(recorded.message_id).encode(), STOP_MARK_TTL_S)
+
+    async def _stop_marks(
+        self, conversation_id: int, streaming: _Streaming, batch: Sequence[StoredMessage]
+    ) -> None:
+        """Every STOP_LOOK_S while the turn runs: a stop left for it by another worker (a
+        mark naming a message later than the batch's, for anyone or for one of its
+        senders) stops it as `stop_reply` would."""
+        assert self._liveness is not None
+        names = [keys.stop(conversation_id, None)]
+        names += [keys.stop(conversation_id, sender) for sender in sorted(streaming.senders)]
+        answered = max(m.id for m in batch)
+        while not streaming.stop.is_set():
+            await asyncio.sleep(STOP_LOOK_S)
+            for name in names:
+                mark = await self._liveness.get(name)
+                if mark is not None and mark.isdigit() and int(mark) > answered:
+                    streaming.stop.set()
+                    return
 
     async def database_answers(self) -> bool:
         try:
@@ -789,10 +826,16 @@ class ConversationManager:
             return
         streaming = _Streaming(asyncio.Event(), {m.user_id for m in batch})
         self._streaming[work.conversation_id] = streaming
+        looking = None
+        if self._liveness is not None:  # other workers may take this conversation's /stop
+            marks = self._stop_marks(work.conversation_id, streaming, batch)
+            looking = asyncio.create_task(marks, name="parley-stop-marks")
         try:
             yield streaming.stop
         finally:
             self._streaming.pop(work.conversation_id, None)
+            if looking is not None:
+                looking.cancel()
 
     async def _dispatch(self, work: _Work, batch: list[StoredMessage]) -> None:
         signals, said = TurnSignals(), set[str]()

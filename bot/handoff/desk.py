@@ -115,7 +115,7 @@ class CoreDesk:
         *,
         counter: HandoffCounter | None = None,
         publish_wait_s: float = 0.2,
-        stop_reply: Callable[[int], None] | None = None,
+        stop_reply: Callable[[int], object] | None = None,
     ) -> None:
         self._store = store
         self._stop_reply = stop_reply

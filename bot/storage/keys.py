@@ -32,6 +32,10 @@ def deleted(idempotency_key: str) -> str:  # a message deleted in the chat (its 
     return f"deleted:{idempotency_key}"
 
 
+def stop(conversation_id: int, sender: str | None) -> str:  # a /stop for a turn elsewhere
+    return f"stop:{conversation_id}:{sender if sender is not None else '*'}"
+
+
 def rate(sender: str) -> str:  # a sender's messages in the rate window
     return f"rate:{sender}"
 
