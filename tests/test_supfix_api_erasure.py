@@ -173,3 +173,23 @@ async def test_a_message_erased_before_its_event_reaches_no_other_tab(worker: Wo
             await asyncio.sleep(1.5)
             shown = [data(e) for e in stream.events if e.event == "message"]
     assert shown == []  # erased before the event: its text is shown nowhere
+
+
+async def test_an_erasure_right_after_an_answer_leaves_no_usage_of_the_visitor(
+    worker: Worker,
+) -> None:
+    """Usage is written behind (budget.usage_flush_s): a visitor who erases its data right
+    after an answer, before the worker wrote that turn's sum, must not get its row (and its
+    id) back in `parley usage` from the next flush."""
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        auth = bearer(visitor["token"])
+        sent = await client.post("/v1/messages", headers=auth, json={"text": "my order"})
+        assert sent.status_code == 202, sent.text
+        await worker.adapter.idle()  # answered; its usage waits for the next flush
+        erased = await client.delete("/v1/visitor", headers=auth)
+    assert erased.status_code == 204
+    user = Subject("user", f"support:shop:{visitor['visitor_id']}")
+    assert await usage_of(worker, user) == []
+    assert await usage_of(worker, Subject("site", "shop"))  # the site's totals are kept

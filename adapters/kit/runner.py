@@ -36,6 +36,7 @@ from bot.readiness import ReadinessProbe
 from bot.settings import Settings
 from bot.skills.router import CommandRouter
 from bot.storage.base import Store
+from bot.storage.usage import UsageLog
 
 from .http import HttpHost
 from .metrics_route import metrics_host, metrics_route, serve_all
@@ -63,11 +64,15 @@ class AdapterHost:
     store: Store
     # The handoff desk (bot.handoff): help-desk bridges attach to it, agent APIs call it.
     desk: Desk | None = None
+    # The token usage, written behind: an erasure drops the erased user's unwritten sums.
+    usage: UsageLog | None = None
 
 
 def host_for(app: Parley) -> AdapterHost:
     http = HttpHost(app.settings.http, ready=ReadinessProbe(app))
-    return AdapterHost(app.intake, app.settings, http, app.router, app.store, app.desk)
+    return AdapterHost(
+        app.intake, app.settings, http, app.router, app.store, app.desk, app.budgets.usage
+    )
 
 
 def build_adapters(

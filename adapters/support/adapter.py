@@ -112,7 +112,7 @@ class SupportAdapter:
                 "set PARLEY_SUPPORT__TOKEN_SECRET, the same on every worker"
             )
         self._auth = Authenticator(self.directory, signer)
-        self._history = SupportHistory(self._engine, host.store)
+        self._history = SupportHistory(self._engine, host.store, host.usage)
         self.api = SupportApi(
             settings,
             intake=host.intake,

@@ -32,6 +32,7 @@ from bot.budget import subjects_of
 from bot.storage.base import MessageKind, Store
 from bot.storage.database import run_on_connection
 from bot.storage.models import ConversationRow
+from bot.storage.usage import UsageLog
 from bot.types import ConversationKey, Role
 
 from . import answers
@@ -103,9 +104,10 @@ class SupportHistory:
     """The support API's reads of the history: conversations here, messages through the
     `Store`, which alone reads and deletes them."""
 
-    def __init__(self, engine: AsyncEngine, store: Store) -> None:
+    def __init__(self, engine: AsyncEngine, store: Store, usage: UsageLog | None = None) -> None:
         self._engine = engine
         self._store = store
+        self._usage = usage
 
     async def holds(self, key: ConversationKey) -> bool:
         """Whether the conversation is there (an erased one is renamed: it is not)."""
@@ -138,5 +140,7 @@ class SupportHistory:
         """Erase the visitor's conversation and user; the conversation ids it had. The
         visitor's daily token usage goes too; its site's rows, which counted the same turns,
         keep the totals (bot.budget.subjects_of)."""
-        usage = [(s.scope, s.name) for s in subjects_of(key, user_id) if s.scope == "user"]
-        return await self._store.erase(key, user_id, usage)
+        visitor = [s for s in subjects_of(key, user_id) if s.scope == "user"]
+        if self._usage is not None:  # a later flush would write its row, and its id, again
+            await self._usage.forget(visitor)
+        return await self._store.erase(key, user_id, [(s.scope, s.name) for s in visitor])

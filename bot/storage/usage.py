@@ -136,6 +136,15 @@ class UsageLog:
                     log.warning("token usage of %d subjects may be lost (cut off)", len(rows))
                 raise
 
+    async def forget(self, subjects: Sequence[Subject]) -> None:
+        """Drop the sums not yet written of `subjects` (an erased user's, whose rows are
+        deleted next): a later flush would bring the rows, and the user's id, back. A write
+        under way ends first, so that it commits before the deletion."""
+        names = {(s.scope, s.name) for s in subjects}
+        async with self._writing:
+            for key in [k for k in self._pending if (k[1], k[2]) in names]:
+                del self._pending[key]
+
     async def aclose(self) -> None:
         """Write what is left (a last try; a database that is down loses it, logged)."""
         if self._flusher is not None and not self._flusher.done():
