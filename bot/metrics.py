@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -75,6 +76,9 @@ from bot.types import ConversationKey
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Room a worker's metric files need at first: prometheus-client maps five files of 64 KiB
+# (counters, three kinds of gauge, histograms), which grow by doubling.
+MULTIPROC_ROOM_BYTES = 1 << 20
 # Seconds between a worker's own readings in multiprocess mode: within a usual scrape period.
 LOCAL_REFRESH_S = 5.0
 # Chat turns take seconds (streamed answers of a few hundred tokens); commands milliseconds.
@@ -450,6 +454,33 @@ def multiprocess_problem() -> str | None:
         return f"{MULTIPROC_ENV}: {folder} is not a directory; create it (empty) first"
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"{MULTIPROC_ENV}: {folder} is not writable by this user"
+    return _no_room(folder)
+
+
+def _no_room(folder: str) -> str | None:
+    """Why `folder` has no room for a worker's metric files, or None. prometheus-client
+    writes them through memory maps: on a full disk (a tmpfs, as it often is) the first
+    write to a map kills the process with SIGBUS, without a word. So the room is taken for
+    a moment first, in a file the collector does not read (it reads `*.db`)."""
+    probe = os.path.join(folder, f".parley-room-{os.getpid()}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        return f"{MULTIPROC_ENV}: {folder}: cannot create a file there ({exc.strerror})"
+    try:
+        os.posix_fallocate(fd, 0, MULTIPROC_ROOM_BYTES)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return (
+                f"{MULTIPROC_ENV}: {folder} has no room for the metrics' files "
+                f"({exc.strerror}); free some, or give it more"
+            )
+        # EOPNOTSUPP, EINVAL: a file system that cannot say; the maps will tell
+    except AttributeError:  # no posix_fallocate (macOS)
+        pass
+    finally:
+        os.close(fd)
+        os.unlink(probe)
     return None
 
 

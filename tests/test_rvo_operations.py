@@ -5,7 +5,9 @@ while the database does not answer."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -248,6 +250,42 @@ def test_rvo_a_missing_multiprocess_directory_is_one_line_and_exit_2(tmp_path: P
     doctor = _parley(tmp_path, "doctor", env=env)
     assert doctor.returncode == 1, doctor.stdout + doctor.stderr
     assert "[PROBLEM] metrics: PROMETHEUS_MULTIPROC_DIR: " in doctor.stdout
+
+
+def _files_up_to(limit: int) -> None:
+    """In the child: no file may grow past `limit` bytes (RLIMIT_FSIZE), as on a disk that
+    has no more room; Python ignores SIGXFSZ, so a write past it fails with EFBIG."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no posix_fallocate here")
+def test_a_multiprocess_directory_without_room_is_one_line_not_sigbus(tmp_path: Path) -> None:
+    """prometheus-client writes its files through memory maps: in a PROMETHEUS_MULTIPROC_DIR
+    on a full tmpfs every worker died of SIGBUS (status 135) at start, without a line, and
+    doctor found no problem. The disk's refusal is made real here with a file size limit."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    env = parley_env(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": str(folder)})
+    for args, status in ((("doctor",), 1), (("run",), 2)):
+        done = subprocess.run(
+            [sys.executable, "-m", "bot.cli", *args],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=functools.partial(_files_up_to, 512 * 1024),
+        )
+        assert done.returncode == status, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        said = f"PROMETHEUS_MULTIPROC_DIR: {folder} has no room for the metrics' files"
+        if status == 2:
+            assert done.stderr.startswith(f"parley: error: {said}"), done.stderr
+            assert done.stderr.count("\n") == 1, done.stderr
+        else:
+            assert f"[PROBLEM] metrics: {said}" in done.stdout, done.stdout
+    assert sorted(p.name for p in folder.iterdir()) == []  # the probe is not left behind
 
 
 # Ctrl-C arriving while `parley` imports its modules (the first second of every command):
