@@ -11,14 +11,12 @@ from pydantic import Field, SecretStr, field_validator
 from bot.adapter_registry import AdapterSettings
 from bot.errors import ConfigError
 
+from .tokens import TOKEN_SECRET_MIN
 from .webhooks import WebhookTarget
 
 if TYPE_CHECKING:
     from bot.settings import Settings
 
-# An HMAC key shorter than its hash's 32 bytes is weaker than it need be (a one-letter key can
-# be guessed); `openssl rand -base64 48` makes 64 characters.
-TOKEN_SECRET_MIN = 32
 WEBHOOK_SECRET_MIN = 16
 
 

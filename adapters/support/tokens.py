@@ -16,20 +16,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from bot.errors import AdapterError, ConfigError
 from bot.settings import data_dir
 
 SECRET_FILE = "support-token-secret"
+# An HMAC key shorter than its hash's 32 bytes is weaker than it need be (a one-letter key can
+# be guessed); `openssl rand -base64 48` makes 64 characters.
+TOKEN_SECRET_MIN = 32
 VISITOR_PREFIX = "v_"
 
 
@@ -63,20 +69,42 @@ def new_visitor_id() -> str:
 
 
 def load_secret(configured: SecretStr | None, folder: Path | None = None) -> bytes:
-    """The configured secret, else the one kept in the data folder (made on first use)."""
+    """The configured secret, else the one kept in the data folder (made on first use). A
+    kept one shorter than a configured one may be (an empty file an older version left when
+    its write failed) is refused: an empty key signs tokens anyone can make."""
     if configured is not None:
         return configured.get_secret_value().encode()
     path = (folder or data_dir()) / SECRET_FILE
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # O_EXCL: two workers starting together keep one secret, not two
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
-    return path.read_text().strip().encode()
+        _make_secret(path)
+    kept = path.read_text().strip()
+    if len(kept) < TOKEN_SECRET_MIN:
+        raise ConfigError(
+            f"support: the token secret kept in {path} is {'too short' if kept else 'empty'} "
+            "(a start that could not write it); delete the file (visitors then get new "
+            "tokens) or set support.token_secret"
+        )
+    return kept.encode()
+
+
+def _make_secret(path: Path) -> None:
+    """A new secret, written whole under another name and then linked in place: a write that
+    fails (a full disk) or a crash leaves no empty secret behind, and of two workers
+    starting together the second's link fails and it reads the first's whole secret."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, draft = tempfile.mkstemp(prefix=f".{SECRET_FILE}-", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+    except OSError as exc:
+        raise AdapterError(
+            f"support: cannot write the token secret to {path} ({exc.strerror}); "
+            "free some room there or set support.token_secret"
+        ) from None
+    finally:
+        os.unlink(draft)
 
 
 def _b64(data: bytes) -> str:

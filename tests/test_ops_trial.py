@@ -1,0 +1,60 @@
+"""An operator's trial of Parley's data folder: the support channel's token secret kept there
+when `support.token_secret` is unset, on a disk that fills, after a crash, and with two
+workers starting together."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from adapters.support.tokens import SECRET_FILE, TokenSigner, load_secret
+from bot.errors import BotError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# In a process of its own: no file may grow past 16 bytes (RLIMIT_FSIZE; Python ignores
+# SIGXFSZ, so the write fails with EFBIG), as on a disk with no room left for the secret.
+_LOAD_ON_A_FULL_DISK = textwrap.dedent(
+    """
+    import resource, sys
+    from pathlib import Path
+    from adapters.support.tokens import load_secret
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+    try:
+        load_secret(None, Path(sys.argv[1]))
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+    """
+)
+
+
+def test_a_secret_file_left_empty_is_refused_not_used(tmp_path: Path) -> None:
+    """A start that died after creating the file and before writing it (a full disk, a
+    kill), or a second worker reading it in that moment, signed every visitor token with an
+    empty key, which anyone can compute: any visitor of any site could be claimed."""
+    (tmp_path / SECRET_FILE).write_text("")
+    with pytest.raises(BotError) as refused:
+        TokenSigner(load_secret(None, tmp_path), ttl_s=60)
+    assert str(tmp_path / SECRET_FILE) in str(refused.value)
+    assert "support.token_secret" in str(refused.value)
+
+
+def test_a_secret_that_cannot_be_written_leaves_no_file_behind(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_ON_A_FULL_DISK, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    # One line naming the file, not a bare "[Errno 27] File too large".
+    assert str(tmp_path / SECRET_FILE) in done.stdout, done.stdout
+    assert list(tmp_path.iterdir()) == []  # the next start makes a whole one
+    made = load_secret(None, tmp_path)
+    assert len(made) >= 32
+    assert load_secret(None, tmp_path) == made  # kept: the same on every start
