@@ -13,6 +13,7 @@ import pytest
 
 from adapters.support.tokens import SECRET_FILE, TokenSigner, load_secret
 from bot.errors import BotError
+from bot.knowledge.embeddings import WordLlamaEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,3 +59,39 @@ def test_a_secret_that_cannot_be_written_leaves_no_file_behind(tmp_path: Path) -
     made = load_secret(None, tmp_path)
     assert len(made) >= 32
     assert load_secret(None, tmp_path) == made  # kept: the same on every start
+
+
+# In a process of its own: no file may grow past 64 bytes, as on a disk that filled while the
+# embedding model's tokenizer was copied into the data folder.
+_EMBED_ON_A_FULL_DISK = textwrap.dedent(
+    """
+    import resource, sys
+    from pathlib import Path
+    from bot.knowledge.embeddings import WordLlamaEmbedder
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+    try:
+        WordLlamaEmbedder(Path(sys.argv[1])).embed(["hello"])
+    except Exception as exc:
+        print(type(exc).__name__)
+    """
+)
+
+
+def test_embeddings_come_back_after_a_disk_that_filled_while_they_were_set_up(
+    tmp_path: Path,
+) -> None:
+    """The tokenizer file copied into the data folder was written in place: a disk that
+    filled during the copy left it empty, every later start took it as copied, and semantic
+    search was gone for good ("embeddings unavailable (EOF while parsing a value ...)", tried
+    again every 30 s in vain) after the disk had room again."""
+    models = tmp_path / "models"
+    failed = subprocess.run(
+        [sys.executable, "-c", _EMBED_ON_A_FULL_DISK, str(models)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 0 and failed.stdout.strip(), failed.stdout + failed.stderr
+    vectors = WordLlamaEmbedder(models).embed(["hello", "world"])  # room again
+    assert vectors.shape == (2, WordLlamaEmbedder(models).dim)

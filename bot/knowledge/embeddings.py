@@ -15,7 +15,9 @@ little-endian float32 bytes.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 import threading
 from importlib.resources import files
 from pathlib import Path
@@ -83,14 +85,23 @@ class WordLlamaEmbedder:
 
 def _install_tokenizer(cache_dir: Path) -> None:
     """Copy the wheel's tokenizer file where the loader looks (`tokenizers/`; `tokenizer/` too,
-    the name some versions use), once."""
+    the name some versions use), once: written whole under another name and then renamed,
+    so that a copy cut short (a full disk) leaves no part of it to be taken for it; one of
+    another size (cut short by an older version) is copied again."""
     bundled = files("wordllama") / "tokenizers" / f"{WORDLLAMA_CONFIG}_tokenizer_config.json"
+    size = len(bundled.read_bytes())
     for folder in ("tokenizers", "tokenizer"):
         target = cache_dir / folder / bundled.name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with bundled.open("rb") as source, target.open("wb") as out:
+        if target.exists() and target.stat().st_size == size:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, draft = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
+        try:
+            with bundled.open("rb") as source, os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(source, out)
+            os.replace(draft, target)
+        finally:
+            Path(draft).unlink(missing_ok=True)
 
 
 class ServedEmbedder:
