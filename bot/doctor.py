@@ -7,7 +7,9 @@ import inspect
 from collections.abc import Callable
 from typing import TextIO
 
+from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backends.base import Backend
 from backends.factory import build_backend, build_plain_backend, fallback_settings
@@ -19,7 +21,13 @@ from bot.metrics import multiprocess_problem
 from bot.settings import Settings
 from bot.storage import migrate
 from bot.storage.cache import build_cache
-from bot.storage.database import cannot_create, create_engine, sqlite_file
+from bot.storage.database import (
+    cannot_create,
+    create_engine,
+    database_errors,
+    describe_error,
+    sqlite_file,
+)
 from bot.storage.sql_store import SqlStore
 
 _Report = Callable[[bool, str], None]
@@ -80,6 +88,8 @@ async def _check_database(settings: Settings, report: _Report) -> None:
             report(False, f"database: {kind} did not answer within {CONNECT_WAIT_S:g} s")
             return
         report(True, f"database: {kind} reachable")
+        if settings.database.is_sqlite and (problem := await _sqlite_write_problem(engine, url)):
+            report(False, f"database: {kind} takes no writes: {problem}")
         try:
             await migrate.check_schema(url)
             report(True, f"database schema: at revision {migrate.head()}")
@@ -93,6 +103,27 @@ async def _check_database(settings: Settings, report: _Report) -> None:
         report(False, f"database: {kind} not usable: {exc}")
     finally:
         await engine.dispose()
+
+
+async def _sqlite_write_problem(engine: AsyncEngine, url: str) -> str:
+    """Why the SQLite database takes no writes, "" when it does: a file or folder this user
+    may not write, a read-only mount, `mode=ro`. Reads answer all the same, so the ping
+    passed and `parley run` failed at its first write. The probe is a write of what is
+    there already (the header's user_version), rolled back when the connection closes."""
+
+    def probe(conn: Connection) -> None:
+        version = int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # takes the write lock: waits for a writer
+        conn.exec_driver_sql(f"PRAGMA user_version = {version}")
+
+    try:
+        async with asyncio.timeout(CONNECT_WAIT_S), engine.connect() as conn:
+            await conn.run_sync(probe)
+    except TimeoutError:
+        return f"no write went through within {CONNECT_WAIT_S:g} s (another writer held it)"
+    except database_errors(url) as exc:
+        return describe_error(exc, url).removeprefix("database error: ")
+    return ""
 
 
 async def _check_cache(settings: Settings, report: _Report) -> None:

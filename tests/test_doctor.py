@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,31 @@ def test_embedded_defaults_have_no_problems(
     assert "[ok] adapter console: nothing to check" in out
     assert "backend: none configured" in out
     assert out.rstrip().endswith("no problems found")
+
+
+def test_an_sqlite_database_that_takes_no_writes_is_a_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file this user may not write (made by another user, a read-only mount) answers
+    reads: doctor said "no problems found" and `parley run` then failed at its first write.
+    Read-only here as SQLite's own `mode=ro` makes it; doctor writes nothing."""
+    path = tmp_path / "d.db"
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{path}")
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    with contextlib.closing(sqlite3.connect(path)) as worker:  # WAL, as a worker leaves it
+        worker.execute("PRAGMA journal_mode=WAL")
+    written = path.read_bytes()
+    read_only = f"sqlite+aiosqlite:///file:{path}?uri=true&mode=ro"
+    code, out = _doctor(monkeypatch, capsys, PARLEY_DATABASE__URL=read_only)
+    assert code == 1, out
+    assert (
+        f"[PROBLEM] database: SQLite file:{path} takes no writes: OperationalError: "
+        "attempt to write a readonly database" in out
+    )
+    code, out = _doctor(monkeypatch, capsys, PARLEY_DATABASE__URL=f"sqlite+aiosqlite:///{path}")
+    assert code == 0, out  # a file it may write: no problem, and nothing written
+    assert path.read_bytes() == written
 
 
 def test_doctor_creates_no_database_file(
