@@ -4,6 +4,7 @@ workers starting together."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -95,3 +96,38 @@ def test_embeddings_come_back_after_a_disk_that_filled_while_they_were_set_up(
     assert failed.returncode == 0 and failed.stdout.strip(), failed.stdout + failed.stderr
     vectors = WordLlamaEmbedder(models).embed(["hello", "world"])  # room again
     assert vectors.shape == (2, WordLlamaEmbedder(models).dim)
+
+
+# In a process of its own: no file may grow past 64 KiB, as in a temporary folder (/tmp, a
+# container's small tmpfs) that is full.
+_DETECT_WITH_A_FULL_TMP = textwrap.dedent(
+    """
+    import resource
+    from bot.text.language import LanguageDetector
+    resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+    try:
+        LanguageDetector()
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+    """
+)
+
+
+def test_a_full_temporary_folder_is_named_when_the_language_model_is_unpacked(
+    tmp_path: Path,
+) -> None:
+    """py3langid unpacks its model into a temporary file at start: with /tmp full, `parley
+    run` ended on a bare "[Errno 28] No space left on device" while the data folder and the
+    database had room."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DETECT_WITH_A_FULL_TMP],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("BotError "), done.stdout
+    assert f"in {tmp_path} " in done.stdout and "TMPDIR" in done.stdout, done.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import gettext
 import re
+import tempfile
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from types import MappingProxyType
 import emoji
 import pycountry
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+from bot.errors import BotError
 
 from .languages import ALIASES, FOLDED, NAMES
 from .patterns import strip_non_prose
@@ -49,7 +52,14 @@ class LanguageDetector:
     def __init__(self, *, min_confidence: float = 0.5, min_letters: int = 8) -> None:
         self.min_confidence = min_confidence
         self.min_letters = min_letters
-        self._model = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        try:
+            self._model = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        except OSError as exc:  # py3langid unpacks its model into a temporary file first
+            raise BotError(
+                f"the language model cannot be unpacked in {tempfile.gettempdir()} "
+                f"({exc.strerror}): free some room there, or point TMPDIR at a folder with "
+                "room"
+            ) from None
         # Labels with no ISO 639-1 code (and "zxx", not a language) cannot be answered.
         known = [label for label in self._model.labels if label in NAMES or label in FOLDED]
         self._model.set_languages(known)
