@@ -7,10 +7,13 @@ import inspect
 from collections.abc import Callable
 from typing import TextIO
 
+import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import adapters.support.models  # noqa: F401  (its tables join Base.metadata: the write check)
+import bot.handoff.models  # noqa: F401  (its tables, as in migrations/env.py)
 from backends.base import Backend
 from backends.factory import build_backend, build_plain_backend, fallback_settings
 from bot.adapter_registry import adapter_spec
@@ -19,7 +22,7 @@ from bot.errors import BotError, ConfigError, SchemaOutOfDate, StorageError
 from bot.logsafety import redactor
 from bot.metrics import multiprocess_problem
 from bot.settings import Settings
-from bot.storage import migrate
+from bot.storage import migrate, prefs_models  # noqa: F401  (prefs_models: its tables)
 from bot.storage.cache import build_cache
 from bot.storage.database import (
     cannot_create,
@@ -28,6 +31,7 @@ from bot.storage.database import (
     describe_error,
     sqlite_file,
 )
+from bot.storage.models import Base
 from bot.storage.sql_store import SqlStore
 
 _Report = Callable[[bool, str], None]
@@ -88,7 +92,8 @@ async def _check_database(settings: Settings, report: _Report) -> None:
             report(False, f"database: {kind} did not answer within {CONNECT_WAIT_S:g} s")
             return
         report(True, f"database: {kind} reachable")
-        if settings.database.is_sqlite and (problem := await _sqlite_write_problem(engine, url)):
+        wrong = _sqlite_write_problem if settings.database.is_sqlite else _postgres_write_problem
+        if problem := await wrong(engine, url):
             report(False, f"database: {kind} takes no writes: {problem}")
         try:
             await migrate.check_schema(url)
@@ -124,6 +129,54 @@ async def _sqlite_write_problem(engine: AsyncEngine, url: str) -> str:
     except database_errors(url) as exc:
         return describe_error(exc, url).removeprefix("database error: ")
     return ""
+
+
+async def _postgres_write_problem(engine: AsyncEngine, url: str) -> str:
+    """Why this PostgreSQL user cannot write Parley's tables, "" when it can: a role without
+    the grants on the tables the migrating role made, a standby or a read-only default. The
+    ping passed and `parley run` failed at its first write (permission denied)."""
+
+    def probe(conn: Connection) -> str:
+        if conn.execute(_READ_ONLY).scalar() == "on":
+            return "the server is read-only (transaction_read_only: a standby?)"
+        tables = sorted(Base.metadata.tables)
+        found = conn.execute(
+            _UNWRITABLE, {"tables": tables, "sequences": [f"{t}_id_seq" for t in tables]}
+        )
+        denied = [str(name) for (name,) in found]
+        if not denied:
+            return ""
+        shown = ", ".join(denied[:4]) + (f" and {len(denied) - 4} more" if len(denied) > 4 else "")
+        return (
+            f"this user may not write {shown} (grant it SELECT, INSERT, UPDATE, DELETE on "
+            "the tables and USAGE on the sequences)"
+        )
+
+    try:
+        async with asyncio.timeout(CONNECT_WAIT_S), engine.connect() as conn:
+            return await conn.run_sync(probe)
+    except TimeoutError:
+        return f"no answer within {CONNECT_WAIT_S:g} s"
+    except database_errors(url) as exc:
+        return describe_error(exc, url).removeprefix("database error: ")
+
+
+_READ_ONLY = sa.text("SELECT current_setting('transaction_read_only')")
+# Parley's tables and their id sequences (`<table>_id_seq`) that this user may not write (one
+# privilege a call: has_table_privilege of a list is true when any of them is held).
+_UNWRITABLE = sa.text(
+    """
+    SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = current_schema() AND (
+        (c.relkind IN ('r', 'p') AND c.relname = ANY(:tables)
+         AND NOT (has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT')
+                  AND has_table_privilege(c.oid, 'UPDATE')
+                  AND has_table_privilege(c.oid, 'DELETE')))
+        OR (c.relkind = 'S' AND c.relname = ANY(:sequences)
+            AND NOT has_sequence_privilege(c.oid, 'USAGE')))
+    ORDER BY c.relkind DESC, c.relname
+    """
+)
 
 
 async def _check_cache(settings: Settings, report: _Report) -> None:

@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import io
 import sqlite3
+import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import make_url
 
 from bot.cli import main
 from bot.doctor import run_checks
 from bot.settings import load_settings
+from bot.storage.database import create_oneoff_engine
 from tests.fixtures_vllm import SERVED_MODEL
 from tests.redis_server import free_port
 from tests.telegram_api import TOKEN, FakeBotApi
@@ -64,6 +67,63 @@ def test_an_sqlite_database_that_takes_no_writes_is_a_problem(
     code, out = _doctor(monkeypatch, capsys, PARLEY_DATABASE__URL=f"sqlite+aiosqlite:///{path}")
     assert code == 0, out  # a file it may write: no problem, and nothing written
     assert path.read_bytes() == written
+
+
+async def _run_sql(url: str, *statements: str) -> None:
+    engine = create_oneoff_engine(url)
+    try:
+        async with engine.connect() as conn:
+            for statement in statements:
+                await conn.exec_driver_sql(statement)
+            await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_postgres_user_without_grants_on_the_tables_is_a_problem(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The usual split: `parley db upgrade` as the role that owns the tables, the workers as
+    another. Without its grants doctor said "no problems found" and `parley run` failed at
+    its first write (permission denied for table users); with read access alone too."""
+    monkeypatch.setenv("PARLEY_DATABASE__URL", postgres_url)
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    role = f"parley_reader_{uuid.uuid4().hex[:8]}"
+    url = make_url(postgres_url)
+    try:
+        asyncio.run(
+            _run_sql(
+                postgres_url,
+                f"CREATE ROLE {role} LOGIN",
+                f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
+            )
+        )
+        reader = url.set(username=role).render_as_string(hide_password=False)
+        code, out = _doctor(monkeypatch, capsys, PARLEY_DATABASE__URL=reader)
+        assert code == 1, out
+        assert "[ok] database: PostgreSQL reachable" in out
+        assert (
+            "[PROBLEM] database: PostgreSQL takes no writes: this user may not write "
+            "chat_prefs, conversations, handoff_events, handoff_states and 18 more" in out
+        ), out
+        asyncio.run(
+            _run_sql(
+                postgres_url,
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+                f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+            )
+        )
+        code, out = _doctor(monkeypatch, capsys, PARLEY_DATABASE__URL=reader)
+        assert code == 0, out
+        asyncio.run(
+            _run_sql(postgres_url, f"ALTER ROLE {role} SET default_transaction_read_only = on")
+        )
+        code, out = _doctor(monkeypatch, capsys, PARLEY_DATABASE__URL=reader)
+        assert "takes no writes: the server is read-only" in out, out
+    finally:
+        asyncio.run(_run_sql(postgres_url, f"DROP OWNED BY {role}", f"DROP ROLE IF EXISTS {role}"))
 
 
 def test_doctor_creates_no_database_file(
