@@ -146,6 +146,9 @@ class FakeDiscordApi:
     members: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     # Channels whose history the bot may not read (no Read Message History): 403, 50001.
     unreadable: set[int] = field(default_factory=set)
+    # The next this many channel reads (a channel fetched, a page of its log) are answered
+    # 503, which discord.py raises at once as DiscordServerError (Discord failing a moment).
+    failing_reads: int = 0
     # Slash commands as last synced: None for global, else the guild's id -> their names
     # (context-menu commands too; `synced_types` has each one's type: 1 slash, 3 message).
     synced: dict[int | None, list[str]] = field(default_factory=dict)
@@ -488,6 +491,8 @@ class FakeDiscordApi:
         refusal = self._check_global(Call("GET", request.url.path, channel, {}))
         if refusal is not None:
             return refusal
+        if (failing := self._read_fails()) is not None:
+            return failing
         if channel not in self.channels:
             return JSONResponse({"message": "Unknown Channel", "code": 10003}, status_code=404)
         return JSONResponse(self.channels[channel])
@@ -498,6 +503,8 @@ class FakeDiscordApi:
         refusal = self._check_global(Call("GET", request.url.path, channel, {}))
         if refusal is not None:
             return refusal
+        if (failing := self._read_fails()) is not None:
+            return failing
         if channel in self.unreadable:
             return JSONResponse({"message": "Missing Access", "code": 50001}, status_code=403)
         query = request.query_params
@@ -509,6 +516,12 @@ class FakeDiscordApi:
             before = int(query.get("before", 2**63))
             ids = [i for i in ids if i < before][-limit:]
         return JSONResponse([self.history[channel][i] for i in reversed(ids)])
+
+    def _read_fails(self) -> Response | None:
+        if self.failing_reads <= 0:
+            return None
+        self.failing_reads -= 1
+        return JSONResponse({"message": "Service Unavailable", "code": 0}, status_code=503)
 
     async def _member(self, request: Request) -> Response:
         guild, user_id = request.path_params["guild"], request.path_params["user"]

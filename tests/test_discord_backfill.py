@@ -236,6 +236,37 @@ async def test_chatter_read_back_costs_no_member_lookups(tmp_path: Path) -> None
         assert len(lookups) == 1  # the one sender of the three questions
 
 
+async def test_a_channel_discord_fails_to_give_once_stops_no_missed_question(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Discord failing one read of a backfill (a 503, which discord.py raises at once, what
+    comes with a Discord incident, the usual cause of the reconnect before it) ended the
+    whole backfill where it was a channel's fetch (a DM's: the channels after it were not
+    read until the next new session, if one came within backfill_hours), and where it was a
+    page of a channel's log, that channel was skipped for good: its missed question stayed
+    unanswered, and once a live message came there, no later backfill read back before it.
+    A channel that failed is read again, after a pause, and the others go on."""
+    monkeypatch.setattr(backfill, "RETRY_S", 0.01)
+    backend = ScriptedBackend(lambda request: "Answered.")
+    api = fake_discord()
+    async with started(tmp_path, backend, api) as h:
+        await h.deliver_event(ev.message_create("first"))
+        await h.deliver_event(
+            ev.message_create("first here", channel=ev.CHANNEL, mentions_bot=True)
+        )
+        await h.idle()
+    api.post(ev.message_create("missed in the DM"))
+    api.post(ev.message_create("missed in the channel", channel=ev.CHANNEL, mentions_bot=True))
+    api.failing_reads = 1  # the backfill's first read, whichever channel it is
+    async with started(tmp_path, backend, api) as h:
+        await backfilled(h, 1)
+        assert api.failing_reads == 0
+        assert "missed in the DM" in asked(backend)
+        assert "missed in the channel" in asked(backend)
+        assert h.api.texts(ev.DM) == ["Answered."] * 2
+        assert h.api.texts(ev.CHANNEL) == ["Answered."] * 2
+
+
 def threads_opened(api: FakeDiscordApi) -> list[str]:
     return [c.body["name"] for c in api.calls if c.path.endswith("/threads") and c.method == "POST"]
 

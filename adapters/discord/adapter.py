@@ -44,7 +44,7 @@ from bot.storage.redis_client import client_for
 from bot.types import ConversationKey, Incoming
 
 from . import commands, stream
-from .backfill import Backfill, ChannelShards, Marks
+from .backfill import Backfill, ChannelShards, Marks, Unread
 from .settings import DiscordSettings
 from .translate import (
     PLATFORM,
@@ -463,6 +463,10 @@ class DiscordAdapter:
             await backfill.run(shard_id, await marks if marks is not None else None)
         except asyncio.CancelledError:
             raise
+        except Unread as exc:  # Discord failed to give some channels, every time
+            log.warning(
+                "backfill of shard %s: %s; read again at the next new session", shard_id, exc
+            )
         except Exception:  # the next new session tries again; live messages go on
             log.exception("backfill of shard %s failed", shard_id)
         else:  # read past the gap: the next one begins at the next drop

@@ -28,6 +28,13 @@ cache (a DM, another process's server) is fetched once among them to learn its s
 Every read goes through the outbound gate: each channel's own window, and the global one that
 every send of the bot shares (across processes with Redis). At most MAX_PAGES pages of 100
 messages per channel: a channel busy for hours is not read to its end.
+
+A channel Discord closes to the bot (403) or that is gone (404) is skipped. One Discord fails
+to give (a 5xx after discord.py's own retries, a 429 storm, no connection, a timeout: what
+comes with the incident that caused the reconnect) does not end the backfill, nor is it
+skipped: the other channels are read, and it is read again after RETRY_S, READ_ROUNDS times
+in all; still failing, the backfill raises `Unread`, and the adapter keeps its marks for the
+next new session.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import aiohttp
 import discord
 
 from adapters.kit.actions import Notice, Observe, Submit
@@ -56,6 +64,12 @@ MAX_PAGES = 5
 # kept whole for the backfill of their shard after another shard's looked them up.
 CHANNELS_KNOWN = 100_000
 RECENT_CHANNELS = 1_000
+# Rounds of reading the channels that Discord failed to give, and the pause before each
+# round after the first.
+READ_ROUNDS = 3
+RETRY_S = 5.0
+# What Discord failing a moment raises (not a refusal: 403 and 404 are skipped).
+_FAILING = (discord.HTTPException, OSError, aiohttp.ClientError)
 # Each conversation's newest recorded message (its Discord id) as a gap began.
 Marks = dict[ConversationKey, str]
 # The adapter's way with a live message, once translated.
@@ -115,13 +129,25 @@ class Backfill:
                 starts.setdefault(int(key.chat_id), since)
             elif mark.isdigit():
                 starts[int(key.chat_id)] = discord.Object(int(mark))
-        handed = 0
-        for channel_id, after in starts.items():
-            channel = await self._shards.channel(channel_id, shard_id, self._channel)
-            if channel is not None:
-                handed += await self._read(channel, after)
+        handed, total = 0, len(starts)
+        for round_ in range(READ_ROUNDS):
+            if round_:
+                await asyncio.sleep(RETRY_S)
+            unread: dict[int, discord.abc.Snowflake | datetime] = {}
+            for channel_id, after in starts.items():
+                try:
+                    channel = await self._shards.channel(channel_id, shard_id, self._channel)
+                    if channel is not None:
+                        handed += await self._read(channel, after)
+                except _FAILING as exc:  # read again (a message recorded already is left)
+                    log.warning("backfill: channel %s not read (%s)", channel_id, _said(exc))
+                    unread[channel_id] = after
+            if not (starts := unread):
+                break
         if handed:
-            log.info("backfill: %d messages read back from %d channels", handed, len(starts))
+            log.info("backfill: %d messages read back from %d channels", handed, total)
+        if starts:
+            raise Unread(f"{len(starts)} channels not read after {READ_ROUNDS} tries")
         return handed
 
     async def _channel(self, channel_id: int) -> Channel | None:
@@ -144,7 +170,7 @@ class Backfill:
             try:
                 async with self._gate.slot(f"read:{_id(channel)}", group=False):
                     page = [m async for m in channel.history(after=after, limit=PAGE)]
-            except discord.HTTPException as exc:  # no Read Message History here
+            except (discord.NotFound, discord.Forbidden) as exc:  # no Read Message History
                 log.info("backfill: channel %s not read (%s)", _id(channel), exc.status)
                 return handed
             recorded = await self._recorded(page)
@@ -272,8 +298,20 @@ class ChannelShards:
                 del self._deciding[channel_id]
 
 
+class Unread(Exception):
+    """Channels Discord failed to give in every round: the backfill did not read past the
+    gap (its marks are kept for the next new session)."""
+
+
 class _RolesUnknown(Exception):
     """A sender's roles could not be read back."""
+
+
+def _said(exc: BaseException) -> str:
+    """An error on one line: discord.py's for a 429 from Cloudflare carries its HTML page."""
+    if isinstance(exc, discord.HTTPException):
+        return f"{exc.status} {exc.code}"
+    return type(exc).__name__
 
 
 def _id(channel: Channel) -> int:
