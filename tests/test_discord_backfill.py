@@ -24,6 +24,7 @@ from adapters.discord.settings import DiscordSettings
 from adapters.kit.gate import Rate, Rates, RedisGate
 from adapters.kit.runner import host_for
 from backends.base import Chunk, GenerationRequest
+from bot import phrases
 from bot.app import Parley
 from bot.storage.base import MessageKind, Store
 from bot.storage.database import create_engine
@@ -343,6 +344,29 @@ async def test_a_blocked_role_is_not_answered_when_backfill_cannot_read_its_role
         assert "let me in" not in asked(backend)
         assert h.api.texts(ev.CHANNEL) == ["Answered."]
         assert "its sender's roles could not be read (404 10007)" in caplog.text
+
+
+@pytest.mark.parametrize("where", [ev.DM, ev.CHANNEL])
+async def test_a_refused_message_read_back_is_not_refused_again(tmp_path: Path, where: int) -> None:
+    """A blocked sender's message is refused, and nothing records it: every backfill that
+    read it back (each start, each new session, until a later message of the conversation
+    was recorded) refused it again, the sentence replying to their old message. A message
+    read back is refused without a word, as a photo read back gets no sentence."""
+    backend = ScriptedBackend(lambda request: "Answered.")
+    api = fake_discord()
+    blocked = {"access": {"blocked_users": [str(ev.USER)]}}
+    async with started(tmp_path, backend, api) as h:
+        await h.deliver_event(ev.message_create("hi", channel=where, mentions_bot=True))
+        await h.idle()
+    async with started(tmp_path, backend, api, **blocked) as h:
+        await backfilled(h, 1)
+        await h.deliver_event(ev.message_create("let me in", channel=where, mentions_bot=True))
+        await h.idle()
+        assert h.api.texts(where) == ["Answered.", phrases.NOT_ALLOWED]
+    async with started(tmp_path, backend, api, **blocked) as h:
+        await backfilled(h, 1)
+        assert h.api.texts(where) == ["Answered.", phrases.NOT_ALLOWED]
+        assert "let me in" not in asked(backend)
 
 
 async def test_a_reconnect_that_is_not_a_resume_backfills(tmp_path: Path) -> None:

@@ -367,7 +367,12 @@ class DiscordAdapter:
         finally:
             await self._count_handled()
 
-    async def _take(self, message: discord.Message, action: Action) -> None:
+    async def _take_read_back(self, message: discord.Message, action: Action) -> None:
+        """A message a backfill read back: taken as a live one, but a refusal is not said
+        (the blocked sender's message is read again by every backfill that covers it)."""
+        await self._take(message, action, quiet=True)
+
+    async def _take(self, message: discord.Message, action: Action, *, quiet: bool = False) -> None:
         if message.guild is not None:
             self._guild_channels.put(message.channel.id, True)
         # A thread only for a message the bot takes: a blocked sender, or one over the rate
@@ -379,7 +384,7 @@ class DiscordAdapter:
             and await self._intake.admits(action.incoming)
         ):
             action = await self._in_new_thread(message, action)
-        await self.act(action)
+        await self.act(action, quiet=quiet)
 
     async def on_ready(self) -> None:
         """A new gateway session (a start, or a reconnect that could not resume)."""
@@ -444,7 +449,7 @@ class DiscordAdapter:
             hours=self._backfill_hours,
             auto_thread=self._settings.auto_thread,
             me=self.me,
-            take=self._take,
+            take=self._take_read_back,
             roles_block=bool(self._settings.access.blocked_roles),
             roles_matter=bool(self._settings.access.allowed_roles),
             shards=self._channel_shards,
@@ -647,14 +652,15 @@ class DiscordAdapter:
             self.messages_handled += 1
             self._progress.notify_all()
 
-    async def act(self, action: Action) -> None:
+    async def act(self, action: Action, *, quiet: bool = False) -> None:
+        """`quiet`: read back by a backfill, a refusal is not said (`Intake.submit`)."""
         if isinstance(action, Submit):
-            await self._intake.submit(action.incoming)
+            await self._intake.submit(action.incoming, quiet=quiet)
         elif isinstance(action, Observe):
             await self._intake.observe(action.incoming)
         elif isinstance(action, Fetch):
             document = _document(action.attachment)
-            recorded = await self._intake.submit_document(action.incoming, document)
+            recorded = await self._intake.submit_document(action.incoming, document, quiet=quiet)
             if action.skipped and recorded is not None and recorded.is_new:
                 # Said once (not again when a backfill reads the message back).
                 skipped = ", ".join(

@@ -15,8 +15,9 @@ and an auto_thread question opens no second thread. Two differences: a
 message read from a log comes without its sender's server roles, so the member is fetched
 (once per sender and backfill) for a message the bot would take, and for chatter not for the
 bot only where the access rules name roles (they decide whether it is kept); and no notice
-is sent for one (a photo sent while away), since nothing records that it was sent and every
-later backfill would send it again.
+is sent for one (a photo sent while away, a refusal: the adapter's `take` submits it
+quietly), since nothing records that it was sent and every later backfill would send it
+again.
 
 An `auto_thread` channel's mentions are recorded in the threads they opened, not in the
 channel's conversation, so those channels are read from `backfill_hours` ago.

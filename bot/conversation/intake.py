@@ -78,9 +78,11 @@ class Intake:
         self._doors[name] = _Door(platform, access)
         self._manager.attach(name, platform)
 
-    async def submit(self, incoming: Incoming) -> Recorded | None:
-        """Record and schedule an allowed message; None when it was refused."""
-        if not await self._admitted(incoming):
+    async def submit(self, incoming: Incoming, *, quiet: bool = False) -> Recorded | None:
+        """Record and schedule an allowed message; None when it was refused. `quiet`: a
+        message read back from the platform's log (a backfill) is refused without a word:
+        nothing records a refused message, so every later read would say it again."""
+        if not await self._admitted(incoming, quiet=quiet):
             return None
         return await self._manager.submit(incoming)
 
@@ -104,9 +106,12 @@ class Intake:
         ConversationManager.redact."""
         return await self._manager.redact(idempotency_key)
 
-    async def submit_document(self, incoming: Incoming, source: DocumentSource) -> Recorded | None:
-        """A document for the bot: its text (after the caption) becomes the message."""
-        if not await self._admitted(incoming):
+    async def submit_document(
+        self, incoming: Incoming, source: DocumentSource, *, quiet: bool = False
+    ) -> Recorded | None:
+        """A document for the bot: its text (after the caption) becomes the message.
+        `quiet`: as for `submit`, a document refused is not said."""
+        if not await self._admitted(incoming, quiet=quiet):
             return None
         key = incoming.idempotency_key
         while (first := self._reading.get(key)) is not None:
@@ -115,12 +120,14 @@ class Intake:
             await first.wait()
         self._reading[key] = done = asyncio.Event()
         try:
-            return await self._read_document(incoming, source)
+            return await self._read_document(incoming, source, quiet=quiet)
         finally:
             del self._reading[key]
             done.set()
 
-    async def _read_document(self, incoming: Incoming, source: DocumentSource) -> Recorded | None:
+    async def _read_document(
+        self, incoming: Incoming, source: DocumentSource, *, quiet: bool
+    ) -> Recorded | None:
         if await self._manager.recorded(incoming):
             # A platform's repeat (a replayed gateway event, an update delivered again): its
             # first delivery has the document's text, and its turn. Not downloaded again.
@@ -135,7 +142,8 @@ class Intake:
         try:
             text = await self.documents.read(source, sender_key(incoming))
         except DocumentRefused as exc:
-            self.notify(incoming, exc.sentence, **exc.fields)
+            if not quiet:
+                self.notify(incoming, exc.sentence, **exc.fields)
             return None
         asked = incoming.text.strip() or f"Please summarize this document ({source.name})."
         # The document is data, never the user's words: its text travels fenced after the
@@ -183,17 +191,18 @@ class Intake:
         while self._notices:
             await asyncio.gather(*self._notices, return_exceptions=True)
 
-    async def _admitted(self, incoming: Incoming) -> bool:
+    async def _admitted(self, incoming: Incoming, *, quiet: bool = False) -> bool:
         door = self._door(incoming)
         if not is_allowed(door.access, incoming):
-            self._manager.observer.refused(incoming.key.platform)
-            self.notify(incoming, phrases.NOT_ALLOWED)
-            return False
-        if await self._needs_admin(incoming, door):
-            self._manager.observer.refused(incoming.key.platform)
-            self.notify(incoming, phrases.ADMINS_ONLY)
-            return False
-        return True
+            refusal = phrases.NOT_ALLOWED
+        elif await self._needs_admin(incoming, door):
+            refusal = phrases.ADMINS_ONLY
+        else:
+            return True
+        self._manager.observer.refused(incoming.key.platform)
+        if not quiet:
+            self.notify(incoming, refusal)
+        return False
 
     async def _needs_admin(self, incoming: Incoming, door: _Door) -> bool:
         """An admin-only command (with arguments, unless it is so always), in a group, from
