@@ -160,8 +160,10 @@ class FakeDiscordApi:
     expired: set[str] = field(default_factory=set)
     _seen: dict[int, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _seen_overall: deque[float] = field(default_factory=deque)
-    # Attachments on the fake CDN, by file name: `cdn_url(name)` is their URL.
+    # Attachments on the fake CDN, by file name: `cdn_url(name)` is their URL. A file named
+    # in `held` is served once its event is set (a slow download).
     files: dict[str, bytes] = field(default_factory=dict)
+    held: dict[str, asyncio.Event] = field(default_factory=dict)
     base_url: str = ""
     # The gateway closes after IDENTIFY with this code when set (4014: "disallowed intents",
     # what Discord sends when Message Content is not switched on).
@@ -482,6 +484,8 @@ class FakeDiscordApi:
     async def _file(self, request: Request) -> Response:
         name = request.path_params["name"]
         self._record(Call("GET", request.url.path, 0, {}))
+        if name in self.held:
+            await self.held[name].wait()
         if name not in self.files:
             return JSONResponse({"message": "Not Found", "code": 0}, status_code=404)
         return Response(self.files[name], media_type="application/octet-stream")

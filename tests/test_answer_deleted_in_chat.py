@@ -24,7 +24,7 @@ from bot.app import Parley
 from bot.storage.base import ANSWER_DELETED_STUB, MessageKind
 from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
-from bot.storage.sql_store import SqlStore
+from bot.storage.sql_store import WITHDRAWN_STUB, SqlStore
 from bot.types import ConversationKey, Incoming, Role, User
 from tests import discord_events as ev
 from tests.adapter_harness import discord_harness, telegram_harness
@@ -457,3 +457,35 @@ async def test_a_partly_deleted_answer_is_counted_by_the_models_tokenizer(
         assert last.role is Role.ASSISTANT and last.content.endswith(ANSWER_DELETED_STUB)
         (counted,) = await backend.count_tokens([last.content])
         assert last.token_count >= counted, (last.token_count, counted)
+
+
+async def test_a_discord_document_deleted_while_it_is_read_is_never_answered(
+    tmp_path: Path, database_url: str, redis: dict[str, Any] | None
+) -> None:
+    """The question's side: a message deleted before it was recorded (its document still
+    downloading and being read, a question still being counted) was not found by its
+    deletion event, and was then recorded, answered, and kept in the history and the model's
+    context: the sender who sent the wrong file and deleted it at once had it read and
+    answered. The deletion's mark is read once the message is recorded, and it is withdrawn
+    then, never answered."""
+    backend = ScriptedBackend(lambda request: "It is about the payroll.")
+    async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
+        content = b"Payroll: Ada 9,000; Bo 7,500.\n"
+        url = h.api.cdn_url("payroll.txt")
+        h.api.files["payroll.txt"] = content
+        h.api.held["payroll.txt"] = release = asyncio.Event()
+        doc = {"id": "1", "filename": "payroll.txt", "size": len(content),
+               "content_type": "text/plain", "url": url, "proxy_url": url}  # fmt: skip
+        question = ev.message_create("summarize this", attachments=[doc])
+        h.api.push("MESSAGE_CREATE", question)
+        async with asyncio.timeout(WAIT_S):
+            await h.api.until(lambda: any(c.path.endswith("/payroll.txt") for c in h.api.calls))
+            h.api.delete(ev.DM, int(question["id"]))
+            await h.adapter.deleted(1)
+            release.set()
+            await h.adapter.handled(1)
+            await h.idle()
+        assert h.api.texts(ev.DM) == []
+        assert not backend.requests
+        key = ConversationKey("discord", str(ev.DM))
+        assert await history(h.app, key) == [(Role.USER, WITHDRAWN_STUB)]

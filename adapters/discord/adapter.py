@@ -499,11 +499,15 @@ class DiscordAdapter:
 
     async def _withdraw_each(self, channel_id: int, message_ids: list[int]) -> None:
         for message_id in message_ids:
+            key = message_key(message_id)
             try:
+                # Marked before it is looked for: a message recorded after this looked (its
+                # document still being read) is withdrawn as it is recorded.
+                await self._intake.mark_deleted(key)
                 # Answered or kept already, or the bot's answer (recorded under the key of its
                 # first message, `answer_key`): its text leaves the history and the context.
                 withdrawn = await self._withdraw_one(channel_id, message_id)
-                if not withdrawn and await self._intake.redact(message_key(message_id)):
+                if not withdrawn and await self._intake.redact(key, marked=True):
                     log.info("message %s redacted: deleted", message_id)
             except Exception:
                 log.exception("message %s: deletion not recorded", message_id)

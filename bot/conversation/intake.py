@@ -101,10 +101,15 @@ class Intake:
             return None  # chatter of someone not allowed: not kept, and no notice
         return await self._manager.observe(incoming)
 
-    async def redact(self, idempotency_key: str) -> bool:
+    async def mark_deleted(self, idempotency_key: str) -> None:
+        """A message deleted on the platform, before anything looks for it: see
+        ConversationManager.mark_deleted."""
+        await self._manager.mark_deleted(idempotency_key)
+
+    async def redact(self, idempotency_key: str, *, marked: bool = False) -> bool:
         """A message deleted on the platform after it was recorded: see
         ConversationManager.redact."""
-        return await self._manager.redact(idempotency_key)
+        return await self._manager.redact(idempotency_key, marked=marked)
 
     async def submit_document(
         self, incoming: Incoming, source: DocumentSource, *, quiet: bool = False

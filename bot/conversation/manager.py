@@ -327,6 +327,8 @@ class ConversationManager:
             tokens = estimate_tokens(incoming.text)
         recorded = await self._store.record_incoming(incoming, kind=kind, token_count=tokens)
         try:
+            if recorded.is_new and await self._deleted_before_recorded(incoming):
+                return recorded  # withdrawn: its turn finds nothing pending
             if recorded.is_new:
                 if kind is MessageKind.COMMAND and stops_a_reply(incoming.text):
                     await self._stop_anywhere(recorded, by=_stopper(incoming))
@@ -338,6 +340,22 @@ class ConversationManager:
             # was answered, the turn finds nothing pending; SQL never records a second answer.
             self._schedule(_Work(recorded.conversation_id, incoming.key))
         return recorded
+
+    async def _deleted_before_recorded(self, incoming: Incoming) -> bool:
+        """A message deleted on a platform that tells deletions before it was recorded (its
+        document still downloading, its text still being counted): the deletion event found
+        nothing to withdraw and left its mark (`mark_deleted`), read here: the message is
+        withdrawn, never answered. The event marks before it looks, and this reads after the
+        record: whichever comes second finds the other's work."""
+        sink = self._sinks.get(incoming.key.platform)
+        if not isinstance(sink, TellsDeletions) or not incoming.platform_message_id:
+            return False
+        if await self._deletions.get(keys.deleted(incoming.idempotency_key)) is None:
+            return False
+        withdrawn = await self._store.withdraw(incoming.key, incoming.platform_message_id)
+        if withdrawn:
+            log.info("%s: a message deleted before it was recorded withdrawn", incoming.key)
+        return withdrawn
 
     async def observe(self, incoming: Incoming) -> Recorded | None:
         """Keep a group message that is not for the bot, where the chat opted in (/keep on):
@@ -354,7 +372,14 @@ class ConversationManager:
             incoming, kind=MessageKind.OBSERVED, token_count=tokens
         )
 
-    async def redact(self, idempotency_key: str) -> bool:
+    async def mark_deleted(self, idempotency_key: str) -> None:
+        """A message deleted on the platform, marked (for DELETION_MARK_TTL_S) before its
+        deletion event looks for it: a message recorded after the event looked (a document
+        still being read as it was deleted) is withdrawn as it is recorded (`submit`), and
+        an answer recorded after is redacted by its turn (TurnDelivery._redact_if_deleted)."""
+        await self._deletions.set(keys.deleted(idempotency_key), b"1", DELETION_MARK_TTL_S)
+
+    async def redact(self, idempotency_key: str, *, marked: bool = False) -> bool:
         """A message its sender deleted after it was answered (or kept): its text is replaced
         in the history, and its conversation's cached context, which still holds it, is
         dropped. True when a recorded message was redacted.
@@ -367,8 +392,10 @@ class ConversationManager:
 
         The deletion is marked first (for DELETION_MARK_TTL_S): an answer deleted in the
         chat before it was recorded is not found here, and is redacted by its turn once
-        recorded (TurnDelivery._redact_if_deleted)."""
-        await self._deletions.set(keys.deleted(idempotency_key), b"1", DELETION_MARK_TTL_S)
+        recorded (TurnDelivery._redact_if_deleted). `marked`: by the caller already
+        (`mark_deleted`)."""
+        if not marked:
+            await self.mark_deleted(idempotency_key)
         conversation_id = await self._store.redact(idempotency_key)
         if conversation_id is None:
             return False
