@@ -133,6 +133,10 @@ class FakeDiscordApi:
     # The next this many sends or edits are answered 503 (Discord's API down behind its
     # front), which discord.py raises at once as DiscordServerError.
     down: int = 0
+    # The next this many sends or edits are answered as Cloudflare answers a host it banned
+    # for a while (too many invalid requests): 429 with an HTML page and no Via header, which
+    # discord.py raises at once (no retry_after to wait).
+    banned: int = 0
     calls: list[Call] = field(default_factory=list)
     messages: dict[int, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
     # Each of the bot's messages' flags, by channel and id (see the module's docstring).
@@ -693,6 +697,11 @@ class FakeDiscordApi:
         refusal = self._check_global(call)
         if refusal is not None:
             return refusal
+        if self.banned > 0:
+            self.banned -= 1
+            call.status = 429
+            page = "<!DOCTYPE html>\n<html><title>Access denied | discord.com</title></html>\n"
+            return Response(page, status_code=429, media_type="text/html")
         if self.down > 0:
             self.down -= 1
             call.status = 503

@@ -632,6 +632,27 @@ async def test_an_answer_discord_failed_to_take_is_shown_once_it_is_back(
         assert [c.status for c in h.api.writes(ev.DM)] == [503, 200]
 
 
+async def test_an_answer_discord_keeps_refusing_with_429_is_shown_once_it_takes_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 429 through every round (Cloudflare's ban of the host's IP for a while, which
+    discord.py raises at once; a storm past discord.py's 5 tries, 4 times over) was taken as
+    a refusal: the answer recorded as given and never shown, every answer lost while the
+    ban lasted, and the log line carried Cloudflare's HTML page. Discord not taking calls is
+    now as Discord not answering: the turn waits and the answer is shown once it takes it."""
+    backend = answering("All good.")
+    async with discord_harness(tmp_path, backend) as h:
+        h.api.banned = 4  # the send's four rounds
+        await h.deliver_event(ev.message_create("hello"))
+        async with asyncio.timeout(60):
+            await h.api.until(lambda: h.api.texts(ev.DM) == ["All good."])
+        await h.idle()
+        assert h.api.texts(ev.DM) == ["All good."]
+        assert len(backend.requests) == 2  # made again once Discord took calls
+        assert await _answers_in(h, ev.DM) == ["All good."]
+        assert "<html" not in caplog.text
+
+
 async def test_a_slash_command_while_discord_was_away_answers_in_its_deferred_response(
     tmp_path: Path,
 ) -> None:

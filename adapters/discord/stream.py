@@ -418,7 +418,8 @@ def _as_refusal() -> Iterator[None]:
 
 async def gated(gate: Gate, channel: int, call: Callable[[], Awaitable[T]]) -> T:
     """`call` within the channel's budget, again after a storm of 429s. Discord not answering
-    (a 5xx after discord.py's own retries, no connection, a timeout) is PlatformAway; an edit
+    (a 5xx after discord.py's own retries, no connection, a timeout) or not taking calls (a
+    429 through every round) is PlatformAway; an edit
     of a message deleted in the channel (a moderator) MessageGone; any other failure an
     AdapterError."""
     for round_ in range(RATE_LIMITED_ROUNDS):
@@ -434,8 +435,13 @@ async def gated(gate: Gate, channel: int, call: Callable[[], Awaitable[T]]) -> T
             gone = MessageGone if exc.code == UNKNOWN_MESSAGE else AdapterError
             raise gone(f"channel {channel}: {exc}") from exc
         except discord.HTTPException as exc:
-            if exc.status != 429 or round_ == RATE_LIMITED_ROUNDS - 1:
+            if exc.status != 429:
                 raise AdapterError(f"channel {channel}: {exc}") from exc
+            if round_ == RATE_LIMITED_ROUNDS - 1:
+                # Discord not taking calls for now (a storm that outlasted every round, or
+                # Cloudflare's ban of this host, which discord.py raises at once with its
+                # HTML page): as when it does not answer, the turn waits, not lost.
+                raise PlatformAway(f"channel {channel}: Discord still answers 429") from exc
             log.info("channel %s: still rate limited after discord.py's retries", channel)
     raise AssertionError("unreachable")  # the last round returns or raises
 
