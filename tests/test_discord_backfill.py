@@ -298,6 +298,35 @@ async def test_questions_read_back_again_do_not_count_towards_the_rate_limit(
         assert h.api.texts(int(question["id"])) == ["Here."]
 
 
+async def test_a_busy_auto_thread_channel_is_read_back_to_the_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An auto_thread channel is read from `backfill_hours` ago at every start (its mentions
+    are recorded in their threads, so no mark says where its gap began), oldest first: in a
+    channel with more messages in those hours than the cap of pages (a busy support channel,
+    500 in a day), every start read the same oldest ones and stopped at the cap, and a
+    question asked while Parley was down, minutes ago, was never read. Such a channel is now
+    read newest first, back to `backfill_hours` ago, within the same cap. The cap is 2 pages
+    of 2 messages here (100 x 5 in the product)."""
+    monkeypatch.setattr(backfill, "PAGE", 2)
+    monkeypatch.setattr(backfill, "MAX_PAGES", 2)
+    backend = ScriptedBackend(lambda request: "Here.")
+    api = fake_discord()
+    threads = {"auto_thread": [ev.CHANNEL]}
+    async with started(tmp_path, backend, api, **threads) as h:
+        await h.deliver_event(ev.message_create("first", channel=ev.CHANNEL, mentions_bot=True))
+        for n in range(6):  # the channel's own talk, not for the bot
+            await h.deliver_event(ev.message_create(f"chatter {n}", channel=ev.CHANNEL))
+        await h.idle()
+    missed = ev.message_create("asked while down", channel=ev.CHANNEL, mentions_bot=True)
+    api.post(missed)
+    async with started(tmp_path, backend, api, **threads) as h:
+        await backfilled(h, 1)
+        assert "asked while down" in asked(backend)
+        assert threads_opened(api) == ["first", "asked while down"]
+        assert h.api.texts(int(missed["id"])) == ["Here."]
+
+
 async def test_a_resumed_drop_does_not_leave_old_marks_for_a_later_gap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

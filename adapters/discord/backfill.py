@@ -20,7 +20,9 @@ quietly), since nothing records that it was sent and every later backfill would 
 again.
 
 An `auto_thread` channel's mentions are recorded in the threads they opened, not in the
-channel's conversation, so those channels are read from `backfill_hours` ago.
+channel's conversation, so those channels are read from `backfill_hours` ago: newest first, as
+is a conversation first recorded in the gap, so that the cap of pages leaves out the oldest of
+a busy channel's messages, not the gap's.
 
 The shards of one process backfill at about the same time: a channel outside discord.py's
 cache (a DM, another process's server) is fetched once among them to learn its shard
@@ -166,6 +168,8 @@ class Backfill:
         return fetched if isinstance(fetched, discord.abc.Messageable) else None
 
     async def _read(self, channel: Channel, after: discord.abc.Snowflake | datetime) -> int:
+        if isinstance(after, datetime):
+            return await self._read_newest(channel, after)
         handed = 0
         for _ in range(MAX_PAGES):
             try:
@@ -174,11 +178,7 @@ class Backfill:
             except (discord.NotFound, discord.Forbidden) as exc:  # no Read Message History
                 log.info("backfill: channel %s not read (%s)", _id(channel), exc.status)
                 return handed
-            recorded = await self._recorded(page)
-            for message in page:  # oldest first
-                if message_key(message.id) not in recorded:
-                    await self._read_back(message)
-            handed += len(page)
+            handed += await self._take_page(page)
             if len(page) < PAGE:
                 return handed
             after = page[-1]
@@ -188,6 +188,51 @@ class Backfill:
             PAGE * MAX_PAGES,
         )
         return handed
+
+    async def _read_newest(self, channel: Channel, since: datetime) -> int:
+        """A channel with no mark (an auto_thread channel, whose mentions are recorded in
+        their threads; a conversation first recorded in the gap): its messages after `since`,
+        at most the newest MAX_PAGES pages, taken oldest first. Read from `since` on, a
+        channel with more messages in `backfill_hours` than the cap (a busy support channel)
+        was read to the cap at every start, and never to the gap (minutes ago)."""
+        newest: list[discord.Message] = []
+        before: discord.abc.Snowflake | None = None
+        for _ in range(MAX_PAGES):
+            try:
+                async with self._gate.slot(f"read:{_id(channel)}", group=False):
+                    page = [
+                        m
+                        async for m in channel.history(
+                            limit=PAGE, before=before, after=since, oldest_first=False
+                        )
+                    ]
+            except (discord.NotFound, discord.Forbidden) as exc:  # no Read Message History
+                log.info("backfill: channel %s not read (%s)", _id(channel), exc.status)
+                return 0
+            newest += page
+            if len(page) < PAGE:
+                break
+            before = page[-1]
+        else:
+            log.warning(
+                "backfill: channel %s had more than %d messages to read back; the oldest are "
+                "not read",
+                _id(channel),
+                PAGE * MAX_PAGES,
+            )
+        newest.reverse()
+        handed = 0
+        for start in range(0, len(newest), PAGE):
+            handed += await self._take_page(newest[start : start + PAGE])
+        return handed
+
+    async def _take_page(self, page: Sequence[discord.Message]) -> int:
+        """The page's messages not recorded yet, each taken, oldest first; how many it had."""
+        recorded = await self._recorded(page)
+        for message in page:
+            if message_key(message.id) not in recorded:
+                await self._read_back(message)
+        return len(page)
 
     async def _recorded(self, page: Sequence[discord.Message]) -> frozenset[str]:
         """The page's messages recorded already (they arrived live, or an earlier backfill
