@@ -17,8 +17,10 @@ import pytest
 pytest.importorskip("discord")
 pytest.importorskip("websockets")
 
+import aiohttp
 import discord
 
+from adapters.discord import commands
 from adapters.discord.adapter import CLOSE_CODES, DiscordAdapter
 from adapters.discord.adapter import doctor as discord_doctor
 from adapters.discord.commands import NO_HISTORY, NO_TEXT
@@ -279,6 +281,33 @@ async def test_a_refused_token_is_one_line(tmp_path: Path) -> None:
                 async with DiscordAdapter(host_for(app), section):
                     pass  # pragma: no cover
             assert "\n" not in str(refused.value)
+
+
+async def test_discord_unreachable_as_commands_sync_is_one_line_and_closes_the_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dropping between the login and the slash commands' sync (a network
+    blip at start) raised aiohttp's own error out of the adapter, with the client's session
+    left open: the start failed with "ClientOSError: ..." and asyncio's "Unclosed client
+    session" / "Unclosed connector" lines at exit. It is one line now, and the client is
+    closed."""
+
+    async def connection_reset(tree: object, guild_ids: object) -> None:
+        raise aiohttp.ClientOSError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(commands, "sync", connection_reset)
+    api = FakeDiscordApi()
+    async with api.serving():
+        settings = settings_for(tmp_path, "discord", discord={"token": TOKEN})
+        async with Parley(settings, backend=None) as app:
+            section = settings.section("discord")
+            assert isinstance(section, DiscordSettings)
+            adapter = DiscordAdapter(host_for(app), section)
+            with pytest.raises(AdapterError, match="Discord cannot be reached") as failed:
+                async with adapter:
+                    pass  # pragma: no cover
+            assert "\n" not in str(failed.value)
+            assert adapter.client.is_closed()
 
 
 def test_settings_need_a_shard_count_for_shard_ids() -> None:

@@ -29,6 +29,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+import aiohttp
 import discord
 
 from adapters.kit.actions import Ignore, Notice, Observe, Submit
@@ -286,8 +287,11 @@ class DiscordAdapter:
         try:
             await commands.sync(self.tree, self._settings.guild_ids)
         except discord.HTTPException as exc:  # 403: invited without applications.commands
-            await self.client.close()
+            await self._close()
             raise AdapterError(f"Discord refused the slash commands: {exc}") from None
+        except (OSError, aiohttp.ClientError) as exc:  # the connection dropped since login
+            await self._close()
+            raise AdapterError(f"Discord cannot be reached: {exc}") from None
         if self._settings.backfill_hours > 0:  # before any message can arrive live
             self._start_marks = asyncio.create_task(self._recorded_now())
             await asyncio.wait([self._start_marks])
@@ -305,6 +309,9 @@ class DiscordAdapter:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close()
+
+    async def _close(self) -> None:
         await self.client.close()
         if self._redis is not None:
             await self._redis.aclose()
