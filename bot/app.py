@@ -203,7 +203,7 @@ class Parley:
         )  # fmt: skip
         self.desk = CoreDesk(
             self.store, repo, notes, lambda cid, key: self.manager.schedule(cid, key),
-            counter=self.metrics, stop_reply=lambda cid: self.manager.stop_reply(cid),
+            counter=self.metrics, stop_reply=lambda cid: self.manager.stop_turn(cid),
         )  # fmt: skip
         self._stack.push_async_callback(self.desk.aclose)
         return HandoffTurns(self.desk, Translator(services), h, self.store)

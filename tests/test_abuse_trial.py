@@ -263,3 +263,40 @@ async def test_a_stop_that_reaches_another_worker_stops_the_answer(
         history = await first.store.history(asked.conversation_id, 10)
     answers = [m.content for m in history if m.role is Role.ASSISTANT]
     assert answers[0] == "first" + STOPPED_NOTE
+
+
+async def test_an_agent_taking_over_at_another_worker_stops_the_bots_answer(
+    postgres_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """An agent's takeover that the help desk's webhook brought to a worker other than the
+    one writing the bot's answer stopped nothing there: the bot went on answering over the
+    agent until its answer was done. It stops as a /stop from elsewhere does; the
+    conversation's next turn, once the agent gives it back, is not stopped by the mark."""
+    await migrate.upgrade(postgres_url)
+    redis = {"url": redis_url, "key_prefix": key_prefix}
+    settings = Settings(database={"url": postgres_url}, redis=redis)  # type: ignore[arg-type]
+    key = ConversationKey("test", "taken-elsewhere")
+    backend = GatedBackend()
+    async with (
+        Parley(settings, backend=backend) as first,
+        Parley(settings, backend=ScriptedBackend()) as second,
+    ):
+        sink = FirstChunkSink()
+        first.manager.attach("test", sink)
+        second.manager.attach("test", CollectingSink())
+        try:
+            asked = await first.manager.submit(said("tell me a story", ADA, key=key, group=False))
+            async with asyncio.timeout(10):
+                await sink.first_chunk.wait()
+            await second.desk.take(key, "Grace")
+            async with asyncio.timeout(10):  # the gate stays shut: only the stop ends it
+                await first.manager.wait_idle(asked.conversation_id)
+            await second.desk.give_back(key, "Grace")
+            backend.gate.set()
+            await first.manager.handle(said("and another", ADA, key=key, group=False))
+        finally:
+            backend.gate.set()
+        history = await first.store.history(asked.conversation_id, 10)
+    answers = [m.content for m in history if m.role is Role.ASSISTANT]
+    assert answers[0] == "first" + STOPPED_NOTE
+    assert answers[-1] == "first and the rest"

@@ -448,10 +448,30 @@ class ConversationManager:
         came, then "Stopped.". Where the workers share a cache, a turn not running here is
         told through a mark (`keys.stop`) that names the stop's message: the turn that
         answers earlier messages stops at its next look (`_stop_marks`)."""
-        if self.stop_reply(recorded.conversation_id, by=by) or self._liveness is None:
+        if not self.stop_reply(recorded.conversation_id, by=by):
+            await self._leave_stop_mark(recorded.conversation_id, by, recorded.message_id)
+
+    async def stop_turn(self, conversation_id: int) -> None:
+        """An agent took the conversation: the bot's answer stops wherever it is written. On
+        another worker (the help desk's webhook reached this one) through a mark naming the
+        message after the conversation's last, so that only a turn running now stops."""
+        if self.stop_reply(conversation_id) or self._liveness is None:
             return
-        mark = keys.stop(recorded.conversation_id, by)
-        await self._liveness.set(mark, str(recorded.message_id).encode(), STOP_MARK_TTL_S)
+        try:
+            last = await self._store.history(conversation_id, 1)
+        except StorageError as exc:  # the takeover stands; a turn elsewhere ends as it would
+            log.warning("conversation %d: no stop left for other workers: %s", conversation_id,
+                        type(exc).__name__)  # fmt: skip
+            return
+        if last:
+            await self._leave_stop_mark(conversation_id, None, last[-1].id + 1)
+
+    async def _leave_stop_mark(self, conversation_id: int, by: str | None, before: int) -> None:
+        """Stop the turn of `conversation_id` that answers messages before `before`, where it
+        runs on another worker sharing this one's cache (`_stop_marks` reads it)."""
+        if self._liveness is not None:
+            mark = keys.stop(conversation_id, by)
+            await self._liveness.set(mark, str(before).encode(), STOP_MARK_TTL_S)
 
     async def _stop_marks(
         self, conversation_id: int, streaming: _Streaming, batch: Sequence[StoredMessage]

@@ -103,8 +103,8 @@ class _Item:
 class CoreDesk:
     """types.Desk over SQL. `schedule(conversation_id, key)` runs the conversation's turn
     (the manager's): an agent's reply is delivered by it like any answer. `stop_reply(
-    conversation_id)` stops the bot's reply streaming in this process when an agent takes the
-    conversation."""
+    conversation_id)` stops the bot's reply being written when an agent takes the
+    conversation (on any worker where they share Redis: the manager's `stop_turn`)."""
 
     def __init__(
         self,
@@ -115,7 +115,7 @@ class CoreDesk:
         *,
         counter: HandoffCounter | None = None,
         publish_wait_s: float = 0.2,
-        stop_reply: Callable[[int], object] | None = None,
+        stop_reply: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._stop_reply = stop_reply
@@ -181,7 +181,7 @@ class CoreDesk:
         )
         if change.changed:
             if self._stop_reply is not None:  # the bot stops answering: its reply too
-                self._stop_reply(cid)
+                await self._stop_reply(cid)
             self._emit(EventKind.TAKEN, key, cid, change.after, agent=agent)
         return change.after
 
