@@ -242,3 +242,47 @@ async def test_a_second_stop_signal_as_the_process_ends_changes_nothing(tmp_path
     async with asyncio.timeout(60):
         out, err = await process.communicate()
     assert (process.returncode, out.decode().splitlines()[-1:]) == (0, ["ended 0"]), err
+
+
+# A program that embeds Parley runs the adapters until their inputs end (no hard stop asked
+# for), then goes on: Ctrl-C and SIGTERM must still end it.
+_EMBEDDED_AFTER_THE_RUN = """
+import asyncio, os, signal
+from adapters.kit.runner import run_adapters
+from bot.app import Parley
+from bot.settings import load_settings
+
+async def embedded() -> None:
+    async with Parley(load_settings()) as app:
+        await run_adapters(app, ["console"])
+
+asyncio.run(embedded())
+print("run over", flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+print("still running after SIGTERM", flush=True)
+"""
+
+
+async def test_an_embedding_program_is_still_ended_by_a_stop_signal_after_the_run(
+    tmp_path: Path,
+) -> None:
+    """run_adapters without a hard stop (an embedding program's; no timer bounds what comes
+    after) left SIGINT, SIGTERM and SIGHUP ignored for the rest of the program's life: once
+    the adapters were done, neither Ctrl-C nor a process manager's SIGTERM ended it, only
+    SIGKILL. Without a hard stop they are given back to their defaults, as before."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _EMBEDDED_AFTER_THE_RUN,
+        cwd=tmp_path,
+        env=parley_env(tmp_path, {"PARLEY_ADAPTERS": "console"}),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert (process.returncode, out.decode().splitlines()[-1:]) == (
+        -signal.SIGTERM,
+        ["run over"],
+    ), err

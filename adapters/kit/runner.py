@@ -351,7 +351,12 @@ class StopSignals:
         while the process still ends (the app's pools, an in-process engine, about half a
         second of the interpreter's own clean-up): a second Ctrl-C or SIGTERM a tenth of a
         second after the first, with the stop done, killed the process by that signal
-        (status 130 or 143, not 0). An ignored signal stays ignored through the exit."""
+        (status 130 or 143, not 0). An ignored signal stays ignored through the exit.
+        Without a hard stop (an embedding program's: no timer bounds what comes after) the
+        signals are left to go back to their defaults: ignored, they no longer ended the
+        program at all once its adapters were done."""
+        if self._hard_stop_s is None:
+            return
         self._arm()
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
