@@ -36,6 +36,18 @@ def test_a_one_word_request_for_a_person_is_recognised(text: str) -> None:
     assert asks_for_person(text)
 
 
+# French "personne" alone is "nobody" ("Qui d'autre a accès au compte ?" "Personne."); with
+# an article, or "vraie", it is a person.
+@pytest.mark.parametrize("text", ["Personne.", "personne", "Personne !", "Non, personne"])
+def test_a_french_nobody_is_no_request_for_a_person(text: str) -> None:
+    assert not asks_for_person(text)
+
+
+@pytest.mark.parametrize("text", ["une personne", "Une vraie personne svp", "vraie personne"])
+def test_a_french_request_for_a_person_is_still_recognised(text: str) -> None:
+    assert asks_for_person(text)
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -103,8 +103,11 @@ ALONE: dict[str, tuple[str, ...]] = {
         r"mensch(?:en)?|mitarbeiter(?:in)?|berater(?:in)?|kundenberater(?:in)?|kundendienst",
         r"bitte|jetzt", r"ein|eine|einen", r"echte[nr]?|richtige[nr]?",
     ),
+    # "personne" alone is "nobody" ("Personne." to "who else uses the account?"): a person
+    # only with "une" or "vraie" before it.
     "fr": (
-        r"humain|personne|conseill(?:er|ère)|agent|opérat(?:eur|rice)|quelqu.un",
+        r"humain|une\s+(?:vraie\s+)?personne|vraie\s+personne"
+        r"|conseill(?:er|ère)|agent|opérat(?:eur|rice)|quelqu.un",
         r"svp|stp|s.il vous plaît|s.il te plaît", r"un|une", r"vrai|vraie",
     ),
     "es": (r"humano|persona|agente|operador(?:a)?|asesor(?:a)?", r"por favor", r"un|una", ""),
