@@ -60,6 +60,32 @@ def test_a_word_about_people_is_still_no_request(text: str) -> None:
     assert not asks_for_person(text)
 
 
+# "I want / need / can I get a ..." followed by a hyphen or another noun names something
+# else: ordinary questions a support bot gets, each handed off to the agents' queue.
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Can I get a human-readable copy of my invoice?", "I need an agent license for Bo",
+        "I would like a representative sample of the data", "can I have an operator account?",
+        "I need a person-to-person transfer",
+    ],
+)  # fmt: skip
+def test_a_thing_named_after_people_is_no_request(text: str) -> None:
+    assert not asks_for_person(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I want a human to talk to", "I need a person now", "can I get an agent, please",
+        "I need a real person because this is not working", "I want a human!!", "get me an agent",
+        "I need an operator (urgent)", "could I have a representative please",
+    ],
+)  # fmt: skip
+def test_a_request_for_a_person_in_a_sentence_is_still_recognised(text: str) -> None:
+    assert asks_for_person(text)
+
+
 @pytest.mark.postgres
 async def test_a_customer_who_types_human_is_handed_off_without_a_model(pg: str) -> None:
     bridge = RecordingBridge()

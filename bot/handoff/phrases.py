@@ -126,11 +126,17 @@ ALONE: dict[str, tuple[str, ...]] = {
     "zh": (r"人工|真人|客服", r"请|麻烦", "", ""),
     "ja": (r"人間|オペレーター|担当者", r"お願いします", "", ""),
 }  # fmt: skip
-# "I want / need a human", "can I get an agent" ("a person's" is no request).
+# "I want / need a human", "can I get an agent": the word ends the request (the message, a
+# punctuation mark, or a word such as "please", "now", "to", "because" after it). Followed
+# by a hyphen, an apostrophe or another noun it names something else: "a person's address",
+# "a human-readable copy", "an agent license", "a representative sample".
 WANT_PERSON = (
     r"\b(?:i\s+(?:really\s+)?(?:want|need|would\s+like)|i.d\s+like|can\s+i\s+(?:get|have)"
     r"|could\s+i\s+(?:get|have)|get\s+me|give\s+me)\s+(?:a|an|some|your)\s+"
-    r"(?:real\s+|live\s+|actual\s+)?(?:human|person|agent|representative|operator)\b(?!['’])"
+    r"(?:real\s+|live\s+|actual\s+)?(?:human|person|agent|representative|operator)"
+    r"(?=\W*$|\s*[.,!?;:…)(]|\s+(?:please|pls|plz|now|asap|right|instead|here|being|not|rather"
+    r"|on|to|who|that|for|and|but|or|because|since|as|from|at|already|immediately|urgently"
+    r"|thanks|thank|so|if|with|this|again)\b)"
 )
 
 _HUMAN = re.compile(
