@@ -223,3 +223,24 @@ async def test_what_the_customer_said_to_the_agent_starts_no_streak_after_it_is_
         await send(app, adapter, 4, "It is still slow, not great.")  # the bot's own streak
         status = await app.desk.status(KEY)
         assert (status.state, status.detail) == (HandoffState.WAITING, "2 negative in a row")
+
+
+@pytest.mark.postgres
+async def test_commands_between_the_bots_own_unhappy_answers_still_make_a_streak(
+    pg: str,
+) -> None:
+    """After a conversation was given back once, the streak read only the newest few
+    messages of its history to tell the bot's answers from the agent's: two commands
+    between two unhappy messages (/help, /history) pushed the first out of that window, and
+    the bot's own "2 negative in a row" handed nothing off."""
+    async with stack(pg, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _api):
+        await send(app, adapter, 1, "I want to talk to a person")
+        await app.desk.take(KEY, "sam")
+        await app.desk.give_back(KEY, "sam")
+        await send(app, adapter, 2, "Thanks, but the app is still slow.")
+        assert (await app.desk.status(KEY)).state is HandoffState.BOT
+        await send(app, adapter, 3, "/help")
+        await send(app, adapter, 4, "/history")
+        await send(app, adapter, 5, "It is still slow, not great.")
+        status = await app.desk.status(KEY)
+        assert (status.state, status.detail) == (HandoffState.WAITING, "2 negative in a row")

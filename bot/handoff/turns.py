@@ -70,6 +70,11 @@ def offline_sentiment(text: str, language: str = "") -> Sentiment:
     return found
 
 
+# The most messages of a conversation's history read to tell the bot's streak from what a
+# person had (HandoffTurns._since_given_back).
+HISTORY_READ_MAX = 1000
+
+
 class HandoffTurns:
     def __init__(
         self, desk: CoreDesk, translator: Translator, settings: HandoffSettings, store: Store
@@ -138,7 +143,14 @@ class HandoffTurns:
         if not earlier or status.since is None:  # never handed off: every signal counts
             return earlier
         since = status.since
-        window = await self._store.history(conversation_id, 2 * len(earlier) + batch_size + 2)
+        # Enough to reach the oldest signal's message: commands and their answers between
+        # (/help, /history) pushed it out of a window of two messages a signal, and the bot's
+        # own streak went uncounted. Past HISTORY_READ_MAX, what is left counts as none.
+        limit, oldest = 2 * len(earlier) + batch_size + 2, earlier[-1].message_id
+        window = await self._store.history(conversation_id, limit)
+        while len(window) == limit and window[0].id > oldest and limit < HISTORY_READ_MAX:
+            limit = min(4 * limit, HISTORY_READ_MAX)
+            window = await self._store.history(conversation_id, limit)
         recorded = {m.id: _utc(m.created_at) for m in window if m.role is Role.ASSISTANT}
         bots = {
             m.id for m in window
