@@ -87,7 +87,14 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     wait = settings.database.timeout_s  # for the first look only, not the migration
     try:
         if args.action == "upgrade":
-            await migrate.upgrade(url, args.revision or "head", timeout_s=wait)
+            revision = args.revision or "head"
+            if (past := await migrate.past(url, revision, timeout_s=wait)) is not None:
+                raise ConfigError(
+                    f"db upgrade: the database is at revision {past}, past {revision}: "
+                    f"`parley db downgrade {revision} --yes` goes back to it (back up the "
+                    "database first)"
+                )
+            await migrate.upgrade(url, revision, timeout_s=wait)
         elif args.action == "downgrade":
             revision = args.revision or "-1"
             if not args.yes:  # a downgrade drops what the revisions it undoes created

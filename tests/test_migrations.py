@@ -463,3 +463,23 @@ def test_db_upgrade_with_an_sqlite_parameter_the_settings_missed_is_one_line(
     assert capsys.readouterr().err == (
         "parley: error: database.url: timeout: not a number of seconds from 0 to 2147483\n"
     )
+
+
+def test_db_upgrade_to_a_revision_the_database_is_past_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`parley db upgrade 0005` on a database at the newest revision did nothing and exited
+    0, as if the database were now at 0005 (an operator going back to an older Parley runs
+    it so). It names the revision the database is at and the command that goes back."""
+    from bot.cli import main
+
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/parley.db")
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["db", "upgrade", "0005"]) == 2
+    assert capsys.readouterr().err == (
+        f"parley: error: db upgrade: the database is at revision {migrate.head()}, past 0005: "
+        "`parley db downgrade 0005 --yes` goes back to it (back up the database first)\n"
+    )
+    assert main(["db", "upgrade", migrate.head()]) == 0  # where it is: nothing to do

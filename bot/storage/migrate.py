@@ -17,6 +17,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import Connection, make_url
 
 from bot.errors import SchemaOutOfDate, SchemaTooNew, StorageError
@@ -39,6 +41,23 @@ async def upgrade(url: str, revision: str = "head", *, timeout_s: float | None =
 
 async def downgrade(url: str, revision: str = "-1", *, timeout_s: float | None = None) -> None:
     await _run_command(command.downgrade, url, revision, timeout_s)
+
+
+async def past(url: str, revision: str, *, timeout_s: float | None = None) -> str | None:
+    """The database's revision when it is a later one than `revision` (an upgrade to it
+    would do nothing), else None; also None for a revision Alembic resolves only as it runs
+    (relative ones: +1, head-1), which `upgrade` checks itself."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    try:
+        target = script.get_revision(revision)
+    except (CommandError, RevisionError):
+        return None
+    found = await current(url, timeout_s)
+    if found is None or target is None or found == target.revision:
+        return None
+    _refuse_unknown(found)
+    below = {r.revision for r in script.walk_revisions(base="base", head=found)}
+    return found if target.revision in below else None
 
 
 def head() -> str:
