@@ -218,13 +218,20 @@ async def test_an_unexpected_failure_of_the_answer_is_said_not_left_unanswered(
     assert "KeyError" in caplog.text
 
 
-async def test_an_unexpected_failure_after_text_ends_the_answer_cut_off(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["hello there", "/translate to de good morning"])
+async def test_an_unexpected_failure_after_text_ends_the_answer_cut_off(
+    tmp_path: Path, text: str
+) -> None:
+    """The chat relay's and a skill's stream alike: what was shown is kept, with the note."""
     private = ConversationKey("test", "private-5")
     async with Parley(settings_for(tmp_path), backend=FailsUnexpectedly(after=2)) as app:
         sink = CollectingSink()
         app.manager.attach("test", sink)
-        await app.manager.handle(said("hello there", ADA, key=private, group=False))
-    assert sink.replies[private] == ["the answer" + CUT_OFF_NOTE]
+        asked = await app.manager.handle(said(text, ADA, key=private, group=False))
+        history = await app.store.history(asked.conversation_id, 10)
+    (shown,) = sink.replies[private]
+    assert shown.endswith(CUT_OFF_NOTE) and shown != CUT_OFF_NOTE.lstrip()
+    assert [m.content for m in history if m.role is Role.ASSISTANT] == [shown]
 
 
 @pytest.mark.parametrize("group", [False, True])
