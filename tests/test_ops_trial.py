@@ -4,6 +4,7 @@ workers starting together."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -60,6 +61,26 @@ def test_a_secret_that_cannot_be_written_leaves_no_file_behind(tmp_path: Path) -
     made = load_secret(None, tmp_path)
     assert len(made) >= 32
     assert load_secret(None, tmp_path) == made  # kept: the same on every start
+
+
+def test_a_secret_is_kept_in_a_data_folder_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The secret was linked in place, and a data folder on a file system without hard links
+    (Azure Files, gcsfuse and s3fs mounts, vfat answer EPERM or ENOTSUP) stopped every start
+    with "cannot write the token secret ... (Operation not permitted); free some room",
+    where it was kept before. Such a folder still gets one whole secret, the same at every
+    start, and no draft left beside it."""
+
+    def no_hard_links(source: object, target: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    made = load_secret(None, tmp_path)
+    assert len(made) >= 32
+    assert load_secret(None, tmp_path) == made  # kept: the same on every start
+    assert [p.name for p in tmp_path.iterdir()] == [SECRET_FILE]
+    assert (tmp_path / SECRET_FILE).stat().st_mode & 0o777 == 0o600
 
 
 # In a process of its own: no file may grow past 64 bytes, as on a disk that filled while the

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -37,6 +37,8 @@ SECRET_FILE = "support-token-secret"
 # be guessed); `openssl rand -base64 48` makes 64 characters.
 TOKEN_SECRET_MIN = 32
 VISITOR_PREFIX = "v_"
+# What os.link answers on a file system without hard links.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 class BadToken(Exception):
@@ -92,12 +94,19 @@ def _make_secret(path: Path) -> None:
     fails (a full disk) or a crash leaves no empty secret behind, and of two workers
     starting together the second's link fails and it reads the first's whole secret."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
     fd, draft = tempfile.mkstemp(prefix=f".{SECRET_FILE}-", dir=path.parent)  # mode 0600
     try:
         with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(48))
-        with contextlib.suppress(FileExistsError):
+            fh.write(secret)
+        try:
             os.link(draft, path)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            _write_new(path, secret)
     except OSError as exc:
         raise AdapterError(
             f"support: cannot write the token secret to {path} ({exc.strerror}); "
@@ -105,6 +114,23 @@ def _make_secret(path: Path) -> None:
         ) from None
     finally:
         os.unlink(draft)
+
+
+def _write_new(path: Path, secret: str) -> None:
+    """A file system without hard links (Azure Files, gcsfuse, s3fs, vfat): the secret is
+    written into a file created only if there is none (O_EXCL: of two workers starting
+    together one writes it), and removed if the write fails. A worker reading it in the
+    moment it is still empty refuses it (load_secret) rather than sign with an empty key."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret)
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _b64(data: bytes) -> str:
