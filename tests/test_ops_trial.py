@@ -119,6 +119,21 @@ def test_embeddings_come_back_after_a_disk_that_filled_while_they_were_set_up(
     assert vectors.shape == (2, WordLlamaEmbedder(models).dim)
 
 
+def test_the_copied_tokenizer_can_be_read_by_the_other_users_of_the_cache(
+    tmp_path: Path,
+) -> None:
+    """The tokenizer file was copied with the mode of a plain file (0644 under the usual
+    umask), then through a temporary file (mkstemp's 0600): a knowledge.embeddings_cache
+    made by one user (a build step, an operator's `parley kb` run) and read by the service's
+    user then gave "embeddings unavailable (Permission denied)" for good, the file being of
+    the right size. The wheel's public file is readable by all again."""
+    models = tmp_path / "models"
+    WordLlamaEmbedder(models).embed(["hello"])
+    copies = sorted(models.rglob("*tokenizer_config.json"))
+    assert copies
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in copies), copies
+
+
 # In a process of its own: no file may grow past 64 KiB, as in a temporary folder (/tmp, a
 # container's small tmpfs) that is full.
 _DETECT_WITH_A_FULL_TMP = textwrap.dedent(

@@ -99,6 +99,8 @@ def _install_tokenizer(cache_dir: Path) -> None:
         try:
             with bundled.open("rb") as source, os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(source, out)
+            # mkstemp's 0600 would keep the wheel's public file from the cache's other users.
+            os.chmod(draft, 0o644)
             os.replace(draft, target)
         finally:
             Path(draft).unlink(missing_ok=True)
