@@ -265,11 +265,21 @@ async def test_a_stop_that_reaches_another_worker_stops_the_answer(
             await second.manager.submit(said("/stop", ADA, key=key, group=group))
             async with asyncio.timeout(10):  # the gate stays shut: only the stop ends it
                 await first.manager.wait_idle(asked.conversation_id)
+            await second.manager.wait_idle(asked.conversation_id)  # the /stop's own answer
+            # The mark stays for a minute; a later turn that looks for it is not stopped.
+            backend.gate, sink.first_chunk = asyncio.Event(), asyncio.Event()
+            await first.manager.submit(said("and then?", ADA, key=key, group=group))
+            async with asyncio.timeout(10):
+                await sink.first_chunk.wait()
+            await asyncio.sleep(1.5)  # a look of the later turn
+            backend.gate.set()
+            await first.manager.wait_idle(asked.conversation_id)
         finally:
             backend.gate.set()
-        history = await first.store.history(asked.conversation_id, 10)
+        history = await first.store.history(asked.conversation_id, 20)
     answers = [m.content for m in history if m.role is Role.ASSISTANT]
     assert answers[0] == "first" + STOPPED_NOTE
+    assert answers[-1] == "first and the rest"
 
 
 async def test_an_agent_taking_over_at_another_worker_stops_the_bots_answer(
