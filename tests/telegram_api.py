@@ -85,6 +85,9 @@ class FakeBotApi:
     admins: set[tuple[int, int]] = field(default_factory=set)
     # Chats whose user blocked the bot: 403 to every message.
     blocked: set[int] = field(default_factory=set)
+    # Groups upgraded to a supergroup: old id -> new id. Every call to the old id is refused
+    # as Telegram refuses it: 400 with `parameters.migrate_to_chat_id`.
+    migrated: dict[int, int] = field(default_factory=dict)
     # method -> how many of its next calls get 502 Bad Gateway (the Bot API's front
     # answering for a server that is down), as Telegram's does.
     failing: dict[str, int] = field(default_factory=dict)
@@ -183,6 +186,9 @@ class FakeBotApi:
             return limited
         if params.get("chat_id") in self.blocked:
             return _error(call, 403, "Forbidden: bot was blocked by the user")
+        if (new_id := self.migrated.get(params.get("chat_id", 0))) is not None:
+            description = "Bad Request: group chat was upgraded to a supergroup chat"
+            return _error(call, 400, description, migrate_to_chat_id=new_id)
         if self.reject_html and params.get("parse_mode") == "HTML":
             return _error(call, 400, "Bad Request: can't parse entities: unsupported tag")
         handler = getattr(self, f"_{method}", None)
@@ -338,12 +344,16 @@ def _message(chat: int, message_id: int, text: str) -> dict[str, Any]:
     }
 
 
-def _error(call: Call, status: int, description: str, retry_after: int = 0) -> Response:
+def _error(
+    call: Call, status: int, description: str, retry_after: int = 0, **parameters: int
+) -> Response:
     call.status = status
     call.error = description
     body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
     if retry_after:
-        body["parameters"] = {"retry_after": retry_after}
+        parameters["retry_after"] = retry_after
+    if parameters:
+        body["parameters"] = parameters
     return JSONResponse(body, status_code=status)
 
 

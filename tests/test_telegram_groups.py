@@ -120,6 +120,31 @@ async def test_group_answers_quote_the_question_private_ones_do_not(tmp_path: Pa
         assert stored[0].platform_message_id == str(asked["message"]["message_id"])
 
 
+async def test_an_answer_under_way_as_the_group_becomes_a_supergroup_is_shown_there(
+    tmp_path: Path,
+) -> None:
+    """A basic group upgraded to a supergroup (an admin makes it public, turns topics on)
+    gets a new chat id, and Telegram refuses every call to the old one (400, with
+    migrate_to_chat_id). The answer being written then, and the answers to the questions
+    asked before the upgrade, were never shown: the refusal ended the showing, and the turn
+    was recorded as answered."""
+    old, new = -4567, -1004567
+    backend = ScriptedBackend(lambda r: "one two three four five six", delay=lambda: 0.3)
+    async with telegram_stack(tmp_path, backend, **FAST) as (_, adapter, api):
+        for update_id, words in ((1, "count"), (2, "again")):
+            asked = mention_update(update_id, old, f"@parley_bot {words}", user_id=ADA)
+            asked["message"]["chat"] = {"id": old, "type": "group", "title": "Team"}
+            await feed(adapter, asked)
+            if update_id == 1:
+                async with asyncio.timeout(60):
+                    await api.until(lambda: bool(api.sent("sendMessage", old)))
+                api.migrated[old] = new  # mid-answer: its message is in the old group
+        await adapter.idle()
+        assert api.texts(new) == ["one two three four five six"] * 2
+        # The old group's message ids mean nothing in the supergroup: nothing quoted there.
+        assert all("reply_parameters" not in c.params for c in api.sent("sendMessage", new))
+
+
 def _timeout(request: GenerationRequest) -> str:
     raise BackendTimeout("first token did not come within 1 s")
 

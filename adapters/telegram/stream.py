@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from telegram import Bot, LinkPreviewOptions, ReplyParameters
 from telegram.constants import ParseMode
-from telegram.error import BadRequest, NetworkError, TelegramError
+from telegram.error import BadRequest, ChatMigrated, NetworkError, TelegramError
 
 from adapters.kit.streamer import Pacing, Streamer
 from bot.errors import AdapterError, MessageGone, PlatformAway
@@ -94,6 +94,9 @@ class TelegramSurface:
         self._previews = None if link_previews else NO_PREVIEW
         self._draft_id = secrets.randbelow(2**31 - 2) + 1
         self._sent_any = False
+        self._chat = target.chat_id  # a new id once the group becomes a supergroup
+        self._chat_of: dict[int, int] = {}  # message id -> the chat it is in
+        self._moved: dict[int, int] = {}  # a message of the old group -> its successor
         self._last_render = ("", "")  # the streamer asks `shows` and then sends the same piece
         self._texts: dict[int, str] = {}  # message id -> the text last asked for
 
@@ -106,28 +109,49 @@ class TelegramSurface:
         return self._last_render[1]
 
     async def send(self, piece: str, *, plain: bool) -> int:
+        with _platform(self._chat):
+            try:
+                message_id = await self._rendered(self._sending(), piece, plain)
+            except ChatMigrated as exc:
+                message_id = await self._rendered(self._moved_to(exc), piece, plain)
+        return self._sent(message_id, piece, plain)
+
+    def _sending(self) -> Call[int]:
         t = self._target
-        quote = None if self._sent_any else t.quote
+        chat_id = self._chat
+        # The first message quotes the question, in the chat the question was asked in.
+        quote = None if self._sent_any or chat_id != t.chat_id else t.quote
 
         async def call(text: str, mode: str | None) -> int:
             sent = await self._bot.send_message(
-                t.chat_id,
+                chat_id,
                 text,
                 parse_mode=mode,
                 message_thread_id=t.thread_id,
                 reply_parameters=quote,
                 link_preview_options=self._previews,
             )
-            return sent.message_id
+            return int(sent.message_id)
 
-        with _platform(t.chat_id):
-            message_id = await self._rendered(call, piece, plain)
+        return call
+
+    def _moved_to(self, exc: ChatMigrated) -> Call[int]:
+        """The group became a supergroup (an admin made it public, turned topics on): it has
+        a new id, and Telegram refuses every call to the old one. The rest of the answer goes
+        there, unquoted (the old group's message ids mean nothing in the supergroup)."""
+        log.info("chat %s is now the supergroup %s", self._chat, exc.new_chat_id)
+        self._chat = exc.new_chat_id
+        return self._sending()
+
+    def _sent(self, message_id: int, piece: str, plain: bool) -> int:
         self._sent_any = True
+        self._chat_of[message_id] = self._chat
         self._texts[message_id] = self._text(piece, plain)
         return message_id
 
     async def edit(self, ref: int, piece: str, *, plain: bool) -> None:
-        chat_id = self._target.chat_id
+        ref = self._moved.get(ref, ref)
+        chat_id = self._chat_of.get(ref, self._chat)
         if self._texts.get(ref) == self._text(piece, plain):
             return  # another piece with the same rendering: Telegram would say "not modified"
 
@@ -141,7 +165,14 @@ class TelegramSurface:
                     raise
 
         with _platform(chat_id):
-            await self._rendered(call, piece, plain)
+            try:
+                await self._rendered(call, piece, plain)
+            except ChatMigrated as exc:
+                # The message stays in the old group, which can no longer be written to: the
+                # piece goes on as a new message in the supergroup, edited from then on.
+                moved = await self._rendered(self._moved_to(exc), piece, plain)
+                self._moved[ref] = self._sent(moved, piece, plain)
+                return
         self._texts[ref] = self._text(piece, plain)
 
     async def draft(self, piece: str) -> None:
