@@ -685,3 +685,23 @@ async def test_erase_leaves_no_message_and_keeps_the_conversations_id(store: Sto
     state = await store.state(cid)  # the row stays, renamed and emptied
     assert state.key.chat_id.startswith("erased:") and state.summary == ""
     assert await store.erase(KEY, ALICE.user_id, []) == []  # nothing left to erase
+
+
+async def test_a_chat_moved_to_a_new_id_takes_its_conversation_along(
+    pair: tuple[SqlStore, SqlStore],
+) -> None:
+    """A Telegram group that became a supergroup: its history is the new chat's, on every
+    worker; a new id that has a conversation already keeps it (nothing is merged)."""
+    store, peer = pair
+    cid, _ = await say(store, "k1", "the word is banana")
+    new_key = ConversationKey("console", "chat-2")
+    assert await peer.conversation_id(KEY) == cid  # the peer knows the old id
+    assert await store.move_chat("console", "chat-1", "chat-2") == 1
+    assert await store.move_chat("console", "chat-1", "chat-2") == 0  # said twice: once
+    for worker in (store, peer):
+        assert await worker.conversation_id(new_key) == cid
+    assert await store.conversation_id(KEY) is None
+    assert [m.content for m in await store.history(cid, 10)] == ["the word is banana"]
+    other = await store.record_incoming(incoming("k2", key=KEY), kind=CHAT, token_count=1)
+    assert await store.move_chat("console", "chat-1", "chat-2") == 0
+    assert await store.conversation_id(KEY) == other.conversation_id != cid

@@ -14,6 +14,7 @@ from backends.base import GenerationRequest
 from bot import phrases
 from bot.errors import BackendTimeout
 from bot.storage.base import MessageKind
+from bot.types import ConversationKey
 from tests.doubles import ScriptedBackend
 from tests.telegram_updates import (
     feed,
@@ -143,6 +144,39 @@ async def test_an_answer_under_way_as_the_group_becomes_a_supergroup_is_shown_th
         assert api.texts(new) == ["one two three four five six"] * 2
         # The old group's message ids mean nothing in the supergroup: nothing quoted there.
         assert all("reply_parameters" not in c.params for c in api.sent("sendMessage", new))
+
+
+async def test_a_group_that_becomes_a_supergroup_keeps_its_conversation(tmp_path: Path) -> None:
+    """Upgraded to a supergroup, a group has a new chat id: it was a new conversation, so
+    the bot forgot everything said before, and the group's settings were lost without a
+    word (/keep on: nothing kept any more; what was kept could no longer be deleted with
+    /keep delete, the old group being gone). Telegram says so in both chats (a service
+    message with migrate_to_chat_id in the old one, migrate_from_chat_id in the new one)."""
+    old, new = -4567, -1004567
+    basic = {"id": old, "type": "group", "title": "Team"}
+    backend = ScriptedBackend()
+    async with telegram_stack(tmp_path, backend, **FAST) as (app, adapter, api):
+        api.admins.update({(old, ADMIN), (new, ADMIN)})
+        asked = mention_update(1, old, "@parley_bot the word is banana", user_id=ADA)
+        asked["message"]["chat"] = basic
+        keep = text_update(2, old, "/keep on", user_id=ADMIN)
+        keep["message"]["chat"] = basic
+        for payload in (asked, keep):
+            await feed(adapter, payload)
+            await adapter.idle()
+        upgraded = message(old, user_id=ADMIN, migrate_to_chat_id=new)
+        upgraded["chat"] = basic
+        await feed(adapter, update(3, "message", **upgraded))
+        await feed(adapter, update(4, "message", **message(new, user_id=ADMIN,
+                                                            migrate_from_chat_id=old)))  # fmt: skip
+        await feed(adapter, mention_update(5, new, "@parley_bot which word?", user_id=ADA))
+        await feed(adapter, text_update(6, new, "/keep", user_id=BOB))
+        await adapter.idle()
+        said = [m.content for m in backend.requests[-1].messages]
+        assert "Ada: the word is banana" in said
+        assert "is on" in api.texts(new)[-1]
+        assert await app.store.conversation_id(ConversationKey("telegram", str(new))) == 1
+        assert await app.store.conversation_id(ConversationKey("telegram", str(old))) is None
 
 
 def _timeout(request: GenerationRequest) -> str:

@@ -58,6 +58,7 @@ from .translate import (
     AnswerCallback,
     BotIdentity,
     Fetch,
+    Moved,
     translate,
 )
 from .webhook import read_update, webhook_route
@@ -292,6 +293,8 @@ class TelegramAdapter:
             self._intake.notify(action.incoming, action.sentence, mb=mb)
         elif isinstance(action, AnswerCallback):
             await self._answer_callback(action.query_id)
+        elif isinstance(action, Moved):
+            await self._intake.move_chat(PLATFORM, str(action.old_chat_id), str(action.new_chat_id))
         elif isinstance(action, Ignore):
             log.debug("update ignored: %s", action.reason)
 

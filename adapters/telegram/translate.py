@@ -13,6 +13,9 @@ edited message                -> Ignore: the original was answered; answering th
 channel post                  -> Ignore: Parley converses, it does not post in channels
                                  (a post a linked channel forwards to its discussion group
                                  is chatter there, even when it mentions the bot)
+group upgraded to supergroup  -> Moved (migrate_to_chat_id in the old group,
+                                 migrate_from_chat_id in the new one: either moves the
+                                 conversation, the second finds nothing left to move)
 callback query                -> AnswerCallback (stops the button's spinner; Parley sends
                                  no buttons, so an old or foreign one is acknowledged only)
 
@@ -57,7 +60,15 @@ class AnswerCallback:
     query_id: str
 
 
-Action = Submit | Observe | Fetch | Notice | AnswerCallback | Ignore
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """A group became a supergroup: a new chat id, for the same members and talk."""
+
+    old_chat_id: int
+    new_chat_id: int
+
+
+Action = Submit | Observe | Fetch | Notice | AnswerCallback | Moved | Ignore
 
 
 def translate(update: Update, me: BotIdentity) -> Action:
@@ -70,6 +81,10 @@ def translate(update: Update, me: BotIdentity) -> Action:
     message = update.message
     if message is None:
         return Ignore("update type not handled")
+    if message.migrate_to_chat_id is not None:
+        return Moved(message.chat.id, message.migrate_to_chat_id)
+    if message.migrate_from_chat_id is not None:
+        return Moved(message.migrate_from_chat_id, message.chat.id)
     if message.from_user is None or message.from_user.is_bot:
         return Ignore("not from a person")
     text = addressed_text(message, me)

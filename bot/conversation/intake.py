@@ -10,6 +10,8 @@
                                       -> one sentence; else the message is its caption
                                       and its text, fenced as quoted data
     observe(incoming)                 a group message not for the bot: kept where allowed
+    move_chat(platform, old, new)     a chat's new id (a group became a supergroup): its
+                                      conversations follow it
     notify(incoming, sentence)        a sentence outside a turn, at most one per sender and
                                       rate window, from a bounded set of tasks
 
@@ -100,6 +102,10 @@ class Intake:
         if not is_allowed(door.access, incoming):
             return None  # chatter of someone not allowed: not kept, and no notice
         return await self._manager.observe(incoming)
+
+    async def move_chat(self, platform: str, old_chat_id: str, new_chat_id: str) -> None:
+        """A chat with a new id on its platform: see ConversationManager.move_chat."""
+        await self._manager.move_chat(platform, old_chat_id, new_chat_id)
 
     async def mark_deleted(self, idempotency_key: str) -> None:
         """A message deleted on the platform, before anything looks for it: see

@@ -372,6 +372,14 @@ class ConversationManager:
             incoming, kind=MessageKind.OBSERVED, token_count=tokens
         )
 
+    async def move_chat(self, platform: str, old_chat_id: str, new_chat_id: str) -> None:
+        """A chat that has a new id on its platform keeps its conversations (history,
+        settings, what it kept): see Store.move_chat."""
+        moved = await self._store.move_chat(platform, old_chat_id, new_chat_id)
+        if moved:
+            log.info("%s chat %s is now %s: its conversation moved", platform, old_chat_id,
+                     new_chat_id)  # fmt: skip
+
     async def mark_deleted(self, idempotency_key: str) -> None:
         """A message deleted on the platform, marked (for DELETION_MARK_TTL_S) before its
         deletion event looks for it: a message recorded after the event looked (a document

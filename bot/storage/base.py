@@ -256,6 +256,12 @@ class Store(Protocol):
         """Unanswered user messages of a conversation, oldest first."""
         ...
 
+    async def move_chat(self, platform: str, old_chat_id: str, new_chat_id: str) -> int:
+        """The chat has a new id on its platform (a Telegram group that became a
+        supergroup): its conversations, and with them their history and settings, are
+        moved to it, unless the new id has conversations already. Returns how many moved."""
+        ...
+
     async def record_reply(
         self,
         conversation_id: int,

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import aliased
 
 from bot.errors import StorageError
 from bot.handoff.models import HandoffEventRow, HandoffStateRow, MessageSignalRow
@@ -253,6 +254,15 @@ class SqlStore:
 
     async def pending(self, conversation_id: int, limit: int) -> Sequence[StoredMessage]:
         return await self._messages(_PENDING, {"conversation_id": conversation_id, "limit": limit})
+
+    async def move_chat(self, platform: str, old_chat_id: str, new_chat_id: str) -> int:
+        params = {"on_platform": platform, "old": old_chat_id, "new": new_chat_id}
+        moved = await self._run(lambda q: q.rowcount(_MOVE_CHAT, params), write=True)
+        if moved:
+            # This worker's ids of the old chat's conversations: a late message of the old
+            # chat starts a conversation of its own, as on every other worker.
+            self._conversation_ids.discard(ConversationKey(platform, old_chat_id))
+        return moved
 
     async def record_reply(
         self,
@@ -1631,6 +1641,14 @@ _UNANSWERED = (
     .limit(_LIMIT)
 )
 _PENDING_STATS = sa.select(sa.func.count(), sa.func.min(_m.created_at)).where(_PENDING_WHERE)
+_c_new = aliased(ConversationRow)
+_MOVE_CHAT = (
+    sa.update(_c)
+    .where(_c.platform == _param("on_platform"), _c.chat_id == _param("old"))
+    .where(~sa.exists().where(_c_new.platform == _param("on_platform"),
+                              _c_new.chat_id == _param("new")))
+    .values(chat_id=_param("new"))
+)  # fmt: skip
 # The delivery ends with the erasure: a turn answering now finds its fence gone
 # (record_reply) and stores nothing of its answer.
 _ERASE_CONVERSATIONS = sa.update(_c).values(
