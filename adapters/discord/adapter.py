@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Self
 import aiohttp
 import discord
 
-from adapters.kit.actions import Ignore, Notice, Observe, Submit
+from adapters.kit.actions import Edit, Ignore, Notice, Observe, Submit, as_edit
 from adapters.kit.away import PlatformWatch
 from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
 from bot import phrases
@@ -210,6 +210,7 @@ class DiscordAdapter:
         self.client.event(self.on_message)
         self.client.event(self.on_raw_message_delete)
         self.client.event(self.on_raw_bulk_message_delete)
+        self.client.event(self.on_raw_message_edit)
         if isinstance(self.client, discord.AutoShardedClient):
             self.client.event(self.on_shard_ready)
             self.client.event(self.on_shard_disconnect)
@@ -223,6 +224,7 @@ class DiscordAdapter:
         self.messages_handled = 0
         self.backfills_done = 0
         self.deletions_handled = 0
+        self.edits_handled = 0
         self._progress = asyncio.Condition()
         self._guild_channels: Lru[bool] = Lru(GUILD_CHANNELS_KNOWN)
         self._interactions: Lru[discord.Interaction] = Lru(INTERACTIONS_KNOWN)
@@ -361,6 +363,11 @@ class DiscordAdapter:
         async with self._progress:
             await self._progress.wait_for(lambda: self.deletions_handled >= count)
 
+    async def edited(self, count: int) -> None:
+        """Wait until `count` edit events have been handled."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.edits_handled >= count)
+
     async def idle(self) -> None:
         """Wait until every turn in this process is answered and every notice sent."""
         await self._intake.idle()
@@ -492,6 +499,24 @@ class DiscordAdapter:
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         """A deleted message whose turn has not run is not answered."""
         await self._withdraw(payload.channel_id, [payload.message_id])
+
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        """A message its sender edited: its new text replaces the recorded one, never
+        answered again (Intake.edit). The raw event, as for deletions: the message need not
+        be in discord.py's cache. An update that is no edit by its sender (an embed Discord
+        unfurled, a pin: no edited_timestamp) changes nothing."""
+        try:
+            if payload.data.get("edited_timestamp") is None:
+                return
+            action = as_edit(translate(payload.message, self.me))
+            if isinstance(action, Edit):
+                await self._intake.edit(action.incoming, observed=action.observed)
+        except Exception:  # one bad event must not end the handling of others
+            log.exception("message %s: edit not recorded", payload.message_id)
+        finally:
+            async with self._progress:
+                self.edits_handled += 1
+                self._progress.notify_all()
 
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
         await self._withdraw(payload.channel_id, sorted(payload.message_ids))
@@ -686,6 +711,11 @@ class DiscordAdapter:
             self._intake.notify(action.incoming, action.sentence, mb=mb)
         elif isinstance(action, Ignore):
             log.debug("message ignored: %s", action.reason)
+
+    def edits_marked(self) -> bool:
+        """TellsEdits: a message's edit event may come before its on_message is done (its
+        document still read)."""
+        return True
 
     def answer_key(self, ref: str | int) -> str | None:
         """The key an answer is recorded under (TellsDeletions): its first message's, the

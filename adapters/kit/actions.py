@@ -35,3 +35,25 @@ class Notice:
 @dataclass(frozen=True, slots=True)
 class Ignore:
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """A message its sender edited: `incoming` carries the new text under the original's
+    key, which replaces the recorded text (bot.conversation: Intake.edit). Never answered
+    again. `observed`: the message is not for the bot (a group's chatter, kept where the
+    chat opted in)."""
+
+    incoming: Incoming
+    observed: bool = False
+
+
+def as_edit(action: object) -> Edit | Ignore:
+    """What an edit is, from the action its message's new content translates to: a text for
+    the bot or a group's chatter replaces the recorded text; anything else (a document's
+    caption, a notice for media, a message from a bot) is ignored."""
+    if isinstance(action, Submit):
+        return Edit(action.incoming)
+    if isinstance(action, Observe):
+        return Edit(action.incoming, observed=True)
+    return Ignore("edit of a message that is not a text")

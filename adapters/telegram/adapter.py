@@ -34,7 +34,7 @@ from telegram import Bot, BotCommand, ChatMember, ReplyParameters, Update
 from telegram.error import Forbidden, InvalidToken, NetworkError, TelegramError
 from telegram.warnings import PTBUserWarning
 
-from adapters.kit.actions import Ignore, Notice, Observe, Submit
+from adapters.kit.actions import Edit, Ignore, Notice, Observe, Submit
 from adapters.kit.away import PlatformWatch
 from adapters.kit.http import HttpHost
 from bot import phrases
@@ -245,6 +245,11 @@ class TelegramAdapter:
     async def _look(self) -> None:
         await self.bot.get_me()
 
+    def edits_marked(self) -> bool:
+        """TellsEdits: an edited_message may be taken before its message is recorded
+        (concurrent updates, a document still read)."""
+        return True
+
     async def is_admin(self, incoming: Incoming) -> bool:
         chat_id, user_id = int(incoming.key.chat_id), int(incoming.user.user_id or 0)
         now = asyncio.get_running_loop().time()
@@ -286,6 +291,8 @@ class TelegramAdapter:
             await self._intake.submit(action.incoming)
         elif isinstance(action, Observe):
             await self._intake.observe(action.incoming)
+        elif isinstance(action, Edit):
+            await self._intake.edit(action.incoming, observed=action.observed)
         elif isinstance(action, Fetch):
             await self._intake.submit_document(action.incoming, self._document(action))
         elif isinstance(action, Notice):

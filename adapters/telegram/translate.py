@@ -8,8 +8,10 @@ group, anything else (text)   -> Observe: the manager keeps it only if the group
                                  (/keep on), for "what did I miss"; nothing else happens
 document for the bot          -> Fetch (the core checks it, then the adapter downloads it)
 photo, voice, sticker, ...    -> Notice (one sentence on what the bot can read)
-edited message                -> Ignore: the original was answered; answering the edit
-                                 would put a second answer under one question
+edited message                -> Edit: its new text replaces the recorded one (a pending
+                                 message is answered once, with it); never answered again,
+                                 which would put a second answer under one question. An
+                                 edited caption, media, a bot's message: Ignore
 channel post                  -> Ignore: Parley converses, it does not post in channels
                                  (a post a linked channel forwards to its discussion group
                                  is chatter there, even when it mentions the bot)
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 from telegram import Chat, Message, MessageEntity, Update
 
-from adapters.kit.actions import Ignore, Notice, Observe, Submit
+from adapters.kit.actions import Edit, Ignore, Notice, Observe, Submit, as_edit
 from bot import phrases
 from bot.types import ConversationKey, Incoming, User
 
@@ -68,23 +70,27 @@ class Moved:
     new_chat_id: int
 
 
-Action = Submit | Observe | Fetch | Notice | AnswerCallback | Moved | Ignore
+Action = Submit | Observe | Fetch | Notice | AnswerCallback | Moved | Edit | Ignore
 
 
 def translate(update: Update, me: BotIdentity) -> Action:
     if update.callback_query is not None:
         return AnswerCallback(update.callback_query.id)
-    if update.edited_message is not None:
-        return Ignore("edited message")
     if update.channel_post is not None or update.edited_channel_post is not None:
         return Ignore("channel post")
-    message = update.message
-    if message is None:
+    if update.edited_message is not None:
+        return as_edit(_for_message(update.edited_message, me))
+    if update.message is None:
         return Ignore("update type not handled")
+    message = update.message
     if message.migrate_to_chat_id is not None:
         return Moved(message.chat.id, message.migrate_to_chat_id)
     if message.migrate_from_chat_id is not None:
         return Moved(message.migrate_from_chat_id, message.chat.id)
+    return _for_message(message, me)
+
+
+def _for_message(message: Message, me: BotIdentity) -> Action:
     if message.from_user is None or message.from_user.is_bot:
         return Ignore("not from a person")
     text = addressed_text(message, me)

@@ -107,6 +107,14 @@ class Intake:
         """A chat with a new id on its platform: see ConversationManager.move_chat."""
         await self._manager.move_chat(platform, old_chat_id, new_chat_id)
 
+    async def edit(self, incoming: Incoming, *, observed: bool = False) -> bool:
+        """A message its sender edited (`incoming`: the new text, the original's key): see
+        ConversationManager.edit. Nothing for a sender not allowed (never recorded), and
+        no notice: an edit is never answered."""
+        if not is_allowed(self._door(incoming).access, incoming):
+            return False
+        return await self._manager.edit(incoming, observed=observed)
+
     async def mark_deleted(self, idempotency_key: str) -> None:
         """A message deleted on the platform, before anything looks for it: see
         ConversationManager.mark_deleted."""

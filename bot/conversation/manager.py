@@ -34,6 +34,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -96,6 +97,7 @@ from .sink import (
     ReplySink,
     SiteScoped,
     TellsDeletions,
+    TellsEdits,
     done_showing,
     done_speaking,
     once,
@@ -329,6 +331,8 @@ class ConversationManager:
         try:
             if recorded.is_new and await self._deleted_before_recorded(incoming):
                 return recorded  # withdrawn: its turn finds nothing pending
+            if recorded.is_new and kind is MessageKind.CHAT:
+                await self._edited_before_recorded(incoming)
             if recorded.is_new:
                 if kind is MessageKind.COMMAND and stops_a_reply(incoming.text):
                     await self._stop_anywhere(recorded, by=_stopper(incoming))
@@ -340,6 +344,73 @@ class ConversationManager:
             # was answered, the turn finds nothing pending; SQL never records a second answer.
             self._schedule(_Work(recorded.conversation_id, incoming.key))
         return recorded
+
+    async def edit(self, incoming: Incoming, *, observed: bool = False) -> bool:
+        """A message its sender edited: `incoming` carries the new text, under the original
+        message's idempotency key. Its recorded text is replaced (`Store.edit`), never
+        answered again: a message still pending is answered once, with the new text (its
+        turn reads it from SQL); one answered, or in a turn that runs, keeps its answer, and
+        the old text leaves the history and, as for a redaction (`redact`), the cached
+        context. An edit over the size limit, or into a command (never run from an edit), is
+        recorded as the stub a new message over the limit gets. `observed`: a group message
+        not for the bot (kept where the chat opted in; counted by estimate, and not marked).
+        True when a recorded message took the new text.
+
+        Marked first (for DELETION_MARK_TTL_S), as a deletion is, where the platform's sink
+        reads the marks (`TellsEdits`): a message recorded after this looked takes the edit
+        as it is recorded (`_edited_before_recorded`). The mark holds the new text: it is
+        removed once a recorded message took it."""
+        incoming = storable_incoming(incoming)
+        text = incoming.text
+        limit = self._settings.max_message_chars
+        if len(text) > limit:
+            text = not_kept(f"{len(text)} characters", f"over the size limit of {limit}")
+        elif parse_command(text) is not None:
+            text = not_kept(f"{len(text)} characters", "edited into a command")
+        key = incoming.idempotency_key
+        estimate = observed
+        # Edits have a limit of their own, as many as messages (a repeated event counted
+        # once), apart from the messages' (a user fixing typos keeps every question); over
+        # it, the old text still leaves, for a stub that needs no tokenizer call.
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        edits = f"{sender_key(incoming)}:edits"
+        if text == incoming.text and await self._over_limit(edits, f"{key}:{digest}"):
+            text = not_kept(f"{len(text)} characters", "over the rate limit")
+            estimate = True
+        marked = not observed and self._marks_edits(incoming)
+        if marked:
+            await self._deletions.set(keys.edited(key), text.encode(), DELETION_MARK_TTL_S)
+        if not await self._replace_text(key, text, estimate=estimate):
+            return False
+        if marked:  # the message is recorded, and has it: the text is not kept in the cache
+            await self._deletions.delete(keys.edited(key))
+        return True
+
+    async def _replace_text(self, idempotency_key: str, text: str, *, estimate: bool) -> bool:
+        tokens = estimate_tokens(text) if estimate else await self._count(text)
+        conversation_id = await self._store.edit(idempotency_key, text, tokens)
+        if conversation_id is None:
+            return False
+        await self._forget_window(conversation_id)
+        return True
+
+    def _marks_edits(self, incoming: Incoming) -> bool:
+        sink = self._sinks.get(incoming.key.platform)
+        return isinstance(sink, TellsEdits) and sink.edits_marked()
+
+    async def _edited_before_recorded(self, incoming: Incoming) -> None:
+        """A message its sender edited before it was recorded: the edit found nothing and
+        left its mark (`edit`), read here after the record: whichever comes second finds the
+        other's work, and the message's turn reads the new text."""
+        if not self._marks_edits(incoming):
+            return
+        mark = keys.edited(incoming.idempotency_key)
+        text = await self._deletions.get(mark)
+        if text is not None and await self._replace_text(
+            incoming.idempotency_key, text.decode(), estimate=False
+        ):
+            await self._deletions.delete(mark)
+            log.info("%s: a message edited before it was recorded took its edit", incoming.key)
 
     async def _deleted_before_recorded(self, incoming: Incoming) -> bool:
         """A message deleted on a platform that tells deletions before it was recorded (its
@@ -407,10 +478,15 @@ class ConversationManager:
         conversation_id = await self._store.redact(idempotency_key)
         if conversation_id is None:
             return False
+        await self._forget_window(conversation_id)
+        return True
+
+    async def _forget_window(self, conversation_id: int) -> None:
+        """A recorded message's text replaced (redacted, edited): the conversation's cached
+        window, which may hold the old text, is dropped (see `redact`)."""
         if conversation_id in self._workers:  # set before the drop: nothing runs in between
             self._redacted.add(conversation_id)
         await self._context.invalidate(conversation_id)
-        return True
 
     async def _forget_pruned(self, pruned: Pruned) -> None:
         """After a prune: drop the cached windows of the conversations it pruned from, as for
@@ -429,11 +505,13 @@ class ConversationManager:
         """Count this message against its sender's limit; True when it is over. A message
         counted before in the window (a platform's repeat, or its retry after the database
         refused it) is not counted again: it keeps the answer its first delivery got."""
+        return await self._over_limit(sender_key(incoming), incoming.idempotency_key)
+
+    async def _over_limit(self, sender: str, idempotency_key: str) -> bool:
         s = self._settings
         if s.rate_limit_messages == 0:
             return False
-        sender = sender_key(incoming)
-        once = keys.counted(sender, incoming.idempotency_key)
+        once = keys.counted(sender, idempotency_key)
         hits = await self._cache.count(keys.rate(sender), s.rate_limit_window_s, once=once)
         return hits > s.rate_limit_messages  # 0: the cache is unreachable, nothing counted
 

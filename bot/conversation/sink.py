@@ -75,6 +75,17 @@ class TellsDeletions(Protocol):
 
 
 @runtime_checkable
+class TellsEdits(Protocol):
+    """A sink whose platform tells the bot when a user edits a message (Telegram's
+    edited_message, Discord's message update), which the adapter hands to the core
+    (`Intake.edit`). `edits_marked` True: an edit may come before its message is recorded
+    (a document still read, another worker recording it), so the core reads the edit's mark
+    as it records a new message of this platform (one cache read)."""
+
+    def edits_marked(self) -> bool: ...
+
+
+@runtime_checkable
 class OperatorFacing(Protocol):
     """A sink whose one user is the operator who runs the bot (the console). Only there does
     the core name settings and docs paths (how to set a model); a sink that does not declare

@@ -403,6 +403,14 @@ class Store(Protocol):
         True when a pending message was withdrawn."""
         ...
 
+    async def edit(self, idempotency_key: str, text: str, token_count: int) -> int | None:
+        """A message its sender edited (a chat message, or a kept group message): its text
+        replaced by `text`, pending or answered, and as `redact` does, the count of
+        redactions raised and a summary it was folded into dropped, in the same transaction.
+        The id of its conversation; None when no such message is recorded with another
+        text (a command, a stub, a message deleted or withdrawn, the same text)."""
+        ...
+
     async def redact(self, idempotency_key: str) -> int | None:
         """A message its sender deleted after it was recorded and answered (or kept), or an
         answer deleted in the chat (recorded with its key): its text replaced by a stub

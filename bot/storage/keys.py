@@ -32,6 +32,10 @@ def deleted(idempotency_key: str) -> str:  # a message deleted in the chat (its 
     return f"deleted:{idempotency_key}"
 
 
+def edited(idempotency_key: str) -> str:  # a message edited in the chat: its new text
+    return f"edited:{idempotency_key}"
+
+
 def stop(conversation_id: int, sender: str | None) -> str:  # a /stop for a turn elsewhere
     return f"stop:{conversation_id}:{sender if sender is not None else '*'}"
 

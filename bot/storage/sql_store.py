@@ -586,8 +586,19 @@ class SqlStore:
         return await self._write(_WITHDRAW, params) > 0
 
     async def redact(self, idempotency_key: str) -> int | None:
+        return await self._replace_text(_REDACT, {"key": idempotency_key})
+
+    async def edit(self, idempotency_key: str, text: str, token_count: int) -> int | None:
+        params = {"key": idempotency_key, "text": text, "tokens": token_count}
+        return await self._replace_text(_EDIT, params)
+
+    async def _replace_text(self, statement: Any, params: dict[str, Any]) -> int | None:
+        """A recorded message's text replaced (`statement`, which returns its conversation,
+        id and kind): the count of redactions raised, and a summary it was folded into
+        dropped, in the same transaction."""
+
         def run(q: Queries) -> int | None:
-            rows = q.rows(_REDACT, {"key": idempotency_key})
+            rows = q.rows(statement, params)
             if not rows:
                 return None
             conversation_id, message_id, kind = int(rows[0][0]), int(rows[0][1]), rows[0][2]
@@ -1419,6 +1430,22 @@ _REDACT = (
         _m.content != _ITS_STUB,
     )
     .values(content=_ITS_STUB, token_count=DELETED_STUB_TOKENS)
+    .returning(_m.conversation_id, _m.id, _m.kind)
+)
+# A message its sender edited (the user's own text: a chat message or a kept group message),
+# found by its idempotency key: its text replaced, pending or answered, as a redaction
+# replaces it. Not a withdrawn or deleted one, nor a stub (a command, a message over the rate
+# limit are other kinds), nor when the text is the same (a repeated edit event).
+_EDIT = (
+    sa.update(_m)
+    .where(
+        _m.idempotency_key == _param("key"),
+        _m.role == _literal(_USER),
+        _m.kind.in_([MessageKind.CHAT.value, MessageKind.OBSERVED.value]),
+        _m.content != DELETED_STUB,
+        _m.content != _param("text"),
+    )
+    .values(content=_param("text"), token_count=_param("tokens"))
     .returning(_m.conversation_id, _m.id, _m.kind)
 )
 # A cached window built before a redaction is stale by this count (ConversationState).
