@@ -129,6 +129,9 @@ MIN_REPLY_CHARS = 16_384
 # long) plus the event's fields.
 LINE_FACTOR = 6
 LINE_SLACK = 65_536
+# The most tokens a usage count may say: ten times the largest context served (10 million
+# tokens), and within the 32-bit integer columns counts are stored in.
+MAX_USAGE_TOKENS = 100_000_000
 
 # Printable ASCII but "%", which is what encodes the rest.
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
@@ -600,11 +603,14 @@ def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _usage(raw: Mapping[str, Any]) -> Usage | None:
-    """The usage object's counts; None where they are not numbers (the reply stands)."""
+    """The usage object's counts; None where they are not numbers, or not counts any request
+    can have (negative, or over MAX_USAGE_TOKENS): the reply stands, its tokens counted here.
+    Taken as they came, a negative count failed the metrics' counters and a huge one the
+    database, after the answer was shown, and spent the user's daily budget."""
     details = raw.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     try:
-        return Usage(
+        usage = Usage(
             prompt_tokens=int(raw.get("prompt_tokens") or 0),
             completion_tokens=int(raw.get("completion_tokens") or 0),
             cached_tokens=int(cached) if isinstance(cached, int) else None,
@@ -612,6 +618,11 @@ def _usage(raw: Mapping[str, Any]) -> Usage | None:
     except (TypeError, ValueError, OverflowError):
         log.warning("the server's usage counts are not numbers; ignored")
         return None
+    counts = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens or 0)
+    if not all(0 <= count <= MAX_USAGE_TOKENS for count in counts):
+        log.warning("the server's usage counts are out of range (%s); ignored", counts)
+        return None
+    return usage
 
 
 def _error_for(status: int, body: object, headers: Mapping[str, str]) -> BackendError:

@@ -1,0 +1,104 @@
+"""Trial of the model backends as an operator whose model server misbehaves: each test is a
+defect found there, reproduced through `httpx.MockTransport` (the transport is the seam)
+speaking as the named server does, and through Parley over SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from backends.openai_compat import OpenAICompatBackend
+from bot import phrases
+from bot.app import Parley
+from bot.settings import BackendSettings, Settings
+from bot.types import ConversationKey, Incoming, Role, User
+from tests.doubles import CollectingSink
+
+MODEL = "served"
+# A bound for the test itself: a turn that never ends fails the test instead of hanging it.
+NEVER = 30.0
+
+Respond = Callable[[httpx.Request], httpx.Response]
+
+
+def events(*bodies: object) -> httpx.Response:
+    text = "".join(f"data: {json.dumps(b)}\n\n" for b in bodies) + "data: [DONE]\n\n"
+    return httpx.Response(200, content=text.encode(), headers={"content-type": "text/event-stream"})
+
+
+def delta(text: str) -> dict[str, object]:
+    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+
+
+FINISH = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+
+
+def server(chat: Respond) -> Respond:
+    """A model server: /v1/models lists MODEL, no /tokenize, `chat` answers the chat."""
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": MODEL, "max_model_len": 2048}]})
+        if request.url.path == "/tokenize":
+            return httpx.Response(404)
+        return chat(request)
+
+    return respond
+
+
+def backend_for(respond: Respond) -> OpenAICompatBackend:
+    settings = BackendSettings.model_validate(
+        {"kind": "openai", "base_url": "http://llm.test", "model": MODEL}
+    )
+    return OpenAICompatBackend(settings, transport=httpx.MockTransport(respond))
+
+
+# --- usage counts no model can have -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 9, "completion_tokens": -5},
+        {"prompt_tokens": -3, "completion_tokens": 2},
+        {"prompt_tokens": 9, "completion_tokens": 3_000_000_000},
+        {"prompt_tokens": 10**20, "completion_tokens": 2},
+    ],
+    ids=["negative-completion", "negative-prompt", "over-int32", "over-int64"],
+)
+async def test_usage_no_model_can_have_leaves_the_answer_recorded_once(
+    usage: dict[str, int], database_url: str
+) -> None:
+    """A server (or a proxy in front of it) reports usage counts that cannot be: negative, or
+    past what any column holds. They were taken as they came: a negative count raised out of
+    the metrics' counters, a huge one out of the database, after the answer was shown; the
+    user saw it with "[The reply was cut off.]", the answer was not recorded and the message was
+    left pending, and a count of 10**20 spent the user's daily budget
+    for the day. Such counts are dropped (the answer's tokens are counted here instead)."""
+    reply = events(delta("Hi there"), FINISH, {"choices": [], "usage": usage})
+    settings = Settings(
+        database={"url": database_url},  # type: ignore[arg-type]
+        budget={"user_daily_tokens": 10_000},  # type: ignore[arg-type]
+    )
+    async with Parley(settings, backend=backend_for(server(lambda _: reply))) as app:
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        key = ConversationKey("test", "chat-1")
+        async with asyncio.timeout(NEVER):
+            for number in (1, 2):
+                message = Incoming(key, User("test", "u1"), f"hello {number}", f"m{number}")
+                recorded = await app.manager.handle(message)
+        rows = await app.store.history(recorded.conversation_id, 10)
+    assert sink.replies[key] == ["Hi there", "Hi there"]
+    assert [(r.role, r.content) for r in rows] == [
+        (Role.USER, "hello 1"),
+        (Role.ASSISTANT, "Hi there"),
+        (Role.USER, "hello 2"),
+        (Role.ASSISTANT, "Hi there"),
+    ]
+    assert all(0 <= r.token_count < 100 for r in rows)
+    assert phrases.BUDGET_USED_UP not in sink.replies[key]
