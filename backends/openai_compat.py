@@ -23,7 +23,7 @@ Errors (all `bot.errors.BackendError`):
     ClientBusy (BackendUnavailable)  every connection of this client is in use (its limit,
                         not the server's failure: the circuit breaker does not count it)
     BackendTimeout      connect, first token, gap between chunks, or the whole reply too slow
-    ContextTooLong      HTTP 400 whose message is about the context length
+    ContextTooLong      HTTP 400 whose message, type or code is about the context length
     BackendError        any other refusal, or a stream that cannot be parsed
 
 An error's message says the status and the error body's `type`, `code` and `param`, never the
@@ -136,8 +136,14 @@ MAX_USAGE_TOKENS = 100_000_000
 # Printable ASCII but "%", which is what encodes the rest.
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 
+# A 400 about the context length, in the words of vLLM ("maximum context length",
+# "max_model_len", "maximum model length"), llama.cpp ("exceeds the available context size",
+# type exceed_context_size_error) and OpenAI (code context_length_exceeded, "exceeds the
+# context window"): in the error's message, type or code.
 _CONTEXT_MESSAGE = re.compile(
-    r"context length|maximum context|max_model_len|maximum model length", re.IGNORECASE
+    r"context[ _]length|maximum context|max_model_len|maximum model length"
+    r"|context size|context window|exceed_context",
+    re.IGNORECASE,
 )
 _LINE_END = re.compile(r"\r\n|\r|\n")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -631,7 +637,7 @@ def _error_for(status: int, body: object, headers: Mapping[str, str]) -> Backend
     if status == 429 or status >= 500:
         retry_after = _retry_after(headers.get("retry-after"))
         return ServerUnavailable(answered, status=status, retry_after=retry_after)
-    if status == 400 and _CONTEXT_MESSAGE.search(_error_text(body)):
+    if status == 400 and _CONTEXT_MESSAGE.search(_error_words(body)):
         return ContextTooLong(f"{answered}: the prompt is longer than the model's context")
     if status in (401, 403):
         return BackendError(f"{answered}: check backend.api_key (PARLEY_BACKEND__API_KEY)")
@@ -644,6 +650,13 @@ def _error_text(body: object) -> str:
     if isinstance(error, dict) and "message" in error:
         return str(error["message"])
     return str(error)
+
+
+def _error_words(body: object) -> str:
+    """The error's message, type and code: what says what the error is about."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    fields = error if isinstance(error, dict) else {}
+    return " ".join([_error_text(body), str(fields.get("type", "")), str(fields.get("code", ""))])
 
 
 def _error_summary(body: object) -> str:

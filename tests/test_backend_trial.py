@@ -102,3 +102,59 @@ async def test_usage_no_model_can_have_leaves_the_answer_recorded_once(
     ]
     assert all(0 <= r.token_count < 100 for r in rows)
     assert phrases.BUDGET_USED_UP not in sink.replies[key]
+
+
+# --- a prompt too long, in the words of the servers operators run -----------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        {  # llama.cpp's llama-server (since 2025)
+            "code": 400,
+            "message": "request (4476 tokens) exceeds the available context size (4096 tokens)",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": 4476,
+            "n_ctx": 4096,
+        },
+        {  # llama.cpp's llama-server, earlier
+            "code": 400,
+            "message": "the request exceeds the available context size, try increasing it",
+            "type": "invalid_request_error",
+        },
+        {  # OpenAI's API, newer models
+            "message": "Your input exceeds the context window of this model. "
+            "Please adjust your input and try again.",
+            "type": "invalid_request_error",
+            "param": "input",
+            "code": "context_length_exceeded",
+        },
+    ],
+    ids=["llama.cpp", "llama.cpp-earlier", "openai-context-window"],
+)
+async def test_a_prompt_too_long_for_llama_cpp_or_openai_is_context_too_long(
+    error: dict[str, object], tmp_path: object
+) -> None:
+    """Only vLLM's wording ("maximum context length", "max_model_len") was known: llama.cpp's
+    400 for a conversation past its context (the `--ctx-size` an operator gave it), and
+    OpenAI's `context_length_exceeded` in its newer wording, were taken for a refusal of
+    the request. The user was told the model was not answering (not to send /reset), the
+    conversation was never shrunk and tried again, every turn of that conversation failed,
+    and each failure counted against the circuit breaker, which stopped every other
+    conversation's answers too."""
+    asked = 0
+
+    def chat(_: httpx.Request) -> httpx.Response:
+        nonlocal asked
+        asked += 1
+        return httpx.Response(400, json={"error": error})
+
+    settings = Settings(database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"})  # type: ignore[arg-type]
+    async with Parley(settings, backend=backend_for(server(chat))) as app:
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        key = ConversationKey("test", "chat-1")
+        async with asyncio.timeout(NEVER):
+            await app.manager.handle(Incoming(key, User("test", "u1"), "hello", "m1"))
+    assert sink.replies[key] == [phrases.CONTEXT_TOO_LONG]
+    assert asked == 2  # shrunk once and tried again, as for vLLM's wording
