@@ -229,13 +229,24 @@ class OpenAICompatBackend:
             if isinstance(served_len, int)
             else (self._settings.max_model_len or DEFAULT_MAX_MODEL_LEN)
         )
-        if self._tokenizer is not None:
-            exact = True
-        else:
-            exact = await self._tokenize({"prompt": "ping"}) is not None
+        exact = self._tokenizer is not None or await self._counts_as_vllm()
         self._capabilities = Capabilities("openai", self._settings.model, max_len, exact)
         self._started = True
         log.info("OpenAI-compatible server ready: max_model_len=%d exact=%s", max_len, exact)
+
+    async def _counts_as_vllm(self) -> bool:
+        """Whether the server has vLLM's /tokenize. Others of that name take other bodies:
+        llama.cpp's reads `content` and answers no tokens for vLLM's `prompt` (every count
+        was 0), Text Generation Inference's wants `inputs` and refuses (422: Parley did not
+        start). A refusal, or no tokens for a word, is a server without it (estimates)."""
+        try:
+            count = await self._tokenize({"prompt": "ping"})
+        except (BackendUnavailable, BackendTimeout):
+            raise  # not up yet: start-up waits for it
+        except BackendError as exc:
+            log.info("%s/tokenize is not vLLM's (%s): counts are estimated", self._base_url, exc)
+            return False
+        return bool(count)
 
     async def _model_entry(self) -> Mapping[str, Any]:
         # A quarter of the start-up wait at most: a silent server is tried again within it,
@@ -292,8 +303,10 @@ class OpenAICompatBackend:
         if self._tokenizer is not None:
             size = sum(len(m.content) for m in messages)
             return await self._locally(size, self._templated_length, chat)
-        body = {"messages": chat, "add_generation_prompt": True}
-        count = await self._tokenize(body)
+        if self._started and not self._capabilities.exact_token_counts:
+            count = None  # the server has no (vLLM's) /tokenize: do not ask it again
+        else:
+            count = await self._tokenize({"messages": chat, "add_generation_prompt": True})
         if count is None:
             return sum(estimate_tokens(f"{m.role.value}: {m.content}\n") for m in messages)
         return count

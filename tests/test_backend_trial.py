@@ -15,7 +15,7 @@ from backends.openai_compat import OpenAICompatBackend
 from bot import phrases
 from bot.app import Parley
 from bot.settings import BackendSettings, Settings
-from bot.types import ConversationKey, Incoming, Role, User
+from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 from tests.doubles import CollectingSink
 
 MODEL = "served"
@@ -158,3 +158,50 @@ async def test_a_prompt_too_long_for_llama_cpp_or_openai_is_context_too_long(
             await app.manager.handle(Incoming(key, User("test", "u1"), "hello", "m1"))
     assert sink.replies[key] == [phrases.CONTEXT_TOO_LONG]
     assert asked == 2  # shrunk once and tried again, as for vLLM's wording
+
+
+# --- a /tokenize that is not vLLM's ----------------------------------------------------------
+
+
+def llama_cpp_tokenize(request: httpx.Request) -> httpx.Response:
+    """llama-server's /tokenize: it reads `content`, and answers an empty list without it."""
+    body = json.loads(request.content)
+    text = body.get("content")
+    return httpx.Response(200, json={"tokens": list(range(len(text.split()))) if text else []})
+
+
+def tgi_tokenize(request: httpx.Request) -> httpx.Response:
+    """Text Generation Inference's /tokenize: it wants `inputs` (axum's 422 without it)."""
+    body = json.loads(request.content)
+    if "inputs" not in body:
+        return httpx.Response(
+            422, text="Failed to deserialize the JSON body: missing field `inputs`"
+        )
+    return httpx.Response(200, json=[{"id": 1, "text": "a", "start": 0, "stop": 1}])
+
+
+@pytest.mark.parametrize("tokenize", [llama_cpp_tokenize, tgi_tokenize], ids=["llama.cpp", "tgi"])
+async def test_a_tokenize_that_is_not_vllm_s_gives_estimates(tokenize: Respond) -> None:
+    """Parley asks /tokenize as vLLM's takes it (`prompt`, `messages`). llama.cpp's server
+    has a /tokenize of its own, which reads `content` and answered {"tokens": []}: every
+    message, and every conversation, counted 0 tokens ("exact" ones, said `parley doctor`),
+    so the history was never trimmed to the context and the token budgets reserved nothing.
+    Text Generation Inference's refuses the body (422), and Parley did not start at all
+    against it. Such a server is one without vLLM's /tokenize: counts are estimated."""
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": MODEL}]})
+        if request.url.path == "/tokenize":
+            return tokenize(request)
+        return events(delta("ok"), FINISH)
+
+    backend = backend_for(respond)
+    try:
+        await backend.start()
+        counts = await backend.count_tokens(["how long is this message, do you think?"])
+        chat = await backend.count_chat_tokens([ChatMessage(Role.USER, "hello there, model")])
+    finally:
+        await backend.aclose()
+    assert not backend.capabilities.exact_token_counts
+    assert counts[0] > 0 and chat > 0
