@@ -148,9 +148,10 @@ async def first_token_within(
     deadline_honoured: bool = False,
 ) -> AsyncGenerator[Chunk, None]:
     """`chunks`, failing with a `BackendTimeout` (`FirstTokenTimeout` below `first_token_s`)
-    if no text arrived within `limit`, or when the loop time passes `deadline` (the reply's
-    `total_s` counted from its first try, so retries never extend it). The first-token time is
-    recorded in `limit`. On a time-out the inner stream is closed, which aborts the request.
+    if no text (nor reasoning: `_progress`) arrived within `limit`, or when the loop time
+    passes `deadline` (the reply's `total_s` counted from its first try, so retries never
+    extend it). The first-token time is recorded in `limit`. On a time-out the inner stream
+    is closed, which aborts the request.
 
     `deadline_honoured`: the stream is a backend's that ends itself at
     `GenerationRequest.deadline` (Deadlines bounds each of its waits with it); the deadline is
@@ -170,10 +171,17 @@ async def first_token_within(
                 chunk = await _before(bounded, deadline)
             if chunk is None:
                 return
-            if first and chunk.text:
-                limit.observe(loop.time() - started)
+            if first and (chunk.text or _progress(chunk)):
+                if chunk.text:  # a thinking model's reasoning is not a first-token time
+                    limit.observe(loop.time() - started)
                 first = False
             yield chunk
+
+
+def _progress(chunk: Chunk) -> bool:
+    """A chunk that only says the model is at work (a thinking model's reasoning, not shown):
+    its first-token wait is over, the backend's gap limit bounds it from there."""
+    return not (chunk.text or chunk.usage or chunk.finish_reason or chunk.notice)
 
 
 async def _before(awaitable: Awaitable[T], deadline: float) -> T:

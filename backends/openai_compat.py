@@ -129,6 +129,8 @@ MIN_REPLY_CHARS = 16_384
 # long) plus the event's fields.
 LINE_FACTOR = 6
 LINE_SLACK = 65_536
+# The delta fields a thinking model's reasoning comes in (vLLM's reasoning parsers).
+REASONING_FIELDS = ("reasoning_content", "reasoning")
 # The most tokens a usage count may say: ten times the largest context served (10 million
 # tokens), and within the 32-bit integer columns counts are stored in.
 MAX_USAGE_TOKENS = 100_000_000
@@ -462,6 +464,7 @@ class _Reply:
     usage: Usage | None = None
     done: bool = False
     held: str = ""  # a high surrogate that ended the last delta: the first half of a character
+    thinking: bool = False  # the last event's delta was reasoning, not content
 
     def absorb(self, event: Mapping[str, Any]) -> str:
         """Take one chunk object; return its text delta."""
@@ -475,6 +478,11 @@ class _Reply:
             self.finish_reason = str(choice["finish_reason"])
         delta = choice.get("delta")
         content = delta.get("content") if isinstance(delta, dict) else None
+        # vLLM's reasoning parsers send a thinking model's reasoning as "reasoning_content"
+        # (newer versions "reasoning"): not shown, but the model is answering.
+        self.thinking = isinstance(delta, dict) and any(
+            isinstance(delta.get(key), str) and delta[key] for key in REASONING_FIELDS
+        )
         return self._whole(content) if isinstance(content, str) else ""
 
     def _whole(self, text: str) -> str:
@@ -499,6 +507,7 @@ async def _read_reply(
     (a server that ignores max_tokens would otherwise stream until total_s)."""
     reply = _Reply()
     left = max_chars
+    thought = False  # a reasoning delta was passed on (as a chunk without text)
     lines = _lines(response.aiter_text(), max_chars * LINE_FACTOR + LINE_SLACK)
     async with contextlib.aclosing(_sse_data(lines)) as events:
         while (data := await _next_event(events, clock, reply)) is not None:
@@ -507,7 +516,8 @@ async def _read_reply(
                 await _drain(events)
                 break
             text = reply.absorb(_decode(data))
-            clock.chunk_arrived(bool(text))
+            # Reasoning is the model at work: the gap limit counts from it, not first_token_s.
+            clock.chunk_arrived(bool(text or reply.thinking))
             if len(text) > left:
                 if left:
                     yield Chunk(text=text[:left])
@@ -517,6 +527,9 @@ async def _read_reply(
             left -= len(text)
             if text:
                 yield Chunk(text=text)
+            elif reply.thinking and not thought:
+                thought = True
+                yield Chunk()  # once: the retry layer's first-token limit is met by it
             if reply.finish_reason is not None and reply.usage is not None:
                 await _drain(events)  # all of the reply is in; at most [DONE] is left
                 break

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 import httpx
 import pytest
 
+from backends.base import GenerationRequest
 from backends.openai_compat import OpenAICompatBackend
+from backends.resilience import ResilientBackend
 from bot import phrases
 from bot.app import Parley
 from bot.settings import BackendSettings, Settings
@@ -205,3 +208,54 @@ async def test_a_tokenize_that_is_not_vllm_s_gives_estimates(tokenize: Respond) 
         await backend.aclose()
     assert not backend.capabilities.exact_token_counts
     assert counts[0] > 0 and chat > 0
+
+
+# --- a thinking model ------------------------------------------------------------------------
+
+
+async def test_a_thinking_model_is_not_cut_while_it_reasons() -> None:
+    """vLLM with a reasoning parser (Qwen3, DeepSeek-R1, gpt-oss) streams a thinking model's
+    reasoning as "reasoning_content" deltas, and its answer as content only after it. Only
+    content ended the first-token wait: a model that reasoned longer than first_token_s
+    (60 s by default), tokens arriving all along, was given up as a hang, and tried again
+    from the start (a time-out before any text is retried), each try reasoning again, until
+    the user was told the model took too long. Reasoning now ends the first-token wait, in
+    the backend and in the retry layer; the gap limit bounds it from there."""
+    asked = 0
+
+    def chat(_: httpx.Request) -> httpx.Response:
+        nonlocal asked
+        asked += 1
+
+        async def body() -> AsyncIterator[bytes]:
+            for step in range(6):  # 2.4 s of reasoning, past first_token_s, within gap_s
+                await asyncio.sleep(0.4)
+                thought = {"choices": [{"index": 0, "delta": {"reasoning_content": f"{step} "}}]}
+                yield f"data: {json.dumps(thought)}\n\n".encode()
+            answer = {
+                "choices": [{"index": 0, "delta": {"content": "42"}, "finish_reason": "stop"}]
+            }
+            yield f"data: {json.dumps(answer)}\n\ndata: [DONE]\n\n".encode()
+
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    settings = BackendSettings.model_validate(
+        {
+            "kind": "openai",
+            "base_url": "http://llm.test",
+            "model": MODEL,
+            "timeouts": {"first_token_s": 1.0, "gap_s": 2.0, "total_s": 20.0},
+            "retry": {"base_delay_s": 0.01, "max_delay_s": 0.02},
+        }
+    )
+    inner = OpenAICompatBackend(settings, transport=httpx.MockTransport(server(chat)))
+    backend = ResilientBackend(inner, settings)
+    request = GenerationRequest([ChatMessage(Role.USER, "what is six times seven?")], 16)
+    try:
+        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+            got = [c async for c in chunks]
+    finally:
+        await backend.aclose()
+    assert "".join(c.text for c in got) == "42"
+    assert got[-1].finish_reason == "stop"
+    assert asked == 1
