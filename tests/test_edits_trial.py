@@ -15,6 +15,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
 from telegram import Update
 
 from adapters.kit.actions import Edit, Ignore
@@ -248,3 +249,47 @@ async def test_a_discord_channel_question_edited_while_its_turn_runs_is_answered
         key = ConversationKey("discord", str(ev.CHANNEL))
         users = [text for role, text in await history(h.app, key) if role is Role.USER]
         assert users == ["log in with my password", "and then?"]
+
+
+async def test_an_edit_mark_never_outlives_its_message_in_redis(
+    tmp_path: Path, database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """The mark an edit leaves holds the new text, for a day: it is for a message not
+    recorded yet. An edit whose message was recorded already with that text (Discord's
+    update for an embed unfurled under a message edited before carries its edited_timestamp;
+    Telegram's edit of the formatting only), or as something not edited (a command), left
+    the text in Redis for a day all the same, after the user deleted the message too."""
+    backend = ScriptedBackend(lambda request: "Noted.")
+    settings = {"url": redis_url, "key_prefix": key_prefix}
+    async with discord_harness(tmp_path, backend, database_url=database_url, redis=settings) as h:
+        question = ev.message_create("what is new?")
+        h.api.push("MESSAGE_CREATE", question)
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.handled(1)
+            await h.idle()
+        update = {**question, "content": f"my password is {SECRET}",
+                  "edited_timestamp": ev.EPOCH}  # fmt: skip
+        h.api.push("MESSAGE_UPDATE", update)
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.edited(1)
+        h.api.push("MESSAGE_UPDATE", {**update, "embeds": []})  # an unfurl after the edit
+        command = ev.message_create("/help")
+        h.api.push("MESSAGE_CREATE", command)
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.edited(2)
+            await h.adapter.handled(2)
+            await h.idle()
+        h.api.push("MESSAGE_UPDATE", {**command, "content": f"and {SECRET}",
+                                      "edited_timestamp": ev.EPOCH})  # fmt: skip
+        h.api.delete(ev.DM, int(question["id"]))
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.edited(3)
+            await h.adapter.deleted(1)
+            await h.idle()
+    client = Redis.from_url(redis_url)
+    try:
+        names = [name async for name in client.scan_iter(match=f"{key_prefix}*")]
+        kept = [await client.get(name) for name in names if await client.type(name) == b"string"]
+    finally:
+        await client.aclose()
+    assert not [value for value in kept if value is not None and SECRET.encode() in value]

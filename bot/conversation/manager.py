@@ -380,11 +380,17 @@ class ConversationManager:
         marked = not observed and self._marks_edits(incoming)
         if marked:
             await self._deletions.set(keys.edited(key), text.encode(), DELETION_MARK_TTL_S)
-        if not await self._replace_text(key, text, estimate=estimate):
-            return False
-        if marked:  # the message is recorded, and has it: the text is not kept in the cache
+        replaced = await self._replace_text(key, text, estimate=estimate)
+        if marked and not replaced and await self._store.recorded([key]):
+            # Recorded already, with this text (a repeated event, an edit of the formatting
+            # only) or as what is not edited (a command, a stub): the mark would wait for a
+            # record that never comes, the text in the cache for a day. Looked at again, as
+            # the message may have been recorded since the first look, before the mark.
+            replaced = await self._replace_text(key, text, estimate=estimate)
             await self._deletions.delete(keys.edited(key))
-        return True
+        elif marked and replaced:  # the message has it: the text is not kept in the cache
+            await self._deletions.delete(keys.edited(key))
+        return replaced
 
     async def _replace_text(self, idempotency_key: str, text: str, *, estimate: bool) -> bool:
         tokens = estimate_tokens(text) if estimate else await self._count(text)
@@ -406,11 +412,11 @@ class ConversationManager:
             return
         mark = keys.edited(incoming.idempotency_key)
         text = await self._deletions.get(mark)
-        if text is not None and await self._replace_text(
-            incoming.idempotency_key, text.decode(), estimate=False
-        ):
-            await self._deletions.delete(mark)
+        if text is None:
+            return
+        if await self._replace_text(incoming.idempotency_key, text.decode(), estimate=False):
             log.info("%s: a message edited before it was recorded took its edit", incoming.key)
+        await self._deletions.delete(mark)  # recorded: no later record looks for it
 
     async def _deleted_before_recorded(self, incoming: Incoming) -> bool:
         """A message deleted on a platform that tells deletions before it was recorded (its
