@@ -293,3 +293,34 @@ async def test_an_edit_mark_never_outlives_its_message_in_redis(
     finally:
         await client.aclose()
     assert not [value for value in kept if value is not None and SECRET.encode() in value]
+
+
+async def test_the_edit_mark_of_a_message_deleted_before_it_was_recorded_is_removed(
+    tmp_path: Path, database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """A message edited and then deleted before it was recorded (its text still being
+    counted): it is withdrawn as it is recorded, and the edit's mark, which holds the edited
+    text, went unread, in Redis for a day after the user deleted the message."""
+    backend = ScriptedBackend(lambda request: "Noted.")
+    settings = {"url": redis_url, "key_prefix": key_prefix}
+    async with discord_harness(tmp_path, backend, database_url=database_url, redis=settings) as h:
+        question = ev.message_create("what is new?")
+        update = {**question, "content": f"my password is {SECRET}",
+                  "edited_timestamp": ev.EPOCH}  # fmt: skip
+        h.api.push("MESSAGE_UPDATE", update)
+        h.api.delete(ev.DM, int(question["id"]))
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.edited(1)
+            await h.adapter.deleted(1)
+        h.api.push("MESSAGE_CREATE", question)
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.handled(1)
+            await h.idle()
+        assert backend.requests == []  # withdrawn, never answered
+    client = Redis.from_url(redis_url)
+    try:
+        names = [name async for name in client.scan_iter(match=f"{key_prefix}*")]
+        kept = [await client.get(name) for name in names if await client.type(name) == b"string"]
+    finally:
+        await client.aclose()
+    assert not [value for value in kept if value is not None and SECRET.encode() in value]
