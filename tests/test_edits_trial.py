@@ -324,3 +324,25 @@ async def test_the_edit_mark_of_a_message_deleted_before_it_was_recorded_is_remo
     finally:
         await client.aclose()
     assert not [value for value in kept if value is not None and SECRET.encode() in value]
+
+
+async def test_edits_into_commands_count_against_the_edits_rate_limit(tmp_path: Path) -> None:
+    """An edit into a command (or over the size limit) was not counted: a script flipping a
+    message between commands edited it without end, each edit a tokenizer call and a write
+    that raised the redaction count and dropped the cached window (and a summary folded from
+    it), and it left the limit whole for the edits that followed."""
+    backend = ScriptedBackend(lambda request: "Noted.")
+    core = {"conversation": {"rate_limit_messages": 2, "rate_limit_window_s": 600}}
+    async with telegram_stack(tmp_path, backend, core=core) as (app, adapter, _api):
+        question = asked(1, "first question")
+        await feed(adapter, question)
+        await adapter.idle()
+        for n, command in enumerate(["/a", "/bb", "/ccc"], start=2):
+            await feed(adapter, edited(n, question, command))
+        key = ConversationKey("telegram", str(GROUP))
+        users = [text for role, text in await history(app, key) if role is Role.USER]
+        assert "over the rate limit" in users[0]  # the third edit
+        await feed(adapter, edited(5, question, f"first {SECRET}"))  # the fourth: over too
+        users = [text for role, text in await history(app, key) if role is Role.USER]
+        assert "over the rate limit" in users[0] and SECRET not in users[0]
+        assert len(backend.requests) == 1

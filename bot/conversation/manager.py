@@ -373,11 +373,12 @@ class ConversationManager:
         estimate = observed
         # Edits have a limit of their own, as many as messages (a repeated event counted
         # once), apart from the messages' (a user fixing typos keeps every question); over
-        # it, the old text still leaves, for a stub that needs no tokenizer call.
+        # it, the old text still leaves, for a stub that needs no tokenizer call. An edit
+        # into a command or over the size limit counts too: each is a write all the same.
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         edits = f"{sender_key(incoming)}:edits"
-        if text == incoming.text and await self._over_limit(edits, f"{key}:{digest}"):
-            text = not_kept(f"{len(text)} characters", "over the rate limit")
+        if await self._over_limit(edits, f"{key}:{digest}"):
+            text = not_kept(f"{len(incoming.text)} characters", "over the rate limit")
             estimate = True
         marked = not observed and self._marks_edits(incoming)
         if marked:
