@@ -243,8 +243,11 @@ class OpenAICompatBackend:
         start). A refusal, or no tokens for a word, is a server without it (estimates)."""
         try:
             count = await self._tokenize({"prompt": "ping"})
-        except (BackendUnavailable, BackendTimeout):
+        except BackendUnavailable:
             raise  # not up yet: start-up waits for it
+        except BackendTimeout as exc:
+            # It answers nothing (yet): waited for like a silent /v1/models, not a failure.
+            raise ServerUnavailable(f"{exc}: {self._base_url} did not answer") from exc
         except BackendError as exc:
             log.info("%s/tokenize is not vLLM's (%s): counts are estimated", self._base_url, exc)
             return False

@@ -210,6 +210,31 @@ async def test_a_tokenize_that_is_not_vllm_s_gives_estimates(tokenize: Respond) 
     assert counts[0] > 0 and chat > 0
 
 
+async def test_a_tokenize_that_does_not_answer_yet_is_waited_for(tmp_path: object) -> None:
+    """A server still starting is waited for (docs/cli.md), one that answers nothing as well;
+    so the start-up probe of /tokenize said, but a /tokenize that did not answer in time
+    (a server whose /v1/models answered first) raised its time-out out of start-up, and
+    Parley did not start. It is now waited for, like a /v1/models that answers nothing."""
+    probes = 0
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        nonlocal probes
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": MODEL}]})
+        if request.url.path == "/tokenize":
+            probes += 1
+            if probes == 1:
+                raise httpx.ReadTimeout("no answer yet", request=request)
+            return httpx.Response(200, json={"tokens": [1, 2]})
+        return events(delta("ok"), FINISH)
+
+    settings = Settings(database={"url": f"sqlite+aiosqlite:///{tmp_path}/parley.db"})  # type: ignore[arg-type]
+    async with asyncio.timeout(NEVER), Parley(settings, backend=backend_for(respond)) as app:
+        assert app.backend is not None
+        assert app.backend.capabilities.exact_token_counts
+    assert probes >= 2  # asked again once the wait was over
+
+
 # --- a thinking model ------------------------------------------------------------------------
 
 
