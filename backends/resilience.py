@@ -68,7 +68,7 @@ class CircuitOpen(BackendUnavailable):
 def is_retryable(exc: BackendError) -> bool:
     """Connection errors (no status), 429, 503 and time-outs; never a refusal of the request.
     (The caller retries only before any text was shown, so a time-out here is a first-token
-    or connect time-out: nothing reached the user.)"""
+    or connect time-out, or a gap in a thinking model's reasoning: nothing reached the user.)"""
     if isinstance(exc, BackendTimeout):
         return True
     if not isinstance(exc, BackendUnavailable) or isinstance(exc, CircuitOpen):

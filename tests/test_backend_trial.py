@@ -17,6 +17,7 @@ from backends.openai_compat import OpenAICompatBackend
 from backends.resilience import ResilientBackend
 from bot import phrases
 from bot.app import Parley
+from bot.errors import BackendTimeout
 from bot.settings import BackendSettings, Settings
 from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 from tests.doubles import CollectingSink
@@ -284,3 +285,44 @@ async def test_a_thinking_model_is_not_cut_while_it_reasons() -> None:
     assert "".join(c.text for c in got) == "42"
     assert got[-1].finish_reason == "stop"
     assert asked == 1
+
+
+async def test_a_thinking_model_that_stalls_while_it_reasons_is_cut_at_the_gap() -> None:
+    """Reasoning ends the first-token wait (above), so the gap limit bounds it from there: a
+    server that sends some reasoning (vLLM's newer field name, "reasoning") and then nothing
+    is given up after gap_s, not left to run until total_s, and, nothing having been shown,
+    is tried again (docs/resilience.md)."""
+    asked = 0
+
+    def chat(_: httpx.Request) -> httpx.Response:
+        nonlocal asked
+        asked += 1
+
+        async def body() -> AsyncIterator[bytes]:
+            thought = {"choices": [{"index": 0, "delta": {"reasoning": "let me see "}}]}
+            yield f"data: {json.dumps(thought)}\n\n".encode()
+            await asyncio.sleep(NEVER)  # and then nothing
+
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    settings = BackendSettings.model_validate(
+        {
+            "kind": "openai",
+            "base_url": "http://llm.test",
+            "model": MODEL,
+            "timeouts": {"first_token_s": 5.0, "gap_s": 0.3, "total_s": 20.0},
+            "retry": {"attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.02},
+        }
+    )
+    inner = OpenAICompatBackend(settings, transport=httpx.MockTransport(server(chat)))
+    backend = ResilientBackend(inner, settings)
+    request = GenerationRequest([ChatMessage(Role.USER, "what is six times seven?")], 16)
+    got: list[str] = []
+    try:
+        with pytest.raises(BackendTimeout, match="next chunk"):
+            async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+                got.extend([c.text async for c in chunks])
+    finally:
+        await backend.aclose()
+    assert "".join(got) == ""  # the reasoning is not shown
+    assert asked == 2
