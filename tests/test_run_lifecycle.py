@@ -5,14 +5,18 @@ only; SIGTERM during a streamed answer lets it finish and exits 0."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
+from bot.cli import main
 from bot.storage import migrate
 from tests.crash_cluster import TcpProxy
 from tests.fake_chatwoot import BOT_SECRET as CHATWOOT_SECRET
@@ -215,7 +219,7 @@ async def test_a_chatwoot_that_does_not_answer_or_refuses_the_token_ends_start_u
 _SIGNALS_AFTER_THE_RUN = """
 import os, signal, sys
 from bot.cli import main
-status = main(["run"])
+status = main(["run"])  # stopped by the test's SIGTERM
 os.kill(os.getpid(), signal.SIGTERM)
 os.kill(os.getpid(), signal.SIGINT)
 os.kill(os.getpid(), signal.SIGHUP)
@@ -227,21 +231,44 @@ async def test_a_second_stop_signal_as_the_process_ends_changes_nothing(tmp_path
     """A double Ctrl-C, or a second SIGTERM, a tenth of a second after the first killed the
     process by that signal (status 130 or 143) once its stop was done: closing the event
     loop, then the interpreter's exit, gave the signals back to their defaults while the
-    process still ended (about half a second). The run's end is the end of console input
-    here: a signal after it is ignored too."""
+    process still ended (about half a second). Here the second signals come right after
+    `parley run` returned, as they would during the interpreter's exit."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         _SIGNALS_AFTER_THE_RUN,
         cwd=tmp_path,
         env=parley_env(tmp_path, {"PARLEY_ADAPTERS": "console"}),
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(b"/help\n")
+    await process.stdin.drain()
+    async with asyncio.timeout(60):  # the run is under way once /help is answered
+        while b"/reset" not in await process.stdout.readline():
+            pass
+    process.send_signal(signal.SIGTERM)  # the first: the stop
     async with asyncio.timeout(60):
         out, err = await process.communicate()
     assert (process.returncode, out.decode().splitlines()[-1:]) == (0, ["ended 0"]), err
+
+
+def test_a_run_that_ends_with_its_input_leaves_no_timer_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a stop signal starts the hard-stop timer: a run ended by the end of its input
+    (`parley chat` fed a file, a program calling `main` as these tests do) started it as its
+    loop closed, and the program was ended with status 3 ten seconds later, whatever it did
+    then (CI's pytest, in the middle of another test)."""
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/parley.db")
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__LOAD_SAMPLE", "false")
+    monkeypatch.setattr("sys.stdin", io.StringIO("/help\n"))
+    assert main(["chat"]) == 0
+    assert "/reset" in capsys.readouterr().out
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
 
 
 # A program that embeds Parley runs the adapters until their inputs end (no hard stop asked

@@ -345,19 +345,21 @@ class StopSignals:
         timer.start()
 
     def outlive_loop(self) -> None:
-        """Once the run is over, a stop signal is ignored, and the process ends within the
-        hard stop's time whatever hangs. Closing the loop (asyncio.run) gives the signals
-        back to their defaults, and so does the interpreter's exit for a handler of its own,
-        while the process still ends (the app's pools, an in-process engine, about half a
-        second of the interpreter's own clean-up): a second Ctrl-C or SIGTERM a tenth of a
-        second after the first, with the stop done, killed the process by that signal
-        (status 130 or 143, not 0). An ignored signal stays ignored through the exit.
-        Without a hard stop (an embedding program's: no timer bounds what comes after) the
-        signals are left to go back to their defaults: ignored, they no longer ended the
-        program at all once its adapters were done."""
-        if self._hard_stop_s is None:
+        """After a stop signal, once the run is over, further stop signals are ignored: the
+        hard-stop timer that signal started bounds what is left. Closing the loop
+        (asyncio.run) gives the signals back to their defaults, and so does the
+        interpreter's exit for a handler of its own, while the process still ends (the app's
+        pools, an in-process engine, about half a second of the interpreter's own clean-up):
+        a second Ctrl-C or SIGTERM a tenth of a second after the first, with the stop done,
+        killed the process by that signal (status 130 or 143, not 0). An ignored signal stays
+        ignored through the exit.
+        A run that ended without a signal (the end of every input) leaves them to their
+        defaults, no timer running: armed here, it ended the program that called the run
+        (`parley chat` in a test) ten seconds later whatever it did then. So does a run
+        without a hard stop (an embedding program's): ignored, the signals no longer ended
+        the program at all once its adapters were done."""
+        if not self._armed:
             return
-        self._arm()
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
