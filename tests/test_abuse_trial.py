@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -234,18 +235,30 @@ async def test_an_unexpected_failure_after_text_ends_the_answer_cut_off(
     assert [m.content for m in history if m.role is Role.ASSISTANT] == [shown]
 
 
-@pytest.mark.parametrize("group", [False, True])
-async def test_a_stop_that_reaches_another_worker_stops_the_answer(
-    postgres_url: str, redis_url: str, key_prefix: str, group: bool
-) -> None:
-    """Two workers behind one webhook: a /stop that a load balancer gave to the worker where
-    the turn does not run did nothing there, and the whole answer came, then "Stopped.". It
-    now leaves a mark in Redis that the turn finds within a second. In a group, another
-    member's /stop still leaves the answer alone (the rule of one worker)."""
+@dataclasses.dataclass
+class TwoWorkers:
+    """Two workers on one PostgreSQL and Redis: `first` streams through the gated model."""
+
+    first: Parley
+    second: Parley
+    backend: GatedBackend
+    sink: FirstChunkSink
+
+    async def streaming(self, incoming: Incoming) -> int:
+        """Submit `incoming` to the first worker; its conversation, once its answer shows."""
+        asked = await self.first.manager.submit(incoming)
+        async with asyncio.timeout(10):
+            await self.sink.first_chunk.wait()
+        return asked.conversation_id
+
+
+@contextlib.asynccontextmanager
+async def two_workers(
+    postgres_url: str, redis_url: str, key_prefix: str
+) -> AsyncIterator[TwoWorkers]:
     await migrate.upgrade(postgres_url)
     redis = {"url": redis_url, "key_prefix": key_prefix}
     settings = Settings(database={"url": postgres_url}, redis=redis)  # type: ignore[arg-type]
-    key = ConversationKey("test", f"two-workers-{group}")
     backend = GatedBackend()
     async with (
         Parley(settings, backend=backend) as first,
@@ -255,28 +268,37 @@ async def test_a_stop_that_reaches_another_worker_stops_the_answer(
         first.manager.attach("test", sink)
         second.manager.attach("test", CollectingSink())
         try:
-            asked = await first.manager.submit(said("tell me a story", ADA, key=key, group=group))
-            async with asyncio.timeout(10):
-                await sink.first_chunk.wait()
-            if group:  # Bob's /stop is no stop of Ada's answer, on any worker
-                await second.manager.submit(said("/stop", BOB, key=key, group=group))
-                await asyncio.sleep(2.5)  # two looks of the turn
-                assert key not in sink.replies  # still streaming
-            await second.manager.submit(said("/stop", ADA, key=key, group=group))
-            async with asyncio.timeout(10):  # the gate stays shut: only the stop ends it
-                await first.manager.wait_idle(asked.conversation_id)
-            await second.manager.wait_idle(asked.conversation_id)  # the /stop's own answer
-            # The mark stays for a minute; a later turn that looks for it is not stopped.
-            backend.gate, sink.first_chunk = asyncio.Event(), asyncio.Event()
-            await first.manager.submit(said("and then?", ADA, key=key, group=group))
-            async with asyncio.timeout(10):
-                await sink.first_chunk.wait()
-            await asyncio.sleep(1.5)  # a look of the later turn
-            backend.gate.set()
-            await first.manager.wait_idle(asked.conversation_id)
+            yield TwoWorkers(first, second, backend, sink)
         finally:
             backend.gate.set()
-        history = await first.store.history(asked.conversation_id, 20)
+
+
+@pytest.mark.parametrize("group", [False, True])
+async def test_a_stop_that_reaches_another_worker_stops_the_answer(
+    postgres_url: str, redis_url: str, key_prefix: str, group: bool
+) -> None:
+    """Two workers behind one webhook: a /stop that a load balancer gave to the worker where
+    the turn does not run did nothing there, and the whole answer came, then "Stopped.". It
+    now leaves a mark in Redis that the turn finds within a second. In a group, another
+    member's /stop still leaves the answer alone (the rule of one worker)."""
+    key = ConversationKey("test", f"two-workers-{group}")
+    async with two_workers(postgres_url, redis_url, key_prefix) as w:
+        cid = await w.streaming(said("tell me a story", ADA, key=key, group=group))
+        if group:  # Bob's /stop is no stop of Ada's answer, on any worker
+            await w.second.manager.submit(said("/stop", BOB, key=key, group=group))
+            await asyncio.sleep(2.5)  # two looks of the turn
+            assert key not in w.sink.replies  # still streaming
+        await w.second.manager.submit(said("/stop", ADA, key=key, group=group))
+        async with asyncio.timeout(10):  # the gate stays shut: only the stop ends it
+            await w.first.manager.wait_idle(cid)
+        await w.second.manager.wait_idle(cid)  # the /stop's own answer
+        # The mark stays for a minute; a later turn that looks for it is not stopped.
+        w.backend.gate, w.sink.first_chunk = asyncio.Event(), asyncio.Event()
+        await w.streaming(said("and then?", ADA, key=key, group=group))
+        await asyncio.sleep(1.5)  # a look of the later turn
+        w.backend.gate.set()
+        await w.first.manager.wait_idle(cid)
+        history = await w.first.store.history(cid, 20)
     answers = [m.content for m in history if m.role is Role.ASSISTANT]
     assert answers[0] == "first" + STOPPED_NOTE
     assert answers[-1] == "first and the rest"
@@ -289,31 +311,16 @@ async def test_an_agent_taking_over_at_another_worker_stops_the_bots_answer(
     one writing the bot's answer stopped nothing there: the bot went on answering over the
     agent until its answer was done. It stops as a /stop from elsewhere does; the
     conversation's next turn, once the agent gives it back, is not stopped by the mark."""
-    await migrate.upgrade(postgres_url)
-    redis = {"url": redis_url, "key_prefix": key_prefix}
-    settings = Settings(database={"url": postgres_url}, redis=redis)  # type: ignore[arg-type]
     key = ConversationKey("test", "taken-elsewhere")
-    backend = GatedBackend()
-    async with (
-        Parley(settings, backend=backend) as first,
-        Parley(settings, backend=ScriptedBackend()) as second,
-    ):
-        sink = FirstChunkSink()
-        first.manager.attach("test", sink)
-        second.manager.attach("test", CollectingSink())
-        try:
-            asked = await first.manager.submit(said("tell me a story", ADA, key=key, group=False))
-            async with asyncio.timeout(10):
-                await sink.first_chunk.wait()
-            await second.desk.take(key, "Grace")
-            async with asyncio.timeout(10):  # the gate stays shut: only the stop ends it
-                await first.manager.wait_idle(asked.conversation_id)
-            await second.desk.give_back(key, "Grace")
-            backend.gate.set()
-            await first.manager.handle(said("and another", ADA, key=key, group=False))
-        finally:
-            backend.gate.set()
-        history = await first.store.history(asked.conversation_id, 10)
+    async with two_workers(postgres_url, redis_url, key_prefix) as w:
+        cid = await w.streaming(said("tell me a story", ADA, key=key, group=False))
+        await w.second.desk.take(key, "Grace")
+        async with asyncio.timeout(10):  # the gate stays shut: only the stop ends it
+            await w.first.manager.wait_idle(cid)
+        await w.second.desk.give_back(key, "Grace")
+        w.backend.gate.set()
+        await w.first.manager.handle(said("and another", ADA, key=key, group=False))
+        history = await w.first.store.history(cid, 10)
     answers = [m.content for m in history if m.role is Role.ASSISTANT]
     assert answers[0] == "first" + STOPPED_NOTE
     assert answers[-1] == "first and the rest"
