@@ -215,6 +215,22 @@ async def test_a_chatwoot_that_does_not_answer_or_refuses_the_token_ends_start_u
     )  # fmt: skip
 
 
+async def _console_program(
+    tmp_path: Path, program: str, stdin: int = asyncio.subprocess.DEVNULL
+) -> asyncio.subprocess.Process:
+    """`python -c program` with the console adapter configured, its output read here."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        program,
+        cwd=tmp_path,
+        env=parley_env(tmp_path, {"PARLEY_ADAPTERS": "console"}),
+        stdin=stdin,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 # After `parley run` returns, as during the interpreter's exit: a second stop signal.
 _SIGNALS_AFTER_THE_RUN = """
 import os, signal, sys
@@ -233,16 +249,7 @@ async def test_a_second_stop_signal_as_the_process_ends_changes_nothing(tmp_path
     loop, then the interpreter's exit, gave the signals back to their defaults while the
     process still ended (about half a second). Here the second signals come right after
     `parley run` returned, as they would during the interpreter's exit."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _SIGNALS_AFTER_THE_RUN,
-        cwd=tmp_path,
-        env=parley_env(tmp_path, {"PARLEY_ADAPTERS": "console"}),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await _console_program(tmp_path, _SIGNALS_AFTER_THE_RUN, asyncio.subprocess.PIPE)
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write(b"/help\n")
     await process.stdin.drain()
@@ -297,16 +304,7 @@ async def test_an_embedding_program_is_still_ended_by_a_stop_signal_after_the_ru
     after) left SIGINT, SIGTERM and SIGHUP ignored for the rest of the program's life: once
     the adapters were done, neither Ctrl-C nor a process manager's SIGTERM ended it, only
     SIGKILL. Without a hard stop they are given back to their defaults, as before."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _EMBEDDED_AFTER_THE_RUN,
-        cwd=tmp_path,
-        env=parley_env(tmp_path, {"PARLEY_ADAPTERS": "console"}),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await _console_program(tmp_path, _EMBEDDED_AFTER_THE_RUN)
     async with asyncio.timeout(60):
         out, err = await process.communicate()
     assert (process.returncode, out.decode().splitlines()[-1:]) == (
