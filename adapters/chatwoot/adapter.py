@@ -37,7 +37,7 @@ from bot.handoff.types import Desk, HandoffError, HandoffState
 from bot.outage import Outage
 from bot.types import ConversationKey, Incoming
 
-from .bridge import ChatwootBridge, conversation_ref
+from .bridge import ChatwootBridge, conversation_ref, from_chatwoot
 from .client import NOT_APPLIED_STATUS, ChatwootClient, ChatwootError
 from .doctor import check_reachable
 from .markdown import without_images, without_liquid
@@ -259,6 +259,15 @@ class ChatwootAdapter:
             await self._desk.give_back(change.key, agent)
         elif change.status in HUMAN_STATUSES:
             # Opened by an agent while the bot had it; or assigned while waiting for a person.
+            # Reassigned in Chatwoot while an agent there has it: the desk's agent (and its
+            # audit row) follow Chatwoot's assignee. Unassigned: it stays with the agents, as
+            # it was; taken elsewhere (not from Chatwoot): Chatwoot's assignee is not its agent.
             bot_had_it = current.state is HandoffState.BOT
-            if bot_had_it or (current.state is HandoffState.WAITING and change.agent):
+            waiting = current.state is HandoffState.WAITING
+            reassigned = (
+                current.state is HandoffState.HUMAN
+                and from_chatwoot(current.agent)
+                and change.agent != current.agent
+            )
+            if bot_had_it or (change.agent and (waiting or reassigned)):
                 await self._desk.take(change.key, agent)
