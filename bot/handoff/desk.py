@@ -397,6 +397,24 @@ class CoreDesk:
                 return True if receipt is None else receipt
             tries += 1
             await asyncio.sleep(wait)
+            if await self._superseded(event):
+                log.info("desk bridge %s: %s for %s not tried again: the conversation changed "
+                         "since (a resolution wins over a late retry)", name, event.kind.value,
+                         event.key)  # fmt: skip
+                return True
+
+    async def _superseded(self, event: DeskEvent) -> bool:
+        """Whether a request or a taking being tried again was overtaken by a later change
+        of its conversation (an agent resolved it while the help desk was away): trying it
+        again would reopen what the agent closed. The state as committed, past the cache; not
+        known (the database away): not superseded, tried again as before."""
+        if event.kind not in (EventKind.REQUESTED, EventKind.TAKEN):
+            return False
+        try:
+            status, _ = await self.repo.status_and_language(event.conversation_id, fresh=True)
+        except StorageError:
+            return False
+        return status.since is None or status.since > event.at
 
 
 def _serves(bridge: DeskBridge, event: DeskEvent) -> bool:
