@@ -7,11 +7,15 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from bot.handoff.types import HandoffState
+from bot.handoff.phrases import asks_for_person
+from bot.handoff.types import HandoffState, Reason
 from bot.storage import migrate
 from bot.types import ConversationKey
 from tests.doubles import ScriptedBackend
 from tests.fake_chatwoot import ACCOUNT, ChatwootWorker, chatwoot_worker
+from tests.test_handoff import KEY, pg, send, stack
+
+__all__ = ["pg"]  # the fixture, used by name
 
 
 def _key(conversation: int) -> ConversationKey:
@@ -89,3 +93,43 @@ async def test_a_handoff_request_retried_after_the_agent_resolved_it_does_not_re
         assert conv.status == "resolved"
         assert fake.private_notes(conv) == []
         assert (await w.app.desk.status(_key(92))).state is HandoffState.BOT
+
+
+NEGATED = [
+    "I don't want to talk to a person", "I don’t want to talk to a person",
+    "no need for a human", "no need to speak to someone", "I do not need an agent",
+    "kein Mitarbeiter nötig", "I would rather not speak to a human",
+    "Ich möchte nicht mit einem Menschen sprechen", "Je ne veux pas parler à un conseiller",
+    "No quiero hablar con una persona", "Non voglio parlare con un operatore",
+    "Não quero falar com um atendente", "Ik wil niet met een mens spreken",
+    "Nie chcę rozmawiać z konsultantem", "Не хочу говорить с оператором",
+]  # fmt: skip
+REQUESTS = [
+    "I want a human", "can I talk to a person please", "not the bot, a human",
+    "Not a bot but a real person please", "Why can't I talk to a person?",
+    "I don't know, I want to talk to a person", "Is there no way to talk to a human?",
+    "I don't want the bot I want to talk to a person",
+    "Warum kann ich nicht mit einem Menschen sprechen?", "No, quiero hablar con una persona",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", NEGATED)
+def test_a_negated_request_for_a_person_is_not_one(text: str) -> None:
+    assert not asks_for_person(text)
+
+
+@pytest.mark.parametrize("text", REQUESTS)
+def test_a_request_for_a_person_with_a_negation_elsewhere_still_is_one(text: str) -> None:
+    assert asks_for_person(text)
+
+
+@pytest.mark.postgres
+async def test_without_a_model_a_customer_who_wants_no_person_stays_with_the_bot(pg: str) -> None:
+    """ "I don't want to talk to a person" handed the customer off (the phrase "talk to a
+    person" matched, its negation unread); "not the bot, a human" did not."""
+    async with stack(pg, None) as (app, adapter, _):
+        await send(app, adapter, 1, "I don't want to talk to a person")
+        assert (await app.desk.status(KEY)).state is HandoffState.BOT
+        await send(app, adapter, 2, "not the bot, a human")
+        status = await app.desk.status(KEY)
+        assert (status.state, status.reason) == (HandoffState.WAITING, Reason.ASKED)

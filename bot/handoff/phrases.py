@@ -19,6 +19,9 @@ HUMAN_PHRASES: dict[str, tuple[str, ...]] = {
         r"\b(?:real|live)\s+(?:person|human|agent)\b",
         r"\bhuman\s+(?:being|agent|support)\b",
         r"\b(?:get|give|connect|transfer)\s+me\s+(?:to\s+)?(?:a|an)\s+(?:person|human|agent)\b",
+        # "not the bot, a human": the person asked for instead of the bot.
+        r"\bnot\s+(?:a|the|your|this)?\s*(?:bot|chatbot|robot|machine|ai|computer)\W+(?:but\s+)?"
+        r"(?:a|an)?\s*(?:real\s+|live\s+|actual\s+)?(?:human|person|agent)\b",
     ),
     "de": (
         r"\bmit\s+(?:einem|einer|jemandem|ihrem|eurem)?\s*(?:echten\s+|richtigen\s+)?"
@@ -139,6 +142,35 @@ WANT_PERSON = (
     r"|thanks|thank|so|if|with|this|again)\b)"
 )
 
+# What negates a request said just before it, in the same clause: "I don't want to talk to a
+# person", "Ich möchte nicht mit einem Menschen sprechen". Not "can't" ("why can't I talk to a
+# person?" asks for one) nor a bare "no" ("is there no way to talk to a human?").
+NEGATIONS: dict[str, str] = {
+    "en": r"don.?t|do\s+not|doesn.?t|does\s+not|didn.?t|did\s+not|won.?t|wouldn.?t|would\s+not"
+          r"|never|rather\s+not|no\s+need|not\s+(?:want|need|wish|like)",
+    "de": r"nicht|kein\w*|nie|niemals",
+    "fr": r"ne|pas|jamais",
+    # Spanish "no" only before a verb of wanting: the English "no" ("is there no way to talk
+    # to a human?") is no negation of the request.
+    "es": r"no\s+(?:quiero|quisiera|necesito|deseo|me\s+hace\s+falta|hace\s+falta)|nunca",
+    "it": r"non|mai",
+    "pt": r"não|nao|nunca",
+    "nl": r"niet|geen|nooit",
+    "pl": r"nie",
+    "ru": r"не|нет",
+    "uk": r"не|ні",
+}  # fmt: skip
+_NEGATION = re.compile(r"(?<!\w)(?:" + "|".join(NEGATIONS.values()) + r")(?!\w)", re.I)
+# Where the clause before a request starts: a punctuation mark, or "but" ("I don't know, but
+# I want to talk to a person"; "I don't care but I want a human").
+_CLAUSE = re.compile(r"[.,;:!?…]|(?<!\w)(?:but|aber|mais|pero|ma|mas|maar|ale|но|але)(?!\w)", re.I)
+# A question why one cannot reach a person asks for one ("warum kann ich nicht mit einem
+# Menschen sprechen?").
+_WHY = re.compile(r"(?<!\w)(?:why|warum|wieso|pourquoi|por\s+qué|perché|porque|waarom|почему|чому)"
+                  r"(?!\w)", re.I)  # fmt: skip
+# How many words before a request a negation of it may stand: "I really do not want to".
+NEGATION_WORDS = 5
+
 _HUMAN = re.compile(
     "|".join([*(f"(?:{p})" for patterns in HUMAN_PHRASES.values() for p in patterns), WANT_PERSON]),
     re.I,
@@ -155,7 +187,17 @@ def asks_for_person(text: str) -> bool:
     flat = " ".join(text.split())
     if len(flat) <= ALONE_CHARS and _ALONE.match(flat) is not None:
         return True
-    return _HUMAN.search(flat) is not None
+    return any(not _negated(flat[: found.start()]) for found in _HUMAN.finditer(flat))
+
+
+def _negated(before: str) -> bool:
+    """Whether the request after `before` is negated: a negation among the last few words of
+    its clause ("I don't want to talk to a person", "no need to speak to someone")."""
+    clause = _CLAUSE.split(before)[-1]
+    if _WHY.search(clause):
+        return False
+    near = " ".join(clause.split()[-NEGATION_WORDS:])
+    return _NEGATION.search(near) is not None
 
 
 def match_human(text: str) -> str | None:
