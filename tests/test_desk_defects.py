@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
+from bot.app import Parley
+from bot.handoff.desk import CoreDesk
+from bot.handoff.note import NoteWriter
 from bot.handoff.phrases import asks_for_person
-from bot.handoff.types import HandoffState, Reason
+from bot.handoff.types import EventKind, HandoffState, Reason
+from bot.settings import load_settings
 from bot.storage import migrate
 from bot.types import ConversationKey
 from tests.doubles import ScriptedBackend
 from tests.fake_chatwoot import ACCOUNT, ChatwootWorker, chatwoot_worker
-from tests.test_handoff import KEY, pg, send, stack
+from tests.test_handoff import (
+    KEY,
+    RecordingBridge,
+    pg,
+    send,
+    stack,
+)
 
 __all__ = ["pg"]  # the fixture, used by name
 
@@ -133,3 +144,63 @@ async def test_without_a_model_a_customer_who_wants_no_person_stays_with_the_bot
         await send(app, adapter, 2, "not the bot, a human")
         status = await app.desk.status(KEY)
         assert (status.state, status.reason) == (HandoffState.WAITING, Reason.ASKED)
+
+
+@pytest.mark.postgres
+async def test_workers_starting_at_once_hand_an_undelivered_request_on_once(pg: str) -> None:
+    """Each worker's start handed on every request no help desk was known to take, so two
+    workers starting together posted the handoff note twice (agents saw duplicate private
+    notes in Chatwoot). A worker now claims each request in SQL first: one hands it on, the
+    other leaves it; delivered, no later start sends it again."""
+    async with stack(pg, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _):
+        await send(app, adapter, 5, "hello")
+        found = await app.store.conversation_id(KEY)
+        assert found is not None  # handed off in SQL only: a crash before its handing on
+        bot, waiting = HandoffState.BOT, HandoffState.WAITING
+        await app.desk.repo.change(found, waiting, Reason.SENTIMENT, allowed_from=(bot,))
+    settings = load_settings(None, database={"url": pg})
+    backend: Any = ScriptedBackend()
+    bridges = [RecordingBridge(), RecordingBridge()]
+    async with Parley(settings, backend=backend) as one, Parley(settings, backend=backend) as two:
+        for app, bridge in zip((one, two), bridges, strict=True):
+            app.desk.attach(bridge)
+        for app in (one, two):
+            await app.desk.idle()
+        sent = [(e.kind, e.key) for bridge in bridges for e in bridge.events]
+        assert sent == [(EventKind.REQUESTED, KEY)]
+        assert await one.desk.repo.waiting() == []
+    again = RecordingBridge()
+    async with Parley(settings, backend=backend) as restarted:
+        restarted.desk.attach(again)
+        await restarted.desk.idle()
+    assert again.events == []
+
+
+@pytest.mark.postgres
+async def test_a_request_claimed_by_a_worker_that_died_is_handed_on_once_its_claim_lapses(
+    pg: str,
+) -> None:
+    """The other side of the claim: a request whose claimer died before handing it on (its
+    claim no longer renewed) is taken over by a worker that found it claimed at its start."""
+    async with stack(pg, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _):
+        await send(app, adapter, 6, "hello")
+        cid = await app.store.conversation_id(KEY)
+        assert cid is not None
+        bot, waiting = HandoffState.BOT, HandoffState.WAITING
+        change = await app.desk.repo.change(cid, waiting, Reason.ASKED, allowed_from=(bot,))
+        since = change.after.since
+        assert since is not None
+        assert await app.desk.repo.claim_request(cid, since, "dead-worker", 0.5) is True
+        notes = NoteWriter(app.store, app.desk.repo, None, agent_language="en",
+                           history_messages=10)  # fmt: skip
+        desk = CoreDesk(app.store, app.desk.repo, notes, lambda c, k: None, claim_ttl_s=0.3)
+        await desk.start()
+        bridge = RecordingBridge()
+        desk.attach(bridge)
+        await desk.idle()
+        assert bridge.events == []  # the claim holds: its worker may still hand it on
+        await _until(lambda: bool(bridge.events), "the lapsed claim taken over")
+        await desk.idle()
+        assert [(e.kind, e.key) for e in bridge.events] == [(EventKind.REQUESTED, KEY)]
+        await desk.aclose()
+        assert await app.desk.repo.waiting() == []

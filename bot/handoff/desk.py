@@ -8,7 +8,9 @@ after the last try, the event is logged as dropped (kind and conversation, never
 Events live in memory, so a stop or a crash between the SQL change and the delivery loses
 them: `start` hands every conversation still waiting for a person its `handoff.requested`
 again, to each bridge as it attaches (with the first event's time, so the same event id:
-receivers dedupe). Delivery is at least once.
+receivers dedupe). Delivery is at least once. Each such request is claimed in SQL first
+(HandoffRepository.claim_request): of several workers starting at once, one hands it on; the
+others look again every CLAIM_TTL_S and take it over once its claim lapsed or was let go.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Protocol, runtime_checkable
 
@@ -53,6 +58,10 @@ AWAY_WAIT_MAX_S = 30.0
 AGENT_PLATFORM = "desk"
 # Prefix of an agent reply's idempotency key, so it never meets a platform's own keys.
 AGENT_KEY_PREFIX = "desk:"
+# A worker's claim on re-sending an undelivered request at its start holds this long unless
+# renewed (every third of it while the worker lives); a request another worker claimed is
+# looked at again this often, and taken over once that claim lapsed or was let go.
+CLAIM_TTL_S = 30.0
 
 
 class HandoffCounter(Protocol):
@@ -116,6 +125,7 @@ class CoreDesk:
         counter: HandoffCounter | None = None,
         publish_wait_s: float = 0.2,
         stop_reply: Callable[[int], Awaitable[None]] | None = None,
+        claim_ttl_s: float = CLAIM_TTL_S,
     ) -> None:
         self._store = store
         self._stop_reply = stop_reply
@@ -131,20 +141,76 @@ class CoreDesk:
         self._receipts: set[asyncio.Task[None]] = set()
         # The requests of conversations found waiting at start: each bridge gets them on attach.
         self._recovered: list[_Item] = []
+        # Who claims those requests (one worker hands each on), for how long; the requests
+        # another worker claimed, looked at again until delivered or taken over.
+        self._owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._claim_ttl_s = claim_ttl_s
+        self._watched: list[tuple[int, ConversationKey, HandoffStatus, str]] = []
+        self._claims: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Read the conversations waiting for a person: their requests may never have been
         handed on (bot/app.py calls this before any adapter attaches its bridge)."""
-        for cid, key, status, language in await self.repo.waiting():
-            event = DeskEvent(
-                EventKind.REQUESTED, key, cid, status.state, status.since or utcnow(),
-                reason=status.reason,
-            )  # fmt: skip
-            change = Change(status, status, language)
-            self._recovered.append(_Item(event, functools.partial(self._with_note, change=change)))
-        if self._recovered:
-            log.info("%d conversations wait for a person: their requests go out again",
+        for found in await self.repo.waiting():
+            claimed = await self._claim(found)
+            if claimed is not None:
+                self._recovered.append(claimed)
+        if self._recovered or self._watched:
+            log.info("%d conversations wait for a person: their requests go out again (%d "
+                     "from this worker)", len(self._recovered) + len(self._watched),
                      len(self._recovered))  # fmt: skip
+            self._claims = asyncio.create_task(self._keep_claims(), name="parley-desk-claims")
+
+    async def _claim(self, found: tuple[int, ConversationKey, HandoffStatus, str]) -> _Item | None:
+        """The request of a conversation found waiting, claimed for this worker (workers that
+        start at once each found it: one hands it on, or agents see its note once per worker);
+        None where another worker's claim holds (watched) or it went out meanwhile."""
+        cid, key, status, language = found
+        since = status.since or utcnow()
+        claimed = await self.repo.claim_request(cid, since, self._owner, self._claim_ttl_s)
+        if claimed is False:
+            self._watched.append(found)
+        if not claimed:
+            return None
+        event = DeskEvent(EventKind.REQUESTED, key, cid, status.state, since, reason=status.reason)
+        change = Change(status, status, language)
+        return _Item(event, functools.partial(self._with_note, change=change))
+
+    async def _keep_claims(self) -> None:
+        """Renew this worker's claims while they are undelivered; look again at the requests
+        another worker claimed, and hand on those whose claim lapsed (its worker died) or was
+        let go (it stopped) before they were delivered."""
+        beat = self._claim_ttl_s / 3
+        waited = 0.0
+        while True:
+            await asyncio.sleep(beat)
+            waited += beat
+            try:
+                held = await self.repo.renew_claims(self._owner, self._claim_ttl_s)
+                if waited >= self._claim_ttl_s and self._watched:
+                    waited = 0.0
+                    watched, self._watched = self._watched, []
+                    for found in watched:
+                        item = await self._claim(found)
+                        if item is not None:
+                            held += 1
+                            self._hand_recovered(item)
+            except StorageError as exc:  # the database away: tried again at the next beat
+                log.warning("handoff requests' claims not renewed: %s", exc)
+                continue
+            if not held and not self._watched:
+                return
+
+    def _hand_recovered(self, item: _Item) -> None:
+        """A recovered request taken over after start: to every bridge attached that serves
+        it, and to those that attach later."""
+        self._recovered.append(item)
+        for bridge, queue in zip(self._bridges, self._queues, strict=True):
+            if _serves(bridge, item.event):
+                item.owed += 1
+                queue.put_nowait(item)
+        if item.owed:
+            self._start_publishers()
 
     # -- types.Desk ------------------------------------------------------------------------
 
@@ -280,10 +346,17 @@ class CoreDesk:
             async with asyncio.timeout(timeout_s):
                 await self.idle()
         # A request still without its receipt stays unmarked: the next start sends it again.
-        for task in [*self._tasks, *self._receipts]:
+        claims = [self._claims] if self._claims is not None else []
+        for task in [*self._tasks, *self._receipts, *claims]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._receipts, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._receipts, *claims, return_exceptions=True)
         self._tasks.clear()
+        self._claims = None
+        if self._recovered:  # let go: the next start (or a worker watching) hands them on
+            try:
+                await self.repo.release_claims(self._owner)
+            except StorageError as exc:
+                log.warning("handoff requests' claims not let go (they lapse): %s", exc)
 
     async def _with_note(self, event: DeskEvent, change: Change) -> DeskEvent:
         cid, after = event.conversation_id, change.after

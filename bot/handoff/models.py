@@ -54,6 +54,10 @@ class HandoffStateRow(Base):
     # Whether the request (handoff.requested) reached every help desk that serves the
     # conversation (migration 0013): a start hands on again only those that did not.
     request_delivered: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # The worker handing an undelivered request on again after a start, and until when its
+    # claim holds unless renewed (migration 0020): another worker starting meanwhile leaves it.
+    request_claimed_by: Mapped[str | None] = mapped_column(String(64))
+    request_claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class HandoffEventRow(Base):

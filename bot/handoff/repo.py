@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -134,7 +134,8 @@ class HandoffRepository:
                 .where(_s.conversation_id == conversation_id)
                 .values(state=to.value, reason=reason.value, detail=detail, since=now,
                         agent=agent, language=keep_language,
-                        trigger_message_id=trigger_message_id, request_delivered=False)
+                        trigger_message_id=trigger_message_id, request_delivered=False,
+                        request_claimed_by=None, request_claimed_until=None)
             )  # fmt: skip
             await conn.execute(
                 sa.insert(_e).values(
@@ -165,6 +166,60 @@ class HandoffRepository:
         )  # fmt: skip
         rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, stmt))
         return [(r[6], ConversationKey(r[7], r[8], r[9]), _status(r), r[5]) for r in rows]
+
+    async def claim_request(
+        self, conversation_id: int, since: datetime, owner: str, ttl_s: float
+    ) -> bool | None:
+        """Claim the handing on of the undelivered request made at `since` for `owner`, for
+        `ttl_s` unless renewed (a conditional update: of workers claiming at once, one gets
+        it). True: claimed (or already `owner`'s); False: another worker's claim holds; None:
+        nothing to hand on any more (delivered, or the conversation moved on)."""
+        now = utcnow()
+        pending = (
+            _s.conversation_id == conversation_id, _s.since == since,
+            _s.state == HandoffState.WAITING.value, _s.request_delivered.is_(False),
+        )  # fmt: skip
+        free = sa.or_(
+            _s.request_claimed_until.is_(None),
+            _s.request_claimed_until < now,
+            _s.request_claimed_by == owner,
+        )
+        claim = (
+            sa.update(_s)
+            .where(*pending, free)
+            .values(request_claimed_by=owner, request_claimed_until=now + timedelta(seconds=ttl_s))
+        )
+        exists = sa.select(_s.conversation_id).where(*pending)
+
+        async def run(conn: AsyncConnection) -> bool | None:
+            if (await conn.execute(claim)).rowcount == 1:
+                return True
+            return False if (await conn.execute(exists)).first() is not None else None
+
+        return await run_on_connection(self._engine, run, write=True)
+
+    async def renew_claims(self, owner: str, ttl_s: float) -> int:
+        """Renew `owner`'s claims on requests still undelivered; how many there are."""
+        stmt = (
+            sa.update(_s)
+            .where(_s.request_claimed_by == owner, _s.request_delivered.is_(False),
+                   _s.state == HandoffState.WAITING.value)
+            .values(request_claimed_until=utcnow() + timedelta(seconds=ttl_s))
+        )  # fmt: skip
+
+        async def run(conn: AsyncConnection) -> int:
+            return int((await conn.execute(stmt)).rowcount)
+
+        return await run_on_connection(self._engine, run, single=True)
+
+    async def release_claims(self, owner: str) -> None:
+        """Let go of `owner`'s claims (a stopping worker): the next start hands them on."""
+        stmt = (
+            sa.update(_s)
+            .where(_s.request_claimed_by == owner)
+            .values(request_claimed_by=None, request_claimed_until=None)
+        )
+        await run_on_connection(self._engine, lambda conn: conn.execute(stmt), single=True)
 
     async def events(self, conversation_id: int) -> list[tuple[str, str, str, str]]:
         """The audit trail, oldest first: (from, to, reason, detail)."""
