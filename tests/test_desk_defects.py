@@ -151,7 +151,8 @@ async def test_workers_starting_at_once_hand_an_undelivered_request_on_once(pg: 
     """Each worker's start handed on every request no help desk was known to take, so two
     workers starting together posted the handoff note twice (agents saw duplicate private
     notes in Chatwoot). A worker now claims each request in SQL first: one hands it on, the
-    other leaves it; delivered, no later start sends it again."""
+    other leaves it (a worker with no help desk for it claims none); delivered, no later
+    start sends it again."""
     async with stack(pg, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _):
         await send(app, adapter, 5, "hello")
         found = await app.store.conversation_id(KEY)
@@ -161,7 +162,12 @@ async def test_workers_starting_at_once_hand_an_undelivered_request_on_once(pg: 
     settings = load_settings(None, database={"url": pg})
     backend: Any = ScriptedBackend()
     bridges = [RecordingBridge(), RecordingBridge()]
-    async with Parley(settings, backend=backend) as one, Parley(settings, backend=backend) as two:
+    async with (
+        Parley(settings, backend=backend) as bare,  # no help desk: it claims nothing
+        Parley(settings, backend=backend) as one,
+        Parley(settings, backend=backend) as two,
+    ):
+        await bare.desk.idle()
         for app, bridge in zip((one, two), bridges, strict=True):
             app.desk.attach(bridge)
         for app in (one, two):

@@ -8,9 +8,10 @@ after the last try, the event is logged as dropped (kind and conversation, never
 Events live in memory, so a stop or a crash between the SQL change and the delivery loses
 them: `start` hands every conversation still waiting for a person its `handoff.requested`
 again, to each bridge as it attaches (with the first event's time, so the same event id:
-receivers dedupe). Delivery is at least once. Each such request is claimed in SQL first
-(HandoffRepository.claim_request): of several workers starting at once, one hands it on; the
-others look again every CLAIM_TTL_S and take it over once its claim lapsed or was let go.
+receivers dedupe). Delivery is at least once. Each such request is claimed in SQL by the
+first bridge's publisher that would hand it on (HandoffRepository.claim_request): of several
+workers starting at once, one hands it on; the others look again every CLAIM_TTL_S and take
+it over once its claim lapsed or was let go.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ AGENT_KEY_PREFIX = "desk:"
 CLAIM_TTL_S = 30.0
 
 
+# A conversation found waiting for a person: (id, key, status, the customer's language).
+Found = tuple[int, ConversationKey, HandoffStatus, str]
+
+
 class HandoffCounter(Protocol):
     def handoff(self, platform: str, reason: str) -> None: ...
 
@@ -96,6 +101,11 @@ class _Item:
         # marked delivered (handoff_states.request_delivered) once every one took it.
         self.owed = 0
         self.dropped = False
+        # A request found waiting at start (CoreDesk.start): its row, and whether this worker
+        # claimed it, once asked (False: another worker's; None: delivered meanwhile, gone).
+        self.found: Found | None = None
+        self.asked = False
+        self.claimed: bool | None = None
 
     def start(self) -> None:
         if self._write is not None and self._task is None:
@@ -145,36 +155,53 @@ class CoreDesk:
         # another worker claimed, looked at again until delivered or taken over.
         self._owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
         self._claim_ttl_s = claim_ttl_s
-        self._watched: list[tuple[int, ConversationKey, HandoffStatus, str]] = []
+        self._watched: list[Found] = []
         self._claims: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Read the conversations waiting for a person: their requests may never have been
         handed on (bot/app.py calls this before any adapter attaches its bridge)."""
         for found in await self.repo.waiting():
-            claimed = await self._claim(found)
-            if claimed is not None:
-                self._recovered.append(claimed)
-        if self._recovered or self._watched:
-            log.info("%d conversations wait for a person: their requests go out again (%d "
-                     "from this worker)", len(self._recovered) + len(self._watched),
+            self._recovered.append(self._recovered_item(found))
+        if self._recovered:
+            log.info("%d conversations wait for a person: their requests go out again",
                      len(self._recovered))  # fmt: skip
-            self._claims = asyncio.create_task(self._keep_claims(), name="parley-desk-claims")
 
-    async def _claim(self, found: tuple[int, ConversationKey, HandoffStatus, str]) -> _Item | None:
-        """The request of a conversation found waiting, claimed for this worker (workers that
-        start at once each found it: one hands it on, or agents see its note once per worker);
-        None where another worker's claim holds (watched) or it went out meanwhile."""
+    def _recovered_item(self, found: Found, *, claimed: bool | None = None) -> _Item:
         cid, key, status, language = found
         since = status.since or utcnow()
-        claimed = await self.repo.claim_request(cid, since, self._owner, self._claim_ttl_s)
-        if claimed is False:
-            self._watched.append(found)
-        if not claimed:
-            return None
         event = DeskEvent(EventKind.REQUESTED, key, cid, status.state, since, reason=status.reason)
         change = Change(status, status, language)
-        return _Item(event, functools.partial(self._with_note, change=change))
+        item = _Item(event, functools.partial(self._with_note, change=change))
+        item.found, item.asked, item.claimed = found, claimed is not None, claimed
+        return item
+
+    async def _ours(self, item: _Item) -> bool:
+        """Whether this worker hands on a request found waiting at its start: claimed in SQL
+        by the first of its bridges that would (workers that start at once each found it:
+        one hands it on, or agents see its note once per worker; a worker with no bridge for
+        it never claims it). Claimed by another worker (or not known: the database away): it
+        is looked at again every claim_ttl_s and taken over once that claim lapsed."""
+        found = item.found
+        if found is None:
+            return True
+        if not item.asked:
+            cid, since = found[0], item.event.at
+            try:
+                claimed = await self.repo.claim_request(cid, since, self._owner, self._claim_ttl_s)
+            except StorageError as exc:
+                log.warning("conversation %d: handoff request not claimed: %s", cid, exc)
+                claimed = False
+            if not item.asked:  # another bridge's publisher may have asked meanwhile
+                item.asked, item.claimed = True, claimed
+                if claimed is False:
+                    self._watched.append(found)
+                self._keep_claiming()
+        return item.claimed is True
+
+    def _keep_claiming(self) -> None:
+        if self._claims is None or self._claims.done():
+            self._claims = asyncio.create_task(self._keep_claims(), name="parley-desk-claims")
 
     async def _keep_claims(self) -> None:
         """Renew this worker's claims while they are undelivered; look again at the requests
@@ -191,26 +218,37 @@ class CoreDesk:
                     waited = 0.0
                     watched, self._watched = self._watched, []
                     for found in watched:
-                        item = await self._claim(found)
-                        if item is not None:
-                            held += 1
-                            self._hand_recovered(item)
+                        held += await self._take_over(found)
             except StorageError as exc:  # the database away: tried again at the next beat
                 log.warning("handoff requests' claims not renewed: %s", exc)
                 continue
             if not held and not self._watched:
                 return
 
-    def _hand_recovered(self, item: _Item) -> None:
-        """A recovered request taken over after start: to every bridge attached that serves
-        it, and to those that attach later."""
+    async def _take_over(self, found: Found) -> int:
+        """Claim a request another worker had claimed; 1: claimed and handed to this worker's
+        bridges (it stays watched while that claim holds)."""
+        item = self._recovered_item(found, claimed=True)
+        if not any(_serves(bridge, item.event) for bridge in self._bridges):
+            self._watched.append(found)  # no bridge here for it (yet): never claimed here
+            return 0
+        cid, since = found[0], item.event.at
+        try:
+            claimed = await self.repo.claim_request(cid, since, self._owner, self._claim_ttl_s)
+        except StorageError as exc:  # looked at again next time
+            log.warning("conversation %d: handoff request not claimed: %s", cid, exc)
+            claimed = False
+        if claimed is False:
+            self._watched.append(found)
+        if not claimed:
+            return 0
         self._recovered.append(item)
         for bridge, queue in zip(self._bridges, self._queues, strict=True):
             if _serves(bridge, item.event):
                 item.owed += 1
                 queue.put_nowait(item)
-        if item.owed:
-            self._start_publishers()
+        self._start_publishers()
+        return 1
 
     # -- types.Desk ------------------------------------------------------------------------
 
@@ -401,6 +439,8 @@ class CoreDesk:
         while True:
             item = await queue.get()
             try:
+                if not await self._ours(item):
+                    continue
                 event = await item.get()
                 taken = await self._hand_on(bridge, event)
                 if event.kind is not EventKind.REQUESTED:
