@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -83,6 +84,8 @@ class VllmEngineBackend:
             # Both steps block for seconds. They run apart because vLLM's import keeps its
             # caller's frame alive: a frame that also held the engine would pin it after aclose.
             engine_class, args_class = await asyncio.to_thread(_import_vllm)
+            # After the import: a missing package is the first thing to say.
+            await asyncio.to_thread(_check_local_model, self._settings.model)
             args = args_class(model=self._settings.model, **self._engine_options())
             # The engine's processes end with this one, also when it is killed outright.
             vllm_watchdog.arm()
@@ -264,6 +267,90 @@ def _require_local_folder(model: str) -> None:
     a hub error. A wrong setting, not a failure a restart would mend: exit status 2."""
     if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
         raise ConfigError(f"backend.model: no model folder {model!r} (PARLEY_BACKEND__MODEL)")
+
+
+def _check_local_model(model: str) -> None:
+    """`check_model_folder` where `model` names a folder here (not a hub repository)."""
+    if (folder := Path(model).expanduser()).is_dir():
+        check_model_folder(folder)
+
+
+# The weight files vLLM loads from a model folder (its safetensors and PyTorch formats).
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+# A safetensors header longer than this is not one (the format caps it at 100 MB).
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def check_model_folder(folder: Path) -> None:
+    """ConfigError naming the file, where `folder` cannot hold a model vLLM loads: its
+    config (config.json, or a Mistral-format params.json) missing or not a JSON object, no
+    weight file, a weight shard its index names missing, or a safetensors file shorter than
+    its header says. vLLM failed on each of these only inside its engine, which start-up took
+    for a server still loading and tried again for backend.startup_wait_s (2 minutes by
+    default). Only headers are read: the check takes milliseconds, whatever the model's size."""
+    configs = [folder / name for name in ("config.json", "params.json")]
+    present = [path for path in configs if path.is_file()]
+    if not present:
+        raise ConfigError(f"backend.model: {folder / 'config.json'} is missing")
+    for path in present:
+        _json_object(path)
+    weights = sorted(p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern))
+    if not weights:
+        raise ConfigError(
+            f"backend.model: no weights in {folder} (no {', '.join(WEIGHT_PATTERNS)} file)"
+        )
+    for index in sorted(folder.glob("*.index.json")):
+        shards = _json_object(index).get("weight_map")
+        names = sorted({str(n) for n in shards.values()}) if isinstance(shards, dict) else []
+        missing = [name for name in names if not (folder / name).is_file()]
+        # An index none of whose shards are here is of a format not downloaded (a folder of
+        # safetensors often keeps pytorch_model.bin.index.json): vLLM does not read it.
+        if missing and len(missing) < len(names):
+            raise ConfigError(
+                f"backend.model: {folder / missing[0]} is missing (named in {index.name})"
+            )
+    for path in weights:
+        if path.suffix == ".safetensors":
+            _check_safetensors(path)
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"backend.model: {path} is not valid JSON ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"backend.model: {path} is not a JSON object")
+    return loaded
+
+
+def _check_safetensors(path: Path) -> None:
+    """A safetensors file is 8 bytes of header length, a JSON header, then the tensors' data;
+    a truncated (or otherwise damaged) one is named here."""
+    damaged = f"backend.model: {path} is damaged or truncated"
+    try:
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            head = file.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < length <= min(MAX_SAFETENSORS_HEADER, size - 8):
+                raise ConfigError(damaged)
+            header = json.loads(file.read(length))
+    except (OSError, ValueError):
+        raise ConfigError(damaged) from None
+    if not isinstance(header, dict):
+        raise ConfigError(damaged)
+    ends = [
+        entry["data_offsets"][1]
+        for name, entry in header.items()
+        if name != "__metadata__"
+        and isinstance(entry, dict)
+        and isinstance(entry.get("data_offsets"), list)
+        and len(entry["data_offsets"]) == 2
+        and isinstance(entry["data_offsets"][1], int)
+    ]
+    if 8 + length + max(ends, default=0) > size:
+        raise ConfigError(damaged)
 
 
 def _import_vllm() -> tuple[Any, Any]:
