@@ -21,15 +21,21 @@ of backend:
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from typing import Any
+
+from backends.base import Chunk
+
+log = logging.getLogger(__name__)
 
 ZWJ = "\u200d"
 
 # Marker shapes of the common chat templates. Tokens are case-sensitive, so are these.
-DEFAULT_MARKERS = re.compile(
+_TEMPLATE_MARKERS = (
     r"<\|[^<>|\s]{0,64}\|>"  # ChatML, Llama 3, Phi-3, Zephyr, Command R, Granite: <|...|>
     r"|<｜[^<>｜]{0,64}｜>"  # DeepSeek, with full-width bars: <｜begin▁of▁sentence｜>
     r"|</?s>|<(?:bos|eos|pad|unk|mask)>"  # SentencePiece and Gemma sequence markers
@@ -37,10 +43,13 @@ DEFAULT_MARKERS = re.compile(
     r"|\[(?:ARGS|CALL_ID|IMG|IMG_BREAK|IMG_END|PREFIX|MIDDLE|SUFFIX)\]"  # Mistral (Tekken)
     r"|<</?SYS>>"  # Llama 2 and Mistral
     r"|<(?:start|end)_of_(?:turn|image)>"  # Gemma
+    r"|\[[gs]?MASK\]|<[se]op>"  # GLM sequence markers
+)
+DEFAULT_MARKERS = re.compile(
+    _TEMPLATE_MARKERS
     # Added (not special) tokens that the tokenizer still reads out of text: Qwen2.5 / Qwen3,
-    # QwQ and Hermes tool calls and reasoning, DeepSeek-R1 reasoning; GLM sequence markers.
-    r"|</?(?:think|tool_call|tool_response)>"
-    r"|\[[gs]?MASK\]|<[se]op>"
+    # QwQ and Hermes tool calls and reasoning, DeepSeek-R1 reasoning.
+    + r"|</?(?:think|tool_call|tool_response)>"
 )
 # Each pass breaks every marker it finds; a marker can only re-form from the pieces around a
 # broken one a bounded number of times.
@@ -170,3 +179,112 @@ def _render(tokenizer: Any, chat: Sequence[Mapping[str, str]]) -> str:
     return str(
         tokenizer.apply_chat_template(list(chat), add_generation_prompt=True, tokenize=False)
     )
+
+
+# --- what a model writes past the end of its turn ---------------------------------------------
+
+# A reply ends where the model writes a chat template's marker (`<|im_end|>`, `<|eot_id|>`,
+# `</s>`, `[INST]`, `<end_of_turn>`...) or starts a line as the other side of the chat
+# ("\nUser:"): past it comes a turn it invents. Servers drop the special tokens they know
+# (vLLM's skip_special_tokens), not those of another template the model learnt, nor markers
+# written as plain text, nor a transcript-style turn. `<think>` and tool-call tags are not
+# turn ends: the reply they are in goes on after them.
+REPLY_END = re.compile(_TEMPLATE_MARKERS + r"|\n(?:User|Assistant|System|Human):")
+_ROLE_LINES = ("\nUser:", "\nAssistant:", "\nSystem:", "\nHuman:")
+# The role header some models write first ("<|im_start|>assistant\n", Llama 3's
+# "<|start_header_id|>assistant<|end_header_id|>", Gemma's "<start_of_turn>model"): dropped.
+_MARKERS_RUN = rf"\s*(?:(?:{_TEMPLATE_MARKERS})\s*)+"
+_HEADER = re.compile(rf"{_MARKERS_RUN}(?:assistant|model)(?:{_MARKERS_RUN})?\s*")
+_OPENING = re.compile(_MARKERS_RUN)
+_ROLE_WORDS = ("assistant", "model")
+# The longest text held back as a marker's possible beginning (the longest marker).
+_MAX_HELD = 72
+_OPENERS = "<["
+_CLOSERS = re.compile(r"[\s>\]]")
+
+
+class ReplyCut:
+    """Text deltas up to the end of the model's turn (REPLY_END), a role header it begins
+    with dropped. A marker may come split over deltas (`<|im_` then `end|>`): text that may
+    begin one is held back until the next delta says, at most _MAX_HELD characters."""
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._started = False  # text other than blanks was given out
+        self.cut = False  # the turn's end was found: nothing more is given out
+
+    def feed(self, text: str) -> str:
+        """What of `text` (after what was held) may be shown now."""
+        if self.cut:
+            return ""
+        pending = self._held + text
+        if not self._started:
+            if _header_may_go_on(pending):
+                self._held = pending  # "<|im_start|>assis": read again with what follows
+                return ""
+            if head := _HEADER.match(pending):
+                pending = pending[head.end() :]
+        found = REPLY_END.search(pending)
+        if found:
+            self.cut, self._held = True, ""
+            return pending[: found.start()]
+        keep = _held_from(pending)
+        out, self._held = pending[:keep], pending[keep:]
+        self._started = self._started or bool(out.strip())
+        return out
+
+    def flush(self) -> str:
+        """What was held, at the end of the reply."""
+        held, self._held = self._held, ""
+        if self.cut:
+            return ""
+        if not self._started and (head := _HEADER.match(held) or _OPENING.match(held)):
+            held = held[head.end() :]
+        found = REPLY_END.search(held)
+        return held[: found.start()] if found else held
+
+
+def _header_may_go_on(text: str) -> bool:
+    """Whether `text`, the start of a reply, may be a role header not yet complete: markers
+    then nothing or the beginning of a role word, or a header then a marker's beginning."""
+    if head := _HEADER.match(text):
+        rest = text[head.end() :]
+        return not rest or _held_from(rest) == 0
+    opening = _OPENING.match(text)
+    if opening is None:
+        return False
+    rest = text[opening.end() :]
+    return any(word.startswith(rest) and word != rest for word in _ROLE_WORDS)
+
+
+def _held_from(text: str) -> int:
+    """Where the end of `text` that may begin a REPLY_END match starts (len(text): none)."""
+    start = max(0, len(text) - _MAX_HELD)
+    for index in range(start, len(text)):
+        char = text[index]
+        if char in _OPENERS and not _CLOSERS.search(text, index + 1):
+            return index
+        if char == "\n" and any(line.startswith(text[index:]) for line in _ROLE_LINES):
+            return index
+    return len(text)
+
+
+async def ends_at_turn_markers(chunks: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
+    """`chunks` up to the end of the model's turn (`ReplyCut`). There the stream underneath
+    is closed, which aborts the request, and the reply ends as one the model finished."""
+    cut = ReplyCut()
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            text = cut.feed(chunk.text) if chunk.text else ""
+            if cut.cut:
+                if text:
+                    yield Chunk(text=text)
+                log.info("the model wrote past the end of its turn; the reply ends there")
+                yield Chunk(finish_reason="stop")
+                return
+            if chunk.usage or chunk.finish_reason or chunk.notice:
+                yield Chunk(text + cut.flush(), chunk.usage, chunk.finish_reason, chunk.notice)
+            elif text or not chunk.text:  # a delta all held is given out with the next
+                yield Chunk(text=text) if chunk.text else chunk
+        if rest := cut.flush():  # a stream without a last chunk
+            yield Chunk(text=rest)

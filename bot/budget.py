@@ -48,6 +48,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backends.base import Backend, Capabilities, Chunk, GenerationRequest, Usage, estimate_tokens
+from backends.control_tokens import ends_at_turn_markers
 from bot import phrases
 from bot.budget_counters import Counter, Decision, Limited, LocalCounter, RedisCounter, Verdict
 from bot.errors import BackendError, StorageError
@@ -377,7 +378,9 @@ def prompt_estimate(messages: Sequence[ChatMessage]) -> int:
 
 class MeteredBackend:
     """A backend whose calls, inside a turn, are reserved against and counted to the turn's
-    budgets (see the module docstring); outside a turn it only passes through."""
+    budgets (see the module docstring); outside a turn it only passes through. Being the
+    seam every model call passes, it also ends each reply at the end of the model's turn
+    (`backends.control_tokens.ends_at_turn_markers`)."""
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
@@ -389,10 +392,17 @@ class MeteredBackend:
     async def start(self) -> None:
         await self.inner.start()
 
+    def _replies(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        """The inner stream, ended where the model writes past its turn (a template's
+        marker, an invented "User:" line: `ends_at_turn_markers`); structured output (JSON)
+        is left whole."""
+        chunks = self.inner.stream(request)
+        return chunks if request.json_schema is not None else ends_at_turn_markers(chunks)
+
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         ledger = current_ledger()
         if ledger is None:
-            async with aclosing(self.inner.stream(request)) as chunks:
+            async with aclosing(self._replies(request)) as chunks:
                 async for chunk in chunks:
                     yield chunk
             return
@@ -405,7 +415,7 @@ class MeteredBackend:
         text: list[str] = []
         failed = False
         try:
-            async with aclosing(self.inner.stream(request)) as chunks:
+            async with aclosing(self._replies(request)) as chunks:
                 async for chunk in chunks:
                     usage = chunk.usage or usage
                     if chunk.text:

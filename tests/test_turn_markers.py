@@ -1,0 +1,112 @@
+"""A model that writes past the end of its turn: a chat template's markers (`<|im_end|>`,
+`<|eot_id|>`, `</s>`, `[INST]`...) or a "User:" line it invents. Servers drop only the special
+tokens of the served tokenizer (vLLM's skip_special_tokens), so a marker of another template,
+one written as text, or a transcript-style turn reached the user, with the turn the model
+made up after it, and went into the conversation's record. Each reply now ends there, also
+where the marker comes split over two deltas, and the request is closed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from backends.control_tokens import ReplyCut
+from backends.openai_compat import OpenAICompatBackend
+from bot.app import Parley
+from bot.settings import BackendSettings, Settings
+from bot.types import ConversationKey, Incoming, Role, User
+from tests.doubles import CollectingSink
+
+MODEL = "served"
+# A bound for the test itself: a turn that never ends fails the test instead of hanging it.
+NEVER = 30.0
+
+# The deltas a model streams, and what of them the user is shown.
+LEAKS = {
+    "chatml": (["Paris is the capital.", "<|im_end|>", "\n<|im_start|>user\nAnd Rome?"], ""),
+    "chatml-split": (["Paris is the capital.<|im_", "end|>\n<|im_start|>user\nAnd Rome?"], ""),
+    "llama3-split": (["Paris is the capital.", "<|eo", "t_id|><|start_header_id|>user"], ""),
+    "mistral": (["Paris is the capital. [/IN", "ST] [INST] And Rome?"], " "),
+    "invented-user-line": (["Paris is the capital.\nUs", "er: And Rome?\nAssistant: Rome"], ""),
+    "role-header-first": (["<|im_start|>assis", "tant\nParis is the capital.<|im_end|>"], ""),
+}
+
+
+def _server(deltas: list[str]) -> httpx.MockTransport:
+    """A model server that streams `deltas` and then goes on writing the turn it invents,
+    never finishing (the reply must end at the marker, not at a time limit)."""
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": MODEL, "max_model_len": 2048}]})
+        if request.url.path == "/tokenize":
+            return httpx.Response(404)
+
+        async def body() -> AsyncIterator[bytes]:
+            for text in deltas:
+                event = {"choices": [{"index": 0, "delta": {"content": text}}]}
+                yield f"data: {json.dumps(event)}\n\n".encode()
+            await asyncio.sleep(NEVER * 2)  # the made-up conversation goes on
+
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    return httpx.MockTransport(respond)
+
+
+@pytest.mark.parametrize("leak", sorted(LEAKS))
+async def test_a_reply_ends_where_the_model_writes_past_its_turn(
+    leak: str, database_url: str
+) -> None:
+    deltas, tail = LEAKS[leak]
+    settings = BackendSettings.model_validate(
+        {
+            "kind": "openai",
+            "base_url": "http://llm.test",
+            "model": MODEL,
+            # Longer than the test's own bound: the reply must end at the marker.
+            "timeouts": {"gap_s": NEVER * 2, "total_s": NEVER * 4},
+        }
+    )
+    backend = OpenAICompatBackend(settings, transport=_server(deltas))
+    async with Parley(Settings(database={"url": database_url}), backend=backend) as app:  # type: ignore[arg-type]
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        key = ConversationKey("test", "chat-1")
+        async with asyncio.timeout(NEVER):
+            recorded = await app.manager.handle(
+                Incoming(key, User("test", "u1"), "What is the capital of France?", "m1")
+            )
+        rows = await app.store.history(recorded.conversation_id, 10)
+    answer = "Paris is the capital." + tail
+    assert sink.replies[key] == [answer]
+    assert [(r.role, r.content) for r in rows] == [
+        (Role.USER, "What is the capital of France?"),
+        (Role.ASSISTANT, answer),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reply", "shown"),
+    [
+        ("Hello there.<|im_end|>\n<|im_start|>user\nmore", "Hello there."),
+        ("Paris.<|eot_id|><|start_header_id|>user<|end_header_id|>", "Paris."),
+        ("<|start_header_id|>assistant<|end_header_id|>\n\nHi<|eot_id|>", "Hi"),
+        ("<start_of_turn>model\nHi<end_of_turn>\n<start_of_turn>user\nx", "Hi"),
+        ("Hi</s>[INST] next [/INST]", "Hi"),
+        ("Paris.\nHuman: and Rome?", "Paris."),
+        ("<|im_end|><|im_start|>user\nhi", ""),
+        # Not a turn's end: left as written.
+        ("a < b and x<y [1] ok [x", "a < b and x<y [1] ok [x"),
+        ("Use <b>bold</b>, [a link](u)\nUsers: many", "Use <b>bold</b>, [a link](u)\nUsers: many"),
+        ("<think>hm</think>Hi", "<think>hm</think>Hi"),
+    ],
+)
+def test_a_marker_split_anywhere_over_deltas_still_ends_the_reply(reply: str, shown: str) -> None:
+    """Whole, and one character a delta: every split a server can make."""
+    for deltas in ([reply], list(reply)):
+        cut = ReplyCut()
+        assert "".join(cut.feed(d) for d in deltas) + cut.flush() == shown
