@@ -71,6 +71,7 @@ from bot.errors import (
     ClientBusy,
     ConfigError,
     ContextTooLong,
+    ReasoningTooLong,
 )
 from bot.settings import BackendSettings, TimeoutSettings
 from bot.text.storable import REPLACEMENT
@@ -468,6 +469,7 @@ class _Reply:
     done: bool = False
     held: str = ""  # a high surrogate that ended the last delta: the first half of a character
     thinking: bool = False  # the last event's delta was reasoning, not content
+    reasoning_chars: int = 0  # characters of reasoning in the last event's delta
 
     def absorb(self, event: Mapping[str, Any]) -> str:
         """Take one chunk object; return its text delta."""
@@ -483,9 +485,9 @@ class _Reply:
         content = delta.get("content") if isinstance(delta, dict) else None
         # vLLM's reasoning parsers send a thinking model's reasoning as "reasoning_content"
         # (newer versions "reasoning"): not shown, but the model is answering.
-        self.thinking = isinstance(delta, dict) and any(
-            isinstance(delta.get(key), str) and delta[key] for key in REASONING_FIELDS
-        )
+        thoughts = [delta.get(key) for key in REASONING_FIELDS] if isinstance(delta, dict) else []
+        self.reasoning_chars = sum(len(t) for t in thoughts if isinstance(t, str))
+        self.thinking = self.reasoning_chars > 0
         return self._whole(content) if isinstance(content, str) else ""
 
     def _whole(self, text: str) -> str:
@@ -507,10 +509,13 @@ async def _read_reply(
 ) -> AsyncGenerator[Chunk, None]:
     """Text chunks from the event stream, then one chunk with usage and finish reason. Past
     `max_chars` of text the reply is cut there and ends as one that ran into its max_tokens
-    (a server that ignores max_tokens would otherwise stream until total_s)."""
+    (a server that ignores max_tokens would otherwise stream until total_s). A thinking
+    model's reasoning counts to `max_chars` too (its tokens count to max_tokens): reasoning
+    past it with no text yet is a `ReasoningTooLong`."""
     reply = _Reply()
     left = max_chars
     thought = False  # a reasoning delta was passed on (as a chunk without text)
+    shown = False  # text was passed on
     lines = _lines(response.aiter_text(), max_chars * LINE_FACTOR + LINE_SLACK)
     async with contextlib.aclosing(_sse_data(lines)) as events:
         while (data := await _next_event(events, clock, reply)) is not None:
@@ -521,6 +526,18 @@ async def _read_reply(
             text = reply.absorb(_decode(data))
             # Reasoning is the model at work: the gap limit counts from it, not first_token_s.
             clock.chunk_arrived(bool(text or reply.thinking))
+            left -= reply.reasoning_chars
+            if left < 0:
+                # Reasoning past what max_tokens allows: a server that ignores max_tokens, and
+                # a model that reasons on, held the turn until total_s. Before any text, given
+                # up and not retried (it would reason again); after some, cut as below.
+                if not shown:
+                    raise ReasoningTooLong(
+                        f"the model reasoned past {max_chars} characters without answering"
+                    )
+                log.warning("the server sent more than %d characters; the reply is cut", max_chars)
+                yield Chunk(finish_reason=FINISH_LENGTH)
+                return
             if len(text) > left:
                 if left:
                     yield Chunk(text=text[:left])
@@ -529,6 +546,7 @@ async def _read_reply(
                 return
             left -= len(text)
             if text:
+                shown = True
                 yield Chunk(text=text)
             elif reply.thinking and not thought:
                 thought = True

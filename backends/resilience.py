@@ -49,6 +49,7 @@ from bot.errors import (
     BackendUnavailable,
     ClientBusy,
     ContextTooLong,
+    ReasoningTooLong,
 )
 from bot.settings import BackendSettings, RetrySettings
 from bot.types import ChatMessage
@@ -69,6 +70,8 @@ def is_retryable(exc: BackendError) -> bool:
     """Connection errors (no status), 429, 503 and time-outs; never a refusal of the request.
     (The caller retries only before any text was shown, so a time-out here is a first-token
     or connect time-out, or a gap in a thinking model's reasoning: nothing reached the user.)"""
+    if isinstance(exc, ReasoningTooLong):  # a second try would reason as long again
+        return False
     if isinstance(exc, BackendTimeout):
         return True
     if not isinstance(exc, BackendUnavailable) or isinstance(exc, CircuitOpen):

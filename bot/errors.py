@@ -10,6 +10,7 @@
     │   ├── BackendUnavailable  the server is down or refused the request
     │   │   └── ClientBusy      every connection of Parley's own client is in use
     │   ├── BackendTimeout      connect / first token / gap / total time limit passed
+    │   │   └── ReasoningTooLong  reasoned past max_tokens' worth without answering
     │   └── ContextTooLong      the prompt does not fit the model's context
     ├── InputError              the user's message cannot be handled as sent
     └── AdapterError            a platform API failed
@@ -82,6 +83,11 @@ class ClientBusy(BackendUnavailable):
 
 class BackendTimeout(BackendError):
     user_message = phrases.TIMEOUT
+
+
+class ReasoningTooLong(BackendTimeout):
+    """A thinking model reasoned past what its max_tokens allows without answering: not
+    retried, since a second try would reason as long again."""
 
 
 class ContextTooLong(BackendError):

@@ -287,6 +287,62 @@ async def test_a_thinking_model_is_not_cut_while_it_reasons() -> None:
     assert asked == 1
 
 
+async def test_a_thinking_model_that_reasons_without_end_is_given_up_at_max_tokens(
+    database_url: str,
+) -> None:
+    """Reasoning counts as progress (above), and it did not count to the reply's size limit
+    (32 characters per max_tokens token, for a server that ignores max_tokens): a model that
+    reasoned without end, never answering, held the user's turn, and the request, until
+    total_s (5 minutes by default). Its reasoning now counts to that limit, as its tokens
+    count to max_tokens: past it the request is closed, not tried again (it would reason as
+    long again), and the user gets the usual sentence."""
+    asked = 0
+    closed = 0
+
+    class Reasoning(httpx.AsyncByteStream):
+        """1,000 characters of reasoning at a time, for ever (max_tokens ignored)."""
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            thought = {"choices": [{"index": 0, "delta": {"reasoning_content": "hmm " * 250}}]}
+            while True:
+                await asyncio.sleep(0)
+                yield f"data: {json.dumps(thought)}\n\n".encode()
+
+        async def aclose(self) -> None:
+            nonlocal closed
+            closed += 1
+
+    def chat(_: httpx.Request) -> httpx.Response:
+        nonlocal asked
+        asked += 1
+        return httpx.Response(
+            200, stream=Reasoning(), headers={"content-type": "text/event-stream"}
+        )
+
+    backend = BackendSettings.model_validate(
+        {
+            "kind": "openai",
+            "base_url": "http://llm.test",
+            "model": MODEL,
+            "max_tokens": 16,  # the limit is then 16,384 characters
+            # Longer than the test's own bound: the reasoning must end at the size limit.
+            "timeouts": {"first_token_s": NEVER * 2, "gap_s": NEVER * 2, "total_s": NEVER * 4},
+            "retry": {"base_delay_s": 0.01, "max_delay_s": 0.02},
+        }
+    )
+    inner = OpenAICompatBackend(backend, transport=httpx.MockTransport(server(chat)))
+    settings = Settings(database={"url": database_url}, backend=backend)  # type: ignore[arg-type]
+    async with Parley(settings, backend=ResilientBackend(inner, backend)) as app:
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        key = ConversationKey("test", "chat-1")
+        async with asyncio.timeout(NEVER):
+            await app.manager.handle(Incoming(key, User("test", "u1"), "why?", "m1"))
+    assert sink.replies[key] == [phrases.TIMEOUT]
+    assert asked == 1  # not tried again
+    assert closed == 1  # the request was closed
+
+
 async def test_a_thinking_model_that_stalls_while_it_reasons_is_cut_at_the_gap() -> None:
     """Reasoning ends the first-token wait (above), so the gap limit bounds it from there: a
     server that sends some reasoning (vLLM's newer field name, "reasoning") and then nothing
