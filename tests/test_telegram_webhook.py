@@ -3,6 +3,7 @@ database cannot take it, and a repeated update answered once."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -154,3 +155,38 @@ async def test_an_update_refused_while_the_database_answers_is_set_aside(tmp_pat
                 assert codes == [503, 503, 200]  # re-sent twice; the third try is set aside
                 assert fine.status_code == 200 and adapter.set_aside == 1
                 assert await api.wait_for_messages(42, 1) == ["echo: fine"]
+
+
+@pytest.mark.redis
+async def test_workers_of_one_bot_set_an_update_aside_after_the_same_tries_together(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    """The tries an update refused while the database answers gets were counted in each
+    worker's memory: Telegram re-sends a webhook update to whichever worker its load balancer
+    picks, so with several workers it was tried POISON_AFTER times on each of them (three
+    workers: nine tries, each a 503 that holds up the chat's later updates). The workers of
+    one bot now count together, in Redis: set aside on the third try, whichever worker
+    takes it."""
+    api = FakeBotApi()
+    core = {"redis": {"url": redis_url, "key_prefix": key_prefix}}
+    async with api.serving() as base_url, contextlib.AsyncExitStack() as stack:
+        clients, adapters = [], []
+        for _ in range(2):  # two workers of one bot, one database, one Redis
+            settings = settings_for(tmp_path, base_url, core, **FAST)
+            app = await stack.enter_async_context(Parley(settings, backend=ScriptedBackend()))
+            host = dataclasses.replace(host_for(app), intake=RefusingIntake(app.intake))
+            section = settings.section("telegram")
+            assert isinstance(section, TelegramSettings)
+            adapter = TelegramAdapter(host, section)
+            app.intake.register("telegram", adapter, section.access)
+            await stack.enter_async_context(adapter)
+            clients.append(await stack.enter_async_context(client_for(adapter)))
+            adapters.append(adapter)
+        headers = {SECRET_HEADER: SECRET}
+        poison = text_update(1, 42, "poison")
+        codes = [
+            (await clients[n % 2].post("/tg", json=poison, headers=headers)).status_code
+            for n in range(3)
+        ]
+        assert codes == [503, 503, 200]  # a, b, then a again sets it aside
+        assert [adapter.set_aside for adapter in adapters] == [1, 0]

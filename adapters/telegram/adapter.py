@@ -141,7 +141,7 @@ class TelegramAdapter:
         self._redaction.__enter__()  # building the bot already logs its URL at DEBUG
         # Telegram's limits are per bot: workers of one bot share the windows through Redis.
         self._redis = client_for(host.settings.redis)
-        bot_id = self._token.partition(":")[0]
+        self._bot_id = bot_id = self._token.partition(":")[0]
         prefix = keys.platform_gate(host.settings.redis.key_prefix, "telegram", bot_id)
         self.gate = FloodGate(
             limits, redis=self._redis, key_prefix=prefix,
@@ -151,7 +151,7 @@ class TelegramAdapter:
         self._me: BotIdentity | None = None
         # (chat, user) -> (is admin, checked at): getChatMember is asked once per ADMIN_CACHE_S.
         self._admins: Lru[tuple[bool, float]] = Lru(ADMIN_CACHE_SIZE)
-        # update_id -> times the database refused it while answering (see act_on).
+        # update_id -> times the database refused it while answering here (see act_on).
         self._failures: Lru[int] = Lru(ADMIN_CACHE_SIZE)
         self.set_aside = 0
         # The Bot API not answering answers (PlatformAway): turns wait for it.
@@ -269,14 +269,19 @@ class TelegramAdapter:
     async def act_on(self, received: Received) -> None:
         """`act`, except that an update the database keeps refusing while it answers is set
         aside (logged and counted) after POISON_AFTER tries, so it blocks no later update: a
-        database that is down, by contrast, keeps the update for as long as it takes."""
+        database that is down, by contrast, keeps the update for as long as it takes. The
+        tries are counted by every worker of the bot together (in Redis, where configured:
+        Telegram re-sends a webhook update to any of them), and by this one where the shared
+        count is not to be had."""
         try:
             await self.act(received.action)
         except StorageError:
             if not await self._intake.database_answers():
                 raise
-            failures = (self._failures.get(received.update_id) or 0) + 1
-            self._failures.put(received.update_id, failures)
+            here = (self._failures.get(received.update_id) or 0) + 1
+            self._failures.put(received.update_id, here)
+            update = f"{self._bot_id}:{received.update_id}"
+            failures = max(here, await self._intake.refusals(PLATFORM, update))
             if failures < POISON_AFTER:
                 raise
             self.set_aside += 1

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 MAX_NOTICES_IN_FLIGHT = 64
 # A flood of dropped notices is logged once per this many, not once each.
 DROPS_PER_LOG_LINE = 100
+# How long an update's refusals are remembered: longer than a platform goes on re-sending it
+# (Telegram gives up on a webhook update within hours).
+REFUSALS_WINDOW_S = 86_400.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -175,6 +178,12 @@ class Intake:
         limit = self._settings.max_message_chars + 2 + extra + self.documents.settings.max_chars
         message = dataclasses.replace(incoming, text=f"{asked}\n\n{quoted}")
         return await self._manager.submit(message, limited=False, max_chars=limit)
+
+    async def refusals(self, platform: str, update: str) -> int:
+        """Times the database refused the platform's `update` while answering, this time
+        included, counted by every worker (in Redis, where configured: a platform re-sends an
+        update to any of them) for REFUSALS_WINDOW_S; 0 where the cache cannot count."""
+        return await self._cache.count(keys.refused(platform, update), REFUSALS_WINDOW_S)
 
     async def database_answers(self) -> bool:
         """Whether the database answers at all (an outage, as opposed to one bad message)."""

@@ -56,6 +56,10 @@ def told(sender: str) -> str:  # notices (refusals) said to a sender in the wind
     return f"told:{sender}"
 
 
+def refused(platform: str, update: str) -> str:  # a platform update the database refused
+    return f"refused:{platform}:{update}"
+
+
 def support_ip(address: str) -> str:  # support API requests from one client address
     return f"support:ip:{address}"
 
