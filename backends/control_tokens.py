@@ -38,7 +38,7 @@ ZWJ = "\u200d"
 _TEMPLATE_MARKERS = (
     r"<\|[^<>|\s]{0,64}\|>"  # ChatML, Llama 3, Phi-3, Zephyr, Command R, Granite: <|...|>
     r"|<｜[^<>｜]{0,64}｜>"  # DeepSeek, with full-width bars: <｜begin▁of▁sentence｜>
-    r"|</?s>|<(?:bos|eos|pad|unk|mask)>"  # SentencePiece and Gemma sequence markers
+    r"|<(?:bos|eos|pad|unk|mask)>"  # Gemma and other sequence markers
     r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS|TOOL_CONTENT|THINK)\]"
     r"|\[(?:ARGS|CALL_ID|IMG|IMG_BREAK|IMG_END|PREFIX|MIDDLE|SUFFIX)\]"  # Mistral (Tekken)
     r"|<</?SYS>>"  # Llama 2 and Mistral
@@ -47,6 +47,7 @@ _TEMPLATE_MARKERS = (
 )
 DEFAULT_MARKERS = re.compile(
     _TEMPLATE_MARKERS
+    + r"|</?s>"  # SentencePiece's sequence markers (HTML's strike-through too: see REPLY_END)
     # Added (not special) tokens that the tokenizer still reads out of text: Qwen2.5 / Qwen3,
     # QwQ and Hermes tool calls and reasoning, DeepSeek-R1 reasoning.
     + r"|</?(?:think|tool_call|tool_response)>"
@@ -188,7 +189,8 @@ def _render(tokenizer: Any, chat: Sequence[Mapping[str, str]]) -> str:
 # ("\nUser:"): past it comes a turn it invents. Servers drop the special tokens they know
 # (vLLM's skip_special_tokens), not those of another template the model learnt, nor markers
 # written as plain text, nor a transcript-style turn. `<think>` and tool-call tags are not
-# turn ends: the reply they are in goes on after them.
+# turn ends: the reply they are in goes on after them; nor are `<s>` and `</s>`, which are
+# also HTML's strike-through, in answers about HTML.
 REPLY_END = re.compile(_TEMPLATE_MARKERS + r"|\n(?:User|Assistant|System|Human):")
 _ROLE_LINES = ("\nUser:", "\nAssistant:", "\nSystem:", "\nHuman:")
 # The role header some models write first ("<|im_start|>assistant\n", Llama 3's

@@ -96,13 +96,14 @@ async def test_a_reply_ends_where_the_model_writes_past_its_turn(
         ("Paris.<|eot_id|><|start_header_id|>user<|end_header_id|>", "Paris."),
         ("<|start_header_id|>assistant<|end_header_id|>\n\nHi<|eot_id|>", "Hi"),
         ("<start_of_turn>model\nHi<end_of_turn>\n<start_of_turn>user\nx", "Hi"),
-        ("Hi</s>[INST] next [/INST]", "Hi"),
+        ("Hi [INST] next [/INST]", "Hi "),
         ("Paris.\nHuman: and Rome?", "Paris."),
         ("<|im_end|><|im_start|>user\nhi", ""),
         # Not a turn's end: left as written.
         ("a < b and x<y [1] ok [x", "a < b and x<y [1] ok [x"),
         ("Use <b>bold</b>, [a link](u)\nUsers: many", "Use <b>bold</b>, [a link](u)\nUsers: many"),
         ("<think>hm</think>Hi", "<think>hm</think>Hi"),
+        ("In HTML, <s>old</s> is struck through.", "In HTML, <s>old</s> is struck through."),
     ],
 )
 def test_a_marker_split_anywhere_over_deltas_still_ends_the_reply(reply: str, shown: str) -> None:
