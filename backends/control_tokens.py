@@ -184,15 +184,21 @@ def _render(tokenizer: Any, chat: Sequence[Mapping[str, str]]) -> str:
 
 # --- what a model writes past the end of its turn ---------------------------------------------
 
-# A reply ends where the model writes a chat template's marker (`<|im_end|>`, `<|eot_id|>`,
-# `</s>`, `[INST]`, `<end_of_turn>`...) or starts a line as the other side of the chat
-# ("\nUser:"): past it comes a turn it invents. Servers drop the special tokens they know
-# (vLLM's skip_special_tokens), not those of another template the model learnt, nor markers
-# written as plain text, nor a transcript-style turn. `<think>` and tool-call tags are not
-# turn ends: the reply they are in goes on after them; nor are `<s>` and `</s>`, which are
-# also HTML's strike-through, in answers about HTML.
-REPLY_END = re.compile(_TEMPLATE_MARKERS + r"|\n(?:User|Assistant|System|Human):")
-_ROLE_LINES = ("\nUser:", "\nAssistant:", "\nSystem:", "\nHuman:")
+# A reply ends where the model writes a marker that ends or opens a turn in a chat template
+# (`<|im_end|>`, `<|eot_id|>`, `[INST]`, `<end_of_turn>`...): past it comes a turn it
+# invents. Servers drop the special tokens they know (vLLM's skip_special_tokens), not those
+# of another template the model learnt, nor markers written as plain text. Not turn ends, so
+# left in the reply: `<think>` and tool-call tags (the reply goes on after them); `<s>` and
+# `</s>` (HTML's strike-through too); the sequence markers an answer about language models
+# quotes (`[MASK]`, `<mask>`, `<pad>`, `<unk>`); a line that begins "User:" (a sample
+# dialogue, a transcript summarized or translated).
+_TURN_ENDS = (
+    r"<\|[^<>|\s]{0,64}\|>"  # ChatML, Llama 3, Phi-3, Zephyr, Command R, Granite: <|...|>
+    r"|<｜[^<>｜]{0,64}｜>"  # DeepSeek
+    r"|<eos>|<</?SYS>>|<(?:start|end)_of_turn>"  # Gemma; Llama 2 and Mistral
+    r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_RESULTS)\]"  # Mistral
+)
+REPLY_END = re.compile(_TURN_ENDS)
 # The role header some models write first ("<|im_start|>assistant\n", Llama 3's
 # "<|start_header_id|>assistant<|end_header_id|>", Gemma's "<start_of_turn>model"): dropped.
 _MARKERS_RUN = rf"\s*(?:(?:{_TEMPLATE_MARKERS})\s*)+"
@@ -265,8 +271,6 @@ def _held_from(text: str) -> int:
     for index in range(start, len(text)):
         char = text[index]
         if char in _OPENERS and not _CLOSERS.search(text, index + 1):
-            return index
-        if char == "\n" and any(line.startswith(text[index:]) for line in _ROLE_LINES):
             return index
     return len(text)
 

@@ -1,9 +1,10 @@
 """A model that writes past the end of its turn: a chat template's markers (`<|im_end|>`,
-`<|eot_id|>`, `</s>`, `[INST]`...) or a "User:" line it invents. Servers drop only the special
-tokens of the served tokenizer (vLLM's skip_special_tokens), so a marker of another template,
-one written as text, or a transcript-style turn reached the user, with the turn the model
-made up after it, and went into the conversation's record. Each reply now ends there, also
-where the marker comes split over two deltas, and the request is closed."""
+`<|eot_id|>`, `[INST]`...). Servers drop only the special tokens of the served tokenizer
+(vLLM's skip_special_tokens), so a marker of another template, or one written as text,
+reached the user, with the turn the model made up after it, and went into the conversation's
+record. Each reply now ends there, also where the marker comes split over two deltas, and the
+request is closed. What an answer may hold for its own sake is left: a sample dialogue's
+"User:" lines, HTML's `<s>`, the `[MASK]` of an answer about language models."""
 
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ LEAKS = {
     "chatml-split": (["Paris is the capital.<|im_", "end|>\n<|im_start|>user\nAnd Rome?"], ""),
     "llama3-split": (["Paris is the capital.", "<|eo", "t_id|><|start_header_id|>user"], ""),
     "mistral": (["Paris is the capital. [/IN", "ST] [INST] And Rome?"], " "),
-    "invented-user-line": (["Paris is the capital.\nUs", "er: And Rome?\nAssistant: Rome"], ""),
     "role-header-first": (["<|im_start|>assis", "tant\nParis is the capital.<|im_end|>"], ""),
 }
 
@@ -97,13 +97,17 @@ async def test_a_reply_ends_where_the_model_writes_past_its_turn(
         ("<|start_header_id|>assistant<|end_header_id|>\n\nHi<|eot_id|>", "Hi"),
         ("<start_of_turn>model\nHi<end_of_turn>\n<start_of_turn>user\nx", "Hi"),
         ("Hi [INST] next [/INST]", "Hi "),
-        ("Paris.\nHuman: and Rome?", "Paris."),
         ("<|im_end|><|im_start|>user\nhi", ""),
         # Not a turn's end: left as written.
         ("a < b and x<y [1] ok [x", "a < b and x<y [1] ok [x"),
         ("Use <b>bold</b>, [a link](u)\nUsers: many", "Use <b>bold</b>, [a link](u)\nUsers: many"),
         ("<think>hm</think>Hi", "<think>hm</think>Hi"),
         ("In HTML, <s>old</s> is struck through.", "In HTML, <s>old</s> is struck through."),
+        ("A sample:\nUser: hi\nAssistant: hello", "A sample:\nUser: hi\nAssistant: hello"),
+        (
+            "BERT hides a word: [MASK], <mask>; <pad> fills",
+            "BERT hides a word: [MASK], <mask>; <pad> fills",
+        ),
     ],
 )
 def test_a_marker_split_anywhere_over_deltas_still_ends_the_reply(reply: str, shown: str) -> None:
