@@ -361,12 +361,12 @@ async def backdate_all(w: Worker, days: float) -> None:
 
 
 async def test_a_pruned_message_leaves_the_window_cached_in_redis(
-    database_url: str, redis_url: str, key_prefix: str
+    database_url: str, windows: str | None, key_prefix: str
 ) -> None:
-    """`parley db prune` runs in a process of its own: the workers' windows in Redis still
-    hold the pruned turn, and pass for current by boundary and last reply. The count of
-    redactions the prune raised makes them stale."""
-    async with worker(database_url, redis_url, key_prefix) as w:
+    """`parley db prune` runs in a process of its own: the workers' windows in Redis (or in
+    a worker's memory) still hold the pruned turn, and pass for current by boundary and last
+    reply. The count of redactions the prune raised makes them stale."""
+    async with worker(database_url, windows, key_prefix) as w:
         await w.manager.handle(message(f"my key is {SECRET}", "w1"))
         await w.manager.handle(message("and the weather?", "w2"))
         assert [t for t in last_prompt(w.backend) if SECRET in t]  # cached, in the window
