@@ -8,6 +8,7 @@
     parley eval [--set PATH]... [--limit N]   each skill's quality (docs/evaluation.md)
     parley support site add|list, key add|revoke   the support channel's sites and keys
     parley usage [--days N] [--user PLATFORM:ID] [--json]   model tokens per user and day
+    parley data forget --platform P --user ID [--yes]   forget one chat user (erasure)
     parley doctor                   check the configuration, database, cache and backend
     parley config                   print the effective settings (secrets masked)
 
@@ -146,6 +147,7 @@ def _error(exc: Exception, settings: Settings | None) -> None:
 def _parser() -> argparse.ArgumentParser:
     from adapters.support.cli import add_support_parser
     from bot.cli_commands import cmd_chat, cmd_config, cmd_db, cmd_doctor, cmd_health, cmd_run
+    from bot.data_cli import add_data_parser
     from bot.evaluation import add_eval_parser
     from bot.knowledge.cli import add_kb_parser
     from bot.usage_cli import add_usage_parser
@@ -190,6 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_support_parser(sub)
     add_usage_parser(sub)
+    add_data_parser(sub)
     sub.add_parser("doctor", help="check configuration and services").set_defaults(func=cmd_doctor)
     sub.add_parser("config", help="print the effective settings").set_defaults(func=cmd_config)
     sub.add_parser(

@@ -6,7 +6,7 @@ provably current (last reply, boundary and count of redactions match SQL's: one 
 read). In process the cache keeps the window objects this process updates on every change:
 trusted, no encoding per turn, and each turn's prompt messages are built once (see
 `Turn.messages`); only their count of redactions is compared with SQL's as read with the turn
-lease, since another process may redact (`parley db prune`).
+lease, since another process may redact (`parley db prune`, `parley data forget`).
 
 A redaction (a message deleted by its sender once answered) drops the window, but a turn in
 flight holds the window it loaded before and writes it back when it ends, the deleted text in
@@ -76,7 +76,7 @@ class ContextLoader:
         try:
             window = await self._windows.get(conversation_id)
             # A window kept in process is trusted as this process left it, but another process
-            # may have redacted since (`parley db prune`): told by SQL's
+            # may have redacted since (`parley db prune`, `parley data forget`): told by SQL's
             # count of redactions, read with the turn lease (no read of its own).
             known = state is not None and state.id == conversation_id
             if known and state is not None and window.redactions != state.redactions:

@@ -195,6 +195,23 @@ class Pruned:
     conversations: frozenset[int] = frozenset()
 
 
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What `Store.forget_user` deleted (without `apply`: would delete)."""
+
+    messages: int = 0
+    # Every conversation it changed: the user's own (closed) and every thread of each shared
+    # chat they wrote in (their messages gone, its summary and "what did I miss" answers
+    # dropped): the caches of each are dropped.
+    conversations: tuple[int, ...] = ()
+    # The user's own conversations, emptied and renamed to tombstones (as `Store.erase`).
+    closed: tuple[int, ...] = ()
+    # The idempotency keys of the messages deleted: the cache's marks of each (edits,
+    # deletions, rate counts) are dropped.
+    message_keys: tuple[str, ...] = ()
+    users: int = 0
+
+
 class PruneInterrupted(StorageError):
     """A prune that failed after some of its batches had committed (each batch is a
     transaction of its own): `pruned` says what those removed, so that the caller can still
@@ -496,6 +513,19 @@ class Store(Protocol):
         an opaque tombstone (its id is never reused), its unfinished delivery ended; the
         user `user_id` of the platform and its token usage under each (scope, subject) of
         `usage` deleted. The conversation ids it had."""
+        ...
+
+    async def forget_user(
+        self, platform: str, user_id: str, usage: Sequence[tuple[str, str]], *, apply: bool
+    ) -> Forgotten:
+        """In one transaction (`apply`; else it only counts): the user's messages in every
+        conversation and the answers to them deleted; their own conversations (not shared,
+        nobody else wrote there) emptied and renamed as `erase` does; in each thread of the
+        shared chats they wrote in, the summary and the answers that quote kept messages
+        (DIGEST) dropped, with the quoted replies and handoff rows, and the count of
+        redactions raised; their preferences and token usage (each (scope, subject) of
+        `usage`) deleted and their row removed (on SQLite kept as a tombstone: ids are never
+        given out again). The newest message of the database, if it goes, stays as a stub."""
         ...
 
     async def messages_between(

@@ -47,6 +47,38 @@ _COMMON_ERRORS: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, sa_exc.Tim
 POOL_RECYCLE_S = 1800
 
 
+def lock_sqlite_file(url: str | URL, *, exclusive: bool) -> int | None:
+    """A lock beside an SQLite file (`<file>.workers.lock`), held until its descriptor (returned)
+    is closed or the process ends: shared by every store started on the file (a worker keeps
+    ids and context windows of its own in memory), exclusive for `parley data forget`, which
+    must not change what a running worker remembers. A shared one waits for an exclusive one
+    (a forget takes a second); an exclusive one held elsewhere raises BlockingIOError. None
+    where there is nothing to lock (PostgreSQL, an in-memory database, no fcntl, a folder the
+    lock cannot be made in)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    parsed = make_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return None
+    if path.startswith("file:"):
+        return None
+    try:
+        fd = os.open(f"{path}.workers.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        if exclusive:
+            raise
+        return None
+    return fd
+
+
 def create_engine(
     url: str, *, echo: bool = False, pool_size: int = 10, timeout_s: float | None = None
 ) -> AsyncEngine:

@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -44,6 +45,7 @@ from bot.storage.base import (
     ContextRow,
     ConversationState,
     DeliveryState,
+    Forgotten,
     LoggedMessage,
     MessageKind,
     PageMessage,
@@ -56,7 +58,12 @@ from bot.storage.base import (
     TurnPrefs,
 )
 from bot.storage.conflicts import insert_on_conflict
-from bot.storage.database import database_errors, describe_error, retry_dead_connection
+from bot.storage.database import (
+    database_errors,
+    describe_error,
+    lock_sqlite_file,
+    retry_dead_connection,
+)
 from bot.storage.lease_keeper import Held, LeaseKeeper
 from bot.storage.models import ConversationRow, MessageRow, TokenUsageRow, UserRow
 from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
@@ -122,6 +129,7 @@ class SqlStore:
         # Group conversations whose row this process marked shared: an id found otherwise
         # (conversation_id) may be of a row recorded before the mark (migration 0019).
         self._marked_shared: Lru[bool] = Lru(ID_CACHE_SIZE)
+        self._file_lock: int | None = None  # SQLite: see lock_sqlite_file
 
     @property
     def engine(self) -> AsyncEngine:
@@ -144,11 +152,17 @@ class SqlStore:
                 await self._runners[name].warm(pool_size(each))
         except self._errors as exc:
             raise StorageError(describe_error(exc, self._engine.url)) from exc
+        if self._file_lock is None:  # SQLite: `parley data forget` refuses while it is held
+            url = self._engine.url
+            self._file_lock = await asyncio.to_thread(lock_sqlite_file, url, exclusive=False)
 
     async def aclose(self) -> None:
         await self._keeper.aclose()
         for each in self.pools.values():
             await each.dispose()
+        if self._file_lock is not None:
+            os.close(self._file_lock)
+            self._file_lock = None
 
     async def ping(self) -> None:
         """Does the database answer? Asked on the lease keeper's own connection: a main pool
@@ -791,20 +805,64 @@ class SqlStore:
         def run(q: Queries) -> list[int]:
             ids = [int(i) for (i,) in q.rows(sa.select(_c.id).where(
                 _c.platform == key.platform, _c.chat_id == key.chat_id))]  # fmt: skip
-            if ids:
-                for table in (_m, HandoffStateRow, HandoffEventRow):  # the audit names the agent
-                    q.rowcount(sa.delete(table).where(table.conversation_id.in_(ids)))
-                tombstone = "erased:" + secrets.token_hex(12)
-                q.rowcount(_ERASE_CONVERSATIONS.where(_c.id.in_(ids)).values(chat_id=tombstone))
+            _close_conversations(q, ids)
             user = UserRow
             q.rowcount(sa.delete(user).where(user.platform == key.platform,
                                              user.external_id == user_id))  # fmt: skip
-            t = TokenUsageRow
-            for scope, subject in usage:
-                q.rowcount(sa.delete(t).where(t.scope == scope, t.subject == subject))
+            _delete_usage(q, usage)
             return ids
 
         return await self._run(run, write=True)
+
+    async def forget_user(
+        self, platform: str, user_id: str, usage: Sequence[tuple[str, str]], *, apply: bool
+    ) -> Forgotten:
+        """An operator's request, rare: all of it or none of it, in one transaction."""
+        sqlite = not self._autocommit
+
+        def run(q: Queries) -> Forgotten:
+            uid = _scalar(q.rows(_USER_ID, {"platform": platform, "external_id": user_id}))
+            if uid is None:
+                return Forgotten()
+            own = [int(c) for (c,) in q.rows(_OWN_CHATS, {"uid": uid})]
+            chats = [int(c) for (c,) in q.rows(_THEIR_CHATS, {"uid": uid, "own": own})]
+            which = {"uid": uid, "own": own, "chats": chats}
+            doomed = q.rows(_FORGOTTEN_ROWS, which)
+            found = Forgotten(
+                messages=len(doomed),
+                conversations=tuple(sorted({*own, *chats})),
+                closed=tuple(own),
+                message_keys=tuple(str(k) for _, k in doomed if k is not None),
+                users=1,
+            )
+            if not apply:
+                return found
+            # SQLite gives a new row the largest id plus one: the newest message of all, if
+            # it goes, stays as a stub out of the context (as prune keeps it).
+            newest = _scalar(q.rows(sa.select(sa.func.max(_m.id))))
+            if newest in {int(i) for i, _ in doomed}:
+                q.rowcount(_FORGET_REPLY_TO, {"mid": newest})
+                q.rowcount(_FORGOTTEN_STUB, {"mid": newest})
+            q.rowcount(_DELETE_FORGOTTEN, {**which, "keep": newest or 0})
+            if chats:
+                # A quoted reply may quote them; a handoff's note, their words.
+                q.rowcount(_FORGET_QUOTED_REPLIES, {"chats": chats})
+                for table in (HandoffStateRow, HandoffEventRow):
+                    q.rowcount(sa.delete(table).where(table.conversation_id.in_(chats)))
+                q.rowcount(_FORGET_SUMMARIES, {"chats": chats})
+            _close_conversations(q, own, keep=newest)
+            q.rowcount(sa.delete(UserPrefsRow).where(UserPrefsRow.user_id == uid))
+            if sqlite:  # the row stays, renamed: its id is never given to another user
+                q.rowcount(sa.update(UserRow).where(UserRow.id == uid).values(
+                    external_id="forgotten:" + secrets.token_hex(12), display_name="",
+                    language_code=None,
+                ))  # fmt: skip
+            else:  # a worker that remembers its id finds it gone, and looks the user up again
+                q.rowcount(sa.delete(UserRow).where(UserRow.id == uid))
+            _delete_usage(q, usage)
+            return found
+
+        return await self._run(run, write=apply)
 
 
 # --- statements, built once ------------------------------------------------------------------
@@ -1677,8 +1735,111 @@ _MOVE_CHAT = (
     .values(chat_id=_param("new"))
 )  # fmt: skip
 # The delivery ends with the erasure: a turn answering now finds its fence gone
-# (record_reply) and stores nothing of its answer.
+# (record_reply) and stores nothing of its answer. The count of redactions raised: a window
+# cached before is stale (ContextLoader).
 _ERASE_CONVERSATIONS = sa.update(_c).values(
     summary="", summary_tokens=0, summary_through_id=0, delivery_from=None, delivery_to=None,
     delivery_epoch=None, delivery_owner=None, delivery_seen=None, delivery_ref=None,
+    redactions=_c.redactions + 1,
 )  # fmt: skip
+
+
+def _close_conversations(q: Queries, ids: Sequence[int], keep: int | None = None) -> None:
+    """Store.erase and Store.forget_user: the conversations' messages (but `keep`, a stub
+    already), handoff rows (the audit names the agent) and settings deleted, and each row
+    emptied and renamed to an opaque tombstone of its own: the row stays, so that its id is
+    never given to another conversation (SQLite would), whose turns could otherwise be
+    served from a cache of this one."""
+    if not ids:
+        return
+    messages = sa.delete(_m).where(_m.conversation_id.in_(ids))
+    q.rowcount(messages if keep is None else messages.where(_m.id != keep))
+    for table in (HandoffStateRow, HandoffEventRow, ChatPrefsRow):
+        q.rowcount(sa.delete(table).where(table.conversation_id.in_(ids)))
+    for cid in ids:
+        tombstone = "erased:" + secrets.token_hex(12)
+        q.rowcount(_ERASE_CONVERSATIONS.where(_c.id == cid).values(chat_id=tombstone))
+
+
+def _delete_usage(q: Queries, usage: Sequence[tuple[str, str]]) -> None:
+    t = TokenUsageRow
+    for scope, subject in usage:
+        q.rowcount(sa.delete(t).where(t.scope == scope, t.subject == subject))
+
+
+# Forgetting a user (Store.forget_user, `parley data forget`): an operator's command, rare.
+_USER_ID = sa.select(UserRow.id).where(
+    UserRow.platform == _param("platform"), UserRow.external_id == _param("external_id")
+)
+_theirs = _m.__table__.alias("theirs")
+_WROTE_IN = sa.select(_theirs.c.conversation_id).where(_theirs.c.user_id == _param("uid"))
+_other = _m.__table__.alias("other")
+# Their own: not shared, and nobody else wrote there (a help desk agent's replies aside).
+_OWN_CHATS = (
+    sa.select(_c.id)
+    .where(_c.id.in_(_WROTE_IN), _c.shared == sa.false())
+    .where(~sa.exists().where(
+        _other.c.conversation_id == _c.id,
+        _other.c.role == _literal(Role.USER.value),
+        sa.or_(_other.c.user_id.is_(None), _other.c.user_id != _param("uid")),
+        _other.c.kind != _literal(MessageKind.AGENT.value),
+    ))
+    .order_by(_c.id)
+)  # fmt: skip
+_OWN: sa.BindParameter[Any] = sa.bindparam("own", expanding=True)
+_CHATS: sa.BindParameter[Any] = sa.bindparam("chats", expanding=True)
+# Every thread of each chat they wrote in but their own: a "what did I miss" answer in one
+# topic quotes the messages kept in every topic of the chat.
+_wrote = _c.__table__.alias("wrote")
+_THEIR_CHATS = (
+    sa.select(_c.id)
+    .where(sa.exists().where(
+        _wrote.c.id.in_(_WROTE_IN), _wrote.c.id.not_in(_OWN),
+        _wrote.c.platform == _c.platform, _wrote.c.chat_id == _c.chat_id,
+    ))
+    .order_by(_c.id)
+)  # fmt: skip
+# Their messages and the answers to them (an answer answers one sender's messages), every
+# message of their own conversations, and in their chats the answers that quote kept messages
+# (DIGEST) with the messages those answer.
+_ANSWERS_TO_THEM = sa.select(_theirs.c.answered_by).where(
+    _theirs.c.user_id == _param("uid"), _theirs.c.answered_by.is_not(None)
+)
+_digests = _m.__table__.alias("digests")
+_DIGESTS_IN_CHATS = sa.select(_digests.c.id).where(
+    _digests.c.conversation_id.in_(_CHATS),
+    _digests.c.kind == _literal(MessageKind.DIGEST.value),
+)
+_FORGOTTEN = sa.or_(
+    _m.user_id == _param("uid"),
+    _m.id.in_(_ANSWERS_TO_THEM),
+    _m.conversation_id.in_(_OWN),
+    sa.and_(
+        _m.conversation_id.in_(_CHATS),
+        sa.or_(
+            _m.kind == _literal(MessageKind.DIGEST.value), _m.answered_by.in_(_DIGESTS_IN_CHATS)
+        ),
+    ),
+)
+_FORGOTTEN_ROWS = sa.select(_m.id, _m.idempotency_key).where(_FORGOTTEN)
+_DELETE_FORGOTTEN = sa.delete(_m).where(_FORGOTTEN, _m.id != _param("keep"))
+FORGOTTEN_STUB = "[message: removed on request]"
+_FORGOTTEN_STUB = (
+    sa.update(_m)
+    .where(_m.id == _param("mid"))
+    .values(
+        content=FORGOTTEN_STUB, token_count=DELETED_STUB_TOKENS, user_id=None,
+        idempotency_key=None, platform_message_id=None, kind=MessageKind.COMMAND.value,
+        answered_by=sa.func.coalesce(_m.answered_by, 0),
+    )
+)  # fmt: skip
+_FORGET_QUOTED_REPLIES = sa.delete(MessageReplyRow).where(
+    MessageReplyRow.message_id.in_(sa.select(_m.id).where(_m.conversation_id.in_(_CHATS)))
+)
+# Summaries may quote them: dropped, folded again from what remains (the /reset point stays);
+# a window cached before is stale by the count of redactions (ContextLoader).
+_FORGET_SUMMARIES = (
+    sa.update(_c)
+    .where(_c.id.in_(_CHATS))
+    .values(summary="", summary_tokens=0, summary_through_id=0, redactions=_c.redactions + 1)
+)

@@ -1,0 +1,135 @@
+"""`parley data forget --platform P --user ID [--yes]`: an operator forgets one chat user (an
+erasure request; docs/security.md). Without `--yes` it only counts what would go.
+
+The deletions are the Store's (`forget_user`, one transaction); then every cache key of the
+conversations it changed and of the user's messages is dropped from Redis, where the workers
+share them. A worker that keeps its caches in its own memory is reached through SQL: its
+context windows are stale by the count of redactions the forget raised (ContextLoader), and on
+PostgreSQL the user's row is gone, so a worker that remembers its id looks the user up again.
+On SQLite the user's row stays as a tombstone (ids are never given out again) and a worker
+could not tell: the command refuses while a worker has the database open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from bot.budget import subjects_of
+from bot.errors import StorageError
+from bot.settings import Settings
+from bot.storage import keys
+from bot.storage.base import Forgotten
+from bot.storage.cache import RedisCache, build_cache
+from bot.storage.database import create_engine, lock_sqlite_file
+from bot.storage.migrate import ensure_schema
+from bot.storage.sql_store import SqlStore
+from bot.text.storable import storable_argument
+from bot.types import ConversationKey
+
+RUNNING_WORKER = (
+    "data forget: a worker (parley run) has this SQLite database open and keeps the user's "
+    "ids and context in its memory; stop it, forget the user, then start it again"
+)
+
+
+def add_data_parser(sub: Any) -> None:
+    """Register `data` on the `parley` command's subparsers."""
+    data = sub.add_parser("data", help="forget a user (an erasure request)")
+    actions = data.add_subparsers(dest="action", required=True)
+    forget = actions.add_parser("forget", help="delete what Parley holds of one chat user")
+    forget.add_argument("--platform", required=True, type=_platform,
+                        help="telegram, discord, console...")  # fmt: skip
+    forget.add_argument("--user", required=True, type=_user_id,
+                        help="the user's id on that platform")  # fmt: skip
+    forget.add_argument("--yes", action="store_true", help="delete (default: only count)")
+    forget.set_defaults(func=cmd_forget)
+
+
+def _platform(value: str) -> str:
+    value = storable_argument(value).strip()
+    if not value or len(value) > 32:
+        raise argparse.ArgumentTypeError("a platform name such as telegram")
+    return value
+
+
+def _user_id(value: str) -> str:
+    value = storable_argument(value).strip()
+    if not value or len(value) > 255:
+        raise argparse.ArgumentTypeError("the user's id on the platform, such as 12345")
+    return value
+
+
+async def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
+    db = settings.database
+    url = db.url.get_secret_value()
+    await ensure_schema(url, db.auto_migrate, timeout_s=db.timeout_s)
+    lock = None
+    if args.yes:
+        try:
+            lock = lock_sqlite_file(url, exclusive=True)
+        except BlockingIOError:
+            raise StorageError(RUNNING_WORKER) from None
+    try:
+        forgotten = await _forget(settings, args)
+    finally:
+        if lock is not None:
+            os.close(lock)
+    if not forgotten.users:
+        print(f"no {args.platform} user {args.user} is recorded: nothing to forget")
+        return 0
+    done = "deleted" if args.yes else "would be deleted"
+    print(f"messages: {forgotten.messages} {done} (theirs, the answers to them, and the "
+          '"what did I miss" answers of their group chats)')  # fmt: skip
+    print(f"conversations: {len(forgotten.closed)} of their own {done}, "
+          f"{len(forgotten.conversations) - len(forgotten.closed)} shared ones kept "
+          "without them")  # fmt: skip
+    print(f"user: 1 {done}, with their preferences, token usage and handoff rows")
+    if not args.yes:
+        print("dry run: nothing was deleted; add --yes to delete")
+        return 0
+    return await _drop_cached(settings, args, forgotten)
+
+
+async def _forget(settings: Settings, args: argparse.Namespace) -> Forgotten:
+    db = settings.database
+    store = SqlStore(create_engine(db.url.get_secret_value(), echo=db.echo, pool_size=1))
+    usage = [(s.scope, s.name) for s in _subjects(args) if s.scope == "user"]
+    try:
+        await store.ping()  # a database that does not answer: one line, exit 3
+        return await store.forget_user(args.platform, args.user, usage, apply=args.yes)
+    finally:
+        await store.aclose()
+
+
+def _subjects(args: argparse.Namespace) -> list[Any]:
+    # The user a turn is counted against (bot.budget): "PLATFORM:ID".
+    return subjects_of(ConversationKey(args.platform, args.user), args.user)
+
+
+def _sender(args: argparse.Namespace) -> str:
+    return f"{args.platform}:{args.user}"  # as the rate limits name a sender (sender_key)
+
+
+async def _drop_cached(settings: Settings, args: argparse.Namespace, forgotten: Forgotten) -> int:
+    cache = build_cache(settings.redis)
+    if not isinstance(cache, RedisCache):
+        print("cache: none shared (no Redis); each worker notices in its next turn")
+        return 0
+    sender = _sender(args)
+    names = [keys.rate(sender), keys.told(sender)]
+    for cid in forgotten.conversations:
+        names += [keys.window(cid), keys.chat_prefs(cid), keys.handoff(cid), keys.rate_told(cid),
+                  keys.stop(cid, sender)]  # fmt: skip
+    for key in forgotten.message_keys:
+        names += [keys.deleted(key), keys.edited(key), keys.counted(sender, key)]
+    try:
+        await cache.ping()  # one that does not answer is said (exit 3), not passed over
+        for name in names:
+            await cache.delete(name)
+        await cache.ping()  # a delete that failed is not told apart: asked once more
+    finally:
+        await cache.aclose()
+    print(f"cache: {len(names)} keys of theirs dropped from Redis")
+    return 0

@@ -1,0 +1,267 @@
+"""`parley data forget --platform P --user ID [--yes]` (docs/cli.md, docs/security.md): an
+operator forgets one chat user, on SQLite and PostgreSQL, with Redis and with a worker that
+keeps its caches in process.
+
+After it nothing of the user's text is in any table nor in any Redis key, the group chats they
+wrote in keep the others' messages, a new user (on SQLite, one that would have been given the
+forgotten ids) gets no trace of them, and a running worker serves none of it: on PostgreSQL it
+notices by itself, on SQLite the command refuses while a worker has the database open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from redis.asyncio import Redis
+
+from bot.cli import main
+from bot.handoff.models import HandoffEventRow, HandoffStateRow
+from bot.storage import keys
+from bot.storage.base import MessageKind
+from bot.storage.database import create_engine
+from bot.storage.models import Base, ConversationRow, TokenUsageRow
+from bot.storage.prefs_models import UserPrefsRow
+from bot.storage.sql_store import FORGOTTEN_STUB
+from bot.types import ConversationKey, Incoming, User
+from tests.processes import parley_env
+from tests.test_retention import Worker, last_prompt, worker
+
+SECRET = "sk-FORGET-ME-7781"
+NAME = "Ada Zqx"  # her display name: gone too
+# The platform the retention tests' worker serves (tests/test_retention.py).
+GROUP = ConversationKey("test", "-1001")
+PRIVATE = ConversationKey("test", "12345")
+ADA, BOB = User("test", "12345", NAME), User("test", "678", "Bob")
+CAROL = User("test", "999", "Carol")
+FORGET = ["data", "forget", "--platform", "test", "--user", "12345"]
+
+
+def said(key: ConversationKey, user: User, text: str, n: str, **more: object) -> Incoming:
+    return Incoming(key, user, text, idempotency_key=f"{key.chat_id}:{n}",
+                    group=key == GROUP, **more)  # type: ignore[arg-type]  # fmt: skip
+
+
+def prompt(w: Worker) -> str:
+    """The newest chat request's history (the retention tests' model answers "Noted.")."""
+    return "\n".join(last_prompt(w.backend))
+
+
+async def seed(w: Worker) -> dict[str, int]:
+    """Ada in her private chat and in a group with Bob; what quotes her there: the answers,
+    a kept message, Bob's reply to her, a "what did I miss" answer, the summary, a handoff
+    note; her preferences, token usage and an edit's mark in the cache."""
+    m, store = w.manager, w.store
+    await m.handle(said(GROUP, BOB, "hello all", "g0"))
+    await m.handle(said(GROUP, ADA, f"team, the key is {SECRET}", "g1"))
+    await m.handle(said(GROUP, BOB, "thanks, noted", "g2", reply_to_text=f"the key is {SECRET}"))
+    # Her row and her chat's are the newest: SQLite would give their ids to the next ones.
+    await m.handle(said(PRIVATE, ADA, f"my key is {SECRET}", "p1"))
+    kept = await store.record_incoming(
+        said(GROUP, ADA, f"also {SECRET}", "g3"), kind=MessageKind.OBSERVED, token_count=5
+    )
+    ask = await store.record_incoming(
+        said(GROUP, BOB, "/missed", "g4"), kind=MessageKind.COMMAND, token_count=1
+    )
+    group, private = kept.conversation_id, await store.conversation_id(PRIVATE)
+    assert private is not None
+    assert await store.record_reply(group, [ask.message_id], f"{NAME} said {SECRET}",
+                                    kind=MessageKind.DIGEST, token_count=5)  # fmt: skip
+    await m.handle(said(GROUP, BOB, "what is for lunch?", "g5"))
+    ada = (await store.turn_prefs(kept.message_id)).user_ref
+    assert ada is not None
+    async with store.engine.begin() as conn:
+        await conn.execute(sa.update(ConversationRow).where(ConversationRow.id == group)
+                           .values(summary=f"{NAME} shared {SECRET}."))  # fmt: skip
+        for cid in (group, private):
+            await conn.execute(sa.insert(HandoffStateRow).values(
+                conversation_id=cid, state="waiting", detail=f"{NAME}: {SECRET}"))  # fmt: skip
+            await conn.execute(sa.insert(HandoffEventRow).values(
+                conversation_id=cid, from_state="bot", to_state="waiting", reason="asked",
+                detail=f"{NAME}: {SECRET}"))  # fmt: skip
+        await conn.execute(sa.insert(UserPrefsRow).values(user_id=ada, language="de"))
+        await conn.execute(sa.insert(TokenUsageRow).values(
+            day=date(2026, 1, 2), scope="user", subject="test:12345", prompt_tokens=9))  # fmt: skip
+    await w.cache.set(keys.edited("-1001:g1"), SECRET.encode(), 3600)
+    return {"group": group, "private": private, "ada": ada}
+
+
+async def table_rows(url: str) -> dict[str, list[str]]:
+    """Every row of every table, as text."""
+    engine = create_engine(url)
+    found: dict[str, list[str]] = {}
+    try:
+        async with engine.connect() as conn:
+            for table in Base.metadata.sorted_tables:
+                rows = (await conn.execute(sa.select(table))).all()
+                found[table.name] = [repr(tuple(row)) for row in rows]
+    finally:
+        await engine.dispose()
+    return found
+
+
+def leaks(rows: dict[str, list[str]]) -> list[str]:
+    return [f"{t}: {r}" for t, each in rows.items() for r in each if SECRET in r or NAME in r]
+
+
+async def redis_values(redis_url: str, prefix: str) -> dict[str, str]:
+    """Every key under `prefix` with its value, whatever its type."""
+    client: Redis = Redis.from_url(redis_url)
+    found: dict[str, str] = {}
+    try:
+        async for raw in client.scan_iter(match=f"{prefix}:*"):
+            kind = (await client.type(raw)).decode()
+            value: object
+            if kind == "string":
+                value = await client.get(raw)
+            elif kind == "hash":
+                value = await client.hgetall(raw)
+            elif kind == "list":
+                value = await client.lrange(raw, 0, -1)
+            elif kind == "set":
+                value = await client.smembers(raw)
+            elif kind == "zset":
+                value = await client.zrange(raw, 0, -1)
+            else:
+                value = await client.xrange(raw) if kind == "stream" else kind
+            found[raw.decode()] = repr(value)
+    finally:
+        await client.aclose()
+    return found
+
+
+@pytest.fixture
+def operator(
+    database_url: str, redis_url: str, key_prefix: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[str, str, str]:  # fmt: skip
+    """`parley` commands run on `database_url` with Redis under `key_prefix`."""
+    env = {"PARLEY_DATABASE__URL": database_url, "PARLEY_DATABASE__AUTO_MIGRATE": "true",
+           "PARLEY_REDIS__URL": redis_url, "PARLEY_REDIS__KEY_PREFIX": key_prefix}  # fmt: skip
+    for name, value in parley_env(tmp_path, env).items():
+        monkeypatch.setenv(name, value)
+    return database_url, redis_url, key_prefix
+
+
+def test_a_forgotten_user_leaves_no_text_in_sql_or_redis_and_no_trace_for_a_new_user(
+    operator: tuple[str, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, redis_url, prefix = operator
+
+    async def before() -> dict[str, int]:
+        async with worker(url, redis_url, prefix) as w:
+            return await seed(w)
+
+    ids = asyncio.run(before())
+    assert leaks(asyncio.run(table_rows(url)))
+    assert [k for k, v in asyncio.run(redis_values(redis_url, prefix)).items() if SECRET in v]
+
+    assert main(FORGET) == 0  # a dry run: counts, deletes nothing
+    out, err = capsys.readouterr()
+    # Her 3 messages, the 2 answers to them, the digest and the /missed it answers (the
+    # newest message of all, Bob's answer, stays whole).
+    assert out.splitlines()[0].startswith("messages: 7 would be deleted") and err == ""
+    assert out.splitlines()[-1] == "dry run: nothing was deleted; add --yes to delete"
+    assert SECRET not in out and NAME not in out
+    assert len(leaks(asyncio.run(table_rows(url)))) > 5
+
+    assert main([*FORGET, "--yes"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("messages: 7 deleted") and err == ""
+    assert out.splitlines()[-1].startswith("cache: ") and "dropped from Redis" in out
+    rows = asyncio.run(table_rows(url))
+    assert leaks(rows) == []
+    assert [k for k, v in asyncio.run(redis_values(redis_url, prefix)).items()
+            if SECRET in v or NAME in v] == []  # fmt: skip
+    assert [r for r in rows["token_usage"] if "test:12345" in r] == []
+    assert rows["user_prefs"] == [] and rows["handoff_states"] == []
+
+    async def after() -> None:
+        async with worker(url, redis_url, prefix) as w:
+            # The group keeps Bob's words, not hers, nor what quoted her.
+            group = await w.store.conversation_id(GROUP)
+            assert group == ids["group"]
+            texts = [m.content for m in await w.store.history(group, 50)]
+            assert "thanks, noted" in texts and "what is for lunch?" in texts
+            assert not [t for t in texts if SECRET in t]
+            assert (await w.store.state(group)).summary == ""
+            await w.manager.handle(said(GROUP, BOB, "and dessert?", "g6"))
+            seen = prompt(w)
+            assert "what is for lunch?" in seen and SECRET not in seen
+            # A new user: new rows, none of hers (SQLite would give out her ids again).
+            carol = await w.manager.handle(said(ConversationKey("test", "999"), CAROL,
+                                                "hello", "c1"))  # fmt: skip
+            assert carol.conversation_id not in (ids["group"], ids["private"])
+            assert (await w.store.turn_prefs(carol.message_id)).user_ref != ids["ada"]
+            assert SECRET not in prompt(w)
+            # Ada herself, back: a new conversation, and none of her history.
+            back = await w.manager.handle(said(PRIVATE, ADA, "hi again", "p2"))
+            assert back.conversation_id not in (ids["private"], carol.conversation_id)
+            assert prompt(w) == "hi again"
+
+    asyncio.run(after())
+    assert main([*FORGET, "--yes"]) == 0  # her new messages: a new forget finds them
+    assert capsys.readouterr().out.startswith("messages: 2 deleted")
+    rows = asyncio.run(table_rows(url))
+    # The answer to her was the newest message of all: it stays as a stub, so that SQLite
+    # does not give its id out again.
+    assert [r for r in rows["messages"] if FORGOTTEN_STUB in r]
+    assert leaks(rows) == [] and not [r for r in rows["messages"] if "hi again" in r]
+    assert main(["data", "forget", "--platform", "test", "--user", "404"]) == 0
+    assert "nothing to forget" in capsys.readouterr().out
+
+
+async def test_a_running_worker_serves_nothing_of_a_forgotten_user(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A worker that keeps its caches in process (no Redis): its context windows and the
+    ids it remembers. On SQLite the command refuses while the worker has the database open
+    (one line, exit 3); on PostgreSQL the worker notices in its next turn."""
+    env = {"PARLEY_DATABASE__URL": database_url, "PARLEY_DATABASE__AUTO_MIGRATE": "true"}
+    for name, value in parley_env(tmp_path, env).items():
+        monkeypatch.setenv(name, value)
+    sqlite = database_url.startswith("sqlite")
+    async with worker(database_url, None, "") as w:
+        await w.manager.handle(said(PRIVATE, ADA, f"my key is {SECRET}", "p1"))
+        await w.manager.handle(said(GROUP, ADA, f"team, the key is {SECRET}", "g1"))
+        await w.manager.handle(said(GROUP, BOB, "noted", "g2"))
+        assert SECRET in prompt(w)  # in the window this worker keeps
+        status = await asyncio.to_thread(main, [*FORGET, "--yes"])
+        out, err = capsys.readouterr()
+        if sqlite:
+            assert status == 3 and out == ""
+            assert err.count("\n") == 1 and "stop it" in err and SECRET not in err
+            assert leaks(await table_rows(database_url))  # nothing was deleted
+            return
+        assert status == 0 and out.startswith("messages: 4 deleted"), out + err
+        assert out.splitlines()[-1].startswith("cache: none shared")
+        await w.manager.handle(said(GROUP, BOB, "what did she say?", "g3"))
+        seen = prompt(w)
+        assert "noted" in seen and SECRET not in seen
+        back = await w.manager.handle(said(PRIVATE, ADA, "hi again", "p2"))
+        assert prompt(w) == "hi again"
+        async with w.store.engine.connect() as conn:  # recorded under a user found afresh
+            user = await conn.scalar(sa.text("SELECT user_id FROM messages WHERE id = :id"),
+                                     {"id": back.message_id})  # fmt: skip
+            name = await conn.scalar(sa.text("SELECT external_id FROM users WHERE id = :id"),
+                                     {"id": user})  # fmt: skip
+        assert name == "12345"
+
+
+def test_a_missing_argument_is_status_2_and_a_database_that_does_not_answer_status_3(
+    operator_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["data", "forget", "--platform", "test"])
+    assert exited.value.code == 2
+    capsys.readouterr()
+    monkeypatch.setenv("PARLEY_DATABASE__URL", "postgresql+asyncpg://parley@127.0.0.1:9/parley")
+    monkeypatch.setenv("PARLEY_DATABASE__AUTO_MIGRATE", "false")
+    for argv in (FORGET, [*FORGET, "--yes"]):
+        assert main(argv) == 3
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("parley: error: ") and err.count("\n") == 1, err
