@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import URL, Executable, Row, event, make_url
 from sqlalchemy import exc as sa_exc
@@ -60,10 +61,8 @@ def lock_sqlite_file(url: str | URL, *, exclusive: bool) -> int | None:
     except ImportError:  # Windows
         return None
     parsed = make_url(url)
-    path = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
-        return None
-    if path.startswith("file:"):
+    path = _locked_file(parsed) if parsed.get_backend_name() == "sqlite" else None
+    if path is None:
         return None
     try:
         fd = os.open(f"{path}.workers.lock", os.O_RDONLY | os.O_CREAT, 0o644)
@@ -77,6 +76,23 @@ def lock_sqlite_file(url: str | URL, *, exclusive: bool) -> int | None:
             raise
         return None
     return fd
+
+
+def _locked_file(url: URL) -> str | None:
+    """The file an SQLite URL opens, a URI's (`file:PATH?uri=true`) included: a worker on
+    `file:/srv/parley.db?uri=true` and a command on `/srv/parley.db` lock the same file. None
+    for an in-memory database."""
+    path = url.database or ""
+    if not path.startswith("file:") or str(url.query.get("uri", "")).lower() not in _TRUE:
+        return path if path not in ("", ":memory:") else None
+    uri = urlsplit(path)
+    memory = str(url.query.get("mode", "")).lower() == "memory"
+    if memory or uri.netloc not in ("", "localhost") or unquote(uri.path) in ("", ":memory:"):
+        return None
+    return unquote(uri.path)
+
+
+_TRUE = ("1", "true", "yes", "on")
 
 
 def create_engine(
