@@ -82,6 +82,9 @@ async def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
     done = "deleted" if args.yes else "would be deleted"
     print(f"messages: {forgotten.messages} {done} (theirs, the answers to them, and the "
           '"what did I miss" answers of their group chats)')  # fmt: skip
+    emptied = "emptied" if args.yes else "would be emptied"
+    print(f"answers: {forgotten.emptied} of the bot's in their group chats {emptied}, "
+          "since they may quote them")  # fmt: skip
     print(f"conversations: {len(forgotten.closed)} of their own {done}, "
           f"{len(forgotten.conversations) - len(forgotten.closed)} shared ones kept "
           "without them")  # fmt: skip

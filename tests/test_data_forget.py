@@ -286,3 +286,40 @@ async def test_a_worker_on_an_sqlite_uri_url_is_seen_too(
         assert status == 3 and out == "" and "stop it" in err, out + err
     assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 0  # once it stopped
     assert capsys.readouterr().out.startswith("messages: 2 deleted")
+
+
+def test_the_bots_answers_in_her_groups_that_may_quote_her_are_emptied(
+    operator: tuple[str, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bot's answers to the others in a group she wrote in saw her messages in their
+    context and may quote them ("what did Ada say?"): emptied to a stub; the others' messages
+    and the answers given before her first message stay whole."""
+    url, redis_url, prefix = operator
+
+    async def before() -> None:
+        async with worker(url, redis_url, prefix) as w:
+            await w.manager.handle(said(GROUP, BOB, "hello all", "g0"))  # answered "Noted."
+            await w.manager.handle(said(GROUP, ADA, f"the key is {SECRET}", "g1"))
+            ask = await w.store.record_incoming(
+                said(GROUP, BOB, "what did Ada say?", "g2"), kind=MessageKind.CHAT,
+                token_count=4,
+            )  # fmt: skip
+            assert await w.store.record_reply(ask.conversation_id, [ask.message_id],
+                                              f"She said the key is {SECRET}.",
+                                              kind=MessageKind.CHAT, token_count=8)  # fmt: skip
+            await w.manager.handle(said(GROUP, BOB, "thanks", "g3"))
+
+    asyncio.run(before())
+    assert main(FORGET) == 0
+    assert "answers: 2 of the bot's in their group chats would be emptied" in (
+        capsys.readouterr().out
+    )
+    assert main([*FORGET, "--yes"]) == 0
+    out = capsys.readouterr().out
+    messages = asyncio.run(table_rows(url))["messages"]
+    assert leaks({"messages": messages}) == []
+    assert "answers: 2 of the bot's in their group chats emptied" in out, out
+    kept = "\n".join(messages)
+    assert "hello all" in kept and "what did Ada say?" in kept and "thanks" in kept
+    assert "Noted." in kept  # the answer to "hello all", before she wrote
+    assert [r for r in messages if FORGOTTEN_STUB in r]

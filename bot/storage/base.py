@@ -200,6 +200,9 @@ class Forgotten:
     """What `Store.forget_user` deleted (without `apply`: would delete)."""
 
     messages: int = 0
+    # The bot's answers in the shared chats since their first message there (they may quote
+    # them): emptied to a stub, the messages they answer kept.
+    emptied: int = 0
     # Every conversation it changed: the user's own (closed) and every thread of each shared
     # chat they wrote in (their messages gone, its summary and "what did I miss" answers
     # dropped): the caches of each are dropped.
@@ -522,7 +525,8 @@ class Store(Protocol):
         conversation and the answers to them deleted; their own conversations (not shared,
         nobody else wrote there) emptied and renamed as `erase` does; in each thread of the
         shared chats they wrote in, the summary and the answers that quote kept messages
-        (DIGEST) dropped, with the quoted replies and handoff rows, and the count of
+        (DIGEST) dropped, the bot's answers since their first message there emptied to a
+        stub (they may quote them), with the quoted replies and handoff rows, and the count of
         redactions raised; their preferences and token usage (each (scope, subject) of
         `usage`) deleted and their row removed (on SQLite kept as a tombstone: ids are never
         given out again). The newest message of the database, if it goes, stays as a stub."""

@@ -828,8 +828,10 @@ class SqlStore:
             chats = [int(c) for (c,) in q.rows(_THEIR_CHATS, {"uid": uid, "own": own})]
             which = {"uid": uid, "own": own, "chats": chats}
             doomed = q.rows(_FORGOTTEN_ROWS, which)
+            quoting = _scalar(q.rows(_COUNT_QUOTING_ANSWERS, which)) if chats else 0
             found = Forgotten(
                 messages=len(doomed),
+                emptied=int(quoting or 0),
                 conversations=tuple(sorted({*own, *chats})),
                 closed=tuple(own),
                 message_keys=tuple(str(k) for _, k in doomed if k is not None),
@@ -843,6 +845,10 @@ class SqlStore:
             if newest in {int(i) for i, _ in doomed}:
                 q.rowcount(_FORGET_REPLY_TO, {"mid": newest})
                 q.rowcount(_FORGOTTEN_STUB, {"mid": newest})
+            if chats:  # before their messages go: found by their first message
+                # The bot's answers there since their first message saw it in their context
+                # (or in the summary) and may quote it.
+                q.rowcount(_EMPTY_QUOTING_ANSWERS, which)
             q.rowcount(_DELETE_FORGOTTEN, {**which, "keep": newest or 0})
             if chats:
                 # A quoted reply may quote them; a handoff's note, their words.
@@ -1833,6 +1839,26 @@ _FORGOTTEN_STUB = (
         answered_by=sa.func.coalesce(_m.answered_by, 0),
     )
 )  # fmt: skip
+# The bot's answers in their chats written since their first message in that thread: each
+# had it in its context (or in the summary folded from it) and may quote it. Emptied to the
+# stub, not deleted: the others' messages they answer stay answered.
+_first = _m.__table__.alias("first")
+_THEIR_FIRST = (
+    sa.select(sa.func.min(_first.c.id))
+    .where(_first.c.user_id == _param("uid"), _first.c.conversation_id == _m.conversation_id)
+    .scalar_subquery()
+)
+_QUOTING_ANSWERS = sa.and_(
+    _m.conversation_id.in_(_CHATS), _IS_ANSWER, _m.id > _THEIR_FIRST,
+    _m.content != FORGOTTEN_STUB, _m.kind != _literal(MessageKind.DIGEST.value),
+    _m.id.not_in(_ANSWERS_TO_THEM),  # deleted with them
+)  # fmt: skip
+_COUNT_QUOTING_ANSWERS = sa.select(sa.func.count()).select_from(_m).where(_QUOTING_ANSWERS)
+_EMPTY_QUOTING_ANSWERS = (
+    sa.update(_m)
+    .where(_QUOTING_ANSWERS)
+    .values(content=FORGOTTEN_STUB, token_count=DELETED_STUB_TOKENS)
+)
 _FORGET_QUOTED_REPLIES = sa.delete(MessageReplyRow).where(
     MessageReplyRow.message_id.in_(sa.select(_m.id).where(_m.conversation_id.in_(_CHATS)))
 )
