@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.budget import subjects_of
+from bot.budget_counters import KEEP_S
 from bot.errors import StorageError
 from bot.settings import Settings
 from bot.storage import keys
@@ -24,6 +26,7 @@ from bot.storage.base import Forgotten
 from bot.storage.cache import RedisCache, build_cache
 from bot.storage.database import create_engine, lock_sqlite_file
 from bot.storage.migrate import ensure_schema
+from bot.storage.redis_client import client_for
 from bot.storage.sql_store import SqlStore
 from bot.text.storable import storable_argument
 from bot.types import ConversationKey
@@ -134,5 +137,38 @@ async def _drop_cached(settings: Settings, args: argparse.Namespace, forgotten: 
         await cache.ping()  # a delete that failed is not told apart: asked once more
     finally:
         await cache.aclose()
-    print(f"cache: {len(names)} keys of theirs dropped from Redis")
+    counters = await _drop_budget_counters(settings, args)
+    print(f"cache: {len(names) + counters} keys of theirs dropped from Redis")
     return 0
+
+
+# The days whose budget counters Redis may still keep: a counter outlives its day (in the
+# budget's time zone, up to a day off UTC's) by budget_counters.KEEP_S.
+_COUNTER_DAYS = range(-(KEEP_S // 86400) - 2, 2)
+
+
+async def _drop_budget_counters(settings: Settings, args: argparse.Namespace) -> int:
+    """The shared token budget's counters of the user (bot.budget_counters): their usage."""
+    from redis.exceptions import RedisError
+
+    client = client_for(settings.redis)
+    if client is None:
+        return 0
+    today = datetime.now(UTC).date()
+    names = 0
+    try:
+        for subject in _subjects(args):
+            if subject.scope != "user":
+                continue
+            for offset in _COUNTER_DAYS:
+                day = today + timedelta(days=offset)
+                # One day's two keys share a Redis Cluster slot: one DEL each day.
+                both = [keys.budget(settings.redis.key_prefix, day, subject.scope,
+                                    subject.name, part) for part in ("h", "z")]  # fmt: skip
+                await client.delete(*both)
+                names += len(both)
+    except (RedisError, OSError) as exc:
+        raise StorageError(f"Redis failed dropping budget counters ({type(exc).__name__})") from exc
+    finally:
+        await client.aclose()
+    return names

@@ -11,13 +11,15 @@ notices by itself, on SQLite the command refuses while a worker has the database
 from __future__ import annotations
 
 import asyncio
-from datetime import date
+import time
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from redis.asyncio import Redis
 
+from bot.budget_counters import Limited, RedisCounter
 from bot.cli import main
 from bot.handoff.models import HandoffEventRow, HandoffStateRow
 from bot.storage import keys
@@ -26,6 +28,7 @@ from bot.storage.database import create_engine
 from bot.storage.models import Base, ConversationRow, TokenUsageRow
 from bot.storage.prefs_models import UserPrefsRow
 from bot.storage.sql_store import FORGOTTEN_STUB
+from bot.storage.usage import Subject, UsageLog
 from bot.types import ConversationKey, Incoming, User
 from tests.processes import parley_env
 from tests.test_retention import Worker, last_prompt, worker
@@ -323,3 +326,39 @@ def test_the_bots_answers_in_her_groups_that_may_quote_her_are_emptied(
     assert "hello all" in kept and "what did Ada say?" in kept and "thanks" in kept
     assert "Noted." in kept  # the answer to "hello all", before she wrote
     assert [r for r in messages if FORGOTTEN_STUB in r]
+
+
+def test_her_budget_counters_in_redis_go_too(
+    operator: tuple[str, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shared token budget's counters (bot.budget_counters) of her subject, today's and
+    the days Redis still keeps: her usage, under her platform id; no key of Redis names her
+    after the forget (SCAN)."""
+    url, redis_url, prefix = operator
+    mine = Limited(Subject("user", "test:12345"), 10_000)
+    bobs = Limited(Subject("user", "test:678"), 10_000)
+    today = datetime.now(UTC).date()
+
+    async def before() -> None:
+        async with worker(url, redis_url, prefix) as w:
+            await w.manager.handle(said(PRIVATE, ADA, f"my key is {SECRET}", "p1"))
+        client: Redis = Redis.from_url(redis_url)
+        usage = UsageLog(create_engine(url))
+        try:
+            counter = RedisCounter(client, usage, key_prefix=prefix)
+            for day, who in ((today, mine), (today - timedelta(days=1), mine), (today, bobs)):
+                await counter.reserve(day, [who], f"r{day}", 50, force=False, now_s=time.time(),
+                                      expires_s=time.time() + 60)  # fmt: skip
+                await counter.settle(day, [who], [f"r{day}"], 42)
+        finally:
+            await usage.aclose()
+            await client.aclose()
+
+    asyncio.run(before())
+    named = asyncio.run(redis_values(redis_url, prefix))
+    assert [k for k in named if "test:12345" in k]
+    assert main([*FORGET, "--yes"]) == 0
+    capsys.readouterr()
+    named = asyncio.run(redis_values(redis_url, prefix))
+    assert [k for k in named if "test:12345" in k] == []
+    assert [k for k in named if "user:test:678" in k]  # Bob's stay
