@@ -362,3 +362,34 @@ def test_her_budget_counters_in_redis_go_too(
     named = asyncio.run(redis_values(redis_url, prefix))
     assert [k for k in named if "test:12345" in k] == []
     assert [k for k in named if "user:test:678" in k]  # Bob's stay
+
+
+async def test_an_answer_in_flight_in_her_group_is_not_recorded_after_the_forget(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A turn of the group running as the forget commits (PostgreSQL: workers keep running)
+    loaded her words in its context; its answer, recorded after, may quote her, and a second
+    forget finds no user to look for: the forget ends the group's delivery, as `erase` ends
+    the visitor's, and the answer is not recorded (the question stays pending)."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("on SQLite the command refuses while a worker runs")
+    env = {"PARLEY_DATABASE__URL": database_url, "PARLEY_DATABASE__AUTO_MIGRATE": "true"}
+    for name, value in parley_env(tmp_path, env).items():
+        monkeypatch.setenv(name, value)
+    async with worker(database_url, None, "") as w:
+        await w.manager.handle(said(GROUP, ADA, f"the key is {SECRET}", "g1"))
+        ask = await w.store.record_incoming(
+            said(GROUP, BOB, "what did Ada say?", "g2"), kind=MessageKind.CHAT, token_count=4
+        )
+        group = ask.conversation_id
+        async with w.store.turn_lease(group, "w-test", ttl_s=30, wait_s=5) as lease:
+            assert await w.store.begin_delivery(lease, group, ask.message_id, ask.message_id)
+            assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 0
+            late = await w.store.record_reply(group, [ask.message_id], f"She said {SECRET}.",
+                                              kind=MessageKind.CHAT, token_count=5,
+                                              epoch=lease.epoch)  # fmt: skip
+        assert late is None
+        assert [m.id for m in await w.store.pending(group, 10)] == [ask.message_id]
+    capsys.readouterr()
+    assert leaks(await table_rows(database_url)) == []

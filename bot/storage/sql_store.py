@@ -1863,9 +1863,14 @@ _FORGET_QUOTED_REPLIES = sa.delete(MessageReplyRow).where(
     MessageReplyRow.message_id.in_(sa.select(_m.id).where(_m.conversation_id.in_(_CHATS)))
 )
 # Summaries may quote them: dropped, folded again from what remains (the /reset point stays);
-# a window cached before is stale by the count of redactions (ContextLoader).
+# a window cached before is stale by the count of redactions (ContextLoader). The delivery
+# ends too, as with an erasure: a turn in flight built its prompt from their words, and its
+# answer, which may quote them, finds its fence gone (record_reply); its question stays
+# pending and is answered again without them.
 _FORGET_SUMMARIES = (
     sa.update(_c)
     .where(_c.id.in_(_CHATS))
-    .values(summary="", summary_tokens=0, summary_through_id=0, redactions=_c.redactions + 1)
-)
+    .values(summary="", summary_tokens=0, summary_through_id=0, redactions=_c.redactions + 1,
+            delivery_from=None, delivery_to=None, delivery_epoch=None, delivery_owner=None,
+            delivery_seen=None, delivery_ref=None)
+)  # fmt: skip
