@@ -70,6 +70,9 @@ async def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
     await ensure_schema(url, db.auto_migrate, timeout_s=db.timeout_s)
     lock = None
     if args.yes:
+        # Redis first: were the rows deleted and Redis then found down, a second run would
+        # find no user to look for, and the cached copies of their conversations would stay.
+        await _redis_answers(settings)
         try:
             lock = lock_sqlite_file(url, exclusive=True)
         except BlockingIOError:
@@ -96,6 +99,15 @@ async def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
         print("dry run: nothing was deleted; add --yes to delete")
         return 0
     return await _drop_cached(settings, args, forgotten)
+
+
+async def _redis_answers(settings: Settings) -> None:
+    cache = build_cache(settings.redis)
+    try:
+        if isinstance(cache, RedisCache):
+            await cache.ping()  # one that does not answer: one line, exit 3
+    finally:
+        await cache.aclose()
 
 
 async def _forget(settings: Settings, args: argparse.Namespace) -> Forgotten:

@@ -393,3 +393,27 @@ async def test_an_answer_in_flight_in_her_group_is_not_recorded_after_the_forget
         assert [m.id for m in await w.store.pending(group, 10)] == [ask.message_id]
     capsys.readouterr()
     assert leaks(await table_rows(database_url)) == []
+
+
+async def test_a_redis_that_does_not_answer_stops_the_forget_before_it_deletes(
+    database_url: str, redis_url: str, key_prefix: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Redis is asked first: were the SQL rows deleted before Redis failed, a second run would
+    find no user to look for, and the keys of her conversations would stay."""
+    env = {"PARLEY_DATABASE__URL": database_url, "PARLEY_DATABASE__AUTO_MIGRATE": "true",
+           "PARLEY_REDIS__URL": "redis://127.0.0.1:9/0",
+           "PARLEY_REDIS__KEY_PREFIX": key_prefix}  # fmt: skip
+    for name, value in parley_env(tmp_path, env).items():
+        monkeypatch.setenv(name, value)
+    async with worker(database_url, redis_url, key_prefix) as w:
+        await w.manager.handle(said(PRIVATE, ADA, f"my key is {SECRET}", "p1"))
+    assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 3
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("parley: error: ") and err.count("\n") == 1, out + err
+    assert leaks(await table_rows(database_url))  # nothing deleted: it can be run again
+    monkeypatch.setenv("PARLEY_REDIS__URL", redis_url)
+    assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 0
+    assert capsys.readouterr().out.startswith("messages: 2 deleted")
+    assert leaks(await table_rows(database_url)) == []
+    assert [k for k, v in (await redis_values(redis_url, key_prefix)).items() if SECRET in v] == []
