@@ -180,7 +180,9 @@ def test_a_forgotten_user_leaves_no_text_in_sql_or_redis_and_no_trace_for_a_new_
     assert [k for k, v in asyncio.run(redis_values(redis_url, prefix)).items()
             if SECRET in v or NAME in v] == []  # fmt: skip
     assert [r for r in rows["token_usage"] if "test:12345" in r] == []
-    assert rows["user_prefs"] == [] and rows["handoff_states"] == []
+    assert rows["user_prefs"] == []
+    # Her own chat's handoff is gone; the group's stays, its note emptied.
+    assert [r for r in rows["handoff_states"] if not r.startswith(f"({ids['group']}, ")] == []
 
     async def after() -> None:
         async with worker(url, redis_url, prefix) as w:
@@ -417,3 +419,35 @@ async def test_a_redis_that_does_not_answer_stops_the_forget_before_it_deletes(
     assert capsys.readouterr().out.startswith("messages: 2 deleted")
     assert leaks(await table_rows(database_url)) == []
     assert [k for k, v in (await redis_values(redis_url, key_prefix)).items() if SECRET in v] == []
+
+
+def test_a_group_handed_off_to_a_person_stays_with_them(
+    operator: tuple[str, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The group's handoff (a person answers it now) is the group's, not hers: its state,
+    agent and audit trail stay; only their notes, which may quote her, are emptied."""
+    url, redis_url, prefix = operator
+
+    async def before() -> int:
+        async with worker(url, redis_url, prefix) as w:
+            await w.manager.handle(said(GROUP, BOB, "hello all", "g0"))
+            await w.manager.handle(said(GROUP, ADA, f"the key is {SECRET}", "g1"))
+            group = await w.store.conversation_id(GROUP)
+            assert group is not None
+            async with w.store.engine.begin() as conn:
+                await conn.execute(sa.insert(HandoffStateRow).values(
+                    conversation_id=group, state="human", agent="Eve",
+                    detail=f"{NAME}: {SECRET}"))  # fmt: skip
+                await conn.execute(sa.insert(HandoffEventRow).values(
+                    conversation_id=group, from_state="bot", to_state="human", reason="asked",
+                    agent="Eve", detail=f"{NAME}: {SECRET}"))  # fmt: skip
+            return group
+
+    group = asyncio.run(before())
+    assert main([*FORGET, "--yes"]) == 0
+    capsys.readouterr()
+    rows = asyncio.run(table_rows(url))
+    assert leaks(rows) == []
+    states = [r for r in rows["handoff_states"] if r.startswith(f"({group}, ")]
+    assert len(states) == 1 and "'human'" in states[0] and "'Eve'" in states[0], rows
+    assert len(rows["handoff_events"]) == 1 and "'Eve'" in rows["handoff_events"][0]

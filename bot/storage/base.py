@@ -525,11 +525,12 @@ class Store(Protocol):
         conversation and the answers to them deleted; their own conversations (not shared,
         nobody else wrote there) emptied and renamed as `erase` does; in each thread of the
         shared chats they wrote in, the summary and the answers that quote kept messages
-        (DIGEST) dropped, the bot's answers since their first message there emptied to a
-        stub (they may quote them), with the quoted replies and handoff rows, and the count of
-        redactions raised; their preferences and token usage (each (scope, subject) of
-        `usage`) deleted and their row removed (on SQLite kept as a tombstone: ids are never
-        given out again). The newest message of the database, if it goes, stays as a stub."""
+        (DIGEST) dropped with the quoted replies, the bot's answers since their first
+        message there emptied to a stub (they may quote them) and so are the handoff's notes,
+        and the count of redactions raised; their preferences and token usage (each (scope,
+        subject) of `usage`) deleted and their row removed (on SQLite kept as a tombstone:
+        ids are never given out again). The newest message of the database, if it goes,
+        stays as a stub."""
         ...
 
     async def messages_between(

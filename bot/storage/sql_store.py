@@ -851,10 +851,12 @@ class SqlStore:
                 q.rowcount(_EMPTY_QUOTING_ANSWERS, which)
             q.rowcount(_DELETE_FORGOTTEN, {**which, "keep": newest or 0})
             if chats:
-                # A quoted reply may quote them; a handoff's note, their words.
+                # A quoted reply may quote them; a handoff's note, their words: emptied, the
+                # handoff itself (a person may be answering the group now) and its audit kept.
                 q.rowcount(_FORGET_QUOTED_REPLIES, {"chats": chats})
                 for table in (HandoffStateRow, HandoffEventRow):
-                    q.rowcount(sa.delete(table).where(table.conversation_id.in_(chats)))
+                    q.rowcount(sa.update(table).where(table.conversation_id.in_(chats))
+                               .values(detail=""))  # fmt: skip
                 q.rowcount(_FORGET_SUMMARIES, {"chats": chats})
             _close_conversations(q, own, keep=newest)
             q.rowcount(sa.delete(UserPrefsRow).where(UserPrefsRow.user_id == uid))
