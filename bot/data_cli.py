@@ -138,8 +138,9 @@ async def _drop_cached(settings: Settings, args: argparse.Namespace, forgotten: 
     sender = _sender(args)
     names = [keys.rate(sender), keys.told(sender)]
     for cid in forgotten.conversations:
+        # A member's /stop is marked under their bare id (ConversationManager, its stop marks).
         names += [keys.window(cid), keys.chat_prefs(cid), keys.handoff(cid), keys.rate_told(cid),
-                  keys.stop(cid, sender)]  # fmt: skip
+                  keys.stop(cid, args.user)]  # fmt: skip
     for key in forgotten.message_keys:
         names += [keys.deleted(key), keys.edited(key), keys.counted(sender, key)]
     try:

@@ -451,3 +451,24 @@ def test_a_group_handed_off_to_a_person_stays_with_them(
     states = [r for r in rows["handoff_states"] if r.startswith(f"({group}, ")]
     assert len(states) == 1 and "'human'" in states[0] and "'Eve'" in states[0], rows
     assert len(rows["handoff_events"]) == 1 and "'Eve'" in rows["handoff_events"][0]
+
+
+def test_her_stop_marks_in_redis_go_too(
+    operator: tuple[str, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A member's /stop in a group leaves a mark under their bare id for the worker running
+    the turn (ConversationManager, `keys.stop(conversation, user_id)`): dropped with her."""
+    url, redis_url, prefix = operator
+
+    async def before() -> None:
+        async with worker(url, redis_url, prefix) as w:
+            await w.manager.handle(said(GROUP, ADA, f"the key is {SECRET}", "g1"))
+            group = await w.store.conversation_id(GROUP)
+            assert group is not None
+            await w.cache.set(keys.stop(group, ADA.user_id), b"99", 60)
+
+    asyncio.run(before())
+    assert [k for k in asyncio.run(redis_values(redis_url, prefix)) if ":stop:" in k]
+    assert main([*FORGET, "--yes"]) == 0
+    capsys.readouterr()
+    assert [k for k in asyncio.run(redis_values(redis_url, prefix)) if ":stop:" in k] == []
