@@ -472,3 +472,24 @@ def test_her_stop_marks_in_redis_go_too(
     assert main([*FORGET, "--yes"]) == 0
     capsys.readouterr()
     assert [k for k in asyncio.run(redis_values(redis_url, prefix)) if ":stop:" in k] == []
+
+
+async def test_a_worker_on_a_link_to_the_file_is_seen_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker that opens the database through a symbolic link to the file locks the file
+    itself: the command on the file's own path refuses while it runs."""
+    (tmp_path / "data").mkdir()
+    real = tmp_path / "data" / "parley.db"
+    (tmp_path / "parley.db").symlink_to(real)
+    env = {"PARLEY_DATABASE__URL": f"sqlite+aiosqlite:///{real}",
+           "PARLEY_DATABASE__AUTO_MIGRATE": "true"}  # fmt: skip
+    for name, value in parley_env(tmp_path, env).items():
+        monkeypatch.setenv(name, value)
+    assert await asyncio.to_thread(main, ["db", "upgrade"]) == 0
+    capsys.readouterr()
+    async with worker(f"sqlite+aiosqlite:///{tmp_path}/parley.db", None, "") as w:
+        await w.manager.handle(said(PRIVATE, ADA, f"my key is {SECRET}", "p1"))
+        status = await asyncio.to_thread(main, [*FORGET, "--yes"])
+        out, err = capsys.readouterr()
+        assert status == 3 and out == "" and "stop it" in err, out + err

@@ -64,6 +64,8 @@ def lock_sqlite_file(url: str | URL, *, exclusive: bool) -> int | None:
     path = _locked_file(parsed) if parsed.get_backend_name() == "sqlite" else None
     if path is None:
         return None
+    # Beside the file itself: a worker that opens it through a link locks the same file.
+    path = os.path.realpath(path)
     try:
         fd = os.open(f"{path}.workers.lock", os.O_RDONLY | os.O_CREAT, 0o644)
     except OSError:
