@@ -17,7 +17,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bot.budget import subjects_of
+from bot.budget import SUPPORT_PLATFORM, subjects_of
 from bot.budget_counters import KEEP_S
 from bot.errors import StorageError
 from bot.settings import Settings
@@ -143,6 +143,8 @@ async def _drop_cached(settings: Settings, args: argparse.Namespace, forgotten: 
                   keys.stop(cid, args.user)]  # fmt: skip
     for key in forgotten.message_keys:
         names += [keys.deleted(key), keys.edited(key), keys.counted(sender, key)]
+    if args.platform == SUPPORT_PLATFORM:  # a web chat visitor: SITE:VISITOR, its chat too
+        names.append(keys.support_visitor(args.user))
     try:
         await cache.ping()  # one that does not answer is said (exit 3), not passed over
         for name in names:
@@ -150,7 +152,7 @@ async def _drop_cached(settings: Settings, args: argparse.Namespace, forgotten: 
         await cache.ping()  # a delete that failed is not told apart: asked once more
     finally:
         await cache.aclose()
-    counters = await _drop_budget_counters(settings, args)
+    counters = await _drop_redis_only(settings, args)
     print(f"cache: {len(names) + counters} keys of theirs dropped from Redis")
     return 0
 
@@ -160,28 +162,38 @@ async def _drop_cached(settings: Settings, args: argparse.Namespace, forgotten: 
 _COUNTER_DAYS = range(-(KEEP_S // 86400) - 2, 2)
 
 
-async def _drop_budget_counters(settings: Settings, args: argparse.Namespace) -> int:
-    """The shared token budget's counters of the user (bot.budget_counters): their usage."""
+async def _drop_redis_only(settings: Settings, args: argparse.Namespace) -> int:
+    """The user's keys kept in Redis alone: the shared token budget's counters
+    (bot.budget_counters: their usage) and, for a web chat visitor, the event log its
+    streams replay (adapters.support.events: their messages and the answers), as
+    DELETE /v1/visitor drops it."""
     from redis.exceptions import RedisError
 
     client = client_for(settings.redis)
     if client is None:
         return 0
     today = datetime.now(UTC).date()
+    prefix = settings.redis.key_prefix
     names = 0
     try:
+        if args.platform == SUPPORT_PLATFORM:
+            # Two keys, two slots maybe: one DEL each.
+            for name in (keys.support_events(prefix, args.user),
+                         keys.support_answered(prefix, args.user)):  # fmt: skip
+                await client.delete(name)
+                names += 1
         for subject in _subjects(args):
             if subject.scope != "user":
                 continue
             for offset in _COUNTER_DAYS:
                 day = today + timedelta(days=offset)
                 # One day's two keys share a Redis Cluster slot: one DEL each day.
-                both = [keys.budget(settings.redis.key_prefix, day, subject.scope,
-                                    subject.name, part) for part in ("h", "z")]  # fmt: skip
+                both = [keys.budget(prefix, day, subject.scope, subject.name, part)
+                        for part in ("h", "z")]  # fmt: skip
                 await client.delete(*both)
                 names += len(both)
     except (RedisError, OSError) as exc:
-        raise StorageError(f"Redis failed dropping budget counters ({type(exc).__name__})") from exc
+        raise StorageError(f"Redis failed dropping their keys ({type(exc).__name__})") from exc
     finally:
         await client.aclose()
     return names

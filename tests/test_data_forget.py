@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from redis.asyncio import Redis
 
+from adapters.support.events import RedisEventLog
 from bot.budget_counters import Limited, RedisCounter
 from bot.cli import main
 from bot.handoff.models import HandoffEventRow, HandoffStateRow
@@ -493,3 +494,36 @@ async def test_a_worker_on_a_link_to_the_file_is_seen_too(
         status = await asyncio.to_thread(main, [*FORGET, "--yes"])
         out, err = capsys.readouterr()
         assert status == 3 and out == "" and "stop it" in err, out + err
+
+
+def test_a_support_visitor_forgotten_by_the_operator_leaves_no_event_log(
+    operator: tuple[str, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A web chat visitor (platform support, id SITE:VISITOR) the operator forgets (one who
+    asked by mail): the event log its streams replay (adapters.support.events) holds their
+    messages and the answers; it goes as with DELETE /v1/visitor."""
+    url, redis_url, prefix = operator
+    visitor = "shop:v_ada"
+    key = ConversationKey("support", visitor)
+
+    async def before() -> None:
+        async with worker(url, redis_url, prefix) as w:
+            await w.store.record_incoming(
+                Incoming(key, User("support", visitor, ""), f"my key is {SECRET}",
+                         idempotency_key="s1"), kind=MessageKind.CHAT, token_count=5,
+            )  # fmt: skip
+        client: Redis = Redis.from_url(redis_url)
+        try:
+            log = RedisEventLog(client, prefix, kept=50, ttl_s=3600)
+            await log.append(visitor, [("message", {"text": f"my key is {SECRET}"})])
+            await log.append(visitor, [("answer", {"text": f"Noted {SECRET}"})], once="a1")
+        finally:
+            await client.aclose()
+
+    asyncio.run(before())
+    assert [k for k, v in asyncio.run(redis_values(redis_url, prefix)).items() if SECRET in v]
+    assert main(["data", "forget", "--platform", "support", "--user", visitor, "--yes"]) == 0
+    capsys.readouterr()
+    assert leaks(asyncio.run(table_rows(url))) == []
+    named = asyncio.run(redis_values(redis_url, prefix))
+    assert [k for k, v in named.items() if SECRET in v or visitor in k] == []
