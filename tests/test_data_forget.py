@@ -27,12 +27,12 @@ from bot.storage import keys
 from bot.storage.base import MessageKind
 from bot.storage.database import create_engine
 from bot.storage.models import Base, ConversationRow, TokenUsageRow
-from bot.storage.prefs_models import UserPrefsRow
+from bot.storage.prefs_models import ChatPrefsRow, UserPrefsRow
 from bot.storage.sql_store import FORGOTTEN_STUB
 from bot.storage.usage import Subject, UsageLog
 from bot.types import ConversationKey, Incoming, User
 from tests.processes import parley_env
-from tests.test_retention import Worker, last_prompt, worker
+from tests.test_retention import Worker, backdate_all, last_prompt, worker
 
 SECRET = "sk-FORGET-ME-7781"
 NAME = "Ada Zqx"  # her display name: gone too
@@ -527,3 +527,36 @@ def test_a_support_visitor_forgotten_by_the_operator_leaves_no_event_log(
     assert leaks(asyncio.run(table_rows(url))) == []
     named = asyncio.run(redis_values(redis_url, prefix))
     assert [k for k, v in named.items() if SECRET in v or visitor in k] == []
+
+
+def test_her_private_chat_goes_even_with_no_message_of_hers_left(
+    operator: tuple[str, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Her private chat (its id is hers: Telegram's, a web chat visitor's) whose messages the
+    retention policy already pruned keeps its row, named by her id, and its settings (her
+    auto-translate language): it is hers all the same, closed as the others."""
+    url, redis_url, prefix = operator
+
+    async def before() -> None:
+        async with worker(url, redis_url, prefix) as w:
+            await w.manager.handle(said(PRIVATE, ADA, f"my key is {SECRET}", "p1"))
+            await backdate_all(w, 40)
+            await w.manager.handle(said(ConversationKey("test", "678"), BOB, "hi", "b1"))
+            private = await w.store.conversation_id(PRIVATE)
+            async with w.store.engine.begin() as conn:
+                await conn.execute(sa.insert(ChatPrefsRow).values(
+                    conversation_id=private, auto_translate="de"))  # fmt: skip
+
+    asyncio.run(before())
+    assert main(["db", "prune", "--older-than", "30"]) == 0
+    capsys.readouterr()
+    rows = asyncio.run(table_rows(url))
+    assert not [r for r in rows["messages"] if SECRET in r]  # pruned
+    assert [r for r in rows["conversations"] if "'12345'" in r]
+    assert main([*FORGET, "--yes"]) == 0
+    capsys.readouterr()
+    rows = asyncio.run(table_rows(url))
+    assert [r for r in rows["conversations"] if "'12345'" in r] == [], rows["conversations"]
+    assert leaks(rows) == []
+    assert rows["chat_prefs"] == []
+    assert [r for r in rows["conversations"] if "'678'" in r]  # Bob's stays

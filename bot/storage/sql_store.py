@@ -824,7 +824,8 @@ class SqlStore:
             uid = _scalar(q.rows(_USER_ID, {"platform": platform, "external_id": user_id}))
             if uid is None:
                 return Forgotten()
-            own = [int(c) for (c,) in q.rows(_OWN_CHATS, {"uid": uid})]
+            mine = {"uid": uid, "platform": platform, "external_id": user_id}
+            own = [int(c) for (c,) in q.rows(_OWN_CHATS, mine)]
             chats = [int(c) for (c,) in q.rows(_THEIR_CHATS, {"uid": uid, "own": own})]
             which = {"uid": uid, "own": own, "chats": chats}
             doomed = q.rows(_FORGOTTEN_ROWS, which)
@@ -1782,10 +1783,14 @@ _USER_ID = sa.select(UserRow.id).where(
 _theirs = _m.__table__.alias("theirs")
 _WROTE_IN = sa.select(_theirs.c.conversation_id).where(_theirs.c.user_id == _param("uid"))
 _other = _m.__table__.alias("other")
-# Their own: not shared, and nobody else wrote there (a help desk agent's replies aside).
+# Their own: not shared, and nobody else wrote there (a help desk agent's replies aside);
+# their private chat too when none of their messages is left in it (pruned): its id is theirs
+# (Telegram's private chats, a web chat visitor's).
 _OWN_CHATS = (
     sa.select(_c.id)
-    .where(_c.id.in_(_WROTE_IN), _c.shared == sa.false())
+    .where(sa.or_(_c.id.in_(_WROTE_IN), sa.and_(
+        _c.platform == _param("platform"), _c.chat_id == _param("external_id"))))
+    .where(_c.shared == sa.false())
     .where(~sa.exists().where(
         _other.c.conversation_id == _c.id,
         _other.c.role == _literal(Role.USER.value),
