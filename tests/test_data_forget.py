@@ -273,23 +273,32 @@ def test_a_missing_argument_is_status_2_and_a_database_that_does_not_answer_stat
         assert out == "" and err.startswith("parley: error: ") and err.count("\n") == 1, err
 
 
+async def refused_beside_a_worker(
+    worker_url: str, operator_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The forget, run on `operator_url` while a worker has `worker_url` (the same file named
+    otherwise) open, refuses: one line, exit 3."""
+    env = {"PARLEY_DATABASE__URL": operator_url, "PARLEY_DATABASE__AUTO_MIGRATE": "true"}
+    for name, value in parley_env(tmp_path, env).items():
+        monkeypatch.setenv(name, value)
+    assert await asyncio.to_thread(main, ["db", "upgrade"]) == 0
+    capsys.readouterr()
+    async with worker(worker_url, None, "") as w:
+        await w.manager.handle(said(PRIVATE, ADA, f"my key is {SECRET}", "p1"))
+        status = await asyncio.to_thread(main, [*FORGET, "--yes"])
+        out, err = capsys.readouterr()
+        assert status == 3 and out == "" and "stop it" in err, out + err
+
+
 async def test_a_worker_on_an_sqlite_uri_url_is_seen_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An SQLite file named by a URI (`file:PATH?uri=true`, docs/database.md) is the same
     file: a worker on it holds the lock, and the command refuses while it runs."""
-    url = f"sqlite+aiosqlite:///file:{tmp_path}/parley.db?uri=true"
-    env = {"PARLEY_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path}/parley.db",
-           "PARLEY_DATABASE__AUTO_MIGRATE": "true"}  # fmt: skip
-    for name, value in parley_env(tmp_path, env).items():
-        monkeypatch.setenv(name, value)
-    assert await asyncio.to_thread(main, ["db", "upgrade"]) == 0
-    capsys.readouterr()
-    async with worker(url, None, "") as w:
-        await w.manager.handle(said(PRIVATE, ADA, f"my key is {SECRET}", "p1"))
-        status = await asyncio.to_thread(main, [*FORGET, "--yes"])
-        out, err = capsys.readouterr()
-        assert status == 3 and out == "" and "stop it" in err, out + err
+    uri = f"sqlite+aiosqlite:///file:{tmp_path}/parley.db?uri=true"
+    path = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    await refused_beside_a_worker(uri, path, tmp_path, monkeypatch, capsys)
     assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 0  # once it stopped
     assert capsys.readouterr().out.startswith("messages: 2 deleted")
 
@@ -483,17 +492,9 @@ async def test_a_worker_on_a_link_to_the_file_is_seen_too(
     (tmp_path / "data").mkdir()
     real = tmp_path / "data" / "parley.db"
     (tmp_path / "parley.db").symlink_to(real)
-    env = {"PARLEY_DATABASE__URL": f"sqlite+aiosqlite:///{real}",
-           "PARLEY_DATABASE__AUTO_MIGRATE": "true"}  # fmt: skip
-    for name, value in parley_env(tmp_path, env).items():
-        monkeypatch.setenv(name, value)
-    assert await asyncio.to_thread(main, ["db", "upgrade"]) == 0
-    capsys.readouterr()
-    async with worker(f"sqlite+aiosqlite:///{tmp_path}/parley.db", None, "") as w:
-        await w.manager.handle(said(PRIVATE, ADA, f"my key is {SECRET}", "p1"))
-        status = await asyncio.to_thread(main, [*FORGET, "--yes"])
-        out, err = capsys.readouterr()
-        assert status == 3 and out == "" and "stop it" in err, out + err
+    link = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+    await refused_beside_a_worker(link, f"sqlite+aiosqlite:///{real}", tmp_path, monkeypatch,
+                                  capsys)  # fmt: skip
 
 
 def test_a_support_visitor_forgotten_by_the_operator_leaves_no_event_log(
