@@ -17,6 +17,8 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import make_url
+
 from bot.budget import SUPPORT_PLATFORM, subjects_of
 from bot.budget_counters import KEEP_S
 from bot.errors import StorageError
@@ -24,7 +26,7 @@ from bot.settings import Settings
 from bot.storage import keys
 from bot.storage.base import Forgotten
 from bot.storage.cache import RedisCache, build_cache
-from bot.storage.database import create_engine, lock_sqlite_file
+from bot.storage.database import create_engine, lock_sqlite_file, sqlite_file
 from bot.storage.migrate import ensure_schema
 from bot.storage.redis_client import client_for
 from bot.storage.sql_store import SqlStore
@@ -67,6 +69,11 @@ def _user_id(value: str) -> str:
 async def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
     db = settings.database
     url = db.url.get_secret_value()
+    parsed = make_url(url)
+    path = sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
+    if path is not None and not path.exists():
+        # Not made: a typo would otherwise give an empty database and "nothing to forget".
+        raise StorageError(f"data forget: there is no database at {path} (database.url)")
     await ensure_schema(url, db.auto_migrate, timeout_s=db.timeout_s)
     lock = None
     if args.yes:

@@ -561,3 +561,18 @@ def test_her_private_chat_goes_even_with_no_message_of_hers_left(
     assert leaks(rows) == []
     assert rows["chat_prefs"] == []
     assert [r for r in rows["conversations"] if "'678'" in r]  # Bob's stays
+
+
+def test_a_database_file_that_is_not_there_is_said_not_made(
+    operator_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A typo in the SQLite path made a new, empty database and said "nothing to forget"
+    (exit 0): the operator would take the user for forgotten. One line, exit 3, no file."""
+    missing = tmp_path / "typo" / "parley.db"
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{missing}")
+    for argv in (FORGET, [*FORGET, "--yes"]):
+        assert main(argv) == 3
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and str(missing) in err, out + err
+    assert not missing.exists() and not missing.parent.exists()
