@@ -212,6 +212,7 @@ COMMITTED = {
     "0018_message_age_index.py": "67c90529c1f3b0d3",
     "0019_shared_conversations.py": "e0c872b49a699cfc",
     "0020_handoff_request_claim.py": "0f9dd87f0b3dc6ad",
+    "0021_message_edited_at.py": "2af1f159b5ada85a",
 }
 
 

@@ -508,9 +508,11 @@ class DiscordAdapter:
         try:
             if payload.data.get("edited_timestamp") is None:
                 return
-            action = as_edit(translate(payload.message, self.me))
+            action = as_edit(translate(payload.message, self.me), payload.message.edited_at)
             if isinstance(action, Edit):
-                await self._intake.edit(action.incoming, observed=action.observed)
+                await self._intake.edit(
+                    action.incoming, observed=action.observed, edited_at=action.edited_at
+                )
         except Exception:  # one bad event must not end the handling of others
             log.exception("message %s: edit not recorded", payload.message_id)
         finally:

@@ -5,6 +5,7 @@ Telegram's AnswerCallback) and forms its own `Action` union."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from bot.types import Incoming
 
@@ -42,18 +43,21 @@ class Edit:
     """A message its sender edited: `incoming` carries the new text under the original's
     key, which replaces the recorded text (bot.conversation: Intake.edit). Never answered
     again. `observed`: the message is not for the bot (a group's chatter, kept where the
-    chat opted in)."""
+    chat opted in). `edited_at`: when, by the platform's clock (an older edit handled after
+    a newer one changes nothing)."""
 
     incoming: Incoming
     observed: bool = False
+    edited_at: datetime | None = None
 
 
-def as_edit(action: object) -> Edit | Ignore:
+def as_edit(action: object, edited_at: datetime | None = None) -> Edit | Ignore:
     """What an edit is, from the action its message's new content translates to: a text for
     the bot or a group's chatter replaces the recorded text; anything else (a document's
-    caption, a notice for media, a message from a bot) is ignored."""
+    caption, a notice for media, a message from a bot) is ignored. `edited_at`: the
+    platform's time of the edit."""
     if isinstance(action, Submit):
-        return Edit(action.incoming)
+        return Edit(action.incoming, edited_at=edited_at)
     if isinstance(action, Observe):
-        return Edit(action.incoming, observed=True)
+        return Edit(action.incoming, observed=True, edited_at=edited_at)
     return Ignore("edit of a message that is not a text")

@@ -297,7 +297,9 @@ class TelegramAdapter:
         elif isinstance(action, Observe):
             await self._intake.observe(action.incoming)
         elif isinstance(action, Edit):
-            await self._intake.edit(action.incoming, observed=action.observed)
+            await self._intake.edit(
+                action.incoming, observed=action.observed, edited_at=action.edited_at
+            )
         elif isinstance(action, Fetch):
             await self._intake.submit_document(action.incoming, self._document(action))
         elif isinstance(action, Notice):

@@ -79,7 +79,8 @@ def translate(update: Update, me: BotIdentity) -> Action:
     if update.channel_post is not None or update.edited_channel_post is not None:
         return Ignore("channel post")
     if update.edited_message is not None:
-        return as_edit(_for_message(update.edited_message, me))
+        edited = update.edited_message
+        return as_edit(_for_message(edited, me), edited.edit_date)
     if update.message is None:
         return Ignore("update type not handled")
     message = update.message

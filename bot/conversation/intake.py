@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import Any
 
 from bot import phrases
@@ -110,13 +111,15 @@ class Intake:
         """A chat with a new id on its platform: see ConversationManager.move_chat."""
         await self._manager.move_chat(platform, old_chat_id, new_chat_id)
 
-    async def edit(self, incoming: Incoming, *, observed: bool = False) -> bool:
+    async def edit(
+        self, incoming: Incoming, *, observed: bool = False, edited_at: datetime | None = None
+    ) -> bool:
         """A message its sender edited (`incoming`: the new text, the original's key): see
         ConversationManager.edit. Nothing for a sender not allowed (never recorded), and
         no notice: an edit is never answered."""
         if not is_allowed(self._door(incoming).access, incoming):
             return False
-        return await self._manager.edit(incoming, observed=observed)
+        return await self._manager.edit(incoming, observed=observed, edited_at=edited_at)
 
     async def mark_deleted(self, idempotency_key: str) -> None:
         """A message deleted on the platform, before anything looks for it: see

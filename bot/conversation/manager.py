@@ -43,6 +43,7 @@ import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from backends.base import Backend, GenerationRequest, estimate_tokens
@@ -132,6 +133,8 @@ BUSY_RETRY_S = 1.0
 # takes to be recorded, also one retried through a database outage or taken over by another
 # worker after a crash.
 DELETION_MARK_TTL_S = 86_400.0
+
+
 # A /stop that reached a worker where its conversation's turn does not run leaves a mark in
 # the shared cache (Redis) for this long; the turn, wherever it runs, looks for one this often.
 STOP_MARK_TTL_S = 60.0
@@ -347,7 +350,9 @@ class ConversationManager:
             self._schedule(_Work(recorded.conversation_id, incoming.key))
         return recorded
 
-    async def edit(self, incoming: Incoming, *, observed: bool = False) -> bool:
+    async def edit(
+        self, incoming: Incoming, *, observed: bool = False, edited_at: datetime | None = None
+    ) -> bool:
         """A message its sender edited: `incoming` carries the new text, under the original
         message's idempotency key. Its recorded text is replaced (`Store.edit`), never
         answered again: a message still pending is answered once, with the new text (its
@@ -356,13 +361,19 @@ class ConversationManager:
         context. An edit over the size limit, or into a command (never run from an edit), is
         recorded as the stub a new message over the limit gets. `observed`: a group message
         not for the bot (kept where the chat opted in; counted by estimate, and not marked).
-        True when a recorded message took the new text.
+        `edited_at`: the edit's time by the platform's clock: an edit older than the one the
+        message (or the mark) holds changes nothing, whichever is handled last (two workers,
+        an update delivered late). True when a recorded message took the new text.
 
         Marked first (for DELETION_MARK_TTL_S), as a deletion is, where the platform's sink
         reads the marks (`TellsEdits`): a message recorded after this looked takes the edit
         as it is recorded (`_edited_before_recorded`). The mark holds the new text: it is
         removed once a recorded message took it."""
         incoming = storable_incoming(incoming)
+        if edited_at is not None:  # one clock: SQL's, the mark's
+            edited_at = (
+                edited_at.astimezone(UTC) if edited_at.tzinfo else edited_at.replace(tzinfo=UTC)
+            )
         text = incoming.text
         limit = self._settings.max_message_chars
         if len(text) > limit:
@@ -381,27 +392,42 @@ class ConversationManager:
             text = not_kept(f"{len(incoming.text)} characters", "over the rate limit")
             estimate = True
         marked = not observed and self._marks_edits(incoming)
-        if marked:
-            await self._deletions.set(keys.edited(key), text.encode(), DELETION_MARK_TTL_S)
-        replaced = await self._replace_text(key, text, estimate=estimate)
+        if marked and await self._newest_mark(key, edited_at):
+            mark = _edit_mark(text, edited_at)
+            await self._deletions.set(keys.edited(key), mark, DELETION_MARK_TTL_S)
+        replaced = await self._replace_text(key, text, estimate=estimate, edited_at=edited_at)
         if marked and not replaced and await self._store.recorded([key]):
             # Recorded already, with this text (a repeated event, an edit of the formatting
-            # only) or as what is not edited (a command, a stub): the mark would wait for a
-            # record that never comes, the text in the cache for a day. Looked at again, as
-            # the message may have been recorded since the first look, before the mark.
-            replaced = await self._replace_text(key, text, estimate=estimate)
+            # only), as what is not edited (a command, a stub), or with a newer edit: the
+            # mark would wait for a record that never comes, the text in the cache for a
+            # day. Looked at again, as the message may have been recorded since the first
+            # look, before the mark.
+            replaced = await self._replace_text(key, text, estimate=estimate, edited_at=edited_at)
             await self._deletions.delete(keys.edited(key))
         elif marked and replaced:  # the message has it: the text is not kept in the cache
             await self._deletions.delete(keys.edited(key))
         return replaced
 
-    async def _replace_text(self, idempotency_key: str, text: str, *, estimate: bool) -> bool:
+    async def _replace_text(
+        self, idempotency_key: str, text: str, *, estimate: bool, edited_at: datetime | None
+    ) -> bool:
         tokens = estimate_tokens(text) if estimate else await self._count(text)
-        conversation_id = await self._store.edit(idempotency_key, text, tokens)
+        conversation_id = await self._store.edit(idempotency_key, text, tokens, edited_at)
         if conversation_id is None:
             return False
         await self._forget_window(conversation_id)
         return True
+
+    async def _newest_mark(self, idempotency_key: str, edited_at: datetime | None) -> bool:
+        """Whether an edit at `edited_at` is to be marked: no mark is there yet from a newer
+        edit (an older edit handled last leaves the newer one's mark)."""
+        if edited_at is None:
+            return True
+        value = await self._deletions.get(keys.edited(idempotency_key))
+        if value is None:
+            return True
+        marked_at = _read_edit_mark(value)[1]
+        return marked_at is None or marked_at <= edited_at
 
     def _marks_edits(self, incoming: Incoming) -> bool:
         sink = self._sinks.get(incoming.key.platform)
@@ -414,10 +440,13 @@ class ConversationManager:
         if not self._marks_edits(incoming):
             return
         mark = keys.edited(incoming.idempotency_key)
-        text = await self._deletions.get(mark)
-        if text is None:
+        value = await self._deletions.get(mark)
+        if value is None:
             return
-        if await self._replace_text(incoming.idempotency_key, text.decode(), estimate=False):
+        text, edited_at = _read_edit_mark(value)
+        if await self._replace_text(
+            incoming.idempotency_key, text, estimate=False, edited_at=edited_at
+        ):
             log.info("%s: a message edited before it was recorded took its edit", incoming.key)
         await self._deletions.delete(mark)  # recorded: no later record looks for it
 
@@ -1579,3 +1608,20 @@ def _delivery_failed(key: ConversationKey, exc: Exception) -> None:
         )
     else:
         log.exception("conversation %s: the platform failed while delivering", key)
+
+
+# An edit's mark: "\0", the edit's time (ISO 8601), a newline, then the edited text. A text
+# never starts with NUL (made storable first): a mark without it (written before the time
+# was kept) is the text alone.
+def _edit_mark(text: str, edited_at: datetime | None) -> bytes:
+    if edited_at is None:
+        return text.encode()
+    return f"\0{edited_at.isoformat()}\n{text}".encode()
+
+
+def _read_edit_mark(value: bytes) -> tuple[str, datetime | None]:
+    decoded = value.decode()
+    if not decoded.startswith("\0"):
+        return decoded, None
+    moment, _, text = decoded[1:].partition("\n")
+    return text, datetime.fromisoformat(moment)

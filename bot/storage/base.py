@@ -423,12 +423,17 @@ class Store(Protocol):
         True when a pending message was withdrawn."""
         ...
 
-    async def edit(self, idempotency_key: str, text: str, token_count: int) -> int | None:
+    async def edit(
+        self, idempotency_key: str, text: str, token_count: int, edited_at: datetime | None = None
+    ) -> int | None:
         """A message its sender edited (a chat message, or a kept group message): its text
         replaced by `text`, pending or answered, and as `redact` does, the count of
         redactions raised and a summary it was folded into dropped, in the same transaction.
-        The id of its conversation; None when no such message is recorded with another
-        text (a command, a stub, a message deleted or withdrawn, the same text)."""
+        `edited_at`: the edit's time by the platform's clock, kept with the message; an edit
+        older than the one the message holds changes nothing (None: not known, taken as the
+        newest, and the time kept stays). The id of its conversation; None when no such
+        message is recorded with another text (a command, a stub, a message deleted or
+        withdrawn, the same text) or with a newer edit."""
         ...
 
     async def redact(self, idempotency_key: str) -> int | None:

@@ -167,6 +167,9 @@ class MessageRow(Base):
     # The platform's id of an inbound message (Telegram's message_id): replies thread to it.
     platform_message_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = _created_at()
+    # When its sender last edited it, by the platform's clock (migration 0021): an older edit
+    # handled after a newer one never replaces the newer text. NULL: never edited.
+    edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class KbDocumentRow(Base):

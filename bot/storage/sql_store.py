@@ -602,18 +602,29 @@ class SqlStore:
     async def redact(self, idempotency_key: str) -> int | None:
         return await self._replace_text(_REDACT, {"key": idempotency_key})
 
-    async def edit(self, idempotency_key: str, text: str, token_count: int) -> int | None:
-        params = {"key": idempotency_key, "text": text, "tokens": token_count}
-        return await self._replace_text(_EDIT, params)
+    async def edit(
+        self, idempotency_key: str, text: str, token_count: int, edited_at: datetime | None = None
+    ) -> int | None:
+        at = _as_utc(edited_at) if edited_at is not None else None
+        params = {"key": idempotency_key, "text": text, "tokens": token_count, "at": at}
+        # An edit to the text the message holds changes nothing but its time: an edit older
+        # than it, handled after, must not replace that text either.
+        unchanged = _EDIT_TIME if at is not None else None
+        return await self._replace_text(_EDIT, params, unchanged=unchanged)
 
-    async def _replace_text(self, statement: Any, params: dict[str, Any]) -> int | None:
+    async def _replace_text(
+        self, statement: Any, params: dict[str, Any], *, unchanged: Any = None
+    ) -> int | None:
         """A recorded message's text replaced (`statement`, which returns its conversation,
         id and kind): the count of redactions raised, and a summary it was folded into
-        dropped, in the same transaction."""
+        dropped, in the same transaction. `unchanged`: run, with the same parameters, where
+        `statement` replaced nothing."""
 
         def run(q: Queries) -> int | None:
             rows = q.rows(statement, params)
             if not rows:
+                if unchanged is not None:
+                    q.rowcount(unchanged, params)
                 return None
             conversation_id, message_id, kind = int(rows[0][0]), int(rows[0][1]), rows[0][2]
             # In the same transaction as the text: a window whose count is SQL's was read
@@ -1502,7 +1513,11 @@ _REDACT = (
 # A message its sender edited (the user's own text: a chat message or a kept group message),
 # found by its idempotency key: its text replaced, pending or answered, as a redaction
 # replaces it. Not a withdrawn or deleted one, nor a stub (a command, a message over the rate
-# limit are other kinds), nor when the text is the same (a repeated edit event).
+# limit are other kinds), nor when the text is the same (a repeated edit event), nor by an
+# edit older than the one it holds (two edits handled out of order: the platform's edit times
+# say which is newer; at the same time, the one handled last wins). An edit without a time
+# (`at` NULL: a mark left before migration 0021) is taken as the newest.
+_EDITED_AT = _param("at", sa.DateTime(timezone=True))
 _EDIT = (
     sa.update(_m)
     .where(
@@ -1511,9 +1526,25 @@ _EDIT = (
         _m.kind.in_([MessageKind.CHAT.value, MessageKind.OBSERVED.value]),
         _m.content != DELETED_STUB,
         _m.content != _param("text"),
+        sa.or_(_EDITED_AT.is_(None), _m.edited_at.is_(None), _m.edited_at <= _EDITED_AT),
     )
-    .values(content=_param("text"), token_count=_param("tokens"))
+    .values(
+        content=_param("text"),
+        token_count=_param("tokens"),
+        edited_at=sa.func.coalesce(_EDITED_AT, _m.edited_at),
+    )
     .returning(_m.conversation_id, _m.id, _m.kind)
+)
+# An edit to the text a message holds already: only its time kept, where newer.
+_EDIT_TIME = (
+    sa.update(_m)
+    .where(
+        _m.idempotency_key == _param("key"),
+        _m.role == _literal(_USER),
+        _m.content == _param("text"),
+        sa.or_(_m.edited_at.is_(None), _m.edited_at < _EDITED_AT),
+    )
+    .values(edited_at=_EDITED_AT)
 )
 # A cached window built before a redaction is stale by this count (ConversationState).
 _COUNT_REDACTION = sa.update(_c).where(_c.id == _param("cid")).values(redactions=_c.redactions + 1)
