@@ -511,7 +511,10 @@ class DiscordAdapter:
             action = as_edit(translate(payload.message, self.me), payload.message.edited_at)
             if isinstance(action, Edit):
                 await self._intake.edit(
-                    action.incoming, observed=action.observed, edited_at=action.edited_at
+                    action.incoming,
+                    observed=action.observed,
+                    edited_at=action.edited_at,
+                    document=action.document,
                 )
         except Exception:  # one bad event must not end the handling of others
             log.exception("message %s: edit not recorded", payload.message_id)

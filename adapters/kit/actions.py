@@ -44,11 +44,14 @@ class Edit:
     key, which replaces the recorded text (bot.conversation: Intake.edit). Never answered
     again. `observed`: the message is not for the bot (a group's chatter, kept where the
     chat opted in). `edited_at`: when, by the platform's clock (an older edit handled after
-    a newer one changes nothing)."""
+    a newer one changes nothing). `document`: the name of the document the message carries,
+    whose caption (`incoming.text`) is its question: the question changes, the document's
+    text stays."""
 
     incoming: Incoming
     observed: bool = False
     edited_at: datetime | None = None
+    document: str = ""
 
 
 def as_edit(action: object, edited_at: datetime | None = None) -> Edit | Ignore:

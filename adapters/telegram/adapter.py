@@ -298,7 +298,10 @@ class TelegramAdapter:
             await self._intake.observe(action.incoming)
         elif isinstance(action, Edit):
             await self._intake.edit(
-                action.incoming, observed=action.observed, edited_at=action.edited_at
+                action.incoming,
+                observed=action.observed,
+                edited_at=action.edited_at,
+                document=action.document,
             )
         elif isinstance(action, Fetch):
             await self._intake.submit_document(action.incoming, self._document(action))

@@ -10,8 +10,9 @@ document for the bot          -> Fetch (the core checks it, then the adapter dow
 photo, voice, sticker, ...    -> Notice (one sentence on what the bot can read)
 edited message                -> Edit: its new text replaces the recorded one (a pending
                                  message is answered once, with it); never answered again,
-                                 which would put a second answer under one question. An
-                                 edited caption, media, a bot's message: Ignore
+                                 which would put a second answer under one question. A
+                                 document's edited caption: Edit of its question (the
+                                 document's text stays). Media, a bot's message: Ignore
 channel post                  -> Ignore: Parley converses, it does not post in channels
                                  (a post a linked channel forwards to its discussion group
                                  is chatter there, even when it mentions the bot)
@@ -79,8 +80,7 @@ def translate(update: Update, me: BotIdentity) -> Action:
     if update.channel_post is not None or update.edited_channel_post is not None:
         return Ignore("channel post")
     if update.edited_message is not None:
-        edited = update.edited_message
-        return as_edit(_for_message(edited, me), edited.edit_date)
+        return _edit(update.edited_message, me)
     if update.message is None:
         return Ignore("update type not handled")
     message = update.message
@@ -89,6 +89,19 @@ def translate(update: Update, me: BotIdentity) -> Action:
     if message.migrate_from_chat_id is not None:
         return Moved(message.migrate_from_chat_id, message.chat.id)
     return _for_message(message, me)
+
+
+def _edit(message: Message, me: BotIdentity) -> Action:
+    """An edited message: its new text, or a document's new caption, which is the question
+    about the document (`Edit.document`), whether or not it still addresses the bot (the
+    document's text stays with the message as it was recorded)."""
+    action = _for_message(message, me)
+    doc = message.document
+    if doc is not None and isinstance(action, Fetch | Observe):
+        name = doc.file_name or "document"
+        observed = isinstance(action, Observe)
+        return Edit(action.incoming, observed=observed, edited_at=message.edit_date, document=name)
+    return as_edit(action, message.edit_date)
 
 
 def _for_message(message: Message, me: BotIdentity) -> Action:

@@ -37,7 +37,7 @@ from bot.storage.base import Cache, Recorded
 from bot.text.quoting import fenced_document
 from bot.types import Incoming
 
-from .manager import ConversationManager, not_kept, sender_key
+from .manager import ConversationManager, document_question, not_kept, sender_key
 from .sink import Platform, once
 
 log = logging.getLogger(__name__)
@@ -112,14 +112,21 @@ class Intake:
         await self._manager.move_chat(platform, old_chat_id, new_chat_id)
 
     async def edit(
-        self, incoming: Incoming, *, observed: bool = False, edited_at: datetime | None = None
+        self,
+        incoming: Incoming,
+        *,
+        observed: bool = False,
+        edited_at: datetime | None = None,
+        document: str = "",
     ) -> bool:
         """A message its sender edited (`incoming`: the new text, the original's key): see
         ConversationManager.edit. Nothing for a sender not allowed (never recorded), and
         no notice: an edit is never answered."""
         if not is_allowed(self._door(incoming).access, incoming):
             return False
-        return await self._manager.edit(incoming, observed=observed, edited_at=edited_at)
+        return await self._manager.edit(
+            incoming, observed=observed, edited_at=edited_at, document=document
+        )
 
     async def mark_deleted(self, idempotency_key: str) -> None:
         """A message deleted on the platform, before anything looks for it: see
@@ -170,7 +177,7 @@ class Intake:
             if not quiet:
                 self.notify(incoming, exc.sentence, **exc.fields)
             return None
-        asked = incoming.text.strip() or f"Please summarize this document ({source.name})."
+        asked = document_question(incoming.text, source.name)
         # The document is data, never the user's words: its text travels fenced after the
         # caption (a chat turn's prompt quotes it; a skill takes the fenced block as its
         # material without the fence: bot.text.quoting.unfenced).

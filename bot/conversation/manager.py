@@ -84,6 +84,7 @@ from bot.storage.base import (
     TurnLease,
 )
 from bot.storage.cache import MemoryCache
+from bot.text.quoting import split_fenced
 from bot.text.storable import storable_incoming
 from bot.types import ConversationKey, Incoming, Role, User
 
@@ -351,7 +352,12 @@ class ConversationManager:
         return recorded
 
     async def edit(
-        self, incoming: Incoming, *, observed: bool = False, edited_at: datetime | None = None
+        self,
+        incoming: Incoming,
+        *,
+        observed: bool = False,
+        edited_at: datetime | None = None,
+        document: str = "",
     ) -> bool:
         """A message its sender edited: `incoming` carries the new text, under the original
         message's idempotency key. Its recorded text is replaced (`Store.edit`), never
@@ -363,7 +369,11 @@ class ConversationManager:
         not for the bot (kept where the chat opted in; counted by estimate, and not marked).
         `edited_at`: the edit's time by the platform's clock: an edit older than the one the
         message (or the mark) holds changes nothing, whichever is handled last (two workers,
-        an update delivered late). True when a recorded message took the new text.
+        an update delivered late). `document`: the name of the document the message carries,
+        whose caption (`incoming.text`) was edited: the caption is the question about the
+        document, which replaces the question the message was recorded with (its default
+        where the caption is gone, as when first sent: `document_question`); the document's
+        text, fenced after it, stays. True when a recorded message took the new text.
 
         Marked first (for DELETION_MARK_TTL_S), as a deletion is, where the platform's sink
         reads the marks (`TellsEdits`): a message recorded after this looked takes the edit
@@ -374,12 +384,16 @@ class ConversationManager:
             edited_at = (
                 edited_at.astimezone(UTC) if edited_at.tzinfo else edited_at.replace(tzinfo=UTC)
             )
-        text = incoming.text
-        limit = self._settings.max_message_chars
+        text = document_question(incoming.text, document) if document else incoming.text
+        # Only the question, where it is a document's: its text follows, fenced, as recorded.
+        question_only = bool(document)
+        limit = self._settings.max_message_chars  # a document's caption has the same cap
         if len(text) > limit:
             text = not_kept(f"{len(text)} characters", f"over the size limit of {limit}")
+            question_only = False
         elif parse_command(text) is not None:
             text = not_kept(f"{len(text)} characters", "edited into a command")
+            question_only = False
         key = incoming.idempotency_key
         estimate = observed
         # Edits have a limit of their own, as many as messages (a repeated event counted
@@ -391,22 +405,48 @@ class ConversationManager:
         if await self._over_limit(edits, f"{key}:{digest}"):
             text = not_kept(f"{len(incoming.text)} characters", "over the rate limit")
             estimate = True
+            question_only = False
         marked = not observed and self._marks_edits(incoming)
         if marked and await self._newest_mark(key, edited_at):
-            mark = _edit_mark(text, edited_at)
+            mark = _edit_mark(text, edited_at, question_only=question_only)
             await self._deletions.set(keys.edited(key), mark, DELETION_MARK_TTL_S)
-        replaced = await self._replace_text(key, text, estimate=estimate, edited_at=edited_at)
+        edit = functools.partial(
+            self._apply_edit, key, text, question_only=question_only, estimate=estimate,
+            edited_at=edited_at,
+        )  # fmt: skip
+        replaced = await edit()
         if marked and not replaced and await self._store.recorded([key]):
             # Recorded already, with this text (a repeated event, an edit of the formatting
             # only), as what is not edited (a command, a stub), or with a newer edit: the
             # mark would wait for a record that never comes, the text in the cache for a
             # day. Looked at again, as the message may have been recorded since the first
             # look, before the mark.
-            replaced = await self._replace_text(key, text, estimate=estimate, edited_at=edited_at)
+            replaced = await edit()
             await self._deletions.delete(keys.edited(key))
         elif marked and replaced:  # the message has it: the text is not kept in the cache
             await self._deletions.delete(keys.edited(key))
         return replaced
+
+    async def _apply_edit(
+        self,
+        idempotency_key: str,
+        text: str,
+        *,
+        question_only: bool,
+        estimate: bool,
+        edited_at: datetime | None,
+    ) -> bool:
+        """`text` into the recorded message; `question_only`: a document's new question, put
+        before the document's text the message holds (a message without one, kept chatter
+        of a group, takes it whole). Nothing where no message is recorded: a document's
+        question alone must never take the place of its text."""
+        if question_only:
+            stored = await self._store.message_by_key(idempotency_key)
+            if stored is None:
+                return False
+            text = with_document_of(stored.content, text)
+        return await self._replace_text(idempotency_key, text, estimate=estimate,
+                                        edited_at=edited_at)  # fmt: skip
 
     async def _replace_text(
         self, idempotency_key: str, text: str, *, estimate: bool, edited_at: datetime | None
@@ -443,7 +483,9 @@ class ConversationManager:
         value = await self._deletions.get(mark)
         if value is None:
             return
-        text, edited_at = _read_edit_mark(value)
+        text, edited_at, question_only = _read_edit_mark(value)
+        if question_only:  # the document's text is the one just recorded
+            text = with_document_of(incoming.text, text)
         if await self._replace_text(
             incoming.idempotency_key, text, estimate=False, edited_at=edited_at
         ):
@@ -1610,18 +1652,35 @@ def _delivery_failed(key: ConversationKey, exc: Exception) -> None:
         log.exception("conversation %s: the platform failed while delivering", key)
 
 
-# An edit's mark: "\0", the edit's time (ISO 8601), a newline, then the edited text. A text
-# never starts with NUL (made storable first): a mark without it (written before the time
-# was kept) is the text alone.
-def _edit_mark(text: str, edited_at: datetime | None) -> bytes:
-    if edited_at is None:
-        return text.encode()
-    return f"\0{edited_at.isoformat()}\n{text}".encode()
+def document_question(caption: str, name: str) -> str:
+    """What a document's message asks (its text follows, fenced): the caption, or where there
+    is none, a summary of the document."""
+    return caption.strip() or f"Please summarize this document ({name})."
 
 
-def _read_edit_mark(value: bytes) -> tuple[str, datetime | None]:
+def with_document_of(recorded: str, question: str) -> str:
+    """`question` in place of the one before the document's text in `recorded` (a document's
+    message: bot.conversation.intake); `question` alone where `recorded` holds none."""
+    parts = split_fenced(recorded)
+    return question if parts is None else f"{question}\n\n{parts[1]}"
+
+
+# An edit's mark: "\0", "Q" where it is a document's question only (else "T"), the edit's
+# time (ISO 8601, or nothing), a newline, then the edited text. A text never starts with NUL
+# (made storable first): a mark without it (written before the time was kept) is the text.
+def _edit_mark(text: str, edited_at: datetime | None, *, question_only: bool = False) -> bytes:
+    moment = edited_at.isoformat() if edited_at is not None else ""
+    return f"\0{'Q' if question_only else 'T'}{moment}\n{text}".encode()
+
+
+def _read_edit_mark(value: bytes) -> tuple[str, datetime | None, bool]:
+    """(the text, the edit's time, whether the text is a document's question only)."""
     decoded = value.decode()
     if not decoded.startswith("\0"):
-        return decoded, None
-    moment, _, text = decoded[1:].partition("\n")
-    return text, datetime.fromisoformat(moment)
+        return decoded, None, False
+    head, _, text = decoded[1:].partition("\n")
+    try:
+        moment = datetime.fromisoformat(head[1:]) if head[1:] else None
+    except ValueError:  # not a time this code wrote: the edit is taken as the newest
+        moment = None
+    return text, moment, head[:1] == "Q"

@@ -1,0 +1,127 @@
+"""An edited document caption is the user's question about the document, changed: it replaces
+the question its message was recorded with, and the document's text, fenced after it, stays
+(as a captioned document is recorded when first sent: bot.conversation.intake). Before, an
+edited caption was ignored (a pending document was answered with the old question); in a
+group, an edit that took out the bot's mention replaced the whole message, the document's
+text with it, by the caption alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from telegram import Update
+
+from bot.types import ConversationKey, Role
+from tests.adapter_harness import telegram_harness
+from tests.doubles import ScriptedBackend
+from tests.telegram_updates import message, person
+from tests.test_answer_deleted_in_chat import HeldAnswer, redis  # noqa: F401 (a fixture)
+
+CHAT, GROUP, ADA = 4242, -100783, 7
+MENTION = "@parley_bot "
+NOTES = "# Notes\nThe meeting is on Monday."
+BLOCK = f"```document\n{NOTES}\n```"
+WAIT_S = 10
+DOC = {"file_id": "doc-1", "file_unique_id": "u1", "file_name": "notes.md",
+       "mime_type": "text/markdown", "file_size": len(NOTES)}  # fmt: skip
+
+
+def sent(update_id: int, chat: int, caption: str | None, **more: Any) -> dict[str, Any]:
+    body = message(chat, user_id=ADA, document=DOC, **{"from": person(ADA, "Ada")}, **more)
+    if caption is not None:
+        body["caption"] = caption
+    return {"update_id": update_id, "message": body}
+
+
+def edited(
+    update_id: int, original: dict[str, Any], caption: str, after_s: int, **more: Any
+) -> dict[str, Any]:
+    """The edited_message Telegram sends when `original`'s sender changes its caption."""
+    body = {**original["message"], "caption": caption, "edit_date": date_of(original) + after_s}
+    body.pop("caption_entities", None)
+    body.update(more)
+    return {"update_id": update_id, "edited_message": body}
+
+
+def date_of(update: dict[str, Any]) -> int:
+    return int(update["message"]["date"])
+
+
+def mention() -> dict[str, Any]:
+    return {"caption_entities": [{"type": "mention", "offset": 0, "length": len(MENTION) - 1}]}
+
+
+async def feed(adapter: Any, payload: dict[str, Any]) -> None:
+    await adapter.handle_update(Update.de_json(payload, adapter.bot))
+
+
+async def users(h: Any, key: ConversationKey) -> list[str]:
+    conversation = await h.app.store.conversation_id(key)
+    assert conversation is not None
+    assert await h.app.store.pending(conversation, 10) == []
+    return [m.content for m in await h.app.store.history(conversation, 20) if m.role is Role.USER]
+
+
+async def test_an_edited_caption_is_the_documents_new_question(
+    tmp_path: Path,
+    database_url: str,
+    redis: dict[str, Any] | None,  # noqa: F811
+) -> None:
+    backend = HeldAnswer()
+    async with telegram_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
+        h.api.files["doc-1"] = NOTES.encode()
+        entities = [{"type": "mention", "offset": 0, "length": len(MENTION) - 1}]
+        hello = message(GROUP, MENTION + "hello", user_id=ADA, entities=entities)
+        await feed(h.adapter, {"update_id": 1, "message": hello})
+        async with asyncio.timeout(WAIT_S):
+            await h.api.wait_for_messages(GROUP, 1)  # its turn runs, held
+        document = sent(2, GROUP, MENTION + "What day?", **mention())
+        await feed(h.adapter, document)  # pending behind the running turn
+        await feed(h.adapter, edited(3, document, MENTION + "Which month?", after_s=5, **mention()))
+        backend.release.set()
+        await h.idle()
+        assert len(backend.requests) == 2  # each answered once
+        assert backend.requests[1].messages[-1].content == f"Ada: Which month?\n\n{BLOCK}"
+        await feed(h.adapter, edited(4, document, MENTION, after_s=9, **mention()))  # no question
+        await h.idle()
+        assert len(backend.requests) == 2  # never answered again
+        key = ConversationKey("telegram", str(GROUP))
+        summarize = "Please summarize this document (notes.md)."
+        assert await users(h, key) == ["hello", f"{summarize}\n\n{BLOCK}"]
+
+
+async def test_a_caption_edited_before_its_document_is_recorded_is_its_question(
+    tmp_path: Path,
+    database_url: str,
+    redis: dict[str, Any] | None,  # noqa: F811
+) -> None:
+    backend = ScriptedBackend(lambda request: "Noted.")
+    async with telegram_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
+        h.api.files["doc-1"] = NOTES.encode()
+        document = sent(1, CHAT, "What day?")
+        await feed(h.adapter, edited(2, document, "Which month?", after_s=5))
+        await feed(h.adapter, document)
+        await h.idle()
+        assert len(backend.requests) == 1
+        assert backend.requests[0].messages[-1].content == f"Which month?\n\n{BLOCK}"
+        key = ConversationKey("telegram", str(CHAT))
+        assert await users(h, key) == [f"Which month?\n\n{BLOCK}"]
+
+
+async def test_a_group_caption_edited_without_the_mention_keeps_its_document(
+    tmp_path: Path, database_url: str
+) -> None:
+    backend = ScriptedBackend(lambda request: "Noted.")
+    async with telegram_harness(tmp_path, backend, database_url=database_url) as h:
+        h.api.files["doc-1"] = NOTES.encode()
+        document = sent(1, GROUP, MENTION + "what day?", **mention())
+        await feed(h.adapter, document)
+        await h.idle()
+        await feed(h.adapter, edited(2, document, "what day is it, all?", after_s=5))
+        await h.idle()
+        assert len(backend.requests) == 1
+        key = ConversationKey("telegram", str(GROUP))
+        assert await users(h, key) == [f"what day is it, all?\n\n{BLOCK}"]
