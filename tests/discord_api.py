@@ -206,6 +206,7 @@ class FakeDiscordApi:
                 WebSocketRoute("/gateway", self._gateway),
                 Route("/api/v10/oauth2/applications/@me", self._application),
                 Route(channel, self._channel, methods=["GET"]),
+                Route(channel, self._modify_channel, methods=["PATCH"]),
                 Route(f"{channel}/messages", self._send, methods=["POST"]),
                 Route(f"{channel}/messages", self._logs, methods=["GET"]),
                 Route(f"{channel}/messages/{{message:int}}", self._edit, methods=["PATCH"]),
@@ -504,6 +505,31 @@ class FakeDiscordApi:
         if channel not in self.channels:
             return JSONResponse({"message": "Unknown Channel", "code": 10003}, status_code=404)
         return JSONResponse(self.channels[channel])
+
+    async def _modify_channel(self, request: Request) -> Response:
+        """A thread renamed (Modify Channel): Discord's 100-character limit on a name is kept,
+        and the gateway announces it (THREAD_UPDATE)."""
+        channel = request.path_params["channel"]
+        body = await request.json()
+        call = Call("PATCH", request.url.path, channel, body)
+        refusal = self._check(call)
+        if refusal is not None:
+            return refusal
+        if channel not in self.channels:
+            call.status = 404
+            return JSONResponse({"message": "Unknown Channel", "code": 10003}, status_code=404)
+        name = body.get("name")
+        if name is not None and not 1 <= len(name) <= 100:
+            call.status = 400
+            invalid = {"message": "Invalid Form Body", "code": 50035}
+            return JSONResponse(invalid, status_code=400)
+        self.rename(channel, name or self.channels[channel]["name"])
+        return JSONResponse(self.channels[channel])
+
+    def rename(self, channel: int, name: str) -> None:
+        """A channel or thread given another name (by the bot, or a member: THREAD_UPDATE)."""
+        self.channels[channel] = {**self.channels[channel], "name": name}
+        self.push("THREAD_UPDATE", self.channels[channel])
 
     async def _logs(self, request: Request) -> Response:
         """Discord's order: the `limit` messages next to the cursor, newest first."""

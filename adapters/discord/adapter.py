@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 
 # Discord's JSON error code for a thread asked for on a message that has one already.
 THREAD_ALREADY_CREATED = 160004
+# How long a rename of an auto_thread after its edited question may wait for Discord (which
+# allows two renames of a channel per 10 minutes): the edit's handling is not held longer.
+RENAME_WAIT_S = 10.0
 
 # Discord's documented limits: 5 messages or edits per 5 s per channel, 50 requests a second
 # per bot overall.
@@ -510,18 +513,58 @@ class DiscordAdapter:
                 return
             action = as_edit(translate(payload.message, self.me), payload.message.edited_at)
             if isinstance(action, Edit):
-                await self._intake.edit(
+                named = await self._thread_named_after(payload.message, action)
+                replaced = await self._intake.edit(
                     action.incoming,
                     observed=action.observed,
                     edited_at=action.edited_at,
                     document=action.document,
                 )
+                if replaced and named is not None:
+                    await self._rename_thread(named, thread_name(action.incoming.text))
         except Exception:  # one bad event must not end the handling of others
             log.exception("message %s: edit not recorded", payload.message_id)
         finally:
             async with self._progress:
                 self.edits_handled += 1
                 self._progress.notify_all()
+
+    async def _thread_named_after(
+        self, message: discord.Message, edit: Edit
+    ) -> discord.Thread | None:
+        """The thread the bot opened for an auto_thread question (`message`), where it still
+        has the name the bot gave it (`thread_name` of the question as recorded, before this
+        edit): a name a member gave it is theirs. None for any other message."""
+        if edit.observed or message.channel.id not in self._settings.auto_thread:
+            return None
+        recorded = await self._store.message_by_key(edit.incoming.idempotency_key)
+        if recorded is None:
+            return None
+        thread = message.thread  # a thread from a message has the message's id
+        if thread is None:
+            try:
+                async with self.gate.slot(str(message.channel.id), group=False):
+                    found = await self.client.fetch_channel(message.id)
+            except discord.HTTPException:  # no thread (none opened: no permission)
+                return None
+            thread = found if isinstance(found, discord.Thread) else None
+        if thread is None or thread.owner_id != self.me:
+            return None
+        return thread if thread.name == thread_name(recorded.content) else None
+
+    async def _rename_thread(self, thread: discord.Thread, name: str) -> None:
+        """The thread named after the question's new text (`thread_name`: Discord's 100
+        characters). Discord lets a channel be renamed twice per 10 minutes: a rename it
+        holds back longer than RENAME_WAIT_S is given up, as is one it refuses."""
+        if thread.name == name:
+            return
+        try:
+            async with asyncio.timeout(RENAME_WAIT_S):
+                async with self.gate.slot(str(thread.id), group=False):
+                    await thread.edit(name=name)
+        except (TimeoutError, discord.HTTPException) as exc:
+            log.warning("thread %s: not renamed after its question (%s)", thread.id,
+                        type(exc).__name__)  # fmt: skip
 
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
         await self._withdraw(payload.channel_id, sorted(payload.message_ids))

@@ -1,0 +1,69 @@
+"""An auto_thread question edited by its sender renames the thread the bot opened for it, where
+the thread still has the name the bot gave it (a member's own name for it stays), within
+Discord's 100 characters. Before, the thread kept the original question as its title: one the
+sender edited a secret out of kept showing it in the channel's thread list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from tests import discord_events as ev
+from tests.adapter_harness import discord_harness
+from tests.discord_api import Call
+from tests.doubles import ScriptedBackend
+
+WAIT_S = 10
+SECRET = "hunter2-secret"
+
+
+def renames(api: Any, thread: int) -> list[Call]:
+    return [c for c in api.calls if c.method == "PATCH" and c.path.endswith(f"/channels/{thread}")]
+
+
+def edit_of(question: dict[str, Any], text: str, second: int) -> dict[str, Any]:
+    return {**question, "content": f"<@{ev.BOT_ID}> {text}",
+            "edited_timestamp": f"2026-12-01T12:00:{second:02d}.000000+00:00"}  # fmt: skip
+
+
+async def test_an_edited_question_renames_the_thread_the_bot_named_after_it(
+    tmp_path: Path,
+) -> None:
+    backend = ScriptedBackend(lambda request: "Here.")
+    async with discord_harness(tmp_path, backend, auto_thread=[ev.CHANNEL]) as h:
+        question = ev.message_create(
+            f"why is my login {SECRET} refused?", channel=ev.CHANNEL, mentions_bot=True
+        )
+        await h.deliver_event(question)
+        await h.idle()
+        thread = int(question["id"])
+        assert h.api.channels[thread]["name"] == f"why is my login {SECRET} refused?"
+        h.api.push("MESSAGE_UPDATE", edit_of(question, "why is my login refused?", 10))
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.edited(1)
+        assert h.api.channels[thread]["name"] == "why is my login refused?"
+        longer = "why is my login refused " + "again and " * 20 + "again?"
+        h.api.push("MESSAGE_UPDATE", edit_of(question, longer, 20))
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.edited(2)
+        name = h.api.channels[thread]["name"]
+        assert len(name) == 100 and name.endswith("…") and longer.startswith(name[:-1])
+        assert [c.status for c in renames(h.api, thread)] == [200, 200]
+        assert len(backend.requests) == 1  # never answered again
+
+
+async def test_a_thread_a_member_renamed_keeps_its_name(tmp_path: Path) -> None:
+    backend = ScriptedBackend(lambda request: "Here.")
+    async with discord_harness(tmp_path, backend, auto_thread=[ev.CHANNEL]) as h:
+        question = ev.message_create("how do cranes work?", channel=ev.CHANNEL, mentions_bot=True)
+        await h.deliver_event(question)
+        await h.idle()
+        thread = int(question["id"])
+        h.api.rename(thread, "Cranes")  # a member's name for it (before the edit, in order)
+        h.api.push("MESSAGE_UPDATE", edit_of(question, "how do tower cranes work?", 10))
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.edited(1)
+        assert renames(h.api, thread) == []
+        assert h.api.channels[thread]["name"] == "Cranes"
