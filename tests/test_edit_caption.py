@@ -15,7 +15,8 @@ from typing import Any
 from telegram import Update
 
 from bot.types import ConversationKey, Role
-from tests.adapter_harness import telegram_harness
+from tests import discord_events as ev
+from tests.adapter_harness import discord_harness, telegram_harness
 from tests.doubles import ScriptedBackend
 from tests.telegram_updates import message, person
 from tests.test_answer_deleted_in_chat import HeldAnswer, redis  # noqa: F401 (a fixture)
@@ -125,3 +126,39 @@ async def test_a_group_caption_edited_without_the_mention_keeps_its_document(
         assert len(backend.requests) == 1
         key = ConversationKey("telegram", str(GROUP))
         assert await users(h, key) == [f"what day is it, all?\n\n{BLOCK}"]
+
+
+def discord_document(h: Any, text: str, **more: Any) -> dict[str, Any]:
+    url = h.api.cdn_url("notes.md")
+    h.api.files["notes.md"] = NOTES.encode()
+    doc = {"id": "1", "filename": "notes.md", "size": len(NOTES),
+           "content_type": "text/markdown", "url": url, "proxy_url": url}  # fmt: skip
+    return ev.message_create(text, attachments=[doc], **more)
+
+
+async def test_a_discord_documents_edited_text_is_its_new_question(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Discord's message with a document, its text edited: the same as Telegram's caption, in
+    a direct message and in a server channel where the edit took out the mention."""
+    backend = ScriptedBackend(lambda request: "Noted.")
+    async with discord_harness(tmp_path, backend, database_url=database_url) as h:
+        direct = discord_document(h, "What day?")
+        server = discord_document(h, "what day?", channel=ev.CHANNEL, mentions_bot=True)
+        for question in (direct, server):
+            await h.deliver_event(question)
+        await h.idle()
+        at = "2026-12-01T12:00:10.000000+00:00"
+        h.api.push("MESSAGE_UPDATE", {**direct, "content": "Which month?", "edited_timestamp": at})
+        h.api.push("MESSAGE_UPDATE", {**server, "content": "which day, all?", "mentions": [],
+                                      "edited_timestamp": at})  # fmt: skip
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.edited(2)
+            await h.idle()
+        assert len(backend.requests) == 2  # never answered again
+        dm, channel = (
+            ConversationKey("discord", str(ev.DM)),
+            ConversationKey("discord", str(ev.CHANNEL)),
+        )
+        assert await users(h, dm) == [f"Which month?\n\n{BLOCK}"]
+        assert await users(h, channel) == [f"which day, all?\n\n{BLOCK}"]

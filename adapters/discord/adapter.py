@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Self
 import aiohttp
 import discord
 
-from adapters.kit.actions import Edit, Ignore, Notice, Observe, Submit, as_edit
+from adapters.kit.actions import Edit, Ignore, Notice, Observe, Submit
 from adapters.kit.away import PlatformWatch
 from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
 from bot import phrases
@@ -52,6 +52,7 @@ from .translate import (
     Action,
     Fetch,
     command_incoming,
+    edit_of,
     menu_incoming,
     message_key,
     scopes_of,
@@ -511,7 +512,7 @@ class DiscordAdapter:
         try:
             if payload.data.get("edited_timestamp") is None:
                 return
-            action = as_edit(translate(payload.message, self.me), payload.message.edited_at)
+            action = edit_of(payload.message, self.me)
             if isinstance(action, Edit):
                 named = await self._thread_named_after(payload.message, action)
                 replaced = await self._intake.edit(

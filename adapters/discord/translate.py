@@ -9,6 +9,8 @@ a text/Markdown/HTML/PDF file     -> Fetch (the core checks it, then the adapter
 image, audio, video               -> Notice (one sentence on what the bot can read)
 from a bot (ourselves included),
 a system message (pins, joins)    -> Ignore
+edited (edit_of)                  -> Edit of its text; with a document, of its question
+                                     (the document's text stays)
 
 A thread (or forum post) is a conversation of its own: its key is the thread's id, and its
 scopes are the parent channel, the category and the server, so access rules on any of them
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import discord
 
-from adapters.kit.actions import Ignore, Notice, Observe, Submit
+from adapters.kit.actions import Edit, Ignore, Notice, Observe, Submit, as_edit
 from bot import phrases
 from bot.types import ConversationKey, Incoming, User
 
@@ -69,13 +71,30 @@ def translate(message: discord.Message, me: int, *, author: Author | None = None
     return _for_content(message, text, author)
 
 
-def _for_content(message: discord.Message, text: str, author: Author | None) -> Action:
-    incoming = to_incoming(message, text, author)
-    documents = [
+def edit_of(message: discord.Message, me: int) -> Edit | Ignore:
+    """An edited message: its new text, or where it carries a document, the new question
+    about the document (`Edit.document`: the document's text stays with the message as it was
+    recorded), whether or not it still addresses the bot."""
+    action = translate(message, me)
+    documents = _documents(message)
+    if documents and isinstance(action, Fetch | Observe):
+        observed = isinstance(action, Observe)
+        name = documents[0].filename
+        return Edit(action.incoming, observed=observed, edited_at=message.edited_at, document=name)
+    return as_edit(action, message.edited_at)
+
+
+def _documents(message: discord.Message) -> list[discord.Attachment]:
+    return [
         attachment
         for attachment in message.attachments
         if not (attachment.content_type or "").startswith(_MEDIA_PREFIXES)
     ]
+
+
+def _for_content(message: discord.Message, text: str, author: Author | None) -> Action:
+    incoming = to_incoming(message, text, author)
+    documents = _documents(message)
     if documents:
         return Fetch(incoming, documents[0], tuple(d.filename for d in documents[1:]))
     if message.attachments:
