@@ -705,3 +705,32 @@ async def test_a_chat_moved_to_a_new_id_takes_its_conversation_along(
     other = await store.record_incoming(incoming("k2", key=KEY), kind=CHAT, token_count=1)
     assert await store.move_chat("console", "chat-1", "chat-2") == 0
     assert await store.conversation_id(KEY) == other.conversation_id != cid
+
+
+async def test_after_an_erase_the_same_visitor_starts_a_conversation_an_erase_finds(
+    pair: tuple[SqlStore, SqlStore],
+) -> None:
+    """DELETE /v1/visitor on one worker: every worker that remembers the conversation's and
+    the user's ids (the one that erased and another) records the visitor's next message in a
+    new conversation, not the tombstone, so that a later erase finds it; also when another
+    user was recorded since (SQLite gives a deleted row's id to the next user)."""
+    store, peer = pair
+    cid, _ = await say(store, "x-1", "secret")
+    assert await peer.conversation_id(KEY) == cid
+    await peer.record_incoming(incoming("x-2", "more"), kind=CHAT, token_count=1)
+    assert await store.erase(KEY, ALICE.user_id, []) == [cid]
+    bob = User("console", "u-2", "Bob")
+    await store.record_incoming(
+        incoming("x-0", key=ConversationKey("console", "chat-9"), user=bob),
+        kind=CHAT, token_count=1,
+    )  # fmt: skip
+    for worker, ikey in ((store, "x-3"), (peer, "x-4")):
+        again = await worker.record_incoming(incoming(ikey, "again"), kind=CHAT, token_count=1)
+        assert again.conversation_id != cid
+        found = await worker.message_by_key(ikey)
+        assert found is not None and found.user_id == ALICE.user_id
+    assert await peer.conversation_id(KEY) != cid
+    new = await store.conversation_id(KEY)
+    assert new is not None and new != cid
+    assert await store.erase(KEY, ALICE.user_id, []) == [new]
+    assert await store.message_by_key("x-3") is None and await store.message_by_key("x-4") is None

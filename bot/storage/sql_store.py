@@ -813,17 +813,28 @@ class SqlStore:
     async def erase(
         self, key: ConversationKey, user_id: str, usage: Sequence[tuple[str, str]]
     ) -> list[int]:
+        threads: list[str] = []
+
         def run(q: Queries) -> list[int]:
-            ids = [int(i) for (i,) in q.rows(sa.select(_c.id).where(
-                _c.platform == key.platform, _c.chat_id == key.chat_id))]  # fmt: skip
+            rows = q.rows(sa.select(_c.id, _c.thread_id).where(
+                _c.platform == key.platform, _c.chat_id == key.chat_id))  # fmt: skip
+            ids = [int(i) for i, _ in rows]
+            threads[:] = [str(t or "") for _, t in rows]
             _close_conversations(q, ids)
-            user = UserRow
-            q.rowcount(sa.delete(user).where(user.platform == key.platform,
-                                             user.external_id == user_id))  # fmt: skip
+            uid = _scalar(q.rows(_USER_ID, {"platform": key.platform, "external_id": user_id}))
+            if uid is not None:
+                _delete_user(q, int(uid), sqlite=not self._autocommit)
             _delete_usage(q, usage)
             return ids
 
-        return await self._run(run, write=True)
+        erased = await self._run(run, write=True)
+        # This worker's ids of them: the visitor's next message starts a new conversation (a
+        # worker that remembers them finds the user's row gone, and looks both up again).
+        for thread in threads:
+            self._conversation_ids.discard(ConversationKey(key.platform, key.chat_id, thread))
+        self._user_ids.discard((key.platform, user_id))
+        self._user_languages.discard((key.platform, user_id))
+        return erased
 
     async def forget_user(
         self, platform: str, user_id: str, usage: Sequence[tuple[str, str]], *, apply: bool
@@ -1799,6 +1810,22 @@ def _close_conversations(q: Queries, ids: Sequence[int], keep: int | None = None
     for cid in ids:
         tombstone = "erased:" + secrets.token_hex(12)
         q.rowcount(_ERASE_CONVERSATIONS.where(_c.id == cid).values(chat_id=tombstone))
+
+
+def _delete_user(q: Queries, uid: int, *, sqlite: bool) -> None:
+    """Store.erase: the user's row deleted, so that a worker that remembers its id finds it
+    gone (record_incoming's foreign key) and looks the user and the conversation up again.
+    SQLite gives a new row the largest id plus one: where the user's was the largest, a
+    placeholder row of no user holds the next one, so that theirs is never given to another
+    user (a worker that remembers it would record their messages as that user's)."""
+    q.rowcount(sa.delete(UserRow).where(UserRow.id == uid))
+    if not sqlite:
+        return
+    largest = _scalar(q.rows(sa.select(sa.func.max(UserRow.id))))
+    if largest is None or int(largest) < uid:
+        q.rowcount(sa.insert(UserRow).values(
+            id=uid + 1, platform="", external_id="erased:" + secrets.token_hex(12),
+        ))  # fmt: skip
 
 
 def _delete_usage(q: Queries, usage: Sequence[tuple[str, str]]) -> None:
