@@ -1,9 +1,13 @@
 """`parley data forget --platform P --user ID [--yes]`: an operator forgets one chat user (an
 erasure request; docs/security.md). Without `--yes` it only counts what would go.
 
-The deletions are the Store's (`forget_user`, one transaction); then every cache key of the
-conversations it changed and of the user's messages is dropped from Redis, where the workers
-share them. A worker that keeps its caches in its own memory is reached through SQL: its
+The deletions are the Store's (`forget_user`, one transaction). Every Redis key of the
+conversations it changes and of the user's messages (the workers share them there) is deleted
+before it, from a dry run's count, and again after it (a copy cached meanwhile); each DEL is
+Redis's own answer, not the cache's, which passes a failure over: a key that fails to go is one
+line, exit 3, and, before the rows went, a rerun finds everything again.
+
+A worker that keeps its caches in its own memory is reached through SQL: its
 context windows are stale by the count of redactions the forget raised (ContextLoader), and on
 PostgreSQL the user's row is gone, so a worker that remembers its id looks the user up again.
 On SQLite the user's row stays as a tombstone (ids are never given out again) and a worker
@@ -85,7 +89,13 @@ async def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
         except BlockingIOError:
             raise StorageError(RUNNING_WORKER) from None
     try:
-        forgotten = await _forget(settings, args)
+        if args.yes and _shared(settings):
+            # Their Redis keys first, found by a dry run: a key that fails to go stops the
+            # run before the rows that name the keys are deleted, so a rerun finds them again.
+            found = await _forget(settings, args, apply=False)
+            if found.users:
+                await _drop_keys(settings, args, found)
+        forgotten = await _forget(settings, args, apply=args.yes)
     finally:
         if lock is not None:
             os.close(lock)
@@ -117,13 +127,18 @@ async def _redis_answers(settings: Settings) -> None:
         await cache.aclose()
 
 
-async def _forget(settings: Settings, args: argparse.Namespace) -> Forgotten:
+def _shared(settings: Settings) -> bool:
+    """Whether the workers share a Redis (build_cache: a URL, not empty)."""
+    return bool(settings.redis.url and settings.redis.url.get_secret_value())
+
+
+async def _forget(settings: Settings, args: argparse.Namespace, *, apply: bool) -> Forgotten:
     db = settings.database
     store = SqlStore(create_engine(db.url.get_secret_value(), echo=db.echo, pool_size=1))
     usage = [(s.scope, s.name) for s in _subjects(args) if s.scope == "user"]
     try:
         await store.ping()  # a database that does not answer: one line, exit 3
-        return await store.forget_user(args.platform, args.user, usage, apply=args.yes)
+        return await store.forget_user(args.platform, args.user, usage, apply=apply)
     finally:
         await store.aclose()
 
@@ -138,30 +153,48 @@ def _sender(args: argparse.Namespace) -> str:
 
 
 async def _drop_cached(settings: Settings, args: argparse.Namespace, forgotten: Forgotten) -> int:
-    cache = build_cache(settings.redis)
-    if not isinstance(cache, RedisCache):
+    if not _shared(settings):
         print("cache: none shared (no Redis); each worker notices in its next turn")
         return 0
+    # Again after the rows: a worker may have cached a copy since the first pass.
+    dropped = await _drop_keys(settings, args, forgotten)
+    print(f"cache: {dropped} keys of theirs dropped from Redis")
+    return 0
+
+
+async def _drop_keys(settings: Settings, args: argparse.Namespace, found: Forgotten) -> int:
+    """Delete every key of theirs, each asked of Redis itself: the cache's delete passes a
+    failure over (right for a turn, not for an erasure), so one that fails is StorageError
+    (one line, exit 3)."""
     sender = _sender(args)
     names = [keys.rate(sender), keys.told(sender)]
-    for cid in forgotten.conversations:
+    for cid in found.conversations:
         # A member's /stop is marked under their bare id (ConversationManager, its stop marks).
         names += [keys.window(cid), keys.chat_prefs(cid), keys.handoff(cid), keys.rate_told(cid),
                   keys.stop(cid, args.user)]  # fmt: skip
-    for key in forgotten.message_keys:
+    for key in found.message_keys:
         names += [keys.deleted(key), keys.edited(key), keys.counted(sender, key)]
     if args.platform == SUPPORT_PLATFORM:  # a web chat visitor: SITE:VISITOR, its chat too
         names.append(keys.support_visitor(args.user))
+    prefix = settings.redis.key_prefix
+    # One DEL each: in a Redis Cluster the keys lie in many slots.
+    await _delete(settings, [[keys.cached(prefix, name)] for name in names])
+    return len(names) + await _drop_redis_only(settings, args)
+
+
+async def _delete(settings: Settings, batches: list[list[str]]) -> None:
+    from redis.exceptions import RedisError
+
+    client = client_for(settings.redis)
+    if client is None:
+        return
     try:
-        await cache.ping()  # one that does not answer is said (exit 3), not passed over
-        for name in names:
-            await cache.delete(name)
-        await cache.ping()  # a delete that failed is not told apart: asked once more
+        for batch in batches:
+            await client.delete(*batch)
+    except (RedisError, OSError) as exc:
+        raise StorageError(f"Redis failed dropping their keys ({type(exc).__name__})") from exc
     finally:
-        await cache.aclose()
-    counters = await _drop_redis_only(settings, args)
-    print(f"cache: {len(names) + counters} keys of theirs dropped from Redis")
-    return 0
+        await client.aclose()
 
 
 # The days whose budget counters Redis may still keep: a counter outlives its day (in the
@@ -174,33 +207,22 @@ async def _drop_redis_only(settings: Settings, args: argparse.Namespace) -> int:
     (bot.budget_counters: their usage) and, for a web chat visitor, the event log its
     streams replay (adapters.support.events: their messages and the answers), as
     DELETE /v1/visitor drops it."""
-    from redis.exceptions import RedisError
-
-    client = client_for(settings.redis)
-    if client is None:
+    if not _shared(settings):
         return 0
     today = datetime.now(UTC).date()
     prefix = settings.redis.key_prefix
-    names = 0
-    try:
-        if args.platform == SUPPORT_PLATFORM:
-            # Two keys, two slots maybe: one DEL each.
-            for name in (keys.support_events(prefix, args.user),
-                         keys.support_answered(prefix, args.user)):  # fmt: skip
-                await client.delete(name)
-                names += 1
-        for subject in _subjects(args):
-            if subject.scope != "user":
-                continue
-            for offset in _COUNTER_DAYS:
-                day = today + timedelta(days=offset)
-                # One day's two keys share a Redis Cluster slot: one DEL each day.
-                both = [keys.budget(prefix, day, subject.scope, subject.name, part)
-                        for part in ("h", "z")]  # fmt: skip
-                await client.delete(*both)
-                names += len(both)
-    except (RedisError, OSError) as exc:
-        raise StorageError(f"Redis failed dropping their keys ({type(exc).__name__})") from exc
-    finally:
-        await client.aclose()
-    return names
+    batches: list[list[str]] = []
+    if args.platform == SUPPORT_PLATFORM:
+        # Two keys, two slots maybe: one DEL each.
+        batches += [[keys.support_events(prefix, args.user)],
+                    [keys.support_answered(prefix, args.user)]]  # fmt: skip
+    for subject in _subjects(args):
+        if subject.scope != "user":
+            continue
+        for offset in _COUNTER_DAYS:
+            day = today + timedelta(days=offset)
+            # One day's two keys share a Redis Cluster slot: one DEL each day.
+            batches.append([keys.budget(prefix, day, subject.scope, subject.name, part)
+                            for part in ("h", "z")])  # fmt: skip
+    await _delete(settings, batches)
+    return sum(len(b) for b in batches)

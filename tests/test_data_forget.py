@@ -11,9 +11,11 @@ notices by itself, on SQLite the command refuses while a worker has the database
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -576,3 +578,40 @@ def test_a_database_file_that_is_not_there_is_said_not_made(
         out, err = capsys.readouterr()
         assert out == "" and err.count("\n") == 1 and str(missing) in err, out + err
     assert not missing.exists() and not missing.parent.exists()
+
+
+async def test_a_redis_key_that_fails_to_go_fails_the_forget_and_a_rerun_finishes_it(
+    database_url: str, redis_url: str, key_prefix: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Redis refuses to delete some of her keys (here an ACL user that may not touch her
+    context window, "ctx:..."): the run says so in one line, exit 3, not "dropped", and a
+    second run, Redis whole again, still finds what to delete and leaves nothing of hers."""
+    async with worker(database_url, redis_url, key_prefix) as w:
+        await w.manager.handle(said(PRIVATE, ADA, f"my key is {SECRET}", "p1"))
+    held = [k for k, v in (await redis_values(redis_url, key_prefix)).items() if SECRET in v]
+    assert any(k.startswith(f"{key_prefix}:c") for k in held), held  # what the ACL keeps
+    admin: Redis = Redis.from_url(redis_url)
+    user, password = key_prefix, secrets.token_hex(8)
+    await admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"],
+                            keys=[f"{key_prefix}:[^c]*"], commands=["+@all"])  # fmt: skip
+    target = urlsplit(redis_url)
+    limited = f"redis://{user}:{password}@{target.hostname}:{target.port or 6379}{target.path}"
+    env = {"PARLEY_DATABASE__URL": database_url, "PARLEY_DATABASE__AUTO_MIGRATE": "true",
+           "PARLEY_REDIS__URL": limited, "PARLEY_REDIS__KEY_PREFIX": key_prefix}  # fmt: skip
+    try:
+        for name, value in parley_env(tmp_path, env).items():
+            monkeypatch.setenv(name, value)
+        assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 3
+        out, err = capsys.readouterr()
+        assert "dropped" not in out and err.startswith("parley: error: "), out + err
+        assert err.count("\n") == 1 and SECRET not in err
+    finally:
+        await admin.acl_deluser(user)
+        await admin.aclose()
+    monkeypatch.setenv("PARLEY_REDIS__URL", redis_url)
+    assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("messages: 2 deleted") and "dropped from Redis" in out
+    assert leaks(await table_rows(database_url)) == []
+    assert [k for k, v in (await redis_values(redis_url, key_prefix)).items() if SECRET in v] == []
