@@ -86,6 +86,8 @@ def counts_against_backend(exc: BaseException) -> bool:
         return False
     if isinstance(exc, ClientBusy):  # this process's own pool is full: the server is fine
         return False
+    if isinstance(exc, ReasoningTooLong):  # the model's reasoning, not the server's health
+        return False
     return isinstance(exc, BackendError) and not isinstance(exc, (ContextTooLong, CircuitOpen))
 
 
@@ -263,6 +265,12 @@ class ResilientBackend:
                     if chunk.text:  # the server answers: what the breaker asks (said once)
                         permit.success()
                     yield chunk
+        except ReasoningTooLong:
+            # Not a hang: the server streamed the model's reasoning as it came; the prompt
+            # made the model reason past max_tokens' worth. Nothing against the server.
+            self.counts.failed += 1
+            permit.success()
+            raise
         except BackendTimeout:
             self.counts.timed_out += 1
             self.counts.failed += 1

@@ -17,7 +17,7 @@ from backends.openai_compat import OpenAICompatBackend
 from backends.resilience import ResilientBackend
 from bot import phrases
 from bot.app import Parley
-from bot.errors import BackendTimeout
+from bot.errors import BackendTimeout, ReasoningTooLong
 from bot.settings import BackendSettings, Settings
 from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
 from tests.doubles import CollectingSink
@@ -341,6 +341,46 @@ async def test_a_thinking_model_that_reasons_without_end_is_given_up_at_max_toke
     assert sink.replies[key] == [phrases.TIMEOUT]
     assert asked == 1  # not tried again
     assert closed == 1  # the request was closed
+
+
+async def test_a_thinking_model_given_up_for_its_reasoning_does_not_open_the_breaker() -> None:
+    """A reply given up for reasoning past max_tokens' worth (ReasoningTooLong) was counted
+    as a hang of the server: a breaker failure. The server answered at once, as fast as it
+    could; the prompt made the model reason long. A few hard questions in a row opened the
+    breaker, and every conversation's next answer was refused (CircuitOpen)."""
+    asked = 0
+
+    def chat(_: httpx.Request) -> httpx.Response:
+        nonlocal asked
+        asked += 1
+        if asked <= 2:  # reasoning past the limit (16,384 characters), never answering
+            thought = {"choices": [{"index": 0, "delta": {"reasoning_content": "hmm " * 250}}]}
+            return events(*([thought] * 20))
+        return events(delta("42"), FINISH)
+
+    settings = BackendSettings.model_validate(
+        {
+            "kind": "openai",
+            "base_url": "http://llm.test",
+            "model": MODEL,
+            "breaker": {"failure_threshold": 2},
+            "retry": {"base_delay_s": 0.01, "max_delay_s": 0.02},
+        }
+    )
+    inner = OpenAICompatBackend(settings, transport=httpx.MockTransport(server(chat)))
+    backend = ResilientBackend(inner, settings)
+    request = GenerationRequest([ChatMessage(Role.USER, "why?")], 16)
+    try:
+        for _ in range(2):
+            with pytest.raises(ReasoningTooLong):
+                async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+                    _ = [c async for c in chunks]
+        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+            got = [c async for c in chunks]
+    finally:
+        await backend.aclose()
+    assert "".join(c.text for c in got) == "42"
+    assert asked == 3
 
 
 async def test_a_thinking_model_that_stalls_while_it_reasons_is_cut_at_the_gap() -> None:
