@@ -201,8 +201,12 @@ _TURN_ENDS = (
 REPLY_END = re.compile(_TURN_ENDS)
 # The role header some models write first ("<|im_start|>assistant\n", Llama 3's
 # "<|start_header_id|>assistant<|end_header_id|>", Gemma's "<start_of_turn>model"): dropped.
+# After the role word only the marker that closes a header: a run of any markers there took
+# a turn's end and the invented turn's opening for part of the header ("<|im_start|>assistant
+# <|im_end|><|im_start|>user" showed "user" and what followed).
 _MARKERS_RUN = rf"\s*(?:(?:{_TEMPLATE_MARKERS})\s*)+"
-_HEADER = re.compile(rf"{_MARKERS_RUN}(?:assistant|model)(?:{_MARKERS_RUN})?\s*")
+_HEADER_CLOSE = r"<\|(?:end_header_id|end_of_role)\|>"
+_HEADER = re.compile(rf"{_MARKERS_RUN}(?:assistant|model)(?:\s*{_HEADER_CLOSE})?\s*")
 _OPENING = re.compile(_MARKERS_RUN)
 _ROLE_WORDS = ("assistant", "model")
 # The longest text held back as a marker's possible beginning (the longest marker).

@@ -98,6 +98,11 @@ async def test_a_reply_ends_where_the_model_writes_past_its_turn(
         ("<start_of_turn>model\nHi<end_of_turn>\n<start_of_turn>user\nx", "Hi"),
         ("Hi [INST] next [/INST]", "Hi "),
         ("<|im_end|><|im_start|>user\nhi", ""),
+        # A role header, then at once the end of the (empty) turn and an invented one.
+        ("<|im_start|>assistant<|im_end|>\n<|im_start|>user\nhi", ""),
+        ("<start_of_turn>model<end_of_turn>\n<start_of_turn>user\nhi", ""),
+        ("<|start_header_id|>assistant<|end_header_id|><|eot_id|>user", ""),
+        ("<|start_of_role|>assistant<|end_of_role|>Hi<|end_of_text|>", "Hi"),
         # Not a turn's end: left as written.
         ("a < b and x<y [1] ok [x", "a < b and x<y [1] ok [x"),
         ("Use <b>bold</b>, [a link](u)\nUsers: many", "Use <b>bold</b>, [a link](u)\nUsers: many"),
