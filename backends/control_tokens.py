@@ -206,7 +206,13 @@ REPLY_END = re.compile(_TURN_ENDS)
 # <|im_end|><|im_start|>user" showed "user" and what followed).
 _MARKERS_RUN = rf"\s*(?:(?:{_TEMPLATE_MARKERS})\s*)+"
 _HEADER_CLOSE = r"<\|(?:end_header_id|end_of_role)\|>"
-_HEADER = re.compile(rf"{_MARKERS_RUN}(?:assistant|model)(?:\s*{_HEADER_CLOSE})?\s*")
+# A role that is a marker itself (Phi-3's and Zephyr's <|assistant|>, Command R's
+# <|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>): taken for a turn's end, it emptied the reply.
+_ROLE_MARKER = r"<\|(?:assistant|CHATBOT_TOKEN)\|>"
+_HEADER = re.compile(
+    rf"(?:{_MARKERS_RUN}(?:assistant|model)|\s*(?:(?:{_TEMPLATE_MARKERS})\s*)*?{_ROLE_MARKER})"
+    rf"(?:\s*{_HEADER_CLOSE})?\s*"
+)
 _OPENING = re.compile(_MARKERS_RUN)
 _ROLE_WORDS = ("assistant", "model")
 # The longest text held back as a marker's possible beginning (the longest marker).
@@ -266,7 +272,10 @@ def _header_may_go_on(text: str) -> bool:
     if opening is None:
         return False
     rest = text[opening.end() :]
-    return any(word.startswith(rest) and word != rest for word in _ROLE_WORDS)
+    # A role word begun, or another marker begun (<|START_OF_TURN_TOKEN|><|CHATB...).
+    return _held_from(rest) == 0 or any(
+        word.startswith(rest) and word != rest for word in _ROLE_WORDS
+    )
 
 
 def _held_from(text: str) -> int:

@@ -103,6 +103,9 @@ async def test_a_reply_ends_where_the_model_writes_past_its_turn(
         ("<start_of_turn>model<end_of_turn>\n<start_of_turn>user\nhi", ""),
         ("<|start_header_id|>assistant<|end_header_id|><|eot_id|>user", ""),
         ("<|start_of_role|>assistant<|end_of_role|>Hi<|end_of_text|>", "Hi"),
+        # A role header that is a marker itself: Phi-3's and Zephyr's, Command R's.
+        ("<|assistant|>\nHello there.<|end|>\n<|user|>\nhi", "Hello there."),
+        ("<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>Hi<|END_OF_TURN_TOKEN|>", "Hi"),
         # Not a turn's end: left as written.
         ("a < b and x<y [1] ok [x", "a < b and x<y [1] ok [x"),
         ("Use <b>bold</b>, [a link](u)\nUsers: many", "Use <b>bold</b>, [a link](u)\nUsers: many"),
