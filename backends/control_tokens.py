@@ -193,7 +193,9 @@ def _render(tokenizer: Any, chat: Sequence[Mapping[str, str]]) -> str:
 # quotes (`[MASK]`, `<mask>`, `<pad>`, `<unk>`); a line that begins "User:" (a sample
 # dialogue, a transcript summarized or translated).
 _TURN_ENDS = (
-    r"<\|[^<>|\s]{0,64}\|>"  # ChatML, Llama 3, Phi-3, Zephyr, Command R, Granite: <|...|>
+    # ChatML, Llama 3, Phi-3, Zephyr, Command R, Granite: <|...|>, a name inside (a regular
+    # expression's "(<|=|>)" or the mean "<|x|>" is no marker).
+    r"<\|[A-Za-z_][A-Za-z0-9_]{1,63}\|>"
     r"|<｜[^<>｜]{0,64}｜>"  # DeepSeek
     r"|<eos>|<</?SYS>>|<(?:start|end)_of_turn>"  # Gemma; Llama 2 and Mistral
     r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_RESULTS)\]"  # Mistral

@@ -111,6 +111,9 @@ async def test_a_reply_ends_where_the_model_writes_past_its_turn(
         ("Use <b>bold</b>, [a link](u)\nUsers: many", "Use <b>bold</b>, [a link](u)\nUsers: many"),
         ("<think>hm</think>Hi", "<think>hm</think>Hi"),
         ("In HTML, <s>old</s> is struck through.", "In HTML, <s>old</s> is struck through."),
+        # A regular expression's alternation, the mean of an absolute value: no marker name.
+        ('Split at each: re.split(r"(<|=|>)", s)', 'Split at each: re.split(r"(<|=|>)", s)'),
+        ("The mean <|x|> of a symmetric x is not 0.", "The mean <|x|> of a symmetric x is not 0."),
         ("A sample:\nUser: hi\nAssistant: hello", "A sample:\nUser: hi\nAssistant: hello"),
         (
             "BERT hides a word: [MASK], <mask>; <pad> fills",
