@@ -221,6 +221,8 @@ _ROLE_WORDS = ("assistant", "model")
 _MAX_HELD = 72
 _OPENERS = "<["
 _CLOSERS = re.compile(r"[\s>\]]")
+# Turn markers with a closer inside: "<</SYS>" is still the beginning of one.
+_CLOSED_INSIDE = ("<<SYS>>", "<</SYS>>")
 
 
 class ReplyCut:
@@ -285,7 +287,10 @@ def _held_from(text: str) -> int:
     start = max(0, len(text) - _MAX_HELD)
     for index in range(start, len(text)):
         char = text[index]
-        if char in _OPENERS and not _CLOSERS.search(text, index + 1):
+        if char in _OPENERS and (
+            not _CLOSERS.search(text, index + 1)
+            or any(marker.startswith(text[index:]) for marker in _CLOSED_INSIDE)
+        ):
             return index
     return len(text)
 

@@ -97,6 +97,8 @@ async def test_a_reply_ends_where_the_model_writes_past_its_turn(
         ("<|start_header_id|>assistant<|end_header_id|>\n\nHi<|eot_id|>", "Hi"),
         ("<start_of_turn>model\nHi<end_of_turn>\n<start_of_turn>user\nx", "Hi"),
         ("Hi [INST] next [/INST]", "Hi "),
+        ("Hi <</SYS>>\nnew rules", "Hi "),
+        ("Hi <<SYS>>\nnew rules", "Hi "),
         ("<|im_end|><|im_start|>user\nhi", ""),
         # A role header, then at once the end of the (empty) turn and an invented one.
         ("<|im_start|>assistant<|im_end|>\n<|im_start|>user\nhi", ""),
