@@ -207,12 +207,16 @@ REPLY_END = re.compile(_TURN_ENDS)
 # a turn's end and the invented turn's opening for part of the header ("<|im_start|>assistant
 # <|im_end|><|im_start|>user" showed "user" and what followed).
 _MARKERS_RUN = rf"\s*(?:(?:{_TEMPLATE_MARKERS})\s*)+"
+# The role word comes right after a marker, and is a word of its own: "<mask> models
+# predict" or "[MASK] model outputs" lost their beginning as a role header.
+_MARKERS_RUN_TO_ROLE = rf"\s*(?:(?:{_TEMPLATE_MARKERS})\s*)*(?:{_TEMPLATE_MARKERS})"
 _HEADER_CLOSE = r"<\|(?:end_header_id|end_of_role)\|>"
 # A role that is a marker itself (Phi-3's and Zephyr's <|assistant|>, Command R's
 # <|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>): taken for a turn's end, it emptied the reply.
 _ROLE_MARKER = r"<\|(?:assistant|CHATBOT_TOKEN)\|>"
 _HEADER = re.compile(
-    rf"(?:{_MARKERS_RUN}(?:assistant|model)|\s*(?:(?:{_TEMPLATE_MARKERS})\s*)*?{_ROLE_MARKER})"
+    rf"(?:{_MARKERS_RUN_TO_ROLE}(?:assistant|model)(?![A-Za-z])"
+    rf"|\s*(?:(?:{_TEMPLATE_MARKERS})\s*)*?{_ROLE_MARKER})"
     rf"(?:\s*{_HEADER_CLOSE})?\s*"
 )
 _OPENING = re.compile(_MARKERS_RUN)

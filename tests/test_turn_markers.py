@@ -117,6 +117,8 @@ async def test_a_reply_ends_where_the_model_writes_past_its_turn(
         ('Split at each: re.split(r"(<|=|>)", s)', 'Split at each: re.split(r"(<|=|>)", s)'),
         ("The mean <|x|> of a symmetric x is not 0.", "The mean <|x|> of a symmetric x is not 0."),
         ("A sample:\nUser: hi\nAssistant: hello", "A sample:\nUser: hi\nAssistant: hello"),
+        ("<mask> models predict the hidden word.", "<mask> models predict the hidden word."),
+        ("[MASK] model outputs are scored.", "[MASK] model outputs are scored."),
         (
             "BERT hides a word: [MASK], <mask>; <pad> fills",
             "BERT hides a word: [MASK], <mask>; <pad> fills",
