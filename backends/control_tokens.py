@@ -304,17 +304,24 @@ async def ends_at_turn_markers(chunks: AsyncGenerator[Chunk, None]) -> AsyncGene
     is closed, which aborts the request, and the reply ends as one the model finished."""
     cut = ReplyCut()
     async with aclosing(chunks):
-        async for chunk in chunks:
-            text = cut.feed(chunk.text) if chunk.text else ""
-            if cut.cut:
-                if text:
-                    yield Chunk(text=text)
-                log.info("the model wrote past the end of its turn; the reply ends there")
-                yield Chunk(finish_reason="stop")
-                return
-            if chunk.usage or chunk.finish_reason or chunk.notice:
-                yield Chunk(text + cut.flush(), chunk.usage, chunk.finish_reason, chunk.notice)
-            elif text or not chunk.text:  # a delta all held is given out with the next
-                yield Chunk(text=text) if chunk.text else chunk
+        try:
+            async for chunk in chunks:
+                text = cut.feed(chunk.text) if chunk.text else ""
+                if cut.cut:
+                    if text:
+                        yield Chunk(text=text)
+                    log.info("the model wrote past the end of its turn; the reply ends there")
+                    yield Chunk(finish_reason="stop")
+                    return
+                if chunk.usage or chunk.finish_reason or chunk.notice:
+                    yield Chunk(text + cut.flush(), chunk.usage, chunk.finish_reason, chunk.notice)
+                elif text or not chunk.text:  # a delta all held is given out with the next
+                    yield Chunk(text=text) if chunk.text else chunk
+        except Exception:
+            # The stream broke (the server gone mid-reply): what was held back is the
+            # model's text all the same, part of the cut-off reply and its record.
+            if rest := cut.flush():
+                yield Chunk(text=rest)
+            raise
         if rest := cut.flush():  # a stream without a last chunk
             yield Chunk(text=rest)

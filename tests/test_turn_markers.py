@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
 import pytest
 
-from backends.control_tokens import ReplyCut
+from backends.base import Chunk
+from backends.control_tokens import ReplyCut, ends_at_turn_markers
 from backends.openai_compat import OpenAICompatBackend
 from bot.app import Parley
+from bot.errors import BackendUnavailable
 from bot.settings import BackendSettings, Settings
 from bot.types import ConversationKey, Incoming, Role, User
 from tests.doubles import CollectingSink
@@ -130,3 +132,19 @@ def test_a_marker_split_anywhere_over_deltas_still_ends_the_reply(reply: str, sh
     for deltas in ([reply], list(reply)):
         cut = ReplyCut()
         assert "".join(cut.feed(d) for d in deltas) + cut.flush() == shown
+
+
+async def test_text_held_back_is_given_out_when_the_stream_breaks() -> None:
+    """Text that may begin a marker is held back until the next delta says; a stream that
+    broke there (the server gone mid-reply) lost it: the user's cut-off reply, and its
+    record, ended before "[x" where the model had written it."""
+
+    async def broken() -> AsyncGenerator[Chunk, None]:
+        yield Chunk(text="Compare them: [x")
+        raise BackendUnavailable("the connection broke")
+
+    shown: list[str] = []
+    with pytest.raises(BackendUnavailable):
+        async for chunk in ends_at_turn_markers(broken()):
+            shown.append(chunk.text)
+    assert "".join(shown) == "Compare them: [x"
