@@ -223,6 +223,9 @@ _OPENING = re.compile(_MARKERS_RUN)
 _ROLE_WORDS = ("assistant", "model")
 # The longest text held back as a marker's possible beginning (the longest marker).
 _MAX_HELD = 72
+# The longest text held back as a role header not yet complete (the longest is Llama 3's,
+# "<|begin_of_text|><|start_header_id|>assistant<|end_header_id|>\n\n": 65 characters).
+_MAX_HEADER = 256
 _OPENERS = "<["
 _CLOSERS = re.compile(r"[\s>\]]")
 # Turn markers with a closer inside: "<</SYS>" is still the beginning of one.
@@ -245,7 +248,9 @@ class ReplyCut:
             return ""
         pending = self._held + text
         if not self._started:
-            if _header_may_go_on(pending):
+            # Past _MAX_HEADER it is no role header: a broken model writing "<unk>" over and
+            # over was held whole, and read again at each delta.
+            if len(pending) <= _MAX_HEADER and _header_may_go_on(pending):
                 self._held = pending  # "<|im_start|>assis": read again with what follows
                 return ""
             if head := _HEADER.match(pending):

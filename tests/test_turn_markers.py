@@ -148,3 +148,16 @@ async def test_text_held_back_is_given_out_when_the_stream_breaks() -> None:
         async for chunk in ends_at_turn_markers(broken()):
             shown.append(chunk.text)
     assert "".join(shown) == "Compare them: [x"
+
+
+def test_a_reply_of_sequence_markers_is_not_held_back_to_its_end() -> None:
+    """A reply that begins with markers may be a role header not yet complete, so it was
+    held back while it could be one: a broken model writing "<unk>" or "<pad>" over and over
+    (not turn ends) was held whole until the stream ended, shown then as nothing, and each
+    delta read the whole held text again (quadratic: seconds of the event loop for a few
+    thousand deltas). What cannot be a role header any more is given out as it comes."""
+    cut = ReplyCut()
+    shown = [cut.feed("<unk>") for _ in range(2000)]
+    assert "".join(shown)  # given out before the end
+    assert all(len(text) <= 400 for text in shown)  # each delta reads a bounded text
+    assert "".join(shown) + cut.flush() == "<unk>" * 2000
