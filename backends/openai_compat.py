@@ -486,7 +486,9 @@ class _Reply:
         # vLLM's reasoning parsers send a thinking model's reasoning as "reasoning_content"
         # (newer versions "reasoning"): not shown, but the model is answering.
         thoughts = [delta.get(key) for key in REASONING_FIELDS] if isinstance(delta, dict) else []
-        self.reasoning_chars = sum(len(t) for t in thoughts if isinstance(t, str))
+        # The longest, not the sum: vLLM releases between the two names send both, the same
+        # text in each.
+        self.reasoning_chars = max((len(t) for t in thoughts if isinstance(t, str)), default=0)
         self.thinking = self.reasoning_chars > 0
         return self._whole(content) if isinstance(content, str) else ""
 

@@ -343,6 +343,32 @@ async def test_a_thinking_model_that_reasons_without_end_is_given_up_at_max_toke
     assert closed == 1  # the request was closed
 
 
+async def test_reasoning_sent_under_both_field_names_counts_once() -> None:
+    """vLLM releases that renamed "reasoning_content" to "reasoning" send both, the same
+    text in each (DeltaMessage copies one into the other). The reply's size limit summed the
+    two: reasoning counted twice, and a model that reasoned for 13,000 characters, within
+    the 16,384 its max_tokens allows, was given up before its answer (ReasoningTooLong)."""
+
+    def chat(_: httpx.Request) -> httpx.Response:
+        thought = "hmm " * 250
+        both = {"reasoning_content": thought, "reasoning": thought}
+        reasoning = {"choices": [{"index": 0, "delta": both}]}
+        return events(*([reasoning] * 13), delta("42"), FINISH)
+
+    settings = BackendSettings.model_validate(
+        {"kind": "openai", "base_url": "http://llm.test", "model": MODEL}
+    )
+    backend = OpenAICompatBackend(settings, transport=httpx.MockTransport(server(chat)))
+    request = GenerationRequest([ChatMessage(Role.USER, "why?")], 16)  # 16,384 characters
+    try:
+        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+            got = [c async for c in chunks]
+    finally:
+        await backend.aclose()
+    assert "".join(c.text for c in got) == "42"
+    assert got[-1].finish_reason == "stop"
+
+
 async def test_a_thinking_model_given_up_for_its_reasoning_does_not_open_the_breaker() -> None:
     """A reply given up for reasoning past max_tokens' worth (ReasoningTooLong) was counted
     as a hang of the server: a breaker failure. The server answered at once, as fast as it
