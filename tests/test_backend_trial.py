@@ -12,7 +12,7 @@ from contextlib import aclosing
 import httpx
 import pytest
 
-from backends.base import GenerationRequest
+from backends.base import Backend, Chunk, GenerationRequest
 from backends.openai_compat import OpenAICompatBackend
 from backends.resilience import ResilientBackend
 from bot import phrases
@@ -59,6 +59,12 @@ def backend_for(respond: Respond) -> OpenAICompatBackend:
         {"kind": "openai", "base_url": "http://llm.test", "model": MODEL}
     )
     return OpenAICompatBackend(settings, transport=httpx.MockTransport(respond))
+
+
+async def reply_of(backend: Backend, request: GenerationRequest) -> list[Chunk]:
+    """Every chunk of one reply, read within the test's bound."""
+    async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+        return [c async for c in chunks]
 
 
 # --- usage counts no model can have -----------------------------------------------------------
@@ -278,8 +284,7 @@ async def test_a_thinking_model_is_not_cut_while_it_reasons() -> None:
     backend = ResilientBackend(inner, settings)
     request = GenerationRequest([ChatMessage(Role.USER, "what is six times seven?")], 16)
     try:
-        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
-            got = [c async for c in chunks]
+        got = await reply_of(backend, request)
     finally:
         await backend.aclose()
     assert "".join(c.text for c in got) == "42"
@@ -361,8 +366,7 @@ async def test_reasoning_sent_under_both_field_names_counts_once() -> None:
     backend = OpenAICompatBackend(settings, transport=httpx.MockTransport(server(chat)))
     request = GenerationRequest([ChatMessage(Role.USER, "why?")], 16)  # 16,384 characters
     try:
-        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
-            got = [c async for c in chunks]
+        got = await reply_of(backend, request)
     finally:
         await backend.aclose()
     assert "".join(c.text for c in got) == "42"
@@ -399,10 +403,8 @@ async def test_a_thinking_model_given_up_for_its_reasoning_does_not_open_the_bre
     try:
         for _ in range(2):
             with pytest.raises(ReasoningTooLong):
-                async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
-                    _ = [c async for c in chunks]
-        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
-            got = [c async for c in chunks]
+                await reply_of(backend, request)
+        got = await reply_of(backend, request)
     finally:
         await backend.aclose()
     assert "".join(c.text for c in got) == "42"
