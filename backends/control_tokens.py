@@ -269,8 +269,15 @@ class ReplyCut:
         held, self._held = self._held, ""
         if self.cut:
             return ""
-        if not self._started and (head := _HEADER.match(held) or _OPENING.match(held)):
-            held = held[head.end() :]
+        if not self._started:
+            # A header is dropped, and one the stream ended in ("<|im_start|>assis"); a reply
+            # that is markers and nothing else ("[MASK]") is the model's answer.
+            if head := _HEADER.match(held):
+                held = held[head.end() :]
+            elif opening := _OPENING.match(held):
+                rest = held[opening.end() :]
+                if rest and any(word.startswith(rest) for word in _ROLE_WORDS):
+                    return ""
         found = REPLY_END.search(held)
         return held[: found.start()] if found else held
 

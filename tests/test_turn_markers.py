@@ -121,6 +121,10 @@ async def test_a_reply_ends_where_the_model_writes_past_its_turn(
         ("A sample:\nUser: hi\nAssistant: hello", "A sample:\nUser: hi\nAssistant: hello"),
         ("<mask> models predict the hidden word.", "<mask> models predict the hidden word."),
         ("[MASK] model outputs are scored.", "[MASK] model outputs are scored."),
+        # A reply that is one sequence marker; a role header the stream ended in.
+        ("[MASK]", "[MASK]"),
+        ("<mask>", "<mask>"),
+        ("<|im_start|>assis", ""),
         (
             "BERT hides a word: [MASK], <mask>; <pad> fills",
             "BERT hides a word: [MASK], <mask>; <pad> fills",
