@@ -210,3 +210,19 @@ async def test_a_request_claimed_by_a_worker_that_died_is_handed_on_once_its_cla
         assert [(e.kind, e.key) for e in bridge.events] == [(EventKind.REQUESTED, KEY)]
         await desk.aclose()
         assert await app.desk.repo.waiting() == []
+
+
+# A negation of something else, ending its own clause without a punctuation mark, just before
+# a real request: since 1bb4606 (a negation anywhere among the five words before) these were
+# read as negated requests, and the customer stayed with the bot.
+NEGATION_OF_SOMETHING_ELSE = [
+    "I don't know I want a human", "the app doesn't work I need to talk to a person",
+    "doesn't work real person please", "das geht nicht ich will mit einem Menschen sprechen",
+    "Je ne veux pas le bot je veux un conseiller", "Nao funciona quero falar com um atendente",
+    "it won't load I want to speak to a human",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", NEGATION_OF_SOMETHING_ELSE)
+def test_a_negation_of_something_else_before_a_request_leaves_it_a_request(text: str) -> None:
+    assert asks_for_person(text)

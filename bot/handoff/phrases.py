@@ -170,6 +170,23 @@ _WHY = re.compile(r"(?<!\w)(?:why|warum|wieso|pourquoi|por\s+qué|perché|porque
                   r"(?!\w)", re.I)  # fmt: skip
 # How many words before a request a negation of it may stand: "I really do not want to".
 NEGATION_WORDS = 5
+# The words that may stand between a negation and the request it negates: the wanting or
+# talking it negates ("I don't want to talk to a person", "Nie chcę rozmawiać z konsultantem").
+# Any other word means the negation was of something else, ending its own clause without a
+# punctuation mark: "the app doesn't work I need a person", "das geht nicht ich will ...".
+_NEGATED_WORDS = (
+    "want wanna need wish like to really actually just even have be speak talk chat "
+    "möchte möchten will wollte würde brauche muss gern gerne wirklich sprechen reden zu "
+    "veux voudrais souhaite ai besoin de d parler vraiment "
+    "quiero quería necesito hablar realmente "
+    "voglio vorrei ho bisogno di parlare davvero "
+    "quero queria preciso falar "
+    "wil wilde hoef graag spreken praten "
+    "chcę chce potrzebuję muszę rozmawiać porozmawiać mówić "
+    "хочу хотел хотела нужно надо говорить разговаривать поговорить общаться "
+    "треба потрібно говорити розмовляти поговорити"
+)
+NEGATED_WORDS = frozenset(_NEGATED_WORDS.split())
 
 _HUMAN = re.compile(
     "|".join([*(f"(?:{p})" for patterns in HUMAN_PHRASES.values() for p in patterns), WANT_PERSON]),
@@ -192,12 +209,16 @@ def asks_for_person(text: str) -> bool:
 
 def _negated(before: str) -> bool:
     """Whether the request after `before` is negated: a negation among the last few words of
-    its clause ("I don't want to talk to a person", "no need to speak to someone")."""
+    its clause, followed only by the wanting or talking it negates ("I don't want to talk to
+    a person", "no need to speak to someone"; not "it doesn't work I want a person")."""
     clause = _CLAUSE.split(before)[-1]
     if _WHY.search(clause):
         return False
     near = " ".join(clause.split()[-NEGATION_WORDS:])
-    return _NEGATION.search(near) is not None
+    return any(
+        all(word.strip("'’").lower() in NEGATED_WORDS for word in near[found.end() :].split())
+        for found in _NEGATION.finditer(near)
+    )
 
 
 def match_human(text: str) -> str | None:
