@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import bot.handoff.repo as handoff_repo
 from bot.app import Parley
 from bot.handoff.desk import CoreDesk
 from bot.handoff.note import NoteWriter
@@ -15,7 +18,7 @@ from bot.handoff.phrases import asks_for_person
 from bot.handoff.types import EventKind, HandoffState, Reason
 from bot.settings import load_settings
 from bot.storage import migrate
-from bot.types import ConversationKey
+from bot.types import ConversationKey, utcnow
 from tests.doubles import ScriptedBackend
 from tests.fake_chatwoot import ACCOUNT, ChatwootWorker, chatwoot_worker
 from tests.test_handoff import (
@@ -226,3 +229,38 @@ NEGATION_OF_SOMETHING_ELSE = [
 @pytest.mark.parametrize("text", NEGATION_OF_SOMETHING_ELSE)
 def test_a_negation_of_something_else_before_a_request_leaves_it_a_request(text: str) -> None:
     assert asks_for_person(text)
+
+
+@pytest.mark.postgres
+async def test_a_worker_whose_clock_is_ahead_does_not_take_a_live_claim(
+    pg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _clock_ahead(pg, monkeypatch)
+
+
+async def test_a_worker_whose_clock_is_ahead_does_not_take_a_live_claim_on_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"
+    await migrate.upgrade(url)
+    await _clock_ahead(url, monkeypatch)
+
+
+async def _clock_ahead(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claims were stamped and judged by each worker's own clock: a worker whose clock ran a
+    minute ahead found a claim another worker had just taken (and renews) already lapsed,
+    took it, and both handed the request on (the handoff note twice). The database's clock
+    stamps and judges them now, one clock for every worker."""
+    async with stack(url, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _):
+        await send(app, adapter, 7, "hello")
+        cid = await app.store.conversation_id(KEY)
+        assert cid is not None
+        bot, waiting = HandoffState.BOT, HandoffState.WAITING
+        change = await app.desk.repo.change(cid, waiting, Reason.ASKED, allowed_from=(bot,))
+        since = change.after.since
+        assert since is not None
+        assert await app.desk.repo.claim_request(cid, since, "worker-a", 30.0) is True
+        monkeypatch.setattr(handoff_repo, "utcnow", lambda: utcnow() + timedelta(seconds=60))
+        assert await app.desk.repo.claim_request(cid, since, "worker-b", 30.0) is False
+        assert await app.desk.repo.renew_claims("worker-a", 30.0) == 1
+        assert await app.desk.repo.claim_request(cid, since, "worker-b", 30.0) is False

@@ -174,24 +174,25 @@ class HandoffRepository:
         `ttl_s` unless renewed (a conditional update: of workers claiming at once, one gets
         it). True: claimed (or already `owner`'s); False: another worker's claim holds; None:
         nothing to hand on any more (delivered, or the conversation moved on)."""
-        now = utcnow()
         pending = (
             _s.conversation_id == conversation_id, _s.since == since,
             _s.state == HandoffState.WAITING.value, _s.request_delivered.is_(False),
         )  # fmt: skip
-        free = sa.or_(
-            _s.request_claimed_until.is_(None),
-            _s.request_claimed_until < now,
-            _s.request_claimed_by == owner,
-        )
-        claim = (
-            sa.update(_s)
-            .where(*pending, free)
-            .values(request_claimed_by=owner, request_claimed_until=now + timedelta(seconds=ttl_s))
-        )
         exists = sa.select(_s.conversation_id).where(*pending)
 
         async def run(conn: AsyncConnection) -> bool | None:
+            now = await _database_now(conn)
+            free = sa.or_(
+                _s.request_claimed_until.is_(None),
+                _s.request_claimed_until < now,
+                _s.request_claimed_by == owner,
+            )
+            until = now + timedelta(seconds=ttl_s)
+            claim = (
+                sa.update(_s)
+                .where(*pending, free)
+                .values(request_claimed_by=owner, request_claimed_until=until)
+            )
             if (await conn.execute(claim)).rowcount == 1:
                 return True
             return False if (await conn.execute(exists)).first() is not None else None
@@ -200,17 +201,18 @@ class HandoffRepository:
 
     async def renew_claims(self, owner: str, ttl_s: float) -> int:
         """Renew `owner`'s claims on requests still undelivered; how many there are."""
-        stmt = (
-            sa.update(_s)
-            .where(_s.request_claimed_by == owner, _s.request_delivered.is_(False),
-                   _s.state == HandoffState.WAITING.value)
-            .values(request_claimed_until=utcnow() + timedelta(seconds=ttl_s))
-        )  # fmt: skip
 
         async def run(conn: AsyncConnection) -> int:
+            until = await _database_now(conn) + timedelta(seconds=ttl_s)
+            stmt = (
+                sa.update(_s)
+                .where(_s.request_claimed_by == owner, _s.request_delivered.is_(False),
+                       _s.state == HandoffState.WAITING.value)
+                .values(request_claimed_until=until)
+            )  # fmt: skip
             return int((await conn.execute(stmt)).rowcount)
 
-        return await run_on_connection(self._engine, run, single=True)
+        return await run_on_connection(self._engine, run, write=True)
 
     async def release_claims(self, owner: str) -> None:
         """Let go of `owner`'s claims (a stopping worker): the next start hands them on."""
@@ -310,3 +312,12 @@ def _decode(raw: bytes) -> tuple[HandoffStatus, str]:
 
 
 _CODEC = Codec(_encode, _decode)
+
+
+async def _database_now(conn: AsyncConnection) -> datetime:
+    """The database's clock, aware: the one clock every worker judges claims by (each
+    worker's own may run ahead or behind the others')."""
+    now = (await conn.execute(sa.select(sa.func.current_timestamp()))).scalar_one()
+    if isinstance(now, str):  # SQLite: "YYYY-MM-DD HH:MM:SS", in UTC
+        now = datetime.fromisoformat(now)
+    return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
