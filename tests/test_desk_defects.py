@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from bot.app import Parley
 from bot.handoff.desk import CoreDesk
 from bot.handoff.note import NoteWriter
 from bot.handoff.phrases import asks_for_person
-from bot.handoff.types import EventKind, HandoffState, Reason
+from bot.handoff.types import DeskAway, DeskEvent, EventKind, HandoffState, Reason
 from bot.settings import load_settings
 from bot.storage import migrate
 from bot.types import ConversationKey, utcnow
@@ -192,17 +192,9 @@ async def test_a_request_claimed_by_a_worker_that_died_is_handed_on_once_its_cla
     """The other side of the claim: a request whose claimer died before handing it on (its
     claim no longer renewed) is taken over by a worker that found it claimed at its start."""
     async with stack(pg, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _):
-        await send(app, adapter, 6, "hello")
-        cid = await app.store.conversation_id(KEY)
-        assert cid is not None
-        bot, waiting = HandoffState.BOT, HandoffState.WAITING
-        change = await app.desk.repo.change(cid, waiting, Reason.ASKED, allowed_from=(bot,))
-        since = change.after.since
-        assert since is not None
+        cid, since = await _waiting_request(app, adapter, 6)
         assert await app.desk.repo.claim_request(cid, since, "dead-worker", 0.5) is True
-        notes = NoteWriter(app.store, app.desk.repo, None, agent_language="en",
-                           history_messages=10)  # fmt: skip
-        desk = CoreDesk(app.store, app.desk.repo, notes, lambda c, k: None, claim_ttl_s=0.3)
+        desk = _worker(app)
         await desk.start()
         bridge = RecordingBridge()
         desk.attach(bridge)
@@ -252,15 +244,72 @@ async def _clock_ahead(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     took it, and both handed the request on (the handoff note twice). The database's clock
     stamps and judges them now, one clock for every worker."""
     async with stack(url, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _):
-        await send(app, adapter, 7, "hello")
-        cid = await app.store.conversation_id(KEY)
-        assert cid is not None
-        bot, waiting = HandoffState.BOT, HandoffState.WAITING
-        change = await app.desk.repo.change(cid, waiting, Reason.ASKED, allowed_from=(bot,))
-        since = change.after.since
-        assert since is not None
+        cid, since = await _waiting_request(app, adapter, 7)
         assert await app.desk.repo.claim_request(cid, since, "worker-a", 30.0) is True
         monkeypatch.setattr(handoff_repo, "utcnow", lambda: utcnow() + timedelta(seconds=60))
         assert await app.desk.repo.claim_request(cid, since, "worker-b", 30.0) is False
         assert await app.desk.repo.renew_claims("worker-a", 30.0) == 1
         assert await app.desk.repo.claim_request(cid, since, "worker-b", 30.0) is False
+
+
+async def _waiting_request(app: Parley, adapter: Any, message: int) -> tuple[int, datetime]:
+    """A conversation handed off in SQL only (a crash before its request went out): its id
+    and its request's time."""
+    await send(app, adapter, message, "hello")
+    cid = await app.store.conversation_id(KEY)
+    assert cid is not None
+    bot, waiting = HandoffState.BOT, HandoffState.WAITING
+    change = await app.desk.repo.change(cid, waiting, Reason.ASKED, allowed_from=(bot,))
+    assert change.after.since is not None
+    return cid, change.after.since
+
+
+def _worker(app: Parley) -> CoreDesk:
+    """Another worker's desk on `app`'s database, with claims of 0.3 s."""
+    notes = NoteWriter(app.store, app.desk.repo, None, agent_language="en", history_messages=10)
+    return CoreDesk(app.store, app.desk.repo, notes, lambda c, k: None, claim_ttl_s=0.3,
+                    publish_wait_s=0.05)  # fmt: skip
+
+
+class AwayBridge:
+    """A help desk out of reach (DeskAway) until `away` is False."""
+
+    platforms: frozenset[str] | None = None
+
+    def __init__(self) -> None:
+        self.events: list[DeskEvent] = []
+        self.tries = 0
+        self.away = True
+
+    async def publish(self, event: DeskEvent) -> None:
+        self.tries += 1
+        if self.away:
+            raise DeskAway("help desk out of reach")
+        self.events.append(event)
+
+
+@pytest.mark.postgres
+async def test_a_worker_whose_help_desk_is_away_lets_another_hand_its_request_on(pg: str) -> None:
+    """A worker that claimed a request found at its start while its help desk was out of
+    reach (its Chatwoot down, or a network split) renewed the claim for as long as it kept
+    trying, so a worker whose help desk answered only watched it: the request never went
+    out. A worker now stops renewing a claim its help desk cannot take, and gives the request
+    up once another worker claimed it (that worker hands it on; it is not sent twice)."""
+    async with stack(pg, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _):
+        await _waiting_request(app, adapter, 8)
+        stuck, works = _worker(app), _worker(app)
+        await stuck.start()
+        await works.start()
+        away, bridge = AwayBridge(), RecordingBridge()
+        stuck.attach(away)
+        await _until(lambda: away.tries > 0, "the stuck worker tried it")
+        works.attach(bridge)
+        await _until(lambda: bool(bridge.events), "the other worker handed it on", 10.0)
+        await works.idle()
+        away.away = False
+        await stuck.idle()
+        assert [(e.kind, e.key) for e in bridge.events] == [(EventKind.REQUESTED, KEY)]
+        assert away.events == []
+        await stuck.aclose()
+        await works.aclose()
+        assert await app.desk.repo.waiting() == []

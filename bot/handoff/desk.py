@@ -157,6 +157,9 @@ class CoreDesk:
         self._claim_ttl_s = claim_ttl_s
         self._watched: list[Found] = []
         self._claims: asyncio.Task[None] | None = None
+        # The conversations of this worker's claimed requests that its help desk cannot take
+        # now (out of reach): their claims are not renewed, so another worker may take over.
+        self._away: set[int] = set()
 
     async def start(self) -> None:
         """Read the conversations waiting for a person: their requests may never have been
@@ -213,7 +216,8 @@ class CoreDesk:
             await asyncio.sleep(beat)
             waited += beat
             try:
-                held = await self.repo.renew_claims(self._owner, self._claim_ttl_s)
+                held = await self.repo.renew_claims(self._owner, self._claim_ttl_s,
+                                                    sorted(self._away))  # fmt: skip
                 if waited >= self._claim_ttl_s and self._watched:
                     waited = 0.0
                     watched, self._watched = self._watched, []
@@ -222,7 +226,7 @@ class CoreDesk:
             except StorageError as exc:  # the database away: tried again at the next beat
                 log.warning("handoff requests' claims not renewed: %s", exc)
                 continue
-            if not held and not self._watched:
+            if not held and not self._watched and not self._away:
                 return
 
     async def _take_over(self, found: Found) -> int:
@@ -442,7 +446,7 @@ class CoreDesk:
                 if not await self._ours(item):
                     continue
                 event = await item.get()
-                taken = await self._hand_on(bridge, event)
+                taken = await self._hand_on(bridge, event, item)
                 if event.kind is not EventKind.REQUESTED:
                     continue
                 if isinstance(taken, bool):
@@ -471,11 +475,25 @@ class CoreDesk:
             log.warning("conversation %d: handoff request not marked delivered: %s",
                         event.conversation_id, exc)  # fmt: skip
 
-    async def _hand_on(self, bridge: DeskBridge, event: DeskEvent) -> bool | Awaitable[bool]:
+    async def _hand_on(
+        self, bridge: DeskBridge, event: DeskEvent, item: _Item | None = None
+    ) -> bool | Awaitable[bool]:
         """`event` to `bridge`: tried until the help desk took it while it is away (DeskAway:
         it surely did not get it, so trying again shows nothing twice), and PUBLISH_ATTEMPTS
         times on any other failure, then dropped with an error line (False). True: taken;
-        or the bridge's receipt, where it delivers from queues of its own."""
+        or the bridge's receipt, where it delivers from queues of its own. A request this
+        worker claimed at its start (`item`) is not held while its help desk is away: the
+        claim is left to lapse, and given up (False) once another worker claimed it."""
+        claimed = item is not None and item.found is not None
+        try:
+            return await self._trying(bridge, event, claimed)
+        finally:
+            if claimed:
+                self._away.discard(event.conversation_id)
+
+    async def _trying(
+        self, bridge: DeskBridge, event: DeskEvent, claimed: bool
+    ) -> bool | Awaitable[bool]:
         name = type(bridge).__name__
         failed = tries = 0  # failures other than DeskAway; every try so far
         away_since: float | None = None
@@ -509,12 +527,30 @@ class CoreDesk:
                              loop.time() - away_since)  # fmt: skip
                 return True if receipt is None else receipt
             tries += 1
+            if claimed and away_since is not None:
+                self._away.add(event.conversation_id)
+                self._keep_claiming()
             await asyncio.sleep(wait)
+            if claimed and away_since is not None and await self._claimed_elsewhere(event):
+                log.info("desk bridge %s: %s for %s left to the worker that claimed it while "
+                         "the help desk was away", name, event.kind.value, event.key)  # fmt: skip
+                return False
             if await self._superseded(event):
                 log.info("desk bridge %s: %s for %s not tried again: the conversation changed "
                          "since (a resolution wins over a late retry)", name, event.kind.value,
                          event.key)  # fmt: skip
                 return True
+
+    async def _claimed_elsewhere(self, event: DeskEvent) -> bool:
+        """Whether another worker claimed (or the desk delivered) a request this worker
+        claimed at its start and could not hand on; not known (the database away): not."""
+        try:
+            elsewhere = await self.repo.claimed_elsewhere(
+                event.conversation_id, event.at, self._owner
+            )
+        except StorageError:
+            return False
+        return elsewhere is not False
 
     async def _superseded(self, event: DeskEvent) -> bool:
         """Whether a request or a taking being tried again was overtaken by a later change

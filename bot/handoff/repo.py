@@ -199,15 +199,40 @@ class HandoffRepository:
 
         return await run_on_connection(self._engine, run, write=True)
 
-    async def renew_claims(self, owner: str, ttl_s: float) -> int:
-        """Renew `owner`'s claims on requests still undelivered; how many there are."""
+    async def claimed_elsewhere(
+        self, conversation_id: int, since: datetime, owner: str
+    ) -> bool | None:
+        """Whether another worker than `owner` holds a live claim on the undelivered request
+        made at `since`; None: nothing to hand on any more (delivered, or moved on)."""
+        stmt = sa.select(_s.request_claimed_by, _s.request_claimed_until).where(
+            _s.conversation_id == conversation_id, _s.since == since,
+            _s.state == HandoffState.WAITING.value, _s.request_delivered.is_(False),
+        )  # fmt: skip
+
+        async def run(conn: AsyncConnection) -> bool | None:
+            now = await _database_now(conn)
+            row = (await conn.execute(stmt)).first()
+            if row is None:
+                return None
+            by, until = row
+            if until is not None and until.tzinfo is None:
+                until = until.replace(tzinfo=UTC)
+            return by is not None and by != owner and until is not None and until >= now
+
+        return await run_on_connection(self._engine, run)
+
+    async def renew_claims(self, owner: str, ttl_s: float, leave: Sequence[int] = ()) -> int:
+        """Renew `owner`'s claims on requests still undelivered, but those of the
+        conversations in `leave` (its help desk cannot take them: they lapse, and another
+        worker may take them over); how many it renewed."""
 
         async def run(conn: AsyncConnection) -> int:
             until = await _database_now(conn) + timedelta(seconds=ttl_s)
             stmt = (
                 sa.update(_s)
                 .where(_s.request_claimed_by == owner, _s.request_delivered.is_(False),
-                       _s.state == HandoffState.WAITING.value)
+                       _s.state == HandoffState.WAITING.value,
+                       _s.conversation_id.not_in(leave))
                 .values(request_claimed_until=until)
             )  # fmt: skip
             return int((await conn.execute(stmt)).rowcount)
