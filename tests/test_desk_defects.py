@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from bot.app import Parley
 from bot.handoff.desk import CoreDesk
 from bot.handoff.note import NoteWriter
 from bot.handoff.phrases import asks_for_person
+from bot.handoff.repo import HandoffRepository
 from bot.handoff.types import DeskAway, DeskEvent, EventKind, HandoffState, Reason
 from bot.settings import load_settings
 from bot.storage import migrate
@@ -313,3 +314,39 @@ async def test_a_worker_whose_help_desk_is_away_lets_another_hand_its_request_on
         await stuck.aclose()
         await works.aclose()
         assert await app.desk.repo.waiting() == []
+
+
+class _RenewFailsOnce(HandoffRepository):
+    """The SQL store, but its first renewal of claims fails with an error no StorageError."""
+
+    def __init__(self, app: Parley) -> None:
+        super().__init__(app.store.engine, app.cache, relaxed=app.store.relaxed_engine)
+        self.renewals = 0
+
+    async def renew_claims(self, owner: str, ttl_s: float, leave: Sequence[int] = ()) -> int:
+        self.renewals += 1
+        if self.renewals == 1:
+            raise RuntimeError("unexpected")
+        return await super().renew_claims(owner, ttl_s, leave)
+
+
+@pytest.mark.postgres
+async def test_the_claims_loop_survives_an_unexpected_error(pg: str) -> None:
+    """The loop renewing this worker's claims and watching the others' caught only
+    StorageError: any other error ended it without a line (until the stop), so its claims
+    lapsed while it still handed them on (another worker sent them too) and the requests it
+    watched were never taken over. It now logs the error and goes on at the next beat."""
+    async with stack(pg, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _):
+        cid, since = await _waiting_request(app, adapter, 9)
+        assert await app.desk.repo.claim_request(cid, since, "dead-worker", 0.5) is True
+        repo = _RenewFailsOnce(app)
+        notes = NoteWriter(app.store, repo, None, agent_language="en", history_messages=10)
+        desk = CoreDesk(app.store, repo, notes, lambda c, k: None, claim_ttl_s=0.3)
+        await desk.start()
+        bridge = RecordingBridge()
+        desk.attach(bridge)
+        await _until(lambda: bool(bridge.events), "the lapsed claim taken over", 10.0)
+        await desk.idle()
+        assert repo.renewals > 1
+        assert [(e.kind, e.key) for e in bridge.events] == [(EventKind.REQUESTED, KEY)]
+        await desk.aclose()

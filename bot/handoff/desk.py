@@ -221,10 +221,18 @@ class CoreDesk:
                 if waited >= self._claim_ttl_s and self._watched:
                     waited = 0.0
                     watched, self._watched = self._watched, []
-                    for found in watched:
-                        held += await self._take_over(found)
+                    while watched:
+                        found = watched.pop(0)
+                        try:
+                            held += await self._take_over(found)
+                        except Exception:  # still watched, all of them
+                            self._watched += [found, *watched]
+                            raise
             except StorageError as exc:  # the database away: tried again at the next beat
                 log.warning("handoff requests' claims not renewed: %s", exc)
+                continue
+            except Exception:  # not the end of the claims (they would lapse while handed on)
+                log.exception("handoff requests' claims not renewed; tried again")
                 continue
             if not held and not self._watched and not self._away:
                 return
