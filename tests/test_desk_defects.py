@@ -350,3 +350,27 @@ async def test_the_claims_loop_survives_an_unexpected_error(pg: str) -> None:
         assert repo.renewals > 1
         assert [(e.kind, e.key) for e in bridge.events] == [(EventKind.REQUESTED, KEY)]
         await desk.aclose()
+
+
+# "I want a person" in the languages whose phrase lists had only "to talk with a person":
+# read as no request, so the customer stayed with the bot.
+WANT_A_PERSON = [
+    "nein, ich will einen Menschen", "Ich möchte einen Mitarbeiter bitte",
+    "ich brauche einen echten Menschen!", "quiero una persona", "Necesito un agente, por favor",
+    "voglio un operatore", "Vorrei una persona subito", "quero um atendente",
+    "preciso de um humano agora",
+]  # fmt: skip
+NO_PERSON_WANTED = [
+    "Ich will keinen Menschen", "No quiero una persona", "Non voglio un operatore",
+    "Não quero um atendente", "ich brauche einen Berater für meine Steuererklärung",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", WANT_A_PERSON)
+def test_wanting_a_person_is_a_request_in_every_language(text: str) -> None:
+    assert asks_for_person(text)
+
+
+@pytest.mark.parametrize("text", NO_PERSON_WANTED)
+def test_not_wanting_a_person_is_no_request_in_every_language(text: str) -> None:
+    assert not asks_for_person(text)

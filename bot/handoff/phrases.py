@@ -142,6 +142,25 @@ WANT_PERSON = (
     r"|thanks|thank|so|if|with|this|again)\b)"
 )
 
+# "Ich will einen Menschen", "quiero una persona", "voglio un operatore", "quero um atendente":
+# the person wanted, the word ending the request (as WANT_PERSON in English; "ich brauche einen
+# Berater für meine Steuer" asks for none). The verb of wanting stays out of the match (a
+# lookbehind), so that a negation before it is read: "No quiero una persona" asks for none.
+_WANT_END = (
+    r"(?=\W*$|\s*[.,!?;:…)(]|\s+(?:bitte|jetzt|sofort|sprechen|por\s+favor|ya|ahora|per\s+favore"
+    r"|subito|adesso|agora|já)\b)"
+)
+WANT_PERSON_IN: dict[str, str] = {
+    "de": r"(?:(?<=will )|(?<=möchte )|(?<=brauche )|(?<=gerne )|(?<=gern ))(?:einen|eine)\s+"
+          r"(?:echten\s+|richtigen\s+)?(?:menschen|mitarbeiter(?:in)?|berater(?:in)?)",
+    "es": r"(?:(?<=quiero )|(?<=quisiera )|(?<=necesito ))"
+          r"(?:una\s+persona|un\s+(?:humano|agente|operador|asesor))",
+    "it": r"(?:(?<=voglio )|(?<=vorrei ))"
+          r"(?:una\s+persona|un\s+(?:operatore|umano|consulente|addetto))",
+    "pt": r"(?:(?<=quero )|(?<=queria )|(?<=preciso de ))"
+          r"(?:uma\s+pessoa|um\s+(?:humano|atendente|agente|operador))",
+}  # fmt: skip
+
 # What negates a request said just before it, in the same clause: "I don't want to talk to a
 # person", "Ich möchte nicht mit einem Menschen sprechen". Not "can't" ("why can't I talk to a
 # person?" asks for one) nor a bare "no" ("is there no way to talk to a human?").
@@ -189,7 +208,13 @@ _NEGATED_WORDS = (
 NEGATED_WORDS = frozenset(_NEGATED_WORDS.split())
 
 _HUMAN = re.compile(
-    "|".join([*(f"(?:{p})" for patterns in HUMAN_PHRASES.values() for p in patterns), WANT_PERSON]),
+    "|".join(
+        [
+            *(f"(?:{p})" for patterns in HUMAN_PHRASES.values() for p in patterns),
+            WANT_PERSON,
+            *(f"(?:{p}{_WANT_END})" for p in WANT_PERSON_IN.values()),
+        ]
+    ),
     re.I,
 )
 _ALONE = re.compile("|".join(f"(?:{_alone(*words)})" for words in ALONE.values()), re.I)
