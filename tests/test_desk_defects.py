@@ -374,3 +374,27 @@ def test_wanting_a_person_is_a_request_in_every_language(text: str) -> None:
 @pytest.mark.parametrize("text", NO_PERSON_WANTED)
 def test_not_wanting_a_person_is_no_request_in_every_language(text: str) -> None:
     assert not asks_for_person(text)
+
+
+@pytest.mark.postgres
+async def test_a_request_queued_behind_an_away_help_desk_does_not_reopen_a_resolution(
+    pg: str,
+) -> None:
+    """7ea8117 checked a request for a later change only before trying it again: a request
+    queued behind another event while the help desk was away got its first try once it was
+    back, after the agent had resolved the conversation meanwhile, and reopened it (the
+    customer then went unanswered). A request or a taking that waited is checked before its
+    first try as well."""
+    away = AwayBridge()
+    async with stack(pg, ScriptedBackend(), bridge=away) as (app, adapter, _):
+        await send(app, adapter, 10, "hello")
+        other = ConversationKey("telegram", "43")
+        head = DeskEvent(EventKind.CUSTOMER_MESSAGE, other, 0, HandoffState.HUMAN, utcnow())
+        app.desk.publish(head)
+        await _until(lambda: away.tries > 0, "the help desk tried and away")
+        await app.desk.request(KEY, Reason.ASKED)
+        await app.desk.give_back(KEY, "chatwoot:42")
+        away.away = False
+        async with asyncio.timeout(20):
+            await app.desk.idle()
+        assert [e.kind for e in away.events if e.key == KEY] == [EventKind.RETURNED]

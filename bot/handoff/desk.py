@@ -160,6 +160,9 @@ class CoreDesk:
         # The conversations of this worker's claimed requests that its help desk cannot take
         # now (out of reach): their claims are not renewed, so another worker may take over.
         self._away: set[int] = set()
+        # The bridges (by id) whose help desk was away while events queued behind: those
+        # events are checked for a later change before their first try (_superseded).
+        self._behind_away: set[int] = set()
 
     async def start(self) -> None:
         """Read the conversations waiting for a person: their requests may never have been
@@ -454,7 +457,16 @@ class CoreDesk:
                 if not await self._ours(item):
                     continue
                 event = await item.get()
-                taken = await self._hand_on(bridge, event, item)
+                behind = id(bridge) in self._behind_away
+                if queue.empty():  # the events after this one did not wait
+                    self._behind_away.discard(id(bridge))
+                if behind and await self._superseded(event):
+                    log.info("desk bridge %s: %s for %s not tried: the conversation changed "
+                             "while it waited", type(bridge).__name__, event.kind.value,
+                             event.key)  # fmt: skip
+                    taken: bool | Awaitable[bool] = True
+                else:
+                    taken = await self._hand_on(bridge, event, item)
                 if event.kind is not EventKind.REQUESTED:
                     continue
                 if isinstance(taken, bool):
@@ -510,6 +522,7 @@ class CoreDesk:
             try:
                 receipt = await bridge.publish(event)
             except DeskAway as exc:
+                self._behind_away.add(id(bridge))
                 if away_since is None:
                     away_since = loop.time()
                     log.warning(
