@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from bot.storage import migrate
 from bot.types import ConversationKey, utcnow
 from tests.doubles import ScriptedBackend
 from tests.fake_chatwoot import ACCOUNT, ChatwootWorker, chatwoot_worker
+from tests.test_desk_trial import chatwoot
 from tests.test_handoff import (
     KEY,
     RecordingBridge,
@@ -30,18 +31,11 @@ from tests.test_handoff import (
     stack,
 )
 
-__all__ = ["pg"]  # the fixture, used by name
+__all__ = ["chatwoot", "pg"]  # the fixtures, used by name
 
 
 def _key(conversation: int) -> ConversationKey:
     return ConversationKey("chatwoot", f"{ACCOUNT}:{conversation}")
-
-
-@pytest.fixture
-async def chatwoot(postgres_url: str) -> AsyncIterator[ChatwootWorker]:
-    await migrate.upgrade(postgres_url)
-    async with chatwoot_worker(postgres_url, ScriptedBackend()) as w:
-        yield w
 
 
 @pytest.mark.postgres
