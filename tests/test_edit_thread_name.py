@@ -67,3 +67,29 @@ async def test_a_thread_a_member_renamed_keeps_its_name(tmp_path: Path) -> None:
             await h.adapter.edited(1)
         assert renames(h.api, thread) == []
         assert h.api.channels[thread]["name"] == "Cranes"
+
+
+async def test_a_rename_given_up_does_not_keep_the_old_name_for_good(tmp_path: Path) -> None:
+    """A rename Discord refused (or held back past RENAME_WAIT_S: two per 10 minutes) left the
+    thread with the name the bot gave it before, which is no longer the thread_name of the
+    recorded text: every later edit took it for a member's name and never renamed it, so the
+    secret the sender edited out stayed in the thread list for good."""
+    backend = ScriptedBackend(lambda request: "Here.")
+    async with discord_harness(tmp_path, backend, auto_thread=[ev.CHANNEL]) as h:
+        question = ev.message_create(
+            f"why is my login {SECRET} refused?", channel=ev.CHANNEL, mentions_bot=True
+        )
+        await h.deliver_event(question)
+        await h.idle()
+        thread = int(question["id"])
+        h.api.down = 1  # the first rename is refused (503)
+        h.api.push("MESSAGE_UPDATE", edit_of(question, "why is my login refused?", 10))
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.edited(1)
+        assert [c.status for c in renames(h.api, thread)] == [503]
+        assert SECRET in h.api.channels[thread]["name"]
+        h.api.push("MESSAGE_UPDATE", edit_of(question, "why is my login still refused?", 20))
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.edited(2)
+        assert h.api.channels[thread]["name"] == "why is my login still refused?"
+        assert len(backend.requests) == 1

@@ -72,6 +72,9 @@ THREAD_ALREADY_CREATED = 160004
 # How long a rename of an auto_thread after its edited question may wait for Discord (which
 # allows two renames of a channel per 10 minutes): the edit's handling is not held longer.
 RENAME_WAIT_S = 10.0
+# auto_threads whose name this process gave (their id -> that name): a rename given up leaves
+# the thread with it, which the recorded text no longer gives, and is not a member's name.
+THREAD_NAMES_KNOWN = 10_000
 
 # Discord's documented limits: 5 messages or edits per 5 s per channel, 50 requests a second
 # per bot overall.
@@ -232,6 +235,7 @@ class DiscordAdapter:
         self._progress = asyncio.Condition()
         self._guild_channels: Lru[bool] = Lru(GUILD_CHANNELS_KNOWN)
         self._interactions: Lru[discord.Interaction] = Lru(INTERACTIONS_KNOWN)
+        self._thread_names: Lru[str] = Lru(THREAD_NAMES_KNOWN)
         self.tree = commands.build_tree(
             self.client, host.router.commands, self.on_command, self.on_menu
         )
@@ -535,7 +539,8 @@ class DiscordAdapter:
     ) -> discord.Thread | None:
         """The thread the bot opened for an auto_thread question (`message`), where it still
         has the name the bot gave it (`thread_name` of the question as recorded, before this
-        edit): a name a member gave it is theirs. None for any other message."""
+        edit, or the name this process last gave it: a rename given up leaves that one): a
+        name a member gave it is theirs. None for any other message."""
         if edit.observed or message.channel.id not in self._settings.auto_thread:
             return None
         recorded = await self._store.message_by_key(edit.incoming.idempotency_key)
@@ -551,7 +556,8 @@ class DiscordAdapter:
             thread = found if isinstance(found, discord.Thread) else None
         if thread is None or thread.owner_id != self.me:
             return None
-        return thread if thread.name == thread_name(recorded.content) else None
+        given = (thread_name(recorded.content), self._thread_names.get(thread.id))
+        return thread if thread.name in given else None
 
     async def _rename_thread(self, thread: discord.Thread, name: str) -> None:
         """The thread named after the question's new text (`thread_name`: Discord's 100
@@ -563,6 +569,7 @@ class DiscordAdapter:
             async with asyncio.timeout(RENAME_WAIT_S):
                 async with self.gate.slot(str(thread.id), group=False):
                     await thread.edit(name=name)
+            self._thread_names.put(thread.id, name)
         except (TimeoutError, discord.HTTPException) as exc:
             log.warning("thread %s: not renamed after its question (%s)", thread.id,
                         type(exc).__name__)  # fmt: skip
@@ -612,6 +619,8 @@ class DiscordAdapter:
             try:
                 async with self.gate.slot(str(message.channel.id), group=False):
                     thread = await message.create_thread(name=thread_name(action.incoming.text))
+                # The name it gave; not that of a thread found (a member may have renamed it).
+                self._thread_names.put(thread.id, thread.name)
             except discord.HTTPException as exc:
                 thread = await self._thread_opened_by_another(message, exc)
                 if thread is None:
