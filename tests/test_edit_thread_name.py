@@ -28,17 +28,22 @@ def edit_of(question: dict[str, Any], text: str, second: int) -> dict[str, Any]:
             "edited_timestamp": f"2026-12-01T12:00:{second:02d}.000000+00:00"}  # fmt: skip
 
 
+async def asked_with_secret(h: Any) -> tuple[dict[str, Any], int]:
+    """An auto_thread question with a secret in it, answered in the thread it opened."""
+    question = ev.message_create(
+        f"why is my login {SECRET} refused?", channel=ev.CHANNEL, mentions_bot=True
+    )
+    await h.deliver_event(question)
+    await h.idle()
+    return question, int(question["id"])
+
+
 async def test_an_edited_question_renames_the_thread_the_bot_named_after_it(
     tmp_path: Path,
 ) -> None:
     backend = ScriptedBackend(lambda request: "Here.")
     async with discord_harness(tmp_path, backend, auto_thread=[ev.CHANNEL]) as h:
-        question = ev.message_create(
-            f"why is my login {SECRET} refused?", channel=ev.CHANNEL, mentions_bot=True
-        )
-        await h.deliver_event(question)
-        await h.idle()
-        thread = int(question["id"])
+        question, thread = await asked_with_secret(h)
         assert h.api.channels[thread]["name"] == f"why is my login {SECRET} refused?"
         h.api.push("MESSAGE_UPDATE", edit_of(question, "why is my login refused?", 10))
         async with asyncio.timeout(WAIT_S):
@@ -76,12 +81,7 @@ async def test_a_rename_given_up_does_not_keep_the_old_name_for_good(tmp_path: P
     secret the sender edited out stayed in the thread list for good."""
     backend = ScriptedBackend(lambda request: "Here.")
     async with discord_harness(tmp_path, backend, auto_thread=[ev.CHANNEL]) as h:
-        question = ev.message_create(
-            f"why is my login {SECRET} refused?", channel=ev.CHANNEL, mentions_bot=True
-        )
-        await h.deliver_event(question)
-        await h.idle()
-        thread = int(question["id"])
+        question, thread = await asked_with_secret(h)
         h.api.down = 1  # the first rename is refused (503)
         h.api.push("MESSAGE_UPDATE", edit_of(question, "why is my login refused?", 10))
         async with asyncio.timeout(WAIT_S):
