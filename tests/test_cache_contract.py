@@ -99,6 +99,19 @@ async def test_delete_removes_and_missing_delete_is_quiet(cache: Cache) -> None:
     assert await cache.get("k") is None
 
 
+async def test_set_newer_keeps_the_later_order_whoever_writes_last(
+    cache: Cache, peer: Cache
+) -> None:
+    await cache.set_newer("k", b"newer", "2026-12-01T12:00:20.000000", 600)
+    await peer.set_newer("k", b"older", "2026-12-01T12:00:10.000000", 600)
+    assert await cache.get("k") == b"newer"
+    await peer.set_newer("k", b"same time", "2026-12-01T12:00:20.000000", 600)
+    assert await cache.get("k") == b"same time"  # at the same time, the last written
+    await cache.delete("k")  # taken: an older value still never comes after it
+    await peer.set_newer("k", b"older", "2026-12-01T12:00:10.000000", 600)
+    assert await cache.get("k") is None
+
+
 @pytest.mark.parametrize("value", BYTE_VALUES)
 async def test_bytes_values_round_trip(cache: Cache, value: bytes) -> None:
     await cache.set("k", value)

@@ -407,9 +407,13 @@ class ConversationManager:
             estimate = True
             question_only = False
         marked = not observed and self._marks_edits(incoming)
-        if marked and await self._newest_mark(key, edited_at):
+        if marked:
             mark = _edit_mark(text, edited_at, question_only=question_only)
-            await self._deletions.set(keys.edited(key), mark, DELETION_MARK_TTL_S)
+            if edited_at is None:
+                await self._deletions.set(keys.edited(key), mark, DELETION_MARK_TTL_S)
+            else:  # not over a newer edit's mark, also one another worker writes at once
+                order = edited_at.strftime("%Y-%m-%dT%H:%M:%S.%f")  # UTC: sorts as it is
+                await self._deletions.set_newer(keys.edited(key), mark, order, DELETION_MARK_TTL_S)
         edit = functools.partial(
             self._apply_edit, key, text, question_only=question_only, estimate=estimate,
             edited_at=edited_at,
@@ -457,17 +461,6 @@ class ConversationManager:
             return False
         await self._forget_window(conversation_id)
         return True
-
-    async def _newest_mark(self, idempotency_key: str, edited_at: datetime | None) -> bool:
-        """Whether an edit at `edited_at` is to be marked: no mark is there yet from a newer
-        edit (an older edit handled last leaves the newer one's mark)."""
-        if edited_at is None:
-            return True
-        value = await self._deletions.get(keys.edited(idempotency_key))
-        if value is None:
-            return True
-        marked_at = _read_edit_mark(value)[1]
-        return marked_at is None or marked_at <= edited_at
 
     def _marks_edits(self, incoming: Incoming) -> bool:
         sink = self._sinks.get(incoming.key.platform)

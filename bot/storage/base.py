@@ -602,6 +602,12 @@ class Cache(Protocol):
         """`set`, only where the key holds nothing."""
         ...
 
+    async def set_newer(self, key: str, value: bytes, order: str, ttl_s: float) -> None:
+        """`set`, unless the key holds a value set so with a later `order` (strings compared
+        as they sort: times of one fixed format): in one step, also where two workers write
+        at once (an edit's mark, ConversationManager.edit)."""
+        ...
+
     async def delete(self, key: str) -> None: ...
 
     async def count(self, key: str, window_s: float, *, once: str | None = None) -> int:

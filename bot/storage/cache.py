@@ -78,6 +78,13 @@ class MemoryCache:
     async def add(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         self._keep_absent(key, value, ttl_s)
 
+    async def set_newer(self, key: str, value: bytes, order: str, ttl_s: float) -> None:
+        held = self._find(_order_key(key))  # no await in between: one step
+        if isinstance(held, str) and held > order:
+            return
+        self._keep(key, value, _deadline(ttl_s))
+        self._keep(_order_key(key), order, _deadline(ttl_s))
+
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
 
@@ -183,6 +190,20 @@ redis.call('SET', KEYS[2], hits, 'PX', ARGV[1])
 return hits
 """
 
+# Cache.set_newer: the value and its order, unless the order held is later.
+_SET_NEWER = """
+local held = redis.call('GET', KEYS[2])
+if held and held > ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+
+def _order_key(key: str) -> str:
+    """Where Cache.set_newer keeps the order of the value under `key`."""
+    return f"{key}:order"
+
 
 class RedisCache:
     """Entries under `{key_prefix}:{key}`, keys from bot.storage.keys."""
@@ -200,6 +221,7 @@ class RedisCache:
         )
         self._failures: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self._count_once = client.register_script(_COUNT_ONCE)
+        self._set_newer = client.register_script(_SET_NEWER)
 
     @classmethod
     def from_url(
@@ -242,6 +264,11 @@ class RedisCache:
     async def add(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         px = None if ttl_s is None else max(1, math.ceil(ttl_s * 1000))
         await self._attempt(lambda: self._client.set(self._key(key), value, px=px, nx=True))
+
+    async def set_newer(self, key: str, value: bytes, order: str, ttl_s: float) -> None:
+        px = max(1, math.ceil(ttl_s * 1000))
+        names = [self._key(key), self._key(_order_key(key))]
+        await self._attempt(lambda: self._set_newer(keys=names, args=[value, order, px]))
 
     async def delete(self, key: str) -> None:
         await self._attempt(lambda: self._client.delete(self._key(key)))
