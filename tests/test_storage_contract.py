@@ -687,6 +687,22 @@ async def test_erase_leaves_no_message_and_keeps_the_conversations_id(store: Sto
     assert await store.erase(KEY, ALICE.user_id, []) == []  # nothing left to erase
 
 
+async def test_an_erased_message_id_is_never_given_to_another_message(store: Store) -> None:
+    """The newest message of all erased (DELETE /v1/visitor): on SQLite the next message
+    would take its id, and a public id or a cached message id of the erased one would point
+    at another's message. It stays as a stub out of every page, as forget_user keeps it."""
+    _, _, answer = await turn(store, "n-1", "secret", "answer")
+    await store.erase(KEY, ALICE.user_id, [])
+    bob = User("console", "u-2", "Bob")
+    other = await store.record_incoming(
+        incoming("n-2", key=ConversationKey("console", "chat-9"), user=bob),
+        kind=CHAT, token_count=1,
+    )  # fmt: skip
+    assert other.message_id > answer
+    assert await store.message_page(KEY, kinds=[CHAT], before=None, limit=10) == []
+    assert (await store.pending_stats())[0] == 1  # the stub is no question
+
+
 async def test_a_chat_moved_to_a_new_id_takes_its_conversation_along(
     pair: tuple[SqlStore, SqlStore],
 ) -> None:

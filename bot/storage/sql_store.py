@@ -820,7 +820,8 @@ class SqlStore:
                 _c.platform == key.platform, _c.chat_id == key.chat_id))  # fmt: skip
             ids = [int(i) for i, _ in rows]
             threads[:] = [str(t or "") for _, t in rows]
-            _close_conversations(q, ids)
+            newest = _keep_newest(q, lambda _, cid: cid in ids)
+            _close_conversations(q, ids, keep=newest)
             uid = _scalar(q.rows(_USER_ID, {"platform": key.platform, "external_id": user_id}))
             if uid is not None:
                 _delete_user(q, int(uid), sqlite=not self._autocommit)
@@ -862,12 +863,8 @@ class SqlStore:
             )
             if not apply:
                 return found
-            # SQLite gives a new row the largest id plus one: the newest message of all, if
-            # it goes, stays as a stub out of the context (as prune keeps it).
-            newest = _scalar(q.rows(sa.select(sa.func.max(_m.id))))
-            if newest in {int(i) for i, _ in doomed}:
-                q.rowcount(_FORGET_REPLY_TO, {"mid": newest})
-                q.rowcount(_FORGOTTEN_STUB, {"mid": newest})
+            gone = {int(i) for i, _ in doomed}
+            newest = _keep_newest(q, lambda mid, _: mid in gone)
             if chats:  # before their messages go: found by their first message
                 # The bot's answers there since their first message saw it in their context
                 # (or in the summary) and may quote it.
@@ -1793,6 +1790,21 @@ _ERASE_CONVERSATIONS = sa.update(_c).values(
     delivery_epoch=None, delivery_owner=None, delivery_seen=None, delivery_ref=None,
     redactions=_c.redactions + 1,
 )  # fmt: skip
+
+
+def _keep_newest(q: Queries, goes: Callable[[int, int], bool]) -> int | None:
+    """Store.erase and Store.forget_user: SQLite gives a new row the largest id plus one, so
+    the newest message of all, if it goes (`goes(id, conversation id)`), stays as a stub out
+    of the context (as prune keeps it): its id is never given to another message, which a
+    public id or a cached id of it would then name. Its id, or None with no message."""
+    row = q.rows(sa.select(_m.id, _m.conversation_id).order_by(_m.id.desc()).limit(1))
+    if not row:
+        return None
+    newest, cid = (int(v) for v in row[0])
+    if goes(newest, cid):
+        q.rowcount(_FORGET_REPLY_TO, {"mid": newest})
+        q.rowcount(_FORGOTTEN_STUB, {"mid": newest})
+    return newest
 
 
 def _close_conversations(q: Queries, ids: Sequence[int], keep: int | None = None) -> None:
