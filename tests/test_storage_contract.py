@@ -12,10 +12,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.pool import QueuePool
 
 from bot.errors import StorageError
+from bot.handoff.desk import CoreDesk
+from bot.handoff.models import HandoffStateRow
+from bot.handoff.note import NoteWriter
+from bot.handoff.repo import HandoffRepository
+from bot.handoff.types import HandoffError, HandoffState, Reason
 from bot.storage.base import MessageKind, Recorded, Store
+from bot.storage.cache import MemoryCache
 from bot.storage.database import create_engine
 from bot.storage.migrate import upgrade
 from bot.storage.sql_store import DELETED_STUB, SqlStore
@@ -750,3 +757,44 @@ async def test_after_an_erase_the_same_visitor_starts_a_conversation_an_erase_fi
     assert new is not None and new != cid
     assert await store.erase(KEY, ALICE.user_id, []) == [new]
     assert await store.message_by_key("x-3") is None and await store.message_by_key("x-4") is None
+
+
+async def test_a_handoff_after_an_erase_on_another_worker_is_found_by_a_later_erase(
+    pair: tuple[SqlStore, SqlStore],
+) -> None:
+    """DELETE /v1/visitor on one worker; the other remembered the conversation's id and its
+    desk then hands the visitor's conversation to a person (status/request/take name it by
+    key). The handoff lands on the visitor's new conversation, not on the tombstone, where a
+    later erase would not find it; with no new conversation there is none to hand off."""
+    store, peer = pair
+    repo = HandoffRepository(peer.engine, MemoryCache())
+    notes = NoteWriter(peer, repo, None, agent_language="en", history_messages=10)
+    desk = CoreDesk(peer, repo, notes, lambda c, k: None)
+    cid, _ = await say(store, "h-1", "secret")
+    assert (await desk.status(KEY)).state is HandoffState.BOT  # the peer remembers the id
+    assert await store.erase(KEY, ALICE.user_id, []) == [cid]
+    with pytest.raises(HandoffError):
+        await desk.request(KEY, Reason.ASKED)
+    new, _ = await say(store, "h-2", "again")  # the visitor's next message, on the first
+    assert (await desk.request(KEY, Reason.ASKED)).state is HandoffState.WAITING
+    assert (await desk.take(KEY, "Dana")).state is HandoffState.HUMAN
+    assert (await desk.status(KEY)).state is HandoffState.HUMAN
+    assert await store.erase(KEY, ALICE.user_id, []) == [new]
+    async with store.engine.connect() as conn:
+        left = await conn.scalar(sa.select(sa.func.count()).select_from(HandoffStateRow))
+    assert left == 0
+
+
+async def test_a_withdrawal_after_an_erase_on_another_worker_finds_the_new_conversation(
+    pair: tuple[SqlStore, SqlStore],
+) -> None:
+    """A worker that remembers an erased conversation's id withdraws a message deleted on its
+    platform from the visitor's new conversation, not from the tombstone."""
+    store, peer = pair
+    cid, _ = await say(store, "w-1", "secret")
+    assert await peer.conversation_id(KEY) == cid
+    assert await store.erase(KEY, ALICE.user_id, []) == [cid]
+    again = Incoming(KEY, ALICE, "oops", idempotency_key="w-2", platform_message_id="77")
+    await store.record_incoming(again, kind=CHAT, token_count=1)
+    assert await peer.withdraw(KEY, "77") is True
+    assert await store.pending_stats() == (0, None)

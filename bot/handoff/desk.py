@@ -438,7 +438,9 @@ class CoreDesk:
         self.publish(event, change=change)
 
     async def _conversation(self, key: ConversationKey) -> int:
-        cid = await self._store.conversation_id(key)
+        # From the database, not this worker's memory: a conversation erased on another
+        # worker (a tombstone) must not take a handoff a later erase would not find.
+        cid = await self._store.conversation_id(key, fresh=True)
         if cid is None:
             raise HandoffError(f"no conversation {key}")
         return cid

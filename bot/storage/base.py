@@ -268,8 +268,12 @@ class Store(Protocol):
         """
         ...
 
-    async def conversation_id(self, key: ConversationKey) -> int | None:
-        """The id of an existing conversation; None if nothing was ever recorded in it."""
+    async def conversation_id(self, key: ConversationKey, *, fresh: bool = False) -> int | None:
+        """The id of an existing conversation; None if nothing was ever recorded in it.
+        A worker may answer from its memory: an id another worker erased since (Store.erase,
+        a tombstone now) until this one records a message in the chat. `fresh`: looked up
+        in the database, for a write that must land where a later erase finds it (the
+        handoff desk's)."""
         ...
 
     async def pending(self, conversation_id: int, limit: int) -> Sequence[StoredMessage]:

@@ -251,8 +251,8 @@ class SqlStore:
                 self._marked_shared.put(incoming.key, True)
         return recorded
 
-    async def conversation_id(self, key: ConversationKey) -> int | None:
-        found = self._conversation_ids.get(key)
+    async def conversation_id(self, key: ConversationKey, *, fresh: bool = False) -> int | None:
+        found = None if fresh else self._conversation_ids.get(key)
         if found is not None:
             return found
 
@@ -264,6 +264,8 @@ class SqlStore:
         found = await self._run(run)
         if found is not None:
             self._conversation_ids.put(key, found)
+        else:  # erased on another worker since: nothing of it is remembered here either
+            self._conversation_ids.discard(key)
         return found
 
     async def pending(self, conversation_id: int, limit: int) -> Sequence[StoredMessage]:
@@ -597,7 +599,14 @@ class SqlStore:
         if conversation_id is None:
             return False
         params = {"cid": conversation_id, "pmid": platform_message_id}
-        return await self._write(_WITHDRAW, params) > 0
+        if await self._write(_WITHDRAW, params) > 0:
+            return True
+        # None found: the id may be one this worker remembers of a conversation another one
+        # erased since (a tombstone); looked up again only then, off the path of a message.
+        again = await self.conversation_id(key, fresh=True)
+        if again is None or again == conversation_id:
+            return False
+        return await self._write(_WITHDRAW, {**params, "cid": again}) > 0
 
     async def redact(self, idempotency_key: str) -> int | None:
         return await self._replace_text(_REDACT, {"key": idempotency_key})
