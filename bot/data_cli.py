@@ -5,7 +5,10 @@ The deletions are the Store's (`forget_user`, one transaction). Every Redis key 
 conversations it changes and of the user's messages (the workers share them there) is deleted
 before it, from a dry run's count, and again after it (a copy cached meanwhile); each DEL is
 Redis's own answer, not the cache's, which passes a failure over: a key that fails to go is one
-line, exit 3, and, before the rows went, a rerun finds everything again.
+line, exit 3, and, before the rows went, a rerun finds everything again. After the rows went a
+rerun finds nothing in SQL: the keys still to drop are kept in a file of the data folder
+(forget-pending/, written before the rows go, removed once they are all gone), from which a
+rerun finishes.
 
 A worker that keeps its caches in its own memory is reached through SQL: its
 context windows are stale by the count of redactions the forget raised (ContextLoader), and on
@@ -17,8 +20,11 @@ could not tell: the command refuses while a worker has the database open.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import make_url
@@ -26,7 +32,7 @@ from sqlalchemy import make_url
 from bot.budget import SUPPORT_PLATFORM, subjects_of
 from bot.budget_counters import KEEP_S
 from bot.errors import StorageError
-from bot.settings import Settings
+from bot.settings import Settings, data_dir
 from bot.storage import keys
 from bot.storage.base import Forgotten
 from bot.storage.cache import RedisCache, build_cache
@@ -94,11 +100,21 @@ async def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
             # run before the rows that name the keys are deleted, so a rerun finds them again.
             found = await _forget(settings, args, apply=False)
             if found.users:
-                await _drop_keys(settings, args, found)
+                names = _pending(args, _key_names(settings, args, found))
+                await _drop_keys(settings, args, names)
+                # Kept before the rows go: a second pass that fails has them to finish from.
+                _keep_pending(args, names)
         forgotten = await _forget(settings, args, apply=args.yes)
     finally:
         if lock is not None:
             os.close(lock)
+    if not forgotten.users and args.yes and _shared(settings) and _pending_file(args).exists():
+        # An earlier run deleted the rows, then Redis failed: its keys, from the file.
+        dropped = await _drop_keys(settings, args, _pending(args, []))
+        _pending_file(args).unlink()
+        print(f"no {args.platform} user {args.user} is recorded any more; cache: {dropped} "
+              "keys of theirs an earlier run left dropped from Redis")  # fmt: skip
+        return 0
     if not forgotten.users:
         print(f"no {args.platform} user {args.user} is recorded: nothing to forget")
         return 0
@@ -156,16 +172,42 @@ async def _drop_cached(settings: Settings, args: argparse.Namespace, forgotten: 
     if not _shared(settings):
         print("cache: none shared (no Redis); each worker notices in its next turn")
         return 0
-    # Again after the rows: a worker may have cached a copy since the first pass.
-    dropped = await _drop_keys(settings, args, forgotten)
+    # Again after the rows: a worker may have cached a copy since the first pass. The
+    # file keeps them until they are gone: a rerun finds no rows to name them.
+    names = _pending(args, _key_names(settings, args, forgotten))
+    _keep_pending(args, names)
+    dropped = await _drop_keys(settings, args, names)
+    _pending_file(args).unlink(missing_ok=True)
     print(f"cache: {dropped} keys of theirs dropped from Redis")
     return 0
 
 
-async def _drop_keys(settings: Settings, args: argparse.Namespace, found: Forgotten) -> int:
-    """Delete every key of theirs, each asked of Redis itself: the cache's delete passes a
-    failure over (right for a turn, not for an erasure), so one that fails is StorageError
-    (one line, exit 3)."""
+def _pending_file(args: argparse.Namespace) -> Path:
+    """The keys of theirs still to drop from Redis: named by a hash, not by their id."""
+    digest = hashlib.sha256(f"{args.platform}\0{args.user}".encode()).hexdigest()[:32]
+    return data_dir() / "forget-pending" / f"{digest}.json"
+
+
+def _pending(args: argparse.Namespace, names: list[str]) -> list[str]:
+    """`names` and those an earlier run left in the file, each once."""
+    path = _pending_file(args)
+    left: list[str] = json.loads(path.read_text()) if path.exists() else []
+    return list(dict.fromkeys([*left, *names]))
+
+
+def _keep_pending(args: argparse.Namespace, names: list[str]) -> None:
+    path = _pending_file(args)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        part = path.with_suffix(".part")
+        part.write_text(json.dumps(names))
+        os.replace(part, path)  # whole or not there
+    except OSError as exc:
+        raise StorageError(f"data forget: cannot write {path} ({exc.strerror})") from exc
+
+
+def _key_names(settings: Settings, args: argparse.Namespace, found: Forgotten) -> list[str]:
+    """Every Redis key of theirs the rows name (their conversations, their messages)."""
     sender = _sender(args)
     names = [keys.rate(sender), keys.told(sender)]
     for cid in found.conversations:
@@ -177,8 +219,15 @@ async def _drop_keys(settings: Settings, args: argparse.Namespace, found: Forgot
     if args.platform == SUPPORT_PLATFORM:  # a web chat visitor: SITE:VISITOR, its chat too
         names.append(keys.support_visitor(args.user))
     prefix = settings.redis.key_prefix
+    return [keys.cached(prefix, name) for name in names]
+
+
+async def _drop_keys(settings: Settings, args: argparse.Namespace, names: list[str]) -> int:
+    """Delete every key of theirs, each asked of Redis itself: the cache's delete passes a
+    failure over (right for a turn, not for an erasure), so one that fails is StorageError
+    (one line, exit 3)."""
     # One DEL each: in a Redis Cluster the keys lie in many slots.
-    await _delete(settings, [[keys.cached(prefix, name)] for name in names])
+    await _delete(settings, [[name] for name in names])
     return len(names) + await _drop_redis_only(settings, args)
 
 

@@ -15,10 +15,12 @@ import secrets
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from adapters.support.events import RedisEventLog
@@ -26,11 +28,11 @@ from bot.budget_counters import Limited, RedisCounter
 from bot.cli import main
 from bot.handoff.models import HandoffEventRow, HandoffStateRow
 from bot.storage import keys
-from bot.storage.base import MessageKind
+from bot.storage.base import Forgotten, MessageKind
 from bot.storage.database import create_engine
 from bot.storage.models import Base, ConversationRow, TokenUsageRow
 from bot.storage.prefs_models import ChatPrefsRow, UserPrefsRow
-from bot.storage.sql_store import FORGOTTEN_STUB
+from bot.storage.sql_store import FORGOTTEN_STUB, SqlStore
 from bot.storage.usage import Subject, UsageLog
 from bot.types import ConversationKey, Incoming, User
 from tests.processes import parley_env
@@ -615,3 +617,60 @@ async def test_a_redis_key_that_fails_to_go_fails_the_forget_and_a_rerun_finishe
     assert out.startswith("messages: 2 deleted") and "dropped from Redis" in out
     assert leaks(await table_rows(database_url)) == []
     assert [k for k, v in (await redis_values(redis_url, key_prefix)).items() if SECRET in v] == []
+
+
+async def test_redis_failing_after_the_rows_went_leaves_a_rerun_that_finishes(
+    database_url: str, redis_url: str, key_prefix: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A worker caches her context window again while her rows go, and Redis then refuses
+    its key (the ACL user loses it): the run exits 3, and a rerun, which finds no user of
+    that id in SQL any more, still drops the keys the first run could not (kept in the data
+    folder), and the file with them goes."""
+    async with worker(database_url, redis_url, key_prefix) as w:
+        await w.manager.handle(said(PRIVATE, ADA, f"my key is {SECRET}", "p1"))
+    held = [k for k, v in (await redis_values(redis_url, key_prefix)).items() if SECRET in v]
+    assert any(k.startswith(f"{key_prefix}:c") for k in held), held  # what the ACL keeps
+    admin = SyncRedis.from_url(redis_url)
+    user, password = key_prefix, secrets.token_hex(8)
+    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"],
+                      keys=[f"{key_prefix}:*"], commands=["+@all"])  # fmt: skip
+    copies = {k: admin.dump(k) for k in held if k.startswith(f"{key_prefix}:c")}
+    forget_user = SqlStore.forget_user
+
+    async def then_redis_refuses(store: SqlStore, *a: Any, apply: bool) -> Forgotten:
+        done = await forget_user(store, *a, apply=apply)
+        if apply:  # her rows are gone; a worker cached her window again meanwhile, and it
+            # may no longer be deleted
+            for name, dumped in copies.items():
+                admin.restore(name, 0, dumped, replace=True)
+            admin.acl_setuser(user, enabled=True, reset_keys=True, keys=[f"{key_prefix}:[^c]*"])
+        return done
+
+    target = urlsplit(redis_url)
+    limited = f"redis://{user}:{password}@{target.hostname}:{target.port or 6379}{target.path}"
+    env = {"PARLEY_DATABASE__URL": database_url, "PARLEY_DATABASE__AUTO_MIGRATE": "true",
+           "PARLEY_REDIS__URL": limited, "PARLEY_REDIS__KEY_PREFIX": key_prefix}  # fmt: skip
+    try:
+        for name, value in parley_env(tmp_path, env).items():
+            monkeypatch.setenv(name, value)
+        with monkeypatch.context() as patched:
+            patched.setattr(SqlStore, "forget_user", then_redis_refuses)
+            assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 3
+        out, err = capsys.readouterr()
+        assert out.startswith("messages: 2 deleted") and "dropped" not in out, out
+        assert err.startswith("parley: error: ") and err.count("\n") == 1 and SECRET not in err
+        assert [k for k, v in (await redis_values(redis_url, key_prefix)).items()
+                if SECRET in v]  # fmt: skip
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
+    monkeypatch.setenv("PARLEY_REDIS__URL", redis_url)
+    assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "dropped from Redis" in out, out
+    assert leaks(await table_rows(database_url)) == []
+    assert [k for k, v in (await redis_values(redis_url, key_prefix)).items() if SECRET in v] == []
+    assert list((tmp_path / "home").glob("forget-pending/*")) == []
+    assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 0  # done: nothing left
+    assert "nothing to forget" in capsys.readouterr().out
