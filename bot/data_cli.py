@@ -188,19 +188,30 @@ def _pending_file(args: argparse.Namespace) -> Path:
     return data_dir() / "forget-pending" / f"{digest}.json"
 
 
+# In the file, the user's id (in their key names: their sender, their private chat, a visitor's
+# SITE:VISITOR) stands as this mark, put back from --user by the rerun: a file left behind
+# names no one. No key name holds a NUL, so the names come back as they were.
+_USER_MARK = "\0"
+
+
 def _pending(args: argparse.Namespace, names: list[str]) -> list[str]:
     """`names` and those an earlier run left in the file, each once."""
     path = _pending_file(args)
-    left: list[str] = json.loads(path.read_text()) if path.exists() else []
+    kept: list[str] = json.loads(path.read_text()) if path.exists() else []
+    left = [name.replace(_USER_MARK, args.user) for name in kept]
     return list(dict.fromkeys([*left, *names]))
 
 
 def _keep_pending(args: argparse.Namespace, names: list[str]) -> None:
     path = _pending_file(args)
+    text = json.dumps([name.replace(args.user, _USER_MARK) for name in names])
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         part = path.with_suffix(".part")
-        part.write_text(json.dumps(names))
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            os.fchmod(out.fileno(), 0o600)  # one an earlier run left: the operator's alone too
+            out.write(text)
         os.replace(part, path)  # whole or not there
     except OSError as exc:
         raise StorageError(f"data forget: cannot write {path} ({exc.strerror})") from exc

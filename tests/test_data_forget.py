@@ -662,6 +662,11 @@ async def test_redis_failing_after_the_rows_went_leaves_a_rerun_that_finishes(
         assert err.startswith("parley: error: ") and err.count("\n") == 1 and SECRET not in err
         assert [k for k, v in (await redis_values(redis_url, key_prefix)).items()
                 if SECRET in v]  # fmt: skip
+        # The keys kept for the rerun name neither her id nor her chat, and only the
+        # operator may read them.
+        (kept,) = (tmp_path / "home").glob("forget-pending/*")
+        assert PRIVATE.chat_id not in kept.read_text() and ADA.user_id not in kept.read_text()
+        assert kept.stat().st_mode & 0o077 == 0, oct(kept.stat().st_mode)
     finally:
         admin.acl_deluser(user)
         admin.close()
