@@ -798,3 +798,26 @@ async def test_a_withdrawal_after_an_erase_on_another_worker_finds_the_new_conve
     await store.record_incoming(again, kind=CHAT, token_count=1)
     assert await peer.withdraw(KEY, "77") is True
     assert await store.pending_stats() == (0, None)
+
+
+async def test_a_status_after_an_erase_on_another_worker_reads_the_new_conversation(
+    pair: tuple[SqlStore, SqlStore],
+) -> None:
+    """The visitor's new conversation, after DELETE /v1/visitor, was taken by a person on the
+    worker that erased; the other worker, which remembered the erased conversation's id, reads
+    the handoff state of the new conversation (the agent API's status and its check before a
+    take, the Chatwoot bridge's), not the tombstone's: the bot's."""
+    store, peer = pair
+    desks = []
+    for worker in (store, peer):
+        repo = HandoffRepository(worker.engine, MemoryCache())
+        notes = NoteWriter(worker, repo, None, agent_language="en", history_messages=10)
+        desks.append(CoreDesk(worker, repo, notes, lambda c, k: None))
+    here, there = desks
+    cid, _ = await say(store, "s-1", "secret")
+    assert (await there.status(KEY)).state is HandoffState.BOT  # the peer remembers the id
+    assert await store.erase(KEY, ALICE.user_id, []) == [cid]
+    await say(store, "s-2", "again")  # the visitor's next message, on the first worker
+    assert (await here.take(KEY, "Dana")).state is HandoffState.HUMAN
+    now = await there.status(KEY)
+    assert (now.state, now.agent) == (HandoffState.HUMAN, "Dana")

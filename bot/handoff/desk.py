@@ -285,7 +285,10 @@ class CoreDesk:
             self._start_publishers()
 
     async def status(self, key: ConversationKey) -> HandoffStatus:
-        cid = await self._store.conversation_id(key)
+        # From the database as the writes are (_conversation): a take checks it first (the
+        # agent API's 409), and a tombstone's state, the bot's, would let it take from a person.
+        # Not on a turn's path: the manager reads the state by the turn's conversation id.
+        cid = await self._store.conversation_id(key, fresh=True)
         return await self.repo.status(cid) if cid is not None else HandoffStatus(BOT)
 
     async def request(
