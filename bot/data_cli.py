@@ -100,18 +100,19 @@ async def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
             # run before the rows that name the keys are deleted, so a rerun finds them again.
             found = await _forget(settings, args, apply=False)
             if found.users:
-                names = _pending(args, _key_names(settings, args, found))
+                names = _pending(settings, args, _key_names(settings, args, found))
                 await _drop_keys(settings, args, names)
                 # Kept before the rows go: a second pass that fails has them to finish from.
-                _keep_pending(args, names)
+                _keep_pending(settings, args, names)
         forgotten = await _forget(settings, args, apply=args.yes)
     finally:
         if lock is not None:
             os.close(lock)
-    if not forgotten.users and args.yes and _shared(settings) and _pending_file(args).exists():
+    left = _pending_file(settings, args)
+    if not forgotten.users and args.yes and _shared(settings) and left.exists():
         # An earlier run deleted the rows, then Redis failed: its keys, from the file.
-        dropped = await _drop_keys(settings, args, _pending(args, []))
-        _pending_file(args).unlink()
+        dropped = await _drop_keys(settings, args, _pending(settings, args, []))
+        left.unlink()
         print(f"no {args.platform} user {args.user} is recorded any more; cache: {dropped} "
               "keys of theirs an earlier run left dropped from Redis")  # fmt: skip
         return 0
@@ -174,17 +175,20 @@ async def _drop_cached(settings: Settings, args: argparse.Namespace, forgotten: 
         return 0
     # Again after the rows: a worker may have cached a copy since the first pass. The
     # file keeps them until they are gone: a rerun finds no rows to name them.
-    names = _pending(args, _key_names(settings, args, forgotten))
-    _keep_pending(args, names)
+    names = _pending(settings, args, _key_names(settings, args, forgotten))
+    _keep_pending(settings, args, names)
     dropped = await _drop_keys(settings, args, names)
-    _pending_file(args).unlink(missing_ok=True)
+    _pending_file(settings, args).unlink(missing_ok=True)
     print(f"cache: {dropped} keys of theirs dropped from Redis")
     return 0
 
 
-def _pending_file(args: argparse.Namespace) -> Path:
-    """The keys of theirs still to drop from Redis: named by a hash, not by their id."""
-    digest = hashlib.sha256(f"{args.platform}\0{args.user}".encode()).hexdigest()[:32]
+def _pending_file(settings: Settings, args: argparse.Namespace) -> Path:
+    """The keys of theirs still to drop from Redis: named by a hash, not by their id, and of
+    this deployment's key prefix: another one sharing the data folder (its own Redis) finds
+    no file of its own, rather than claim these dropped and take the file away."""
+    user = f"{settings.redis.key_prefix}\0{args.platform}\0{args.user}"
+    digest = hashlib.sha256(user.encode()).hexdigest()[:32]
     return data_dir() / "forget-pending" / f"{digest}.json"
 
 
@@ -194,16 +198,16 @@ def _pending_file(args: argparse.Namespace) -> Path:
 _USER_MARK = "\0"
 
 
-def _pending(args: argparse.Namespace, names: list[str]) -> list[str]:
+def _pending(settings: Settings, args: argparse.Namespace, names: list[str]) -> list[str]:
     """`names` and those an earlier run left in the file, each once."""
-    path = _pending_file(args)
+    path = _pending_file(settings, args)
     kept: list[str] = json.loads(path.read_text()) if path.exists() else []
     left = [name.replace(_USER_MARK, args.user) for name in kept]
     return list(dict.fromkeys([*left, *names]))
 
 
-def _keep_pending(args: argparse.Namespace, names: list[str]) -> None:
-    path = _pending_file(args)
+def _keep_pending(settings: Settings, args: argparse.Namespace, names: list[str]) -> None:
+    path = _pending_file(settings, args)
     text = json.dumps([name.replace(args.user, _USER_MARK) for name in names])
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

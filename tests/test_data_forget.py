@@ -671,6 +671,13 @@ async def test_redis_failing_after_the_rows_went_leaves_a_rerun_that_finishes(
         admin.acl_deluser(user)
         admin.close()
     monkeypatch.setenv("PARLEY_REDIS__URL", redis_url)
+    # Another deployment (its own key prefix, its Redis) sharing the data folder: the file is
+    # not its own, so it neither claims those keys dropped nor takes the file away.
+    monkeypatch.setenv("PARLEY_REDIS__KEY_PREFIX", f"{key_prefix}-other")
+    assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 0
+    assert "nothing to forget" in capsys.readouterr().out
+    assert len(list((tmp_path / "home").glob("forget-pending/*"))) == 1
+    monkeypatch.setenv("PARLEY_REDIS__KEY_PREFIX", key_prefix)
     assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 0
     out = capsys.readouterr().out
     assert "dropped from Redis" in out, out
