@@ -116,6 +116,11 @@ async def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
         print(f"no {args.platform} user {args.user} is recorded any more; cache: {dropped} "
               "keys of theirs an earlier run left dropped from Redis")  # fmt: skip
         return 0
+    if not forgotten.users and not args.yes and _shared(settings) and left.exists():
+        # Not "nothing to forget": the operator would not run it again to finish.
+        print(f"no {args.platform} user {args.user} is recorded any more; cache: keys of "
+              "theirs an earlier run left in Redis; add --yes to drop them")  # fmt: skip
+        return 0
     if not forgotten.users:
         print(f"no {args.platform} user {args.user} is recorded: nothing to forget")
         return 0

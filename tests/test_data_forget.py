@@ -678,6 +678,9 @@ async def test_redis_failing_after_the_rows_went_leaves_a_rerun_that_finishes(
     assert "nothing to forget" in capsys.readouterr().out
     assert len(list((tmp_path / "home").glob("forget-pending/*"))) == 1
     monkeypatch.setenv("PARLEY_REDIS__KEY_PREFIX", key_prefix)
+    assert await asyncio.to_thread(main, FORGET) == 0  # a dry run tells of what is left
+    out = capsys.readouterr().out
+    assert "nothing to forget" not in out and "--yes" in out, out
     assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 0
     out = capsys.readouterr().out
     assert "dropped from Redis" in out, out
