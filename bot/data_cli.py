@@ -192,9 +192,10 @@ def _pending_file(settings: Settings, args: argparse.Namespace) -> Path:
     """The keys of theirs still to drop from Redis: named by a hash, not by their id, and of
     this deployment's key prefix: another one sharing the data folder (its own Redis) finds
     no file of its own, rather than claim these dropped and take the file away."""
-    user = f"{settings.redis.key_prefix}\0{args.platform}\0{args.user}"
-    digest = hashlib.sha256(user.encode()).hexdigest()[:32]
-    return data_dir() / "forget-pending" / f"{digest}.json"
+    digest = hashlib.sha256()
+    for part in (settings.redis.key_prefix, args.platform, args.user):  # each ends with a NUL
+        digest.update(part.encode() + b"\0")
+    return data_dir() / "forget-pending" / f"{digest.hexdigest()[:32]}.json"
 
 
 # In the file, the user's id (in their key names: their sender, their private chat, a visitor's
