@@ -582,6 +582,12 @@ def test_a_database_file_that_is_not_there_is_said_not_made(
     assert not missing.exists() and not missing.parent.exists()
 
 
+def as_acl_user(redis_url: str, user: str, password: str) -> str:
+    """The test Redis's URL, logged in as the ACL user `user`."""
+    target = urlsplit(redis_url)
+    return f"redis://{user}:{password}@{target.hostname}:{target.port or 6379}{target.path}"
+
+
 async def test_a_redis_key_that_fails_to_go_fails_the_forget_and_a_rerun_finishes_it(
     database_url: str, redis_url: str, key_prefix: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -597,8 +603,7 @@ async def test_a_redis_key_that_fails_to_go_fails_the_forget_and_a_rerun_finishe
     user, password = key_prefix, secrets.token_hex(8)
     await admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"],
                             keys=[f"{key_prefix}:[^c]*"], commands=["+@all"])  # fmt: skip
-    target = urlsplit(redis_url)
-    limited = f"redis://{user}:{password}@{target.hostname}:{target.port or 6379}{target.path}"
+    limited = as_acl_user(redis_url, user, password)
     env = {"PARLEY_DATABASE__URL": database_url, "PARLEY_DATABASE__AUTO_MIGRATE": "true",
            "PARLEY_REDIS__URL": limited, "PARLEY_REDIS__KEY_PREFIX": key_prefix}  # fmt: skip
     try:
@@ -647,8 +652,7 @@ async def test_redis_failing_after_the_rows_went_leaves_a_rerun_that_finishes(
             admin.acl_setuser(user, enabled=True, reset_keys=True, keys=[f"{key_prefix}:[^c]*"])
         return done
 
-    target = urlsplit(redis_url)
-    limited = f"redis://{user}:{password}@{target.hostname}:{target.port or 6379}{target.path}"
+    limited = as_acl_user(redis_url, user, password)
     env = {"PARLEY_DATABASE__URL": database_url, "PARLEY_DATABASE__AUTO_MIGRATE": "true",
            "PARLEY_REDIS__URL": limited, "PARLEY_REDIS__KEY_PREFIX": key_prefix}  # fmt: skip
     try:
