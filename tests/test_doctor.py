@@ -61,8 +61,8 @@ def test_an_sqlite_database_that_takes_no_writes_is_a_problem(
     code, out = _doctor(monkeypatch, capsys, PARLEY_DATABASE__URL=read_only)
     assert code == 1, out
     assert (
-        f"[PROBLEM] database: SQLite file:{path} takes no writes: OperationalError: "
-        "attempt to write a readonly database" in out
+        f"[PROBLEM] database: SQLite file:{path} takes no writes: the database {path} is "
+        "read-only (database.url opens it with mode=ro)" in out
     )
     code, out = _doctor(monkeypatch, capsys, PARLEY_DATABASE__URL=f"sqlite+aiosqlite:///{path}")
     assert code == 0, out  # a file it may write: no problem, and nothing written

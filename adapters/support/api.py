@@ -35,6 +35,7 @@ from bot.lru import Lru
 from bot.phrases import base_language
 from bot.storage import keys
 from bot.storage.base import Cache
+from bot.storage.database import known_failure
 from bot.text.language import normalize_language
 from bot.text.storable import storable
 from bot.types import Incoming, User
@@ -107,7 +108,11 @@ def failed(request: Request, exc: Exception) -> Response:
         log.info("support API: %s: the client disconnected", where)
         return ApiError(400, "invalid_request", "the request ended early").response()
     if is_outage(exc):
-        log.warning("support API: %s: unavailable (%s)", where, error_types(exc))
+        # What the driver's code says, where it is one an operator acts on (a full disk): in
+        # words built from no driver text, so it quotes no value either.
+        known = known_failure(exc, None)
+        said = f"{error_types(exc)}: {known}" if known else error_types(exc)
+        log.warning("support API: %s: unavailable (%s)", where, said)
         return unavailable(keyed="idempotency-key" in request.headers).response()
     log.exception("support API: %s failed", where)
     return internal().response()

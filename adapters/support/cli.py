@@ -28,7 +28,7 @@ from sqlalchemy import exc as sa_exc
 from bot.errors import ConfigError, StorageError
 from bot.knowledge.types import check_collection
 from bot.settings import Settings
-from bot.storage.database import create_engine
+from bot.storage.database import create_engine, known_failure
 from bot.storage.migrate import ensure_schema
 from bot.text.storable import text_problem
 
@@ -107,7 +107,7 @@ async def _sites(settings: Settings) -> AsyncIterator[SiteStore]:
         # do: "run `parley db upgrade`"). SQLAlchemy's text quotes the statement and its
         # values: a new public key, a prompt; a driver's message may quote a value too. Only
         # the driver's error class is said.
-        raise StorageError(f"database error: {_driver_error(exc)}") from None
+        raise StorageError(f"database error: {_driver_error(exc, url)}") from None
     finally:
         await engine.dispose()
 
@@ -118,13 +118,19 @@ async def cmd_support(settings: Settings, args: argparse.Namespace) -> int:
     try:
         await _run(settings, args, action, prompt)
     except sa_exc.SQLAlchemyError as exc:  # as before: the store's are caught in _sites
-        raise StorageError(f"database error: {_driver_error(exc)}") from None
+        url = settings.database.url.get_secret_value()
+        raise StorageError(f"database error: {_driver_error(exc, url)}") from None
     return 0
 
 
-def _driver_error(exc: BaseException) -> str:
-    """The name of the driver's own error under SQLAlchemy's wrapping (asyncpg's, say
-    CharacterNotInRepertoireError), never its message: that may quote a value."""
+def _driver_error(exc: BaseException, url: str) -> str:
+    """What the driver's code says went wrong where it is one an operator can act on (a full
+    disk, a read-only file: `known_failure`), else the name of the driver's own error under
+    SQLAlchemy's wrapping (asyncpg's, say CharacterNotInRepertoireError), never its message:
+    that may quote a value."""
+    known = known_failure(exc, url)
+    if known:
+        return known
     names: list[str] = []
     each: BaseException | None = exc
     while each is not None and len(names) < 8:

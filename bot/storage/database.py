@@ -286,6 +286,58 @@ async def retry_dead_connection(attempt: Callable[[], Awaitable[T]], url: str | 
     raise AssertionError("unreachable")  # the last attempt returned or raised
 
 
+# PostgreSQL's SQLSTATEs an operator meets and can act on, in words (asyncpg's `sqlstate`).
+_SQLSTATE_WORDS = {
+    "53100": "the PostgreSQL server's disk is full (it could not extend a file: no space left "
+    "on device)",
+    "53300": "PostgreSQL has no connection to spare (too many connections): raise "
+    "max_connections (or the role's connection limit), or lower database.pool_size or the "
+    "number of workers",
+    "28P01": "PostgreSQL refused the password (authentication failed): check database.url",
+    "28000": "PostgreSQL refused the login (invalid authorization): check database.url and "
+    "the server's pg_hba.conf",
+}
+
+
+def known_failure(exc: BaseException, url: str | URL | None) -> str:
+    """`exc` in words an operator can act on, where its driver's code says what it is: a full
+    disk, a read-only database file, a server out of connections or refusing the login; ""
+    otherwise. Read through public attributes only (sqlite3's `sqlite_errorname`, asyncpg's
+    `sqlstate`) anywhere in the chain (SQLAlchemy's `orig`, then `__cause__`), and built from
+    no driver text, so it quotes no value and is safe wherever the class name alone was."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    sqlite = parsed is not None and parsed.get_backend_name() == "sqlite"
+    path = _locked_file(parsed) if parsed is not None and sqlite else None
+    for each in _error_chain(exc):
+        name = getattr(each, "sqlite_errorname", None)
+        if isinstance(name, str) and name.startswith("SQLITE_FULL"):
+            where = f"the disk holding {path}" if path else "the database's disk"
+            return f"{where} is full (or the database reached its size limit)"
+        if isinstance(name, str) and name.startswith("SQLITE_READONLY"):
+            return f"the database {path or 'file'} is read-only{_why_read_only(parsed)}"
+        sqlstate = getattr(each, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate in _SQLSTATE_WORDS:
+            return _SQLSTATE_WORDS[sqlstate]
+    return ""
+
+
+def _why_read_only(url: URL | None) -> str:
+    if url is None:
+        return ""
+    if str(url.query.get("mode", "")).lower() == "ro":
+        return " (database.url opens it with mode=ro)"
+    return _why_not_writable(url)
+
+
+def _error_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    each: BaseException | None = exc
+    while each is not None and each not in chain and len(chain) < 8:
+        chain.append(each)
+        each = getattr(each, "orig", None) or each.__cause__
+    return chain
+
+
 # SQLite's words for a file it cannot open or write, whatever the reason.
 _SQLITE_CANNOT_WRITE = re.compile(r"unable to open database file|readonly database")
 
@@ -419,6 +471,9 @@ def describe_error(exc: BaseException, url: str | URL) -> str:
         parsed: URL | None = make_url(url)
     except sa_exc.ArgumentError:  # not a URL at all: nothing to mask
         parsed = None
+    known = known_failure(exc, parsed)
+    if known:
+        return f"database error: {known}"[:300]
     password = parsed.password if parsed is not None else None
     if parsed is not None and lines and _SQLITE_CANNOT_WRITE.search(lines[0]):
         text += _why_not_writable(parsed)

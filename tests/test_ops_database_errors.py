@@ -1,0 +1,179 @@
+"""Operator-facing database failures said in words: a full disk, a read-only database file, a
+PostgreSQL server out of connections or refusing the login. Before, `parley support` on a full
+SQLite disk said only "database error: OperationalError" (an operator's report)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
+
+from bot.cli import main
+from bot.errors import StorageError
+from bot.storage.database import create_engine, describe_error, known_failure, run_on_connection
+from tests.support_helpers import bearer, new_visitor, support_worker
+
+SECRET_TEXT = "my card is 4111 1111 1111 1111"
+
+
+@pytest.fixture
+def full_disk() -> Iterator[list[bool]]:
+    """While its flag is set, every SQLite connection taken from a pool can grow its file no
+    further: SQLite then fails a write that needs a new page with SQLITE_FULL, as on a full
+    disk (`PRAGMA max_page_count` below the file's size pins it at that size)."""
+    full = [False]
+
+    def pin(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if full[0]:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("PRAGMA max_page_count = 1")
+            finally:
+                cursor.close()
+
+    event.listen(Pool, "checkout", pin)
+    try:
+        yield full
+    finally:
+        event.remove(Pool, "checkout", pin)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path))
+    monkeypatch.delenv("PARLEY_DATABASE__URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_parley_support_on_a_full_disk_says_the_disk_is_full(
+    home: Path, full_disk: list[bool], capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = home / "full.db"
+    prompt = home / "prompt.txt"
+    prompt.write_text("You are a helper.\n" * 4000, encoding="utf-8")  # pages beyond the file's
+    url = f"sqlite+aiosqlite:///{database}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PARLEY_DATABASE__URL", url)
+        assert main(["support", "site", "list"]) == 0
+        capsys.readouterr()
+        full_disk[0] = True
+        status = main(["support", "site", "add", "shop", "--origin", "https://a.example",
+                       "--prompt-file", str(prompt)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 3, err
+    assert err.strip().splitlines() == [
+        f"parley: error: database error: the disk holding {database} is full "
+        "(or the database reached its size limit)"
+    ]
+
+
+async def test_a_full_disk_on_a_store_call_is_one_line_naming_the_file(
+    tmp_path: Path, full_disk: list[bool]
+) -> None:
+    database = tmp_path / "full.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{database}")
+
+    async def fill(conn: Any) -> None:
+        await conn.execute(sa.text("CREATE TABLE IF NOT EXISTS t (x TEXT)"))
+        for _ in range(50):
+            await conn.execute(sa.text("INSERT INTO t VALUES (:x)"), {"x": "x" * 4000})
+
+    try:
+        await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
+        full_disk[0] = True
+        with pytest.raises(StorageError) as raised:
+            await run_on_connection(engine, fill, write=True)
+    finally:
+        await engine.dispose()
+    assert str(raised.value) == (
+        f"database error: the disk holding {database} is full "
+        "(or the database reached its size limit)"
+    )
+
+
+async def test_a_read_only_database_file_is_said_so(tmp_path: Path) -> None:
+    database = tmp_path / "ro.db"
+    sqlite3.connect(database).execute("CREATE TABLE t (x)").connection.close()
+    url = f"sqlite+aiosqlite:///{database}?mode=ro&uri=true"
+    engine = create_engine(f"sqlite+aiosqlite:///file:{database}?mode=ro&uri=true")
+
+    async def write(conn: Any) -> None:
+        await conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+
+    try:
+        with pytest.raises(StorageError) as raised:
+            await run_on_connection(engine, write, write=True)
+    finally:
+        await engine.dispose()
+    assert "is read-only" in str(raised.value), str(raised.value)
+    assert known_failure(raised.value, url).startswith(f"the database {database} is read-only")
+
+
+async def test_a_visitor_whose_message_meets_a_full_disk_gets_the_short_503(
+    tmp_path: Path, full_disk: list[bool], caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/support.db"
+    async with support_worker(url, redis_url=None) as worker:
+        site = await worker.add_site("shop")
+        async with worker.client() as client:
+            visitor = await new_visitor(client, site)
+            full_disk[0] = True
+            headers = {**bearer(visitor["token"]), "Idempotency-Key": "full-1"}
+            with caplog.at_level(logging.WARNING):
+                refused = await client.post(
+                    "/v1/messages", headers=headers, json={"text": SECRET_TEXT * 200}
+                )
+            full_disk[0] = False
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "unavailable"
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said and not [r for r in said if r.exc_info]
+    assert any("is full" in r.getMessage() for r in said), [r.getMessage() for r in said]
+    assert not [r for r in said if "4111" in r.getMessage()]
+
+
+@pytest.mark.postgres
+async def test_postgres_out_of_connections_is_said_so(postgres_url: str) -> None:
+    role = f"parley_ops_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_url)
+    async with admin.begin() as conn:
+        await conn.execute(sa.text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0"))
+    limited = sa.make_url(postgres_url).set(username=role, password=None)
+    engine = create_engine(limited.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(StorageError) as raised:
+            await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
+    finally:
+        await engine.dispose()
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f"DROP ROLE {role}"))
+        await admin.dispose()
+    assert "too many connections" in str(raised.value), str(raised.value)
+    assert "max_connections" in str(raised.value)
+
+
+def test_postgres_disk_full_and_a_refused_password_are_said_so() -> None:
+    url = "postgresql+asyncpg://parley:hunter2@db.example/parley"
+    disk = asyncpg.exceptions.DiskFullError('could not extend file "base/1/2": No space left')
+    refused = asyncpg.exceptions.InvalidPasswordError("password authentication failed for user")
+    assert describe_error(disk, url).startswith("database error: the PostgreSQL server's disk is")
+    assert "refused the password" in describe_error(refused, url)
+    assert "hunter2" not in describe_error(refused, url)
+
+
+def test_an_unknown_failure_is_said_as_before() -> None:
+    plain = sqlite3.OperationalError("no such table: t")
+    assert known_failure(plain, "sqlite+aiosqlite:///x.db") == ""
+    assert describe_error(plain, "sqlite+aiosqlite:///x.db") == (
+        "database error: OperationalError: no such table: t"
+    )
