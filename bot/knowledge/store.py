@@ -566,6 +566,13 @@ class KnowledgeBase:
         moved_from = existing[2] if existing[2] != collection else None
         return _Prepared(file, parsed, vectors, existing[0], collection, moved_from, sample)
 
+    async def _loaded_elsewhere(self, prepared: _Prepared) -> bool:
+        """Whether the document another process stored meanwhile is this very file, as the
+        sample, in the same collection."""
+        existing = await self._rows.existing(prepared.file.source)
+        wanted = (prepared.file.sha256, prepared.collection, True)
+        return existing is not None and existing[1:] == wanted
+
     async def _finish(self, prepared: _Prepared | FileResult) -> FileResult:
         if isinstance(prepared, FileResult):
             return prepared
@@ -578,6 +585,10 @@ class KnowledgeBase:
                 file, parsed, blobs, prepared.document_id, prepared.collection, prepared.sample
             )
         except sa_exc.IntegrityError:
+            if prepared.sample and await self._loaded_elsewhere(prepared):
+                # Another worker starting together loaded the same sample file: nothing to
+                # tell (it warned for every sample document). A `kb add` keeps its message.
+                return FileResult(file.source, Outcome.UNCHANGED, collection=prepared.collection)
             reason = "added by another process at the same time; run again"
             return FileResult(file.source, Outcome.FAILED, reason=reason)
         outcome = Outcome.ADDED if prepared.document_id is None else Outcome.UPDATED
