@@ -170,14 +170,16 @@ async def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
     only the first and the last, to stay light), or a worker configured in `.env` was
     reported down while it answered."""
     from bot.health import ask, url_of
+    from bot.logformat import command_line
 
     m, h = settings.metrics, settings.http
+    json_format = settings.log_format == "json"
     try:
         url = url_of((m.host, str(m.port)), (h.host, str(h.port)))
     except ValueError as exc:
-        print(f"parley: {exc}", file=sys.stderr)
+        print(command_line(f"parley: {exc}", json_format=json_format), file=sys.stderr)
         return 2
-    return ask(url)
+    return ask(url, json_format=json_format)
 
 
 async def cmd_config(settings: Settings, args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ wildcard host is asked on loopback), as the environment (`PARLEY_METRICS__PORT`,
 config file says. It runs every 15 s beside the worker, so it reads those four settings with
 the standard library alone: loading the whole settings imports every adapter's library
 (1.7 s of CPU and 135 MB a probe, where this takes a few milliseconds). The defaults are
-`Settings`' own (a test keeps them the same). Prints `ok` (exit 0), or one line (exit 1).
+`Settings`' own (a test keeps them the same). Prints `ok` (exit 0), or one line (exit 1) on
+stderr: one JSON object, as the log's lines, where `log_format` is "json".
 """
 
 from __future__ import annotations
@@ -93,19 +94,38 @@ def _config(environ: Mapping[str, str], given: str | None) -> Mapping[str, Any]:
 
 def check(config_file: str | None = None, environ: Mapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
+    config: Mapping[str, Any] = {}
     try:
-        url = healthz_url(env, _config(env, config_file))
+        config = _config(env, config_file)
+        url = healthz_url(env, config)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        print(f"parley: the config file cannot be read: {exc}", file=sys.stderr)
+        _say(f"parley: the config file cannot be read: {exc}", json_format=_json(env, config))
         return 1
     except ValueError as exc:  # the settings' own words, as `parley health` says them
-        print(f"parley: {exc}", file=sys.stderr)
+        _say(f"parley: {exc}", json_format=_json(env, config))
         return 2
-    return ask(url)
+    return ask(url, json_format=_json(env, config))
 
 
-def ask(url: str) -> int:
-    """Ask a worker's `/healthz`: `ok` (0), or one line (1)."""
+def _json(environ: Mapping[str, str], config: Mapping[str, Any]) -> bool:
+    """Whether the log is JSON lines (`log_format`), as the settings read it: the
+    environment's PARLEY_LOG_FORMAT (any case) over the config file's."""
+    variables = {key.upper(): value for key, value in environ.items()}
+    wanted = variables.get("PARLEY_LOG_FORMAT", config.get("log_format", "text"))
+    return str(wanted).lower() == "json"
+
+
+def _say(line: str, *, json_format: bool) -> None:
+    """A failure line on stderr: plain, or where the log is JSON lines one JSON object with a
+    log line's fields (bot.logformat, which loads nothing heavy)."""
+    from bot.logformat import command_line
+
+    print(command_line(line, json_format=json_format), file=sys.stderr)
+
+
+def ask(url: str, *, json_format: bool = False) -> int:
+    """Ask a worker's `/healthz`: `ok` (0), or one line (1), a JSON object with
+    `json_format`."""
     # Straight to the worker: an HTTP(S)_PROXY in the container's environment is not for it.
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -115,10 +135,10 @@ def ask(url: str) -> int:
         status = exc.code
     except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timed out, ...
         why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        print(f"parley: no answer from {url}: {type(why).__name__}", file=sys.stderr)
+        _say(f"parley: no answer from {url}: {type(why).__name__}", json_format=json_format)
         return 1
     if status != 200:
-        print(f"parley: {url} answered HTTP {status}", file=sys.stderr)
+        _say(f"parley: {url} answered HTTP {status}", json_format=json_format)
         return 1
     print("ok")
     return 0

@@ -48,10 +48,16 @@ class JsonFormatter(logging.Formatter):
 def error_line(text: str, *, json_format: bool) -> str:
     """The line a failing `parley` command ends with (`parley: error: ...`), as one JSON
     object where the log is JSON lines: among them a plain line broke whatever reads them."""
-    line = f"parley: error: {text}"
+    return command_line(f"parley: error: {text}", json_format=json_format)
+
+
+def command_line(text: str, *, json_format: bool, level: int = logging.ERROR) -> str:
+    """A line a command writes on stderr itself (`parley health`'s, `parley kb`'s): `text` as
+    it is, or where the log is JSON lines one JSON object with a log line's fields (logger
+    "parley", `level`), through the same formatter."""
     if not json_format:
-        return line
-    record = logging.LogRecord("parley", logging.ERROR, "", 0, line, None, None)
+        return text
+    record = logging.LogRecord("parley", level, "", 0, text, None, None)
     return JsonFormatter().format(record)
 
 

@@ -1,13 +1,16 @@
 """`parley kb add|list|remove`: the knowledge base from the command line.
 
 Progress goes to stderr (a bar on a terminal, one line per file otherwise, so logs of
-scripted runs stay readable); results go to stdout. Exit status 1 when a file failed or
-nothing matched a removal.
+scripted runs stay readable); results go to stdout. Where the log is JSON lines
+(`log_format = "json"`), each line on stderr is one JSON object with a log line's fields
+(bot.logformat), a file's progress too. Exit status 1 when a file failed or nothing matched a
+removal.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 from collections.abc import AsyncIterator
@@ -23,6 +26,7 @@ from bot.knowledge.types import (
     check_collection,
     collection_name,
 )
+from bot.logformat import command_line
 from bot.settings import Settings
 from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
@@ -56,12 +60,27 @@ async def cmd_kb(settings: Settings, args: argparse.Namespace) -> int:
     # SQLite would keep and no site could name, is refused whole, on either database.
     if getattr(args, "collection", None):
         check_collection(args.collection, "--collection")
+    say = Stderr(json_format=settings.log_format == "json")
     async with open_knowledge_base(settings) as kb:
         if args.kb_action in ("add", "ingest"):
-            return await _add(kb, args.paths, args.collection)
+            return await _add(kb, args.paths, args.collection, say)
         if args.kb_action == "list":
             return await _list(kb, args.collection)
-        return await _remove(kb, args.path)
+        return await _remove(kb, args.path, say)
+
+
+class Stderr:
+    """The command's own lines on stderr: plain, or one JSON object each where the log is
+    JSON lines (a plain line among them broke whatever reads them)."""
+
+    def __init__(self, *, json_format: bool, stream: TextIO | None = None) -> None:
+        self.json_format = json_format
+        self._stream = stream
+
+    def __call__(self, text: str, level: int = logging.ERROR, *, flush: bool = False) -> None:
+        stream = self._stream or sys.stderr  # looked up when used: a test may replace it
+        print(command_line(text, json_format=self.json_format, level=level), file=stream,
+              flush=flush)  # fmt: skip
 
 
 @asynccontextmanager
@@ -76,23 +95,24 @@ async def open_knowledge_base(settings: Settings) -> AsyncIterator[KnowledgeBase
         await engine.dispose()
 
 
-async def _add(kb: KnowledgeBase, paths: list[str], collection: str) -> int:
-    report = await kb.add(paths, progress=ProgressPrinter(sys.stderr), collection=collection)
+async def _add(kb: KnowledgeBase, paths: list[str], collection: str, say: Stderr) -> int:
+    progress = ProgressPrinter(sys.stderr, json_format=say.json_format)
+    report = await kb.add(paths, progress=progress, collection=collection)
     for source in report.removed:
-        print(printable(f"removed {source}: the file is gone"), file=sys.stderr)
+        say(printable(f"removed {source}: the file is gone"), logging.INFO)
     stored = [d.source for d in await kb.list(None)] if report.kept else []
     for prefix in report.kept:  # an unmounted share is not a folder whose files all went
         folder = prefix.rstrip("/")
         count = sum(1 for source in stored if source.startswith(prefix))
         documents = f"{count} document{'s' if count != 1 else ''}"
-        print(printable(f"parley: {folder} holds no file to add now (is it mounted?); the "
-                        f"{documents} from it are kept (parley kb remove {folder} removes "
-                        "them)"), file=sys.stderr)  # fmt: skip
+        say(printable(f"parley: {folder} holds no file to add now (is it mounted?); the "
+                      f"{documents} from it are kept (parley kb remove {folder} removes "
+                      "them)"), logging.WARNING)  # fmt: skip
     if not report.files and not report.removed:  # only folders, none with a file: a typo?
         if report.kept:
             return 1
         names = ", ".join(printable(p) for p in paths)
-        print(f"parley: nothing to add: no supported files in {names}", file=sys.stderr)
+        say(f"parley: nothing to add: no supported files in {names}")
         return 1
     print(report.summary())
     for moved in report.moved:  # it no longer answers where it was searched before
@@ -119,13 +139,13 @@ async def _list(kb: KnowledgeBase, collection: str | None) -> int:
     return 0
 
 
-async def _remove(kb: KnowledgeBase, path: str) -> int:
+async def _remove(kb: KnowledgeBase, path: str, say: Stderr) -> int:
     if not path.strip():  # a script's unset variable: "" would name the current folder
-        print("parley: kb remove needs a path; an empty one removes nothing", file=sys.stderr)
+        say("parley: kb remove needs a path; an empty one removes nothing")
         return 2
     removed = await kb.remove(path)
     if not removed:
-        print(f"parley: nothing in the knowledge base at or under {path}", file=sys.stderr)
+        say(f"parley: nothing in the knowledge base at or under {path}")
         return 1
     print(f"removed {removed} document{'s' if removed != 1 else ''}")
     return 0
@@ -151,17 +171,20 @@ def _size(size: int) -> str:
 
 
 class ProgressPrinter:
-    """The `progress` callback of KnowledgeBase.add for a terminal or a log."""
+    """The `progress` callback of KnowledgeBase.add for a terminal or a log: JSON lines (no
+    bar) where the log is."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, json_format: bool = False) -> None:
         self._stream = stream
-        self._tty = stream.isatty()
+        self._say = Stderr(json_format=json_format, stream=stream)
+        self._tty = stream.isatty() and not json_format
 
     def __call__(self, done: int, total: int, result: FileResult) -> None:
         if self._tty:
             self._bar(done, total, result)
         else:
-            print(f"[{done}/{total}] {_describe(result)}", file=self._stream, flush=True)
+            level = logging.WARNING if result.outcome is Outcome.FAILED else logging.INFO
+            self._say(f"[{done}/{total}] {_describe(result)}", level, flush=True)
 
     def _bar(self, done: int, total: int, result: FileResult) -> None:
         clear = "\r\x1b[K"
