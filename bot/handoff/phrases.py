@@ -18,6 +18,10 @@ HUMAN_PHRASES: dict[str, tuple[str, ...]] = {
         r"(?:person|human|agent|representative|operator|someone|somebody|people|staff)\b",
         r"\b(?:real|live)\s+(?:person|human|agent)\b",
         r"\bhuman\s+(?:being|agent|support)\b",
+        # "Is there a human I can talk to?", "Isn't there someone I can speak with?"
+        r"\b(?:(?:a|an|some|no)\s+(?:real\s+|live\s+|actual\s+)?(?:person|human|agent|representative"
+        r"|operator)|someone|somebody)\s+(?:i|we)\s+(?:can|could|may|might)\s+(?:talk|speak|chat)"
+        r"\s+(?:to|with)\b",
         r"\b(?:get|give|connect|transfer)\s+me\s+(?:to\s+)?(?:a|an)\s+(?:person|human|agent)\b",
         # "not the bot, a human": the person asked for instead of the bot.
         r"\bnot\s+(?:a|the|your|this)?\s*(?:bot|chatbot|robot|machine|ai|computer)\W+(?:but\s+)?"
@@ -178,15 +182,67 @@ NEGATIONS: dict[str, str] = {
     "pl": r"nie",
     "ru": r"не|нет",
     "uk": r"не|ні",
+    # Not "ما" alone ("what"), only before a verb of wanting.
+    "ar": r"لا|لن|لست|ليس|مش|بدون|ما\s+(?:أريد|اريد|بدي)",
 }  # fmt: skip
 _NEGATION = re.compile(r"(?<!\w)(?:" + "|".join(NEGATIONS.values()) + r")(?!\w)", re.I)
 # Where the clause before a request starts: a punctuation mark, or "but" ("I don't know, but
 # I want to talk to a person"; "I don't care but I want a human").
-_CLAUSE = re.compile(r"[.,;:!?…]|(?<!\w)(?:but|aber|mais|pero|ma|mas|maar|ale|но|але)(?!\w)", re.I)
+_CLAUSE = re.compile(
+    r"[.,;:!?…،؛؟。，！？、；：]|(?<!\w)(?:but|aber|mais|pero|ma|mas|maar|ale|но|але|لكن|بل)(?!\w)",
+    re.I,
+)
 # A question why one cannot reach a person asks for one ("warum kann ich nicht mit einem
 # Menschen sprechen?").
-_WHY = re.compile(r"(?<!\w)(?:why|warum|wieso|pourquoi|por\s+qué|perché|porque|waarom|почему|чому)"
-                  r"(?!\w)", re.I)  # fmt: skip
+_WHY = re.compile(r"(?<!\w)(?:why|warum|wieso|pourquoi|por\s+qué|perché|porque|waarom|почему|чому"
+                  r"|لماذا)(?!\w)", re.I)  # fmt: skip
+# A question whether one can reach a person asks for one: its negation is of the possibility,
+# not of the wish ("Kann ich nicht mit einem Menschen sprechen?", "Je ne peux pas parler à
+# quelqu'un ?", "Kan ik niet met een mens spreken?"). Read so only when a word of possibility
+# stands among the words before the request and a question mark closes its clause, and no word
+# of wanting follows the negation ("Can I say I don't want to talk to a person?" asks for none;
+# nor does the statement "Ich kann nicht mit einem Menschen sprechen").
+POSSIBLE: dict[str, str] = {
+    "en": r"can|could|may|possible|able",
+    "de": r"kann|kannst|können|könnt|könnte|könnten|möglich|darf|dürfen",
+    "fr": r"peux|peut|pouvez|pouvons|pourrais|pourrait|pourriez|puis|possible|moyen",
+    "es": r"puedo|puede|puedes|podemos|podría|podrías|posible",
+    "it": r"posso|può|puoi|possiamo|potrei|potrebbe|possibile",
+    "pt": r"posso|pode|podes|podemos|poderia|possível|possivel",
+    "nl": r"kan|kun|kunt|kunnen|mag|mogen|mogelijk",
+    "pl": r"mogę|moge|może|można|mozna|możliwe",
+    "ru": r"могу|может|можно|нельзя|возможно",
+    "uk": r"можу|може|можна|можливо",
+}  # fmt: skip
+_POSSIBLE = re.compile(r"(?<!\w)(?:" + "|".join(POSSIBLE.values()) + r")(?!\w)", re.I)
+# The request's clause closed by a question mark: nothing but words up to it.
+_QUESTION = re.compile(r"[^.,;:!?…،؛؟。，！？、；：]*[?？؟]")
+_WANTING = (
+    "want wanna need wish like rather möchte möchten will wollte würde brauche gern gerne "
+    "veux voudrais souhaite besoin quiero quería necesito voglio vorrei bisogno quero queria "
+    "preciso wil wilde hoef graag chcę chce potrzebuję хочу хотел хотела нужно надо треба "
+    "потрібно"
+)
+WANTING = frozenset(_WANTING.split())
+# Chinese negates before the request, written without spaces: 不想, 不要, 不需要 and the words
+# for reaching a person between ("我不想和人工客服说话", "别给我转人工"). Not 不能: "不能转人工吗？"
+# asks for one.
+_NEGATED_BEFORE_ZH = re.compile(
+    r"(?:不想|不要|不用|不需要|不必|无需|无须|没必要|不愿意|别)"
+    r"(?:和|跟|与|同|找|转|接|用|请|让|给|我|再|帮|说话|聊天?|联系|交流|沟通)*$"
+)
+# Japanese and Turkish negate after the request, as a suffix of its verb or a word after it
+# ("人間と話したくない", "オペレーターは不要", "insanla konuşmak istemiyorum", "gerçek bir insan
+# istemiyorum"). Not the negation of ability: "人間と話せないのですか？", "insanla konuşamaz
+# mıyım?" ask for one.
+NEGATIONS_AFTER: dict[str, str] = {
+    "ja": r"(?:[はとにをがも]|お?話し?|し|相談し?|電話し?|対応|代わって|つないで|繋いで)*"
+          r"(?:たくない|たくありません|ほしくない|欲しくない|不要|いらない|要らない|いりません|要りません"
+          r"|必要(?:は)?(?:ない|ありません)|結構です|けっこうです)",
+    "tr": r"\w*(?:\s+(?:hiç|asla|artık|kesinlikle|da|de))?\s+(?:istemiyor\w*|istemem\w*|istemeyiz"
+          r"|istemez\w*|gerek\s+yok|gerekmiyor\w*|gerekmez|lazım\s+değil|ihtiyac\w*\s+yok)",
+}  # fmt: skip
+_NEGATION_AFTER = re.compile("|".join(f"(?:{p})" for p in NEGATIONS_AFTER.values()), re.I)
 # How many words before a request a negation of it may stand: "I really do not want to".
 NEGATION_WORDS = 5
 # The words that may stand between a negation and the request it negates: the wanting or
@@ -203,7 +259,9 @@ _NEGATED_WORDS = (
     "wil wilde hoef graag spreken praten "
     "chcę chce potrzebuję muszę rozmawiać porozmawiać mówić "
     "хочу хотел хотела нужно надо говорить разговаривать поговорить общаться "
-    "треба потрібно говорити розмовляти поговорити"
+    "треба потрібно говорити розмовляти поговорити "
+    "أريد اريد أود اود أرغب ارغب أحتاج احتاج نريد نحتاج بحاجة بدي إلى الى التحدث الحديث التكلم "
+    "الكلام أتحدث اتحدث أتكلم اتكلم التواصل أتواصل اتواصل حاجة داعي للتحدث للحديث للكلام للتواصل"
 )
 NEGATED_WORDS = frozenset(_NEGATED_WORDS.split())
 
@@ -229,21 +287,31 @@ def asks_for_person(text: str) -> bool:
     flat = " ".join(text.split())
     if len(flat) <= ALONE_CHARS and _ALONE.match(flat) is not None:
         return True
-    return any(not _negated(flat[: found.start()]) for found in _HUMAN.finditer(flat))
+    return any(
+        not _negated(flat[: found.start()], flat[found.end() :]) for found in _HUMAN.finditer(flat)
+    )
 
 
-def _negated(before: str) -> bool:
-    """Whether the request after `before` is negated: a negation among the last few words of
-    its clause, followed only by the wanting or talking it negates ("I don't want to talk to
-    a person", "no need to speak to someone"; not "it doesn't work I want a person")."""
+def _negated(before: str, after: str) -> bool:
+    """Whether the request between `before` and `after` is negated: a negation among the last
+    few words of its clause, followed only by the wanting or talking it negates ("I don't want
+    to talk to a person", "no need to speak to someone"; not "it doesn't work I want a person"),
+    unless the clause asks whether one can; or a negation after it in Japanese and Turkish,
+    before it in Chinese."""
+    if _NEGATION_AFTER.match(after) or _NEGATED_BEFORE_ZH.search(before):
+        return True
     clause = _CLAUSE.split(before)[-1]
     if _WHY.search(clause):
         return False
     near = " ".join(clause.split()[-NEGATION_WORDS:])
-    return any(
-        all(word.strip("'’").lower() in NEGATED_WORDS for word in near[found.end() :].split())
-        for found in _NEGATION.finditer(near)
-    )
+    asking = _QUESTION.match(after) is not None and _POSSIBLE.search(near) is not None
+    for found in _NEGATION.finditer(near):
+        negated = [word.strip("'’").lower() for word in near[found.end() :].split()]
+        if all(word in NEGATED_WORDS for word in negated) and not (
+            asking and WANTING.isdisjoint(negated)
+        ):
+            return True
+    return False
 
 
 def match_human(text: str) -> str | None:
