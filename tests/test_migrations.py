@@ -213,6 +213,7 @@ COMMITTED = {
     "0019_shared_conversations.py": "e0c872b49a699cfc",
     "0020_handoff_request_claim.py": "0f9dd87f0b3dc6ad",
     "0021_message_edited_at.py": "2af1f159b5ada85a",
+    "0022_handoff_desk_updated_at.py": "5f610586ea6d5a71",
 }
 
 

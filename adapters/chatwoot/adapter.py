@@ -253,6 +253,12 @@ class ChatwootAdapter:
                         key, exc)  # fmt: skip
 
     async def _status_changed(self, change: StatusChange) -> None:
+        # Chatwoot sends its webhooks from a job queue and retries them: an update older than
+        # one applied (resolved, then a late "open") would overwrite the newer state.
+        at = change.updated_at
+        if at is not None and not await self._desk.newer_update(change.key, at):
+            log.debug("%s: a status older than one applied, ignored", change.key)
+            return
         current = await self._desk.status(change.key)
         agent = change.agent or PLATFORM
         if change.status in BOT_STATUSES and current.state is not HandoffState.BOT:

@@ -11,7 +11,9 @@ the same for agent bot and account webhooks):
     conversation_status_changed, conversation_updated, conversation_opened,
     conversation_resolved
                       the conversation itself at the top level: {"event", "id", "status",
-                       "meta": {"assignee": {"id", "name"} | null}, "messages": [{"account_id"}]}
+                       "meta": {"assignee": {"id", "name"} | null}, "messages": [{"account_id"}],
+                       "updated_at": Unix seconds, a float (`updated_at.to_f`; not in older
+                       Chatwoots)}
 
 Only a contact's incoming public text is for the bot. Every outgoing message (Parley's own
 answers and notes come back as webhooks), activity and template message is ignored without
@@ -23,6 +25,7 @@ the conversation: the bot must not talk over the agent).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
@@ -97,6 +100,7 @@ class _Conversation(_Model):
     meta: _Meta | None = None
     messages: list[_MessageRef] = []
     account: _Account | None = None
+    updated_at: float | str | None = None
 
 
 class _Message(_Model):
@@ -143,6 +147,9 @@ class StatusChange:
     key: ConversationKey
     status: str
     agent: str  # the assignee ("" when nobody is assigned)
+    # When Chatwoot last updated the conversation (Unix seconds, its clock): orders updates
+    # delivered out of order. None: the payload has none (an older Chatwoot).
+    updated_at: float | None = None
 
 
 Action = CustomerMessage | AgentReply | AgentAnswered | StatusChange | Ignore
@@ -256,4 +263,17 @@ def _status(conversation: _Conversation, account_id: int | None) -> Action:
     meta = conversation.meta
     assignee = meta.assignee if meta is not None else None
     agent = agent_name(assignee.id) if assignee is not None else ""
-    return StatusChange(conversation_key(account, conversation.id), conversation.status, agent)
+    key = conversation_key(account, conversation.id)
+    return StatusChange(key, conversation.status, agent, updated_at(conversation.updated_at))
+
+
+def updated_at(value: float | str | None) -> float | None:
+    """Chatwoot's updated_at of a conversation as Unix seconds: a number (push_data's
+    `updated_at.to_f`) or an ISO 8601 string; None when absent, unreadable or not finite."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace(" UTC", "+00:00").replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        value = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    return float(value) if value is not None and math.isfinite(value) else None

@@ -316,6 +316,9 @@ class CoreDesk:
             self._emit(EventKind.RETURNED, key, cid, change.after, agent=agent)
         return change.after
 
+    async def newer_update(self, key: ConversationKey, updated_at: float) -> bool:
+        return await self.repo.newer_update(await self._conversation(key), updated_at)
+
     async def agent_message(
         self, key: ConversationKey, text: str, *, agent: str, idempotency_key: str
     ) -> int:

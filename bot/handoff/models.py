@@ -58,6 +58,10 @@ class HandoffStateRow(Base):
     # claim holds unless renewed (migration 0020): another worker starting meanwhile leaves it.
     request_claimed_by: Mapped[str | None] = mapped_column(String(64))
     request_claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The help desk's time of the newest update of its own applied (migration 0022; Unix
+    # seconds on the help desk's clock, Chatwoot's `updated_at`): an older one arriving later
+    # is ignored. None: none yet.
+    desk_updated_at: Mapped[float | None] = mapped_column(Float)
 
 
 class HandoffEventRow(Base):

@@ -154,6 +154,24 @@ class HandoffRepository:
         await self._states.refresh(conversation_id)
         return change
 
+    async def newer_update(self, conversation_id: int, updated_at: float) -> bool:
+        """Whether a help desk's update made at `updated_at` (its clock) is no older than the
+        newest one recorded, recording it when so (a conditional update: of two at once, the
+        older finds the newer). An update as old as the newest is applied again (the same
+        update, retried, or another event of the same change)."""
+        newer = sa.or_(_s.desk_updated_at.is_(None), _s.desk_updated_at <= updated_at)
+        stmt = (
+            sa.update(_s)
+            .where(_s.conversation_id == conversation_id, newer)
+            .values(desk_updated_at=updated_at)
+        )
+
+        async def run(conn: AsyncConnection) -> bool:
+            await conn.execute(_ADD_STATE, {"conversation_id": conversation_id})
+            return int((await conn.execute(stmt)).rowcount) == 1
+
+        return await run_on_connection(self._engine, run, write=True)
+
     async def waiting(self) -> list[tuple[int, ConversationKey, HandoffStatus, str]]:
         """Every conversation waiting for a person whose request did not reach every help
         desk, oldest request first: (id, key, status, the customer's language)."""

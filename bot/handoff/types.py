@@ -204,6 +204,12 @@ class Desk(Protocol):
 
     async def give_back(self, key: ConversationKey, agent: str) -> HandoffStatus: ...
 
+    async def newer_update(self, key: ConversationKey, updated_at: float) -> bool:
+        """Whether a help desk's update of the conversation made at `updated_at` (Unix seconds,
+        the help desk's clock) is no older than the newest one applied: True records it, to
+        be applied; False: a newer one was, ignore it. HandoffError: no such conversation."""
+        ...
+
     async def agent_message(
         self, key: ConversationKey, text: str, *, agent: str, idempotency_key: str
     ) -> int:

@@ -1,0 +1,78 @@
+"""Chatwoot's conversation events delivered out of order (its webhooks go out from a job
+queue and are retried): an update older than one applied is ignored, on SQLite and
+PostgreSQL. Failed before its fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from adapters.chatwoot.payloads import StatusChange, read
+from bot.handoff.types import HandoffState
+from bot.types import ConversationKey
+from tests.doubles import ScriptedBackend
+from tests.fake_chatwoot import ACCOUNT, ACCOUNT_SECRET, Conversation, FakeChatwoot, chatwoot_worker
+
+AGENT = {"id": 42, "name": "Alex", "type": "user"}
+KEY = ConversationKey("chatwoot", f"{ACCOUNT}:31")
+
+
+def _update(
+    fake: FakeChatwoot, conv: Conversation, status: str, updated_at: float | None
+) -> dict[str, Any]:
+    """The account webhook's conversation_status_changed for `status`, stamped `updated_at`
+    (None: without one, as older Chatwoots send it)."""
+    conv.status = status
+    payload = {**fake.conversation_data(conv), "event": "conversation_status_changed"}
+    payload["meta"]["assignee"] = AGENT if status == "open" else None
+    if updated_at is None:
+        del payload["updated_at"]
+    else:
+        payload["updated_at"] = updated_at
+    return payload
+
+
+async def test_an_older_status_delivered_after_a_newer_one_is_ignored(database_url: str) -> None:
+    """Resolved in Chatwoot, then the earlier "open" of the same conversation delivered late:
+    it took the conversation from the bot again, and the customer's next messages went to an
+    agents' queue for a conversation Chatwoot shows resolved."""
+    async with chatwoot_worker(database_url, ScriptedBackend()) as w:
+        fake = w.fake
+        conv = fake.conversation(31)
+        await fake.contact_says(conv, "I want to talk to a person")
+        await w.idle()
+        assert (await w.app.desk.status(KEY)).state is HandoffState.WAITING
+
+        async def deliver(status: str, updated_at: float | None) -> HandoffState:
+            payload = _update(fake, conv, status, updated_at)
+            assert await fake.send(payload, secret=ACCOUNT_SECRET) == 200
+            await w.idle()
+            return (await w.app.desk.status(KEY)).state
+
+        assert await deliver("open", 1_800_000_000.25) is HandoffState.HUMAN
+        assert await deliver("resolved", 1_800_000_002.5) is HandoffState.BOT
+        # The late "open", older than the resolution: ignored.
+        assert await deliver("open", 1_800_000_001.75) is HandoffState.BOT
+        # The resolution delivered again (a retry) still applies; a newer "open" does.
+        assert await deliver("resolved", 1_800_000_002.5) is HandoffState.BOT
+        assert await deliver("open", 1_800_000_003.0) is HandoffState.HUMAN
+        # Without updated_at (an older Chatwoot) every update applies, as before.
+        assert await deliver("resolved", None) is HandoffState.BOT
+
+
+@pytest.mark.parametrize(
+    ("stamp", "seconds"),
+    [
+        ("1800000002.5", 1_800_000_002.5),
+        ('"2027-01-15T08:00:00.5Z"', 1_800_000_000.5),
+        ('"2027-01-15 08:00:00 UTC"', 1_800_000_000.0),
+        ("NaN", None), ("Infinity", None), ('"yesterday"', None), ("null", None),
+    ],
+)  # fmt: skip
+def test_chatwoots_updated_at_is_read_as_unix_seconds(stamp: str, seconds: float | None) -> None:
+    body = '{"event": "conversation_updated", "id": 31, "status": "open", '
+    body += f'"account": {{"id": {ACCOUNT}}}, "updated_at": {stamp}}}'
+    change = read(body.encode(), reply_prefix="/reply")
+    assert isinstance(change, StatusChange)
+    assert change.updated_at == seconds
