@@ -177,3 +177,30 @@ def test_an_unknown_failure_is_said_as_before() -> None:
     assert describe_error(plain, "sqlite+aiosqlite:///x.db") == (
         "database error: OperationalError: no such table: t"
     )
+
+
+def test_a_uri_that_urlsplit_refuses_keeps_sqlites_own_line() -> None:
+    """`file://[x/db?uri=true` passes the settings; SQLite refuses it ("invalid uri
+    authority"). describe_error said that; reading the URI for a file to name raised
+    ValueError (Invalid IPv6 URL) out of describe_error: a traceback instead of the line."""
+    url = "sqlite+aiosqlite:///file://[x/db?uri=true"
+    refused = sqlite3.OperationalError("invalid uri authority: [x")
+    assert describe_error(refused, url) == (
+        "database error: OperationalError: invalid uri authority: [x"
+    )
+    full = sqlite_full_error()
+    assert known_failure(full, url).startswith("the database's disk is full")
+    assert known_failure(full, "not a URL at all").startswith("the database's disk is full")
+
+
+def sqlite_full_error() -> sqlite3.Error:
+    """SQLite's own SQLITE_FULL: a table that needs a page past `max_page_count`."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("PRAGMA max_page_count = 1")
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            conn.execute("CREATE TABLE t (x)")
+    finally:
+        conn.close()
+    assert raised.value.sqlite_errorname == "SQLITE_FULL"
+    return raised.value

@@ -305,9 +305,8 @@ def known_failure(exc: BaseException, url: str | URL | None) -> str:
     otherwise. Read through public attributes only (sqlite3's `sqlite_errorname`, asyncpg's
     `sqlstate`) anywhere in the chain (SQLAlchemy's `orig`, then `__cause__`), and built from
     no driver text, so it quotes no value and is safe wherever the class name alone was."""
-    parsed = make_url(url) if isinstance(url, str) else url
-    sqlite = parsed is not None and parsed.get_backend_name() == "sqlite"
-    path = _locked_file(parsed) if parsed is not None and sqlite else None
+    parsed = _readable_url(url)
+    path = _named_file(parsed)
     for each in _error_chain(exc):
         name = getattr(each, "sqlite_errorname", None)
         if isinstance(name, str) and name.startswith("SQLITE_FULL"):
@@ -319,6 +318,28 @@ def known_failure(exc: BaseException, url: str | URL | None) -> str:
         if isinstance(sqlstate, str) and sqlstate in _SQLSTATE_WORDS:
             return _SQLSTATE_WORDS[sqlstate]
     return ""
+
+
+def _readable_url(url: str | URL | None) -> URL | None:
+    """`url` parsed; None where SQLAlchemy reads no URL in it (there is nothing to name)."""
+    if not isinstance(url, str):
+        return url
+    try:
+        return make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        return None
+
+
+def _named_file(url: URL | None) -> str | None:
+    """The SQLite file `url` opens, None where there is none to name: a URI urlsplit cannot
+    read (`file://[x/...`) is one SQLite refuses in its own words, which describe_error
+    keeps."""
+    if url is None or url.get_backend_name() != "sqlite":
+        return None
+    try:
+        return _locked_file(url)
+    except ValueError:
+        return None
 
 
 def _why_read_only(url: URL | None) -> str:
