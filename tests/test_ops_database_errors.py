@@ -72,7 +72,8 @@ def test_parley_support_on_a_full_disk_says_the_disk_is_full(
     err = capsys.readouterr().err
     assert status == 3, err
     assert err.strip().splitlines() == [
-        f"parley: error: database error: the disk holding {database} is full "
+        f"parley: error: database error: the disk holding {database} or the one of SQLite's "
+        "temporary files (SQLITE_TMPDIR, TMPDIR, /var/tmp or /tmp) is full "
         "(or the database reached its size limit)"
     ]
 
@@ -96,7 +97,8 @@ async def test_a_full_disk_on_a_store_call_is_one_line_naming_the_file(
     finally:
         await engine.dispose()
     assert str(raised.value) == (
-        f"database error: the disk holding {database} is full "
+        f"database error: the disk holding {database} or the one of SQLite's temporary "
+        "files (SQLITE_TMPDIR, TMPDIR, /var/tmp or /tmp) is full "
         "(or the database reached its size limit)"
     )
 
@@ -189,8 +191,8 @@ def test_a_uri_that_urlsplit_refuses_keeps_sqlites_own_line() -> None:
         "database error: OperationalError: invalid uri authority: [x"
     )
     full = sqlite_full_error()
-    assert known_failure(full, url).startswith("the database's disk is full")
-    assert known_failure(full, "not a URL at all").startswith("the database's disk is full")
+    assert known_failure(full, url).startswith("the database's disk or ")
+    assert known_failure(full, "not a URL at all").startswith("the database's disk or ")
 
 
 def sqlite_full_error() -> sqlite3.Error:
@@ -204,3 +206,27 @@ def sqlite_full_error() -> sqlite3.Error:
         conn.close()
     assert raised.value.sqlite_errorname == "SQLITE_FULL"
     return raised.value
+
+
+def test_a_full_temporary_folder_is_not_said_to_be_the_databases_disk(tmp_path: Path) -> None:
+    """SQLite says SQLITE_FULL when its temporary files cannot grow (a sort, an index built by
+    a migration, in a container's small /tmp) while the database's own disk has room: the
+    line named only the database's disk, which an operator then found with room to spare.
+    Here SQLite's temporary storage is full by its page limit, the database file is not."""
+    database = tmp_path / "roomy.db"
+    conn = sqlite3.connect(database)
+    try:
+        conn.execute("PRAGMA temp_store = FILE")
+        conn.execute("CREATE TEMP TABLE scratch (x)")
+        conn.execute("PRAGMA temp.max_page_count = 2")
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            conn.execute("INSERT INTO scratch VALUES (?)", ("x" * 100_000,))
+    finally:
+        conn.close()
+    assert raised.value.sqlite_errorname == "SQLITE_FULL"
+    said = describe_error(raised.value, f"sqlite+aiosqlite:///{database}")
+    assert said == (
+        f"database error: the disk holding {database} or the one of SQLite's temporary files "
+        "(SQLITE_TMPDIR, TMPDIR, /var/tmp or /tmp) is full (or the database reached its size "
+        "limit)"
+    )

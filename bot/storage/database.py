@@ -299,6 +299,10 @@ _SQLSTATE_WORDS = {
 }
 
 
+# Where SQLite keeps its temporary files on Unix, in its order of choice.
+_SQLITE_TEMPORARY = "the one of SQLite's temporary files (SQLITE_TMPDIR, TMPDIR, /var/tmp or /tmp)"
+
+
 def known_failure(exc: BaseException, url: str | URL | None) -> str:
     """`exc` in words an operator can act on, where its driver's code says what it is: a full
     disk, a read-only database file, a server out of connections or refusing the login; ""
@@ -310,8 +314,11 @@ def known_failure(exc: BaseException, url: str | URL | None) -> str:
     for each in _error_chain(exc):
         name = getattr(each, "sqlite_errorname", None)
         if isinstance(name, str) and name.startswith("SQLITE_FULL"):
+            # SQLite says SQLITE_FULL for its temporary files too (a sort, an index built in a
+            # migration), which are on another disk where TMPDIR or /tmp is small.
             where = f"the disk holding {path}" if path else "the database's disk"
-            return f"{where} is full (or the database reached its size limit)"
+            full = "is full (or the database reached its size limit)"
+            return f"{where} or {_SQLITE_TEMPORARY} {full}"
         if isinstance(name, str) and name.startswith("SQLITE_READONLY"):
             return f"the database {path or 'file'} is read-only{_why_read_only(parsed)}"
         sqlstate = getattr(each, "sqlstate", None)
