@@ -230,3 +230,31 @@ def test_a_full_temporary_folder_is_not_said_to_be_the_databases_disk(tmp_path: 
         "(SQLITE_TMPDIR, TMPDIR, /var/tmp or /tmp) is full (or the database reached its size "
         "limit)"
     )
+
+
+@pytest.mark.postgres
+async def test_postgres_out_of_the_databases_connections_names_that_limit(
+    postgres_url: str,
+) -> None:
+    """53300 is also the database's own limit (ALTER DATABASE ... CONNECTION LIMIT): the line
+    told the operator to raise max_connections or the role's limit, neither of which helps
+    (PostgreSQL's own text said "too many connections for database")."""
+    role = f"parley_ops_{uuid.uuid4().hex[:8]}"
+    database = sa.make_url(postgres_url).database
+    admin = create_engine(postgres_url)
+    async with admin.begin() as conn:
+        await conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        await conn.execute(sa.text(f'ALTER DATABASE "{database}" CONNECTION LIMIT 0'))
+    limited = sa.make_url(postgres_url).set(username=role, password=None)
+    engine = create_engine(limited.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(StorageError) as raised:
+            await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
+    finally:
+        await engine.dispose()
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f'ALTER DATABASE "{database}" CONNECTION LIMIT -1'))
+            await conn.execute(sa.text(f"DROP ROLE {role}"))
+        await admin.dispose()
+    assert "too many connections" in str(raised.value), str(raised.value)
+    assert "the database's connection limit" in str(raised.value), str(raised.value)

@@ -290,9 +290,10 @@ async def retry_dead_connection(attempt: Callable[[], Awaitable[T]], url: str | 
 _SQLSTATE_WORDS = {
     "53100": "the PostgreSQL server's disk is full (it could not extend a file: no space left "
     "on device)",
+    # max_connections, a role's or a database's CONNECTION LIMIT: the same code for all three.
     "53300": "PostgreSQL has no connection to spare (too many connections): raise "
-    "max_connections (or the role's connection limit), or lower database.pool_size or the "
-    "number of workers",
+    "max_connections (or the role's or the database's connection limit), or lower "
+    "database.pool_size or the number of workers",
     "28P01": "PostgreSQL refused the password (authentication failed): check database.url",
     "28000": "PostgreSQL refused the login (invalid authorization): check database.url and "
     "the server's pg_hba.conf",
