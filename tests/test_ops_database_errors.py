@@ -258,3 +258,19 @@ async def test_postgres_out_of_the_databases_connections_names_that_limit(
         await admin.dispose()
     assert "too many connections" in str(raised.value), str(raised.value)
     assert "the database's connection limit" in str(raised.value), str(raised.value)
+
+
+async def test_postgres_login_as_a_role_that_does_not_exist_names_the_role_as_a_cause(
+    postgres_url: str,
+) -> None:
+    """28000 is what PostgreSQL answers for a role that does not exist as well as for a
+    pg_hba.conf that lets it in nowhere: the line pointed at pg_hba.conf alone."""
+    missing = sa.make_url(postgres_url).set(username=f"nobody_{uuid.uuid4().hex[:8]}")
+    engine = create_engine(missing.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(StorageError) as raised:
+            await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
+    finally:
+        await engine.dispose()
+    assert "no such role" in str(raised.value), str(raised.value)
+    assert "nobody_" not in str(raised.value)

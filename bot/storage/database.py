@@ -295,8 +295,8 @@ _SQLSTATE_WORDS = {
     "max_connections (or the role's or the database's connection limit), or lower "
     "database.pool_size or the number of workers",
     "28P01": "PostgreSQL refused the password (authentication failed): check database.url",
-    "28000": "PostgreSQL refused the login (invalid authorization): check database.url and "
-    "the server's pg_hba.conf",
+    "28000": "PostgreSQL refused the login (no such role, or pg_hba.conf has no entry letting "
+    "it in): check the user in database.url and the server's pg_hba.conf",
 }
 
 
