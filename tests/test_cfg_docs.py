@@ -118,3 +118,11 @@ def test_a_stale_name_in_the_docs_is_found() -> None:
         "PARLEY_REDIS__URI, PARLEY_BACKEND__TIMEOUTS__TOTAL_S, `support.webhooks`."
     )
     assert _unknown_names(doc) == ["conversation.retention_day", "PARLEY_REDIS__URI"]
+
+
+def test_every_variable_exempt_from_the_settings_is_in_the_configuration_guide() -> None:
+    """An operator who meets PARLEY_ENGINE_PARENT in a process's environment finds it named as
+    Parley's own, not taken for a setting they may set (the guide left it out before)."""
+    guide = DOC.read_text()
+    exempt = [*sorted(NOT_SETTINGS), *NOT_SETTINGS_PREFIXES]
+    assert [name for name in exempt if f"`{name}`" not in guide] == []
