@@ -118,3 +118,14 @@ def test_metrics() -> None:
     assert metrics.rouge([], []) is None and metrics.share(0, 0) is None
     assert metrics.contains_any("Set **`lock_ttl_s`**  to", ["LOCK_TTL_S"])
     assert metrics.cited_numbers("as [2] says, and [1], [2]") == [2, 1]
+
+
+def test_the_help_names_the_folder_of_the_shipped_sets(capsys: pytest.CaptureFixture[str]) -> None:
+    """`parley eval --help` said the default was eval/*.jsonl: an operator looked for an eval/
+    folder where they stood; the sets are in bench/data/eval/ (docs/evaluation.md)."""
+    parser = argparse.ArgumentParser(prog="parley")
+    add_eval_parser(parser.add_subparsers())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "default: bench/data/eval/*.jsonl" in shown

@@ -27,7 +27,7 @@ def add_eval_parser(sub: Any) -> None:
     parser = sub.add_parser("eval", help="measure each skill's quality on evaluation sets")
     parser.add_argument(
         "--set", dest="sets", type=Path, action="append", metavar="PATH",
-        help=f"a JSONL evaluation set (repeatable; default: {SHIPPED_SETS.name}/*.jsonl)",
+        help="a JSONL evaluation set (repeatable; default: bench/data/eval/*.jsonl)",
     )  # fmt: skip
     parser.add_argument(
         "--skill", dest="skills", action="append", choices=SKILLS,
