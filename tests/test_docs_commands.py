@@ -1,6 +1,7 @@
 """What README.md and docs/ tell an operator to type is real: every `parley ...` written in
 code (a code span or a fenced block) names a command the CLI has, with options it takes; every
-`make TARGET` is a target of the Makefile; and the README opens with its two commands."""
+`make TARGET` is a target of the Makefile; every file of this repository they name is there;
+and the README opens with its two commands."""
 
 from __future__ import annotations
 
@@ -134,3 +135,27 @@ def test_the_readme_opens_with_its_two_commands() -> None:
     assert all(line.startswith("#") for line in lines[1:first_code]), lines[1:first_code]
     assert lines[first_code + 1].startswith("make run ")
     assert lines[first_code + 2].startswith("make test ")
+
+
+# A path in this repository: under one of its folders, ending in a file's extension or a "/".
+_REPO_PATH = re.compile(
+    r"(?<![\w/.-])((?:bot|backends|adapters|tests|bench|migrations|config)/[\w./-]*"
+    r"(?:\.(?:py|md|toml|env|j2|jsonl|json|yaml)\b|/))"
+)
+
+
+def _missing_files(text: str) -> list[str]:
+    """Each repository path in `text` that names nothing here (a placeholder in capitals,
+    `bot/skills/NAME.py`, is not a path)."""
+    named = {m for m in _REPO_PATH.findall(text) if not re.search(r"[A-Z*]", m)}
+    return sorted(m for m in named if not (ROOT / m).exists())
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_file_the_docs_name_exists(doc: Path) -> None:
+    assert _missing_files(doc.read_text()) == []
+
+
+def test_a_missing_file_is_found() -> None:
+    doc = "See bot/settings.py and (tests/test_gone.py), `bench/data/eval/`, `bot/skills/NAME.py`."
+    assert _missing_files(doc) == ["tests/test_gone.py"]
