@@ -1,7 +1,8 @@
 """What README.md and docs/ tell an operator to type is real: every `parley ...` written in
 code (a code span or a fenced block) names a command the CLI has, with options it takes; every
-`make TARGET` is a target of the Makefile; every file of this repository they name is there;
-and the README opens with its two commands."""
+`make TARGET` is a target of the Makefile; every file of this repository they name is there,
+and so is each section that they, or a message of the code, point at (`docs/database.md,
+"Retention"`); and the README opens with its two commands."""
 
 from __future__ import annotations
 
@@ -159,3 +160,40 @@ def test_every_file_the_docs_name_exists(doc: Path) -> None:
 def test_a_missing_file_is_found() -> None:
     doc = "See bot/settings.py and (tests/test_gone.py), `bench/data/eval/`, `bot/skills/NAME.py`."
     assert _missing_files(doc) == ["tests/test_gone.py"]
+
+
+# A pointer at a section: `docs/database.md, "Retention"`, or a word: `(docs/discord.md, Scale)`.
+_SECTION_REF = re.compile(r'docs/([a-z-]+\.md),?\s+(?:"([^"]+)"|([A-Z][a-z]+)\))')
+# Where a section is named: a heading ("## 8. Scale"), or a paragraph's bold lead.
+_SECTION_NAME = re.compile(r"(?m)^#+\s+(?:\d+\.\s+)?(.+)$|\*\*([^*]+?)\.?\*\*")
+CODE = sorted(
+    p for folder in ("bot", "adapters", "backends") for p in (ROOT / folder).rglob("*.py")
+)
+SOURCES = [*DOCS, ROOT / "config" / "parley.toml", *CODE]
+
+
+def _missing_sections(text: str) -> list[str]:
+    missing = []
+    for match in _SECTION_REF.finditer(text):
+        doc, name = ROOT / "docs" / match[1], " ".join((match[2] or match[3]).split())
+        names = [a or b for a, b in _SECTION_NAME.findall(doc.read_text())] if doc.exists() else []
+        if not any(" ".join(n.split()).lower().startswith(name.lower()) for n in names):
+            missing.append(f"docs/{match[1]}, {name}")
+    return missing
+
+
+def test_every_section_the_docs_and_messages_point_at_exists() -> None:
+    missing = {
+        str(path.relative_to(ROOT)): found
+        for path in SOURCES
+        if (found := _missing_sections(path.read_text()))
+    }
+    assert missing == {}
+
+
+def test_a_missing_section_is_found() -> None:
+    text = (
+        'See docs/database.md, "Retention", docs/conversations.md, "The context\n  window", '
+        '"set discord.shard_count (docs/discord.md, Sharding)" and docs/cli.md, "Nowhere".'
+    )
+    assert _missing_sections(text) == ["docs/discord.md, Sharding", "docs/cli.md, Nowhere"]

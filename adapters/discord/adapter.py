@@ -106,7 +106,7 @@ CLOSE_CODES = {
     4010: "Discord refused the shard (4010 Invalid shard): each of discord.shard_ids must be "
     "below discord.shard_count",
     4011: "Discord requires this bot to shard (4011 Sharding required): set "
-    "discord.shard_count (docs/discord.md, Sharding)",
+    'discord.shard_count (docs/discord.md, "Scale")',
     4012: "Discord refused the gateway version (4012 Invalid API version): a discord.py "
     "release Parley does not support?",
     4013: "Discord refused the gateway intents (4013 Invalid intents): a discord.py release "
