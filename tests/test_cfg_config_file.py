@@ -3,14 +3,16 @@ shows something else must say "example" in its comment, so the file cannot drift
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel, SecretStr
 
-from bot.settings import settings_class
+from bot.settings import load_settings, settings_class
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "parley.toml"
@@ -80,3 +82,39 @@ def test_the_check_finds_a_wrong_default_and_accepts_a_declared_example() -> Non
     assert _undeclared_examples('# Example.\n#log_level = "INFO"\n[http]\n#port = 1\n') == [
         "[http] port = 1 (default 8080)"
     ]
+
+
+def _example_env_choices(text: str) -> list[list[str]]:
+    """The `.env` files config/example.env offers: its lines before the first choice (a
+    comment ending in ":"), with the lines of each choice in turn."""
+    common: list[str] = []
+    choices: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("# PARLEY_"):
+            (choices[-1] if choices else common).append(line.removeprefix("# "))
+        elif line.endswith(":"):
+            choices.append([])
+    return [common + choice for choice in choices] or [common]
+
+
+def test_example_env_loads_as_each_of_its_choices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config/example.env ("copy to .env and fill in") had no test: each choice it offers,
+    uncommented as an operator would, is a `.env` whose every line is a setting that loads."""
+    for name in [n for n in os.environ if n.startswith("PARLEY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    choices = _example_env_choices((ROOT / "config" / "example.env").read_text())
+    assert len(choices) == 2  # in-process vLLM, an OpenAI-compatible server
+    for lines in choices:
+        (tmp_path / ".env").write_text("\n".join(lines) + "\n")
+        settings = load_settings()
+        shown = settings.model_dump(mode="json")
+        for line in lines:
+            name, value = line.removeprefix("PARLEY_").split("=", 1)
+            section, key = name.lower().split("__")
+            assert shown[section][key] is not None, line
+            if "CHANGE-ME" not in value and not key.endswith("url"):
+                assert str(shown[section][key]) == value, line
