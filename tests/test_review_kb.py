@@ -494,3 +494,34 @@ async def test_a_subfolder_named_too_that_holds_no_file_now_is_kept_not_removed(
     assert report.kept == [f"{share.resolve().as_posix()}/"]
     assert report.removed == []
     assert {Path(d.source).name for d in await kb.list(None)} == {"hours.md", "refunds.md"}
+
+
+async def test_a_subfolder_that_holds_no_file_now_is_kept_under_a_folder_added_again(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    """`parley kb add /docs` while the share mounted on /docs/share is not: /docs holds files,
+    so it was looked in, and every document of the share was removed as gone. A subfolder
+    that is there and holds no file now is kept and said, as a named folder is; a subfolder
+    deleted (or renamed) with its files, and a file deleted beside others, still go."""
+    docs = tmp_path / "docs"
+    share, old, guide = docs / "share", docs / "old", docs / "guide"
+    for folder in (share / "deep", old, guide):
+        folder.mkdir(parents=True)
+    (docs / "hours.md").write_text("# Hours\n\nWe open at nine.\n")
+    (share / "refunds.md").write_text("# Refunds\n\nRefunds take 14 days.\n")
+    (share / "deep" / "fees.md").write_text("# Fees\n\nNo fees.\n")
+    (old / "legacy.md").write_text("# Legacy\n\nThe old way.\n")
+    (guide / "a.md").write_text("# A\n\nFirst.\n")
+    (guide / "b.md").write_text("# B\n\nSecond.\n")
+    await kb.add([docs])
+    (share / "refunds.md").unlink()  # the share unmounted: its mount point is empty
+    (share / "deep" / "fees.md").unlink()
+    (share / "deep").rmdir()
+    (old / "legacy.md").unlink()  # a subfolder deleted with its files
+    old.rmdir()
+    (guide / "b.md").unlink()  # a file deleted beside another
+    report = await kb.add([docs])
+    assert report.kept == [f"{share.resolve().as_posix()}/"]
+    assert sorted(Path(s).name for s in report.removed) == ["b.md", "legacy.md"]
+    names = {Path(d.source).name for d in await kb.list(None)}
+    assert names == {"hours.md", "refunds.md", "fees.md", "a.md"}

@@ -147,6 +147,34 @@ def _may_exist(source: str) -> bool:
     return True
 
 
+def _empty_subfolders(
+    missing: Sequence[str], looked_in: tuple[str, ...], walked: Sequence[str]
+) -> builtins.list[str]:
+    """For each missing file, the deepest folder above it that is still there, where that is
+    a subfolder of a folder looked in (not the folder itself) holding no file found now: a
+    share not mounted on it, or a subfolder emptied. As prefixes ("/docs/share/")."""
+    found: set[str] = set()
+    for source in missing:
+        top = next((f for f in looked_in if source.startswith(f)), None)
+        if top is None:
+            continue
+        folder = Path(source).parent
+        while f"{folder.as_posix().rstrip('/')}/" != top and not _is_dir(folder):
+            folder = folder.parent
+        prefix = f"{folder.as_posix().rstrip('/')}/"
+        below = prefix != top and prefix.startswith(top)
+        if below and not any(path.startswith(prefix) for path in walked):
+            found.add(prefix)
+    return sorted(found)
+
+
+def _is_dir(folder: Path) -> bool:
+    try:
+        return folder.is_dir()
+    except OSError:  # no permission to look, a stale mount: taken as there
+        return True
+
+
 class KnowledgeBase:
     """Shares the history's engine; it does not own it (the caller disposes of it). Without an
     embedder, search is full-text only."""
@@ -271,7 +299,13 @@ class KnowledgeBase:
             if looked_in and d.source.startswith(looked_in) and not d.source.startswith(tuple(kept))
         ]
         present = await asyncio.to_thread(_present, under)
-        gone = [s for s, there in zip(under, present, strict=True) if not there]
+        missing = [s for s, there in zip(under, present, strict=True) if not there]
+        # Nor by a subfolder of one that is there and holds no file now (`/docs` added, the
+        # share mounted on /docs/share not mounted): kept and said, as a named folder is. A
+        # subfolder that is gone itself was deleted or renamed: its documents go.
+        empty_below = await asyncio.to_thread(_empty_subfolders, missing, looked_in, walked)
+        kept += sorted({f for f in empty_below if f not in kept})
+        gone = [s for s in missing if not s.startswith(tuple(empty_below))]
         for source in gone:
             await self._rows.remove(source)
         return gone, kept
