@@ -144,24 +144,38 @@ async def test_a_visitor_whose_message_meets_a_full_disk_gets_the_short_503(
     assert not [r for r in said if "4111" in r.getMessage()]
 
 
-@pytest.mark.postgres
-async def test_postgres_out_of_connections_is_said_so(postgres_url: str) -> None:
-    role = f"parley_ops_{uuid.uuid4().hex[:8]}"
+async def _as_admin(postgres_url: str, *statements: str) -> None:
     admin = create_engine(postgres_url)
-    async with admin.begin() as conn:
-        await conn.execute(sa.text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0"))
-    limited = sa.make_url(postgres_url).set(username=role, password=None)
-    engine = create_engine(limited.render_as_string(hide_password=False))
+    try:
+        async with admin.begin() as conn:
+            for statement in statements:
+                await conn.execute(sa.text(statement))
+    finally:
+        await admin.dispose()
+
+
+async def _refusal_as(postgres_url: str, username: str) -> str:
+    """The one line a first statement run as `username` (no password) fails with."""
+    url = sa.make_url(postgres_url).set(username=username, password=None)
+    engine = create_engine(url.render_as_string(hide_password=False))
     try:
         with pytest.raises(StorageError) as raised:
             await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
     finally:
         await engine.dispose()
-        async with admin.begin() as conn:
-            await conn.execute(sa.text(f"DROP ROLE {role}"))
-        await admin.dispose()
-    assert "too many connections" in str(raised.value), str(raised.value)
-    assert "max_connections" in str(raised.value)
+    return str(raised.value)
+
+
+@pytest.mark.postgres
+async def test_postgres_out_of_connections_is_said_so(postgres_url: str) -> None:
+    role = f"parley_ops_{uuid.uuid4().hex[:8]}"
+    await _as_admin(postgres_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    try:
+        said = await _refusal_as(postgres_url, role)
+    finally:
+        await _as_admin(postgres_url, f"DROP ROLE {role}")
+    assert "too many connections" in said, said
+    assert "max_connections" in said
 
 
 def test_postgres_disk_full_and_a_refused_password_are_said_so() -> None:
@@ -241,36 +255,22 @@ async def test_postgres_out_of_the_databases_connections_names_that_limit(
     (PostgreSQL's own text said "too many connections for database")."""
     role = f"parley_ops_{uuid.uuid4().hex[:8]}"
     database = sa.make_url(postgres_url).database
-    admin = create_engine(postgres_url)
-    async with admin.begin() as conn:
-        await conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
-        await conn.execute(sa.text(f'ALTER DATABASE "{database}" CONNECTION LIMIT 0'))
-    limited = sa.make_url(postgres_url).set(username=role, password=None)
-    engine = create_engine(limited.render_as_string(hide_password=False))
+    limit = f'ALTER DATABASE "{database}" CONNECTION LIMIT'
+    await _as_admin(postgres_url, f"CREATE ROLE {role} LOGIN", f"{limit} 0")
     try:
-        with pytest.raises(StorageError) as raised:
-            await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
+        said = await _refusal_as(postgres_url, role)
     finally:
-        await engine.dispose()
-        async with admin.begin() as conn:
-            await conn.execute(sa.text(f'ALTER DATABASE "{database}" CONNECTION LIMIT -1'))
-            await conn.execute(sa.text(f"DROP ROLE {role}"))
-        await admin.dispose()
-    assert "too many connections" in str(raised.value), str(raised.value)
-    assert "the database's connection limit" in str(raised.value), str(raised.value)
+        await _as_admin(postgres_url, f"{limit} -1", f"DROP ROLE {role}")
+    assert "too many connections" in said, said
+    assert "the database's connection limit" in said, said
 
 
+@pytest.mark.postgres
 async def test_postgres_login_as_a_role_that_does_not_exist_names_the_role_as_a_cause(
     postgres_url: str,
 ) -> None:
     """28000 is what PostgreSQL answers for a role that does not exist as well as for a
     pg_hba.conf that lets it in nowhere: the line pointed at pg_hba.conf alone."""
-    missing = sa.make_url(postgres_url).set(username=f"nobody_{uuid.uuid4().hex[:8]}")
-    engine = create_engine(missing.render_as_string(hide_password=False))
-    try:
-        with pytest.raises(StorageError) as raised:
-            await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
-    finally:
-        await engine.dispose()
-    assert "no such role" in str(raised.value), str(raised.value)
-    assert "nobody_" not in str(raised.value)
+    said = await _refusal_as(postgres_url, f"nobody_{uuid.uuid4().hex[:8]}")
+    assert "no such role" in said, said
+    assert "nobody_" not in said
