@@ -15,12 +15,13 @@ from collections.abc import Iterable
 HUMAN_PHRASES: dict[str, tuple[str, ...]] = {
     "en": (
         r"\b(?:talk|speak|chat)\s+(?:to|with)\s+(?:a|an|the|some|your)?\s*(?:real\s+|live\s+)?"
-        r"(?:person|human|agent|representative|operator|someone|somebody|people|staff)\b",
+        r"(?:person|human|agent|representative|operator|someone|somebody|anyone|anybody|people"
+        r"|staff)\b",
         r"\b(?:real|live)\s+(?:person|human|agent)\b",
         r"\bhuman\s+(?:being|agent|support)\b",
-        # "Is there a human I can talk to?", "Isn't there someone I can speak with?"
+        # "Is there a human I can talk to?", "Isn't there someone (anyone) I can speak with?"
         r"\b(?:(?:a|an|some|no)\s+(?:real\s+|live\s+|actual\s+)?(?:person|human|agent|representative"
-        r"|operator)|someone|somebody)\s+(?:i|we)\s+(?:can|could|may|might)\s+(?:talk|speak|chat)"
+        r"|operator)|someone|somebody|anyone|anybody|no\s+one|nobody)\s+(?:i|we)\s+(?:can|could|may|might)\s+(?:talk|speak|chat)"
         r"\s+(?:to|with)\b",
         r"\b(?:get|give|connect|transfer)\s+me\s+(?:to\s+)?(?:a|an)\s+(?:person|human|agent)\b",
         # "not the bot, a human": the person asked for instead of the bot.
@@ -229,17 +230,25 @@ WANTING = frozenset(_WANTING.split())
 # asks for one.
 _NEGATED_BEFORE_ZH = re.compile(
     r"(?:不想|不要|不用|不需要|不必|无需|无须|没必要|不愿意|别)"
-    r"(?:和|跟|与|同|找|转|接|用|请|让|给|我|再|帮|说话|聊天?|联系|交流|沟通)*$"
+    r"(?:和|跟|与|同|找|转|接|用|请|让|给|我|再|帮|要|去|被|说话|聊天?|联系|交流|沟通)*$"
 )
+# How far before a request a Chinese negation is looked for: searched through all the text
+# before each request, a long message of requests took seconds.
+ZH_NEGATION_CHARS = 20
 # Japanese and Turkish negate after the request, as a suffix of its verb or a word after it
 # ("人間と話したくない", "オペレーターは不要", "insanla konuşmak istemiyorum", "gerçek bir insan
 # istemiyorum"). Not the negation of ability: "人間と話せないのですか？", "insanla konuşamaz
-# mıyım?" ask for one.
+# mıyım?" ask for one. Each piece before the negation is read one way only ("話し" is 話 then し,
+# never also 話し): a long run of them tried at every split took seconds per character. The
+# Turkish suffix is bounded: all the words after every request, tried back, took seconds.
+# "不要" ends its sentence: followed by more it is the Chinese "don't" of what follows
+# ("我要真人不要机器人", "找客服不要等了" ask for one).
 NEGATIONS_AFTER: dict[str, str] = {
-    "ja": r"(?:[はとにをがも]|お?話し?|し|相談し?|電話し?|対応|代わって|つないで|繋いで)*"
-          r"(?:たくない|たくありません|ほしくない|欲しくない|不要|いらない|要らない|いりません|要りません"
-          r"|必要(?:は)?(?:ない|ありません)|結構です|けっこうです)",
-    "tr": r"\w*(?:\s+(?:hiç|asla|artık|kesinlikle|da|de))?\s+(?:istemiyor\w*|istemem\w*|istemeyiz"
+    "ja": r"(?:[はとにをがもしする]|お?話|相談|電話|対応|代わって|つないで|繋いで)*"
+          r"(?:たくない|たくありません|ほしくない|欲しくない|不要(?=です|でした|だ|で|な|\W|$)|いらない"
+          r"|要らない|いりません|要りません|必要(?:は)?(?:ない|ありません)|結構です|けっこうです)",
+    "tr": r"\w{0,24}(?:\s+(?:konuş|görüş|bağlan)\w*)?(?:\s+(?:hiç|asla|artık|kesinlikle|da|de))?\s+"
+          r"(?:istemiyor\w*|istemem\w*|istemeyiz"
           r"|istemez\w*|gerek\s+yok|gerekmiyor\w*|gerekmez|lazım\s+değil|ihtiyac\w*\s+yok)",
 }  # fmt: skip
 _NEGATION_AFTER = re.compile("|".join(f"(?:{p})" for p in NEGATIONS_AFTER.values()), re.I)
@@ -261,7 +270,8 @@ _NEGATED_WORDS = (
     "хочу хотел хотела нужно надо говорить разговаривать поговорить общаться "
     "треба потрібно говорити розмовляти поговорити "
     "أريد اريد أود اود أرغب ارغب أحتاج احتاج نريد نحتاج بحاجة بدي إلى الى التحدث الحديث التكلم "
-    "الكلام أتحدث اتحدث أتكلم اتكلم التواصل أتواصل اتواصل حاجة داعي للتحدث للحديث للكلام للتواصل"
+    "الكلام أتحدث اتحدث أتكلم اتكلم التواصل أتواصل اتواصل حاجة داعي للتحدث للحديث للكلام للتواصل "
+    "أن ان في"
 )
 NEGATED_WORDS = frozenset(_NEGATED_WORDS.split())
 
@@ -298,20 +308,41 @@ def _negated(before: str, after: str) -> bool:
     to talk to a person", "no need to speak to someone"; not "it doesn't work I want a person"),
     unless the clause asks whether one can; or a negation after it in Japanese and Turkish,
     before it in Chinese."""
-    if _NEGATION_AFTER.match(after) or _NEGATED_BEFORE_ZH.search(before):
+    if _NEGATION_AFTER.match(after) or _NEGATED_BEFORE_ZH.search(before[-ZH_NEGATION_CHARS:]):
         return True
     clause = _CLAUSE.split(before)[-1]
     if _WHY.search(clause):
         return False
     near = " ".join(clause.split()[-NEGATION_WORDS:])
-    asking = _QUESTION.match(after) is not None and _POSSIBLE.search(near) is not None
+    asking = _QUESTION.match(after) is not None
     for found in _NEGATION.finditer(near):
         negated = [word.strip("'’").lower() for word in near[found.end() :].split()]
         if all(word in NEGATED_WORDS for word in negated) and not (
-            asking and WANTING.isdisjoint(negated)
+            asking and WANTING.isdisjoint(negated) and _of_possibility(near, found)
         ):
             return True
     return False
+
+
+def _of_possibility(near: str, negation: re.Match[str]) -> bool:
+    """Whether `negation` negates the word of possibility before it, not the talking after it:
+    a negation before that word ("Je ne peux pas parler à quelqu'un ?", "Ne puis-je pas ...?"),
+    or the negation after it and a subject between, with the request right after ("Kann ich
+    nicht mit einem Menschen sprechen?", "Kan ik niet met een mens spreken?"). Right after the
+    word of possibility, it is "may I not" ("Можно не разговаривать с оператором?", "Posso non
+    parlare con un operatore?", "Puis-je ne pas parler à un conseiller ?"): no request."""
+    before = near[: negation.start()]
+    possible = list(_POSSIBLE.finditer(before))
+    if not possible:
+        return False
+    if any(n.end() <= possible[-1].start() for n in _NEGATION.finditer(before)):
+        return True
+    between = before[possible[-1].end() :]
+    return (
+        between.strip() != ""
+        and _NEGATION.search(between) is None
+        and near[negation.end() :].strip() == ""
+    )
 
 
 def match_human(text: str) -> str | None:
