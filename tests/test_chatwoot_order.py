@@ -50,15 +50,43 @@ async def test_an_older_status_delivered_after_a_newer_one_is_ignored(database_u
             await w.idle()
             return (await w.app.desk.status(KEY)).state
 
-        assert await deliver("open", 1_800_000_000.25) is HandoffState.HUMAN
-        assert await deliver("resolved", 1_800_000_002.5) is HandoffState.BOT
+        # Stamps after the echo of Parley's own request (stamped by the fake's clock, this
+        # one): a fixed stamp of 2027 is one from the future before then.
+        base = fake.clock() + 1
+        assert await deliver("open", base + 0.25) is HandoffState.HUMAN
+        assert await deliver("resolved", base + 2.5) is HandoffState.BOT
         # The late "open", older than the resolution: ignored.
-        assert await deliver("open", 1_800_000_001.75) is HandoffState.BOT
+        assert await deliver("open", base + 1.75) is HandoffState.BOT
         # The resolution delivered again (a retry) still applies; a newer "open" does.
-        assert await deliver("resolved", 1_800_000_002.5) is HandoffState.BOT
-        assert await deliver("open", 1_800_000_003.0) is HandoffState.HUMAN
+        assert await deliver("resolved", base + 2.5) is HandoffState.BOT
+        assert await deliver("open", base + 3.0) is HandoffState.HUMAN
         # Without updated_at (an older Chatwoot) every update applies, as before.
         assert await deliver("resolved", None) is HandoffState.BOT
+
+
+async def test_an_update_stamped_in_the_future_does_not_hold_back_later_ones(
+    database_url: str,
+) -> None:
+    """A Chatwoot whose clock was wrong (years ahead) stamped one update: recorded, every later
+    update looked older and was ignored for good, the conversation stuck with the bot while
+    agents answered it in Chatwoot. Applied, not recorded; the updates after it are ordered."""
+    async with chatwoot_worker(database_url, ScriptedBackend()) as w:
+        fake = w.fake
+        conv = fake.conversation(31)
+        await fake.contact_says(conv, "I want to talk to a person")
+        await w.idle()
+
+        async def deliver(status: str, updated_at: float) -> HandoffState:
+            payload = _update(fake, conv, status, updated_at)
+            assert await fake.send(payload, secret=ACCOUNT_SECRET) == 200
+            await w.idle()
+            return (await w.app.desk.status(KEY)).state
+
+        base = fake.clock() + 1  # after the echo of Parley's own request
+        assert await deliver("open", base) is HandoffState.HUMAN
+        assert await deliver("resolved", 4_102_444_800.0) is HandoffState.BOT  # 2100-01-01
+        assert await deliver("open", base + 2.0) is HandoffState.HUMAN
+        assert await deliver("resolved", base + 1.0) is HandoffState.HUMAN  # older: ignored
 
 
 @pytest.mark.parametrize(

@@ -207,7 +207,9 @@ class Desk(Protocol):
     async def newer_update(self, key: ConversationKey, updated_at: float) -> bool:
         """Whether a help desk's update of the conversation made at `updated_at` (Unix seconds,
         the help desk's clock) is no older than the newest one applied: True records it, to
-        be applied; False: a newer one was, ignore it. HandoffError: no such conversation."""
+        be applied (one stamped over a minute ahead of Parley's clock is applied without being
+        recorded: a wrong clock must not hold back every later update); False: a newer one
+        was, ignore it. HandoffError: no such conversation."""
         ...
 
     async def agent_message(
