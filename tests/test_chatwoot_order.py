@@ -4,11 +4,15 @@ PostgreSQL. Failed before its fix."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
-from adapters.chatwoot.payloads import StatusChange, read
+from adapters.chatwoot.adapter import ChatwootAdapter
+from adapters.chatwoot.payloads import StatusChange, agent_name, read
+from adapters.chatwoot.settings import ChatwootSettings
+from adapters.kit.runner import host_for
 from bot.handoff.types import HandoffState
 from bot.types import ConversationKey
 from tests.doubles import ScriptedBackend
@@ -87,6 +91,47 @@ async def test_an_update_stamped_in_the_future_does_not_hold_back_later_ones(
         assert await deliver("resolved", 4_102_444_800.0) is HandoffState.BOT  # 2100-01-01
         assert await deliver("open", base + 2.0) is HandoffState.HUMAN
         assert await deliver("resolved", base + 1.0) is HandoffState.HUMAN  # older: ignored
+
+
+async def test_of_two_updates_handled_at_once_the_older_never_follows_the_newer(
+    database_url: str,
+) -> None:
+    """Two status webhooks handled at once (Chatwoot's job queue sends in parallel, Parley
+    serves requests in parallel): the older ("resolved") found no newer time recorded, then
+    the newer ("open", another agent) was recorded and applied, then the older gave the
+    conversation back to the bot, which answered the customer as an agent in Chatwoot had it.
+    Here the desk handles the newer one between the older one's check and its change, as a
+    second request would."""
+    async with chatwoot_worker(database_url, ScriptedBackend()) as w:
+        fake = w.fake
+        conv = fake.conversation(31)
+        await fake.contact_says(conv, "I want to talk to a person")
+        await w.idle()
+        base = fake.clock() + 1  # after the echo of Parley's own request
+        await w.adapter.act(StatusChange(KEY, "open", agent_name(42), base))
+        assert (await w.app.desk.status(KEY)).state is HandoffState.HUMAN
+        desk = w.app.desk
+        older = StatusChange(KEY, "resolved", "", base + 1)
+        newer = StatusChange(KEY, "open", agent_name(7), base + 2)
+
+        class NewerBetween:
+            """The app's desk, but for the newer update handled within the older's check."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(desk, name)
+
+            async def newer_update(self, key: ConversationKey, updated_at: float) -> bool:
+                found = await desk.newer_update(key, updated_at)
+                if updated_at == older.updated_at:
+                    await w.adapter.act(newer)
+                return found
+
+        settings = w.app.settings.section("chatwoot")
+        assert isinstance(settings, ChatwootSettings)
+        host = dataclasses.replace(host_for(w.app), desk=NewerBetween())  # type: ignore[arg-type]
+        await ChatwootAdapter(host, settings, client=w.adapter.client).act(older)
+        status = await w.app.desk.status(KEY)
+        assert (status.state, status.agent) == (HandoffState.HUMAN, agent_name(7))
 
 
 @pytest.mark.parametrize(

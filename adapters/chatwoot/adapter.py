@@ -262,7 +262,7 @@ class ChatwootAdapter:
         current = await self._desk.status(change.key)
         agent = change.agent or PLATFORM
         if change.status in BOT_STATUSES and current.state is not HandoffState.BOT:
-            await self._desk.give_back(change.key, agent)
+            await self._desk.give_back(change.key, agent, updated_at=at)
         elif change.status in HUMAN_STATUSES:
             # Opened by an agent while the bot had it; or assigned while waiting for a person.
             # Reassigned in Chatwoot while an agent there has it: the desk's agent (and its
@@ -276,4 +276,4 @@ class ChatwootAdapter:
                 and change.agent != current.agent
             )
             if bot_had_it or (change.agent and (waiting or reassigned)):
-                await self._desk.take(change.key, agent)
+                await self._desk.take(change.key, agent, updated_at=at)

@@ -300,22 +300,28 @@ class CoreDesk:
     ) -> HandoffStatus:
         return await self.escalate(await self._conversation(key), key, reason, detail)
 
-    async def take(self, key: ConversationKey, agent: str) -> HandoffStatus:
+    async def take(
+        self, key: ConversationKey, agent: str, *, updated_at: float | None = None
+    ) -> HandoffStatus:
         cid = await self._conversation(key)
         change = await self.repo.change(
-            cid, HUMAN, Reason.AGENT, allowed_from=(BOT, WAITING, HUMAN), agent=agent
-        )
+            cid, HUMAN, Reason.AGENT, allowed_from=(BOT, WAITING, HUMAN), agent=agent,
+            desk_updated_at=updated_at,
+        )  # fmt: skip
         if change.changed:
             if self._stop_reply is not None:  # the bot stops answering: its reply too
                 await self._stop_reply(cid)
             self._emit(EventKind.TAKEN, key, cid, change.after, agent=agent)
         return change.after
 
-    async def give_back(self, key: ConversationKey, agent: str) -> HandoffStatus:
+    async def give_back(
+        self, key: ConversationKey, agent: str, *, updated_at: float | None = None
+    ) -> HandoffStatus:
         cid = await self._conversation(key)
         change = await self.repo.change(
-            cid, BOT, Reason.RESOLVED, allowed_from=(WAITING, HUMAN), agent=agent
-        )
+            cid, BOT, Reason.RESOLVED, allowed_from=(WAITING, HUMAN), agent=agent,
+            desk_updated_at=updated_at,
+        )  # fmt: skip
         if change.changed:
             self._emit(EventKind.RETURNED, key, cid, change.after, agent=agent)
         return change.after

@@ -112,20 +112,26 @@ class HandoffRepository:
         agent: str = "",
         language: str | None = None,
         trigger_message_id: int | None = None,
+        desk_updated_at: float | None = None,
     ) -> Change:
         """Move to `to` if the current state is one of `allowed_from`; the state row and its
         audit row in one transaction (the row locked on PostgreSQL: two agents taking the same
         conversation at once are serialised). Nothing written when not allowed, or when it is
-        already in `to` with the same agent (a retried call)."""
+        already in `to` with the same agent (a retried call), or when a help desk's update
+        newer than `desk_updated_at` (this one's time, newer_update) was recorded meanwhile."""
 
         async def run(conn: AsyncConnection) -> Change:
             await conn.execute(_ADD_STATE, {"conversation_id": conversation_id})
-            current = sa.select(_s.state, _s.reason, _s.detail, _s.since, _s.agent, _s.language)
+            current = sa.select(_s.state, _s.reason, _s.detail, _s.since, _s.agent, _s.language,
+                                _s.desk_updated_at)  # fmt: skip
             current = current.where(_s.conversation_id == conversation_id).with_for_update()
             row = (await conn.execute(current)).one()
             before, old_language = _status(row), row[5]
             same = before.state is to and before.agent == agent  # a repeat (a retried webhook)
-            if before.state not in allowed_from or same:
+            # Two updates at once: both found no newer one recorded, the newer was applied
+            # first; the older must not follow it.
+            stale = desk_updated_at is not None and row[6] is not None and row[6] > desk_updated_at
+            if before.state not in allowed_from or same or stale:
                 return Change(before, before, old_language)
             now = utcnow()
             keep_language = old_language if language is None else language

@@ -200,9 +200,15 @@ class Desk(Protocol):
         self, key: ConversationKey, reason: Reason, detail: str = ""
     ) -> HandoffStatus: ...
 
-    async def take(self, key: ConversationKey, agent: str) -> HandoffStatus: ...
+    # `updated_at`: the time of the help desk's update that asks for it (newer_update): not
+    # done when a newer one was recorded meanwhile (two updates handled at once).
+    async def take(
+        self, key: ConversationKey, agent: str, *, updated_at: float | None = None
+    ) -> HandoffStatus: ...
 
-    async def give_back(self, key: ConversationKey, agent: str) -> HandoffStatus: ...
+    async def give_back(
+        self, key: ConversationKey, agent: str, *, updated_at: float | None = None
+    ) -> HandoffStatus: ...
 
     async def newer_update(self, key: ConversationKey, updated_at: float) -> bool:
         """Whether a help desk's update of the conversation made at `updated_at` (Unix seconds,
