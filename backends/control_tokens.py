@@ -188,7 +188,8 @@ def _render(tokenizer: Any, chat: Sequence[Mapping[str, str]]) -> str:
 # (`<|im_end|>`, `<|eot_id|>`, `[INST]`, `<end_of_turn>`...): past it comes a turn it
 # invents. Servers drop the special tokens they know (vLLM's skip_special_tokens), not those
 # of another template the model learnt, nor markers written as plain text. Not turn ends, so
-# left in the reply: `<think>` and tool-call tags (the reply goes on after them); `<s>` and
+# left in the reply: `<think>` and tool-call tags (the reply goes on after them; reasoning
+# that begins the reply in `<think>` was taken out by the backend: inline_thinking); `<s>` and
 # `</s>` (HTML's strike-through too); the sequence markers an answer about language models
 # quotes (`[MASK]`, `<mask>`, `<pad>`, `<unk>`); a line that begins "User:" (a sample
 # dialogue, a transcript summarized or translated).

@@ -67,13 +67,14 @@ class Deadlines:
 async def bounded(
     chunks: AsyncGenerator[Chunk, None], timeouts: TimeoutSettings, deadline: float | None = None
 ) -> AsyncGenerator[Chunk, None]:
-    """`chunks`, each within its time limit (`deadline`: see `Deadlines`). On a timeout the
-    inner stream is cancelled at its await point and closed, so its own clean-up (aborting the
-    request) runs."""
+    """`chunks`, each within its time limit (`deadline`: see `Deadlines`); a chunk without
+    text that only says the model is at work (its reasoning: `_progress`) counts as one. On a
+    timeout the inner stream is cancelled at its await point and closed, so its own clean-up
+    (aborting the request) runs."""
     clock = Deadlines(timeouts, deadline)
     async with contextlib.aclosing(chunks):
         while (chunk := await clock.wait(anext(chunks, None))) is not None:
-            clock.chunk_arrived(bool(chunk.text))
+            clock.chunk_arrived(bool(chunk.text) or _progress(chunk))
             yield chunk
 
 

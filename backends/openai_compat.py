@@ -63,6 +63,7 @@ from backends.base import (
 )
 from backends.control_tokens import DEFAULT_MARKERS, marker_pattern, neutralise, special_tokens
 from backends.deadlines import Deadlines
+from backends.inline_thinking import InlineThinking, Split
 from backends.pool import ShardedTransport
 from bot.errors import (
     BackendError,
@@ -513,8 +514,11 @@ async def _read_reply(
     `max_chars` of text the reply is cut there and ends as one that ran into its max_tokens
     (a server that ignores max_tokens would otherwise stream until total_s). A thinking
     model's reasoning counts to `max_chars` too (its tokens count to max_tokens): reasoning
-    past it with no text yet is a `ReasoningTooLong`."""
+    past it with no text yet is a `ReasoningTooLong`. Reasoning written inline, in a
+    `<think>` that begins the content (a server without a reasoning parser), is reasoning
+    too (`backends.inline_thinking`)."""
     reply = _Reply()
+    inline = InlineThinking()  # reasoning in the content, where the server has no parser
     left = max_chars
     thought = False  # a reasoning delta was passed on (as a chunk without text)
     shown = False  # text was passed on
@@ -525,10 +529,12 @@ async def _read_reply(
                 reply.done = True
                 await _drain(events)
                 break
-            text = reply.absorb(_decode(data))
+            content = reply.absorb(_decode(data))
+            split = inline.feed(content) if content else Split()
+            text, reasoning = split.answer, reply.reasoning_chars + split.reasoning
             # Reasoning is the model at work: the gap limit counts from it, not first_token_s.
-            clock.chunk_arrived(bool(text or reply.thinking))
-            left -= reply.reasoning_chars
+            clock.chunk_arrived(bool(content or reply.thinking))
+            left -= reasoning
             if left < 0:
                 # Reasoning past what max_tokens allows: a server that ignores max_tokens, and
                 # a model that reasons on, held the turn until total_s. Before any text, given
@@ -550,7 +556,7 @@ async def _read_reply(
             if text:
                 shown = True
                 yield Chunk(text=text)
-            elif reply.thinking and not thought:
+            elif (reasoning or inline.thinking) and not thought:
                 thought = True
                 yield Chunk()  # once: the retry layer's first-token limit is met by it
             if reply.finish_reason is not None and reply.usage is not None:
@@ -559,6 +565,8 @@ async def _read_reply(
     # Some servers omit [DONE]; a finish reason still proves the reply is complete.
     if not reply.done and reply.finish_reason is None:
         raise ServerUnavailable("the server closed the stream before the reply was complete")
+    if rest := inline.flush().answer:  # a beginning held as a possible "<think>"
+        yield Chunk(text=rest)
     if reply.held:  # the reply ended on half a character
         yield Chunk(text=REPLACEMENT)
     yield Chunk(usage=reply.usage, finish_reason=reply.finish_reason)

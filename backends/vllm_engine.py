@@ -37,6 +37,7 @@ from backends import vllm_watchdog
 from backends.base import Capabilities, Chunk, GenerationRequest, Usage
 from backends.control_tokens import ChatEncoder
 from backends.deadlines import bounded
+from backends.inline_thinking import InlineThinking
 from bot.errors import BackendError, BackendUnavailable, ConfigError, ContextTooLong
 from bot.settings import BackendSettings
 from bot.types import ChatMessage
@@ -170,11 +171,16 @@ class VllmEngineBackend:
             {"prompt_token_ids": prompt_ids}, self._sampling(request, room), request.request_id
         )
         progress = _Progress(prompt_tokens=len(prompt_ids))
+        # The engine has no reasoning parser: a thinking model's <think> comes in the text.
+        inline = InlineThinking()
         try:
             with _vllm_errors_mapped():
                 async for out in outputs:
-                    if text := progress.absorb(out):
-                        yield Chunk(text=text)
+                    split = inline.feed(progress.absorb(out))
+                    if split.answer:
+                        yield Chunk(text=split.answer)
+                    elif split.reasoning:
+                        yield Chunk()  # the model at work: the time limits count from it
         finally:
             if not progress.finished:
                 await _abort(engine, outputs, request.request_id)
@@ -182,6 +188,8 @@ class VllmEngineBackend:
             # A request-level failure (a KV-cache load, say) that vLLM's server answers with a
             # 500: not a reply. Retried where nothing was shown; else the reply is cut off.
             raise BackendUnavailable("vLLM failed the request (finish reason: error)")
+        if rest := inline.flush().answer:
+            yield Chunk(text=rest)
         yield Chunk(usage=progress.usage(), finish_reason=progress.finish_reason)
 
     def _check_fits(self, prompt_tokens: int) -> None:

@@ -1,0 +1,94 @@
+"""A thinking model's reasoning written inline, as `<think> ... </think>` before its answer.
+
+A server with a reasoning parser (vLLM's `--reasoning-parser`) sends a thinking model's
+reasoning apart, as `reasoning_content`; one without (vLLM without the option, llama.cpp,
+many OpenAI-compatible servers) leaves it in the content, where it was shown to the user and
+stored as the answer. A reply that begins (after blanks) with `<think>` has everything up to
+and including the matching `</think>` taken for reasoning here, as `reasoning_content` is:
+not shown, not stored, counted to the reply's size limit. A `<think>` later in an answer is
+text (an answer about such models quotes it). Reasoning that never ends is all reasoning:
+the reply is then empty, as one whose model reasoned and never answered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OPEN = "<think>"
+CLOSE = "</think>"
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """What one delta of content turned out to be."""
+
+    reasoning: int = 0  # characters of reasoning (tags included)
+    answer: str = ""  # text of the answer, to show
+
+
+class InlineThinking:
+    """Content deltas split into reasoning and answer. A tag may come split over deltas
+    (`<thi` then `nk>`): text that may be its beginning is held until the next delta says."""
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._state = "start"  # "start", "thinking", "after" (blanks after </think>), "answer"
+
+    @property
+    def thinking(self) -> bool:
+        """Inside reasoning that has not ended yet."""
+        return self._state == "thinking"
+
+    def feed(self, text: str) -> Split:
+        if self._state == "answer":
+            return Split(answer=text)
+        pending, self._held = self._held + text, ""
+        if self._state == "start":
+            begun = pending.lstrip()
+            if len(begun) < len(OPEN) and OPEN.startswith(begun):
+                self._held = pending  # blanks, or "<thi": read again with what follows
+                return Split()
+            if not begun.startswith(OPEN):
+                self._state = "answer"
+                return Split(answer=pending)
+            self._state = "thinking"
+            return _plus(len(pending) - len(begun) + len(OPEN), self._think(begun[len(OPEN) :]))
+        if self._state == "thinking":
+            return self._think(pending)
+        return self._after(pending)
+
+    def flush(self) -> Split:
+        """What was held, at the end of the reply: a start that never became a tag is the
+        answer; reasoning that never ended stays reasoning."""
+        held, self._held = self._held, ""
+        if self._state in ("start", "answer"):
+            return Split(answer=held)
+        return Split(reasoning=len(held))
+
+    def _think(self, text: str) -> Split:
+        end = text.find(CLOSE)
+        if end < 0:
+            keep = _tail_that_may_begin(text, CLOSE)
+            self._held = text[len(text) - keep :]
+            return Split(reasoning=len(text) - keep)
+        self._state = "after"
+        return _plus(end + len(CLOSE), self._after(text[end + len(CLOSE) :]))
+
+    def _after(self, text: str) -> Split:
+        # The blanks a model writes between its reasoning and its answer are neither.
+        answer = text.lstrip()
+        if answer:
+            self._state = "answer"
+        return Split(reasoning=len(text) - len(answer), answer=answer)
+
+
+def _plus(reasoning: int, split: Split) -> Split:
+    return Split(reasoning + split.reasoning, split.answer)
+
+
+def _tail_that_may_begin(text: str, tag: str) -> int:
+    """The length of the longest end of `text` that is a beginning of `tag`."""
+    for size in range(min(len(text), len(tag) - 1), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0

@@ -1,0 +1,157 @@
+"""A thinking model served without a reasoning parser (vLLM without `--reasoning-parser`,
+llama.cpp, many OpenAI-compatible servers) streams its reasoning in the content, as
+`<think> ... </think>` before its answer. Parley showed it to the user, stored it as the
+answer and sent it back to the model as history. A reply that begins with `<think>` now has
+its reasoning taken out as `reasoning_content` is: not shown, not stored, counted to the
+reply's size limit; a `<think>` inside an answer stays text."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+import httpx
+import pytest
+
+from backends.base import Chunk, GenerationRequest
+from backends.deadlines import bounded
+from backends.inline_thinking import InlineThinking
+from backends.openai_compat import OpenAICompatBackend
+from bot import phrases
+from bot.app import Parley
+from bot.errors import ReasoningTooLong
+from bot.settings import BackendSettings, Settings, TimeoutSettings
+from bot.types import ChatMessage, ConversationKey, Incoming, Role, User
+from tests.doubles import CollectingSink
+
+MODEL = "served"
+# A bound for the test itself: a turn that never ends fails the test instead of hanging it.
+NEVER = 30.0
+THOUGHT = "<think>\nThe user asks about France. Its capital is Paris.\n</think>\n\n"
+
+
+def _events(deltas: list[str]) -> httpx.Response:
+    bodies: list[object] = [{"choices": [{"index": 0, "delta": {"content": d}}]} for d in deltas]
+    bodies.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    text = "".join(f"data: {json.dumps(b)}\n\n" for b in bodies) + "data: [DONE]\n\n"
+    return httpx.Response(200, content=text.encode(), headers={"content-type": "text/event-stream"})
+
+
+def _backend(replies: list[list[str]], asked: list[list[dict[str, str]]]) -> OpenAICompatBackend:
+    """A server without a reasoning parser: each chat answered with the next reply's deltas;
+    the messages of each chat request kept in `asked`."""
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": MODEL, "max_model_len": 4096}]})
+        if request.url.path == "/tokenize":
+            return httpx.Response(404)
+        asked.append(json.loads(request.content)["messages"])
+        return _events(replies[len(asked) - 1])
+
+    settings = BackendSettings.model_validate(
+        {"kind": "openai", "base_url": "http://llm.test", "model": MODEL}
+    )
+    return OpenAICompatBackend(settings, transport=httpx.MockTransport(respond))
+
+
+@pytest.mark.parametrize(
+    ("reply", "answer"),
+    [
+        (THOUGHT + "Paris.", "Paris."),
+        ("  \n<think>hm</think>Hi <b>there</b>", "Hi <b>there</b>"),
+        ("<think></think>Hi", "Hi"),
+        ("<think>a <think> b</think>Hi", "Hi"),
+        # Reasoning that never ends, or nothing but reasoning: no answer.
+        ("<think>still thinking about it <", ""),
+        ("<think>done</think>\n\n", ""),
+        # Not reasoning: a <think> inside an answer, a tag that only looks like one.
+        ("Hi <think>x</think> there", "Hi <think>x</think> there"),
+        ("<thinking>x</thinking>", "<thinking>x</thinking>"),
+        ("<thi", "<thi"),
+        ("  ", "  "),
+        ("", ""),
+    ],
+)
+def test_reasoning_split_anywhere_over_deltas_is_not_the_answer(reply: str, answer: str) -> None:
+    """Whole, and one character a delta: every split a server can make. Every character is
+    either reasoning or answer."""
+    for deltas in ([reply], list(reply)):
+        inline = InlineThinking()
+        splits = [inline.feed(d) for d in deltas] + [inline.flush()]
+        assert "".join(s.answer for s in splits) == answer
+        assert sum(s.reasoning for s in splits) + len(answer) == len(reply)
+
+
+async def test_inline_reasoning_is_neither_shown_nor_stored_nor_sent_back(
+    database_url: str,
+) -> None:
+    asked: list[list[dict[str, str]]] = []
+    first = ["<thi", THOUGHT[4:30], THOUGHT[30:-12], THOUGHT[-12:], "Paris is the capital."]
+    backend = _backend([first, ["Rome."]], asked)
+    async with Parley(Settings(database={"url": database_url}), backend=backend) as app:  # type: ignore[arg-type]
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        key = ConversationKey("test", "chat-1")
+        async with asyncio.timeout(NEVER):
+            await app.manager.handle(Incoming(key, User("test", "u1"), "Capital of France?", "m1"))
+            recorded = await app.manager.handle(
+                Incoming(key, User("test", "u1"), "And of Italy?", "m2")
+            )
+        rows = await app.store.history(recorded.conversation_id, 10)
+    assert sink.replies[key] == ["Paris is the capital.", "Rome."]
+    assert [(r.role, r.content) for r in rows] == [
+        (Role.USER, "Capital of France?"),
+        (Role.ASSISTANT, "Paris is the capital."),
+        (Role.USER, "And of Italy?"),
+        (Role.ASSISTANT, "Rome."),
+    ]
+    history = [m["content"] for m in asked[1]]
+    assert "Paris is the capital." in history
+    assert not any("think" in content for content in history)
+
+
+async def test_reasoning_that_never_ends_gives_no_answer(database_url: str) -> None:
+    """The stream ends inside `<think>`: the user gets the usual sentence for an empty
+    answer, not the model's thinking."""
+    backend = _backend([["<think>Let me see. ", "France, capital", "..."]], [])
+    async with Parley(Settings(database={"url": database_url}), backend=backend) as app:  # type: ignore[arg-type]
+        sink = CollectingSink()
+        app.manager.attach("test", sink)
+        key = ConversationKey("test", "chat-1")
+        async with asyncio.timeout(NEVER):
+            await app.manager.handle(Incoming(key, User("test", "u1"), "Capital of France?", "m1"))
+    assert sink.replies[key] == [phrases.EMPTY_ANSWER]
+
+
+async def test_inline_reasoning_counts_to_the_reply_size_limit() -> None:
+    """As `reasoning_content` does (tests/test_backend_trial.py): reasoning past what
+    max_tokens allows, with no answer yet, is given up (ReasoningTooLong), not shown cut."""
+    backend = _backend([["<think>", *["hmm " * 250] * 20]], [])
+    request = GenerationRequest([ChatMessage(Role.USER, "why?")], 16)  # 16,384 characters
+    try:
+        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+            with pytest.raises(ReasoningTooLong):
+                async for chunk in chunks:
+                    assert not chunk.text
+    finally:
+        await backend.aclose()
+
+
+async def test_the_in_process_engine_reasoning_is_the_model_at_work() -> None:
+    """The in-process engine has no reasoning parser either: its reasoning is now taken out
+    of the text and passed on as chunks without text, which `bounded` (the engine's time
+    limits) took for no token at all, so a model that reasoned past first_token_s, tokens
+    arriving all along, was given up as a hang. Each such chunk now counts as one."""
+
+    async def reasoning_then_answer() -> AsyncGenerator[Chunk, None]:
+        for _ in range(6):  # 1.2 s of reasoning, past first_token_s, within gap_s
+            await asyncio.sleep(0.2)
+            yield Chunk()
+        yield Chunk(text="42")
+
+    timeouts = TimeoutSettings(first_token_s=0.5, gap_s=NEVER, total_s=NEVER)
+    async with asyncio.timeout(NEVER), aclosing(bounded(reasoning_then_answer(), timeouts)) as got:
+        assert "".join([c.text async for c in got]) == "42"
