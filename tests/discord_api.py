@@ -17,7 +17,9 @@ It also keeps each channel's log (everyone's messages, as `GET /channels/{id}/me
 returns them: newest first, `after` / `before` / `limit`), so that a message posted while the
 bot is away (`post`) is there for a backfill to read; the channels and members a REST client
 can fetch; and an interaction's token, which stops working when the test says it expired
-(`expire`: Discord's 15 minutes, answered 401 "Invalid Webhook Token").
+(`expire`: Discord's 15 minutes, answered 401 "Invalid Webhook Token"). An interaction
+acknowledged twice is 400 (40060 "Interaction has already been acknowledged."), one whose
+3 s the test says are over (`forget`) 404 (10062 "Unknown interaction").
 
 The gateway speaks enough of Discord's protocol for discord.py's reconnects and shards: a
 RECONNECT (op 7) on request (`reconnect`), after which a RESUME is answered RESUMED or, when
@@ -162,6 +164,9 @@ class FakeDiscordApi:
     interactions: dict[str, tuple[int, float]] = field(default_factory=dict)
     acknowledged: dict[str, float] = field(default_factory=dict)
     expired: set[str] = field(default_factory=set)
+    # Interactions whose 3 s to be acknowledged are over (a replay Discord sent late): their
+    # acknowledgement is 404 Unknown interaction (10062).
+    forgotten: set[str] = field(default_factory=set)
     _seen: dict[int, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _seen_overall: deque[float] = field(default_factory=deque)
     # Attachments on the fake CDN, by file name: `cdn_url(name)` is their URL. A file named
@@ -309,6 +314,10 @@ class FakeDiscordApi:
     def expire(self, token: str) -> None:
         """The interaction's 15 minutes are over: its token no longer edits its response."""
         self.expired.add(token)
+
+    def forget(self, token: str) -> None:
+        """The interaction's 3 s to be acknowledged are over: Discord no longer knows it."""
+        self.forgotten.add(token)
 
     def expect_interaction(self, token: str, channel_id: int) -> None:
         """An interaction Discord is about to send: its token's responses go to the channel."""
@@ -585,6 +594,8 @@ class FakeDiscordApi:
         body = await request.json()
         channel = self.interactions[token][0]
         self._record(Call("POST", request.url.path, channel, body))
+        if token in self.forgotten:
+            return JSONResponse({"message": "Unknown interaction", "code": 10062}, status_code=404)
         if token in self.acknowledged:
             error = {"message": "Interaction has already been acknowledged.", "code": 40060}
             return JSONResponse(error, status_code=400)

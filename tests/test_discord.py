@@ -360,6 +360,43 @@ async def test_a_slash_command_is_deferred_before_its_first_token(tmp_path: Path
         assert all(c.allowed_mentions == NOBODY for c in h.api.writes(ev.DM) if "content" in c.body)
 
 
+@pytest.mark.parametrize("menu", [False, True])
+async def test_a_replayed_interaction_is_one_log_line_and_one_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, menu: bool
+) -> None:
+    """An interaction Discord sends again (a replay after a reconnect) cannot be
+    acknowledged again: Discord answers 40060 (already acknowledged), or 10062 (Unknown
+    interaction) once its 3 s are over. The failed defer was logged with a traceback as a
+    command that "could not be handled"; now one line, and nothing more is sent for it."""
+    caplog.set_level(logging.INFO, logger="adapters.discord")
+    backend = answering("All good.")
+    async with discord_harness(tmp_path, backend) as h:
+        if menu:
+            target = ev.message_create("Bonjour tout le monde.", channel=ev.CHANNEL)
+            slash = ev.interaction_create("Translate", channel=ev.CHANNEL, target=target)
+            late = ev.interaction_create("Translate", channel=ev.CHANNEL, target=target)
+        else:
+            slash = ev.interaction_create("summarize", "The crane moved the tea. " * 5)
+            late = ev.interaction_create("summarize", "The tea. " * 5)
+        channel = int(slash["channel_id"])
+        await h.command(slash)
+        await h.idle()
+        await h.command(slash)  # the same interaction again
+        h.api.forget(late["token"])
+        await h.command(late)  # one that came after its 3 s
+        await h.idle()
+        assert h.api.texts(channel).count("All good.") == 1
+        assert len(backend.requests) == 1
+    assert "Traceback" not in caplog.text and not [
+        r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info
+    ]
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped == [
+        f"interaction {slash['id']}: Discord refused its acknowledgement (400 40060); skipped",
+        f"interaction {late['id']}: Discord refused its acknowledgement (404 10062); skipped",
+    ]
+
+
 async def test_a_slash_command_in_a_server_is_for_its_admins_when_it_changes_things(
     tmp_path: Path,
 ) -> None:

@@ -83,6 +83,10 @@ DISCORD_RATES = Rates(per_chat=Rate(5, 5.0), overall=Rate(50, 1.0))
 GUILD_CHANNELS_KNOWN = 100_000
 # While Discord does not answer, turns wait (no model call) but for one look this often.
 LOOK_S = 5.0
+# Discord's answers to the acknowledgement of an interaction no longer to be answered: 10062
+# Unknown interaction (its 3 s are over: a replay after a reconnect), 40060 already
+# acknowledged (a replay of one this bot took).
+STALE_INTERACTION = frozenset({10062, 40060})
 # Slash commands whose answer is still to come, by interaction id; Discord lets a deferred
 # response be edited for 15 minutes.
 INTERACTIONS_KNOWN = 10_000
@@ -650,7 +654,8 @@ class DiscordAdapter:
     async def on_command(self, interaction: discord.Interaction, name: str, text: str) -> None:
         """A slash command (the CommandTree's task): deferred first, within Discord's 3 s."""
         try:
-            await interaction.response.defer()
+            if not await _deferred(interaction):
+                return
             self._interactions.put(str(interaction.id), interaction)
             recorded = await self._intake.submit(command_incoming(interaction, name, text))
             self._end_unanswered(interaction, recorded)
@@ -665,7 +670,8 @@ class DiscordAdapter:
         """A message context-menu command: `name` of the registry run on `target` (its text,
         or for summarize the conversation from it on), deferred first like a slash command."""
         try:
-            await interaction.response.defer()
+            if not await _deferred(interaction):
+                return
             self._interactions.put(str(interaction.id), interaction)
             about = target.content
             if name == "translate" and not about.strip():
@@ -855,3 +861,23 @@ def _report_failure(task: asyncio.Task[None]) -> None:
     retrieved" at exit, or nothing)."""
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("%s failed", task.get_name(), exc_info=exc)
+
+
+async def _deferred(interaction: discord.Interaction) -> bool:
+    """Whether `interaction` was acknowledged (deferred). Not where it was already answered
+    or Discord no longer knows it (a replayed interaction): one line, and nothing more is
+    sent for it; another answer would be the command's second."""
+    try:
+        await interaction.response.defer()
+    except discord.InteractionResponded:
+        log.info("interaction %s: already answered; skipped", interaction.id)
+        return False
+    except discord.HTTPException as exc:
+        if exc.code not in STALE_INTERACTION:
+            raise
+        log.info(
+            "interaction %s: Discord refused its acknowledgement (%s %s); skipped",
+            interaction.id, exc.status, exc.code,
+        )  # fmt: skip
+        return False
+    return True
