@@ -489,3 +489,34 @@ async def test_a_discord_document_deleted_while_it_is_read_is_never_answered(
         assert not backend.requests
         key = ConversationKey("discord", str(ev.DM))
         assert await history(h.app, key) == [(Role.USER, WITHDRAWN_STUB)]
+
+
+async def test_a_discord_message_of_documents_deleted_while_it_is_read_gets_no_notice(
+    tmp_path: Path, database_url: str, redis: dict[str, Any] | None
+) -> None:
+    """The same with two documents: the message was withdrawn, never answered, and still
+    got "only the first document was read", a notice about a message its sender had
+    deleted. A withdrawn message gets nothing."""
+    backend = ScriptedBackend(lambda request: "It is about the payroll.")
+    async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
+        docs = []
+        for n, name in enumerate(("payroll.txt", "bonus.txt")):
+            content = f"{name}: Ada 9,000; Bo 7,500.\n".encode()
+            url = h.api.cdn_url(name)
+            h.api.files[name] = content
+            docs.append({"id": str(n + 1), "filename": name, "size": len(content),
+                         "content_type": "text/plain", "url": url, "proxy_url": url})  # fmt: skip
+        h.api.held["payroll.txt"] = release = asyncio.Event()
+        question = ev.message_create("summarize these", attachments=docs)
+        h.api.push("MESSAGE_CREATE", question)
+        async with asyncio.timeout(WAIT_S):
+            await h.api.until(lambda: any(c.path.endswith("/payroll.txt") for c in h.api.calls))
+            h.api.delete(ev.DM, int(question["id"]))
+            await h.adapter.deleted(1)
+            release.set()
+            await h.adapter.handled(1)
+            await h.idle()
+        assert h.api.texts(ev.DM) == []
+        assert not backend.requests
+        key = ConversationKey("discord", str(ev.DM))
+        assert await history(h.app, key) == [(Role.USER, WITHDRAWN_STUB)]

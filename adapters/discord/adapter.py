@@ -762,6 +762,8 @@ class DiscordAdapter:
             document = _document(action.attachment)
             recorded = await self._intake.submit_document(action.incoming, document, quiet=quiet)
             if action.skipped and recorded is not None and recorded.is_new:
+                if recorded.withdrawn:  # deleted by its sender while it was read: not a word
+                    return
                 # Said once (not again when a backfill reads the message back).
                 skipped = ", ".join(
                     phrases.said_back(n, SHOWN_FILE_NAME_CHARS) for n in action.skipped

@@ -336,7 +336,8 @@ class ConversationManager:
             if recorded.is_new and await self._deleted_before_recorded(incoming):
                 if self._marks_edits(incoming):  # an edit's mark, and its text, read by none
                     await self._deletions.delete(keys.edited(incoming.idempotency_key))
-                return recorded  # withdrawn: its turn finds nothing pending
+                # Withdrawn: its turn finds nothing pending.
+                return dataclasses.replace(recorded, withdrawn=True)
             if recorded.is_new and kind is MessageKind.CHAT:
                 await self._edited_before_recorded(incoming)
             if recorded.is_new:

@@ -94,6 +94,9 @@ class Recorded:
     message_id: int
     conversation_id: int
     is_new: bool  # False: the idempotency key was seen before, nothing was written
+    # Deleted on its platform before it was recorded, and withdrawn as it was: never answered
+    # (ConversationManager.submit), so nothing more is said about it either.
+    withdrawn: bool = False
 
 
 @dataclass(slots=True)
