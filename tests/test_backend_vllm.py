@@ -166,6 +166,44 @@ async def test_a_request_the_engine_failed_is_not_a_reply(backend: VllmEngineBac
     assert (await collect(backend, ask("hello world", max_tokens=4)))[-1].finish_reason
 
 
+class ThinkingInline:
+    """The running engine, except that a request's text is a thinking model's that no
+    reasoning parser takes apart: `<think>` and its reasoning first, split over the real
+    outputs (the first four get the tag and the reasoning, the rest the answer)."""
+
+    DELTAS = ("<th", "ink>The user greets", " me.</thi", "nk>\n\n")
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    async def generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        n = 0
+        async for out in self.engine.generate(*args, **kwargs):
+            completion = out.outputs[0]
+            completion.text = self.DELTAS[n] if n < len(self.DELTAS) else "Hi"
+            n += 1
+            yield out
+
+
+async def test_reasoning_the_engine_writes_inline_is_not_the_answer(
+    backend: VllmEngineBackend,
+) -> None:
+    """The engine has no reasoning parser: a thinking model's `<think> ... </think>` came
+    as the reply's text, shown and stored. It is taken out (backends.inline_thinking), and
+    passed on as chunks without text (the model at work)."""
+    thinking = backend.with_settings(BackendSettings(kind="vllm", model=backend.capabilities.model))
+    thinking._engine = ThinkingInline(backend.engine)  # the seam: the engine's outputs
+    got = await collect(thinking, ask("hello world", max_tokens=8, temperature=0.0))
+    answer = "".join(c.text for c in got)
+    assert answer and answer == "Hi" * (len(answer) // 2)
+    assert [c.text for c in got[:3]] == ["", "", ""]  # "<th" held; three of reasoning
+    assert got[-1].usage is not None and got[-1].finish_reason
+    assert unfinished(backend) == 0
+
+
 async def test_a_backend_not_started_says_so(tiny_model_dir: Path) -> None:
     backend = VllmEngineBackend(BackendSettings(kind="vllm", model=str(tiny_model_dir)))
     with pytest.raises(BackendError, match="not started"):
