@@ -1,8 +1,9 @@
 """A local stand-in for the Telegram Bot API, served on 127.0.0.1 for PTB (`base_url`).
 
 It records every call, keeps the chats' messages (as a reader would see them), checks text
-the way Telegram does (known tags, proper nesting, Telegram's nesting rules, non-empty after
-trimming and at most 4096 UTF-16 units after parsing, else 400 "Bad Request: ..."), and
+the way Telegram does (known tags, proper nesting, Telegram's nesting rules, at most 100
+entities, non-empty after trimming and at most 4096 UTF-16 units after parsing, else 400
+"Bad Request: ..."), and
 enforces the documented flood limits: one call per second per chat, 20 per minute per group,
 30 per second overall. Over a limit it answers 429 with `parameters.retry_after`, as Telegram
 does, and notes which limit and which call it refused.
@@ -74,6 +75,9 @@ class FakeBotApi:
     limits: Limits = field(default_factory=Limits)
     # Answer every HTML message with "can't parse entities", as Telegram does for bad HTML.
     reject_html: bool = False
+    # The most formatting entities a message may have (Telegram's limit; lower it to stand
+    # for entities Telegram finds itself, such as links in the text).
+    max_entities: int = 100
     calls: list[Call] = field(default_factory=list)
     messages: dict[int, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
     drafts: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -270,7 +274,7 @@ class FakeBotApi:
 
     def _sendMessage(self, params: dict[str, Any]) -> object:
         chat = params["chat_id"]
-        shown = _visible(params)
+        shown = _visible(params, self.max_entities)
         if isinstance(shown, Response):
             return shown
         message_id = self._next_id
@@ -282,7 +286,7 @@ class FakeBotApi:
 
     def _editMessageText(self, params: dict[str, Any]) -> object:
         chat, message_id = params["chat_id"], params["message_id"]
-        shown = _visible(params)
+        shown = _visible(params, self.max_entities)
         if isinstance(shown, Response):
             return shown
         if message_id not in self.messages[chat]:
@@ -303,7 +307,7 @@ class FakeBotApi:
             self.previewed.append(html.unescape(url))
 
     def _sendMessageDraft(self, params: dict[str, Any]) -> object:
-        shown = _visible(params)
+        shown = _visible(params, self.max_entities)
         if isinstance(shown, Response):
             return shown
         if params["chat_id"] < 0:
@@ -374,7 +378,7 @@ _TELEGRAM_EMPTY = re.compile(
 )
 
 
-def _visible(params: dict[str, Any]) -> str | Response:
+def _visible(params: dict[str, Any], max_entities: int) -> str | Response:
     text = params.get("text", "")
     if "link_preview_options" in params:
         try:
@@ -385,9 +389,13 @@ def _visible(params: dict[str, Any]) -> str | Response:
             return _bad("Bad Request: can't parse link preview options JSON object")
     if params.get("parse_mode") == "HTML":
         try:
-            text = _HtmlChecker.text_of(text)
+            text = _HtmlChecker.text_of(text, max_entities)
         except ValueError as exc:
             return _bad(f"Bad Request: can't parse entities: {exc}")
+        except _TooManyEntities:
+            # The server's MTProto error, passed on as Bot API errors are ("You provided too
+            # many styled message entities"; PTB shows it as "Entities_too_long").
+            return _bad("Bad Request: ENTITIES_TOO_LONG")
     if not _TELEGRAM_EMPTY.sub("", text):  # Telegram trims the text first
         return _bad("Bad Request: message text is empty")
     if len(text.encode("utf-16-le")) // 2 > 4096:
@@ -395,21 +403,29 @@ def _visible(params: dict[str, Any]) -> str | Response:
     return str(text)
 
 
+class _TooManyEntities(Exception):
+    pass
+
+
 class _HtmlChecker(HTMLParser):
-    """Telegram's HTML rules: known tags only, every tag closed in order."""
+    """Telegram's HTML rules: known tags only, every tag closed in order, not more entities
+    than allowed (each tag is one; pre's code is part of the pre)."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.open: list[str] = []
         self.out: list[str] = []
+        self.entities = 0
 
     @classmethod
-    def text_of(cls, html: str) -> str:
+    def text_of(cls, html: str, max_entities: int | None = None) -> str:
         checker = cls()
         checker.feed(html)
         checker.close()
         if checker.open:
             raise ValueError(f"can't find end tag corresponding to start tag {checker.open[-1]}")
+        if max_entities is not None and checker.entities > max_entities:
+            raise _TooManyEntities
         return "".join(checker.out)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -417,6 +433,8 @@ class _HtmlChecker(HTMLParser):
             raise ValueError(f"unsupported start tag {tag!r}")
         if (reason := _misplaced(tag, self.open)) is not None:
             raise ValueError(reason)
+        if not (tag == "code" and self.open[-1:] == ["pre"]):
+            self.entities += 1
         self.open.append(tag)
 
     def handle_endtag(self, tag: str) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from telegram import Bot
+from telegram.error import BadRequest
 
 from adapters.telegram.formatting import to_html, to_text
 from adapters.telegram.split import split_message
@@ -78,6 +79,48 @@ async def test_html_that_telegram_refuses_is_resent_as_plain_text(
     stream = ReplyStream(bot, Target(PRIVATE, None), interval_s=0.0, drafts=False)
     await stream.play(model("**bold**", " claim"))
     assert api.texts(PRIVATE) == ["**bold** claim"]
+
+
+async def test_the_stand_in_refuses_more_entities_than_telegram_allows(
+    stand_in: tuple[FakeBotApi, Bot],
+) -> None:
+    """As Telegram: 100 formatting entities in a message, and no more ("Bad Request:
+    ENTITIES_TOO_LONG", which PTB shows as "Entities_too_long")."""
+    api, bot = stand_in
+    await bot.send_message(PRIVATE, "<b>x</b> " * 100, parse_mode="HTML")
+    with pytest.raises(BadRequest, match="Entities_too_long"):
+        await bot.send_message(PRIVATE, "<b>x</b> " * 100 + "<i>y</i>", parse_mode="HTML")
+    assert refused(api) == ["sendMessage: Bad Request: ENTITIES_TOO_LONG"]
+
+
+async def test_an_answer_with_more_entities_than_telegram_allows_goes_as_its_text(
+    stand_in: tuple[FakeBotApi, Bot],
+) -> None:
+    """An answer that bolds each of its 150 items renders as 150 entities: Telegram refused
+    the HTML ("Bad Request: ENTITIES_TOO_LONG"), the refusal ended the showing, and the user
+    was left with the first updates. A piece over the limit now goes as the text it renders
+    to, without formatting, and no call is made that Telegram would refuse."""
+    api, bot = stand_in
+    items = [f"- **item {n}**: `fine` @alice\n" for n in range(150)]
+    stream = ReplyStream(bot, Target(PRIVATE, None), interval_s=0.0, drafts=False)
+    await stream.play(model(*items))
+    answer = "".join(items).rstrip()
+    assert api.texts(PRIVATE) == [to_text(to_html(p)) for p in split_message(answer)]
+    assert api.texts(PRIVATE)[0].startswith("• item 0: fine \uff20alice\n• item 1")
+    assert refused(api) == []
+
+
+async def test_entities_telegram_counts_beyond_the_tags_are_refused_and_go_as_text(
+    stand_in: tuple[FakeBotApi, Bot],
+) -> None:
+    """Where Telegram counts more entities than the HTML's tags (links it finds in the text),
+    its refusal is answered the same way: the piece goes again as its text."""
+    api, bot = stand_in
+    api.max_entities = 3
+    stream = ReplyStream(bot, Target(PRIVATE, None), interval_s=0.0, drafts=False)
+    await stream.play(model("**one** **two** **three** **four**"))
+    assert api.texts(PRIVATE) == ["one two three four"]
+    assert refused(api) == ["sendMessage: Bad Request: ENTITIES_TOO_LONG"]
 
 
 async def test_a_blocked_chat_ends_the_showing_not_the_reading(
