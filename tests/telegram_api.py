@@ -1,9 +1,8 @@
 """A local stand-in for the Telegram Bot API, served on 127.0.0.1 for PTB (`base_url`).
 
 It records every call, keeps the chats' messages (as a reader would see them), checks text
-the way Telegram does (known tags, proper nesting, Telegram's nesting rules, at most 100
-entities, non-empty after trimming and at most 4096 UTF-16 units after parsing, else 400
-"Bad Request: ..."), and
+the way Telegram does (known tags, proper nesting, Telegram's nesting rules, non-empty after
+trimming and at most 4096 UTF-16 units after parsing, else 400 "Bad Request: ..."), and
 enforces the documented flood limits: one call per second per chat, 20 per minute per group,
 30 per second overall. Over a limit it answers 429 with `parameters.retry_after`, as Telegram
 does, and notes which limit and which call it refused.
@@ -75,9 +74,10 @@ class FakeBotApi:
     limits: Limits = field(default_factory=Limits)
     # Answer every HTML message with "can't parse entities", as Telegram does for bad HTML.
     reject_html: bool = False
-    # The most formatting entities a message may have (Telegram's limit; lower it to stand
-    # for entities Telegram finds itself, such as links in the text).
-    max_entities: int = 100
+    # Refuse HTML with more entities than this with "ENTITIES_TOO_LONG", as Telegram refuses
+    # entities too big in all (many long links). None: as Telegram, which takes any number
+    # (past 100 it drops the rest's formatting, which the visible text does not show).
+    max_entities: int | None = None
     calls: list[Call] = field(default_factory=list)
     messages: dict[int, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
     drafts: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -378,7 +378,7 @@ _TELEGRAM_EMPTY = re.compile(
 )
 
 
-def _visible(params: dict[str, Any], max_entities: int) -> str | Response:
+def _visible(params: dict[str, Any], max_entities: int | None) -> str | Response:
     text = params.get("text", "")
     if "link_preview_options" in params:
         try:
@@ -393,8 +393,8 @@ def _visible(params: dict[str, Any], max_entities: int) -> str | Response:
         except ValueError as exc:
             return _bad(f"Bad Request: can't parse entities: {exc}")
         except _TooManyEntities:
-            # The server's MTProto error, passed on as Bot API errors are ("You provided too
-            # many styled message entities"; PTB shows it as "Entities_too_long").
+            # The server's MTProto error, passed on as Bot API errors are (PTB shows it as
+            # "Entities_too_long").
             return _bad("Bad Request: ENTITIES_TOO_LONG")
     if not _TELEGRAM_EMPTY.sub("", text):  # Telegram trims the text first
         return _bad("Bad Request: message text is empty")
@@ -408,8 +408,8 @@ class _TooManyEntities(Exception):
 
 
 class _HtmlChecker(HTMLParser):
-    """Telegram's HTML rules: known tags only, every tag closed in order, not more entities
-    than allowed (each tag is one; pre's code is part of the pre)."""
+    """Telegram's HTML rules: known tags only, every tag closed in order; entities (each tag
+    is one; pre's code is part of the pre) not more than `max_entities`, where given."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)

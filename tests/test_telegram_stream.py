@@ -81,45 +81,50 @@ async def test_html_that_telegram_refuses_is_resent_as_plain_text(
     assert api.texts(PRIVATE) == ["**bold** claim"]
 
 
-async def test_the_stand_in_refuses_more_entities_than_telegram_allows(
+async def test_the_stand_in_takes_more_entities_than_telegram_formats(
     stand_in: tuple[FakeBotApi, Bot],
 ) -> None:
-    """As Telegram: 100 formatting entities in a message, and no more ("Bad Request:
-    ENTITIES_TOO_LONG", which PTB shows as "Entities_too_long")."""
+    """As Telegram: past 100 formatting entities a message is taken, the rest's formatting
+    dropped (TelegramBots #854). ENTITIES_TOO_LONG is Telegram's answer to entities too big in
+    all (many long links: telegram-bot-api #165), which `max_entities` stands for."""
     api, bot = stand_in
-    await bot.send_message(PRIVATE, "<b>x</b> " * 100, parse_mode="HTML")
+    await bot.send_message(PRIVATE, "<b>x</b> " * 150, parse_mode="HTML")
+    api.max_entities = 100
     with pytest.raises(BadRequest, match="Entities_too_long"):
         await bot.send_message(PRIVATE, "<b>x</b> " * 100 + "<i>y</i>", parse_mode="HTML")
     assert refused(api) == ["sendMessage: Bad Request: ENTITIES_TOO_LONG"]
 
 
-async def test_an_answer_with_more_entities_than_telegram_allows_goes_as_its_text(
+async def test_an_answer_with_more_than_100_entities_keeps_its_formatting(
     stand_in: tuple[FakeBotApi, Bot],
 ) -> None:
-    """An answer that bolds each of its 150 items renders as 150 entities: Telegram refused
-    the HTML ("Bad Request: ENTITIES_TOO_LONG"), the refusal ended the showing, and the user
-    was left with the first updates. A piece over the limit now goes as the text it renders
-    to, without formatting, and no call is made that Telegram would refuse."""
+    """An answer that bolds each of its 150 items renders as 150 entities. Telegram takes it
+    (formatting the first 100); b6c6d10 sent every piece over 100 as bare text, its bold,
+    code and code blocks lost, for a refusal Telegram does not make."""
     api, bot = stand_in
     items = [f"- **item {n}**: `fine` @alice\n" for n in range(150)]
     stream = ReplyStream(bot, Target(PRIVATE, None), interval_s=0.0, drafts=False)
     await stream.play(model(*items))
     answer = "".join(items).rstrip()
     assert api.texts(PRIVATE) == [to_text(to_html(p)) for p in split_message(answer)]
-    assert api.texts(PRIVATE)[0].startswith("• item 0: fine \uff20alice\n• item 1")
+    modes = {c.params.get("parse_mode") for c in api.sent("sendMessage", PRIVATE)}
+    modes |= {c.params.get("parse_mode") for c in api.sent("editMessageText", PRIVATE)}
+    assert modes == {"HTML"}
     assert refused(api) == []
 
 
-async def test_entities_telegram_counts_beyond_the_tags_are_refused_and_go_as_text(
+async def test_entities_telegram_refuses_as_too_long_go_as_typed_with_their_links(
     stand_in: tuple[FakeBotApi, Bot],
 ) -> None:
-    """Where Telegram counts more entities than the HTML's tags (links it finds in the text),
-    its refusal is answered the same way: the piece goes again as its text."""
+    """Telegram refuses entities too big in all (many long links) with ENTITIES_TOO_LONG: the
+    piece goes again as plain text, as typed. As the text its HTML renders to (b6c6d10) it
+    lost every link's URL, which is the answer's content."""
     api, bot = stand_in
     api.max_entities = 3
+    answer = "".join(f"[source {n}](https://example.org/{n}) " for n in range(4)).rstrip()
     stream = ReplyStream(bot, Target(PRIVATE, None), interval_s=0.0, drafts=False)
-    await stream.play(model("**one** **two** **three** **four**"))
-    assert api.texts(PRIVATE) == ["one two three four"]
+    await stream.play(model(answer))
+    assert api.texts(PRIVATE) == [answer]
     assert refused(api) == ["sendMessage: Bad Request: ENTITIES_TOO_LONG"]
 
 

@@ -32,7 +32,6 @@ from markdown_it.token import Token
 # html=False: raw HTML from the model is text, never markup.
 _PARSER = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
 _TAG = re.compile(r"<[^>]+>")
-_OPENING_TAG = re.compile(r"<[a-z]")
 _LANGUAGE = re.compile(r"[\w+#.-]+")
 _DUNDER = re.compile(r"\w+")
 _STYLE = {"strong": "b", "em": "i", "s": "s"}
@@ -60,12 +59,6 @@ def to_html(markdown: str) -> str:
     if _longer(to_text(rendered), markdown):
         return _text(markdown)
     return _quiet_across_tags(rendered)
-
-
-def entities(telegram_html: str) -> int:
-    """How many formatting entities Telegram makes of `telegram_html`: one a tag, a code
-    block's <pre><code> one (a pre with its language)."""
-    return len(_OPENING_TAG.findall(telegram_html)) - telegram_html.count("<pre><code")
 
 
 def quiet_mentions(text: str) -> str:

@@ -8,12 +8,12 @@ quotes the message it answers. Messages and edits go without link previews unles
 `[telegram] link_previews` is on (NO_PREVIEW below); sendMessageDraft takes no such option.
 
 When Telegram refuses the HTML of a piece (a parse error, "message text is empty", too long
-after parsing) the same piece is sent again as plain text, so a rendering mistake costs
-formatting, never the answer. A piece whose HTML has more formatting entities than a
-message may hold (100) goes as the text it renders to, without formatting. Any other
-refusal is an `AdapterError` for the streamer, which stops showing (and keeps reading)
-the answer; a Bot API that does not answer is `PlatformAway`, and the adapter's turn
-waits for it (`TelegramAdapter.deliver`).
+after parsing, ENTITIES_TOO_LONG: entities too big in all, as many long links make them) the
+same piece is sent again as plain text, so a rendering mistake costs formatting, never the
+answer. Past 100 entities Telegram takes a message and leaves the rest unformatted: not a
+refusal. Any other refusal is an `AdapterError` for the streamer, which stops showing (and
+keeps reading) the answer; a Bot API that does not answer is `PlatformAway`, and the
+adapter's turn waits for it (`TelegramAdapter.deliver`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from telegram.error import BadRequest, ChatMigrated, NetworkError, TelegramError
 from adapters.kit.streamer import Pacing, Streamer
 from bot.errors import AdapterError, MessageGone, PlatformAway
 
-from .formatting import entities, quiet_mentions, to_html, to_text
+from .formatting import quiet_mentions, to_html, to_text
 from .limits import unreachable
 from .split import MAX_MESSAGE, utf16_len
 
@@ -49,12 +49,12 @@ _TEXT_REFUSED = (
     "message text is empty",
     "text must be non-empty",
     "message is too long",
+    # "Bad Request: ENTITIES_TOO_LONG" (PTB: "Entities_too_long"): entities too big in all (a
+    # tdlib maintainer: about 9,500 characters of links' Markdown, telegram-bot-api #165), not
+    # too many: past 100 Telegram takes the message and ignores the rest's formatting
+    # (TelegramBots #854, telegram-bot-api #739). As typed, the links keep their URLs.
+    "entities_too_long",
 )
-# More formatting entities than one message may have: "Bad Request: ENTITIES_TOO_LONG" (PTB
-# shows "Entities_too_long"). Telegram's documented word for it is "too many styled message
-# entities"; a message holds at most MAX_ENTITIES. The HTML was fine: its text goes plain.
-_TOO_MANY_ENTITIES = "entities_too_long"
-MAX_ENTITIES = 100
 # The Bot API's answer to an edit of a message deleted in the chat (Telegram sends bots no
 # event when a message is deleted: an edit is where the bot learns it).
 _DELETED = "message to edit not found"
@@ -197,17 +197,10 @@ class TelegramSurface:
     async def _rendered(self, call: Call[T], piece: str, plain: bool) -> T:
         if plain:
             return await call(quiet_mentions(piece), None)
-        rendered = self._html(piece)
-        if entities(rendered) > MAX_ENTITIES:  # a call Telegram would refuse: not made
-            log.info("chat %s: over %d entities; plain text", self._target.chat_id, MAX_ENTITIES)
-            return await call(quiet_mentions(to_text(rendered)), None)
         try:
-            return await call(rendered, ParseMode.HTML)
+            return await call(self._html(piece), ParseMode.HTML)
         except BadRequest as exc:
             refusal = str(exc).lower()
-            if _TOO_MANY_ENTITIES in refusal:  # counted otherwise (links Telegram found)
-                log.info("chat %s: HTML refused (%s); its text", self._target.chat_id, exc)
-                return await call(quiet_mentions(to_text(rendered)), None)
             if not any(reason in refusal for reason in _TEXT_REFUSED):
                 raise
             log.info("chat %s: HTML refused (%s); plain text", self._target.chat_id, exc)
