@@ -32,6 +32,10 @@ class InlineThinking:
 
     def __init__(self) -> None:
         self._held = ""
+        # The blanks that began the reply, kept apart (not read again with each delta): a
+        # model stuck writing newlines made each delta re-read all of them.
+        self._lead: list[str] = []
+        self._lead_chars = 0
         self._state = "start"  # "start", "thinking", "after" (blanks after </think>), "answer"
 
     @property
@@ -39,20 +43,18 @@ class InlineThinking:
         """Inside reasoning that has not ended yet."""
         return self._state == "thinking"
 
+    @property
+    def undecided(self) -> int:
+        """Characters held, neither reasoning nor answer yet (blanks that may lead to a
+        `<think>`): they count to a reply's size limit as well."""
+        return self._lead_chars + len(self._held)
+
     def feed(self, text: str) -> Split:
         if self._state == "answer":
             return Split(answer=text)
         pending, self._held = self._held + text, ""
         if self._state == "start":
-            begun = pending.lstrip()
-            if len(begun) < len(OPEN) and OPEN.startswith(begun):
-                self._held = pending  # blanks, or "<thi": read again with what follows
-                return Split()
-            if not begun.startswith(OPEN):
-                self._state = "answer"
-                return Split(answer=pending)
-            self._state = "thinking"
-            return _plus(len(pending) - len(begun) + len(OPEN), self._think(begun[len(OPEN) :]))
+            return self._start(pending)
         if self._state == "thinking":
             return self._think(pending)
         return self._after(pending)
@@ -60,10 +62,30 @@ class InlineThinking:
     def flush(self) -> Split:
         """What was held, at the end of the reply: a start that never became a tag is the
         answer; reasoning that never ended stays reasoning."""
-        held, self._held = self._held, ""
+        held, self._held = self._take_lead() + self._held, ""
         if self._state in ("start", "answer"):
             return Split(answer=held)
         return Split(reasoning=len(held))
+
+    def _start(self, pending: str) -> Split:
+        begun = pending.lstrip()
+        if blanks := pending[: len(pending) - len(begun)]:
+            self._lead.append(blanks)
+            self._lead_chars += len(blanks)
+        if len(begun) < len(OPEN) and OPEN.startswith(begun):
+            self._held = begun  # nothing yet, or "<thi": read again with what follows
+            return Split()
+        lead = self._take_lead()
+        if not begun.startswith(OPEN):
+            self._state = "answer"
+            return Split(answer=lead + begun)
+        self._state = "thinking"
+        return _plus(len(lead) + len(OPEN), self._think(begun[len(OPEN) :]))
+
+    def _take_lead(self) -> str:
+        lead = "".join(self._lead)
+        self._lead, self._lead_chars = [], 0
+        return lead
 
     def _think(self, text: str) -> Split:
         end = text.find(CLOSE)

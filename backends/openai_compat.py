@@ -553,6 +553,15 @@ async def _read_reply(
                 yield Chunk(finish_reason=FINISH_LENGTH)
                 return
             left -= len(text)
+            if inline.undecided > left:
+                # Blanks held as what may lead to a "<think>" are text too: a model writing
+                # only newlines, on a server that ignores max_tokens, held the turn until
+                # total_s (and then all of them came as the answer).
+                if rest := inline.flush().answer[:left]:
+                    yield Chunk(text=rest)
+                log.warning("the server sent more than %d characters; the reply is cut", max_chars)
+                yield Chunk(finish_reason=FINISH_LENGTH)
+                return
             if text:
                 shown = True
                 yield Chunk(text=text)
@@ -565,10 +574,11 @@ async def _read_reply(
     # Some servers omit [DONE]; a finish reason still proves the reply is complete.
     if not reply.done and reply.finish_reason is None:
         raise ServerUnavailable("the server closed the stream before the reply was complete")
-    if rest := inline.flush().answer:  # a beginning held as a possible "<think>"
+    # The reply ended on half a character: U+FFFD in its place, reasoning where it was in
+    # reasoning (it was shown as the answer of a reply cut inside its <think>).
+    last = inline.feed(REPLACEMENT).answer if reply.held else ""
+    if rest := last + inline.flush().answer:  # and a beginning held as a possible "<think>"
         yield Chunk(text=rest)
-    if reply.held:  # the reply ended on half a character
-        yield Chunk(text=REPLACEMENT)
     yield Chunk(usage=reply.usage, finish_reason=reply.finish_reason)
 
 

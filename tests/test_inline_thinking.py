@@ -15,7 +15,7 @@ from contextlib import aclosing
 import httpx
 import pytest
 
-from backends.base import Chunk, GenerationRequest
+from backends.base import FINISH_LENGTH, Chunk, GenerationRequest
 from backends.deadlines import bounded
 from backends.inline_thinking import InlineThinking
 from backends.openai_compat import OpenAICompatBackend
@@ -126,6 +126,28 @@ async def test_reasoning_that_never_ends_gives_no_answer(database_url: str) -> N
     assert sink.replies[key] == [phrases.EMPTY_ANSWER]
 
 
+@pytest.mark.parametrize(
+    ("deltas", "answer"),
+    [
+        (["<think>hm, a smile: ", "\ud83d"], ""),
+        (["<th", "\ud83d"], "<th\ufffd"),
+        (["Hi ", "\ud83d"], "Hi \ufffd"),
+    ],
+)
+async def test_half_a_character_at_the_end_of_reasoning_is_reasoning(
+    deltas: list[str], answer: str
+) -> None:
+    """A reply whose last event ends on half a character (a high surrogate) gets U+FFFD in
+    its place. Inside an unended `<think>` that U+FFFD was shown as the whole answer."""
+    backend = _backend([deltas], [])
+    request = GenerationRequest([ChatMessage(Role.USER, "why?")], 16)
+    try:
+        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+            assert "".join([c.text async for c in chunks]) == answer
+    finally:
+        await backend.aclose()
+
+
 async def test_inline_reasoning_counts_to_the_reply_size_limit() -> None:
     """As `reasoning_content` does (tests/test_backend_trial.py): reasoning past what
     max_tokens allows, with no answer yet, is given up (ReasoningTooLong), not shown cut."""
@@ -155,3 +177,40 @@ async def test_the_in_process_engine_reasoning_is_the_model_at_work() -> None:
     timeouts = TimeoutSettings(first_token_s=0.5, gap_s=NEVER, total_s=NEVER)
     async with asyncio.timeout(NEVER), aclosing(bounded(reasoning_then_answer(), timeouts)) as got:
         assert "".join([c.text async for c in got]) == "42"
+
+
+async def test_blanks_that_may_lead_to_reasoning_count_to_the_reply_size_limit() -> None:
+    """Blanks that begin a reply are held until it shows whether a `<think>` follows. They
+    were held uncounted: a model writing only newlines, on a server that ignores max_tokens,
+    was read to the end of its stream (until total_s), and all of it came as the answer, past
+    the limit. They now count to it: the reply is cut there, as one that ran into max_tokens."""
+    sent = 0
+
+    async def newlines() -> AsyncGenerator[bytes, None]:
+        nonlocal sent
+        event = json.dumps({"choices": [{"index": 0, "delta": {"content": "\n" * 8}}]})
+        for _ in range(4000):  # 32,000 characters, twice the limit
+            sent += 1
+            yield f"data: {event}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": MODEL, "max_model_len": 4096}]})
+        return httpx.Response(
+            200, content=newlines(), headers={"content-type": "text/event-stream"}
+        )
+
+    settings = BackendSettings.model_validate(
+        {"kind": "openai", "base_url": "http://llm.test", "model": MODEL}
+    )
+    backend = OpenAICompatBackend(settings, transport=httpx.MockTransport(respond))
+    request = GenerationRequest([ChatMessage(Role.USER, "why?")], 16)  # 16,384 characters
+    try:
+        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as stream:
+            chunks = [chunk async for chunk in stream]
+    finally:
+        await backend.aclose()
+    assert len("".join(c.text for c in chunks)) <= 16_384
+    assert chunks[-1].finish_reason == FINISH_LENGTH
+    assert sent < 4000  # not read to its end
