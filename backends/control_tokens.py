@@ -29,6 +29,7 @@ from contextlib import aclosing
 from typing import Any
 
 from backends.base import Chunk
+from backends.inline_thinking import opened_by_template
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class ChatEncoder:
         unknown = tokenizer.unk_token_id
         self._special_ids = {tokenizer.convert_tokens_to_ids(t) for t in specials} - {unknown}
         self._markers = marker_pattern(specials)
+        # The template writes the <think> that begins a reply's reasoning (inline_thinking).
+        self.opens_reasoning = opened_by_template(tokenizer)
 
     def chat_ids(self, chat: Sequence[Mapping[str, str]]) -> list[int]:
         """Token ids of `chat` with the template and generation prompt.

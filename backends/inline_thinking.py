@@ -8,11 +8,16 @@ and including the matching `</think>` taken for reasoning here, as `reasoning_co
 not shown, not stored, counted to the reply's size limit. A `<think>` later in an answer is
 text (an answer about such models quotes it). Reasoning that never ends is all reasoning:
 the reply is then empty, as one whose model reasoned and never answered.
+
+Some chat templates write the `<think>` themselves, at the end of the generation prompt
+(DeepSeek-R1 and its distillations, QwQ, Qwen3's -Thinking-2507 models): the reply then
+begins inside the reasoning and only its `</think>` comes (`opened_by_template`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 OPEN = "<think>"
 CLOSE = "</think>"
@@ -30,13 +35,16 @@ class InlineThinking:
     """Content deltas split into reasoning and answer. A tag may come split over deltas
     (`<thi` then `nk>`): text that may be its beginning is held until the next delta says."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, opened: bool = False) -> None:
+        """`opened`: the prompt ended in `<think>` (`opened_by_template`); the reply begins
+        inside the reasoning."""
         self._held = ""
         # The blanks that began the reply, kept apart (not read again with each delta): a
         # model stuck writing newlines made each delta re-read all of them.
         self._lead: list[str] = []
         self._lead_chars = 0
-        self._state = "start"  # "start", "thinking", "after" (blanks after </think>), "answer"
+        # "start", "thinking", "after" (blanks after </think>), "answer"
+        self._state = "thinking" if opened else "start"
 
     @property
     def thinking(self) -> bool:
@@ -114,3 +122,15 @@ def _tail_that_may_begin(text: str, tag: str) -> int:
         if tag.startswith(text[-size:]):
             return size
     return 0
+
+
+def opened_by_template(tokenizer: Any) -> bool:
+    """Whether `tokenizer`'s chat template ends its generation prompt in `<think>`, so that
+    a reply begins inside the reasoning. The template's own business: a template it cannot
+    render a one-question chat with is taken not to."""
+    chat = [{"role": "user", "content": "?"}]
+    try:
+        prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    except Exception:  # no template, or one that wants more than a question
+        return False
+    return isinstance(prompt, str) and prompt.rstrip().endswith(OPEN)

@@ -63,7 +63,7 @@ from backends.base import (
 )
 from backends.control_tokens import DEFAULT_MARKERS, marker_pattern, neutralise, special_tokens
 from backends.deadlines import Deadlines
-from backends.inline_thinking import InlineThinking, Split
+from backends.inline_thinking import InlineThinking, Split, opened_by_template
 from backends.pool import ShardedTransport
 from bot.errors import (
     BackendError,
@@ -204,6 +204,7 @@ class OpenAICompatBackend:
         self._started = False
         self._tokenizer: Any = None  # settings.tokenizer's, loaded first thing at start
         self._markers = DEFAULT_MARKERS  # with the tokenizer's special tokens once loaded
+        self._opened = False  # its template ends the prompt in <think>: inline_thinking
         # One per backend: a long document's thousands of pieces must not become thousands of
         # concurrent requests (they starved the event loop and the server's tokenizer).
         self._count_slots = asyncio.Semaphore(settings.max_count_requests)
@@ -221,6 +222,7 @@ class OpenAICompatBackend:
             # operator's to fix (ConfigError), never waited for while the server starts.
             self._tokenizer = await asyncio.to_thread(_load_tokenizer, self._settings.tokenizer)
             self._markers = marker_pattern(special_tokens(self._tokenizer))
+            self._opened = opened_by_template(self._tokenizer)
         try:
             entry = await self._model_entry()
         except BackendTimeout as exc:
@@ -432,7 +434,8 @@ class OpenAICompatBackend:
                 # An HTML page from a proxy, say: its "data:" lines are not the model's.
                 raise BackendError(f"the server answered {kind[:64]!r}, not an event stream")
             cap = max(MIN_REPLY_CHARS, request.max_tokens * MAX_CHARS_PER_TOKEN)
-            async with contextlib.aclosing(_read_reply(response, clock, cap)) as chunks:
+            reply = _read_reply(response, clock, cap, self._opened)
+            async with contextlib.aclosing(reply) as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:
@@ -508,7 +511,7 @@ class _Reply:
 
 
 async def _read_reply(
-    response: httpx.Response, clock: Deadlines, max_chars: int
+    response: httpx.Response, clock: Deadlines, max_chars: int, opened: bool = False
 ) -> AsyncGenerator[Chunk, None]:
     """Text chunks from the event stream, then one chunk with usage and finish reason. Past
     `max_chars` of text the reply is cut there and ends as one that ran into its max_tokens
@@ -516,9 +519,10 @@ async def _read_reply(
     model's reasoning counts to `max_chars` too (its tokens count to max_tokens): reasoning
     past it with no text yet is a `ReasoningTooLong`. Reasoning written inline, in a
     `<think>` that begins the content (a server without a reasoning parser), is reasoning
-    too (`backends.inline_thinking`)."""
+    too (`backends.inline_thinking`), as is all up to a `</think>` where the template wrote
+    the `<think>` (`opened`: known from a local tokenizer only)."""
     reply = _Reply()
-    inline = InlineThinking()  # reasoning in the content, where the server has no parser
+    inline = InlineThinking(opened=opened)  # reasoning in the content: a server without parser
     left = max_chars
     thought = False  # a reasoning delta was passed on (as a chunk without text)
     shown = False  # text was passed on
@@ -530,6 +534,8 @@ async def _read_reply(
                 await _drain(events)
                 break
             content = reply.absorb(_decode(data))
+            if opened and reply.thinking:  # the server parses reasoning: content is answer
+                inline, opened = InlineThinking(), False
             split = inline.feed(content) if content else Split()
             text, reasoning = split.answer, reply.reasoning_chars + split.reasoning
             # Reasoning is the model at work: the gap limit counts from it, not first_token_s.

@@ -172,7 +172,7 @@ class VllmEngineBackend:
         )
         progress = _Progress(prompt_tokens=len(prompt_ids))
         # The engine has no reasoning parser: a thinking model's <think> comes in the text.
-        inline = InlineThinking()
+        inline = InlineThinking(opened=self._require_encoder().opens_reasoning)
         try:
             with _vllm_errors_mapped():
                 async for out in outputs:

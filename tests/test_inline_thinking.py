@@ -11,13 +11,15 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from pathlib import Path
 
 import httpx
 import pytest
 
 from backends.base import FINISH_LENGTH, Chunk, GenerationRequest
+from backends.control_tokens import ChatEncoder
 from backends.deadlines import bounded
-from backends.inline_thinking import InlineThinking
+from backends.inline_thinking import InlineThinking, opened_by_template
 from backends.openai_compat import OpenAICompatBackend
 from bot import phrases
 from bot.app import Parley
@@ -214,3 +216,112 @@ async def test_blanks_that_may_lead_to_reasoning_count_to_the_reply_size_limit()
     assert len("".join(c.text for c in chunks)) <= 16_384
     assert chunks[-1].finish_reason == FINISH_LENGTH
     assert sent < 4000  # not read to its end
+
+
+def _tokenizer_folder(folder: Path, template: str) -> str:
+    """A real (word-level) tokenizer with `template` as its chat template, saved in `folder`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "?": 1}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]")
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+TURNS = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+# The generation prompt of DeepSeek-R1's (and QwQ's, Qwen3-Thinking-2507's) template: it opens
+# the reasoning itself; the model writes only its end.
+OPENING = TURNS + "{% if add_generation_prompt %}<|assistant|>\n<think>\n{% endif %}"
+# Qwen3's with thinking off: an empty block in the prompt, the reply only an answer.
+CLOSED = TURNS + "{% if add_generation_prompt %}<|assistant|>\n<think>\n\n</think>\n\n{% endif %}"
+
+
+@pytest.mark.parametrize(
+    ("template", "opens"),
+    [(OPENING, True), (CLOSED, False), (TURNS + "<|assistant|>\n", False), ("{{ oops(", False)],
+)
+def test_a_template_that_writes_the_think_is_known(
+    tmp_path: Path, template: str, opens: bool
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder(tmp_path, template))
+    assert opened_by_template(tokenizer) is opens
+    if template != "{{ oops(":
+        assert ChatEncoder(tokenizer).opens_reasoning is opens  # the in-process engine's
+
+
+@pytest.mark.parametrize(
+    ("reply", "answer"),
+    [
+        ("The user asks about France.\n</think>\n\nParis.", "Paris."),
+        ("still thinking <think> about it", ""),
+        ("</think>Hi", "Hi"),
+    ],
+)
+def test_reasoning_the_template_opened_ends_at_its_close(reply: str, answer: str) -> None:
+    for deltas in ([reply], list(reply)):
+        inline = InlineThinking(opened=True)
+        splits = [inline.feed(d) for d in deltas] + [inline.flush()]
+        assert "".join(s.answer for s in splits) == answer
+        assert sum(s.reasoning for s in splits) + len(answer) == len(reply)
+
+
+@pytest.mark.parametrize(
+    ("deltas", "answer"),
+    [
+        # No reasoning parser: the reasoning, its </think>, then the answer, all content.
+        (
+            [
+                {"content": "The user asks about Fr"},
+                {"content": "ance.\n</th"},
+                {"content": "ink>\n\nParis."},
+            ],
+            "Paris.",
+        ),
+        # A server with a reasoning parser: its content is the answer.
+        (
+            [{"reasoning_content": "The user asks about France."}, {"content": "\n\nParis."}],
+            "\n\nParis.",
+        ),
+    ],
+)
+async def test_a_template_that_opens_the_reasoning_has_it_taken_out(
+    tmp_path: Path, deltas: list[dict[str, str]], answer: str
+) -> None:
+    """DeepSeek-R1's template (QwQ's, Qwen3-Thinking-2507's) ends the prompt in `<think>`:
+    the reply begins inside the reasoning and has only its `</think>`. With no reasoning
+    parser on the server all of it was shown, the `</think>` too, and stored as the answer.
+    Known from the local tokenizer (backend.tokenizer), as the in-process engine knows it."""
+    events: list[object] = [{"choices": [{"index": 0, "delta": d}]} for d in deltas]
+    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": MODEL, "max_model_len": 4096}]})
+        if request.url.path == "/v1/chat/completions":
+            return httpx.Response(
+                200, content=body.encode(), headers={"content-type": "text/event-stream"}
+            )
+        return httpx.Response(404)
+
+    settings = BackendSettings.model_validate(
+        {
+            "kind": "openai",
+            "base_url": "http://llm.test",
+            "model": MODEL,
+            "tokenizer": _tokenizer_folder(tmp_path, OPENING),
+        }
+    )
+    backend = OpenAICompatBackend(settings, transport=httpx.MockTransport(respond))
+    request = GenerationRequest([ChatMessage(Role.USER, "Capital of France?")], 16)
+    try:
+        await backend.start()
+        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+            assert "".join([c.text async for c in chunks]) == answer
+    finally:
+        await backend.aclose()
