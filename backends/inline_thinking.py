@@ -45,6 +45,9 @@ class InlineThinking:
         self._lead_chars = 0
         # "start", "thinking", "after" (blanks after </think>), "answer"
         self._state = "thinking" if opened else "start"
+        # Opened by the template and no </think> yet: the text taken for reasoning, kept in
+        # case the reply ends without one (`flush(finished=True)`).
+        self._unclosed: list[str] | None = [] if opened else None
 
     @property
     def thinking(self) -> bool:
@@ -67,12 +70,18 @@ class InlineThinking:
             return self._think(pending)
         return self._after(pending)
 
-    def flush(self) -> Split:
+    def flush(self, *, finished: bool = False) -> Split:
         """What was held, at the end of the reply: a start that never became a tag is the
-        answer; reasoning that never ended stays reasoning."""
+        answer; reasoning that never ended stays reasoning. Except where the template opened
+        the reasoning and the model `finished` its reply itself (finish reason "stop") with
+        no `</think>` at all: a server's reasoning parser took the reasoning and its close out
+        without sending any (a model that thought nothing), so all of it was the answer."""
         held, self._held = self._take_lead() + self._held, ""
         if self._state in ("start", "answer"):
             return Split(answer=held)
+        if finished and self._state == "thinking" and self._unclosed is not None:
+            taken, self._unclosed = "".join(self._unclosed), None
+            return Split(answer=taken + held)
         return Split(reasoning=len(held))
 
     def _start(self, pending: str) -> Split:
@@ -100,8 +109,10 @@ class InlineThinking:
         if end < 0:
             keep = _tail_that_may_begin(text, CLOSE)
             self._held = text[len(text) - keep :]
+            if self._unclosed is not None:
+                self._unclosed.append(text[: len(text) - keep])
             return Split(reasoning=len(text) - keep)
-        self._state = "after"
+        self._state, self._unclosed = "after", None
         return _plus(end + len(CLOSE), self._after(text[end + len(CLOSE) :]))
 
     def _after(self, text: str) -> Split:

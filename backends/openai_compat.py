@@ -583,7 +583,10 @@ async def _read_reply(
     # The reply ended on half a character: U+FFFD in its place, reasoning where it was in
     # reasoning (it was shown as the answer of a reply cut inside its <think>).
     last = inline.feed(REPLACEMENT).answer if reply.held else ""
-    if rest := last + inline.flush().answer:  # and a beginning held as a possible "<think>"
+    # A reply the model ended itself with no </think> after a template's <think>: the
+    # server's reasoning parser took the reasoning out and sent none (InlineThinking.flush).
+    ended = inline.flush(finished=reply.finish_reason == "stop")
+    if rest := last + ended.answer:  # and a beginning held as a possible "<think>"
         yield Chunk(text=rest)
     yield Chunk(usage=reply.usage, finish_reason=reply.finish_reason)
 

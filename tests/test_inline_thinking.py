@@ -325,3 +325,44 @@ async def test_a_template_that_opens_the_reasoning_has_it_taken_out(
             assert "".join([c.text async for c in chunks]) == answer
     finally:
         await backend.aclose()
+
+
+async def test_a_parsing_server_that_sends_no_reasoning_still_shows_the_answer(
+    tmp_path: Path,
+) -> None:
+    """With a template that opens the reasoning, content before a `</think>` is reasoning;
+    but a server with a reasoning parser takes the `</think>` out, and a model that thought
+    nothing gives no reasoning_content to tell it by: the whole answer was taken for
+    reasoning and the user got the empty-answer sentence. A reply the model ended itself
+    ("stop") without any `</think>` is the answer; one cut at its length stays reasoning."""
+    for finish, answer in (("stop", "Paris is the capital."), ("length", "")):
+        deltas = [{"content": "Paris is"}, {"content": " the capital."}]
+        events: list[object] = [{"choices": [{"index": 0, "delta": d}]} for d in deltas]
+        events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+        def respond(request: httpx.Request, body: str = body) -> httpx.Response:
+            if request.url.path == "/v1/models":
+                return httpx.Response(200, json={"data": [{"id": MODEL, "max_model_len": 4096}]})
+            if request.url.path == "/v1/chat/completions":
+                return httpx.Response(
+                    200, content=body.encode(), headers={"content-type": "text/event-stream"}
+                )
+            return httpx.Response(404)
+
+        settings = BackendSettings.model_validate(
+            {
+                "kind": "openai",
+                "base_url": "http://llm.test",
+                "model": MODEL,
+                "tokenizer": _tokenizer_folder(tmp_path / finish, OPENING),
+            }
+        )
+        backend = OpenAICompatBackend(settings, transport=httpx.MockTransport(respond))
+        request = GenerationRequest([ChatMessage(Role.USER, "Capital of France?")], 16)
+        try:
+            await backend.start()
+            async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+                assert "".join([c.text async for c in chunks]) == answer, finish
+        finally:
+            await backend.aclose()
