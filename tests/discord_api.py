@@ -19,7 +19,8 @@ bot is away (`post`) is there for a backfill to read; the channels and members a
 can fetch; and an interaction's token, which stops working when the test says it expired
 (`expire`: Discord's 15 minutes, answered 401 "Invalid Webhook Token"). An interaction
 acknowledged twice is 400 (40060 "Interaction has already been acknowledged."), one whose
-3 s the test says are over (`forget`) 404 (10062 "Unknown interaction").
+3 s the test says are over (`forget`) 404 (10062 "Unknown interaction"); one whose
+acknowledgement is taken but answered 502 (`lose_ack`) is 40060 when discord.py retries it.
 
 The gateway speaks enough of Discord's protocol for discord.py's reconnects and shards: a
 RECONNECT (op 7) on request (`reconnect`), after which a RESUME is answered RESUMED or, when
@@ -167,6 +168,9 @@ class FakeDiscordApi:
     # Interactions whose 3 s to be acknowledged are over (a replay Discord sent late): their
     # acknowledgement is 404 Unknown interaction (10062).
     forgotten: set[str] = field(default_factory=set)
+    # Interactions whose acknowledgement Discord takes but whose answer is lost on the way
+    # back (a 502 from its front): discord.py sends it again, and that one is 40060.
+    lost_acks: set[str] = field(default_factory=set)
     _seen: dict[int, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _seen_overall: deque[float] = field(default_factory=deque)
     # Attachments on the fake CDN, by file name: `cdn_url(name)` is their URL. A file named
@@ -318,6 +322,10 @@ class FakeDiscordApi:
     def forget(self, token: str) -> None:
         """The interaction's 3 s to be acknowledged are over: Discord no longer knows it."""
         self.forgotten.add(token)
+
+    def lose_ack(self, token: str) -> None:
+        """The interaction's acknowledgement is taken, and its answer lost (502)."""
+        self.lost_acks.add(token)
 
     def expect_interaction(self, token: str, channel_id: int) -> None:
         """An interaction Discord is about to send: its token's responses go to the channel."""
@@ -600,10 +608,14 @@ class FakeDiscordApi:
             error = {"message": "Interaction has already been acknowledged.", "code": 40060}
             return JSONResponse(error, status_code=400)
         self.acknowledged[token] = time.monotonic()
+        lost = token in self.lost_acks
+        self.lost_acks.discard(token)
         original = next_id()
         self.messages[channel][original] = ""  # "Parley is thinking..." until edited
         self.flags[channel][original] = int((body.get("data") or {}).get("flags", 0))
         self._originals[token] = original
+        if lost:
+            return JSONResponse({"message": "Bad Gateway", "code": 0}, status_code=502)
         interaction = {
             "id": str(request.path_params["interaction"]),
             "type": 2,

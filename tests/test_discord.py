@@ -397,6 +397,36 @@ async def test_a_replayed_interaction_is_one_log_line_and_one_answer(
     ]
 
 
+@pytest.mark.parametrize("menu", [False, True])
+async def test_a_new_command_whose_acknowledgement_came_back_502_is_answered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, menu: bool
+) -> None:
+    """Discord took the defer but its answer was lost (a 502 from its front): discord.py
+    sends the defer again and Discord answers 40060, already acknowledged. That is this
+    bot's own acknowledgement of a command never recorded, not a replay: it was skipped with
+    an info line and the user saw "thinking..." until Discord gave up (slash command and
+    menu)."""
+    caplog.set_level(logging.INFO, logger="adapters.discord")
+    backend = answering("All good.")
+    async with discord_harness(tmp_path, backend) as h:
+        if menu:
+            target = ev.message_create("Bonjour tout le monde.", channel=ev.CHANNEL)
+            slash = ev.interaction_create("Translate", channel=ev.CHANNEL, target=target)
+        else:
+            slash = ev.interaction_create("summarize", "The crane moved the tea. " * 5)
+        channel = int(slash["channel_id"])
+        h.api.lose_ack(slash["token"])
+        await h.command(slash)
+        await h.idle()
+        assert h.api.texts(channel).count("All good.") == 1
+        assert len(backend.requests) == 1
+        await h.command(slash)  # a replay of it now: still one answer
+        await h.idle()
+        assert h.api.texts(channel).count("All good.") == 1
+        assert len(backend.requests) == 1
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
+
+
 async def test_a_slash_command_in_a_server_is_for_its_admins_when_it_changes_things(
     tmp_path: Path,
 ) -> None:

@@ -85,8 +85,10 @@ GUILD_CHANNELS_KNOWN = 100_000
 LOOK_S = 5.0
 # Discord's answers to the acknowledgement of an interaction no longer to be answered: 10062
 # Unknown interaction (its 3 s are over: a replay after a reconnect), 40060 already
-# acknowledged (a replay of one this bot took).
+# acknowledged (a replay of one this bot took, or the bot's own defer that Discord took but
+# whose answer a 5xx lost, sent again by discord.py: `_submit_acknowledged` tells which).
 STALE_INTERACTION = frozenset({10062, 40060})
+ACKNOWLEDGED_BEFORE = 40060
 # Slash commands whose answer is still to come, by interaction id; Discord lets a deferred
 # response be edited for 15 minutes.
 INTERACTIONS_KNOWN = 10_000
@@ -654,10 +656,15 @@ class DiscordAdapter:
     async def on_command(self, interaction: discord.Interaction, name: str, text: str) -> None:
         """A slash command (the CommandTree's task): deferred first, within Discord's 3 s."""
         try:
-            if not await _deferred(interaction):
+            acknowledged = await _deferred(interaction)
+            if acknowledged is None:
+                return
+            incoming = command_incoming(interaction, name, text)
+            if not acknowledged:  # 40060: a replay, or this defer's own, retried after a 5xx
+                await self._submit_acknowledged(interaction, incoming)
                 return
             self._interactions.put(str(interaction.id), interaction)
-            recorded = await self._intake.submit(command_incoming(interaction, name, text))
+            recorded = await self._intake.submit(incoming)
             self._end_unanswered(interaction, recorded)
         except Exception:
             log.exception("slash command %s could not be handled; skipped", interaction.id)
@@ -670,11 +677,16 @@ class DiscordAdapter:
         """A message context-menu command: `name` of the registry run on `target` (its text,
         or for summarize the conversation from it on), deferred first like a slash command."""
         try:
-            if not await _deferred(interaction):
+            acknowledged = await _deferred(interaction)
+            if acknowledged is None:
                 return
-            self._interactions.put(str(interaction.id), interaction)
+            if acknowledged:
+                self._interactions.put(str(interaction.id), interaction)
             about = target.content
             if name == "translate" and not about.strip():
+                if not acknowledged:  # a notice, not a record: a replay's would be its second
+                    _replay_skipped(interaction)
+                    return
                 self._intake.notify(menu_incoming(interaction, name, target, ""), commands.NO_TEXT)
                 self._end_unanswered(interaction, None)
                 return
@@ -693,15 +705,43 @@ class DiscordAdapter:
                         "menu command %s: the channel's history could not be read (%s %s)",
                         interaction.id, exc.status, exc.code,
                     )  # fmt: skip
+                    if not acknowledged:
+                        _replay_skipped(interaction)
+                        return
                     self._intake.notify(asked, commands.NO_HISTORY)
                     self._end_unanswered(interaction, None)
                     return
-            recorded = await self._intake.submit(menu_incoming(interaction, name, target, about))
+            incoming = menu_incoming(interaction, name, target, about)
+            if not acknowledged:  # 40060: a replay, or this defer's own, retried after a 5xx
+                await self._submit_acknowledged(interaction, incoming)
+                return
+            recorded = await self._intake.submit(incoming)
             self._end_unanswered(interaction, recorded)
         except Exception:
             log.exception("menu command %s could not be handled; skipped", interaction.id)
         finally:
             await self._count_handled()
+
+    async def _submit_acknowledged(
+        self, interaction: discord.Interaction, incoming: Incoming
+    ) -> None:
+        """A command whose defer Discord says was acknowledged already (40060).
+        Recorded before: a replay, one line and nothing more. Never recorded: the
+        acknowledgement was this bot's own (discord.py sent the defer again after a 5xx whose
+        answer was lost), and the command is answered as any other; it was skipped, and its
+        user saw "thinking..." until Discord gave up. `quiet`: a replay of a command refused
+        is not refused again."""
+        key = str(interaction.id)
+        known = self._interactions.get(key) is not None  # its first delivery, still running
+        if not known:  # before the turn can look for it
+            self._interactions.put(key, interaction)
+        recorded = await self._intake.submit(incoming, quiet=True)
+        if recorded is not None and recorded.is_new:
+            self._end_unanswered(interaction, recorded)
+            return
+        if not known and self._interactions.get(key) is interaction:
+            self._interactions.discard(key)
+        _replay_skipped(interaction)
 
     def _end_unanswered(self, interaction: discord.Interaction, recorded: Recorded | None) -> None:
         """Once the command's turn (or, refused, its notice) is over, a deferred response that
@@ -865,21 +905,33 @@ def _report_failure(task: asyncio.Task[None]) -> None:
         log.error("%s failed", task.get_name(), exc_info=exc)
 
 
-async def _deferred(interaction: discord.Interaction) -> bool:
-    """Whether `interaction` was acknowledged (deferred). Not where it was already answered
-    or Discord no longer knows it (a replayed interaction): one line, and nothing more is
-    sent for it; another answer would be the command's second."""
+async def _deferred(interaction: discord.Interaction) -> bool | None:
+    """True: `interaction` is acknowledged (deferred) now. False: Discord says it was
+    acknowledged already (40060): a replay of one this bot took, or this very defer, taken
+    by Discord but its answer lost (a 5xx) and sent again by discord.py; the caller tells
+    which. None: where it was already answered here or Discord no longer knows it (10062, a
+    replay past its 3 s): one line, and nothing more is sent for it; another answer would be
+    the command's second."""
     try:
         await interaction.response.defer()
     except discord.InteractionResponded:
         log.info("interaction %s: already answered; skipped", interaction.id)
-        return False
+        return None
     except discord.HTTPException as exc:
         if exc.code not in STALE_INTERACTION:
             raise
+        if exc.code == ACKNOWLEDGED_BEFORE:
+            return False
         log.info(
             "interaction %s: Discord refused its acknowledgement (%s %s); skipped",
             interaction.id, exc.status, exc.code,
         )  # fmt: skip
-        return False
+        return None
     return True
+
+
+def _replay_skipped(interaction: discord.Interaction) -> None:
+    log.info(
+        "interaction %s: Discord refused its acknowledgement (400 %s); skipped",
+        interaction.id, ACKNOWLEDGED_BEFORE,
+    )  # fmt: skip
