@@ -296,8 +296,14 @@ async def test_a_template_that_opens_the_reasoning_has_it_taken_out(
     the reply begins inside the reasoning and has only its `</think>`. With no reasoning
     parser on the server all of it was shown, the `</think>` too, and stored as the answer.
     Known from the local tokenizer (backend.tokenizer), as the in-process engine knows it."""
+    assert await _opened_reply(tmp_path, deltas, "stop") == answer
+
+
+async def _opened_reply(tmp_path: Path, deltas: list[dict[str, str]], finish: str) -> str:
+    """What the HTTP backend, with a local tokenizer whose template opens the reasoning,
+    shows of a streamed reply of `deltas` ending with `finish`."""
     events: list[object] = [{"choices": [{"index": 0, "delta": d}]} for d in deltas]
-    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
     body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
 
     def respond(request: httpx.Request) -> httpx.Response:
@@ -314,7 +320,7 @@ async def test_a_template_that_opens_the_reasoning_has_it_taken_out(
             "kind": "openai",
             "base_url": "http://llm.test",
             "model": MODEL,
-            "tokenizer": _tokenizer_folder(tmp_path, OPENING),
+            "tokenizer": _tokenizer_folder(tmp_path / finish, OPENING),
         }
     )
     backend = OpenAICompatBackend(settings, transport=httpx.MockTransport(respond))
@@ -322,7 +328,7 @@ async def test_a_template_that_opens_the_reasoning_has_it_taken_out(
     try:
         await backend.start()
         async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
-            assert "".join([c.text async for c in chunks]) == answer
+            return "".join([c.text async for c in chunks])
     finally:
         await backend.aclose()
 
@@ -335,34 +341,6 @@ async def test_a_parsing_server_that_sends_no_reasoning_still_shows_the_answer(
     nothing gives no reasoning_content to tell it by: the whole answer was taken for
     reasoning and the user got the empty-answer sentence. A reply the model ended itself
     ("stop") without any `</think>` is the answer; one cut at its length stays reasoning."""
+    deltas = [{"content": "Paris is"}, {"content": " the capital."}]
     for finish, answer in (("stop", "Paris is the capital."), ("length", "")):
-        deltas = [{"content": "Paris is"}, {"content": " the capital."}]
-        events: list[object] = [{"choices": [{"index": 0, "delta": d}]} for d in deltas]
-        events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-        body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-
-        def respond(request: httpx.Request, body: str = body) -> httpx.Response:
-            if request.url.path == "/v1/models":
-                return httpx.Response(200, json={"data": [{"id": MODEL, "max_model_len": 4096}]})
-            if request.url.path == "/v1/chat/completions":
-                return httpx.Response(
-                    200, content=body.encode(), headers={"content-type": "text/event-stream"}
-                )
-            return httpx.Response(404)
-
-        settings = BackendSettings.model_validate(
-            {
-                "kind": "openai",
-                "base_url": "http://llm.test",
-                "model": MODEL,
-                "tokenizer": _tokenizer_folder(tmp_path / finish, OPENING),
-            }
-        )
-        backend = OpenAICompatBackend(settings, transport=httpx.MockTransport(respond))
-        request = GenerationRequest([ChatMessage(Role.USER, "Capital of France?")], 16)
-        try:
-            await backend.start()
-            async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
-                assert "".join([c.text async for c in chunks]) == answer, finish
-        finally:
-            await backend.aclose()
+        assert await _opened_reply(tmp_path, deltas, finish) == answer, finish
