@@ -468,27 +468,7 @@ async def test_a_discord_document_deleted_while_it_is_read_is_never_answered(
     context: the sender who sent the wrong file and deleted it at once had it read and
     answered. The deletion's mark is read once the message is recorded, and it is withdrawn
     then, never answered."""
-    backend = ScriptedBackend(lambda request: "It is about the payroll.")
-    async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
-        content = b"Payroll: Ada 9,000; Bo 7,500.\n"
-        url = h.api.cdn_url("payroll.txt")
-        h.api.files["payroll.txt"] = content
-        h.api.held["payroll.txt"] = release = asyncio.Event()
-        doc = {"id": "1", "filename": "payroll.txt", "size": len(content),
-               "content_type": "text/plain", "url": url, "proxy_url": url}  # fmt: skip
-        question = ev.message_create("summarize this", attachments=[doc])
-        h.api.push("MESSAGE_CREATE", question)
-        async with asyncio.timeout(WAIT_S):
-            await h.api.until(lambda: any(c.path.endswith("/payroll.txt") for c in h.api.calls))
-            h.api.delete(ev.DM, int(question["id"]))
-            await h.adapter.deleted(1)
-            release.set()
-            await h.adapter.handled(1)
-            await h.idle()
-        assert h.api.texts(ev.DM) == []
-        assert not backend.requests
-        key = ConversationKey("discord", str(ev.DM))
-        assert await history(h.app, key) == [(Role.USER, WITHDRAWN_STUB)]
+    await _withdrawn_while_read(tmp_path, database_url, redis, ("payroll.txt",))
 
 
 async def test_a_discord_message_of_documents_deleted_while_it_is_read_gets_no_notice(
@@ -497,20 +477,28 @@ async def test_a_discord_message_of_documents_deleted_while_it_is_read_gets_no_n
     """The same with two documents: the message was withdrawn, never answered, and still
     got "only the first document was read", a notice about a message its sender had
     deleted. A withdrawn message gets nothing."""
+    await _withdrawn_while_read(tmp_path, database_url, redis, ("payroll.txt", "bonus.txt"))
+
+
+async def _withdrawn_while_read(
+    tmp_path: Path, database_url: str, redis: dict[str, Any] | None, names: tuple[str, ...]
+) -> None:
+    """A message of documents `names` deleted while the first is downloading: withdrawn,
+    nothing sent to the chat (no answer, no notice), no model asked."""
     backend = ScriptedBackend(lambda request: "It is about the payroll.")
     async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
         docs = []
-        for n, name in enumerate(("payroll.txt", "bonus.txt")):
+        for n, name in enumerate(names):
             content = f"{name}: Ada 9,000; Bo 7,500.\n".encode()
             url = h.api.cdn_url(name)
             h.api.files[name] = content
             docs.append({"id": str(n + 1), "filename": name, "size": len(content),
                          "content_type": "text/plain", "url": url, "proxy_url": url})  # fmt: skip
-        h.api.held["payroll.txt"] = release = asyncio.Event()
-        question = ev.message_create("summarize these", attachments=docs)
+        h.api.held[names[0]] = release = asyncio.Event()
+        question = ev.message_create("summarize this", attachments=docs)
         h.api.push("MESSAGE_CREATE", question)
         async with asyncio.timeout(WAIT_S):
-            await h.api.until(lambda: any(c.path.endswith("/payroll.txt") for c in h.api.calls))
+            await h.api.until(lambda: any(c.path.endswith(f"/{names[0]}") for c in h.api.calls))
             h.api.delete(ev.DM, int(question["id"]))
             await h.adapter.deleted(1)
             release.set()
