@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncGenerator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -360,6 +361,15 @@ async def test_a_slash_command_is_deferred_before_its_first_token(tmp_path: Path
         assert all(c.allowed_mentions == NOBODY for c in h.api.writes(ev.DM) if "content" in c.body)
 
 
+def _command_event(menu: bool, text: str = "The crane moved the tea. " * 5) -> dict[str, Any]:
+    """An interaction: the Translate menu command on a message (`menu`; `text` unused), else
+    /summarize with `text`."""
+    if menu:
+        target = ev.message_create("Bonjour tout le monde.", channel=ev.CHANNEL)
+        return ev.interaction_create("Translate", channel=ev.CHANNEL, target=target)
+    return ev.interaction_create("summarize", text)
+
+
 @pytest.mark.parametrize("menu", [False, True])
 async def test_a_replayed_interaction_is_one_log_line_and_one_answer(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, menu: bool
@@ -371,13 +381,7 @@ async def test_a_replayed_interaction_is_one_log_line_and_one_answer(
     caplog.set_level(logging.INFO, logger="adapters.discord")
     backend = answering("All good.")
     async with discord_harness(tmp_path, backend) as h:
-        if menu:
-            target = ev.message_create("Bonjour tout le monde.", channel=ev.CHANNEL)
-            slash = ev.interaction_create("Translate", channel=ev.CHANNEL, target=target)
-            late = ev.interaction_create("Translate", channel=ev.CHANNEL, target=target)
-        else:
-            slash = ev.interaction_create("summarize", "The crane moved the tea. " * 5)
-            late = ev.interaction_create("summarize", "The tea. " * 5)
+        slash, late = _command_event(menu), _command_event(menu, "The tea. " * 5)
         channel = int(slash["channel_id"])
         await h.command(slash)
         await h.idle()
@@ -409,11 +413,7 @@ async def test_a_new_command_whose_acknowledgement_came_back_502_is_answered(
     caplog.set_level(logging.INFO, logger="adapters.discord")
     backend = answering("All good.")
     async with discord_harness(tmp_path, backend) as h:
-        if menu:
-            target = ev.message_create("Bonjour tout le monde.", channel=ev.CHANNEL)
-            slash = ev.interaction_create("Translate", channel=ev.CHANNEL, target=target)
-        else:
-            slash = ev.interaction_create("summarize", "The crane moved the tea. " * 5)
+        slash = _command_event(menu)
         channel = int(slash["channel_id"])
         h.api.lose_ack(slash["token"])
         await h.command(slash)
