@@ -127,7 +127,7 @@ def is_outage(exc: BaseException) -> bool:
     database, Redis or a platform is out of reach or timed out, as opposed to a bug."""
     if isinstance(exc, BaseExceptionGroup):
         return all(is_outage(each) for each in exc.exceptions)
-    chain = list(_chain(exc))
+    chain = list(causes(exc))
     for each in chain:
         if isinstance(each, _NEVER_OUTAGES):
             return False
@@ -149,10 +149,10 @@ def is_outage(exc: BaseException) -> bool:
 def error_types(exc: BaseException) -> str:
     """The types of `exc` and its causes, "StorageError <- ConnectionResetError": what a log
     line may say of a failure (its messages can hold statements, user text or a URL)."""
-    return " <- ".join(dict.fromkeys(type(each).__name__ for each in _chain(exc)))
+    return " <- ".join(dict.fromkeys(type(each).__name__ for each in causes(exc)))
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def causes(exc: BaseException) -> Iterator[BaseException]:
     """`exc`, then what caused it (`__cause__`, the driver's `orig`, the context it was raised
     in unless that was suppressed), each once."""
     seen: set[int] = set()

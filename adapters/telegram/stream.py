@@ -195,15 +195,13 @@ class TelegramSurface:
         return piece if plain else self._html(piece)
 
     async def _rendered(self, call: Call[T], piece: str, plain: bool) -> T:
-        if plain:
-            return await call(quiet_mentions(piece), None)
-        try:
-            return await call(self._html(piece), ParseMode.HTML)
-        except BadRequest as exc:
-            refusal = str(exc).lower()
-            if not any(reason in refusal for reason in _TEXT_REFUSED):
-                raise
-            log.info("chat %s: HTML refused (%s); plain text", self._target.chat_id, exc)
+        if not plain:
+            try:
+                return await call(self._html(piece), ParseMode.HTML)
+            except BadRequest as exc:
+                if not any(reason in str(exc).lower() for reason in _TEXT_REFUSED):
+                    raise
+                log.info("chat %s: HTML refused (%s); plain text", self._target.chat_id, exc)
         return await call(quiet_mentions(piece), None)
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 from sqlalchemy.pool import NullPool
 
 from bot.errors import ConfigError, StorageError
+from bot.outage import causes
 from bot.storage.runners import admission
 
 T = TypeVar("T")
@@ -308,11 +309,11 @@ def known_failure(exc: BaseException, url: str | URL | None) -> str:
     """`exc` in words an operator can act on, where its driver's code says what it is: a full
     disk, a read-only database file, a server out of connections or refusing the login; ""
     otherwise. Read through public attributes only (sqlite3's `sqlite_errorname`, asyncpg's
-    `sqlstate`) anywhere in the chain (SQLAlchemy's `orig`, then `__cause__`), and built from
+    `sqlstate`) anywhere in its causes (bot.outage.causes), and built from
     no driver text, so it quotes no value and is safe wherever the class name alone was."""
     parsed = _readable_url(url)
     path = _named_file(parsed)
-    for each in _error_chain(exc):
+    for each in causes(exc):
         name = getattr(each, "sqlite_errorname", None)
         if isinstance(name, str) and name.startswith("SQLITE_FULL"):
             # SQLite says SQLITE_FULL for its temporary files too (a sort, an index built in a
@@ -356,15 +357,6 @@ def _why_read_only(url: URL | None) -> str:
     if str(url.query.get("mode", "")).lower() == "ro":
         return " (database.url opens it with mode=ro)"
     return _why_not_writable(url)
-
-
-def _error_chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    each: BaseException | None = exc
-    while each is not None and each not in chain and len(chain) < 8:
-        chain.append(each)
-        each = getattr(each, "orig", None) or each.__cause__
-    return chain
 
 
 # SQLite's words for a file it cannot open or write, whatever the reason.
