@@ -187,10 +187,12 @@ NEGATIONS: dict[str, str] = {
     "ar": r"لا|لن|لست|ليس|مش|بدون|ما\s+(?:أريد|اريد|بدي)",
 }  # fmt: skip
 _NEGATION = re.compile(r"(?<!\w)(?:" + "|".join(NEGATIONS.values()) + r")(?!\w)", re.I)
+# The marks that end a clause, Latin, Arabic and CJK (full-width).
+_CLAUSE_MARKS = ".,;:!?…،؛؟。，！？、；："
 # Where the clause before a request starts: a punctuation mark, or "but" ("I don't know, but
 # I want to talk to a person"; "I don't care but I want a human").
 _CLAUSE = re.compile(
-    r"[.,;:!?…،؛؟。，！？、；：]|(?<!\w)(?:but|aber|mais|pero|ma|mas|maar|ale|но|але|لكن|بل)(?!\w)",
+    rf"[{_CLAUSE_MARKS}]|(?<!\w)(?:but|aber|mais|pero|ma|mas|maar|ale|но|але|لكن|بل)(?!\w)",
     re.I,
 )
 # A question why one cannot reach a person asks for one ("warum kann ich nicht mit einem
@@ -217,7 +219,7 @@ POSSIBLE: dict[str, str] = {
 }  # fmt: skip
 _POSSIBLE = re.compile(r"(?<!\w)(?:" + "|".join(POSSIBLE.values()) + r")(?!\w)", re.I)
 # The request's clause closed by a question mark: nothing but words up to it.
-_QUESTION = re.compile(r"[^.,;:!?…،؛؟。，！？、；：]*[?？؟]")
+_QUESTION = re.compile(rf"[^{_CLAUSE_MARKS}]*[?？؟]")
 _WANTING = (
     "want wanna need wish like rather möchte möchten will wollte würde brauche gern gerne "
     "veux voudrais souhaite besoin quiero quería necesito voglio vorrei bisogno quero queria "
