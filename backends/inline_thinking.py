@@ -9,6 +9,16 @@ not shown, not stored, counted to the reply's size limit. A `<think>` later in a
 text (an answer about such models quotes it). Reasoning that never ends is all reasoning:
 the reply is then empty, as one whose model reasoned and never answered.
 
+What is taken for the tag is what vLLM's reasoning parsers take (`deepseek_r1`, `qwen3`):
+`<think>` and `</think>` exactly, as the models write them (one token each in their
+vocabularies). Before it, blanks and a byte order mark (U+FEFF), which some servers and
+GGUF conversions put at the start of a text, are allowed: both are invisible. `<THINK>` or
+`<think type="x">` are no model's tag and stay text, as in vLLM: hiding them would hide an
+answer that merely begins so. A second `<think>` block later in the same reply is text too,
+as for vLLM's parsers (after the first `</think>` all is content): Qwen3's and DeepSeek's
+interleaved thinking opens a new block only at the start of a new generation (after a tool
+result), which is a new reply here.
+
 Some chat templates write the `<think>` themselves, at the end of the generation prompt
 (DeepSeek-R1 and its distillations, QwQ, Qwen3's -Thinking-2507 models): the reply then
 begins inside the reasoning and only its `</think>` comes (`opened_by_template`).
@@ -16,11 +26,14 @@ begins inside the reasoning and only its `</think>` comes (`opened_by_template`)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 OPEN = "<think>"
 CLOSE = "</think>"
+# What may come before the <think> that begins a reply: blanks and byte order marks.
+_LEAD = re.compile(r"^[\s\ufeff]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +98,7 @@ class InlineThinking:
         return Split(reasoning=len(held))
 
     def _start(self, pending: str) -> Split:
-        begun = pending.lstrip()
+        begun = _LEAD.sub("", pending, count=1)
         if blanks := pending[: len(pending) - len(begun)]:
             self._lead.append(blanks)
             self._lead_chars += len(blanks)

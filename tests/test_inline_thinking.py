@@ -66,12 +66,21 @@ def _backend(replies: list[list[str]], asked: list[list[dict[str, str]]]) -> Ope
         ("  \n<think>hm</think>Hi <b>there</b>", "Hi <b>there</b>"),
         ("<think></think>Hi", "Hi"),
         ("<think>a <think> b</think>Hi", "Hi"),
+        # A byte order mark before it, alone or among blanks: invisible, as the blanks are.
+        ("\ufeff<think>hm</think>Hi", "Hi"),
+        (" \ufeff\n<think>hm</think>Hi", "Hi"),
         # Reasoning that never ends, or nothing but reasoning: no answer.
         ("<think>still thinking about it <", ""),
         ("<think>done</think>\n\n", ""),
         # Not reasoning: a <think> inside an answer, a tag that only looks like one.
         ("Hi <think>x</think> there", "Hi <think>x</think> there"),
         ("<thinking>x</thinking>", "<thinking>x</thinking>"),
+        # No model's tag (vLLM's reasoning parsers take `<think>` exactly), nor a second
+        # block after the answer began: text, as there (module docstring).
+        ("<THINK>x</THINK>Hi", "<THINK>x</THINK>Hi"),
+        ('<think type="x">y</think>Hi', '<think type="x">y</think>Hi'),
+        ("<think>a</think>Hi <think>b</think>!", "Hi <think>b</think>!"),
+        ("\u200b<think>x</think>", "\u200b<think>x</think>"),
         ("<thi", "<thi"),
         ("  ", "  "),
         ("", ""),
