@@ -524,6 +524,10 @@ async def _read_reply(
     reply = _Reply()
     inline = InlineThinking(opened=opened)  # reasoning in the content: a server without parser
     left = max_chars
+    # Reasoning so far, as `reasoning_content` and as inline `<think>`, and what of it was
+    # counted: the larger of the two. llama.cpp's `deepseek-legacy` format sends the same
+    # reasoning both ways; it counted twice to `max_chars`.
+    parsed = written = counted = 0
     thought = False  # a reasoning delta was passed on (as a chunk without text)
     shown = False  # text was passed on
     lines = _lines(response.aiter_text(), max_chars * LINE_FACTOR + LINE_SLACK)
@@ -537,7 +541,9 @@ async def _read_reply(
             if opened and reply.thinking:  # the server parses reasoning: content is answer
                 inline, opened = InlineThinking(), False
             split = inline.feed(content) if content else Split()
-            text, reasoning = split.answer, reply.reasoning_chars + split.reasoning
+            parsed, written = parsed + reply.reasoning_chars, written + split.reasoning
+            text, reasoning = split.answer, max(parsed, written) - counted
+            counted += reasoning
             # Reasoning is the model at work: the gap limit counts from it, not first_token_s.
             clock.chunk_arrived(bool(content or reply.thinking))
             left -= reasoning

@@ -34,14 +34,20 @@ NEVER = 30.0
 THOUGHT = "<think>\nThe user asks about France. Its capital is Paris.\n</think>\n\n"
 
 
-def _events(deltas: list[str]) -> httpx.Response:
-    bodies: list[object] = [{"choices": [{"index": 0, "delta": {"content": d}}]} for d in deltas]
+Delta = str | dict[str, str]  # a content delta, or a delta's whole fields
+
+
+def _events(deltas: list[Delta]) -> httpx.Response:
+    bodies: list[object] = [
+        {"choices": [{"index": 0, "delta": {"content": d} if isinstance(d, str) else d}]}
+        for d in deltas
+    ]
     bodies.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     text = "".join(f"data: {json.dumps(b)}\n\n" for b in bodies) + "data: [DONE]\n\n"
     return httpx.Response(200, content=text.encode(), headers={"content-type": "text/event-stream"})
 
 
-def _backend(replies: list[list[str]], asked: list[list[dict[str, str]]]) -> OpenAICompatBackend:
+def _backend(replies: list[list[Delta]], asked: list[list[dict[str, str]]]) -> OpenAICompatBackend:
     """A server without a reasoning parser: each chat answered with the next reply's deltas;
     the messages of each chat request kept in `asked`."""
 
@@ -169,6 +175,24 @@ async def test_inline_reasoning_counts_to_the_reply_size_limit() -> None:
             with pytest.raises(ReasoningTooLong):
                 async for chunk in chunks:
                     assert not chunk.text
+    finally:
+        await backend.aclose()
+
+
+async def test_reasoning_sent_both_apart_and_inline_counts_once() -> None:
+    """llama.cpp's `deepseek-legacy` reasoning format sends the reasoning twice, as
+    `reasoning_content` and inline in the content (`<think>...</think>` too), in the same
+    deltas. It counted twice to the reply's size limit: 10,000 characters of reasoning, under
+    the 16,384 allowed, were taken for 20,000 and the turn given up (ReasoningTooLong)."""
+    steps = ["hmm " * 250] * 10
+    both: list[Delta] = [{"reasoning_content": "", "content": "<think>"}]
+    both += [{"reasoning_content": step, "content": step} for step in steps]
+    both += [{"content": "</think>\n\nParis."}]
+    backend = _backend([both], [])
+    request = GenerationRequest([ChatMessage(Role.USER, "Capital of France?")], 16)
+    try:
+        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+            assert "".join([c.text async for c in chunks]) == "Paris."
     finally:
         await backend.aclose()
 
