@@ -128,6 +128,27 @@ async def test_entities_telegram_refuses_as_too_long_go_as_typed_with_their_link
     assert refused(api) == ["sendMessage: Bad Request: ENTITIES_TOO_LONG"]
 
 
+@pytest.mark.parametrize("drafts", [False, True])
+async def test_a_piece_refused_as_entities_too_long_stays_plain_as_it_grows(
+    stand_in: tuple[FakeBotApi, Bot], drafts: bool
+) -> None:
+    """The piece goes plain after ENTITIES_TOO_LONG, and the same piece growing only adds
+    entities: each later edit (or draft) of it tried HTML first again, two Bot API calls
+    per update, one of them refused. Now it is refused once and goes plain from then on."""
+    api, bot = stand_in
+    api.max_entities = 3
+    links = "".join(f"[source {n}](https://example.org/{n}) " for n in range(4))
+    more = ["and ", "then ", "some ", "more."]
+    stream = ReplyStream(bot, Target(PRIVATE, None), interval_s=0.0, drafts=drafts)
+    await stream.play(model(links, *more))
+    assert api.texts(PRIVATE) == [links + "".join(more)]
+    method = "sendMessageDraft" if drafts else "sendMessage"
+    assert refused(api) == [f"{method}: Bad Request: ENTITIES_TOO_LONG"]
+    updates = api.sent("editMessageText", PRIVATE) + api.sent("sendMessageDraft", PRIVATE)
+    assert updates  # the piece was shown growing, not only once
+    assert {c.params.get("parse_mode") for c in updates} == {None}
+
+
 async def test_a_blocked_chat_ends_the_showing_not_the_reading(
     stand_in: tuple[FakeBotApi, Bot],
 ) -> None:

@@ -10,10 +10,12 @@ quotes the message it answers. Messages and edits go without link previews unles
 When Telegram refuses the HTML of a piece (a parse error, "message text is empty", too long
 after parsing, ENTITIES_TOO_LONG: entities too big in all, as many long links make them) the
 same piece is sent again as plain text, so a rendering mistake costs formatting, never the
-answer. Past 100 entities Telegram takes a message and leaves the rest unformatted: not a
-refusal. Any other refusal is an `AdapterError` for the streamer, which stops showing (and
-keeps reading) the answer; a Bot API that does not answer is `PlatformAway`, and the
-adapter's turn waits for it (`TelegramAdapter.deliver`).
+answer. A piece refused as ENTITIES_TOO_LONG stays plain text for the rest of its streaming
+(each later edit, or draft, of it is sent plain at once, not tried as HTML again): more text
+only adds entities. Past 100 entities Telegram takes a message and leaves the rest
+unformatted: not a refusal. Any other refusal is an `AdapterError` for the streamer, which
+stops showing (and keeps reading) the answer; a Bot API that does not answer is
+`PlatformAway`, and the adapter's turn waits for it (`TelegramAdapter.deliver`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ _TEXT_REFUSED = (
     # (TelegramBots #854, telegram-bot-api #739). As typed, the links keep their URLs.
     "entities_too_long",
 )
+# Of those, the refusal that more of the same piece only makes worse: a piece that grows
+# keeps its entities and adds more. A piece refused so goes plain from then on (`_Plain`).
+_ENTITIES_TOO_LONG = "entities_too_long"
 # The Bot API's answer to an edit of a message deleted in the chat (Telegram sends bots no
 # event when a message is deleted: an edit is where the bot learns it).
 _DELETED = "message to edit not found"
@@ -106,6 +111,10 @@ class TelegramSurface:
         self._moved: dict[int, int] = {}  # a message of the old group -> its successor
         self._last_render = ("", "")  # the streamer asks `shows` and then sends the same piece
         self._texts: dict[int, str] = {}  # message id -> the text last asked for
+        # Messages whose HTML was refused as ENTITIES_TOO_LONG: edited as plain text from
+        # then on. And the draft piece so refused: a later draft that grows it is plain too.
+        self._plain_refs: set[int] = set()
+        self._plain_draft: str | None = None
 
     def shows(self, piece: str) -> bool:
         return _NOTHING.fullmatch(to_text(self._html(piece))) is None
@@ -116,12 +125,16 @@ class TelegramSurface:
         return self._last_render[1]
 
     async def send(self, piece: str, *, plain: bool) -> int:
+        if self._grows_plain_draft(piece):  # the draft's piece, finished: plain as it was
+            plain, self._plain_draft = True, None
         with _platform(self._chat):
             try:
-                message_id = await self._rendered(self._sending(), piece, plain)
+                message_id, long = await self._rendered_how(self._sending(), piece, plain)
             except ChatMigrated as exc:
-                message_id = await self._rendered(self._moved_to(exc), piece, plain)
-        return self._sent(message_id, piece, plain)
+                message_id, long = await self._rendered_how(self._moved_to(exc), piece, plain)
+        if long:
+            self._plain_refs.add(message_id)
+        return self._sent(message_id, piece, plain or long)
 
     def _sending(self) -> Call[int]:
         t = self._target
@@ -159,6 +172,7 @@ class TelegramSurface:
     async def edit(self, ref: int, piece: str, *, plain: bool) -> None:
         ref = self._moved.get(ref, ref)
         chat_id = self._chat_of.get(ref, self._chat)
+        plain = plain or ref in self._plain_refs
         if self._texts.get(ref) == self._text(piece, plain):
             return  # another piece with the same rendering: Telegram would say "not modified"
 
@@ -173,14 +187,18 @@ class TelegramSurface:
 
         with _platform(chat_id):
             try:
-                await self._rendered(call, piece, plain)
+                _, long = await self._rendered_how(call, piece, plain)
             except ChatMigrated as exc:
                 # The message stays in the old group, which can no longer be written to: the
                 # piece goes on as a new message in the supergroup, edited from then on.
-                moved = await self._rendered(self._moved_to(exc), piece, plain)
-                self._moved[ref] = self._sent(moved, piece, plain)
+                moved, long = await self._rendered_how(self._moved_to(exc), piece, plain)
+                if long:
+                    self._plain_refs.add(moved)
+                self._moved[ref] = self._sent(moved, piece, plain or long)
                 return
-        self._texts[ref] = self._text(piece, plain)
+        if long:
+            self._plain_refs.add(ref)
+        self._texts[ref] = self._text(piece, plain or long)
 
     async def draft(self, piece: str) -> None:
         t = self._target
@@ -189,20 +207,31 @@ class TelegramSurface:
             await self._bot.send_message_draft(t.chat_id, self._draft_id, text, t.thread_id, mode)
 
         with _platform(t.chat_id):
-            await self._rendered(call, piece, plain=False)
+            _, long = await self._rendered_how(call, piece, self._grows_plain_draft(piece))
+        if long:
+            self._plain_draft = piece
+
+    def _grows_plain_draft(self, piece: str) -> bool:
+        """Whether `piece` is the draft piece refused as ENTITIES_TOO_LONG, grown since."""
+        return self._plain_draft is not None and piece.startswith(self._plain_draft)
 
     def _text(self, piece: str, plain: bool) -> str:
         return piece if plain else self._html(piece)
 
-    async def _rendered(self, call: Call[T], piece: str, plain: bool) -> T:
+    async def _rendered_how(self, call: Call[T], piece: str, plain: bool) -> tuple[T, bool]:
+        """The call's result, and whether its HTML was refused as ENTITIES_TOO_LONG (it went
+        as plain text then, and the piece stays plain)."""
+        long = False
         if not plain:
             try:
-                return await call(self._html(piece), ParseMode.HTML)
+                return await call(self._html(piece), ParseMode.HTML), False
             except BadRequest as exc:
-                if not any(reason in str(exc).lower() for reason in _TEXT_REFUSED):
+                refusal = str(exc).lower()
+                if not any(reason in refusal for reason in _TEXT_REFUSED):
                     raise
+                long = _ENTITIES_TOO_LONG in refusal
                 log.info("chat %s: HTML refused (%s); plain text", self._target.chat_id, exc)
-        return await call(quiet_mentions(piece), None)
+        return await call(quiet_mentions(piece), None), long
 
 
 class ReplyStream:
