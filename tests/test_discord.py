@@ -427,6 +427,49 @@ async def test_a_new_command_whose_acknowledgement_came_back_502_is_answered(
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
 
 
+@pytest.mark.parametrize("shared", [False, True])  # deliveries counted in memory, in Redis
+@pytest.mark.parametrize("refusal", ["admins only", "no text", "rate limit"])
+async def test_a_refused_command_whose_acknowledgement_came_back_502_is_told_once(
+    tmp_path: Path, request: pytest.FixtureRequest, refusal: str, shared: bool
+) -> None:
+    """A command Parley refuses (an admin-only command from someone else; Translate on a
+    message without text; one over the rate limit) whose defer Discord took but whose answer
+    a 502 lost: discord.py sent the defer again, Discord answered 40060, and the command was
+    taken for a replay, refused without a word. The user saw "thinking..." and then nothing.
+    The refusal is now said, once: a replay of it after that says nothing more."""
+    limit = {"rate_limit_messages": 1, "rate_limit_window_s": 60}
+    redis = None
+    if shared:
+        redis = {"url": request.getfixturevalue("redis_url"),
+                 "key_prefix": request.getfixturevalue("key_prefix")}  # fmt: skip
+    async with discord_harness(tmp_path, answering("Done."), conversation=limit, redis=redis) as h:
+        before: list[str] = []
+        if refusal == "admins only":
+            command = ev.interaction_create("keep", "on", channel=ev.CHANNEL)
+            said = phrases.ADMINS_ONLY
+        elif refusal == "no text":
+            target = ev.message_create("", channel=ev.CHANNEL, attachments=[_attachment(
+                "cat.png", "image/png")])  # fmt: skip
+            h.api.post(target)
+            command = ev.interaction_create("Translate", channel=ev.CHANNEL, target=target)
+            said = phrases.say(NO_TEXT, "")
+        else:
+            await h.command(ev.interaction_create("summarize", "text " * 5, channel=ev.CHANNEL))
+            await h.idle()
+            before = ["Done."]
+            command = ev.interaction_create("summarize", "more " * 5, channel=ev.CHANNEL)
+            said = phrases.say(phrases.RATE_LIMITED, "")
+        h.api.lose_ack(command["token"])
+        await h.command(command)
+        await h.idle()
+        await h.adapter.settled()
+        assert h.api.texts(ev.CHANNEL) == [*before, said]
+        await h.command(command)  # a replay of it now: not said again
+        await h.idle()
+        await h.adapter.settled()
+        assert h.api.texts(ev.CHANNEL) == [*before, said]
+
+
 async def test_a_slash_command_in_a_server_is_for_its_admins_when_it_changes_things(
     tmp_path: Path,
 ) -> None:

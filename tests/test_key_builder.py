@@ -39,6 +39,7 @@ _PREFIX_NAME = re.compile(r"^_?(key_)?prefix$")
         (keys.rate_told(7), "rate-told:7"),
         (keys.told("telegram:42"), "told:telegram:42"),
         (keys.refused("telegram", "123:456"), "refused:telegram:123:456"),
+        (keys.delivered("discord", "789"), "delivered:discord:789"),
         (keys.support_ip("10.0.0.1"), "support:ip:10.0.0.1"),
         (keys.support_visitor("shop:v-1"), "support:visitor:shop:v-1"),
         (keys.cached("parley", keys.window(7)), "parley:ctx:7"),

@@ -104,6 +104,9 @@ MISSING_INTENT = (
 # A slash command's clean-up asks SQL whether its message was answered: tries, and the pause
 # between two when the database does not answer.
 CLEAN_UP_TRIES = 5
+# How long an interaction's deliveries are counted, to tell a replay from the first: its
+# token's 15 minutes, after which Discord takes no answer to it anyway.
+INTERACTION_S = 900.0
 CLEAN_UP_RETRY_S = 1.0
 # Other gateway close codes that no reconnect can cure: what the operator has to change.
 CLOSE_CODES = {
@@ -659,9 +662,10 @@ class DiscordAdapter:
             acknowledged = await _deferred(interaction)
             if acknowledged is None:
                 return
+            replayed = await self._replayed(interaction)
             incoming = command_incoming(interaction, name, text)
             if not acknowledged:  # 40060: a replay, or this defer's own, retried after a 5xx
-                await self._submit_acknowledged(interaction, incoming)
+                await self._submit_acknowledged(interaction, incoming, replayed=replayed)
                 return
             self._interactions.put(str(interaction.id), interaction)
             recorded = await self._intake.submit(incoming)
@@ -680,12 +684,12 @@ class DiscordAdapter:
             acknowledged = await _deferred(interaction)
             if acknowledged is None:
                 return
+            replayed = await self._replayed(interaction)
             if acknowledged:
                 self._interactions.put(str(interaction.id), interaction)
             about = target.content
             if name == "translate" and not about.strip():
-                if not acknowledged:  # a notice, not a record: a replay's would be its second
-                    _replay_skipped(interaction)
+                if not self._tells(interaction, acknowledged, replayed):
                     return
                 self._intake.notify(menu_incoming(interaction, name, target, ""), commands.NO_TEXT)
                 self._end_unanswered(interaction, None)
@@ -705,15 +709,14 @@ class DiscordAdapter:
                         "menu command %s: the channel's history could not be read (%s %s)",
                         interaction.id, exc.status, exc.code,
                     )  # fmt: skip
-                    if not acknowledged:
-                        _replay_skipped(interaction)
+                    if not self._tells(interaction, acknowledged, replayed):
                         return
                     self._intake.notify(asked, commands.NO_HISTORY)
                     self._end_unanswered(interaction, None)
                     return
             incoming = menu_incoming(interaction, name, target, about)
             if not acknowledged:  # 40060: a replay, or this defer's own, retried after a 5xx
-                await self._submit_acknowledged(interaction, incoming)
+                await self._submit_acknowledged(interaction, incoming, replayed=replayed)
                 return
             recorded = await self._intake.submit(incoming)
             self._end_unanswered(interaction, recorded)
@@ -722,22 +725,42 @@ class DiscordAdapter:
         finally:
             await self._count_handled()
 
+    async def _replayed(self, interaction: discord.Interaction) -> bool:
+        """Whether a worker saw this interaction before (a replay); this delivery counted."""
+        return await self._intake.seen_before(PLATFORM, str(interaction.id), INTERACTION_S)
+
+    def _tells(self, interaction: discord.Interaction, acknowledged: bool, replayed: bool) -> bool:
+        """Whether a command's notice (not a record) is to be said: not for a replay, whose
+        first delivery said it; yes for this bot's own lost acknowledgement (`acknowledged`
+        False, never seen before), through the interaction, as for any other command."""
+        if acknowledged:
+            return True
+        if replayed:
+            _replay_skipped(interaction)
+            return False
+        self._interactions.put(str(interaction.id), interaction)
+        return True
+
     async def _submit_acknowledged(
-        self, interaction: discord.Interaction, incoming: Incoming
+        self, interaction: discord.Interaction, incoming: Incoming, *, replayed: bool
     ) -> None:
         """A command whose defer Discord says was acknowledged already (40060).
         Recorded before: a replay, one line and nothing more. Never recorded: the
         acknowledgement was this bot's own (discord.py sent the defer again after a 5xx whose
         answer was lost), and the command is answered as any other; it was skipped, and its
-        user saw "thinking..." until Discord gave up. `quiet`: a replay of a command refused
-        is not refused again."""
+        user saw "thinking..." until Discord gave up. A refusal is said where no worker saw
+        the interaction before (`replayed` False: the lost acknowledgement's own command; it
+        was refused without a word), not for a replay of a command refused, which said it."""
         key = str(interaction.id)
         known = self._interactions.get(key) is not None  # its first delivery, still running
         if not known:  # before the turn can look for it
             self._interactions.put(key, interaction)
-        recorded = await self._intake.submit(incoming, quiet=True)
+        recorded = await self._intake.submit(incoming, quiet=replayed)
         if recorded is not None and recorded.is_new:
             self._end_unanswered(interaction, recorded)
+            return
+        if recorded is None and not replayed:  # refused, and the refusal said through it
+            self._end_unanswered(interaction, None)
             return
         if not known and self._interactions.get(key) is interaction:
             self._interactions.discard(key)

@@ -195,6 +195,12 @@ class Intake:
         update to any of them) for REFUSALS_WINDOW_S; 0 where the cache cannot count."""
         return await self._cache.count(keys.refused(platform, update), REFUSALS_WINDOW_S)
 
+    async def seen_before(self, platform: str, update: str, window_s: float) -> bool:
+        """Whether a worker saw the platform's `update` before, within `window_s`: this
+        delivery is counted (in Redis, where configured: a platform may deliver it again to
+        any worker). False where the cache cannot count: telling twice beats not telling."""
+        return await self._cache.count(keys.delivered(platform, update), window_s) > 1
+
     async def database_answers(self) -> bool:
         """Whether the database answers at all (an outage, as opposed to one bad message)."""
         return await self._manager.database_answers()

@@ -60,6 +60,10 @@ def refused(platform: str, update: str) -> str:  # a platform update the databas
     return f"refused:{platform}:{update}"
 
 
+def delivered(platform: str, update: str) -> str:  # deliveries of a platform update seen
+    return f"delivered:{platform}:{update}"
+
+
 def support_ip(address: str) -> str:  # support API requests from one client address
     return f"support:ip:{address}"
 
