@@ -13,7 +13,7 @@ from adapters.chatwoot.adapter import ChatwootAdapter
 from adapters.chatwoot.payloads import StatusChange, agent_name, read
 from adapters.chatwoot.settings import ChatwootSettings
 from adapters.kit.runner import host_for
-from bot.handoff.types import HandoffState
+from bot.handoff.types import HandoffState, Reason
 from bot.types import ConversationKey
 from tests.doubles import ScriptedBackend
 from tests.fake_chatwoot import ACCOUNT, ACCOUNT_SECRET, Conversation, FakeChatwoot, chatwoot_worker
@@ -149,3 +149,42 @@ def test_chatwoots_updated_at_is_read_as_unix_seconds(stamp: str, seconds: float
     change = read(body.encode(), reply_prefix="/reply")
     assert isinstance(change, StatusChange)
     assert change.updated_at == seconds
+
+
+async def test_parleys_own_change_is_not_undone_by_an_older_update_delivered_late(
+    database_url: str,
+) -> None:
+    """Parley's own changes (a give-back through its desk, the customer's request for a person)
+    recorded no help-desk time: until Chatwoot's echo of them arrived, a retried webhook made
+    before them still applied over them. Here Chatwoot already shows the status Parley sets,
+    so no echo comes (as before it arrives): the late updates are older and ignored."""
+    async with chatwoot_worker(database_url, ScriptedBackend()) as w:
+        fake = w.fake
+        conv = fake.conversation(31)
+        await fake.contact_says(conv, "Hello")
+        await w.idle()
+
+        async def deliver(status: str, updated_at: float) -> HandoffState:
+            payload = _update(fake, conv, status, updated_at)
+            assert await fake.send(payload, secret=ACCOUNT_SECRET) == 200
+            await w.idle()
+            return (await w.app.desk.status(KEY)).state
+
+        opened = fake.clock() - 10  # stamps further back than OWN_CHANGE_LEEWAY_S
+        assert await deliver("open", opened) is HandoffState.HUMAN
+        conv.status = "pending"  # no echo of the give-back
+        await w.app.desk.give_back(KEY, "api:ops")
+        await w.idle()
+        assert [c.body for c in fake.calls][-1] == {"status": "pending"}
+        # The "open" made before the give-back, retried by Chatwoot's job queue.
+        assert await deliver("open", opened) is HandoffState.BOT
+
+        conv.status = "open"  # no echo of the request
+        await w.app.desk.request(KEY, Reason.ASKED)
+        await w.idle()
+        assert [c.body for c in fake.calls][-2] == {"status": "open"}
+        assert (await w.app.desk.status(KEY)).state is HandoffState.WAITING
+        # A "resolved" made before the customer's request, delivered after it.
+        assert await deliver("resolved", opened + 5) is HandoffState.WAITING
+        # A change made in Chatwoot after Parley's still applies.
+        assert await deliver("resolved", fake.clock()) is HandoffState.BOT

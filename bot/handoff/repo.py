@@ -29,6 +29,13 @@ from .models import HandoffEventRow, HandoffStateRow, MessageSignalRow
 from .types import HandoffState, HandoffStatus, Reason
 
 _s, _e, _g = HandoffStateRow, HandoffEventRow, MessageSignalRow
+
+# Parley's own change counts as made this long before its clock's time: Chatwoot may stamp
+# whole seconds (an ISO string, an older version), and its clock may be a little behind ours;
+# counted at our exact time, an agent's change made in Chatwoot just after Parley's looked
+# older and was ignored, the conversation stuck in the wrong hands.
+OWN_CHANGE_LEEWAY_S = 2.0
+
 # A repeat of a message's signal (its turn run again after a crash) keeps the first.
 _ADD_SIGNAL = insert_on_conflict(
     _g,
@@ -118,7 +125,10 @@ class HandoffRepository:
         audit row in one transaction (the row locked on PostgreSQL: two agents taking the same
         conversation at once are serialised). Nothing written when not allowed, or when it is
         already in `to` with the same agent (a retried call), or when a help desk's update
-        newer than `desk_updated_at` (this one's time, newer_update) was recorded meanwhile."""
+        newer than `desk_updated_at` (this one's time, newer_update) was recorded meanwhile.
+        Without `desk_updated_at` (Parley's own change: a request, a take or give-back through
+        its API) the change is recorded at this clock's time (less OWN_CHANGE_LEEWAY_S), so
+        that a help desk's update made before it and delivered late is older (_own_time)."""
 
         async def run(conn: AsyncConnection) -> Change:
             await conn.execute(_ADD_STATE, {"conversation_id": conversation_id})
@@ -141,7 +151,8 @@ class HandoffRepository:
                 .values(state=to.value, reason=reason.value, detail=detail, since=now,
                         agent=agent, language=keep_language,
                         trigger_message_id=trigger_message_id, request_delivered=False,
-                        request_claimed_by=None, request_claimed_until=None)
+                        request_claimed_by=None, request_claimed_until=None,
+                        desk_updated_at=_own_time(row[6], now, desk_updated_at))
             )  # fmt: skip
             await conn.execute(
                 sa.insert(_e).values(
@@ -370,3 +381,15 @@ async def _database_now(conn: AsyncConnection) -> datetime:
     if isinstance(now, str):  # SQLite: "YYYY-MM-DD HH:MM:SS", in UTC
         now = datetime.fromisoformat(now)
     return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+
+
+def _own_time(recorded: float | None, now: datetime, desk_time: float | None) -> float | None:
+    """The help-desk time to keep after a change: the recorded one for a help desk's update
+    (newer_update recorded it); for Parley's own change, this clock's time less the leeway
+    above, never lowering the recorded one (Chatwoot's toggle_status answers no updated_at to
+    use instead). A help desk's update made more than the leeway before Parley's change and
+    delivered after it is then ignored; one made within it still applies, as before."""
+    if desk_time is not None:
+        return recorded
+    mine = now.timestamp() - OWN_CHANGE_LEEWAY_S
+    return mine if recorded is None else max(recorded, mine)

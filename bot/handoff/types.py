@@ -201,7 +201,9 @@ class Desk(Protocol):
     ) -> HandoffStatus: ...
 
     # `updated_at`: the time of the help desk's update that asks for it (newer_update): not
-    # done when a newer one was recorded meanwhile (two updates handled at once).
+    # done when a newer one was recorded meanwhile (two updates handled at once). None:
+    # Parley's own change, recorded at this clock's time (a help desk's older update, delivered
+    # late, is then ignored).
     async def take(
         self, key: ConversationKey, agent: str, *, updated_at: float | None = None
     ) -> HandoffStatus: ...
