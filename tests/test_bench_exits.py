@@ -38,6 +38,7 @@ FAILURES = {
     "turn_profile": (["--turns", "-3"], {}, 2, "--turns: must be at least 1"),
     "support_bench": (["--rate", "0"], {}, 2, "--rate: must be above 0"),
     "sentiment": (["--data", "/nonexistent.jsonl"], {}, 1, "cannot read /nonexistent.jsonl"),
+    "handoff_phrases": (["--chars", "0"], {}, 2, "--chars: must be at least 1, not 0"),
 }  # fmt: skip
 
 

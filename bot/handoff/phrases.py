@@ -9,6 +9,7 @@ talk to a human" is. With a model, the intent router may recognise other wording
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
 # One alternation per language; matched case-insensitively anywhere in the message.
@@ -81,11 +82,17 @@ HUMAN_PHRASES: dict[str, tuple[str, ...]] = {
         r"(?:konuş|görüş)",
         r"\bgerçek\s+bir\s+(?:insan|kişi)",
         r"\bmüşteri\s+temsilci",
+        # "temsilci istiyorum": the person wanted, the verb after it.
+        r"\b(?:bir\s+)?(?:temsilci|yetkili|operatör)\s+(?:istiyorum|isterim|rica\s+ediyorum)\b",
     ),
     "ar": (
         r"(?:مع|إلى|الى)\s+(?:شخص|إنسان|انسان|موظف|ممثل|وكيل|أحد)",
         r"(?:إنسان|انسان|شخص)\s+حقيقي",
         r"خدمة\s+العملاء",
+        # Levantine and Egyptian: "بدي احكي مع حدا", "عايز اكلم حد", "عاوز موظف".
+        r"(?:احكي|أحكي|نحكي|اكلم|أكلم|نكلم|اتكلم|أتكلم)\s+(?:مع\s+)?(?:حدا|حد|موظف|شخص|إنسان|انسان)"
+        r"(?!\w)",
+        r"(?:بدي|بدنا|عايز|عاوز|عايزة|عاوزة|أريد|اريد)\s+(?:موظف|إنسان|انسان)(?!\w)",
     ),
     "zh": (r"人工客服|转人工|人工服务|真人|客服人员|和人说话|跟人说话|找客服",),
     "ja": (r"人間と|オペレーター|担当者|有人対応|人と話",),
@@ -184,7 +191,7 @@ NEGATIONS: dict[str, str] = {
     "ru": r"не|нет",
     "uk": r"не|ні",
     # Not "ما" alone ("what"), only before a verb of wanting.
-    "ar": r"لا|لن|لست|ليس|مش|بدون|ما\s+(?:أريد|اريد|بدي)",
+    "ar": r"لا|لن|لست|ليس|مش|بدون|مابدي|ما\s+(?:أريد|اريد|بدي|بدنا)",
 }  # fmt: skip
 _NEGATION = re.compile(r"(?<!\w)(?:" + "|".join(NEGATIONS.values()) + r")(?!\w)", re.I)
 # The marks that end a clause, Latin, Arabic and CJK (full-width).
@@ -218,8 +225,6 @@ POSSIBLE: dict[str, str] = {
     "uk": r"можу|може|можна|можливо",
 }  # fmt: skip
 _POSSIBLE = re.compile(r"(?<!\w)(?:" + "|".join(POSSIBLE.values()) + r")(?!\w)", re.I)
-# The request's clause closed by a question mark: nothing but words up to it.
-_QUESTION = re.compile(rf"[^{_CLAUSE_MARKS}]*[?？؟]")
 _WANTING = (
     "want wanna need wish like rather möchte möchten will wollte würde brauche gern gerne "
     "veux voudrais souhaite besoin quiero quería necesito voglio vorrei bisogno quero queria "
@@ -273,7 +278,7 @@ _NEGATED_WORDS = (
     "треба потрібно говорити розмовляти поговорити "
     "أريد اريد أود اود أرغب ارغب أحتاج احتاج نريد نحتاج بحاجة بدي إلى الى التحدث الحديث التكلم "
     "الكلام أتحدث اتحدث أتكلم اتكلم التواصل أتواصل اتواصل حاجة داعي للتحدث للحديث للكلام للتواصل "
-    "أن ان في"
+    "أن ان في بدي بدنا عايز عاوز عايزة عاوزة احكي أحكي نحكي اكلم أكلم نكلم"
 )
 NEGATED_WORDS = frozenset(_NEGATED_WORDS.split())
 
@@ -299,31 +304,76 @@ def asks_for_person(text: str) -> bool:
     flat = " ".join(text.split())
     if len(flat) <= ALONE_CHARS and _ALONE.match(flat) is not None:
         return True
-    return any(
-        not _negated(flat[: found.start()], flat[found.end() :]) for found in _HUMAN.finditer(flat)
-    )
+    read = _Reading(flat)
+    return any(not read.negated(found.start(), found.end()) for found in _HUMAN.finditer(flat))
 
 
-def _negated(before: str, after: str) -> bool:
-    """Whether the request between `before` and `after` is negated: a negation among the last
-    few words of its clause, followed only by the wanting or talking it negates ("I don't want
-    to talk to a person", "no need to speak to someone"; not "it doesn't work I want a person"),
-    unless the clause asks whether one can; or a negation after it in Japanese and Turkish,
-    before it in Chinese."""
-    if _NEGATION_AFTER.match(after) or _NEGATED_BEFORE_ZH.search(before[-ZH_NEGATION_CHARS:]):
-        return True
-    clause = _CLAUSE.split(before)[-1]
-    if _WHY.search(clause):
-        return False
-    near = " ".join(clause.split()[-NEGATION_WORDS:])
-    asking = _QUESTION.match(after) is not None
-    for found in _NEGATION.finditer(near):
-        negated = [word.strip("'’").lower() for word in near[found.end() :].split()]
-        if all(word in NEGATED_WORDS for word in negated) and not (
-            asking and WANTING.isdisjoint(negated) and _of_possibility(near, found)
+# How far before a request its last few words (NEGATION_WORDS) are looked for: enough for
+# any words people write; the clause before a request was split out of all the text before it,
+# for every request (a long message of negated requests read in quadratic time).
+NEAR_CHARS = 300
+
+
+class _Reading:
+    """One message, its clause marks, "why"s and question marks found once, so that each
+    request in it is read from the text near it (linear in the message, however many requests
+    it holds): where its clause starts, whether a "why" stands in the clause, whether a
+    question mark closes it."""
+
+    def __init__(self, flat: str) -> None:
+        self.flat = flat
+        self.clause_ends = [m.end() for m in _CLAUSE.finditer(flat)]
+        whys = list(_WHY.finditer(flat))
+        self.why_starts = [m.start() for m in whys]
+        self.why_ends = [m.end() for m in whys]
+        self.marks = [i for i, char in enumerate(flat) if char in _CLAUSE_MARKS]
+
+    def clause_start(self, at: int) -> int:
+        """Where the clause holding the request that starts at `at` starts."""
+        index = bisect_right(self.clause_ends, at) - 1
+        return self.clause_ends[index] if index >= 0 else 0
+
+    def why_between(self, start: int, end: int) -> bool:
+        index = bisect_left(self.why_starts, start)
+        return index < len(self.why_starts) and self.why_ends[index] <= end
+
+    def asked(self, end: int) -> bool:
+        """Whether the first clause mark after `end` is a question mark."""
+        index = bisect_left(self.marks, end)
+        return index < len(self.marks) and self.flat[self.marks[index]] in "?？؟"
+
+    def near(self, clause: int, start: int) -> str:
+        """The clause's last NEGATION_WORDS words before `start`, from NEAR_CHARS at most
+        (a word cut at the window's edge left out)."""
+        window = max(clause, start - NEAR_CHARS)
+        words = self.flat[window:start].split()
+        if window > clause and words and self.flat[window - 1] != " ":
+            words = words[1:]
+        return " ".join(words[-NEGATION_WORDS:])
+
+    def negated(self, start: int, end: int) -> bool:
+        """Whether the request at `start`..`end` is negated: a negation among the last
+        few words of its clause, followed only by the wanting or talking it negates ("I don't
+        want to talk to a person", "no need to speak to someone"; not "it doesn't work I want
+        a person"), unless the clause asks whether one can; or a negation after it in
+        Japanese and Turkish, before it in Chinese."""
+        flat = self.flat
+        if _NEGATION_AFTER.match(flat, end) or _NEGATED_BEFORE_ZH.search(
+            flat[max(0, start - ZH_NEGATION_CHARS) : start]
         ):
             return True
-    return False
+        clause = self.clause_start(start)
+        if self.why_between(clause, start):
+            return False
+        near = self.near(clause, start)
+        asking = self.asked(end)
+        for found in _NEGATION.finditer(near):
+            negated = [word.strip("'’").lower() for word in near[found.end() :].split()]
+            if all(word in NEGATED_WORDS for word in negated) and not (
+                asking and WANTING.isdisjoint(negated) and _of_possibility(near, found)
+            ):
+                return True
+        return False
 
 
 def _of_possibility(near: str, negation: re.Match[str]) -> bool:
