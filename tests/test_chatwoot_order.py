@@ -8,18 +8,23 @@ import dataclasses
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from adapters.chatwoot.adapter import ChatwootAdapter
 from adapters.chatwoot.payloads import StatusChange, agent_name, read
 from adapters.chatwoot.settings import ChatwootSettings
 from adapters.kit.runner import host_for
-from bot.handoff.types import HandoffState, Reason
+from bot.handoff.types import HandoffState, HandoffStatus, Reason
 from bot.types import ConversationKey
 from tests.doubles import ScriptedBackend
 from tests.fake_chatwoot import ACCOUNT, ACCOUNT_SECRET, Conversation, FakeChatwoot, chatwoot_worker
+from tests.test_handoff import pg
+
+__all__ = ["pg"]  # the fixture, used by name
 
 AGENT = {"id": 42, "name": "Alex", "type": "user"}
 KEY = ConversationKey("chatwoot", f"{ACCOUNT}:31")
+STATE_WRITES = ("UPDATE HANDOFF_STATES", "INSERT INTO HANDOFF_STATES")
 
 
 def _update(
@@ -100,8 +105,8 @@ async def test_of_two_updates_handled_at_once_the_older_never_follows_the_newer(
     serves requests in parallel): the older ("resolved") found no newer time recorded, then
     the newer ("open", another agent) was recorded and applied, then the older gave the
     conversation back to the bot, which answered the customer as an agent in Chatwoot had it.
-    Here the desk handles the newer one between the older one's check and its change, as a
-    second request would."""
+    Here the desk handles the newer one between the older one's reading of the state and its
+    change, as a second request would."""
     async with chatwoot_worker(database_url, ScriptedBackend()) as w:
         fake = w.fake
         conv = fake.conversation(31)
@@ -120,11 +125,12 @@ async def test_of_two_updates_handled_at_once_the_older_never_follows_the_newer(
             def __getattr__(self, name: str) -> Any:
                 return getattr(desk, name)
 
-            async def newer_update(self, key: ConversationKey, updated_at: float) -> bool:
-                found = await desk.newer_update(key, updated_at)
+            async def give_back(
+                self, key: ConversationKey, agent: str, *, updated_at: float | None = None
+            ) -> HandoffStatus:
                 if updated_at == older.updated_at:
                     await w.adapter.act(newer)
-                return found
+                return await desk.give_back(key, agent, updated_at=updated_at)
 
         settings = w.app.settings.section("chatwoot")
         assert isinstance(settings, ChatwootSettings)
@@ -188,3 +194,39 @@ async def test_parleys_own_change_is_not_undone_by_an_older_update_delivered_lat
         assert await deliver("resolved", opened + 5) is HandoffState.WAITING
         # A change made in Chatwoot after Parley's still applies.
         assert await deliver("resolved", fake.clock()) is HandoffState.BOT
+
+
+@pytest.mark.postgres
+async def test_a_status_update_is_checked_and_applied_in_one_transaction(pg: str) -> None:
+    """The order check (recording the update's time) and the change ran in two transactions,
+    two round trips where one does: the time is now recorded with the change, the row locked."""
+    async with chatwoot_worker(pg, ScriptedBackend()) as w:
+        fake = w.fake
+        conv = fake.conversation(31)
+        await fake.contact_says(conv, "I want to talk to a person")
+        await w.idle()
+        base = fake.clock() + 1  # after the echo of Parley's own request
+        await w.adapter.act(StatusChange(KEY, "open", agent_name(42), base))
+        transactions: list[list[str]] = [[]]
+
+        def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            transactions[-1].append(statement)
+
+        def committed(conn: Any) -> None:
+            transactions.append([])
+
+        engine = w.app.store.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", seen)
+        event.listen(engine, "commit", committed)
+        try:
+            await w.adapter.act(StatusChange(KEY, "resolved", "", base + 1))
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+            event.remove(engine, "commit", committed)
+        assert (await w.app.desk.status(KEY)).state is HandoffState.BOT
+        writing = [
+            t for t in transactions
+            if any(s.lstrip().upper().startswith(STATE_WRITES) for s in t)
+        ]  # fmt: skip
+        assert len(writing) == 1, writing
+        assert any("FOR UPDATE" in s for s in writing[0])

@@ -254,16 +254,17 @@ class ChatwootAdapter:
 
     async def _status_changed(self, change: StatusChange) -> None:
         # Chatwoot sends its webhooks from a job queue and retries them: an update older than
-        # one applied (resolved, then a late "open") would overwrite the newer state.
+        # one applied (resolved, then a late "open") would overwrite the newer state. A change
+        # is checked against the newest time recorded, and records its own, in the change's
+        # transaction (one round trip, the row locked); an update that changes nothing only
+        # records its time.
         at = change.updated_at
-        if at is not None and not await self._desk.newer_update(change.key, at):
-            log.debug("%s: a status older than one applied, ignored", change.key)
-            return
         current = await self._desk.status(change.key)
         agent = change.agent or PLATFORM
         if change.status in BOT_STATUSES and current.state is not HandoffState.BOT:
             await self._desk.give_back(change.key, agent, updated_at=at)
-        elif change.status in HUMAN_STATUSES:
+            return
+        if change.status in HUMAN_STATUSES:
             # Opened by an agent while the bot had it; or assigned while waiting for a person.
             # Reassigned in Chatwoot while an agent there has it: the desk's agent (and its
             # audit row) follow Chatwoot's assignee. Unassigned: it stays with the agents, as
@@ -277,3 +278,6 @@ class ChatwootAdapter:
             )
             if bot_had_it or (change.agent and (waiting or reassigned)):
                 await self._desk.take(change.key, agent, updated_at=at)
+                return
+        if at is not None and not await self._desk.newer_update(change.key, at):
+            log.debug("%s: a status older than one applied, ignored", change.key)

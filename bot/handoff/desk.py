@@ -306,7 +306,7 @@ class CoreDesk:
         cid = await self._conversation(key)
         change = await self.repo.change(
             cid, HUMAN, Reason.AGENT, allowed_from=(BOT, WAITING, HUMAN), agent=agent,
-            desk_updated_at=updated_at,
+            desk_updated_at=updated_at, record_desk_time=self._recordable(key, updated_at),
         )  # fmt: skip
         if change.changed:
             if self._stop_reply is not None:  # the bot stops answering: its reply too
@@ -320,7 +320,7 @@ class CoreDesk:
         cid = await self._conversation(key)
         change = await self.repo.change(
             cid, BOT, Reason.RESOLVED, allowed_from=(WAITING, HUMAN), agent=agent,
-            desk_updated_at=updated_at,
+            desk_updated_at=updated_at, record_desk_time=self._recordable(key, updated_at),
         )  # fmt: skip
         if change.changed:
             self._emit(EventKind.RETURNED, key, cid, change.after, agent=agent)
@@ -328,12 +328,19 @@ class CoreDesk:
 
     async def newer_update(self, key: ConversationKey, updated_at: float) -> bool:
         cid = await self._conversation(key)
-        ahead = updated_at - utcnow().timestamp()
+        if not self._recordable(key, updated_at):
+            return True
+        return await self.repo.newer_update(cid, updated_at)
+
+    @staticmethod
+    def _recordable(key: ConversationKey, updated_at: float | None) -> bool:
+        """Whether a help desk's update time is kept to order later ones: not when stamped
+        over DESK_AHEAD_S ahead of this clock (applied, said in the log)."""
+        ahead = 0.0 if updated_at is None else updated_at - utcnow().timestamp()
         if ahead > DESK_AHEAD_S:
             log.warning("%s: a help desk's update stamped %.0f s ahead of this clock: applied, "
                         "not used to order later ones", key, ahead)  # fmt: skip
-            return True
-        return await self.repo.newer_update(cid, updated_at)
+        return ahead <= DESK_AHEAD_S
 
     async def agent_message(
         self, key: ConversationKey, text: str, *, agent: str, idempotency_key: str

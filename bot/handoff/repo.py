@@ -120,15 +120,18 @@ class HandoffRepository:
         language: str | None = None,
         trigger_message_id: int | None = None,
         desk_updated_at: float | None = None,
+        record_desk_time: bool = True,
     ) -> Change:
         """Move to `to` if the current state is one of `allowed_from`; the state row and its
         audit row in one transaction (the row locked on PostgreSQL: two agents taking the same
         conversation at once are serialised). Nothing written when not allowed, or when it is
         already in `to` with the same agent (a retried call), or when a help desk's update
-        newer than `desk_updated_at` (this one's time, newer_update) was recorded meanwhile.
-        Without `desk_updated_at` (Parley's own change: a request, a take or give-back through
-        its API) the change is recorded at this clock's time (less OWN_CHANGE_LEEWAY_S), so
-        that a help desk's update made before it and delivered late is older (_own_time)."""
+        newer than `desk_updated_at` (this one's time) was recorded. That check and the record
+        of `desk_updated_at` (unless `record_desk_time` is False: a stamp too far ahead) are
+        made in the change's transaction, allowed or not: one round trip. Without it (Parley's
+        own change: a request, a take or give-back through its API) the change is recorded at
+        this clock's time (less OWN_CHANGE_LEEWAY_S), so that a help desk's update made before
+        it and delivered late is older (_desk_time)."""
 
         async def run(conn: AsyncConnection) -> Change:
             await conn.execute(_ADD_STATE, {"conversation_id": conversation_id})
@@ -138,10 +141,18 @@ class HandoffRepository:
             row = (await conn.execute(current)).one()
             before, old_language = _status(row), row[5]
             same = before.state is to and before.agent == agent  # a repeat (a retried webhook)
-            # Two updates at once: both found no newer one recorded, the newer was applied
-            # first; the older must not follow it.
+            # A help desk's update older than one recorded (delivered late, or two handled at
+            # once, the newer first) changes nothing, and records nothing.
             stale = desk_updated_at is not None and row[6] is not None and row[6] > desk_updated_at
-            if before.state not in allowed_from or same or stale:
+            if stale:
+                return Change(before, before, old_language)
+            if before.state not in allowed_from or same:
+                if desk_updated_at is not None and record_desk_time and row[6] != desk_updated_at:
+                    await conn.execute(
+                        sa.update(_s)
+                        .where(_s.conversation_id == conversation_id)
+                        .values(desk_updated_at=desk_updated_at)
+                    )
                 return Change(before, before, old_language)
             now = utcnow()
             keep_language = old_language if language is None else language
@@ -152,7 +163,8 @@ class HandoffRepository:
                         agent=agent, language=keep_language,
                         trigger_message_id=trigger_message_id, request_delivered=False,
                         request_claimed_by=None, request_claimed_until=None,
-                        desk_updated_at=_own_time(row[6], now, desk_updated_at))
+                        desk_updated_at=_desk_time(row[6], now, desk_updated_at,
+                                                   record_desk_time))
             )  # fmt: skip
             await conn.execute(
                 sa.insert(_e).values(
@@ -383,13 +395,16 @@ async def _database_now(conn: AsyncConnection) -> datetime:
     return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
 
 
-def _own_time(recorded: float | None, now: datetime, desk_time: float | None) -> float | None:
-    """The help-desk time to keep after a change: the recorded one for a help desk's update
-    (newer_update recorded it); for Parley's own change, this clock's time less the leeway
-    above, never lowering the recorded one (Chatwoot's toggle_status answers no updated_at to
-    use instead). A help desk's update made more than the leeway before Parley's change and
-    delivered after it is then ignored; one made within it still applies, as before."""
+def _desk_time(
+    recorded: float | None, now: datetime, desk_time: float | None, record: bool
+) -> float | None:
+    """The help-desk time to keep after a change: a help desk's update's own (no older than
+    the recorded one: the change checked it), unless it is not to be recorded; for Parley's
+    own change, this clock's time less the leeway above, never lowering the recorded one
+    (Chatwoot's toggle_status answers no updated_at to use instead). A help desk's update
+    made more than the leeway before Parley's change and delivered after it is then ignored;
+    one made within it still applies, as before."""
     if desk_time is not None:
-        return recorded
+        return desk_time if record else recorded
     mine = now.timestamp() - OWN_CHANGE_LEEWAY_S
     return mine if recorded is None else max(recorded, mine)

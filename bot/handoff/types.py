@@ -200,10 +200,11 @@ class Desk(Protocol):
         self, key: ConversationKey, reason: Reason, detail: str = ""
     ) -> HandoffStatus: ...
 
-    # `updated_at`: the time of the help desk's update that asks for it (newer_update): not
-    # done when a newer one was recorded meanwhile (two updates handled at once). None:
-    # Parley's own change, recorded at this clock's time (a help desk's older update, delivered
-    # late, is then ignored).
+    # `updated_at`: the time of the help desk's update that asks for it, checked and recorded
+    # as newer_update does, in the change's own transaction: not done when a newer one was
+    # recorded (an older update delivered late, or two handled at once). None: Parley's own
+    # change, recorded at this clock's time (a help desk's older update, delivered late, is
+    # then ignored).
     async def take(
         self, key: ConversationKey, agent: str, *, updated_at: float | None = None
     ) -> HandoffStatus: ...
@@ -217,7 +218,8 @@ class Desk(Protocol):
         the help desk's clock) is no older than the newest one applied: True records it, to
         be applied (one stamped over a minute ahead of Parley's clock is applied without being
         recorded: a wrong clock must not hold back every later update); False: a newer one
-        was, ignore it. HandoffError: no such conversation."""
+        was, ignore it. HandoffError: no such conversation. For an update that changes
+        nothing: one that does passes its time to take or give_back instead."""
         ...
 
     async def agent_message(
