@@ -524,10 +524,6 @@ async def _read_reply(
     reply = _Reply()
     inline = InlineThinking(opened=opened)  # reasoning in the content: a server without parser
     left = max_chars
-    # Reasoning so far, as `reasoning_content` and as inline `<think>`, and what of it was
-    # counted: the larger of the two. llama.cpp's `deepseek-legacy` format sends the same
-    # reasoning both ways; it counted twice to `max_chars`.
-    parsed = written = counted = 0
     thought = False  # a reasoning delta was passed on (as a chunk without text)
     shown = False  # text was passed on
     lines = _lines(response.aiter_text(), max_chars * LINE_FACTOR + LINE_SLACK)
@@ -541,9 +537,12 @@ async def _read_reply(
             if opened and reply.thinking:  # the server parses reasoning: content is answer
                 inline, opened = InlineThinking(), False
             split = inline.feed(content) if content else Split()
-            parsed, written = parsed + reply.reasoning_chars, written + split.reasoning
-            text, reasoning = split.answer, max(parsed, written) - counted
-            counted += reasoning
+            # A delta with reasoning both as `reasoning_content` and inline (llama.cpp's
+            # `deepseek-legacy` format) has the same reasoning twice: it counts once, the
+            # larger. Not the larger of the running totals: reasoning sent one way and then
+            # more of it the other (a second `<think>` after a parser's reasoning) is two, and
+            # counted so went past `max_chars` to up to twice it.
+            text, reasoning = split.answer, max(reply.reasoning_chars, split.reasoning)
             # Reasoning is the model at work: the gap limit counts from it, not first_token_s.
             clock.chunk_arrived(bool(content or reply.thinking))
             left -= reasoning

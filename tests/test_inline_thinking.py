@@ -197,6 +197,27 @@ async def test_reasoning_sent_both_apart_and_inline_counts_once() -> None:
         await backend.aclose()
 
 
+async def test_reasoning_sent_one_way_then_the_other_counts_in_full() -> None:
+    """Counted once only where the two copies come in the same deltas: reasoning sent as
+    `reasoning_content` and then more of it inline (a server's parser that stopped at the
+    first `</think>`, a model that opened a second block) is two, and together past the
+    limit. Counted as the larger of the two running totals, 20,000 characters of reasoning
+    under a 16,384 limit passed as 10,000, and a server that ignores max_tokens could send
+    twice what the limit allows."""
+    steps = ["hmm " * 250] * 10
+    apart: list[Delta] = [{"reasoning_content": step} for step in steps]
+    inline: list[Delta] = ["<think>", *steps, "</think>\n\nParis."]
+    backend = _backend([[*apart, *inline]], [])
+    request = GenerationRequest([ChatMessage(Role.USER, "Capital of France?")], 16)
+    try:
+        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+            with pytest.raises(ReasoningTooLong):
+                async for chunk in chunks:
+                    assert not chunk.text
+    finally:
+        await backend.aclose()
+
+
 async def test_the_in_process_engine_reasoning_is_the_model_at_work() -> None:
     """The in-process engine has no reasoning parser either: its reasoning is now taken out
     of the text and passed on as chunks without text, which `bounded` (the engine's time
