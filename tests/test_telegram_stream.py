@@ -12,7 +12,7 @@ from telegram.error import BadRequest
 
 from adapters.telegram.formatting import to_html, to_text
 from adapters.telegram.split import split_message
-from adapters.telegram.stream import ReplyStream, Target
+from adapters.telegram.stream import ReplyStream, Target, TelegramSurface
 from tests.telegram_api import FakeBotApi, unlimited_bot
 
 PRIVATE = 42
@@ -147,6 +147,34 @@ async def test_a_piece_refused_as_entities_too_long_stays_plain_as_it_grows(
     updates = api.sent("editMessageText", PRIVATE) + api.sent("sendMessageDraft", PRIVATE)
     assert updates  # the piece was shown growing, not only once
     assert {c.params.get("parse_mode") for c in updates} == {None}
+
+
+async def test_a_plain_piece_goes_on_plain_in_its_new_message(
+    stand_in: tuple[FakeBotApi, Bot],
+) -> None:
+    """A piece refused as ENTITIES_TOO_LONG that goes on in a new message stays plain there:
+    a group's message edited as it grew went on in the supergroup the group became, and a
+    draft's piece grew as a message once drafts were refused. The new message was not
+    remembered as plain (it went plain without a refusal of its own), and its next edit was
+    tried as HTML and refused again."""
+    api, bot = stand_in
+    api.max_entities = 3
+    links = "".join(f"[source {n}](https://example.org/{n}) " for n in range(4))
+    old, new = -4567, -1004567
+    group = TelegramSurface(bot, Target(old, None))
+    ref = await group.send(links, plain=False)
+    api.migrated[old] = new
+    await group.edit(ref, links + "and ", plain=False)  # goes on in the supergroup
+    await group.edit(ref, links + "and more.", plain=False)
+    private = TelegramSurface(bot, Target(PRIVATE, None))
+    await private.draft(links)
+    ref = await private.send(links + "and ", plain=False)  # drafts refused: a message now
+    await private.edit(ref, links + "and more.", plain=False)
+    assert api.texts(new) == api.texts(PRIVATE) == [links + "and more."]
+    assert [c.params["chat_id"] for c in api.calls if "ENTITIES_TOO_LONG" in c.error] == [
+        old,
+        PRIVATE,
+    ]
 
 
 async def test_a_blocked_chat_ends_the_showing_not_the_reading(

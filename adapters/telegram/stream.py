@@ -125,14 +125,17 @@ class TelegramSurface:
         return self._last_render[1]
 
     async def send(self, piece: str, *, plain: bool) -> int:
-        if self._grows_plain_draft(piece):  # the draft's piece, finished: plain as it was
+        # The draft's piece, finished (or growing as a message, drafts refused): plain as it
+        # was, and edited plain from then on.
+        drafted = self._grows_plain_draft(piece)
+        if drafted:
             plain, self._plain_draft = True, None
         with _platform(self._chat):
             try:
                 message_id, long = await self._rendered_how(self._sending(), piece, plain)
             except ChatMigrated as exc:
                 message_id, long = await self._rendered_how(self._moved_to(exc), piece, plain)
-        if long:
+        if long or drafted:
             self._plain_refs.add(message_id)
         return self._sent(message_id, piece, plain or long)
 
@@ -192,7 +195,7 @@ class TelegramSurface:
                 # The message stays in the old group, which can no longer be written to: the
                 # piece goes on as a new message in the supergroup, edited from then on.
                 moved, long = await self._rendered_how(self._moved_to(exc), piece, plain)
-                if long:
+                if long or ref in self._plain_refs:  # the piece stays plain in its new message
                     self._plain_refs.add(moved)
                 self._moved[ref] = self._sent(moved, piece, plain or long)
                 return
