@@ -470,6 +470,32 @@ async def test_a_refused_command_whose_acknowledgement_came_back_502_is_told_onc
         assert h.api.texts(ev.CHANNEL) == [*before, said]
 
 
+async def test_a_replay_of_a_refused_command_leaves_its_refusal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A command acknowledged at once and refused (its refusal is its response), delivered
+    again (a replay after a reconnect: Discord answers 40060). Its first delivery is counted
+    too, though nothing it does needs the count: uncounted, the replay was taken for a
+    command whose own acknowledgement was lost, its refusal not said again (one notice per
+    sender and rate window) and its response, the first delivery's refusal, deleted as one
+    nothing answered."""
+    caplog.set_level(logging.INFO, logger="adapters.discord")
+    async with discord_harness(tmp_path, answering("Done.")) as h:
+        command = ev.interaction_create("keep", "on", channel=ev.CHANNEL)
+        await h.command(command)
+        await h.idle()
+        await h.adapter.settled()
+        assert h.api.texts(ev.CHANNEL) == [phrases.ADMINS_ONLY]
+        await h.command(command)  # the same interaction again
+        await h.idle()
+        await h.adapter.settled()
+        assert h.api.texts(ev.CHANNEL) == [phrases.ADMINS_ONLY]
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped == [
+        f"interaction {command['id']}: Discord refused its acknowledgement (400 40060); skipped"
+    ]
+
+
 async def test_a_slash_command_in_a_server_is_for_its_admins_when_it_changes_things(
     tmp_path: Path,
 ) -> None:
