@@ -104,10 +104,10 @@ MISSING_INTENT = (
 # A slash command's clean-up asks SQL whether its message was answered: tries, and the pause
 # between two when the database does not answer.
 CLEAN_UP_TRIES = 5
+CLEAN_UP_RETRY_S = 1.0
 # How long an interaction's deliveries are counted, to tell a replay from the first: its
 # token's 15 minutes, after which Discord takes no answer to it anyway.
 INTERACTION_S = 900.0
-CLEAN_UP_RETRY_S = 1.0
 # Other gateway close codes that no reconnect can cure: what the operator has to change.
 CLOSE_CODES = {
     4004: "Discord closed the connection (4004 Authentication failed): the token was reset "
