@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +42,17 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack"] = record.stack_info
         # default=str: a record whose message is fine but whose extra is not JSON still logs.
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return json_line(entry, default=str)
+
+
+# JSON leaves these as they are (ensure_ascii=False), but `str.splitlines`, and so a reader
+# that takes lines by it, breaks a line at each; JSON escapes the others it breaks at itself.
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def json_line(value: Any, *, default: Callable[[Any], Any] | None = None) -> str:
+    """`value` as one JSON line, non-ASCII text as it is but for the three line breaks."""
+    return json.dumps(value, ensure_ascii=False, default=default).translate(_LINE_BREAKS)
 
 
 def error_line(text: str, *, json_format: bool) -> str:

@@ -143,3 +143,19 @@ def test_parley_kb_lines_stay_plain_with_text_logs(
     assert capsys.readouterr().err == (
         f"parley: nothing in the knowledge base at or under {tmp_path / 'nowhere'}\n"
     )
+
+
+def test_a_path_with_a_unicode_line_break_stays_on_one_json_line(
+    kb_cli_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """U+0085, U+2028 and U+2029 are valid in a JSON string, but `str.splitlines` (and a
+    collector reading lines by it) breaks a line at each: `parley kb remove` of a path holding
+    them wrote one object that read as four broken lines. They are escaped, as JSON allows."""
+    monkeypatch.setenv("PARLEY_LOG_FORMAT", "json")
+    odd = str(tmp_path / "a\u0085b\u2028c\u2029d")
+    assert main(["kb", "remove", odd]) == 1
+    err = capsys.readouterr().err
+    (line,) = json_lines(err)
+    assert odd in line["message"]
+    assert not {"\u0085", "\u2028", "\u2029"} & set(err)
