@@ -36,6 +36,7 @@ from bot.conversation.manager import OutputAway, stops_a_reply
 from bot.errors import AdapterError, StorageError
 from bot.outage import is_outage
 from bot.storage.base import Recorded
+from bot.storage.database import known_failure
 from bot.text.storable import id_problem
 from bot.text.terminal import printable
 from bot.types import ConversationKey, Incoming, User
@@ -58,6 +59,18 @@ DATABASE_DOWN = (
     "(Parley cannot reach the database: your message is kept here and sent as soon as it "
     "is back.)\n"
 )
+
+# The same where the driver's code says why (a full disk, no connection to spare):
+# known_failure's line, which no "cannot reach" would lead an operator to.
+DATABASE_REFUSES = (
+    "(The database cannot take your message now: {}. It is kept here and sent as soon as "
+    "the database takes it.)\n"
+)
+
+
+def _waiting_notice(exc: StorageError) -> str:
+    known = known_failure(exc, None)
+    return DATABASE_REFUSES.format(known) if known else DATABASE_DOWN
 
 
 class ConsoleSettings(AdapterSettings):
@@ -235,7 +248,7 @@ class ConsoleAdapter:
                     raise
                 if not said:
                     log.warning("console: message not recorded, tried again: %s", exc)
-                    self._write(DATABASE_DOWN)
+                    self._write(_waiting_notice(exc))
                     said = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)

@@ -40,7 +40,9 @@ class ConfigError(BotError):
 
 
 class StorageError(BotError):
-    pass
+    # What the driver's code said, in words naming the database where the raiser had its URL
+    # (bot.storage.database.known_failure): for whoever catches it without the URL.
+    known: str = ""
 
 
 class SchemaOutOfDate(StorageError):

@@ -4,6 +4,8 @@ SQLite disk said only "database error: OperationalError" (an operator's report).
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import sqlite3
 import uuid
@@ -17,10 +19,15 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.pool import Pool
 
+from adapters.console import ConsoleAdapter, ConsoleSettings
+from bot.app import Parley
 from bot.cli import main
 from bot.errors import StorageError
+from bot.settings import Settings
 from bot.storage.database import create_engine, describe_error, known_failure, run_on_connection
+from tests.doubles import ScriptedBackend
 from tests.support_helpers import bearer, new_visitor, support_worker
+from tests.test_console_outage import Screen
 
 SECRET_TEXT = "my card is 4111 1111 1111 1111"
 
@@ -141,7 +148,41 @@ async def test_a_visitor_whose_message_meets_a_full_disk_gets_the_short_503(
     said = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert said and not [r for r in said if r.exc_info]
     assert any("is full" in r.getMessage() for r in said), [r.getMessage() for r in said]
+    # The API has no URL at hand: the line names the file all the same, as the store saw it.
+    database = f"the disk holding {tmp_path}/support.db or"
+    assert any(database in r.getMessage() for r in said), [r.getMessage() for r in said]
     assert not [r for r in said if "4111" in r.getMessage()]
+
+
+async def test_the_console_on_a_full_disk_says_so_not_that_it_cannot_reach_the_database(
+    tmp_path: Path, full_disk: list[bool]
+) -> None:
+    """A full disk is waited out as an outage is (the line is kept and sent again), but the
+    console said "Parley cannot reach the database", which sent the operator to the network:
+    it shows known_failure's line, the file named."""
+    database = tmp_path / "console.db"
+    settings = Settings(database={"url": f"sqlite+aiosqlite:///{database}"})  # type: ignore[arg-type]
+    async with Parley(settings, backend=ScriptedBackend()) as app:
+        screen = Screen()
+        console = ConsoleAdapter(
+            app.intake, ConsoleSettings(), stdin=io.StringIO("x" * 7000 + "\n"), stdout=screen,
+            interactive=False,  # type: ignore[arg-type]
+        )  # fmt: skip
+        app.intake.register(console.platform, console, ConsoleSettings().access)
+        full_disk[0] = True
+        await app.store.engine.dispose()  # new connections: pinned at their size
+        running = asyncio.create_task(console.run())
+        running.add_done_callback(lambda _: screen.write(""))  # wakes a wait on the screen
+        try:
+            await screen.shows("It is kept here", running)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            full_disk[0] = False
+    assert "cannot reach the database" not in screen.text
+    assert f"(The database cannot take your message now: the disk holding {database} or " in (
+        screen.text
+    )
 
 
 async def _as_admin(postgres_url: str, *statements: str) -> None:
@@ -183,6 +224,7 @@ def test_postgres_disk_full_and_a_refused_password_are_said_so() -> None:
     disk = asyncpg.exceptions.DiskFullError('could not extend file "base/1/2": No space left')
     refused = asyncpg.exceptions.InvalidPasswordError("password authentication failed for user")
     assert describe_error(disk, url).startswith("database error: the PostgreSQL server's disk is")
+    assert describe_error(disk, url).endswith("(server db.example, database parley)")
     assert "refused the password" in describe_error(refused, url)
     assert "hunter2" not in describe_error(refused, url)
 

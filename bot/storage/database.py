@@ -283,7 +283,7 @@ async def retry_dead_connection(attempt: Callable[[], Awaitable[T]], url: str | 
         except database_errors(url) as exc:
             if not last and isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
                 continue
-            raise StorageError(describe_error(exc, url)) from exc
+            raise database_error(exc, url) from exc
     raise AssertionError("unreachable")  # the last attempt returned or raised
 
 
@@ -312,6 +312,10 @@ def known_failure(exc: BaseException, url: str | URL | None) -> str:
     `sqlstate`) anywhere in its causes (bot.outage.causes), and built from
     no driver text, so it quotes no value and is safe wherever the class name alone was."""
     parsed = _readable_url(url)
+    if parsed is None:  # said where it was raised, the database named, if it was
+        said = [e.known for e in causes(exc) if isinstance(e, StorageError) and e.known]
+        if said:
+            return said[0]
     path = _named_file(parsed)
     for each in causes(exc):
         name = getattr(each, "sqlite_errorname", None)
@@ -325,8 +329,24 @@ def known_failure(exc: BaseException, url: str | URL | None) -> str:
             return f"the database {path or 'file'} is read-only{_why_read_only(parsed)}"
         sqlstate = getattr(each, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate in _SQLSTATE_WORDS:
-            return _SQLSTATE_WORDS[sqlstate]
+            return _SQLSTATE_WORDS[sqlstate] + _server(parsed)
     return ""
+
+
+def _server(url: URL | None) -> str:
+    """Which PostgreSQL server and database `url` names (no user, no password), as a suffix."""
+    if url is None or not url.host:
+        return ""
+    host = f"{url.host}:{url.port}" if url.port else url.host
+    return f" (server {host}, database {url.database})" if url.database else f" (server {host})"
+
+
+def database_error(exc: BaseException, url: str | URL) -> StorageError:
+    """The StorageError a driver's failure is raised as: describe_error's line, and
+    known_failure's words (naming the database) kept for a catcher without the URL."""
+    error = StorageError(describe_error(exc, url))
+    error.known = known_failure(exc, _readable_url(url))
+    return error
 
 
 def _readable_url(url: str | URL | None) -> URL | None:

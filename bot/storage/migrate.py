@@ -22,7 +22,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, make_url
 
 from bot.errors import SchemaOutOfDate, SchemaTooNew, StorageError
-from bot.storage.database import create_oneoff_engine, database_errors, describe_error
+from bot.storage.database import create_oneoff_engine, database_error, database_errors
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -79,12 +79,12 @@ async def current(url: str, timeout_s: float | None = None) -> str | None:
             return await conn.run_sync(_current_revision)
     except TimeoutError as exc:
         if timeout_s is None:  # the driver's own limit
-            raise StorageError(describe_error(exc, url)) from exc
+            raise database_error(exc, url) from exc
         raise StorageError(
             f"the database did not answer within {timeout_s:g} s (database.timeout_s)"
         ) from exc
     except database_errors(url) as exc:
-        raise StorageError(describe_error(exc, url)) from exc
+        raise database_error(exc, url) from exc
     finally:
         await engine.dispose()
 
@@ -129,7 +129,7 @@ async def _run_command(
     try:
         await asyncio.to_thread(func, alembic_config(url), revision)
     except database_errors(url) as exc:
-        raise StorageError(describe_error(exc, url)) from exc
+        raise database_error(exc, url) from exc
 
 
 def _current_revision(conn: Connection) -> str | None:

@@ -59,8 +59,8 @@ from bot.storage.base import (
 )
 from bot.storage.conflicts import insert_on_conflict
 from bot.storage.database import (
+    database_error,
     database_errors,
-    describe_error,
     lock_sqlite_file,
     retry_dead_connection,
 )
@@ -151,7 +151,7 @@ class SqlStore:
             for name, each in self.pools.items():
                 await self._runners[name].warm(pool_size(each))
         except self._errors as exc:
-            raise StorageError(describe_error(exc, self._engine.url)) from exc
+            raise database_error(exc, self._engine.url) from exc
         if self._file_lock is None:  # SQLite: `parley data forget` refuses while it is held
             url = self._engine.url
             self._file_lock = await asyncio.to_thread(lock_sqlite_file, url, exclusive=False)
