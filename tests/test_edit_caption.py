@@ -128,6 +128,44 @@ async def test_a_group_caption_edited_without_the_mention_keeps_its_document(
         assert await users(h, key) == [f"what day is it, all?\n\n{BLOCK}"]
 
 
+async def test_a_document_replaced_by_an_edit_replaces_the_documents_text(
+    tmp_path: Path,
+    database_url: str,
+    redis: dict[str, Any] | None,  # noqa: F811
+) -> None:
+    """Telegram lets a sender replace a message's file: the edited_message carries another
+    document (another file_unique_id). The old file's text stayed the message's content (only
+    the caption was read from an edit); the new file's text replaces it, pending or answered.
+    """
+    backend = HeldAnswer()
+    agenda = "# Agenda\nThe budget is due in March."
+    new = {**DOC, "file_id": "doc-2", "file_unique_id": "u2", "file_name": "agenda.md",
+           "file_size": len(agenda)}  # fmt: skip
+    async with telegram_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
+        h.api.files["doc-1"], h.api.files["doc-2"] = NOTES.encode(), agenda.encode()
+        entities = [{"type": "mention", "offset": 0, "length": len(MENTION) - 1}]
+        hello = message(GROUP, MENTION + "hello", user_id=ADA, entities=entities)
+        await feed(h.adapter, {"update_id": 1, "message": hello})
+        async with asyncio.timeout(WAIT_S):
+            await h.api.wait_for_messages(GROUP, 1)  # its turn runs, held
+        document = sent(2, GROUP, MENTION + "What is due?", **mention())
+        await feed(h.adapter, document)  # pending behind the running turn
+        await feed(h.adapter, edited(3, document, MENTION + "What is due?", after_s=5,
+                                     document=new, **mention()))  # fmt: skip
+        backend.release.set()
+        await h.idle()
+        assert len(backend.requests) == 2  # each answered once
+        replaced = f"Ada: What is due?\n\n```document\n{agenda}\n```"
+        assert backend.requests[1].messages[-1].content == replaced
+        await feed(
+            h.adapter, edited(4, document, MENTION + "When?", after_s=9, document=DOC, **mention())
+        )  # the first file back; fmt: skip
+        await h.idle()
+        assert len(backend.requests) == 2  # never answered again
+        key = ConversationKey("telegram", str(GROUP))
+        assert await users(h, key) == ["hello", f"When?\n\n{BLOCK}"]
+
+
 def discord_document(h: Any, text: str, **more: Any) -> dict[str, Any]:
     url = h.api.cdn_url("notes.md")
     h.api.files["notes.md"] = NOTES.encode()

@@ -59,6 +59,7 @@ from .translate import (
     BotIdentity,
     Fetch,
     Moved,
+    Refetch,
     translate,
 )
 from .webhook import read_update, webhook_route
@@ -305,6 +306,10 @@ class TelegramAdapter:
             )
         elif isinstance(action, Fetch):
             await self._intake.submit_document(action.incoming, self._document(action))
+        elif isinstance(action, Refetch):
+            await self._intake.edit_document(
+                action.fetch.incoming, self._document(action.fetch), edited_at=action.edited_at
+            )
         elif isinstance(action, Notice):
             mb = self._host.settings.documents.max_bytes // 10**6
             self._intake.notify(action.incoming, action.sentence, mb=mb)

@@ -11,8 +11,9 @@ photo, voice, sticker, ...    -> Notice (one sentence on what the bot can read)
 edited message                -> Edit: its new text replaces the recorded one (a pending
                                  message is answered once, with it); never answered again,
                                  which would put a second answer under one question. A
-                                 document's edited caption: Edit of its question (the
-                                 document's text stays). Media, a bot's message: Ignore
+                                 document for the bot: Refetch (read again: the edit may
+                                 have replaced the file), a group's document not for the
+                                 bot: Edit of its caption. Media, a bot's message: Ignore
 channel post                  -> Ignore: Parley converses, it does not post in channels
                                  (a post a linked channel forwards to its discussion group
                                  is chatter there, even when it mentions the bot)
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from telegram import Chat, Message, MessageEntity, Update
 
@@ -59,6 +61,17 @@ class Fetch:
 
 
 @dataclass(frozen=True, slots=True)
+class Refetch:
+    """A document's message edited: Telegram sends the same edited_message for a new caption
+    and for a new file (another `file_unique_id`), and which file the message was recorded
+    with is not kept, so the document is read again; its text and the caption replace the
+    message's (Intake.edit_document)."""
+
+    fetch: Fetch
+    edited_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class AnswerCallback:
     query_id: str
 
@@ -71,7 +84,7 @@ class Moved:
     new_chat_id: int
 
 
-Action = Submit | Observe | Fetch | Notice | AnswerCallback | Moved | Edit | Ignore
+Action = Submit | Observe | Fetch | Refetch | Notice | AnswerCallback | Moved | Edit | Ignore
 
 
 def translate(update: Update, me: BotIdentity) -> Action:
@@ -92,12 +105,14 @@ def translate(update: Update, me: BotIdentity) -> Action:
 
 
 def _edit(message: Message, me: BotIdentity) -> Action:
-    """An edited message: its new text, or a document's new caption, which is the question
-    about the document (`Edit.document`), whether or not it still addresses the bot (the
-    document's text stays with the message as it was recorded)."""
+    """An edited message: its new text; a document for the bot read again (Refetch: the file
+    may be another); a document's new caption where it no longer addresses the bot, the
+    question about the document (`Edit.document`: the text recorded with it stays)."""
     action = _for_message(message, me)
+    if isinstance(action, Fetch):
+        return Refetch(action, message.edit_date)
     doc = message.document
-    if doc is not None and isinstance(action, Fetch | Observe):
+    if doc is not None and isinstance(action, Observe):
         name = doc.file_name or "document"
         observed = isinstance(action, Observe)
         return Edit(action.incoming, observed=observed, edited_at=message.edit_date, document=name)

@@ -128,6 +128,39 @@ class Intake:
             incoming, observed=observed, edited_at=edited_at, document=document
         )
 
+    async def edit_document(
+        self, incoming: Incoming, source: DocumentSource, *, edited_at: datetime | None = None
+    ) -> bool:
+        """A document's message its sender edited (`incoming.text`: the caption): the
+        document is read again, for the edit may have replaced the file (Telegram sends the
+        same edit for a new caption and for a new file, and which file a message was recorded
+        with is not kept), and its text replaces the message's whole, as an edited text does
+        (ConversationManager.edit). A document that cannot be read leaves a stub in place of
+        the old one's text. No notice: an edit is never answered."""
+        if not is_allowed(self._door(incoming).access, incoming):
+            return False
+        asked = document_question(incoming.text, source.name)
+        try:
+            text = await self.documents.read(source, sender_key(incoming))
+        except DocumentRefused:
+            unread = not_kept(f"document {source.name!r}, {source.size} bytes,", "not readable")
+            return await self._manager.edit(dataclasses.replace(incoming, text=unread),
+                                            edited_at=edited_at)  # fmt: skip
+        message, limit = self._with_document(incoming, asked, text)
+        return await self._manager.edit(message, edited_at=edited_at, max_chars=limit)
+
+    def _with_document(self, incoming: Incoming, asked: str, text: str) -> tuple[Incoming, int]:
+        """`incoming` carrying the question and the document's text, fenced after it, and the
+        size limit that allows: a message's cap is for the caption only (and the fence lines
+        around the text, two newlines each)."""
+        # The document is data, never the user's words: its text travels fenced after the
+        # caption (a chat turn's prompt quotes it; a skill takes the fenced block as its
+        # material without the fence: bot.text.quoting.unfenced).
+        quoted = fenced_document(text)
+        extra = len(quoted) - len(text)
+        limit = self._settings.max_message_chars + 2 + extra + self.documents.settings.max_chars
+        return dataclasses.replace(incoming, text=f"{asked}\n\n{quoted}"), limit
+
     async def mark_deleted(self, idempotency_key: str) -> None:
         """A message deleted on the platform, before anything looks for it: see
         ConversationManager.mark_deleted."""
@@ -177,16 +210,9 @@ class Intake:
             if not quiet:
                 self.notify(incoming, exc.sentence, **exc.fields)
             return None
+        # The document's text met the document caps.
         asked = document_question(incoming.text, source.name)
-        # The document is data, never the user's words: its text travels fenced after the
-        # caption (a chat turn's prompt quotes it; a skill takes the fenced block as its
-        # material without the fence: bot.text.quoting.unfenced).
-        quoted = fenced_document(text)
-        # The document's text met the document caps: a message's cap is for the caption only
-        # (and the fence lines around the text, two newlines each).
-        extra = len(quoted) - len(text)
-        limit = self._settings.max_message_chars + 2 + extra + self.documents.settings.max_chars
-        message = dataclasses.replace(incoming, text=f"{asked}\n\n{quoted}")
+        message, limit = self._with_document(incoming, asked, text)
         return await self._manager.submit(message, limited=False, max_chars=limit)
 
     async def refusals(self, platform: str, update: str) -> int:

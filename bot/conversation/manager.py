@@ -359,6 +359,7 @@ class ConversationManager:
         observed: bool = False,
         edited_at: datetime | None = None,
         document: str = "",
+        max_chars: int | None = None,
     ) -> bool:
         """A message its sender edited: `incoming` carries the new text, under the original
         message's idempotency key. Its recorded text is replaced (`Store.edit`), never
@@ -374,7 +375,9 @@ class ConversationManager:
         whose caption (`incoming.text`) was edited: the caption is the question about the
         document, which replaces the question the message was recorded with (its default
         where the caption is gone, as when first sent: `document_question`); the document's
-        text, fenced after it, stays. True when a recorded message took the new text.
+        text, fenced after it, stays. `max_chars`: the size limit where the new text holds a
+        document's, read again (Intake.edit_document). True when a recorded message took the
+        new text.
 
         Marked first (for DELETION_MARK_TTL_S), as a deletion is, where the platform's sink
         reads the marks (`TellsEdits`): a message recorded after this looked takes the edit
@@ -388,7 +391,8 @@ class ConversationManager:
         text = document_question(incoming.text, document) if document else incoming.text
         # Only the question, where it is a document's: its text follows, fenced, as recorded.
         question_only = bool(document)
-        limit = self._settings.max_message_chars  # a document's caption has the same cap
+        # A document's caption has the same cap; a document's text, read again, its own.
+        limit = max(self._settings.max_message_chars, max_chars or 0)
         if len(text) > limit:
             text = not_kept(f"{len(text)} characters", f"over the size limit of {limit}")
             question_only = False
