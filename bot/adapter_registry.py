@@ -68,6 +68,10 @@ class AdapterSpec:
     # on the core's database or Redis), returning one line about what it checked, raising
     # BotError for a problem.
     doctor: str = ""
+    # Whether a private chat's id on the platform is its user's (Telegram's, a web chat
+    # visitor's): `parley data forget` then finds it with no message of theirs left in it
+    # (pruned). A Discord direct message's id is its channel's, which names nobody.
+    private_chat_is_user: bool = False
 
     def section(self, settings: BaseModel) -> AdapterSettings:
         section = getattr(settings, self.name)

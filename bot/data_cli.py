@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import make_url
 
+from bot.adapter_registry import installed_adapters
 from bot.budget import SUPPORT_PLATFORM, subjects_of
 from bot.budget_counters import KEEP_S
 from bot.errors import StorageError
@@ -67,6 +68,15 @@ def _platform(value: str) -> str:
     if not value or len(value) > 32:
         raise argparse.ArgumentTypeError("a platform name such as telegram")
     return value
+
+
+def _unfindable(platform: str) -> str:
+    """The chats of theirs the database cannot tell once their messages there are pruned:
+    a group's, and a private chat's where its id is not the user's (a Discord DM's)."""
+    spec = installed_adapters().get(platform)
+    if spec is not None and spec.private_chat_is_user:
+        return "a group chat"
+    return f"a group chat, or a private chat ({platform} names it by its own id, not theirs),"
 
 
 def _user_id(value: str) -> str:
@@ -134,6 +144,9 @@ async def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
           f"{len(forgotten.conversations) - len(forgotten.closed)} shared ones kept "
           "without them")  # fmt: skip
     print(f"user: 1 {done}, with their preferences, token usage and handoff rows")
+    # Nothing left names such a chat as theirs: said, not passed over in silence.
+    print(f"not found: {_unfindable(args.platform)} with no message of theirs left in it "
+          "(all pruned): nothing there names them")  # fmt: skip
     if not args.yes:
         print("dry run: nothing was deleted; add --yes to delete")
         return 0

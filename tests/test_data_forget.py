@@ -27,7 +27,7 @@ from adapters.support.events import RedisEventLog
 from bot.budget_counters import Limited, RedisCounter
 from bot.cli import main
 from bot.handoff.models import HandoffEventRow, HandoffStateRow
-from bot.storage import keys
+from bot.storage import keys, migrate
 from bot.storage.base import Forgotten, MessageKind
 from bot.storage.database import create_engine
 from bot.storage.models import Base, ConversationRow, TokenUsageRow
@@ -36,7 +36,7 @@ from bot.storage.sql_store import FORGOTTEN_STUB, SqlStore
 from bot.storage.usage import Subject, UsageLog
 from bot.types import ConversationKey, Incoming, User
 from tests.processes import parley_env
-from tests.test_retention import Worker, backdate_all, last_prompt, worker
+from tests.test_retention import Worker, backdate, backdate_all, last_prompt, stored_ids, worker
 
 SECRET = "sk-FORGET-ME-7781"
 NAME = "Ada Zqx"  # her display name: gone too
@@ -693,3 +693,43 @@ async def test_redis_failing_after_the_rows_went_leaves_a_rerun_that_finishes(
     assert list((tmp_path / "home").glob("forget-pending/*")) == []
     assert await asyncio.to_thread(main, [*FORGET, "--yes"]) == 0  # done: nothing left
     assert "nothing to forget" in capsys.readouterr().out
+
+
+def test_a_discord_dm_pruned_bare_is_said_to_be_out_of_reach(
+    operator: tuple[str, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Discord direct message's id is its channel's, not the user's: once the retention
+    policy pruned every message in it nothing names it as theirs, and the forget passed over
+    it in silence (the docs said their private chat goes "even with all its messages
+    pruned"). It says what it cannot find; a Telegram user's private chat it finds."""
+    url, _, _ = operator
+    dm, group = ConversationKey("discord", "880001"), ConversationKey("discord", "770001")
+    ada = User("discord", "4711", NAME)
+
+    async def before() -> None:
+        await migrate.upgrade(url)
+        store = SqlStore(create_engine(url))
+        try:
+            for key, n in ((dm, "d1"), (group, "g1")):
+                said = Incoming(key, ada, f"my key is {SECRET}", idempotency_key=n,
+                                group=key == group)  # fmt: skip
+                await store.record_incoming(said, kind=MessageKind.OBSERVED, token_count=5)
+            await backdate(store, sorted(await stored_ids(store))[:1], 40)  # the DM's
+            bob = User("telegram", "1", "Bob")
+            said = Incoming(ConversationKey("telegram", "1"), bob, "hi", idempotency_key="t1")
+            await store.record_incoming(said, kind=MessageKind.OBSERVED, token_count=1)
+        finally:
+            await store.engine.dispose()
+
+    asyncio.run(before())
+    assert main(["db", "prune", "--older-than", "30"]) == 0
+    capsys.readouterr()
+    assert main(["data", "forget", "--platform", "discord", "--user", "4711", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "conversations: 0 of their own deleted, 1 shared ones kept" in out, out
+    assert (
+        "not found: a group chat, or a private chat (discord names it by its own id, not "
+        "theirs), with no message of theirs left in it (all pruned): nothing there names them"
+    ) in out.splitlines()
+    assert main([*FORGET[:3], "telegram", "--user", "1"]) == 0
+    assert "not found: a group chat with no message" in capsys.readouterr().out

@@ -13,4 +13,5 @@ SPEC = AdapterSpec(
     summary="customer support: an HTTP API with streamed answers, for a web chat widget",
     # Takes the core's settings too: whether several workers may serve (see bot/doctor.py).
     doctor="adapters.support.settings:doctor",
+    private_chat_is_user=True,
 )

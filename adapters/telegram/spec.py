@@ -13,4 +13,5 @@ SPEC = AdapterSpec(
     summary="Telegram bot: private chats, groups and forum topics (polling or webhook)",
     extra="telegram",
     doctor="adapters.telegram.adapter:doctor",
+    private_chat_is_user=True,
 )
