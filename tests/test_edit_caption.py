@@ -166,6 +166,24 @@ async def test_a_document_replaced_by_an_edit_replaces_the_documents_text(
         assert await users(h, key) == ["hello", f"When?\n\n{BLOCK}"]
 
 
+async def test_a_document_replaced_by_one_too_large_to_read_leaves_no_old_text(
+    tmp_path: Path, database_url: str
+) -> None:
+    backend = ScriptedBackend(lambda request: "Noted.")
+    huge = {**DOC, "file_id": "doc-3", "file_unique_id": "u3", "file_name": "big.md",
+            "file_size": 10**9}  # fmt: skip
+    async with telegram_harness(tmp_path, backend, database_url=database_url) as h:
+        h.api.files["doc-1"] = NOTES.encode()
+        document = sent(1, CHAT, "What day?")
+        await feed(h.adapter, document)
+        await h.idle()
+        await feed(h.adapter, edited(2, document, "What day?", after_s=5, document=huge))
+        await h.idle()
+        assert len(backend.requests) == 1  # never answered again
+        (content,) = await users(h, ConversationKey("telegram", str(CHAT)))
+        assert NOTES not in content and "big.md" in content and "not kept" in content, content
+
+
 def discord_document(h: Any, text: str, **more: Any) -> dict[str, Any]:
     url = h.api.cdn_url("notes.md")
     h.api.files["notes.md"] = NOTES.encode()
