@@ -19,6 +19,9 @@ WANTED = [
     "bir temsilci istiyorum", "Lütfen, yetkili istiyorum",
     "مش شغال التطبيق، بدي احكي مع حدا",
 ]  # fmt: skip
+# "لا" before the dialects' wanting is "no", answering the bot, not "don't" (their "don't
+# want" is "ما بدي", "مش عايز"): "No, I want to talk to someone", without the comma.
+NO_THEN_WANTED = ["لا بدي احكي مع حدا", "لا عايز اكلم حد", "لا عاوز موظف", "لا بدنا نحكي مع موظف"]
 
 
 @pytest.mark.parametrize("text", NOT_WANTED)
@@ -29,6 +32,12 @@ def test_a_dialect_negation_asks_for_no_person(text: str) -> None:
 @pytest.mark.parametrize("text", WANTED)
 def test_a_dialect_or_turkish_request_is_read(text: str) -> None:
     assert asks_for_person(text)
+
+
+@pytest.mark.parametrize("text", NO_THEN_WANTED)
+def test_no_before_a_dialect_request_is_no_negation(text: str) -> None:
+    assert asks_for_person(text)
+    assert not asks_for_person(text.replace("لا", "ما", 1).replace("ما عا", "مش عا"))
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,10 @@ HUMAN_PHRASES: dict[str, tuple[str, ...]] = {
         # Levantine and Egyptian: "بدي احكي مع حدا", "عايز اكلم حد", "عاوز موظف".
         r"(?:احكي|أحكي|نحكي|اكلم|أكلم|نكلم|اتكلم|أتكلم)\s+(?:مع\s+)?(?:حدا|حد|موظف|شخص|إنسان|انسان)"
         r"(?!\w)",
-        r"(?:بدي|بدنا|عايز|عاوز|عايزة|عاوزة|أريد|اريد)\s+(?:موظف|إنسان|انسان)(?!\w)",
+        # The verb of wanting out of the match (a lookbehind), as in WANT_PERSON_IN: the words
+        # before it are read ("مش عاوز موظف" wants none, "لا عاوز موظف" is "no, I want one").
+        r"(?:(?<=بدي )|(?<=بدنا )|(?<=عايز )|(?<=عاوز )|(?<=عايزة )|(?<=عاوزة )|(?<=أريد )"
+        r"|(?<=اريد ))(?:موظف|إنسان|انسان)(?!\w)",
     ),
     "zh": (r"人工客服|转人工|人工服务|真人|客服人员|和人说话|跟人说话|找客服",),
     "ja": (r"人間と|オペレーター|担当者|有人対応|人と話",),
@@ -190,8 +193,11 @@ NEGATIONS: dict[str, str] = {
     "pl": r"nie",
     "ru": r"не|нет",
     "uk": r"не|ні",
-    # Not "ما" alone ("what"), only before a verb of wanting.
-    "ar": r"لا|لن|لست|ليس|مش|بدون|مابدي|ما\s+(?:أريد|اريد|بدي|بدنا)",
+    # Not "ما" alone ("what"), only before a verb of wanting. Not "لا" before the dialects'
+    # wanting: there it is "no" ("لا بدي احكي مع حدا": no, I want to talk to someone); their
+    # "don't want" is "ما بدي", "مش عايز".
+    "ar": r"لا(?!\s+(?:بدي|بدنا|عايز|عاوز|عايزة|عاوزة)(?!\w))|لن|لست|ليس|مش|بدون|مابدي"
+          r"|ما\s+(?:أريد|اريد|بدي|بدنا)",
 }  # fmt: skip
 _NEGATION = re.compile(r"(?<!\w)(?:" + "|".join(NEGATIONS.values()) + r")(?!\w)", re.I)
 # The marks that end a clause, Latin, Arabic and CJK (full-width).
