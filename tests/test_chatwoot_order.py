@@ -5,13 +5,14 @@ PostgreSQL. Failed before its fix."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 
 from adapters.chatwoot.adapter import ChatwootAdapter
-from adapters.chatwoot.payloads import StatusChange, agent_name, read
+from adapters.chatwoot.payloads import AgentAnswered, StatusChange, agent_name, read
 from adapters.chatwoot.settings import ChatwootSettings
 from adapters.kit.runner import host_for
 from bot.handoff.types import HandoffState, HandoffStatus, Reason
@@ -230,3 +231,28 @@ async def test_a_status_update_is_checked_and_applied_in_one_transaction(pg: str
         ]  # fmt: skip
         assert len(writing) == 1, writing
         assert any("FOR UPDATE" in s for s in writing[0])
+
+
+async def test_a_resolution_after_an_agents_answer_delivered_late_applies(
+    database_url: str,
+) -> None:
+    """An agent answered the customer in Chatwoot, then resolved the conversation; Chatwoot's
+    job queue delivered both webhooks seconds late, in order. The answer's take was recorded
+    at Parley's clock (as if Parley had made it then), later than the resolution made in
+    Chatwoot after the answer: the resolution was ignored, the conversation stuck with an
+    agent who had left it. A change asked for by a message is ordered by the message's time."""
+    async with chatwoot_worker(database_url, ScriptedBackend()) as w:
+        fake = w.fake
+        conv = fake.conversation(31)
+        await fake.contact_says(conv, "Hello")
+        await w.idle()
+        now = datetime.fromtimestamp(fake.clock(), UTC)
+        answered = now - timedelta(seconds=6)  # made 6 s ago, delivered now
+        await w.adapter.act(AgentAnswered(KEY, agent_name(42), 42, "open", answered))
+        assert (await w.app.desk.status(KEY)).state is HandoffState.HUMAN
+        resolved = answered.timestamp() + 1  # a second after the answer, delivered after it
+        await w.adapter.act(StatusChange(KEY, "resolved", agent_name(42), resolved))
+        assert (await w.app.desk.status(KEY)).state is HandoffState.BOT
+        # The answer delivered again (a retry) is older than the resolution: the bot keeps it.
+        await w.adapter.act(AgentAnswered(KEY, agent_name(42), 42, "open", answered))
+        assert (await w.app.desk.status(KEY)).state is HandoffState.BOT

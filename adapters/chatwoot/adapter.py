@@ -203,11 +203,14 @@ class ChatwootAdapter:
         current = await self._desk.status(key)
         if current.since is not None and message.incoming.sent_at <= current.since:
             return  # a message older than the desk's last change: its status is stale
+        # Made at the message's time in Chatwoot, not when Parley reads it: with the webhook
+        # delivered late, a status changed in Chatwoot after the message looked older.
+        at = message.incoming.sent_at.timestamp()
         if message.status in HUMAN_STATUSES and current.state is HandoffState.BOT:
-            await self._desk.take(key, PLATFORM)
+            await self._desk.take(key, PLATFORM, made_at=at)
         elif message.status in BOT_STATUSES and current.state is HandoffState.HUMAN:
             # Not while waiting: that request is Parley's own, and Chatwoot may not show it yet.
-            await self._desk.give_back(key, PLATFORM)
+            await self._desk.give_back(key, PLATFORM, made_at=at)
 
     async def _agent_reply(self, reply: AgentReply) -> None:
         """Answering is taking it (the desk takes it from the queue itself; from the bot,
@@ -236,7 +239,9 @@ class ChatwootAdapter:
             return
         if current.since is not None and answered.sent_at <= current.since:
             return
-        await self._desk.take(answered.key, answered.agent)
+        # Made at the answer's time in Chatwoot: at Parley's, a resolution made just after the
+        # answer and delivered after it (Chatwoot's job queue late) looked older, ignored.
+        await self._desk.take(answered.key, answered.agent, made_at=answered.sent_at.timestamp())
         if answered.status == "pending":
             await self._opened(answered.key)
 

@@ -301,12 +301,18 @@ class CoreDesk:
         return await self.escalate(await self._conversation(key), key, reason, detail)
 
     async def take(
-        self, key: ConversationKey, agent: str, *, updated_at: float | None = None
+        self,
+        key: ConversationKey,
+        agent: str,
+        *,
+        updated_at: float | None = None,
+        made_at: float | None = None,
     ) -> HandoffStatus:
         cid = await self._conversation(key)
         change = await self.repo.change(
             cid, HUMAN, Reason.AGENT, allowed_from=(BOT, WAITING, HUMAN), agent=agent,
             desk_updated_at=updated_at, record_desk_time=self._recordable(key, updated_at),
+            made_at=self._own_time(key, made_at),
         )  # fmt: skip
         if change.changed:
             if self._stop_reply is not None:  # the bot stops answering: its reply too
@@ -315,12 +321,18 @@ class CoreDesk:
         return change.after
 
     async def give_back(
-        self, key: ConversationKey, agent: str, *, updated_at: float | None = None
+        self,
+        key: ConversationKey,
+        agent: str,
+        *,
+        updated_at: float | None = None,
+        made_at: float | None = None,
     ) -> HandoffStatus:
         cid = await self._conversation(key)
         change = await self.repo.change(
             cid, BOT, Reason.RESOLVED, allowed_from=(WAITING, HUMAN), agent=agent,
             desk_updated_at=updated_at, record_desk_time=self._recordable(key, updated_at),
+            made_at=self._own_time(key, made_at),
         )  # fmt: skip
         if change.changed:
             self._emit(EventKind.RETURNED, key, cid, change.after, agent=agent)
@@ -331,6 +343,12 @@ class CoreDesk:
         if not self._recordable(key, updated_at):
             return True
         return await self.repo.newer_update(cid, updated_at)
+
+    @classmethod
+    def _own_time(cls, key: ConversationKey, made_at: float | None) -> float | None:
+        """A help desk's message's time for a change it asks for; None (this clock's time)
+        when stamped too far ahead to be kept (_recordable)."""
+        return made_at if made_at is not None and cls._recordable(key, made_at) else None
 
     @staticmethod
     def _recordable(key: ConversationKey, updated_at: float | None) -> bool:

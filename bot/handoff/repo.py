@@ -121,6 +121,7 @@ class HandoffRepository:
         trigger_message_id: int | None = None,
         desk_updated_at: float | None = None,
         record_desk_time: bool = True,
+        made_at: float | None = None,
     ) -> Change:
         """Move to `to` if the current state is one of `allowed_from`; the state row and its
         audit row in one transaction (the row locked on PostgreSQL: two agents taking the same
@@ -131,7 +132,9 @@ class HandoffRepository:
         made in the change's transaction, allowed or not: one round trip. Without it (Parley's
         own change: a request, a take or give-back through its API) the change is recorded at
         this clock's time (less OWN_CHANGE_LEEWAY_S), so that a help desk's update made before
-        it and delivered late is older (_desk_time)."""
+        it and delivered late is older (_desk_time); or at `made_at` (less the leeway too): the
+        help desk's time of its message that asks for it, delivered maybe late (an agent's
+        answer), at Parley's time an update made after the message looked older."""
 
         async def run(conn: AsyncConnection) -> Change:
             await conn.execute(_ADD_STATE, {"conversation_id": conversation_id})
@@ -155,6 +158,7 @@ class HandoffRepository:
                     )
                 return Change(before, before, old_language)
             now = utcnow()
+            made = now.timestamp() if made_at is None else made_at
             keep_language = old_language if language is None else language
             await conn.execute(
                 sa.update(_s)
@@ -163,7 +167,7 @@ class HandoffRepository:
                         agent=agent, language=keep_language,
                         trigger_message_id=trigger_message_id, request_delivered=False,
                         request_claimed_by=None, request_claimed_until=None,
-                        desk_updated_at=_desk_time(row[6], now, desk_updated_at,
+                        desk_updated_at=_desk_time(row[6], made, desk_updated_at,
                                                    record_desk_time))
             )  # fmt: skip
             await conn.execute(
@@ -396,15 +400,16 @@ async def _database_now(conn: AsyncConnection) -> datetime:
 
 
 def _desk_time(
-    recorded: float | None, now: datetime, desk_time: float | None, record: bool
+    recorded: float | None, made_at: float, desk_time: float | None, record: bool
 ) -> float | None:
     """The help-desk time to keep after a change: a help desk's update's own (no older than
     the recorded one: the change checked it), unless it is not to be recorded; for Parley's
-    own change, this clock's time less the leeway above, never lowering the recorded one
+    own change (or one a help desk's message asked for), its time (`made_at`: this clock's,
+    or the message's) less the leeway above, never lowering the recorded one
     (Chatwoot's toggle_status answers no updated_at to use instead). A help desk's update
     made more than the leeway before Parley's change and delivered after it is then ignored;
     one made within it still applies, as before."""
     if desk_time is not None:
         return desk_time if record else recorded
-    mine = now.timestamp() - OWN_CHANGE_LEEWAY_S
+    mine = made_at - OWN_CHANGE_LEEWAY_S
     return mine if recorded is None else max(recorded, mine)

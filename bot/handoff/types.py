@@ -204,13 +204,24 @@ class Desk(Protocol):
     # as newer_update does, in the change's own transaction: not done when a newer one was
     # recorded (an older update delivered late, or two handled at once). None: Parley's own
     # change, recorded at this clock's time (a help desk's older update, delivered late, is
-    # then ignored).
+    # then ignored), or at `made_at` (Unix seconds, the help desk's clock): the time of the
+    # help desk's message that asks for it (an agent's answer), delivered maybe late.
     async def take(
-        self, key: ConversationKey, agent: str, *, updated_at: float | None = None
+        self,
+        key: ConversationKey,
+        agent: str,
+        *,
+        updated_at: float | None = None,
+        made_at: float | None = None,
     ) -> HandoffStatus: ...
 
     async def give_back(
-        self, key: ConversationKey, agent: str, *, updated_at: float | None = None
+        self,
+        key: ConversationKey,
+        agent: str,
+        *,
+        updated_at: float | None = None,
+        made_at: float | None = None,
     ) -> HandoffStatus: ...
 
     async def newer_update(self, key: ConversationKey, updated_at: float) -> bool:
