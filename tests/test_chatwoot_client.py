@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import datetime
 
 import pytest
 
@@ -141,8 +142,9 @@ def test_outgoing_private_and_activity_messages_are_ignored_but_an_agents_reply_
     action = read(_body(fake.message_payload(conv, note)), reply_prefix="/reply ")
     assert isinstance(action, AgentReply)
     assert action == AgentReply(
-        action.key, "Your order ships today.", "chatwoot:42", f"chatwoot:{ACCOUNT}:{note['id']}"
-    )
+        action.key, "Your order ships today.", "chatwoot:42", f"chatwoot:{ACCOUNT}:{note['id']}",
+        datetime.fromisoformat(note["created_at"]),
+    )  # fmt: skip
 
 
 def test_status_events_name_the_conversation_and_the_assignee() -> None:

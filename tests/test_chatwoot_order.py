@@ -12,11 +12,18 @@ import pytest
 from sqlalchemy import event
 
 from adapters.chatwoot.adapter import ChatwootAdapter
-from adapters.chatwoot.payloads import AgentAnswered, StatusChange, agent_name, read
+from adapters.chatwoot.payloads import (
+    AgentAnswered,
+    AgentReply,
+    StatusChange,
+    agent_name,
+    read,
+)
 from adapters.chatwoot.settings import ChatwootSettings
 from adapters.kit.runner import host_for
+from bot.handoff import repo as handoff_repo
 from bot.handoff.types import HandoffState, HandoffStatus, Reason
-from bot.types import ConversationKey
+from bot.types import ConversationKey, utcnow
 from tests.doubles import ScriptedBackend
 from tests.fake_chatwoot import ACCOUNT, ACCOUNT_SECRET, Conversation, FakeChatwoot, chatwoot_worker
 from tests.test_handoff import pg
@@ -255,4 +262,29 @@ async def test_a_resolution_after_an_agents_answer_delivered_late_applies(
         assert (await w.app.desk.status(KEY)).state is HandoffState.BOT
         # The answer delivered again (a retry) is older than the resolution: the bot keeps it.
         await w.adapter.act(AgentAnswered(KEY, agent_name(42), 42, "open", answered))
+        assert (await w.app.desk.status(KEY)).state is HandoffState.BOT
+
+
+async def test_a_resolution_after_an_agents_reply_note_delivered_late_applies(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for an agent's `/reply` note, which takes the conversation from the queue: at
+    Parley's clock, the resolution made after the note looked older. (From the bot, the note
+    marks the conversation open in Chatwoot again, and Chatwoot's echo of that is newer.)"""
+    async with chatwoot_worker(database_url, ScriptedBackend()) as w:
+        fake = w.fake
+        conv = fake.conversation(31)
+        await fake.contact_says(conv, "Hello")
+        await w.idle()
+        conv.status = "open"  # no echo of the request
+        with monkeypatch.context() as m:  # the request, made 10 s ago
+            m.setattr(handoff_repo, "utcnow", lambda: utcnow() - timedelta(seconds=10))
+            await w.app.desk.request(KEY, Reason.ASKED)
+            await w.idle()
+        noted = datetime.fromtimestamp(fake.clock(), UTC) - timedelta(seconds=6)
+        reply = AgentReply(KEY, "Hello, Alex here", agent_name(42), f"chatwoot:{ACCOUNT}:9", noted)
+        await w.adapter.act(reply)  # delivered 6 s late
+        assert (await w.app.desk.status(KEY)).state is HandoffState.HUMAN
+        resolved = noted.timestamp() + 1
+        await w.adapter.act(StatusChange(KEY, "resolved", agent_name(42), resolved))
         assert (await w.app.desk.status(KEY)).state is HandoffState.BOT

@@ -214,15 +214,17 @@ class ChatwootAdapter:
 
     async def _agent_reply(self, reply: AgentReply) -> None:
         """Answering is taking it (the desk takes it from the queue itself; from the bot,
-        here); a reply delivered again changes nothing, even after the agent gave it back."""
+        here); a reply delivered again changes nothing, even after the agent gave it back.
+        Taken at the note's time in Chatwoot (_agent_answered says why)."""
+        at = reply.sent_at.timestamp() if reply.sent_at is not None else None
         send = functools.partial(
             self._desk.agent_message, reply.key, reply.text, agent=reply.agent,
-            idempotency_key=reply.idempotency_key,
+            idempotency_key=reply.idempotency_key, made_at=at,
         )  # fmt: skip
         try:
             await send()
         except HandoffError:  # the bot has it (or no one: then take raises as well)
-            await self._desk.take(reply.key, reply.agent)
+            await self._desk.take(reply.key, reply.agent, made_at=at)
             await send()
             await self._opened(reply.key)
 

@@ -124,10 +124,13 @@ class CustomerMessage:
 
 @dataclass(frozen=True, slots=True)
 class AgentReply:
+    """An agent's `/reply` note: `sent_at`, when it was written in Chatwoot (None: unknown)."""
+
     key: ConversationKey
     text: str
     agent: str
     idempotency_key: str
+    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +225,8 @@ def _message(message: _Message, reply_prefix: str) -> Action:
         if not reply:
             return Ignore("an empty reply")
         idempotency_key = message_key(message.account.id, message.id)
-        return AgentReply(key, reply, agent_name(sender.id), idempotency_key)
+        when = sent_at(message.created_at)
+        return AgentReply(key, reply, agent_name(sender.id), idempotency_key, when)
     person = sender is not None and sender.type.lower() == "user"  # not a bot (Parley's own)
     if kind in ("outgoing", "1") and not message.private and sender is not None and person:
         when = sent_at(message.created_at)

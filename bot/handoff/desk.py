@@ -361,7 +361,13 @@ class CoreDesk:
         return ahead <= DESK_AHEAD_S
 
     async def agent_message(
-        self, key: ConversationKey, text: str, *, agent: str, idempotency_key: str
+        self,
+        key: ConversationKey,
+        text: str,
+        *,
+        agent: str,
+        idempotency_key: str,
+        made_at: float | None = None,
     ) -> int:
         if not text.strip():
             raise HandoffError("an agent's message needs some text")
@@ -377,7 +383,7 @@ class CoreDesk:
         if status.state is BOT:
             raise HandoffError(f"conversation {key} is with the bot: take it over first")
         if status.state is WAITING:  # replying is taking it
-            await self.take(key, agent)
+            await self.take(key, agent, made_at=made_at)
         incoming = Incoming(
             key, User(AGENT_PLATFORM, agent, agent), text,
             idempotency_key=stored_key,

@@ -234,11 +234,17 @@ class Desk(Protocol):
         ...
 
     async def agent_message(
-        self, key: ConversationKey, text: str, *, agent: str, idempotency_key: str
+        self,
+        key: ConversationKey,
+        text: str,
+        *,
+        agent: str,
+        idempotency_key: str,
+        made_at: float | None = None,
     ) -> int:
         """Record an agent's reply (a repeat of the key returns the first one's id, whatever
         the state is now) and get it delivered to the customer. Raises HandoffError when no
-        human has the conversation."""
+        human has the conversation. Taking it from the queue, at `made_at` (take's)."""
         ...
 
     def attach(self, bridge: DeskBridge) -> None: ...
