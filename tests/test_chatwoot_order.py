@@ -288,3 +288,52 @@ async def test_a_resolution_after_an_agents_reply_note_delivered_late_applies(
         resolved = noted.timestamp() + 1
         await w.adapter.act(StatusChange(KEY, "resolved", agent_name(42), resolved))
         assert (await w.app.desk.status(KEY)).state is HandoffState.BOT
+
+
+@pytest.mark.parametrize(
+    ("start", "older", "newer", "expected"),
+    [
+        # Waiting: the older "resolved" gives it back, the newer "open" (unassigned) found it
+        # waiting, changing nothing; Chatwoot shows it open: the agents have it.
+        ("waiting", ("resolved", ""), ("open", ""), HandoffState.HUMAN),
+        # The bot's: the older "open" (an agent) takes it, the newer "resolved" found it the
+        # bot's; Chatwoot shows it resolved: the bot has it.
+        ("bot", ("open", agent_name(42)), ("resolved", ""), HandoffState.BOT),
+    ],
+)
+async def test_of_two_updates_at_once_the_newer_that_changed_nothing_is_read_again(
+    database_url: str,
+    start: str,
+    older: tuple[str, str],
+    newer: tuple[str, str],
+    expected: HandoffState,
+) -> None:
+    """Two status webhooks handled at once, the older applied between the newer's reading of
+    the state (nothing to change then) and its record: the newer was recorded and nothing
+    done, the conversation left as the older update had it while Chatwoot shows the newer."""
+    async with chatwoot_worker(database_url, ScriptedBackend()) as w:
+        fake = w.fake
+        conv = fake.conversation(31)
+        await fake.contact_says(conv, "I want to talk to a person" if start == "waiting" else "Hi")
+        await w.idle()
+        base = fake.clock() + 1  # after the echo of Parley's own request
+        desk = w.app.desk
+        first = StatusChange(KEY, older[0], older[1], base + 1)
+        second = StatusChange(KEY, newer[0], newer[1], base + 2)
+
+        class OlderBetween:
+            """The app's desk, but for the older update handled within the newer's record."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(desk, name)
+
+            async def newer_update(self, key: ConversationKey, updated_at: float) -> bool:
+                if updated_at == second.updated_at:
+                    await w.adapter.act(first)
+                return await desk.newer_update(key, updated_at)
+
+        settings = w.app.settings.section("chatwoot")
+        assert isinstance(settings, ChatwootSettings)
+        host = dataclasses.replace(host_for(w.app), desk=OlderBetween())  # type: ignore[arg-type]
+        await ChatwootAdapter(host, settings, client=w.adapter.client).act(second)
+        assert (await w.app.desk.status(KEY)).state is expected

@@ -286,5 +286,12 @@ class ChatwootAdapter:
             if bot_had_it or (change.agent and (waiting or reassigned)):
                 await self._desk.take(change.key, agent, updated_at=at)
                 return
-        if at is not None and not await self._desk.newer_update(change.key, at):
+        if at is None:
+            return
+        if not await self._desk.newer_update(change.key, at):
             log.debug("%s: a status older than one applied, ignored", change.key)
+            return
+        # An older update handled at once may have changed the state since it was read (its
+        # change made, this one recorded): this one, the newest, is then a change after all.
+        if await self._desk.status(change.key) != current:
+            await self._status_changed(change)
