@@ -8,6 +8,7 @@ which direction a text was translated in.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from adapters.kit.runner import host_for
 from adapters.support.webhooks import WebhookBridge, WebhookTarget
@@ -308,6 +311,54 @@ async def test_a_plain_turn_costs_one_handoff_statement(pg: str) -> None:
             if ("handoff" in s or "message_signals" in s) and "lease_owner" not in s
         ]  # fmt: skip
         assert len(ours) == 1 and ours[0].lstrip().upper().startswith("INSERT")
+
+
+async def test_the_model_works_while_the_signal_is_kept_and_nothing_shows_before_it(
+    pg: str,
+) -> None:
+    """The message's handoff signal is written while the answer is prepared (the model is
+    asked meanwhile), not before it; nothing of the answer is shown, nor its delivery begun,
+    until the signal is in (a write that fails fails the turn unseen, as when it came first).
+    The signals table is locked from another connection to hold the write."""
+    asked = asyncio.Event()
+
+    def answer(request: GenerationRequest) -> str:
+        asked.set()
+        return echo_last_user(request)
+
+    async with stack(pg, ScriptedBackend(answer)) as (app, adapter, api):
+        await send(app, adapter, 1, "hello")
+        asked.clear()
+        shown = list(api.texts(CHAT))
+        engine = create_async_engine(pg)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(sa.text("LOCK TABLE message_signals IN EXCLUSIVE MODE"))
+                await feed(adapter, text_update(2, CHAT, "how are you?"))
+                async with asyncio.timeout(10):
+                    await asyncio.shield(asked.wait())
+                    while not await _signal_write_waits(engine):  # a round trip a look
+                        pass
+                begun = await conn.scalar(sa.text("SELECT count(*) FROM conversations "
+                                                  "WHERE delivery_owner IS NOT NULL"))  # fmt: skip
+                assert begun == 0 and api.texts(CHAT) == shown
+                await conn.commit()  # the lock goes: the signal, then the answer
+            await settle(app, adapter)
+        finally:
+            await engine.dispose()
+        assert api.texts(CHAT) == [*shown, "echo: how are you?"]
+        async with app.store.engine.connect() as conn:
+            assert await conn.scalar(sa.text("SELECT count(*) FROM message_signals")) == 2
+
+
+async def _signal_write_waits(engine: Any) -> bool:
+    """Whether a statement inserting a signal waits for a lock (pg_stat_activity)."""
+    async with engine.connect() as conn:
+        waiting = await conn.scalar(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE 'INSERT INTO message_signals%'"
+        ))  # fmt: skip
+    return bool(waiting)
 
 
 @pytest.mark.parametrize(

@@ -120,6 +120,16 @@ class TurnDelivery:
         self.answer_key: Callable[[str | int], str | None] | None = None
         # Until when (monotonic) `may_show` needs no round trip after a confirmation.
         self._confirmed_until = -math.inf
+        # Writes of the turn that must be in before anything is shown (see before_showing).
+        self._before: list[asyncio.Task[None]] = []
+
+    def before_showing(self, write: asyncio.Task[None]) -> None:
+        """A write of this turn (its handoff signals) left to run while the answer is
+        prepared: `begin` waits for it, so that its failure fails the turn before anything
+        is shown, as when it was awaited. One whose turn ends before that is not awaited;
+        its failure is left to the turn's next run (the write is repeated, keeping the first)."""
+        write.add_done_callback(_consumed)
+        self._before.append(write)
 
     def quoting_kept(self) -> None:
         self.quotes_kept = True
@@ -155,6 +165,8 @@ class TurnDelivery:
         """Record that this turn shows its answer; Superseded when it may not."""
         if self.begun:
             return
+        while self._before:
+            await self._before.pop(0)
         if self._lease.lost.is_set():
             raise Superseded
         first, last = self._batch[0].id, self._batch[-1].id
@@ -297,6 +309,12 @@ class TurnDelivery:
             await self._store.end_delivery(self._cid, self.epoch, abandon=self.shown_something)
         except StorageError as exc:  # it lapses: its worker's heartbeat stops
             log.warning("conversation %s: delivery not settled: %s", self._cid, exc)
+
+
+def _consumed(write: asyncio.Task[None]) -> None:
+    """Retrieve a left write's failure, so that asyncio does not log it as never retrieved."""
+    if not write.cancelled():
+        write.exception()
 
 
 async def _until(stop: asyncio.Event, seconds: float) -> bool:

@@ -1231,8 +1231,9 @@ class ConversationManager:
         text = merge_user_texts([m.content for m in batch])
         unanswered = I_DONT_KNOW in said
         trigger = await self._handoff.assess(
-            work.conversation_id, batch, text, signals, unanswered=unanswered
-        )
+            work.conversation_id, batch, text, signals, unanswered=unanswered,
+            before_showing=_TURN.get().before_showing,
+        )  # fmt: skip
         if trigger is None:
             return False
         language = await self._language(batch[-1])

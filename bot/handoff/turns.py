@@ -12,9 +12,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -103,13 +104,39 @@ class HandoffTurns:
         signals: TurnSignals,
         *,
         unanswered: bool,
+        before_showing: Callable[[asyncio.Task[None]], None] | None = None,
     ) -> Trigger | None:
-        """Store the batch's sentiment, then the first trigger that fires (None: none)."""
-        s = self._settings
+        """Store the batch's sentiment, then the first trigger that fires (None: none).
+        `before_showing`: where no trigger fires, the signals' write is handed to it instead
+        of awaited, so that it runs while the answer is prepared (the turn's delivery waits
+        for it before anything is shown: its failure still fails the turn unseen)."""
         sentiment = signals.sentiment or offline_sentiment(text)
         ids = [m.id for m in batch]
         rows = [Signal(i, sentiment, unanswered) for i in ids]
-        await self.desk.repo.record_signals(conversation_id, rows)
+        write = asyncio.ensure_future(self.desk.repo.record_signals(conversation_id, rows))
+        try:
+            trigger = await self._trigger(conversation_id, ids, text, sentiment, signals,
+                                          unanswered=unanswered)  # fmt: skip
+        except BaseException:
+            write.cancel()
+            raise
+        if trigger is not None or before_showing is None:
+            await write  # a hand-off's note reads the signals
+        else:
+            before_showing(write)
+        return trigger
+
+    async def _trigger(
+        self,
+        conversation_id: int,
+        ids: list[int],
+        text: str,
+        sentiment: Sentiment,
+        signals: TurnSignals,
+        *,
+        unanswered: bool,
+    ) -> Trigger | None:
+        s = self._settings
         if not s.enabled:
             return None
         if self.asks_for_person(signals):
