@@ -316,3 +316,21 @@ async def test_postgres_login_as_a_role_that_does_not_exist_names_the_role_as_a_
     said = await _refusal_as(postgres_url, f"nobody_{uuid.uuid4().hex[:8]}")
     assert "no such role" in said, said
     assert "nobody_" not in said
+
+
+def test_a_password_holding_an_at_sign_is_not_named_as_the_server() -> None:
+    """A password written with a raw "@" (not %40) is cut at it: SQLAlchemy reads what follows
+    as the host, or the database, and asyncpg, given `?host=`, still reaches the server, whose
+    refusal of the password (the first part only) named the rest as "server ss@". Where the
+    host or the database holds an "@", neither is named."""
+    refused = asyncpg.exceptions.InvalidPasswordError("password authentication failed for user")
+    for url in (
+        "postgresql+asyncpg://parley:hun@ter2@/parley?host=/run/postgresql",
+        "postgresql+asyncpg://parley:hun@ter2@db.example/parley",
+        "postgresql+asyncpg://parley:hun@ter/2@db.example/parley",
+    ):
+        said = describe_error(refused, url)
+        assert "refused the password" in said, said
+        assert "ter" not in said, said
+    full = asyncpg.exceptions.DiskFullError("could not extend file")
+    assert "ter" not in known_failure(full, sa.make_url("postgresql://u:hun@ter@h/db"))

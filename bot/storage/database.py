@@ -334,8 +334,10 @@ def known_failure(exc: BaseException, url: str | URL | None) -> str:
 
 
 def _server(url: URL | None) -> str:
-    """Which PostgreSQL server and database `url` names (no user, no password), as a suffix."""
-    if url is None or not url.host:
+    """Which PostgreSQL server and database `url` names (no user, no password), as a suffix.
+    Nothing where either holds an "@": a password written with a raw "@" is cut at the first
+    one, and the rest of it read as the host or the database."""
+    if url is None or not url.host or "@" in url.host or "@" in (url.database or ""):
         return ""
     host = f"{url.host}:{url.port}" if url.port else url.host
     return f" (server {host}, database {url.database})" if url.database else f" (server {host})"
