@@ -187,14 +187,17 @@ async def telegram_harness(
     *,
     database_url: str | None = None,
     redis: dict[str, Any] | None = None,
+    conversation: dict[str, Any] | None = None,
     **sections: Any,
 ) -> AsyncIterator[TelegramHarness]:
-    """`sections`: the telegram section's settings; `redis`: the core's; `database_url`: the
-    database (a SQLite file in tmp_path by default)."""
+    """`sections`: the telegram section's settings; `redis`, `conversation`: the core's;
+    `database_url`: the database (a SQLite file in tmp_path by default)."""
     api = FakeBotApi()
     async with api.serving() as base_url:
         telegram = {"token": TOKEN, "base_url": base_url, "stream_interval_s": 0.05, **sections}
         core: dict[str, Any] = {"redis": redis} if redis else {}
+        if conversation:
+            core["conversation"] = conversation
         settings = settings_for(
             tmp_path, "telegram", database_url=database_url, telegram=telegram, **core
         )

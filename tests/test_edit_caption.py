@@ -218,3 +218,92 @@ async def test_a_discord_documents_edited_text_is_its_new_question(
         )
         assert await users(h, dm) == [f"Which month?\n\n{BLOCK}"]
         assert await users(h, channel) == [f"which day, all?\n\n{BLOCK}"]
+
+
+async def test_a_caption_edit_whose_download_fails_keeps_the_documents_text(
+    tmp_path: Path, database_url: str
+) -> None:
+    """An edit of a document's message downloads its file again (it may be another). A
+    download that failed for the moment left a stub in the place of the
+    whole message: the document's text, read when it was sent, and the edited question gone.
+    The edit is then its caption's, the text recorded staying."""
+    backend = ScriptedBackend(lambda request: "Noted.")
+    async with telegram_harness(tmp_path, backend, database_url=database_url) as h:
+        h.api.files["doc-1"] = NOTES.encode()
+        document = sent(1, CHAT, "What day?")
+        await feed(h.adapter, document)
+        await h.idle()
+        del h.api.files["doc-1"]  # the Bot API fails to serve it
+        await feed(h.adapter, edited(2, document, "Which month?", after_s=5))
+        await h.idle()
+        assert len([c for c in h.api.calls if c.method == "getFile"]) > 1  # tried again
+        key = ConversationKey("telegram", str(CHAT))
+        assert await users(h, key) == [f"Which month?\n\n{BLOCK}"]
+
+
+async def test_a_document_replaced_by_an_unreadable_one_keeps_the_question(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A file replaced by one that cannot be read (here, bytes that are no text) leaves a stub
+    for the document's text, after the edited question, which was lost with it."""
+    backend = ScriptedBackend(lambda request: "Noted.")
+    binary = {**DOC, "file_id": "doc-2", "file_unique_id": "u2", "file_size": 64}
+    async with telegram_harness(tmp_path, backend, database_url=database_url) as h:
+        h.api.files["doc-1"], h.api.files["doc-2"] = NOTES.encode(), bytes(range(64))
+        document = sent(1, CHAT, "What day?")
+        await feed(h.adapter, document)
+        await h.idle()
+        await feed(h.adapter, edited(2, document, "Which month?", after_s=5, document=binary))
+        await h.idle()
+        key = ConversationKey("telegram", str(CHAT))
+        [content] = await users(h, key)
+        assert content.startswith("Which month?\n\n[message: document 'notes.md', 64 bytes,")
+        assert NOTES not in content
+
+
+async def test_an_edit_of_a_document_never_recorded_downloads_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A document refused when sent (bytes that are no text: downloaded, read, refused) has
+    no message an edit could change, yet each edit of its caption downloaded and read it
+    again (a child process each), beyond any rate limit: the edit found nothing to replace
+    only after the read. Nothing recorded, nothing downloaded."""
+    backend = ScriptedBackend(lambda request: "Noted.")
+    async with telegram_harness(tmp_path, backend, database_url=database_url) as h:
+        h.api.files["doc-1"] = bytes(range(64))
+        document = sent(1, CHAT, "What day?")
+        await feed(h.adapter, document)
+        await h.idle()
+        assert len(h.api.sent("getFile")) == 1
+        for n in range(2, 5):
+            await feed(h.adapter, edited(n, document, f"What day? ({n})", after_s=n))
+        await h.idle()
+        assert len(h.api.sent("getFile")) == 1
+        assert backend.requests == []
+
+
+async def test_an_edit_of_a_document_over_the_rate_limit_downloads_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A document over its sender's rate limit is recorded as a stub, never downloaded; an
+    edit of its caption downloaded and read it all the same, for nothing (a stub is never
+    edited): a flood of documents, each edited, read every one. Not downloaded."""
+    backend = ScriptedBackend(lambda request: "Noted.")
+    limits = {"rate_limit_messages": 1}
+    async with telegram_harness(
+        tmp_path, backend, database_url=database_url, conversation=limits
+    ) as h:
+        h.api.files["doc-1"] = NOTES.encode()
+        first = sent(1, CHAT, "What day?")
+        await feed(h.adapter, first)
+        await h.idle()
+        flood = sent(2, CHAT, "And now?")
+        await feed(h.adapter, flood)
+        await h.idle()
+        assert len(h.api.sent("getFile")) == 1
+        await feed(h.adapter, edited(3, flood, "And now, then?", after_s=5))
+        await h.idle()
+        assert len(h.api.sent("getFile")) == 1
+        key = ConversationKey("telegram", str(CHAT))
+        [_, stub] = await users(h, key)
+        assert stub.startswith("[message: document 'notes.md'")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Coroutine
 from datetime import datetime
@@ -50,6 +51,9 @@ DROPS_PER_LOG_LINE = 100
 # How long an update's refusals are remembered: longer than a platform goes on re-sending it
 # (Telegram gives up on a webhook update within hours).
 REFUSALS_WINDOW_S = 86_400.0
+# A document's refusals that say nothing of the file: a download that failed, a read that took
+# too long on a busy machine. An edit meeting one keeps the text recorded.
+_FOR_THE_MOMENT = frozenset({phrases.NO_DOWNLOAD, phrases.DOC_TOO_SLOW})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,16 +140,31 @@ class Intake:
         same edit for a new caption and for a new file, and which file a message was recorded
         with is not kept), and its text replaces the message's whole, as an edited text does
         (ConversationManager.edit). A document that cannot be read leaves a stub in place of
-        the old one's text. No notice: an edit is never answered."""
+        the old one's text, after the question. Not read where no chat message is recorded
+        (a document refused, a stub over the rate limit, a document recorded by another
+        worker later, a group's kept chatter: its caption is the edit), nor where the download
+        failed for the moment (the file may be the one recorded: its caption is the edit). No
+        notice: an edit is never answered."""
         if not is_allowed(self._door(incoming).access, incoming):
             return False
+        key = incoming.idempotency_key
+        while (first := self._reading.get(key)) is not None:
+            await first.wait()  # its first delivery still being read here
+        caption_only = functools.partial(
+            self._manager.edit, incoming, edited_at=edited_at, document=source.name
+        )
+        if not await self._manager.edits_as_chat(incoming):
+            return await caption_only()  # nothing to read the file for
         asked = document_question(incoming.text, source.name)
         try:
             text = await self.documents.read(source, sender_key(incoming))
-        except DocumentRefused:
+        except DocumentRefused as exc:
+            if exc.sentence in _FOR_THE_MOMENT:
+                return await caption_only()
             unread = not_kept(f"document {source.name!r}, {source.size} bytes,", "not readable")
-            return await self._manager.edit(dataclasses.replace(incoming, text=unread),
-                                            edited_at=edited_at)  # fmt: skip
+            limit = self._settings.max_message_chars + 2 + len(unread)
+            stub = dataclasses.replace(incoming, text=f"{asked}\n\n{unread}")
+            return await self._manager.edit(stub, edited_at=edited_at, max_chars=limit)
         message, limit = self._with_document(incoming, asked, text)
         return await self._manager.edit(message, edited_at=edited_at, max_chars=limit)
 

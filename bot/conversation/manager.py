@@ -579,6 +579,14 @@ class ConversationManager:
         """Whether a message with `incoming`'s idempotency key is recorded (one read)."""
         return bool(await self._store.recorded([incoming.idempotency_key]))
 
+    async def edits_as_chat(self, incoming: Incoming) -> bool:
+        """Whether a message with `incoming`'s key is recorded as a chat message, the kind
+        whose text a document's edit, read again, replaces (Intake.edit_document): a stub over
+        the rate limit or the size limit, or a command, is never edited, and a group's kept
+        chatter only takes its caption."""
+        stored = await self._store.message_by_key(incoming.idempotency_key)
+        return stored is not None and stored.kind is MessageKind.CHAT
+
     async def over_rate_limit(self, incoming: Incoming) -> bool:
         """Count this message against its sender's limit; True when it is over. A message
         counted before in the window (a platform's repeat, or its retry after the database
