@@ -307,3 +307,31 @@ async def test_an_edit_of_a_document_over_the_rate_limit_downloads_nothing(
         key = ConversationKey("telegram", str(CHAT))
         [_, stub] = await users(h, key)
         assert stub.startswith("[message: document 'notes.md'")
+
+
+async def test_edits_of_a_document_over_the_edit_limit_download_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Each edit of a document's caption downloads and reads the file again; past the
+    sender's limit of edits, which stubs the message all the same, it was still downloaded
+    and read (a child process each): a sender editing one caption over and over had the bot
+    download it every time. Counted before the download, the one over the limit is not."""
+    backend = ScriptedBackend(lambda request: "Noted.")
+    limits = {"rate_limit_messages": 1}
+    async with telegram_harness(
+        tmp_path, backend, database_url=database_url, conversation=limits
+    ) as h:
+        h.api.files["doc-1"] = NOTES.encode()
+        document = sent(1, CHAT, "What day?")
+        await feed(h.adapter, document)
+        await h.idle()
+        await feed(h.adapter, edited(2, document, "Which month?", after_s=5))
+        await h.idle()
+        assert len(h.api.sent("getFile")) == 2
+        key = ConversationKey("telegram", str(CHAT))
+        assert await users(h, key) == [f"Which month?\n\n{BLOCK}"]
+        await feed(h.adapter, edited(3, document, "Which year?", after_s=9))
+        await h.idle()
+        assert len(h.api.sent("getFile")) == 2
+        [stub] = await users(h, key)
+        assert stub.startswith("[message: ") and stub.endswith("over the rate limit]")

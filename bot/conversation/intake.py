@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
 import logging
 from collections.abc import Coroutine
 from datetime import datetime
@@ -155,18 +156,27 @@ class Intake:
         )
         if not await self._manager.edits_as_chat(incoming):
             return await caption_only()  # nothing to read the file for
+        # Counted before the download: over the limit, the message is a stub all the same.
+        announced = f"{source.name}\0{source.mime_type}\0{source.size}\0{incoming.text}"
+        hit = hashlib.sha256(announced.encode()).hexdigest()[:16]
+        if await self._manager.over_edit_limit(incoming, hit):
+            return await self._manager.edit(incoming, edited_at=edited_at, over_limit=True)
         asked = document_question(incoming.text, source.name)
         try:
             text = await self.documents.read(source, sender_key(incoming))
         except DocumentRefused as exc:
             if exc.sentence in _FOR_THE_MOMENT:
-                return await caption_only()
+                return await caption_only(over_limit=False)  # counted above
             unread = not_kept(f"document {source.name!r}, {source.size} bytes,", "not readable")
             limit = self._settings.max_message_chars + 2 + len(unread)
             stub = dataclasses.replace(incoming, text=f"{asked}\n\n{unread}")
-            return await self._manager.edit(stub, edited_at=edited_at, max_chars=limit)
+            return await self._manager.edit(
+                stub, edited_at=edited_at, max_chars=limit, over_limit=False
+            )
         message, limit = self._with_document(incoming, asked, text)
-        return await self._manager.edit(message, edited_at=edited_at, max_chars=limit)
+        return await self._manager.edit(
+            message, edited_at=edited_at, max_chars=limit, over_limit=False
+        )
 
     def _with_document(self, incoming: Incoming, asked: str, text: str) -> tuple[Incoming, int]:
         """`incoming` carrying the question and the document's text, fenced after it, and the

@@ -360,6 +360,7 @@ class ConversationManager:
         edited_at: datetime | None = None,
         document: str = "",
         max_chars: int | None = None,
+        over_limit: bool | None = None,
     ) -> bool:
         """A message its sender edited: `incoming` carries the new text, under the original
         message's idempotency key. Its recorded text is replaced (`Store.edit`), never
@@ -376,8 +377,9 @@ class ConversationManager:
         document, which replaces the question the message was recorded with (its default
         where the caption is gone, as when first sent: `document_question`); the document's
         text, fenced after it, stays. `max_chars`: the size limit where the new text holds a
-        document's, read again (Intake.edit_document). True when a recorded message took the
-        new text.
+        document's, read again (Intake.edit_document). `over_limit`: whether the sender is
+        over their limit of edits, where the caller counted this one (`over_edit_limit`).
+        True when a recorded message took the new text.
 
         Marked first (for DELETION_MARK_TTL_S), as a deletion is, where the platform's sink
         reads the marks (`TellsEdits`): a message recorded after this looked takes the edit
@@ -405,9 +407,10 @@ class ConversationManager:
         # once), apart from the messages' (a user fixing typos keeps every question); over
         # it, the old text still leaves, for a stub that needs no tokenizer call. An edit
         # into a command or over the size limit counts too: each is a write all the same.
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        edits = f"{sender_key(incoming)}:edits"
-        if await self._over_limit(edits, f"{key}:{digest}"):
+        if over_limit is None:
+            digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+            over_limit = await self.over_edit_limit(incoming, digest)
+        if over_limit:
             text = not_kept(f"{len(incoming.text)} characters", "over the rate limit")
             estimate = True
             question_only = False
@@ -578,6 +581,13 @@ class ConversationManager:
     async def recorded(self, incoming: Incoming) -> bool:
         """Whether a message with `incoming`'s idempotency key is recorded (one read)."""
         return bool(await self._store.recorded([incoming.idempotency_key]))
+
+    async def over_edit_limit(self, incoming: Incoming, hit: str) -> bool:
+        """Count an edit against its sender's limit of edits; True when it is over. `hit`
+        names the edit (its text's digest): one counted before in the window, a repeated
+        event, is not counted again."""
+        edits = f"{sender_key(incoming)}:edits"
+        return await self._over_limit(edits, f"{incoming.idempotency_key}:{hit}")
 
     async def edits_as_chat(self, incoming: Incoming) -> bool:
         """Whether a message with `incoming`'s key is recorded as a chat message, the kind
