@@ -28,10 +28,11 @@ from backends.base import GenerationRequest
 from bot.app import Parley
 from bot.budget import current_ledger
 from bot.conversation.sink import Author, current_author
+from bot.errors import BackendTimeout
 from bot.handoff.note import cited, transcript
 from bot.handoff.phrases import asks_for_person
 from bot.handoff.types import DeskEvent, EventKind, HandoffError, HandoffState, Reason
-from bot.phrases import HANDING_OFF, NO_PERSON, TRANSLATED, say
+from bot.phrases import HANDING_OFF, NO_PERSON, TIMEOUT, TRANSLATED, say
 from bot.settings import load_settings
 from bot.storage import migrate
 from bot.storage.base import MessageKind, StoredMessage
@@ -88,13 +89,18 @@ async def pg(postgres_url: str) -> str:
 
 @asynccontextmanager
 async def stack(
-    url: str, backend: object | None, handoff: dict[str, Any] | None = None, bridge: Any = None
+    url: str,
+    backend: object | None,
+    handoff: dict[str, Any] | None = None,
+    bridge: Any = None,
+    **sections: Any,
 ) -> AsyncIterator[tuple[Parley, TelegramAdapter, FakeBotApi]]:
     api = FakeBotApi()
     async with api.serving() as base_url:
         settings = load_settings(
             None, database={"url": url}, handoff=handoff or {},
             telegram={"token": TOKEN, "base_url": base_url, "stream_interval_s": 0.05},
+            **sections,
         )  # fmt: skip
         async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
             section = settings.section("telegram")
@@ -568,3 +574,100 @@ async def test_the_handoff_note_is_written_outside_the_customers_turn_budget(pg:
     assert answered >= 1 and all(in_turn for _, in_turn in ledgers[:answered])
     note_calls = ledgers[answered:]
     assert note_calls and not any(in_turn for _, in_turn in note_calls), note_calls
+
+
+_FAIL_ONCE = [
+    "CREATE SEQUENCE signal_write_tries",
+    """CREATE FUNCTION fail_first_signal_write() RETURNS trigger AS $$
+    BEGIN
+        IF nextval('signal_write_tries') = 1 THEN
+            RAISE EXCEPTION 'signal write refused once';
+        END IF;
+        RETURN NEW;
+    END $$ LANGUAGE plpgsql""",
+    "CREATE TRIGGER fail_first_signal_write BEFORE INSERT ON message_signals "
+    "FOR EACH ROW EXECUTE FUNCTION fail_first_signal_write()",
+]
+
+
+async def _refuse_first_signal_write(pg: str) -> None:
+    """The database refuses the first signal INSERT (a trigger), as a failing write would."""
+    engine = create_async_engine(pg)
+    try:
+        async with engine.begin() as conn:
+            for statement in _FAIL_ONCE:
+                await conn.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def test_a_failed_signal_write_fails_the_turn_when_the_model_fails_too(pg: str) -> None:
+    """The signal write fails while the model fails before its first word (a timeout): the
+    delivery that waited for the write took its failure, and the error sentence's own
+    delivery went ahead without it, shown and recorded as the answer with no signal kept.
+    The turn fails unseen instead, and its next run writes the signal, then says the error
+    sentence (the model still fails), as when the write came first."""
+
+    def answer(request: GenerationRequest) -> str:
+        raise BackendTimeout("the model took too long")
+
+    await _refuse_first_signal_write(pg)
+    async with stack(pg, ScriptedBackend(answer)) as (app, adapter, api):
+        await send(app, adapter, 1, "hello")
+        async with asyncio.timeout(10):
+            while not api.texts(CHAT):
+                await asyncio.sleep(0.05)
+                await settle(app, adapter)
+        assert api.texts(CHAT) == [say(TIMEOUT, "en")]
+        async with app.store.engine.connect() as conn:
+            assert await conn.scalar(sa.text("SELECT count(*) FROM message_signals")) == 1
+
+
+_REFUSE_FOLDS = [
+    """CREATE FUNCTION refuse_summary() RETURNS trigger AS $$
+    BEGIN
+        RAISE EXCEPTION 'summary refused';
+    END $$ LANGUAGE plpgsql""",
+    "CREATE TRIGGER refuse_summary BEFORE UPDATE ON conversations FOR EACH ROW "
+    "WHEN (NEW.summary IS DISTINCT FROM OLD.summary) EXECUTE FUNCTION refuse_summary()",
+]
+
+
+async def test_a_turn_that_fails_before_showing_ends_with_its_signal_write(pg: str) -> None:
+    """A turn that failed after its signal write was started and before its delivery began
+    (the summary of older turns its window needed was refused by the database) ended at
+    once, its write left running on its own: the conversation was idle while the write
+    still waited, outliving its turn (a shutdown too, and meeting the turn's next run).
+    The turn now ends once its write has. The signals table is locked to hold the write;
+    a trigger refuses summaries."""
+    words = " ".join(f"word{i}" for i in range(40))
+    backend = ScriptedBackend(echo_last_user)
+    async with stack(pg, backend, conversation={"context_tokens": 300}) as (app, adapter, api):
+        for n in range(1, 4):
+            await send(app, adapter, n, f"{n} {words}")
+        engine = create_async_engine(pg)
+        try:
+            async with engine.begin() as conn:
+                for statement in _REFUSE_FOLDS:
+                    await conn.execute(sa.text(statement))
+            async with engine.connect() as conn:
+                await conn.execute(sa.text("LOCK TABLE message_signals IN EXCLUSIVE MODE"))
+                await feed(adapter, text_update(9, CHAT, f"9 {words}"))
+                async with asyncio.timeout(10):
+                    while not await _signal_write_waits(engine):
+                        pass
+                    while not await conn.scalar(sa.text("SELECT max(attempts) FROM messages")):
+                        pass  # the turn failed (its attempt is counted)
+                idle = asyncio.create_task(app.manager.wait_idle())
+                for _ in range(20):  # round trips, while the write still waits
+                    assert await _signal_write_waits(engine)
+                    if idle.done():
+                        break
+                assert not idle.done()
+                await conn.commit()
+                await idle
+            async with engine.begin() as conn:
+                await conn.execute(sa.text("DROP TRIGGER refuse_summary ON conversations"))
+        finally:
+            await engine.dispose()
+        assert len(api.texts(CHAT)) == 3  # the fourth turn failed unseen

@@ -126,10 +126,26 @@ class TurnDelivery:
     def before_showing(self, write: asyncio.Task[None]) -> None:
         """A write of this turn (its handoff signals) left to run while the answer is
         prepared: `begin` waits for it, so that its failure fails the turn before anything
-        is shown, as when it was awaited. One whose turn ends before that is not awaited;
-        its failure is left to the turn's next run (the write is repeated, keeping the first)."""
+        is shown, as when it was awaited; every `begin` of the turn does (a model that failed
+        before its first word has its error sentence delivered next, which must fail too).
+        One whose turn ends before that is waited for as the turn ends (`writes_settled`)."""
         write.add_done_callback(_consumed)
         self._before.append(write)
+
+    async def writes_settled(self) -> None:
+        """The turn ends: its writes left to run (`before_showing`) are waited for, so that
+        none outlives it: the next turn's read of recent signals (a streak) finds them in, and
+        a turn cancelled (shutdown) cancels them with it. A failure is left to the turn's
+        next run (the write is repeated, keeping the first)."""
+        pending = [write for write in self._before if not write.done()]
+        self._before = []
+        if not pending:  # the usual turn: begin waited for them
+            return
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            for write in pending:
+                write.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def quoting_kept(self) -> None:
         self.quotes_kept = True
@@ -165,8 +181,8 @@ class TurnDelivery:
         """Record that this turn shows its answer; Superseded when it may not."""
         if self.begun:
             return
-        while self._before:
-            await self._before.pop(0)
+        for write in self._before:  # kept: a failed write fails each begin of the turn
+            await asyncio.shield(write)  # a cancelled begin leaves it to writes_settled
         if self._lease.lost.is_set():
             raise Superseded
         first, last = self._batch[0].id, self._batch[-1].id

@@ -983,6 +983,7 @@ class ConversationManager:
             await self._record_aside(work, batch, apology)
         finally:
             _TURN.reset(token)
+            await turn.writes_settled()  # none outlives its turn (its signals, see begin)
             if work.conversation_id in self._redacted:
                 # A message was redacted during the turn: the window it wrote (loaded before)
                 # may hold the text. Dropped before the next turn loads it.
