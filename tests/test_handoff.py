@@ -671,3 +671,35 @@ async def test_a_turn_that_fails_before_showing_ends_with_its_signal_write(pg: s
         finally:
             await engine.dispose()
         assert len(api.texts(CHAT)) == 3  # the fourth turn failed unseen
+
+
+async def test_a_stop_cancels_the_signal_write_of_a_turn_it_cancels(pg: str) -> None:
+    """A stop cancels a turn that failed before showing and waits for its signal write: the
+    write is cancelled with it, and does not go on waiting (for a lock, a database that does
+    not answer) after the stop, on its own. The signals table is locked to hold the write."""
+    words = " ".join(f"word{i}" for i in range(40))
+    backend = ScriptedBackend(echo_last_user)
+    async with stack(pg, backend, conversation={"context_tokens": 300}) as (app, adapter, api):
+        for n in range(1, 4):
+            await send(app, adapter, n, f"{n} {words}")
+        engine = create_async_engine(pg)
+        try:
+            async with engine.begin() as conn:
+                for statement in _REFUSE_FOLDS:
+                    await conn.execute(sa.text(statement))
+            async with engine.connect() as conn:
+                await conn.execute(sa.text("LOCK TABLE message_signals IN EXCLUSIVE MODE"))
+                await feed(adapter, text_update(9, CHAT, f"9 {words}"))
+                async with asyncio.timeout(10):
+                    while not await _signal_write_waits(engine):
+                        pass
+                    while not await conn.scalar(sa.text("SELECT max(attempts) FROM messages")):
+                        pass  # the turn failed (its attempt is counted)
+                await app.manager.drain(0)
+                async with asyncio.timeout(10):
+                    while await _signal_write_waits(engine):
+                        pass
+                await conn.commit()
+        finally:
+            await engine.dispose()
+        assert len(api.texts(CHAT)) == 3
