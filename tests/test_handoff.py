@@ -633,13 +633,14 @@ _REFUSE_FOLDS = [
 ]
 
 
-async def test_a_turn_that_fails_before_showing_ends_with_its_signal_write(pg: str) -> None:
-    """A turn that failed after its signal write was started and before its delivery began
-    (the summary of older turns its window needed was refused by the database) ended at
-    once, its write left running on its own: the conversation was idle while the write
-    still waited, outliving its turn (a shutdown too, and meeting the turn's next run).
-    The turn now ends once its write has. The signals table is locked to hold the write;
-    a trigger refuses summaries."""
+@asynccontextmanager
+async def _turn_failed_with_its_signal_write_held(
+    pg: str,
+) -> AsyncIterator[tuple[Parley, Any, Any]]:
+    """Three turns answered, then a fourth that fails after its signal write was started and
+    before its delivery began (a trigger refuses the summary its window needs), the write held
+    by a lock on the signals table: (the app, an engine on the database, the connection that
+    holds the lock, uncommitted). Three answers shown in the end."""
     words = " ".join(f"word{i}" for i in range(40))
     backend = ScriptedBackend(echo_last_user)
     async with stack(pg, backend, conversation={"context_tokens": 300}) as (app, adapter, api):
@@ -658,14 +659,7 @@ async def test_a_turn_that_fails_before_showing_ends_with_its_signal_write(pg: s
                         pass
                     while not await conn.scalar(sa.text("SELECT max(attempts) FROM messages")):
                         pass  # the turn failed (its attempt is counted)
-                idle = asyncio.create_task(app.manager.wait_idle())
-                for _ in range(20):  # round trips, while the write still waits
-                    assert await _signal_write_waits(engine)
-                    if idle.done():
-                        break
-                assert not idle.done()
-                await conn.commit()
-                await idle
+                yield app, engine, conn
             async with engine.begin() as conn:
                 await conn.execute(sa.text("DROP TRIGGER refuse_summary ON conversations"))
         finally:
@@ -673,33 +667,31 @@ async def test_a_turn_that_fails_before_showing_ends_with_its_signal_write(pg: s
         assert len(api.texts(CHAT)) == 3  # the fourth turn failed unseen
 
 
+async def test_a_turn_that_fails_before_showing_ends_with_its_signal_write(pg: str) -> None:
+    """A turn that failed after its signal write was started and before its delivery began
+    (the summary of older turns its window needed was refused by the database) ended at
+    once, its write left running on its own: the conversation was idle while the write
+    still waited, outliving its turn (a shutdown too, and meeting the turn's next run).
+    The turn now ends once its write has. The signals table is locked to hold the write;
+    a trigger refuses summaries."""
+    async with _turn_failed_with_its_signal_write_held(pg) as (app, engine, conn):
+        idle = asyncio.create_task(app.manager.wait_idle())
+        for _ in range(20):  # round trips, while the write still waits
+            assert await _signal_write_waits(engine)
+            if idle.done():
+                break
+        assert not idle.done()
+        await conn.commit()
+        await idle
+
+
 async def test_a_stop_cancels_the_signal_write_of_a_turn_it_cancels(pg: str) -> None:
     """A stop cancels a turn that failed before showing and waits for its signal write: the
     write is cancelled with it, and does not go on waiting (for a lock, a database that does
     not answer) after the stop, on its own. The signals table is locked to hold the write."""
-    words = " ".join(f"word{i}" for i in range(40))
-    backend = ScriptedBackend(echo_last_user)
-    async with stack(pg, backend, conversation={"context_tokens": 300}) as (app, adapter, api):
-        for n in range(1, 4):
-            await send(app, adapter, n, f"{n} {words}")
-        engine = create_async_engine(pg)
-        try:
-            async with engine.begin() as conn:
-                for statement in _REFUSE_FOLDS:
-                    await conn.execute(sa.text(statement))
-            async with engine.connect() as conn:
-                await conn.execute(sa.text("LOCK TABLE message_signals IN EXCLUSIVE MODE"))
-                await feed(adapter, text_update(9, CHAT, f"9 {words}"))
-                async with asyncio.timeout(10):
-                    while not await _signal_write_waits(engine):
-                        pass
-                    while not await conn.scalar(sa.text("SELECT max(attempts) FROM messages")):
-                        pass  # the turn failed (its attempt is counted)
-                await app.manager.drain(0)
-                async with asyncio.timeout(10):
-                    while await _signal_write_waits(engine):
-                        pass
-                await conn.commit()
-        finally:
-            await engine.dispose()
-        assert len(api.texts(CHAT)) == 3
+    async with _turn_failed_with_its_signal_write_held(pg) as (app, engine, conn):
+        await app.manager.drain(0)
+        async with asyncio.timeout(10):
+            while await _signal_write_waits(engine):
+                pass
+        await conn.commit()
