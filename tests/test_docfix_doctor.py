@@ -5,12 +5,14 @@ webhook on a path Parley's HTTP server already serves; and settings that could n
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 from pathlib import Path
 
 import pytest
 
+from adapters.discord.settings import DiscordSettings
 from adapters.telegram.settings import TelegramSettings
 from bot.cli import main
 from bot.doctor import run_checks
@@ -151,6 +153,42 @@ def test_a_telegram_token_not_shaped_like_one_is_refused_at_once(
         "parley: error: invalid setting PARLEY_TELEGRAM__TOKEN: not a bot token: BotFather's "
         "look like 123456789:AAH... (the bot's id, a colon, then letters, digits, _ and -)\n"
     )
+
+
+@pytest.mark.parametrize(
+    "token", ["MTAw.secret\nX-Injected: 1", "MTAw.sec\x01ret", "Bot MTAw.secret", "MTAw.sécret"]
+)
+async def test_a_discord_token_not_shaped_like_one_is_refused_at_once(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    token: str,
+) -> None:
+    """A line break or control character in it (a pasted token, a CRLF file) went to
+    Discord: aiohttp refused to send the header, `parley doctor` ended with a traceback and
+    `parley run` with "ValueError: Forbidden control character"; "Bot " before it was
+    refused by Discord as any wrong token. Now exit 2 with one line, the value not quoted."""
+    async with FakeDiscordApi().serving():
+        code, out, err = await asyncio.to_thread(
+            _doctor,
+            monkeypatch,
+            capsys,
+            PARLEY_DATABASE__URL=f"sqlite+aiosqlite:///{tmp_path}/d.db",
+            PARLEY_ADAPTERS="discord",
+            PARLEY_DISCORD__TOKEN=token,
+        )
+    assert (code, out) == (2, "")
+    assert err == (
+        "parley: error: invalid setting PARLEY_DISCORD__TOKEN: not a bot token: the developer "
+        'portal\'s (Bot tab) are letters, digits, ., _ and - only (without "Bot " before them)\n'
+    )
+
+
+def test_discord_tokens_as_the_portal_gives_them_are_taken() -> None:
+    for token in (DISCORD_TOKEN, "wrong", "MTk4NjIyNDgzNDcxOTI1MjQ4.Cl2FMQ.ZnCjm1XVW7vRze4b7Cq4"):
+        discord = load_settings(None, discord={"token": token}).section("discord")
+        assert isinstance(discord, DiscordSettings) and discord.token is not None
+        assert discord.token.get_secret_value() == token
 
 
 def _telegram(**section: object) -> TelegramSettings:

@@ -25,15 +25,31 @@ def _is_snowflake(value: str) -> bool:
     return bool(_SNOWFLAKE.fullmatch(value)) and int(value) <= _SNOWFLAKE_MAX
 
 
-def _blank_is_unset(token: SecretStr | None) -> SecretStr | None:
+# A bot token as the developer portal gives it: base64url parts joined by dots
+# ("MTk4NjIyNDgzNDcxOTI1MjQ4.Cl2FMQ.ZnCjm1XVW7vRze4b7Cq4se7kKWs"). Their number and lengths
+# are not checked: Discord does not promise them.
+_BOT_TOKEN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _bot_token(token: SecretStr | None) -> SecretStr | None:
     # PARLEY_DISCORD__TOKEN= (an empty variable in a compose file) is no token, not one that
     # Discord would refuse at every start.
-    return token if token is not None and token.get_secret_value().strip() else None
+    if token is None or not token.get_secret_value().strip():
+        return None
+    # One with a space ("Bot MTk4...", as the Authorization header reads), a line break or
+    # another control character went to the network: aiohttp refused to send the header, and
+    # `parley doctor` ended with its traceback. The token itself is never quoted.
+    if not _BOT_TOKEN.fullmatch(token.get_secret_value()):
+        raise ValueError(
+            "not a bot token: the developer portal's (Bot tab) are letters, digits, ., _ and - "
+            'only (without "Bot " before them)'
+        )
+    return token
 
 
 class DiscordSettings(AdapterSettings):
     # The bot token from the developer portal (Bot tab). Never logged.
-    token: Annotated[SecretStr | None, AfterValidator(_blank_is_unset)] = None
+    token: Annotated[SecretStr | None, AfterValidator(_bot_token)] = None
 
     def missing(self) -> str | None:
         if self.token is None:
