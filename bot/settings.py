@@ -118,6 +118,25 @@ def _http_url(url: str) -> str:
 
 
 HttpUrlText = Annotated[str, AfterValidator(_http_url)]
+# What an HTTP header's value can carry as it is: visible ASCII and spaces.
+_HEADER_TEXT = re.compile(r"[\x20-\x7e]*")
+
+
+def _header_secret(secret: SecretStr | None) -> SecretStr | None:
+    """A key sent in a request's header (`Authorization: Bearer KEY`). One with a line break
+    (a pasted key, a CRLF file) made every request fail with httpx's "Illegal header value"
+    quoting the key, which the wait for the model server then logged every 10 s and `parley
+    doctor` printed; a letter outside ASCII was a UnicodeEncodeError's traceback. The key
+    itself is never quoted."""
+    if secret is not None and not _HEADER_TEXT.fullmatch(secret.get_secret_value()):
+        raise ValueError(
+            "holds a character an HTTP header cannot carry (a line break, a control "
+            "character or a letter outside ASCII): copy the key again"
+        )
+    return secret
+
+
+HeaderSecret = Annotated[SecretStr | None, AfterValidator(_header_secret)]
 
 
 class _Section(BaseModel):
@@ -566,7 +585,7 @@ class FallbackSettings(_Section):
     kind: Literal["vllm", "openai"] = "openai"
     model: str
     base_url: HttpUrlText | None = None
-    api_key: SecretStr | None = None
+    api_key: HeaderSecret = None
     max_model_len: int | None = Field(None, ge=64)
     # Shown to users in the fallback notice; default: the model name.
     label: str = ""
@@ -583,7 +602,7 @@ class BackendSettings(_Section):
     # vllm: a local model directory; openai: the model name the server knows.
     model: str = ""
     base_url: HttpUrlText | None = None
-    api_key: SecretStr | None = None
+    api_key: HeaderSecret = None
     max_model_len: int | None = Field(None, ge=64)
     # openai: a local folder with the served model's tokenizer files (e.g. the model folder
     # the server loads). Token counts are then computed here instead of with one /tokenize
@@ -737,7 +756,7 @@ class KnowledgeSettings(_Section):
     # Changing the model re-embeds every chunk at the next search (vectors of another size).
     embedding_base_url: HttpUrlText | None = None
     embedding_model: str = ""
-    embedding_api_key: SecretStr | None = None
+    embedding_api_key: HeaderSecret = None
     embedding_timeout_s: float = Field(30.0, gt=0)
     # Ask the server to cut each text to the model's context (vLLM's truncate_prompt_tokens);
     # false for a server that refuses fields it does not know.

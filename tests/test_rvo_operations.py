@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import resource
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bot.metrics import Metrics
+from bot.settings import load_settings
 from bot.storage.database import create_engine
 from bot.storage.sql_store import SqlStore
 from tests.processes import parley_env
@@ -163,6 +165,44 @@ def test_rvo_a_password_in_a_model_server_url_is_never_printed(tmp_path: Path) -
     assert "parley: error: cannot reach http://parley:***@" in run.stderr
     for done in (doctor, config, run):
         assert PASSWORD not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["PARLEY_BACKEND__API_KEY", "PARLEY_KNOWLEDGE__EMBEDDING_API_KEY", "PARLEY_BACKEND__FALLBACKS"],
+)
+@pytest.mark.parametrize(
+    "key", [f"sk-{PASSWORD}\nX-Injected: 1", f"sk-{PASSWORD}\x01", "sk-Sécret"]
+)
+def test_a_key_no_http_header_can_carry_is_refused_unquoted(
+    tmp_path: Path, variable: str, key: str
+) -> None:
+    """A model server's key with a line break (a pasted key, a CRLF file) failed every request
+    with httpx's "Illegal header value b'Bearer sk-...'": the key in the log line of every wait
+    for the model server and in `parley doctor`'s PROBLEM line. One outside ASCII was a
+    UnicodeEncodeError's traceback."""
+    url = f"http://127.0.0.1:{free_port()}"
+    value = key
+    if variable == "PARLEY_BACKEND__FALLBACKS":
+        value = json.dumps([{"model": "other", "base_url": url, "api_key": key}])
+    env = {
+        "PARLEY_BACKEND__KIND": "openai",
+        "PARLEY_BACKEND__MODEL": "m",
+        "PARLEY_BACKEND__BASE_URL": url,
+        "PARLEY_KNOWLEDGE__EMBEDDING_BASE_URL": url,
+        "PARLEY_KNOWLEDGE__EMBEDDING_MODEL": "e",
+        variable: value,
+    }
+    done = _parley(tmp_path, "doctor", env=env)
+    err = _one_line(done, 2)
+    assert "holds a character an HTTP header cannot carry" in err
+    assert PASSWORD not in done.stdout + done.stderr and "Sécret" not in err
+
+
+def test_a_key_with_spaces_is_taken() -> None:
+    settings = load_settings(None, backend={"api_key": "two words"})
+    assert settings.backend.api_key is not None
+    assert settings.backend.api_key.get_secret_value() == "two words"
 
 
 def test_rvo_a_percent_encoded_password_is_redacted_decoded_too() -> None:
