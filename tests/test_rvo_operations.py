@@ -169,7 +169,12 @@ def test_rvo_a_password_in_a_model_server_url_is_never_printed(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     "variable",
-    ["PARLEY_BACKEND__API_KEY", "PARLEY_KNOWLEDGE__EMBEDDING_API_KEY", "PARLEY_BACKEND__FALLBACKS"],
+    [
+        "PARLEY_BACKEND__API_KEY",
+        "PARLEY_KNOWLEDGE__EMBEDDING_API_KEY",
+        "PARLEY_BACKEND__FALLBACKS",
+        "PARLEY_CHATWOOT__API_ACCESS_TOKEN",
+    ],
 )
 @pytest.mark.parametrize(
     "key", [f"sk-{PASSWORD}\nX-Injected: 1", f"sk-{PASSWORD}\x01", "sk-Sécret"]
@@ -180,7 +185,7 @@ def test_a_key_no_http_header_can_carry_is_refused_unquoted(
     """A model server's key with a line break (a pasted key, a CRLF file) failed every request
     with httpx's "Illegal header value b'Bearer sk-...'": the key in the log line of every wait
     for the model server and in `parley doctor`'s PROBLEM line. One outside ASCII was a
-    UnicodeEncodeError's traceback."""
+    UnicodeEncodeError's traceback; Chatwoot's token the same, or "LocalProtocolError"."""
     url = f"http://127.0.0.1:{free_port()}"
     value = key
     if variable == "PARLEY_BACKEND__FALLBACKS":
@@ -193,6 +198,12 @@ def test_a_key_no_http_header_can_carry_is_refused_unquoted(
         "PARLEY_KNOWLEDGE__EMBEDDING_MODEL": "e",
         variable: value,
     }
+    if variable.startswith("PARLEY_CHATWOOT"):
+        env |= {
+            "PARLEY_ADAPTERS": "chatwoot",
+            "PARLEY_CHATWOOT__URL": url,
+            "PARLEY_CHATWOOT__WEBHOOK_SECRET": "w" * 24,
+        }
     done = _parley(tmp_path, "doctor", env=env)
     err = _one_line(done, 2)
     assert "holds a character an HTTP header cannot carry" in err

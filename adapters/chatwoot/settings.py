@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 
 from bot.adapter_registry import AdapterSettings
+from bot.settings import HeaderSecret
 
 # Chatwoot's own secrets are 24 characters or more; a shorter one is a mistake (and an empty
 # key would let anyone sign a webhook: a blank setting is no secret).
@@ -16,7 +17,7 @@ class ChatwootSettings(AdapterSettings):
     url: AnyHttpUrl | None = Field(
         None, description="Chatwoot's address, e.g. https://chatwoot.example.com"
     )
-    api_access_token: SecretStr | None = Field(
+    api_access_token: HeaderSecret = Field(
         None,
         description="The agent bot's access token (Settings -> Bots -> the bot); sent as the "
         "api_access_token header, never logged",
