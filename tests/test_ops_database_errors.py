@@ -334,3 +334,37 @@ def test_a_password_holding_an_at_sign_is_not_named_as_the_server() -> None:
         assert "ter" not in said, said
     full = asyncpg.exceptions.DiskFullError("could not extend file")
     assert "ter" not in known_failure(full, sa.make_url("postgresql://u:hun@ter@h/db"))
+
+
+@pytest.mark.postgres
+async def test_a_database_that_does_not_exist_says_what_to_do(postgres_url: str) -> None:
+    """A database name that the server does not have was the driver's class and sentence
+    (`InvalidCatalogNameError: database "x" does not exist`), which says nothing to do."""
+    missing = f"nowhere_{uuid.uuid4().hex[:8]}"
+    url = sa.make_url(postgres_url).set(database=missing)
+    engine = create_engine(url.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(StorageError) as raised:
+            await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
+    finally:
+        await engine.dispose()
+    said = str(raised.value)
+    assert "does not exist on the PostgreSQL server: create it (createdb)" in said, said
+    assert said.endswith(f"database {missing})"), said
+
+
+async def test_a_host_name_that_does_not_resolve_is_said_so() -> None:
+    """A host name nothing resolves (`.invalid` never does, RFC 2606) was "gaierror: [Errno
+    -2] Name or service not known", naming neither the host nor the setting to check."""
+    url = "postgresql+asyncpg://parley:hunter2@db.nowhere.invalid:5432/parley"
+    engine = create_engine(url)
+    try:
+        with pytest.raises(StorageError) as raised:
+            await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
+    finally:
+        await engine.dispose()
+    said = str(raised.value)
+    assert "host name cannot be found" in said, said
+    assert "check the host in database.url" in said
+    assert said.endswith("(server db.nowhere.invalid:5432, database parley)"), said
+    assert "hunter2" not in said

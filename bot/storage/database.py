@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -298,7 +299,14 @@ _SQLSTATE_WORDS = {
     "28P01": "PostgreSQL refused the password (authentication failed): check database.url",
     "28000": "PostgreSQL refused the login (no such role, or pg_hba.conf has no entry letting "
     "it in): check the user in database.url and the server's pg_hba.conf",
+    "3D000": "the database does not exist on the PostgreSQL server: create it (createdb) or "
+    "fix its name in database.url",
 }
+# A host name that does not resolve (a typo, a container name outside its network).
+_NO_SUCH_HOST = (
+    "the database server's host name cannot be found (no such host in DNS or /etc/hosts): "
+    "check the host in database.url"
+)
 
 
 # Where SQLite keeps its temporary files on Unix, in its order of choice.
@@ -307,10 +315,11 @@ _SQLITE_TEMPORARY = "the one of SQLite's temporary files (SQLITE_TMPDIR, TMPDIR,
 
 def known_failure(exc: BaseException, url: str | URL | None) -> str:
     """`exc` in words an operator can act on, where its driver's code says what it is: a full
-    disk, a read-only database file, a server out of connections or refusing the login; ""
-    otherwise. Read through public attributes only (sqlite3's `sqlite_errorname`, asyncpg's
-    `sqlstate`) anywhere in its causes (bot.outage.causes), and built from
-    no driver text, so it quotes no value and is safe wherever the class name alone was."""
+    disk, a read-only database file, a server out of connections or refusing the login, a
+    database that does not exist, a host name that does not resolve; "" otherwise. Read
+    through public attributes only (sqlite3's `sqlite_errorname`, asyncpg's `sqlstate`) and
+    types (`socket.gaierror`) anywhere in its causes (bot.outage.causes), and built from no
+    driver text, so it quotes no value and is safe wherever the class name alone was."""
     parsed = _readable_url(url)
     if parsed is None:  # said where it was raised, the database named, if it was
         said = [e.known for e in causes(exc) if isinstance(e, StorageError) and e.known]
@@ -330,6 +339,8 @@ def known_failure(exc: BaseException, url: str | URL | None) -> str:
         sqlstate = getattr(each, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate in _SQLSTATE_WORDS:
             return _SQLSTATE_WORDS[sqlstate] + _server(parsed)
+        if isinstance(each, socket.gaierror):
+            return _NO_SUCH_HOST + _server(parsed)
     return ""
 
 
