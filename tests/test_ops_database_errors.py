@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import socket
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -353,18 +354,55 @@ async def test_a_database_that_does_not_exist_says_what_to_do(postgres_url: str)
     assert said.endswith(f"database {missing})"), said
 
 
-async def test_a_host_name_that_does_not_resolve_is_said_so() -> None:
-    """A host name nothing resolves (`.invalid` never does, RFC 2606) was "gaierror: [Errno
-    -2] Name or service not known", naming neither the host nor the setting to check."""
-    url = "postgresql+asyncpg://parley:hunter2@db.nowhere.invalid:5432/parley"
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """The system's resolver, for the host names given (name -> the getaddrinfo error code it
+    fails with); the rest as the system resolves them. A real lookup of a `.invalid` name went
+    to DNS: on a machine without one it waited out the resolver's timeouts, then failed with
+    another code (EAI_AGAIN) than on one with DNS."""
+    failing: dict[str, int] = {}
+    system = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in failing:
+            raise socket.gaierror(failing[host], f"getaddrinfo error {failing[host]}")
+        return system(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return failing
+
+
+async def _connect_failure(url: str) -> str:
     engine = create_engine(url)
     try:
         with pytest.raises(StorageError) as raised:
             await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
     finally:
         await engine.dispose()
-    said = str(raised.value)
+    return str(raised.value)
+
+
+async def test_a_host_name_that_does_not_resolve_is_said_so(resolver: dict[str, int]) -> None:
+    """A host name nothing resolves was "gaierror: [Errno -2] Name or service not known",
+    naming neither the host nor the setting to check."""
+    resolver["db.nowhere.invalid"] = socket.EAI_NONAME
+    said = await _connect_failure(
+        "postgresql+asyncpg://parley:hunter2@db.nowhere.invalid:5432/parley"
+    )
     assert "host name cannot be found" in said, said
     assert "check the host in database.url" in said
     assert said.endswith("(server db.nowhere.invalid:5432, database parley)"), said
     assert "hunter2" not in said
+
+
+async def test_a_resolver_that_does_not_answer_is_not_said_to_be_a_wrong_host(
+    resolver: dict[str, int],
+) -> None:
+    """EAI_AGAIN is DNS not answering (no DNS server reachable, a container's network
+    down), not a name it does not know: "no such host ... check the host in database.url"
+    sent the operator to a host name that was right."""
+    resolver["db.example"] = socket.EAI_AGAIN
+    said = await _connect_failure("postgresql+asyncpg://parley:hunter2@db.example/parley")
+    assert "no such host" not in said, said
+    assert "DNS did not answer" in said, said
+    assert said.endswith("(server db.example, database parley)"), said

@@ -307,6 +307,13 @@ _NO_SUCH_HOST = (
     "the database server's host name cannot be found (no such host in DNS or /etc/hosts): "
     "check the host in database.url"
 )
+# EAI_AGAIN (and EAI_FAIL): no DNS server answered, which says nothing of the name itself.
+_NO_DNS_ANSWER = (
+    "DNS did not answer for the database server's host name (no DNS server reachable, or a "
+    "temporary failure): check the machine's or the container's DNS, then the host in "
+    "database.url"
+)
+_DNS_DOWN = {socket.EAI_AGAIN, socket.EAI_FAIL}
 
 
 # Where SQLite keeps its temporary files on Unix, in its order of choice.
@@ -340,7 +347,8 @@ def known_failure(exc: BaseException, url: str | URL | None) -> str:
         if isinstance(sqlstate, str) and sqlstate in _SQLSTATE_WORDS:
             return _SQLSTATE_WORDS[sqlstate] + _server(parsed)
         if isinstance(each, socket.gaierror):
-            return _NO_SUCH_HOST + _server(parsed)
+            down = each.errno in _DNS_DOWN
+            return (_NO_DNS_ANSWER if down else _NO_SUCH_HOST) + _server(parsed)
     return ""
 
 
