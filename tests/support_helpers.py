@@ -57,6 +57,7 @@ async def support_worker(
     conversation: dict[str, Any] | None = None,
     http: dict[str, Any] | None = None,
     database: dict[str, Any] | None = None,
+    budget: dict[str, Any] | None = None,
     **support: Any,
 ) -> AsyncIterator[Worker]:
     redis = {"url": redis_url, "key_prefix": key_prefix} if redis_url else {}
@@ -67,6 +68,7 @@ async def support_worker(
         knowledge={"load_sample": False, "semantic": False},
         conversation=conversation or {},
         http=http or {},
+        budget=budget or {},
         adapters=["support"],
         support={"token_secret": SECRET, **support},
     )
