@@ -11,10 +11,12 @@ its children propagate), does two things to every record:
   dropped unless `log_message_text` is true. Their warnings and errors stay: they say that
   something failed, which an operator needs.
 - In what is kept, every secret given to `install` (bot tokens, API keys, passwords; see
-  `secrets_in`) and any Telegram bot token in a URL is replaced with `***`, exceptions and
-  stack traces included. A secret shorter than MIN_SECRET_CHARS is replaced only where it
-  stands as a password (`user:…@` in a URL, `password=…` and the like in a driver's error):
-  anywhere else it could be an ordinary word, and every log line would lose it.
+  `secrets_in`), any Telegram bot token in a URL and any Discord interaction or webhook
+  token in one (`/interactions/<id>/<token>`, `/webhooks/<id>/<token>`) is replaced with
+  `***`, exceptions and stack traces included. A secret shorter than MIN_SECRET_CHARS is
+  replaced only where it stands as a password (`user:…@` in a URL, `password=…` and the like
+  in a driver's error): anywhere else it could be an ordinary word, and every log line
+  would lose it.
 
 `log_message_text = true` is for debugging on a machine whose logs are as private as the
 conversations; secrets are redacted even then. Parley's own loggers never log message text.
@@ -39,6 +41,8 @@ BODY_LOGGERS = (
     "uvicorn.access",
     "discord.http",
     "discord.gateway",
+    # Each webhook and interaction call's URL, which holds the interaction's token.
+    "discord.webhook",
     "aiohttp.access",
     "aiohttp.client",
     "websockets",
@@ -64,6 +68,9 @@ def is_secret_parameter(name: str) -> bool:
 
 # A bot token in a Bot API URL (api.telegram.org/bot<id>:<secret>/...), whoever logs it.
 _BOT_TOKEN = re.compile(r"(?<=/bot)\d+:[\w-]+")
+# A Discord interaction's or webhook's token in its URL (/interactions/<id>/<token>/callback,
+# /webhooks/<id>/<token>/...): it lets whoever holds it answer as the bot for 15 minutes.
+_WEBHOOK_TOKEN = re.compile(r"(/(?:webhooks|interactions)/\d+/)[\w.-]+")
 # Shorter secrets would redact ordinary words: they are redacted only as passwords.
 MIN_SECRET_CHARS = 6
 # Where a value is a password, however short, as (before it, after it): a URL's `user:…@`,
@@ -118,6 +125,7 @@ class LogSafetyFilter(logging.Filter):
 
     def redact(self, text: str) -> str:
         text = _BOT_TOKEN.sub(REDACTED, text)
+        text = _WEBHOOK_TOKEN.sub(rf"\g<1>{REDACTED}", text)
         if self._secrets:
             text = self._secrets.sub(REDACTED, text)
         for password in self._passwords:
