@@ -96,7 +96,13 @@ class Parley:
         url = s.database.url.get_secret_value()
         await ensure_schema(url, s.database.auto_migrate, timeout_s=s.database.timeout_s)
         db = s.database
-        engine = create_engine(url, echo=db.echo, pool_size=db.pool_size, timeout_s=db.timeout_s)
+        engine = create_engine(
+            url,
+            echo=db.echo,
+            pool_size=db.pool_size,
+            timeout_s=db.timeout_s,
+            show_parameters=s.log_message_text,
+        )
         relaxed = create_relaxed_engine(
             engine, pool_size=max(2, db.pool_size // 2), timeout_s=db.timeout_s
         )

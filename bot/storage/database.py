@@ -100,7 +100,12 @@ _TRUE = ("1", "true", "yes", "on")
 
 
 def create_engine(
-    url: str, *, echo: bool = False, pool_size: int = 10, timeout_s: float | None = None
+    url: str,
+    *,
+    echo: bool = False,
+    pool_size: int = 10,
+    timeout_s: float | None = None,
+    show_parameters: bool = False,
 ) -> AsyncEngine:
     """An async engine for `url` (sqlite+aiosqlite:// or postgresql+asyncpg://).
 
@@ -109,12 +114,16 @@ def create_engine(
     connections and never answers fails a request or a turn (503, a retry) instead of holding
     it for asyncpg's 60 s connect and without end on a statement. None: no limit on a
     statement (the command-line tools' long batch writes). SQLite waits for its file's lock
-    by its busy timeout."""
+    by its busy timeout.
+
+    `show_parameters` (`log_message_text`): statements' parameters, message text among them,
+    in `echo`'s lines and in a failed statement's error (logged with a failed turn); without
+    it SQLAlchemy leaves them out of both."""
     if echo:
         _echo_through_logging()
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, pool_size=pool_size)
+        return _sqlite_engine(parsed, pool_size=pool_size, show_parameters=show_parameters)
     limits: dict[str, Any] = {}
     if timeout_s is not None:
         # asyncpg's public connect() arguments, and the pool's wait for a connection.
@@ -124,11 +133,14 @@ def create_engine(
     # instead of opening one that is closed again on return, a new server process per
     # statement at high concurrency, and the worker's connections stay within pool_size.
     return _engine(
-        parsed, pool_size=pool_size, max_overflow=0, pool_recycle=POOL_RECYCLE_S, **limits,
+        parsed, pool_size=pool_size, max_overflow=0, pool_recycle=POOL_RECYCLE_S,
+        hide_parameters=not show_parameters, **limits,
     )  # fmt: skip
 
 
 def _engine(url: URL, **options: Any) -> AsyncEngine:
+    # Statements' parameters (message text) out of errors and echo unless asked for.
+    options.setdefault("hide_parameters", True)
     return refuse_unusable_arguments(_create_async_engine(url, **options))
 
 
@@ -483,13 +495,13 @@ def refuse_unusable_sqlite_parameters(url: URL) -> None:
         raise ConfigError(f"database.url: {exc}") from None
 
 
-def _sqlite_engine(url: URL, *, pool_size: int) -> AsyncEngine:
+def _sqlite_engine(url: URL, *, pool_size: int, show_parameters: bool = False) -> AsyncEngine:
     refuse_unusable_sqlite_parameters(url)
     ensure_sqlite_folder(url)
     # A file: a pool of `pool_size` connections (WAL lets them read at once; writers queue in
     # busy_timeout). In memory: the dialect's single shared connection, which takes no size.
     sized = {"pool_size": pool_size, "max_overflow": 0} if sqlite_file(url) is not None else {}
-    engine = _engine(url, **sized)
+    engine = _engine(url, hide_parameters=not show_parameters, **sized)
     pragmas = sqlite_pragmas(url)
 
     def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
