@@ -61,24 +61,18 @@ async def test_an_older_status_delivered_after_a_newer_one_is_ignored(database_u
         await w.idle()
         assert (await w.app.desk.status(KEY)).state is HandoffState.WAITING
 
-        async def deliver(status: str, updated_at: float | None) -> HandoffState:
-            payload = _update(fake, conv, status, updated_at)
-            assert await fake.send(payload, secret=ACCOUNT_SECRET) == 200
-            await w.idle()
-            return (await w.app.desk.status(KEY)).state
-
         # Stamps after the echo of Parley's own request (stamped by the fake's clock, this
         # one): a fixed stamp of 2027 is one from the future before then.
         base = fake.clock() + 1
-        assert await deliver("open", base + 0.25) is HandoffState.HUMAN
-        assert await deliver("resolved", base + 2.5) is HandoffState.BOT
+        assert await _deliver(w, conv, "open", base + 0.25) is HandoffState.HUMAN
+        assert await _deliver(w, conv, "resolved", base + 2.5) is HandoffState.BOT
         # The late "open", older than the resolution: ignored.
-        assert await deliver("open", base + 1.75) is HandoffState.BOT
+        assert await _deliver(w, conv, "open", base + 1.75) is HandoffState.BOT
         # The resolution delivered again (a retry) still applies; a newer "open" does.
-        assert await deliver("resolved", base + 2.5) is HandoffState.BOT
-        assert await deliver("open", base + 3.0) is HandoffState.HUMAN
+        assert await _deliver(w, conv, "resolved", base + 2.5) is HandoffState.BOT
+        assert await _deliver(w, conv, "open", base + 3.0) is HandoffState.HUMAN
         # Without updated_at (an older Chatwoot) every update applies, as before.
-        assert await deliver("resolved", None) is HandoffState.BOT
+        assert await _deliver(w, conv, "resolved", None) is HandoffState.BOT
 
 
 async def test_an_update_stamped_in_the_future_does_not_hold_back_later_ones(
@@ -93,17 +87,13 @@ async def test_an_update_stamped_in_the_future_does_not_hold_back_later_ones(
         await fake.contact_says(conv, "I want to talk to a person")
         await w.idle()
 
-        async def deliver(status: str, updated_at: float) -> HandoffState:
-            payload = _update(fake, conv, status, updated_at)
-            assert await fake.send(payload, secret=ACCOUNT_SECRET) == 200
-            await w.idle()
-            return (await w.app.desk.status(KEY)).state
-
         base = fake.clock() + 1  # after the echo of Parley's own request
-        assert await deliver("open", base) is HandoffState.HUMAN
-        assert await deliver("resolved", 4_102_444_800.0) is HandoffState.BOT  # 2100-01-01
-        assert await deliver("open", base + 2.0) is HandoffState.HUMAN
-        assert await deliver("resolved", base + 1.0) is HandoffState.HUMAN  # older: ignored
+        assert await _deliver(w, conv, "open", base) is HandoffState.HUMAN
+        # Stamped 2100-01-01.
+        assert await _deliver(w, conv, "resolved", 4_102_444_800.0) is HandoffState.BOT
+        assert await _deliver(w, conv, "open", base + 2.0) is HandoffState.HUMAN
+        # Older: ignored.
+        assert await _deliver(w, conv, "resolved", base + 1.0) is HandoffState.HUMAN
 
 
 async def test_of_two_updates_handled_at_once_the_older_never_follows_the_newer(
@@ -178,20 +168,14 @@ async def test_parleys_own_change_is_not_undone_by_an_older_update_delivered_lat
         await fake.contact_says(conv, "Hello")
         await w.idle()
 
-        async def deliver(status: str, updated_at: float) -> HandoffState:
-            payload = _update(fake, conv, status, updated_at)
-            assert await fake.send(payload, secret=ACCOUNT_SECRET) == 200
-            await w.idle()
-            return (await w.app.desk.status(KEY)).state
-
         opened = fake.clock() - 10  # stamps further back than OWN_CHANGE_LEEWAY_S
-        assert await deliver("open", opened) is HandoffState.HUMAN
+        assert await _deliver(w, conv, "open", opened) is HandoffState.HUMAN
         conv.status = "pending"  # no echo of the give-back
         await w.app.desk.give_back(KEY, "api:ops")
         await w.idle()
         assert [c.body for c in fake.calls][-1] == {"status": "pending"}
         # The "open" made before the give-back, retried by Chatwoot's job queue.
-        assert await deliver("open", opened) is HandoffState.BOT
+        assert await _deliver(w, conv, "open", opened) is HandoffState.BOT
 
         conv.status = "open"  # no echo of the request
         await w.app.desk.request(KEY, Reason.ASKED)
@@ -199,9 +183,9 @@ async def test_parleys_own_change_is_not_undone_by_an_older_update_delivered_lat
         assert [c.body for c in fake.calls][-2] == {"status": "open"}
         assert (await w.app.desk.status(KEY)).state is HandoffState.WAITING
         # A "resolved" made before the customer's request, delivered after it.
-        assert await deliver("resolved", opened + 5) is HandoffState.WAITING
+        assert await _deliver(w, conv, "resolved", opened + 5) is HandoffState.WAITING
         # A change made in Chatwoot after Parley's still applies.
-        assert await deliver("resolved", fake.clock()) is HandoffState.BOT
+        assert await _deliver(w, conv, "resolved", fake.clock()) is HandoffState.BOT
 
 
 @pytest.mark.postgres
@@ -337,3 +321,14 @@ async def test_of_two_updates_at_once_the_newer_that_changed_nothing_is_read_aga
         host = dataclasses.replace(host_for(w.app), desk=OlderBetween())  # type: ignore[arg-type]
         await ChatwootAdapter(host, settings, client=w.adapter.client).act(second)
         assert (await w.app.desk.status(KEY)).state is expected
+
+
+async def _deliver(
+    w: Any, conv: Conversation, status: str, updated_at: float | None
+) -> HandoffState:
+    """Chatwoot's status update of `conv` (stamped `updated_at`) delivered to the worker `w`;
+    the conversation's state once it is handled."""
+    payload = _update(w.fake, conv, status, updated_at)
+    assert await w.fake.send(payload, secret=ACCOUNT_SECRET) == 200
+    await w.idle()
+    return (await w.app.desk.status(KEY)).state

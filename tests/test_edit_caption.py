@@ -9,6 +9,8 @@ text with it, by the caption alone.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -282,18 +284,26 @@ async def test_an_edit_of_a_document_never_recorded_downloads_nothing(
         assert backend.requests == []
 
 
-async def test_an_edit_of_a_document_over_the_rate_limit_downloads_nothing(
-    tmp_path: Path, database_url: str
-) -> None:
-    """A document over its sender's rate limit is recorded as a stub, never downloaded; an
-    edit of its caption downloaded and read it all the same, for nothing (a stub is never
-    edited): a flood of documents, each edited, read every one. Not downloaded."""
+@asynccontextmanager
+async def _one_message_a_window(tmp_path: Path, database_url: str) -> AsyncIterator[Any]:
+    """A Telegram harness whose senders may send one message a rate window, the document
+    `doc-1` (NOTES) on the Bot API stand-in, and a model that answers "Noted."."""
     backend = ScriptedBackend(lambda request: "Noted.")
     limits = {"rate_limit_messages": 1}
     async with telegram_harness(
         tmp_path, backend, database_url=database_url, conversation=limits
     ) as h:
         h.api.files["doc-1"] = NOTES.encode()
+        yield h
+
+
+async def test_an_edit_of_a_document_over_the_rate_limit_downloads_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A document over its sender's rate limit is recorded as a stub, never downloaded; an
+    edit of its caption downloaded and read it all the same, for nothing (a stub is never
+    edited): a flood of documents, each edited, read every one. Not downloaded."""
+    async with _one_message_a_window(tmp_path, database_url) as h:
         first = sent(1, CHAT, "What day?")
         await feed(h.adapter, first)
         await h.idle()
@@ -316,12 +326,7 @@ async def test_edits_of_a_document_over_the_edit_limit_download_nothing(
     sender's limit of edits, which stubs the message all the same, it was still downloaded
     and read (a child process each): a sender editing one caption over and over had the bot
     download it every time. Counted before the download, the one over the limit is not."""
-    backend = ScriptedBackend(lambda request: "Noted.")
-    limits = {"rate_limit_messages": 1}
-    async with telegram_harness(
-        tmp_path, backend, database_url=database_url, conversation=limits
-    ) as h:
-        h.api.files["doc-1"] = NOTES.encode()
+    async with _one_message_a_window(tmp_path, database_url) as h:
         document = sent(1, CHAT, "What day?")
         await feed(h.adapter, document)
         await h.idle()

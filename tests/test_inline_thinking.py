@@ -170,13 +170,7 @@ async def test_inline_reasoning_counts_to_the_reply_size_limit() -> None:
     max_tokens allows, with no answer yet, is given up (ReasoningTooLong), not shown cut."""
     backend = _backend([["<think>", *["hmm " * 250] * 20]], [])
     request = GenerationRequest([ChatMessage(Role.USER, "why?")], 16)  # 16,384 characters
-    try:
-        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
-            with pytest.raises(ReasoningTooLong):
-                async for chunk in chunks:
-                    assert not chunk.text
-    finally:
-        await backend.aclose()
+    await _given_up_unshown(backend, request)
 
 
 async def test_reasoning_sent_both_apart_and_inline_counts_once() -> None:
@@ -209,13 +203,7 @@ async def test_reasoning_sent_one_way_then_the_other_counts_in_full() -> None:
     inline: list[Delta] = ["<think>", *steps, "</think>\n\nParis."]
     backend = _backend([[*apart, *inline]], [])
     request = GenerationRequest([ChatMessage(Role.USER, "Capital of France?")], 16)
-    try:
-        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
-            with pytest.raises(ReasoningTooLong):
-                async for chunk in chunks:
-                    assert not chunk.text
-    finally:
-        await backend.aclose()
+    await _given_up_unshown(backend, request)
 
 
 async def test_the_in_process_engine_reasoning_is_the_model_at_work() -> None:
@@ -398,3 +386,14 @@ async def test_a_parsing_server_that_sends_no_reasoning_still_shows_the_answer(
     deltas = [{"content": "Paris is"}, {"content": " the capital."}]
     for finish, answer in (("stop", "Paris is the capital."), ("length", "")):
         assert await _opened_reply(tmp_path, deltas, finish) == answer, finish
+
+
+async def _given_up_unshown(backend: OpenAICompatBackend, request: GenerationRequest) -> None:
+    """`backend`'s stream for `request` ends in ReasoningTooLong, no text shown before."""
+    try:
+        async with asyncio.timeout(NEVER), aclosing(backend.stream(request)) as chunks:
+            with pytest.raises(ReasoningTooLong):
+                async for chunk in chunks:
+                    assert not chunk.text
+    finally:
+        await backend.aclose()

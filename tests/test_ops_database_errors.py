@@ -196,16 +196,21 @@ async def _as_admin(postgres_url: str, *statements: str) -> None:
         await admin.dispose()
 
 
-async def _refusal_as(postgres_url: str, username: str) -> str:
-    """The one line a first statement run as `username` (no password) fails with."""
-    url = sa.make_url(postgres_url).set(username=username, password=None)
-    engine = create_engine(url.render_as_string(hide_password=False))
+async def _connect_failure(url: str) -> str:
+    """The one line a first statement on `url` fails with."""
+    engine = create_engine(url)
     try:
         with pytest.raises(StorageError) as raised:
             await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
     finally:
         await engine.dispose()
     return str(raised.value)
+
+
+async def _refusal_as(postgres_url: str, username: str) -> str:
+    """The one line a first statement run as `username` (no password) fails with."""
+    url = sa.make_url(postgres_url).set(username=username, password=None)
+    return await _connect_failure(url.render_as_string(hide_password=False))
 
 
 @pytest.mark.postgres
@@ -343,13 +348,7 @@ async def test_a_database_that_does_not_exist_says_what_to_do(postgres_url: str)
     (`InvalidCatalogNameError: database "x" does not exist`), which says nothing to do."""
     missing = f"nowhere_{uuid.uuid4().hex[:8]}"
     url = sa.make_url(postgres_url).set(database=missing)
-    engine = create_engine(url.render_as_string(hide_password=False))
-    try:
-        with pytest.raises(StorageError) as raised:
-            await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
-    finally:
-        await engine.dispose()
-    said = str(raised.value)
+    said = await _connect_failure(url.render_as_string(hide_password=False))
     assert "does not exist on the PostgreSQL server: create it (createdb)" in said, said
     assert said.endswith(f"database {missing})"), said
 
@@ -370,16 +369,6 @@ def resolver(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     return failing
-
-
-async def _connect_failure(url: str) -> str:
-    engine = create_engine(url)
-    try:
-        with pytest.raises(StorageError) as raised:
-            await run_on_connection(engine, lambda conn: conn.execute(sa.text("SELECT 1")))
-    finally:
-        await engine.dispose()
-    return str(raised.value)
 
 
 async def test_a_host_name_that_does_not_resolve_is_said_so(resolver: dict[str, int]) -> None:
