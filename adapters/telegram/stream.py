@@ -44,6 +44,13 @@ log = logging.getLogger(__name__)
 # Telegram allows about 20 messages a minute in a group; pacing edits to match keeps a long
 # answer's updates even instead of bursting and then stalling.
 GROUP_INTERVAL_S = 3.0
+# "Bad Request: ENTITIES_TOO_LONG" (PTB: "Entities_too_long"): entities too big in all (a
+# tdlib maintainer: about 9,500 characters of links' Markdown, telegram-bot-api #165), not
+# too many: past 100 Telegram takes the message and ignores the rest's formatting (TelegramBots
+# #854, telegram-bot-api #739). As typed, the links keep their URLs. The one refusal that more
+# of the same piece only makes worse (a piece that grows keeps its entities and adds more): a
+# piece refused so goes plain from then on (TelegramSurface._plain_refs, _plain_draft).
+_ENTITIES_TOO_LONG = "entities_too_long"
 # Bot API descriptions that blame the text itself: the plain text will do.
 _TEXT_REFUSED = (
     "can't parse entities",
@@ -51,15 +58,8 @@ _TEXT_REFUSED = (
     "message text is empty",
     "text must be non-empty",
     "message is too long",
-    # "Bad Request: ENTITIES_TOO_LONG" (PTB: "Entities_too_long"): entities too big in all (a
-    # tdlib maintainer: about 9,500 characters of links' Markdown, telegram-bot-api #165), not
-    # too many: past 100 Telegram takes the message and ignores the rest's formatting
-    # (TelegramBots #854, telegram-bot-api #739). As typed, the links keep their URLs.
-    "entities_too_long",
+    _ENTITIES_TOO_LONG,
 )
-# Of those, the refusal that more of the same piece only makes worse: a piece that grows
-# keeps its entities and adds more. A piece refused so goes plain from then on (`_Plain`).
-_ENTITIES_TOO_LONG = "entities_too_long"
 # The Bot API's answer to an edit of a message deleted in the chat (Telegram sends bots no
 # event when a message is deleted: an edit is where the bot learns it).
 _DELETED = "message to edit not found"
