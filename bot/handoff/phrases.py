@@ -310,8 +310,12 @@ def asks_for_person(text: str) -> bool:
     flat = " ".join(text.split())
     if len(flat) <= ALONE_CHARS and _ALONE.match(flat) is not None:
         return True
-    read = _Reading(flat)
-    return any(not read.negated(found.start(), found.end()) for found in _HUMAN.finditer(flat))
+    read: _Reading | None = None  # built at the first request: most messages hold none
+    for found in _HUMAN.finditer(flat):
+        read = read or _Reading(flat)
+        if not read.negated(found.start(), found.end()):
+            return True
+    return False
 
 
 # How far before a request its last few words (NEGATION_WORDS) are looked for: enough for
