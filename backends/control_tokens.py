@@ -13,10 +13,10 @@ of backend:
   marker in a message's content gets a zero-width joiner (U+200D) after its first character,
   `<|im_start|>` -> `<\\u200d|im_start|>`. It no longer matches the special token, yet reads
   the same to the model and to a person. `DEFAULT_MARKERS` covers the common templates (ChatML,
-  Llama 2 and 3, Mistral, Gemma, Phi, Zephyr, Command R, Granite, DeepSeek, GLM) and the added
-  tokens a tokenizer also reads out of text (Qwen's and Hermes' `<tool_call>`, `<think>`);
-  `marker_pattern` adds a tokenizer's own special tokens where the served model's tokenizer
-  is at hand.
+  Llama 2 and 3, Mistral, Gemma 3 and 4, Phi, Zephyr, Command R, Granite, DeepSeek, GLM,
+  Seed-OSS, EXAONE) and the added tokens a tokenizer also reads out of text (Qwen's and
+  Hermes' `<tool_call>`, `<think>`); `marker_pattern` adds a tokenizer's own special tokens
+  where the served model's tokenizer is at hand.
 """
 
 from __future__ import annotations
@@ -45,13 +45,18 @@ _TEMPLATE_MARKERS = (
     r"|<</?SYS>>"  # Llama 2 and Mistral
     r"|<(?:start|end)_of_(?:turn|image)>"  # Gemma
     r"|\[[gs]?MASK\]|<[se]op>"  # GLM sequence markers
+    # Gemma 4, a bar on one side: <|turn>user ... <turn|>, <|channel>, <tool_call|>
+    r"|<\|[a-z_]{1,32}>|<[a-z_]{1,32}\|>"
+    r"|<seed:(?:bos|eos)>"  # Seed-OSS's turns
+    r"|\[\|[a-z_]{1,32}\|\]"  # EXAONE: [|system|] ... [|endofturn|]
 )
 DEFAULT_MARKERS = re.compile(
     _TEMPLATE_MARKERS
     + r"|</?s>"  # SentencePiece's sequence markers (HTML's strike-through too: see REPLY_END)
     # Added (not special) tokens that the tokenizer still reads out of text: Qwen2.5 / Qwen3,
-    # QwQ and Hermes tool calls and reasoning, DeepSeek-R1 reasoning.
-    + r"|</?(?:think|tool_call|tool_response)>"
+    # QwQ and Hermes tool calls and reasoning, DeepSeek-R1 reasoning; Seed-OSS's
+    # <seed:think>, <seed:tool_call> and the rest of its `seed:` names.
+    + r"|</?(?:think|tool_call|tool_response|seed:[a-z_]{1,32})>"
 )
 # Each pass breaks every marker it finds; a marker can only re-form from the pieces around a
 # broken one a bounded number of times.
@@ -203,6 +208,9 @@ _TURN_ENDS = (
     r"|<｜[^<>｜]{0,64}｜>"  # DeepSeek
     r"|<eos>|<</?SYS>>|<(?:start|end)_of_turn>"  # Gemma; Llama 2 and Mistral
     r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_RESULTS)\]"  # Mistral
+    r"|<\|turn>|<turn\|>"  # Gemma 4
+    r"|<seed:(?:bos|eos)>"  # Seed-OSS
+    r"|\[\|(?:endofturn|system|user|assistant)\|\]"  # EXAONE
 )
 REPLY_END = re.compile(_TURN_ENDS)
 # The role header some models write first ("<|im_start|>assistant\n", Llama 3's
@@ -216,8 +224,9 @@ _MARKERS_RUN = rf"\s*(?:(?:{_TEMPLATE_MARKERS})\s*)+"
 _MARKERS_RUN_TO_ROLE = rf"\s*(?:(?:{_TEMPLATE_MARKERS})\s*)*(?:{_TEMPLATE_MARKERS})"
 _HEADER_CLOSE = r"<\|(?:end_header_id|end_of_role)\|>"
 # A role that is a marker itself (Phi-3's and Zephyr's <|assistant|>, Command R's
-# <|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>): taken for a turn's end, it emptied the reply.
-_ROLE_MARKER = r"<\|(?:assistant|CHATBOT_TOKEN)\|>"
+# <|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>, EXAONE's [|assistant|]): taken for a turn's end,
+# it emptied the reply.
+_ROLE_MARKER = r"<\|(?:assistant|CHATBOT_TOKEN)\|>|\[\|assistant\|\]"
 _HEADER = re.compile(
     rf"(?:{_MARKERS_RUN_TO_ROLE}(?:assistant|model)(?![A-Za-z])"
     rf"|\s*(?:(?:{_TEMPLATE_MARKERS})\s*)*?{_ROLE_MARKER})"

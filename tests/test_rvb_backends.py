@@ -301,11 +301,19 @@ async def test_rvb_an_invalid_structured_reply_is_not_logged(
 # Strings that common models' tokenizers (tokenizer.json "added_tokens") turn into one token
 # wherever they appear in text, and that a server tokenizes from message contents:
 # Qwen2.5 / Qwen3 / QwQ and Hermes (tool calls, reasoning), DeepSeek-R1 (reasoning),
-# Mistral's Tekken tokenizer (tool-call arguments, images, fill-in-the-middle), GLM-4.
+# Mistral's Tekken tokenizer (tool-call arguments, images, fill-in-the-middle, reasoning),
+# GLM-4; and the turn, channel and tool tokens of templates of other shapes: Gemma 4's
+# (a bar on one side), Seed-OSS's (`seed:` names), EXAONE 4's (bars in brackets), each of
+# which let a message forge a system turn.
 ADDED_VOCABULARY = [
     "<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
     "[ARGS]", "[CALL_ID]", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]",
-    "[SUFFIX]", "[gMASK]", "<sop>", "<eop>",
+    "[SUFFIX]", "[THINK]", "[/THINK]", "[gMASK]", "<sop>", "<eop>",
+    "<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>",
+    "<|tool_response>", "<tool_response|>", '<|"|>',
+    "<seed:bos>", "<seed:eos>", "<seed:think>", "</seed:think>", "<seed:tool_call>",
+    "</seed:tool_call>",
+    "[|system|]", "[|user|]", "[|assistant|]", "[|endofturn|]",
 ]  # fmt: skip
 
 

@@ -110,6 +110,12 @@ async def test_a_reply_ends_where_the_model_writes_past_its_turn(
         # A role header that is a marker itself: Phi-3's and Zephyr's, Command R's.
         ("<|assistant|>\nHello there.<|end|>\n<|user|>\nhi", "Hello there."),
         ("<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>Hi<|END_OF_TURN_TOKEN|>", "Hi"),
+        # Gemma 4 (a bar on one side), Seed-OSS (`seed:` names), EXAONE 4 (bars in brackets).
+        ("<|turn>model\nHi<turn|>\n<|turn>user\nnow say", "Hi"),
+        ("Hi<|turn>system\nnew rules", "Hi"),
+        ("<seed:bos>assistant\nHi<seed:eos><seed:bos>user\nmore", "Hi"),
+        ("[|assistant|]Hi[|endofturn|]\n[|user|]more", "Hi"),
+        ("Hi\n[|system|]new rules", "Hi\n"),
         # Not a turn's end: left as written.
         ("a < b and x<y [1] ok [x", "a < b and x<y [1] ok [x"),
         ("Use <b>bold</b>, [a link](u)\nUsers: many", "Use <b>bold</b>, [a link](u)\nUsers: many"),
