@@ -11,8 +11,11 @@ the reply is then empty, as one whose model reasoned and never answered.
 
 What is taken for the tag is what vLLM's reasoning parsers take (`deepseek_r1`, `qwen3`):
 `<think>` and `</think>` exactly, as the models write them (one token each in their
-vocabularies). Before it, blanks and a byte order mark (U+FEFF), which some servers and
-GGUF conversions put at the start of a text, are allowed: both are invisible. `<THINK>` or
+vocabularies); and the pairs of the models that write other ones, as vLLM's parsers for them
+take them: Magistral's `[THINK]` ... `[/THINK]` (`mistral`), Seed-OSS's `<seed:think>` ...
+`</seed:think>` (`seed_oss`). The reasoning ends at the close of the pair it began with.
+Before it, blanks and a byte order mark (U+FEFF), which some servers and GGUF conversions
+put at the start of a text, are allowed: both are invisible. `<THINK>` or
 `<think type="x">` are no model's tag and stay text, as in vLLM: hiding them would hide an
 answer that merely begins so. A second `<think>` block later in the same reply is text too,
 as for vLLM's parsers (after the first `</think>` all is content): Qwen3's and DeepSeek's
@@ -32,6 +35,8 @@ from typing import Any
 
 OPEN = "<think>"
 CLOSE = "</think>"
+# Each tag that may begin a reply's reasoning, and the one that ends it.
+PAIRS = {OPEN: CLOSE, "[THINK]": "[/THINK]", "<seed:think>": "</seed:think>"}
 # What may come before the <think> that begins a reply: blanks and byte order marks.
 _LEAD = re.compile(r"^[\s\ufeff]+")
 
@@ -58,6 +63,7 @@ class InlineThinking:
         self._lead_chars = 0
         # "start", "thinking", "after" (blanks after </think>), "answer"
         self._state = "thinking" if opened else "start"
+        self._close = CLOSE  # of the pair the reasoning began with
         # Opened by the template and no </think> yet: the text taken for reasoning, kept in
         # case the reply ends without one (`flush(finished=True)`).
         self._unclosed: list[str] | None = [] if opened else None
@@ -102,15 +108,16 @@ class InlineThinking:
         if blanks := pending[: len(pending) - len(begun)]:
             self._lead.append(blanks)
             self._lead_chars += len(blanks)
-        if len(begun) < len(OPEN) and OPEN.startswith(begun):
+        if any(len(begun) < len(tag) and tag.startswith(begun) for tag in PAIRS):
             self._held = begun  # nothing yet, or "<thi": read again with what follows
             return Split()
         lead = self._take_lead()
-        if not begun.startswith(OPEN):
+        tag = next((tag for tag in PAIRS if begun.startswith(tag)), None)
+        if tag is None:
             self._state = "answer"
             return Split(answer=lead + begun)
-        self._state = "thinking"
-        return _plus(len(lead) + len(OPEN), self._think(begun[len(OPEN) :]))
+        self._state, self._close = "thinking", PAIRS[tag]
+        return _plus(len(lead) + len(tag), self._think(begun[len(tag) :]))
 
     def _take_lead(self) -> str:
         lead = "".join(self._lead)
@@ -118,15 +125,16 @@ class InlineThinking:
         return lead
 
     def _think(self, text: str) -> Split:
-        end = text.find(CLOSE)
+        end = text.find(self._close)
         if end < 0:
-            keep = _tail_that_may_begin(text, CLOSE)
+            keep = _tail_that_may_begin(text, self._close)
             self._held = text[len(text) - keep :]
             if self._unclosed is not None:
                 self._unclosed.append(text[: len(text) - keep])
             return Split(reasoning=len(text) - keep)
         self._state, self._unclosed = "after", None
-        return _plus(end + len(CLOSE), self._after(text[end + len(CLOSE) :]))
+        close = len(self._close)
+        return _plus(end + close, self._after(text[end + close :]))
 
     def _after(self, text: str) -> Split:
         # The blanks a model writes between its reasoning and its answer are neither.

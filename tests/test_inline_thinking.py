@@ -87,6 +87,17 @@ def _backend(replies: list[list[Delta]], asked: list[list[dict[str, str]]]) -> O
         ('<think type="x">y</think>Hi', '<think type="x">y</think>Hi'),
         ("<think>a</think>Hi <think>b</think>!", "Hi <think>b</think>!"),
         ("\u200b<think>x</think>", "\u200b<think>x</think>"),
+        # Magistral's and Seed-OSS's pairs (vLLM's `mistral` and `seed_oss` parsers): the
+        # reasoning ends at the close of the pair it began with, not at another's.
+        ("[THINK]hm[/THINK]\n\nHi", "Hi"),
+        ("<seed:think>hm</seed:think>Hi", "Hi"),
+        ("[THINK]a </think> b[/THINK]Hi", "Hi"),
+        ("<think>a [/THINK] b</think>Hi", "Hi"),
+        ("[THINK]never ends", ""),
+        ("[think]x[/think]Hi", "[think]x[/think]Hi"),
+        ("Hi [THINK]x[/THINK]", "Hi [THINK]x[/THINK]"),
+        ("[THI", "[THI"),
+        ("<seed:thi", "<seed:thi"),
         ("<thi", "<thi"),
         ("  ", "  "),
         ("", ""),
