@@ -126,13 +126,19 @@ def _header_secret(secret: SecretStr | None) -> SecretStr | None:
     """A key sent in a request's header (`Authorization: Bearer KEY`). One with a line break
     (a pasted key, a CRLF file) made every request fail with httpx's "Illegal header value"
     quoting the key, which the wait for the model server then logged every 10 s and `parley
-    doctor` printed; a letter outside ASCII was a UnicodeEncodeError's traceback. The key
-    itself is never quoted."""
-    if secret is not None and not _HEADER_TEXT.fullmatch(secret.get_secret_value()):
+    doctor` printed; a letter outside ASCII was a UnicodeEncodeError's traceback. A space at
+    its end (a pasted key, a quoted .env value) was the same "Illegal header value"; one at its
+    start went as "Bearer  KEY", which the server refuses. The key itself is never quoted."""
+    if secret is None:
+        return secret
+    key = secret.get_secret_value()
+    if not _HEADER_TEXT.fullmatch(key):
         raise ValueError(
             "holds a character an HTTP header cannot carry (a line break, a control "
             "character or a letter outside ASCII): copy the key again"
         )
+    if key != key.strip(" "):
+        raise ValueError("begins or ends with a space, which no key does: copy the key again")
     return secret
 
 

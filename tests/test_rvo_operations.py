@@ -177,15 +177,24 @@ def test_rvo_a_password_in_a_model_server_url_is_never_printed(tmp_path: Path) -
     ],
 )
 @pytest.mark.parametrize(
-    "key", [f"sk-{PASSWORD}\nX-Injected: 1", f"sk-{PASSWORD}\x01", "sk-Sécret"]
+    ("key", "said"),
+    [
+        (f"sk-{PASSWORD}\nX-Injected: 1", "holds a character an HTTP header cannot carry"),
+        (f"sk-{PASSWORD}\x01", "holds a character an HTTP header cannot carry"),
+        ("sk-Sécret", "holds a character an HTTP header cannot carry"),
+        (f"sk-{PASSWORD} ", "begins or ends with a space"),
+        (f" sk-{PASSWORD}", "begins or ends with a space"),
+    ],
 )
 def test_a_key_no_http_header_can_carry_is_refused_unquoted(
-    tmp_path: Path, variable: str, key: str
+    tmp_path: Path, variable: str, key: str, said: str
 ) -> None:
     """A model server's key with a line break (a pasted key, a CRLF file) failed every request
     with httpx's "Illegal header value b'Bearer sk-...'": the key in the log line of every wait
     for the model server and in `parley doctor`'s PROBLEM line. One outside ASCII was a
-    UnicodeEncodeError's traceback; Chatwoot's token the same, or "LocalProtocolError"."""
+    UnicodeEncodeError's traceback; Chatwoot's token the same, or "LocalProtocolError". A space
+    at the end (a quoted value in a .env file, a pasted key) was the same "Illegal header
+    value", key quoted; one at the start went as "Bearer  sk-...", refused by the server."""
     url = f"http://127.0.0.1:{free_port()}"
     value = key
     if variable == "PARLEY_BACKEND__FALLBACKS":
@@ -206,7 +215,7 @@ def test_a_key_no_http_header_can_carry_is_refused_unquoted(
         }
     done = _parley(tmp_path, "doctor", env=env)
     err = _one_line(done, 2)
-    assert "holds a character an HTTP header cannot carry" in err
+    assert said in err
     assert PASSWORD not in done.stdout + done.stderr and "Sécret" not in err
 
 
