@@ -16,7 +16,9 @@ its children propagate), does two things to every record:
   `***`, exceptions and stack traces included. A secret shorter than MIN_SECRET_CHARS is
   replaced only where it stands as a password (`user:…@` in a URL, `password=…` and the like
   in a driver's error): anywhere else it could be an ordinary word, and every log line
-  would lose it.
+  would lose it. Unless `log_message_text` is true, the value asyncpg quotes where it
+  refuses a query argument (message text, which SQLAlchemy's `hide_parameters` does not
+  reach) is replaced too.
 
 `log_message_text = true` is for debugging on a machine whose logs are as private as the
 conversations; secrets are redacted even then. Parley's own loggers never log message text.
@@ -71,6 +73,16 @@ _BOT_TOKEN = re.compile(r"(?<=/bot)\d+:[\w-]+")
 # A Discord interaction's or webhook's token in its URL (/interactions/<id>/<token>/callback,
 # /webhooks/<id>/<token>/...): it lets whoever holds it answer as the bot for 15 minutes.
 _WEBHOOK_TOKEN = re.compile(r"(/(?:webhooks|interactions)/\d+/)[\w.-]+")
+# asyncpg's refusal of a value its codec cannot encode quotes the value (message text, up to
+# 40 characters), and SQLAlchemy's error repeats it, past hide_parameters: "invalid input for
+# query argument $1: 'my password is ...' ('str' object cannot be interpreted as an integer)".
+_REFUSED_ARGUMENT = re.compile(
+    r"(invalid input for query argument \$\d+(?: in element #\d+ of executemany\(\) sequence)?: )"
+    r"([^\n]*)"
+)
+# The reason asyncpg gives last, in parentheses (one level inside them, as in "an integer is
+# required (got type str)"). The value's own parentheses cannot end the line as this does.
+_REFUSAL_REASON = re.compile(r" \((?:[^()\n]|\([^()\n]*\))*\)$")
 # Shorter secrets would redact ordinary words: they are redacted only as passwords.
 MIN_SECRET_CHARS = 6
 # Where a value is a password, however short, as (before it, after it): a URL's `user:…@`,
@@ -126,11 +138,20 @@ class LogSafetyFilter(logging.Filter):
     def redact(self, text: str) -> str:
         text = _BOT_TOKEN.sub(REDACTED, text)
         text = _WEBHOOK_TOKEN.sub(rf"\g<1>{REDACTED}", text)
+        if not self.log_message_text:
+            text = _REFUSED_ARGUMENT.sub(_without_value, text)
         if self._secrets:
             text = self._secrets.sub(REDACTED, text)
         for password in self._passwords:
             text = password.sub(rf"\g<before>{REDACTED}", text)
         return text
+
+
+def _without_value(refusal: re.Match[str]) -> str:
+    """asyncpg's refusal of an argument with the value left out: which argument, and why
+    (the reason too, where it cannot be told from the value)."""
+    reason = _REFUSAL_REASON.search(refusal[2])
+    return f"{refusal[1]}{REDACTED}{reason[0] if reason else ''}"
 
 
 def _any_of(secrets: Iterable[str]) -> re.Pattern[str] | None:

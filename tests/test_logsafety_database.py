@@ -30,3 +30,40 @@ async def test_a_failed_statement_logs_no_parameter(database_url: str) -> None:
     text = log.getvalue()
     assert "the turn failed" in text and "[SQL: " in text  # the error still says what failed
     assert CANARY not in text
+
+
+async def test_a_refused_argument_logs_no_value(postgres_url: str) -> None:
+    # asyncpg refuses a value its codec cannot encode with its own text, which quotes the value
+    # ("invalid input for query argument $1: 'my password is ...' (...)"), and SQLAlchemy's
+    # error repeats that text: hide_parameters does not reach it.
+    engine = create_engine(postgres_url)
+    try:
+        with captured_debug_log(safe=True) as (log, _):
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        sa.text("SELECT CAST(:n AS integer)"), {"n": f"{CANARY} (is) my (password"}
+                    )
+            except sa.exc.DBAPIError:
+                logging.getLogger("bot.conversation.manager").exception("the turn failed")
+    finally:
+        await engine.dispose()
+    text = log.getvalue()
+    assert CANARY not in text
+    # The line still says what failed, and which argument: the class, the position, the reason.
+    assert "DataError" in text and "invalid input for query argument $1: *** (" in text
+    assert "cannot be interpreted as an integer" in text
+
+
+async def test_a_refused_argument_logs_its_value_with_log_message_text(postgres_url: str) -> None:
+    engine = create_engine(postgres_url)
+    try:
+        with captured_debug_log(safe=True, log_message_text=True) as (log, _):
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(sa.text("SELECT CAST(:n AS integer)"), {"n": CANARY})
+            except sa.exc.DBAPIError:
+                logging.getLogger("bot.conversation.manager").exception("the turn failed")
+    finally:
+        await engine.dispose()
+    assert CANARY in log.getvalue()
