@@ -168,18 +168,36 @@ def secrets_in(settings: BaseModel) -> list[str]:
     """Every secret in a settings object: each `SecretStr` value, and the password of each
     URL among them (a database URL's password shows up alone in driver errors), or among
     the plain URLs (a model server's `http://user:password@host` is no SecretStr, yet its
-    password is one) and the URL fields (`support.webhook.url`, `chatwoot.url`), as written
-    and percent-decoded."""
+    password is one), as written and percent-decoded; of the URL fields (`support.webhook.url`,
+    `support.webhooks`' and `chatwoot.url`, receivers' URLs) the user and the whole query."""
     found: list[str] = []
     for value in _values(settings):
         if isinstance(value, SecretStr) and (secret := value.get_secret_value()):
             found.append(secret)
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
         if isinstance(text, AnyUrl):  # a validated URL field (a webhook's, Chatwoot's)
-            text = str(text)
-        if isinstance(text, str):
+            found += _receiver_secrets(str(text))
+        elif isinstance(text, str):
             found += _url_secrets(text)
     return found
+
+
+def _receiver_secrets(url: str) -> list[str]:
+    """A receiver's URL (an outbound webhook's, Chatwoot's) is the operator's or the help
+    desk's secret: besides `_url_secrets`, its whole query string and each value in it as
+    long as a token, whatever the parameter's name (Azure Functions' `?code=`), and its user
+    name, as written and percent-decoded. (A shorter value alone could be an ordinary word:
+    `?site=support`.)"""
+    found = _url_secrets(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return found
+    more = [parts.username or "", parts.query]
+    values = [pair.partition("=")[2] for pair in parts.query.split("&")]
+    more += [value for value in values if len(unquote_plus(value)) >= TOKEN_LIKE_CHARS]
+    more = [s for secret in more for s in (secret, unquote(secret), unquote_plus(secret)) if s]
+    return list(dict.fromkeys(found + more))
 
 
 def redactor(settings: BaseModel) -> LogSafetyFilter:

@@ -20,11 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from adapters.support.settings import SupportSettings
 from adapters.support.webhooks import WebhookBridge, WebhookTarget, event_id, sign
 from bot.handoff.types import DeskEvent, EventKind, HandoffNote, HandoffState, Reason
-from bot.logsafety import LogSafetyFilter
+from bot.logsafety import LogSafetyFilter, secrets_in
 from bot.types import ConversationKey, utcnow
 from tests.local_server import serving
+from tests.test_logsafety import captured_debug_log
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "support.md"
 SECRET = "whsec-test-0123456789abcdef"
@@ -224,6 +226,31 @@ async def test_neither_the_secret_nor_the_url_is_logged(caplog: pytest.LogCaptur
     assert "webhook shop" in caplog.text  # the failures were logged ...
     for secret in (SECRET, "path-token-abc", r.url, "refund"):
         assert secret not in caplog.text  # ... without the secret, the URL or the text
+
+
+async def test_a_webhook_urls_query_and_user_are_redacted_with_log_message_text() -> None:
+    """With log_message_text on, httpx's request lines are kept, and they name the URL: its
+    query string and user are the receiver's secrets whatever their names (Azure Functions'
+    `?code=`), redacted by the filter `parley` installs from the settings (`secrets_in`)."""
+    async with receiver() as r:
+        url = (
+            r.url.replace("://", "://desk-agent:pw@")
+            + "?code=desk-code-4f1e&site=shop&ref=0123456789abcdef0"
+        )
+        settings = SupportSettings(webhook={"url": url, "secret": SECRET})  # type: ignore[arg-type]
+        secrets = secrets_in(settings)
+        with captured_debug_log(safe=True, log_message_text=True, secrets=secrets) as (log, _):
+            hooks = bridge(url)
+            await hooks.publish(event())
+            await hooks.idle()
+            await hooks.aclose()
+        assert len(r.seen) == 1
+    # A value as long as a token is one wherever it shows; a short one may be a word.
+    assert "0123456789abcdef0" in secrets and "shop" not in secrets
+    text = log.getvalue()
+    assert "HTTP Request: POST" in text  # httpx's line was kept ...
+    for secret in ("desk-code-4f1e", "site=shop", "0123456789abcdef0", "desk-agent", SECRET):
+        assert secret not in text  # ... without the query string or the user
 
 
 @asynccontextmanager
