@@ -267,6 +267,12 @@ class SupportApi:
         # The log out of reach is a 503 to retry later, not a 200 stream that ends at once,
         # which a browser takes for a working connection and opens again at once.
         await self._events.latest(caller.conversation)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":
+            # Starlette serves HEAD wherever GET is (an uptime check, a link previewer): the
+            # GET's answer without a body. A stream would be dropped unread yet never end: it
+            # held a stream place and hung the connection's next request.
+            return Response(media_type="text/event-stream", headers=headers)
         visitor_id = request.query_params.get("visitor_id")
 
         async def still_allowed() -> bool:
@@ -278,7 +284,6 @@ class SupportApi:
 
         release = self._open_stream(caller.conversation, _client(request))
         body = stream(self._events, caller.conversation, after, self._s.keepalive_s, still_allowed)
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return _CountedStream(release, body, media_type="text/event-stream", headers=headers)
 
     async def history(self, request: Request) -> Response:

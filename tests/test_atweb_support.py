@@ -1,0 +1,50 @@
+"""Hostile review of the support channel's web side (prefix atweb): the real app and support
+adapter served by uvicorn, on SQLite with the in-memory event log and on PostgreSQL with
+Redis, called as an attacker or an odd client would. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support_helpers import bearer, new_visitor, open_stream, support_worker
+
+
+@pytest.fixture
+def backing(request: pytest.FixtureRequest, database_url: str) -> tuple[str, str | None]:
+    """The database and the event log: SQLite with this process's memory, PostgreSQL with
+    Redis."""
+    if database_url.startswith("sqlite"):
+        return database_url, None
+    redis_url: str = request.getfixturevalue("redis_url")
+    return database_url, redis_url
+
+
+async def test_a_head_request_for_the_event_stream_opens_no_stream(
+    backing: tuple[str, str | None], key_prefix: str
+) -> None:
+    """HEAD /v1/events (Starlette answers HEAD wherever GET is served: an uptime check, a
+    link previewer, a proxy probing the URL) got the stream's headers and then a stream
+    that never ended: its body was dropped, but it held one of the visitor's and the
+    address's stream places, and the kept-alive connection, busy with that endless
+    response, hung the client's next request. Now a HEAD is checked like the GET (a bad
+    token is 401) and answered with the headers alone: no stream is opened or counted."""
+    database_url, redis_url = backing
+    async with support_worker(
+        database_url, redis_url=redis_url, key_prefix=key_prefix, streams_per_visitor=1
+    ) as w:
+        site = await w.add_site("shop")
+        async with w.client() as probe, w.client() as browser:
+            visitor = await new_visitor(browser, site)
+            token = visitor["token"]
+            refused = await probe.head("/v1/events", headers=bearer(token + "x"))
+            head = await probe.head("/v1/events", headers=bearer(token))
+            # The visitor's one stream place is free for the browser's stream (429 if not).
+            async with open_stream(browser, token):
+                pass
+            # The same kept-alive connection serves the next request.
+            history = await probe.get("/v1/history", headers=bearer(token))
+    assert refused.status_code == 401
+    assert head.status_code == 200
+    assert head.headers["content-type"].startswith("text/event-stream")
+    assert head.content == b""
+    assert history.status_code == 200
