@@ -48,3 +48,29 @@ async def test_a_head_request_for_the_event_stream_opens_no_stream(
     assert head.headers["content-type"].startswith("text/event-stream")
     assert head.content == b""
     assert history.status_code == 200
+
+
+async def test_a_lone_surrogate_in_a_field_name_is_named_like_any_unknown_field(
+    backing: tuple[str, str | None], key_prefix: str
+) -> None:
+    """JSON may escape half of a UTF-16 pair alone in a field's name as well as in its value.
+    In a value it becomes U+FFFD; in a name it reached pydantic as it was, and the 422 blamed
+    the whole body for not being a string ("body: Input should be a valid string, unable to
+    parse raw data as a unicode string"), which names neither the field nor the problem.
+    Now the name is made storable too, and refused as any field the API does not know."""
+    database_url, redis_url = backing
+    async with support_worker(database_url, redis_url=redis_url, key_prefix=key_prefix) as w:
+        site = await w.add_site("shop")
+        async with w.client() as client:
+            visitor = await new_visitor(client, site)
+            body = b'{"text": "Where is my order?", "note\\ud800": 1}'
+            response = await client.post(
+                "/v1/messages",
+                headers={**bearer(visitor["token"]), "Content-Type": "application/json"},
+                content=body,
+            )
+    assert response.status_code == 422
+    assert response.json()["error"] == {
+        "code": "invalid_request",
+        "message": "note\ufffd: Extra inputs are not permitted",
+    }

@@ -52,12 +52,18 @@ async def read_body(
 def _lone_surrogates_replaced(data: dict[str, Any]) -> None:
     """JSON may escape half of a UTF-16 pair alone ("\\ud800"), which no text can hold: each
     becomes U+FFFD in place, as the core makes every message storable, so such a message is
-    taken (and answered once) rather than refused for an encoding it cannot fix."""
+    taken (and answered once) rather than refused for an encoding it cannot fix. In a field's
+    name too: left as it was, pydantic blamed the whole body ("body: Input should be a valid
+    string"), where the field is now named, as any the API does not know."""
     containers: list[Any] = [data]  # dicts and lists, walked without recursion
     while containers:
         container = containers.pop()
         places = container.items() if isinstance(container, dict) else enumerate(container)
         for place, value in list(places):
+            if isinstance(place, str) and _LONE_SURROGATE.search(place):
+                del container[place]
+                place = _LONE_SURROGATE.sub(REPLACEMENT, place)
+                container[place] = value
             if isinstance(value, str) and _LONE_SURROGATE.search(value):
                 container[place] = _LONE_SURROGATE.sub(REPLACEMENT, value)
             elif isinstance(value, dict | list):
