@@ -204,7 +204,13 @@ def _parser() -> argparse.ArgumentParser:
 def _adapters_help() -> str:
     from bot.adapter_registry import installed_adapters
 
-    lines = [f"  {name}: {spec.summary}" for name, spec in installed_adapters().items()]
+    # `make run` installs no extra: an adapter whose SDK comes with one says so here, rather
+    # than only when a start with it is refused.
+    lines = [
+        f"  {name}: {spec.summary}"
+        + (f"; its SDK: pip install 'parley[{spec.extra}]'" if spec.extra else "")
+        for name, spec in installed_adapters().items()
+    ]
     return "Installed adapters (the `adapters` setting):\n" + "\n".join(lines)
 
 

@@ -320,3 +320,17 @@ def test_the_health_check_reads_a_variable_in_every_form_the_settings_take(
         (settings.http.host, str(settings.http.port)),
     )
     assert health.healthz_url(os.environ, {}) == worker != "http://127.0.0.1:8080/healthz"
+
+
+def test_run_help_names_the_extra_each_sdk_adapter_needs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`make run` installs Parley without extras, and `parley run --help` lists every adapter
+    it knows: the ones that need an SDK say which extra brings it, before a start refuses."""
+    with pytest.raises(SystemExit) as done:
+        main(["run", "--help"])
+    assert done.value.code == 0
+    lines = {line.split(":")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    assert "pip install 'parley[telegram]'" in lines["telegram"]
+    assert "pip install 'parley[discord]'" in lines["discord"]
+    assert "pip install" not in lines["console"]
