@@ -101,8 +101,8 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
                 target = "one revision" if revision == "-1" else f"to {revision}"
                 raise ConfigError(
                     f"db downgrade: going back {target} removes the tables and columns of "
-                    "each revision it undoes, with their data; back up the database, then run "
-                    "it again with --yes"
+                    "each revision it undoes, with their data; back up the database "
+                    '(docs/database.md, "Backups"), then run it again with --yes'
                 )
             await migrate.downgrade(url, revision, timeout_s=wait)
     except CommandError as exc:  # a revision Alembic cannot find or reach

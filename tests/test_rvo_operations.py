@@ -101,6 +101,7 @@ def test_a_downgrade_needs_yes_and_without_it_changes_nothing(tmp_path: Path) ->
     ):
         err = _one_line(_parley(tmp_path, *args), 2)
         assert "--yes" in err and "with their data" in err and says in err
+        assert 'docs/database.md, "Backups"' in err  # how to back up, for a first-timer
         assert _parley(tmp_path, "db", "current").stdout == head
     done = _parley(tmp_path, "db", "downgrade", "--yes")
     assert done.returncode == 0, done.stderr
