@@ -374,7 +374,7 @@ def _import_vllm() -> tuple[Any, Any]:
         from vllm.v1.engine.async_llm import AsyncLLM
     except ImportError as exc:  # a missing extra: no wait makes it appear (exit status 2)
         raise ConfigError(
-            f"backend kind 'vllm' needs the vllm package ({exc}); install parley[vllm]"
+            f"backend kind 'vllm' needs the vllm package ({exc}): pip install 'parley[vllm]'"
         ) from exc
     return AsyncLLM, AsyncEngineArgs
 

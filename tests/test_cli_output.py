@@ -153,8 +153,8 @@ def test_a_missing_extra_is_a_configuration_problem_at_once(tmp_path: Path) -> N
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr == (
-        "parley: error: backend kind 'vllm' needs the vllm package (No module named vllm); "
-        "install parley[vllm]\n"
+        "parley: error: backend kind 'vllm' needs the vllm package (No module named vllm): "
+        "pip install 'parley[vllm]'\n"  # a command to paste, like the other extras' lines
     )
 
 
