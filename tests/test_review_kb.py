@@ -477,6 +477,26 @@ def test_a_folder_that_holds_no_file_now_forgets_nothing(
     assert "removed 2 documents" in capsys.readouterr().out
 
 
+def test_one_document_kept_from_an_empty_folder_is_said_in_the_singular(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A first-timer's folder of one file, emptied: the line said "the 1 document from it
+    are kept (... removes them)"."""
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+    folder = tmp_path / "faq"
+    folder.mkdir()
+    (folder / "faq.md").write_text("# Returns\n\nReturns take 30 days.\n")
+    assert main(["kb", "add", str(folder)]) == 0
+    capsys.readouterr()
+    (folder / "faq.md").unlink()
+    assert main(["kb", "add", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "the 1 document from it is kept" in err
+    assert f"(parley kb remove {folder.as_posix()} removes it)" in err
+
+
 async def test_a_subfolder_named_too_that_holds_no_file_now_is_kept_not_removed(
     kb: KnowledgeBase, tmp_path: Path
 ) -> None:

@@ -104,10 +104,12 @@ async def _add(kb: KnowledgeBase, paths: list[str], collection: str, say: Stderr
     for prefix in report.kept:  # an unmounted share is not a folder whose files all went
         folder = prefix.rstrip("/")
         count = sum(1 for source in stored if source.startswith(prefix))
-        documents = f"{count} document{'s' if count != 1 else ''}"
+        documents, are, them = (
+            (f"{count} documents", "are", "them") if count != 1 else ("1 document", "is", "it")
+        )
         say(printable(f"parley: {folder} holds no file to add now (is it mounted?); the "
-                      f"{documents} from it are kept (parley kb remove {folder} removes "
-                      "them)"), logging.WARNING)  # fmt: skip
+                      f"{documents} from it {are} kept (parley kb remove {folder} removes "
+                      f"{them})"), logging.WARNING)  # fmt: skip
     if not report.files and not report.removed:  # only folders, none with a file: a typo?
         if report.kept:
             return 1
