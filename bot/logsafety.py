@@ -83,6 +83,16 @@ _REFUSED_ARGUMENT = re.compile(
 # The reason asyncpg gives last, in parentheses (one level inside them, as in "an integer is
 # required (got type str)"). The value's own parentheses cannot end the line as this does.
 _REFUSAL_REASON = re.compile(r" \((?:[^()\n]|\([^()\n]*\))*\)$")
+# PostgreSQL's DETAIL of a violated constraint quotes the row ("Failing row contains (...)":
+# NOT NULL, CHECK) or the key ("Key (note)=(...) already exists": UNIQUE, FOREIGN KEY),
+# message text among them, as written: over lines, with its own parentheses. It ends where
+# what asyncpg, SQLAlchemy or a traceback write after it begins, or with the text.
+_CONSTRAINT_DETAIL = re.compile(
+    r"(DETAIL:  (?:Failing row contains |Key \((?:[^()\n]|\([^()\n]*\))*\)=))"
+    r".*?(?=\n(?:HINT:  |\[SQL: |\[SQL parameters |\(Background on this error )"
+    r"|\n\n(?:The above exception |During handling )|\n*\Z)",
+    re.DOTALL,
+)
 # Shorter secrets would redact ordinary words: they are redacted only as passwords.
 MIN_SECRET_CHARS = 6
 # Where a value is a password, however short, as (before it, after it): a URL's `user:…@`,
@@ -140,6 +150,7 @@ class LogSafetyFilter(logging.Filter):
         text = _WEBHOOK_TOKEN.sub(rf"\g<1>{REDACTED}", text)
         if not self.log_message_text:
             text = _REFUSED_ARGUMENT.sub(_without_value, text)
+            text = _CONSTRAINT_DETAIL.sub(rf"\g<1>{REDACTED}", text)
         if self._secrets:
             text = self._secrets.sub(REDACTED, text)
         for password in self._passwords:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import sqlalchemy as sa
 
 from bot.storage.database import create_engine
@@ -67,3 +68,33 @@ async def test_a_refused_argument_logs_its_value_with_log_message_text(postgres_
     finally:
         await engine.dispose()
     assert CANARY in log.getvalue()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # A NOT NULL or CHECK violation: "DETAIL:  Failing row contains (..., 'my password ...')".
+        "INSERT INTO notes (note, n) VALUES (:t, NULL)",
+        # A unique one: "DETAIL:  Key (note)=(my password ...) already exists."
+        "INSERT INTO notes (note, n) VALUES (:t, 1), (:t, 2)",
+    ],
+)
+async def test_a_violated_constraint_logs_no_row(postgres_url: str, statement: str) -> None:
+    # PostgreSQL's DETAIL of a violated constraint quotes the row or the key, message text
+    # among them (over lines, as written), and asyncpg's error, then SQLAlchemy's, repeat it.
+    engine = create_engine(postgres_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE notes (note text UNIQUE, n int NOT NULL)"))
+        with captured_debug_log(safe=True) as (log, _):
+            try:
+                async with engine.begin() as conn:
+                    text = f"my password is\n{CANARY}).\n(it is)"
+                    await conn.execute(sa.text(statement), {"t": text})
+            except sa.exc.DBAPIError:
+                logging.getLogger("bot.conversation.manager").exception("the turn failed")
+    finally:
+        await engine.dispose()
+    text = log.getvalue()
+    assert CANARY not in text and "my password" not in text
+    assert "IntegrityError" in text and "[SQL: " in text  # the error still says what failed
