@@ -233,7 +233,12 @@ def _setup_logging(settings: Settings, *, verbose: bool, quiet: bool) -> None:
     if not verbose:
         handler.addFilter(_quiet_libraries)
     secrets = logsafety.secrets_in(settings)
-    logsafety.install(secrets, log_message_text=settings.log_message_text, handlers=[handler])
+    logsafety.install(
+        secrets,
+        users=logsafety.users_in(settings),
+        log_message_text=settings.log_message_text,
+        handlers=[handler],
+    )
     root.addHandler(handler)
     root.setLevel(level)
 

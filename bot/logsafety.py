@@ -101,12 +101,21 @@ _PASSWORD_AT = (
     (r"(?P<before>://[^\s/@:]*:)", "(?=@)"),
     (r"(?P<before>(?i:password|passwd|pwd)[\"']?\s*[=:]\s*[\"']?)", r"(?=[\s\"',;&)\]}]|$)"),
 )
+# Where a receiver's user name stands as one (`users_in`): a URL's `user@` or `user:…@`.
+_USER_AT = (r"(?P<before>://)", r"(?=(?::[^\s/@]*)?@)")
 
 
 class LogSafetyFilter(logging.Filter):
     """Drops library records that may carry message text; redacts secrets from the rest."""
 
-    def __init__(self, secrets: Iterable[str] = (), *, log_message_text: bool = False) -> None:
+    def __init__(
+        self,
+        secrets: Iterable[str] = (),
+        *,
+        users: Iterable[str] = (),
+        log_message_text: bool = False,
+    ) -> None:
+        """`users`: user names redacted only where they stand in a URL (`users_in`)."""
         super().__init__()
         self.log_message_text = log_message_text
         given = {s for s in secrets if s}
@@ -117,6 +126,10 @@ class LogSafetyFilter(logging.Filter):
             [re.compile(f"{at}(?:{short.pattern}){end}") for at, end in _PASSWORD_AT]
             if short
             else []
+        )
+        names = _any_of(s for s in users if s)
+        self._users = (
+            re.compile(f"{_USER_AT[0]}(?:{names.pattern}){_USER_AT[1]}") if names else None
         )
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -151,6 +164,8 @@ class LogSafetyFilter(logging.Filter):
         if not self.log_message_text:
             text = _REFUSED_ARGUMENT.sub(_without_value, text)
             text = _CONSTRAINT_DETAIL.sub(rf"\g<1>{REDACTED}", text)
+        if self._users:
+            text = self._users.sub(rf"\g<before>{REDACTED}", text)
         if self._secrets:
             text = self._secrets.sub(REDACTED, text)
         for password in self._passwords:
@@ -180,7 +195,8 @@ def secrets_in(settings: BaseModel) -> list[str]:
     URL among them (a database URL's password shows up alone in driver errors), or among
     the plain URLs (a model server's `http://user:password@host` is no SecretStr, yet its
     password is one), as written and percent-decoded; of the URL fields (`support.webhook.url`,
-    `support.webhooks`' and `chatwoot.url`, receivers' URLs) the user and the whole query."""
+    `support.webhooks`' and `chatwoot.url`, receivers' URLs) the whole query (their user
+    names: `users_in`)."""
     found: list[str] = []
     for value in _values(settings):
         if isinstance(value, SecretStr) and (secret := value.get_secret_value()):
@@ -196,25 +212,40 @@ def secrets_in(settings: BaseModel) -> list[str]:
 def _receiver_secrets(url: str) -> list[str]:
     """A receiver's URL (an outbound webhook's, Chatwoot's) is the operator's or the help
     desk's secret: besides `_url_secrets`, its whole query string and each value in it as
-    long as a token, whatever the parameter's name (Azure Functions' `?code=`), and its user
-    name, as written and percent-decoded. (A shorter value alone could be an ordinary word:
-    `?site=support`.)"""
+    long as a token, whatever the parameter's name (Azure Functions' `?code=`), as written and
+    percent-decoded. (A shorter value alone could be an ordinary word: `?site=support`.)"""
     found = _url_secrets(url)
     try:
         parts = urlsplit(url)
     except ValueError:
         return found
-    more = [parts.username or "", parts.query]
+    more = [parts.query]
     values = [pair.partition("=")[2] for pair in parts.query.split("&")]
     more += [value for value in values if len(unquote_plus(value)) >= TOKEN_LIKE_CHARS]
     more = [s for secret in more for s in (secret, unquote(secret), unquote_plus(secret)) if s]
     return list(dict.fromkeys(found + more))
 
 
+def users_in(settings: BaseModel) -> list[str]:
+    """The user names of the receivers' URLs (`support.webhook.url`, `support.webhooks`',
+    `chatwoot.url`), as written and percent-decoded: the operator's or the help desk's, to be
+    redacted where they stand in a URL only. A name such as "support" or "parley" redacted
+    wherever it shows took that word out of every log line."""
+    found: list[str] = []
+    for value in _values(settings):
+        if isinstance(value, AnyUrl):
+            try:
+                user = urlsplit(str(value)).username or ""
+            except ValueError:
+                continue
+            found += [s for s in (user, unquote(user)) if s]
+    return list(dict.fromkeys(found))
+
+
 def redactor(settings: BaseModel) -> LogSafetyFilter:
     """A filter that redacts `settings`' secrets (`redact`): for what Parley prints itself,
     outside logging (the CLI's error line, `parley doctor`, `parley config`)."""
-    return LogSafetyFilter(secrets_in(settings))
+    return LogSafetyFilter(secrets_in(settings), users=users_in(settings))
 
 
 def _values(model: BaseModel) -> Iterable[object]:
@@ -254,12 +285,13 @@ def _url_secrets(url: str) -> list[str]:
 def install(
     secrets: Iterable[str] = (),
     *,
+    users: Iterable[str] = (),
     log_message_text: bool = False,
     handlers: Sequence[logging.Handler] | None = None,
 ) -> LogSafetyFilter:
     """Put one `LogSafetyFilter` on `handlers` (default: the root logger's, so call this
     after logging is configured) and return it (`handler.removeFilter` takes it off)."""
-    safety = LogSafetyFilter(secrets, log_message_text=log_message_text)
+    safety = LogSafetyFilter(secrets, users=users, log_message_text=log_message_text)
     for handler in logging.getLogger().handlers if handlers is None else handlers:
         handler.addFilter(safety)
     return safety

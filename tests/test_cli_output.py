@@ -57,8 +57,9 @@ def test_config_shows_server_urls_with_their_passwords_masked(tmp_path: Path) ->
         '.example/shop?sig=qtok-secret1&site=shop", "secret": "shop-secret-of-sixteen"}}',
     }
     shown = _config(tmp_path, env)
-    assert shown["support"]["webhook"]["url"] == "https://u:***@desk.example/x"  # type: ignore[index]
-    assert shown["chatwoot"]["url"] == "https://u:***@cw.example/"
+    # A receiver's user name, however short, is hidden where it stands in its URL.
+    assert shown["support"]["webhook"]["url"] == "https://***:***@desk.example/x"  # type: ignore[index]
+    assert shown["chatwoot"]["url"] == "https://***:***@cw.example/"
     assert shown["support"]["webhooks"]["shop"]["url"] == (  # type: ignore[index]
         "https://***@desk.example/shop?***"  # a receiver's whole query is its secret
     )

@@ -30,10 +30,14 @@ FAST: dict[str, Any] = {"stream_interval_s": 0.05}
 
 @contextmanager
 def captured_debug_log(
-    *, safe: bool, log_message_text: bool = False, secrets: Sequence[str] = (TOKEN,)
+    *,
+    safe: bool,
+    log_message_text: bool = False,
+    secrets: Sequence[str] = (TOKEN,),
+    users: Sequence[str] = (),
 ) -> Iterator[tuple[io.StringIO, list[str]]]:
     """Everything logged at DEBUG while inside, as an operator's handler would write it, and
-    the names of the loggers it came from; `secrets`: those the filter is given."""
+    the names of the loggers it came from; `secrets`, `users`: those the filter is given."""
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -45,7 +49,9 @@ def captured_debug_log(
 
     handler.addFilter(note)
     if safe:
-        logsafety.install(secrets, log_message_text=log_message_text, handlers=[handler])
+        logsafety.install(
+            secrets, users=users, log_message_text=log_message_text, handlers=[handler]
+        )
     root = logging.getLogger()
     level = root.level
     root.addHandler(handler)

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from adapters.support.settings import SupportSettings
 from adapters.support.webhooks import WebhookBridge, WebhookTarget, event_id, sign
 from bot.handoff.types import DeskEvent, EventKind, HandoffNote, HandoffState, Reason
-from bot.logsafety import LogSafetyFilter, secrets_in
+from bot.logsafety import LogSafetyFilter, redactor, secrets_in, users_in
 from bot.types import ConversationKey, utcnow
 from tests.local_server import serving
 from tests.test_logsafety import captured_debug_log
@@ -238,8 +238,11 @@ async def test_a_webhook_urls_query_and_user_are_redacted_with_log_message_text(
             + "?code=desk-code-4f1e&site=shop&ref=0123456789abcdef0"
         )
         settings = SupportSettings(webhook={"url": url, "secret": SECRET})  # type: ignore[arg-type]
-        secrets = secrets_in(settings)
-        with captured_debug_log(safe=True, log_message_text=True, secrets=secrets) as (log, _):
+        secrets, users = secrets_in(settings), users_in(settings)
+        with captured_debug_log(safe=True, log_message_text=True, secrets=secrets, users=users) as (
+            log,
+            _,
+        ):
             hooks = bridge(url)
             await hooks.publish(event())
             await hooks.idle()
@@ -251,6 +254,22 @@ async def test_a_webhook_urls_query_and_user_are_redacted_with_log_message_text(
     assert "HTTP Request: POST" in text  # httpx's line was kept ...
     for secret in ("desk-code-4f1e", "site=shop", "0123456789abcdef0", "desk-agent", SECRET):
         assert secret not in text  # ... without the query string or the user
+
+
+@pytest.mark.parametrize("user", ["support", "admin"])
+def test_a_webhook_urls_user_is_redacted_in_the_url_only(user: str) -> None:
+    """A receiver's user name is hidden where it stands in a URL, whatever its length; the
+    same word elsewhere in a line is an ordinary word ("support" redacted from every line
+    took "the support desk" with it, while "admin", short, was shown in httpx's line)."""
+    url = f"https://{user}:pw@desk.example/hook"
+    settings = SupportSettings(webhook={"url": url, "secret": SECRET})  # type: ignore[arg-type]
+    safety = redactor(settings)
+    line = f'HTTP Request: POST {url} "HTTP/1.1 200 OK"; the {user} desk answered'
+    assert safety.redact(line) == (
+        'HTTP Request: POST https://***:***@desk.example/hook "HTTP/1.1 200 OK"; '
+        f"the {user} desk answered"
+    )
+    assert safety.redact(f"https://{user}@desk.example/") == "https://***@desk.example/"
 
 
 @asynccontextmanager
