@@ -216,13 +216,19 @@ async def test_neither_the_secret_nor_the_url_is_logged(caplog: pytest.LogCaptur
     """At DEBUG, behind the filter Parley installs on its log handlers (bot/logsafety.py:
     httpx's own request lines, which name the URL, are dropped there)."""
     caplog.set_level(logging.DEBUG)
-    caplog.handler.addFilter(LogSafetyFilter())
-    async with receiver(500, 500, 404) as r:
-        hooks = bridge(r.url, attempts=2)
-        await hooks.publish(event())
-        await hooks.publish(event(EventKind.TAKEN))
-        await hooks.idle()
-        await hooks.aclose()
+    # pytest keeps one caplog handler for the session: a filter left on it redacted the
+    # tracebacks of later tests (test_a_refused_argument_logs_its_value_with_log_message_text).
+    safety = LogSafetyFilter()
+    caplog.handler.addFilter(safety)
+    try:
+        async with receiver(500, 500, 404) as r:
+            hooks = bridge(r.url, attempts=2)
+            await hooks.publish(event())
+            await hooks.publish(event(EventKind.TAKEN))
+            await hooks.idle()
+            await hooks.aclose()
+    finally:
+        caplog.handler.removeFilter(safety)
     assert "webhook shop" in caplog.text  # the failures were logged ...
     for secret in (SECRET, "path-token-abc", r.url, "refund"):
         assert secret not in caplog.text  # ... without the secret, the URL or the text
