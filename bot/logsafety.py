@@ -195,8 +195,8 @@ def secrets_in(settings: BaseModel) -> list[str]:
     URL among them (a database URL's password shows up alone in driver errors), or among
     the plain URLs (a model server's `http://user:password@host` is no SecretStr, yet its
     password is one), as written and percent-decoded; of the URL fields (`support.webhook.url`,
-    `support.webhooks`' and `chatwoot.url`, receivers' URLs) the whole query (their user
-    names: `users_in`)."""
+    `support.webhooks`' and `chatwoot.url`, receivers' URLs) the path and the whole query
+    (their user names: `users_in`)."""
     found: list[str] = []
     for value in _values(settings):
         if isinstance(value, SecretStr) and (secret := value.get_secret_value()):
@@ -211,15 +211,16 @@ def secrets_in(settings: BaseModel) -> list[str]:
 
 def _receiver_secrets(url: str) -> list[str]:
     """A receiver's URL (an outbound webhook's, Chatwoot's) is the operator's or the help
-    desk's secret: besides `_url_secrets`, its whole query string and each value in it as
-    long as a token, whatever the parameter's name (Azure Functions' `?code=`), as written and
-    percent-decoded. (A shorter value alone could be an ordinary word: `?site=support`.)"""
+    desk's secret: besides `_url_secrets`, its path (where Zapier's, Slack's, n8n's hooks carry
+    their token), its whole query string and each value in it as long as a token, whatever
+    the parameter's name (Azure Functions' `?code=`), as written and percent-decoded. (A
+    shorter value alone could be an ordinary word: `?site=support`.)"""
     found = _url_secrets(url)
     try:
         parts = urlsplit(url)
     except ValueError:
         return found
-    more = [parts.query]
+    more = [parts.path if parts.path.strip("/") else "", parts.query]
     values = [pair.partition("=")[2] for pair in parts.query.split("&")]
     more += [value for value in values if len(unquote_plus(value)) >= TOKEN_LIKE_CHARS]
     more = [s for secret in more for s in (secret, unquote(secret), unquote_plus(secret)) if s]
