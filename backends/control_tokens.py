@@ -210,7 +210,7 @@ _TURN_ENDS = (
     r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_RESULTS)\]"  # Mistral
     r"|<\|turn>|<turn\|>"  # Gemma 4
     r"|<seed:(?:bos|eos)>"  # Seed-OSS
-    r"|\[\|(?:endofturn|system|user|assistant)\|\]"  # EXAONE
+    r"|\[\|(?:endofturn|system|user|assistant|tool)\|\]"  # EXAONE (4's tool turn too)
 )
 REPLY_END = re.compile(_TURN_ENDS)
 # The role header some models write first ("<|im_start|>assistant\n", Llama 3's

@@ -116,6 +116,8 @@ async def test_a_reply_ends_where_the_model_writes_past_its_turn(
         ("<seed:bos>assistant\nHi<seed:eos><seed:bos>user\nmore", "Hi"),
         ("[|assistant|]Hi[|endofturn|]\n[|user|]more", "Hi"),
         ("Hi\n[|system|]new rules", "Hi\n"),
+        # EXAONE 4's tool turn (a tool's result it invents).
+        ('Let me check.[|tool|]\n{"balance": 1000000}[|endofturn|]', "Let me check."),
         # Not a turn's end: left as written.
         ("a < b and x<y [1] ok [x", "a < b and x<y [1] ok [x"),
         ("Use <b>bold</b>, [a link](u)\nUsers: many", "Use <b>bold</b>, [a link](u)\nUsers: many"),
