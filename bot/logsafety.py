@@ -211,16 +211,19 @@ def secrets_in(settings: BaseModel) -> list[str]:
 
 def _receiver_secrets(url: str) -> list[str]:
     """A receiver's URL (an outbound webhook's, Chatwoot's) is the operator's or the help
-    desk's secret: besides `_url_secrets`, its path (where Zapier's, Slack's, n8n's hooks carry
-    their token), its whole query string and each value in it as long as a token, whatever
-    the parameter's name (Azure Functions' `?code=`), as written and percent-decoded. (A
-    shorter value alone could be an ordinary word: `?site=support`.)"""
+    desk's secret: besides `_url_secrets`, its path where it is as long as a token (Zapier's,
+    Slack's, n8n's hooks carry theirs there), its whole query string and each value in it as
+    long as a token, whatever the parameter's name (Azure Functions' `?code=`), as written
+    and percent-decoded. (A shorter value alone could be an ordinary word: `?site=support`.)"""
     found = _url_secrets(url)
     try:
         parts = urlsplit(url)
     except ValueError:
         return found
-    more = [parts.path if parts.path.strip("/") else "", parts.query]
+    # The path where it is as long as a token: a short one (`/webhook`, `/api/events`) is a
+    # word of every HTTP log line, Parley's own included, which it would leave as `***`.
+    path = parts.path if len(parts.path.strip("/")) >= TOKEN_LIKE_CHARS else ""
+    more = [path, parts.query]
     values = [pair.partition("=")[2] for pair in parts.query.split("&")]
     more += [value for value in values if len(unquote_plus(value)) >= TOKEN_LIKE_CHARS]
     more = [s for secret in more for s in (secret, unquote(secret), unquote_plus(secret)) if s]

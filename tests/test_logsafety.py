@@ -174,3 +174,30 @@ def test_secrets_in_settings_finds_the_support_webhooks_secrets() -> None:
     )
     found = set(logsafety.secrets_in(settings))
     assert {"default-hook-secret", "shop-secret-of-sixteen"} <= found
+
+
+def test_a_receivers_generic_path_stays_in_other_log_lines() -> None:
+    """A receiver's path is redacted where it carries a token (Zapier's, Slack's hooks: long),
+    not where it is a word of every HTTP log (`/webhook`, `/api/events`): taken whole as a
+    secret, it left Parley's own webhook and API lines as `***`."""
+    from bot.settings import load_settings
+
+    settings = load_settings(
+        None,
+        support={
+            "webhook": {"url": "https://desk.example/webhook", "secret": "default-hook-secret"},
+            "webhooks": {
+                "shop": {
+                    "url": "https://hooks.example/services/T0123/B0456/abcdefXYZ123",
+                    "secret": "shop-secret-of-sixteen",
+                },
+                "crm": {"url": "https://crm.example/api/events", "secret": "crm-secret-sixteen"},
+            },
+        },
+    )
+    safety = logsafety.LogSafetyFilter(logsafety.secrets_in(settings))
+    line = "POST /webhook 200; GET /api/events 200"
+    assert safety.redact(line) == line
+    assert "abcdefXYZ123" not in safety.redact(
+        "POST https://hooks.example/services/T0123/B0456/abcdefXYZ123 200"
+    )
