@@ -171,6 +171,8 @@ class FakeDiscordApi:
     # Interactions whose acknowledgement Discord takes but whose answer is lost on the way
     # back (a 502 from its front): discord.py sends it again, and that one is 40060.
     lost_acks: set[str] = field(default_factory=set)
+    # The next read of a channel's log waits (`hold_log_read`): (taken, release) events.
+    held_log_read: tuple[asyncio.Event, asyncio.Event] | None = None
     _seen: dict[int, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _seen_overall: deque[float] = field(default_factory=deque)
     # Attachments on the fake CDN, by file name: `cdn_url(name)` is their URL. A file named
@@ -278,13 +280,15 @@ class FakeDiscordApi:
 
     # What a test does ------------------------------------------------------------------
 
-    def push(self, kind: str, payload: dict[str, Any]) -> None:
+    def push(self, kind: str, payload: dict[str, Any], *, shard: int | None = None) -> None:
         """A gateway event (MESSAGE_CREATE, INTERACTION_CREATE, ...) for the connected client,
-        on its guild's shard; a MESSAGE_CREATE also goes into the channel's log."""
+        on its guild's shard, or on `shard` (an interaction Discord delivers again to another
+        process); a MESSAGE_CREATE also goes into the channel's log."""
         if kind == "MESSAGE_CREATE":
             self.post(payload)
-        guild = payload.get("guild_id")
-        shard = shard_of(int(guild) if guild else None, self.shard_count)
+        if shard is None:
+            guild = payload.get("guild_id")
+            shard = shard_of(int(guild) if guild else None, self.shard_count)
         self._queues[shard].put_nowait((kind, payload))
 
     def post(self, payload: dict[str, Any]) -> None:
@@ -322,6 +326,12 @@ class FakeDiscordApi:
     def forget(self, token: str) -> None:
         """The interaction's 3 s to be acknowledged are over: Discord no longer knows it."""
         self.forgotten.add(token)
+
+    def hold_log_read(self) -> tuple[asyncio.Event, asyncio.Event]:
+        """The next read of a channel's log is answered once the second event is set; the
+        first is set when the read arrives (a slow read, held where a test needs it)."""
+        self.held_log_read = (asyncio.Event(), asyncio.Event())
+        return self.held_log_read
 
     def lose_ack(self, token: str) -> None:
         """The interaction's acknowledgement is taken, and its answer lost (502)."""
@@ -551,6 +561,10 @@ class FakeDiscordApi:
     async def _logs(self, request: Request) -> Response:
         """Discord's order: the `limit` messages next to the cursor, newest first."""
         channel = request.path_params["channel"]
+        if self.held_log_read is not None:
+            (taken, release), self.held_log_read = self.held_log_read, None
+            taken.set()
+            await release.wait()
         refusal = self._check_global(Call("GET", request.url.path, channel, {}))
         if refusal is not None:
             return refusal

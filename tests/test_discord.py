@@ -6,6 +6,7 @@ kit's contract suite runs over the same harness (tests/test_adapter_contract.py)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from datetime import timedelta
@@ -468,6 +469,71 @@ async def test_a_refused_command_whose_acknowledgement_came_back_502_is_told_onc
         await h.idle()
         await h.adapter.settled()
         assert h.api.texts(ev.CHANNEL) == [*before, said]
+
+
+@contextlib.asynccontextmanager
+async def _worker(
+    api: FakeDiscordApi, backend: ScriptedBackend, settings: dict[str, Any], shard: int
+) -> AsyncGenerator[DiscordHarness]:
+    """One of two processes on one database and Redis (`settings`: the core's), running
+    `shard` of two, connected to `api` (which serves already)."""
+    section_data = {"token": TOKEN, "stream_interval_s": 0.05, "shard_ids": [shard],
+                    "shard_count": 2}  # fmt: skip
+    loaded = settings_for(settings["home"], "discord", discord=section_data,
+                          database_url=settings["database"], redis=settings["redis"])  # fmt: skip
+    async with Parley(loaded, backend=backend) as app:
+        section = loaded.section("discord")
+        assert isinstance(section, DiscordSettings)
+        adapter = DiscordAdapter(host_for(app), section)
+        app.intake.register("discord", adapter, section.access)
+        async with adapter:
+            connection = asyncio.create_task(adapter.run())
+            try:
+                yield DiscordHarness(app, adapter, api)
+            finally:
+                connection.cancel()
+                await asyncio.gather(connection, return_exceptions=True)
+
+
+async def test_an_interaction_delivered_to_two_workers_keeps_its_one_answer(
+    tmp_path: Path, database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """Two processes on one database and Redis (a rolling deploy), the same "Summarize from
+    here" delivered to both. The first defers it and reads the channel's history (slow);
+    the second's defer is refused 40060, and it records the command first and answers it in
+    the deferred response. The first then found the command recorded, and its clean-up,
+    seeing it answered and its own interaction never used by a turn, deleted the deferred
+    response: the answer. Each interaction now keeps its one answer."""
+    api = FakeDiscordApi(per_channel=(5, 0.5), guilds=[ev.guild_create()], shard_count=2)
+    first, second = answering("All good."), answering("All good.")
+    shared = {"home": tmp_path, "database": database_url,
+              "redis": {"url": redis_url, "key_prefix": key_prefix}}  # fmt: skip
+    async with (
+        api.serving(),
+        _worker(api, first, shared, 0) as a,
+        _worker(api, second, shared, 1) as b,
+    ):
+        target = ev.message_create("The cranes start at six on Monday.", channel=ev.CHANNEL)
+        api.post(target)
+        menu = ev.interaction_create("Summarize from here", channel=ev.CHANNEL, target=target)
+        api.expect_interaction(menu["token"], ev.CHANNEL)
+        taken, release = api.hold_log_read()
+        async with asyncio.timeout(60):  # a dead connection fails the test, never hangs it
+            api.push("INTERACTION_CREATE", menu, shard=0)
+            await taken.wait()  # the first worker deferred it and reads the history
+            api.push("INTERACTION_CREATE", menu, shard=1)  # delivered again, to the other
+            await b.adapter.handled(1)
+            await b.adapter.idle()
+            release.set()
+            await a.adapter.handled(1)
+            await a.adapter.idle()
+            await b.adapter.idle()
+            await a.adapter.settled()
+            await b.adapter.settled()
+        assert api.texts(ev.CHANNEL) == ["All good."]
+        assert len(first.requests) + len(second.requests) == 1
+        original = [c.method for c in api.calls if c.path.endswith("/messages/@original")]
+        assert original == ["PATCH"]
 
 
 async def test_a_replay_of_a_refused_command_leaves_its_refusal(

@@ -244,6 +244,9 @@ class DiscordAdapter:
         self._progress = asyncio.Condition()
         self._guild_channels: Lru[bool] = Lru(GUILD_CHANNELS_KNOWN)
         self._interactions: Lru[discord.Interaction] = Lru(INTERACTIONS_KNOWN)
+        # Interactions whose deferred response a delivery refused 40060 ends with the entry
+        # another delivery in this process put (`_submit_acknowledged`, `_end_acknowledged`).
+        self._relied_on: set[str] = set()
         self._thread_names: Lru[str] = Lru(THREAD_NAMES_KNOWN)
         self.tree = commands.build_tree(
             self.client, host.router.commands, self.on_command, self.on_menu
@@ -669,7 +672,7 @@ class DiscordAdapter:
                 return
             self._interactions.put(str(interaction.id), interaction)
             recorded = await self._intake.submit(incoming)
-            self._end_unanswered(interaction, recorded)
+            self._end_acknowledged(interaction, recorded)
         except Exception:
             log.exception("slash command %s could not be handled; skipped", interaction.id)
         finally:
@@ -719,7 +722,7 @@ class DiscordAdapter:
                 await self._submit_acknowledged(interaction, incoming, replayed=replayed)
                 return
             recorded = await self._intake.submit(incoming)
-            self._end_unanswered(interaction, recorded)
+            self._end_acknowledged(interaction, recorded)
         except Exception:
             log.exception("menu command %s could not be handled; skipped", interaction.id)
         finally:
@@ -752,19 +755,40 @@ class DiscordAdapter:
         the interaction before (`replayed` False: the lost acknowledgement's own command; it
         was refused without a word), not for a replay of a command refused, which said it."""
         key = str(interaction.id)
-        known = self._interactions.get(key) is not None  # its first delivery, still running
+        held = self._interactions.get(key)  # its first delivery's, still running
+        known = held is not None
         if not known:  # before the turn can look for it
             self._interactions.put(key, interaction)
+        else:  # recorded here first, this delivery ends it with the entry it found
+            self._relied_on.add(key)
         recorded = await self._intake.submit(incoming, quiet=replayed)
         if recorded is not None and recorded.is_new:
-            self._end_unanswered(interaction, recorded)
+            self._end_unanswered(held or interaction, recorded)
             return
+        self._relied_on.discard(key)
         if recorded is None and not replayed:  # refused, and the refusal said through it
             self._end_unanswered(interaction, None)
             return
         if not known and self._interactions.get(key) is interaction:
             self._interactions.discard(key)
         _replay_skipped(interaction)
+
+    def _end_acknowledged(
+        self, interaction: discord.Interaction, recorded: Recorded | None
+    ) -> None:
+        """The end of a command this delivery deferred. Recorded by another delivery first
+        (the interaction delivered to another worker too, whose defer Discord refused 40060:
+        two processes during a rolling deploy), it is that delivery's to answer and end:
+        this one lets go of the interaction. Its clean-up deleted the deferred response once
+        the command was answered, its own interaction unused by a turn here: the answer the
+        other worker's turn had written in it."""
+        key = str(interaction.id)
+        if recorded is not None and not recorded.is_new:
+            # Unless that delivery is in this process, and ends it with this entry.
+            if key not in self._relied_on and self._interactions.get(key) is interaction:
+                self._interactions.discard(key)
+            return
+        self._end_unanswered(interaction, recorded)
 
     def _end_unanswered(self, interaction: discord.Interaction, recorded: Recorded | None) -> None:
         """Once the command's turn (or, refused, its notice) is over, a deferred response that
@@ -774,6 +798,7 @@ class DiscordAdapter:
         task = asyncio.create_task(self._end_if_unanswered(interaction, recorded))
         self._deferred.add(task)
         task.add_done_callback(self._deferred.discard)
+        task.add_done_callback(lambda _: self._relied_on.discard(str(interaction.id)))
         task.add_done_callback(_report_failure)
 
     async def _end_if_unanswered(
