@@ -14,21 +14,36 @@ from bot.storage.database import create_engine
 from tests.test_logsafety import CANARY, captured_debug_log
 
 
-async def test_a_failed_statement_logs_no_parameter(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def _failure_logged(
+    url: str,
+    statement: str,
+    params: dict[str, object],
+    *,
+    setup: str = "",
+    log_message_text: bool = False,
+) -> str:
+    """What the log holds after `statement` fails on Parley's own engine and the failure is
+    logged with its traceback, as a failed turn is (`setup` run first, outside the log)."""
+    engine = create_engine(url)
     try:
-        with captured_debug_log(safe=True) as (log, _):
+        if setup:
+            async with engine.begin() as conn:
+                await conn.execute(sa.text(setup))
+        with captured_debug_log(safe=True, log_message_text=log_message_text) as (log, _):
             try:
                 async with engine.begin() as conn:
-                    await conn.execute(
-                        sa.text("INSERT INTO nowhere (x) VALUES (:t)"),
-                        {"t": f"my password is {CANARY}"},
-                    )
+                    await conn.execute(sa.text(statement), params)
             except sa.exc.DBAPIError:
                 logging.getLogger("bot.conversation.manager").exception("the turn failed")
     finally:
         await engine.dispose()
-    text = log.getvalue()
+    return log.getvalue()
+
+
+async def test_a_failed_statement_logs_no_parameter(database_url: str) -> None:
+    text = await _failure_logged(
+        database_url, "INSERT INTO nowhere (x) VALUES (:t)", {"t": f"my password is {CANARY}"}
+    )
     assert "the turn failed" in text and "[SQL: " in text  # the error still says what failed
     assert CANARY not in text
 
@@ -37,19 +52,9 @@ async def test_a_refused_argument_logs_no_value(postgres_url: str) -> None:
     # asyncpg refuses a value its codec cannot encode with its own text, which quotes the value
     # ("invalid input for query argument $1: 'my password is ...' (...)"), and SQLAlchemy's
     # error repeats that text: hide_parameters does not reach it.
-    engine = create_engine(postgres_url)
-    try:
-        with captured_debug_log(safe=True) as (log, _):
-            try:
-                async with engine.begin() as conn:
-                    await conn.execute(
-                        sa.text("SELECT CAST(:n AS integer)"), {"n": f"{CANARY} (is) my (password"}
-                    )
-            except sa.exc.DBAPIError:
-                logging.getLogger("bot.conversation.manager").exception("the turn failed")
-    finally:
-        await engine.dispose()
-    text = log.getvalue()
+    text = await _failure_logged(
+        postgres_url, "SELECT CAST(:n AS integer)", {"n": f"{CANARY} (is) my (password"}
+    )
     assert CANARY not in text
     # The line still says what failed, and which argument: the class, the position, the reason.
     assert "DataError" in text and "invalid input for query argument $1: *** (" in text
@@ -57,17 +62,10 @@ async def test_a_refused_argument_logs_no_value(postgres_url: str) -> None:
 
 
 async def test_a_refused_argument_logs_its_value_with_log_message_text(postgres_url: str) -> None:
-    engine = create_engine(postgres_url)
-    try:
-        with captured_debug_log(safe=True, log_message_text=True) as (log, _):
-            try:
-                async with engine.begin() as conn:
-                    await conn.execute(sa.text("SELECT CAST(:n AS integer)"), {"n": CANARY})
-            except sa.exc.DBAPIError:
-                logging.getLogger("bot.conversation.manager").exception("the turn failed")
-    finally:
-        await engine.dispose()
-    assert CANARY in log.getvalue()
+    text = await _failure_logged(
+        postgres_url, "SELECT CAST(:n AS integer)", {"n": CANARY}, log_message_text=True
+    )
+    assert CANARY in text
 
 
 @pytest.mark.parametrize(
@@ -82,19 +80,11 @@ async def test_a_refused_argument_logs_its_value_with_log_message_text(postgres_
 async def test_a_violated_constraint_logs_no_row(postgres_url: str, statement: str) -> None:
     # PostgreSQL's DETAIL of a violated constraint quotes the row or the key, message text
     # among them (over lines, as written), and asyncpg's error, then SQLAlchemy's, repeat it.
-    engine = create_engine(postgres_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text("CREATE TABLE notes (note text UNIQUE, n int NOT NULL)"))
-        with captured_debug_log(safe=True) as (log, _):
-            try:
-                async with engine.begin() as conn:
-                    text = f"my password is\n{CANARY}).\n(it is)"
-                    await conn.execute(sa.text(statement), {"t": text})
-            except sa.exc.DBAPIError:
-                logging.getLogger("bot.conversation.manager").exception("the turn failed")
-    finally:
-        await engine.dispose()
-    text = log.getvalue()
+    text = await _failure_logged(
+        postgres_url,
+        statement,
+        {"t": f"my password is\n{CANARY}).\n(it is)"},
+        setup="CREATE TABLE notes (note text UNIQUE, n int NOT NULL)",
+    )
     assert CANARY not in text and "my password" not in text
     assert "IntegrityError" in text and "[SQL: " in text  # the error still says what failed

@@ -478,13 +478,10 @@ def test_a_folder_that_holds_no_file_now_forgets_nothing(
 
 
 def test_one_document_kept_from_an_empty_folder_is_said_in_the_singular(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    kb_cli_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A first-timer's folder of one file, emptied: the line said "the 1 document from it
     are kept (... removes them)"."""
-    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
-    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
     folder = tmp_path / "faq"
     folder.mkdir()
     (folder / "faq.md").write_text("# Returns\n\nReturns take 30 days.\n")
