@@ -172,11 +172,25 @@ CODE = sorted(
 SOURCES = [*DOCS, ROOT / "config" / "parley.toml", *CODE]
 
 
+# Inline code, whose asterisks (`***`, `**bold**`) are no bold lead's and would pair with one.
+_CODE_SPAN = re.compile(r"`[^`\n]*`")
+
+
+def _section_names(doc: str) -> list[str]:
+    plain = _CODE_SPAN.sub(lambda span: span[0].replace("*", ""), doc)
+    return [a or b for a, b in _SECTION_NAME.findall(plain)]
+
+
+def test_asterisks_in_code_do_not_hide_a_bold_lead() -> None:
+    doc = "A value is shown as `***` in the log.\n\n**Forgetting a user.** Run it.\n"
+    assert "Forgetting a user" in _section_names(doc)
+
+
 def _missing_sections(text: str) -> list[str]:
     missing = []
     for match in _SECTION_REF.finditer(text):
         doc, name = ROOT / "docs" / match[1], " ".join((match[2] or match[3]).split())
-        names = [a or b for a, b in _SECTION_NAME.findall(doc.read_text())] if doc.exists() else []
+        names = _section_names(doc.read_text()) if doc.exists() else []
         if not any(" ".join(n.split()).lower().startswith(name.lower()) for n in names):
             missing.append(f"docs/{match[1]}, {name}")
     return missing
