@@ -11,6 +11,7 @@ import sys
 from datetime import timedelta
 
 from alembic.util import CommandError
+from sqlalchemy.engine import make_url
 
 from adapters.console import ConsoleSettings
 from adapters.kit.runner import HARD_STOP_EXTRA_S, run_adapters
@@ -21,7 +22,7 @@ from bot.knowledge import load_sample_if_empty
 from bot.logsafety import is_secret_parameter, redactor
 from bot.settings import MAX_RETENTION_DAYS, Settings
 from bot.storage import migrate
-from bot.storage.database import create_engine
+from bot.storage.database import cannot_create, create_engine, sqlite_file
 from bot.storage.sql_store import SqlStore
 from bot.types import utcnow
 
@@ -107,9 +108,29 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
             await migrate.downgrade(url, revision, timeout_s=wait)
     except CommandError as exc:  # a revision Alembic cannot find or reach
         raise ConfigError(f"db {args.action}: {_first_line(exc)}") from None
+    missing = _missing_sqlite_file(settings) if args.action == "current" else None
+    if missing is not None:
+        # `current` only reads: opening the file would make it, empty (and its folder), and
+        # a mistyped path would then look like a database with no schema (as `doctor`).
+        print(f"schema revision: none (no database at {missing} yet) (code: {migrate.head()})")
+        return 0
     found = await migrate.current(url, wait)
     print(f"schema revision: {found or 'none'} (code: {migrate.head()})")
     return 0
+
+
+def _missing_sqlite_file(settings: Settings) -> str | None:
+    """The SQLite file the settings name when it does not exist yet and could be made; None
+    otherwise (PostgreSQL, in memory, there, or one that cannot be made: opening it says why)."""
+    if not settings.database.is_sqlite:
+        return None
+    path = sqlite_file(make_url(settings.database.url.get_secret_value()))
+    try:
+        if path is None or path.exists() or cannot_create(path):
+            return None
+    except OSError:  # a folder on the way this user may not search: opening it says so
+        return None
+    return str(path)
 
 
 async def _prune(settings: Settings, args: argparse.Namespace) -> int:

@@ -58,3 +58,19 @@ def test_kb_add_of_folders_with_nothing_to_take_fails_in_one_line(
     assert err.splitlines() == [
         f"parley: nothing to add: no supported files in {tmp_path}/empty, {tmp_path}/binaries"
     ]
+
+
+def test_db_current_on_a_fresh_data_folder_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`parley db current` only reads: on a fresh PARLEY_HOME it made the data folder and an
+    empty parley.db (a mistyped path then looked like a database with no schema), where
+    `parley doctor` makes nothing. It says there is no database yet, and leaves none."""
+    home = tmp_path / "home"
+    url = f"sqlite+aiosqlite:///{home}/parley.db"
+    for name, value in parley_env(tmp_path, {"PARLEY_DATABASE__URL": url}).items():
+        monkeypatch.setenv(name, value)
+    assert main(["db", "current"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"schema revision: none (no database at {home}/parley.db yet")
+    assert not home.exists()
