@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ class AdapterSpec:
     summary: str = ""
     # The pip extra that brings the adapter's SDK ("" when it needs none).
     extra: str = ""
+    # The SDK's top-level module: `parley run --help` names the extra only where it is
+    # missing ("": it cannot tell, and always names it).
+    sdk: str = ""
     # "package.module:function" for `parley doctor`: an async function taking the settings
     # section (and, when it takes a second argument, the whole Settings: a check that depends
     # on the core's database or Redis), returning one line about what it checked, raising
@@ -72,6 +76,12 @@ class AdapterSpec:
     # visitor's): `parley data forget` then finds it with no message of theirs left in it
     # (pruned). A Discord direct message's id is its channel's, which names nobody.
     private_chat_is_user: bool = False
+
+    def sdk_missing(self) -> bool:
+        """Whether the extra still has to be installed (found without importing the SDK)."""
+        if not self.extra:
+            return False
+        return not self.sdk or importlib.util.find_spec(self.sdk) is None
 
     def section(self, settings: BaseModel) -> AdapterSettings:
         section = getattr(settings, self.name)

@@ -205,10 +205,10 @@ def _adapters_help() -> str:
     from bot.adapter_registry import installed_adapters
 
     # `make run` installs no extra: an adapter whose SDK comes with one says so here, rather
-    # than only when a start with it is refused.
+    # than only when a start with it is refused; once it is installed, it says nothing.
     lines = [
         f"  {name}: {spec.summary}"
-        + (f"; its SDK: pip install 'parley[{spec.extra}]'" if spec.extra else "")
+        + (f"; its SDK: pip install 'parley[{spec.extra}]'" if spec.sdk_missing() else "")
         for name, spec in installed_adapters().items()
     ]
     return "Installed adapters (the `adapters` setting):\n" + "\n".join(lines)

@@ -324,10 +324,12 @@ def test_the_health_check_reads_a_variable_in_every_form_the_settings_take(
 
 
 def test_run_help_names_the_extra_each_sdk_adapter_needs(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`make run` installs Parley without extras, and `parley run --help` lists every adapter
     it knows: the ones that need an SDK say which extra brings it, before a start refuses."""
+    for sdk in ("telegram", "discord"):  # not installed: an import of it fails
+        monkeypatch.setitem(sys.modules, sdk, None)
     with pytest.raises(SystemExit) as done:
         main(["run", "--help"])
     assert done.value.code == 0
@@ -335,3 +337,19 @@ def test_run_help_names_the_extra_each_sdk_adapter_needs(
     assert "pip install 'parley[telegram]'" in lines["telegram"]
     assert "pip install 'parley[discord]'" in lines["discord"]
     assert "pip install" not in lines["console"]
+
+
+def test_run_help_offers_no_pip_install_for_an_sdk_that_is_installed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With the extras installed (as here), `parley run --help` told the operator to
+    `pip install 'parley[telegram]'` all the same, as if the adapter could not start."""
+    pytest.importorskip("telegram")
+    pytest.importorskip("discord")
+    with pytest.raises(SystemExit) as done:
+        main(["run", "--help"])
+    assert done.value.code == 0
+    lines = {line.split(":")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    assert lines["telegram"].startswith("  telegram: Telegram bot")
+    assert "pip install" not in lines["telegram"]
+    assert "pip install" not in lines["discord"]

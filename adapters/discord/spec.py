@@ -12,5 +12,6 @@ SPEC = AdapterSpec(
     factory="adapters.discord.adapter:create",
     summary="Discord bot: DMs, server channels (mentions and replies), threads, slash commands",
     extra="discord",
+    sdk="discord",
     doctor="adapters.discord.adapter:doctor",
 )

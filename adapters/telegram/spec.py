@@ -12,6 +12,7 @@ SPEC = AdapterSpec(
     factory="adapters.telegram.adapter:create",
     summary="Telegram bot: private chats, groups and forum topics (polling or webhook)",
     extra="telegram",
+    sdk="telegram",
     doctor="adapters.telegram.adapter:doctor",
     private_chat_is_user=True,
 )
