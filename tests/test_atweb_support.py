@@ -47,6 +47,9 @@ async def test_a_head_request_for_the_event_stream_opens_no_stream(
     assert head.status_code == 200
     assert head.headers["content-type"].startswith("text/event-stream")
     assert head.content == b""
+    # No length: the GET's stream has none, and a HEAD's may only repeat the GET's (RFC 9110,
+    # 8.6); "0" told a link previewer or a cache that the stream is empty.
+    assert "content-length" not in head.headers
     assert history.status_code == 200
 
 

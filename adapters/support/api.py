@@ -272,7 +272,10 @@ class SupportApi:
             # Starlette serves HEAD wherever GET is (an uptime check, a link previewer): the
             # GET's answer without a body. A stream would be dropped unread yet never end: it
             # held a stream place and hung the connection's next request.
-            return Response(media_type="text/event-stream", headers=headers)
+            head = Response(media_type="text/event-stream", headers=headers)
+            # A HEAD's length may only be the GET's, and the stream has none: "0" said empty.
+            del head.headers["content-length"]
+            return head
         visitor_id = request.query_params.get("visitor_id")
 
         async def still_allowed() -> bool:
