@@ -814,6 +814,29 @@ async def test_summarize_from_here_without_read_message_history_says_so_once(
         assert "history could not be read (403 50001)" in caplog.text
 
 
+async def test_summarize_from_here_when_discord_fails_the_history_read_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 503 on the history read (Discord failing a moment; discord.py does not retry a 503)
+    left "thinking..." until Discord gave up, with a traceback in the log: the command was
+    lost without a word. Now one sentence in place of the deferred response, and one line."""
+    backend = answering("never asked")
+    async with discord_harness(tmp_path, backend) as h:
+        target = ev.message_create("The cranes start at six on Monday.", channel=ev.CHANNEL)
+        h.api.post(target)
+        h.api.failing_reads = 1
+        await h.command(ev.interaction_create("Summarize from here", channel=ev.CHANNEL,
+                                              target=target))  # fmt: skip
+        await h.idle()
+        await h.adapter.settled()
+        assert h.api.texts(ev.CHANNEL) == [phrases.say(phrases.GENERIC, "")]
+        assert backend.requests == []
+        assert "Traceback" not in caplog.text and not [
+            r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")
+        ]
+        assert "history could not be read (503 Service Unavailable)" in caplog.text
+
+
 async def test_summarize_from_here_by_a_refused_sender_reads_no_history(tmp_path: Path) -> None:
     """The history (up to 4 pages of 100 messages) was read for a blocked or rate-limited
     sender before the refusal, on the bot's shared request budget (a helper's review)."""

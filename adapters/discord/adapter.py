@@ -707,14 +707,20 @@ class DiscordAdapter:
                     about = await commands.conversation_from(
                         target, self.gate, max_chars=limit, me=self.me
                     )
-                except discord.Forbidden as exc:  # no Read Message History here
+                except (discord.HTTPException, OSError, aiohttp.ClientError) as exc:
+                    # No Read Message History here (403), or Discord failing a moment (a 503,
+                    # which discord.py does not retry; a 429 storm; no connection): one
+                    # sentence in place of the deferred response. A failure left it
+                    # "thinking..." until Discord gave up, with a traceback in the log.
+                    forbidden = isinstance(exc, discord.Forbidden)
                     log.warning(
-                        "menu command %s: the channel's history could not be read (%s %s)",
-                        interaction.id, exc.status, exc.code,
+                        "menu command %s: the channel's history could not be read (%s)",
+                        interaction.id, _read_failure(exc),
                     )  # fmt: skip
                     if not self._tells(interaction, acknowledged, replayed):
                         return
-                    self._intake.notify(asked, commands.NO_HISTORY)
+                    sentence = commands.NO_HISTORY if forbidden else phrases.GENERIC
+                    self._intake.notify(asked, sentence)
                     self._end_unanswered(interaction, None)
                     return
             incoming = menu_incoming(interaction, name, target, about)
@@ -976,6 +982,16 @@ async def _deferred(interaction: discord.Interaction) -> bool | None:
         )  # fmt: skip
         return None
     return True
+
+
+def _read_failure(exc: Exception) -> str:
+    """A failed read in one log line: Discord's status and code for a refusal (403 50001),
+    its status for a failure (503 Service Unavailable), else the error's name."""
+    if isinstance(exc, discord.Forbidden):
+        return f"{exc.status} {exc.code}"
+    if isinstance(exc, discord.HTTPException):
+        return f"{exc.status} {exc.response.reason}"
+    return type(exc).__name__
 
 
 def _replay_skipped(interaction: discord.Interaction) -> None:
