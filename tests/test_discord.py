@@ -138,6 +138,40 @@ async def test_auto_thread_opens_a_thread_named_after_the_question(tmp_path: Pat
         assert len(await _answers_in(h, thread)) == 2
 
 
+async def test_auto_thread_opens_a_thread_for_a_question_with_a_document(
+    tmp_path: Path,
+) -> None:
+    """A mention with a document attached was answered in the channel (only a text
+    question opened a thread): the channel an admin keeps clean got the document's answer,
+    and the follow-ups, not being in a thread of the bot, needed a mention again."""
+    backend = ScriptedBackend(lambda request: "It is about cranes.")
+    async with discord_harness(tmp_path, backend, auto_thread=[ev.CHANNEL]) as h:
+        content = b"Cranes carry tea across the harbour every morning.\n"
+        h.api.files["notes.txt"] = content
+        doc = _attachment("notes.txt", "text/plain", len(content), h.api.cdn_url("notes.txt"))
+        question = ev.message_create(
+            "what is this about?", channel=ev.CHANNEL, mentions_bot=True, attachments=[doc]
+        )
+        await h.deliver_event(question)
+        await h.idle()
+        thread = int(question["id"])
+        (opened,) = [c for c in h.api.calls if c.path.endswith("/threads")]
+        assert opened.body["name"] == "what is this about?"
+        assert h.api.texts(thread) == ["It is about cranes."] and h.api.texts(ev.CHANNEL) == []
+        assert "Cranes carry tea" in str(backend.requests[0].messages)
+        assert await _answers_in(h, thread) == ["It is about cranes."]
+        # A document sent alone (a mention, no question): the thread is named after it.
+        h.api.files["tides.txt"] = content
+        alone = _attachment("tides.txt", "text/plain", len(content), h.api.cdn_url("tides.txt"))
+        bare = ev.message_create("", channel=ev.CHANNEL, mentions_bot=True, attachments=[alone])
+        await h.deliver_event(bare)
+        await h.idle()
+        named = [c.body["name"] for c in h.api.calls if c.path.endswith("/threads")]
+        assert named == ["what is this about?", "tides.txt"]
+        assert h.api.texts(int(bare["id"])) == ["It is about cranes."]
+        assert h.api.texts(ev.CHANNEL) == []
+
+
 async def test_auto_thread_answers_in_the_thread_another_worker_opened(tmp_path: Path) -> None:
     """Two workers on one shard (a rolling deploy) both open a thread on one question;
     Discord refuses the second (400, 160004). The worker refused answered in the channel,

@@ -412,8 +412,9 @@ class DiscordAdapter:
         # A thread only for a message the bot takes: a blocked sender, or one over the rate
         # limit, must not open public threads the bot names after their text (a helper's
         # review: one per message, in a loop). Theirs is refused, or limited, in the channel.
+        # A question with a document opens one too: its answer was left in the channel.
         if (
-            isinstance(action, Submit)
+            isinstance(action, Submit | Fetch)
             and message.channel.id in self._settings.auto_thread
             and await self._intake.admits(action.incoming)
         ):
@@ -621,16 +622,22 @@ class DiscordAdapter:
                 return True
         return False
 
-    async def _in_new_thread(self, message: discord.Message, action: Submit) -> Submit:
-        """auto_thread: a thread named after the question holds the conversation from here.
+    async def _in_new_thread(
+        self, message: discord.Message, action: Submit | Fetch
+    ) -> Submit | Fetch:
+        """auto_thread: a thread named after the question (a document sent alone: after its
+        name) holds the conversation from here.
         A thread that cannot be opened (no permission) leaves the answer in the channel. A
         message that opened one already (read back by a backfill, or opened by another worker
         at the same moment: Discord's 160004) keeps its thread."""
         thread: discord.Thread | None = message.thread
+        asked = action.incoming.text
+        if isinstance(action, Fetch) and not asked.strip():
+            asked = action.attachment.filename
         if thread is None:
             try:
                 async with self.gate.slot(str(message.channel.id), group=False):
-                    thread = await message.create_thread(name=thread_name(action.incoming.text))
+                    thread = await message.create_thread(name=thread_name(asked))
                 # The name it gave; not that of a thread found (a member may have renamed it).
                 self._thread_names.put(thread.id, thread.name)
             except discord.HTTPException as exc:
@@ -641,6 +648,8 @@ class DiscordAdapter:
         self._guild_channels.put(thread.id, True)
         key = ConversationKey(PLATFORM, str(thread.id))
         moved = dataclasses.replace(action.incoming, key=key, scopes=scopes_of(thread))
+        if isinstance(action, Fetch):
+            return dataclasses.replace(action, incoming=moved)
         return Submit(moved)
 
     async def _thread_opened_by_another(
