@@ -904,6 +904,25 @@ async def test_translate_on_a_message_without_text_says_there_is_none(tmp_path: 
         assert backend.requests == []
 
 
+async def test_translate_on_a_message_without_text_by_a_blocked_sender_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A blocked member's Translate on a picture was told "no text to translate" (the only
+    menu answer given before the access rules were asked), not that they may not use the bot."""
+    backend = answering("never asked")
+    picture = {"id": "5", "filename": "cat.png", "size": 10, "url": "https://cdn.test/cat.png",
+               "proxy_url": "https://cdn.test/cat.png", "content_type": "image/png"}  # fmt: skip
+    blocked = {"blocked_users": [str(ev.USER)]}
+    async with discord_harness(tmp_path, backend, access=blocked) as h:
+        target = ev.message_create("", channel=ev.CHANNEL, attachments=[picture])
+        h.api.post(target)
+        await h.command(ev.interaction_create("Translate", channel=ev.CHANNEL, target=target))
+        await h.idle()
+        await h.adapter.settled()
+        assert h.api.texts(ev.CHANNEL) == [phrases.say(phrases.NOT_ALLOWED, "")]
+        assert backend.requests == []
+
+
 async def test_an_answer_discord_failed_to_take_is_shown_once_it_is_back(
     tmp_path: Path,
 ) -> None:

@@ -700,16 +700,20 @@ class DiscordAdapter:
             if acknowledged:
                 self._interactions.put(str(interaction.id), interaction)
             about = target.content
-            if name == "translate" and not about.strip():
+            asked = menu_incoming(interaction, name, target, "")
+            # Said only to a sender who may ask: a blocked one was told the message has no
+            # text, not that they may not use the bot. Refused, or over the rate limit, it
+            # goes on to submit, which refuses and says why.
+            empty = name == "translate" and not about.strip()
+            if empty and await self._intake.admits(asked):
                 if not self._tells(interaction, acknowledged, replayed):
                     return
-                self._intake.notify(menu_incoming(interaction, name, target, ""), commands.NO_TEXT)
+                self._intake.notify(asked, commands.NO_TEXT)
                 self._end_unanswered(interaction, None)
                 return
             # The history is read only for a sender who may ask: a blocked or rate-limited
             # one cost up to 4 reads of 100 messages before the refusal (a helper's review).
             # `admits` counts the rate limit once for this message; submit refuses and says why.
-            asked = menu_incoming(interaction, name, target, "")
             if name == "summarize" and await self._intake.admits(asked):
                 limit = self._host.settings.skills.max_paste_chars
                 try:
