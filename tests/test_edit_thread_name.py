@@ -93,3 +93,40 @@ async def test_a_rename_given_up_does_not_keep_the_old_name_for_good(tmp_path: P
             await h.adapter.edited(2)
         assert h.api.channels[thread]["name"] == "why is my login still refused?"
         assert len(backend.requests) == 1
+
+
+def document(h: Any, name: str) -> dict[str, object]:
+    content = b"Cranes carry tea across the harbour every morning.\n"
+    h.api.files[name] = content
+    url = h.api.cdn_url(name)
+    return {"id": str(ev.GUILD + 7), "filename": name, "size": len(content),
+            "content_type": "text/plain", "url": url, "proxy_url": url}  # fmt: skip
+
+
+async def test_a_thread_named_after_a_document_is_renamed_after_its_question(
+    tmp_path: Path,
+) -> None:
+    """A document sent with no question names its thread after the document. The rename
+    compared the thread's name with the recorded question ("Please summarize this document
+    (...)."): where another worker opened the thread (or after a restart), an edit adding a
+    question never renamed it; and an edit removing the question named it "?"."""
+    backend = ScriptedBackend(lambda request: "Here.")
+    async with discord_harness(tmp_path, backend, auto_thread=[ev.CHANNEL]) as h:
+        bare = ev.message_create(
+            "", channel=ev.CHANNEL, mentions_bot=True, attachments=[document(h, "tides.txt")]
+        )
+        thread = int(bare["id"])
+        # Opened by the other worker a moment before (160004 here): this one gave no name.
+        h.api.open_thread(ev.CHANNEL, thread, "tides.txt", listed=False)
+        await h.deliver_event(bare)
+        await h.idle()
+        assert h.api.texts(thread) == ["Here."]
+        h.api.push("MESSAGE_UPDATE", edit_of(bare, "when is high tide?", 10))
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.edited(1)
+        assert h.api.channels[thread]["name"] == "when is high tide?"
+        h.api.push("MESSAGE_UPDATE", edit_of(bare, "", 20))  # the question taken out again
+        async with asyncio.timeout(WAIT_S):
+            await h.adapter.edited(2)
+        assert h.api.channels[thread]["name"] == "tides.txt"
+        assert len(backend.requests) == 1  # never answered again

@@ -36,6 +36,7 @@ from adapters.kit.actions import Edit, Ignore, Notice, Observe, Submit
 from adapters.kit.away import PlatformWatch
 from adapters.kit.gate import Gate, LocalGate, Rate, Rates, RedisGate
 from bot import phrases
+from bot.conversation.manager import document_question
 from bot.documents import DocumentSource
 from bot.errors import AdapterError, ConfigError, PlatformAway, StorageError
 from bot.lru import Lru
@@ -539,7 +540,8 @@ class DiscordAdapter:
                     document=action.document,
                 )
                 if replaced and named is not None:
-                    await self._rename_thread(named, thread_name(action.incoming.text))
+                    new_name = _thread_named(action.incoming.text, action.document)
+                    await self._rename_thread(named, new_name)
         except Exception:  # one bad event must not end the handling of others
             log.exception("message %s: edit not recorded", payload.message_id)
         finally:
@@ -569,7 +571,13 @@ class DiscordAdapter:
             thread = found if isinstance(found, discord.Thread) else None
         if thread is None or thread.owner_id != self.me:
             return None
-        given = (thread_name(recorded.content), self._thread_names.get(thread.id))
+        given = [thread_name(recorded.content), self._thread_names.get(thread.id)]
+        # A document sent with no question: its thread has the document's name, and what
+        # was recorded asks for a summary of it. Compared with that alone, a thread another
+        # worker opened (or one opened before a restart) was never renamed.
+        alone = thread_name(document_question("", edit.document))
+        if edit.document and given[0] == alone:
+            given.append(thread_name(edit.document))
         return thread if thread.name in given else None
 
     async def _rename_thread(self, thread: discord.Thread, name: str) -> None:
@@ -631,13 +639,12 @@ class DiscordAdapter:
         message that opened one already (read back by a backfill, or opened by another worker
         at the same moment: Discord's 160004) keeps its thread."""
         thread: discord.Thread | None = message.thread
-        asked = action.incoming.text
-        if isinstance(action, Fetch) and not asked.strip():
-            asked = action.attachment.filename
+        document = action.attachment.filename if isinstance(action, Fetch) else ""
         if thread is None:
             try:
                 async with self.gate.slot(str(message.channel.id), group=False):
-                    thread = await message.create_thread(name=thread_name(asked))
+                    name = _thread_named(action.incoming.text, document)
+                    thread = await message.create_thread(name=name)
                 # The name it gave; not that of a thread found (a member may have renamed it).
                 self._thread_names.put(thread.id, thread.name)
             except discord.HTTPException as exc:
@@ -995,6 +1002,13 @@ async def _deferred(interaction: discord.Interaction) -> bool | None:
         )  # fmt: skip
         return None
     return True
+
+
+def _thread_named(question: str, document: str = "") -> str:
+    """The name of an auto_thread: its question's first line, or for a document sent with
+    no question, the document's name (as it is opened, and as an edit renames it: an edit
+    that took the question out named it "?")."""
+    return thread_name(question if question.strip() or not document else document)
 
 
 def _read_failure(exc: Exception) -> str:
