@@ -39,6 +39,7 @@ FAILURES = {
     "support_bench": (["--rate", "0"], {}, 2, "--rate: must be above 0"),
     "sentiment": (["--data", "/nonexistent.jsonl"], {}, 1, "cannot read /nonexistent.jsonl"),
     "handoff_phrases": (["--chars", "0"], {}, 2, "--chars: must be at least 1, not 0"),
+    "log_redaction": (["--chars", "0"], {}, 2, "--chars: must be at least 1, not 0"),
 }  # fmt: skip
 
 

@@ -10,6 +10,7 @@ import logging
 import pytest
 import sqlalchemy as sa
 
+from bot import logsafety
 from bot.storage.database import create_engine
 from tests.test_logsafety import CANARY, captured_debug_log
 
@@ -88,3 +89,14 @@ async def test_a_violated_constraint_logs_no_row(postgres_url: str, statement: s
     )
     assert CANARY not in text and "my password" not in text
     assert "IntegrityError" in text and "[SQL: " in text  # the error still says what failed
+
+
+@pytest.mark.parametrize("after", ["\n[SQL: INSERT INTO notes]", "\n\n\n", ""])
+def test_a_quoted_row_of_blank_lines_is_redacted_to_its_end(after: str) -> None:
+    # The end of the text is looked for only where a run of newlines begins (a run of blank
+    # lines in a message read from each of its newlines was quadratic: bench/log_redaction.py):
+    # the quote still ends where SQLAlchemy's text begins, or before the text's last newlines.
+    safety = logsafety.LogSafetyFilter()
+    for detail in ("Failing row contains ", "Key (note)="):
+        line = f"DETAIL:  {detail}(my password is\n\n\n\n{CANARY}\n\n).{after}"
+        assert safety.redact(line) == f"DETAIL:  {detail}{logsafety.REDACTED}{after}"
