@@ -40,6 +40,7 @@ FAILURES = {
     "sentiment": (["--data", "/nonexistent.jsonl"], {}, 1, "cannot read /nonexistent.jsonl"),
     "handoff_phrases": (["--chars", "0"], {}, 2, "--chars: must be at least 1, not 0"),
     "log_redaction": (["--chars", "0"], {}, 2, "--chars: must be at least 1, not 0"),
+    "markdown_split": (["--limit", "31"], {}, 2, "--limit: must be at least 32, not 31"),
 }  # fmt: skip
 
 

@@ -177,3 +177,12 @@ def test_pieces_of_a_growing_text_never_change(
     for end in ends:
         complete = split_text(text[:end], limit, length=utf16_len)[:-1]
         assert complete == final[: len(complete)]
+
+
+@pytest.mark.parametrize("unit", ["`a` ", "`a`\n", "``a`` "])
+def test_many_code_spans_in_one_paragraph_are_never_cut_inside(unit: str) -> None:
+    # Each position's place in code is worked out once for the window, and each paragraph's
+    # end once (both were looked for again at every candidate cut: bench/markdown_split.py).
+    pieces = split_text(unit * 200, 64)
+    assert len(pieces) > 1 and all(len(piece) <= 64 for piece in pieces)
+    assert all(piece.count("`") % 2 == 0 for piece in pieces)  # every span whole

@@ -175,9 +175,6 @@ class _Code:
     info: str
     top_level: bool
 
-    def holds(self, pos: int) -> bool:
-        return self.start < pos < self.stop
-
 
 class _Layout:
     """Where the window's blocks are, from markdown-it's token map (line ranges)."""
@@ -195,6 +192,10 @@ class _Layout:
             if token.type in ("fence", "code_block"):
                 self.code.append(self._code(token.map[0], token.map[1], token))
         self.spans = _code_spans(window, self.code)
+        # Each position's answer, worked out once: asked of every candidate, a look through
+        # all the blocks and spans made a window of many (a run of "` `") quadratic.
+        blocks = [(block.start, block.stop) for block in self.code]
+        self._in_code = _covered(len(window) + 1, blocks + self.spans)
         self._inline = _covered(len(window) + 1, _inline_spans(window, self.spans))
 
     def _code(self, first: int, end: int, token: Token) -> _Code:
@@ -214,11 +215,7 @@ class _Layout:
         return self._line_starts[line] if line < len(self._line_starts) else len(self.window)
 
     def outside_code(self, pos: int) -> bool:
-        return (
-            pos > 0
-            and not any(block.holds(pos) for block in self.code)
-            and not any(start < pos < stop for start, stop in self.spans)
-        )
+        return pos > 0 and not self._in_code[pos]
 
     def clear(self, pos: int) -> bool:
         """Outside code, bold, strikethrough and links."""
@@ -247,14 +244,18 @@ def _code_spans(window: str, blocks: list[_Code]) -> list[tuple[int, int]]:
     fences of code blocks are not spans: a closing fence would run to the paragraph's end."""
     spans: list[tuple[int, int]] = []
     starts = [b.start for b in blocks]  # in order, never overlapping
+    # Where the paragraphs end, found once: looked for after each opening, in a window with
+    # no blank line (a run of "`" lines) each search read the rest of it (quadratic).
+    # No blank line holds a backtick: the first found after an opening is the one after it.
+    blanks = [m.start() for m in _BLANK_LINE.finditer(window)]
     pos = 0
     while (opening := _TICKS.search(window, pos)) is not None:
         i = bisect.bisect_right(starts, opening.start()) - 1
         if i >= 0 and opening.start() < blocks[i].stop:
             pos = blocks[i].stop
             continue
-        blank = _BLANK_LINE.search(window, opening.end())
-        end = blank.start() if blank else len(window) + 1
+        j = bisect.bisect_left(blanks, opening.end())
+        end = blanks[j] if j < len(blanks) else len(window) + 1
         closing = next(
             (
                 run

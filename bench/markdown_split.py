@@ -1,0 +1,80 @@
+"""Markdown splitting: how choosing where to cut a long reply grows with the window when the
+reply is full of inline code spans and code blocks (adapters/kit/split.py).
+
+    .venv/bin/python -m bench.markdown_split                 # windows of 2,048 and 8,192
+    .venv/bin/python -m bench.markdown_split --limit 1024    # smaller windows
+
+A reply longer than a message is cut into pieces, at a good place in each window of the
+message's limit (Telegram's 4,096 UTF-16 units, Discord's 2,000 characters, Chatwoot's
+150,000): never inside code. Each reply here is one and a half windows of a short unit
+repeated (one-backtick spans with a space between, "`" lines with no blank line between,
+fences), split at `--limit` and at four times that; printed: the time of each split (best
+of 3) and their ratio. Target (fixed before measuring): the ratio at most 8, where splitting
+in linear time gives about 4 and the quadratic reading before 2026-12-07 gave 9 to 12 (each
+candidate cut checked against every code span, each span's paragraph end searched to the
+window's end: 68 ms for one 4,096 window of "` ` "); and every piece within the limit.
+Exit 1 when either is missed. Tests assert no time: this is where the growth is checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from adapters.kit.split import MIN_LIMIT, split_text
+from bench.entry import run_main
+
+UNITS = {
+    "spans": "` ` ",
+    "tick lines": "`\n",
+    "fences": "```\n",
+}
+GROWTH = 4
+TARGET = 8.0
+
+
+def _limit(text: str) -> int:
+    value = int(text)
+    if value < MIN_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_LIMIT}, not {value}")
+    return value
+
+
+def _best(text: str, limit: int) -> tuple[float, bool]:
+    """The best of 3 splits' seconds, and whether every piece was within `limit`."""
+    times, fits = [], False
+    for _ in range(3):
+        started = time.perf_counter()
+        pieces = split_text(text, limit)
+        times.append(time.perf_counter() - started)
+        fits = len(pieces) > 1 and all(len(piece) <= limit for piece in pieces)
+    return min(times), fits
+
+
+def main(argv: list[str] | None = None) -> bool:
+    parser = argparse.ArgumentParser(prog="python -m bench.markdown_split")
+    parser.add_argument("--limit", type=_limit, default=2048,
+                        help="the smaller window, in characters (default 2,048)")  # fmt: skip
+    args = parser.parse_args(argv)
+    met = True
+    for name, unit in UNITS.items():
+        small_limit, large_limit = args.limit, args.limit * GROWTH
+        small = unit * (small_limit * 3 // 2 // len(unit))
+        large = unit * (large_limit * 3 // 2 // len(unit))
+        small_s, small_fits = _best(small, small_limit)
+        large_s, large_fits = _best(large, large_limit)
+        ratio = large_s / max(small_s, 1e-9)
+        fits = small_fits and large_fits
+        ok = ratio <= TARGET and fits
+        met = met and ok
+        print(f"{name:10} window {small_limit:>6} {small_s * 1000:7.1f} ms  "
+              f"window {large_limit:>6} {large_s * 1000:7.1f} ms  "
+              f"ratio {ratio:5.1f} (target <= {TARGET:g})"
+              f"{'' if fits else '  A PIECE OVER THE LIMIT'}"
+              f"{'' if ok else '  MISSED'}")  # fmt: skip
+    return met
+
+
+if __name__ == "__main__":
+    run_main("bench.markdown_split", lambda: main(sys.argv[1:]))
