@@ -1,19 +1,23 @@
 """Markdown splitting: how choosing where to cut a long reply grows with the window when the
-reply is full of inline code spans and code blocks (adapters/kit/split.py).
+reply is full of inline code spans and code blocks, or is one long line of a list marker and
+spaces (adapters/kit/split.py).
 
     .venv/bin/python -m bench.markdown_split                 # windows of 2,048 and 8,192
     .venv/bin/python -m bench.markdown_split --limit 1024    # smaller windows
 
 A reply longer than a message is cut into pieces, at a good place in each window of the
 message's limit (Telegram's 4,096 UTF-16 units, Discord's 2,000 characters, Chatwoot's
-150,000): never inside code. Each reply here is one and a half windows of a short unit
-repeated (one-backtick spans with a space between, "`" lines with no blank line between,
-fences), split at `--limit` and at four times that; printed: the time of each split (best
-of 3) and their ratio. Target (fixed before measuring): the ratio at most 8, where splitting
-in linear time gives about 4 and the quadratic reading before 2026-12-07 gave 9 to 12 (each
-candidate cut checked against every code span, each span's paragraph end searched to the
-window's end: 68 ms for one 4,096 window of "` ` "); and every piece within the limit.
-Exit 1 when either is missed. Tests assert no time: this is where the growth is checked.
+150,000): never inside code, never right after a line's list marker. Each reply here is one
+and a half windows of a short unit repeated (one-backtick spans with a space between, "`"
+lines with no blank line between, fences) or of one line ("- ", spaces, a word), split at
+`--limit` and at four times that; printed: the time of each split (best of 3) and their
+ratio. Target (fixed before measuring): the ratio at most 8, where splitting in linear time
+gives about 4 and the quadratic reading before 2026-12-07 gave 9 to 16 (each candidate cut
+checked against every code span, each span's paragraph end searched to the window's end:
+68 ms for one 4,096 window of "` ` "; each space's line read again from its start for a
+list marker: 0.3 s for a 20,000 window, about 18 s for Chatwoot's 150,000); and every piece
+within the limit. Exit 1 when either is missed. Tests assert no time: this is where the
+growth is checked.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ UNITS = {
     "spans": "` ` ",
     "tick lines": "`\n",
     "fences": "```\n",
+    "marker, spaces": "- ",  # one line: a list marker, then only spaces (`_reply`)
 }
 GROWTH = 4
 TARGET = 8.0
@@ -39,6 +44,14 @@ def _limit(text: str) -> int:
     if value < MIN_LIMIT:
         raise argparse.ArgumentTypeError(f"must be at least {MIN_LIMIT}, not {value}")
     return value
+
+
+def _reply(unit: str, limit: int) -> str:
+    """One and a half windows of `unit`; a unit that is a line's start, then the line's
+    spaces to that length and a word."""
+    if unit.startswith("- "):
+        return "- " + " " * (limit * 3 // 2) + "a"
+    return unit * (limit * 3 // 2 // len(unit))
 
 
 def _best(text: str, limit: int) -> tuple[float, bool]:
@@ -60,15 +73,14 @@ def main(argv: list[str] | None = None) -> bool:
     met = True
     for name, unit in UNITS.items():
         small_limit, large_limit = args.limit, args.limit * GROWTH
-        small = unit * (small_limit * 3 // 2 // len(unit))
-        large = unit * (large_limit * 3 // 2 // len(unit))
+        small, large = (_reply(unit, limit) for limit in (small_limit, large_limit))
         small_s, small_fits = _best(small, small_limit)
         large_s, large_fits = _best(large, large_limit)
         ratio = large_s / max(small_s, 1e-9)
         fits = small_fits and large_fits
         ok = ratio <= TARGET and fits
         met = met and ok
-        print(f"{name:10} window {small_limit:>6} {small_s * 1000:7.1f} ms  "
+        print(f"{name:14} window {small_limit:>6} {small_s * 1000:7.1f} ms  "
               f"window {large_limit:>6} {large_s * 1000:7.1f} ms  "
               f"ratio {ratio:5.1f} (target <= {TARGET:g})"
               f"{'' if fits else '  A PIECE OVER THE LIMIT'}"

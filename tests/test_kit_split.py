@@ -186,3 +186,13 @@ def test_many_code_spans_in_one_paragraph_are_never_cut_inside(unit: str) -> Non
     pieces = split_text(unit * 200, 64)
     assert len(pieces) > 1 and all(len(piece) <= 64 for piece in pieces)
     assert all(piece.count("`") % 2 == 0 for piece in pieces)  # every span whole
+
+
+@pytest.mark.parametrize("marker", ["-", "1.", ">"])
+def test_a_list_marker_is_never_left_alone_by_a_cut_in_the_spaces_after_it(marker: str) -> None:
+    # Each line's marker is read once for the window, not again at each of its spaces
+    # (bench/markdown_split.py): a space right after the marker is still no cut.
+    text = f"{marker}   " + "x" * 60 + " y"  # no other space in the first window
+    pieces = split_text(text, 40)
+    assert len(pieces) > 1 and all(len(piece) <= 40 for piece in pieces)
+    assert pieces[0].startswith(f"{marker}   x") and pieces[0].strip() != marker

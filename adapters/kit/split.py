@@ -53,7 +53,7 @@ _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 # Chinese and Japanese put no space after 。！？, so none is needed after them.
 _SENTENCE_END = re.compile(r"(?<![\s\d])(?:[.!?…][)\"'»”’]*\s|[。！？][)\"'»”’」』）】]*\s?)")
 _SPACE = re.compile(r"\s")
-_MARKER = re.compile(r"[ \t]*(?:[-*+>]|\d+[.)])[ \t]*")
+_MARKER = re.compile(r"[ \t]*(?:[-*+>]|\d+[.)])(?P<blanks>[ \t]*)")
 _ZWJ = "\u200d"
 _TICKS = re.compile(r"`+")
 # Inline markup whose two ends must stay in one piece (each piece is rendered alone): bold and
@@ -182,6 +182,7 @@ class _Layout:
     def __init__(self, window: str) -> None:
         self.window = window
         self._line_starts = [0] + [m.end() for m in re.finditer("\n", window)]
+        self._markers: dict[int, tuple[int, int] | None] = {}  # line start: its blanks
         self.block_starts: list[int] = []
         self.code: list[_Code] = []
         for token in _BLOCKS.parse(window):
@@ -232,8 +233,15 @@ class _Layout:
         ]
 
     def _after_marker(self, pos: int) -> bool:
-        line_start = self.window.rfind("\n", 0, pos) + 1
-        return _MARKER.fullmatch(self.window, line_start, pos) is not None
+        """Whether nothing but a list or quote marker and blanks is before `pos` on its line.
+        Each line's marker is read once: read again up to each space of a long line of them
+        ("- " and 150,000 spaces, in a Chatwoot window), it was quadratic."""
+        line_start = self._line_starts[bisect.bisect_right(self._line_starts, pos) - 1]
+        if line_start not in self._markers:
+            found = _MARKER.match(self.window, line_start)
+            self._markers[line_start] = found.span("blanks") if found else None
+        blanks = self._markers[line_start]
+        return blanks is not None and blanks[0] <= pos <= blanks[1]
 
 
 def _code_spans(window: str, blocks: list[_Code]) -> list[tuple[int, int]]:
