@@ -173,6 +173,8 @@ class FakeDiscordApi:
     lost_acks: set[str] = field(default_factory=set)
     # The next read of a channel's log waits (`hold_log_read`): (taken, release) events.
     held_log_read: tuple[asyncio.Event, asyncio.Event] | None = None
+    # The next acknowledgement taken is answered late (`hold_ack`): (taken, release) events.
+    held_ack: tuple[asyncio.Event, asyncio.Event] | None = None
     _seen: dict[int, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _seen_overall: deque[float] = field(default_factory=deque)
     # Attachments on the fake CDN, by file name: `cdn_url(name)` is their URL. A file named
@@ -332,6 +334,13 @@ class FakeDiscordApi:
         first is set when the read arrives (a slow read, held where a test needs it)."""
         self.held_log_read = (asyncio.Event(), asyncio.Event())
         return self.held_log_read
+
+    def hold_ack(self) -> tuple[asyncio.Event, asyncio.Event]:
+        """The next acknowledgement Discord takes is answered once the second event is set;
+        the first is set when it is taken (a slow answer: the interaction is acknowledged,
+        and a second delivery's defer is 40060, before its worker knows it deferred it)."""
+        self.held_ack = (asyncio.Event(), asyncio.Event())
+        return self.held_ack
 
     def lose_ack(self, token: str) -> None:
         """The interaction's acknowledgement is taken, and its answer lost (502)."""
@@ -630,6 +639,10 @@ class FakeDiscordApi:
         self._originals[token] = original
         if lost:
             return JSONResponse({"message": "Bad Gateway", "code": 0}, status_code=502)
+        if self.held_ack is not None:
+            (taken, release), self.held_ack = self.held_ack, None
+            taken.set()
+            await release.wait()
         interaction = {
             "id": str(request.path_params["interaction"]),
             "type": 2,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import AsyncGenerator
 from datetime import timedelta
@@ -21,6 +22,7 @@ pytest.importorskip("websockets")
 
 import aiohttp
 import discord
+from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
 from adapters.discord import commands
 from adapters.discord.adapter import CLOSE_CODES, DiscordAdapter
@@ -507,12 +509,17 @@ async def test_a_refused_command_whose_acknowledgement_came_back_502_is_told_onc
 
 @contextlib.asynccontextmanager
 async def _worker(
-    api: FakeDiscordApi, backend: ScriptedBackend, settings: dict[str, Any], shard: int
+    api: FakeDiscordApi,
+    backend: ScriptedBackend,
+    settings: dict[str, Any],
+    shard: int,
+    access: dict[str, Any] | None = None,
 ) -> AsyncGenerator[DiscordHarness]:
     """One of two processes on one database and Redis (`settings`: the core's), running
-    `shard` of two, connected to `api` (which serves already)."""
+    `shard` of two, connected to `api` (which serves already); `access`: the discord
+    section's."""
     section_data = {"token": TOKEN, "stream_interval_s": 0.05, "shard_ids": [shard],
-                    "shard_count": 2}  # fmt: skip
+                    "shard_count": 2, **({"access": access} if access else {})}  # fmt: skip
     loaded = settings_for(settings["home"], "discord", discord=section_data,
                           database_url=settings["database"], redis=settings["redis"])  # fmt: skip
     async with Parley(loaded, backend=backend) as app:
@@ -521,7 +528,12 @@ async def _worker(
         adapter = DiscordAdapter(host_for(app), section)
         app.intake.register("discord", adapter, section.access)
         async with adapter:
-            connection = asyncio.create_task(adapter.run())
+            # Its own webhook adapter (an interaction's requests), as in a process of its
+            # own: discord.py's default one is this Python process's, and sends the requests
+            # of one interaction token one at a time, the other worker's too.
+            context = contextvars.copy_context()
+            context.run(async_context.set, AsyncWebhookAdapter())
+            connection = asyncio.create_task(adapter.run(), context=context)
             try:
                 yield DiscordHarness(app, adapter, api)
             finally:
@@ -566,6 +578,64 @@ async def test_an_interaction_delivered_to_two_workers_keeps_its_one_answer(
             await b.adapter.settled()
         assert api.texts(ev.CHANNEL) == ["All good."]
         assert len(first.requests) + len(second.requests) == 1
+        original = [c.method for c in api.calls if c.path.endswith("/messages/@original")]
+        assert original == ["PATCH"]
+
+
+@pytest.mark.parametrize("refusal", ["no text", "not allowed", "admins only"])
+async def test_a_refused_interaction_delivered_to_two_workers_keeps_its_refusal(
+    tmp_path: Path, database_url: str, redis_url: str, key_prefix: str, refusal: str
+) -> None:
+    """Two processes on one database and Redis (a rolling deploy), the same refused command
+    delivered to both. The first's defer is taken, and its answer slow; the second's is
+    refused 40060, and it counts the interaction first: taken for this bot's own lost
+    acknowledgement, it says the refusal in the deferred response. The first, its defer
+    answered, said it too (not again: one notice per sender and rate window), and its
+    clean-up, its interaction unused by a notice, deleted the deferred response: the
+    refusal. The user saw nothing. The refusal now stays, said once."""
+    api = FakeDiscordApi(per_channel=(5, 0.5), guilds=[ev.guild_create()], shard_count=2)
+    shared = {"home": tmp_path, "database": database_url,
+              "redis": {"url": redis_url, "key_prefix": key_prefix}}  # fmt: skip
+    access: dict[str, Any] = {}
+    if refusal == "no text":
+        target = ev.message_create("", channel=ev.CHANNEL, attachments=[_attachment(
+            "cat.png", "image/png")])  # fmt: skip
+        api.post(target)
+        command = ev.interaction_create("Translate", channel=ev.CHANNEL, target=target)
+        said = phrases.say(NO_TEXT, "")
+    elif refusal == "not allowed":
+        target = ev.message_create("The cranes start at six.", channel=ev.CHANNEL)
+        api.post(target)
+        command = ev.interaction_create("Summarize from here", channel=ev.CHANNEL, target=target)
+        access = {"blocked_users": [str(ev.USER)]}
+        said = phrases.say(phrases.NOT_ALLOWED, "")
+    else:
+        command = ev.interaction_create("keep", "on", channel=ev.CHANNEL)
+        said = phrases.say(phrases.ADMINS_ONLY, "")
+    first, second = answering("never asked"), answering("never asked")
+    async with (
+        api.serving(),
+        _worker(api, first, shared, 0, access) as a,
+        _worker(api, second, shared, 1, access) as b,
+    ):
+        api.expect_interaction(command["token"], ev.CHANNEL)
+        taken, release = api.hold_ack()
+        async with asyncio.timeout(60):  # a dead connection fails the test, never hangs it
+            api.push("INTERACTION_CREATE", command, shard=0)
+            await taken.wait()  # Discord took the first worker's defer; its answer is slow
+            api.push("INTERACTION_CREATE", command, shard=1)  # delivered again, to the other
+            try:
+                await b.adapter.handled(1)
+                await b.adapter.idle()
+                await b.adapter.settled()
+            finally:
+                release.set()
+            await a.adapter.handled(1)
+            await a.adapter.idle()
+            await a.adapter.settled()
+            await b.adapter.idle()
+        assert api.texts(ev.CHANNEL) == [said]
+        assert first.requests == [] and second.requests == []
         original = [c.method for c in api.calls if c.path.endswith("/messages/@original")]
         assert original == ["PATCH"]
 

@@ -687,8 +687,8 @@ class DiscordAdapter:
                 await self._submit_acknowledged(interaction, incoming, replayed=replayed)
                 return
             self._interactions.put(str(interaction.id), interaction)
-            recorded = await self._intake.submit(incoming)
-            self._end_acknowledged(interaction, recorded)
+            recorded = await self._intake.submit(incoming, quiet=replayed)
+            self._end_acknowledged(interaction, recorded, replayed=replayed)
         except Exception:
             log.exception("slash command %s could not be handled; skipped", interaction.id)
         finally:
@@ -747,8 +747,8 @@ class DiscordAdapter:
             if not acknowledged:  # 40060: a replay, or this defer's own, retried after a 5xx
                 await self._submit_acknowledged(interaction, incoming, replayed=replayed)
                 return
-            recorded = await self._intake.submit(incoming)
-            self._end_acknowledged(interaction, recorded)
+            recorded = await self._intake.submit(incoming, quiet=replayed)
+            self._end_acknowledged(interaction, recorded, replayed=replayed)
         except Exception:
             log.exception("menu command %s could not be handled; skipped", interaction.id)
         finally:
@@ -761,9 +761,12 @@ class DiscordAdapter:
     def _tells(self, interaction: discord.Interaction, acknowledged: bool, replayed: bool) -> bool:
         """Whether a command's notice (not a record) is to be said: not for a replay, whose
         first delivery said it; yes for this bot's own lost acknowledgement (`acknowledged`
-        False, never seen before), through the interaction, as for any other command."""
+        False, never seen before), through the interaction, as for any other command. Nor
+        where this delivery deferred it but another counted it first (`_end_acknowledged`)."""
         if acknowledged:
-            return True
+            if replayed:
+                self._let_go(interaction)
+            return not replayed
         if replayed:
             _replay_skipped(interaction)
             return False
@@ -800,21 +803,28 @@ class DiscordAdapter:
         _replay_skipped(interaction)
 
     def _end_acknowledged(
-        self, interaction: discord.Interaction, recorded: Recorded | None
+        self, interaction: discord.Interaction, recorded: Recorded | None, *, replayed: bool
     ) -> None:
         """The end of a command this delivery deferred. Recorded by another delivery first
         (the interaction delivered to another worker too, whose defer Discord refused 40060:
         two processes during a rolling deploy), it is that delivery's to answer and end:
         this one lets go of the interaction. Its clean-up deleted the deferred response once
         the command was answered, its own interaction unused by a turn here: the answer the
-        other worker's turn had written in it."""
-        key = str(interaction.id)
-        if recorded is not None and not recorded.is_new:
-            # Unless that delivery is in this process, and ends it with this entry.
-            if key not in self._relied_on and self._interactions.get(key) is interaction:
-                self._interactions.discard(key)
+        other worker's turn had written in it. Refused, and counted by another delivery
+        first (`replayed`: its defer was 40060, this one's answer slower to come back), the
+        refusal is that delivery's to say, as for this bot's own lost acknowledgement, and
+        this one's (quiet) lets go too: its clean-up deleted the refusal said there."""
+        if (recorded is not None and not recorded.is_new) or (recorded is None and replayed):
+            self._let_go(interaction)
             return
         self._end_unanswered(interaction, recorded)
+
+    def _let_go(self, interaction: discord.Interaction) -> None:
+        """This delivery's interaction, left to another delivery of it to end; unless that
+        delivery is in this process, and ends it with this entry (`_relied_on`)."""
+        key = str(interaction.id)
+        if key not in self._relied_on and self._interactions.get(key) is interaction:
+            self._interactions.discard(key)
 
     def _end_unanswered(self, interaction: discord.Interaction, recorded: Recorded | None) -> None:
         """Once the command's turn (or, refused, its notice) is over, a deferred response that
