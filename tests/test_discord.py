@@ -582,6 +582,43 @@ async def test_an_interaction_delivered_to_two_workers_keeps_its_one_answer(
         assert original == ["PATCH"]
 
 
+async def test_an_interaction_delivered_twice_to_one_worker_keeps_its_one_answer(
+    tmp_path: Path, database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """The same "Summarize from here" delivered twice to one process (a replay while its
+    first delivery still reads the channel's history): the replay's defer is refused 40060
+    and it waits for the same read (discord.py sends one channel's reads in turn); the
+    first records the command and answers it in its deferred response, the replay finds
+    it recorded and lets go: one answer, never deleted, and nothing kept for it after."""
+    redis = {"url": redis_url, "key_prefix": key_prefix}
+    backend = answering("All good.")
+    async with discord_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
+        target = ev.message_create("The cranes start at six on Monday.", channel=ev.CHANNEL)
+        h.api.post(target)
+        menu = ev.interaction_create("Summarize from here", channel=ev.CHANNEL, target=target)
+        h.api.expect_interaction(menu["token"], ev.CHANNEL)
+        taken, release = h.api.hold_log_read()
+        calls = h.api.calls
+        async with asyncio.timeout(60):  # a dead connection fails the test, never hangs it
+            h.api.push("INTERACTION_CREATE", menu)
+            await taken.wait()  # the first delivery deferred it and reads the history
+            h.api.push("INTERACTION_CREATE", menu)  # the replay, to the same worker
+            try:
+                # Its defer refused 40060: the second acknowledgement of the interaction.
+                await h.api.until(lambda: sum(c.path.endswith("/callback") for c in calls) == 2)
+            finally:
+                release.set()
+            await h.adapter.handled(2)
+            await h.adapter.idle()
+            await h.adapter.settled()
+        assert h.api.texts(ev.CHANNEL) == ["All good."]
+        assert len(backend.requests) == 1
+        original = [c.method for c in h.api.calls if c.path.endswith("/messages/@original")]
+        assert original == ["PATCH"]
+        assert h.adapter._interactions.get(menu["id"]) is None
+        assert h.adapter._relied_on == set()
+
+
 @pytest.mark.parametrize("refusal", ["no text", "not allowed", "admins only"])
 async def test_a_refused_interaction_delivered_to_two_workers_keeps_its_refusal(
     tmp_path: Path, database_url: str, redis_url: str, key_prefix: str, refusal: str
