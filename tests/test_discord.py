@@ -520,8 +520,10 @@ async def _worker(
     section's."""
     section_data = {"token": TOKEN, "stream_interval_s": 0.05, "shard_ids": [shard],
                     "shard_count": 2, **({"access": access} if access else {})}  # fmt: skip
+    core = {"conversation": settings["conversation"]} if "conversation" in settings else {}
     loaded = settings_for(settings["home"], "discord", discord=section_data,
-                          database_url=settings["database"], redis=settings["redis"])  # fmt: skip
+                          database_url=settings["database"], redis=settings["redis"],
+                          **core)  # fmt: skip
     async with Parley(loaded, backend=backend) as app:
         section = loaded.section("discord")
         assert isinstance(section, DiscordSettings)
@@ -619,7 +621,7 @@ async def test_an_interaction_delivered_twice_to_one_worker_keeps_its_one_answer
         assert h.adapter._relied_on == set()
 
 
-@pytest.mark.parametrize("refusal", ["no text", "not allowed", "admins only"])
+@pytest.mark.parametrize("refusal", ["no text", "not allowed", "admins only", "rate limited"])
 async def test_a_refused_interaction_delivered_to_two_workers_keeps_its_refusal(
     tmp_path: Path, database_url: str, redis_url: str, key_prefix: str, refusal: str
 ) -> None:
@@ -629,7 +631,9 @@ async def test_a_refused_interaction_delivered_to_two_workers_keeps_its_refusal(
     acknowledgement, it says the refusal in the deferred response. The first, its defer
     answered, said it too (not again: one notice per sender and rate window), and its
     clean-up, its interaction unused by a notice, deleted the deferred response: the
-    refusal. The user saw nothing. The refusal now stays, said once."""
+    refusal. The user saw nothing. The refusal now stays, said once. Over the rate limit the
+    command is recorded (a stub) and its turn says the sentence: the worker whose delivery
+    recorded it says it, as for an answer (80a634d)."""
     api = FakeDiscordApi(per_channel=(5, 0.5), guilds=[ev.guild_create()], shard_count=2)
     shared = {"home": tmp_path, "database": database_url,
               "redis": {"url": redis_url, "key_prefix": key_prefix}}  # fmt: skip
@@ -646,15 +650,29 @@ async def test_a_refused_interaction_delivered_to_two_workers_keeps_its_refusal(
         command = ev.interaction_create("Summarize from here", channel=ev.CHANNEL, target=target)
         access = {"blocked_users": [str(ev.USER)]}
         said = phrases.say(phrases.NOT_ALLOWED, "")
-    else:
+    elif refusal == "admins only":
         command = ev.interaction_create("keep", "on", channel=ev.CHANNEL)
         said = phrases.say(phrases.ADMINS_ONLY, "")
+    else:  # recorded, as a stub, and its turn says the one sentence
+        shared["conversation"] = {"rate_limit_messages": 1, "rate_limit_window_s": 60}
+        command = ev.interaction_create("summarize", "text " * 5, channel=ev.CHANNEL)
+        said = phrases.say(phrases.RATE_LIMITED, "")
     first, second = answering("never asked"), answering("never asked")
     async with (
         api.serving(),
         _worker(api, first, shared, 0, access) as a,
         _worker(api, second, shared, 1, access) as b,
     ):
+        before: list[str] = []
+        if refusal == "rate limited":  # the sender's one message of the window, answered
+            earlier = ev.interaction_create("summarize", "more " * 5, channel=ev.CHANNEL)
+            api.expect_interaction(earlier["token"], ev.CHANNEL)
+            api.push("INTERACTION_CREATE", earlier, shard=1)
+            async with asyncio.timeout(60):
+                await b.adapter.handled(1)
+                await b.adapter.idle()
+                await b.adapter.settled()
+            before = ["never asked"]
         api.expect_interaction(command["token"], ev.CHANNEL)
         taken, release = api.hold_ack()
         async with asyncio.timeout(60):  # a dead connection fails the test, never hangs it
@@ -662,7 +680,7 @@ async def test_a_refused_interaction_delivered_to_two_workers_keeps_its_refusal(
             await taken.wait()  # Discord took the first worker's defer; its answer is slow
             api.push("INTERACTION_CREATE", command, shard=1)  # delivered again, to the other
             try:
-                await b.adapter.handled(1)
+                await b.adapter.handled(len(before) + 1)
                 await b.adapter.idle()
                 await b.adapter.settled()
             finally:
@@ -671,9 +689,11 @@ async def test_a_refused_interaction_delivered_to_two_workers_keeps_its_refusal(
             await a.adapter.idle()
             await a.adapter.settled()
             await b.adapter.idle()
-        assert api.texts(ev.CHANNEL) == [said]
-        assert first.requests == [] and second.requests == []
-        original = [c.method for c in api.calls if c.path.endswith("/messages/@original")]
+        assert api.texts(ev.CHANNEL) == [*before, said]
+        assert first.requests == [] and len(second.requests) == len(before)
+        original = [
+            c.method for c in api.calls if c.path.endswith(f"{command['token']}/messages/@original")
+        ]
         assert original == ["PATCH"]
 
 
