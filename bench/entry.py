@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, TypeVar
+
+T = TypeVar("T")
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C
 
@@ -82,3 +85,14 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
+
+
+def best_of_three(work: Callable[[], T]) -> tuple[float, T]:
+    """The best of 3 runs' seconds of `work`, and what its last run gave: the growth benches
+    (4x the input in at most 8x the time) compare two such bests."""
+    times: list[float] = []
+    for _ in range(3):
+        started = time.perf_counter()
+        result = work()
+        times.append(time.perf_counter() - started)
+    return min(times), result

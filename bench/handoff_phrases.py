@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-from bench.entry import positive_int, run_main
+from bench.entry import best_of_three, positive_int, run_main
 from bot.handoff.phrases import asks_for_person
 
 UNITS = {
@@ -34,12 +33,7 @@ TARGET = 8.0
 
 def _best(text: str) -> tuple[float, bool]:
     """The best of 3 readings' seconds, and what was read."""
-    times, asked = [], False
-    for _ in range(3):
-        started = time.perf_counter()
-        asked = asks_for_person(text)
-        times.append(time.perf_counter() - started)
-    return min(times), asked
+    return best_of_three(lambda: asks_for_person(text))
 
 
 def main(argv: list[str] | None = None) -> bool:

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from adapters.kit.split import MIN_LIMIT, split_text
-from bench.entry import run_main
+from bench.entry import best_of_three, run_main
 
 UNITS = {
     "spans": "` ` ",
@@ -56,13 +55,8 @@ def _reply(unit: str, limit: int) -> str:
 
 def _best(text: str, limit: int) -> tuple[float, bool]:
     """The best of 3 splits' seconds, and whether every piece was within `limit`."""
-    times, fits = [], False
-    for _ in range(3):
-        started = time.perf_counter()
-        pieces = split_text(text, limit)
-        times.append(time.perf_counter() - started)
-        fits = len(pieces) > 1 and all(len(piece) <= limit for piece in pieces)
-    return min(times), fits
+    seconds, pieces = best_of_three(lambda: split_text(text, limit))
+    return seconds, len(pieces) > 1 and all(len(piece) <= limit for piece in pieces)
 
 
 def main(argv: list[str] | None = None) -> bool:
