@@ -56,11 +56,20 @@ def captured_debug_log(
     level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
+    # A library imported by an earlier test may have set one of these loggers' levels (vLLM
+    # sets httpx's to WARNING when it configures its logging): each logs here as it would in
+    # a process of its own, the filter alone deciding what is kept.
+    libraries = [logging.getLogger(name) for name in logsafety.BODY_LOGGERS]
+    levels = [library.level for library in libraries]
+    for library in libraries:
+        library.setLevel(logging.NOTSET)
     try:
         yield buffer, names
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
+        for library, was in zip(libraries, levels, strict=True):
+            library.setLevel(was)
 
 
 async def a_conversation(tmp_path: Path) -> None:
