@@ -45,6 +45,7 @@ _TEMPLATE_MARKERS = (
     r"|<</?SYS>>"  # Llama 2 and Mistral
     r"|<(?:start|end)_of_(?:turn|image)>"  # Gemma
     r"|\[[gs]?MASK\]|<[se]op>"  # GLM sequence markers
+    r"|\[(?:BOS|EOS|PAD|UNK)\]"  # EXAONE's sequence markers
     # Gemma 4, a bar on one side: <|turn>user ... <turn|>, <|channel>, <tool_call|>
     r"|<\|[a-z_]{1,32}>|<[a-z_]{1,32}\|>"
     r"|<seed:(?:bos|eos)>"  # Seed-OSS's turns

@@ -13,7 +13,10 @@ What is taken for the tag is what vLLM's reasoning parsers take (`deepseek_r1`, 
 `<think>` and `</think>` exactly, as the models write them (one token each in their
 vocabularies); and the pairs of the models that write other ones, as vLLM's parsers for them
 take them: Magistral's `[THINK]` ... `[/THINK]` (`mistral`), Seed-OSS's `<seed:think>` ...
-`</seed:think>` (`seed_oss`). The reasoning ends at the close of the pair it began with.
+`</seed:think>` (`seed_oss`), Gemma 4's `<|channel>` ... `<channel|>` (`gemma4`; its
+`thought` label inside is reasoning too). The reasoning ends at the close of the pair it
+began with. (A server that drops special tokens from what it sends, vLLM's
+`skip_special_tokens`, sends Gemma 4's reasoning with no tag: nothing here can tell it apart.)
 Before it, blanks and a byte order mark (U+FEFF), which some servers and GGUF conversions
 put at the start of a text, are allowed: both are invisible. `<THINK>` or
 `<think type="x">` are no model's tag and stay text, as in vLLM: hiding them would hide an
@@ -36,7 +39,12 @@ from typing import Any
 OPEN = "<think>"
 CLOSE = "</think>"
 # Each tag that may begin a reply's reasoning, and the one that ends it.
-PAIRS = {OPEN: CLOSE, "[THINK]": "[/THINK]", "<seed:think>": "</seed:think>"}
+PAIRS = {
+    OPEN: CLOSE,
+    "[THINK]": "[/THINK]",
+    "<seed:think>": "</seed:think>",
+    "<|channel>": "<channel|>",
+}
 # What may come before the <think> that begins a reply: blanks and byte order marks.
 _LEAD = re.compile(r"^[\s\ufeff]+")
 

@@ -91,6 +91,11 @@ def _backend(replies: list[list[Delta]], asked: list[list[dict[str, str]]]) -> O
         # reasoning ends at the close of the pair it began with, not at another's.
         ("[THINK]hm[/THINK]\n\nHi", "Hi"),
         ("<seed:think>hm</seed:think>Hi", "Hi"),
+        # Gemma 4's (vLLM's `gemma4` parser), its `thought` label inside the reasoning.
+        ("<|channel>thought\nhm<channel|>Hi", "Hi"),
+        ("<|channel>a [/THINK] b<channel|>Hi", "Hi"),
+        ("Hi <|channel>x<channel|>", "Hi <|channel>x<channel|>"),
+        ("<|chan", "<|chan"),
         ("[THINK]a </think> b[/THINK]Hi", "Hi"),
         ("<think>a [/THINK] b</think>Hi", "Hi"),
         ("[THINK]never ends", ""),

@@ -304,7 +304,7 @@ async def test_rvb_an_invalid_structured_reply_is_not_logged(
 # Mistral's Tekken tokenizer (tool-call arguments, images, fill-in-the-middle, reasoning),
 # GLM-4; and the turn, channel and tool tokens of templates of other shapes: Gemma 4's
 # (a bar on one side), Seed-OSS's (`seed:` names), EXAONE 4's (bars in brackets), each of
-# which let a message forge a system turn.
+# which let a message forge a system turn; and EXAONE's sequence markers.
 ADDED_VOCABULARY = [
     "<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
     "[ARGS]", "[CALL_ID]", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]",
@@ -313,7 +313,7 @@ ADDED_VOCABULARY = [
     "<|tool_response>", "<tool_response|>", '<|"|>',
     "<seed:bos>", "<seed:eos>", "<seed:think>", "</seed:think>", "<seed:tool_call>",
     "</seed:tool_call>",
-    "[|system|]", "[|user|]", "[|assistant|]", "[|endofturn|]",
+    "[|system|]", "[|user|]", "[|assistant|]", "[|endofturn|]", "[BOS]", "[PAD]", "[UNK]",
 ]  # fmt: skip
 
 
