@@ -21,6 +21,9 @@ can fetch; and an interaction's token, which stops working when the test says it
 acknowledged twice is 400 (40060 "Interaction has already been acknowledged."), one whose
 3 s the test says are over (`forget`) 404 (10062 "Unknown interaction"); one whose
 acknowledgement is taken but answered 502 (`lose_ack`) is 40060 when discord.py retries it.
+An interaction's response is deferred (type 5: "thinking..." in the channel until edited) or
+a message (type 4, its `data.content`); an ephemeral one (`data.flags` 64) is its user's
+alone, in no reader's view of the channel: `ephemeral` keeps it, by token.
 
 The gateway speaks enough of Discord's protocol for discord.py's reconnects and shards: a
 RECONNECT (op 7) on request (`reconnect`), after which a RESUME is answered RESUMED or, when
@@ -70,6 +73,10 @@ APP_ID = 901
 BOT_USER = {"id": str(BOT_ID), "username": "parley", "discriminator": "0", "avatar": None,
             "global_name": "Parley", "bot": True}  # fmt: skip
 MAX_CONTENT = 2000
+# An interaction response's type that is a message (CHANNEL_MESSAGE_WITH_SOURCE; 5 defers),
+# and the message flag that shows it to the interaction's user alone.
+MESSAGE_WITH_SOURCE = 4
+EPHEMERAL = 1 << 6
 EPOCH = "2026-12-01T12:00:00.000000+00:00"
 # Discord's limit on every request of a bot, in any second.
 GLOBAL_LIMIT = (50, 1.0)
@@ -164,6 +171,9 @@ class FakeDiscordApi:
     # acknowledged (deferred), by token; tokens past their 15 minutes.
     interactions: dict[str, tuple[int, float]] = field(default_factory=dict)
     acknowledged: dict[str, float] = field(default_factory=dict)
+    # Ephemeral interaction responses (flags 64), by token: seen by the interaction's user
+    # alone, they are no message of the channel (`messages`, `texts`).
+    ephemeral: dict[str, str] = field(default_factory=dict)
     expired: set[str] = field(default_factory=set)
     # Interactions whose 3 s to be acknowledged are over (a replay Discord sent late): their
     # acknowledgement is 404 Unknown interaction (10062).
@@ -630,12 +640,20 @@ class FakeDiscordApi:
         if token in self.acknowledged:
             error = {"message": "Interaction has already been acknowledged.", "code": 40060}
             return JSONResponse(error, status_code=400)
+        data = body.get("data") or {}
+        content = str(data.get("content", "")) if body["type"] == MESSAGE_WITH_SOURCE else ""
+        if len(content) > MAX_CONTENT:
+            return JSONResponse(_too_long(), status_code=400)
         self.acknowledged[token] = time.monotonic()
         lost = token in self.lost_acks
         self.lost_acks.discard(token)
         original = next_id()
-        self.messages[channel][original] = ""  # "Parley is thinking..." until edited
-        self.flags[channel][original] = int((body.get("data") or {}).get("flags", 0))
+        flags = int(data.get("flags", 0))
+        if flags & EPHEMERAL:  # its user's alone: in no reader's view of the channel
+            self.ephemeral[token] = content
+        else:  # a message, or a deferred response: "Parley is thinking..." until edited
+            self.messages[channel][original] = content
+            self.flags[channel][original] = flags
         self._originals[token] = original
         if lost:
             return JSONResponse({"message": "Bad Gateway", "code": 0}, status_code=502)
@@ -647,10 +665,13 @@ class FakeDiscordApi:
             "id": str(request.path_params["interaction"]),
             "type": 2,
             "response_message_id": str(original),
-            "response_message_loading": True,
-            "response_message_ephemeral": False,
+            "response_message_loading": body["type"] != MESSAGE_WITH_SOURCE,
+            "response_message_ephemeral": bool(flags & EPHEMERAL),
         }
-        return JSONResponse({"interaction": interaction, "resource": {"type": body["type"]}})
+        resource: dict[str, Any] = {"type": body["type"]}
+        if body["type"] == MESSAGE_WITH_SOURCE:  # the message it created
+            resource["message"] = _message(original, channel, content, flags)
+        return JSONResponse({"interaction": interaction, "resource": resource})
 
     async def _edit_original(self, request: Request) -> Response:
         return await self._by_token(request, "PATCH", self._originals[request.path_params["token"]])

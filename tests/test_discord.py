@@ -37,6 +37,7 @@ from backends.base import Chunk, GenerationRequest
 from bot import phrases
 from bot.app import Parley
 from bot.errors import AdapterError
+from bot.storage.base import MessageKind
 from bot.types import ConversationKey, Role
 from tests import discord_events as ev
 from tests.adapter_harness import DiscordHarness, discord_harness, settings_for, visible
@@ -473,7 +474,9 @@ async def test_a_refused_command_whose_acknowledgement_came_back_502_is_told_onc
     message without text; one over the rate limit) whose defer Discord took but whose answer
     a 502 lost: discord.py sent the defer again, Discord answered 40060, and the command was
     taken for a replay, refused without a word. The user saw "thinking..." and then nothing.
-    The refusal is now said, once: a replay of it after that says nothing more."""
+    The refusal is now said, once: a replay of it after that says nothing more. Over the rate
+    limit it is the ephemeral response (the lost answer is that of its one acknowledgement):
+    the sender's alone, nothing in the channel."""
     limit = {"rate_limit_messages": 1, "rate_limit_window_s": 60}
     redis = None
     if shared:
@@ -496,15 +499,19 @@ async def test_a_refused_command_whose_acknowledgement_came_back_502_is_told_onc
             before = ["Done."]
             command = ev.interaction_create("summarize", "more " * 5, channel=ev.CHANNEL)
             said = phrases.say(phrases.RATE_LIMITED, "")
+        shown = before if refusal == "rate limit" else [*before, said]
+        alone = {command["token"]: said} if refusal == "rate limit" else {}
         h.api.lose_ack(command["token"])
         await h.command(command)
         await h.idle()
         await h.adapter.settled()
-        assert h.api.texts(ev.CHANNEL) == [*before, said]
+        assert h.api.texts(ev.CHANNEL) == shown
+        assert h.api.ephemeral == alone
         await h.command(command)  # a replay of it now: not said again
         await h.idle()
         await h.adapter.settled()
-        assert h.api.texts(ev.CHANNEL) == [*before, said]
+        assert h.api.texts(ev.CHANNEL) == shown
+        assert h.api.ephemeral == alone
 
 
 @contextlib.asynccontextmanager
@@ -631,7 +638,10 @@ async def test_a_refused_interaction_delivered_to_two_workers_keeps_its_refusal(
     clean-up, its interaction unused by a notice, deleted the deferred response: the
     refusal. The user saw nothing. The refusal now stays, said once. Over the rate limit the
     command is recorded (a stub) and its turn says the sentence: the worker whose delivery
-    recorded it says it, as for an answer (80a634d)."""
+    recorded it says it, as for an answer (80a634d). A sender not allowed, or over the rate
+    limit, is now told alone, before any defer (an ephemeral response): the response
+    Discord took first is the one said, the other delivery's is refused 40060 and says
+    nothing more, in the channel neither."""
     api = FakeDiscordApi(per_channel=(5, 0.5), guilds=[ev.guild_create()], shard_count=2)
     shared = {"home": tmp_path, "database": database_url,
               "redis": {"url": redis_url, "key_prefix": key_prefix}}  # fmt: skip
@@ -655,6 +665,7 @@ async def test_a_refused_interaction_delivered_to_two_workers_keeps_its_refusal(
         shared["conversation"] = {"rate_limit_messages": 1, "rate_limit_window_s": 60}
         command = ev.interaction_create("summarize", "text " * 5, channel=ev.CHANNEL)
         said = phrases.say(phrases.RATE_LIMITED, "")
+    alone = refusal in ("not allowed", "rate limited")  # an ephemeral response
     first, second = answering("never asked"), answering("never asked")
     async with (
         api.serving(),
@@ -687,12 +698,59 @@ async def test_a_refused_interaction_delivered_to_two_workers_keeps_its_refusal(
             await a.adapter.idle()
             await a.adapter.settled()
             await b.adapter.idle()
-        assert api.texts(ev.CHANNEL) == [*before, said]
+        assert api.texts(ev.CHANNEL) == (before if alone else [*before, said])
+        assert api.ephemeral == ({command["token"]: said} if alone else {})
         assert first.requests == [] and len(second.requests) == len(before)
         original = [
             c.method for c in api.calls if c.path.endswith(f"{command['token']}/messages/@original")
         ]
-        assert original == ["PATCH"]
+        assert original == ([] if alone else ["PATCH"])
+
+
+async def test_a_member_flooding_refused_commands_slows_nobody_else(tmp_path: Path) -> None:
+    """A member over the rate limit sends 11 slash commands in a channel while another asks
+    one. Each was deferred ("thinking..." in the channel) and, refused, its response deleted
+    through the channel's gate (5 a window): the other member's answer waited behind 11
+    deletions (about 11 s on Discord), and the flood showed in the channel. Now each refused
+    command is answered to its sender alone (an ephemeral response, flags 64, each time),
+    nothing deferred or deleted: the channel sees the two answers only. Each is recorded as
+    before: a stub over the rate limit, answered without a word in the channel."""
+    limit = {"rate_limit_messages": 1, "rate_limit_window_s": 60}
+    backend = answering("Done.")
+    async with discord_harness(tmp_path, backend, conversation=limit) as h:
+        await h.command(ev.interaction_create("summarize", "first " * 5, channel=ev.CHANNEL))
+        await h.idle()
+        flood = [
+            ev.interaction_create("summarize", f"flood {n} " * 5, channel=ev.CHANNEL)
+            for n in range(11)
+        ]
+        for command in flood:
+            await h.command(command)
+        asked = ev.interaction_create(
+            "summarize", "other " * 5, channel=ev.CHANNEL, author=ev.ADMIN
+        )
+        await h.command(asked)
+        await h.idle()
+        await h.adapter.settled()
+        said = phrases.say(phrases.RATE_LIMITED, "")
+        assert h.api.ephemeral == {c["token"]: said for c in flood}
+        assert h.api.texts(ev.CHANNEL) == ["Done.", "Done."]
+        assert len(backend.requests) == 2
+        assert not [c for c in h.api.calls if c.method == "DELETE"]
+        # Nothing of the flood went through the channel's budget: the two answers only.
+        gated = [c for c in h.api.writes(ev.CHANNEL) if not c.path.endswith("/callback")]
+        assert len(gated) == 2 and all(c.path.endswith("/messages/@original") for c in gated)
+        callbacks = [c.body for c in h.api.calls if c.path.endswith("/callback")]
+        assert [b["type"] for b in callbacks] == [5] + [4] * 11 + [5]
+        assert all(b["data"]["flags"] == 64 for b in callbacks if b["type"] == 4)
+        conversation = await h.app.store.conversation_id(
+            ConversationKey("discord", str(ev.CHANNEL))
+        )
+        assert conversation is not None
+        rows = await h.app.store.history(conversation, 100)
+        kinds = [r.kind for r in rows if r.role is Role.USER]
+        assert kinds == [MessageKind.COMMAND, *[MessageKind.LIMITED] * 11, MessageKind.COMMAND]
+        assert "flood" not in " ".join(r.content for r in rows)  # stubs, not the flood's text
 
 
 async def test_a_replay_of_a_refused_command_leaves_its_refusal(
@@ -998,7 +1056,8 @@ async def test_summarize_from_here_when_discord_fails_the_history_read_says_so_o
 
 async def test_summarize_from_here_by_a_refused_sender_reads_no_history(tmp_path: Path) -> None:
     """The history (up to 4 pages of 100 messages) was read for a blocked or rate-limited
-    sender before the refusal, on the bot's shared request budget (a helper's review)."""
+    sender before the refusal, on the bot's shared request budget (a helper's review). The
+    refusal is the sender's alone (an ephemeral response), nothing in the channel."""
     backend = answering("never asked")
     blocked = {"blocked_users": [str(ev.USER)]}
     async with discord_harness(tmp_path, backend, access=blocked) as h:
@@ -1012,7 +1071,8 @@ async def test_summarize_from_here_by_a_refused_sender_reads_no_history(tmp_path
         reads = [c for c in h.api.calls if c.method == "GET" and c.path.endswith("/messages")]
         assert reads == []
         assert backend.requests == []
-        assert h.api.texts(ev.CHANNEL) == [phrases.say(phrases.NOT_ALLOWED, "")]
+        assert h.api.texts(ev.CHANNEL) == []
+        assert h.api.ephemeral == {slash["token"]: phrases.say(phrases.NOT_ALLOWED, "")}
 
 
 async def test_translate_on_a_message_without_text_says_there_is_none(tmp_path: Path) -> None:
@@ -1033,7 +1093,8 @@ async def test_translate_on_a_message_without_text_by_a_blocked_sender_is_refuse
     tmp_path: Path,
 ) -> None:
     """A blocked member's Translate on a picture was told "no text to translate" (the only
-    menu answer given before the access rules were asked), not that they may not use the bot."""
+    menu answer given before the access rules were asked), not that they may not use the bot.
+    It is told so alone (an ephemeral response)."""
     backend = answering("never asked")
     picture = {"id": "5", "filename": "cat.png", "size": 10, "url": "https://cdn.test/cat.png",
                "proxy_url": "https://cdn.test/cat.png", "content_type": "image/png"}  # fmt: skip
@@ -1041,10 +1102,12 @@ async def test_translate_on_a_message_without_text_by_a_blocked_sender_is_refuse
     async with discord_harness(tmp_path, backend, access=blocked) as h:
         target = ev.message_create("", channel=ev.CHANNEL, attachments=[picture])
         h.api.post(target)
-        await h.command(ev.interaction_create("Translate", channel=ev.CHANNEL, target=target))
+        translate = ev.interaction_create("Translate", channel=ev.CHANNEL, target=target)
+        await h.command(translate)
         await h.idle()
         await h.adapter.settled()
-        assert h.api.texts(ev.CHANNEL) == [phrases.say(phrases.NOT_ALLOWED, "")]
+        assert h.api.texts(ev.CHANNEL) == []
+        assert h.api.ephemeral == {translate["token"]: phrases.say(phrases.NOT_ALLOWED, "")}
         assert backend.requests == []
 
 
@@ -1150,7 +1213,9 @@ async def test_a_slash_commands_clean_up_outlasts_a_database_blink(
 ) -> None:
     """The clean-up asks SQL whether the command was answered; a StorageError there killed
     its task ("Task exception was never retrieved"), and the deferred response of a command
-    nothing answers was left "thinking" (a helper's review). It asks again."""
+    nothing answers was left "thinking" (a helper's review). It asks again. Such a command:
+    one its sender's rate limit admitted as it came (deferred) and counted over by the time
+    it is recorded (another of their messages counted between), whose turn says nothing."""
     from bot.errors import StorageError
 
     limit = {"rate_limit_messages": 1, "rate_limit_window_s": 60}
@@ -1169,7 +1234,11 @@ async def test_a_slash_commands_clean_up_outlasts_a_database_blink(
                 raise StorageError("database error: ConnectionRefusedError")
             return await real(*args, **kwargs)  # type: ignore[arg-type]
 
+        async def admitted(incoming: object) -> None:  # as it came: within the limit
+            return None
+
         monkeypatch.setattr(store, "pending", blinking)
+        monkeypatch.setattr(h.app.intake, "refusal", admitted)
         deleted = len([c for c in h.api.calls if c.method == "DELETE"])
         await h.command(ev.interaction_create("summarize", "text 2 " * 5))  # over: no answer
         await h.idle()

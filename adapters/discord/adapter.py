@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -245,6 +246,8 @@ class DiscordAdapter:
         self._progress = asyncio.Condition()
         self._guild_channels: Lru[bool] = Lru(GUILD_CHANNELS_KNOWN)
         self._interactions: Lru[discord.Interaction] = Lru(INTERACTIONS_KNOWN)
+        # Commands refused with an ephemeral response (`_refused`), by interaction id.
+        self._told: Lru[bool] = Lru(INTERACTIONS_KNOWN)
         # Interactions whose deferred response a delivery refused 40060 ends with the entry
         # another delivery in this process put (`_submit_acknowledged`, `_end_acknowledged`).
         self._relied_on: set[str] = set()
@@ -676,13 +679,16 @@ class DiscordAdapter:
         return found if isinstance(found, discord.Thread) else None
 
     async def on_command(self, interaction: discord.Interaction, name: str, text: str) -> None:
-        """A slash command (the CommandTree's task): deferred first, within Discord's 3 s."""
+        """A slash command (the CommandTree's task): a refused sender's is answered to them
+        alone (`_refused`); any other is deferred first, within Discord's 3 s."""
         try:
+            incoming = command_incoming(interaction, name, text)
+            if await self._refused(interaction, incoming, incoming):
+                return
             acknowledged = await _deferred(interaction)
             if acknowledged is None:
                 return
             replayed = await self._replayed(interaction)
-            incoming = command_incoming(interaction, name, text)
             if not acknowledged:  # 40060: a replay, or this defer's own, retried after a 5xx
                 await self._submit_acknowledged(interaction, incoming, replayed=replayed)
                 return
@@ -698,30 +704,30 @@ class DiscordAdapter:
         self, interaction: discord.Interaction, name: str, target: discord.Message
     ) -> None:
         """A message context-menu command: `name` of the registry run on `target` (its text,
-        or for summarize the conversation from it on), deferred first like a slash command."""
+        or for summarize the conversation from it on); a refused sender's is answered to them
+        alone, any other deferred first, like a slash command."""
         try:
+            about = target.content
+            asked = menu_incoming(interaction, name, target, "")
+            # Before anything is read or said: a blocked one was told the message has no
+            # text, not that they may not use the bot, and the history (up to 4 reads of 100
+            # messages) was read for a blocked or rate-limited one (a helper's review).
+            kept = menu_incoming(interaction, name, target, about)  # refused: recorded as ever
+            if await self._refused(interaction, asked, kept):
+                return
             acknowledged = await _deferred(interaction)
             if acknowledged is None:
                 return
             replayed = await self._replayed(interaction)
             if acknowledged:
                 self._interactions.put(str(interaction.id), interaction)
-            about = target.content
-            asked = menu_incoming(interaction, name, target, "")
-            # Said only to a sender who may ask: a blocked one was told the message has no
-            # text, not that they may not use the bot. Refused, or over the rate limit, it
-            # goes on to submit, which refuses and says why.
-            empty = name == "translate" and not about.strip()
-            if empty and await self._intake.admits(asked):
+            if name == "translate" and not about.strip():
                 if not self._tells(interaction, acknowledged, replayed):
                     return
                 self._intake.notify(asked, commands.NO_TEXT)
                 self._end_unanswered(interaction, None)
                 return
-            # The history is read only for a sender who may ask: a blocked or rate-limited
-            # one cost up to 4 reads of 100 messages before the refusal (a helper's review).
-            # `admits` counts the rate limit once for this message; submit refuses and says why.
-            if name == "summarize" and await self._intake.admits(asked):
+            if name == "summarize":
                 limit = self._host.settings.skills.max_paste_chars
                 try:
                     about = await commands.conversation_from(
@@ -753,6 +759,33 @@ class DiscordAdapter:
             log.exception("menu command %s could not be handled; skipped", interaction.id)
         finally:
             await self._count_handled()
+
+    async def _refused(
+        self, interaction: discord.Interaction, asked: Incoming, recorded: Incoming
+    ) -> bool:
+        """Whether the command's sender is refused (`asked`: not allowed, or over the rate
+        limit, counted once): then the refusal is the interaction's response, ephemeral
+        (seen by the sender alone, each time: it costs the channel nothing), in place of a
+        deferred response. That one, once refused (or, over the rate limit, after the one
+        sentence a window), was deleted through the channel's gate: a member flooding
+        refused commands held back every other member's answers in that channel, and their
+        "thinking..." showed there. `recorded` then goes through the door as any refused
+        message (quiet): over the rate limit a stub, whose turn's sentence is this response
+        (`deliver` says it no more); not allowed, nothing."""
+        sentence = await self._intake.refusal(asked)
+        if sentence is None:
+            return False
+        told = await _told_alone(interaction, phrases.say(sentence, asked.user.language))
+        if told is None:
+            return True
+        replayed = await self._replayed(interaction)
+        if told or not replayed:  # said by this delivery (40060 unseen: its answer was lost)
+            self._told.put(str(interaction.id), True)
+        else:
+            _replay_skipped(interaction)
+        # A repeat is recorded once (the manager's idempotency key).
+        await self._intake.submit(recorded, quiet=True)
+        return True
 
     async def _replayed(self, interaction: discord.Interaction) -> bool:
         """Whether a worker saw this interaction before (a replay); this delivery counted."""
@@ -828,9 +861,10 @@ class DiscordAdapter:
 
     def _end_unanswered(self, interaction: discord.Interaction, recorded: Recorded | None) -> None:
         """Once the command's turn (or, refused, its notice) is over, a deferred response that
-        nothing answered (over the rate limit after the one sentence saying so, a refusal
-        told already) is deleted: else Discord shows "thinking" until "The application did
-        not respond"."""
+        nothing answered (an admin-only command's refusal told already; over the rate limit
+        after the one sentence saying so, where another message of its sender was counted
+        between `_refused` and submit) is deleted: else Discord shows "thinking" until "The
+        application did not respond"."""
         task = asyncio.create_task(self._end_if_unanswered(interaction, recorded))
         self._deferred.add(task)
         task.add_done_callback(self._deferred.discard)
@@ -921,6 +955,13 @@ class DiscordAdapter:
         interaction = self._interactions.get(reply_to) if reply_to else None
         if interaction is not None:
             self._interactions.discard(reply_to)
+        elif reply_to and reply_to in self._told:
+            # A command over the rate limit, told so by its ephemeral response (`_refused`):
+            # its turn's sentence was that response, not to be said again in the channel.
+            self._told.discard(reply_to)
+            async for _ in chunks:
+                pass
+            return
         # In a server the answer replies to the question (who asked what); a DM has one asker.
         reference = None
         if interaction is None and reply_to and self._in_a_server(channel_id):
@@ -996,8 +1037,22 @@ async def _deferred(interaction: discord.Interaction) -> bool | None:
     which. None: where it was already answered here or Discord no longer knows it (10062, a
     replay past its 3 s): one line, and nothing more is sent for it; another answer would be
     the command's second."""
+    return await _acknowledged(interaction, interaction.response.defer)
+
+
+async def _told_alone(interaction: discord.Interaction, text: str) -> bool | None:
+    """`text` as the interaction's response, ephemeral: seen by its user alone, no message
+    in the channel and none to delete. True, False, None: as for `_deferred`."""
+    return await _acknowledged(
+        interaction, functools.partial(interaction.response.send_message, text, ephemeral=True)
+    )
+
+
+async def _acknowledged(
+    interaction: discord.Interaction, respond: Callable[[], Awaitable[object]]
+) -> bool | None:
     try:
-        await interaction.response.defer()
+        await respond()
     except discord.InteractionResponded:
         log.info("interaction %s: already answered; skipped", interaction.id)
         return None

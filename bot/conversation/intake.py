@@ -9,6 +9,8 @@
                                       stub, never downloaded; too big, unreadable, too slow
                                       -> one sentence; else the message is its caption
                                       and its text, fenced as quoted data
+    refusal(incoming)                 why it would be refused now (not allowed, over the
+                                      rate limit, counted once), or None; admits: None
     observe(incoming)                 a group message not for the bot: kept where allowed
     move_chat(platform, old, new)     a chat's new id (a group became a supergroup): its
                                       conversations follow it
@@ -102,9 +104,18 @@ class Intake:
         allowed and within the rate limit (counted once per message, so the `submit` that
         follows does not count it again). For a platform that does something visible before
         submitting (Discord's auto_thread opens a thread): a refused sender gets none."""
+        return await self.refusal(incoming) is None
+
+    async def refusal(self, incoming: Incoming) -> str | None:
+        """Why `incoming` would not be taken now (`admits`): the sentence that says it
+        (phrases.NOT_ALLOWED, phrases.RATE_LIMITED), or None. For a platform that can answer
+        the sender alone before submitting (Discord's ephemeral response to a command): the
+        `submit(quiet=True)` that follows records what it records for any refused message."""
         if not is_allowed(self._door(incoming).access, incoming):
-            return False
-        return not await self._manager.over_rate_limit(incoming)
+            return phrases.NOT_ALLOWED
+        if await self._manager.over_rate_limit(incoming):
+            return phrases.RATE_LIMITED
+        return None
 
     async def observe(self, incoming: Incoming) -> Recorded | None:
         door = self._door(incoming)
