@@ -753,6 +753,25 @@ async def test_a_member_flooding_refused_commands_slows_nobody_else(tmp_path: Pa
         assert "flood" not in " ".join(r.content for r in rows)  # stubs, not the flood's text
 
 
+async def test_a_blocked_members_slash_command_is_refused_to_them_alone(tmp_path: Path) -> None:
+    """A member the access rules refuse: their command was deferred in the channel, refused
+    there, and the deferred response's text replaced. It is now an ephemeral response,
+    nothing acknowledged in the channel, and nothing recorded, as for any refused message."""
+    backend = answering("never asked")
+    blocked = {"blocked_users": [str(ev.USER)]}
+    async with discord_harness(tmp_path, backend, access=blocked) as h:
+        command = ev.interaction_create("summarize", "text " * 5, channel=ev.CHANNEL)
+        await h.command(command)
+        await h.idle()
+        await h.adapter.settled()
+        assert h.api.ephemeral == {command["token"]: phrases.say(phrases.NOT_ALLOWED, "")}
+        assert h.api.texts(ev.CHANNEL) == []
+        assert not [c for c in h.api.calls if c.method == "DELETE"]
+        assert backend.requests == []
+        key = ConversationKey("discord", str(ev.CHANNEL))
+        assert await h.app.store.conversation_id(key) is None
+
+
 async def test_a_replay_of_a_refused_command_leaves_its_refusal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
