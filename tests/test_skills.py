@@ -237,6 +237,24 @@ async def test_summary_of_a_replied_message_in_the_users_language(tmp_path: Path
     assert "Write in German." in system_of(request)
 
 
+async def test_a_repeat_keeps_the_replied_to_text_its_first_delivery_did_not(
+    tmp_path: Path,
+) -> None:
+    """A message recorded by a first delivery that never kept its replied-to text (it died
+    between the two, or is still between them: a Discord replay of "Summarize from here"
+    while the first delivery ran), then delivered again: the repeat's turn summarised
+    nothing ("There is nothing to summarise yet."), for only a new message's replied-to text
+    was kept. The repeat keeps it before its turn is scheduled."""
+    backend = ScriptedBackend(lambda r: "Cranes at six.")
+    asked = incoming("/summarize", reply_to="The cranes start at six on Monday.")
+    async with running(settings_for(tmp_path), backend) as (app, sink):
+        await app.store.record_incoming(asked, kind=MessageKind.COMMAND, token_count=3)
+        await app.manager.handle(asked)
+    assert sink.replies[KEY] == ["Cranes at six."]
+    (request,) = backend.requests
+    assert user_of(request) == fenced("The cranes start at six on Monday.")
+
+
 async def test_summary_of_the_conversation_and_what_i_missed(tmp_path: Path) -> None:
     backend = ScriptedBackend()
     async with running(settings_for(tmp_path), backend) as (app, sink):

@@ -340,11 +340,14 @@ class ConversationManager:
                 return dataclasses.replace(recorded, withdrawn=True)
             if recorded.is_new and kind is MessageKind.CHAT:
                 await self._edited_before_recorded(incoming)
-            if recorded.is_new:
-                if kind is MessageKind.COMMAND and stops_a_reply(incoming.text):
-                    await self._stop_anywhere(recorded, by=_stopper(incoming))
-                if self._skills is not None:
-                    await self._skills.remember(recorded.message_id, incoming)
+            if recorded.is_new and kind is MessageKind.COMMAND and stops_a_reply(incoming.text):
+                await self._stop_anywhere(recorded, by=_stopper(incoming))
+            # A repeat's too, before it schedules the turn that reads it: its first delivery
+            # may be between recording the message and this (a replay of a Discord command
+            # while its first delivery still ran: the turn found no replied-to text and
+            # summarised nothing), or have died there.
+            if self._skills is not None:
+                await self._skills.remember(recorded.message_id, incoming)
         finally:
             # A repeat is scheduled too: if the first delivery was recorded but its turn never
             # ran (the process died after acknowledging it), the repeat gets it answered. If it
