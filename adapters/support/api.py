@@ -259,6 +259,11 @@ class SupportApi:
         caller = await self._auth.caller(
             request, request.query_params.get("visitor_id"), query_token=True
         )
+        # Each open reads the log (from Last-Event-ID 0: all it keeps, a thousand events) and
+        # sends it again: counted like any request of the address, or one client closing and
+        # reopening streams has the worker replay logs without end, and every other
+        # visitor's answer waits behind it. The caps on open streams bound only those open.
+        await self._limit_ip(request)
         after = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         if after is not None:
             after = "0-0" if after == "0" else after

@@ -83,7 +83,8 @@ _VISITOR = _query("visitor_id", {"type": "string", "maxLength": 64},
 
 
 def _paths() -> dict[str, Any]:
-    # 429: the client address's limit (history pages, erasures), the streams' caps (events).
+    # 429: the client address's limit (history pages, erasures, events), the streams' caps
+    # (events).
     auth_errors = {k: v for k, v in _ERRORS.items()
                    if k in ("400", "401", "403", "422", "429", "500", "503")}  # fmt: skip
     return {
