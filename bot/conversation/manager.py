@@ -15,10 +15,12 @@ sweep:     every worker schedules conversations whose messages wait longer than
            orphan_after_s with no live lease: nothing waits for a restart.
 slots:     at most `max_turns` conversations run turns at once per worker (one turn at a
            time each); the others wait in memory, in the order they came, their messages
-           pending in SQL, and run as places free. What recover() and the sweep find (the
-           backlog) takes at most `backlog_turns` of the places, and beyond its first only
-           those no new message's conversation waits for: new messages always keep the
-           others, and a flood of them never stops the backlog (one turn at a time).
+           pending in SQL, and run as places free. A conversation with more messages when
+           its turn ends goes behind those that wait (a busy one keeps no place from them).
+           What recover() and the sweep find (the backlog) takes at most `backlog_turns` of
+           the places, and beyond its first only those no new message's conversation waits
+           for: new messages always keep the others, and a flood of them never stops the
+           backlog (one turn at a time).
 
 observe(): a group message not addressed to the bot, kept only where the chat opted in;
            recorded as answered-by-nothing, so no turn ever runs for it.
@@ -241,6 +243,9 @@ class ConversationManager:
         # conversation -> set to stop the answer streaming there (/stop, /reset)
         self._streaming: dict[int, _Streaming] = {}
         self._again: set[int] = set()
+        # Of those, the ones a new message came to (not only the sweep's or recover()'s find):
+        # their next turn waits behind the conversations waiting for a place.
+        self._brought: set[int] = set()
         # Conversations with a message redacted while their worker ran here: its turn in
         # flight may write back the window it loaded before (see redact).
         self._redacted: set[int] = set()
@@ -803,6 +808,8 @@ class ConversationManager:
             return
         if work.conversation_id in self._workers:
             self._again.add(work.conversation_id)
+            if not backlog:
+                self._brought.add(work.conversation_id)
             return
         if backlog:
             if work.conversation_id not in self._waiting:
@@ -845,6 +852,7 @@ class ConversationManager:
             # Cancelled before it began (a stop without grace): _worker's cleanup never ran.
             del self._workers[conversation_id]
             self._again.discard(conversation_id)
+            self._brought.discard(conversation_id)
         self._running.discard(task)
         self._backlog_running.discard(task)
         self._start_waiting()
@@ -858,8 +866,15 @@ class ConversationManager:
         try:
             while True:
                 self._again.discard(work.conversation_id)
+                self._brought.discard(work.conversation_id)
                 await self._drain(work)
                 if work.conversation_id not in self._again:
+                    return
+                if work.conversation_id in self._brought and self._waiting:
+                    # A new message, and others wait for a place: its turn goes behind them
+                    # (see finally), or a conversation that never falls quiet (a busy group,
+                    # a flooder under the rate limit) kept its place, and they waited, for as
+                    # long as its messages came.
                     return
         except Superseded:  # another worker runs it now; look again soon, in case it died
             self._again.discard(work.conversation_id)  # looked at then, with the rest
@@ -883,10 +898,12 @@ class ConversationManager:
             await self._context.invalidate(work.conversation_id)
         finally:
             del self._workers[work.conversation_id]
+            self._brought.discard(work.conversation_id)
             self._redacted.discard(work.conversation_id)  # no turn left to write a window
             if work.conversation_id in self._again:
-                # A message came while the turn failed: it is run as one that came just after
-                # (its submit counted on this task); left, it waited for the sweep.
+                # A message came while the turn failed, or others wait for a place: it is run
+                # as one that came just after (its submit counted on this task); left, it
+                # waited for the sweep.
                 self._again.discard(work.conversation_id)
                 self._schedule(work)
 
