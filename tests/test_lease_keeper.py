@@ -470,6 +470,36 @@ async def test_the_keeper_logs_a_lost_lease_outside_the_turn_that_started_it(
     assert [getattr(r, "turn", None) for r in lost] == [None]
 
 
+async def test_a_failed_renewal_marks_the_lease_unreachable_until_one_succeeds() -> None:
+    """While the database cannot be reached a turn may not show what it could not note
+    (TurnDelivery.may_show confirms first): the keeper says so on the lease, the lease still
+    held, and clears it with the next renewal that reaches the database."""
+    answers: list[bool] = [False, False, True]  # fail, fail, then renew
+    seen: list[bool] = []
+    renewed = asyncio.Event()
+
+    async def renew(owner: str, ttl_s: float, held: list[Held]) -> dict[Held, bool]:
+        seen.append(lease.unreachable)
+        reached = answers.pop(0) if answers else True
+        if not reached:
+            raise StorageError("database error: ConnectionRefusedError")
+        renewed.set()
+        return dict.fromkeys(held, True)
+
+    keeper = LeaseKeeper(renew)
+    lease = TurnLease(1, "worker-a")
+    try:
+        with keeper.keeping(1, lease, TTL_S, since=time.monotonic()):
+            await asyncio.wait_for(renewed.wait(), timeout=10)
+            await asyncio.sleep(0)  # the keeper applies the renewal's answer
+            assert not lease.unreachable
+    finally:
+        await keeper.aclose()
+    # Before the first renewal: reachable; after each failure: unreachable, the lease kept.
+    assert seen == [False, True, True]
+    assert not lease.lost.is_set()
+
+
 # -- The database out of reach, then back ---------------------------------------------------------
 
 

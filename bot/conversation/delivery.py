@@ -120,6 +120,7 @@ class TurnDelivery:
         self.answer_key: Callable[[str | int], str | None] | None = None
         # Until when (monotonic) `may_show` needs no round trip after a confirmation.
         self._confirmed_until = -math.inf
+        self._unnoted = False  # a piece's note failed: shown before the database had it
         # Writes of the turn that must be in before anything is shown (see before_showing).
         self._before: list[asyncio.Task[None]] = []
 
@@ -196,15 +197,18 @@ class TurnDelivery:
         chunk handed to a sink): Superseded once another worker may have taken this answer
         over. While the lease is valid by this worker's clock nobody can have, and nothing is
         asked. Past that (the process was paused, its renewals failed, or another worker took
-        the lease), SQL confirms that the delivery is still this worker's
-        (`Store.hold_delivery`), which also keeps it from being taken over for SQL_GRACE_S;
-        retried while the database is unreachable (for up to `record_retry_s`): the answer
-        waits, unseen, rather than overwrite what another worker shows instead."""
+        the lease), and while the database cannot be reached (the last renewal or a piece's
+        note failed: what is shown now could not be noted, and a takeover would show it
+        again), SQL confirms that the delivery is still this worker's (`Store.hold_delivery`),
+        which also keeps it from being taken over for SQL_GRACE_S; retried while the database
+        is unreachable (for up to `record_retry_s`): the answer waits, unseen, rather than
+        overwrite what another worker shows instead."""
         if not self.begun:
             return  # nothing is shown before the delivery is recorded (begin checks the lease)
         now = time.monotonic()
         lease = self._lease
-        if now < self._confirmed_until or (now < lease.valid_until and not lease.lost.is_set()):
+        valid = now < lease.valid_until and not lease.lost.is_set() and not lease.unreachable
+        if now < self._confirmed_until or (valid and not self._unnoted):
             return
         deadline = now + self._retry_s
         delay = RECORD_RETRY_FIRST_S
@@ -229,7 +233,13 @@ class TurnDelivery:
                 )  # fmt: skip
                 raise Superseded
             self._confirmed_until = sent + SQL_GRACE_S
-            return
+            # The database is back: the pieces it missed are noted before anything more shows.
+            if not self._unnoted or await self.showed(*max(self._pieces.items())):
+                return
+            if time.monotonic() + delay > deadline:
+                return  # shown unnoted, as before the wait: a takeover may show it again
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECORD_RETRY_MAX_S)
 
     async def showed(self, index: int, ref: str | int) -> bool:
         self._pieces[index] = ref
@@ -237,7 +247,11 @@ class TurnDelivery:
             await self._store.note_delivery(self._cid, self.epoch, self._pieces)
         except StorageError as exc:  # a takeover then sends new pieces instead of editing
             log.warning("conversation %s: shown piece not noted: %s", self._cid, exc)
+            # Nothing more is shown until the database confirms this delivery (and takes the
+            # note): each piece shown unnoted is one a takeover would show again.
+            self._unnoted, self._confirmed_until = True, -math.inf
             return False
+        self._unnoted = False
         return True
 
     def deleted(self, still_shown: str = "") -> None:

@@ -115,6 +115,12 @@ class TurnLease:
     # was paused, or its renewals failed) another worker may have taken the conversation
     # over, and what this one shows must be confirmed first (`Store.hold_delivery`).
     valid_until: float = math.inf
+    # Set while this worker's last renewal could not reach the database (cleared by the next
+    # one that does): a message shown now could not have its id noted, and a worker killed
+    # before the database came back would leave it unknown to whoever finishes the answer,
+    # which would show it again. So what a turn shows meanwhile is confirmed first, as past
+    # `valid_until`, and waits, unseen, until the database answers.
+    unreachable: bool = False
     # The conversation's unfinished delivery as the lease was taken (read in the same
     # statement, so a turn needs no `Store.delivery` call of its own).
     unfinished: DeliveryState | None = None

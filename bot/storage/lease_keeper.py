@@ -127,6 +127,7 @@ class LeaseKeeper:
                 still = self._held.get(key)
                 if still is None:  # released meanwhile
                     continue
+                still.lease.unreachable = retry is not None
                 if key in kept:
                     still.due = now + ttl_s / 3 if retry is None else retry
                     if kept[key]:
