@@ -218,6 +218,13 @@ class Cluster:
             self.killed_at.append(time.monotonic())
             process.send_signal(signal.SIGKILL)
 
+    async def killed(self, index: int) -> None:
+        """`kill`, and once the process is gone."""
+        self.kill(index)
+        process = self.workers[index].process
+        assert process is not None
+        await process.wait()
+
     async def pause(self, index: int, seconds: float) -> None:
         """SIGSTOP for `seconds`, then SIGCONT: a process frozen (a VM paused, a stall) past
         its leases, which runs on afterwards as if nothing happened. Counted with the kills:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.crash_cluster import Balancer, Cluster, Users, Worker, cluster, settle, watch_first_seen
+from tests.crash_cluster import Balancer, Users, Worker, cluster, settle, watch_first_seen
 from tests.slow_model import SlowModel
 from tests.telegram_api import FakeBotApi
 
@@ -57,13 +57,6 @@ async def _logged(worker: Worker, *lines: str) -> str:
         await asyncio.sleep(0.05)
 
 
-async def _killed(group: Cluster, index: int) -> None:
-    group.kill(index)
-    process = group.workers[index].process
-    assert process is not None
-    await process.wait()
-
-
 async def test_killed_while_postgres_is_cut_mid_answer_shows_it_once(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -81,7 +74,7 @@ async def test_killed_while_postgres_is_cut_mid_answer_shows_it_once(
             async with asyncio.timeout(60):
                 await api.acted.wait()
                 seen = await _logged(group.workers[0], SHOWN_WITHOUT_DATABASE, HELD_BACK)
-            await _killed(group, 0)
+            await group.killed(0)
             group.proxy.cut(0)  # the database is back, its worker gone
             group.add_workers(1)
             await group.start_worker(1)

@@ -66,13 +66,6 @@ class ActsOnFirstPiece(FakeBotApi):
         return result
 
 
-async def _killed(group: Cluster, index: int) -> None:
-    group.kill(index)
-    process = group.workers[index].process
-    assert process is not None
-    await process.wait()
-
-
 async def _noted(database_url: str, message_id: int) -> float:
     """Wait until a delivery in SQL notes `message_id` as a shown piece; when (monotonic)."""
     conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
@@ -132,7 +125,7 @@ async def test_killed_before_the_first_piece_is_noted_leaves_it_half(
 
     def kill_before_answering(group: Cluster) -> OnSend:
         async def on_send(message_id: int) -> None:
-            await _killed(group, 0)
+            await group.killed(0)
 
         return on_send
 
@@ -166,7 +159,7 @@ async def test_killed_once_the_first_piece_is_noted_is_finished_in_it(
 
             async def kill_when_noted() -> None:
                 noted_after.append(await _noted(group.database_url, message_id) - answered)
-                await _killed(group, 0)
+                await group.killed(0)
 
             kills.append(asyncio.create_task(kill_when_noted()))  # the call is answered now
 
