@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from bot.storage import migrate
-from tests.support_helpers import Worker, new_visitor, support_worker
+from tests.support_helpers import Worker, bearer, new_visitor, support_worker
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -68,14 +68,14 @@ async def test_one_address_reopening_event_streams_is_limited_and_others_are_not
     events, 4 MB here), and opening one was counted against nothing but the caps on streams
     open at once: one address closing and reopening them had a worker replay its logs without
     end (300 opens in a row, all 200, 1.2 GB in 18 s) while every other visitor's answer waited
-    for the same event loop. Each open now counts as a request of its address (`ip_requests`):
+    for the same event loop. Each open now counts against its address (`ip_requests` opens):
     past it a 429 with Retry-After, before the log is read; another address still opens its
     stream."""
     async with support_worker(
         pg,
         redis_url=redis_url,
         key_prefix=key_prefix,
-        ip_requests=4,
+        ip_requests=3,  # stream opens: three full replays, then a refusal
         rate_window_s=20,
         keepalive_s=0.5,  # a stream left open notices its client gone soon
     ) as w:
@@ -101,3 +101,36 @@ async def test_one_address_reopening_event_streams_is_limited_and_others_are_not
             others = await new_visitor(other, site)
             async with other.stream("GET", "/v1/events", params={"token": others["token"]}) as r:
                 assert r.status_code == 200
+
+
+async def test_reopened_event_streams_leave_the_addresses_messages_their_limit(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    """Visitors behind one address (an office, a carrier's NAT) reopen their streams whenever
+    one ends (a worker stopping ends every stream it holds; `streams_per_address` lets 100 be
+    open), and those opens were counted with the address's messages: once they reached
+    `ip_requests` every visitor there got 429 for their messages until the window ended. The
+    opens now have a bucket of their own: past it the next open is refused, and a message from
+    that address is still taken."""
+    async with support_worker(
+        pg,
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        ip_requests=3,
+        rate_window_s=20,
+        keepalive_s=0.5,  # a stream left open notices its client gone soon
+    ) as w:
+        site = await w.add_site("shop")
+        async with w.client() as office:
+            office.headers["X-Forwarded-For"] = "198.51.100.8"
+            visitor = await new_visitor(office, site)  # the address's first request
+            params = {"token": visitor["token"]}
+            for _ in range(3):
+                async with office.stream("GET", "/v1/events", params=params) as response:
+                    assert response.status_code == 200
+            refused = await _answer_head(w, office, params)
+            sent = await office.post(
+                "/v1/messages", headers=bearer(visitor["token"]), json={"text": "Hello"}
+            )
+            assert refused.startswith(b"HTTP/1.1 429 ")
+            assert sent.status_code == 202, sent.text

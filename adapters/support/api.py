@@ -260,10 +260,14 @@ class SupportApi:
             request, request.query_params.get("visitor_id"), query_token=True
         )
         # Each open reads the log (from Last-Event-ID 0: all it keeps, a thousand events) and
-        # sends it again: counted like any request of the address, or one client closing and
-        # reopening streams has the worker replay logs without end, and every other
-        # visitor's answer waits behind it. The caps on open streams bound only those open.
-        await self._limit_ip(request)
+        # sends it again: counted per address, or one client closing and reopening streams
+        # has the worker replay logs without end, and every other visitor's answer waits
+        # behind it. The caps on open streams bound only those open. A bucket of its own:
+        # visitors behind one address (a NAT) reopen theirs whenever a stream ends (a worker
+        # stopping ends all it holds), and counted with the address's requests those opens
+        # had every message from there refused for the rest of the window.
+        hits = await self._hits(keys.support_ip_streams(_client(request)))
+        self._check(hits, self._s.ip_requests)
         after = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         if after is not None:
             after = "0-0" if after == "0" else after

@@ -31,8 +31,8 @@ class SupportSettings(AdapterSettings):
     # token) and keeps the same visitor.
     token_ttl_s: int = Field(30 * 86400, ge=60)
     # Per visitor: at most visitor_messages messages per rate_window_s; per client address: at
-    # most ip_requests requests (messages, new visitors, history pages, erasures, event streams
-    # opened). Shared across workers via Redis.
+    # most ip_requests requests (messages, new visitors, history pages, erasures), and apart
+    # from them at most ip_requests event streams opened. Shared across workers via Redis.
     visitor_messages: int = Field(20, ge=1)
     ip_requests: int = Field(120, ge=1)
     rate_window_s: float = Field(60.0, gt=0)

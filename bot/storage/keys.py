@@ -68,6 +68,10 @@ def support_ip(address: str) -> str:  # support API requests from one client add
     return f"support:ip:{address}"
 
 
+def support_ip_streams(address: str) -> str:  # support event streams opened from one address
+    return f"support:ip-streams:{address}"
+
+
 def support_visitor(conversation: str) -> str:  # support API messages from one visitor
     return f"support:visitor:{conversation}"
 
