@@ -22,6 +22,7 @@ pytest.importorskip("websockets")
 
 import aiohttp
 import discord
+import httpx
 from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
 from adapters.discord import commands
@@ -41,6 +42,7 @@ from bot.storage.base import MessageKind
 from bot.types import ConversationKey, Role
 from tests import discord_events as ev
 from tests.adapter_harness import DiscordHarness, discord_harness, settings_for, visible
+from tests.crash_cluster import TcpProxy
 from tests.discord_api import MAX_CONTENT, TOKEN, FakeDiscordApi
 from tests.doubles import ScriptedBackend
 
@@ -1362,3 +1364,39 @@ async def test_a_mention_of_the_bots_own_role_addresses_the_bot(tmp_path: Path) 
         # A server channel's turn opens with its sender's name (docs/security.md, "Shared
         # conversations"); the role's mention is gone from the text.
         assert [r.messages[-1].content for r in backend.requests] == ["User 1001: what is a crane?"]
+
+
+@pytest.mark.redis
+async def test_a_slash_command_is_deferred_while_redis_answers_slowly(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    """The sender's refusal check (its rate limit is counted in Redis) came before the defer:
+    a Redis that answers slowly, within its socket timeout, or a pool whose connections are
+    all taken (a wait of up to 10 s) held every command's acknowledgement past Discord's 3 s,
+    and the command was lost ("The application did not respond"); before that check the
+    defer waited on nothing. The check now has a short while: past it the command is
+    deferred, and answered once Redis is back."""
+    target = httpx.URL(redis_url)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    slow = str(target.copy_with(port=proxy.port))
+    redis = {"url": slow, "key_prefix": key_prefix, "socket_timeout_s": 120}
+    try:
+        async with discord_harness(tmp_path, answering("All good."), redis=redis) as h:
+            slash = ev.interaction_create("summarize", "The crane moved the tea. " * 5)
+            h.api.expect_interaction(slash["token"], ev.DM)
+            proxy.frozen = True  # connections stay open, nothing answers
+            try:
+                h.api.push("INTERACTION_CREATE", slash)
+                async with asyncio.timeout(30):  # before: held until Redis answered
+                    await h.api.until(lambda: slash["token"] in h.api.acknowledged)
+                assert proxy.frozen  # deferred while the count still waited on Redis
+            finally:
+                proxy.frozen = False
+            await h.adapter.handled(1)
+            await h.idle()
+            await h.adapter.settled()
+            assert h.api.texts(ev.DM) == ["All good."]
+    finally:
+        proxy.frozen = False
+        await proxy.aclose()

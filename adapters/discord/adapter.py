@@ -28,7 +28,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
 import discord
@@ -94,6 +94,11 @@ ACKNOWLEDGED_BEFORE = 40060
 # Slash commands whose answer is still to come, by interaction id; Discord lets a deferred
 # response be edited for 15 minutes.
 INTERACTIONS_KNOWN = 10_000
+# How long a command's refusal check (its rate limit is counted in Redis) may hold its defer:
+# past it the command is deferred as admitted, and its submit refuses it as before (the count
+# is kept per message, so the answer is the same). A Redis that answers slowly, or a pool
+# whose connections are all taken, held the acknowledgement past Discord's 3 s.
+REFUSAL_CHECK_S = 0.5
 # The most of a document's file name said back in ONE_DOCUMENT (a name with its extension).
 SHOWN_FILE_NAME_CHARS = 80
 MISSING_INTENT = (
@@ -248,6 +253,8 @@ class DiscordAdapter:
         self._interactions: Lru[discord.Interaction] = Lru(INTERACTIONS_KNOWN)
         # Commands refused with an ephemeral response (`_refused`), by interaction id.
         self._told: Lru[bool] = Lru(INTERACTIONS_KNOWN)
+        # Refusal checks that outlasted REFUSAL_CHECK_S, kept referenced until they end.
+        self._checks: set[asyncio.Future[str | None]] = set()
         # Interactions whose deferred response a delivery refused 40060 ends with the entry
         # another delivery in this process put (`_submit_acknowledged`, `_end_acknowledged`).
         self._relied_on: set[str] = set()
@@ -329,7 +336,8 @@ class DiscordAdapter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tasks = [*self._backfills.values(), *self._deferred, *self._gaps.values()]
+        tasks: list[asyncio.Future[Any]] = [*self._backfills.values(), *self._deferred]
+        tasks += [*self._gaps.values(), *self._checks]
         if self._start_marks is not None:
             tasks.append(self._start_marks)
         for task in tasks:
@@ -772,7 +780,7 @@ class DiscordAdapter:
         "thinking..." showed there. `recorded` then goes through the door as any refused
         message (quiet): over the rate limit a stub, whose turn's sentence is this response
         (`deliver` says it no more); not allowed, nothing."""
-        sentence = await self._intake.refusal(asked)
+        sentence = await self._refusal_in_time(asked)
         if sentence is None:
             return False
         told = await _told_alone(interaction, phrases.say(sentence, asked.user.language))
@@ -786,6 +794,18 @@ class DiscordAdapter:
         # A repeat is recorded once (the manager's idempotency key).
         await self._intake.submit(recorded, quiet=True)
         return True
+
+    async def _refusal_in_time(self, asked: Incoming) -> str | None:
+        """`Intake.refusal`, or None (admitted) where it takes longer than REFUSAL_CHECK_S:
+        the check goes on, and counts the message once, for the submit that follows."""
+        check = asyncio.ensure_future(self._intake.refusal(asked))
+        done, _ = await asyncio.wait({check}, timeout=REFUSAL_CHECK_S)
+        if check in done:
+            return check.result()
+        self._checks.add(check)
+        check.add_done_callback(self._checks.discard)
+        check.add_done_callback(_checked)
+        return None
 
     async def _replayed(self, interaction: discord.Interaction) -> bool:
         """Whether a worker saw this interaction before (a replay); this delivery counted."""
@@ -1038,6 +1058,12 @@ async def _deferred(interaction: discord.Interaction) -> bool | None:
     replay past its 3 s): one line, and nothing more is sent for it; another answer would be
     the command's second."""
     return await _acknowledged(interaction, interaction.response.defer)
+
+
+def _checked(check: asyncio.Future[str | None]) -> None:
+    """A refusal check that outlasted its wait ended: nothing waits for its answer."""
+    if not check.cancelled() and check.exception() is not None:
+        log.warning("refusal check failed: %s", type(check.exception()).__name__)
 
 
 async def _told_alone(interaction: discord.Interaction, text: str) -> bool | None:
