@@ -28,7 +28,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -529,6 +529,30 @@ async def settle(
             await asyncio.sleep(2.0 if done else 0)  # nothing more may arrive: no late duplicate
             return read_chats(api, users, model, first_seen, killed_at)
         await asyncio.sleep(0.5)
+
+
+async def settled_after_a_kill(
+    group: Cluster,
+    api: FakeBotApi,
+    balancer: Balancer,
+    users: Users,
+    model: SlowModel,
+    kill: Callable[[], Awaitable[None]],
+) -> Verdict:
+    """`users` ask, `kill` takes the first worker down its own way, a second worker starts,
+    and the chats settle (within a minute); the first-seen watch and the balancer end
+    however it goes."""
+    first_seen: dict[str, float] = {}
+    watcher = asyncio.create_task(watch_first_seen(api, first_seen))
+    try:
+        await users.ask_all()
+        await kill()
+        group.add_workers(1)
+        await group.start_worker(1)
+        return await settle(api, users, model, first_seen, within_s=60.0, killed_at=group.killed_at)
+    finally:
+        watcher.cancel()
+        await balancer.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.crash_cluster import Balancer, Users, Worker, cluster, settle, watch_first_seen
+from tests.crash_cluster import Balancer, Users, Worker, cluster, settled_after_a_kill
 from tests.slow_model import SlowModel
 from tests.telegram_api import FakeBotApi
 
@@ -67,23 +67,17 @@ async def test_killed_while_postgres_is_cut_mid_answer_shows_it_once(
         balancer = Balancer(group)
         users = Users(balancer, chats=1, per_chat=1, seed=1)
         assert users.chat_ids == [CHAT]
-        first_seen: dict[str, float] = {}
-        watcher = asyncio.create_task(watch_first_seen(api, first_seen))
-        try:
-            await users.ask_all()
+        seen = ""
+
+        async def kill() -> None:
+            nonlocal seen
             async with asyncio.timeout(60):
                 await api.acted.wait()
                 seen = await _logged(group.workers[0], SHOWN_WITHOUT_DATABASE, HELD_BACK)
             await group.killed(0)
             group.proxy.cut(0)  # the database is back, its worker gone
-            group.add_workers(1)
-            await group.start_worker(1)
-            verdict = await settle(
-                api, users, model, first_seen, within_s=60.0, killed_at=group.killed_at
-            )
-        finally:
-            watcher.cancel()
-            await balancer.aclose()
+
+        verdict = await settled_after_a_kill(group, api, balancer, users, model, kill)
         assert not group.tracebacks(), group.tracebacks()[0]
     texts = api.texts(CHAT)
     print(f"\n{verdict.figures('PostgreSQL cut, then SIGKILL')}; the first worker: {seen!r}")

@@ -36,8 +36,7 @@ from tests.crash_cluster import (
     Verdict,
     cluster,
     read_chats,
-    settle,
-    watch_first_seen,
+    settled_after_a_kill,
 )
 from tests.slow_model import SlowModel
 from tests.telegram_api import Call, FakeBotApi
@@ -94,24 +93,16 @@ async def _group_answer_with_a_kill(
         balancer = Balancer(group)
         users = Users(balancer, chats=2, per_chat=1, seed=1)
         users.chat_ids = [GROUP]
-        first_seen: dict[str, float] = {}
-        watcher = asyncio.create_task(watch_first_seen(api, first_seen))
-        try:
-            await users.ask_all()
+
+        async def kill() -> None:
             process = group.workers[0].process
             assert process is not None
             async with asyncio.timeout(60):
                 await api.acted.wait()
                 await process.wait()  # killed by `on_first_piece` (then, or once it noted)
             assert group.killed_at, "the worker was not killed"
-            group.add_workers(1)
-            await group.start_worker(1)
-            verdict = await settle(
-                api, users, model, first_seen, within_s=60.0, killed_at=group.killed_at
-            )
-        finally:
-            watcher.cancel()
-            await balancer.aclose()
+
+        verdict = await settled_after_a_kill(group, api, balancer, users, model, kill)
         assert not group.tracebacks(), group.tracebacks()[0]
     return verdict, api.texts(GROUP), api.sent("sendMessage", GROUP)
 

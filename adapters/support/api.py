@@ -266,8 +266,7 @@ class SupportApi:
         # visitors behind one address (a NAT) reopen theirs whenever a stream ends (a worker
         # stopping ends all it holds), and counted with the address's requests those opens
         # had every message from there refused for the rest of the window.
-        hits = await self._hits(keys.support_ip_streams(_client(request)))
-        self._check(hits, self._s.ip_requests)
+        await self._limit_ip(request, keys.support_ip_streams)
         after = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         if after is not None:
             after = "0-0" if after == "0" else after
@@ -391,8 +390,11 @@ class SupportApi:
 
         return release
 
-    async def _limit_ip(self, request: Request) -> None:
-        hits = await self._hits(keys.support_ip(_client(request)))
+    async def _limit_ip(
+        self, request: Request, bucket: Callable[[str], str] = keys.support_ip
+    ) -> None:
+        """`support.ip_requests` a window for the client's address, in `bucket`."""
+        hits = await self._hits(bucket(_client(request)))
         self._check(hits, self._s.ip_requests)
 
     async def _hits(self, key: str, *, once: str | None = None) -> int:
