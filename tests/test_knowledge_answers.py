@@ -159,6 +159,10 @@ async def test_ask_takes_out_citations_of_passages_the_model_was_not_given(
             "Run:\n\n    r = [1, 2, 5]\n\nThen [1].",
         ),
         (["````md\n```\nx = a[5]\n```\n````\nok [9]"], 3, "````md\n```\nx = a[5]\n```\n````\nok"),
+        # a run of backticks or tildes arriving in pieces is one run (its length decides)
+        (["`", "`", "`", "py\nr = [5]\n", "``", "`", "\n[4] [1]"], 3, "```py\nr = [5]\n```\n [1]"),
+        (["~", "~~", "~x [2]", " [1]"], 1, "~~~~x [2] [1]"),
+        (["`" * 8] * 500 + [" a [2] [1]"], 1, "`" * 4000 + " a [2] [1]"),
     ],
 )
 async def test_citation_filter_holds_a_citation_split_across_deltas(

@@ -73,11 +73,13 @@ _CITE_SEP = r"\s*[,，、;]\s*"
 _CITATION = re.compile(
     rf"( ?)[\[［【]\s*({_CITE_ITEM}(?:{_CITE_SEP}{_CITE_ITEM})*)\s*[\]］】](?![(\[])"
 )
-# The end of a text that may be a citation, or a run of backticks or tildes, still arriving
-# ("[", "[1", "[1, ", "[1-", "[1]" before what may be a link's "(", "``"), or the space before
-# a citation (taken out with it). 64 characters hold a citation of every passage (12 of them,
-# full-width, spaced) whole.
-_CITATION_OPEN = re.compile(rf"(?: ?[\[［【][\d\s,，、;{_CITE_DASH}]{{0,64}}[\]］】]?|`+|~+| )$")
+# The end of a text that may be a citation still arriving ("[", "[1", "[1, ", "[1-", "[1]"
+# before what may be a link's "("), or the space before a citation (taken out with it). 64
+# characters hold a citation of every passage (12 of them, full-width, spaced) whole, so a
+# match starts within the last _CITATION_OPEN_MAX characters: searched there alone (a search
+# of the whole text tries every position, and a run of backticks made that quadratic).
+_CITATION_OPEN = re.compile(rf"(?: ?[\[［【][\d\s,，、;{_CITE_DASH}]{{0,64}}[\]］】]?| )$")
+_CITATION_OPEN_MAX = 67
 # Markdown as _CodeSpans reads it: line ends, runs of backticks or tildes, and the rest.
 _MARKDOWN_TOKENS = re.compile(r"\n|`+|~+|[^\n`~]+")
 _ASK = re.compile(
@@ -268,17 +270,30 @@ async def only_given_citations(
     def checked(prose: str) -> str:
         return _CITATION.sub(valid, prose)
 
-    held = ""
+    held: list[str] = []  # what may still grow; a run of backticks or tildes in its pieces
     async with aclosing(deltas):
         async for delta in deltas:
-            text = held + delta
-            growing = _CITATION_OPEN.search(text)
-            cut = growing.start() if growing else len(text)
-            held = text[cut:]
+            if held and delta and held[-1][-1] in "`~" and not delta.strip(held[-1][-1]):
+                held.append(delta)  # the run goes on (joined once, when it ends)
+                continue
+            text = "".join(held) + delta
+            cut = _still_arriving(text)
+            held = [text[cut:]] if cut < len(text) else []
             if cut:
                 yield code.outside(text[:cut], checked)
     if held:
-        yield code.outside(held, checked)
+        yield code.outside("".join(held), checked)
+
+
+def _still_arriving(text: str) -> int:
+    """Where the end of `text` that may still grow begins (len(text): nothing may): a run of
+    backticks or tildes (a longer one may be a fence, or close another span), or what
+    _CITATION_OPEN reads. Linear in the run, whatever its length."""
+    for mark in "`~":
+        if text.endswith(mark):
+            return len(text.rstrip(mark))
+    growing = _CITATION_OPEN.search(text, max(0, len(text) - _CITATION_OPEN_MAX))
+    return growing.start() if growing else len(text)
 
 
 def _cited_span(item: str) -> tuple[int, int]:
