@@ -16,7 +16,9 @@ sees them. Discord's global limit (50 requests a second per bot) is kept too, an
 It also keeps each channel's log (everyone's messages, as `GET /channels/{id}/messages`
 returns them: newest first, `after` / `before` / `limit`), so that a message posted while the
 bot is away (`post`) is there for a backfill to read; the channels and members a REST client
-can fetch; and an interaction's token, which stops working when the test says it expired
+can fetch (a channel in `unreadable`, whose history the bot may not read, refuses a read
+with 403 50001, and a reply to a message there with 403 160002, as Discord does); and an
+interaction's token, which stops working when the test says it expired
 (`expire`: Discord's 15 minutes, answered 401 "Invalid Webhook Token"). An interaction
 acknowledged twice is 400 (40060 "Interaction has already been acknowledged."), one whose
 3 s the test says are over (`forget`) 404 (10062 "Unknown interaction"); one whose
@@ -158,7 +160,8 @@ class FakeDiscordApi:
     # Channels and members a client can fetch over REST, as Discord returns them.
     channels: dict[int, dict[str, Any]] = field(default_factory=dict)
     members: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
-    # Channels whose history the bot may not read (no Read Message History): 403, 50001.
+    # Channels whose history the bot may not read (no Read Message History): 403, 50001; a
+    # send that replies to a message there (a message_reference) is refused too: 403, 160002.
     unreadable: set[int] = field(default_factory=set)
     # The next this many channel reads (a channel fetched, a page of its log) are answered
     # 503, which discord.py raises at once as DiscordServerError (Discord failing a moment).
@@ -758,9 +761,15 @@ class FakeDiscordApi:
     async def _send(self, request: Request) -> Response:
         channel = request.path_params["channel"]
         body = await request.json()
-        refusal = self._check(Call("POST", request.url.path, channel, body))
+        call = Call("POST", request.url.path, channel, body)
+        refusal = self._check(call)
         if refusal is not None:
             return refusal
+        if body.get("message_reference") and channel in self.unreadable:
+            call.status = 403
+            refused = {"message": "Cannot reply without permission to read message history",
+                       "code": 160002}  # fmt: skip
+            return JSONResponse(refused, status_code=403)
         message_id = next_id()
         self._write(channel, message_id, body)
         sent = _message(message_id, channel, body["content"], self.flags[channel][message_id])

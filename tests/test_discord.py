@@ -117,6 +117,24 @@ async def test_a_reply_to_the_bot_is_answered(tmp_path: Path) -> None:
         assert h.api.texts(ev.CHANNEL) == ["Yes, exactly."]
 
 
+async def test_a_question_where_the_bot_may_not_read_the_history_is_answered(
+    tmp_path: Path,
+) -> None:
+    """Discord refuses a reply (a message with a message_reference) where the bot may not read
+    the channel's history: 403, 160002 "Cannot reply without permission to read message
+    history". The answer was refused as a whole, one log line, and the member who asked saw
+    nothing, though the bot may post there. It goes out without the reply."""
+    async with discord_harness(tmp_path, answering("At your service.")) as h:
+        h.api.unreadable.add(ev.CHANNEL)
+        question = ev.message_create("what is a crane?", channel=ev.CHANNEL, mentions_bot=True)
+        await h.deliver_event(question)
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == ["At your service."]
+        refused, sent = h.api.writes(ev.CHANNEL)[:2]
+        assert refused.status == 403 and "message_reference" in refused.body
+        assert "message_reference" not in sent.body and sent.allowed_mentions == NOBODY
+
+
 async def test_a_thread_is_a_conversation_of_its_own(tmp_path: Path) -> None:
     async with discord_harness(tmp_path, answering("In the thread.")) as h:
         await h.deliver_event(ev.message_create("one", channel=ev.CHANNEL, mentions_bot=True))

@@ -118,6 +118,8 @@ TYPING_RENEW_S = 8.0
 _TOKEN_GONE = (401, 404)
 # Discord's code for a message that is not there (deleted in the channel: a moderator).
 UNKNOWN_MESSAGE = 10008
+# Discord's code for a reply refused where the bot may not read the channel's history (403).
+CANNOT_REPLY = 160002
 
 
 def neutralise(text: str, *, bracket_links: bool = False) -> str:
@@ -247,21 +249,34 @@ class DiscordSurface:
 
     async def send(self, piece: str, *, plain: bool) -> int:
         reference, self._reply_to = self._reply_to, None  # only the first message replies
-        mentions = ASKER_ONLY if reference is not None else NOBODY
+        try:
+            sent = await gated(self._gate, self._channel.id, self._sending(piece, reference))
+        except AdapterError as exc:
+            # No Read Message History in the channel: Discord refuses a reply there (403
+            # 160002), not a message; the answer was refused whole, and its asker saw nothing.
+            cause = exc.__cause__
+            if reference is None or getattr(cause, "code", None) != CANNOT_REPLY:
+                raise
+            log.info("channel %s: the answer goes without its reply (no Read Message History)",
+                     self._channel.id)  # fmt: skip
+            sent = await gated(self._gate, self._channel.id, self._sending(piece, None))
+        self._first_sent.set()
+        return sent.id
 
+    def _sending(
+        self, piece: str, reference: discord.MessageReference | None
+    ) -> Callable[[], Awaitable[discord.Message]]:
         async def call() -> discord.Message:
             content, hide = self.content(piece), self.suppress_embeds
             if reference is None:
                 return await self._channel.send(
-                    content, allowed_mentions=mentions, suppress_embeds=hide
+                    content, allowed_mentions=NOBODY, suppress_embeds=hide
                 )
             return await self._channel.send(
-                content, reference=reference, allowed_mentions=mentions, suppress_embeds=hide
+                content, reference=reference, allowed_mentions=ASKER_ONLY, suppress_embeds=hide
             )
 
-        sent = await gated(self._gate, self._channel.id, call)
-        self._first_sent.set()
-        return sent.id
+        return call
 
     async def edit(self, ref: int, piece: str, *, plain: bool) -> None:
         if ref == ORIGINAL:
