@@ -138,6 +138,27 @@ def message_create(
     return payload
 
 
+def forward(
+    text: str,
+    *,
+    channel: int = DM,
+    attachments: list[dict[str, Any]] | None = None,
+    stickers: list[str] | None = None,
+) -> dict[str, Any]:
+    """A message forwarded into `channel` (Discord's "Forward"): a MESSAGE_CREATE of no text
+    of its own, whose message_reference (type 1) names the original and whose
+    message_snapshots carry its text, attachments and stickers."""
+    payload = message_create("", channel=channel)
+    original = message_create(text, channel=CHANNEL, attachments=attachments, stickers=stickers)
+    payload["message_reference"] = {"type": 1, "message_id": original["id"],
+                                    "channel_id": str(CHANNEL), "guild_id": str(GUILD)}  # fmt: skip
+    kept = ("type", "content", "embeds", "attachments", "timestamp", "edited_timestamp",
+            "mentions", "mention_roles", "sticker_items")  # fmt: skip
+    snapshot = {k: original[k] for k in kept if k in original}
+    payload["message_snapshots"] = [{"message": {**snapshot, "flags": 0}}]
+    return payload
+
+
 def bot_message(channel: int, text: str = "an earlier answer") -> dict[str, Any]:
     """A message of ours, as a reply's `referenced_message` carries it."""
     return {**message_create(text, channel=channel), "author": BOT_USER}

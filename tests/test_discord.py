@@ -943,6 +943,43 @@ async def test_a_sticker_alone_gets_the_sentence_saying_what_the_bot_reads(
         assert h.api.texts(ev.DM) == ["Hello!"]
 
 
+async def test_a_message_forwarded_to_the_bot_is_answered(tmp_path: Path) -> None:
+    """A message forwarded to the bot (Discord's "Forward": no text of its own, the original
+    in its message_snapshots) was ignored without a word, as an empty message: a DM's
+    forward, and any forward in a thread the bot opened. Its text is the question, as a
+    forwarded message's is on Telegram; a forward of a photo gets the sentence saying what
+    the bot reads, as a photo does."""
+    backend = answering("A crane lifts loads.")
+    async with discord_harness(tmp_path, backend) as h:
+        await h.deliver_event(ev.forward("what is a crane?"))
+        await h.idle()
+        assert h.api.texts(ev.DM) == ["A crane lifts loads."]
+        assert "what is a crane?" in backend.requests[0].messages[-1].content
+    # "Translate" on a forward in a channel: the forwarded text (before: "no text").
+    backend = answering("Good morning, everyone.")
+    async with discord_harness(tmp_path / "1", backend) as h:
+        target = ev.forward("Bonjour à tous, comment allez-vous aujourd'hui ?", channel=ev.CHANNEL)
+        h.api.post(target)
+        await h.command(ev.interaction_create("Translate", channel=ev.CHANNEL, target=target))
+        await h.idle()
+        assert h.api.texts(ev.CHANNEL) == ["Good morning, everyone."]
+        assert "Bonjour à tous" in str(backend.requests[0].messages)
+        # "Summarize from here" reads a forward after the chosen message as its text.
+        target = ev.message_create("The cranes start at six.", channel=ev.CHANNEL)
+        h.api.post(target)
+        h.api.post(ev.forward("Tea arrives on Tuesday.", channel=ev.CHANNEL))
+        await h.command(
+            ev.interaction_create("Summarize from here", channel=ev.CHANNEL, target=target)
+        )
+        await h.idle()
+        assert f"User {ev.USER}: Tea arrives on Tuesday." in str(backend.requests[-1].messages)
+    async with discord_harness(tmp_path / "2", answering("never")) as h:
+        await h.deliver_event(ev.forward("", attachments=[_attachment("crane.png", "image/png")]))
+        await h.idle()
+        mb = h.app.settings.documents.max_bytes // 10**6
+        assert h.api.texts(ev.DM) == [phrases.say(phrases.MEDIA, "", mb=mb)]
+
+
 async def _refused_at_connect(tmp_path: Path, api: FakeDiscordApi) -> AdapterError:
     """What the adapter's run() raises against a gateway that closes at once."""
     async with api.serving():

@@ -54,6 +54,7 @@ from .translate import (
     Action,
     Fetch,
     command_incoming,
+    content_of,
     edit_of,
     menu_incoming,
     message_key,
@@ -715,7 +716,7 @@ class DiscordAdapter:
         or for summarize the conversation from it on); a refused sender's is answered to them
         alone, any other deferred first, like a slash command."""
         try:
-            about = target.content
+            about = content_of(target)  # a forward's: the text of the message it carries
             asked = menu_incoming(interaction, name, target, "")
             # Before anything is read or said: a blocked one was told the message has no
             # text, not that they may not use the bot, and the history (up to 4 reads of 100

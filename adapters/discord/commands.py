@@ -26,6 +26,8 @@ from bot.skills.router import Command
 from bot.skills.summarize import transcript
 from bot.storage.base import LoggedMessage
 
+from .translate import content_of
+
 log = logging.getLogger(__name__)
 
 # Discord's limits on a command's description.
@@ -110,6 +112,6 @@ async def conversation_from(target: discord.Message, gate: Gate, *, max_chars: i
 def _logged(message: discord.Message, me: int) -> LoggedMessage:
     author = message.author
     return LoggedMessage(
-        message.id, author.display_name, author.id == me, message.content.strip(),
+        message.id, author.display_name, author.id == me, content_of(message).strip(),
         message.created_at,
     )  # fmt: skip

@@ -7,6 +7,7 @@ a thread the bot opened           -> Submit (every message: the bot was asked th
 server channel, anything else     -> Observe: kept only where the chat opted in (/keep on)
 a text/Markdown/HTML/PDF file     -> Fetch (the core checks it, then the adapter downloads it)
 image, audio, video               -> Notice (one sentence on what the bot can read)
+a forward (Discord's "Forward")   -> as the message it carries (its text, files, stickers)
 from a bot (ourselves included),
 a system message (pins, joins)    -> Ignore
 edited (edit_of)                  -> Edit of its text; with a document, of its question
@@ -65,10 +66,34 @@ def translate(message: discord.Message, me: int, *, author: Author | None = None
         return Ignore("system message")
     text = addressed_text(message, me)
     if text is None:
-        if not message.content.strip():
+        if not content_of(message).strip():
             return Ignore("server message not for the bot")
-        return Observe(to_incoming(message, message.content, author))
+        return Observe(to_incoming(message, content_of(message), author))
     return _for_content(message, text, author)
+
+
+def _forwarded(message: discord.Message) -> discord.MessageSnapshot | None:
+    """The message a forward carries (Discord's "Forward": a message of no text, attachment
+    or sticker of its own, the original in its snapshot); None for any other message."""
+    if message.content or message.attachments or message.stickers:
+        return None
+    return message.message_snapshots[0] if message.message_snapshots else None
+
+
+def content_of(message: discord.Message) -> str:
+    """The message's text; a forward's is the text of the message it carries."""
+    forwarded = _forwarded(message)
+    return forwarded.content if forwarded is not None else message.content
+
+
+def _attachments(message: discord.Message) -> list[discord.Attachment]:
+    forwarded = _forwarded(message)
+    return forwarded.attachments if forwarded is not None else message.attachments
+
+
+def _stickers(message: discord.Message) -> list[discord.StickerItem]:
+    forwarded = _forwarded(message)
+    return forwarded.stickers if forwarded is not None else message.stickers
 
 
 def edit_of(message: discord.Message, me: int) -> Edit | Ignore:
@@ -87,7 +112,7 @@ def edit_of(message: discord.Message, me: int) -> Edit | Ignore:
 def _documents(message: discord.Message) -> list[discord.Attachment]:
     return [
         attachment
-        for attachment in message.attachments
+        for attachment in _attachments(message)
         if not (attachment.content_type or "").startswith(_MEDIA_PREFIXES)
     ]
 
@@ -97,22 +122,22 @@ def _for_content(message: discord.Message, text: str, author: Author | None) -> 
     documents = _documents(message)
     if documents:
         return Fetch(incoming, documents[0], tuple(d.filename for d in documents[1:]))
-    if message.attachments:
+    if _attachments(message):
         return Notice(incoming, phrases.MEDIA)
     if not text.strip():
         # A sticker alone is told what the bot reads (it was ignored, unanswered); with text
         # it is decoration, and the text is the message.
-        return Notice(incoming, phrases.MEDIA) if message.stickers else Ignore("empty message")
+        return Notice(incoming, phrases.MEDIA) if _stickers(message) else Ignore("empty message")
     return Submit(incoming)
 
 
 def addressed_text(message: discord.Message, me: int) -> str | None:
     """The text with our mention removed, or None when a server message is not for us."""
     if message.guild is None:
-        return message.content
+        return content_of(message)
     channel = message.channel
     if isinstance(channel, discord.Thread) and channel.owner_id == me:  # an auto_thread
-        return strip_mention(message.content, me)
+        return strip_mention(content_of(message), me)
     # The bot's own role (managed, tagged with its id) is a mention of the bot too: users
     # pick "@Parley" from the mention list and may get the role (a helper's review).
     roles = [r.id for r in message.role_mentions if r.tags is not None and r.tags.bot_id == me]
@@ -216,4 +241,4 @@ def menu_incoming(
     """A message context-menu command as the command it stands for, about `context` (the
     target message's text, or the conversation from it on): "/command", in reply to it."""
     incoming = command_incoming(interaction, command, "")
-    return dataclasses.replace(incoming, reply_to_text=context or target.content)
+    return dataclasses.replace(incoming, reply_to_text=context or content_of(target))
