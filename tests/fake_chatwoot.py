@@ -437,11 +437,13 @@ async def chatwoot_worker(
     backend: object | None,
     *,
     handoff: dict[str, Any] | None = None,
+    conversation: dict[str, Any] | None = None,
     listening: Callable[[int], None] | None = None,
     **section: Any,
 ) -> AsyncIterator[ChatwootWorker]:
     """`listening`: told the fake's port once it listens, before the adapter starts (and
-    checks that Chatwoot answers): a proxy in front of it is aimed there."""
+    checks that Chatwoot answers): a proxy in front of it is aimed there. `handoff`,
+    `conversation`: those settings sections."""
     from adapters.chatwoot.adapter import ChatwootAdapter
     from adapters.chatwoot.settings import ChatwootSettings
     from adapters.kit.runner import host_for
@@ -467,6 +469,7 @@ async def chatwoot_worker(
             adapters=["chatwoot"],
             chatwoot=chatwoot,
             handoff=handoff or {},
+            conversation=conversation or {},
         )
         async with Parley(settings, backend=backend) as app:  # type: ignore[arg-type]
             adapter_settings = settings.section("chatwoot")

@@ -178,6 +178,40 @@ async def test_handoff_then_the_agent_replies_in_english_and_the_customer_reads_
     assert fake.api_calls("/toggle_status")[1:] == []  # Chatwoot's own change is not echoed
 
 
+async def test_a_customer_over_the_rate_limit_hears_nothing_from_the_bot_while_a_person_has_it(
+    postgres_url: str,
+) -> None:
+    """The rate limit's sentence was said before the turn looked at who has the conversation:
+    a customer writing fast to the agent who took it (the fourth message in a minute, with a
+    limit of 3) got the bot's "You are sending messages too quickly, so I skipped this one"
+    in the middle of the agent's conversation, though the agent reads every message in
+    Chatwoot. While a person has it (or one is waiting to be asked), the bot says nothing;
+    once given back, the limit's sentence is said as before."""
+    await migrate.upgrade(postgres_url)
+    limit = {"rate_limit_messages": 3, "rate_limit_window_s": 60}
+    async with chatwoot_worker(
+        postgres_url, ScriptedBackend(translating), conversation=limit
+    ) as worker:
+        fake = worker.fake
+        conv = fake.conversation(9)
+        await fake.contact_says(conv, "first question")
+        await worker.idle()
+        conv.assignee = {"id": 42, "name": "Alex", "type": "user"}
+        await fake.agent_sets_status(conv, "open")
+        await worker.idle()
+        assert (await worker.app.desk.status(_key(9))).state.value == "human"
+        for n in range(4):
+            await fake.contact_says(conv, f"message {n} for the agent")
+        await worker.idle()
+        assert fake.public_replies(conv) == ["echo: first question"]
+
+        await fake.agent_sets_status(conv, "resolved")
+        await worker.idle()
+        await fake.contact_says(conv, "back with the bot")
+        await worker.idle()
+        assert fake.public_replies(conv)[-1] == phrases.say(phrases.RATE_LIMITED, "")
+
+
 async def test_an_agent_opening_a_conversation_takes_it_and_resolving_gives_it_back(
     worker: ChatwootWorker,
 ) -> None:

@@ -26,7 +26,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from adapters.kit.actions import Ignore
 from adapters.kit.split import split_text
@@ -73,6 +73,9 @@ def create(host: AdapterHost, settings: ChatwootSettings) -> ChatwootAdapter:
 
 class ChatwootAdapter:
     platform = PLATFORM
+    # The help desk itself: agents read every message of the customer in Chatwoot, so the bot
+    # says nothing while one has the conversation (bot.conversation.sink.DeskHeld).
+    desk_shows_messages: Literal[True] = True
 
     def __init__(
         self,

@@ -59,7 +59,7 @@ from bot.errors import (
     NoBackendConfigured,
     StorageError,
 )
-from bot.handoff.types import HandoffState
+from bot.handoff.types import HandoffState, HandoffStatus
 from bot.logcontext import current_turn, note
 from bot.lru import Lru
 from bot.metrics import NullObserver, TurnObserver, observed_turn
@@ -95,6 +95,7 @@ from .delivery import Superseded, TurnDelivery, beat, holder_alive, sweep
 from .relay import Collected, note_line, until
 from .retention import prune_every
 from .sink import (
+    DeskHeld,
     KeepsAnswers,
     OperatorFacing,
     Reachable,
@@ -1097,13 +1098,7 @@ class ConversationManager:
                 await self._answer(work, batch, answer)
             return
         if self._handoff is not None:
-            # The lease's first turn has it from the take (its facts): no round trip. Not the
-            # bot's as of the take: read again from SQL (rare), so that a person's giving it
-            # back since does not leave this message unanswered.
-            known = _TURN.get().state
-            status, _ = await self._handoff.status(work.conversation_id, known)
-            if status.state is not HandoffState.BOT and known is not None:
-                status, _ = await self._handoff.status(work.conversation_id, fresh=True)
+            status = await self._handoff_status(work)
             if status.state is HandoffState.WAITING:
                 batch = await self._owed_handoff_sentence(work, batch)
                 if not batch:
@@ -1124,9 +1119,31 @@ class ConversationManager:
         else:
             await self._chat(work, batch, self._backend)
 
+    async def _handoff_status(self, work: _Work) -> HandoffStatus:
+        """Who has the conversation. The lease's first turn has it from the take (its facts):
+        no round trip. Not the bot's as of the take: read again from SQL (rare), so that a
+        person's giving it back since does not leave this message unanswered."""
+        assert self._handoff is not None
+        known = _TURN.get().state
+        status, _ = await self._handoff.status(work.conversation_id, known)
+        if status.state is not HandoffState.BOT and known is not None:
+            status, _ = await self._handoff.status(work.conversation_id, fresh=True)
+        return status
+
+    async def _with_a_person(self, work: _Work) -> bool:
+        return (await self._handoff_status(work)).state is not HandoffState.BOT
+
     async def _rate_limited(self, work: _Work, batch: list[StoredMessage]) -> None:
         """One sentence per conversation and rate window; the messages over the limit after
-        it are marked answered without a word (a flood must not become a flood of replies)."""
+        it are marked answered without a word (a flood must not become a flood of replies).
+        Not a word where the help desk is the platform (`DeskHeld`: Chatwoot) while a person
+        has the conversation, or one was asked for: the bot told a customer writing fast to
+        the agent "I skipped this one", in the agent's conversation, of a message the agent
+        had read."""
+        desk_held = isinstance(self._sinks.get(work.key.platform), DeskHeld)
+        if desk_held and self._handoff is not None and await self._with_a_person(work):
+            await self._record_aside(work, batch, "")
+            return
         key = keys.rate_told(work.conversation_id)
         told = await self._cache.count(key, self._settings.rate_limit_window_s)
         if told <= 1:  # 0: the cache is unreachable; telling twice beats not telling

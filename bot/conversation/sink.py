@@ -94,6 +94,17 @@ class OperatorFacing(Protocol):
     operator_facing: Literal[True]
 
 
+@runtime_checkable
+class DeskHeld(Protocol):
+    """A sink whose platform is the help desk itself (Chatwoot): its agents read each of the
+    customer's messages there, as sent. While a person has such a conversation (or one was
+    asked for), the bot says nothing in it, not even the rate limit's sentence: "I skipped
+    this one" is untrue where the agent read it, and it is the bot's voice in the agent's
+    conversation. Elsewhere (a web chat's agents see what Parley hands on) it is said."""
+
+    desk_shows_messages: Literal[True]
+
+
 class Platform(ReplySink, Protocol):
     """A sink that can also say whether the platform counts a sender as an admin where the
     message was sent (a Telegram group's administrators, a Discord member with Manage
