@@ -256,6 +256,20 @@ async def test_the_metrics_port_is_a_host_of_its_own_and_fails_as_one_line() -> 
             await serve_all([free, own])
 
 
+async def test_a_stopping_worker_is_still_scraped() -> None:
+    """A stop refuses new input for up to `shutdown_grace_s`, but `/metrics` takes none: the
+    outcomes of the turns finished or cut in the grace must reach Prometheus (it got 503
+    "this worker is stopping" on the metrics port, and the last counts were never seen)."""
+    metrics = Metrics()
+    own = metrics_host("127.0.0.1", _free_port(), metrics, None)
+    assert own is not None
+    own.draining = True
+    metrics.refused("test")
+    _, samples = await scrape_host(own)
+    refused = frozenset({"platform": "test", "skill": "none", "outcome": "refused"}.items())
+    assert samples[("parley_turns_total", refused)] == 1
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

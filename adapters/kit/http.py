@@ -29,6 +29,9 @@ from bot.settings import HttpSettings
 log = logging.getLogger(__name__)
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+# Served while stopping too: they take no input, and the turns finished or cut in the grace
+# must still reach Prometheus (where `/metrics` is mounted at all).
+SERVED_WHILE_STOPPING = HEALTH_PATHS | {"/metrics"}
 RETRY_AFTER_S = 5
 # A request's line and headers together, at most: what common proxies let through (nginx's
 # large_client_header_buffers: 4 x 8 KB) and more; past it 400 and the connection closed.
@@ -175,7 +178,11 @@ class _RefuseWhileDraining:
         self._host = host
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self._host.draining and scope["path"] not in HEALTH_PATHS:
+        if (
+            scope["type"] == "http"
+            and self._host.draining
+            and scope["path"] not in SERVED_WHILE_STOPPING
+        ):
             headers = {"Retry-After": str(RETRY_AFTER_S)}
             # The support API's error shape (docs/support.md); a platform's webhook sender
             # reads only the status.

@@ -2,7 +2,8 @@
 private or `metrics.on_http` says so (adapters/kit/runner.py decides).
 
 The port of its own is a second `HttpHost`: the same `/healthz`, `/readyz` and 503-while-
-stopping behaviour, with only `/metrics` mounted, so nothing else is exposed on it.
+stopping behaviour, with only `/metrics` mounted, so nothing else is exposed on it. `/metrics`
+is served while stopping too (adapters/kit/http.py, SERVED_WHILE_STOPPING).
 """
 
 from __future__ import annotations
