@@ -24,7 +24,7 @@ from bot.conversation.intake import Intake
 from bot.conversation.manager import ConversationManager
 from bot.conversation.summary import Summarizer
 from bot.documents import DocumentReader
-from bot.errors import BackendUnavailable, ConfigError
+from bot.errors import BackendUnavailable, ConfigError, StorageError
 from bot.handoff.desk import CoreDesk
 from bot.handoff.note import NoteWriter
 from bot.handoff.repo import HandoffRepository
@@ -41,7 +41,7 @@ from bot.skills.registry import register_skills
 from bot.skills.router import CommandRouter
 from bot.skills.services import SkillServices
 from bot.storage.base import Cache
-from bot.storage.cache import build_cache
+from bot.storage.cache import RedisCache, RedisRefused, build_cache
 from bot.storage.database import create_engine, create_keeper_engine, create_relaxed_engine
 from bot.storage.migrate import ensure_schema
 from bot.storage.prefs import PrefsRepository
@@ -116,6 +116,8 @@ class Parley:
             self._stack.push_async_callback(_cancelled, publishing)
         self.cache = cache = build_cache(s.redis)
         self._stack.push_async_callback(cache.aclose)
+        if isinstance(cache, RedisCache):
+            await _refused_by_redis(cache)
         self.backend = self._given_backend or build_resilient_backend(s.backend)
         if self.backend is not None:
             self._stack.push_async_callback(self.backend.aclose)
@@ -262,3 +264,15 @@ def history_room(settings: Settings, max_model_len: int, system_tokens: int) -> 
 async def _cancelled(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def _refused_by_redis(cache: RedisCache) -> None:
+    """A Redis that refuses the URL's password or database number is a setting to fix: one
+    line at start (exit status 2), not a worker that runs without its cache and fails every
+    answer's delivery. One that is down or slow is waited out as ever (docs/database.md)."""
+    try:
+        await cache.ping()
+    except RedisRefused as exc:
+        raise ConfigError(f"redis.url: {exc}") from None
+    except StorageError:
+        pass  # an outage: the cache logged it, and goes on without Redis meanwhile

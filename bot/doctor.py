@@ -23,7 +23,7 @@ from bot.logsafety import redactor
 from bot.metrics import multiprocess_problem
 from bot.settings import Settings
 from bot.storage import migrate, prefs_models  # noqa: F401  (prefs_models: its tables)
-from bot.storage.cache import build_cache
+from bot.storage.cache import RedisRefused, build_cache
 from bot.storage.database import (
     cannot_create,
     create_engine,
@@ -187,6 +187,8 @@ async def _check_cache(settings: Settings, report: _Report) -> None:
     try:
         await cache.ping()
         report(True, "cache: Redis reachable")
+    except RedisRefused as exc:
+        report(False, f"cache: {exc}")
     except StorageError as exc:
         report(False, f"cache: Redis not reachable: {exc}")
     finally:

@@ -200,6 +200,37 @@ return 1
 """
 
 
+class RedisRefused(StorageError):
+    """Redis answered and refused the connection `redis.url` describes: a setting to fix, not
+    an outage to wait out."""
+
+
+def redis_refusal(exc: BaseException) -> str | None:
+    """What is wrong with `redis.url` when Redis refused to set up its connection: a password
+    it does not take or none where it needs one, a database number it does not have, a user
+    its ACL does not let run the command. None for anything else (down, slow, loading)."""
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthorizationError,
+        NoPermissionError,
+        ResponseError,
+    )
+
+    if isinstance(exc, AuthenticationError | AuthorizationError):
+        return (
+            "Redis refused the login (a wrong password, or none where it needs one): "
+            "check the user and password in redis.url"
+        )
+    if isinstance(exc, NoPermissionError):
+        return "Redis's ACL does not let redis.url's user run Parley's commands (NOPERM)"
+    if isinstance(exc, ResponseError) and "DB index" in str(exc):  # SELECT's only refusal
+        return (
+            "Redis has no database with redis.url's number (its path, /0): Redis numbers "
+            "them from 0 below its `databases` setting, 16 by default"
+        )
+    return None
+
+
 def _order_key(key: str) -> str:
     """Where Cache.set_newer keeps the order of the value under `key`."""
     return f"{key}:order"
@@ -302,6 +333,9 @@ class RedisCache:
             await self._client.ping()
         except self._failures as exc:
             self._outage.failed(exc)
+            refusal = redis_refusal(exc)
+            if refusal is not None:
+                raise RedisRefused(refusal) from exc
             raise StorageError(f"Redis did not answer PING ({type(exc).__name__})") from exc
         self._outage.succeeded()
 
