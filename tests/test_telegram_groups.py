@@ -261,3 +261,23 @@ async def test_only_a_group_admin_resets_the_groups_conversation(tmp_path: Path)
         await adapter.idle()
         assert api.texts(GROUP)[-1].startswith("Fresh start")
         assert api.texts(42)[-1].startswith("Fresh start")
+
+
+async def test_an_admins_command_from_a_group_upgraded_since_is_asked_of_the_supergroup(
+    tmp_path: Path,
+) -> None:
+    """An admin's command sent in a basic group and handled once the group had become a
+    supergroup (updates fetched after a restart, a webhook update Telegram sent again) met
+    getChatMember's refusal of the old id (400, migrate_to_chat_id): the admin was told
+    "Only an admin of this group can change that." The admin is asked of the supergroup,
+    which keeps the group's admins."""
+    old, new = -4567, -1004567
+    async with telegram_stack(tmp_path, None, **FAST) as (_, adapter, api):
+        api.admins.update({(old, ADMIN), (new, ADMIN)})
+        api.migrated[old] = new
+        keep = text_update(1, old, "/keep on", user_id=ADMIN)
+        keep["message"]["chat"] = {"id": old, "type": "group", "title": "Team"}
+        await feed(adapter, keep)
+        await adapter.idle()
+        assert [c.params["chat_id"] for c in api.sent("getChatMember")] == [new]
+        assert "now kept" in api.texts(new)[-1]

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from starlette.responses import Response
 from starlette.routing import Route
 from telegram import Bot, BotCommand, ChatMember, ReplyParameters, Update
-from telegram.error import Forbidden, InvalidToken, NetworkError, TelegramError
+from telegram.error import ChatMigrated, Forbidden, InvalidToken, NetworkError, TelegramError
 from telegram.warnings import PTBUserWarning
 
 from adapters.kit.actions import Edit, Ignore, Notice, Observe, Submit
@@ -257,7 +257,12 @@ class TelegramAdapter:
         known = self._admins.get((chat_id, user_id))
         if known is not None and now - known[1] < ADMIN_CACHE_S:
             return known[0]
-        member = await self.bot.get_chat_member(chat_id, user_id)
+        try:
+            member = await self.bot.get_chat_member(chat_id, user_id)
+        except ChatMigrated as exc:
+            # The group became a supergroup since the command was sent (an update handled
+            # late): Telegram refuses the old id, and the supergroup has the group's admins.
+            member = await self.bot.get_chat_member(exc.new_chat_id, user_id)
         is_admin = member.status in ADMIN_STATUSES
         self._admins.put((chat_id, user_id), (is_admin, now))
         return is_admin
