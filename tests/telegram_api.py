@@ -272,6 +272,14 @@ class FakeBotApi:
                     "can_edit_stories": False, "can_delete_stories": False}  # fmt: skip
         return {"status": status, "user": person}
 
+    def _getChat(self, params: dict[str, Any]) -> object:
+        chat = params["chat_id"]
+        kind = "private" if chat > 0 else "supergroup" if chat < -(10**12) else "group"
+        gifts = {"unlimited_gifts": True, "limited_gifts": True, "unique_gifts": True,
+                 "premium_subscription": True, "gifts_from_channels": True}  # fmt: skip
+        return {"id": chat, "type": kind, "title": "Team", "accent_color_id": 0,
+                "max_reaction_count": 11, "accepted_gift_types": gifts}  # fmt: skip
+
     def _sendMessage(self, params: dict[str, Any]) -> object:
         chat = params["chat_id"]
         shown = _visible(params, self.max_entities)

@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from telegram import AcceptedGiftTypes, Chat, ChatFullInfo
+from telegram.error import ChatMigrated
+
+from adapters.telegram.moves import RECHECK_S, FormerChats
 from backends.base import GenerationRequest
 from bot import phrases
 from bot.errors import BackendTimeout
@@ -281,3 +285,63 @@ async def test_an_admins_command_from_a_group_upgraded_since_is_asked_of_the_sup
         await adapter.idle()
         assert [c.params["chat_id"] for c in api.sent("getChatMember")] == [new]
         assert "now kept" in api.texts(new)[-1]
+
+
+async def test_access_rules_on_a_group_follow_it_when_it_becomes_a_supergroup(
+    tmp_path: Path,
+) -> None:
+    """A group upgraded to a supergroup (made public, topics turned on) has a new chat id,
+    and `[telegram.access]` named the old one: a blocked group was answered again, and an
+    allowed one was told "this bot is private" at every message. The supergroup's messages
+    now count as in the group it was, whether the upgrade was seen (the service messages) or
+    happened while Parley was stopped (getChat on the old id says where it went)."""
+    old, new = -4567, -1004567
+    upgraded = message(old, user_id=ADMIN, migrate_to_chat_id=new)
+    upgraded["chat"] = {"id": old, "type": "group", "title": "Team"}
+    blocked = {"blocked_chats": [old]}
+    async with telegram_stack(tmp_path / "blocked", ScriptedBackend(), access=blocked, **FAST) as (
+        _,
+        adapter,
+        api,
+    ):
+        await feed(adapter, update(1, "message", **upgraded))
+        await feed(adapter, mention_update(2, new, "@parley_bot hello", user_id=ADA))
+        await adapter.idle()
+        assert api.texts(new) == [phrases.NOT_ALLOWED]
+
+    allowed = {"allowed_chats": [old]}
+    async with telegram_stack(tmp_path / "allowed", ScriptedBackend(), access=allowed, **FAST) as (
+        _,
+        adapter,
+        api,
+    ):
+        api.migrated[old] = new  # while Parley was stopped: no service message
+        await feed(adapter, mention_update(1, new, "@parley_bot hello", user_id=ADA))
+        await feed(adapter, mention_update(2, new, "@parley_bot again", user_id=BOB))
+        await adapter.idle()
+        assert api.texts(new) == ["echo: Ada: hello", "echo: Ada: again"]
+        # Asked about once, not at every message.
+        assert [c.params["chat_id"] for c in api.calls if c.method == "getChat"] == [old]
+
+
+async def test_named_groups_are_asked_about_again_only_while_they_may_still_move() -> None:
+    """Every RECHECK_S while group messages come, the named basic groups not known to have
+    moved are asked about; a named supergroup, which never moves, only once."""
+    asked: list[int] = []
+    now = [0.0]
+
+    async def get_chat(chat_id: int) -> ChatFullInfo:
+        asked.append(chat_id)
+        if chat_id == -3 and now[0] >= RECHECK_S:
+            raise ChatMigrated(-1003)
+        kind = Chat.SUPERGROUP if chat_id == -1002 else Chat.GROUP
+        return ChatFullInfo(chat_id, kind, 0, 11, AcceptedGiftTypes(True, True, True, True, True))
+
+    former = FormerChats(["-3", "-1002", "42"], get_chat, clock=lambda: now[0])
+    assert await former.of(-100500) == ()
+    assert await former.of(-100500) == ()  # not due yet
+    now[0] = RECHECK_S
+    assert await former.of(-1003) == ("-3",)
+    now[0] = 2 * RECHECK_S
+    assert await former.of(-1003) == ("-3",)  # nothing left that may move
+    assert asked == [-1002, -3, -3]

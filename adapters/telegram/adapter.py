@@ -20,6 +20,7 @@ this user an admin of this chat (`getChatMember`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import warnings
 from collections.abc import AsyncIterator, Sequence
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 
 from starlette.responses import Response
 from starlette.routing import Route
-from telegram import Bot, BotCommand, ChatMember, ReplyParameters, Update
+from telegram import Bot, BotCommand, ChatFullInfo, ChatMember, ReplyParameters, Update
 from telegram.error import ChatMigrated, Forbidden, InvalidToken, NetworkError, TelegramError
 from telegram.warnings import PTBUserWarning
 
@@ -49,6 +50,7 @@ from bot.types import ConversationKey, Incoming
 
 from .build import TelegramApp, build_application, redacting
 from .limits import FloodGate, Limits, unreachable
+from .moves import FormerChats
 from .polling import WINDOW_MAX, Backlog
 from .settings import TelegramSettings
 from .stream import ReplyStream, Target
@@ -155,6 +157,9 @@ class TelegramAdapter:
         # update_id -> times the database refused it while answering here (see act_on).
         self._failures: Lru[int] = Lru(ADMIN_CACHE_SIZE)
         self.set_aside = 0
+        # Groups the access rules name that became supergroups: their old id is a scope.
+        rules = settings.access
+        self._former = FormerChats([*rules.allowed_chats, *rules.blocked_chats], self._get_chat)
         # The Bot API not answering answers (PlatformAway): turns wait for it.
         self._away = PlatformWatch(
             PLATFORM, self._look, service="Bot API", look_s=LOOK_S, logger=log
@@ -280,7 +285,7 @@ class TelegramAdapter:
         Telegram re-sends a webhook update to any of them), and by this one where the shared
         count is not to be had."""
         try:
-            await self.act(received.action)
+            await self.act(await self._placed(received.action))
         except StorageError:
             if not await self._intake.database_answers():
                 raise
@@ -321,9 +326,38 @@ class TelegramAdapter:
         elif isinstance(action, AnswerCallback):
             await self._answer_callback(action.query_id)
         elif isinstance(action, Moved):
+            self._former.moved(action.old_chat_id, action.new_chat_id)
             await self._intake.move_chat(PLATFORM, str(action.old_chat_id), str(action.new_chat_id))
         elif isinstance(action, Ignore):
             log.debug("update ignored: %s", action.reason)
+
+    async def _placed(self, action: Action) -> Action:
+        """A supergroup's message with the group's former id among its scopes, where the
+        access rules name that id (moves.FormerChats)."""
+        if isinstance(action, Refetch):
+            if not action.fetch.incoming.group:
+                return action
+            fetch = dataclasses.replace(
+                action.fetch, incoming=await self._with_former_ids(action.fetch.incoming)
+            )
+            return dataclasses.replace(action, fetch=fetch)
+        if isinstance(action, Submit | Observe | Notice | Edit | Fetch) and action.incoming.group:
+            return dataclasses.replace(
+                action, incoming=await self._with_former_ids(action.incoming)
+            )
+        return action
+
+    async def _with_former_ids(self, incoming: Incoming) -> Incoming:
+        former = await self._former.of(int(incoming.key.chat_id))
+        return (
+            dataclasses.replace(incoming, scopes=(*incoming.scopes, *former))
+            if former
+            else incoming
+        )
+
+    async def _get_chat(self, chat_id: int) -> ChatFullInfo:
+        chat: ChatFullInfo = await self.bot.get_chat(chat_id)
+        return chat
 
     def read_webhook_body(self, body: bytes) -> Received:
         """A webhook body as an action; MalformedUpdate when it is not a readable update."""

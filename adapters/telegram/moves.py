@@ -1,0 +1,86 @@
+"""Groups that `[telegram.access]` names and that have become supergroups since.
+
+A basic group upgraded to a supergroup (an admin makes it public, turns topics on; a group
+that grows) gets a new chat id, and the access rules name the old one: a blocked group was
+answered again, an allowed one was told "this bot is private" by every message. Telegram
+gives the supergroup no trace of its former id, so the adapter reports it itself: a message in
+the supergroup has the old id among its scopes (bot.policy: rules on any scope apply), as a
+Discord thread has its channel.
+
+The move is learned from Telegram's service message (migrate_to_chat_id, migrate_from_chat_id:
+`moved`), and, for a move this process did not see (it happened while it was stopped, another
+worker got the service message), by asking about each named basic group (getChat: Telegram
+refuses an upgraded group's old id with the new one), at most every RECHECK_S while group
+messages come (a named chat that getChat finds to be something else than a basic group, a
+supergroup already, is not asked about again). Only groups the rules name are remembered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from telegram import Chat, ChatFullInfo
+from telegram.error import ChatMigrated, TelegramError
+
+log = logging.getLogger(__name__)
+
+# How often the named basic groups are asked about again while group messages come: how
+# long a move seen by another worker (or none) goes unnoticed here, at most.
+RECHECK_S = 300.0
+
+
+class FormerChats:
+    """Supergroup id -> the ids it had as a basic group that the access rules name."""
+
+    def __init__(
+        self,
+        named: Iterable[str],
+        get_chat: Callable[[int], Awaitable[ChatFullInfo]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._named = {int(i) for i in named if i.lstrip("-").isdigit()}
+        self._unmoved = {i for i in self._named if i < 0}  # groups' ids are negative
+        self._get_chat = get_chat
+        self._clock = clock
+        self._checked_at: float | None = None
+        self._checking = asyncio.Lock()
+        self._former: dict[int, tuple[str, ...]] = {}
+
+    async def of(self, chat_id: int) -> tuple[str, ...]:
+        """A group's former ids that the rules name (a supergroup's; none for most)."""
+        await self._recheck()
+        return self._former.get(chat_id, ())
+
+    def moved(self, old: int, new: int) -> None:
+        if old not in self._named:
+            return
+        self._unmoved.discard(old)
+        former = self._former.get(new, ())
+        if str(old) not in former:
+            self._former[new] = (*former, str(old))
+            log.info("chat %d, named in [telegram.access], is now the supergroup %d", old, new)
+
+    async def _recheck(self) -> None:
+        """Ask about the named basic groups not known to have moved, if RECHECK_S passed."""
+        if not self._unmoved or not self._due():
+            return
+        async with self._checking:
+            if not self._due():  # another message's check was under way
+                return
+            for old in sorted(self._unmoved):
+                try:
+                    chat = await self._get_chat(old)
+                except ChatMigrated as exc:
+                    self.moved(old, exc.new_chat_id)
+                except TelegramError as exc:  # gone, the bot removed, unreachable: next time
+                    log.info("chat %d named in [telegram.access] not looked up: %s", old, exc)
+                else:
+                    if chat.type != Chat.GROUP:  # a supergroup or a channel never moves
+                        self._unmoved.discard(old)
+            self._checked_at = self._clock()
+
+    def _due(self) -> bool:
+        return self._checked_at is None or self._clock() - self._checked_at >= RECHECK_S
