@@ -21,6 +21,7 @@ from bot.storage.base import MessageKind
 from bot.types import ConversationKey
 from tests.doubles import ScriptedBackend
 from tests.telegram_updates import (
+    bot_message,
     feed,
     mention_update,
     message,
@@ -345,3 +346,26 @@ async def test_named_groups_are_asked_about_again_only_while_they_may_still_move
     now[0] = 2 * RECHECK_S
     assert await former.of(-1003) == ("-3",)  # nothing left that may move
     assert asked == [-1002, -3, -3]
+
+
+async def test_media_from_a_sender_not_allowed_gets_the_refusal_not_the_media_sentence(
+    tmp_path: Path,
+) -> None:
+    """A photo or sticker (one sentence on what the bot can read) skipped the access rules:
+    someone not allowed, or anyone in a blocked group replying to the bot with a sticker,
+    was told what the bot can read, in a chat it must not talk in, instead of the refusal
+    every text of theirs gets."""
+    photo = {"file_id": "p1", "file_unique_id": "p1", "width": 1, "height": 1}
+    access = {"allowed_users": [ADA, ADMIN], "blocked_chats": [GROUP]}
+    async with telegram_stack(tmp_path, None, access=access, **FAST) as (_, adapter, api):
+        await feed(adapter, update(1, **message(BOB, None, photo=[photo])))
+        await feed(adapter, update(2, **message(ADA, None, photo=[photo])))
+        sticker = {"file_id": "s1", "file_unique_id": "s1", "width": 1, "height": 1,
+                   "is_animated": False, "is_video": False, "type": "regular"}  # fmt: skip
+        asked = message(GROUP, None, user_id=ADMIN, sticker=sticker,
+                        reply_to_message=bot_message(GROUP, "an answer"))  # fmt: skip
+        await feed(adapter, update(3, **asked))
+        await adapter.idle()
+        assert api.texts(BOB) == [phrases.NOT_ALLOWED]
+        assert api.texts(ADA) == [phrases.say(phrases.MEDIA, "en", mb=2)]
+        assert api.texts(GROUP) == [phrases.NOT_ALLOWED]

@@ -322,7 +322,7 @@ class TelegramAdapter:
             )
         elif isinstance(action, Notice):
             mb = self._host.settings.documents.max_bytes // 10**6
-            self._intake.notify(action.incoming, action.sentence, mb=mb)
+            self._intake.notice(action.incoming, action.sentence, mb=mb)
         elif isinstance(action, AnswerCallback):
             await self._answer_callback(action.query_id)
         elif isinstance(action, Moved):

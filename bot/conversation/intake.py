@@ -16,6 +16,8 @@
                                       conversations follow it
     notify(incoming, sentence)        a sentence outside a turn, at most one per sender and
                                       rate window, from a bounded set of tasks
+    notice(incoming, sentence)        notify, for a message the bot does not take (media it
+                                      cannot read): a sender not allowed gets the refusal
 
 Adapters translate events and call these; they hold no product rules (docs/adapters.md).
 """
@@ -290,6 +292,15 @@ class Intake:
             return
         self._noticed.add(sender)
         self._spawn(self._notify(incoming, sentence, fields), sender)
+
+    def notice(self, incoming: Incoming, sentence: str, **fields: object) -> None:
+        """`notify` for a message the bot does not take (a photo, a sticker): a sender not
+        allowed, or in a chat the bot must not talk in, gets the refusal their texts get
+        instead of a word on what the bot can read."""
+        if not is_allowed(self._door(incoming).access, incoming):
+            self._manager.observer.refused(incoming.key.platform)
+            sentence, fields = phrases.NOT_ALLOWED, {}
+        self.notify(incoming, sentence, **fields)
 
     async def idle(self) -> None:
         """Wait until every turn in this process is answered and every notice sent."""
