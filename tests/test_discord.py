@@ -941,6 +941,12 @@ async def test_a_sticker_alone_gets_the_sentence_saying_what_the_bot_reads(
         await h.deliver_event(ev.message_create("hi there", stickers=["wave"]))
         await h.idle()
         assert h.api.texts(ev.DM) == ["Hello!"]
+    # From someone not allowed: the refusal their texts get, not a word on what it reads.
+    blocked = {"blocked_users": [str(ev.USER)]}
+    async with discord_harness(tmp_path / "3", answering("never"), access=blocked) as h:
+        await h.deliver_event(ev.message_create("", stickers=["wave"]))
+        await h.idle()
+        assert h.api.texts(ev.DM) == [phrases.say(phrases.NOT_ALLOWED, "")]
 
 
 async def test_a_message_forwarded_to_the_bot_is_answered(tmp_path: Path) -> None:

@@ -953,7 +953,7 @@ class DiscordAdapter:
                 )
         elif isinstance(action, Notice):
             mb = self._host.settings.documents.max_bytes // 10**6
-            self._intake.notify(action.incoming, action.sentence, mb=mb)
+            self._intake.notice(action.incoming, action.sentence, mb=mb)
         elif isinstance(action, Ignore):
             log.debug("message ignored: %s", action.reason)
 
