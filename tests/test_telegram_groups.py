@@ -369,3 +369,39 @@ async def test_media_from_a_sender_not_allowed_gets_the_refusal_not_the_media_se
         assert api.texts(BOB) == [phrases.NOT_ALLOWED]
         assert api.texts(ADA) == [phrases.say(phrases.MEDIA, "en", mb=2)]
         assert api.texts(GROUP) == [phrases.NOT_ALLOWED]
+
+
+async def test_a_groups_message_handled_after_it_became_a_supergroup_goes_on_there(
+    tmp_path: Path,
+) -> None:
+    """A message of a basic group handled after Telegram told of its upgrade (the two chats'
+    updates are handled at once; a webhook update comes again) started a conversation of
+    its own under the old id: the question was answered without the group's history, and an
+    admin's "/keep on" was answered "now kept" while the supergroup kept nothing."""
+    old, new = -4567, -1004567
+    basic = {"id": old, "type": "group", "title": "Team"}
+
+    def in_old_group(payload: dict[str, Any]) -> dict[str, Any]:
+        payload["message"]["chat"] = basic
+        return payload
+
+    backend = ScriptedBackend()
+    async with telegram_stack(tmp_path, backend, **FAST) as (_, adapter, api):
+        api.admins.update({(old, ADMIN), (new, ADMIN)})
+        await feed(adapter, in_old_group(mention_update(1, old, "@parley_bot banana", user_id=ADA)))
+        await adapter.idle()
+        await feed(adapter, update(2, "message", **message(new, user_id=ADMIN,
+                                                            migrate_from_chat_id=old)))  # fmt: skip
+        api.migrated[old] = new
+        late = in_old_group(mention_update(3, old, "@parley_bot which word?", user_id=ADA))
+        await feed(adapter, late)
+        await feed(adapter, in_old_group(text_update(4, old, "/keep on", user_id=ADMIN)))
+        await adapter.idle()
+        await feed(adapter, text_update(5, new, "/keep", user_id=BOB))
+        await adapter.idle()
+        assert "Ada: banana" in [m.content for m in backend.requests[-1].messages]
+        assert api.texts(new)[0] == "echo: Ada: which word?"
+        assert "is on" in api.texts(new)[-1]
+        assert not api.sent("sendMessage", old)[1:]  # the first answer only, before the upgrade
+        late_answers = api.sent("sendMessage", new)[:2]  # quoting no old group's message id
+        assert all("reply_parameters" not in c.params for c in late_answers)

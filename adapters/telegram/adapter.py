@@ -157,6 +157,8 @@ class TelegramAdapter:
         # update_id -> times the database refused it while answering here (see act_on).
         self._failures: Lru[int] = Lru(ADMIN_CACHE_SIZE)
         self.set_aside = 0
+        # Groups that became supergroups while this process ran: old chat id -> new one.
+        self._moved: Lru[int] = Lru(ADMIN_CACHE_SIZE)
         # Groups the access rules name that became supergroups: their old id is a scope.
         rules = settings.access
         self._former = FormerChats([*rules.allowed_chats, *rules.blocked_chats], self._get_chat)
@@ -326,34 +328,40 @@ class TelegramAdapter:
         elif isinstance(action, AnswerCallback):
             await self._answer_callback(action.query_id)
         elif isinstance(action, Moved):
+            self._moved.put(action.old_chat_id, action.new_chat_id)
             self._former.moved(action.old_chat_id, action.new_chat_id)
             await self._intake.move_chat(PLATFORM, str(action.old_chat_id), str(action.new_chat_id))
         elif isinstance(action, Ignore):
             log.debug("update ignored: %s", action.reason)
 
     async def _placed(self, action: Action) -> Action:
-        """A supergroup's message with the group's former id among its scopes, where the
-        access rules name that id (moves.FormerChats)."""
+        """A group's message where the group is now (`_where_now`)."""
         if isinstance(action, Refetch):
             if not action.fetch.incoming.group:
                 return action
-            fetch = dataclasses.replace(
-                action.fetch, incoming=await self._with_former_ids(action.fetch.incoming)
-            )
-            return dataclasses.replace(action, fetch=fetch)
-        if isinstance(action, Submit | Observe | Notice | Edit | Fetch) and action.incoming.group:
+            incoming = await self._where_now(action.fetch.incoming)
             return dataclasses.replace(
-                action, incoming=await self._with_former_ids(action.incoming)
+                action, fetch=dataclasses.replace(action.fetch, incoming=incoming)
             )
+        if isinstance(action, Submit | Observe | Notice | Edit | Fetch) and action.incoming.group:
+            return dataclasses.replace(action, incoming=await self._where_now(action.incoming))
         return action
 
-    async def _with_former_ids(self, incoming: Incoming) -> Incoming:
-        former = await self._former.of(int(incoming.key.chat_id))
-        return (
-            dataclasses.replace(incoming, scopes=(*incoming.scopes, *former))
-            if former
-            else incoming
-        )
+    async def _where_now(self, incoming: Incoming) -> Incoming:
+        """A message of a group that has become a supergroup, handled after Telegram told of
+        it (the chats' updates are handled at once, a webhook update comes again), goes to
+        the supergroup's conversation, where the group's went, unquoted (the old group's
+        message ids mean nothing there). And a supergroup's message has the group's former
+        id among its scopes, where the access rules name that id (moves.FormerChats)."""
+        chat = int(incoming.key.chat_id)
+        if (new := self._moved.get(chat)) is not None:
+            key = ConversationKey(PLATFORM, str(new), incoming.key.thread_id)
+            incoming = dataclasses.replace(incoming, key=key, platform_message_id="")
+            chat = new
+        former = await self._former.of(chat)
+        if not former:
+            return incoming
+        return dataclasses.replace(incoming, scopes=(*incoming.scopes, *former))
 
     async def _get_chat(self, chat_id: int) -> ChatFullInfo:
         chat: ChatFullInfo = await self.bot.get_chat(chat_id)
