@@ -342,10 +342,38 @@ async def test_named_groups_are_asked_about_again_only_while_they_may_still_move
     assert await former.of(-100500) == ()
     assert await former.of(-100500) == ()  # not due yet
     now[0] = RECHECK_S
+    await former.of(-1003)  # placed by what is known; the look goes on beside it
+    await former.looked()
     assert await former.of(-1003) == ("-3",)
     now[0] = 2 * RECHECK_S
     assert await former.of(-1003) == ("-3",)  # nothing left that may move
+    await former.looked()
     assert asked == [-1002, -3, -3]
+
+
+async def test_a_bot_api_that_does_not_answer_about_named_groups_holds_no_message() -> None:
+    """The look at the named groups was in each group message's way, every RECHECK_S: with
+    getChat hanging (a Bot API slow or unreachable), every group message waited for it (and
+    for each named group's in turn). A message waits for the process's first look alone, and
+    for that at most FIRST_LOOK_WAIT_S; a later one goes on beside the messages."""
+    hanging = asyncio.Event()
+    now = [0.0]
+
+    async def get_chat(chat_id: int) -> ChatFullInfo:
+        await hanging.wait()
+        raise ChatMigrated(-1003)
+
+    former = FormerChats(["-3", "-4"], get_chat, clock=lambda: now[0])
+    try:
+        # safety nets only: before, each of these waited for getChat for good
+        assert await asyncio.wait_for(former.of(-1003), 30) == ()
+        now[0] = RECHECK_S
+        assert await asyncio.wait_for(former.of(-1003), 30) == ()
+        hanging.set()
+        await former.looked()
+        assert sorted(await former.of(-1003)) == ["-3", "-4"]
+    finally:
+        await former.aclose()
 
 
 async def test_media_from_a_sender_not_allowed_gets_the_refusal_not_the_media_sentence(

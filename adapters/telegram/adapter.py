@@ -202,6 +202,7 @@ class TelegramAdapter:
         tb: TracebackType | None,
     ) -> None:
         try:
+            await self._former.aclose()
             await self.application.shutdown()
             if self._redis is not None:
                 await self._redis.aclose()

@@ -13,11 +13,17 @@ worker got the service message), by asking about each named basic group (getChat
 refuses an upgraded group's old id with the new one), at most every RECHECK_S while group
 messages come (a named chat that getChat finds to be something else than a basic group, a
 supergroup already, is not asked about again). Only groups the rules name are remembered.
+
+The asking runs beside the messages, never in their way: a message waits for nothing but the
+process's first look, and for that at most FIRST_LOOK_WAIT_S (one getChat per named group,
+which a slow or unreachable Bot API would otherwise have put in front of every group message
+every RECHECK_S); one that comes while a look is under way is placed by what is known.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -30,6 +36,8 @@ log = logging.getLogger(__name__)
 # How often the named basic groups are asked about again while group messages come: how
 # long a move seen by another worker (or none) goes unnoticed here, at most.
 RECHECK_S = 300.0
+# How long a message waits for the process's first look at the named groups.
+FIRST_LOOK_WAIT_S = 2.0
 
 
 class FormerChats:
@@ -46,13 +54,30 @@ class FormerChats:
         self._get_chat = get_chat
         self._clock = clock
         self._checked_at: float | None = None
-        self._checking = asyncio.Lock()
+        self._looking: asyncio.Task[None] | None = None
         self._former: dict[int, tuple[str, ...]] = {}
 
     async def of(self, chat_id: int) -> tuple[str, ...]:
-        """A group's former ids that the rules name (a supergroup's; none for most)."""
-        await self._recheck()
+        """A group's former ids that the rules name (a supergroup's; none for most). Starts
+        a look at the named groups when one is due; waits for it only if it is the first."""
+        if self._unmoved and self._due() and (self._looking is None or self._looking.done()):
+            first = self._checked_at is None
+            self._checked_at = self._clock()
+            self._looking = asyncio.create_task(self.look())
+            if first:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._looking), FIRST_LOOK_WAIT_S)
         return self._former.get(chat_id, ())
+
+    async def looked(self) -> None:
+        """Wait for the look under way, if any, to end."""
+        if self._looking is not None:
+            await asyncio.gather(asyncio.shield(self._looking), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        if self._looking is not None:
+            self._looking.cancel()
+            await asyncio.gather(self._looking, return_exceptions=True)
 
     def moved(self, old: int, new: int) -> None:
         if old not in self._named:
@@ -63,24 +88,18 @@ class FormerChats:
             self._former[new] = (*former, str(old))
             log.info("chat %d, named in [telegram.access], is now the supergroup %d", old, new)
 
-    async def _recheck(self) -> None:
-        """Ask about the named basic groups not known to have moved, if RECHECK_S passed."""
-        if not self._unmoved or not self._due():
-            return
-        async with self._checking:
-            if not self._due():  # another message's check was under way
-                return
-            for old in sorted(self._unmoved):
-                try:
-                    chat = await self._get_chat(old)
-                except ChatMigrated as exc:
-                    self.moved(old, exc.new_chat_id)
-                except TelegramError as exc:  # gone, the bot removed, unreachable: next time
-                    log.info("chat %d named in [telegram.access] not looked up: %s", old, exc)
-                else:
-                    if chat.type != Chat.GROUP:  # a supergroup or a channel never moves
-                        self._unmoved.discard(old)
-            self._checked_at = self._clock()
+    async def look(self) -> None:
+        """Ask about the named basic groups not known to have moved."""
+        for old in sorted(self._unmoved):
+            try:
+                chat = await self._get_chat(old)
+            except ChatMigrated as exc:
+                self.moved(old, exc.new_chat_id)
+            except TelegramError as exc:  # gone, the bot removed, unreachable: next time
+                log.info("chat %d named in [telegram.access] not looked up: %s", old, exc)
+            else:
+                if chat.type != Chat.GROUP:  # a supergroup or a channel never moves
+                    self._unmoved.discard(old)
 
     def _due(self) -> bool:
         return self._checked_at is None or self._clock() - self._checked_at >= RECHECK_S
