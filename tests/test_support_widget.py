@@ -338,6 +338,42 @@ async def test_an_address_that_reads_as_another_host_shows_where_it_goes(
         )
 
 
+async def test_markdown_built_to_be_slow_renders_whole(stack: Stack, browser: Any) -> None:
+    """The widget's Markdown renderer searched for each span's end again from every opening
+    delimiter, so some answers took it quadratic or cubic time and froze the visitor's tab (a
+    heading line ending in a long run of blanks: about half a minute for 5000), and a long
+    run of "_" nested bold in bold until the stack ran out and the answer stayed blank. Such
+    an answer now renders, its text as sent, and Markdown around it as before."""
+    blanks = " " * 5000
+    hostile = [f"# Returns{blanks}x", "*a " * 3000, "[" * 5000, "_" * 20000]
+    normal = "Still **bold**, *italic*, `code` and [a link](https://shop.example/x)."
+    stack.backend.script([f"{piece}\n\n" for piece in hostile] + [normal], gated=False)
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "Tell me about returns")
+        await final_answer(page)
+        shown = await shadow_eval(
+            page,
+            "root => [...root.querySelector('.msg.bot .body').children].map("
+            "n => [n.tagName, n.textContent])",
+        )
+        assert [tag for tag, _ in shown] == ["P"] * 5
+        texts = [text for _, text in shown]
+        assert texts[0] == f"Returns{blanks}x"  # a heading, without its # and blanks
+        assert texts[1].strip() == hostile[1].strip() and texts[2] == hostile[2]
+        # The run's outer pairs are bold (a few levels deep at most); the rest is shown as is.
+        assert set(texts[3]) == {"_"} and len(texts[3]) > len(hostile[3]) - 100
+        assert texts[4] == "Still bold, italic, code and a link (shop.example)."
+        tags = await shadow_eval(
+            page,
+            "root => [...root.querySelectorAll('.msg.bot .body > p:last-child > *')]"
+            ".map(n => n.tagName)",
+        )
+        assert tags == ["STRONG", "EM", "CODE", "A", "SPAN"]
+
+
 async def test_arabic_is_written_right_to_left(stack: Stack, browser: Any) -> None:
     stack.backend.script(["يمكنك إرجاع المنتج ", "خلال ثلاثين يومًا."], gated=False)
     async with parley_serving(stack):

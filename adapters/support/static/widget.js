@@ -155,39 +155,160 @@
 
   // ---- Markdown to nodes, never through HTML ------------------------------------------
   // `code`, **bold**, __bold__, *italic*, _italic_, [label](url), bare http(s) URLs.
-  const INLINE = new RegExp(
-    [
-      /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/.source,
-      /\*\*(?=\S)([\s\S]+?)\*\*/.source,
-      /(?<!\w)__(?=\S)([\s\S]+?)__(?!\w)/.source,
-      /\*(?=[^\s*])([\s\S]*?[^\s*])?\*/.source,
-      /(?<!\w)_(?=[^\s_])([\s\S]*?[^\s_])?_(?!\w)/.source,
-      /\[([^\]\n]+)\]\(\s*<?([^()\s<>]+)>?\s*\)/.source,
-      /(https?:\/\/[^\s<>()]+[^\s<>().,;:!?'"])/.source,
-    ].join("|"),
-    "g",
-  );
+  // A scanner, not a regular expression: one with a lazy search for each span's end tried
+  // again from every opening `*`, `_` or `[` took quadratic time on a run of them ("*a *a
+  // *a ...", "[[[["), and its nesting ("____...") ran out of stack, so one message froze or
+  // broke the tab. Each span's end is looked up in tables built in one pass over the text, so
+  // the time is linear in its length; spans nest at most INLINE_DEPTH deep, deeper ones are
+  // text as written. What counts as a span is what the regular expression matched:
+  //   (`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)      \*\*(?=\S)([\s\S]+?)\*\*
+  //   (?<!\w)__(?=\S)([\s\S]+?)__(?!\w)       \*(?=[^\s*])([\s\S]*?[^\s*])?\*
+  //   (?<!\w)_(?=[^\s_])([\s\S]*?[^\s_])?_(?!\w)
+  //   \[([^\]\n]+)\]\(\s*<?([^()\s<>]+)>?\s*\)  (https?:\/\/[^\s<>()]+[^\s<>().,;:!?'"])
+  const INLINE_DEPTH = 8;
+  const isSpace = (c) => c !== undefined && /\s/.test(c);
+  const isWord = (c) => c !== undefined && /\w/.test(c);
+  const isSolid = (c) => c !== undefined && !/\s/.test(c);
 
-  function inline(text, inLink = false) {
+  // next[i]: the first index from i on where `test` holds, -1 if none.
+  function nextWhere(n, test) {
+    const next = new Int32Array(n + 1).fill(-1);
+    for (let i = n - 1; i >= 0; i--) next[i] = test(i) ? i : next[i + 1];
+    return next;
+  }
+
+  function inlineTables(t) {
+    const n = t.length;
+    const runs = new Map(); // a run of exactly k backticks -> where such runs start
+    const tickEnd = new Int32Array(n + 1);
+    for (let i = n - 1; i >= 0; i--) tickEnd[i] = t[i] === "`" ? (t[i + 1] === "`" ? tickEnd[i + 1] : i + 1) : i;
+    for (let i = 0; i < n; i++) {
+      if (t[i] !== "`" || t[i - 1] === "`") continue;
+      const k = tickEnd[i] - i;
+      if (!runs.has(k)) runs.set(k, []);
+      runs.get(k).push(i);
+    }
+    const lastUrlChar = new Int32Array(n + 1).fill(-1); // the last before i a URL may end on
+    for (let i = 1; i <= n; i++) {
+      lastUrlChar[i] = /[\s<>().,;:!?'"]/.test(t[i - 1]) ? lastUrlChar[i - 1] : i - 1;
+    }
+    return {
+      runs, tickEnd, lastUrlChar, tails: new Map(),
+      strongStar: nextWhere(n, (i) => t[i] === "*" && t[i + 1] === "*"),
+      strongUnder: nextWhere(n, (i) => t[i] === "_" && t[i + 1] === "_" && !isWord(t[i + 2])),
+      emStar: nextWhere(n, (i) => t[i] === "*" && isSolid(t[i - 1]) && t[i - 1] !== "*"),
+      emUnder: nextWhere(n, (i) => t[i] === "_" && isSolid(t[i - 1]) && t[i - 1] !== "_"
+        && !isWord(t[i + 1])),
+      labelEnd: nextWhere(n, (i) => t[i] === "]" || t[i] === "\n"),
+      urlStop: nextWhere(n, (i) => /[\s<>()]/.test(t[i])),
+    };
+  }
+
+  const find = (next, i) => (i < next.length ? next[i] : -1);
+
+  // The first start at or after `from` in a sorted list, -1 if none.
+  function firstFrom(starts, from) {
+    if (!starts) return -1;
+    let lo = 0;
+    let hi = starts.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (starts[mid] < from) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo < starts.length ? starts[lo] : -1;
+  }
+
+  // "](url)" after a link's label at r: where it ends and the URL, or null. Kept per r: every
+  // "[" before one "]" shares its tail.
+  function linkTail(t, r, tables) {
+    if (tables.tails.has(r)) return tables.tails.get(r);
+    let tail = null;
+    let i = r + 1;
+    if (t[i++] === "(") {
+      while (isSpace(t[i])) i++;
+      if (t[i] === "<") i++;
+      const from = i;
+      while (i < t.length && !/[()\s<>]/.test(t[i])) i++;
+      const href = t.slice(from, i);
+      if (t[i] === ">") i++;
+      while (isSpace(t[i])) i++;
+      if (href && t[i] === ")") tail = { end: i + 1, href };
+    }
+    tables.tails.set(r, tail);
+    return tail;
+  }
+
+  // The span that starts at p, or null.
+  function spanAt(t, p, tables) {
+    const c = t[p];
+    if (c === "`") {
+      const open = tables.tickEnd[p];
+      const k = open - p;
+      const close = firstFrom(tables.runs.get(k), open + 1);
+      return close < 0 ? null : { end: close + k, code: t.slice(open, close) };
+    }
+    if (c === "*") {
+      if (t[p + 1] === "*") {
+        const q = isSolid(t[p + 2]) ? find(tables.strongStar, p + 3) : -1;
+        return q < 0 ? null : { end: q + 2, strong: t.slice(p + 2, q) };
+      }
+      const q = isSolid(t[p + 1]) ? find(tables.emStar, p + 2) : -1;
+      return q < 0 ? null : { end: q + 1, em: t.slice(p + 1, q) };
+    }
+    if (c === "_" && !isWord(t[p - 1])) {
+      if (t[p + 1] === "_") {
+        const q = isSolid(t[p + 2]) ? find(tables.strongUnder, p + 3) : -1;
+        return q < 0 ? null : { end: q + 2, strong: t.slice(p + 2, q) };
+      }
+      const q = isSolid(t[p + 1]) ? find(tables.emUnder, p + 2) : -1;
+      return q < 0 ? null : { end: q + 1, em: t.slice(p + 1, q) };
+    }
+    if (c === "[") {
+      const r = find(tables.labelEnd, p + 1);
+      if (r < p + 2 || t[r] !== "]") return null;
+      const tail = linkTail(t, r, tables);
+      return tail && { end: tail.end, label: t.slice(p + 1, r), href: tail.href };
+    }
+    if (c === "h") {
+      const from = t.startsWith("https://", p) ? p + 8 : t.startsWith("http://", p) ? p + 7 : -1;
+      if (from < 0) return null;
+      const stop = find(tables.urlStop, from);
+      const last = tables.lastUrlChar[stop < 0 ? t.length : stop];
+      return last > from ? { end: last + 1, bare: t.slice(p, last + 1) } : null;
+    }
+    return null;
+  }
+
+  function inline(text, inLink = false, depth = 0) {
     const out = document.createDocumentFragment();
+    if (depth >= INLINE_DEPTH || !/[`*_[h]/.test(text)) {
+      out.append(text);
+      return out;
+    }
+    const tables = inlineTables(text);
+    const deeper = (inner, inside = inLink) => inline(inner, inside, depth + 1);
     let last = 0;
-    for (const m of text.matchAll(INLINE)) {
-      out.append(text.slice(last, m.index));
-      last = m.index + m[0].length;
-      const [, ticks, code, strong, strong2, em1, em2, label, href, bare] = m;
-      if (ticks) out.append(el("code", { text: code.trim() || code }));
-      else if (strong || strong2) out.append(el("strong", {}, inline(strong || strong2, inLink)));
-      else if (label) {
+    for (let p = 0; p < text.length; p++) {
+      const span = spanAt(text, p, tables);
+      if (!span) continue;
+      out.append(text.slice(last, p));
+      const { code, strong, em, label, href, bare } = span;
+      if (code !== undefined) out.append(el("code", { text: code.trim() || code }));
+      else if (strong !== undefined) out.append(el("strong", {}, deeper(strong)));
+      else if (em !== undefined) out.append(el("em", {}, deeper(em)));
+      else if (label !== undefined) {
         const url = safeUrl(href);
         if (url && !inLink) {
-          out.append(link(url, inline(label, true)), destination(label, url) ?? "");
-        } else out.append(inline(label, inLink));
-      } else if (bare) {
+          out.append(link(url, deeper(label, true)), destination(label, url) ?? "");
+        } else out.append(deeper(label));
+      } else {
         const url = safeUrl(bare);
         if (url && !inLink) out.append(link(url, bare), destination(bare, url) ?? "");
         else out.append(bare);
-      } else if (m[0].length > 2) out.append(el("em", {}, inline(em1 || em2 || "", inLink)));
-      else out.append(m[0]);
+      }
+      last = span.end;
+      p = span.end - 1;
     }
     out.append(text.slice(last));
     return out;
@@ -202,9 +323,30 @@
   }
 
   const FENCE = /^\s{0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
-  const ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
-  const HEADING = /^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$/;
+  const ITEM = /^\s*([-*+]|\d{1,9}[.)])\s+/;
+  const HEADING = /^\s{0,3}#{1,6}\s+/;
   const QUOTE = /^\s{0,3}>\s?(.*)$/;
+  const BREAK = /[\n\r\u2028\u2029]/;
+
+  // A list item's marker and text: /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/ in two steps (that
+  // expression took quadratic time on a long item with a line separator at its end).
+  function listItem(line) {
+    const open = ITEM.exec(line);
+    const text = open && line.slice(open[0].length);
+    return open && !BREAK.test(text) ? { marker: open[1], text } : null;
+  }
+
+  // A heading's text, without the closing #s and blanks: /^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$/
+  // as the string methods do it (that expression took cubic time on a line of blanks).
+  function heading(line) {
+    const open = HEADING.exec(line);
+    if (!open) return null;
+    let text = line.slice(open[0].length).trimEnd();
+    let end = text.length;
+    while (end && text[end - 1] === "#") end--;
+    text = text.slice(0, end).trimEnd();
+    return BREAK.test(text) ? null : text;
+  }
 
   function markdown(text) {
     const out = document.createDocumentFragment();
@@ -226,16 +368,17 @@
         out.append(el("pre", { tabindex: "0" }, code));
         continue;
       }
-      const item = ITEM.exec(line);
+      const item = listItem(line);
       if (item) {
         flush();
-        const ordered = /\d/.test(item[2]);
+        const ordered = /\d/.test(item.marker);
         const list = el(ordered ? "ol" : "ul");
-        if (ordered && parseInt(item[2], 10) !== 1) list.setAttribute("start", parseInt(item[2], 10));
+        const start = parseInt(item.marker, 10);
+        if (ordered && start !== 1) list.setAttribute("start", start);
         for (; i < src.length; i++) {
-          const next = ITEM.exec(src[i]);
-          if (next && /\d/.test(next[2]) === ordered) {
-            list.append(lines(el("li"), [next[3]]));
+          const next = listItem(src[i]);
+          if (next && /\d/.test(next.marker) === ordered) {
+            list.append(lines(el("li"), [next.text]));
           } else if (src[i].trim() && /^\s+/.test(src[i]) && list.lastChild) {
             list.lastChild.append(el("br"), inline(src[i].trim()));
           } else break;
@@ -244,11 +387,11 @@
         out.append(list);
         continue;
       }
-      const heading = HEADING.exec(line);
+      const title = heading(line);
       const quote = QUOTE.exec(line);
-      if (heading) {
+      if (title !== null) {
         flush();
-        out.append(el("p", { class: "heading" }, el("strong", {}, inline(heading[1]))));
+        out.append(el("p", { class: "heading" }, el("strong", {}, inline(title))));
       } else if (quote) {
         flush();
         const quoted = [quote[1]];
