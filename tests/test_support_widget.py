@@ -590,6 +590,34 @@ async def test_show_earlier_puts_an_earlier_page_above_in_order(stack: Stack, br
     assert shown == ["Q1", "A2", "N3", "Q4", "A5", "Q6", "B7"]
 
 
+async def test_show_earlier_by_keyboard_keeps_the_keyboard_in_the_conversation(
+    stack: Stack, browser: Any
+) -> None:
+    """The "Show earlier messages" button pressed with Enter was removed with the focus, which
+    fell back to the page's start: the next Tab left the chat. The focus now goes to the next
+    such button, or to the conversation when there is no earlier page."""
+    origin = stack.page.rstrip("/")
+
+    async def history(route: Any) -> None:
+        before = parse_qs(urlsplit(route.request.url).query).get("before", [""])[0]
+        await route.fulfill(
+            json=HISTORY_PAGES[before], headers={"Access-Control-Allow-Origin": origin}
+        )
+
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.route(f"{stack.api}/v1/history*", history)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await wait_text(page, BOT_TEXT, "t => t.includes('B7')")
+        await page.focus("parley-chat .earlier")
+        await page.keyboard.press("Enter")
+        await page.locator("parley-chat .msg.notice", has_text="N3").wait_for()
+        assert await focused_in_widget(page) == "log"
+        await page.keyboard.press("Tab")
+        assert await focused_in_widget(page) == "input"
+
+
 async def test_a_reload_before_the_first_word_still_shows_the_answer_is_coming(
     stack: Stack, browser: Any
 ) -> None:

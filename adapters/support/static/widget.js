@@ -840,12 +840,17 @@ textarea:focus-visible { outline-offset: 0; }
   }
 
   function showEarlier(next) {
+    // The button pressed goes: the keyboard's place goes to the next one, else to the log
+    // (focus left on a removed node falls back to the page's start).
+    const pressed = older !== null && shadow.activeElement === older;
     older?.remove();
     older = null;
-    if (!next) return;
-    older = el("button", { class: "earlier", type: "button", text: say("earlier") });
-    older.addEventListener("click", () => history(String(next)).catch(() => {}));
-    ui.log.prepend(older);
+    if (next) {
+      older = el("button", { class: "earlier", type: "button", text: say("earlier") });
+      older.addEventListener("click", () => history(String(next)).catch(() => {}));
+      ui.log.prepend(older);
+    }
+    if (pressed) (older || ui.log).focus();
   }
 
   // ---- the event stream ---------------------------------------------------------------------
