@@ -489,6 +489,43 @@ async def test_the_server_going_away_shows_a_banner_and_nothing_is_lost(
     assert len(stack.backend.requests) == 2
 
 
+async def test_a_message_still_sending_when_the_page_closes_is_sent_by_the_next_page(
+    stack: Stack, browser: Any
+) -> None:
+    """A message typed while the network was away stayed "Sending…" only as long as its
+    page: a reload, or the site's next page, lost it without a word. It is now kept with the
+    visitor's token until the server takes it, and the next page sends it, once, in order."""
+    stack.backend.script(["Got it."], gated=False)
+    sent = ["sent while offline", "and a second one"]
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.route(f"{stack.api}/v1/messages", lambda route: route.abort())  # offline
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        for text in sent:
+            await ask(page, text)
+        await wait_text(page, USER_MSGS, "t => t.includes('Sending')")
+        context = page.context
+        await page.close()
+
+        page = await context.new_page()
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await final_answer(page)
+        await page.wait_for_selector(f"{USER_MSGS}.pending", state="detached")
+        assert await page.locator(USER_TEXT).all_inner_texts() == sent
+        stored = await page.evaluate(
+            "key => JSON.parse(localStorage.getItem(`parley-widget:${key}`))", stack.site_key
+        )
+        assert stored["outbox"] == []  # sent: no later page sends it again
+        async with httpx.AsyncClient(base_url=stack.api) as client:
+            history = await client.get(
+                "/v1/history", headers={"Authorization": f"Bearer {stored['token']}"}
+            )
+        recorded = [m["text"] for m in history.json()["messages"] if m["role"] == "user"]
+        assert recorded == sent  # each once, in order
+
+
 async def test_too_many_messages_says_when_to_try_again(stack: Stack, browser: Any) -> None:
     limited = SupportSettings(token_secret="widget-test-secret-32-characters", visitor_messages=1)  # type: ignore[arg-type]
     stack.backend.script(["Fine."], gated=False)

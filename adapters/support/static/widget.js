@@ -562,11 +562,17 @@ textarea:focus-visible { outline-offset: 0; }
     // the Idempotency-Keys this tab sent: a `message` event shows another tab's message once.
     mine: new Set(),
     sentKeys: new Set(),
+    shownById: new Set(), // of `mine`, those shown from the history or another tab's event
     problems: new Set(),
     refused: false, // the server refused this page for good (a wrong site key)
     rateUntil: 0,
     // The last `handoff` event: { state: "bot" | "waiting" | "human", agent }.
     handoff: saved.handoff && typeof saved.handoff === "object" ? saved.handoff : { state: "bot" },
+    // Messages not yet taken by the server ({ key, text }): a reload or the site's next page
+    // sends them again, under the same Idempotency-Key.
+    outbox: Array.isArray(saved.outbox)
+      ? saved.outbox.filter((m) => typeof m?.key === "string" && typeof m?.text === "string")
+      : [],
   };
 
   function persist() {
@@ -574,7 +580,7 @@ textarea:focus-visible { outline-offset: 0; }
       localStorage.setItem(STORE_KEY, JSON.stringify({
         token: state.token, visitor_id: state.visitor, expires_at: state.expires,
         last_event_id: state.unfinished.values().next().value ?? state.lastEventId,
-        handoff: state.handoff,
+        handoff: state.handoff, outbox: state.outbox,
       }));
     } catch {
       /* storage disabled: the conversation lasts for this page only */
@@ -682,6 +688,7 @@ textarea:focus-visible { outline-offset: 0; }
     ui.log.replaceChildren();
     state.replies.clear();
     state.mine.clear();
+    state.shownById.clear();
     state.handoff = { state: "bot" };
     showHandoff();
   }
@@ -821,6 +828,7 @@ textarea:focus-visible { outline-offset: 0; }
       if (m.role === "user") {
         lastUser = m.id;
         state.mine.add(String(m.id));
+        state.shownById.add(String(m.id));
         add(userBubble(String(m.text ?? "")), anchor);
       } else if (m.role === "assistant" || m.role === "bot") {
         // An answer's events name the message it replies to; history lists it after it.
@@ -872,6 +880,7 @@ textarea:focus-visible { outline-offset: 0; }
       state.mine.add(id);
       if (d.key && state.sentKeys.has(String(d.key))) return;
       const answer = state.replies.get(id);
+      state.shownById.add(id);
       add(userBubble(String(d.text ?? "")), answer?.node || null);
       if (!answer) typing(state.handoff.state === "bot");
     },
@@ -1009,13 +1018,26 @@ textarea:focus-visible { outline-offset: 0; }
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
 
-  async function send(text) {
+  // `key`: the same on every retry, and after a reload (the outbox): the server answers it once.
+  // `after`: a send to wait for before posting (the outbox's messages go in their order).
+  async function send(text, key = uuid(), after = null) {
     const bubble = add(userBubble(text));
     bubble.classList.add("pending");
     const status = el("span", { class: "status", text: say("sending") });
     bubble.append(status);
-    const key = uuid(); // the same key on every retry: the server answers it once
     state.sentKeys.add(key);
+    if (!state.outbox.some((m) => m.key === key)) state.outbox.push({ key, text });
+    persist();
+    try {
+      await after;
+      await deliver(text, key, bubble, status);
+    } finally {
+      state.outbox = state.outbox.filter((m) => m.key !== key);
+      persist();
+    }
+  }
+
+  async function deliver(text, key, bubble, status) {
     for (let attempt = 0; ; attempt++) {
       try {
         await start();
@@ -1023,7 +1045,12 @@ textarea:focus-visible { outline-offset: 0; }
         if (await renewAfter401(answer)) answer = await post(text, key);
         problem("send", false);
         if (answer.status === 202) {
-          if (answer.data?.message_id) state.mine.add(String(answer.data.message_id));
+          const id = String(answer.data?.message_id ?? "");
+          if (state.shownById.has(id)) {
+            bubble.remove(); // an earlier page's post landed: the history shows it already
+            return;
+          }
+          if (id) state.mine.add(id);
           bubble.classList.remove("pending");
           status.remove();
           typing(state.handoff.state === "bot");
@@ -1109,4 +1136,5 @@ textarea:focus-visible { outline-offset: 0; }
   else document.addEventListener("DOMContentLoaded", mount, { once: true });
   // A returning visitor's answers keep arriving while the panel is closed.
   if (state.token) start().catch(() => {});
+  state.outbox.reduce((previous, { key, text }) => send(text, key, previous), null);
 })();
