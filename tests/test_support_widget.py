@@ -526,6 +526,51 @@ async def test_a_message_still_sending_when_the_page_closes_is_sent_by_the_next_
         assert recorded == sent  # each once, in order
 
 
+async def test_messages_reach_the_server_in_the_order_they_were_sent(
+    stack: Stack, browser: Any
+) -> None:
+    """A message whose post failed (a network blip) was posted again after its backoff, and
+    the next message, posted at once, got there first: the server recorded and answered them
+    in the other order than the visitor's screen showed. A message now waits for the one
+    before it."""
+    stack.backend.script(["Noted."], gated=False)
+    sent = ["first", "second"]
+    refused: list[str] = []
+    retried, through = asyncio.Event(), asyncio.Event()
+
+    async def blip(route: Any) -> None:  # the first message's posts fail until told
+        if not through.is_set() and '"first"' in (route.request.post_data or ""):
+            refused.append("first")
+            if len(refused) == 2:
+                retried.set()
+            await route.abort()
+        else:
+            await route.continue_()
+
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.route(f"{stack.api}/v1/messages", blip)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        for text in sent:
+            await ask(page, text)
+        async with asyncio.timeout(SHOWN_MS / 1000):
+            await retried.wait()  # refused, and tried again
+        through.set()
+        await page.wait_for_selector(f"{USER_MSGS}.pending", state="detached")
+        await final_answer(page)
+        stored = await page.evaluate(
+            "key => JSON.parse(localStorage.getItem(`parley-widget:${key}`))", stack.site_key
+        )
+        async with httpx.AsyncClient(base_url=stack.api) as client:
+            history = await client.get(
+                "/v1/history", headers={"Authorization": f"Bearer {stored['token']}"}
+            )
+        recorded = [m["text"] for m in history.json()["messages"] if m["role"] == "user"]
+        assert recorded == sent
+        assert await page.locator(USER_TEXT).all_inner_texts() == sent
+
+
 async def test_too_many_messages_says_when_to_try_again(stack: Stack, browser: Any) -> None:
     limited = SupportSettings(token_secret="widget-test-secret-32-characters", visitor_messages=1)  # type: ignore[arg-type]
     stack.backend.script(["Fine."], gated=False)

@@ -566,6 +566,7 @@ textarea:focus-visible { outline-offset: 0; }
     problems: new Set(),
     refused: false, // the server refused this page for good (a wrong site key)
     rateUntil: 0,
+    sending: null, // the newest send (a promise): the next one posts after it
     // The last `handoff` event: { state: "bot" | "waiting" | "human", agent }.
     handoff: saved.handoff && typeof saved.handoff === "object" ? saved.handoff : { state: "bot" },
     // Messages not yet taken by the server ({ key, text }): a reload or the site's next page
@@ -1019,8 +1020,10 @@ textarea:focus-visible { outline-offset: 0; }
   }
 
   // `key`: the same on every retry, and after a reload (the outbox): the server answers it once.
-  // `after`: a send to wait for before posting (the outbox's messages go in their order).
-  async function send(text, key = uuid(), after = null) {
+  // `after`: the send to wait for before posting. Each waits for the one before it
+  // (state.sending), so that a message retried after a failed post does not reach the server
+  // after the next one: the server records and answers them in the order they are shown.
+  function send(text, key = uuid(), after = state.sending) {
     const bubble = add(userBubble(text));
     bubble.classList.add("pending");
     const status = el("span", { class: "status", text: say("sending") });
@@ -1028,13 +1031,17 @@ textarea:focus-visible { outline-offset: 0; }
     state.sentKeys.add(key);
     if (!state.outbox.some((m) => m.key === key)) state.outbox.push({ key, text });
     persist();
-    try {
-      await after;
-      await deliver(text, key, bubble, status);
-    } finally {
-      state.outbox = state.outbox.filter((m) => m.key !== key);
-      persist();
-    }
+    const sending = (async () => {
+      try {
+        await after;
+        await deliver(text, key, bubble, status);
+      } finally {
+        state.outbox = state.outbox.filter((m) => m.key !== key);
+        persist();
+      }
+    })();
+    state.sending = sending;
+    return sending;
   }
 
   async function deliver(text, key, bubble, status) {
@@ -1136,5 +1143,5 @@ textarea:focus-visible { outline-offset: 0; }
   else document.addEventListener("DOMContentLoaded", mount, { once: true });
   // A returning visitor's answers keep arriving while the panel is closed.
   if (state.token) start().catch(() => {});
-  state.outbox.reduce((previous, { key, text }) => send(text, key, previous), null);
+  for (const { key, text } of [...state.outbox]) send(text, key);
 })();
