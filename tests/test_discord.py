@@ -369,6 +369,31 @@ async def test_discord_unreachable_as_commands_sync_is_one_line_and_closes_the_c
             assert adapter.client.is_closed()
 
 
+async def test_discord_dropping_the_login_is_one_line_and_closes_the_client(
+    tmp_path: Path,
+) -> None:
+    """aiohttp's errors that are not OSError (the server closing the connection before
+    answering: ServerDisconnectedError) went out of the login as they were: the start failed
+    with aiohttp's class name and a traceback, and the client's session was left open."""
+
+    async def disconnected(token: str) -> None:
+        raise aiohttp.ServerDisconnectedError()
+
+    api = FakeDiscordApi()
+    async with api.serving():
+        settings = settings_for(tmp_path, "discord", discord={"token": TOKEN})
+        async with Parley(settings, backend=None) as app:
+            section = settings.section("discord")
+            assert isinstance(section, DiscordSettings)
+            adapter = DiscordAdapter(host_for(app), section)
+            adapter.client.login = disconnected  # type: ignore[method-assign]
+            with pytest.raises(AdapterError, match="Discord cannot be reached") as failed:
+                async with adapter:
+                    pass  # pragma: no cover
+            assert "\n" not in str(failed.value)
+            assert adapter.client.is_closed()
+
+
 def test_settings_need_a_shard_count_for_shard_ids() -> None:
     with pytest.raises(ValueError, match="shard_count"):
         DiscordSettings(token="t", shard_ids=[0])  # type: ignore[arg-type]

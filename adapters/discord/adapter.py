@@ -314,7 +314,7 @@ class DiscordAdapter:
         except discord.LoginFailure:
             await self.client.close()
             raise AdapterError(TOKEN_REFUSED) from None
-        except (discord.HTTPException, OSError) as exc:
+        except (discord.HTTPException, OSError, aiohttp.ClientError) as exc:
             await self.client.close()
             raise AdapterError(f"Discord cannot be reached: {exc}") from None
         self._share_limits()
