@@ -84,6 +84,11 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
         return await _prune(settings, args)
     if args.older_than is not None or args.dry_run:
         raise ConfigError(f"db {args.action}: --older-than and --dry-run are for db prune only")
+    if args.action == "current" and (args.revision is not None or args.yes):
+        raise ConfigError(
+            "db current: takes no revision and no --yes (`parley db upgrade REV` or "
+            "`parley db downgrade REV --yes` move to one)"
+        )
     url = settings.database.url.get_secret_value()
     wait = settings.database.timeout_s  # for the first look only, not the migration
     try:

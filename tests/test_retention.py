@@ -569,6 +569,11 @@ def test_db_prune_takes_its_days_from_the_setting(
          "--dry-run"),
         (["db", "upgrade", "--dry-run"], "parley: error: db upgrade: --older-than and "
          "--dry-run are for db prune only"),
+        # It printed the database's revision, the one given ignored, and exit status 0.
+        (["db", "current", "0005"], "parley: error: db current: takes no revision and no "
+         "--yes (`parley db upgrade REV` or `parley db downgrade REV --yes` move to one)"),
+        (["db", "current", "--yes"], "parley: error: db current: takes no revision and no "
+         "--yes (`parley db upgrade REV` or `parley db downgrade REV --yes` move to one)"),
     ],
 )  # fmt: skip
 def test_db_prune_errors_are_one_line_and_status_2(
