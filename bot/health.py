@@ -39,17 +39,19 @@ _WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
 def healthz_url(environ: Mapping[str, str], config: Mapping[str, Any]) -> str:
     """Where this configuration's worker answers `/healthz`."""
 
-    # As the settings read them: names in any case, and a section as one JSON variable
-    # (PARLEY_METRICS='{"port": 9100}'), under the variables of its settings.
+    # As the settings read them: names in any case (the config file's sections and a JSON
+    # variable's keys too), and a section as one JSON variable (PARLEY_METRICS='{"port":
+    # 9100}'), under the variables of its settings.
     variables = {key.upper(): value for key, value in environ.items()}
+    tables = _folded(config)
 
     def setting(section: str, name: str) -> str:
         given = variables.get(f"PARLEY_{section.upper()}__{name.upper()}")
         if given is not None:
             return given
-        value = _table(variables.get(f"PARLEY_{section.upper()}")).get(name)
+        value = _folded(_table(variables.get(f"PARLEY_{section.upper()}"))).get(name)
         if value is None:
-            value = config.get(section, {}).get(name)
+            value = _folded(tables.get(section)).get(name)
         return str(value) if value is not None else DEFAULTS[(section, name)]
 
     return url_of(
@@ -70,13 +72,36 @@ def _table(value: str | None) -> dict[str, Any]:
     return table if isinstance(table, dict) else {}
 
 
+def _folded(table: object) -> dict[str, Any]:
+    """A table's keys in lower case (the settings' are); anything but a table is empty."""
+    if not isinstance(table, dict):
+        return {}
+    return {str(key).lower(): value for key, value in table.items()}
+
+
+def _number(port: str) -> int | None:
+    """A port as the settings read an integer: blanks around it, `_` between digits, and a
+    float with nothing after the point (`9000.0`, as TOML or JSON may hold it) are taken."""
+    try:
+        return int(port)
+    except ValueError:
+        pass
+    try:
+        whole = float(port)
+    except ValueError:
+        return None
+    return int(whole) if whole.is_integer() else None
+
+
 def url_of(metrics: tuple[str, str], http: tuple[str, str]) -> str:
     """The `/healthz` URL of a worker with these (host, port) of the metrics and the HTTP
     server: the metrics port when one is set, else the HTTP port."""
-    section, (host, port) = ("metrics", metrics) if metrics[1] not in ("", "0") else ("http", http)
+    own = metrics[1].strip() not in ("", "0") and _number(metrics[1]) != 0
+    section, (host, given) = ("metrics", metrics) if own else ("http", http)
     host = _WILDCARD_HOSTS.get(host, host)
-    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        raise ValueError(f"{section}.port is not a port number: {port!r}")
+    port = _number(given)
+    if port is None or not 0 < port < 65536:
+        raise ValueError(f"{section}.port is not a port number: {given!r}")
     if not host or any(c.isspace() or c in "/?#@[]" for c in host.strip("[]")):
         raise ValueError(f"{section}.host is not a host name or address: {host!r}")
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -303,6 +304,10 @@ def test_a_heap_frozen_at_start_up_leaks_nothing_at_exit() -> None:
         {"PARLEY_HTTP": '{"host": "0.0.0.0", "port": 9000}'},
         {"parley_http__port": "9000", "Parley_Metrics__Host": "127.0.0.3"},
         {"PARLEY_HTTP": '{"port": 9000}', "PARLEY_HTTP__PORT": "9001"},
+        # The settings take these too; the check asked 8080, or refused with exit status 2.
+        {"PARLEY_METRICS": '{"PORT": 9100}'},
+        {"PARLEY_HTTP__PORT": " 9000 "},
+        {"PARLEY_HTTP__PORT": "9000.0", "PARLEY_METRICS__PORT": " 0"},
     ],
 )
 def test_the_health_check_reads_a_variable_in_every_form_the_settings_take(
@@ -321,6 +326,29 @@ def test_the_health_check_reads_a_variable_in_every_form_the_settings_take(
         (settings.http.host, str(settings.http.port)),
     )
     assert health.healthz_url(os.environ, {}) == worker != "http://127.0.0.1:8080/healthz"
+
+
+@pytest.mark.parametrize(
+    "text", ["[HTTP]\nport = 9000\n", "[Metrics]\nport = 9100\n", "[http]\nport = 9000.0\n"]
+)
+def test_the_health_check_reads_the_config_file_as_the_settings_do(
+    text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A section named in capitals (`[HTTP]`), or a port written as a float, is taken by the
+    worker; the image's HEALTHCHECK asked port 8080 (or refused it), and a worker that
+    answered was unhealthy for ever (an operator's trial)."""
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.upper().startswith("PARLEY_")]:
+        monkeypatch.delenv(name)
+    path = tmp_path / "parley.toml"
+    path.write_text(text)
+    settings = load_settings(path)
+    worker = health.url_of(
+        (settings.metrics.host, str(settings.metrics.port)),
+        (settings.http.host, str(settings.http.port)),
+    )
+    config = tomllib.loads(text)
+    assert health.healthz_url({}, config) == worker != "http://127.0.0.1:8080/healthz"
 
 
 def test_run_help_names_the_extra_each_sdk_adapter_needs(
