@@ -1251,15 +1251,23 @@ def _describe(
 
 def _found(data: Mapping[str, Any], loc: Sequence[str | int]) -> bool:
     """Whether the file holds the value at `loc` (an int: an item of an array of tables,
-    such as [[backend.fallbacks]])."""
+    such as [[backend.fallbacks]]). A name in the file may differ in case (`[HTTP]`): the
+    settings take it, and name it in `loc` as the model spells it."""
     node: Any = data
     for key in loc:
         if isinstance(key, int):
             if not isinstance(node, list) or not 0 <= key < len(node):
                 return False
-        elif not isinstance(node, Mapping) or key not in node:
+            node = node[key]
+            continue
+        if not isinstance(node, Mapping):
             return False
-        node = node[key]
+        same = [k for k in node if k == key] or [
+            k for k in node if isinstance(k, str) and k.lower() == key.lower()
+        ]
+        if not same:
+            return False
+        node = node[same[0]]
     return True
 
 

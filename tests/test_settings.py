@@ -139,6 +139,28 @@ def test_a_typo_inside_a_section_names_the_file_section_and_key(tmp_path: Path) 
     assert err == f"parley: error: {expected}\n"
 
 
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[HTTP]\nPort = 9000\n", "parley.toml [http] Port: unknown setting"),
+        ('[HTTP]\nport = "x"\n', "parley.toml [http] port: Input should be a valid integer"),
+    ],
+)
+def test_a_section_named_in_capitals_is_named_as_the_files(
+    text: str, named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings take a section's name in any case (`[HTTP]`); a bad key in it was named as
+    the variable PARLEY_HTTP__PORT, which the operator never set (an operator's trial)."""
+    for name in [n for n in os.environ if n.upper().startswith("PARLEY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "parley.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config)
+    assert str(refused.value).startswith(f"invalid setting {named}"), str(refused.value)
+
+
 def test_lists_take_comma_separated_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARLEY_ADAPTERS", "console, telegram")
     monkeypatch.setenv("PARLEY_TELEGRAM__ACCESS__ALLOWED_USERS", "7,8")
