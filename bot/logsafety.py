@@ -270,8 +270,10 @@ def _values(model: BaseModel) -> Iterable[object]:
 
 def _url_secrets(url: str) -> list[str]:
     """What a URL carries that is a secret, as written and percent-decoded: its password;
-    with none, a user name as long as a token (`https://<token>@host`); and the value of each
-    query parameter named like one (`?token=`, `api_key=`, `sig=`)."""
+    with none, a user name as long as a token (`https://<token>@host`); the value of each
+    query parameter named like one (`?token=`, `api_key=`, `sig=`), and of any other as long
+    as a token (a model server behind a gateway that takes its key as `?code=`, Azure
+    Functions' name: it was shown in logs, `parley doctor` and `parley config`)."""
     if "://" not in url:
         return []
     try:
@@ -284,7 +286,7 @@ def _url_secrets(url: str) -> list[str]:
         found.append(user)
     for pair in parts.query.split("&"):
         name, _, value = pair.partition("=")
-        if value and is_secret_parameter(name):
+        if value and (is_secret_parameter(name) or len(unquote_plus(value)) >= TOKEN_LIKE_CHARS):
             found += [value, unquote_plus(value)]
     return list(dict.fromkeys(s for secret in found for s in (secret, unquote(secret)) if s))
 

@@ -169,6 +169,24 @@ def test_secrets_in_settings_finds_tokens_keys_and_url_passwords() -> None:
     assert {TOKEN, "s3cret-pw", "sk-abcdef"} <= set(found)
 
 
+def test_a_token_long_query_value_of_a_model_servers_url_is_a_secret_whatever_its_name() -> None:
+    """A model server behind a gateway that takes its key in the query under a name of its
+    own (`?code=`, as Azure Functions do) had the key shown in logs, `parley doctor` and
+    `parley config`: only values of parameters named like secrets were redacted. A value as
+    long as a token is one, whatever its name; a short one stays (`?v=2`)."""
+    core = Settings(
+        backend={
+            "kind": "openai",
+            "base_url": "http://m:1/v1?code=LONGSECRET123456789&v=2",
+            "model": "m",
+        },  # type: ignore[arg-type]
+    )
+    safety = logsafety.LogSafetyFilter(logsafety.secrets_in(core))
+    line = safety.redact("model server http://m:1/v1?code=LONGSECRET123456789&v=2 refused")
+    assert "LONGSECRET123456789" not in line
+    assert "&v=2 refused" in line
+
+
 def test_secrets_in_settings_finds_the_support_webhooks_secrets() -> None:
     from bot.settings import load_settings
 
