@@ -70,3 +70,34 @@ async def test_doctor_names_the_refusal(tmp_path: Path, private_redis: PrivateRe
     await run_checks(_settings(tmp_path, private_redis.url), out=out)
     # It said "Redis not reachable: Redis did not answer PING (AuthenticationError)".
     assert "[PROBLEM] cache: Redis refused the login" in out.getvalue(), out.getvalue()
+
+
+async def test_a_password_changed_under_a_running_worker_is_one_line_per_delivery(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis refusing redis.url after the start (its password changed under a running worker:
+    each new connection is refused) failed each answer's delivery on the support channel with
+    a traceback, as a bug would. It is one line saying what to fix."""
+    from redis.exceptions import AuthenticationError
+
+    from bot.conversation.manager import _delivery_failed
+    from bot.errors import StorageError
+    from bot.types import ConversationKey
+
+    await _require_password(private_redis, "right-password")
+    client: Redis = Redis.from_url(private_redis.url.replace("redis://", "redis://:old-one@"))
+    try:
+        with pytest.raises(AuthenticationError) as refused:  # the real client's refusal
+            await client.ping()
+    finally:
+        await client.aclose()
+    try:
+        raise StorageError("the event log could not be written") from refused.value
+    except StorageError as exc:
+        failed = exc
+    with caplog.at_level("WARNING", logger="bot.conversation.manager"):
+        _delivery_failed(ConversationKey("support", "shop:v1"), failed)
+    (record,) = caplog.records
+    assert record.exc_info is None  # no traceback
+    assert "Redis refused the login" in record.getMessage()
+    assert "old-one" not in record.getMessage()

@@ -63,7 +63,7 @@ from bot.handoff.types import HandoffState, HandoffStatus
 from bot.logcontext import current_turn, note
 from bot.lru import Lru
 from bot.metrics import NullObserver, TurnObserver, observed_turn
-from bot.outage import error_types, is_outage
+from bot.outage import causes, error_types, is_outage
 from bot.sentiment.types import TurnSignals
 from bot.settings import BackendSettings, ConversationSettings
 from bot.skills.qa import I_DONT_KNOW
@@ -85,7 +85,7 @@ from bot.storage.base import (
     StoredMessage,
     TurnLease,
 )
-from bot.storage.cache import MemoryCache
+from bot.storage.cache import MemoryCache, redis_refusal
 from bot.text.quoting import split_fenced
 from bot.text.storable import storable_incoming
 from bot.types import ConversationKey, Incoming, Role, User
@@ -1695,9 +1695,15 @@ async def _begun_first(
 
 def _delivery_failed(key: ConversationKey, exc: Exception) -> None:
     """A platform that failed while an answer was delivered: a service it needs out of reach
-    (its network, Redis for the support event log) is one line naming the error's types; any
-    other failure is a bug, logged whole."""
-    if is_outage(exc):
+    (its network, Redis for the support event log) is one line naming the error's types, and
+    Redis refusing redis.url since the start (a password changed under a running worker) one
+    line saying what to fix; any other failure is a bug, logged whole."""
+    refusal = next(
+        (r for each in causes(exc) if _from_redis(each) and (r := redis_refusal(each))), None
+    )
+    if refusal is not None:
+        log.error("conversation %s: the platform could not deliver: %s", key, refusal)
+    elif is_outage(exc):
         log.warning(
             "conversation %s: the platform could not deliver (%s); the reply is kept, cut off",
             key,
@@ -1705,6 +1711,11 @@ def _delivery_failed(key: ConversationKey, exc: Exception) -> None:
         )
     else:
         log.exception("conversation %s: the platform failed while delivering", key)
+
+
+def _from_redis(exc: BaseException) -> bool:
+    """Raised by the redis client (the optional extra: nothing of it imported otherwise)."""
+    return type(exc).__module__.startswith("redis.")
 
 
 def document_question(caption: str, name: str) -> str:
