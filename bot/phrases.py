@@ -87,6 +87,8 @@ MEDIA = N_(
     "I can read text messages and documents (plain text, Markdown, HTML or PDF up to {mb} MB), "
     "but not photos, voice messages, videos or stickers."
 )
+# MEDIA where only text is read (Chatwoot: a photo or a file sent alone), no documents.
+TEXT_ONLY = N_("I can read only text messages here, not photos, files or other attachments.")
 BUDGET_USED_UP = N_(
     "The daily token budget is used up, so I cannot answer this now. "
     "It resets at midnight ({zone})."

@@ -134,6 +134,26 @@ class FakeChatwoot:
         message = self.new_message(conv, text, "incoming", private=False, sender=conv.contact)
         return await self.send(self.message_payload(conv, message), **delivery)
 
+    async def contact_sends_file(self, conv: Conversation, file_type: str = "image") -> int:
+        """The contact sends an attachment alone (a photo, a PDF): `content` null and the
+        attachment in `attachments` (`Attachment#push_event_data`), as Chatwoot sends it."""
+        message = self.new_message(conv, None, "incoming", private=False, sender=conv.contact)
+        ident = next(self._ids)
+        extension = {"image": "png", "file": "pdf"}.get(file_type)
+        message["attachments"] = [
+            {
+                "id": ident,
+                "message_id": message["id"],
+                "file_type": file_type,
+                "account_id": conv.account_id,
+                "extension": extension,
+                "data_url": f"http://127.0.0.1:{self.port}/rails/active_storage/{ident}",
+                "thumb_url": "",
+                "file_size": 48213,
+            }
+        ]
+        return await self.send(self.message_payload(conv, message))
+
     async def agent_writes(self, conv: Conversation, text: str, *, private: bool = True) -> int:
         agent = conv.assignee or {"id": 42, "name": "Alex", "type": "user"}
         message = self.new_message(conv, text, "outgoing", private=private, sender=agent)
@@ -204,7 +224,13 @@ class FakeChatwoot:
     # -- payloads ------------------------------------------------------------------------------
 
     def new_message(
-        self, conv: Conversation, text: str, kind: str, *, private: bool, sender: dict[str, Any]
+        self,
+        conv: Conversation,
+        text: str | None,
+        kind: str,
+        *,
+        private: bool,
+        sender: dict[str, Any],
     ) -> dict[str, Any]:
         message = {
             "id": next(self._ids),

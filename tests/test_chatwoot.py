@@ -553,3 +553,37 @@ async def test_a_message_within_chatwoots_own_limit_is_read(
     with caplog.at_level(logging.WARNING, logger="adapters.chatwoot.webhook"):
         assert await fake.contact_says(conv, "\U0001f600" * 300_000) == 413
     assert [r for r in caplog.records if "over max_body_bytes" in r.getMessage()]
+
+
+async def test_a_photo_or_a_pdf_alone_gets_one_sentence_from_the_bot_and_none_from_a_person(
+    worker: ChatwootWorker,
+) -> None:
+    """A contact's message that was only an attachment (`content` null, `attachments: [...]`)
+    was ignored as "no text": the customer who sent a screenshot heard nothing. While the bot
+    has the conversation it says, once a window, that it reads text only (Chatwoot's path
+    reads no documents, so not Telegram's sentence, which offers them); while a person has it,
+    nothing: the agent sees the attachment in Chatwoot. Nothing is recorded either way."""
+    fake = worker.fake
+    conv = fake.conversation(12)
+    assert await fake.contact_sends_file(conv, "image") == 200
+    await worker.idle()
+    assert fake.public_replies(conv) == [phrases.say(phrases.TEXT_ONLY, "")]
+    assert await fake.contact_sends_file(conv, "file") == 200  # within the window: once
+    await worker.idle()
+    assert fake.public_replies(conv) == [phrases.say(phrases.TEXT_ONLY, "")]
+    assert await worker.app.store.conversation_id(_key(12)) is None  # nothing recorded
+
+    other = fake.conversation(13)
+    await fake.contact_says(other, "first question")
+    await worker.idle()
+    other.assignee = {"id": 42, "name": "Alex", "type": "user"}
+    await fake.agent_sets_status(other, "open")
+    await worker.idle()
+    assert (await worker.app.desk.status(_key(13))).state.value == "human"
+    assert await fake.contact_sends_file(other, "image") == 200
+    await worker.idle()
+    assert fake.public_replies(other) == ["echo: first question"]
+    assert await _history(worker, 13) == [
+        (Role.USER, "first question"),
+        (Role.ASSISTANT, "echo: first question"),
+    ]

@@ -16,7 +16,8 @@ pending or resolved means the bot, open or snoozed a person. Status webhooks mov
 message carries the conversation's status too: where it disagrees with the desk and is newer
 than the desk's last change (a status webhook that never came), the desk follows it first.
 A contact's message is always handed to the core: with the bot it is answered; with a person
-it is recorded and reaches the agent as a translation note.
+it is recorded and reaches the agent as a translation note. A photo or a file sent alone is
+not read: with the bot the contact is told the bot reads text only, with a person nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Literal, Self
 
 from adapters.kit.actions import Ignore
 from adapters.kit.split import split_text
+from bot import phrases
 from bot.conversation.manager import OutputAway
 from bot.conversation.sink import still_showing
 from bot.errors import AdapterError, ConfigError
@@ -46,6 +48,7 @@ from .payloads import (
     Action,
     AgentAnswered,
     AgentReply,
+    CustomerAttachment,
     CustomerMessage,
     StatusChange,
 )
@@ -186,6 +189,8 @@ class ChatwootAdapter:
                 log.debug("%s: not Parley's conversation", action.incoming.key)
                 return
             await self._host.intake.submit(action.incoming)
+        elif isinstance(action, CustomerAttachment):
+            await self._attachment(action)
         elif isinstance(action, AgentReply):
             await self._agent_reply(action)
         elif isinstance(action, AgentAnswered):
@@ -201,7 +206,20 @@ class ChatwootAdapter:
         elif isinstance(action, Ignore):
             log.debug("chatwoot webhook ignored: %s", action.reason)
 
-    async def _follow_status(self, message: CustomerMessage) -> None:
+    async def _attachment(self, message: CustomerAttachment) -> None:
+        """A photo or a file alone: while the bot has the conversation, one sentence (once a
+        window) that it reads text only; while a person has it (or one was asked for),
+        nothing: the agent sees the attachment in Chatwoot. Nothing recorded."""
+        key = message.incoming.key
+        try:
+            await self._follow_status(message)
+        except HandoffError:  # open in Chatwoot before Parley ever saw it: the agents'
+            log.debug("%s: not Parley's conversation", key)
+            return
+        if (await self._desk.status(key)).state is HandoffState.BOT:
+            self._host.intake.notice(message.incoming, phrases.TEXT_ONLY)
+
+    async def _follow_status(self, message: CustomerMessage | CustomerAttachment) -> None:
         key = message.incoming.key
         current = await self._desk.status(key)
         if current.since is not None and message.incoming.sent_at <= current.since:

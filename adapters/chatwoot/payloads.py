@@ -15,7 +15,8 @@ the same for agent bot and account webhooks):
                        "updated_at": Unix seconds, a float (`updated_at.to_f`; not in older
                        Chatwoots)}
 
-Only a contact's incoming public text is for the bot. Every outgoing message (Parley's own
+Only a contact's incoming public text is for the bot; an attachment sent alone is told that
+the bot reads text only. Every outgoing message (Parley's own
 answers and notes come back as webhooks), activity and template message is ignored without
 being recorded, except an agent's private note starting with the reply prefix (the agent's
 answer for the customer, to be translated) and an agent's public reply (answering is taking
@@ -112,6 +113,9 @@ class _Message(_Model):
     account: _Account
     conversation: _Conversation
     created_at: str | int | float | None = None
+    # `Attachment#push_event_data` each (photos, files); absent when there are none. Only
+    # counted: their shape is not checked, the bot reads no attachment.
+    attachments: list[object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +159,16 @@ class StatusChange:
     updated_at: float | None = None
 
 
-Action = CustomerMessage | AgentReply | AgentAnswered | StatusChange | Ignore
+@dataclass(frozen=True, slots=True)
+class CustomerAttachment:
+    """A contact sent attachments alone (a photo, a PDF), no text: `incoming.text` is empty;
+    `status` as in CustomerMessage."""
+
+    incoming: Incoming
+    status: str
+
+
+Action = CustomerMessage | CustomerAttachment | AgentReply | AgentAnswered | StatusChange | Ignore
 
 
 def conversation_key(account_id: int, conversation_id: int) -> ConversationKey:
@@ -205,7 +218,7 @@ def _message(message: _Message, reply_prefix: str) -> Action:
     if kind in ("incoming", "0") and not message.private:
         if sender is None or sender.type.lower() != "contact":
             return Ignore("incoming, not from a contact")
-        if not text.strip():
+        if not text.strip() and not message.attachments:
             return Ignore("no text")
         user = User(PLATFORM, str(sender.id), sender.name)
         incoming = Incoming(
@@ -217,6 +230,8 @@ def _message(message: _Message, reply_prefix: str) -> Action:
             platform_message_id=str(message.id),
             sent_at=sent_at(message.created_at),
         )
+        if not text.strip():
+            return CustomerAttachment(incoming, message.conversation.status)
         return CustomerMessage(incoming, message.conversation.status)
     if kind in ("outgoing", "1") and message.private and text.startswith(reply_prefix):
         if sender is None or sender.type.lower() != "user":
