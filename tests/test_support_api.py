@@ -518,7 +518,11 @@ async def test_a_notice_is_its_own_event(pg: str, redis_url: str, key_prefix: st
                 events = await stream.until_answers(2)
             page = (await client.get("/v1/history", headers=auth)).json()
     notices = [data(e) for e in events if e.event == "notice"]
-    assert notices == [{"text": phrases.RATE_LIMITED}]
+    # It names the message it answers, as the history's notice does (the widget shows once
+    # what both have).
+    stub = page["messages"][2]["id"]
+    assert notices == [{"reply_to": stub, "text": phrases.RATE_LIMITED}]
+    assert page["messages"][-1]["reply_to"] == stub
     # The message over the limit is kept as a stub, and its event carries the stub too (the
     # review: the event kept the text the core refuses to keep)
     sent = [data(e)["text"] for e in events if e.event == "message"]

@@ -281,7 +281,7 @@ class SupportAdapter:
                 rest = [c async for c in pending if c]
                 if not rest:  # the core's sentence, said whole: a notice, not an answer
                     await _keyed(outbox, shown)
-                    outbox.put("notice", {"text": chunk})
+                    outbox.put("notice", {"reply_to": answered, "text": chunk})
                     return
                 parts.extend([chunk, *rest])
                 text = "".join(parts)
@@ -351,6 +351,7 @@ class SupportAdapter:
             translated=translated,
             original=author.text if translated else "",
             language=author.language,
+            reply_to="" if author.message_id is None else str(author.message_id),
         )
         await self._on_log(self.events.append(conversation, [("agent", event.model_dump())]))
         if not await self._history.holds(key):

@@ -65,22 +65,22 @@ class Row:
         at = self.created_at.astimezone(UTC).isoformat()
         shown = HistoryMessage(id=str(self.id), role="user", text=self.text, sources=[],
                                created_at=at)  # fmt: skip
+        reply_to = str(self.reply_to) if self.reply_to is not None else ""
         if self.agent is not None:
             text, translated = delivered(self.text, self.agent.original)
             original = self.agent.original if translated else ""
             return shown.model_copy(update={
                 "role": "agent", "text": text, "name": self.agent.name,
-                "translated": translated, "original": original,
+                "translated": translated, "original": original, "reply_to": reply_to,
             })  # fmt: skip
         if self.role == Role.USER.value:
             return shown
         if self.text in answers.notice_texts():  # as its live event was: a notice
-            return shown.model_copy(update={"role": "notice"})
+            return shown.model_copy(update={"role": "notice", "reply_to": reply_to})
         sources = [Source.model_validate(s) for s in answers.sources(self.text)]
-        return shown.model_copy(update={
-            "role": "assistant", "sources": sources,
-            "reply_to": str(self.reply_to) if self.reply_to is not None else "",
-        })  # fmt: skip
+        return shown.model_copy(
+            update={"role": "assistant", "sources": sources, "reply_to": reply_to}
+        )
 
 
 def delivered(text: str, original: str) -> tuple[str, bool]:

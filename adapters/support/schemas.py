@@ -74,8 +74,9 @@ class HistoryMessage(BaseModel):
     original: str = Field("", description="agent: what the agent wrote, when translated")
     reply_to: str = Field(
         "",
-        description="assistant: the id of the newest visitor message it answers, as its "
-        "`delta` and `answer` events named it",
+        description="assistant, notice: the id of the newest visitor message it answers, as "
+        "its `delta`, `answer` or `notice` event named it; agent: the id of the agent's "
+        "message, as its `agent` event named it",
     )
 
 
@@ -115,6 +116,7 @@ class AnswerEvent(BaseModel):
 
 
 class NoticeEvent(BaseModel):
+    reply_to: str | None = Field(description="the message it answers, as the history names it")
     text: str
 
 
@@ -133,6 +135,9 @@ class AgentEvent(BaseModel):
     translated: bool = Field(description="true: `text` is a machine translation of `original`")
     original: str = Field(description="what the agent wrote ('' when not translated)")
     language: str = Field(description="the language the agent wrote in ('' when unknown)")
+    reply_to: str = Field(
+        "", description="the id of the agent's message, as the history's `agent` row names it"
+    )
 
 
 # The agent API (adapters/support/agent_api.py): a help desk's back end, with a server key.

@@ -183,11 +183,13 @@ def done_showing(token: Token[Shown | None]) -> None:
 class Author:
     """Who speaks in the reply being delivered, when it is not the bot: a person at the help
     desk (bot.handoff). `text` is what they wrote (before translation), `language` its
-    language ("" : unknown); the delivered text is the customer's translation."""
+    language ("" : unknown); the delivered text is the customer's translation. `message_id`:
+    their message's id in SQL (None: not known), which the reply's record answers."""
 
     name: str
     text: str
     language: str = ""
+    message_id: int | None = None
 
 
 _AUTHOR: ContextVar[Author | None] = ContextVar("parley_author", default=None)

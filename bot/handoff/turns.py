@@ -248,7 +248,9 @@ class HandoffTurns:
             message.content, customer_language, str(key),
             written_in=self._settings.agent_language,
         )  # fmt: skip
-        author = Author(message.user_display_name or "agent", message.content, translated.source)
+        author = Author(
+            message.user_display_name or "agent", message.content, translated.source, message.id
+        )
         if not translated.text:
             return message.content, translated, author
         mark = phrases.say(phrases.TRANSLATED, customer_language)

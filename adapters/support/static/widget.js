@@ -537,6 +537,7 @@ textarea:focus-visible { outline-offset: 0; }
 
   // ---- state kept across reloads ----------------------------------------------------------
   const STORE_KEY = `parley-widget:${SITE_KEY}`;
+  const UNRECORDED_KEPT = 20;
   const saved = (() => {
     try {
       return JSON.parse(localStorage.getItem(STORE_KEY)) || {};
@@ -557,6 +558,17 @@ textarea:focus-visible { outline-offset: 0; }
     // reply_to -> the last event id before its first delta: a reload resumes from the
     // earliest of these, so an answer cut by the reload streams again from its start.
     unfinished: new Map(),
+    // reply_to -> the same, for answers and notices this page showed from their events, until
+    // a history read has them: an answer's final event goes out before it is recorded, so a
+    // reload in between finds it in neither the history nor the events after the last id.
+    // The next page resumes from the earliest one its history lacks.
+    unrecorded: new Map((Array.isArray(saved.unrecorded) ? saved.unrecorded : [])
+      .filter((p) => Array.isArray(p) && p.every((v) => typeof v === "string"))
+      .slice(-UNRECORDED_KEPT)),
+    // What the history showed of notices (reply_to + text) and agents' messages ("agent "
+    // + their id): their events, replayed after the last id an earlier page saw, are not
+    // shown again.
+    noticed: new Set(),
     replies: new Map(), // reply_to -> { node, body, text, final }
     // The visitor's messages shown (ids: from the history, a 202, a `message` event), and
     // the Idempotency-Keys this tab sent: a `message` event shows another tab's message once.
@@ -582,6 +594,7 @@ textarea:focus-visible { outline-offset: 0; }
         token: state.token, visitor_id: state.visitor, expires_at: state.expires,
         last_event_id: state.unfinished.values().next().value ?? state.lastEventId,
         handoff: state.handoff, outbox: state.outbox,
+        unrecorded: [...state.unrecorded].slice(-UNRECORDED_KEPT),
       }));
     } catch {
       /* storage disabled: the conversation lasts for this page only */
@@ -690,6 +703,8 @@ textarea:focus-visible { outline-offset: 0; }
     state.replies.clear();
     state.mine.clear();
     state.shownById.clear();
+    state.unrecorded.clear();
+    state.noticed.clear();
     state.handoff = { state: "bot" };
     showHandoff();
   }
@@ -836,9 +851,14 @@ textarea:focus-visible { outline-offset: 0; }
         const entry = reply(m.reply_to || lastUser || m.id, anchor);
         lastUser = "";
         finish(entry, m.text, m.sources);
+        entry.recorded = true;
+        state.unrecorded.delete(String(m.reply_to));
       } else if (m.role === "agent") {
+        if (m.reply_to) state.noticed.add(`agent ${m.reply_to}`);
         agent(m, anchor);
       } else if (m.text) {
+        state.noticed.add(`${m.reply_to || ""}\n${m.text}`);
+        state.unrecorded.delete(String(m.reply_to));
         notice(m.text, anchor);
       }
     }
@@ -870,6 +890,12 @@ textarea:focus-visible { outline-offset: 0; }
     if (state.seen.size > 1000) state.seen.delete(state.seen.values().next().value);
     state.lastEventId = id;
     return true;
+  }
+
+  function unrecorded(replyTo, before) {
+    if (!state.unrecorded.has(replyTo)) state.unrecorded.set(replyTo, before || "0-0");
+    const oldest = state.unrecorded.keys().next().value;
+    if (state.unrecorded.size > UNRECORDED_KEPT) state.unrecorded.delete(oldest);
   }
 
   const HANDLERS = {
@@ -908,13 +934,18 @@ textarea:focus-visible { outline-offset: 0; }
       entry.text += String(d.text ?? "");
       paint(entry);
     },
-    answer(d) {
+    answer(d, before) {
       typing(false);
+      const entry = reply(d.reply_to);
+      const start = state.unfinished.get(d.reply_to) || before;
+      if (d.reply_to && !entry.recorded) unrecorded(d.reply_to, start);
       state.unfinished.delete(d.reply_to);
-      finish(reply(d.reply_to), d.text, d.sources);
+      finish(entry, d.text, d.sources);
     },
-    notice(d) {
+    notice(d, before) {
       typing(false);
+      if (state.noticed.delete(`${d.reply_to || ""}\n${d.text}`)) return; // the history showed it
+      if (d.reply_to) unrecorded(d.reply_to, before);
       notice(d.text);
     },
     handoff(d) {
@@ -927,6 +958,7 @@ textarea:focus-visible { outline-offset: 0; }
     },
     agent(d) {
       typing(false);
+      if (state.noticed.delete(`agent ${d.reply_to}`)) return; // the history showed it
       agent(d);
     },
   };
@@ -992,6 +1024,10 @@ textarea:focus-visible { outline-offset: 0; }
         try {
           await visitor();
           await history();
+          // What an earlier page showed from its events and the history lacks (not yet
+          // recorded): the stream replays it; what the history has is not shown twice.
+          const from = state.unrecorded.values().next().value;
+          if (from) state.lastEventId = from;
           listen();
           problem("start", false);
           return;

@@ -1,0 +1,129 @@
+"""The web chat widget shows each message once, and every one of them, across reloads: what
+came while no page was open, and what was shown from its event before it was recorded. In
+real headless Chromium against the real support API, PostgreSQL and Redis, as
+tests/test_support_widget.py (whose stack this reuses)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bot import phrases
+from bot.types import ConversationKey
+from tests.test_support_widget import (
+    BOT_TEXT,
+    LAUNCHER,
+    USER_TEXT,
+    Stack,
+    ask,
+    browser,
+    final_answer,
+    new_page,
+    parley_serving,
+    stack,
+    wait_text,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+__all__ = ["browser", "stack"]  # the fixtures
+
+NOTICES = "parley-chat .msg.notice"
+AGENTS = "parley-chat .msg.agent .body"
+
+
+async def test_a_notice_that_came_while_no_page_was_open_shows_once(
+    stack: Stack, browser: Any
+) -> None:
+    notice = phrases.say(phrases.UNAVAILABLE, "en")
+    stack.backend.script(["", notice])
+    async with parley_serving(stack) as app:
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "Anyone there?")
+        await stack.backend.streaming.wait()
+        context = page.context
+        await page.close()  # the notice comes while no page is open
+        stack.backend.release_all()
+        await app.manager.wait_idle()
+
+        page = await context.new_page()
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await page.locator(NOTICES).first.wait_for()
+        stack.backend.script(["Later."], gated=False)
+        await ask(page, "again")
+        # The stream had the notice too (after the last event the closed page saw); the
+        # answer after it shows that the stream got that far.
+        assert await final_answer(page) == "Later."
+        assert await page.locator(NOTICES).all_inner_texts() == [notice]
+
+
+async def test_an_answer_shown_before_it_was_recorded_is_there_after_a_reload(
+    stack: Stack, browser: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack.backend.script(["Kept ", "after all."], gated=False)
+    async with parley_serving(stack) as app:
+        reached, recorded = asyncio.Event(), asyncio.Event()
+        record_reply = app.store.record_reply
+
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            reached.set()
+            await recorded.wait()
+            return await record_reply(*args, **kwargs)
+
+        # The seam: the answer's record waits, as it does for a moment after its last event.
+        monkeypatch.setattr(app.store, "record_reply", held)
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "Still there?")
+        assert await final_answer(page) == "Kept after all."
+        await reached.wait()
+
+        await page.reload()  # the history has the question, not yet its answer
+        await page.click(LAUNCHER)
+        await wait_text(page, USER_TEXT, "t => t === 'Still there?'")
+        assert await final_answer(page) == "Kept after all."
+        recorded.set()
+        await app.manager.wait_idle()
+
+        await page.reload()  # recorded now: shown once, from the history
+        await page.click(LAUNCHER)
+        assert await final_answer(page) == "Kept after all."
+        stack.backend.script(["Yes."], gated=False)
+        await ask(page, "Sure?")
+        assert await final_answer(page, 2) == "Yes."
+        assert await page.locator(BOT_TEXT).all_inner_texts() == ["Kept after all.", "Yes."]
+
+
+async def test_an_agents_message_that_came_while_no_page_was_open_shows_once(
+    stack: Stack, browser: Any
+) -> None:
+    stack.backend.script(["Hello."], gated=False)
+    async with parley_serving(stack) as app:
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "Where is my parcel?")
+        assert await final_answer(page) == "Hello."
+        visitor = await page.evaluate(
+            "() => Object.entries(localStorage).map(([, v]) => JSON.parse(v).visitor_id)[0]"
+        )
+        key = ConversationKey("support", f"shop:{visitor}")
+        await app.desk.take(key, "Dana")
+        await page.locator(NOTICES).first.wait_for()  # "You are talking with Dana."
+        context = page.context
+        await page.close()
+        await app.desk.agent_message(key, "On its way.", agent="Dana", idempotency_key="a1")
+        await app.manager.wait_idle()
+
+        page = await context.new_page()
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await page.locator(AGENTS).first.wait_for()
+        await app.desk.agent_message(key, "Anything else?", agent="Dana", idempotency_key="a2")
+        await wait_text(page, AGENTS, "t => t === 'Anything else?'")
+        assert await page.locator(AGENTS).all_inner_texts() == ["On its way.", "Anything else?"]
