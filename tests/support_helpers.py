@@ -141,6 +141,8 @@ async def open_stream(
             async for event in source.aiter_sse():
                 if not event.data:  # the `retry:` advice alone dispatches nothing per the spec
                     continue
+                if event.event == "keep-alive":  # no id: the conversation's events alone
+                    continue
                 async with reader.arrived:
                     reader.events.append(event)
                     reader.arrived.notify_all()

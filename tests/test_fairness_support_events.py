@@ -40,7 +40,7 @@ async def _replay(client: httpx.AsyncClient, params: dict[str, str], last: str) 
         async for line in response.aiter_lines():
             at_last = at_last or line == f"id: {last}"
             if line.startswith("data: "):
-                got += len(json.loads(line.removeprefix("data: "))["text"])
+                got += len(json.loads(line.removeprefix("data: ")).get("text", ""))
                 if at_last:
                     break
     return got

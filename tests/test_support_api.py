@@ -625,7 +625,7 @@ async def test_fuzzing_the_openapi_document_finds_no_5xx(
         assert {400, 401, 422} <= statuses
 
 
-async def test_an_idle_stream_gets_keep_alive_comments(
+async def test_an_idle_stream_gets_keep_alive_events(
     pg: str, redis_url: str, key_prefix: str
 ) -> None:
     async with support_worker(pg, redis_url=redis_url, key_prefix=key_prefix, keepalive_s=0.2) as w:
@@ -637,9 +637,11 @@ async def test_an_idle_stream_gets_keep_alive_comments(
                 assert response.headers["content-type"].startswith("text/event-stream")
                 assert response.headers["cache-control"] == "no-cache"
                 lines = response.aiter_lines()
-                async with asyncio.timeout(10):
-                    while (await anext(lines)) != ": keep-alive":
-                        pass
+                async with asyncio.timeout(10):  # one when it opens, then one per interval
+                    for _ in range(2):
+                        while (await anext(lines)) != "event: keep-alive":
+                            pass
+                        assert await anext(lines) == 'data: {"every_s": 0.2}'
 
 
 async def test_a_site_has_its_own_system_prompt_and_collection(worker: Worker) -> None:
@@ -661,10 +663,13 @@ async def test_a_stopping_worker_ends_its_streams_so_clients_reconnect(worker: W
         async with client.stream("GET", "/v1/events", params=params) as response:
             lines = response.aiter_lines()
             assert await anext(lines) == "retry: 2000"
+            assert await anext(lines) == ""
+            assert await anext(lines) == "event: keep-alive"
             worker.adapter.events.end_streams()  # what a stop (run() cancelled) does
             async with asyncio.timeout(10):
                 rest = [line async for line in lines]
-        assert rest == [""]  # the body ended: EventSource reconnects, with Last-Event-ID
+        # the body ended: EventSource reconnects, with Last-Event-ID
+        assert rest == ['data: {"every_s": 15}', ""]
 
 
 async def test_a_leaked_token_does_not_renew_itself_for_ever() -> None:
@@ -782,7 +787,8 @@ async def test_an_open_stream_ends_once_its_server_key_is_revoked(
             async with asyncio.timeout(10):  # without the check: keep-alives for ever
                 received = b"".join([chunk async for chunk in opened.aiter_bytes()])
         again = await server.get("/v1/events", params=params, headers=bearer(secret))
-    assert received == b"retry: 2000\n\n" and again.status_code == 401
+    opening = b'retry: 2000\n\nevent: keep-alive\ndata: {"every_s": 15}\n\n'
+    assert received == opening and again.status_code == 401
 
 
 async def test_a_browsers_language_header_reaches_nothing_but_as_a_language_code(

@@ -6,10 +6,14 @@ tests/test_support_widget.py (whose stack this reuses)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
+from adapters.support import api as support_api
+from adapters.support.settings import SupportSettings
 from bot import phrases
 from bot.types import ConversationKey
 from tests.test_support_widget import (
@@ -127,3 +131,59 @@ async def test_an_agents_message_that_came_while_no_page_was_open_shows_once(
         await app.desk.agent_message(key, "Anything else?", agent="Dana", idempotency_key="a2")
         await wait_text(page, AGENTS, "t => t === 'Anything else?'")
         assert await page.locator(AGENTS).all_inner_texts() == ["On its way.", "Anything else?"]
+
+
+@contextlib.contextmanager
+def first_stream_goes_silent(monkeypatch: pytest.MonkeyPatch) -> Iterator[asyncio.Event]:
+    """The seam: once the event is set, the page's first event stream sends nothing more and
+    stays open (a network that drops packets, a laptop that slept); later ones work."""
+    real, opened = support_api.stream, []
+    silent = asyncio.Event()
+
+    async def stream(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+        first = not opened
+        opened.append(True)
+        async for chunk in real(*args, **kwargs):
+            if not (first and silent.is_set()):
+                yield chunk
+
+    monkeypatch.setattr(support_api, "stream", stream)
+    yield silent
+
+
+async def test_a_stream_gone_silent_is_opened_again(
+    stack: Stack, browser: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    support = SupportSettings(  # type: ignore[call-arg]
+        token_secret="widget-test-secret-32-characters", visitor_messages=5, keepalive_s=0.5
+    )
+    stack.backend.script(["Hello."], gated=False)
+    with first_stream_goes_silent(monkeypatch) as silent:
+        async with parley_serving(stack, support):
+            page = await new_page(browser)
+            await page.goto(stack.page)
+            await page.click(LAUNCHER)
+            await ask(page, "one")
+            assert await final_answer(page) == "Hello."
+            silent.set()
+            await ask(page, "two")  # its answer comes on the next stream, after "Hello."
+            assert await final_answer(page, 2) == "Hello."
+            assert await page.locator(BOT_TEXT).count() == 2
+
+
+async def test_a_stream_is_opened_again_when_the_browser_is_back_online(
+    stack: Stack, browser: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack.backend.script(["Hello."], gated=False)
+    with first_stream_goes_silent(monkeypatch) as silent:
+        async with parley_serving(stack):  # keep-alives every 15 s: not waited for here
+            page = await new_page(browser)
+            await page.goto(stack.page)
+            await page.click(LAUNCHER)
+            await ask(page, "one")
+            assert await final_answer(page) == "Hello."
+            silent.set()
+            await ask(page, "two")
+            await page.evaluate("() => window.dispatchEvent(new Event('online'))")
+            assert await final_answer(page, 2) == "Hello."
+            assert await page.locator(BOT_TEXT).count() == 2

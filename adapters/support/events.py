@@ -575,12 +575,16 @@ async def stream(
     still_allowed: Callable[[], Awaitable[bool]],
 ) -> AsyncIterator[bytes]:
     """The SSE body: the events after `after` (None: after the newest kept, i.e. only new
-    ones), then each new one as it is appended, and a keep-alive comment after keepalive_s of
-    silence (proxies close idle connections). Every RECHECK_S it asks `still_allowed`
-    whether the caller may still read the conversation (a key revoked, a site removed, a
-    token expired since the stream opened) and ends when not: the client's reconnection is
-    then refused like any other request."""
-    yield b"retry: 2000\n\n"
+    ones), then each new one as it is appended, and a `keep-alive` event (no id) when it opens
+    and after keepalive_s of silence: proxies close idle connections, and a client that has
+    heard nothing for a few intervals knows its connection was dropped without a word (a
+    network gone, a laptop that slept) and opens another. It says the interval (`every_s`):
+    EventSource hides SSE comments, which earlier releases sent. Every RECHECK_S it asks
+    `still_allowed` whether the caller may still read the conversation (a key revoked, a site
+    removed, a token expired since the stream opened) and ends when not: the client's
+    reconnection is then refused like any other request."""
+    keepalive = f'event: keep-alive\ndata: {{"every_s": {keepalive_s:g}}}\n\n'.encode()
+    yield b"retry: 2000\n\n" + keepalive
     loop, recheck_s = asyncio.get_running_loop(), RECHECK_S
     checked = written = loop.time()
     with log_.waiter(conversation) as waiter:
@@ -611,7 +615,7 @@ async def stream(
                         await waiter.event.wait()
                 except TimeoutError:
                     if loop.time() - written >= keepalive_s:
-                        yield b": keep-alive\n\n"
+                        yield keepalive
                         written = loop.time()
         except Exception as exc:  # any failure of the log ends the stream alike
             # The log is unreachable: end the stream (never a 500 mid-stream); the client

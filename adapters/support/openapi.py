@@ -24,10 +24,12 @@ _TOKEN = {
 EVENTS_DESCRIPTION = """Server-Sent Events of the caller's conversation. Every event has an
 `id:`; reconnect with `Last-Event-ID` (or `?last_event_id=`) to continue after it, with
 nothing lost or repeated (`0`: every event kept). Without one the stream starts with the
-events after it opened. A `: keep-alive` comment comes after `support.keepalive_s` (15 s) of
-silence. Events (`event:` name, `data:` JSON): `message` (MessageEvent: a visitor's message
-was recorded, for the visitor's other tabs; the sender knows it by `key`), `delta`
-(DeltaEvent: the new text only), `answer` (AnswerEvent: the whole final answer and its
+events after it opened. A `keep-alive` event (no id; data `{"every_s": 15}`, the interval)
+comes when it opens and after `support.keepalive_s` (15 s) of silence: a client that hears
+nothing for a few intervals may take the connection for dropped and reconnect. Events
+(`event:` name, `data:` JSON): `message` (MessageEvent: a visitor's message was recorded,
+for the visitor's other tabs; the sender knows it by `key`), `delta` (DeltaEvent: the new
+text only), `answer` (AnswerEvent: the whole final answer and its
 sources), `notice` (NoticeEvent: rate limited, model unavailable, refused), `handoff`
 (HandoffEvent: a person was asked for, an agent has the conversation, the bot has it again)
 and `agent` (AgentEvent: an agent's message, translated into the visitor's language and

@@ -41,7 +41,7 @@ class SupportSettings(AdapterSettings):
     # Events kept per conversation for resuming a stream (Redis: MAXLEN ~, and a TTL).
     events_kept: int = Field(1000, ge=10)
     events_ttl_s: int = Field(86400, ge=60)
-    # Seconds between keep-alive comments on an idle event stream.
+    # Seconds between keep-alive events on an idle event stream.
     keepalive_s: float = Field(15.0, gt=0)
     # Largest page of GET /v1/history.
     history_max_page: int = Field(100, ge=1, le=1000)

@@ -554,6 +554,8 @@ textarea:focus-visible { outline-offset: 0; }
     stream: null,
     streamAttempt: 0,
     reconnect: 0,
+    silence: 0, // the timer that takes a silent stream for dropped (see watch)
+    keepaliveS: 15, // how often the server's keep-alive comes, as it says
     seen: new Set(),
     // reply_to -> the last event id before its first delta: a reload resumes from the
     // earliest of these, so an answer cut by the reload streams again from its start.
@@ -982,12 +984,24 @@ textarea:focus-visible { outline-offset: 0; }
     stream.onerror = () => {
       stream.close();
       if (state.stream !== stream) return;
+      clearTimeout(state.silence);
       problem("stream", true);
       clearTimeout(state.reconnect);
       state.reconnect = setTimeout(reopen, backoff(state.streamAttempt++));
     };
+    watch(stream);
+    stream.addEventListener("keep-alive", (event) => {
+      try {
+        const every = Number(JSON.parse(event.data).every_s);
+        if (every > 0) state.keepaliveS = every;
+      } catch {
+        /* not ours to read: the interval stays */
+      }
+      watch(stream);
+    });
     for (const [name, handle] of Object.entries(HANDLERS)) {
       stream.addEventListener(name, (event) => {
+        watch(stream);
         const before = state.lastEventId;
         if (!remember(event.lastEventId)) return;
         let data;
@@ -1001,6 +1015,16 @@ textarea:focus-visible { outline-offset: 0; }
       });
     }
   }
+
+  // A stream silent for 2.5 keep-alive intervals was dropped without a word (a network gone, a
+  // laptop that slept: EventSource may wait on it for good, and hides the server's comments):
+  // it is opened again after the last event seen, as after an error. So too when the browser
+  // says it is back online.
+  function watch(stream) {
+    clearTimeout(state.silence);
+    state.silence = setTimeout(() => stream.onerror(), state.keepaliveS * 2500);
+  }
+  window.addEventListener("online", () => state.stream?.onerror());
 
   async function reopen() {
     try {
