@@ -1052,6 +1052,7 @@ textarea:focus-visible { outline-offset: 0; }
           // recorded): the stream replays it; what the history has is not shown twice.
           const from = state.unrecorded.values().next().value;
           if (from) state.lastEventId = from;
+          persist();
           listen();
           problem("start", false);
           return;
