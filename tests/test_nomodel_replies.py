@@ -54,7 +54,8 @@ async def test_a_web_chat_visitor_gets_the_users_sentence_as_a_notice(tmp_path: 
                 assert posted.status_code == 202, posted.text
                 events = await stream.until_answers(1)
     shown = [(e.event, data(e)) for e in events if e.event != "message"]
-    assert shown == [("notice", {"text": phrases.NO_MODEL})]
+    reply_to = posted.json()["message_id"]  # the history's notice row names it too
+    assert shown == [("notice", {"reply_to": reply_to, "text": phrases.NO_MODEL})]
     _no_settings(phrases.NO_MODEL)
 
 

@@ -142,6 +142,7 @@ async def test_a_german_visitor_is_handed_to_an_english_agent_and_back(
             assert posted.status_code == 202, posted.text
             events = await until(stream, named("agent"))
             (said,) = [data(e) for e in events if e.event == "agent"]
+            assert said.pop("reply_to").isdigit()  # the agent's message, as history names it
             assert said == {
                 "text": TRANSLATIONS[("German", REPLY)], "name": "Dana", "translated": True,
                 "original": REPLY, "language": "en",
