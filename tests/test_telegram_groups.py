@@ -376,6 +376,31 @@ async def test_a_bot_api_that_does_not_answer_about_named_groups_holds_no_messag
         await former.aclose()
 
 
+async def test_messages_that_come_while_the_first_look_is_under_way_wait_for_it() -> None:
+    """Group messages of several chats come at once after a start (a backlog, each chat in
+    its lane): only the first waited for the first look, and the others were placed by what
+    was known then, nothing: a blocked supergroup was answered, an allowed one refused."""
+    answered = asyncio.Event()
+    asked = asyncio.Event()
+
+    async def get_chat(chat_id: int) -> ChatFullInfo:
+        asked.set()
+        await answered.wait()
+        raise ChatMigrated(-1003)
+
+    former = FormerChats(["-3"], get_chat)
+    try:
+        first = asyncio.create_task(former.of(-100500))  # another group's message
+        await asyncio.wait_for(asked.wait(), 30)  # safety net
+        second = asyncio.create_task(former.of(-1003))  # the moved group's, in its lane
+        await asyncio.sleep(0)
+        answered.set()
+        assert await asyncio.wait_for(first, 30) == ()
+        assert await asyncio.wait_for(second, 30) == ("-3",)
+    finally:
+        await former.aclose()
+
+
 async def test_media_from_a_sender_not_allowed_gets_the_refusal_not_the_media_sentence(
     tmp_path: Path,
 ) -> None:

@@ -23,7 +23,6 @@ every RECHECK_S); one that comes while a look is under way is placed by what is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -55,18 +54,27 @@ class FormerChats:
         self._clock = clock
         self._checked_at: float | None = None
         self._looking: asyncio.Task[None] | None = None
+        # The process's first look, and when messages stop waiting for it (the loop's time).
+        self._first: asyncio.Task[None] | None = None
+        self._first_until = 0.0
         self._former: dict[int, tuple[str, ...]] = {}
 
     async def of(self, chat_id: int) -> tuple[str, ...]:
         """A group's former ids that the rules name (a supergroup's; none for most). Starts
-        a look at the named groups when one is due; waits for it only if it is the first."""
+        a look at the named groups when one is due; waits for it only if it is the first,
+        as does every message that comes while the first is under way (other chats' lanes
+        after a start), within FIRST_LOOK_WAIT_S of its start."""
         if self._unmoved and self._due() and (self._looking is None or self._looking.done()):
             first = self._checked_at is None
             self._checked_at = self._clock()
             self._looking = asyncio.create_task(self.look())
             if first:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._looking), FIRST_LOOK_WAIT_S)
+                self._first = self._looking
+                self._first_until = asyncio.get_running_loop().time() + FIRST_LOOK_WAIT_S
+        if self._first is not None and not self._first.done():
+            left = self._first_until - asyncio.get_running_loop().time()
+            if left > 0:
+                await asyncio.wait([self._first], timeout=left)
         return self._former.get(chat_id, ())
 
     async def looked(self) -> None:
