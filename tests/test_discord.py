@@ -135,6 +135,23 @@ async def test_a_question_where_the_bot_may_not_read_the_history_is_answered(
         assert "message_reference" not in sent.body and sent.allowed_mentions == NOBODY
 
 
+async def test_a_channel_that_refused_a_reply_is_not_asked_again_at_each_answer(
+    tmp_path: Path,
+) -> None:
+    """Every answer in a channel closed to the bot's history was first sent as a reply and
+    refused (403 160002): a round trip more before each answer, and a 403 each, which Discord
+    counts against the host (too many invalid requests: Cloudflare's ban). The channel's
+    refusal is remembered: the next answers go out plain at once."""
+    async with discord_harness(tmp_path, answering("At your service.")) as h:
+        h.api.unreadable.add(ev.CHANNEL)
+        for text in ("what is a crane?", "and a heron?"):
+            question = ev.message_create(text, channel=ev.CHANNEL, mentions_bot=True)
+            await h.deliver_event(question)
+            await h.idle()
+        assert h.api.texts(ev.CHANNEL) == ["At your service.", "At your service."]
+        assert [w.status for w in h.api.writes(ev.CHANNEL) if w.status == 403] == [403]
+
+
 async def test_a_thread_is_a_conversation_of_its_own(tmp_path: Path) -> None:
     async with discord_harness(tmp_path, answering("In the thread.")) as h:
         await h.deliver_event(ev.message_create("one", channel=ev.CHANNEL, mentions_bot=True))

@@ -227,8 +227,10 @@ class DiscordSurface:
         reply_to: discord.MessageReference | None,
         on_first_send: asyncio.Event,
         link_previews: bool = False,
+        on_reply_refused: Callable[[], None] | None = None,
     ) -> None:
         self._channel = channel
+        self._on_reply_refused = on_reply_refused
         self.suppress_embeds = not link_previews
         self._gate = gate
         self._reply_to = reply_to
@@ -259,6 +261,8 @@ class DiscordSurface:
                 raise
             log.info("channel %s: the answer goes without its reply (no Read Message History)",
                      self._channel.id)  # fmt: skip
+            if self._on_reply_refused is not None:
+                self._on_reply_refused()
             sent = await gated(self._gate, self._channel.id, self._sending(piece, None))
         self._first_sent.set()
         return sent.id
@@ -470,12 +474,19 @@ async def play(
     reply_to: discord.MessageReference | None = None,
     interaction: discord.Interaction | None = None,
     link_previews: bool = False,
+    on_reply_refused: Callable[[], None] | None = None,
 ) -> None:
     """Streams `chunks` into `channel` (into the deferred response of `interaction` first),
-    typing until the first visible text (a deferred interaction shows "thinking" instead)."""
+    typing until the first visible text (a deferred interaction shows "thinking" instead).
+    `on_reply_refused`: called when Discord refuses `reply_to` there (160002)."""
     first_sent = asyncio.Event()
     rest = DiscordSurface(
-        channel, gate, reply_to=reply_to, on_first_send=first_sent, link_previews=link_previews
+        channel,
+        gate,
+        reply_to=reply_to,
+        on_first_send=first_sent,
+        link_previews=link_previews,
+        on_reply_refused=on_reply_refused,
     )
     surface: DiscordSurface | InteractionSurface = rest
     if interaction is not None:
