@@ -61,6 +61,9 @@ REDACTED = "***"
 # A URL's user name this long, with no password, is a token in the user's place.
 TOKEN_LIKE_CHARS = 16
 _SECRET_PARAMETER = re.compile(r"(?i)pass|pwd|secret|token|key|sig|auth|credential")
+# Query parameters of a model server's URL whose long values are no secret: Azure OpenAI's
+# required `api-version=2024-02-15-preview`, starred out of every log line otherwise.
+_NEVER_SECRET = re.compile(r"(?i)(api[-_]?)?version$")
 
 
 def is_secret_parameter(name: str) -> bool:
@@ -286,7 +289,8 @@ def _url_secrets(url: str) -> list[str]:
         found.append(user)
     for pair in parts.query.split("&"):
         name, _, value = pair.partition("=")
-        if value and (is_secret_parameter(name) or len(unquote_plus(value)) >= TOKEN_LIKE_CHARS):
+        long = len(unquote_plus(value)) >= TOKEN_LIKE_CHARS and not _NEVER_SECRET.match(name)
+        if value and (is_secret_parameter(name) or long):
             found += [value, unquote_plus(value)]
     return list(dict.fromkeys(s for secret in found for s in (secret, unquote(secret)) if s))
 

@@ -185,6 +185,11 @@ def test_a_token_long_query_value_of_a_model_servers_url_is_a_secret_whatever_it
     line = safety.redact("model server http://m:1/v1?code=LONGSECRET123456789&v=2 refused")
     assert "LONGSECRET123456789" not in line
     assert "&v=2 refused" in line
+    # Azure OpenAI's required version, 18 characters, is no secret.
+    azure = "https://x.openai.azure.com/openai?api-version=2024-02-15-preview"
+    core = Settings(backend={"kind": "openai", "base_url": azure, "model": "m"})  # type: ignore[arg-type]
+    safety = logsafety.LogSafetyFilter(logsafety.secrets_in(core))
+    assert safety.redact(f"GET {azure}") == f"GET {azure}"
 
 
 def test_secrets_in_settings_finds_the_support_webhooks_secrets() -> None:
