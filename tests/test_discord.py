@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -372,18 +372,7 @@ async def test_discord_unreachable_as_commands_sync_is_one_line_and_closes_the_c
         raise aiohttp.ClientOSError(104, "Connection reset by peer")
 
     monkeypatch.setattr(commands, "sync", connection_reset)
-    api = FakeDiscordApi()
-    async with api.serving():
-        settings = settings_for(tmp_path, "discord", discord={"token": TOKEN})
-        async with Parley(settings, backend=None) as app:
-            section = settings.section("discord")
-            assert isinstance(section, DiscordSettings)
-            adapter = DiscordAdapter(host_for(app), section)
-            with pytest.raises(AdapterError, match="Discord cannot be reached") as failed:
-                async with adapter:
-                    pass  # pragma: no cover
-            assert "\n" not in str(failed.value)
-            assert adapter.client.is_closed()
+    await _start_fails_as_one_line_and_closes(tmp_path, lambda adapter: None)
 
 
 async def test_discord_dropping_the_login_is_one_line_and_closes_the_client(
@@ -396,6 +385,17 @@ async def test_discord_dropping_the_login_is_one_line_and_closes_the_client(
     async def disconnected(token: str) -> None:
         raise aiohttp.ServerDisconnectedError()
 
+    def drop_the_login(adapter: DiscordAdapter) -> None:
+        adapter.client.login = disconnected  # type: ignore[method-assign]
+
+    await _start_fails_as_one_line_and_closes(tmp_path, drop_the_login)
+
+
+async def _start_fails_as_one_line_and_closes(
+    tmp_path: Path, prepare: Callable[[DiscordAdapter], None]
+) -> None:
+    """The adapter's start, with `prepare` done to it first, fails with one line saying
+    Discord cannot be reached, and leaves its client closed."""
     api = FakeDiscordApi()
     async with api.serving():
         settings = settings_for(tmp_path, "discord", discord={"token": TOKEN})
@@ -403,7 +403,7 @@ async def test_discord_dropping_the_login_is_one_line_and_closes_the_client(
             section = settings.section("discord")
             assert isinstance(section, DiscordSettings)
             adapter = DiscordAdapter(host_for(app), section)
-            adapter.client.login = disconnected  # type: ignore[method-assign]
+            prepare(adapter)
             with pytest.raises(AdapterError, match="Discord cannot be reached") as failed:
                 async with adapter:
                     pass  # pragma: no cover

@@ -645,21 +645,26 @@ HISTORY_PAGES = {
 }
 
 
-async def test_show_earlier_puts_an_earlier_page_above_in_order(stack: Stack, browser: Any) -> None:
-    """A person's messages and notices of an earlier page were added at the bottom, below the
-    newest message, while the visitor's questions and the bot's answers went above."""
+async def serve_history_pages(page: Any, stack: Stack) -> None:
+    """The page gets its history from HISTORY_PAGES: a real history of two pages is over 50
+    messages."""
     origin = stack.page.rstrip("/")
 
-    # The browser gets the pages from here: a real history of two pages is over 50 messages.
     async def history(route: Any) -> None:
         before = parse_qs(urlsplit(route.request.url).query).get("before", [""])[0]
         await route.fulfill(
             json=HISTORY_PAGES[before], headers={"Access-Control-Allow-Origin": origin}
         )
 
+    await page.route(f"{stack.api}/v1/history*", history)
+
+
+async def test_show_earlier_puts_an_earlier_page_above_in_order(stack: Stack, browser: Any) -> None:
+    """A person's messages and notices of an earlier page were added at the bottom, below the
+    newest message, while the visitor's questions and the bot's answers went above."""
     async with parley_serving(stack):
         page = await new_page(browser)
-        await page.route(f"{stack.api}/v1/history*", history)
+        await serve_history_pages(page, stack)
         await page.goto(stack.page)
         await page.click(LAUNCHER)
         await wait_text(page, BOT_TEXT, "t => t.includes('B7')")
@@ -678,17 +683,9 @@ async def test_show_earlier_by_keyboard_keeps_the_keyboard_in_the_conversation(
     """The "Show earlier messages" button pressed with Enter was removed with the focus, which
     fell back to the page's start: the next Tab left the chat. The focus now goes to the next
     such button, or to the conversation when there is no earlier page."""
-    origin = stack.page.rstrip("/")
-
-    async def history(route: Any) -> None:
-        before = parse_qs(urlsplit(route.request.url).query).get("before", [""])[0]
-        await route.fulfill(
-            json=HISTORY_PAGES[before], headers={"Access-Control-Allow-Origin": origin}
-        )
-
     async with parley_serving(stack):
         page = await new_page(browser)
-        await page.route(f"{stack.api}/v1/history*", history)
+        await serve_history_pages(page, stack)
         await page.goto(stack.page)
         await page.click(LAUNCHER)
         await wait_text(page, BOT_TEXT, "t => t.includes('B7')")
