@@ -1262,12 +1262,14 @@ def _found(data: Mapping[str, Any], loc: Sequence[str | int]) -> bool:
             continue
         if not isinstance(node, Mapping):
             return False
-        same = [k for k in node if k == key] or [
-            k for k in node if isinstance(k, str) and k.lower() == key.lower()
-        ]
-        if not same:
+        name = (
+            key
+            if key in node
+            else next((k for k in node if isinstance(k, str) and k.lower() == key.lower()), None)
+        )
+        if name is None:
             return False
-        node = node[same[0]]
+        node = node[name]
     return True
 
 

@@ -28,6 +28,7 @@ from tests.fake_chatwoot import (
     TOKEN,
     USER_TOKEN,
     ChatwootWorker,
+    Conversation,
     FakeChatwoot,
     chatwoot_worker,
 )
@@ -58,6 +59,19 @@ async def worker(postgres_url: str) -> AsyncIterator[ChatwootWorker]:
 
 def _key(conversation: int, account: int = ACCOUNT) -> ConversationKey:
     return ConversationKey("chatwoot", f"{account}:{conversation}")
+
+
+async def _taken_by_an_agent(w: ChatwootWorker, conversation: int) -> Conversation:
+    """Conversation `conversation`, its first question answered by the bot, then taken by an
+    agent who opened it in Chatwoot (the desk says human)."""
+    conv = w.fake.conversation(conversation)
+    await w.fake.contact_says(conv, "first question")
+    await w.idle()
+    conv.assignee = {"id": 42, "name": "Alex", "type": "user"}
+    await w.fake.agent_sets_status(conv, "open")
+    await w.idle()
+    assert (await w.app.desk.status(_key(conversation))).state.value == "human"
+    return conv
 
 
 async def _history(w: ChatwootWorker, conversation: int) -> list[tuple[Role, str]]:
@@ -193,13 +207,7 @@ async def test_a_customer_over_the_rate_limit_hears_nothing_from_the_bot_while_a
         postgres_url, ScriptedBackend(translating), conversation=limit
     ) as worker:
         fake = worker.fake
-        conv = fake.conversation(9)
-        await fake.contact_says(conv, "first question")
-        await worker.idle()
-        conv.assignee = {"id": 42, "name": "Alex", "type": "user"}
-        await fake.agent_sets_status(conv, "open")
-        await worker.idle()
-        assert (await worker.app.desk.status(_key(9))).state.value == "human"
+        conv = await _taken_by_an_agent(worker, 9)
         for n in range(4):
             await fake.contact_says(conv, f"message {n} for the agent")
         await worker.idle()
@@ -573,13 +581,7 @@ async def test_a_photo_or_a_pdf_alone_gets_one_sentence_from_the_bot_and_none_fr
     assert fake.public_replies(conv) == [phrases.say(phrases.TEXT_ONLY, "")]
     assert await worker.app.store.conversation_id(_key(12)) is None  # nothing recorded
 
-    other = fake.conversation(13)
-    await fake.contact_says(other, "first question")
-    await worker.idle()
-    other.assignee = {"id": 42, "name": "Alex", "type": "user"}
-    await fake.agent_sets_status(other, "open")
-    await worker.idle()
-    assert (await worker.app.desk.status(_key(13))).state.value == "human"
+    other = await _taken_by_an_agent(worker, 13)
     assert await fake.contact_sends_file(other, "image") == 200
     await worker.idle()
     assert fake.public_replies(other) == ["echo: first question"]

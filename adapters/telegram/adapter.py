@@ -157,9 +157,8 @@ class TelegramAdapter:
         # update_id -> times the database refused it while answering here (see act_on).
         self._failures: Lru[int] = Lru(ADMIN_CACHE_SIZE)
         self.set_aside = 0
-        # Groups that became supergroups while this process ran: old chat id -> new one.
-        self._moved: Lru[int] = Lru(ADMIN_CACHE_SIZE)
-        # Groups the access rules name that became supergroups: their old id is a scope.
+        # Groups that became supergroups: where a late message of theirs goes, and, for
+        # groups the access rules name, their old id as a scope.
         rules = settings.access
         self._former = FormerChats([*rules.allowed_chats, *rules.blocked_chats], self._get_chat)
         # The Bot API not answering answers (PlatformAway): turns wait for it.
@@ -329,7 +328,6 @@ class TelegramAdapter:
         elif isinstance(action, AnswerCallback):
             await self._answer_callback(action.query_id)
         elif isinstance(action, Moved):
-            self._moved.put(action.old_chat_id, action.new_chat_id)
             self._former.moved(action.old_chat_id, action.new_chat_id)
             await self._intake.move_chat(PLATFORM, str(action.old_chat_id), str(action.new_chat_id))
         elif isinstance(action, Ignore):
@@ -355,7 +353,7 @@ class TelegramAdapter:
         message ids mean nothing there). And a supergroup's message has the group's former
         id among its scopes, where the access rules name that id (moves.FormerChats)."""
         chat = int(incoming.key.chat_id)
-        if (new := self._moved.get(chat)) is not None:
+        if (new := self._former.now(chat)) is not None:
             key = ConversationKey(PLATFORM, str(new), incoming.key.thread_id)
             incoming = dataclasses.replace(incoming, key=key, platform_message_id="")
             chat = new

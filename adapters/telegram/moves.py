@@ -12,7 +12,9 @@ The move is learned from Telegram's service message (migrate_to_chat_id, migrate
 worker got the service message), by asking about each named basic group (getChat: Telegram
 refuses an upgraded group's old id with the new one), at most every RECHECK_S while group
 messages come (a named chat that getChat finds to be something else than a basic group, a
-supergroup already, is not asked about again). Only groups the rules name are remembered.
+supergroup already, is not asked about again). Of the other groups, only the moves this
+process is told of are kept (`now`, bounded): a late message of the old group goes to the
+supergroup's conversation.
 
 The asking runs beside the messages, never in their way: a message waits for nothing but the
 process's first look, and for that at most FIRST_LOOK_WAIT_S (one getChat per named group,
@@ -30,6 +32,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from telegram import Chat, ChatFullInfo
 from telegram.error import ChatMigrated, TelegramError
 
+from bot.lru import Lru
+
 log = logging.getLogger(__name__)
 
 # How often the named basic groups are asked about again while group messages come: how
@@ -37,10 +41,13 @@ log = logging.getLogger(__name__)
 RECHECK_S = 300.0
 # How long a message waits for the process's first look at the named groups.
 FIRST_LOOK_WAIT_S = 2.0
+# Moves of groups the rules do not name, kept from the service messages (old id -> new).
+MOVES_KEPT = 10_000
 
 
 class FormerChats:
-    """Supergroup id -> the ids it had as a basic group that the access rules name."""
+    """Supergroup id -> the ids it had as a basic group that the access rules name; and a
+    group's move this process was told of, old id -> new (`now`)."""
 
     def __init__(
         self,
@@ -58,6 +65,11 @@ class FormerChats:
         self._first: asyncio.Task[None] | None = None
         self._first_until = 0.0
         self._former: dict[int, tuple[str, ...]] = {}
+        self._moves: Lru[int] = Lru(MOVES_KEPT)
+
+    def now(self, chat_id: int) -> int | None:
+        """The supergroup a group became, where this process was told of it; else None."""
+        return self._moves.get(chat_id)
 
     async def of(self, chat_id: int) -> tuple[str, ...]:
         """A group's former ids that the rules name (a supergroup's; none for most). Starts
@@ -88,6 +100,7 @@ class FormerChats:
             await asyncio.gather(self._looking, return_exceptions=True)
 
     def moved(self, old: int, new: int) -> None:
+        self._moves.put(old, new)
         if old not in self._named:
             return
         self._unmoved.discard(old)

@@ -1130,9 +1130,6 @@ class ConversationManager:
             status, _ = await self._handoff.status(work.conversation_id, fresh=True)
         return status
 
-    async def _with_a_person(self, work: _Work) -> bool:
-        return (await self._handoff_status(work)).state is not HandoffState.BOT
-
     async def _rate_limited(self, work: _Work, batch: list[StoredMessage]) -> None:
         """One sentence per conversation and rate window; the messages over the limit after
         it are marked answered without a word (a flood must not become a flood of replies).
@@ -1141,7 +1138,11 @@ class ConversationManager:
         the agent "I skipped this one", in the agent's conversation, of a message the agent
         had read."""
         desk_held = isinstance(self._sinks.get(work.key.platform), DeskHeld)
-        if desk_held and self._handoff is not None and await self._with_a_person(work):
+        if (
+            desk_held
+            and self._handoff is not None
+            and (await self._handoff_status(work)).state is not HandoffState.BOT
+        ):
             await self._record_aside(work, batch, "")
             return
         key = keys.rate_told(work.conversation_id)
@@ -1698,9 +1699,7 @@ def _delivery_failed(key: ConversationKey, exc: Exception) -> None:
     (its network, Redis for the support event log) is one line naming the error's types, and
     Redis refusing redis.url since the start (a password changed under a running worker) one
     line saying what to fix; any other failure is a bug, logged whole."""
-    refusal = next(
-        (r for each in causes(exc) if _from_redis(each) and (r := redis_refusal(each))), None
-    )
+    refusal = next((r for each in causes(exc) if (r := redis_refusal(each))), None)
     if refusal is not None:
         log.error("conversation %s: the platform could not deliver: %s", key, refusal)
     elif is_outage(exc):
@@ -1711,11 +1710,6 @@ def _delivery_failed(key: ConversationKey, exc: Exception) -> None:
         )
     else:
         log.exception("conversation %s: the platform failed while delivering", key)
-
-
-def _from_redis(exc: BaseException) -> bool:
-    """Raised by the redis client (the optional extra: nothing of it imported otherwise)."""
-    return type(exc).__module__.startswith("redis.")
 
 
 def document_question(caption: str, name: str) -> str:

@@ -208,7 +208,10 @@ class RedisRefused(StorageError):
 def redis_refusal(exc: BaseException) -> str | None:
     """What is wrong with `redis.url` when Redis refused to set up its connection: a password
     it does not take or none where it needs one, a database number it does not have, a user
-    its ACL does not let run the command. None for anything else (down, slow, loading)."""
+    its ACL does not let run the command. None for anything else (down, slow, loading), and
+    for an error the redis client did not raise (the optional extra is not imported then)."""
+    if not type(exc).__module__.startswith("redis."):
+        return None
     from redis.exceptions import (
         AuthenticationError,
         AuthorizationError,
