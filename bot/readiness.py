@@ -1,7 +1,9 @@
 """`/readyz`: may a load balancer send this worker traffic?
 
     readiness(app)    the problems now, one short line each (empty: ready): the database
-                      answers a query, Redis answers PING (when configured), and a model
+                      answers a query, its schema is at the revision this code needs
+                      (not behind it: a downgrade under a running worker), Redis answers
+                      PING (when configured), and a model
                       server answers `GET /v1/models` (when the backend is a server;
                       any one of the fallback chain will do, since any of them can answer)
     ReadinessProbe    the same, cached for `ttl_s` and asked once at a time, so a balancer
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from bot.settings import BackendSettings
+from bot.storage import migrate
 from bot.storage.base import Cache, Store
 
 if TYPE_CHECKING:
@@ -55,12 +58,14 @@ def model_server_urls(settings: BackendSettings) -> list[str]:
 
 
 async def _database(store: Store) -> str | None:
+    # One query says both: the database answers, and at which revision its schema is.
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            await store.ping()
+            found = await store.schema_revision()
     except Exception as exc:
         return f"database: {_why(exc)}"
-    return None
+    problem = migrate.behind(found)
+    return f"database: {problem}" if problem else None
 
 
 async def _redis(cache: Cache) -> str | None:

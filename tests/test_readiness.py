@@ -1,5 +1,5 @@
-"""`/readyz`: unready when PostgreSQL is cut, ready again once it is back; cached, so a
-balancer polling it does not hammer the dependencies.
+"""`/readyz`: unready when PostgreSQL is cut, ready again once it is back; unready while the
+schema is behind the code's; cached, so a balancer polling it does not hammer the dependencies.
 
 PostgreSQL is cut with a TCP relay between Parley and the server that the test closes
 (listener and open connections) and reopens on the same port: what a network partition or a
@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from adapters.kit.http import HttpHost
@@ -122,6 +123,39 @@ async def test_a_pool_every_turn_holds_is_busy_not_unready(postgres_url: str) ->
             assert engine.pool.checkedout() == 1
             assert await readiness(app) == []
             assert await app.manager.database_answers()
+
+
+async def test_unready_while_the_schema_is_downgraded_under_it(database_url: str) -> None:
+    """An operator downgraded the schema (`parley db downgrade`, or `alembic` from another
+    host) under a running worker, which cannot do its work on it: /readyz said "ready"."""
+    settings = Settings(database={"url": database_url}, knowledge={"load_sample": False})  # type: ignore[arg-type]
+    async with Parley(settings) as app:
+        host = HttpHost(HttpSettings(), ready=ReadinessProbe(app, ttl_s=0))
+        assert (await get_ready(host)).text == "ready"
+        head = migrate.head()
+
+        await migrate.downgrade(database_url, "-1")
+        below = await migrate.current(database_url)
+        assert below is not None and below != head
+        down = await get_ready(host)
+        assert (down.status_code, down.text) == (
+            503,
+            f"database: schema at revision {below}, this worker needs {head}: "
+            "run `parley db upgrade`",
+        )
+
+        await migrate.upgrade(database_url)
+        back = await get_ready(host)
+        assert (back.status_code, back.text) == (200, "ready")
+
+
+async def test_a_schema_a_newer_parley_migrated_keeps_it_ready(tmp_path: Path) -> None:
+    """A release runs `parley db upgrade` first: the old workers serve on until they are
+    replaced, rather than all leaving the balancer at once."""
+    async with Parley(_sqlite(tmp_path)) as app:
+        async with app.store.engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '9999_newer'"))
+        assert await readiness(app) == []
 
 
 async def test_stopping_answers_unready_without_asking(tmp_path: Path) -> None:

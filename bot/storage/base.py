@@ -417,6 +417,11 @@ class Store(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def schema_revision(self) -> str | None:
+        """The database's schema revision (Alembic's), None where none is recorded: one
+        read on the lease keeper's connection, like `ping` (/readyz asks it)."""
+        ...
+
     async def last_platform_message_ids(
         self, platform: str, since: datetime
     ) -> dict[ConversationKey, str]:

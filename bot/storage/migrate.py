@@ -10,6 +10,7 @@ migrate one database at once take turns (migrations/env.py holds a lock while it
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,6 +67,29 @@ def head() -> str:
     if found is None:
         raise StorageError(f"no migrations found in {MIGRATIONS_DIR}")
     return found
+
+
+def behind(found: str | None) -> str | None:
+    """What a running worker says of a database at revision `found` (/readyz): None at the
+    code's head, and at a revision this code does not know (a newer Parley migrated it: in a
+    release, `parley db upgrade` runs first and the old workers serve on until they are
+    replaced); else one line, the revision found and the one the code needs (a downgrade
+    under a running worker, `parley db downgrade` or `alembic` from another host)."""
+    wanted, known = _revisions()
+    if found == wanted or (found is not None and found not in known):
+        return None
+    return (
+        f"schema at revision {found or 'none (empty database)'}, this worker needs {wanted}: "
+        "run `parley db upgrade`"
+    )
+
+
+@functools.cache
+def _revisions() -> tuple[str, frozenset[str]]:
+    """The head and every revision of migrations/versions, read once per process (they are
+    files of the code, which does not change under it)."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return head(), frozenset(rev.revision for rev in script.walk_revisions())
 
 
 async def current(url: str, timeout_s: float | None = None) -> str | None:

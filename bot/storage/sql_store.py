@@ -166,9 +166,15 @@ class SqlStore:
 
     async def ping(self) -> None:
         """Does the database answer? Asked on the lease keeper's own connection: a main pool
-        that every turn holds is a busy worker, not a database that is down (/readyz, the
-        outage check)."""
+        that every turn holds is a busy worker, not a database that is down (the outage
+        check; /readyz asks `schema_revision`, which answers this too)."""
         await self._run(lambda q: q.rows(_PING), on=self._keeper_runner)
+
+    async def schema_revision(self) -> str | None:
+        """The database's schema revision, read on the lease keeper's connection as `ping`
+        asks (it answers that question too)."""
+        rows = await self._run(lambda q: q.rows(_SCHEMA_REVISION), on=self._keeper_runner)
+        return str(rows[0][0]) if rows else None
 
     async def record_incoming(
         self, incoming: Incoming, *, kind: MessageKind, token_count: int
@@ -925,6 +931,8 @@ _FACT_COLUMNS = tuple(
                                 _p.auto_translate, _p.keep_messages))
 )  # fmt: skip
 _PING = sa.text("SELECT 1")
+# Alembic's table of the revision the schema is at (one row; none after a downgrade to base).
+_SCHEMA_REVISION = sa.text("SELECT version_num FROM alembic_version")
 
 
 def _param(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.BindParameter[Any]:
