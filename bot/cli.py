@@ -16,7 +16,8 @@ Every failure is one line on stderr, never a traceback, and a documented exit st
 
     0    done, or stopped on request (SIGTERM, Ctrl-C, the end of every input)
     1    `parley doctor` found problems
-    2    a configuration problem: a setting, the config file, a missing extra, an
+    2    arguments argparse refuses (with JSON logs, its error line as one JSON line), or
+         a configuration problem: a setting, the config file, a missing extra, an
          out-of-date database schema, a database migrated by a newer Parley (the operator
          must change something)
     3    a failure at run time: an adapter could not start or failed while running (a
@@ -36,7 +37,7 @@ import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from bot.errors import BotError, ConfigError, SchemaOutOfDate, SchemaTooNew
 
@@ -88,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # is an interruption like any other (status 130), not a traceback.
         from bot.settings import load_settings
 
-        args = _parser().parse_args(argv)
+        try:
+            args = _parser().parse_args(argv)
+        except _Refused as refused:
+            refused.report(argv)
         settings = load_settings(args.config)
         # A terminal chat stays readable: warnings only, unless --verbose.
         chatting = args.command == "run" and "console" in settings.adapters
@@ -138,10 +142,62 @@ def _error(exc: Exception, settings: Settings | None) -> None:
     line = str(exc)
     if settings is not None:
         line = redactor(settings).redact(line)
-    # Settings that did not load say nothing: the environment may still ask for JSON lines.
-    wanted = settings.log_format if settings is not None else os.environ.get("PARLEY_LOG_FORMAT")
+    wanted = settings.log_format if settings is not None else _env_log_format()
     json_format = wanted == "json"
     print(error_line(line, json_format=json_format), file=sys.stderr)
+
+
+class _Refused(Exception):
+    """argparse refused the arguments (an unknown option, a bad value): raised by
+    `_Parser.error`, reported by `report` once `main` knows the arguments."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+    def report(self, argv: Sequence[str] | None) -> NoReturn:
+        """argparse's usage and error line, status 2; where the log is JSON lines, the error
+        line alone as one JSON object with a log line's fields, as `_error` writes it (with
+        the settings' secrets redacted), status 2 all the same."""
+        settings = _settings_for_refusal(argv)
+        wanted = settings.log_format if settings is not None else _env_log_format()
+        if wanted != "json":
+            argparse.ArgumentParser.error(self.parser, self.message)  # exits, status 2
+        from bot.logformat import command_line
+        from bot.logsafety import redactor
+
+        line = f"{self.parser.prog}: error: {self.message}"
+        if settings is not None:
+            line = redactor(settings).redact(line)
+        print(command_line(line, json_format=True), file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose refusals `main` reports in the log's format (subcommands'
+    parsers are of this class too: argparse makes them of their parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Refused(self, message)
+
+
+def _settings_for_refusal(argv: Sequence[str] | None) -> Settings | None:
+    """The settings as the command would have read them (the `--config` the arguments name,
+    where that much of them can be read), or None where they do not load."""
+    from bot.settings import load_settings
+
+    config = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    config.add_argument("--config", type=Path)
+    try:
+        known, _ = config.parse_known_args(argv)
+        return load_settings(known.config)
+    except (argparse.ArgumentError, BotError, OSError):
+        return None
+
+
+def _env_log_format() -> str | None:
+    # Settings that did not load say nothing: the environment may still ask for JSON lines.
+    return os.environ.get("PARLEY_LOG_FORMAT")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -152,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     from bot.knowledge.cli import add_kb_parser
     from bot.usage_cli import add_usage_parser
 
-    parser = argparse.ArgumentParser(prog="parley", description="Parley chat bot framework")
+    parser = _Parser(prog="parley", description="Parley chat bot framework")
     parser.add_argument(
         "--config", type=Path, help="TOML settings file (default config/parley.toml)"
     )

@@ -159,3 +159,51 @@ def test_a_path_with_a_unicode_line_break_stays_on_one_json_line(
     (line,) = json_lines(err)
     assert odd in line["message"]
     assert not {"\u0085", "\u2028", "\u2029"} & set(err)
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_refused_arguments_are_one_json_line_with_json_logs(
+    operator_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    log_format: str,
+) -> None:
+    """An unknown option or a bad argument was argparse's usage and error line in plain text
+    whatever the log format (an operator's collector of JSON lines choked on it); status 2."""
+    monkeypatch.setenv("PARLEY_LOG_FORMAT", log_format)
+    refusals = {
+        ("--bogus", "doctor"): "parley: error: unrecognized arguments: --bogus",
+        ("db", "sideways"): "parley db: error: argument action: invalid choice: 'sideways'",
+        ("chat", "--user", " "): "parley chat: error: argument --user: must not be empty",
+        ("kb",): "parley kb: error: the following arguments are required: kb_action",
+    }
+    for argv, says in refusals.items():
+        with pytest.raises(SystemExit) as ended:
+            main(list(argv))
+        out, err = capsys.readouterr()
+        assert (ended.value.code, out) == (2, "")
+        if log_format == "text":  # argparse's own, as before
+            assert err.startswith("usage: parley")
+            assert err.splitlines()[-1].startswith(says), err
+            continue
+        (line,) = json_lines(err)
+        assert (line["level"], line["logger"]) == ("ERROR", "parley")
+        assert line["message"].startswith(says), line
+
+
+def test_refused_arguments_follow_the_log_format_of_the_config_file_they_name(
+    operator_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = operator_folder / "parley.toml"
+    config.write_text('log_format = "json"\n', encoding="utf-8")
+    with pytest.raises(SystemExit) as ended:
+        main(["--config", str(config), "db", "sideways"])
+    assert ended.value.code == 2
+    (line,) = json_lines(capsys.readouterr().err)
+    assert line["message"].startswith("parley db: error: argument action: invalid choice")
+    # A config file that does not load says nothing: plain, as argparse writes it.
+    config.write_text('log_format = "yaml"\n', encoding="utf-8")
+    with pytest.raises(SystemExit) as ended:
+        main(["--config", str(config), "db", "sideways"])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: parley db")
