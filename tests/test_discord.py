@@ -769,6 +769,42 @@ async def test_a_refused_interaction_delivered_to_two_workers_keeps_its_refusal(
         assert original == ([] if alone else ["PATCH"])
 
 
+async def test_a_channel_that_refused_a_reply_is_known_to_every_worker(
+    tmp_path: Path, database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """Two processes on one database and Redis (a rolling deploy: both serve the server).
+    The first answers in a channel closed to the bot's history: its reply refused (403
+    160002), the answer goes out plain. The channel's refusal was the first process's alone:
+    the second's next answer there was again a reply first, refused, a 403 more per worker
+    (which Discord counts against the host). Kept in Redis, it goes out plain at once."""
+    api = FakeDiscordApi(per_channel=(5, 0.5), guilds=[ev.guild_create()], shard_count=2)
+    api.unreadable.add(ev.CHANNEL)
+    shared = {"home": tmp_path, "database": database_url,
+              "redis": {"url": redis_url, "key_prefix": key_prefix}}  # fmt: skip
+    async with (
+        api.serving(),
+        _worker(api, answering("At your service."), shared, 0) as a,
+        _worker(api, answering("At your service."), shared, 1) as b,
+    ):
+        async with asyncio.timeout(60):  # a dead connection fails the test, never hangs it
+            question = ev.message_create("what is a crane?", channel=ev.CHANNEL, mentions_bot=True)
+            api.push("MESSAGE_CREATE", question)  # to the server's shard: the first worker
+            await a.adapter.handled(1)
+            await a.adapter.idle()
+            # The second worker serves the server too (the shard's next process, starting).
+            api.push("GUILD_CREATE", ev.guild_create(), shard=1)
+            question = ev.message_create("and a heron?", channel=ev.CHANNEL, mentions_bot=True)
+            api.push("MESSAGE_CREATE", question, shard=1)
+            await b.adapter.handled(1)
+            await b.adapter.idle()
+        assert api.texts(ev.CHANNEL) == ["At your service.", "At your service."]
+        # One refused reply in all; the second worker's answer went out plain at once.
+        assert [w.status for w in api.writes(ev.CHANNEL) if w.status == 403] == [403]
+        refused, first, second = api.writes(ev.CHANNEL)
+        assert "message_reference" in refused.body
+        assert "message_reference" not in first.body and "message_reference" not in second.body
+
+
 async def test_a_member_flooding_refused_commands_slows_nobody_else(tmp_path: Path) -> None:
     """A member over the rate limit sends 11 slash commands in a channel while another asks
     one. Each was deferred ("thinking..." in the channel) and, refused, its response deleted

@@ -25,7 +25,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
@@ -50,6 +49,7 @@ from bot.types import ConversationKey, Incoming
 from . import commands, stream
 from .backfill import Backfill, ChannelShards, Marks, Unread
 from .settings import DiscordSettings
+from .shared import SharedFacts
 from .translate import (
     PLATFORM,
     Action,
@@ -85,9 +85,6 @@ THREAD_NAMES_KNOWN = 10_000
 DISCORD_RATES = Rates(per_chat=Rate(5, 5.0), overall=Rate(50, 1.0))
 # Channels known to be in a server (answers there reply to the question); DMs are not.
 GUILD_CHANNELS_KNOWN = 100_000
-# How long a channel that refused a reply (no Read Message History: 403 160002) gets its
-# answers without one before a reply is tried again (the permission given since).
-UNREPLIED_S = 600.0
 # While Discord does not answer, turns wait (no model call) but for one look this often.
 LOOK_S = 5.0
 # Discord's answers to the acknowledgement of an interaction no longer to be answered: 10062
@@ -255,8 +252,8 @@ class DiscordAdapter:
         self.edits_handled = 0
         self._progress = asyncio.Condition()
         self._guild_channels: Lru[bool] = Lru(GUILD_CHANNELS_KNOWN)
-        # Channel id -> when it refused a reply (stream.CANNOT_REPLY), monotonic seconds.
-        self._unreplied: Lru[float] = Lru(GUILD_CHANNELS_KNOWN)
+        # Channels that refused a reply: known to every worker where the cache is Redis.
+        self._facts = SharedFacts(host.cache)
         self._interactions: Lru[discord.Interaction] = Lru(INTERACTIONS_KNOWN)
         # Commands refused with an ephemeral response (`_refused`), by interaction id.
         self._told: Lru[bool] = Lru(INTERACTIONS_KNOWN)
@@ -989,13 +986,8 @@ class DiscordAdapter:
             async for _ in chunks:
                 pass
             return
-        # In a server the answer replies to the question (who asked what); a DM has one asker.
-        # Not where Discord refused one lately (no Read Message History): each answer would
-        # cost a refused call first, a 403 Discord counts against the host.
         reference = None
-        refused_at = self._unreplied.get(channel_id)
-        replies = refused_at is None or time.monotonic() - refused_at >= UNREPLIED_S
-        if interaction is None and reply_to and replies and self._in_a_server(channel_id):
+        if interaction is None and reply_to and await self._replies_in(channel_id):
             reference = discord.MessageReference(
                 message_id=int(reply_to), channel_id=channel_id, fail_if_not_exists=False
             )
@@ -1008,7 +1000,7 @@ class DiscordAdapter:
                 reply_to=reference,
                 interaction=interaction,
                 link_previews=self._settings.link_previews,
-                on_reply_refused=lambda: self._unreplied.put(channel_id, time.monotonic()),
+                on_reply_refused=lambda: self._facts.reply_refused(self.me, channel_id),
             )
         except PlatformAway as exc:  # a slash command's is a refusal (stream._as_refusal)
             # Not recorded as shown: the turn waits, and is made again and finished in the
@@ -1017,6 +1009,13 @@ class DiscordAdapter:
             return
         if interaction is None:  # a refusal of a slash command's answer says nothing of it
             self._away.shown(key)
+
+    async def _replies_in(self, channel_id: int) -> bool:
+        """Whether an answer in the channel replies to its question: in a server, who asked
+        what (a DM has one asker); not where Discord refused a reply lately (no Read Message
+        History), each answer a refused call first, a 403 Discord counts against the host.
+        The cache is asked only for a server's channel."""
+        return self._in_a_server(channel_id) and await self._facts.replies_in(self.me, channel_id)
 
     def _in_a_server(self, channel_id: int) -> bool:
         """Whether the channel is a server's (seen so here, or in discord.py's cache of this

@@ -227,7 +227,7 @@ class DiscordSurface:
         reply_to: discord.MessageReference | None,
         on_first_send: asyncio.Event,
         link_previews: bool = False,
-        on_reply_refused: Callable[[], None] | None = None,
+        on_reply_refused: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._channel = channel
         self._on_reply_refused = on_reply_refused
@@ -262,7 +262,7 @@ class DiscordSurface:
             log.info("channel %s: the answer goes without its reply (no Read Message History)",
                      self._channel.id)  # fmt: skip
             if self._on_reply_refused is not None:
-                self._on_reply_refused()
+                await self._on_reply_refused()
             sent = await gated(self._gate, self._channel.id, self._sending(piece, None))
         self._first_sent.set()
         return sent.id
@@ -474,7 +474,7 @@ async def play(
     reply_to: discord.MessageReference | None = None,
     interaction: discord.Interaction | None = None,
     link_previews: bool = False,
-    on_reply_refused: Callable[[], None] | None = None,
+    on_reply_refused: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Streams `chunks` into `channel` (into the deferred response of `interaction` first),
     typing until the first visible text (a deferred interaction shows "thinking" instead).

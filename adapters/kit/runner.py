@@ -35,7 +35,7 @@ from bot.logformat import error_line
 from bot.readiness import ReadinessProbe
 from bot.settings import Settings
 from bot.skills.router import CommandRouter
-from bot.storage.base import Store
+from bot.storage.base import Cache, Store
 from bot.storage.usage import UsageLog
 
 from .http import HttpHost
@@ -62,6 +62,9 @@ class AdapterHost:
     # The history store: for adapters that read back what they missed (Discord's backfill)
     # and withdraw messages deleted before they were answered.
     store: Store
+    # The cache (in process, or Redis shared by every worker): facts an adapter keeps that
+    # every worker of the bot needs (Discord's channels that refuse replies).
+    cache: Cache
     # The handoff desk (bot.handoff): help-desk bridges attach to it, agent APIs call it.
     desk: Desk | None = None
     # The token usage, written behind: an erasure drops the erased user's unwritten sums.
@@ -71,7 +74,14 @@ class AdapterHost:
 def host_for(app: Parley) -> AdapterHost:
     http = HttpHost(app.settings.http, ready=ReadinessProbe(app))
     return AdapterHost(
-        app.intake, app.settings, http, app.router, app.store, app.desk, app.budgets.usage
+        app.intake,
+        app.settings,
+        http,
+        app.router,
+        app.store,
+        app.cache,
+        app.desk,
+        app.budgets.usage,
     )
 
 

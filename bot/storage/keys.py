@@ -64,6 +64,10 @@ def delivered(platform: str, update: str) -> str:  # deliveries of a platform up
     return f"delivered:{platform}:{update}"
 
 
+def discord_unreplied(bot: int, channel_id: int) -> str:  # a channel that refused a reply
+    return f"discord:unreplied:{bot}:{channel_id}"
+
+
 def support_ip(address: str) -> str:  # support API requests from one client address
     return f"support:ip:{address}"
 
