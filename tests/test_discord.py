@@ -38,7 +38,7 @@ from backends.base import Chunk, GenerationRequest
 from bot import phrases
 from bot.app import Parley
 from bot.errors import AdapterError
-from bot.storage.base import MessageKind
+from bot.storage.base import MessageKind, Recorded
 from bot.types import ConversationKey, Role
 from tests import discord_events as ev
 from tests.adapter_harness import DiscordHarness, discord_harness, settings_for, visible
@@ -803,6 +803,53 @@ async def test_a_channel_that_refused_a_reply_is_known_to_every_worker(
         refused, first, second = api.writes(ev.CHANNEL)
         assert "message_reference" in refused.body
         assert "message_reference" not in first.body and "message_reference" not in second.body
+
+
+async def test_a_command_told_alone_is_not_said_in_the_channel_by_another_worker(
+    tmp_path: Path, database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """A command over the rate limit is told so alone (an ephemeral response) by the worker
+    it came to, and recorded as a stub whose turn says the rate-limit sentence. That turn ran
+    where the conversation's lease was free next: here the other worker's sweep (the first
+    gave up waiting for the lease, held by the other's turn there). The fact that the
+    sentence was said was the first worker's alone: the second said it again, in the
+    channel, for everyone. Kept in Redis, the second says nothing."""
+    api = FakeDiscordApi(per_channel=(5, 0.5), guilds=[ev.guild_create()], shard_count=2)
+    limit = {"rate_limit_messages": 1, "rate_limit_window_s": 60}
+    home = {"home": tmp_path, "database": database_url,
+            "redis": {"url": redis_url, "key_prefix": key_prefix}}  # fmt: skip
+    # The first waits briefly for the lease and never sweeps; the second sweeps soon.
+    first = {**home, "conversation": {**limit, "lock_wait_s": 0.2, "sweep_interval_s": 0}}
+    second = {**home, "conversation": {**limit, "sweep_interval_s": 0.1, "orphan_after_s": 0.2}}
+    slow = GatedBackend("Done.")
+    async with (
+        api.serving(),
+        _worker(api, answering("never asked"), first, 0) as a,
+        _worker(api, slow, second, 1) as b,
+    ):
+        async with asyncio.timeout(60):  # a dead connection fails the test, never hangs it
+            # The second worker serves the server too (the shard's next process, starting),
+            # and runs a turn there: the sender's one message of the window.
+            api.push("GUILD_CREATE", ev.guild_create(), shard=1)
+            question = ev.message_create("what is a crane?", channel=ev.CHANNEL, mentions_bot=True)
+            api.push("MESSAGE_CREATE", question, shard=1)
+            await b.adapter.handled(1)
+            await api.until(lambda: _typed(api, ev.CHANNEL))  # its turn holds the lease
+            command = ev.interaction_create("summarize", "text " * 5, channel=ev.CHANNEL)
+            api.expect_interaction(command["token"], ev.CHANNEL)
+            api.push("INTERACTION_CREATE", command, shard=0)
+            await a.adapter.handled(1)
+            await a.adapter.idle()  # its turn gave up waiting for the lease: left pending
+            slow.release.set()
+            stub = await b.app.store.message_by_key(f"discord:interaction:{command['id']}")
+            assert stub is not None
+            recorded = Recorded(stub.id, stub.conversation_id, is_new=False)
+            while not await b.app.intake.wait_until_answered(recorded):
+                pass  # the second worker's sweep takes it up
+            await b.adapter.idle()
+        said = phrases.say(phrases.RATE_LIMITED, "")
+        assert api.ephemeral == {command["token"]: said}
+        assert api.texts(ev.CHANNEL) == ["Done."]
 
 
 async def test_a_member_flooding_refused_commands_slows_nobody_else(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ _PREFIX_NAME = re.compile(r"^_?(key_)?prefix$")
         (keys.refused("telegram", "123:456"), "refused:telegram:123:456"),
         (keys.delivered("discord", "789"), "delivered:discord:789"),
         (keys.discord_unreplied(456, 789), "discord:unreplied:456:789"),
+        (keys.discord_told("789"), "discord:told:789"),
         (keys.support_ip("10.0.0.1"), "support:ip:10.0.0.1"),
         (keys.support_ip_streams("10.0.0.1"), "support:ip-streams:10.0.0.1"),
         (keys.support_visitor("shop:v-1"), "support:visitor:shop:v-1"),

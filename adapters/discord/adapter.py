@@ -252,11 +252,10 @@ class DiscordAdapter:
         self.edits_handled = 0
         self._progress = asyncio.Condition()
         self._guild_channels: Lru[bool] = Lru(GUILD_CHANNELS_KNOWN)
-        # Channels that refused a reply: known to every worker where the cache is Redis.
+        # Channels that refused a reply, commands refused with an ephemeral response
+        # (`_refused`): known to every worker where the cache is Redis.
         self._facts = SharedFacts(host.cache)
         self._interactions: Lru[discord.Interaction] = Lru(INTERACTIONS_KNOWN)
-        # Commands refused with an ephemeral response (`_refused`), by interaction id.
-        self._told: Lru[bool] = Lru(INTERACTIONS_KNOWN)
         # Refusal checks that outlasted REFUSAL_CHECK_S, kept referenced until they end.
         self._checks: set[asyncio.Future[str | None]] = set()
         # Interactions whose deferred response a delivery refused 40060 ends with the entry
@@ -792,7 +791,7 @@ class DiscordAdapter:
             return True
         replayed = await self._replayed(interaction)
         if told or not replayed:  # said by this delivery (40060 unseen: its answer was lost)
-            self._told.put(str(interaction.id), True)
+            await self._facts.told(str(interaction.id))
         else:
             _replay_skipped(interaction)
         # A repeat is recorded once (the manager's idempotency key).
@@ -979,18 +978,20 @@ class DiscordAdapter:
         interaction = self._interactions.get(reply_to) if reply_to else None
         if interaction is not None:
             self._interactions.discard(reply_to)
-        elif reply_to and reply_to in self._told:
-            # A command over the rate limit, told so by its ephemeral response (`_refused`):
-            # its turn's sentence was that response, not to be said again in the channel.
-            self._told.discard(reply_to)
-            async for _ in chunks:
-                pass
-            return
         reference = None
-        if interaction is None and reply_to and await self._replies_in(channel_id):
-            reference = discord.MessageReference(
-                message_id=int(reply_to), channel_id=channel_id, fail_if_not_exists=False
-            )
+        if interaction is None and reply_to:
+            told, replies = await self._answering(channel_id, reply_to)
+            if told:
+                # A command over the rate limit, told so by its ephemeral response
+                # (`_refused`, on any worker): its turn's sentence was that response, not to
+                # be said again in the channel.
+                async for _ in chunks:
+                    pass
+                return
+            if replies:
+                reference = discord.MessageReference(
+                    message_id=int(reply_to), channel_id=channel_id, fail_if_not_exists=False
+                )
         try:
             await stream.play(
                 channel,
@@ -1010,12 +1011,18 @@ class DiscordAdapter:
         if interaction is None:  # a refusal of a slash command's answer says nothing of it
             self._away.shown(key)
 
-    async def _replies_in(self, channel_id: int) -> bool:
-        """Whether an answer in the channel replies to its question: in a server, who asked
-        what (a DM has one asker); not where Discord refused a reply lately (no Read Message
-        History), each answer a refused call first, a 403 Discord counts against the host.
-        The cache is asked only for a server's channel."""
-        return self._in_a_server(channel_id) and await self._facts.replies_in(self.me, channel_id)
+    async def _answering(self, channel_id: int, reply_to: str) -> tuple[bool, bool]:
+        """Whether the answer to `reply_to` was said already, to its sender alone (a
+        refused command's ephemeral response), and whether it replies to its question: in a
+        server, who asked what (a DM has one asker); not where Discord refused a reply lately
+        (no Read Message History), each answer a refused call first, a 403 Discord counts
+        against the host. Both facts asked of the cache at once (Redis: one round trip's
+        wait)."""
+        told = self._facts.was_told(reply_to)
+        if not self._in_a_server(channel_id):
+            return await told, False
+        both = await asyncio.gather(told, self._facts.replies_in(self.me, channel_id))
+        return both[0], both[1]
 
     def _in_a_server(self, channel_id: int) -> bool:
         """Whether the channel is a server's (seen so here, or in discord.py's cache of this

@@ -68,6 +68,10 @@ def discord_unreplied(bot: int, channel_id: int) -> str:  # a channel that refus
     return f"discord:unreplied:{bot}:{channel_id}"
 
 
+def discord_told(interaction_id: str) -> str:  # a command refused to its sender alone
+    return f"discord:told:{interaction_id}"
+
+
 def support_ip(address: str) -> str:  # support API requests from one client address
     return f"support:ip:{address}"
 
