@@ -171,7 +171,19 @@ async def test_a_german_visitor_is_handed_to_an_english_agent_and_back(
             )
             answer = {"reply_to": again.json()["message_id"],
                       "text": "You said Wo ist meine Bestellung?"}  # fmt: skip
-            await until(stream, named("answer", **answer))
+            events = await until(stream, named("answer", **answer))
+            # 5. The history has each change of hands where it happened, with its event's id:
+            # a client that shows both (a reload that resumes from an earlier event) shows
+            # each note once.
+            page = (await client.get("/v1/history", headers=auth)).json()["messages"]
+            shown = [m["state"] or m["text"] for m in page if m["role"] in ("user", "handoff")]
+            assert shown == [ASK, "waiting", WAITING_TEXT, "human", "Danke!", "bot",
+                             "Wo ist meine Bestellung?"]  # fmt: skip
+            handoffs = [data(e) for e in events if e.event == "handoff"]
+            rows = [m for m in page if m["role"] == "handoff"]
+            assert [m["id"] for m in rows] == [h["id"] for h in handoffs]
+            assert [m["name"] for m in rows] == ["", "Dana", "Dana"]
+            assert all(m["text"] == "" for m in rows)  # the client words it
     await hooks.delivered("handoff.returned")
     kinds = [json.loads(body)["type"] for _, body in hooks.seen]
     assert kinds == ["handoff.requested", "message.customer", "handoff.taken", "message.agent",
@@ -360,8 +372,16 @@ async def test_history_shows_an_agents_reply_as_its_event_did(worker: Worker) ->
             await settle(client, agent, who, stream)
         messages = await history(client, visitor["token"])
     german = TRANSLATIONS[("German", REPLY)]
-    # The visitor's question, the bot's "handing you over", then the agent's two replies.
-    assert [m["role"] for m in messages] == ["user", "assistant", "agent", "agent"]
+    # The visitor's question, the bot's "handing you over", the changes of hands (a person
+    # asked for, the agent's reply takes it), then the agent's two replies.
+    assert [m["role"] for m in messages] == [
+        "user",
+        "assistant",
+        "handoff",
+        "handoff",
+        "agent",
+        "agent",
+    ]
     assert messages[0]["text"] == ASK
     said = [data(e) for e in stream.events if e.event == "agent" and data(e)["text"] != END]
     fields = ("text", "name", "translated", "original")

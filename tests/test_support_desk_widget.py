@@ -105,3 +105,80 @@ async def test_a_persons_message_shows_their_name_as_text_marked_translated(
         assert back.status_code == 200
         await wait_text(page, ".msg.notice", "t => t.includes('wieder mit dem Assistenten')")
         assert await page.locator("parley-chat .handoff").is_hidden()
+
+
+# Every entry of the conversation in the widget's log, in order (the "…" of an answer being
+# waited for and the "Show earlier" button are not entries).
+LOG_ENTRIES = """() => [...document.querySelector('parley-chat').shadowRoot
+    .querySelectorAll('.log > .msg:not(.waiting)')].map(n => n.innerText.trim())"""
+
+
+async def test_handoff_notes_show_once_in_their_place_after_a_reload(
+    stack: Stack,  # noqa: F811  (the fixture imported above)
+    browser: Any,  # noqa: F811
+) -> None:
+    """A person asked for, taken, then given back, with the agent's message and the bot's
+    answer in between: after a reload the notes ("Connecting you...", "You are talking with
+    Dana", "...the assistant again") are each shown once, where they were, whether the stream
+    resumes after the last event seen or from an earlier one (the history's and the replayed
+    events' then overlap). They were in no history: missing after the one reload, at the
+    bottom after the other (and so twice on a page that had them)."""
+    secret = await server_key(stack)
+    stack.backend.script(["Happy to help again."], gated=False)
+    storage = f"parley-widget:{stack.site_key}"
+    async with (
+        parley_serving(stack),
+        httpx.AsyncClient(base_url=stack.api, headers=bearer(secret), timeout=30) as desk,
+    ):
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "I want to talk to a human")
+        await wait_text(page, ".handoff", "t => t.includes('Connecting')")
+        visitor = await page.evaluate(
+            "k => JSON.parse(localStorage.getItem(k)).visitor_id", storage
+        )
+        taken = await desk.post("/v1/handoff/take", json={"visitor_id": visitor, "agent": "Dana"})
+        assert taken.status_code == 200, taken.text
+        posted = await desk.post(
+            "/v1/handoff/messages",
+            headers={"Idempotency-Key": "r-1"},
+            json={"visitor_id": visitor, "agent": "Dana", "text": "Your order ships today."},
+        )
+        assert posted.status_code == 202, posted.text
+        await wait_text(page, ".msg.agent .body", "t => t.includes('ships today')")
+        back = await desk.post(
+            "/v1/handoff/give-back", json={"visitor_id": visitor, "agent": "Dana"}
+        )
+        assert back.status_code == 200, back.text
+        await wait_text(page, ".msg.notice", "t => t.includes('assistant again')")
+        await ask(page, "thanks")
+        await wait_text(page, ".msg.bot .body", "t => t.includes('Happy to help again')")
+        shown = await page.evaluate(LOG_ENTRIES)
+        for note in ("Connecting you", "You are talking with Dana", "assistant again"):
+            assert sum(note in entry for entry in shown) == 1, shown
+
+        await page.reload()
+        await page.click(LAUNCHER)
+        await wait_text(page, ".msg.bot .body", "t => t.includes('Happy to help again')")
+        assert await page.evaluate(LOG_ENTRIES) == shown  # after the last event seen
+
+        # From the conversation's first event: what the history shows is replayed too.
+        newest = await page.evaluate(
+            "k => JSON.parse(localStorage.getItem(k)).last_event_id", storage
+        )
+        await page.evaluate(
+            """k => {
+                const saved = JSON.parse(localStorage.getItem(k));
+                localStorage.setItem(k, JSON.stringify({ ...saved, last_event_id: "0-0" }));
+            }""",
+            storage,
+        )
+        await page.reload()
+        await page.click(LAUNCHER)
+        await wait_text(page, ".msg.bot .body", "t => t.includes('Happy to help again')")
+        await page.wait_for_function(  # every event replayed, up to the newest
+            "([k, id]) => JSON.parse(localStorage.getItem(k)).last_event_id === id",
+            arg=[storage, newest],
+        )
+        assert await page.evaluate(LOG_ENTRIES) == shown

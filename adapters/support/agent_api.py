@@ -51,6 +51,7 @@ from .auth import PLATFORM, Authenticator, bearer, check_origin, checked_visitor
 from .bodies import idempotency_key, read_body
 from .errors import ApiError, forbidden, unauthorized
 from .events import EventLog
+from .history import handoff_id
 from .schemas import (
     AgentMessageAccepted,
     AgentMessageRequest,
@@ -264,6 +265,7 @@ class StreamBridge:
         if event.kind not in STATE_CHANGES or event.key.platform != PLATFORM:
             return
         data = HandoffEvent(
+            id=handoff_id(event.at),
             state=event.state.value,
             reason=event.reason.value if event.reason else None,
             agent=event.agent,

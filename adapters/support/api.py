@@ -52,7 +52,7 @@ from .auth import (
 from .bodies import idempotency_key, int_param, read_body
 from .errors import ApiError, error_types, forbidden, internal, is_outage, unauthorized, unavailable
 from .events import EventLog, stream, valid_event_id
-from .history import SupportHistory
+from .history import HandoffNote, SupportHistory, with_notes
 from .schemas import (
     HistoryPage,
     MessageAccepted,
@@ -305,9 +305,16 @@ class SupportApi:
         limit = int_param(request, "limit", 1, self._s.history_max_page) or 20
         rows = await self._history.page(caller.key, before, limit)
         more = len(rows) > limit
+        previous = rows[0].created_at if more else None  # the older page's newest
         rows = rows[1:] if more else rows
         older = str(rows[0].id) if more and rows else None
-        page = HistoryPage(messages=[r.message() for r in rows], next=older)
+        # The changes of hands since the older page's newest message, up to this page's
+        # newest (the newest page: all since); a page of no message has none.
+        until = rows[-1].created_at if before is not None and rows else None
+        notes: list[HandoffNote] = []
+        if rows or before is None:
+            notes = await self._history.handoff_notes(caller.key, previous, until)
+        page = HistoryPage(messages=with_notes(rows, notes), next=older)
         return JSONResponse(page.model_dump())
 
     async def erase(self, request: Request) -> Response:

@@ -9,6 +9,13 @@ answer), as role `agent`, in the shape of the stream's `agent` event: the agent'
 text without the core's mark, `translated` and the original. An agent's message not yet
 delivered is not shown: the visitor has not seen it.
 
+Each change of hands (bot.handoff's audit trail, `handoff_events`) is shown too, where it
+happened among the messages, as role `handoff`: the note the widget showed from its `handoff`
+event ("You are now talking with a person"), with the event's `id` (`handoff_id`: the change's
+time, which the event and the audit row share), so that a client that shows both (a stream
+resumed from an earlier event) shows it once. A note goes in the page of the first message
+after it (the newest page: those after every message).
+
 Erasure deletes the conversation's messages (and what hangs off them), the visitor's user row,
 its daily token usage (its site's usage keeps the totals) and every trace of the visitor in
 the conversation row: its chat id becomes an opaque tombstone and its summary is cleared, all
@@ -22,15 +29,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import phrases
 from bot.budget import subjects_of
+from bot.handoff.models import HandoffEventRow
 from bot.storage.base import MessageKind, Store
-from bot.storage.database import run_on_connection
+from bot.storage.database import all_rows, run_on_connection
 from bot.storage.models import ConversationRow
 from bot.storage.usage import UsageLog
 from bot.types import ConversationKey, Role
@@ -83,6 +91,57 @@ class Row:
         )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def handoff_id(at: datetime) -> str:
+    """A change of hands' id: its time in microseconds (exact: no float between), as its
+    `handoff` event and its history row give it."""
+    return f"handoff-{(_utc(at) - _EPOCH) // timedelta(microseconds=1)}"
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffNote:
+    """A change of hands, as the history shows it."""
+
+    state: str
+    agent: str
+    at: datetime
+
+    def message(self) -> HistoryMessage:
+        at = _utc(self.at)
+        return HistoryMessage(id=handoff_id(at), role="handoff", text="", sources=[],
+                              created_at=at.isoformat(), name=self.agent,
+                              state=self.state)  # fmt: skip
+
+
+def with_notes(rows: Sequence[Row], notes: Sequence[HandoffNote]) -> list[HistoryMessage]:
+    """The page's messages (in their order) with each note before the first message after it
+    (notes after every message last), except the bot's answers to messages shown before the
+    note: that turn was under way when the hands changed (it asked for the person), and the
+    visitor got its answer first (the desk hands its events on after the change)."""
+    shown: list[HistoryMessage] = []
+    pending = sorted(notes, key=lambda n: _utc(n.at))
+    asked = 0  # the newest visitor message shown
+    for row in rows:
+        under_way = (
+            row.role == Role.ASSISTANT.value
+            and row.agent is None
+            and (row.reply_to is not None and row.reply_to <= asked)
+        )
+        while pending and not under_way and _utc(pending[0].at) < _utc(row.created_at):
+            shown.append(pending.pop(0).message())
+        shown.append(row.message())
+        if row.role == Role.USER.value:
+            asked = row.id
+    return shown + [n.message() for n in pending]
+
+
+def _utc(at: datetime) -> datetime:
+    # SQLite keeps no offset and hands back naive values; they were written in UTC.
+    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def delivered(text: str, original: str) -> tuple[str, bool]:
     """What an agent's reply shows the visitor, and whether it is a translation: the core ends
     a translated reply with its mark as a paragraph of its own; the `agent` event and this
@@ -127,6 +186,27 @@ class SupportHistory:
             Row(m.id, m.role.value, m.content, m.created_at, reply_to=m.reply_to,
                 agent=AgentReply(m.agent, m.agent_text) if m.agent is not None else None)
             for m in found
+        ]  # fmt: skip
+
+    async def handoff_notes(
+        self, key: ConversationKey, after: datetime | None, until: datetime | None
+    ) -> list[HandoffNote]:
+        """The conversation's changes of hands made after `after` and not after `until`
+        (None: no bound), oldest first. Compared here, not in SQL: SQLite keeps the times
+        without their offset."""
+        e, c = HandoffEventRow, ConversationRow
+        stmt = (
+            sa.select(e.to_state, e.agent, e.at)
+            .join(c, c.id == e.conversation_id)
+            .where(c.platform == key.platform, c.chat_id == key.chat_id, c.thread_id == "")
+            .order_by(e.id)
+        )
+        rows = await run_on_connection(self._engine, lambda conn: all_rows(conn, stmt))
+        notes = [HandoffNote(str(state), str(agent or ""), at) for state, agent, at in rows]
+        return [
+            n for n in notes
+            if (after is None or _utc(n.at) > _utc(after))
+            and (until is None or _utc(n.at) <= _utc(until))
         ]  # fmt: skip
 
     async def message_id(self, key: ConversationKey, platform_message_id: str) -> int | None:

@@ -62,9 +62,11 @@ class Source(BaseModel):
 
 class HistoryMessage(BaseModel):
     id: str
-    role: Literal["user", "assistant", "agent", "notice"] = Field(
+    role: Literal["user", "assistant", "agent", "notice", "handoff"] = Field(
         description="agent: a person at the help desk, as its `agent` event showed it; "
-        "notice: the service's sentence in place of an answer, as its `notice` event was"
+        "notice: the service's sentence in place of an answer, as its `notice` event was; "
+        "handoff: the conversation changed hands, as its `handoff` event said (`id` as the "
+        "event's `id`, `state`, and `name`: the agent; `text` is empty: the client words it)"
     )
     text: str = Field(description="as the visitor got it (agent: in the visitor's language)")
     sources: list[Source]
@@ -78,6 +80,7 @@ class HistoryMessage(BaseModel):
         "its `delta`, `answer` or `notice` event named it; agent: the id of the agent's "
         "message, as its `agent` event named it",
     )
+    state: str = Field("", description="handoff: bot, waiting or human")
 
 
 class HistoryPage(BaseModel):
@@ -124,6 +127,9 @@ HandoffState = Literal["bot", "waiting", "human"]
 
 
 class HandoffEvent(BaseModel):
+    id: str = Field(
+        "", description="the change's id, as the history's `handoff` row names it ('' : none)"
+    )
     state: HandoffState
     reason: str | None = Field(None, description="asked, sentiment, unanswered, keyword, ...")
     agent: str = Field("", description="the agent who has the conversation, when one has")

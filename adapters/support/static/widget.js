@@ -567,9 +567,9 @@ textarea:focus-visible { outline-offset: 0; }
     unrecorded: new Map((Array.isArray(saved.unrecorded) ? saved.unrecorded : [])
       .filter((p) => Array.isArray(p) && p.every((v) => typeof v === "string"))
       .slice(-UNRECORDED_KEPT)),
-    // What the history showed of notices (reply_to + text) and agents' messages ("agent "
-    // + their id): their events, replayed after the last id an earlier page saw, are not
-    // shown again.
+    // What the history showed of notices (reply_to + text), agents' messages ("agent " +
+    // their id) and changes of hands ("handoff " + their id): their events, replayed after
+    // the last id an earlier page saw, are not shown again.
     noticed: new Set(),
     replies: new Map(), // reply_to -> { node, body, text, final }
     // The visitor's messages shown (ids: from the history, a 202, a `message` event), and
@@ -818,6 +818,12 @@ textarea:focus-visible { outline-offset: 0; }
     add(node, before);
   }
 
+  // The note a change of hands leaves in the conversation.
+  function handoffNote(now, name) {
+    if (now === "human" && name) return say("humanNamed", { name: String(name) });
+    return say({ waiting: "waiting", human: "human" }[now] || "back");
+  }
+
   function showHandoff() {
     const { state: now, agent: name } = state.handoff;
     const text = now === "waiting" ? say("waiting")
@@ -855,6 +861,11 @@ textarea:focus-visible { outline-offset: 0; }
         finish(entry, m.text, m.sources);
         entry.recorded = true;
         state.unrecorded.delete(String(m.reply_to));
+      } else if (m.role === "handoff") {
+        // A change of hands, where it happened: its event, replayed after an earlier id than
+        // this page's last, is not shown again.
+        state.noticed.add(`handoff ${m.id}`);
+        notice(handoffNote(m.state, m.name), anchor);
       } else if (m.role === "agent") {
         if (m.reply_to) state.noticed.add(`agent ${m.reply_to}`);
         agent(m, anchor);
@@ -956,7 +967,8 @@ textarea:focus-visible { outline-offset: 0; }
       typing(false); // nobody answers automatically while a person is asked for or has it
       state.handoff = { state: d.state, agent: String(d.agent || "") };
       showHandoff();
-      notice(d.state === "human" && d.agent ? say("humanNamed", { name: String(d.agent) }) : say(key));
+      if (d.id && state.noticed.has(`handoff ${d.id}`)) return; // the history showed it
+      notice(handoffNote(d.state, d.agent));
     },
     agent(d) {
       typing(false);
