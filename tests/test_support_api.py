@@ -521,7 +521,10 @@ async def test_a_notice_is_its_own_event(pg: str, redis_url: str, key_prefix: st
     # It names the message it answers, as the history's notice does (the widget shows once
     # what both have).
     stub = page["messages"][2]["id"]
-    assert notices == [{"reply_to": stub, "text": phrases.RATE_LIMITED}]
+    # Its id is the history's for it: two notices of the same text are two (the widget
+    # showed once what both have by text, and took a second notice for the first).
+    said = page["messages"][-1]["notice_id"]
+    assert notices == [{"id": said, "reply_to": stub, "text": phrases.RATE_LIMITED}]
     assert page["messages"][-1]["reply_to"] == stub
     # The message over the limit is kept as a stub, and its event carries the stub too (the
     # review: the event kept the text the core refuses to keep)

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from adapters.support import api as support_api
+from adapters.support.events import RedisEventLog
 from adapters.support.settings import SupportSettings
 from bot import phrases
 from bot.types import ConversationKey
@@ -187,3 +190,41 @@ async def test_a_stream_is_opened_again_when_the_browser_is_back_online(
             await page.evaluate("() => window.dispatchEvent(new Event('online'))")
             assert await final_answer(page, 2) == "Hello."
             assert await page.locator(BOT_TEXT).count() == 2
+
+
+async def test_a_notice_of_the_same_text_as_one_in_the_history_is_not_taken_for_it(
+    stack: Stack, browser: Any, redis_url: str, key_prefix: str
+) -> None:
+    """Notices that name no message (said to a message never kept) and have the same text:
+    the history shows one, and another comes on the stream. The widget matched them by their
+    text and dropped the second as "the history showed it"; it matches them by their ids."""
+    said = phrases.say(phrases.UNAVAILABLE, "en")
+    origin = stack.page.rstrip("/")
+    shown = {"id": "1", "role": "notice", "text": said, "sources": [], "reply_to": "",
+             "created_at": "2026-12-01T10:00:00+00:00", "notice_id": "notice-first"}  # fmt: skip
+
+    async def history(route: Any) -> None:  # the seam: a history that holds such a notice
+        await route.fulfill(
+            json={"messages": [shown], "next": None},
+            headers={"Access-Control-Allow-Origin": origin},
+        )
+
+    redis = Redis.from_url(redis_url)
+    events = RedisEventLog(redis, key_prefix, kept=1000, ttl_s=3600)
+    try:
+        async with parley_serving(stack):
+            page = await new_page(browser)
+            await page.route(f"{stack.api}/v1/history*", history)
+            await page.goto(stack.page)
+            await page.click(LAUNCHER)
+            await page.locator(NOTICES).first.wait_for()
+            saved = await page.evaluate(f"localStorage.getItem('parley-widget:{stack.site_key}')")
+            conversation = f"shop:{json.loads(saved)['visitor_id']}"
+            await events.append(conversation, [
+                ("notice", {"id": "notice-second", "reply_to": None, "text": said}),
+                ("notice", {"id": "notice-last", "reply_to": None, "text": "The last one."}),
+            ])  # fmt: skip
+            await wait_text(page, NOTICES, "t => t === 'The last one.'")
+            assert await page.locator(NOTICES).all_inner_texts() == [said, said, "The last one."]
+    finally:
+        await redis.aclose()

@@ -48,7 +48,7 @@ from .events import (
     Outbox,
     build_event_log,
 )
-from .history import SupportHistory, delivered
+from .history import SupportHistory, delivered, notice_id
 from .schemas import AgentEvent
 from .settings import SupportSettings
 from .sites import REFRESH_S, SiteDirectory, SiteStore
@@ -281,7 +281,9 @@ class SupportAdapter:
                 rest = [c async for c in pending if c]
                 if not rest:  # the core's sentence, said whole: a notice, not an answer
                     await _keyed(outbox, shown)
-                    outbox.put("notice", {"reply_to": answered, "text": chunk})
+                    said_id = notice_id(answered, outbox.once)
+                    said = {"id": said_id, "reply_to": answered, "text": chunk}
+                    outbox.put("notice", said)
                     return
                 parts.extend([chunk, *rest])
                 text = "".join(parts)

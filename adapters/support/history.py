@@ -27,6 +27,7 @@ otherwise be served from a cache of the erased one.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -84,7 +85,12 @@ class Row:
         if self.role == Role.USER.value:
             return shown
         if self.text in answers.notice_texts():  # as its live event was: a notice
-            return shown.model_copy(update={"role": "notice", "reply_to": reply_to})
+            # The id its event had: that of the message it answers (one reply is recorded
+            # per message); none named, one no event has.
+            named = notice_id(reply_to) if reply_to else f"notice-row-{self.id}"
+            return shown.model_copy(
+                update={"role": "notice", "reply_to": reply_to, "notice_id": named}
+            )
         sources = [Source.model_validate(s) for s in answers.sources(self.text)]
         return shown.model_copy(
             update={"role": "assistant", "sources": sources, "reply_to": reply_to}
@@ -92,6 +98,17 @@ class Row:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def notice_id(reply_to: str | None, once: str | None = None) -> str:
+    """A notice's id, as its `notice` event and its history row give it: that of the message
+    it answers (the one reply recorded for it is the notice the history shows). A notice that
+    names no message (one never kept) is in no history: it gets an id of its own, so that two
+    of the same text are two notices; its delivery's key where it has one (`once`: an attempt
+    again says the same notice, which the event log refuses as said already)."""
+    if reply_to:
+        return f"notice-{reply_to}"
+    return f"notice-{once or uuid.uuid4().hex}"
 
 
 def handoff_id(at: datetime) -> str:

@@ -81,6 +81,7 @@ class HistoryMessage(BaseModel):
         "message, as its `agent` event named it",
     )
     state: str = Field("", description="handoff: bot, waiting or human")
+    notice_id: str = Field("", description="notice: its id, as its `notice` event's `id`")
 
 
 class HistoryPage(BaseModel):
@@ -119,6 +120,11 @@ class AnswerEvent(BaseModel):
 
 
 class NoticeEvent(BaseModel):
+    id: str = Field(
+        "",
+        description="the notice's id, as the history's `notice` row names it (`notice_id`): "
+        "two notices of the same text are told apart by it ('' : an earlier release's)",
+    )
     reply_to: str | None = Field(description="the message it answers, as the history names it")
     text: str
 

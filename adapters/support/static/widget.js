@@ -567,9 +567,9 @@ textarea:focus-visible { outline-offset: 0; }
     unrecorded: new Map((Array.isArray(saved.unrecorded) ? saved.unrecorded : [])
       .filter((p) => Array.isArray(p) && p.every((v) => typeof v === "string"))
       .slice(-UNRECORDED_KEPT)),
-    // What the history showed of notices (reply_to + text), agents' messages ("agent " +
-    // their id) and changes of hands ("handoff " + their id): their events, replayed after
-    // the last id an earlier page saw, are not shown again.
+    // What the history showed of notices (see noticeKey), agents' messages ("agent " + their
+    // id) and changes of hands ("handoff " + their id): their events, replayed after the
+    // last id an earlier page saw, are not shown again.
     noticed: new Set(),
     replies: new Map(), // reply_to -> { node, body, text, final }
     // The visitor's messages shown (ids: from the history, a 202, a `message` event), and
@@ -870,7 +870,7 @@ textarea:focus-visible { outline-offset: 0; }
         if (m.reply_to) state.noticed.add(`agent ${m.reply_to}`);
         agent(m, anchor);
       } else if (m.text) {
-        state.noticed.add(`${m.reply_to || ""}\n${m.text}`);
+        state.noticed.add(noticeKey(m.notice_id, m.reply_to, m.text));
         state.unrecorded.delete(String(m.reply_to));
         notice(m.text, anchor);
       }
@@ -910,6 +910,11 @@ textarea:focus-visible { outline-offset: 0; }
     const oldest = state.unrecorded.keys().next().value;
     if (state.unrecorded.size > UNRECORDED_KEPT) state.unrecorded.delete(oldest);
   }
+
+  // A notice as the history and its event both name it: by the id the server gave it (two
+  // of the same text that name no message are two notices); an earlier release's, without
+  // one, by the message it answers and its text.
+  const noticeKey = (id, replyTo, text) => (id ? `notice ${id}` : `${replyTo || ""}\n${text}`);
 
   const HANDLERS = {
     // The visitor's message, sent from another tab or device (this tab's own are shown as
@@ -957,7 +962,9 @@ textarea:focus-visible { outline-offset: 0; }
     },
     notice(d, before) {
       typing(false);
-      if (state.noticed.delete(`${d.reply_to || ""}\n${d.text}`)) return; // the history showed it
+      const key = noticeKey(d.id, d.reply_to, d.text);
+      // The history showed it (an id names one notice, however often its event is replayed).
+      if (d.id ? state.noticed.has(key) : state.noticed.delete(key)) return;
       if (d.reply_to) unrecorded(d.reply_to, before);
       notice(d.text);
     },
