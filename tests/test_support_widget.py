@@ -489,6 +489,38 @@ async def test_the_server_going_away_shows_a_banner_and_nothing_is_lost(
     assert len(stack.backend.requests) == 2
 
 
+async def test_back_online_reconnects_without_flashing_the_unreachable_banner(
+    stack: Stack, browser: Any
+) -> None:
+    """The browser's `online` event reopens the stream (the old one may be dead without a
+    word); it showed "cannot be reached" for the second the reconnect took. The banner is
+    watched for any change, so a flash counts however short."""
+    stack.backend.script(["First answer."], gated=False)
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "first")
+        assert await final_answer(page) == "First answer."
+        await page.evaluate(
+            """() => {
+                const banner = document.querySelector('parley-chat').shadowRoot
+                    .querySelector('.banner');
+                window.__bannerShown = [];
+                new MutationObserver(() => {
+                    if (!banner.hidden) window.__bannerShown.push(banner.textContent);
+                }).observe(banner, { attributes: true, childList: true, characterData: true,
+                                     subtree: true });
+                window.dispatchEvent(new Event('online'));
+            }"""
+        )
+        stack.backend.script(["Second answer."], gated=False)
+        await ask(page, "second")  # answered on the reopened stream
+        assert await final_answer(page, 2) == "Second answer."
+        assert await page.evaluate("() => window.__bannerShown") == []
+        assert not await page.locator(BANNER).is_visible()
+
+
 async def test_a_message_still_sending_when_the_page_closes_is_sent_by_the_next_page(
     stack: Stack, browser: Any
 ) -> None:

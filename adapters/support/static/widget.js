@@ -1037,13 +1037,22 @@ textarea:focus-visible { outline-offset: 0; }
 
   // A stream silent for 2.5 keep-alive intervals was dropped without a word (a network gone, a
   // laptop that slept: EventSource may wait on it for good, and hides the server's comments):
-  // it is opened again after the last event seen, as after an error. So too when the browser
-  // says it is back online.
+  // it is opened again after the last event seen, as after an error.
   function watch(stream) {
     clearTimeout(state.silence);
     state.silence = setTimeout(() => stream.onerror(), state.keepaliveS * 2500);
   }
-  window.addEventListener("online", () => state.stream?.onerror());
+  // So too, at once, when the browser says it is back online; the banner says the server
+  // cannot be reached only if that fails (as an error did, it flashed for the second the
+  // reconnect took).
+  window.addEventListener("online", () => {
+    const stream = state.stream;
+    if (!stream || state.refused) return;
+    stream.close();
+    clearTimeout(state.silence);
+    clearTimeout(state.reconnect);
+    reopen();
+  });
 
   async function reopen() {
     try {
