@@ -226,6 +226,7 @@ class ConversationManager:
         self._skills = skills
         self._handoff = handoff
         self._sinks: dict[str, ReplySink] = {}
+        self._traits: dict[str, _SinkTraits] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
         # The places (see slots above): conversations waiting for one, in the order they came
         # (a new message's, then the backlog's: recover(), the sweep), and the tasks holding
@@ -289,6 +290,10 @@ class ConversationManager:
 
     def attach(self, platform: str, sink: ReplySink) -> None:
         self._sinks[platform] = sink
+        self._traits[platform] = _SinkTraits.of(sink)
+
+    def _traits_of(self, platform: str) -> _SinkTraits:
+        return self._traits.get(platform, _NO_TRAITS)
 
     def schedule(self, conversation_id: int, key: ConversationKey) -> None:
         """Run the conversation's pending turns (the desk's agent replies use it)."""
@@ -480,8 +485,8 @@ class ConversationManager:
         return True
 
     def _marks_edits(self, incoming: Incoming) -> bool:
-        sink = self._sinks.get(incoming.key.platform)
-        return isinstance(sink, TellsEdits) and sink.edits_marked()
+        sink = self._traits_of(incoming.key.platform).tells_edits
+        return sink is not None and sink.edits_marked()
 
     async def _edited_before_recorded(self, incoming: Incoming) -> None:
         """A message its sender edited before it was recorded: the edit found nothing and
@@ -508,8 +513,8 @@ class ConversationManager:
         nothing to withdraw and left its mark (`mark_deleted`), read here: the message is
         withdrawn, never answered. The event marks before it looks, and this reads after the
         record: whichever comes second finds the other's work."""
-        sink = self._sinks.get(incoming.key.platform)
-        if not isinstance(sink, TellsDeletions) or not incoming.platform_message_id:
+        told = self._traits_of(incoming.key.platform).tells_deletions is not None
+        if not told or not incoming.platform_message_id:
             return False
         if await self._deletions.get(keys.deleted(incoming.idempotency_key)) is None:
             return False
@@ -1045,12 +1050,12 @@ class ConversationManager:
         return batches
 
     async def _turn(self, work: _Work, batch: list[StoredMessage]) -> None:
-        sink = self._sinks.get(work.key.platform)
-        if isinstance(sink, Reachable):  # OutputAway: nothing can be shown now; nothing is run
-            await sink.ensure_reachable(work.key)
+        traits = self._traits_of(work.key.platform)
+        if traits.reachable is not None:  # OutputAway: nothing can be shown now; nothing is run
+            await traits.reachable.ensure_reachable(work.key)
         turn = _TURN.get()
-        if turn.pieces and isinstance(sink, KeepsAnswers):  # an earlier attempt showed some
-            shown = await sink.shown_answer(work.key, turn.pieces)
+        if turn.pieces and traits.keeps_answers is not None:  # an earlier attempt showed some
+            shown = await traits.keeps_answers.shown_answer(work.key, turn.pieces)
             if shown is not None:  # and completed it: recorded as the user saw it
                 await self._record_shown(work, batch, shown)
                 return
@@ -1137,7 +1142,7 @@ class ConversationManager:
         has the conversation, or one was asked for: the bot told a customer writing fast to
         the agent "I skipped this one", in the agent's conversation, of a message the agent
         had read."""
-        desk_held = isinstance(self._sinks.get(work.key.platform), DeskHeld)
+        desk_held = self._traits_of(work.key.platform).desk_held
         if (
             desk_held
             and self._handoff is not None
@@ -1201,8 +1206,8 @@ class ConversationManager:
 
     def _system_prompt(self, key: ConversationKey) -> str:
         """The conversation's system prompt: its site's (support channel), else the core's."""
-        sink = self._sinks.get(key.platform)
-        own = sink.system_prompt_for(key) if isinstance(sink, SiteScoped) else None
+        sink = self._traits_of(key.platform).site_scoped
+        own = sink.system_prompt_for(key) if sink is not None else None
         return own or self._settings.system_prompt
 
     async def _site_surplus(self, key: ConversationKey) -> int:
@@ -1221,14 +1226,13 @@ class ConversationManager:
         return tokens
 
     def _collection(self, key: ConversationKey) -> str:
-        sink = self._sinks.get(key.platform)
-        return sink.collection_for(key) if isinstance(sink, SiteScoped) else ""
+        sink = self._traits_of(key.platform).site_scoped
+        return sink.collection_for(key) if sink is not None else ""
 
     def _no_model(self, key: ConversationKey) -> str:
         """How to set a model is said at the operator's own console only: users elsewhere
         are never shown settings or paths."""
-        sink = self._sinks.get(key.platform)
-        if isinstance(sink, OperatorFacing):
+        if self._traits_of(key.platform).operator_facing:
             return phrases.NO_MODEL_SETUP
         return NoBackendConfigured.user_message
 
@@ -1573,7 +1577,8 @@ class ConversationManager:
         if sink is None:  # detached meanwhile (see _schedule): the messages stay pending
             raise NotServedHere(key.platform)
         turn = _TURN.get()
-        turn.answer_key = sink.answer_key if isinstance(sink, TellsDeletions) else None
+        deletions = self._traits_of(key.platform).tells_deletions
+        turn.answer_key = deletions.answer_key if deletions is not None else None
         # Recorded before anything is visible, while the model works on its first token: the
         # sink pulls the first chunk (which sends the request) as the record is written, and
         # gets that chunk only once the record is in (`_begun_first`).
@@ -1620,6 +1625,36 @@ class ConversationManager:
         except BotError as exc:  # the sentence still goes out, in English
             log.warning("language of message %d not found: %s", message.id, exc)
             return ""
+
+
+@dataclass(frozen=True, slots=True)
+class _SinkTraits:
+    """What a sink declares (the runtime-checkable protocols of bot.conversation.sink), read
+    once when it is attached: an isinstance against such a protocol looks up each of its
+    members on the sink, 7-28 us a check, and a turn made about nine of them."""
+
+    reachable: Reachable | None = None
+    keeps_answers: KeepsAnswers | None = None
+    site_scoped: SiteScoped | None = None
+    tells_deletions: TellsDeletions | None = None
+    tells_edits: TellsEdits | None = None
+    operator_facing: bool = False
+    desk_held: bool = False
+
+    @classmethod
+    def of(cls, sink: ReplySink) -> _SinkTraits:
+        return cls(
+            reachable=sink if isinstance(sink, Reachable) else None,
+            keeps_answers=sink if isinstance(sink, KeepsAnswers) else None,
+            site_scoped=sink if isinstance(sink, SiteScoped) else None,
+            tells_deletions=sink if isinstance(sink, TellsDeletions) else None,
+            tells_edits=sink if isinstance(sink, TellsEdits) else None,
+            operator_facing=isinstance(sink, OperatorFacing),
+            desk_held=isinstance(sink, DeskHeld),
+        )
+
+
+_NO_TRAITS = _SinkTraits()
 
 
 def _noting(say: Say, said: set[str]) -> Say:
