@@ -677,7 +677,12 @@ class FakeDiscordApi:
         return JSONResponse({"interaction": interaction, "resource": resource})
 
     async def _edit_original(self, request: Request) -> Response:
-        return await self._by_token(request, "PATCH", self._originals[request.path_params["token"]])
+        """The deferred response edited by the interaction's token: through the interaction
+        (discord.py's `edit_original_response`), or the application's webhook with that token
+        (`Webhook.edit_message` of "@original", from any process), the one route. Never
+        acknowledged, no response to edit: 404 Unknown Message."""
+        original = self._originals.get(request.path_params["token"], 0)
+        return await self._by_token(request, "PATCH", original)
 
     async def _delete_original(self, request: Request) -> Response:
         """The deferred response deleted: 204, and gone (editing it then is 404 Unknown
@@ -716,6 +721,10 @@ class FakeDiscordApi:
         401 once the token expired, else the channel's limits apply."""
         token = request.path_params["token"]
         body = await request.json()
+        if token not in self.interactions or request.path_params["app"] != APP_ID:
+            # No interaction of this application has that token.
+            self._record(Call(method, request.url.path, 0, body, 404))
+            return JSONResponse({"message": "Unknown Webhook", "code": 10015}, status_code=404)
         channel = self.interactions[token][0]
         if token in self.expired:
             self._record(Call(method, request.url.path, channel, body, 401))

@@ -38,6 +38,7 @@ from backends.base import Chunk, GenerationRequest
 from bot import phrases
 from bot.app import Parley
 from bot.errors import AdapterError
+from bot.storage import keys
 from bot.storage.base import MessageKind, Recorded
 from bot.types import ConversationKey, Role
 from tests import discord_events as ev
@@ -850,6 +851,69 @@ async def test_a_command_told_alone_is_not_said_in_the_channel_by_another_worker
         said = phrases.say(phrases.RATE_LIMITED, "")
         assert api.ephemeral == {command["token"]: said}
         assert api.texts(ev.CHANNEL) == ["Done."]
+
+
+@pytest.mark.parametrize("lapsed", [False, True])
+async def test_a_command_deferred_by_one_worker_is_answered_in_its_response_by_another(
+    tmp_path: Path, database_url: str, redis_url: str, key_prefix: str, lapsed: bool
+) -> None:
+    """A slash command deferred by the worker it came to ("Parley is thinking..."), whose
+    turn runs on another: the conversation's lease was the other's (its turn in that
+    channel), and the first gave up waiting for it. The interaction was the first worker's
+    alone: the second answered in a plain channel message (a reply to the interaction's id,
+    which is no message), and the first, seeing the command answered, deleted its deferred
+    response. Its token is kept in Redis for its 15 minutes: the second writes the answer in
+    the deferred response, through the interaction's webhook, and the first leaves it. Its
+    token lapsed (the turn ran past its 15 minutes), the answer is a channel message as
+    before, replying to nothing (the interaction's id is no message's), and the first deletes
+    the response."""
+    api = FakeDiscordApi(per_channel=(5, 0.5), guilds=[ev.guild_create()], shard_count=2)
+    home = {"home": tmp_path, "database": database_url,
+            "redis": {"url": redis_url, "key_prefix": key_prefix}}  # fmt: skip
+    # The first waits briefly for the lease and never sweeps; the second sweeps soon.
+    first = {**home, "conversation": {"lock_wait_s": 0.2, "sweep_interval_s": 0}}
+    second = {**home, "conversation": {"sweep_interval_s": 0.1, "orphan_after_s": 0.2}}
+    slow = GatedBackend("Done.")
+    async with (
+        api.serving(),
+        _worker(api, answering("never asked"), first, 0) as a,
+        _worker(api, slow, second, 1) as b,
+    ):
+        async with asyncio.timeout(60):  # a dead connection fails the test, never hangs it
+            # The second worker serves the server too, and runs a turn there.
+            api.push("GUILD_CREATE", ev.guild_create(), shard=1)
+            question = ev.message_create("what is a crane?", channel=ev.CHANNEL, mentions_bot=True)
+            api.push("MESSAGE_CREATE", question, shard=1)
+            await b.adapter.handled(1)
+            await api.until(lambda: _typed(api, ev.CHANNEL))  # its turn holds the lease
+            command = ev.interaction_create("summarize", "The tea. " * 5, channel=ev.CHANNEL)
+            api.expect_interaction(command["token"], ev.CHANNEL)
+            api.push("INTERACTION_CREATE", command, shard=0)
+            await a.adapter.handled(1)
+            await a.adapter.idle()  # its turn gave up waiting for the lease: left pending
+            if lapsed:  # as its TTL does, 15 minutes after the command
+                await a.app.cache.delete(keys.discord_token(command["id"]))
+            slow.release.set()
+            stub = await b.app.store.message_by_key(f"discord:interaction:{command['id']}")
+            assert stub is not None
+            recorded = Recorded(stub.id, stub.conversation_id, is_new=False)
+            while not await b.app.intake.wait_until_answered(recorded):
+                pass  # the second worker takes it up
+            await b.adapter.idle()
+            await a.adapter.settled()  # the first's clean-up saw the command answered
+        original = [c for c in api.calls if c.path.endswith("/messages/@original")]
+        sent = [c for c in api.writes(ev.CHANNEL) if c.path.endswith(f"{ev.CHANNEL}/messages")]
+        replied = [c.body.get("message_reference", {}).get("message_id") for c in sent]
+        if lapsed:  # the question's answer replies to it; the command's, to nothing
+            assert sorted(replied, key=str) == [int(question["id"]), None]
+            assert [(c.method, c.status) for c in original] == [("DELETE", 204)]
+            assert api.texts(ev.CHANNEL) == ["Done.", "Done."]  # the answers
+            return
+        assert original and {(c.method, c.status) for c in original} == {("PATCH", 200)}
+        assert original[-1].body["content"] == "Done."
+        assert all(c.allowed_mentions == NOBODY for c in original)
+        assert replied == [int(question["id"])]  # the question's answer alone
+        assert api.texts(ev.CHANNEL) == ["Done.", "Done."]  # the response, the answer
 
 
 async def test_a_member_flooding_refused_commands_slows_nobody_else(tmp_path: Path) -> None:

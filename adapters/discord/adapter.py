@@ -703,7 +703,7 @@ class DiscordAdapter:
             if not acknowledged:  # 40060: a replay, or this defer's own, retried after a 5xx
                 await self._submit_acknowledged(interaction, incoming, replayed=replayed)
                 return
-            self._interactions.put(str(interaction.id), interaction)
+            await self._hold(interaction)
             recorded = await self._intake.submit(incoming, quiet=replayed)
             self._end_acknowledged(interaction, recorded, replayed=replayed)
         except Exception:
@@ -731,7 +731,7 @@ class DiscordAdapter:
                 return
             replayed = await self._replayed(interaction)
             if acknowledged:
-                self._interactions.put(str(interaction.id), interaction)
+                await self._hold(interaction)
             if name == "translate" and not about.strip():
                 if not self._tells(interaction, acknowledged, replayed):
                     return
@@ -843,7 +843,7 @@ class DiscordAdapter:
         held = self._interactions.get(key)  # its first delivery's, still running
         known = held is not None
         if not known:  # before the turn can look for it
-            self._interactions.put(key, interaction)
+            await self._hold(interaction)
         else:  # recorded here first, this delivery ends it with the entry it found
             self._relied_on.add(key)
         recorded = await self._intake.submit(incoming, quiet=replayed)
@@ -922,11 +922,20 @@ class DiscordAdapter:
         if self._interactions.get(key) is not interaction:
             return  # answered (deliver took it)
         self._interactions.discard(key)
+        if recorded is not None and await self._facts.was_taken(key):
+            return  # answered in it by another worker, through its token
         channel = interaction.channel_id or 0
         try:
             await stream.gated(self.gate, channel, interaction.delete_original_response)
         except Exception as exc:  # the user sees "did not respond"; nothing else is lost
             log.info("interaction %s: deferred response not removed: %s", key, exc)
+
+    async def _hold(self, interaction: discord.Interaction) -> None:
+        """A command deferred here: its interaction for this worker's turn, and its token for
+        any worker's (`_by_token`: the turn runs where the conversation's lease is)."""
+        key = str(interaction.id)
+        self._interactions.put(key, interaction)
+        await self._facts.deferred(key, interaction.token, interaction.expires_at)
 
     async def _count_handled(self) -> None:
         async with self._progress:
@@ -975,20 +984,22 @@ class DiscordAdapter:
     ) -> None:
         channel_id = int(key.chat_id)
         channel = self.client.get_partial_messageable(channel_id)
-        interaction = self._interactions.get(reply_to) if reply_to else None
-        if interaction is not None:
+        interaction: stream.Responding | None = None
+        if reply_to and (held := self._interactions.get(reply_to)) is not None:
             self._interactions.discard(reply_to)
+            interaction = held
         reference = None
         if interaction is None and reply_to:
-            told, replies = await self._answering(channel_id, reply_to)
-            if told:
+            answering = await self._answering(channel_id, reply_to)
+            if answering.told:
                 # A command over the rate limit, told so by its ephemeral response
                 # (`_refused`, on any worker): its turn's sentence was that response, not to
                 # be said again in the channel.
                 async for _ in chunks:
                     pass
                 return
-            if replies:
+            interaction = await self._by_token(reply_to, channel_id, answering.token)
+            if interaction is None and answering.replies and not answering.command:
                 reference = discord.MessageReference(
                     message_id=int(reply_to), channel_id=channel_id, fail_if_not_exists=False
                 )
@@ -1011,18 +1022,36 @@ class DiscordAdapter:
         if interaction is None:  # a refusal of a slash command's answer says nothing of it
             self._away.shown(key)
 
-    async def _answering(self, channel_id: int, reply_to: str) -> tuple[bool, bool]:
-        """Whether the answer to `reply_to` was said already, to its sender alone (a
-        refused command's ephemeral response), and whether it replies to its question: in a
-        server, who asked what (a DM has one asker); not where Discord refused a reply lately
-        (no Read Message History), each answer a refused call first, a 403 Discord counts
-        against the host. Both facts asked of the cache at once (Redis: one round trip's
-        wait)."""
-        told = self._facts.was_told(reply_to)
+    async def _answering(self, channel_id: int, reply_to: str) -> _Answering:
+        """What the cache knows of `reply_to`, where this worker does not hold it as an
+        interaction: whether its answer was said already, to its sender alone (a refused
+        command's ephemeral response); the token of a command another worker deferred
+        (or this one, before a restart), and whether it is a command at all (its token's
+        time over: no message of that id to reply to); and whether an answer replies to its
+        question: in a server, who asked what (a DM has one asker); not where Discord refused
+        a reply lately (no Read Message History), each answer a refused call first, a 403
+        Discord counts against the host. Every fact asked of the cache at once (Redis: one
+        round trip's wait)."""
+        facts = self._facts
+        told, token = facts.was_told(reply_to), facts.token(reply_to)
+        command = facts.was_deferred(reply_to)
         if not self._in_a_server(channel_id):
-            return await told, False
-        both = await asyncio.gather(told, self._facts.replies_in(self.me, channel_id))
-        return both[0], both[1]
+            return _Answering(*await asyncio.gather(told, token, command), replies=False)
+        replies = facts.replies_in(self.me, channel_id)
+        return _Answering(*await asyncio.gather(told, token, command, replies))
+
+    async def _by_token(
+        self, reply_to: str, channel_id: int, token: str | None
+    ) -> stream.WebhookResponse | None:
+        """The deferred response of a command another worker holds, through its token's
+        webhook; marked answered so (the holder's clean-up leaves it). None without a token
+        (no command, or its time over) or before the client knows its application."""
+        application = self.client.application_id
+        if token is None or application is None:
+            return None
+        await self._facts.taken(reply_to)
+        webhook = discord.Webhook.partial(application, token, client=self.client)
+        return stream.WebhookResponse(int(reply_to), channel_id, webhook)
 
     def _in_a_server(self, channel_id: int) -> bool:
         """Whether the channel is a server's (seen so here, or in discord.py's cache of this
@@ -1054,6 +1083,16 @@ class DiscordAdapter:
 
     async def is_admin(self, incoming: Incoming) -> bool:
         return incoming.extras.get("manage_guild") is True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Answering:
+    """What `deliver` needs to know of an answer's `reply_to` that it does not hold."""
+
+    told: bool
+    token: str | None = dataclasses.field(repr=False)  # a secret: never in a log line
+    command: bool
+    replies: bool
 
 
 def _document(attachment: discord.Attachment) -> DocumentSource:

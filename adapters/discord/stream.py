@@ -10,7 +10,10 @@ A slash command's answer streams into its deferred response, and past 2,000 char
 follow-up messages (the interaction's webhook, which needs no permission to post in the
 channel), which its interaction token may send and edit for 15 minutes only: once the token
 has (nearly) expired, the answer goes on in ordinary channel messages (what the token's
-messages already show is not repeated).
+messages already show is not repeated). The worker the command came to writes them through
+its `discord.Interaction`; another worker (the turn ran where the conversation's lease was,
+or in an orphan sweep) through the application's webhook with the token the first kept in
+the cache (`WebhookResponse`): the same calls, gate and rules.
 
 "Parley is typing..." shows only when the first text takes longer than TYPING_GRACE_S: an
 answer that shows at once needs no indicator, and a typing request costs one of the bot's 50
@@ -51,9 +54,9 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import TypeVar
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar, cast
 
 import aiohttp
 import discord
@@ -108,6 +111,14 @@ RATE_LIMITED_ROUNDS = 4
 T = TypeVar("T")
 # The reference of a slash command's deferred response (Discord's ids are never 0).
 ORIGINAL = 0
+# How long Discord takes an interaction's token (its response and follow-ups), from its
+# creation.
+TOKEN_LIFETIME = timedelta(minutes=15)
+# The original response's id in the interaction webhook's message routes: Discord's Edit
+# Original Interaction Response is its Edit Webhook Message with this id. discord.py's
+# `Webhook.edit_message` types the id as an int, and puts it in the route URL-quoted
+# (%40original): the form discord.js's editReply sends, which Discord reads decoded.
+ORIGINAL_RESPONSE = cast(int, "@original")
 # The interaction token's 15 minutes are not used to the last second: an edit sent just
 # before the end would fail half-way through the answer.
 TOKEN_MARGIN = timedelta(seconds=30)
@@ -284,8 +295,8 @@ class DiscordSurface:
 
     async def edit(self, ref: int, piece: str, *, plain: bool) -> None:
         if ref == ORIGINAL:
-            # A slash command's response shown by an attempt cut off by a crash: its token
-            # went with that process, so the piece goes on in a message of its own.
+            # A slash command's response shown by an attempt cut off by a crash, whose token
+            # is no longer known (lapsed): the piece goes on in a message of its own.
             if self._instead_of_original is None:
                 self._instead_of_original = await self.send(piece, plain=plain)
                 return
@@ -297,6 +308,51 @@ class DiscordSurface:
             return await message.edit(content=self.content(piece), allowed_mentions=NOBODY)
 
         await gated(self._gate, self._channel.id, call)
+
+
+class Responding(Protocol):
+    """What a slash command's answer is written through: its deferred response and
+    follow-ups, by the interaction's token. The `discord.Interaction` where it came to this
+    worker; `WebhookResponse` where it came to another (or to this one before a restart)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def channel_id(self) -> int | None: ...
+
+    @property
+    def expires_at(self) -> datetime: ...
+
+    @property
+    def followup(self) -> discord.Webhook: ...
+
+    async def edit_original_response(
+        self, *, content: str | None = ..., allowed_mentions: discord.AllowedMentions | None = ...
+    ) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookResponse:
+    """A deferred command's response where another worker holds its interaction (the turn
+    ran where the conversation's lease was, or in an orphan sweep after a restart): the
+    application's webhook with the interaction's token (kept in the cache for its 15
+    minutes, adapters.discord.shared), Discord's public way to answer an interaction."""
+
+    id: int
+    channel_id: int
+    followup: discord.Webhook = field(repr=False)  # it holds the token: never in a log line
+
+    @property
+    def expires_at(self) -> datetime:
+        return discord.utils.snowflake_time(self.id) + TOKEN_LIFETIME
+
+    async def edit_original_response(
+        self, *, content: str | None = None, allowed_mentions: discord.AllowedMentions | None = None
+    ) -> object:
+        return await self.followup.edit_message(
+            ORIGINAL_RESPONSE, content=content, allowed_mentions=allowed_mentions
+        )
 
 
 @dataclass(slots=True)
@@ -316,7 +372,7 @@ class InteractionSurface:
     and a piece still growing in a token's message goes on in one that shows what it does
     not."""
 
-    def __init__(self, interaction: discord.Interaction, rest: DiscordSurface, gate: Gate) -> None:
+    def __init__(self, interaction: Responding, rest: DiscordSurface, gate: Gate) -> None:
         self._interaction = interaction
         self._rest = rest
         self._gate = gate
@@ -472,7 +528,7 @@ async def play(
     *,
     interval_s: float,
     reply_to: discord.MessageReference | None = None,
-    interaction: discord.Interaction | None = None,
+    interaction: Responding | None = None,
     link_previews: bool = False,
     on_reply_refused: Callable[[], Awaitable[None]] | None = None,
 ) -> None:

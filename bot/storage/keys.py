@@ -72,6 +72,18 @@ def discord_told(interaction_id: str) -> str:  # a command refused to its sender
     return f"discord:told:{interaction_id}"
 
 
+def discord_token(interaction_id: str) -> str:  # a deferred command's token (a secret)
+    return f"discord:token:{interaction_id}"
+
+
+def discord_deferred(interaction_id: str) -> str:  # a command deferred (an interaction's id)
+    return f"discord:deferred:{interaction_id}"
+
+
+def discord_taken(interaction_id: str) -> str:  # its response answered through the token
+    return f"discord:taken:{interaction_id}"
+
+
 def support_ip(address: str) -> str:  # support API requests from one client address
     return f"support:ip:{address}"
 
