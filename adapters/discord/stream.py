@@ -116,8 +116,8 @@ ORIGINAL = 0
 TOKEN_LIFETIME = timedelta(minutes=15)
 # The original response's id in the interaction webhook's message routes: Discord's Edit
 # Original Interaction Response is its Edit Webhook Message with this id. discord.py's
-# `Webhook.edit_message` types the id as an int, and puts it in the route URL-quoted
-# (%40original): the form discord.js's editReply sends, which Discord reads decoded.
+# `Webhook.edit_message` types the id as an int and quotes it in the route (%40original);
+# aiohttp's URL (yarl) sends it as `@original`, the path Discord documents.
 ORIGINAL_RESPONSE = cast(int, "@original")
 # The interaction token's 15 minutes are not used to the last second: an edit sent just
 # before the end would fail half-way through the answer.
