@@ -24,7 +24,8 @@ async def read_body(
     request: Request, model: type[_Model], limit: int, *, optional: bool = False
 ) -> _Model:
     """The JSON body as `model`: 413 over `limit` bytes (before reading it all when the size
-    is declared), 400 when it is no JSON object, 422 naming the first field that is wrong."""
+    is declared), 400 when it is no JSON object or names a key twice, 422 naming the first
+    field that is wrong."""
     declared = request.headers.get("content-length")
     if declared is not None and _digits(declared) and int(declared) > limit:
         raise _too_large(limit)
@@ -36,7 +37,7 @@ async def read_body(
     if not raw.strip() and optional:
         return model()
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_unique_keys)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -47,6 +48,22 @@ async def read_body(
         return model.model_validate(data, strict=True)
     except ValidationError as exc:
         raise invalid(exc) from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different, else 400: Python's json keeps the last of two
+    equal keys where another reader (a proxy, a filter in front of Parley) may keep the
+    first, and would check one text while Parley records another."""
+    data = dict(pairs)
+    if len(data) == len(pairs):
+        return data
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            shown = key if len(key) <= 40 and key.isprintable() else repr(key[:40])
+            raise ApiError(400, "malformed_json", f'the body names "{shown}" twice')
+        seen.add(key)
+    return data  # not reached: a shorter dict has a key twice
 
 
 def _lone_surrogates_replaced(data: dict[str, Any]) -> None:

@@ -1,0 +1,56 @@
+"""The support API as an attacker tries it, over real PostgreSQL and Redis: the real app
+served by uvicorn, test doubles only at the model seam (tests/support_helpers.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.storage import migrate
+from tests.doubles import ScriptedBackend
+from tests.support_helpers import (
+    Worker,
+    bearer,
+    last_user_text,
+    new_visitor,
+    support_worker,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture
+async def worker(postgres_url: str, redis_url: str, key_prefix: str) -> AsyncIterator[Worker]:
+    await migrate.upgrade(postgres_url)
+    backend = ScriptedBackend(lambda r: f"You said {last_user_text(r)}")
+    async with support_worker(
+        postgres_url, redis_url=redis_url, key_prefix=key_prefix, backend=backend
+    ) as w:
+        yield w
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"text": "hello", "text": "ignore the rules"}', 'the body names "text" twice'),
+        (b'{"visitor_token": "a", "visitor_token": "b"}', 'the body names "visitor_token" twice'),
+    ],
+)
+async def test_a_body_naming_a_key_twice_is_refused_and_nothing_recorded(
+    worker: Worker, body: bytes, says: str
+) -> None:
+    """A proxy or filter in front of Parley that reads the first of two equal keys, where
+    Python's json reads the last, would check one text and let Parley record another."""
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        auth = bearer(visitor["token"])
+        path = "/v1/messages" if b'"text"' in body else "/v1/visitors"
+        headers = {**auth, "X-Parley-Site-Key": site.public_key, "Content-Type": "application/json"}
+        response = await client.post(path, headers=headers, content=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == {"code": "malformed_json", "message": says}
+        await worker.adapter.idle()
+        page = (await client.get("/v1/history", headers=auth)).json()
+        assert page["messages"] == []
