@@ -420,7 +420,7 @@ async def test_erasure_removes_the_visitors_messages_and_conversation(worker: Wo
         (b'{"text": "   "}', 422, "text: must not be blank"),
         (b'{"text": "hi", "extra": 1}', 422, "extra: Extra inputs are not permitted"),
         (b'{"text": "' + b"x" * 70_000 + b'"}', 413, "the body is larger than 64000 bytes"),
-        (b"\xff\xfe", 400, "the body is not valid JSON"),
+        (b"\xff\xfe", 400, "the body is not UTF-8"),
         (
             b'{"text": "a", "x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
             400,

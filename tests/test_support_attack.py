@@ -54,3 +54,38 @@ async def test_a_body_naming_a_key_twice_is_refused_and_nothing_recorded(
         await worker.adapter.idle()
         page = (await client.get("/v1/history", headers=auth)).json()
         assert page["messages"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "charset"),
+    [
+        ('{"text": "hello from UTF-16"}'.encode("utf-16"), "utf-16"),
+        ('{"text": "hello from UTF-32"}'.encode("utf-32"), "utf-32"),
+        ('{"text": "caf\u00e9"}'.encode("latin-1"), "iso-8859-1"),
+    ],
+    ids=["utf-16", "utf-32", "latin-1"],
+)
+async def test_a_body_in_another_encoding_than_utf8_is_refused_and_nothing_recorded(
+    worker: Worker, body: bytes, charset: str
+) -> None:
+    """JSON on the wire is UTF-8 (RFC 8259): a filter in front of Parley reads it so, and
+    UTF-16 it reads as letters between NULs, where Python's json guessed the encoding from
+    the bytes and took the message."""
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        auth = bearer(visitor["token"])
+        headers = {**auth, "Content-Type": f"application/json; charset={charset}"}
+        response = await client.post("/v1/messages", headers=headers, content=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == {
+            "code": "malformed_json",
+            "message": "the body is not UTF-8",
+        }
+        # UTF-8 with a byte order mark is UTF-8 still (RFC 8259 lets a parser ignore it).
+        bom = b"\xef\xbb\xbf" + '{"text": "caf\u00e9"}'.encode()
+        accepted = await client.post("/v1/messages", headers=auth, content=bom)
+        assert accepted.status_code == 202, accepted.text
+        await worker.adapter.idle()
+        page = (await client.get("/v1/history", headers=auth)).json()
+        assert [m["text"] for m in page["messages"] if m["role"] == "user"] == ["caf\u00e9"]

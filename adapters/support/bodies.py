@@ -24,8 +24,8 @@ async def read_body(
     request: Request, model: type[_Model], limit: int, *, optional: bool = False
 ) -> _Model:
     """The JSON body as `model`: 413 over `limit` bytes (before reading it all when the size
-    is declared), 400 when it is no JSON object or names a key twice, 422 naming the first
-    field that is wrong."""
+    is declared), 400 when it is not UTF-8, no JSON object or names a key twice, 422 naming
+    the first field that is wrong."""
     declared = request.headers.get("content-length")
     if declared is not None and _digits(declared) and int(declared) > limit:
         raise _too_large(limit)
@@ -37,8 +37,15 @@ async def read_body(
     if not raw.strip() and optional:
         return model()
     try:
-        data = json.loads(raw, object_pairs_hook=_unique_keys)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting
+        # UTF-8, as JSON on the wire is (RFC 8259; a leading byte order mark it lets a parser
+        # ignore): json.loads guessed UTF-16 or -32 from the bytes, which a filter in front
+        # of Parley reads as letters between NULs, and took a message it never checked.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_json", "the body is not UTF-8") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError):  # RecursionError: nesting
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
