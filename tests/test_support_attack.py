@@ -89,3 +89,24 @@ async def test_a_body_in_another_encoding_than_utf8_is_refused_and_nothing_recor
         await worker.adapter.idle()
         page = (await client.get("/v1/history", headers=auth)).json()
         assert [m["text"] for m in page["messages"] if m["role"] == "user"] == ["caf\u00e9"]
+
+
+async def test_a_path_with_a_trailing_slash_is_a_json_404_not_a_redirect(worker: Worker) -> None:
+    """Starlette's redirect to the path without the slash was an empty 307 to an address made
+    from the Host header and the scheme the worker saw: behind a proxy ending TLS, http://, so
+    a client that follows it sent the message again in clear text."""
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        auth = bearer(visitor["token"])
+        posted = await client.post("/v1/messages/", headers=auth, json={"text": "hello"})
+        read = await client.get("/v1/history/", headers=auth)
+        for response in (posted, read):
+            assert response.status_code == 404, response.headers
+            assert response.json()["error"] == {
+                "code": "not_found",
+                "message": "no such endpoint (see /v1/openapi.json)",
+            }
+        await worker.adapter.idle()
+        page = (await client.get("/v1/history", headers=auth)).json()
+        assert page["messages"] == []

@@ -185,6 +185,11 @@ class SupportAdapter:
             Route("/docs", self._docs, methods=["GET"]),
         ]
         app = Starlette(routes=v1, exception_handlers={HTTPException: self._unrouted})
+        # "/v1/messages/" is no endpoint (404, as JSON), not Starlette's empty 307 to the path
+        # without the slash: its address was built from the Host header and the scheme the
+        # worker saw, http:// behind a proxy ending TLS, and a client following it sent the
+        # request again in clear text.
+        app.router.redirect_slashes = False
         routes: list[BaseRoute] = [Mount("/v1", app=app)]
         routes.extend(pages.routes(self._settings))  # the widget and its demo page
         return routes
