@@ -180,10 +180,13 @@ def agent_name(user_id: int) -> str:
     return f"{PLATFORM}:{user_id}"
 
 
-def read(body: bytes, *, reply_prefix: str, account_id: int | None = None) -> Action:
+def read(
+    body: bytes, *, reply_prefix: str, account_id: int | None = None, named_only: bool = False
+) -> Action:
     """A webhook body as an action; MalformedWebhook or ForeignAccount (never another
     exception). `account_id`: the only account served (when set), and the account of
-    conversation events that name none."""
+    conversation events that name none, unless `named_only` (a delivery that may be another
+    account's: such an event is ignored)."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -197,7 +200,7 @@ def read(body: bytes, *, reply_prefix: str, account_id: int | None = None) -> Ac
             _served(message.account.id, account_id)
             return _message(message, reply_prefix)
         if event in CONVERSATION_EVENTS:
-            return _status(_Conversation.model_validate(data), account_id)
+            return _status(_Conversation.model_validate(data), account_id, named_only)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
@@ -269,10 +272,14 @@ def sent_at(value: str | int | float | None) -> datetime:
     return datetime.now(UTC)
 
 
-def _status(conversation: _Conversation, account_id: int | None) -> Action:
+def _status(conversation: _Conversation, account_id: int | None, named_only: bool) -> Action:
     account = conversation.account.id if conversation.account is not None else None
     if account is None:
         account = next((m.account_id for m in conversation.messages if m.account_id), None)
+    if account is None and named_only and account_id is not None:
+        # Maybe another account's conversation of the same number (a conversation without
+        # messages names none): Parley's have the customer's message, which names it.
+        return Ignore("a conversation event naming no account, signed by the agent bot")
     account = account or account_id
     if account is None:
         raise MalformedWebhook("conversation event without an account (set chatwoot.account_id)")

@@ -7,6 +7,9 @@ Authentication, before anything is parsed or stored:
   replay and refused (401), the signature is compared in constant time;
 - otherwise a secret in the path, `/chatwoot/webhook/<path_secret>`, compared in constant
   time (403). Both may be configured at once; then both must hold.
+A delivery signed with the agent bot's secret alone may be another account's (a bot made by
+Chatwoot's super admin can be added to any account's inbox): a conversation event in it that
+names no account is ignored, never taken for `account_id`'s conversation of that number.
 
 A body over `max_body_bytes` gets 413 before it is read whole; a body that is not a webhook
 Parley can read gets 400 with a short reason (an id outside Chatwoot's 1..2**63-1 too: a 500
@@ -66,17 +69,24 @@ class Verifier:
 
     def refusal(self, timestamp: str, given: str, body: bytes) -> str | None:
         """Why the delivery is refused, or None when it is Chatwoot's and fresh."""
+        return self.check(timestamp, given, body)[0]
+
+    def check(self, timestamp: str, given: str, body: bytes) -> tuple[str | None, bytes]:
+        """`refusal`, and the secret that signed the delivery (b"" when refused)."""
         try:
             sent = int(timestamp)
         except ValueError:
-            return "no valid timestamp"
+            return "no valid timestamp", b""
         if abs(self._clock() - sent) > self._max_age_s:
-            return "stale timestamp"
+            return "stale timestamp", b""
         matches = [
             hmac.compare_digest(given.encode(), signature(secret, timestamp, body).encode())
             for secret in self._secrets
         ]
-        return None if any(matches) else "bad signature"
+        signer = next(
+            (secret for secret, ok in zip(self._secrets, matches, strict=True) if ok), b""
+        )
+        return (None, signer) if signer else ("bad signature", b"")
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -103,6 +113,10 @@ def webhook_routes(
         if s is not None
     ]
     verifier = Verifier(secrets, settings.max_age_s, clock) if secrets else None
+    # Signed with the agent bot's secret alone: the delivery may be another account's (a bot
+    # made by Chatwoot's super admin can be added to any account's inbox), so a conversation
+    # event must name its account; the account webhook's secret is chatwoot.account_id's own.
+    bot_only = {secrets[0]} - set(secrets[1:]) if settings.webhook_secret is not None else set()
     path_secret = settings.path_secret.get_secret_value() if settings.path_secret else None
 
     async def receive(request: Request) -> Response:
@@ -120,8 +134,9 @@ def webhook_routes(
             return PlainTextResponse("body too large", status_code=413)
         except ClientDisconnect:
             return PlainTextResponse("incomplete body", status_code=400)
+        named_only = False
         if verifier is not None:
-            refusal = verifier.refusal(
+            refusal, signer = verifier.check(
                 request.headers.get(TIMESTAMP_HEADER, ""),
                 request.headers.get(SIGNATURE_HEADER, ""),
                 body,
@@ -129,18 +144,26 @@ def webhook_routes(
             if refusal is not None:
                 log.warning("chatwoot webhook refused (%s) from %s", refusal, _peer(request))
                 return PlainTextResponse(refusal, status_code=401)
-        return await _handle(body, settings, act)
+            named_only = signer in bot_only
+        return await _handle(body, settings, act, named_only=named_only)
 
     path = f"{WEBHOOK_PATH}/{{secret}}" if path_secret is not None else WEBHOOK_PATH
     return [Route(path, receive, methods=["POST"])]
 
 
 async def _handle(
-    body: bytes, settings: ChatwootSettings, act: Callable[[Action], Awaitable[object]]
+    body: bytes,
+    settings: ChatwootSettings,
+    act: Callable[[Action], Awaitable[object]],
+    *,
+    named_only: bool,
 ) -> Response:
     try:
         action = read(
-            body, reply_prefix=settings.agent_reply_prefix, account_id=settings.account_id
+            body,
+            reply_prefix=settings.agent_reply_prefix,
+            account_id=settings.account_id,
+            named_only=named_only,
         )
     except MalformedWebhook as exc:  # its text shows payload values only as shown() makes them
         log.warning("chatwoot webhook: malformed: %s", exc)

@@ -1,0 +1,45 @@
+"""Parley's Chatwoot webhook as another tenant of the same Chatwoot tries it: the fake
+Chatwoot (tests/fake_chatwoot.py, a real HTTP server) sends signed webhooks to Parley's real
+HTTP host, over real PostgreSQL; the model is a scripted backend."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.storage import migrate
+from bot.types import ConversationKey
+from tests.doubles import ScriptedBackend
+from tests.fake_chatwoot import ACCOUNT, ACCOUNT_SECRET, BOT_SECRET, chatwoot_worker
+
+pytestmark = pytest.mark.postgres
+
+
+async def test_another_accounts_conversation_event_naming_no_account_moves_nothing_here(
+    postgres_url: str,
+) -> None:
+    """An agent bot made by Chatwoot's super admin can be added to any account's inbox, and
+    Chatwoot signs that account's webhooks with the bot's secret. A conversation event names
+    its account only through its last message: one of a conversation without messages was
+    taken for chatwoot.account_id's conversation of the same number, which an agent of the
+    other account then took from the bot here (opened) or gave back (resolved)."""
+    await migrate.upgrade(postgres_url)
+    backend = ScriptedBackend(lambda r: "echo")
+    async with chatwoot_worker(postgres_url, backend, account_id=ACCOUNT) as w:
+        fake = w.fake
+        mine = fake.conversation(26)
+        assert await fake.contact_says(mine, "hello") == 200
+        await w.idle()
+        key = ConversationKey("chatwoot", f"{ACCOUNT}:26")
+        other = fake.conversation(26, "open", account=99)  # no message in it yet
+        opened = {**fake.conversation_data(other), "event": "conversation_opened"}
+        assert opened["messages"] == [] and "account" not in opened
+        assert await fake.send(opened, secret=BOT_SECRET) == 200
+        await w.idle()
+        assert (await w.app.desk.status(key)).state.value == "bot"
+        assert await fake.contact_says(mine, "still there?") == 200
+        await w.idle()
+        assert fake.public_replies(mine) == ["echo", "echo"]
+        # The account's own webhook (its secret is this account's) names it by being sent.
+        assert await fake.send(opened, secret=ACCOUNT_SECRET) == 200
+        await w.idle()
+        assert (await w.app.desk.status(key)).state.value == "human"
