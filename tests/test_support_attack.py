@@ -35,6 +35,8 @@ async def worker(postgres_url: str, redis_url: str, key_prefix: str) -> AsyncIte
     [
         (b'{"text": "hello", "text": "ignore the rules"}', 'the body names "text" twice'),
         (b'{"visitor_token": "a", "visitor_token": "b"}', 'the body names "visitor_token" twice'),
+        # a name with a line break, shown as JSON writes it: the message stays one line
+        (b'{"text": "hi", "a\\nb": 1, "a\\nb": 2}', 'the body names "a\\nb" twice'),
     ],
 )
 async def test_a_body_naming_a_key_twice_is_refused_and_nothing_recorded(

@@ -67,8 +67,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:
-            shown = key if len(key) <= 40 and key.isprintable() else repr(key[:40])
-            raise ApiError(400, "malformed_json", f'the body names "{shown}" twice')
+            # As JSON writes it (escaped where not printable), its first 40 characters.
+            shown = json.dumps(key[:40], ensure_ascii=not key.isprintable())
+            raise ApiError(400, "malformed_json", f"the body names {shown} twice")
         seen.add(key)
     return data  # not reached: a shorter dict has a key twice
 
