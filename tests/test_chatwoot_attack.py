@@ -43,3 +43,37 @@ async def test_another_accounts_conversation_event_naming_no_account_moves_nothi
         assert await fake.send(opened, secret=ACCOUNT_SECRET) == 200
         await w.idle()
         assert (await w.app.desk.status(key)).state.value == "human"
+
+
+async def test_a_secret_with_a_line_end_from_an_env_file_still_verifies(
+    postgres_url: str,
+) -> None:
+    """An .env file saved with Windows line ends gives each value a "\\r" at its end, which
+    the check of a secret's length already did not count; it was part of the HMAC key all the
+    same, so every delivery of Chatwoot got 401 and was lost."""
+    await migrate.upgrade(postgres_url)
+    backend = ScriptedBackend(lambda r: "echo")
+    async with chatwoot_worker(postgres_url, backend, webhook_secret=BOT_SECRET + "\r") as w:
+        conv = w.fake.conversation(27)
+        assert await w.fake.contact_says(conv, "hello") == 200
+        await w.idle()
+        assert w.fake.public_replies(conv) == ["echo"]
+
+
+async def test_a_path_secret_with_a_line_end_from_an_env_file_still_matches(
+    postgres_url: str,
+) -> None:
+    """As above: the "\\r\\n" was part of the path Parley served, which no URL Chatwoot
+    posts to has (403 for every delivery)."""
+    await migrate.upgrade(postgres_url)
+    path_secret = "a-long-random-path-secret-0123456789"
+    section = {"webhook_secret": None, "account_webhook_secret": None}
+    backend = ScriptedBackend(lambda r: "echo")
+    async with chatwoot_worker(
+        postgres_url, backend, path_secret=path_secret + "\r\n", **section
+    ) as w:
+        w.fake.webhook_url += f"/{path_secret}"
+        conv = w.fake.conversation(28)
+        assert await w.fake.contact_says(conv, "hello") == 200
+        await w.idle()
+        assert w.fake.public_replies(conv) == ["echo"]

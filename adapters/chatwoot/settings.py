@@ -90,7 +90,10 @@ class ChatwootSettings(AdapterSettings):
                 f"must be at least {SECRET_MIN} characters: copy Chatwoot's secret (a path "
                 "secret: a long random string) or leave the setting out"
             )
-        return value
+        # Without those blanks (an .env file with Windows line ends ends each value in "\r"):
+        # Chatwoot's secrets have none, nor can a URL's path end in one, and kept in the HMAC
+        # key or the path they had every delivery refused.
+        return SecretStr(value.get_secret_value().strip())
 
     def missing(self) -> str | None:
         token = self.api_access_token
