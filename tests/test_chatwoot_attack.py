@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from adapters.chatwoot.settings import ChatwootSettings
+from bot.errors import ConfigError
+from bot.settings import load_settings
 from bot.storage import migrate
 from bot.types import ConversationKey
 from tests.doubles import ScriptedBackend
@@ -77,3 +80,29 @@ async def test_a_path_secret_with_a_line_end_from_an_env_file_still_matches(
         assert await w.fake.contact_says(conv, "hello") == 200
         await w.idle()
         assert w.fake.public_replies(conv) == ["echo"]
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "Zm9vYmFyYmF6cXV4/cXV1eA==",
+        "a-long-random-secret?x",
+        "a-long-random-secret#x",
+        "a%2Flong-random-secret",
+    ],
+    ids=["base64-slash", "question-mark", "hash", "percent"],
+)
+def test_a_path_secret_no_url_path_can_hold_is_refused_when_settings_load(secret: str) -> None:
+    """`openssl rand -base64` gives "/": Parley served /chatwoot/webhook/<secret> as one path
+    segment, which a secret with "/" never is, and answered every delivery of Chatwoot 404
+    (lost); "?", "#" end the path, "%" is decoded. Refused with one line, never the value."""
+    chatwoot = {"url": "https://chatwoot.example.com", "api_access_token": "t" * 24}
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, adapters=["chatwoot"], chatwoot={**chatwoot, "path_secret": secret})
+    told = str(refused.value)
+    assert told.startswith("invalid setting PARLEY_CHATWOOT__PATH_SECRET: "), told
+    assert secret not in told and "\n" not in told
+    good = "Zm9vYmFyYmF6cXV4-cXV1eA_~.+="  # what a URL path segment holds as it is
+    section = load_settings(None, chatwoot={**chatwoot, "path_secret": good}).section("chatwoot")
+    assert isinstance(section, ChatwootSettings) and section.path_secret is not None
+    assert section.path_secret.get_secret_value() == good

@@ -3,6 +3,8 @@ where each value comes from in Chatwoot."""
 
 from __future__ import annotations
 
+import re
+
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 
 from bot.adapter_registry import AdapterSettings
@@ -11,6 +13,8 @@ from bot.settings import HeaderSecret
 # Chatwoot's own secrets are 24 characters or more; a shorter one is a mistake (and an empty
 # key would let anyone sign a webhook: a blank setting is no secret).
 SECRET_MIN = 16
+# What one segment of a URL's path holds as it is (RFC 3986 pchar, less percent-encoding).
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
 
 
 class ChatwootSettings(AdapterSettings):
@@ -43,7 +47,8 @@ class ChatwootSettings(AdapterSettings):
     path_secret: SecretStr | None = Field(
         None,
         description="For Chatwoot versions that do not sign agent bot webhooks: the webhook "
-        "URL is /chatwoot/webhook/<path_secret>; use a long random string",
+        "URL is /chatwoot/webhook/<path_secret>; use a long random string of letters and digits "
+        "(`openssl rand -hex 24`)",
     )
     max_age_s: int = Field(
         300,
@@ -94,6 +99,20 @@ class ChatwootSettings(AdapterSettings):
         # Chatwoot's secrets have none, nor can a URL's path end in one, and kept in the HMAC
         # key or the path they had every delivery refused.
         return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("path_secret")
+    @classmethod
+    def _one_path_segment(cls, value: SecretStr | None) -> SecretStr | None:
+        # The webhook URL's last segment as Chatwoot posts to it: `openssl rand -base64` gives
+        # "/" (two segments, and every delivery was a 404, lost), "?" and "#" end the path,
+        # "%" is decoded. The message names the characters, never the value.
+        if value is not None and not _PATH_SEGMENT.fullmatch(value.get_secret_value()):
+            raise ValueError(
+                "may hold only letters, digits and - . _ ~ + = ! $ & ' ( ) * , ; : @ (it is a "
+                "part of the webhook URL, which / ? # % or a blank would break): "
+                "`openssl rand -hex 24` makes one"
+            )
+        return value
 
     def missing(self) -> str | None:
         token = self.api_access_token
