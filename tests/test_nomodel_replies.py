@@ -55,7 +55,10 @@ async def test_a_web_chat_visitor_gets_the_users_sentence_as_a_notice(tmp_path: 
                 events = await stream.until_answers(1)
     shown = [(e.event, data(e)) for e in events if e.event != "message"]
     reply_to = posted.json()["message_id"]  # the history's notice row names it too
-    said = {"id": f"notice-{reply_to}", "reply_to": reply_to, "text": phrases.NO_MODEL}
+    said = {
+        "id": f"notice-{reply_to}", "reply_to": reply_to, "text": phrases.NO_MODEL,
+        "recorded": True,
+    }  # fmt: skip
     assert shown == [("notice", said)]
     _no_settings(phrases.NO_MODEL)
 

@@ -524,7 +524,9 @@ async def test_a_notice_is_its_own_event(pg: str, redis_url: str, key_prefix: st
     # Its id is the history's for it: two notices of the same text are two (the widget
     # showed once what both have by text, and took a second notice for the first).
     said = page["messages"][-1]["notice_id"]
-    assert notices == [{"id": said, "reply_to": stub, "text": phrases.RATE_LIMITED}]
+    assert notices == [
+        {"id": said, "reply_to": stub, "text": phrases.RATE_LIMITED, "recorded": True}
+    ]
     assert page["messages"][-1]["reply_to"] == stub
     # The message over the limit is kept as a stub, and its event carries the stub too (the
     # review: the event kept the text the core refuses to keep)
@@ -533,6 +535,52 @@ async def test_a_notice_is_its_own_event(pg: str, redis_url: str, key_prefix: st
     # After a reload too: a notice, not the assistant's answer
     assert [m["role"] for m in page["messages"]][-1] == "notice"
     assert page["messages"][-1]["text"] == phrases.RATE_LIMITED
+
+
+async def test_a_refused_retry_of_a_kept_message_is_a_notice_no_history_shows(
+    pg: str, redis_url: str, key_prefix: str
+) -> None:
+    """A message kept (a stub over the rate limit, answered with the recorded rate-limit
+    notice), then its retry (the same Idempotency-Key) refused: the operator blocked the
+    visitor meanwhile. The refusal's notice names the kept message but is recorded nowhere;
+    it said neither, and had the id of the history's notice for that message: the widget
+    waited for a history to show it (resuming every later page from before it) and, once a
+    page had shown the history's notice, dropped it as that one."""
+    limited = {"rate_limit_messages": 1}
+    async with support_worker(
+        pg, redis_url=redis_url, key_prefix=key_prefix, backend=ScriptedBackend(),
+        conversation=limited,
+    ) as w:  # fmt: skip
+        site = await w.add_site("shop")
+        async with w.client() as client:
+            visitor = await new_visitor(client, site)
+            auth = bearer(visitor["token"])
+            for text in ("one", "two"):
+                posted = await client.post(
+                    "/v1/messages", headers={**auth, "Idempotency-Key": text}, json={"text": text}
+                )
+                assert posted.status_code == 202, posted.text
+                await w.adapter.idle()
+    stub, conversation = posted.json()["message_id"], posted.json()["conversation_id"]
+    blocked = support_worker(
+        pg, redis_url=redis_url, key_prefix=key_prefix, backend=ScriptedBackend(),
+        conversation=limited, access={"blocked_chats": [conversation]},
+    )  # fmt: skip
+    async with blocked as w, w.client() as client:
+        async with open_stream(client, visitor["token"], last_event_id="0-0") as stream:
+            told = await stream.until_answers(2)  # the answer to "one", the stub's notice
+            again = await client.post(
+                "/v1/messages", headers={**auth, "Idempotency-Key": "two"}, json={"text": "two"}
+            )
+            assert again.status_code == 403, again.text
+            refusal = data((await stream.next(len(told) + 1))[-1])
+        page = (await client.get("/v1/history", headers=auth)).json()
+    recorded = page["messages"][-1]
+    assert (recorded["role"], recorded["reply_to"]) == ("notice", stub)
+    assert refusal["reply_to"] == stub and refusal["text"] == phrases.NOT_ALLOWED
+    assert refusal["id"] != recorded["notice_id"]
+    assert refusal["recorded"] is False
+    assert [m["role"] for m in page["messages"]] == ["user", "assistant", "user", "notice"]
 
 
 async def test_two_workers_a_visitor_alternating_gets_every_answer_once_in_order(

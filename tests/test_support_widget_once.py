@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -18,7 +19,9 @@ from adapters.support import api as support_api
 from adapters.support.events import RedisEventLog
 from adapters.support.settings import SupportSettings
 from bot import phrases
+from bot.policy import AccessRules
 from bot.types import ConversationKey
+from tests.support_helpers import bearer
 from tests.test_support_widget import (
     BOT_TEXT,
     LAUNCHER,
@@ -228,3 +231,70 @@ async def test_a_notice_of_the_same_text_as_one_in_the_history_is_not_taken_for_
             assert await page.locator(NOTICES).all_inner_texts() == [said, said, "The last one."]
     finally:
         await redis.aclose()
+
+
+async def saved_state(page: Any, stack: Stack) -> dict[str, Any]:
+    """What the widget keeps in localStorage across reloads."""
+    saved = await page.evaluate(f"localStorage.getItem('parley-widget:{stack.site_key}')")
+    kept: dict[str, Any] = json.loads(saved)
+    return kept
+
+
+async def test_a_notice_to_a_refused_retry_does_not_rewind_every_later_page(
+    stack: Stack, browser: Any
+) -> None:
+    """A message kept, then its retry (the same Idempotency-Key) refused: the operator blocked
+    the visitor meanwhile. The intake's "not allowed" notice names the kept message, and by
+    design no history ever shows it (nothing records a refused message). The widget took it
+    for an answer not yet recorded and resumed every later page from before it: the notice
+    again below newer messages, on every reload, for good."""
+    stack.backend.script(["Hel", "lo."])
+    origin = stack.page.rstrip("/")
+    async with parley_serving(stack) as app:
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "first")
+        await stack.backend.streaming.wait()  # its turn holds the conversation
+        saved = await saved_state(page, stack)
+        visitor = {**bearer(saved["token"]), "Origin": origin}
+        async with httpx.AsyncClient(base_url=stack.api, headers=visitor) as client:
+            for text in ("one", "two"):  # from the visitor's other device, while it waits
+                posted = await client.post(
+                    "/v1/messages", json={"text": text}, headers={"Idempotency-Key": text}
+                )
+                assert posted.status_code == 202, posted.text
+        stack.backend.release_all()
+        await app.manager.wait_idle()
+        # "one" and "two" waited together: one answer, which names "two".
+        assert await final_answer(page, 2) == "Hello."
+
+    conversation = f"shop:{saved['visitor_id']}"
+    blocked = SupportSettings(  # type: ignore[call-arg]
+        token_secret="widget-test-secret-32-characters",
+        visitor_messages=5,
+        access=AccessRules(blocked_chats=[conversation]),
+    )
+    refused = phrases.say(phrases.NOT_ALLOWED, "en")
+    async with parley_serving(stack, blocked) as app:
+        await page.reload()
+        await page.click(LAUNCHER)
+        assert await final_answer(page, 2) == "Hello."
+        async with httpx.AsyncClient(base_url=stack.api, headers=visitor) as client:
+            again = await client.post(
+                "/v1/messages", json={"text": "one"}, headers={"Idempotency-Key": "one"}
+            )
+        assert again.status_code == 403, again.text
+        await wait_text(page, NOTICES, f"t => t === {json.dumps(refused)}")
+
+        await page.reload()
+        await page.click(LAUNCHER)
+        assert await final_answer(page, 2) == "Hello."
+        await app.desk.take(ConversationKey("support", conversation), "Dana")
+        taken = await wait_text(page, NOTICES, "t => t.includes('Dana')")
+        # The stream resumed after the notice (in no history, as every refusal's): it is not
+        # shown again under the answers, and the next page has nothing to resume from.
+        assert await page.locator(NOTICES).all_inner_texts() == [taken]
+        assert await page.locator(USER_TEXT).all_inner_texts() == ["first", "one", "two"]
+        assert await page.locator(BOT_TEXT).all_inner_texts() == ["Hello.", "Hello."]
+        assert (await saved_state(page, stack)).get("unrecorded") == []

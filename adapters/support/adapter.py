@@ -286,9 +286,7 @@ class SupportAdapter:
                 rest = [c async for c in pending if c]
                 if not rest:  # the core's sentence, said whole: a notice, not an answer
                     await _keyed(outbox, shown)
-                    said_id = notice_id(answered, outbox.once)
-                    said = {"id": said_id, "reply_to": answered, "text": chunk}
-                    outbox.put("notice", said)
+                    outbox.put("notice", _notice(chunk, answered, outbox.once, shown))
                     return
                 parts.extend([chunk, *rest])
                 text = "".join(parts)
@@ -420,6 +418,20 @@ class SupportAdapter:
 
     async def _docs(self, request: Request) -> Response:
         return HTMLResponse(openapi.docs_page(), headers=openapi.DOCS_HEADERS)
+
+
+def _notice(
+    text: str, answered: str | None, once: str | None, shown: Shown | None
+) -> dict[str, object]:
+    """A `notice` event's data. Said in a turn, it is recorded as the answer to the messages
+    it names (`answered`: the newest), and its id is the history's row's. Said outside any
+    turn (`shown` None: the intake's refusal, "not allowed", of a message it does not take,
+    which may be the retry of one kept earlier) it is recorded nowhere: `recorded` false, and
+    an id of its own, so that no client waits for a history to show it, nor takes it for
+    the notice a history shows for the message it names."""
+    recorded = shown is not None
+    said_id = notice_id(answered if recorded else None, once)
+    return {"id": said_id, "reply_to": answered, "text": text, "recorded": recorded}
 
 
 async def _keyed(outbox: Outbox, shown: Shown | None) -> None:

@@ -127,6 +127,12 @@ class NoticeEvent(BaseModel):
     )
     reply_to: str | None = Field(description="the message it answers, as the history names it")
     text: str
+    recorded: bool = Field(
+        True,
+        description="false: said outside any answer (a message refused: the visitor is not "
+        "allowed), so no history shows it, even when `reply_to` names a message kept earlier "
+        "(its retry was refused); absent (an earlier release): true",
+    )
 
 
 HandoffState = Literal["bot", "waiting", "human"]

@@ -965,7 +965,8 @@ textarea:focus-visible { outline-offset: 0; }
       const key = noticeKey(d.id, d.reply_to, d.text);
       // The history showed it (an id names one notice, however often its event is replayed).
       if (d.id ? state.noticed.has(key) : state.noticed.delete(key)) return;
-      if (d.reply_to) unrecorded(d.reply_to, before);
+      // One said outside any answer (a refusal) is in no history: nothing to resume from.
+      if (d.reply_to && d.recorded !== false) unrecorded(d.reply_to, before);
       notice(d.text);
     },
     handoff(d) {
