@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,34 @@ async def test_a_schema_a_newer_parley_migrated_keeps_it_ready(tmp_path: Path) -
         async with app.store.engine.begin() as conn:
             await conn.execute(text("UPDATE alembic_version SET version_num = '9999_newer'"))
         assert await readiness(app) == []
+
+
+async def test_the_schema_check_reads_the_migrations_off_the_event_loop(tmp_path: Path) -> None:
+    """The first check reads migrations/versions to know the code's revisions (Alembic loads
+    each revision's module, tens of ms): it did so on the event loop, and every turn of the
+    worker waited meanwhile. Watched through Python's audit events for the folder's files."""
+    folder = str(migrate.MIGRATIONS_DIR)
+    watching: list[bool] = []
+    read_on: list[int] = []
+
+    def audit(event: str, args: tuple[Any, ...]) -> None:
+        if watching and event in _READS and args and str(args[0]).startswith(folder):
+            read_on.append(threading.get_ident())
+
+    sys.addaudithook(audit)  # for good (audit hooks cannot be removed): idle unless watching
+    async with Parley(_sqlite(tmp_path)) as app:
+        migrate._revisions.cache_clear()  # read by an earlier test of this process
+        watching.append(True)
+        try:
+            assert await readiness(app) == []
+        finally:
+            watching.clear()
+    assert read_on, "the revisions were not read from migrations/versions"
+    assert threading.get_ident() not in read_on
+
+
+# Python's audit events of reading a folder and opening its files (listed, then imported).
+_READS = frozenset({"open", "os.listdir", "os.scandir"})
 
 
 async def test_stopping_answers_unready_without_asking(tmp_path: Path) -> None:

@@ -84,6 +84,14 @@ def behind(found: str | None) -> str | None:
     )
 
 
+async def read_revisions() -> None:
+    """Read the code's revisions, which `behind` needs, in a worker thread the first time:
+    Alembic loads each revision's module (tens of ms), which on the event loop held every turn
+    of the worker meanwhile. Later calls take no thread (one busy elsewhere cannot hold them)."""
+    if _revisions.cache_info().currsize == 0:
+        await asyncio.to_thread(_revisions)
+
+
 @functools.cache
 def _revisions() -> tuple[str, frozenset[str]]:
     """The head and every revision of migrations/versions, read once per process (they are
