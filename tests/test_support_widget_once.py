@@ -298,3 +298,45 @@ async def test_a_notice_to_a_refused_retry_does_not_rewind_every_later_page(
         assert await page.locator(USER_TEXT).all_inner_texts() == ["first", "one", "two"]
         assert await page.locator(BOT_TEXT).all_inner_texts() == ["Hello.", "Hello."]
         assert (await saved_state(page, stack)).get("unrecorded") == []
+
+
+async def test_an_earlier_releases_notice_event_is_not_shown_again_beside_its_history_row(
+    stack: Stack, browser: Any, redis_url: str, key_prefix: str
+) -> None:
+    """A notice said while no page was open, by a worker of the release before `id` (its
+    event has none), then the page opened after the upgrade: the history's row names it by
+    `notice_id`, the stream replays the event without one. The widget matched an event
+    without an id against the history's text only where the row had no id either, so the
+    notice showed twice."""
+    said = phrases.say(phrases.RATE_LIMITED, "en")
+    origin = stack.page.rstrip("/")
+    asked = {"id": "7", "role": "user", "text": "hello", "sources": [], "reply_to": "",
+             "created_at": "2026-12-01T10:00:00+00:00"}  # fmt: skip
+    shown = {"id": "8", "role": "notice", "text": said, "sources": [], "reply_to": "7",
+             "created_at": "2026-12-01T10:00:01+00:00", "notice_id": "notice-7"}  # fmt: skip
+
+    async def history(route: Any) -> None:  # the seam: the history as this release shows it
+        await route.fulfill(
+            json={"messages": [asked, shown], "next": None},
+            headers={"Access-Control-Allow-Origin": origin},
+        )
+
+    redis = Redis.from_url(redis_url)
+    events = RedisEventLog(redis, key_prefix, kept=1000, ttl_s=3600)
+    try:
+        async with parley_serving(stack):
+            page = await new_page(browser)
+            await page.route(f"{stack.api}/v1/history*", history)
+            await page.goto(stack.page)
+            await page.click(LAUNCHER)
+            await page.locator(NOTICES).first.wait_for()
+            saved = await page.evaluate(f"localStorage.getItem('parley-widget:{stack.site_key}')")
+            conversation = f"shop:{json.loads(saved)['visitor_id']}"
+            await events.append(conversation, [
+                ("notice", {"reply_to": "7", "text": said}),  # the earlier release's event
+                ("notice", {"id": "notice-last", "reply_to": None, "text": "The last one."}),
+            ])  # fmt: skip
+            await wait_text(page, NOTICES, "t => t === 'The last one.'")
+            assert await page.locator(NOTICES).all_inner_texts() == [said, "The last one."]
+    finally:
+        await redis.aclose()

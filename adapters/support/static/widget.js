@@ -871,6 +871,9 @@ textarea:focus-visible { outline-offset: 0; }
         agent(m, anchor);
       } else if (m.text) {
         state.noticed.add(noticeKey(m.notice_id, m.reply_to, m.text));
+        // Its event may be an earlier release's, without an id (said before an upgrade,
+        // replayed after it): matched as that release matched it.
+        if (m.notice_id) state.noticed.add(noticeKey("", m.reply_to, m.text));
         state.unrecorded.delete(String(m.reply_to));
         notice(m.text, anchor);
       }
