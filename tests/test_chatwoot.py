@@ -5,6 +5,7 @@ takes Parley's API calls; the model is a scripted backend that translates a few 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -504,6 +505,27 @@ async def test_doctor_checks_the_url_the_token_and_the_signing_version() -> None
             await check(section())
     with pytest.raises(AdapterError, match="ConnectError"):  # nothing listens there any more
         await check(section())
+
+
+async def test_doctor_on_a_url_where_nothing_answers_names_the_host_and_the_setting() -> None:
+    """`parley doctor` (and the start) said "chatwoot GET /api: ConnectError": no host, and
+    nothing telling the operator which setting to look at (docs/support-desk.md, step 7)."""
+    check = adapter_spec("chatwoot").load_doctor()
+    assert check is not None
+    with socket.socket() as closed:  # a port that nothing listens on once closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = ChatwootSettings(
+        url=f"http://user:pw@127.0.0.1:{port}/app",
+        api_access_token=TOKEN,
+        webhook_secret=BOT_SECRET,
+    )
+    with pytest.raises(AdapterError) as failed:
+        await check(settings)
+    line = str(failed.value)
+    assert line.startswith("no Chatwoot answers at 127.0.0.1 (GET /api: ConnectError)")
+    assert "check PARLEY_CHATWOOT__URL" in line
+    assert "pw" not in line and "/app" not in line and str(port) not in line
 
 
 async def test_an_agent_who_answers_a_conversation_of_the_bot_keeps_it(

@@ -211,8 +211,11 @@ async def test_a_chatwoot_that_does_not_answer_or_refuses_the_token_ends_start_u
     async with parley_run(tmp_path, chatwoot(base_url, CHATWOOT_TOKEN)) as process:
         status, err = await finish(process)  # nothing listens there any more
     assert (status, err) == (
-        3, "parley: error: the chatwoot adapter could not start: chatwoot GET /api: ConnectError\n"
-    )  # fmt: skip
+        3,
+        "parley: error: the chatwoot adapter could not start: no Chatwoot answers at 127.0.0.1 "
+        "(GET /api: ConnectError): check PARLEY_CHATWOOT__URL and that Chatwoot runs and is "
+        "reachable from here\n",
+    )
 
 
 async def _console_program(

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from bot.errors import AdapterError, ConfigError
 
-from .client import ChatwootClient
+from .client import ChatwootClient, ChatwootError
 from .settings import ChatwootSettings
 
 # The first Chatwoot release that signs agent bot webhooks (X-Chatwoot-Signature).
@@ -45,10 +45,20 @@ def _where(settings: ChatwootSettings) -> str:
 
 
 async def _index(client: ChatwootClient, where: str) -> dict[str, Any]:
-    """GET /api: its JSON object; AdapterError unless it answers 200."""
-    status, data = await client.probe("/api")
+    """GET /api: its JSON object; AdapterError unless it answers 200, saying which setting to
+    check (a network failure was "chatwoot GET /api: ConnectError", no host and no hint)."""
+    try:
+        status, data = await client.probe("/api")
+    except ChatwootError as exc:
+        failure = str(exc).rpartition(": ")[2]  # the error's type, never the URL
+        raise AdapterError(
+            f"no Chatwoot answers at {where} (GET /api: {failure}): check "
+            "PARLEY_CHATWOOT__URL and that Chatwoot runs and is reachable from here"
+        ) from None
     if status != 200:
-        raise AdapterError(f"no Chatwoot answers at {where} (GET /api: HTTP {status})")
+        raise AdapterError(
+            f"no Chatwoot answers at {where} (GET /api: HTTP {status}): check PARLEY_CHATWOOT__URL"
+        )
     return data
 
 
