@@ -112,3 +112,19 @@ async def test_a_path_with_a_trailing_slash_is_a_json_404_not_a_redirect(worker:
         await worker.adapter.idle()
         page = (await client.get("/v1/history", headers=auth)).json()
         assert page["messages"] == []
+
+
+async def test_the_api_root_without_its_slash_is_a_404_not_a_redirect(worker: Worker) -> None:
+    """POST /v1 (the API's prefix, without a slash) got the host's empty 307 to
+    `http://<Host header>/v1/`, made from what the worker saw (http:// behind a proxy ending
+    TLS): a client that follows it sends its body again, in clear text, to a path that is a 404
+    anyway. No path of the host is redirected (docs/adapters.md, "HTTP host")."""
+    site = await worker.add_site("shop")
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        auth = {**bearer(visitor["token"]), "Host": "chat.example.com"}
+        posted = await client.post("/v1", headers=auth, json={"text": "hello"})
+        read = await client.get("/v1", headers=auth)
+        for response in (posted, read):
+            assert response.status_code == 404, response.headers
+            assert "location" not in response.headers

@@ -98,7 +98,13 @@ class HttpHost:
             for r in routes
             if isinstance(r, Route) and not r.path.endswith("/")
         ]
-        draining = _RefuseWhileDraining(Starlette(routes=routes), self)
+        host_app = Starlette(routes=routes)
+        # Nor is any other path redirected: a mount's prefix without its "/" (the support
+        # API's POST /v1) got an empty 307 to an address made from the Host header and the
+        # scheme the worker saw (http:// behind a proxy ending TLS), and a client following it
+        # sent the body again in clear text.
+        host_app.router.redirect_slashes = False
+        draining = _RefuseWhileDraining(host_app, self)
         return _BodyDeadline(draining, self._settings.body_timeout_s)
 
     async def serve(self) -> None:
