@@ -447,3 +447,36 @@ async def test_an_agent_taking_the_conversation_stops_the_bots_reply_in_flight(
                 answer = (await stream.until_answers(1))[-1]
     assert answer.event == "answer"
     assert data(answer)["text"] == "Bot \n\n[Stopped.]"
+
+
+async def test_history_pages_put_a_change_of_hands_where_the_whole_history_does(
+    worker: Worker, hooks: Receiver
+) -> None:
+    """The answer that asked for a person comes before its `waiting` note in the history; on a
+    page whose visitor message is on the older page (`limit=1`: the answer alone), the note
+    came before the answer instead, so "Show earlier messages" showed another order than a
+    reload."""
+    site = await worker.add_site("shop", languages=["de", "en"])
+    async with worker.client() as client:
+        visitor = await new_visitor(client, site)
+        auth = bearer(visitor["token"])
+        async with open_stream(client, visitor["token"]) as stream:
+            asked = await client.post("/v1/messages", headers=auth, json={"text": ASK})
+            assert asked.status_code == 202, asked.text
+            await until(stream, named("handoff", state="waiting", reason="asked"))
+        async with asyncio.timeout(30):  # the answer is recorded just after its last event
+            while True:
+                whole = (await client.get("/v1/history", headers=auth)).json()["messages"]
+                if any(m["role"] == "assistant" for m in whole):
+                    break
+                await asyncio.sleep(0.05)
+        assert [m["role"] for m in whole] == ["user", "assistant", "handoff"]
+        pages: list[list[str]] = []
+        params: dict[str, Any] = {"limit": 1}
+        while True:
+            page = (await client.get("/v1/history", headers=auth, params=params)).json()
+            pages.insert(0, [m["id"] for m in page["messages"]])
+            if page["next"] is None:
+                break
+            params["before"] = page["next"]
+        assert [i for p in pages for i in p] == [m["id"] for m in whole]

@@ -306,6 +306,7 @@ class SupportApi:
         rows = await self._history.page(caller.key, before, limit)
         more = len(rows) > limit
         previous = rows[0].created_at if more else None  # the older page's newest
+        shown_before = rows[0].id if more else 0
         rows = rows[1:] if more else rows
         older = str(rows[0].id) if more and rows else None
         # The changes of hands since the older page's newest message, up to this page's
@@ -314,7 +315,7 @@ class SupportApi:
         notes: list[HandoffNote] = []
         if rows or before is None:
             notes = await self._history.handoff_notes(caller.key, previous, until)
-        page = HistoryPage(messages=with_notes(rows, notes), next=older)
+        page = HistoryPage(messages=with_notes(rows, notes, shown_before), next=older)
         return JSONResponse(page.model_dump())
 
     async def erase(self, request: Request) -> Response:

@@ -132,14 +132,18 @@ class HandoffNote:
                               state=self.state)  # fmt: skip
 
 
-def with_notes(rows: Sequence[Row], notes: Sequence[HandoffNote]) -> list[HistoryMessage]:
+def with_notes(
+    rows: Sequence[Row], notes: Sequence[HandoffNote], older: int = 0
+) -> list[HistoryMessage]:
     """The page's messages (in their order) with each note before the first message after it
     (notes after every message last), except the bot's answers to messages shown before the
     note: that turn was under way when the hands changed (it asked for the person), and the
-    visitor got its answer first (the desk hands its events on after the change)."""
+    visitor got its answer first (the desk hands its events on after the change). `older`:
+    the id of the older page's newest message (0: none), whose messages are shown before
+    this page's (an answer on this page to a question there was under way too)."""
     shown: list[HistoryMessage] = []
     pending = sorted(notes, key=lambda n: _utc(n.at))
-    asked = 0  # the newest visitor message shown
+    asked = older  # the newest visitor message shown (at most: the older pages' newest)
     for row in rows:
         under_way = (
             row.role == Role.ASSISTANT.value
