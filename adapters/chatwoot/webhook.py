@@ -147,8 +147,23 @@ def webhook_routes(
             named_only = signer in bot_only
         return await _handle(body, settings, act, named_only=named_only)
 
-    path = f"{WEBHOOK_PATH}/{{secret}}" if path_secret is not None else WEBHOOK_PATH
-    return [Route(path, receive, methods=["POST"])]
+    if path_secret is None:
+        return [Route(WEBHOOK_PATH, receive, methods=["POST"])]
+
+    async def secret_left_out(request: Request) -> Response:
+        # Chatwoot pointed at the URL without the secret (the signed set-up's URL) got a plain
+        # 404, and nothing in Parley's log said why every delivery was lost.
+        log.warning(
+            "chatwoot webhook: a delivery to %s without the path secret, from %s: with "
+            "chatwoot.path_secret set, give Chatwoot %s/<path_secret> as the webhook URL",
+            WEBHOOK_PATH, _peer(request), WEBHOOK_PATH,
+        )  # fmt: skip
+        return PlainTextResponse("forbidden", status_code=403)
+
+    return [
+        Route(WEBHOOK_PATH, secret_left_out, methods=["POST"]),
+        Route(f"{WEBHOOK_PATH}/{{secret}}", receive, methods=["POST"]),
+    ]
 
 
 async def _handle(
