@@ -112,7 +112,12 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
                 )
             await migrate.downgrade(url, revision, timeout_s=wait)
     except CommandError as exc:  # a revision Alembic cannot find or reach
-        raise ConfigError(f"db {args.action}: {_first_line(exc)}") from None
+        # Alembic's line alone ("Can't locate revision identified by 'zz'") named no
+        # revision that would do.
+        raise ConfigError(
+            f"db {args.action}: {_first_line(exc)}; this Parley's revisions run from "
+            f"{migrate.first()} to {migrate.head()} (`parley db current` shows the database's)"
+        ) from None
     missing = _missing_sqlite_file(settings) if args.action == "current" else None
     if missing is not None:
         # `current` only reads: opening the file would make it, empty (and its folder), and

@@ -19,6 +19,7 @@ import pytest
 
 from bot.metrics import Metrics
 from bot.settings import load_settings
+from bot.storage import migrate
 from bot.storage.database import create_engine
 from bot.storage.sql_store import SqlStore
 from tests.processes import parley_env
@@ -64,6 +65,9 @@ def test_rvo_a_revision_alembic_cannot_reach_is_one_line_and_exit_2(
 ) -> None:
     err = _one_line(_parley(tmp_path, *args), 2)
     assert f"db {args[1]}: " in err and args[2] in err
+    # and which revisions there are: Alembic's line alone named none that would do
+    assert f"revisions run from {migrate.first()} to {migrate.head()}" in err
+    assert "`parley db current`" in err
 
 
 @pytest.mark.parametrize(

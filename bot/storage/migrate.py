@@ -61,6 +61,14 @@ async def past(url: str, revision: str, *, timeout_s: float | None = None) -> st
     return found if target.revision in below else None
 
 
+def first() -> str:
+    """The oldest revision in migrations/versions."""
+    found = ScriptDirectory.from_config(alembic_config("")).get_base()
+    if found is None:
+        raise StorageError(f"no migrations found in {MIGRATIONS_DIR}")
+    return found
+
+
 def head() -> str:
     """The newest revision in migrations/versions."""
     found = ScriptDirectory.from_config(alembic_config("")).get_current_head()
