@@ -21,6 +21,7 @@ import contextlib
 import io
 import logging
 import multiprocessing
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -165,6 +166,12 @@ async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
 
 
 def _child(sender: Connection, kind: str, data: bytes, max_pages: int, max_chars: int) -> None:
+    # A spawned process has no logging set up: without a handler, logging's last resort
+    # wrote each of pypdf's warnings about a damaged file (thousands for one hostile PDF,
+    # quoting its names) to the bot's stderr, beside its log lines. What went wrong is the
+    # one sentence sent back; the parent shows the library's own lines with --verbose only.
+    logging.getLogger().addHandler(logging.NullHandler())
+    warnings.simplefilter("ignore")
     try:
         sender.send(("ok", extract(kind, data, max_pages, max_chars), {}))
     except DocumentRefused as exc:

@@ -577,3 +577,19 @@ def test_text_whose_control_characters_are_those_of_text_is_not_refused() -> Non
         assert not mostly_controls(data.decode())
     assert mostly_controls("\x07\x0e\x11" * 100)  # control bytes with no text are still refused
     assert mostly_controls("\x1a" * 300)  # nothing but the end-of-file marker: no text
+
+
+async def test_a_damaged_pdfs_parser_warnings_never_reach_the_bots_output(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The child process that reads a document had no logging set up, so pypdf's warnings
+    about a damaged file went to the bot's stderr through logging's last resort: a line each
+    (11,000 for a 30 kB file), beside the JSON log lines, quoting the document's own names
+    (`for key /Mallory`). The parent shows them with --verbose only; the child drops them."""
+    line = b"BT /F1 12 Tf 72 700 Td (The meeting is on Monday) Tj ET\n"
+    damaged = pdf(1, line).replace(b"/Pages 2 0 R >>", b"/Pages 2 0 R /Mallory 1 /Mallory 2 >>")
+    text = await DocumentReader(DocumentSettings()).read(_source("notes.pdf", damaged))
+    assert text == "The meeting is on Monday"
+    out, err = capfd.readouterr()
+    assert "Mallory" not in out + err
+    assert "startxref" not in out + err
