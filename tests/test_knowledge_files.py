@@ -235,6 +235,31 @@ def test_chunker_uses_the_injected_counter_and_cuts_runaway_sentences() -> None:
     assert " ".join(c.text for c in chunks) == words
 
 
+def test_a_long_line_without_sentence_ends_is_cut_counting_each_word_a_few_times() -> None:
+    """A paragraph with no sentence end in it (a log, a list, one line of words) is cut
+    between words: the chunk being filled was joined and counted again for every word, about
+    700 times each character of a 350-token chunk of short words, so a 50 MB one-line file
+    took `parley kb add` two minutes (prose of that size: five seconds)."""
+    line = " ".join(f"w{i % 10}" for i in range(60_000))
+    counted = 0
+
+    def count(text: str) -> int:
+        nonlocal counted
+        counted += len(text)
+        return estimate_tokens(text)
+
+    chunks = chunk_sections([Section("", line)], count, max_tokens=350)
+    assert " ".join(c.text for c in chunks) == line  # every word, in order, none cut
+    assert all(c.token_count <= 350 for c in chunks)
+    # Each chunk as full as the limit allows: one more word would pass it.
+    words = line.split()
+    taken = 0
+    for chunk in chunks[:-1]:
+        taken += len(chunk.text.split())
+        assert estimate_tokens(f"{chunk.text} {words[taken]}") > 350
+    assert counted < 20 * len(line), f"each character counted {counted / len(line):.0f} times"
+
+
 def test_empty_sections_make_no_chunks() -> None:
     assert chunk_sections([Section("x", "  \n\n  ")]) == []
 
