@@ -272,6 +272,22 @@ def test_review_kb_a_citation_never_renders_as_a_hidden_link() -> None:
         assert "attacker.example" in html  # shown as text, where the reader sees it
 
 
+def test_a_citation_holds_no_direction_override_to_reverse_its_line() -> None:
+    """A title or heading with a bidirectional override or embedding (a file named
+    `Refund\u202efdp.exe.md`, a PDF's metadata, a web page's <title>) reversed the rest of
+    its line of the sources as shown: `Refund` and then `exe.pdf`. Parley's sentences drop
+    them from what a user typed (bot.phrases.said_back); a citation drops them too."""
+    title = load(b"Refunds are made within 14 days.", Path("Refund\u202efdp.exe.md")).title
+    location = "Terms \u2067> Returns\u2069 \u202bpage\u202c"
+    passages = [Passage("Text.", title, location, "/docs/x.md", 1.0)]
+    for reply in (sources(passages, "Sources:"), quoted(passages, "Quoted:")):
+        assert not set(reply) & set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+        assert "Refundfdp.exe, Terms > Returns page" in reply
+    # A right-to-left mark stays: it overrides nothing after it.
+    arabic = "\u0645\u0631\u062d\u0628\u0627 \u200fGuide"
+    assert arabic in sources([Passage("Text.", arabic, "", "/d.md", 1.0)], "Sources:")
+
+
 def test_review_kb_a_word_longer_than_a_chunk_is_cut() -> None:
     # Chunks are at most MAX_TOKENS; a word with no space in it was kept whole (a 5 MB chunk).
     chunks = chunk_sections([Section("", "Intro words. " + "f" * 100_000 + " end")])

@@ -63,6 +63,9 @@ _NUMBERED = rf"[\[［【]{_BLANKS}\d+{_BLANKS}[\]］】]"
 _HEADER_LIKE = re.compile(rf"(^|[{_LINE_BREAK}])({_BLANKS})(?={_NUMBERED})")
 # "](" or "][": where a bracket closes a link's text (inline or by reference).
 _LINK_JOIN = re.compile(r"\](?=[(\[])")
+# Bidirectional embeddings, overrides and isolates: one in a document's title or heading (a
+# file named `Refund\u202efdp.exe.md`) reversed the rest of its citation's line as shown.
+_DIRECTION_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 # A citation the model writes (with the space before it, dropped with it): [2], [1, 3],
 # [ 4 ], a range [1-3] or [1–3], and the CJK forms ［２］, 【1】, [1、2], ［１－３］, [1〜3]. \d is
 # any script's decimal digit, which int() reads. Not a link's text: [1-3](https://...).
@@ -368,8 +371,9 @@ def _plain(citation: str) -> str:
     """A citation as literal text in the reply, which platforms render as Markdown: a
     document's title written `[Reset your password](https://example.net)` would otherwise
     show as a link whose address the reader does not see. A space after the bracket keeps
-    the words and the address as written, with no escapes for plain-text readers to see."""
-    return _LINK_JOIN.sub("] ", citation)
+    the words and the address as written, with no escapes for plain-text readers to see.
+    Direction overrides and embeddings are dropped (see _DIRECTION_CONTROLS)."""
+    return _LINK_JOIN.sub("] ", _DIRECTION_CONTROLS.sub("", citation))
 
 
 def quoted(passages: list[Passage], heading: str) -> str:
