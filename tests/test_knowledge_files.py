@@ -260,6 +260,20 @@ def test_a_long_line_without_sentence_ends_is_cut_counting_each_word_a_few_times
     assert counted < 20 * len(line), f"each character counted {counted / len(line):.0f} times"
 
 
+def test_a_long_line_of_words_is_cut_without_holding_each_word_at_once() -> None:
+    """The words of a sentence too long for a chunk were split all at once: a 50 MB line of
+    short words held 1.4 GB (a Python string of each word), where a window of them does."""
+    line = "ab " * 300_000
+    tracemalloc.start()
+    try:
+        chunks = chunk_sections([Section("", line)], estimate_tokens, max_tokens=350)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert " ".join(c.text for c in chunks) == line.strip()
+    assert peak < 6 * len(line), f"{peak / len(line):.1f} bytes a byte of the line"
+
+
 def test_empty_sections_make_no_chunks() -> None:
     assert chunk_sections([Section("x", "  \n\n  ")]) == []
 

@@ -8,6 +8,7 @@ page. A short section therefore stays a small chunk of its own.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 
@@ -20,6 +21,9 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 # After ., ! or ? (optionally closed by a quote or bracket) and before whitespace; also after
 # the CJK full stops, which are not followed by a space.
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+|(?<=[。！？])")
+_WORD = re.compile(r"\S+")
+# Words of a long sentence read ahead at a time (more where one piece takes them all).
+WORD_WINDOW = 4096
 
 
 def chunk_sections(
@@ -65,41 +69,56 @@ def _split_words(sentence: str, count: CountTokens, max_tokens: int) -> Iterator
     the longest run of words that fits. The run is found by doubling and halving its length
     from the last piece's, a few counts a piece: joining and counting the piece again for
     each word added counted each character of it hundreds of times (a 50 MB line of short
-    words took two minutes)."""
+    words took two minutes). Words are read a window at a time, never all at once: a 50 MB
+    line of them split whole held 1.4 GB."""
     if not sentence:
         return
     if count(sentence) <= max_tokens:
         yield sentence
         return
-    words = sentence.split()
-    start, guess = 0, 1
-    while start < len(words):
-        word = words[start]
+    pending = (match.group() for match in _WORD.finditer(sentence))
+    words: list[str] = []  # the window: words read and not yet in a piece
+    guess = 1
+    ended = False
+    while True:
+        if not ended and len(words) < WORD_WINDOW:
+            ended = _read(words, pending, WORD_WINDOW)
+        if not words:
+            return
+        word = words[0]
         # A hex dump, a data URL: no boundary to cut at. Only a word that could pass the limit
         # is counted (a character is at most 4 tokens of a byte-level tokenizer).
         if len(word) * 4 > max_tokens and count(word) > max_tokens:
             yield from _split_characters(word, count, max_tokens)
-            start += 1
+            del words[0]
             continue
-        taken = _words_that_fit(words, start, guess, count, max_tokens)
-        yield " ".join(words[start : start + taken])
-        start += taken
+        taken = _words_that_fit(words, guess, count, max_tokens)
+        while taken == len(words) and not ended:  # all fit: the piece may go on past them
+            ended = _read(words, pending, len(words))
+            taken = _words_that_fit(words, taken, count, max_tokens)
+        yield " ".join(words[:taken])
+        del words[:taken]
         guess = taken
 
 
-def _words_that_fit(
-    words: list[str], start: int, guess: int, count: CountTokens, max_tokens: int
-) -> int:
-    """How many words from `start` on fit in one piece (one at least: the first fits alone,
+def _read(words: list[str], pending: Iterator[str], more: int) -> bool:
+    """`more` words of `pending` onto `words`; whether `pending` ended."""
+    before = len(words)
+    words.extend(itertools.islice(pending, more))
+    return len(words) - before < more
+
+
+def _words_that_fit(words: list[str], guess: int, count: CountTokens, max_tokens: int) -> int:
+    """How many of the first `words` fit in one piece (one at least: the first fits alone,
     or is a word too long, which stops a run): searched from `guess` (the last piece's) in
     steps that double, up while it fits, down while it does not, then halved between the
     last that fit and the first that did not. Words of a kind fit in about as many as last
     time: two or three counts."""
 
     def fits(n: int) -> bool:
-        return count(" ".join(words[start : start + n])) <= max_tokens
+        return count(" ".join(words[:n])) <= max_tokens
 
-    left = len(words) - start
+    left = len(words)
     fit, over = 1, left + 1  # `fit` words fit; `over` words do not (left + 1: none past)
     probe, step = min(max(guess, 1), left), 1
     if probe > 1 and not fits(probe):
