@@ -1198,6 +1198,11 @@ async def test_a_gateway_close_no_reconnect_cures_is_one_line_saying_what_to_cha
     while Parley ran) and 4012 (a helper's review)."""
     refused = await _refused_at_connect(tmp_path, FakeDiscordApi(gateway_close_code=code))
     assert str(refused) == CLOSE_CODES[code]
+    # What to change, never a question: 4012 and 4013 ended "a discord.py release Parley
+    # does not support?" (the docs trial), naming no version and no step.
+    assert "?" not in str(refused)
+    if code in (4012, 4013):
+        assert discord.__version__ in str(refused) and "pip install -U" in str(refused)
 
 
 async def test_doctor_names_a_message_content_intent_that_is_off() -> None:

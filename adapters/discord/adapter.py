@@ -125,10 +125,12 @@ CLOSE_CODES = {
     "below discord.shard_count",
     4011: "Discord requires this bot to shard (4011 Sharding required): set "
     'discord.shard_count (docs/discord.md, "Scale")',
-    4012: "Discord refused the gateway version (4012 Invalid API version): a discord.py "
-    "release Parley does not support?",
-    4013: "Discord refused the gateway intents (4013 Invalid intents): a discord.py release "
-    "Parley does not support?",
+    4012: "Discord refused the gateway version (4012 Invalid API version): the installed "
+    f"discord.py ({discord.__version__}) speaks one Discord no longer takes; upgrade it "
+    "(pip install -U 'discord.py>=2.4') and start Parley again",
+    4013: "Discord refused the gateway intents (4013 Invalid intents): the installed "
+    f"discord.py ({discord.__version__}) asks for intents Discord does not know; upgrade it "
+    "(pip install -U 'discord.py>=2.4') and start Parley again",
 }
 # The application's flags that say the Message Content intent is on (for 100+ servers the
 # first, after Discord's review; below, the second: the switch in the developer portal).
