@@ -636,3 +636,25 @@ async def test_a_delivery_without_the_path_secret_says_in_the_log_which_url_to_u
     told = [line for line in lines if "/chatwoot/webhook/<path_secret>" in line]
     assert len(told) == 2, lines
     assert all(secret not in line for line in lines)
+
+
+async def test_a_delivery_to_a_path_secret_parley_was_not_given_says_which_url_to_use(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other way round from the test above: with no path_secret set (signed webhooks),
+    Chatwoot given /chatwoot/webhook/<something> got a plain 404 and Parley logged nothing,
+    every delivery lost without a word. Still 404, and a warning names the URL to give
+    Chatwoot (what followed the path, which may be meant as a secret, never)."""
+    await migrate.upgrade(postgres_url)
+    async with chatwoot_worker(postgres_url, ScriptedBackend()) as w:
+        fake = w.fake
+        conv = fake.conversation(11)
+        base = fake.webhook_url
+        fake.webhook_url = f"{base}/meant-as-a-secret-0123456789"
+        assert await fake.contact_says(conv, "hello") == 404
+        await w.idle()
+        assert await w.app.store.conversation_id(_key(11)) is None
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("adapters.chatwoot")]
+    told = [line for line in lines if "no chatwoot.path_secret is set" in line]
+    assert len(told) == 1, lines
+    assert all("meant-as-a-secret" not in line for line in lines)

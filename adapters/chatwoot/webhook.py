@@ -148,7 +148,22 @@ def webhook_routes(
         return await _handle(body, settings, act, named_only=named_only)
 
     if path_secret is None:
-        return [Route(WEBHOOK_PATH, receive, methods=["POST"])]
+
+        async def no_path_secret(request: Request) -> Response:
+            # The other way round: Chatwoot given /chatwoot/webhook/<something> (a path secret
+            # Parley was not set up with) got a plain 404 and Parley said nothing. Still 404
+            # (no such URL here), with a line saying which one is; the segment never logged.
+            log.warning(
+                "chatwoot webhook: a delivery to %s/<...>, from %s: no chatwoot.path_secret "
+                "is set, give Chatwoot %s as the webhook URL",
+                WEBHOOK_PATH, _peer(request), WEBHOOK_PATH,
+            )  # fmt: skip
+            return PlainTextResponse("not found", status_code=404)
+
+        return [
+            Route(WEBHOOK_PATH, receive, methods=["POST"]),
+            Route(f"{WEBHOOK_PATH}/{{rest:path}}", no_path_secret, methods=["POST"]),
+        ]
 
     async def secret_left_out(request: Request) -> Response:
         # Chatwoot pointed at the URL without the secret (the signed set-up's URL) got a plain
