@@ -730,6 +730,31 @@ async def test_a_chat_moved_to_a_new_id_takes_its_conversation_along(
     assert await store.conversation_id(KEY) == other.conversation_id != cid
 
 
+async def test_a_merge_into_the_new_ids_conversation_is_fenced_on_the_old_ones_lease(
+    pair: tuple[SqlStore, SqlStore],
+) -> None:
+    """The new id has a conversation: the old one is merged into it only under its current
+    turn lease; a lease another worker took since merges nothing. The messages keep their
+    order (ids), and a pending one stays pending."""
+    store, peer = pair
+    old, _, _ = await turn(store, "k1", "the word is banana", "answer")
+    new_key = ConversationKey("console", "chat-2")
+    came = await store.record_incoming(incoming("k2", key=new_key), kind=CHAT, token_count=1)
+    new = came.conversation_id
+    left = await store.record_incoming(incoming("k3", "which fruit?"), kind=CHAT, token_count=1)
+    async with store.turn_lease(old, "worker-a", ttl_s=5, wait_s=1) as lapsed:
+        pass
+    async with peer.turn_lease(old, "worker-b", ttl_s=5, wait_s=1):
+        assert not await store.merge_chat(lapsed, old, new)  # not its lease any more
+    assert [m.content for m in await store.history(new, 10)] == ["hello"]
+    async with store.turn_lease(old, "worker-a", ttl_s=5, wait_s=1) as lease:
+        assert await store.merge_chat(lease, old, new)
+    merged = [m.content for m in await store.history(new, 10)]
+    assert merged == ["the word is banana", "answer", "hello", "which fruit?"]
+    assert [m.id for m in await store.pending(new, 10)] == [came.message_id, left.message_id]
+    assert await store.history(old, 10) == []
+
+
 async def test_after_an_erase_the_same_visitor_starts_a_conversation_an_erase_finds(
     pair: tuple[SqlStore, SqlStore],
 ) -> None:

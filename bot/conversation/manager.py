@@ -251,6 +251,9 @@ class ConversationManager:
         # Conversations with a message redacted while their worker ran here: its turn in
         # flight may write back the window it loaded before (see redact).
         self._redacted: set[int] = set()
+        # Conversations to merge into another (`move_chat`), by their next turn's lease: the
+        # new conversation's id and key.
+        self._merges: dict[int, tuple[int, ConversationKey]] = {}
         # This process's name in SQL leases (Store.turn_lease): unique per manager.
         self._owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
         self._background: list[asyncio.Task[None]] = []
@@ -540,11 +543,47 @@ class ConversationManager:
 
     async def move_chat(self, platform: str, old_chat_id: str, new_chat_id: str) -> None:
         """A chat that has a new id on its platform keeps its conversations (history,
-        settings, what it kept): see Store.move_chat."""
+        settings, what it kept): see Store.move_chat. Where the new id has a conversation
+        already (its first message came before the move was known), the old one is merged
+        into it (Store.merge_chat) under the old one's turn lease, as its next turn: after
+        the turn in flight, if any, here or on another worker (never beside it: its answer
+        would be recorded where its questions no longer are, and they answered again). Its
+        pending messages are answered then, once, in the new conversation."""
         moved = await self._store.move_chat(platform, old_chat_id, new_chat_id)
         if moved:
             log.info("%s chat %s is now %s: its conversation moved", platform, old_chat_id,
                      new_chat_id)  # fmt: skip
+            return
+        old_key, new_key = (
+            ConversationKey(platform, old_chat_id),
+            ConversationKey(platform, new_chat_id),
+        )
+        old = await self._store.conversation_id(old_key, fresh=True)
+        new = await self._store.conversation_id(new_key, fresh=True)
+        if old is None or new is None or old == new:
+            return
+        self._merges[old] = (new, new_key)
+        self._schedule(_Work(old, old_key))
+
+    async def _merge(self, work: _Work, lease: TurnLease) -> None:
+        """The merge `move_chat` left for the conversation's lease, held now."""
+        new, new_key = self._merges[work.conversation_id]
+        unfinished = lease.unfinished
+        if unfinished is not None and unfinished.owner != self._owner:
+            alive = holder_alive(
+                self._liveness, unfinished, grace_s=self._settings.delivery_grace_s
+            )
+            if await alive:
+                raise Superseded  # its worker records that answer first; merged after
+        if not await self._store.merge_chat(lease, work.conversation_id, new):
+            raise Superseded  # the lease was lost: merged once it is taken again
+        del self._merges[work.conversation_id]
+        log.info("%s is now %s: its conversation merged into the one there", work.key, new_key)
+        for cid in (work.conversation_id, new):  # what either cached is stale
+            await self._forget_window(cid)
+            await self._cache.delete(keys.chat_prefs(cid))
+            await self._cache.delete(keys.handoff(cid))
+        self._schedule(_Work(new, new_key))  # its pending messages now (the old one's too)
 
     async def mark_deleted(self, idempotency_key: str) -> None:
         """A message deleted on the platform, marked (for DELETION_MARK_TTL_S) before its
@@ -897,6 +936,8 @@ class ConversationManager:
             # messages stay pending, and the sweep (or the next message) tries again.
             log.warning("conversation %s: turn not run: %s", work.key, exc)
             await self._context.invalidate(work.conversation_id)
+            if work.conversation_id in self._merges:  # no sweep looks for a merge: again
+                self._later(work)
         except Exception:
             # Messages stay pending in SQL; the next submit or recover() retries them. The
             # cached window may be ahead of or behind SQL now: drop it.
@@ -929,7 +970,10 @@ class ConversationManager:
         # _worker), and what another worker records is answered by that worker once it gets
         # the lease.
         async with lease as held:
-            await self._run_pending(work, held)
+            if work.conversation_id in self._merges:
+                await self._merge(work, held)
+            else:
+                await self._run_pending(work, held)
 
     async def _run_pending(self, work: _Work, lease: TurnLease) -> None:
         cid = work.conversation_id

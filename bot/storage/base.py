@@ -295,6 +295,17 @@ class Store(Protocol):
         moved to it, unless the new id has conversations already. Returns how many moved."""
         ...
 
+    async def merge_chat(self, lease: TurnLease, old_id: int, new_id: int) -> bool:
+        """The chat's new id had a conversation already (a message of the supergroup came
+        before the move was known): the old conversation `old_id` is merged into `new_id`,
+        in one transaction, under `lease`, the old conversation's turn lease (no turn of it
+        is in flight anywhere). Its messages (pending ones stay pending), signals and summary
+        go to `new_id`; its settings (chat preferences, handoff state) too, where `new_id`
+        has none of its own; the old conversation is left empty. Both conversations'
+        redaction counts go up: a window cached of either is stale. False, and nothing
+        written, when the lease was lost (another worker took it) or either is gone."""
+        ...
+
     async def record_reply(
         self,
         conversation_id: int,

@@ -286,6 +286,35 @@ class SqlStore:
             self._conversation_ids.discard(ConversationKey(platform, old_chat_id))
         return moved
 
+    async def merge_chat(self, lease: TurnLease, old_id: int, new_id: int) -> bool:
+        params = {"old": old_id, "new": new_id, "who": lease.owner, "epoch": lease.epoch}
+
+        def run(q: Queries) -> bool:
+            # Locked in this order (the old, then the new) by the one statement that merges:
+            # a turn of the new conversation writes its row after this commits.
+            old = q.rows(_MERGE_FROM, params)  # fenced: still this lease's
+            new = q.rows(_MERGE_INTO, params)
+            if not old or not new:
+                return False
+            (summary, through, tokens, start, shared), into = old[0], new[0]
+            for statement in _MERGE_MOVES:
+                q.rowcount(statement, params)
+            merged = {"summary": into[0], "through": into[1], "tokens": into[2],
+                      "start": max(int(start), int(into[3])),
+                      "shared": bool(shared) or bool(into[4])}  # fmt: skip
+            if summary:  # the old summary first: it tells what came before
+                parts = [p for p in (summary, into[0]) if p]
+                merged |= {
+                    "summary": "\n\n".join(parts),
+                    "through": max(int(through), int(into[1])),
+                    "tokens": 0 if into[0] else int(tokens),
+                }  # 0: counted again
+            q.rowcount(_MERGED_INTO, params | merged)
+            q.rowcount(_MERGED_FROM, params)
+            return True
+
+        return await self._run(run, write=True)
+
     async def record_reply(
         self,
         conversation_id: int,
@@ -1798,6 +1827,55 @@ _MOVE_CHAT = (
     .where(~sa.exists().where(_c_new.platform == _param("on_platform"),
                               _c_new.chat_id == _param("new")))
     .values(chat_id=_param("new"))
+)  # fmt: skip
+# Store.merge_chat: the old conversation's row while `lease` holds it, and the new one's, both
+# locked (PostgreSQL) until the merge commits.
+_MERGE_FROM = (
+    sa.select(_c.summary, _c.summary_through_id, _c.summary_tokens, _c.context_start_id,
+              _c.shared)
+    .where(_c.id == _param("old"), _c.lease_owner == _param("who"),
+           _c.lease_epoch == _param("epoch"))
+    .with_for_update()
+)  # fmt: skip
+_MERGE_INTO = (
+    sa.select(_c.summary, _c.summary_through_id, _c.summary_tokens, _c.context_start_id,
+              _c.shared)
+    .where(_c.id == _param("new"), _c.id != _param("old"))
+    .with_for_update()
+)  # fmt: skip
+_p_new = aliased(ChatPrefsRow)
+_h_new = aliased(HandoffStateRow)
+# What goes: the messages (ids keep the order, the two chats' messages interleaved as they
+# came), their signals, the handoff audit, and the settings where the new one has none (the
+# new conversation's own win); the old one's settings left over are dropped.
+_MERGE_MOVES: tuple[sa.Executable, ...] = (
+    sa.update(_m).where(_m.conversation_id == _param("old"))
+    .values(conversation_id=_param("new")),
+    sa.update(MessageSignalRow).where(MessageSignalRow.conversation_id == _param("old"))
+    .values(conversation_id=_param("new")),
+    sa.update(HandoffEventRow).where(HandoffEventRow.conversation_id == _param("old"))
+    .values(conversation_id=_param("new")),
+    sa.update(ChatPrefsRow).where(ChatPrefsRow.conversation_id == _param("old"))
+    .where(~sa.exists().where(_p_new.conversation_id == _param("new")))
+    .values(conversation_id=_param("new")),
+    sa.delete(ChatPrefsRow).where(ChatPrefsRow.conversation_id == _param("old")),
+    sa.update(HandoffStateRow).where(HandoffStateRow.conversation_id == _param("old"))
+    .where(~sa.exists().where(_h_new.conversation_id == _param("new")))
+    .values(conversation_id=_param("new")),
+    sa.delete(HandoffStateRow).where(HandoffStateRow.conversation_id == _param("old")),
+)  # fmt: skip
+_MERGED_INTO = (
+    sa.update(_c).where(_c.id == _param("new"))
+    .values(summary=_param("summary"), summary_through_id=_param("through"),
+            summary_tokens=_param("tokens"), context_start_id=_param("start"),
+            shared=_param("shared", sa.Boolean()), redactions=_c.redactions + 1)
+)  # fmt: skip
+# Left empty, as a conversation that never had a message: no summary, no delivery (an answer
+# left unrecorded there is answered again in the new conversation, its messages pending).
+_MERGED_FROM = sa.update(_c).where(_c.id == _param("old")).values(
+    summary="", summary_tokens=0, summary_through_id=0, context_start_id=0,
+    delivery_from=None, delivery_to=None, delivery_epoch=None, delivery_owner=None,
+    delivery_seen=None, delivery_ref=None, redactions=_c.redactions + 1,
 )  # fmt: skip
 # The delivery ends with the erasure: a turn answering now finds its fence gone
 # (record_reply) and stores nothing of its answer. The count of redactions raised: a window
