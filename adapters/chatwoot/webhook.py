@@ -148,37 +148,39 @@ def webhook_routes(
         return await _handle(body, settings, act, named_only=named_only)
 
     if path_secret is None:
-
-        async def no_path_secret(request: Request) -> Response:
-            # The other way round: Chatwoot given /chatwoot/webhook/<something> (a path secret
-            # Parley was not set up with) got a plain 404 and Parley said nothing. Still 404
-            # (no such URL here), with a line saying which one is; the segment never logged.
-            log.warning(
-                "chatwoot webhook: a delivery to %s/<...>, from %s: no chatwoot.path_secret "
-                "is set, give Chatwoot %s as the webhook URL",
-                WEBHOOK_PATH, _peer(request), WEBHOOK_PATH,
-            )  # fmt: skip
-            return PlainTextResponse("not found", status_code=404)
-
+        # Chatwoot given /chatwoot/webhook/<something> (a path secret Parley was not set up
+        # with): still 404, with a line saying which URL is (what followed, never).
+        told = _misdirected(
+            f"a delivery to {WEBHOOK_PATH}/<...>", "no chatwoot.path_secret is set, give "
+            f"Chatwoot {WEBHOOK_PATH} as the webhook URL", "not found", 404,
+        )  # fmt: skip
         return [
             Route(WEBHOOK_PATH, receive, methods=["POST"]),
-            Route(f"{WEBHOOK_PATH}/{{rest:path}}", no_path_secret, methods=["POST"]),
+            Route(f"{WEBHOOK_PATH}/{{rest}}", told, methods=["POST"]),
         ]
-
-    async def secret_left_out(request: Request) -> Response:
-        # Chatwoot pointed at the URL without the secret (the signed set-up's URL) got a plain
-        # 404, and nothing in Parley's log said why every delivery was lost.
-        log.warning(
-            "chatwoot webhook: a delivery to %s without the path secret, from %s: with "
-            "chatwoot.path_secret set, give Chatwoot %s/<path_secret> as the webhook URL",
-            WEBHOOK_PATH, _peer(request), WEBHOOK_PATH,
-        )  # fmt: skip
-        return PlainTextResponse("forbidden", status_code=403)
-
+    # Chatwoot pointed at the URL without the secret (the signed set-up's URL).
+    told = _misdirected(
+        f"a delivery to {WEBHOOK_PATH} without the path secret", "with chatwoot.path_secret "
+        f"set, give Chatwoot {WEBHOOK_PATH}/<path_secret> as the webhook URL", "forbidden", 403,
+    )  # fmt: skip
     return [
-        Route(WEBHOOK_PATH, secret_left_out, methods=["POST"]),
+        Route(WEBHOOK_PATH, told, methods=["POST"]),
         Route(f"{WEBHOOK_PATH}/{{secret}}", receive, methods=["POST"]),
     ]
+
+
+def _misdirected(
+    what: str, fix: str, answer: str, status: int
+) -> Callable[[Request], Awaitable[Response]]:
+    """A delivery to a webhook URL that is not the one Parley was set up with: it got a plain
+    404 and nothing in Parley's log said why every delivery was lost. Refused still, with a
+    warning saying which URL to give Chatwoot (never the secret, nor what the path held)."""
+
+    async def told(request: Request) -> Response:
+        log.warning("chatwoot webhook: %s, from %s: %s", what, _peer(request), fix)
+        return PlainTextResponse(answer, status_code=status)
+
+    return told
 
 
 async def _handle(
