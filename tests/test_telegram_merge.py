@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from adapters.kit.runner import host_for
 from adapters.telegram.adapter import TelegramAdapter
 from adapters.telegram.settings import TelegramSettings
@@ -232,3 +234,40 @@ async def test_the_merge_waits_for_another_workers_turn_on_the_old_group(
         assert not await app.store.history(old, 50)
         assert not any("which fruit" in r.messages[-1].content for r in backend.requests)
         assert not any("which fruit" in text for text in api.texts(NEW))
+
+
+async def test_a_merge_that_failed_is_tried_again(
+    tmp_path: Path, database_url: str, redis_url: str, key_prefix: str, monkeypatch: Any
+) -> None:
+    """The merge's transaction refused at each service message's try (an IntegrityError: a
+    setting of the supergroup written by another worker beside it), the old group with
+    nothing pending, so that no sweep ever runs its conversation: the merge is tried again,
+    and its history is there."""
+    backend = ScriptedBackend()
+    async with _stack(tmp_path, database_url, redis_url, key_prefix, backend) as (app, ad, _api):
+        await feed(ad, _in_old(mention_update(1, OLD, "@parley_bot the word is banana", ADA)))
+        await ad.idle()
+        await feed(ad, mention_update(2, NEW, "@parley_bot hello from the supergroup", ADA))
+        await ad.idle()
+        old, new = await _ids(app)
+        merge_chat = app.store.merge_chat
+        refused: list[int] = []
+
+        async def once_refused(lease: Any, old_id: int, new_id: int) -> bool:
+            if len(refused) < 2:  # a try for each service message
+                refused.append(old_id)
+                raise sa.exc.IntegrityError("UPDATE chat_prefs", {}, Exception("duplicate key"))
+            return await merge_chat(lease, old_id, new_id)
+
+        monkeypatch.setattr(app.store, "merge_chat", once_refused)
+        await _migrate(ad, 3)
+        await ad.idle()
+        await app.manager.wait_idle()
+        for _ in range(100):  # BUSY_RETRY_S apart
+            if not await app.store.history(old, 50):
+                break
+            await asyncio.sleep(0.1)
+        assert refused == [old, old]
+        assert not await app.store.history(old, 50)
+        merged = [m.content for m in await app.store.history(new, 50)]
+        assert merged[:2] == ["the word is banana", "echo: Ada: the word is banana"]

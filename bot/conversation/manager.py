@@ -254,6 +254,8 @@ class ConversationManager:
         # Conversations to merge into another (`move_chat`), by their next turn's lease: the
         # new conversation's id and key.
         self._merges: dict[int, tuple[int, ConversationKey]] = {}
+        # Merges that failed (not a busy or lost lease: an error), by conversation: how often.
+        self._merge_failures: dict[int, int] = {}
         # This process's name in SQL leases (Store.turn_lease): unique per manager.
         self._owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
         self._background: list[asyncio.Task[None]] = []
@@ -578,6 +580,7 @@ class ConversationManager:
         if not await self._store.merge_chat(lease, work.conversation_id, new):
             raise Superseded  # the lease was lost: merged once it is taken again
         del self._merges[work.conversation_id]
+        self._merge_failures.pop(work.conversation_id, None)
         log.info("%s is now %s: its conversation merged into the one there", work.key, new_key)
         for cid in (work.conversation_id, new):  # what either cached is stale
             await self._forget_window(cid)
@@ -943,6 +946,8 @@ class ConversationManager:
             # cached window may be ahead of or behind SQL now: drop it.
             log.exception("conversation %s: turn failed, left pending", work.key)
             await self._context.invalidate(work.conversation_id)
+            if work.conversation_id in self._merges:  # no sweep looks for a merge
+                self._merge_failed(work)
         finally:
             del self._workers[work.conversation_id]
             self._brought.discard(work.conversation_id)
@@ -953,6 +958,20 @@ class ConversationManager:
                 # waited for the sweep.
                 self._again.discard(work.conversation_id)
                 self._schedule(work)
+
+    def _merge_failed(self, work: _Work) -> None:
+        """A merge that raised: tried again later, `max_turn_attempts` times in all, then
+        given up (the old conversation's messages answered where they are), never retried
+        for good."""
+        cid = work.conversation_id
+        failures = self._merge_failures.get(cid, 0) + 1
+        if failures < self._settings.max_turn_attempts:
+            self._merge_failures[cid] = failures
+            self._later(work)
+            return
+        self._merge_failures.pop(cid, None)
+        _new, new_key = self._merges.pop(cid)
+        log.error("%s: its merge into %s failed %d times; given up", work.key, new_key, failures)
 
     def _later(self, work: _Work) -> None:
         asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._schedule, work)
