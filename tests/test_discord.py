@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Callable
 from datetime import timedelta
@@ -806,6 +807,68 @@ async def test_a_channel_that_refused_a_reply_is_known_to_every_worker(
         assert "message_reference" not in first.body and "message_reference" not in second.body
 
 
+@dataclasses.dataclass
+class _TwoWorkers:
+    """Two workers of one bot on one Redis, each serving a shard of the server: the second
+    runs a turn in the channel (its answer held by `slow`), holding the conversation's lease,
+    while a command comes to the first, which defers it and gives up waiting for that lease
+    (its turn left pending, for the second's sweep to take up)."""
+
+    home: dict[str, Any]
+    slow: GatedBackend = dataclasses.field(default_factory=lambda: GatedBackend("Done."))
+    question: dict[str, Any] = dataclasses.field(default_factory=dict)
+    first: Any = None
+    second: Any = None
+
+    @contextlib.asynccontextmanager
+    async def command_left_to_the_second(
+        self, text: str, conversation: dict[str, Any] | None = None
+    ) -> AsyncGenerator[tuple[FakeDiscordApi, dict[str, Any]]]:
+        api = FakeDiscordApi(per_channel=(5, 0.5), guilds=[ev.guild_create()], shard_count=2)
+        more = conversation or {}
+        # The first waits briefly for the lease and never sweeps; the second sweeps soon.
+        first = {**self.home, "conversation": {**more, "lock_wait_s": 0.2, "sweep_interval_s": 0}}
+        second = {**self.home, "conversation": {**more, "sweep_interval_s": 0.1,
+                                                 "orphan_after_s": 0.2}}  # fmt: skip
+        async with (
+            api.serving(),
+            _worker(api, answering("never asked"), first, 0) as a,
+            _worker(api, self.slow, second, 1) as b,
+        ):
+            self.first, self.second = a, b
+            async with asyncio.timeout(60):  # a dead connection fails the test, never hangs it
+                # The second worker serves the server too (the shard's next process,
+                # starting), and runs a turn there: its turn holds the lease.
+                api.push("GUILD_CREATE", ev.guild_create(), shard=1)
+                self.question = ev.message_create(
+                    "what is a crane?", channel=ev.CHANNEL, mentions_bot=True
+                )
+                api.push("MESSAGE_CREATE", self.question, shard=1)
+                await b.adapter.handled(1)
+                await api.until(lambda: _typed(api, ev.CHANNEL))
+                command = ev.interaction_create("summarize", text, channel=ev.CHANNEL)
+                api.expect_interaction(command["token"], ev.CHANNEL)
+                api.push("INTERACTION_CREATE", command, shard=0)
+                await a.adapter.handled(1)
+                await a.adapter.idle()  # its turn gave up waiting for the lease: left pending
+                yield api, command
+
+    async def answered_by_the_second(self, command: dict[str, Any]) -> None:
+        """Until the second worker (its sweep) has answered the command's stub."""
+        b = self.second
+        stub = await b.app.store.message_by_key(f"discord:interaction:{command['id']}")
+        assert stub is not None
+        recorded = Recorded(stub.id, stub.conversation_id, is_new=False)
+        while not await b.app.intake.wait_until_answered(recorded):
+            pass  # the second worker's sweep takes it up
+        await b.adapter.idle()
+
+
+def _two_workers(tmp_path: Path, database_url: str, redis_url: str, key_prefix: str) -> _TwoWorkers:
+    return _TwoWorkers({"home": tmp_path, "database": database_url,
+                        "redis": {"url": redis_url, "key_prefix": key_prefix}})  # fmt: skip
+
+
 async def test_a_command_told_alone_is_not_said_in_the_channel_by_another_worker(
     tmp_path: Path, database_url: str, redis_url: str, key_prefix: str
 ) -> None:
@@ -815,39 +878,11 @@ async def test_a_command_told_alone_is_not_said_in_the_channel_by_another_worker
     gave up waiting for the lease, held by the other's turn there). The fact that the
     sentence was said was the first worker's alone: the second said it again, in the
     channel, for everyone. Kept in Redis, the second says nothing."""
-    api = FakeDiscordApi(per_channel=(5, 0.5), guilds=[ev.guild_create()], shard_count=2)
     limit = {"rate_limit_messages": 1, "rate_limit_window_s": 60}
-    home = {"home": tmp_path, "database": database_url,
-            "redis": {"url": redis_url, "key_prefix": key_prefix}}  # fmt: skip
-    # The first waits briefly for the lease and never sweeps; the second sweeps soon.
-    first = {**home, "conversation": {**limit, "lock_wait_s": 0.2, "sweep_interval_s": 0}}
-    second = {**home, "conversation": {**limit, "sweep_interval_s": 0.1, "orphan_after_s": 0.2}}
-    slow = GatedBackend("Done.")
-    async with (
-        api.serving(),
-        _worker(api, answering("never asked"), first, 0) as a,
-        _worker(api, slow, second, 1) as b,
-    ):
-        async with asyncio.timeout(60):  # a dead connection fails the test, never hangs it
-            # The second worker serves the server too (the shard's next process, starting),
-            # and runs a turn there: the sender's one message of the window.
-            api.push("GUILD_CREATE", ev.guild_create(), shard=1)
-            question = ev.message_create("what is a crane?", channel=ev.CHANNEL, mentions_bot=True)
-            api.push("MESSAGE_CREATE", question, shard=1)
-            await b.adapter.handled(1)
-            await api.until(lambda: _typed(api, ev.CHANNEL))  # its turn holds the lease
-            command = ev.interaction_create("summarize", "text " * 5, channel=ev.CHANNEL)
-            api.expect_interaction(command["token"], ev.CHANNEL)
-            api.push("INTERACTION_CREATE", command, shard=0)
-            await a.adapter.handled(1)
-            await a.adapter.idle()  # its turn gave up waiting for the lease: left pending
-            slow.release.set()
-            stub = await b.app.store.message_by_key(f"discord:interaction:{command['id']}")
-            assert stub is not None
-            recorded = Recorded(stub.id, stub.conversation_id, is_new=False)
-            while not await b.app.intake.wait_until_answered(recorded):
-                pass  # the second worker's sweep takes it up
-            await b.adapter.idle()
+    workers = _two_workers(tmp_path, database_url, redis_url, key_prefix)
+    async with workers.command_left_to_the_second("text " * 5, limit) as (api, command):
+        workers.slow.release.set()
+        await workers.answered_by_the_second(command)
         said = phrases.say(phrases.RATE_LIMITED, "")
         assert api.ephemeral == {command["token"]: said}
         assert api.texts(ev.CHANNEL) == ["Done."]
@@ -867,40 +902,15 @@ async def test_a_command_deferred_by_one_worker_is_answered_in_its_response_by_a
     token lapsed (the turn ran past its 15 minutes), the answer is a channel message as
     before, replying to nothing (the interaction's id is no message's), and the first deletes
     the response."""
-    api = FakeDiscordApi(per_channel=(5, 0.5), guilds=[ev.guild_create()], shard_count=2)
-    home = {"home": tmp_path, "database": database_url,
-            "redis": {"url": redis_url, "key_prefix": key_prefix}}  # fmt: skip
-    # The first waits briefly for the lease and never sweeps; the second sweeps soon.
-    first = {**home, "conversation": {"lock_wait_s": 0.2, "sweep_interval_s": 0}}
-    second = {**home, "conversation": {"sweep_interval_s": 0.1, "orphan_after_s": 0.2}}
-    slow = GatedBackend("Done.")
-    async with (
-        api.serving(),
-        _worker(api, answering("never asked"), first, 0) as a,
-        _worker(api, slow, second, 1) as b,
-    ):
-        async with asyncio.timeout(60):  # a dead connection fails the test, never hangs it
-            # The second worker serves the server too, and runs a turn there.
-            api.push("GUILD_CREATE", ev.guild_create(), shard=1)
-            question = ev.message_create("what is a crane?", channel=ev.CHANNEL, mentions_bot=True)
-            api.push("MESSAGE_CREATE", question, shard=1)
-            await b.adapter.handled(1)
-            await api.until(lambda: _typed(api, ev.CHANNEL))  # its turn holds the lease
-            command = ev.interaction_create("summarize", "The tea. " * 5, channel=ev.CHANNEL)
-            api.expect_interaction(command["token"], ev.CHANNEL)
-            api.push("INTERACTION_CREATE", command, shard=0)
-            await a.adapter.handled(1)
-            await a.adapter.idle()  # its turn gave up waiting for the lease: left pending
-            if lapsed:  # as its TTL does, 15 minutes after the command
-                await a.app.cache.delete(keys.discord_token(command["id"]))
-            slow.release.set()
-            stub = await b.app.store.message_by_key(f"discord:interaction:{command['id']}")
-            assert stub is not None
-            recorded = Recorded(stub.id, stub.conversation_id, is_new=False)
-            while not await b.app.intake.wait_until_answered(recorded):
-                pass  # the second worker takes it up
-            await b.adapter.idle()
-            await a.adapter.settled()  # the first's clean-up saw the command answered
+    workers = _two_workers(tmp_path, database_url, redis_url, key_prefix)
+    async with workers.command_left_to_the_second("The tea. " * 5) as (api, command):
+        a = workers.first
+        if lapsed:  # as its TTL does, 15 minutes after the command
+            await a.app.cache.delete(keys.discord_token(command["id"]))
+        workers.slow.release.set()
+        await workers.answered_by_the_second(command)
+        await a.adapter.settled()  # the first's clean-up saw the command answered
+        question = workers.question
         original = [c for c in api.calls if c.path.endswith("/messages/@original")]
         sent = [c for c in api.writes(ev.CHANNEL) if c.path.endswith(f"{ev.CHANNEL}/messages")]
         replied = [c.body.get("message_reference", {}).get("message_id") for c in sent]
