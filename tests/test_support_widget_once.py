@@ -202,33 +202,49 @@ async def test_a_notice_of_the_same_text_as_one_in_the_history_is_not_taken_for_
     the history shows one, and another comes on the stream. The widget matched them by their
     text and dropped the second as "the history showed it"; it matches them by their ids."""
     said = phrases.say(phrases.UNAVAILABLE, "en")
-    origin = stack.page.rstrip("/")
     shown = {"id": "1", "role": "notice", "text": said, "sources": [], "reply_to": "",
              "created_at": "2026-12-01T10:00:00+00:00", "notice_id": "notice-first"}  # fmt: skip
+    events = [
+        ("notice", {"id": "notice-second", "reply_to": None, "text": said}),
+        ("notice", {"id": "notice-last", "reply_to": None, "text": "The last one."}),
+    ]
+    async with _history_then_events(stack, browser, redis_url, key_prefix, [shown], events) as page:
+        assert await page.locator(NOTICES).all_inner_texts() == [said, said, "The last one."]
 
-    async def history(route: Any) -> None:  # the seam: a history that holds such a notice
+
+@contextlib.asynccontextmanager
+async def _history_then_events(
+    stack: Stack,
+    browser: Any,
+    redis_url: str,
+    key_prefix: str,
+    history: list[dict[str, Any]],
+    events: list[tuple[str, dict[str, Any]]],
+) -> AsyncIterator[Any]:
+    """A page opened on `history` (the seam: GET /v1/history answers it), then `events`
+    appended to its visitor's event stream, the last of them a notice "The last one.":
+    the page once that notice shows."""
+    origin = stack.page.rstrip("/")
+
+    async def served(route: Any) -> None:
         await route.fulfill(
-            json={"messages": [shown], "next": None},
+            json={"messages": history, "next": None},
             headers={"Access-Control-Allow-Origin": origin},
         )
 
     redis = Redis.from_url(redis_url)
-    events = RedisEventLog(redis, key_prefix, kept=1000, ttl_s=3600)
+    log = RedisEventLog(redis, key_prefix, kept=1000, ttl_s=3600)
     try:
         async with parley_serving(stack):
             page = await new_page(browser)
-            await page.route(f"{stack.api}/v1/history*", history)
+            await page.route(f"{stack.api}/v1/history*", served)
             await page.goto(stack.page)
             await page.click(LAUNCHER)
             await page.locator(NOTICES).first.wait_for()
-            saved = await page.evaluate(f"localStorage.getItem('parley-widget:{stack.site_key}')")
-            conversation = f"shop:{json.loads(saved)['visitor_id']}"
-            await events.append(conversation, [
-                ("notice", {"id": "notice-second", "reply_to": None, "text": said}),
-                ("notice", {"id": "notice-last", "reply_to": None, "text": "The last one."}),
-            ])  # fmt: skip
+            conversation = f"shop:{(await saved_state(page, stack))['visitor_id']}"
+            await log.append(conversation, events)
             await wait_text(page, NOTICES, "t => t === 'The last one.'")
-            assert await page.locator(NOTICES).all_inner_texts() == [said, said, "The last one."]
+            yield page
     finally:
         await redis.aclose()
 
@@ -309,34 +325,14 @@ async def test_an_earlier_releases_notice_event_is_not_shown_again_beside_its_hi
     without an id against the history's text only where the row had no id either, so the
     notice showed twice."""
     said = phrases.say(phrases.RATE_LIMITED, "en")
-    origin = stack.page.rstrip("/")
     asked = {"id": "7", "role": "user", "text": "hello", "sources": [], "reply_to": "",
              "created_at": "2026-12-01T10:00:00+00:00"}  # fmt: skip
     shown = {"id": "8", "role": "notice", "text": said, "sources": [], "reply_to": "7",
              "created_at": "2026-12-01T10:00:01+00:00", "notice_id": "notice-7"}  # fmt: skip
-
-    async def history(route: Any) -> None:  # the seam: the history as this release shows it
-        await route.fulfill(
-            json={"messages": [asked, shown], "next": None},
-            headers={"Access-Control-Allow-Origin": origin},
-        )
-
-    redis = Redis.from_url(redis_url)
-    events = RedisEventLog(redis, key_prefix, kept=1000, ttl_s=3600)
-    try:
-        async with parley_serving(stack):
-            page = await new_page(browser)
-            await page.route(f"{stack.api}/v1/history*", history)
-            await page.goto(stack.page)
-            await page.click(LAUNCHER)
-            await page.locator(NOTICES).first.wait_for()
-            saved = await page.evaluate(f"localStorage.getItem('parley-widget:{stack.site_key}')")
-            conversation = f"shop:{json.loads(saved)['visitor_id']}"
-            await events.append(conversation, [
-                ("notice", {"reply_to": "7", "text": said}),  # the earlier release's event
-                ("notice", {"id": "notice-last", "reply_to": None, "text": "The last one."}),
-            ])  # fmt: skip
-            await wait_text(page, NOTICES, "t => t === 'The last one.'")
-            assert await page.locator(NOTICES).all_inner_texts() == [said, "The last one."]
-    finally:
-        await redis.aclose()
+    events = [
+        ("notice", {"reply_to": "7", "text": said}),  # the earlier release's event
+        ("notice", {"id": "notice-last", "reply_to": None, "text": "The last one."}),
+    ]
+    history = [asked, shown]  # as this release shows it
+    async with _history_then_events(stack, browser, redis_url, key_prefix, history, events) as page:
+        assert await page.locator(NOTICES).all_inner_texts() == [said, "The last one."]
