@@ -136,15 +136,23 @@ def _stdout_gone() -> bool:
 def _error(exc: Exception, settings: Settings | None) -> None:
     """The one line on stderr, with the secrets redacted as in the logs: it does not pass
     through the logging handler, and an error may quote a URL or a library's message."""
-    from bot.logformat import error_line
+    _stderr_line(f"parley: error: {exc}", settings)
+
+
+def _stderr_line(line: str, settings: Settings | None) -> None:
+    """`line` on stderr, its secrets redacted, as one JSON object where the log is JSON lines
+    (the settings' `log_format`; where they did not load, PARLEY_LOG_FORMAT's)."""
+    from bot.logformat import command_line
     from bot.logsafety import redactor
 
-    line = str(exc)
     if settings is not None:
         line = redactor(settings).redact(line)
-    wanted = settings.log_format if settings is not None else _env_log_format()
-    json_format = wanted == "json"
-    print(error_line(line, json_format=json_format), file=sys.stderr)
+    print(command_line(line, json_format=_log_format(settings) == "json"), file=sys.stderr)
+
+
+def _log_format(settings: Settings | None) -> str | None:
+    # Settings that did not load say nothing: the environment may still ask for JSON lines.
+    return settings.log_format if settings is not None else os.environ.get("PARLEY_LOG_FORMAT")
 
 
 class _Refused(Exception):
@@ -160,16 +168,9 @@ class _Refused(Exception):
         line alone as one JSON object with a log line's fields, as `_error` writes it (with
         the settings' secrets redacted), status 2 all the same."""
         settings = _settings_for_refusal(argv)
-        wanted = settings.log_format if settings is not None else _env_log_format()
-        if wanted != "json":
+        if _log_format(settings) != "json":
             argparse.ArgumentParser.error(self.parser, self.message)  # exits, status 2
-        from bot.logformat import command_line
-        from bot.logsafety import redactor
-
-        line = f"{self.parser.prog}: error: {self.message}"
-        if settings is not None:
-            line = redactor(settings).redact(line)
-        print(command_line(line, json_format=True), file=sys.stderr)
+        _stderr_line(f"{self.parser.prog}: error: {self.message}", settings)
         raise SystemExit(EXIT_CONFIG)
 
 
@@ -193,11 +194,6 @@ def _settings_for_refusal(argv: Sequence[str] | None) -> Settings | None:
         return load_settings(known.config)
     except (argparse.ArgumentError, BotError, OSError):
         return None
-
-
-def _env_log_format() -> str | None:
-    # Settings that did not load say nothing: the environment may still ask for JSON lines.
-    return os.environ.get("PARLEY_LOG_FORMAT")
 
 
 def _parser() -> argparse.ArgumentParser:

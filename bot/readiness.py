@@ -64,8 +64,7 @@ async def _database(store: Store) -> str | None:
             found = await store.schema_revision()
     except Exception as exc:
         return f"database: {_why(exc)}"
-    await migrate.read_revisions()  # once, off the event loop
-    problem = migrate.behind(found)
+    problem = await migrate.behind(found)
     return f"database: {problem}" if problem else None
 
 

@@ -71,18 +71,20 @@ def first() -> str:
 
 def head() -> str:
     """The newest revision in migrations/versions."""
-    found = ScriptDirectory.from_config(alembic_config("")).get_current_head()
-    if found is None:
-        raise StorageError(f"no migrations found in {MIGRATIONS_DIR}")
-    return found
+    return _revisions()[0]
 
 
-def behind(found: str | None) -> str | None:
+async def behind(found: str | None) -> str | None:
     """What a running worker says of a database at revision `found` (/readyz): None at the
     code's head, and at a revision this code does not know (a newer Parley migrated it: in a
     release, `parley db upgrade` runs first and the old workers serve on until they are
     replaced); else one line, the revision found and the one the code needs (a downgrade
-    under a running worker, `parley db downgrade` or `alembic` from another host)."""
+    under a running worker, `parley db downgrade` or `alembic` from another host).
+    The code's revisions are read the first time in a worker thread: Alembic loads each
+    revision's module (tens of ms), which on the event loop held every turn of the worker
+    meanwhile. Later calls take no thread (one busy elsewhere cannot hold them)."""
+    if _revisions.cache_info().currsize == 0:
+        await asyncio.to_thread(_revisions)
     wanted, known = _revisions()
     if found == wanted or (found is not None and found not in known):
         return None
@@ -92,20 +94,15 @@ def behind(found: str | None) -> str | None:
     )
 
 
-async def read_revisions() -> None:
-    """Read the code's revisions, which `behind` needs, in a worker thread the first time:
-    Alembic loads each revision's module (tens of ms), which on the event loop held every turn
-    of the worker meanwhile. Later calls take no thread (one busy elsewhere cannot hold them)."""
-    if _revisions.cache_info().currsize == 0:
-        await asyncio.to_thread(_revisions)
-
-
 @functools.cache
 def _revisions() -> tuple[str, frozenset[str]]:
     """The head and every revision of migrations/versions, read once per process (they are
     files of the code, which does not change under it)."""
     script = ScriptDirectory.from_config(alembic_config(""))
-    return head(), frozenset(rev.revision for rev in script.walk_revisions())
+    found = script.get_current_head()
+    if found is None:
+        raise StorageError(f"no migrations found in {MIGRATIONS_DIR}")
+    return found, frozenset(rev.revision for rev in script.walk_revisions())
 
 
 async def current(url: str, timeout_s: float | None = None) -> str | None:
