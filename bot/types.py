@@ -21,6 +21,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """`moment` with its offset, in UTC: SQLite keeps no offset and hands back naive values,
+    which were written in UTC."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationKey:
     """Identifies one conversation: a chat on a platform, optionally a thread inside it."""

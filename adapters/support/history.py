@@ -42,7 +42,7 @@ from bot.storage.base import MessageKind, Store
 from bot.storage.database import all_rows, run_on_connection
 from bot.storage.models import ConversationRow
 from bot.storage.usage import UsageLog
-from bot.types import ConversationKey, Role
+from bot.types import ConversationKey, Role, as_utc
 
 from . import answers
 from .schemas import HistoryMessage, Source
@@ -114,7 +114,7 @@ def notice_id(reply_to: str | None, once: str | None = None) -> str:
 def handoff_id(at: datetime) -> str:
     """A change of hands' id: its time in microseconds (exact: no float between), as its
     `handoff` event and its history row give it."""
-    return f"handoff-{(_utc(at) - _EPOCH) // timedelta(microseconds=1)}"
+    return f"handoff-{(as_utc(at) - _EPOCH) // timedelta(microseconds=1)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +126,7 @@ class HandoffNote:
     at: datetime
 
     def message(self) -> HistoryMessage:
-        at = _utc(self.at)
+        at = as_utc(self.at)
         return HistoryMessage(id=handoff_id(at), role="handoff", text="", sources=[],
                               created_at=at.isoformat(), name=self.agent,
                               state=self.state)  # fmt: skip
@@ -142,7 +142,7 @@ def with_notes(
     the id of the older page's newest message (0: none), whose messages are shown before
     this page's (an answer on this page to a question there was under way too)."""
     shown: list[HistoryMessage] = []
-    pending = sorted(notes, key=lambda n: _utc(n.at))
+    pending = sorted(notes, key=lambda n: as_utc(n.at))
     asked = older  # the newest visitor message shown (at most: the older pages' newest)
     for row in rows:
         under_way = (
@@ -150,17 +150,12 @@ def with_notes(
             and row.agent is None
             and (row.reply_to is not None and row.reply_to <= asked)
         )
-        while pending and not under_way and _utc(pending[0].at) < _utc(row.created_at):
+        while pending and not under_way and as_utc(pending[0].at) < as_utc(row.created_at):
             shown.append(pending.pop(0).message())
         shown.append(row.message())
         if row.role == Role.USER.value:
             asked = row.id
     return shown + [n.message() for n in pending]
-
-
-def _utc(at: datetime) -> datetime:
-    # SQLite keeps no offset and hands back naive values; they were written in UTC.
-    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def delivered(text: str, original: str) -> tuple[str, bool]:
@@ -226,8 +221,8 @@ class SupportHistory:
         notes = [HandoffNote(str(state), str(agent or ""), at) for state, agent, at in rows]
         return [
             n for n in notes
-            if (after is None or _utc(n.at) > _utc(after))
-            and (until is None or _utc(n.at) <= _utc(until))
+            if (after is None or as_utc(n.at) > as_utc(after))
+            and (until is None or as_utc(n.at) <= as_utc(until))
         ]  # fmt: skip
 
     async def message_id(self, key: ConversationKey, platform_message_id: str) -> int | None:

@@ -27,7 +27,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -69,7 +69,7 @@ from bot.storage.models import ConversationRow, MessageRow, TokenUsageRow, UserR
 from bot.storage.prefs_models import ChatPrefsRow, MessageReplyRow, UserPrefsRow
 from bot.storage.runners import Queries, Runner, pool_size
 from bot.text.storable import storable
-from bot.types import ConversationKey, Incoming, Role, utcnow
+from bot.types import ConversationKey, Incoming, Role, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class SqlStore:
                 # The platform's time, never later than now: a platform's clock ahead of
                 # this worker's would date a question after its answer, and retention
                 # (prune), which keeps a turn whole by its answer's time, split it.
-                "created_at": min(_as_utc(incoming.sent_at), utcnow()),
+                "created_at": min(as_utc(incoming.sent_at), utcnow()),
                 "idempotency_key": incoming.idempotency_key,
                 "platform_message_id": incoming.platform_message_id or None,
                 # An observed message needs no answer: never pending (see models.MessageRow).
@@ -619,7 +619,7 @@ class SqlStore:
     async def last_platform_message_ids(
         self, platform: str, since: datetime
     ) -> dict[ConversationKey, str]:
-        params = {"platform": platform, "since": _as_utc(since)}
+        params = {"platform": platform, "since": as_utc(since)}
         rows = await self._rows(_LAST_PLATFORM_IDS, params)
         return {ConversationKey(p, chat, thread): mid for p, chat, thread, mid in rows}
 
@@ -649,7 +649,7 @@ class SqlStore:
     async def edit(
         self, idempotency_key: str, text: str, token_count: int, edited_at: datetime | None = None
     ) -> int | None:
-        at = _as_utc(edited_at) if edited_at is not None else None
+        at = as_utc(edited_at) if edited_at is not None else None
         params = {"key": idempotency_key, "text": text, "tokens": token_count, "at": at}
         # An edit to the text the message holds changes nothing but its time: an edit older
         # than it, handled after, must not replace that text either.
@@ -712,7 +712,7 @@ class SqlStore:
         folds again from SQL (Store.fold_summary). On PostgreSQL a batch skips the rows
         another prune has locked, so workers that prune at once share the work and never
         wait for each other's batches."""
-        params = {"cutoff": _as_utc(before), "limit": PRUNE_BATCH}
+        params = {"cutoff": as_utc(before), "limit": PRUNE_BATCH}
         postgresql = self._autocommit
 
         def no_jit(q: Queries) -> None:
@@ -786,7 +786,7 @@ class SqlStore:
                 author or "someone",
                 role == _ASSISTANT,
                 content,
-                _as_utc(at),
+                as_utc(at),
                 kept=kind == MessageKind.OBSERVED.value,
             )
             for id_, author, role, content, at, kind in reversed(rows)
@@ -824,7 +824,7 @@ class SqlStore:
                           for a, text, name, ext in agent_rows}  # fmt: skip
                 replies_to = {int(a): int(n) for a, n in q.rows(_replies_to(cid, answer_ids))}
             return [
-                PageMessage(int(id_), _ROLES[role], content, _as_utc(at), replies_to.get(id_),
+                PageMessage(int(id_), _ROLES[role], content, as_utc(at), replies_to.get(id_),
                             *agents.get(id_, (None, "")))
                 for id_, role, content, at in reversed(rows)
             ]  # fmt: skip
@@ -1416,7 +1416,7 @@ def _delivery(row: Sequence[Any]) -> DeliveryState | None:
         refs = {int(k): v for k, v in json.loads(shown or "{}").items()}
     except (ValueError, AttributeError):  # written by this code only; never fatal
         refs = {}
-    return DeliveryState(first, last, epoch, owner, seen and _as_utc(seen), refs)
+    return DeliveryState(first, last, epoch, owner, seen and as_utc(seen), refs)
 
 
 # Upserts: the row's id whether it was inserted or found. DO UPDATE (not DO NOTHING) so that
@@ -1497,17 +1497,12 @@ def _to_message(row: Sequence[Any]) -> StoredMessage:
         _KINDS[kind],
         content,
         token_count,
-        _as_utc(created_at),
+        as_utc(created_at),
         answered_by,
         display_name or "",
         platform_message_id or "",
         user_id or "",
     )
-
-
-def _as_utc(moment: datetime) -> datetime:
-    # SQLite keeps no offset and hands back naive values; they were written in UTC.
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # Backfill: per conversation of a platform, its newest message with a platform id (a backward
