@@ -41,9 +41,12 @@ def _held_server(release: asyncio.Event) -> Starlette:
 async def test_a_full_client_pool_fails_without_opening_the_breaker() -> None:
     release = asyncio.Event()
     async with serving(_held_server(release)) as port:
+        # connect_s bounds both a connection's opening and the wait for a free one: long
+        # enough that the four opening on a loaded machine are not cut off (0.3 s once was,
+        # in a CI run), short enough that the fifth's wait for the full pool ends soon.
         settings = BackendSettings(
             kind="openai", base_url=f"http://127.0.0.1:{port}", model="m",
-            timeouts={"connect_s": 0.3}, retry={"attempts": 1},  # type: ignore[arg-type]
+            timeouts={"connect_s": 2.0}, retry={"attempts": 1},  # type: ignore[arg-type]
             breaker={"failure_threshold": 1},  # type: ignore[arg-type]
         )  # fmt: skip
         inner = OpenAICompatBackend(settings, concurrency=1)  # at most 4 connections
