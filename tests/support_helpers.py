@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
+from starlette.types import ASGIApp
 
 from adapters.kit.runner import host_for
 from adapters.support.adapter import SupportAdapter
@@ -36,6 +37,7 @@ class Worker:
     app: Parley
     adapter: SupportAdapter
     url: str
+    asgi: ASGIApp  # what uvicorn serves at `url`, for a request no HTTP client can make
 
     def client(self, *, origin: str | None = ORIGIN, **kwargs: Any) -> httpx.AsyncClient:
         headers = {"Origin": origin} if origin else {}
@@ -78,9 +80,11 @@ async def support_worker(
         host = host_for(app)
         adapter = SupportAdapter(host, section)
         app.intake.register("support", adapter, section.access)
-        async with adapter, serving(host.http.app()) as port:
-            yield Worker(app, adapter, f"http://127.0.0.1:{port}")
-            await adapter.idle()
+        async with adapter:  # it mounts its routes as it starts
+            asgi = host.http.app()
+            async with serving(asgi) as port:
+                yield Worker(app, adapter, f"http://127.0.0.1:{port}", asgi)
+                await adapter.idle()
 
 
 async def new_visitor(client: httpx.AsyncClient, site: Site, **body: Any) -> dict[str, Any]:

@@ -634,7 +634,9 @@ async def test_a_delivery_without_the_path_secret_says_in_the_log_which_url_to_u
         assert await w.app.store.conversation_id(_key(9)) is None
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("adapters.chatwoot")]
     told = [line for line in lines if "/chatwoot/webhook/<path_secret>" in line]
-    assert len(told) == 2, lines
+    # The first at once; the second delivery, within the minute, is counted, not logged
+    # (bot.logthrottle: anyone can send these).
+    assert len(told) == 1, lines
     assert all(secret not in line for line in lines)
 
 

@@ -19,7 +19,9 @@ the action is done (a message recorded in SQL); a database that cannot take it g
 Chatwoot's agent bot job retries (it retries 429 and 500 only), and the message's idempotency
 key makes the repeat harmless.
 Secrets and message text are never logged; a payload value in a log line is a truncated
-repr (payloads.shown), so it cannot forge a line.
+repr (payloads.shown), so it cannot forge a line. What anyone can send without a secret (a
+wrong path secret, a bad signature, a body too large, a delivery to the wrong URL) is logged
+at most once a minute for each reason (bot.logthrottle): the first at once.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bot.errors import BotError, StorageError
+from bot.logthrottle import ThrottledLog
 
 from .payloads import Action, ForeignAccount, MalformedWebhook, read
 from .settings import ChatwootSettings
@@ -44,6 +47,12 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Chatwoot-Signature"
 TIMESTAMP_HEADER = "X-Chatwoot-Timestamp"
 WEBHOOK_PATH = "/chatwoot/webhook"
+# Refusals told in the log before the sender is known to be Chatwoot: a fixed set, each at
+# most once a minute (Verifier's three reasons among them).
+REFUSALS = frozenset(
+    {"wrong path secret", "too large", "misdirected",
+     "no valid timestamp", "stale timestamp", "bad signature"}
+)  # fmt: skip
 
 
 class TooLarge(Exception):
@@ -106,7 +115,11 @@ def webhook_routes(
     act: Callable[[Action], Awaitable[object]],
     *,
     clock: Callable[[], float] = time.time,
+    refusals: ThrottledLog | None = None,
 ) -> list[Route]:
+    """`clock`: the wall clock a signature's timestamp is checked against; `refusals`: the
+    log of refused deliveries (a new one: each reason at most once a minute)."""
+    refused = refusals if refusals is not None else ThrottledLog(log, REFUSALS)
     secrets = [
         s.get_secret_value().encode()
         for s in (settings.webhook_secret, settings.account_webhook_secret)
@@ -123,14 +136,19 @@ def webhook_routes(
         if path_secret is not None:
             given = str(request.path_params.get("secret", "")).encode()
             if not hmac.compare_digest(given, path_secret.encode()):
-                log.warning("chatwoot webhook: wrong path secret from %s", _peer(request))
+                refused.warning(
+                    "wrong path secret",
+                    "chatwoot webhook: wrong path secret from %s",
+                    _peer(request),
+                )
                 return PlainTextResponse("forbidden", status_code=403)
         try:
             body = await read_capped(request, settings.max_body_bytes)
         except TooLarge:
             # Chatwoot does not retry a 413: the message is lost unless someone reads this.
-            log.warning("chatwoot webhook: a body over max_body_bytes (%d) refused, from %s",
-                        settings.max_body_bytes, _peer(request))  # fmt: skip
+            refused.warning("too large",
+                            "chatwoot webhook: a body over max_body_bytes (%d) refused, from %s",
+                            settings.max_body_bytes, _peer(request))  # fmt: skip
             return PlainTextResponse("body too large", status_code=413)
         except ClientDisconnect:
             return PlainTextResponse("incomplete body", status_code=400)
@@ -142,7 +160,9 @@ def webhook_routes(
                 body,
             )
             if refusal is not None:
-                log.warning("chatwoot webhook refused (%s) from %s", refusal, _peer(request))
+                refused.warning(
+                    refusal, "chatwoot webhook refused (%s) from %s", refusal, _peer(request)
+                )
                 return PlainTextResponse(refusal, status_code=401)
             named_only = signer in bot_only
         return await _handle(body, settings, act, named_only=named_only)
@@ -152,7 +172,7 @@ def webhook_routes(
         # with): still 404, with a line saying which URL is (what followed, never).
         told = _misdirected(
             f"a delivery to {WEBHOOK_PATH}/<...>", "no chatwoot.path_secret is set, give "
-            f"Chatwoot {WEBHOOK_PATH} as the webhook URL", "not found", 404,
+            f"Chatwoot {WEBHOOK_PATH} as the webhook URL", "not found", 404, refused,
         )  # fmt: skip
         return [
             Route(WEBHOOK_PATH, receive, methods=["POST"]),
@@ -162,6 +182,7 @@ def webhook_routes(
     told = _misdirected(
         f"a delivery to {WEBHOOK_PATH} without the path secret", "with chatwoot.path_secret "
         f"set, give Chatwoot {WEBHOOK_PATH}/<path_secret> as the webhook URL", "forbidden", 403,
+        refused,
     )  # fmt: skip
     return [
         Route(WEBHOOK_PATH, told, methods=["POST"]),
@@ -170,14 +191,16 @@ def webhook_routes(
 
 
 def _misdirected(
-    what: str, fix: str, answer: str, status: int
+    what: str, fix: str, answer: str, status: int, refused: ThrottledLog
 ) -> Callable[[Request], Awaitable[Response]]:
     """A delivery to a webhook URL that is not the one Parley was set up with: it got a plain
     404 and nothing in Parley's log said why every delivery was lost. Refused still, with a
     warning saying which URL to give Chatwoot (never the secret, nor what the path held)."""
 
     async def told(request: Request) -> Response:
-        log.warning("chatwoot webhook: %s, from %s: %s", what, _peer(request), fix)
+        refused.warning(
+            "misdirected", "chatwoot webhook: %s, from %s: %s", what, _peer(request), fix
+        )
         return PlainTextResponse(answer, status_code=status)
 
     return told

@@ -37,7 +37,7 @@ from bot.types import ConversationKey, Incoming
 
 from . import answers, openapi, pages
 from .agent_api import AgentApi, StreamBridge
-from .api import Handler, SupportApi, endpoint, failed
+from .api import Handler, SupportApi, endpoint, failed, refusal_log
 from .auth import PLATFORM, Authenticator, answer_origin, cors_headers, preflight_headers
 from .errors import ApiError, forbidden
 from .events import (
@@ -100,6 +100,8 @@ class SupportAdapter:
         )
         # Redis for the event log: answers wait while it is out of reach (see deliver).
         self._log_outage = Outage(LOG_RETRY_S, meanwhile="web-chat answers wait", logger=log)
+        # What the API logs of the requests that anyone can make fail: a line a minute at most.
+        self.refused = refusal_log()
         self.sites = SiteStore(self._engine)
         self.directory = SiteDirectory(self.sites)
         signer = TokenSigner(load_secret(settings.token_secret), settings.token_ttl_s)
@@ -380,7 +382,7 @@ class SupportAdapter:
 
         # The preflight too: it reads the sites, which may fail like any handler.
         route.__name__ = handler.__name__
-        wrapped = endpoint(route, origins=lambda: self.directory.all_origins)
+        wrapped = endpoint(route, origins=lambda: self.directory.all_origins, refused=self.refused)
         return Route(path, wrapped, methods=[method, "OPTIONS"])
 
     async def _preflight(self, request: Request) -> Response:
@@ -407,7 +409,7 @@ class SupportAdapter:
             # The sites could not be reloaded: answered as an endpoint answers it (an outage
             # is a JSON 503 with Retry-After, not Starlette's plain-text 500), with the CORS
             # header for the origins as last loaded.
-            response = failed(request, failure)
+            response = failed(request, failure, self.refused)
             origin = answer_origin(request, self.directory.all_origins)
         if origin is not None:
             response.headers.update(cors_headers(origin))

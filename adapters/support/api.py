@@ -3,7 +3,9 @@ core's Intake calls and reads of the event log and history; every refusal is an 
 (adapters/support/errors.py), answered as JSON with a 4xx. Any other failure is answered in
 the same shape by `endpoint`: the database or Redis out of reach is 503 `unavailable` with
 Retry-After (a message retried with its Idempotency-Key is then recorded once), anything else
-500 `internal`; never Starlette's plain text, never a traceback to the client.
+500 `internal`; never Starlette's plain text, never a traceback to the client. A client that
+leaves mid-request, which anyone can do any number of times, is logged at most once a minute
+(bot.logthrottle): the first at once.
 
     POST   /v1/visitors    a visitor token for a browser (site key + Origin) or a server
     POST   /v1/messages    a visitor's message -> 202; the answer arrives on /v1/events
@@ -31,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from bot.conversation.intake import Intake
 from bot.conversation.manager import STUB_MARK
+from bot.logthrottle import ThrottledLog
 from bot.lru import Lru
 from bot.phrases import base_language
 from bot.storage import keys
@@ -67,6 +70,8 @@ from .tokens import BadToken, TokenSigner, new_visitor_id
 log = logging.getLogger(__name__)
 # How long a message's `message` event may hold its 202 (the event log away: not at all).
 MESSAGE_EVENT_WAIT_S = 1.0
+# Failures told in the log that any client can cause, before it is known (bot.logthrottle).
+REFUSALS = frozenset({"disconnected"})
 
 Handler = Callable[[Request], Awaitable[Response]]
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -76,18 +81,30 @@ _Model = TypeVar("_Model", bound=BaseModel)
 KNOWN_IDS = 50_000
 
 
-def endpoint(handler: Handler, origins: Callable[[], Collection[str]] | None = None) -> Handler:
+def refusal_log() -> ThrottledLog:
+    """What `failed` logs for each REFUSALS reason: at most a line a minute."""
+    return ThrottledLog(log, REFUSALS)
+
+
+def endpoint(
+    handler: Handler,
+    origins: Callable[[], Collection[str]] | None = None,
+    *,
+    refused: ThrottledLog | None = None,
+) -> Handler:
     """Errors as JSON, with the CORS header that `answer_origin` names: a success's for the
     caller's site's origin; an error's also for an origin that `origins` (every site's, as
     last loaded) lists, since an error may come before the site is known (a bad token, a
-    bad body), and the page must read it to renew its token or give up."""
+    bad body), and the page must read it to renew its token or give up. `refused`: the
+    log shared by the API's endpoints (none: one of its own)."""
+    quiet = refused if refused is not None else refusal_log()
 
     async def wrapped(request: Request) -> Response:
         listed: Collection[str] = ()  # a success: only the caller's site's origin
         try:
             response = await handler(request)
         except Exception as exc:
-            response = exc.response() if isinstance(exc, ApiError) else failed(request, exc)
+            response = exc.response() if isinstance(exc, ApiError) else failed(request, exc, quiet)
             listed = origins() if origins is not None else ()
         origin = answer_origin(request, listed)
         if origin is not None:
@@ -99,13 +116,13 @@ def endpoint(handler: Handler, origins: Callable[[], Collection[str]] | None = N
     return wrapped
 
 
-def failed(request: Request, exc: Exception) -> Response:
+def failed(request: Request, exc: Exception, refused: ThrottledLog) -> Response:
     """The answer to a handler's failure that is no ApiError. An outage is one line at
     warning level naming the error's types: never its text nor a traceback, which can carry
     user text, statements or a URL with a password. Anything else is a bug, logged whole."""
     where = f"{request.method} {request.url.path}"
     if isinstance(exc, ClientDisconnect):  # the client left mid-request: nobody reads this
-        log.info("support API: %s: the client disconnected", where)
+        refused.info("disconnected", "support API: %s: the client disconnected", where)
         return ApiError(400, "invalid_request", "the request ended early").response()
     if is_outage(exc):
         # What the driver's code says, where it is one an operator acts on (a full disk): in

@@ -7,6 +7,8 @@ message that is a string, text that is a number, a date out of range, JSON neste
 Python's limits) gets 400: re-sending it would never help. The secret header is compared in
 constant time; a request without it is refused before anything is read or stored, and the
 secret is never logged (uvicorn's access log is off: a bot's traffic is its users' business).
+A request without the secret, which anyone can send, is logged at most once a minute
+(bot.logthrottle): the first at once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from starlette.routing import Route
 from telegram import Bot, Update
 
 from bot.errors import StorageError
+from bot.logthrottle import ThrottledLog
 
 from .translate import Action, BotIdentity, translate
 
@@ -31,6 +34,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+# Refusals told in the log before the sender is known to be Telegram (bot.logthrottle).
+REFUSALS = frozenset({"wrong secret"})
 
 
 class MalformedUpdate(ValueError):
@@ -42,15 +47,21 @@ def webhook_route(
     act: Callable[[T], Awaitable[object]],
     secret: str,
     path: str,
+    *,
+    refusals: ThrottledLog | None = None,
 ) -> Route:
     """POST `path`: `read` turns the body into an action (MalformedUpdate: 400), `act` does it
-    (StorageError: 503, so that Telegram re-sends)."""
+    (StorageError: 503, so that Telegram re-sends). `refusals`: the log of refused requests
+    (a new one: at most one line a minute)."""
     expected = secret.encode()
+    refused = refusals if refusals is not None else ThrottledLog(log, REFUSALS)
 
     async def receive(request: Request) -> Response:
         given = request.headers.get(SECRET_HEADER, "").encode()
         if not hmac.compare_digest(given, expected):
-            log.warning("webhook: request without the right secret from %s", _peer(request))
+            refused.warning(
+                "wrong secret", "webhook: request without the right secret from %s", _peer(request)
+            )
             return Response(status_code=403)
         try:
             action = read(await request.body())
