@@ -59,19 +59,40 @@ class ThrottledLog:
     def info(self, reason: str, msg: str, *args: object) -> None:
         self._log(logging.INFO, reason, msg, args)
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        """As a filter on a library's logger (`logger.addFilter(it)`), for lines of its that
+        any client can cause: a record whose message, before its arguments, is one of the
+        reasons is let through as warning() lets its own; any other record passes as it is."""
+        if not isinstance(record.msg, str) or record.msg not in self._reasons:
+            return True
+        told = self._let_through(record.msg)
+        if told is None:
+            return False
+        record.msg += told
+        return True
+
     def _log(self, level: int, reason: str, msg: str, args: tuple[object, ...]) -> None:
-        state = self._reasons.get(reason)
-        if state is None:
+        if reason not in self._reasons:
             raise ValueError(f"{reason!r} is not one of this log's reasons")
         if not self.logger.isEnabledFor(level):
             return
+        told = self._let_through(reason)
+        if told is not None:
+            # stacklevel 3: the record names the line that called warning() or info().
+            self.logger.log(level, msg + told, *args, stacklevel=3)
+
+    def _let_through(self, reason: str) -> str | None:
+        """None: within the interval, counted. Otherwise what the line ends with: nothing, or
+        how many were left out since the last (no "%" in it: the message's own stand)."""
+        state = self._reasons[reason]
         now = self.clock()
         if state.logged_at is not None and now - state.logged_at < self.every_s:
             state.left_out += 1
-            return
+            return None
+        told = ""
         if state.left_out and state.logged_at is not None:
-            msg += " (and %s more like it in the last %.0f s)"
-            args = (*args, f"{state.left_out:,}", now - state.logged_at)
+            told = (
+                f" (and {state.left_out:,} more like it in the last {now - state.logged_at:.0f} s)"
+            )
         state.logged_at, state.left_out = now, 0
-        # stacklevel 3: the record names the line that called warning() or info().
-        self.logger.log(level, msg, *args, stacklevel=3)
+        return told

@@ -6,7 +6,9 @@ one a minute saying how many were left out (bot.logthrottle), with the same answ
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -254,3 +256,52 @@ async def test_a_flood_of_support_requests_left_mid_body_is_one_line_a_minute(
         "support API: POST /v1/messages: the client disconnected "
         f"(and {FLOOD - 1:,} more like it in the last 60 s)"
     )
+
+
+GARBAGE = (b"GARBAGE / HTTP/1.1\r\n\r\n", b"HTTP/1.1 400", "Invalid HTTP request received.")
+UPGRADE = (
+    b"GET /healthz HTTP/1.1\r\nHost: bot\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    b"HTTP/1.1 200",
+    "Unsupported upgrade request.",
+)
+
+
+async def _send_alone(port: int, request: bytes) -> bytes:
+    """`request` on a connection of its own: the start of what uvicorn answers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await reader.read(12)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(("request_bytes", "answer", "line"), [GARBAGE, UPGRADE])
+async def test_a_flood_of_connections_uvicorn_warns_of_is_one_line_a_minute(
+    caplog: pytest.LogCaptureFixture, request_bytes: bytes, answer: bytes, line: str
+) -> None:
+    """uvicorn's own warnings, one per connection, from anyone: bytes that are no HTTP, an
+    upgrade to a protocol it does not serve."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    host = HttpHost(HttpSettings(host="127.0.0.1", port=port))
+    clock = Clock()
+    host.uvicorn_refusals.clock = clock
+    with caplog.at_level(logging.WARNING, logger="uvicorn.error"):
+        serving = asyncio.create_task(host.serve())
+        await asyncio.sleep(0)  # it listens once it ran this far: connections queue meanwhile
+        try:
+            for _ in range(FLOOD):
+                assert await _send_alone(port, request_bytes) == answer
+            assert len(_lines(caplog, "uvicorn.error")) == 1
+            clock.now += EVERY_S
+            assert await _send_alone(port, request_bytes) == answer
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+    assert _lines(caplog, "uvicorn.error") == [
+        line,
+        f"{line} (and {FLOOD - 1:,} more like it in the last 60 s)",
+    ]
+    assert host.uvicorn_refusals not in logging.getLogger("uvicorn.error").filters

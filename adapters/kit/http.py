@@ -4,7 +4,9 @@ Adapters mount their routes on it (the Telegram webhook today; the support API l
 it always serves `/healthz` (the process is alive) and `/readyz` (ready for traffic; unready
 once a stop began). It is started only when something is mounted. While Parley stops, every
 other request gets 503 with Retry-After, so a platform that re-sends on failure (Telegram
-does) delivers the update again, to a worker that is not stopping.
+does) delivers the update again, to a worker that is not stopping. uvicorn's warnings that
+any client can cause, one per connection (bytes that are no HTTP request, an upgrade to a
+protocol it does not serve), are logged at most once a minute each (bot.logthrottle).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.errors import AdapterError, ConfigError
+from bot.logthrottle import ThrottledLog
 from bot.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,16 @@ RETRY_AFTER_S = 5
 # A request's line and headers together, at most: what common proxies let through (nginx's
 # large_client_header_buffers: 4 x 8 KB) and more; past it 400 and the connection closed.
 MAX_HEADER_BYTES = 64 * 1024
+# uvicorn's (h11) warnings that any client can cause, one per connection, by their message
+# (the last one follows the one before it where no websocket library is installed).
+UVICORN_REFUSALS = frozenset(
+    {
+        "Invalid HTTP request received.",
+        "Unsupported upgrade request.",
+        "No supported WebSocket library detected. Please use \"pip install 'uvicorn[standard]'\", "
+        "or install 'websockets' or 'wsproto' manually.",
+    }
+)
 
 
 class HttpHost:
@@ -55,6 +68,8 @@ class HttpHost:
         self._ready = ready
         self._routes: list[BaseRoute] = []
         self.draining = False
+        # A filter on uvicorn's logger while this serves.
+        self.uvicorn_refusals = ThrottledLog(logging.getLogger("uvicorn.error"), UVICORN_REFUSALS)
 
     def mount(self, route: BaseRoute) -> None:
         """Serve `route`. A path that another route already serves, or that lies under
@@ -133,6 +148,8 @@ class HttpHost:
         )
         server = EmbeddedServer(config)
         log.info("HTTP server (%s) listening on %s", self._section, self.address)
+        refusals = self.uvicorn_refusals
+        refusals.logger.addFilter(refusals)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         try:
             await asyncio.shield(serving)
@@ -140,6 +157,7 @@ class HttpHost:
             server.should_exit = True
             await asyncio.gather(serving, return_exceptions=True)
             sock.close()
+            refusals.logger.removeFilter(refusals)
 
     async def _healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok")
