@@ -34,7 +34,8 @@ from tests.doubles import CollectingSink, ScriptedBackend
 from tests.local_server import serving
 
 MODEL = "stand-in"
-FAST = {"first_token_s": 2.0, "gap_s": 0.3, "total_s": 5.0, "connect_s": 2.0}
+# Far above what the local stand-in needs, on a loaded machine too.
+FAST = {"first_token_s": 2.0, "gap_s": 2.0, "total_s": 5.0, "connect_s": 2.0}
 # A bound for the test itself, far above FAST: a backend that never returns fails the test
 # instead of hanging it. Not a timing assertion.
 NEVER = 20.0
@@ -194,7 +195,8 @@ async def test_rvb_a_stream_held_open_after_the_finish_is_a_whole_reply(with_usa
         events.append(usage_event())
     stand_in.answers = [stand_in.stream(*events, hold=True)]
     async with running(stand_in) as url:
-        settings = settings_for(url)
+        # Without usage the reply ends when the wait for it runs out (gap_s): kept short.
+        settings = settings_for(url, timeouts={**FAST, "gap_s": 0.3})
         backend = ResilientBackend(OpenAICompatBackend(settings), settings)
         try:
             chunks = await collect(backend, ask())
