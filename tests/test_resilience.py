@@ -305,7 +305,13 @@ async def test_retry_after_is_honoured(primary: FaultServer) -> None:
 
 async def test_retry_budget_protects_a_failing_server(primary: FaultServer) -> None:
     primary.configure(Faults(unavailable=1.0))
-    backend = resilient(primary, breaker={"failure_threshold": 1000, "min_requests": 1000})
+    # All 50 in one budget window, however slow a loaded machine makes them (a window that
+    # rolled over midway granted its budget again: 106 requests seen under load).
+    backend = resilient(
+        primary,
+        breaker={"failure_threshold": 1000, "min_requests": 1000},
+        retry={**FAST_RETRY, "budget_window_s": 600},
+    )
     for _ in range(50):
         with pytest.raises(BackendUnavailable):
             await collect(backend)
