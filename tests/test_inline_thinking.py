@@ -229,12 +229,13 @@ async def test_the_in_process_engine_reasoning_is_the_model_at_work() -> None:
     arriving all along, was given up as a hang. Each such chunk now counts as one."""
 
     async def reasoning_then_answer() -> AsyncGenerator[Chunk, None]:
-        for _ in range(6):  # 1.2 s of reasoning, past first_token_s, within gap_s
+        for _ in range(7):  # 1.4 s of reasoning, past first_token_s, within gap_s
             await asyncio.sleep(0.2)
             yield Chunk()
         yield Chunk(text="42")
 
-    timeouts = TimeoutSettings(first_token_s=0.5, gap_s=NEVER, total_s=NEVER)
+    # The first reasoning chunk is due at 0.2 s: 0.8 s to spare on a loaded machine.
+    timeouts = TimeoutSettings(first_token_s=1.0, gap_s=NEVER, total_s=NEVER)
     async with asyncio.timeout(NEVER), aclosing(bounded(reasoning_then_answer(), timeouts)) as got:
         assert "".join([c.text async for c in got]) == "42"
 
