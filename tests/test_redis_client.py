@@ -50,6 +50,16 @@ def _through(redis_url: str, proxy: TcpProxy) -> SecretStr:
 
 @pytest.fixture
 async def client(redis_url: str, proxy: TcpProxy) -> AsyncIterator[Redis]:
+    """A client whose calls must succeed: a timeout far above a loaded machine's stalls."""
+    made = client_for(RedisSettings(url=_through(redis_url, proxy), socket_timeout_s=5.0))
+    assert made is not None
+    yield made
+    await made.aclose()
+
+
+@pytest.fixture
+async def short_client(redis_url: str, proxy: TcpProxy) -> AsyncIterator[Redis]:
+    """A client for a test that waits for its timeout: 0.5 s."""
     made = client_for(RedisSettings(url=_through(redis_url, proxy), socket_timeout_s=0.5))
     assert made is not None
     yield made
@@ -61,7 +71,7 @@ async def test_the_cache_sends_a_call_whose_connection_redis_dropped_again(
 ) -> None:
     """A restart drops every pooled connection: the cache's next call finds its connection
     broken and is sent once more, at once, on a new one."""
-    settings = RedisSettings(url=_through(redis_url, proxy), socket_timeout_s=0.5)
+    settings = RedisSettings(url=_through(redis_url, proxy), socket_timeout_s=5.0)
     cache = client_for(settings, retry_dropped=True)
     assert cache is not None
     try:
@@ -87,8 +97,9 @@ async def test_other_clients_never_send_a_call_twice(
 
 
 async def test_a_frozen_redis_costs_one_timeout_and_the_call_is_not_sent_again(
-    client: Redis, proxy: TcpProxy, key_prefix: str
+    short_client: Redis, proxy: TcpProxy, key_prefix: str
 ) -> None:
+    client = short_client
     await client.set(f"{key_prefix}:k", b"v")
     before = proxy.accepted
     proxy.frozen = True
@@ -188,7 +199,7 @@ async def test_a_redis_blip_makes_no_live_worker_look_dead(
     direct = RedisCache.from_url(redis_url, key_prefix=key_prefix)
     cut_off = RedisCache.from_url(
         _through(redis_url, proxy).get_secret_value(), key_prefix=key_prefix,
-        socket_timeout_s=0.5, retry_after_failure_s=60,
+        socket_timeout_s=5.0, retry_after_failure_s=60,
     )  # fmt: skip
     try:
         await direct.set(keys.alive("worker-a"), b"1", ttl_s=60)
