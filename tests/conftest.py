@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +23,32 @@ pytest_plugins = ["tests.fixtures_vllm", "tests.fixtures_smollm"]
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI", "").lower() == "true":
     settings.load_profile("ci")
+
+# A stopped heartbeat thread ends as soon as it wakes; one that is still alive after this
+# long was never stopped.
+HEARTBEAT_END_S = 5.0
+
+
+def _gateway_heartbeats() -> list[threading.Thread]:
+    gateway = sys.modules.get("discord.gateway")  # only where a test imported discord.py
+    if gateway is None:
+        return []
+    return [t for t in threading.enumerate() if isinstance(t, gateway.KeepAliveHandler)]
+
+
+@pytest.fixture(autouse=True)
+def no_gateway_heartbeat_left() -> Iterator[None]:
+    """A discord.py gateway connection sends its heartbeats from a thread of its own, onto
+    the event loop. One left running after its test beats a heartbeat interval later (45 s
+    with the stand-in gateway) into a closed loop, and pytest reports the thread's error
+    under whichever test runs then: this names the test that left it."""
+    before = set(_gateway_heartbeats())
+    yield
+    left = [t for t in _gateway_heartbeats() if t not in before]
+    for thread in left:
+        thread.join(HEARTBEAT_END_S)
+    alive = [t.name for t in left if t.is_alive()]
+    assert not alive, f"a discord.py gateway heartbeat outlived the test: {alive}"
 
 
 @pytest.fixture

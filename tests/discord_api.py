@@ -469,6 +469,7 @@ class FakeDiscordApi:
         for guild in guilds:
             event = {"op": 0, "t": "GUILD_CREATE", "s": next(sequence), "d": guild}
             await websocket.send_json(event)
+        self._changed_soon()  # `until` a number of shards identified
         return int(shard)
 
     async def _resume(self, websocket: WebSocket, sent: dict[str, Any]) -> int | None:

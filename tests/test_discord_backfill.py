@@ -61,6 +61,8 @@ async def started(
     """Parley with the Discord adapter (`sections`: its settings) connected to `api`, its
     history in `tmp_path` (the same folder again: the same database, as after a restart)."""
     rates = Rates(per_chat=Rate(5, 0.5), overall=Rate(50, 1.0))
+    shards = len(sections.get("shard_ids") or range(sections.get("shard_count") or 1))
+    identified = len(api.identified)
     async with api.serving():
         section_data = {"token": TOKEN, "stream_interval_s": 0.05, **sections}
         others: dict[str, Any] = {"redis": redis} if redis else {}
@@ -78,9 +80,19 @@ async def started(
                     harness = DiscordHarness(app, adapter, api)
                     yield harness
                     await harness.idle()
+                    await every_shard_identified(api, identified + shards)
                 finally:
                     connection.cancel()
                     await asyncio.gather(connection, return_exceptions=True)
+
+
+async def every_shard_identified(api: FakeDiscordApi, count: int) -> None:
+    """Before a stop: discord.py's `close()` reaches only the shards whose connection is
+    made. A shard still waiting its turn to IDENTIFY (5 s after the one before), whose
+    heartbeat thread started with Discord's HELLO, is left beating, into this test's event
+    loop once it is closed."""
+    async with asyncio.timeout(WAIT_S):
+        await api.until(lambda: len(api.identified) >= count)
 
 
 async def backfilled(h: DiscordHarness, count: int) -> None:
