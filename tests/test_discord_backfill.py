@@ -7,6 +7,7 @@ of Discord (tests/discord_api.py); the store's two reads behind it on SQLite and
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -521,6 +522,23 @@ async def test_a_process_of_three_shards_fetches_a_dm_channel_once_not_once_per_
             if c.method == "GET" and c.path.endswith(f"/channels/{ev.DM}")
         ]  # fmt: skip
         assert len(fetched) == 1
+
+
+async def test_a_session_ready_as_the_adapter_stops_starts_no_backfill(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """discord.py runs each event in a task of its own, and holds a session's ready event
+    about 2 s for the guilds: one that ran as the adapter stopped (a stop just after a
+    connect) started a backfill after `__aexit__` had cancelled them, against the closed
+    client, logged as "backfill of shard 0 failed" with a traceback (Session is closed)."""
+    backend = ScriptedBackend(lambda request: "Answered.")
+    async with started(tmp_path, backend, fake_discord()) as h:
+        await backfilled(h, 1)
+    await h.adapter.on_ready()
+    late = [t for t in asyncio.all_tasks() if t.get_name().startswith("discord backfill")]
+    await asyncio.gather(*late, return_exceptions=True)
+    assert h.adapter.backfills_done == 1
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_a_process_runs_only_its_shard_ids(tmp_path: Path) -> None:

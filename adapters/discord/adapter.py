@@ -286,6 +286,9 @@ class DiscordAdapter:
         self._backfilled: set[int | None] = set()  # shards whose backfill ended once
         # Deferred commands waiting for their turn to settle (`_end_unanswered`).
         self._deferred: set[asyncio.Task[None]] = set()
+        # Set by `__aexit__`: a session's ready event that discord.py runs after it starts no
+        # backfill (against a client about to close, and after its tasks were cancelled).
+        self._stopping = False
         # Discord not answering answers (PlatformAway): turns wait for it.
         self._away = PlatformWatch(
             PLATFORM, self._look, service="Discord", look_s=LOOK_S, logger=log
@@ -341,6 +344,7 @@ class DiscordAdapter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._stopping = True
         tasks: list[asyncio.Future[Any]] = [*self._backfills.values(), *self._deferred]
         tasks += [*self._gaps.values(), *self._checks]
         if self._start_marks is not None:
@@ -461,7 +465,7 @@ class DiscordAdapter:
 
     def _gap_begins(self, shard_id: int | None) -> None:
         # Kept when one is there already: the gap began at its first drop.
-        if self._settings.backfill_hours > 0 and shard_id not in self._gaps:
+        if not self._stopping and self._settings.backfill_hours > 0 and shard_id not in self._gaps:
             self._gaps[shard_id] = asyncio.create_task(self._recorded_now())
 
     @property
@@ -482,7 +486,7 @@ class DiscordAdapter:
             return None
 
     def _start_backfill(self, shard_id: int | None) -> None:
-        if self._settings.backfill_hours == 0:
+        if self._stopping or self._settings.backfill_hours == 0:
             return
         running = self._backfills.get(shard_id)
         if running is not None:  # a newer session: read again
