@@ -2,14 +2,17 @@
 
 Every adapter hands the core the document's name, type, size and a way to download it; the
 core decides. The size cap is checked before the download, and the text is extracted in a
-child process of its own with caps on pages, characters and seconds: a hostile PDF (pages
-that share one huge compressed stream, a decompression bomb) costs that process, never the
-event loop, and is killed when its time is up. At most `max_parallel` documents are read at
-once, and at most one of each sender: a sender's next document waits for their previous one,
-so one sender's slow (or hostile) documents never hold every slot while others wait. A
-document is downloaded in its sender's turn too, within `download_timeout_s`, and at most
-twice `max_parallel` are downloaded or held at once: memory for documents is bounded by that
-many times `max_bytes`, however many senders send at once.
+child process of its own with caps on pages, characters, seconds and memory: a hostile PDF
+(pages that share one huge compressed stream, a decompression bomb) costs that process, never
+the event loop; it is killed when its time is up, and its allocations fail past
+`max_memory_mb` (Linux) before the host runs out of memory and the kernel ends a process of
+its choice, perhaps the bot's. At most `max_parallel` documents are read at once, and at most
+one of each sender: a sender's next document waits for their previous one, so one sender's
+slow (or hostile) documents never hold every slot while others wait. A document is downloaded
+in its sender's turn too, within `download_timeout_s`, and at most twice `max_parallel` are
+downloaded or held at once: memory for documents is bounded by that many times `max_bytes`
+(and `max_parallel` times `max_memory_mb` for reading them), however many senders send at
+once.
 
     DocumentRefused   the document cannot be read as sent; `sentence` says why, for the user
 """
@@ -21,6 +24,8 @@ import contextlib
 import io
 import logging
 import multiprocessing
+import os
+import signal
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,6 +47,13 @@ KINDS = {
 }
 SUFFIXES = {".txt": "text", ".md": "text", ".markdown": "text", ".rst": "text"}
 SUFFIXES |= {".html": "html", ".htm": "html", ".pdf": "pdf"}
+
+# The child's exit status when reading passed its memory cap (a Python process ending on its
+# own exits 0, or 1 on an exception).
+_OUT_OF_MEMORY = 3
+# Ended by SIGKILL though the parent never killed it: the kernel's OOM killer (a container's
+# limit below max_memory_mb). Windows has no signal of that name, and no such end.
+_KILLED = -getattr(signal, "SIGKILL", 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +153,8 @@ async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
     """extract() in a child process, killed after `timeout_s`."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(
-        target=_child, args=(sender, kind, data, s.max_pages, s.max_chars), daemon=True
-    )
+    caps = (s.max_pages, s.max_chars, s.max_memory_mb)
+    child = context.Process(target=_child, args=(sender, kind, data, *caps), daemon=True)
     child.start()
     sender.close()
     try:
@@ -152,8 +163,15 @@ async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
             raise DocumentRefused(phrases.DOC_TOO_SLOW)
         try:
             outcome: tuple[str, str, dict[str, int]] = receiver.recv()
-        except EOFError:  # the child died (out of memory, a crash in a parser)
-            raise DocumentRefused(phrases.DOC_DAMAGED) from None
+        except EOFError:  # the child died: out of memory, or a crash in a parser
+            await asyncio.to_thread(child.join)
+            if child.exitcode == _OUT_OF_MEMORY:
+                log.warning("document refused: over documents.max_memory_mb (%d)", s.max_memory_mb)
+            elif child.exitcode == _KILLED:
+                log.warning("document refused: its reader was killed, out of the host's memory")
+            else:
+                raise DocumentRefused(phrases.DOC_DAMAGED) from None
+            raise DocumentRefused(phrases.DOC_TOO_MUCH_MEMORY) from None
     finally:
         receiver.close()
         if child.is_alive():
@@ -165,7 +183,10 @@ async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
     return text
 
 
-def _child(sender: Connection, kind: str, data: bytes, max_pages: int, max_chars: int) -> None:
+def _child(
+    sender: Connection, kind: str, data: bytes, max_pages: int, max_chars: int, max_mb: int
+) -> None:
+    _cap_address_space(max_mb)
     # A spawned process has no logging set up: without a handler, logging's last resort
     # wrote each of pypdf's warnings about a damaged file (thousands for one hostile PDF,
     # quoting its names) to the bot's stderr, beside its log lines. What went wrong is the
@@ -176,10 +197,33 @@ def _child(sender: Connection, kind: str, data: bytes, max_pages: int, max_chars
         sender.send(("ok", extract(kind, data, max_pages, max_chars), {}))
     except DocumentRefused as exc:
         sender.send((exc.sentence, "", {k: int(str(v)) for k, v in exc.fields.items()}))
+    except MemoryError:  # past the cap: no allocation to say so, the exit status says it
+        os._exit(_OUT_OF_MEMORY)
     except Exception:  # a parser bug on hostile input: the user hears "damaged"
         sender.send((phrases.DOC_DAMAGED, "", {}))
     finally:
         sender.close()
+
+
+def _cap_address_space(max_mb: int) -> None:
+    """Let this process map at most `max_mb` MB more than it maps now (the interpreter, the
+    modules the bot imports, which differ with the host: numpy's BLAS starts a thread per
+    core, and the document's bytes): past it an allocation fails (MemoryError). Linux only:
+    elsewhere there is no /proc to read what is mapped now (macOS counts a shared region of
+    gigabytes in every process's size) or no `resource` module (Windows)."""
+    try:
+        import resource
+
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError):
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = mapped + max_mb * 2**20
+    for limit in (soft, hard):
+        if limit != resource.RLIM_INFINITY:
+            cap = min(cap, limit)  # a lower limit set for the whole bot stays
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
 
 
 def extract(kind: str, data: bytes, max_pages: int, max_chars: int) -> str:
@@ -217,7 +261,7 @@ def _pdf_text(data: bytes, max_pages: int, max_chars: int) -> str:
         pages = pdf_pages(reader, max_chars, pdf_content_limit(len(data)))
         if pages is None:
             raise DocumentRefused(phrases.DOC_TOO_LONG, chars=max_chars)
-    except DocumentRefused:
+    except (DocumentRefused, MemoryError):  # a MemoryError: past the child's cap
         raise
     except (PyPdfError, Exception):  # hostile bytes meet every kind of parser error
         raise DocumentRefused(phrases.DOC_DAMAGED) from None

@@ -72,6 +72,7 @@ DOC_TOO_LARGE = N_("That document is too large for me: I read documents up to {k
 DOC_EMPTY = N_("I found no text in that document.")
 DOC_DAMAGED = N_("That document looks damaged; I could not read it.")
 DOC_TOO_SLOW = N_("That document took too long to read, so I stopped.")
+DOC_TOO_MUCH_MEMORY = N_("That document needs too much memory to read, so I stopped.")
 DOC_TOO_LONG = N_(
     "That document has more text than I read at once (at most {chars} characters). "
     "Please send a shorter one."

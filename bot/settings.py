@@ -837,6 +837,10 @@ class DocumentSettings(_Section):
     max_chars: int = Field(200_000, ge=1)
     # Seconds extraction may take (in a child process, killed when its time is up).
     timeout_s: float = Field(10.0, gt=0)
+    # Megabytes of address space that child may add to what it maps when it starts reading
+    # (Linux; the parser's import takes about 70 of them): past it the document is refused
+    # with one sentence, and the bot's own process never runs the host out of memory.
+    max_memory_mb: int = Field(1024, ge=128)
     # Documents read at once in this process, at most one per sender; more wait. Twice as
     # many may be downloaded or held at once (memory: at most that many times max_bytes).
     max_parallel: int = Field(2, ge=1)

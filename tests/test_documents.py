@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import io
+import multiprocessing
 import random
 import tracemalloc
 import zipfile
@@ -181,6 +182,147 @@ async def test_a_hostile_pdf_is_stopped_and_the_loop_keeps_running() -> None:
     finally:
         beside.cancel()
     assert ticks > 0  # the event loop ran other work while the child process parsed
+
+
+def _pages_each_in_an_object_stream(pages: int) -> bytes:
+    """A PDF of empty pages, each kept in an object stream of its own (PDF 1.5) that unpacks
+    (Flate twice: a few hundred bytes) to 74 MB, under pypdf's 75 MB cap on one stream's
+    output. Counting the pages unpacks every stream, and pypdf keeps each one unpacked: 12
+    pages (a 6 kB file) took the child process 1.2 GB in 5 s, 40 pages 3.2 GB."""
+    out = bytearray(b"%PDF-1.5\n")
+    offsets: dict[int, int] = {}
+
+    def put(number: int, body: bytes) -> None:
+        offsets[number] = len(out)
+        out.extend(b"%d 0 obj\n%s\nendobj\n" % (number, body))
+
+    kids = [3 + 2 * n for n in range(pages)]  # each page; its object stream is the next number
+    put(1, b"<< /Type /Catalog /Pages 2 0 R >>")
+    put(
+        2,
+        b"<< /Type /Pages /Kids [%s] /Count %d >>"
+        % (b" ".join(b"%d 0 R" % k for k in kids), pages),
+    )
+    for page in kids:
+        header = b"%d 0 " % page
+        body = header + b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >> "
+        # Not blanks: pypdf would step over them one by one, looking for `stream`.
+        packed = zlib.compress(zlib.compress(body + b"0" * (74_000_000 - len(body)), 9), 9)
+        put(
+            page + 1,
+            b"<< /Type /ObjStm /N 1 /First %d /Length %d /Filter [/FlateDecode /FlateDecode] >>"
+            b"\nstream\n%s\nendstream" % (len(header), len(packed), packed),
+        )
+    xref = 3 + 2 * pages  # the cross-reference stream, the last object
+    offsets[xref] = len(out)
+    rows = b"\x00" + bytes(4) + b"\xff\xff"  # object 0, free
+    for number in range(1, xref + 1):
+        if number in kids:  # type 2: in object stream number + 1, its first object
+            rows += b"\x02" + (number + 1).to_bytes(4, "big") + bytes(2)
+        else:  # type 1: at this offset in the file
+            rows += b"\x01" + offsets[number].to_bytes(4, "big") + bytes(2)
+    out += b"%d 0 obj\n<< /Type /XRef /Size %d /W [1 4 2] /Root 1 0 R /Length %d >>\nstream\n" % (
+        xref,
+        xref + 1,
+        len(rows),
+    )
+    out += rows + b"\nendstream\nendobj\nstartxref\n%d\n%%%%EOF\n" % offsets[xref]
+    return bytes(out)
+
+
+async def test_a_pdf_that_unpacks_past_the_memory_cap_is_refused_and_the_bot_reads_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The child process had no cap on memory: a 6 kB PDF took it to 1.2 GB, a 20 kB one
+    to 3 GB (the host's OOM killer may then end the bot's own process). Its address space
+    is capped now: past max_memory_mb (300 MB here) the document is one sentence, while
+    one page of the same kind (74 MB) is read, and the next document is read as before."""
+    settings = DocumentSettings(max_memory_mb=300, timeout_s=300.0)
+    reader = DocumentReader(settings)
+    one = _source("one.pdf", _pages_each_in_an_object_stream(1))
+    assert await _refusal(settings, one) == phrases.DOC_EMPTY  # read: its page has no text
+    with (
+        caplog.at_level("WARNING", logger="bot.documents"),
+        pytest.raises(DocumentRefused) as refused,
+    ):
+        await reader.read(_source("bomb.pdf", _pages_each_in_an_object_stream(12)))
+    assert refused.value.sentence == phrases.DOC_TOO_MUCH_MEMORY
+    assert "over documents.max_memory_mb (300)" in caplog.text
+    assert "bomb" not in caplog.text
+    line = b"BT /F1 12 Tf 72 700 Td (The meeting is on Monday) Tj ET\n"
+    assert await reader.read(_source("notes.pdf", pdf(1, line))) == "The meeting is on Monday"
+
+
+async def test_a_reader_the_oom_killer_ends_is_refused_as_out_of_memory(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Where a container's memory limit is below max_memory_mb, the kernel's OOM killer ends
+    the child (SIGKILL) before its allocations fail: that was "damaged", as a parser crash."""
+    reader = DocumentReader(DocumentSettings(timeout_s=300.0))
+    line = b"BT /F1 12 Tf 72 700 Td (The meeting is on Monday) Tj ET\n"
+    others = set(multiprocessing.active_children())
+    reading = asyncio.create_task(reader.read(_source("notes.pdf", pdf(1, line))))
+    await asyncio.sleep(0)  # the read runs to its first wait: for the child started by then
+    (child,) = set(multiprocessing.active_children()) - others
+    child.kill()  # SIGKILL, as the OOM killer sends
+    with (
+        caplog.at_level("WARNING", logger="bot.documents"),
+        pytest.raises(DocumentRefused) as refused,
+    ):
+        await reading
+    assert refused.value.sentence == phrases.DOC_TOO_MUCH_MEMORY
+    assert "killed, out of the host's memory" in caplog.text
+
+
+async def test_a_long_pdf_with_images_is_read_within_the_default_memory_cap() -> None:
+    """40 pages of 4,000 characters, each with a 500 kB photo (not decoded to read the text):
+    a 20 MB file, read under the default max_memory_mb (the child took about 150 MB more
+    than at its start for a 40 MB one, pypdf's import included)."""
+    rng = random.Random(0)
+    words = [rng.randbytes(4).hex() for _ in range(300)]
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    kids = []
+    for page in range(40):
+        lines = (" ".join(rng.choices(words, k=9)) for _ in range(45))
+        text = "".join(
+            f"BT /F1 9 Tf 30 {770 - 16 * n} Td (p{page} {t}) Tj ET\n" for n, t in enumerate(lines)
+        )
+        drawn = zlib.compress(text.encode() + b"q 500 0 0 400 50 50 cm /Im0 Do Q\n")
+        photo = rng.randbytes(500_000)
+        first = len(objects) + 1
+        objects += [
+            b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(drawn), drawn),
+            b"<< /Type /XObject /Subtype /Image /Width 800 /Height 600 /ColorSpace /DeviceRGB "
+            b"/BitsPerComponent 8 /Filter /DCTDecode /Length %d >>\nstream\n%s\nendstream"
+            % (len(photo), photo),
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+            b"/Resources << /Font << /F1 3 0 R >> /XObject << /Im0 %d 0 R >> >> >>"
+            % (first, first + 1),
+        ]
+        kids.append(first + 2)
+    refs = b" ".join(b"%d 0 R" % k for k in kids)
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (refs, len(kids))
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    assert len(out) > 20_000_000
+    settings = DocumentSettings(max_bytes=50_000_000)
+    text = await DocumentReader(settings).read(_source("report.pdf", bytes(out)))
+    assert all(f"p{page} " in text for page in range(40))
+    assert len(text) > 150_000
 
 
 async def test_a_document_delivered_again_is_not_downloaded_again(tmp_path: Path) -> None:
