@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
+import io
 import os
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +53,68 @@ def no_gateway_heartbeat_left() -> Iterator[None]:
         thread.join(HEARTBEAT_END_S)
     alive = [t.name for t in left if t.is_alive()]
     assert not alive, f"a discord.py gateway heartbeat outlived the test: {alive}"
+
+
+# How long the tasks an async test left behind get to end once cancelled (cancelled again
+# every CANCEL_AGAIN_S: on Python 3.11 a cancellation that lands as a `wait_for` finishes can
+# be lost, CPython gh-86296).
+LEFT_TASKS_END_S = 15.0
+CANCEL_AGAIN_S = 1.0
+
+
+CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":  # for _left_tasks_end, which may stop the run before it is shown
+        item.stash[CALL_REPORT] = report
+    return report
+
+
+@pytest.fixture
+async def _left_tasks_end(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    yield
+    me = asyncio.current_task()
+    left = {task for task in asyncio.all_tasks() if task is not me}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LEFT_TASKS_END_S
+    while left and loop.time() < deadline:
+        for task in left:
+            task.cancel()
+        await asyncio.wait(left, timeout=CANCEL_AGAIN_S)
+        left = {task for task in left if not task.done()}
+    if not left:
+        return
+    # pytest-asyncio closes the test's loop next, waiting for every task without a limit:
+    # a task that will not end hung the whole run there (with no output, past pytest-timeout,
+    # whose alarm covers the test, not that wait). Said, then the run ends, non-zero.
+    stacks = io.StringIO()
+    for task in left:
+        task.print_stack(limit=12, file=stacks)
+    report = request.node.stash.get(CALL_REPORT, None)
+    if report is not None and report.failed:
+        stacks.write(f"\nThe test failed:\n{report.longreprtext}\n")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\n{request.node.nodeid}: {len(left)} task(s) it left do not end when cancelled "
+              f"({LEFT_TASKS_END_S:g} s); the run stops here.\n{stacks.getvalue()}",
+              file=sys.stderr, flush=True)  # fmt: skip
+    os._exit(3)
+
+
+@pytest.fixture(autouse=True)
+def left_tasks_end(request: pytest.FixtureRequest) -> None:
+    """An async test's leftover tasks are cancelled until they end, or the run stops saying
+    which they are (see _left_tasks_end) instead of hanging."""
+    marker = request.node.get_closest_marker("asyncio")
+    own_loop = marker is None or marker.kwargs.get("loop_scope", "function") == "function"
+    # A module's loop (an in-process engine's) keeps its tasks from one test to the next.
+    if inspect.iscoroutinefunction(request.function) and own_loop:
+        request.getfixturevalue("_left_tasks_end")
 
 
 @pytest.fixture
