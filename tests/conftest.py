@@ -79,14 +79,16 @@ def pytest_runtest_makereport(
 async def _left_tasks_end(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     yield
     me = asyncio.current_task()
-    left = {task for task in asyncio.all_tasks() if task is not me}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + LEFT_TASKS_END_S
+    # Read again each round: a task cancelled here may start another as it ends (in a
+    # `finally`), which pytest-asyncio would otherwise be the first to wait for.
+    left = asyncio.all_tasks() - {me}
     while left and loop.time() < deadline:
         for task in left:
             task.cancel()
         await asyncio.wait(left, timeout=CANCEL_AGAIN_S)
-        left = {task for task in left if not task.done()}
+        left = asyncio.all_tasks() - {me}
     if not left:
         return
     # pytest-asyncio closes the test's loop next, waiting for every task without a limit:

@@ -1,0 +1,54 @@
+"""tests/conftest.py's guard against an async test whose leftover tasks never end: it cancels
+them until they do, or ends the run (exit 3) saying which they are, instead of letting
+pytest-asyncio wait for them without a limit as it closes the test's loop. Run on a toy test,
+in a pytest process of its own: a hang there is the subprocess's timeout, not this run's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# A hang (the guard missed a task) takes this long to tell; the guard itself takes 2 s.
+HANG_S = 90
+
+TOY = """
+import asyncio
+
+import tests.conftest as guard
+
+guard.LEFT_TASKS_END_S = 2.0  # the guard's limit, for this toy run only
+
+
+async def test_a_left_task_starts_a_stubborn_one_when_cancelled() -> None:
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass  # swallowed: this one never ends
+
+    async def parent() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:  # a cleanup that starts a task of its own as it ends
+            asyncio.get_running_loop().create_task(stubborn())
+
+    asyncio.get_running_loop().create_task(parent())
+    await asyncio.sleep(0)
+"""
+
+
+def test_a_task_started_while_the_left_ones_are_cancelled_stops_the_run(tmp_path: Path) -> None:
+    """The guard read the test's tasks once: a task that one of them started as it was
+    cancelled was left to pytest-asyncio, and the run hung there with no output."""
+    toy = tmp_path / "test_toy.py"
+    toy.write_text(TOY)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    command += ["-p", "tests.conftest", "-c", str(ROOT / "pyproject.toml")]
+    command += ["--rootdir", str(ROOT), str(toy)]
+    ended = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_S)
+    assert ended.returncode == 3, ended.stdout + ended.stderr
+    assert "1 task(s) it left do not end when cancelled" in ended.stderr
+    assert "stubborn" in ended.stderr  # the task's stack names it
