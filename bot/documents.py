@@ -51,6 +51,9 @@ SUFFIXES |= {".html": "html", ".htm": "html", ".pdf": "pdf"}
 # The child's exit status when reading passed its memory cap (a Python process ending on its
 # own exits 0, or 1 on an exception).
 _OUT_OF_MEMORY = 3
+# How long a child that closed its end of the pipe gets to exit (one past its memory cap
+# exits at once, and one the kernel killed is gone) before it is taken for damaged.
+CHILD_EXIT_S = 5.0
 # Ended by SIGKILL though the parent never killed it: the kernel's OOM killer (a container's
 # limit below max_memory_mb). Windows has no signal of that name, and no such end.
 _KILLED = -getattr(signal, "SIGKILL", 9)
@@ -164,7 +167,9 @@ async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
         try:
             outcome: tuple[str, str, dict[str, int]] = receiver.recv()
         except EOFError:  # the child died: out of memory, or a crash in a parser
-            await asyncio.to_thread(child.join)
+            # Bounded: a child that closed its end but does not exit must not hold the slot
+            # (still running: "damaged", and it is killed below).
+            await asyncio.to_thread(child.join, CHILD_EXIT_S)
             if child.exitcode == _OUT_OF_MEMORY:
                 log.warning("document refused: over documents.max_memory_mb (%d)", s.max_memory_mb)
             elif child.exitcode == _KILLED:

@@ -640,6 +640,27 @@ async def test_a_delivery_without_the_path_secret_says_in_the_log_which_url_to_u
     assert all(secret not in line for line in lines)
 
 
+async def test_each_message_over_the_limit_past_the_path_secret_is_logged(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past the path secret only Chatwoot can deliver, and it does not retry a 413: each
+    body over max_body_bytes is a customer's message lost, so each is a line (the review of
+    bot.logthrottle: throttled, the second of a minute was only counted)."""
+    await migrate.upgrade(postgres_url)
+    secret = "a-long-random-path-secret-0123456789"
+    section = {"webhook_secret": None, "account_webhook_secret": None, "path_secret": secret}
+    async with chatwoot_worker(postgres_url, ScriptedBackend(), **section) as w:
+        fake = w.fake
+        conv = fake.conversation(10)
+        fake.webhook_url = f"{fake.webhook_url}/{secret}"
+        with caplog.at_level(logging.WARNING, logger="adapters.chatwoot.webhook"):
+            for _ in range(2):
+                assert await fake.contact_says(conv, "\U0001f600" * 300_000) == 413
+    lost = [r for r in caplog.records if "over max_body_bytes" in r.getMessage()]
+    assert len(lost) == 2
+    assert all(secret not in r.getMessage() for r in caplog.records)
+
+
 async def test_a_delivery_to_a_path_secret_parley_was_not_given_says_which_url_to_use(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

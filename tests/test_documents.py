@@ -8,16 +8,18 @@ import codecs
 import io
 import multiprocessing
 import random
+import time
 import tracemalloc
 import zipfile
 import zlib
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import phrases
+from bot import documents, phrases
 from bot.documents import DocumentReader, DocumentRefused, DocumentSource, extract
 from bot.policy import AccessRules
 from bot.settings import DocumentSettings, load_settings
@@ -272,6 +274,32 @@ async def test_a_reader_the_oom_killer_ends_is_refused_as_out_of_memory(
         await reading
     assert refused.value.sentence == phrases.DOC_TOO_MUCH_MEMORY
     assert "killed, out of the host's memory" in caplog.text
+
+
+def _closes_its_end_and_stays(sender: Connection, *_: object) -> None:
+    """A reading child that closed its end of the pipe but does not exit (stuck in its
+    interpreter's clean-up, say): spawned by reference, so a module-level function."""
+    sender.close()
+    time.sleep(3600)
+
+
+async def test_a_reader_that_closed_its_pipe_but_stays_does_not_hold_the_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parent waited for such a child to exit with no limit before it looked at how it
+    ended (the reviewer's find): the sender's slot held for as long as the child stayed,
+    past timeout_s. It waits CHILD_EXIT_S at most: "damaged", and the child is killed."""
+    monkeypatch.setattr(documents, "_child", _closes_its_end_and_stays)
+    reader = DocumentReader(DocumentSettings(timeout_s=300.0))
+    others = set(multiprocessing.active_children())
+    # A hang detector, not a timing: before the change this waited for the child's hour.
+    async with asyncio.timeout(120):
+        with pytest.raises(DocumentRefused) as refused:
+            await reader.read(_source("notes.txt", b"the meeting is on Monday"))
+    assert refused.value.sentence == phrases.DOC_DAMAGED
+    for child in set(multiprocessing.active_children()) - others:
+        child.join(10)
+        assert not child.is_alive()
 
 
 async def test_a_long_pdf_with_images_is_read_within_the_default_memory_cap() -> None:

@@ -155,9 +155,11 @@ class HttpHost:
             await asyncio.shield(serving)
         finally:  # cancelled: let uvicorn finish its own shutdown (open connections closed)
             server.should_exit = True
-            await asyncio.gather(serving, return_exceptions=True)
-            sock.close()
-            refusals.logger.removeFilter(refusals)
+            try:
+                await asyncio.gather(serving, return_exceptions=True)
+            finally:  # a second cancellation during that wait must not leave the filter on
+                sock.close()
+                refusals.logger.removeFilter(refusals)
 
     async def _healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok")
