@@ -90,6 +90,11 @@ def pdf(pages: int, content: bytes) -> bytes:
         + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
+    return serialized_pdf(objects)
+
+
+def serialized_pdf(objects: list[bytes]) -> bytes:
+    """A PDF file of `objects` (numbered from 1, the catalog first) and their offsets."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -334,21 +339,10 @@ async def test_a_long_pdf_with_images_is_read_within_the_default_memory_cap() ->
         kids.append(first + 2)
     refs = b" ".join(b"%d 0 R" % k for k in kids)
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (refs, len(kids))
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
+    out = serialized_pdf(objects)
     assert len(out) > 20_000_000
     settings = DocumentSettings(max_bytes=50_000_000)
-    text = await DocumentReader(settings).read(_source("report.pdf", bytes(out)))
+    text = await DocumentReader(settings).read(_source("report.pdf", out))
     assert all(f"p{page} " in text for page in range(40))
     assert len(text) > 150_000
 
