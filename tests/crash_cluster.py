@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import os
 import random
 import re
@@ -364,6 +365,11 @@ class Users:
 # group that message is the answer's first piece, which nobody can edit afterwards either: it
 # stays as it was, a half answer above the full one (tests/test_crash_window.py).
 UNKNOWABLE_WINDOW_S = 0.5
+# After a SIGKILL (or a pause), by when another worker has taken over what the victim was
+# showing: its liveness key lapses (3 s), then its lease (conversation.lock_ttl_s, 6 s), then
+# an orphan sweep finds the message (sweep_interval_s 2 s, orphan_after_s 5 s), with margin
+# for a loaded machine.
+TAKEOVER_WITHIN_S = 30.0
 
 
 @dataclass
@@ -520,14 +526,24 @@ async def settle(
     within_s: float,
     killed_at: Sequence[float] = (),
 ) -> Verdict:
-    """Wait until every question is answered completely (or `within_s` passed)."""
+    """Wait until every question is answered completely (or `within_s` passed), and stays
+    so once a worker killed or paused meanwhile can no longer be taken over."""
     deadline = time.monotonic() + within_s
     while True:
         verdict = read_chats(api, users, model, first_seen, killed_at)
         done = not verdict.lost and not verdict.half_answers
-        if done or time.monotonic() > deadline:
-            await asyncio.sleep(2.0 if done else 0)  # nothing more may arrive: no late duplicate
-            return read_chats(api, users, model, first_seen, killed_at)
+        if time.monotonic() > deadline:
+            return verdict
+        if done:
+            # Nothing more may arrive (no late duplicate): 2 s, and past TAKEOVER_WITHIN_S of
+            # the last kill, when an answer a killed worker showed in full but never recorded
+            # is taken over, and shown again from its start (a CI run read it there, half).
+            last = max(killed_at, default=-math.inf) + TAKEOVER_WITHIN_S
+            await asyncio.sleep(max(2.0, last - time.monotonic()))
+            verdict = read_chats(api, users, model, first_seen, killed_at)
+            if not verdict.lost and not verdict.half_answers:
+                return verdict
+            continue  # a takeover shows an answer again: until it is whole
         await asyncio.sleep(0.5)
 
 
