@@ -157,7 +157,7 @@ async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     caps = (s.max_pages, s.max_chars, s.max_memory_mb)
-    child = context.Process(target=_child, args=(sender, kind, data, *caps), daemon=True)
+    child = context.Process(target=read_in_child, args=(sender, kind, data, *caps), daemon=True)
     child.start()
     sender.close()
     try:
@@ -188,9 +188,11 @@ async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
     return text
 
 
-def _child(
+def read_in_child(
     sender: Connection, kind: str, data: bytes, max_pages: int, max_chars: int, max_mb: int
 ) -> None:
+    """The reading child process's entry: extract() under the memory cap, its outcome sent
+    through `sender` (spawned by reference, so a test can give the process another)."""
     _cap_address_space(max_mb)
     # A spawned process has no logging set up: without a handler, logging's last resort
     # wrote each of pypdf's warnings about a damaged file (thousands for one hostile PDF,

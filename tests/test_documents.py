@@ -294,7 +294,7 @@ async def test_a_reader_that_closed_its_pipe_but_stays_does_not_hold_the_slot(
     """The parent waited for such a child to exit with no limit before it looked at how it
     ended (the reviewer's find): the sender's slot held for as long as the child stayed,
     past timeout_s. It waits CHILD_EXIT_S at most: "damaged", and the child is killed."""
-    monkeypatch.setattr(documents, "_child", _closes_its_end_and_stays)
+    monkeypatch.setattr(documents, "read_in_child", _closes_its_end_and_stays)
     reader = DocumentReader(DocumentSettings(timeout_s=300.0))
     others = set(multiprocessing.active_children())
     # A hang detector, not a timing: before the change this waited for the child's hour.
