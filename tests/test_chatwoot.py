@@ -4,6 +4,7 @@ takes Parley's API calls; the model is a scripted backend that translates a few 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -43,6 +44,23 @@ TRANSLATIONS = {
         "Where is my parcel? It has been on its way for a week."
     ),
 }
+
+
+PATH_SECRET = "a-long-random-path-secret-0123456789"
+
+
+@contextlib.asynccontextmanager
+async def _path_secret_worker(postgres_url: str) -> AsyncIterator[ChatwootWorker]:
+    """A worker set up as Chatwoot before 4.13 needs it: no signatures, PATH_SECRET in the
+    webhook URL."""
+    await migrate.upgrade(postgres_url)
+    section: dict[str, Any] = {
+        "webhook_secret": None,
+        "account_webhook_secret": None,
+        "path_secret": PATH_SECRET,
+    }
+    async with chatwoot_worker(postgres_url, ScriptedBackend(), **section) as worker:
+        yield worker
 
 
 def translating(request: GenerationRequest) -> str:
@@ -260,10 +278,8 @@ async def test_a_429_from_chatwoot_delays_the_answer_but_loses_nothing(
 
 async def test_without_signatures_the_secret_path_authenticates(postgres_url: str) -> None:
     """Chatwoot before 4.13 does not sign agent bot webhooks: the secret is in the URL."""
-    await migrate.upgrade(postgres_url)
-    secret = "a-long-random-path-secret-0123456789"
-    section = {"webhook_secret": None, "account_webhook_secret": None, "path_secret": secret}
-    async with chatwoot_worker(postgres_url, ScriptedBackend(), **section) as w:
+    secret = PATH_SECRET
+    async with _path_secret_worker(postgres_url) as w:
         fake = w.fake
         conv = fake.conversation(7)
         base = fake.webhook_url
@@ -620,10 +636,8 @@ async def test_a_delivery_without_the_path_secret_says_in_the_log_which_url_to_u
     left out) got a plain 404 and Parley logged nothing: every delivery lost, and no line
     telling the operator why. It is 403, and a warning names the URL to give Chatwoot (the
     secret itself never)."""
-    await migrate.upgrade(postgres_url)
-    secret = "a-long-random-path-secret-0123456789"
-    section = {"webhook_secret": None, "account_webhook_secret": None, "path_secret": secret}
-    async with chatwoot_worker(postgres_url, ScriptedBackend(), **section) as w:
+    secret = PATH_SECRET
+    async with _path_secret_worker(postgres_url) as w:
         fake = w.fake
         conv = fake.conversation(9)
         base = fake.webhook_url  # .../chatwoot/webhook, as step 2 of the set-up gives it
@@ -646,10 +660,8 @@ async def test_each_message_over_the_limit_past_the_path_secret_is_logged(
     """Past the path secret only Chatwoot can deliver, and it does not retry a 413: each
     body over max_body_bytes is a customer's message lost, so each is a line (the review of
     bot.logthrottle: throttled, the second of a minute was only counted)."""
-    await migrate.upgrade(postgres_url)
-    secret = "a-long-random-path-secret-0123456789"
-    section = {"webhook_secret": None, "account_webhook_secret": None, "path_secret": secret}
-    async with chatwoot_worker(postgres_url, ScriptedBackend(), **section) as w:
+    secret = PATH_SECRET
+    async with _path_secret_worker(postgres_url) as w:
         fake = w.fake
         conv = fake.conversation(10)
         fake.webhook_url = f"{fake.webhook_url}/{secret}"
