@@ -12,6 +12,8 @@ answer belongs to that delivery:
 - another worker that finds the delivery unfinished leaves it alone while its worker is alive
   (`holder_alive`), and otherwise takes it over: it answers the same messages again and shows
   the new answer by editing the pieces the dead worker showed, so the user sees one answer;
+  where it showed some, the new answer is handed to the sink whole, as one chunk (each piece
+  is edited once, to its final text, never cut back to the new answer's first words);
 - a turn that fails after showing something abandons its delivery (anyone may finish it);
   one that showed nothing clears it, and its messages stay pending for another try.
 """

@@ -1646,13 +1646,18 @@ class ConversationManager:
         # sink pulls the first chunk (which sends the request) as the record is written, and
         # gets that chunk only once the record is in (`_begun_first`).
         beginning = asyncio.create_task(turn.begin(), name=f"begin delivery {key}")
+        stream = _begun_first(turn, beginning, chunks)
+        if turn.shown_something:
+            # A delivery taken over whose messages already show an answer (a dead worker's,
+            # whole or half): the new one is shown once it is whole, each message edited once
+            # to its final text. Streamed into them, the chat saw that answer cut back to its
+            # first words, then growing again.
+            stream = _whole(stream)
         token = showing(turn)
         try:
             # Threaded to the newest message it answers (a merged turn answers several).
             await sink.deliver(
-                key,
-                self._first_seen(_begun_first(turn, beginning, chunks)),
-                reply_to=batch[-1].platform_message_id,
+                key, self._first_seen(stream), reply_to=batch[-1].platform_message_id
             )
             await asyncio.shield(beginning)  # an answer of no chunks at all is begun as well
         finally:
@@ -1790,6 +1795,16 @@ async def _begun_first(
         beginning.result()
         await turn.may_show()
         yield chunk
+
+
+async def _whole(chunks: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
+    """`chunks` handed on as one, once the last has come (nothing where there was none).
+    What ends the stream early (the delivery's record failing, Superseded, the model's
+    failure before its first text) still ends it before anything is shown."""
+    async with aclosing(chunks):
+        parts = [chunk async for chunk in chunks]
+    if parts:
+        yield "".join(parts)
 
 
 def _delivery_failed(key: ConversationKey, exc: Exception) -> None:

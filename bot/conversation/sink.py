@@ -124,7 +124,10 @@ class Shown(Protocol):
     (piece index -> the platform's reference to it), which the sink edits instead of sending
     new ones, and `showed`, which the sink calls as soon as it knows the reference of a piece
     it sent. So a turn cut by a crash is finished by editing its own half answer, never left
-    half and answered again. References are what the platform gives (ints or strings)."""
+    half and answered again. References are what the platform gives (ints or strings). Where
+    `pieces` holds some as the delivery starts, the core hands the answer whole, in one chunk:
+    those messages go from the old text to the final one, never through the new answer's
+    first words."""
 
     @property
     def pieces(self) -> dict[int, str | int]: ...
