@@ -7,7 +7,8 @@ that records every send and edit, as a chat would show them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,25 @@ class SurfaceSink:
         await Streamer(self.surface, Pacing(interval_s=0, limit=4096)).play(chunks)
 
 
+class HangsAfter(ScriptedBackend):
+    """Streams `words` words of ANSWER, says so (`streaming`), then waits for ever (a slow
+    model a /stop ends)."""
+
+    def __init__(self, words: int) -> None:
+        super().__init__(lambda request: ANSWER, delay=lambda: 0.0)
+        self.words = words
+        self.streaming = asyncio.Event()
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        sent = 0
+        async for chunk in super().stream(request):
+            if sent == self.words:
+                self.streaming.set()
+                await asyncio.Event().wait()
+            sent += 1
+            yield chunk
+
+
 class FailsAfter(ScriptedBackend):
     """Streams `words` words of ANSWER, then fails as a model server that went away."""
 
@@ -71,12 +91,15 @@ async def count(text: str) -> int:
 
 
 async def taken_over(
-    tmp_path: Path, shown: dict[int, str], backend: ScriptedBackend
+    tmp_path: Path,
+    shown: dict[int, str],
+    backend: ScriptedBackend,
+    meanwhile: Callable[[ConversationManager], Awaitable[None]] | None = None,
 ) -> tuple[RecordingSurface, list[str]]:
     """A question whose answer a dead worker showed in the chat's messages `shown` (message
     id -> its text) and noted as its delivery's pieces, unrecorded; then a worker's
-    ConversationManager answers it. What that worker did to the chat, and the answers SQL
-    recorded."""
+    ConversationManager answers it (`meanwhile` done as it does). What that worker did to
+    the chat, and the answers SQL recorded."""
     url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
     settings = Settings(
         database={"url": url},  # type: ignore[arg-type]
@@ -110,7 +133,10 @@ async def taken_over(
                 await store.note_delivery(cid, lease.epoch, {index: index for index in shown})
         manager.start()
         assert await manager.recover() == 1
+        if meanwhile is not None:
+            await meanwhile(manager)
         assert await manager.wait_answered(recorded)
+        await manager.wait_idle()
         history = await store.history(cid, 10)
     finally:
         await manager.aclose()
@@ -159,6 +185,24 @@ async def test_a_model_that_fails_before_its_first_word_in_a_takeover_says_so_on
     sentence = phrases.say(BackendUnavailable("").user_message, "")
     assert surface.calls == [("edit", 0, sentence, False)]
     assert answers == [sentence]
+
+
+async def test_a_takeover_stopped_by_the_user_shows_what_came_and_the_note_once(
+    tmp_path: Path,
+) -> None:
+    """/stop while the new answer is made: the message is edited once, to what the model
+    wrote and the note, which is what is recorded; the model's request is aborted."""
+    backend = HangsAfter(words=3)
+
+    async def stop(manager: ConversationManager) -> None:
+        await backend.streaming.wait()
+        await manager.submit(Incoming(KEY, User("test", "u1", "Ada"), "/stop", "m2"))
+
+    surface, answers = await taken_over(tmp_path, {0: OLD}, backend, stop)
+    stopped = "the answer is" + f"\n\n{phrases.say(phrases.STOPPED, '')}"
+    assert [call for call in surface.calls if call[1] == 0] == [("edit", 0, stopped, False)]
+    assert answers[0] == stopped
+    assert backend.closed_early == 1
 
 
 async def test_a_takeover_of_a_delivery_that_showed_nothing_streams_as_usual(
