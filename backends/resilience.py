@@ -165,6 +165,7 @@ class ResilientBackend:
         name: str = "",
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.inner = inner
         self.name = name or settings.model
@@ -180,6 +181,7 @@ class ResilientBackend:
         )
         self.first_token = FirstTokenLimit(settings.timeouts)
         self._rng = rng or random.Random()
+        self._sleep = sleep  # the pause before a retry (tests read the delay it is given)
         self.counts = RequestCounts()
 
     @property
@@ -302,5 +304,5 @@ class ResilientBackend:
             return False
         log.info("%s: retry %d in %.2f s after %s", self.name, attempt, delay, exc)
         self.counts.retries += 1
-        await asyncio.sleep(delay)
+        await self._sleep(delay)
         return True
