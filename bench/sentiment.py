@@ -8,9 +8,12 @@ The evaluation set (bench/data/sentiment_eval.jsonl, one JSON object a line: id,
 label negative/neutral/positive, angry) was written by someone who did not tune the
 classifier, for this purpose; the classifier was built on bench/data/sentiment_dev.jsonl.
 Printed: accuracy per language, precision/recall/F1 per label, precision/recall of the angry
-flag, the time per message, and as the last line `macro-F1 <value>` of the offline path (with
---model the model path's block comes before it). Exit 1 when that macro-F1 is below 0.75 (the
-target of the issue, fixed before measuring) or the file has no usable line.
+flag, the time per message, the time of one 5 MB paste, and as the last line
+`macro-F1 <value>` of the offline path (with --model the model path's block comes before it).
+Exit 1 when that macro-F1 is below 0.75 (the target of the issue, fixed before measuring),
+when the offline path takes more than 1 ms a message or 500 ms for the paste (the bounds
+tests/test_sentiment.py asserted until 2026-12-07; tests do not time), or the file has no
+usable line.
 
 The model path is the intent router's own call (bot.skills.intents.read_message): the same
 prompt, schema and intents as a running Parley, so it measures what production reads.
@@ -38,6 +41,10 @@ from bot.sentiment.types import Label, Sentiment
 
 EVAL = Path(__file__).parent / "data" / "sentiment_eval.jsonl"
 TARGET = 0.75
+MAX_MS_PER_MESSAGE = 1.0
+MAX_MS_PASTE = 500.0
+# A pasted log of 5 MB: only its start and end are read, so it costs about one message.
+PASTE = "The service was terrible. " * 200_000
 LABELS = tuple(label.value for label in Label)
 
 
@@ -111,11 +118,22 @@ def warm_up() -> None:
         load_lexicon(code)
 
 
-def timed(run: Callable[[], list[Sentiment]], count: int) -> list[Sentiment]:
+def timed(run: Callable[[], list[Sentiment]], count: int) -> tuple[list[Sentiment], bool]:
+    """What `run` found, and whether it kept to MAX_MS_PER_MESSAGE (printed beside it)."""
     start = time.perf_counter()
     found = run()
-    print(f"time per message {(time.perf_counter() - start) / max(count, 1) * 1000:.3f} ms")
-    return found
+    ms = (time.perf_counter() - start) / max(count, 1) * 1000
+    print(f"time per message {ms:.3f} ms (target <= {MAX_MS_PER_MESSAGE:g} ms)")
+    return found, ms <= MAX_MS_PER_MESSAGE
+
+
+def paste_in_time() -> bool:
+    """Whether one 5 MB paste is classified within MAX_MS_PASTE (printed beside it)."""
+    start = time.perf_counter()
+    classify(PASTE, "en")
+    ms = (time.perf_counter() - start) * 1000
+    print(f"time of a 5 MB paste {ms:.1f} ms (target <= {MAX_MS_PASTE:g} ms)")
+    return ms <= MAX_MS_PASTE
 
 
 async def model_path(examples: Sequence[Example]) -> list[Sentiment] | None:
@@ -169,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"model macro-F1 {report('model', examples, found):.3f}")
     warm_up()
-    found = timed(lambda: offline(examples), len(examples))
+    found, fast = timed(lambda: offline(examples), len(examples))
+    fast = paste_in_time() and fast
     score = report("offline", examples, found)
     print(f"macro-F1 {score:.3f}")
-    return 0 if score >= TARGET else 1
+    return 0 if score >= TARGET and fast else 1
 
 
 if __name__ == "__main__":

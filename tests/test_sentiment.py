@@ -8,14 +8,15 @@ the development set through its own entry point.
 
 from __future__ import annotations
 
-import time
+import re
 from pathlib import Path
 
 import pytest
 
 from bench import sentiment as bench
+from bot.sentiment import classifier
 from bot.sentiment.classifier import classify
-from bot.sentiment.lexicon import LEXICON_DIR, available, load
+from bot.sentiment.lexicon import LEXICON_DIR, available, load, tokenize
 from bot.sentiment.types import Label
 
 NEG, NEU, POS = Label.NEGATIVE, Label.NEUTRAL, Label.POSITIVE
@@ -175,21 +176,20 @@ def test_nul_bytes_and_unknown_languages_do_not_break_it() -> None:
     assert classify("ótimo atendimento", "pt-BR").label is POS  # a tag: its language
 
 
-def test_huge_input_is_read_in_bounded_time() -> None:
-    huge = "The service was terrible. " * 200_000  # 5 MB
-    start = time.perf_counter()
-    found = classify(huge, "en")
-    assert time.perf_counter() - start < 0.5
+def test_huge_input_is_read_in_bounded_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a 5 MB paste's start and end are read (its time is bench.sentiment's target):
+    every word the classifier reads goes through the tokenizer, which sees a few thousand
+    characters of it, and the paste keeps its label."""
+    read: list[int] = []
+
+    def counting(text: str, *, casefold: bool = True) -> list[str]:
+        read.append(len(text))
+        return tokenize(text, casefold=casefold)
+
+    monkeypatch.setattr(classifier, "tokenize", counting)
+    found = classify(bench.PASTE, "en")
+    assert len(bench.PASTE) == 5_200_000 and read and max(read) <= 2_001
     assert found.label is NEG
-
-
-def test_a_message_takes_well_under_a_millisecond() -> None:
-    text = "Hello, my order 4471 arrived yesterday but the box was damaged. What can I do?"
-    classify(text, "en")
-    start = time.perf_counter()
-    for _ in range(200):
-        classify(text, "en")
-    assert (time.perf_counter() - start) / 200 < 0.001
 
 
 def test_every_locale_has_a_lexicon_that_loads() -> None:
@@ -206,7 +206,13 @@ def test_the_bench_prints_its_metrics_on_a_slice_of_the_dev_set(
     status = bench.main(["--data", str(DEV), "--limit", "30"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith("macro-F1 ")
-    assert float(lines[-1].split()[1]) >= bench.TARGET and status == 0
+    assert float(lines[-1].split()[1]) >= bench.TARGET
+    # The times are printed beside their targets; the verdict follows them (not asserted
+    # here: a loaded machine may miss them, and tests do not time).
+    times = [re.fullmatch(r"time .* ([\d.]+) ms \(target <= ([\d.]+) ms\)", line) for line in lines
+             if line.startswith("time ")]  # fmt: skip
+    met = [float(t[1]) <= float(t[2]) for t in times if t is not None]
+    assert len(met) == 2 and status == (0 if all(met) else 1)
     assert any(line.startswith("accuracy en ") for line in lines)
     assert any(line.startswith("angry     precision") for line in lines)
 
