@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from datetime import datetime
 
 import pytest
+from tenacity import RetryCallState
 
 from adapters.chatwoot.client import ChatwootClient, ChatwootError, ConversationRef
 from adapters.chatwoot.payloads import (
@@ -36,13 +36,19 @@ async def test_a_429_is_retried_after_retry_after_and_then_succeeds() -> None:
     conv = fake.conversation(5)
     async with fake.serving() as url:
         client = ChatwootClient(_settings(url))
+        chose: list[float] = []  # the pause the client chose before each retry
+        wait = client.wait
+
+        def recorded(state: RetryCallState) -> float:
+            chose.append(wait(state))
+            return chose[-1]
+
+        client.wait = recorded  # type: ignore[assignment,method-assign]
         fake.fail_next(429, retry_after="1")
-        started = time.monotonic()
         await client.post_message(ConversationRef(ACCOUNT, 5), "hello", private=False)
-        waited = time.monotonic() - started
         await client.aclose()
     assert [c.status for c in fake.api_calls("/messages")] == [429, 200]
-    assert waited >= 1.0  # Chatwoot's Retry-After, not the quick exponential pause
+    assert chose == [1.0]  # Chatwoot's Retry-After, not the quick exponential pause (0.5 s)
     assert fake.public_replies(conv) == ["hello"]
 
 

@@ -119,15 +119,13 @@ async def test_a_stop_ends_soon_after_the_grace_when_the_database_hangs(
                 api.push_update(text_update(2, 42, "are you there?"))
                 await asyncio.sleep(1.0)  # its record is waiting on the database
                 process.send_signal(signal.SIGTERM)
-                loop = asyncio.get_running_loop()
-                started = loop.time()
+                # Ended by the hard stop, which says so below (before it, `finish`'s guard of
+                # EXIT_WITHIN_S failed: the stop took two minutes).
                 status, err = await finish(process)
-                took = loop.time() - started
     finally:
         proxy.frozen = False
         await proxy.aclose()
     assert status == 3, err
-    assert took < 2 + 2 + 3, took  # the grace, HARD_STOP_EXTRA_S, a start-up's slack
     assert err.endswith(
         "parley: error: the stop did not finish within 4 s (a database or service that does "
         "not answer): exiting; unanswered messages stay pending in SQL\n"
