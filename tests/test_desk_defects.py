@@ -188,13 +188,15 @@ async def test_a_request_claimed_by_a_worker_that_died_is_handed_on_once_its_cla
     claim no longer renewed) is taken over by a worker that found it claimed at its start."""
     async with stack(pg, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _):
         cid, since = await _waiting_request(app, adapter, 6)
-        assert await app.desk.repo.claim_request(cid, since, "dead-worker", 0.5) is True
+        # A claim that holds however long this worker takes to start, until its last renewal.
+        assert await app.desk.repo.claim_request(cid, since, "dead-worker", 600.0) is True
         desk = _worker(app)
         await desk.start()
         bridge = RecordingBridge()
         desk.attach(bridge)
         await desk.idle()
         assert bridge.events == []  # the claim holds: its worker may still hand it on
+        assert await app.desk.repo.renew_claims("dead-worker", 0.0) == 1  # then it died
         await _until(lambda: bool(bridge.events), "the lapsed claim taken over")
         await desk.idle()
         assert [(e.kind, e.key) for e in bridge.events] == [(EventKind.REQUESTED, KEY)]
@@ -332,14 +334,18 @@ async def test_the_claims_loop_survives_an_unexpected_error(pg: str) -> None:
     watched were never taken over. It now logs the error and goes on at the next beat."""
     async with stack(pg, ScriptedBackend(), bridge=RecordingBridge()) as (app, adapter, _):
         cid, since = await _waiting_request(app, adapter, 9)
-        assert await app.desk.repo.claim_request(cid, since, "dead-worker", 0.5) is True
+        # A claim that holds however long this worker takes to start, until its last renewal.
+        assert await app.desk.repo.claim_request(cid, since, "dead-worker", 600.0) is True
         repo = _RenewFailsOnce(app)
         notes = NoteWriter(app.store, repo, None, agent_language="en", history_messages=10)
         desk = CoreDesk(app.store, repo, notes, lambda c, k: None, claim_ttl_s=0.3)
         await desk.start()
         bridge = RecordingBridge()
         desk.attach(bridge)
-        await _until(lambda: bool(bridge.events), "the lapsed claim taken over", 10.0)
+        await desk.idle()
+        assert bridge.events == []  # found claimed: only the claims loop can take it over
+        assert await app.desk.repo.renew_claims("dead-worker", 0.0) == 1  # then it died
+        await _until(lambda: bool(bridge.events), "the lapsed claim taken over")
         await desk.idle()
         assert repo.renewals > 1
         assert [(e.kind, e.key) for e in bridge.events] == [(EventKind.REQUESTED, KEY)]
