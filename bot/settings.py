@@ -859,6 +859,12 @@ class HttpSettings(_Section):
     # connection is closed: a client that announces a large body and then sends a byte now
     # and then (slowloris) would hold a connection and a task for ever.
     body_timeout_s: float = Field(30.0, ge=0.1, le=3600)
+    # A request's line and headers must arrive whole within this many seconds of its first
+    # byte (of the connection, for its first request), or it gets 408 and the connection is
+    # closed (a connection that sent nothing is closed without a word): a client that opens
+    # connections and sends a header byte now and then (slowloris) would hold each for ever,
+    # and enough of them use up the worker's file descriptors.
+    header_timeout_s: float = Field(10.0, ge=0.1, le=3600)
 
 
 class MetricsSettings(_Section):

@@ -29,6 +29,8 @@ from bot.errors import AdapterError, ConfigError
 from bot.logthrottle import ThrottledLog
 from bot.settings import HttpSettings
 
+from .head_deadline import head_deadline_protocol
+
 log = logging.getLogger(__name__)
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
@@ -143,7 +145,8 @@ class HttpHost:
             access_log=False,
             log_level="warning",
             log_config=None,
-            http="h11",
+            # With a time limit on each request's line and headers (http.header_timeout_s).
+            http=head_deadline_protocol(self._settings.header_timeout_s),
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         )
         server = EmbeddedServer(config)

@@ -1,0 +1,102 @@
+"""A client that opens a connection and sends nothing, or a request's line and headers a byte
+now and then (slowloris), held that connection for as long as it liked: uvicorn has no time
+limit on a request's head, only Parley's on a body (`http.body_timeout_s`) and uvicorn's on
+the wait between two requests, which ends with the next request's first byte. Enough such
+connections (one client, a few thousand sockets) use up the worker's file descriptors, and
+every other visitor is refused. A head must now arrive within `http.header_timeout_s`: 408
+and the connection closed where a part of it came, closed without a word where nothing came.
+The real HTTP host (uvicorn) that serves the support API and the webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from adapters.kit.http import HttpHost
+from bot.settings import HttpSettings
+
+TIMEOUT_S = 0.5
+# Long enough for any head sent whole: the server waits no longer than TIMEOUT_S for one.
+WITHIN_S = 10 * TIMEOUT_S + 5
+SERVED = b"GET /healthz HTTP/1.1\r\nHost: parley\r\n\r\n"
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    host = HttpHost(HttpSettings(port=port, header_timeout_s=TIMEOUT_S))
+    serving = asyncio.create_task(host.serve())
+    try:
+        for _ in range(200):  # until it listens
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            await asyncio.sleep(0.02)
+        yield port
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+
+
+async def _raw(port: int, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+async def _until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    try:
+        async with asyncio.timeout(WITHIN_S):
+            return await reader.read()  # to the end: the server closes the connection
+    finally:
+        writer.close()
+
+
+async def _served(port: int) -> bytes:
+    reader, writer = await _raw(port, SERVED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    return await _until_closed(reader, writer)
+
+
+async def test_a_head_that_never_ends_gets_408_and_the_connection_is_closed(port: int) -> None:
+    reader, writer = await _raw(port, b"POST /v1/messages HTTP/1.1\r\nHost: parley\r\n")
+    answer = await _until_closed(reader, writer)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 408 Request Timeout", answer[:200]
+    assert b'"code": "request_timeout"' in rest
+    assert (await _served(port)).endswith(b"ok")  # others are served as before
+
+
+async def test_a_connection_that_sends_nothing_is_closed(port: int) -> None:
+    reader, writer = await _raw(port, b"")
+    assert await _until_closed(reader, writer) == b""
+    assert (await _served(port)).endswith(b"ok")
+
+
+async def test_a_slow_head_on_a_kept_alive_connection_is_cut_too(port: int) -> None:
+    reader, writer = await _raw(port, SERVED)
+    async with asyncio.timeout(WITHIN_S):
+        first = await reader.readuntil(b"ok")
+    assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+    # The next request's head begins and never ends: uvicorn's wait for the next request
+    # stopped at its first byte.
+    writer.write(b"GET /healthz HTTP/1.1\r\n")
+    await writer.drain()
+    answer = await _until_closed(reader, writer)
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer[:200]
+
+
+async def test_a_head_sent_in_pieces_is_served(port: int) -> None:
+    reader, writer = await _raw(port, b"GET /healthz HTTP/1.1\r\n")
+    writer.write(b"Host: parley\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answer = await _until_closed(reader, writer)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert answer.endswith(b"ok")
