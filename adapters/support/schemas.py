@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Literal
 
@@ -164,14 +165,26 @@ class AgentEvent(BaseModel):
 BOT_NAMES = ("Parley",)
 
 
+# Characters that show nothing, though Unicode calls them letters, symbols or marks (so that
+# a name of them is printable and no space to Python): the Hangul fillers (the usual "blank"
+# display name), the braille blank, and the combining marks without a glyph of their own (the
+# grapheme joiner, variation selectors, Mongolian and Khmer ones).
+_SHOWS_NOTHING = re.compile(
+    "[\u115f\u1160\u3164\uffa0\u2800\u034f\u17b4\u17b5\u180b-\u180f\ufe00-\ufe0f"
+    "\U000e0100-\U000e01ef]"
+)
+
+
 def name_key(name: str) -> str:
-    """A name as compared with the bot's: NFKC, case-folded, letters and digits only."""
-    folded = unicodedata.normalize("NFKC", name).casefold()
-    return "".join(ch for ch in folded if ch.isalnum())
+    """A name as compared with the bot's: NFKC, case-folded, without what shows nothing and
+    without accents ("Parleý" reads as the bot), letters and digits only."""
+    folded = unicodedata.normalize("NFKC", _SHOWS_NOTHING.sub("", name)).casefold()
+    # Decomposed, an accent is a combining mark, which is no letter: dropped with the rest.
+    return "".join(ch for ch in unicodedata.normalize("NFKD", folded) if ch.isalnum())
 
 
 def _agent_name(name: str) -> str:
-    if not name.strip() or not name.isprintable():
+    if not _SHOWS_NOTHING.sub("", name).strip() or not name.isprintable():
         raise ValueError("a printable name, not blank")
     if name_key(name) in {name_key(bot) for bot in BOT_NAMES}:
         raise ValueError("the bot's name is not an agent's")
