@@ -96,10 +96,15 @@ def _lone_surrogates_replaced(data: dict[str, Any]) -> None:
 
 
 def idempotency_key(request: Request) -> str | None:
-    """The Idempotency-Key header, checked: 1 to 128 printable characters."""
+    """The Idempotency-Key header, checked: 1 to 128 printable ASCII characters. ASCII: a
+    header's other bytes reach here as Latin-1, whatever the client meant, so "é" sent as
+    UTF-8 was the key "Ã©", which the `message` event then named and its sender did not know."""
     value = request.headers.get("idempotency-key")
-    if value is not None and not (0 < len(value) <= IDEMPOTENCY_KEY_MAX and value.isprintable()):
-        raise ApiError(400, "invalid_request", "Idempotency-Key: 1 to 128 printable characters")
+    if value is not None and not (
+        0 < len(value) <= IDEMPOTENCY_KEY_MAX and value.isascii() and value.isprintable()
+    ):
+        told = "Idempotency-Key: 1 to 128 printable ASCII characters"
+        raise ApiError(400, "invalid_request", told)
     return value
 
 

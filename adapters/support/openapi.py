@@ -73,6 +73,8 @@ _ERRORS = {
                   "Retry-After (a message: with the same Idempotency-Key)"),
 }  # fmt: skip
 _SERVER_KEY = {**_TOKEN, "description": "Bearer <server key> (sk_...): never a visitor token"}
+# Printable ASCII (adapters/support/bodies.py): a header's other bytes arrive as Latin-1.
+_IDEMPOTENCY_KEY = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[ -~]+$"}
 _DESK_ERRORS = {
     **{k: v for k, v in _ERRORS.items() if k in ("400", "401", "403", "413", "422", "500")},
     "404": _error("no conversation with this visitor on the key's site"),
@@ -105,7 +107,7 @@ def _paths() -> dict[str, Any]:
                            "Idempotency-Key is recorded and answered once.",
             "parameters": [_TOKEN, {"in": "header", "name": "Idempotency-Key",
                                     "required": False,
-                                    "schema": {"type": "string", "maxLength": 128}}],
+                                    "schema": _IDEMPOTENCY_KEY}],
             "requestBody": _body("MessageRequest"),
             "responses": {"202": _json("MessageAccepted", "recorded"), **_ERRORS},
         }},
@@ -176,7 +178,7 @@ def _agent_paths() -> dict[str, Any]:
                            "`idempotency_mismatch`. 409 while the bot has the conversation.",
             "parameters": [_SERVER_KEY, {"in": "header", "name": "Idempotency-Key",
                                          "required": False,
-                                         "schema": {"type": "string", "maxLength": 128}}],
+                                         "schema": _IDEMPOTENCY_KEY}],
             "requestBody": _body("AgentMessageRequest"),
             "responses": {"202": _json("AgentMessageAccepted", "recorded"), **_DESK_ERRORS},
         }},
