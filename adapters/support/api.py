@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import json
 import logging
 import math
 import uuid
@@ -102,6 +103,7 @@ def endpoint(
     async def wrapped(request: Request) -> Response:
         listed: Collection[str] = ()  # a success: only the caller's site's origin
         try:
+            _each_name_once(request)
             response = await handler(request)
         except Exception as exc:
             response = exc.response() if isinstance(exc, ApiError) else failed(request, exc, quiet)
@@ -114,6 +116,21 @@ def endpoint(
     wrapped.__name__ = handler.__name__
     wrapped.__doc__ = handler.__doc__
     return wrapped
+
+
+def _each_name_once(request: Request) -> None:
+    """400 for a query parameter given twice: Starlette reads the last of two where another
+    reader (a proxy's rule, a filter in front of Parley) may read the first, and would check
+    one visitor or token while Parley served another (as a JSON body's key twice, bodies.py)."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    if len(set(names)) == len(names):
+        return
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            shown = json.dumps(name[:40], ensure_ascii=not name.isprintable())
+            raise ApiError(400, "invalid_request", f"the query names {shown} twice")
+        seen.add(name)
 
 
 def failed(request: Request, exc: Exception, refused: ThrottledLog) -> Response:
