@@ -15,6 +15,9 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
+import websockets
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
 
 from adapters.kit.http import HttpHost
 from bot.settings import HttpSettings
@@ -25,12 +28,19 @@ WITHIN_S = 10 * TIMEOUT_S + 5
 SERVED = b"GET /healthz HTTP/1.1\r\nHost: parley\r\n\r\n"
 
 
+async def _echo(socket_: WebSocket) -> None:
+    await socket_.accept()
+    await socket_.send_text(await socket_.receive_text())
+    await socket_.close()
+
+
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     host = HttpHost(HttpSettings(port=port, header_timeout_s=TIMEOUT_S))
+    host.mount(WebSocketRoute("/echo", _echo))
     serving = asyncio.create_task(host.serve())
     try:
         for _ in range(200):  # until it listens
@@ -100,3 +110,12 @@ async def test_a_head_sent_in_pieces_is_served(port: int) -> None:
     answer = await _until_closed(reader, writer)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert answer.endswith(b"ok")
+
+
+async def test_a_websocket_is_not_timed_as_a_head(port: int) -> None:
+    """An upgrade hands the connection to another protocol: its wait for a frame is no head,
+    and the deadline armed for the upgrade request's head must not close it."""
+    async with websockets.connect(f"ws://127.0.0.1:{port}/echo") as socket_:
+        await asyncio.sleep(TIMEOUT_S * 3)  # past the head deadline, with nothing sent
+        await socket_.send("still here")
+        assert await socket_.recv() == "still here"

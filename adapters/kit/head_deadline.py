@@ -41,7 +41,9 @@ class HeadDeadlineH11(H11Protocol):
             if self._parley_deadline is None:  # the first byte of a kept-alive's next head
                 self._parley_arm()
         super().data_received(data)
-        if waiting and not self._parley_between_requests():  # the head is in: a request
+        # The head is in: a request, or an upgrade (a websocket: another protocol from now on).
+        upgraded = self.transport.get_protocol() is not self
+        if waiting and (upgraded or not self._parley_between_requests()):
             self._parley_disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
