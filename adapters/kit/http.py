@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -132,9 +133,10 @@ class HttpHost:
             # later responses of a kept-alive connection.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
-            raise AdapterError(
-                f"{self._section}: cannot listen on {self.address}: {exc.strerror}"
-            ) from None
+            # The errno's own words: create_server's strerror repeats the address after them
+            # ("... (while attempting to bind on address ('127.0.0.1', 8080))").
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise AdapterError(f"{self._section}: cannot listen on {self.address}: {why}") from None
         # log_config None: uvicorn's records go to the root handlers (Parley's format, JSON
         # included, and its redaction), not to a handler of its own that prints plain lines
         # ("WARNING:  Invalid HTTP request received.", which any client can cause).
