@@ -31,10 +31,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 from bot import phrases
-from bot.settings import DocumentSettings
 from bot.text.encoding import decode_document, is_binary, mostly_controls
+
+if TYPE_CHECKING:  # not at run time: the reading child would import pydantic and SQLAlchemy
+    from bot.settings import DocumentSettings
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +217,10 @@ def read_in_child(
 
 def _cap_address_space(max_mb: int) -> None:
     """Let this process map at most `max_mb` MB more than it maps now (the interpreter, the
-    modules the bot imports, which differ with the host: numpy's BLAS starts a thread per
-    core, and the document's bytes): past it an allocation fails (MemoryError). Linux only:
-    elsewhere there is no /proc to read what is mapped now (macOS counts a shared region of
-    gigabytes in every process's size) or no `resource` module (Windows)."""
+    modules its entry imports, and the document's bytes): past it an allocation fails
+    (MemoryError). Linux only: elsewhere there is no /proc to read what is mapped now (macOS
+    counts a shared region of gigabytes in every process's size) or no `resource` module
+    (Windows)."""
     try:
         import resource
 

@@ -8,6 +8,8 @@ import codecs
 import io
 import multiprocessing
 import random
+import subprocess
+import sys
 import time
 import tracemalloc
 import zipfile
@@ -28,6 +30,7 @@ from bot.text.encoding import decode_document, mostly_controls
 from bot.text.quoting import fenced, fenced_document, split_fenced, unfenced
 from bot.types import ConversationKey, Incoming, User
 from tests.doubles import ScriptedBackend
+from tests.processes import ROOT
 from tests.skills_helpers import ADA, StructuredBackend, running, shout, system_of, user_of
 
 
@@ -279,6 +282,41 @@ async def test_a_reader_the_oom_killer_ends_is_refused_as_out_of_memory(
         await reading
     assert refused.value.sentence == phrases.DOC_TOO_MUCH_MEMORY
     assert "killed, out of the host's memory" in caplog.text
+
+
+# A fresh interpreter that imports what the reading child imports (bot.documents, its
+# entry's module) and reads a document of each kind through that entry, as the child does.
+_READ_EACH_KIND = """
+import sys
+from multiprocessing import Pipe
+
+from bot.documents import read_in_child
+
+html = b"<html><body><p>The meeting is on Monday</p></body></html>"
+pdf = sys.stdin.buffer.read()
+for kind, data in (("text", b"The meeting is on Monday"), ("html", html), ("pdf", pdf)):
+    receiver, sender = Pipe(duplex=False)
+    read_in_child(sender, kind, data, 50, 200_000, 300)
+    assert receiver.recv() == ("ok", "The meeting is on Monday", {}), kind
+print(sorted(name for name in ("numpy", "sqlalchemy", "pydantic") if name in sys.modules))
+"""
+
+
+def test_the_reading_child_imports_neither_numpy_nor_the_knowledge_store() -> None:
+    """It imported numpy (through bot.text's package, for the extractive summary and the
+    language detector), and for HTML and PDF the whole knowledge base (SQLAlchemy, the
+    embeddings) through bot.knowledge's package, and pydantic through the settings: a slower
+    start and more memory for each document read, none of it used there."""
+    line = b"BT /F1 12 Tf 72 700 Td (The meeting is on Monday) Tj ET\n"
+    child = subprocess.run(
+        [sys.executable, "-c", _READ_EACH_KIND],
+        input=pdf(1, line),
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    assert child.stdout.decode().strip() == "[]"
 
 
 def _closes_its_end_and_stays(sender: Connection, *_: object) -> None:

@@ -13,16 +13,21 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Literal
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Literal
 
 from .patterns import FENCED_CODE
 from .sentences import split_sentences
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Matrix = npt.NDArray[np.float64]
+
+# numpy is imported where a summary is computed, not with the module: bot.text's package
+# imports this module, and the document reader's child process (bot.documents), which needs
+# only bot.text.encoding, would otherwise load numpy and start its BLAS threads for nothing.
 Form = Literal["bullets", "paragraph"]
-Matrix = npt.NDArray[np.float64]
 
 _NO_SPACE_SCRIPTS = (
     "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana, CJK ideographs
@@ -135,6 +140,8 @@ def _unique(sentences: Iterable[str]) -> list[str]:
 
 
 def _tfidf(rows: Sequence[Counter[str]]) -> Matrix:
+    import numpy as np
+
     vocabulary = {term: i for i, term in enumerate(sorted(set().union(*rows)))}
     frequency = Counter(term for row in rows for term in row)
     matrix = np.zeros((len(rows), max(1, len(vocabulary))))
@@ -147,6 +154,8 @@ def _tfidf(rows: Sequence[Counter[str]]) -> Matrix:
 
 
 def _similarity(matrix: Matrix) -> Matrix:
+    import numpy as np
+
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     unit = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
     similarity: Matrix = unit @ unit.T
@@ -161,6 +170,8 @@ def _pagerank(similarity: Matrix) -> Matrix:
     each other pass all their weight back and forth and outrank the real topic. With one
     scale for all rows a weakly linked sentence hands on little, and the rest is spread evenly.
     """
+    import numpy as np
+
     n = similarity.shape[0]
     largest = float(similarity.sum(axis=1).max())
     transition = similarity / largest if largest > 0 else similarity

@@ -20,7 +20,6 @@ from types import MappingProxyType
 
 import emoji
 import pycountry
-from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
 from bot.errors import BotError
 
@@ -52,6 +51,10 @@ class LanguageDetector:
     def __init__(self, *, min_confidence: float = 0.5, min_letters: int = 8) -> None:
         self.min_confidence = min_confidence
         self.min_letters = min_letters
+        # Imported here, not with the module: py3langid imports numpy, which the document
+        # reader's child process (bot.documents, through bot.text) must not load.
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
         try:
             self._model = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         except OSError as exc:  # py3langid unpacks its model into a temporary file first
