@@ -15,6 +15,8 @@ downloaded or held at once: memory for documents is bounded by that many times `
 once.
 
     DocumentRefused   the document cannot be read as sent; `sentence` says why, for the user
+      DocumentRefusedForNow   not read this time, for a reason that says nothing of the file
+                              (a failed download, a read too slow, a reader the kernel killed)
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from bot import phrases
 from bot.text.encoding import decode_document, is_binary, mostly_controls
@@ -83,10 +85,20 @@ class _Turn:
 class DocumentRefused(Exception):
     """`sentence` (a phrases key) and its fields say why, in the user's language."""
 
+    # Whether the refusal says nothing of the file: DocumentRefusedForNow.
+    for_the_moment: ClassVar[bool] = False
+
     def __init__(self, sentence: str, **fields: object) -> None:
         super().__init__(sentence.format(**fields) if fields else sentence)
         self.sentence = sentence
         self.fields = fields
+
+
+class DocumentRefusedForNow(DocumentRefused):
+    """A refusal that says nothing of the file (a download that failed, a read too slow on a
+    busy machine, a reader the kernel killed): the same file may be read later."""
+
+    for_the_moment = True
 
 
 def kind_of(name: str, mime_type: str) -> str | None:
@@ -134,7 +146,7 @@ class DocumentReader:
         except Exception as exc:  # the platform's own errors: one sentence, the reason logged
             why = "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
             log.warning("document download failed: %s", why)
-            raise DocumentRefused(phrases.NO_DOWNLOAD) from None
+            raise DocumentRefusedForNow(phrases.NO_DOWNLOAD) from None
         if len(data) > self._settings.max_bytes:
             raise DocumentRefused(phrases.DOC_TOO_LARGE, kb=self._settings.max_bytes // 1000)
         return data
@@ -166,7 +178,7 @@ async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
     try:
         ready = await asyncio.to_thread(receiver.poll, s.timeout_s)
         if not ready:
-            raise DocumentRefused(phrases.DOC_TOO_SLOW)
+            raise DocumentRefusedForNow(phrases.DOC_TOO_SLOW)
         try:
             outcome: tuple[str, str, dict[str, int]] = receiver.recv()
         except EOFError:  # the child died: out of memory, or a crash in a parser
@@ -175,11 +187,14 @@ async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
             await asyncio.to_thread(child.join, CHILD_EXIT_S)
             if child.exitcode == _OUT_OF_MEMORY:
                 log.warning("document refused: over documents.max_memory_mb (%d)", s.max_memory_mb)
-            elif child.exitcode == _KILLED:
+                raise DocumentRefused(phrases.DOC_TOO_MUCH_MEMORY) from None
+            if child.exitcode == _KILLED:
+                # Not its own cap: the kernel chose it while the host (or its container) was
+                # short of memory, perhaps for others' allocations. Said as memory, but it
+                # tells nothing of the file: an edit keeps the text read when it was sent.
                 log.warning("document refused: its reader was killed, out of the host's memory")
-            else:
-                raise DocumentRefused(phrases.DOC_DAMAGED) from None
-            raise DocumentRefused(phrases.DOC_TOO_MUCH_MEMORY) from None
+                raise DocumentRefusedForNow(phrases.DOC_TOO_MUCH_MEMORY) from None
+            raise DocumentRefused(phrases.DOC_DAMAGED) from None
     finally:
         receiver.close()
         if child.is_alive():

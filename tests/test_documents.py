@@ -257,6 +257,7 @@ async def test_a_pdf_that_unpacks_past_the_memory_cap_is_refused_and_the_bot_rea
     ):
         await reader.read(_source("bomb.pdf", _pages_each_in_an_object_stream(12)))
     assert refused.value.sentence == phrases.DOC_TOO_MUCH_MEMORY
+    assert not refused.value.for_the_moment  # past its own cap: the file's
     assert "over documents.max_memory_mb (300)" in caplog.text
     assert "bomb" not in caplog.text
     line = b"BT /F1 12 Tf 72 700 Td (The meeting is on Monday) Tj ET\n"
@@ -281,6 +282,7 @@ async def test_a_reader_the_oom_killer_ends_is_refused_as_out_of_memory(
     ):
         await reading
     assert refused.value.sentence == phrases.DOC_TOO_MUCH_MEMORY
+    assert refused.value.for_the_moment  # not the file's own cap: the host's memory
     assert "killed, out of the host's memory" in caplog.text
 
 

@@ -9,13 +9,17 @@ text with it, by the caption alone.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from telegram import Update
 
+from bot import documents
 from bot.types import ConversationKey, Role
 from tests import discord_events as ev
 from tests.adapter_harness import discord_harness, telegram_harness
@@ -241,6 +245,41 @@ async def test_a_caption_edit_whose_download_fails_keeps_the_documents_text(
         assert len([c for c in h.api.calls if c.method == "getFile"]) > 1  # tried again
         key = ConversationKey("telegram", str(CHAT))
         assert await users(h, key) == [f"Which month?\n\n{BLOCK}"]
+
+
+def _killed_by_the_kernel(*_: object) -> None:
+    """A reading child the kernel ends (SIGKILL: the OOM killer, the host short of memory),
+    not one past its own memory cap: spawned by reference, so a module-level function."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def test_a_caption_edit_whose_reader_the_kernel_killed_keeps_the_documents_text(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader the kernel killed says nothing of the file (the host was short of memory
+    for the moment), yet an edit meeting one took it for a file that cannot be read: a
+    stub replaced the document's text read when it was sent, and the message, still
+    pending, was answered about the stub. The edit is its caption's, as for a failed
+    download: the text recorded stays and is answered as the document first sent was."""
+    backend = HeldAnswer()
+    async with telegram_harness(tmp_path, backend, database_url=database_url) as h:
+        h.api.files["doc-1"] = NOTES.encode()
+        entities = [{"type": "mention", "offset": 0, "length": len(MENTION) - 1}]
+        hello = message(GROUP, MENTION + "hello", user_id=ADA, entities=entities)
+        await feed(h.adapter, {"update_id": 1, "message": hello})
+        async with asyncio.timeout(WAIT_S):
+            await h.api.wait_for_messages(GROUP, 1)  # its turn runs, held
+        document = sent(2, GROUP, MENTION + "What day?", **mention())
+        await feed(h.adapter, document)  # read, recorded, pending behind the running turn
+        monkeypatch.setattr(documents, "read_in_child", _killed_by_the_kernel)
+        await feed(h.adapter, edited(3, document, MENTION + "Which month?", after_s=5,
+                                     **mention()))  # fmt: skip
+        backend.release.set()
+        await h.idle()
+        assert len(backend.requests) == 2  # each answered once
+        assert backend.requests[1].messages[-1].content == f"Ada: Which month?\n\n{BLOCK}"
+        key = ConversationKey("telegram", str(GROUP))
+        assert await users(h, key) == ["hello", f"Which month?\n\n{BLOCK}"]
 
 
 async def test_a_document_replaced_by_an_unreadable_one_keeps_the_question(

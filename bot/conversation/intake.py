@@ -56,9 +56,6 @@ DROPS_PER_LOG_LINE = 100
 # How long an update's refusals are remembered: longer than a platform goes on re-sending it
 # (Telegram gives up on a webhook update within hours).
 REFUSALS_WINDOW_S = 86_400.0
-# A document's refusals that say nothing of the file: a download that failed, a read that took
-# too long on a busy machine. An edit meeting one keeps the text recorded.
-_FOR_THE_MOMENT = frozenset({phrases.NO_DOWNLOAD, phrases.DOC_TOO_SLOW})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -156,9 +153,10 @@ class Intake:
         (ConversationManager.edit). A document that cannot be read leaves a stub in place of
         the old one's text, after the question. Not read where no chat message is recorded
         (a document refused, a stub over the rate limit, a document recorded by another
-        worker later, a group's kept chatter: its caption is the edit), nor where the download
-        failed for the moment (the file may be the one recorded: its caption is the edit). No
-        notice: an edit is never answered."""
+        worker later, a group's kept chatter: its caption is the edit), nor where the read
+        failed for the moment (DocumentRefusedForNow: a download that failed, a
+        reader too slow or killed by the kernel; the file may be the one recorded: its caption
+        is the edit). No notice: an edit is never answered."""
         if not is_allowed(self._door(incoming).access, incoming):
             return False
         key = incoming.idempotency_key
@@ -178,7 +176,7 @@ class Intake:
         try:
             text = await self.documents.read(source, sender_key(incoming))
         except DocumentRefused as exc:
-            if exc.sentence in _FOR_THE_MOMENT:
+            if exc.for_the_moment:  # nothing said of the file: the text recorded stays
                 return await caption_only(over_limit=False)  # counted above
             unread = not_kept(f"document {source.name!r}, {source.size} bytes,", "not readable")
             limit = self._settings.max_message_chars + 2 + len(unread)
