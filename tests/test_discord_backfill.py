@@ -541,6 +541,25 @@ async def test_a_session_ready_as_the_adapter_stops_starts_no_backfill(
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_a_stop_just_after_a_session_began_leaves_discord_py_nothing_to_dispatch(
+    tmp_path: Path,
+) -> None:
+    """discord.py holds a new session's on_ready until the servers' GUILD_CREATE stream ends
+    (2 s), in a task of its own that `close()` leaves running: a stop within those 2 s had it
+    dispatch on_ready into the closed client after it, where scheduling the event fails (an
+    AttributeError in that task, "coroutine 'Client._run_event' was never awaited"), once
+    for each test that stops and starts the bot again. The stop waits for that on_ready."""
+    backend = ScriptedBackend(lambda request: "Answered.")
+    async with started(tmp_path, backend, fake_discord()) as h:
+        await h.deliver_event(ev.message_create("first"))  # after READY and GUILD_CREATE
+        await h.idle()  # and stopped: well within the 2 s
+    # What discord.py left running ends (a hang detector, not a timing) without an error.
+    left = asyncio.all_tasks() - {asyncio.current_task()}
+    async with asyncio.timeout(WAIT_S):
+        ended = await asyncio.gather(*left, return_exceptions=True)
+    assert not [repr(e) for e in ended if isinstance(e, Exception)]
+
+
 async def test_a_process_runs_only_its_shard_ids(tmp_path: Path) -> None:
     api = fake_discord(ev.guild_create(), ev.guild_create(ev.GUILD_2, ev.CHANNEL_2), shards=2)
     backend = ScriptedBackend(lambda request: "Shard one.")

@@ -22,6 +22,7 @@ answers the one question only the platform can: is this member an admin of this 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -117,6 +118,9 @@ CLEAN_UP_RETRY_S = 1.0
 # How long an interaction's deliveries are counted, to tell a replay from the first: its
 # token's 15 minutes, after which Discord takes no answer to it anyway.
 INTERACTION_S = 900.0
+# The longest a stop waits for a session's on_ready that discord.py holds (2 s after the
+# last GUILD_CREATE; members are not chunked, the intents leave them out).
+READY_WAIT_S = 5.0
 # Other gateway close codes that no reconnect can cure: what the operator has to change.
 CLOSE_CODES = {
     4004: "Discord closed the connection (4004 Authentication failed): the token was reset "
@@ -239,10 +243,12 @@ class DiscordAdapter:
         self.client.event(self.on_raw_bulk_message_delete)
         self.client.event(self.on_raw_message_edit)
         if isinstance(self.client, discord.AutoShardedClient):
+            self.client.event(self.on_shard_connect)
             self.client.event(self.on_shard_ready)
             self.client.event(self.on_shard_disconnect)
             self.client.event(self.on_shard_resumed)
         else:
+            self.client.event(self.on_connect)
             self.client.event(self.on_ready)
             self.client.event(self.on_disconnect)
             self.client.event(self.on_resumed)
@@ -289,6 +295,9 @@ class DiscordAdapter:
         # Set by `__aexit__`: a session's ready event that discord.py runs after it starts no
         # backfill (against a client about to close, and after its tasks were cancelled).
         self._stopping = False
+        # Sessions (shards; None: the one connection) whose READY came and whose on_ready
+        # discord.py still holds (`__aexit__` waits for them).
+        self._ready_due: set[int | None] = set()
         # Discord not answering answers (PlatformAway): turns wait for it.
         self._away = PlatformWatch(
             PLATFORM, self._look, service="Discord", look_s=LOOK_S, logger=log
@@ -352,7 +361,18 @@ class DiscordAdapter:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._until_sessions_ready()
         await self._close()
+
+    async def _until_sessions_ready(self) -> None:
+        """discord.py holds a new session's on_ready until the servers' GUILD_CREATE stream
+        ends (`guild_ready_timeout`, 2 s), in a task of its own that `close()` does not end
+        and no public call does: closed meanwhile, the client had it dispatch on_ready after
+        the close, where scheduling the event fails (an AttributeError in that task, the
+        event's coroutine never awaited). A stop that soon after a READY waits for it."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(READY_WAIT_S), self._progress:
+                await self._progress.wait_for(lambda: not self._ready_due)
 
     async def _close(self) -> None:
         await self.client.close()
@@ -442,12 +462,26 @@ class DiscordAdapter:
             action = await self._in_new_thread(message, action)
         await self.act(action, quiet=quiet)
 
+    async def on_connect(self) -> None:
+        """A new session's READY (discord.py's event): its on_ready follows, held."""
+        self._ready_due.add(None)
+
+    async def on_shard_connect(self, shard_id: int) -> None:
+        self._ready_due.add(shard_id)
+
     async def on_ready(self) -> None:
         """A new gateway session (a start, or a reconnect that could not resume)."""
+        await self._session_ready(None)
         self._start_backfill(None)
 
     async def on_shard_ready(self, shard_id: int) -> None:
+        await self._session_ready(shard_id)
         self._start_backfill(shard_id)
+
+    async def _session_ready(self, shard_id: int | None) -> None:
+        async with self._progress:
+            self._ready_due.discard(shard_id)
+            self._progress.notify_all()
 
     async def on_disconnect(self) -> None:
         """The connection dropped (discord.py's event): a gap may begin."""
