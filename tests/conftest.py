@@ -7,8 +7,10 @@ import io
 import os
 import sys
 import threading
+import traceback
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -57,9 +59,11 @@ def no_gateway_heartbeat_left() -> Iterator[None]:
 
 # How long the tasks an async test left behind get to end once cancelled (cancelled again
 # every CANCEL_AGAIN_S: on Python 3.11 a cancellation that lands as a `wait_for` finishes can
-# be lost, CPython gh-86296).
+# be lost, CPython gh-86296), and how long after them the calls it left running in its loop's
+# default executor (asyncio.to_thread, run_in_executor(None, ...)) get to return.
 LEFT_TASKS_END_S = 15.0
 CANCEL_AGAIN_S = 1.0
+LEFT_CALLS_END_S = 15.0
 
 
 CALL_REPORT = pytest.StashKey[pytest.TestReport]()
@@ -75,8 +79,37 @@ def pytest_runtest_makereport(
     return report
 
 
+class TrackedExecutor(ThreadPoolExecutor):
+    """An async test's default executor, which knows the calls it has not finished and the
+    threads running them: a thread cannot be cancelled, and closing the loop waits for every
+    call without a limit (`loop.shutdown_default_executor`)."""
+
+    def __init__(self) -> None:
+        super().__init__(thread_name_prefix="test-default-executor")
+        self.unfinished: set[Future[object]] = set()  # queued or running
+        self.running: dict[int, str] = {}  # thread id -> what it runs
+
+    def submit(  # type: ignore[override]  # the base's signature is generic over fn's
+        self, fn: Callable[..., object], /, *args: object, **kwargs: object
+    ) -> Future[object]:
+        def tracked() -> object:
+            thread = threading.get_ident()
+            self.running[thread] = repr(fn)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                del self.running[thread]
+
+        future = super().submit(tracked)
+        self.unfinished.add(future)
+        future.add_done_callback(self.unfinished.discard)
+        return future
+
+
 @pytest.fixture
 async def _left_tasks_end(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    executor = TrackedExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
     yield
     me = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -89,29 +122,61 @@ async def _left_tasks_end(request: pytest.FixtureRequest) -> AsyncIterator[None]
             task.cancel()
         await asyncio.wait(left, timeout=CANCEL_AGAIN_S)
         left = asyncio.all_tasks() - {me}
-    if not left:
-        return
-    # pytest-asyncio closes the test's loop next, waiting for every task without a limit:
-    # a task that will not end hung the whole run there (with no output, past pytest-timeout,
-    # whose alarm covers the test, not that wait). Said, then the run ends, non-zero.
+    if left:
+        # pytest-asyncio closes the test's loop next, waiting for every task without a
+        # limit: a task that will not end hung the whole run there (with no output, past
+        # pytest-timeout, whose alarm covers the test, not that wait). Said, then the run
+        # ends, non-zero.
+        stacks = io.StringIO()
+        for task in left:
+            task.print_stack(limit=12, file=stacks)
+        _stop_the_run(
+            request,
+            f"{len(left)} task(s) it left do not end when cancelled ({LEFT_TASKS_END_S:g} s)",
+            stacks.getvalue(),
+        )
+    # A queued call, cancelled, never starts; a running one may still return.
+    running = {asyncio.wrap_future(c) for c in list(executor.unfinished) if not c.cancel()}
+    if running:
+        await asyncio.wait(running, timeout=LEFT_CALLS_END_S)
+    if stuck := dict(executor.running):
+        # Closing the loop would wait for these threads without a limit, silently, as
+        # for the tasks above: said, with each thread's stack, then the run ends.
+        _stop_the_run(
+            request,
+            f"{len(stuck)} call(s) it left in the event loop's default executor "
+            f"(asyncio.to_thread, run_in_executor) do not return ({LEFT_CALLS_END_S:g} s)",
+            _thread_stacks(stuck),
+        )
+
+
+def _thread_stacks(running: dict[int, str]) -> str:
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    frames = sys._current_frames()
     stacks = io.StringIO()
-    for task in left:
-        task.print_stack(limit=12, file=stacks)
+    for thread, call in running.items():
+        stacks.write(f"Thread {names.get(thread, thread)} running {call}:\n")
+        if (frame := frames.get(thread)) is not None:
+            stacks.write("".join(traceback.format_stack(frame, limit=12)))
+    return stacks.getvalue()
+
+
+def _stop_the_run(request: pytest.FixtureRequest, what: str, stacks: str) -> None:
     report = request.node.stash.get(CALL_REPORT, None)
     if report is not None and report.failed:
-        stacks.write(f"\nThe test failed:\n{report.longreprtext}\n")
+        stacks += f"\nThe test failed:\n{report.longreprtext}\n"
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print(f"\n{request.node.nodeid}: {len(left)} task(s) it left do not end when cancelled "
-              f"({LEFT_TASKS_END_S:g} s); the run stops here.\n{stacks.getvalue()}",
+        print(f"\n{request.node.nodeid}: {what}; the run stops here.\n{stacks}",
               file=sys.stderr, flush=True)  # fmt: skip
     os._exit(3)
 
 
 @pytest.fixture(autouse=True)
 def left_tasks_end(request: pytest.FixtureRequest) -> None:
-    """An async test's leftover tasks are cancelled until they end, or the run stops saying
-    which they are (see _left_tasks_end) instead of hanging."""
+    """An async test's leftover tasks are cancelled until they end, and the calls it left in
+    its loop's default executor get a while to return, or the run stops saying which they
+    are (see _left_tasks_end) instead of hanging."""
     marker = request.node.get_closest_marker("asyncio")
     own_loop = marker is None or marker.kwargs.get("loop_scope", "function") == "function"
     # A module's loop (an in-process engine's) keeps its tasks from one test to the next.

@@ -52,3 +52,54 @@ def test_a_task_started_while_the_left_ones_are_cancelled_stops_the_run(tmp_path
     assert ended.returncode == 3, ended.stdout + ended.stderr
     assert "1 task(s) it left do not end when cancelled" in ended.stderr
     assert "stubborn" in ended.stderr  # the task's stack names it
+
+
+def _run_toy(tmp_path: Path, toy_source: str) -> subprocess.CompletedProcess[str]:
+    toy = tmp_path / "test_toy.py"
+    toy.write_text(toy_source)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    command += ["-p", "tests.conftest", "-c", str(ROOT / "pyproject.toml")]
+    command += ["--rootdir", str(ROOT), str(toy)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_S)
+
+
+TOY_THREAD = """
+import asyncio
+import threading
+
+import tests.conftest as guard
+
+guard.LEFT_CALLS_END_S = 2.0  # the guard's limit, for this toy run only
+STARTED, NEVER = threading.Event(), threading.Event()
+
+
+def blocks_forever() -> None:
+    STARTED.set()
+    NEVER.wait()
+
+
+async def test_a_call_that_returns_after_its_test_is_waited_for() -> None:
+    asyncio.get_running_loop().run_in_executor(None, threading.Event().wait, 0.5)
+
+
+async def test_a_call_in_the_default_executor_never_returns() -> None:
+    asyncio.get_running_loop().create_task(asyncio.to_thread(blocks_forever))
+    await asyncio.to_thread(STARTED.wait)  # running (a queued call is cancelled instead)
+"""
+
+
+def test_a_call_left_in_the_default_executor_stops_the_run(tmp_path: Path) -> None:
+    """Closing the test's loop (pytest-asyncio: `loop.shutdown_default_executor()`) waited
+    without a limit for a `to_thread` call that never returned: the run hung, silently, until
+    CI's limit. Now the guard waits LEFT_CALLS_END_S, then names the test and the thread's
+    stack and ends the run; a call that returns in time only delays its test's end."""
+    ended = _run_toy(tmp_path, TOY_THREAD)
+    output = ended.stdout + ended.stderr
+    assert ended.returncode == 3, output
+    assert (
+        "::test_a_call_in_the_default_executor_never_returns: 1 call(s) it left in "
+        "the event loop's default executor (asyncio.to_thread, run_in_executor) do not return"
+    ) in ended.stderr, output
+    assert "in blocks_forever" in ended.stderr  # the blocked thread's stack
+    assert "NEVER.wait()" in ended.stderr
+    assert "returns_after_its_test" not in ended.stderr  # waited for, then passed
