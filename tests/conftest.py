@@ -5,6 +5,7 @@ import contextlib
 import inspect
 import io
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -55,6 +56,41 @@ def no_gateway_heartbeat_left() -> Iterator[None]:
         thread.join(HEARTBEAT_END_S)
     alive = [t.name for t in left if t.is_alive()]
     assert not alive, f"a discord.py gateway heartbeat outlived the test: {alive}"
+
+
+# The signals a person, a terminal or a process manager stops the run with (Ctrl-C, a closed
+# terminal, CI's timeout): Parley's own stop signals (adapters.kit.runner.STOP_SIGNALS).
+KEPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_kept() -> Iterator[None]:
+    """A test that leaves SIGINT, SIGTERM or SIGHUP handled otherwise than it found them
+    changes the rest of the run: SIGINT left ignored (SIG_IGN) made a hung CI process deaf to
+    Ctrl-C. Such a test fails here, by name, and the handlers it found are put back for the
+    tests after it.
+    left_tasks_end asks for it, so that it is checked after an async test's loop has closed
+    (closing it removes the handlers its test added with `loop.add_signal_handler`)."""
+    before = {sig: signal.getsignal(sig) for sig in KEPT_SIGNALS}
+    yield
+    left = {
+        sig: handler for sig in KEPT_SIGNALS if (handler := signal.getsignal(sig)) != before[sig]
+    }
+    for sig in left:
+        signal.signal(sig, before[sig])
+    assert not left, "; ".join(
+        f"the test left {sig.name} handled by {_handler_name(handler)} "
+        f"(it found {_handler_name(before[sig])})"
+        for sig, handler in left.items()
+    )
+
+
+def _handler_name(handler: object) -> str:
+    if isinstance(handler, signal.Handlers):
+        return handler.name  # SIG_IGN, SIG_DFL
+    if handler is None:
+        return "a handler not set from Python"
+    return getattr(handler, "__qualname__", repr(handler))
 
 
 # How long the tasks an async test left behind get to end once cancelled (cancelled again
@@ -173,7 +209,7 @@ def _stop_the_run(request: pytest.FixtureRequest, what: str, stacks: str) -> Non
 
 
 @pytest.fixture(autouse=True)
-def left_tasks_end(request: pytest.FixtureRequest) -> None:
+def left_tasks_end(request: pytest.FixtureRequest, signal_handlers_kept: None) -> None:
     """An async test's leftover tasks are cancelled until they end, and the calls it left in
     its loop's default executor get a while to return, or the run stops saying which they
     are (see _left_tasks_end) instead of hanging."""

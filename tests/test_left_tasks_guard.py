@@ -103,3 +103,46 @@ def test_a_call_left_in_the_default_executor_stops_the_run(tmp_path: Path) -> No
     assert "in blocks_forever" in ended.stderr  # the blocked thread's stack
     assert "NEVER.wait()" in ended.stderr
     assert "returns_after_its_test" not in ended.stderr  # waited for, then passed
+
+
+TOY_SIGNALS = """
+import asyncio
+import signal
+
+# The handlers of an interactive run (one a shell started in the background finds SIGINT
+# ignored from the start).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_leaves_sigint_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_puts_sigterm_back() -> None:
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_next_test_finds_the_handlers_put_back() -> None:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+async def test_a_loop_handler_goes_with_the_test_loop() -> None:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: None)
+"""
+
+
+def test_a_test_that_leaves_a_signal_handler_changed_fails_by_name(tmp_path: Path) -> None:
+    """A test that left SIGINT ignored (as StopSignals.outlive_loop does once a stop signal
+    ended a run) left the rest of the run deaf to Ctrl-C, with nothing to say which test it
+    was: it fails now, naming the signal and the handler it left, and the tests after it find
+    the handlers as they were. A handler an async test adds to its loop is removed as the
+    loop closes: no failure."""
+    ended = _run_toy(tmp_path, TOY_SIGNALS)
+    output = ended.stdout + ended.stderr
+    assert ended.returncode == 1, output
+    assert "4 passed, 1 error" in output, output
+    assert "ERROR at teardown of test_leaves_sigint_ignored" in output, output
+    assert "the test left SIGINT handled by SIG_IGN (it found default_int_handler)" in output
