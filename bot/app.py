@@ -212,6 +212,7 @@ class Parley:
         self.desk = CoreDesk(
             self.store, repo, notes, lambda cid, key: self.manager.schedule(cid, key),
             counter=self.metrics, stop_reply=lambda cid: self.manager.stop_turn(cid),
+            replies_delivered=lambda cid, key: self.manager.agent_replies_delivered(cid, key),
         )  # fmt: skip
         self._stack.push_async_callback(self.desk.aclose)
         return HandoffTurns(self.desk, Translator(services), h, self.store)

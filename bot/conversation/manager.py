@@ -304,6 +304,22 @@ class ConversationManager:
         """Run the conversation's pending turns (the desk's agent replies use it)."""
         self._schedule(_Work(conversation_id, key))
 
+    async def agent_replies_delivered(self, conversation_id: int, key: ConversationKey) -> bool:
+        """Wait until the agent replies recorded in the conversation so far were delivered,
+        here or by the worker that holds its turn lease (the desk's give-back comes after
+        them: applied at once, it reached the visitor and the history before the replies
+        its agent sent first). False: given up (`wait_answered`: another worker's answer
+        holds the conversation past its grace, the database away, a stop)."""
+        while True:
+            pending = await self._store.pending(conversation_id, PENDING_PAGE)
+            replies = [m.id for m in pending if m.kind is MessageKind.AGENT]
+            if not replies:
+                return True
+            self.schedule(conversation_id, key)  # their turn may never have been scheduled
+            last = Recorded(replies[-1], conversation_id, is_new=False)
+            if not await self.wait_answered(last):
+                return False
+
     def turns_running(self) -> int:
         """Conversations running turns in this worker now (at most max_turns)."""
         return len(self._running)

@@ -127,7 +127,9 @@ class CoreDesk:
     """types.Desk over SQL. `schedule(conversation_id, key)` runs the conversation's turn
     (the manager's): an agent's reply is delivered by it like any answer. `stop_reply(
     conversation_id)` stops the bot's reply being written when an agent takes the
-    conversation (on any worker where they share Redis: the manager's `stop_turn`)."""
+    conversation (on any worker where they share Redis: the manager's `stop_turn`).
+    `replies_delivered(conversation_id, key)` waits until the agent replies recorded so far
+    were delivered (the manager's `agent_replies_delivered`): a give-back waits for it."""
 
     def __init__(
         self,
@@ -139,10 +141,12 @@ class CoreDesk:
         counter: HandoffCounter | None = None,
         publish_wait_s: float = 0.2,
         stop_reply: Callable[[int], Awaitable[None]] | None = None,
+        replies_delivered: Callable[[int, ConversationKey], Awaitable[bool]] | None = None,
         claim_ttl_s: float = CLAIM_TTL_S,
     ) -> None:
         self._store = store
         self._stop_reply = stop_reply
+        self._replies_delivered = replies_delivered
         self.repo = repo
         self._notes = notes
         self._schedule = schedule
@@ -329,6 +333,12 @@ class CoreDesk:
         made_at: float | None = None,
     ) -> HandoffStatus:
         cid = await self._conversation(key)
+        # After the agent's replies sent before it, which their turns deliver (under the
+        # conversation's lease, on any worker): applied at once, "back to the bot" reached
+        # the visitor's stream and the history before them.
+        if self._replies_delivered is not None and not await self._replies_delivered(cid, key):
+            log.warning("%s: given back before the agent's replies were delivered (their "
+                        "turn is held up); they follow", key)  # fmt: skip
         change = await self.repo.change(
             cid, BOT, Reason.RESOLVED, allowed_from=(WAITING, HUMAN), agent=agent,
             desk_updated_at=updated_at, record_desk_time=self._recordable(key, updated_at),
