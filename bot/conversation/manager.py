@@ -308,8 +308,12 @@ class ConversationManager:
         """Wait until the agent replies recorded in the conversation so far were delivered,
         here or by the worker that holds its turn lease (the desk's give-back comes after
         them: applied at once, it reached the visitor and the history before the replies
-        its agent sent first). False: given up (`wait_answered`: another worker's answer
-        holds the conversation past its grace, the database away, a stop)."""
+        its agent sent first). False: given up once the newest reply is not delivered within
+        `delivery_grace_s` plus `lock_ttl_s` (another worker's answer holds the conversation
+        past its grace, a turn held up here, the database away, a stop). Bounded here:
+        `wait_answered` waits on while the database is away, as the console must, and held
+        the give-back (an agent's request, a help desk's webhook) for the whole outage."""
+        s = self._settings
         while True:
             pending = await self._store.pending(conversation_id, PENDING_PAGE)
             replies = [m.id for m in pending if m.kind is MessageKind.AGENT]
@@ -317,7 +321,12 @@ class ConversationManager:
                 return True
             self.schedule(conversation_id, key)  # their turn may never have been scheduled
             last = Recorded(replies[-1], conversation_id, is_new=False)
-            if not await self.wait_answered(last):
+            try:
+                async with asyncio.timeout(s.delivery_grace_s + s.lock_ttl_s):
+                    answered = await self.wait_answered(last)
+            except TimeoutError:
+                answered = False
+            if not answered:
                 return False
 
     def turns_running(self) -> int:
