@@ -121,3 +121,36 @@ async def test_a_websocket_is_not_timed_as_a_head(port: int) -> None:
         await asyncio.sleep(TIMEOUT_S * 3)  # past the head deadline, with nothing sent
         await socket_.send("still here")
         assert await socket_.recv() == "still here"
+
+
+async def _answered_without_its_body(
+    port: int,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A request announcing a body that /healthz answers without reading: the answer is in,
+    the body's bytes come after it (h11 skips them)."""
+    head = SERVED.replace(b"\r\n\r\n", b"\r\nContent-Length: 5\r\n\r\n")
+    reader, writer = await _raw(port, head)
+    async with asyncio.timeout(WITHIN_S):
+        first = await reader.readuntil(b"ok")
+    assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+    return reader, writer
+
+
+async def test_the_rest_of_an_answered_body_is_no_head(port: int) -> None:
+    """Those bytes were taken for a head: once the deadline passed, a 408 was written after
+    the 200, on a connection that had no request (a client sending its next request then
+    reads the 408 as its answer). The connection is closed without a word, as any that
+    sends nothing between requests."""
+    reader, writer = await _answered_without_its_body(port)
+    writer.write(b"hello")
+    await writer.drain()
+    assert await _until_closed(reader, writer) == b""
+
+
+async def test_a_slow_head_after_the_rest_of_an_answered_body_is_cut(port: int) -> None:
+    reader, writer = await _answered_without_its_body(port)
+    writer.write(b"hello")
+    writer.write(b"GET /healthz HTTP/1.1\r\n")  # a head that never ends, after the body
+    await writer.drain()
+    answer = await _until_closed(reader, writer)
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer[:200]

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
@@ -30,21 +31,40 @@ class HeadDeadlineH11(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._parley_partial = False
+        self._parley_partial = False  # a head began (else the deadline is for silence)
+        self._parley_leftover = False  # armed for the rest of a body its answer did not wait for
         self._parley_deadline: asyncio.TimerHandle | None = None
         self._parley_arm()
 
     def data_received(self, data: bytes) -> None:
         waiting = self._parley_between_requests()
-        if waiting:
-            self._parley_partial = True
-            if self._parley_deadline is None:  # the first byte of a kept-alive's next head
+        if waiting and self.conn.their_state is not h11.IDLE:
+            # The rest of a body whose request was answered without it (h11 skips it): no
+            # head, no 408 for it, but timed, as uvicorn stops timing the connection at each
+            # byte. Taken for a head, it had a 408 written after the answer, on a connection
+            # with no request.
+            if self._parley_deadline is None:
                 self._parley_arm()
+                self._parley_leftover = True
+        elif waiting:
+            self._parley_head_begins()
         super().data_received(data)
         # The head is in: a request, or an upgrade (a websocket: another protocol from now on).
         upgraded = self.transport.get_protocol() is not self
         if waiting and (upgraded or not self._parley_between_requests()):
             self._parley_disarm()
+        elif waiting and self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+            self._parley_head_begins()  # after such a body's end, in the same bytes
+
+    def _parley_head_begins(self) -> None:
+        """A head's first byte: its deadline counts from here (a new connection's: from the
+        connection)."""
+        if self._parley_partial:
+            return
+        if self._parley_leftover or self._parley_deadline is None:
+            self._parley_disarm()
+            self._parley_arm()
+        self._parley_partial = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._parley_disarm()
@@ -61,7 +81,7 @@ class HeadDeadlineH11(H11Protocol):
         if self._parley_deadline is not None:
             self._parley_deadline.cancel()
         self._parley_deadline = None
-        self._parley_partial = False
+        self._parley_partial = self._parley_leftover = False
 
     def _parley_expired(self) -> None:
         self._parley_deadline = None
