@@ -10,7 +10,8 @@ ConversationManager over SQLite, whose store goes away after the first look."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from backends.base import estimate_tokens
@@ -21,7 +22,7 @@ from bot.errors import StorageError
 from bot.settings import Settings
 from bot.skills.core_commands import register_core_commands
 from bot.skills.router import CommandRouter
-from bot.storage.base import MessageKind, StoredMessage
+from bot.storage.base import MessageKind, Recorded, StoredMessage
 from bot.storage.cache import MemoryCache
 from bot.storage.database import create_engine
 from bot.storage.migrate import ensure_schema
@@ -50,18 +51,21 @@ async def count(text: str) -> int:
     return estimate_tokens(text)
 
 
-async def test_a_give_back_stops_waiting_for_replies_while_the_database_is_away(
-    tmp_path: Path,
-) -> None:
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Path, store_class: type[SqlStore], limit_s: float
+) -> AsyncIterator[tuple[SqlStore, ConversationManager]]:
+    """The real manager over SQLite, with `delivery_grace_s` and `lock_ttl_s` of `limit_s`
+    each, and no sink for the platform: a reply's turn leaves it pending (held up)."""
     url = f"sqlite+aiosqlite:///{tmp_path}/parley.db"
     settings = Settings(
         database={"url": url},  # type: ignore[arg-type]
         conversation={  # type: ignore[arg-type]
-            "sweep_interval_s": 0, "delivery_grace_s": 0.05, "lock_ttl_s": 0.05,
+            "sweep_interval_s": 0, "delivery_grace_s": limit_s, "lock_ttl_s": limit_s,
         },
     )  # fmt: skip
     await ensure_schema(url, True)
-    store = GoesAway(create_engine(url))
+    store = store_class(create_engine(url))
     await store.start()
     backend = ScriptedBackend(lambda request: "", delay=lambda: 0.0)
     context = ContextLoader(
@@ -76,15 +80,41 @@ async def test_a_give_back_stops_waiting_for_replies_while_the_database_is_away(
         store=store, cache=MemoryCache(), context=context, router=router, backend=backend,
         settings=settings.conversation, generation=settings.backend, count_tokens=count,
     )  # fmt: skip
-    # No sink for the platform here: the reply's turn leaves it pending (held up).
     manager.start()
     try:
-        reply = Incoming(KEY, User("agent", "Dana", "Dana"), "Your refund is on its way.", "a-1")
-        recorded = await store.record_incoming(reply, kind=MessageKind.AGENT, token_count=8)
+        yield store, manager
+    finally:
+        await manager.aclose()
+        await store.aclose()
+
+
+async def agent_reply(store: SqlStore) -> Recorded:
+    reply = Incoming(KEY, User("agent", "Dana", "Dana"), "Your refund is on its way.", "a-1")
+    return await store.record_incoming(reply, kind=MessageKind.AGENT, token_count=8)
+
+
+async def test_a_give_back_stops_waiting_for_replies_while_the_database_is_away(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, GoesAway, 0.05) as (store, manager):
+        recorded = await agent_reply(store)
         # A hang guard only: the limit under test is 0.1 s, and each look every second.
         async with asyncio.timeout(30):
             delivered = await manager.agent_replies_delivered(recorded.conversation_id, KEY)
         assert delivered is False  # given up: the give-back is applied, the reply follows
-    finally:
-        await manager.aclose()
-        await store.aclose()
+
+
+async def test_a_give_back_on_a_stopping_worker_does_not_wait_for_replies(tmp_path: Path) -> None:
+    """A worker that is stopping (drain) starts no turn: the reply's turn could only run on
+    another worker or after the next start, so the give-back waited out its whole limit and
+    held the worker's graceful stop. It is given up at once there."""
+    async with running(tmp_path, SqlStore, 600) as (store, manager):
+        recorded = await agent_reply(store)
+        assert await manager.drain(5) is True  # no turn in flight: the stop begins
+        # A hang guard only: the limit it would wait out is 1,200 s.
+        async with asyncio.timeout(60):
+            delivered = await manager.agent_replies_delivered(recorded.conversation_id, KEY)
+        assert delivered is False
+        # Still pending: the next worker delivers it.
+        pending = await store.pending(recorded.conversation_id, 10)
+        assert [m.id for m in pending] == [recorded.message_id]

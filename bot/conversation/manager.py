@@ -310,11 +310,14 @@ class ConversationManager:
         them: applied at once, it reached the visitor and the history before the replies
         its agent sent first). False: given up once the newest reply is not delivered within
         `delivery_grace_s` plus `lock_ttl_s` (another worker's answer holds the conversation
-        past its grace, a turn held up here, the database away, a stop). Bounded here:
+        past its grace, a turn held up here, the database away), or at once where this
+        worker is stopping (it starts no turn then: the wait held its drain). Bounded here:
         `wait_answered` waits on while the database is away, as the console must, and held
         the give-back (an agent's request, a help desk's webhook) for the whole outage."""
         s = self._settings
         while True:
+            if self._closing:  # a stop: no turn starts here now, another worker's sweep runs them
+                return False
             pending = await self._store.pending(conversation_id, PENDING_PAGE)
             replies = [m.id for m in pending if m.kind is MessageKind.AGENT]
             if not replies:
