@@ -65,6 +65,19 @@ async def feed(adapter: Any, payload: dict[str, Any]) -> None:
     await adapter.handle_update(Update.de_json(payload, adapter.bot))
 
 
+async def pending_behind_a_held_turn(h: Any, caption: str) -> dict[str, Any]:
+    """A group's first question, its turn held running, then a document (doc-1) sent with
+    `caption`, read and recorded, pending behind that turn: the update sent."""
+    entities = [{"type": "mention", "offset": 0, "length": len(MENTION) - 1}]
+    hello = message(GROUP, MENTION + "hello", user_id=ADA, entities=entities)
+    await feed(h.adapter, {"update_id": 1, "message": hello})
+    async with asyncio.timeout(WAIT_S):
+        await h.api.wait_for_messages(GROUP, 1)  # its turn runs, held
+    document = sent(2, GROUP, MENTION + caption, **mention())
+    await feed(h.adapter, document)
+    return document
+
+
 async def users(h: Any, key: ConversationKey) -> list[str]:
     conversation = await h.app.store.conversation_id(key)
     assert conversation is not None
@@ -80,13 +93,7 @@ async def test_an_edited_caption_is_the_documents_new_question(
     backend = HeldAnswer()
     async with telegram_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
         h.api.files["doc-1"] = NOTES.encode()
-        entities = [{"type": "mention", "offset": 0, "length": len(MENTION) - 1}]
-        hello = message(GROUP, MENTION + "hello", user_id=ADA, entities=entities)
-        await feed(h.adapter, {"update_id": 1, "message": hello})
-        async with asyncio.timeout(WAIT_S):
-            await h.api.wait_for_messages(GROUP, 1)  # its turn runs, held
-        document = sent(2, GROUP, MENTION + "What day?", **mention())
-        await feed(h.adapter, document)  # pending behind the running turn
+        document = await pending_behind_a_held_turn(h, "What day?")
         await feed(h.adapter, edited(3, document, MENTION + "Which month?", after_s=5, **mention()))
         backend.release.set()
         await h.idle()
@@ -149,13 +156,7 @@ async def test_a_document_replaced_by_an_edit_replaces_the_documents_text(
            "file_size": len(agenda)}  # fmt: skip
     async with telegram_harness(tmp_path, backend, database_url=database_url, redis=redis) as h:
         h.api.files["doc-1"], h.api.files["doc-2"] = NOTES.encode(), agenda.encode()
-        entities = [{"type": "mention", "offset": 0, "length": len(MENTION) - 1}]
-        hello = message(GROUP, MENTION + "hello", user_id=ADA, entities=entities)
-        await feed(h.adapter, {"update_id": 1, "message": hello})
-        async with asyncio.timeout(WAIT_S):
-            await h.api.wait_for_messages(GROUP, 1)  # its turn runs, held
-        document = sent(2, GROUP, MENTION + "What is due?", **mention())
-        await feed(h.adapter, document)  # pending behind the running turn
+        document = await pending_behind_a_held_turn(h, "What is due?")
         await feed(h.adapter, edited(3, document, MENTION + "What is due?", after_s=5,
                                      document=new, **mention()))  # fmt: skip
         backend.release.set()
@@ -264,13 +265,7 @@ async def test_a_caption_edit_whose_reader_the_kernel_killed_keeps_the_documents
     backend = HeldAnswer()
     async with telegram_harness(tmp_path, backend, database_url=database_url) as h:
         h.api.files["doc-1"] = NOTES.encode()
-        entities = [{"type": "mention", "offset": 0, "length": len(MENTION) - 1}]
-        hello = message(GROUP, MENTION + "hello", user_id=ADA, entities=entities)
-        await feed(h.adapter, {"update_id": 1, "message": hello})
-        async with asyncio.timeout(WAIT_S):
-            await h.api.wait_for_messages(GROUP, 1)  # its turn runs, held
-        document = sent(2, GROUP, MENTION + "What day?", **mention())
-        await feed(h.adapter, document)  # read, recorded, pending behind the running turn
+        document = await pending_behind_a_held_turn(h, "What day?")
         monkeypatch.setattr(documents, "read_in_child", _killed_by_the_kernel)
         await feed(h.adapter, edited(3, document, MENTION + "Which month?", after_s=5,
                                      **mention()))  # fmt: skip

@@ -70,6 +70,15 @@ def assert_given_back_last(events: list[Any], history: list[dict[str, Any]]) -> 
     assert rows[-3:] == [*REPLIES, "bot"], rows
 
 
+def hooked_worker(
+    database_url: str, redis_url: str, key_prefix: str, receiver: Receiver, model: Any
+) -> AbstractAsyncContextManager[Worker]:
+    """A support worker on `model` whose handoff webhooks go to `receiver`."""
+    return support_worker(database_url, redis_url=redis_url, key_prefix=key_prefix,
+                          backend=model, webhook={"url": receiver.url, "secret": SECRET},
+                          webhook_backoff_max_s=0.1)  # fmt: skip
+
+
 async def history_of(client: httpx.AsyncClient, token: str) -> list[dict[str, Any]]:
     """The history once both replies are in it (each is recorded just after its event)."""
     async with asyncio.timeout(30):
@@ -106,9 +115,7 @@ async def test_a_give_back_on_another_worker_comes_after_the_replies_too(
 
     def a_worker() -> AbstractAsyncContextManager[Worker]:
         model = ScriptedBackend(translating(TRANSLATIONS))
-        hook = {"url": hooks.url, "secret": SECRET}
-        return support_worker(pg, redis_url=redis_url, key_prefix=key_prefix, backend=model,
-                              webhook=hook, webhook_backoff_max_s=0.1)  # fmt: skip
+        return hooked_worker(pg, redis_url, key_prefix, hooks, model)
 
     async with a_worker() as one, a_worker() as two:
         site = await one.add_site("shop")
@@ -133,10 +140,7 @@ async def test_a_give_back_waits_for_a_reply_queued_behind_the_bots_answer(
     its turn to end, and so does her give-back (applied at once, the visitor saw the bot's
     answer, "back to the bot", then her replies)."""
     model = GatedBackend(["Bot ", "answer ", "part ", "two."])
-    async with support_worker(
-        pg, redis_url=redis_url, key_prefix=key_prefix, backend=model,
-        webhook={"url": hooks.url, "secret": SECRET}, webhook_backoff_max_s=0.1,
-    ) as w:  # fmt: skip
+    async with hooked_worker(pg, redis_url, key_prefix, hooks, model) as w:
         site = await w.add_site("shop")
         agent = await server_key(w, "shop")
         async with w.client() as client:

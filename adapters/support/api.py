@@ -122,11 +122,8 @@ def _each_name_once(request: Request) -> None:
     """400 for a query parameter given twice: Starlette reads the last of two where another
     reader (a proxy's rule, a filter in front of Parley) may read the first, and would check
     one visitor or token while Parley served another (as a JSON body's key twice, bodies.py)."""
-    names = [name for name, _ in request.query_params.multi_items()]
-    if len(set(names)) == len(names):
-        return
     seen: set[str] = set()
-    for name in names:
+    for name, _ in request.query_params.multi_items():
         if name in seen:
             shown = json.dumps(name[:40], ensure_ascii=not name.isprintable())
             raise ApiError(400, "invalid_request", f"the query names {shown} twice")

@@ -326,10 +326,9 @@ class ConversationManager:
             last = Recorded(replies[-1], conversation_id, is_new=False)
             try:
                 async with asyncio.timeout(s.delivery_grace_s + s.lock_ttl_s):
-                    answered = await self.wait_answered(last)
+                    if not await self.wait_answered(last):
+                        return False
             except TimeoutError:
-                answered = False
-            if not answered:
                 return False
 
     def turns_running(self) -> int:
