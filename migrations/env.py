@@ -31,10 +31,13 @@ from bot.errors import ConfigError, StorageError
 from bot.settings import DatabaseSettings
 from bot.storage import prefs_models  # noqa: F401  (its tables join Base.metadata)
 from bot.storage.database import (
+    SQLITE_FILE_PRAGMAS,
     create_oneoff_engine,
     database_errors,
     describe_error,
+    set_sqlite_pragmas,
     sqlite_file,
+    sqlite_pragmas,
 )
 from bot.storage.models import Base, include_in_schema_compare
 
@@ -133,10 +136,15 @@ def transactional_sqlite_ddl(engine: AsyncEngine) -> None:
     of a batch operation took effect alone: a disk that filled during a copy left a half-done
     revision (`_alembic_tmp_<table>` behind) that no later upgrade could get past. With the
     driver's own transaction handling off and BEGIN sent at each begin (the recipe in
-    SQLAlchemy's SQLite dialect documentation), a revision that fails is rolled back whole."""
+    SQLAlchemy's SQLite dialect documentation), a revision that fails is rolled back whole.
+
+    A file is put in WAL mode here, before the migration's transaction (the mode cannot change
+    inside one), under the migration lock: bot.storage.database.SQLITE_FILE_PRAGMAS."""
+    pragmas = sqlite_pragmas(engine.url, SQLITE_FILE_PRAGMAS) if sqlite_file(engine.url) else ()
 
     def no_driver_transactions(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.isolation_level = None
+        set_sqlite_pragmas(dbapi_connection, pragmas)
 
     def begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")

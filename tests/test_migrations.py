@@ -4,6 +4,7 @@ exactly the schema that bot/storage/models.py describes."""
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,32 @@ async def test_ensure_schema_none_migrates_sqlite(tmp_path: Path) -> None:
     assert await migrate.current(url) == migrate.head()
     tables, diff = await _inspect(url)
     assert tables >= TABLES and diff == []
+
+
+async def test_an_sqlite_file_leaves_its_migration_in_wal_mode(tmp_path: Path) -> None:
+    """WAL is set by the migration, under its lock, not by the first connection of each
+    worker: two workers starting together on a new file each tried to convert it, one of
+    them perhaps while the other held a lock, which the conversion cannot wait out (the
+    suspected cause of a "database is locked" in tests/test_ops_sample_race.py, once in a CI
+    run). A file already at the head revision in the old journal mode is converted too."""
+    path = tmp_path / "parley.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await migrate.upgrade(url)
+    assert _journal_mode(path) == "wal"
+
+    with sqlite3.connect(path) as plain:
+        plain.execute("PRAGMA journal_mode=DELETE")
+    assert _journal_mode(path) == "delete"
+    await migrate.ensure_schema(url, auto_migrate=None)
+    assert _journal_mode(path) == "wal"
+
+
+def _journal_mode(path: Path) -> str:
+    plain = sqlite3.connect(path)
+    try:
+        return str(plain.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        plain.close()
 
 
 async def test_ensure_schema_false_only_checks_sqlite(tmp_path: Path) -> None:

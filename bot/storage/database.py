@@ -32,13 +32,20 @@ log = logging.getLogger(__name__)
 # WAL lets readers work while one writer commits; NORMAL is durable across application crashes
 # in WAL mode (only an OS crash may lose the last commits); busy_timeout makes a second writer
 # wait for the lock instead of failing at once with "database is locked".
+# The busy timeout comes first, so that the pragmas after it wait for a lock as long as
+# statements do (sqlite3.connect's own default is 5 s).
 SQLITE_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
     # Writers queue for the lock; generous, because a loaded host stretches every commit.
     "PRAGMA busy_timeout=15000",
+    "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
+# What a migration sets on its connection (migrations/env.py): WAL is a property of the file,
+# set once, by the process that creates or migrates it under the migration lock; the workers'
+# connections then find the file in WAL already, and never convert it while another worker
+# reads it (two workers starting together on a new file each tried to).
+SQLITE_FILE_PRAGMAS = SQLITE_PRAGMAS[:2]
 
 # What a database failure looks like: driver errors (wrapped by SQLAlchemy), an exhausted pool,
 # and refused or timed-out connections, which some drivers raise unwrapped.
@@ -511,13 +518,13 @@ def _sqlite_engine(url: URL, *, pool_size: int, show_parameters: bool = False) -
     return engine
 
 
-def sqlite_pragmas(url: URL) -> tuple[str, ...]:
-    """The pragmas each connection to the SQLite database of `url` gets: SQLITE_PRAGMAS, less
+def sqlite_pragmas(url: URL, pragmas: tuple[str, ...] = SQLITE_PRAGMAS) -> tuple[str, ...]:
+    """The pragmas each connection to the SQLite database of `url` gets: `pragmas`, less
     the busy timeout where the URL's `timeout` parameter set it (sqlite3.connect() makes that
     its busy timeout, which the pragma would have replaced without a word)."""
     if "timeout" not in url.query:
-        return SQLITE_PRAGMAS
-    return tuple(each for each in SQLITE_PRAGMAS if not each.startswith("PRAGMA busy_timeout"))
+        return pragmas
+    return tuple(each for each in pragmas if not each.startswith("PRAGMA busy_timeout"))
 
 
 def set_sqlite_pragmas(dbapi_connection: Any, pragmas: Sequence[str] = SQLITE_PRAGMAS) -> None:
