@@ -17,6 +17,7 @@ import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 from starlette.types import ASGIApp
 
+from adapters.kit.http import HttpHost
 from adapters.kit.runner import host_for
 from adapters.support.adapter import SupportAdapter
 from adapters.support.settings import SupportSettings
@@ -38,6 +39,10 @@ class Worker:
     adapter: SupportAdapter
     url: str
     asgi: ASGIApp  # what uvicorn serves at `url`, for a request no HTTP client can make
+    # The worker's own HTTP host (not serving): `serve()` serves `asgi` as a worker does, on
+    # `[http] port` (uvicorn's h11 with Parley's limits), where `url`'s server is uvicorn's
+    # default one.
+    http: HttpHost
 
     def client(self, *, origin: str | None = ORIGIN, **kwargs: Any) -> httpx.AsyncClient:
         headers = {"Origin": origin} if origin else {}
@@ -83,7 +88,7 @@ async def support_worker(
         async with adapter:  # it mounts its routes as it starts
             asgi = host.http.app()
             async with serving(asgi) as port:
-                yield Worker(app, adapter, f"http://127.0.0.1:{port}", asgi)
+                yield Worker(app, adapter, f"http://127.0.0.1:{port}", asgi, host.http)
                 await adapter.idle()
 
 

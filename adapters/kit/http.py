@@ -31,6 +31,7 @@ from bot.logthrottle import ThrottledLog
 from bot.settings import HttpSettings
 
 from .head_deadline import head_deadline_protocol
+from .target import AbsoluteTarget
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ class HttpHost:
         # sent the body again in clear text.
         host_app.router.redirect_slashes = False
         draining = _RefuseWhileDraining(host_app, self)
-        return _BodyDeadline(draining, self._settings.body_timeout_s)
+        # Outermost: what follows (the paths served while stopping) sees the target's path.
+        return AbsoluteTarget(_BodyDeadline(draining, self._settings.body_timeout_s))
 
     async def serve(self) -> None:
         """Serve until cancelled. A port that cannot be bound is one AdapterError line."""
