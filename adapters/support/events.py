@@ -599,6 +599,7 @@ async def stream(
                     if not await still_allowed():
                         log.info("support events: stream ended, its caller may no longer read")
                         return
+                    after = await _below_the_log(log_, conversation, after)
                     checked = loop.time()
                 waiter.event.clear()  # before reading: an append from now on sets it again
                 events = waiter.take(after)
@@ -621,6 +622,17 @@ async def stream(
             # The log is unreachable: end the stream (never a 500 mid-stream); the client
             # reconnects with the id of the last event it has, and loses nothing.
             log.warning("support events: stream ended, the log is unreachable (%s)", exc)
+
+
+async def _below_the_log(log_: EventLog, conversation: str, after: str) -> str:
+    """`after`, or "0-0" where the log's newest event is older: the log started again (it
+    expired, or Redis lost it) while its clock was behind this stream's last id, so none of
+    its events was sent here, and reading after that id would send none until the clock
+    passed it."""
+    newest = await log_.latest(conversation)
+    if newest is not None and event_key(newest) < event_key(after):
+        return "0-0"
+    return after
 
 
 class Outbox:

@@ -23,8 +23,9 @@ _TOKEN = {
 }
 EVENTS_DESCRIPTION = """Server-Sent Events of the caller's conversation. Every event has an
 `id:`; reconnect with `Last-Event-ID` (or `?last_event_id=`) to continue after it, with
-nothing lost or repeated (`0`: every event kept). Without one the stream starts with the
-events after it opened. A `keep-alive` event (no id; data `{"every_s": 15}`, the interval)
+nothing lost or repeated (`0`: every event kept). Without one, or with one past the newest
+event kept (ids are times: a clock set back, a made-up id), the stream starts with the events
+after it opened. A `keep-alive` event (no id; data `{"every_s": 15}`, the interval)
 comes when it opens and after `support.keepalive_s` (15 s) of silence: a client that hears
 nothing for a few intervals may take the connection for dropped and reconnect. Events
 (`event:` name, `data:` JSON): `message` (MessageEvent: a visitor's message was recorded,
