@@ -54,6 +54,12 @@ class AdapterSettings(BaseModel):
         nothing. Asked by `parley run` before it opens anything, and by the adapter itself."""
         return None
 
+    def serves_http(self) -> bool:
+        """Whether the adapter mounts routes on Parley's HTTP server (`http.host`, `http.port`)
+        when it runs: `parley doctor` then checks that the port can be bound. False unless the
+        adapter says so (a webhook, an API)."""
+        return False
+
 
 @dataclass(frozen=True, slots=True)
 class AdapterSpec:

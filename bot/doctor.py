@@ -14,11 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import adapters.support.models  # noqa: F401  (its tables join Base.metadata: the write check)
 import bot.handoff.models  # noqa: F401  (its tables, as in migrations/env.py)
+from adapters.kit.http import listening_socket
+from adapters.kit.runner import listen_addresses
 from backends.base import Backend
 from backends.factory import build_backend, build_plain_backend, fallback_settings
-from bot.adapter_registry import adapter_spec
+from bot.adapter_registry import AdapterSettings, adapter_spec
 from bot.app import history_room
-from bot.errors import BotError, ConfigError, SchemaOutOfDate, StorageError
+from bot.errors import AdapterError, BotError, ConfigError, SchemaOutOfDate, StorageError
 from bot.logsafety import redactor
 from bot.metrics import multiprocess_problem
 from bot.settings import Settings
@@ -55,6 +57,7 @@ async def run_checks(settings: Settings, *, out: TextIO) -> list[str]:
     await _check_cache(settings, report)
     await _check_backend(settings, report)
     await _check_adapters(settings, report)
+    _check_listening(settings, report)
     problem = multiprocess_problem()
     if problem:
         report(False, f"metrics: {problem}")
@@ -250,6 +253,33 @@ async def _check_adapters(settings: Settings, report: _Report) -> None:
             report(True, f"adapter {name}: {await check(*arguments)}")
         except BotError as exc:
             report(False, f"adapter {name}: {exc}")
+
+
+def _check_listening(settings: Settings, report: _Report) -> None:
+    """Each address `parley run` would listen on can be bound: a port another process holds
+    failed the run at start ("cannot listen on ...: Address already in use", exit 3) while
+    doctor found nothing. The socket is closed at once: doctor holds no port. Nothing is
+    said where nothing listens (no adapter serving HTTP, no metrics port)."""
+    try:
+        serving = any(_serves_http(settings, name) for name in settings.adapters)
+        addresses = listen_addresses(settings, serving)
+    except ConfigError as exc:  # the metrics and HTTP ports in each other's way
+        report(False, str(exc))
+        return
+    for section, host, port in addresses:
+        try:
+            listening_socket(host, port, section).close()
+        except AdapterError as exc:  # run's own line
+            report(False, str(exc))
+        else:
+            report(True, f"{section}: can listen on {host}:{port}")
+
+
+def _serves_http(settings: Settings, name: str) -> bool:
+    # Settings made without the adapters' sections (`Settings()`, not load_settings: a
+    # program's own) have none to ask.
+    section = getattr(settings, name, None)
+    return isinstance(section, AdapterSettings) and section.serves_http()
 
 
 def _takes_core_settings(check: Callable[..., object]) -> bool:

@@ -20,6 +20,7 @@ from bot.doctor import run_checks
 from bot.errors import ConfigError
 from bot.settings import load_settings
 from bot.storage import migrate
+from tests.redis_server import free_port
 from tests.support_helpers import bearer, new_visitor, support_worker
 
 PROMPT = "You are the helper of Shop, whose discount code is SHOP-4242."
@@ -271,7 +272,9 @@ def test_sup_a_short_webhook_secret_is_named_in_characters(
 
 
 async def _doctor(**overrides: object) -> tuple[str, list[str]]:
-    settings = load_settings(None, adapters=["support"], **overrides)
+    # A free port: doctor checks that the support API's could be listened on (8080 may be
+    # taken on the machine running the tests).
+    settings = load_settings(None, adapters=["support"], http={"port": free_port()}, **overrides)
     out = io.StringIO()
     problems = await run_checks(settings, out=out)
     (line,) = [x for x in out.getvalue().splitlines() if "adapter support" in x]

@@ -114,6 +114,9 @@ class ChatwootSettings(AdapterSettings):
             )
         return value
 
+    def serves_http(self) -> bool:
+        return True  # Chatwoot's webhooks
+
     def missing(self) -> str | None:
         token = self.api_access_token
         unset = [

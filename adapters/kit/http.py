@@ -129,16 +129,7 @@ class HttpHost:
 
     async def serve(self) -> None:
         """Serve until cancelled. A port that cannot be bound is one AdapterError line."""
-        try:
-            sock = socket.create_server((self._settings.host, self._settings.port))
-            # Accepted connections inherit it: no Nagle delay (about 40 ms) on the second and
-            # later responses of a kept-alive connection.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
-            # The errno's own words: create_server's strerror repeats the address after them
-            # ("... (while attempting to bind on address ('127.0.0.1', 8080))").
-            why = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise AdapterError(f"{self._section}: cannot listen on {self.address}: {why}") from None
+        sock = listening_socket(self._settings.host, self._settings.port, self._section)
         # log_config None: uvicorn's records go to the root handlers (Parley's format, JSON
         # included, and its redaction), not to a handler of its own that prints plain lines
         # ("WARNING:  Invalid HTTP request received.", which any client can cause).
@@ -178,6 +169,24 @@ class HttpHost:
         if problems:
             return PlainTextResponse("\n".join(problems), status_code=503)
         return PlainTextResponse("ready")
+
+
+def listening_socket(host: str, port: int, section: str = "http") -> socket.socket:
+    """A socket listening on host:port, as `serve` opens it, or one AdapterError line naming
+    `section`'s setting. `parley doctor` opens and closes one to check the port. On POSIX
+    create_server sets SO_REUSEADDR, as uvicorn does: a port whose last connections are in
+    TIME_WAIT (a worker just stopped) can be bound."""
+    try:
+        sock = socket.create_server((host, port))
+    except OSError as exc:
+        # The errno's own words: create_server's strerror repeats the address after them
+        # ("... (while attempting to bind on address ('127.0.0.1', 8080))").
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise AdapterError(f"{section}: cannot listen on {host}:{port}: {why}") from None
+    # Accepted connections inherit it: no Nagle delay (about 40 ms) on the second and later
+    # responses of a kept-alive connection.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _refuse(path: str, taken: str) -> None:

@@ -159,7 +159,6 @@ def http_hosts(app: Parley, http: HttpHost) -> list[HttpHost]:
     is not the adapters' server."""
     hosts = []
     settings = app.settings
-    port = settings.metrics.port
     if http.in_use:
         if _metrics_on_http(settings):
             try:
@@ -171,11 +170,29 @@ def http_hosts(app: Parley, http: HttpHost) -> list[HttpHost]:
                     "or metrics.port to a port of its own"
                 ) from None
         hosts.append(http)
-        port = 0 if _serves_metrics_already(settings) else port
+    port = _own_metrics_port(settings, http.in_use)
     own = metrics_host(settings.metrics.host, port, app.metrics, ReadinessProbe(app))
     if own is not None:
         hosts.append(own)
     return hosts
+
+
+def _own_metrics_port(settings: Settings, http_in_use: bool) -> int:
+    """The port of the metrics server of its own, 0 for none: `metrics.port`, unless the
+    adapters' HTTP server runs (`http_in_use`) on that same address and serves it. A
+    ConfigError where the two cannot both listen (see _serves_metrics_already)."""
+    if http_in_use and _serves_metrics_already(settings):
+        return 0
+    return settings.metrics.port
+
+
+def listen_addresses(settings: Settings, http_in_use: bool) -> list[tuple[str, str, int]]:
+    """Where `parley run` listens, as (settings section, host, port): the adapters' HTTP
+    server when one mounts anything (`http_in_use`), and the metrics port's own server."""
+    found = [("http", settings.http.host, settings.http.port)] if http_in_use else []
+    if port := _own_metrics_port(settings, http_in_use):
+        found.append(("metrics", settings.metrics.host, port))
+    return found
 
 
 def _metrics_on_http(settings: Settings) -> bool:

@@ -70,6 +70,9 @@ class SupportSettings(AdapterSettings):
         60.0, gt=0, description="longest wait between two tries (exponential from 0.5 s)"
     )
 
+    def serves_http(self) -> bool:
+        return True  # the API (and the demo page) is all it serves
+
     @field_validator("token_secret")
     @classmethod
     def _long_token_secret(cls, value: SecretStr | None) -> SecretStr | None:

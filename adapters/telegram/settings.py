@@ -82,6 +82,9 @@ class TelegramSettings(AdapterSettings):
             return "PARLEY_TELEGRAM__TOKEN: required when the telegram adapter runs"
         return None
 
+    def serves_http(self) -> bool:
+        return self.mode == "webhook"  # polling opens no port
+
     @model_validator(mode="after")
     def _webhook_needs_url_and_secret(self) -> Self:
         if self.mode == "webhook" and not (self.webhook_public_url and self.webhook_secret_token):

@@ -1,0 +1,110 @@
+"""`parley doctor` checks the ports `parley run` would listen on: a port another process held
+failed the run at start ("cannot listen on ...: Address already in use", exit 3) while doctor
+said "no problems found"."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.chatwoot.settings import ChatwootSettings
+from adapters.support.settings import SupportSettings
+from adapters.telegram.settings import TelegramSettings
+from bot.adapter_registry import AdapterSettings
+from bot.cli import main
+
+IN_USE = os.strerror(errno.EADDRINUSE)
+Doctor = Callable[..., tuple[int, str]]
+
+
+@pytest.fixture
+def doctor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Doctor]:
+    """`parley doctor` over a migrated SQLite file: (exit status, output) for the settings
+    given as environment variables."""
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/d.db")
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+
+    def run(**env: str) -> tuple[int, str]:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        code = main(["doctor"])
+        return code, capsys.readouterr().out
+
+    yield run
+
+
+def _held() -> socket.socket:
+    """A socket of another process's kind, listening on a free port of 127.0.0.1."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    return taken
+
+
+def test_a_port_another_process_holds_is_a_problem(doctor: Doctor) -> None:
+    with _held() as taken:
+        port = taken.getsockname()[1]
+        code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
+    assert code == 1, out
+    assert f"[PROBLEM] http: cannot listen on 127.0.0.1:{port}: {IN_USE}\n" in out
+    assert out.rstrip().endswith("1 problem(s) found")
+
+
+def test_a_free_port_passes_and_doctor_leaves_it_free(doctor: Doctor) -> None:
+    with _held() as taken:  # a free port: taken, then let go
+        port = taken.getsockname()[1]
+    code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
+    assert code == 0, out
+    assert f"[ok] http: can listen on 127.0.0.1:{port}\n" in out
+    with socket.socket() as plain:  # doctor holds nothing, not even a TIME_WAIT
+        plain.bind(("127.0.0.1", port))
+
+
+def test_a_port_whose_last_connection_is_in_time_wait_passes(doctor: Doctor) -> None:
+    """A worker just stopped leaves its closed connections in TIME_WAIT for a minute; uvicorn
+    (and `parley run`) bind with SO_REUSEADDR, so that is no problem, and doctor says none."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the server's side closes first: it is left in TIME_WAIT
+            assert client.recv(1) == b""
+    with socket.socket() as plain, pytest.raises(OSError) as refused:
+        plain.bind(("127.0.0.1", port))  # without SO_REUSEADDR the port is taken
+    assert refused.value.errno == errno.EADDRINUSE
+    code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
+    assert code == 0, out
+    assert f"[ok] http: can listen on 127.0.0.1:{port}\n" in out
+
+
+def test_no_port_is_checked_where_nothing_listens_and_the_metrics_port_is(
+    doctor: Doctor,
+) -> None:
+    """The console alone (and Telegram polling, Discord) starts no HTTP server: a taken
+    http.port is nobody's problem there. A metrics port of its own is listened on."""
+    with _held() as taken:
+        port = taken.getsockname()[1]
+        code, out = doctor(PARLEY_ADAPTERS="console", PARLEY_HTTP__PORT=str(port))
+        assert code == 0, out
+        assert "listen" not in out
+        code, out = doctor(PARLEY_METRICS__PORT=str(port))
+    assert code == 1, out
+    assert f"[PROBLEM] metrics: cannot listen on 127.0.0.1:{port}: {IN_USE}\n" in out
+
+
+def test_the_adapters_that_serve_http_say_so() -> None:
+    """What doctor asks each configured adapter (AdapterSettings.serves_http): whether `parley
+    run` starts the HTTP server for it."""
+    webhook = {"webhook_public_url": "https://bot.example/tg", "webhook_secret_token": "s3cret"}
+    assert TelegramSettings(mode="webhook", **webhook).serves_http()
+    assert not TelegramSettings().serves_http()  # polling
+    assert SupportSettings().serves_http() and ChatwootSettings().serves_http()
+    assert not AdapterSettings().serves_http()  # a third party's, unless it says so
