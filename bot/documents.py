@@ -190,10 +190,11 @@ async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
                 raise DocumentRefused(phrases.DOC_TOO_MUCH_MEMORY) from None
             if child.exitcode == _KILLED:
                 # Not its own cap: the kernel chose it while the host (or its container) was
-                # short of memory, perhaps for others' allocations. Said as memory, but it
-                # tells nothing of the file: an edit keeps the text read when it was sent.
+                # short of memory, perhaps for others' allocations. It tells nothing of the
+                # file: the user is asked to send it again, an edit keeps the text read when
+                # it was sent.
                 log.warning("document refused: its reader was killed, out of the host's memory")
-                raise DocumentRefusedForNow(phrases.DOC_TOO_MUCH_MEMORY) from None
+                raise DocumentRefusedForNow(phrases.DOC_NOT_NOW) from None
             raise DocumentRefused(phrases.DOC_DAMAGED) from None
     finally:
         receiver.close()

@@ -73,6 +73,9 @@ DOC_EMPTY = N_("I found no text in that document.")
 DOC_DAMAGED = N_("That document looks damaged; I could not read it.")
 DOC_TOO_SLOW = N_("That document took too long to read, so I stopped.")
 DOC_TOO_MUCH_MEMORY = N_("That document needs too much memory to read, so I stopped.")
+# The reader ended for a reason that says nothing of the file (the kernel killed it, the host
+# short of memory): the same file may be read a moment later.
+DOC_NOT_NOW = N_("I could not read that document just now. Please send it again in a moment.")
 DOC_TOO_LONG = N_(
     "That document has more text than I read at once (at most {chars} characters). "
     "Please send a shorter one."
