@@ -18,6 +18,7 @@ from adapters.kit.http import listening_socket
 from adapters.kit.runner import listen_addresses
 from backends.base import Backend
 from backends.factory import build_backend, build_plain_backend, fallback_settings
+from bot import health
 from bot.adapter_registry import AdapterSettings, adapter_spec
 from bot.app import history_room
 from bot.errors import AdapterError, BotError, ConfigError, SchemaOutOfDate, StorageError
@@ -270,9 +271,24 @@ def _check_listening(settings: Settings, report: _Report) -> None:
         try:
             listening_socket(host, port, section).close()
         except AdapterError as exc:  # run's own line
-            report(False, str(exc))
+            if _a_worker_answers(section, host, port):
+                report(True, f"{section}: {host}:{port} is served by a running worker (its "
+                             "/healthz answers); another worker here could not listen")  # fmt: skip
+            else:
+                report(False, str(exc))
         else:
             report(True, f"{section}: can listen on {host}:{port}")
+
+
+def _a_worker_answers(section: str, host: str, port: int) -> bool:
+    """Whether what holds host:port is a running Parley worker: its `/healthz` answers `ok`
+    (as `parley health` asks it). Doctor is run beside a worker too, where the port is taken
+    by that worker, which is no problem."""
+    try:
+        url = health.healthz_at(section, host, str(port))
+    except ValueError:  # no URL can be made of it
+        return False
+    return health.worker_answers(url)
 
 
 def _serves_http(settings: Settings, name: str) -> bool:

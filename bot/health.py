@@ -98,6 +98,12 @@ def url_of(metrics: tuple[str, str], http: tuple[str, str]) -> str:
     server: the metrics port when one is set, else the HTTP port."""
     own = metrics[1].strip() not in ("", "0") and _number(metrics[1]) != 0
     section, (host, given) = ("metrics", metrics) if own else ("http", http)
+    return healthz_at(section, host, given)
+
+
+def healthz_at(section: str, host: str, given: str) -> str:
+    """The `/healthz` URL of the server of `section` listening on host:given (a wildcard
+    host asked on loopback); ValueError naming the setting that cannot make one."""
     host = _WILDCARD_HOSTS.get(host, host)
     port = _number(given)
     if port is None or not 0 < port < 65536:
@@ -146,6 +152,17 @@ def _say(line: str, *, json_format: bool) -> None:
     from bot.logformat import command_line
 
     print(command_line(line, json_format=json_format), file=sys.stderr)
+
+
+def worker_answers(url: str) -> bool:
+    """Whether a Parley worker answers at `url` (its `/healthz`): HTTP 200 and `ok`, within
+    TIMEOUT_S. Says nothing."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with direct.open(url, timeout=TIMEOUT_S) as response:
+            return bool(response.status == 200 and response.read(16) == b"ok")
+    except (OSError, ValueError, http.client.HTTPException):  # refused, an error status, ...
+        return False
 
 
 def ask(url: str, *, json_format: bool = False) -> int:

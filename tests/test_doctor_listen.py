@@ -4,19 +4,26 @@ said "no problems found"."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
+import http.server
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from adapters.chatwoot.settings import ChatwootSettings
+from adapters.kit.http import HttpHost
 from adapters.support.settings import SupportSettings
 from adapters.telegram.settings import TelegramSettings
 from bot.adapter_registry import AdapterSettings
 from bot.cli import main
+from bot.settings import HttpSettings
 
 IN_USE = os.strerror(errno.EADDRINUSE)
 Doctor = Callable[..., tuple[int, str]]
@@ -108,3 +115,54 @@ def test_the_adapters_that_serve_http_say_so() -> None:
     assert not TelegramSettings().serves_http()  # polling
     assert SupportSettings().serves_http() and ChatwootSettings().serves_http()
     assert not AdapterSettings().serves_http()  # a third party's, unless it says so
+
+
+@contextlib.contextmanager
+def _worker_serving(port: int) -> Iterator[None]:
+    """A worker's HTTP host (the real one, as `parley run` serves it) on 127.0.0.1:port, in a
+    thread of its own: doctor is run beside it."""
+    loop = asyncio.new_event_loop()
+    host = HttpHost(HttpSettings(port=port))
+    serving = loop.create_task(host.serve())
+
+    def run() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # how the test stops it
+            loop.run_until_complete(serving)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        for _ in range(500):  # until it listens
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            time.sleep(0.02)
+        yield
+    finally:
+        loop.call_soon_threadsafe(serving.cancel)
+        thread.join(30)
+        loop.close()
+
+
+def test_a_port_a_running_worker_serves_is_no_problem(doctor: Doctor) -> None:
+    """Doctor is run beside a worker too (a deployment checked while it runs): the port is
+    taken by that worker, whose /healthz answers. Anything else holding the port, an HTTP
+    server too, is still the problem a second `parley run` would meet."""
+    with _held() as taken:
+        port = taken.getsockname()[1]
+    with _worker_serving(port):
+        code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
+    assert code == 0, out
+    assert f"[ok] http: 127.0.0.1:{port} is served by a running worker" in out
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    with other:
+        port = other.server_address[1]
+        answering = threading.Thread(target=other.serve_forever)
+        answering.start()
+        try:
+            code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
+        finally:
+            other.shutdown()
+            answering.join(30)
+    assert code == 1, out
+    assert f"[PROBLEM] http: cannot listen on 127.0.0.1:{port}: {IN_USE}\n" in out
