@@ -19,7 +19,10 @@ and Parley's own answers, which come back) goes to the agent bot as `message_cre
 `conversation_updated` (`Conversations::EventDataPresenter#push_data`, with
 `changed_attributes`), as does an assignment (`conversation_updated` only). Each is signed:
 X-Chatwoot-Signature `sha256=HMAC(secret, "<timestamp>.<body>")`, X-Chatwoot-Timestamp,
-X-Chatwoot-Delivery.
+X-Chatwoot-Delivery. Like Chatwoot (lib/webhooks/trigger.rb: RestClient with `timeout: 5`, the
+error rescued and logged), each delivery waits `webhook_timeout_s` for Parley's answer, then
+gives up: recorded with status 0 and never sent again (Chatwoot's agent bot job retries only
+429 and 500 answers).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -108,6 +111,12 @@ class FakeChatwoot:
         self.version = "4.13.0"  # what GET /api reports
         self.failing_services = False
         self.port = 0  # where the API listens, once it serves
+        # How long a delivery waits for Parley's answer: Chatwoot's RestClient timeout.
+        self.webhook_timeout_s = 5.0
+        # Set: public messages Parley posts wait for it (held on their way to the contact);
+        # `on_public_post` is awaited as each arrives, after that wait.
+        self.hold_public_posts: asyncio.Event | None = None
+        self.on_public_post: Callable[[], Awaitable[None]] | None = None
 
     # -- the test's side ---------------------------------------------------------------------
 
@@ -183,9 +192,15 @@ class FakeChatwoot:
         }
         status = 0
         for _ in range(times):
-            response = await self._http.post(self.webhook_url, content=body, headers=headers)
-            status = response.status_code
-            self.last_answer = response.text
+            try:
+                response = await self._http.post(
+                    self.webhook_url, content=body, headers=headers,
+                    timeout=self.webhook_timeout_s,
+                )  # fmt: skip
+            except httpx.TimeoutException:  # Chatwoot hangs up, logs it, never sends it again
+                status, self.last_answer = 0, ""
+            else:
+                status, self.last_answer = response.status_code, response.text
             self.deliveries.append((str(payload.get("event")), status))
         return status
 
@@ -380,6 +395,11 @@ class FakeChatwoot:
             return self._unprocessable(request, "Message type is invalid")
         if kind == "outgoing":
             content = liquid(content, conv)
+        if kind == "outgoing" and not body.get("private", False):
+            if self.hold_public_posts is not None:
+                await self.hold_public_posts.wait()
+            if self.on_public_post is not None:
+                await self.on_public_post()
         message = self.new_message(
             conv, content, kind, private=body.get("private", False), sender=_poster(request)
         )

@@ -124,11 +124,18 @@ async def test_of_two_updates_handled_at_once_the_older_never_follows_the_newer(
                 return getattr(desk, name)
 
             async def give_back(
-                self, key: ConversationKey, agent: str, *, updated_at: float | None = None
+                self,
+                key: ConversationKey,
+                agent: str,
+                *,
+                updated_at: float | None = None,
+                answer_within_s: float | None = None,
             ) -> HandoffStatus:
                 if updated_at == older.updated_at:
                     await w.adapter.act(newer)
-                return await desk.give_back(key, agent, updated_at=updated_at)
+                return await desk.give_back(
+                    key, agent, updated_at=updated_at, answer_within_s=answer_within_s
+                )
 
         settings = w.app.settings.section("chatwoot")
         assert isinstance(settings, ChatwootSettings)

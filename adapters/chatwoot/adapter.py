@@ -66,6 +66,12 @@ HUMAN_STATUSES = frozenset({"open", "snoozed"})
 BOT_STATUSES = frozenset({"pending", "resolved"})
 # While Chatwoot is out of reach: one look at it (GET /api) at most this often.
 LOOK_S = 2.0
+# A status webhook's give-back may wait for the agent's replies (up to delivery_grace_s plus
+# lock_ttl_s, 21 s by default). Chatwoot waits 5 s for a webhook's answer and never sends it
+# again after a timeout (lib/webhooks/trigger.rb, RestClient `timeout: 5`, the error rescued;
+# its agent bot job retries 429 and 500 only): answered within this, the give-back applied by
+# the desk once the replies are delivered.
+ANSWER_WITHIN_S = 2.0
 
 
 def create(host: AdapterHost, settings: ChatwootSettings) -> ChatwootAdapter:
@@ -290,7 +296,9 @@ class ChatwootAdapter:
         current = await self._desk.status(change.key)
         agent = change.agent or PLATFORM
         if change.status in BOT_STATUSES and current.state is not HandoffState.BOT:
-            await self._desk.give_back(change.key, agent, updated_at=at)
+            await self._desk.give_back(
+                change.key, agent, updated_at=at, answer_within_s=ANSWER_WITHIN_S
+            )
             return
         if change.status in HUMAN_STATUSES:
             # Opened by an agent while the bot had it; or assigned while waiting for a person.

@@ -17,7 +17,9 @@ would have Chatwoot retry a body that can never be recorded); with `account_id` 
 webhook of another account gets 403, before anything is recorded. The 200 goes out after
 the action is done (a message recorded in SQL); a database that cannot take it gets 500, which
 Chatwoot's agent bot job retries (it retries 429 and 500 only), and the message's idempotency
-key makes the repeat harmless.
+key makes the repeat harmless. Chatwoot waits 5 s for the answer and never sends a delivery
+again after a timeout: a give-back that waits for the agent's replies answers within
+adapter.ANSWER_WITHIN_S and is applied by the desk after them.
 Secrets and message text are never logged; a payload value in a log line is a truncated
 repr (payloads.shown), so it cannot forge a line. What anyone can send without a secret (a
 wrong path secret, a bad signature, a body too large, a delivery to the wrong URL) is logged

@@ -42,11 +42,19 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Sequence,
+)
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from backends.base import Backend, GenerationRequest, estimate_tokens
 from bot import phrases
@@ -264,6 +272,7 @@ class ConversationManager:
         # The stop's drain began: no turn is started any more (what is pending stays so, for
         # another worker or the next start). The orphan sweep is the one that would.
         self._closing = False
+        self._closing_now = asyncio.Event()  # set with _closing: ends a give-back's wait
         self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -311,9 +320,11 @@ class ConversationManager:
         its agent sent first). False: given up once the newest reply is not delivered within
         `delivery_grace_s` plus `lock_ttl_s` (another worker's answer holds the conversation
         past its grace, a turn held up here, the database away), or at once where this
-        worker is stopping (it starts no turn then: the wait held its drain). Bounded here:
-        `wait_answered` waits on while the database is away, as the console must, and held
-        the give-back (an agent's request, a help desk's webhook) for the whole outage."""
+        worker is stopping (it starts no turn then: the wait held its drain), or as soon as
+        its stop begins during the wait (a give-back the desk applies in the background is then
+        applied while the help desks are still reached, not lost with the worker). Bounded
+        here: `wait_answered` waits on while the database is away, as the console must, and
+        held the give-back (an agent's request, a help desk's webhook) for the whole outage."""
         s = self._settings
         while True:
             if self._closing:  # a stop: no turn starts here now, another worker's sweep runs them
@@ -326,10 +337,22 @@ class ConversationManager:
             last = Recorded(replies[-1], conversation_id, is_new=False)
             try:
                 async with asyncio.timeout(s.delivery_grace_s + s.lock_ttl_s):
-                    if not await self.wait_answered(last):
+                    if not await self._unless_closing(self.wait_answered(last)):
                         return False
             except TimeoutError:
                 return False
+
+    async def _unless_closing(self, waiting: Coroutine[Any, Any, bool]) -> bool:
+        """`waiting`'s answer, or False once this worker's stop begins (drain)."""
+        answer = asyncio.ensure_future(waiting)
+        closing = asyncio.ensure_future(self._closing_now.wait())
+        try:
+            await asyncio.wait({answer, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (answer, closing):
+                task.cancel()
+            await asyncio.gather(answer, closing, return_exceptions=True)
+        return False if answer.cancelled() else answer.result()
 
     def turns_running(self) -> int:
         """Conversations running turns in this worker now (at most max_turns)."""
@@ -847,6 +870,7 @@ class ConversationManager:
         recorded during the grace, and agents' replies, wait for another worker's sweep or
         the next start)."""
         self._draining = self._closing = True
+        self._closing_now.set()
         self._leave_waiting()
         if self._sweeper is not None:  # it would take up the turns this stop cuts
             self._sweeper.cancel()

@@ -123,6 +123,17 @@ class _Item:
         return self.event if self._task is None else await self._task
 
 
+def _given_back_later(key: ConversationKey, task: asyncio.Task[HandoffStatus]) -> None:
+    """The end of a give-back applied after its caller was answered: nobody else reads it."""
+    if task.cancelled():
+        log.warning("%s: give-back not applied (this worker stopped first): give the "
+                    "conversation back again", key)  # fmt: skip
+    elif isinstance(exc := task.exception(), StorageError):
+        log.error("%s: give-back not applied: %s; give the conversation back again", key, exc)
+    elif exc is not None:
+        log.error("%s: give-back not applied", key, exc_info=exc)
+
+
 class CoreDesk:
     """types.Desk over SQL. `schedule(conversation_id, key)` runs the conversation's turn
     (the manager's): an agent's reply is delivered by it like any answer. `stop_reply(
@@ -171,6 +182,8 @@ class CoreDesk:
         # The bridges (by id) whose help desk was away while events queued behind: those
         # events are checked for a later change before their first try (_superseded).
         self._behind_away: set[int] = set()
+        # Give-backs applied after the caller was answered (give_back's answer_within_s).
+        self._giving_back: set[asyncio.Task[HandoffStatus]] = set()
 
     async def start(self) -> None:
         """Read the conversations waiting for a person: their requests may never have been
@@ -331,8 +344,39 @@ class CoreDesk:
         *,
         updated_at: float | None = None,
         made_at: float | None = None,
+        answer_within_s: float | None = None,
     ) -> HandoffStatus:
         cid = await self._conversation(key)
+        applying = self._give_back(cid, key, agent, updated_at=updated_at, made_at=made_at)
+        if answer_within_s is None:
+            return await applying
+        # A caller that must answer sooner than the replies may take (a help desk's webhook,
+        # whose sender hangs up): the give-back is the desk's own task, never cancelled with
+        # the caller; not done in time, it goes on here (idle and aclose wait for it, and a
+        # stop ends its wait: the manager's agent_replies_delivered) and the caller gets the
+        # conversation's status as it is now.
+        task = asyncio.create_task(applying, name="parley-give-back")
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=answer_within_s)
+        except asyncio.CancelledError:  # the caller is gone: the give-back goes on
+            task.add_done_callback(functools.partial(_given_back_later, key))
+            raise
+        if task in done:
+            return task.result()
+        task.add_done_callback(functools.partial(_given_back_later, key))
+        return await self.repo.status(cid)
+
+    async def _give_back(
+        self,
+        cid: int,
+        key: ConversationKey,
+        agent: str,
+        *,
+        updated_at: float | None,
+        made_at: float | None,
+    ) -> HandoffStatus:
         # After the agent's replies sent before it, which their turns deliver (under the
         # conversation's lease, on any worker): applied at once, "back to the bot" reached
         # the visitor's stream and the history before them.
@@ -456,6 +500,11 @@ class CoreDesk:
             if isinstance(bridge, Draining):
                 await bridge.idle()
         await asyncio.gather(*self._receipts, return_exceptions=True)
+        # Give-backs waiting for the agents' replies, then the events they queue.
+        while giving_back := [task for task in self._giving_back if not task.done()]:
+            await asyncio.gather(*giving_back, return_exceptions=True)
+            for queue in self._queues:
+                await queue.join()
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         with contextlib.suppress(TimeoutError):
@@ -463,9 +512,12 @@ class CoreDesk:
                 await self.idle()
         # A request still without its receipt stays unmarked: the next start sends it again.
         claims = [self._claims] if self._claims is not None else []
-        for task in [*self._tasks, *self._receipts, *claims]:
+        giving_back = list(self._giving_back)  # each says in the log that it was not applied
+        for task in [*self._tasks, *self._receipts, *claims, *giving_back]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._receipts, *claims, return_exceptions=True)
+        await asyncio.gather(
+            *self._tasks, *self._receipts, *claims, *giving_back, return_exceptions=True
+        )
         self._tasks.clear()
         self._claims = None
         if self._recovered:  # let go: the next start (or a worker watching) hands them on

@@ -215,6 +215,11 @@ class Desk(Protocol):
         made_at: float | None = None,
     ) -> HandoffStatus: ...
 
+    # A give-back comes after the agent's replies recorded before it, and may wait for their
+    # delivery (up to delivery_grace_s plus lock_ttl_s). `answer_within_s`: a caller that must
+    # answer sooner (a help desk's webhook, whose sender gives up) gets the conversation's
+    # status after at most that long; the give-back is then applied by the desk once the
+    # replies are delivered (or given up), whatever becomes of the caller.
     async def give_back(
         self,
         key: ConversationKey,
@@ -222,6 +227,7 @@ class Desk(Protocol):
         *,
         updated_at: float | None = None,
         made_at: float | None = None,
+        answer_within_s: float | None = None,
     ) -> HandoffStatus: ...
 
     async def newer_update(self, key: ConversationKey, updated_at: float) -> bool:
