@@ -32,6 +32,9 @@ DEFAULTS: dict[tuple[str, str], str] = {
 }
 # Seconds the whole request may take: within a container check's usual 3-5 s.
 TIMEOUT_S = 2.0
+# On every `/healthz` answer of a Parley worker (adapters/kit/http.py): `worker_answers` tells
+# a worker from another program whose own /healthz answers `ok` too, as many do.
+WORKER_HEADER = "Parley-Worker"
 # A server listening on every interface is asked on loopback.
 _WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
 
@@ -155,12 +158,14 @@ def _say(line: str, *, json_format: bool) -> None:
 
 
 def worker_answers(url: str) -> bool:
-    """Whether a Parley worker answers at `url` (its `/healthz`): HTTP 200 and `ok`, within
-    TIMEOUT_S. Says nothing."""
+    """Whether a Parley worker answers at `url` (its `/healthz`): HTTP 200, `ok` and the
+    WORKER_HEADER, within TIMEOUT_S (another program's /healthz may answer `ok` too). Says
+    nothing."""
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with direct.open(url, timeout=TIMEOUT_S) as response:
-            return bool(response.status == 200 and response.read(16) == b"ok")
+            ours = response.headers.get(WORKER_HEADER) is not None
+            return bool(ours and response.status == 200 and response.read(16) == b"ok")
     except (OSError, ValueError, http.client.HTTPException):  # refused, an error status, ...
         return False
 

@@ -166,3 +166,36 @@ def test_a_port_a_running_worker_serves_is_no_problem(doctor: Doctor) -> None:
             answering.join(30)
     assert code == 1, out
     assert f"[PROBLEM] http: cannot listen on 127.0.0.1:{port}: {IN_USE}\n" in out
+
+
+class _AnotherServicesHealth(http.server.BaseHTTPRequestHandler):
+    """Another program's server with a /healthz of its own that answers `ok`, as many do."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_another_programs_healthz_answering_ok_is_no_worker(doctor: Doctor) -> None:
+    """A port held by another program whose own /healthz answers `ok` (a common liveness
+    answer) was taken for a running worker: doctor said `[ok] ... is served by a running
+    worker`, and `parley run` then failed at start on that port."""
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AnotherServicesHealth)
+    with other:
+        port = other.server_address[1]
+        answering = threading.Thread(target=other.serve_forever)
+        answering.start()
+        try:
+            code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
+        finally:
+            other.shutdown()
+            answering.join(30)
+    assert code == 1, out
+    assert f"[PROBLEM] http: cannot listen on 127.0.0.1:{port}: {IN_USE}\n" in out
+    assert "running worker" not in out

@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.errors import AdapterError, ConfigError
+from bot.health import WORKER_HEADER
 from bot.logthrottle import ThrottledLog
 from bot.settings import HttpSettings
 
@@ -160,7 +161,8 @@ class HttpHost:
                 refusals.logger.removeFilter(refusals)
 
     async def _healthz(self, request: Request) -> Response:
-        return PlainTextResponse("ok")
+        # The header tells `parley doctor` that what holds a port is a worker (bot.health).
+        return PlainTextResponse("ok", headers={WORKER_HEADER: "1"})
 
     async def _readyz(self, request: Request) -> Response:
         if self.draining:
