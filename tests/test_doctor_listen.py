@@ -199,3 +199,39 @@ def test_another_programs_healthz_answering_ok_is_no_worker(doctor: Doctor) -> N
     assert code == 1, out
     assert f"[PROBLEM] http: cannot listen on 127.0.0.1:{port}: {IN_USE}\n" in out
     assert "running worker" not in out
+
+
+def test_an_ipv6_host_can_be_listened_on(doctor: Doctor) -> None:
+    """http.host "::" (every interface, IPv6 and IPv4) or "::1": the socket was made for IPv4
+    alone, so `parley run` failed at start ("cannot listen on :::8080: Unknown error -9") and
+    so did doctor. It is an IPv6 socket for a host with a ":", as uvicorn makes it."""
+    for host in ("::1", "::"):
+        with socket.create_server(("::1", 0), family=socket.AF_INET6) as probe:
+            port = probe.getsockname()[1]  # a free port, let go
+        code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__HOST=host,
+                           PARLEY_HTTP__PORT=str(port))  # fmt: skip
+        assert code == 0, out
+        assert f"[ok] http: can listen on {host}:{port}\n" in out
+
+
+async def test_a_worker_on_the_ipv6_wildcard_serves_ipv4_and_ipv6() -> None:
+    """`parley run` with http.host "::" serves (it failed at start), on IPv6 and IPv4 alike
+    where the system takes both on one socket, as uvicorn's own binding does."""
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as probe:
+        port = probe.getsockname()[1]
+    serving = asyncio.create_task(HttpHost(HttpSettings(host="::", port=port)).serve())
+    try:
+        clients = ["::1", "127.0.0.1"] if socket.has_dualstack_ipv6() else ["::1"]
+        for client in clients:
+            for _ in range(500):  # until it listens
+                with contextlib.suppress(OSError):
+                    reader, writer = await asyncio.open_connection(client, port)
+                    break
+                await asyncio.sleep(0.02)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 30)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok"), answer
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)

@@ -177,9 +177,14 @@ def listening_socket(host: str, port: int, section: str = "http") -> socket.sock
     """A socket listening on host:port, as `serve` opens it, or one AdapterError line naming
     `section`'s setting. `parley doctor` opens and closes one to check the port. On POSIX
     create_server sets SO_REUSEADDR, as uvicorn does: a port whose last connections are in
-    TIME_WAIT (a worker just stopped) can be bound."""
+    TIME_WAIT (a worker just stopped) can be bound. A host with a ":" is IPv6 (as uvicorn
+    tells it), "::" taking IPv4 too where the system can: an IPv4 socket refused it."""
+    ipv6 = ":" in host
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
     try:
-        sock = socket.create_server((host, port))
+        sock = socket.create_server(
+            (host, port), family=family, dualstack_ipv6=ipv6 and socket.has_dualstack_ipv6()
+        )
     except OSError as exc:
         # The errno's own words: create_server's strerror repeats the address after them
         # ("... (while attempting to bind on address ('127.0.0.1', 8080))").
