@@ -235,3 +235,28 @@ async def test_a_worker_on_the_ipv6_wildcard_serves_ipv4_and_ipv6() -> None:
     finally:
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
+
+
+def _resolver_says(host: str) -> str:
+    with pytest.raises(socket.gaierror) as unresolved:
+        socket.getaddrinfo(host, 8080)
+    return str(unresolved.value.strerror)
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("no-such-host.invalid", None),  # names nothing: the resolver's words
+        ("a..b", "not a host name or address"),  # an empty label, which no name has
+    ],
+)
+def test_a_host_that_names_no_address_says_why(doctor: Doctor, host: str, why: str | None) -> None:
+    """An http.host that resolves to nothing (a typo) was `cannot listen on HOST:PORT:
+    Unknown error -2`, in doctor as at `parley run`'s start: the resolver's error number read
+    as an errno. It is the resolver's own words now, or, for a name no resolver is asked (the
+    IDNA codec refuses it), that it is none."""
+    why = why or _resolver_says(host)
+    code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__HOST=host)
+    assert code == 1, out
+    assert f"[PROBLEM] http: cannot listen on {host}:8080: {why}\n" in out
+    assert "Unknown error" not in out

@@ -182,6 +182,14 @@ def listening_socket(host: str, port: int, section: str = "http") -> socket.sock
     ipv6 = ":" in host
     family = socket.AF_INET6 if ipv6 else socket.AF_INET
     try:
+        # Resolved first: create_server reports a resolver's error with its number as an
+        # errno ("Unknown error -2" for "Name or service not known"), and a name the IDNA
+        # codec refuses ("a..b") as a UnicodeError traceback.
+        socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        why = "not a host name or address" if isinstance(exc, UnicodeError) else exc.strerror
+        raise AdapterError(f"{section}: cannot listen on {host}:{port}: {why}") from None
+    try:
         sock = socket.create_server(
             (host, port), family=family, dualstack_ipv6=ipv6 and socket.has_dualstack_ipv6()
         )
