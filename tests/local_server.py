@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import uvicorn
 from starlette.types import ASGIApp
 
-from adapters.kit.http import EmbeddedServer
+from adapters.kit.http import EmbeddedServer, HttpHost
 
 
 @contextlib.asynccontextmanager
@@ -30,3 +30,21 @@ async def serving(app: ASGIApp, port: int = 0) -> AsyncIterator[int]:
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def host_serving(host: HttpHost, port: int) -> AsyncIterator[None]:
+    """A worker's HTTP host (`HttpHost.serve`, as `parley run` serves it: its own socket, h11
+    and its deadlines) on 127.0.0.1:port until the block ends."""
+    serving = asyncio.create_task(host.serve())
+    try:
+        for _ in range(200):  # until it listens
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            await asyncio.sleep(0.02)
+        yield
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)

@@ -10,7 +10,6 @@ The real HTTP host (uvicorn) that serves the support API and the webhooks."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import AsyncIterator
 
@@ -21,6 +20,7 @@ from starlette.websockets import WebSocket
 
 from adapters.kit.http import HttpHost
 from bot.settings import HttpSettings
+from tests.local_server import host_serving
 
 # Not shorter: a head sent whole at once must never meet it, however loaded the machine (the
 # client and the server share this test's loop, and a pause of the loop sits between them).
@@ -43,18 +43,8 @@ async def port() -> AsyncIterator[int]:
         port = probe.getsockname()[1]
     host = HttpHost(HttpSettings(port=port, header_timeout_s=TIMEOUT_S))
     host.mount(WebSocketRoute("/echo", _echo))
-    serving = asyncio.create_task(host.serve())
-    try:
-        for _ in range(200):  # until it listens
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            await asyncio.sleep(0.02)
+    async with host_serving(host, port):
         yield port
-    finally:
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
 
 
 async def _raw(port: int, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -143,6 +143,20 @@ def _worker_serving(port: int) -> Iterator[None]:
         loop.close()
 
 
+@contextlib.contextmanager
+def _another_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
+    """Another program's HTTP server on a free port of 127.0.0.1 (yielded), in a thread."""
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    with other:
+        answering = threading.Thread(target=other.serve_forever)
+        answering.start()
+        try:
+            yield int(other.server_address[1])
+        finally:
+            other.shutdown()
+            answering.join(30)
+
+
 def test_a_port_a_running_worker_serves_is_no_problem(doctor: Doctor) -> None:
     """Doctor is run beside a worker too (a deployment checked while it runs): the port is
     taken by that worker, whose /healthz answers. Anything else holding the port, an HTTP
@@ -154,16 +168,8 @@ def test_a_port_a_running_worker_serves_is_no_problem(doctor: Doctor) -> None:
     assert code == 0, out
     assert f"[ok] http: 127.0.0.1:{port} is served by a running worker" in out
 
-    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-    with other:
-        port = other.server_address[1]
-        answering = threading.Thread(target=other.serve_forever)
-        answering.start()
-        try:
-            code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
-        finally:
-            other.shutdown()
-            answering.join(30)
+    with _another_server(http.server.BaseHTTPRequestHandler) as port:
+        code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
     assert code == 1, out
     assert f"[PROBLEM] http: cannot listen on 127.0.0.1:{port}: {IN_USE}\n" in out
 
@@ -186,16 +192,8 @@ def test_another_programs_healthz_answering_ok_is_no_worker(doctor: Doctor) -> N
     """A port held by another program whose own /healthz answers `ok` (a common liveness
     answer) was taken for a running worker: doctor said `[ok] ... is served by a running
     worker`, and `parley run` then failed at start on that port."""
-    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AnotherServicesHealth)
-    with other:
-        port = other.server_address[1]
-        answering = threading.Thread(target=other.serve_forever)
-        answering.start()
-        try:
-            code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
-        finally:
-            other.shutdown()
-            answering.join(30)
+    with _another_server(_AnotherServicesHealth) as port:
+        code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
     assert code == 1, out
     assert f"[PROBLEM] http: cannot listen on 127.0.0.1:{port}: {IN_USE}\n" in out
     assert "running worker" not in out

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from adapters.kit.http import HttpHost
 from bot.settings import HttpSettings
 from bot.storage import migrate
+from tests.local_server import host_serving
 from tests.support_helpers import support_worker
 
 
@@ -66,19 +67,9 @@ async def test_a_huge_request_header_is_refused_before_it_is_held_in_memory() ->
         port = probe.getsockname()[1]
     host = HttpHost(HttpSettings(port=port))
     host.mount(Route("/hook", _ok, methods=["GET"]))
-    serving = asyncio.create_task(host.serve())
-    try:
-        for _ in range(200):  # until it listens
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            await asyncio.sleep(0.02)
+    async with host_serving(host, port):
         assert await _status_with_header(port, 8_000) == b"200"
         status = await _status_with_header(port, 4 * 1024 * 1024)
-    finally:
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
     assert status in (b"400", b"431", b""), status  # refused, or the connection closed
 
 

@@ -9,7 +9,6 @@ host (uvicorn, as a worker serves it) over a raw socket: HTTP clients send the o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from adapters.kit.http import HttpHost
 from bot.settings import HttpSettings
 from bot.storage import migrate
 from tests.doubles import ScriptedBackend
+from tests.local_server import host_serving
 from tests.support_helpers import new_visitor, support_worker
 
 WITHIN_S = 30
@@ -47,29 +47,13 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@contextlib.asynccontextmanager
-async def _served(host: HttpHost, port: int) -> AsyncIterator[None]:
-    serving = asyncio.create_task(host.serve())
-    try:
-        for _ in range(200):  # until it listens
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            await asyncio.sleep(0.02)
-        yield
-    finally:
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
-
-
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
     port = _free_port()
     host = HttpHost(HttpSettings(port=port))
     host.mount(Route("/", _echo, methods=["GET"]))
     host.mount(Route("/echo", _echo, methods=["GET"]))
-    async with _served(host, port):
+    async with host_serving(host, port):
         yield port
 
 
@@ -160,7 +144,7 @@ async def test_the_support_api_answers_an_absolute_target(
         site = await worker.add_site("shop")
         async with worker.client() as client:
             visitor = await new_visitor(client, site)
-        async with _served(worker.http, port):
+        async with host_serving(worker.http, port):
             here = f"127.0.0.1:{port}"
             head = (
                 f"GET http://{here}/v1/history?limit=5 HTTP/1.1\r\nHost: {here}\r\n"
