@@ -212,6 +212,7 @@ def read_in_child(
 ) -> None:
     """The reading child process's entry: extract() under the memory cap, its outcome sent
     through `sender` (spawned by reference, so a test can give the process another)."""
+    first_to_go()
     _cap_address_space(max_mb)
     # A spawned process has no logging set up: without a handler, logging's last resort
     # wrote each of pypdf's warnings about a damaged file (thousands for one hostile PDF,
@@ -229,6 +230,21 @@ def read_in_child(
         sender.send((phrases.DOC_DAMAGED, "", {}))
     finally:
         sender.close()
+
+
+def first_to_go() -> None:
+    """Make this process the one the kernel's OOM killer ends first (Linux: the highest
+    `oom_score_adj`, which any process may set for itself). The memory cap bounds what a
+    reader maps, but a host or container short of memory for other reasons (several readers
+    at once, a container limit below max_memory_mb) has the kernel end a process of its
+    choice, chosen mostly by size: the worker, which holds every conversation in flight, is
+    larger than a reader. With this the reader goes, and its user is asked to send the
+    document again. Elsewhere (no /proc) nothing changes."""
+    with (
+        contextlib.suppress(OSError),
+        open("/proc/self/oom_score_adj", "w", encoding="ascii") as adjust,
+    ):
+        adjust.write("1000")
 
 
 def _cap_address_space(max_mb: int) -> None:

@@ -799,3 +799,32 @@ async def test_a_damaged_pdfs_parser_warnings_never_reach_the_bots_output(
     out, err = capfd.readouterr()
     assert "Mallory" not in out + err
     assert "startxref" not in out + err
+
+
+@pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="Linux only")
+def test_the_reading_child_is_the_first_the_kernel_ends_when_memory_runs_out() -> None:
+    """Short of memory (readers at once, a container's limit below max_memory_mb), the kernel
+    ends the process it scores highest, mostly by size: the worker, larger than a reader, with
+    every conversation in flight. The reader now volunteers (oom_score_adj 1000); the worker's
+    own score is untouched. Read while the child is blocked sending its text (larger than the
+    pipe's buffer) to a parent that has not read it yet."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    text = b"word " * 400_000  # 2 MB: the child's send waits for the reader below
+    child = context.Process(
+        target=documents.read_in_child,
+        args=(sender, "text", text, 50, 10_000_000, 1024),
+        daemon=True,
+    )
+    child.start()
+    sender.close()
+    try:
+        assert receiver.poll(60)  # the child is sending: its adjustment is made
+        adjusted = Path(f"/proc/{child.pid}/oom_score_adj").read_text().strip()
+        status, read, _ = receiver.recv()
+    finally:
+        receiver.close()
+        child.join(60)
+    assert adjusted == "1000"
+    assert status == "ok" and len(read) > 1_000_000
+    assert Path("/proc/self/oom_score_adj").read_text().strip() != "1000"
