@@ -18,7 +18,7 @@ from adapters.kit.http import listening_socket
 from adapters.kit.runner import listen_addresses
 from backends.base import Backend
 from backends.factory import build_backend, build_plain_backend, fallback_settings
-from bot import health
+from bot import documents, health
 from bot.adapter_registry import AdapterSettings, adapter_spec
 from bot.app import history_room
 from bot.errors import AdapterError, BotError, ConfigError, SchemaOutOfDate, StorageError
@@ -59,6 +59,7 @@ async def run_checks(settings: Settings, *, out: TextIO) -> list[str]:
     await _check_backend(settings, report)
     await _check_adapters(settings, report)
     _check_listening(settings, report)
+    _check_memory_limit(settings, report)
     problem = multiprocess_problem()
     if problem:
         report(False, f"metrics: {problem}")
@@ -278,6 +279,25 @@ def _check_listening(settings: Settings, report: _Report) -> None:
                 report(False, str(exc))
         else:
             report(True, f"{section}: can listen on {host}:{port}")
+
+
+def _check_memory_limit(settings: Settings, report: _Report) -> None:
+    """A document reader's cap (`documents.max_memory_mb`) below this process's memory limit
+    (its cgroup: a container's, a systemd unit's MemoryMax): above it, the kernel ends a
+    reader before its own cap refuses the document, and its user is asked to send it again
+    however often they do. Nothing is said where no limit is set."""
+    limit = documents.memory_limit()
+    if limit is None:
+        return
+    cap, limit_mb = settings.documents.max_memory_mb, limit // 2**20
+    if cap * 2**20 >= limit:
+        report(False, f"documents: max_memory_mb ({cap}) is not below this process's memory "
+                      f"limit ({limit_mb} MB, its cgroup): the kernel would end a document's "
+                      "reader before its own cap refuses the document; set "
+                      f"documents.max_memory_mb to at most {max(limit_mb // 4, 1)}")  # fmt: skip
+    else:
+        report(True, f"documents: a reader's cap ({cap} MB) is below the memory limit "
+                     f"({limit_mb} MB)")  # fmt: skip
 
 
 def _a_worker_answers(section: str, host: str, port: int) -> bool:

@@ -32,7 +32,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, ClassVar
 
 from bot import phrases
@@ -193,7 +193,8 @@ async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
                 # short of memory, perhaps for others' allocations. It tells nothing of the
                 # file: the user is asked to send it again, an edit keeps the text read when
                 # it was sent.
-                log.warning("document refused: its reader was killed, out of the host's memory")
+                log.warning("document refused: its reader was killed, out of the host's memory%s",
+                            _below_the_limit(s.max_memory_mb))  # fmt: skip
                 raise DocumentRefusedForNow(phrases.DOC_NOT_NOW) from None
             raise DocumentRefused(phrases.DOC_DAMAGED) from None
     finally:
@@ -205,6 +206,16 @@ async def _isolated(kind: str, data: bytes, s: DocumentSettings) -> str:
     if status != "ok":
         raise DocumentRefused(status, **fields)
     return text
+
+
+def _below_the_limit(max_memory_mb: int) -> str:
+    """What the kill's log line adds where documents.max_memory_mb is not below the process's
+    memory limit: the same file will be killed every time (`parley doctor` says so too)."""
+    limit = memory_limit()
+    if limit is None or max_memory_mb * 2**20 < limit:
+        return ""
+    return (f" (documents.max_memory_mb, {max_memory_mb}, is not below this process's memory "
+            f"limit, {limit // 2**20} MB: lower it)")  # fmt: skip
 
 
 def read_in_child(
@@ -245,6 +256,43 @@ def first_to_go() -> None:
         open("/proc/self/oom_score_adj", "w", encoding="ascii") as adjust,
     ):
         adjust.write("1000")
+
+
+# cgroup v1 writes "no limit" as the largest multiple of the page size below 2**63.
+_NO_LIMIT_V1 = 2**62
+
+
+def memory_limit(
+    root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """The memory this process's cgroup may use, in bytes: the lowest limit over its cgroup
+    and the cgroups above it (a container's, a systemd unit's `MemoryMax`), cgroup v2 or v1;
+    None where none is set or none can be read (not Linux, no cgroup file system)."""
+    try:
+        lines = own.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    limits: list[int] = []
+    for line in lines:
+        parts = line.split(":", 2)  # hierarchy-id:controllers:path
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2: one hierarchy
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        folder = PurePosixPath(path)
+        for level in (folder, *folder.parents):
+            try:
+                value = (base / str(level).lstrip("/") / name).read_text(encoding="ascii").strip()
+            except OSError:
+                continue
+            if value.isdigit() and int(value) < _NO_LIMIT_V1:  # v2 says "max" for none
+                limits.append(int(value))
+    return min(limits, default=None)
 
 
 def _cap_address_space(max_mb: int) -> None:

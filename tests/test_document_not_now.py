@@ -56,3 +56,23 @@ async def test_a_fresh_document_whose_reader_the_kernel_killed_is_asked_again(
         assert said == NOT_NOW[language]
         assert h.api.texts(CHAT) == [said]  # nothing else: the model was not asked
         assert backend.requests == []
+
+
+async def test_a_kill_under_a_memory_limit_below_the_cap_says_to_lower_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where the process's memory limit (its cgroup) is not above documents.max_memory_mb, the
+    kernel ends the reader of such a file every time: the user is asked again and again, and
+    the log line is where the operator learns why (the cgroup limit is the seam here)."""
+    monkeypatch.setattr(documents, "memory_limit", lambda: 512 * 2**20)
+    backend = ScriptedBackend(lambda request: "Monday.")
+    async with telegram_harness(tmp_path, backend) as h:
+        h.api.files["doc-1"] = NOTES.encode()
+        monkeypatch.setattr(documents, "read_in_child", _killed_by_the_kernel)
+        await h.adapter.handle_update(Update.de_json(_document("en"), h.adapter.bot))
+        async with asyncio.timeout(WAIT_S):
+            (said,) = await h.api.wait_for_messages(CHAT, 1)
+        await h.idle()
+    assert said == NOT_NOW["en"]
+    assert ("documents.max_memory_mb, 1024, is not below this process's memory limit, "
+            "512 MB: lower it") in caplog.text  # fmt: skip
