@@ -41,7 +41,7 @@ lint: $(VENV)/.test-ok
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra --durations=40 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
