@@ -290,7 +290,7 @@ def _check_memory_limit(settings: Settings, report: _Report) -> None:
     if limit is None:
         return
     cap, limit_mb = settings.documents.max_memory_mb, limit // 2**20
-    if cap * 2**20 >= limit:
+    if documents.cap_over_limit(cap, limit):
         report(False, f"documents: max_memory_mb ({cap}) is not below this process's memory "
                       f"limit ({limit_mb} MB, its cgroup): the kernel would end a document's "
                       "reader before its own cap refuses the document; set "

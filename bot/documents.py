@@ -212,10 +212,16 @@ def _below_the_limit(max_memory_mb: int) -> str:
     """What the kill's log line adds where documents.max_memory_mb is not below the process's
     memory limit: the same file will be killed every time (`parley doctor` says so too)."""
     limit = memory_limit()
-    if limit is None or max_memory_mb * 2**20 < limit:
+    if limit is None or not cap_over_limit(max_memory_mb, limit):
         return ""
     return (f" (documents.max_memory_mb, {max_memory_mb}, is not below this process's memory "
             f"limit, {limit // 2**20} MB: lower it)")  # fmt: skip
+
+
+def cap_over_limit(max_memory_mb: int, limit: int) -> bool:
+    """Whether a reader's cap (`documents.max_memory_mb`) is not below the process's memory
+    limit (bytes, memory_limit()): the kernel then ends a reader before the cap can refuse."""
+    return max_memory_mb * 2**20 >= limit
 
 
 def read_in_child(

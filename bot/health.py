@@ -157,13 +157,18 @@ def _say(line: str, *, json_format: bool) -> None:
     print(command_line(line, json_format=json_format), file=sys.stderr)
 
 
+def _direct(url: str) -> Any:
+    """The answer to a GET of `url`, within TIMEOUT_S, straight to the worker: an
+    HTTP(S)_PROXY in the container's environment is not for it."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=TIMEOUT_S)
+
+
 def worker_answers(url: str) -> bool:
     """Whether a Parley worker answers at `url` (its `/healthz`): HTTP 200, `ok` and the
     WORKER_HEADER, within TIMEOUT_S (another program's /healthz may answer `ok` too). Says
     nothing."""
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with direct.open(url, timeout=TIMEOUT_S) as response:
+        with _direct(url) as response:
             ours = response.headers.get(WORKER_HEADER) is not None
             return bool(ours and response.status == 200 and response.read(16) == b"ok")
     except (OSError, ValueError, http.client.HTTPException):  # refused, an error status, ...
@@ -173,10 +178,8 @@ def worker_answers(url: str) -> bool:
 def ask(url: str, *, json_format: bool = False) -> int:
     """Ask a worker's `/healthz`: `ok` (0), or one line (1), a JSON object with
     `json_format`."""
-    # Straight to the worker: an HTTP(S)_PROXY in the container's environment is not for it.
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with direct.open(url, timeout=TIMEOUT_S) as response:
+        with _direct(url) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         status = exc.code

@@ -186,22 +186,23 @@ def listening_socket(host: str, port: int, section: str = "http") -> socket.sock
         # errno ("Unknown error -2" for "Name or service not known"), and a name the IDNA
         # codec refuses ("a..b") as a UnicodeError traceback.
         socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as exc:
-        why = "not a host name or address" if isinstance(exc, UnicodeError) else exc.strerror
-        raise AdapterError(f"{section}: cannot listen on {host}:{port}: {why}") from None
-    try:
         sock = socket.create_server(
             (host, port), family=family, dualstack_ipv6=ipv6 and socket.has_dualstack_ipv6()
         )
+    except UnicodeError:
+        why = "not a host name or address"
+    except socket.gaierror as exc:
+        why = exc.strerror or str(exc)
     except OSError as exc:
         # The errno's own words: create_server's strerror repeats the address after them
         # ("... (while attempting to bind on address ('127.0.0.1', 8080))").
         why = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise AdapterError(f"{section}: cannot listen on {host}:{port}: {why}") from None
-    # Accepted connections inherit it: no Nagle delay (about 40 ms) on the second and later
-    # responses of a kept-alive connection.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    else:
+        # Accepted connections inherit it: no Nagle delay (about 40 ms) on the second and
+        # later responses of a kept-alive connection.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise AdapterError(f"{section}: cannot listen on {host}:{port}: {why}")
 
 
 def _refuse(path: str, taken: str) -> None:
