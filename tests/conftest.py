@@ -209,12 +209,15 @@ def _thread_stacks(running: dict[int, str]) -> str:
 
 
 def _stop_the_run(request: pytest.FixtureRequest, what: str, stacks: str) -> None:
+    """Says why on the real stderr, then ends this process: the run, or under pytest-xdist
+    (make test) this worker, which is not replaced (--max-worker-restart=0): its test is
+    reported as crashed, the files left in its queue are not run, and the run fails."""
     report = request.node.stash.get(CALL_REPORT, None)
     if report is not None and report.failed:
         stacks += f"\nThe test failed:\n{report.longreprtext}\n"
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print(f"\n{request.node.nodeid}: {what}; the run stops here.\n{stacks}",
+        print(f"\n{request.node.nodeid}: {what}; this test process stops here.\n{stacks}",
               file=sys.stderr, flush=True)  # fmt: skip
     os._exit(3)
 

@@ -361,8 +361,8 @@ async def _signal_write_waits(engine: Any) -> bool:
     """Whether a statement inserting a signal waits for a lock (pg_stat_activity)."""
     async with engine.connect() as conn:
         waiting = await conn.scalar(sa.text(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query LIKE 'INSERT INTO message_signals%'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO message_signals%'"
         ))  # fmt: skip
     return bool(waiting)
 
