@@ -157,10 +157,20 @@ def _say(line: str, *, json_format: bool) -> None:
     print(command_line(line, json_format=json_format), file=sys.stderr)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is the answer of the address asked (an HTTPError with its status), not a
+    question to ask elsewhere: a worker's /healthz never redirects, and another program's
+    redirect to a worker elsewhere is not this address's worker."""
+
+    def redirect_request(self, *_: Any) -> None:
+        return None
+
+
 def _direct(url: str) -> Any:
     """The answer to a GET of `url`, within TIMEOUT_S, straight to the worker: an
-    HTTP(S)_PROXY in the container's environment is not for it."""
-    return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=TIMEOUT_S)
+    HTTP(S)_PROXY in the container's environment is not for it, nor is a redirect followed."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+    return opener.open(url, timeout=TIMEOUT_S)
 
 
 def worker_answers(url: str) -> bool:

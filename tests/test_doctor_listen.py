@@ -258,3 +258,52 @@ def test_a_host_that_names_no_address_says_why(doctor: Doctor, host: str, why: s
     assert code == 1, out
     assert f"[PROBLEM] http: cannot listen on {host}:8080: {why}\n" in out
     assert "Unknown error" not in out
+
+
+def _redirecting_to(port: int) -> type[http.server.BaseHTTPRequestHandler]:
+    """Another program's server whose every path redirects to 127.0.0.1:port, the same path."""
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{port}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    return Redirect
+
+
+def test_a_port_whose_server_redirects_to_a_worker_is_no_worker(doctor: Doctor) -> None:
+    """Doctor followed a redirect from /healthz: another program holding the port and
+    redirecting (as a proxy or a login page does) to a running worker elsewhere was taken
+    for that worker, `[ok] ... is served by a running worker`, and `parley run` then failed
+    at start on that port. The worker is asked straight, without following redirects."""
+    with _held() as taken:
+        worker_port = taken.getsockname()[1]
+    with _worker_serving(worker_port), _another_server(_redirecting_to(worker_port)) as port:
+        code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
+    assert code == 1, out
+    assert f"[PROBLEM] http: cannot listen on 127.0.0.1:{port}: {IN_USE}\n" in out
+    assert "running worker" not in out
+
+
+def test_parley_health_does_not_follow_a_redirect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`parley health` (the image's HEALTHCHECK) asks the worker the settings name: a
+    redirect from that address to another worker's /healthz was followed and its `ok` taken
+    for this worker's. It is the answer of the address asked: HTTP 302, one line, exit 1."""
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    with _held() as taken:
+        worker_port = taken.getsockname()[1]
+    with _worker_serving(worker_port), _another_server(_redirecting_to(worker_port)) as port:
+        monkeypatch.setenv("PARLEY_METRICS__PORT", str(worker_port))
+        assert main(["health"]) == 0  # the worker itself answers
+        assert capsys.readouterr().out == "ok\n"
+        monkeypatch.setenv("PARLEY_METRICS__PORT", str(port))
+        assert main(["health"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"parley: http://127.0.0.1:{port}/healthz answered HTTP 302\n", err
