@@ -147,7 +147,7 @@ async def _remove(kb: KnowledgeBase, path: str, say: Stderr) -> int:
         return 2
     removed = await kb.remove(path)
     if not removed:
-        say(f"parley: nothing in the knowledge base at or under {path}")
+        say(printable(f"parley: nothing in the knowledge base at or under {path}"))
         return 1
     print(f"removed {removed} document{'s' if removed != 1 else ''}")
     return 0

@@ -78,12 +78,27 @@ def collect_files(paths: Iterable[str | Path]) -> list[Found]:
 
 def _walk(folder: Path, root: Path) -> Iterator[Path]:
     files: list[Path] = []
-    for current, dirs, names in os.walk(folder):  # followlinks=False: linked folders stay shut
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in names:
-            path = Path(current, name)
-            if not name.startswith(".") and loader_for(path) is not None:
-                files.append(path)
+    # A stack, not os.walk: Python 3.11's is recursive, and a folder nested deeper than the
+    # recursion limit (about 1,000 levels) ended `parley kb add` in a RecursionError. As with
+    # os.walk, links to folders stay shut and a folder that cannot be listed is passed over.
+    pending = [str(folder)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                listed = list(entries)
+        except OSError:
+            continue
+        for entry in listed:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_folder = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_folder:
+                pending.append(entry.path)
+            elif loader_for(Path(entry.path)) is not None:
+                files.append(Path(entry.path))
     for path in sorted(files):
         if path.is_file() and _inside(path.resolve(), root):
             yield path
@@ -152,7 +167,15 @@ def read_file(path: Path, max_bytes: int, folder: Path | None = None) -> FileDat
     if info.st_size > max_bytes:
         raise too_big
     try:
-        with path.open("rb") as file:
+        # Without waiting (O_NONBLOCK), and checked again once open: a file replaced by a
+        # FIFO since its stat above (by anyone who may write in the folder) would otherwise
+        # be opened by its name and wait for a writer for ever.
+        opened = os.open(
+            path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+        )
+        with open(opened, "rb") as file:
+            if not stat.S_ISREG(os.fstat(opened).st_mode):
+                raise LoaderError("not a regular file")
             if folder is not None and not _still_taken(path, file.fileno(), folder):
                 raise LoaderError("replaced since the folder was walked (a link out of it?)")
             data = file.read(max_bytes + 1)  # a file still growing stops at the limit too
