@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
+from bot.documents import extract
 from bot.knowledge.ingest import collect_files, read_file
 from bot.knowledge.loaders import LoaderError
 
@@ -91,3 +92,36 @@ def test_kb_remove_prints_no_terminal_escape_of_the_path_given(
     assert "nothing in the knowledge base at or under" in err
     assert "\x1b" not in out + err and "\x07" not in out + err
     assert err.count("\n") == 1
+
+
+def test_a_windows_1252_file_with_a_stray_nul_is_added_as_in_a_chat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The same file (a legacy FAQ with one NUL an editor left) was read when sent in a chat
+    # and refused by `parley kb add` as "a binary file, not text": the loader took any NUL
+    # in bytes that are not UTF-8 for binary, where the chat's rule (is_binary) asks for more
+    # than one control byte in 20, after a helper's review.
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__LOAD_SAMPLE", "false")
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+    line = "Caf\u00e9 cr\u00e8me: the caf\u00e9 opens at nine, Monday to Saturday.\r\n"
+    data = line.encode("cp1252") * 20
+    data = data[:300] + b"\x00" + data[300:]
+    faq = tmp_path / "faq.txt"
+    faq.write_bytes(data)
+    assert "Caf\u00e9 cr\u00e8me" in extract("text", data, 50, 200_000)  # read in a chat
+    assert main(["kb", "add", str(faq)]) == 0
+    out, err = capsys.readouterr()
+    assert "1 added" in out and "binary" not in err
+    assert main(["kb", "list"]) == 0
+    assert "faq.txt" in capsys.readouterr().out
+
+
+def test_an_image_named_md_is_still_binary(tmp_path: Path) -> None:
+    # The rule the loader now shares with the chat still refuses a real binary file.
+    from bot.knowledge.loaders import load
+
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8
+    with pytest.raises(LoaderError, match="a binary file, not text"):
+        load(png, tmp_path / "photo.md")

@@ -16,15 +16,16 @@ from markdown_it import MarkdownIt
 
 from bot.knowledge.html_loader import parse_html
 from bot.knowledge.types import MAX_CITED_CHARS, LoadedDocument, Section
-from bot.text.decoding import decode_html, decode_text, has_byte_order_mark, is_mostly_utf8
-from bot.text.encoding import mostly_controls, utf16_layout
+from bot.text.decoding import decode_html, decode_text, has_byte_order_mark
+from bot.text.encoding import is_binary, mostly_controls, utf16_layout
 
 if TYPE_CHECKING:
     from pypdf import PageObject, PdfReader
 
 LOCATION_SEPARATOR = " > "
-# A NUL byte this near the start marks a binary file (git's test), whatever its name says:
-# an image renamed .md would otherwise be indexed as a page of Windows-1252 noise.
+# Bytes looked at for the NUL bytes of UTF-16 text without a byte-order mark. Whether a file
+# is binary, whatever its name says (an image renamed .md would otherwise be indexed as a
+# page of Windows-1252 noise), is bot.text.encoding.is_binary's rule, as in a chat.
 BINARY_PROBE_BYTES = 8000
 # Characters of text a PDF may yield: 20 per byte of the file (text compresses about 3 to 1,
 # and a PDF holds fonts and images besides), and 2 million whatever its size.
@@ -70,16 +71,18 @@ class LoaderError(Exception):
 def _decode(data: bytes, *, html: bool = False) -> str:
     # By the file's real encoding (bot.text.decoding): a UTF-8 file with a stray byte
     # stays UTF-8. UTF-16 without a byte-order mark (Windows' "Unicode" text) is known by
-    # its NUL bytes, as in a document sent in a chat (bot.text.encoding). A file that is not
-    # UTF-8, has no byte-order mark and has a NUL near its start is binary (an image renamed
-    # .md); a stray NUL in UTF-8 text is only a character, removed before storing.
+    # its NUL bytes, as in a document sent in a chat (bot.text.encoding). Binary (an image
+    # renamed .md) by the chat's rule too (`is_binary`): NUL bytes near the start of a file
+    # that is not UTF-8 and more than one byte in 20 a control one. A stray NUL in text is
+    # only a character, removed before storing: a Windows-1252 file with one was refused
+    # here as binary while the same file sent in a chat was read.
     probe = data[:BINARY_PROBE_BYTES]
     if b"\x00" in probe and not has_byte_order_mark(data):
         layout = utf16_layout(probe)
         if layout is not None:
             return data.decode(layout, errors="replace")
-        if not is_mostly_utf8(probe, final=False):
-            raise LoaderError("a binary file, not text")
+    if is_binary(data):
+        raise LoaderError("a binary file, not text")
     text = decode_html(data) if html else decode_text(data)
     if mostly_controls(text):  # control bytes with no NUL among them: no text either
         raise LoaderError("a binary file, not text")
