@@ -125,3 +125,29 @@ def test_an_image_named_md_is_still_binary(tmp_path: Path) -> None:
     png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8
     with pytest.raises(LoaderError, match="a binary file, not text"):
         load(png, tmp_path / "photo.md")
+
+
+@pytest.mark.parametrize("root", ["/", "//", "/.", "/tmp/.."])
+def test_kb_remove_of_the_root_folder_removes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], root: str
+) -> None:
+    # `parley kb remove "$DIR/"` with DIR unset in a script is `kb remove /`: every document of
+    # every collection was removed, at once and without a question (documents are known by
+    # their absolute path). Refused as the empty path is, as `rm` refuses `/`.
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__LOAD_SAMPLE", "false")
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+    (tmp_path / "faq.md").write_text("# FAQ\n\nThe shop opens at nine.\n")
+    assert main(["kb", "add", str(tmp_path / "faq.md")]) == 0
+    capsys.readouterr()
+    assert main(["kb", "remove", root]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (
+        "parley: kb remove / would remove every document; name the folder or file they were "
+        "added from\n"
+    )
+    assert main(["kb", "list"]) == 0
+    assert "faq.md" in capsys.readouterr().out
+    assert main(["kb", "remove", str(tmp_path)]) == 0  # a folder still removes what is under it
+    assert capsys.readouterr().out == "removed 1 document\n"

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
+from bot.knowledge.ingest import normalize_source
 from bot.knowledge.sample import remove_sample_if_superseded
 from bot.knowledge.store import KnowledgeBase
 from bot.knowledge.types import (
@@ -144,6 +145,10 @@ async def _list(kb: KnowledgeBase, collection: str | None) -> int:
 async def _remove(kb: KnowledgeBase, path: str, say: Stderr) -> int:
     if not path.strip():  # a script's unset variable: "" would name the current folder
         say("parley: kb remove needs a path; an empty one removes nothing")
+        return 2
+    if normalize_source(path) == "/":  # a script's "$DIR/" with DIR unset: everything
+        say("parley: kb remove / would remove every document; name the folder or file they "
+            "were added from")  # fmt: skip
         return 2
     removed = await kb.remove(path)
     if not removed:
