@@ -79,14 +79,20 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_not_waited_on(
     assert str(outcome[0]) == "not a regular file"
 
 
+def _kb_on_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`parley kb ...` on a SQLite file under tmp_path, words only, no sample documents."""
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__LOAD_SAMPLE", "false")
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+
+
 def test_kb_remove_prints_no_terminal_escape_of_the_path_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # `parley kb remove "$f"` with a name holding ESC ] 0 (set the window title), ESC [2J
     # (clear the screen) or a line break wrote them to the terminal as they were.
-    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
-    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PARLEY_KNOWLEDGE__LOAD_SAMPLE", "false")
+    _kb_on_sqlite(tmp_path, monkeypatch)
     assert main(["kb", "remove", str(tmp_path / "x\x1b]0;pwned\x07\x1b[2J\nfake line")]) == 1
     out, err = capsys.readouterr()
     assert "nothing in the knowledge base at or under" in err
@@ -101,10 +107,7 @@ def test_a_windows_1252_file_with_a_stray_nul_is_added_as_in_a_chat(
     # and refused by `parley kb add` as "a binary file, not text": the loader took any NUL
     # in bytes that are not UTF-8 for binary, where the chat's rule (is_binary) asks for more
     # than one control byte in 20, after a helper's review.
-    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
-    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PARLEY_KNOWLEDGE__LOAD_SAMPLE", "false")
-    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+    _kb_on_sqlite(tmp_path, monkeypatch)
     line = "Caf\u00e9 cr\u00e8me: the caf\u00e9 opens at nine, Monday to Saturday.\r\n"
     data = line.encode("cp1252") * 20
     data = data[:300] + b"\x00" + data[300:]
@@ -134,10 +137,7 @@ def test_kb_remove_of_the_root_folder_removes_nothing(
     # `parley kb remove "$DIR/"` with DIR unset in a script is `kb remove /`: every document of
     # every collection was removed, at once and without a question (documents are known by
     # their absolute path). Refused as the empty path is, as `rm` refuses `/`.
-    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
-    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PARLEY_KNOWLEDGE__LOAD_SAMPLE", "false")
-    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+    _kb_on_sqlite(tmp_path, monkeypatch)
     (tmp_path / "faq.md").write_text("# FAQ\n\nThe shop opens at nine.\n")
     assert main(["kb", "add", str(tmp_path / "faq.md")]) == 0
     capsys.readouterr()
