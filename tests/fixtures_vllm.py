@@ -21,7 +21,6 @@ import contextlib
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ports import free_port as free_port  # what tests import from here
 from tests.tinymodel import build_tiny_model
 
 SERVED_MODEL = "tiny"
@@ -144,12 +144,6 @@ def _server_command(model_dir: Path, port: int) -> list[str]:
         *("--gpu-memory-utilization", "0.3", "--enable-prompt-tokens-details"),
         *("--host", "127.0.0.1", "--port", str(port)),
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until_healthy(

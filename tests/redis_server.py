@@ -6,22 +6,16 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import pytest
 from redis.asyncio import Redis
 
+from tests.ports import free_port as free_port  # what tests import from here
+
 START_LIMIT_S = 10.0
 POLL_STEP_S = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PrivateRedis:
@@ -44,17 +38,31 @@ class PrivateRedis:
         await self._wait_for_ping()
 
     async def _wait_for_ping(self) -> None:
+        """Until the server answers as this process (INFO's process_id): on a port another
+        process holds (a test file running beside this one, pytest-xdist), redis-server
+        exits at once, and the other server's PONG was taken for this one's, the test then
+        killing and freezing a server that was never there while it used the other."""
+        process = self._process
+        assert process is not None
         client = Redis.from_url(self.url, socket_timeout=1)
         try:
             for _ in range(int(START_LIMIT_S / POLL_STEP_S)):
+                if process.returncode is not None:
+                    pytest.fail(
+                        f"private redis-server exited ({process.returncode}) at start: port "
+                        f"{self.port} is taken by another process"
+                    )
                 try:
-                    if await client.ping():
-                        return
+                    answering = (await client.info("server"))["process_id"]
                 except Exception:  # refused until the server listens
-                    await asyncio.sleep(POLL_STEP_S)
+                    answering = None
+                if answering == process.pid:
+                    return
+                await asyncio.sleep(POLL_STEP_S)
         finally:
             await client.aclose()
-        pytest.fail(f"private redis-server did not answer PING within {START_LIMIT_S}s")
+        pytest.fail(f"private redis-server did not answer on port {self.port} within "
+                    f"{START_LIMIT_S}s (another process's may answer there)")  # fmt: skip
 
     def freeze(self) -> None:
         """SIGSTOP: the server answers nothing and closes nothing, as a Redis that hangs or a

@@ -10,7 +10,6 @@ The real HTTP host (uvicorn) that serves the support API and the webhooks."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,6 +20,7 @@ from starlette.websockets import WebSocket
 from adapters.kit.http import HttpHost
 from bot.settings import HttpSettings
 from tests.local_server import host_serving
+from tests.ports import free_port
 
 # Not shorter: a head sent whole at once must never meet it, however loaded the machine (the
 # client and the server share this test's loop, and a pause of the loop sits between them).
@@ -38,9 +38,7 @@ async def _echo(socket_: WebSocket) -> None:
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     host = HttpHost(HttpSettings(port=port, header_timeout_s=TIMEOUT_S))
     host.mount(WebSocketRoute("/echo", _echo))
     async with host_serving(host, port):

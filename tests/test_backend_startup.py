@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,8 @@ from bot.app import Parley
 from bot.errors import BackendError, BackendUnavailable, ConfigError
 from bot.settings import load_settings
 from tests.local_server import serving
+from tests.ports import free_port
 from tests.slow_model import MODEL, SlowModel
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _settings(tmp_path: Path, port: int, wait_s: float) -> object:
@@ -44,7 +38,7 @@ def _settings(tmp_path: Path, port: int, wait_s: float) -> object:
 async def test_a_server_that_comes_up_late_is_waited_for(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    port = _free_port()
+    port = free_port()
     listening = asyncio.Event()
     done = asyncio.Event()
 
@@ -70,7 +64,7 @@ async def test_a_server_that_comes_up_late_is_waited_for(
 
 async def test_a_server_that_never_comes_ends_start_up(tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailable):
-        async with Parley(_settings(tmp_path, _free_port(), 0)):  # type: ignore[arg-type]
+        async with Parley(_settings(tmp_path, free_port(), 0)):  # type: ignore[arg-type]
             pass
 
 
@@ -145,7 +139,7 @@ async def test_a_tokenizer_folder_that_is_not_there_is_not_waited_for(tmp_path: 
         database={"url": f"sqlite+aiosqlite:///{tmp_path}/p.db"},
         backend={
             "kind": "openai",
-            "base_url": f"http://127.0.0.1:{_free_port()}",
+            "base_url": f"http://127.0.0.1:{free_port()}",
             "model": MODEL,
             "tokenizer": "/models/qwen",
             "startup_wait_s": 60,
@@ -188,7 +182,7 @@ async def test_a_fallback_of_another_model_does_not_count_with_the_primarys_toke
             database={"url": f"sqlite+aiosqlite:///{tmp_path}/p.db"},
             backend={
                 "kind": "openai",
-                "base_url": f"http://127.0.0.1:{_free_port()}",  # the primary is down
+                "base_url": f"http://127.0.0.1:{free_port()}",  # the primary is down
                 "model": "primary-model",
                 "tokenizer": str(tiny_model_dir),
                 "startup_wait_s": 0,

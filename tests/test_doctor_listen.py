@@ -24,6 +24,7 @@ from adapters.telegram.settings import TelegramSettings
 from bot.adapter_registry import AdapterSettings
 from bot.cli import main
 from bot.settings import HttpSettings
+from tests.ports import free_port
 
 IN_USE = os.strerror(errno.EADDRINUSE)
 Doctor = Callable[..., tuple[int, str]]
@@ -161,8 +162,7 @@ def test_a_port_a_running_worker_serves_is_no_problem(doctor: Doctor) -> None:
     """Doctor is run beside a worker too (a deployment checked while it runs): the port is
     taken by that worker, whose /healthz answers. Anything else holding the port, an HTTP
     server too, is still the problem a second `parley run` would meet."""
-    with _held() as taken:
-        port = taken.getsockname()[1]
+    port = free_port()
     with _worker_serving(port):
         code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
     assert code == 0, out
@@ -281,8 +281,7 @@ def test_a_port_whose_server_redirects_to_a_worker_is_no_worker(doctor: Doctor) 
     redirecting (as a proxy or a login page does) to a running worker elsewhere was taken
     for that worker, `[ok] ... is served by a running worker`, and `parley run` then failed
     at start on that port. The worker is asked straight, without following redirects."""
-    with _held() as taken:
-        worker_port = taken.getsockname()[1]
+    worker_port = free_port()
     with _worker_serving(worker_port), _another_server(_redirecting_to(worker_port)) as port:
         code, out = doctor(PARLEY_ADAPTERS="support", PARLEY_HTTP__PORT=str(port))
     assert code == 1, out
@@ -297,8 +296,7 @@ def test_parley_health_does_not_follow_a_redirect(
     redirect from that address to another worker's /healthz was followed and its `ok` taken
     for this worker's. It is the answer of the address asked: HTTP 302, one line, exit 1."""
     monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
-    with _held() as taken:
-        worker_port = taken.getsockname()[1]
+    worker_port = free_port()
     with _worker_serving(worker_port), _another_server(_redirecting_to(worker_port)) as port:
         monkeypatch.setenv("PARLEY_METRICS__PORT", str(worker_port))
         assert main(["health"]) == 0  # the worker itself answers

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +23,7 @@ from bot.settings import HttpSettings
 from bot.storage import migrate
 from tests.doubles import ScriptedBackend
 from tests.local_server import host_serving
+from tests.ports import free_port
 from tests.support_helpers import new_visitor, support_worker
 
 WITHIN_S = 30
@@ -41,15 +41,9 @@ async def _echo(request: Request) -> Response:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    port = _free_port()
+    port = free_port()
     host = HttpHost(HttpSettings(port=port))
     host.mount(Route("/", _echo, methods=["GET"]))
     host.mount(Route("/echo", _echo, methods=["GET"]))
@@ -136,7 +130,7 @@ async def test_the_support_api_answers_an_absolute_target(
     postgres_url: str, redis_url: str, key_prefix: str
 ) -> None:
     await migrate.upgrade(postgres_url)
-    port = _free_port()
+    port = free_port()
     async with support_worker(
         postgres_url, redis_url=redis_url, key_prefix=key_prefix,
         backend=ScriptedBackend(lambda _r: "fine"), http={"port": port},

@@ -39,6 +39,7 @@ from bot.storage import migrate
 from bot.storage.base import MessageKind, StoredMessage
 from bot.types import ConversationKey, Incoming, Role, User
 from tests.doubles import CollectingSink, ScriptedBackend
+from tests.ports import free_port
 
 KEY = ConversationKey("test", "chat-1")
 USER = User("test", "u1", "Ada")
@@ -248,7 +249,7 @@ async def test_the_metrics_port_is_a_host_of_its_own_and_fails_as_one_line() -> 
         assert own is not None and own.in_use
         _, samples = await scrape_host(own)
         assert ("parley_pending_messages", frozenset()) in samples
-        free = HttpHost(HttpSettings(port=_free_port()))
+        free = HttpHost(HttpSettings(port=free_port()))
         free.mount(metrics_route(Metrics()))
         # One host cannot listen: serving stops (the other one too) with its one line, which
         # names the metrics server's section (it said "http:", pointing at [http] port).
@@ -261,19 +262,13 @@ async def test_a_stopping_worker_is_still_scraped() -> None:
     outcomes of the turns finished or cut in the grace must reach Prometheus (it got 503
     "this worker is stopping" on the metrics port, and the last counts were never seen)."""
     metrics = Metrics()
-    own = metrics_host("127.0.0.1", _free_port(), metrics, None)
+    own = metrics_host("127.0.0.1", free_port(), metrics, None)
     assert own is not None
     own.draining = True
     metrics.refused("test")
     _, samples = await scrape_host(own)
     refused = frozenset({"platform": "test", "skill": "none", "outcome": "refused"}.items())
     assert samples[("parley_turns_total", refused)] == 1
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 WORKER = """

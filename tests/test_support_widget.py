@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from bot.storage import migrate
 from bot.storage.database import create_engine
 from tests.browser import PacedBackend, chromium, embedding_page, shadow_eval
 from tests.local_server import serving
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -59,12 +59,6 @@ BOT_MSGS = "parley-chat .msg.bot"
 # What a message says, without the label that screen readers hear before it.
 USER_TEXT = "parley-chat .msg.user .text"
 BOT_TEXT = "parley-chat .msg.bot .body"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

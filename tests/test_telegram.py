@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from bot.app import Parley
 from bot.phrases import NOT_ALLOWED
 from bot.settings import load_settings
 from tests.doubles import ScriptedBackend
+from tests.ports import free_port
 from tests.telegram_api import TOKEN, FakeBotApi
 from tests.telegram_updates import (
     bot_message,
@@ -341,7 +341,7 @@ async def test_polling_skips_an_update_it_cannot_parse_and_goes_on(tmp_path: Pat
 
 
 async def test_webhook_mode_serves_on_the_http_host(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     hook = {
         "mode": "webhook",
         "webhook_public_url": "https://bot.example.com/telegram",
@@ -381,12 +381,6 @@ async def _post_when_up(client: httpx.AsyncClient, url: str) -> httpx.Response:
         except httpx.ConnectError:
             await asyncio.sleep(0.02)  # the server is still binding its port
     raise AssertionError("webhook server never came up")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.redis
