@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
 import threading
 import time
 from collections import Counter
@@ -27,6 +26,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.ports import free_port
 
 MODEL = "fault"
 MAX_MODEL_LEN = 4096
@@ -197,10 +198,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 @contextlib.contextmanager
 def fault_server(name: str, faults: Faults | None = None) -> Iterator[FaultServer]:
     """A started FaultServer on a free port, stopped afterwards."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    server = FaultServer(name, port, faults)
+    server = FaultServer(name, free_port(), faults)
     server.start()
     try:
         yield server

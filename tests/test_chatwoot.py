@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,6 +33,7 @@ from tests.fake_chatwoot import (
     FakeChatwoot,
     chatwoot_worker,
 )
+from tests.ports import free_port
 from tests.test_handoff_note import ATTACK, FORGED
 
 pytestmark = pytest.mark.postgres
@@ -528,9 +528,7 @@ async def test_doctor_on_a_url_where_nothing_answers_names_the_host_and_the_sett
     nothing telling the operator which setting to look at (docs/support-desk.md, step 7)."""
     check = adapter_spec("chatwoot").load_doctor()
     assert check is not None
-    with socket.socket() as closed:  # a port that nothing listens on once closed
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = free_port()  # nothing listens on it
     settings = ChatwootSettings(
         url=f"http://user:pw@127.0.0.1:{port}/app",
         api_access_token=TOKEN,

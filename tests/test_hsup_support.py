@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 
 import pytest
 from starlette.requests import Request
@@ -17,6 +16,7 @@ from adapters.kit.http import HttpHost
 from bot.settings import HttpSettings
 from bot.storage import migrate
 from tests.local_server import host_serving
+from tests.ports import free_port
 from tests.support_helpers import support_worker
 
 
@@ -62,9 +62,7 @@ async def test_a_huge_request_header_is_refused_before_it_is_held_in_memory() ->
     few connections could have the worker killed for memory. Now a request whose line and
     headers pass 64 KiB is refused (4xx) and its connection closed, while an ordinary one
     with an 8 KB header is still served."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     host = HttpHost(HttpSettings(port=port))
     host.mount(Route("/hook", _ok, methods=["GET"]))
     async with host_serving(host, port):

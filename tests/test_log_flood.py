@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ from adapters.telegram import webhook as telegram_webhook
 from bot.logthrottle import EVERY_S, ThrottledLog
 from bot.settings import HttpSettings
 from tests.doubles import ScriptedBackend
+from tests.ports import free_port
 from tests.support_helpers import support_worker
 from tests.telegram_updates import telegram_stack, text_update
 
@@ -282,9 +282,7 @@ async def test_a_flood_of_connections_uvicorn_warns_of_is_one_line_a_minute(
 ) -> None:
     """uvicorn's own warnings, one per connection, from anyone: bytes that are no HTTP, an
     upgrade to a protocol it does not serve."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     host = HttpHost(HttpSettings(host="127.0.0.1", port=port))
     clock = Clock()
     host.uvicorn_refusals.clock = clock

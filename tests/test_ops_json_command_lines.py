@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from bot import health
 from bot.cli import main
+from tests.ports import free_port
 
 FIELDS = {"time", "level", "logger", "message"}
 
@@ -51,11 +51,8 @@ def unhealthy() -> Iterator[int]:
 
 
 def closed_port() -> int:
-    """A port nothing listens on (one the system just handed out and took back)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+    """A port nothing listens on (kept from other processes' servers: tests/ports.py)."""
+    return free_port()
 
 
 @pytest.mark.parametrize("log_format", ["json", "text"])

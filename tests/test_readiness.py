@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from bot.app import Parley
 from bot.readiness import ReadinessProbe, model_server_urls, readiness
 from bot.settings import BackendSettings, HttpSettings, Settings
 from bot.storage import migrate
+from tests.ports import free_port
 
 
 class Relay:
@@ -36,9 +36,7 @@ class Relay:
         self._target = target
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
+        self.port = free_port()
 
     async def open(self) -> None:
         self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port)
@@ -275,6 +273,4 @@ async def test_redis_is_checked_when_configured(tmp_path: Path, redis_url: str) 
 
 
 def _closed_port() -> int:
-    with socket.socket() as closed:  # nobody listens on it once the socket is closed
-        closed.bind(("127.0.0.1", 0))
-        return int(closed.getsockname()[1])
+    return free_port()  # nobody listens on it (nor may another process's server)

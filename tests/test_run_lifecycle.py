@@ -8,7 +8,6 @@ import asyncio
 import io
 import json
 import signal
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.crash_cluster import TcpProxy
 from tests.fake_chatwoot import BOT_SECRET as CHATWOOT_SECRET
 from tests.fake_chatwoot import TOKEN as CHATWOOT_TOKEN
 from tests.fake_chatwoot import FakeChatwoot
+from tests.ports import free_port
 from tests.processes import finish, parley_env, parley_run
 from tests.slow_model import MODEL, SlowModel
 from tests.telegram_api import TOKEN, FakeBotApi
@@ -137,9 +137,7 @@ async def test_the_http_servers_own_lines_are_in_the_configured_format(tmp_path:
     """uvicorn printed its own lines through a handler of its own ("WARNING:  Invalid HTTP
     request received." for any client's garbage), in the middle of the JSON lines a log
     collector reads, and past the redaction filter. They go to Parley's handlers now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {"PARLEY_ADAPTERS": "support", "PARLEY_HTTP__PORT": str(port)}
     env["PARLEY_LOG_FORMAT"] = "json"
     async with parley_run(tmp_path, env) as process:
@@ -169,9 +167,7 @@ async def test_a_chatwoot_that_does_not_answer_or_refuses_the_token_ends_start_u
     nothing (a new operator's walkthrough); Telegram's and Discord's end start-up with one
     line. Chatwoot's does too now, exit 3."""
     fake = FakeChatwoot()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
 
     def chatwoot(url: str, token: str) -> dict[str, str]:
         return {

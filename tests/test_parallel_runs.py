@@ -1,4 +1,4 @@
-"""Ports and servers of test files that run at the same time (`make test`: pytest-xdist).
+"""Test files that run at the same time in several processes (`make test`: pytest-xdist).
 
 A port the tests' free_port gave out stays kept from every other process until the test's
 own server binds it (tests/ports.py); a private redis-server started on a port another server
