@@ -234,6 +234,23 @@ def left_tasks_end(request: pytest.FixtureRequest, signal_handlers_kept: None) -
         request.getfixturevalue("_left_tasks_end")
 
 
+@pytest.fixture(autouse=True)
+def many_connections_one_at_a_time(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """A test marked `many_connections` (it holds more than a third of PostgreSQL's default
+    100 connections) runs while no other such test does, in any process of the run: under
+    pytest-xdist each worker's temporary folder is in the run's, whose lock they share."""
+    if request.node.get_closest_marker("many_connections") is None:
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    with services.many_connections_turn(shared):
+        yield
+
+
 @pytest.fixture
 def operator_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`parley` as an operator runs it in an empty folder: no PARLEY_* variable from the

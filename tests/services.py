@@ -7,9 +7,13 @@ instead, because `.ci/run` makes sure both servers are up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "PARLEY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("PARLEY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The lock file that tests marked `many_connections` hold while they run (conftest.py).
+MANY_CONNECTIONS_LOCK = "many-postgres-connections.lock"
 
 
 def unavailable(what: str, why: object) -> None:
@@ -74,3 +80,19 @@ def check_redis() -> str:
     except Exception as exc:
         unavailable("redis", exc)
     return REDIS_URL
+
+
+@contextlib.contextmanager
+def many_connections_turn(folder: Path) -> Iterator[None]:
+    """Held by one test at a time over every process that shares `folder` (the test run's
+    temporary folder: each pytest-xdist worker's parent). PostgreSQL takes 100 connections
+    by default, and a test marked `many_connections` holds a third or more of them (two
+    workers with pools of 20, three `parley run` workers); two such tests of files running
+    at once (make test) left the later one's workers "too many connections". A process that
+    ends lets go of the lock with it (flock)."""
+    with (folder / MANY_CONNECTIONS_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -21,6 +21,10 @@ import pytest
 from tests.crash_cluster import Balancer, Cluster, Users, cluster, settle, watch_first_seen
 from tests.slow_model import Flaky, SlowModel
 
+# Three `parley run` workers, each with its pools (database.pool_size 10, and the relaxed
+# and keeper engines): one such test of the run at a time (tests/conftest.py).
+pytestmark = pytest.mark.many_connections
+
 RUNS = range(int(os.environ.get("PARLEY_CRASH_RUNS", "1")))
 CHATS = 16
 PER_CHAT = 4

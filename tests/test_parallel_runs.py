@@ -2,17 +2,23 @@
 
 A port the tests' free_port gave out stays kept from every other process until the test's
 own server binds it (tests/ports.py); a private redis-server started on a port another server
-holds says so instead of the test going on with the other's (tests/redis_server.py).
+holds says so instead of the test going on with the other's (tests/redis_server.py); tests
+that hold many PostgreSQL connections run one at a time over the run (tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from tests import fixtures_vllm, redis_server
+from tests import fixtures_vllm, redis_server, services
 from tests.redis_server import PrivateRedis, redis_binary
 
 
@@ -47,3 +53,62 @@ async def test_a_private_redis_on_a_port_another_server_holds_does_not_take_its_
     with pytest.raises(pytest.fail.Exception, match=rf"port {private_redis.port} is taken"):
         await late.start()
     await late.kill()
+
+
+def _run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _taken(lock: Path) -> bool:
+    with lock.open("a") as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        return False
+
+
+@pytest.mark.many_connections
+def test_a_test_of_many_connections_holds_the_runs_turn(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """test_crash_suite (three `parley run` workers) and test_scale_ordering (62 connections
+    at the peak) in two processes at once: the crash suite's workers exited with "PostgreSQL
+    has no connection to spare (too many connections)", all five of its tests failed. While
+    such a test runs, the turn that every process of the run shares is taken."""
+    assert _taken(_run_folder(tmp_path_factory) / services.MANY_CONNECTIONS_LOCK)
+
+
+def test_another_process_waits_for_the_turn(tmp_path: Path) -> None:
+    """The turn is the run's, not the process's: one process holding it keeps every other
+    one's test of many connections waiting, and it is free again once that one is done."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert _taken(tmp_path / services.MANY_CONNECTIONS_LOCK)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=60) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    with services.many_connections_turn(tmp_path):
+        assert _taken(tmp_path / services.MANY_CONNECTIONS_LOCK)
+    assert not _taken(tmp_path / services.MANY_CONNECTIONS_LOCK)
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from tests.services import many_connections_turn
+with many_connections_turn(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""

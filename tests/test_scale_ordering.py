@@ -25,7 +25,9 @@ from tests.doubles import CollectingSink, ScriptedBackend, random_delay
 CONVERSATIONS = 200
 MESSAGES = 10
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+# Two apps with pools of 20 (and their relaxed and keeper engines): 62 connections at the
+# peak here, of PostgreSQL's 100 (tests/conftest.py).
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.many_connections]
 
 
 def _settings(postgres_url: str, redis_url: str, prefix: str) -> Settings:
