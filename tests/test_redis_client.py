@@ -27,6 +27,7 @@ from bot.storage.cache import RedisCache
 from bot.storage.redis_client import client_for
 from bot.types import utcnow
 from tests.crash_cluster import TcpProxy
+from tests.redis_server import PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,30 +133,32 @@ async def test_a_subscriber_waits_for_messages_longer_than_the_timeout(
 
 
 async def test_closing_a_client_closes_its_connections(
-    redis_url: str, redis_direct: Redis, key_prefix: str
+    private_redis: PrivateRedis, redis_url: str, key_prefix: str
 ) -> None:
-    """The client owns its pool (a Telegram or Discord gate's client left them open)."""
-    made = client_for(RedisSettings(url=SecretStr(redis_url)))
-    assert made is not None
-    before = await _clients(redis_direct)
-    await asyncio.gather(*(made.incr(f"{key_prefix}:{n}") for n in range(3)))
-    assert await _clients(redis_direct) >= before + 3
-    await made.aclose()
-    async with asyncio.timeout(10):
-        while await _clients(redis_direct) > before:  # noqa: ASYNC110 - the server's count
-            await asyncio.sleep(0.05)
+    """The client owns its pool (a Telegram or Discord gate's client left them open).
+    Counted on a redis-server of its own: the shared one's count is every test process's
+    (make test runs several), and another file's connections opened meanwhile (`other`
+    here) kept it above the count before, the wait ending in a timeout."""
+    made = client_for(RedisSettings(url=SecretStr(private_redis.url)))
+    direct = client_for(RedisSettings(url=SecretStr(private_redis.url)), max_connections=2)
+    other = client_for(RedisSettings(url=SecretStr(redis_url)), max_connections=3)
+    assert made is not None and direct is not None and other is not None
+    try:
+        before = await _clients(direct)
+        await asyncio.gather(*(made.incr(f"{key_prefix}:{n}") for n in range(3)))
+        await asyncio.gather(*(other.ping() for _ in range(3)))  # another test file's
+        assert await _clients(direct) >= before + 3
+        await made.aclose()
+        async with asyncio.timeout(10):
+            while await _clients(direct) > before:  # noqa: ASYNC110 - the server's count
+                await asyncio.sleep(0.05)
+    finally:
+        await other.aclose()
+        await direct.aclose()
 
 
 async def _clients(direct: Redis) -> int:
     return int((await direct.info("clients"))["connected_clients"])
-
-
-@pytest.fixture
-async def redis_direct(redis_url: str) -> AsyncIterator[Redis]:
-    direct = client_for(RedisSettings(url=SecretStr(redis_url)), max_connections=2)
-    assert direct is not None
-    yield direct
-    await direct.aclose()
 
 
 def test_no_redis_client_is_made_any_other_way() -> None:
