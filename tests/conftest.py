@@ -238,7 +238,7 @@ def left_tasks_end(request: pytest.FixtureRequest, signal_handlers_kept: None) -
 def many_connections_one_at_a_time(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
-    """A test marked `many_connections` (it holds more than a third of PostgreSQL's default
+    """A test marked `many_connections` (it holds about a third or more of PostgreSQL's default
     100 connections) runs while no other such test does, in any process of the run: under
     pytest-xdist each worker's temporary folder is in the run's, whose lock they share."""
     if request.node.get_closest_marker("many_connections") is None:

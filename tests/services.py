@@ -86,7 +86,7 @@ def check_redis() -> str:
 def many_connections_turn(folder: Path) -> Iterator[None]:
     """Held by one test at a time over every process that shares `folder` (the test run's
     temporary folder: each pytest-xdist worker's parent). PostgreSQL takes 100 connections
-    by default, and a test marked `many_connections` holds a third or more of them (two
+    by default, and a test marked `many_connections` holds about a third or more of them (two
     workers with pools of 20, three `parley run` workers); two such tests of files running
     at once (make test) left the later one's workers "too many connections". A process that
     ends lets go of the lock with it (flock)."""

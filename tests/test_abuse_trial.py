@@ -21,6 +21,9 @@ from bot.types import ConversationKey, Incoming, Role, User
 from tests.doubles import CollectingSink, ScriptedBackend
 from tests.skills_helpers import StructuredBackend
 
+# 32 connections at the peak measured here, a third of PostgreSQL's 100 (tests/conftest.py).
+pytestmark = pytest.mark.many_connections
+
 GROUP = ConversationKey("test", "group-1")
 ADA = User("test", "u1", "Ada")
 BOB = User("test", "u2", "Bob")

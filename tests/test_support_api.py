@@ -40,7 +40,9 @@ from tests.support_helpers import (
     support_worker,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+# Two support workers on one database: 34 connections at the peak measured here, a third of
+# PostgreSQL's 100 (tests/conftest.py).
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.many_connections]
 
 
 @pytest.fixture
