@@ -22,8 +22,17 @@
 (() => {
   "use strict";
 
-  const script = document.currentScript;
-  if (!script || !script.src || document.querySelector("parley-chat")) return;
+  // Asked of Document's own getter: an element of the page named "currentScript" (<img
+  // name=...>, in a forum post) is what document.currentScript gives, and its src was taken
+  // for Parley's origin, the visitor's token and messages sent there.
+  const current = Object.getOwnPropertyDescriptor(Document.prototype, "currentScript")
+    .get.call(document);
+  const script = current instanceof HTMLScriptElement ? current : null;
+  // One chat a page, whatever number of tags it has: a tag in <head> adds its element only
+  // once <body> is there, so until then it says so on the window (a second tag in the same
+  // <head> found no element and added a second chat).
+  const MOUNTING = Symbol.for("parley-widget mounting");
+  if (!script || !script.src || document.querySelector("parley-chat") || window[MOUNTING]) return;
   const API = new URL(script.src).origin;
   const SITE_KEY = script.dataset.siteKey || "";
   if (!SITE_KEY) {
@@ -144,7 +153,8 @@
   function destination(label, url) {
     const parsed = new URL(url);
     const host = parsed.host;
-    const shown = el("span", { class: "host", text: ` (${host})` });
+    // Left to right, isolated: an override in the link's text (U+202E) does not reach it.
+    const shown = el("span", { class: "host", dir: "ltr", text: ` (${host})` });
     if (parsed.username || parsed.password) return shown;
     const written = writtenHost(label);
     if (written !== undefined) return written === host ? null : shown;
@@ -442,6 +452,8 @@ h2 { flex: 1; margin: 0; font-size: 16px; font-weight: 600; }
 .msg .translated .original { margin-top: 4px; padding-inline-start: 8px;
   border-inline-start: 3px solid #bbf7d0; color: #1f2328; }
 .handoff { margin: 0; padding: 6px 14px; background: #dcfce7; color: #14532d; font-size: 14px; }
+/* An agent's name (or a page's title) of one long word breaks instead of running off. */
+h2, .banner, .handoff { overflow-wrap: anywhere; }
 .handoff[hidden] { display: none; }
 .msg.notice { align-self: center; background: transparent; border: 0; color: #57606a;
   font-size: 13px; text-align: center; }
@@ -1231,9 +1243,15 @@ textarea:focus-visible { outline-offset: 0; }
   });
 
   showHandoff();
-  const mount = () => document.body.append(host);
+  const mount = () => {
+    delete window[MOUNTING];
+    document.body.append(host);
+  };
   if (document.body) mount();
-  else document.addEventListener("DOMContentLoaded", mount, { once: true });
+  else {
+    window[MOUNTING] = true;
+    document.addEventListener("DOMContentLoaded", mount, { once: true });
+  }
   // A returning visitor's answers keep arriving while the panel is closed.
   if (state.token) start().catch(() => {});
   for (const { key, text } of [...state.outbox]) send(text, key);

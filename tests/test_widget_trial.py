@@ -1,0 +1,197 @@
+"""The web chat widget attacked as a hostile model, a hostile agent and a careless host page
+would, in real headless Chromium against the real support API, PostgreSQL and Redis (the
+stack of tests/test_support_widget.py)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from adapters.support.sites import SiteStore
+from bot.storage.database import create_engine
+from tests.browser import shadow_eval
+from tests.local_server import serving
+from tests.support_helpers import bearer
+from tests.test_support_desk_widget import server_key
+from tests.test_support_widget import (
+    LAUNCHER,
+    Stack,
+    ask,
+    browser,
+    final_answer,
+    free_port,
+    new_page,
+    parley_serving,
+    stack,
+    wait_text,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+__all__ = ["browser", "stack"]  # the fixtures
+
+# Where each character of the host shown after a link is drawn, left to right on screen
+# in the order it is written when the host reads as it is.
+HOST_GLYPHS_X = """root => [...root.querySelectorAll('.msg.bot .host')].map(span => {
+    const text = span.firstChild;
+    const xs = [];
+    for (let i = 0; i < text.length; i++) {
+        const r = document.createRange();
+        r.setStart(text, i);
+        r.setEnd(text, i + 1);
+        const box = r.getBoundingClientRect();
+        if (box.width) xs.push(box.left);
+    }
+    return xs;
+})"""
+
+
+async def test_a_bidi_override_in_a_links_text_cannot_turn_its_host_around(
+    stack: Stack, browser: Any
+) -> None:
+    """The host shown after a link is the one thing in an answer the model does not write;
+    a RIGHT-TO-LEFT OVERRIDE (U+202E) in the link's text ran on past the link, so the host
+    " (moc.lapyap.evil.example)" was drawn backwards and read "elpmaxe.live.paypal.com"."""
+    stack.backend.script(
+        ["Log in at [\u202eyour account](https://moc.lapyap.evil.example/login) today."],
+        gated=False,
+    )
+    async with parley_serving(stack):
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "Where do I log in?")
+        await final_answer(page)
+        hosts = await shadow_eval(
+            page, "root => [...root.querySelectorAll('.host')].map(s => s.textContent)"
+        )
+        assert hosts == [" (moc.lapyap.evil.example)"]
+        (xs,) = await shadow_eval(page, HOST_GLYPHS_X)
+        assert len(xs) == len("(moc.lapyap.evil.example)")
+        assert xs == sorted(xs), "the host is drawn out of order"
+
+
+def two_tags_in_head(stack: Stack) -> Starlette:
+    """A page with the widget's tag twice in its <head>, without `async`."""
+    tag = (
+        f'<script src="{html.escape(stack.api)}/widget.js"'
+        f' data-site-key="{html.escape(stack.site_key)}"></script>'
+    )
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Shop</title>'
+        f"{tag}{tag}</head><body><h1>A shop</h1></body></html>"
+    )
+
+    async def serve(request: Request) -> Response:
+        return HTMLResponse(body)
+
+    return Starlette(routes=[Route("/", serve)])
+
+
+async def listed_port(stack: Stack) -> int:
+    """A free port whose origin the site lists (before Parley starts, so its directory has
+    it): for a page of the test's own making."""
+    port = free_port()
+    engine = create_engine(stack.settings.database.url.get_secret_value())
+    try:
+        await SiteStore(engine).update_site("shop", add_origins=[f"http://127.0.0.1:{port}"])
+    finally:
+        await engine.dispose()
+    return port
+
+
+async def test_the_tag_twice_in_a_pages_head_makes_one_chat(stack: Stack, browser: Any) -> None:
+    """A page with the widget's tag twice (a theme's header and a plugin's, without
+    `async`) in its <head> got two chats: the first waits for <body> to add its element, so
+    the second found none and added its own; two launchers on top of each other, two
+    streams, two writers of the same saved state."""
+    stack.backend.script(["Hello."], gated=False)
+    port = await listed_port(stack)
+    async with serving(two_tags_in_head(stack), port), parley_serving(stack):
+        page = await new_page(browser)
+        await page.goto(f"http://127.0.0.1:{port}/")  # until the load event: both tags ran
+        assert await page.evaluate("() => document.querySelectorAll('parley-chat').length") == 1
+        await page.click(LAUNCHER)
+        await ask(page, "Hi")
+        assert await final_answer(page) == "Hello."
+
+
+async def test_an_agents_name_of_one_long_word_stays_inside_the_panel(
+    stack: Stack, browser: Any
+) -> None:
+    """An agent's name is up to 64 characters of anything; one without a space ran off the
+    panel's edge in the "You are talking with NAME." line under the heading, clipped."""
+    agent = "W" * 64
+    secret = await server_key(stack)
+    stack.backend.script(["Hello."], gated=False)
+    async with (
+        parley_serving(stack),
+        httpx.AsyncClient(base_url=stack.api, headers=bearer(secret), timeout=30) as desk,
+    ):
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await ask(page, "Hi")
+        await final_answer(page)
+        visitor = await page.evaluate(
+            "k => JSON.parse(localStorage.getItem(k)).visitor_id", f"parley-widget:{stack.site_key}"
+        )
+        taken = await desk.post("/v1/handoff/take", json={"visitor_id": visitor, "agent": agent})
+        assert taken.status_code == 200, taken.text
+        await wait_text(page, ".handoff", f"t => t.includes('{agent}')")
+        widths = await shadow_eval(
+            page,
+            "root => [...root.querySelectorAll('.handoff, .msg.notice')]"
+            ".map(n => [n.scrollWidth, n.clientWidth])",
+        )
+        assert widths and all(scroll <= client for scroll, client in widths), widths
+
+
+async def test_an_image_named_current_script_on_the_page_cannot_redirect_the_chat(
+    stack: Stack, browser: Any
+) -> None:
+    """`document.currentScript` can be clobbered: an <img name="currentScript"> on the page
+    (a forum post's markup, say) is what it names, and the widget took that image's `src`
+    for Parley's origin, sending the visitor's token and messages to the image's host."""
+    elsewhere: list[str] = []
+
+    async def record(request: Request) -> Response:
+        elsewhere.append(f"{request.method} {request.url.path}")
+        return Response(status_code=404)
+
+    other = Starlette(routes=[Route("/{path:path}", record, methods=["GET", "POST", "OPTIONS"])])
+    other_port = free_port()
+    image = (
+        f'<img name="currentScript" src="http://127.0.0.1:{other_port}/cat.png"'
+        f' data-site-key="{html.escape(stack.site_key)}" alt="">'
+    )
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Forum</title>'
+        f"</head><body><p>A post: {image}</p>"
+        f'<script src="{html.escape(stack.api)}/widget.js"'
+        f' data-site-key="{html.escape(stack.site_key)}" async></script></body></html>'
+    )
+
+    async def serve(request: Request) -> Response:
+        return HTMLResponse(body)
+
+    stack.backend.script(["Hello."], gated=False)
+    port = await listed_port(stack)
+    async with (
+        serving(Starlette(routes=[Route("/", serve)]), port),
+        serving(other, other_port),
+        parley_serving(stack),
+    ):
+        page = await new_page(browser)
+        await page.goto(f"http://127.0.0.1:{port}/")
+        assert await page.evaluate("() => document.currentScript instanceof HTMLImageElement")
+        await page.click(LAUNCHER)
+        await ask(page, "Hi")
+        assert await final_answer(page) == "Hello."
+        assert [seen for seen in elsewhere if "/v1/" in seen] == []
