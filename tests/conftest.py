@@ -244,10 +244,7 @@ def many_connections_one_at_a_time(
     if request.node.get_closest_marker("many_connections") is None:
         yield
         return
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent
-    with services.many_connections_turn(shared):
+    with services.many_connections_turn(services.run_folder(tmp_path_factory)):
         yield
 
 

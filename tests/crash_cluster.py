@@ -37,8 +37,9 @@ from typing import Any
 import httpx
 
 from bot.storage.migrate import ensure_schema
+from tests.ports import free_port
 from tests.processes import ROOT
-from tests.redis_server import PrivateRedis, free_port, redis_binary
+from tests.redis_server import PrivateRedis, redis_binary
 from tests.slow_model import MODEL, SlowModel
 from tests.telegram_api import TOKEN, FakeBotApi
 from tests.telegram_updates import mention_update, text_update

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from bot.settings import BackendSettings
-from tests.fixtures_vllm import free_port, require, served, unavailable
+from tests.fixtures_vllm import require, served, unavailable
+from tests.ports import free_port
 
 SMOLLM_SERVED_MODEL = "smollm2"
 # The model allows 8k; 2k keeps the KV cache and the prompts of the tests small.

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ports import free_port as free_port  # what tests import from here
+from tests.ports import free_port
 from tests.tinymodel import build_tiny_model
 
 SERVED_MODEL = "tiny"

@@ -12,7 +12,7 @@ from typing import NoReturn
 import pytest
 from redis.asyncio import Redis
 
-from tests.ports import free_port as free_port  # what tests import from here
+from tests.ports import free_port
 
 START_LIMIT_S = 10.0
 POLL_STEP_S = 0.05

@@ -82,6 +82,13 @@ def check_redis() -> str:
     return REDIS_URL
 
 
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temporary folder every process of this test run shares: the base folder, or under
+    pytest-xdist the one above each worker's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @contextlib.contextmanager
 def many_connections_turn(folder: Path) -> Iterator[None]:
     """Held by one test at a time over every process that shares `folder` (the test run's

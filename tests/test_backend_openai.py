@@ -227,7 +227,7 @@ async def test_closing_the_stream_aborts_the_request(
 
 
 async def test_unreachable_server_is_unavailable() -> None:
-    from tests.fixtures_vllm import free_port
+    from tests.ports import free_port
 
     backend = OpenAICompatBackend(settings_for(f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(ServerUnavailable, match="cannot reach"):

@@ -20,8 +20,8 @@ from backends.pool import SHARD_SIZE, ShardedTransport
 from bot.settings import BackendSettings
 from bot.types import ChatMessage, Role
 from tests.fault_server import MODEL, FaultServer, fault_server
-from tests.fixtures_vllm import free_port
 from tests.local_server import serving
+from tests.ports import free_port
 
 
 @pytest.fixture

@@ -31,7 +31,8 @@ from backends.vllm_engine import VllmEngineBackend
 from bot.errors import BackendTimeout, ContextTooLong
 from bot.settings import BackendSettings
 from bot.types import ChatMessage, Role
-from tests.fixtures_vllm import SERVED_MODEL, free_port, require, stop_server, unavailable
+from tests.fixtures_vllm import SERVED_MODEL, require, stop_server, unavailable
+from tests.ports import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

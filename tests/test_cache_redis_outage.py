@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 
 from bot.errors import StorageError
 from bot.storage.cache import RedisCache
-from tests.redis_server import POLL_STEP_S, START_LIMIT_S, PrivateRedis, free_port
+from tests.ports import free_port
+from tests.redis_server import POLL_STEP_S, START_LIMIT_S, PrivateRedis
 
 
 @pytest.fixture

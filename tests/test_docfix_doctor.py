@@ -20,7 +20,7 @@ from bot.errors import ConfigError
 from bot.settings import Settings, load_settings
 from tests.discord_api import TOKEN as DISCORD_TOKEN
 from tests.discord_api import FakeDiscordApi
-from tests.redis_server import free_port
+from tests.ports import free_port
 from tests.telegram_api import TOKEN, FakeBotApi
 
 

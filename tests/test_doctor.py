@@ -17,7 +17,7 @@ from bot.doctor import run_checks
 from bot.settings import load_settings
 from bot.storage.database import create_oneoff_engine
 from tests.fixtures_vllm import SERVED_MODEL
-from tests.redis_server import free_port
+from tests.ports import free_port
 from tests.telegram_api import TOKEN, FakeBotApi
 
 

@@ -19,7 +19,7 @@ from adapters.telegram.limits import FloodGate, retry_after_s
 from bot.settings import RedisSettings
 from bot.storage.redis_client import client_for
 from tests.crash_cluster import TcpProxy
-from tests.redis_server import free_port
+from tests.ports import free_port
 from tests.telegram_api import TOKEN, FakeBotApi
 
 PER_CHAT, PER_GROUP = Rate(1, 1.0), Rate(3, 10.0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import os
 import socket
 import subprocess
 import sys
@@ -18,19 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from tests import fixtures_vllm, redis_server, services
+from tests import services
+from tests.ports import free_port
 from tests.redis_server import PrivateRedis, redis_binary
 
 
-@pytest.mark.parametrize("helper", [redis_server.free_port, fixtures_vllm.free_port])
-def test_a_free_port_is_kept_from_other_binds_until_the_server_binds_it(helper: object) -> None:
+def test_a_free_port_is_kept_from_other_binds_until_the_server_binds_it() -> None:
     """The port was only free: another process's bind (a test file beside this one starting
     its own server) could be given it in the seconds before vLLM's server, `parley run` or
     redis-server bound it. A bind without SO_REUSEADDR is refused now, as is any bind to port
     0 (the kernel does not hand out a port in TIME_WAIT), while the server's, which sets
     SO_REUSEADDR as every server the tests start does, binds it."""
-    assert callable(helper)
-    port = helper()
+    port = free_port()
     assert isinstance(port, int)
     with socket.socket() as other, pytest.raises(OSError) as refused:
         other.bind(("127.0.0.1", port))
@@ -55,11 +53,6 @@ async def test_a_private_redis_on_a_port_another_server_holds_does_not_take_its_
     await late.kill()
 
 
-def _run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
 def _taken(lock: Path) -> bool:
     with lock.open("a") as probe:
         try:
@@ -78,7 +71,7 @@ def test_a_test_of_many_connections_holds_the_runs_turn(
     at the peak) in two processes at once: the crash suite's workers exited with "PostgreSQL
     has no connection to spare (too many connections)", all five of its tests failed. While
     such a test runs, the turn that every process of the run shares is taken."""
-    assert _taken(_run_folder(tmp_path_factory) / services.MANY_CONNECTIONS_LOCK)
+    assert _taken(services.run_folder(tmp_path_factory) / services.MANY_CONNECTIONS_LOCK)
 
 
 def test_another_process_waits_for_the_turn(tmp_path: Path) -> None:

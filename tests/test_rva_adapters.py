@@ -18,7 +18,7 @@ from bot.app import Parley
 from bot.errors import ConfigError
 from bot.settings import load_settings
 from tests.doubles import ScriptedBackend
-from tests.redis_server import free_port
+from tests.ports import free_port
 from tests.telegram_api import TOKEN, FakeBotApi
 from tests.telegram_updates import text_update
 

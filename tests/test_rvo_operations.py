@@ -22,8 +22,8 @@ from bot.settings import load_settings
 from bot.storage import migrate
 from bot.storage.database import create_engine
 from bot.storage.sql_store import SqlStore
+from tests.ports import free_port
 from tests.processes import parley_env
-from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "S3cret-Pw"

@@ -20,7 +20,7 @@ from bot.doctor import run_checks
 from bot.errors import ConfigError
 from bot.settings import load_settings
 from bot.storage import migrate
-from tests.redis_server import free_port
+from tests.ports import free_port
 from tests.support_helpers import bearer, new_visitor, support_worker
 
 PROMPT = "You are the helper of Shop, whose discount code is SHOP-4242."

@@ -20,7 +20,7 @@ from bot.app import Parley
 from bot.errors import ConfigError
 from bot.settings import load_settings
 from tests.doubles import ScriptedBackend
-from tests.redis_server import free_port
+from tests.ports import free_port
 from tests.support_helpers import SECRET
 
 
