@@ -101,7 +101,8 @@ from bot.app import Parley
 from bot.settings import BackendSettings, Settings
 from bot.types import ChatMessage, ConversationKey, Incoming, User
 from tests.doubles import CollectingSink
-from tests.fixtures_vllm import SERVED_MODEL, VLLM_ENV, _server_command, free_port, stop_server
+from tests.fixtures_vllm import SERVED_MODEL, VLLM_ENV, _server_command, stop_server
+from tests.ports import free_port
 from tests.tinymodel import build_tiny_model
 
 DEFAULT_BLOCK = 32
