@@ -82,3 +82,35 @@ def test_kb_commands_show_collections_and_the_move(
     assert len(lines) == 3 and "FAQ" in lines[1] and lines[-1] == "1 document, 1 chunk"
     assert main(["kb", "list", "--collection", "nope"]) == 0
     assert capsys.readouterr().out == "no documents in 'nope'\n"
+
+
+def test_kb_list_keeps_its_columns_for_every_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIZE was 7 characters wide and "360.0 kB" 8: every column after it moved one to the
+    right on that line. A size that rounds to 1000 of a unit is written in the next one
+    ("1.0 MB", not "1000.0 kB", 9 characters)."""
+    monkeypatch.setenv("PARLEY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path}/kb.db")
+    monkeypatch.setenv("PARLEY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARLEY_KNOWLEDGE__SEMANTIC", "false")
+    kb_dir = tmp_path / "kb"
+    kb_dir.mkdir()
+    paragraph = "Returns are free within thirty days of delivery, by post or in a shop.\n\n"
+    sizes = {"small.md": 20, "mid.md": 360_000, "edge.md": 999_960}
+    for name, size in sizes.items():
+        text = f"# {name}\n\n" + paragraph * (size // len(paragraph) + 1)
+        (kb_dir / name).write_text(text[:size])
+    assert main(["kb", "add", str(kb_dir)]) == 0
+    capsys.readouterr()
+
+    assert main(["kb", "list"]) == 0
+    header, *rows, total = capsys.readouterr().out.splitlines()
+    assert total.startswith("3 documents, ")
+    column = header.index("UPDATED")
+    shown = {row.split()[-1].strip("()").rsplit("/", 1)[-1]: row for row in rows}
+    assert set(shown) == set(sizes)
+    for row in shown.values():
+        assert row[column - 2 : column] == "  " and row[column : column + 2] == "20", (header, row)
+    assert header.index("SIZE") + len("SIZE") == shown["mid.md"].index("kB") + len("kB")
+    assert "360.0 kB  " in shown["mid.md"] and "  1.0 MB  " in shown["edge.md"]
+    assert "     20 B  " in shown["small.md"]

@@ -134,7 +134,8 @@ async def _list(kb: KnowledgeBase, collection: str | None) -> int:
         print("the knowledge base is empty: add files with `parley kb add PATH`")
         return 0
     width = max(len("COLLECTION"), *(len(_collection_column(d)) for d in documents))
-    print(f"{'CHUNKS':>6}  {'SIZE':>7}  {'UPDATED':16}  {'COLLECTION':{width}}  TITLE  (SOURCE)")
+    size = f"{'SIZE':>{SIZE_WIDTH}}"
+    print(f"{'CHUNKS':>6}  {size}  {'UPDATED':16}  {'COLLECTION':{width}}  TITLE  (SOURCE)")
     for doc in documents:
         print(_document_line(doc, width))
     chunks = sum(d.chunks for d in documents)
@@ -162,19 +163,29 @@ def _document_line(doc: DocumentInfo, width: int) -> str:
     updated = doc.updated_at.strftime("%Y-%m-%d %H:%M")
     title, source = printable(doc.title), printable(doc.source)
     collection = f"{_collection_column(doc):{width}}"
-    return f"{doc.chunks:>6}  {_size(doc.size):>7}  {updated:16}  {collection}  {title}  ({source})"
+    size = f"{_size(doc.size):>{SIZE_WIDTH}}"
+    return f"{doc.chunks:>6}  {size}  {updated:16}  {collection}  {title}  ({source})"
 
 
 def _collection_column(doc: DocumentInfo) -> str:
     return printable(doc.collection) if doc.collection else "(default)"
 
 
+# "999.9 kB": the widest size _size writes.
+SIZE_WIDTH = 8
+
+
 def _size(size: int) -> str:
+    """Bytes as at most four digits and a unit: the next unit up once the figure would round
+    to 1000 or more ("999.9 kB", then "1.0 MB", not "1000.0 kB")."""
     if size < 1000:
         return f"{size} B"
-    if size < 1_000_000:
-        return f"{size / 1000:.1f} kB"
-    return f"{size / 1_000_000:.1f} MB"
+    figure, unit = size / 1000, "kB"
+    for bigger in ("MB", "GB"):
+        if round(figure, 1) < 1000:
+            break
+        figure, unit = figure / 1000, bigger
+    return f"{figure:.1f} {unit}"
 
 
 class ProgressPrinter:
