@@ -4,6 +4,7 @@ stack of tests/test_support_widget.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.local_server import serving
 from tests.support_helpers import bearer
 from tests.test_support_desk_widget import server_key
 from tests.test_support_widget import (
+    INPUT,
     LAUNCHER,
     Stack,
     ask,
@@ -195,3 +197,44 @@ async def test_an_image_named_current_script_on_the_page_cannot_redirect_the_cha
         await ask(page, "Hi")
         assert await final_answer(page) == "Hello."
         assert [seen for seen in elsewhere if "/v1/" in seen] == []
+
+
+async def test_the_box_takes_what_the_server_takes_and_a_longer_message_is_said_too_long(
+    stack: Stack, browser: Any
+) -> None:
+    """With `conversation.max_message_chars` under the box's fixed 8,000, a longer message
+    was refused (413) and shown as "could not be sent", with nothing saying why nor keeping
+    its text. The visitor token's answer says the limit; the box takes no more, and a
+    message over it that reaches the server anyway (a value a script or an earlier page put
+    in the box, which maxlength does not cut) is said to be too long and goes back in the box."""
+    limited = dataclasses.replace(stack, settings=stack.settings.model_copy(update={
+        "conversation": stack.settings.conversation.model_copy(update={"max_message_chars": 40}),
+    }))  # fmt: skip
+    async with parley_serving(limited):
+        async with httpx.AsyncClient(base_url=stack.api) as client:
+            visitor = await client.post("/v1/visitors", headers={
+                "Origin": stack.page.rstrip("/"), "X-Parley-Site-Key": stack.site_key,
+            })  # fmt: skip
+        assert visitor.status_code == 201 and visitor.json()["max_message_chars"] == 40
+        page = await new_page(browser)
+        await page.goto(stack.page)
+        await page.click(LAUNCHER)
+        await page.wait_for_function(
+            "() => document.querySelector('parley-chat').shadowRoot"
+            ".querySelector('textarea').maxLength === 40"
+        )
+        await page.click(INPUT)
+        await page.keyboard.type("y" * 60)
+        assert await page.input_value(INPUT) == "y" * 40
+
+        long = "z" * 100
+        await shadow_eval(page, f"root => {{ root.querySelector('textarea').value = '{long}'; }}")
+        await page.press(INPUT, "Enter")
+        said = await wait_text(page, ".msg.user.failed .status", "t => t.length > 0")
+        assert said == "This message is too long: at most 40 characters."
+        assert await page.input_value(INPUT) == long  # to be shortened and sent again
+
+        # A reload knows the limit before any request (the token is still fresh).
+        await page.reload()
+        await page.click(LAUNCHER)
+        assert await shadow_eval(page, "root => root.querySelector('textarea').maxLength") == 40

@@ -200,7 +200,10 @@ class SupportApi:
             raise forbidden("a request without Origin needs a server key")
         token, claim = self._signer.issue(site.id, site.public_key, visitor_id)
         expires = datetime.fromtimestamp(claim.expires_at, UTC).isoformat()
-        out = VisitorResponse(visitor_id=visitor_id, token=token, expires_at=expires)
+        out = VisitorResponse(
+            visitor_id=visitor_id, token=token, expires_at=expires,
+            max_message_chars=self._max_chars,
+        )  # fmt: skip
         return JSONResponse(out.model_dump(), status_code=201)
 
     async def messages(self, request: Request) -> Response:

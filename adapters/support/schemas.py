@@ -40,6 +40,9 @@ class VisitorResponse(BaseModel):
     visitor_id: str
     token: str
     expires_at: str = Field(description="ISO 8601, UTC")
+    max_message_chars: int = Field(
+        description="the longest `text` POST /v1/messages takes, in characters; longer: 413"
+    )
 
 
 class MessageRequest(_Body):

@@ -49,6 +49,8 @@
       closed: "The chat isn't available on this page.",
       tooMany: "Too many messages, try again in {n} s.",
       notSent: "This message could not be sent.", sending: "Sending…",
+      tooLong: "This message is too long.",
+      tooLongAt: "This message is too long: at most {n} characters.",
       sources: "Sources", you: "You", bot: "Assistant",
       waiting: "Connecting you with a person…", human: "You are now talking with a person.",
       back: "You are talking with the assistant again.", earlier: "Show earlier messages",
@@ -63,6 +65,8 @@
       closed: "Der Chat ist auf dieser Seite nicht verfügbar.",
       tooMany: "Zu viele Nachrichten, versuchen Sie es in {n} s erneut.",
       notSent: "Diese Nachricht konnte nicht gesendet werden.", sending: "Wird gesendet…",
+      tooLong: "Diese Nachricht ist zu lang.",
+      tooLongAt: "Diese Nachricht ist zu lang: höchstens {n} Zeichen.",
       sources: "Quellen", you: "Sie", bot: "Assistent",
       waiting: "Sie werden mit einer Person verbunden…",
       human: "Sie sprechen jetzt mit einer Person.",
@@ -76,6 +80,8 @@
       closed: "Le chat n'est pas disponible sur cette page.",
       tooMany: "Trop de messages, réessayez dans {n} s.",
       notSent: "Ce message n'a pas pu être envoyé.", sending: "Envoi…",
+      tooLong: "Ce message est trop long.",
+      tooLongAt: "Ce message est trop long : {n} caractères au plus.",
       sources: "Sources", you: "Vous", bot: "Assistant",
       waiting: "Mise en relation avec une personne…",
       human: "Vous parlez maintenant avec une personne.",
@@ -90,6 +96,8 @@
       closed: "El chat no está disponible en esta página.",
       tooMany: "Demasiados mensajes, inténtelo de nuevo en {n} s.",
       notSent: "No se pudo enviar este mensaje.", sending: "Enviando…",
+      tooLong: "Este mensaje es demasiado largo.",
+      tooLongAt: "Este mensaje es demasiado largo: como máximo {n} caracteres.",
       sources: "Fuentes", you: "Usted", bot: "Asistente",
       waiting: "Le estamos conectando con una persona…",
       human: "Ahora está hablando con una persona.",
@@ -103,6 +111,8 @@
       closed: "المحادثة غير متاحة في هذه الصفحة.",
       tooMany: "رسائل كثيرة جدًا، حاول مرة أخرى بعد {n} ث.",
       notSent: "تعذر إرسال هذه الرسالة.", sending: "جارٍ الإرسال…",
+      tooLong: "هذه الرسالة طويلة جدًا.",
+      tooLongAt: "هذه الرسالة طويلة جدًا: {n} حرفًا على الأكثر.",
       sources: "المصادر", you: "أنت", bot: "المساعد",
       waiting: "جارٍ توصيلك بشخص…", human: "أنت تتحدث الآن مع شخص.",
       back: "أنت تتحدث مع المساعد مرة أخرى.", earlier: "عرض الرسائل السابقة",
@@ -600,12 +610,16 @@ textarea:focus-visible { outline-offset: 0; }
     outbox: Array.isArray(saved.outbox)
       ? saved.outbox.filter((m) => typeof m?.key === "string" && typeof m?.text === "string")
       : [],
+    // The longest message the server takes (POST /v1/visitors says; 0: not known yet).
+    maxChars: 0,
   };
+  limitInput(saved.max_message_chars);
 
   function persist() {
     try {
       localStorage.setItem(STORE_KEY, JSON.stringify({
         token: state.token, visitor_id: state.visitor, expires_at: state.expires,
+        max_message_chars: state.maxChars,
         last_event_id: state.unfinished.values().next().value ?? state.lastEventId,
         handoff: state.handoff, outbox: state.outbox,
         unrecorded: [...state.unrecorded].slice(-UNRECORDED_KEPT),
@@ -692,7 +706,16 @@ textarea:focus-visible { outline-offset: 0; }
     state.token = answer.data.token;
     state.visitor = answer.data.visitor_id;
     state.expires = answer.data.expires_at || "";
+    limitInput(answer.data.max_message_chars);
     persist();
+  }
+
+  // The box takes no more than the server does (conversation.max_message_chars): typed or
+  // pasted text stops there, instead of a long message refused once sent.
+  function limitInput(limit) {
+    if (!Number.isSafeInteger(limit) || limit < 1) return;
+    state.maxChars = limit;
+    ui.input.maxLength = limit;
   }
 
   async function renewAfter401(answer) {
@@ -1173,6 +1196,14 @@ textarea:focus-visible { outline-offset: 0; }
           bubble.remove();
           // Back in the box to send again; after what an earlier refusal put back there.
           ui.input.value = ui.input.value ? `${ui.input.value}\n${text}` : text;
+        } else if (answer.status === 413) {
+          // Over the server's limit: a message an earlier page left unsent, text a refusal put
+          // back in the box (a script's value is not cut to maxlength), a limit lowered since
+          // the box learnt it. Said so, and back in the box to be shortened.
+          bubble.classList.replace("pending", "failed");
+          status.textContent = state.maxChars ? say("tooLongAt", { n: state.maxChars })
+            : say("tooLong");
+          if (!ui.input.value) ui.input.value = text;
         } else {
           bubble.classList.replace("pending", "failed");
           status.textContent = say("notSent");
