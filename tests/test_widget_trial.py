@@ -238,3 +238,51 @@ async def test_the_box_takes_what_the_server_takes_and_a_longer_message_is_said_
         await page.reload()
         await page.click(LAUNCHER)
         assert await shadow_eval(page, "root => root.querySelector('textarea').maxLength") == 40
+
+
+CLOBBERED = ("body", "querySelector", "createElement", "createElementNS",
+             "createDocumentFragment", "addEventListener")  # fmt: skip
+CLOBBERING = (
+    "".join(f'<img name="{name}" src="data:," alt="">' for name in CLOBBERED)
+    + '<div id="addEventListener"></div><form name="body"></form>'
+)
+
+
+@pytest.mark.parametrize("tag_in", ["head", "body"])
+async def test_elements_named_like_the_documents_methods_leave_the_chat_working(
+    stack: Stack, browser: Any, tag_in: str
+) -> None:
+    """A named <img> or <form> on the page is what `document.<its name>` gives: one named
+    `body`, `querySelector` or `createElement` (a forum post's markup) stopped the chat from
+    appearing or from showing a message. The widget asks Document's own methods."""
+    tag = (
+        f'<script src="{html.escape(stack.api)}/widget.js"'
+        f' data-site-key="{html.escape(stack.site_key)}"{"" if tag_in == "head" else " async"}>'
+        "</script>"
+    )
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Forum</title>'
+        f"{tag if tag_in == 'head' else ''}</head><body><p>A post: {CLOBBERING}</p>"
+        f"{tag if tag_in == 'body' else ''}</body></html>"
+    )
+
+    async def serve(request: Request) -> Response:
+        return HTMLResponse(body)
+
+    stack.backend.script(["Hello."], gated=False)
+    port = await listed_port(stack)
+    async with serving(Starlette(routes=[Route("/", serve)]), port), parley_serving(stack):
+        page = await new_page(browser)
+        await page.goto(f"http://127.0.0.1:{port}/")
+        clobbered = await page.evaluate(
+            "() => [document.body instanceof HTMLBodyElement, typeof document.querySelector,"
+            " typeof document.createElement]"
+        )
+        assert clobbered == [False, "object", "object"]  # as hostile as it means to be
+        await page.click(LAUNCHER)
+        await ask(page, "Hi")
+        # Found by Playwright's own selector engine: the helpers' document.querySelector is
+        # one of the page's images here.
+        answer = page.locator("parley-chat .msg.bot:not([aria-busy]) .body").first
+        await answer.wait_for()
+        assert await answer.inner_text() == "Hello."

@@ -22,17 +22,29 @@
 (() => {
   "use strict";
 
-  // Asked of Document's own getter: an element of the page named "currentScript" (<img
-  // name=...>, in a forum post) is what document.currentScript gives, and its src was taken
-  // for Parley's origin, the visitor's token and messages sent there.
-  const current = Object.getOwnPropertyDescriptor(Document.prototype, "currentScript")
-    .get.call(document);
+  // The page's document through Document's own methods and getters: an element of the page
+  // with a name (<img name="currentScript">, <form name="querySelector">, in a forum post)
+  // is what document.<that name> gives. Named "currentScript", its src was taken for Parley's
+  // origin, the visitor's token and messages sent there; named "body" or "createElement", the
+  // chat never appeared.
+  const DOC = Document.prototype;
+  const docGet = (name) => Object.getOwnPropertyDescriptor(DOC, name).get.call(document);
+  const page = {
+    body: () => docGet("body"),
+    query: (selector) => DOC.querySelector.call(document, selector),
+    create: (tag) => DOC.createElement.call(document, tag),
+    createNS: (ns, tag) => DOC.createElementNS.call(document, ns, tag),
+    fragment: () => DOC.createDocumentFragment.call(document),
+    on: (target, type, handler, options) =>
+      EventTarget.prototype.addEventListener.call(target, type, handler, options),
+  };
+  const current = docGet("currentScript");
   const script = current instanceof HTMLScriptElement ? current : null;
   // One chat a page, whatever number of tags it has: a tag in <head> adds its element only
   // once <body> is there, so until then it says so on the window (a second tag in the same
   // <head> found no element and added a second chat).
   const MOUNTING = Symbol.for("parley-widget mounting");
-  if (!script || !script.src || document.querySelector("parley-chat") || window[MOUNTING]) return;
+  if (!script || !script.src || page.query("parley-chat") || window[MOUNTING]) return;
   const API = new URL(script.src).origin;
   const SITE_KEY = script.dataset.siteKey || "";
   if (!SITE_KEY) {
@@ -128,7 +140,7 @@
 
   // ---- small DOM helpers ---------------------------------------------------------------
   function el(tag, attrs = {}, ...children) {
-    const node = document.createElement(tag);
+    const node = page.create(tag);
     for (const [name, value] of Object.entries(attrs)) {
       if (name === "text") node.textContent = value;
       else if (name === "class") node.className = value;
@@ -301,7 +313,7 @@
   }
 
   function inline(text, inLink = false, depth = 0) {
-    const out = document.createDocumentFragment();
+    const out = page.fragment();
     if (depth >= INLINE_DEPTH || !/[`*_[h]/.test(text)) {
       out.append(text);
       return out;
@@ -369,7 +381,7 @@
   }
 
   function markdown(text) {
-    const out = document.createDocumentFragment();
+    const out = page.fragment();
     const src = String(text).replace(/\r\n?/g, "\n").split("\n");
     let para = [];
     const flush = () => {
@@ -516,16 +528,16 @@ textarea:focus-visible { outline-offset: 0; }
   // ---- the widget's nodes -----------------------------------------------------------------
   function icon() {
     const ns = "http://www.w3.org/2000/svg";
-    const svg = document.createElementNS(ns, "svg");
+    const svg = page.createNS(ns, "svg");
     svg.setAttribute("viewBox", "0 0 24 24");
     svg.setAttribute("aria-hidden", "true");
-    const path = document.createElementNS(ns, "path");
+    const path = page.createNS(ns, "path");
     path.setAttribute("d", "M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z");
     svg.append(path);
     return svg;
   }
 
-  const host = document.createElement("parley-chat");
+  const host = page.create("parley-chat");
   const shadow = host.attachShadow({ mode: "open" });
   addStyles(shadow);
   const title = script.dataset.title || say("title");
@@ -1084,7 +1096,7 @@ textarea:focus-visible { outline-offset: 0; }
   // So too, at once, when the browser says it is back online; the banner says the server
   // cannot be reached only if that fails (as an error did, it flashed for the second the
   // reconnect took).
-  window.addEventListener("online", () => {
+  page.on(window, "online", () => {
     const stream = state.stream;
     if (!stream || state.refused) return;
     stream.close();
@@ -1276,12 +1288,12 @@ textarea:focus-visible { outline-offset: 0; }
   showHandoff();
   const mount = () => {
     delete window[MOUNTING];
-    document.body.append(host);
+    page.body().append(host);
   };
-  if (document.body) mount();
+  if (page.body()) mount();
   else {
     window[MOUNTING] = true;
-    document.addEventListener("DOMContentLoaded", mount, { once: true });
+    page.on(document, "DOMContentLoaded", mount, { once: true });
   }
   // A returning visitor's answers keep arriving while the panel is closed.
   if (state.token) start().catch(() => {});
