@@ -286,3 +286,57 @@ async def test_elements_named_like_the_documents_methods_leave_the_chat_working(
         answer = page.locator("parley-chat .msg.bot:not([aria-busy]) .body").first
         await answer.wait_for()
         assert await answer.inner_text() == "Hello."
+
+
+# Each character of the handoff line (under the heading) and of the last note in the log,
+# in the order written, with where it is drawn (its left edge on screen).
+LINE_GLYPHS_X = """root => ['.handoff', '.msg.notice'].map(sel => {
+    const all = root.querySelectorAll(sel);
+    const text = all[all.length - 1].firstChild;
+    const xs = [];
+    for (let i = 0; i < text.length; i++) {
+        const r = document.createRange();
+        r.setStart(text, i);
+        r.setEnd(text, i + 1);
+        const box = r.getBoundingClientRect();
+        if (box.width) xs.push([text.data[i], box.left]);
+    }
+    return xs;
+})"""
+TALKING_WITH_AR = "\u0623\u0646\u062a \u062a\u062a\u062d\u062f\u062b \u0645\u0639 "
+
+
+@pytest.mark.parametrize("agent", ["John Smith Jr.", "Eve :)", "Sara (\u0633\u0627\u0631\u0629)"])
+async def test_an_agents_name_is_drawn_as_written_in_a_right_to_left_panel(
+    stack: Stack, browser: Any, agent: str
+) -> None:
+    """The Arabic panel's "You are talking with NAME." drew "John Smith Jr." as ".John Smith
+    Jr" and "Eve :)" as "): Eve": the name's last neutral characters took the sentence's
+    direction. The name is isolated (FIRST STRONG ISOLATE ... POP DIRECTIONAL ISOLATE): it
+    reads as written, and the sentence's "." ends the line on the left."""
+    secret = await server_key(stack)
+    stack.backend.script(["Hello."], gated=False)
+    async with (
+        parley_serving(stack),
+        httpx.AsyncClient(base_url=stack.api, headers=bearer(secret), timeout=30) as desk,
+    ):
+        page = await new_page(browser)
+        await page.goto(stack.page + "?lang=ar")
+        await page.click(LAUNCHER)
+        await ask(page, "Hi")
+        await final_answer(page)
+        visitor = await page.evaluate(
+            "k => JSON.parse(localStorage.getItem(k)).visitor_id", f"parley-widget:{stack.site_key}"
+        )
+        taken = await desk.post("/v1/handoff/take", json={"visitor_id": visitor, "agent": agent})
+        assert taken.status_code == 200, taken.text
+        for where in (".handoff", ".msg.notice"):
+            await wait_text(page, where, f"t => t.startsWith('{TALKING_WITH_AR}')")
+        for glyphs in await shadow_eval(page, LINE_GLYPHS_X):
+            chars = [c for c, _ in glyphs if c not in "\u2068\u2069"]
+            assert "".join(chars) == f"{TALKING_WITH_AR}{agent}.", glyphs
+            name = [(c, x) for c, x in glyphs if c not in "\u2068\u2069"][len(TALKING_WITH_AR) :]
+            *in_name, (stop, stop_x) = name
+            latin = [x for c, x in in_name if not "\u0600" <= c <= "\u06ff"]
+            assert latin == sorted(latin), f"the name is not drawn as written: {glyphs}"
+            assert stop == "." and stop_x < min(x for _, x in in_name), glyphs

@@ -867,14 +867,21 @@ textarea:focus-visible { outline-offset: 0; }
 
   // The note a change of hands leaves in the conversation.
   function handoffNote(now, name) {
-    if (now === "human" && name) return say("humanNamed", { name: String(name) });
+    if (now === "human" && name) return talkingWith(name);
     return say({ waiting: "waiting", human: "human" }[now] || "back");
+  }
+
+  // The agent's name isolated from the sentence around it (FIRST STRONG ISOLATE ... POP
+  // DIRECTIONAL ISOLATE): in the Arabic panel "John Smith Jr." was drawn ".John Smith Jr"
+  // and "Eve :)" "): Eve", the name's last neutral characters taking the sentence's direction.
+  function talkingWith(name) {
+    return say("humanNamed", { name: `\u2068${String(name)}\u2069` });
   }
 
   function showHandoff() {
     const { state: now, agent: name } = state.handoff;
     const text = now === "waiting" ? say("waiting")
-      : now === "human" ? (name ? say("humanNamed", { name: String(name) }) : say("human")) : "";
+      : now === "human" ? (name ? talkingWith(name) : say("human")) : "";
     ui.handoff.textContent = text;
     ui.handoff.hidden = !text;
   }
