@@ -380,15 +380,29 @@
     return BREAK.test(text) ? null : text;
   }
 
+  const unified = (text) => String(text).replace(/\r\n?/g, "\n");
+
   function markdown(text) {
+    return blocks(unified(text).split("\n"), 0, null);
+  }
+
+  // The nodes of the lines `src` from line `from`: 0, or a line at which an earlier parse of
+  // the same lines started afresh. `parsed`, if given, learns the last such line before the
+  // last one (which may still grow), `restart`, and how many of the nodes made come before
+  // it, `made`: those are the same whatever follows (no paragraph open there, and each
+  // list, quote or fence before it was ended by a line already whole).
+  function blocks(src, from, parsed) {
     const out = page.fragment();
-    const src = String(text).replace(/\r\n?/g, "\n").split("\n");
     let para = [];
     const flush = () => {
       if (para.length) out.append(lines(el("p"), para));
       para = [];
     };
-    for (let i = 0; i < src.length; i++) {
+    for (let i = from; i < src.length; i++) {
+      if (parsed && !para.length && i < src.length - 1) {
+        parsed.restart = i;
+        parsed.made = out.childNodes.length;
+      }
       const line = src[i];
       const fence = FENCE.exec(line);
       if (fence) {
@@ -791,7 +805,10 @@ textarea:focus-visible { outline-offset: 0; }
     return entry;
   }
 
-  // Deltas repaint at most once a frame; the final text at once, with aria-busy gone.
+  // Deltas repaint at most once a frame; the final text at once, with aria-busy gone. What
+  // the lines before the last restart point made (see blocks) is kept from frame to frame,
+  // while the text still starts with those lines: a frame parses and redraws the rest only
+  // (a long answer was parsed and redrawn whole at each frame, its cost growing with it).
   function paint(entry, now = false) {
     if (entry.frame && !now) return;
     cancelAnimationFrame(entry.frame);
@@ -799,7 +816,21 @@ textarea:focus-visible { outline-offset: 0; }
       entry.frame = 0;
       const follow = atBottom();
       entry.body.classList.toggle("typing", !entry.final && !entry.text);
-      entry.body.replaceChildren(markdown(entry.text));
+      const text = unified(entry.text);
+      const src = text.split("\n");
+      // kept.text: the lines the kept nodes were made of, and the restart line, which ended
+      // the last of them, each with its line break; the text must still start with them (the
+      // final text may differ from the deltas: its sources are shown apart).
+      let kept = entry.kept;
+      if (!kept || !text.startsWith(kept.text)) kept = { line: 0, nodes: 0, text: "" };
+      const parsed = { restart: kept.line, made: 0 };
+      const made = blocks(src, kept.line, parsed);
+      while (entry.body.childNodes.length > kept.nodes) entry.body.lastChild.remove();
+      entry.body.append(made);
+      const nodes = kept.nodes + parsed.made;
+      const from = kept.nodes ? kept.line + 1 : 0;
+      const more = src.slice(from, parsed.restart + 1).map((line) => `${line}\n`).join("");
+      entry.kept = nodes ? { line: parsed.restart, nodes, text: kept.text + more } : null;
       if (follow) ui.log.scrollTop = ui.log.scrollHeight;
     };
     if (now) render();
@@ -843,8 +874,10 @@ textarea:focus-visible { outline-offset: 0; }
   }
 
   // `before`: where a page of history goes (above what is shown); else at the bottom.
-  function notice(text, before = null) {
-    add(el("div", { class: "msg notice", dir: "auto", text: String(text) }), before);
+  // `content`: a text, or nodes (handoffNote's).
+  function notice(content, before = null) {
+    const body = content instanceof DocumentFragment ? content : String(content);
+    add(el("div", { class: "msg notice", dir: "auto" }, body), before);
   }
 
   // A person's message: their name, the text (Markdown as nodes, like an answer), and when it
@@ -871,18 +904,22 @@ textarea:focus-visible { outline-offset: 0; }
     return say({ waiting: "waiting", human: "human" }[now] || "back");
   }
 
-  // The agent's name isolated from the sentence around it (FIRST STRONG ISOLATE ... POP
-  // DIRECTIONAL ISOLATE): in the Arabic panel "John Smith Jr." was drawn ".John Smith Jr"
-  // and "Eve :)" "): Eve", the name's last neutral characters taking the sentence's direction.
+  // The agent's name in a <bdi>, isolated from the sentence around it: in the Arabic panel
+  // "John Smith Jr." was drawn ".John Smith Jr" and "Eve :)" "): Eve", the name's last
+  // neutral characters taking the sentence's direction.
   function talkingWith(name) {
-    return say("humanNamed", { name: `\u2068${String(name)}\u2069` });
+    const [before, after = ""] = (STRINGS[LANG].humanNamed || STRINGS.en.humanNamed)
+      .split("{name}");
+    const out = page.fragment();
+    out.append(before, el("bdi", { text: String(name) }), after);
+    return out;
   }
 
   function showHandoff() {
     const { state: now, agent: name } = state.handoff;
     const text = now === "waiting" ? say("waiting")
       : now === "human" ? (name ? talkingWith(name) : say("human")) : "";
-    ui.handoff.textContent = text;
+    ui.handoff.replaceChildren(text);
     ui.handoff.hidden = !text;
   }
 
