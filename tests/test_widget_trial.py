@@ -4,8 +4,10 @@ stack of tests/test_support_widget.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -108,6 +110,26 @@ async def listed_port(stack: Stack) -> int:
     return port
 
 
+def forum_page(stack: Stack, post: str, *, tag_in: str = "body") -> Starlette:
+    """A page of the test's own with `post` (markup) in its body, and the widget's tag in its
+    <head> (without `async`) or at the end of its <body> (with it)."""
+    tag = (
+        f'<script src="{html.escape(stack.api)}/widget.js"'
+        f' data-site-key="{html.escape(stack.site_key)}"{"" if tag_in == "head" else " async"}>'
+        "</script>"
+    )
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Forum</title>'
+        f"{tag if tag_in == 'head' else ''}</head><body><p>A post: {post}</p>"
+        f"{tag if tag_in == 'body' else ''}</body></html>"
+    )
+
+    async def serve(request: Request) -> Response:
+        return HTMLResponse(body)
+
+    return Starlette(routes=[Route("/", serve)])
+
+
 async def test_the_tag_twice_in_a_pages_head_makes_one_chat(stack: Stack, browser: Any) -> None:
     """A page with the widget's tag twice (a theme's header and a plugin's, without
     `async`) in its <head> got two chats: the first waits for <body> to add its element, so
@@ -124,12 +146,12 @@ async def test_the_tag_twice_in_a_pages_head_makes_one_chat(stack: Stack, browse
         assert await final_answer(page) == "Hello."
 
 
-async def test_an_agents_name_of_one_long_word_stays_inside_the_panel(
-    stack: Stack, browser: Any
-) -> None:
-    """An agent's name is up to 64 characters of anything; one without a space ran off the
-    panel's edge in the "You are talking with NAME." line under the heading, clipped."""
-    agent = "W" * 64
+@contextlib.asynccontextmanager
+async def taken_over(
+    stack: Stack, browser: Any, agent: str, *, query: str = ""
+) -> AsyncIterator[Any]:
+    """A page (the embedding page with `query`) whose visitor asked and was answered, and
+    whose conversation an agent named `agent` then took through the desk API."""
     secret = await server_key(stack)
     stack.backend.script(["Hello."], gated=False)
     async with (
@@ -137,7 +159,7 @@ async def test_an_agents_name_of_one_long_word_stays_inside_the_panel(
         httpx.AsyncClient(base_url=stack.api, headers=bearer(secret), timeout=30) as desk,
     ):
         page = await new_page(browser)
-        await page.goto(stack.page)
+        await page.goto(stack.page + query)
         await page.click(LAUNCHER)
         await ask(page, "Hi")
         await final_answer(page)
@@ -146,6 +168,16 @@ async def test_an_agents_name_of_one_long_word_stays_inside_the_panel(
         )
         taken = await desk.post("/v1/handoff/take", json={"visitor_id": visitor, "agent": agent})
         assert taken.status_code == 200, taken.text
+        yield page
+
+
+async def test_an_agents_name_of_one_long_word_stays_inside_the_panel(
+    stack: Stack, browser: Any
+) -> None:
+    """An agent's name is up to 64 characters of anything; one without a space ran off the
+    panel's edge in the "You are talking with NAME." line under the heading, clipped."""
+    agent = "W" * 64
+    async with taken_over(stack, browser, agent) as page:
         await wait_text(page, ".handoff", f"t => t.includes('{agent}')")
         widths = await shadow_eval(
             page,
@@ -173,20 +205,10 @@ async def test_an_image_named_current_script_on_the_page_cannot_redirect_the_cha
         f'<img name="currentScript" src="http://127.0.0.1:{other_port}/cat.png"'
         f' data-site-key="{html.escape(stack.site_key)}" alt="">'
     )
-    body = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Forum</title>'
-        f"</head><body><p>A post: {image}</p>"
-        f'<script src="{html.escape(stack.api)}/widget.js"'
-        f' data-site-key="{html.escape(stack.site_key)}" async></script></body></html>'
-    )
-
-    async def serve(request: Request) -> Response:
-        return HTMLResponse(body)
-
     stack.backend.script(["Hello."], gated=False)
     port = await listed_port(stack)
     async with (
-        serving(Starlette(routes=[Route("/", serve)]), port),
+        serving(forum_page(stack, image), port),
         serving(other, other_port),
         parley_serving(stack),
     ):
@@ -255,23 +277,9 @@ async def test_elements_named_like_the_documents_methods_leave_the_chat_working(
     """A named <img> or <form> on the page is what `document.<its name>` gives: one named
     `body`, `querySelector` or `createElement` (a forum post's markup) stopped the chat from
     appearing or from showing a message. The widget asks Document's own methods."""
-    tag = (
-        f'<script src="{html.escape(stack.api)}/widget.js"'
-        f' data-site-key="{html.escape(stack.site_key)}"{"" if tag_in == "head" else " async"}>'
-        "</script>"
-    )
-    body = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Forum</title>'
-        f"{tag if tag_in == 'head' else ''}</head><body><p>A post: {CLOBBERING}</p>"
-        f"{tag if tag_in == 'body' else ''}</body></html>"
-    )
-
-    async def serve(request: Request) -> Response:
-        return HTMLResponse(body)
-
     stack.backend.script(["Hello."], gated=False)
     port = await listed_port(stack)
-    async with serving(Starlette(routes=[Route("/", serve)]), port), parley_serving(stack):
+    async with serving(forum_page(stack, CLOBBERING, tag_in=tag_in), port), parley_serving(stack):
         page = await new_page(browser)
         await page.goto(f"http://127.0.0.1:{port}/")
         clobbered = await page.evaluate(
@@ -316,22 +324,7 @@ async def test_an_agents_name_is_drawn_as_written_in_a_right_to_left_panel(
     Jr" and "Eve :)" as "): Eve": the name's last neutral characters took the sentence's
     direction. The name is isolated (a <bdi>): it reads as written, and the sentence's "."
     ends the line on the left."""
-    secret = await server_key(stack)
-    stack.backend.script(["Hello."], gated=False)
-    async with (
-        parley_serving(stack),
-        httpx.AsyncClient(base_url=stack.api, headers=bearer(secret), timeout=30) as desk,
-    ):
-        page = await new_page(browser)
-        await page.goto(stack.page + "?lang=ar")
-        await page.click(LAUNCHER)
-        await ask(page, "Hi")
-        await final_answer(page)
-        visitor = await page.evaluate(
-            "k => JSON.parse(localStorage.getItem(k)).visitor_id", f"parley-widget:{stack.site_key}"
-        )
-        taken = await desk.post("/v1/handoff/take", json={"visitor_id": visitor, "agent": agent})
-        assert taken.status_code == 200, taken.text
+    async with taken_over(stack, browser, agent, query="?lang=ar") as page:
         for where in (".handoff", ".msg.notice"):
             await wait_text(page, where, f"t => t.startsWith('{TALKING_WITH_AR}')")
         for glyphs in await shadow_eval(page, LINE_GLYPHS_X):
