@@ -71,7 +71,12 @@ DOC_UNSUPPORTED = N_("I can read plain text, Markdown, HTML and PDF documents, b
 DOC_TOO_LARGE = N_("That document is too large for me: I read documents up to {kb} kB.")
 DOC_EMPTY = N_("I found no text in that document.")
 DOC_DAMAGED = N_("That document looks damaged; I could not read it.")
-DOC_TOO_SLOW = N_("That document took too long to read, so I stopped.")
+# Refused for now (DocumentRefusedForNow): on a busy machine the same file may be read in
+# time later; a file that is slow to read however often it comes needs cutting.
+DOC_TOO_SLOW = N_(
+    "That document took too long to read, so I stopped. "
+    "Please send it again in a moment, or send a shorter one."
+)
 DOC_TOO_MUCH_MEMORY = N_("That document needs too much memory to read, so I stopped.")
 # The reader ended for a reason that says nothing of the file (the kernel killed it, the host
 # short of memory): the same file may be read a moment later.
