@@ -8,6 +8,7 @@ import codecs
 import io
 import multiprocessing
 import random
+import struct
 import subprocess
 import sys
 import time
@@ -125,6 +126,57 @@ async def _refusal(settings: DocumentSettings, source: DocumentSource) -> str:
     with pytest.raises(DocumentRefused) as refused:
         await DocumentReader(settings).read(source)
     return refused.value.sentence
+
+
+def _utf32_junk() -> bytes:
+    """A UTF-32 mark before code units past U+10FFFF: a letter's in one half, a Latin-1
+    character's in the other, so its NUL bytes are laid out as UTF-16 text's."""
+    rng = random.Random(7)
+    units = (
+        bytes([rng.randrange(0x41, 0x5B), 0, rng.randrange(0xC0, 0x100), 0]) for _ in range(500)
+    )
+    return codecs.BOM_UTF32_LE + b"".join(units)
+
+
+def _utf16(units: list[int], bom: bytes = codecs.BOM_UTF16_LE) -> bytes:
+    order = "<" if bom == codecs.BOM_UTF16_LE else ">"
+    return bom + struct.pack(f"{order}{len(units)}H", *units)
+
+
+_LONE_SURROGATES = random.Random(8).choices(range(0xD800, 0xE000), k=500)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _utf32_junk(),
+        codecs.BOM_UTF32_BE + bytes(range(0xA0, 0x100)) * 20,
+        _utf16([0x85, 0x8A, 0x20, 0x90, 0x9F, 0x80] * 100),  # C1 controls and spaces
+        _utf16([0x20 if n % 3 == 0 else s for n, s in enumerate(_LONE_SURROGATES)]),
+        _utf16(_LONE_SURROGATES),
+        _utf16(_LONE_SURROGATES, codecs.BOM_UTF16_BE),
+    ],
+)
+async def test_a_byte_order_mark_before_bytes_that_are_no_text_is_refused(data: bytes) -> None:
+    """A UTF-32 or UTF-16 mark whose bytes are not text in its encoding (code units past
+    U+10FFFF, lone surrogates, C1 controls) was read anyway, by the UTF-16 guess or as
+    Windows-1252, and its noise reached the model: it is refused as other binary files are."""
+    source = _source("notes.txt", data)
+    assert await _refusal(DocumentSettings(), source) == phrases.DOC_UNSUPPORTED
+
+
+async def test_a_marked_utf16_or_utf32_text_with_a_damaged_unit_is_read() -> None:
+    """A lone surrogate or a cut last unit costs one character of a marked file, as a stray
+    byte costs one in UTF-8: the rest is read, the mark left out."""
+    reader = DocumentReader(DocumentSettings())
+    text = "Minutes of the meeting, 4 May.\n" * 20
+    for data in (
+        codecs.BOM_UTF16_LE + text.encode("utf-16-le") + struct.pack("<H", 0xDC00),
+        codecs.BOM_UTF16_BE + text.encode("utf-16-be") + b"A",
+        codecs.BOM_UTF32_LE + text.encode("utf-32-le") + struct.pack("<I", 0x110000),
+    ):
+        read = await reader.read(_source("minutes.txt", data))
+        assert read == text + "\ufffd", read[:40]
 
 
 async def test_a_small_pdf_is_read() -> None:

@@ -3,6 +3,7 @@ bytes say (through the real CLI, on SQLite and PostgreSQL): one line each, the r
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,16 @@ def test_real_utf16_and_utf32_files_keep_their_mark() -> None:
         assert decode_text(text.encode("utf-16")) == text
         assert decode_text(text.encode("utf-32")) == text
         assert decode_text(b"\xef\xbb\xbf" + text.encode()) == text
+
+
+def test_a_utf32_mark_before_code_units_past_the_last_is_reported_as_binary() -> None:
+    """FF FE 00 00 before UTF-32 code units past U+10FFFF, whose NUL bytes fall as UTF-16
+    text's, was indexed as UTF-16: Latin letters, one per half unit, cited in answers."""
+    from bot.knowledge.loaders import LoaderError
+
+    units = (bytes([0x41 + n % 26, 0, 0xC0 + n % 64, 0]) for n in range(500))
+    with pytest.raises(LoaderError, match="a binary file, not text"):
+        load(codecs.BOM_UTF32_LE + b"".join(units), Path("f.txt"))
 
 
 def test_binary_after_ff_fe_is_reported_as_binary() -> None:

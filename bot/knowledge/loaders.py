@@ -75,14 +75,17 @@ def _decode(data: bytes, *, html: bool = False) -> str:
     # renamed .md) by the chat's rule too (`is_binary`): NUL bytes near the start of a file
     # that is not UTF-8 and more than one byte in 20 a control one. A stray NUL in text is
     # only a character, removed before storing: a Windows-1252 file with one was refused
-    # here as binary while the same file sent in a chat was read.
+    # here as binary while the same file sent in a chat was read. Binary is asked first: a
+    # byte-order mark its bytes do not bear out, before bytes laid out as UTF-16, was read
+    # by the guess below as the noise the mark found (`is_binary` leaves to the guess the
+    # other files it reads as UTF-16).
+    if is_binary(data):
+        raise LoaderError("a binary file, not text")
     probe = data[:BINARY_PROBE_BYTES]
     if b"\x00" in probe and not has_byte_order_mark(data):
         layout = utf16_layout(probe)
         if layout is not None:
             return data.decode(layout, errors="replace")
-    if is_binary(data):
-        raise LoaderError("a binary file, not text")
     text = decode_html(data) if html else decode_text(data)
     if mostly_controls(text):  # control bytes with no NUL among them: no text either
         raise LoaderError("a binary file, not text")

@@ -1,9 +1,11 @@
 """A document file's bytes to text, by the encoding the file is really in.
 
 - A byte-order mark decides (UTF-8, UTF-16 or UTF-32, the mark removed) when the bytes after
-  it are that encoding: UTF-16 of even length without a lone surrogate, UTF-32 of whole
-  code points, and text (at most one character in 20 a control or private-use character,
-  and for UTF-16 at least one ASCII character: a line break, a space, a digit). Bytes FF FE
+  it are text in that encoding: at most one character in 20 a control or private-use
+  character, or a unit that is none (a lone surrogate or a cut last unit in UTF-16, a value
+  past U+10FFFF in UTF-32, each read as U+FFFD: a damaged unit costs one character, as a
+  stray byte does in UTF-8), and for UTF-16 at least one ASCII character (a line break, a
+  space, a digit). Bytes FF FE
   also begin Windows-1252 and broken UTF-8 files ("\xff\xfe\xfa\x80 text..."), which read as
   UTF-16 give a line of CJK characters without one ASCII character (that would need a NUL
   byte); such a file is read by the rules below, the first bytes included.
@@ -49,6 +51,7 @@ _HTML_LEGACY = frozenset(
 # lone surrogates, private use, the noncharacters U+FFFE and U+FFFF.
 _NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff\ue000-\uf8ff\ufffe\uffff]")
 _ASCII = re.compile(r"[\t\n\r\x20-\x7e]")
+_REPLACEMENT = "\ufffd"
 # At most one character in this many may be one of _NOT_TEXT in a file read by its mark.
 _TEXT_RATIO = 20
 
@@ -60,34 +63,42 @@ def decode_text(data: bytes) -> str:
 
 
 def _by_byte_order_mark(data: bytes) -> str | None:
-    """The text after a byte-order mark the bytes bear out; None without one."""
+    """The text after a byte-order mark the bytes bear out; None without one. The first
+    mark that begins them decides: bytes FF FE 00 00 that are no UTF-32 text are not taken
+    for a UTF-16 text that begins with a NUL, which no text does (they read as such 4,000
+    Latin letters that were UTF-32 code units past U+10FFFF)."""
     for bom, codec in _BOMS:
         if not data.startswith(bom):
             continue
         if codec == "utf-8":  # the mark is valid UTF-8 itself: the rest is read by the rules
             return _unmarked(data[len(bom) :])
-        text = _strict(data, codec)
-        if text is not None and _looks_like_text(text, ascii_needed=codec == "utf-16"):
+        text, damaged = _by_codec(data, codec)
+        if _looks_like_text(text, ascii_needed=codec == "utf-16", damaged=damaged):
             return text
+        return None
     return None
 
 
-def _strict(data: bytes, codec: str) -> str | None:
-    """`data` in `codec` (its mark removed), None when it is not: an odd length or a lone
-    surrogate in UTF-16, a value over U+10FFFF in UTF-32."""
+def _by_codec(data: bytes, codec: str) -> tuple[str, bool]:
+    """`data` in `codec` (its mark removed), and whether some of its units are none in it
+    (an odd length or a lone surrogate in UTF-16, a value over U+10FFFF in UTF-32), each
+    read as U+FFFD."""
     try:
-        return data.decode(codec)
+        return data.decode(codec), False
     except UnicodeDecodeError:
-        return None
+        return data.decode(codec, errors="replace"), True
 
 
-def _looks_like_text(text: str, *, ascii_needed: bool) -> bool:
-    """Counted by regular expressions, in C: a file can be 50 MB."""
+def _looks_like_text(text: str, *, ascii_needed: bool, damaged: bool) -> bool:
+    """Counted by regular expressions, in C: a file can be 50 MB. `damaged`: the U+FFFD
+    characters are units that were none in the encoding, and count as such."""
     if not text:
         return True
     if ascii_needed and _ASCII.search(text) is None:
         return False
     odd = len(text) - len(_NOT_TEXT.sub("", text))
+    if damaged:
+        odd += text.count(_REPLACEMENT)
     return odd * _TEXT_RATIO <= len(text)
 
 

@@ -6,11 +6,14 @@ as the knowledge base reads a file (bot.text.decoding): UTF-8, where a stray byt
 character, not the document, or Windows-1252 when the text is not UTF-8 at all.
 NUL characters never survive: databases refuse them, and no reader needs them. NUL bytes
 near the start in neither layout, in bytes that are not mostly UTF-8, are a binary file (an
-archive or an image named notes.txt): `is_binary`, refused rather than read as noise.
+archive or an image named notes.txt): `is_binary`, refused rather than read as noise. So is
+a file that begins with a byte-order mark its bytes do not bear out, where no text could
+begin with those bytes (see `_false_mark`).
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 
 from bot.text.decoding import decode_html, decode_text, has_byte_order_mark, is_mostly_utf8
@@ -34,14 +37,43 @@ def is_binary(data: bytes) -> bool:
     """NUL bytes near the start, with no byte-order mark, not laid out as UTF-16 text, in
     bytes that are not mostly UTF-8 (git's test, UTF-16 aside), and more than one byte in
     20 a control character: an archive, an image. A Windows-1252 text with a stray NUL is
-    text (refused as binary before a helper's review)."""
+    text (refused as binary before a helper's review). A false byte-order mark is binary
+    whatever follows it (`_false_mark`)."""
     sample = data[:_SAMPLE]
-    if b"\x00" not in sample or has_byte_order_mark(data):
+    if has_byte_order_mark(data):
+        return False
+    if _false_mark(sample):
+        return True
+    if b"\x00" not in sample:
         return False
     if utf16_layout(sample) is not None or is_mostly_utf8(sample, final=False):
         return False
     controls = sum(1 for byte in sample if byte < 32 and byte not in _TEXT_CONTROLS)
     return controls * 20 > len(sample)
+
+
+def _false_mark(sample: bytes) -> bool:
+    """Whether the file begins with a UTF-32 or UTF-16 byte-order mark that its bytes do not
+    bear out (has_byte_order_mark said so: they are not text in that encoding) and that
+    begins no text read otherwise either. Read by the other rules, such a file reached the
+    model as noise: code units past U+10FFFF as UTF-16 letters beside Latin-1 ones, lone
+    surrogates or C1 controls as Windows-1252 letters or as UTF-16 again.
+
+    - UTF-32's marks: FF FE 00 00 and 00 00 FE FF begin no text (nor does UTF-16's mark
+      before a NUL).
+    - UTF-16's, before bytes laid out as UTF-16 (the NUL guess would read them as what the
+      mark just found no text), or before bytes neither mostly UTF-8 nor half ASCII: a
+      Windows-1252 or damaged UTF-8 text that begins with "ÿþ" is mostly ASCII after it, as
+      all Western text is; lone surrogates and random bytes are not."""
+    if sample.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return True
+    if not sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return False
+    rest = sample[len(codecs.BOM_UTF16_LE) :]
+    if utf16_layout(rest) is not None:
+        return True
+    non_ascii = len(rest) - len(rest.translate(None, delete=bytes(range(128, 256))))
+    return non_ascii * 2 > len(rest) and not is_mostly_utf8(rest, final=False)
 
 
 def mostly_controls(text: str) -> bool:
