@@ -185,6 +185,23 @@ async def test_a_small_pdf_is_read() -> None:
     assert text.count("The meeting is on Monday") == 2
 
 
+async def test_a_pdfs_control_characters_never_reach_the_model() -> None:
+    """Codes a PDF's font maps to no character came out of the PDF library as C0 and C1
+    controls (a NUL, an escape, DEL, NEL) and reached the model's prompt and the stored
+    history as they were: they are left out, and a form feed, a vertical tab or a NEL is a
+    line break. The knowledge base's loader reads its pages the same way."""
+    from bot.knowledge.loaders import load_pdf
+
+    shown = rb"(Total\000due\001 \033[1mnow\177 \205paid\014next \013line)"
+    line = b"BT /F1 12 Tf 72 700 Td " + shown + b" Tj ET"
+    data = pdf(2, line + b"\n")
+    text = await DocumentReader(DocumentSettings()).read(_source("bill.pdf", data))
+    page = "Totaldue [1mnow \npaid\nnext \nline"
+    assert text == f"{page}\n\n{page}"
+    sections = load_pdf(data, Path("bill.pdf")).sections
+    assert [section.text for section in sections] == [page, page]
+
+
 async def test_caps_refuse_with_one_sentence() -> None:
     line = b"BT /F1 12 Tf 72 700 Td (" + b"x" * 200 + b") Tj ET\n"
     many_pages = pdf(8, line)

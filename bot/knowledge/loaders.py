@@ -45,6 +45,14 @@ PDF_BYTES_PER_PAGE = 100
 MIN_PDF_PAGES = 1_000
 # The operator that draws an XObject, after its name: `/Fm0 Do` (not "Do" in a word).
 _DRAW_FORM = re.compile(rb"/([^\s/()<>\[\]{}%]*)\s*Do(?![^\s/()<>\[\]{}%])")
+# A page's text as the PDF library gives it holds the codes a font maps to no character as
+# they are: C0 and C1 controls (a NUL between the bytes of a two-byte code read as two, an
+# escape, DEL), none of the page's words, which reached the model and the stored history.
+# They are left out, as a NUL is of a text file (bot.text.encoding); a page or line break
+# (form feed, vertical tab, NEL) is a line break. Tab, line feed and carriage return stay.
+_PAGE_CONTROLS: dict[int, str | None] = {
+    code: None for code in (*range(0x00, 0x09), *range(0x0E, 0x20), *range(0x7F, 0xA0))
+} | {0x0B: "\n", 0x0C: "\n", 0x85: "\n"}
 
 # The opening of an ATX heading; its closing sequence is taken off in _heading, without a
 # regular expression: `(.*?)(?:[ \t]+#+)?[ \t]*$` backtracks over every run of spaces, so a
@@ -238,9 +246,10 @@ def pdf_content_limit(size: int) -> int:
 
 
 def pdf_pages(reader: PdfReader, limit: int, content_limit: int) -> list[str] | None:
-    """Each page's text, read page by page; None as soon as they pass `limit` characters in
-    all, or their content `content_limit` bytes before the page that would pass it is read
-    (the knowledge base's loader and a chat document's reader say so each their way). A
+    """Each page's text (control characters left out or line breaks: _PAGE_CONTROLS), read
+    page by page; None as soon as they pass `limit` characters in all, or their content
+    `content_limit` bytes before the page that would pass it is read (the knowledge base's
+    loader and a chat document's reader say so each their way). A
     page's forms (XObjects it draws, read again at each `Do`) count once per `Do` on the
     page: a 5 kB page drawing one 1 MB form 4,900 times was read for over 5 minutes."""
     from pypdf.errors import PyPdfError
@@ -260,7 +269,7 @@ def pdf_pages(reader: PdfReader, limit: int, content_limit: int) -> list[str] | 
         draws = sum(name not in images for name in names)  # an image is not read for text
         if content > content_limit or draws * max(map(len, forms), default=0) > content_limit:
             return None
-        pages.append(page.extract_text() or "")
+        pages.append((page.extract_text() or "").translate(_PAGE_CONTROLS))
         total += len(pages[-1])
         if total > limit:
             return None
