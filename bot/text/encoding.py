@@ -21,6 +21,8 @@ from bot.text.decoding import decode_html, decode_text, has_byte_order_mark, is_
 _SAMPLE = 4096
 # Fewer bytes than this say too little to tell UTF-16 from text with a stray NUL.
 _MIN_UTF16_SAMPLE = 8
+# UTF-16's marks begin UTF-32-LE's.
+_UTF16_AND_32_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)
 # Control bytes text has: tab, line feed, form feed, carriage return, escape.
 _TEXT_CONTROLS = frozenset(b"\t\n\f\r\x1b")
 # The other control characters, DEL included (C1 and private use are text to someone), but
@@ -40,9 +42,10 @@ def is_binary(data: bytes) -> bool:
     text (refused as binary before a helper's review). A false byte-order mark is binary
     whatever follows it (`_false_mark`)."""
     sample = data[:_SAMPLE]
-    if has_byte_order_mark(data):
+    marked = sample.startswith(_UTF16_AND_32_MARKS)
+    if (not marked and b"\x00" not in sample) or has_byte_order_mark(data):
         return False
-    if _false_mark(sample):
+    if marked and _false_mark(sample):
         return True
     if b"\x00" not in sample:
         return False
@@ -53,9 +56,9 @@ def is_binary(data: bytes) -> bool:
 
 
 def _false_mark(sample: bytes) -> bool:
-    """Whether the file begins with a UTF-32 or UTF-16 byte-order mark that its bytes do not
-    bear out (has_byte_order_mark said so: they are not text in that encoding) and that
-    begins no text read otherwise either. Read by the other rules, such a file reached the
+    """Whether the UTF-32 or UTF-16 byte-order mark the sample begins with, which its bytes
+    do not bear out (has_byte_order_mark said so: they are no text in that encoding), begins
+    no text read otherwise either. Read by the other rules, such a file reached the
     model as noise: code units past U+10FFFF as UTF-16 letters beside Latin-1 ones, lone
     surrogates or C1 controls as Windows-1252 letters or as UTF-16 again.
 
@@ -67,8 +70,6 @@ def _false_mark(sample: bytes) -> bool:
       all Western text is; lone surrogates and random bytes are not."""
     if sample.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
         return True
-    if not sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return False
     rest = sample[len(codecs.BOM_UTF16_LE) :]
     if utf16_layout(rest) is not None:
         return True
