@@ -313,7 +313,7 @@ class MemoryEventLog:
         return [e for e in events if event_key(e.id) > start]
 
     async def latest(self, conversation: str) -> str | None:
-        events = await self.read(conversation, None)
+        events = self._live(conversation)
         return events[-1].id if events else None
 
     def waiter(self, conversation: str) -> contextlib.AbstractContextManager[Waiter]:
@@ -589,28 +589,44 @@ async def stream(
     checked = written = loop.time()
     with log_.waiter(conversation) as waiter:
         try:
-            newest = await log_.latest(conversation) or "0-0"
-            if after is None or event_key(after) > event_key(newest):
+            # The newest id the log had at the last look (the waiter held already, so an
+            # append after the look sets it): the log is read only when that id is past the
+            # stream's last one, or when a wake-up came without the events it brought. So an
+            # idle stream costs one look (XREVRANGE) per RECHECK_S, not a look and a read.
+            opened = await log_.latest(conversation) or "0-0"
+            if after is None or event_key(after) > event_key(opened):
                 # No id: only new events. An id past the newest (made up, or from a log that
                 # has expired since) would hide every event until the clock passes it.
-                after = newest
+                after = opened
+            newest: str | None = opened
             while True:
                 if loop.time() - checked >= recheck_s:
                     if not await still_allowed():
                         log.info("support events: stream ended, its caller may no longer read")
                         return
-                    after = await _below_the_log(log_, conversation, after)
+                    # A wake-up the subscription missed (another worker's append) shows here:
+                    # the newest id is past the stream's, and the log is read below.
+                    after, newest = await _below_the_log(log_, conversation, after)
                     checked = loop.time()
-                waiter.event.clear()  # before reading: an append from now on sets it again
+                # Set since it was last cleared: an append landed, maybe after the look above
+                # (which then did not show it), or the subscription came back and what was
+                # published meanwhile is unknown; either way the log is read if nothing
+                # carried the events. Cleared before reading: an append from now on sets it.
+                woken = waiter.event.is_set()
+                waiter.event.clear()
                 events = waiter.take(after)
-                if events is None:
+                if events is None and (woken or _past(newest, after)):
                     events = await log_.read(conversation, after)
+                    newest = None  # read up to the newest: nothing more is owed until a look
                 if events:  # one write for what came together: fewer small TCP segments
                     yield b"".join(event.sse() for event in events)
                     after, written = events[-1].id, loop.time()
                 if waiter.closed:
                     return
-                quiet = min(keepalive_s - (loop.time() - written), recheck_s)
+                now = loop.time()
+                # Until the next keep-alive or re-check, whichever comes first; a wake-up in
+                # between (a timer a little early) reads nothing, so no re-check is put off.
+                quiet = min(keepalive_s - (now - written), recheck_s - (now - checked))
                 try:
                     async with asyncio.timeout(max(0.0, quiet)):
                         await waiter.event.wait()
@@ -624,15 +640,20 @@ async def stream(
             log.warning("support events: stream ended, the log is unreachable (%s)", exc)
 
 
-async def _below_the_log(log_: EventLog, conversation: str, after: str) -> str:
+async def _below_the_log(log_: EventLog, conversation: str, after: str) -> tuple[str, str | None]:
     """`after`, or "0-0" where the log's newest event is older: the log started again (it
     expired, or Redis lost it) while its clock was behind this stream's last id, so none of
     its events was sent here, and reading after that id would send none until the clock
-    passed it."""
+    passed it. With the newest id (None: the log is empty), which is then past "0-0"."""
     newest = await log_.latest(conversation)
     if newest is not None and event_key(newest) < event_key(after):
-        return "0-0"
-    return after
+        return "0-0", newest
+    return after, newest
+
+
+def _past(newest: str | None, after: str) -> bool:
+    """Whether the log held an event after `after` at its last look."""
+    return newest is not None and event_key(newest) > event_key(after)
 
 
 class Outbox:
