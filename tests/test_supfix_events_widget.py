@@ -20,6 +20,7 @@ from tests.test_support_widget import (  # noqa: F401  (fixtures: stack, browser
     browser,
     final_answer,
     new_page,
+    open_chat,
     parley_serving,
     stack,
     wait_text,
@@ -36,9 +37,7 @@ async def half_answered(
     """A page whose question "hi" has its answer shown up to "@everyone" (the rest held by
     the model): the page, its conversation, and the `reply_to` of the answer's deltas."""
     stack.backend.script(["Hello ", "@everyone ", "and welcome."])
-    page = await new_page(browser)
-    await page.goto(stack.page)
-    await page.click(LAUNCHER)
+    page = await open_chat(browser, stack.page)
     await ask(page, "hi")
     stack.backend.release()
     await wait_text(page, BOT_TEXT, "t => t.includes('@everyone')")

@@ -23,6 +23,7 @@ from tests.test_support_widget import (  # noqa: F401  (fixtures, used by name)
     ask,
     browser,
     new_page,
+    open_chat,
     parley_serving,
     stack,
     wait_text,
@@ -130,9 +131,7 @@ async def test_handoff_notes_show_once_in_their_place_after_a_reload(
         parley_serving(stack),
         httpx.AsyncClient(base_url=stack.api, headers=bearer(secret), timeout=30) as desk,
     ):
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "I want to talk to a human")
         await wait_text(page, ".handoff", "t => t.includes('Connecting')")
         visitor = await page.evaluate(

@@ -145,6 +145,14 @@ async def new_page(browser: Any, **context: Any) -> Any:
     return page
 
 
+async def open_chat(browser: Any, url: str) -> Any:
+    """A new page at `url` (one that embeds the widget), its chat panel opened."""
+    page = await new_page(browser)
+    await page.goto(url)
+    await page.click(LAUNCHER)
+    return page
+
+
 async def ask(page: Any, text: str) -> None:
     await page.fill(INPUT, text)
     await page.press(INPUT, "Enter")
@@ -191,9 +199,7 @@ STREAMED = [
 async def test_answer_streams_in_and_stays_after_a_reload(stack: Stack, browser: Any) -> None:
     stack.backend.script(STREAMED)
     async with parley_serving(stack):
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "How do returns work?")
 
         first = await wait_text(page, BOT_TEXT, "t => t.includes('free')")
@@ -254,9 +260,7 @@ async def test_html_in_an_answer_or_a_question_is_text_and_runs_nothing(
         gated=False,
     )
     async with parley_serving(stack):
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, f"Is this safe? {XSS_IMG}")
         answer = await final_answer(page)
         assert XSS_IMG in answer and XSS_SCRIPT in answer
@@ -284,9 +288,7 @@ async def test_a_masked_link_shows_the_host_it_goes_to(stack: Stack, browser: An
         gated=False,
     )
     async with parley_serving(stack):
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "Where do I pay?")
         assert await final_answer(page) == (
             "Pay at https://shop.example/pay (evil.example), see the returns page "
@@ -319,9 +321,7 @@ async def test_an_address_that_reads_as_another_host_shows_where_it_goes(
         gated=False,
     )
     async with parley_serving(stack):
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "Where do I pay?")
         assert await final_answer(page) == (
             "Pay at https://shop.example@evil.example/pay?d=s3cret (evil.example) or "
@@ -343,9 +343,7 @@ async def test_markdown_built_to_be_slow_renders_whole(stack: Stack, browser: An
     normal = "Still **bold**, *italic*, `code` and [a link](https://shop.example/x)."
     stack.backend.script([f"{piece}\n\n" for piece in hostile] + [normal], gated=False)
     async with parley_serving(stack):
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "Tell me about returns")
         await final_answer(page)
         shown = await shadow_eval(
@@ -371,9 +369,7 @@ async def test_markdown_built_to_be_slow_renders_whole(stack: Stack, browser: An
 async def test_arabic_is_written_right_to_left(stack: Stack, browser: Any) -> None:
     stack.backend.script(["يمكنك إرجاع المنتج ", "خلال ثلاثين يومًا."], gated=False)
     async with parley_serving(stack):
-        page = await new_page(browser)
-        await page.goto(stack.page + "?lang=ar")
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page + "?lang=ar")
         assert await page.locator("parley-chat .send").inner_text() == "إرسال"
         await ask(page, "Can I return it?")
         assert "ثلاثين" in await final_answer(page)
@@ -491,9 +487,7 @@ async def test_back_online_reconnects_without_flashing_the_unreachable_banner(
     watched for any change, so a flash counts however short."""
     stack.backend.script(["First answer."], gated=False)
     async with parley_serving(stack):
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "first")
         assert await final_answer(page) == "First answer."
         await page.evaluate(
@@ -601,9 +595,7 @@ async def test_too_many_messages_says_when_to_try_again(stack: Stack, browser: A
     limited = SupportSettings(token_secret="widget-test-secret-32-characters", visitor_messages=1)  # type: ignore[arg-type]
     stack.backend.script(["Fine."], gated=False)
     async with parley_serving(stack, limited):
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "one")
         await final_answer(page)
         await ask(page, "two")
@@ -730,9 +722,7 @@ async def test_a_reload_before_the_first_word_still_shows_the_answer_is_coming(
     an answer was on its way (a slow model, or one being retried, can take a minute)."""
     stack.backend.script(["", "Here it is."])  # nothing shown until the test says so
     async with parley_serving(stack):
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "Anyone there?")
         await stack.backend.streaming.wait()
         await page.reload()
@@ -758,9 +748,7 @@ async def test_a_wrong_site_key_says_the_chat_is_not_available_here_and_stops(
         await engine.dispose()
     wrong = embedding_page(f"{stack.api}/widget.js", "pk_wrongkey123")
     async with parley_serving(stack), serving(wrong, port):
-        page = await new_page(browser)
-        await page.goto(f"{origin}/")
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, f"{origin}/")
         banner = await wait_text(page, ".banner", "t => t.length > 0")
         assert banner == "The chat isn't available on this page."
         assert await page.locator("parley-chat .send").is_disabled()

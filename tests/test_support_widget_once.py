@@ -31,6 +31,7 @@ from tests.test_support_widget import (
     browser,
     final_answer,
     new_page,
+    open_chat,
     parley_serving,
     stack,
     wait_text,
@@ -49,9 +50,7 @@ async def test_a_notice_that_came_while_no_page_was_open_shows_once(
     notice = phrases.say(phrases.UNAVAILABLE, "en")
     stack.backend.script(["", notice])
     async with parley_serving(stack) as app:
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "Anyone there?")
         await stack.backend.streaming.wait()
         context = page.context
@@ -86,9 +85,7 @@ async def test_an_answer_shown_before_it_was_recorded_is_there_after_a_reload(
 
         # The seam: the answer's record waits, as it does for a moment after its last event.
         monkeypatch.setattr(app.store, "record_reply", held)
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "Still there?")
         assert await final_answer(page) == "Kept after all."
         await reached.wait()
@@ -114,9 +111,7 @@ async def test_an_agents_message_that_came_while_no_page_was_open_shows_once(
 ) -> None:
     stack.backend.script(["Hello."], gated=False)
     async with parley_serving(stack) as app:
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "Where is my parcel?")
         assert await final_answer(page) == "Hello."
         visitor = await page.evaluate(
@@ -166,9 +161,7 @@ async def test_a_stream_gone_silent_is_opened_again(
     stack.backend.script(["Hello."], gated=False)
     with first_stream_goes_silent(monkeypatch) as silent:
         async with parley_serving(stack, support):
-            page = await new_page(browser)
-            await page.goto(stack.page)
-            await page.click(LAUNCHER)
+            page = await open_chat(browser, stack.page)
             await ask(page, "one")
             assert await final_answer(page) == "Hello."
             silent.set()
@@ -183,9 +176,7 @@ async def test_a_stream_is_opened_again_when_the_browser_is_back_online(
     stack.backend.script(["Hello."], gated=False)
     with first_stream_goes_silent(monkeypatch) as silent:
         async with parley_serving(stack):  # keep-alives every 15 s: not waited for here
-            page = await new_page(browser)
-            await page.goto(stack.page)
-            await page.click(LAUNCHER)
+            page = await open_chat(browser, stack.page)
             await ask(page, "one")
             assert await final_answer(page) == "Hello."
             silent.set()
@@ -267,9 +258,7 @@ async def test_a_notice_to_a_refused_retry_does_not_rewind_every_later_page(
     stack.backend.script(["Hel", "lo."])
     origin = stack.page.rstrip("/")
     async with parley_serving(stack) as app:
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "first")
         await stack.backend.streaming.wait()  # its turn holds the conversation
         saved = await saved_state(page, stack)

@@ -32,6 +32,7 @@ from tests.test_support_widget import (
     final_answer,
     free_port,
     new_page,
+    open_chat,
     parley_serving,
     stack,
     wait_text,
@@ -40,20 +41,28 @@ from tests.test_support_widget import (
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 __all__ = ["browser", "stack"]  # the fixtures
 
+# Each character of the text under a node, in the order written, with where it is drawn
+# (its left edge on screen).
+GLYPHS = """node => {
+    const walker = document.createTreeWalker(node, NodeFilter.SHOW_TEXT);
+    const glyphs = [];
+    for (let text = walker.nextNode(); text; text = walker.nextNode()) {
+        for (let i = 0; i < text.length; i++) {
+            const r = document.createRange();
+            r.setStart(text, i);
+            r.setEnd(text, i + 1);
+            const box = r.getBoundingClientRect();
+            if (box.width) glyphs.push([text.data[i], box.left]);
+        }
+    }
+    return glyphs;
+}"""
 # Where each character of the host shown after a link is drawn, left to right on screen
 # in the order it is written when the host reads as it is.
-HOST_GLYPHS_X = """root => [...root.querySelectorAll('.msg.bot .host')].map(span => {
-    const text = span.firstChild;
-    const xs = [];
-    for (let i = 0; i < text.length; i++) {
-        const r = document.createRange();
-        r.setStart(text, i);
-        r.setEnd(text, i + 1);
-        const box = r.getBoundingClientRect();
-        if (box.width) xs.push(box.left);
-    }
-    return xs;
-})"""
+HOST_GLYPHS_X = (
+    "root => [...root.querySelectorAll('.msg.bot .host')]"
+    f".map(span => ({GLYPHS})(span).map(([, x]) => x))"
+)
 
 
 async def test_a_bidi_override_in_a_links_text_cannot_turn_its_host_around(
@@ -67,9 +76,7 @@ async def test_a_bidi_override_in_a_links_text_cannot_turn_its_host_around(
         gated=False,
     )
     async with parley_serving(stack):
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "Where do I log in?")
         await final_answer(page)
         hosts = await shadow_eval(
@@ -158,9 +165,7 @@ async def taken_over(
         parley_serving(stack),
         httpx.AsyncClient(base_url=stack.api, headers=bearer(secret), timeout=30) as desk,
     ):
-        page = await new_page(browser)
-        await page.goto(stack.page + query)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page + query)
         await ask(page, "Hi")
         await final_answer(page)
         visitor = await page.evaluate(
@@ -238,9 +243,7 @@ async def test_the_box_takes_what_the_server_takes_and_a_longer_message_is_said_
                 "Origin": stack.page.rstrip("/"), "X-Parley-Site-Key": stack.site_key,
             })  # fmt: skip
         assert visitor.status_code == 201 and visitor.json()["max_message_chars"] == 40
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await page.wait_for_function(
             "() => document.querySelector('parley-chat').shadowRoot"
             ".querySelector('textarea').maxLength === 40"
@@ -296,23 +299,11 @@ async def test_elements_named_like_the_documents_methods_leave_the_chat_working(
         assert await answer.inner_text() == "Hello."
 
 
-# Each character of the handoff line (under the heading) and of the last note in the log,
-# in the order written, with where it is drawn (its left edge on screen).
-LINE_GLYPHS_X = """root => ['.handoff', '.msg.notice'].map(sel => {
-    const all = root.querySelectorAll(sel);
-    const walker = document.createTreeWalker(all[all.length - 1], NodeFilter.SHOW_TEXT);
-    const xs = [];
-    for (let text = walker.nextNode(); text; text = walker.nextNode()) {
-        for (let i = 0; i < text.length; i++) {
-            const r = document.createRange();
-            r.setStart(text, i);
-            r.setEnd(text, i + 1);
-            const box = r.getBoundingClientRect();
-            if (box.width) xs.push([text.data[i], box.left]);
-        }
-    }
-    return xs;
-})"""
+# The glyphs of the handoff line (under the heading) and of the last note in the log.
+LINE_GLYPHS_X = (
+    "root => ['.handoff', '.msg.notice']"
+    f".map(sel => ({GLYPHS})([...root.querySelectorAll(sel)].at(-1)))"
+)
 TALKING_WITH_AR = "\u0623\u0646\u062a \u062a\u062a\u062d\u062f\u062b \u0645\u0639 "
 
 
@@ -357,9 +348,7 @@ async def test_a_streamed_answer_keeps_what_it_has_drawn_and_ends_as_a_reload_sh
     stack.backend.script(pieces, gated=True)
     body = "parley-chat .msg.bot .body"
     async with parley_serving(stack):
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "How do returns work?")
         stage_ends = ["30 days.", "with the receipt", "keep this number", "five days.", "to us"]
         for n, (count, end) in enumerate(zip(per_stage, stage_ends, strict=True)):
@@ -400,9 +389,7 @@ async def test_an_awkward_answer_streamed_in_small_pieces_ends_as_a_reload_draws
     pieces = [AWKWARD[i : i + 5] for i in range(0, len(AWKWARD), 5)]
     stack.backend.script(pieces, gated=True)
     async with parley_serving(stack):
-        page = await new_page(browser)
-        await page.goto(stack.page)
-        await page.click(LAUNCHER)
+        page = await open_chat(browser, stack.page)
         await ask(page, "Show me")
         await wait_text(page, ".msg.bot .body", "t => t.length > 0")
         for _ in pieces[1:]:  # a paint or more between pieces, most of the time

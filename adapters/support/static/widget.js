@@ -135,8 +135,9 @@
   const wanted = [script.dataset.lang, ...(navigator.languages || [navigator.language])];
   const LANG = wanted.map((tag) => (tag || "").toLowerCase().split(/[-_]/)[0])
     .find((base) => base in STRINGS) || "en";
+  const phrase = (key) => STRINGS[LANG][key] || STRINGS.en[key];
   const say = (key, fields = {}) =>
-    (STRINGS[LANG][key] || STRINGS.en[key]).replace(/\{(\w+)\}/g, (_, f) => String(fields[f]));
+    phrase(key).replace(/\{(\w+)\}/g, (_, f) => String(fields[f]));
 
   // ---- small DOM helpers ---------------------------------------------------------------
   function el(tag, attrs = {}, ...children) {
@@ -908,8 +909,7 @@ textarea:focus-visible { outline-offset: 0; }
   // "John Smith Jr." was drawn ".John Smith Jr" and "Eve :)" "): Eve", the name's last
   // neutral characters taking the sentence's direction.
   function talkingWith(name) {
-    const [before, after = ""] = (STRINGS[LANG].humanNamed || STRINGS.en.humanNamed)
-      .split("{name}");
+    const [before, after = ""] = phrase("humanNamed").split("{name}");
     const out = page.fragment();
     out.append(before, el("bdi", { text: String(name) }), after);
     return out;
